@@ -1,0 +1,59 @@
+"""Exception types raised by rvcfast.
+
+Every error that concerns a file names the file and the problem. Catch
+:class:`RvcfastError` to handle anything rvcfast raises on purpose.
+"""
+
+from __future__ import annotations
+
+import os
+
+__all__ = [
+    "RvcfastError",
+    "ModelLoadError",
+    "UnsafeFileError",
+    "WeightsNotFoundError",
+    "AudioError",
+    "ParameterError",
+    "BackendUnavailableError",
+]
+
+
+class RvcfastError(Exception):
+    """Base class of every error rvcfast raises deliberately."""
+
+
+class ModelLoadError(RvcfastError, ValueError):
+    """A model, weights or index file could not be read or does not fit."""
+
+    def __init__(self, path: str | os.PathLike[str] | None, problem: str) -> None:
+        self.path = None if path is None else os.fspath(path)
+        self.problem = problem
+        where = f"{self.path}: " if self.path is not None else ""
+        super().__init__(f"{where}{problem}")
+
+
+class UnsafeFileError(ModelLoadError):
+    """A file asked to run code or build objects that are not plain data."""
+
+
+class WeightsNotFoundError(RvcfastError, FileNotFoundError):
+    """A base weights file (RMVPE, content encoder) is not present anywhere rvcfast looks."""
+
+
+class AudioError(RvcfastError, ValueError):
+    """An audio input could not be decoded or is not usable."""
+
+    def __init__(self, source: str | os.PathLike[str] | None, problem: str) -> None:
+        self.path = None if source is None else os.fspath(source)
+        self.problem = problem
+        where = f"{self.path}: " if self.path is not None else ""
+        super().__init__(f"{where}{problem}")
+
+
+class ParameterError(RvcfastError, ValueError):
+    """A conversion parameter is outside its allowed range."""
+
+
+class BackendUnavailableError(RvcfastError, ImportError):
+    """An F0 backend is unknown or needs an optional extra that is not installed."""

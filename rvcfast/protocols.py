@@ -1,0 +1,83 @@
+"""The protocols at rvcfast's seams.
+
+A pipeline stage depends on these shapes, never on a concrete class, so any
+object with the right attributes plugs in (third-party F0 trackers, other
+content encoders, other vocoders).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Optional
+
+import numpy as np
+import torch
+from typing_extensions import Protocol, runtime_checkable
+
+__all__ = ["F0Extractor", "FeatureEncoder", "Vocoder"]
+
+
+@runtime_checkable
+class F0Extractor(Protocol):
+    """A pitch tracker: 16 kHz mono audio in, one F0 value in Hz per 10 ms frame out.
+
+    ``extract`` returns ``len(audio) // 160 + 1`` frames (frame ``i`` centred on
+    sample ``160 * i``) or fewer/more by a couple of frames for trackers that do
+    not pad; the pipeline pads or trims to its own frame count. Unvoiced frames
+    are 0. The caller applies the key shift and the coarse quantisation.
+    """
+
+    name: str
+    sample_rate: int  # always 16000
+    hop_length: int  # always 160
+
+    def extract(self, audio16k: np.ndarray) -> np.ndarray:
+        """F0 in Hz per frame for one 1-D float array at 16 kHz."""
+        ...
+
+    def extract_batch(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """F0 for several arrays; each result equals ``extract`` on that array alone."""
+        ...
+
+
+@runtime_checkable
+class FeatureEncoder(Protocol):
+    """A content encoder (HuBERT / ContentVec): 16 kHz audio to 50 frames/s features."""
+
+    hidden_size: int
+    num_layers: int
+
+    def encode(
+        self,
+        audio16k: torch.Tensor,
+        output_layer: Optional[int] = None,
+        final_proj: bool = False,
+        lengths: Optional[torch.Tensor] = None,
+    ) -> torch.Tensor:
+        """``[B, N]`` float audio to ``[B, T, C]`` features, ``T = (N - 400) // 320 + 1``."""
+        ...
+
+
+@runtime_checkable
+class Vocoder(Protocol):
+    """An RVC synthesizer: content features (+ pitch) to a waveform at ``sample_rate``."""
+
+    sample_rate: int
+    version: str
+    has_f0: bool
+    num_speakers: int
+    feature_dim: int
+    hop_length: int
+
+    def synthesize(
+        self,
+        features: torch.Tensor,
+        lengths: torch.Tensor,
+        pitch: Optional[torch.Tensor] = None,
+        pitchf: Optional[torch.Tensor] = None,
+        speaker: int = 0,
+        noise: bool = True,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """``[B, T, C]`` features at 100 frames/s to ``[B, T * hop_length]`` audio."""
+        ...
