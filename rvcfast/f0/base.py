@@ -1,0 +1,58 @@
+"""Shared behaviour of the built-in F0 extractors."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import AudioError
+
+__all__ = ["BaseF0Extractor", "SAMPLE_RATE", "HOP_LENGTH", "F0_MIN", "F0_MAX", "as_audio16k"]
+
+SAMPLE_RATE = 16000
+HOP_LENGTH = 160
+F0_MIN = 50.0
+F0_MAX = 1100.0
+
+
+def as_audio16k(audio: Any) -> np.ndarray:
+    """Validate one input of ``extract`` and return it as a 1-D float array (dtype kept if float)."""
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu().numpy()
+    arr = np.asarray(audio)
+    if arr.ndim != 1:
+        raise AudioError(None, f"F0 extraction expects 1-D mono audio at 16 kHz, got shape {arr.shape}")
+    if not np.issubdtype(arr.dtype, np.floating):
+        arr = arr.astype(np.float32)
+    if arr.size and not np.isfinite(arr).all():
+        raise AudioError(None, "audio contains NaN or Inf samples")
+    return arr
+
+
+class BaseF0Extractor:
+    """Base class: 16 kHz input, 160-sample hop, device/dtype handling, batch by loop.
+
+    Subclasses implement :meth:`extract` and may override :meth:`extract_batch`
+    with a genuinely batched version (same per-item results).
+    """
+
+    name: str = "base"
+    sample_rate: int = SAMPLE_RATE
+    hop_length: int = HOP_LENGTH
+
+    def __init__(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+        self.device = torch.device(device)
+        self.dtype = dtype
+
+    def extract(self, audio16k: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def extract_batch(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """F0 for each array; the default runs :meth:`extract` one by one."""
+        return [self.extract(a) for a in audios]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, device={str(self.device)!r})"
