@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from typing import Any
 
@@ -32,7 +33,7 @@ def as_audio16k(audio: Any) -> np.ndarray:
     return arr
 
 
-class BaseF0Extractor:
+class BaseF0Extractor(ABC):
     """Base class: 16 kHz input, 160-sample hop, device/dtype handling, batch by loop.
 
     Subclasses implement :meth:`extract` and may override :meth:`extract_batch`
@@ -47,8 +48,9 @@ class BaseF0Extractor:
         self.device = torch.device(device)
         self.dtype = dtype
 
-    def extract(self, audio16k: np.ndarray) -> np.ndarray:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abstractmethod
+    def extract(self, audio16k: np.ndarray) -> np.ndarray:
+        """F0 in Hz per 10 ms frame (0 = unvoiced) for one 1-D array at 16 kHz."""
 
     def extract_batch(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
         """F0 for each array; the default runs :meth:`extract` one by one."""
