@@ -1,0 +1,89 @@
+"""The process-wide model cache: the one piece of module-level mutable state in rvcfast.
+
+Base models (RMVPE, the content encoder, CREPE, FCPE) are expensive to build and
+identical for every voice, so each is loaded once per process and shared by all
+:class:`~rvcfast.Converter` objects and files. Entries are keyed by
+``(kind, resolved file path, file size, mtime, device, dtype)``: a second
+request with the same key returns the same object; changing the file on disk
+loads it again. :func:`load_count` tells how many real loads happened (tests use
+it to prove a batch loads each model once). :func:`clear` empties the cache.
+Access is thread-safe; two threads asking for the same key wait for one load.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable, Hashable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import torch
+
+__all__ = ["get_or_load", "file_key", "clear", "load_count", "cached_keys"]
+
+T = TypeVar("T")
+
+_lock = threading.Lock()
+_key_locks: dict[Hashable, threading.Lock] = {}
+_models: dict[Hashable, Any] = {}
+_loads: dict[str, int] = {}
+
+
+def file_key(path: str | os.PathLike[str] | None) -> tuple[Any, ...]:
+    """Identify a file by resolved path, size and modification time (``None`` for built-in weights)."""
+    if path is None:
+        return (None,)
+    p = Path(path).resolve()
+    try:
+        st = p.stat()
+    except OSError:
+        return (str(p),)
+    return (str(p), st.st_size, st.st_mtime_ns)
+
+
+def get_or_load(
+    kind: str,
+    path: str | os.PathLike[str] | None,
+    device: torch.device | str,
+    dtype: torch.dtype,
+    loader: Callable[[], T],
+    extra: Hashable = None,
+) -> T:
+    """Return the cached model for this key, calling ``loader()`` once if it is not there yet."""
+    key = (kind, file_key(path), str(torch.device(device)), str(dtype), extra)
+    with _lock:
+        if key in _models:
+            return _models[key]
+        key_lock = _key_locks.setdefault(key, threading.Lock())
+    with key_lock:
+        with _lock:
+            if key in _models:
+                return _models[key]
+        model = loader()
+        with _lock:
+            _models[key] = model
+            _loads[kind] = _loads.get(kind, 0) + 1
+        return model
+
+
+def load_count(kind: str | None = None) -> int:
+    """Number of real loads so far, for one kind (``"rmvpe"``, ``"encoder"``...) or in total."""
+    with _lock:
+        if kind is None:
+            return sum(_loads.values())
+        return _loads.get(kind, 0)
+
+
+def cached_keys() -> list[Hashable]:
+    """Keys currently in the cache (for diagnostics)."""
+    with _lock:
+        return list(_models)
+
+
+def clear() -> None:
+    """Drop every cached model and reset the load counters."""
+    with _lock:
+        _models.clear()
+        _key_locks.clear()
+        _loads.clear()

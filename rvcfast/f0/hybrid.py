@@ -1,0 +1,126 @@
+"""Combine several F0 trackers frame by frame (``hybrid:rmvpe+crepe``).
+
+Applio offers ``hybrid[...]`` methods, which crash at its HEAD; historically they took
+``np.nanmedian`` across the methods' tracks with unvoiced frames left at 0, so a frame
+that only one of two methods called voiced came out at half its pitch. rvcfast's rule
+(documented on :class:`HybridExtractor`) votes on voicing first and takes the median in
+log-frequency over the voiced tracks only.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+
+from ..errors import ParameterError
+from ..protocols import F0Extractor
+from .base import HOP_LENGTH, SAMPLE_RATE, BaseF0Extractor, as_audio16k
+
+__all__ = ["HybridExtractor", "combine_f0"]
+
+
+def _fit(f0: np.ndarray, n_frames: int) -> np.ndarray:
+    f0 = np.asarray(f0, dtype=np.float64).reshape(-1)
+    if len(f0) >= n_frames:
+        return f0[:n_frames]
+    return np.pad(f0, (0, n_frames - len(f0)))
+
+
+def combine_f0(tracks: Sequence[np.ndarray], n_frames: int, min_voiced: int | None = None) -> np.ndarray:
+    """Combine F0 tracks (Hz, 0 or NaN = unvoiced) into one of ``n_frames`` frames.
+
+    Each track is trimmed or zero-padded at the end to ``n_frames``. A frame is voiced
+    when at least ``min_voiced`` tracks (default: a strict majority, ``len(tracks) // 2 + 1``)
+    give it a positive, finite F0; its value is then the median of those tracks' values
+    in log-frequency (for an even count, the geometric mean of the middle two). Other
+    frames are 0.
+    """
+    if not tracks:
+        raise ParameterError("combine_f0 needs at least one track")
+    need = len(tracks) // 2 + 1 if min_voiced is None else int(min_voiced)
+    stack = np.stack([_fit(t, n_frames) for t in tracks])  # [K, T]
+    voiced = np.isfinite(stack) & (stack > 0)
+    logs = np.where(voiced, np.log(np.where(voiced, stack, 1.0)), np.nan)
+    out = np.zeros(n_frames, dtype=np.float64)
+    keep = voiced.sum(axis=0) >= max(need, 1)
+    if keep.any():
+        out[keep] = np.exp(np.nanmedian(logs[:, keep], axis=0))
+    return out
+
+
+class HybridExtractor(BaseF0Extractor):
+    """Per-frame vote and log-frequency median over several F0 extractors.
+
+    Rule, per 10 ms frame:
+
+    * every backend's track is trimmed or zero-padded (at the end) to
+      ``len(audio) // 160 + 1`` frames;
+    * the frame is **voiced** when at least ``min_voiced`` backends give it a positive F0.
+      The default is a strict majority (``len(backends) // 2 + 1``): 2 of 2, 2 of 3,
+      3 of 4. ``min_voiced=1`` voices a frame when any backend does;
+    * a voiced frame's F0 is the median, in log-frequency, of the F0 of the backends
+      that call it voiced (so one backend's octave error is outvoted by two that agree);
+      unvoiced frames are 0.
+
+    Args:
+        backends: the extractors to combine (any objects satisfying
+            :class:`~rvcfast.protocols.F0Extractor`), at least two.
+        min_voiced: how many backends must call a frame voiced (1..len(backends)).
+        name: the name reported by :attr:`name`; default ``"hybrid:" + "+".join(names)``.
+
+    ``extract_batch`` runs each backend's own ``extract_batch`` (so batched backends stay
+    batched) and combines the results item by item.
+    """
+
+    def __init__(
+        self,
+        backends: Sequence[F0Extractor],
+        *,
+        min_voiced: int | None = None,
+        name: str | None = None,
+    ) -> None:
+        super().__init__()
+        backends = list(backends)
+        if len(backends) < 2:
+            raise ParameterError(f"a hybrid F0 extractor needs at least two backends, got {len(backends)}")
+        for b in backends:
+            if not isinstance(b, F0Extractor):
+                raise ParameterError(f"{b!r} is not an F0 extractor (see rvcfast.protocols.F0Extractor)")
+            if getattr(b, "sample_rate", None) != SAMPLE_RATE or getattr(b, "hop_length", None) != HOP_LENGTH:
+                raise ParameterError(
+                    f"F0 backend {getattr(b, 'name', b)!r} works at sample_rate={b.sample_rate}, "
+                    f"hop_length={b.hop_length}; hybrid needs {SAMPLE_RATE} Hz and hop {HOP_LENGTH}"
+                )
+        if min_voiced is None:
+            min_voiced = len(backends) // 2 + 1
+        if isinstance(min_voiced, bool) or not 1 <= int(min_voiced) <= len(backends):
+            raise ParameterError(f"min_voiced must be between 1 and {len(backends)}, got {min_voiced!r}")
+        self.backends: list[F0Extractor] = backends
+        self.min_voiced = int(min_voiced)
+        self.name = name if name is not None else "hybrid:" + "+".join(str(b.name) for b in backends)
+
+    def extract(self, audio16k: np.ndarray) -> np.ndarray:
+        """Combined F0 in Hz per 10 ms frame (0 = unvoiced): ``len // 160 + 1`` float64 values."""
+        audio = as_audio16k(audio16k)
+        tracks = [np.asarray(b.extract(audio)) for b in self.backends]
+        return combine_f0(tracks, len(audio) // HOP_LENGTH + 1, self.min_voiced)
+
+    def extract_batch(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """Combined F0 for each array; each result equals :meth:`extract` on that array."""
+        items = [as_audio16k(a) for a in audios]
+        if not items:
+            return []
+        per_backend = [list(b.extract_batch(items)) for b in self.backends]
+        for b, res in zip(self.backends, per_backend):
+            if len(res) != len(items):
+                raise RuntimeError(
+                    f"F0 backend {b.name!r} returned {len(res)} tracks for a batch of {len(items)}"
+                )
+        return [
+            combine_f0([res[i] for res in per_backend], len(a) // HOP_LENGTH + 1, self.min_voiced)
+            for i, a in enumerate(items)
+        ]
+
+    def __repr__(self) -> str:
+        return f"HybridExtractor({self.backends!r}, min_voiced={self.min_voiced})"

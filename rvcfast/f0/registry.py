@@ -1,0 +1,314 @@
+"""Find F0 extractors by name through the ``rvcfast.f0_extractors`` entry-point group.
+
+Built-in backends are registered in rvcfast's own ``pyproject.toml`` exactly like
+third-party ones, so a plugin package adds a tracker with::
+
+    [project.entry-points."rvcfast.f0_extractors"]
+    my-tracker = "my_package.module:MyExtractor"
+
+The target is called with the options given to :func:`get_f0_extractor` (typically
+``device=...``, ``dtype=...`` and backend options) and must return an object that
+satisfies :class:`rvcfast.protocols.F0Extractor`.
+
+Names are case-insensitive. ``hybrid:a+b[+c...]`` (or Applio's ``hybrid[a+b]``) builds a
+:class:`~rvcfast.f0.hybrid.HybridExtractor` of the named backends.
+
+Nothing is cached: entry points are read from the installed distributions on every
+call (cheap), so packages installed while the process runs are seen after
+``importlib.invalidate_caches()``.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import inspect
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from ..errors import BackendUnavailableError, ParameterError
+from ..protocols import F0Extractor
+from .base import HOP_LENGTH, SAMPLE_RATE
+
+__all__ = ["ENTRY_POINT_GROUP", "available_f0_extractors", "get_f0_extractor", "parse_hybrid"]
+
+ENTRY_POINT_GROUP = "rvcfast.f0_extractors"
+
+_OWN_DISTRIBUTION = "rvcfast"
+_BUILTIN_SOURCE = "rvcfast (built-in)"
+
+# Optional modules -> the rvcfast extra that installs them (read-only constant).
+_EXTRA_FOR_MODULE: Mapping[str, str] = {
+    "parselmouth": "pm",
+    "torchfcpe": "fcpe",
+    "faiss": "faiss",
+    "tqdm": "progress",
+}
+# Built-in backends that need an extra (read-only constant).
+_EXTRA_FOR_BACKEND: Mapping[str, str] = {"pm": "pm", "fcpe": "fcpe"}
+
+_HYBRID_RE = re.compile(r"^hybrid(?::(?P<colon>.*)|\[(?P<bracket>.*)\])$", re.IGNORECASE | re.DOTALL)
+
+
+@dataclass(frozen=True)
+class _Registered:
+    name: str  # lower-case
+    entry_point: md.EntryPoint
+    source: str
+    builtin: bool
+
+
+def _normalise_dist_name(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _iter_entry_points() -> Iterator[tuple[md.EntryPoint, str, bool]]:
+    """Yield ``(entry point, source, is_builtin)`` for the group, one distribution at a time.
+
+    A distribution whose metadata cannot be read is skipped, so one broken package does
+    not hide the others. As in :func:`importlib.metadata.entry_points`, only the first
+    distribution of a given name on ``sys.path`` counts.
+    """
+    seen: set[str] = set()
+    for dist in md.distributions():
+        try:
+            dist_name = dist.metadata["Name"]
+            if not dist_name:
+                continue
+            key = _normalise_dist_name(dist_name)
+            if key in seen:
+                continue
+            seen.add(key)
+            eps = [ep for ep in dist.entry_points if ep.group == ENTRY_POINT_GROUP]
+            version = dist.version
+        except Exception:  # noqa: BLE001 - broken metadata of someone else's package
+            continue
+        builtin = key == _OWN_DISTRIBUTION
+        source = _BUILTIN_SOURCE if builtin else f"{dist_name} {version}"
+        for ep in eps:
+            yield ep, source, builtin
+
+
+def _registry() -> dict[str, _Registered]:
+    """Name (lower-case) -> registration. Built-ins win over plugins; otherwise first wins."""
+    found: dict[str, _Registered] = {}
+    for ep, source, builtin in _iter_entry_points():
+        key = ep.name.strip().lower()
+        if not key or _HYBRID_RE.match(key) or key == "hybrid":
+            continue  # "hybrid" is reserved for combinations
+        old = found.get(key)
+        if old is None or (builtin and not old.builtin):
+            found[key] = _Registered(key, ep, source, builtin)
+    return found
+
+
+def available_f0_extractors() -> dict[str, str]:
+    """Names of the installed F0 extractors and where each comes from.
+
+    Returns a dict ``{name: source}`` sorted by name, where ``source`` is
+    ``"rvcfast (built-in)"`` or ``"<distribution> <version>"`` of the plugin package that
+    registered it. Nothing is imported: a backend listed here may still need an optional
+    extra (``pm``, ``fcpe``), which :func:`get_f0_extractor` reports. Combinations
+    (``hybrid:a+b``) are not listed; any two or more names here can be combined.
+    """
+    return {name: reg.source for name, reg in sorted(_registry().items())}
+
+
+def parse_hybrid(spec: str) -> list[str] | None:
+    """Member names of a hybrid spec (``hybrid:a+b`` or ``hybrid[a+b]``), else ``None``.
+
+    Names are lower-cased and stripped. Raises :class:`ParameterError` for an empty
+    member, fewer than two members, or a repeated member.
+    """
+    m = _HYBRID_RE.match(spec.strip())
+    if m is None:
+        return None
+    body = m.group("colon") if m.group("colon") is not None else m.group("bracket")
+    members = [part.strip().lower() for part in body.split("+")]
+    if any(not part for part in members):
+        raise ParameterError(f"malformed hybrid F0 spec {spec!r}: expected e.g. 'hybrid:rmvpe+crepe'")
+    if len(members) < 2:
+        raise ParameterError(f"hybrid F0 spec {spec!r} names {len(members)} backend; combine at least two")
+    dupes = sorted({p for p in members if members.count(p) > 1})
+    if dupes:
+        raise ParameterError(f"hybrid F0 spec {spec!r} repeats {', '.join(dupes)}")
+    return members
+
+
+def _unknown(name: str, registry: Mapping[str, _Registered]) -> BackendUnavailableError:
+    names = ", ".join(sorted(registry)) or "(none)"
+    return BackendUnavailableError(
+        f"unknown F0 extractor {name!r}; available: {names} "
+        "(or 'hybrid:a+b' to combine several). Third-party backends register under the "
+        f"entry-point group {ENTRY_POINT_GROUP!r}."
+    )
+
+
+def _missing_dependency(reg: _Registered, exc: ImportError) -> BackendUnavailableError:
+    missing = (getattr(exc, "name", None) or "").split(".")[0]
+    if reg.builtin:
+        extra = _EXTRA_FOR_MODULE.get(missing)
+        if extra is None and missing != _OWN_DISTRIBUTION:
+            extra = _EXTRA_FOR_BACKEND.get(reg.name)
+        if extra is not None:
+            return BackendUnavailableError(f"{reg.name} needs `pip install rvcfast[{extra}]` (import failed: {exc})")
+        return BackendUnavailableError(
+            f"F0 extractor {reg.name!r} ({reg.entry_point.value}) could not be imported: {exc}. "
+            "Reinstall rvcfast, or pick another backend."
+        )
+    what = f"module {missing!r}" if missing else "a module"
+    return BackendUnavailableError(
+        f"F0 extractor {reg.name!r} from {reg.source} ({reg.entry_point.value}) needs {what} that could "
+        f"not be imported: {exc}. Install that package's dependencies."
+    )
+
+
+def _load(reg: _Registered) -> Any:
+    try:
+        return reg.entry_point.load()
+    except BackendUnavailableError:
+        raise
+    except ImportError as exc:
+        raise _missing_dependency(reg, exc) from exc
+    except Exception as exc:  # noqa: BLE001 - a broken plugin must give a clear error
+        raise BackendUnavailableError(
+            f"F0 extractor {reg.name!r} from {reg.source} ({reg.entry_point.value}) failed to load: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+
+
+def _accepted_options(factory: Any) -> tuple[set[str], bool] | None:
+    """Keyword names ``factory`` accepts and whether it takes ``**kwargs`` (None if unknown)."""
+    try:
+        sig = inspect.signature(factory)
+    except (TypeError, ValueError):
+        return None
+    names: set[str] = set()
+    var_kw = False
+    for p in sig.parameters.values():
+        if p.kind is inspect.Parameter.VAR_KEYWORD:
+            var_kw = True
+        elif p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY):
+            names.add(p.name)
+    return names, var_kw
+
+
+def _check_extractor(obj: Any, reg: _Registered) -> F0Extractor:
+    if not isinstance(obj, F0Extractor):
+        missing = [
+            attr
+            for attr in ("name", "sample_rate", "hop_length", "extract", "extract_batch")
+            if not hasattr(obj, attr)
+        ]
+        raise BackendUnavailableError(
+            f"F0 extractor {reg.name!r} from {reg.source} ({reg.entry_point.value}) returned "
+            f"{type(obj).__name__}, which is not an F0Extractor (missing: {', '.join(missing)})"
+        )
+    if obj.sample_rate != SAMPLE_RATE or obj.hop_length != HOP_LENGTH:
+        raise BackendUnavailableError(
+            f"F0 extractor {reg.name!r} from {reg.source} works at sample_rate={obj.sample_rate}, "
+            f"hop_length={obj.hop_length}; rvcfast needs {SAMPLE_RATE} Hz and hop {HOP_LENGTH}"
+        )
+    return obj
+
+
+def _build(reg: _Registered, options: Mapping[str, Any], target: Any = None) -> F0Extractor:
+    if target is None:
+        target = _load(reg)
+    if not callable(target):
+        if options:
+            raise ParameterError(
+                f"F0 extractor {reg.name!r} is a ready-made object and takes no options, got {sorted(options)}"
+            )
+        return _check_extractor(target, reg)
+    accepted = _accepted_options(target)
+    if accepted is not None:
+        names, var_kw = accepted
+        unknown = sorted(set(options) - names)
+        if unknown and not var_kw:
+            raise ParameterError(
+                f"F0 extractor {reg.name!r} does not accept option(s) {', '.join(unknown)}; "
+                f"it accepts: {', '.join(sorted(names)) or '(none)'}"
+            )
+    try:
+        obj = target(**options)
+    except BackendUnavailableError:
+        raise
+    except ImportError as exc:
+        raise _missing_dependency(reg, exc) from exc
+    return _check_extractor(obj, reg)
+
+
+def _hybrid(spec: str, members: list[str], options: dict[str, Any]) -> F0Extractor:
+    from .hybrid import HybridExtractor
+
+    registry = _registry()
+    unknown = [m for m in members if m not in registry]
+    if unknown:
+        raise BackendUnavailableError(
+            f"hybrid F0 spec {spec!r}: unknown member(s) {', '.join(unknown)}; "
+            f"available: {', '.join(sorted(registry)) or '(none)'}"
+        )
+    min_voiced = options.pop("min_voiced", None)
+    per_backend: dict[str, dict[str, Any]] = {}
+    for key in list(options):
+        if key.lower() in members:
+            value = options.pop(key)
+            if not isinstance(value, Mapping):
+                raise ParameterError(f"options for hybrid member {key!r} must be a dict, got {value!r}")
+            per_backend[key.lower()] = dict(value)
+    shared = options
+    used: set[str] = set()
+    backends: list[F0Extractor] = []
+    for m in members:
+        reg = registry[m]
+        target = _load(reg)
+        accepted = _accepted_options(target) if callable(target) else (set(), False)
+        if accepted is None or accepted[1]:
+            mine = dict(shared)
+        else:
+            mine = {k: v for k, v in shared.items() if k in accepted[0]}
+        used.update(mine)
+        mine.update(per_backend.get(m, {}))
+        backends.append(_build(reg, mine, target))
+    unused = sorted(set(shared) - used)
+    if unused:
+        raise ParameterError(f"no member of {spec!r} accepts option(s) {', '.join(unused)}")
+    return HybridExtractor(backends, min_voiced=min_voiced, name="hybrid:" + "+".join(members))
+
+
+def get_f0_extractor(name: str, **options: Any) -> F0Extractor:
+    """Build the F0 extractor registered as ``name`` (case-insensitive), passing ``options``.
+
+    Args:
+        name: a name from :func:`available_f0_extractors` (``"rmvpe"``, ``"harvest"``, a
+            plugin's name, ...), or a combination ``"hybrid:rmvpe+crepe"`` /
+            ``"hybrid[rmvpe+crepe]"`` (see :class:`~rvcfast.f0.hybrid.HybridExtractor`).
+        **options: keyword arguments for the extractor, e.g. ``device="cuda"``,
+            ``filter_radius=3``. For a hybrid, each option goes to every member that accepts
+            it (an option no member accepts is an error); ``min_voiced=`` goes to the hybrid;
+            and an option named after a member, e.g. ``rmvpe={"threshold": 0.05}``, holds
+            options for that member only.
+
+    Returns:
+        An object satisfying :class:`~rvcfast.protocols.F0Extractor`.
+
+    Raises:
+        BackendUnavailableError: unknown name (the message lists the available ones), a
+            missing optional dependency (the message names the extra to install, e.g.
+            ``pip install rvcfast[pm]``), a plugin that fails to load, or a result that is
+            not an F0 extractor.
+        ParameterError: an option the extractor does not accept, or a malformed hybrid spec.
+    """
+    if not isinstance(name, str):
+        raise ParameterError(f"F0 extractor name must be a string, got {type(name).__name__}")
+    members = parse_hybrid(name)
+    if members is not None:
+        return _hybrid(name, members, dict(options))
+    key = name.strip().lower()
+    registry = _registry()
+    reg = registry.get(key)
+    if reg is None:
+        raise _unknown(name, registry)
+    return _build(reg, options)

@@ -1,0 +1,223 @@
+"""Where base weights come from: explicit path, then ``RVCFAST_HOME``, then the user cache, then download.
+
+rvcfast needs two base files besides the user's voice model:
+
+============  ==================  =====================================================
+name          file                what
+============  ==================  =====================================================
+``rmvpe``     ``rmvpe.pt``        RMVPE pitch model (~181 MB)
+``hubert``    ``hubert_base.pt``  ContentVec/HuBERT content encoder (~190 MB, fairseq)
+============  ==================  =====================================================
+
+Downloads come from the public Hugging Face repository RVC itself uses, are
+resumable (HTTP ``Range``), verified with SHA-256 and moved into place only when
+complete: the cache never holds a half-written file under its final name.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from .errors import RvcfastError, WeightsNotFoundError
+
+__all__ = [
+    "BaseWeights",
+    "KNOWN_WEIGHTS",
+    "cache_dir",
+    "search_dirs",
+    "find_weights",
+    "resolve_weights",
+    "download",
+    "DownloadError",
+    "sha256_file",
+]
+
+_HF = "https://huggingface.co/lj1995/VoiceConversionWebUI/resolve/main"
+
+
+@dataclass(frozen=True)
+class BaseWeights:
+    """A known base weights file: its name, file name, public URL, size and SHA-256."""
+
+    name: str
+    filename: str
+    url: str
+    sha256: str
+    size: int
+    description: str
+
+
+KNOWN_WEIGHTS: dict[str, BaseWeights] = {
+    "rmvpe": BaseWeights(
+        "rmvpe",
+        "rmvpe.pt",
+        f"{_HF}/rmvpe.pt",
+        "6d62215f4306e3ca278246188607209f09af3dc77ed4232efdd069798c4ec193",
+        181_184_272,
+        "RMVPE pitch model",
+    ),
+    "hubert": BaseWeights(
+        "hubert",
+        "hubert_base.pt",
+        f"{_HF}/hubert_base.pt",
+        "f54b40fd2802423a5643779c4861af1e9ee9c1564dc9d32f54f20b5ffba7db96",
+        189_507_909,
+        "ContentVec/HuBERT content encoder",
+    ),
+}
+
+
+class DownloadError(RvcfastError):
+    """A download failed or produced a file with the wrong checksum."""
+
+
+def cache_dir() -> Path:
+    """The user cache folder: ``$XDG_CACHE_HOME/rvcfast`` (``~/.cache/rvcfast``; ``%LOCALAPPDATA%`` on Windows)."""
+    if sys.platform == "win32":
+        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+    else:
+        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "rvcfast"
+
+
+def search_dirs() -> list[Path]:
+    """Folders searched for base weights, in order: ``$RVCFAST_HOME`` (if set), then the cache folder."""
+    dirs = []
+    home = os.environ.get("RVCFAST_HOME")
+    if home:
+        dirs.append(Path(home).expanduser())
+    dirs.append(cache_dir())
+    return dirs
+
+
+def find_weights(name: str) -> Path | None:
+    """The first existing copy of a known base file in :func:`search_dirs`, or ``None``."""
+    info = KNOWN_WEIGHTS[name]
+    for d in search_dirs():
+        candidate = d / info.filename
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_weights(name: str, explicit: str | os.PathLike[str] | None = None, *, allow_download: bool = False) -> Path:
+    """Path of base weights ``name``: ``explicit`` if given, else RVCFAST_HOME, else the cache, else download.
+
+    Raises :class:`WeightsNotFoundError` naming the file, where rvcfast looked and
+    how to get it, when it is missing and ``allow_download`` is false.
+    """
+    if name not in KNOWN_WEIGHTS:
+        raise KeyError(f"unknown base weights {name!r}; known: {sorted(KNOWN_WEIGHTS)}")
+    info = KNOWN_WEIGHTS[name]
+    if explicit is not None:
+        p = Path(explicit).expanduser()
+        if not p.exists():
+            raise WeightsNotFoundError(f"{info.description} weights not found at {p}")
+        return p
+    found = find_weights(name)
+    if found is not None:
+        return found
+    if allow_download:
+        return download(name)
+    looked = ", ".join(str(d / info.filename) for d in search_dirs())
+    raise WeightsNotFoundError(
+        f"{info.description} weights ({info.filename}) not found. Looked in: {looked}. "
+        f"Get it with `rvcfast download {name}` (from {info.url}), or put the file in one of those "
+        f"places, or pass its path explicitly."
+    )
+
+
+def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            block = f.read(chunk)
+            if not block:
+                break
+            h.update(block)
+    return h.hexdigest()
+
+
+ProgressCallback = Callable[[int, int], None]
+
+
+def download(
+    name_or_url: str,
+    dest: str | os.PathLike[str] | None = None,
+    *,
+    sha256: str | None = None,
+    progress: ProgressCallback | None = None,
+    timeout: float = 60.0,
+    chunk: int = 1 << 20,
+) -> Path:
+    """Download a known base file (``"rmvpe"``, ``"hubert"``) or a URL, resumably, with a checksum.
+
+    Bytes go to ``<dest>.part``; an interrupted download resumes from there with an
+    HTTP Range request. When complete the SHA-256 is checked; a mismatch deletes
+    the partial file and raises :class:`DownloadError`. Only a verified file is
+    renamed to ``dest``. ``progress(done_bytes, total_bytes)`` is called as data
+    arrives (total is 0 when unknown).
+    """
+    if name_or_url in KNOWN_WEIGHTS:
+        info = KNOWN_WEIGHTS[name_or_url]
+        url = os.environ.get(f"RVCFAST_URL_{info.name.upper()}", info.url)
+        expected = sha256 or info.sha256
+        target = Path(dest) if dest is not None else (search_dirs()[0] / info.filename)
+    else:
+        url = name_or_url
+        expected = sha256
+        if dest is None:
+            raise ValueError("dest is required when downloading a URL")
+        target = Path(dest)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    part = target.with_name(target.name + ".part")
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "rvcfast"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            status = getattr(resp, "status", 200)
+            if have and status != 206:
+                have = 0  # server ignored the range: start over
+            length = resp.headers.get("Content-Length")
+            total = have + int(length) if length is not None else 0
+            with open(part, "ab" if have else "wb") as f:
+                done = have
+                if progress:
+                    progress(done, total)
+                while True:
+                    block = resp.read(chunk)
+                    if not block:
+                        break
+                    f.write(block)
+                    done += len(block)
+                    if progress:
+                        progress(done, total)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:
+            pass  # range not satisfiable: the partial file is already complete
+        else:
+            raise DownloadError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+        raise DownloadError(
+            f"download of {url} failed ({exc}); {part} keeps the {part.stat().st_size if part.exists() else 0} "
+            "bytes received so far and the next attempt resumes from there"
+        ) from None
+    if expected is not None:
+        digest = sha256_file(part)
+        if digest != expected.lower():
+            part.unlink(missing_ok=True)
+            raise DownloadError(
+                f"checksum mismatch for {url}: expected sha256 {expected}, got {digest}; the file was deleted"
+            )
+    os.replace(part, target)
+    return target
