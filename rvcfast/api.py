@@ -53,6 +53,9 @@ class Result:
     source: str | None = None
     output_path: str | None = None
     error: str | None = None
+    skipped: bool = False
+    input_seconds: float = 0.0
+    index: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -262,7 +265,94 @@ class Converter:
             audio16k = load_16k(audio_or_path, sample_rate)
             prep = prepare(audio16k, self.segment_config)
         audio, rate = self.convert_prepared(prep, params, timer)
-        return Result(audio=audio, sample_rate=rate, timings=dict(timer.times), source=source)
+        return Result(
+            audio=audio,
+            sample_rate=rate,
+            timings=dict(timer.times),
+            source=source,
+            input_seconds=prep.audio.shape[0] / 16000,
+        )
+
+    # ------------------------------------------------------------------ many inputs
+
+    def iter_batch(
+        self,
+        inputs: Any,
+        out_dir: str | os.PathLike[str] | None = None,
+        *,
+        format: str = "wav",
+        subtype: str | None = None,
+        name_template: str = "{stem}",
+        skip_existing: bool = False,
+        on_error: str = "continue",
+        recursive: bool = False,
+        batch_seconds: float = 60.0,
+        decode_workers: int = 2,
+        write_workers: int = 1,
+        f0_workers: int = 2,
+        keep_audio: bool | None = None,
+        progress: Any = None,
+        pitch: float = 0,
+        index_rate: float = 0.75,
+        protect: float = 0.33,
+        rms_mix_rate: float = 1.0,
+        filter_radius: int = 3,
+        speaker: int = 0,
+        noise: bool = True,
+        seed: int | None = None,
+        output_sample_rate: int | None = None,
+    ):
+        """Convert many inputs, yielding a :class:`Result` per input as files finish.
+
+        ``inputs``: paths, folders (``recursive=True`` to descend), or
+        ``(array, sample_rate)`` pairs, in any mix. With ``out_dir`` each output is
+        written there atomically as ``name_template.format(stem=..., index=...)``
+        plus the format's extension (``wav``, ``flac``, ``ogg``; ``subtype`` e.g.
+        ``"PCM_16"``); names are made unique and never equal an input.
+        ``skip_existing`` skips inputs whose output exists (resume a killed batch).
+        ``on_error="continue"`` (default) reports a failing file in its Result and
+        goes on; ``"stop"`` raises. ``batch_seconds`` bounds the audio batched
+        together. ``progress(result, done, total)`` is called per finished file.
+        The conversion parameters are those of :meth:`convert`.
+        """
+        from .batch import BatchOptions, run_batch
+
+        params = self.make_params(
+            pitch=pitch,
+            index_rate=index_rate,
+            protect=protect,
+            rms_mix_rate=rms_mix_rate,
+            filter_radius=filter_radius,
+            speaker=speaker,
+            noise=noise,
+            seed=seed,
+            output_sample_rate=output_sample_rate,
+        )
+        options = BatchOptions(
+            out_dir=out_dir,
+            format=format,
+            subtype=subtype,
+            name_template=name_template,
+            skip_existing=skip_existing,
+            on_error=on_error,
+            recursive=recursive,
+            batch_seconds=batch_seconds,
+            decode_workers=decode_workers,
+            write_workers=write_workers,
+            f0_workers=f0_workers,
+            keep_audio=(out_dir is None) if keep_audio is None else keep_audio,
+        )
+        return run_batch(self, inputs, params, options, progress)
+
+    def convert_batch(self, inputs: Any, out_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> list[Result]:
+        """Convert many inputs and return every :class:`Result` in input order.
+
+        Same arguments as :meth:`iter_batch`. Without ``out_dir`` nothing is written and
+        each Result holds its audio; with ``out_dir`` the audio is dropped from the
+        Results after writing unless ``keep_audio=True``.
+        """
+        results = list(self.iter_batch(inputs, out_dir, **kwargs))
+        return sorted(results, key=lambda r: -1 if r.index is None else r.index)
 
     # ------------------------------------------------------------------ stages
 
@@ -291,8 +381,8 @@ class Converter:
         """Run F0, features, index, synthesis and post-processing for one prepared input."""
         with timer.stage("f0"):
             coarse, pitchf = self.pitch_for(prep, params, f0)
-        segs = segment_inputs(prep, coarse, pitchf)
-        pieces = self.synthesize_segments(segs, params, timer, seed_base=params.seed)
+        segs = segment_inputs(prep, coarse, pitchf, params.seed)
+        pieces = self.synthesize_segments(segs, params, timer)
         with timer.stage("post"):
             return finish(pieces, prep, self.vocoder.sample_rate, params)
 
@@ -301,7 +391,6 @@ class Converter:
         segs: Sequence[SegmentInput],
         params: ConversionParams,
         timer: Timer,
-        seed_base: int | None = None,
     ) -> list[np.ndarray]:
         """Features → index → ×2 → protect → synthesis → trim, for segments batched together."""
         with torch.inference_mode():
@@ -326,14 +415,13 @@ class Converter:
                         f0feats = f0feats.repeat_interleave(2, dim=0)
                     prepared.append((f, f0feats))
             with timer.stage("synth"):
-                return self._synth_batch(segs, prepared, params, seed_base, use_protect)
+                return self._synth_batch(segs, prepared, params, use_protect)
 
     def _synth_batch(
         self,
         segs: Sequence[SegmentInput],
         prepared: list[tuple[torch.Tensor, torch.Tensor | None]],
         params: ConversionParams,
-        seed_base: int | None,
         use_protect: bool,
     ) -> list[np.ndarray]:
         voc = self.vocoder
@@ -365,8 +453,15 @@ class Converter:
                 pitch_b[i, :p_len] = pitch
                 pitchf_b[i, :p_len] = pitchf
         generators = None
-        if params.noise and seed_base is not None:
-            generators = [torch.Generator(device=self.device).manual_seed(int(seed_base) * 1_000_003 + k) for k in range(B)]
+        if params.noise and any(seg.seed is not None for seg in segs):
+            generators = []
+            for seg in segs:
+                g = torch.Generator(device=self.device)
+                if seg.seed is not None:
+                    g.manual_seed(seg.seed)
+                else:
+                    g.seed()
+                generators.append(g)
         out = voc.synthesize(feats, lengths, pitch_b, pitchf_b, speaker=params.speaker, noise=params.noise, generator=generators)
         out = out.float().cpu().numpy()
         trim = voc.sample_rate * self.segment_config.x_pad

@@ -36,6 +36,8 @@ __all__ = [
     "prepare",
     "pitch_track",
     "segment_features",
+    "segment_inputs",
+    "segment_seed",
     "apply_protect",
     "change_rms",
     "finish",
@@ -192,17 +194,32 @@ class SegmentInput:
     audio: np.ndarray  # padded 16 kHz samples of the segment (float64)
     pitch: np.ndarray | None  # coarse, int64
     pitchf: np.ndarray | None  # Hz, float32
+    seed: int | None = None  # noise seed of this segment (derived from the file's seed and the segment number)
 
 
-def segment_inputs(prep: PreparedAudio, coarse: np.ndarray | None, pitchf: np.ndarray | None) -> list[SegmentInput]:
+def segment_seed(seed: int | None, number: int) -> int | None:
+    """The noise seed of segment ``number`` of a file converted with ``seed``.
+
+    It depends only on the file's seed and the segment's position in the file, so a
+    seeded conversion gives the same output whatever else is in the batch.
+    """
+    if seed is None:
+        return None
+    return (int(seed) * 1_000_003 + number) % (2**63 - 1)
+
+
+def segment_inputs(
+    prep: PreparedAudio, coarse: np.ndarray | None, pitchf: np.ndarray | None, seed: int | None = None
+) -> list[SegmentInput]:
     """Slice the padded signal and the pitch track per segment."""
     out = []
-    for seg in prep.segments:
+    for k, seg in enumerate(prep.segments):
         a = prep.padded[seg.start : seg.end]
+        s = segment_seed(seed, k)
         if coarse is None or pitchf is None:
-            out.append(SegmentInput(a, None, None))
+            out.append(SegmentInput(a, None, None, s))
         else:
-            out.append(SegmentInput(a, coarse[seg.f0_start : seg.f0_end], pitchf[seg.f0_start : seg.f0_end]))
+            out.append(SegmentInput(a, coarse[seg.f0_start : seg.f0_end], pitchf[seg.f0_start : seg.f0_end], s))
     return out
 
 
