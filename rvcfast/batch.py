@@ -150,7 +150,8 @@ def expand_inputs(inputs: Iterable[BatchInput] | BatchInput, options: BatchOptio
         if p.is_dir():
             pattern = "**/*" if options.recursive else "*"
             files = sorted(f for f in p.glob(pattern) if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
-            jobs.extend(Job(len(jobs) + i, str(f), path=f) for i, f in enumerate(files))
+            base = len(jobs)
+            jobs.extend([Job(base + i, str(f), path=f) for i, f in enumerate(files)])
         else:
             # a missing/unreadable path is kept: it fails with a clear per-file error
             jobs.append(Job(len(jobs), str(p), path=p))

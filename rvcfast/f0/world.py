@@ -16,6 +16,7 @@ install gives a :class:`~rvcfast.errors.BackendUnavailableError` that says what 
 
 from __future__ import annotations
 
+import warnings
 from types import ModuleType
 from typing import Any
 
@@ -135,7 +136,10 @@ class HarvestExtractor(_WorldExtractor):
         if self.filter_radius > 2:
             from scipy.signal import medfilt
 
-            f0 = medfilt(f0, 3)
+            with warnings.catch_warnings():
+                # Under 3 frames scipy warns that it zero-pads; RVC filters these too.
+                warnings.filterwarnings("ignore", "kernel_size exceeds volume extent", UserWarning)
+                f0 = medfilt(f0, 3)
         return f0
 
 

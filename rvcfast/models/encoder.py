@@ -1081,14 +1081,10 @@ def random_hubert_state_dict(
 
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     h = config.hidden_size
-    if fmt == "fairseq":
-        out["mask_emb"] = randn(h).uniform_(generator=gen)
     for row in _key_table(config):
         name = row.fairseq if fmt == "fairseq" else row.hf
         shape = row.shape
-        is_norm = ".norm." in row.internal or row.internal.startswith(("feature_norm", "encoder_norm")) or (
-            "_norm." in row.internal
-        )
+        is_norm = "norm." in row.internal
         if row.internal == "pos_conv.weight":
             std = math.sqrt(4.0 / (config.conv_pos * h))
             v = randn(*shape) * std
@@ -1110,8 +1106,12 @@ def random_hubert_state_dict(
         out[name] = t
     if fmt == "fairseq" and config.final_proj_dim is not None:
         out["label_embs_concat"] = randn(504, config.final_proj_dim) * 0.1
+    mask_emb = torch.rand(h, generator=gen)
     if fmt == "hf":
-        out["masked_spec_embed"] = randn(h).uniform_(generator=gen)
+        out["masked_spec_embed"] = mask_emb
+    else:
+        out["mask_emb"] = mask_emb
+        out.move_to_end("mask_emb", last=False)
     for key in out:
         out[key] = out[key].to(dtype).contiguous()
     return out
@@ -1225,7 +1225,7 @@ def _hf_config_dict(config: HubertConfig) -> dict[str, Any]:
     }
 
 
-def _fairseq_pickle_module(stub_classes: tuple[type, ...]) -> types.SimpleNamespace:
+def _fairseq_pickle_module(stub_classes: tuple[type, ...]) -> types.ModuleType:
     """A pickle 'module' for ``torch.save`` that writes ``stub_classes`` under their fake names.
 
     Pickle normally refuses a class whose ``__module__`` cannot be imported; this
@@ -1241,7 +1241,9 @@ def _fairseq_pickle_module(stub_classes: tuple[type, ...]) -> types.SimpleNamesp
                 return
             super().save_global(obj, name)
 
-    return types.SimpleNamespace(Pickler=_Pickler)
+    module = types.ModuleType("rvcfast_fairseq_pickle")
+    module.Pickler = _Pickler  # type: ignore[attr-defined]
+    return module
 
 
 def _fairseq_dictionary(dict_cls: type, num_labels: int) -> Any:
