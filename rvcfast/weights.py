@@ -202,12 +202,17 @@ def download(
                     done += len(block)
                     if progress:
                         progress(done, total)
+            if total and done < total:
+                raise DownloadError(
+                    f"download of {url} was interrupted after {done} of {total} bytes; {part} keeps them "
+                    "and the next attempt resumes from there"
+                )
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and have:
             pass  # range not satisfiable: the partial file is already complete
         else:
             raise DownloadError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError, TimeoutError) as exc:
+    except (urllib.error.URLError, OSError, TimeoutError, ConnectionError) as exc:
         raise DownloadError(
             f"download of {url} failed ({exc}); {part} keeps the {part.stat().st_size if part.exists() else 0} "
             "bytes received so far and the next attempt resumes from there"
