@@ -60,7 +60,9 @@ __all__ = [
 SAMPLE_RATE = 16000
 
 #: The conv feature extractor of HuBERT-base / ContentVec: (channels, kernel, stride) per layer.
-HUBERT_BASE_CONV_LAYERS: tuple[tuple[int, int, int], ...] = ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
+HUBERT_BASE_CONV_LAYERS: tuple[tuple[int, int, int], ...] = (
+    ((512, 10, 5),) + ((512, 3, 2),) * 4 + ((512, 2, 2),) * 2
+)
 
 _GELU_APPROX = {
     "gelu": "none",
@@ -377,8 +379,10 @@ class _EncoderLayer(nn.Module):
     def ffn(self, x: torch.Tensor, approximate: str) -> torch.Tensor:
         h = self.fc1(x)
         # fairseq runs the FFN GELU in float32 when the model is half.
-        h = F.gelu(h.float(), approximate=approximate).to(h.dtype) if h.dtype != torch.float32 else F.gelu(
-            h, approximate=approximate
+        h = (
+            F.gelu(h.float(), approximate=approximate).to(h.dtype)
+            if h.dtype != torch.float32
+            else F.gelu(h, approximate=approximate)
         )
         return self.fc2(h)
 
@@ -398,6 +402,11 @@ class HubertEncoder(nn.Module):
     Build it from a :class:`HubertConfig` (random weights) or, usually, with
     :func:`load_encoder`. Call :meth:`encode` for features; ``nn.Module.forward`` is
     the same as :meth:`encode` without ``inference_mode``.
+
+    Attributes: ``hidden_size``, ``num_layers``, ``has_final_proj``, ``final_proj_dim``
+    (``None`` without ``final_proj``), ``receptive_field`` (400) and ``hop`` (320) in
+    samples, ``config``; models from :func:`load_encoder` also carry ``source_path``
+    and ``source_format`` (``"fairseq"`` or ``"hf"``).
     """
 
     sample_rate: int = SAMPLE_RATE
@@ -424,12 +433,17 @@ class HubertEncoder(nn.Module):
             c_in = dim
         self.conv_layers = nn.ModuleList(blocks)
         h = config.hidden_size
-        self.feature_norm = nn.LayerNorm(config.conv_dim, eps=config.layer_norm_eps) if config.feature_layer_norm else None
+        self.feature_norm = (
+            nn.LayerNorm(config.conv_dim, eps=config.layer_norm_eps) if config.feature_layer_norm else None
+        )
         self.projection = nn.Linear(config.conv_dim, h) if config.has_projection else None
-        self.pos_conv = nn.Conv1d(h, h, config.conv_pos, padding=config.conv_pos // 2, groups=config.conv_pos_groups)
+        self.pos_conv = nn.Conv1d(
+            h, h, config.conv_pos, padding=config.conv_pos // 2, groups=config.conv_pos_groups
+        )
         self.encoder_norm = nn.LayerNorm(h, eps=config.layer_norm_eps)
         self.layers = nn.ModuleList(
-            _EncoderLayer(h, config.num_heads, config.ffn_dim, config.layer_norm_eps) for _ in range(config.num_layers)
+            _EncoderLayer(h, config.num_heads, config.ffn_dim, config.layer_norm_eps)
+            for _ in range(config.num_layers)
         )
         self.final_proj = nn.Linear(h, config.final_proj_dim) if config.final_proj_dim is not None else None
         self._ffn_approx = _GELU_APPROX[config.activation]
@@ -452,13 +466,16 @@ class HubertEncoder(nn.Module):
         if audio.dim() == 1:
             audio = audio.unsqueeze(0)
         if audio.dim() != 2:
-            raise AudioError(None, f"the content encoder expects audio shaped [batch, samples], got {tuple(audio.shape)}")
+            raise AudioError(
+                None, f"the content encoder expects audio shaped [batch, samples], got {tuple(audio.shape)}"
+            )
         if not audio.is_floating_point():
             raise AudioError(None, f"the content encoder expects float audio, got {audio.dtype}")
         n = audio.shape[1]
         if n < self.receptive_field:
             raise AudioError(
-                None, f"audio of {n} samples is too short: the content encoder needs at least {self.receptive_field}"
+                None,
+                f"audio of {n} samples is too short: the content encoder needs at least {self.receptive_field}",
             )
         lens: list[int] | None = None
         if lengths is not None:
@@ -470,7 +487,8 @@ class HubertEncoder(nn.Module):
                     raise ParameterError(f"length {v} exceeds the padded audio length {n}")
                 if v < self.receptive_field:
                     raise AudioError(
-                        None, f"an item of {v} samples is too short: the content encoder needs at least {self.receptive_field}"
+                        None,
+                        f"an item of {v} samples is too short: the content encoder needs at least {self.receptive_field}",
                     )
             if all(v == n for v in lens):
                 lens = None
@@ -485,10 +503,14 @@ class HubertEncoder(nn.Module):
             return F.group_norm(x.float(), norm.num_groups, w, b, norm.eps).to(x.dtype)
         out = torch.zeros_like(x)
         for i, n in enumerate(lens):
-            out[i, :, :n] = F.group_norm(x[i : i + 1, :, :n].float(), norm.num_groups, w, b, norm.eps)[0].to(x.dtype)
+            out[i, :, :n] = F.group_norm(x[i : i + 1, :, :n].float(), norm.num_groups, w, b, norm.eps)[0].to(
+                x.dtype
+            )
         return out
 
-    def _conv_stack(self, audio: torch.Tensor, lens: list[int] | None) -> tuple[torch.Tensor, list[int] | None]:
+    def _conv_stack(
+        self, audio: torch.Tensor, lens: list[int] | None
+    ) -> tuple[torch.Tensor, list[int] | None]:
         x = audio.unsqueeze(1)
         for block in self.conv_layers:
             x = block.conv(x)
@@ -605,7 +627,10 @@ class HubertEncoder(nn.Module):
         audio, lens = self._prepare(audio16k, lengths)
         x, lens = self._conv_stack(audio, lens)
         if lens is not None:
-            pad = torch.arange(x.shape[-1], device=x.device)[None, :] >= torch.tensor(lens, device=x.device)[:, None]
+            pad = (
+                torch.arange(x.shape[-1], device=x.device)[None, :]
+                >= torch.tensor(lens, device=x.device)[:, None]
+            )
             x = x.masked_fill(pad[:, None, :], 0.0)
         return x
 
@@ -627,7 +652,11 @@ def _key_table(cfg: HubertConfig) -> list[_Key]:
     rows: list[_Key] = []
     c_in = 1
     for i, (dim, kernel, _) in enumerate(cfg.conv_layers):
-        fs, hf, me = f"feature_extractor.conv_layers.{i}", f"feature_extractor.conv_layers.{i}", f"conv_layers.{i}"
+        fs, hf, me = (
+            f"feature_extractor.conv_layers.{i}",
+            f"feature_extractor.conv_layers.{i}",
+            f"conv_layers.{i}",
+        )
         rows.append(_Key(f"{me}.conv.weight", f"{fs}.0.weight", f"{hf}.conv.weight", (dim, c_in, kernel)))
         if cfg.conv_bias:
             rows.append(_Key(f"{me}.conv.bias", f"{fs}.0.bias", f"{hf}.conv.bias", (dim,)))
@@ -642,13 +671,33 @@ def _key_table(cfg: HubertConfig) -> list[_Key]:
     h = cfg.hidden_size
     if cfg.feature_layer_norm:
         for p in ("weight", "bias"):
-            rows.append(_Key(f"feature_norm.{p}", f"layer_norm.{p}", f"feature_projection.layer_norm.{p}", (cfg.conv_dim,)))
+            rows.append(
+                _Key(
+                    f"feature_norm.{p}",
+                    f"layer_norm.{p}",
+                    f"feature_projection.layer_norm.{p}",
+                    (cfg.conv_dim,),
+                )
+            )
     if cfg.has_projection:
-        rows.append(_Key("projection.weight", "post_extract_proj.weight", "feature_projection.projection.weight", (h, cfg.conv_dim)))
-        rows.append(_Key("projection.bias", "post_extract_proj.bias", "feature_projection.projection.bias", (h,)))
+        rows.append(
+            _Key(
+                "projection.weight",
+                "post_extract_proj.weight",
+                "feature_projection.projection.weight",
+                (h, cfg.conv_dim),
+            )
+        )
+        rows.append(
+            _Key("projection.bias", "post_extract_proj.bias", "feature_projection.projection.bias", (h,))
+        )
     rows.append(
-        _Key("pos_conv.weight", "encoder.pos_conv.0.weight", "encoder.pos_conv_embed.conv.weight",
-             (h, h // cfg.conv_pos_groups, cfg.conv_pos))
+        _Key(
+            "pos_conv.weight",
+            "encoder.pos_conv.0.weight",
+            "encoder.pos_conv_embed.conv.weight",
+            (h, h // cfg.conv_pos_groups, cfg.conv_pos),
+        )
     )
     rows.append(_Key("pos_conv.bias", "encoder.pos_conv.0.bias", "encoder.pos_conv_embed.conv.bias", (h,)))
     for p in ("weight", "bias"):
@@ -656,18 +705,54 @@ def _key_table(cfg: HubertConfig) -> list[_Key]:
     for i in range(cfg.num_layers):
         me, fs, hf = f"layers.{i}", f"encoder.layers.{i}", f"encoder.layers.{i}"
         for proj in ("q_proj", "k_proj", "v_proj", "out_proj"):
-            rows.append(_Key(f"{me}.{proj}.weight", f"{fs}.self_attn.{proj}.weight", f"{hf}.attention.{proj}.weight", (h, h)))
-            rows.append(_Key(f"{me}.{proj}.bias", f"{fs}.self_attn.{proj}.bias", f"{hf}.attention.{proj}.bias", (h,)))
+            rows.append(
+                _Key(
+                    f"{me}.{proj}.weight",
+                    f"{fs}.self_attn.{proj}.weight",
+                    f"{hf}.attention.{proj}.weight",
+                    (h, h),
+                )
+            )
+            rows.append(
+                _Key(f"{me}.{proj}.bias", f"{fs}.self_attn.{proj}.bias", f"{hf}.attention.{proj}.bias", (h,))
+            )
         for p in ("weight", "bias"):
-            rows.append(_Key(f"{me}.attn_norm.{p}", f"{fs}.self_attn_layer_norm.{p}", f"{hf}.layer_norm.{p}", (h,)))
-        rows.append(_Key(f"{me}.fc1.weight", f"{fs}.fc1.weight", f"{hf}.feed_forward.intermediate_dense.weight", (cfg.ffn_dim, h)))
-        rows.append(_Key(f"{me}.fc1.bias", f"{fs}.fc1.bias", f"{hf}.feed_forward.intermediate_dense.bias", (cfg.ffn_dim,)))
-        rows.append(_Key(f"{me}.fc2.weight", f"{fs}.fc2.weight", f"{hf}.feed_forward.output_dense.weight", (h, cfg.ffn_dim)))
+            rows.append(
+                _Key(f"{me}.attn_norm.{p}", f"{fs}.self_attn_layer_norm.{p}", f"{hf}.layer_norm.{p}", (h,))
+            )
+        rows.append(
+            _Key(
+                f"{me}.fc1.weight",
+                f"{fs}.fc1.weight",
+                f"{hf}.feed_forward.intermediate_dense.weight",
+                (cfg.ffn_dim, h),
+            )
+        )
+        rows.append(
+            _Key(
+                f"{me}.fc1.bias",
+                f"{fs}.fc1.bias",
+                f"{hf}.feed_forward.intermediate_dense.bias",
+                (cfg.ffn_dim,),
+            )
+        )
+        rows.append(
+            _Key(
+                f"{me}.fc2.weight",
+                f"{fs}.fc2.weight",
+                f"{hf}.feed_forward.output_dense.weight",
+                (h, cfg.ffn_dim),
+            )
+        )
         rows.append(_Key(f"{me}.fc2.bias", f"{fs}.fc2.bias", f"{hf}.feed_forward.output_dense.bias", (h,)))
         for p in ("weight", "bias"):
-            rows.append(_Key(f"{me}.ffn_norm.{p}", f"{fs}.final_layer_norm.{p}", f"{hf}.final_layer_norm.{p}", (h,)))
+            rows.append(
+                _Key(f"{me}.ffn_norm.{p}", f"{fs}.final_layer_norm.{p}", f"{hf}.final_layer_norm.{p}", (h,))
+            )
     if cfg.final_proj_dim is not None:
-        rows.append(_Key("final_proj.weight", "final_proj.weight", "final_proj.weight", (cfg.final_proj_dim, h)))
+        rows.append(
+            _Key("final_proj.weight", "final_proj.weight", "final_proj.weight", (cfg.final_proj_dim, h))
+        )
         rows.append(_Key("final_proj.bias", "final_proj.bias", "final_proj.bias", (cfg.final_proj_dim,)))
     return rows
 
@@ -678,9 +763,7 @@ def _name_list(names: Iterable[str], limit: int = 25) -> str:
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
-def _map_state(
-    state: Mapping[str, Any], cfg: HubertConfig, fmt: str, path: Path
-) -> dict[str, torch.Tensor]:
+def _map_state(state: Mapping[str, Any], cfg: HubertConfig, fmt: str, path: Path) -> dict[str, torch.Tensor]:
     """Strictly map a file's state dict onto internal names; weight norm is folded first."""
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
@@ -698,7 +781,10 @@ def _map_state(
         problems.append(f"unexpected keys: {_name_list(unknown)}")
     if problems:
         layout = "fairseq HuBERT" if fmt == "fairseq" else "transformers HubertModel"
-        raise ModelLoadError(path, f"the weights do not match the {layout} layout of the configured model; " + "; ".join(problems))
+        raise ModelLoadError(
+            path,
+            f"the weights do not match the {layout} layout of the configured model; " + "; ".join(problems),
+        )
     out: dict[str, torch.Tensor] = {}
     mismatched = []
     for name, row in by_source.items():
@@ -711,7 +797,9 @@ def _map_state(
             continue
         out[row.internal] = t.float()
     if mismatched:
-        raise ModelLoadError(path, "tensor shapes do not match the configuration: " + "; ".join(mismatched[:25]))
+        raise ModelLoadError(
+            path, "tensor shapes do not match the configuration: " + "; ".join(mismatched[:25])
+        )
     return out
 
 
@@ -759,7 +847,9 @@ class _Fields:
         self.what = what
 
     def _fail(self, name: str, expected: str) -> ModelLoadError:
-        return ModelLoadError(self.path, f"{self.what} field {name!r} must be {expected}, got {self.values.get(name)!r}")
+        return ModelLoadError(
+            self.path, f"{self.what} field {name!r} must be {expected}, got {self.values.get(name)!r}"
+        )
 
     def get_int(self, name: str, default: int) -> int:
         v = self.values.get(name)
@@ -797,7 +887,9 @@ class _Fields:
         v = self.values.get(name)
         if v is None:
             return None
-        if not isinstance(v, (list, tuple)) or any(isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in v):
+        if not isinstance(v, (list, tuple)) or any(
+            isinstance(x, bool) or not isinstance(x, int) or x <= 0 for x in v
+        ):
             raise self._fail(name, "a list of positive integers")
         return [int(x) for x in v]
 
@@ -862,14 +954,18 @@ def _config_from_fairseq(ckpt: Mapping[str, Any], state: Mapping[str, Any], path
     if layer_type != "transformer":
         raise ModelLoadError(path, f"encoder layer_type {layer_type!r} is not supported (only 'transformer')")
     if f.get_str("pos_enc_type", "abs") != "abs":
-        raise ModelLoadError(path, f"pos_enc_type {values.get('pos_enc_type')!r} is not supported (only 'abs')")
+        raise ModelLoadError(
+            path, f"pos_enc_type {values.get('pos_enc_type')!r} is not supported (only 'abs')"
+        )
     if f.get_bool("conv_pos_batch_norm", False):
         raise ModelLoadError(path, "conv_pos_batch_norm=True is not supported")
     spec = values.get("conv_feature_layers", HUBERT_BASE_CONV_LAYERS)
     try:
         conv_layers = parse_conv_layers(spec)
     except ValueError as exc:
-        raise ModelLoadError(path, f"cfg.model.conv_feature_layers {spec!r} is not a list of (dim, kernel, stride): {exc}") from None
+        raise ModelLoadError(
+            path, f"cfg.model.conv_feature_layers {spec!r} is not a list of (dim, kernel, stride): {exc}"
+        ) from None
     hidden = f.get_int("encoder_embed_dim", 768)
     config = HubertConfig(
         conv_layers=conv_layers,
@@ -905,7 +1001,8 @@ def _config_from_hf(values: Mapping[str, Any], state: Mapping[str, Any], path: P
     strides = f.get_int_list("conv_stride") or [s for _, _, s in HUBERT_BASE_CONV_LAYERS]
     if not (len(dims) == len(kernels) == len(strides)):
         raise ModelLoadError(
-            path, f"conv_dim, conv_kernel and conv_stride have different lengths ({len(dims)}, {len(kernels)}, {len(strides)})"
+            path,
+            f"conv_dim, conv_kernel and conv_stride have different lengths ({len(dims)}, {len(kernels)}, {len(strides)})",
         )
     norm = f.get_str("feat_extract_norm", "group")
     if norm not in ("group", "layer"):
@@ -945,7 +1042,11 @@ def _validate(config: HubertConfig, path: Path) -> None:
 
 
 def _build(
-    config: HubertConfig, weights: dict[str, torch.Tensor], path: Path, device: str | torch.device, dtype: torch.dtype
+    config: HubertConfig,
+    weights: dict[str, torch.Tensor],
+    path: Path,
+    device: str | torch.device,
+    dtype: torch.dtype,
 ) -> HubertEncoder:
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ParameterError(f"dtype must be a floating torch.dtype, got {dtype!r}")
@@ -962,7 +1063,9 @@ def _build(
     return model
 
 
-def _load_fairseq(path: Path, ckpt: Mapping[str, Any], device: str | torch.device, dtype: torch.dtype) -> HubertEncoder:
+def _load_fairseq(
+    path: Path, ckpt: Mapping[str, Any], device: str | torch.device, dtype: torch.dtype
+) -> HubertEncoder:
     state = ckpt.get("model")
     if not isinstance(state, Mapping):
         raise ModelLoadError(path, "the fairseq checkpoint's 'model' entry is not a state dict")
@@ -990,7 +1093,9 @@ def _load_hf(
                     weights_path = folder / name
                     break
             else:
-                raise ModelLoadError(folder, "content encoder folder has neither model.safetensors nor pytorch_model.bin")
+                raise ModelLoadError(
+                    folder, "content encoder folder has neither model.safetensors nor pytorch_model.bin"
+                )
         if weights_path.suffix.lower() == ".safetensors":
             state = load_safetensors(weights_path, "content encoder weights")
         else:
@@ -1039,11 +1144,13 @@ def load_encoder(
         if (p.parent / "config.json").is_file():
             return _load_hf(p.parent, device, dtype, weights_path=p, state=obj)
         raise ModelLoadError(
-            p, "this is a bare state dict without a config.json beside it; pass the Hugging Face folder instead"
+            p,
+            "this is a bare state dict without a config.json beside it; pass the Hugging Face folder instead",
         )
     raise ModelLoadError(
-        p, "not a content-encoder checkpoint: expected a fairseq dict with 'model' and 'cfg' (or 'args'), "
-        "or a Hugging Face HubertModel folder"
+        p,
+        "not a content-encoder checkpoint: expected a fairseq dict with 'model' and 'cfg' (or 'args'), "
+        "or a Hugging Face HubertModel folder",
     )
 
 
@@ -1088,7 +1195,9 @@ def random_hubert_state_dict(
         if row.internal == "pos_conv.weight":
             std = math.sqrt(4.0 / (config.conv_pos * h))
             v = randn(*shape) * std
-            g = v.double().pow(2).sum(dim=(0, 1), keepdim=True).sqrt().float() * (1.0 + 0.05 * randn(1, 1, shape[2]))
+            g = v.double().pow(2).sum(dim=(0, 1), keepdim=True).sqrt().float() * (
+                1.0 + 0.05 * randn(1, 1, shape[2])
+            )
             base = name[: -len(".weight")]
             if weight_norm_keys == "legacy":
                 out[f"{base}.weight_g"], out[f"{base}.weight_v"] = g, v
@@ -1236,7 +1345,7 @@ def _fairseq_pickle_module(stub_classes: tuple[type, ...]) -> types.ModuleType:
     class _Pickler(pickle._Pickler):  # type: ignore[name-defined,misc]
         def save_global(self, obj: Any, name: str | None = None) -> None:
             if any(obj is cls for cls in stub_classes):
-                self.write(pickle.GLOBAL + f"{obj.__module__}\n{obj.__qualname__}\n".encode("utf-8"))
+                self.write(pickle.GLOBAL + f"{obj.__module__}\n{obj.__qualname__}\n".encode())
                 self.memoize(obj)
                 return
             super().save_global(obj, name)
