@@ -118,7 +118,8 @@ def load_torch_file(path: str | os.PathLike[str], what: str = "model") -> Any:
                 f"plain data, so loading it could run code ({first[:300]})",
             ) from None
         raise ModelLoadError(p, f"{what} file is corrupt: {msg[:300]}") from None
-    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, struct.error) as exc:
+    except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
+            AttributeError, struct.error, MemoryError, OverflowError) as exc:
         raise ModelLoadError(
             p, f"{what} file is truncated, corrupt or not a PyTorch file ({type(exc).__name__}: {str(exc)[:200]})"
         ) from None

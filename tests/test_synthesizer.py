@@ -1,0 +1,418 @@
+"""Tests of the RVC synthesizer (rvcfast.models.synthesizer)."""
+
+from __future__ import annotations
+
+import collections
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+from rvcfast.errors import ModelLoadError, ParameterError
+from rvcfast.models.synthesizer import (
+    RVC_SAMPLE_RATE_CONFIGS,
+    Synthesizer,
+    _sine_excitation,
+    load_vocoder,
+    rvc_config,
+    save_random_voice_model,
+)
+from rvcfast.protocols import Vocoder
+from rvcfast.safe_load import load_torch_file
+
+VARIANTS = ["v2_40k_f0", "v1_48k_f0", "v2_32k_nof0"]
+# (sample_rate, version, has_f0, num_speakers from emb_g rows, hop)
+EXPECTED_ATTRS = {
+    "v2_40k_f0": (40000, "v2", True, 3, 400),
+    "v1_48k_f0": (48000, "v1", True, 2, 480),
+    "v2_32k_nof0": (32000, "v2", False, 4, 320),
+}
+SMALL = dict(inter_channels=16, hidden_channels=16, filter_channels=32, n_layers=1, upsample_initial_channel=32)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """Run this module single-threaded: on a busy 2-core box, two spinning OpenMP
+    threads make these small convolutions several times slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def models(golden: Path) -> dict[str, Synthesizer]:
+    return {v: load_vocoder(golden / "models" / f"voice_{v}.pth") for v in VARIANTS}
+
+
+def _inputs(golden: Path, variant: str) -> dict[str, torch.Tensor]:
+    data = np.load(golden / "synth" / f"{variant}_inputs.npz")
+    return {k: torch.from_numpy(data[k]) for k in data.files}
+
+
+def _short(inp: dict[str, torch.Tensor], n: int) -> dict[str, torch.Tensor]:
+    """The first ``n`` frames of a golden input (keeps the non-golden tests quick)."""
+    out = {k: (v[:, :n] if v.dim() >= 2 else v) for k, v in inp.items()}
+    out["phone_lengths"] = torch.tensor([n])
+    return out
+
+
+def _run(model: Synthesizer, inp: dict[str, torch.Tensor], **kw):
+    return model.synthesize_debug(
+        inp["phone"], inp["phone_lengths"], inp.get("pitch"), inp.get("pitchf"), inp["sid"], **kw
+    )
+
+
+# --------------------------------------------------------------------------- golden parity
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_golden_parity(golden: Path, models, variant: str) -> None:
+    model = models[variant]
+    out = _run(model, _inputs(golden, variant), noise=False)
+    ref, sr = sf.read(golden / "synth" / f"{variant}_out.wav", dtype="float32")
+    assert sr == model.sample_rate
+    audio = out["audio"][0].numpy()
+    assert audio.shape == ref.shape
+    assert np.abs(audio - ref).max() <= 2e-5
+    inter = np.load(golden / "synth" / f"{variant}_intermediates.npz")
+    for key in ("m_p", "logs_p", "z"):
+        assert out[key].shape == inter[key].shape
+        assert np.abs(out[key].numpy() - inter[key]).max() <= 1e-4, key
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_attributes(models, variant: str) -> None:
+    model = models[variant]
+    sr, version, has_f0, n_spk, hop = EXPECTED_ATTRS[variant]
+    assert model.sample_rate == sr
+    assert model.version == version
+    assert model.has_f0 is has_f0
+    assert model.num_speakers == n_spk
+    assert model.hop_length == hop
+    assert model.feature_dim == (256 if version == "v1" else 768)
+    assert model.config[15] == n_spk and model.config[17] == sr
+    assert isinstance(model, Vocoder)
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.golden
+def test_speaker_count_from_emb_g_not_config(golden: Path, models) -> None:
+    ckpt = load_torch_file(golden / "models" / "voice_v1_48k_f0.pth")
+    assert ckpt["config"][15] == 109
+    assert models["v1_48k_f0"].num_speakers == ckpt["weight"]["emb_g.weight"].shape[0] == 2
+
+
+# --------------------------------------------------------------------------- file variants
+
+
+@pytest.mark.golden
+def test_parametrization_keys_give_identical_output(golden: Path, models, tmp_path: Path) -> None:
+    ckpt = load_torch_file(golden / "models" / "voice_v2_40k_f0.pth")
+    renamed = collections.OrderedDict()
+    n = 0
+    for key, value in ckpt["weight"].items():
+        if key.endswith(".weight_g"):
+            key = key[: -len(".weight_g")] + ".parametrizations.weight.original0"
+            n += 1
+        elif key.endswith(".weight_v"):
+            key = key[: -len(".weight_v")] + ".parametrizations.weight.original1"
+        renamed[key] = value
+    assert n > 0
+    ckpt["weight"] = renamed
+    path = tmp_path / "param_keys.pth"
+    torch.save(ckpt, path)
+    model = load_vocoder(path)
+    inp = _short(_inputs(golden, "v2_40k_f0"), 50)
+    a = _run(model, inp, noise=False)["audio"]
+    b = _run(models["v2_40k_f0"], inp, noise=False)["audio"]
+    assert torch.equal(a, b)
+
+
+@pytest.mark.golden
+def test_applio_spelling_and_training_checkpoint(golden: Path, models, tmp_path: Path) -> None:
+    ckpt = load_torch_file(golden / "models" / "voice_v1_48k_f0.pth")
+    # Applio spelling: int sr, bool f0, vocoder key, extra metadata.
+    applio = dict(ckpt, sr=48000, f0=True, vocoder="HiFi-GAN", epoch=3, author="x", embedder_model="contentvec")
+    torch.save(applio, tmp_path / "applio.pth")
+    inp = _short(_inputs(golden, "v1_48k_f0"), 40)
+    ref = _run(models["v1_48k_f0"], inp, noise=False)["audio"]
+    assert torch.equal(_run(load_vocoder(tmp_path / "applio.pth"), inp, noise=False)["audio"], ref)
+    # Training checkpoint: {"model": state dict with enc_q.*, ...}, no config at all.
+    weights = dict(ckpt["weight"])
+    hidden = weights["enc_p.emb_phone.weight"].shape[0]
+    weights["enc_q.pre.weight"] = torch.zeros(hidden, 1025, 1, dtype=torch.float16)
+    weights["enc_q.proj.bias"] = torch.zeros(4, dtype=torch.float16)
+    train = {"model": weights, "iteration": 10, "optimizer": {}, "learning_rate": 1e-4}
+    torch.save(train, tmp_path / "G_10.pth")
+    model = load_vocoder(tmp_path / "G_10.pth")
+    assert (model.version, model.sample_rate, model.has_f0, model.hop_length) == ("v1", 48000, True, 480)
+    assert model.config[12] == [10, 6, 2, 2, 2]
+    assert torch.equal(_run(model, inp, noise=False)["audio"], ref)
+
+
+def _mutated(golden: Path, tmp_path: Path, name: str, mutate) -> Path:
+    ckpt = load_torch_file(golden / "models" / "voice_v2_32k_nof0.pth")
+    mutate(ckpt)
+    path = tmp_path / name
+    torch.save(ckpt, path)
+    return path
+
+
+@pytest.mark.golden
+def test_unknown_key_rejected(golden: Path, tmp_path: Path) -> None:
+    path = _mutated(golden, tmp_path, "unknown.pth", lambda c: c["weight"].__setitem__("dec.extra.weight", torch.zeros(3)))
+    with pytest.raises(ModelLoadError) as info:
+        load_vocoder(path)
+    assert str(path) in str(info.value) and "dec.extra.weight" in str(info.value)
+    assert "unknown" in str(info.value)
+
+
+@pytest.mark.golden
+def test_missing_key_rejected(golden: Path, tmp_path: Path) -> None:
+    path = _mutated(golden, tmp_path, "missing.pth", lambda c: c["weight"].pop("dec.conv_post.weight"))
+    with pytest.raises(ModelLoadError) as info:
+        load_vocoder(path)
+    assert str(path) in str(info.value) and "dec.conv_post.weight" in str(info.value)
+    assert "missing" in str(info.value)
+
+
+@pytest.mark.golden
+def test_enc_q_keys_ignored(golden: Path, tmp_path: Path) -> None:
+    path = _mutated(golden, tmp_path, "encq.pth", lambda c: c["weight"].__setitem__("enc_q.pre.weight", torch.zeros(2)))
+    assert load_vocoder(path).num_speakers == 4
+
+
+@pytest.mark.golden
+def test_shape_mismatch_rejected(golden: Path, tmp_path: Path) -> None:
+    def mutate(c):
+        c["weight"]["dec.conv_pre.weight"] = torch.zeros(5, 5, 7, dtype=torch.float16)
+
+    path = _mutated(golden, tmp_path, "shape.pth", mutate)
+    with pytest.raises(ModelLoadError) as info:
+        load_vocoder(path)
+    assert str(path) in str(info.value) and "dec.conv_pre.weight" in str(info.value)
+
+
+@pytest.mark.golden
+def test_wrong_version_gives_clear_error(golden: Path, tmp_path: Path) -> None:
+    path = _mutated(golden, tmp_path, "version.pth", lambda c: c.__setitem__("version", "v1"))
+    with pytest.raises(ModelLoadError, match="emb_phone"):
+        load_vocoder(path)
+
+
+@pytest.mark.golden
+def test_wrong_vocoder_rejected(golden: Path, tmp_path: Path) -> None:
+    path = _mutated(golden, tmp_path, "refinegan.pth", lambda c: c.__setitem__("vocoder", "RefineGAN"))
+    with pytest.raises(ModelLoadError) as info:
+        load_vocoder(path)
+    assert str(path) in str(info.value) and "RefineGAN" in str(info.value)
+
+
+@pytest.mark.parametrize(
+    "content, needle",
+    [
+        (["not", "a", "dict"], "not an RVC voice model"),
+        ({"foo": 1}, "'weight'"),
+        ({"weight": {"emb_g.weight": torch.zeros(2, 4)}}, "config"),
+        ({"weight": {"emb_g.weight": torch.zeros(2, 4)}, "config": [1, 2, 3]}, "18"),
+        ({"weight": {"a": 1}, "config": []}, "not tensors"),
+    ],
+)
+def test_not_a_voice_model(tmp_path: Path, content, needle: str) -> None:
+    path = tmp_path / "bad.pth"
+    torch.save(content, path)
+    with pytest.raises(ModelLoadError, match=needle) as info:
+        load_vocoder(path)
+    assert str(path) in str(info.value)
+
+
+@pytest.mark.golden
+def test_malformed_config_rejected(golden: Path, tmp_path: Path) -> None:
+    def mutate(c):
+        c["config"][12] = "ten"
+
+    path = _mutated(golden, tmp_path, "cfg.pth", mutate)
+    with pytest.raises(ModelLoadError, match="config") as info:
+        load_vocoder(path)
+    assert str(path) in str(info.value)
+
+
+def test_garbage_file_rejected(tmp_path: Path) -> None:
+    path = tmp_path / "garbage.pth"
+    path.write_bytes(b"this is not a checkpoint at all")
+    with pytest.raises(ModelLoadError) as info:
+        load_vocoder(path)
+    assert str(path) in str(info.value)
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+@pytest.mark.golden
+def test_input_validation(golden: Path, models) -> None:
+    f0_model, nof0_model = models["v2_40k_f0"], models["v2_32k_nof0"]
+    t = 12
+    feats = torch.randn(1, t, 768)
+    lens = torch.tensor([t])
+    pitch = torch.full((1, t), 60)
+    pitchf = torch.full((1, t), 150.0)
+    with pytest.raises(ParameterError, match="pitch"):
+        f0_model.synthesize(feats, lens, noise=False)
+    with pytest.raises(ParameterError, match="speaker"):
+        f0_model.synthesize(feats, lens, pitch, pitchf, speaker=3, noise=False)
+    with pytest.raises(ParameterError, match="channels"):
+        f0_model.synthesize(torch.randn(1, t, 256), lens, pitch, pitchf, noise=False)
+    with pytest.raises(ParameterError, match="lengths"):
+        f0_model.synthesize(feats, torch.tensor([t + 1]), pitch, pitchf, noise=False)
+    with pytest.raises(ParameterError, match="pitch"):
+        f0_model.synthesize(feats, lens, pitch.float(), pitchf, noise=False)
+    with pytest.raises(ParameterError, match="0..255"):
+        f0_model.synthesize(feats, lens, pitch + 300, pitchf, noise=False)
+    # No-F0 models ignore pitch arguments.
+    a = nof0_model.synthesize(feats, lens, pitch, pitchf, speaker=1, noise=False)
+    b = nof0_model.synthesize(feats, lens, speaker=torch.tensor([1]), noise=False)
+    assert torch.equal(a, b) and a.shape == (1, t * 320)
+
+
+# --------------------------------------------------------------------------- batching and noise
+
+
+def _batch_from(inp: dict[str, torch.Tensor], t: int, lens: list[int], offsets: list[int]):
+    b = len(lens)
+    feats = torch.randn(b, t, inp["phone"].shape[2], generator=torch.Generator().manual_seed(0))  # padding garbage
+    pitch = torch.full((b, t), 77, dtype=torch.long)
+    pitchf = torch.full((b, t), 123.0)
+    for i, (n, o) in enumerate(zip(lens, offsets)):
+        feats[i, :n] = inp["phone"][0, o : o + n]
+        if "pitch" in inp:
+            pitch[i, :n] = inp["pitch"][0, o : o + n]
+            pitchf[i, :n] = inp["pitchf"][0, o : o + n]
+    return feats, pitch, pitchf
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("variant", ["v2_40k_f0", "v2_32k_nof0"])
+@pytest.mark.parametrize("noise", [False, True])
+def test_batch_equals_solo(golden: Path, models, variant: str, noise: bool) -> None:
+    model = models[variant]
+    inp = _short(_inputs(golden, variant), 64)
+    t = 48
+    lens, offsets = [t, 31, 13], [0, 30, 50]  # all windows lie inside the 64 golden frames kept
+    feats, pitch, pitchf = _batch_from(inp, t, lens, offsets)
+    sid = torch.tensor([0, 1, 2])
+    gens = [torch.Generator().manual_seed(10 + i) for i in range(3)]
+    out = model.synthesize(feats, torch.tensor(lens), pitch, pitchf, sid, noise=noise, generator=gens)
+    assert out.shape == (3, t * model.hop_length)
+    hop = model.hop_length
+    for i, (n, o) in enumerate(zip(lens, offsets)):
+        solo = model.synthesize(
+            inp["phone"][:, o : o + n],
+            torch.tensor([n]),
+            inp["pitch"][:, o : o + n] if "pitch" in inp else None,
+            inp["pitchf"][:, o : o + n] if "pitchf" in inp else None,
+            i,
+            noise=noise,
+            generator=[torch.Generator().manual_seed(10 + i)],
+        )[0]
+        diff = (out[i, : n * hop] - solo).abs().max().item()
+        assert diff <= 1e-5 * solo.abs().max().item(), (i, diff)
+        assert torch.all(out[i, n * hop :] == 0)
+
+
+@pytest.mark.golden
+def test_seeded_noise(golden: Path, models) -> None:
+    model = models["v2_40k_f0"]
+    inp = _short(_inputs(golden, "v2_40k_f0"), 40)
+    a = _run(model, inp, noise=True, generator=torch.Generator().manual_seed(1))["audio"]
+    b = _run(model, inp, noise=True, generator=torch.Generator().manual_seed(1))["audio"]
+    c = _run(model, inp, noise=True, generator=torch.Generator().manual_seed(2))["audio"]
+    d = _run(model, inp, noise=False)["audio"]
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c, atol=1e-4)
+    assert not torch.allclose(a, d, atol=1e-4)
+    # A single generator seeds one generator per item: item 0 of a batch matches a solo run.
+    feats = inp["phone"].repeat(2, 1, 1)
+    batch = model.synthesize(
+        feats, inp["phone_lengths"].repeat(2), inp["pitch"].repeat(2, 1), inp["pitchf"].repeat(2, 1), 1,
+        noise=True, generator=torch.Generator().manual_seed(1),
+    )
+    assert torch.allclose(batch[0], a[0], rtol=0, atol=1e-6)
+    assert not torch.allclose(batch[1], a[0], atol=1e-4)
+
+
+def test_sine_phase_is_accurate_for_long_inputs() -> None:
+    sr, upp, t = 48000, 480, 3000  # 30 s
+    f0 = 100.0 + 150.0 * torch.rand(1, t, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    f0[:, 100:130] = 0.0
+    f0 = f0.float()
+    got = _sine_excitation(f0, sr, upp)[0].double()
+    inc = (f0.double() / sr).repeat_interleave(upp, dim=1)[0]
+    phase = torch.remainder(torch.cumsum(inc, 0), 1.0)
+    voiced = (f0[0] > 0).double().repeat_interleave(upp)
+    ref = 0.1 * torch.sin(2 * math.pi * phase) * voiced
+    assert (got - ref).abs().max().item() < 2e-6
+
+
+# --------------------------------------------------------------------------- random full-size architecture
+
+
+@pytest.mark.parametrize("version, sr, f0", [("v1", 32000, True), ("v2", 48000, False)])
+def test_random_voice_model_roundtrip(tmp_path: Path, version: str, sr: int, f0: bool) -> None:
+    path = save_random_voice_model(tmp_path / "rand.pth", version, sr, f0, num_speakers=3, seed=5, **SMALL)
+    ckpt = load_torch_file(path)
+    assert list(ckpt) == ["weight", "config", "info", "sr", "f0", "version"]
+    assert ckpt["sr"] == f"{sr // 1000}k" and ckpt["f0"] == int(f0) and ckpt["version"] == version
+    assert ckpt["config"][12] == list(RVC_SAMPLE_RATE_CONFIGS[(version, sr)][1])
+    assert all(v.dtype == torch.float16 for v in ckpt["weight"].values())
+    assert any(k.endswith(".weight_g") for k in ckpt["weight"]) and not any("enc_q" in k for k in ckpt["weight"])
+    model = load_vocoder(path)
+    assert (model.version, model.sample_rate, model.has_f0, model.num_speakers) == (version, sr, f0, 3)
+    t = 9
+    out = model.synthesize(
+        torch.randn(2, t, model.feature_dim), torch.tensor([t, 5]),
+        torch.randint(1, 256, (2, t)), 100 + 100 * torch.rand(2, t), torch.tensor([0, 2]), noise=True,
+    )
+    assert out.shape == (2, t * sr // 100)
+    assert torch.isfinite(out).all() and out[0].abs().max() > 0
+    # Same seed, same file contents.
+    again = load_torch_file(save_random_voice_model(tmp_path / "again.pth", version, sr, f0, num_speakers=3, seed=5, **SMALL))
+    assert all(torch.equal(ckpt["weight"][k], again["weight"][k]) for k in ckpt["weight"])
+
+
+def test_random_voice_model_applio_style(tmp_path: Path) -> None:
+    path = save_random_voice_model(
+        tmp_path / "a.pth", "v2", "40k", True, sr_style="applio", weight_norm_keys="parametrizations",
+        vocoder="HiFi-GAN", num_speakers=1, **SMALL,
+    )
+    ckpt = load_torch_file(path)
+    assert ckpt["sr"] == 40000 and ckpt["vocoder"] == "HiFi-GAN"
+    assert any(k.endswith(".parametrizations.weight.original0") for k in ckpt["weight"])
+    assert load_vocoder(path).hop_length == 400
+
+
+def test_full_size_configs_match_rvc() -> None:
+    assert rvc_config("v2", 40000) == [
+        1025, 32, 192, 192, 768, 2, 6, 3, 0, "1", [3, 7, 11], [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
+        [10, 10, 2, 2], 512, [16, 16, 4, 4], 109, 256, 40000,
+    ]
+    with torch.device("meta"):
+        v2_40k = Synthesizer(rvc_config("v2", 40000), version="v2", has_f0=True)
+        v1_48k = Synthesizer(rvc_config("v1", "48k"), version="v1", has_f0=True)
+    # rvc.md §3.5: tensor counts with enc_q removed, n_spk = 109 (weight norm stored as g/v pairs).
+    def stored_tensors(model: Synthesizer) -> tuple[int, float]:
+        wn = sum(1 for m in model.modules() if getattr(m, "_rvc_weight_norm", False))
+        sd = model.state_dict()
+        return len(sd) + wn, sum(v.numel() for v in sd.values())
+
+    n, params = stored_tensors(v2_40k)
+    assert n == 457 and abs(params / 1e6 - 27.54) < 0.05
+    n, _ = stored_tensors(v1_48k)
+    assert n == 516
+    for (version, sr), (_, rates, _) in RVC_SAMPLE_RATE_CONFIGS.items():
+        assert math.prod(rates) == sr // 100
