@@ -1,4 +1,20 @@
-"""rvcfast: fast, faithful RVC voice conversion as a library."""
+"""rvcfast: fast, faithful RVC voice conversion as a library.
+
+Public API::
+
+    rvcfast.Converter.from_pretrained(model, index=None, encoder=None, f0="rmvpe", ...)
+    rvcfast.load_encoder(path)      -> FeatureEncoder  (HuBERT / ContentVec)
+    rvcfast.load_vocoder(path)      -> Vocoder         (RVC synthesizer)
+    rvcfast.load_index(path)        -> RetrievalIndex  (faiss IVF-Flat, read without faiss)
+    rvcfast.get_f0_extractor(name)  -> F0Extractor
+    rvcfast.available_f0_extractors()
+
+Heavy modules are imported on first use, so ``import rvcfast`` stays fast.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
 
 from ._version import __version__
 from .errors import (
@@ -12,8 +28,40 @@ from .errors import (
 )
 from .protocols import F0Extractor, FeatureEncoder, Vocoder
 
+if TYPE_CHECKING:  # pragma: no cover
+    from .api import Converter, Result
+    from .f0.registry import available_f0_extractors, get_f0_extractor
+    from .index import RetrievalIndex, load_index
+    from .models.encoder import load_encoder
+    from .models.synthesizer import load_vocoder
+    from .pipeline import ConversionParams
+
+_LAZY = {
+    "Converter": ("api", "Converter"),
+    "Result": ("api", "Result"),
+    "ConversionParams": ("pipeline", "ConversionParams"),
+    "load_encoder": ("models.encoder", "load_encoder"),
+    "load_vocoder": ("models.synthesizer", "load_vocoder"),
+    "load_index": ("index", "load_index"),
+    "RetrievalIndex": ("index", "RetrievalIndex"),
+    "get_f0_extractor": ("f0.registry", "get_f0_extractor"),
+    "available_f0_extractors": ("f0.registry", "available_f0_extractors"),
+}
+
 __all__ = [
     "__version__",
+    "Converter",
+    "Result",
+    "ConversionParams",
+    "load_encoder",
+    "load_vocoder",
+    "load_index",
+    "RetrievalIndex",
+    "get_f0_extractor",
+    "available_f0_extractors",
+    "F0Extractor",
+    "FeatureEncoder",
+    "Vocoder",
     "AudioError",
     "BackendUnavailableError",
     "ModelLoadError",
@@ -21,7 +69,19 @@ __all__ = [
     "RvcfastError",
     "UnsafeFileError",
     "WeightsNotFoundError",
-    "F0Extractor",
-    "FeatureEncoder",
-    "Vocoder",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        value = getattr(importlib.import_module(f".{module}", __name__), attr)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'rvcfast' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
