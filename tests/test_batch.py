@@ -1,0 +1,132 @@
+"""The batch engine: equal to one-at-a-time, loads once, isolates failures, writes safely."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import rvcfast
+from rvcfast import cache
+
+
+@pytest.fixture(scope="module")
+def models(golden):
+    return golden / "models"
+
+
+@pytest.fixture(scope="module")
+def conv(models):
+    return rvcfast.Converter.from_pretrained(
+        models / "voice_v2_40k_f0.pth",
+        index=models / "index" / "v2_768.index",
+        encoder=models / "contentvec_hf",
+        f0_weights=models / "rmvpe_reduced.pt",
+        device="cpu",
+    )
+
+
+def _clips(golden, lengths_s, rate=16000):
+    x, _ = sf.read(golden / "audio" / "e2e_long_16k.wav", dtype="float32")
+    out, start = [], 0
+    for s in lengths_s:
+        n = int(s * rate)
+        out.append(x[start : start + n].astype(np.float64))
+        start += n // 3
+    return out
+
+
+def test_batch_equals_one_at_a_time(golden, conv):
+    clips = _clips(golden, [1.3, 4.0, 2.55, 0.7, 3.1])
+    solo = [conv.convert(c, 16000, noise=False).audio for c in clips]
+    batch = conv.convert_batch([(c, 16000) for c in clips], noise=False, batch_seconds=30)
+    assert [r.index for r in batch] == list(range(len(clips)))
+    for s, b in zip(solo, batch):
+        assert b.ok, b.error
+        assert b.audio.shape == s.shape
+        scale = max(np.abs(s).max(), 1e-3)
+        assert np.abs(b.audio - s).max() / scale <= 1e-5
+
+
+def test_seeded_noise_does_not_depend_on_batch_composition(golden, conv):
+    a, b, c = _clips(golden, [2.0, 3.0, 1.5])
+    alone = conv.convert(a, 16000, seed=7).audio
+    again = conv.convert(a, 16000, seed=7).audio
+    mixed = conv.convert_batch([(c, 16000), (a, 16000), (b, 16000)], seed=7)[1].audio
+    np.testing.assert_array_equal(alone, again)
+    np.testing.assert_allclose(mixed, alone, atol=1e-5 * np.abs(alone).max())
+    other = conv.convert(a, 16000, seed=8).audio
+    assert np.abs(other - alone).max() > 1e-4
+
+
+def test_twelve_file_batch_loads_each_model_once(golden, models, tmp_path):
+    clips = _clips(golden, [1.0] * 12)
+    for i, c in enumerate(clips):
+        sf.write(tmp_path / f"clip{i:02d}.wav", c, 16000)
+    cache.clear()
+    conv = rvcfast.Converter.from_pretrained(
+        models / "voice_v2_40k_f0.pth", encoder=models / "contentvec_hf", f0_weights=models / "rmvpe_reduced.pt", device="cpu"
+    )
+    results = conv.convert_batch([tmp_path], tmp_path / "out", noise=False)
+    assert len(results) == 12 and all(r.ok for r in results)
+    assert cache.load_count("rmvpe") == 1 and cache.load_count("encoder") == 1
+    # a second converter and a second batch reuse them
+    conv2 = rvcfast.Converter.from_pretrained(
+        models / "voice_v2_40k_f0.pth", encoder=models / "contentvec_hf", f0_weights=models / "rmvpe_reduced.pt", device="cpu"
+    )
+    conv2.convert_batch([tmp_path / "clip00.wav"], tmp_path / "out2")
+    assert cache.load_count("rmvpe") == 1 and cache.load_count("encoder") == 1
+    for r in results:
+        y, sr = sf.read(r.output_path)
+        assert sr == 40000 and y.shape[0] == pytest.approx(40000 * 1.0, abs=800)
+
+
+def test_bad_file_is_reported_and_batch_carries_on(golden, conv, tmp_path):
+    good = _clips(golden, [1.0])[0]
+    sf.write(tmp_path / "good.wav", good, 16000)
+    (tmp_path / "bad.wav").write_bytes(b"RIFF not really a wave file")
+    (tmp_path / "empty.wav").write_bytes(b"")
+    results = conv.convert_batch(
+        [tmp_path / "bad.wav", tmp_path / "good.wav", tmp_path / "empty.wav", tmp_path / "missing.wav"], tmp_path / "out"
+    )
+    by_name = {r.source.rsplit("/", 1)[-1]: r for r in results}
+    assert by_name["good.wav"].ok and (tmp_path / "out" / "good.wav").exists()
+    for name in ("bad.wav", "empty.wav", "missing.wav"):
+        assert not by_name[name].ok and name in by_name[name].error
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.wav"]
+
+
+def test_output_names_unique_and_inputs_never_overwritten(golden, conv, tmp_path):
+    good = _clips(golden, [0.8])[0]
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    sf.write(tmp_path / "a" / "x.wav", good, 16000)
+    sf.write(tmp_path / "b" / "x.wav", good, 16000)
+    before = (tmp_path / "a" / "x.wav").read_bytes()
+    results = conv.convert_batch([tmp_path / "a" / "x.wav", tmp_path / "b" / "x.wav"], tmp_path / "a")
+    outs = sorted(r.output_path for r in results)
+    assert len(set(outs)) == 2 and str(tmp_path / "a" / "x.wav") not in outs
+    assert (tmp_path / "a" / "x.wav").read_bytes() == before
+    assert not [p for p in (tmp_path / "a").iterdir() if p.name.endswith(".part")]
+
+
+def test_skip_existing_resumes(golden, conv, tmp_path):
+    clips = _clips(golden, [0.8, 0.9])
+    for i, c in enumerate(clips):
+        sf.write(tmp_path / f"c{i}.wav", c, 16000)
+    out = tmp_path / "out"
+    first = conv.convert_batch([tmp_path / "c0.wav"], out)
+    assert first[0].ok
+    stamp = (out / "c0.wav").stat().st_mtime_ns
+    second = conv.convert_batch([tmp_path / "c0.wav", tmp_path / "c1.wav"], out, skip_existing=True)
+    assert second[0].skipped and not second[1].skipped and second[1].ok
+    assert (out / "c0.wav").stat().st_mtime_ns == stamp
+
+
+def test_timings_and_progress(golden, conv):
+    clips = _clips(golden, [1.0, 1.5])
+    seen = []
+    results = conv.convert_batch([(c, 16000) for c in clips], progress=lambda r, d, t: seen.append((d, t)))
+    assert seen == [(1, 2), (2, 2)]
+    for r in results:
+        assert {"decode", "f0", "features", "synth", "post"} <= set(r.timings)
