@@ -462,7 +462,11 @@ class Converter:
                 else:
                     g.seed()
                 generators.append(g)
-        out = voc.synthesize(feats, lengths, pitch_b, pitchf_b, speaker=params.speaker, noise=params.noise, generator=generators)
+        skip = 100 * self.segment_config.x_pad  # frames of padding context dropped at each end
+        out = voc.synthesize(
+            feats, lengths, pitch_b, pitchf_b, speaker=params.speaker, noise=params.noise, generator=generators,
+            **({"skip_frames": skip} if getattr(voc, "supports_skip_frames", False) else {}),
+        )
         out = out.float().cpu().numpy()
         trim = voc.sample_rate * self.segment_config.x_pad
         hop = voc.hop_length

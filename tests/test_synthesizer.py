@@ -416,3 +416,31 @@ def test_full_size_configs_match_rvc() -> None:
     assert n == 516
     for (version, sr), (_, rates, _) in RVC_SAMPLE_RATE_CONFIGS.items():
         assert math.prod(rates) == sr // 100
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("variant", ["v2_40k_f0", "v1_48k_f0", "v2_32k_nof0"])
+@pytest.mark.parametrize("noise", [False, True])
+def test_skip_frames_decodes_only_kept_region(golden: Path, models, variant: str, noise: bool) -> None:
+    """skip_frames: kept frames equal a full decode (margin > receptive field), dropped ones are 0."""
+    model = models[variant]
+    inp = _short(_inputs(golden, variant), 64)
+    t, skip = 64, 8
+    lens, offsets = [64, 40, 20], [0, 10, 30]
+    rng = torch.Generator().manual_seed(0)
+    feats, pitch, pitchf = _batch_from(inp, t, lens, offsets)
+    feats = feats.repeat(1, 4, 1)[:, : t * 4]  # make items long enough for a real crop (256 frames)
+    pitch, pitchf = pitch.repeat(1, 4)[:, : t * 4], pitchf.repeat(1, 4)[:, : t * 4]
+    lens = [256, 190, 120]
+    hop = model.hop_length
+    for skip in (40, 60):
+        gens_a = [torch.Generator().manual_seed(5 + i) for i in range(3)]
+        gens_b = [torch.Generator().manual_seed(5 + i) for i in range(3)]
+        full = model.synthesize(feats, torch.tensor(lens), pitch, pitchf, noise=noise, generator=gens_a)
+        part = model.synthesize(feats, torch.tensor(lens), pitch, pitchf, noise=noise, generator=gens_b, skip_frames=skip)
+        for i, n in enumerate(lens):
+            kept = slice(skip * hop, (n - skip) * hop)
+            diff = (full[i, kept] - part[i, kept]).abs().max().item()
+            assert diff <= 1e-5 * full[i].abs().max().item(), (i, skip, diff)
+            assert torch.all(part[i, (n + 32 - skip) * hop :] == 0)
+    del rng

@@ -95,6 +95,12 @@ GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
 # --------------------------------------------------------------------------- config
 
 
+#: Frames decoded beyond each kept region when ``skip_frames`` is used: the HiFi-GAN
+#: decoder's receptive field is about 13 frames (conv_pre ±3, first-stage resblocks
+#: ±6, transposed convs ±1 each), so 32 leaves a wide safety factor.
+DECODER_MARGIN_FRAMES = 32
+
+
 @dataclass(frozen=True)
 class _Arch:
     """The 18 positional synthesizer arguments of a voice file, validated."""
@@ -738,6 +744,9 @@ class Synthesizer(nn.Module):
     ``config[17]`` = ``sample_rate``).
     """
 
+    #: ``synthesize`` accepts ``skip_frames`` (decode only the frames the caller keeps).
+    supports_skip_frames = True
+
     def __init__(self, config: Sequence[Any], *, version: str = "v2", has_f0: bool = True) -> None:
         super().__init__()
         if version not in _FEATURE_DIMS:
@@ -857,8 +866,11 @@ class Synthesizer(nn.Module):
         speaker: Union[int, torch.Tensor],
         noise: bool,
         generator: GeneratorArg,
+        skip_frames: int = 0,
     ) -> dict[str, torch.Tensor]:
         lengths_t, pitch, pitchf, sid = self._check_inputs(features, lengths, pitch, pitchf, speaker)
+        if not isinstance(skip_frames, int) or skip_frames < 0:
+            raise ParameterError(f"skip_frames must be a non-negative int, got {skip_frames!r}")
         param = self.emb_g.weight
         device, dtype = param.device, param.dtype
         features = features.to(device=device, dtype=dtype)
@@ -907,11 +919,56 @@ class Synthesizer(nn.Module):
                 pos = torch.arange(t * upp, device=device)
                 source = source * (pos[None, :] < (lengths_t * upp)[:, None]).to(source.dtype)[:, None, :]
 
-        audio = self.dec(z, g, source, lengths_t if padded else None)[:, 0, :]
+        if skip_frames > 0:
+            audio = self._decode_cropped(z, g, source, lengths_t, skip_frames)
+        else:
+            audio = self.dec(z, g, source, lengths_t if padded else None)[:, 0, :]
         if padded:
             pos = torch.arange(t * self.hop_length, device=device)
             audio = audio * (pos[None, :] < (lengths_t * self.hop_length)[:, None]).to(audio.dtype)
         return {"m_p": m_p, "logs_p": logs_p, "z_p": z_p, "z": z, "audio": audio.float()}
+
+    def _decode_cropped(
+        self,
+        z: torch.Tensor,
+        g: torch.Tensor,
+        source: Optional[torch.Tensor],
+        lengths: torch.Tensor,
+        skip: int,
+    ) -> torch.Tensor:
+        """Run the HiFi-GAN decoder only on frames ``[skip - margin, length - skip + margin)`` per item.
+
+        The decoder is convolutional with a receptive field of about 13 frames at
+        100 frames/s, so with a margin of :data:`DECODER_MARGIN_FRAMES` (32) the output
+        of frames ``[skip, length - skip)`` is the same as decoding everything (up to
+        float rounding); samples outside are returned as 0. The NSF source was built
+        over the whole item, so the sine phase is unchanged.
+        """
+        b, _, t = z.shape
+        upp = self.hop_length
+        margin = DECODER_MARGIN_FRAMES
+        starts, ends = [], []
+        for i in range(b):
+            n = int(lengths[i])
+            s0, e0 = max(0, skip - margin), min(n, n - skip + margin)
+            if e0 - s0 < 1 or s0 >= n:
+                s0, e0 = 0, n
+            starts.append(s0)
+            ends.append(e0)
+        spans = [e - s for s, e in zip(starts, ends)]
+        tc = max(spans)
+        zc = z.new_zeros(b, z.shape[1], tc)
+        sc = source.new_zeros(b, 1, tc * upp) if source is not None else None
+        for i in range(b):
+            zc[i, :, : spans[i]] = z[i, :, starts[i] : ends[i]]
+            if sc is not None:
+                sc[i, :, : spans[i] * upp] = source[i, :, starts[i] * upp : ends[i] * upp]  # type: ignore[index]
+        lens_c = torch.tensor(spans, device=z.device)
+        part = self.dec(zc, g, sc, lens_c if min(spans) < tc else None)[:, 0, :]
+        audio = part.new_zeros(b, t * upp)
+        for i in range(b):
+            audio[i, starts[i] * upp : ends[i] * upp] = part[i, : spans[i] * upp]
+        return audio
 
     @torch.inference_mode()
     def synthesize(
@@ -923,6 +980,7 @@ class Synthesizer(nn.Module):
         speaker: Union[int, torch.Tensor] = 0,
         noise: bool = True,
         generator: GeneratorArg = None,
+        skip_frames: int = 0,
     ) -> torch.Tensor:
         """Features ``[B, T, C]`` at 100 frames/s to float32 audio ``[B, T * hop_length]``.
 
@@ -941,9 +999,15 @@ class Synthesizer(nn.Module):
                 draws its own noise for exactly its valid length, so with a sequence of
                 generators item ``b`` equals a solo run with generator ``b``.
 
+            skip_frames: the caller will drop this many frames at each end of every item
+                (RVC drops its 1 s of padding context): the decoder, the costly part, then
+                runs only on the kept frames plus a safety margin wider than its receptive
+                field, and the dropped samples come back as 0. The kept samples are those
+                of a full run (to float rounding). 0 (default) decodes everything.
+
         Samples beyond ``lengths[b] * hop_length`` are 0.
         """
-        return self._run(features, lengths, pitch, pitchf, speaker, noise, generator)["audio"]
+        return self._run(features, lengths, pitch, pitchf, speaker, noise, generator, skip_frames)["audio"]
 
     @torch.inference_mode()
     def synthesize_debug(
