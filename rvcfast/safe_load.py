@@ -18,9 +18,13 @@ Model files come from strangers. Nothing here ever runs code stored in a file:
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
+import pickletools
+import re
 import struct
+import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,9 @@ import numpy as np
 import torch
 
 from .errors import ModelLoadError, UnsafeFileError
+
+# PyTorch warns before refusing a protocol-4 pickle; the refusal itself is reported as an error.
+warnings.filterwarnings("ignore", message=r"Detected pickle protocol \d+ in the checkpoint", category=UserWarning)
 
 __all__ = ["load_torch_file", "load_safetensors", "load_json", "check_file", "InertObject"]
 
@@ -84,17 +91,139 @@ _STUBS = [(_make_stub(name), name) for name in _STUBBED_GLOBALS]
 
 
 def check_file(path: str | os.PathLike[str], what: str) -> Path:
-    """Return ``path`` as a :class:`Path` after checking it is a readable regular file."""
+    """Return ``path`` as a :class:`Path` after checking it is a readable, non-empty regular file."""
     p = Path(path)
     if not p.exists():
         raise ModelLoadError(p, f"{what} file does not exist")
     if p.is_dir():
         raise ModelLoadError(p, f"{what} path is a directory, expected a file")
+    if not p.is_file():
+        raise ModelLoadError(p, f"{what} path is not a regular file (a device, pipe or socket)")
     if not os.access(p, os.R_OK):
         raise ModelLoadError(p, f"{what} file is not readable (permission denied)")
     if p.stat().st_size == 0:
         raise ModelLoadError(p, f"{what} file is empty")
     return p
+
+
+# ------------------------------------------------------------------ explaining a refusal
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_REFUSED_GLOBAL = re.compile(r"GLOBAL ([A-Za-z_][\w.]*)")
+_BAD_OPCODE = re.compile(r"Unsupported operand (\d+)")
+# Globals that PyTorch's own files use; anything else in a model file is suspicious.
+_EXPECTED_PREFIXES = ("torch.",)
+_EXPECTED_GLOBALS = frozenset(
+    {"collections.OrderedDict", "builtins.set", "builtins.frozenset", "builtins.bytearray", "builtins.bytes",
+     "builtins.complex", "builtins.slice", "builtins.range", "_codecs.encode", *_STUBBED_GLOBALS}
+)
+_STRING_OPS = frozenset(
+    {"SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE", "STRING", "BINSTRING", "SHORT_BINSTRING"}
+)
+_NO_PUSH_OPS = frozenset({"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "FRAME", "PROTO", "MARK"})
+_MAX_SCAN_OPS = 2_000_000
+
+
+def _pickle_globals(stream: Any) -> list[str]:
+    """``module.name`` of every GLOBAL / INST / STACK_GLOBAL in one pickle, read with :mod:`pickletools`.
+
+    Nothing is unpickled: the opcodes are only listed. STACK_GLOBAL operands are
+    followed through the memo, which covers what :mod:`pickle` writes.
+    """
+    names: list[str] = []
+    memo: dict[Any, Any] = {}
+    pushed: list[Any] = []  # what the last opcodes pushed (None for anything but a string)
+    for count, (op, arg, _pos) in enumerate(pickletools.genops(stream)):
+        if count > _MAX_SCAN_OPS:
+            break
+        name = op.name
+        if name in ("GLOBAL", "INST"):
+            names.append(str(arg).replace(" ", "."))
+            pushed.append(None)
+        elif name == "STACK_GLOBAL":
+            if len(pushed) >= 2 and isinstance(pushed[-2], str) and isinstance(pushed[-1], str):
+                names.append(f"{pushed[-2]}.{pushed[-1]}")
+            else:
+                names.append("<computed STACK_GLOBAL>")
+            pushed.append(None)
+        elif name in _STRING_OPS:
+            pushed.append(arg if isinstance(arg, str) else str(arg))
+        elif name == "MEMOIZE":
+            memo[len(memo)] = pushed[-1] if pushed else None
+        elif name in ("PUT", "BINPUT", "LONG_BINPUT"):
+            memo[arg] = pushed[-1] if pushed else None
+        elif name in ("GET", "BINGET", "LONG_BINGET"):
+            pushed.append(memo.get(arg))
+        elif name == "STOP":
+            break
+        elif name not in _NO_PUSH_OPS:
+            pushed.append(None)
+        del pushed[:-4]
+    return names
+
+
+def _file_globals(p: Path) -> list[str]:
+    """Best effort: the globals a PyTorch file's pickles reference (zip ``data.pkl`` or the legacy stream)."""
+    found: list[str] = []
+    try:
+        if zipfile.is_zipfile(p):
+            with zipfile.ZipFile(p) as zf:
+                for info in zf.infolist():
+                    if info.filename.endswith(".pkl") and info.file_size < 256 << 20:
+                        with zf.open(info) as f:
+                            found += _pickle_globals(f)
+        else:
+            with open(p, "rb") as f:
+                for _ in range(5):  # legacy files: magic number, protocol, sys info, data, storage keys
+                    found += _pickle_globals(f)
+    except Exception:  # noqa: BLE001 - only used to word an error message
+        pass
+    return found
+
+
+def _suspicious(names: list[str]) -> list[str]:
+    out: list[str] = []
+    for n in names:
+        if n.startswith(_EXPECTED_PREFIXES) or n in _EXPECTED_GLOBALS or n in out:
+            continue
+        out.append(n)
+    return out
+
+
+def _torch_detail(msg: str) -> str:
+    """The informative part of a PyTorch unpickling error (without its advice to disable the safe loader)."""
+    msg = _ANSI.sub("", msg)
+    m = _BAD_OPCODE.search(msg)
+    if m:
+        return f"pickle opcode {m.group(1)} is not supported by the restricted unpickler"
+    keep = []
+    for line in msg.splitlines():
+        line = line.strip().removeprefix("(2)").strip()
+        low = line.lower()
+        if not line or "weights_only" in low or "documentation" in low or "trust" in low or "weights only load failed" in low:
+            continue
+        if "safe_globals" in low or "add_safe_globals" in low:
+            line = line.split(". Please use")[0]
+        keep.append(line.removeprefix("WeightsUnpickler error: "))
+    return " ".join(keep)[:300] or "the restricted unpickler refused the file"
+
+
+def _refusal(p: Path, what: str, exc: BaseException) -> ModelLoadError:
+    msg = _ANSI.sub("", str(exc))
+    scanned = _suspicious(_file_globals(p))
+    # a global PyTorch itself refused is suspicious even under torch.*; "eval" is "builtins.eval" in the scan
+    named = [m.group(1) for m in _REFUSED_GLOBAL.finditer(msg)]
+    named = [n for n in named if n not in scanned and not any(s.endswith("." + n) for s in scanned)]
+    suspicious = list(dict.fromkeys(named + scanned))
+    if suspicious:
+        shown = ", ".join(suspicious[:8]) + (" ..." if len(suspicious) > 8 else "")
+        return UnsafeFileError(
+            p,
+            f"refused to load {what}: the file references {shown}, which is not plain data; unpickling it "
+            "could run code. rvcfast reads only tensors and plain containers from model files; use a "
+            "model from a source you trust, or a .safetensors file",
+        )
+    return ModelLoadError(p, f"{what} file is corrupt or not a PyTorch file rvcfast can read ({_torch_detail(msg)})")
 
 
 def load_torch_file(path: str | os.PathLike[str], what: str = "model") -> Any:
@@ -109,19 +238,16 @@ def load_torch_file(path: str | os.PathLike[str], what: str = "model") -> Any:
         with torch.serialization.safe_globals(_STUBS):
             return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
-        msg = str(exc)
-        if "global" in msg.lower() or "reduce" in msg.lower() or "new object" in msg.lower():
-            first = msg.split("\n")[0]
-            raise UnsafeFileError(
-                p,
-                f"refused to load {what}: the file asks to build a Python object that is not "
-                f"plain data, so loading it could run code ({first[:300]})",
-            ) from None
-        raise ModelLoadError(p, f"{what} file is corrupt: {msg[:300]}") from None
+        raise _refusal(p, what, exc) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
-            AttributeError, struct.error, MemoryError, OverflowError) as exc:
+            AttributeError, struct.error, MemoryError, OverflowError, RecursionError, UnicodeDecodeError) as exc:
+        detail = _ANSI.sub("", str(exc)).splitlines()[0][:200] if str(exc) else ""
+        # the restricted unpickler can also fail this way on a hostile file: say so when it references code
+        suspicious = _suspicious(_file_globals(p))
+        if suspicious:
+            raise _refusal(p, what, exc) from None
         raise ModelLoadError(
-            p, f"{what} file is truncated, corrupt or not a PyTorch file ({type(exc).__name__}: {str(exc)[:200]})"
+            p, f"{what} file is truncated, corrupt or not a PyTorch file ({type(exc).__name__}: {detail})"
         ) from None
 
 
@@ -140,7 +266,12 @@ _SAFETENSORS_DTYPES = {
 
 
 def load_safetensors(path: str | os.PathLike[str], what: str = "model") -> dict[str, torch.Tensor]:
-    """Read a ``.safetensors`` file (header JSON + raw little-endian buffers) into CPU tensors."""
+    """Read a ``.safetensors`` file (header JSON + raw little-endian buffers) into CPU tensors.
+
+    Every entry is checked against the file before anything is allocated: a shape
+    that does not match its byte range (an absurd shape included) raises
+    :class:`ModelLoadError` naming the file and the entry.
+    """
     p = check_file(path, what)
     data = p.read_bytes()
     if len(data) < 8:
@@ -150,8 +281,8 @@ def load_safetensors(path: str | os.PathLike[str], what: str = "model") -> dict[
         raise ModelLoadError(p, f"{what} safetensors header length {header_len} exceeds the file size")
     try:
         header = json.loads(data[8 : 8 + header_len].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(p, f"{what} safetensors header is not valid JSON ({exc})") from None
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError) as exc:
+        raise ModelLoadError(p, f"{what} safetensors header is not valid JSON ({str(exc)[:200]})") from None
     if not isinstance(header, dict):
         raise ModelLoadError(p, f"{what} safetensors header is not a JSON object")
     body = memoryview(data)[8 + header_len :]
@@ -161,27 +292,47 @@ def load_safetensors(path: str | os.PathLike[str], what: str = "model") -> dict[
             continue
         try:
             dtype = _SAFETENSORS_DTYPES[info["dtype"]]
-            shape = [int(s) for s in info["shape"]]
+            raw_shape = info["shape"]
+            if not isinstance(raw_shape, list) or len(raw_shape) > 16:
+                raise TypeError
+            shape = [int(s) for s in raw_shape]
+            if any(isinstance(s, bool) or not isinstance(s, int) for s in raw_shape) or any(s < 0 for s in shape):
+                raise ValueError
             start, end = (int(v) for v in info["data_offsets"])
         except (KeyError, TypeError, ValueError):
             raise ModelLoadError(p, f"{what} safetensors entry {name!r} is malformed or has an unsupported dtype") from None
-        count = int(np.prod(shape)) if shape else 1
+        count = math.prod(shape)  # Python integers: no overflow for absurd shapes
         itemsize = torch.empty((), dtype=dtype).element_size()
         if not (0 <= start <= end <= len(body)) or end - start != count * itemsize:
-            raise ModelLoadError(p, f"{what} safetensors entry {name!r} points outside the file (truncated?)")
+            raise ModelLoadError(
+                p, f"{what} safetensors entry {name!r} (shape {shape}) does not match its byte range (truncated?)"
+            )
         buf = bytearray(body[start:end])
         t = torch.frombuffer(buf, dtype=dtype) if count else torch.empty(0, dtype=dtype)
         out[name] = t.reshape(shape)
     return out
 
 
+#: Larger JSON files are refused: a model configuration is a few kilobytes.
+MAX_JSON_BYTES = 16 << 20
+
+
 def load_json(path: str | os.PathLike[str], what: str = "config") -> dict[str, Any]:
-    """Read a JSON object from ``path``; errors name the file."""
+    """Read a JSON object from ``path`` (at most 16 MB; a UTF-8 BOM is accepted); errors name the file."""
     p = check_file(path, what)
+    size = p.stat().st_size
+    if size > MAX_JSON_BYTES:
+        raise ModelLoadError(p, f"{what} is {size} bytes; a configuration file is expected to be under {MAX_JSON_BYTES} bytes")
     try:
-        value = json.loads(p.read_text(encoding="utf-8"))
+        value = json.loads(p.read_text(encoding="utf-8-sig"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ModelLoadError(p, f"{what} is not valid JSON ({exc})") from None
+    except RecursionError:
+        raise ModelLoadError(p, f"{what} is not a usable JSON configuration (nested too deeply)") from None
     if not isinstance(value, dict):
-        raise ModelLoadError(p, f"{what} must be a JSON object")
+        raise ModelLoadError(p, f"{what} must be a JSON object, got a JSON {_json_kind(value)}")
     return value
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(type(value), "number")
