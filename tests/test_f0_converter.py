@@ -1,0 +1,80 @@
+"""Every F0 backend (and a third-party plugin) through ``Converter``; RMVPE is one cached instance."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+import rvcfast
+from rvcfast import cache
+from rvcfast.f0.rmvpe import RMVPEExtractor
+
+from test_f0_registry import ensure_example_plugin
+
+
+@pytest.fixture(scope="module")
+def models(golden):
+    return golden / "models"
+
+
+@pytest.fixture(scope="module")
+def clip(golden):
+    x, _ = sf.read(golden / "audio" / "probe_16k.wav", dtype="float32")
+    return x[:16000].astype(np.float64)  # 1 s
+
+
+@pytest.mark.parametrize(
+    "name", ["rmvpe", "crepe-tiny", "fcpe", "harvest", "dio", "pm", "hybrid:dio+harvest", "crepe"]
+)
+def test_backend_through_converter(models, clip, name):
+    kwargs = {"f0_weights": models / "rmvpe_reduced.pt"} if name == "rmvpe" else {}
+    conv = rvcfast.Converter.from_pretrained(
+        models / "voice_v2_40k_f0.pth", encoder=models / "contentvec_hf", f0=name, device="cpu", **kwargs
+    )
+    audio = clip[:8000] if name == "crepe" else clip  # crepe full costs ~2 s per second of audio
+    res = conv.convert(audio, 16000, noise=False)
+    assert res.ok and np.isfinite(res.audio).all()
+    n_in = audio.shape[0] / 16000 * 40000
+    assert abs(res.audio.shape[0] - n_in) <= 2 * 400
+    assert conv.f0_extractor.name == name or name.startswith("hybrid")
+
+
+def test_third_party_plugin_through_converter(models, clip):
+    ensure_example_plugin()
+    assert "example-autocorr" in rvcfast.available_f0_extractors()
+    conv = rvcfast.Converter.from_pretrained(
+        models / "voice_v2_40k_f0.pth", encoder=models / "contentvec_hf", f0="example-autocorr", device="cpu"
+    )
+    assert type(conv.f0_extractor).__module__.startswith("rvcfast_f0_example")
+    res = conv.convert(clip, 16000, noise=False)
+    assert res.ok and res.audio.shape[0] > 0
+
+
+def test_rmvpe_is_one_cached_instance(models, clip):
+    cache.clear()
+    a = rvcfast.get_f0_extractor("rmvpe", weights=models / "rmvpe_reduced.pt")
+    b = RMVPEExtractor(weights=models / "rmvpe_reduced.pt")
+    conv = rvcfast.Converter.from_pretrained(
+        models / "voice_v2_40k_f0.pth", encoder=models / "contentvec_hf", f0_weights=models / "rmvpe_reduced.pt", device="cpu"
+    )
+    conv.convert(clip, 16000, noise=False)
+    conv.convert(clip[:9000], 16000, noise=False)
+    assert a.model is b.model is conv.f0_extractor.model
+    assert cache.load_count("rmvpe") == 1
+
+
+def test_model_without_f0_needs_no_f0_backend(models, clip):
+    conv = rvcfast.Converter.from_pretrained(
+        models / "voice_v2_32k_nof0.pth", encoder=models / "contentvec_hf", f0="no-such-backend", device="cpu"
+    )
+    assert conv.f0_extractor is None
+    res = conv.convert(clip, 16000, noise=False)
+    assert res.sample_rate == 32000 and abs(res.audio.shape[0] - 32000) <= 640
+
+
+def test_unknown_backend_lists_available(models):
+    with pytest.raises(rvcfast.BackendUnavailableError, match="rmvpe"):
+        rvcfast.Converter.from_pretrained(
+            models / "voice_v2_40k_f0.pth", encoder=models / "contentvec_hf", f0="nope", device="cpu"
+        )
