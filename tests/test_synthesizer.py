@@ -444,3 +444,29 @@ def test_skip_frames_decodes_only_kept_region(golden: Path, models, variant: str
             assert diff <= 1e-5 * full[i].abs().max().item(), (i, skip, diff)
             assert torch.all(part[i, (n + 32 - skip) * hop :] == 0)
     del rng
+
+
+@pytest.mark.golden
+def test_long_items_decode_in_windows_like_one_pass(golden: Path, models, monkeypatch) -> None:
+    """Items longer than DECODER_CHUNK_FRAMES are decoded in overlapping windows: same samples as one pass."""
+    import rvcfast.models.synthesizer as synth
+
+    model = models["v2_40k_f0"]
+    g = torch.Generator().manual_seed(3)
+    t = 2600
+    feats = torch.randn(2, t, 768, generator=g)
+    pitch = torch.randint(1, 255, (2, t), generator=g)
+    pitchf = torch.rand(2, t, generator=g) * 300 + 60
+    pitchf[:, 100:400] = 0
+    lens = torch.tensor([t, 1900])
+    windowed = model.synthesize(feats, lens, pitch, pitchf, noise=False)
+    windowed_skip = model.synthesize(feats, lens, pitch, pitchf, noise=False, skip_frames=100)
+    monkeypatch.setattr(synth, "DECODER_CHUNK_FRAMES", 10**6)
+    monkeypatch.setattr(synth, "DECODER_BATCH_FRAMES", 10**7)
+    whole = model.synthesize(feats, lens, pitch, pitchf, noise=False)
+    hop = model.hop_length
+    for i, n in enumerate(lens.tolist()):
+        ref = whole[i, : n * hop]
+        assert (windowed[i, : n * hop] - ref).abs().max() <= 1e-5 * ref.abs().max()
+        kept = slice(100 * hop, (n - 100) * hop)
+        assert (windowed_skip[i, kept] - ref[kept]).abs().max() <= 1e-5 * ref.abs().max()

@@ -99,6 +99,10 @@ GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
 #: decoder's receptive field is about 13 frames (conv_pre ±3, first-stage resblocks
 #: ±6, transposed convs ±1 each), so 32 leaves a wide safety factor.
 DECODER_MARGIN_FRAMES = 32
+#: Longest piece of an item decoded in one go (bounded memory for long segments).
+DECODER_CHUNK_FRAMES = 1024
+#: Upper bound of (windows x longest window) frames per decoder call.
+DECODER_BATCH_FRAMES = 2048
 
 
 @dataclass(frozen=True)
@@ -919,8 +923,8 @@ class Synthesizer(nn.Module):
                 pos = torch.arange(t * upp, device=device)
                 source = source * (pos[None, :] < (lengths_t * upp)[:, None]).to(source.dtype)[:, None, :]
 
-        if skip_frames > 0:
-            audio = self._decode_cropped(z, g, source, lengths_t, skip_frames)
+        if skip_frames > 0 or t > DECODER_CHUNK_FRAMES + 2 * DECODER_MARGIN_FRAMES:
+            audio = self._decode_windows(z, g, source, lengths_t, skip_frames)
         else:
             audio = self.dec(z, g, source, lengths_t if padded else None)[:, 0, :]
         if padded:
@@ -928,7 +932,7 @@ class Synthesizer(nn.Module):
             audio = audio * (pos[None, :] < (lengths_t * self.hop_length)[:, None]).to(audio.dtype)
         return {"m_p": m_p, "logs_p": logs_p, "z_p": z_p, "z": z, "audio": audio.float()}
 
-    def _decode_cropped(
+    def _decode_windows(
         self,
         z: torch.Tensor,
         g: torch.Tensor,
@@ -936,38 +940,52 @@ class Synthesizer(nn.Module):
         lengths: torch.Tensor,
         skip: int,
     ) -> torch.Tensor:
-        """Run the HiFi-GAN decoder only on frames ``[skip - margin, length - skip + margin)`` per item.
+        """Run the HiFi-GAN decoder on bounded time windows and stitch the results.
 
-        The decoder is convolutional with a receptive field of about 13 frames at
-        100 frames/s, so with a margin of :data:`DECODER_MARGIN_FRAMES` (32) the output
-        of frames ``[skip, length - skip)`` is the same as decoding everything (up to
-        float rounding); samples outside are returned as 0. The NSF source was built
-        over the whole item, so the sine phase is unchanged.
+        Each item's needed frames ``[skip, length - skip)`` are cut into pieces of at
+        most :data:`DECODER_CHUNK_FRAMES`; each piece is decoded with
+        :data:`DECODER_MARGIN_FRAMES` of context on both sides (clipped at the item's
+        ends, where a full decode sees zero padding too). The decoder is convolutional
+        with a receptive field of about 13 frames, so every kept sample equals a full
+        decode up to float rounding, while memory stays bounded whatever the length and
+        the dropped padding context is not decoded at all. Windows of all items are
+        batched together, up to :data:`DECODER_BATCH_FRAMES` frames per call. Samples
+        outside the needed frames are returned as 0.
         """
         b, _, t = z.shape
         upp = self.hop_length
-        margin = DECODER_MARGIN_FRAMES
-        starts, ends = [], []
+        margin, chunk = DECODER_MARGIN_FRAMES, DECODER_CHUNK_FRAMES
+        windows = []  # (item, decode start, decode end, keep start, keep end)
         for i in range(b):
             n = int(lengths[i])
-            s0, e0 = max(0, skip - margin), min(n, n - skip + margin)
-            if e0 - s0 < 1 or s0 >= n:
-                s0, e0 = 0, n
-            starts.append(s0)
-            ends.append(e0)
-        spans = [e - s for s, e in zip(starts, ends)]
-        tc = max(spans)
-        zc = z.new_zeros(b, z.shape[1], tc)
-        sc = source.new_zeros(b, 1, tc * upp) if source is not None else None
-        for i in range(b):
-            zc[i, :, : spans[i]] = z[i, :, starts[i] : ends[i]]
-            if sc is not None:
-                sc[i, :, : spans[i] * upp] = source[i, :, starts[i] * upp : ends[i] * upp]  # type: ignore[index]
-        lens_c = torch.tensor(spans, device=z.device)
-        part = self.dec(zc, g, sc, lens_c if min(spans) < tc else None)[:, 0, :]
-        audio = part.new_zeros(b, t * upp)
-        for i in range(b):
-            audio[i, starts[i] * upp : ends[i] * upp] = part[i, : spans[i] * upp]
+            ks, ke = (skip, n - skip) if n - 2 * skip >= 1 else (0, n)
+            c = ks
+            while c < ke:
+                k_end = min(c + chunk, ke)
+                windows.append((i, max(0, c - margin), min(n, k_end + margin), c, k_end))
+                c = k_end
+        audio = z.new_zeros(b, t * upp)
+        groups: list[list[tuple[int, int, int, int, int]]] = [[]]
+        for w in windows:
+            span = w[2] - w[1]
+            longest = max([span] + [x[2] - x[1] for x in groups[-1]])
+            if groups[-1] and longest * (len(groups[-1]) + 1) > DECODER_BATCH_FRAMES:
+                groups.append([])
+            groups[-1].append(w)
+        for group in groups:
+            spans = [e - s for _, s, e, _, _ in group]
+            tc = max(spans)
+            zc = z.new_zeros(len(group), z.shape[1], tc)
+            sc = source.new_zeros(len(group), 1, tc * upp) if source is not None else None
+            for j, (i, s0, e0, _, _) in enumerate(group):
+                zc[j, :, : spans[j]] = z[i, :, s0:e0]
+                if sc is not None:
+                    sc[j, :, : spans[j] * upp] = source[i, :, s0 * upp : e0 * upp]  # type: ignore[index]
+            gc = g[[w[0] for w in group]]
+            lens_c = torch.tensor(spans, device=z.device)
+            part = self.dec(zc, gc, sc, lens_c if min(spans) < tc else None)[:, 0, :]
+            for j, (i, s0, _, k0, k1) in enumerate(group):
+                audio[i, k0 * upp : k1 * upp] = part[j, (k0 - s0) * upp : (k1 - s0) * upp]
         return audio
 
     @torch.inference_mode()
