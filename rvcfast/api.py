@@ -270,7 +270,7 @@ class Converter:
             sample_rate=rate,
             timings=dict(timer.times),
             source=source,
-            input_seconds=prep.audio.shape[0] / 16000,
+            input_seconds=prep.seconds,
         )
 
     # ------------------------------------------------------------------ many inputs

@@ -35,7 +35,16 @@ import numpy as np
 
 from .audio import SUPPORTED_WRITE_FORMATS, load_16k, write_audio_atomic
 from .errors import ParameterError, RvcfastError
-from .pipeline import ConversionParams, PreparedAudio, Timer, finish, pitch_track, prepare, segment_inputs
+from .pipeline import (
+    ConversionParams,
+    PreparedAudio,
+    Timer,
+    finish,
+    pitch_track,
+    prepare,
+    segment_inputs,
+    segment_output_length,
+)
 
 if TYPE_CHECKING:
     from .api import Converter, Result
@@ -352,7 +361,7 @@ def run_batch(
 def group_seconds(job: Job, group: Sequence[_Decoded]) -> float:
     for d in group:
         if d.job is job and d.prep is not None:
-            return d.prep.audio.shape[0] / 16000
+            return d.prep.seconds
     return 0.0
 
 
@@ -420,9 +429,20 @@ def _convert_group(
         coarse, pitchf = tracks[i]
         for k, seg in enumerate(segment_inputs(d.prep, coarse, pitchf, params.seed)):
             entries.append((i, k, seg))
+    # each file's output is written in place into one buffer as its segments finish
+    trim = vocoder.sample_rate * converter.segment_config.x_pad
+    buffers: dict[int, np.ndarray] = {}
+    offsets: dict[tuple[int, int], int] = {}
+    for i, d in enumerate(group):
+        if i in failed:
+            continue
+        pos = 0
+        for k, seg in enumerate(d.prep.segments):
+            offsets[(i, k)] = pos
+            pos += segment_output_length(seg.end - seg.start, vocoder.hop_length, trim)
+        buffers[i] = np.empty(pos, dtype=np.float32)
     entries.sort(key=lambda e: e[2].audio.shape[0])
     budget = max(int(options.batch_seconds * 16000), max((e[2].audio.shape[0] for e in entries), default=1))
-    outputs: dict[tuple[int, int], np.ndarray] = {}
     start = 0
     while start < len(entries):
         end = start + 1
@@ -448,7 +468,11 @@ def _convert_group(
         for stage, elapsed in timer.times.items():
             spread(stage, elapsed, members)
         for e, piece in zip(bucket, pieces):
-            outputs[(e[0], e[1])] = piece
+            if piece is None or e[0] not in buffers:
+                continue
+            off = offsets[(e[0], e[1])]
+            buffers[e[0]][off : off + piece.shape[0]] = piece
+        del pieces
         start = end
 
     # ---- assemble per file
@@ -458,7 +482,6 @@ def _convert_group(
             yield res, None, 0, timings[i], d.job
             continue
         t0 = time.perf_counter()
-        pieces = [outputs[(i, k)] for k in range(len(d.prep.segments))]
-        audio, rate = finish(pieces, d.prep, vocoder.sample_rate, params)
+        audio, rate = finish(buffers.pop(i), d.prep, vocoder.sample_rate, params)
         timings[i]["post"] = timings[i].get("post", 0.0) + time.perf_counter() - t0
         yield None, audio, rate, timings[i], d.job

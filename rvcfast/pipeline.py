@@ -23,7 +23,8 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from .audio import highpass_48hz, input_peak_guard, output_peak_guard, resample
+from .audio import highpass_48hz, input_peak_guard
+from .longaudio import LONG_INPUT_SAMPLES, highpass_blocks, resample_blocks
 from .errors import ParameterError
 from .f0.post import postprocess
 from .protocols import F0Extractor, FeatureEncoder, Vocoder
@@ -161,23 +162,47 @@ class _Stage:
 
 @dataclass
 class PreparedAudio:
-    """One input after the signal-level stages: ready for F0 and per-segment synthesis."""
+    """One input after the signal-level stages: ready for F0 and per-segment synthesis.
 
-    audio: np.ndarray  # high-passed float64 16 kHz (unpadded): RMS-mix source
-    padded: np.ndarray  # reflect-padded by t_pad on each side
+    Only the padded signal is stored; :attr:`audio` is a view of its unpadded middle.
+    """
+
+    padded: np.ndarray  # high-passed float64 16 kHz, reflect-padded by t_pad on each side
     segments: list[Segment]
     p_len: int  # frames of the padded signal (len // 160)
     config: SegmentConfig = field(default_factory=SegmentConfig)
 
+    @property
+    def audio(self) -> np.ndarray:
+        """The high-passed input without padding (the RMS-mix source)."""
+        t = self.config.t_pad
+        return self.padded[t : self.padded.shape[0] - t]
+
+    @property
+    def seconds(self) -> float:
+        """Duration of the input in seconds."""
+        return (self.padded.shape[0] - 2 * self.config.t_pad) / 16000
+
 
 def prepare(audio16k: np.ndarray, config: SegmentConfig = SegmentConfig()) -> PreparedAudio:
-    """Peak guard, high-pass, split points and padding for one mono 16 kHz float input."""
+    """Peak guard, high-pass, split points and padding for one mono 16 kHz float input.
+
+    Inputs longer than 10 minutes are high-passed block by block (bounded memory).
+    """
     audio = input_peak_guard(np.asarray(audio16k, dtype=np.float64))
-    audio = highpass_48hz(audio)
+    del audio16k
+    audio = highpass_blocks(audio) if audio.shape[0] > LONG_INPUT_SAMPLES else highpass_48hz(audio)
     opt_ts = find_split_points(audio, config)
-    padded = reflect_pad(audio, config.t_pad)
     segments = plan_segments(audio.shape[0], opt_ts, config)
-    return PreparedAudio(audio=audio, padded=padded, segments=segments, p_len=padded.shape[0] // WINDOW, config=config)
+    padded = reflect_pad(audio, config.t_pad)
+    del audio
+    return PreparedAudio(padded=padded, segments=segments, p_len=padded.shape[0] // WINDOW, config=config)
+
+
+def segment_output_length(n_samples: int, hop: int, trim: int) -> int:
+    """Output samples a segment of ``n_samples`` (16 kHz, padded) contributes after trimming."""
+    frames = min(n_samples // WINDOW, 2 * ((n_samples - 400) // 320 + 1))
+    return max(0, frames * hop - 2 * trim)
 
 
 def pitch_track(
@@ -261,8 +286,29 @@ def apply_protect(feats: torch.Tensor, feats0: torch.Tensor, pitchf: torch.Tenso
     return (feats * mask + feats0 * (1 - mask)).to(feats0.dtype)
 
 
-def _rms_frames(y: np.ndarray, frame_length: int, hop_length: int) -> np.ndarray:
-    """librosa ``feature.rms`` with ``center=True`` and zero padding, vectorised with a cumulative sum."""
+def _rms_frames(y: np.ndarray, frame_length: int, hop_length: int, block: int = 1 << 21) -> np.ndarray:
+    """librosa ``feature.rms`` (``center=True``, zero padding), in bounded memory.
+
+    With ``frame_length == 2 * hop_length`` (every rate RVC uses) frame ``i`` covers
+    hop-blocks ``i - 1`` and ``i`` of the signal, so only per-hop sums of squares are
+    needed; otherwise a cumulative sum is used.
+    """
+    n = y.shape[0]
+    if frame_length == 2 * hop_length:
+        n_blocks = -(-n // hop_length)
+        sums = np.zeros(n_blocks + 1, dtype=np.float64)
+        for s in range(0, n, block - block % hop_length or hop_length):
+            chunk = np.asarray(y[s : s + block - block % hop_length or hop_length], dtype=np.float64)
+            k = chunk.shape[0] // hop_length
+            j0 = s // hop_length
+            if k:
+                sums[j0 : j0 + k] = np.square(chunk[: k * hop_length]).reshape(k, hop_length).sum(axis=1)
+            if chunk.shape[0] % hop_length:
+                sums[j0 + k] = np.square(chunk[k * hop_length :]).sum()
+        n_frames = 1 + n // hop_length
+        prev = np.concatenate([[0.0], sums[: n_frames - 1]])
+        power = (prev + sums[:n_frames]) / frame_length
+        return np.sqrt(np.maximum(power, 0.0))
     pad = frame_length // 2
     sq = np.concatenate([np.zeros(pad), np.asarray(y, dtype=np.float64) ** 2, np.zeros(pad)])
     n_frames = 1 + (sq.shape[0] - frame_length) // hop_length
@@ -272,11 +318,12 @@ def _rms_frames(y: np.ndarray, frame_length: int, hop_length: int) -> np.ndarray
     return np.sqrt(np.maximum(power, 0.0))
 
 
-def _interp_linear(values: np.ndarray, size: int) -> np.ndarray:
-    """``F.interpolate(mode="linear", align_corners=False)`` of a 1-D array to ``size`` points."""
+def _interp_linear(values: np.ndarray, size: int, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """Points ``start..stop`` of ``F.interpolate(mode="linear", align_corners=False)`` of ``values`` to ``size``."""
     n = values.shape[0]
+    stop = size if stop is None else stop
     scale = n / size
-    src = (np.arange(size, dtype=np.float64) + 0.5) * scale - 0.5
+    src = (np.arange(start, stop, dtype=np.float64) + 0.5) * scale - 0.5
     src = np.clip(src, 0, None)
     i0 = np.minimum(np.floor(src).astype(np.int64), n - 1)
     i1 = np.minimum(i0 + 1, n - 1)
@@ -284,29 +331,49 @@ def _interp_linear(values: np.ndarray, size: int) -> np.ndarray:
     return values[i0] * (1 - lam) + values[i1] * lam
 
 
-def change_rms(source: np.ndarray, source_rate: int, target: np.ndarray, target_rate: int, rate: float) -> np.ndarray:
-    """RVC's RMS mix: ``target * rms_src^(1-rate) * rms_tgt^(rate-1)`` on half-second frames."""
+def change_rms(
+    source: np.ndarray, source_rate: int, target: np.ndarray, target_rate: int, rate: float, block: int = 1 << 20
+) -> np.ndarray:
+    """RVC's RMS mix: ``target * rms_src^(1-rate) * rms_tgt^(rate-1)`` on half-second frames.
+
+    Works block by block on ``target`` (a new float32 array is returned).
+    """
     rms1 = _rms_frames(source, source_rate // 2 * 2, source_rate // 2)
     rms2 = _rms_frames(target, target_rate // 2 * 2, target_rate // 2)
-    rms1 = _interp_linear(rms1, target.shape[0])
-    rms2 = np.maximum(_interp_linear(rms2, target.shape[0]), 1e-6)
-    gain = np.power(rms1, 1 - rate) * np.power(rms2, rate - 1)
-    return (target * gain).astype(np.float32)
+    size = target.shape[0]
+    out = np.empty(size, dtype=np.float32)
+    for s in range(0, size, block):
+        e = min(size, s + block)
+        r1 = _interp_linear(rms1, size, s, e)
+        r2 = np.maximum(_interp_linear(rms2, size, s, e), 1e-6)
+        out[s:e] = target[s:e] * (np.power(r1, 1 - rate) * np.power(r2, rate - 1))
+    return out
 
 
 def finish(
-    pieces: Sequence[np.ndarray],
+    pieces: Sequence[np.ndarray] | np.ndarray,
     prep: PreparedAudio,
     model_rate: int,
     params: ConversionParams,
 ) -> tuple[np.ndarray, int]:
-    """Join segment outputs, RMS mix, resample and peak-guard: the final float32 waveform and its rate."""
-    out = np.concatenate([np.asarray(p, dtype=np.float32) for p in pieces]) if pieces else np.zeros(0, np.float32)
+    """Join segment outputs, RMS mix, resample and peak-guard: the final float32 waveform and its rate.
+
+    ``pieces`` is the list of trimmed segment outputs, or one array they were already
+    written into (the batch engine does that to avoid a second copy of long outputs).
+    """
+    if isinstance(pieces, np.ndarray):
+        out = pieces
+    else:
+        out = np.concatenate([np.asarray(p, dtype=np.float32) for p in pieces]) if len(pieces) else np.zeros(0, np.float32)
     if params.rms_mix_rate != 1:
         out = change_rms(prep.audio, 16000, out, model_rate, params.rms_mix_rate)
     rate = model_rate
     if params.output_sample_rate is not None and int(params.output_sample_rate) != model_rate:
         rate = int(params.output_sample_rate)
-        out = resample(out.astype(np.float64), model_rate, rate).astype(np.float32)
-    out = output_peak_guard(out)
-    return out.astype(np.float32, copy=False), rate
+        out = resample_blocks(out, model_rate, rate, dtype=np.float32)
+    out = np.asarray(out, dtype=np.float32)
+    if out.size:
+        audio_max = np.abs(out).max() / 0.99  # float32, as in the reference (peak limited to 0.99)
+        if audio_max > 1:
+            out /= audio_max
+    return out, rate
