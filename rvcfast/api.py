@@ -30,6 +30,7 @@ from .pipeline import (
     pitch_track,
     prepare,
     segment_features,
+    segment_frames,
     segment_inputs,
 )
 from .protocols import F0Extractor, FeatureEncoder, Vocoder
@@ -241,6 +242,7 @@ class Converter:
         noise: bool = True,
         seed: int | None = None,
         output_sample_rate: int | None = None,
+        keep_length: bool = False,
     ) -> Result:
         """Convert one file or array and return the waveform (nothing is written).
 
@@ -258,6 +260,7 @@ class Converter:
             noise=noise,
             seed=seed,
             output_sample_rate=output_sample_rate,
+            keep_length=keep_length,
         )
         timer = Timer(self.device)
         source = os.fspath(audio_or_path) if isinstance(audio_or_path, (str, os.PathLike)) else None
@@ -301,6 +304,7 @@ class Converter:
         noise: bool = True,
         seed: int | None = None,
         output_sample_rate: int | None = None,
+        keep_length: bool = False,
     ):
         """Convert many inputs, yielding a :class:`Result` per input as files finish.
 
@@ -327,6 +331,7 @@ class Converter:
             noise=noise,
             seed=seed,
             output_sample_rate=output_sample_rate,
+            keep_length=keep_length,
         )
         options = BatchOptions(
             out_dir=out_dir,
@@ -428,7 +433,14 @@ class Converter:
         items = []
         for seg, (f, f0feats) in zip(segs, prepared):
             n = seg.audio.shape[0]
-            p_len = min(n // 160, f.shape[0])
+            if params.keep_length:
+                p_len = segment_frames(n, seg.frames, True)
+                if f.shape[0] < p_len:  # repeat the last content frame to cover the whole span
+                    f = torch.cat([f, f[-1:].expand(p_len - f.shape[0], -1)])
+                    if f0feats is not None:
+                        f0feats = torch.cat([f0feats, f0feats[-1:].expand(p_len - f0feats.shape[0], -1)])
+            else:
+                p_len = min(n // 160, f.shape[0])
             f = f[:p_len]
             pitch = pitchf = None
             if voc.has_f0:

@@ -439,7 +439,9 @@ def _convert_group(
         pos = 0
         for k, seg in enumerate(d.prep.segments):
             offsets[(i, k)] = pos
-            pos += segment_output_length(seg.end - seg.start, vocoder.hop_length, trim)
+            pos += segment_output_length(
+                seg.end - seg.start, seg.f0_end - seg.f0_start, vocoder.hop_length, trim, params.keep_length
+            )
         buffers[i] = np.empty(pos, dtype=np.float32)
     entries.sort(key=lambda e: e[2].audio.shape[0])
     budget = max(int(options.batch_seconds * 16000), max((e[2].audio.shape[0] for e in entries), default=1))

@@ -82,6 +82,12 @@ class ConversionParams:
     fill_unvoiced:
         Interpolate F0 through unvoiced frames before the key shift (RVC 2026 ``main``);
         off by default, as in the classic pipeline.
+    keep_length:
+        Length-exact output: every segment is synthesised for its full span (the last
+        content frame is repeated to fill the 10-20 ms the encoder's frame grid leaves
+        out), so the output is ``len(input) * rate / 16000`` to within one hop and long
+        inputs do not drift at segment joins. Off by default: the reference drops up to
+        two frames per segment (RVC WebUI #2317), and the default reproduces it exactly.
     """
 
     pitch: float = 0.0
@@ -95,6 +101,7 @@ class ConversionParams:
     output_sample_rate: int | None = None
     v1_output_layer: int = 9
     fill_unvoiced: bool = False
+    keep_length: bool = False
 
     def validate(self, vocoder: Vocoder | None = None) -> None:
         """Raise :class:`ParameterError` for any value outside its range (checked before work starts)."""
@@ -199,10 +206,20 @@ def prepare(audio16k: np.ndarray, config: SegmentConfig = SegmentConfig()) -> Pr
     return PreparedAudio(padded=padded, segments=segments, p_len=padded.shape[0] // WINDOW, config=config)
 
 
-def segment_output_length(n_samples: int, hop: int, trim: int) -> int:
-    """Output samples a segment of ``n_samples`` (16 kHz, padded) contributes after trimming."""
-    frames = min(n_samples // WINDOW, 2 * ((n_samples - 400) // 320 + 1))
-    return max(0, frames * hop - 2 * trim)
+def segment_frames(n_samples: int, span_frames: int, keep_length: bool = False) -> int:
+    """Frames synthesised for a segment of ``n_samples`` (padded, 16 kHz) spanning ``span_frames`` F0 frames.
+
+    The reference synthesises ``min(n // 160, 2 * T50)`` frames (``T50`` content frames at
+    50/s), which can be one or two short of the span; ``keep_length`` uses the span.
+    """
+    if keep_length:
+        return span_frames
+    return min(n_samples // WINDOW, 2 * ((n_samples - 400) // 320 + 1))
+
+
+def segment_output_length(n_samples: int, span_frames: int, hop: int, trim: int, keep_length: bool = False) -> int:
+    """Output samples a segment contributes after its padding context is trimmed."""
+    return max(0, segment_frames(n_samples, span_frames, keep_length) * hop - 2 * trim)
 
 
 def pitch_track(
@@ -220,6 +237,7 @@ class SegmentInput:
     pitch: np.ndarray | None  # coarse, int64
     pitchf: np.ndarray | None  # Hz, float32
     seed: int | None = None  # noise seed of this segment (derived from the file's seed and the segment number)
+    frames: int = 0  # frames of the segment's F0 slice (its span at 100 frames/s)
 
 
 def segment_seed(seed: int | None, number: int) -> int | None:
@@ -241,10 +259,11 @@ def segment_inputs(
     for k, seg in enumerate(prep.segments):
         a = prep.padded[seg.start : seg.end]
         s = segment_seed(seed, k)
+        frames = seg.f0_end - seg.f0_start
         if coarse is None or pitchf is None:
-            out.append(SegmentInput(a, None, None, s))
+            out.append(SegmentInput(a, None, None, s, frames))
         else:
-            out.append(SegmentInput(a, coarse[seg.f0_start : seg.f0_end], pitchf[seg.f0_start : seg.f0_end], s))
+            out.append(SegmentInput(a, coarse[seg.f0_start : seg.f0_end], pitchf[seg.f0_start : seg.f0_end], s, frames))
     return out
 
 
