@@ -201,13 +201,23 @@ class Converter:
         extractor: F0Extractor | None = None
         if vocoder.has_f0:
             if isinstance(f0, str):
-                from .f0.registry import get_f0_extractor
+                from .f0.registry import get_f0_extractor, parse_hybrid
 
                 options = dict(f0_options or {})
+                rmvpe_opts: dict[str, Any] = {}
                 if f0_weights is not None:
+                    rmvpe_opts["weights"] = f0_weights
+                if allow_download:
+                    rmvpe_opts["allow_download"] = True
+                members = parse_hybrid(f0)
+                if members is not None:
+                    # weights belong to the RMVPE member only (e.g. fcpe takes a weights option too)
+                    if "rmvpe" in members and rmvpe_opts:
+                        options["rmvpe"] = {**rmvpe_opts, **options.get("rmvpe", {})}
+                elif f0.strip().lower() == "rmvpe":
+                    options = {**rmvpe_opts, **options}
+                elif f0_weights is not None:
                     options["weights"] = f0_weights
-                if f0.lower() == "rmvpe" and allow_download:
-                    options.setdefault("allow_download", True)
                 extractor = get_f0_extractor(f0, device=dev, **options)
             else:
                 if not isinstance(f0, F0Extractor):
