@@ -43,6 +43,8 @@ def lint(session: nox.Session) -> None:
 def benchmarks(session: nox.Session) -> None:
     """pytest-benchmark runs (see docs/benchmarks.md for the figures and how to read them)."""
     _install(session)
+    # librosa lets the F0 benchmark also run the raw torchcrepe/torchfcpe reference rows
+    session.install("-c", "constraints.txt", "librosa")
     session.run("python", "-m", "pytest", "benchmarks", "-m", "", "--benchmark-only", *session.posargs)
 
 
