@@ -177,6 +177,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         noise=not args.no_noise,
         seed=args.seed,
         output_sample_rate=args.sample_rate,
+        keep_length=args.keep_length,
     )
     ConversionParams(**params).validate()  # a bad value is a usage error, found before loading anything
     t0 = time.perf_counter()
@@ -274,6 +275,11 @@ def _add_convert(sub: Any) -> None:
     c.add_argument("--speaker", type=int, metavar="ID", default=0, help="speaker id of multi-speaker models")
     c.add_argument("--seed", type=int, metavar="N", help="seed for the model's noise (same seed, same output)")
     c.add_argument("--no-noise", action="store_true", help="no noise at all: deterministic output")
+    c.add_argument(
+        "--keep-length",
+        action="store_true",
+        help="length-exact output (no drift at segment joins of long files); default: the reference's length",
+    )
     o = p.add_argument_group("output")
     o.add_argument("--format", default="wav", choices=["wav", "flac", "ogg"], help="output file format")
     o.add_argument("--subtype", metavar="NAME", help="soundfile subtype, e.g. PCM_16, PCM_24, FLOAT (default: the format's)")
