@@ -89,13 +89,21 @@ def resample_blocks(
     return out
 
 
-def highpass_blocks(audio: np.ndarray, block: int = 16000 * 60, overlap: int = 16000) -> np.ndarray:
-    """RVC's 48 Hz zero-phase high-pass on overlapping blocks (``filtfilt`` to float64 rounding)."""
+def highpass_blocks(
+    audio: np.ndarray, block: int = 16000 * 60, overlap: int = 16000, out: np.ndarray | None = None
+) -> np.ndarray:
+    """RVC's 48 Hz zero-phase high-pass on overlapping blocks (``filtfilt`` to float64 rounding).
+
+    ``out`` (same length) receives the result, so a caller can filter straight into a
+    slice of a larger buffer.
+    """
     b, a = signal.butter(N=5, Wn=48, btype="high", fs=16000)
     n = audio.shape[0]
+    if out is None:
+        out = np.empty(n, dtype=np.float64)
     if n <= block + 2 * overlap:
-        return signal.filtfilt(b, a, audio)
-    out = np.empty(n, dtype=np.float64)
+        out[:] = signal.filtfilt(b, a, audio)
+        return out
     for s in range(0, n, block):
         lo = max(0, s - overlap)
         hi = min(n, s + block + overlap)

@@ -198,11 +198,24 @@ def prepare(audio16k: np.ndarray, config: SegmentConfig = SegmentConfig()) -> Pr
     """
     audio = input_peak_guard(np.asarray(audio16k, dtype=np.float64))
     del audio16k
-    audio = highpass_blocks(audio) if audio.shape[0] > LONG_INPUT_SAMPLES else highpass_48hz(audio)
-    opt_ts = find_split_points(audio, config)
-    segments = plan_segments(audio.shape[0], opt_ts, config)
-    padded = reflect_pad(audio, config.t_pad)
-    del audio
+    n, pad = audio.shape[0], config.t_pad
+    if n > LONG_INPUT_SAMPLES and n > pad + 1:
+        # filter straight into the middle of the padded buffer, then reflect in place:
+        # one copy of an hour-long signal instead of three
+        padded = np.empty(n + 2 * pad, dtype=np.float64)
+        highpass_blocks(audio, out=padded[pad : pad + n])
+        del audio
+        mid = padded[pad : pad + n]
+        padded[:pad] = mid[pad:0:-1]
+        padded[pad + n :] = mid[-2 : -pad - 2 : -1]
+        opt_ts = find_split_points(mid, config)
+        del mid
+    else:
+        audio = highpass_48hz(audio)
+        opt_ts = find_split_points(audio, config)
+        padded = reflect_pad(audio, pad)
+        del audio
+    segments = plan_segments(n, opt_ts, config)
     return PreparedAudio(padded=padded, segments=segments, p_len=padded.shape[0] // WINDOW, config=config)
 
 

@@ -99,6 +99,8 @@ GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
 #: decoder's receptive field is about 13 frames (conv_pre ±3, first-stage resblocks
 #: ±6, transposed convs ±1 each), so 32 leaves a wide safety factor.
 DECODER_MARGIN_FRAMES = 32
+#: Score-matrix elements per attention block (16M floats = 64 MB in float32).
+_ATTN_BLOCK_ELEMENTS = 1 << 24
 #: Longest piece of an item decoded in one go (bounded memory for long segments).
 DECODER_CHUNK_FRAMES = 1024
 #: Upper bound of (windows x longest window) frames per decoder call.
@@ -350,18 +352,28 @@ class _RelativeAttention(nn.Module):
         h, d = self.n_heads, self.k_channels
         qkv = F.linear(x, self.qkv_weight, self.qkv_bias).view(b, t, 3, h, d).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # [B, H, T, d]; q already divided by sqrt(d)
-        scores = torch.matmul(q, k.transpose(-2, -1))  # [B, H, T, T]
-        rel_k = self.emb_rel_k[0]
-        rel_logits = torch.matmul(q, rel_k.transpose(0, 1))  # [B, H, T, 2W+1]: offsets -W..W
-        index = band_index.expand(b, h, t, band_index.shape[-1])
-        # scores[i, i + r - W] += q_i . emb_rel_k[r]; out-of-range offsets add exactly 0.
-        scores.scatter_add_(-1, index, rel_logits * band_valid)
-        if key_mask is not None:
-            scores.masked_fill_(~key_mask[:, None, None, :], _MASK_FILL)
-        p = torch.softmax(scores, dim=-1)
-        out = torch.matmul(p, v)
-        p_band = p.gather(-1, index) * band_valid  # p[i, i + r - W]
-        out = out + torch.matmul(p_band, self.emb_rel_v[0])
+        kt = k.transpose(-2, -1)
+        # Rows of the [T, T] score matrix are independent: long inputs are processed in
+        # blocks of query rows so memory stays bounded (same arithmetic per row).
+        rows = max(64, _ATTN_BLOCK_ELEMENTS // max(1, b * h * t))
+        outs = []
+        for i0 in range(0, t, rows):
+            i1 = min(t, i0 + rows)
+            qi = q[:, :, i0:i1]
+            scores = torch.matmul(qi, kt)  # [B, H, rows, T]
+            rel_logits = torch.matmul(qi, self.emb_rel_k[0].transpose(0, 1))  # [B, H, rows, 2W+1]
+            index = band_index[i0:i1].expand(b, h, i1 - i0, band_index.shape[-1])
+            valid = band_valid[i0:i1]
+            # scores[i, i + r - W] += q_i . emb_rel_k[r]; out-of-range offsets add exactly 0.
+            scores.scatter_add_(-1, index, rel_logits * valid)
+            if key_mask is not None:
+                scores.masked_fill_(~key_mask[:, None, None, :], _MASK_FILL)
+            p = torch.softmax(scores, dim=-1)
+            out = torch.matmul(p, v)
+            p_band = p.gather(-1, index) * valid  # p[i, i + r - W]
+            outs.append(out + torch.matmul(p_band, self.emb_rel_v[0]))
+            del scores, p
+        out = outs[0] if len(outs) == 1 else torch.cat(outs, dim=2)
         out = out.transpose(1, 2).reshape(b, t, c)
         return F.linear(out, self.conv_o.weight[:, :, 0], self.conv_o.bias)
 
