@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import math
 import os
+import re
+import socket
 import tempfile
 from fractions import Fraction
 from pathlib import Path
-from typing import Union
 
 import numpy as np
 import soundfile as sf
@@ -29,10 +30,11 @@ __all__ = [
     "output_peak_guard",
     "highpass_48hz",
     "write_audio_atomic",
+    "remove_stale_parts",
     "SUPPORTED_WRITE_FORMATS",
 ]
 
-AudioInput = Union[str, os.PathLike, np.ndarray]
+AudioInput = str | os.PathLike | np.ndarray
 
 #: Sample rate of everything between decoding and synthesis.
 SR_16K = 16000
@@ -53,6 +55,8 @@ def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
         raise AudioError(p, "file does not exist")
     if p.is_dir():
         raise AudioError(p, "is a directory, expected an audio file")
+    if not p.is_file():
+        raise AudioError(p, "is not a regular file (a device, pipe or socket)")
     if not os.access(p, os.R_OK):
         raise AudioError(p, "file is not readable (permission denied)")
     if p.stat().st_size == 0:
@@ -60,7 +64,9 @@ def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
     try:
         data, sr = sf.read(str(p), dtype="float64", always_2d=True)
     except sf.LibsndfileError as exc:
-        raise AudioError(p, f"cannot decode audio ({exc})") from None
+        # libsndfile's own text ("Format not recognised.") without its "Error opening '<path>': " prefix
+        detail = (getattr(exc, "error_string", "") or str(exc)).strip().rstrip(".")
+        raise AudioError(p, f"cannot decode audio: {detail}") from None
     except (RuntimeError, ValueError, OSError, TypeError) as exc:
         raise AudioError(p, f"cannot decode audio ({type(exc).__name__}: {exc})") from None
     return data, int(sr)
@@ -75,7 +81,10 @@ def to_mono(audio: np.ndarray) -> np.ndarray:
         raise AudioError(None, f"audio must be 1-D or [samples, channels], got shape {audio.shape}")
     if audio.shape[1] == 1:
         return audio[:, 0]
-    return audio.mean(axis=1)
+    if audio.shape[1] == 0:
+        return np.zeros(audio.shape[0], dtype=audio.dtype)
+    # divide first: the sum of channels near the float maximum would overflow to inf
+    return (audio / audio.shape[1]).sum(axis=1)
 
 
 def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
@@ -172,6 +181,56 @@ def load_16k(
     return resample(mono, sr, SR_16K)
 
 
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname() or "host")[:40] or "host"
+# ".<name>.<host>~<pid>~<random>.part": who wrote a temporary file, so a later run can tell a stale one
+_PART_RE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)~(?P<pid>\d+)~[A-Za-z0-9_]*\.part$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's process) or cannot tell: keep the file
+    return True
+
+
+def remove_stale_parts(directory: str | os.PathLike[str], name: str | None = None) -> list[Path]:
+    """Delete temporary files of :func:`write_audio_atomic` left behind by a killed process.
+
+    Only files of rvcfast's own naming pattern (``.<name>.<host>~<pid>~<random>.part``)
+    written on this host by a process that no longer exists are removed; with
+    ``name`` only those for that output file name. Returns the paths removed.
+    """
+    d = Path(directory)
+    removed: list[Path] = []
+    pattern = f".{_glob_escape(name)}.*.part" if name is not None else ".*.part"
+    try:
+        candidates = list(d.glob(pattern))
+    except OSError:
+        return removed
+    for f in candidates:
+        m = _PART_RE.match(f.name)
+        if m is None or (name is not None and m.group("name") != name) or m.group("host") != _HOST:
+            continue
+        if _pid_alive(int(m.group("pid"))):
+            continue
+        try:
+            f.unlink()
+            removed.append(f)
+        except OSError:
+            pass
+    return removed
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` with glob metacharacters escaped."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
 def write_audio_atomic(
     path: str | os.PathLike[str],
     audio: np.ndarray,
@@ -183,17 +242,22 @@ def write_audio_atomic(
     """Write ``audio`` to ``path`` through a temporary file in the same folder, then rename.
 
     A reader never sees a partial file: either the old file (or nothing) or the
-    complete new one. The temporary file is removed if anything fails.
+    complete new one. The data is flushed to disk before the rename. The temporary
+    file (``.<name>.<host>~<pid>~<random>.part``) is removed if anything fails, and
+    stale ones for the same ``path`` left by a killed process are removed first.
     """
     p = Path(path)
     fmt = (format or p.suffix.lstrip(".") or "wav").lower()
     if fmt not in SUPPORTED_WRITE_FORMATS:
         raise ParameterError(f"{p}: output format {fmt!r} is not supported (choose from {sorted(SUPPORTED_WRITE_FORMATS)})")
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".part", dir=p.parent)
+    remove_stale_parts(p.parent, p.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{_HOST}~{os.getpid()}~", suffix=".part", dir=p.parent)
     os.close(fd)
     try:
         sf.write(tmp, np.asarray(audio, dtype=np.float32), int(sample_rate), format=SUPPORTED_WRITE_FORMATS[fmt], subtype=subtype)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
         os.replace(tmp, p)
     except BaseException:
         try:

@@ -11,8 +11,13 @@ Model files come from strangers. Nothing here ever runs code stored in a file:
   packages is imported and no constructor of theirs runs. Any other global
   (``os.system``, ``builtins.eval``, ``subprocess.*``...) is refused with
   :class:`~rvcfast.errors.UnsafeFileError`.
-* ``.safetensors`` files are parsed directly (a JSON header and raw buffers).
-* JSON configuration is read with :mod:`json` only.
+  When PyTorch refuses a file, its opcodes are listed with :mod:`pickletools`
+  (never executed) so the error names the callables the file references.
+  Files whose first bytes show another format (audio, an index, JSON, HTML...)
+  are refused before any unpickling with a message saying what they look like.
+* ``.safetensors`` files are parsed directly (a JSON header and raw buffers);
+  every entry's shape is checked against its byte range before allocation.
+* JSON configuration is read with :mod:`json` only (at most 16 MB).
 """
 
 from __future__ import annotations
@@ -29,13 +34,9 @@ import zipfile
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from .errors import ModelLoadError, UnsafeFileError
-
-# PyTorch warns before refusing a protocol-4 pickle; the refusal itself is reported as an error.
-warnings.filterwarnings("ignore", message=r"Detected pickle protocol \d+ in the checkpoint", category=UserWarning)
 
 __all__ = ["load_torch_file", "load_safetensors", "load_json", "check_file", "InertObject"]
 
@@ -181,6 +182,43 @@ def _file_globals(p: Path) -> list[str]:
     return found
 
 
+_MAGIC = (
+    (b"RIFF", "a RIFF file (WAV audio?)"),
+    (b"fLaC", "FLAC audio"),
+    (b"OggS", "Ogg audio"),
+    (b"ID3", "MP3 audio"),
+    (b"FORM", "AIFF audio"),
+    (b"IwFl", "a faiss IVF index (pass it as the index)"),
+    (b"IxF2", "a faiss flat index (pass it as the index)"),
+    (b"\x89PNG", "a PNG image"),
+    (b"\xff\xd8\xff", "a JPEG image"),
+    (b"%PDF", "a PDF document"),
+    (b"\x1f\x8b", "a gzip archive"),
+    (b"7z\xbc\xaf", "a 7-Zip archive"),
+    (b"Rar!", "a RAR archive"),
+    (b"<", "an HTML or XML page (a failed download?)"),
+)
+
+
+def _sniff(p: Path) -> str | None:
+    """What a file is when its first bytes show it is certainly not a PyTorch file (zip or pickle), else None."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(16)
+    except OSError:
+        return None
+    if head.startswith((b"PK\x03\x04", b"\x80")):  # torch zip or (legacy) pickle
+        return None
+    for magic, name in _MAGIC:
+        if head.startswith(magic):
+            return name
+    if len(head) >= 10 and head[8:10] in (b'{"', b"{'"):
+        return "a safetensors file (load it as .safetensors)"
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "a JSON text file"
+    return None
+
+
 def _suspicious(names: list[str]) -> list[str]:
     out: list[str] = []
     for n in names:
@@ -234,14 +272,22 @@ def load_torch_file(path: str | os.PathLike[str], what: str = "model") -> Any:
     not a PyTorch file at all. Tensors are returned on the CPU in their stored dtype.
     """
     p = check_file(path, what)
+    other = _sniff(p)
+    if other is not None:
+        raise ModelLoadError(p, f"{what} file is not a PyTorch file: it looks like {other}")
     try:
-        with torch.serialization.safe_globals(_STUBS):
-            return torch.load(p, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():
+            # PyTorch warns before refusing a protocol-4 pickle; the refusal is reported as an error instead
+            warnings.filterwarnings("ignore", message=r"Detected pickle protocol", category=UserWarning)
+            with torch.serialization.safe_globals(_STUBS):
+                return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise _refusal(p, what, exc) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
             AttributeError, struct.error, MemoryError, OverflowError, RecursionError, UnicodeDecodeError) as exc:
         detail = _ANSI.sub("", str(exc)).splitlines()[0][:200] if str(exc) else ""
+        if "central directory" in detail:
+            detail = "the zip archive is incomplete (its central directory is missing): truncated or partly downloaded?"
         # the restricted unpickler can also fail this way on a hostile file: say so when it references code
         suspicious = _suspicious(_file_globals(p))
         if suspicious:

@@ -1,0 +1,364 @@
+"""Outputs: atomic writes, never an overwritten input, unique names, resuming a killed batch."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from helpers import (  # noqa: F401 (fixtures)
+    MODEL_SR,
+    TinyModels,
+    is_root,
+    one_thread_fixture,
+    tiny_converter_fixture,
+    tiny_models_fixture,
+    tone,
+)
+
+import rvcfast
+from rvcfast import audio as rvc_audio
+from rvcfast.audio import remove_stale_parts, write_audio_atomic
+
+
+def parts(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.rglob("*.part"))
+
+
+def outputs(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir() if p.is_file() and not p.name.startswith("."))
+
+
+# ------------------------------------------------------------------ atomic writes
+
+
+def test_write_goes_through_a_temporary_file_and_rename(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    renames: list[tuple[str, str]] = []
+    real_replace = os.replace
+
+    def spy(src, dst, *a, **kw):
+        renames.append((os.fspath(src), os.fspath(dst)))
+        return real_replace(src, dst, *a, **kw)
+
+    monkeypatch.setattr(os, "replace", spy)
+    target = tmp_path / "out" / "voice.wav"
+    write_audio_atomic(target, np.zeros(4000, np.float32), MODEL_SR)
+    assert len(renames) == 1
+    src, dst = renames[0]
+    assert dst == str(target)
+    assert Path(src).parent == target.parent and Path(src).name.startswith(".voice.wav.") and src.endswith(".part")
+    assert sf.info(target).frames == 4000
+    assert parts(tmp_path) == []
+
+
+@pytest.mark.parametrize("fail_at", ["encode", "fsync", "rename"])
+def test_failed_write_leaves_no_partial_file_and_keeps_the_old_one(
+    fail_at: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = tmp_path / "voice.wav"
+    write_audio_atomic(target, np.full(1000, 0.5, np.float32), MODEL_SR)
+    before = target.read_bytes()
+
+    def boom(*a, **kw):
+        raise OSError("disk full (simulated)")
+
+    if fail_at == "encode":
+        real_write = sf.write
+
+        def half_write(file, data, *a, **kw):  # write part of the data, then fail
+            real_write(file, data[: len(data) // 2], *a, **kw)
+            raise OSError("disk full (simulated)")
+
+        monkeypatch.setattr(rvc_audio.sf, "write", half_write)
+    elif fail_at == "fsync":
+        monkeypatch.setattr(rvc_audio.os, "fsync", boom)
+    else:
+        monkeypatch.setattr(rvc_audio.os, "replace", boom)
+    with pytest.raises(OSError, match="simulated"):
+        write_audio_atomic(target, np.zeros(8000, np.float32), MODEL_SR)
+    monkeypatch.undo()
+    assert target.read_bytes() == before
+    assert parts(tmp_path) == []
+
+
+def test_batch_write_failure_is_reported_per_file(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+    sf.write(tmp_path / "a.wav", tone(0.3), 16000)
+    blocker = tmp_path / "out"
+    blocker.write_text("a file where the output folder should be")
+    results = tiny_converter.convert_batch([tmp_path / "a.wav"], blocker)
+    assert not results[0].ok and "a.wav" in results[0].error and results[0].output_path is None
+    assert blocker.read_text().startswith("a file")
+
+
+def test_read_only_output_folder(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+    if is_root():
+        pytest.skip("running as root: a read-only folder is still writable")
+    sf.write(tmp_path / "a.wav", tone(0.3), 16000)
+    out = tmp_path / "out"
+    out.mkdir()
+    out.chmod(0o555)
+    try:
+        results = tiny_converter.convert_batch([tmp_path / "a.wav"], out)
+        assert not results[0].ok and "a.wav" in results[0].error
+    finally:
+        out.chmod(0o755)
+    assert outputs(out) == [] and parts(out) == []
+
+
+def test_reader_never_sees_a_partial_output(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+    """While a batch runs, every visible (non-temporary) output decodes to its full length."""
+    import threading
+
+    for i in range(6):
+        sf.write(tmp_path / f"c{i}.wav", tone(1.0 + 0.2 * i), 16000)
+    out = tmp_path / "out"
+    out.mkdir()
+    seen: dict[str, set[int]] = {}
+    stop = threading.Event()
+    problems: list[str] = []
+
+    def watch() -> None:
+        while not stop.is_set():
+            for p in list(out.iterdir()):
+                if p.name.startswith("."):
+                    continue
+                try:
+                    seen.setdefault(p.name, set()).add(sf.info(p).frames)
+                except Exception as exc:  # noqa: BLE001
+                    problems.append(f"{p.name}: {exc}")
+            time.sleep(0.002)
+
+    t = threading.Thread(target=watch)
+    t.start()
+    try:
+        results = tiny_converter.convert_batch(sorted(tmp_path.glob("c*.wav")), out, batch_seconds=0.5)
+    finally:
+        stop.set()
+        t.join()
+    assert all(r.ok for r in results)
+    assert problems == []
+    for r in results:  # every look at an output saw its final length
+        assert seen.get(Path(r.output_path).name, set()) <= {sf.info(r.output_path).frames}
+
+
+# ------------------------------------------------------------------ names
+
+
+def test_never_overwrites_an_input_when_writing_into_the_input_folder(
+    tiny_converter: rvcfast.Converter, tmp_path: Path
+) -> None:
+    for name, fmt in [("x.wav", "WAV"), ("y.flac", "FLAC"), ("z.wav", "WAV")]:
+        sf.write(tmp_path / name, tone(0.4), 16000, format=fmt)
+    (tmp_path / "z_rvc.wav").write_bytes((tmp_path / "z.wav").read_bytes())  # an input already named like an output
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    for fmt in ("wav", "flac"):
+        results = tiny_converter.convert_batch([tmp_path], tmp_path, format=fmt)
+        assert all(r.ok for r in results), [r.error for r in results]
+        written = [Path(r.output_path) for r in results]
+        assert len(set(written)) == len(written)
+        assert not {p.name for p in written} & set(before)
+        for name, data in before.items():
+            assert (tmp_path / name).read_bytes() == data, f"input {name} was modified"
+        for p in written:
+            p.unlink()
+    assert parts(tmp_path) == []
+
+
+def test_never_overwrites_an_input_reached_through_a_symlink(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    out = tmp_path / "out"
+    src.mkdir()
+    out.mkdir()
+    sf.write(out / "x.wav", tone(0.3), 16000)  # the real input lives in the output folder
+    os.symlink(out / "x.wav", src / "x.wav")
+    before = (out / "x.wav").read_bytes()
+    results = tiny_converter.convert_batch([src / "x.wav"], out)
+    assert results[0].ok
+    assert Path(results[0].output_path).name != "x.wav"
+    assert (out / "x.wav").read_bytes() == before
+
+
+def test_unique_names_for_inputs_sharing_a_stem(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+    durations = {"a/x.wav": 0.3, "b/x.wav": 0.5, "c/x.flac": 0.7, "d/x_1.wav": 0.9}
+    paths = []
+    for rel, sec in durations.items():
+        p = tmp_path / rel
+        p.parent.mkdir(exist_ok=True)
+        sf.write(p, tone(sec), 16000, format="FLAC" if p.suffix == ".flac" else "WAV")
+        paths.append(p)
+    out = tmp_path / "out"
+    results = tiny_converter.convert_batch(paths, out)
+    names = [Path(r.output_path).name for r in results]
+    assert len(set(names)) == 4 and outputs(out) == sorted(names)
+    for r, sec in zip(results, durations.values()):  # each output comes from its own input
+        assert sf.info(r.output_path).frames == pytest.approx(sec * MODEL_SR, abs=3 * MODEL_SR // 100)
+
+
+def test_name_template_and_formats(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+    sf.write(tmp_path / "take one.wav", tone(0.3), 16000)
+    for fmt, subtype in [("wav", "PCM_16"), ("flac", None), ("ogg", None)]:
+        results = tiny_converter.convert_batch(
+            [tmp_path / "take one.wav"], tmp_path / fmt, format=fmt, subtype=subtype, name_template="{index:03d}-{stem}"
+        )
+        p = Path(results[0].output_path)
+        assert p.name == f"000-take one.{fmt}"
+        info = sf.info(p)
+        assert info.samplerate == MODEL_SR and info.frames > 0
+        if subtype:
+            assert info.subtype == subtype
+
+
+# ------------------------------------------------------------------ resume a killed batch
+
+_BATCH_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    torch.set_num_threads(1)
+    import rvcfast
+    a = json.loads(sys.argv[1])
+    conv = rvcfast.Converter.from_pretrained(a["voice"], encoder=a["encoder"], f0_weights=a["rmvpe"], device="cpu")
+    print("READY", flush=True)
+    for r in conv.iter_batch(a["inputs"], a["out"], skip_existing=True, batch_seconds=0.5):
+        print("DONE", r.source, r.ok, flush=True)
+    print("FINISHED", flush=True)
+    """
+)
+
+
+def _start_batch(tiny_models: TinyModels, inputs: list[Path], out: Path) -> subprocess.Popen:
+    args = {
+        "voice": str(tiny_models.voice),
+        "encoder": str(tiny_models.encoder),
+        "rmvpe": str(tiny_models.rmvpe),
+        "inputs": [str(p) for p in inputs],
+        "out": str(out),
+    }
+    return subprocess.Popen(
+        [sys.executable, "-c", _BATCH_CHILD, json.dumps(args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+
+
+def test_skip_existing_resumes_a_killed_batch(tiny_models: TinyModels, tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    inputs = []
+    for i in range(8):
+        p = src / f"clip{i}.wav"
+        sf.write(p, tone(2.0 + 0.1 * i, freq=150 + 20 * i), 16000)
+        inputs.append(p)
+    out = tmp_path / "out"
+    proc = _start_batch(tiny_models, inputs, out)
+    deadline = time.monotonic() + 240
+    try:
+        while time.monotonic() < deadline:
+            if out.is_dir() and len(outputs(out)) >= 3:
+                break
+            if proc.poll() is not None:
+                pytest.fail(f"the batch ended before it could be killed: {proc.stderr.read()[-2000:]}")
+            time.sleep(0.01)
+        else:
+            pytest.fail("no outputs appeared")
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait(30)
+        proc.stdout.close()
+        proc.stderr.close()
+    finished = {name: (out / name).stat().st_mtime_ns for name in outputs(out)}
+    assert 3 <= len(finished) < 8, finished
+    for name in finished:  # whatever the kill left under a final name is complete
+        assert sf.info(out / name).frames == pytest.approx((2.0 + 0.1 * int(name[4])) * MODEL_SR, abs=3 * MODEL_SR // 100)
+    # the killed process may have left a temporary file; plant one for an unfinished output for certain
+    unfinished = [p for p in inputs if f"{p.stem}.wav" not in finished]
+    host = rvc_audio._HOST
+    (out / f".{unfinished[0].stem}.wav.{host}~{proc.pid}~deadbeef.part").write_bytes(b"RIFF partial")
+
+    time.sleep(0.01)  # mtimes of the re-run differ from the first run's
+    results = tiny_converter.convert_batch(inputs, out, skip_existing=True)
+    assert all(r.ok for r in results), [r.error for r in results]
+    skipped = {Path(r.source).stem for r in results if r.skipped}
+    converted = {Path(r.source).stem for r in results if not r.skipped}
+    assert skipped == {Path(n).stem for n in finished}
+    assert converted == {p.stem for p in unfinished}
+    assert outputs(out) == sorted(f"{p.stem}.wav" for p in inputs)  # each input converted exactly once
+    for name, mtime in finished.items():
+        assert (out / name).stat().st_mtime_ns == mtime, f"{name} was converted again"
+    for p in inputs:
+        assert sf.info(out / f"{p.stem}.wav").frames > 1.9 * MODEL_SR
+    assert parts(out) == [], "stale temporary files left behind"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="batch.py: stale .part files are only removed when their output is written again; a stale temporary "
+    "file next to an output that skip_existing skips stays (fix: run_batch calls audio.remove_stale_parts(out_dir) "
+    "once per output folder before starting)",
+)
+def test_resume_removes_stale_parts_next_to_skipped_outputs(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+    sf.write(tmp_path / "a.wav", tone(0.3), 16000)
+    out = tmp_path / "out"
+    tiny_converter.convert_batch([tmp_path / "a.wav"], out)
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    (out / f".a.wav.{rvc_audio._HOST}~{dead.pid}~x.part").write_bytes(b"partial")
+    results = tiny_converter.convert_batch([tmp_path / "a.wav"], out, skip_existing=True)
+    assert results[0].skipped
+    assert parts(out) == []
+
+
+def test_remove_stale_parts_keeps_live_and_foreign_files(tmp_path: Path) -> None:
+    host = rvc_audio._HOST
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = tmp_path / f".a.wav.{host}~{dead.pid}~abc.part"
+    live = tmp_path / f".a.wav.{host}~{os.getpid()}~abc.part"
+    other_host = tmp_path / f".a.wav.elsewhere~{dead.pid}~abc.part"
+    not_ours = tmp_path / ".a.wav.part"
+    other_name = tmp_path / f".b.wav.{host}~{dead.pid}~abc.part"
+    for p in (stale, live, other_host, not_ours, other_name):
+        p.write_bytes(b"x")
+    assert remove_stale_parts(tmp_path, "a.wav") == [stale]
+    assert remove_stale_parts(tmp_path) == [other_name]
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (live, other_host, not_ours))
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="batch.py: resuming an in-place batch (out_dir == the input folder, inputs given as that folder) "
+    "re-expands the folder, so last run's outputs x_rvc.wav become inputs and shift x.wav's output name to x_2.wav: "
+    "everything is converted again and the outputs are converted too (fix: when expanding a folder that is also "
+    "out_dir, leave out the files this naming scheme produced, and name outputs independently of the other inputs)",
+)
+def test_resume_in_place_batch(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+    for i in range(2):
+        sf.write(tmp_path / f"x{i}.wav", tone(0.3), 16000)
+    first = tiny_converter.convert_batch([tmp_path], tmp_path)
+    assert all(r.ok for r in first)
+    again = tiny_converter.convert_batch([tmp_path], tmp_path, skip_existing=True)
+    assert len(again) == 2 and all(r.skipped for r in again)
+    assert outputs(tmp_path) == ["x0.wav", "x0_rvc.wav", "x1.wav", "x1_rvc.wav"]
+
+
+def test_on_error_stop_leaves_only_complete_outputs(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+    sf.write(tmp_path / "a.wav", tone(0.3), 16000)
+    (tmp_path / "b.wav").write_bytes(b"not audio")
+    sf.write(tmp_path / "c.wav", tone(0.3), 16000)
+    out = tmp_path / "out"
+    with pytest.raises(rvcfast.errors.RvcfastError, match="b.wav"):
+        tiny_converter.convert_batch([tmp_path / "a.wav", tmp_path / "b.wav", tmp_path / "c.wav"], out, on_error="stop")
+    for name in outputs(out) if out.exists() else []:
+        assert sf.info(out / name).frames > 0
+    assert not out.exists() or parts(out) == []
