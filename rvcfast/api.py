@@ -32,11 +32,16 @@ from .pipeline import (
     segment_features,
     segment_frames,
     segment_inputs,
+    segment_output_length,
 )
 from .protocols import F0Extractor, FeatureEncoder, Vocoder
 from .segment import SegmentConfig
 
-__all__ = ["Converter", "Result", "resolve_device", "load_encoder_cached"]
+__all__ = ["Converter", "Result", "resolve_device", "load_encoder_cached", "SEGMENT_BATCH_SAMPLES"]
+
+#: Most 16 kHz samples of one input's segments sent through the models together by
+#: :meth:`Converter.convert` (60 s; the batch engine uses ``batch_seconds``).
+SEGMENT_BATCH_SAMPLES = 60 * 16000
 
 
 @dataclass
@@ -357,6 +362,7 @@ class Converter:
             f0_workers=f0_workers,
             keep_audio=(out_dir is None) if keep_audio is None else keep_audio,
         )
+        options.validate()  # bad options fail here, not when the iterator is first advanced
         return run_batch(self, inputs, params, options, progress)
 
     def convert_batch(self, inputs: Any, out_dir: str | os.PathLike[str] | None = None, **kwargs: Any) -> list[Result]:
@@ -394,12 +400,32 @@ class Converter:
         self, prep: PreparedAudio, params: ConversionParams, timer: Timer, f0: np.ndarray | None = None
     ) -> tuple[np.ndarray, int]:
         """Run F0, features, index, synthesis and post-processing for one prepared input."""
+        from .batch import release_memory
+
         with timer.stage("f0"):
             coarse, pitchf = self.pitch_for(prep, params, f0)
         segs = segment_inputs(prep, coarse, pitchf, params.seed)
-        pieces = self.synthesize_segments(segs, params, timer)
+        voc = self.vocoder
+        trim = voc.sample_rate * self.segment_config.x_pad
+        lengths = [
+            segment_output_length(s.audio.shape[0], s.frames, voc.hop_length, trim, params.keep_length) for s in segs
+        ]
+        out = np.empty(sum(lengths), dtype=np.float32)
+        # segments go through the models in groups of at most SEGMENT_BATCH_SAMPLES
+        # (bounded memory however long the input is), written in place into the output
+        pos, k = 0, 0
+        while k < len(segs):
+            j, total = k + 1, segs[k].audio.shape[0]
+            while j < len(segs) and total + segs[j].audio.shape[0] <= SEGMENT_BATCH_SAMPLES:
+                total += segs[j].audio.shape[0]
+                j += 1
+            for piece in self.synthesize_segments(segs[k:j], params, timer):
+                out[pos : pos + piece.shape[0]] = piece
+                pos += piece.shape[0]
+            release_memory()
+            k = j
         with timer.stage("post"):
-            return finish(pieces, prep, self.vocoder.sample_rate, params)
+            return finish(out[:pos], prep, voc.sample_rate, params)
 
     def synthesize_segments(
         self,

@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 
-from .audio import SUPPORTED_WRITE_FORMATS, load_16k, write_audio_atomic
+from .audio import SUPPORTED_WRITE_FORMATS, load_16k, remove_stale_parts, write_audio_atomic
 from .errors import ParameterError, RvcfastError
 from .pipeline import (
     ConversionParams,
@@ -161,6 +161,7 @@ def expand_inputs(inputs: Iterable[BatchInput] | BatchInput, options: BatchOptio
         if p.is_dir():
             pattern = "**/*" if options.recursive else "*"
             files = sorted(f for f in p.glob(pattern) if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+            files = _drop_previous_outputs(files, options)
             base = len(jobs)
             jobs.extend([Job(base + i, str(f), path=f) for i, f in enumerate(files)])
         else:
@@ -168,6 +169,29 @@ def expand_inputs(inputs: Iterable[BatchInput] | BatchInput, options: BatchOptio
             jobs.append(Job(len(jobs), str(p), path=p))
     _assign_outputs(jobs, options)
     return jobs
+
+
+def _drop_previous_outputs(files: list[Path], options: BatchOptions) -> list[Path]:
+    """In an in-place batch (output folder = input folder), leave out earlier runs' outputs.
+
+    When an output would have had an input's name it gets the suffix ``_rvc``; when such a
+    batch is resumed (``skip_existing``) those files must not become inputs themselves and
+    shift the names. Only with ``skip_existing``: nothing is ever overwritten then, so an
+    input that merely looks like an earlier output cannot be lost.
+    """
+    if options.out_dir is None or not options.skip_existing:
+        return files
+    out_dir = Path(options.out_dir).resolve()
+    ext = "." + options.format.lower()
+    names = {f.name for f in files}
+    kept = []
+    for f in files:
+        if f.parent.resolve() == out_dir and f.suffix.lower() == ext and f.stem.endswith("_rvc"):
+            base = f.stem[: -len("_rvc")]
+            if any(n != f.name and Path(n).stem == base for n in names):
+                continue
+        kept.append(f)
+    return kept
 
 
 def _assign_outputs(jobs: list[Job], options: BatchOptions) -> None:
@@ -234,6 +258,8 @@ def run_batch(
     options.validate()
     params.validate(converter.vocoder)
     jobs = expand_inputs(inputs, options)
+    if options.out_dir is not None and Path(options.out_dir).is_dir():
+        remove_stale_parts(options.out_dir)  # temporary files of an earlier, killed run
     total = len(jobs)
     done = 0
     vocoder = converter.vocoder

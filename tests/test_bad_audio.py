@@ -358,13 +358,6 @@ def _peak_rss_mb(tiny_models, path: Path) -> float:
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=True,
-    reason="api.py: Converter.convert sends every segment of a file through the encoder and the synthesizer as "
-    "one batch (synthesize_segments(all segments)), so peak memory grows ~200 MB per minute of input with the "
-    "tiny test model (13.6 GB for 1 h; far more with real models). Fix: run convert_prepared's segments in "
-    "groups bounded by a sample budget, as the batch engine does, writing into one output buffer",
-)
 def test_long_input_memory_is_bounded(tiny_models, tmp_path: Path) -> None:
     """Peak memory for an 8-minute input exceeds that of a 2-minute one by little more than the audio arrays."""
     peaks = {}

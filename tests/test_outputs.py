@@ -301,12 +301,6 @@ def test_skip_existing_resumes_a_killed_batch(tiny_models: TinyModels, tiny_conv
     assert parts(out) == [], "stale temporary files left behind"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="batch.py: stale .part files are only removed when their output is written again; a stale temporary "
-    "file next to an output that skip_existing skips stays (fix: run_batch calls audio.remove_stale_parts(out_dir) "
-    "once per output folder before starting)",
-)
 def test_resume_removes_stale_parts_next_to_skipped_outputs(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
     sf.write(tmp_path / "a.wav", tone(0.3), 16000)
     out = tmp_path / "out"
@@ -335,13 +329,6 @@ def test_remove_stale_parts_keeps_live_and_foreign_files(tmp_path: Path) -> None
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(p.name for p in (live, other_host, not_ours))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="batch.py: resuming an in-place batch (out_dir == the input folder, inputs given as that folder) "
-    "re-expands the folder, so last run's outputs x_rvc.wav become inputs and shift x.wav's output name to x_2.wav: "
-    "everything is converted again and the outputs are converted too (fix: when expanding a folder that is also "
-    "out_dir, leave out the files this naming scheme produced, and name outputs independently of the other inputs)",
-)
 def test_resume_in_place_batch(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
     for i in range(2):
         sf.write(tmp_path / f"x{i}.wav", tone(0.3), 16000)

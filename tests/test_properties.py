@@ -135,11 +135,6 @@ def test_bad_batch_option_is_refused_before_work(
     assert spy.decoded == 0 and spy.written == 0 and not out.exists()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="api.py: iter_batch validates the conversion parameters at call time but BatchOptions only when the "
-    "generator is first advanced (run_batch is a generator); fix: call options.validate() in iter_batch",
-)
 def test_iter_batch_validates_options_at_call_time(tiny_converter: rvcfast.Converter, wav: Path, tmp_path: Path) -> None:
     with pytest.raises(ParameterError):
         tiny_converter.iter_batch([wav], tmp_path / "out", format="mp3")
