@@ -304,7 +304,7 @@ class Converter:
         skip_existing: bool = False,
         on_error: str = "continue",
         recursive: bool = False,
-        batch_seconds: float = 60.0,
+        batch_seconds: float | None = None,
         decode_workers: int = 2,
         write_workers: int = 1,
         f0_workers: int = 2,
@@ -331,7 +331,7 @@ class Converter:
         ``skip_existing`` skips inputs whose output exists (resume a killed batch).
         ``on_error="continue"`` (default) reports a failing file in its Result and
         goes on; ``"stop"`` raises. ``batch_seconds`` bounds the audio batched
-        together. ``progress(result, done, total)`` is called per finished file.
+        together per model call (default: 8 s on CPU, where batching does not pay, 120 s on GPU). ``progress(result, done, total)`` is called per finished file.
         The conversion parameters are those of :meth:`convert`.
         """
         from .batch import BatchOptions, run_batch

@@ -159,7 +159,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     from .pipeline import ConversionParams
     from .progress import BatchProgress
 
-    if not args.batch_seconds > 0:
+    if args.batch_seconds is not None and not args.batch_seconds > 0:
         raise UsageError(f"--batch-seconds must be positive, got {args.batch_seconds}")
     out = Path(args.output)
     _check_output_dir(out)
@@ -289,7 +289,7 @@ def _add_convert(sub: Any) -> None:
     o.add_argument("-q", "--quiet", action="store_true", help="no progress or summary; failures are still reported")
     r = p.add_argument_group("runtime")
     _add_device_options(r)
-    r.add_argument("--batch-seconds", type=float, metavar="S", default=60.0, help="seconds of audio batched through the models together")
+    r.add_argument("--batch-seconds", type=float, metavar="S", default=None, help="seconds of audio batched through the models together (default: 8 on CPU, 120 on GPU)")
     p.set_defaults(func=cmd_convert)
 
 
@@ -796,7 +796,7 @@ def _add_bench(sub: Any) -> None:
     p.add_argument("--f0-weights", metavar="FILE", help="a real rmvpe.pt")
     p.add_argument("--f0", metavar="NAME", default="rmvpe", help="F0 backend")
     _add_device_options(p)
-    p.add_argument("--batch-seconds", type=float, metavar="S", default=60.0, help="seconds of audio batched together")
+    p.add_argument("--batch-seconds", type=float, metavar="S", default=None, help="seconds of audio batched together (default: 8 on CPU, 120 on GPU)")
     p.add_argument("--no-warmup", action="store_true", help="do not run a 1 s warm-up conversion first")
     p.set_defaults(func=cmd_bench)
 
