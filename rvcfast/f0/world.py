@@ -16,6 +16,8 @@ install gives a :class:`~rvcfast.errors.BackendUnavailableError` that says what 
 
 from __future__ import annotations
 
+from abc import abstractmethod
+
 import warnings
 from types import ModuleType
 from typing import Any
@@ -69,9 +71,9 @@ class _WorldExtractor(BaseF0Extractor):
         self.f0_min, self.f0_max = _check_range(f0_min, f0_max)
         self._pyworld = _import_pyworld(self.name)
 
+    @abstractmethod
     def _raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The unrefined WORLD track and its frame times for float64 audio ``x``."""
-        raise NotImplementedError
 
     def _track(self, audio16k: Any) -> np.ndarray:
         """Raw track refined by stonemask, exactly ``len // 160 + 1`` float64 frames."""
