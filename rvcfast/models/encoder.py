@@ -769,6 +769,14 @@ def _map_state(state: Mapping[str, Any], cfg: HubertConfig, fmt: str, path: Path
     if bad:
         raise ModelLoadError(path, f"the weights hold non-tensor entries: {_name_list(map(str, bad))}")
     folded = fold_weight_norm(state)
+    # sizes the weights cannot have are refused before the key table is built from them
+    present = {k.split(".")[2] for k in folded if k.startswith("encoder.layers.") and k.count(".") >= 3}
+    if len(present) != cfg.num_layers:
+        raise ModelLoadError(
+            path, f"the config says {cfg.num_layers} transformer layers but the weights hold {len(present)}"
+        )
+    if len(cfg.conv_layers) > 64 or cfg.num_layers > 256:
+        raise ModelLoadError(path, f"implausible encoder size ({len(cfg.conv_layers)} conv layers, {cfg.num_layers} layers)")
     table = _key_table(cfg)
     by_source = {(row.fairseq if fmt == "fairseq" else row.hf): row for row in table}
     ignored = _IGNORED_FAIRSEQ if fmt == "fairseq" else _IGNORED_HF

@@ -461,9 +461,20 @@ def e2e_state_shapes(cfg: E2EConfig) -> OrderedDict[str, tuple[int, ...]]:
 
 
 def _max_index(keys: Sequence[str], pattern: str) -> int | None:
+    """Number of layers named by ``pattern``'s index group: ``max + 1``, if the indices are 0..max.
+
+    A gap (e.g. one key claiming layer 10**9) raises ``ValueError`` instead of making
+    the caller build that many layers.
+    """
     rx = re.compile(pattern)
-    found = [int(m.group(1)) for k in keys if (m := rx.match(k))]
-    return max(found) + 1 if found else None
+    found = {int(m.group(1)) for k in keys if (m := rx.match(k))}
+    if not found:
+        return None
+    if max(found) + 1 != len(found):
+        raise ValueError(
+            f"layer indices of {pattern!r} are not contiguous (largest {max(found)}, {len(found)} distinct)"
+        )
+    return max(found) + 1
 
 
 def infer_e2e_config(state: Mapping[str, Any]) -> E2EConfig:
@@ -522,7 +533,10 @@ def _check_state(path: Path, state: Any) -> tuple[E2EConfig, dict[str, torch.Ten
             + _list_keys([str(k) for k in state.keys()], 10)
             + ")",
         )
-    cfg = infer_e2e_config(state)
+    try:
+        cfg = infer_e2e_config(state)
+    except ValueError as exc:
+        raise ModelLoadError(path, f"RMVPE state dict does not match the E2E layout: {exc}") from None
     expected = e2e_state_shapes(cfg)
     missing = [k for k in expected if k not in state]
     unexpected = [k for k in state if k not in expected]

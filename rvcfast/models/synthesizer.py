@@ -1173,6 +1173,28 @@ def _infer_config(weights: Mapping[str, torch.Tensor], path: Union[str, os.PathL
     return config, version, has_f0
 
 
+def _check_config_against_weights(config: list[Any], weights: Mapping[str, torch.Tensor], path: Any) -> None:
+    """Refuse configs whose sizes the weights cannot have, before any module is built.
+
+    A config claiming 10**9 layers or channels would otherwise make the (meta-device)
+    model construction run for ages or overflow; the real sizes can be read off the keys.
+    """
+    layers = {k.split(".")[3] for k in weights if k.startswith("enc_p.encoder.attn_layers.")}
+    n_layers = config[6]
+    if isinstance(n_layers, int) and layers and n_layers != len(layers):
+        raise ModelLoadError(
+            path, f"malformed config: n_layers={n_layers} but the weights hold {len(layers)} text-encoder layers"
+        )
+    checks = [(3, "enc_p.proj.weight", 1, "hidden_channels"), (13, "dec.conv_pre.weight", 0, "upsample_initial_channel")]
+    for index, key, dim, name in checks:
+        w = weights.get(key)
+        value = config[index]
+        if isinstance(w, torch.Tensor) and w.dim() > dim and isinstance(value, int) and value != int(w.shape[dim]):
+            raise ModelLoadError(
+                path, f"malformed config: {name}={value} but {key} has shape {tuple(w.shape)}"
+            )
+
+
 def load_vocoder(
     path: Union[str, os.PathLike[str]],
     device: Union[str, torch.device] = "cpu",
@@ -1252,10 +1274,11 @@ def load_vocoder(
     if "emb_g.weight" not in weights or weights["emb_g.weight"].dim() != 2:
         raise ModelLoadError(path, "missing key 'emb_g.weight' (the speaker embedding, [n_speakers, gin_channels])")
     config[15] = int(weights["emb_g.weight"].shape[0])
+    _check_config_against_weights(config, weights, path)
     try:
         with torch.device("meta"):
             model = Synthesizer(config, version=version, has_f0=has_f0)
-    except ValueError as exc:
+    except (ValueError, RuntimeError, OverflowError) as exc:
         raise ModelLoadError(path, f"malformed config: {exc}") from None
     # The real rate is config[17]; RVC and Applio never read the ``sr`` label.
     try:
