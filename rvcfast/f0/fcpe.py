@@ -40,7 +40,6 @@ therefore equals the solo one bit for bit (checked on CPU).
 
 from __future__ import annotations
 
-import importlib.util
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -53,7 +52,7 @@ from torch import nn
 from .. import cache
 from ..errors import BackendUnavailableError, ModelLoadError, ParameterError
 from ..safe_load import load_torch_file
-from .base import HOP_LENGTH, SAMPLE_RATE, BaseF0Extractor, as_audio16k
+from .base import HOP_LENGTH, SAMPLE_RATE, BaseF0Extractor, as_audio16k, package_dir
 
 __all__ = [
     "FCPEExtractor",
@@ -353,16 +352,7 @@ class FCPEModel(nn.Module):
 
 def _torchfcpe_dir() -> Path | None:
     """Folder of the installed torchfcpe package, found without importing it."""
-    try:
-        spec = importlib.util.find_spec("torchfcpe")
-    except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    if spec.origin and spec.origin not in ("namespace", "built-in"):
-        return Path(spec.origin).parent
-    locations = list(spec.submodule_search_locations or [])
-    return Path(locations[0]) if locations else None
+    return package_dir("torchfcpe")
 
 
 def fcpe_weights_path() -> Path:
