@@ -551,6 +551,49 @@ class _Flow(nn.Module):
         return x
 
 
+# The HiFi-GAN decoder runs its 1-D convolutions as 2-D ones on ``[B, C, 1, T]`` tensors in
+# channels-last memory (``[B, T, C]`` in memory): oneDNN's direct kernels for that layout
+# avoid reordering the activations on every call and run the decoder's dilated
+# convolutions about 1.3-2x faster on CPU, in float32 and bfloat16 alike (cuDNN also
+# prefers NHWC for half precision). The parameters keep their 1-D shapes (the state dict
+# is RVC's); :func:`_to_channels_last_1d` only changes how their elements are laid out.
+
+
+def _to_channels_last_1d(weight: torch.Tensor) -> torch.Tensor:
+    """The same ``[O, I, K]`` values, stored as a channels-last ``[O, I, 1, K]`` tensor.
+
+    ``weight.unsqueeze(2)`` of the result is then already in the layout the 2-D
+    convolution wants, so no copy is made per call.
+    """
+    return weight.detach().unsqueeze(2).contiguous(memory_format=torch.channels_last).squeeze(2)
+
+
+def _as_2d(x: torch.Tensor) -> torch.Tensor:
+    """``[B, C, T]`` -> channels-last ``[B, C, 1, T]``."""
+    return x.unsqueeze(2).contiguous(memory_format=torch.channels_last)
+
+
+def _conv(m: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """``m(x)`` for a channels-last ``[B, C, 1, T]`` input (symmetric integer padding)."""
+    return F.conv2d(
+        x, m.weight.unsqueeze(2), m.bias, (1, m.stride[0]), (0, m.padding[0]), (1, m.dilation[0]), m.groups
+    )
+
+
+def _conv_transpose(m: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
+    """``m(x)`` for a channels-last ``[B, C, 1, T]`` input."""
+    return F.conv_transpose2d(
+        x,
+        m.weight.unsqueeze(2),
+        m.bias,
+        (1, m.stride[0]),
+        (0, m.padding[0]),
+        (0, m.output_padding[0]),
+        m.groups,
+        (1, m.dilation[0]),
+    )
+
+
 class _ResBlock1(nn.Module):
     def __init__(self, channels: int, kernel_size: int, dilations: Sequence[int]) -> None:
         super().__init__()
@@ -568,10 +611,10 @@ class _ResBlock1(nn.Module):
             xt = F.leaky_relu(x, _LRELU_SLOPE)
             if mask is not None:
                 xt = xt * mask
-            xt = F.leaky_relu(c1(xt), _LRELU_SLOPE)
+            xt = F.leaky_relu(_conv(c1, xt), _LRELU_SLOPE)
             if mask is not None:
                 xt = xt * mask
-            x = c2(xt) + x
+            x = _conv(c2, xt) + x
         return x
 
 
@@ -588,7 +631,7 @@ class _ResBlock2(nn.Module):
             xt = F.leaky_relu(x, _LRELU_SLOPE)
             if mask is not None:
                 xt = xt * mask
-            x = c(xt) + x
+            x = _conv(c, xt) + x
         return x
 
 
@@ -646,6 +689,12 @@ class _HiFiGAN(nn.Module):
                 self.resblocks.append(block(ch, rk, rd))
         self.conv_post = nn.Conv1d(ch, 1, 7, padding=3, bias=False)
 
+    def prepare(self) -> None:
+        """Lay the convolution weights out channels-last (same values, see :func:`_to_channels_last_1d`)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)):
+                m.weight.data = _to_channels_last_1d(m.weight.data)
+
     def forward(
         self,
         x: torch.Tensor,
@@ -656,6 +705,7 @@ class _HiFiGAN(nn.Module):
         """``x`` ``[B, inter, T]``, ``g`` ``[B, gin, 1]``, ``source`` ``[B, 1, T*upp]`` (NSF only).
 
         ``lengths`` (frames per item) switches on decoder masking for padded batches.
+        Returns ``[B, 1, T*upp]``. Internally every tensor is channels-last ``[B, C, 1, T]``.
         """
         t = x.shape[-1]
 
@@ -663,19 +713,20 @@ class _HiFiGAN(nn.Module):
             if lengths is None:
                 return None
             pos = torch.arange(t * factor, device=x.device)
-            return (pos[None, :] < (lengths * factor)[:, None]).to(x.dtype)[:, None, :]
+            return (pos[None, :] < (lengths * factor)[:, None]).to(x.dtype)[:, None, None, :]
 
-        x = self.conv_pre(x) + self.cond(g)
+        x = _conv(self.conv_pre, _as_2d(x)) + _conv(self.cond, _as_2d(g))
+        src = _as_2d(source) if source is not None else None
         factor = 1
         for i, up in enumerate(self.ups):
             x = F.leaky_relu(x, _LRELU_SLOPE)
             m_in = mask_at(factor)
             if m_in is not None:
                 x = x * m_in
-            x = up(x)
+            x = _conv_transpose(up, x)
             factor *= self.rates[i]
-            if source is not None:
-                x = x + self.noise_convs[i](source)
+            if src is not None:
+                x = x + _conv(self.noise_convs[i], src)
             m_out = mask_at(factor)
             blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
             xs = blocks[0](x, m_out)
@@ -686,7 +737,7 @@ class _HiFiGAN(nn.Module):
         m_last = mask_at(factor)
         if m_last is not None:
             x = x * m_last
-        return torch.tanh(self.conv_post(x))
+        return torch.tanh(_conv(self.conv_post, x)).squeeze(2)
 
 
 # --------------------------------------------------------------------------- noise helpers
@@ -796,6 +847,7 @@ class Synthesizer(nn.Module):
         for m in self.modules():
             if isinstance(m, _RelativeAttention):
                 m.prepare()
+        self.dec.prepare()
 
     def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False):  # type: ignore[override]
         """:meth:`torch.nn.Module.load_state_dict` (folded weights), then :meth:`prepare`."""
