@@ -607,14 +607,15 @@ class _ResBlock1(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+        # Inference only: the in-place ops below touch only tensors made here, never ``x``.
         for c1, c2 in zip(self.convs1, self.convs2):
             xt = F.leaky_relu(x, _LRELU_SLOPE)
             if mask is not None:
-                xt = xt * mask
-            xt = F.leaky_relu(_conv(c1, xt), _LRELU_SLOPE)
+                xt.mul_(mask)
+            xt = F.leaky_relu_(_conv(c1, xt), _LRELU_SLOPE)
             if mask is not None:
-                xt = xt * mask
-            x = _conv(c2, xt) + x
+                xt.mul_(mask)
+            x = _conv(c2, xt).add_(x)
         return x
 
 
@@ -630,8 +631,8 @@ class _ResBlock2(nn.Module):
         for c in self.convs:
             xt = F.leaky_relu(x, _LRELU_SLOPE)
             if mask is not None:
-                xt = xt * mask
-            x = _conv(c, xt) + x
+                xt.mul_(mask)
+            x = _conv(c, xt).add_(x)
         return x
 
 
@@ -715,29 +716,30 @@ class _HiFiGAN(nn.Module):
             pos = torch.arange(t * factor, device=x.device)
             return (pos[None, :] < (lengths * factor)[:, None]).to(x.dtype)[:, None, None, :]
 
-        x = _conv(self.conv_pre, _as_2d(x)) + _conv(self.cond, _as_2d(g))
+        # Inference only: every in-place op below acts on a tensor this function made.
+        x = _conv(self.conv_pre, _as_2d(x)).add_(_conv(self.cond, _as_2d(g)))
         src = _as_2d(source) if source is not None else None
         factor = 1
         for i, up in enumerate(self.ups):
-            x = F.leaky_relu(x, _LRELU_SLOPE)
+            F.leaky_relu_(x, _LRELU_SLOPE)
             m_in = mask_at(factor)
             if m_in is not None:
-                x = x * m_in
+                x.mul_(m_in)
             x = _conv_transpose(up, x)
             factor *= self.rates[i]
             if src is not None:
-                x = x + _conv(self.noise_convs[i], src)
+                x.add_(_conv(self.noise_convs[i], src))
             m_out = mask_at(factor)
             blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
             xs = blocks[0](x, m_out)
             for blk in blocks[1:]:
-                xs = xs + blk(x, m_out)
-            x = xs / self.num_kernels
-        x = F.leaky_relu(x)  # default slope 0.01, as in the reference
+                xs.add_(blk(x, m_out))
+            x = xs.div_(self.num_kernels)
+        F.leaky_relu_(x)  # default slope 0.01, as in the reference
         m_last = mask_at(factor)
         if m_last is not None:
-            x = x * m_last
-        return torch.tanh(_conv(self.conv_post, x)).squeeze(2)
+            x.mul_(m_last)
+        return torch.tanh_(_conv(self.conv_post, x)).squeeze(2)
 
 
 # --------------------------------------------------------------------------- noise helpers
