@@ -208,7 +208,9 @@ class Converter:
             if isinstance(f0, str):
                 from .f0.registry import get_f0_extractor, parse_hybrid
 
-                options = dict(f0_options or {})
+                # the F0 network runs in the converter's dtype too (bf16 RMVPE is ~1.7x faster
+                # on AVX512-BF16 CPUs); f0_options={"dtype": ...} overrides it
+                options = {"dtype": dt, **(f0_options or {})}
                 rmvpe_opts: dict[str, Any] = {}
                 if f0_weights is not None:
                     rmvpe_opts["weights"] = f0_weights
