@@ -470,3 +470,54 @@ def test_long_items_decode_in_windows_like_one_pass(golden: Path, models, monkey
         assert (windowed[i, : n * hop] - ref).abs().max() <= 1e-5 * ref.abs().max()
         kept = slice(100 * hop, (n - 100) * hop)
         assert (windowed_skip[i, kept] - ref[kept]).abs().max() <= 1e-5 * ref.abs().max()
+
+
+def test_bucket_frames_and_window_widening() -> None:
+    """Sizes keep 5 significant bits (16 per octave, at most 1/16 above n); windows grow with
+    the item's own frames, right first, and are left alone when the item is too short."""
+    import rvcfast.models.synthesizer as synth
+
+    sizes = {synth._bucket_frames(n) for n in range(513, 1025)}  # 544 ... 1024
+    assert len(sizes) == 16 and all(synth._bucket_frames(s) == s for s in sizes)
+    assert all(n <= synth._bucket_frames(n) < n + max(1, n / 16) for n in range(1, 5000))
+    # span 164 -> 168: 4 more frames, all from the right (item long enough)
+    assert synth._widen_window((0, 68, 232, 100, 200), 300) == (0, 68, 236, 100, 200)
+    # at the item's end: the rest from the left
+    assert synth._widen_window((1, 68, 232, 100, 200), 234) == (1, 66, 234, 100, 200)
+    # the item itself is shorter than the bucket: unchanged
+    assert synth._widen_window((2, 0, 190, 20, 170), 190) == (2, 0, 190, 20, 170)
+
+
+@pytest.mark.golden
+def test_widened_decoder_windows_repeat_shapes_and_keep_samples(golden: Path, models, monkeypatch) -> None:
+    """Items of 300/302/304 frames with skip_frames=100 all decode a 168-frame window (one
+    shape), and the kept samples equal decoding the exact 164/166/168-frame windows."""
+    import rvcfast.models.synthesizer as synth
+
+    model = models["v2_40k_f0"]
+    hop = model.hop_length
+    shapes: list[int] = []
+    real_forward = model.dec.forward
+
+    def spy(x, *args, **kwargs):
+        shapes.append(x.shape[-1])
+        return real_forward(x, *args, **kwargs)
+
+    monkeypatch.setattr(model.dec, "forward", spy)
+    g = torch.Generator().manual_seed(11)
+    outs = {}
+    for n in (300, 302, 304):
+        feats = torch.randn(1, n, 768, generator=g)
+        pitch = torch.randint(1, 255, (1, n), generator=g)
+        pitchf = torch.rand(1, n, generator=g) * 300 + 60
+        args = (feats, torch.tensor([n]), pitch, pitchf)
+        widened = model.synthesize(*args, noise=False, skip_frames=100)
+        with monkeypatch.context() as m:
+            m.setattr(synth, "_widen_window", lambda w, n: w)
+            exact = model.synthesize(*args, noise=False, skip_frames=100)
+        outs[n] = (widened, exact)
+    assert shapes == [168, 164, 168, 166, 168, 168]
+    for n, (widened, exact) in outs.items():
+        kept = slice(100 * hop, (n - 100) * hop)
+        ref = exact[0, kept]
+        assert (widened[0, kept] - ref).abs().max() <= 1e-5 * ref.abs().max(), n
