@@ -448,7 +448,7 @@ def test_skip_frames_decodes_only_kept_region(golden: Path, models, variant: str
 
 @pytest.mark.golden
 def test_long_items_decode_in_windows_like_one_pass(golden: Path, models, monkeypatch) -> None:
-    """Items longer than DECODER_CHUNK_FRAMES are decoded in overlapping windows: same samples as one pass."""
+    """Items longer than DECODER_SINGLE_FRAMES are decoded in overlapping windows: same samples as one pass."""
     import rvcfast.models.synthesizer as synth
 
     model = models["v2_40k_f0"]
@@ -461,8 +461,7 @@ def test_long_items_decode_in_windows_like_one_pass(golden: Path, models, monkey
     lens = torch.tensor([t, 1900])
     windowed = model.synthesize(feats, lens, pitch, pitchf, noise=False)
     windowed_skip = model.synthesize(feats, lens, pitch, pitchf, noise=False, skip_frames=100)
-    monkeypatch.setattr(synth, "DECODER_CHUNK_FRAMES", 10**6)
-    monkeypatch.setattr(synth, "DECODER_BATCH_FRAMES", 10**7)
+    monkeypatch.setattr(synth, "DECODER_SINGLE_FRAMES", 10**6)
     whole = model.synthesize(feats, lens, pitch, pitchf, noise=False)
     hop = model.hop_length
     for i, n in enumerate(lens.tolist()):
@@ -481,17 +480,83 @@ def test_bucket_frames_and_window_widening() -> None:
     assert len(sizes) == 16 and all(synth._bucket_frames(s) == s for s in sizes)
     assert all(n <= synth._bucket_frames(n) < n + max(1, n / 16) for n in range(1, 5000))
     # span 164 -> 168: 4 more frames, all from the right (item long enough)
-    assert synth._widen_window((0, 68, 232, 100, 200), 300) == (0, 68, 236, 100, 200)
+    assert synth._widen_window((68, 232, 100, 200), 300, 168) == (68, 236, 100, 200)
     # at the item's end: the rest from the left
-    assert synth._widen_window((1, 68, 232, 100, 200), 234) == (1, 66, 234, 100, 200)
-    # the item itself is shorter than the bucket: unchanged
-    assert synth._widen_window((2, 0, 190, 20, 170), 190) == (2, 0, 190, 20, 170)
+    assert synth._widen_window((68, 232, 100, 200), 234, 168) == (66, 234, 100, 200)
+    # the item itself is shorter than the target: unchanged
+    assert synth._widen_window((0, 190, 20, 170), 190, 192) == (0, 190, 20, 170)
+
+
+@pytest.mark.parametrize("margin", [13, 17, 18])
+def test_plan_windows_cover_kept_frames_with_margin_and_few_shapes(margin: int) -> None:
+    """For every item length and skip: the kept pieces tile the needed frames exactly once,
+    every kept frame is at least ``margin`` frames inside its window (or the window meets
+    the item's end, as a whole pass does), windows stay inside the item, and long items
+    use only DECODER_WINDOW_FRAMES and its quarters."""
+    import rvcfast.models.synthesizer as synth
+
+    size = synth.DECODER_WINDOW_FRAMES
+    allowed = {size * q // 4 for q in (1, 2, 3, 4)}
+    long_sizes: set[int] = set()
+    for n in list(range(1, 1400, 7)) + [2000, 3333, 4100, 4567, 6000]:
+        for skip in (0, 5, 100):
+            ks, ke = (skip, n - skip) if n - 2 * skip >= 1 else (0, n)
+            windows = synth._plan_windows(n, skip, margin)
+            assert windows[0][2] == ks and windows[-1][3] == ke, (n, skip)
+            for (s0, e0, k0, k1), nxt in zip(windows, windows[1:] + [None]):
+                assert 0 <= s0 <= k0 < k1 <= e0 <= n, (n, skip, s0, e0, k0, k1)
+                assert k0 - s0 >= margin or s0 == 0, (n, skip)
+                assert e0 - k1 >= margin or e0 == n, (n, skip)
+                if nxt is not None:
+                    assert nxt[2] == k1  # contiguous, no frame kept twice
+            if min(n, ke + margin) - max(0, ks - margin) > synth.DECODER_SINGLE_FRAMES:
+                spans = [e0 - s0 for s0, e0, _, _ in windows]
+                assert all(sp == size for sp in spans[:-1]) and spans[-1] in allowed, (n, skip, spans)
+                long_sizes.update(spans)
+            else:
+                assert len(windows) == 1
+    assert long_sizes <= allowed
+
+
+def test_group_windows_packs_calls_within_the_frame_limit() -> None:
+    """One window per call at limit 0 (the CPU); otherwise consecutive windows share a call
+    while (count x longest) stays within the limit."""
+    import rvcfast.models.synthesizer as synth
+
+    w = [(0, 0, 544, 0, 500), (0, 500, 1044, 500, 1000), (1, 0, 136, 0, 100), (2, 0, 900, 0, 900)]
+    assert synth._group_windows(w, 0) == [[x] for x in w]
+    assert synth._group_windows(w, 1700) == [w[:3], w[3:]]
+    assert synth._group_windows(w, 10**6) == [w]
+
+
+@pytest.mark.golden
+@pytest.mark.parametrize("variant", ["v2_40k_f0", "v1_48k_f0", "v2_32k_nof0"])
+def test_decoder_margin_exceeds_measured_receptive_field(golden: Path, models, variant: str) -> None:
+    """Perturbing one frame of z changes decoder output only within the computed margin
+    (minus its 3 frames of safety): so windowed decoding cannot differ from a whole pass."""
+    model = models[variant]
+    dec = model.dec
+    g = torch.Generator().manual_seed(4)
+    t, f = 120, 60
+    z = torch.randn(1, dec.conv_pre.in_channels, t, generator=g)
+    spk = torch.randn(1, dec.cond.in_channels, 1, generator=g)
+    src = torch.randn(1, 1, t * model.hop_length, generator=g) if dec.nsf else None
+    with torch.inference_mode():
+        y0 = dec(z, spk, src, None)[0, 0]
+        z2 = z.clone()
+        z2[..., f] += 1.0
+        y1 = dec(z2, spk, src, None)[0, 0]
+    changed = torch.nonzero(y1 != y0).flatten()
+    assert changed.numel() > 0
+    hop = model.hop_length
+    reach = max(f - changed.min().item() / hop, changed.max().item() / hop - (f + 1))
+    assert 8 < reach <= dec.margin_frames - 3, (reach, dec.margin_frames)
 
 
 @pytest.mark.golden
 def test_widened_decoder_windows_repeat_shapes_and_keep_samples(golden: Path, models, monkeypatch) -> None:
-    """Items of 300/302/304 frames with skip_frames=100 all decode a 168-frame window (one
-    shape), and the kept samples equal decoding the exact 164/166/168-frame windows."""
+    """Items of 298/300/302 frames with skip_frames=100 all decode a 136-frame window (one
+    shape), and the kept samples equal decoding the exact 132/134/136-frame windows."""
     import rvcfast.models.synthesizer as synth
 
     model = models["v2_40k_f0"]
@@ -506,17 +571,17 @@ def test_widened_decoder_windows_repeat_shapes_and_keep_samples(golden: Path, mo
     monkeypatch.setattr(model.dec, "forward", spy)
     g = torch.Generator().manual_seed(11)
     outs = {}
-    for n in (300, 302, 304):
+    for n in (298, 300, 302):
         feats = torch.randn(1, n, 768, generator=g)
         pitch = torch.randint(1, 255, (1, n), generator=g)
         pitchf = torch.rand(1, n, generator=g) * 300 + 60
         args = (feats, torch.tensor([n]), pitch, pitchf)
         widened = model.synthesize(*args, noise=False, skip_frames=100)
         with monkeypatch.context() as m:
-            m.setattr(synth, "_widen_window", lambda w, n: w)
+            m.setattr(synth, "_widen_window", lambda w, n, size: w)
             exact = model.synthesize(*args, noise=False, skip_frames=100)
         outs[n] = (widened, exact)
-    assert shapes == [168, 164, 168, 166, 168, 168]
+    assert shapes == [136, 132, 136, 134, 136, 136]
     for n, (widened, exact) in outs.items():
         kept = slice(100 * hop, (n - 100) * hop)
         ref = exact[0, kept]

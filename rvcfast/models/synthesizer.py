@@ -95,16 +95,28 @@ GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
 # --------------------------------------------------------------------------- config
 
 
-#: Frames decoded beyond each kept region when ``skip_frames`` is used: the HiFi-GAN
-#: decoder's receptive field is about 13 frames (conv_pre ±3, first-stage resblocks
-#: ±6, transposed convs ±1 each), so 32 leaves a wide safety factor.
-DECODER_MARGIN_FRAMES = 32
 #: Score-matrix elements per attention block (16M floats = 64 MB in float32).
 _ATTN_BLOCK_ELEMENTS = 1 << 24
-#: Longest piece of an item decoded in one go (bounded memory for long segments).
-DECODER_CHUNK_FRAMES = 1024
-#: Upper bound of (windows x longest window) frames per decoder call.
-DECODER_BATCH_FRAMES = 2048
+
+# Decoder windows. The HiFi-GAN decoder is convolutional, so it can run on bounded time
+# windows whose edges sit further from the kept samples than its receptive field (the
+# margin, :func:`_decoder_margin_frames`, about 16 frames for RVC's configs); kept
+# samples then equal one whole pass. oneDNN caches a set of kernels *per input shape*,
+# and on an AVX-512 CPU each channels-last convolution kernel keeps a scratch buffer
+# that grows with the shape: about 0.12 MB per window frame for the whole 40 kHz
+# decoder, held until the cache (1024 kernels) evicts it. The window sizes below are
+# therefore few and small (docs/benchmarks.md, "Long files").
+
+#: An item whose needed frames plus margins fit in this many frames is decoded in one
+#: window, widened to one of 16 sizes per octave (:func:`_bucket_frames`).
+DECODER_SINGLE_FRAMES = 1088
+#: Longer items are decoded in windows of exactly this many frames (margins included);
+#: the last, partial piece uses a multiple of a quarter of it.
+DECODER_WINDOW_FRAMES = 544
+#: On accelerators, windows are batched up to (windows x longest window) frames per
+#: decoder call; on a CPU every window is its own call (several windows' activations
+#: spill out of the caches, and memory stays bounded by one window).
+DECODER_BATCH_FRAMES = 8192
 
 
 @dataclass(frozen=True)
@@ -689,6 +701,8 @@ class _HiFiGAN(nn.Module):
             for rk, rd in zip(arch.resblock_kernel_sizes, arch.resblock_dilation_sizes):
                 self.resblocks.append(block(ch, rk, rd))
         self.conv_post = nn.Conv1d(ch, 1, 7, padding=3, bias=False)
+        #: context frames a decoder window needs on each side (see :func:`_decoder_margin_frames`)
+        self.margin_frames = _decoder_margin_frames(arch)
 
     def prepare(self) -> None:
         """Lay the convolution weights out channels-last (same values, see :func:`_to_channels_last_1d`)."""
@@ -742,6 +756,32 @@ class _HiFiGAN(nn.Module):
         return torch.tanh_(_conv(self.conv_post, x)).squeeze(2)
 
 
+def _decoder_margin_frames(arch: _Arch) -> int:
+    """Context frames each decoder window needs beyond its kept samples: an upper bound of
+    the decoder's receptive half-width (in frames), plus 3 frames of safety.
+
+    Summed over the layers, each converted to frames at its own rate: ``conv_pre``
+    (kernel 7: 3), every transposed convolution (``ceil(kernel / rate)`` input samples),
+    the widest resblock (``ResBlock1``: ``(k-1)*d/2 + (k-1)/2`` per dilation;
+    ``ResBlock2``: ``(k-1)*d/2`` for the first two), ``conv_post`` (3) and one frame for
+    the strided noise convolutions. RVC's configurations give 13-14 frames (about 10.3
+    measured by perturbing one frame; tested), hence margins of 16-17 frames.
+    """
+    frames, scale = 3.0, 1
+    for rate, kernel in zip(arch.upsample_rates, arch.upsample_kernel_sizes):
+        frames += math.ceil(kernel / rate) / scale
+        scale *= rate
+        widths = []
+        for k, dilations in zip(arch.resblock_kernel_sizes, arch.resblock_dilation_sizes):
+            if arch.resblock == "1":
+                widths.append(sum((k - 1) * d // 2 + (k - 1) // 2 for d in dilations))
+            else:
+                widths.append(sum((k - 1) * d // 2 for d in dilations[:2]))
+        frames += max(widths, default=0) / scale
+    frames += 3 / scale + 1
+    return math.ceil(frames) + 3
+
+
 def _bucket_frames(n: int) -> int:
     """``n`` rounded up to the next size that keeps 5 significant bits (16 sizes per octave:
     ..., 512, 544, 576, ..., 992, 1024, 1088, ...); at most 1/16 above ``n``."""
@@ -749,23 +789,78 @@ def _bucket_frames(n: int) -> int:
     return -(-int(n) // step) * step
 
 
-def _widen_window(window: tuple[int, int, int, int, int], n: int) -> tuple[int, int, int, int, int]:
-    """Grow a decoder window with more of the item's own frames to a :func:`_bucket_frames` size.
+Window = tuple[int, int, int, int]  # decode start, decode end, keep start, keep end (frames)
+
+
+def _widen_window(window: Window, n: int, size: int) -> Window:
+    """Grow a decoder window to ``size`` frames with more of the item's own frames.
 
     oneDNN builds its convolution kernels for each new input shape (about 0.4 s of CPU for
-    the full-size 40 kHz decoder), and every file length would otherwise be a new shape.
-    The added frames are real context on the far side of the margin, so the kept samples
-    do not change (the decoder is convolutional and the margin exceeds its receptive
-    field) and no masking is needed. A window that cannot grow enough inside the item
-    (``[0, n)``) is left as it is.
+    the full-size 40 kHz decoder, plus a scratch buffer it keeps), and every file length
+    would otherwise be a new shape. The added frames are real context on the far side of
+    the margin, so the kept samples do not change (the decoder is convolutional and the
+    margin exceeds its receptive field) and no masking is needed. Right side first; a
+    window that cannot grow enough inside the item (``[0, n)``) is left as it is.
     """
-    i, s0, e0, k0, k1 = window
-    extra = _bucket_frames(e0 - s0) - (e0 - s0)
+    s0, e0, k0, k1 = window
+    extra = size - (e0 - s0)
+    if extra <= 0:
+        return window
     right = min(extra, n - e0)
     left = min(extra - right, s0)
     if right + left < extra:
         return window
-    return (i, s0 - left, e0 + right, k0, k1)
+    return (s0 - left, e0 + right, k0, k1)
+
+
+def _plan_windows(n: int, skip: int, margin: int) -> list[Window]:
+    """The decoder windows for one item of ``n`` frames whose ``skip`` frames at each end are dropped.
+
+    The needed frames ``[skip, n - skip)`` (all of them when the item is too short to drop
+    anything) get ``margin`` frames of context on each side, clipped at the item's ends
+    where a whole pass sees zero padding too. If that fits in
+    :data:`DECODER_SINGLE_FRAMES`, one window widened to :func:`_bucket_frames`; otherwise
+    pieces decoded in windows of exactly :data:`DECODER_WINDOW_FRAMES`, the last piece in
+    the smallest multiple of a quarter of that size: a long file then uses at most four
+    window shapes, whatever its segment lengths.
+    """
+    ks, ke = (skip, n - skip) if n - 2 * skip >= 1 else (0, n)
+    lo, hi = max(0, ks - margin), min(n, ke + margin)
+    if hi - lo <= DECODER_SINGLE_FRAMES:
+        return [_widen_window((lo, hi, ks, ke), n, _bucket_frames(hi - lo))]
+    size = DECODER_WINDOW_FRAMES
+    chunk = size - 2 * margin
+    quarter = size // 4
+    windows: list[Window] = []
+    c = ks
+    while c < ke:
+        k1 = min(c + chunk, ke)
+        if k1 - c == chunk:
+            s0 = max(0, min(c - margin, n - size))
+            windows.append((s0, s0 + size, c, k1))
+        else:
+            s0, e0 = max(0, c - margin), min(n, k1 + margin)
+            target = min(size, -(-(e0 - s0) // quarter) * quarter)
+            windows.append(_widen_window((s0, e0, c, k1), n, target))
+        c = k1
+    return windows
+
+
+def _group_windows(windows: list[tuple[int, int, int, int, int]], limit: int) -> list[list[tuple[int, int, int, int, int]]]:
+    """Consecutive ``(item, start, end, keep start, keep end)`` windows packed into decoder
+    calls of at most ``limit`` (windows x longest window) frames; a window longer than
+    ``limit`` (or any window when ``limit`` is 0) is a call of its own."""
+    groups: list[list[tuple[int, int, int, int, int]]] = []
+    longest = 0
+    for w in windows:
+        span = w[2] - w[1]
+        if groups and max(longest, span) * (len(groups[-1]) + 1) <= limit:
+            groups[-1].append(w)
+            longest = max(longest, span)
+        else:
+            groups.append([w])
+            longest = span
+    return groups
 
 
 # --------------------------------------------------------------------------- noise helpers
@@ -1015,7 +1110,7 @@ class Synthesizer(nn.Module):
                 pos = torch.arange(t * upp, device=device)
                 source = source * (pos[None, :] < (lengths_t * upp)[:, None]).to(source.dtype)[:, None, :]
 
-        if skip_frames > 0 or t > DECODER_CHUNK_FRAMES + 2 * DECODER_MARGIN_FRAMES:
+        if skip_frames > 0 or t > DECODER_SINGLE_FRAMES:
             audio = self._decode_windows(z, g, source, lengths_t, skip_frames)
         else:
             audio = self.dec(z, g, source, lengths_t if padded else None)[:, 0, :]
@@ -1034,40 +1129,22 @@ class Synthesizer(nn.Module):
     ) -> torch.Tensor:
         """Run the HiFi-GAN decoder on bounded time windows and stitch the results.
 
-        Each item's needed frames ``[skip, length - skip)`` are cut into pieces of at
-        most :data:`DECODER_CHUNK_FRAMES`; each piece is decoded with
-        :data:`DECODER_MARGIN_FRAMES` of context on both sides (clipped at the item's
-        ends, where a full decode sees zero padding too). The decoder is convolutional
-        with a receptive field of about 13 frames, so every kept sample equals a full
-        decode up to float rounding, while memory stays bounded whatever the length and
-        the dropped padding context is not decoded at all. Each window is widened with
-        real context to one of a few sizes (:func:`_widen_window`) so that shapes repeat
-        from file to file. Windows of all items are batched together, up to
-        :data:`DECODER_BATCH_FRAMES` frames per call. Samples outside the needed frames
-        are returned as 0.
+        Each item's needed frames ``[skip, length - skip)`` get windows from
+        :func:`_plan_windows`: kept pieces with ``dec.margin_frames`` of real context on
+        both sides (more than the decoder's receptive field, so every kept sample equals a
+        whole-item decode up to float rounding), widened to a few repeating sizes. Memory
+        stays bounded whatever the length, and the dropped padding context is not decoded
+        at all. On accelerators windows of all items are batched, up to
+        :data:`DECODER_BATCH_FRAMES` frames per call; on a CPU each window is one call.
+        Samples outside the needed frames are returned as 0.
         """
         b, _, t = z.shape
         upp = self.hop_length
-        margin, chunk = DECODER_MARGIN_FRAMES, DECODER_CHUNK_FRAMES
-        windows = []  # (item, decode start, decode end, keep start, keep end)
-        for i in range(b):
-            n = int(lengths[i])
-            ks, ke = (skip, n - skip) if n - 2 * skip >= 1 else (0, n)
-            c = ks
-            while c < ke:
-                k_end = min(c + chunk, ke)
-                windows.append((i, max(0, c - margin), min(n, k_end + margin), c, k_end))
-                c = k_end
-        windows = [_widen_window(w, int(lengths[w[0]])) for w in windows]
+        windows = [  # (item, decode start, decode end, keep start, keep end)
+            (i, *w) for i in range(b) for w in _plan_windows(int(lengths[i]), skip, self.dec.margin_frames)
+        ]
         audio = z.new_zeros(b, t * upp)
-        groups: list[list[tuple[int, int, int, int, int]]] = [[]]
-        for w in windows:
-            span = w[2] - w[1]
-            longest = max([span] + [x[2] - x[1] for x in groups[-1]])
-            if groups[-1] and longest * (len(groups[-1]) + 1) > DECODER_BATCH_FRAMES:
-                groups.append([])
-            groups[-1].append(w)
-        for group in groups:
+        for group in _group_windows(windows, DECODER_BATCH_FRAMES if z.device.type != "cpu" else 0):
             spans = [e - s for _, s, e, _, _ in group]
             tc = max(spans)
             zc = z.new_zeros(len(group), z.shape[1], tc)
