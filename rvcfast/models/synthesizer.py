@@ -100,7 +100,7 @@ _ATTN_BLOCK_ELEMENTS = 1 << 24
 
 # Decoder windows. The HiFi-GAN decoder is convolutional, so it can run on bounded time
 # windows whose edges sit further from the kept samples than its receptive field (the
-# margin, :func:`_decoder_margin_frames`, about 16 frames for RVC's configs); kept
+# margin, :func:`_decoder_margin_frames`, 16-19 frames for RVC's configs); kept
 # samples then equal one whole pass. oneDNN caches a set of kernels *per input shape*,
 # and on an AVX-512 CPU each channels-last convolution kernel keeps a scratch buffer
 # that grows with the shape: about 0.12 MB per window frame for the whole 40 kHz
@@ -764,8 +764,8 @@ def _decoder_margin_frames(arch: _Arch) -> int:
     (kernel 7: 3), every transposed convolution (``ceil(kernel / rate)`` input samples),
     the widest resblock (``ResBlock1``: ``(k-1)*d/2 + (k-1)/2`` per dilation;
     ``ResBlock2``: ``(k-1)*d/2`` for the first two), ``conv_post`` (3) and one frame for
-    the strided noise convolutions. RVC's configurations give 13-14 frames (about 10.3
-    measured by perturbing one frame; tested), hence margins of 16-17 frames.
+    the strided noise convolutions. RVC's six configurations give 12.1-15.3 frames (10.2-10.9
+    measured by perturbing one frame in the golden models; tested), hence margins of 16-19.
     """
     frames, scale = 3.0, 1
     for rate, kernel in zip(arch.upsample_rates, arch.upsample_kernel_sizes):
