@@ -8,10 +8,8 @@ A Converter holds one voice model (and its optional index); the base models
 from __future__ import annotations
 
 import os
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field, replace
-from pathlib import Path
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -381,7 +379,7 @@ class Converter:
 
     def _extractor_for(self, params: ConversionParams) -> F0Extractor | None:
         ext = self.f0_extractor
-        if ext is not None and hasattr(ext, "filter_radius") and getattr(ext, "filter_radius") != params.filter_radius:
+        if ext is not None and hasattr(ext, "filter_radius") and ext.filter_radius != params.filter_radius:
             import copy
 
             ext = copy.copy(ext)

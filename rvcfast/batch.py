@@ -24,14 +24,14 @@ from __future__ import annotations
 import concurrent.futures as cf
 import ctypes
 import os
-import sys
 import re
+import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Union
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -56,7 +56,7 @@ __all__ = ["BatchOptions", "Job", "expand_inputs", "run_batch", "AUDIO_EXTENSION
 #: File extensions picked up when a folder is given (what libsndfile decodes).
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".w64", ".caf", ".au", ".snd"}
 
-BatchInput = Union[str, os.PathLike, tuple]
+BatchInput = str | os.PathLike | tuple
 ProgressCallback = Callable[["Result", int, int], None]
 
 #: CPU-bound F0 backends that run in worker processes.

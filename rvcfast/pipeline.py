@@ -24,10 +24,10 @@ import numpy as np
 import torch
 
 from .audio import highpass_48hz, input_peak_guard
-from .longaudio import LONG_INPUT_SAMPLES, highpass_blocks, resample_blocks
 from .errors import ParameterError
 from .f0.post import postprocess
-from .protocols import F0Extractor, FeatureEncoder, Vocoder
+from .longaudio import LONG_INPUT_SAMPLES, highpass_blocks, resample_blocks
+from .protocols import FeatureEncoder, Vocoder
 from .segment import Segment, SegmentConfig, find_split_points, plan_segments, reflect_pad
 
 __all__ = [

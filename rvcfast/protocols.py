@@ -8,7 +8,6 @@ content encoders, other vocoders).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Optional
 
 import numpy as np
 import torch
@@ -50,9 +49,9 @@ class FeatureEncoder(Protocol):
     def encode(
         self,
         audio16k: torch.Tensor,
-        output_layer: Optional[int] = None,
+        output_layer: int | None = None,
         final_proj: bool = False,
-        lengths: Optional[torch.Tensor] = None,
+        lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """``[B, N]`` float audio to ``[B, T, C]`` features, ``T = (N - 400) // 320 + 1``."""
         ...
@@ -73,11 +72,11 @@ class Vocoder(Protocol):
         self,
         features: torch.Tensor,
         lengths: torch.Tensor,
-        pitch: Optional[torch.Tensor] = None,
-        pitchf: Optional[torch.Tensor] = None,
+        pitch: torch.Tensor | None = None,
+        pitchf: torch.Tensor | None = None,
         speaker: int = 0,
         noise: bool = True,
-        generator: Optional[torch.Generator] = None,
+        generator: torch.Generator | None = None,
     ) -> torch.Tensor:
         """``[B, T, C]`` features at 100 frames/s to ``[B, T * hop_length]`` audio."""
         ...

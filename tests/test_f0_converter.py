@@ -6,12 +6,11 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from test_f0_registry import ensure_example_plugin
 
 import rvcfast
 from rvcfast import cache
 from rvcfast.f0.rmvpe import RMVPEExtractor
-
-from test_f0_registry import ensure_example_plugin
 
 
 @pytest.fixture(scope="module")

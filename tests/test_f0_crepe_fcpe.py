@@ -21,8 +21,8 @@ from rvcfast.f0 import crepe as crepe_mod
 from rvcfast.f0 import fcpe as fcpe_mod
 from rvcfast.f0.crepe import CrepeExtractor, CrepeTinyExtractor, crepe_weights_path
 from rvcfast.f0.fcpe import FCPEExtractor, fcpe_weights_path, slaney_mel_basis
-from rvcfast.safe_load import load_torch_file
 from rvcfast.f0.viterbi import BandedViterbi, crepe_transition, viterbi_dense
+from rvcfast.safe_load import load_torch_file
 
 SR = 16000
 REL_TOL = 1e-4

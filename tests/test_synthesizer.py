@@ -414,7 +414,7 @@ def test_full_size_configs_match_rvc() -> None:
     assert n == 457 and abs(params / 1e6 - 27.54) < 0.05
     n, _ = stored_tensors(v1_48k)
     assert n == 516
-    for (version, sr), (_, rates, _) in RVC_SAMPLE_RATE_CONFIGS.items():
+    for (_version, sr), (_, rates, _) in RVC_SAMPLE_RATE_CONFIGS.items():
         assert math.prod(rates) == sr // 100
 
 

@@ -16,9 +16,8 @@ install gives a :class:`~rvcfast.errors.BackendUnavailableError` that says what 
 
 from __future__ import annotations
 
-from abc import abstractmethod
-
 import warnings
+from abc import abstractmethod
 from types import ModuleType
 from typing import Any
 

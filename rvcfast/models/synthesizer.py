@@ -41,7 +41,7 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Optional, Union
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -89,7 +89,7 @@ _OTHER_GEOMETRIES: tuple[tuple[int, int, tuple[int, ...], tuple[int, ...]], ...]
 
 _FEATURE_DIMS = {"v1": 256, "v2": 768}
 
-GeneratorArg = Union[None, torch.Generator, Sequence[torch.Generator]]
+GeneratorArg = None | torch.Generator | Sequence[torch.Generator]
 
 
 # --------------------------------------------------------------------------- config
@@ -247,7 +247,7 @@ def _parse_config(config: Any) -> _Arch:
 
 def rvc_config(
     version: str = "v2",
-    sr: Union[int, str] = 40000,
+    sr: int | str = 40000,
     *,
     inter_channels: int = 192,
     hidden_channels: int = 192,
@@ -357,7 +357,7 @@ class _RelativeAttention(nn.Module):
         x: torch.Tensor,
         band_index: torch.Tensor,
         band_valid: torch.Tensor,
-        key_mask: Optional[torch.Tensor],
+        key_mask: torch.Tensor | None,
     ) -> torch.Tensor:
         """``x`` ``[B, T, C]``; ``band_index``/``band_valid`` ``[T, 2W+1]``; ``key_mask`` ``[B, T]`` bool or None."""
         b, t, c = x.shape
@@ -404,7 +404,7 @@ class _FFN(nn.Module):
             return F.conv1d(x, conv.weight, conv.bias, padding=self.pad[0])
         return conv(F.pad(x, self.pad))
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         """``x`` ``[B, C, T]``; ``mask`` ``[B, 1, T]`` or None (no padding)."""
         if mask is not None:
             x = x * mask
@@ -425,7 +425,7 @@ class _AttentionEncoder(nn.Module):
         self.ffn_layers = nn.ModuleList(_FFN(hidden, filter_channels, kernel_size) for _ in range(n_layers))
         self.norm_layers_2 = nn.ModuleList(_ChannelLayerNorm(hidden) for _ in range(n_layers))
 
-    def forward(self, x: torch.Tensor, key_mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         """``x`` ``[B, T, C]`` (already masked) -> ``[B, T, C]``."""
         t = x.shape[1]
         window = _ATTN_WINDOW
@@ -459,7 +459,7 @@ class _TextEncoder(nn.Module):
         self.proj = nn.Conv1d(hidden, 2 * arch.inter_channels, 1)
 
     def forward(
-        self, phone: torch.Tensor, pitch: Optional[torch.Tensor], key_mask: Optional[torch.Tensor]
+        self, phone: torch.Tensor, pitch: torch.Tensor | None, key_mask: torch.Tensor | None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         x = self.emb_phone(phone)
         if pitch is not None:
@@ -494,10 +494,10 @@ class _WaveNet(nn.Module):
             out = 2 * hidden if i < n_layers - 1 else hidden
             self.res_skip_layers.append(_weight_normed(nn.Conv1d(hidden, out, 1)))
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor], g: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, g: torch.Tensor) -> torch.Tensor:
         h = self.hidden
         g_all = self.cond_layer(g)  # [B, 2h*n, 1]
-        output: Optional[torch.Tensor] = None
+        output: torch.Tensor | None = None
         for i in range(self.n_layers):
             a = self.in_layers[i](x) + g_all[:, 2 * h * i : 2 * h * (i + 1)]
             acts = torch.tanh(a[:, :h]) * torch.sigmoid(a[:, h:])
@@ -526,7 +526,7 @@ class _Coupling(nn.Module):
         self.enc = _WaveNet(hidden, 5, 1, 3, gin_channels)
         self.post = nn.Conv1d(hidden, self.half, 1)
 
-    def reverse(self, x: torch.Tensor, mask: Optional[torch.Tensor], g: torch.Tensor) -> torch.Tensor:
+    def reverse(self, x: torch.Tensor, mask: torch.Tensor | None, g: torch.Tensor) -> torch.Tensor:
         x0, x1 = x[:, : self.half], x[:, self.half :]
         h = self.pre(x0)
         if mask is not None:
@@ -554,7 +554,7 @@ class _Flow(nn.Module):
             layers.append(_Flip())
         self.flows = nn.ModuleList(layers)
 
-    def reverse(self, x: torch.Tensor, mask: Optional[torch.Tensor], g: torch.Tensor) -> torch.Tensor:
+    def reverse(self, x: torch.Tensor, mask: torch.Tensor | None, g: torch.Tensor) -> torch.Tensor:
         for layer in reversed(self.flows):
             if isinstance(layer, _Flip):
                 x = torch.flip(x, [1])
@@ -618,7 +618,7 @@ class _ResBlock1(nn.Module):
             for _ in dilations
         )
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         # Inference only: the in-place ops below touch only tensors made here, never ``x``.
         for c1, c2 in zip(self.convs1, self.convs2):
             xt = F.leaky_relu(x, _LRELU_SLOPE)
@@ -639,7 +639,7 @@ class _ResBlock2(nn.Module):
             for d in dilations[:2]
         )
 
-    def forward(self, x: torch.Tensor, mask: Optional[torch.Tensor]) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         for c in self.convs:
             xt = F.leaky_relu(x, _LRELU_SLOPE)
             if mask is not None:
@@ -714,8 +714,8 @@ class _HiFiGAN(nn.Module):
         self,
         x: torch.Tensor,
         g: torch.Tensor,
-        source: Optional[torch.Tensor],
-        lengths: Optional[torch.Tensor],
+        source: torch.Tensor | None,
+        lengths: torch.Tensor | None,
     ) -> torch.Tensor:
         """``x`` ``[B, inter, T]``, ``g`` ``[B, gin, 1]``, ``source`` ``[B, 1, T*upp]`` (NSF only).
 
@@ -724,7 +724,7 @@ class _HiFiGAN(nn.Module):
         """
         t = x.shape[-1]
 
-        def mask_at(factor: int) -> Optional[torch.Tensor]:
+        def mask_at(factor: int) -> torch.Tensor | None:
             if lengths is None:
                 return None
             pos = torch.arange(t * factor, device=x.device)
@@ -866,7 +866,7 @@ def _group_windows(windows: list[tuple[int, int, int, int, int]], limit: int) ->
 # --------------------------------------------------------------------------- noise helpers
 
 
-def _item_generators(generator: GeneratorArg, batch: int) -> list[Optional[torch.Generator]]:
+def _item_generators(generator: GeneratorArg, batch: int) -> list[torch.Generator | None]:
     """One generator (or None = global RNG) per batch item.
 
     A single generator seeds one fresh generator per item (B seeds drawn from it), so
@@ -877,7 +877,7 @@ def _item_generators(generator: GeneratorArg, batch: int) -> list[Optional[torch
         return [None] * batch
     if isinstance(generator, torch.Generator):
         seeds = torch.randint(0, 2**62, (batch,), generator=generator, device=generator.device).tolist()
-        out: list[Optional[torch.Generator]] = []
+        out: list[torch.Generator | None] = []
         for s in seeds:
             g = torch.Generator(device=generator.device)
             g.manual_seed(int(s))
@@ -894,7 +894,7 @@ def _item_generators(generator: GeneratorArg, batch: int) -> list[Optional[torch
     raise ParameterError(f"generator must be None, a torch.Generator or a sequence of them, got {type(generator).__name__}")
 
 
-def _randn(shape: tuple[int, ...], gen: Optional[torch.Generator], device: torch.device) -> torch.Tensor:
+def _randn(shape: tuple[int, ...], gen: torch.Generator | None, device: torch.device) -> torch.Tensor:
     """Standard normal float32 noise, drawn on the generator's device, moved to ``device``."""
     if gen is None:
         return torch.randn(shape, device=device, dtype=torch.float32)
@@ -984,10 +984,10 @@ class Synthesizer(nn.Module):
         self,
         features: torch.Tensor,
         lengths: Any,
-        pitch: Optional[torch.Tensor],
-        pitchf: Optional[torch.Tensor],
-        speaker: Union[int, torch.Tensor],
-    ) -> tuple[torch.Tensor, Optional[torch.Tensor], Optional[torch.Tensor], torch.Tensor]:
+        pitch: torch.Tensor | None,
+        pitchf: torch.Tensor | None,
+        speaker: int | torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor | None, torch.Tensor]:
         if not isinstance(features, torch.Tensor) or features.dim() != 3:
             raise ParameterError(f"features must be a [B, T, C] tensor, got {_describe(features)}")
         b, t, c = features.shape
@@ -1052,9 +1052,9 @@ class Synthesizer(nn.Module):
         self,
         features: torch.Tensor,
         lengths: Any,
-        pitch: Optional[torch.Tensor],
-        pitchf: Optional[torch.Tensor],
-        speaker: Union[int, torch.Tensor],
+        pitch: torch.Tensor | None,
+        pitchf: torch.Tensor | None,
+        speaker: int | torch.Tensor,
         noise: bool,
         generator: GeneratorArg,
         skip_frames: int = 0,
@@ -1123,7 +1123,7 @@ class Synthesizer(nn.Module):
         self,
         z: torch.Tensor,
         g: torch.Tensor,
-        source: Optional[torch.Tensor],
+        source: torch.Tensor | None,
         lengths: torch.Tensor,
         skip: int,
     ) -> torch.Tensor:
@@ -1165,9 +1165,9 @@ class Synthesizer(nn.Module):
         self,
         features: torch.Tensor,
         lengths: torch.Tensor,
-        pitch: Optional[torch.Tensor] = None,
-        pitchf: Optional[torch.Tensor] = None,
-        speaker: Union[int, torch.Tensor] = 0,
+        pitch: torch.Tensor | None = None,
+        pitchf: torch.Tensor | None = None,
+        speaker: int | torch.Tensor = 0,
         noise: bool = True,
         generator: GeneratorArg = None,
         skip_frames: int = 0,
@@ -1204,9 +1204,9 @@ class Synthesizer(nn.Module):
         self,
         features: torch.Tensor,
         lengths: torch.Tensor,
-        pitch: Optional[torch.Tensor] = None,
-        pitchf: Optional[torch.Tensor] = None,
-        speaker: Union[int, torch.Tensor] = 0,
+        pitch: torch.Tensor | None = None,
+        pitchf: torch.Tensor | None = None,
+        speaker: int | torch.Tensor = 0,
         noise: bool = True,
         generator: GeneratorArg = None,
     ) -> dict[str, torch.Tensor]:
@@ -1259,14 +1259,14 @@ def _parse_f0_flag(value: Any) -> bool:
 _WN_SUFFIXES = (".weight_v", ".parametrizations.weight.original1", ".weight")
 
 
-def _weight_shape(weights: Mapping[str, torch.Tensor], base: str) -> Optional[tuple[int, ...]]:
+def _weight_shape(weights: Mapping[str, torch.Tensor], base: str) -> tuple[int, ...] | None:
     for suffix in _WN_SUFFIXES:
         if base + suffix in weights:
             return tuple(weights[base + suffix].shape)
     return None
 
 
-def _infer_config(weights: Mapping[str, torch.Tensor], path: Union[str, os.PathLike[str]]) -> tuple[list[Any], str, bool]:
+def _infer_config(weights: Mapping[str, torch.Tensor], path: str | os.PathLike[str]) -> tuple[list[Any], str, bool]:
     """Rebuild ``(config, version, has_f0)`` from the tensors of a training checkpoint."""
 
     def need(key: str) -> tuple[int, ...]:
@@ -1356,8 +1356,8 @@ def _check_config_against_weights(config: list[Any], weights: Mapping[str, torch
 
 
 def load_vocoder(
-    path: Union[str, os.PathLike[str]],
-    device: Union[str, torch.device] = "cpu",
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
 ) -> Synthesizer:
     """Load an RVC / Applio voice model ``.pth`` as a :class:`Synthesizer`.
@@ -1484,9 +1484,9 @@ def load_vocoder(
 
 
 def save_random_voice_model(
-    path: Union[str, os.PathLike[str]],
+    path: str | os.PathLike[str],
     version: str = "v2",
-    sr: Union[int, str] = 40000,
+    sr: int | str = 40000,
     f0: bool = True,
     *,
     seed: int = 0,
@@ -1499,7 +1499,7 @@ def save_random_voice_model(
     upsample_initial_channel: int = 512,
     sr_style: str = "rvc",
     weight_norm_keys: str = "legacy",
-    vocoder: Optional[str] = None,
+    vocoder: str | None = None,
     info: str = "rvcfast random weights",
 ) -> Path:
     """Write a voice model with random weights in the exact RVC ``.pth`` format.
@@ -1566,7 +1566,7 @@ def save_random_voice_model(
             state[name] = value
     weight = collections.OrderedDict((k, v.half()) for k, v in state.items())
     rate = int(config[17])
-    ckpt: "collections.OrderedDict[str, Any]" = collections.OrderedDict()
+    ckpt: collections.OrderedDict[str, Any] = collections.OrderedDict()
     ckpt["weight"] = weight
     ckpt["config"] = config
     ckpt["info"] = info
