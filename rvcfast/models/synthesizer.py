@@ -789,10 +789,10 @@ def _bucket_frames(n: int) -> int:
     return -(-int(n) // step) * step
 
 
-Window = tuple[int, int, int, int]  # decode start, decode end, keep start, keep end (frames)
+_Window = tuple[int, int, int, int]  # decode start, decode end, keep start, keep end (frames)
 
 
-def _widen_window(window: Window, n: int, size: int) -> Window:
+def _widen_window(window: _Window, n: int, size: int) -> _Window:
     """Grow a decoder window to ``size`` frames with more of the item's own frames.
 
     oneDNN builds its convolution kernels for each new input shape (about 0.4 s of CPU for
@@ -813,7 +813,7 @@ def _widen_window(window: Window, n: int, size: int) -> Window:
     return (s0 - left, e0 + right, k0, k1)
 
 
-def _plan_windows(n: int, skip: int, margin: int) -> list[Window]:
+def _plan_windows(n: int, skip: int, margin: int) -> list[_Window]:
     """The decoder windows for one item of ``n`` frames whose ``skip`` frames at each end are dropped.
 
     The needed frames ``[skip, n - skip)`` (all of them when the item is too short to drop
@@ -831,7 +831,7 @@ def _plan_windows(n: int, skip: int, margin: int) -> list[Window]:
     size = DECODER_WINDOW_FRAMES
     chunk = size - 2 * margin
     quarter = size // 4
-    windows: list[Window] = []
+    windows: list[_Window] = []
     c = ks
     while c < ke:
         k1 = min(c + chunk, ke)
