@@ -529,6 +529,34 @@ def test_group_windows_packs_calls_within_the_frame_limit() -> None:
     assert synth._group_windows(w, 10**6) == [w]
 
 
+def test_long_segments_reach_the_decoder_in_few_shapes_one_window_per_cpu_call(monkeypatch) -> None:
+    """Segments of many lengths (a long file): on a CPU every decoder call gets one window,
+    and all calls together use at most the four long-item window sizes (oneDNN keeps a
+    scratch buffer per shape, so this bounds memory)."""
+    import rvcfast.models.synthesizer as synth
+
+    torch.manual_seed(0)
+    model = Synthesizer([*rvc_config("v2", 40000)[:13], 32, [16, 16, 4, 4], 4, 16, 40000], version="v2")
+    model.prepare()
+    calls: list[tuple[int, ...]] = []
+
+    def fake_decoder(x, g, source, lengths):
+        calls.append(tuple(x.shape))
+        return torch.zeros(x.shape[0], 1, x.shape[-1] * model.hop_length)
+
+    monkeypatch.setattr(model.dec, "forward", fake_decoder)
+    gen = torch.Generator().manual_seed(1)
+    for n in (1500, 2222, 3001, 3789, 4100):
+        feats = torch.randn(1, n, 768, generator=gen)
+        pitch = torch.randint(1, 255, (1, n), generator=gen)
+        pitchf = torch.rand(1, n, generator=gen) * 200 + 80
+        model.synthesize(feats, torch.tensor([n]), pitch, pitchf, noise=False, skip_frames=100)
+    size = synth.DECODER_WINDOW_FRAMES
+    assert len(calls) >= 5 * 2
+    assert all(c[0] == 1 for c in calls)
+    assert {c[-1] for c in calls} <= {size // 4, size // 2, 3 * size // 4, size}
+
+
 @pytest.mark.parametrize("version,sr", sorted(RVC_SAMPLE_RATE_CONFIGS))
 def test_decoder_margin_exceeds_measured_receptive_field(version: str, sr: int) -> None:
     """Perturbing one frame of z changes decoder output only within the computed margin
