@@ -790,6 +790,7 @@ def _bucket_frames(n: int) -> int:
 
 
 _Window = tuple[int, int, int, int]  # decode start, decode end, keep start, keep end (frames)
+_ItemWindow = tuple[int, int, int, int, int]  # batch item, then a _Window
 
 
 def _widen_window(window: _Window, n: int, size: int) -> _Window:
@@ -846,11 +847,11 @@ def _plan_windows(n: int, skip: int, margin: int) -> list[_Window]:
     return windows
 
 
-def _group_windows(windows: list[tuple[int, int, int, int, int]], limit: int) -> list[list[tuple[int, int, int, int, int]]]:
+def _group_windows(windows: list[_ItemWindow], limit: int) -> list[list[_ItemWindow]]:
     """Consecutive ``(item, start, end, keep start, keep end)`` windows packed into decoder
     calls of at most ``limit`` (windows x longest window) frames; a window longer than
     ``limit`` (or any window when ``limit`` is 0) is a call of its own."""
-    groups: list[list[tuple[int, int, int, int, int]]] = []
+    groups: list[list[_ItemWindow]] = []
     longest = 0
     for w in windows:
         span = w[2] - w[1]
