@@ -1,0 +1,335 @@
+"""Applio's audio effects as library functions: formant shifting, noise reduction, effect chain.
+
+Each function calls the same third-party library, with the same arguments, as
+Applio's ``convert_audio`` does, so results match it sample for sample:
+
+* :func:`formant_shift` — ``stftpitchshift`` (extra ``formant``), on the 16 kHz input;
+* :func:`denoise` — ``noisereduce`` (extra ``clean``), on the converted output;
+* :func:`apply_effects` — ``pedalboard`` (extra ``effects``), Applio's post-processing
+  chain in its fixed order, with its fallback value for every parameter not given.
+
+The libraries are imported only when a function needs them; a missing one raises
+:class:`~rvcfast.errors.BackendUnavailableError` naming the extra to install.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import numbers
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType, ModuleType
+from typing import Any
+
+import numpy as np
+
+from .errors import AudioError, BackendUnavailableError, ParameterError
+
+__all__ = [
+    "EffectParameter",
+    "EFFECT_PARAMETERS",
+    "EFFECT_ORDER",
+    "FORMANT_SAMPLE_RATE",
+    "formant_shift",
+    "denoise",
+    "apply_effects",
+    "resolve_effects",
+    "effects_from_applio_kwargs",
+]
+
+#: Rate :func:`formant_shift` works at (Applio shifts the 16 kHz input signal).
+FORMANT_SAMPLE_RATE = 16000
+_FORMANT_FRAME = 1024
+_FORMANT_HOP = 32
+
+
+@dataclass(frozen=True)
+class EffectParameter:
+    """One parameter of a post-processing effect and how Applio and pedalboard name it."""
+
+    effect: str  #: effect name, also Applio's on/off flag (``"reverb"``)
+    name: str  #: rvcfast's name, without the effect prefix (``"room_size"``)
+    applio_kwarg: str  #: Applio's keyword argument (``"reverb_room_size"``)
+    pedalboard_class: str  #: pedalboard plugin class (``"Reverb"``)
+    pedalboard_arg: str  #: argument of that class (``"room_size"``)
+    default: float  #: Applio's fallback when the keyword is absent
+
+
+# One row per parameter, effects in the order Applio chains them:
+# effect, pedalboard class, our name, Applio kwarg, pedalboard argument, Applio fallback.
+_TABLE: tuple[tuple[str, str, str, str, str, float], ...] = (
+    ("reverb", "Reverb", "room_size", "reverb_room_size", "room_size", 0.5),
+    ("reverb", "Reverb", "damping", "reverb_damping", "damping", 0.5),
+    ("reverb", "Reverb", "wet_level", "reverb_wet_level", "wet_level", 0.33),
+    ("reverb", "Reverb", "dry_level", "reverb_dry_level", "dry_level", 0.4),
+    ("reverb", "Reverb", "width", "reverb_width", "width", 1.0),
+    ("reverb", "Reverb", "freeze_mode", "reverb_freeze_mode", "freeze_mode", 0.0),
+    ("pitch_shift", "PitchShift", "semitones", "pitch_shift_semitones", "semitones", 0.0),
+    ("limiter", "Limiter", "threshold", "limiter_threshold", "threshold_db", -6.0),
+    ("limiter", "Limiter", "release", "limiter_release", "release_ms", 0.05),
+    ("gain", "Gain", "db", "gain_db", "gain_db", 0.0),
+    ("distortion", "Distortion", "gain", "distortion_gain", "drive_db", 25.0),
+    ("chorus", "Chorus", "rate", "chorus_rate", "rate_hz", 1.0),
+    ("chorus", "Chorus", "depth", "chorus_depth", "depth", 0.25),
+    ("chorus", "Chorus", "delay", "chorus_delay", "centre_delay_ms", 7.0),
+    ("chorus", "Chorus", "feedback", "chorus_feedback", "feedback", 0.0),
+    ("chorus", "Chorus", "mix", "chorus_mix", "mix", 0.5),
+    ("bitcrush", "Bitcrush", "bit_depth", "bitcrush_bit_depth", "bit_depth", 8.0),
+    ("clipping", "Clipping", "threshold", "clipping_threshold", "threshold_db", 0.0),
+    ("compressor", "Compressor", "threshold", "compressor_threshold", "threshold_db", 0.0),
+    ("compressor", "Compressor", "ratio", "compressor_ratio", "ratio", 1.0),
+    ("compressor", "Compressor", "attack", "compressor_attack", "attack_ms", 1.0),
+    ("compressor", "Compressor", "release", "compressor_release", "release_ms", 100.0),
+    ("delay", "Delay", "seconds", "delay_seconds", "delay_seconds", 0.5),
+    ("delay", "Delay", "feedback", "delay_feedback", "feedback", 0.0),
+    ("delay", "Delay", "mix", "delay_mix", "mix", 0.5),
+)
+
+
+def _parameter_table() -> Mapping[str, tuple[EffectParameter, ...]]:
+    grouped: dict[str, list[EffectParameter]] = {}
+    for effect, cls, name, kwarg, arg, default in _TABLE:
+        grouped.setdefault(effect, []).append(EffectParameter(effect, name, kwarg, cls, arg, default))
+    return MappingProxyType({effect: tuple(params) for effect, params in grouped.items()})
+
+
+#: Effect name -> its parameters, effects in the order they are applied.
+EFFECT_PARAMETERS: Mapping[str, tuple[EffectParameter, ...]] = _parameter_table()
+
+#: The fixed order effects are applied in, whatever order they are given in.
+EFFECT_ORDER: tuple[str, ...] = tuple(EFFECT_PARAMETERS)
+
+# Names Applio's command line uses for some of these keywords (its core.py renames them).
+_CLI_ALIASES = {
+    "reverb_wet_gain": "reverb_wet_level",
+    "reverb_dry_gain": "reverb_dry_level",
+    "limiter_release_time": "limiter_release",
+    "chorus_center_delay": "chorus_delay",
+}
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _import_extra(module: str, extra: str, feature: str) -> ModuleType:
+    try:
+        return importlib.import_module(module)
+    except ImportError as exc:
+        raise BackendUnavailableError(
+            f"{feature} needs the optional package {module!r}, which could not be imported ({exc}); "
+            f'install it with: pip install "rvcfast[{extra}]"'
+        ) from exc
+
+
+def _number(what: str, value: object) -> float:
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise ParameterError(f"{what} must be a number, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number):
+        raise ParameterError(f"{what} must be finite, got {value!r}")
+    return number
+
+
+def _sample_rate(sample_rate: object) -> int:
+    if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real):
+        raise ParameterError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+    if (
+        not math.isfinite(float(sample_rate))
+        or float(sample_rate) != int(sample_rate)
+        or int(sample_rate) <= 0
+    ):
+        raise ParameterError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+    return int(sample_rate)
+
+
+def _mono(audio: object, what: str) -> np.ndarray:
+    array = np.asarray(audio)
+    if array.ndim != 1:
+        raise AudioError(None, f"{what} needs mono audio as a 1-D array, got shape {array.shape}")
+    if not np.issubdtype(array.dtype, np.floating):
+        raise AudioError(None, f"{what} needs floating-point samples, got dtype {array.dtype}")
+    if array.size == 0:
+        raise AudioError(None, f"{what} got an empty signal")
+    if not np.all(np.isfinite(array)):
+        raise AudioError(None, f"{what}: the signal contains NaN or infinite samples")
+    return array
+
+
+# ----------------------------------------------------------------------------- formant / clean
+
+
+def formant_shift(audio16k: np.ndarray, quefrency: float, timbre: float) -> np.ndarray:
+    """Applio's formant shifting of a 16 kHz signal (``formant_qfrency``, ``formant_timbre``).
+
+    ``StftPitchShift(1024, 32, 16000).shiftpitch(audio, factors=1,
+    quefrency=quefrency * 1e-3, distortion=timbre)``: the pitch is kept, the spectral
+    envelope (lifter cut-off ``quefrency`` ms) is stretched by ``timbre``. Computed
+    and returned in float64, same length as the input (at least 1024 samples).
+    Applio applies it to the loaded 16 kHz input before its peak guard.
+    Needs ``pip install "rvcfast[formant]"``.
+    """
+    quefrency = _number("formant quefrency", quefrency)
+    timbre = _number("formant timbre", timbre)
+    if quefrency <= 0:
+        raise ParameterError(f"formant quefrency must be > 0 (milliseconds), got {quefrency!r}")
+    if timbre <= 0:
+        raise ParameterError(f"formant timbre must be > 0, got {timbre!r}")
+    signal = _mono(audio16k, "formant shifting").astype(np.float64, copy=False)
+    if signal.shape[0] < _FORMANT_FRAME:
+        raise AudioError(
+            None, f"formant shifting needs at least {_FORMANT_FRAME} samples at 16 kHz, got {signal.shape[0]}"
+        )
+    module = _import_extra("stftpitchshift", "formant", "formant shifting")
+    shifter = module.StftPitchShift(_FORMANT_FRAME, _FORMANT_HOP, FORMANT_SAMPLE_RATE)
+    out = shifter.shiftpitch(signal, factors=1, quefrency=quefrency * 1e-3, distortion=timbre)
+    return np.asarray(out, dtype=np.float64)
+
+
+def denoise(audio: np.ndarray, sample_rate: int, strength: float) -> np.ndarray:
+    """Applio's ``clean_audio``: non-stationary spectral gating with noisereduce's defaults.
+
+    ``noisereduce.reduce_noise(y=audio, sr=sample_rate, prop_decrease=strength)``;
+    ``strength`` (0..1) is the fraction of the estimated noise removed. The result has
+    the input's length and dtype. Unlike Applio, a failure raises instead of silently
+    keeping the original. Needs ``pip install "rvcfast[clean]"``.
+    """
+    strength = _number("clean strength", strength)
+    if not 0.0 <= strength <= 1.0:
+        raise ParameterError(f"clean strength must be between 0 and 1, got {strength!r}")
+    rate = _sample_rate(sample_rate)
+    signal = _mono(audio, "noise reduction")
+    module = _import_extra("noisereduce", "clean", "noise reduction")
+    return np.asarray(module.reduce_noise(y=signal, sr=rate, prop_decrease=strength))
+
+
+# ----------------------------------------------------------------------------- effect chain
+
+
+def _effect_values(effect: str, params: object) -> dict[str, float]:
+    if params is None:
+        return {}
+    if not isinstance(params, Mapping):
+        raise ParameterError(
+            f"effect {effect!r}: parameters must be a mapping of parameter name -> number, got {params!r}"
+        )
+    known = {p.name: p for p in EFFECT_PARAMETERS[effect]}
+    values: dict[str, float] = {}
+    for name, value in params.items():
+        if name not in known:
+            raise ParameterError(
+                f"unknown parameter {name!r} for effect {effect!r}; valid parameters: {', '.join(known)}"
+            )
+        values[name] = _number(f"effect {effect!r} parameter {name!r}", value)
+    return values
+
+
+def resolve_effects(effects: Mapping[str, Mapping[str, float] | None] | None) -> dict[str, dict[str, float]]:
+    """Validate an effects mapping and fill in Applio's fallbacks.
+
+    ``effects`` maps effect names (:data:`EFFECT_ORDER`) to mappings of parameter
+    names (:data:`EFFECT_PARAMETERS`, without the effect prefix) to numbers; ``None``
+    or ``{}`` for an effect means all its fallbacks. Returns every given effect with
+    every parameter, in application order. Raises :class:`ParameterError` for an
+    unknown effect or parameter name or a non-numeric value.
+    """
+    if effects is None:
+        return {}
+    if not isinstance(effects, Mapping):
+        raise ParameterError(f"effects must be a mapping of effect name -> parameters, got {effects!r}")
+    given: dict[str, dict[str, float]] = {}
+    for effect, params in effects.items():
+        if effect not in EFFECT_PARAMETERS:
+            raise ParameterError(f"unknown effect {effect!r}; valid effects: {', '.join(EFFECT_ORDER)}")
+        given[effect] = _effect_values(effect, params)
+    return {
+        effect: {p.name: given[effect].get(p.name, p.default) for p in EFFECT_PARAMETERS[effect]}
+        for effect in EFFECT_ORDER
+        if effect in given
+    }
+
+
+def _board(pedalboard: ModuleType, resolved: Mapping[str, Mapping[str, float]]) -> Any:
+    plugins = []
+    for effect, values in resolved.items():
+        params = EFFECT_PARAMETERS[effect]
+        plugin_class = getattr(pedalboard, params[0].pedalboard_class)
+        try:
+            plugins.append(plugin_class(**{p.pedalboard_arg: values[p.name] for p in params}))
+        except (ValueError, TypeError) as exc:
+            raise ParameterError(f"effect {effect!r}: {exc} (parameters {dict(values)})") from None
+    return pedalboard.Pedalboard(plugins)
+
+
+def apply_effects(
+    audio: np.ndarray, sample_rate: int, effects: Mapping[str, Mapping[str, float] | None] | None
+) -> np.ndarray:
+    """Applio's ``post_process`` chain through pedalboard; returns float32 of the input's length.
+
+    ``effects`` maps effect names to their parameters without the effect prefix,
+    e.g. ``{"chorus": {"rate": 1.2, "mix": 0.4}, "delay": {"seconds": 0.09}}``.
+    The effects run in Applio's fixed order (:data:`EFFECT_ORDER`: reverb,
+    pitch_shift, limiter, gain, distortion, chorus, bitcrush, clipping, compressor,
+    delay) whatever the mapping's order, each parameter not given takes Applio's
+    fallback (:data:`EFFECT_PARAMETERS`), and the chain starts from a clean state
+    on every call. An empty mapping returns the audio unchanged (as float32).
+    Needs ``pip install "rvcfast[effects]"``.
+    """
+    resolved = resolve_effects(effects)
+    rate = _sample_rate(sample_rate)
+    signal = _mono(audio, "audio effects").astype(np.float32, copy=False)
+    if not resolved:
+        return signal.copy()
+    pedalboard = _import_extra("pedalboard", "effects", "audio effects")
+    board = _board(pedalboard, resolved)
+    return np.asarray(board(signal, rate), dtype=np.float32)
+
+
+def _effects_flagged(kwargs: Mapping[str, Any]) -> list[str]:
+    flagged = []
+    for effect in EFFECT_ORDER:
+        flag = kwargs.get(effect, False)
+        if isinstance(flag, str):
+            raise ParameterError(f"Applio flag {effect!r} must be True or False, got the string {flag!r}")
+        if flag:
+            flagged.append(effect)
+    return flagged
+
+
+def _check_applio_names(kwargs: Mapping[str, Any]) -> None:
+    known = {p.applio_kwarg for params in EFFECT_PARAMETERS.values() for p in params}
+    for key in kwargs:
+        if key in known or key in EFFECT_PARAMETERS:
+            continue
+        if key in _CLI_ALIASES:
+            raise ParameterError(
+                f"{key!r} is Applio's command-line name; its keyword argument is {_CLI_ALIASES[key]!r}"
+            )
+        for effect in EFFECT_ORDER:
+            if isinstance(key, str) and key.startswith(effect + "_"):
+                valid = ", ".join(p.applio_kwarg for p in EFFECT_PARAMETERS[effect])
+                raise ParameterError(f"unknown Applio keyword {key!r} for effect {effect!r}; valid: {valid}")
+
+
+def effects_from_applio_kwargs(kwargs: Mapping[str, Any]) -> dict[str, dict[str, float]]:
+    """Convert Applio's flat ``post_process`` keyword arguments into an :func:`apply_effects` mapping.
+
+    ``{"reverb": True, "reverb_room_size": 0.3, "gain": True, "gain_db": -2}`` becomes
+    ``{"reverb": {"room_size": 0.3}, "gain": {"db": -2.0}}``. As in Applio, an effect
+    is used only when its flag is truthy, parameters of disabled effects are ignored,
+    and with ``post_process`` present and false nothing is applied. Keys that belong
+    to no effect (``pitch``, ``f0_method``, ...) are ignored; a key in an effect's
+    namespace that Applio does not know (a typo) raises :class:`ParameterError`.
+    """
+    if not isinstance(kwargs, Mapping):
+        raise ParameterError(f"expected a mapping of Applio keyword arguments, got {kwargs!r}")
+    _check_applio_names(kwargs)
+    if "post_process" in kwargs and not kwargs["post_process"]:
+        return {}
+    effects = {
+        effect: {
+            p.name: kwargs[p.applio_kwarg] for p in EFFECT_PARAMETERS[effect] if p.applio_kwarg in kwargs
+        }
+        for effect in _effects_flagged(kwargs)
+    }
+    return {effect: _effect_values(effect, params) for effect, params in effects.items()}
