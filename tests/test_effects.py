@@ -1,0 +1,346 @@
+"""rvcfast.effects against Applio's formant / clean / effects fixtures (../shared/golden-features).
+
+Tolerances are the fixture README's suggested checks: formant max abs <= 1e-9 (float64
+NumPy FFTs), clean <= 1e-6, effects bit-exact with pedalboard 0.9.24.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+import pytest
+from conftest import SHARED
+
+from rvcfast import effects as fx
+from rvcfast.errors import AudioError, BackendUnavailableError, ParameterError
+
+FEATURES = SHARED / "golden-features"
+PEDALBOARD_REFERENCE = "0.9.24"
+
+#: Applio's post_process_audio keywords and fallbacks, as the fixture README's section 6 lists them.
+README_FALLBACKS = {
+    "reverb": {
+        "reverb_room_size": 0.5,
+        "reverb_damping": 0.5,
+        "reverb_wet_level": 0.33,
+        "reverb_dry_level": 0.4,
+        "reverb_width": 1.0,
+        "reverb_freeze_mode": 0,
+    },
+    "pitch_shift": {"pitch_shift_semitones": 0},
+    "limiter": {"limiter_threshold": -6, "limiter_release": 0.05},
+    "gain": {"gain_db": 0},
+    "distortion": {"distortion_gain": 25},
+    "chorus": {
+        "chorus_rate": 1.0,
+        "chorus_depth": 0.25,
+        "chorus_delay": 7,
+        "chorus_feedback": 0.0,
+        "chorus_mix": 0.5,
+    },
+    "bitcrush": {"bitcrush_bit_depth": 8},
+    "clipping": {"clipping_threshold": 0},
+    "compressor": {
+        "compressor_threshold": 0,
+        "compressor_ratio": 1,
+        "compressor_attack": 1.0,
+        "compressor_release": 100,
+    },
+    "delay": {"delay_seconds": 0.5, "delay_feedback": 0.0, "delay_mix": 0.5},
+}
+
+
+def _fixtures() -> dict | None:
+    path = FEATURES / "manifest.json"
+    return json.loads(path.read_text())["fixtures"] if path.is_file() else None
+
+
+_FIXTURES = _fixtures()
+_SKIP = pytest.mark.skipif(
+    _FIXTURES is None, reason=f"golden-features fixtures not found at {FEATURES} (set RVCFAST_SHARED)"
+)
+
+
+def _read(rel: str, dtype: str) -> tuple[np.ndarray, int]:
+    import soundfile as sf
+
+    return sf.read(FEATURES / rel, dtype=dtype)
+
+
+def _pedalboard():
+    pedalboard = pytest.importorskip("pedalboard", reason="pedalboard not installed (extra 'effects')")
+    if pedalboard.__version__ != PEDALBOARD_REFERENCE:
+        pytest.skip(
+            f"fixtures are bit-exact only with pedalboard {PEDALBOARD_REFERENCE}, found {pedalboard.__version__}"
+        )
+    return pedalboard
+
+
+def _nested_from_flat(kwargs: dict) -> dict:
+    """The nested form written by hand from Applio's keywords: the effect prefix is dropped."""
+    effects = {name: {} for name in README_FALLBACKS if kwargs.get(name)}
+    for key, value in kwargs.items():
+        owners = [name for name in effects if key.startswith(name + "_")]
+        if owners:
+            owner = max(owners, key=len)
+            effects[owner][key[len(owner) + 1 :]] = value
+    return effects
+
+
+# ----------------------------------------------------------------------------- formant
+
+
+@_SKIP
+@pytest.mark.golden
+@pytest.mark.parametrize(
+    "pair", [] if _FIXTURES is None else _FIXTURES["formant"]["pairs"], ids=lambda p: p["key"]
+)
+def test_formant_shift_matches_applio(pair):
+    pytest.importorskip("stftpitchshift", reason="stftpitchshift not installed (extra 'formant')")
+    audio, sr = _read(_FIXTURES["formant"]["input"], "float64")
+    assert sr == fx.FORMANT_SAMPLE_RATE
+    expected = np.load(FEATURES / "formant" / "outputs.npz")[pair["key"]]
+    out = fx.formant_shift(audio, pair["formant_qfrency"], pair["formant_timbre"])
+    assert out.dtype == np.float64 and out.shape == expected.shape == (pair["n_out"],)
+    assert np.max(np.abs(out - expected)) <= 1e-9
+
+
+def test_formant_shift_changes_the_signal_and_keeps_its_length():
+    pytest.importorskip("stftpitchshift", reason="stftpitchshift not installed (extra 'formant')")
+    t = np.arange(8000) / 16000
+    audio = 0.3 * np.sin(2 * np.pi * 150 * t) * (1 + 0.5 * np.sin(2 * np.pi * 900 * t))
+    out = fx.formant_shift(audio.astype(np.float32), 1.0, 1.3)
+    assert out.dtype == np.float64 and out.shape == audio.shape
+    assert np.max(np.abs(out - audio)) > 1e-3
+
+
+# ----------------------------------------------------------------------------- clean
+
+
+@_SKIP
+@pytest.mark.golden
+@pytest.mark.parametrize(
+    "case", [] if _FIXTURES is None else _FIXTURES["clean"]["outputs"], ids=lambda c: str(c["clean_strength"])
+)
+def test_denoise_matches_applio(case):
+    pytest.importorskip("noisereduce", reason="noisereduce not installed (extra 'clean')")
+    audio, sr = _read(_FIXTURES["clean"]["input"], "float32")
+    assert sr == _FIXTURES["clean"]["sr"]
+    expected, _ = _read(case["file"], "float32")
+    out = fx.denoise(audio, sr, case["clean_strength"])
+    assert out.dtype == np.float32 and out.shape == expected.shape
+    assert np.max(np.abs(out - expected)) <= 1e-6
+
+
+@_SKIP
+@pytest.mark.golden
+def test_e2e_b_clean_and_effects_stages():
+    """Applio's e2e (b): clean at the relabelled 44.1 kHz, then reverb + compressor."""
+    pytest.importorskip("noisereduce", reason="noisereduce not installed (extra 'clean')")
+    _pedalboard()
+    debug = np.load(FEATURES / "e2e" / "b_debug.npz")
+    params = json.loads((FEATURES / "e2e" / "b_params.json").read_text())
+    rate = params["resample_sr"]
+    cleaned = fx.denoise(debug["pipeline_out"], rate, params["clean_strength"])
+    assert np.max(np.abs(cleaned - debug["cleaned"])) <= 1e-6
+    expected, written_rate = _read("e2e/b_out.wav", "float32")
+    assert written_rate == rate
+    out = fx.apply_effects(debug["cleaned"], rate, fx.effects_from_applio_kwargs(params))
+    np.testing.assert_array_equal(out, expected)
+
+
+# ----------------------------------------------------------------------------- effects
+
+
+@_SKIP
+@pytest.mark.golden
+@pytest.mark.parametrize("name", [] if _FIXTURES is None else list(_FIXTURES["effects"]["cases"]))
+def test_effects_match_applio_bit_exact(name):
+    _pedalboard()
+    case = _FIXTURES["effects"]["cases"][name]
+    audio, sr = _read(_FIXTURES["effects"]["input"], "float32")
+    assert sr == _FIXTURES["effects"]["sr"]
+    expected, _ = _read(case["file"], "float32")
+
+    converted = fx.effects_from_applio_kwargs(case["kwargs"])
+    out = fx.apply_effects(audio, sr, converted)
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, expected)
+
+    nested = _nested_from_flat(case["kwargs"])
+    assert converted == nested
+    np.testing.assert_array_equal(fx.apply_effects(audio, sr, nested), expected)
+    reordered = dict(reversed(list(nested.items())))
+    np.testing.assert_array_equal(fx.apply_effects(audio, sr, reordered), expected)
+
+
+@_SKIP
+@pytest.mark.golden
+def test_effect_order_is_fixed_whatever_the_mapping_order():
+    _pedalboard()
+    audio, sr = _read(_FIXTURES["effects"]["input"], "float32")
+    chain = {
+        "delay": {"seconds": 0.05, "mix": 0.25},
+        "distortion": {"gain": 4.0},
+        "reverb": {"room_size": 0.3},
+    }
+    out = fx.apply_effects(audio, sr, chain)
+    np.testing.assert_array_equal(out, fx.apply_effects(audio, sr, dict(sorted(chain.items()))))
+    # chaining by hand in the reference order gives the same; another order does not
+    by_hand = audio
+    for effect in ("reverb", "distortion", "delay"):
+        by_hand = fx.apply_effects(by_hand, sr, {effect: chain[effect]})
+    np.testing.assert_array_equal(out, by_hand)
+    other = audio
+    for effect in ("delay", "distortion", "reverb"):
+        other = fx.apply_effects(other, sr, {effect: chain[effect]})
+    assert not np.array_equal(out, other)
+
+
+def test_parameter_table_matches_applio_fallbacks():
+    assert fx.EFFECT_ORDER == tuple(README_FALLBACKS)
+    for effect, fallbacks in README_FALLBACKS.items():
+        params = fx.EFFECT_PARAMETERS[effect]
+        assert {p.applio_kwarg: p.default for p in params} == fallbacks
+        assert all(p.effect == effect for p in params)
+    assert fx.resolve_effects({"gain": {}})["gain"] == {"db": 0.0}
+    assert fx.resolve_effects({"distortion": None})["distortion"] == {"gain": 25.0}
+    assert fx.resolve_effects({"chorus": {"rate": 1.2, "mix": 0.4}})["chorus"] == {
+        "rate": 1.2,
+        "depth": 0.25,
+        "delay": 7.0,
+        "feedback": 0.0,
+        "mix": 0.4,
+    }
+    assert list(fx.resolve_effects({"delay": {}, "reverb": {}})) == ["reverb", "delay"]
+
+
+def test_flat_kwargs_conversion_follows_applio_flags():
+    kwargs = {
+        "pitch": 3,
+        "f0_method": "rmvpe",
+        "reverb": True,
+        "reverb_room_size": 0.3,
+        "gain": False,
+        "gain_db": 6.0,
+        "delay": 1,
+        "delay_mix": 0.2,
+    }
+    assert fx.effects_from_applio_kwargs(kwargs) == {"reverb": {"room_size": 0.3}, "delay": {"mix": 0.2}}
+    assert fx.effects_from_applio_kwargs({**kwargs, "post_process": False}) == {}
+    assert fx.effects_from_applio_kwargs({**kwargs, "post_process": True}) == {
+        "reverb": {"room_size": 0.3},
+        "delay": {"mix": 0.2},
+    }
+
+
+def test_no_effects_returns_the_audio_without_pedalboard(monkeypatch):
+    monkeypatch.setitem(sys.modules, "pedalboard", None)
+    audio = np.linspace(-0.5, 0.5, 100)
+    out = fx.apply_effects(audio, 40000, {})
+    assert out.dtype == np.float32
+    np.testing.assert_array_equal(out, audio.astype(np.float32))
+
+
+@pytest.mark.parametrize(
+    ("effects", "message"),
+    [
+        ({"flanger": {}}, r"unknown effect 'flanger'; valid effects: reverb, pitch_shift, limiter"),
+        (
+            {"reverb": {"size": 0.3}},
+            r"unknown parameter 'size' for effect 'reverb'; valid parameters: room_size",
+        ),
+        ({"gain": {"gain_db": 3}}, r"unknown parameter 'gain_db' for effect 'gain'; valid parameters: db"),
+        ({"gain": {"db": "loud"}}, r"effect 'gain' parameter 'db' must be a number, got 'loud'"),
+        ({"gain": {"db": True}}, r"must be a number"),
+        ({"gain": {"db": float("nan")}}, r"must be finite"),
+        ({"gain": 3.0}, r"effect 'gain': parameters must be a mapping"),
+        (["reverb"], r"effects must be a mapping"),
+    ],
+)
+def test_bad_effect_mappings_are_rejected(effects, message):
+    with pytest.raises(ParameterError, match=message):
+        fx.apply_effects(np.zeros(100, np.float32), 40000, effects)
+
+
+def test_out_of_range_values_name_the_effect():
+    pytest.importorskip("pedalboard", reason="pedalboard not installed (extra 'effects')")
+    with pytest.raises(ParameterError, match=r"effect 'reverb': Room Size value must be between 0.0 and 1.0"):
+        fx.apply_effects(np.zeros(100, np.float32), 40000, {"reverb": {"room_size": 2.0}})
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        (
+            {"reverb": True, "reverb_roomsize": 0.3},
+            r"unknown Applio keyword 'reverb_roomsize' for effect 'reverb'",
+        ),
+        (
+            {"limiter": True, "limiter_release_time": 1.0},
+            r"command-line name; its keyword argument is 'limiter_release'",
+        ),
+        ({"reverb": "False"}, r"flag 'reverb' must be True or False"),
+        ({"gain": True, "gain_db": "6"}, r"must be a number"),
+    ],
+)
+def test_bad_applio_kwargs_are_rejected(kwargs, message):
+    with pytest.raises(ParameterError, match=message):
+        fx.effects_from_applio_kwargs(kwargs)
+
+
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        (
+            lambda: fx.denoise(np.zeros(4000), 40000, 1.5),
+            ParameterError,
+            "clean strength must be between 0 and 1",
+        ),
+        (
+            lambda: fx.denoise(np.zeros(4000), 0, 0.5),
+            ParameterError,
+            "sample_rate must be a positive integer",
+        ),
+        (lambda: fx.denoise(np.zeros(4000), 44100.5, 0.5), ParameterError, "sample_rate must be a positive"),
+        (lambda: fx.denoise(np.zeros((2, 4000)), 40000, 0.5), AudioError, "1-D array"),
+        (lambda: fx.denoise(np.zeros(4000, np.int16), 40000, 0.5), AudioError, "floating-point"),
+        (lambda: fx.formant_shift(np.zeros(4000), 0.0, 1.0), ParameterError, "quefrency must be > 0"),
+        (lambda: fx.formant_shift(np.zeros(4000), 1.0, -1.0), ParameterError, "timbre must be > 0"),
+        (lambda: fx.formant_shift(np.zeros(4000), float("inf"), 1.0), ParameterError, "must be finite"),
+        (lambda: fx.formant_shift(np.zeros(500), 1.0, 1.0), AudioError, "at least 1024 samples"),
+        (lambda: fx.formant_shift(np.full(4000, np.nan), 1.0, 1.0), AudioError, "NaN or infinite"),
+        (lambda: fx.apply_effects(np.zeros(0), 40000, {"gain": {}}), AudioError, "empty"),
+        (lambda: fx.apply_effects(np.zeros(10), -1, {"gain": {}}), ParameterError, "sample_rate"),
+    ],
+)
+def test_invalid_arguments_are_rejected(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+@pytest.mark.parametrize(
+    ("module", "extra", "call"),
+    [
+        ("stftpitchshift", "formant", lambda: fx.formant_shift(np.zeros(2048), 1.0, 1.0)),
+        ("noisereduce", "clean", lambda: fx.denoise(np.zeros(2048, np.float32), 40000, 0.5)),
+        ("pedalboard", "effects", lambda: fx.apply_effects(np.zeros(2048, np.float32), 40000, {"gain": {}})),
+    ],
+)
+def test_missing_extra_says_what_to_install(monkeypatch, module, extra, call):
+    monkeypatch.setitem(sys.modules, module, None)  # makes the import fail as if not installed
+    with pytest.raises(BackendUnavailableError, match=rf'install it with: pip install "rvcfast\[{extra}\]"'):
+        call()
+
+
+def test_importing_the_module_imports_no_optional_library():
+    import subprocess
+
+    code = (
+        "import sys, rvcfast.effects; "
+        "print([m for m in ('pedalboard', 'noisereduce', 'stftpitchshift') if m in sys.modules])"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
