@@ -41,7 +41,7 @@ def full_models() -> dict[str, Path]:
     from rvcfast.index import save_index
     from rvcfast.models.encoder import save_random_hubert
     from rvcfast.models.rmvpe import save_random_rmvpe
-    from rvcfast.models.synthesizer import save_random_voice_model
+    from rvcfast.testing import save_random_voice_model
 
     MODELS.mkdir(parents=True, exist_ok=True)
     paths = {

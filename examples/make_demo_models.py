@@ -36,7 +36,7 @@ import soundfile as sf
 from rvcfast.index import save_index
 from rvcfast.models.encoder import save_random_hubert
 from rvcfast.models.rmvpe import save_random_rmvpe
-from rvcfast.models.synthesizer import save_random_voice_model
+from rvcfast.testing import save_random_voice_model
 
 HERE = Path(__file__).resolve().parent
 

@@ -28,7 +28,7 @@ import rvcfast
 from rvcfast.index import save_index
 from rvcfast.models.encoder import save_random_hubert
 from rvcfast.models.rmvpe import save_random_rmvpe
-from rvcfast.models.synthesizer import save_random_voice_model
+from rvcfast.testing import save_random_voice_model
 
 #: Output rate of the tiny voice model.
 MODEL_SR = 40000

@@ -39,7 +39,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     from rvcfast.index import save_index
     from rvcfast.models.encoder import save_random_hubert
     from rvcfast.models.rmvpe import save_random_rmvpe
-    from rvcfast.models.synthesizer import save_random_voice_model
+    from rvcfast.testing import save_random_voice_model
 
     d = tmp_path_factory.mktemp("models")
     voice = save_random_voice_model(

@@ -15,13 +15,13 @@ from rvcfast.errors import ModelLoadError, ParameterError
 from rvcfast.models.synthesizer import (
     RVC_SAMPLE_RATE_CONFIGS,
     Synthesizer,
-    _sine_excitation,
     load_vocoder,
     rvc_config,
-    save_random_voice_model,
 )
+from rvcfast.models.synthesizer.hifigan import sine_excitation
 from rvcfast.protocols import Vocoder
 from rvcfast.safe_load import load_torch_file
+from rvcfast.testing import save_random_voice_model
 
 VARIANTS = ["v2_40k_f0", "v1_48k_f0", "v2_32k_nof0"]
 # (sample_rate, version, has_f0, num_speakers from emb_g rows, hop)
@@ -351,7 +351,7 @@ def test_sine_phase_is_accurate_for_long_inputs() -> None:
     f0 = 100.0 + 150.0 * torch.rand(1, t, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
     f0[:, 100:130] = 0.0
     f0 = f0.float()
-    got = _sine_excitation(f0, sr, upp)[0].double()
+    got = sine_excitation(f0, sr, upp)[0].double()
     inc = (f0.double() / sr).repeat_interleave(upp, dim=1)[0]
     phase = torch.remainder(torch.cumsum(inc, 0), 1.0)
     voiced = (f0[0] > 0).double().repeat_interleave(upp)
@@ -449,7 +449,7 @@ def test_skip_frames_decodes_only_kept_region(golden: Path, models, variant: str
 @pytest.mark.golden
 def test_long_items_decode_in_windows_like_one_pass(golden: Path, models, monkeypatch) -> None:
     """Items longer than DECODER_SINGLE_FRAMES are decoded in overlapping windows: same samples as one pass."""
-    import rvcfast.models.synthesizer as synth
+    import rvcfast.models.synthesizer.windows as synth
 
     model = models["v2_40k_f0"]
     g = torch.Generator().manual_seed(3)
@@ -474,7 +474,7 @@ def test_long_items_decode_in_windows_like_one_pass(golden: Path, models, monkey
 def test_bucket_frames_and_window_widening() -> None:
     """Sizes keep 5 significant bits (16 per octave, at most 1/16 above n); windows grow with
     the item's own frames, right first, and are left alone when the item is too short."""
-    import rvcfast.models.synthesizer as synth
+    import rvcfast.models.synthesizer.windows as synth
 
     sizes = {synth._bucket_frames(n) for n in range(513, 1025)}  # 544 ... 1024
     assert len(sizes) == 16 and all(synth._bucket_frames(s) == s for s in sizes)
@@ -493,7 +493,7 @@ def test_plan_windows_cover_kept_frames_with_margin_and_few_shapes(margin: int) 
     every kept frame is at least ``margin`` frames inside its window (or the window meets
     the item's end, as a whole pass does), windows stay inside the item, and long items
     use only DECODER_WINDOW_FRAMES and its quarters."""
-    import rvcfast.models.synthesizer as synth
+    import rvcfast.models.synthesizer.windows as synth
 
     size = synth.DECODER_WINDOW_FRAMES
     allowed = {size * q // 4 for q in (1, 2, 3, 4)}
@@ -521,7 +521,7 @@ def test_plan_windows_cover_kept_frames_with_margin_and_few_shapes(margin: int) 
 def test_group_windows_packs_calls_within_the_frame_limit() -> None:
     """One window per call at limit 0 (the CPU); otherwise consecutive windows share a call
     while (count x longest) stays within the limit."""
-    import rvcfast.models.synthesizer as synth
+    import rvcfast.models.synthesizer.windows as synth
 
     w = [(0, 0, 544, 0, 500), (0, 500, 1044, 500, 1000), (1, 0, 136, 0, 100), (2, 0, 900, 0, 900)]
     assert synth._group_windows(w, 0) == [[x] for x in w]
@@ -533,7 +533,7 @@ def test_long_segments_reach_the_decoder_in_few_shapes_one_window_per_cpu_call(m
     """Segments of many lengths (a long file): on a CPU every decoder call gets one window,
     and all calls together use at most the four long-item window sizes (oneDNN keeps a
     scratch buffer per shape, so this bounds memory)."""
-    import rvcfast.models.synthesizer as synth
+    import rvcfast.models.synthesizer.windows as synth
 
     torch.manual_seed(0)
     model = Synthesizer([*rvc_config("v2", 40000)[:13], 32, [16, 16, 4, 4], 4, 16, 40000], version="v2")
@@ -587,7 +587,7 @@ def test_decoder_margin_exceeds_measured_receptive_field(version: str, sr: int) 
 def test_widened_decoder_windows_repeat_shapes_and_keep_samples(golden: Path, models, monkeypatch) -> None:
     """Items of 298/300/302 frames with skip_frames=100 all decode a 136-frame window (one
     shape), and the kept samples equal decoding the exact 132/134/136-frame windows."""
-    import rvcfast.models.synthesizer as synth
+    import rvcfast.models.synthesizer.windows as synth
 
     model = models["v2_40k_f0"]
     hop = model.hop_length

@@ -1,0 +1,112 @@
+"""Random-weight RVC voice models (``.pth``) in the exact file format RVC and Applio write."""
+
+from __future__ import annotations
+
+import collections
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from ..models.synthesizer import Synthesizer, rvc_config
+
+__all__ = ["save_random_voice_model"]
+
+
+def save_random_voice_model(
+    path: str | os.PathLike[str],
+    version: str = "v2",
+    sr: int | str = 40000,
+    f0: bool = True,
+    *,
+    seed: int = 0,
+    num_speakers: int = 109,
+    inter_channels: int = 192,
+    hidden_channels: int = 192,
+    filter_channels: int = 768,
+    n_heads: int = 2,
+    n_layers: int = 6,
+    upsample_initial_channel: int = 512,
+    sr_style: str = "rvc",
+    weight_norm_keys: str = "legacy",
+    vocoder: str | None = None,
+    info: str = "rvcfast random weights",
+) -> Path:
+    """Write a voice model with random weights in the exact RVC ``.pth`` format.
+
+    The file is what RVC's ``extract_small_model``/``savee`` writes: an OrderedDict with
+    ``weight`` (generator state dict without ``enc_q``, every tensor fp16, weight-normed
+    layers as ``weight_g``/``weight_v``), ``config`` (18 values, :func:`rvc_config`),
+    ``info``, ``sr`` (``"40k"``; ``sr_style="applio"`` writes ``40000``), ``f0`` (1/0) and
+    ``version``. With the default widths the model is full size (27-29 M parameters, about
+    55 MB); pass smaller widths for quick tests -- the decoder geometry for
+    ``(version, sr)`` stays the real one.
+
+    Args:
+        weight_norm_keys: ``"legacy"`` (``weight_g``/``weight_v``, as RVC and Applio
+            store them) or ``"parametrizations"`` (``parametrizations.weight.original0/1``).
+        vocoder: if given, also store a ``vocoder`` entry (Applio writes ``"HiFi-GAN"``).
+
+    Returns the path written. The weights depend only on the arguments (``seed``).
+    """
+    if sr_style not in ("rvc", "applio"):
+        raise ValueError(f"sr_style must be 'rvc' or 'applio', got {sr_style!r}")
+    if weight_norm_keys not in ("legacy", "parametrizations"):
+        raise ValueError(f"weight_norm_keys must be 'legacy' or 'parametrizations', got {weight_norm_keys!r}")
+    config = rvc_config(
+        version,
+        sr,
+        inter_channels=inter_channels,
+        hidden_channels=hidden_channels,
+        filter_channels=filter_channels,
+        n_heads=n_heads,
+        n_layers=n_layers,
+        upsample_initial_channel=upsample_initial_channel,
+        num_speakers=num_speakers,
+    )
+    with torch.device("meta"):
+        model = Synthesizer(config, version=version, has_f0=f0)
+    gen = torch.Generator().manual_seed(int(seed))
+    state: dict[str, torch.Tensor] = {}
+    wn_modules = {name for name, m in model.named_modules() if getattr(m, "_rvc_weight_norm", False)}
+    for name, meta in model.state_dict().items():
+        shape = tuple(meta.shape)
+        noise = torch.randn(shape, generator=gen) * 0.02
+        if name.endswith(".gamma"):
+            value = 1.0 + noise
+        elif name.startswith(("dec.ups.", "dec.resblocks.")) and name.endswith(".weight"):
+            value = torch.randn(shape, generator=gen) * 0.01 + noise  # RVC's init_weights, perturbed
+        elif len(shape) >= 2:
+            fan_in = math.prod(shape[1:]) if not name.startswith("emb") else shape[-1]
+            if ".emb_rel_" in name:
+                fan_in = shape[-1]
+            value = torch.randn(shape, generator=gen) / math.sqrt(max(fan_in, 1)) + noise
+        else:
+            value = noise
+        module_name = name.rsplit(".", 1)[0]
+        if module_name in wn_modules and name.endswith(".weight"):
+            g = value.double().pow(2).sum(dim=tuple(range(1, value.dim())), keepdim=True).sqrt().float()
+            if weight_norm_keys == "legacy":
+                state[module_name + ".weight_g"] = g
+                state[module_name + ".weight_v"] = value
+            else:
+                state[module_name + ".parametrizations.weight.original0"] = g
+                state[module_name + ".parametrizations.weight.original1"] = value
+        else:
+            state[name] = value
+    weight = collections.OrderedDict((k, v.half()) for k, v in state.items())
+    rate = int(config[17])
+    ckpt: collections.OrderedDict[str, Any] = collections.OrderedDict()
+    ckpt["weight"] = weight
+    ckpt["config"] = config
+    ckpt["info"] = info
+    ckpt["sr"] = f"{rate // 1000}k" if sr_style == "rvc" else rate
+    ckpt["f0"] = int(bool(f0))
+    ckpt["version"] = version
+    if vocoder is not None:
+        ckpt["vocoder"] = vocoder
+    out = Path(path)
+    torch.save(ckpt, out)
+    return out
