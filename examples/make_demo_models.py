@@ -34,7 +34,7 @@ import numpy as np
 import soundfile as sf
 
 from rvcfast.index import save_index
-from rvcfast.models.encoder import save_random_hubert
+from rvcfast.testing import save_random_hubert
 from rvcfast.models.rmvpe import save_random_rmvpe
 from rvcfast.testing import save_random_voice_model
 

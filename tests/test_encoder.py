@@ -25,11 +25,10 @@ from rvcfast.models.encoder import (
     HubertEncoder,
     load_encoder,
     parse_conv_layers,
-    random_hubert_state_dict,
-    save_random_hubert,
 )
 from rvcfast.protocols import FeatureEncoder
 from rvcfast.safe_load import load_torch_file
+from rvcfast.testing import random_hubert_state_dict, save_random_hubert
 
 TOL = 2e-4
 BATCH_TOL = 1e-4

@@ -8,11 +8,16 @@ weights the audio is noise, so use them for shapes, formats, batching and speed,
 for quality.
 
 * :func:`save_random_voice_model` -- an RVC voice model ``.pth`` (any version / rate,
-  with or without F0, full size or shrunk widths).
+  with or without F0, full size or shrunk widths);
+* :func:`random_hubert_state_dict` -- a content encoder's state dict with the key names
+  of either layout (fairseq, transformers);
+* :func:`save_random_hubert` -- a whole content-encoder checkpoint (a fairseq
+  ``hubert_base.pt`` or a Hugging Face folder).
 """
 
 from __future__ import annotations
 
+from .hubert import random_hubert_state_dict, save_random_hubert
 from .voice import save_random_voice_model
 
-__all__ = ["save_random_voice_model"]
+__all__ = ["save_random_voice_model", "random_hubert_state_dict", "save_random_hubert"]
