@@ -23,7 +23,7 @@ from conftest import record
 
 import rvcfast
 from rvcfast import cache
-from rvcfast.audio import load_16k
+from rvcfast.audio import load_audio_16k
 from rvcfast.pipeline import prepare
 
 
@@ -78,7 +78,7 @@ def test_batch12_reload_per_file(benchmark, full_models, batch12, tmp_path):
 def test_batch12_floor_forwards(benchmark, full_models, batch12):
     """The same network forwards convert_batch runs (per segment, decoder skipping the padding context)."""
     conv = _converter(full_models)
-    preps = [prepare(load_16k(f)) for f in batch12]
+    preps = [prepare(load_audio_16k(f)) for f in batch12]
     voc, enc = conv.vocoder, conv.encoder
     rmvpe = conv.f0_extractor.model
     padded = [p.padded.astype(np.float32) for p in preps]

@@ -44,9 +44,9 @@ def clip5s() -> np.ndarray:
     path = SHARED / "audio" / "speech_5s_44100.wav"
     if not path.is_file():
         pytest.skip(f"{path} not found (set RVCFAST_SHARED to the shared/ folder)")
-    from rvcfast.audio import load_16k
+    from rvcfast.audio import load_audio_16k
 
-    return load_16k(path).astype(np.float32)
+    return load_audio_16k(path).astype(np.float32)
 
 
 def _extractor(name: str, request):

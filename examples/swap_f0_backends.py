@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 import rvcfast
-from rvcfast.audio import load_16k
+from rvcfast.audio import load_audio_16k
 
 HERE = Path(__file__).resolve().parent
 
@@ -63,7 +63,7 @@ def main() -> None:
         f0_weights=args.models / "rmvpe.pt",
         device=args.device,
     )
-    audio16k = load_16k(source)  # what the trackers see: mono, 16 kHz
+    audio16k = load_audio_16k(source)  # what the trackers see: mono, 16 kHz
 
     extractors = []
     for name in args.backends:

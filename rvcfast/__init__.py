@@ -8,6 +8,8 @@ Public API::
     rvcfast.load_index(path)        -> RetrievalIndex  (faiss IVF-Flat, read without faiss)
     rvcfast.get_f0_extractor(name)  -> F0Extractor
     rvcfast.available_f0_extractors()
+    rvcfast.load_audio_16k(path_or_array, sample_rate=None) -> float64 mono 16 kHz (the reference's input stage)
+    rvcfast.Engine                  -> the conversion engine every front end runs on
 
 Heavy modules are imported on first use, so ``import rvcfast`` stays fast.
 """
@@ -34,12 +36,16 @@ if TYPE_CHECKING:  # pragma: no cover
     from .index import RetrievalIndex, load_index
     from .models.encoder import load_encoder
     from .models.synthesizer import load_vocoder
-    from .pipeline import ConversionParams
+    from .audio import load_audio_16k
+    from .engine import Engine
+    from .params import ConversionParams
 
 _LAZY = {
     "Converter": ("api", "Converter"),
     "Result": ("api", "Result"),
-    "ConversionParams": ("pipeline", "ConversionParams"),
+    "ConversionParams": ("params", "ConversionParams"),
+    "Engine": ("engine", "Engine"),
+    "load_audio_16k": ("audio", "load_audio_16k"),
     "load_encoder": ("models.encoder", "load_encoder"),
     "load_vocoder": ("models.synthesizer", "load_vocoder"),
     "load_index": ("index", "load_index"),
@@ -53,6 +59,8 @@ __all__ = [
     "Converter",
     "Result",
     "ConversionParams",
+    "Engine",
+    "load_audio_16k",
     "load_encoder",
     "load_vocoder",
     "load_index",

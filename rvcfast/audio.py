@@ -1,56 +1,112 @@
-"""Audio in and out: decode, mono, resample, peak guards, RVC's high-pass, atomic writes.
+"""Audio in: decode a file or an array to mono float64 at 16 kHz, and say what was odd about it.
 
-Everything here works on numpy float64 arrays, as the reference does, so that the
-quiet-point search and the filters reproduce it exactly.
+The steps follow the reference (Applio's ``load_audio_infer``): ``soundfile`` decodes to
+float64, channels are averaged (``librosa.to_mono``), and anything not at 16 kHz is
+resampled with soxr VHQ (:func:`rvcfast.dsp.resample`), fitted to
+``ceil(frames * 16000 / rate)`` samples. Files are read block by block and resampled
+through soxr's stream interface, so an hour-long file never sits in memory at its
+original rate or channel count; the samples are identical to the one-shot call.
+
+:func:`decode` also reports recoverable oddities as warnings (a header that promises
+more audio than the file holds, clipping, a DC offset, channels mixed down);
+:func:`load_audio_16k` is the plain public form that returns only the samples.
 """
 
 from __future__ import annotations
 
-import math
 import os
 import re
-import socket
-import tempfile
-from fractions import Fraction
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from scipy import signal
 
+from .constants import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SR_16K
+from .dsp import Resampler, resampled_length
 from .errors import AudioError, ParameterError
 
-__all__ = [
-    "AudioInput",
-    "read_audio",
-    "to_mono",
-    "resample",
-    "load_16k",
-    "input_peak_guard",
-    "output_peak_guard",
-    "highpass_48hz",
-    "write_audio_atomic",
-    "remove_stale_parts",
-    "SUPPORTED_WRITE_FORMATS",
-]
+__all__ = ["AudioInput", "Decoded", "decode", "load_audio_16k", "to_mono", "audio_info"]
 
 AudioInput = str | os.PathLike | np.ndarray
 
-#: Sample rate of everything between decoding and synthesis.
-SR_16K = 16000
-MIN_SAMPLE_RATE = 1000
-MAX_SAMPLE_RATE = 768000
+#: Frames decoded per block.
+_READ_BLOCK = 1 << 18
+#: A sample this close to full scale counts as "at full scale" for the clipping check.
+CLIP_LEVEL = 0.999
+#: Consecutive full-scale samples (per channel) that count as a clipped run.
+CLIP_RUN = 3
+#: A mean above this magnitude is reported as a DC offset (removed by the 48 Hz high-pass).
+DC_LEVEL = 0.01
 
-SUPPORTED_WRITE_FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG"}
+# libsndfile's header log: "data : 160000 (should be 19956)" when the file is shorter
+_SHORT_CHUNK = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
+_SHORT_CONTAINER = re.compile(r"^\s*(RIFF|riff|FORM|Riff size)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 
 
-def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
-    """Decode a file with soundfile into float64 ``[samples, channels]`` and its rate.
+@dataclass
+class Decoded:
+    """One decoded input: mono float64 samples at 16 kHz (before any peak guard) and notes on it."""
 
-    Raises :class:`AudioError` naming the file for a missing file, a directory,
-    an unreadable file, a format libsndfile cannot decode, or a corrupt stream.
+    audio: np.ndarray
+    source_rate: int
+    channels: int
+    label: str | None = None
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def seconds(self) -> float:
+        """Duration in seconds."""
+        return self.audio.shape[0] / SR_16K
+
+
+def to_mono(audio: np.ndarray) -> np.ndarray:
+    """The channel mean of ``[samples, channels]`` (``librosa.to_mono``); 1-D audio passes through."""
+    audio = np.asarray(audio)
+    if audio.ndim == 1:
+        return audio
+    if audio.ndim != 2:
+        raise AudioError(None, f"audio must be 1-D or [samples, channels], got shape {audio.shape}")
+    if audio.shape[1] == 1:
+        return audio[:, 0]
+    if audio.shape[1] == 0:
+        return np.zeros(audio.shape[0], dtype=audio.dtype)
+    with np.errstate(over="ignore", invalid="ignore"):
+        mono = np.mean(audio.T, axis=0)  # exactly the reference's call on its [channels, samples] view
+    if not np.isfinite(mono).all() and np.isfinite(audio).all():
+        # channels near the float maximum overflow in the sum: divide first (same value otherwise)
+        mono = (audio / audio.shape[1]).sum(axis=1)
+    return mono
+
+
+def load_audio_16k(path_or_array: AudioInput, sample_rate: int | None = None) -> np.ndarray:
+    """Decode a file (or take an array with ``sample_rate``) as float64 mono at 16 kHz.
+
+    This is the reference's input stage (soundfile, channel mean, soxr VHQ, length
+    ``ceil(frames * 16000 / rate)``) before the input peak guard. Arrays are
+    ``[samples]`` or ``[samples, channels]``; integer arrays are scaled to ±1.
     """
-    p = Path(path)
+    return decode(path_or_array, sample_rate).audio
+
+
+def decode(source: AudioInput, sample_rate: int | None = None, *, name: str | None = None) -> Decoded:
+    """Decode and validate one input; see :class:`Decoded`. Errors name the file (or ``name``)."""
+    if isinstance(source, (str, os.PathLike)):
+        return _decode_file(Path(source), sample_rate)
+    return _decode_array(source, sample_rate, name)
+
+
+def audio_info(path: str | os.PathLike[str]) -> tuple[float, int, int]:
+    """``(seconds, sample rate, channels)`` from a file's header (no decoding)."""
+    info = sf.info(os.fspath(path))
+    return (info.frames / info.samplerate if info.samplerate else 0.0), int(info.samplerate), int(info.channels)
+
+
+# ---------------------------------------------------------------------------------------- files
+
+
+def _check_path(p: Path) -> None:
     if not p.exists():
         raise AudioError(p, "file does not exist")
     if p.is_dir():
@@ -61,208 +117,185 @@ def read_audio(path: str | os.PathLike[str]) -> tuple[np.ndarray, int]:
         raise AudioError(p, "file is not readable (permission denied)")
     if p.stat().st_size == 0:
         raise AudioError(p, "file is empty (0 bytes)")
+
+
+def _libsndfile_detail(exc: Exception) -> str:
+    # libsndfile's own text ("Format not recognised.") without its "Error opening '<path>': " prefix
+    return (getattr(exc, "error_string", "") or str(exc)).strip().rstrip(".")
+
+
+def _open(p: Path) -> sf.SoundFile:
     try:
-        data, sr = sf.read(str(p), dtype="float64", always_2d=True)
+        return sf.SoundFile(str(p))
     except sf.LibsndfileError as exc:
-        # libsndfile's own text ("Format not recognised.") without its "Error opening '<path>': " prefix
-        detail = (getattr(exc, "error_string", "") or str(exc)).strip().rstrip(".")
-        raise AudioError(p, f"cannot decode audio: {detail}") from None
+        raise AudioError(p, f"cannot decode audio: {_libsndfile_detail(exc)}") from None
     except (RuntimeError, ValueError, OSError, TypeError) as exc:
         raise AudioError(p, f"cannot decode audio ({type(exc).__name__}: {exc})") from None
-    return data, int(sr)
 
 
-def to_mono(audio: np.ndarray) -> np.ndarray:
-    """Average the channels of ``[samples, channels]`` (or pass 1-D audio through)."""
-    audio = np.asarray(audio)
-    if audio.ndim == 1:
-        return audio
-    if audio.ndim != 2:
-        raise AudioError(None, f"audio must be 1-D or [samples, channels], got shape {audio.shape}")
-    if audio.shape[1] == 1:
-        return audio[:, 0]
-    if audio.shape[1] == 0:
-        return np.zeros(audio.shape[0], dtype=audio.dtype)
-    # divide first: the sum of channels near the float maximum would overflow to inf
-    return (audio / audio.shape[1]).sum(axis=1)
+def _promised_seconds(f: sf.SoundFile) -> float | None:
+    """Seconds the header promises when libsndfile logged it as longer than the file, else ``None``."""
+    try:
+        log = f.extra_info
+    except Exception:  # noqa: BLE001 - the log is only a diagnostic
+        return None
+    for pattern in (_SHORT_CHUNK, _SHORT_CONTAINER):
+        m = pattern.search(log)
+        if m is not None:
+            header, present = int(m.group(2)), int(m.group(3))
+            if present > 0 and header > present:
+                return f.frames * header / present / f.samplerate
+    return None
 
 
-def resample(audio: np.ndarray, orig_sr: int, target_sr: int) -> np.ndarray:
-    """Band-limited polyphase resampling (Kaiser-windowed sinc, scipy ``resample_poly``).
+class _Stats:
+    """Running checks over decoded blocks: clipped runs per channel and the mono sum (DC)."""
 
-    The output has ``ceil(len * target_sr / orig_sr)`` samples.
-    """
-    if orig_sr == target_sr:
-        return audio
-    frac = Fraction(int(target_sr), int(orig_sr))
-    up, down = frac.numerator, frac.denominator
-    # A long, steep filter: Kaiser beta 9 (about -90 dB stop band).
-    half_len = 16 * max(up, down)
-    taps = signal.firwin(2 * half_len + 1, 0.97 / max(up, down), window=("kaiser", 9.0))
-    taps *= up
-    out = signal.resample_poly(audio, up, down, window=taps)
-    n_out = int(math.ceil(len(audio) * up / down))
-    return out[:n_out]
+    def __init__(self) -> None:
+        self.clipped = 0
+        self.total = 0.0
+        self.count = 0
 
+    def add(self, block: np.ndarray, mono: np.ndarray) -> None:
+        # a clipped run: CLIP_RUN equal samples in a row at full scale (a flat top)
+        full = np.abs(block) >= CLIP_LEVEL
+        if full.shape[0] >= CLIP_RUN and full.any():
+            n = full.shape[0]
+            run = full[CLIP_RUN - 1 :].copy()
+            for k in range(1, CLIP_RUN):
+                run &= full[CLIP_RUN - 1 - k : n - k]
+                run &= block[CLIP_RUN - k : n - k + 1] == block[CLIP_RUN - 1 - k : n - k]
+            self.clipped += int(run.sum())
+        with np.errstate(over="ignore", invalid="ignore"):
+            self.total += float(mono.sum())
+        self.count += mono.shape[0]
 
-def input_peak_guard(audio: np.ndarray) -> np.ndarray:
-    """RVC's input limiter: divide by ``max|x| / 0.95`` if that exceeds 1; quieter audio is untouched."""
-    if audio.size == 0:
-        return audio
-    audio_max = np.abs(audio).max() / 0.95
-    if audio_max > 1:
-        audio = audio / audio_max
-    return audio
-
-
-def output_peak_guard(audio: np.ndarray) -> np.ndarray:
-    """RVC's output limiter: divide by ``max|y| / 0.99`` if that exceeds 1."""
-    if audio.size == 0:
-        return audio
-    audio_max = np.abs(audio).max() / 0.99
-    if audio_max > 1:
-        audio = audio / audio_max
-    return audio
+    def warnings(self, label: str, channels: int) -> list[str]:
+        out = []
+        if channels > 1:
+            out.append(f"{label}: {channels} channels mixed down to mono")
+        if self.clipped:
+            out.append(
+                f"{label}: input appears clipped ({self.clipped} samples in runs of {CLIP_RUN}+ at full scale)"
+            )
+        mean = self.total / self.count if self.count else 0.0
+        if np.isfinite(mean) and abs(mean) > DC_LEVEL:
+            out.append(f"{label}: DC offset of {mean:+.3f} removed (48 Hz high-pass)")
+        return out
 
 
-def highpass_48hz(audio: np.ndarray) -> np.ndarray:
-    """Zero-phase order-5 Butterworth high-pass at 48 Hz (16 kHz), float64, scipy ``filtfilt`` defaults."""
-    b, a = signal.butter(N=5, Wn=48, btype="high", fs=SR_16K)
-    padlen = 3 * max(len(a), len(b))
-    x = np.asarray(audio, dtype=np.float64)
-    if x.shape[-1] <= padlen:
-        # filtfilt needs more samples than its edge extension; pad with zeros and cut back.
-        n = x.shape[-1]
-        x = np.pad(x, (0, padlen + 1 - n))
-        return signal.filtfilt(b, a, x)[:n]
-    return signal.filtfilt(b, a, x)
+def _blocks(f: sf.SoundFile, p: Path, notes: list[str]) -> Iterator[np.ndarray]:
+    """Decode ``f`` in blocks of float64 ``[frames, channels]``; a decode error after some audio is a note."""
+    done = 0
+    while True:
+        try:
+            block = f.read(_READ_BLOCK, dtype="float64", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            detail = _libsndfile_detail(exc)
+            if done == 0:
+                raise AudioError(p, f"cannot decode audio: {detail}") from None
+            notes.append(
+                f"{p}: file is damaged: decoding stopped after {done / f.samplerate:.2f} s ({detail}); "
+                "the readable part was converted"
+            )
+            return
+        if block.shape[0] == 0:
+            return
+        done += block.shape[0]
+        yield block
 
 
-def load_16k(
-    source: AudioInput,
-    sample_rate: int | None = None,
-    *,
-    name: str | None = None,
-) -> np.ndarray:
-    """Decode/validate an input and return mono float64 audio at 16 kHz (before the peak guard).
+def _decode_file(p: Path, sample_rate: int | None) -> Decoded:
+    _check_path(p)
+    with _open(p) as f:
+        sr, channels, frames = int(f.samplerate), int(f.channels), int(f.frames)
+        if sample_rate is not None and int(sample_rate) != sr:
+            raise ParameterError(f"{p}: sample_rate={sample_rate} given for a file whose rate is {sr}")
+        _check_rate(p, sr)
+        notes: list[str] = []
+        promised = _promised_seconds(f)
+        stats = _Stats()
+        resampler = Resampler(sr, SR_16K)
+        out = np.empty(resampled_length(max(frames, 0), sr, SR_16K), dtype=np.float64)
+        pos = n_in = 0
+        for block in _blocks(f, p, notes):
+            mono = to_mono(block)
+            if not np.isfinite(mono).all():
+                raise AudioError(p, f"audio contains {int((~np.isfinite(mono)).sum())} NaN or Inf samples")
+            stats.add(block, mono)
+            n_in += mono.shape[0]
+            out, pos = _append(out, pos, resampler.push(mono))
+        if n_in == 0:
+            raise AudioError(p, "audio has no samples")
+        out = _finish(out, pos, resampler)
+    warnings = notes + stats.warnings(str(p), channels)
+    if promised is not None:
+        warnings.insert(0, f"{p}: file is truncated: its header promises {promised:.2f} s of audio, it holds {n_in / sr:.2f} s")
+    elif frames > 0 and n_in < frames and not notes:
+        warnings.insert(0, f"{p}: file is truncated: its header promises {frames / sr:.2f} s of audio, it holds {n_in / sr:.2f} s")
+    return Decoded(out, sr, channels, str(p), warnings)
 
-    ``source`` is a path, or an array (``[samples]`` or ``[samples, channels]``)
-    with ``sample_rate``. Errors name the file (or ``name`` for arrays).
-    """
-    label = name
-    if isinstance(source, (str, os.PathLike)):
-        label = os.fspath(source)
-        data, sr = read_audio(source)
-        if sample_rate is not None and sample_rate != sr:
-            raise ParameterError(f"{label}: sample_rate={sample_rate} given for a file whose rate is {sr}")
+
+def _append(out: np.ndarray, pos: int, piece: np.ndarray) -> tuple[np.ndarray, int]:
+    """Write ``piece`` at ``pos``; grows ``out`` when the header under-reported the length."""
+    end = pos + piece.shape[0]
+    if end > out.shape[0]:
+        grown = np.empty(max(end, 2 * out.shape[0]), dtype=out.dtype)
+        grown[:pos] = out[:pos]
+        out = grown
+    out[pos:end] = piece
+    return out, end
+
+
+def _finish(out: np.ndarray, pos: int, resampler: Resampler) -> np.ndarray:
+    tail = resampler.flush()
+    total = pos + tail.shape[0]
+    if total > out.shape[0]:
+        out = np.concatenate([out[:pos], tail])
     else:
-        if sample_rate is None:
-            raise ParameterError(f"{label or 'array input'}: sample_rate is required for array input")
-        data = np.asarray(source)
-        sr = int(sample_rate)
-        if data.ndim == 2 and data.shape[0] < data.shape[1] and data.shape[0] <= 8:
-            raise AudioError(label, f"array of shape {data.shape} looks channels-first; pass [samples, channels]")
-        if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
-            raise AudioError(label, f"array dtype {data.dtype} is not a number type")
-        if np.issubdtype(data.dtype, np.integer):
-            info = np.iinfo(data.dtype)
-            data = data.astype(np.float64) / float(max(abs(info.min), info.max))
-        data = data.astype(np.float64, copy=False)
+        out[pos:total] = tail
+        out = out[:total]
+    return out
+
+
+# ---------------------------------------------------------------------------------------- arrays
+
+
+def _check_rate(label: str | os.PathLike[str] | None, sr: int) -> None:
     if not (MIN_SAMPLE_RATE <= sr <= MAX_SAMPLE_RATE):
         raise AudioError(label, f"sample rate {sr} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
+
+
+def _array_samples(source: np.ndarray, label: str) -> np.ndarray:
+    data = np.asarray(source)
+    if data.ndim == 2 and data.shape[0] < data.shape[1] and data.shape[0] <= 8:
+        raise AudioError(label, f"array of shape {data.shape} looks channels-first; pass [samples, channels]")
+    if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
+        raise AudioError(label, f"array dtype {data.dtype} is not a number type")
+    if np.issubdtype(data.dtype, np.integer):
+        info = np.iinfo(data.dtype)
+        data = data.astype(np.float64) / float(max(abs(info.min), info.max))
+    data = data.astype(np.float64, copy=False)
     if data.ndim not in (1, 2):
         raise AudioError(label, f"audio must be 1-D or [samples, channels], got shape {data.shape}")
+    return data
+
+
+def _decode_array(source: np.ndarray, sample_rate: int | None, name: str | None) -> Decoded:
+    label = name or "array input"
+    if sample_rate is None:
+        raise ParameterError(f"{label}: sample_rate is required for array input")
+    sr = int(sample_rate)
+    _check_rate(label, sr)
+    data = _array_samples(source, label)
+    channels = 1 if data.ndim == 1 else int(data.shape[1])
     mono = to_mono(data)
     if mono.size == 0:
         raise AudioError(label, "audio has no samples")
     if not np.isfinite(mono).all():
-        bad = int((~np.isfinite(mono)).sum())
-        raise AudioError(label, f"audio contains {bad} NaN or Inf samples")
-    return resample(mono, sr, SR_16K)
+        raise AudioError(label, f"audio contains {int((~np.isfinite(mono)).sum())} NaN or Inf samples")
+    stats = _Stats()
+    stats.add(data if data.ndim == 2 else data[:, None], mono)
+    from .dsp import resample
 
-
-_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname() or "host")[:40] or "host"
-# ".<name>.<host>~<pid>~<random>.part": who wrote a temporary file, so a later run can tell a stale one
-_PART_RE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)~(?P<pid>\d+)~[A-Za-z0-9_]*\.part$")
-
-
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except (PermissionError, OSError):
-        return True  # exists (another user's process) or cannot tell: keep the file
-    return True
-
-
-def remove_stale_parts(directory: str | os.PathLike[str], name: str | None = None) -> list[Path]:
-    """Delete temporary files of :func:`write_audio_atomic` left behind by a killed process.
-
-    Only files of rvcfast's own naming pattern (``.<name>.<host>~<pid>~<random>.part``)
-    written on this host by a process that no longer exists are removed; with
-    ``name`` only those for that output file name. Returns the paths removed.
-    """
-    d = Path(directory)
-    removed: list[Path] = []
-    pattern = f".{_glob_escape(name)}.*.part" if name is not None else ".*.part"
-    try:
-        candidates = list(d.glob(pattern))
-    except OSError:
-        return removed
-    for f in candidates:
-        m = _PART_RE.match(f.name)
-        if m is None or (name is not None and m.group("name") != name) or m.group("host") != _HOST:
-            continue
-        if _pid_alive(int(m.group("pid"))):
-            continue
-        try:
-            f.unlink()
-            removed.append(f)
-        except OSError:
-            pass
-    return removed
-
-
-def _glob_escape(text: str) -> str:
-    """``text`` with glob metacharacters escaped."""
-    return re.sub(r"([*?\[])", r"[\1]", text)
-
-
-def write_audio_atomic(
-    path: str | os.PathLike[str],
-    audio: np.ndarray,
-    sample_rate: int,
-    *,
-    format: str | None = None,
-    subtype: str | None = None,
-) -> Path:
-    """Write ``audio`` to ``path`` through a temporary file in the same folder, then rename.
-
-    A reader never sees a partial file: either the old file (or nothing) or the
-    complete new one. The data is flushed to disk before the rename. The temporary
-    file (``.<name>.<host>~<pid>~<random>.part``) is removed if anything fails, and
-    stale ones for the same ``path`` left by a killed process are removed first.
-    """
-    p = Path(path)
-    fmt = (format or p.suffix.lstrip(".") or "wav").lower()
-    if fmt not in SUPPORTED_WRITE_FORMATS:
-        raise ParameterError(f"{p}: output format {fmt!r} is not supported (choose from {sorted(SUPPORTED_WRITE_FORMATS)})")
-    p.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_parts(p.parent, p.name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{_HOST}~{os.getpid()}~", suffix=".part", dir=p.parent)
-    os.close(fd)
-    try:
-        sf.write(tmp, np.asarray(audio, dtype=np.float32), int(sample_rate), format=SUPPORTED_WRITE_FORMATS[fmt], subtype=subtype)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
-    return p
+    return Decoded(resample(mono, sr, SR_16K, dtype=np.float64), sr, channels, label, stats.warnings(label, channels))

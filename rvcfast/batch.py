@@ -1,18 +1,19 @@
-"""The batch engine behind :meth:`Converter.convert_batch` and :meth:`Converter.iter_batch`.
+"""The file scheduler behind :meth:`Converter.convert_batch` and :meth:`Converter.iter_batch`.
 
-How many files become fast:
+It feeds an :class:`~rvcfast.engine.Engine` (which does all the conversion work) and
+takes care of files:
 
-1. **Load once.** The Converter holds the voice model and index; the content
-   encoder and F0 model come from the process-wide cache.
-2. **Overlap.** Decoding, resampling, high-pass and split-point search of
-   upcoming files run in a thread pool while the models compute; finished files
-   are encoded and written by another pool. CPU-bound F0 backends (harvest, dio,
-   pm) run in a process pool next to the decoders.
-3. **Batch across files.** Files are grouped up to ``batch_seconds`` of audio; their
-   F0 runs as one batched call, and their segments go through the content encoder
-   and the synthesizer as padded, masked batches bucketed by length.
-4. **Independent results.** Every stage that mixes time steps is masked, and noise
-   is seeded per segment, so a file's output does not depend on what it was batched with.
+1. **Load once.** The engine holds the voice model and index; the content encoder
+   and F0 model come from the process-wide cache.
+2. **Overlap.** Decoding, resampling, high-pass and split-point search of upcoming
+   files (:meth:`Engine.prepare`) run in a thread pool while the models compute;
+   finished files are encoded and written by another pool. F0 backends that declare
+   ``cpu_bound`` (harvest, dio, pm, or a plugin) run in a process pool next to the decoders.
+3. **Batch across files.** Files are grouped up to ``batch_seconds`` of audio and
+   handed to :meth:`Engine.run` together: one F0 call, and every segment of every file
+   packed by length through the encoder and synthesizer.
+4. **Independent results.** The engine's output for a file does not depend on what
+   it was batched with.
 
 Writes are atomic (temporary file in the output folder, then rename), never
 overwrite an input, and a failing file is reported in its :class:`~rvcfast.api.Result`
@@ -22,34 +23,26 @@ while the others carry on (unless ``on_error="stop"``).
 from __future__ import annotations
 
 import concurrent.futures as cf
-import ctypes
 import os
 import re
-import sys
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass, field, replace
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .audio import SUPPORTED_WRITE_FORMATS, load_16k, remove_stale_parts, write_audio_atomic
+from .constants import SR_16K
 from .errors import ParameterError, RvcfastError
-from .pipeline import (
-    ConversionParams,
-    PreparedAudio,
-    Timer,
-    finish,
-    pitch_track,
-    prepare,
-    segment_inputs,
-    segment_output_length,
-)
+from .params import ConversionParams
+from .pipeline import PreparedAudio
+from .result import Result
+from .writing import SUPPORTED_WRITE_FORMATS, remove_stale_parts, write_audio_atomic
 
 if TYPE_CHECKING:
-    from .api import Converter, Result
+    from .engine import Engine
 
 __all__ = ["BatchOptions", "Job", "expand_inputs", "run_batch", "AUDIO_EXTENSIONS", "BatchSummary"]
 
@@ -57,10 +50,7 @@ __all__ = ["BatchOptions", "Job", "expand_inputs", "run_batch", "AUDIO_EXTENSION
 AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".w64", ".caf", ".au", ".snd"}
 
 BatchInput = str | os.PathLike | tuple
-ProgressCallback = Callable[["Result", int, int], None]
-
-#: CPU-bound F0 backends that run in worker processes.
-CPU_BOUND_F0 = {"harvest", "dio", "pm"}
+ProgressCallback = Callable[[Result, int, int], None]
 
 
 @dataclass(frozen=True)
@@ -221,19 +211,18 @@ def _assign_outputs(jobs: list[Job], options: BatchOptions) -> None:
         j.out_path = candidate
 
 
-# ---------------------------------------------------------------------------------------------- stages
-
-
-def _decode(job: Job, converter_cfg: Any) -> PreparedAudio:
-    if job.path is not None:
-        audio = load_16k(job.path)
-    else:
-        audio = load_16k(job.array, job.rate, name=job.label)
-    return prepare(audio, converter_cfg)
+# ---------------------------------------------------------------------------------------------- the run
 
 
 def _cpu_f0(extractor: Any, padded: np.ndarray) -> np.ndarray:
     return extractor.extract(padded)
+
+
+def _error_text(label: str, exc: BaseException) -> str:
+    if isinstance(exc, RvcfastError):
+        text = str(exc)
+        return text if label in text else f"{label}: {text}"
+    return f"{label}: {type(exc).__name__}: {exc}"
 
 
 @dataclass
@@ -242,304 +231,188 @@ class _Decoded:
     prep: PreparedAudio | None
     decode_seconds: float
     error: str | None = None
-    f0: Any = None  # a Future (process pool) or an array
+    skipped: bool = False
+    f0: Any = None  # a Future of the process pool
+
+
+class _BatchRun:
+    """One batch: decode pool → groups through the engine → write pool, results yielded in order of completion."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        jobs: list[Job],
+        params: ConversionParams,
+        options: BatchOptions,
+        progress: ProgressCallback | None,
+    ) -> None:
+        self.engine, self.jobs, self.params, self.options, self.progress = engine, jobs, params, options, progress
+        self.total, self.done = len(jobs), 0
+        self.batch_samples = int(float(options.batch_seconds or engine.batch_seconds) * SR_16K)
+        self.extractor = engine.f0_extractor_for(params)
+        cpu_bound = self.extractor is not None and bool(getattr(self.extractor, "cpu_bound", False))
+        self.decode_pool = cf.ThreadPoolExecutor(max_workers=options.decode_workers, thread_name_prefix="rvcfast-decode")
+        self.write_pool = cf.ThreadPoolExecutor(max_workers=options.write_workers, thread_name_prefix="rvcfast-write")
+        self.f0_pool = cf.ProcessPoolExecutor(max_workers=options.f0_workers) if cpu_bound else None
+        self.pending: deque[cf.Future[_Decoded]] = deque()
+        self.writes: deque[tuple[Result, cf.Future[float]]] = deque()
+        self.job_iter = iter(jobs)
+        self.prefetch = max(4, 2 * options.decode_workers)
+
+    # ---------------------------------------------------------------- producing
+
+    def _decode(self, job: Job) -> _Decoded:
+        t0 = time.perf_counter()
+        try:
+            if job.path is not None:
+                prep = self.engine.prepare(job.path, params=self.params)
+            else:
+                prep = self.engine.prepare(job.array, job.rate, name=job.label, params=self.params)
+        except Exception as exc:  # noqa: BLE001 - reported per file, the batch carries on
+            return _Decoded(job, None, time.perf_counter() - t0, error=_error_text(job.label, exc))
+        dec = _Decoded(job, prep, time.perf_counter() - t0)
+        if self.f0_pool is not None:
+            dec.f0 = self.f0_pool.submit(_cpu_f0, self.extractor, prep.padded)
+        return dec
+
+    def _submit_more(self) -> None:
+        while len(self.pending) < self.prefetch:
+            job = next(self.job_iter, None)
+            if job is None:
+                return
+            if self.options.skip_existing and job.out_path is not None and job.out_path.exists():
+                fut: cf.Future[_Decoded] = cf.Future()
+                fut.set_result(_Decoded(job, None, 0.0, skipped=True))
+                self.pending.append(fut)
+            else:
+                self.pending.append(self.decode_pool.submit(self._decode, job))
+
+    def _result(self, job: Job, timings: dict[str, float], *, error: str | None = None, skipped: bool = False) -> Result:
+        return Result(
+            np.zeros(0, np.float32), self.engine.sample_rate, timings, job.label, error=error, skipped=skipped, index=job.number
+        )
+
+    # ---------------------------------------------------------------- consuming
+
+    def _emit(self, res: Result) -> Iterator[Result]:
+        yield from self._drain_writes(block=True)
+        yield from self._report(res)
+
+    def _report(self, res: Result) -> Iterator[Result]:
+        self.done += 1
+        if self.progress:
+            self.progress(res, self.done, self.total)
+        yield res
+
+    def _drain_writes(self, block: bool) -> Iterator[Result]:
+        while self.writes and (block or self.writes[0][1].done()):
+            res, fut = self.writes.popleft()
+            try:
+                res.timings["write"] = fut.result()
+            except Exception as exc:  # noqa: BLE001
+                res.error = f"{res.source}: writing {res.output_path} failed: {type(exc).__name__}: {exc}"
+                res.output_path = None
+                if self.options.on_error == "stop":
+                    raise
+            yield from self._report(res)
+
+    def _next_group(self) -> tuple[list[_Decoded], list[Result]]:
+        """Decoded files up to ``batch_seconds`` of audio, and the results of files that ended early."""
+        group: list[_Decoded] = []
+        early: list[Result] = []
+        samples = 0
+        while self.pending and (not group or samples < self.batch_samples):
+            dec = self.pending.popleft().result()
+            self._submit_more()
+            if dec.skipped:
+                early.append(self._result(dec.job, {}, skipped=True))
+            elif dec.error is not None or dec.prep is None:
+                if self.options.on_error == "stop":
+                    raise RvcfastError(dec.error)
+                early.append(self._result(dec.job, {"decode": dec.decode_seconds}, error=dec.error))
+            else:
+                group.append(dec)
+                samples += dec.prep.padded.shape[0]
+        return group, early
+
+    def _f0_tracks(self, group: list[_Decoded]) -> tuple[list[Any] | None, float]:
+        if self.f0_pool is None:
+            return None, 0.0
+        t0 = time.perf_counter()
+        tracks: list[Any] = []
+        for d in group:
+            try:
+                tracks.append(d.f0.result())
+            except Exception as exc:  # noqa: BLE001 - the engine reports it for that file
+                tracks.append(exc)
+        return tracks, time.perf_counter() - t0
+
+    def _convert_group(self, group: list[_Decoded]) -> Iterator[Result]:
+        preps = [d.prep for d in group if d.prep is not None]
+        tracks, f0_wait = self._f0_tracks(group)
+        results = self.engine.run(preps, self.params, f0=tracks, batch_seconds=self.options.batch_seconds)
+        share = np.array([p.padded.shape[0] for p in preps], dtype=np.float64)
+        share /= share.sum()
+        for d, res, w in zip(group, results, share):
+            res.index = d.job.number
+            res.source = d.job.label
+            res.timings = {"decode": d.decode_seconds, **res.timings}
+            if tracks is not None:
+                res.timings["f0"] = res.timings.get("f0", 0.0) + f0_wait * float(w)
+            if res.error is not None:
+                if self.options.on_error == "stop":
+                    raise RvcfastError(res.error)
+                yield from self._emit(res)
+            elif d.job.out_path is not None:
+                res.output_path = str(d.job.out_path)
+                audio = res.audio
+                if not self.options.keep_audio:
+                    res.audio = np.zeros(0, np.float32)
+                self.writes.append((res, self.write_pool.submit(_write_timed, d.job.out_path, audio, res.sample_rate, self.options)))
+            else:
+                yield from self._emit(res)
+
+    def results(self) -> Iterator[Result]:
+        try:
+            self._submit_more()
+            while self.pending:
+                group, early = self._next_group()
+                for res in early:
+                    yield from self._emit(res)
+                if group:
+                    yield from self._drain_writes(block=False)
+                    yield from self._convert_group(group)
+                    yield from self._drain_writes(block=False)
+            yield from self._drain_writes(block=True)
+        finally:
+            self.close()
+
+    def close(self) -> None:
+        for fut in self.pending:
+            fut.cancel()
+        self.decode_pool.shutdown(wait=True, cancel_futures=True)
+        self.write_pool.shutdown(wait=True)
+        if self.f0_pool is not None:
+            self.f0_pool.shutdown(wait=True, cancel_futures=True)
 
 
 def run_batch(
-    converter: Converter,
+    engine: Engine,
     inputs: Iterable[BatchInput] | BatchInput,
     params: ConversionParams,
     options: BatchOptions,
     progress: ProgressCallback | None = None,
 ) -> Iterator[Result]:
-    """Yield one :class:`Result` per input, as files finish (see the module docstring)."""
-    from .api import Result
-
+    """Yield one :class:`~rvcfast.result.Result` per input, as files finish (see the module docstring)."""
     options.validate()
-    params.validate(converter.vocoder)
+    params.validate(engine.vocoder)
     jobs = expand_inputs(inputs, options)
     if options.out_dir is not None and Path(options.out_dir).is_dir():
         remove_stale_parts(options.out_dir)  # temporary files of an earlier, killed run
-    total = len(jobs)
-    done = 0
-    vocoder = converter.vocoder
-    extractor = converter._extractor_for(params) if vocoder.has_f0 else None
-    cpu_f0 = extractor is not None and getattr(extractor, "name", "") in CPU_BOUND_F0
-    seg_cfg = converter.segment_config
-    batch_seconds = options.batch_seconds or default_batch_seconds(converter.device)
-    options = replace(options, batch_seconds=batch_seconds)
-    batch_samples = int(batch_seconds * 16000)
-
-    def make_result(job: Job, audio: np.ndarray | None, rate: int, timings: dict[str, float], error: str | None, input_seconds: float, skipped: bool = False) -> Result:
-        return Result(
-            audio=audio if (audio is not None and options.keep_audio) else np.zeros(0, np.float32),
-            sample_rate=rate,
-            timings=timings,
-            source=job.label,
-            output_path=str(job.out_path) if (job.out_path is not None and error is None and not skipped) else None,
-            error=error,
-            skipped=skipped,
-            input_seconds=input_seconds,
-            index=job.number,
-        )
-
-    decode_pool = cf.ThreadPoolExecutor(max_workers=options.decode_workers, thread_name_prefix="rvcfast-decode")
-    write_pool = cf.ThreadPoolExecutor(max_workers=options.write_workers, thread_name_prefix="rvcfast-write")
-    f0_pool = cf.ProcessPoolExecutor(max_workers=options.f0_workers) if cpu_f0 else None
-
-    def decode_task(job: Job) -> _Decoded:
-        t0 = time.perf_counter()
-        try:
-            prep = _decode(job, seg_cfg)
-        except RvcfastError as exc:
-            return _Decoded(job, None, time.perf_counter() - t0, error=str(exc))
-        except Exception as exc:  # noqa: BLE001 - reported per file, the batch carries on
-            return _Decoded(job, None, time.perf_counter() - t0, error=f"{job.label}: {type(exc).__name__}: {exc}")
-        dec = _Decoded(job, prep, time.perf_counter() - t0)
-        if f0_pool is not None:
-            dec.f0 = f0_pool.submit(_cpu_f0, extractor, prep.padded)
-        return dec
-
-    pending: deque[tuple[Job, cf.Future[_Decoded]]] = deque()
-    writes: deque[tuple[Result, cf.Future[Any]]] = deque()
-    job_iter = iter(jobs)
-    prefetch_files = max(4, 2 * options.decode_workers)
-
-    def submit_more() -> None:
-        while len(pending) < prefetch_files:
-            job = next(job_iter, None)
-            if job is None:
-                return
-            if options.skip_existing and job.out_path is not None and job.out_path.exists():
-                fut: cf.Future[_Decoded] = cf.Future()
-                fut.set_result(_Decoded(job, None, 0.0, error="__skip__"))
-                pending.append((job, fut))
-                continue
-            pending.append((job, decode_pool.submit(decode_task, job)))
-
-    def drain_writes(block: bool) -> Iterator[Result]:
-        nonlocal done
-        while writes and (block or writes[0][1].done()):
-            res, fut = writes.popleft()
-            try:
-                seconds = fut.result()
-                if seconds is not None:
-                    res.timings["write"] = seconds
-            except Exception as exc:  # noqa: BLE001
-                res.error = f"{res.source}: writing {res.output_path} failed: {type(exc).__name__}: {exc}"
-                res.output_path = None
-                if options.on_error == "stop":
-                    raise
-            done += 1
-            if progress:
-                progress(res, done, total)
-            yield res
-
-    def emit(res: Result) -> Iterator[Result]:
-        nonlocal done
-        yield from drain_writes(block=True)
-        done += 1
-        if progress:
-            progress(res, done, total)
-        yield res
-
-    try:
-        submit_more()
-        while pending:
-            # ---- gather a group of decoded files, up to batch_seconds of audio
-            group: list[_Decoded] = []
-            samples = 0
-            while pending and (not group or samples < batch_samples):
-                job, fut = pending.popleft()
-                dec = fut.result()
-                submit_more()
-                if dec.error == "__skip__":
-                    yield from emit(make_result(job, None, vocoder.sample_rate, {}, None, 0.0, skipped=True))
-                    continue
-                if dec.error is not None:
-                    if options.on_error == "stop":
-                        raise RvcfastError(dec.error)
-                    yield from emit(make_result(job, None, vocoder.sample_rate, {"decode": dec.decode_seconds}, dec.error, 0.0))
-                    continue
-                group.append(dec)
-                samples += dec.prep.padded.shape[0]
-            if not group:
-                continue
-            yield from drain_writes(block=False)
-            for res, prep_audio, rate, timings, job in _convert_group(converter, group, params, options, extractor):
-                if res is not None:  # a failure inside the group
-                    if options.on_error == "stop":
-                        raise RvcfastError(res.error or "conversion failed")
-                    yield from emit(res)
-                    continue
-                result = make_result(job, prep_audio, rate, timings, None, group_seconds(job, group))
-                if job.out_path is not None:
-                    writes.append((result, write_pool.submit(_write_timed, job.out_path, prep_audio, rate, options)))
-                else:
-                    yield from emit(result)
-            yield from drain_writes(block=False)
-        yield from drain_writes(block=True)
-    finally:
-        for _, fut in pending:
-            fut.cancel()
-        decode_pool.shutdown(wait=True, cancel_futures=True)
-        write_pool.shutdown(wait=True)
-        if f0_pool is not None:
-            f0_pool.shutdown(wait=True, cancel_futures=True)
-
-
-def default_batch_seconds(device: Any) -> float:
-    """Audio batched per model call when ``batch_seconds`` is not given.
-
-    On a CPU, batching segments makes the HiFi-GAN decoder's large activations spill
-    out of the caches: measured on 2 cores, four 7 s segments took 28.8 s of synthesis
-    batched against 19.1 s one at a time. So the CPU default (8 s) sends about one
-    segment per call (files still overlap with decoding and writing); GPUs get 120 s.
-    """
-    return 8.0 if getattr(device, "type", str(device)) == "cpu" else 120.0
-
-
-def release_memory() -> None:
-    """Give freed heap memory back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
-
-    Tensors of many sizes come and go during a long batch; glibc keeps freed blocks
-    below its (adaptive) mmap threshold in the heap, so without this the resident size
-    creeps up by hundreds of MB over an hour-long file.
-    """
-    if sys.platform.startswith("linux"):
-        try:
-            ctypes.CDLL("libc.so.6").malloc_trim(0)
-        except (OSError, AttributeError):
-            pass
-
-
-def group_seconds(job: Job, group: Sequence[_Decoded]) -> float:
-    for d in group:
-        if d.job is job and d.prep is not None:
-            return d.prep.seconds
-    return 0.0
+    return _BatchRun(engine, jobs, params, options, progress).results()
 
 
 def _write_timed(path: Path, audio: np.ndarray, rate: int, options: BatchOptions) -> float:
     t0 = time.perf_counter()
     write_audio_atomic(path, audio, rate, format=options.format, subtype=options.subtype)
     return time.perf_counter() - t0
-
-
-def _convert_group(
-    converter: Converter,
-    group: list[_Decoded],
-    params: ConversionParams,
-    options: BatchOptions,
-    extractor: Any,
-) -> Iterator[tuple[Result | None, np.ndarray | None, int, dict[str, float], Job]]:
-    """F0 for the whole group, then every segment of every file through the models in length buckets."""
-    from .api import Result
-
-    vocoder = converter.vocoder
-    seconds = np.array([d.prep.padded.shape[0] for d in group], dtype=np.float64)
-    share = seconds / seconds.sum()
-    timings: list[dict[str, float]] = [{"decode": d.decode_seconds} for d in group]
-
-    def spread(stage: str, elapsed: float, members: Sequence[int] | None = None) -> None:
-        idx = list(range(len(group))) if members is None else list(members)
-        w = share[idx] / share[idx].sum()
-        for i, wi in zip(idx, w):
-            timings[i][stage] = timings[i].get(stage, 0.0) + elapsed * float(wi)
-
-    failed: dict[int, str] = {}
-
-    # ---- F0 (batched for neural backends, process pool for CPU-bound ones)
-    tracks: list[tuple[np.ndarray | None, np.ndarray | None]] = [(None, None)] * len(group)
-    if vocoder.has_f0:
-        t0 = time.perf_counter()
-        raw: list[np.ndarray | None] = [None] * len(group)
-        if group[0].f0 is not None:
-            for i, d in enumerate(group):
-                try:
-                    raw[i] = d.f0.result()
-                except Exception as exc:  # noqa: BLE001
-                    failed[i] = f"{d.job.label}: F0 extraction failed: {type(exc).__name__}: {exc}"
-            spread("f0", time.perf_counter() - t0)
-        else:
-            try:
-                out = extractor.extract_batch([d.prep.padded for d in group])
-                raw = list(out)
-            except Exception:  # noqa: BLE001 - isolate the bad file
-                for i, d in enumerate(group):
-                    try:
-                        raw[i] = extractor.extract(d.prep.padded)
-                    except Exception as exc:  # noqa: BLE001
-                        failed[i] = f"{d.job.label}: F0 extraction failed: {type(exc).__name__}: {exc}"
-            spread("f0", time.perf_counter() - t0)
-        for i, d in enumerate(group):
-            if i not in failed:
-                tracks[i] = pitch_track(np.asarray(raw[i]), d.prep.p_len, params)
-
-    # ---- segments of all files, bucketed by length
-    entries = []  # (group index, segment number, SegmentInput)
-    for i, d in enumerate(group):
-        if i in failed:
-            continue
-        coarse, pitchf = tracks[i]
-        for k, seg in enumerate(segment_inputs(d.prep, coarse, pitchf, params.seed)):
-            entries.append((i, k, seg))
-    # each file's output is written in place into one buffer as its segments finish
-    trim = vocoder.sample_rate * converter.segment_config.x_pad
-    buffers: dict[int, np.ndarray] = {}
-    offsets: dict[tuple[int, int], int] = {}
-    for i, d in enumerate(group):
-        if i in failed:
-            continue
-        pos = 0
-        for k, seg in enumerate(d.prep.segments):
-            offsets[(i, k)] = pos
-            pos += segment_output_length(
-                seg.end - seg.start, seg.f0_end - seg.f0_start, vocoder.hop_length, trim, params.keep_length
-            )
-        buffers[i] = np.empty(pos, dtype=np.float32)
-    entries.sort(key=lambda e: e[2].audio.shape[0])
-    budget = max(int(options.batch_seconds * 16000), max((e[2].audio.shape[0] for e in entries), default=1))
-    start = 0
-    while start < len(entries):
-        end = start + 1
-        longest = entries[start][2].audio.shape[0]
-        while end < len(entries):
-            longest = max(longest, entries[end][2].audio.shape[0])
-            if longest * (end + 1 - start) > budget:
-                break
-            end += 1
-        bucket = entries[start:end]
-        members = sorted({e[0] for e in bucket})
-        timer = Timer(converter.device)
-        try:
-            pieces = converter.synthesize_segments([e[2] for e in bucket], params, timer)
-        except Exception:  # noqa: BLE001 - retry one by one to isolate a bad input
-            pieces = []
-            for e in bucket:
-                try:
-                    pieces.extend(converter.synthesize_segments([e[2]], params, timer))
-                except Exception as exc:  # noqa: BLE001
-                    failed.setdefault(e[0], f"{group[e[0]].job.label}: synthesis failed: {type(exc).__name__}: {exc}")
-                    pieces.append(None)
-        for stage, elapsed in timer.times.items():
-            spread(stage, elapsed, members)
-        for e, piece in zip(bucket, pieces):
-            if piece is None or e[0] not in buffers:
-                continue
-            off = offsets[(e[0], e[1])]
-            buffers[e[0]][off : off + piece.shape[0]] = piece
-        del pieces
-        release_memory()
-        start = end
-
-    # ---- assemble per file
-    for i, d in enumerate(group):
-        if i in failed:
-            res = Result(np.zeros(0, np.float32), vocoder.sample_rate, timings[i], d.job.label, None, failed[i], index=d.job.number)
-            yield res, None, 0, timings[i], d.job
-            continue
-        t0 = time.perf_counter()
-        audio, rate = finish(buffers.pop(i), d.prep, vocoder.sample_rate, params)
-        timings[i]["post"] = timings[i].get("post", 0.0) + time.perf_counter() - t0
-        yield None, audio, rate, timings[i], d.job

@@ -89,32 +89,6 @@ def _parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
     return options
 
 
-def _f0_options(spec: str, weights: str | os.PathLike[str] | None, download: bool, extra: Sequence[str] | None) -> dict[str, Any]:
-    """Options for ``get_f0_extractor(spec, ...)``: ``--f0-option`` values, plus the weights file and
-    the download permission routed to RMVPE (to the ``rmvpe`` member of a hybrid, not to every member)."""
-    from .f0.registry import parse_hybrid
-
-    options = _parse_options(extra)
-    members = parse_hybrid(spec)
-    if members is None:
-        if weights is not None:
-            options["weights"] = weights
-        if download and spec.strip().lower() == "rmvpe":
-            options["allow_download"] = True
-        return options
-    if "rmvpe" in members:
-        sub = dict(options.get("rmvpe") or {})
-        if weights is not None:
-            sub["weights"] = weights
-        if download:
-            sub["allow_download"] = True
-        if sub:
-            options["rmvpe"] = sub
-    elif weights is not None:
-        raise UsageError(f"--f0-weights is the rmvpe.pt of a hybrid's rmvpe member, and {spec!r} has none")
-    return options
-
-
 def _expand_inputs(inputs: Sequence[str], recursive: bool) -> list[Path]:
     """Paths and folders -> audio file paths (folders: known audio extensions, sorted)."""
     from .batch import BatchOptions, expand_inputs
@@ -156,7 +130,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     """Convert files or folders to the voice of MODEL and write them to OUT."""
     from .api import Converter
     from .batch import BatchSummary
-    from .pipeline import ConversionParams
+    from .params import ConversionParams
     from .progress import BatchProgress
 
     if args.batch_seconds is not None and not args.batch_seconds > 0:
@@ -166,7 +140,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     inputs = _expand_inputs(args.inputs, args.recursive)
     if not inputs:
         raise UsageError(f"no audio files found in {', '.join(args.inputs)}" + ("" if args.recursive else " (use --recursive for sub-folders)"))
-    f0_options = _f0_options(args.f0, args.f0_weights, args.download, args.f0_option)
+    f0_options = _parse_options(args.f0_option)
     params = dict(
         pitch=args.pitch,
         index_rate=args.index_rate,
@@ -186,6 +160,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         index=args.index,
         encoder=args.encoder,
         f0=args.f0,
+        f0_weights=args.f0_weights,
         device=args.device,
         dtype=args.dtype,
         f0_options=f0_options,
@@ -314,17 +289,19 @@ def cmd_f0(args: argparse.Namespace) -> int:
     """Write the F0 track of each input (CSV ``time,f0`` or ``.npy``) into OUT."""
     import numpy as np
 
-    from .api import resolve_device
-    from .audio import load_16k
-    from .f0.registry import get_f0_extractor
+    from .runtime import resolve_device
+    from .audio import load_audio_16k
+    from .f0.registry import build_f0_extractor
 
     out = Path(args.output)
     _check_output_dir(out)
     inputs = _expand_inputs(args.inputs, args.recursive)
     if not inputs:
         raise UsageError(f"no audio files found in {', '.join(args.inputs)}")
-    options = _f0_options(args.method, args.f0_weights, args.download, args.f0_option)
-    extractor = get_f0_extractor(args.method, device=resolve_device(args.device), **options)
+    extractor = build_f0_extractor(
+        args.method, weights=args.f0_weights, allow_download=args.download,
+        options=_parse_options(args.f0_option), device=resolve_device(args.device),
+    )
     out.mkdir(parents=True, exist_ok=True)
     ext = "csv" if args.format == "csv" else "npy"
     used: set[str] = set()
@@ -338,7 +315,7 @@ def cmd_f0(args: argparse.Namespace) -> int:
         target = out / name
         t0 = time.perf_counter()
         try:
-            audio = load_16k(path)
+            audio = load_audio_16k(path)
             f0 = _fit_frames(extractor.extract(audio), audio.shape[0] // 160 + 1)
             tmp = target.with_name(f".{target.name}.part")
             if ext == "csv":
@@ -663,9 +640,9 @@ def build_bench_models(folder: str | os.PathLike[str], small: bool = False, *, l
     import numpy as np
 
     from .index import save_index
-    from .models.encoder import save_random_hubert
-    from .models.rmvpe import save_random_rmvpe
-    from .models.synthesizer import save_random_voice_model
+    from .testing import save_random_hubert
+    from .testing import save_random_rmvpe
+    from .testing import save_random_voice_model
 
     root = Path(folder).expanduser() / ("small" if small else "full")
     root.mkdir(parents=True, exist_ok=True)
@@ -735,7 +712,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     weights = paths["f0_weights"] if "rmvpe" in args.f0.lower() else None
     conv = Converter.from_pretrained(
         paths["model"], index=paths["index"], encoder=paths["encoder"], f0=args.f0,
-        f0_options=_f0_options(args.f0, weights, False, None), device=args.device, dtype=args.dtype,
+        f0_weights=weights, device=args.device, dtype=args.dtype,
     )
     load_seconds = time.perf_counter() - t0
     with tempfile.TemporaryDirectory(prefix="rvcfast-bench-") as tmp:

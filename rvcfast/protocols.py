@@ -24,6 +24,10 @@ class F0Extractor(Protocol):
     sample ``160 * i``) or fewer/more by a couple of frames for trackers that do
     not pad; the pipeline pads or trims to its own frame count. Unvoiced frames
     are 0. The caller applies the key shift and the coarse quantisation.
+
+    An extractor may also set ``cpu_bound = True`` (optional, default False): a
+    pure-CPU tracker that gains nothing from batching. The batch engine then runs
+    it in worker processes beside the networks (the object must be picklable).
     """
 
     name: str
@@ -76,7 +80,15 @@ class Vocoder(Protocol):
         pitchf: torch.Tensor | None = None,
         speaker: int = 0,
         noise: bool = True,
-        generator: torch.Generator | None = None,
+        generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
+        skip_frames: int = 0,
     ) -> torch.Tensor:
-        """``[B, T, C]`` features at 100 frames/s to ``[B, T * hop_length]`` audio."""
+        """``[B, T, C]`` features at 100 frames/s to ``[B, T * hop_length]`` audio.
+
+        ``generator`` seeds the noise (one per batch item, or one for all). ``skip_frames``
+        tells the vocoder that the first and last ``skip_frames`` frames of every item
+        are context whose output the caller drops: it may leave those output samples
+        unset (zeros) and save their work; every other sample must be what a full
+        pass would give.
+        """
         ...

@@ -260,14 +260,14 @@ def test_wav_sample_formats(subtype: str, tiny_converter: rvcfast.Converter, tmp
 
 def test_sample_formats_decode_to_the_same_signal(tmp_path: Path) -> None:
     """Integer and float WAVs are scaled to the same [-1, 1] range before conversion."""
-    from rvcfast.audio import load_16k
+    from rvcfast.audio import load_audio_16k
 
     x = tone(0.25)
     ref = None
     for subtype, tol in [("DOUBLE", 1e-12), ("FLOAT", 1e-6), ("PCM_32", 1e-8), ("PCM_24", 1e-6), ("PCM_16", 1e-4), ("PCM_U8", 2e-2)]:
         p = tmp_path / f"{subtype}.wav"
         sf.write(p, x, 16000, subtype=subtype)
-        y = load_16k(p)
+        y = load_audio_16k(p)
         if ref is None:
             ref = y
         assert np.abs(y - ref).max() <= tol, subtype

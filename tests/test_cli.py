@@ -38,7 +38,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
     """A tiny v2 40 kHz voice (3 speakers), a tiny ContentVec (HF layout), reduced RMVPE, a small index."""
     from rvcfast.index import save_index
     from rvcfast.testing import save_random_hubert
-    from rvcfast.models.rmvpe import save_random_rmvpe
+    from rvcfast.testing import save_random_rmvpe
     from rvcfast.testing import save_random_voice_model
 
     d = tmp_path_factory.mktemp("models")

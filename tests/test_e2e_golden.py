@@ -8,7 +8,8 @@ import soundfile as sf
 import torch
 
 import rvcfast
-from rvcfast.pipeline import ConversionParams, prepare
+from rvcfast.params import ConversionParams
+from rvcfast.pipeline import pitch_track, prepare
 
 
 @pytest.fixture(scope="module")
@@ -32,8 +33,8 @@ def test_short_input_discrete_decisions(golden, converter):
     x, _ = sf.read(golden / "audio" / "e2e_short_16k.wav", dtype="float32")
     dbg = np.load(golden / "e2e" / "short_debug.npz")
     prep = prepare(x.astype(np.float64))
-    f0 = converter.f0_extractor.extract(prep.padded)
-    coarse, pitchf = converter.pitch_for(prep, ConversionParams(), f0)
+    f0 = converter.engine.extract_f0([prep], ConversionParams())[0]
+    coarse, pitchf = pitch_track(f0, prep.p_len, ConversionParams())
     np.testing.assert_array_equal(coarse, dbg["pitch_full"][: prep.p_len])
     voiced = dbg["pitchf_full"][: prep.p_len] > 0
     np.testing.assert_array_equal(pitchf > 0, voiced)

@@ -25,8 +25,8 @@ from helpers import (  # noqa: F401 (fixtures)
 )
 
 import rvcfast
-from rvcfast import audio as rvc_audio
-from rvcfast.audio import remove_stale_parts, write_audio_atomic
+from rvcfast import writing as rvc_audio
+from rvcfast.writing import remove_stale_parts, write_audio_atomic
 
 
 def parts(folder: Path) -> list[str]:

@@ -7,7 +7,9 @@ import pytest
 import torch
 
 from rvcfast.errors import ParameterError
-from rvcfast.pipeline import ConversionParams, apply_protect, change_rms
+from rvcfast.dsp import change_rms
+from rvcfast.params import ConversionParams
+from rvcfast.pipeline import apply_protect
 
 
 def _librosa_style_rms(y, frame_length, hop):

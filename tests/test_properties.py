@@ -33,7 +33,7 @@ from hypothesis.extra import numpy as hnp
 import rvcfast
 from rvcfast import audio as rvc_audio
 from rvcfast.errors import AudioError, BackendUnavailableError, ModelLoadError, ParameterError, RvcfastError
-from rvcfast.pipeline import ConversionParams
+from rvcfast.params import ConversionParams
 
 HOP = MODEL_SR // 100
 NUM_SPEAKERS = 4  # the tiny voice model's speaker count
@@ -123,7 +123,7 @@ def test_bad_parameter_is_refused_before_a_batch_starts(
 
 @pytest.mark.parametrize(
     "option,value",
-    [("format", "mp3"), ("on_error", "ignore"), ("batch_seconds", 0), ("decode_workers", 0), ("name_template", "out")],
+    [("format", "m4a"), ("on_error", "ignore"), ("batch_seconds", 0), ("decode_workers", 0), ("name_template", "out")],
 )
 def test_bad_batch_option_is_refused_before_work(
     option: str, value: Any, tiny_converter: rvcfast.Converter, wav: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -137,7 +137,7 @@ def test_bad_batch_option_is_refused_before_work(
 
 def test_iter_batch_validates_options_at_call_time(tiny_converter: rvcfast.Converter, wav: Path, tmp_path: Path) -> None:
     with pytest.raises(ParameterError):
-        tiny_converter.iter_batch([wav], tmp_path / "out", format="mp3")
+        tiny_converter.iter_batch([wav], tmp_path / "out", format="m4a")
 
 
 def test_speaker_range_follows_the_model(tiny_converter: rvcfast.Converter) -> None:

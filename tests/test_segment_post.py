@@ -7,7 +7,7 @@ import pytest
 import soundfile as sf
 from scipy import signal
 
-from rvcfast.audio import highpass_48hz, input_peak_guard, output_peak_guard
+from rvcfast.dsp import highpass_48hz, input_peak_guard, output_peak_guard
 from rvcfast.f0.post import coarse_pitch, fit_length, postprocess, shift_f0
 from rvcfast.segment import SegmentConfig, find_split_points, plan_segments, reflect_pad
 

@@ -62,6 +62,8 @@ class BaseF0Extractor(ABC):
     name: str = "base"
     sample_rate: int = SAMPLE_RATE
     hop_length: int = HOP_LENGTH
+    #: True for pure-CPU trackers with no batching (the batch engine runs them in worker processes).
+    cpu_bound: bool = False
 
     def __init__(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
         self.device = torch.device(device)

@@ -99,6 +99,8 @@ class HybridExtractor(BaseF0Extractor):
         self.backends: list[F0Extractor] = backends
         self.min_voiced = int(min_voiced)
         self.name = name if name is not None else "hybrid:" + "+".join(str(b.name) for b in backends)
+        # worth a worker process only when every member is a pure-CPU tracker
+        self.cpu_bound = all(bool(getattr(b, "cpu_bound", False)) for b in backends)
 
     def extract(self, audio16k: np.ndarray) -> np.ndarray:
         """Combined F0 in Hz per 10 ms frame (0 = unvoiced): ``len // 160 + 1`` float64 values."""

@@ -74,6 +74,7 @@ class PMExtractor(BaseF0Extractor):
     """
 
     name = "pm"
+    cpu_bound = True
 
     def __init__(
         self,

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import importlib.metadata as md
 import inspect
+import os
 import re
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
@@ -312,3 +313,50 @@ def get_f0_extractor(name: str, **options: Any) -> F0Extractor:
     if reg is None:
         raise _unknown(name, registry)
     return _build(reg, options)
+
+
+def build_f0_extractor(
+    spec: str,
+    *,
+    weights: str | os.PathLike[str] | None = None,
+    allow_download: bool = False,
+    options: Mapping[str, Any] | None = None,
+    device: Any = "cpu",
+    dtype: Any = None,
+) -> F0Extractor:
+    """The one place that turns user-level F0 choices into an extractor.
+
+    Every front end (``Converter.from_pretrained``, the engine, the command line, the
+    server) calls this, so the same words mean the same thing everywhere:
+
+    * ``weights`` is the weights file of the backend (``rmvpe.pt`` for RMVPE, a model
+      file for backends that take ``weights``); for a hybrid it belongs to the hybrid's
+      ``rmvpe`` member only, and a hybrid without RMVPE refuses it.
+    * ``allow_download`` lets RMVPE (alone or in a hybrid) fetch ``rmvpe.pt`` into the cache.
+    * ``device``/``dtype``: where and in which precision the F0 network runs (the
+      converter's own, unless ``options`` says otherwise).
+    * ``options`` are the backend's own keyword options (``--f0-option KEY=VALUE``).
+    """
+    opts: dict[str, Any] = {"device": device}
+    if dtype is not None:
+        opts["dtype"] = dtype
+    opts.update(dict(options or {}))
+    members = parse_hybrid(spec)
+    rmvpe_opts: dict[str, Any] = {}
+    if weights is not None:
+        rmvpe_opts["weights"] = weights
+    if allow_download:
+        rmvpe_opts["allow_download"] = True
+    if members is not None:
+        if "rmvpe" in members:
+            if rmvpe_opts:
+                opts["rmvpe"] = {**rmvpe_opts, **dict(opts.get("rmvpe") or {})}
+        elif weights is not None:
+            raise ParameterError(
+                f"f0 weights are the rmvpe.pt of a hybrid's rmvpe member, and {spec!r} has no rmvpe member"
+            )
+    elif spec.strip().lower() == "rmvpe":
+        opts = {**rmvpe_opts, **opts}
+    elif weights is not None:
+        opts["weights"] = weights
+    return get_f0_extractor(spec, **opts)

@@ -58,6 +58,8 @@ def _check_range(f0_min: float, f0_max: float) -> tuple[float, float]:
 class _WorldExtractor(BaseF0Extractor):
     """Common part of :class:`HarvestExtractor` and :class:`DioExtractor`."""
 
+    cpu_bound = True
+
     def __init__(
         self,
         device: str | torch.device = "cpu",

@@ -1,0 +1,470 @@
+"""The conversion engine: loaded networks plus a one-way run over prepared audio.
+
+Every front end — :class:`~rvcfast.Converter`, the batch scheduler
+(:mod:`rvcfast.batch`), the HTTP server and the cluster runner — converts through one
+:class:`Engine`. Data flows one way through it::
+
+    decode ─► segment ─► F0 ─► features ─► index ─► synthesize ─► assemble
+    prepare()           extract_f0()   run(): segments of all inputs, packed by length
+
+* :meth:`Engine.prepare` decodes one input (file or array) to 16 kHz, applies the input
+  peak guard and RVC's 48 Hz high-pass, finds the split points and pads: a
+  :class:`~rvcfast.pipeline.PreparedAudio`. It is thread-safe and touches no network,
+  so schedulers run it in decode threads.
+* :meth:`Engine.extract_f0` runs the F0 tracker over several prepared inputs at once.
+* :meth:`Engine.run` takes prepared inputs (and optionally their F0 tracks), sends
+  every segment of every input through the content encoder, the index and the
+  synthesizer in length-packed batches, and assembles each input's output. A failing
+  input is reported in its :class:`~rvcfast.result.Result` (or raised with
+  ``raise_errors=True``); the others are unaffected.
+* :meth:`Engine.convert` is ``prepare`` + ``run`` for one input.
+
+Results do not depend on what an input is batched with: every stage that mixes time
+steps is masked, and the model noise is seeded per segment.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+from .audio import AudioInput, decode
+from .constants import F0_HOP, SR_16K
+from .errors import AudioError, ModelLoadError, ParameterError, RvcfastError
+from .packing import pack
+from .params import ConversionParams
+from .pipeline import (
+    PreparedAudio,
+    SegmentInput,
+    apply_protect,
+    finish,
+    pitch_track,
+    prepare,
+    segment_features,
+    segment_frames,
+    segment_inputs,
+    segment_output_length,
+)
+from .protocols import F0Extractor, FeatureEncoder, Vocoder
+from .result import Result
+from .runtime import default_batch_seconds, release_memory, resolve_device, resolve_dtype
+from .segment import SegmentConfig
+from .timing import Timer, spread
+
+__all__ = ["Engine", "load_encoder_cached"]
+
+#: F0 track of one input as handed to :meth:`Engine.run`: an array, or the exception that
+#: computing it raised (the input then fails with that reason).
+F0Track = np.ndarray | BaseException | None
+
+
+def load_encoder_cached(
+    encoder: str | os.PathLike[str] | None,
+    device: torch.device,
+    dtype: torch.dtype,
+    *,
+    allow_download: bool = False,
+) -> FeatureEncoder:
+    """The process-wide content encoder for this file/folder, device and dtype."""
+    from . import cache
+    from .models.encoder import load_encoder
+    from .weights import resolve_weights
+
+    path = resolve_weights("hubert", encoder, allow_download=allow_download)
+    return cache.get_or_load("encoder", path, device, dtype, lambda: load_encoder(path, device=device, dtype=dtype))
+
+
+@dataclass
+class _Item:
+    """One input on its way through :meth:`Engine.run`."""
+
+    prep: PreparedAudio
+    timings: dict[str, float] = field(default_factory=dict)
+    error: BaseException | None = None
+    coarse: np.ndarray | None = None
+    pitchf: np.ndarray | None = None
+    buffer: np.ndarray | None = None
+    offsets: list[int] = field(default_factory=list)
+
+
+class Engine:
+    """Loaded networks, device, precision and segment plan; converts prepared audio one way.
+
+    Build it with :meth:`load` (from files, base models from the process-wide cache) or
+    from model objects. Attributes: ``vocoder``, ``encoder``, ``f0_extractor`` (``None``
+    for models without pitch), ``index`` (or ``None``), ``device``, ``dtype``,
+    ``segment_config`` and ``batch_seconds`` (16 kHz audio per packed model call).
+    """
+
+    def __init__(
+        self,
+        vocoder: Vocoder,
+        encoder: FeatureEncoder,
+        f0_extractor: F0Extractor | None = None,
+        index: Any | None = None,
+        *,
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+        segment_config: SegmentConfig = SegmentConfig(),
+        batch_seconds: float | None = None,
+    ) -> None:
+        if vocoder.has_f0 and f0_extractor is None:
+            raise ParameterError("this voice model uses pitch (F0): an F0 extractor is required")
+        if index is not None and index.dim != vocoder.feature_dim:
+            raise ModelLoadError(
+                getattr(index, "path", None),
+                f"index dimension {index.dim} does not match the voice model's feature dimension "
+                f"{vocoder.feature_dim} ({vocoder.version}); use the index trained with this model",
+            )
+        if batch_seconds is not None and not batch_seconds > 0:
+            raise ParameterError(f"batch_seconds must be positive, got {batch_seconds}")
+        self.vocoder = vocoder
+        self.encoder = encoder
+        self.f0_extractor = f0_extractor if vocoder.has_f0 else None
+        self.index = index
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.segment_config = segment_config
+        self.batch_seconds = float(batch_seconds) if batch_seconds is not None else default_batch_seconds(self.device)
+
+    @classmethod
+    def load(
+        cls,
+        model: str | os.PathLike[str],
+        *,
+        index: str | os.PathLike[str] | None = None,
+        encoder: str | os.PathLike[str] | None = None,
+        f0: str | F0Extractor = "rmvpe",
+        f0_weights: str | os.PathLike[str] | None = None,
+        f0_options: dict[str, Any] | None = None,
+        device: str | torch.device = "auto",
+        dtype: torch.dtype | str = torch.float32,
+        allow_download: bool = False,
+        batch_seconds: float | None = None,
+    ) -> Engine:
+        """Load a voice model (and index) from files; see :meth:`rvcfast.Converter.from_pretrained`."""
+        from .index import load_index
+        from .models.synthesizer import load_vocoder
+
+        dev = resolve_device(device)
+        dt = resolve_dtype(dtype, dev)
+        vocoder = load_vocoder(model, device=dev, dtype=dt)
+        idx = load_index(index, device=dev) if index is not None else None
+        if idx is not None and idx.dim != vocoder.feature_dim:
+            raise ModelLoadError(
+                index,
+                f"index dimension {idx.dim} does not match the voice model's feature dimension "
+                f"{vocoder.feature_dim} ({vocoder.version} model {os.fspath(model)}); use the index trained with this model",
+            )
+        enc = load_encoder_cached(encoder, dev, dt, allow_download=allow_download)
+        extractor: F0Extractor | None = None
+        if vocoder.has_f0:
+            if isinstance(f0, str):
+                from .f0.registry import build_f0_extractor
+
+                # the F0 network runs in the engine's dtype too; f0_options={"dtype": ...} overrides it
+                extractor = build_f0_extractor(
+                    f0, weights=f0_weights, allow_download=allow_download, options=f0_options, device=dev, dtype=dt
+                )
+            elif isinstance(f0, F0Extractor):
+                extractor = f0
+            else:
+                raise ParameterError(f"f0 must be a backend name or an F0Extractor, got {type(f0).__name__}")
+        return cls(vocoder, enc, extractor, idx, device=dev, dtype=dt, batch_seconds=batch_seconds)
+
+    # ------------------------------------------------------------------ facts
+
+    @property
+    def sample_rate(self) -> int:
+        """The voice model's output sample rate."""
+        return self.vocoder.sample_rate
+
+    def params(self, params: ConversionParams | dict[str, Any] | None = None, **overrides: Any) -> ConversionParams:
+        """Conversion settings built from ``params`` and ``overrides``, checked against this model."""
+        return ConversionParams.build(params, **overrides).validate(self.vocoder)
+
+    # ------------------------------------------------------------------ stage 1: decode and segment
+
+    def prepare(
+        self,
+        source: AudioInput,
+        sample_rate: int | None = None,
+        *,
+        name: str | None = None,
+        params: ConversionParams | None = None,
+    ) -> PreparedAudio:
+        """Decode one input and run the signal stages (no network); thread-safe.
+
+        With ``params.strict`` an input with warnings raises :class:`~rvcfast.errors.AudioError`.
+        """
+        decoded = decode(source, sample_rate, name=name)
+        if params is not None and params.strict and decoded.warnings:
+            raise AudioError(None, "strict mode: " + "; ".join(decoded.warnings))
+        return prepare(decoded.audio, self.segment_config, label=decoded.label, warnings=decoded.warnings)
+
+    # ------------------------------------------------------------------ stage 2: F0
+
+    def f0_extractor_for(self, params: ConversionParams) -> F0Extractor | None:
+        """The F0 extractor with ``params``' per-call options applied (``filter_radius``)."""
+        ext = self.f0_extractor
+        if ext is not None and hasattr(ext, "filter_radius") and ext.filter_radius != params.filter_radius:
+            ext = copy.copy(ext)
+            ext.filter_radius = params.filter_radius  # type: ignore[attr-defined]
+        return ext
+
+    def extract_f0(self, preps: Sequence[PreparedAudio], params: ConversionParams) -> list[F0Track]:
+        """Raw F0 tracks of several prepared inputs (one batched call; a failing input gets its exception)."""
+        ext = self.f0_extractor_for(params)
+        if ext is None:
+            return [None] * len(preps)
+        try:
+            return list(ext.extract_batch([p.padded for p in preps]))
+        except Exception:  # noqa: BLE001 - isolate the bad input
+            out: list[F0Track] = []
+            for p in preps:
+                try:
+                    out.append(ext.extract(p.padded))
+                except Exception as exc:  # noqa: BLE001
+                    out.append(exc)
+            return out
+
+    # ------------------------------------------------------------------ stages 3-6
+
+    def run(
+        self,
+        preps: Sequence[PreparedAudio],
+        params: ConversionParams,
+        *,
+        f0: Sequence[F0Track] | None = None,
+        raise_errors: bool = False,
+        batch_seconds: float | None = None,
+    ) -> list[Result]:
+        """F0 (unless given) → features → index → synthesis → assembly for prepared inputs.
+
+        Returns one :class:`Result` per input, in order. A failing input gets ``error``
+        set (its name and the reason) unless ``raise_errors``, which re-raises the first
+        failure's exception as it happens. ``batch_seconds`` overrides the engine's
+        packing budget for this call.
+        """
+        items = [_Item(p) for p in preps]
+        self._pitch(items, params, f0, raise_errors)
+        budget = int((batch_seconds if batch_seconds is not None else self.batch_seconds) * SR_16K)
+        self._synthesize_all(items, params, raise_errors, budget)
+        return [self._assemble(item, params, raise_errors) for item in items]
+
+    def convert(
+        self,
+        source: AudioInput,
+        sample_rate: int | None = None,
+        params: ConversionParams | None = None,
+        *,
+        name: str | None = None,
+    ) -> Result:
+        """Convert one input (a batch of one); errors are raised."""
+        params = self.params(params)
+        timer = Timer(self.device)
+        with timer.stage("decode"):
+            prep = self.prepare(source, sample_rate, name=name, params=params)
+        result = self.run([prep], params, raise_errors=True)[0]
+        result.timings = {**timer.times, **result.timings}
+        return result
+
+    # ------------------------------------------------------------------ internals
+
+    def _fail(self, item: _Item, exc: BaseException, what: str, raise_errors: bool) -> None:
+        if raise_errors:
+            raise exc
+        if item.error is None:
+            item.error = _Failure(_describe(item.prep.label, what, exc))
+
+    def _pitch(self, items: list[_Item], params: ConversionParams, f0: Sequence[F0Track] | None, raise_errors: bool) -> None:
+        if not self.vocoder.has_f0:
+            return
+        t0 = time.perf_counter()
+        tracks = list(f0) if f0 is not None else self.extract_f0([it.prep for it in items], params)
+        if f0 is None:
+            spread({"f0": time.perf_counter() - t0}, [it.prep.padded.shape[0] for it in items], [it.timings for it in items])
+        for item, raw in zip(items, tracks):
+            if isinstance(raw, BaseException) or raw is None:
+                exc = raw if isinstance(raw, BaseException) else RvcfastError("no F0 track")
+                self._fail(item, exc, "F0 extraction failed", raise_errors)
+                continue
+            item.coarse, item.pitchf = pitch_track(np.asarray(raw), item.prep.p_len, params)
+
+    def _synthesize_all(self, items: list[_Item], params: ConversionParams, raise_errors: bool, budget: int) -> None:
+        voc = self.vocoder
+        trim = voc.sample_rate * self.segment_config.x_pad
+        entries: list[tuple[int, int, SegmentInput]] = []
+        for i, item in enumerate(items):
+            if item.error is not None:
+                continue
+            segs = segment_inputs(item.prep, item.coarse, item.pitchf, params.seed)
+            pos = 0
+            for k, seg in enumerate(segs):
+                item.offsets.append(pos)
+                pos += segment_output_length(seg.audio.shape[0], seg.frames, voc.hop_length, trim, params.keep_length)
+                entries.append((i, k, seg))
+            item.buffer = np.empty(pos, dtype=np.float32)
+        entries.sort(key=lambda e: e[2].audio.shape[0])
+        for group in pack([e[2].audio.shape[0] for e in entries], budget):
+            bucket = [entries[g] for g in group if items[entries[g][0]].error is None]
+            if bucket:
+                self._synthesize_bucket(items, bucket, params, raise_errors)
+                release_memory()
+
+    def _synthesize_bucket(
+        self, items: list[_Item], bucket: list[tuple[int, int, SegmentInput]], params: ConversionParams, raise_errors: bool
+    ) -> None:
+        timer = Timer(self.device)
+        try:
+            pieces: list[np.ndarray | None] = list(self.synthesize_segments([e[2] for e in bucket], params, timer))
+        except Exception as exc:  # noqa: BLE001 - retry one by one to isolate a bad input
+            if raise_errors or len(bucket) == 1:
+                self._fail(items[bucket[0][0]], exc, "synthesis failed", raise_errors)
+                pieces = [None]
+            else:
+                pieces = []
+                for e in bucket:
+                    try:
+                        pieces.extend(self.synthesize_segments([e[2]], params, timer))
+                    except Exception as exc1:  # noqa: BLE001
+                        self._fail(items[e[0]], exc1, "synthesis failed", raise_errors)
+                        pieces.append(None)
+        spread(timer.times, [e[2].audio.shape[0] for e in bucket], [items[e[0]].timings for e in bucket])
+        for (i, k, _), piece in zip(bucket, pieces):
+            item = items[i]
+            if piece is None or item.error is not None or item.buffer is None:
+                continue
+            off = item.offsets[k]
+            item.buffer[off : off + piece.shape[0]] = piece
+
+    def _assemble(self, item: _Item, params: ConversionParams, raise_errors: bool) -> Result:
+        prep = item.prep
+        if item.error is None and item.buffer is not None:
+            t0 = time.perf_counter()
+            try:
+                audio, rate = finish(item.buffer, prep, self.vocoder.sample_rate, params)
+            except Exception as exc:  # noqa: BLE001
+                self._fail(item, exc, "post-processing failed", raise_errors)
+            else:
+                item.timings["post"] = item.timings.get("post", 0.0) + time.perf_counter() - t0
+                item.buffer = None
+                return Result(audio, rate, item.timings, prep.label, input_seconds=prep.seconds, warnings=list(prep.warnings))
+        return Result(
+            np.zeros(0, np.float32),
+            self.vocoder.sample_rate,
+            item.timings,
+            prep.label,
+            error=str(item.error),
+            input_seconds=prep.seconds,
+            warnings=list(prep.warnings),
+        )
+
+    # ------------------------------------------------------------------ the model calls
+
+    def synthesize_segments(self, segs: Sequence[SegmentInput], params: ConversionParams, timer: Timer) -> list[np.ndarray]:
+        """Features → index → ×2 → protect → synthesis → trim, for segments batched together."""
+        with torch.inference_mode():
+            with timer.stage("features"):
+                feats = segment_features(
+                    self.encoder, [s.audio for s in segs], self.vocoder.version, self.device, self.dtype, params.v1_output_layer
+                )
+            use_protect = self.vocoder.has_f0 and params.protect < 0.5
+            prepared: list[tuple[torch.Tensor, torch.Tensor | None]] = []
+            with timer.stage("index"):
+                for f in feats:
+                    f0feats = f.clone() if use_protect else None
+                    if self.index is not None and params.index_rate != 0:
+                        f = self.index.blend(f.float(), params.index_rate).to(f.dtype)
+                    f = f.repeat_interleave(2, dim=0)
+                    if f0feats is not None:
+                        f0feats = f0feats.repeat_interleave(2, dim=0)
+                    prepared.append((f, f0feats))
+            with timer.stage("synth"):
+                return self._synth_batch(segs, prepared, params, use_protect)
+
+    def _synth_item(
+        self, seg: SegmentInput, f: torch.Tensor, f0feats: torch.Tensor | None, params: ConversionParams, use_protect: bool
+    ) -> tuple[torch.Tensor, int, torch.Tensor | None, torch.Tensor | None]:
+        n = seg.audio.shape[0]
+        if params.keep_length:
+            p_len = segment_frames(n, seg.frames, True)
+            if f.shape[0] < p_len:  # repeat the last content frame to cover the whole span
+                f = torch.cat([f, f[-1:].expand(p_len - f.shape[0], -1)])
+                if f0feats is not None:
+                    f0feats = torch.cat([f0feats, f0feats[-1:].expand(p_len - f0feats.shape[0], -1)])
+        else:
+            p_len = min(n // F0_HOP, f.shape[0])
+        f = f[:p_len]
+        pitch = pitchf = None
+        if self.vocoder.has_f0:
+            assert seg.pitch is not None and seg.pitchf is not None
+            pitch = torch.from_numpy(np.ascontiguousarray(seg.pitch[:p_len])).to(self.device)
+            pitchf = torch.from_numpy(np.ascontiguousarray(seg.pitchf[:p_len])).to(self.device)
+            if use_protect and f0feats is not None:
+                f = apply_protect(f, f0feats[:p_len], pitchf, params.protect)
+        return f, p_len, pitch, pitchf
+
+    def _synth_batch(
+        self,
+        segs: Sequence[SegmentInput],
+        prepared: list[tuple[torch.Tensor, torch.Tensor | None]],
+        params: ConversionParams,
+        use_protect: bool,
+    ) -> list[np.ndarray]:
+        voc = self.vocoder
+        items = [self._synth_item(seg, f, f0feats, params, use_protect) for seg, (f, f0feats) in zip(segs, prepared)]
+        T, B, C = max(it[1] for it in items), len(items), items[0][0].shape[1]
+        feats = torch.zeros(B, T, C, device=self.device, dtype=self.dtype)
+        lengths = torch.tensor([it[1] for it in items], device=self.device)
+        pitch_b = pitchf_b = None
+        if voc.has_f0:
+            pitch_b = torch.ones(B, T, dtype=torch.long, device=self.device)
+            pitchf_b = torch.zeros(B, T, dtype=torch.float32, device=self.device)
+        for i, (f, p_len, pitch, pitchf) in enumerate(items):
+            feats[i, :p_len] = f.to(self.dtype)
+            if pitch_b is not None and pitchf_b is not None:
+                pitch_b[i, :p_len] = pitch
+                pitchf_b[i, :p_len] = pitchf
+        skip = 100 * self.segment_config.x_pad  # frames of padding context dropped at each end
+        out = voc.synthesize(
+            feats, lengths, pitch_b, pitchf_b, speaker=params.speaker, noise=params.noise,
+            generator=self._generators(segs, params), skip_frames=skip,
+        )
+        out = out.float().cpu().numpy()
+        trim = voc.sample_rate * self.segment_config.x_pad
+        hop = voc.hop_length
+        return [out[i, : items[i][1] * hop][trim : items[i][1] * hop - trim] for i in range(B)]
+
+    def _generators(self, segs: Sequence[SegmentInput], params: ConversionParams) -> list[torch.Generator] | None:
+        if not params.noise or all(seg.seed is None for seg in segs):
+            return None
+        generators = []
+        for seg in segs:
+            g = torch.Generator(device=self.device)
+            if seg.seed is not None:
+                g.manual_seed(seg.seed)
+            else:
+                g.seed()
+            generators.append(g)
+        return generators
+
+
+class _Failure(RvcfastError):
+    """An input's failure as reported in its Result (the message names the input)."""
+
+
+def _describe(label: str | None, what: str, exc: BaseException) -> str:
+    text = str(exc)
+    if isinstance(exc, RvcfastError):
+        # rvcfast's own errors already say what went wrong (and usually name the file)
+        return text if (label is None or label in text) else f"{label}: {text}"
+    where = f"{label}: " if label else ""
+    return f"{where}{what}: {type(exc).__name__}: {text}"

@@ -1,0 +1,243 @@
+"""Conversion settings: one :class:`ConversionParams` object, shared by every front end.
+
+The library (``Converter.convert(..., **overrides)``), the command line, the server and
+the cluster runner all build their options from the fields declared here, so a parameter
+is named, documented, range-checked and defaulted in exactly one place.
+
+Each field carries metadata that front ends read through :func:`param_specs`:
+``help`` (one line), ``metavar`` and ``kind`` (``"number"``, ``"int"``, ``"bool"``,
+``"optional-int"``, ``"optional-number"``, or ``"mapping"``/``"pair"`` for structured values).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from .errors import ParameterError
+
+__all__ = ["ConversionParams", "ParamSpec", "param_specs", "coerce_param"]
+
+
+def _meta(help: str, kind: str, metavar: str | None = None, cli: bool = True) -> dict[str, Any]:
+    return {"help": help, "kind": kind, "metavar": metavar, "cli": cli}
+
+
+@dataclass(frozen=True)
+class ConversionParams:
+    """Every conversion parameter, with the reference defaults.
+
+    Build one directly, with :meth:`replace` from another, or let
+    ``Converter.convert(audio, pitch=2, ...)`` build it from keyword overrides.
+
+    Attributes
+    ----------
+    pitch:
+        Key shift in semitones (RVC ``f0_up_key``); +12 is an octave up. Range -48..48.
+    index_rate:
+        Share of retrieved index features blended into the content features, 0..1
+        (0 = index unused, 1 = only retrieved features). Default 0.75.
+    protect:
+        Protection of unvoiced consonants and breaths, 0..0.5: on unvoiced frames only
+        ``protect`` of the index-blended features is used, the rest is the original.
+        0.5 switches protection off; lower values protect more. Default 0.33.
+    rms_mix_rate:
+        Loudness envelope: 1 keeps the converted voice's own envelope (default, and
+        what Applio calls volume_envelope = 1), 0 copies the input's envelope.
+    filter_radius:
+        Harvest only: a value > 2 applies a 3-tap median filter to the F0 track (default 3).
+    speaker:
+        Speaker id for multi-speaker models (default 0).
+    noise:
+        Sample the model's noise (prior noise and NSF excitation noise), as the
+        reference does. ``False`` makes the output deterministic.
+    seed:
+        Seed for that noise; the same seed gives the same output.
+    output_sample_rate:
+        Resample the output to this rate (soxr, very high quality); ``None`` keeps the model's rate.
+    v1_output_layer:
+        Content-encoder layer for v1 models (RVC: 9; Applio uses the last, 12).
+    fill_unvoiced:
+        Interpolate F0 through unvoiced frames before the key shift (RVC 2026 ``main``);
+        off by default, as in the classic pipeline.
+    keep_length:
+        Length-exact output: every segment is synthesised for its full span (the last
+        content frame is repeated to fill the 10-20 ms the encoder's frame grid leaves
+        out), so the output is ``len(input) * rate / 16000`` to within one hop and long
+        inputs do not drift at segment joins. Off by default: the reference drops up to
+        two frames per segment (RVC WebUI #2317), and the default reproduces it exactly.
+    strict:
+        Turn every input warning (truncated file, clipped input, DC offset, channels
+        mixed down) into an error for that input. Off by default: warnings are reported
+        in ``Result.warnings`` and the conversion goes on.
+    """
+
+    pitch: float = field(default=0.0, metadata=_meta("key shift in semitones, -48..48 (+12 = an octave up)", "number", "SEMITONES"))
+    index_rate: float = field(default=0.75, metadata=_meta("share of retrieved index features, 0..1", "number", "RATE"))
+    protect: float = field(default=0.33, metadata=_meta("protection of consonants/breaths, 0..0.5 (0.5 = off)", "number", "P"))
+    rms_mix_rate: float = field(default=1.0, metadata=_meta("loudness envelope: 1 = the voice's own, 0 = the input's", "number", "RATE"))
+    filter_radius: int = field(default=3, metadata=_meta("harvest only: > 2 median-filters the F0 track", "int", "N"))
+    speaker: int = field(default=0, metadata=_meta("speaker id of multi-speaker models", "int", "ID"))
+    noise: bool = field(default=True, metadata=_meta("sample the model's noise like the reference (off: deterministic)", "bool"))
+    seed: int | None = field(default=None, metadata=_meta("seed for the model's noise (same seed, same output)", "optional-int", "N"))
+    output_sample_rate: int | None = field(
+        default=None, metadata=_meta("resample the output to HZ (default: the model's rate)", "optional-int", "HZ")
+    )
+    v1_output_layer: int = field(default=9, metadata=_meta("content-encoder layer for v1 models (RVC 9, Applio 12)", "int", "N"))
+    fill_unvoiced: bool = field(default=False, metadata=_meta("interpolate F0 through unvoiced frames before the shift", "bool"))
+    keep_length: bool = field(
+        default=False, metadata=_meta("length-exact output (no drift at segment joins of long files)", "bool")
+    )
+    strict: bool = field(default=False, metadata=_meta("treat input warnings (truncated, clipped...) as errors", "bool"))
+
+    # ------------------------------------------------------------------ building
+
+    def replace(self, **overrides: Any) -> ConversionParams:
+        """A copy with ``overrides`` applied; an unknown name is a :class:`ParameterError` naming it."""
+        if not overrides:
+            return self
+        names = {f.name for f in dataclasses.fields(self)}
+        for key in overrides:
+            if key not in names:
+                raise ParameterError(_unknown_message(key, names))
+        return dataclasses.replace(self, **overrides)
+
+    @classmethod
+    def build(cls, params: ConversionParams | Mapping[str, Any] | None = None, **overrides: Any) -> ConversionParams:
+        """``params`` (an object, a mapping or ``None`` for the defaults) with keyword ``overrides`` applied."""
+        if params is None:
+            base = cls()
+        elif isinstance(params, ConversionParams):
+            base = params
+        elif isinstance(params, Mapping):
+            base = cls().replace(**dict(params))
+        else:
+            raise ParameterError(f"params must be a ConversionParams or a mapping, got {type(params).__name__}")
+        return base.replace(**overrides)
+
+    # ------------------------------------------------------------------ checking
+
+    def validate(self, vocoder: Any | None = None) -> ConversionParams:
+        """Raise :class:`ParameterError` for any value outside its range (checked before work starts).
+
+        ``vocoder`` (anything with ``num_speakers``) also checks the speaker id. Returns ``self``.
+        """
+        _check_range("pitch", self.pitch, -48, 48, "semitones")
+        _check_range("index_rate", self.index_rate, 0, 1)
+        _check_range("protect", self.protect, 0, 0.5, "(0.5 = off)")
+        _check_range("rms_mix_rate", self.rms_mix_rate, 0, 1)
+        _check_int("filter_radius", self.filter_radius, 0)
+        _check_int("speaker", self.speaker, 0)
+        _check_int("v1_output_layer", self.v1_output_layer, 1)
+        for name in ("noise", "fill_unvoiced", "keep_length", "strict"):
+            if not isinstance(getattr(self, name), (bool, np.bool_)):
+                raise ParameterError(f"{name} must be true or false, got {getattr(self, name)!r}")
+        if self.seed is not None:
+            _check_int("seed", self.seed, None)
+        if self.output_sample_rate is not None:
+            _check_int("output_sample_rate", self.output_sample_rate, 8000)
+            if int(self.output_sample_rate) > 384000:
+                raise ParameterError(f"output_sample_rate must be within 8000..384000 Hz, got {self.output_sample_rate}")
+        if vocoder is not None and self.speaker >= vocoder.num_speakers:
+            raise ParameterError(
+                f"speaker {self.speaker} is out of range: this model has {vocoder.num_speakers} speaker(s) "
+                f"(0..{vocoder.num_speakers - 1})"
+            )
+        return self
+
+
+def _unknown_message(key: str, names: set[str]) -> str:
+    close = difflib.get_close_matches(key, sorted(names), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown conversion parameter {key!r}{hint}; valid parameters: {', '.join(sorted(names))}"
+
+
+def _finite(name: str, value: Any) -> float:
+    if isinstance(value, (bool, np.bool_)):
+        raise ParameterError(f"{name} must be a number, got {value!r}")
+    try:
+        v = float(value)
+    except (TypeError, ValueError):
+        raise ParameterError(f"{name} must be a number, got {value!r}") from None
+    if not math.isfinite(v):
+        raise ParameterError(f"{name} must be finite, got {value!r}")
+    return v
+
+
+def _check_range(name: str, value: Any, lo: float, hi: float, unit: str = "") -> None:
+    v = _finite(name, value)
+    if not lo <= v <= hi:
+        suffix = f" {unit}" if unit else ""
+        raise ParameterError(f"{name} must be within {lo:g}..{hi:g}{suffix}, got {value!r}")
+
+
+def _check_int(name: str, value: Any, minimum: int | None) -> None:
+    if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
+        raise ParameterError(f"{name} must be an integer, got {value!r}")
+    if minimum is not None and value < minimum:
+        raise ParameterError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+# ---------------------------------------------------------------------- front-end support
+
+
+@dataclass(frozen=True)
+class ParamSpec:
+    """What a front end needs to expose one conversion parameter."""
+
+    name: str
+    kind: str
+    default: Any
+    help: str
+    metavar: str | None
+    cli: bool
+
+
+def param_specs() -> list[ParamSpec]:
+    """Every conversion parameter with its kind, default and help, in declaration order."""
+    specs = []
+    for f in dataclasses.fields(ConversionParams):
+        m = f.metadata
+        specs.append(ParamSpec(f.name, m["kind"], f.default, m["help"], m.get("metavar"), m.get("cli", True)))
+    return specs
+
+
+_TRUE = {"1", "true", "yes", "on"}
+_FALSE = {"0", "false", "no", "off"}
+
+
+def coerce_param(name: str, raw: Any) -> Any:
+    """Convert a text value (query string, form field, environment) to the type of parameter ``name``.
+
+    Non-text values are returned as they are (the range check is :meth:`ConversionParams.validate`).
+    """
+    kinds = {s.name: s.kind for s in param_specs()}
+    if name not in kinds:
+        raise ParameterError(_unknown_message(name, set(kinds)))
+    if not isinstance(raw, str):
+        return raw
+    text = raw.strip()
+    kind = kinds[name]
+    if kind.startswith("optional-") and text.lower() in ("", "none", "null"):
+        return None
+    try:
+        if kind == "bool":
+            if text.lower() in _TRUE:
+                return True
+            if text.lower() in _FALSE:
+                return False
+            raise ValueError
+        if kind in ("int", "optional-int"):
+            return int(text)
+        if kind in ("number", "optional-number"):
+            return float(text)
+    except ValueError:
+        expected = {"bool": "true or false", "int": "an integer", "optional-int": "an integer"}.get(kind, "a number")
+        raise ParameterError(f"{name} must be {expected}, got {raw!r}") from None
+    return text

@@ -1,0 +1,128 @@
+"""Audio out: atomic writes and the output formats rvcfast writes.
+
+A reader never sees a partial output file: every write goes to a temporary file in
+the destination folder (``.<name>.<host>~<pid>~<random>.part``), is flushed to disk and
+then renamed over the destination. Temporary files left by a killed process are
+recognised by that name and removed by the next run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+from .errors import ParameterError
+
+__all__ = ["SUPPORTED_WRITE_FORMATS", "MP3_RATES", "mp3_rate", "write_audio_atomic", "remove_stale_parts"]
+
+#: Output formats: our name -> libsndfile's format name.
+SUPPORTED_WRITE_FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3"}
+
+#: Sample rates an MP3 stream can carry (MPEG-1/2/2.5).
+MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
+
+
+def mp3_rate(sample_rate: int) -> int:
+    """The MP3 rate an output at ``sample_rate`` is written at: the nearest allowed one (lower on ties).
+
+    40 kHz models are written as 44.1 kHz MP3, as Applio's export does.
+    """
+    return min(MP3_RATES, key=lambda r: abs(r - int(sample_rate)))
+
+_HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname() or "host")[:40] or "host"
+# ".<name>.<host>~<pid>~<random>.part": who wrote a temporary file, so a later run can tell a stale one
+_PART_RE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)~(?P<pid>\d+)~[A-Za-z0-9_]*\.part$")
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's process) or cannot tell: keep the file
+    return True
+
+
+def remove_stale_parts(directory: str | os.PathLike[str], name: str | None = None) -> list[Path]:
+    """Delete temporary files of :func:`write_audio_atomic` left behind by a killed process.
+
+    Only files of rvcfast's own naming pattern (``.<name>.<host>~<pid>~<random>.part``)
+    written on this host by a process that no longer exists are removed; with
+    ``name`` only those for that output file name. Returns the paths removed.
+    """
+    d = Path(directory)
+    removed: list[Path] = []
+    pattern = f".{_glob_escape(name)}.*.part" if name is not None else ".*.part"
+    try:
+        candidates = list(d.glob(pattern))
+    except OSError:
+        return removed
+    for f in candidates:
+        m = _PART_RE.match(f.name)
+        if m is None or (name is not None and m.group("name") != name) or m.group("host") != _HOST:
+            continue
+        if _pid_alive(int(m.group("pid"))):
+            continue
+        try:
+            f.unlink()
+            removed.append(f)
+        except OSError:
+            pass
+    return removed
+
+
+def _glob_escape(text: str) -> str:
+    """``text`` with glob metacharacters escaped."""
+    return re.sub(r"([*?\[])", r"[\1]", text)
+
+
+def write_audio_atomic(
+    path: str | os.PathLike[str],
+    audio: np.ndarray,
+    sample_rate: int,
+    *,
+    format: str | None = None,
+    subtype: str | None = None,
+) -> Path:
+    """Write ``audio`` to ``path`` through a temporary file in the same folder, then rename.
+
+    A reader never sees a partial file: either the old file (or nothing) or the
+    complete new one. The data is flushed to disk before the rename. The temporary
+    file (``.<name>.<host>~<pid>~<random>.part``) is removed if anything fails, and
+    stale ones for the same ``path`` left by a killed process are removed first.
+    """
+    p = Path(path)
+    fmt = (format or p.suffix.lstrip(".") or "wav").lower()
+    if fmt not in SUPPORTED_WRITE_FORMATS:
+        raise ParameterError(f"{p}: output format {fmt!r} is not supported (choose from {sorted(SUPPORTED_WRITE_FORMATS)})")
+    audio = np.asarray(audio, dtype=np.float32)
+    if fmt == "mp3" and int(sample_rate) not in MP3_RATES:
+        from .dsp import resample
+
+        target = mp3_rate(sample_rate)
+        audio, sample_rate = resample(audio, int(sample_rate), target, dtype=np.float32), target
+    p.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_parts(p.parent, p.name)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{_HOST}~{os.getpid()}~", suffix=".part", dir=p.parent)
+    os.close(fd)
+    try:
+        sf.write(tmp, audio, int(sample_rate), format=SUPPORTED_WRITE_FORMATS[fmt], subtype=subtype)
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+    return p
