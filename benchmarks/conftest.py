@@ -40,7 +40,7 @@ def full_models() -> dict[str, Path]:
     """Paths of full-size random models: v2 40k voice, fairseq hubert_base.pt, rmvpe.pt, a 768-d index."""
     from rvcfast.index import save_index
     from rvcfast.testing import save_random_hubert
-    from rvcfast.models.rmvpe import save_random_rmvpe
+    from rvcfast.testing import save_random_rmvpe
     from rvcfast.testing import save_random_voice_model
 
     MODELS.mkdir(parents=True, exist_ok=True)

@@ -340,7 +340,7 @@ def _rmvpe_weights(path: str | os.PathLike[str] | None) -> tuple[Path, bool]:
     models = Path(os.environ.get("RVCFAST_BENCH_MODELS", REPO / ".benchmarks" / "models"))
     p = models / "rmvpe.pt"
     if not p.exists():
-        from rvcfast.models.rmvpe import save_random_rmvpe
+        from rvcfast.testing import save_random_rmvpe
 
         models.mkdir(parents=True, exist_ok=True)
         save_random_rmvpe(p, full_size=True, seed=0)  # same file as benchmarks/conftest.py's fixture

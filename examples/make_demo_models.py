@@ -35,7 +35,7 @@ import soundfile as sf
 
 from rvcfast.index import save_index
 from rvcfast.testing import save_random_hubert
-from rvcfast.models.rmvpe import save_random_rmvpe
+from rvcfast.testing import save_random_rmvpe
 from rvcfast.testing import save_random_voice_model
 
 HERE = Path(__file__).resolve().parent

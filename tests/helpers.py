@@ -27,7 +27,7 @@ import torch
 import rvcfast
 from rvcfast.index import save_index
 from rvcfast.testing import save_random_hubert
-from rvcfast.models.rmvpe import save_random_rmvpe
+from rvcfast.testing import save_random_rmvpe
 from rvcfast.testing import save_random_voice_model
 
 #: Output rate of the tiny voice model.

@@ -19,9 +19,9 @@ from rvcfast.models.rmvpe import (
     e2e_state_shapes,
     load_rmvpe,
     mel_filterbank,
-    save_random_rmvpe,
 )
 from rvcfast.safe_load import load_torch_file
+from rvcfast.testing import save_random_rmvpe
 
 MEL_FLOOR = float(np.log(1e-5))
 
