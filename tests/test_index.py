@@ -165,7 +165,7 @@ def test_search_matches_brute_force(tmp_path: Path, nprobe: int) -> None:
 
 def test_small_work_budgets_give_the_same_answer(monkeypatch: pytest.MonkeyPatch) -> None:
     """Tiny chunk budgets force every chunked code path (large lists scanned alone, row chunks)."""
-    import rvcfast.index as index_mod
+    import rvcfast.index.search as index_mod
 
     x = _clustered(3000, 20, seed=22)
     x = np.concatenate([x, x[:300]])  # duplicates too

@@ -1,0 +1,425 @@
+"""Exact L2 nearest-neighbour search over inverted lists, with faiss's semantics.
+
+The ``nprobe`` nearest coarse centroids are found (:func:`coarse_assign`), only those
+inverted lists are scanned, and the ``k`` nearest vectors by squared L2 come back in
+ascending order, padded with id ``-1`` and distance :data:`FLT_MAX` when the probed
+lists hold fewer than ``k`` vectors (:func:`knn_search`).
+
+Numerics. faiss computes distances in float32 (the coarse quantizer through BLAS as
+``|x|^2 + |c|^2 - 2 x.c`` for batches of 20 or more queries, the list scan as a sum of
+squared differences). Neither rounding can be reproduced exactly, so this module decides
+on distances as close to exact as possible. A fast first pass (matrix products: float32
+on the CPU, float64 on CUDA, where TF32 may be in force) ranks the centroids and keeps
+``k + 8`` candidates per probed list. Wherever two candidates on either side of a
+decision (the ``nprobe``-th centroid, the ``k``-th neighbour, the last candidate kept)
+are closer than a generous bound on that pass's rounding error, the decision is made
+again on exact float64 sums of squared differences. The ``k`` neighbours returned get
+exact float64 distances, rounded to float32. Ties (duplicate vectors) are resolved like
+faiss: among equal distances the vector scanned first keeps its place, and equal
+distances are listed by increasing id.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import numpy as np
+import torch
+
+__all__ = ["FLT_MAX", "ListStore", "coarse_assign", "knn_search", "sqnorms"]
+
+FLT_MAX: float = float(np.finfo(np.float32).max)
+"""Distance faiss reports for a missing neighbour (id ``-1``)."""
+
+# Candidates kept per probed list / per query beyond ``k`` by the fast first pass.
+_MARGIN = 8
+# Elements (not bytes) of scratch one chunk of element-wise work may allocate
+# (small enough to stay in cache), and of one matrix-product result.
+_CHUNK_ELEMS = 1 << 18
+_GEMM_ELEMS = 1 << 21
+
+
+def _fast_dtype(device: torch.device) -> torch.dtype:
+    """dtype of the first-pass matrix products (centroid ranking and list scan).
+
+    float32 on the CPU when full-precision float32 matmul is in force; float64
+    otherwise (CUDA may use TF32, whose 10-bit mantissa is far too coarse for
+    the error bounds used to detect near-ties).
+    """
+    if device.type == "cpu" and torch.get_float32_matmul_precision() == "highest":
+        return torch.float32
+    return torch.float64
+
+
+def _tolerance(qn64: torch.Tensor, vmax: float, dt: torch.dtype, dim: int) -> torch.Tensor:
+    """Generous bound on the error of ``|x|^2 + |v|^2 - 2 x.v`` computed in ``dt``.
+
+    Two candidates closer than this are treated as possibly swapped, and the
+    row is recomputed exactly. (The rounding error of a length-``dim`` dot
+    product grows like ``sqrt(dim)`` in practice and ``dim`` at worst; the
+    bound is ~10x the typical error and near the worst case for ``dim <= 1024``.)
+    """
+    rel = (4e-5 if dt == torch.float32 else 1e-11) * max(1.0, dim / 1024)
+    return rel * (qn64 + vmax) + 1e-30
+
+
+def sqnorms(x: torch.Tensor) -> torch.Tensor:
+    """float64 squared norms of the rows of ``x``, in bounded-size chunks."""
+    out = torch.empty(x.shape[0], dtype=torch.float64, device=x.device)
+    step = max(1, _CHUNK_ELEMS // max(1, x.shape[1]))
+    for a in range(0, x.shape[0], step):
+        out[a : a + step] = x[a : a + step].to(torch.float64).square().sum(1)
+    return out
+
+
+def _next_pow2(n: np.ndarray) -> np.ndarray:
+    """Smallest power of two >= each entry (>= 1)."""
+    n = np.maximum(np.asarray(n, dtype=np.int64), 1)
+    return (1 << np.ceil(np.log2(n)).astype(np.int64)).astype(np.int64)
+
+
+def _exact_sqdist(x64: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """float64 sum of squared differences: ``x64`` [B, d] against ``v`` [B, M, d] -> [B, M].
+
+    Identical stored vectors always get identical distances here (each row is
+    reduced the same way), which is what tie-breaking relies on.
+    """
+    diff = v.to(torch.float64) - x64[:, None, :]
+    return (diff * diff).sum(-1)
+
+
+def _order_by(dist: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """Row-wise permutation sorting by ``dist``, ties by ``key`` (both [B, M])."""
+    o1 = torch.argsort(key, dim=1, stable=True)
+    o2 = torch.argsort(torch.gather(dist, 1, o1), dim=1, stable=True)
+    return torch.gather(o1, 1, o2)
+
+
+def _exact_best(x64: torch.Tensor, v: torch.Tensor, take: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``take`` nearest rows of ``v`` [s, d] for each query of ``x64`` [R, d], exactly.
+
+    Returns ``(positions, distances)`` [R, take]: float64 sums of squared
+    differences, ties to the lower position. ``v`` is scanned in chunks so
+    memory stays bounded even for a list of 100k vectors.
+    """
+    R, d = x64.shape
+    s = v.shape[0]
+    vstep = max(1, _CHUNK_ELEMS // max(1, R * d))
+    best_d = torch.empty((R, 0), dtype=torch.float64, device=x64.device)
+    best_p = torch.empty((R, 0), dtype=torch.int64, device=x64.device)
+    for a in range(0, s, vstep):
+        b = min(s, a + vstep)
+        dist = torch.cat([best_d, _exact_sqdist(x64, v[a:b].expand(R, -1, -1))], 1)
+        pos = torch.cat([best_p, torch.arange(a, b, device=x64.device).expand(R, -1)], 1)
+        o = _order_by(dist, pos)[:, :take]
+        best_d = torch.gather(dist, 1, o)
+        best_p = torch.gather(pos, 1, o)
+    return best_p, best_d
+
+
+def _coarse_exact(x64: torch.Tensor, centroids: torch.Tensor, cn64: torch.Tensor, nprobe: int) -> torch.Tensor:
+    """Nearest ``nprobe`` centroids of a few queries, ranked on float64 distances (ties to the lower id)."""
+    m = min(centroids.shape[0], nprobe + _MARGIN)
+    c64 = centroids.to(torch.float64)
+    d64 = torch.addmm(cn64[None, :], x64, c64.T, alpha=-2.0)
+    cand = d64.topk(m, dim=1, largest=False, sorted=True).indices
+    exact = _exact_sqdist(x64, centroids[cand])
+    return torch.gather(cand, 1, _order_by(exact, cand)[:, :nprobe])
+
+
+def coarse_assign(
+    q: torch.Tensor,
+    centroids: torch.Tensor,
+    cn64: torch.Tensor,
+    nprobe: int,
+) -> torch.Tensor:
+    """[T, nprobe] ids of the nearest centroids by exact L2 (faiss's flat quantizer).
+
+    A matrix product ranks the centroids; rows where the ``nprobe``-th and the
+    next centroid are too close for its rounding are recomputed exactly in
+    float64. Within the probe set, order is by distance, ties to the lower id.
+    """
+    T = q.shape[0]
+    nlist = centroids.shape[0]
+    dev = q.device
+    if nlist == 1:
+        return torch.zeros((T, 1), dtype=torch.int64, device=dev)
+    dt = _fast_dtype(dev)
+    c = centroids.to(dt)
+    cn = cn64.to(dt)
+    cmax = float(cn64.max())
+    m = min(nlist, nprobe + 1)
+    out = torch.empty((T, nprobe), dtype=torch.int64, device=dev)
+    step = max(1, _GEMM_ELEMS // nlist)
+    for a in range(0, T, step):
+        b = min(T, a + step)
+        xq = q[a:b]
+        # Ranking only needs |c|^2 - 2 x.c (|x|^2 is the same for every centroid).
+        approx = torch.addmm(cn[None, :], xq.to(dt), c.T, alpha=-2.0)
+        vals, idx = approx.topk(m, dim=1, largest=False, sorted=True)
+        o = _order_by(vals[:, :nprobe], idx[:, :nprobe])
+        out[a:b] = torch.gather(idx[:, :nprobe], 1, o)
+        if m > nprobe:
+            x64 = xq.to(torch.float64)
+            tol = _tolerance(x64.square().sum(1), cmax, dt, centroids.shape[1]).to(vals.dtype)
+            risky = (vals[:, nprobe] - vals[:, nprobe - 1]) <= tol
+            if bool(risky.any()):
+                rr = risky.nonzero()[:, 0]
+                out[a + rr] = _coarse_exact(x64[rr], centroids, cn64, nprobe)
+    return out
+
+
+
+@dataclass
+class ListStore:
+    """The stored vectors grouped by inverted list, with the norms the search needs.
+
+    ``vectors`` ``[ntotal, d]`` float32 and ``ids`` ``[ntotal]`` int64 are in scan order
+    (list 0, then list 1, ...); list ``l`` holds scan positions
+    ``offsets[l]:offsets[l + 1]``; ``norms64`` are the vectors' float64 squared norms and
+    ``vmax`` the largest of them.
+    """
+
+    vectors: torch.Tensor
+    ids: torch.Tensor
+    offsets: np.ndarray
+    norms64: torch.Tensor
+    vmax: float
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    @property
+    def ntotal(self) -> int:
+        return int(self.vectors.shape[0])
+
+
+class _Candidates:
+    """Per (query, probe) pair: the best ``k + margin`` scan positions and their first-pass
+    squared distances (float64; -1 / ``inf`` = none), and the gap between the last kept
+    and the ``k``-th distance (``inf`` when fewer than ``k + margin`` were kept)."""
+
+    def __init__(self, pairs: int, k: int, device: torch.device) -> None:
+        self.k = k
+        self.kk = k + _MARGIN
+        self.pos = torch.full((pairs, self.kk), -1, dtype=torch.int64, device=device)
+        self.val = torch.full((pairs, self.kk), math.inf, dtype=torch.float64, device=device)
+        self.gap = torch.full((pairs,), math.inf, dtype=torch.float64, device=device)
+
+    def put(self, rows: torch.Tensor, pos: torch.Tensor, vals: torch.Tensor, take: int) -> None:
+        self.pos[rows, :take] = pos
+        self.val[rows, :take] = vals.to(torch.float64)
+        if take >= self.kk:
+            self.gap[rows] = (vals[:, -1] - vals[:, self.k - 1]).to(torch.float64)
+
+
+class _ListPlan(NamedTuple):
+    """Per probed list (host arrays): first scan position, size, first pair row, pair count,
+    and size / pair count rounded up to powers of two (the padded batch shapes)."""
+
+    a0: np.ndarray
+    size: np.ndarray
+    r0: np.ndarray
+    cnt: np.ndarray
+    bs: np.ndarray
+    bc: np.ndarray
+
+
+def _scan_large_list(
+    store: ListStore, cands: _Candidates, xs: torch.Tensor, ln: torch.Tensor, dt: torch.dtype,
+    budget: int, plan: _ListPlan, j: int,
+) -> None:
+    """Scan list ``j`` of the plan on its own: its vectors are a contiguous slice (no gather)."""
+    s, a, c, r = int(plan.size[j]), int(plan.a0[j]), int(plan.cnt[j]), int(plan.r0[j])
+    take = min(cands.kk, s)
+    vT = store.vectors[a : a + s].to(dt).T
+    step = max(1, budget // s)
+    for ca in range(r, r + c, step):
+        cb = min(r + c, ca + step)
+        dist = torch.addmm(ln[None, a : a + s], xs[ca:cb], vT, alpha=-2.0)
+        vals, sel = dist.topk(take, dim=1, largest=False, sorted=True)
+        cands.put(torch.arange(ca, cb, device=xs.device), sel + a, vals, take)
+
+
+def _scan_list_batch(
+    store: ListStore, cands: _Candidates, xs: torch.Tensor, ln: torch.Tensor, dt: torch.dtype,
+    plan: _ListPlan, js: np.ndarray, S: int, C: int,
+) -> None:
+    """Scan the lists ``js`` together, padded to ``S`` vectors and ``C`` queries each (one ``bmm``)."""
+    dev = xs.device
+    take = min(cands.kk, S)
+    slot_s = torch.arange(S, device=dev)
+    slot_c = torch.arange(C, device=dev)
+    ga = torch.as_tensor(plan.a0[js], device=dev)
+    gs = torch.as_tensor(plan.size[js], device=dev)
+    gr = torch.as_tensor(plan.r0[js], device=dev)
+    gc = torch.as_tensor(plan.cnt[js], device=dev)
+    vmask = slot_s[None, :] < gs[:, None]  # [G, S]
+    pos = torch.where(vmask, ga[:, None] + slot_s[None, :], torch.full_like(vmask, -1, dtype=torch.int64))
+    safe = pos.clamp(min=0)
+    rmask = slot_c[None, :] < gc[:, None]  # [G, C]
+    rows = gr[:, None] + slot_c[None, :]
+    v = store.vectors[safe].to(dt)  # [G, S, d]
+    x = xs[torch.where(rmask, rows, torch.zeros_like(rows))]  # [G, C, d]
+    dist = torch.baddbmm(ln[safe][:, None, :], x, v.transpose(1, 2), alpha=-2.0)  # [G, C, S]
+    dist.masked_fill_(~vmask[:, None, :], math.inf)
+    vals, sel = dist.topk(take, dim=2, largest=False, sorted=True)  # [G, C, take]
+    cpos = torch.gather(pos[:, None, :].expand(-1, C, -1), 2, sel)
+    cands.put(rows[rmask], cpos[rmask], vals[rmask], take)
+
+
+def _scan_lists(
+    store: ListStore, cands: _Candidates, xs: torch.Tensor, ln: torch.Tensor, dt: torch.dtype, plan: _ListPlan
+) -> None:
+    """Scan every probed list: lists too large for a padded batch alone (in row chunks), the
+    others batched by (padded size, padded query count)."""
+    d = store.dim
+    budget = _GEMM_ELEMS * (16 if xs.device.type == "cuda" else 1)
+    size, bs, bc = plan.size, plan.bs, plan.bc
+    # Lists whose padded batch would exceed the budget are scanned alone (in row chunks).
+    alone = (size > 0) & ((bs * d > budget) | (bc * bs > budget) | (bc * d > budget))
+    batched = (size > 0) & ~alone
+    for j in np.flatnonzero(alone).tolist():
+        _scan_large_list(store, cands, xs, ln, dt, budget, plan, j)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for j in np.flatnonzero(batched).tolist():
+        groups.setdefault((int(bs[j]), int(bc[j])), []).append(j)
+    for (S, C), members in groups.items():
+        per_list = S * d + C * d + C * S
+        gstep = max(1, budget // per_list)
+        for g0 in range(0, len(members), gstep):
+            _scan_list_batch(store, cands, xs, ln, dt, plan, np.asarray(members[g0 : g0 + gstep]), S, C)
+
+
+def _first_pass(
+    store: ListStore, q: torch.Tensor, x64: torch.Tensor, probes: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.dtype]:
+    """Scan the probed lists with matrix products and keep ``k + margin`` candidates per list.
+
+    The (query, list) pairs are sorted by list. Lists of similar size with
+    similar numbers of queries are padded together and scanned by one
+    batched product (``bmm``), so a search costs a few dozen tensor
+    operations whatever ``nlist`` is; a list too large for that (a flat
+    index) is scanned on its own in row chunks.
+
+    Returns candidate scan positions (-1 = none), their first-pass squared
+    distances as float64 (``inf`` = none), a key giving faiss's scan order
+    (probe rank, then position in the list), each [T, nprobe*(k+margin)],
+    and the dtype the distances were computed in.
+    """
+    T, P = probes.shape
+    dev = x64.device
+    dt = _fast_dtype(dev)
+    pair_l = probes.reshape(-1)
+    order = torch.argsort(pair_l, stable=True)
+    sorted_l = pair_l[order]
+    uniq, counts = torch.unique_consecutive(sorted_l, return_counts=True)
+    qrow = order // P
+    xs = q.to(dt)[qrow]  # the query of every (query, probe) pair, pairs sorted by list
+    qns = x64.square().sum(1)[qrow]
+    cands = _Candidates(T * P, k, dev)
+    u = uniq.cpu().numpy()
+    cnt = counts.cpu().numpy().astype(np.int64)
+    a0 = store.offsets[u]
+    size = store.offsets[u + 1] - a0
+    plan = _ListPlan(a0, size, np.cumsum(cnt) - cnt, cnt, _next_pow2(size), _next_pow2(cnt))
+    _scan_lists(store, cands, xs, store.norms64.to(dt), dt, plan)
+
+    cands.val.add_(qns[:, None])
+    risky = cands.gap <= _tolerance(qns, store.vmax, dt, store.dim)
+    if bool(risky.any()):
+        _rescan_exactly(store, cands, x64[qrow], sorted_l.cpu().numpy(), risky.nonzero()[:, 0].tolist())
+    kk = cands.kk
+    pos_out = torch.empty_like(cands.pos)
+    val_out = torch.empty_like(cands.val)
+    pos_out[order] = cands.pos
+    val_out[order] = cands.val
+    pos_out = pos_out.reshape(T, P * kk)
+    rank = torch.arange(P, device=dev).repeat_interleave(kk) * (store.ntotal + 1)
+    key = torch.where(pos_out >= 0, pos_out + rank[None, :], torch.full_like(pos_out, torch.iinfo(torch.int64).max))
+    return pos_out, val_out.reshape(T, P * kk), key, dt
+
+
+def _rescan_exactly(
+    store: ListStore, cands: _Candidates, x64s: torch.Tensor, lists: np.ndarray, rows: list[int]
+) -> None:
+    """Pairs with more near-equal candidates than the margin holds (duplicates): exact over the list."""
+    for r in rows:
+        a, b = int(store.offsets[lists[r]]), int(store.offsets[lists[r] + 1])
+        take = min(cands.kk, b - a)
+        p, dd = _exact_best(x64s[r : r + 1], store.vectors[a:b], take)
+        cands.pos[r, :take] = p[0] + a
+        cands.val[r, :take] = dd[0]
+
+
+def _exact_at(store: ListStore, x64: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
+    """Exact float64 distances from each query to the vectors at scan positions ``pos`` [T, M] (-1 -> inf)."""
+    T, M = pos.shape
+    out = torch.empty((T, M), dtype=torch.float64, device=pos.device)
+    step = max(1, _CHUNK_ELEMS // max(1, M * store.dim))
+    for a in range(0, T, step):
+        p = pos[a : a + step]
+        out[a : a + step] = _exact_sqdist(x64[a : a + step], store.vectors[p.clamp(min=0)])
+    return out.masked_fill_(pos < 0, math.inf)
+
+
+def _finalize(
+    store: ListStore, x64: torch.Tensor, pos: torch.Tensor, val: torch.Tensor, key: torch.Tensor, k: int, dt: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Choose ``k`` of the candidates like faiss's heap and order them by (distance, id).
+
+    The first-pass distances choose the ``k`` kept, unless the ``k``-th and
+    the next are closer than the first pass can separate; such rows are
+    decided on exact distances, comparing them as float32 (like faiss):
+    among equal distances the vector scanned first keeps its place. The
+    kept ones get exact distances and are listed by (distance, id).
+    """
+    T, M = pos.shape
+    kept = min(k, M)
+    ext = min(k + 1, M)
+    o = _order_by(val, key)[:, :ext]
+    val_o = torch.gather(val, 1, o)
+    sel = torch.gather(pos, 1, o[:, :kept])
+    ex = _exact_at(store, x64, sel)
+    if ext > kept:
+        tol = _tolerance(x64.square().sum(1), store.vmax, dt, store.dim)
+        near = torch.isfinite(val_o[:, kept]) & (val_o[:, kept] - val_o[:, kept - 1] <= 2 * tol)
+        if bool(near.any()):
+            rr = near.nonzero()[:, 0]
+            ex_all = _exact_at(store, x64[rr], pos[rr])
+            o2 = _order_by(ex_all.to(torch.float32), key[rr])[:, :kept]
+            sel[rr] = torch.gather(pos[rr], 1, o2)
+            ex[rr] = torch.gather(ex_all, 1, o2)
+    ok = sel >= 0
+    d = ex.to(torch.float32).masked_fill(~ok, math.inf)
+    ids = torch.where(ok, store.ids[sel.clamp(min=0)], torch.full_like(sel, torch.iinfo(torch.int64).max))
+    fin = _order_by(d, ids)
+    d = torch.gather(d, 1, fin)
+    ids = torch.gather(ids, 1, fin)
+    ok = torch.gather(ok, 1, fin)
+    dist_out = torch.full((T, k), FLT_MAX, dtype=torch.float32, device=pos.device)
+    ids_out = torch.full((T, k), -1, dtype=torch.int64, device=pos.device)
+    dist_out[:, :kept] = torch.where(ok, d, torch.full_like(d, FLT_MAX))
+    ids_out[:, :kept] = torch.where(ok, ids, torch.full_like(ids, -1))
+    return dist_out, ids_out
+
+# -- blend ----------------------------------------------------------------
+
+
+def knn_search(
+    store: ListStore, centroids: torch.Tensor, cnorm64: torch.Tensor, nprobe: int, q: torch.Tensor, k: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``k`` nearest stored vectors of each query ``q`` ``[T, d]`` (float32, finite, T >= 1).
+
+    Probes the ``nprobe`` nearest lists (``centroids`` with float64 squared norms
+    ``cnorm64``). Returns ``(distances, ids)`` ``[T, k]`` on the device of ``q``: float32
+    squared L2 distances in ascending order and int64 ids, ``FLT_MAX`` / ``-1`` where the
+    probed lists hold fewer than ``k`` vectors.
+    """
+    probes = coarse_assign(q, centroids, cnorm64, nprobe)
+    x64 = q.to(torch.float64)
+    pos, val, key, dt = _first_pass(store, q, x64, probes, k)
+    return _finalize(store, x64, pos, val, key, k, dt)
