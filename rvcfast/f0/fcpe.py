@@ -51,6 +51,7 @@ from torch import nn
 
 from .. import cache
 from ..errors import BackendUnavailableError, ModelLoadError, ParameterError
+from ..packing import pack
 from ..safe_load import load_torch_file
 from .base import HOP_LENGTH, SAMPLE_RATE, BaseF0Extractor, as_audio16k, package_dir
 
@@ -129,11 +130,11 @@ class FCPEMel(nn.Module):
 
     def __init__(
         self,
-        sr: int = 16000,
+        sr: int = SAMPLE_RATE,
         n_mels: int = 128,
         n_fft: int = 1024,
         win_size: int = 1024,
-        hop_length: int = 160,
+        hop_length: int = HOP_LENGTH,
         fmin: float = 0.0,
         fmax: float = 8000.0,
         clip_val: float = 1e-5,
@@ -400,10 +401,10 @@ def load_fcpe_model(
         raise ModelLoadError(weights, f"FCPE model type {mtype!r} is not supported (only CFNaiveMelPE)")
     if not model_cfg.get("conv_only", False):
         raise ModelLoadError(weights, "FCPE checkpoints with attention layers (conv_only false) are not supported")
-    sr = int(_cfg(mel_cfg, "sr", 16000, weights))
-    hop = int(_cfg(mel_cfg, "hop_size", 160, weights))
+    sr = int(_cfg(mel_cfg, "sr", SAMPLE_RATE, weights))
+    hop = int(_cfg(mel_cfg, "hop_size", HOP_LENGTH, weights))
     if sr != SAMPLE_RATE or hop != HOP_LENGTH:
-        raise ModelLoadError(weights, f"FCPE checkpoint expects sr={sr}, hop={hop}; rvcfast needs 16000 / 160")
+        raise ModelLoadError(weights, f"FCPE checkpoint expects sr={sr}, hop={hop}; rvcfast needs {SAMPLE_RATE} / {HOP_LENGTH}")
     mel = FCPEMel(
         sr=sr,
         n_mels=int(_cfg(mel_cfg, "num_mels", 128, weights)),
@@ -529,16 +530,9 @@ class FCPEExtractor(BaseF0Extractor):
         """Indices grouped for padded passes: longest first, at most ``max_batch`` inputs
         and ``max_frames`` padded frames per pass (a longer input runs alone)."""
         order = sorted(range(len(frames)), key=lambda i: -frames[i])
-        groups: list[list[int]] = []
-        for i in order:
-            if groups:
-                g = groups[-1]
-                padded = max(frames[g[0]], _MIN_PASS_FRAMES) * (len(g) + 1)
-                if len(g) < self.max_batch and padded <= self.max_frames:
-                    g.append(i)
-                    continue
-            groups.append([i])
-        return groups
+        budget = max(0, self.max_frames)  # a budget of 0 (or less) runs every input alone
+        groups = pack([frames[i] for i in order], budget, max_items=self.max_batch, floor=_MIN_PASS_FRAMES)
+        return [[order[j] for j in group] for group in groups]
 
     def extract(self, audio16k: np.ndarray) -> np.ndarray:
         """F0 in Hz (float32) for ``len // 160 + 1`` frames; 0 = unvoiced."""
