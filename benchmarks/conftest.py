@@ -39,9 +39,7 @@ def pytest_configure(config):
 def full_models() -> dict[str, Path]:
     """Paths of full-size random models: v2 40k voice, fairseq hubert_base.pt, rmvpe.pt, a 768-d index."""
     from rvcfast.index import save_index
-    from rvcfast.testing import save_random_hubert
-    from rvcfast.testing import save_random_rmvpe
-    from rvcfast.testing import save_random_voice_model
+    from rvcfast.testing import save_random_hubert, save_random_rmvpe, save_random_voice_model
 
     MODELS.mkdir(parents=True, exist_ok=True)
     paths = {

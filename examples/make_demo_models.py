@@ -34,9 +34,7 @@ import numpy as np
 import soundfile as sf
 
 from rvcfast.index import save_index
-from rvcfast.testing import save_random_hubert
-from rvcfast.testing import save_random_rmvpe
-from rvcfast.testing import save_random_voice_model
+from rvcfast.testing import save_random_hubert, save_random_rmvpe, save_random_voice_model
 
 HERE = Path(__file__).resolve().parent
 

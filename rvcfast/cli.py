@@ -640,9 +640,7 @@ def build_bench_models(folder: str | os.PathLike[str], small: bool = False, *, l
     import numpy as np
 
     from .index import save_index
-    from .testing import save_random_hubert
-    from .testing import save_random_rmvpe
-    from .testing import save_random_voice_model
+    from .testing import save_random_hubert, save_random_rmvpe, save_random_voice_model
 
     root = Path(folder).expanduser() / ("small" if small else "full")
     root.mkdir(parents=True, exist_ok=True)

@@ -26,9 +26,7 @@ import torch
 
 import rvcfast
 from rvcfast.index import save_index
-from rvcfast.testing import save_random_hubert
-from rvcfast.testing import save_random_rmvpe
-from rvcfast.testing import save_random_voice_model
+from rvcfast.testing import save_random_hubert, save_random_rmvpe, save_random_voice_model
 
 #: Output rate of the tiny voice model.
 MODEL_SR = 40000

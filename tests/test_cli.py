@@ -37,9 +37,7 @@ def _one_thread():
 def models(tmp_path_factory) -> dict[str, Path]:
     """A tiny v2 40 kHz voice (3 speakers), a tiny ContentVec (HF layout), reduced RMVPE, a small index."""
     from rvcfast.index import save_index
-    from rvcfast.testing import save_random_hubert
-    from rvcfast.testing import save_random_rmvpe
-    from rvcfast.testing import save_random_voice_model
+    from rvcfast.testing import save_random_hubert, save_random_rmvpe, save_random_voice_model
 
     d = tmp_path_factory.mktemp("models")
     voice = save_random_voice_model(
