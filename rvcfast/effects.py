@@ -15,8 +15,10 @@ The libraries are imported only when a function needs them; a missing one raises
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import math
 import numbers
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType, ModuleType
@@ -120,6 +122,32 @@ def _import_extra(module: str, extra: str, feature: str) -> ModuleType:
             f"{feature} needs the optional package {module!r}, which could not be imported ({exc}); "
             f'install it with: pip install "rvcfast[{extra}]"'
         ) from exc
+
+
+#: feature -> (module, extra) of the optional package behind it.
+_EXTRAS = {
+    "formant": ("stftpitchshift", "formant"),
+    "clean": ("noisereduce", "clean"),
+    "effects": ("pedalboard", "effects"),
+}
+
+
+def require_extra(feature: str) -> None:
+    """Raise the install hint now if ``feature`` (``formant``, ``clean``, ``effects``) cannot run.
+
+    Looks for the package without importing it, so a batch refuses the job before any
+    work instead of failing every file.
+    """
+    module, extra = _EXTRAS[feature]
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found or sys.modules.get(module, ...) is None:
+        raise BackendUnavailableError(
+            f"{feature} needs the optional package {module!r}, which is not installed; "
+            f'install it with: pip install "rvcfast[{extra}]"'
+        )
 
 
 def _number(what: str, value: object) -> float:

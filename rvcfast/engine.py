@@ -202,12 +202,19 @@ class Engine:
     ) -> PreparedAudio:
         """Decode one input and run the signal stages (no network); thread-safe.
 
-        With ``params.strict`` an input with warnings raises :class:`~rvcfast.errors.AudioError`.
+        With ``params.strict`` an input with warnings raises :class:`~rvcfast.errors.AudioError`;
+        ``params.formant`` shifts the formants of the 16 kHz input here.
         """
         decoded = decode(source, sample_rate, name=name)
         if params is not None and params.strict and decoded.warnings:
             raise AudioError(None, "strict mode: " + "; ".join(decoded.warnings))
-        return prepare(decoded.audio, self.segment_config, label=decoded.label, warnings=decoded.warnings)
+        audio = decoded.audio
+        if params is not None and params.formant is not None:
+            from .effects import formant_shift
+
+            # as the reference: on the 16 kHz input, before the peak guard
+            audio = formant_shift(audio, *params.formant)
+        return prepare(audio, self.segment_config, label=decoded.label, warnings=decoded.warnings)
 
     # ------------------------------------------------------------------ stage 2: F0
 

@@ -6,7 +6,8 @@ is named, documented, range-checked and defaulted in exactly one place.
 
 Each field carries metadata that front ends read through :func:`param_specs`:
 ``help`` (one line), ``metavar`` and ``kind`` (``"number"``, ``"int"``, ``"bool"``,
-``"optional-int"``, ``"optional-number"``, or ``"mapping"``/``"pair"`` for structured values).
+``"optional-int"``, ``"optional-number"``, or ``"mapping"``/``"pair"`` for structured values:
+a JSON object and two numbers).
 """
 
 from __future__ import annotations
@@ -72,6 +73,27 @@ class ConversionParams:
         out), so the output is ``len(input) * rate / 16000`` to within one hop and long
         inputs do not drift at segment joins. Off by default: the reference drops up to
         two frames per segment (RVC WebUI #2317), and the default reproduces it exactly.
+    autotune:
+        Autotune strength 0..1 (Applio's ``f0_autotune_strength``; 0 = off): every frame's
+        F0 moves this share of the way to the nearest note G1..C6. As in Applio it
+        replaces the key shift and proposed pitch, and voices unvoiced frames.
+    proposed_pitch:
+        Target pitch in Hz (Applio's ``proposed_pitch_threshold``; ``None`` = off): the
+        key shift is raised by the whole semitones (within ±12) that bring the input's
+        median F0 to this pitch, added to ``pitch``.
+    formant:
+        ``(quefrency, timbre)`` formant shift of the input (Applio's
+        ``formant_qfrency`` / ``formant_timbre``), through stftpitchshift
+        (``pip install "rvcfast[formant]"``); ``None`` = off.
+    clean:
+        Noise reduction strength 0..1 of the output (Applio's ``clean_strength``),
+        through noisereduce (``pip install "rvcfast[clean]"``); 0 = off.
+    effects:
+        Effects on the output, effect name → parameters, e.g.
+        ``{"reverb": {"room_size": 0.3}, "compressor": {"threshold": -20}}``: Applio's
+        effects and parameter names without the effect prefix, applied in Applio's order,
+        missing parameters at Applio's fallbacks, through pedalboard
+        (``pip install "rvcfast[effects]"``). See ``docs/parameters.md``.
     strict:
         Turn every input warning (truncated file, clipped input, DC offset, channels
         mixed down) into an error for that input. Off by default: warnings are reported
@@ -93,6 +115,17 @@ class ConversionParams:
     fill_unvoiced: bool = field(default=False, metadata=_meta("interpolate F0 through unvoiced frames before the shift", "bool"))
     keep_length: bool = field(
         default=False, metadata=_meta("length-exact output (no drift at segment joins of long files)", "bool")
+    )
+    autotune: float = field(default=0.0, metadata=_meta("autotune strength 0..1 (0 = off); replaces the key shift", "number", "STRENGTH"))
+    proposed_pitch: float | None = field(
+        default=None, metadata=_meta("shift towards this median pitch in Hz (whole semitones, within 12)", "optional-number", "HZ")
+    )
+    formant: tuple[float, float] | None = field(
+        default=None, metadata=_meta("formant shift of the input: QUEFRENCY TIMBRE (e.g. 1.0 1.2)", "pair", "Q T")
+    )
+    clean: float = field(default=0.0, metadata=_meta("noise reduction strength of the output, 0..1 (0 = off)", "number", "STRENGTH"))
+    effects: Mapping[str, Mapping[str, float]] | None = field(
+        default=None, metadata=_meta("effects on the output: {effect: {parameter: value}}", "mapping", "JSON")
     )
     strict: bool = field(default=False, metadata=_meta("treat input warnings (truncated, clipped...) as errors", "bool"))
 
@@ -144,12 +177,34 @@ class ConversionParams:
             _check_int("output_sample_rate", self.output_sample_rate, 8000)
             if int(self.output_sample_rate) > 384000:
                 raise ParameterError(f"output_sample_rate must be within 8000..384000 Hz, got {self.output_sample_rate}")
+        self._validate_applio_options()
         if vocoder is not None and self.speaker >= vocoder.num_speakers:
             raise ParameterError(
                 f"speaker {self.speaker} is out of range: this model has {vocoder.num_speakers} speaker(s) "
                 f"(0..{vocoder.num_speakers - 1})"
             )
         return self
+
+
+    def _validate_applio_options(self) -> None:
+        _check_range("autotune", self.autotune, 0, 1)
+        _check_range("clean", self.clean, 0, 1)
+        if self.proposed_pitch is not None and not _finite("proposed_pitch", self.proposed_pitch) > 0:
+            raise ParameterError(f"proposed_pitch must be a pitch in Hz above 0, got {self.proposed_pitch!r}")
+        if self.formant is not None:
+            if isinstance(self.formant, (str, bytes)) or not hasattr(self.formant, "__len__") or len(self.formant) != 2:
+                raise ParameterError(f"formant must be a pair (quefrency, timbre), got {self.formant!r}")
+            for name, value in zip(("quefrency", "timbre"), self.formant):
+                if not _finite(f"formant {name}", value) > 0:
+                    raise ParameterError(f"formant {name} must be above 0, got {value!r}")
+        from .effects import require_extra, resolve_effects
+
+        if self.effects:
+            resolve_effects(self.effects)  # unknown effects or parameters are named here, before any work
+        # a missing optional package is reported here too, not once per file
+        for feature, used in (("formant", self.formant is not None), ("clean", self.clean > 0), ("effects", bool(self.effects))):
+            if used:
+                require_extra(feature)
 
 
 def _unknown_message(key: str, names: set[str]) -> str:
@@ -237,7 +292,40 @@ def coerce_param(name: str, raw: Any) -> Any:
             return int(text)
         if kind in ("number", "optional-number"):
             return float(text)
+        if kind == "pair":
+            return _pair(text)
+        if kind == "mapping":
+            return _mapping(text)
     except ValueError:
-        expected = {"bool": "true or false", "int": "an integer", "optional-int": "an integer"}.get(kind, "a number")
+        expected = {
+            "bool": "true or false",
+            "int": "an integer",
+            "optional-int": "an integer",
+            "pair": "two numbers (e.g. '1.0,1.2')",
+            "mapping": "a JSON object (e.g. '{\"reverb\": {\"room_size\": 0.3}}')",
+        }.get(kind, "a number")
         raise ParameterError(f"{name} must be {expected}, got {raw!r}") from None
     return text
+
+
+def _pair(text: str) -> tuple[float, float] | None:
+    if text.lower() in ("", "none", "null", "off"):
+        return None
+    parts = text.replace(",", " ").split()
+    if len(parts) != 2:
+        raise ValueError(text)
+    return float(parts[0]), float(parts[1])
+
+
+def _mapping(text: str) -> dict[str, Any] | None:
+    import json
+
+    if text.lower() in ("", "none", "null", "off"):
+        return None
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError:
+        raise ValueError(text) from None
+    if not isinstance(value, dict):
+        raise ValueError(text)
+    return value

@@ -125,7 +125,14 @@ def pitch_track(
     f0: np.ndarray, p_len: int, params: ConversionParams
 ) -> tuple[np.ndarray, np.ndarray]:
     """Key shift + coarse pitch of a raw F0 track, fitted to ``p_len`` frames."""
-    return postprocess(f0, p_len, semitones=params.pitch, fill_unvoiced=params.fill_unvoiced)
+    return postprocess(
+        f0,
+        p_len,
+        semitones=params.pitch,
+        autotune=params.autotune,
+        proposed_pitch=params.proposed_pitch,
+        fill_unvoiced=params.fill_unvoiced,
+    )
 
 
 @dataclass
@@ -227,4 +234,14 @@ def finish(
         out = resample(np.asarray(out, dtype=np.float32), model_rate, rate, dtype=np.float32)
     out = np.asarray(out, dtype=np.float32)
     # float32, as in the reference (peak limited to 0.99)
-    return output_peak_guard(out), rate
+    out = output_peak_guard(out)
+    # then, as Applio's convert_audio: noise reduction, then the effects chain
+    if params.clean > 0:
+        from .effects import denoise
+
+        out = denoise(out, rate, params.clean)
+    if params.effects:
+        from .effects import apply_effects
+
+        out = apply_effects(out, rate, params.effects)
+    return np.asarray(out, dtype=np.float32), rate
