@@ -33,6 +33,8 @@ AudioInput = str | os.PathLike | np.ndarray
 
 #: Frames decoded per block.
 _READ_BLOCK = 1 << 18
+#: Frames per block after a decode error (keeps as much of a damaged file as possible).
+_SALVAGE_BLOCK = 4096
 #: A sample this close to full scale counts as "at full scale" for the clipping check.
 CLIP_LEVEL = 0.999
 #: Consecutive full-scale samples (per channel) that count as a clipped run.
@@ -185,24 +187,40 @@ class _Stats:
 
 
 def _blocks(f: sf.SoundFile, p: Path, notes: list[str]) -> Iterator[np.ndarray]:
-    """Decode ``f`` in blocks of float64 ``[frames, channels]``; a decode error after some audio is a note."""
-    done = 0
+    """Decode ``f`` in blocks of float64 ``[frames, channels]``.
+
+    A decode error makes the reader go back and continue in small blocks, so everything
+    before the damage is kept; the damage is then a note (an error if nothing was readable).
+    """
+    done, size = 0, _READ_BLOCK
     while True:
         try:
-            block = f.read(_READ_BLOCK, dtype="float64", always_2d=True)
+            block = f.read(size, dtype="float64", always_2d=True)
         except (sf.LibsndfileError, RuntimeError) as exc:
+            if size > _SALVAGE_BLOCK and _seek(f, done):
+                size = _SALVAGE_BLOCK
+                continue
             detail = _libsndfile_detail(exc)
             if done == 0:
                 raise AudioError(p, f"cannot decode audio: {detail}") from None
             notes.append(
-                f"{p}: file is damaged: decoding stopped after {done / f.samplerate:.2f} s ({detail}); "
-                "the readable part was converted"
+                f"{p}: file is damaged: decoding stopped after {done / f.samplerate:.2f} s"
+                + (f" of {f.frames / f.samplerate:.2f} s" if f.frames > done else "")
+                + f" ({detail}); the readable part was converted"
             )
             return
         if block.shape[0] == 0:
             return
         done += block.shape[0]
         yield block
+
+
+def _seek(f: sf.SoundFile, frame: int) -> bool:
+    try:
+        f.seek(frame)
+    except (sf.LibsndfileError, RuntimeError, ValueError):
+        return False
+    return True
 
 
 def _decode_file(p: Path, sample_rate: int | None) -> Decoded:
