@@ -19,6 +19,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -126,15 +127,6 @@ def _libsndfile_detail(exc: Exception) -> str:
     return (getattr(exc, "error_string", "") or str(exc)).strip().rstrip(".")
 
 
-def _open(p: Path) -> sf.SoundFile:
-    try:
-        return sf.SoundFile(str(p))
-    except sf.LibsndfileError as exc:
-        raise AudioError(p, f"cannot decode audio: {_libsndfile_detail(exc)}") from None
-    except (RuntimeError, ValueError, OSError, TypeError) as exc:
-        raise AudioError(p, f"cannot decode audio ({type(exc).__name__}: {exc})") from None
-
-
 def _promised_seconds(f: sf.SoundFile) -> float | None:
     """Seconds the header promises when libsndfile logged it as longer than the file, else ``None``."""
     try:
@@ -223,35 +215,75 @@ def _seek(f: sf.SoundFile, frame: int) -> bool:
     return True
 
 
+class _SfSource:
+    """A file libsndfile decodes: ``rate``, ``channels``, ``frames``, ``blocks()``."""
+
+    def __init__(self, path: Path, f: sf.SoundFile) -> None:
+        self.path, self.f = path, f
+        self.rate, self.channels, self.frames = int(f.samplerate), int(f.channels), int(f.frames)
+        self.promised = _promised_seconds(f)
+
+    def blocks(self, notes: list[str]) -> Iterator[np.ndarray]:
+        return _blocks(self.f, self.path, notes)
+
+    def close(self) -> None:
+        self.f.close()
+
+
+def _source(p: Path) -> _SfSource | Any:
+    """libsndfile for what it reads; PyAV (the ``av`` extra) for other containers."""
+    try:
+        return _SfSource(p, sf.SoundFile(str(p)))
+    except sf.LibsndfileError as exc:
+        detail = _libsndfile_detail(exc)
+    except (RuntimeError, ValueError, OSError, TypeError) as exc:
+        raise AudioError(p, f"cannot decode audio ({type(exc).__name__}: {exc})") from None
+    from .av_decode import CONTAINER_EXTENSIONS, AvSource, av_available
+
+    if av_available():
+        return AvSource(p)
+    if p.suffix.lower() in CONTAINER_EXTENSIONS:
+        raise AudioError(p, f'cannot decode audio: {p.suffix} files need PyAV: pip install "rvcfast[av]"')
+    raise AudioError(p, f"cannot decode audio: {detail}")
+
+
 def _decode_file(p: Path, sample_rate: int | None) -> Decoded:
     _check_path(p)
-    with _open(p) as f:
-        sr, channels, frames = int(f.samplerate), int(f.channels), int(f.frames)
+    src = _source(p)
+    try:
+        sr, channels, frames = src.rate, src.channels, src.frames
         if sample_rate is not None and int(sample_rate) != sr:
             raise ParameterError(f"{p}: sample_rate={sample_rate} given for a file whose rate is {sr}")
         _check_rate(p, sr)
         notes: list[str] = []
-        promised = _promised_seconds(f)
         stats = _Stats()
-        resampler = Resampler(sr, SR_16K)
-        out = np.empty(resampled_length(max(frames, 0), sr, SR_16K), dtype=np.float64)
-        pos = n_in = 0
-        for block in _blocks(f, p, notes):
-            mono = to_mono(block)
-            if not np.isfinite(mono).all():
-                raise AudioError(p, f"audio contains {int((~np.isfinite(mono)).sum())} NaN or Inf samples")
-            stats.add(block, mono)
-            n_in += mono.shape[0]
-            out, pos = _append(out, pos, resampler.push(mono))
-        if n_in == 0:
-            raise AudioError(p, "audio has no samples")
-        out = _finish(out, pos, resampler)
+        out, n_in = _consume(src.blocks(notes), p, sr, frames, stats)
+    finally:
+        src.close()
     warnings = notes + stats.warnings(str(p), channels)
+    promised = getattr(src, "promised", None)
     if promised is not None:
         warnings.insert(0, f"{p}: file is truncated: its header promises {promised:.2f} s of audio, it holds {n_in / sr:.2f} s")
-    elif frames > 0 and n_in < frames and not notes:
+    elif frames > 0 and n_in < frames - sr // 100 and not notes:
         warnings.insert(0, f"{p}: file is truncated: its header promises {frames / sr:.2f} s of audio, it holds {n_in / sr:.2f} s")
     return Decoded(out, sr, channels, str(p), warnings)
+
+
+def _consume(blocks: Iterator[np.ndarray], p: Path, sr: int, frames: int, stats: _Stats) -> tuple[np.ndarray, int]:
+    """Mix each block to mono, check it and resample it to 16 kHz into one buffer."""
+    resampler = Resampler(sr, SR_16K)
+    out = np.empty(resampled_length(max(frames, 0), sr, SR_16K), dtype=np.float64)
+    pos = n_in = 0
+    for block in blocks:
+        mono = to_mono(block)
+        if not np.isfinite(mono).all():
+            raise AudioError(p, f"audio contains {int((~np.isfinite(mono)).sum())} NaN or Inf samples")
+        stats.add(block, mono)
+        n_in += mono.shape[0]
+        out, pos = _append(out, pos, resampler.push(mono))
+    if n_in == 0:
+        raise AudioError(p, "audio has no samples")
+    return _finish(out, pos, resampler), n_in
 
 
 def _append(out: np.ndarray, pos: int, piece: np.ndarray) -> tuple[np.ndarray, int]:

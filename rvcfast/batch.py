@@ -46,8 +46,13 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchOptions", "Job", "expand_inputs", "run_batch", "AUDIO_EXTENSIONS", "BatchSummary"]
 
-#: File extensions picked up when a folder is given (what libsndfile decodes).
-AUDIO_EXTENSIONS = {".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".w64", ".caf", ".au", ".snd"}
+#: File extensions picked up when a folder is given.
+AUDIO_EXTENSIONS = {
+    # libsndfile
+    ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".w64", ".caf", ".au", ".snd",
+    # containers decoded through PyAV (the "av" extra)
+    ".m4a", ".aac", ".mp4", ".m4b", ".mov", ".webm", ".mkv", ".mka", ".wma", ".asf", ".ac3", ".amr", ".3gp",
+}
 
 BatchInput = str | os.PathLike | tuple
 ProgressCallback = Callable[[Result, int, int], None]
