@@ -26,8 +26,8 @@ from .errors import ParameterError
 __all__ = ["ConversionParams", "ParamSpec", "param_specs", "coerce_param"]
 
 
-def _meta(help: str, kind: str, metavar: str | None = None, cli: bool = True) -> dict[str, Any]:
-    return {"help": help, "kind": kind, "metavar": metavar, "cli": cli}
+def _meta(help: str, kind: str, metavar: str | None = None, cli: bool = True, flag: str | None = None) -> dict[str, Any]:
+    return {"help": help, "kind": kind, "metavar": metavar, "cli": cli, "flag": flag}
 
 
 @dataclass(frozen=True)
@@ -106,10 +106,13 @@ class ConversionParams:
     rms_mix_rate: float = field(default=1.0, metadata=_meta("loudness envelope: 1 = the voice's own, 0 = the input's", "number", "RATE"))
     filter_radius: int = field(default=3, metadata=_meta("harvest only: > 2 median-filters the F0 track", "int", "N"))
     speaker: int = field(default=0, metadata=_meta("speaker id of multi-speaker models", "int", "ID"))
-    noise: bool = field(default=True, metadata=_meta("sample the model's noise like the reference (off: deterministic)", "bool"))
+    noise: bool = field(
+        default=True, metadata=_meta("no noise at all: deterministic output", "bool", flag="--no-noise")
+    )
     seed: int | None = field(default=None, metadata=_meta("seed for the model's noise (same seed, same output)", "optional-int", "N"))
     output_sample_rate: int | None = field(
-        default=None, metadata=_meta("resample the output to HZ (default: the model's rate)", "optional-int", "HZ")
+        default=None,
+        metadata=_meta("resample the output to HZ (default: the model's rate)", "optional-int", "HZ", flag="--sample-rate"),
     )
     v1_output_layer: int = field(default=9, metadata=_meta("content-encoder layer for v1 models (RVC 9, Applio 12)", "int", "N"))
     fill_unvoiced: bool = field(default=False, metadata=_meta("interpolate F0 through unvoiced frames before the shift", "bool"))
@@ -252,6 +255,7 @@ class ParamSpec:
     help: str
     metavar: str | None
     cli: bool
+    flag: str  # the command-line flag, e.g. "--index-rate" (booleans on by default: "--no-NAME")
 
 
 def param_specs() -> list[ParamSpec]:
@@ -259,7 +263,8 @@ def param_specs() -> list[ParamSpec]:
     specs = []
     for f in dataclasses.fields(ConversionParams):
         m = f.metadata
-        specs.append(ParamSpec(f.name, m["kind"], f.default, m["help"], m.get("metavar"), m.get("cli", True)))
+        flag = m.get("flag") or "--" + f.name.replace("_", "-")
+        specs.append(ParamSpec(f.name, m["kind"], f.default, m["help"], m.get("metavar"), m.get("cli", True), flag))
     return specs
 
 

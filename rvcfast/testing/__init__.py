@@ -14,7 +14,9 @@ noise, so use them for shapes, formats, batching and speed, never for quality.
   of either layout;
 * :func:`save_random_hubert` -- a whole content-encoder checkpoint (fairseq file or
   Hugging Face folder);
-* :func:`save_random_rmvpe` -- RMVPE weights, full size or the reduced test architecture.
+* :func:`save_random_rmvpe` -- RMVPE weights, full size or the reduced test architecture;
+* :func:`build_bench_models` -- all of them at once (full size or tiny), built once and
+  reused, and :func:`synth_test_audio`, a sung-like test signal.
 
 A retrieval index needs no random writer: :func:`rvcfast.index.save_index` writes a
 faiss file from any vectors.
@@ -22,8 +24,16 @@ faiss file from any vectors.
 
 from __future__ import annotations
 
+from .bench import build_bench_models, synth_test_audio
 from .hubert import random_hubert_state_dict, save_random_hubert
 from .rmvpe import save_random_rmvpe
 from .voice import save_random_voice_model
 
-__all__ = ["save_random_voice_model", "random_hubert_state_dict", "save_random_hubert", "save_random_rmvpe"]
+__all__ = [
+    "save_random_voice_model",
+    "random_hubert_state_dict",
+    "save_random_hubert",
+    "save_random_rmvpe",
+    "build_bench_models",
+    "synth_test_audio",
+]

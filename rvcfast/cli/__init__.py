@@ -1,0 +1,103 @@
+"""The ``rvcfast`` command line.
+
+One module per subcommand (``convert``, ``f0``, ``info``, ``backends``, ``download``,
+``bench``); each has ``add_parser(sub)`` and a ``cmd_*`` function that takes the parsed
+arguments, calls library functions and returns the exit status:
+
+* ``0`` -- everything worked;
+* ``1`` -- something failed: a file of a batch (each is named with its reason), a
+  missing weights file, a model that cannot be loaded (one clean line, no traceback);
+* ``2`` -- a usage error (bad option, parameter out of range, no inputs found).
+
+``main(argv)`` runs the command line in-process and returns that status, so it can be
+called from Python and tests as well as through the ``rvcfast`` console script or
+``python -m rvcfast``. Only argparse and the standard library are imported here; torch and
+the models are imported when a command needs them, so ``rvcfast --help`` is instant.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Sequence
+
+from .._version import __version__
+from ..errors import ParameterError, RvcfastError
+from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, HelpFormatter, UsageError, err
+
+__all__ = ["main", "build_parser", "COMMANDS"]
+
+#: Subcommand modules, in the order ``--help`` lists them.
+COMMANDS = ("convert", "f0", "info", "backends", "download", "bench")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The ``rvcfast`` argument parser with all subcommands."""
+    parser = argparse.ArgumentParser(
+        prog=PROG,
+        description=(
+            "rvcfast: fast, faithful RVC voice conversion.\n\n"
+            "Loads RVC/Applio voice models (.pth), their faiss .index, hubert_base.pt and rmvpe.pt\n"
+            "into pure PyTorch, and converts many files at once."
+        ),
+        epilog=(
+            "examples:\n"
+            "  rvcfast download                                   # fetch rmvpe.pt and hubert_base.pt\n"
+            "  rvcfast convert voice.pth song.wav -o out/ --pitch 12\n"
+            "  rvcfast f0 song.wav -o f0/ --method rmvpe\n"
+            "  rvcfast info voice.pth --index voice.index\n"
+            "\n"
+            "`rvcfast COMMAND --help` explains each command. Exit status: 0 success, 1 failure\n"
+            "(the failing files are named), 2 usage error."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument("--traceback", action="store_true", help="show full tracebacks instead of one-line errors")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands")
+    for command in COMMANDS:
+        importlib.import_module(f".{command}", __name__).add_parser(sub)
+    parser._rvcfast_subparsers = sub  # type: ignore[attr-defined]
+    return parser
+
+
+def _subparser(parser: argparse.ArgumentParser, command: str | None) -> argparse.ArgumentParser:
+    sub = getattr(parser, "_rvcfast_subparsers", None)
+    if sub is not None and command in sub.choices:
+        return sub.choices[command]
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line with ``argv`` (default ``sys.argv[1:]``) and return the exit status."""
+    parser = build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version, or an argparse usage error (already printed)
+        code = exc.code
+        return code if isinstance(code, int) else (EXIT_OK if code is None else EXIT_USAGE)
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    try:
+        return int(args.func(args))
+    except (UsageError, ParameterError) as exc:
+        if args.traceback:
+            raise
+        sp = _subparser(parser, args.command)
+        sp.print_usage(sys.stderr)
+        print(f"{sp.prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return EXIT_USAGE
+    except RvcfastError as exc:
+        if args.traceback:
+            raise
+        err(str(exc))
+        return EXIT_FAILED
+    except KeyboardInterrupt:
+        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,186 @@
+"""What every ``rvcfast`` subcommand shares: exit statuses, errors, help layout, option groups."""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import ParameterError
+
+PROG = "rvcfast"
+
+# exit statuses
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A command-line mistake found after parsing (reported like argparse's errors, status 2)."""
+
+
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """Shows ``(default: X)`` only for real defaults (not None/False), keeps epilog layout."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        help_text = action.help or ""
+        if (
+            action.default is None
+            or action.default is False
+            or action.default == argparse.SUPPRESS
+            or isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction, argparse._VersionAction, argparse._HelpAction))
+            or "%(default)" in help_text
+            or not action.option_strings
+        ):
+            return help_text
+        return help_text + " (default: %(default)s)"
+
+
+def err(message: str) -> None:
+    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+
+
+def out(text: str = "") -> None:
+    print(text, file=sys.stdout)
+
+
+def parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
+    """``["threshold=0.05", "pad_mode=constant"]`` -> ``{"threshold": 0.05, "pad_mode": "constant"}``."""
+    options: dict[str, Any] = {}
+    for pair in pairs or ():
+        key, sep, raw = pair.partition("=")
+        key = key.strip()
+        if not sep or not key.isidentifier():
+            raise UsageError(f"--f0-option expects KEY=VALUE with KEY a Python name, got {pair!r}")
+        try:
+            value: Any = ast.literal_eval(raw)
+        except (ValueError, SyntaxError):
+            value = raw  # a plain word stays a string
+        options[key] = value
+    return options
+
+
+def expand_inputs(inputs: Sequence[str], recursive: bool) -> list[Path]:
+    """Paths and folders -> audio file paths (folders: known audio extensions, sorted)."""
+    from ..batch import BatchOptions
+    from ..batch import expand_inputs as expand
+
+    jobs = expand(list(inputs), BatchOptions(recursive=recursive))
+    return [j.path for j in jobs if j.path is not None]
+
+
+def check_output_dir(folder: Path) -> None:
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"output {folder} exists and is not a folder")
+
+
+def add_device_options(p: argparse.ArgumentParser | Any) -> None:
+    p.add_argument("--device", default="auto", metavar="DEVICE", help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1'...")
+    p.add_argument(
+        "--dtype",
+        default="float32",
+        choices=["float32", "bfloat16", "float16", "auto"],
+        help="compute precision (float16 needs CUDA; auto: bfloat16 where the hardware has it natively)",
+    )
+
+
+def report_failures(failures: list[str], total: int) -> int:
+    """Print each failed file with its reason; the exit status for the run."""
+    if not failures:
+        return EXIT_OK
+    print(f"{PROG}: {len(failures)} of {total} file(s) failed:", file=sys.stderr)
+    for line in failures:
+        print(f"  {line}", file=sys.stderr)
+    return EXIT_FAILED
+
+
+def report_warnings(warnings: list[str]) -> None:
+    """Print the input warnings of a run (each names its file)."""
+    if warnings:
+        print(f"{PROG}: {len(warnings)} warning(s):", file=sys.stderr)
+        for line in warnings:
+            print(f"  warning: {line}", file=sys.stderr)
+
+
+# ------------------------------------------------------------------------ conversion parameters
+
+
+class _EffectAction(argparse.Action):
+    """``--effect reverb:room_size=0.3,wet_level=0.2`` (repeatable) -> ``{"reverb": {...}}``."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        name, _, rest = str(values).partition(":")
+        params: dict[str, float] = {}
+        for item in filter(None, (x.strip() for x in rest.split(","))):
+            key, sep, raw = item.partition("=")
+            try:
+                params[key.strip()] = float(raw)
+            except ValueError:
+                raise argparse.ArgumentError(self, f"expected NAME[:KEY=NUMBER,...], got {values!r}") from None
+            if not sep:
+                raise argparse.ArgumentError(self, f"expected NAME[:KEY=NUMBER,...], got {values!r}")
+        effects = dict(getattr(namespace, "effects", None) or {})
+        effects[name.strip()] = params
+        namespace.effects = effects
+
+
+def _json_object(text: str) -> dict[str, Any]:
+    p = Path(text)
+    raw = p.read_text(encoding="utf-8") if p.suffix == ".json" and p.is_file() else text
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not JSON (or a .json file): {exc}") from None
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError("expected a JSON object {effect: {parameter: value}}")
+    return value
+
+
+def add_conversion_options(p: argparse.ArgumentParser | Any) -> None:
+    """One option per :class:`~rvcfast.ConversionParams` field, from its declared kind, help and flag."""
+    from ..params import param_specs
+
+    for spec in param_specs():
+        if not spec.cli:
+            continue
+        kw: dict[str, Any] = {"dest": spec.name, "help": spec.help}
+        if spec.kind == "bool":
+            kw["action"] = "store_false" if spec.default else "store_true"
+            kw["default"] = spec.default
+        elif spec.kind == "pair":
+            kw.update(type=float, nargs=2, metavar=tuple((spec.metavar or "A B").split()), default=None)
+        elif spec.kind == "mapping":
+            kw.update(type=_json_object, metavar=spec.metavar, default=None)
+        else:
+            kw.update(type=int if spec.kind.endswith("int") else float, metavar=spec.metavar, default=spec.default)
+        p.add_argument(spec.flag, **kw)
+        if spec.name == "effects":
+            p.add_argument(
+                "--effect", action=_EffectAction, dest="effects", metavar="NAME[:KEY=V,...]",
+                help="add one effect, repeatable, e.g. reverb:room_size=0.3 or compressor:threshold=-20,ratio=3",
+            )
+
+
+def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """The conversion parameters given on the command line, as keyword overrides."""
+    from ..params import param_specs
+
+    values = {s.name: getattr(args, s.name) for s in param_specs() if s.cli and hasattr(args, s.name)}
+    if values.get("formant") is not None:
+        values["formant"] = tuple(values["formant"])
+    return values
+
+
+def check_params(values: dict[str, Any]) -> None:
+    """Range-check conversion parameters before anything is loaded (a bad value is a usage error)."""
+    from ..params import ConversionParams
+
+    try:
+        ConversionParams.build(None, **values).validate()
+    except ParameterError as exc:
+        raise UsageError(str(exc)) from None

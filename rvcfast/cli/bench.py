@@ -1,0 +1,100 @@
+"""``rvcfast bench``: measure conversion speed on random-weight models in the real formats."""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from ._common import EXIT_FAILED, EXIT_OK, HelpFormatter, UsageError, add_device_options, err, out
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Build (or reuse) models, synthesise test clips, run convert_batch and print the stage table."""
+    import soundfile as sf
+
+    from ..api import Converter
+    from ..batch import BatchSummary
+    from ..testing import build_bench_models, synth_test_audio
+    from ..weights import cache_dir
+
+    if args.files < 1 or not args.seconds > 0:
+        raise UsageError("--files must be >= 1 and --seconds > 0")
+    paths: dict[str, Any] = {k: getattr(args, k) for k in ("model", "index", "encoder", "f0_weights")}
+    if args.model is None:  # random models; any real file given replaces its random counterpart
+        folder = Path(args.models).expanduser() if args.models else cache_dir() / "bench-models"
+        print(f"models: random {'small' if args.small else 'full-size'} models in {folder}", file=sys.stderr)
+        built = build_bench_models(folder, small=args.small, log=lambda m: print(m, file=sys.stderr))
+        paths = {k: v if v is not None else built[k] for k, v in paths.items()}
+    t0 = time.perf_counter()
+    weights = paths["f0_weights"] if "rmvpe" in args.f0.lower() else None
+    conv = Converter.from_pretrained(
+        paths["model"], index=paths["index"], encoder=paths["encoder"], f0=args.f0,
+        f0_weights=weights, device=args.device, dtype=args.dtype,
+    )
+    load_seconds = time.perf_counter() - t0
+    with tempfile.TemporaryDirectory(prefix="rvcfast-bench-") as tmp:
+        clips = []
+        for i in range(args.files):
+            p = Path(tmp) / "in" / f"clip{i:03d}.wav"
+            p.parent.mkdir(exist_ok=True)
+            sf.write(p, synth_test_audio(args.seconds, 44100, seed=i), 44100, subtype="PCM_16")
+            clips.append(str(p))
+        if not args.no_warmup:
+            conv.convert(synth_test_audio(1.0, 16000, seed=999), 16000)
+        summary = BatchSummary()
+        start = time.perf_counter()
+        results = conv.convert_batch(clips, Path(tmp) / "out", batch_seconds=args.batch_seconds)
+        summary.wall_seconds = time.perf_counter() - start
+    for r in results:
+        summary.add(r)
+    bad = [r for r in results if not r.ok]
+    out(f"device {conv.device}, {args.dtype}, F0 {args.f0}; {args.files} clips x {args.seconds:g} s; models loaded in {load_seconds:.1f} s")
+    out(summary.table())
+    speed = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds else float("nan")
+    out(f"speed: {speed:.2f}x real-time (real-time factor {1 / speed if speed else math.nan:.4f})")
+    for r in bad:
+        err(f"{r.source}: {r.error}")
+    return EXIT_FAILED if bad else EXIT_OK
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "bench",
+        help="measure conversion speed",
+        description=(
+            "Measure conversion speed: synthesise N test clips of S seconds (harmonic tones with\n"
+            "vibrato), convert them with convert_batch and print the stage table and the real-time\n"
+            "factor (wall seconds per second of audio; below 1 is faster than real time).\n\n"
+            "Without --model, random-weight models in the real formats are built once and cached in\n"
+            "--models: a full-size v2 40 kHz voice, hubert_base.pt (fairseq), rmvpe.pt and a\n"
+            "20000 x 768 index (about 500 MB); --index/--encoder/--f0-weights replace their random\n"
+            "counterparts. Random weights compute exactly like trained ones, so the timings are\n"
+            "those of real models."
+        ),
+        epilog=(
+            "examples:\n"
+            "  rvcfast bench\n"
+            "  rvcfast bench --small --files 2 --seconds 2          # quick check\n"
+            "  rvcfast bench --files 16 --seconds 30 --device cuda --dtype float16\n"
+            "  rvcfast bench --model voice.pth --index voice.index --encoder hubert_base.pt --f0-weights rmvpe.pt"
+        ),
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("--files", type=int, metavar="N", default=8, help="number of test clips")
+    p.add_argument("--seconds", type=float, metavar="S", default=10.0, help="length of each clip in seconds")
+    p.add_argument("--models", metavar="DIR", help="where random models are built and cached (default: <cache>/bench-models)")
+    p.add_argument("--small", action="store_true", help="tiny random models (a quick check, not a benchmark)")
+    p.add_argument("--model", metavar="FILE", help="a real voice model .pth instead of the random one")
+    p.add_argument("--index", metavar="FILE", help="a real .index")
+    p.add_argument("--encoder", metavar="PATH", help="a real hubert_base.pt / ContentVec folder")
+    p.add_argument("--f0-weights", metavar="FILE", help="a real rmvpe.pt")
+    p.add_argument("--f0", metavar="NAME", default="rmvpe", help="F0 backend")
+    add_device_options(p)
+    p.add_argument("--batch-seconds", type=float, metavar="S", default=None, help="seconds of audio batched together (default: 8 on CPU, 120 on GPU)")
+    p.add_argument("--no-warmup", action="store_true", help="do not run a 1 s warm-up conversion first")
+    p.set_defaults(func=cmd_bench)

@@ -1,0 +1,139 @@
+"""``rvcfast convert``: files and folders to a voice, through :meth:`rvcfast.Converter.iter_batch`."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ._common import (
+    HelpFormatter,
+    UsageError,
+    add_conversion_options,
+    add_device_options,
+    check_output_dir,
+    check_params,
+    expand_inputs,
+    out,
+    params_from_args,
+    parse_options,
+    report_failures,
+    report_warnings,
+)
+
+
+def _audio_seconds(path: Path) -> float:
+    """Duration from the file header (0 when it cannot be read: the batch reports why)."""
+    from ..audio import audio_info
+
+    try:
+        return audio_info(path)[0]
+    except Exception:  # noqa: BLE001 - only an estimate for the progress bar
+        return 0.0
+
+
+def _describe_load(conv: Any, args: argparse.Namespace, seconds: float) -> str:
+    voc = conv.vocoder
+    f0 = f", F0 {args.f0}" if voc.has_f0 else ", no F0"
+    idx = f", index {conv.index.ntotal} vectors" if conv.index is not None else ""
+    return (
+        f"{Path(args.model).name}: {voc.version} {voc.sample_rate} Hz{f0}{idx}; device {conv.device}, "
+        f"{str(conv.dtype).replace('torch.', '')}; loaded in {seconds:.1f} s"
+    )
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert files or folders to the voice of MODEL and write them to OUT."""
+    from ..api import Converter
+    from ..batch import BatchSummary
+    from ..progress import BatchProgress
+
+    if args.batch_seconds is not None and not args.batch_seconds > 0:
+        raise UsageError(f"--batch-seconds must be positive, got {args.batch_seconds}")
+    target = Path(args.output)
+    check_output_dir(target)
+    inputs = expand_inputs(args.inputs, args.recursive)
+    if not inputs:
+        raise UsageError(f"no audio files found in {', '.join(args.inputs)}" + ("" if args.recursive else " (use --recursive for sub-folders)"))
+    params = params_from_args(args)
+    check_params(params)  # a bad value is a usage error, found before loading anything
+    t0 = time.perf_counter()
+    conv = Converter.from_pretrained(
+        args.model, index=args.index, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights,
+        device=args.device, dtype=args.dtype, f0_options=parse_options(args.f0_option), allow_download=args.download,
+    )
+    if not args.quiet:
+        print(_describe_load(conv, args, time.perf_counter() - t0), file=sys.stderr)
+    expected = {str(p): _audio_seconds(p) for p in inputs}
+    summary = BatchSummary()
+    failures: list[str] = []
+    warnings: list[str] = []
+    bar = BatchProgress(len(inputs), sum(expected.values()), enabled=not args.quiet)
+    start = time.perf_counter()
+    try:
+        for res in conv.iter_batch(
+            [str(p) for p in inputs], target, format=args.format, subtype=args.subtype,
+            skip_existing=args.skip_existing, batch_seconds=args.batch_seconds, **params,
+        ):
+            summary.add(res)
+            warnings.extend(res.warnings)
+            if res.error is not None:
+                reason = " ".join(res.error.split())
+                failures.append(reason if res.source and res.source in reason else f"{res.source}: {reason}")
+            bar.update(res, expected_seconds=expected.get(res.source or "", 0.0))
+    finally:
+        bar.close()
+    summary.wall_seconds = time.perf_counter() - start
+    if not args.quiet:
+        out(summary.table())
+    report_warnings(warnings)
+    return report_failures(failures, len(inputs))
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "convert",
+        help="convert audio files to a voice",
+        description=(
+            "Convert audio files (or every audio file in folders) to the voice of MODEL, an RVC/Applio\n"
+            "voice model (.pth), and write one output per input into OUT. Files are batched together and\n"
+            "decoding/writing overlap the model work. A file that fails is reported by name with its\n"
+            "reason and the others carry on; the exit status is then 1. Damaged or odd inputs (a\n"
+            "truncated file, clipping...) are listed as warnings; --strict makes them failures."
+        ),
+        epilog=(
+            "examples:\n"
+            "  rvcfast convert voice.pth song.wav -o out/\n"
+            "  rvcfast convert voice.pth vocals/ -o out/ --index voice.index --pitch 12 --format flac\n"
+            "  rvcfast convert voice.pth takes/ -o out/ --recursive --skip-existing --f0 crepe\n"
+            "  rvcfast convert voice.pth a.wav -o out/ --encoder hubert_base.pt --f0-weights rmvpe.pt\n"
+            "  rvcfast convert voice.pth a.m4a -o out/ --autotune 0.8 --effect reverb:room_size=0.3 --clean 0.5\n"
+            "\n"
+            "Base weights (hubert_base.pt, rmvpe.pt) are found in $RVCFAST_HOME or the user cache;\n"
+            "get them with `rvcfast download`, or pass --download to fetch missing ones."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("model", metavar="MODEL", help="voice model .pth (RVC WebUI or Applio, v1/v2)")
+    p.add_argument("inputs", metavar="INPUT", nargs="+", help="audio files and/or folders")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, help="output folder (created if missing)")
+    g = p.add_argument_group("models")
+    g.add_argument("--index", metavar="FILE", help="faiss .index trained with the voice (read without faiss)")
+    g.add_argument("--encoder", metavar="PATH", help="hubert_base.pt or a ContentVec folder (default: $RVCFAST_HOME or the cache)")
+    g.add_argument("--f0", metavar="NAME", default="rmvpe", help="F0 backend: rmvpe, crepe, crepe-tiny, fcpe, harvest, dio, pm, hybrid:a+b or a plugin (see `rvcfast backends`)")
+    g.add_argument("--f0-weights", metavar="FILE", help="weights for the F0 backend (rmvpe.pt; default: $RVCFAST_HOME or the cache)")
+    g.add_argument("--f0-option", metavar="KEY=VALUE", action="append", help="extra option for the F0 backend, repeatable (e.g. threshold=0.05)")
+    g.add_argument("--download", action="store_true", help="download missing base weights (hubert_base.pt, rmvpe.pt) into the cache")
+    add_conversion_options(p.add_argument_group("conversion (see docs/parameters.md)"))
+    o = p.add_argument_group("output")
+    o.add_argument("--format", default="wav", choices=["wav", "flac", "ogg", "mp3"], help="output file format")
+    o.add_argument("--subtype", metavar="NAME", help="soundfile subtype, e.g. PCM_16, PCM_24, FLOAT (default: the format's)")
+    o.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
+    o.add_argument("--skip-existing", action="store_true", help="skip inputs whose output already exists (resume a batch)")
+    o.add_argument("-q", "--quiet", action="store_true", help="no progress or summary; failures are still reported")
+    r = p.add_argument_group("runtime")
+    add_device_options(r)
+    r.add_argument("--batch-seconds", type=float, metavar="S", default=None, help="seconds of audio batched through the models together (default: 8 on CPU, 120 on GPU)")
+    p.set_defaults(func=cmd_convert)

@@ -1,0 +1,87 @@
+"""``rvcfast info``: describe a voice model and its index (through :mod:`rvcfast.describe`)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from typing import Any
+
+from ._common import EXIT_OK, HelpFormatter, out
+
+
+def _short(value: Any, limit: int = 70) -> str:
+    text = value if isinstance(value, str) else repr(value)
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Describe a voice model (and optionally its index)."""
+    from ..describe import describe_index, describe_model
+    from ..progress import format_bytes
+
+    model, index = args.model, args.index
+    if index is None and model.lower().endswith(".index"):
+        model, index = None, model  # `rvcfast info voice.index` describes the index alone
+    report: dict[str, Any] = {}
+    if model is not None:
+        report["model"] = describe_model(model)
+    if index is not None:
+        report["index"] = describe_index(index)
+        if "model" in report:
+            report["index"]["matches_model"] = report["index"]["dim"] == report["model"]["feature_dim"]
+    if args.json:
+        out(json.dumps(report, indent=2))
+        return EXIT_OK
+    rows: list[tuple[str, str]] = []
+    if "model" in report:
+        m = report["model"]
+        rows += [
+            ("model", f"{m['path']} ({format_bytes(m['file_bytes'])})"),
+            ("version", m["version"]),
+            ("sample rate", f"{m['sample_rate']} Hz"),
+            ("pitch (F0)", "yes" if m["f0"] else "no"),
+            ("speakers", str(m["speakers"])),
+            ("vocoder", str(m["vocoder"])),
+            ("embedder", str(m["embedder"] or "(not named; contentvec / hubert_base)")),
+            ("feature dim", str(m["feature_dim"])),
+            ("hop length", f"{m['hop_length']} samples"),
+            ("parameters", f"{m['parameters'] / 1e6:.2f} M"),
+            ("config", json.dumps(m["config"])),
+            ("metadata", ", ".join(m["metadata"]) or "(none)"),
+        ]
+        rows += [(f"  {k}", _short(v)) for k, v in m["metadata"].items()]
+    if "index" in report:
+        i = report["index"]
+        rows += [
+            ("index", f"{i['path']} ({format_bytes(i['file_bytes'])})"),
+            ("  type", "IVF-Flat" if i["kind"] == "ivf" else "Flat"),
+            ("  size", f"{i['vectors']} vectors"),
+            ("  dimension", str(i["dim"])),
+            ("  nlist", str(i["nlist"])),
+            ("  nprobe", str(i["nprobe"])),
+        ]
+        if "matches_model" in i:
+            rows.append(("  fits model", "yes" if i["matches_model"] else f"NO: the model takes {report['model']['feature_dim']}-dim features"))
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        out(f"{k:<{width}}  {v}")
+    return EXIT_OK
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "info",
+        help="describe a voice model and its index",
+        description=(
+            "Describe a voice model: version, sample rate, F0 or not, speakers, feature dimension,\n"
+            "the 18-value config and the metadata keys present (info, epoch, author...). With --index\n"
+            "(or an .index file as MODEL) also the index: size, dimension, nlist, nprobe."
+        ),
+        epilog="examples:\n  rvcfast info voice.pth\n  rvcfast info voice.pth --index voice.index --json",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("model", metavar="MODEL", help="voice model .pth (or an .index file)")
+    p.add_argument("--index", metavar="FILE", help="faiss .index to describe as well")
+    p.add_argument("--json", action="store_true", help="print JSON instead of text")
+    p.set_defaults(func=cmd_info)

@@ -1,0 +1,90 @@
+"""Describe model files: the one place that turns a voice model or an index into plain facts.
+
+``rvcfast info``, the server's ``/v1/voices`` and anything else that lists models call
+these, so every front end reports the same names and values. The results are
+JSON-ready dicts.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+__all__ = ["describe_model", "describe_index", "model_metadata"]
+
+#: Checkpoint keys that hold weights or training state, not metadata.
+_NOT_METADATA = ("weight", "model", "config", "optimizer", "optimizer_state")
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (str, int, float, bool)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    return repr(value)
+
+
+def model_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The non-weight entries of a voice checkpoint (``info``, ``epoch``, ``author``, ``vocoder``...), JSON-ready."""
+    import torch
+
+    from .safe_load import load_torch_file
+
+    raw = load_torch_file(path, what="voice model")
+    metadata: dict[str, Any] = {}
+    if isinstance(raw, dict):
+        for key, value in raw.items():
+            if key in _NOT_METADATA:
+                continue
+            if isinstance(value, torch.Tensor):
+                value = f"tensor{list(value.shape)}"
+            elif isinstance(value, (dict, list, tuple)) and len(repr(value)) > 200:
+                value = f"{type(value).__name__} of {len(value)}"
+            metadata[str(key)] = _jsonable(value)
+    return metadata
+
+
+def describe_model(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Facts about a voice model: version, rate, F0, speakers, feature size, vocoder, embedder, config, metadata.
+
+    The model is loaded (on the CPU) to make sure it is one rvcfast runs; a file that is
+    not raises :class:`~rvcfast.errors.ModelLoadError` saying why.
+    """
+    from .models.synthesizer import load_vocoder
+
+    voc = load_vocoder(path, device="cpu")
+    metadata = model_metadata(path)
+    return {
+        "path": os.fspath(path),
+        "file_bytes": Path(path).stat().st_size,
+        "version": voc.version,
+        "sample_rate": voc.sample_rate,
+        "f0": voc.has_f0,
+        "speakers": voc.num_speakers,
+        "feature_dim": voc.feature_dim,
+        "hop_length": voc.hop_length,
+        "vocoder": getattr(voc, "vocoder", None) or metadata.get("vocoder") or "HiFi-GAN",
+        "embedder": getattr(voc, "embedder_model", None) or metadata.get("embedder_model"),
+        "parameters": sum(int(p.numel()) for p in voc.parameters()),
+        "config": _jsonable(list(voc.config)),
+        "metadata": metadata,
+    }
+
+
+def describe_index(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Facts about a faiss index: kind, vectors, dimension, nlist, nprobe."""
+    from .index import load_index
+
+    idx = load_index(path)
+    return {
+        "path": os.fspath(path),
+        "file_bytes": Path(path).stat().st_size,
+        "kind": idx.kind,
+        "vectors": idx.ntotal,
+        "dim": idx.dim,
+        "nlist": idx.nlist,
+        "nprobe": idx.nprobe,
+    }
