@@ -86,6 +86,7 @@ class _Item:
     """One input on its way through :meth:`Engine.run`."""
 
     prep: PreparedAudio
+    params: ConversionParams
     timings: dict[str, float] = field(default_factory=dict)
     error: BaseException | None = None
     coarse: np.ndarray | None = None
@@ -247,7 +248,7 @@ class Engine:
     def run(
         self,
         preps: Sequence[PreparedAudio],
-        params: ConversionParams,
+        params: ConversionParams | Sequence[ConversionParams],
         *,
         f0: Sequence[F0Track] | None = None,
         raise_errors: bool = False,
@@ -255,16 +256,21 @@ class Engine:
     ) -> list[Result]:
         """F0 (unless given) → features → index → synthesis → assembly for prepared inputs.
 
-        Returns one :class:`Result` per input, in order. A failing input gets ``error``
-        set (its name and the reason) unless ``raise_errors``, which re-raises the first
-        failure's exception as it happens. ``batch_seconds`` overrides the engine's
-        packing budget for this call.
+        ``params`` is one :class:`~rvcfast.ConversionParams` for all inputs or one per
+        input (a server batching different requests): segments share a model call only
+        when their speaker, noise switch and v1 layer agree. Returns one :class:`Result`
+        per input, in order. A failing input gets ``error`` set (its name and the reason)
+        unless ``raise_errors``, which re-raises the first failure's exception as it
+        happens. ``batch_seconds`` overrides the engine's packing budget for this call.
         """
-        items = [_Item(p) for p in preps]
-        self._pitch(items, params, f0, raise_errors)
+        per_item = [params] * len(preps) if isinstance(params, ConversionParams) else list(params)
+        if len(per_item) != len(preps):
+            raise ParameterError(f"run() got {len(preps)} inputs but {len(per_item)} parameter sets")
+        items = [_Item(p, q) for p, q in zip(preps, per_item)]
+        self._pitch(items, f0, raise_errors)
         budget = int((batch_seconds if batch_seconds is not None else self.batch_seconds) * SR_16K)
-        self._synthesize_all(items, params, raise_errors, budget)
-        return [self._assemble(item, params, raise_errors) for item in items]
+        self._synthesize_all(items, raise_errors, budget)
+        return [self._assemble(item, raise_errors) for item in items]
 
     def convert(
         self,
@@ -291,45 +297,54 @@ class Engine:
         if item.error is None:
             item.error = _Failure(_describe(item.prep.label, what, exc))
 
-    def _pitch(self, items: list[_Item], params: ConversionParams, f0: Sequence[F0Track] | None, raise_errors: bool) -> None:
+    def _pitch(self, items: list[_Item], f0: Sequence[F0Track] | None, raise_errors: bool) -> None:
         if not self.vocoder.has_f0:
             return
-        t0 = time.perf_counter()
-        tracks = list(f0) if f0 is not None else self.extract_f0([it.prep for it in items], params)
+        tracks: list[F0Track] = list(f0) if f0 is not None else [None] * len(items)
         if f0 is None:
-            spread({"f0": time.perf_counter() - t0}, [it.prep.padded.shape[0] for it in items], [it.timings for it in items])
+            # one batched call per F0 setting (only harvest's filter_radius differs between requests)
+            by_setting: dict[int, list[int]] = {}
+            for i, item in enumerate(items):
+                by_setting.setdefault(int(item.params.filter_radius), []).append(i)
+            for members in by_setting.values():
+                t0 = time.perf_counter()
+                found = self.extract_f0([items[i].prep for i in members], items[members[0]].params)
+                weights = [items[i].prep.padded.shape[0] for i in members]
+                spread({"f0": time.perf_counter() - t0}, weights, [items[i].timings for i in members])
+                for i, track in zip(members, found):
+                    tracks[i] = track
         for item, raw in zip(items, tracks):
             if isinstance(raw, BaseException) or raw is None:
                 exc = raw if isinstance(raw, BaseException) else RvcfastError("no F0 track")
                 self._fail(item, exc, "F0 extraction failed", raise_errors)
                 continue
-            item.coarse, item.pitchf = pitch_track(np.asarray(raw), item.prep.p_len, params)
+            item.coarse, item.pitchf = pitch_track(np.asarray(raw), item.prep.p_len, item.params)
 
-    def _synthesize_all(self, items: list[_Item], params: ConversionParams, raise_errors: bool, budget: int) -> None:
+    def _synthesize_all(self, items: list[_Item], raise_errors: bool, budget: int) -> None:
         voc = self.vocoder
         trim = voc.sample_rate * self.segment_config.x_pad
-        entries: list[tuple[int, int, SegmentInput]] = []
+        calls: dict[tuple[Any, ...], list[tuple[int, int, SegmentInput]]] = {}
         for i, item in enumerate(items):
             if item.error is not None:
                 continue
-            segs = segment_inputs(item.prep, item.coarse, item.pitchf, params.seed)
+            q = item.params
             pos = 0
-            for k, seg in enumerate(segs):
+            for k, seg in enumerate(segment_inputs(item.prep, item.coarse, item.pitchf, q.seed)):
                 item.offsets.append(pos)
-                pos += segment_output_length(seg.audio.shape[0], seg.frames, voc.hop_length, trim, params.keep_length)
-                entries.append((i, k, seg))
+                pos += segment_output_length(seg.audio.shape[0], seg.frames, voc.hop_length, trim, q.keep_length)
+                calls.setdefault((q.speaker, q.noise, q.v1_output_layer), []).append((i, k, seg))
             item.buffer = np.empty(pos, dtype=np.float32)
-        entries.sort(key=lambda e: e[2].audio.shape[0])
-        for group in pack([e[2].audio.shape[0] for e in entries], budget):
-            bucket = [entries[g] for g in group if items[entries[g][0]].error is None]
-            if bucket:
-                self._synthesize_bucket(items, bucket, params, raise_errors)
-                release_memory()
+        for entries in calls.values():
+            entries.sort(key=lambda e: e[2].audio.shape[0])
+            for group in pack([e[2].audio.shape[0] for e in entries], budget):
+                bucket = [entries[g] for g in group if items[entries[g][0]].error is None]
+                if bucket:
+                    self._synthesize_bucket(items, bucket, raise_errors)
+                    release_memory()
 
-    def _synthesize_bucket(
-        self, items: list[_Item], bucket: list[tuple[int, int, SegmentInput]], params: ConversionParams, raise_errors: bool
-    ) -> None:
+    def _synthesize_bucket(self, items: list[_Item], bucket: list[tuple[int, int, SegmentInput]], raise_errors: bool) -> None:
         timer = Timer(self.device)
+        params = [items[e[0]].params for e in bucket]
         try:
             pieces: list[np.ndarray | None] = list(self.synthesize_segments([e[2] for e in bucket], params, timer))
         except Exception as exc:  # noqa: BLE001 - retry one by one to isolate a bad input
@@ -338,9 +353,9 @@ class Engine:
                 pieces = [None]
             else:
                 pieces = []
-                for e in bucket:
+                for e, q in zip(bucket, params):
                     try:
-                        pieces.extend(self.synthesize_segments([e[2]], params, timer))
+                        pieces.extend(self.synthesize_segments([e[2]], q, timer))
                     except Exception as exc1:  # noqa: BLE001
                         self._fail(items[e[0]], exc1, "synthesis failed", raise_errors)
                         pieces.append(None)
@@ -352,8 +367,8 @@ class Engine:
             off = item.offsets[k]
             item.buffer[off : off + piece.shape[0]] = piece
 
-    def _assemble(self, item: _Item, params: ConversionParams, raise_errors: bool) -> Result:
-        prep = item.prep
+    def _assemble(self, item: _Item, raise_errors: bool) -> Result:
+        prep, params = item.prep, item.params
         if item.error is None and item.buffer is not None:
             t0 = time.perf_counter()
             try:
@@ -376,29 +391,39 @@ class Engine:
 
     # ------------------------------------------------------------------ the model calls
 
-    def synthesize_segments(self, segs: Sequence[SegmentInput], params: ConversionParams, timer: Timer) -> list[np.ndarray]:
-        """Features → index → ×2 → protect → synthesis → trim, for segments batched together."""
+    def synthesize_segments(
+        self, segs: Sequence[SegmentInput], params: ConversionParams | Sequence[ConversionParams], timer: Timer
+    ) -> list[np.ndarray]:
+        """Features → index → ×2 → protect → synthesis → trim, for segments batched together.
+
+        ``params`` is shared or per segment; ``speaker``, ``noise`` and ``v1_output_layer``
+        must agree (one model call), the rest may differ.
+        """
+        per_seg = [params] * len(segs) if isinstance(params, ConversionParams) else list(params)
+        first = per_seg[0]
         with torch.inference_mode():
             with timer.stage("features"):
                 feats = segment_features(
-                    self.encoder, [s.audio for s in segs], self.vocoder.version, self.device, self.dtype, params.v1_output_layer
+                    self.encoder, [s.audio for s in segs], self.vocoder.version, self.device, self.dtype, first.v1_output_layer
                 )
-            use_protect = self.vocoder.has_f0 and params.protect < 0.5
             prepared: list[tuple[torch.Tensor, torch.Tensor | None]] = []
             with timer.stage("index"):
-                for f in feats:
-                    f0feats = f.clone() if use_protect else None
-                    if self.index is not None and params.index_rate != 0:
-                        f = self.index.blend(f.float(), params.index_rate).to(f.dtype)
+                for f, q in zip(feats, per_seg):
+                    f0feats = f.clone() if self._protects(q) else None
+                    if self.index is not None and q.index_rate != 0:
+                        f = self.index.blend(f.float(), q.index_rate).to(f.dtype)
                     f = f.repeat_interleave(2, dim=0)
                     if f0feats is not None:
                         f0feats = f0feats.repeat_interleave(2, dim=0)
                     prepared.append((f, f0feats))
             with timer.stage("synth"):
-                return self._synth_batch(segs, prepared, params, use_protect)
+                return self._synth_batch(segs, prepared, per_seg)
+
+    def _protects(self, params: ConversionParams) -> bool:
+        return self.vocoder.has_f0 and params.protect < 0.5
 
     def _synth_item(
-        self, seg: SegmentInput, f: torch.Tensor, f0feats: torch.Tensor | None, params: ConversionParams, use_protect: bool
+        self, seg: SegmentInput, f: torch.Tensor, f0feats: torch.Tensor | None, params: ConversionParams
     ) -> tuple[torch.Tensor, int, torch.Tensor | None, torch.Tensor | None]:
         n = seg.audio.shape[0]
         if params.keep_length:
@@ -415,7 +440,7 @@ class Engine:
             assert seg.pitch is not None and seg.pitchf is not None
             pitch = torch.from_numpy(np.ascontiguousarray(seg.pitch[:p_len])).to(self.device)
             pitchf = torch.from_numpy(np.ascontiguousarray(seg.pitchf[:p_len])).to(self.device)
-            if use_protect and f0feats is not None:
+            if f0feats is not None:
                 f = apply_protect(f, f0feats[:p_len], pitchf, params.protect)
         return f, p_len, pitch, pitchf
 
@@ -423,11 +448,10 @@ class Engine:
         self,
         segs: Sequence[SegmentInput],
         prepared: list[tuple[torch.Tensor, torch.Tensor | None]],
-        params: ConversionParams,
-        use_protect: bool,
+        params: Sequence[ConversionParams],
     ) -> list[np.ndarray]:
         voc = self.vocoder
-        items = [self._synth_item(seg, f, f0feats, params, use_protect) for seg, (f, f0feats) in zip(segs, prepared)]
+        items = [self._synth_item(seg, f, f0feats, q) for seg, (f, f0feats), q in zip(segs, prepared, params)]
         T, B, C = max(it[1] for it in items), len(items), items[0][0].shape[1]
         feats = torch.zeros(B, T, C, device=self.device, dtype=self.dtype)
         lengths = torch.tensor([it[1] for it in items], device=self.device)
@@ -442,8 +466,8 @@ class Engine:
                 pitchf_b[i, :p_len] = pitchf
         skip = 100 * self.segment_config.x_pad  # frames of padding context dropped at each end
         out = voc.synthesize(
-            feats, lengths, pitch_b, pitchf_b, speaker=params.speaker, noise=params.noise,
-            generator=self._generators(segs, params), skip_frames=skip,
+            feats, lengths, pitch_b, pitchf_b, speaker=params[0].speaker, noise=params[0].noise,
+            generator=self._generators(segs, params[0]), skip_frames=skip,
         )
         out = out.float().cpu().numpy()
         trim = voc.sample_rate * self.segment_config.x_pad

@@ -1,0 +1,99 @@
+"""The engine every front end runs on: one way through the stages, per-input results and errors."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import rvcfast
+from rvcfast.engine import Engine
+from rvcfast.errors import AudioError, ParameterError
+from rvcfast.params import ConversionParams
+
+from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture  # noqa: F401
+
+
+def clip(seconds: float, seed: int, rate: int = 16000) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(seconds * rate)) / rate
+    f = 120 + 60 * seed
+    return (0.3 * np.sin(2 * np.pi * f * t) + 0.01 * rng.standard_normal(t.shape[0])).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_converter: rvcfast.Converter) -> Engine:
+    return tiny_converter.engine
+
+
+def test_convert_is_a_batch_of_one(engine: Engine, tiny_converter: rvcfast.Converter) -> None:
+    params = engine.params(pitch=3, noise=False)
+    prep = engine.prepare(clip(1.3, 1), 16000, params=params)
+    via_run = engine.run([prep], params)[0]
+    via_convert = tiny_converter.convert(clip(1.3, 1), 16000, params)
+    assert via_run.ok and via_convert.ok
+    np.testing.assert_array_equal(via_run.audio, via_convert.audio)
+    assert {"f0", "features", "index", "synth", "post"} <= set(via_run.timings)
+    assert "decode" in via_convert.timings
+
+
+def test_per_input_parameters_in_one_run(engine: Engine) -> None:
+    settings = [
+        engine.params(pitch=0, noise=False),
+        engine.params(pitch=7, index_rate=0.2, protect=0.1, noise=False),
+        engine.params(pitch=-5, speaker=2, noise=False),  # another speaker: its own model call
+        engine.params(pitch=2, noise=True, seed=11),
+    ]
+    clips = [clip(1.0 + 0.4 * k, k) for k in range(4)]
+    preps = [engine.prepare(c, 16000) for c in clips]
+    together = engine.run(preps, settings)
+    for k, (c, q) in enumerate(zip(clips, settings)):
+        alone = engine.run([engine.prepare(c, 16000)], q)[0]
+        assert together[k].ok
+        np.testing.assert_allclose(together[k].audio, alone.audio, rtol=0, atol=1e-5)
+    # the settings really were applied per input: a different pitch gives a different output
+    other = engine.run([preps[1]], settings[0])[0]
+    assert np.abs(other.audio - together[1].audio).max() > 0.1 * np.abs(together[1].audio).max()
+
+
+def test_a_failing_input_does_not_affect_the_others(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = engine.params(noise=False)
+    preps = [engine.prepare(clip(1.0, k), 16000, name=f"clip{k}") for k in range(3)]
+    good = [engine.run([p], params)[0].audio for p in preps]
+    real = engine.extract_f0
+
+    def broken(ps, q):
+        out = real(ps, q)
+        return [RuntimeError("tracker exploded") if p is preps[1] else t for p, t in zip(ps, out)]
+
+    monkeypatch.setattr(engine, "extract_f0", broken)
+    results = engine.run(preps, params)
+    assert results[1].error is not None and "clip1" in results[1].error and "tracker exploded" in results[1].error
+    for k in (0, 2):
+        assert results[k].ok
+        np.testing.assert_allclose(results[k].audio, good[k], rtol=0, atol=1e-6)
+    with pytest.raises(RuntimeError, match="tracker exploded"):
+        engine.run(preps, params, raise_errors=True)
+
+
+def test_parameters_are_checked_and_named(engine: Engine) -> None:
+    with pytest.raises(ParameterError, match="unknown conversion parameter 'pich'.*did you mean 'pitch'"):
+        engine.params(pich=2)
+    with pytest.raises(ParameterError, match="speaker 99 is out of range"):
+        engine.params(speaker=99)
+    with pytest.raises(ParameterError, match="2 inputs but 1 parameter sets"):
+        engine.run([engine.prepare(clip(0.5, 0), 16000)] * 2, [ConversionParams()])
+
+
+def test_build_from_params_and_overrides() -> None:
+    base = ConversionParams(pitch=2, index_rate=0.5)
+    p = ConversionParams.build(base, pitch=4)
+    assert (p.pitch, p.index_rate) == (4, 0.5) and base.pitch == 2
+    assert ConversionParams.build({"protect": 0.2}).protect == 0.2
+
+
+def test_prepare_is_free_of_networks_and_strict_refuses(engine: Engine) -> None:
+    stereo = np.stack([clip(1.0, 0), clip(1.0, 1)], axis=1)
+    prep = engine.prepare(stereo, 44100, name="st")
+    assert prep.warnings == ["st: 2 channels mixed down to mono"]
+    with pytest.raises(AudioError, match="strict mode.*2 channels"):
+        engine.prepare(stereo, 44100, name="st", params=ConversionParams(strict=True))
