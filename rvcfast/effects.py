@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from .constants import SR_16K
 from .errors import AudioError, BackendUnavailableError, ParameterError
 
 __all__ = [
@@ -41,7 +42,7 @@ __all__ = [
 ]
 
 #: Rate :func:`formant_shift` works at (Applio shifts the 16 kHz input signal).
-FORMANT_SAMPLE_RATE = 16000
+FORMANT_SAMPLE_RATE = SR_16K
 _FORMANT_FRAME = 1024
 _FORMANT_HOP = 32
 

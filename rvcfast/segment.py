@@ -12,9 +12,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .constants import F0_HOP, SR_16K
+
 __all__ = ["SegmentConfig", "Segment", "reflect_pad", "find_split_points", "plan_segments"]
 
-WINDOW = 160  # samples per F0 frame at 16 kHz
+WINDOW = F0_HOP  # samples per F0 frame at 16 kHz
 
 
 @dataclass(frozen=True)
@@ -34,19 +36,19 @@ class SegmentConfig:
 
     @property
     def t_pad(self) -> int:
-        return 16000 * self.x_pad
+        return SR_16K * self.x_pad
 
     @property
     def t_query(self) -> int:
-        return 16000 * self.x_query
+        return SR_16K * self.x_query
 
     @property
     def t_center(self) -> int:
-        return 16000 * self.x_center
+        return SR_16K * self.x_center
 
     @property
     def t_max(self) -> int:
-        return 16000 * self.x_max
+        return SR_16K * self.x_max
 
 
 @dataclass(frozen=True)

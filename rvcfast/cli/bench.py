@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..constants import SR_16K
 from ._common import EXIT_FAILED, EXIT_OK, HelpFormatter, UsageError, add_device_options, err, out
 
 
@@ -45,7 +46,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
             sf.write(p, synth_test_audio(args.seconds, 44100, seed=i), 44100, subtype="PCM_16")
             clips.append(str(p))
         if not args.no_warmup:
-            conv.convert(synth_test_audio(1.0, 16000, seed=999), 16000)
+            conv.convert(synth_test_audio(1.0, SR_16K, seed=999), SR_16K)
         summary = BatchSummary()
         start = time.perf_counter()
         results = conv.convert_batch(clips, Path(tmp) / "out", batch_seconds=args.batch_seconds)

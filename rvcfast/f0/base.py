@@ -11,14 +11,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from ..constants import F0_HOP, F0_MAX, F0_MIN, SR_16K
 from ..errors import AudioError
 
 __all__ = ["BaseF0Extractor", "SAMPLE_RATE", "HOP_LENGTH", "F0_MIN", "F0_MAX", "as_audio16k", "package_dir"]
 
-SAMPLE_RATE = 16000
-HOP_LENGTH = 160
-F0_MIN = 50.0
-F0_MAX = 1100.0
+SAMPLE_RATE = SR_16K
+HOP_LENGTH = F0_HOP
 
 
 def package_dir(name: str) -> Path | None:

@@ -17,6 +17,7 @@ import math
 
 import numpy as np
 
+from ..constants import F0_MAX, F0_MIN
 from ..errors import ParameterError
 
 __all__ = [
@@ -34,8 +35,6 @@ __all__ = [
     "postprocess",
 ]
 
-F0_MIN = 50.0
-F0_MAX = 1100.0
 F0_MEL_MIN = 1127.0 * np.log(1.0 + F0_MIN / 700.0)
 F0_MEL_MAX = 1127.0 * np.log(1.0 + F0_MAX / 700.0)
 
