@@ -66,9 +66,15 @@ def test_golden_rmvpe_out(model: RMVPE, probe: np.ndarray, golden: Path) -> None
     ref = np.load(golden / "rmvpe" / "rmvpe_out.npz")
     mel = model.mel(torch.from_numpy(probe)[None])[0].cpu().numpy()
     assert mel.shape == ref["mel"].shape == (128, len(probe) // 160 + 1)
-    diff = np.abs(mel - ref["mel"])
-    assert diff.max() <= 1e-3
-    assert diff[ref["mel"] > MEL_FLOOR + 1].max() <= 1e-4
+    # The golden README's bound: max abs <= 1e-3 (its float64 re-run of the reference moves the
+    # log-mel by 3e-4 near the clamp). Away from the clamp, check in the linear domain too: a
+    # float32 STFT's rounding is absolute, on the scale of the frame's largest bin, so each bin
+    # may move by ~1e-7 of that (1e-4 here, 1000x) -- whatever FFT kernels the CPU picks.
+    assert np.abs(mel - ref["mel"]).max() <= 1e-3
+    lin, lin_ref = np.exp(mel.astype(np.float64)), np.exp(ref["mel"].astype(np.float64))
+    frame_scale = lin_ref.max(axis=0, keepdims=True)
+    above = ref["mel"] > MEL_FLOOR + 1
+    assert (np.abs(lin - lin_ref) / frame_scale)[above].max() <= 1e-4
 
     sal = model.salience(probe)
     assert sal.dtype == np.float32 and sal.shape == ref["salience"].shape
