@@ -153,7 +153,8 @@ class Synthesizer(nn.Module):
     Build it with :func:`~rvcfast.models.synthesizer.load_vocoder`. Attributes:
     ``sample_rate`` (Hz), ``version`` (``"v1"``/``"v2"``), ``has_f0``, ``num_speakers``,
     ``feature_dim`` (256 or 768), ``hop_length`` (output samples per input frame, =
-    ``prod(upsample_rates)``), ``vocoder`` (the decoder's name) and ``config`` (the
+    ``prod(upsample_rates)``), ``vocoder`` (the decoder's name), ``embedder_model`` (the
+    embedder named by the file, e.g. ``"contentvec"``, or ``None``) and ``config`` (the
     18-value list, with ``config[15]`` = ``num_speakers`` and ``config[17]`` =
     ``sample_rate``).
 
@@ -181,6 +182,8 @@ class Synthesizer(nn.Module):
         self.version = version
         self.has_f0 = bool(has_f0)
         self.vocoder = vocoder
+        #: the content encoder the model was trained with, when its file names it (set by the loader)
+        self.embedder_model: str | None = None
         self.feature_dim = FEATURE_DIMS[version]
         self.sample_rate = arch.sr
         self.num_speakers = arch.spk_embed_dim
@@ -262,7 +265,11 @@ class Synthesizer(nn.Module):
         padded: bool,
         gens: list[torch.Generator | None] | None,
     ) -> torch.Tensor:
-        """The NSF source ``[B, 1, T * hop]``: sine excitation (+ RVC's noise when ``gens``) through ``m_source``."""
+        """The NSF source ``[B, 1, T * hop]``: sine excitation (+ RVC's noise when ``gens``) through
+        ``m_source``, or the decoder's own ``source_signal`` where it has one."""
+        own_source = getattr(self.dec, "source_signal", None)
+        if own_source is not None:  # Applio's MRF HiFi-GAN / RefineGAN: the decoder's own sine source
+            return own_source(pitchf, lengths if padded else None, gens)
         b, t = pitchf.shape
         device = pitchf.device
         upp = self.hop_length
@@ -315,8 +322,14 @@ class Synthesizer(nn.Module):
             z = z * x_mask
         source = self._source(pitchf.to(device), lengths_t, padded, gens) if pitchf is not None else None
 
+        # decoders that draw noise themselves (RefineGAN's AdaIN) get the per-item generators
+        dec_gens = gens if getattr(self.dec, "draws_noise", False) else None
         if windows.needs_windows(t, skip_frames):
-            audio = windows.decode_windows(self.dec, z, g, source, lengths_t, skip_frames, self.hop_length)
+            audio = windows.decode_windows(
+                self.dec, z, g, source, lengths_t, skip_frames, self.hop_length, gens=dec_gens
+            )
+        elif dec_gens is not None:
+            audio = self.dec(z, g, source, lengths_t if padded else None, gens=dec_gens)[:, 0, :]
         else:
             audio = self.dec(z, g, source, lengths_t if padded else None)[:, 0, :]
         if padded:

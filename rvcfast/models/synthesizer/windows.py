@@ -75,22 +75,24 @@ def _widen_window(window: _Window, n: int, size: int) -> _Window:
     return (s0 - left, e0 + right, k0, k1)
 
 
-def _plan_windows(n: int, skip: int, margin: int) -> list[_Window]:
+def _plan_windows(n: int, skip: int, margin: int, size: int = DECODER_WINDOW_FRAMES) -> list[_Window]:
     """The decoder windows for one item of ``n`` frames whose ``skip`` frames at each end are dropped.
 
     The needed frames ``[skip, n - skip)`` (all of them when the item is too short to drop
     anything) get ``margin`` frames of context on each side, clipped at the item's ends
     where a whole pass sees zero padding too. If that fits in
     :data:`DECODER_SINGLE_FRAMES`, one window widened to :func:`_bucket_frames`; otherwise
-    pieces decoded in windows of exactly :data:`DECODER_WINDOW_FRAMES`, the last piece in
-    the smallest multiple of a quarter of that size: a long file then uses at most four
-    window shapes, whatever its segment lengths.
+    pieces decoded in windows of exactly ``size`` frames (:data:`DECODER_WINDOW_FRAMES`
+    unless the decoder asks for another ``window_frames``), the last piece in the smallest
+    multiple of a quarter of that size: a long file then uses at most four window shapes,
+    whatever its segment lengths.
     """
+    if size <= 2 * margin:
+        raise ValueError(f"decoder windows of {size} frames leave nothing to keep with margins of {margin} frames")
     ks, ke = (skip, n - skip) if n - 2 * skip >= 1 else (0, n)
     lo, hi = max(0, ks - margin), min(n, ke + margin)
     if hi - lo <= DECODER_SINGLE_FRAMES:
         return [_widen_window((lo, hi, ks, ke), n, _bucket_frames(hi - lo))]
-    size = DECODER_WINDOW_FRAMES
     chunk = size - 2 * margin
     quarter = size // 4
     windows: list[_Window] = []
@@ -124,6 +126,7 @@ def decode_windows(
     lengths: torch.Tensor,
     skip: int,
     hop_length: int,
+    gens: list[torch.Generator | None] | None = None,
 ) -> torch.Tensor:
     """Run the decoder ``dec`` on bounded time windows and stitch the results.
 
@@ -134,12 +137,16 @@ def decode_windows(
     stays bounded whatever the length, and the dropped padding context is not decoded
     at all. On accelerators windows of all items are batched, up to
     :data:`DECODER_BATCH_FRAMES` frames per call; on a CPU each window is one call.
+    ``gens`` (one generator or ``None`` per item) is handed to decoders that draw their
+    own noise (``dec.draws_noise``), one entry per window. A decoder's ``window_frames``
+    replaces :data:`DECODER_WINDOW_FRAMES` when it needs wider margins.
     Returns ``[B, T * hop_length]`` audio; samples outside the needed frames are 0.
     """
     b, _, t = z.shape
     upp = hop_length
+    size = int(getattr(dec, "window_frames", DECODER_WINDOW_FRAMES))
     windows = [  # (item, decode start, decode end, keep start, keep end)
-        (i, *w) for i in range(b) for w in _plan_windows(int(lengths[i]), skip, dec.margin_frames)
+        (i, *w) for i in range(b) for w in _plan_windows(int(lengths[i]), skip, dec.margin_frames, size)
     ]
     audio = z.new_zeros(b, t * upp)
     for group in _group_windows(windows, DECODER_BATCH_FRAMES if z.device.type != "cpu" else 0):
@@ -153,7 +160,11 @@ def decode_windows(
                 sc[j, :, : spans[j] * upp] = source[i, :, s0 * upp : e0 * upp]  # type: ignore[index]
         gc = g[[w[0] for w in group]]
         lens_c = torch.tensor(spans, device=z.device)
-        part = dec(zc, gc, sc, lens_c if min(spans) < tc else None)[:, 0, :]
+        lens_arg = lens_c if min(spans) < tc else None
+        if gens is not None:
+            part = dec(zc, gc, sc, lens_arg, gens=[gens[w[0]] for w in group])[:, 0, :]
+        else:
+            part = dec(zc, gc, sc, lens_arg)[:, 0, :]
         for j, (i, s0, _, k0, k1) in enumerate(group):
             audio[i, k0 * upp : k1 * upp] = part[j, (k0 - s0) * upp : (k1 - s0) * upp]
     return audio
