@@ -18,7 +18,7 @@ from ...errors import ModelLoadError
 from ...safe_load import load_torch_file
 from ..weightnorm import fold_weight_norm
 from .config import FEATURE_DIMS, OTHER_GEOMETRIES, RVC_SAMPLE_RATE_CONFIGS
-from .decoders import DEFAULT_VOCODER, vocoder_kind
+from .decoders import DEFAULT_VOCODER, F0_ONLY_KINDS, VOCODER_NAMES, vocoder_kind
 from .model import Synthesizer
 
 __all__ = ["load_vocoder"]
@@ -181,6 +181,30 @@ def _check_config_against_weights(config: list[Any], weights: Mapping[str, torch
 
 # --------------------------------------------------------------------------- checkpoint reading
 
+#: A key only each Applio decoder has, to recognise files that do not name their vocoder.
+_VOCODER_MARKERS = (
+    ("dec.upsample_conv_blocks.0.input_conv.weight", "RefineGAN"),
+    ("dec.m_source.merge.0.weight", "RefineGAN"),
+    ("dec.mrfs.0.0.layers.0.conv1.weight_v", "MRF HiFi-GAN"),
+    ("dec.mrfs.0.0.layers.0.conv1.parametrizations.weight.original1", "MRF HiFi-GAN"),
+)
+
+
+def _vocoder_name(ckpt: Mapping[str, Any], weights: Mapping[str, torch.Tensor], path: Any) -> str:
+    """The decoder's name: the file's ``vocoder`` entry, else recognised from the keys, else HiFi-GAN."""
+    vocoder = ckpt.get("vocoder")
+    if vocoder is not None:
+        kind = vocoder_kind(vocoder)
+        if kind is None:
+            known = ", ".join(repr(v) for v in VOCODER_NAMES.values())
+            raise ModelLoadError(path, f"vocoder {vocoder!r} is not supported; rvcfast runs {known}")
+        return VOCODER_NAMES[kind]
+    for key, name in _VOCODER_MARKERS:
+        if key in weights:
+            return name
+    return DEFAULT_VOCODER
+
+
 
 def _read_checkpoint(path: Any) -> Mapping[str, Any]:
     """The file's top-level dict (unpickled safely); ModelLoadError for anything else."""
@@ -199,8 +223,22 @@ def _read_checkpoint(path: Any) -> Mapping[str, Any]:
     return ckpt
 
 
+def _refuse_other_formats(ckpt: Mapping[str, Any], path: Any) -> None:
+    """A ModelLoadError for files of other model formats that rvcfast recognises but does not run."""
+    if "backend" in ckpt and not ("weight" in ckpt and "config" in ckpt):
+        backend = ckpt["backend"]
+        text = str(backend).lower() if isinstance(backend, str) else ""
+        what = "an Applio v3 model" if "applio" in text and "v3" in text else f"a model for backend {backend!r}"
+        raise ModelLoadError(
+            path,
+            f"this is {what} (backend {backend!r}), not an RVC voice model; rvcfast runs only RVC / Applio "
+            "voice models (a .pth with 'weight' and 'config') and does not run it",
+        )
+
+
 def _checkpoint_weights(ckpt: Mapping[str, Any], path: Any) -> tuple[Mapping[str, torch.Tensor], bool]:
     """``(weights, is a training checkpoint)``: the inference ``weight`` or the training ``model`` dict."""
+    _refuse_other_formats(ckpt, path)
     if "weight" in ckpt:
         weights, training = ckpt["weight"], False
     elif "model" in ckpt:
@@ -258,7 +296,11 @@ def _check_state(model: Synthesizer, folded: Mapping[str, torch.Tensor], path: A
         if missing:
             parts.append(f"missing keys: {_list_keys(missing)}")
         kind = f"{model.version} {'F0' if model.has_f0 else 'no-F0'}"
-        raise ModelLoadError(path, f"weights do not match an RVC {kind} synthesizer with this config; " + "; ".join(parts))
+        raise ModelLoadError(
+            path,
+            f"weights do not match an RVC {kind} synthesizer with the {model.vocoder} decoder and this config; "
+            + "; ".join(parts),
+        )
     mismatched = [
         f"{k}: file {list(folded[k].shape)} vs model {list(expected[k].shape)}"
         for k in expected
@@ -293,19 +335,33 @@ def load_vocoder(
     is folded once in float64; ``enc_q.*`` keys are ignored; every other key must match
     the model exactly.
 
+    The decoder is the one the file's ``vocoder`` entry names: ``"HiFi-GAN"`` (also the
+    default), or Applio's ``"MRF HiFi-GAN"`` or ``"RefineGAN"`` (pitch-guided models
+    only); files without the entry whose keys are those of an Applio decoder get that
+    decoder. The file's ``embedder_model`` (Applio: ``"contentvec"``,
+    ``"chinese-hubert-base"``, ``"custom"``...) is kept as the model's
+    ``embedder_model`` attribute (``None`` when absent).
+
     Raises:
-        ModelLoadError: the file is unreadable, not a voice model, has a malformed
-            config, a vocoder other than HiFi-GAN, unknown / missing keys or tensors of
-            the wrong shape. The message names the file and the offending keys.
+        ModelLoadError: the file is unreadable, not a voice model (e.g. an Applio v3
+            model), has a malformed config, an unknown vocoder, a RefineGAN / MRF
+            decoder without pitch guidance, unknown / missing keys or tensors of the
+            wrong shape. The message names the file and the offending keys.
     """
     ckpt = _read_checkpoint(path)
-    vocoder = ckpt.get("vocoder")
-    if vocoder is not None and vocoder_kind(vocoder) is None:
-        raise ModelLoadError(
-            path, f"vocoder {vocoder!r} is not supported: rvcfast runs only RVC's HiFi-GAN (NSF) decoder ('HiFi-GAN')"
-        )
     weights, training = _checkpoint_weights(ckpt, path)
+    vocoder = _vocoder_name(ckpt, weights, path)
+    if training and "config" not in ckpt and vocoder_kind(vocoder) != "hifigan":
+        raise ModelLoadError(
+            path, f"training checkpoint of a {vocoder} model has no config; extract a voice model (with its config) first"
+        )
     config, version, has_f0 = _checkpoint_config(ckpt, weights, training, path)
+    if vocoder_kind(vocoder) in F0_ONLY_KINDS and not has_f0:
+        raise ModelLoadError(
+            path,
+            f"the {vocoder} decoder exists only for pitch-guided models, but this file says f0 = {ckpt.get('f0')!r} "
+            "(Applio builds no decoder for it either)",
+        )
     weights = {k: v for k, v in weights.items() if not k.startswith("enc_q.")}
     if "emb_g.weight" not in weights or weights["emb_g.weight"].dim() != 2:
         raise ModelLoadError(path, "missing key 'emb_g.weight' (the speaker embedding, [n_speakers, gin_channels])")
@@ -313,7 +369,7 @@ def load_vocoder(
     _check_config_against_weights(config, weights, path)
     try:
         with torch.device("meta"):
-            model = Synthesizer(config, version=version, has_f0=has_f0, vocoder=vocoder or DEFAULT_VOCODER)
+            model = Synthesizer(config, version=version, has_f0=has_f0, vocoder=vocoder)
     except (ValueError, RuntimeError, OverflowError) as exc:
         raise ModelLoadError(path, f"malformed config: {exc}") from None
     # The real rate is config[17]; RVC and Applio never read the ``sr`` label.
@@ -327,4 +383,6 @@ def load_vocoder(
     model.load_state_dict(state, strict=True, assign=True)
     model.requires_grad_(False)
     model.eval()
+    embedder = ckpt.get("embedder_model")
+    model.embedder_model = embedder.strip() if isinstance(embedder, str) and embedder.strip() else None
     return model
