@@ -10,6 +10,8 @@ noise, so use them for shapes, formats, batching and speed, never for quality.
 
 * :func:`save_random_voice_model` -- an RVC voice model ``.pth`` (any version / rate,
   with or without F0, full size or shrunk widths);
+* :func:`save_random_applio_model` -- a voice model in Applio's exact layout, with any
+  of its vocoders (HiFi-GAN, MRF HiFi-GAN, RefineGAN) at 24/32/40/48 kHz;
 * :func:`random_hubert_state_dict` -- a content encoder's state dict with the key names
   of either layout;
 * :func:`save_random_hubert` -- a whole content-encoder checkpoint (fairseq file or
@@ -24,6 +26,7 @@ faiss file from any vectors.
 
 from __future__ import annotations
 
+from .applio import save_random_applio_model
 from .bench import build_bench_models, synth_test_audio
 from .hubert import random_hubert_state_dict, save_random_hubert
 from .rmvpe import save_random_rmvpe
@@ -31,6 +34,7 @@ from .voice import save_random_voice_model
 
 __all__ = [
     "save_random_voice_model",
+    "save_random_applio_model",
     "random_hubert_state_dict",
     "save_random_hubert",
     "save_random_rmvpe",

@@ -11,8 +11,9 @@ from typing import Any
 import torch
 
 from ..models.synthesizer import Synthesizer, rvc_config
+from ..models.synthesizer.decoders import DEFAULT_VOCODER
 
-__all__ = ["save_random_voice_model"]
+__all__ = ["save_random_voice_model", "random_voice_state"]
 
 
 def save_random_voice_model(
@@ -47,7 +48,9 @@ def save_random_voice_model(
     Args:
         weight_norm_keys: ``"legacy"`` (``weight_g``/``weight_v``, as RVC and Applio
             store them) or ``"parametrizations"`` (``parametrizations.weight.original0/1``).
-        vocoder: if given, also store a ``vocoder`` entry (Applio writes ``"HiFi-GAN"``).
+        vocoder: if given, the decoder (``"HiFi-GAN"``, ``"MRF HiFi-GAN"``, ``"RefineGAN"``)
+            whose weights are written, stored as the ``vocoder`` entry too. For Applio's
+            whole file layout use :func:`rvcfast.testing.save_random_applio_model`.
 
     Returns the path written. The weights depend only on the arguments (``seed``).
     """
@@ -67,7 +70,33 @@ def save_random_voice_model(
         num_speakers=num_speakers,
     )
     with torch.device("meta"):
-        model = Synthesizer(config, version=version, has_f0=f0)
+        model = Synthesizer(config, version=version, has_f0=f0, vocoder=vocoder or DEFAULT_VOCODER)
+    weight = random_voice_state(model, seed=seed, weight_norm_keys=weight_norm_keys)
+    rate = int(config[17])
+    ckpt: collections.OrderedDict[str, Any] = collections.OrderedDict()
+    ckpt["weight"] = weight
+    ckpt["config"] = config
+    ckpt["info"] = info
+    ckpt["sr"] = f"{rate // 1000}k" if sr_style == "rvc" else rate
+    ckpt["f0"] = int(bool(f0))
+    ckpt["version"] = version
+    if vocoder is not None:
+        ckpt["vocoder"] = vocoder
+    out = Path(path)
+    torch.save(ckpt, out)
+    return out
+
+
+def random_voice_state(
+    model: Synthesizer, *, seed: int = 0, weight_norm_keys: str = "legacy"
+) -> collections.OrderedDict[str, torch.Tensor]:
+    """Random fp16 weights for every tensor of ``model`` (which may live on the meta device).
+
+    Weight-normed layers are stored as ``weight_g``/``weight_v`` (``"legacy"``) or
+    ``parametrizations.weight.original0/1``; the values depend only on ``seed``.
+    """
+    if weight_norm_keys not in ("legacy", "parametrizations"):
+        raise ValueError(f"weight_norm_keys must be 'legacy' or 'parametrizations', got {weight_norm_keys!r}")
     gen = torch.Generator().manual_seed(int(seed))
     state: dict[str, torch.Tensor] = {}
     wn_modules = {name for name, m in model.named_modules() if getattr(m, "_rvc_weight_norm", False)}
@@ -96,17 +125,4 @@ def save_random_voice_model(
                 state[module_name + ".parametrizations.weight.original1"] = value
         else:
             state[name] = value
-    weight = collections.OrderedDict((k, v.half()) for k, v in state.items())
-    rate = int(config[17])
-    ckpt: collections.OrderedDict[str, Any] = collections.OrderedDict()
-    ckpt["weight"] = weight
-    ckpt["config"] = config
-    ckpt["info"] = info
-    ckpt["sr"] = f"{rate // 1000}k" if sr_style == "rvc" else rate
-    ckpt["f0"] = int(bool(f0))
-    ckpt["version"] = version
-    if vocoder is not None:
-        ckpt["vocoder"] = vocoder
-    out = Path(path)
-    torch.save(ckpt, out)
-    return out
+    return collections.OrderedDict((k, v.half()) for k, v in state.items())
