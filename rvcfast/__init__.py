@@ -32,12 +32,12 @@ from .protocols import F0Extractor, FeatureEncoder, Vocoder
 
 if TYPE_CHECKING:  # pragma: no cover
     from .api import Converter, Result
+    from .audio import load_audio_16k
+    from .engine import Engine
     from .f0.registry import available_f0_extractors, get_f0_extractor
     from .index import RetrievalIndex, load_index
     from .models.encoder import load_encoder
     from .models.synthesizer import load_vocoder
-    from .audio import load_audio_16k
-    from .engine import Engine
     from .params import ConversionParams
 
 _LAZY = {

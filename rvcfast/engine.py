@@ -150,12 +150,17 @@ class Engine:
         allow_download: bool = False,
         batch_seconds: float | None = None,
     ) -> Engine:
-        """Load a voice model (and index) from files; see :meth:`rvcfast.Converter.from_pretrained`."""
+        """Load a voice model (and index) from files; see :meth:`rvcfast.Converter.from_pretrained`.
+
+        ``dtype="auto"`` and ``batch_seconds=None`` take the values ``rvcfast tune`` measured on
+        this machine when a profile exists (:mod:`rvcfast.tuning`).
+        """
         from .index import load_index
         from .models.synthesizer import load_vocoder
+        from .weights import resolve_encoder_for
 
         dev = resolve_device(device)
-        dt = resolve_dtype(dtype, dev)
+        dt, batch_seconds = _tuned(dtype, batch_seconds, dev)
         vocoder = load_vocoder(model, device=dev, dtype=dt)
         idx = load_index(index, device=dev) if index is not None else None
         if idx is not None and idx.dim != vocoder.feature_dim:
@@ -164,7 +169,7 @@ class Engine:
                 f"index dimension {idx.dim} does not match the voice model's feature dimension "
                 f"{vocoder.feature_dim} ({vocoder.version} model {os.fspath(model)}); use the index trained with this model",
             )
-        enc = load_encoder_cached(encoder, dev, dt, allow_download=allow_download)
+        enc = load_encoder_cached(resolve_encoder_for(vocoder, encoder), dev, dt, allow_download=allow_download)
         extractor: F0Extractor | None = None
         if vocoder.has_f0:
             if isinstance(f0, str):
@@ -486,6 +491,19 @@ class Engine:
                 g.seed()
             generators.append(g)
         return generators
+
+
+def _tuned(dtype: torch.dtype | str, batch_seconds: float | None, device: torch.device) -> tuple[torch.dtype, float | None]:
+    """The precision and batch size to use: ``rvcfast tune``'s profile fills ``"auto"`` and a missing batch size."""
+    from .tuning import load_profile
+
+    profile = load_profile(device)
+    if profile is not None:
+        if isinstance(dtype, str) and dtype.lower() == "auto":
+            dtype = profile.dtype
+        if batch_seconds is None:
+            batch_seconds = profile.batch_seconds
+    return resolve_dtype(dtype, device), batch_seconds
 
 
 class _Failure(RvcfastError):

@@ -8,12 +8,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture  # noqa: F401
 
 import rvcfast
 from rvcfast.audio import decode
 from rvcfast.errors import AudioError
-
-from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture  # noqa: F401
 
 av = pytest.importorskip("av", reason="PyAV (the av extra) is not installed")
 

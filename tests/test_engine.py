@@ -4,13 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture  # noqa: F401
 
 import rvcfast
 from rvcfast.engine import Engine
 from rvcfast.errors import AudioError, ParameterError
 from rvcfast.params import ConversionParams
-
-from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture  # noqa: F401
 
 
 def clip(seconds: float, seed: int, rate: int = 16000) -> np.ndarray:

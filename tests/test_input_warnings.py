@@ -7,13 +7,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture  # noqa: F401
 
 import rvcfast
 from rvcfast.audio import decode
 from rvcfast.cli import main
 from rvcfast.errors import AudioError
-
-from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture  # noqa: F401
 
 
 def speech_like(seconds: float, rate: int, seed: int = 0) -> np.ndarray:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from rvcfast.errors import ParameterError
 from rvcfast.dsp import change_rms
+from rvcfast.errors import ParameterError
 from rvcfast.params import ConversionParams
 from rvcfast.pipeline import apply_protect
 

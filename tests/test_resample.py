@@ -13,13 +13,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from conftest import SHARED
+from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture  # noqa: F401
 
 import rvcfast
 from rvcfast.audio import decode
 from rvcfast.dsp import Resampler, input_peak_guard, resample, resampled_length
-
-from conftest import SHARED
-from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture  # noqa: F401
 
 RESAMPLE = SHARED / "golden-features" / "resample"
 CASES = [

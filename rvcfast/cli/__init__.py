@@ -1,7 +1,7 @@
 """The ``rvcfast`` command line.
 
 One module per subcommand (``convert``, ``f0``, ``info``, ``backends``, ``download``,
-``bench``); each has ``add_parser(sub)`` and a ``cmd_*`` function that takes the parsed
+``bench``, ``tune``...); each has ``add_parser(sub)`` and a ``cmd_*`` function that takes the parsed
 arguments, calls library functions and returns the exit status:
 
 * ``0`` -- everything worked;
@@ -29,7 +29,7 @@ from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, HelpFormatter, Usag
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = ("convert", "f0", "info", "backends", "download", "bench")
+COMMANDS = ("convert", "f0", "info", "backends", "download", "bench", "tune")
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -64,6 +64,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
         args.model, index=args.index, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights,
         device=args.device, dtype=args.dtype, f0_options=parse_options(args.f0_option), allow_download=args.download,
     )
+    from ..tuning import apply_threads, load_profile
+
+    apply_threads(load_profile(conv.device))  # this process is ours: use the tuned thread count
     if not args.quiet:
         print(_describe_load(conv, args, time.perf_counter() - t0), file=sys.stderr)
     expected = {str(p): _audio_seconds(p) for p in inputs}

@@ -6,7 +6,7 @@ import argparse
 import json
 from typing import Any
 
-from ._common import EXIT_OK, HelpFormatter, out
+from ._common import EXIT_OK, HelpFormatter, UsageError, out
 
 
 def _short(value: Any, limit: int = 70) -> str:
@@ -15,11 +15,39 @@ def _short(value: Any, limit: int = 70) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _system(args: argparse.Namespace) -> None:
+    from ..tuning import system_report
+
+    report = system_report(args.device)
+    if args.json:
+        out(json.dumps({"system": report}, indent=2))
+        return
+    feats = " ".join(f"{k}{'' if v else '(no)'}" for k, v in report["features"].items())
+    rows = [
+        ("cpu", f"{report['cpu']} ({report['cores']} cores)"),
+        ("features", feats),
+        ("native bf16", "yes" if report["native_bf16"] else "no"),
+        ("torch", f"{report['torch']} (oneDNN {'yes' if report['mkldnn'] else 'no'}, {report['torch_threads']} threads)"),
+        ("device", report["device"] + (f" ({report['cuda']})" if report["cuda"] else "")),
+        ("profile", report["profile"] or "(none)"),
+    ]
+    rows += [(f"  {k}", str(v)) for k, v in report["settings"].items()]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        out(f"{k:<{width}}  {v}")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """Describe a voice model (and optionally its index)."""
     from ..describe import describe_index, describe_model
     from ..progress import format_bytes
 
+    if args.system:
+        _system(args)
+        if args.model is None:
+            return EXIT_OK
+    if args.model is None:
+        raise UsageError("give a MODEL (or an .index), or --system")
     model, index = args.model, args.index
     if index is None and model.lower().endswith(".index"):
         model, index = None, model  # `rvcfast info voice.index` describes the index alone
@@ -78,10 +106,12 @@ def add_parser(sub: Any) -> None:
             "the 18-value config and the metadata keys present (info, epoch, author...). With --index\n"
             "(or an .index file as MODEL) also the index: size, dimension, nlist, nprobe."
         ),
-        epilog="examples:\n  rvcfast info voice.pth\n  rvcfast info voice.pth --index voice.index --json",
+        epilog="examples:\n  rvcfast info voice.pth\n  rvcfast info voice.pth --index voice.index --json\n  rvcfast info --system",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("model", metavar="MODEL", help="voice model .pth (or an .index file)")
+    p.add_argument("model", metavar="MODEL", nargs="?", help="voice model .pth (or an .index file)")
+    p.add_argument("--system", action="store_true", help="describe this machine: CPU features, torch, the settings runs use")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help="with --system: the device to report on")
     p.add_argument("--index", metavar="FILE", help="faiss .index to describe as well")
     p.add_argument("--json", action="store_true", help="print JSON instead of text")
     p.set_defaults(func=cmd_info)

@@ -1,0 +1,93 @@
+"""``rvcfast tune``: measure precision, threads and batch size on this machine and store a profile."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from typing import Any
+
+from ._common import EXIT_OK, HelpFormatter, UsageError, out
+
+
+def _models(args: argparse.Namespace) -> dict[str, Any]:
+    paths: dict[str, Any] = {k: getattr(args, k) for k in ("model", "index", "encoder", "f0_weights")}
+    if args.model is None:
+        from ..testing import build_bench_models
+        from ..weights import cache_dir
+
+        folder = Path(args.models).expanduser() if args.models else cache_dir() / "bench-models"
+        print(f"models: random full-size models in {folder} (real formats, real cost)", file=sys.stderr)
+        built = build_bench_models(folder, log=lambda m: print(m, file=sys.stderr))
+        paths = {k: v if v is not None else built[k] for k, v in paths.items()}
+    return paths
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Calibrate on this machine; write the profile later runs use."""
+    from ..api import Converter
+    from ..runtime import resolve_device
+    from ..testing import synth_test_audio
+    from ..tuning import calibrate, profile_path, save_profile
+
+    if args.files < 1 or not args.seconds > 0:
+        raise UsageError("--files must be >= 1 and --seconds > 0")
+    device = resolve_device(args.device)
+    paths = _models(args)
+    clips = [synth_test_audio(args.seconds, 16000, seed=i) for i in range(args.files)]
+
+    def make(dtype: str) -> Converter:
+        return Converter.from_pretrained(
+            paths["model"], index=paths["index"], encoder=paths["encoder"], f0="rmvpe",
+            f0_weights=paths["f0_weights"], device=device, dtype=dtype,
+        )
+
+    threads = [int(t) for t in args.threads.split(",")] if args.threads else None
+    batch = [float(b) for b in args.batch_seconds.split(",")] if args.batch_seconds else [8.0] if args.quick else [8.0, 30.0]
+    profile = calibrate(
+        make, clips, device=device, threads=threads, batch_seconds=batch, min_snr_db=args.min_snr,
+        log=None if args.quiet else (lambda m: print(m, file=sys.stderr)),
+    )
+    target = Path(args.output).expanduser() if args.output else profile_path()
+    if target is None:
+        raise UsageError("profiles are switched off (RVCFAST_PROFILE=off); pass --output FILE")
+    save_profile(profile, target)
+    if args.json:
+        out(profile.to_json())
+    else:
+        out(f"chosen: {profile.dtype}, {profile.threads} thread(s), batch {profile.batch_seconds:g} s")
+        out(f"profile: {target}")
+    return EXIT_OK
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "tune",
+        help="measure the fastest settings on this machine",
+        description=(
+            "Convert a few synthetic clips with each candidate setting -- precision (float32, and\n"
+            "bfloat16 where the CPU or GPU has it natively), intra-op threads, batch size -- and store\n"
+            "the fastest in a profile ($RVCFAST_HOME/profile.json or the user cache). Later runs on this\n"
+            "machine use it: --dtype auto means the profile's precision, and the profile's threads and\n"
+            "batch size are the defaults. bfloat16 is chosen only when its output stays within\n"
+            "--min-snr dB of float32's. Without --model, random full-size models are used (built once)."
+        ),
+        epilog="examples:\n  rvcfast tune\n  rvcfast tune --quick\n  rvcfast tune --model voice.pth --encoder hubert_base.pt --f0-weights rmvpe.pt",
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("--model", metavar="FILE", help="a voice model .pth (default: random full-size models)")
+    p.add_argument("--index", metavar="FILE", help="its .index")
+    p.add_argument("--encoder", metavar="PATH", help="hubert_base.pt or a ContentVec folder")
+    p.add_argument("--f0-weights", metavar="FILE", help="rmvpe.pt")
+    p.add_argument("--models", metavar="DIR", help="where random models are built and cached")
+    p.add_argument("--files", type=int, metavar="N", default=3, help="calibration clips")
+    p.add_argument("--seconds", type=float, metavar="S", default=5.0, help="length of each clip")
+    p.add_argument("--threads", metavar="LIST", help="thread counts to try, e.g. 1,2,4 (default: 1 and all cores)")
+    p.add_argument("--batch-seconds", metavar="LIST", help="batch sizes to try, e.g. 8,30 (default: 8,30; --quick: 8)")
+    p.add_argument("--quick", action="store_true", help="fewer trials (one batch size)")
+    p.add_argument("--min-snr", type=float, metavar="DB", default=20.0, help="lowest SNR against float32 a lower precision may have")
+    p.add_argument("--device", default="auto", metavar="DEVICE", help="'auto', 'cpu', 'cuda'...")
+    p.add_argument("--output", metavar="FILE", help="write the profile here instead")
+    p.add_argument("--json", action="store_true", help="print the profile as JSON")
+    p.add_argument("-q", "--quiet", action="store_true", help="no per-trial lines")
+    p.set_defaults(func=cmd_tune)

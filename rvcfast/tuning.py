@@ -1,0 +1,253 @@
+"""Settings tuned to the machine: measure once with ``rvcfast tune``, use on every later run.
+
+A *profile* records, for one machine (CPU model and features, core count, torch version)
+and one device, the fastest precision, intra-op thread count and batch size measured by
+:func:`calibrate` on real conversions. It is stored as JSON in ``$RVCFAST_HOME`` (or the
+user cache) and read back by :func:`load_profile` only on the same machine:
+
+* ``dtype="auto"`` means the profile's precision (without a profile: bfloat16 where the
+  hardware computes it natively, else float32 — :func:`rvcfast.runtime.resolve_dtype`);
+* a run without ``batch_seconds`` uses the profile's;
+* front ends that own their process (the command line, the server) set torch's thread
+  count from it with :func:`apply_threads`, unless ``OMP_NUM_THREADS`` is set.
+
+``RVCFAST_PROFILE`` names another profile file; ``RVCFAST_PROFILE=off`` ignores profiles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from .runtime import cpu_features, native_bf16
+
+__all__ = [
+    "Profile",
+    "Trial",
+    "cpu_model",
+    "machine_id",
+    "profile_path",
+    "load_profile",
+    "save_profile",
+    "apply_threads",
+    "calibrate",
+    "system_report",
+]
+
+PROFILE_VERSION = 1
+#: CPU features that decide which precision is fast (reported by ``rvcfast info --system``).
+KEY_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+
+
+def cpu_model() -> str:
+    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown"
+
+
+def machine_id(device: torch.device | str = "cpu") -> str:
+    """What a profile is valid for: CPU model, key features, cores, torch version and device."""
+    dev = torch.device(device)
+    if dev.type == "cuda":
+        hw = torch.cuda.get_device_name(dev) if torch.cuda.is_available() else "cuda"
+    else:
+        flags = "+".join(f for f in KEY_FLAGS if f in cpu_features())
+        hw = f"{cpu_model()} [{flags}] x{os.cpu_count()}"
+    return f"{hw} | torch {torch.__version__} | {dev.type}"
+
+
+def profile_path() -> Path | None:
+    """Where the profile lives (``None`` when ``RVCFAST_PROFILE=off``)."""
+    env = os.environ.get("RVCFAST_PROFILE")
+    if env is not None:
+        return None if env.strip().lower() in ("off", "0", "none", "") else Path(env).expanduser()
+    home = os.environ.get("RVCFAST_HOME")
+    if home:
+        return Path(home).expanduser() / "profile.json"
+    from .weights import cache_dir
+
+    return cache_dir() / "profile.json"
+
+
+@dataclass(frozen=True)
+class Trial:
+    """One measured setting: seconds of wall time to convert the calibration clips."""
+
+    dtype: str
+    threads: int
+    batch_seconds: float
+    seconds: float
+    snr_db: float | None = None  # output against float32 (precision trials only)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """The chosen settings for one machine and device, with the measurements behind them."""
+
+    machine: str
+    dtype: str
+    threads: int
+    batch_seconds: float
+    trials: list[Trial] = field(default_factory=list)
+    audio_seconds: float = 0.0
+    created: str = ""
+    version: int = PROFILE_VERSION
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> Profile:
+        raw = json.loads(text)
+        trials = [Trial(**t) for t in raw.pop("trials", [])]
+        return cls(trials=trials, **raw)
+
+
+def save_profile(profile: Profile, path: Path | None = None) -> Path:
+    """Write ``profile`` (atomically) to ``path`` or :func:`profile_path`."""
+    target = path or profile_path()
+    if target is None:
+        raise ValueError("profiles are switched off (RVCFAST_PROFILE=off)")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    tmp.write_text(profile.to_json(), encoding="utf-8")
+    os.replace(tmp, target)
+    return target
+
+
+def load_profile(device: torch.device | str = "cpu", path: Path | None = None) -> Profile | None:
+    """The stored profile if it was measured on this machine and device, else ``None``."""
+    source = path or profile_path()
+    if source is None or not source.is_file():
+        return None
+    try:
+        profile = Profile.from_json(source.read_text(encoding="utf-8"))
+    except (OSError, ValueError, TypeError):
+        return None  # a damaged or foreign file is ignored, never fatal
+    if profile.version != PROFILE_VERSION or profile.machine != machine_id(device):
+        return None
+    return profile
+
+
+def apply_threads(profile: Profile | None) -> int:
+    """Set torch's intra-op threads from ``profile`` unless ``OMP_NUM_THREADS`` says otherwise; returns the count."""
+    if profile is not None and "OMP_NUM_THREADS" not in os.environ and profile.threads > 0:
+        torch.set_num_threads(profile.threads)
+    return torch.get_num_threads()
+
+
+# ---------------------------------------------------------------------------------------- calibration
+
+
+def _snr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    n = min(reference.shape[0], other.shape[0])
+    err = float(np.sum((reference[:n].astype(np.float64) - other[:n]) ** 2))
+    sig = float(np.sum(reference[:n].astype(np.float64) ** 2))
+    return float("inf") if err == 0 else 10 * np.log10(max(sig, 1e-30) / err)
+
+
+def candidate_dtypes(device: torch.device) -> list[str]:
+    """Precisions worth measuring on ``device``."""
+    out = ["float32"]
+    if native_bf16(device):
+        out.append("bfloat16")
+    if device.type == "cuda":
+        out.append("float16")
+    return out
+
+
+def calibrate(
+    make_converter: Callable[[str], Any],
+    clips: Sequence[np.ndarray],
+    *,
+    device: torch.device,
+    dtypes: Sequence[str] | None = None,
+    threads: Sequence[int] | None = None,
+    batch_seconds: Sequence[float] = (8.0, 30.0),
+    min_snr_db: float = 20.0,
+    log: Callable[[str], None] | None = None,
+) -> Profile:
+    """Measure the settings on ``clips`` (16 kHz arrays) and return the fastest as a :class:`Profile`.
+
+    ``make_converter(dtype)`` returns a Converter in that precision. Each setting converts
+    every clip once to warm up, then once timed (noise off). A lower precision is chosen
+    only when its output stays within ``min_snr_db`` of float32's.
+    """
+    dtypes = list(dtypes or candidate_dtypes(device))
+    threads = list(threads or sorted({1, max(1, os.cpu_count() or 1)}))
+    say = log or (lambda _m: None)
+    inputs = [(c, 16000) for c in clips]
+    original_threads = torch.get_num_threads()
+    trials: list[Trial] = []
+    reference: list[np.ndarray] | None = None
+    try:
+        for dt in dtypes:
+            conv = make_converter(dt)
+            for n_threads in threads:
+                torch.set_num_threads(n_threads)
+                for bs in batch_seconds:
+                    conv.convert_batch(inputs, batch_seconds=bs, noise=False)  # warm-up: kernels, caches
+                    t0 = time.perf_counter()
+                    results = conv.convert_batch(inputs, batch_seconds=bs, noise=False)
+                    seconds = time.perf_counter() - t0
+                    outs = [r.audio for r in results]
+                    if dt == "float32" and reference is None:
+                        reference = outs
+                    snr = None if reference is None or dt == "float32" else min(map(_snr_db, reference, outs))
+                    trials.append(Trial(dt, n_threads, float(bs), seconds, snr))
+                    say(f"{dt:>9} threads {n_threads} batch {bs:g} s: {seconds:.2f} s" + (f", SNR {snr:.1f} dB" if snr is not None else ""))
+    finally:
+        torch.set_num_threads(original_threads)
+    usable = [t for t in trials if t.snr_db is None or t.snr_db >= min_snr_db]
+    best = min(usable, key=lambda t: t.seconds)
+    return Profile(
+        machine=machine_id(device),
+        dtype=best.dtype,
+        threads=best.threads,
+        batch_seconds=best.batch_seconds,
+        trials=trials,
+        audio_seconds=float(sum(c.shape[0] for c in clips) / 16000),
+        created=time.strftime("%Y-%m-%d %H:%M:%S"),
+    )
+
+
+def system_report(device: torch.device | str = "cpu") -> dict[str, Any]:
+    """CPU model and features, torch build facts and the settings runs will use (for ``rvcfast info --system``)."""
+    from .runtime import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    profile = load_profile(dev)
+    flags = cpu_features()
+    return {
+        "cpu": cpu_model(),
+        "cores": os.cpu_count(),
+        "features": {f: (f in flags) for f in KEY_FLAGS},
+        "native_bf16": native_bf16(dev),
+        "torch": torch.__version__,
+        "mkldnn": bool(torch.backends.mkldnn.is_available()),
+        "torch_threads": torch.get_num_threads(),
+        "device": str(dev),
+        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "profile": str(profile_path()) if profile is not None else None,
+        "settings": {
+            "dtype (auto)": profile.dtype if profile else str(resolve_dtype("auto", dev)).replace("torch.", ""),
+            "threads": profile.threads if profile else torch.get_num_threads(),
+            "batch_seconds": profile.batch_seconds if profile else None,
+            "source": "profile" if profile else "defaults (run `rvcfast tune` to measure)",
+        },
+    }

@@ -1,0 +1,135 @@
+"""``rvcfast tune``: calibration, the stored profile, and how later runs use it."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from helpers import one_thread_fixture, tiny_models_fixture  # noqa: F401
+
+from rvcfast.cli import main
+from rvcfast.result import Result
+from rvcfast.tuning import Profile, Trial, apply_threads, calibrate, load_profile, machine_id, save_profile
+
+
+@pytest.fixture()
+def profile_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "profile.json"
+    monkeypatch.setenv("RVCFAST_PROFILE", str(path))
+    return path
+
+
+def test_tune_writes_a_profile_that_later_runs_read(tiny_models, profile_file: Path, capsys) -> None:
+    argv = [
+        "tune", "--model", str(tiny_models.voice), "--encoder", str(tiny_models.encoder),
+        "--f0-weights", str(tiny_models.rmvpe), "--files", "1", "--seconds", "0.5",
+        "--threads", "1", "--batch-seconds", "4", "--device", "cpu", "--json",
+    ]
+    assert main(argv) == 0
+    written = json.loads(capsys.readouterr().out)
+    assert profile_file.is_file() and json.loads(profile_file.read_text()) == written
+    profile = load_profile("cpu")
+    assert profile is not None and profile.machine == machine_id("cpu")
+    assert profile.threads == 1 and profile.batch_seconds == 4.0
+    assert {t.dtype for t in profile.trials} >= {"float32"}
+    assert all(t.seconds > 0 for t in profile.trials)
+    # bf16 trials carry their SNR against float32
+    assert all(t.snr_db is not None for t in profile.trials if t.dtype != "float32")
+
+
+def _profile(dtype: str = "bfloat16", batch: float = 3.5, machine: str | None = None) -> Profile:
+    return Profile(machine=machine or machine_id("cpu"), dtype=dtype, threads=1, batch_seconds=batch)
+
+
+def test_engine_uses_the_profile_for_auto_and_batch_size(tiny_models, profile_file: Path) -> None:
+    save_profile(_profile("bfloat16", 3.5))
+    conv = tiny_models.converter(dtype="auto")
+    assert conv.dtype == torch.bfloat16 and conv.engine.batch_seconds == 3.5
+    explicit = tiny_models.converter(dtype="float32", batch_seconds=6.0)
+    assert explicit.dtype == torch.float32 and explicit.engine.batch_seconds == 6.0
+    save_profile(_profile("float32", 5.0))
+    assert tiny_models.converter(dtype="auto").dtype == torch.float32
+
+
+def test_a_profile_from_another_machine_or_damaged_is_ignored(profile_file: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    save_profile(_profile(machine="Some Other CPU [avx2] x64 | torch 0.0 | cpu"))
+    assert load_profile("cpu") is None
+    profile_file.write_text("{not json")
+    assert load_profile("cpu") is None
+    save_profile(_profile())
+    assert load_profile("cpu") is not None
+    monkeypatch.setenv("RVCFAST_PROFILE", "off")
+    assert load_profile("cpu") is None
+
+
+def test_apply_threads_respects_omp_num_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    before = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        assert apply_threads(Profile(machine="x", dtype="float32", threads=1, batch_seconds=8)) == 1
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert apply_threads(Profile(machine="x", dtype="float32", threads=1, batch_seconds=8)) == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+class _FakeConverter:
+    """Stands in for a Converter: a fixed cost per call and an output with a chosen error."""
+
+    def __init__(self, dtype: str, cost: float, error: float) -> None:
+        self.dtype, self.cost, self.error = dtype, cost, error
+
+    def convert_batch(self, inputs, batch_seconds: float, noise: bool):
+        time.sleep(self.cost * (1.0 if batch_seconds == 8.0 else 1.5))
+        rng = np.random.default_rng(0)
+        out = []
+        for x, _ in inputs:
+            y = x.astype(np.float32) + self.error * rng.standard_normal(x.shape[0]).astype(np.float32)
+            out.append(Result(y, 16000))
+        return out
+
+
+def test_calibrate_picks_the_fastest_precise_enough_setting() -> None:
+    clips = [np.sin(np.arange(4000) / 10.0)]
+    fast_but_noisy = {"float32": (0.06, 0.0), "bfloat16": (0.01, 0.5)}  # bf16: SNR about 3 dB
+    profile = calibrate(
+        lambda dt: _FakeConverter(dt, *fast_but_noisy[dt]), clips, device=torch.device("cpu"),
+        dtypes=["float32", "bfloat16"], threads=[1], batch_seconds=(8.0, 30.0), min_snr_db=20.0,
+    )
+    assert (profile.dtype, profile.batch_seconds) == ("float32", 8.0)
+    assert len(profile.trials) == 4 and all(isinstance(t, Trial) for t in profile.trials)
+    fast_and_fine = {"float32": (0.06, 0.0), "bfloat16": (0.01, 1e-4)}
+    profile = calibrate(
+        lambda dt: _FakeConverter(dt, *fast_and_fine[dt]), clips, device=torch.device("cpu"),
+        dtypes=["float32", "bfloat16"], threads=[1], batch_seconds=(8.0,), min_snr_db=20.0,
+    )
+    assert profile.dtype == "bfloat16"
+    assert [t.snr_db for t in profile.trials if t.dtype == "bfloat16"][0] > 60
+
+
+def test_info_system_reports_features_and_settings(profile_file: Path, capsys) -> None:
+    assert main(["info", "--system", "--device", "cpu", "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)["system"]
+    assert {"avx2", "avx512_bf16", "amx_bf16"} <= set(report["features"])
+    assert report["settings"]["source"].startswith("defaults")
+    save_profile(_profile("float32", 4.0))
+    assert main(["info", "--system", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert str(profile_file) in text and "batch_seconds  4.0" in text
+    assert main(["info"]) == 2  # neither a model nor --system
+
+
+@pytest.mark.parametrize(
+    "flags,expected",
+    [({"avx2", "avx512f", "avx512_bf16"}, torch.bfloat16), ({"amx_tile", "amx_bf16"}, torch.bfloat16), ({"avx2", "fma"}, torch.float32)],
+)
+def test_dtype_auto_without_a_profile_follows_the_hardware(profile_file: Path, monkeypatch, flags, expected) -> None:
+    from rvcfast import runtime
+
+    monkeypatch.setattr(runtime, "cpu_features", lambda: frozenset(flags))
+    assert runtime.resolve_dtype("auto", torch.device("cpu")) == expected
