@@ -9,6 +9,10 @@ name          file                what
 ``hubert``    ``hubert_base.pt``  ContentVec/HuBERT content encoder (~190 MB, fairseq)
 ============  ==================  =====================================================
 
+A voice model may name the content encoder it was trained with (Applio's
+``embedder_model``); :func:`resolve_encoder_for` picks that embedder's folder from the
+same search folders when no encoder is given (:func:`find_embedder`).
+
 Downloads come from the public Hugging Face repository RVC itself uses, are
 resumable (HTTP ``Range``), verified with SHA-256 and moved into place only when
 complete: the cache never holds a half-written file under its final name.
@@ -18,12 +22,15 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import sys
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from .errors import RvcfastError, WeightsNotFoundError
 
@@ -37,6 +44,10 @@ __all__ = [
     "download",
     "DownloadError",
     "sha256_file",
+    "DEFAULT_EMBEDDERS",
+    "EmbedderWarning",
+    "find_embedder",
+    "resolve_encoder_for",
 ]
 
 _HF = "https://huggingface.co/lj1995/VoiceConversionWebUI/resolve/main"
@@ -104,6 +115,80 @@ def find_weights(name: str) -> Path | None:
         candidate = d / info.filename
         if candidate.is_file():
             return candidate
+    return None
+
+
+#: Embedder names (a voice file's ``embedder_model``) served by the default encoder, ``hubert_base.pt``.
+DEFAULT_EMBEDDERS = frozenset({"contentvec", "hubert", "hubert_base", "hubert-base"})
+
+_EMBEDDER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
+
+
+class EmbedderWarning(UserWarning):
+    """A voice model names a content encoder (embedder) that rvcfast could not find; the default is used."""
+
+
+def find_embedder(name: str) -> Path | None:
+    """The folder of Applio embedder ``name`` (e.g. ``"chinese-hubert-base"``) in :func:`search_dirs`, or ``None``.
+
+    Looked for in each search folder as ``<name>/`` and Applio's directory spelling
+    (``chinese_hubert_base/``), directly or under ``embedders/``; a folder counts only
+    when it holds ``config.json`` and ``pytorch_model.bin`` or ``model.safetensors``.
+    Names that could reach outside the search folders (separators, ``..``) are refused.
+    """
+    if not isinstance(name, str) or not _EMBEDDER_NAME.fullmatch(name) or ".." in name:
+        return None
+    spellings = dict.fromkeys([name, name.replace("-", "_")])
+    for d in search_dirs():
+        for sub in ("", "embedders"):
+            for spelling in spellings:
+                folder = d / sub / spelling if sub else d / spelling
+                has_weights = (folder / "pytorch_model.bin").is_file() or (folder / "model.safetensors").is_file()
+                if (folder / "config.json").is_file() and has_weights:
+                    return folder
+    return None
+
+
+def resolve_encoder_for(
+    model: Any, encoder: str | os.PathLike[str] | None
+) -> str | os.PathLike[str] | None:
+    """The content encoder to load for ``model``: ``encoder`` when given, else the one it was trained with.
+
+    ``model`` is a loaded voice model (its ``embedder_model`` attribute), a checkpoint's
+    metadata dict (``embedder_model`` key) or the embedder name itself. Without an
+    explicit ``encoder``: a model trained with ContentVec / HuBERT (or naming nothing)
+    gets ``None`` -- the default ``hubert_base.pt``; a model naming another embedder
+    (Applio's ``"chinese-hubert-base"``, ``"spin"``, ``"custom"``...) gets that
+    embedder's folder when :func:`find_embedder` finds it; otherwise ``None`` with an
+    :class:`EmbedderWarning` saying which embedder the model was trained with and where
+    its folder was looked for.
+    """
+    if encoder is not None:
+        return encoder
+    if isinstance(model, str):
+        name: Any = model
+    elif isinstance(model, Mapping):
+        name = model.get("embedder_model")
+    else:
+        name = getattr(model, "embedder_model", None)
+    if not isinstance(name, str) or not name.strip() or name.strip().lower() in DEFAULT_EMBEDDERS:
+        return None
+    name = name.strip()
+    found = find_embedder(name)
+    if found is not None:
+        return found
+    if name.lower() == "custom":
+        what = "a custom embedder (the file does not say which)"
+    else:
+        what = f"the {name!r} embedder"
+    looked = ", ".join(str(d) for d in search_dirs())
+    warnings.warn(
+        f"this voice model was trained with {what}, but no such embedder folder was found (looked in {looked}); "
+        "converting with the default ContentVec/HuBERT encoder, which may sound wrong. Put the embedder's "
+        "folder (config.json + pytorch_model.bin) there, or pass encoder=... explicitly.",
+        EmbedderWarning,
+        stacklevel=3,
+    )
     return None
 
 
