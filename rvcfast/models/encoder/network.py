@@ -237,7 +237,12 @@ class HubertEncoder(nn.Module):
         if output_layer is not None and (isinstance(output_layer, bool) or int(output_layer) < 0):
             raise ParameterError(f"output_layer must be None or a non-negative int, got {output_layer!r}")
         if final_proj and self.final_proj is None:
-            raise ParameterError("final_proj=True, but this content encoder has no final_proj weights")
+            where = getattr(self, "source_path", None)
+            raise ParameterError(
+                f"final_proj=True (the 256-d features v1 voice models take), but the content encoder "
+                f"{where or '(in memory)'} has no final_proj weights (a plain HubertModel folder); "
+                "use a v2 model with it, or an encoder with final_proj (e.g. ContentVec / hubert_base.pt) for v1"
+            )
         audio, lens = self._prepare(audio16k, lengths)
         x, lens = self._conv_stack(audio, lens)
         x = x.transpose(1, 2)
