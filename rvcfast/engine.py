@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -293,6 +293,54 @@ class Engine:
         result = self.run([prep], params, raise_errors=True)[0]
         result.timings = {**timer.times, **result.timings}
         return result
+
+    def stream(
+        self,
+        prep: PreparedAudio,
+        params: ConversionParams | None = None,
+        *,
+        f0: F0Track = None,
+        raw: bool = False,
+        timings: dict[str, float] | None = None,
+    ) -> Iterator[np.ndarray]:
+        """One input's output piece by piece, in order, each as soon as its segment is synthesised.
+
+        Every segment goes through the models on its own; each ``next()`` does one
+        segment's model calls (the F0 track of the whole input, or ``f0``, comes first),
+        so a scheduler can interleave other work between pieces. An input of one segment
+        (up to 41 s) is one piece, finished exactly as :meth:`run` finishes it. Longer
+        inputs are finished piece by piece by :class:`~rvcfast.streaming.StreamFinisher`:
+        the concatenation equals :meth:`run`'s output when ``rms_mix_rate == 1``, the
+        peak stays below 0.99 and ``clean``/``effects`` are off (see that class for what
+        differs otherwise). ``raw=True`` yields the trimmed segment outputs before any
+        post-processing; :func:`rvcfast.pipeline.finish` of their concatenation is
+        :meth:`run`'s output. Stage seconds are added to ``timings``. Errors are raised.
+        """
+        from .streaming import StreamFinisher
+
+        item = _Item(prep, self.params(params))
+        self._pitch([item], None if f0 is None else [f0], True)
+        q = item.params
+        timer = Timer(self.device)
+        segs = segment_inputs(prep, item.coarse, item.pitchf, q.seed)
+        finisher = StreamFinisher(prep, self.sample_rate, q)
+        try:
+            for k, seg in enumerate(segs):
+                piece = self.synthesize_segments([seg], q, timer)[0]
+                release_memory()
+                t0 = time.perf_counter()
+                if raw:
+                    out = piece
+                elif len(segs) == 1:
+                    out = finish([piece], prep, self.sample_rate, q)[0]
+                else:
+                    out = finisher.push(piece, last=k == len(segs) - 1)
+                timer.add("post", time.perf_counter() - t0)
+                yield out
+        finally:
+            if timings is not None:
+                for stage, seconds in {**item.timings, **timer.times}.items():
+                    timings[stage] = timings.get(stage, 0.0) + seconds
 
     # ------------------------------------------------------------------ internals
 

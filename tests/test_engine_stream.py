@@ -1,0 +1,76 @@
+"""Engine.stream: pieces in order, concatenation equal to Engine.run where the stream can reproduce it."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture, tone  # noqa: F401
+
+import rvcfast
+from rvcfast.engine import Engine
+from rvcfast.pipeline import finish
+from rvcfast.streaming import StreamFinisher
+
+
+@pytest.fixture(scope="module")
+def engine(tiny_converter: rvcfast.Converter) -> Engine:
+    return tiny_converter.engine
+
+
+@pytest.fixture(scope="module")
+def long_prep(engine: Engine):
+    prep = engine.prepare(tone(45.0, freq=180.0), 16000)
+    assert len(prep.segments) >= 2, "the input must be split into several segments"
+    return prep
+
+
+def test_one_segment_is_one_piece_finished_like_run(engine: Engine) -> None:
+    # one piece, finished by the whole-file steps: equal even with the RMS mix on
+    q = engine.params(noise=False, pitch=2, rms_mix_rate=0.4, output_sample_rate=44100)
+    prep = engine.prepare(tone(3.0), 16000)
+    timings: dict[str, float] = {}
+    pieces = list(engine.stream(prep, q, timings=timings))
+    assert len(pieces) == 1
+    np.testing.assert_array_equal(pieces[0], engine.run([prep], q)[0].audio)
+    assert {"f0", "features", "synth", "post"} <= set(timings)
+
+
+@pytest.mark.parametrize("rate", [None, 44100])
+def test_pieces_concatenate_to_the_run_output(engine: Engine, long_prep, rate) -> None:
+    q = engine.params(noise=False, output_sample_rate=rate)
+    expected = engine.run([long_prep], q)[0].audio
+    assert np.abs(expected).max() < 0.99  # the peak guard does not act: the stream reproduces it exactly
+    pieces = list(engine.stream(long_prep, q))
+    assert len(pieces) == len(long_prep.segments)
+    # in order: each piece is the next stretch of the one-shot output (streamed soxr resampling is exact)
+    pos = 0
+    for piece in pieces:
+        np.testing.assert_array_equal(piece, expected[pos : pos + piece.shape[0]])
+        pos += piece.shape[0]
+    assert pos == expected.shape[0]
+
+
+def test_raw_pieces_finish_to_the_run_output(engine: Engine, long_prep) -> None:
+    q = engine.params(noise=True, seed=7, pitch=-3)
+    raw = list(engine.stream(long_prep, q, raw=True))
+    audio, rate = finish(np.concatenate(raw), long_prep, engine.sample_rate, q)
+    np.testing.assert_array_equal(audio, engine.run([long_prep], q)[0].audio)
+    assert rate == engine.sample_rate
+
+
+def test_running_peak_guard_never_exceeds_the_limit() -> None:
+    # what the stream cannot reproduce: a loud later piece lowers the level from there on
+    prep = type("P", (), {"audio": np.zeros(16000)})()
+    fin = StreamFinisher(prep, 16000, rvcfast.ConversionParams())  # type: ignore[arg-type]
+    quiet = np.full(100, 0.5, np.float32)
+    loud = np.full(100, 2.0, np.float32)
+    a, b, c = fin.push(quiet.copy()), fin.push(loud.copy()), fin.push(quiet.copy(), last=True)
+    np.testing.assert_allclose(a, 0.5)  # already sent at full level
+    np.testing.assert_allclose(b, 0.99, rtol=1e-6)
+    np.testing.assert_allclose(c, 0.5 * 0.99 / 2.0, rtol=1e-6)
+
+
+def test_stream_raises_for_a_bad_f0_track(engine: Engine) -> None:
+    prep = engine.prepare(tone(1.0), 16000, name="clip")
+    with pytest.raises(RuntimeError, match="no track"):
+        next(engine.stream(prep, engine.params(), f0=RuntimeError("no track")))
