@@ -1,0 +1,49 @@
+"""Convert whole corpora on a Ray cluster with Ray Data (``pip install "rvcfast[ray]"``).
+
+* :func:`convert_dataset` -- a lazy :class:`ray.data.Dataset` with one row per input file
+  (``path``, ``output_path``, ``status``, ``error``, ``seconds``, ``node``, stage timings);
+* :func:`convert_files` -- the eager form for paths and folders: runs the job, writes a
+  manifest of the rows (JSON Lines or Parquet) and returns the rows;
+* on the command line: ``rvcfast convert MODEL INPUTS -o OUT --ray [ADDRESS]``.
+
+Decoding runs in CPU tasks, the models in a pool of actors that load them once, and every
+output is written atomically under a name fixed before the job starts, so retried tasks
+and restarted actors never leave a partial file or a duplicate. See ``docs/scale-out.md``.
+"""
+
+from __future__ import annotations
+
+from ...errors import BackendUnavailableError
+
+try:
+    import ray  # noqa: F401
+    import ray.data  # noqa: F401
+except ImportError as exc:  # pragma: no cover - depends on the environment
+    raise BackendUnavailableError(
+        f'rvcfast.integrations.ray needs Ray Data: pip install "rvcfast[ray]" (import failed: {exc})'
+    ) from exc
+
+from ._job import (  # noqa: E402
+    DECODE_CPUS,
+    DEFAULT_BATCH_SIZE,
+    MANIFEST_NAME,
+    connected,
+    convert_dataset,
+    convert_files,
+    write_manifest,
+)
+from ._stages import ROW_SCHEMA, STAGES  # noqa: E402
+from ._weights import WEIGHT_MODES  # noqa: E402
+
+__all__ = [
+    "convert_dataset",
+    "convert_files",
+    "connected",
+    "write_manifest",
+    "ROW_SCHEMA",
+    "STAGES",
+    "WEIGHT_MODES",
+    "DECODE_CPUS",
+    "DEFAULT_BATCH_SIZE",
+    "MANIFEST_NAME",
+]

@@ -1,0 +1,352 @@
+"""Conversion jobs on a Ray cluster: :func:`convert_dataset` (lazy) and :func:`convert_files` (eager)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from ...errors import ParameterError
+from ...params import ConversionParams
+from ...writing import SUPPORTED_WRITE_FORMATS, remove_stale_parts
+from ._stages import CRASH_ENV, JobSpec, decode_audio, write_outputs
+from ._weights import WEIGHT_MODES, resolve_files, ship_files
+
+__all__ = ["convert_dataset", "convert_files", "connected", "plan_files", "write_manifest", "DECODE_CPUS", "MANIFEST_NAME", "DEFAULT_BATCH_SIZE"]
+
+#: CPUs reserved by one decoding (or writing) task: decoding a file is a small share of its
+#: conversion, so several run next to a model worker without holding a whole core each.
+DECODE_CPUS = 0.25
+
+#: The manifest :func:`convert_files` writes into the output folder unless told otherwise.
+MANIFEST_NAME = "rvcfast-manifest.jsonl"
+
+#: Files per model call of a worker (the engine packs their segments by length).
+DEFAULT_BATCH_SIZE = 4
+
+WorkerCount = int | tuple[int, int] | None
+
+
+# ------------------------------------------------------------------------------ the cluster
+
+
+def _ray() -> Any:
+    import ray
+
+    return ray
+
+
+def _start_local() -> None:
+    """A local single-node cluster for this process: no dashboard, no usage statistics."""
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    _ray().init(include_dashboard=False)
+
+
+@contextmanager
+def connected(address: str | None, *, fallback_local: bool = False, note: Any = None) -> Iterator[None]:
+    """Use the current Ray connection; else connect to ``address`` or start a local cluster, and close it after.
+
+    ``address``: ``None`` or ``"local"`` starts a local cluster; ``"auto"`` joins the running
+    one (``RAY_ADDRESS`` or ``ray start`` on this machine), or with ``fallback_local``
+    starts a local one when there is none (``note(message)`` is told).
+    """
+    ray = _ray()
+    if ray.is_initialized():
+        yield
+        return
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if address in (None, "local"):
+        _start_local()
+    else:
+        try:
+            ray.init(address=address)
+        except ConnectionError:
+            if not (fallback_local and address == "auto"):
+                raise
+            if note is not None:
+                note("no running Ray cluster found; starting a local one for this job")
+            _start_local()
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _cpu_nodes() -> list[dict[str, Any]]:
+    return [n for n in _ray().nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+
+
+def _pool_size(num_workers: WorkerCount, gpus_per_worker: float, cpus_per_worker: float) -> tuple[int, int]:
+    """``(min, max)`` model workers: given, or one per CPU node (per ``gpus_per_worker`` GPUs) by default."""
+    nodes = _cpu_nodes()
+    total_cpus = sum(n["Resources"]["CPU"] for n in nodes)
+    if num_workers is None:
+        if gpus_per_worker > 0:
+            gpus = sum(n.get("Resources", {}).get("GPU", 0) for n in _ray().nodes() if n.get("Alive"))
+            most = int(gpus // gpus_per_worker)
+        else:
+            most = sum(1 for n in nodes if n["Resources"]["CPU"] >= cpus_per_worker + DECODE_CPUS)
+        most = min(max(1, most), max(1, int((total_cpus - DECODE_CPUS) // cpus_per_worker)) if cpus_per_worker else most)
+        low, high = 1, max(1, most)
+    elif isinstance(num_workers, int) and not isinstance(num_workers, bool):
+        low = high = num_workers
+    elif isinstance(num_workers, (tuple, list)) and len(num_workers) == 2:
+        low, high = (int(v) for v in num_workers)
+    else:
+        raise ParameterError(f"num_workers must be a number or a (min, max) pair, got {num_workers!r}")
+    if not 1 <= low <= high:
+        raise ParameterError(f"num_workers must be at least 1 (and min <= max), got {num_workers!r}")
+    if high * cpus_per_worker + DECODE_CPUS > total_cpus + 1e-9:
+        raise ParameterError(
+            f"{high} model worker(s) x {cpus_per_worker:g} CPU plus {DECODE_CPUS:g} CPU for decoding need "
+            f"{high * cpus_per_worker + DECODE_CPUS:g} CPUs; the cluster has {total_cpus:g}: "
+            "lower num_workers or cpus_per_worker"
+        )
+    return low, high
+
+
+# ------------------------------------------------------------------------------ checks on the driver
+
+
+def _check_options(
+    fmt: str, batch_size: int, gpus_per_worker: float, cpus_per_worker: float, threads: int | None, write_in: str, weights: str
+) -> None:
+    if fmt.lower() not in SUPPORTED_WRITE_FORMATS:
+        raise ParameterError(f"format must be one of {sorted(SUPPORTED_WRITE_FORMATS)}, got {fmt!r}")
+    if not isinstance(batch_size, int) or batch_size < 1:
+        raise ParameterError(f"batch_size must be a whole number of files >= 1, got {batch_size!r}")
+    if not gpus_per_worker >= 0 or not cpus_per_worker >= 0 or (gpus_per_worker == 0 and cpus_per_worker == 0):
+        raise ParameterError(
+            f"gpus_per_worker ({gpus_per_worker!r}) and cpus_per_worker ({cpus_per_worker!r}) must be >= 0, one of them > 0"
+        )
+    if threads is not None and (not isinstance(threads, int) or threads < 1):
+        raise ParameterError(f"threads_per_worker must be a whole number >= 1, got {threads!r}")
+    if write_in not in ("actor", "task"):
+        raise ParameterError(f"write_in must be 'actor' or 'task', got {write_in!r}")
+    if weights not in WEIGHT_MODES:
+        raise ParameterError(f"weights must be one of {', '.join(WEIGHT_MODES)}, got {weights!r}")
+
+
+def _check_model(model: str | os.PathLike[str], f0: Any, params: dict[str, Any]) -> tuple[ConversionParams, bool]:
+    """Conversion parameters checked against the voice model (loaded once on the driver's CPU)."""
+    from ...models.synthesizer import load_vocoder
+
+    if not isinstance(f0, str):
+        raise ParameterError(f"on a cluster f0 must be a backend name (workers build their own), got {type(f0).__name__}")
+    conv_params = ConversionParams.build(None, **params).validate()
+    voc = load_vocoder(model, device="cpu")
+    return conv_params.validate(voc), bool(voc.has_f0)
+
+
+# ------------------------------------------------------------------------------ the lazy form
+
+
+def plan_files(
+    inputs: Any, out_dir: str | os.PathLike[str], fmt: str, skip_existing: bool, recursive: bool
+) -> list[dict[str, str]]:
+    """Paths and folders → ``path``/``output_path`` rows, named exactly as ``convert_batch`` names them."""
+    from ...batch import BatchOptions, expand_inputs
+
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    items = list(inputs)
+    if any(not isinstance(i, (str, os.PathLike)) for i in items):
+        raise ParameterError("a cluster job takes paths and folders (arrays live in one process: use Converter.convert_batch)")
+    options = BatchOptions(out_dir=out_dir, format=fmt.lower(), skip_existing=skip_existing, recursive=recursive)
+    jobs = expand_inputs(items, options)
+    if not jobs:
+        raise ParameterError(f"no audio files found in {', '.join(map(str, items))}" + ("" if recursive else " (recursive=True for sub-folders)"))
+    return [{"path": str(j.path), "output_path": str(j.out_path)} for j in jobs]
+
+
+def _items_dataset(items: list[dict[str, str]], batch_size: int) -> Any:
+    """One block per model batch: a decoding task prepares the files of one batch."""
+    per_block = batch_size if isinstance(batch_size, int) and batch_size > 0 else 1  # checked later, with the rest
+    return _ray().data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / per_block)))
+
+
+def convert_dataset(
+    ds: Any,
+    model: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    index: str | os.PathLike[str] | None = None,
+    encoder: str | os.PathLike[str] | None = None,
+    f0: str = "rmvpe",
+    f0_weights: str | os.PathLike[str] | None = None,
+    f0_options: dict[str, Any] | None = None,
+    device: str = "auto",
+    dtype: Any = "float32",
+    num_workers: WorkerCount = None,
+    gpus_per_worker: float = 0,
+    cpus_per_worker: float = 1,
+    threads_per_worker: int | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    batch_seconds: float | None = None,
+    skip_existing: bool = True,
+    format: str = "wav",
+    subtype: str | None = None,
+    recursive: bool = False,
+    weights: str = "path",
+    write_in: str = "actor",
+    allow_download: bool = False,
+    **params: Any,
+) -> Any:
+    """A lazy Ray Dataset converting every file of ``ds`` to the voice of ``model``; one row per input.
+
+    ``ds`` is a :class:`ray.data.Dataset` with a ``path`` column (one audio file per row,
+    optionally an ``output_path`` column), or paths and folders (expanded on the driver and
+    named exactly as :meth:`rvcfast.Converter.convert_batch` names them). Without
+    ``output_path`` a row's output is ``out_dir/<stem>.<format>``. Nothing runs until the
+    dataset is consumed (``take_all``, ``iter_rows``, ``write_parquet``...).
+
+    Stages: decoding and resampling in CPU tasks, the models in an autoscaling pool of
+    ``num_workers`` actors (an int, or ``(min, max)``; default one per CPU node, or one per
+    ``gpus_per_worker`` GPUs) that load the models once, batches of ``batch_size`` files,
+    writes in the actors (``write_in="task"``: in CPU tasks). ``cpus_per_worker`` is the
+    Ray reservation of a model worker; PyTorch runs ``threads_per_worker`` threads in it
+    (default: the node's CPUs shared among the workers that can land on it). ``weights``:
+    ``"path"`` (every node opens the driver's paths: a shared filesystem) or
+    ``"object-store"`` (shipped through Ray's object store). ``**params`` are conversion
+    parameters (:class:`~rvcfast.ConversionParams` fields), checked here against the model
+    before anything runs.
+
+    Rows: ``path``, ``output_path``, ``status`` (``ok``/``skipped``/``error``), ``error``,
+    ``seconds`` (processing time of the file), ``audio_seconds``, ``node`` (Ray node id),
+    ``host``, ``warnings`` and per-stage seconds ``decode_s``, ``f0_s``, ``features_s``,
+    ``index_s``, ``synth_s``, ``post_s``, ``write_s``.
+    """
+    ray = _ray()
+    if not ray.is_initialized():
+        _start_local()
+    _check_options(format, batch_size, gpus_per_worker, cpus_per_worker, threads_per_worker, write_in, weights)
+    conv_params, has_f0 = _check_model(model, f0, params)
+    files = resolve_files(
+        model, index=index, encoder=encoder, f0=f0, f0_weights=f0_weights, has_f0=has_f0, allow_download=allow_download
+    )
+    low, high = _pool_size(num_workers, gpus_per_worker, cpus_per_worker)
+    if not isinstance(ds, ray.data.Dataset):
+        ds = _items_dataset(plan_files(ds, out_dir, format, skip_existing, recursive), batch_size)
+    spec = JobSpec(
+        files=ship_files(files, weights), params=conv_params, out_dir=str(out_dir), format=format.lower(), subtype=subtype,
+        skip_existing=skip_existing, f0=f0, f0_options=f0_options, device=device, dtype=dtype, batch_seconds=batch_seconds,
+        threads=threads_per_worker, workers_per_node=max(1, math.ceil(high / max(1, len(_cpu_nodes())))),
+        write_in=write_in, crash_marker=os.environ.get(CRASH_ENV) or None,
+    )
+    from ._stages import ConvertWorker
+
+    ds = ds.map_batches(decode_audio, batch_format="pyarrow", fn_kwargs={"spec": spec}, num_cpus=DECODE_CPUS)
+    # Ray Data spreads the actors over the nodes (its default strategy): one per node before two on one
+    ds = ds.map_batches(
+        ConvertWorker, batch_size=batch_size, batch_format="pyarrow", fn_constructor_kwargs={"spec": spec},
+        compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high), num_cpus=cpus_per_worker,
+        num_gpus=gpus_per_worker if gpus_per_worker > 0 else None,
+    )
+    if write_in == "task":
+        ds = ds.map_batches(write_outputs, batch_format="pyarrow", fn_kwargs={"spec": spec}, num_cpus=DECODE_CPUS)
+    return ds
+
+
+# ------------------------------------------------------------------------------ the eager form
+
+
+def _clean_parts_everywhere(out_dir: Path) -> None:
+    """Remove temporary files of killed writers (:func:`~rvcfast.writing.remove_stale_parts`) on every host.
+
+    Only a process's own host can tell whether it is dead, so the driver cleans the files of
+    its host itself and, only when another host left one, runs a small task on every node.
+    """
+    from ...writing import _HOST, _PART_RE
+
+    remove_stale_parts(out_dir)
+    hosts = {m.group("host") for m in (_PART_RE.match(f.name) for f in out_dir.glob(".*.part")) if m is not None}
+    hosts.discard(_HOST)
+    if not hosts:
+        return
+    ray = _ray()
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+    clean = ray.remote(num_cpus=0)(remove_stale_parts)
+    refs = [
+        clean.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(out_dir))
+        for n in ray.nodes()
+        if n.get("Alive")  # rare (a retry on another host): every node looks at its own files
+    ]
+    ray.get(refs)
+
+
+def write_manifest(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
+    """Write the rows as JSON Lines (``.jsonl``/``.json``) or Parquet (``.parquet``), atomically."""
+    p = Path(path)
+    kind = p.suffix.lower()
+    if kind not in (".jsonl", ".json", ".parquet"):
+        raise ParameterError(f"manifest {p}: name it .jsonl (JSON Lines) or .parquet")
+    p.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
+    os.close(fd)
+    try:
+        if kind == ".parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+
+            from ._stages import ROW_SCHEMA
+
+            pq.write_table(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), tmp)
+        else:
+            with open(tmp, "w", encoding="utf-8") as f:
+                for row in rows:
+                    f.write(json.dumps(row, ensure_ascii=False) + "\n")
+        os.replace(tmp, p)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return p
+
+
+def convert_files(
+    inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
+    out_dir: str | os.PathLike[str],
+    model: str | os.PathLike[str],
+    *,
+    address: str | None = None,
+    manifest: str | os.PathLike[str] | bool | None = None,
+    progress: bool = True,
+    **options: Any,
+) -> list[dict[str, Any]]:
+    """Convert files and folders on a Ray cluster; return one row per input, in input order.
+
+    The eager form of :func:`convert_dataset` (same keyword options and conversion
+    parameters; ``skip_existing`` resumes an interrupted job). Uses the current Ray
+    connection, else connects to ``address`` (``"auto"``: the running cluster) or starts
+    a local one for this call. Writes the rows to ``manifest`` (``.jsonl`` or
+    ``.parquet``; default ``out_dir/rvcfast-manifest.jsonl``; ``False``: none). Progress
+    is shown with Ray Data's own progress bars (``progress=False``: none).
+    """
+    out = Path(out_dir)
+    if out.exists() and not out.is_dir():
+        raise ParameterError(f"output {out} exists and is not a folder")
+    recursive = bool(options.pop("recursive", False))
+    items = plan_files(inputs, out, options.get("format", "wav"), options.get("skip_existing", True), recursive)
+    position = {item["output_path"]: k for k, item in enumerate(items)}
+    with connected(address):
+        ray = _ray()
+        ctx = ray.data.DataContext.get_current()
+        bars, ctx.enable_progress_bars = ctx.enable_progress_bars, bool(progress)
+        try:
+            ds = _items_dataset(items, options.get("batch_size", DEFAULT_BATCH_SIZE))
+            ds = convert_dataset(ds, model, out, **options)
+            out.mkdir(parents=True, exist_ok=True)
+            _clean_parts_everywhere(out)  # temporary files of an earlier, killed run
+            rows = list(ds.iter_rows())
+            _clean_parts_everywhere(out)  # and of workers killed during this one
+        finally:
+            ctx.enable_progress_bars = bars
+    rows.sort(key=lambda r: position.get(r["output_path"], len(position)))
+    if manifest is not False:
+        write_manifest(rows, out / MANIFEST_NAME if manifest in (None, True) else manifest)  # type: ignore[arg-type]
+    return rows

@@ -1,0 +1,281 @@
+"""The stages of a conversion job on Ray Data: decoding tasks, model actors, writing.
+
+::
+
+    decode_audio (CPU tasks)  ─►  ConvertWorker (actor pool)  ─►  [write_outputs (CPU tasks)]
+    path → PreparedAudio           Engine.run, write (default)      write, when write_in="task"
+
+Every stage takes and returns Arrow tables with a fixed schema, so blocks from different
+tasks always concatenate. A file's outcome is one row (:data:`ROW_SCHEMA`): a failure is
+an ``error`` row naming the file, never an exception that stops the job.
+
+Writes go through :func:`rvcfast.writing.write_audio_atomic` to deterministic names
+chosen before any task runs, so when Ray retries a task or restarts an actor that died,
+the retry writes the same file again (an atomic rename over a complete file) and the dead
+process's temporary file is removed: every output exists once and complete.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import socket
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from ...engine import Engine
+from ...errors import RvcfastError
+from ...params import ConversionParams
+from ...segment import SegmentConfig
+from ...writing import write_audio_atomic
+from ._weights import ModelFiles, local_files
+
+__all__ = ["JobSpec", "STAGES", "ROW_SCHEMA", "decode_audio", "ConvertWorker", "write_outputs", "CRASH_ENV"]
+
+#: Stage timings reported per file, as ``<stage>_s`` columns (seconds).
+STAGES = ("decode", "f0", "features", "index", "synth", "post", "write")
+
+#: Environment variable of the test hook (read on the driver): a marker file path. The first
+#: worker to write its second file claims the marker and dies in the middle of that write.
+CRASH_ENV = "RVCFAST_RAY_TEST_CRASH"
+
+#: One row per input file.
+ROW_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("output_path", pa.string()),
+        ("status", pa.string()),  # ok | skipped | error
+        ("error", pa.string()),
+        ("seconds", pa.float64()),  # processing time of this file, all stages
+        ("audio_seconds", pa.float64()),  # duration of the input
+        ("node", pa.string()),  # Ray node id of the worker that finished the row
+        ("host", pa.string()),
+        ("warnings", pa.string()),  # input warnings, one per line
+        *[(f"{s}_s", pa.float64()) for s in STAGES],
+    ]
+)
+#: Between the stages: the prepared audio (pickled) and, when writing in a task, the output.
+_DECODED_SCHEMA = ROW_SCHEMA.append(pa.field("prep", pa.large_binary()))
+_CONVERTED_SCHEMA = ROW_SCHEMA.append(pa.field("audio", pa.large_binary())).append(pa.field("sample_rate", pa.int64()))
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """Everything a stage needs, checked on the driver and sent once to every task and actor."""
+
+    files: Any  # ModelFiles (paths every node sees) or object-store handles
+    params: ConversionParams
+    out_dir: str
+    format: str = "wav"
+    subtype: str | None = None
+    skip_existing: bool = True
+    f0: str = "rmvpe"
+    f0_options: dict[str, Any] | None = None
+    device: str = "auto"
+    dtype: Any = "float32"
+    batch_seconds: float | None = None
+    threads: int | None = None
+    workers_per_node: int = 1
+    write_in: str = "actor"
+    crash_marker: str | None = None
+
+
+def _where() -> tuple[str, str]:
+    import ray
+
+    return ray.get_runtime_context().get_node_id(), socket.gethostname()
+
+
+def _new_row(path: str, output_path: str | None) -> dict[str, Any]:
+    node, host = _where()
+    row: dict[str, Any] = {
+        "path": path, "output_path": output_path, "status": "pending", "error": None, "seconds": 0.0,
+        "audio_seconds": 0.0, "node": node, "host": host, "warnings": "",
+    }
+    row.update({f"{s}_s": 0.0 for s in STAGES})
+    return row
+
+
+def _error_text(label: str, exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    if isinstance(exc, RvcfastError):
+        return text if label in text else f"{label}: {text}"
+    return f"{label}: {type(exc).__name__}: {text}"
+
+
+def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
+    return pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema)
+
+
+# ------------------------------------------------------------------------------ stage 1: decode
+
+
+class _SignalStages:
+    """:meth:`Engine.prepare` without the networks: decoding and the signal stages only need the segment plan."""
+
+    segment_config = SegmentConfig()  # what Engine.load gives every engine
+    prepare = Engine.prepare
+
+
+_SIGNAL = _SignalStages()
+
+
+def planned_output(path: str, spec: JobSpec) -> str:
+    """The output file of one input, named as :func:`rvcfast.batch.expand_inputs` names it."""
+    from ...batch import BatchOptions, expand_inputs
+
+    jobs = expand_inputs([path], BatchOptions(out_dir=spec.out_dir, format=spec.format))
+    if len(jobs) != 1 or jobs[0].path != Path(path) or jobs[0].out_path is None:
+        raise RvcfastError(f"{path}: is a folder; a dataset row is one audio file (convert_files expands folders)")
+    return str(jobs[0].out_path)
+
+
+def _decode_one(path: str, output_path: str | None, spec: JobSpec) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    row = _new_row(path, output_path)
+    try:
+        if row["output_path"] is None:
+            row["output_path"] = planned_output(path, spec)
+        if spec.skip_existing and Path(row["output_path"]).exists():
+            row["status"] = "skipped"
+            return row
+        prep = _SIGNAL.prepare(path, params=spec.params)
+    except Exception as exc:  # noqa: BLE001 - an error row, the job goes on
+        row.update(status="error", error=_error_text(path, exc))
+    else:
+        row.update(prep=pickle.dumps(prep, protocol=5), audio_seconds=prep.seconds, warnings="\n".join(prep.warnings))
+    row["decode_s"] = time.perf_counter() - t0
+    return row
+
+
+def decode_audio(batch: pa.Table, spec: JobSpec) -> pa.Table:
+    """CPU task: decode, resample to 16 kHz and run the signal stages of each file (or mark it skipped)."""
+    outputs = batch.column("output_path").to_pylist() if "output_path" in batch.column_names else [None] * batch.num_rows
+    rows = [_decode_one(str(p), o, spec) for p, o in zip(batch.column("path").to_pylist(), outputs)]
+    return _table(rows, _DECODED_SCHEMA)
+
+
+# ------------------------------------------------------------------------------ stage 2: the models
+
+
+class _CrashHook:
+    """Test-only: dies (``os._exit``) in the middle of a worker's second write, once per job."""
+
+    def __init__(self, marker: str | None) -> None:
+        self.marker = marker
+        self.writes = 0
+
+    def before_write(self) -> None:
+        self.writes += 1
+        if self.marker is None or self.writes < 2:
+            return
+        try:
+            fd = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:  # another worker (or this one, before a restart) already died
+            self.marker = None
+            return
+        os.close(fd)
+        from ... import writing
+
+        class _DieMidWrite:
+            @staticmethod
+            def write(file: str, *args: Any, **kwargs: Any) -> None:
+                with open(file, "wb") as f:
+                    f.write(b"RIFF\0\0")  # a partial file, as a kill during the write leaves it
+                os._exit(3)
+
+        writing.sf = _DieMidWrite()  # type: ignore[assignment]
+
+
+def _write_row(row: dict[str, Any], audio: np.ndarray, rate: int, spec: JobSpec, hook: _CrashHook) -> None:
+    t0 = time.perf_counter()
+    hook.before_write()
+    try:
+        write_audio_atomic(row["output_path"], audio, rate, format=spec.format, subtype=spec.subtype)
+    except Exception as exc:  # noqa: BLE001
+        row.update(status="error", error=f"{row['path']}: writing {row['output_path']} failed: {type(exc).__name__}: {exc}")
+    else:
+        row["status"] = "ok"
+    row["write_s"] = time.perf_counter() - t0
+
+
+def _finish(row: dict[str, Any]) -> dict[str, Any]:
+    row["seconds"] = sum(float(row.get(f"{s}_s") or 0.0) for s in STAGES)
+    return row
+
+
+def _node_cpus(node_id: str) -> int:
+    import ray
+
+    for node in ray.nodes():
+        if node.get("NodeID") == node_id and node.get("Alive"):
+            return max(1, int(node.get("Resources", {}).get("CPU", 1)))
+    return max(1, os.cpu_count() or 1)
+
+
+class ConvertWorker:
+    """Actor: loads the models once (base models from the process-wide cache) and converts batches of files."""
+
+    def __init__(self, spec: JobSpec) -> None:
+        import torch
+
+        self.spec = spec
+        self.node, self.host = _where()
+        threads = spec.threads or max(1, _node_cpus(self.node) // max(1, spec.workers_per_node))
+        torch.set_num_threads(threads)
+        files: ModelFiles = local_files(spec.files)
+        self.engine = Engine.load(
+            files.model, index=files.index, encoder=files.encoder, f0=spec.f0, f0_weights=files.f0_weights,
+            f0_options=spec.f0_options, device=spec.device, dtype=spec.dtype, batch_seconds=spec.batch_seconds,
+        )
+        self.params = self.engine.params(spec.params)
+        self.hook = _CrashHook(spec.crash_marker)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        pending: list[tuple[dict[str, Any], Any]] = []
+        for row in rows:
+            if row["status"] == "pending":
+                try:
+                    pending.append((row, pickle.loads(row["prep"])))
+                except Exception as exc:  # noqa: BLE001
+                    row.update(status="error", error=_error_text(row["path"], exc))
+            row["prep"] = None
+        results = self.engine.run([p for _, p in pending], self.params) if pending else []
+        for (row, _), res in zip(pending, results):
+            row.update(node=self.node, host=self.host)
+            for stage, seconds in res.timings.items():
+                if f"{stage}_s" in row:
+                    row[f"{stage}_s"] = float(row[f"{stage}_s"] or 0.0) + float(seconds)
+            if res.error is not None:
+                row.update(status="error", error=" ".join(res.error.split()))
+            elif self.spec.write_in == "actor":
+                _write_row(row, res.audio, res.sample_rate, self.spec, self.hook)
+            else:
+                row.update(audio=np.ascontiguousarray(res.audio, dtype=np.float32).tobytes(), sample_rate=res.sample_rate)
+        if self.spec.write_in == "actor":
+            return _table([_finish(r) for r in rows], ROW_SCHEMA)
+        return _table(rows, _CONVERTED_SCHEMA)
+
+
+# ------------------------------------------------------------------------------ stage 3 (optional): writing
+
+
+def write_outputs(batch: pa.Table, spec: JobSpec) -> pa.Table:
+    """CPU task (``write_in="task"``): write the converted audio of each row."""
+    hook = _WRITE_HOOK.setdefault(spec.crash_marker, _CrashHook(spec.crash_marker))
+    rows = batch.to_pylist()
+    for row in rows:
+        if row["status"] == "pending" and row.get("audio") is not None:
+            audio = np.frombuffer(row["audio"], dtype=np.float32)
+            _write_row(row, audio, int(row["sample_rate"]), spec, hook)
+    return _table([_finish(r) for r in rows], ROW_SCHEMA)
+
+
+#: Per-process crash hooks of the write tasks (a task worker runs many tasks).
+_WRITE_HOOK: dict[str | None, _CrashHook] = {}
