@@ -22,6 +22,7 @@ from ._common import (
     report_failures,
     report_warnings,
 )
+from .scale import add_scale_options
 
 
 def _audio_seconds(path: Path) -> float:
@@ -46,6 +47,10 @@ def _describe_load(conv: Any, args: argparse.Namespace, seconds: float) -> str:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert files or folders to the voice of MODEL and write them to OUT."""
+    if args.ray is not None:  # the same job on a Ray cluster
+        from .scale import cmd_convert_ray
+
+        return cmd_convert_ray(args)
     from ..api import Converter
     from ..batch import BatchSummary
     from ..progress import BatchProgress
@@ -139,4 +144,5 @@ def add_parser(sub: Any) -> None:
     r = p.add_argument_group("runtime")
     add_device_options(r)
     r.add_argument("--batch-seconds", type=float, metavar="S", default=None, help="seconds of audio batched through the models together (default: 8 on CPU, 120 on GPU)")
+    add_scale_options(p.add_argument_group("scale out (Ray; pip install \"rvcfast[ray]\"; see docs/scale-out.md)"))
     p.set_defaults(func=cmd_convert)

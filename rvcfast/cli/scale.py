@@ -1,0 +1,96 @@
+"""``rvcfast convert ... --ray [ADDRESS]``: the same conversion as a job on a Ray cluster.
+
+:mod:`rvcfast.cli.convert` parses the options (its "scale out" group) and hands the run
+to :func:`cmd_convert_ray`, which calls :func:`rvcfast.integrations.ray.convert_files`:
+decoding in CPU tasks, the models in a pool of actors, one manifest row per input.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from ._common import (
+    UsageError,
+    check_output_dir,
+    check_params,
+    expand_inputs,
+    out,
+    params_from_args,
+    parse_options,
+    report_failures,
+    report_warnings,
+)
+
+__all__ = ["add_scale_options", "cmd_convert_ray"]
+
+
+def add_scale_options(p: argparse.ArgumentParser | Any) -> None:
+    """The "scale out" option group of ``rvcfast convert``."""
+    p.add_argument(
+        "--ray", nargs="?", const="auto", default=None, metavar="ADDRESS",
+        help="run as a Ray job: no ADDRESS joins the running cluster (RAY_ADDRESS or `ray start`; "
+        "else starts a local one), 'local' starts a local one, or ray://HOST:10001 / HOST:6379",
+    )
+    p.add_argument("--workers", type=int, metavar="N", help="with --ray: at most N model workers (default: one per node, or per GPU share)")
+    p.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="F", help="with --ray: GPUs per model worker (e.g. 1, or 0.5 to share a GPU)")
+    p.add_argument("--manifest", metavar="FILE", help="with --ray: the manifest of the rows, .jsonl or .parquet (default: OUT/rvcfast-manifest.jsonl)")
+
+
+def _summary(rows: list[dict[str, Any]], wall: float) -> Any:
+    from ..batch import BatchSummary
+    from ..integrations.ray import STAGES
+
+    summary = BatchSummary(files=len(rows), wall_seconds=wall)
+    for row in rows:
+        summary.failed += row["status"] == "error"
+        summary.skipped += row["status"] == "skipped"
+        summary.audio_seconds += float(row["audio_seconds"] or 0.0)
+        for stage in STAGES:
+            if row.get(f"{stage}_s"):
+                summary.timings[stage] = summary.timings.get(stage, 0.0) + float(row[f"{stage}_s"])
+    return summary
+
+
+def _check(args: argparse.Namespace) -> list[Path]:
+    if args.batch_seconds is not None and not args.batch_seconds > 0:
+        raise UsageError(f"--batch-seconds must be positive, got {args.batch_seconds}")
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    if not args.gpus_per_worker >= 0:
+        raise UsageError(f"--gpus-per-worker must be >= 0, got {args.gpus_per_worker}")
+    check_output_dir(Path(args.output))
+    inputs = expand_inputs(args.inputs, args.recursive)
+    if not inputs:
+        raise UsageError(f"no audio files found in {', '.join(args.inputs)}" + ("" if args.recursive else " (use --recursive for sub-folders)"))
+    return inputs
+
+
+def cmd_convert_ray(args: argparse.Namespace) -> int:
+    """Convert files or folders to the voice of MODEL on a Ray cluster and write them to OUT."""
+    inputs = _check(args)
+    params = params_from_args(args)
+    check_params(params)  # a bad value is a usage error, found before connecting to anything
+    from ..integrations.ray import MANIFEST_NAME, connected, convert_files
+
+    target = Path(args.output)
+    address = None if args.ray == "local" else args.ray
+    start = time.perf_counter()
+    with connected(address, fallback_local=True, note=lambda text: print(f"rvcfast: {text}", file=sys.stderr)):
+        rows = convert_files(
+            [str(p) for p in inputs], target, args.model, manifest=args.manifest, progress=not args.quiet,
+            index=args.index, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights,
+            f0_options=parse_options(args.f0_option), device=args.device, dtype=args.dtype, allow_download=args.download,
+            batch_seconds=args.batch_seconds, format=args.format, subtype=args.subtype, skip_existing=args.skip_existing,
+            num_workers=(1, args.workers) if args.workers else None, gpus_per_worker=args.gpus_per_worker, **params,
+        )
+    if not args.quiet:
+        out(_summary(rows, time.perf_counter() - start).table())
+        nodes = len({r["node"] for r in rows if r["status"] == "ok"})
+        out(f"converted on {nodes} node(s); manifest: {args.manifest or target / MANIFEST_NAME}")
+    report_warnings([w for r in rows for w in (r["warnings"] or "").splitlines()])
+    failures = [r["error"] if r["path"] in (r["error"] or "") else f"{r['path']}: {r['error']}" for r in rows if r["status"] == "error"]
+    return report_failures(failures, len(rows))
