@@ -1,0 +1,247 @@
+"""Scale-out on Ray (rvcfast.integrations.ray): equal outputs, error rows, resume, both nodes, a killed worker.
+
+Two local clusters, each started once: one node (``ray.init(num_cpus=2)``) and a simulated
+two-node cluster (``ray.cluster_utils.Cluster``: a head without CPUs and two worker nodes).
+Everything runs on 127.0.0.1 with usage statistics off. Outputs are compared with
+``Converter.convert`` in this process (noise off) to the tolerance of the batch tests
+(1e-5 of the peak: results do not depend on what a file is batched with).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from helpers import names_file, one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
+
+from rvcfast.errors import ModelLoadError, ParameterError
+
+ray = pytest.importorskip("ray", reason='Ray Data is not installed (pip install "rvcfast[ray]")')
+pytest.importorskip("ray.data")
+
+pytestmark = pytest.mark.ray
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+#: (name, seconds, rate, channels)
+CLIPS = [("a", 1.0, 44100, 0), ("b", 1.6, 16000, 0), ("c", 0.7, 48000, 2), ("d", 2.2, 22050, 0), ("e", 1.3, 44100, 0)]
+BAD = "broken.wav"
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of good clips (several rates, one stereo) and one file that is not audio."""
+    folder = tmp_path_factory.mktemp("ray_inputs")
+    for k, (name, seconds, rate, channels) in enumerate(CLIPS):
+        sf.write(folder / f"{name}.wav", tone(seconds, rate, 180 + 40 * k, channels=channels), rate)
+    (folder / BAD).write_bytes(b"RIFF\x10\x00\x00\x00WAVEnot really")
+    return folder
+
+
+@pytest.fixture(scope="module")
+def expected(tiny_models, inputs: Path) -> dict[str, np.ndarray]:
+    """In-process outputs of ``Converter.convert`` for every good clip."""
+    conv = tiny_models.converter()
+    return {name: conv.convert(inputs / f"{name}.wav", noise=False).audio for name, *_ in CLIPS}
+
+
+def _options(tiny_models, **extra):
+    kw = dict(
+        index=tiny_models.index, encoder=tiny_models.encoder, f0_weights=tiny_models.rmvpe, device="cpu",
+        threads_per_worker=1, noise=False, subtype="FLOAT", progress=False,
+    )
+    kw.update(extra)
+    return kw
+
+
+def _assert_outputs(out: Path, rows: list[dict], expected: dict[str, np.ndarray]) -> None:
+    """Every good clip converted exactly once, complete and equal to the in-process output; nothing else left."""
+    names = sorted(p.name for p in out.iterdir())
+    assert names == sorted([f"{n}.wav" for n in expected] + ["rvcfast-manifest.jsonl"]), names  # no .part, no duplicate
+    for name, ref in expected.items():
+        audio, rate = sf.read(out / f"{name}.wav", dtype="float32")
+        assert rate == 40000 and audio.shape == ref.shape
+        assert np.abs(audio - ref).max() <= 1e-5 * max(np.abs(ref).max(), 1e-3), name
+    manifest = [json.loads(line) for line in (out / "rvcfast-manifest.jsonl").read_text().splitlines()]
+    assert [r["path"] for r in manifest] == [r["path"] for r in rows]
+
+
+def _by_name(rows: list[dict]) -> dict[str, dict]:
+    return {Path(r["path"]).name: r for r in rows}
+
+
+# ------------------------------------------------------------------------------ one node
+
+
+class TestOneNode:
+    @pytest.fixture(scope="class", autouse=True)
+    def cluster(self):
+        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+        yield
+        ray.shutdown()
+
+    @pytest.fixture(scope="class")
+    def first_run(self, tiny_models, inputs, tmp_path_factory):
+        from rvcfast.integrations.ray import convert_files
+
+        out = tmp_path_factory.mktemp("ray_one") / "out"
+        missing = inputs / "missing.wav"
+        rows = convert_files([inputs, missing], out, tiny_models.voice, num_workers=1, **_options(tiny_models))
+        return out, rows
+
+    def test_outputs_equal_converter_and_bad_files_are_error_rows(self, first_run, inputs, expected):
+        out, rows = first_run
+        # input order: the folder's files sorted, then the missing path
+        assert [Path(r["path"]).name for r in rows] == sorted([BAD] + [f"{n}.wav" for n, *_ in CLIPS]) + ["missing.wav"]
+        by_name = _by_name(rows)
+        for name in (BAD, "missing.wav"):
+            row = by_name[name]
+            assert row["status"] == "error" and names_file(row["error"], inputs / name), row
+        for name, *_ in CLIPS:
+            row = by_name[f"{name}.wav"]
+            assert row["status"] == "ok" and row["error"] is None
+            assert row["output_path"] == str(out / f"{name}.wav")
+            assert row["synth_s"] > 0 and row["decode_s"] > 0 and row["write_s"] > 0
+            assert row["seconds"] >= row["synth_s"] and row["audio_seconds"] > 0.5 and row["node"]
+        assert "2 channels mixed down" in by_name["c.wav"]["warnings"] and by_name["a.wav"]["warnings"] == ""
+        _assert_outputs(out, rows, expected)
+
+    def test_rerun_skips_existing_and_resumes(self, first_run, tiny_models, inputs, expected):
+        from rvcfast.integrations.ray import convert_files
+
+        out, _ = first_run
+        (out / "b.wav").unlink()
+        rows = convert_files(inputs, out, tiny_models.voice, num_workers=1, **_options(tiny_models))
+        status = {Path(r["path"]).name: r["status"] for r in rows}
+        assert status == {BAD: "error", "a.wav": "skipped", "b.wav": "ok", "c.wav": "skipped", "d.wav": "skipped", "e.wav": "skipped"}
+        _assert_outputs(out, rows, expected)
+
+    def test_convert_dataset_is_lazy_and_the_manifest_can_be_parquet(self, tiny_models, inputs, expected, tmp_path):
+        import pyarrow.parquet as pq
+
+        from rvcfast.integrations.ray import ROW_SCHEMA, convert_dataset, write_manifest
+
+        out = tmp_path / "out"
+        ds = ray.data.from_items([{"path": str(inputs / f"{n}.wav")} for n in ("a", "d")])
+        opts = _options(tiny_models)
+        opts.pop("progress")
+        converted = convert_dataset(ds, tiny_models.voice, out, num_workers=1, **opts)
+        assert isinstance(converted, ray.data.Dataset) and not out.exists()  # nothing ran yet
+        rows = converted.take_all()
+        assert sorted((Path(r["path"]).name, r["status"]) for r in rows) == [("a.wav", "ok"), ("d.wav", "ok")]
+        assert set(rows[0]) == set(ROW_SCHEMA.names)
+        write_manifest(rows, tmp_path / "rows.parquet")
+        table = pq.read_table(tmp_path / "rows.parquet")
+        assert sorted(Path(p).name for p in table.column("path").to_pylist()) == ["a.wav", "d.wav"]
+        for name in ("a", "d"):
+            audio, _ = sf.read(out / f"{name}.wav", dtype="float32")
+            assert np.abs(audio - expected[name]).max() <= 1e-5 * max(np.abs(expected[name]).max(), 1e-3)
+
+    def test_parameters_and_models_are_checked_before_any_task(self, tiny_models, inputs, tmp_path):
+        from rvcfast.integrations.ray import convert_files
+
+        out = tmp_path / "never"
+        run = lambda **kw: convert_files(inputs, out, kw.pop("model", tiny_models.voice), **_options(tiny_models, **kw))  # noqa: E731
+        with pytest.raises(ParameterError, match="pitch must be within"):
+            run(pitch=99)
+        with pytest.raises(ParameterError, match="did you mean 'pitch'"):
+            run(pich=2)
+        with pytest.raises(ParameterError, match="speaker 7 is out of range"):
+            run(speaker=7)
+        with pytest.raises(ParameterError, match="need .* CPUs; the cluster has 2"):
+            run(num_workers=3)
+        with pytest.raises(ParameterError, match="format must be one of"):
+            run(format="xyz")
+        with pytest.raises(ModelLoadError, match="nothere.pth"):
+            run(model=tmp_path / "nothere.pth")
+        assert not out.exists()
+
+    def test_command_line(self, tiny_models, inputs, tmp_path):
+        from rvcfast.cli import main
+
+        out = tmp_path / "cli"
+        argv = [
+            "convert", str(tiny_models.voice), str(inputs / "a.wav"), str(inputs / "e.wav"), "-o", str(out),
+            "--index", str(tiny_models.index), "--encoder", str(tiny_models.encoder), "--f0-weights", str(tiny_models.rmvpe),
+            "--device", "cpu", "--no-noise", "-q", "--ray", "--workers", "1", "--manifest", str(tmp_path / "m.jsonl"),
+        ]
+        assert main(argv) == 0
+        assert sorted(p.name for p in out.iterdir()) == ["a.wav", "e.wav"]
+        rows = [json.loads(line) for line in (tmp_path / "m.jsonl").read_text().splitlines()]
+        assert [(Path(r["path"]).name, r["status"]) for r in rows] == [("a.wav", "ok"), ("e.wav", "ok")]
+        assert main(argv[:4] + [str(inputs / BAD)] + argv[4:]) == 1  # a failing file: exit status 1
+
+
+# ------------------------------------------------------------------------------ two nodes
+
+
+class TestTwoNodes:
+    """A head without CPUs and two one-CPU worker nodes: one model worker fits per node (0.75 CPU + decoding)."""
+
+    @pytest.fixture(scope="class", autouse=True)
+    def cluster(self):
+        from ray.cluster_utils import Cluster
+
+        cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
+        workers = [cluster.add_node(num_cpus=1) for _ in range(2)]
+        ray.init(address=cluster.address)
+        cluster.wait_for_nodes()
+        ctx = ray.data.DataContext.get_current()
+        before, ctx.wait_for_min_actors_s = ctx.wait_for_min_actors_s, 120  # both workers up before any batch
+        yield {w.node_id for w in workers}
+        ctx.wait_for_min_actors_s = before
+        ray.shutdown()
+        cluster.shutdown()
+
+    def test_both_nodes_work_and_outputs_equal_in_process(self, cluster, tiny_models, inputs, expected, tmp_path):
+        from rvcfast.integrations.ray import convert_files
+
+        out = tmp_path / "out"
+        files = [inputs / f"{n}.wav" for n, *_ in CLIPS]
+        rows = convert_files(
+            files, out, tiny_models.voice, num_workers=2, cpus_per_worker=0.75, batch_size=1, weights="object-store",
+            **_options(tiny_models),
+        )
+        assert [r["status"] for r in rows] == ["ok"] * len(CLIPS)
+        assert {r["node"] for r in rows} == cluster  # both worker nodes converted files, the head none
+        _assert_outputs(out, rows, expected)
+
+    def test_a_killed_worker_loses_nothing(self, tiny_models, inputs, expected, tmp_path, monkeypatch):
+        from rvcfast.integrations.ray import convert_files
+
+        marker = tmp_path / "crashed"
+        monkeypatch.setenv("RVCFAST_RAY_TEST_CRASH", str(marker))
+        out = tmp_path / "out"
+        rows = convert_files(
+            [inputs / f"{n}.wav" for n, *_ in CLIPS], out, tiny_models.voice, num_workers=2, cpus_per_worker=0.75,
+            batch_size=2, **_options(tiny_models),
+        )
+        assert marker.exists()  # a worker did die in the middle of a write
+        assert [r["status"] for r in rows] == ["ok"] * len(CLIPS)
+        _assert_outputs(out, rows, expected)
+
+
+# ------------------------------------------------------------------------------ the extra
+
+
+def test_importing_rvcfast_does_not_import_ray_and_a_missing_extra_says_what_to_install():
+    code = (
+        "import sys, rvcfast, rvcfast.cli, rvcfast.cli.convert\n"
+        "rvcfast.cli.build_parser()\n"
+        "assert 'ray' not in sys.modules, 'ray imported'\n"
+        "sys.modules['ray'] = None\n"
+        "from rvcfast.errors import BackendUnavailableError\n"
+        "try:\n"
+        "    import rvcfast.integrations.ray\n"
+        "except BackendUnavailableError as exc:\n"
+        "    print(exc)\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert 'pip install "rvcfast[ray]"' in proc.stdout
