@@ -29,7 +29,7 @@ from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, HelpFormatter, Usag
 __all__ = ["main", "build_parser", "COMMANDS"]
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = ("convert", "f0", "info", "backends", "download", "bench", "tune")
+COMMANDS = ("convert", "f0", "info", "backends", "download", "bench", "tune", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:

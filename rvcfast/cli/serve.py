@@ -1,0 +1,102 @@
+"""``rvcfast serve``: the HTTP server (:mod:`rvcfast.serve`) under uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+from typing import Any
+
+from ._common import HelpFormatter, UsageError, add_device_options, parse_options
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    try:
+        return socket.create_server((host, port), family=family, backlog=512)
+    except OSError as exc:
+        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """Serve the voices over HTTP until SIGTERM/SIGINT (in-flight requests are finished first)."""
+    from ..serve import ServeConfig, require_serve_extra
+
+    require_serve_extra()  # a clear "pip install rvcfast[serve]" before anything else
+    import uvicorn
+
+    from ..serve import create_app
+
+    if not 0 <= args.port <= 65535:
+        raise UsageError(f"--port must be within 0..65535, got {args.port}")
+    config = ServeConfig.build(
+        voices=args.voices, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights,
+        f0_options=parse_options(args.f0_option), device=args.device, dtype=args.dtype, allow_download=args.download,
+        max_loaded_voices=args.max_loaded_voices, max_upload_mb=args.max_upload_mb, max_queue=args.max_queue,
+        api_key=args.api_key if args.api_key is not None else os.environ.get("RVCFAST_API_KEY"),
+        models_dir=args.models_dir, jobs_dir=args.jobs_dir, jobs_ttl=args.jobs_ttl, jobs_max_mb=args.jobs_max_mb,
+        batch_seconds=args.batch_seconds, threads=args.threads,
+    )
+    app = create_app(config)
+    sock = _bind(args.host, args.port)
+    host, port = sock.getsockname()[:2]
+    shown = f"[{host}]" if ":" in host else host
+    print(f"rvcfast serve: listening on http://{shown}:{port} ({len(app.state.rvcfast.registry.ids())} voices; "
+          f"GET /health says when the models are loaded)", file=sys.stderr, flush=True)
+    server = uvicorn.Server(
+        uvicorn.Config(app, log_level=args.log_level, access_log=not args.no_access_log, timeout_keep_alive=30, lifespan="on")
+    )
+    server.run(sockets=[sock])
+    state = app.state.rvcfast
+    return 1 if state.load_error is not None else 0
+
+
+def add_parser(sub: Any) -> None:
+    p = sub.add_parser(
+        "serve",
+        help="serve voices over HTTP (resident models, batching)",
+        description=(
+            "Serve RVC voices over HTTP. Every VOICE .pth (and every .pth in a FOLDER) is a voice named by its\n"
+            "file stem; a .index beside it with the same stem is its index. The content encoder and F0 model\n"
+            "are loaded once for all voices; voices stay loaded in an LRU. Concurrent requests share one model\n"
+            "worker. Endpoints: /health, /metrics, /v1/voices, /v1/convert, /v1/jobs; docs at /docs.\n"
+            "SIGTERM finishes the requests in flight, then exits. Needs: pip install \"rvcfast[serve]\"."
+        ),
+        epilog=(
+            "examples:\n"
+            "  rvcfast serve voices/ --port 8000\n"
+            "  rvcfast serve alice.pth bob.pth --host 0.0.0.0 --api-key $KEY --max-queue 32\n"
+            "  curl -F file=@take.wav -F voice=alice -F pitch=2 http://127.0.0.1:8000/v1/convert -o out.wav\n"
+            "\n"
+            "See docs/serving.md for the API, a Python client and the throughput figures."
+        ),
+        formatter_class=HelpFormatter,
+    )
+    p.add_argument("voices", metavar="VOICE", nargs="+", help="voice model .pth files and/or folders of them")
+    n = p.add_argument_group("network")
+    n.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
+    n.add_argument("--port", type=int, default=8000, help="port (0: any free port, printed at start)")
+    n.add_argument("--api-key", metavar="KEY", default=None, help="require this key (Authorization: Bearer KEY or X-API-Key); default: $RVCFAST_API_KEY")
+    n.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level")
+    n.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    g = p.add_argument_group("models")
+    g.add_argument("--encoder", metavar="PATH", help="hubert_base.pt or a ContentVec folder (default: $RVCFAST_HOME or the cache)")
+    g.add_argument("--f0", metavar="NAME", default="rmvpe", help="F0 backend for every voice (see `rvcfast backends`)")
+    g.add_argument("--f0-weights", metavar="FILE", help="weights for the F0 backend (rmvpe.pt)")
+    g.add_argument("--f0-option", metavar="KEY=VALUE", action="append", help="extra option for the F0 backend, repeatable")
+    g.add_argument("--download", action="store_true", help="download missing base weights into the cache")
+    g.add_argument("--models-dir", metavar="FOLDER", help="let clients upload voices into FOLDER (POST /v1/voices); off by default")
+    lim = p.add_argument_group("limits")
+    lim.add_argument("--max-loaded-voices", type=int, default=4, metavar="N", help="voices kept loaded (least recently used unloaded)")
+    lim.add_argument("--max-upload-mb", type=float, default=100.0, metavar="N", help="largest request body (413 above)")
+    lim.add_argument("--max-queue", type=int, default=64, metavar="N", help="requests and jobs held at once (503 with Retry-After above)")
+    lim.add_argument("--jobs-dir", metavar="FOLDER", help="spool for uploads and job results (default: a temporary folder)")
+    lim.add_argument("--jobs-ttl", type=float, default=3600.0, metavar="S", help="seconds a finished job's result is kept")
+    lim.add_argument("--jobs-max-mb", type=float, default=2048.0, metavar="N", help="disk for job results (oldest removed above)")
+    r = p.add_argument_group("runtime")
+    add_device_options(r)
+    r.add_argument("--batch-seconds", type=float, default=None, metavar="S",
+                   help="16 kHz audio of concurrent requests gathered into one model call (0: one request per call; default: 30 on CPU, 120 on GPU)")
+    r.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads of the model worker (default: torch's)")
+    p.set_defaults(func=cmd_serve)

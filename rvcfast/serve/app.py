@@ -1,0 +1,229 @@
+"""The FastAPI application: :func:`create_app`, error handling and the service routes.
+
+Routes (JSON errors ``{"error": "..."}`` everywhere; OpenAPI docs at ``/docs``):
+
+* ``GET /health`` — 200 once the models are loaded, 503 before (or if loading failed);
+* ``GET /metrics`` — Prometheus text (see :mod:`rvcfast.serve.metrics`);
+* ``GET /v1/voices`` — every voice: id, sample rate, version, F0, index, loaded;
+* ``POST /v1/voices`` — upload a voice model (only with a models folder);
+* ``POST /v1/convert``, ``POST /v1/jobs``, ``GET /v1/jobs/{id}``, ``GET /v1/jobs/{id}/audio``,
+  ``DELETE /v1/jobs/{id}`` — see :mod:`rvcfast.serve.routes`.
+
+This module imports FastAPI; :func:`rvcfast.serve.create_app` checks the ``serve`` extra
+before importing it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, PlainTextResponse
+from starlette.exceptions import HTTPException
+
+from .._version import __version__
+from ..errors import AudioError, ModelLoadError, ParameterError
+from .config import ServeConfig, require_serve_extra
+from .forms import FieldError
+from .intake import UnsupportedMedia, read_request
+from .jobs import JobStoreFull
+from .middleware import ApiKey, BodyLimit, BodyTooLarge, RequestMetrics
+from .scheduler import QueueFull
+from .state import NotReady, ServerState
+from .voices import VOICE_ID, UnknownVoice, save_upload
+
+__all__ = ["create_app"]
+
+_log = logging.getLogger("rvcfast.serve")
+
+
+def create_app(config: ServeConfig | None = None, /, **options: Any) -> Any:
+    """The ASGI app of ``rvcfast serve``, to run with uvicorn or mount in another service.
+
+    Give a :class:`~rvcfast.serve.ServeConfig` and/or its fields as keywords, e.g.
+    ``create_app(voices=["voices/"], encoder="hubert_base.pt", max_queue=32)``. Settings
+    and voice files are checked here; the models load in the background once the app
+    starts (its lifespan, or the first request when it is mounted where the lifespan
+    does not run). ``app.state.rvcfast`` is the :class:`~rvcfast.serve.state.ServerState`;
+    call its ``close()`` when a mounted app goes away.
+    """
+    require_serve_extra()
+    cfg = ServeConfig.build(config, **options)
+    state = ServerState(cfg)
+
+    @asynccontextmanager
+    async def lifespan(app: Any) -> Any:
+        state.start()
+        sweeper = asyncio.create_task(_sweep_jobs(state))
+        try:
+            yield
+        finally:
+            sweeper.cancel()
+            await state.aclose()
+
+    app = FastAPI(
+        title="rvcfast",
+        version=__version__,
+        description="RVC voice conversion with resident models and cross-request batching.",
+        lifespan=lifespan,
+    )
+    app.state.rvcfast = state
+    _error_handlers(app)
+    _service_routes(app, state)
+    from .routes import add_routes
+
+    add_routes(app, state)
+    # outermost last: metrics see every answer, the key is checked before the body limit
+    app.add_middleware(BodyLimit, limit=cfg.max_upload_bytes)
+    app.add_middleware(ApiKey, key=cfg.api_key)
+    app.add_middleware(RequestMetrics, metrics=state.metrics)
+    return app
+
+
+async def _sweep_jobs(state: ServerState) -> None:
+    period = max(1.0, min(60.0, state.cfg.jobs_ttl / 2))
+    while True:
+        await asyncio.sleep(period)
+        state.jobs.sweep()
+
+
+def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> Any:
+    """A JSON error answer ``{"error": message, ...}``."""
+    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+
+
+def _error_handlers(app: Any) -> None:
+    async def http_error(request: Any, exc: HTTPException) -> Any:
+        return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
+
+    async def validation_error(request: Any, exc: RequestValidationError) -> Any:
+        problems = "; ".join(f"{'.'.join(str(x) for x in e.get('loc', ()))}: {e.get('msg')}" for e in exc.errors())
+        return error_response(422, problems or "invalid request")
+
+    async def field_error(request: Any, exc: FieldError) -> Any:
+        return error_response(422, str(exc), parameter=exc.field)
+
+    handlers: dict[Any, Any] = {
+        HTTPException: http_error,
+        RequestValidationError: validation_error,
+        FieldError: field_error,
+        ParameterError: lambda r, e: error_response(422, str(e)),
+        AudioError: lambda r, e: error_response(422, str(e)),
+        UnknownVoice: lambda r, e: error_response(404, e.message),
+        UnsupportedMedia: lambda r, e: error_response(415, str(e)),
+        BodyTooLarge: lambda r, e: error_response(413, str(e)),
+        QueueFull: lambda r, e: error_response(503, str(e), {"Retry-After": str(e.retry_after)}),
+        JobStoreFull: lambda r, e: error_response(503, str(e), {"Retry-After": "60"}),
+        NotReady: lambda r, e: error_response(503, str(e), {"Retry-After": "5"}),
+    }
+    for exc_type, handler in handlers.items():
+        app.add_exception_handler(exc_type, _async(handler))
+
+    async def internal(request: Any, exc: Exception) -> Any:
+        state: ServerState = request.app.state.rvcfast
+        return error_response(500, "internal error: " + state._hide_paths(f"{type(exc).__name__}: {exc}"))
+
+    app.add_exception_handler(Exception, internal)
+
+
+def _async(handler: Any) -> Any:
+    async def wrapped(request: Any, exc: Exception) -> Any:
+        out = handler(request, exc)
+        return await out if asyncio.iscoroutine(out) else out
+
+    return wrapped
+
+
+def _service_routes(app: Any, state: ServerState) -> None:
+    @app.get("/health", summary="200 once the models are loaded")
+    async def health() -> Any:
+        state.check_ready()
+        return JSONResponse({"status": "ok", "voices": len(state.registry.ids()), "loaded": state.registry.loaded_ids()})
+
+    @app.get("/metrics", summary="Prometheus metrics", response_class=PlainTextResponse)
+    async def metrics() -> Any:
+        return PlainTextResponse(state.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/voices", summary="voices: id, sample rate, version, F0, index, loaded")
+    async def voices() -> Any:
+        ids = state.registry.ids()
+        described = await asyncio.get_running_loop().run_in_executor(state.loader, lambda: [state.registry.describe(v) for v in ids])
+        return JSONResponse({"voices": described})
+
+    upload_doc = {
+        "requestBody": {
+            "required": True,
+            "content": {
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "required": ["name", "model"],
+                        "properties": {
+                            "name": {"type": "string", "description": "voice id"},
+                            "model": {"type": "string", "format": "binary", "description": "the .pth voice model"},
+                            "index": {"type": "string", "format": "binary", "description": "its .index (optional)"},
+                            "replace": {"type": "boolean", "default": False},
+                        },
+                    }
+                }
+            },
+        }
+    }
+
+    @app.post("/v1/voices", status_code=201, summary="upload a voice model (needs --models-dir)", openapi_extra=upload_doc)
+    async def upload_voice(request: Request) -> Any:
+        if state.cfg.models_dir is None:
+            return error_response(403, "uploading voices is disabled: the operator enables it with --models-dir FOLDER")
+        state.check_ready()
+        intake = await read_request(request, state.uploads, file_fields=("model", "index"))
+        try:
+            fields = dict(intake.fields)
+            name = fields.pop("name", "").strip()
+            replace = fields.pop("replace", "false").strip().lower() in ("1", "true", "yes", "on")
+            if fields:
+                raise FieldError(sorted(fields)[0], f"unexpected field {sorted(fields)[0]!r} (expected name, model, index, replace)")
+            if not VOICE_ID.match(name):
+                raise FieldError("name", f"name {name!r} is not a valid voice name (letters, digits, '_', '.', '-'; at most 64)")
+            if name in state.registry.ids() and not replace:
+                raise FieldError("name", f"voice {name!r} exists already (send replace=true to replace it)")
+            index = intake.extra_files.get("index", (None, ""))[0]
+            models_dir = Path(state.cfg.models_dir)
+            voice = await asyncio.get_running_loop().run_in_executor(
+                state.loader, lambda: save_upload(models_dir, name, intake.path, index, _check_voice_files)
+            )
+        except (ModelLoadError, AudioError) as exc:
+            return error_response(422, intake.hide(str(exc)))
+        finally:
+            intake.cleanup()
+        state.registry.add(voice, replace=replace)
+        info = await asyncio.get_running_loop().run_in_executor(state.loader, state.registry.describe, voice.id)
+        return JSONResponse(info, status_code=201)
+
+
+def _check_voice_files(model: Path, index: Path | None) -> None:
+    """Load an uploaded model (and index) through the safe loader; raise if it is not a usable voice."""
+    from ..describe import describe_index, describe_model
+
+    try:
+        info = describe_model(model)
+        idx = describe_index(index) if index is not None else None
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - whatever the file is, it is not a voice
+        raise ModelLoadError(model, f"not a usable voice model or index: {type(exc).__name__}: {exc}") from None
+    if index is not None and idx is not None:
+        if idx["dim"] != info["feature_dim"]:
+            raise ModelLoadError(
+                index, f"index dimension {idx['dim']} does not match the voice model's feature dimension {info['feature_dim']}"
+            )
+
+
+def dumps_header(value: Any) -> str:
+    """JSON for a response header (ASCII only)."""
+    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))

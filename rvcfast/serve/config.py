@@ -1,0 +1,122 @@
+"""Server settings (:class:`ServeConfig`) and the check that the ``serve`` extra is installed."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from ..errors import BackendUnavailableError, ParameterError
+
+__all__ = ["ServeConfig", "require_serve_extra", "INSTALL_HINT"]
+
+INSTALL_HINT = 'pip install "rvcfast[serve]"'
+
+
+def require_serve_extra() -> None:
+    """Raise :class:`~rvcfast.errors.BackendUnavailableError` unless FastAPI, uvicorn and python-multipart import."""
+    missing = []
+    for module, package in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("multipart", "python-multipart")):
+        try:
+            __import__(module)
+        except ImportError:
+            missing.append(package)
+    if missing:
+        raise BackendUnavailableError(
+            f"the HTTP server needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: "
+            f"{INSTALL_HINT}"
+        )
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Everything the server is started with (``rvcfast serve`` options, or keywords of ``create_app``).
+
+    Attributes:
+        voices: Voice model files (``.pth``) and/or folders of them. A voice is named by
+            its file stem; a ``.index`` beside it with the same stem is its index.
+        encoder: Content encoder (``hubert_base.pt`` or a ContentVec folder); default: the cache.
+        f0: F0 backend name for every voice (``rmvpe``, ``fcpe``, ``harvest``...).
+        f0_weights: Weights of the F0 backend (``rmvpe.pt``).
+        f0_options: Extra keyword options of the F0 backend.
+        device: ``"auto"``, ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
+        dtype: ``"float32"``, ``"bfloat16"``, ``"float16"`` or ``"auto"``.
+        allow_download: Fetch missing base weights into the cache.
+        max_loaded_voices: Voices kept loaded (least recently used ones are unloaded).
+        max_upload_mb: Largest request body accepted (413 above it).
+        max_queue: Requests (and unfinished jobs) held at once; more get 503 with ``Retry-After``.
+        api_key: Required as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` when set.
+        models_dir: A folder the operator lets clients upload voice models into
+            (``POST /v1/voices``); ``None`` disables uploads.
+        jobs_dir: Where job inputs and results are spooled (default: a temporary folder
+            removed at exit).
+        jobs_ttl: Seconds a finished job's result is kept.
+        jobs_max_mb: Disk space for finished results; the oldest are removed above it.
+        batch_seconds: 16 kHz audio of concurrent requests gathered into one engine call
+            (``0``: one request per call; default: the engine's own, 120 s on a GPU, and
+            ``CPU_GROUP_SECONDS`` on a CPU).
+        prepare_workers: Threads decoding uploads and encoding outputs.
+        threads: torch intra-op threads of the model worker (default: torch's).
+    """
+
+    voices: tuple[str, ...] = ()
+    encoder: str | None = None
+    f0: str = "rmvpe"
+    f0_weights: str | None = None
+    f0_options: dict[str, Any] = field(default_factory=dict)
+    device: str = "auto"
+    dtype: str = "float32"
+    allow_download: bool = False
+    max_loaded_voices: int = 4
+    max_upload_mb: float = 100.0
+    max_queue: int = 64
+    api_key: str | None = None
+    models_dir: str | None = None
+    jobs_dir: str | None = None
+    jobs_ttl: float = 3600.0
+    jobs_max_mb: float = 2048.0
+    batch_seconds: float | None = None
+    prepare_workers: int = 2
+    threads: int | None = None
+
+    @classmethod
+    def build(cls, config: ServeConfig | None = None, **options: Any) -> ServeConfig:
+        """``config`` (or the defaults) with ``options`` applied; unknown names are refused."""
+        names = {f.name for f in fields(cls)}
+        unknown = sorted(set(options) - names)
+        if unknown:
+            raise ParameterError(f"unknown server option(s) {', '.join(unknown)}; valid: {', '.join(sorted(names))}")
+        if "voices" in options:
+            v = options["voices"]
+            options["voices"] = (os.fspath(v),) if isinstance(v, (str, os.PathLike)) else tuple(os.fspath(x) for x in v)
+        for key in ("encoder", "f0_weights", "models_dir", "jobs_dir"):
+            if options.get(key) is not None:
+                options[key] = os.fspath(options[key])
+        if options.get("api_key") == "":
+            options["api_key"] = None
+        cfg = replace(config or cls(), **options)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Refuse values that cannot work, naming the option."""
+        if not self.voices and self.models_dir is None:
+            raise ParameterError("no voices: give voice model files or folders (or a models folder to upload into)")
+        for name in ("max_loaded_voices", "max_queue", "prepare_workers"):
+            if int(getattr(self, name)) < 1:
+                raise ParameterError(f"{name} must be at least 1, got {getattr(self, name)}")
+        for name in ("max_upload_mb", "jobs_ttl", "jobs_max_mb"):
+            if not float(getattr(self, name)) > 0:
+                raise ParameterError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.batch_seconds is not None and not float(self.batch_seconds) >= 0:
+            raise ParameterError(f"batch_seconds must be 0 or more, got {self.batch_seconds}")
+        if self.threads is not None and int(self.threads) < 1:
+            raise ParameterError(f"threads must be at least 1, got {self.threads}")
+        if self.models_dir is not None and Path(self.models_dir).exists() and not Path(self.models_dir).is_dir():
+            raise ParameterError(f"models_dir {self.models_dir} exists and is not a folder")
+
+    @property
+    def max_upload_bytes(self) -> int:
+        """:attr:`max_upload_mb` in bytes."""
+        return int(float(self.max_upload_mb) * 1024 * 1024)

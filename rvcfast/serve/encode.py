@@ -1,0 +1,81 @@
+"""Audio out of the server: checked format/subtype, whole files in memory, and a streamable WAV.
+
+A streamed response is a WAV file whose RIFF and data sizes are ``0xFFFFFFFF`` (the
+length is unknown when the header is sent), followed by the samples of each piece as
+they are converted. libsndfile, FFmpeg and browsers read such a file to its end. The
+samples are encoded by libsndfile (``RAW`` with the same subtype), so they are the bytes
+the non-streamed WAV would hold.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+
+from ..errors import ParameterError
+from ..writing import SUPPORTED_WRITE_FORMATS, mp3_rate
+
+__all__ = ["MEDIA_TYPES", "STREAM_SUBTYPES", "check_output", "encode_audio", "wav_stream_header", "pcm_bytes"]
+
+#: Content type of each output format.
+MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg", "mp3": "audio/mpeg"}
+
+#: Subtypes a streamed WAV can carry: (format tag, bits per sample).
+STREAM_SUBTYPES = {"PCM_16": (1, 16), "PCM_24": (1, 24), "PCM_32": (1, 32), "FLOAT": (3, 32)}
+
+
+def check_output(fmt: str | None, subtype: str | None, stream: bool = False) -> tuple[str, str | None]:
+    """The output format (lower case) and subtype (upper case or ``None``), or a :class:`ParameterError` naming them."""
+    import soundfile as sf
+
+    name = (fmt or "wav").strip().lower()
+    if name not in SUPPORTED_WRITE_FORMATS or name not in MEDIA_TYPES:
+        raise ParameterError(f"format must be one of {', '.join(sorted(MEDIA_TYPES))}, got {fmt!r}")
+    if SUPPORTED_WRITE_FORMATS[name] not in sf.available_formats():
+        raise ParameterError(f"format {name!r} is not available: this server's libsndfile cannot write it")
+    sub = subtype.strip().upper() if subtype and subtype.strip() else None
+    if sub is not None and not sf.check_format(SUPPORTED_WRITE_FORMATS[name], sub):
+        valid = ", ".join(sorted(sf.available_subtypes(SUPPORTED_WRITE_FORMATS[name])))
+        raise ParameterError(f"subtype {subtype!r} is not valid for {name} (valid: {valid})")
+    if stream:
+        if name != "wav":
+            raise ParameterError(f"stream=true sends WAV only, got format {name!r}")
+        if sub is not None and sub not in STREAM_SUBTYPES:
+            raise ParameterError(f"subtype {sub!r} cannot be streamed (choose from {', '.join(STREAM_SUBTYPES)})")
+    return name, sub
+
+
+def encode_audio(audio: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> tuple[bytes, int]:
+    """The whole output as a file in memory, and the rate it was written at (MP3 at the nearest MP3 rate)."""
+    import soundfile as sf
+
+    audio = np.asarray(audio, dtype=np.float32)
+    if fmt == "mp3" and mp3_rate(rate) != int(rate):
+        from ..dsp import resample
+
+        audio, rate = resample(audio, int(rate), mp3_rate(rate), dtype=np.float32), mp3_rate(rate)
+    buf = io.BytesIO()
+    sf.write(buf, audio, int(rate), format=SUPPORTED_WRITE_FORMATS[fmt], subtype=subtype)
+    return buf.getvalue(), int(rate)
+
+
+def wav_stream_header(rate: int, subtype: str | None = None) -> bytes:
+    """A mono WAV header of unknown length (sizes ``0xFFFFFFFF``) for ``subtype`` (default PCM_16)."""
+    tag, bits = STREAM_SUBTYPES[subtype or "PCM_16"]
+    block = bits // 8
+    fmt_chunk = struct.pack("<HHIIHH", tag, 1, int(rate), int(rate) * block, block, bits)
+    return b"RIFF" + struct.pack("<I", 0xFFFFFFFF) + b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt_chunk + b"data" + struct.pack("<I", 0xFFFFFFFF)
+
+
+def pcm_bytes(audio: np.ndarray, rate: int, subtype: str | None = None) -> bytes:
+    """The samples of ``audio`` as the data chunk of a WAV with ``subtype`` holds them (libsndfile's conversion)."""
+    import soundfile as sf
+
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.size == 0:
+        return b""
+    buf = io.BytesIO()
+    sf.write(buf, audio, int(rate), format="RAW", subtype=subtype or "PCM_16", endian="LITTLE")
+    return buf.getvalue()

@@ -1,0 +1,171 @@
+"""Request fields → conversion parameters and output options, built from :func:`rvcfast.params.param_specs`.
+
+Every conversion parameter of :class:`~rvcfast.ConversionParams` is a form field (or a
+query parameter) under its own name: ``pitch``, ``index_rate``, ``protect``,
+``rms_mix_rate``, ``filter_radius``, ``speaker``, ``seed``, ``noise``, ``autotune``,
+``proposed_pitch``, ``formant`` (``"1.0,1.2"``), ``clean``, ``effects`` (a JSON object),
+``keep_length``... Text is converted by :func:`~rvcfast.params.coerce_param`, so the
+server accepts exactly what the command line does. Besides them: ``voice``, ``format``,
+``subtype``, ``sample_rate`` (the output rate; ``output_sample_rate`` works too) and
+``stream``. Unknown names, repeated names and bad values are refused with the field named.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from ..errors import BackendUnavailableError, ParameterError
+from ..params import ConversionParams, coerce_param, param_specs
+
+__all__ = ["FieldError", "ConvertOptions", "parse_fields", "form_schema", "OUTPUT_FIELDS"]
+
+#: Fields that are not conversion parameters.
+OUTPUT_FIELDS = ("voice", "format", "subtype", "sample_rate", "stream")
+
+#: Other names accepted for conversion parameters.
+ALIASES = {"sample_rate": "output_sample_rate"}
+
+
+class FieldError(ParameterError):
+    """A request field is missing, unknown, repeated or has a bad value; ``field`` names it."""
+
+    def __init__(self, name: str | None, message: str) -> None:
+        super().__init__(message)
+        self.field = name
+
+
+@dataclass
+class ConvertOptions:
+    """What one convert request asks for."""
+
+    voice: str
+    overrides: dict[str, Any] = field(default_factory=dict)
+    format: str = "wav"
+    subtype: str | None = None
+    stream: bool = False
+
+
+def _param_names() -> dict[str, str]:
+    return {s.name: s.kind for s in param_specs()}
+
+
+def parse_fields(pairs: Iterable[tuple[str, str]]) -> ConvertOptions:
+    """Turn ``(name, text)`` pairs (query string and form fields) into :class:`ConvertOptions`.
+
+    The conversion parameters are range-checked here (without the voice; the speaker id is
+    checked once the voice is known).
+    """
+    from .encode import check_output
+
+    kinds = _param_names()
+    seen: dict[str, str] = {}
+    for name, value in pairs:
+        if name in seen:
+            raise FieldError(name, f"field {name!r} is given more than once")
+        seen[name] = value
+    voice = seen.pop("voice", "").strip()
+    if not voice:
+        raise FieldError("voice", "field 'voice' is required: the id of a voice (GET /v1/voices lists them)")
+    fmt, subtype = seen.pop("format", None), seen.pop("subtype", None)
+    stream = _flag("stream", seen.pop("stream", "false"))
+    overrides: dict[str, Any] = {}
+    for name, text in seen.items():
+        target = ALIASES.get(name, name)
+        if target not in kinds:
+            try:
+                coerce_param(name, text)  # the error names the field and the closest valid name
+            except ParameterError as exc:
+                raise FieldError(name, f"{exc}; or one of {', '.join(OUTPUT_FIELDS)}") from None
+        if target in overrides:
+            raise FieldError(name, f"{name!r} and {target!r} are the same parameter; give one")
+        try:
+            overrides[target] = coerce_param(target, text)
+        except ParameterError as exc:
+            raise FieldError(name, str(exc)) from None
+    try:
+        fmt, subtype = check_output(fmt, subtype, stream)
+    except ParameterError as exc:
+        raise FieldError("subtype" if str(exc).startswith("subtype") else "format", str(exc)) from None
+    try:
+        check_values(overrides)
+    except FieldError as exc:
+        given = {ALIASES.get(n, n): n for n in seen}
+        raise FieldError(given.get(exc.field or "", exc.field), str(exc)) from None
+    return ConvertOptions(voice, overrides, fmt, subtype, stream)
+
+
+def check_values(overrides: dict[str, Any], vocoder: Any = None) -> ConversionParams:
+    """Build and range-check the parameters; a :class:`FieldError` names the first bad one.
+
+    A feature whose optional package is missing on the server (``formant``, ``clean``,
+    ``effects``) is refused the same way, with the ``pip install`` line.
+    """
+    try:
+        return ConversionParams.build(None, **overrides).validate(vocoder)
+    except (ParameterError, BackendUnavailableError) as exc:
+        raise FieldError(_field_named(str(exc)), str(exc)) from None
+
+
+def _field_named(text: str) -> str | None:
+    names = sorted(_param_names(), key=len, reverse=True)
+    for name in names:
+        if text.startswith(name):
+            return name
+    if "effect" in text:
+        return "effects"
+    return next((n for n in names if re.search(rf"\b{n}\b", text)), None)
+
+
+def _flag(name: str, text: str) -> bool:
+    value = text.strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("", "0", "false", "no", "off"):
+        return False
+    raise FieldError(name, f"{name} must be true or false, got {text!r}")
+
+
+# ---------------------------------------------------------------------- OpenAPI
+
+
+_JSON_TYPES = {
+    "number": {"type": "number"},
+    "int": {"type": "integer"},
+    "bool": {"type": "boolean"},
+    "optional-int": {"type": "integer", "nullable": True},
+    "optional-number": {"type": "number", "nullable": True},
+    "pair": {"type": "string", "example": "1.0,1.2"},
+    "mapping": {"type": "string", "example": '{"reverb": {"room_size": 0.3}}'},
+}
+
+
+def form_schema(with_file: bool = True) -> dict[str, Any]:
+    """The OpenAPI ``requestBody`` of the convert and job endpoints (multipart or a raw ``audio/*`` body)."""
+    props: dict[str, Any] = {}
+    if with_file:
+        props["file"] = {"type": "string", "format": "binary", "description": "the audio to convert (any format rvcfast decodes)"}
+    props["voice"] = {"type": "string", "description": "voice id (GET /v1/voices)"}
+    for spec in param_specs():
+        if spec.name == "output_sample_rate":
+            continue
+        schema = dict(_JSON_TYPES.get(spec.kind, {"type": "string"}))
+        if spec.default is not None and spec.kind not in ("pair", "mapping"):
+            schema["default"] = spec.default
+        schema["description"] = spec.help
+        props[spec.name] = schema
+    props["sample_rate"] = {"type": "integer", "description": "output sample rate in Hz (default: the voice's)"}
+    props["format"] = {"type": "string", "enum": ["wav", "flac", "ogg", "mp3"], "default": "wav"}
+    props["subtype"] = {"type": "string", "description": "soundfile subtype, e.g. PCM_16, PCM_24, FLOAT"}
+    props["stream"] = {"type": "boolean", "default": False, "description": "send WAV pieces as segments finish (chunked)"}
+    required = ["file", "voice"] if with_file else ["voice"]
+    multipart = {"schema": {"type": "object", "properties": props, "required": required}}
+    return {
+        "required": True,
+        "content": {
+            "multipart/form-data": multipart,
+            "audio/*": {"schema": {"type": "string", "format": "binary"}, "description": "fields as query parameters"},
+        },
+    }

@@ -1,0 +1,134 @@
+"""Prometheus text exposition for the server, without a client library.
+
+Counters and histograms are kept in a :class:`Metrics` object (thread-safe); gauges
+are read from callables when ``/metrics`` is scraped. The names:
+
+* ``rvcfast_requests_total{route, status}`` — HTTP requests answered;
+* ``rvcfast_request_seconds{route}`` — their duration (histogram);
+* ``rvcfast_conversion_failures_total{stage}`` — conversions that failed (decode, convert, encode, job);
+* ``rvcfast_audio_seconds_total`` — input audio converted;
+* ``rvcfast_batch_requests`` — requests per model call of the scheduler (histogram);
+* ``rvcfast_stage_seconds_total{stage}`` — seconds per pipeline stage (decode, f0, features, index, synth, post, encode, queue);
+* ``rvcfast_queue_depth``, ``rvcfast_requests_in_flight``, ``rvcfast_loaded_voices``,
+  ``rvcfast_voices``, ``rvcfast_jobs{state}``, ``rvcfast_model_loads_total{kind}`` — gauges.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+from collections.abc import Callable, Iterable, Mapping
+
+__all__ = ["Metrics"]
+
+_LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+_BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
+
+Labels = tuple[tuple[str, str], ...]
+
+_FAMILIES: dict[str, tuple[str, str]] = {
+    "rvcfast_requests_total": ("counter", "HTTP requests answered, by route and status"),
+    "rvcfast_request_seconds": ("histogram", "HTTP request duration in seconds, by route"),
+    "rvcfast_conversion_failures_total": ("counter", "conversions that failed, by stage"),
+    "rvcfast_audio_seconds_total": ("counter", "seconds of input audio converted"),
+    "rvcfast_batch_requests": ("histogram", "requests per model call of the scheduler"),
+    "rvcfast_stage_seconds_total": ("counter", "seconds spent per pipeline stage"),
+}
+
+
+def _fmt(value: float) -> str:
+    if math.isinf(value):
+        return "+Inf" if value > 0 else "-Inf"
+    return repr(float(value)) if not float(value).is_integer() else str(int(value))
+
+
+def _labels(labels: Labels) -> str:
+    if not labels:
+        return ""
+    inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
+    return "{" + inner + "}"
+
+
+def _escape(text: str) -> str:
+    return str(text).replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+class _Histogram:
+    def __init__(self, buckets: tuple[float, ...]) -> None:
+        self.buckets = buckets
+        self.counts = [0] * len(buckets)
+        self.total = 0
+        self.sum = 0.0
+
+    def observe(self, value: float) -> None:
+        self.total += 1
+        self.sum += value
+        for i, b in enumerate(self.buckets):
+            if value <= b:
+                self.counts[i] += 1
+
+
+class Metrics:
+    """Counters, histograms and gauge callbacks, rendered as Prometheus text."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counters: dict[tuple[str, Labels], float] = {}
+        self._histograms: dict[tuple[str, Labels], _Histogram] = {}
+        self._gauges: dict[str, tuple[str, Callable[[], float | Mapping[Labels, float]]]] = {}
+
+    def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
+        """Add ``value`` to a counter."""
+        key = (name, tuple(sorted(labels.items())))
+        with self._lock:
+            self._counters[key] = self._counters.get(key, 0.0) + float(value)
+
+    def add_stages(self, timings: Mapping[str, float]) -> None:
+        """Add a conversion's stage seconds to ``rvcfast_stage_seconds_total``."""
+        for stage, seconds in timings.items():
+            self.inc("rvcfast_stage_seconds_total", seconds, stage=stage)
+
+    def observe(self, name: str, value: float, **labels: str) -> None:
+        """Record one observation of a histogram."""
+        key = (name, tuple(sorted(labels.items())))
+        buckets = _BATCH_BUCKETS if name == "rvcfast_batch_requests" else _LATENCY_BUCKETS
+        with self._lock:
+            hist = self._histograms.get(key)
+            if hist is None:
+                hist = self._histograms[key] = _Histogram(buckets)
+            hist.observe(float(value))
+
+    def gauge(self, name: str, help_text: str, read: Callable[[], float | Mapping[Labels, float]]) -> None:
+        """Register a gauge read at scrape time (a number, or ``{labels: value}``)."""
+        self._gauges[name] = (help_text, read)
+
+    def counter_value(self, name: str, **labels: str) -> float:
+        """The current value of one counter (0 if never incremented)."""
+        with self._lock:
+            return self._counters.get((name, tuple(sorted(labels.items()))), 0.0)
+
+    def render(self) -> str:
+        """Every metric in the Prometheus text format (version 0.0.4)."""
+        lines: list[str] = []
+        with self._lock:
+            counters = dict(self._counters)
+            hists = {k: (h.buckets, list(h.counts), h.total, h.sum) for k, h in self._histograms.items()}
+        for name, (kind, help_text) in _FAMILIES.items():
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
+            if kind == "counter":
+                lines += [f"{name}{_labels(lb)} {_fmt(v)}" for (n, lb), v in sorted(counters.items()) if n == name]
+                continue
+            for (n, lb), (buckets, counts, total, total_sum) in sorted(hists.items()):
+                if n != name:
+                    continue
+                for b, c in zip(buckets, counts):
+                    lines.append(f"{name}_bucket{_labels(lb + (('le', _fmt(b)),))} {c}")
+                lines.append(f"{name}_bucket{_labels(lb + (('le', '+Inf'),))} {total}")
+                lines.append(f"{name}_sum{_labels(lb)} {_fmt(total_sum)}")
+                lines.append(f"{name}_count{_labels(lb)} {total}")
+        for name, (help_text, read) in sorted(self._gauges.items()):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+            value = read()
+            items: Iterable[tuple[Labels, float]] = value.items() if isinstance(value, Mapping) else [((), float(value))]
+            lines += [f"{name}{_labels(lb)} {_fmt(v)}" for lb, v in items]
+        return "\n".join(lines) + "\n"

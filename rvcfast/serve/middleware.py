@@ -1,0 +1,163 @@
+"""ASGI middleware of the server: API key, body size limit and request metrics.
+
+They are plain ASGI callables (no FastAPI import) and answer with JSON errors
+``{"error": "..."}`` themselves, before a byte of the body is read where they can:
+
+* :class:`ApiKey` — with a key set, every route but ``/health``, ``/docs`` and the
+  OpenAPI schema needs ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (401 otherwise).
+* :class:`BodyLimit` — a ``Content-Length`` above the limit is answered 413 at once; a
+  body without a length is counted as it arrives and :class:`BodyTooLarge` is raised
+  inside the route when it passes the limit (answered 413 by the app).
+* :class:`RequestMetrics` — counts requests by route and status, and their durations.
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import re
+import time
+from collections.abc import Awaitable, Callable, MutableMapping
+from typing import Any
+
+from .metrics import Metrics
+
+__all__ = ["ApiKey", "BodyLimit", "BodyTooLarge", "RequestMetrics", "send_json", "route_label", "OPEN_PATHS"]
+
+Scope = MutableMapping[str, Any]
+Message = MutableMapping[str, Any]
+Receive = Callable[[], Awaitable[Message]]
+Send = Callable[[Message], Awaitable[None]]
+ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
+
+#: Paths served without the API key.
+OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+
+
+class BodyTooLarge(Exception):
+    """The request body passed the upload limit while it was read."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"the request body is larger than the upload limit of {_mb(limit)}")
+        self.limit = limit
+
+
+def _mb(n: int) -> str:
+    return f"{n / (1024 * 1024):g} MB"
+
+
+async def send_json(send: Send, status: int, payload: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+    """Answer a request with a JSON body."""
+    body = json.dumps(payload).encode()
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope.get("headers", ()):
+        if key.lower() == name:
+            return value.decode("latin-1")
+    return None
+
+
+class ApiKey:
+    """Refuse requests without the API key (401), except on :data:`OPEN_PATHS`."""
+
+    def __init__(self, app: ASGIApp, key: str | None) -> None:
+        self.app = app
+        self.key = key.encode() if key else None
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or self.key is None or scope.get("path") in OPEN_PATHS:
+            await self.app(scope, receive, send)
+            return
+        given = _header(scope, b"x-api-key")
+        auth = _header(scope, b"authorization")
+        if given is None and auth is not None and auth.lower().startswith("bearer "):
+            given = auth[7:].strip()
+        if given is not None and hmac.compare_digest(given.encode("utf-8", "replace"), self.key):
+            await self.app(scope, receive, send)
+            return
+        problem = "missing API key" if given is None else "wrong API key"
+        await send_json(
+            send, 401, {"error": f"{problem}: send Authorization: Bearer KEY or X-API-Key: KEY"},
+            {"www-authenticate": 'Bearer realm="rvcfast"'},
+        )
+
+
+class BodyLimit:
+    """Bound the request body to ``limit`` bytes (413)."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = int(limit)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        length = _header(scope, b"content-length")
+        if length is not None and length.strip().isdigit() and int(length) > self.limit:
+            await send_json(
+                send, 413, {"error": f"the request body ({_mb(int(length))}) is larger than the upload limit of {_mb(self.limit)}"}
+            )
+            return
+        seen = 0
+
+        async def counted() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message.get("type") == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        await self.app(scope, counted, send)
+
+
+_JOB_PATH = re.compile(r"^/v1/jobs/[^/]+(/audio)?$")
+_VOICE_PATH = re.compile(r"^/v1/voices/[^/]+$")
+_KNOWN = frozenset({"/health", "/metrics", "/v1/voices", "/v1/convert", "/v1/jobs", "/docs", "/openapi.json"})
+
+
+def route_label(path: str) -> str:
+    """A bounded label for a request path (ids replaced, unknown paths as ``other``)."""
+    if path in _KNOWN:
+        return path
+    m = _JOB_PATH.match(path)
+    if m:
+        return "/v1/jobs/{id}" + (m.group(1) or "")
+    if _VOICE_PATH.match(path):
+        return "/v1/voices/{id}"
+    return "other"
+
+
+class RequestMetrics:
+    """Count every HTTP request by route and status, and time it."""
+
+    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
+        self.app = app
+        self.metrics = metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        t0 = time.perf_counter()
+        status = 500
+
+        async def watched(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = int(message["status"])
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        finally:
+            label = route_label(scope.get("path", ""))
+            self.metrics.inc("rvcfast_requests_total", route=label, status=str(status))
+            self.metrics.observe("rvcfast_request_seconds", time.perf_counter() - t0, route=label)

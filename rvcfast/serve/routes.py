@@ -1,0 +1,325 @@
+"""The conversion routes: ``POST /v1/convert`` (whole file or streamed) and the job routes.
+
+Every conversion goes the same way: admission (``max_queue``) → the request's fields
+and audio (:mod:`~rvcfast.serve.intake`, :mod:`~rvcfast.serve.forms`) → the voice's
+engine (loaded on demand) → ``Engine.prepare`` in the prepare pool → the model worker
+(:mod:`~rvcfast.serve.scheduler`): inputs of one segment as one-shot conversions that
+may share model calls with other requests, longer ones and streams one segment per
+turn → encoding in the prepare pool. The answer carries ``X-Rvcfast-Timings`` (seconds
+per stage, JSON) and, when the input had oddities, ``X-Rvcfast-Warnings``.
+
+This module imports FastAPI; :func:`rvcfast.serve.create_app` imports it only after
+checking that the ``serve`` extra is installed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from fastapi import HTTPException, Request
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+
+from ..errors import AudioError
+from .app import dumps_header, error_response
+from .encode import MEDIA_TYPES, encode_audio, pcm_bytes, wav_stream_header
+from .forms import ConvertOptions, FieldError, check_values, form_schema, parse_fields
+from .intake import Intake, read_request
+from .jobs import JOB_ID, Job
+from .state import ServerState
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+    from ..params import ConversionParams
+    from ..pipeline import PreparedAudio
+
+__all__ = ["add_routes"]
+
+
+@dataclass
+class _Work:
+    """A request ready for the model worker."""
+
+    engine: Engine
+    params: ConversionParams
+    prep: PreparedAudio
+    f0: Any
+    options: ConvertOptions
+    name: str
+    prepare_seconds: float
+
+    @property
+    def rate(self) -> int:
+        q = self.params.output_sample_rate
+        return int(q) if q is not None else int(self.engine.sample_rate)
+
+
+async def _prepare(state: ServerState, intake: Intake, options: ConvertOptions) -> _Work:
+    """The voice's engine, the checked parameters, the decoded input (and a CPU F0 track)."""
+    engine = await state.engine_for(options.voice)
+    params = check_values(options.overrides, engine.vocoder)
+    t0 = time.perf_counter()
+    try:
+        prep = await state.in_pool(engine.prepare, intake.path, params=params)
+    except AudioError as exc:
+        state.metrics.inc("rvcfast_conversion_failures_total", stage="decode")
+        raise AudioError(None, intake.hide(str(exc))) from None
+    ext = engine.f0_extractor_for(params)
+    f0 = None
+    if ext is not None and getattr(ext, "cpu_bound", False):
+        # numpy trackers (harvest, dio, pm) run beside the model worker, not on it
+        try:
+            f0 = await state.in_pool(ext.extract, prep.padded)
+        except Exception as exc:  # noqa: BLE001 - the engine reports it for this request
+            f0 = exc
+    return _Work(engine, params, prep, f0, options, intake.name, time.perf_counter() - t0)
+
+
+async def _convert_whole(state: ServerState, work: _Work) -> tuple[np.ndarray, int, dict[str, float], str | None]:
+    """Audio, rate, timings and error of a whole-file conversion."""
+    from ..pipeline import finish
+
+    assert state.scheduler is not None
+    if len(work.prep.segments) <= 1:
+        res = await asyncio.wrap_future(state.scheduler.submit(work.engine, work.prep, work.params, work.f0))
+        return res.audio, res.sample_rate, res.timings, res.error
+    # a long input: one segment per turn of the model worker, finished as Engine.run finishes it
+    timings: dict[str, float] = {}
+    t_queue = time.perf_counter()
+    pieces: list[np.ndarray] = []
+    try:
+        async for piece in state.steps(work.engine.stream(work.prep, work.params, f0=work.f0, raw=True, timings=timings)):
+            if not pieces:
+                timings["queue"] = max(0.0, time.perf_counter() - t_queue - sum(timings.values()))
+            pieces.append(piece)
+    except Exception as exc:  # noqa: BLE001 - reported as this request's failure
+        return np.zeros(0, np.float32), work.engine.sample_rate, timings, f"{type(exc).__name__}: {exc}"
+    t0 = time.perf_counter()
+    audio, rate = await state.in_pool(finish, pieces, work.prep, work.engine.sample_rate, work.params)
+    timings["post"] = timings.get("post", 0.0) + time.perf_counter() - t0
+    return audio, rate, timings, None
+
+
+def _headers(timings: dict[str, float], warnings: list[str], intake: Intake) -> dict[str, str]:
+    out = {"X-Rvcfast-Timings": dumps_header({k: round(v, 4) for k, v in timings.items()})}
+    if warnings:
+        out["X-Rvcfast-Warnings"] = dumps_header([intake.hide(w) for w in warnings])
+    return out
+
+
+async def _convert(state: ServerState, request: Any) -> Any:
+    t_start = time.perf_counter()
+    intake = await read_request(request, state.uploads)
+    try:
+        options = parse_fields(intake.fields)
+        work = await _prepare(state, intake, options)
+    finally:
+        intake.cleanup()
+    if options.stream:
+        return await _stream(state, work, intake, t_start)
+    audio, rate, timings, error = await _convert_whole(state, work)
+    if error is not None:
+        state.metrics.inc("rvcfast_conversion_failures_total", stage="convert")
+        return error_response(500, state._hide_paths(intake.hide(error)))
+    t0 = time.perf_counter()
+    body, rate = await state.in_pool(encode_audio, audio, rate, options.format, options.subtype)
+    timings = {"decode": work.prepare_seconds, **timings, "encode": time.perf_counter() - t0}
+    state.metrics.add_stages(timings)
+    state.metrics.inc("rvcfast_audio_seconds_total", work.prep.seconds)
+    timings["total"] = time.perf_counter() - t_start
+    headers = _headers(timings, work.prep.warnings, intake)
+    headers["X-Rvcfast-Sample-Rate"] = str(rate)
+    return Response(body, media_type=MEDIA_TYPES[options.format], headers=headers)
+
+
+async def _stream(state: ServerState, work: _Work, intake: Intake, t_start: float) -> Any:
+    """A chunked WAV: the header, then each finished piece as the model worker produces it."""
+    timings: dict[str, float] = {}
+    pieces = state.steps(work.engine.stream(work.prep, work.params, f0=work.f0, timings=timings)).__aiter__()
+    try:
+        first = await pieces.__anext__()  # F0 and the first segment: failures still get a proper status
+    except StopAsyncIteration:
+        first = np.zeros(0, np.float32)
+    except Exception as exc:  # noqa: BLE001
+        await pieces.aclose()
+        state.metrics.inc("rvcfast_conversion_failures_total", stage="convert")
+        return error_response(500, state._hide_paths(intake.hide(f"{type(exc).__name__}: {exc}")))
+    rate, subtype = work.rate, work.options.subtype
+
+    async def body() -> Any:
+        try:
+            yield wav_stream_header(rate, subtype)
+            yield await state.in_pool(pcm_bytes, first, rate, subtype)
+            async for piece in pieces:
+                yield await state.in_pool(pcm_bytes, piece, rate, subtype)
+            state.metrics.add_stages(timings)
+            state.metrics.inc("rvcfast_audio_seconds_total", work.prep.seconds)
+        except Exception:  # noqa: BLE001 - headers are gone: the client sees a short stream
+            state.metrics.inc("rvcfast_conversion_failures_total", stage="stream")
+            raise
+
+    async def release() -> None:
+        await pieces.aclose()
+        state.admission.leave(time.perf_counter() - t_start)
+
+    first_at = {"decode": work.prepare_seconds, **timings, "first_piece": time.perf_counter() - t_start}
+    headers = _headers(first_at, work.prep.warnings, intake)
+    headers["X-Rvcfast-Sample-Rate"] = str(rate)
+    return _SlotStream(body(), release, media_type="audio/wav", headers=headers)
+
+
+class _SlotStream(StreamingResponse):
+    """A streamed answer that gives its admission slot back however it ends (done, failed, client gone)."""
+
+    rvcfast_owns_slot = True
+
+    def __init__(self, content: Any, release: Any, **kwargs: Any) -> None:
+        super().__init__(content, **kwargs)
+        self._release = release
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            await self._release()
+
+
+# ---------------------------------------------------------------------- jobs
+
+
+async def _run_job(state: ServerState, job: Job, engine: Engine, params: ConversionParams, source: Any) -> None:
+    """Decode, convert segment by segment into ``<id>.raw``, finish, write ``<id>.<format>``."""
+    from ..pipeline import finish
+    from ..writing import mp3_rate, write_audio_atomic
+
+    t_start = time.perf_counter()
+    raw_path, out_path = state.jobs.path(job, ".raw"), state.jobs.path(job, f".{job.format}")
+    try:
+        t0 = time.perf_counter()
+        prep = await state.in_pool(engine.prepare, source, params=params)
+        job.timings["decode"] = time.perf_counter() - t0
+        job.started, job.state = time.time(), "running"
+        job.input_seconds, job.segments = prep.seconds, len(prep.segments)
+        job.warnings = [w.replace(str(source), job.input_name) for w in prep.warnings]
+        done = 0
+        with open(raw_path, "wb") as raw:
+            async for piece in state.steps(engine.stream(prep, params, raw=True, timings=job.timings)):
+                raw.write(np.ascontiguousarray(piece, dtype=np.float32).tobytes())
+                done += 1
+                job.progress = 0.95 * done / max(1, job.segments)
+        t0 = time.perf_counter()
+        audio = np.memmap(raw_path, dtype=np.float32, mode="r+") if raw_path.stat().st_size else np.zeros(0, np.float32)
+        out, rate = await state.in_pool(finish, audio, prep, engine.sample_rate, params)
+        del audio, prep
+        await state.in_pool(write_audio_atomic, out_path, out, rate, format=job.format, subtype=job.subtype)
+        job.timings["post"] = job.timings.get("post", 0.0) + time.perf_counter() - t0
+        job.sample_rate = mp3_rate(rate) if job.format == "mp3" else rate
+        job.result, job.bytes = out_path, out_path.stat().st_size
+        job.state, job.progress = "done", 1.0
+        state.metrics.add_stages(job.timings)
+        state.metrics.inc("rvcfast_audio_seconds_total", job.input_seconds or 0.0)
+    except asyncio.CancelledError:
+        job.state, job.error = "cancelled", "the job was cancelled"
+        raise
+    except Exception as exc:  # noqa: BLE001 - the job's failure, reported by GET /v1/jobs/{id}
+        job.state = "failed"
+        text = f"{exc}" if isinstance(exc, AudioError) else f"{type(exc).__name__}: {exc}"
+        job.error = state._hide_paths(text.replace(str(source), job.input_name))
+        state.metrics.inc("rvcfast_conversion_failures_total", stage="job")
+    finally:
+        job.finished = time.time()
+        for p in (raw_path, state.jobs.path(job, ".in")):
+            p.unlink(missing_ok=True)
+        state.admission.leave(time.perf_counter() - t_start)
+        state.jobs.sweep()
+
+
+async def _create_job(state: ServerState, request: Any) -> Any:
+    intake = await read_request(request, state.uploads)
+    try:
+        options = parse_fields(intake.fields)
+        if options.stream:
+            raise FieldError("stream", "stream=true is for POST /v1/convert; a job's result is fetched when it is done")
+        engine = await state.engine_for(options.voice)
+        params = check_values(options.overrides, engine.vocoder)
+        job = state.jobs.create(options.voice, intake.name, options.format, options.subtype)
+        source = state.jobs.path(job, ".in" + (intake.path.suffix if intake.path is not None else ""))
+        assert intake.path is not None
+        intake.path.replace(source)
+        intake.path = None
+    finally:
+        intake.cleanup()
+    job.handle = asyncio.create_task(_run_job(state, job, engine, params, source))
+    return JSONResponse(
+        {**job.public(), "status_url": f"/v1/jobs/{job.id}"}, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"}
+    )
+
+
+def _job(state: ServerState, job_id: str) -> Job:
+    if not JOB_ID.match(job_id):
+        raise HTTPException(404, f"no job {job_id!r} (ids are 32 hex digits)")
+    try:
+        return state.jobs.get(job_id)
+    except KeyError:
+        raise HTTPException(404, f"no job {job_id!r}: unknown, or expired and removed") from None
+
+
+# ---------------------------------------------------------------------- registration
+
+
+async def _admitted(state: ServerState, request: Any, handler: Any, keep_slot: bool = False) -> Any:
+    """Run ``handler`` holding an admission slot (released here unless the response or a job keeps it)."""
+    state.check_ready()
+    state.admission.enter()
+    t0 = time.perf_counter()
+    kept = False
+    try:
+        response = await handler(state, request)
+        kept = keep_slot and getattr(response, "status_code", 0) == 202
+        kept = kept or bool(getattr(response, "rvcfast_owns_slot", False))
+        return response
+    finally:
+        if not kept:
+            state.admission.leave(time.perf_counter() - t0)
+
+
+def add_routes(app: Any, state: ServerState) -> None:
+    """Register the conversion and job routes on ``app``."""
+    body_doc = {"requestBody": form_schema()}
+    audio_doc = {"200": {"content": {m: {} for m in sorted(set(MEDIA_TYPES.values()))}, "description": "the converted audio"}}
+
+    @app.post("/v1/convert", summary="convert one input (whole file, or streamed with stream=true)",
+              openapi_extra=body_doc, responses=audio_doc)
+    async def convert(request: Request) -> Any:
+        return await _admitted(state, request, _convert)
+
+    @app.post("/v1/jobs", status_code=202, summary="convert a long input in the background", openapi_extra=body_doc)
+    async def create_job(request: Request) -> Any:
+        return await _admitted(state, request, _create_job, keep_slot=True)
+
+    @app.get("/v1/jobs/{job_id}", summary="a job's state and progress")
+    async def job_status(job_id: str) -> Any:
+        return JSONResponse(_job(state, job_id).public())
+
+    @app.get("/v1/jobs/{job_id}/audio", summary="a finished job's audio", responses=audio_doc)
+    async def job_audio(job_id: str) -> Any:
+        job = _job(state, job_id)
+        if job.state != "done" or job.result is None:
+            reason = f": {job.error}" if job.error else f" (progress {100 * job.progress:.0f} %)"
+            return error_response(409, f"job {job.id} is {job.state}{reason}", state=job.state)
+        stem = job.input_name.rsplit(".", 1)[0] or "audio"
+        return FileResponse(
+            job.result, media_type=MEDIA_TYPES[job.format], filename=f"{stem}_{job.voice}.{job.format}",
+            headers={"X-Rvcfast-Timings": dumps_header({k: round(v, 4) for k, v in job.timings.items()})},
+        )
+
+    @app.delete("/v1/jobs/{job_id}", summary="cancel a job and delete its files")
+    async def delete_job(job_id: str) -> Any:
+        job = _job(state, job_id)
+        if job.handle is not None and not job.handle.done():
+            job.handle.cancel()
+        state.jobs.remove(job)
+        return JSONResponse({"id": job.id, "state": "deleted"})

@@ -1,0 +1,305 @@
+"""One model worker for every request: cross-request batching and interleaved streams.
+
+All network calls of the server run in one thread (torch already uses every core for
+one call, and one thread keeps the model work in a predictable order); decoding and
+encoding run in a thread pool and HTTP handling stays in the event loop. The worker
+takes work from one FIFO queue:
+
+* **one-shot conversions** (inputs of one segment, up to 41 s): queued requests for the
+  same voice are gathered, up to ``group_seconds`` of padded 16 kHz audio, into one
+  :meth:`Engine.run <rvcfast.engine.Engine.run>` call with one parameter set per
+  request: the F0 network sees them in one batch and the engine packs their segments
+  into shared model calls where its ``batch_seconds`` allows (one segment per call on a
+  CPU, many on a GPU). The synthesizer only ever batches segments of one voice. A
+  request that fails (its F0 or synthesis) gets its error; the others their audio.
+* **step tasks** (streams, jobs and long inputs): an iterator such as
+  :meth:`Engine.stream <rvcfast.engine.Engine.stream>` advanced one segment per turn
+  and put back at the end of the queue, so a long input never holds the models for
+  more than one segment while short requests wait.
+
+``Admission`` bounds the requests in the server (``max_queue``) and estimates a
+``Retry-After`` for those turned away.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import logging
+import math
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from ..constants import SR_16K
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+    from ..params import ConversionParams
+    from ..pipeline import PreparedAudio
+    from ..result import Result
+    from .metrics import Metrics
+
+_log = logging.getLogger("rvcfast.serve")
+
+__all__ = ["Scheduler", "StepTask", "Admission", "QueueFull", "END", "CPU_GROUP_SECONDS"]
+
+#: Requests gathered per engine call on a CPU (seconds of padded 16 kHz audio): a few
+#: 5 s requests share one RMVPE call; the synthesizer still runs one segment per call.
+#: ``benchmarks/serve_load.py`` measures the choice (figures in docs/serving.md).
+CPU_GROUP_SECONDS = 30.0
+
+#: Marks the end of a step task's output.
+END = object()
+
+
+class QueueFull(Exception):
+    """The server holds ``max_queue`` requests already."""
+
+    def __init__(self, limit: int, retry_after: int) -> None:
+        super().__init__(f"the server is busy: {limit} requests are queued or running; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class Admission:
+    """Counts the requests in the server and turns away those beyond ``limit``."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = int(limit)
+        self.count = 0
+        self._lock = threading.Lock()
+        self._mean_seconds = 1.0  # smoothed time a request spends in the server
+
+    def enter(self) -> None:
+        """Take a slot or raise :class:`QueueFull` with a ``Retry-After`` estimate."""
+        with self._lock:
+            if self.count >= self.limit:
+                raise QueueFull(self.limit, self.retry_after())
+            self.count += 1
+
+    def leave(self, seconds: float | None = None) -> None:
+        """Give a slot back (``seconds``: how long the request took, for the estimate)."""
+        with self._lock:
+            self.count = max(0, self.count - 1)
+            if seconds is not None:
+                self._mean_seconds = 0.8 * self._mean_seconds + 0.2 * float(seconds)
+
+    def retry_after(self) -> int:
+        """Seconds until a slot is likely free (1..120)."""
+        return int(min(120, max(1, math.ceil(self._mean_seconds))))
+
+
+@dataclass
+class _Convert:
+    engine: Engine
+    prep: PreparedAudio
+    params: ConversionParams
+    f0: Any
+    future: cf.Future[Result]
+    queued_at: float = field(default_factory=time.perf_counter)
+
+
+@dataclass
+class StepTask:
+    """An iterator advanced one item per turn; each item (or :data:`END`, or the exception) goes to ``sink``.
+
+    ``credit`` is how many items may be produced before the receiver takes them: the
+    worker parks the task when it runs out, and :meth:`Scheduler.grant` (called as the
+    receiver consumes an item) puts it back in the queue. A slow client therefore holds
+    at most ``credit`` pieces in memory, and never the models.
+    """
+
+    iterator: Iterator[Any]
+    sink: Callable[[Any], None]
+    credit: int = 2
+    queued_at: float = field(default_factory=time.perf_counter)
+    started_at: float | None = None
+    cancelled: bool = False
+    parked: bool = False
+
+
+class Scheduler:
+    """The model worker thread and its queue."""
+
+    def __init__(self, group_seconds: float, metrics: Metrics | None = None) -> None:
+        self.group_samples = int(max(0.0, float(group_seconds)) * SR_16K)
+        self.metrics = metrics
+        self._queue: deque[_Convert | StepTask] = deque()
+        self._cv = threading.Condition()
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="rvcfast-models", daemon=True)
+        self.calls = 0
+
+    def start(self) -> None:
+        """Start the worker thread."""
+        self._thread.start()
+
+    @property
+    def depth(self) -> int:
+        """Work items waiting for the worker."""
+        with self._cv:
+            return len(self._queue)
+
+    def submit(self, engine: Engine, prep: PreparedAudio, params: ConversionParams, f0: Any = None) -> cf.Future[Result]:
+        """Queue a one-shot conversion; the future gets its :class:`~rvcfast.result.Result` (``timings["queue"]`` included)."""
+        task = _Convert(engine, prep, params, f0, cf.Future())
+        self._put(task)
+        return task.future
+
+    def submit_steps(self, iterator: Iterator[Any], sink: Callable[[Any], None], credit: int = 2) -> StepTask:
+        """Queue a step task (see :class:`StepTask`)."""
+        task = StepTask(iterator, sink, credit=max(1, int(credit)))
+        self._put(task)
+        return task
+
+    def grant(self, task: StepTask) -> None:
+        """The receiver took one item: allow one more (and wake the task if it was parked)."""
+        with self._cv:
+            task.credit += 1
+            if task.parked and not task.cancelled:
+                task.parked = False
+                self._queue.append(task)
+                self._cv.notify()
+
+    def cancel(self, task: StepTask) -> None:
+        """Stop a step task; the worker closes its iterator at its next turn."""
+        with self._cv:
+            task.cancelled = True
+            if task.parked:
+                task.parked = False
+                self._queue.append(task)
+                self._cv.notify()
+
+    def _put(self, task: _Convert | StepTask) -> None:
+        with self._cv:
+            if self._stopping:
+                raise RuntimeError("the server is shutting down")
+            self._queue.append(task)
+            self._cv.notify()
+
+    def close(self, timeout: float | None = None) -> None:
+        """Finish the queued work, then stop the worker."""
+        with self._cv:
+            self._stopping = True
+            self._cv.notify_all()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    # ------------------------------------------------------------------ the worker
+
+    def _loop(self) -> None:
+        while True:
+            with self._cv:
+                while not self._queue and not self._stopping:
+                    self._cv.wait()
+                if not self._queue:
+                    return
+                task = self._queue.popleft()
+                group = self._gather(task) if isinstance(task, _Convert) else []
+            try:
+                if isinstance(task, StepTask):
+                    self._step(task)
+                else:
+                    self._run(group)
+            except Exception:  # noqa: BLE001 - the worker must outlive any one request
+                _log.exception("model worker: unexpected error")
+
+    def _gather(self, first: _Convert) -> list[_Convert]:
+        """``first`` and queued conversions of the same voice, up to ``group_samples`` (lock held)."""
+        group = [first]
+        total = first.prep.padded.shape[0]
+        if self.group_samples <= 0:
+            return group
+        kept: deque[_Convert | StepTask] = deque()
+        while self._queue:
+            task = self._queue.popleft()
+            n = task.prep.padded.shape[0] if isinstance(task, _Convert) else 0
+            if isinstance(task, _Convert) and task.engine is first.engine and total + n <= self.group_samples:
+                group.append(task)
+                total += n
+            else:
+                kept.append(task)
+        self._queue.extendleft(reversed(kept))
+        return group
+
+    def _run(self, group: list[_Convert]) -> None:
+        started = time.perf_counter()
+        live = [t for t in group if t.future.set_running_or_notify_cancel()]
+        if not live:
+            return
+        engine = live[0].engine
+        f0 = [t.f0 for t in live] if any(t.f0 is not None for t in live) else None
+        self.calls += 1
+        if self.metrics is not None:
+            self.metrics.observe("rvcfast_batch_requests", len(live))
+        try:
+            results = engine.run([t.prep for t in live], [t.params for t in live], f0=f0)
+        except Exception as exc:  # noqa: BLE001 - isolate: retry each request alone
+            if len(live) == 1:
+                live[0].future.set_exception(exc)
+                return
+            results = []
+            for t in live:
+                try:
+                    results.extend(engine.run([t.prep], t.params, f0=None if f0 is None else [t.f0]))
+                except Exception as exc1:  # noqa: BLE001
+                    results.append(_failed(engine, t, exc1))
+        for t, res in zip(live, results):
+            res.timings["queue"] = started - t.queued_at
+            t.future.set_result(res)
+
+    def _step(self, task: StepTask) -> None:
+        if task.cancelled:
+            _close(task.iterator)
+            return
+        if task.started_at is None:
+            task.started_at = time.perf_counter()
+        try:
+            item = next(task.iterator)
+        except StopIteration:
+            _send(task, END)
+            return
+        except Exception as exc:  # noqa: BLE001 - reported to that task only
+            _send(task, exc)
+            return
+        if not _send(task, item):
+            _close(task.iterator)
+            return
+        with self._cv:
+            task.credit -= 1
+            if task.cancelled or task.credit > 0:
+                self._queue.append(task)
+            else:
+                task.parked = True
+
+
+def _send(task: StepTask, item: Any) -> bool:
+    """Hand ``item`` to the task's sink; False (and the task cancelled) if the receiver is gone."""
+    try:
+        task.sink(item)
+    except Exception:  # noqa: BLE001 - e.g. the event loop closed under a cancelled stream
+        task.cancelled = True
+        return False
+    return not task.cancelled
+
+
+def _close(iterator: Iterator[Any]) -> None:
+    close = getattr(iterator, "close", None)
+    if close is not None:
+        try:
+            close()
+        except Exception:  # noqa: BLE001
+            pass
+
+
+def _failed(engine: Engine, task: _Convert, exc: BaseException) -> Result:
+    import numpy as np
+
+    from ..result import Result
+
+    return Result(
+        np.zeros(0, np.float32), engine.sample_rate, {}, task.prep.label, error=f"{type(exc).__name__}: {exc}",
+        input_seconds=task.prep.seconds,
+    )

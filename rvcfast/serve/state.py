@@ -1,0 +1,213 @@
+"""What a running server holds: settings, voices, the model worker, pools, jobs, metrics.
+
+:class:`ServerState` is created by :func:`rvcfast.serve.create_app` (which checks the
+settings and finds the voices at once) and started on the first request or by the
+app's lifespan: the device is resolved, the model worker starts, and the first voices
+(with the shared content encoder and F0 network) are loaded in the background;
+``/health`` answers 200 from then on. :meth:`ServerState.close` stops it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures as cf
+import logging
+import os
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from .config import ServeConfig
+from .jobs import JobStore, make_spool, remove_spool
+from .metrics import Metrics
+from .scheduler import CPU_GROUP_SECONDS, END, Admission, Scheduler
+from .voices import Voice, VoiceRegistry, discover_voices
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+__all__ = ["ServerState", "NotReady"]
+
+_log = logging.getLogger("rvcfast.serve")
+T = TypeVar("T")
+
+
+class NotReady(Exception):
+    """The models are still loading (503), or loading failed."""
+
+
+class ServerState:
+    """The server's shared objects (one per app)."""
+
+    def __init__(self, cfg: ServeConfig) -> None:
+        self.cfg = cfg
+        self.metrics = Metrics()
+        paths: list[str] = list(cfg.voices)
+        if cfg.models_dir is not None:
+            Path(cfg.models_dir).mkdir(parents=True, exist_ok=True)
+            paths.append(cfg.models_dir)
+        voices = discover_voices(paths)
+        if not voices and cfg.models_dir is None:
+            raise ValueError("no .pth voice models found in " + ", ".join(cfg.voices))
+        self.registry = VoiceRegistry(voices, self._load_voice, cfg.max_loaded_voices)
+        self.admission = Admission(cfg.max_queue)
+        self.spool, self._temp_spool = make_spool(cfg.jobs_dir)
+        self.uploads = self.spool / "uploads"
+        self.uploads.mkdir(exist_ok=True)
+        self.jobs = JobStore(self.spool / "jobs", cfg.jobs_ttl, int(cfg.jobs_max_mb * 2**20))
+        self.pool = cf.ThreadPoolExecutor(cfg.prepare_workers, thread_name_prefix="rvcfast-prepare")
+        self.loader = cf.ThreadPoolExecutor(2, thread_name_prefix="rvcfast-load")
+        self.scheduler: Scheduler | None = None
+        self.ready = threading.Event()
+        self.load_error: str | None = None
+        self.started = False
+        self.closed = False
+        self._start_lock = threading.Lock()
+        self.device: Any = None
+        self.dtype: Any = None
+        self._register_gauges()
+
+    # ------------------------------------------------------------------ lifecycle
+
+    def start(self) -> None:
+        """Resolve the device, start the model worker and load the first voices in the background (idempotent)."""
+        with self._start_lock:
+            if self.started:
+                return
+            import torch
+
+            from ..runtime import default_batch_seconds, resolve_device, resolve_dtype
+
+            if self.cfg.threads is not None:
+                torch.set_num_threads(int(self.cfg.threads))
+            self.device = resolve_device(self.cfg.device)
+            self.dtype = resolve_dtype(self.cfg.dtype, self.device)
+            group = self.cfg.batch_seconds
+            if group is None:
+                group = CPU_GROUP_SECONDS if self.device.type == "cpu" else default_batch_seconds(self.device)
+            self.scheduler = Scheduler(group, self.metrics)
+            self.scheduler.start()
+            self.started = True
+            threading.Thread(target=self._preload, name="rvcfast-preload", daemon=True).start()
+
+    def _preload(self) -> None:
+        t0 = time.perf_counter()
+        try:
+            for voice_id in self.registry.ids()[: self.registry.max_loaded]:
+                self.registry.engine(voice_id)
+        except Exception as exc:  # noqa: BLE001 - reported by /health
+            self.load_error = self._hide_paths(f"{type(exc).__name__}: {exc}")
+            _log.error("loading the models failed: %s", self.load_error)
+            return
+        self.ready.set()
+        _log.info("models loaded in %.1f s; ready", time.perf_counter() - t0)
+
+    def check_ready(self) -> None:
+        """Raise :class:`NotReady` unless the first voices are loaded."""
+        self.start()
+        if self.load_error is not None:
+            raise NotReady(f"the server could not load its models: {self.load_error}")
+        if not self.ready.is_set():
+            raise NotReady("the models are still loading; retry shortly")
+
+    async def aclose(self) -> None:
+        """Cancel unfinished jobs (in the event loop), then :meth:`close`."""
+        handles = [j.handle for j in self.jobs.active() if j.handle is not None]
+        for handle in handles:
+            handle.cancel()
+        if handles:
+            await asyncio.gather(*handles, return_exceptions=True)
+        await asyncio.get_running_loop().run_in_executor(None, self.close)
+
+    def close(self) -> None:
+        """Finish the queued model work, stop the threads and remove a temporary spool."""
+        if self.closed:
+            return
+        self.closed = True
+        if self.scheduler is not None:
+            self.scheduler.close(timeout=60)
+        self.pool.shutdown(wait=True, cancel_futures=True)
+        self.loader.shutdown(wait=False, cancel_futures=True)
+        if self._temp_spool:
+            remove_spool(self.spool)
+
+    # ------------------------------------------------------------------ voices
+
+    def _load_voice(self, voice: Voice) -> Engine:
+        from ..engine import Engine
+
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        eng = Engine.load(
+            voice.model, index=voice.index, encoder=cfg.encoder, f0=cfg.f0, f0_weights=cfg.f0_weights,
+            f0_options=dict(cfg.f0_options) or None, device=self.device, dtype=self.dtype, allow_download=cfg.allow_download,
+        )
+        _log.info("voice %s loaded in %.1f s", voice.id, time.perf_counter() - t0)
+        return eng
+
+    async def engine_for(self, voice_id: str) -> Engine:
+        """The loaded engine of a voice (loading it in the loader pool if needed); :class:`UnknownVoice` if none."""
+        self.registry.get(voice_id)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.loader, self.registry.engine, voice_id)
+
+    def _hide_paths(self, text: str) -> str:
+        """Model paths in a message reduced to file names (clients never see server paths)."""
+        for voice in self.registry_voices():
+            for p in (voice.model, voice.index):
+                if p is not None:
+                    text = text.replace(str(p), p.name)
+        for p in (self.cfg.encoder, self.cfg.f0_weights):
+            if p:
+                text = text.replace(os.fspath(p), Path(p).name)
+        return text.replace(str(self.spool), "")
+
+    def registry_voices(self) -> list[Voice]:
+        return [self.registry.get(v) for v in self.registry.ids()]
+
+    # ------------------------------------------------------------------ work
+
+    async def in_pool(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+        """Run ``fn`` in the prepare pool (decoding, encoding, post-processing)."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs))
+
+    async def steps(self, iterator: Iterator[Any], credit: int = 2) -> AsyncIterator[Any]:
+        """Drive ``iterator`` on the model worker, one item per turn, and yield its items here."""
+        assert self.scheduler is not None
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        task = self.scheduler.submit_steps(iterator, lambda item: loop.call_soon_threadsafe(queue.put_nowait, item), credit)
+        try:
+            while True:
+                item = await queue.get()
+                if item is END:
+                    return
+                if isinstance(item, BaseException):
+                    raise item
+                self.scheduler.grant(task)
+                yield item
+        finally:
+            self.scheduler.cancel(task)
+
+    # ------------------------------------------------------------------ metrics
+
+    def _register_gauges(self) -> None:
+        m = self.metrics
+
+        def model_loads() -> dict[tuple[tuple[str, str], ...], float]:
+            from .. import cache
+
+            out = {(("kind", k),): float(cache.load_count(k)) for k in ("encoder", "rmvpe", "fcpe", "crepe")}
+            out[(("kind", "voice"),)] = float(self.registry.loads)
+            return out
+
+        m.gauge("rvcfast_queue_depth", "work items waiting for the model worker", lambda: self.scheduler.depth if self.scheduler else 0)
+        m.gauge("rvcfast_requests_in_flight", "requests and unfinished jobs in the server", lambda: self.admission.count)
+        m.gauge("rvcfast_loaded_voices", "voices loaded (LRU)", lambda: len(self.registry.loaded_ids()))
+        m.gauge("rvcfast_voices", "voices offered", lambda: len(self.registry.ids()))
+        m.gauge("rvcfast_jobs", "jobs by state", lambda: {(("state", s),): float(n) for s, n in self.jobs.counts().items()})
+        m.gauge("rvcfast_model_loads", "models loaded since start, by kind", model_loads)
+        m.gauge("rvcfast_ready", "1 once the models are loaded", lambda: 1.0 if self.ready.is_set() else 0.0)

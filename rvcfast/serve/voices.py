@@ -1,0 +1,210 @@
+"""The voices a server offers: discovery by file stem, descriptions, and an LRU of loaded engines.
+
+A voice is named by its model file's stem (``alice.pth`` → ``alice``); ``alice.index``
+in the same folder is its index. Clients name voices only by these ids, never by a
+path. Loaded voices are :class:`~rvcfast.engine.Engine` objects kept in a
+least-recently-used set of at most ``max_loaded`` entries; the content encoder and F0
+network are shared by all of them through the process-wide model cache. A request
+that holds an engine keeps it alive even if it is unloaded meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import threading
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ..errors import ModelLoadError, ParameterError
+
+if TYPE_CHECKING:
+    from ..engine import Engine
+
+__all__ = ["Voice", "VoiceRegistry", "UnknownVoice", "discover_voices", "VOICE_ID"]
+
+#: What a voice id may look like (ids of uploaded voices are checked against it).
+VOICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+class UnknownVoice(KeyError):
+    """A request named a voice the server does not have."""
+
+    def __init__(self, voice: str, known: Iterable[str]) -> None:
+        names = sorted(known)
+        shown = ", ".join(names[:20]) + (" ..." if len(names) > 20 else "")
+        super().__init__(f"unknown voice {voice!r}; available: {shown or 'none'}")
+        self.message = str(self.args[0])
+
+
+@dataclass
+class Voice:
+    """One voice: its id, model file and optional index."""
+
+    id: str
+    model: Path
+    index: Path | None = None
+    info: dict[str, Any] | None = field(default=None, repr=False)
+
+
+def discover_voices(paths: Iterable[str | os.PathLike[str]]) -> list[Voice]:
+    """Voices from ``.pth`` files and folders of them (not recursive); each id once."""
+    found: dict[str, Voice] = {}
+    for raw in paths:
+        p = Path(raw).expanduser()
+        if p.is_dir():
+            models = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() == ".pth")
+        elif p.is_file():
+            models = [p]
+        else:
+            raise ParameterError(f"voice {p}: no such file or folder")
+        for model in models:
+            if model.suffix.lower() != ".pth":
+                raise ParameterError(f"voice {model}: expected a .pth voice model")
+            voice = Voice(model.stem, model.resolve(), _index_beside(model))
+            if voice.id in found and found[voice.id].model != voice.model:
+                raise ParameterError(
+                    f"two voices are named {voice.id!r}: {found[voice.id].model} and {voice.model} (voices are named by file stem)"
+                )
+            found[voice.id] = voice
+    return list(found.values())
+
+
+def _index_beside(model: Path) -> Path | None:
+    index = model.with_suffix(".index")
+    return index.resolve() if index.is_file() else None
+
+
+class VoiceRegistry:
+    """Known voices and the loaded ones (LRU); thread-safe.
+
+    ``load(voice)`` builds an :class:`~rvcfast.engine.Engine`; it is called at most once
+    at a time per voice, outside the registry lock.
+    """
+
+    def __init__(self, voices: Iterable[Voice], load: Callable[[Voice], Engine], max_loaded: int) -> None:
+        self._voices: dict[str, Voice] = {v.id: v for v in voices}
+        self._load = load
+        self.max_loaded = int(max_loaded)
+        self._loaded: OrderedDict[str, Engine] = OrderedDict()
+        self._lock = threading.Lock()
+        self._voice_locks: dict[str, threading.Lock] = {}
+        self.loads = 0
+        self.unloads = 0
+
+    # ------------------------------------------------------------------ lookup
+
+    def ids(self) -> list[str]:
+        """Every voice id, sorted."""
+        with self._lock:
+            return sorted(self._voices)
+
+    def get(self, voice_id: str) -> Voice:
+        """The voice named ``voice_id`` (:class:`UnknownVoice` if there is none)."""
+        with self._lock:
+            voice = self._voices.get(voice_id)
+            if voice is None:
+                raise UnknownVoice(voice_id, self._voices)
+            return voice
+
+    def loaded_ids(self) -> list[str]:
+        """Ids of the loaded voices, least recently used first."""
+        with self._lock:
+            return list(self._loaded)
+
+    def add(self, voice: Voice, *, replace: bool = False) -> None:
+        """Register a voice (an upload); an existing id needs ``replace`` (its loaded engine is dropped)."""
+        with self._lock:
+            if voice.id in self._voices and not replace:
+                raise ParameterError(f"voice {voice.id!r} exists already (send replace=true to replace it)")
+            self._voices[voice.id] = voice
+            self._loaded.pop(voice.id, None)
+
+    # ------------------------------------------------------------------ loading
+
+    def engine(self, voice_id: str) -> Engine:
+        """The loaded engine of a voice, loading it (and unloading the least recently used) if needed. Blocking."""
+        voice = self.get(voice_id)
+        with self._lock:
+            eng = self._loaded.get(voice_id)
+            if eng is not None:
+                self._loaded.move_to_end(voice_id)
+                return eng
+            vlock = self._voice_locks.setdefault(voice_id, threading.Lock())
+        with vlock:
+            with self._lock:
+                eng = self._loaded.get(voice_id)
+                if eng is not None:
+                    self._loaded.move_to_end(voice_id)
+                    return eng
+            eng = self._load(voice)
+            with self._lock:
+                self._loaded[voice_id] = eng
+                self._loaded.move_to_end(voice_id)
+                self.loads += 1
+                while len(self._loaded) > self.max_loaded:
+                    self._loaded.popitem(last=False)
+                    self.unloads += 1
+            if voice.info is None:
+                voice.info = _describe_engine(eng)
+            return eng
+
+    def describe(self, voice_id: str) -> dict[str, Any]:
+        """``{"id", "sample_rate", "version", "f0", "speakers", "index", "loaded"}`` of a voice. Blocking.
+
+        A voice not loaded yet is described from its file (read through the safe loader once).
+        """
+        voice = self.get(voice_id)
+        if voice.info is None:
+            with self._lock:
+                eng = self._loaded.get(voice_id)
+            if eng is not None:
+                voice.info = _describe_engine(eng)
+            else:
+                from ..describe import describe_model
+
+                try:
+                    d = describe_model(voice.model)
+                except ModelLoadError as exc:
+                    return {"id": voice.id, "error": _hide_path(str(exc), voice.model), "loaded": False}
+                voice.info = {k: d[k] for k in ("version", "sample_rate", "f0", "speakers")}
+        with self._lock:
+            loaded = voice_id in self._loaded
+        return {"id": voice.id, **voice.info, "index": voice.index is not None, "loaded": loaded}
+
+
+def _describe_engine(eng: Engine) -> dict[str, Any]:
+    voc = eng.vocoder
+    return {"version": voc.version, "sample_rate": voc.sample_rate, "f0": voc.has_f0, "speakers": voc.num_speakers}
+
+
+def _hide_path(text: str, path: Path) -> str:
+    return text.replace(str(path), path.name)
+
+
+def save_upload(
+    folder: str | os.PathLike[str], voice_id: str, model_tmp: Path, index_tmp: Path | None, check: Callable[[Path, Path | None], None]
+) -> Voice:
+    """Move an uploaded model (and index) into the models folder as ``<id>.pth`` / ``<id>.index``.
+
+    ``check(model, index)`` must raise for files that are not a usable voice (it goes through
+    the safe loader); then nothing is kept. Files are moved into place only after the check.
+    """
+    if not VOICE_ID.match(voice_id):
+        raise ParameterError(f"name {voice_id!r} is not a valid voice name (letters, digits, '_', '.', '-'; at most 64)")
+    root = Path(folder)
+    root.mkdir(parents=True, exist_ok=True)
+    check(model_tmp, index_tmp)
+    model = root / f"{voice_id}.pth"
+    shutil.move(str(model_tmp), model)
+    index = None
+    if index_tmp is not None:
+        index = root / f"{voice_id}.index"
+        shutil.move(str(index_tmp), index)
+    elif (root / f"{voice_id}.index").exists():
+        (root / f"{voice_id}.index").unlink()  # a replaced voice must not keep the old voice's index
+    return Voice(voice_id, model.resolve(), None if index is None else index.resolve())

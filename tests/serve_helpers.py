@@ -1,0 +1,131 @@
+"""A real ``rvcfast serve`` process for the server tests, and audio helpers.
+
+:class:`ServerProcess` starts ``python -m rvcfast serve ... --port 0`` (the server binds
+a free port on 127.0.0.1 and prints it), waits for ``/health``, and stops the process
+with SIGTERM (killing it only if it does not exit in time). Its output goes to a log
+file, so a chatty server can never block on a full pipe.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+from helpers import TinyModels
+
+API_KEY = "test-key-123"
+
+
+class ServerProcess:
+    """One ``rvcfast serve`` process on 127.0.0.1."""
+
+    def __init__(self, voices: list[Path], models: TinyModels, log: Path, *extra: str) -> None:
+        self.log = log
+        cmd = [
+            sys.executable, "-m", "rvcfast", "serve", *map(str, voices), "--host", "127.0.0.1", "--port", "0",
+            "--encoder", str(models.encoder), "--f0-weights", str(models.rmvpe), "--device", "cpu",
+            "--threads", "1", "--no-access-log", "--log-level", "warning", *extra,
+        ]
+        env = {k: v for k, v in os.environ.items() if k != "RVCFAST_API_KEY"}
+        self._log_file = open(log, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._log_file, stderr=subprocess.STDOUT, env=env)
+        self.port = self._read_port(timeout=60)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def _read_port(self, timeout: float) -> int:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", self.log.read_text())
+            if m:
+                return int(m.group(1))
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.05)
+        self.kill()
+        raise RuntimeError(f"the server did not start in {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def wait_healthy(self, timeout: float = 90.0) -> None:
+        import httpx
+
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"the server exited with {self.proc.returncode}:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.1)
+        raise RuntimeError(f"the server was not healthy in {timeout} s:\n{self.log.read_text()[-3000:]}")
+
+    def rss_mb(self) -> float:
+        """Resident set size of the server process in MB."""
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        raise RuntimeError("VmRSS not found")
+
+    def terminate(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+
+    def wait(self, timeout: float = 30.0) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log_file.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log_file.close()
+
+    def stop(self) -> None:
+        """SIGTERM, then a kill if it has not exited after 30 s."""
+        self.terminate()
+        try:
+            self.proc.wait(30)
+        except subprocess.TimeoutExpired:
+            self.kill()
+        self._log_file.close()
+
+
+def voice_folder(models: TinyModels, folder: Path) -> Path:
+    """``alice`` (F0, with index), ``bob`` (no F0) and ``carol`` (alice's model, no index)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copy(models.voice, folder / "alice.pth")
+    shutil.copy(models.index, folder / "alice.index")
+    shutil.copy(models.voice_nof0, folder / "bob.pth")
+    shutil.copy(models.voice, folder / "carol.pth")
+    return folder
+
+
+def wav_bytes(audio: np.ndarray, rate: int, subtype: str = "PCM_16") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, audio, rate, format="WAV", subtype=subtype)
+    return buf.getvalue()
+
+
+def read_audio(data: bytes) -> tuple[np.ndarray, int]:
+    audio, rate = sf.read(io.BytesIO(data), dtype="float32")
+    return audio, rate
+
+
+def close_to(actual: np.ndarray, expected: np.ndarray) -> bool:
+    """Equal to float32 noise: the golden README's end-to-end tolerance, 1e-4 of the peak."""
+    if actual.shape != expected.shape:
+        return False
+    peak = float(np.abs(expected).max()) or 1.0
+    return float(np.abs(actual - expected).max()) <= 1e-4 * peak
