@@ -13,6 +13,7 @@ import asyncio
 import concurrent.futures as cf
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -57,6 +58,7 @@ class ServerState:
         self.uploads = self.spool / "uploads"
         self.uploads.mkdir(exist_ok=True)
         self.jobs = JobStore(self.spool / "jobs", cfg.jobs_ttl, int(cfg.jobs_max_mb * 2**20))
+        _remove_leftovers(self.uploads, self.jobs.root)
         self.pool = cf.ThreadPoolExecutor(cfg.prepare_workers, thread_name_prefix="rvcfast-prepare")
         self.loader = cf.ThreadPoolExecutor(2, thread_name_prefix="rvcfast-load")
         self.scheduler: Scheduler | None = None
@@ -211,3 +213,14 @@ class ServerState:
         m.gauge("rvcfast_jobs", "jobs by state", lambda: {(("state", s),): float(n) for s, n in self.jobs.counts().items()})
         m.gauge("rvcfast_model_loads", "models loaded since start, by kind", model_loads)
         m.gauge("rvcfast_ready", "1 once the models are loaded", lambda: 1.0 if self.ready.is_set() else 0.0)
+
+
+def _remove_leftovers(uploads: Path, jobs: Path) -> None:
+    """Files of an earlier server in a kept spool folder (jobs are not carried over a restart)."""
+    for folder, pattern in ((uploads, "upload-*"), (jobs, "*.*")):
+        for f in folder.glob(pattern):
+            if f.is_file() and (folder is uploads or re.match(r"^[0-9a-f]{32}\.", f.name)):
+                try:
+                    f.unlink()
+                except OSError:
+                    pass

@@ -1,0 +1,192 @@
+"""The server's parts without a server: scheduler grouping and isolation, job spool, metrics, WAV stream header."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import io
+import threading
+import time
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from rvcfast.result import Result
+from rvcfast.serve.encode import pcm_bytes, wav_stream_header
+from rvcfast.serve.jobs import JobStore, JobStoreFull
+from rvcfast.serve.metrics import Metrics
+from rvcfast.serve.scheduler import END, Admission, QueueFull, Scheduler
+
+
+class FakeEngine:
+    """Records the inputs of each run() call; an input labelled "bad" breaks a shared call."""
+
+    sample_rate = 40000
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+
+    def run(self, preps, params, f0=None):
+        labels = [p.label for p in preps]
+        self.calls.append(labels)
+        if "bad" in labels and len(labels) > 1:
+            raise RuntimeError("shared call failed")
+        return [Result(np.full(3, float(len(p.label)), np.float32), 40000, {}, p.label,
+                       error="broken input" if p.label == "bad" else None) for p in preps]
+
+
+def prep(label: str, seconds: float = 7.0):
+    return SimpleNamespace(label=label, padded=np.zeros(int(seconds * 16000)), seconds=seconds)
+
+
+def test_requests_of_one_voice_are_gathered_up_to_the_budget() -> None:
+    a, b = FakeEngine(), FakeEngine()
+    sched = Scheduler(group_seconds=30)
+    futures = [sched.submit(eng, prep(f"{name}{i}"), None) for i in range(5) for eng, name in ((a, "a"), (b, "b"))]
+    sched.start()
+    results = [f.result(10) for f in futures]
+    sched.close()
+    # 7 s each: four fit in 30 s; the synthesizer never mixes voices
+    assert a.calls == [["a0", "a1", "a2", "a3"], ["a4"]] and b.calls == [["b0", "b1", "b2", "b3"], ["b4"]]
+    assert all(r.ok and "queue" in r.timings for r in results)
+
+
+def test_one_request_per_call_with_no_budget() -> None:
+    eng = FakeEngine()
+    sched = Scheduler(group_seconds=0)
+    futures = [sched.submit(eng, prep(f"x{i}"), None) for i in range(3)]
+    sched.start()
+    [f.result(10) for f in futures]
+    sched.close()
+    assert eng.calls == [["x0"], ["x1"], ["x2"]]
+
+
+def test_a_failing_request_does_not_fail_the_others() -> None:
+    eng = FakeEngine()
+    sched = Scheduler(group_seconds=30)
+    futures = [sched.submit(eng, prep(name), None) for name in ("good1", "bad", "good2")]
+    sched.start()
+    results = [f.result(10) for f in futures]
+    sched.close()
+    assert results[0].ok and results[2].ok and results[1].error == "broken input"
+    assert eng.calls[0] == ["good1", "bad", "good2"] and eng.calls[1:] == [["good1"], ["bad"], ["good2"]]
+
+
+def test_steps_interleave_with_requests_and_wait_for_credit() -> None:
+    order: list[str] = []
+    eng = FakeEngine()
+
+    def steps():
+        for k in range(3):
+            order.append(f"step{k}")
+            yield k
+
+    received: list[object] = []
+    got = threading.Event()
+
+    def sink(item):
+        received.append(item)
+        got.set()
+
+    sched = Scheduler(group_seconds=0)
+    task = sched.submit_steps(steps(), sink, credit=1)
+    fut = sched.submit(eng, prep("req"), None)
+    sched.start()
+    fut.result(10)
+    order.append("req")
+    got.wait(10)
+    time.sleep(0.2)
+    assert received == [0] and order == ["step0", "req"]  # parked: no credit until the receiver takes one
+    for expected in ([0, 1], [0, 1, 2], [0, 1, 2, END]):
+        got.clear()
+        sched.grant(task)
+        got.wait(10)
+        assert received == expected
+    sched.close()
+
+
+def test_a_failing_step_task_reports_its_exception() -> None:
+    def broken():
+        yield 1
+        raise ValueError("segment 2 failed")
+
+    box: list[object] = []
+    done = threading.Event()
+    sched = Scheduler(group_seconds=0)
+    sched.submit_steps(broken(), lambda item: (box.append(item), done.set() if not isinstance(item, int) else None))
+    sched.start()
+    done.wait(10)
+    sched.close()
+    assert box[0] == 1 and isinstance(box[1], ValueError)
+
+
+def test_admission_limit_and_retry_after() -> None:
+    adm = Admission(2)
+    adm.enter()
+    adm.enter()
+    with pytest.raises(QueueFull) as info:
+        adm.enter()
+    assert 1 <= info.value.retry_after <= 120
+    adm.leave(4.0)
+    adm.enter()
+
+
+def test_job_spool_ttl_and_size_bound(tmp_path) -> None:
+    store = JobStore(tmp_path, ttl=10, max_bytes=100)
+    jobs = [store.create("v", f"in{i}.wav", "wav", None) for i in range(3)]
+    now = time.time()
+    for i, job in enumerate(jobs):
+        store.path(job, ".wav").write_bytes(b"x" * 40)
+        job.state, job.bytes, job.finished = "done", 40, now - 3 + i
+    assert store.sweep(now=now) == [jobs[0].id]  # 120 bytes > 100: the oldest result goes first
+    assert not store.path(jobs[0], ".wav").exists() and store.get(jobs[1].id) is jobs[1]
+    assert sorted(store.sweep(now=now + 20)) == sorted([jobs[1].id, jobs[2].id])  # expired
+    with pytest.raises(KeyError):
+        store.get("../../etc/passwd")
+    full = JobStore(tmp_path / "full", ttl=1e9, max_bytes=10)
+    job = full.create("v", "a.wav", "wav", None)
+    job.state, job.bytes, job.finished = "running", 0, None
+    job.state, job.bytes, job.finished = "done", 10, time.time()
+    with pytest.raises(JobStoreFull):
+        full.create("v", "b.wav", "wav", None)
+
+
+def test_metrics_text_format() -> None:
+    m = Metrics()
+    m.inc("rvcfast_requests_total", route="/v1/convert", status="200")
+    m.observe("rvcfast_batch_requests", 3)
+    m.add_stages({"synth": 1.5})
+    m.gauge("rvcfast_queue_depth", "waiting", lambda: 2)
+    text = m.render()
+    assert 'rvcfast_requests_total{route="/v1/convert",status="200"} 1' in text
+    assert 'rvcfast_batch_requests_bucket{le="2"} 0' in text and 'rvcfast_batch_requests_bucket{le="4"} 1' in text
+    assert 'rvcfast_batch_requests_count 1' in text and 'rvcfast_stage_seconds_total{stage="synth"} 1.5' in text
+    assert "# TYPE rvcfast_queue_depth gauge\nrvcfast_queue_depth 2" in text
+
+
+@pytest.mark.parametrize("subtype", [None, "PCM_24", "PCM_32", "FLOAT"])
+def test_stream_header_and_pieces_read_as_the_whole_file(subtype) -> None:
+    rng = np.random.default_rng(0)
+    pieces = [(0.5 * rng.standard_normal(n)).astype(np.float32).clip(-1, 1) for n in (1000, 1, 2345)]
+    data = wav_stream_header(40000, subtype) + b"".join(pcm_bytes(p, 40000, subtype) for p in pieces)
+    streamed, rate = sf.read(io.BytesIO(data), dtype="float32")
+    buf = io.BytesIO()
+    sf.write(buf, np.concatenate(pieces), 40000, format="WAV", subtype=subtype)
+    whole, _ = sf.read(io.BytesIO(buf.getvalue()), dtype="float32")
+    assert rate == 40000
+    np.testing.assert_array_equal(streamed, whole)
+
+
+def test_scheduler_keeps_running_after_a_future_was_cancelled() -> None:
+    eng = FakeEngine()
+    sched = Scheduler(group_seconds=0)
+    first = sched.submit(eng, prep("gone"), None)
+    assert first.cancel()
+    second = sched.submit(eng, prep("kept"), None)
+    sched.start()
+    assert second.result(10).ok
+    with pytest.raises(cf.CancelledError):
+        first.result(0)
+    sched.close()
+    assert eng.calls == [["kept"]]
