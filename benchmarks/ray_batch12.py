@@ -1,0 +1,135 @@
+"""batch12 in one process vs. through a one-node Ray cluster, timed in the same run.
+
+Workload: the 12 × 5 s clips of ``shared/audio/batch12`` (44.1 kHz) through full-size
+random-weight models (v2 40 kHz voice with RMVPE and a 20,000-vector index; compute does
+not depend on the weight values). Variants, in this order:
+
+* ``convert_batch``: ``Converter.from_pretrained`` + ``Converter.convert_batch`` (the
+  whole job in one process; the load is also shown on its own);
+* Ray start-up: ``ray.init`` of a local one-node cluster (stated separately);
+* ``convert_files``: :func:`rvcfast.integrations.ray.convert_files` on that running cluster
+  (checks on the driver, a model actor started and loaded, decoding tasks, conversion,
+  writes, manifest), writing in the actor (the default) and in CPU tasks (``write_in="task"``);
+* ``convert_batch`` again, to show how much the machine's load moved during the run.
+
+Prints a Markdown table with the CPU (``lscpu``). Run::
+
+    python benchmarks/ray_batch12.py [--audio ../shared/audio/batch12] [--models ~/.cache/rvcfast/bench-models]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def cpu_name() -> str:
+    """The CPU model name as ``lscpu`` reports it."""
+    try:
+        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown CPU"
+    for line in text.splitlines():
+        if line.startswith("Model name:"):
+            return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def run_convert_batch(models: dict[str, Path], files: list[Path], out: Path) -> tuple[float, float]:
+    """(load seconds, convert_batch seconds) in this process."""
+    import rvcfast
+    from rvcfast import cache
+
+    cache.clear()  # the load is part of the job
+    t0 = time.perf_counter()
+    conv = rvcfast.Converter.from_pretrained(
+        models["model"], index=models["index"], encoder=models["encoder"], f0_weights=models["f0_weights"], device="cpu"
+    )
+    t1 = time.perf_counter()
+    results = conv.convert_batch([str(f) for f in files], out)
+    t2 = time.perf_counter()
+    assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+    del conv
+    cache.clear()
+    return t1 - t0, t2 - t1
+
+
+def run_convert_files(models: dict[str, Path], files: list[Path], out: Path, write_in: str) -> float:
+    from rvcfast.integrations.ray import convert_files
+
+    t0 = time.perf_counter()
+    rows = convert_files(
+        [str(f) for f in files], out, models["model"], index=models["index"], encoder=models["encoder"],
+        f0_weights=models["f0_weights"], device="cpu", write_in=write_in, progress=False,
+    )
+    seconds = time.perf_counter() - t0
+    assert [r["status"] for r in rows] == ["ok"] * len(files), [r["error"] for r in rows if r["status"] != "ok"]
+    return seconds
+
+
+def _load() -> str:
+    """The 1-minute load average (other processes share the machine)."""
+    return f"{os.getloadavg()[0]:.1f}"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--audio", type=Path, default=REPO.parent / "shared" / "audio" / "batch12")
+    parser.add_argument("--models", type=Path, default=Path("~/.cache/rvcfast/bench-models").expanduser())
+    args = parser.parse_args()
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+    from rvcfast.testing import build_bench_models
+
+    models = build_bench_models(args.models, log=print)
+    files = sorted(args.audio.glob("*.wav"))
+    assert len(files) == 12, f"expected the 12 clips of batch12 in {args.audio}, found {len(files)}"
+    scratch = Path(tempfile.mkdtemp(prefix="rvcfast-ray-bench-"))
+    rows: list[tuple[str, float, str]] = []  # (variant, seconds, load average before -> after)
+    try:
+        before = _load()
+        load, batch = run_convert_batch(models, files, scratch / "batch")
+        rows += [("convert_batch: load + run (whole job)", load + batch, f"{before} -> {_load()}"), ("  of which model load", load, "")]
+
+        import ray
+
+        before = _load()
+        t0 = time.perf_counter()
+        ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1")
+        start = time.perf_counter() - t0
+        rows.append(("Ray start-up (ray.init, one node)", start, f"{before} -> {_load()}"))
+        for write_in, what in (("actor", "writes in the actor"), ("task", "writes in CPU tasks")):
+            before = _load()
+            seconds = run_convert_files(models, files, scratch / f"ray_{write_in}", write_in)
+            rows.append((f"convert_files, {what} (running cluster)", seconds, f"{before} -> {_load()}"))
+        t0 = time.perf_counter()
+        ray.shutdown()
+        rows.append(("ray.shutdown", time.perf_counter() - t0, ""))
+        before = _load()
+        load2, batch2 = run_convert_batch(models, files, scratch / "batch2")
+        rows.append(("convert_batch again: load + run", load2 + batch2, f"{before} -> {_load()}"))
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
+
+    base = min(load + batch, load2 + batch2)
+    print(f"\nbatch12 (12 x 5 s, 44.1 kHz), full-size random models, CPU float32 - {cpu_name()}, {os.cpu_count()} cores\n")
+    print("| variant | seconds | / convert_batch | load average |")
+    print("|---|---:|---:|---|")
+    for name, seconds, loadavg in rows:
+        ratio = f"{seconds / base:.2f}x" if name.startswith(("convert_files", "convert_batch")) else ""
+        print(f"| {name} | {seconds:.1f} | {ratio} | {loadavg} |")
+    ray_actor = next(s for n, s, _ in rows if n.startswith("convert_files, writes in the actor"))
+    whole = ray_actor + start + rows[-2][1]
+    print(f"\nconvert_files (actor writes) + Ray start-up + shutdown: {whole:.1f} s = {whole / base:.2f}x convert_batch "
+          f"(the better of its two runs, {base:.1f} s)")
+
+
+if __name__ == "__main__":
+    main()
