@@ -14,7 +14,7 @@ from typing import Any
 from ...errors import ParameterError
 from ...params import ConversionParams
 from ...writing import SUPPORTED_WRITE_FORMATS, remove_stale_parts
-from ._stages import CRASH_ENV, JobSpec, decode_audio, write_outputs
+from ._stages import CRASH_ENV, ConvertWorker, JobSpec, decode_audio, write_outputs
 from ._weights import WEIGHT_MODES, resolve_files, ship_files
 
 __all__ = ["convert_dataset", "convert_files", "connected", "plan_files", "write_manifest", "DECODE_CPUS", "MANIFEST_NAME", "DEFAULT_BATCH_SIZE"]
@@ -81,18 +81,24 @@ def _cpu_nodes() -> list[dict[str, Any]]:
     return [n for n in _ray().nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
 
 
+def _default_pool(nodes: list[dict[str, Any]], gpus_per_worker: float, cpus_per_worker: float) -> int:
+    """One model worker per ``gpus_per_worker`` GPUs, or per CPU node with room for it and a decoding task."""
+    if gpus_per_worker > 0:
+        gpus = sum(n.get("Resources", {}).get("GPU", 0) for n in _ray().nodes() if n.get("Alive"))
+        if gpus < gpus_per_worker:
+            raise ParameterError(f"gpus_per_worker={gpus_per_worker:g}, but the cluster has {gpus:g} GPU(s)")
+        return int(gpus // gpus_per_worker)
+    return max(1, sum(1 for n in nodes if n["Resources"]["CPU"] >= cpus_per_worker + DECODE_CPUS))
+
+
 def _pool_size(num_workers: WorkerCount, gpus_per_worker: float, cpus_per_worker: float) -> tuple[int, int]:
-    """``(min, max)`` model workers: given, or one per CPU node (per ``gpus_per_worker`` GPUs) by default."""
+    """``(min, max)`` model workers: as given, or :func:`_default_pool` with an autoscaling minimum of 1."""
     nodes = _cpu_nodes()
     total_cpus = sum(n["Resources"]["CPU"] for n in nodes)
     if num_workers is None:
-        if gpus_per_worker > 0:
-            gpus = sum(n.get("Resources", {}).get("GPU", 0) for n in _ray().nodes() if n.get("Alive"))
-            most = int(gpus // gpus_per_worker)
-        else:
-            most = sum(1 for n in nodes if n["Resources"]["CPU"] >= cpus_per_worker + DECODE_CPUS)
-        most = min(max(1, most), max(1, int((total_cpus - DECODE_CPUS) // cpus_per_worker)) if cpus_per_worker else most)
-        low, high = 1, max(1, most)
+        low, high = 1, _default_pool(nodes, gpus_per_worker, cpus_per_worker)
+        if cpus_per_worker > 0:  # never so many that decoding finds no CPU left
+            high = max(1, min(high, int((total_cpus - DECODE_CPUS) // cpus_per_worker)))
     elif isinstance(num_workers, int) and not isinstance(num_workers, bool):
         low = high = num_workers
     elif isinstance(num_workers, (tuple, list)) and len(num_workers) == 2:
@@ -157,6 +163,9 @@ def plan_files(
     items = list(inputs)
     if any(not isinstance(i, (str, os.PathLike)) for i in items):
         raise ParameterError("a cluster job takes paths and folders (arrays live in one process: use Converter.convert_batch)")
+    # absolute paths: the workers do not share the driver's working directory
+    items = [os.path.abspath(os.path.expanduser(os.fspath(i))) for i in items]
+    out_dir = os.path.abspath(os.path.expanduser(os.fspath(out_dir)))
     options = BatchOptions(out_dir=out_dir, format=fmt.lower(), skip_existing=skip_existing, recursive=recursive)
     jobs = expand_inputs(items, options)
     if not jobs:
@@ -232,14 +241,16 @@ def convert_dataset(
     low, high = _pool_size(num_workers, gpus_per_worker, cpus_per_worker)
     if not isinstance(ds, ray.data.Dataset):
         ds = _items_dataset(plan_files(ds, out_dir, format, skip_existing, recursive), batch_size)
+    schema = ds.schema(fetch_if_missing=False)  # known without running anything, or None
+    if schema is not None and "path" not in schema.names:
+        raise ParameterError(f"the dataset needs a 'path' column (one audio file per row); it has {', '.join(schema.names)}")
     spec = JobSpec(
-        files=ship_files(files, weights), params=conv_params, out_dir=str(out_dir), format=format.lower(), subtype=subtype,
+        files=ship_files(files, weights), params=conv_params, out_dir=os.path.abspath(os.path.expanduser(os.fspath(out_dir))),
+        format=format.lower(), subtype=subtype,
         skip_existing=skip_existing, f0=f0, f0_options=f0_options, device=device, dtype=dtype, batch_seconds=batch_seconds,
         threads=threads_per_worker, workers_per_node=max(1, math.ceil(high / max(1, len(_cpu_nodes())))),
         write_in=write_in, crash_marker=os.environ.get(CRASH_ENV) or None,
     )
-    from ._stages import ConvertWorker
-
     ds = ds.map_batches(decode_audio, batch_format="pyarrow", fn_kwargs={"spec": spec}, num_cpus=DECODE_CPUS)
     # Ray Data spreads the actors over the nodes (its default strategy): one per node before two on one
     ds = ds.map_batches(
