@@ -215,11 +215,17 @@ def load_rmvpe(
     p = Path(path)
     raw = load_torch_file(p, what="RMVPE weights")
     cfg, state = _check_state(p, raw)
-    model = E2E(cfg)
-    model.load_state_dict(
-        {k: (v.float() if v.is_floating_point() else v) for k, v in state.items()},
-        strict=True,
-    )
+    del raw
+    # Build the network without allocating (meta tensors) and take the loaded tensors as its
+    # parameters (assign): one copy of the weights in memory, never two or three.
+    with torch.device("meta"):
+        model = E2E(cfg)
+    for key in list(state):
+        value = state[key]
+        if value.is_floating_point() and value.dtype != torch.float32:
+            state[key] = value.float()  # the fp16 original is freed as it is replaced
+    model.load_state_dict(state, strict=True, assign=True)
+    del state
     model.eval()
     if fold_batchnorm:
         model.fold_batchnorm_()

@@ -271,9 +271,12 @@ def _fold_into(conv: nn.Module, bn: nn.Module, transposed: bool) -> None:
     assert isinstance(conv, (nn.Conv2d, nn.ConvTranspose2d)) and isinstance(bn, nn.BatchNorm2d)
     scale, shift = _bn_scale_shift(bn)
     dtype = conv.weight.dtype
-    w = conv.weight.double()
-    w = w * (scale.reshape(1, -1, 1, 1) if transposed else scale.reshape(-1, 1, 1, 1))
+    with torch.no_grad():
+        # float64 maths, written back into the existing weight (no second copy of the network)
+        w = conv.weight.double() * (scale.reshape(1, -1, 1, 1) if transposed else scale.reshape(-1, 1, 1, 1))
+        conv.weight.copy_(w)
+        del w
     bias = shift if conv.bias is None else conv.bias.double() * scale + shift
-    conv.weight = nn.Parameter(w.to(dtype), requires_grad=False)
+    conv.weight.requires_grad_(False)
     conv.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
 
