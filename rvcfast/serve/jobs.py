@@ -10,6 +10,7 @@ are removed first. Job ids are random (128 bits) and are the only thing a client
 
 from __future__ import annotations
 
+import atexit
 import re
 import shutil
 import tempfile
@@ -164,7 +165,9 @@ class JobStore:
 def make_spool(folder: str | None) -> tuple[Path, bool]:
     """The spool root (``folder``, created, or a new temporary folder) and whether it is temporary."""
     if folder is None:
-        return Path(tempfile.mkdtemp(prefix="rvcfast-serve-")), True
+        root = Path(tempfile.mkdtemp(prefix="rvcfast-serve-"))
+        atexit.register(remove_spool, root)  # also when the app is never started or closed
+        return root, True
     root = Path(folder).expanduser()
     root.mkdir(parents=True, exist_ok=True)
     return root, False
