@@ -103,12 +103,13 @@ class ServerProcess:
 
 
 def voice_folder(models: TinyModels, folder: Path) -> Path:
-    """``alice`` (F0, with index), ``bob`` (no F0) and ``carol`` (alice's model, no index)."""
+    """``alice`` (F0, with index), ``bob`` (no F0), ``carol`` (alice's model, no index), ``zoe`` (a broken file)."""
     folder.mkdir(parents=True, exist_ok=True)
     shutil.copy(models.voice, folder / "alice.pth")
     shutil.copy(models.index, folder / "alice.index")
     shutil.copy(models.voice_nof0, folder / "bob.pth")
     shutil.copy(models.voice, folder / "carol.pth")
+    (folder / "zoe.pth").write_bytes(b"PK\x03\x04 this is not a model")
     return folder
 
 

@@ -86,7 +86,8 @@ def healthy(client) -> bool:
 def test_health_voices_docs_and_metrics(server, client) -> None:
     assert httpx.get(f"{server.url}/health").json()["status"] == "ok"  # no key needed
     voices = {v["id"]: v for v in client.get("/v1/voices").json()["voices"]}
-    assert set(voices) == {"alice", "bob", "carol"}
+    assert set(voices) == {"alice", "bob", "carol", "zoe"}
+    assert "zoe.pth" in voices["zoe"]["error"] and str(server.log.parent) not in voices["zoe"]["error"]
     assert voices["alice"] | {"loaded": None} == {
         "id": "alice", "version": "v2", "sample_rate": 40000, "f0": True, "speakers": 4, "index": True, "loaded": None,
     }
@@ -300,6 +301,13 @@ def test_voices_are_kept_in_an_lru_and_base_models_load_once(client, folders) ->
     assert 'rvcfast_model_loads{kind="encoder"} 1' in text and 'rvcfast_model_loads{kind="rmvpe"} 1' in text
 
 
+def test_a_broken_voice_file_fails_alone(client, folders) -> None:
+    r = post(client, folders["clips"] / "other.wav", voice="zoe")
+    assert r.status_code == 500 and "zoe.pth" in r.json()["error"] and str(folders["voices"]) not in r.json()["error"]
+    assert post(client, folders["clips"] / "other.wav", voice="bob", noise="false").status_code == 200
+    assert healthy(client)
+
+
 def test_model_upload_goes_through_the_safe_loader(client, tiny_models, folders, tmp_path) -> None:
     evil = tmp_path / "evil.pth"
     evil.write_bytes(b"\x80\x04cos\nsystem\n(S'touch /tmp/rvcfast-pwned'\ntR.")  # a pickle that would run a command
@@ -377,6 +385,16 @@ def test_queue_limit_and_sigterm_drain(tiny_models, folders) -> None:
         assert abs(audio.shape[0] / rate - 45.0) < 0.1
         assert srv.wait(60) in (0, -15)  # uvicorn re-raises the signal once it has shut down cleanly
         assert "Traceback" not in srv.log.read_text()
+    finally:
+        srv.kill()
+
+
+def test_a_server_whose_voices_all_fail_to_load_exits(tiny_models, folders) -> None:
+    srv = ServerProcess([folders["voices"] / "zoe.pth"], tiny_models, folders["root"] / "broken.log")
+    try:
+        assert srv.wait(60) == 1
+        log = srv.log.read_text()
+        assert "the server stopped" in log and "zoe.pth" in log
     finally:
         srv.kill()
 

@@ -8,6 +8,7 @@ import socket
 import sys
 from typing import Any
 
+from ..errors import ModelLoadError
 from ._common import HelpFormatter, UsageError, add_device_options, parse_options
 
 
@@ -47,9 +48,16 @@ def cmd_serve(args: argparse.Namespace) -> int:
     server = uvicorn.Server(
         uvicorn.Config(app, log_level=args.log_level, access_log=not args.no_access_log, timeout_keep_alive=30, lifespan="on")
     )
-    server.run(sockets=[sock])
     state = app.state.rvcfast
-    return 1 if state.load_error is not None else 0
+
+    def stop() -> None:
+        server.should_exit = True
+
+    state.on_fatal = stop  # no voice could be loaded: stop instead of answering 503 forever
+    server.run(sockets=[sock])
+    if state.load_error is not None:
+        raise ModelLoadError(None, f"the server stopped: {state.load_error}")
+    return 0
 
 
 def add_parser(sub: Any) -> None:

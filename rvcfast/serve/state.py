@@ -67,25 +67,27 @@ class ServerState:
         self.started = False
         self.closed = False
         self._start_lock = threading.Lock()
-        self.device: Any = None
-        self.dtype: Any = None
+        from ..runtime import resolve_device, resolve_dtype
+
+        self.device = resolve_device(cfg.device)  # a bad device or dtype is refused here, before anything starts
+        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        #: Called (from the loading thread) when no voice could be loaded; the command line stops the server.
+        self.on_fatal: Callable[[], None] | None = None
         self._register_gauges()
 
     # ------------------------------------------------------------------ lifecycle
 
     def start(self) -> None:
-        """Resolve the device, start the model worker and load the first voices in the background (idempotent)."""
+        """Start the model worker and load the first voices in the background (idempotent)."""
         with self._start_lock:
             if self.started:
                 return
             import torch
 
-            from ..runtime import default_batch_seconds, resolve_device, resolve_dtype
+            from ..runtime import default_batch_seconds
 
             if self.cfg.threads is not None:
                 torch.set_num_threads(int(self.cfg.threads))
-            self.device = resolve_device(self.cfg.device)
-            self.dtype = resolve_dtype(self.cfg.dtype, self.device)
             group = self.cfg.batch_seconds
             if group is None:
                 group = CPU_GROUP_SECONDS if self.device.type == "cpu" else default_batch_seconds(self.device)
@@ -95,13 +97,22 @@ class ServerState:
             threading.Thread(target=self._preload, name="rvcfast-preload", daemon=True).start()
 
     def _preload(self) -> None:
+        """Load the first voices; a voice that fails is reported, the server fails only if none loads."""
         t0 = time.perf_counter()
-        try:
-            for voice_id in self.registry.ids()[: self.registry.max_loaded]:
+        errors: list[str] = []
+        ids = self.registry.ids()[: self.registry.max_loaded]
+        for voice_id in ids:
+            try:
                 self.registry.engine(voice_id)
-        except Exception as exc:  # noqa: BLE001 - reported by /health
-            self.load_error = self._hide_paths(f"{type(exc).__name__}: {exc}")
-            _log.error("loading the models failed: %s", self.load_error)
+            except Exception as exc:  # noqa: BLE001 - reported by /health and /v1/voices
+                text = self._hide_paths(f"{type(exc).__name__}: {exc}")
+                self.registry.get(voice_id).info = {"error": text}
+                errors.append(f"voice {voice_id}: {text}")
+                _log.error("loading voice %s failed: %s", voice_id, text)
+        if ids and len(errors) == len(ids):
+            self.load_error = "; ".join(errors)
+            if self.on_fatal is not None:
+                self.on_fatal()
             return
         self.ready.set()
         _log.info("models loaded in %.1f s; ready", time.perf_counter() - t0)

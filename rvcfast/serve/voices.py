@@ -149,7 +149,7 @@ class VoiceRegistry:
                 while len(self._loaded) > self.max_loaded:
                     self._loaded.popitem(last=False)
                     self.unloads += 1
-            if voice.info is None:
+            if voice.info is None or "error" in voice.info:
                 voice.info = _describe_engine(eng)
             return eng
 
@@ -159,6 +159,10 @@ class VoiceRegistry:
         A voice not loaded yet is described from its file (read through the safe loader once).
         """
         voice = self.get(voice_id)
+        if voice.info is not None and "error" in voice.info:
+            with self._lock:
+                if voice_id in self._loaded:
+                    voice.info = None  # it loaded since
         if voice.info is None:
             with self._lock:
                 eng = self._loaded.get(voice_id)
@@ -174,7 +178,7 @@ class VoiceRegistry:
                 voice.info = {k: d[k] for k in ("version", "sample_rate", "f0", "speakers")}
         with self._lock:
             loaded = voice_id in self._loaded
-        return {"id": voice.id, **voice.info, "index": voice.index is not None, "loaded": loaded}
+        return {"id": voice.id, **voice.info, "index": voice.index is not None, "loaded": loaded}  # type: ignore[dict-item]
 
 
 def _describe_engine(eng: Engine) -> dict[str, Any]:
