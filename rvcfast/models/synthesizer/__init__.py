@@ -7,9 +7,12 @@ This is an independent PyTorch implementation of RVC's ``SynthesizerTrnMs{256,76
   position attention that gives the prior mean ``m_p`` and log-scale ``logs_p``
   (:mod:`.text_encoder`);
 * ``flow``: four mean-only residual coupling layers (WaveNet), run in reverse (:mod:`.flow`);
-* ``dec``: the waveform decoder, built from the config by :func:`.decoders.build_decoder`:
-  HiFi-GAN, with a neural source-filter excitation (``GeneratorNSF``) for pitch-guided
-  models (:mod:`.hifigan`); long inputs are decoded in bounded windows (:mod:`.windows`);
+* ``dec``: the waveform decoder, built from the config by :func:`.decoders.build_decoder`
+  for the file's ``vocoder``: HiFi-GAN, with a neural source-filter excitation
+  (``GeneratorNSF``) for pitch-guided models (:mod:`.hifigan`), or Applio's MRF HiFi-GAN
+  (:mod:`.hifigan_mrf`) or RefineGAN (:mod:`.refinegan`, with its Kaiser sinc resampler in
+  :mod:`.kaiser_resample`), which share Applio's sine source (:mod:`.applio_source`);
+  long inputs are decoded in bounded windows (:mod:`.windows`);
 * ``emb_g``: the speaker embedding.
 
 Module and parameter names follow RVC's state-dict keys, so a voice ``.pth`` loads with

@@ -236,9 +236,11 @@ class RefineGAN(nn.Module):
         key = (old, new, x.dtype, x.device)
         kernel = self._kernels.get(key)
         if kernel is None:
-            # torchaudio builds the kernel in the waveform's dtype; bfloat16 cannot even
-            # count the taps exactly, so it gets a float32 kernel cast down.
-            build = torch.float32 if x.dtype == torch.bfloat16 else x.dtype
+            # torchaudio builds the kernel in the waveform's dtype. In half precision that
+            # breaks: float16 overflows (the Kaiser window's I0(14.77) = 2.4e5 > 65504, so
+            # taps are inf) and bfloat16 cannot even count the taps exactly. Half-precision
+            # models get the float32 kernel, cast down.
+            build = torch.float32 if x.dtype in (torch.float16, torch.bfloat16) else x.dtype
             kernel = kaiser_resample.kaiser_kernel(old, new, build, x.device)[0].to(x.dtype)
             self._kernels[key] = kernel
         return kaiser_resample.resample(x, old, new, kernel)
