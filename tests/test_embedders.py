@@ -55,8 +55,10 @@ def test_folder_without_final_proj_matches_transformers(nofp: Path) -> None:
     assert last.shape == ref["last_hidden_state"].shape
     assert last.shape[1] == int(ref["n_frames"]) == (x.shape[1] - 400) // 320 + 1
     assert np.abs(last.numpy() - ref["last_hidden_state"]).max() <= 2e-4
-    hidden = ref["hidden_states"]
-    for layer in range(hidden.shape[0]):
+    hidden = ref["hidden_states"]  # [0] = after the positional conv (+ LayerNorm), [L] = the output
+    assert hidden.shape[0] == enc.num_layers + 1
+    assert np.abs(last[0].numpy() - hidden[-1]).max() <= 2e-4
+    for layer in range(enc.num_layers):
         got = enc.encode(x, output_layer=layer)[0].numpy()
         assert np.abs(got - hidden[layer]).max() <= 2e-4, layer
 
