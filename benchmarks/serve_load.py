@@ -1,0 +1,238 @@
+"""Load benchmark of ``rvcfast serve`` against in-process conversion, all in one run.
+
+Workload: the 12 × 5 s files of ``shared/audio/batch12`` (44.1 kHz) through full-size
+random-weight models in the real formats (v2 40 kHz voice, ``hubert_base.pt``, ``rmvpe.pt``,
+a 20 000 × 768 index; built once by :func:`rvcfast.testing.build_bench_models` into
+``~/.cache/rvcfast/bench-models``). Measured, in this order:
+
+1. ``Converter.convert_batch`` on the 12 files (in-process, writing WAV files), and the
+   latency of one in-process ``convert`` of a 5 s file (median of 3);
+2. a real ``rvcfast serve`` process on 127.0.0.1: the 12 files sent by 1, 4 and 8
+   concurrent clients (each takes the next file from a shared list), with p50/p95
+   latency and throughput; then one 5 s request at a time (median of 3);
+3. the same 8-client load against a server with ``--batch-seconds 0`` (one request per
+   engine call), to compare cross-request batching on this device;
+4. ``convert_batch`` again, so drift of a shared machine shows.
+
+Besides wall time, the CPU seconds each side used (the benchmark process for
+``convert_batch``, the server process for the server runs, from ``/proc``) are reported:
+on a machine shared with other work they compare the work done more fairly than wall time.
+
+Run: ``python benchmarks/serve_load.py`` (prints a markdown table; ``--help`` for options).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures as cf
+import os
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+SHARED = Path(os.environ.get("RVCFAST_SHARED", REPO.parent / "shared"))
+
+
+def cpu_model() -> str:
+    try:
+        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        m = re.search(r"^Model name:\s*(.+)$", out, re.MULTILINE)
+        cpus = re.search(r"^CPU\(s\):\s*(\d+)$", out, re.MULTILINE)
+        return f"{m.group(1).strip() if m else 'unknown'} ({cpus.group(1) if cpus else '?'} CPUs)"
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def cpu_seconds(pid: int | str = "self") -> float:
+    """User + system CPU seconds of a process so far (all its threads)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def percentile(values: list[float], q: float) -> float:
+    s = sorted(values)
+    k = (len(s) - 1) * q
+    lo, hi = int(k), min(int(k) + 1, len(s) - 1)
+    return s[lo] + (s[hi] - s[lo]) * (k - lo)
+
+
+class Server:
+    """A ``rvcfast serve`` subprocess on a free port of 127.0.0.1."""
+
+    def __init__(self, models: dict[str, Path], log: Path, *extra: str) -> None:
+        cmd = [
+            sys.executable, "-m", "rvcfast", "serve", str(models["model"]), "--port", "0", "--encoder", str(models["encoder"]),
+            "--f0-weights", str(models["f0_weights"]), "--device", "cpu", "--no-access-log", "--log-level", "warning", *extra,
+        ]
+        self.log = log
+        self._out = open(log, "w")
+        self.proc = subprocess.Popen(cmd, stdout=self._out, stderr=subprocess.STDOUT)
+        deadline = time.monotonic() + 120
+        while True:
+            m = re.search(r"listening on http://127\.0\.0\.1:(\d+)", log.read_text())
+            if m:
+                break
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(log.read_text())
+            time.sleep(0.1)
+        self.url = f"http://127.0.0.1:{m.group(1)}"
+        self.voice = Path(models["model"]).stem
+
+    def wait_healthy(self) -> None:
+        import httpx
+
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise RuntimeError(self.log.read_text())
+
+    def rss_mb(self) -> float:
+        with open(f"/proc/{self.proc.pid}/status") as f:
+            return next(int(line.split()[1]) / 1024 for line in f if line.startswith("VmRSS:"))
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        try:
+            self.proc.wait(60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+        self._out.close()
+
+
+def post_file(client, voice: str, path: Path) -> float:
+    t0 = time.perf_counter()
+    r = client.post("/v1/convert", files={"file": (path.name, path.read_bytes(), "audio/wav")}, data={"voice": voice})
+    if r.status_code != 200:
+        raise RuntimeError(f"{path.name}: {r.status_code} {r.text}")
+    return time.perf_counter() - t0
+
+
+def load(server: Server, files: list[Path], concurrency: int) -> dict[str, float]:
+    """Send every file once from ``concurrency`` clients; wall time and latency percentiles."""
+    import httpx
+
+    todo = list(files)
+    latencies: list[float] = []
+
+    def client_loop() -> None:
+        with httpx.Client(base_url=server.url, timeout=600) as c:
+            while todo:
+                try:
+                    path = todo.pop(0)
+                except IndexError:
+                    return
+                latencies.append(post_file(c, server.voice, path))
+
+    t0, c0 = time.perf_counter(), cpu_seconds(server.proc.pid)
+    with cf.ThreadPoolExecutor(concurrency) as pool:
+        for fut in [pool.submit(client_loop) for _ in range(concurrency)]:
+            fut.result()
+    wall = time.perf_counter() - t0
+    cpu = cpu_seconds(server.proc.pid) - c0
+    return {"wall": wall, "cpu": cpu, "p50": percentile(latencies, 0.5), "p95": percentile(latencies, 0.95)}
+
+
+def single_latency(server: Server, path: Path, rounds: int = 3) -> float:
+    import httpx
+
+    with httpx.Client(base_url=server.url, timeout=600) as c:
+        return statistics.median(post_file(c, server.voice, path) for _ in range(rounds))
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--models", default="~/.cache/rvcfast/bench-models", help="where the random full-size models are cached")
+    ap.add_argument("--audio", default=str(SHARED / "audio" / "batch12"), help="folder of the 12 input files")
+    ap.add_argument("--concurrency", default="1,4,8", help="client counts, comma-separated")
+    ap.add_argument("--no-grouping-run", action="store_true", help="skip the --batch-seconds 0 comparison")
+    args = ap.parse_args(argv)
+
+    import torch
+
+    import rvcfast
+    from rvcfast.audio import audio_info
+    from rvcfast.testing import build_bench_models
+
+    files = sorted(Path(args.audio).glob("*.wav"))
+    if len(files) != 12:
+        print(f"expected the 12 batch12 files in {args.audio}", file=sys.stderr)
+        return 2
+    audio_seconds = sum(audio_info(f)[0] for f in files)
+    models = build_bench_models(args.models, log=lambda m: print(m, file=sys.stderr))
+    work = Path(tempfile.mkdtemp(prefix="rvcfast-serve-bench-"))
+    print(f"CPU: {cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{len(files)} files, {audio_seconds:.1f} s of audio", file=sys.stderr)
+
+    conv = rvcfast.Converter.from_pretrained(
+        models["model"], index=models["index"], encoder=models["encoder"], f0_weights=models["f0_weights"], device="cpu"
+    )
+    conv.convert(str(files[0]))  # warm-up
+
+    def batch_run(tag: str) -> tuple[float, float]:
+        t0, c0 = time.perf_counter(), cpu_seconds()
+        results = conv.convert_batch([str(f) for f in files], work / tag)
+        assert all(r.ok for r in results)
+        return time.perf_counter() - t0, cpu_seconds() - c0
+
+    t_batch, c_batch = batch_run("before")
+    print(f"convert_batch: {t_batch:.1f} s wall, {c_batch:.1f} s CPU", file=sys.stderr)
+    lat_in = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        conv.convert(str(files[0]))
+        lat_in.append(time.perf_counter() - t0)
+    l_in = statistics.median(lat_in)
+
+    figures: dict[str, dict[str, float]] = {}
+    server = Server(models, work / "server.log")
+    try:
+        server.wait_healthy()
+        single_latency(server, files[0], rounds=1)  # warm-up
+        rss0 = server.rss_mb()
+        for c in [int(x) for x in args.concurrency.split(",")]:
+            figures[f"server, {c} client(s)"] = load(server, files, c)
+            print(f"server c={c}: {figures[f'server, {c} client(s)']}", file=sys.stderr)
+        l_srv = single_latency(server, files[0])
+        rss1 = server.rss_mb()
+    finally:
+        server.stop()
+    if not args.no_grouping_run:
+        server = Server(models, work / "server0.log", "--batch-seconds", "0")
+        try:
+            server.wait_healthy()
+            single_latency(server, files[0], rounds=1)
+            figures["server, 8 clients, --batch-seconds 0"] = load(server, files, 8)
+            print(f"server c=8 no grouping: {figures['server, 8 clients, --batch-seconds 0']}", file=sys.stderr)
+        finally:
+            server.stop()
+    t_batch2, c_batch2 = batch_run("after")
+
+    print(f"\nCPU: {cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
+          f"{len(files)} files, {audio_seconds:.1f} s of audio\n")
+    print("| run | wall s | files/s | audio s per s | p50 latency s | p95 latency s | throughput vs convert_batch "
+          "| CPU s | CPU vs convert_batch |")
+    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
+    ref, cref = (t_batch + t_batch2) / 2, (c_batch + c_batch2) / 2
+    for name, t, c in (("convert_batch (before)", t_batch, c_batch), ("convert_batch (after)", t_batch2, c_batch2)):
+        print(f"| {name} | {t:.1f} | {len(files) / t:.3f} | {audio_seconds / t:.2f} | | | {ref / t:.2f}× | {c:.1f} | {c / cref:.2f}× |")
+    for name, f in figures.items():
+        print(f"| {name} | {f['wall']:.1f} | {len(files) / f['wall']:.3f} | {audio_seconds / f['wall']:.2f} | "
+              f"{f['p50']:.2f} | {f['p95']:.2f} | {ref / f['wall']:.2f}× | {f['cpu']:.1f} | {f['cpu'] / cref:.2f}× |")
+    print(f"\nload average during the run: {os.getloadavg()[0]:.1f} (1 min, at the end)")
+    print(f"\nsingle 5 s request: server {l_srv:.2f} s, in-process convert {l_in:.2f} s ({l_srv / l_in:.2f}×)")
+    print(f"server memory: {rss0:.0f} MB after warm-up, {rss1:.0f} MB after the load runs")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
