@@ -8,10 +8,13 @@ content encoders, other vocoders).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
-import numpy as np
-import torch
 from typing_extensions import Protocol, runtime_checkable
+
+if TYPE_CHECKING:  # annotations only: `import rvcfast` must not import torch or numpy
+    import numpy as np
+    import torch
 
 __all__ = ["F0Extractor", "FeatureEncoder", "Vocoder"]
 

@@ -96,3 +96,16 @@ def test_prepare_is_free_of_networks_and_strict_refuses(engine: Engine) -> None:
     assert prep.warnings == ["st: 2 channels mixed down to mono"]
     with pytest.raises(AudioError, match="strict mode.*2 channels"):
         engine.prepare(stereo, 44100, name="st", params=ConversionParams(strict=True))
+
+
+def test_import_rvcfast_is_light() -> None:
+    """``import rvcfast`` loads no torch, numpy or optional package (front ends start fast)."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, rvcfast; heavy = [m for m in ('torch', 'numpy', 'scipy', 'soundfile', 'fastapi', 'ray', 'av', "
+        "'pedalboard', 'noisereduce', 'stftpitchshift') if m in sys.modules]; print(','.join(heavy))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
