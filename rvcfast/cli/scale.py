@@ -77,9 +77,8 @@ def cmd_convert_ray(args: argparse.Namespace) -> int:
     from ..integrations.ray import MANIFEST_NAME, connected, convert_files
 
     target = Path(args.output)
-    address = None if args.ray == "local" else args.ray
     start = time.perf_counter()
-    with connected(address, fallback_local=True, note=lambda text: print(f"rvcfast: {text}", file=sys.stderr)):
+    with connected(args.ray, fallback_local=True, note=lambda text: print(f"rvcfast: {text}", file=sys.stderr)):
         rows = convert_files(
             [str(p) for p in inputs], target, args.model, manifest=args.manifest, progress=not args.quiet,
             index=args.index, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights,

@@ -42,29 +42,31 @@ def _ray() -> Any:
 
 
 def _start_local() -> None:
-    """A local single-node cluster for this process: no dashboard, no usage statistics."""
+    """A new local single-node cluster for this process: no dashboard, no usage statistics."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    _ray().init(include_dashboard=False)
+    _ray().init(address="local", include_dashboard=False)
 
 
 @contextmanager
 def connected(address: str | None, *, fallback_local: bool = False, note: Any = None) -> Iterator[None]:
     """Use the current Ray connection; else connect to ``address`` or start a local cluster, and close it after.
 
-    ``address``: ``None`` or ``"local"`` starts a local cluster; ``"auto"`` joins the running
-    one (``RAY_ADDRESS`` or ``ray start`` on this machine), or with ``fallback_local``
-    starts a local one when there is none (``note(message)`` is told).
+    ``address``: ``None`` joins the cluster named by ``RAY_ADDRESS`` (as inside a Ray job)
+    or starts a local one; ``"local"`` always starts a local one; ``"auto"`` joins the
+    running one (``RAY_ADDRESS`` or ``ray start`` on this machine), or with
+    ``fallback_local`` starts a local one when there is none (``note(message)`` is told);
+    anything else is a cluster address (``ray://host:10001``, ``host:6379``).
     """
     ray = _ray()
     if ray.is_initialized():
         yield
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
-    if address in (None, "local"):
+    if address == "local" or (address is None and not os.environ.get("RAY_ADDRESS")):
         _start_local()
     else:
         try:
-            ray.init(address=address)
+            ray.init(address=address)  # None: RAY_ADDRESS
         except ConnectionError:
             if not (fallback_local and address == "auto"):
                 raise
@@ -333,8 +335,8 @@ def convert_files(
 
     The eager form of :func:`convert_dataset` (same keyword options and conversion
     parameters; ``skip_existing`` resumes an interrupted job). Uses the current Ray
-    connection, else connects to ``address`` (``"auto"``: the running cluster) or starts
-    a local one for this call. Writes the rows to ``manifest`` (``.jsonl`` or
+    connection, else connects to ``address`` (``"auto"``: the running cluster; ``None``:
+    ``RAY_ADDRESS`` if set, as inside a Ray job) or starts a local one for this call. Writes the rows to ``manifest`` (``.jsonl`` or
     ``.parquet``; default ``out_dir/rvcfast-manifest.jsonl``; ``False``: none). Progress
     is shown with Ray Data's own progress bars (``progress=False``: none).
     """
