@@ -19,7 +19,15 @@ import soundfile as sf
 
 from .errors import ParameterError
 
-__all__ = ["SUPPORTED_WRITE_FORMATS", "MP3_RATES", "mp3_rate", "write_audio_atomic", "remove_stale_parts"]
+__all__ = [
+    "SUPPORTED_WRITE_FORMATS",
+    "MP3_RATES",
+    "mp3_rate",
+    "write_audio_atomic",
+    "remove_stale_parts",
+    "part_file_hosts",
+    "this_host",
+]
 
 #: Output formats: our name -> libsndfile's format name.
 SUPPORTED_WRITE_FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3"}
@@ -78,6 +86,20 @@ def remove_stale_parts(directory: str | os.PathLike[str], name: str | None = Non
         except OSError:
             pass
     return removed
+
+
+def part_file_hosts(directory: str | os.PathLike[str]) -> set[str]:
+    """Hosts whose writers left temporary files in ``directory`` (only that host can tell if they are stale)."""
+    try:
+        names = [f.name for f in Path(directory).glob(".*.part")]
+    except OSError:
+        return set()
+    return {m.group("host") for m in map(_PART_RE.match, names) if m is not None}
+
+
+def this_host() -> str:
+    """This host's name as :func:`write_audio_atomic` writes it into temporary file names."""
+    return _HOST
 
 
 def _glob_escape(text: str) -> str:

@@ -274,11 +274,10 @@ def _clean_parts_everywhere(out_dir: Path) -> None:
     Only a process's own host can tell whether it is dead, so the driver cleans the files of
     its host itself and, only when another host left one, runs a small task on every node.
     """
-    from ...writing import _HOST, _PART_RE
+    from ...writing import part_file_hosts, this_host
 
     remove_stale_parts(out_dir)
-    hosts = {m.group("host") for m in (_PART_RE.match(f.name) for f in out_dir.glob(".*.part")) if m is not None}
-    hosts.discard(_HOST)
+    hosts = part_file_hosts(out_dir) - {this_host()}
     if not hosts:
         return
     ray = _ray()

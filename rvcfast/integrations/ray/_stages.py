@@ -28,10 +28,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ...engine import Engine
+from ...engine import Engine, prepare_input
 from ...errors import RvcfastError
 from ...params import ConversionParams
-from ...segment import SegmentConfig
 from ...writing import write_audio_atomic
 from ._weights import ModelFiles, local_files
 
@@ -115,14 +114,6 @@ def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
 # ------------------------------------------------------------------------------ stage 1: decode
 
 
-class _SignalStages:
-    """:meth:`Engine.prepare` without the networks: decoding and the signal stages only need the segment plan."""
-
-    segment_config = SegmentConfig()  # what Engine.load gives every engine
-    prepare = Engine.prepare
-
-
-_SIGNAL = _SignalStages()
 
 
 def planned_output(path: str, spec: JobSpec) -> str:
@@ -144,7 +135,7 @@ def _decode_one(path: str, output_path: str | None, spec: JobSpec) -> dict[str, 
         if spec.skip_existing and Path(row["output_path"]).exists():
             row["status"] = "skipped"
             return row
-        prep = _SIGNAL.prepare(path, params=spec.params)
+        prep = prepare_input(path, params=spec.params)
     except Exception as exc:  # noqa: BLE001 - an error row, the job goes on
         row.update(status="error", error=_error_text(path, exc))
     else:
