@@ -241,7 +241,13 @@ def _source(p: Path) -> _SfSource | Any:
     from .av_decode import CONTAINER_EXTENSIONS, AvSource, av_available
 
     if av_available():
-        return AvSource(p)
+        try:
+            return AvSource(p)
+        except AudioError as exc:
+            if p.suffix.lower() in CONTAINER_EXTENSIONS:
+                raise
+            # not a container either: say what both decoders said
+            raise AudioError(p, f"cannot decode audio: {detail} (libsndfile); {exc.problem} (FFmpeg)") from None
     if p.suffix.lower() in CONTAINER_EXTENSIONS:
         raise AudioError(p, f'cannot decode audio: {p.suffix} files need PyAV: pip install "rvcfast[av]"')
     raise AudioError(p, f"cannot decode audio: {detail}")

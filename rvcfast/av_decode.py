@@ -61,7 +61,7 @@ class AvSource:
         streams = [s for s in self.container.streams if s.type == "audio"]
         if not streams:
             self.container.close()
-            raise AudioError(path, "the file has no audio stream")
+            raise AudioError(path, "cannot decode audio: the file has no audio stream")
         self.stream = streams[0]
         self.rate = int(self.stream.rate or self.stream.codec_context.sample_rate or 0)
         self.channels = int(self.stream.channels or 0)
