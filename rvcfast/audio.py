@@ -247,7 +247,8 @@ def _source(p: Path) -> _SfSource | Any:
             if p.suffix.lower() in CONTAINER_EXTENSIONS:
                 raise
             # not a container either: say what both decoders said
-            raise AudioError(p, f"cannot decode audio: {detail} (libsndfile); {exc.problem} (FFmpeg)") from None
+            other = exc.problem.removeprefix("cannot decode audio: ")
+            raise AudioError(p, f"cannot decode audio: {detail} (libsndfile); {other} (FFmpeg)") from None
     if p.suffix.lower() in CONTAINER_EXTENSIONS:
         raise AudioError(p, f'cannot decode audio: {p.suffix} files need PyAV: pip install "rvcfast[av]"')
     raise AudioError(p, f"cannot decode audio: {detail}")
