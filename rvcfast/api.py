@@ -168,6 +168,8 @@ class Converter:
         ``keep_length``, ``strict``, ...; see :class:`~rvcfast.ConversionParams`).
         ``Result.warnings`` names anything odd about the input (e.g. a truncated file).
         """
+        if isinstance(sample_rate, ConversionParams) and params is None:  # convert(path, settings)
+            params, sample_rate = sample_rate, None
         return self.engine.convert(audio_or_path, sample_rate, self.make_params(params, **overrides))
 
     def iter_batch(
