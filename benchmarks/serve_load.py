@@ -5,14 +5,16 @@ random-weight models in the real formats (v2 40 kHz voice, ``hubert_base.pt``, `
 a 20 000 × 768 index; built once by :func:`rvcfast.testing.build_bench_models` into
 ``~/.cache/rvcfast/bench-models``). Measured, in this order:
 
-1. ``Converter.convert_batch`` on the 12 files (in-process, writing WAV files), and the
-   latency of one in-process ``convert`` of a 5 s file (median of 3);
-2. a real ``rvcfast serve`` process on 127.0.0.1: the 12 files sent by 1, 4 and 8
-   concurrent clients (each takes the next file from a shared list), with p50/p95
-   latency and throughput; then one 5 s request at a time (median of 3);
-3. the same 8-client load against a server with ``--batch-seconds 0`` (one request per
-   engine call), to compare cross-request batching on this device;
-4. ``convert_batch`` again, so drift of a shared machine shows.
+1. for 1, 4 and 8 concurrent clients: ``Converter.convert_batch`` on the 12 files
+   (in-process, writing WAV files), then at once the same 12 files sent to a real
+   ``rvcfast serve`` process on 127.0.0.1 by that many clients (each takes the next file
+   from a shared list), with p50/p95 latency and throughput; each pair runs back to back
+   so both see the same machine;
+2. one 5 s request at a time against one in-process ``convert``, alternating (median of 3);
+3. 8 clients against the server (on a CPU one request per engine call) and against a
+   second one with ``--batch-seconds 30`` (up to four 5 s requests per call), to compare
+   cross-request batching on this device. ``--engine-batching N`` measures the same at the
+   engine alone: ``Engine.run`` on four requests in one call against four calls, alternated.
 
 Besides wall time, the CPU seconds each side used (the benchmark process for
 ``convert_batch``, the server process for the server runs, from ``/proc``) are reported:
@@ -149,12 +151,42 @@ def single_latency(server: Server, path: Path, rounds: int = 3) -> float:
         return statistics.median(post_file(c, server.voice, path) for _ in range(rounds))
 
 
+def engine_batching(engine, files: list[Path], rounds: int) -> int:
+    """Engine.run with several requests' inputs (one parameter set each) in one call, against one call each.
+
+    The two are alternated so that drift of a shared machine hits both alike; wall and CPU
+    seconds of each round are printed, then the medians.
+    """
+    params = [engine.params(pitch=k, noise=False) for k in range(len(files))]
+    preps = [engine.prepare(str(f)) for f in files]
+    together, alone = [], []
+    for r in range(rounds):
+        for kind in ("together", "alone") if r % 2 == 0 else ("alone", "together"):
+            t0, c0 = time.perf_counter(), cpu_seconds()
+            if kind == "together":
+                results = engine.run(preps, params)
+            else:
+                results = [engine.run([p], q)[0] for p, q in zip(preps, params)]
+            assert all(res.ok for res in results)
+            (together if kind == "together" else alone).append((time.perf_counter() - t0, cpu_seconds() - c0))
+            print(f"round {r} {kind}: {together[-1] if kind == 'together' else alone[-1]}", file=sys.stderr)
+    wt, ct = statistics.median(w for w, _ in together), statistics.median(c for _, c in together)
+    wa, ca = statistics.median(w for w, _ in alone), statistics.median(c for _, c in alone)
+    print(f"Engine.run, {len(files)} requests of 5 s, {rounds} alternating rounds (medians):")
+    print("| | wall s | CPU s |\n|---|---:|---:|")
+    print(f"| one call for all | {wt:.1f} | {ct:.1f} |\n| one call each | {wa:.1f} | {ca:.1f} |")
+    print(f"one call each / one call for all: wall {wa / wt:.3f}×, CPU {ca / ct:.3f}×")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--models", default="~/.cache/rvcfast/bench-models", help="where the random full-size models are cached")
     ap.add_argument("--audio", default=str(SHARED / "audio" / "batch12"), help="folder of the 12 input files")
     ap.add_argument("--concurrency", default="1,4,8", help="client counts, comma-separated")
-    ap.add_argument("--no-grouping-run", action="store_true", help="skip the --batch-seconds 0 comparison")
+    ap.add_argument("--no-grouping-run", action="store_true", help="skip the --batch-seconds 30 comparison")
+    ap.add_argument("--engine-batching", type=int, default=0, metavar="ROUNDS",
+                    help="only measure Engine.run on 4 requests in one call against one call each, alternating, ROUNDS times")
     args = ap.parse_args(argv)
 
     import torch
@@ -177,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
         models["model"], index=models["index"], encoder=models["encoder"], f0_weights=models["f0_weights"], device="cpu"
     )
     conv.convert(str(files[0]))  # warm-up
+    if args.engine_batching:
+        return engine_batching(conv.engine, files[:4], args.engine_batching)
 
     def batch_run(tag: str) -> tuple[float, float]:
         t0, c0 = time.perf_counter(), cpu_seconds()
@@ -184,52 +218,51 @@ def main(argv: list[str] | None = None) -> int:
         assert all(r.ok for r in results)
         return time.perf_counter() - t0, cpu_seconds() - c0
 
-    t_batch, c_batch = batch_run("before")
-    print(f"convert_batch: {t_batch:.1f} s wall, {c_batch:.1f} s CPU", file=sys.stderr)
-    lat_in = []
-    for _ in range(3):
-        t0 = time.perf_counter()
-        conv.convert(str(files[0]))
-        lat_in.append(time.perf_counter() - t0)
-    l_in = statistics.median(lat_in)
-
-    figures: dict[str, dict[str, float]] = {}
+    rows: list[str] = []
     server = Server(models, work / "server.log")
+    others: Server | None = None
     try:
         server.wait_healthy()
         single_latency(server, files[0], rounds=1)  # warm-up
         rss0 = server.rss_mb()
+        # each server run right after a convert_batch run: the pair sees the same machine
         for c in [int(x) for x in args.concurrency.split(",")]:
-            figures[f"server, {c} client(s)"] = load(server, files, c)
-            print(f"server c={c}: {figures[f'server, {c} client(s)']}", file=sys.stderr)
-        l_srv = single_latency(server, files[0])
+            tb, cb = batch_run(f"c{c}")
+            f = load(server, files, c)
+            print(f"c={c}: convert_batch {tb:.1f} s wall / {cb:.1f} s CPU; server {f}", file=sys.stderr)
+            rows.append(f"| {c} | {tb:.1f} | {f['wall']:.1f} | {audio_seconds / f['wall']:.2f} | {f['p50']:.2f} | "
+                        f"{f['p95']:.2f} | **{tb / f['wall']:.2f}×** | {cb:.1f} | {f['cpu']:.1f} |")
+        # single 5 s requests, alternating with in-process convert
+        lat_in, lat_srv = [], []
+        for _ in range(3):
+            t0 = time.perf_counter()
+            conv.convert(str(files[0]))
+            lat_in.append(time.perf_counter() - t0)
+            lat_srv.append(single_latency(server, files[0], rounds=1))
+        l_in, l_srv = statistics.median(lat_in), statistics.median(lat_srv)
         rss1 = server.rss_mb()
+        if not args.no_grouping_run:
+            others = Server(models, work / "server30.log", "--batch-seconds", "30")
+            others.wait_healthy()
+            single_latency(others, files[0], rounds=1)
+            single, grouped = load(server, files, 8), load(others, files, 8)
+            print(f"8 clients: one request per call {single}, gathered {grouped}", file=sys.stderr)
     finally:
         server.stop()
-    if not args.no_grouping_run:
-        server = Server(models, work / "server0.log", "--batch-seconds", "0")
-        try:
-            server.wait_healthy()
-            single_latency(server, files[0], rounds=1)
-            figures["server, 8 clients, --batch-seconds 0"] = load(server, files, 8)
-            print(f"server c=8 no grouping: {figures['server, 8 clients, --batch-seconds 0']}", file=sys.stderr)
-        finally:
-            server.stop()
-    t_batch2, c_batch2 = batch_run("after")
+        if others is not None:
+            others.stop()
 
     print(f"\nCPU: {cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
-          f"{len(files)} files, {audio_seconds:.1f} s of audio\n")
-    print("| run | wall s | files/s | audio s per s | p50 latency s | p95 latency s | throughput vs convert_batch "
-          "| CPU s | CPU vs convert_batch |")
-    print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
-    ref, cref = (t_batch + t_batch2) / 2, (c_batch + c_batch2) / 2
-    for name, t, c in (("convert_batch (before)", t_batch, c_batch), ("convert_batch (after)", t_batch2, c_batch2)):
-        print(f"| {name} | {t:.1f} | {len(files) / t:.3f} | {audio_seconds / t:.2f} | | | {ref / t:.2f}× | {c:.1f} | {c / cref:.2f}× |")
-    for name, f in figures.items():
-        print(f"| {name} | {f['wall']:.1f} | {len(files) / f['wall']:.3f} | {audio_seconds / f['wall']:.2f} | "
-              f"{f['p50']:.2f} | {f['p95']:.2f} | {ref / f['wall']:.2f}× | {f['cpu']:.1f} | {f['cpu'] / cref:.2f}× |")
-    print(f"\nload average during the run: {os.getloadavg()[0]:.1f} (1 min, at the end)")
-    print(f"\nsingle 5 s request: server {l_srv:.2f} s, in-process convert {l_in:.2f} s ({l_srv / l_in:.2f}×)")
+          f"{len(files)} files, {audio_seconds:.1f} s of audio; load average at the end {os.getloadavg()[0]:.1f}\n")
+    print("| clients | convert_batch s | server wall s | audio s per s | p50 latency s | p95 latency s "
+          "| throughput vs convert_batch | convert_batch CPU s | server CPU s |")
+    print("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+    print("\n".join(rows))
+    print(f"\nsingle 5 s request (median of 3, alternating): server {l_srv:.2f} s, in-process convert {l_in:.2f} s "
+          f"(**{l_srv / l_in:.2f}×**)")
+    if not args.no_grouping_run:
+        print(f"8 clients, one request per engine call (the CPU default): {single['wall']:.1f} s, p50 {single['p50']:.1f} s; "
+              f"up to 30 s of requests per call (--batch-seconds 30): {grouped['wall']:.1f} s, p50 {grouped['p50']:.1f} s")
     print(f"server memory: {rss0:.0f} MB after warm-up, {rss1:.0f} MB after the load runs")
     return 0
 

@@ -105,6 +105,6 @@ def add_parser(sub: Any) -> None:
     r = p.add_argument_group("runtime")
     add_device_options(r)
     r.add_argument("--batch-seconds", type=float, default=None, metavar="S",
-                   help="16 kHz audio of concurrent requests gathered into one model call (0: one request per call; default: 30 on CPU, 120 on GPU)")
+                   help="16 kHz audio of concurrent requests gathered into one model call (0: one request per call; default: 0 on CPU, 120 on GPU)")
     r.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads of the model worker (default: torch's)")
     p.set_defaults(func=cmd_serve)

@@ -54,8 +54,8 @@ class ServeConfig:
         jobs_ttl: Seconds a finished job's result is kept.
         jobs_max_mb: Disk space for finished results; the oldest are removed above it.
         batch_seconds: 16 kHz audio of concurrent requests gathered into one engine call
-            (``0``: one request per call; default: the engine's own, 120 s on a GPU, and
-            ``CPU_GROUP_SECONDS`` on a CPU).
+            (``0``: one request per call; default: the engine's own, 120 s, on a GPU, and
+            0 on a CPU, where gathering was measured to gain nothing).
         prepare_workers: Threads decoding uploads and encoding outputs.
         threads: torch intra-op threads of the model worker (default: torch's).
     """

@@ -92,11 +92,11 @@ async def _convert_whole(state: ServerState, work: _Work) -> tuple[np.ndarray, i
     pieces: list[np.ndarray] = []
     try:
         async for piece in state.steps(work.engine.stream(work.prep, work.params, f0=work.f0, raw=True, timings=timings)):
-            if not pieces:
-                timings["queue"] = max(0.0, time.perf_counter() - t_queue - sum(timings.values()))
             pieces.append(piece)
     except Exception as exc:  # noqa: BLE001 - reported as this request's failure
         return np.zeros(0, np.float32), work.engine.sample_rate, timings, f"{type(exc).__name__}: {exc}"
+    # waiting for the model worker: before the first segment and between segments (other requests' turns)
+    timings["queue"] = max(0.0, time.perf_counter() - t_queue - sum(timings.values()))
     t0 = time.perf_counter()
     audio, rate = await state.in_pool(finish, pieces, work.prep, work.engine.sample_rate, work.params)
     timings["post"] = timings.get("post", 0.0) + time.perf_counter() - t0

@@ -46,10 +46,13 @@ _log = logging.getLogger("rvcfast.serve")
 
 __all__ = ["Scheduler", "StepTask", "Admission", "QueueFull", "END", "CPU_GROUP_SECONDS"]
 
-#: Requests gathered per engine call on a CPU (seconds of padded 16 kHz audio): a few
-#: 5 s requests share one RMVPE call; the synthesizer still runs one segment per call.
-#: ``benchmarks/serve_load.py`` measures the choice (figures in docs/serving.md).
-CPU_GROUP_SECONDS = 30.0
+#: Requests gathered per engine call on a CPU (seconds of padded 16 kHz audio): none.
+#: Measured on 2 cores (``benchmarks/serve_load.py --engine-batching``, figures in
+#: docs/serving.md): four 5 s requests in one ``Engine.run`` took as long as, or longer
+#: than, four calls (16.6-19.0 s against 15.9-16.5 s), since the engine already runs one
+#: segment per synthesizer call on a CPU and a batched RMVPE call saves nothing there;
+#: gathering would only make every request of a group wait for the slowest.
+CPU_GROUP_SECONDS = 0.0
 
 #: Marks the end of a step task's output.
 END = object()
