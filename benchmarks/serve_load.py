@@ -29,6 +29,7 @@ import argparse
 import concurrent.futures as cf
 import os
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -251,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         server.stop()
         if others is not None:
             others.stop()
+        shutil.rmtree(work, ignore_errors=True)
 
     print(f"\nCPU: {cpu_model()}; torch {torch.__version__}, {torch.get_num_threads()} threads; "
           f"{len(files)} files, {audio_seconds:.1f} s of audio; load average at the end {os.getloadavg()[0]:.1f}\n")
