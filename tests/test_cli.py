@@ -18,10 +18,14 @@ import soundfile as sf
 import torch
 
 from rvcfast import weights
-from rvcfast.cli import main
+from rvcfast.cli import COMMANDS, main
 from rvcfast.progress import BatchProgress, DownloadProgress
 
-SUBCOMMANDS = ["convert", "f0", "info", "backends", "download", "bench"]
+SUBCOMMANDS = list(COMMANDS)
+
+
+def test_every_command_is_listed() -> None:
+    assert SUBCOMMANDS == ["convert", "f0", "info", "backends", "download", "bench", "tune", "serve"]
 
 
 @pytest.fixture(scope="module", autouse=True)
