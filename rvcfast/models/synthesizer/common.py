@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import torch
 from torch import nn
 
-__all__ = ["LRELU_SLOPE", "weight_normed"]
+__all__ = ["LRELU_SLOPE", "weight_normed", "embedding", "normal_tensor"]
 
 #: Slope of every leaky ReLU except the one before the decoder's ``conv_post`` (default 0.01).
 LRELU_SLOPE = 0.1
@@ -17,3 +18,23 @@ def weight_normed(module: nn.Module) -> nn.Module:
     """
     module._rvc_weight_norm = True  # type: ignore[attr-defined]
     return module
+
+
+def normal_tensor(*shape: int, std: float = 1.0) -> torch.Tensor:
+    """A new ``N(0, std**2)`` tensor on the current default device; left undrawn on the meta device.
+
+    On the meta device (where the loaders build the models) ``torch.randn`` and
+    ``normal_`` run through torch's Python reference implementations, which import
+    ``torch._dynamo``: about 1.3 s of start-up for every process, for values that the
+    loaded weights replace anyway.
+    """
+    t = torch.empty(*shape)
+    if t.device.type != "meta":
+        nn.init.normal_(t, std=std)
+    return t
+
+
+def embedding(num: int, dim: int) -> nn.Embedding:
+    """``nn.Embedding(num, dim)`` with its default N(0, 1) weights, built without the meta-device
+    detour of :func:`normal_tensor`."""
+    return nn.Embedding(num, dim, _weight=normal_tensor(num, dim))

@@ -27,6 +27,7 @@ from torch import nn
 
 from ...errors import ParameterError
 from . import windows
+from .common import embedding
 from .config import FEATURE_DIMS, parse_config
 from .decoders import DEFAULT_VOCODER, build_decoder
 from .flow import Flow
@@ -196,7 +197,7 @@ class Synthesizer(nn.Module):
         self.enc_p = TextEncoder(arch, self.feature_dim, self.has_f0)
         self.dec = build_decoder(arch, nsf=self.has_f0, vocoder=vocoder)
         self.flow = Flow(arch.inter_channels, arch.hidden_channels, arch.gin_channels)
-        self.emb_g = nn.Embedding(arch.spk_embed_dim, arch.gin_channels)
+        self.emb_g = embedding(arch.spk_embed_dim, arch.gin_channels)
         self.eval()
 
     # -- derived tensors ---------------------------------------------------------------

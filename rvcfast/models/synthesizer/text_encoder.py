@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .common import LRELU_SLOPE
+from .common import LRELU_SLOPE, embedding, normal_tensor
 from .config import Arch
 
 __all__ = ["TextEncoder", "RelativeAttention"]
@@ -61,12 +61,17 @@ class RelativeAttention(nn.Module):
         self.conv_v = nn.Conv1d(channels, channels, 1)
         self.conv_o = nn.Conv1d(channels, channels, 1)
         std = self.k_channels**-0.5
-        self.emb_rel_k = nn.Parameter(torch.randn(1, 2 * window + 1, self.k_channels) * std)
-        self.emb_rel_v = nn.Parameter(torch.randn(1, 2 * window + 1, self.k_channels) * std)
+        self.emb_rel_k = nn.Parameter(normal_tensor(1, 2 * window + 1, self.k_channels, std=std))
+        self.emb_rel_v = nn.Parameter(normal_tensor(1, 2 * window + 1, self.k_channels, std=std))
         self.prepare()
 
     def prepare(self) -> None:
         """(Re)compute the fused, pre-scaled qkv projection from the current weights."""
+        if self.conv_q.weight.is_meta:  # built for loading: no values yet (and no meta arithmetic, see normal_tensor)
+            c = self.conv_q.weight.shape[0]
+            self.register_buffer("qkv_weight", torch.empty(3 * c, c, device="meta"), persistent=False)
+            self.register_buffer("qkv_bias", torch.empty(3 * c, device="meta"), persistent=False)
+            return
         with torch.no_grad():
             scale = 1.0 / math.sqrt(self.k_channels)
             w = torch.cat(
@@ -178,7 +183,7 @@ class TextEncoder(nn.Module):
         self.inter = arch.inter_channels
         self.emb_phone = nn.Linear(feature_dim, hidden)
         if has_f0:
-            self.emb_pitch = nn.Embedding(256, hidden)
+            self.emb_pitch = embedding(256, hidden)
         self.encoder = _AttentionEncoder(hidden, arch.filter_channels, arch.n_heads, arch.n_layers, arch.kernel_size)
         self.proj = nn.Conv1d(hidden, 2 * arch.inter_channels, 1)
 
