@@ -213,6 +213,14 @@ class Engine:
                 raise ParameterError(f"f0 must be a backend name or an F0Extractor, got {type(f0).__name__}")
         return cls(vocoder, enc, extractor, idx, device=dev, dtype=dt, batch_seconds=batch_seconds)
 
+    def with_f0(self, extractor: F0Extractor) -> Engine:
+        """This engine with another F0 extractor; the networks and index are shared, nothing is loaded."""
+        if not isinstance(extractor, F0Extractor):
+            raise ParameterError(f"expected an F0Extractor, got {type(extractor).__name__}")
+        other = copy.copy(self)
+        other.f0_extractor = extractor if self.vocoder.has_f0 else None
+        return other
+
     # ------------------------------------------------------------------ facts
 
     @property

@@ -130,6 +130,20 @@ def test_output_equals_in_process_convert(client, alice, folders, fields) -> Non
     assert {"decode", "f0", "features", "synth", "queue", "encode", "total"} <= set(timings)
 
 
+def test_f0_backend_per_request(client, tiny_models, folders) -> None:
+    """``f0`` picks the F0 backend for one request; the output is what a Converter with that backend gives."""
+    clip = folders["clips"] / "short.wav"
+    r = post(client, clip, voice="alice", f0="harvest", noise="false", subtype="FLOAT")
+    assert r.status_code == 200, r.text
+    harvest = tiny_models.converter(f0="harvest", f0_weights=None).convert(str(clip), noise=False).audio
+    assert close_to(read_audio(r.content)[0], harvest)
+    default = post(client, clip, voice="alice", noise="false", subtype="FLOAT")
+    assert not close_to(read_audio(default.content)[0], harvest)  # the server's own backend (rmvpe) differs
+    bad = post(client, clip, voice="alice", f0="yin")
+    assert bad.status_code == 422 and bad.json()["parameter"] == "f0" and "unknown F0 backend 'yin'" in bad.json()["error"]
+    assert healthy(client)
+
+
 def test_raw_body_formats_and_a_voice_without_f0(client, bob, folders) -> None:
     clip = folders["clips"] / "other.wav"
     r = client.post("/v1/convert?voice=bob&noise=false&subtype=FLOAT&filename=take.wav", content=clip.read_bytes(),

@@ -5,9 +5,10 @@ query parameter) under its own name: ``pitch``, ``index_rate``, ``protect``,
 ``rms_mix_rate``, ``filter_radius``, ``speaker``, ``seed``, ``noise``, ``autotune``,
 ``proposed_pitch``, ``formant`` (``"1.0,1.2"``), ``clean``, ``effects`` (a JSON object),
 ``keep_length``... Text is converted by :func:`~rvcfast.params.coerce_param`, so the
-server accepts exactly what the command line does. Besides them: ``voice``, ``format``,
-``subtype``, ``sample_rate`` (the output rate; ``output_sample_rate`` works too) and
-``stream``. Unknown names, repeated names and bad values are refused with the field named.
+server accepts exactly what the command line does. Besides them: ``voice``, ``f0`` (the F0
+backend for this request, e.g. ``harvest`` or ``hybrid:rmvpe+crepe``; default: the server's
+``--f0``), ``format``, ``subtype``, ``sample_rate`` (the output rate; ``output_sample_rate``
+works too) and ``stream``. Unknown names, repeated names and bad values are refused with the field named.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from ..params import ConversionParams, coerce_param, param_specs
 __all__ = ["FieldError", "ConvertOptions", "parse_fields", "form_schema", "OUTPUT_FIELDS"]
 
 #: Fields that are not conversion parameters.
-OUTPUT_FIELDS = ("voice", "format", "subtype", "sample_rate", "stream")
+OUTPUT_FIELDS = ("voice", "f0", "format", "subtype", "sample_rate", "stream")
 
 #: Other names accepted for conversion parameters.
 ALIASES = {"sample_rate": "output_sample_rate"}
@@ -43,6 +44,7 @@ class ConvertOptions:
 
     voice: str
     overrides: dict[str, Any] = field(default_factory=dict)
+    f0: str | None = None  # F0 backend for this request (None: the server's)
     format: str = "wav"
     subtype: str | None = None
     stream: bool = False
@@ -71,6 +73,7 @@ def parse_fields(pairs: Iterable[tuple[str, str]]) -> ConvertOptions:
         raise FieldError("voice", "field 'voice' is required: the id of a voice (GET /v1/voices lists them)")
     fmt, subtype = seen.pop("format", None), seen.pop("subtype", None)
     stream = _flag("stream", seen.pop("stream", "false"))
+    f0 = _f0_name(seen.pop("f0", None))
     overrides: dict[str, Any] = {}
     for name, text in seen.items():
         target = ALIASES.get(name, name)
@@ -94,7 +97,7 @@ def parse_fields(pairs: Iterable[tuple[str, str]]) -> ConvertOptions:
     except FieldError as exc:
         given = {ALIASES.get(n, n): n for n in seen}
         raise FieldError(given.get(exc.field or "", exc.field), str(exc)) from None
-    return ConvertOptions(voice, overrides, fmt, subtype, stream)
+    return ConvertOptions(voice, overrides, f0, fmt, subtype, stream)
 
 
 def check_values(overrides: dict[str, Any], vocoder: Any = None) -> ConversionParams:
@@ -117,6 +120,24 @@ def _field_named(text: str) -> str | None:
     if "effect" in text:
         return "effects"
     return next((n for n in names if re.search(rf"\b{n}\b", text)), None)
+
+
+def _f0_name(text: str | None) -> str | None:
+    """A registered F0 backend name (or ``hybrid:a+b``), checked without building it."""
+    if text is None or not text.strip():
+        return None
+    from ..f0.registry import available_f0_extractors, parse_hybrid
+
+    name = text.strip().lower()
+    try:
+        members = parse_hybrid(name) or [name]
+    except ParameterError as exc:
+        raise FieldError("f0", str(exc)) from None
+    known = available_f0_extractors()
+    unknown = [m for m in members if m not in known]
+    if unknown:
+        raise FieldError("f0", f"unknown F0 backend {unknown[0]!r}; available: {', '.join(sorted(known))} (or hybrid:a+b)")
+    return name
 
 
 def _flag(name: str, text: str) -> bool:
@@ -148,6 +169,7 @@ def form_schema(with_file: bool = True) -> dict[str, Any]:
     if with_file:
         props["file"] = {"type": "string", "format": "binary", "description": "the audio to convert (any format rvcfast decodes)"}
     props["voice"] = {"type": "string", "description": "voice id (GET /v1/voices)"}
+    props["f0"] = {"type": "string", "description": "F0 backend for this request (rmvpe, crepe, fcpe, harvest, hybrid:a+b...; default: the server's)"}
     for spec in param_specs():
         if spec.name == "output_sample_rate":
             continue

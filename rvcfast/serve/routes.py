@@ -23,7 +23,7 @@ import numpy as np
 from fastapi import HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from ..errors import AudioError
+from ..errors import AudioError, BackendUnavailableError
 from .app import dumps_header, error_response
 from .encode import MEDIA_TYPES, encode_audio, pcm_bytes, wav_stream_header
 from .forms import ConvertOptions, FieldError, check_values, form_schema, parse_fields
@@ -59,7 +59,10 @@ class _Work:
 
 async def _prepare(state: ServerState, intake: Intake, options: ConvertOptions) -> _Work:
     """The voice's engine, the checked parameters, the decoded input (and a CPU F0 track)."""
-    engine = await state.engine_for(options.voice)
+    try:
+        engine = await state.engine_for(options.voice, options.f0)
+    except BackendUnavailableError as exc:  # the backend needs an extra the server lacks
+        raise FieldError("f0", str(exc)) from None
     params = check_values(options.overrides, engine.vocoder)
     t0 = time.perf_counter()
     try:
@@ -243,7 +246,10 @@ async def _create_job(state: ServerState, request: Any) -> Any:
         options = parse_fields(intake.fields)
         if options.stream:
             raise FieldError("stream", "stream=true is for POST /v1/convert; a job's result is fetched when it is done")
-        engine = await state.engine_for(options.voice)
+        try:
+            engine = await state.engine_for(options.voice, options.f0)
+        except BackendUnavailableError as exc:  # the backend needs an extra the server lacks
+            raise FieldError("f0", str(exc)) from None
         params = check_values(options.overrides, engine.vocoder)
         job = state.jobs.create(options.voice, intake.name, options.format, options.subtype)
         source = state.jobs.path(job, ".in" + (intake.path.suffix if intake.path is not None else ""))

@@ -67,6 +67,8 @@ class ServerState:
         self.started = False
         self.closed = False
         self._start_lock = threading.Lock()
+        self._f0_lock = threading.Lock()
+        self._f0_extractors: dict[str, Any] = {}
         from ..runtime import resolve_device, resolve_dtype
 
         self.device = resolve_device(cfg.device)  # a bad device or dtype is refused here, before anything starts
@@ -160,11 +162,33 @@ class ServerState:
         _log.info("voice %s loaded in %.1f s", voice.id, time.perf_counter() - t0)
         return eng
 
-    async def engine_for(self, voice_id: str) -> Engine:
-        """The loaded engine of a voice (loading it in the loader pool if needed); :class:`UnknownVoice` if none."""
+    async def engine_for(self, voice_id: str, f0: str | None = None) -> Engine:
+        """The loaded engine of a voice (loading it in the loader pool if needed); :class:`UnknownVoice` if none.
+
+        ``f0`` names another F0 backend for this request: the same engine (models shared)
+        with that extractor, built once per server and name.
+        """
         self.registry.get(voice_id)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.loader, self.registry.engine, voice_id)
+        engine = await loop.run_in_executor(self.loader, self.registry.engine, voice_id)
+        if f0 is None or f0 == str(self.cfg.f0).strip().lower() or not engine.vocoder.has_f0:
+            return engine
+        extractor = await loop.run_in_executor(self.loader, self._f0_extractor, f0)
+        return engine.with_f0(extractor)
+
+    def _f0_extractor(self, name: str) -> Any:
+        """The server's extractor for an F0 backend name (built on first use, then shared)."""
+        with self._f0_lock:
+            if name not in self._f0_extractors:
+                from ..f0.registry import build_f0_extractor
+
+                cfg = self.cfg
+                uses_rmvpe = "rmvpe" in name
+                self._f0_extractors[name] = build_f0_extractor(
+                    name, weights=cfg.f0_weights if uses_rmvpe else None, allow_download=cfg.allow_download and uses_rmvpe,
+                    device=self.device, dtype=self.dtype,
+                )
+            return self._f0_extractors[name]
 
     def _hide_paths(self, text: str) -> str:
         """Model paths in a message reduced to file names (clients never see server paths)."""
