@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import fused
 from .common import LRELU_SLOPE, weight_normed
 from .config import Arch
 
@@ -24,6 +25,8 @@ __all__ = ["HiFiGAN", "SourceModule", "sine_excitation", "decoder_margin_frames"
 
 #: Amplitude of the NSF sine excitation.
 SINE_AMP = 0.1
+
+_FUSED_DTYPES = (torch.float32, torch.bfloat16)
 
 
 # The HiFi-GAN decoder runs its 1-D convolutions as 2-D ones on ``[B, C, 1, T]`` tensors in
@@ -93,6 +96,18 @@ class _ResBlock1(nn.Module):
             x = _conv(c2, xt).add_(x)
         return x
 
+    def forward_fused(self, x: torch.Tensor, run: torch.Tensor, tmp: torch.Tensor, hid: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` without a mask, into the buffer ``run`` (the result), with the buffers
+        ``tmp`` and ``hid`` (:mod:`.fused`: each convolution adds its output, bias included, to
+        a buffer in one oneDNN call; nothing is allocated)."""
+        for j, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):
+            torch.ops.aten.leaky_relu.out(x if j == 0 else run, LRELU_SLOPE, out=tmp)
+            F.leaky_relu_(fused.conv_sum_(hid.zero_(), c1, tmp), LRELU_SLOPE)
+            if j == 0:
+                run.copy_(x)
+            fused.conv_sum_(run, c2, hid)
+        return run
+
 
 class _ResBlock2(nn.Module):
     def __init__(self, channels: int, kernel_size: int, dilations: Sequence[int]) -> None:
@@ -109,6 +124,16 @@ class _ResBlock2(nn.Module):
                 xt.mul_(mask)
             x = _conv(c, xt).add_(x)
         return x
+
+    def forward_fused(self, x: torch.Tensor, run: torch.Tensor, tmp: torch.Tensor, hid: torch.Tensor) -> torch.Tensor:
+        """:meth:`forward` without a mask, into the buffer ``run`` (the result), with ``tmp``
+        (``hid`` is unused: these blocks have one convolution per step)."""
+        for j, c in enumerate(self.convs):
+            torch.ops.aten.leaky_relu.out(x if j == 0 else run, LRELU_SLOPE, out=tmp)
+            if j == 0:
+                run.copy_(x)
+            fused.conv_sum_(run, c, tmp)
+        return run
 
 
 class SourceModule(nn.Module):
@@ -166,6 +191,8 @@ class HiFiGAN(nn.Module):
         self.conv_post = nn.Conv1d(ch, 1, 7, padding=3, bias=False)
         #: context frames a decoder window needs on each side (see :func:`decoder_margin_frames`)
         self.margin_frames = decoder_margin_frames(arch)
+        #: unmasked CPU calls take the fused oneDNN path (:meth:`_forward_fused`); False forces the plain one
+        self.fused_cpu = True
 
     def prepare(self) -> None:
         """Lay the convolution weights out channels-last (same values, see :func:`_to_channels_last_1d`)."""
@@ -185,6 +212,8 @@ class HiFiGAN(nn.Module):
         ``lengths`` (frames per item) switches on decoder masking for padded batches.
         Returns ``[B, 1, T*upp]``. Internally every tensor is channels-last ``[B, C, 1, T]``.
         """
+        if lengths is None and self.fused_cpu and x.dtype in _FUSED_DTYPES and fused.available(x):
+            return self._forward_fused(x, g, source)
         t = x.shape[-1]
 
         def mask_at(factor: int) -> torch.Tensor | None:
@@ -216,6 +245,34 @@ class HiFiGAN(nn.Module):
         m_last = mask_at(factor)
         if m_last is not None:
             x.mul_(m_last)
+        return torch.tanh_(_conv(self.conv_post, x)).squeeze(2)
+
+
+    def _forward_fused(self, x: torch.Tensor, g: torch.Tensor, source: torch.Tensor | None) -> torch.Tensor:
+        """:meth:`forward` without a mask on a CPU: the same arithmetic, each convolution adding
+        into its destination in one oneDNN call (:mod:`.fused`), with four activation buffers
+        per call reused by every layer."""
+        x = _conv(self.conv_pre, _as_2d(x)).add_(_conv(self.cond, _as_2d(g)))
+        src = _as_2d(source) if source is not None else None
+        b, t = x.shape[0], x.shape[-1]
+        sizes, factor = [], 1
+        for i, rate in enumerate(self.rates):
+            factor *= rate
+            sizes.append(self.ups[i].out_channels * t * factor)
+        ws = fused.Workspace(4, b * max(sizes), x.dtype, x.device)
+        for i, up in enumerate(self.ups):
+            F.leaky_relu_(x, LRELU_SLOPE)
+            x = _conv_transpose(up, x)
+            if src is not None:
+                fused.conv_sum_(x, self.noise_convs[i], src)
+            shape = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
+            acc, run, tmp, hid = (ws.get(k, shape) for k in range(4))
+            blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
+            blocks[0].forward_fused(x, acc, tmp, hid)
+            for blk in blocks[1:]:
+                acc.add_(blk.forward_fused(x, run, tmp, hid))
+            x = acc.div_(self.num_kernels)
+        F.leaky_relu_(x)  # default slope 0.01, as in the reference
         return torch.tanh_(_conv(self.conv_post, x)).squeeze(2)
 
 

@@ -1,0 +1,97 @@
+"""oneDNN convolutions that add into an existing buffer, for the HiFi-GAN decoder on a CPU.
+
+The decoder's convolutions already run near the hardware's peak in oneDNN; on a CPU what
+costs around them is everything else (docs/benchmarks.md, "Using the whole CPU"):
+
+* a fresh multi-MB output for every convolution and elementwise op (~120 per window of
+  the 40 kHz decoder), whose pages the kernel faults in and zeroes whenever glibc has
+  handed the memory back in between (a bfloat16 window faulted in ~640 MB per call),
+  and whose sizes fragment the heap (the first window's peak was +600 MB in float32);
+* a separate pass over each activation for every residual ``add_``, and in bfloat16 a
+  second rounding of each residual sum.
+
+:func:`conv_sum_` computes ``out += conv(x) + bias`` in one oneDNN call (the sum as a
+post-op, written in place), and :class:`Workspace` holds the four channels-last buffers one
+decoder call reuses for all its layers. In float32 the result is bit-identical to
+``conv(x).add_(out)``; in bfloat16 it is rounded once instead of twice.
+
+A leaky ReLU could be fused too (``torch.ops.mkldnn._convolution_pointwise``), but only
+into a freshly allocated output: measured, that brought back the heap growth above for
+no gain in speed on an AVX512-BF16 CPU, so the decoder applies it in place instead.
+:func:`available` says whether this torch has the op for a tensor.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+
+import torch
+from torch import nn
+
+__all__ = ["available", "conv_sum_", "Workspace"]
+
+
+@functools.lru_cache(maxsize=1)
+def _ops_present() -> bool:
+    """Whether this torch build has oneDNN and its in-place fused convolution op."""
+    if not torch.backends.mkldnn.is_available():
+        return False
+    try:
+        return hasattr(torch.ops.mkldnn, "_convolution_pointwise_")
+    except (AttributeError, RuntimeError):  # pragma: no cover - torch without the mkldnn namespace
+        return False
+
+
+def available(x: torch.Tensor) -> bool:
+    """Whether the fused CPU path can run on ``x``: a CPU float32/bfloat16 tensor and oneDNN's op."""
+    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and _ops_present()
+
+
+def conv_sum_(out: torch.Tensor, m: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
+    """``out += conv(x)`` (bias included) in one oneDNN call, in place; returns ``out``.
+
+    ``x`` and ``out`` are channels-last ``[B, C, 1, T]`` tensors (``out`` shaped like the
+    convolution's output, not overlapping ``x``); ``m`` is a ``Conv1d`` whose weight is
+    laid out channels-last (:func:`.hifigan._to_channels_last_1d`).
+    """
+    return torch.ops.mkldnn._convolution_pointwise_.binary(
+        out,
+        x,
+        m.weight.unsqueeze(2),
+        m.bias,
+        [0, int(m.padding[0])],
+        [1, int(m.stride[0])],
+        [1, int(m.dilation[0])],
+        m.groups,
+        "add",
+        1.0,
+        None,
+        [],
+        None,
+    )
+
+
+class Workspace:
+    """A few flat buffers, handed out as channels-last ``[B, C, 1, T]`` views for one decoder call.
+
+    A decoder stage's activations all have the same ``C * T`` (channels halve as the rate
+    doubles), so ``count`` buffers of the largest stage's size serve every stage.
+    ``get(k, shape)`` is buffer ``k`` viewed as ``shape``; its contents are whatever was
+    there before (callers overwrite them).
+    """
+
+    def __init__(self, count: int, numel: int, dtype: torch.dtype, device: torch.device) -> None:
+        # One allocation: at the decoder's sizes (tens of MB) glibc maps it on its own and
+        # unmaps it when freed, so these buffers never fragment the heap.
+        self._memory = torch.empty(count * numel, dtype=dtype, device=device)
+        self._numel = numel
+
+    def get(self, k: int, shape: tuple[int, int, int, int]) -> torch.Tensor:
+        """Buffer ``k`` as a channels-last tensor of ``shape`` = ``[B, C, 1, T]``."""
+        b, c, one, t = shape
+        n = math.prod(shape)
+        if n > self._numel:
+            raise ValueError(f"workspace buffers hold {self._numel} elements, {list(shape)} needs {n}")
+        start = k * self._numel
+        return self._memory[start : start + n].view(b, one, t, c).permute(0, 3, 1, 2)
