@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from ...errors import ModelLoadError, ParameterError
+from ...runtime import release_memory
 from ...safe_load import load_torch_file
 from .mel import N_MELS
 from .network import E2E, N_CLASS, E2EConfig
@@ -232,4 +233,6 @@ def load_rmvpe(
     model.requires_grad_(False)
     model.unet.to(dtype)
     model.cnn.to(dtype)
-    return RMVPE(model).to(torch.device(device))
+    out = RMVPE(model).to(torch.device(device))
+    release_memory()  # the float32 originals of a half-precision network back to the OS
+    return out

@@ -15,6 +15,7 @@ from typing import Any
 import torch
 
 from ...errors import ModelLoadError
+from ...runtime import release_memory
 from ...safe_load import load_torch_file
 from ..weightnorm import fold_weight_norm
 from .config import FEATURE_DIMS, OTHER_GEOMETRIES, RVC_SAMPLE_RATE_CONFIGS
@@ -379,10 +380,16 @@ def load_vocoder(
         raise ModelLoadError(path, f"a weight-norm (g, v) pair does not fit together: {exc}") from None
     _check_state(model, folded, path)
     target = torch.device(device)
-    state = {k: v.float().to(device=target, dtype=dtype) for k, v in folded.items()}
+    del weights  # with the file's own entries gone, each file tensor is freed as it is cast
+    if isinstance(ckpt, dict):
+        ckpt.pop("weight", None)
+        ckpt.pop("model", None)
+    state = {k: folded.pop(k).float().to(device=target, dtype=dtype) for k in list(folded)}
     model.load_state_dict(state, strict=True, assign=True)
+    del state
     model.requires_grad_(False)
     model.eval()
+    release_memory()  # the conversions' garbage back to the OS
     embedder = ckpt.get("embedder_model")
     model.embedder_model = embedder.strip() if isinstance(embedder, str) and embedder.strip() else None
     return model
