@@ -1,7 +1,11 @@
 """rvcfast.effects against Applio's formant / clean / effects fixtures (../shared/golden-features).
 
 Tolerances are the fixture README's suggested checks: formant max abs <= 1e-9 (float64
-NumPy FFTs), clean <= 1e-6, effects bit-exact with pedalboard 0.9.24.
+NumPy FFTs), clean <= 1e-6, effects bit-exact with pedalboard 0.9.24 (the version the fixtures were
+made with, pinned in constraints.txt). Another pedalboard release runs the same DSP with
+other float rounding: there the check is an SNR of at least 60 dB (measured with 0.9.26:
+114-148 dB for single effects, 66 dB for the ten-effect chain, where the limiter,
+compressor and pitch shifter pass small differences on).
 """
 
 from __future__ import annotations
@@ -70,12 +74,24 @@ def _read(rel: str, dtype: str) -> tuple[np.ndarray, int]:
 
 
 def _pedalboard():
-    pedalboard = pytest.importorskip("pedalboard", reason="pedalboard not installed (extra 'effects')")
-    if pedalboard.__version__ != PEDALBOARD_REFERENCE:
-        pytest.skip(
-            f"fixtures are bit-exact only with pedalboard {PEDALBOARD_REFERENCE}, found {pedalboard.__version__}"
-        )
-    return pedalboard
+    return pytest.importorskip("pedalboard", reason="pedalboard not installed (extra 'effects')")
+
+
+#: the smallest SNR accepted against the fixtures from a pedalboard other than the reference's
+OTHER_VERSION_SNR_DB = 60.0
+
+
+def _assert_reference(out: np.ndarray, expected: np.ndarray) -> None:
+    """Bit-exact with the reference's pedalboard; within its float rounding with another release."""
+    import pedalboard
+
+    assert out.shape == expected.shape
+    if pedalboard.__version__ == PEDALBOARD_REFERENCE:
+        np.testing.assert_array_equal(out, expected)
+        return
+    error = float(np.sum((out.astype(np.float64) - expected) ** 2))
+    snr = 10 * np.log10(float(np.sum(expected.astype(np.float64) ** 2)) / max(error, 1e-300))
+    assert snr >= OTHER_VERSION_SNR_DB, f"pedalboard {pedalboard.__version__}: SNR {snr:.1f} dB against the fixture"
 
 
 def _nested_from_flat(kwargs: dict) -> dict:
@@ -148,7 +164,7 @@ def test_e2e_b_clean_and_effects_stages():
     expected, written_rate = _read("e2e/b_out.wav", "float32")
     assert written_rate == rate
     out = fx.apply_effects(debug["cleaned"], rate, fx.effects_from_applio_kwargs(params))
-    np.testing.assert_array_equal(out, expected)
+    _assert_reference(out, expected)
 
 
 # ----------------------------------------------------------------------------- effects
@@ -167,13 +183,13 @@ def test_effects_match_applio_bit_exact(name):
     converted = fx.effects_from_applio_kwargs(case["kwargs"])
     out = fx.apply_effects(audio, sr, converted)
     assert out.dtype == np.float32
-    np.testing.assert_array_equal(out, expected)
+    _assert_reference(out, expected)
 
     nested = _nested_from_flat(case["kwargs"])
     assert converted == nested
-    np.testing.assert_array_equal(fx.apply_effects(audio, sr, nested), expected)
+    np.testing.assert_array_equal(fx.apply_effects(audio, sr, nested), out)
     reordered = dict(reversed(list(nested.items())))
-    np.testing.assert_array_equal(fx.apply_effects(audio, sr, reordered), expected)
+    np.testing.assert_array_equal(fx.apply_effects(audio, sr, reordered), out)
 
 
 @_SKIP
