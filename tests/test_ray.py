@@ -82,13 +82,15 @@ def _by_name(rows: list[dict]) -> dict[str, dict]:
 
 class TestOneNode:
     @pytest.fixture(scope="class", autouse=True)
-    def cluster(self):
+    @classmethod
+    def cluster(cls):
         ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
         yield
         ray.shutdown()
 
     @pytest.fixture(scope="class")
-    def first_run(self, tiny_models, inputs, tmp_path_factory):
+    @classmethod
+    def first_run(cls, tiny_models, inputs, tmp_path_factory):
         from rvcfast.integrations.ray import convert_files
 
         out = tmp_path_factory.mktemp("ray_one") / "out"
@@ -187,7 +189,8 @@ class TestTwoNodes:
     """A head without CPUs and two one-CPU worker nodes: one model worker fits per node (0.75 CPU + decoding)."""
 
     @pytest.fixture(scope="class", autouse=True)
-    def cluster(self):
+    @classmethod
+    def cluster(cls):
         from ray.cluster_utils import Cluster
 
         cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "include_dashboard": False})
