@@ -237,7 +237,8 @@ class HubertEncoder(nn.Module):
                     norm.eps,
                 )
                 x = y.to(x.dtype).transpose(1, 2)
-            x = F.gelu(x, approximate=self._feat_approx)
+            # in place: x is this block's own output (one large activation fewer per layer)
+            x = torch.ops.aten.gelu_(x, approximate=self._feat_approx)
         return x, lens
 
     def _run(
