@@ -209,7 +209,8 @@ def load_rmvpe(
     a state dict (or are truncated/corrupt) raise it naming the file. fp16
     storage is cast to float32, BatchNorms are folded in float64
     (``fold_batchnorm=True``), then the convolutional network is cast to
-    ``dtype`` (float32, bfloat16 or float16) and moved to ``device``.
+    ``dtype`` (float32, bfloat16 or float16; the reduced precisions laid out
+    channels-last) and moved to ``device``.
     """
     if dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         raise ParameterError(f"unsupported RMVPE dtype {dtype}")
@@ -233,6 +234,12 @@ def load_rmvpe(
     model.requires_grad_(False)
     model.unet.to(dtype)
     model.cnn.to(dtype)
+    if dtype in (torch.bfloat16, torch.float16):
+        # Reduced-precision oneDNN/cuDNN convolutions want NHWC: with NCHW weights every conv
+        # reorders its input and output (bf16 U-Net on a 2-core Zen 4: 151 -> 115 ms per 5 s).
+        # float32 keeps NCHW, so its results stay bit-identical to earlier releases.
+        model.unet.to(memory_format=torch.channels_last)
+        model.cnn.to(memory_format=torch.channels_last)
     out = RMVPE(model).to(torch.device(device))
     release_memory()  # the float32 originals of a half-precision network back to the OS
     return out
