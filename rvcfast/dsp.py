@@ -16,7 +16,6 @@ from __future__ import annotations
 from collections.abc import Iterable, Iterator
 
 import numpy as np
-from scipy import signal
 
 from .constants import HIGHPASS_HZ, INPUT_PEAK, OUTPUT_PEAK, SR_16K
 
@@ -140,8 +139,18 @@ def resample_stream(blocks: Iterable[np.ndarray], orig_sr: int, target_sr: int, 
 # ---------------------------------------------------------------------- RVC's signal stages
 
 
+def _signal():
+    """``scipy.signal``, imported on first use: it takes ~0.7 s (scipy 1.17 parses docstrings at
+    import), which a process that never filters (``rvcfast info``, a server before its first
+    request) need not pay. (Importing it in a thread while models load saves nothing: both
+    hold the GIL most of the time.)"""
+    from scipy import signal
+
+    return signal
+
+
 def _butter_48hz() -> tuple[np.ndarray, np.ndarray]:
-    b, a = signal.butter(N=5, Wn=HIGHPASS_HZ, btype="high", fs=SR_16K)
+    b, a = _signal().butter(N=5, Wn=HIGHPASS_HZ, btype="high", fs=SR_16K)
     return b, a
 
 
@@ -154,8 +163,8 @@ def highpass_48hz(audio: np.ndarray) -> np.ndarray:
         # filtfilt needs more samples than its edge extension; pad with zeros and cut back.
         n = x.shape[-1]
         x = np.pad(x, (0, padlen + 1 - n))
-        return signal.filtfilt(b, a, x)[:n]
-    return signal.filtfilt(b, a, x)
+        return _signal().filtfilt(b, a, x)[:n]
+    return _signal().filtfilt(b, a, x)
 
 
 def highpass_blocks(
@@ -191,6 +200,7 @@ def _filtfilt_edges(b: np.ndarray, a: np.ndarray, x: np.ndarray, first: bool, la
     left = 2 * x[0] - x[padlen:0:-1] if first else x[:0]
     right = 2 * x[-1] - x[-2 : -padlen - 2 : -1] if last else x[:0]
     ext = np.concatenate([left, x, right])
+    signal = _signal()
     zi = signal.lfilter_zi(b, a)
     y, _ = signal.lfilter(b, a, ext, zi=zi * ext[0])
     y = y[::-1]

@@ -109,3 +109,17 @@ def test_import_rvcfast_is_light() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == ""
+
+
+def test_scipy_signal_is_imported_only_when_a_signal_is_filtered() -> None:
+    """Loading the engine's modules skips scipy.signal (~0.7 s); the first high-pass imports it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, rvcfast.engine, rvcfast.cli; before = 'scipy.signal' in sys.modules; "
+        "from rvcfast.dsp import highpass_48hz; highpass_48hz(np.ones(100)); "
+        "print(before, 'scipy.signal' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "True"]
