@@ -3,6 +3,7 @@
     python benchmarks/bf16_quality.py                 # full-size random models, batch12
     python benchmarks/bf16_quality.py --golden        # the reduced golden models, the 5 s probe clip
     python benchmarks/bf16_quality.py --dtype float16 # CUDA only (a CPU refuses float16)
+    python benchmarks/bf16_quality.py --f0-low        # the F0 network in bfloat16 too (CPU default: float32)
 
 Each stage gets the *same float32 inputs* in both precisions, so its figure is its own
 error, not the sum of the stages before it:
@@ -72,7 +73,8 @@ def _engines(args: argparse.Namespace):
         files = [Path(f) for f in sorted(glob.glob(str(args.inputs / "*.wav")))]
     device = "cuda" if args.dtype == "float16" else "cpu"
     ref = Engine.load(model, device=device, dtype=torch.float32, **kw)
-    low = Engine.load(model, device=device, dtype=args.dtype, **kw)
+    f0_options = {"dtype": args.dtype} if args.f0_low else None
+    low = Engine.load(model, device=device, dtype=args.dtype, f0_options=f0_options, **kw)
     return ref, low, files
 
 
@@ -81,13 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--dtype", default="bfloat16")
     ap.add_argument("--golden", action="store_true", help="the reduced golden models instead of full-size random ones")
     ap.add_argument("--inputs", type=Path, default=SHARED / "audio" / "batch12")
+    ap.add_argument("--f0-low", action="store_true",
+                    help="run the F0 network in the reduced precision too (on a CPU it stays float32 by default)")
     args = ap.parse_args(argv)
 
     import torch
+    from cpu_convert import machine_line  # noqa: E402 - this folder's helper
 
     from rvcfast.f0.post import coarse_pitch
     from rvcfast.pipeline import segment_features
-    from cpu_convert import machine_line  # noqa: E402 - this folder's helper
 
     torch.manual_seed(0)
     ref, low, files = _engines(args)
@@ -116,7 +120,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['file']:>28s}: F0 {r['flips']}/{r['frames']} voicing flips, max {r['cents_max']:.2f} cents "
               f"(median {r['cents_median']:.3f}); features {r['features']:.1f} dB; synthesis {r['synth']:.1f} dB; "
               f"end to end {r['e2e']:.1f} dB", flush=True)
-    print(f"\n# {args.dtype} vs float32, {'golden reduced' if args.golden else 'full-size random'} models "
+    f0_note = f"F0 network in {args.dtype if args.f0_low else 'the engine default'}"
+    print(f"\n# {args.dtype} vs float32, {'golden reduced' if args.golden else 'full-size random'} models, {f0_note} "
           f"[{machine_line()}]")
     for key in ("features", "synth", "e2e"):
         vals = [r[key] for r in rows]

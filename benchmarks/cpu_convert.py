@@ -39,8 +39,8 @@ def machine_line() -> str:
     """CPU model, key feature flags, cores and torch version: printed with every figure."""
     import torch
 
-    from rvcfast.tuning import KEY_FLAGS, cpu_model
     from rvcfast.runtime import cpu_features
+    from rvcfast.tuning import KEY_FLAGS, cpu_model
 
     flags = ",".join(f for f in KEY_FLAGS if f in cpu_features()) or "none of " + ",".join(KEY_FLAGS[:3])
     return f"{cpu_model()} | flags {flags} | {os.cpu_count()} cores | torch {torch.__version__}"
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# batch12 from {args.inputs}, models {MODELS / 'full'}; {args.rounds} rounds after {args.warmup} warm-up")
     runs: list[dict] = []
     for dtype in args.dtype:
-        for name, tree in trees:
+        for _name, tree in trees:
             for _ in range(args.warmup):
                 _wait_for_quiet(args.max_load)
                 _run_once(tree, dtype, paths, args.inputs, args.extra)

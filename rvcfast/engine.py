@@ -54,7 +54,7 @@ from .pipeline import (
 )
 from .protocols import F0Extractor, FeatureEncoder, Vocoder
 from .result import Result
-from .runtime import default_batch_seconds, release_memory, resolve_device, resolve_dtype
+from .runtime import default_batch_seconds, f0_dtype, release_memory, resolve_device, resolve_dtype
 from .segment import SegmentConfig
 from .timing import Timer, spread
 
@@ -203,9 +203,11 @@ class Engine:
             if isinstance(f0, str):
                 from .f0.registry import build_f0_extractor
 
-                # the F0 network runs in the engine's dtype too; f0_options={"dtype": ...} overrides it
+                # float32 on a CPU, the engine's dtype on CUDA (runtime.f0_dtype);
+                # f0_options={"dtype": ...} overrides it
                 extractor = build_f0_extractor(
-                    f0, weights=f0_weights, allow_download=allow_download, options=f0_options, device=dev, dtype=dt
+                    f0, weights=f0_weights, allow_download=allow_download, options=f0_options, device=dev,
+                    dtype=f0_dtype(dt, dev),
                 )
             elif isinstance(f0, F0Extractor):
                 extractor = f0

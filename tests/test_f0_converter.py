@@ -80,13 +80,16 @@ def test_unknown_backend_lists_available(models):
         )
 
 
-def test_bfloat16_converter_runs_every_network_in_bf16(models, clip):
-    """dtype=bfloat16 reaches the encoder, the synthesizer and the F0 network (RMVPE), and the
-    output stays close to float32 (random reduced weights: SNR > 25 dB; 43 dB typical)."""
+def test_bfloat16_converter_runs_its_networks_in_bf16_and_f0_in_float32_on_a_cpu(models, clip):
+    """dtype=bfloat16 reaches the encoder and the synthesizer; on a CPU the F0 network stays
+    float32 (runtime.f0_dtype) unless f0_options asks otherwise. The output stays close to
+    float32 (random reduced weights: SNR > 25 dB; 43 dB typical)."""
+    from rvcfast.runtime import f0_dtype
+
     common = dict(encoder=models / "contentvec_hf", f0="rmvpe", f0_weights=models / "rmvpe_reduced.pt", device="cpu")
     bf = rvcfast.Converter.from_pretrained(models / "voice_v2_40k_f0.pth", dtype="bfloat16", **common)
     assert isinstance(bf.f0_extractor, RMVPEExtractor)
-    assert bf.f0_extractor.model.dtype == torch.bfloat16
+    assert bf.f0_extractor.model.dtype == torch.float32
     assert next(bf.encoder.parameters()).dtype == torch.bfloat16
     assert next(bf.vocoder.parameters()).dtype == torch.bfloat16
     f32 = rvcfast.Converter.from_pretrained(models / "voice_v2_40k_f0.pth", **common)
@@ -96,8 +99,15 @@ def test_bfloat16_converter_runs_every_network_in_bf16(models, clip):
     assert y_bf.shape == y_32.shape
     snr = 10 * np.log10(np.sum(y_32.astype(np.float64) ** 2) / np.sum((y_bf - y_32).astype(np.float64) ** 2))
     assert snr > 25, snr
-    # an explicit F0 dtype wins over the converter's
-    mixed = rvcfast.Converter.from_pretrained(
-        models / "voice_v2_40k_f0.pth", dtype="bfloat16", f0_options={"dtype": torch.float32}, **common
+    # the same F0 as float32: the F0 tracks are identical
+    prep = bf.engine.prepare(clip, 16000, params=bf.engine.params(noise=False))
+    np.testing.assert_array_equal(bf.engine.extract_f0([prep], bf.engine.params())[0],
+                                  f32.engine.extract_f0([prep], f32.engine.params())[0])
+    # an explicit F0 dtype wins over the default
+    low = rvcfast.Converter.from_pretrained(
+        models / "voice_v2_40k_f0.pth", dtype="bfloat16", f0_options={"dtype": torch.bfloat16}, **common
     )
-    assert mixed.f0_extractor.model.dtype == torch.float32
+    assert low.f0_extractor.model.dtype == torch.bfloat16
+    # on CUDA the F0 network follows the engine (a rule, checked without a GPU)
+    assert f0_dtype(torch.float16, torch.device("cuda")) == torch.float16
+    assert f0_dtype(torch.bfloat16, torch.device("cpu")) == torch.float32

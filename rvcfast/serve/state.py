@@ -181,12 +181,13 @@ class ServerState:
         with self._f0_lock:
             if name not in self._f0_extractors:
                 from ..f0.registry import build_f0_extractor
+                from ..runtime import f0_dtype
 
                 cfg = self.cfg
                 uses_rmvpe = "rmvpe" in name
                 self._f0_extractors[name] = build_f0_extractor(
                     name, weights=cfg.f0_weights if uses_rmvpe else None, allow_download=cfg.allow_download and uses_rmvpe,
-                    device=self.device, dtype=self.dtype,
+                    device=self.device, dtype=f0_dtype(self.dtype, self.device),
                 )
             return self._f0_extractors[name]
 
