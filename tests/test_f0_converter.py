@@ -111,3 +111,16 @@ def test_bfloat16_converter_runs_its_networks_in_bf16_and_f0_in_float32_on_a_cpu
     # on CUDA the F0 network follows the engine (a rule, checked without a GPU)
     assert f0_dtype(torch.float16, torch.device("cuda")) == torch.float16
     assert f0_dtype(torch.bfloat16, torch.device("cpu")) == torch.float32
+
+
+def test_f0_dtype_option_takes_a_name_and_is_checked(models):
+    """``--f0-option dtype=bfloat16`` arrives as a string: it is a precision name like ``--dtype``'s."""
+    from rvcfast.errors import ParameterError
+    from rvcfast.f0.registry import build_f0_extractor
+
+    ext = build_f0_extractor("rmvpe", weights=models / "rmvpe_reduced.pt", options={"dtype": "bfloat16"})
+    assert ext.dtype == torch.bfloat16 and ext.model.dtype == torch.bfloat16
+    with pytest.raises(ParameterError, match="float16 is only supported on CUDA"):
+        build_f0_extractor("rmvpe", weights=models / "rmvpe_reduced.pt", options={"dtype": "float16"})
+    with pytest.raises(ParameterError, match="dtype must be"):
+        build_f0_extractor("rmvpe", weights=models / "rmvpe_reduced.pt", options={"dtype": "half-ish"})

@@ -13,6 +13,7 @@ import torch
 
 from ..constants import F0_HOP, F0_MAX, F0_MIN, SR_16K
 from ..errors import AudioError
+from ..runtime import resolve_dtype
 
 __all__ = ["BaseF0Extractor", "SAMPLE_RATE", "HOP_LENGTH", "F0_MIN", "F0_MAX", "as_audio16k", "package_dir"]
 
@@ -64,9 +65,10 @@ class BaseF0Extractor(ABC):
     #: True for pure-CPU trackers with no batching (the batch engine runs them in worker processes).
     cpu_bound: bool = False
 
-    def __init__(self, device: str | torch.device = "cpu", dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32) -> None:
         self.device = torch.device(device)
-        self.dtype = dtype
+        # a name ("bfloat16", from --f0-option dtype=bfloat16) or a torch dtype, checked for the device
+        self.dtype = resolve_dtype(dtype, self.device)
 
     @abstractmethod
     def extract(self, audio16k: np.ndarray) -> np.ndarray:

@@ -72,7 +72,7 @@ class RMVPEExtractor(BaseF0Extractor):
         self.threshold = float(threshold)
         self.pad_mode = pad_mode
         self.chunk_frames = chunk_frames
-        self.model = get_rmvpe_model(weights, self.device, dtype, allow_download=allow_download)
+        self.model = get_rmvpe_model(weights, self.device, self.dtype, allow_download=allow_download)
 
     def _kwargs(self, n_samples: int) -> dict:
         kw: dict = {"threshold": self.threshold, "pad_mode": self.pad_mode}
