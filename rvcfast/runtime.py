@@ -99,7 +99,7 @@ def f0_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     On a CPU, always float32, as the reference does: a pitch tracker's answer is the
     argmax of a salience curve, and bfloat16's rounding (about 0.4 %) moves the argmax
     wherever two candidates are close. Measured on the full-size RMVPE (random weights,
-    whose flat salience makes this worst-case), batch12 in bfloat16 moved 0.5-2 % of the
+    whose flat salience makes this worst-case), batch12 in bfloat16 moved 0.6-2.2 % of the
     voiced frames by up to five octaves, and the converted audio fell from 35-43 dB SNR
     against float32 (same F0) to 4-9 dB. The F0 stage is about a tenth of the work, so
     float32 there costs bfloat16 runs ~5 % of their speed. On CUDA the F0 network follows
