@@ -35,9 +35,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from .audio import AudioInput, decode
+from .audio import AudioInput
 from .constants import F0_HOP, SR_16K
-from .errors import AudioError, ModelLoadError, ParameterError, RvcfastError
+from .errors import ModelLoadError, ParameterError, RvcfastError
 from .packing import pack
 from .params import ConversionParams
 from .pipeline import (
@@ -46,7 +46,7 @@ from .pipeline import (
     apply_protect,
     finish,
     pitch_track,
-    prepare,
+    prepare_input,
     segment_features,
     segment_frames,
     segment_inputs,
@@ -63,34 +63,6 @@ __all__ = ["Engine", "prepare_input", "load_encoder_cached"]
 #: F0 track of one input as handed to :meth:`Engine.run`: an array, or the exception that
 #: computing it raised (the input then fails with that reason).
 F0Track = np.ndarray | BaseException | None
-
-
-def prepare_input(
-    source: AudioInput,
-    sample_rate: int | None = None,
-    *,
-    name: str | None = None,
-    params: ConversionParams | None = None,
-    config: SegmentConfig = SegmentConfig(),
-) -> PreparedAudio:
-    """Stage 1 without any model: decode one input and run the signal stages.
-
-    Decoding (any file or array to float64 mono 16 kHz), the formant shift when
-    ``params.formant`` is set, the input peak guard, the 48 Hz high-pass, split points and
-    padding. With ``params.strict`` an input with warnings raises
-    :class:`~rvcfast.errors.AudioError`. Thread-safe; a cluster runs it in CPU tasks that
-    hold no network.
-    """
-    decoded = decode(source, sample_rate, name=name)
-    if params is not None and params.strict and decoded.warnings:
-        raise AudioError(None, "strict mode: " + "; ".join(decoded.warnings))
-    audio = decoded.audio
-    if params is not None and params.formant is not None:
-        from .effects import formant_shift
-
-        # as the reference: on the 16 kHz input, before the peak guard
-        audio = formant_shift(audio, *params.formant)
-    return prepare(audio, config, label=decoded.label, warnings=decoded.warnings)
 
 
 def load_encoder_cached(

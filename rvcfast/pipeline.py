@@ -17,21 +17,27 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
+from .audio import AudioInput, decode
 from .constants import F0_HOP, FEATURE_HOP, FEATURE_WINDOW, LONG_INPUT_SAMPLES, SR_16K
 from .dsp import change_rms, highpass_48hz, highpass_blocks, input_peak_guard, output_peak_guard, resample
+from .errors import AudioError
 from .f0.post import postprocess
 from .params import ConversionParams
 from .protocols import FeatureEncoder
 from .segment import Segment, SegmentConfig, find_split_points, plan_segments, reflect_pad
 
+if TYPE_CHECKING:  # stage 1 (prepare_input) runs without torch: a cluster's decoding tasks never load it
+    import torch
+
 __all__ = [
     "PreparedAudio",
     "SegmentInput",
     "prepare",
+    "prepare_input",
     "pitch_track",
     "segment_features",
     "segment_inputs",
@@ -103,6 +109,34 @@ def prepare(
     return PreparedAudio(
         padded=padded, segments=segments, p_len=padded.shape[0] // F0_HOP, config=config, label=label, warnings=list(warnings)
     )
+
+
+def prepare_input(
+    source: AudioInput,
+    sample_rate: int | None = None,
+    *,
+    name: str | None = None,
+    params: ConversionParams | None = None,
+    config: SegmentConfig = SegmentConfig(),
+) -> PreparedAudio:
+    """Stage 1 without any model: decode one input and run the signal stages.
+
+    Decoding (any file or array to float64 mono 16 kHz), the formant shift when
+    ``params.formant`` is set, the input peak guard, the 48 Hz high-pass, split points and
+    padding. With ``params.strict`` an input with warnings raises
+    :class:`~rvcfast.errors.AudioError`. Thread-safe; a cluster runs it in CPU tasks that
+    hold no network.
+    """
+    decoded = decode(source, sample_rate, name=name)
+    if params is not None and params.strict and decoded.warnings:
+        raise AudioError(None, "strict mode: " + "; ".join(decoded.warnings))
+    audio = decoded.audio
+    if params is not None and params.formant is not None:
+        from .effects import formant_shift
+
+        # as the reference: on the 16 kHz input, before the peak guard
+        audio = formant_shift(audio, *params.formant)
+    return prepare(audio, config, label=decoded.label, warnings=decoded.warnings)
 
 
 def segment_frames(n_samples: int, span_frames: int, keep_length: bool = False) -> int:
@@ -187,6 +221,8 @@ def segment_features(
     v1_output_layer: int = 9,
 ) -> list[torch.Tensor]:
     """Content features ``[T, C]`` for each segment (one padded, masked encoder batch)."""
+    import torch
+
     lengths = [a.shape[0] for a in audios]
     n = max(lengths)
     batch = torch.zeros(len(audios), n, dtype=torch.float32)

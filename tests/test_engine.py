@@ -123,3 +123,20 @@ def test_scipy_signal_is_imported_only_when_a_signal_is_filtered() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "True"]
+
+
+def test_stage_one_runs_without_torch(tmp_path) -> None:
+    """prepare_input (decode + signal stages) never imports torch: a cluster's decoding tasks stay light."""
+    import subprocess
+    import sys
+
+    import soundfile as sf
+
+    wav = tmp_path / "tone.wav"
+    sf.write(wav, 0.3 * np.sin(np.arange(44100) * 2 * np.pi * 220 / 44100), 44100)
+    code = (
+        "import sys; from rvcfast.pipeline import prepare_input; import rvcfast.integrations.ray._stages; "
+        f"p = prepare_input({str(wav)!r}); print(p.padded.shape[0] > 16000, 'torch' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["True", "False"], out.stderr

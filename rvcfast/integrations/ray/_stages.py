@@ -28,9 +28,9 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ...engine import Engine, prepare_input
 from ...errors import RvcfastError
 from ...params import ConversionParams
+from ...pipeline import prepare_input
 from ...writing import write_audio_atomic
 from ._weights import ModelFiles, local_files
 
@@ -219,6 +219,8 @@ class ConvertWorker:
         self.node, self.host = _where()
         threads = spec.threads or max(1, _node_cpus(self.node) // max(1, spec.workers_per_node))
         torch.set_num_threads(threads)
+        from ...engine import Engine  # here, not at the top: decoding and writing tasks never import torch
+
         files: ModelFiles = local_files(spec.files)
         self.engine = Engine.load(
             files.model, index=files.index, encoder=files.encoder, f0=spec.f0, f0_weights=files.f0_weights,
