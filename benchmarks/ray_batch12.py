@@ -8,8 +8,10 @@ not depend on the weight values). Variants, in this order:
   whole job in one process; the load is also shown on its own);
 * Ray start-up: ``ray.init`` of a local one-node cluster (stated separately);
 * ``convert_files``: :func:`rvcfast.integrations.ray.convert_files` on that running cluster
-  (checks on the driver, a model actor started and loaded, decoding tasks, conversion,
-  writes, manifest), writing in the actor (the default) and in CPU tasks (``write_in="task"``);
+  (checks on the driver, the model actors started and loaded, decoding tasks, conversion,
+  writes, manifest) with its default pool (one single-threaded worker per core), writing
+  in the actor (the default) and in CPU tasks (``write_in="task"``), and with one worker
+  running a thread per core (``num_workers=1``: the default before 2026-12-05);
 * ``convert_batch`` again, to show how much the machine's load moved during the run.
 
 Prints a Markdown table with the CPU (``lscpu``). Run::
@@ -61,13 +63,13 @@ def run_convert_batch(models: dict[str, Path], files: list[Path], out: Path) -> 
     return t1 - t0, t2 - t1
 
 
-def run_convert_files(models: dict[str, Path], files: list[Path], out: Path, write_in: str) -> float:
+def run_convert_files(models: dict[str, Path], files: list[Path], out: Path, write_in: str, **layout: int) -> float:
     from rvcfast.integrations.ray import convert_files
 
     t0 = time.perf_counter()
     rows = convert_files(
         [str(f) for f in files], out, models["model"], index=models["index"], encoder=models["encoder"],
-        f0_weights=models["f0_weights"], device="cpu", write_in=write_in, progress=False,
+        f0_weights=models["f0_weights"], device="cpu", write_in=write_in, progress=False, **layout,
     )
     seconds = time.perf_counter() - t0
     assert [r["status"] for r in rows] == ["ok"] * len(files), [r["error"] for r in rows if r["status"] != "ok"]
@@ -105,9 +107,14 @@ def main() -> None:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1")
         start = time.perf_counter() - t0
         rows.append(("Ray start-up (ray.init, one node)", start, f"{before} -> {_load()}"))
-        for write_in, what in (("actor", "writes in the actor"), ("task", "writes in CPU tasks")):
+        variants = (
+            ("actor", {}, "writes in the actor"),
+            ("task", {}, "writes in CPU tasks"),
+            ("actor", {"num_workers": 1}, f"one worker of {os.cpu_count()} threads, writes in the actor"),
+        )
+        for k, (write_in, layout, what) in enumerate(variants):
             before = _load()
-            seconds = run_convert_files(models, files, scratch / f"ray_{write_in}", write_in)
+            seconds = run_convert_files(models, files, scratch / f"ray_{k}", write_in, **layout)
             rows.append((f"convert_files, {what} (running cluster)", seconds, f"{before} -> {_load()}"))
         t0 = time.perf_counter()
         ray.shutdown()

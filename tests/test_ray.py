@@ -159,7 +159,7 @@ class TestOneNode:
         with pytest.raises(ParameterError, match="speaker 7 is out of range"):
             run(speaker=7)
         with pytest.raises(ParameterError, match="need .* CPUs; the cluster has 2"):
-            run(num_workers=3)
+            run(num_workers=2, cpus_per_worker=1)  # two whole CPUs leave none for decoding
         with pytest.raises(ParameterError, match="format must be one of"):
             run(format="xyz")
         with pytest.raises(ModelLoadError, match="nothere.pth"):
@@ -209,9 +209,8 @@ class TestTwoNodes:
 
         out = tmp_path / "out"
         files = [inputs / f"{n}.wav" for n, *_ in CLIPS]
-        rows = convert_files(
-            files, out, tiny_models.voice, num_workers=2, cpus_per_worker=0.75, batch_size=1, weights="object-store",
-            **_options(tiny_models),
+        rows = convert_files(  # the default pool: one worker per node (0.75 CPU each, decoding gets the rest)
+            files, out, tiny_models.voice, batch_size=1, weights="object-store", **_options(tiny_models),
         )
         assert [r["status"] for r in rows] == ["ok"] * len(CLIPS)
         assert {r["node"] for r in rows} == cluster  # both worker nodes converted files, the head none
@@ -230,6 +229,50 @@ class TestTwoNodes:
         assert marker.exists()  # a worker did die in the middle of a write
         assert [r["status"] for r in rows] == ["ok"] * len(CLIPS)
         _assert_outputs(out, rows, expected)
+
+
+# ------------------------------------------------------------------------------ the default pool
+
+
+class TestDefaultPool:
+    """The default CPU layout: one single-threaded worker per core, as many as memory holds, room left for decoding."""
+
+    GiB = 1024**3
+
+    @staticmethod
+    def _nodes(*spec: tuple[float, float]) -> list[dict]:
+        return [{"NodeID": f"n{k}", "Alive": True, "Resources": {"CPU": c, "memory": m}} for k, (c, m) in enumerate(spec)]
+
+    def _pool(self, monkeypatch, nodes, num_workers=None, cpus_per_worker=None, threads=None):
+        from rvcfast.integrations.ray import _job
+
+        monkeypatch.setattr(_job, "_cpu_nodes", lambda: nodes)
+        return _job._pool_size(num_workers, 0, cpus_per_worker, threads)
+
+    def test_one_single_threaded_worker_per_core(self, monkeypatch):
+        low, high, cpus, per_node = self._pool(monkeypatch, self._nodes((2, 16 * self.GiB)))
+        assert (low, high, per_node) == (1, 2, None)
+        assert cpus == 0.87  # (2 CPUs - 0.25 for decoding) / 2, rounded down: both fit with a decoding task
+        assert high * cpus + 0.25 <= 2
+
+    def test_memory_caps_the_workers_and_they_get_more_threads(self, monkeypatch):
+        from rvcfast.integrations.ray import CPU_WORKER_MEMORY
+        from rvcfast.integrations.ray._stages import cpu_workers_on_node
+
+        nodes = self._nodes((16, 4.5 * CPU_WORKER_MEMORY), (1, 8 * self.GiB))
+        _, high, cpus, _ = self._pool(monkeypatch, nodes)
+        assert high == 4 + 1  # four fit in the first node's memory, one on the 1-CPU node
+        assert cpus == 0.75  # the tightest node: (1 - 0.25) / 1
+        assert cpu_workers_on_node(16, 4.5 * CPU_WORKER_MEMORY) == 4  # each of those four runs 16 // 4 threads
+        assert cpu_workers_on_node(8, 0, threads=2) == 4  # no memory figure: by cores alone
+
+    def test_given_counts_and_reservations_are_kept_or_refused(self, monkeypatch):
+        nodes = self._nodes((2, 16 * self.GiB))
+        assert self._pool(monkeypatch, nodes, cpus_per_worker=1) == (1, 1, 1, None)  # 2 x 1 CPU leaves none to decode
+        assert self._pool(monkeypatch, nodes, num_workers=3) == (3, 3, 0.58, 3)  # shared like the default
+        assert self._pool(monkeypatch, nodes, num_workers=(1, 2), threads=1)[:2] == (1, 2)
+        with pytest.raises(ParameterError, match="need 2.25 CPUs; the cluster has 2"):
+            self._pool(monkeypatch, nodes, num_workers=2, cpus_per_worker=1)
 
 
 # ------------------------------------------------------------------------------ the extra

@@ -35,7 +35,7 @@ def add_scale_options(p: argparse.ArgumentParser | Any) -> None:
         help="run as a Ray job: no ADDRESS joins the running cluster (RAY_ADDRESS or `ray start`; "
         "else starts a local one), 'local' starts a local one, or ray://HOST:10001 / HOST:6379",
     )
-    p.add_argument("--workers", type=int, metavar="N", help="with --ray: at most N model workers (default: one per node, or per GPU share)")
+    p.add_argument("--workers", type=int, metavar="N", help="with --ray: at most N model workers (default: one single-threaded worker per core, as many as memory holds, or one per GPU share)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="F", help="with --ray: GPUs per model worker (e.g. 1, or 0.5 to share a GPU)")
     p.add_argument("--manifest", metavar="FILE", help="with --ray: the manifest of the rows, .jsonl or .parquet (default: OUT/rvcfast-manifest.jsonl)")
 

@@ -24,6 +24,7 @@ except ImportError as exc:  # pragma: no cover - depends on the environment
     ) from exc
 
 from ._job import (  # noqa: E402
+    CPU_WORKER_MEMORY,
     DECODE_CPUS,
     DEFAULT_BATCH_SIZE,
     MANIFEST_NAME,
@@ -43,6 +44,7 @@ __all__ = [
     "ROW_SCHEMA",
     "STAGES",
     "WEIGHT_MODES",
+    "CPU_WORKER_MEMORY",
     "DECODE_CPUS",
     "DEFAULT_BATCH_SIZE",
     "MANIFEST_NAME",

@@ -14,10 +14,21 @@ from typing import Any
 from ...errors import ParameterError
 from ...params import ConversionParams
 from ...writing import SUPPORTED_WRITE_FORMATS, remove_stale_parts
-from ._stages import CRASH_ENV, ConvertWorker, JobSpec, decode_audio, write_outputs
+from ._stages import (
+    CPU_WORKER_MEMORY,
+    CRASH_ENV,
+    ConvertWorker,
+    JobSpec,
+    cpu_workers_on_node,
+    decode_audio,
+    write_outputs,
+)
 from ._weights import WEIGHT_MODES, resolve_files, ship_files
 
-__all__ = ["convert_dataset", "convert_files", "connected", "plan_files", "write_manifest", "DECODE_CPUS", "MANIFEST_NAME", "DEFAULT_BATCH_SIZE"]
+__all__ = [
+    "convert_dataset", "convert_files", "connected", "plan_files", "write_manifest", "CPU_WORKER_MEMORY", "DECODE_CPUS",
+    "MANIFEST_NAME", "DEFAULT_BATCH_SIZE",
+]
 
 #: CPUs reserved by one decoding (or writing) task: decoding a file is a small share of its
 #: conversion, so several run next to a model worker without holding a whole core each.
@@ -27,7 +38,7 @@ DECODE_CPUS = 0.25
 MANIFEST_NAME = "rvcfast-manifest.jsonl"
 
 #: Files per model call of a worker (the engine packs their segments by length).
-DEFAULT_BATCH_SIZE = 4
+DEFAULT_BATCH_SIZE = 2
 
 WorkerCount = int | tuple[int, int] | None
 
@@ -83,24 +94,57 @@ def _cpu_nodes() -> list[dict[str, Any]]:
     return [n for n in _ray().nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
 
 
-def _default_pool(nodes: list[dict[str, Any]], gpus_per_worker: float, cpus_per_worker: float) -> int:
-    """One model worker per ``gpus_per_worker`` GPUs, or per CPU node with room for it and a decoding task."""
-    if gpus_per_worker > 0:
-        gpus = sum(n.get("Resources", {}).get("GPU", 0) for n in _ray().nodes() if n.get("Alive"))
-        if gpus < gpus_per_worker:
-            raise ParameterError(f"gpus_per_worker={gpus_per_worker:g}, but the cluster has {gpus:g} GPU(s)")
-        return int(gpus // gpus_per_worker)
-    return max(1, sum(1 for n in nodes if n["Resources"]["CPU"] >= cpus_per_worker + DECODE_CPUS))
+def _gpu_workers(gpus_per_worker: float) -> int:
+    gpus = sum(n.get("Resources", {}).get("GPU", 0) for n in _ray().nodes() if n.get("Alive"))
+    if gpus < gpus_per_worker:
+        raise ParameterError(f"gpus_per_worker={gpus_per_worker:g}, but the cluster has {gpus:g} GPU(s)")
+    return int(gpus // gpus_per_worker)
 
 
-def _pool_size(num_workers: WorkerCount, gpus_per_worker: float, cpus_per_worker: float) -> tuple[int, int]:
-    """``(min, max)`` model workers: as given, or :func:`_default_pool` with an autoscaling minimum of 1."""
+def _cpu_layout(nodes: list[dict[str, Any]], cpus_per_worker: float | None, threads: int | None) -> tuple[int, float]:
+    """The default CPU pool: (workers, CPUs reserved by each).
+
+    Each node gets :func:`cpu_workers_on_node` workers, fewer where ``cpus_per_worker``
+    leaves no room for them; without ``cpus_per_worker`` they share the node's CPUs less
+    one decoding task's reserve, so decoding always finds a CPU (the tightest node sets
+    the figure: Ray reserves the same for every worker of a pool).
+    """
+    total, share = 0, math.inf
+    for node in nodes:
+        res = node["Resources"]
+        count = cpu_workers_on_node(res["CPU"], res.get("memory", 0.0), threads)
+        if cpus_per_worker is not None:
+            count = min(count, int((res["CPU"] - DECODE_CPUS) // cpus_per_worker))
+        if count >= 1:
+            total += count
+            share = min(share, (res["CPU"] - DECODE_CPUS) / count)
+    if total == 0:
+        return 1, cpus_per_worker or 1.0  # refused below with the figures
+    return total, cpus_per_worker if cpus_per_worker is not None else math.floor(share * 100) / 100
+
+
+def _pool_size(
+    num_workers: WorkerCount, gpus_per_worker: float, cpus_per_worker: float | None, threads: int | None
+) -> tuple[int, int, float, int | None]:
+    """``(min, max)`` model workers, the CPUs each reserves, and workers per node (``None``: the default CPU layout).
+
+    Given ``num_workers`` is taken as it is (an int: a fixed pool; ``(min, max)``: Ray
+    Data's autoscaling pool); by default one worker per ``gpus_per_worker`` GPUs, or on CPUs
+    the layout of :func:`_cpu_layout`, every worker started at once (the pool may shrink).
+    """
     nodes = _cpu_nodes()
     total_cpus = sum(n["Resources"]["CPU"] for n in nodes)
+    per_node: int | None = None
     if num_workers is None:
-        low, high = 1, _default_pool(nodes, gpus_per_worker, cpus_per_worker)
-        if cpus_per_worker > 0:  # never so many that decoding finds no CPU left
-            high = max(1, min(high, int((total_cpus - DECODE_CPUS) // cpus_per_worker)))
+        if gpus_per_worker > 0:
+            high = _gpu_workers(gpus_per_worker)
+            cpus = 1.0 if cpus_per_worker is None else cpus_per_worker
+            if cpus > 0:  # never so many that decoding finds no CPU left
+                high = max(1, min(high, int((total_cpus - DECODE_CPUS) // cpus)))
+            per_node = max(1, math.ceil(high / max(1, len(nodes))))
+        else:
+            high, cpus = _cpu_layout(nodes, cpus_per_worker, threads)
+        low = 1
     elif isinstance(num_workers, int) and not isinstance(num_workers, bool):
         low = high = num_workers
     elif isinstance(num_workers, (tuple, list)) and len(num_workers) == 2:
@@ -109,26 +153,35 @@ def _pool_size(num_workers: WorkerCount, gpus_per_worker: float, cpus_per_worker
         raise ParameterError(f"num_workers must be a number or a (min, max) pair, got {num_workers!r}")
     if not 1 <= low <= high:
         raise ParameterError(f"num_workers must be at least 1 (and min <= max), got {num_workers!r}")
-    if high * cpus_per_worker + DECODE_CPUS > total_cpus + 1e-9:
+    if num_workers is not None:
+        per_node = max(1, math.ceil(high / max(1, len(nodes))))
+        if cpus_per_worker is not None:
+            cpus = cpus_per_worker
+        elif gpus_per_worker > 0:
+            cpus = 1.0
+        else:  # the given number of CPU workers share the CPUs a node has left beside decoding
+            tightest = min((n["Resources"]["CPU"] for n in nodes), default=1.0)
+            cpus = max(0.01, math.floor((tightest - DECODE_CPUS) / per_node * 100) / 100)
+    if high * cpus + DECODE_CPUS > total_cpus + 1e-9:
         raise ParameterError(
-            f"{high} model worker(s) x {cpus_per_worker:g} CPU plus {DECODE_CPUS:g} CPU for decoding need "
-            f"{high * cpus_per_worker + DECODE_CPUS:g} CPUs; the cluster has {total_cpus:g}: "
+            f"{high} model worker(s) x {cpus:g} CPU plus {DECODE_CPUS:g} CPU for decoding need "
+            f"{high * cpus + DECODE_CPUS:g} CPUs; the cluster has {total_cpus:g}: "
             "lower num_workers or cpus_per_worker"
         )
-    return low, high
+    return low, high, cpus, per_node
 
 
 # ------------------------------------------------------------------------------ checks on the driver
 
 
 def _check_options(
-    fmt: str, batch_size: int, gpus_per_worker: float, cpus_per_worker: float, threads: int | None, write_in: str, weights: str
+    fmt: str, batch_size: int, gpus_per_worker: float, cpus_per_worker: float | None, threads: int | None, write_in: str, weights: str
 ) -> None:
     if fmt.lower() not in SUPPORTED_WRITE_FORMATS:
         raise ParameterError(f"format must be one of {sorted(SUPPORTED_WRITE_FORMATS)}, got {fmt!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ParameterError(f"batch_size must be a whole number of files >= 1, got {batch_size!r}")
-    if not gpus_per_worker >= 0 or not cpus_per_worker >= 0 or (gpus_per_worker == 0 and cpus_per_worker == 0):
+    if not gpus_per_worker >= 0 or (cpus_per_worker is not None and not cpus_per_worker >= 0) or (gpus_per_worker == 0 and cpus_per_worker == 0):
         raise ParameterError(
             f"gpus_per_worker ({gpus_per_worker!r}) and cpus_per_worker ({cpus_per_worker!r}) must be >= 0, one of them > 0"
         )
@@ -195,7 +248,7 @@ def convert_dataset(
     dtype: Any = "float32",
     num_workers: WorkerCount = None,
     gpus_per_worker: float = 0,
-    cpus_per_worker: float = 1,
+    cpus_per_worker: float | None = None,
     threads_per_worker: int | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
     batch_seconds: float | None = None,
@@ -217,11 +270,14 @@ def convert_dataset(
     dataset is consumed (``take_all``, ``iter_rows``, ``write_parquet``...).
 
     Stages: decoding and resampling in CPU tasks, the models in an autoscaling pool of
-    ``num_workers`` actors (an int, or ``(min, max)``; default one per CPU node, or one per
-    ``gpus_per_worker`` GPUs) that load the models once, batches of ``batch_size`` files,
-    writes in the actors (``write_in="task"``: in CPU tasks). ``cpus_per_worker`` is the
-    Ray reservation of a model worker; PyTorch runs ``threads_per_worker`` threads in it
-    (default: the node's CPUs shared among the workers that can land on it). ``weights``:
+    ``num_workers`` actors (an int, or ``(min, max)``) that load the models once, batches
+    of ``batch_size`` files, writes in the actors (``write_in="task"``: in CPU tasks). By
+    default a GPU cluster gets one actor per ``gpus_per_worker`` GPUs, and a CPU cluster one
+    single-threaded actor per core of each node, as many as the node's memory holds
+    (:data:`CPU_WORKER_MEMORY` each), all started at once. ``cpus_per_worker`` is the Ray
+    reservation of a model worker (default on CPUs: a node's CPUs less one decoding task's
+    share, divided among its workers; on GPUs: 1); PyTorch runs ``threads_per_worker``
+    threads in it (default: the node's CPUs divided among its workers). ``weights``:
     ``"path"`` (every node opens the driver's paths: a shared filesystem) or
     ``"object-store"`` (shipped through Ray's object store). ``**params`` are conversion
     parameters (:class:`~rvcfast.ConversionParams` fields), checked here against the model
@@ -240,7 +296,7 @@ def convert_dataset(
     files = resolve_files(
         model, index=index, encoder=encoder, f0=f0, f0_weights=f0_weights, has_f0=has_f0, allow_download=allow_download
     )
-    low, high = _pool_size(num_workers, gpus_per_worker, cpus_per_worker)
+    low, high, cpus_per_worker, per_node = _pool_size(num_workers, gpus_per_worker, cpus_per_worker, threads_per_worker)
     if not isinstance(ds, ray.data.Dataset):
         ds = _items_dataset(plan_files(ds, out_dir, format, skip_existing, recursive), batch_size)
     schema = ds.schema(fetch_if_missing=False)  # known without running anything, or None
@@ -250,14 +306,15 @@ def convert_dataset(
         files=ship_files(files, weights), params=conv_params, out_dir=os.path.abspath(os.path.expanduser(os.fspath(out_dir))),
         format=format.lower(), subtype=subtype,
         skip_existing=skip_existing, f0=f0, f0_options=f0_options, device=device, dtype=dtype, batch_seconds=batch_seconds,
-        threads=threads_per_worker, workers_per_node=max(1, math.ceil(high / max(1, len(_cpu_nodes())))),
+        threads=threads_per_worker, workers_per_node=per_node,
         write_in=write_in, crash_marker=os.environ.get(CRASH_ENV) or None,
     )
     ds = ds.map_batches(decode_audio, batch_format="pyarrow", fn_kwargs={"spec": spec}, num_cpus=DECODE_CPUS)
     # Ray Data spreads the actors over the nodes (its default strategy): one per node before two on one
     ds = ds.map_batches(
         ConvertWorker, batch_size=batch_size, batch_format="pyarrow", fn_constructor_kwargs={"spec": spec},
-        compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high), num_cpus=cpus_per_worker,
+        compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high, initial_size=high if num_workers is None else None),
+        num_cpus=cpus_per_worker,
         num_gpus=gpus_per_worker if gpus_per_worker > 0 else None,
     )
     if write_in == "task":

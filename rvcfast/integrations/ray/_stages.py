@@ -79,7 +79,7 @@ class JobSpec:
     dtype: Any = "float32"
     batch_seconds: float | None = None
     threads: int | None = None
-    workers_per_node: int = 1
+    workers_per_node: int | None = None  # None: the default CPU layout, worked out on each node
     write_in: str = "actor"
     crash_marker: str | None = None
 
@@ -200,13 +200,31 @@ def _finish(row: dict[str, Any]) -> dict[str, Any]:
     return row
 
 
-def _node_cpus(node_id: str) -> int:
+#: Memory one CPU model worker needs: a v2 voice, HuBERT, RMVPE and an index in float32 with
+#: the working memory of a conversion (whole-process peak measured at 1.56 GB on batch12),
+#: plus Ray's own share of the process. Caps how many workers the default layout puts on a node.
+CPU_WORKER_MEMORY = 2 * 1024**3
+
+
+def cpu_workers_on_node(cpus: float, memory: float, threads: int | None = None) -> int:
+    """How many CPU model workers the default layout puts on a node.
+
+    One per ``threads`` cores (default 1: single-threaded workers side by side convert
+    faster than one worker whose threads share every operation; docs/scale-out.md has the
+    figures), no more than the node's memory (Ray's ``memory`` resource) holds.
+    """
+    by_cpu = int(cpus // (threads or 1))
+    by_memory = int(memory // CPU_WORKER_MEMORY) if memory > 0 else by_cpu
+    return max(1, min(by_cpu, by_memory))
+
+
+def _node_resources(node_id: str) -> dict[str, float]:
     import ray
 
     for node in ray.nodes():
         if node.get("NodeID") == node_id and node.get("Alive"):
-            return max(1, int(node.get("Resources", {}).get("CPU", 1)))
-    return max(1, os.cpu_count() or 1)
+            return dict(node.get("Resources", {}))
+    return {"CPU": float(os.cpu_count() or 1)}
 
 
 class ConvertWorker:
@@ -217,7 +235,10 @@ class ConvertWorker:
 
         self.spec = spec
         self.node, self.host = _where()
-        threads = spec.threads or max(1, _node_cpus(self.node) // max(1, spec.workers_per_node))
+        res = _node_resources(self.node)
+        cpus = max(1, int(res.get("CPU", 1)))
+        per_node = spec.workers_per_node or cpu_workers_on_node(cpus, res.get("memory", 0.0))
+        threads = spec.threads or max(1, cpus // per_node)
         torch.set_num_threads(threads)
         from ...engine import Engine  # here, not at the top: decoding and writing tasks never import torch
 
