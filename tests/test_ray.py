@@ -275,6 +275,22 @@ class TestDefaultPool:
             self._pool(monkeypatch, nodes, num_workers=2, cpus_per_worker=1)
 
 
+    def test_the_default_pool_starts_every_worker_at_once_on_any_ray(self, monkeypatch):
+        from rvcfast.integrations.ray import _job
+
+        pool = _job._actor_pool(1, 3, start_all=True)
+        assert (pool.min_size, pool.max_size, pool.initial_size) == (1, 3, 3)
+        assert (_job._actor_pool(1, 3, start_all=False).min_size, pool.max_size) == (1, 3)
+
+        class OldStrategy:  # a Ray Data without initial_size
+            def __init__(self, min_size: int = 1, max_size: int | None = None) -> None:
+                self.min_size, self.max_size = min_size, max_size
+
+        monkeypatch.setattr(ray.data, "ActorPoolStrategy", OldStrategy)
+        old = _job._actor_pool(1, 3, start_all=True)
+        assert (old.min_size, old.max_size) == (3, 3)
+
+
 # ------------------------------------------------------------------------------ the extra
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import os
@@ -171,6 +172,19 @@ def _pool_size(
     return low, high, cpus, per_node
 
 
+def _actor_pool(low: int, high: int, *, start_all: bool) -> Any:
+    """Ray Data's actor pool of ``low``..``high`` workers; ``start_all`` starts ``high`` at once.
+
+    Older Ray releases have no ``initial_size``: there a pool that starts all its workers is a fixed one.
+    """
+    strategy = _ray().data.ActorPoolStrategy
+    if not start_all:
+        return strategy(min_size=low, max_size=high)
+    if "initial_size" in inspect.signature(strategy.__init__).parameters:
+        return strategy(min_size=low, max_size=high, initial_size=high)
+    return strategy(min_size=high, max_size=high)
+
+
 # ------------------------------------------------------------------------------ checks on the driver
 
 
@@ -313,8 +327,7 @@ def convert_dataset(
     # Ray Data spreads the actors over the nodes (its default strategy): one per node before two on one
     ds = ds.map_batches(
         ConvertWorker, batch_size=batch_size, batch_format="pyarrow", fn_constructor_kwargs={"spec": spec},
-        compute=ray.data.ActorPoolStrategy(min_size=low, max_size=high, initial_size=high if num_workers is None else None),
-        num_cpus=cpus_per_worker,
+        compute=_actor_pool(low, high, start_all=num_workers is None), num_cpus=cpus_per_worker,
         num_gpus=gpus_per_worker if gpus_per_worker > 0 else None,
     )
     if write_in == "task":
