@@ -272,10 +272,9 @@ def _fold_into(conv: nn.Module, bn: nn.Module, transposed: bool) -> None:
     scale, shift = _bn_scale_shift(bn)
     dtype = conv.weight.dtype
     with torch.no_grad():
-        # float64 maths, written back into the existing weight (no second copy of the network)
-        w = conv.weight.double() * (scale.reshape(1, -1, 1, 1) if transposed else scale.reshape(-1, 1, 1, 1))
-        conv.weight.copy_(w)
-        del w
+        # in place: torch multiplies in float64 (the wider operand) and rounds once into the
+        # weight's dtype, the same values as a float64 copy, without one of the whole network
+        conv.weight.mul_(scale.reshape(1, -1, 1, 1) if transposed else scale.reshape(-1, 1, 1, 1))
     bias = shift if conv.bias is None else conv.bias.double() * scale + shift
     conv.weight.requires_grad_(False)
     conv.bias = nn.Parameter(bias.to(dtype), requires_grad=False)
