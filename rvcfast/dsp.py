@@ -13,16 +13,19 @@ Everything that reproduces the reference works on float64, as the reference does
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 
-from .constants import HIGHPASS_HZ, INPUT_PEAK, OUTPUT_PEAK, SR_16K
+from .constants import INPUT_PEAK, OUTPUT_PEAK, SR_16K
 
 __all__ = [
     "resampled_length",
     "resample",
     "Resampler",
+    "HIGHPASS_A",
+    "HIGHPASS_B",
     "highpass_48hz",
     "highpass_blocks",
     "input_peak_guard",
@@ -139,32 +142,106 @@ def resample_stream(blocks: Iterable[np.ndarray], orig_sr: int, target_sr: int, 
 # ---------------------------------------------------------------------- RVC's signal stages
 
 
-def _signal():
-    """``scipy.signal``, imported on first use: it takes ~0.7 s (scipy 1.17 parses docstrings at
-    import), which a process that never filters (``rvcfast info``, a server before its first
-    request) need not pay. (Importing it in a thread while models load saves nothing: both
-    hold the GIL most of the time.)"""
-    from scipy import signal
+#: ``scipy.signal.butter(N=5, Wn=48, btype="high", fs=16000)``: the reference's input
+#: high-pass, as float64 literals (tests check them against scipy), so that filtering needs
+#: no ``scipy.signal``: importing it takes ~0.65 s (it parses docstrings and pulls in
+#: ``scipy.stats``), which every process that converts anything used to pay.
+HIGHPASS_B = np.array(
+    [0.9699606451838447, -4.849803225919223, 9.699606451838447, -9.699606451838447, 4.849803225919223, -0.9699606451838447]
+)
+HIGHPASS_A = np.array(
+    [1.0, -4.939001819168364, 9.757863526739543, -9.639544849413458, 4.761506797356209, -0.9408236532054606]
+)
+#: scipy ``filtfilt``'s default edge extension for these coefficients: ``3 * max(len(a), len(b))``.
+_PADLEN = 3 * len(HIGHPASS_A)
+#: Samples after which the filter's responses are below 1e-21 of their start (slowest pole
+#: |p| = 0.9942): the filter is applied as a convolution with responses this long.
+_RESPONSE_LEN = 8192
 
-    return signal
+
+@functools.lru_cache(maxsize=1)
+def _highpass_responses() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The 48 Hz filter as ``lfilter`` runs it (transposed direct form II), precomputed once.
+
+    Returns the impulse response ``h`` (``[L]``), the responses to each unit initial state
+    with zero input (``[L, 5]``), and ``lfilter_zi`` (the steady state for a unit step), so
+    that ``lfilter(b, a, x, zi=z) == conv(h, x)[:n] + free @ z`` to float64 rounding. Both
+    responses are the same recursion ``lfilter`` runs, started from different states.
+    """
+    b, a = HIGHPASS_B, HIGHPASS_A
+    order = len(a) - 1
+    states = np.zeros((order, order + 1))
+    states[:, :order] = np.eye(order)
+    states[:, order] = b[1:] - a[1:] * b[0]  # the state after an impulse's first sample
+    out = np.empty((_RESPONSE_LEN, order + 1))
+    for n in range(_RESPONSE_LEN):
+        y = states[0].copy()
+        out[n] = y
+        states[:-1] = states[1:]
+        states[-1] = 0.0
+        states -= a[1:, None] * y
+    h = np.concatenate([[b[0]], out[:-1, order]])
+    companion = np.zeros((order, order))
+    companion[0] = -a[1:]
+    companion[1:, :-1] = np.eye(order - 1)
+    zi = np.linalg.solve(np.eye(order) - companion.T, b[1:] - a[1:] * b[0])
+    return h, out[:, :order], zi
 
 
-def _butter_48hz() -> tuple[np.ndarray, np.ndarray]:
-    b, a = _signal().butter(N=5, Wn=HIGHPASS_HZ, btype="high", fs=SR_16K)
-    return b, a
+#: FFT length of the overlap-save convolution (each block yields ``size - L + 1`` samples).
+_FFT_SIZE = 1 << 15
+
+
+@functools.lru_cache(maxsize=4)
+def _response_spectrum(size: int) -> np.ndarray:
+    return np.fft.rfft(_highpass_responses()[0], size)
+
+
+def _convolve_response(x: np.ndarray) -> np.ndarray:
+    """``np.convolve(x, h)[:len(x)]`` by overlap-save with short FFTs (cache-sized blocks)."""
+    n, taps = x.shape[0], _RESPONSE_LEN
+    size = min(_FFT_SIZE, 1 << int(n + taps - 1).bit_length())
+    step = size - taps + 1
+    blocks = -(-n // step)
+    padded = np.zeros((blocks - 1) * step + size)
+    padded[taps - 1 : taps - 1 + n] = x
+    frames = np.lib.stride_tricks.as_strided(padded, (blocks, size), (step * padded.strides[0], padded.strides[0]))
+    y = np.fft.irfft(np.fft.rfft(frames, axis=1) * _response_spectrum(size), size, axis=1)[:, taps - 1 :]
+    return y.reshape(-1)[:n]
+
+
+def _lfilter_from(x: np.ndarray, scale: float) -> np.ndarray:
+    """``scipy.signal.lfilter(b, a, x, zi=lfilter_zi(b, a) * scale)`` for the 48 Hz filter."""
+    _, free, zi = _highpass_responses()
+    n = x.shape[0]
+    y = _convolve_response(x)
+    m = min(n, free.shape[0])
+    y[:m] += free[:m] @ (zi * scale)
+    return y
+
+
+def _filtfilt_edges(x: np.ndarray, first: bool = True, last: bool = True) -> np.ndarray:
+    """scipy's ``filtfilt`` (odd extension of ``_PADLEN`` samples) for the 48 Hz filter; a
+    block edge that is not a true signal end (``first``/``last`` False) gets no extension
+    (the caller's overlap is the run-in)."""
+    left = 2 * x[0] - x[_PADLEN:0:-1] if first else x[:0]
+    right = 2 * x[-1] - x[-2 : -_PADLEN - 2 : -1] if last else x[:0]
+    ext = np.concatenate([left, x, right])
+    y = _lfilter_from(ext, ext[0])[::-1]
+    y = _lfilter_from(y, y[0])[::-1]
+    return y[len(left) : len(left) + len(x)]
 
 
 def highpass_48hz(audio: np.ndarray) -> np.ndarray:
-    """Zero-phase order-5 Butterworth high-pass at 48 Hz (16 kHz), float64, scipy ``filtfilt`` defaults."""
-    b, a = _butter_48hz()
-    padlen = 3 * max(len(a), len(b))
+    """Zero-phase order-5 Butterworth high-pass at 48 Hz (16 kHz), float64: ``scipy.signal.filtfilt``
+    with its defaults, computed as FFT convolutions with the filter's responses (equal to
+    scipy's result within this ill-conditioned filter's own float64 rounding, ~1e-8 of the peak)."""
     x = np.asarray(audio, dtype=np.float64)
-    if x.shape[-1] <= padlen:
+    if x.shape[-1] <= _PADLEN:
         # filtfilt needs more samples than its edge extension; pad with zeros and cut back.
         n = x.shape[-1]
-        x = np.pad(x, (0, padlen + 1 - n))
-        return _signal().filtfilt(b, a, x)[:n]
-    return _signal().filtfilt(b, a, x)
+        return _filtfilt_edges(np.pad(x, (0, _PADLEN + 1 - n)))[:n]
+    return _filtfilt_edges(x)
 
 
 def highpass_blocks(
@@ -172,13 +249,12 @@ def highpass_blocks(
 ) -> np.ndarray:
     """RVC's 48 Hz zero-phase high-pass on overlapping blocks (``filtfilt`` to float64 rounding).
 
-    The filter's impulse response decays below 1e-22 within 8000 samples, so 1 s of
+    The filter's impulse response decays below 1e-21 within 8192 samples, so 1 s of
     overlap loses nothing; the result differs from one ``filtfilt`` call only by that
     ill-conditioned filter's own float64 rounding (about 5e-8 relative). The true ends
     of the signal get scipy's odd extension exactly as ``filtfilt`` does. ``out`` (same
     length) receives the result, so a caller can filter into a slice of a larger buffer.
     """
-    b, a = _butter_48hz()
     n = audio.shape[0]
     if out is None:
         out = np.empty(n, dtype=np.float64)
@@ -189,24 +265,9 @@ def highpass_blocks(
         lo = max(0, s - overlap)
         hi = min(n, s + block + overlap)
         # interior block edges get no odd extension: the overlap is a run-in that is dropped
-        y = _filtfilt_edges(b, a, audio[lo:hi], first=lo == 0, last=hi == n)
+        y = _filtfilt_edges(np.asarray(audio[lo:hi], dtype=np.float64), first=lo == 0, last=hi == n)
         out[s : min(n, s + block)] = y[s - lo : s - lo + min(block, n - s)]
     return out
-
-
-def _filtfilt_edges(b: np.ndarray, a: np.ndarray, x: np.ndarray, first: bool, last: bool) -> np.ndarray:
-    """filtfilt with scipy's odd extension at true signal ends and plain run-in elsewhere."""
-    padlen = 3 * max(len(a), len(b))
-    left = 2 * x[0] - x[padlen:0:-1] if first else x[:0]
-    right = 2 * x[-1] - x[-2 : -padlen - 2 : -1] if last else x[:0]
-    ext = np.concatenate([left, x, right])
-    signal = _signal()
-    zi = signal.lfilter_zi(b, a)
-    y, _ = signal.lfilter(b, a, ext, zi=zi * ext[0])
-    y = y[::-1]
-    y, _ = signal.lfilter(b, a, y, zi=zi * y[0])
-    y = y[::-1]
-    return y[len(left) : len(left) + len(x)]
 
 
 def input_peak_guard(audio: np.ndarray) -> np.ndarray:
