@@ -103,6 +103,29 @@ def test_python_m_rvcfast_help():
         assert command in proc.stdout
 
 
+def test_the_console_script_keeps_status_output_and_exit_handlers(tmp_path):
+    """``run`` leaves without interpreter teardown; status, piped output and atexit handlers survive."""
+    missing = tmp_path / "nothere.pth"
+    proc = subprocess.run(
+        [sys.executable, "-m", "rvcfast", "convert", str(missing), str(tmp_path / "a.wav"), "-o", str(tmp_path / "out")],
+        capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 1 and "nothere.pth" in proc.stderr, (proc.returncode, proc.stderr)
+    assert subprocess.run([sys.executable, "-m", "rvcfast", "convert", "--no-such-option"], capture_output=True, timeout=120).returncode == 2
+    code = (
+        "import atexit, sys, rvcfast.cli as cli\n"
+        "def command(argv=None):\n"
+        "    atexit.register(print, 'handler ran')  # as a library used by a command would\n"
+        "    sys.stdout.write('x' * 100000)  # buffered, never flushed by the command\n"
+        "    return 3\n"
+        "cli.main = command\n"
+        "cli.run()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 3
+    assert proc.stdout == "x" * 100000 + "handler ran\n"
+
+
 def test_no_command_and_bad_option_are_usage_errors(capsys):
     assert main([]) == 2
     assert main(["convert", "--no-such-option"]) == 2
