@@ -235,7 +235,7 @@ def _filtfilt_edges(x: np.ndarray, first: bool = True, last: bool = True) -> np.
 def highpass_48hz(audio: np.ndarray) -> np.ndarray:
     """Zero-phase order-5 Butterworth high-pass at 48 Hz (16 kHz), float64: ``scipy.signal.filtfilt``
     with its defaults, computed as FFT convolutions with the filter's responses (equal to
-    scipy's result within this ill-conditioned filter's own float64 rounding, ~1e-8 of the peak)."""
+    scipy's result within this ill-conditioned filter's own float64 rounding, ~3e-8 of the peak)."""
     x = np.asarray(audio, dtype=np.float64)
     if x.shape[-1] <= _PADLEN:
         # filtfilt needs more samples than its edge extension; pad with zeros and cut back.

@@ -273,7 +273,7 @@ def _fold_into(conv: nn.Module, bn: nn.Module, transposed: bool) -> None:
     dtype = conv.weight.dtype
     with torch.no_grad():
         # in place: torch multiplies in float64 (the wider operand) and rounds once into the
-        # weight's dtype, the same values as a float64 copy, without one of the whole network
+        # weight's dtype: the same values as through a float64 copy, without making one
         conv.weight.mul_(scale.reshape(1, -1, 1, 1) if transposed else scale.reshape(-1, 1, 1, 1))
     bias = shift if conv.bias is None else conv.bias.double() * scale + shift
     conv.weight.requires_grad_(False)
