@@ -56,14 +56,6 @@ print(json.dumps({"compile_s": compile_s, "median_s": sorted(times)[2]}))
 """
 
 
-def cpu_name() -> str:
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU"
-    return next((ln.split(":", 1)[1].strip() for ln in text.splitlines() if ln.startswith("Model name:")), "unknown CPU")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtypes", nargs="+", default=["float32", "bfloat16"])
@@ -74,9 +66,10 @@ def main() -> None:
     import torch
 
     from rvcfast.testing import build_bench_models
+    from rvcfast.tuning import cpu_model
 
     model = build_bench_models(args.models, log=print)["model"]
-    print(f"\ndecoder, one {args.frames}-frame window, 2 threads - {cpu_name()}, torch {torch.__version__}\n")
+    print(f"\ndecoder, one {args.frames}-frame window, 2 threads - {cpu_model()}, torch {torch.__version__}\n")
     print("| dtype | variant | compile s | per window s | vs fused | SNR vs fused (dB) |")
     print("|---|---|---:|---:|---:|---:|")
     with tempfile.TemporaryDirectory() as tmp:

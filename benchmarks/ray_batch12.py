@@ -14,7 +14,7 @@ not depend on the weight values). Variants, in this order:
   running a thread per core (``num_workers=1``: the default before 2026-12-05);
 * ``convert_batch`` again, to show how much the machine's load moved during the run.
 
-Prints a Markdown table with the CPU (``lscpu``). Run::
+Prints a Markdown table with the CPU model (:func:`rvcfast.tuning.cpu_model`). Run::
 
     python benchmarks/ray_batch12.py [--audio ../shared/audio/batch12] [--models ~/.cache/rvcfast/bench-models]
 """
@@ -24,24 +24,11 @@ from __future__ import annotations
 import argparse
 import os
 import shutil
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def cpu_name() -> str:
-    """The CPU model name as ``lscpu`` reports it."""
-    try:
-        text = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown CPU"
-    for line in text.splitlines():
-        if line.startswith("Model name:"):
-            return line.split(":", 1)[1].strip()
-    return "unknown CPU"
 
 
 def run_convert_batch(models: dict[str, Path], files: list[Path], out: Path) -> tuple[float, float]:
@@ -89,6 +76,7 @@ def main() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
     from rvcfast.testing import build_bench_models
+    from rvcfast.tuning import cpu_model
 
     models = build_bench_models(args.models, log=print)
     files = sorted(args.audio.glob("*.wav"))
@@ -126,7 +114,7 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
     base = min(load + batch, load2 + batch2)
-    print(f"\nbatch12 (12 x 5 s, 44.1 kHz), full-size random models, CPU float32 - {cpu_name()}, {os.cpu_count()} cores\n")
+    print(f"\nbatch12 (12 x 5 s, 44.1 kHz), full-size random models, CPU float32 - {cpu_model()}, {os.cpu_count()} cores\n")
     print("| variant | seconds | / convert_batch | load average |")
     print("|---|---:|---:|---|")
     for name, seconds, loadavg in rows:

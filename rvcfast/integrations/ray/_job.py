@@ -142,7 +142,6 @@ def _pool_size(
             cpus = 1.0 if cpus_per_worker is None else cpus_per_worker
             if cpus > 0:  # never so many that decoding finds no CPU left
                 high = max(1, min(high, int((total_cpus - DECODE_CPUS) // cpus)))
-            per_node = max(1, math.ceil(high / max(1, len(nodes))))
         else:
             high, cpus = _cpu_layout(nodes, cpus_per_worker, threads)
         low = 1
@@ -154,8 +153,9 @@ def _pool_size(
         raise ParameterError(f"num_workers must be a number or a (min, max) pair, got {num_workers!r}")
     if not 1 <= low <= high:
         raise ParameterError(f"num_workers must be at least 1 (and min <= max), got {num_workers!r}")
-    if num_workers is not None:
+    if num_workers is not None or gpus_per_worker > 0:  # else the default CPU layout, worked out per node
         per_node = max(1, math.ceil(high / max(1, len(nodes))))
+    if num_workers is not None:
         if cpus_per_worker is not None:
             cpus = cpus_per_worker
         elif gpus_per_worker > 0:
