@@ -289,6 +289,23 @@ def test_wrong_shape_is_reported(tmp_path: Path, reduced_path: Path) -> None:
         load_rmvpe(bad)
 
 
+def test_non_finite_weights_are_named(tmp_path: Path) -> None:
+    from rvcfast.testing.rmvpe import save_random_rmvpe
+
+    good = save_random_rmvpe(tmp_path / "good.pt", full_size=False)
+    assert load_rmvpe(good).config == E2EConfig.reduced()  # the random file itself is fine
+    for i, (key, value) in enumerate(
+        [("cnn.bias", float("nan")), ("fc.1.weight", float("inf")), ("cnn.weight", -float("inf"))]
+    ):
+        sd = load_torch_file(good)
+        sd[key].view(-1)[-1] = value  # one element of one tensor, fp16 like the real file
+        bad = tmp_path / f"nonfinite{i}.pt"
+        torch.save(sd, bad)
+        with pytest.raises(ModelLoadError, match="NaN/Inf") as info:
+            load_rmvpe(bad)
+        assert key in str(info.value) and str(bad) in str(info.value)
+
+
 @pytest.mark.golden
 def test_truncated_and_foreign_files(tmp_path: Path, reduced_path: Path) -> None:
     data = reduced_path.read_bytes()
