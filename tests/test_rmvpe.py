@@ -263,6 +263,33 @@ def test_reduced_random_file_matches_golden_layout(tmp_path: Path, reduced_path:
     assert load_rmvpe(path).config == E2EConfig.reduced()
 
 
+@pytest.mark.parametrize("batch", [1, 3])
+def test_bigru_directions_on_two_threads_equal_the_bidirectional_op(monkeypatch, batch: int) -> None:
+    from rvcfast.models.rmvpe import network
+
+    torch.manual_seed(0)
+    head = network._BiGRU(384, 256, 1).eval()
+    x = torch.randn(batch, 160, 384)
+    calls = []
+    real = network.bigru_two_threads
+    monkeypatch.setattr(network, "bigru_two_threads", lambda gru, inp: calls.append(1) or real(gru, inp))
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.inference_mode():
+            split = head(x)
+            reference = head.gru(x)[0]  # the bidirectional op itself
+        assert calls, "the two-thread path was not taken"
+        assert torch.equal(split, reference)
+        torch.set_num_threads(1)
+        with torch.inference_mode():
+            single = head(x)
+        assert len(calls) == 1, "one intra-op thread must keep the plain op"
+        assert torch.equal(single, reference)
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.golden
 def test_unknown_and_missing_keys_are_listed(tmp_path: Path, reduced_path: Path) -> None:
     sd = load_torch_file(reduced_path)

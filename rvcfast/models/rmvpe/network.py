@@ -8,6 +8,7 @@ state dict at load time (:func:`~.checkpoint.infer_e2e_config`), so the real
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import torch
@@ -192,7 +193,34 @@ class _BiGRU(nn.Module):
         self.gru = nn.GRU(n_in, hidden, num_layers=layers, batch_first=True, bidirectional=True)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.gru(x)[0]
+        gru = self.gru
+        if gru.num_layers == 1 and x.device.type == "cpu" and not torch.is_grad_enabled() and torch.get_num_threads() > 1:
+            return bigru_two_threads(gru, x)
+        return gru(x)[0]
+
+
+def bigru_two_threads(gru: nn.GRU, x: torch.Tensor) -> torch.Tensor:
+    """A one-layer, batch-first bidirectional ``gru(x)[0]`` with its two directions on two threads.
+
+    The recurrence is a loop of tiny matrix products that one core runs while the others
+    wait (~20 % of RMVPE's CPU time); the two directions are independent, so the backward
+    one runs on the time-reversed input in a second thread. Each direction does the same
+    arithmetic as inside the bidirectional op (bit-identical, tested); on 2 Zen 4 cores a
+    704-frame BiGRU took 62-78 ms instead of 116 ms.
+    """
+    h0 = x.new_zeros(1, x.shape[0], gru.hidden_size)
+    forward_params = [gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0]
+    backward_params = [gru.weight_ih_l0_reverse, gru.weight_hh_l0_reverse, gru.bias_ih_l0_reverse, gru.bias_hh_l0_reverse]
+
+    def run(params: list[torch.Tensor], inp: torch.Tensor) -> torch.Tensor:
+        with torch.inference_mode():  # grad mode is per thread: the worker starts with it on
+            return torch.gru(inp, h0, params, True, 1, 0.0, False, False, True)[0]
+
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rvcfast-bigru") as pool:
+        backward = pool.submit(run, backward_params, x.flip(1))
+        out_forward = run(forward_params, x)
+        out_backward = backward.result().flip(1)
+    return torch.cat([out_forward, out_backward], dim=-1)
 
 
 class E2E(nn.Module):
