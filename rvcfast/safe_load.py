@@ -29,6 +29,7 @@ import pickle
 import pickletools
 import re
 import struct
+import threading
 import warnings
 import zipfile
 from pathlib import Path
@@ -89,6 +90,8 @@ def _make_stub(full_name: str) -> type:
 
 
 _STUBS = [(_make_stub(name), name) for name in _STUBBED_GLOBALS]
+#: Serialises :func:`load_torch_file`'s ``torch.load`` (a lock, not data; see there).
+_TORCH_LOAD_LOCK = threading.Lock()
 
 
 def check_file(path: str | os.PathLike[str], what: str) -> Path:
@@ -276,7 +279,10 @@ def load_torch_file(path: str | os.PathLike[str], what: str = "model") -> Any:
     if other is not None:
         raise ModelLoadError(p, f"{what} file is not a PyTorch file: it looks like {other}")
     try:
-        with warnings.catch_warnings():
+        # torch's safe-globals list and the warning filters are process-wide and these context
+        # managers restore them on exit: two threads loading at once (models loading side by
+        # side, a server) would strip each other's stubs mid-load, hence one load at a time
+        with _TORCH_LOAD_LOCK, warnings.catch_warnings():
             # PyTorch warns before refusing a protocol-4 pickle; the refusal is reported as an error instead
             warnings.filterwarnings("ignore", message=r"Detected pickle protocol", category=UserWarning)
             with torch.serialization.safe_globals(_STUBS):

@@ -761,3 +761,23 @@ def test_refused_file_is_not_cached(tiny_models: TinyModels, marker: Path, tmp_p
                 tiny_models.voice, encoder=tiny_models.encoder, f0_weights=bad, device="cpu"
             )
     assert cache.load_count("rmvpe") == before
+
+
+def test_concurrent_loads_keep_each_others_allow_list(tmp_path: Path) -> None:
+    """Loads in several threads at once (a server, models loading side by side) all succeed.
+
+    torch's safe-globals list is process-wide: without serialising, one thread leaving its
+    allow-list context stripped the fairseq stubs from another thread's load mid-way and the
+    real encoder file was refused as unsafe.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rvcfast.testing import save_random_hubert, save_random_rmvpe
+
+    hubert = save_random_hubert(tmp_path / "hubert_base.pt", layers=1, hidden=64, heads=2, ffn=128, final_dim=32)
+    rmvpe = save_random_rmvpe(tmp_path / "rmvpe.pt", full_size=False)
+    jobs = [(hubert, "content encoder"), (rmvpe, "RMVPE weights")] * 24
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        loaded = list(pool.map(lambda job: load_torch_file(*job), jobs))
+    assert all(isinstance(obj, dict) and obj for obj in loaded)
+    assert all("model" in obj for obj in loaded[::2])  # the fairseq checkpoints, Dictionary stub included
