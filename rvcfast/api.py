@@ -95,7 +95,7 @@ class Converter:
         device:
             ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
         dtype:
-            ``torch.float32`` (default), ``torch.bfloat16``, ``torch.float16`` (CUDA only),
+            ``torch.float32`` (default), ``torch.bfloat16``, ``torch.float16`` (CUDA, or a CPU with AVX512-FP16),
             or ``"auto"`` (bfloat16 where the hardware computes it natively, else float32).
         f0_options:
             Extra keyword options for the F0 backend.

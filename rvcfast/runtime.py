@@ -1,9 +1,9 @@
 """Where and how the networks run: device, precision, batch size, memory hygiene.
 
 * :func:`resolve_device` — ``"auto"`` picks CUDA when available, else the CPU.
-* :func:`resolve_dtype` — ``"float32"``, ``"bfloat16"``, ``"float16"`` (CUDA only) or
-  ``"auto"``: bfloat16 where the hardware computes it natively (CPUs with AMX or
-  AVX512-BF16, CUDA GPUs of compute capability 8.0 and later), else float32.
+* :func:`resolve_dtype` — ``"float32"``, ``"bfloat16"``, ``"float16"`` (CUDA, or a CPU with
+  AVX512-FP16 / AMX-FP16) or ``"auto"``: bfloat16 where the hardware computes it natively
+  (CPUs with AMX or AVX512-BF16, CUDA GPUs of compute capability 8.0 and later), else float32.
 * :func:`default_batch_seconds` — audio batched per model call.
 * :func:`release_memory` — give freed heap back to the OS between large batches.
 """
@@ -24,6 +24,7 @@ __all__ = [
     "resolve_dtype",
     "cpu_features",
     "native_bf16",
+    "native_fp16",
     "default_batch_seconds",
     "release_memory",
     "DTYPE_NAMES",
@@ -77,6 +78,18 @@ def native_bf16(device: torch.device) -> bool:
     return False
 
 
+def native_fp16(device: torch.device) -> bool:
+    """True where float16 is a supported compute precision: CUDA, or a CPU with AVX512-FP16 or
+    AMX-FP16 (Intel Sapphire Rapids and later), whose oneDNN kernels compute it natively.
+    Elsewhere a CPU runs float16 through conversions, slower than float32."""
+    if device.type == "cuda":
+        return True
+    if device.type == "cpu":
+        flags = cpu_features()
+        return "avx512_fp16" in flags or "amx_fp16" in flags
+    return False
+
+
 def resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
     """Check a precision for ``device``; ``"auto"`` picks bfloat16 where :func:`native_bf16`, else float32."""
     if isinstance(dtype, str):
@@ -88,8 +101,11 @@ def resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype
         dtype = DTYPE_NAMES[key]
     if dtype not in (torch.float32, torch.bfloat16, torch.float16):
         raise ParameterError(f"dtype must be float32, bfloat16 or float16, got {dtype}")
-    if dtype == torch.float16 and device.type == "cpu":
-        raise ParameterError("float16 is only supported on CUDA; use bfloat16 on CPU")
+    if dtype == torch.float16 and device.type == "cpu" and not native_fp16(device):
+        raise ParameterError(
+            "float16 on a CPU needs AVX512-FP16 or AMX-FP16 (Intel Sapphire Rapids and later), which this "
+            "CPU lacks; use bfloat16 or 'auto' on this CPU"
+        )
     return dtype
 
 

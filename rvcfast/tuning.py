@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .runtime import cpu_features, native_bf16
+from .runtime import cpu_features, native_bf16, native_fp16
 
 __all__ = [
     "Profile",
@@ -166,7 +166,7 @@ def candidate_dtypes(device: torch.device) -> list[str]:
     out = ["float32"]
     if native_bf16(device):
         out.append("bfloat16")
-    if device.type == "cuda":
+    if native_fp16(device):  # CUDA, or a CPU with AVX512-FP16 / AMX-FP16: worth one measurement
         out.append("float16")
     return out
 

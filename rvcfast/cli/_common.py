@@ -85,7 +85,7 @@ def add_device_options(p: argparse.ArgumentParser | Any) -> None:
         "--dtype",
         default="float32",
         choices=["float32", "bfloat16", "float16", "auto"],
-        help="compute precision (float16 needs CUDA; auto: bfloat16 where the hardware has it natively)",
+        help="compute precision (float16 needs CUDA or a CPU with AVX512-FP16; auto: bfloat16 where the hardware has it natively)",
     )
 
 
