@@ -45,7 +45,9 @@ __all__ = [
 
 PROFILE_VERSION = 1
 #: CPU features that decide which precision is fast (reported by ``rvcfast info --system``).
-KEY_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8")
+KEY_FLAGS = (
+    "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16",
+)
 
 
 def cpu_model() -> str:
@@ -238,6 +240,7 @@ def system_report(device: torch.device | str = "cpu") -> dict[str, Any]:
         "cores": os.cpu_count(),
         "features": {f: (f in flags) for f in KEY_FLAGS},
         "native_bf16": native_bf16(dev),
+        "native_fp16": native_fp16(dev),
         "torch": torch.__version__,
         "mkldnn": bool(torch.backends.mkldnn.is_available()),
         "torch_threads": torch.get_num_threads(),

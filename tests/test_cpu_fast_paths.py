@@ -139,8 +139,8 @@ def test_float16_on_a_cpu_only_with_native_half_precision(tiny_models, monkeypat
     float32 as for bfloat16, the audio close to float32's (tiny models: 42 dB; bfloat16 gives
     40 dB, float16's 3 more mantissa bits being partly masked by index neighbours that change)."""
     import numpy as np
-
     from helpers import tone
+
     from rvcfast import runtime
     from rvcfast.errors import ParameterError
 

@@ -115,7 +115,8 @@ def test_calibrate_picks_the_fastest_precise_enough_setting() -> None:
 def test_info_system_reports_features_and_settings(profile_file: Path, capsys) -> None:
     assert main(["info", "--system", "--device", "cpu", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)["system"]
-    assert {"avx2", "avx512_bf16", "amx_bf16"} <= set(report["features"])
+    assert {"avx2", "avx512_bf16", "amx_bf16", "avx512_fp16", "amx_fp16"} <= set(report["features"])
+    assert isinstance(report["native_bf16"], bool) and isinstance(report["native_fp16"], bool)
     assert report["settings"]["source"].startswith("defaults")
     save_profile(_profile("float32", 4.0))
     assert main(["info", "--system", "--device", "cpu"]) == 0

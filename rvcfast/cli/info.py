@@ -27,6 +27,7 @@ def _system(args: argparse.Namespace) -> None:
         ("cpu", f"{report['cpu']} ({report['cores']} cores)"),
         ("features", feats),
         ("native bf16", "yes" if report["native_bf16"] else "no"),
+        ("native fp16", "yes" if report["native_fp16"] else "no"),
         ("torch", f"{report['torch']} (oneDNN {'yes' if report['mkldnn'] else 'no'}, {report['torch_threads']} threads)"),
         ("device", report["device"] + (f" ({report['cuda']})" if report["cuda"] else "")),
         ("profile", report["profile"] or "(none)"),
