@@ -158,3 +158,83 @@ def test_float16_on_a_cpu_only_with_native_half_precision(tiny_models, monkeypat
     assert out.shape == reference.shape and np.isfinite(out).all()
     snr = 10 * np.log10(np.sum(reference.astype(np.float64) ** 2) / np.sum((reference - out).astype(np.float64) ** 2))
     assert snr > 25.0, snr
+
+
+# ------------------------------------------------------------------ prepacked oneDNN weights
+
+
+def _conv_sum_reference(m, x: torch.Tensor) -> torch.Tensor:
+    """``conv(x) + bias`` from the module's current weight, through torch's own convolution."""
+    w = m.weight.detach().unsqueeze(2)
+    return torch.nn.functional.conv2d(x, w, m.bias, (1, m.stride[0]), (0, m.padding[0]), (1, m.dilation[0]), m.groups)
+
+
+def _channels_last(t: torch.Tensor) -> torch.Tensor:
+    return t.contiguous(memory_format=torch.channels_last)
+
+
+def _close(out: torch.Tensor, ref: torch.Tensor, rel: float) -> bool:
+    """Equal up to rounding: the largest difference a small fraction of the output's scale
+    (float32 sums of ~100 products: ~1e-7 of it; a wrong weight: order 1)."""
+    return float((out.float() - ref.float()).abs().max()) <= rel * float(ref.float().abs().max())
+
+
+@needs_onednn
+@pytest.mark.parametrize("channels, kernel, dilation, stride", [(16, 7, 3, 1), (1, 8, 1, 4)])
+def test_packed_weight_follows_the_weight(channels: int, kernel: int, dilation: int, stride: int) -> None:
+    """The oneDNN copy is made once, reused, and made again whenever the weight changes (in place
+    under no_grad, replaced, or cast); every result equals the convolution of the current weight."""
+    torch.manual_seed(0)
+    conv = torch.nn.Conv1d(channels, 12, kernel, stride=stride, dilation=dilation,
+                           padding=(kernel * dilation - dilation) // 2 if stride == 1 else (kernel - stride) // 2)
+    x = _channels_last(torch.randn(1, channels, 1, 96 * stride))
+
+    def fused_out(m, inp):
+        ref = _conv_sum_reference(m, inp)
+        out = _channels_last(torch.zeros_like(ref))
+        fused_ops.conv_sum_(out, m, inp)
+        return out, ref
+
+    with torch.inference_mode():
+        out, ref = fused_out(conv, x)
+    assert _close(out, ref, 2e-6)
+    first = fused_ops.packed_weight(conv)
+    assert fused_ops.packed_weight(conv) is first  # kept, not remade
+
+    with torch.no_grad():
+        conv.weight.mul_(-2.0)  # in place: the version counter moves
+    with torch.inference_mode():
+        out, ref = fused_out(conv, x)
+    assert fused_ops.packed_weight(conv) is not first
+    assert _close(out, ref, 2e-6)
+
+    conv.weight = torch.nn.Parameter(torch.randn_like(conv.weight))  # replaced
+    with torch.inference_mode():
+        out, ref = fused_out(conv, x)
+    assert _close(out, ref, 2e-6)
+
+    conv = conv.to(torch.bfloat16)  # cast
+    with torch.inference_mode():
+        out, ref = fused_out(conv, x.to(torch.bfloat16))
+    assert out.dtype == torch.bfloat16
+    assert _close(out, ref, 2e-2)
+
+
+@needs_onednn
+def test_a_model_with_packed_weights_copies_pickles_and_loads_under_inference_mode() -> None:
+    """oneDNN tensors cannot be copied or pickled: the held copies travel as empty and are made
+    again, so a copied model decodes exactly like the original; weights created under
+    torch.inference_mode (no version counter) work too."""
+    import copy
+    import pickle
+
+    model = _small_synth(40000, "1", seed=8)
+    inputs = _decoder_inputs(model, 40, torch.float32, seed=9)
+    first = _decode(model, inputs, fused=True)
+    assert any(fused_ops.PACKED_ATTR in m.__dict__ for m in model.modules())
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert torch.equal(_decode(clone, inputs, fused=True), first)
+    with torch.inference_mode():
+        frozen = _small_synth(40000, "1", seed=8)  # parameters are inference tensors here
+        assert frozen.dec.resblocks[0].convs1[0].weight.is_inference()
+        assert torch.equal(_decode(frozen, inputs, fused=True), first)
