@@ -1,5 +1,6 @@
-"""The HiFi-GAN decoder per precision: rvcfast's fused eager path, the plain eager path and
-``torch.compile`` with inductor's ``freezing`` (weight prepacking, conv + pointwise fusion).
+"""The HiFi-GAN decoder per precision: rvcfast's fused eager path (also with every weight
+prepacked, ``HiFiGAN.prepack_all``), the plain eager path and ``torch.compile`` with
+inductor's ``freezing`` (weight prepacking, conv + pointwise fusion).
 
 One 544-frame window (the CPU decoder window) of the full-size v2 40 kHz voice, 2 threads,
 each variant in a fresh process; prints the compile time, the median of 5 calls after 2
@@ -21,7 +22,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-VARIANTS = ("fused", "plain", "compile")
+VARIANTS = ("fused", "prepacked", "plain", "compile")
 
 CHILD = r"""
 import json, sys, time, torch
@@ -33,7 +34,10 @@ gen = torch.Generator().manual_seed(0)
 x = torch.randn(1, 192, frames, generator=gen).to(dtype)
 g = torch.randn(1, 256, 1, generator=gen).to(dtype)
 src = (0.1 * torch.randn(1, 1, frames * dec.upp, generator=gen)).to(dtype)
-dec.fused_cpu = variant == "fused"
+dec.fused_cpu = variant in ("fused", "prepacked")
+if variant == "prepacked":  # every resblock weight handed to oneDNN prepacked, not only the noise convs'
+    dec.prepack_all = True
+    dec.prepare()
 fn, compile_s = dec, 0.0
 with torch.inference_mode():
     if variant == "compile":

@@ -196,10 +196,13 @@ def test_packed_weight_follows_the_weight(channels: int, kernel: int, dilation: 
         return out, ref
 
     with torch.inference_mode():
+        out, ref = fused_out(conv, x)  # not prepacked yet: the plain weight
+    assert _close(out, ref, 2e-6) and fused_ops.PACKED_ATTR not in conv.__dict__
+    first = fused_ops.packed_weight(conv)  # from now on conv_sum_ hands oneDNN this copy
+    assert fused_ops.packed_weight(conv) is first  # kept, not remade
+    with torch.inference_mode():
         out, ref = fused_out(conv, x)
     assert _close(out, ref, 2e-6)
-    first = fused_ops.packed_weight(conv)
-    assert fused_ops.packed_weight(conv) is first  # kept, not remade
 
     with torch.no_grad():
         conv.weight.mul_(-2.0)  # in place: the version counter moves
@@ -229,6 +232,8 @@ def test_a_model_with_packed_weights_copies_pickles_and_loads_under_inference_mo
     import pickle
 
     model = _small_synth(40000, "1", seed=8)
+    model.dec.prepack_all = True
+    model.prepare()
     inputs = _decoder_inputs(model, 40, torch.float32, seed=9)
     first = _decode(model, inputs, fused=True)
     assert any(fused_ops.PACKED_ATTR in m.__dict__ for m in model.modules())
@@ -236,5 +241,24 @@ def test_a_model_with_packed_weights_copies_pickles_and_loads_under_inference_mo
         assert torch.equal(_decode(clone, inputs, fused=True), first)
     with torch.inference_mode():
         frozen = _small_synth(40000, "1", seed=8)  # parameters are inference tensors here
+        frozen.dec.prepack_all = True
+        frozen.prepare()
         assert frozen.dec.resblocks[0].convs1[0].weight.is_inference()
         assert torch.equal(_decode(frozen, inputs, fused=True), first)
+
+
+@needs_onednn
+def test_prepacking_every_weight_changes_no_result() -> None:
+    """By default only the noise convolutions are prepacked; prepack_all adds the resblocks'
+    (oneDNN runs the same kernels on them: bit-identical in float32)."""
+    model = _small_synth(40000, "1", seed=10)
+    model.prepare()
+    packed = [n for n, m in model.dec.named_modules() if fused_ops.PACKED_ATTR in m.__dict__]
+    assert packed and all(n.startswith("noise_convs.") for n in packed)
+    inputs = _decoder_inputs(model, 50, torch.float32, seed=11)
+    default = _decode(model, inputs, fused=True)
+    model.dec.prepack_all = True
+    model.prepare()
+    packed = [n for n, m in model.dec.named_modules() if fused_ops.PACKED_ATTR in m.__dict__]
+    assert any(n.startswith("resblocks.") for n in packed)
+    assert torch.equal(_decode(model, inputs, fused=True), default)

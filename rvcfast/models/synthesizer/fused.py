@@ -15,14 +15,16 @@ post-op, written in place), and :class:`Workspace` holds the four channels-last 
 decoder call reuses for all its layers. In float32 the result is bit-identical to
 ``conv(x).add_(out)``; in bfloat16 it is rounded once instead of twice.
 
-The weights go to oneDNN already in its blocked layout for this CPU (:func:`packed_weight`,
-made on first use and kept beside the module's own weight): otherwise every call reorders
-every weight again (89 reorders per bfloat16 window of the 40 kHz decoder on an
-AVX512-BF16 CPU, ~1 % of it; the issue measured 228 per call on an AMX CPU, where the
-convolutions themselves are several times faster). The resblock convolutions run the same
-kernels on it (bit-identical). The one-input-channel noise convolutions get a JIT kernel
-instead of a reference one (40 kHz window on 2 Zen 4 cores: 42 -> 6 ms in float32, 38 -> 3 ms
-in bfloat16), which sums their 1-80 taps in another order: float32 rounding (5e-7 at most).
+Convolutions that have been through :func:`packed_weight` (the decoder's ``prepare()``
+picks them) hand oneDNN their weight already in its blocked layout for this CPU, kept
+beside the module's own weight, instead of a reorder per call. For the one-input-channel
+noise convolutions this also gets a JIT kernel instead of a reference one (40 kHz window on
+2 Zen 4 cores: 42 -> 6 ms in float32, 38 -> 3 ms in bfloat16; their 1-80 taps summed in
+another order: float32 rounding, 5e-7 at most), for a few kB. Prepacking the resblock
+weights as well removes the other reorders (89 -> 9 per bfloat16 window; the issue counted
+228 per call on an AMX CPU) with bit-identical results, but holds those weights twice
+(+60 MiB in bfloat16, +80 MiB in float32 for the 40 kHz decoder) for under 1 % on Zen 4, so
+it is off by default (``HiFiGAN.prepack_all``; ``benchmarks/decoder_compile.py`` measures it).
 
 A leaky ReLU could be fused too (``torch.ops.mkldnn._convolution_pointwise``), but only
 into a freshly allocated output: measured, that brought back the heap growth above for
@@ -67,7 +69,7 @@ def conv_sum_(out: torch.Tensor, m: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     return torch.ops.mkldnn._convolution_pointwise_.binary(
         out,
         x,
-        packed_weight(m),
+        packed_weight(m) if PACKED_ATTR in m.__dict__ else m.weight.unsqueeze(2),
         m.bias,
         [0, int(m.padding[0])],
         [1, int(m.stride[0])],

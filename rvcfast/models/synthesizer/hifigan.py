@@ -193,6 +193,8 @@ class HiFiGAN(nn.Module):
         self.margin_frames = decoder_margin_frames(arch)
         #: unmasked CPU calls take the fused oneDNN path (:meth:`_forward_fused`); False forces the plain one
         self.fused_cpu = True
+        #: also prepack the resblock weights for oneDNN (see :mod:`.fused`; takes effect at :meth:`prepare`)
+        self.prepack_all = False
 
     def prepare(self) -> None:
         """Lay the convolution weights out channels-last (same values, see :func:`_to_channels_last_1d`)
@@ -202,6 +204,20 @@ class HiFiGAN(nn.Module):
             if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)):
                 m.weight.data = _to_channels_last_1d(m.weight.data)
                 m.__dict__.pop(fused.PACKED_ATTR, None)
+        if self.fused_cpu and self.conv_pre.weight.dtype in _FUSED_DTYPES and fused.available(self.conv_pre.weight):
+            # now, while memory is quiet, rather than inside the first decoder call at its peak
+            for m in self._prepacked_convs():
+                fused.packed_weight(m)
+
+    def _prepacked_convs(self) -> list[nn.Conv1d]:
+        """The convolutions whose weights the fused CPU path hands oneDNN prepacked
+        (:mod:`.fused`): the noise convolutions, and with :attr:`prepack_all` the resblocks'."""
+        convs: list[nn.Conv1d] = list(self.noise_convs) if self.nsf else []
+        if self.prepack_all:
+            for block in self.resblocks:
+                for name in ("convs1", "convs2", "convs"):
+                    convs.extend(getattr(block, name, ()))
+        return convs
 
     def forward(
         self,
