@@ -20,10 +20,11 @@ picks them) hand oneDNN their weight already in its blocked layout for this CPU,
 beside the module's own weight, instead of a reorder per call. For the one-input-channel
 noise convolutions this also gets a JIT kernel instead of a reference one (40 kHz window on
 2 Zen 4 cores: 42 -> 6 ms in float32, 38 -> 3 ms in bfloat16; their 1-80 taps summed in
-another order: float32 rounding, 5e-7 at most), for a few kB. Prepacking the resblock
+another order: float32 rounding, 5e-7 at most); those kernels keep ~20-50 MiB of scratch
+memory between calls (peak of one bfloat16 window 486 -> 532 MiB). Prepacking the resblock
 weights as well removes the other reorders (89 -> 9 per bfloat16 window; the issue counted
 228 per call on an AMX CPU) with bit-identical results, but holds those weights twice
-(+60 MiB in bfloat16, +80 MiB in float32 for the 40 kHz decoder) for under 1 % on Zen 4, so
+(another ~35 MiB of peak in bfloat16, ~45 MiB in float32 for the 40 kHz decoder) for under 1 % on Zen 4, so
 it is off by default (``HiFiGAN.prepack_all``; ``benchmarks/decoder_compile.py`` measures it).
 
 A leaky ReLU could be fused too (``torch.ops.mkldnn._convolution_pointwise``), but only
