@@ -24,8 +24,9 @@ another order: float32 rounding, 5e-7 at most); those kernels keep ~20-50 MiB of
 memory between calls (peak of one bfloat16 window 486 -> 532 MiB). Prepacking the resblock
 weights as well removes the other reorders (89 -> 9 per bfloat16 window; the issue counted
 228 per call on an AMX CPU) with bit-identical results, but holds those weights twice
-(another ~35 MiB of peak in bfloat16, ~45 MiB in float32 for the 40 kHz decoder) for under 1 % on Zen 4, so
-it is off by default (``HiFiGAN.prepack_all``; ``benchmarks/decoder_compile.py`` measures it).
+(another ~35 MiB of peak in bfloat16, ~45 MiB in float32 for the 40 kHz decoder) for
+under 1 % on Zen 4, so it is off by default (``HiFiGAN.prepack_all``;
+``benchmarks/decoder_compile.py`` measures it).
 
 A leaky ReLU could be fused too (``torch.ops.mkldnn._convolution_pointwise``), but only
 into a freshly allocated output: measured, that brought back the heap growth above for

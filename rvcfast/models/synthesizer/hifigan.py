@@ -197,9 +197,9 @@ class HiFiGAN(nn.Module):
         self.prepack_all = False
 
     def prepare(self) -> None:
-        """Lay the convolution weights out channels-last (same values, see :func:`_to_channels_last_1d`)
-        and drop the oneDNN copies of earlier weights (:func:`.fused.packed_weight` makes them
-        again on the next CPU call; call this after changing weights in place through ``.data``)."""
+        """Lay the convolution weights out channels-last (same values, see :func:`_to_channels_last_1d`),
+        drop the oneDNN copies of earlier weights and prepack those the fused CPU path takes
+        prepacked (:meth:`_prepacked_convs`); call it after changing weights in place through ``.data``."""
         for m in self.modules():
             if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)):
                 m.weight.data = _to_channels_last_1d(m.weight.data)
