@@ -2,7 +2,7 @@
 
     python benchmarks/bf16_quality.py                 # full-size random models, batch12
     python benchmarks/bf16_quality.py --golden        # the reduced golden models, the 5 s probe clip
-    python benchmarks/bf16_quality.py --dtype float16 # CUDA only (a CPU refuses float16)
+    python benchmarks/bf16_quality.py --dtype float16 # CUDA, or a CPU with AVX512-FP16 / AMX-FP16
     python benchmarks/bf16_quality.py --f0-low        # the F0 network in bfloat16 too (CPU default: float32)
 
 Each stage gets the *same float32 inputs* in both precisions, so its figure is its own
