@@ -204,7 +204,7 @@ class HiFiGAN(nn.Module):
             if isinstance(m, (nn.Conv1d, nn.ConvTranspose1d)):
                 m.weight.data = _to_channels_last_1d(m.weight.data)
                 m.__dict__.pop(fused.PACKED_ATTR, None)
-        if self.fused_cpu and self.conv_pre.weight.dtype in _FUSED_DTYPES and fused.available(self.conv_pre.weight):
+        if self.fused_cpu and fused.available(self.conv_pre.weight):  # CPU, float32/bfloat16, oneDNN
             # now, while memory is quiet, rather than inside the first decoder call at its peak
             for m in self._prepacked_convs():
                 fused.packed_weight(m)
