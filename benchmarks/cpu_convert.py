@@ -3,6 +3,7 @@
     python benchmarks/cpu_convert.py                       # this tree, float32 and bfloat16, 3 rounds
     python benchmarks/cpu_convert.py --tree base=/tmp/old --tree new=.  --rounds 3
     python benchmarks/cpu_convert.py --dtype float32 bfloat16 float16 --rounds 1
+    python benchmarks/cpu_convert.py --variant w1='--compute-workers 1' --variant w2='--compute-workers 2'
 
 Every run is a fresh process timing exactly what a user runs (12 x 5 s files at 44.1 kHz,
 full-size v2 40 kHz random-weight model, index, RMVPE, ``--device cpu``): imports, model
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
@@ -91,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
                     help="a source tree to run (repeatable); default: this repository")
+    ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                    help="this repository with extra convert arguments (repeatable), e.g. w2='--compute-workers 2'")
     ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured runs per tree and dtype first")
@@ -102,22 +106,25 @@ def main(argv: list[str] | None = None) -> int:
 
     from rvcfast.testing import build_bench_models
 
-    trees = [(t.split("=", 1)[0], Path(t.split("=", 1)[1]).resolve()) for t in args.tree] or [("this", REPO)]
+    # (name, source tree, extra convert arguments) per variant
+    trees = [(t.split("=", 1)[0], Path(t.split("=", 1)[1]).resolve(), list(args.extra)) for t in args.tree]
+    trees += [(v.split("=", 1)[0], REPO, [*args.extra, *shlex.split(v.split("=", 1)[1])]) for v in args.variant]
+    trees = trees or [("this", REPO, list(args.extra))]
     paths = build_bench_models(MODELS)
     machine = machine_line()
     print(f"# {machine}")
     print(f"# batch12 from {args.inputs}, models {MODELS / 'full'}; {args.rounds} rounds after {args.warmup} warm-up")
     runs: list[dict] = []
     for dtype in args.dtype:
-        for _name, tree in trees:
+        for _name, tree, extra in trees:
             for _ in range(args.warmup):
                 _wait_for_quiet(args.max_load)
-                _run_once(tree, dtype, paths, args.inputs, args.extra)
+                _run_once(tree, dtype, paths, args.inputs, extra)
     for r in range(args.rounds):
         for dtype in args.dtype:
-            for name, tree in trees:
+            for name, tree, extra in trees:
                 load = _wait_for_quiet(args.max_load)
-                m = _run_once(tree, dtype, paths, args.inputs, args.extra)
+                m = _run_once(tree, dtype, paths, args.inputs, extra)
                 m.update(tree=name, dtype=dtype, round=r, load_before=load, machine=machine)
                 runs.append(m)
                 print(f"{name:>8s} {dtype:>9s} round {r}: wall {m['wall_s']:6.2f} s  user {m['user_s']:6.2f}  "
@@ -129,12 +136,12 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _summary(runs: list[dict], trees: list[tuple[str, Path]], dtypes: list[str], machine: str) -> None:
+def _summary(runs: list[dict], trees: list[tuple[str, Path, list[str]]], dtypes: list[str], machine: str) -> None:
     def pick(tree: str, dtype: str) -> list[dict]:
         return [m for m in runs if m["tree"] == tree and m["dtype"] == dtype]
 
     print(f"\n# medians [{machine}]")
-    for name, _ in trees:
+    for name, *_ in trees:
         for dtype in dtypes:
             ms = pick(name, dtype)
             print(f"{name:>8s} {dtype:>9s}: wall {statistics.median(m['wall_s'] for m in ms):6.2f} s, "
@@ -149,7 +156,7 @@ def _summary(runs: list[dict], trees: list[tuple[str, Path]], dtypes: list[str],
                       f"(min {min(ratios):.2f}, max {max(ratios):.2f})")
     if len(trees) > 1:
         base = trees[0][0]
-        for name, _ in trees[1:]:
+        for name, *_ in trees[1:]:
             for dtype in dtypes:
                 ratios = [b["wall_s"] / a["wall_s"] for a, b in zip(pick(base, dtype), pick(name, dtype))]
                 print(f"{name}/{base} {dtype} wall (same round): median {statistics.median(ratios):.3f} "

@@ -188,6 +188,7 @@ class Converter:
         decode_workers: int = 2,
         write_workers: int = 1,
         f0_workers: int = 2,
+        compute_workers: int | None = None,
         keep_audio: bool | None = None,
         progress: Any = None,
         **overrides: Any,
@@ -203,7 +204,10 @@ class Converter:
         ``on_error="continue"`` (default) reports a failing file in its Result and
         goes on; ``"stop"`` raises. ``batch_seconds`` bounds the audio batched
         together per model call (default: the engine's, 8 s on CPU, 120 s on GPU).
-        ``progress(result, done, total)`` is called per finished file. Conversion
+        ``compute_workers`` groups of files go through the networks at once, each in its
+        own thread with an equal share of torch's intra-op threads (default: what
+        ``rvcfast tune`` measured on this machine, else 1; the thread count is restored
+        when the batch ends). ``progress(result, done, total)`` is called per finished file. Conversion
         settings are ``params`` and/or keyword overrides, as for :meth:`convert`.
         """
         from .batch import BatchOptions, run_batch
@@ -221,6 +225,7 @@ class Converter:
             decode_workers=decode_workers,
             write_workers=write_workers,
             f0_workers=f0_workers,
+            compute_workers=compute_workers,
             keep_audio=(out_dir is None) if keep_audio is None else keep_audio,
         )
         options.validate()  # bad options fail here, not when the iterator is first advanced

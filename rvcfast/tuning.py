@@ -1,13 +1,15 @@
 """Settings tuned to the machine: measure once with ``rvcfast tune``, use on every later run.
 
 A *profile* records, for one machine (CPU model and features, core count, torch version)
-and one device, the fastest precision, intra-op thread count and batch size measured by
+and one device, the fastest precision, intra-op thread count, batch size and number of
+compute workers measured by
 :func:`calibrate` on real conversions. It is stored as JSON in ``$RVCFAST_HOME`` (or the
 user cache) and read back by :func:`load_profile` only on the same machine:
 
 * ``dtype="auto"`` means the profile's precision (without a profile: bfloat16 where the
   hardware computes it natively, else float32 — :func:`rvcfast.runtime.resolve_dtype`);
-* a run without ``batch_seconds`` uses the profile's;
+* a run without ``batch_seconds`` uses the profile's, and a batch without
+  ``compute_workers`` the profile's number of compute workers;
 * front ends that own their process (the command line, the server) set torch's thread
   count from it with :func:`apply_threads`, unless ``OMP_NUM_THREADS`` is set.
 
@@ -95,6 +97,7 @@ class Trial:
     batch_seconds: float
     seconds: float
     snr_db: float | None = None  # output against float32 (precision trials only)
+    compute_workers: int = 1  # groups converted side by side, threads shared among them
 
 
 @dataclass(frozen=True)
@@ -105,6 +108,7 @@ class Profile:
     dtype: str
     threads: int
     batch_seconds: float
+    compute_workers: int = 1
     trials: list[Trial] = field(default_factory=list)
     audio_seconds: float = 0.0
     created: str = ""
@@ -163,6 +167,16 @@ def _snr_db(reference: np.ndarray, other: np.ndarray) -> float:
     return float("inf") if err == 0 else 10 * np.log10(max(sig, 1e-30) / err)
 
 
+#: Several compute workers hold several groups' activations at once (~250 MiB more peak
+#: memory for the full-size models in float32): chosen only when this much faster.
+MULTI_WORKER_MARGIN = 1.03
+
+
+def _cost(trial: Trial) -> float:
+    """What calibration minimises: seconds, a multi-worker setting's raised by :data:`MULTI_WORKER_MARGIN`."""
+    return trial.seconds * (MULTI_WORKER_MARGIN if trial.compute_workers > 1 else 1.0)
+
+
 def candidate_dtypes(device: torch.device) -> list[str]:
     """Precisions worth measuring on ``device``."""
     out = ["float32"]
@@ -181,6 +195,7 @@ def calibrate(
     dtypes: Sequence[str] | None = None,
     threads: Sequence[int] | None = None,
     batch_seconds: Sequence[float] = (8.0, 30.0),
+    compute_workers: Sequence[int] | None = None,
     min_snr_db: float = 20.0,
     log: Callable[[str], None] | None = None,
 ) -> Profile:
@@ -188,10 +203,18 @@ def calibrate(
 
     ``make_converter(dtype)`` returns a Converter in that precision. Each setting converts
     every clip once to warm up, then once timed (noise off). A lower precision is chosen
-    only when its output stays within ``min_snr_db`` of float32's.
+    only when its output stays within ``min_snr_db`` of float32's. ``compute_workers``
+    (default: 1, and 2 on a CPU with two or more cores and clips) are tried with the
+    largest thread count, the threads shared among the workers.
     """
     dtypes = list(dtypes or candidate_dtypes(device))
     threads = list(threads or sorted({1, max(1, os.cpu_count() or 1)}))
+    if compute_workers is None:
+        several = torch.device(device).type == "cpu" and max(threads) >= 2 and len(clips) >= 2
+        compute_workers = [1, 2] if several else [1]
+    workers = sorted({int(w) for w in compute_workers})
+    if not workers or workers[0] < 1:
+        raise ValueError(f"compute_workers must be positive, got {list(compute_workers)}")
     say = log or (lambda _m: None)
     inputs = [(c, 16000) for c in clips]
     original_threads = torch.get_num_threads()
@@ -200,28 +223,34 @@ def calibrate(
     try:
         for dt in dtypes:
             conv = make_converter(dt)
-            for n_threads in threads:
+            settings = [(n, bs, 1) for n in threads for bs in batch_seconds]
+            settings += [(max(threads), bs, w) for w in workers if w > 1 for bs in batch_seconds]
+            for n_threads, bs, n_workers in settings:
                 torch.set_num_threads(n_threads)
-                for bs in batch_seconds:
-                    conv.convert_batch(inputs, batch_seconds=bs, noise=False)  # warm-up: kernels, caches
-                    t0 = time.perf_counter()
-                    results = conv.convert_batch(inputs, batch_seconds=bs, noise=False)
-                    seconds = time.perf_counter() - t0
-                    outs = [r.audio for r in results]
-                    if dt == "float32" and reference is None:
-                        reference = outs
-                    snr = None if reference is None or dt == "float32" else min(map(_snr_db, reference, outs))
-                    trials.append(Trial(dt, n_threads, float(bs), seconds, snr))
-                    say(f"{dt:>9} threads {n_threads} batch {bs:g} s: {seconds:.2f} s" + (f", SNR {snr:.1f} dB" if snr is not None else ""))
+                run = dict(batch_seconds=bs, compute_workers=n_workers, noise=False)
+                conv.convert_batch(inputs, **run)  # warm-up: kernels, caches
+                t0 = time.perf_counter()
+                results = conv.convert_batch(inputs, **run)
+                seconds = time.perf_counter() - t0
+                outs = [r.audio for r in results]
+                if dt == "float32" and reference is None:
+                    reference = outs
+                snr = None if reference is None or dt == "float32" else min(map(_snr_db, reference, outs))
+                trials.append(Trial(dt, n_threads, float(bs), seconds, snr, n_workers))
+                say(
+                    f"{dt:>9} threads {n_threads} batch {bs:g} s workers {n_workers}: {seconds:.2f} s"
+                    + (f", SNR {snr:.1f} dB" if snr is not None else "")
+                )
     finally:
         torch.set_num_threads(original_threads)
     usable = [t for t in trials if t.snr_db is None or t.snr_db >= min_snr_db]
-    best = min(usable, key=lambda t: t.seconds)
+    best = min(usable, key=_cost)
     return Profile(
         machine=machine_id(device),
         dtype=best.dtype,
         threads=best.threads,
         batch_seconds=best.batch_seconds,
+        compute_workers=best.compute_workers,
         trials=trials,
         audio_seconds=float(sum(c.shape[0] for c in clips) / 16000),
         created=time.strftime("%Y-%m-%d %H:%M:%S"),
@@ -251,6 +280,7 @@ def system_report(device: torch.device | str = "cpu") -> dict[str, Any]:
             "dtype (auto)": profile.dtype if profile else str(resolve_dtype("auto", dev)).replace("torch.", ""),
             "threads": profile.threads if profile else torch.get_num_threads(),
             "batch_seconds": profile.batch_seconds if profile else None,
+            "compute_workers": profile.compute_workers if profile else 1,
             "source": "profile" if profile else "defaults (run `rvcfast tune` to measure)",
         },
     }

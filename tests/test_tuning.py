@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import time
 from pathlib import Path
 
@@ -81,11 +82,14 @@ def test_apply_threads_respects_omp_num_threads(monkeypatch: pytest.MonkeyPatch)
 class _FakeConverter:
     """Stands in for a Converter: a fixed cost per call and an output with a chosen error."""
 
-    def __init__(self, dtype: str, cost: float, error: float) -> None:
-        self.dtype, self.cost, self.error = dtype, cost, error
+    def __init__(self, dtype: str, cost: float, error: float, worker_gain: float = 1.0) -> None:
+        self.dtype, self.cost, self.error, self.worker_gain = dtype, cost, error, worker_gain
+        self.calls: list[tuple[int, int]] = []
 
-    def convert_batch(self, inputs, batch_seconds: float, noise: bool):
-        time.sleep(self.cost * (1.0 if batch_seconds == 8.0 else 1.5))
+    def convert_batch(self, inputs, batch_seconds: float, noise: bool, compute_workers: int = 1):
+        self.calls.append((torch.get_num_threads(), compute_workers))
+        gain = self.worker_gain if compute_workers > 1 else 1.0
+        time.sleep(self.cost * (1.0 if batch_seconds == 8.0 else 1.5) * gain)
         rng = np.random.default_rng(0)
         out = []
         for x, _ in inputs:
@@ -112,6 +116,33 @@ def test_calibrate_picks_the_fastest_precise_enough_setting() -> None:
     assert [t.snr_db for t in profile.trials if t.dtype == "bfloat16"][0] > 60
 
 
+def test_calibrate_tries_compute_workers_and_wants_them_clearly_faster() -> None:
+    clips = [np.sin(np.arange(4000) / 10.0)] * 2
+    before = torch.get_num_threads()
+    fakes: list[_FakeConverter] = []
+
+    def make(gain: float):
+        def build(dt: str) -> _FakeConverter:
+            fakes.append(_FakeConverter(dt, 0.05, 0.0, worker_gain=gain))
+            return fakes[-1]
+
+        return build
+
+    # two workers 40 % faster: chosen, and measured with all the threads
+    profile = calibrate(make(0.6), clips, device=torch.device("cpu"), dtypes=["float32"], threads=[1, 2], batch_seconds=(8.0,))
+    assert profile.compute_workers == 2 and profile.threads == 2
+    assert [(t.threads, t.compute_workers) for t in profile.trials] == [(1, 1), (2, 1), (2, 2)]
+    assert fakes[-1].calls[-1] == (2, 2) and torch.get_num_threads() == before
+    # within the margin (they hold more memory): one worker stays
+    profile = calibrate(make(0.99), clips, device=torch.device("cpu"), dtypes=["float32"], threads=[2], batch_seconds=(8.0,))
+    assert profile.compute_workers == 1
+    # one clip or one thread: nothing to share, no multi-worker trial
+    one = calibrate(make(0.6), clips[:1], device=torch.device("cpu"), dtypes=["float32"], threads=[2], batch_seconds=(8.0,))
+    assert {t.compute_workers for t in one.trials} == {1}
+    with pytest.raises(ValueError, match="compute_workers"):
+        calibrate(make(0.6), clips, device=torch.device("cpu"), dtypes=["float32"], threads=[2], compute_workers=[0])
+
+
 def test_info_system_reports_features_and_settings(profile_file: Path, capsys) -> None:
     assert main(["info", "--system", "--device", "cpu", "--json"]) == 0
     report = json.loads(capsys.readouterr().out)["system"]
@@ -121,7 +152,8 @@ def test_info_system_reports_features_and_settings(profile_file: Path, capsys) -
     save_profile(_profile("float32", 4.0))
     assert main(["info", "--system", "--device", "cpu"]) == 0
     text = capsys.readouterr().out
-    assert str(profile_file) in text and "batch_seconds  4.0" in text
+    assert str(profile_file) in text and re.search(r"batch_seconds +4\.0\n", text)
+    assert re.search(r"compute_workers +1\n", text)
     assert main(["info"]) == 2  # neither a model nor --system
 
 

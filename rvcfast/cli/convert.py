@@ -47,8 +47,13 @@ def _describe_load(conv: Any, args: argparse.Namespace, seconds: float) -> str:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert files or folders to the voice of MODEL and write them to OUT."""
+    if args.compute_workers is not None and args.compute_workers < 1:
+        raise UsageError(f"--compute-workers must be at least 1, got {args.compute_workers}")
     if args.ray is not None:  # the same job on a Ray cluster
         from .scale import cmd_convert_ray
+
+        if args.compute_workers is not None:
+            raise UsageError("--compute-workers is for local runs; on Ray, --workers sets the number of model workers")
 
         return cmd_convert_ray(args)
     from ..api import Converter
@@ -83,7 +88,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     try:
         for res in conv.iter_batch(
             [str(p) for p in inputs], target, format=args.format, subtype=args.subtype,
-            skip_existing=args.skip_existing, batch_seconds=args.batch_seconds, **params,
+            skip_existing=args.skip_existing, batch_seconds=args.batch_seconds,
+            compute_workers=args.compute_workers, **params,
         ):
             summary.add(res)
             warnings.extend(res.warnings)
@@ -144,5 +150,9 @@ def add_parser(sub: Any) -> None:
     r = p.add_argument_group("runtime")
     add_device_options(r)
     r.add_argument("--batch-seconds", type=float, metavar="S", default=None, help="seconds of audio batched through the models together (default: 8 on CPU, 120 on GPU)")
+    r.add_argument(
+        "--compute-workers", type=int, metavar="N", default=None,
+        help="files converted side by side, each with 1/N of the threads (default: `rvcfast tune`'s choice, else 1)",
+    )
     add_scale_options(p.add_argument_group("scale out (Ray; pip install \"rvcfast[ray]\"; see docs/scale-out.md)"))
     p.set_defaults(func=cmd_convert)

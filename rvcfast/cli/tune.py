@@ -44,8 +44,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     threads = [int(t) for t in args.threads.split(",")] if args.threads else None
     batch = [float(b) for b in args.batch_seconds.split(",")] if args.batch_seconds else [8.0] if args.quick else [8.0, 30.0]
+    workers = [int(w) for w in args.compute_workers.split(",")] if args.compute_workers else None
+    if workers is not None and min(workers) < 1:
+        raise UsageError(f"--compute-workers must be positive, got {args.compute_workers}")
     profile = calibrate(
-        make, clips, device=device, threads=threads, batch_seconds=batch, min_snr_db=args.min_snr,
+        make, clips, device=device, threads=threads, batch_seconds=batch, compute_workers=workers, min_snr_db=args.min_snr,
         log=None if args.quiet else (lambda m: print(m, file=sys.stderr)),
     )
     target = Path(args.output).expanduser() if args.output else profile_path()
@@ -55,7 +58,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     if args.json:
         out(profile.to_json())
     else:
-        out(f"chosen: {profile.dtype}, {profile.threads} thread(s), batch {profile.batch_seconds:g} s")
+        out(
+            f"chosen: {profile.dtype}, {profile.threads} thread(s), batch {profile.batch_seconds:g} s, "
+            f"{profile.compute_workers} compute worker(s)"
+        )
         out(f"profile: {target}")
     return EXIT_OK
 
@@ -66,11 +72,12 @@ def add_parser(sub: Any) -> None:
         help="measure the fastest settings on this machine",
         description=(
             "Convert a few synthetic clips with each candidate setting -- precision (float32, and\n"
-            "bfloat16 where the CPU or GPU has it natively), intra-op threads, batch size -- and store\n"
-            "the fastest in a profile ($RVCFAST_HOME/profile.json or the user cache). Later runs on this\n"
-            "machine use it: --dtype auto means the profile's precision, and the profile's threads and\n"
-            "batch size are the defaults. bfloat16 is chosen only when its output stays within\n"
-            "--min-snr dB of float32's. Without --model, random full-size models are used (built once)."
+            "bfloat16 where the CPU or GPU has it natively), intra-op threads, batch size, compute\n"
+            "workers -- and store the fastest in a profile ($RVCFAST_HOME/profile.json or the user cache).\n"
+            "Later runs on this machine use it: --dtype auto means the profile's precision, and the\n"
+            "profile's threads, batch size and compute workers are the defaults. bfloat16 is chosen\n"
+            "only when its output stays within --min-snr dB of float32's. Without --model, random\n"
+            "full-size models are used (built once)."
         ),
         epilog="examples:\n  rvcfast tune\n  rvcfast tune --quick\n  rvcfast tune --model voice.pth --encoder hubert_base.pt --f0-weights rmvpe.pt",
         formatter_class=HelpFormatter,
@@ -84,6 +91,10 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--seconds", type=float, metavar="S", default=5.0, help="length of each clip")
     p.add_argument("--threads", metavar="LIST", help="thread counts to try, e.g. 1,2,4 (default: 1 and all cores)")
     p.add_argument("--batch-seconds", metavar="LIST", help="batch sizes to try, e.g. 8,30 (default: 8,30; --quick: 8)")
+    p.add_argument(
+        "--compute-workers", metavar="LIST",
+        help="compute workers to try with all the threads, e.g. 1,2 (default: 1,2 on a CPU with 2+ cores)",
+    )
     p.add_argument("--quick", action="store_true", help="fewer trials (one batch size)")
     p.add_argument("--min-snr", type=float, metavar="DB", default=20.0, help="lowest SNR against float32 a lower precision may have")
     p.add_argument("--device", default="auto", metavar="DEVICE", help="'auto', 'cpu', 'cuda'...")
