@@ -16,10 +16,11 @@ takes care of files:
    it was batched with.
 5. **Compute workers** (``compute_workers > 1``, or what ``rvcfast tune`` measured): that
    many groups go through the engine at once, each in its own thread with an equal share
-   of torch's intra-op threads (restored when the batch ends). Convolutions on a few
-   threads each scale better than on all of them: on 2 Zen 4 cores, two workers of one
-   thread took batch12 in 0.95x the time of one worker of two threads (float32), for
-   ~250 MiB more peak memory. Results still come out in input order.
+   of torch's intra-op threads (restored when the batch ends). Operations on fewer
+   threads each waste less on synchronisation: on 2 Zen 4 cores, two workers of one
+   thread took batch12 in 0.94x the time of one worker of two threads in float32 (no
+   change in bfloat16), for ~270 MiB more peak memory. Groups are reported in the order
+   they were formed.
 
 Writes are atomic (temporary file in the output folder, then rename), never
 overwrite an input, and a failing file is reported in its :class:`~rvcfast.api.Result`

@@ -35,13 +35,15 @@ def _audio_seconds(path: Path) -> float:
         return 0.0
 
 
-def _describe_load(conv: Any, args: argparse.Namespace, seconds: float) -> str:
+def _describe_load(conv: Any, args: argparse.Namespace, seconds: float, threads: int, workers: int) -> str:
     voc = conv.vocoder
     f0 = f", F0 {args.f0}" if voc.has_f0 else ", no F0"
     idx = f", index {conv.index.ntotal} vectors" if conv.index is not None else ""
+    lanes = f", {workers} compute workers" if workers > 1 else ""
     return (
         f"{Path(args.model).name}: {voc.version} {voc.sample_rate} Hz{f0}{idx}; device {conv.device}, "
-        f"{str(conv.dtype).replace('torch.', '')}; loaded in {seconds:.1f} s"
+        f"{str(conv.dtype).replace('torch.', '')}, {threads} thread{'s' if threads != 1 else ''}{lanes}; "
+        f"loaded in {seconds:.1f} s"
     )
 
 
@@ -54,7 +56,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
         if args.compute_workers is not None:
             raise UsageError("--compute-workers is for local runs; on Ray, --workers sets the number of model workers")
-
         return cmd_convert_ray(args)
     from ..api import Converter
     from ..batch import BatchSummary
@@ -74,11 +75,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
         args.model, index=args.index, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights,
         device=args.device, dtype=args.dtype, f0_options=parse_options(args.f0_option), allow_download=args.download,
     )
+    from ..batch import BatchOptions, compute_workers
     from ..tuning import apply_threads, load_profile
 
-    apply_threads(load_profile(conv.device))  # this process is ours: use the tuned thread count
+    threads = apply_threads(load_profile(conv.device))  # this process is ours: use the tuned thread count
     if not args.quiet:
-        print(_describe_load(conv, args, time.perf_counter() - t0), file=sys.stderr)
+        workers = compute_workers(conv.engine, BatchOptions(compute_workers=args.compute_workers))
+        print(_describe_load(conv, args, time.perf_counter() - t0, threads, workers), file=sys.stderr)
     expected = {str(p): _audio_seconds(p) for p in inputs}
     summary = BatchSummary()
     failures: list[str] = []
