@@ -27,6 +27,7 @@ __all__ = [
     "native_fp16",
     "default_batch_seconds",
     "release_memory",
+    "openmp_threads",
     "DTYPE_NAMES",
 ]
 
@@ -66,6 +67,13 @@ def cpu_features() -> frozenset[str]:
     except OSError:
         pass
     return frozenset()
+
+
+@functools.lru_cache(maxsize=1)
+def openmp_threads() -> bool:
+    """Whether torch's intra-op threads are OpenMP's: then ``torch.set_num_threads`` in a thread
+    sets that thread's own count (OpenMP and MKL keep it per thread), not a shared pool's size."""
+    return "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
 
 
 def native_bf16(device: torch.device) -> bool:

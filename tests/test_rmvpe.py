@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -263,6 +264,33 @@ def test_reduced_random_file_matches_golden_layout(tmp_path: Path, reduced_path:
     assert load_rmvpe(path).config == E2EConfig.reduced()
 
 
+def test_bigru_threads_run_on_one_intra_op_thread_each(monkeypatch) -> None:
+    from rvcfast.models.rmvpe import network
+
+    if not network.openmp_threads():
+        pytest.skip("torch's intra-op threads are not OpenMP's here: the thread counts are left alone")
+    torch.manual_seed(0)
+    gru = torch.nn.GRU(384, 64, batch_first=True, bidirectional=True).eval()
+    seen: list[tuple[str, int]] = []
+    real_gru = torch.gru
+
+    def spy(*args):
+        seen.append((threading.current_thread().name, torch.get_num_threads()))
+        return real_gru(*args)
+
+    monkeypatch.setattr(torch, "gru", spy)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        with torch.inference_mode():
+            network.bigru_two_threads(gru, torch.randn(1, 50, 384))
+        assert sorted(n for _, n in seen) == [1, 1]
+        assert {name.startswith("rvcfast-bigru") for name, _ in seen} == {True, False}
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+
+
 @pytest.mark.parametrize("batch", [1, 3])
 def test_bigru_directions_on_two_threads_equal_the_bidirectional_op(monkeypatch, batch: int) -> None:
     from rvcfast.models.rmvpe import network
@@ -281,6 +309,13 @@ def test_bigru_directions_on_two_threads_equal_the_bidirectional_op(monkeypatch,
             reference = head.gru(x)[0]  # the bidirectional op itself
         assert calls, "the two-thread path was not taken"
         assert torch.equal(split, reference)
+        assert torch.get_num_threads() == 2, "the caller's thread count is restored"
+        # and the count threads start with: a new thread sees two as well
+        seen: list[int] = []
+        worker = threading.Thread(target=lambda: seen.append(torch.get_num_threads()))
+        worker.start()
+        worker.join()
+        assert seen == [2]
         torch.set_num_threads(1)
         with torch.inference_mode():
             single = head(x)

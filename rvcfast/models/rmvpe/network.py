@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ...runtime import openmp_threads
 from .mel import N_MELS
 
 __all__ = ["N_CLASS", "E2EConfig", "E2E"]
@@ -202,24 +203,42 @@ class _BiGRU(nn.Module):
 def bigru_two_threads(gru: nn.GRU, x: torch.Tensor) -> torch.Tensor:
     """A one-layer, batch-first bidirectional ``gru(x)[0]`` with its two directions on two threads.
 
-    The recurrence is a loop of tiny matrix products that one core runs while the others
-    wait (~20 % of RMVPE's CPU time); the two directions are independent, so the backward
-    one runs on the time-reversed input in a second thread. Each direction does the same
-    arithmetic as inside the bidirectional op (bit-identical, tested); on 2 Zen 4 cores a
-    704-frame BiGRU took 62-78 ms instead of 116 ms.
+    The recurrence is a loop of tiny matrix products (``[B, 256] x [256, 768]`` per frame)
+    that gains nothing from several intra-op threads; the two directions are independent,
+    so the backward one runs on the time-reversed input in a second thread, each thread on
+    one intra-op thread (where torch's threads are OpenMP's, whose count is per thread; the
+    caller's count is restored). Each direction does the same arithmetic as inside the
+    bidirectional op (bit-identical, tested). On 2 Zen 4 cores, a whole RMVPE call on 7 s
+    of audio took 346-352 ms instead of 368-379 ms (two threads each) or 366-391 ms (the
+    bidirectional op).
     """
     h0 = x.new_zeros(1, x.shape[0], gru.hidden_size)
     forward_params = [gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0]
     backward_params = [gru.weight_ih_l0_reverse, gru.weight_hh_l0_reverse, gru.bias_ih_l0_reverse, gru.bias_hh_l0_reverse]
+    one_each = openmp_threads()
 
     def run(params: list[torch.Tensor], inp: torch.Tensor) -> torch.Tensor:
         with torch.inference_mode():  # grad mode is per thread: the worker starts with it on
             return torch.gru(inp, h0, params, True, 1, 0.0, False, False, True)[0]
 
+    def backward_in_worker(inp: torch.Tensor) -> torch.Tensor:
+        if one_each:
+            torch.set_num_threads(1)  # this short-lived thread's own count
+        return run(backward_params, inp)
+
+    caller_threads = torch.get_num_threads()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rvcfast-bigru") as pool:
-        backward = pool.submit(run, backward_params, x.flip(1))
-        out_forward = run(forward_params, x)
-        out_backward = backward.result().flip(1)
+        backward = pool.submit(backward_in_worker, x.flip(1))
+        try:
+            if one_each:
+                torch.set_num_threads(1)
+            out_forward = run(forward_params, x)
+            out_backward = backward.result().flip(1)
+        finally:
+            # after the worker is done: the count new threads start with is the caller's again
+            backward.exception()
+            if one_each:
+                torch.set_num_threads(caller_threads)
     return torch.cat([out_forward, out_backward], dim=-1)
 
 
