@@ -419,29 +419,46 @@ class _BatchRun:
         self.saved_threads = torch.get_num_threads()
         torch.set_num_threads(max(1, self.saved_threads // self.workers))
 
+    def _finish_oldest(self) -> Iterator[Result]:
+        group, future = self.inflight.popleft()  # the oldest group: results stay in order
+        done = future.result()
+        yield from self._drain_writes(block=False)
+        yield from self._finish(group, done)
+        yield from self._drain_writes(block=False)
+
+    def _restore_threads(self) -> None:
+        if self.saved_threads is not None:
+            import torch
+
+            torch.set_num_threads(self.saved_threads)
+            self.saved_threads = None
+
     def results(self) -> Iterator[Result]:
         try:
             self._split_threads()
             self._submit_more()
+            parallel = self.compute_pool is not None
             while self.pending or self.inflight:
-                if self.pending and len(self.inflight) < self.workers:
+                while self.inflight and self.inflight[0][1].done():  # report in order
+                    yield from self._finish_oldest()
+                running = [f for _, f in self.inflight if not f.done()]
+                if self.pending and (not parallel or len(running) < self.workers):
                     group, early = self._next_group()
                     for res in early:
                         yield from self._emit(res)
                     if not group:
                         continue
-                    if self.compute_pool is None:
+                    if parallel:
+                        assert self.compute_pool is not None
+                        self.inflight.append((group, self.compute_pool.submit(self._compute, group)))
+                    else:
                         yield from self._drain_writes(block=False)
                         yield from self._finish(group, self._compute(group))
                         yield from self._drain_writes(block=False)
-                    else:
-                        self.inflight.append((group, self.compute_pool.submit(self._compute, group)))
                     continue
-                group, future = self.inflight.popleft()  # the oldest group: results stay in order
-                done = future.result()
-                yield from self._drain_writes(block=False)
-                yield from self._finish(group, done)
-                yield from self._drain_writes(block=False)
+                if running:
+                    # a worker that finishes before the oldest group gets the next group at once
+                    cf.wait(running, return_when=cf.FIRST_COMPLETED)
             yield from self._drain_writes(block=True)
         finally:
             self.close()
@@ -451,11 +468,7 @@ class _BatchRun:
             fut.cancel()
         if self.compute_pool is not None:
             self.compute_pool.shutdown(wait=True, cancel_futures=True)
-        if self.saved_threads is not None:
-            import torch
-
-            torch.set_num_threads(self.saved_threads)
-            self.saved_threads = None
+        self._restore_threads()
         self.decode_pool.shutdown(wait=True, cancel_futures=True)
         self.write_pool.shutdown(wait=True)
         if self.f0_pool is not None:

@@ -84,12 +84,12 @@ class _FakeConverter:
 
     def __init__(self, dtype: str, cost: float, error: float, worker_gain: float = 1.0) -> None:
         self.dtype, self.cost, self.error, self.worker_gain = dtype, cost, error, worker_gain
-        self.calls: list[tuple[int, int]] = []
+        self.calls: list[tuple[int, int, int]] = []
 
     def convert_batch(self, inputs, batch_seconds: float, noise: bool, compute_workers: int = 1):
-        self.calls.append((torch.get_num_threads(), compute_workers))
+        self.calls.append((torch.get_num_threads(), compute_workers, len(inputs)))
         gain = self.worker_gain if compute_workers > 1 else 1.0
-        time.sleep(self.cost * (1.0 if batch_seconds == 8.0 else 1.5) * gain)
+        time.sleep(self.cost * len(inputs) * (1.0 if batch_seconds == 8.0 else 1.5) * gain)
         rng = np.random.default_rng(0)
         out = []
         for x, _ in inputs:
@@ -128,16 +128,26 @@ def test_calibrate_tries_compute_workers_and_wants_them_clearly_faster() -> None
 
         return build
 
-    # two workers 40 % faster: chosen, and measured with all the threads
-    profile = calibrate(make(0.6), clips, device=torch.device("cpu"), dtypes=["float32"], threads=[1, 2], batch_seconds=(8.0,))
-    assert profile.compute_workers == 2 and profile.threads == 2
-    assert [(t.threads, t.compute_workers) for t in profile.trials] == [(1, 1), (2, 1), (2, 2)]
-    assert fakes[-1].calls[-1] == (2, 2) and torch.get_num_threads() == before
+    # two workers 40 % faster: chosen, and measured with all the threads at the smallest batch size
+    profile = calibrate(
+        make(0.6), clips, device=torch.device("cpu"), dtypes=["float32"], threads=[1, 2], batch_seconds=(8.0, 30.0)
+    )
+    assert profile.compute_workers == 2 and profile.threads == 2 and profile.batch_seconds == 8.0
+    assert [(t.threads, t.batch_seconds, t.compute_workers) for t in profile.trials] == [
+        (1, 8.0, 1), (1, 30.0, 1), (2, 8.0, 1), (2, 30.0, 1), (2, 8.0, 2),
+    ]
+    assert fakes[-1].calls[-1] == (2, 2, 4) and torch.get_num_threads() == before  # two clips, twice
     # within the margin (they hold more memory): one worker stays
     profile = calibrate(make(0.99), clips, device=torch.device("cpu"), dtypes=["float32"], threads=[2], batch_seconds=(8.0,))
     assert profile.compute_workers == 1
-    # one clip or one thread: nothing to share, no multi-worker trial
-    one = calibrate(make(0.6), clips[:1], device=torch.device("cpu"), dtypes=["float32"], threads=[2], batch_seconds=(8.0,))
+    # three clips for two workers are sent four times (12 clips: up to two per group, the
+    # same number of groups for each worker), the time scaled back to one pass
+    three = calibrate(make(0.6), clips + clips[:1], device=torch.device("cpu"), dtypes=["float32"], threads=[2], batch_seconds=(8.0,))
+    assert fakes[-1].calls[-1] == (2, 2, 12)
+    one_worker, two_workers = three.trials
+    assert two_workers.seconds == pytest.approx(0.6 * one_worker.seconds, rel=0.3)
+    # one thread: nothing to share, no multi-worker trial
+    one = calibrate(make(0.6), clips, device=torch.device("cpu"), dtypes=["float32"], threads=[1], batch_seconds=(8.0,))
     assert {t.compute_workers for t in one.trials} == {1}
     with pytest.raises(ValueError, match="compute_workers"):
         calibrate(make(0.6), clips, device=torch.device("cpu"), dtypes=["float32"], threads=[2], compute_workers=[0])
