@@ -16,11 +16,11 @@ takes care of files:
    it was batched with.
 5. **Compute workers** (``compute_workers > 1``, or what ``rvcfast tune`` measured): that
    many groups go through the engine at once, each in its own thread with an equal share
-   of torch's intra-op threads (restored when the batch ends). Operations on fewer
-   threads each waste less on synchronisation: on 2 Zen 4 cores, two workers of one
-   thread took batch12 in 0.94x the time of one worker of two threads in float32 (no
-   change in bfloat16), for ~270 MiB more peak memory. Groups are reported in the order
-   they were formed.
+   of torch's intra-op threads (restored when the batch ends); a worker that finishes
+   takes the next group at once. Operations on fewer threads each waste less on
+   synchronisation: on 2 Zen 4 cores, two workers of one thread took batch12 in 0.95x
+   (float32) and 0.96x (bfloat16) the time of one worker of two threads, for ~200-290 MiB
+   more peak memory. Groups are reported in the order they were formed.
 
 Writes are atomic (temporary file in the output folder, then rename), never
 overwrite an input, and a failing file is reported in its :class:`~rvcfast.api.Result`
@@ -248,6 +248,7 @@ class _Computed:
     results: list[Result]
     f0_in_pool: bool
     f0_wait: float
+    seconds: float = 0.0
 
 
 @dataclass
@@ -286,6 +287,8 @@ class _BatchRun:
             cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rvcfast-compute") if workers > 1 else None
         )
         self.inflight: deque[tuple[list[_Decoded], cf.Future[_Computed]]] = deque()
+        self.started: dict[int, float] = {}  # submit time per in-flight future (by id)
+        self.durations: list[float] = []  # seconds of the finished groups on a worker
         self.saved_threads: int | None = None
         self.pending: deque[cf.Future[_Decoded]] = deque()
         self.writes: deque[tuple[Result, cf.Future[float]]] = deque()
@@ -382,10 +385,11 @@ class _BatchRun:
 
     def _compute(self, group: list[_Decoded]) -> _Computed:
         """The engine's work for one group (in a compute worker when there are several)."""
+        t0 = time.perf_counter()
         preps = [d.prep for d in group if d.prep is not None]
         tracks, f0_wait = self._f0_tracks(group)
         results = self.engine.run(preps, self.params, f0=tracks, batch_seconds=self.options.batch_seconds)
-        return _Computed(preps, results, tracks is not None, f0_wait)
+        return _Computed(preps, results, tracks is not None, f0_wait, time.perf_counter() - t0)
 
     def _finish(self, group: list[_Decoded], done: _Computed) -> Iterator[Result]:
         """Timings, errors and writes of one computed group."""
@@ -419,9 +423,26 @@ class _BatchRun:
         self.saved_threads = torch.get_num_threads()
         torch.set_num_threads(max(1, self.saved_threads // self.workers))
 
+    def _wait_for_last(self) -> bool:
+        """Whether the last group should wait for the running ones and then take every thread.
+
+        On one worker's share of the threads the last group takes about a typical group's
+        time ``g`` (the median so far); after the running groups, on all the threads, about
+        ``g / workers``. Waiting wins when the running groups are less than ``g * (1 - 1/workers)``
+        from done (as estimated from their start times).
+        """
+        if not self.durations:
+            return True  # nothing finished yet: the groups started together with this one's
+        typical = float(np.median(self.durations))
+        now = time.perf_counter()
+        left = max((typical - (now - self.started[id(f)]) for _, f in self.inflight if not f.done()), default=0.0)
+        return left < typical * (1.0 - 1.0 / self.workers)
+
     def _finish_oldest(self) -> Iterator[Result]:
         group, future = self.inflight.popleft()  # the oldest group: results stay in order
         done = future.result()
+        self.started.pop(id(future), None)
+        self.durations.append(done.seconds)
         yield from self._drain_writes(block=False)
         yield from self._finish(group, done)
         yield from self._drain_writes(block=False)
@@ -448,9 +469,19 @@ class _BatchRun:
                         yield from self._emit(res)
                     if not group:
                         continue
+                    if parallel and not self.pending and self._wait_for_last():
+                        # The last group: on a worker's share of the threads it would finish
+                        # long after the others, the other cores idle. The running groups are
+                        # nearly done: let them finish, then run it here on every thread.
+                        while self.inflight:
+                            yield from self._finish_oldest()
+                        self._restore_threads()
+                        parallel = False
                     if parallel:
                         assert self.compute_pool is not None
-                        self.inflight.append((group, self.compute_pool.submit(self._compute, group)))
+                        future = self.compute_pool.submit(self._compute, group)
+                        self.started[id(future)] = time.perf_counter()
+                        self.inflight.append((group, future))
                     else:
                         yield from self._drain_writes(block=False)
                         yield from self._finish(group, self._compute(group))

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import threading
+import time
+from collections import deque
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +13,7 @@ import soundfile as sf
 import torch
 from helpers import MODEL_SR, tiny_converter_fixture, tiny_models_fixture, tone  # noqa: F401
 
+from rvcfast import batch
 from rvcfast.batch import BatchOptions, compute_workers
 from rvcfast.cli import main
 from rvcfast.errors import ParameterError
@@ -36,7 +39,10 @@ def _clips(n: int) -> list[tuple[np.ndarray, int]]:
     return [(tone(0.6 + 0.15 * i, freq=150.0 + 20 * i), 16000) for i in range(n)]
 
 
-def test_two_workers_give_each_file_the_output_of_one_worker(tiny_converter, two_threads) -> None:
+@pytest.mark.parametrize("wait_for_last", [True, False])
+def test_two_workers_give_each_file_the_output_of_one_worker(tiny_converter, two_threads, monkeypatch, wait_for_last) -> None:
+    # whether the last group waits for the running ones is a timing estimate: fixed here
+    monkeypatch.setattr(batch._BatchRun, "_wait_for_last", lambda self: wait_for_last)
     clips = _clips(5)
     calls: list[tuple[str, int, int]] = []  # (thread, its torch threads, files in the group)
     engine_run = tiny_converter.engine.run
@@ -52,16 +58,46 @@ def test_two_workers_give_each_file_the_output_of_one_worker(tiny_converter, two
     finally:
         del tiny_converter.engine.run
     assert torch.get_num_threads() == 2  # restored after the batch
-    # one file per group, each on a worker with one of the two threads
+    # one file per group, each on a worker with one of the two threads; the last group either
+    # there too or, after the others, in the caller's thread on both threads
     assert [n for _, _, n in calls] == [1] * 5
-    assert all(name.startswith("rvcfast-compute") and threads == 1 for name, threads, _ in calls)
+    assert all(name.startswith("rvcfast-compute") and threads == 1 for name, threads, _ in calls[:4])
+    if wait_for_last:
+        assert calls[4] == (threading.current_thread().name, 2, 1)
+    else:
+        assert calls[4][0].startswith("rvcfast-compute") and calls[4][1] == 1
     assert [r.index for r in two] == list(range(len(clips)))
-    # each file as a batch of one, on the thread count its worker had
+    # each file as a batch of one, on the thread count it had
     torch.set_num_threads(1)
-    alone = [tiny_converter.convert(x, rate, noise=False).audio for x, rate in clips]
+    alone = [tiny_converter.convert(x, rate, noise=False).audio for x, rate in clips[:4]]
+    torch.set_num_threads(2 if wait_for_last else 1)
+    alone.append(tiny_converter.convert(*clips[4], noise=False).audio)
     for a, b in zip(alone, two):
         assert b.ok, b.error
         np.testing.assert_array_equal(a, b.audio)
+
+
+def test_the_last_group_waits_only_for_groups_nearly_done() -> None:
+    class _Done:
+        def __init__(self, done: bool) -> None:
+            self._done = done
+
+        def done(self) -> bool:
+            return self._done
+
+    run = object.__new__(batch._BatchRun)
+    run.workers, run.durations, run.started, run.inflight = 2, [], {}, deque()
+    assert run._wait_for_last()  # nothing finished yet: the others started with it
+    run.durations = [10.0, 12.0, 10.0]  # a typical group: 10 s on a worker
+    now = time.perf_counter()
+    running = _Done(False)
+    run.inflight.append(([], running))
+    run.started[id(running)] = now - 8.0  # ~2 s left of ~10: wait, then all the threads
+    assert run._wait_for_last()
+    run.started[id(running)] = now - 1.0  # ~9 s left: the last group on a worker now
+    assert not run._wait_for_last()
+    run.inflight[0] = ([], _Done(True))  # finished groups do not count
+    assert run._wait_for_last()
 
 
 def test_workers_carry_on_past_a_bad_file_and_write_every_good_one(tiny_converter, two_threads, tmp_path: Path) -> None:
