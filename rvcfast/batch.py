@@ -18,9 +18,10 @@ takes care of files:
    many groups go through the engine at once, each in its own thread with an equal share
    of torch's intra-op threads (restored when the batch ends); a worker that finishes
    takes the next group at once. Operations on fewer threads each waste less on
-   synchronisation: on 2 Zen 4 cores, two workers of one thread took batch12 in 0.95x
+   synchronisation: on 2 Zen 4 cores, two workers of one thread took batch12 in 0.92x
    (float32) and 0.96x (bfloat16) the time of one worker of two threads, for ~200-290 MiB
-   more peak memory. Groups are reported in the order they were formed.
+   more peak memory. The last group waits for the running ones and then takes every
+   thread when they are nearly done. Groups are reported in the order they were formed.
 
 Writes are atomic (temporary file in the output folder, then rename), never
 overwrite an input, and a failing file is reported in its :class:`~rvcfast.api.Result`
