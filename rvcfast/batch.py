@@ -249,7 +249,7 @@ class _Computed:
     results: list[Result]
     f0_in_pool: bool
     f0_wait: float
-    seconds: float = 0.0
+    seconds: float
 
 
 @dataclass
@@ -287,8 +287,8 @@ class _BatchRun:
         self.compute_pool = (
             cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rvcfast-compute") if workers > 1 else None
         )
-        self.inflight: deque[tuple[list[_Decoded], cf.Future[_Computed]]] = deque()
-        self.started: dict[int, float] = {}  # submit time per in-flight future (by id)
+        # groups on the workers: (group, its future, when it was handed out)
+        self.inflight: deque[tuple[list[_Decoded], cf.Future[_Computed], float]] = deque()
         self.durations: list[float] = []  # seconds of the finished groups on a worker
         self.saved_threads: int | None = None
         self.pending: deque[cf.Future[_Decoded]] = deque()
@@ -436,13 +436,12 @@ class _BatchRun:
             return True  # nothing finished yet: the groups started together with this one's
         typical = float(np.median(self.durations))
         now = time.perf_counter()
-        left = max((typical - (now - self.started[id(f)]) for _, f in self.inflight if not f.done()), default=0.0)
+        left = max((typical - (now - start) for _, f, start in self.inflight if not f.done()), default=0.0)
         return left < typical * (1.0 - 1.0 / self.workers)
 
     def _finish_oldest(self) -> Iterator[Result]:
-        group, future = self.inflight.popleft()  # the oldest group: results stay in order
+        group, future, _ = self.inflight.popleft()  # the oldest group: results stay in order
         done = future.result()
-        self.started.pop(id(future), None)
         self.durations.append(done.seconds)
         yield from self._drain_writes(block=False)
         yield from self._finish(group, done)
@@ -463,7 +462,7 @@ class _BatchRun:
             while self.pending or self.inflight:
                 while self.inflight and self.inflight[0][1].done():  # report in order
                     yield from self._finish_oldest()
-                running = [f for _, f in self.inflight if not f.done()]
+                running = [f for _, f, _ in self.inflight if not f.done()]
                 if self.pending and (not parallel or len(running) < self.workers):
                     group, early = self._next_group()
                     for res in early:
@@ -481,8 +480,7 @@ class _BatchRun:
                     if parallel:
                         assert self.compute_pool is not None
                         future = self.compute_pool.submit(self._compute, group)
-                        self.started[id(future)] = time.perf_counter()
-                        self.inflight.append((group, future))
+                        self.inflight.append((group, future, time.perf_counter()))
                     else:
                         yield from self._drain_writes(block=False)
                         yield from self._finish(group, self._compute(group))

@@ -86,17 +86,15 @@ def test_the_last_group_waits_only_for_groups_nearly_done() -> None:
             return self._done
 
     run = object.__new__(batch._BatchRun)
-    run.workers, run.durations, run.started, run.inflight = 2, [], {}, deque()
+    run.workers, run.durations, run.inflight = 2, [], deque()
     assert run._wait_for_last()  # nothing finished yet: the others started with it
     run.durations = [10.0, 12.0, 10.0]  # a typical group: 10 s on a worker
     now = time.perf_counter()
-    running = _Done(False)
-    run.inflight.append(([], running))
-    run.started[id(running)] = now - 8.0  # ~2 s left of ~10: wait, then all the threads
+    run.inflight.append(([], _Done(False), now - 8.0))  # ~2 s left of ~10: wait, then all the threads
     assert run._wait_for_last()
-    run.started[id(running)] = now - 1.0  # ~9 s left: the last group on a worker now
+    run.inflight[0] = ([], _Done(False), now - 1.0)  # ~9 s left: the last group on a worker now
     assert not run._wait_for_last()
-    run.inflight[0] = ([], _Done(True))  # finished groups do not count
+    run.inflight[0] = ([], _Done(True), now - 1.0)  # finished groups do not count
     assert run._wait_for_last()
 
 
