@@ -168,8 +168,8 @@ def _snr_db(reference: np.ndarray, other: np.ndarray) -> float:
     return float("inf") if err == 0 else 10 * np.log10(max(sig, 1e-30) / err)
 
 
-#: Several compute workers hold several groups' activations at once (~250 MiB more peak
-#: memory for the full-size models in float32): chosen only when this much faster.
+#: Several compute workers hold several groups' activations at once (~200-290 MiB more peak
+#: memory per extra worker with the full-size models): chosen only when this much faster.
 MULTI_WORKER_MARGIN = 1.03
 
 

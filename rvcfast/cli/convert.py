@@ -39,10 +39,10 @@ def _describe_load(conv: Any, args: argparse.Namespace, seconds: float, threads:
     voc = conv.vocoder
     f0 = f", F0 {args.f0}" if voc.has_f0 else ", no F0"
     idx = f", index {conv.index.ntotal} vectors" if conv.index is not None else ""
-    lanes = f", {workers} compute workers" if workers > 1 else ""
+    side_by_side = f", {workers} compute workers" if workers > 1 else ""
     return (
         f"{Path(args.model).name}: {voc.version} {voc.sample_rate} Hz{f0}{idx}; device {conv.device}, "
-        f"{str(conv.dtype).replace('torch.', '')}, {threads} thread{'s' if threads != 1 else ''}{lanes}; "
+        f"{str(conv.dtype).replace('torch.', '')}, {threads} thread{'s' if threads != 1 else ''}{side_by_side}; "
         f"loaded in {seconds:.1f} s"
     )
 
