@@ -206,8 +206,9 @@ class Converter:
         together per model call (default: the engine's, 8 s on CPU, 120 s on GPU).
         ``compute_workers`` groups of files go through the networks at once, each in its
         own thread with an equal share of torch's intra-op threads (default: what
-        ``rvcfast tune`` measured on this machine, else 1; the thread count is restored
-        when the batch ends). ``progress(result, done, total)`` is called per finished file. Conversion
+        ``rvcfast tune`` measured on this machine, else 1; never more workers than files,
+        and on a CPU as many as divide the thread count evenly; the thread count is
+        restored when the batch ends). ``progress(result, done, total)`` is called per finished file. Conversion
         settings are ``params`` and/or keyword overrides, as for :meth:`convert`.
         """
         from .batch import BatchOptions, run_batch

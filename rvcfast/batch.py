@@ -17,11 +17,16 @@ takes care of files:
 5. **Compute workers** (``compute_workers > 1``, or what ``rvcfast tune`` measured): that
    many groups go through the engine at once, each in its own thread with an equal share
    of torch's intra-op threads (restored when the batch ends); a worker that finishes
-   takes the next group at once. Operations on fewer threads each waste less on
-   synchronisation: on 2 Zen 4 cores, two workers of one thread took batch12 in 0.92x
-   (float32) and 0.96x (bfloat16) the time of one worker of two threads, for ~200-290 MiB
-   more peak memory. The last group waits for the running ones and then takes every
-   thread when they are nearly done. Groups are reported in the order they were formed.
+   takes the next group at once, and a finished group's files are written at once.
+   Operations on fewer threads each waste less on synchronisation: on 2 Zen 4 cores, two
+   workers of one thread took batch12 in 0.92x (float32) and 0.96x (bfloat16) the time of
+   one worker of two threads, for ~200-290 MiB more peak memory. The last group waits for
+   the running ones and then takes every thread when they are nearly done. There are never
+   more workers than files, and on a CPU the workers divide torch's thread count evenly
+   (2 of 3 threads would leave one idle: then one worker), each with at least one thread.
+
+Results are reported in input order, except that a file skipped or failed before it
+reached the networks is reported as soon as it is found.
 
 Writes are atomic (temporary file in the output folder, then rename), never
 overwrite an input, and a failing file is reported in its :class:`~rvcfast.api.Result`
@@ -262,8 +267,37 @@ class _Decoded:
     f0: Any = None  # a Future of the process pool
 
 
+@dataclass
+class _InFlight:
+    """A group handed to a compute worker; ``entries`` once its writes have started (see
+    :meth:`_BatchRun._start_writes`), after which the group's decoded audio is let go."""
+
+    group: list[_Decoded]
+    future: cf.Future[_Computed]
+    start: float
+    entries: list[tuple[Result, cf.Future[float] | None]] | None = None
+
+
+def usable_workers(requested: int, n_files: int, device_type: str) -> int:
+    """How many compute workers a batch really gets: no more than its files, and on a CPU
+    the largest divisor of torch's thread count not above ``requested`` (each worker gets an
+    equal share of at least one thread); one where torch's threads are not OpenMP's (a shared
+    pool whose size cannot be split per thread)."""
+    n = max(1, min(int(requested), n_files))
+    if n == 1 or device_type != "cpu":
+        return n
+    import torch
+
+    from .runtime import openmp_threads
+
+    if not openmp_threads():
+        return 1
+    threads = torch.get_num_threads()
+    return max(d for d in range(1, min(n, threads) + 1) if threads % d == 0)
+
+
 class _BatchRun:
-    """One batch: decode pool → groups through the engine → write pool, results yielded in order of completion."""
+    """One batch: decode pool → groups through the engine → write pool, results yielded in input order."""
 
     def __init__(
         self,
@@ -282,14 +316,17 @@ class _BatchRun:
         self.decode_pool = cf.ThreadPoolExecutor(max_workers=options.decode_workers, thread_name_prefix="rvcfast-decode")
         self.write_pool = cf.ThreadPoolExecutor(max_workers=options.write_workers, thread_name_prefix="rvcfast-write")
         self.f0_pool = cf.ProcessPoolExecutor(max_workers=options.f0_workers) if cpu_bound else None
-        self.workers = workers
+        self.workers = usable_workers(workers, len(jobs), engine.device.type)
         # groups in the engine at once; with one worker the engine runs in the caller's thread
         self.compute_pool = (
-            cf.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="rvcfast-compute") if workers > 1 else None
+            cf.ThreadPoolExecutor(
+                max_workers=self.workers, thread_name_prefix="rvcfast-compute", initializer=self._worker_threads
+            )
+            if self.workers > 1
+            else None
         )
-        # groups on the workers: (group, its future, when it was handed out)
-        self.inflight: deque[tuple[list[_Decoded], cf.Future[_Computed], float]] = deque()
-        self.durations: list[float] = []  # seconds of the finished groups on a worker
+        self.inflight: deque[_InFlight] = deque()  # groups on the workers, oldest first
+        self.durations: list[float] = []  # seconds of the groups finished on a worker
         self.saved_threads: int | None = None
         self.pending: deque[cf.Future[_Decoded]] = deque()
         self.writes: deque[tuple[Result, cf.Future[float]]] = deque()
@@ -392,28 +429,42 @@ class _BatchRun:
         results = self.engine.run(preps, self.params, f0=tracks, batch_seconds=self.options.batch_seconds)
         return _Computed(preps, results, tracks is not None, f0_wait, time.perf_counter() - t0)
 
-    def _finish(self, group: list[_Decoded], done: _Computed) -> Iterator[Result]:
-        """Timings, errors and writes of one computed group."""
+    def _start_writes(self, group: list[_Decoded], done: _Computed) -> list[tuple[Result, cf.Future[float] | None]]:
+        """Timings of one computed group and its files' writes, started now; the results, each
+        with its write (``None``: nothing to write), to be reported by :meth:`_report_group`.
+        With ``on_error="stop"`` nothing after a failed file is written."""
         share = np.array([p.padded.shape[0] for p in done.preps], dtype=np.float64)
         share /= share.sum()
+        entries: list[tuple[Result, cf.Future[float] | None]] = []
+        stopping = False
         for d, res, w in zip(group, done.results, share):
             res.index = d.job.number
             res.source = d.job.label
             res.timings = {"decode": d.decode_seconds, **res.timings}
             if done.f0_in_pool:
                 res.timings["f0"] = res.timings.get("f0", 0.0) + done.f0_wait * float(w)
-            if res.error is not None:
-                if self.options.on_error == "stop":
-                    raise RvcfastError(res.error)
-                yield from self._emit(res)
-            elif d.job.out_path is not None:
+            stopping = stopping or (res.error is not None and self.options.on_error == "stop")
+            if res.error is None and d.job.out_path is not None and not stopping:
                 res.output_path = str(d.job.out_path)
                 audio = res.audio
                 if not self.options.keep_audio:
                     res.audio = np.zeros(0, np.float32)
-                self.writes.append((res, self.write_pool.submit(_write_timed, d.job.out_path, audio, res.sample_rate, self.options)))
+                entries.append((res, self.write_pool.submit(_write_timed, d.job.out_path, audio, res.sample_rate, self.options)))
             else:
-                yield from self._emit(res)
+                entries.append((res, None))
+        return entries
+
+    def _report_group(self, entries: list[tuple[Result, cf.Future[float] | None]]) -> Iterator[Result]:
+        """The results of one group, in order: each written file once its write is done."""
+        yield from self._drain_writes(block=False)
+        for res, write in entries:
+            if write is not None:
+                self.writes.append((res, write))
+                continue
+            if res.error is not None and self.options.on_error == "stop":
+                raise RvcfastError(res.error)
+            yield from self._emit(res)
+        yield from self._drain_writes(block=False)
 
     def _split_threads(self) -> None:
         """Give each compute worker an equal share of torch's intra-op threads (until :meth:`close`)."""
@@ -424,6 +475,15 @@ class _BatchRun:
         self.saved_threads = torch.get_num_threads()
         torch.set_num_threads(max(1, self.saved_threads // self.workers))
 
+    def _worker_threads(self) -> None:
+        """A compute worker's first act: its own share of the threads. (A thread otherwise takes
+        torch's shared count at its first parallel operation, which another worker may have
+        changed for a moment: RMVPE's BiGRU runs its directions on one thread each.)"""
+        if self.engine.device.type == "cpu" and self.saved_threads is not None:
+            import torch
+
+            torch.set_num_threads(max(1, self.saved_threads // self.workers))
+
     def _wait_for_last(self) -> bool:
         """Whether the last group should wait for the running ones and then take every thread.
 
@@ -432,20 +492,39 @@ class _BatchRun:
         ``g / workers``. Waiting wins when the running groups are less than ``g * (1 - 1/workers)``
         from done (as estimated from their start times).
         """
-        if not self.durations:
-            return True  # nothing finished yet: the groups started together with this one's
-        typical = float(np.median(self.durations))
+        running = [g for g in self.inflight if not g.future.done()]
+        if not running:
+            return True  # every core is free: all of them for the last group
+        durations = self.durations + [
+            g.future.result().seconds for g in self.inflight if g.entries is None and g.future.done()
+        ]
+        if not durations:
+            # Nothing has finished: every group so far went straight to a worker (there are no
+            # more groups than workers), so the running ones started about when this one did.
+            return False
+        typical = float(np.median(durations))
         now = time.perf_counter()
-        left = max((typical - (now - start) for _, f, start in self.inflight if not f.done()), default=0.0)
+        left = max(typical - (now - g.start) for g in running)
         return left < typical * (1.0 - 1.0 / self.workers)
 
+    def _start_finished_writes(self) -> None:
+        """Start the writes of every group a worker has finished, whatever its place in line:
+        its files are on disk as soon as they can be, and its decoded audio is let go."""
+        for g in self.inflight:
+            if g.entries is None and g.future.done():
+                done = g.future.result()
+                self.durations.append(done.seconds)
+                g.entries = self._start_writes(g.group, done)
+                g.group = []
+
     def _finish_oldest(self) -> Iterator[Result]:
-        group, future, _ = self.inflight.popleft()  # the oldest group: results stay in order
-        done = future.result()
-        self.durations.append(done.seconds)
-        yield from self._drain_writes(block=False)
-        yield from self._finish(group, done)
-        yield from self._drain_writes(block=False)
+        g = self.inflight[0]
+        if g.entries is None:
+            g.future.result()  # wait for it
+            self._start_finished_writes()
+        self.inflight.popleft()  # the oldest group: results stay in order
+        assert g.entries is not None
+        yield from self._report_group(g.entries)
 
     def _restore_threads(self) -> None:
         if self.saved_threads is not None:
@@ -460,9 +539,10 @@ class _BatchRun:
             self._submit_more()
             parallel = self.compute_pool is not None
             while self.pending or self.inflight:
-                while self.inflight and self.inflight[0][1].done():  # report in order
+                self._start_finished_writes()
+                while self.inflight and self.inflight[0].future.done():  # report in order
                     yield from self._finish_oldest()
-                running = [f for _, f, _ in self.inflight if not f.done()]
+                running = [g.future for g in self.inflight if not g.future.done()]
                 if self.pending and (not parallel or len(running) < self.workers):
                     group, early = self._next_group()
                     for res in early:
@@ -480,11 +560,9 @@ class _BatchRun:
                     if parallel:
                         assert self.compute_pool is not None
                         future = self.compute_pool.submit(self._compute, group)
-                        self.inflight.append((group, future, time.perf_counter()))
+                        self.inflight.append(_InFlight(group, future, time.perf_counter()))
                     else:
-                        yield from self._drain_writes(block=False)
-                        yield from self._finish(group, self._compute(group))
-                        yield from self._drain_writes(block=False)
+                        yield from self._report_group(self._start_writes(group, self._compute(group)))
                     continue
                 if running:
                     # a worker that finishes before the oldest group gets the next group at once

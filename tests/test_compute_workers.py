@@ -79,23 +79,120 @@ def test_two_workers_give_each_file_the_output_of_one_worker(tiny_converter, two
 
 def test_the_last_group_waits_only_for_groups_nearly_done() -> None:
     class _Done:
-        def __init__(self, done: bool) -> None:
-            self._done = done
+        def __init__(self, done: bool, seconds: float = 0.0) -> None:
+            self._done, self._seconds = done, seconds
 
         def done(self) -> bool:
             return self._done
 
+        def result(self) -> batch._Computed:
+            assert self._done
+            return batch._Computed([], [], False, 0.0, self._seconds)
+
     run = object.__new__(batch._BatchRun)
     run.workers, run.durations, run.inflight = 2, [], deque()
-    assert run._wait_for_last()  # nothing finished yet: the others started with it
-    run.durations = [10.0, 12.0, 10.0]  # a typical group: 10 s on a worker
+    assert run._wait_for_last()  # nothing running: every core is free for it
     now = time.perf_counter()
-    run.inflight.append(([], _Done(False), now - 8.0))  # ~2 s left of ~10: wait, then all the threads
-    assert run._wait_for_last()
-    run.inflight[0] = ([], _Done(False), now - 1.0)  # ~9 s left: the last group on a worker now
+    run.inflight.append(batch._InFlight([], _Done(False), now - 0.01))
+    # nothing finished yet: the running group went to a worker just before (no more groups
+    # than workers), so it has about a whole group's time left: the last group on a worker too
     assert not run._wait_for_last()
-    run.inflight[0] = ([], _Done(True), now - 1.0)  # finished groups do not count
+    run.durations = [10.0, 12.0, 10.0]  # a typical group: 10 s on a worker
+    run.inflight[0] = batch._InFlight([], _Done(False), now - 8.0)  # ~2 s left of ~10: wait, then all the threads
     assert run._wait_for_last()
+    run.inflight[0] = batch._InFlight([], _Done(False), now - 1.0)  # ~9 s left: the last group on a worker now
+    assert not run._wait_for_last()
+    run.inflight[0] = batch._InFlight([], _Done(True), now - 1.0)  # finished groups do not count
+    assert run._wait_for_last()
+    # a group finished out of turn, its writes not started yet, counts as a duration
+    run.durations = []
+    run.inflight = deque([batch._InFlight([], _Done(False), now - 9.0), batch._InFlight([], _Done(True, 10.0), now - 10.0)])
+    assert run._wait_for_last()  # ~1 s left of ~10
+
+
+@pytest.mark.parametrize(
+    ("requested", "files", "threads", "expected"),
+    [(2, 1, 2, 1), (2, 2, 2, 2), (3, 9, 2, 2), (2, 9, 1, 1), (2, 9, 3, 1), (4, 9, 6, 3), (4, 9, 8, 4), (4, 2, 8, 2)],
+)
+def test_workers_are_capped_by_the_files_and_divide_the_threads(requested, files, threads, expected) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        assert batch.usable_workers(requested, files, "cpu") == expected
+    finally:
+        torch.set_num_threads(before)
+    assert batch.usable_workers(3, 9, "cuda") == 3  # threads are not split off a CPU
+    assert batch.usable_workers(3, 2, "cuda") == 2
+
+
+def test_one_thread_means_one_worker_in_the_callers_thread(tiny_converter) -> None:
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    seen: list[str] = []
+    engine_run = tiny_converter.engine.run
+
+    def spy(preps, *args, **kwargs):
+        seen.append(threading.current_thread().name)
+        return engine_run(preps, *args, **kwargs)
+
+    tiny_converter.engine.run = spy
+    try:
+        results = tiny_converter.convert_batch(_clips(3), batch_seconds=1.0, compute_workers=2, noise=False)
+    finally:
+        del tiny_converter.engine.run
+        torch.set_num_threads(before)
+    assert all(r.ok for r in results) and len(seen) == 3
+    assert set(seen) == {threading.current_thread().name}  # never more threads than the user allowed
+
+
+def test_a_finished_group_is_written_before_an_older_one_ends(tiny_converter, two_threads, tmp_path: Path) -> None:
+    # The first group is slow; the second, on the other worker, finishes first. Its file must
+    # be on disk while the first is still computing (results are still reported in order).
+    names = []
+    for i, (x, rate) in enumerate(_clips(2)):
+        sf.write(tmp_path / f"clip{i}.wav", x, rate)
+        names.append(tmp_path / f"clip{i}.wav")
+    second_out = tmp_path / "out" / "clip1.wav"
+    seen_while_first_ran: list[bool] = []
+    engine_run = tiny_converter.engine.run
+
+    def slow_first(preps, *args, **kwargs):
+        out = engine_run(preps, *args, **kwargs)
+        if str(preps[0].label).endswith("clip0.wav"):
+            deadline = time.monotonic() + 30.0  # an event to wait for, not a timing
+            while not second_out.exists() and time.monotonic() < deadline:
+                time.sleep(0.01)
+            seen_while_first_ran.append(second_out.exists())
+        return out
+
+    tiny_converter.engine.run = slow_first
+    try:
+        order = [r.source for r in tiny_converter.iter_batch(names, tmp_path / "out", batch_seconds=1.0, compute_workers=2)]
+    finally:
+        del tiny_converter.engine.run
+    assert seen_while_first_ran == [True]
+    assert order == [str(names[0]), str(names[1])]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip0.wav", "clip1.wav"]
+
+
+def test_an_engine_failure_in_a_worker_stops_the_batch_and_gives_the_threads_back(tiny_converter, two_threads) -> None:
+    engine_run = tiny_converter.engine.run
+    calls = []
+
+    def fails_second(preps, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise RuntimeError("engine broke")
+        return engine_run(preps, *args, **kwargs)
+
+    tiny_converter.engine.run = fails_second
+    try:
+        with pytest.raises(RuntimeError, match="engine broke"):
+            tiny_converter.convert_batch(_clips(4), batch_seconds=1.0, compute_workers=2, noise=False)
+    finally:
+        del tiny_converter.engine.run
+    assert torch.get_num_threads() == 2
+    assert not [t for t in threading.enumerate() if t.name.startswith("rvcfast-compute")]
 
 
 def test_workers_carry_on_past_a_bad_file_and_write_every_good_one(tiny_converter, two_threads, tmp_path: Path) -> None:

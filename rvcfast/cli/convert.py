@@ -75,12 +75,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
         args.model, index=args.index, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights,
         device=args.device, dtype=args.dtype, f0_options=parse_options(args.f0_option), allow_download=args.download,
     )
-    from ..batch import BatchOptions, compute_workers
+    from ..batch import BatchOptions, compute_workers, usable_workers
     from ..tuning import apply_threads, load_profile
 
     threads = apply_threads(load_profile(conv.device))  # this process is ours: use the tuned thread count
     if not args.quiet:
-        workers = compute_workers(conv.engine, BatchOptions(compute_workers=args.compute_workers))
+        requested = compute_workers(conv.engine, BatchOptions(compute_workers=args.compute_workers))
+        workers = usable_workers(requested, len(inputs), conv.device.type)
         print(_describe_load(conv, args, time.perf_counter() - t0, threads, workers), file=sys.stderr)
     expected = {str(p): _audio_seconds(p) for p in inputs}
     summary = BatchSummary()
