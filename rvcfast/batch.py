@@ -19,7 +19,7 @@ takes care of files:
    of torch's intra-op threads (restored when the batch ends); a worker that finishes
    takes the next group at once, and a finished group's files are written at once.
    Operations on fewer threads each waste less on synchronisation: on 2 Zen 4 cores, two
-   workers of one thread took batch12 in 0.92x (float32) and 0.96x (bfloat16) the time of
+   workers of one thread took batch12 in 0.92-0.98x (float32) and 0.96x (bfloat16) the time of
    one worker of two threads, for ~200-290 MiB more peak memory. The last group waits for
    the running ones and then takes every thread when they are nearly done. There are never
    more workers than files, and on a CPU the workers divide torch's thread count evenly
