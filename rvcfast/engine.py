@@ -54,7 +54,7 @@ from .pipeline import (
 )
 from .protocols import F0Extractor, FeatureEncoder, Vocoder
 from .result import Result
-from .runtime import default_batch_seconds, f0_dtype, release_memory, resolve_device, resolve_dtype
+from .runtime import default_batch_seconds, f0_dtype, release_memory, resolve_device
 from .segment import SegmentConfig
 from .timing import Timer, spread
 
@@ -543,15 +543,12 @@ class Engine:
 
 def _tuned(dtype: torch.dtype | str, batch_seconds: float | None, device: torch.device) -> tuple[torch.dtype, float | None]:
     """The precision and batch size to use: ``rvcfast tune``'s profile fills ``"auto"`` and a missing batch size."""
-    from .tuning import load_profile
+    from .tuning import load_profile, tuned_dtype
 
-    profile = load_profile(device)
-    if profile is not None:
-        if isinstance(dtype, str) and dtype.lower() == "auto":
-            dtype = profile.dtype
-        if batch_seconds is None:
-            batch_seconds = profile.batch_seconds
-    return resolve_dtype(dtype, device), batch_seconds
+    if batch_seconds is None:
+        profile = load_profile(device)
+        batch_seconds = profile.batch_seconds if profile is not None else None
+    return tuned_dtype(dtype, device), batch_seconds
 
 
 class _Failure(RvcfastError):

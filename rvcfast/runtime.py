@@ -28,6 +28,7 @@ __all__ = [
     "default_batch_seconds",
     "release_memory",
     "openmp_threads",
+    "available_cores",
     "DTYPE_NAMES",
 ]
 
@@ -70,6 +71,17 @@ def cpu_features() -> frozenset[str]:
 
 
 @functools.lru_cache(maxsize=1)
+def available_cores() -> int:
+    """CPUs this process may run on (its CPU affinity, as a container's ``--cpuset-cpus`` or
+    ``taskset`` sets it), else ``os.cpu_count()``."""
+    import os
+
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):  # not Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def openmp_threads() -> bool:
     """Whether torch's intra-op threads are OpenMP's: then ``torch.set_num_threads`` in a thread
     sets that thread's own count (OpenMP and MKL keep it per thread), not a shared pool's size."""

@@ -1,10 +1,12 @@
 """Settings tuned to the machine: measure once with ``rvcfast tune``, use on every later run.
 
-A *profile* records, for one machine (CPU model and features, core count, torch version)
-and one device, the fastest precision, intra-op thread count, batch size and number of
-compute workers measured by
-:func:`calibrate` on real conversions. It is stored as JSON in ``$RVCFAST_HOME`` (or the
-user cache) and read back by :func:`load_profile` only on the same machine:
+A *profile* records, for one machine (CPU model and features, usable cores, torch version;
+the GPU's name too for a CUDA device) and one device, the fastest precision, intra-op
+thread count, batch size and number of compute workers measured by :func:`calibrate` on
+real conversions. Profiles are stored as JSON in ``$RVCFAST_HOME`` (or the user cache), one
+entry per machine and device in the same file (a home folder shared by several machines, or
+a CPU and a GPU profile, keep each other's), and :func:`load_profile` reads back the entry
+of the machine it runs on:
 
 * ``dtype="auto"`` means the profile's precision (without a profile: bfloat16 where the
   hardware computes it natively, else float32 — :func:`rvcfast.runtime.resolve_dtype`);
@@ -23,6 +25,7 @@ import math
 import os
 import platform
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -31,7 +34,15 @@ from typing import Any
 import numpy as np
 import torch
 
-from .runtime import cpu_features, native_bf16, native_fp16
+from .errors import RvcfastError
+from .runtime import (
+    DTYPE_NAMES,
+    available_cores,
+    cpu_features,
+    default_batch_seconds,
+    native_bf16,
+    native_fp16,
+)
 
 __all__ = [
     "Profile",
@@ -43,10 +54,13 @@ __all__ = [
     "save_profile",
     "apply_threads",
     "calibrate",
+    "tuned_dtype",
     "system_report",
 ]
 
 PROFILE_VERSION = 1
+#: Profiles kept in one file (one per machine and device); the oldest go first.
+MAX_PROFILES = 16
 #: CPU features that decide which precision is fast (reported by ``rvcfast info --system``).
 KEY_FLAGS = (
     "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16",
@@ -66,13 +80,14 @@ def cpu_model() -> str:
 
 
 def machine_id(device: torch.device | str = "cpu") -> str:
-    """What a profile is valid for: CPU model, key features, cores, torch version and device."""
+    """What a profile is valid for: CPU model, key features, usable cores (this process's CPU
+    affinity), torch version and device (for a CUDA device, its GPU's name too: a profile's
+    thread count is the CPU's)."""
     dev = torch.device(device)
+    flags = "+".join(f for f in KEY_FLAGS if f in cpu_features())
+    hw = f"{cpu_model()} [{flags}] x{available_cores()}"
     if dev.type == "cuda":
-        hw = torch.cuda.get_device_name(dev) if torch.cuda.is_available() else "cuda"
-    else:
-        flags = "+".join(f for f in KEY_FLAGS if f in cpu_features())
-        hw = f"{cpu_model()} [{flags}] x{os.cpu_count()}"
+        hw = f"{torch.cuda.get_device_name(dev) if torch.cuda.is_available() else 'cuda'} + {hw}"
     return f"{hw} | torch {torch.__version__} | {dev.type}"
 
 
@@ -99,6 +114,7 @@ class Trial:
     seconds: float
     snr_db: float | None = None  # output against float32 (precision trials only)
     compute_workers: int = 1  # groups converted side by side, threads shared among them
+    error: str | None = None  # why the trial's conversions failed: never chosen
 
 
 @dataclass(frozen=True)
@@ -120,35 +136,112 @@ class Profile:
 
     @classmethod
     def from_json(cls, text: str) -> Profile:
-        raw = json.loads(text)
-        trials = [Trial(**t) for t in raw.pop("trials", [])]
-        return cls(trials=trials, **raw)
+        return cls.from_dict(json.loads(text))
+
+    @classmethod
+    def from_dict(cls, raw: Any) -> Profile:
+        """A profile from its JSON object; ``ValueError`` saying what is wrong with a bad one."""
+        if not isinstance(raw, dict):
+            raise ValueError(f"a profile is a JSON object, not {type(raw).__name__}")
+        raw = dict(raw)
+        trials_raw = raw.pop("trials", [])
+        if not isinstance(trials_raw, list) or not all(isinstance(t, dict) for t in trials_raw):
+            raise ValueError("'trials' is not a list of objects")
+        try:
+            profile = cls(trials=[Trial(**t) for t in trials_raw], **raw)
+        except TypeError as exc:  # missing or unknown fields
+            raise ValueError(str(exc)) from None
+        profile.check()
+        return profile
+
+    def check(self) -> None:
+        """``ValueError`` unless every setting is one a run can use."""
+
+        def whole(v: Any) -> bool:
+            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+
+        def positive(v: Any) -> bool:
+            return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
+
+        problems = [
+            f"{name} {value!r}"
+            for name, value, ok in (
+                ("machine", self.machine, isinstance(self.machine, str)),
+                ("dtype", self.dtype, isinstance(self.dtype, str) and self.dtype in DTYPE_NAMES),
+                ("threads", self.threads, whole(self.threads)),
+                ("batch_seconds", self.batch_seconds, positive(self.batch_seconds)),
+                ("compute_workers", self.compute_workers, whole(self.compute_workers)),
+                ("version", self.version, isinstance(self.version, int)),
+            )
+            if not ok
+        ]
+        if problems:
+            raise ValueError("bad " + ", ".join(problems))
+
+
+def _read_profiles(source: Path) -> list[Profile]:
+    """Every profile in ``source``: a file of ``{"profiles": [...]}`` or (as first written) one
+    profile. ``ValueError`` or ``OSError`` for a file that cannot be read as either."""
+    raw = json.loads(source.read_text(encoding="utf-8"))
+    if isinstance(raw, dict) and "profiles" in raw:
+        entries = raw["profiles"]
+        if not isinstance(entries, list):
+            raise ValueError("'profiles' is not a list")
+        return [Profile.from_dict(e) for e in entries]
+    return [Profile.from_dict(raw)]
 
 
 def save_profile(profile: Profile, path: Path | None = None) -> Path:
-    """Write ``profile`` (atomically) to ``path`` or :func:`profile_path`."""
+    """Store ``profile`` in ``path`` or :func:`profile_path` (atomically), in place of the
+    entry for the same machine and device; the other machines' entries are kept (an
+    unreadable file is replaced)."""
     target = path or profile_path()
     if target is None:
         raise ValueError("profiles are switched off (RVCFAST_PROFILE=off)")
+    profile.check()
+    try:
+        others = [p for p in _read_profiles(target) if p.machine != profile.machine] if target.is_file() else []
+    except (OSError, ValueError):
+        others = []
+    kept = sorted(others, key=lambda p: str(p.created))[-(MAX_PROFILES - 1) :] if MAX_PROFILES > 1 else []
+    text = json.dumps({"profiles": [asdict(p) for p in [*kept, profile]]}, indent=2)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-    tmp.write_text(profile.to_json(), encoding="utf-8")
-    os.replace(tmp, target)
+    try:
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
     return target
 
 
 def load_profile(device: torch.device | str = "cpu", path: Path | None = None) -> Profile | None:
-    """The stored profile if it was measured on this machine and device, else ``None``."""
+    """The stored profile measured on this machine and device, else ``None``.
+
+    A file that cannot be read, or whose entry for this machine holds a setting no run can
+    use, is ignored with a warning (never fatal: every model load reads it)."""
     source = path or profile_path()
     if source is None or not source.is_file():
         return None
     try:
-        profile = Profile.from_json(source.read_text(encoding="utf-8"))
-    except (OSError, ValueError, TypeError):
-        return None  # a damaged or foreign file is ignored, never fatal
-    if profile.version != PROFILE_VERSION or profile.machine != machine_id(device):
+        profiles = _read_profiles(source)
+    except (OSError, ValueError) as exc:
+        warnings.warn(f"ignoring the rvcfast profile {source}: {exc}", RuntimeWarning, stacklevel=2)
         return None
-    return profile
+    here = machine_id(device)
+    return next((p for p in profiles if p.machine == here and p.version == PROFILE_VERSION), None)
+
+
+def tuned_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
+    """``dtype`` checked for ``device``, with ``"auto"`` meaning this machine's profile's
+    precision (without a profile: :func:`rvcfast.runtime.resolve_dtype`'s choice)."""
+    from .runtime import resolve_dtype
+
+    if isinstance(dtype, str) and dtype.lower() == "auto":
+        profile = load_profile(device)
+        if profile is not None:
+            dtype = profile.dtype
+    return resolve_dtype(dtype, device)
 
 
 def apply_threads(profile: Profile | None) -> int:
@@ -162,10 +255,29 @@ def apply_threads(profile: Profile | None) -> int:
 
 
 def _snr_db(reference: np.ndarray, other: np.ndarray) -> float:
+    """SNR of ``other`` against ``reference``; ``-inf`` for an output that is not usable
+    (empty, a different length by more than 1 %, or not finite)."""
+    if other.shape[0] == 0 or abs(other.shape[0] - reference.shape[0]) > 0.01 * reference.shape[0]:
+        return float("-inf")
     n = min(reference.shape[0], other.shape[0])
     err = float(np.sum((reference[:n].astype(np.float64) - other[:n]) ** 2))
     sig = float(np.sum(reference[:n].astype(np.float64) ** 2))
+    if not math.isfinite(err):
+        return float("-inf")
     return float("inf") if err == 0 else 10 * np.log10(max(sig, 1e-30) / err)
+
+
+def _failure(results: Sequence[Any]) -> str | None:
+    """Why a trial's conversions cannot count (a failed file, an empty or non-finite output), or ``None``."""
+    for r in results:
+        if getattr(r, "error", None):
+            return str(r.error)
+        audio = np.asarray(r.audio)
+        if audio.size == 0:
+            return "an empty output"
+        if not np.isfinite(audio).all():
+            return "non-finite samples in the output"
+    return None
 
 
 #: Several compute workers hold several groups' activations at once (~200-290 MiB more peak
@@ -207,7 +319,7 @@ def calibrate(
     device: torch.device,
     dtypes: Sequence[str] | None = None,
     threads: Sequence[int] | None = None,
-    batch_seconds: Sequence[float] = (8.0, 30.0),
+    batch_seconds: Sequence[float] | None = None,
     compute_workers: Sequence[int] | None = None,
     min_snr_db: float = 20.0,
     log: Callable[[str], None] | None = None,
@@ -215,15 +327,22 @@ def calibrate(
     """Measure the settings on ``clips`` (16 kHz arrays) and return the fastest as a :class:`Profile`.
 
     ``make_converter(dtype)`` returns a Converter in that precision. Each setting converts
-    every clip once to warm up, then once timed (noise off). A lower precision is chosen
-    only when its output stays within ``min_snr_db`` of float32's. ``compute_workers``
+    every clip once to warm up, then once timed (noise off). float32 is always measured,
+    first: its output is the reference. A lower precision is chosen only when its output's
+    SNR against float32's is at least ``min_snr_db``; a setting whose conversions fail (a
+    file's error, an empty or non-finite output) is recorded with its error and never
+    chosen, and calibration fails when no float32 setting works. ``batch_seconds``
+    defaults to 8 and 30 s on a CPU and the device's default batch (120 s) on a GPU: the
+    short calibration clips cannot tell larger batches apart. ``compute_workers``
     (default: 1, and 2 on a CPU with two or more threads) are tried with the largest
     thread count, shared among the workers, and the smallest batch size; the clips are
     sent as many times as it takes to give every worker the same number of groups (the
     time is scaled back to one pass), and a multi-worker setting must be at least 3 % faster.
     """
-    dtypes = list(dtypes or candidate_dtypes(device))
-    threads = list(threads or sorted({1, max(1, os.cpu_count() or 1)}))
+    dtypes = ["float32", *[d for d in dict.fromkeys(dtypes or candidate_dtypes(device)) if d != "float32"]]
+    threads = list(threads or sorted({1, available_cores()}))
+    if batch_seconds is None:
+        batch_seconds = (8.0, 30.0) if torch.device(device).type == "cpu" else (default_batch_seconds(device),)
     if compute_workers is None:
         several = torch.device(device).type == "cpu" and max(threads) >= 2
         compute_workers = [1, 2] if several else [1]
@@ -251,18 +370,25 @@ def calibrate(
                 t0 = time.perf_counter()
                 results = conv.convert_batch(inputs * rounds, **run)
                 seconds = (time.perf_counter() - t0) / rounds
-                outs = [r.audio for r in results[: len(inputs)]]
-                if dt == "float32" and reference is None:
+                failed = _failure(results)
+                outs = [np.asarray(r.audio) for r in results[: len(inputs)]]
+                if dt == "float32" and reference is None and failed is None:
                     reference = outs
-                snr = None if reference is None or dt == "float32" else min(map(_snr_db, reference, outs))
-                trials.append(Trial(dt, n_threads, float(bs), seconds, snr, n_workers))
+                snr = None
+                if dt != "float32" and failed is None and reference is not None:
+                    snr = min(_snr_db(ref, out) for ref, out in zip(reference, outs))
+                trials.append(Trial(dt, n_threads, float(bs), seconds, snr, n_workers, failed))
                 say(
-                    f"{dt:>9} threads {n_threads} batch {bs:g} s workers {n_workers}: {seconds:.2f} s"
+                    f"{dt:>9} threads {n_threads} batch {bs:g} s workers {n_workers}: "
+                    + (f"failed ({failed})" if failed else f"{seconds:.2f} s")
                     + (f", SNR {snr:.1f} dB" if snr is not None else "")
                 )
+            if reference is None:
+                errors = "; ".join(sorted({t.error for t in trials if t.error}))
+                raise RvcfastError(f"calibration failed: no float32 setting converted the clips ({errors})")
     finally:
         torch.set_num_threads(original_threads)
-    usable = [t for t in trials if t.snr_db is None or t.snr_db >= min_snr_db]
+    usable = [t for t in trials if t.error is None and (t.dtype == "float32" or (t.snr_db or 0.0) >= min_snr_db)]
     best = min(usable, key=_cost)
     return Profile(
         machine=machine_id(device),
@@ -283,9 +409,21 @@ def system_report(device: torch.device | str = "cpu") -> dict[str, Any]:
     dev = resolve_device(device)
     profile = load_profile(dev)
     flags = cpu_features()
+    path = profile_path()
+    if profile is not None:
+        source = "profile"
+    elif path is None:
+        source = "defaults (profiles are off: RVCFAST_PROFILE=off)"
+    elif path.is_file():
+        source = f"defaults ({path} holds no profile for this machine and device: run `rvcfast tune`)"
+    else:
+        source = "defaults (run `rvcfast tune` to measure)"
+    threads = torch.get_num_threads()
+    if profile is not None and "OMP_NUM_THREADS" not in os.environ:
+        threads = profile.threads
     return {
         "cpu": cpu_model(),
-        "cores": os.cpu_count(),
+        "cores": available_cores(),
         "features": {f: (f in flags) for f in KEY_FLAGS},
         "native_bf16": native_bf16(dev),
         "native_fp16": native_fp16(dev),
@@ -293,13 +431,13 @@ def system_report(device: torch.device | str = "cpu") -> dict[str, Any]:
         "mkldnn": bool(torch.backends.mkldnn.is_available()),
         "torch_threads": torch.get_num_threads(),
         "device": str(dev),
-        "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
-        "profile": str(profile_path()) if profile is not None else None,
+        "cuda": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
+        "profile": str(path) if profile is not None else None,
         "settings": {
             "dtype (auto)": profile.dtype if profile else str(resolve_dtype("auto", dev)).replace("torch.", ""),
-            "threads": profile.threads if profile else torch.get_num_threads(),
-            "batch_seconds": profile.batch_seconds if profile else None,
+            "threads": threads,
+            "batch_seconds": profile.batch_seconds if profile else default_batch_seconds(dev),
             "compute_workers": profile.compute_workers if profile else 1,
-            "source": "profile" if profile else "defaults (run `rvcfast tune` to measure)",
+            "source": source,
         },
     }

@@ -7,6 +7,11 @@ from pathlib import Path
 
 import pytest
 
+# A machine profile written by `rvcfast tune` on this machine would change the defaults the
+# tests expect (precision for "auto", batch size, threads, compute workers): tests that want
+# one point RVCFAST_PROFILE at their own file.
+os.environ.setdefault("RVCFAST_PROFILE", "off")
+
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("RVCFAST_SHARED", REPO.parent / "shared"))
 GOLDEN = SHARED / "golden"

@@ -12,7 +12,9 @@ import pytest
 import torch
 from helpers import one_thread_fixture, tiny_models_fixture  # noqa: F401
 
+from rvcfast import tuning
 from rvcfast.cli import main
+from rvcfast.errors import RvcfastError
 from rvcfast.result import Result
 from rvcfast.tuning import Profile, Trial, apply_threads, calibrate, load_profile, machine_id, save_profile
 
@@ -32,7 +34,7 @@ def test_tune_writes_a_profile_that_later_runs_read(tiny_models, profile_file: P
     ]
     assert main(argv) == 0
     written = json.loads(capsys.readouterr().out)
-    assert profile_file.is_file() and json.loads(profile_file.read_text()) == written
+    assert profile_file.is_file() and json.loads(profile_file.read_text()) == {"profiles": [written]}
     profile = load_profile("cpu")
     assert profile is not None and profile.machine == machine_id("cpu")
     assert profile.threads == 1 and profile.batch_seconds == 4.0
@@ -60,7 +62,8 @@ def test_a_profile_from_another_machine_or_damaged_is_ignored(profile_file: Path
     save_profile(_profile(machine="Some Other CPU [avx2] x64 | torch 0.0 | cpu"))
     assert load_profile("cpu") is None
     profile_file.write_text("{not json")
-    assert load_profile("cpu") is None
+    with pytest.warns(RuntimeWarning, match="ignoring the rvcfast profile"):
+        assert load_profile("cpu") is None
     save_profile(_profile())
     assert load_profile("cpu") is not None
     monkeypatch.setenv("RVCFAST_PROFILE", "off")
@@ -176,3 +179,131 @@ def test_dtype_auto_without_a_profile_follows_the_hardware(profile_file: Path, m
 
     monkeypatch.setattr(runtime, "cpu_features", lambda: frozenset(flags))
     assert runtime.resolve_dtype("auto", torch.device("cpu")) == expected
+
+
+@pytest.mark.parametrize(
+    "content",
+    [
+        "null",
+        '"fast"',
+        "5",
+        '{"profiles": 5}',
+        '{"profiles": [7]}',
+        '{"machine": "M", "dtype": "float64", "threads": 1, "batch_seconds": 8}',
+        '{"machine": "M", "dtype": "float32", "threads": "4", "batch_seconds": 8}',
+        '{"machine": "M", "dtype": "float32", "threads": 2, "batch_seconds": -1}',
+        '{"machine": "M", "dtype": "float32", "threads": 2, "batch_seconds": 8, "compute_workers": 0}',
+        '{"machine": "M", "dtype": "float32", "threads": 2, "batch_seconds": 8, "colour": "red"}',
+        '{"machine": "M", "dtype": "float32", "threads": 2, "batch_seconds": 8, "trials": [{"dtype": 1}]}',
+    ],
+)
+def test_a_bad_profile_file_is_ignored_with_a_warning_and_loading_goes_on(
+    tiny_models, profile_file: Path, content: str
+) -> None:
+    # with the profile's machine set to this one, so that only the bad value can reject it
+    profile_file.write_text(content.replace('"M"', json.dumps(machine_id("cpu"))))
+    with pytest.warns(RuntimeWarning, match=re.escape(str(profile_file))):
+        assert load_profile("cpu") is None
+    with pytest.warns(RuntimeWarning):
+        conv = tiny_models.converter(dtype="auto")  # every model load reads the profile: never fatal
+    from rvcfast.runtime import resolve_dtype
+
+    assert conv.dtype == resolve_dtype("auto", torch.device("cpu"))
+
+
+def test_profiles_of_several_machines_and_devices_share_the_file(profile_file: Path) -> None:
+    gpu = "NVIDIA Something + " + machine_id("cpu").replace(" | cpu", " | cuda")
+    save_profile(_profile("float32", 4.0))
+    save_profile(_profile("float16", 120.0, machine=gpu))  # e.g. `rvcfast tune --device cuda`
+    other = "Other CPU [avx2] x64 | torch 9 | cpu"
+    save_profile(_profile("bfloat16", 30.0, machine=other))  # a home folder shared with another machine
+    entries = json.loads(profile_file.read_text())["profiles"]
+    assert sorted(e["machine"] for e in entries) == sorted([machine_id("cpu"), gpu, other])
+    here = load_profile("cpu")
+    assert here is not None and (here.dtype, here.batch_seconds) == ("float32", 4.0)
+    save_profile(_profile("bfloat16", 8.0))  # this machine's entry is replaced, the others kept
+    entries = json.loads(profile_file.read_text())["profiles"]
+    assert len(entries) == 3 and [e["dtype"] for e in entries if e["machine"] == machine_id("cpu")] == ["bfloat16"]
+    # a file as first written (one profile, no list) is still read, and kept when another machine saves
+    profile_file.write_text(_profile("float32", 6.0).to_json())
+    assert load_profile("cpu").batch_seconds == 6.0
+    save_profile(_profile("float32", 5.0, machine=other))
+    assert load_profile("cpu").batch_seconds == 6.0
+    # the file stays bounded: the oldest entries go
+    for i in range(30):
+        save_profile(Profile(machine=f"CPU {i} | cpu", dtype="float32", threads=1, batch_seconds=8, created=f"{i:04d}"))
+    machines = [e["machine"] for e in json.loads(profile_file.read_text())["profiles"]]
+    assert len(machines) == tuning.MAX_PROFILES and machines[-1] == "CPU 29 | cpu" and "CPU 0 | cpu" not in machines
+    assert not list(profile_file.parent.glob(".*.part"))
+
+
+def test_calibration_never_chooses_a_failing_or_non_finite_setting() -> None:
+    clips = [np.sin(np.arange(4000) / 10.0), np.cos(np.arange(4000) / 7.0)]
+
+    class Failing(_FakeConverter):
+        def __init__(self, dtype: str, cost: float, how: str) -> None:
+            super().__init__(dtype, cost, 0.0)
+            self.how = how
+
+        def convert_batch(self, inputs, batch_seconds: float, noise: bool, compute_workers: int = 1):
+            out = super().convert_batch(inputs, batch_seconds, noise, compute_workers)
+            if self.how == "error":
+                out[1] = Result(np.zeros(0, np.float32), 16000, error="clip 1: kernel missing")
+            elif self.how == "nan":
+                out[1].audio[5] = np.nan  # the second clip: min() over SNRs would skip a NaN
+            elif self.how == "empty":
+                out[0] = Result(np.zeros(0, np.float32), 16000)
+            return out
+
+    for how in ("error", "nan", "empty"):
+        profile = calibrate(
+            lambda dt, how=how: Failing(dt, 0.05 if dt == "float32" else 0.005, how if dt == "bfloat16" else ""),
+            clips, device=torch.device("cpu"), dtypes=["bfloat16"], threads=[1], batch_seconds=(8.0,),
+        )
+        # float32 is measured (first) even when not asked for: it is the reference
+        assert [t.dtype for t in profile.trials] == ["float32", "bfloat16"]
+        assert profile.dtype == "float32", how
+        bf16 = profile.trials[1]
+        assert bf16.error is not None and bf16.snr_db is None, how
+    # and an SNR is never higher for a damaged output
+    ref = np.sin(np.arange(1000) / 5.0)
+    bad = ref.copy()
+    bad[3] = np.nan
+    assert tuning._snr_db(ref, bad) == float("-inf") and tuning._snr_db(ref, ref[:10]) == float("-inf")
+    assert tuning._snr_db(ref, ref) == float("inf")
+    with pytest.raises(RvcfastError, match="no float32 setting.*kernel missing"):
+        calibrate(lambda dt: Failing(dt, 0.01, "error"), clips, device=torch.device("cpu"), threads=[1], batch_seconds=(8.0,))
+
+
+def test_tune_refuses_to_start_when_it_could_not_save(monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    monkeypatch.setenv("RVCFAST_PROFILE", "off")
+    # found before any model is loaded or built (these paths do not exist)
+    assert main(["tune", "--model", "/nonexistent/voice.pth", "--device", "cpu"]) == 2
+    assert "RVCFAST_PROFILE=off" in capsys.readouterr().err
+
+
+def test_info_system_says_why_no_profile_applies(profile_file: Path, capsys) -> None:
+    report = tuning.system_report("cpu")
+    assert report["settings"]["batch_seconds"] == 8.0  # the CPU default, not None
+    save_profile(_profile("float32", 4.0, machine="Other CPU [avx2] x64 | torch 9 | cpu"))
+    report = tuning.system_report("cpu")
+    assert report["profile"] is None and str(profile_file) in report["settings"]["source"]
+
+
+def test_the_server_takes_precision_and_threads_from_the_profile(tiny_models, profile_file: Path, tmp_path: Path, monkeypatch) -> None:
+    pytest.importorskip("fastapi")
+    from rvcfast.serve.config import ServeConfig
+    from rvcfast.serve.state import ServerState
+
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    save_profile(Profile(machine=machine_id("cpu"), dtype="bfloat16", threads=1, batch_seconds=8.0))
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    state = ServerState(ServeConfig(voices=(str(tiny_models.voice),), device="cpu", dtype="auto", jobs_dir=str(tmp_path / "jobs")))
+    try:
+        assert state.dtype == torch.bfloat16
+        state.start()
+        assert torch.get_num_threads() == 1
+    finally:
+        state.close()
+        torch.set_num_threads(before)

@@ -106,5 +106,5 @@ def add_parser(sub: Any) -> None:
     add_device_options(r)
     r.add_argument("--batch-seconds", type=float, default=None, metavar="S",
                    help="16 kHz audio of concurrent requests gathered into one model call (0: one request per call; default: 0 on CPU, 120 on GPU)")
-    r.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads of the model worker (default: torch's)")
+    r.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads of the model worker (default: the rvcfast tune profile's, else torch's)")
     p.set_defaults(func=cmd_serve)

@@ -32,6 +32,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
     if args.files < 1 or not args.seconds > 0:
         raise UsageError("--files must be >= 1 and --seconds > 0")
+    target = Path(args.output).expanduser() if args.output else profile_path()
+    if target is None:  # found before minutes of calibration, not after
+        raise UsageError("profiles are switched off (RVCFAST_PROFILE=off); pass --output FILE")
     device = resolve_device(args.device)
     paths = _models(args)
     clips = [synth_test_audio(args.seconds, 16000, seed=i) for i in range(args.files)]
@@ -43,7 +46,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
         )
 
     threads = [int(t) for t in args.threads.split(",")] if args.threads else None
-    batch = [float(b) for b in args.batch_seconds.split(",")] if args.batch_seconds else [8.0] if args.quick else [8.0, 30.0]
+    if args.batch_seconds:
+        batch: list[float] | None = [float(b) for b in args.batch_seconds.split(",")]
+    else:  # calibrate's defaults (8 and 30 s on a CPU, the device's own on a GPU); --quick: one
+        batch = [8.0] if args.quick and device.type == "cpu" else None
     workers = [int(w) for w in args.compute_workers.split(",")] if args.compute_workers else None
     if workers is not None and min(workers) < 1:
         raise UsageError(f"--compute-workers must be positive, got {args.compute_workers}")
@@ -51,9 +57,6 @@ def cmd_tune(args: argparse.Namespace) -> int:
         make, clips, device=device, threads=threads, batch_seconds=batch, compute_workers=workers, min_snr_db=args.min_snr,
         log=None if args.quiet else (lambda m: print(m, file=sys.stderr)),
     )
-    target = Path(args.output).expanduser() if args.output else profile_path()
-    if target is None:
-        raise UsageError("profiles are switched off (RVCFAST_PROFILE=off); pass --output FILE")
     save_profile(profile, target)
     if args.json:
         out(profile.to_json())
@@ -71,13 +74,14 @@ def add_parser(sub: Any) -> None:
         "tune",
         help="measure the fastest settings on this machine",
         description=(
-            "Convert a few synthetic clips with each candidate setting -- precision (float32, and\n"
-            "bfloat16 where the CPU or GPU has it natively), intra-op threads, batch size, compute\n"
-            "workers -- and store the fastest in a profile ($RVCFAST_HOME/profile.json or the user cache).\n"
-            "Later runs on this machine use it: --dtype auto means the profile's precision, and the\n"
-            "profile's threads, batch size and compute workers are the defaults. bfloat16 is chosen\n"
-            "only when its output stays within --min-snr dB of float32's. Without --model, random\n"
-            "full-size models are used (built once)."
+            "Convert a few synthetic clips with each candidate setting -- precision (float32; bfloat16\n"
+            "and float16 where the CPU or GPU computes them natively), intra-op threads, batch size,\n"
+            "compute workers -- and store the fastest in a profile ($RVCFAST_HOME/profile.json or the\n"
+            "user cache; one entry per machine and device). Later runs on this machine use it: --dtype\n"
+            "auto means the profile's precision, and the profile's threads, batch size and compute\n"
+            "workers are the defaults. A lower precision is chosen only when its output's SNR against\n"
+            "float32's is at least --min-snr dB; a setting whose conversions fail is never chosen.\n"
+            "Without --model, random full-size models are used (built once)."
         ),
         epilog="examples:\n  rvcfast tune\n  rvcfast tune --quick\n  rvcfast tune --model voice.pth --encoder hubert_base.pt --f0-weights rmvpe.pt",
         formatter_class=HelpFormatter,
@@ -90,13 +94,13 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--files", type=int, metavar="N", default=3, help="calibration clips")
     p.add_argument("--seconds", type=float, metavar="S", default=5.0, help="length of each clip")
     p.add_argument("--threads", metavar="LIST", help="thread counts to try, e.g. 1,2,4 (default: 1 and all cores)")
-    p.add_argument("--batch-seconds", metavar="LIST", help="batch sizes to try, e.g. 8,30 (default: 8,30; --quick: 8)")
+    p.add_argument("--batch-seconds", metavar="LIST", help="batch sizes to try, e.g. 8,30 (default on a CPU: 8,30, --quick: 8; on a GPU: 120)")
     p.add_argument(
         "--compute-workers", metavar="LIST",
         help="compute workers to try with all the threads, e.g. 1,2 (default: 1,2 on a CPU with 2+ cores)",
     )
     p.add_argument("--quick", action="store_true", help="fewer trials (one batch size)")
-    p.add_argument("--min-snr", type=float, metavar="DB", default=20.0, help="lowest SNR against float32 a lower precision may have")
+    p.add_argument("--min-snr", type=float, metavar="DB", default=20.0, help="lowest SNR (dB) against float32's output a lower precision may have")
     p.add_argument("--device", default="auto", metavar="DEVICE", help="'auto', 'cpu', 'cuda'...")
     p.add_argument("--output", metavar="FILE", help="write the profile here instead")
     p.add_argument("--json", action="store_true", help="print the profile as JSON")

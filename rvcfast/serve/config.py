@@ -57,7 +57,7 @@ class ServeConfig:
             (``0``: one request per call; default: the engine's own, 120 s, on a GPU, and
             0 on a CPU, where gathering was measured to gain nothing).
         prepare_workers: Threads decoding uploads and encoding outputs.
-        threads: torch intra-op threads of the model worker (default: torch's).
+        threads: torch intra-op threads of the model worker (default: the `rvcfast tune` profile's, else torch's).
     """
 
     voices: tuple[str, ...] = ()

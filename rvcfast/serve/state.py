@@ -69,10 +69,11 @@ class ServerState:
         self._start_lock = threading.Lock()
         self._f0_lock = threading.Lock()
         self._f0_extractors: dict[str, Any] = {}
-        from ..runtime import resolve_device, resolve_dtype
+        from ..runtime import resolve_device
+        from ..tuning import tuned_dtype
 
         self.device = resolve_device(cfg.device)  # a bad device or dtype is refused here, before anything starts
-        self.dtype = resolve_dtype(cfg.dtype, self.device)
+        self.dtype = tuned_dtype(cfg.dtype, self.device)  # "auto": the `rvcfast tune` profile's, if any
         #: Called (from the loading thread) when no voice could be loaded; the command line stops the server.
         self.on_fatal: Callable[[], None] | None = None
         self._register_gauges()
@@ -90,6 +91,10 @@ class ServerState:
 
             if self.cfg.threads is not None:
                 torch.set_num_threads(int(self.cfg.threads))
+            else:  # the server owns its process: the tuned thread count, unless OMP_NUM_THREADS says otherwise
+                from ..tuning import apply_threads, load_profile
+
+                apply_threads(load_profile(self.device))
             group = self.cfg.batch_seconds
             if group is None:
                 group = CPU_GROUP_SECONDS if self.device.type == "cpu" else default_batch_seconds(self.device)
