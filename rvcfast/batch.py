@@ -480,9 +480,9 @@ class _BatchRun:
         torch's shared count at its first parallel operation, which another worker may have
         changed for a moment: RMVPE's BiGRU runs its directions on one thread each.)"""
         if self.engine.device.type == "cpu" and self.saved_threads is not None:
-            import torch
+            from .runtime import set_thread_count
 
-            torch.set_num_threads(max(1, self.saved_threads // self.workers))
+            set_thread_count(max(1, self.saved_threads // self.workers))
 
     def _wait_for_last(self) -> bool:
         """Whether the last group should wait for the running ones and then take every thread.

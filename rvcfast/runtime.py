@@ -28,6 +28,7 @@ __all__ = [
     "default_batch_seconds",
     "release_memory",
     "openmp_threads",
+    "set_thread_count",
     "available_cores",
     "DTYPE_NAMES",
 ]
@@ -70,7 +71,17 @@ def cpu_features() -> frozenset[str]:
     return frozenset()
 
 
-@functools.lru_cache(maxsize=1)
+def set_thread_count(n: int) -> None:
+    """``torch.set_num_threads(n)`` for the calling thread, made to last.
+
+    A thread's count is set up, once, at its first parallel operation (or first
+    ``torch.get_num_threads()``) from torch's shared count, overwriting what the thread set
+    before then; another thread may change the shared count meanwhile (RMVPE's BiGRU does,
+    for a moment). Asking for the count first does that setup now."""
+    torch.get_num_threads()
+    torch.set_num_threads(n)
+
+
 def available_cores() -> int:
     """CPUs this process may run on (its CPU affinity, as a container's ``--cpuset-cpus`` or
     ``taskset`` sets it), else ``os.cpu_count()``."""
@@ -82,6 +93,7 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+@functools.lru_cache(maxsize=1)
 def openmp_threads() -> bool:
     """Whether torch's intra-op threads are OpenMP's: then ``torch.set_num_threads`` in a thread
     sets that thread's own count (OpenMP and MKL keep it per thread), not a shared pool's size."""

@@ -257,3 +257,32 @@ def test_cli_compute_workers(tiny_models, tmp_path: Path, capsys) -> None:
     assert "--workers" in capsys.readouterr().err
     assert main([*base, "--compute-workers", "2", "--batch-seconds", "1"]) == 0
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["c0.wav", "c1.wav", "c2.wav"]
+
+
+def test_a_worker_keeps_its_share_when_the_shared_count_changes_before_its_first_operation(two_threads) -> None:
+    # A thread's count is set up at its first parallel operation from torch's shared count;
+    # another worker can change that count for a moment (RMVPE's BiGRU does) in between.
+    from rvcfast.runtime import openmp_threads
+
+    if not openmp_threads():
+        pytest.skip("torch's threads are not OpenMP's here: counts are not per thread")
+    run = object.__new__(batch._BatchRun)
+    run.engine = type("E", (), {"device": torch.device("cpu")})()
+    run.saved_threads, run.workers = 4, 2
+    started, changed = threading.Event(), threading.Event()
+    seen: list[int] = []
+
+    def worker() -> None:
+        run._worker_threads()
+        started.set()
+        changed.wait(10)
+        torch.ones(64).sum()  # its first operation
+        seen.append(torch.get_num_threads())
+
+    t = threading.Thread(target=worker)
+    t.start()
+    started.wait(10)
+    torch.set_num_threads(1)  # the shared count, changed by another thread meanwhile
+    changed.set()
+    t.join()
+    assert seen == [2]

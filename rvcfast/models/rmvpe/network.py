@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ...runtime import openmp_threads
+from ...runtime import openmp_threads, set_thread_count
 from .mel import N_MELS
 
 __all__ = ["N_CLASS", "E2EConfig", "E2E"]
@@ -223,7 +223,7 @@ def bigru_two_threads(gru: nn.GRU, x: torch.Tensor) -> torch.Tensor:
 
     def backward_in_worker(inp: torch.Tensor) -> torch.Tensor:
         if one_each:
-            torch.set_num_threads(1)  # this short-lived thread's own count
+            set_thread_count(1)  # this short-lived thread's own count
         return run(backward_params, inp)
 
     caller_threads = torch.get_num_threads()
