@@ -249,3 +249,19 @@ def test_hybrid_bad_arguments():
         HybridExtractor([t, object()])
     with pytest.raises(ParameterError):
         HybridExtractor([t, FakeTracker("u", [1.0])], min_voiced=3)
+
+
+@pytest.mark.parametrize("n", [1, 2, 3, 4, 257])
+def test_harvest_median_filter_equals_scipys_medfilt(n: int) -> None:
+    import warnings
+
+    from rvcfast.f0.world import _median3
+
+    rng = np.random.default_rng(n)
+    f0 = rng.uniform(80.0, 400.0, n)
+    f0[rng.random(n) < 0.3] = 0.0  # unvoiced frames
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # under 3 frames scipy warns that it zero-pads
+        expected = medfilt(f0, 3)
+    got = _median3(f0)
+    assert got.dtype == expected.dtype and np.array_equal(got, expected)

@@ -16,7 +16,6 @@ install gives a :class:`~rvcfast.errors.BackendUnavailableError` that says what 
 
 from __future__ import annotations
 
-import warnings
 from abc import abstractmethod
 from types import ModuleType
 from typing import Any
@@ -137,13 +136,17 @@ class HarvestExtractor(_WorldExtractor):
         """F0 in Hz per 10 ms frame (0 = unvoiced): ``len(audio16k) // 160 + 1`` float64 values."""
         f0 = self._track(audio16k)
         if self.filter_radius > 2:
-            from scipy.signal import medfilt
-
-            with warnings.catch_warnings():
-                # Under 3 frames scipy warns that it zero-pads; RVC filters these too.
-                warnings.filterwarnings("ignore", "kernel_size exceeds volume extent", UserWarning)
-                f0 = medfilt(f0, 3)
+            f0 = _median3(f0)
         return f0
+
+
+def _median3(x: np.ndarray) -> np.ndarray:
+    """``scipy.signal.medfilt(x, 3)``, as RVC filters Harvest's F0: the median of each value and
+    its neighbours, zeros beyond the ends (the same values, bit for bit: a median of three
+    picks one of them), without scipy's import or its warning filter, which is process-wide
+    and so not safe to toggle while other threads run."""
+    padded = np.concatenate(([0.0], x, [0.0])).astype(x.dtype, copy=False)
+    return np.median(np.stack([padded[:-2], padded[1:-1], padded[2:]]), axis=0)
 
 
 class DioExtractor(_WorldExtractor):
