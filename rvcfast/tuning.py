@@ -179,32 +179,39 @@ class Profile:
             raise ValueError("bad " + ", ".join(problems))
 
 
-def _read_profiles(source: Path) -> list[Profile]:
-    """Every profile in ``source``: a file of ``{"profiles": [...]}`` or (as first written) one
-    profile. ``ValueError`` or ``OSError`` for a file that cannot be read as either."""
+def _read_entries(source: Path) -> list[Any]:
+    """The entries of a profile file: ``{"profiles": [...]}``, or (as first written) one
+    profile object. ``ValueError`` or ``OSError`` for a file that is neither."""
     raw = json.loads(source.read_text(encoding="utf-8"))
     if isinstance(raw, dict) and "profiles" in raw:
-        entries = raw["profiles"]
-        if not isinstance(entries, list):
+        if not isinstance(raw["profiles"], list):
             raise ValueError("'profiles' is not a list")
-        return [Profile.from_dict(e) for e in entries]
-    return [Profile.from_dict(raw)]
+        return raw["profiles"]
+    return [raw]
+
+
+def _machine_of(entry: Any) -> str | None:
+    """The machine an entry is for, or ``None`` for an entry that is not a profile at all."""
+    machine = entry.get("machine") if isinstance(entry, dict) else None
+    return machine if isinstance(machine, str) else None
 
 
 def save_profile(profile: Profile, path: Path | None = None) -> Path:
     """Store ``profile`` in ``path`` or :func:`profile_path` (atomically), in place of the
-    entry for the same machine and device; the other machines' entries are kept (an
-    unreadable file is replaced)."""
+    entry for the same machine and device. Other machines' entries are kept as they are (even
+    ones this version cannot read), the oldest dropped beyond :data:`MAX_PROFILES`; a file
+    that is not a profile file is replaced."""
     target = path or profile_path()
     if target is None:
         raise ValueError("profiles are switched off (RVCFAST_PROFILE=off)")
     profile.check()
     try:
-        others = [p for p in _read_profiles(target) if p.machine != profile.machine] if target.is_file() else []
+        entries = _read_entries(target) if target.is_file() else []
     except (OSError, ValueError):
-        others = []
-    kept = sorted(others, key=lambda p: str(p.created))[-(MAX_PROFILES - 1) :] if MAX_PROFILES > 1 else []
-    text = json.dumps({"profiles": [asdict(p) for p in [*kept, profile]]}, indent=2)
+        entries = []
+    others = [e for e in entries if _machine_of(e) not in (None, profile.machine)]
+    kept = sorted(others, key=lambda e: str(e.get("created", "")))[-(MAX_PROFILES - 1) :]
+    text = json.dumps({"profiles": [*kept, asdict(profile)]}, indent=2)
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
     try:
@@ -218,18 +225,33 @@ def save_profile(profile: Profile, path: Path | None = None) -> Path:
 def load_profile(device: torch.device | str = "cpu", path: Path | None = None) -> Profile | None:
     """The stored profile measured on this machine and device, else ``None``.
 
-    A file that cannot be read, or whose entry for this machine holds a setting no run can
-    use, is ignored with a warning (never fatal: every model load reads it)."""
+    A file that cannot be read as profiles, or whose entry for this machine holds a setting
+    no run can use, is ignored with a warning (never fatal: every model load reads it);
+    other machines' entries are not looked at."""
     source = path or profile_path()
     if source is None or not source.is_file():
         return None
+
+    def ignore(reason: object) -> None:
+        warnings.warn(f"ignoring the rvcfast profile {source}: {reason}", RuntimeWarning, stacklevel=3)
+
     try:
-        profiles = _read_profiles(source)
+        entries = _read_entries(source)
     except (OSError, ValueError) as exc:
-        warnings.warn(f"ignoring the rvcfast profile {source}: {exc}", RuntimeWarning, stacklevel=2)
+        ignore(exc)
         return None
+    if any(_machine_of(e) is None for e in entries):
+        ignore("an entry is not a profile (no 'machine')")
     here = machine_id(device)
-    return next((p for p in profiles if p.machine == here and p.version == PROFILE_VERSION), None)
+    for entry in entries:
+        if _machine_of(entry) == here:
+            try:
+                profile = Profile.from_dict(entry)
+            except ValueError as exc:
+                ignore(exc)
+                return None
+            return profile if profile.version == PROFILE_VERSION else None
+    return None
 
 
 def tuned_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:

@@ -229,6 +229,15 @@ def test_profiles_of_several_machines_and_devices_share_the_file(profile_file: P
     assert load_profile("cpu").batch_seconds == 6.0
     save_profile(_profile("float32", 5.0, machine=other))
     assert load_profile("cpu").batch_seconds == 6.0
+    # another machine's entry written by a newer rvcfast (a field this version does not know)
+    # neither hides this machine's entry nor is lost when this machine saves
+    entries = json.loads(profile_file.read_text())["profiles"]
+    entries.append({"machine": "Future CPU | cpu", "dtype": "float32", "threads": 1, "batch_seconds": 8, "new_knob": 3})
+    profile_file.write_text(json.dumps({"profiles": entries}))
+    assert load_profile("cpu").batch_seconds == 6.0
+    save_profile(_profile("float32", 7.0))
+    saved = json.loads(profile_file.read_text())["profiles"]
+    assert {"machine": "Future CPU | cpu", "dtype": "float32", "threads": 1, "batch_seconds": 8, "new_knob": 3} in saved
     # the file stays bounded: the oldest entries go
     for i in range(30):
         save_profile(Profile(machine=f"CPU {i} | cpu", dtype="float32", threads=1, batch_seconds=8, created=f"{i:04d}"))
