@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import os
 import sys
 from typing import Any
 
@@ -85,8 +86,6 @@ def set_thread_count(n: int) -> None:
 def available_cores() -> int:
     """CPUs this process may run on (its CPU affinity, as a container's ``--cpuset-cpus`` or
     ``taskset`` sets it), else ``os.cpu_count()``."""
-    import os
-
     try:
         return max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux

@@ -233,7 +233,8 @@ def load_profile(device: torch.device | str = "cpu", path: Path | None = None) -
         return None
 
     def ignore(reason: object) -> None:
-        warnings.warn(f"ignoring the rvcfast profile {source}: {reason}", RuntimeWarning, stacklevel=3)
+        # one place in the code, so Python's default filter shows each such warning once per process
+        warnings.warn(f"ignoring the rvcfast profile {source}: {reason}", RuntimeWarning, stacklevel=1)
 
     try:
         entries = _read_entries(source)
