@@ -55,6 +55,8 @@ GROUPS: list[tuple[str, re.Pattern[str]]] = [
         ),
     ),
 ]
+#: The groups in the order tables list them.
+GROUP_ORDER = [g for g, _ in GROUPS] + ["other"]
 #: Operators whose call counts the issue's profile named.
 COUNTED = ("aten::copy_", "aten::add_", "aten::leaky_relu_", "aten::fill_")
 
@@ -102,29 +104,6 @@ def _run(tree: Path, dtype: str, warm: Path, clip: Path, paths: dict[str, Path])
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def _table(name: str, dtype: str, res: dict, top: int) -> list[str]:
-    ops = res["ops"]
-    total = sum(t for t, _ in ops.values())
-    groups: dict[str, float] = {}
-    for op, (t, _) in ops.items():
-        groups[group_of(op)] = groups.get(group_of(op), 0.0) + t
-    lines = [
-        f"### {name}, {dtype}: one 5 s clip, wall {res['wall']:.2f} s, "
-        f"self CPU {total:.2f} s on {res['threads']} threads",
-        "",
-        "| group | self CPU | share |",
-        "|---|---:|---:|",
-    ]
-    order = [g for g, _ in GROUPS] + ["other"]
-    lines += [f"| {g} | {groups.get(g, 0.0) * 1000:.0f} ms | {groups.get(g, 0.0) / total:.1%} |" for g in order]
-    convs = sum(c for op, (_, c) in ops.items() if group_of(op) == "convolutions")
-    counts = ", ".join(f"`{op.split('::')[1]}` {ops.get(op, [0, 0])[1]}" for op in COUNTED)
-    lines += ["", f"Calls: convolutions {convs}, {counts}.", "", "| operator | self CPU | calls |", "|---|---:|---:|"]
-    for op, (t, c) in sorted(ops.items(), key=lambda kv: -kv[1][0])[:top]:
-        lines.append(f"| `{op}` | {t * 1000:.1f} ms | {c} |")
-    return lines + [""]
-
-
 def _sums(res: dict) -> tuple[dict[str, float], dict[str, int]]:
     """Self CPU seconds per group and the counted calls of one profile."""
     groups: dict[str, float] = {}
@@ -135,13 +114,31 @@ def _sums(res: dict) -> tuple[dict[str, float], dict[str, int]]:
     return groups, calls
 
 
+def _table(name: str, dtype: str, res: dict, top: int) -> list[str]:
+    groups, calls = _sums(res)
+    total = sum(groups.values())
+    lines = [
+        f"### {name}, {dtype}: one 5 s clip, wall {res['wall']:.2f} s, "
+        f"self CPU {total:.2f} s on {res['threads']} threads",
+        "",
+        "| group | self CPU | share |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {g} | {groups.get(g, 0.0) * 1000:.0f} ms | {groups.get(g, 0.0) / total:.1%} |" for g in GROUP_ORDER]
+    counts = ", ".join(f"`{key}` {n}" if key != "convolutions" else f"convolutions {n}" for key, n in calls.items())
+    lines += ["", f"Calls: {counts}.", "", "| operator | self CPU | calls |", "|---|---:|---:|"]
+    for op, (t, c) in sorted(res["ops"].items(), key=lambda kv: -kv[1][0])[:top]:
+        lines.append(f"| `{op}` | {t * 1000:.1f} ms | {c} |")
+    return lines + [""]
+
+
 def _compare(results: list[tuple[str, dict]]) -> list[str]:
     """One table, a column per (tree, precision): wall, self CPU per group (ms), counted calls."""
     sums = [_sums(res) for _, res in results]
     lines = ["| | " + " | ".join(name for name, _ in results) + " |", "|---" + "|---:" * len(results) + "|"]
     lines.append("| wall of the profiled call | " + " | ".join(f"{res['wall']:.2f} s" for _, res in results) + " |")
     lines.append("| self CPU, all operators | " + " | ".join(f"{sum(g.values()):.2f} s" for g, _ in sums) + " |")
-    for group in [g for g, _ in GROUPS] + ["other"]:
+    for group in GROUP_ORDER:
         lines.append(f"| {group} | " + " | ".join(f"{g.get(group, 0.0) * 1000:.0f} ms" for g, _ in sums) + " |")
     for key in sums[0][1]:
         lines.append(f"| calls: {key} | " + " | ".join(str(c[key]) for _, c in sums) + " |")

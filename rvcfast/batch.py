@@ -473,7 +473,12 @@ class _BatchRun:
         import torch
 
         self.saved_threads = torch.get_num_threads()
-        torch.set_num_threads(max(1, self.saved_threads // self.workers))
+        torch.set_num_threads(self._share())
+
+    def _share(self) -> int:
+        """Each compute worker's intra-op threads: the caller's count split evenly."""
+        assert self.saved_threads is not None
+        return max(1, self.saved_threads // self.workers)
 
     def _worker_threads(self) -> None:
         """A compute worker's first act: its own share of the threads. (A thread otherwise takes
@@ -482,7 +487,7 @@ class _BatchRun:
         if self.engine.device.type == "cpu" and self.saved_threads is not None:
             from .runtime import set_thread_count
 
-            set_thread_count(max(1, self.saved_threads // self.workers))
+            set_thread_count(self._share())
 
     def _wait_for_last(self) -> bool:
         """Whether the last group should wait for the running ones and then take every thread.
