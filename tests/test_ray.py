@@ -209,8 +209,11 @@ class TestTwoNodes:
 
         out = tmp_path / "out"
         files = [inputs / f"{n}.wav" for n, *_ in CLIPS]
-        rows = convert_files(  # the default pool: one worker per node (0.75 CPU each, decoding gets the rest)
-            files, out, tiny_models.voice, batch_size=1, weights="object-store", **_options(tiny_models),
+        # a fixed pool of two, one per node (0.75 CPU each, decoding gets the rest): Ray waits for
+        # both before the first batch; the default pool's minimum is one worker, so under load the
+        # first one up could convert every clip before the second has loaded its models
+        rows = convert_files(
+            files, out, tiny_models.voice, num_workers=2, batch_size=1, weights="object-store", **_options(tiny_models),
         )
         assert [r["status"] for r in rows] == ["ok"] * len(CLIPS)
         assert {r["node"] for r in rows} == cluster  # both worker nodes converted files, the head none
