@@ -22,6 +22,7 @@ from ._version import __version__
 from .errors import (
     AudioError,
     BackendUnavailableError,
+    Cancelled,
     ModelLoadError,
     ParameterError,
     RvcfastError,
@@ -72,6 +73,7 @@ __all__ = [
     "Vocoder",
     "AudioError",
     "BackendUnavailableError",
+    "Cancelled",
     "ModelLoadError",
     "ParameterError",
     "RvcfastError",

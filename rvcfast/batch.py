@@ -38,6 +38,7 @@ from __future__ import annotations
 import concurrent.futures as cf
 import os
 import re
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
@@ -325,6 +326,7 @@ class _BatchRun:
             if self.workers > 1
             else None
         )
+        self.stop = threading.Event()  # set on close: groups still on a worker stop at the engine's next check
         self.inflight: deque[_InFlight] = deque()  # groups on the workers, oldest first
         self.durations: list[float] = []  # seconds of the groups finished on a worker
         self.saved_threads: int | None = None
@@ -426,7 +428,9 @@ class _BatchRun:
         t0 = time.perf_counter()
         preps = [d.prep for d in group if d.prep is not None]
         tracks, f0_wait = self._f0_tracks(group)
-        results = self.engine.run(preps, self.params, f0=tracks, batch_seconds=self.options.batch_seconds)
+        results = self.engine.run(
+            preps, self.params, f0=tracks, batch_seconds=self.options.batch_seconds, cancel=self.stop
+        )
         return _Computed(preps, results, tracks is not None, f0_wait, time.perf_counter() - t0)
 
     def _start_writes(self, group: list[_Decoded], done: _Computed) -> list[tuple[Result, cf.Future[float] | None]]:
@@ -545,6 +549,7 @@ class _BatchRun:
             parallel = self.compute_pool is not None
             while self.pending or self.inflight:
                 self._start_finished_writes()
+                yield from self._drain_writes(block=False)  # files on disk since the last turn
                 while self.inflight and self.inflight[0].future.done():  # report in order
                     yield from self._finish_oldest()
                 running = [g.future for g in self.inflight if not g.future.done()]
@@ -569,14 +574,26 @@ class _BatchRun:
                     else:
                         yield from self._report_group(self._start_writes(group, self._compute(group)))
                     continue
-                if running:
-                    # a worker that finishes before the oldest group gets the next group at once
-                    cf.wait(running, return_when=cf.FIRST_COMPLETED)
+                # Wake when a group finishes (a worker that finishes before the oldest group gets the
+                # next group at once) or the next file to report is on disk. A group or write that
+                # finished since the checks above is in the list too, so the wait returns at once
+                # rather than leave it unwritten or unreported behind a slow group.
+                wake = [g.future for g in self.inflight if g.entries is None]
+                if self.writes:
+                    wake.append(self.writes[0][1])
+                if wake:
+                    cf.wait(wake, return_when=cf.FIRST_COMPLETED)
             yield from self._drain_writes(block=True)
         finally:
             self.close()
 
     def close(self) -> None:
+        """Stop (the caller left early, an error, Ctrl-C) or tidy up after the last result.
+
+        Groups still on a compute worker stop at the engine's next check (about one
+        decoder window) and their files are not written; finished writes complete.
+        """
+        self.stop.set()
         for fut in self.pending:
             fut.cancel()
         if self.compute_pool is not None:

@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import os
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ import torch
 
 from .audio import AudioInput
 from .constants import F0_HOP, SR_16K
-from .errors import ModelLoadError, ParameterError, RvcfastError
+from .errors import Cancelled, ModelLoadError, ParameterError, RvcfastError
 from .packing import pack
 from .params import ConversionParams
 from .pipeline import (
@@ -258,6 +259,7 @@ class Engine:
         f0: Sequence[F0Track] | None = None,
         raise_errors: bool = False,
         batch_seconds: float | None = None,
+        cancel: threading.Event | None = None,
     ) -> list[Result]:
         """F0 (unless given) → features → index → synthesis → assembly for prepared inputs.
 
@@ -267,14 +269,20 @@ class Engine:
         per input, in order. A failing input gets ``error`` set (its name and the reason)
         unless ``raise_errors``, which re-raises the first failure's exception as it
         happens. ``batch_seconds`` overrides the engine's packing budget for this call.
+
+        ``cancel``, when given, is looked at between the stages and before each model
+        batch (about one decoder window of work apart): once it is set, the run stops
+        there and raises :class:`~rvcfast.errors.Cancelled` (nothing is returned).
         """
         per_item = [params] * len(preps) if isinstance(params, ConversionParams) else list(params)
         if len(per_item) != len(preps):
             raise ParameterError(f"run() got {len(preps)} inputs but {len(per_item)} parameter sets")
         items = [_Item(p, q) for p, q in zip(preps, per_item)]
+        _check_cancel(cancel)
         self._pitch(items, f0, raise_errors)
         budget = int((batch_seconds if batch_seconds is not None else self.batch_seconds) * SR_16K)
-        self._synthesize_all(items, raise_errors, budget)
+        self._synthesize_all(items, raise_errors, budget, cancel)
+        _check_cancel(cancel)
         return [self._assemble(item, raise_errors) for item in items]
 
     def convert(
@@ -373,7 +381,7 @@ class Engine:
                 continue
             item.coarse, item.pitchf = pitch_track(np.asarray(raw), item.prep.p_len, item.params)
 
-    def _synthesize_all(self, items: list[_Item], raise_errors: bool, budget: int) -> None:
+    def _synthesize_all(self, items: list[_Item], raise_errors: bool, budget: int, cancel: threading.Event | None) -> None:
         voc = self.vocoder
         trim = voc.sample_rate * self.segment_config.x_pad
         calls: dict[tuple[Any, ...], list[tuple[int, int, SegmentInput]]] = {}
@@ -392,6 +400,7 @@ class Engine:
             for group in pack([e[2].audio.shape[0] for e in entries], budget):
                 bucket = [entries[g] for g in group if items[entries[g][0]].error is None]
                 if bucket:
+                    _check_cancel(cancel)
                     self._synthesize_bucket(items, bucket, raise_errors)
                     release_memory()
 
@@ -549,6 +558,11 @@ def _tuned(dtype: torch.dtype | str, batch_seconds: float | None, device: torch.
         profile = load_profile(device)
         batch_seconds = profile.batch_seconds if profile is not None else None
     return tuned_dtype(dtype, device), batch_seconds
+
+
+def _check_cancel(cancel: threading.Event | None) -> None:
+    if cancel is not None and cancel.is_set():
+        raise Cancelled("the conversion was cancelled")
 
 
 class _Failure(RvcfastError):

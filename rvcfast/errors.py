@@ -16,6 +16,7 @@ __all__ = [
     "AudioError",
     "ParameterError",
     "BackendUnavailableError",
+    "Cancelled",
 ]
 
 
@@ -57,3 +58,12 @@ class ParameterError(RvcfastError, ValueError):
 
 class BackendUnavailableError(RvcfastError, ImportError):
     """An F0 backend is unknown or needs an optional extra that is not installed."""
+
+
+class Cancelled(BaseException):
+    """Work stopped because its ``cancel`` event was set (:meth:`rvcfast.Engine.run`).
+
+    Like :class:`asyncio.CancelledError` it derives from :class:`BaseException`, not
+    :class:`RvcfastError`: the handlers that isolate one failing input (``except
+    Exception``) must not take a cancelled run for a bad file and carry on with it.
+    """

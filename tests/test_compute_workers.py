@@ -16,7 +16,7 @@ from helpers import MODEL_SR, tiny_converter_fixture, tiny_models_fixture, tone 
 from rvcfast import batch
 from rvcfast.batch import BatchOptions, compute_workers
 from rvcfast.cli import main
-from rvcfast.errors import ParameterError
+from rvcfast.errors import Cancelled, ParameterError
 from rvcfast.tuning import Profile, load_profile, machine_id, save_profile
 
 
@@ -220,6 +220,41 @@ def test_stopping_early_restores_the_threads(tiny_converter, two_threads) -> Non
     assert first.ok and torch.get_num_threads() == 1
     it.close()  # the caller stops: workers finish, threads come back
     assert torch.get_num_threads() == 2
+
+
+def test_stopping_early_cancels_the_groups_still_computing(tiny_converter, two_threads, monkeypatch, tmp_path: Path) -> None:
+    # Ctrl-C or a caller that stops reading: a group still on a worker stops at the engine's
+    # next check instead of running to its end, and its file is not written.
+    monkeypatch.setattr(batch._BatchRun, "_wait_for_last", lambda self: False)
+    names = []
+    for i, (x, rate) in enumerate(_clips(2)):
+        sf.write(tmp_path / f"clip{i}.wav", x, rate)
+        names.append(tmp_path / f"clip{i}.wav")
+    engine_run = tiny_converter.engine.run
+    second: list[BaseException | None] = []
+
+    def held_second(preps, *args, cancel=None, **kwargs):
+        if str(preps[0].label).endswith("clip1.wav"):
+            assert cancel is not None and cancel.wait(30.0)  # an event to wait for, not a timing
+            try:
+                return engine_run(preps, *args, cancel=cancel, **kwargs)
+            except BaseException as exc:
+                second.append(exc)
+                raise
+        return engine_run(preps, *args, cancel=cancel, **kwargs)
+
+    tiny_converter.engine.run = held_second
+    try:
+        it = tiny_converter.iter_batch(names, tmp_path / "out", batch_seconds=1.0, compute_workers=2)
+        first = next(it)
+        assert first.ok and first.source == str(names[0])
+        it.close()  # returns once the held group has seen the stop
+    finally:
+        del tiny_converter.engine.run
+    assert len(second) == 1 and isinstance(second[0], Cancelled)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["clip0.wav"]  # nothing partial
+    assert torch.get_num_threads() == 2
+    assert not [t for t in threading.enumerate() if t.name.startswith("rvcfast-compute")]
 
 
 def test_the_profile_sets_the_default_and_an_argument_overrides_it(tiny_converter, profile_file: Path) -> None:

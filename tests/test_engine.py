@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 import pytest
 from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture  # noqa: F401
 
 import rvcfast
 from rvcfast.engine import Engine
-from rvcfast.errors import AudioError, ParameterError
+from rvcfast.errors import AudioError, Cancelled, ParameterError
 from rvcfast.params import ConversionParams
 
 
@@ -72,6 +74,33 @@ def test_a_failing_input_does_not_affect_the_others(engine: Engine, monkeypatch:
         np.testing.assert_allclose(results[k].audio, good[k], rtol=0, atol=1e-6)
     with pytest.raises(RuntimeError, match="tracker exploded"):
         engine.run(preps, params, raise_errors=True)
+
+
+def test_a_set_cancel_event_stops_the_run_between_model_batches(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    params = engine.params(noise=False)
+    preps = [engine.prepare(clip(1.0, k), 16000, name=f"clip{k}") for k in range(3)]
+    cancel = threading.Event()
+    synthesized: list[int] = []
+    real = engine.synthesize_segments
+
+    def spy(segs, *args, **kwargs):
+        synthesized.append(len(segs))
+        cancel.set()  # the caller gives up while the first batch is on the models
+        return real(segs, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "synthesize_segments", spy)
+    with pytest.raises(Cancelled):
+        engine.run(preps, params, batch_seconds=1.0, cancel=cancel)  # one input per model batch
+    assert synthesized == [1]  # the batch under way finished; the other two never started
+    with pytest.raises(Cancelled):  # already set: not even the F0 runs
+        engine.run(preps, params, cancel=cancel)
+    assert synthesized == [1]
+    assert not isinstance(Cancelled(), Exception)  # a failing-input handler never swallows it
+    monkeypatch.setattr(engine, "synthesize_segments", real)
+    results = engine.run(preps, params, cancel=threading.Event())  # an unset event changes nothing
+    for r, ref in zip(results, engine.run(preps, params)):
+        assert r.ok
+        np.testing.assert_array_equal(r.audio, ref.audio)
 
 
 def test_parameters_are_checked_and_named(engine: Engine) -> None:
