@@ -41,7 +41,7 @@ import re
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -279,6 +279,22 @@ class _InFlight:
     entries: list[tuple[Result, cf.Future[float] | None]] | None = None
 
 
+def group_is_full(files: int, samples: int, batch_samples: int) -> bool:
+    """Whether a group of ``files`` holding ``samples`` padded 16 kHz samples takes no more files:
+    files join a group until it holds ``batch_samples`` (a group holds at least one file)."""
+    return files > 0 and samples >= batch_samples
+
+
+def split_groups(padded_lengths: Sequence[int], batch_samples: int) -> list[list[int]]:
+    """The groups (their files' padded 16 kHz lengths) a batch of inputs with these lengths is sent in."""
+    groups: list[list[int]] = []
+    for n in padded_lengths:
+        if not groups or group_is_full(len(groups[-1]), sum(groups[-1]), batch_samples):
+            groups.append([])
+        groups[-1].append(int(n))
+    return groups
+
+
 def usable_workers(requested: int, n_files: int, device_type: str) -> int:
     """How many compute workers a batch really gets: no more than its files, and on a CPU
     the largest divisor of torch's thread count not above ``requested`` (each worker gets an
@@ -397,7 +413,7 @@ class _BatchRun:
         group: list[_Decoded] = []
         early: list[Result] = []
         samples = 0
-        while self.pending and (not group or samples < self.batch_samples):
+        while self.pending and not group_is_full(len(group), samples, self.batch_samples):
             dec = self.pending.popleft().result()
             self._submit_more()
             if dec.skipped:

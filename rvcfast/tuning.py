@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .constants import SR_16K
 from .errors import RvcfastError
 from .runtime import (
     DTYPE_NAMES,
@@ -43,6 +44,7 @@ from .runtime import (
     native_bf16,
     native_fp16,
 )
+from .segment import SegmentConfig
 
 __all__ = [
     "Profile",
@@ -313,16 +315,26 @@ def _cost(trial: Trial) -> float:
     return trial.seconds * (MULTI_WORKER_MARGIN if trial.compute_workers > 1 else 1.0)
 
 
-def _workers_rounds(n_clips: int, n_workers: int) -> int:
+def _workers_rounds(padded_lengths: Sequence[int], batch_samples: int, n_workers: int, max_rounds: int = 8) -> int:
     """How many times to send the clips so that every worker gets as many groups as the others.
 
-    A group holds one or two calibration clips (5 s clips pack two to the CPU's 8 s batch), so
-    the clip count is made a multiple of twice the workers.
+    The batch groups the clips by their padded lengths (``batch_samples`` of 16 kHz audio per
+    group; a group may take clips of the next round). Wanted: the fewest rounds that make a
+    multiple of ``n_workers`` groups, the last one full like the others; else the fewest that
+    make a multiple of ``n_workers``; else ``n_workers`` rounds.
     """
+    from .batch import group_is_full, split_groups
+
     if n_workers <= 1:
         return 1
-    per_pass = 2 * n_workers
-    return per_pass // math.gcd(n_clips, per_pass)
+    fallback = None
+    for rounds in range(1, max_rounds + 1):
+        groups = split_groups(list(padded_lengths) * rounds, batch_samples)
+        if len(groups) % n_workers == 0:
+            if group_is_full(len(groups[-1]), sum(groups[-1]), batch_samples):
+                return rounds
+            fallback = fallback or rounds
+    return fallback or n_workers
 
 
 def candidate_dtypes(device: torch.device) -> list[str]:
@@ -373,7 +385,8 @@ def calibrate(
     if not workers or workers[0] < 1:
         raise ValueError(f"compute_workers must be positive, got {list(compute_workers)}")
     say = log or (lambda _m: None)
-    inputs = [(c, 16000) for c in clips]
+    inputs = [(c, SR_16K) for c in clips]
+    padded = [len(c) + 2 * SegmentConfig().t_pad for c in clips]  # as the batch sees them
     original_threads = torch.get_num_threads()
     trials: list[Trial] = []
     reference: list[np.ndarray] | None = None
@@ -388,7 +401,7 @@ def calibrate(
                 # the clips again, in whole rounds, until every worker gets the same number of
                 # groups: a last group left to one worker on its share of the threads (the other
                 # cores idle) is not what a long batch sees; the time is scaled back to one pass
-                rounds = _workers_rounds(len(inputs), n_workers)
+                rounds = _workers_rounds(padded, int(bs * SR_16K), n_workers)
                 conv.convert_batch(inputs, **run)  # warm-up: kernels, caches
                 t0 = time.perf_counter()
                 results = conv.convert_batch(inputs * rounds, **run)

@@ -257,6 +257,27 @@ def test_stopping_early_cancels_the_groups_still_computing(tiny_converter, two_t
     assert not [t for t in threading.enumerate() if t.name.startswith("rvcfast-compute")]
 
 
+@pytest.mark.parametrize("batch_seconds", [1.0, 5.0, 6.5, 12.0])
+def test_split_groups_is_how_the_batch_groups_files(tiny_converter, batch_seconds) -> None:
+    seconds = [0.6, 1.9, 0.8, 3.1, 0.7, 1.2, 2.4]
+    clips = [(tone(s, freq=170.0), 16000) for s in seconds]
+    sizes: list[int] = []
+    engine_run = tiny_converter.engine.run
+
+    def spy(preps, *args, **kwargs):
+        sizes.append(len(preps))
+        return engine_run(preps, *args, **kwargs)
+
+    tiny_converter.engine.run = spy
+    try:
+        results = tiny_converter.convert_batch(clips, batch_seconds=batch_seconds, noise=False)
+    finally:
+        del tiny_converter.engine.run
+    assert all(r.ok for r in results) and sum(sizes) == len(clips)
+    padded = [len(x) + 2 * 16000 for x, _ in clips]  # 1 s of reflected padding each side
+    assert [len(g) for g in batch.split_groups(padded, int(batch_seconds * 16000))] == sizes
+
+
 def test_the_profile_sets_the_default_and_an_argument_overrides_it(tiny_converter, profile_file: Path) -> None:
     engine = tiny_converter.engine
     assert compute_workers(engine, BatchOptions()) == 1  # no profile

@@ -139,14 +139,14 @@ def test_calibrate_tries_compute_workers_and_wants_them_clearly_faster() -> None
     assert [(t.threads, t.batch_seconds, t.compute_workers) for t in profile.trials] == [
         (1, 8.0, 1), (1, 30.0, 1), (2, 8.0, 1), (2, 30.0, 1), (2, 8.0, 2),
     ]
-    assert fakes[-1].calls[-1] == (2, 2, 4) and torch.get_num_threads() == before  # two clips, twice
+    assert fakes[-1].calls[-1] == (2, 2, 8) and torch.get_num_threads() == before  # two clips 4 times: 2 groups of 4
     # within the margin (they hold more memory): one worker stays
     profile = calibrate(make(0.99), clips, device=torch.device("cpu"), dtypes=["float32"], threads=[2], batch_seconds=(8.0,))
     assert profile.compute_workers == 1
-    # three clips for two workers are sent four times (12 clips: up to two per group, the
-    # same number of groups for each worker), the time scaled back to one pass
+    # three clips for two workers are sent eight times (24 clips: four 2.25 s padded clips fill
+    # an 8 s group, the same number of full groups for each worker), the time scaled back to one pass
     three = calibrate(make(0.6), clips + clips[:1], device=torch.device("cpu"), dtypes=["float32"], threads=[2], batch_seconds=(8.0,))
-    assert fakes[-1].calls[-1] == (2, 2, 12)
+    assert fakes[-1].calls[-1] == (2, 2, 24)
     one_worker, two_workers = three.trials
     assert two_workers.seconds == pytest.approx(0.6 * one_worker.seconds, rel=0.3)
     # one thread: nothing to share, no multi-worker trial
@@ -154,6 +154,27 @@ def test_calibrate_tries_compute_workers_and_wants_them_clearly_faster() -> None
     assert {t.compute_workers for t in one.trials} == {1}
     with pytest.raises(ValueError, match="compute_workers"):
         calibrate(make(0.6), clips, device=torch.device("cpu"), dtypes=["float32"], threads=[2], compute_workers=[0])
+
+
+def test_workers_rounds_give_every_worker_as_many_groups() -> None:
+    from rvcfast.batch import group_is_full, split_groups
+
+    five = 7 * 16000  # a 5 s calibration clip and its 2 s of padding
+    budget = 8 * 16000
+    for lengths, batch_samples, workers, expected in [
+        ([five] * 4, budget, 2, 1),  # two clips a group: 2 groups in one pass
+        ([five] * 3, budget, 2, 4),  # 3 clips: a pass ends in half a group
+        ([five] * 3, budget, 3, 2),  # 3 groups of two
+        ([five] * 3, 30 * 16000, 2, 10),  # 5 clips a group, 2 groups: more rounds than allowed
+        ([36000] * 2, budget, 2, 4),  # 0.25 s clips: four a group
+    ]:
+        rounds = tuning._workers_rounds(lengths, batch_samples, workers)
+        assert rounds == min(expected, 8) or (expected > 8 and rounds <= 8), (lengths, rounds)
+        groups = split_groups(lengths * rounds, batch_samples)
+        assert len(groups) % workers == 0
+        if expected <= 8:  # every group full: the workers get equal work
+            assert all(group_is_full(len(g), sum(g), batch_samples) for g in groups)
+    assert tuning._workers_rounds([five] * 3, budget, 1) == 1
 
 
 def test_info_system_reports_features_and_settings(profile_file: Path, capsys) -> None:
