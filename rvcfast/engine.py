@@ -310,7 +310,8 @@ class Engine:
         f0: F0Track = None,
         raw: bool = False,
         timings: dict[str, float] | None = None,
-    ) -> Iterator[np.ndarray]:
+        pauses: bool = False,
+    ) -> Iterator[np.ndarray | None]:
         """One input's output piece by piece, in order, each as soon as its segment is synthesised.
 
         Every segment goes through the models on its own; each ``next()`` does one
@@ -323,10 +324,19 @@ class Engine:
         differs otherwise). ``raw=True`` yields the trimmed segment outputs before any
         post-processing; :func:`rvcfast.pipeline.finish` of their concatenation is
         :meth:`run`'s output. Stage seconds are added to ``timings``. Errors are raised.
+
+        ``pauses=True`` (for schedulers) also yields ``None`` between the blocks of a long
+        input's F0 track when the extractor computes it block by block (RMVPE: one per
+        41 s chunk of an input over 82 s), so that no ``next()`` runs the F0 network over
+        the whole input; the audio pieces are the same.
         """
         from .streaming import StreamFinisher
 
         item = _Item(prep, self.params(params))
+        if f0 is None and pauses:
+            t0 = time.perf_counter()
+            f0 = yield from self._f0_in_blocks(item)
+            item.timings["f0"] = time.perf_counter() - t0
         self._pitch([item], None if f0 is None else [f0], True)
         q = item.params
         timer = Timer(self.device)
@@ -351,6 +361,20 @@ class Engine:
                     timings[stage] = timings.get(stage, 0.0) + seconds
 
     # ------------------------------------------------------------------ internals
+
+    def _f0_in_blocks(self, item: _Item) -> Iterator[None]:
+        """The raw F0 track of one input, a ``None`` yielded between its blocks; ``None`` when
+        the extractor has no blocks (:meth:`_pitch` then runs it whole)."""
+        ext = self.f0_extractor_for(item.params)
+        blocks = getattr(ext, "extract_blocks", None)
+        if ext is None or blocks is None:
+            return None
+        parts: list[np.ndarray] = []
+        for k, step in enumerate(blocks(item.prep.padded)):
+            if k:
+                yield None
+            parts.append(np.asarray(step()))
+        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _fail(self, item: _Item, exc: BaseException, what: str, raise_errors: bool) -> None:
         if raise_errors:

@@ -31,6 +31,12 @@ class F0Extractor(Protocol):
     An extractor may also set ``cpu_bound = True`` (optional, default False): a
     pure-CPU tracker that gains nothing from batching. The batch engine then runs
     it in worker processes beside the networks (the object must be picklable).
+
+    It may also offer ``extract_blocks(audio16k) -> list[Callable[[], np.ndarray]]``
+    (optional): ``extract``'s work split into calls, each returning the next block of
+    frames, whose results concatenated in order equal ``extract(audio16k)``, so that a
+    scheduler (``Engine.stream(..., pauses=True)``) can interleave other work while a
+    long input's F0 is computed.
     """
 
     name: str

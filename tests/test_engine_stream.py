@@ -74,3 +74,36 @@ def test_stream_raises_for_a_bad_f0_track(engine: Engine) -> None:
     prep = engine.prepare(tone(1.0), 16000, name="clip")
     with pytest.raises(RuntimeError, match="no track"):
         next(engine.stream(prep, engine.params(), f0=RuntimeError("no track")))
+
+
+def test_pauses_split_a_long_inputs_f0_into_turns_and_change_no_piece(engine: Engine, monkeypatch) -> None:
+    # over 82 s: RMVPE runs in 41 s chunks, one per turn, a None between them
+    prep = engine.prepare(tone(100.0, freq=160.0), 16000)
+    q = engine.params(noise=False)
+    plain = list(engine.stream(prep, q))
+    passes: list[int] = []
+    model = engine.f0_extractor.model
+    real_run = model._run
+
+    def counted(mel):
+        passes.append(mel.shape[-1])
+        return real_run(mel)
+
+    monkeypatch.setattr(model, "_run", counted)
+    timings: dict[str, float] = {}
+    stream = engine.stream(prep, q, pauses=True, timings=timings)
+    items = []
+    for item in stream:
+        items.append(item)
+        if item is None:
+            assert len(passes) == items.count(None)  # one network pass per turn, the F0 first
+    n_blocks = len(engine.f0_extractor.extract_blocks(prep.padded))
+    assert n_blocks >= 3 and items[: n_blocks - 1] == [None] * (n_blocks - 1)
+    pieces = items[n_blocks - 1 :]
+    assert all(piece is not None for piece in pieces) and len(pieces) == len(plain)
+    for a, b in zip(pieces, plain):
+        np.testing.assert_array_equal(a, b)
+    assert "f0" in timings
+    # a short input has one block: no pause at all
+    short = list(engine.stream(engine.prepare(tone(3.0), 16000), q, pauses=True))
+    assert len(short) == 1 and short[0] is not None

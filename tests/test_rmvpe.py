@@ -194,6 +194,17 @@ def test_chunked_with_overlap_close_to_single_pass(model: RMVPE, speech: np.ndar
     assert np.abs(f_chunk - f_single)[voiced].max() <= 1e-2
 
 
+def test_infer_blocks_are_the_chunks_of_infer(model: RMVPE, speech: np.ndarray) -> None:
+    x = speech[: 16000 * 20]  # 2001 frames: four 512-frame chunks
+    steps = model.infer_blocks(x, chunk_frames=512, overlap_frames=256)
+    blocks = [step() for step in steps]
+    assert [b.shape[0] for b in blocks] == [512, 512, 512, 465]
+    np.testing.assert_array_equal(np.concatenate(blocks), model.infer(x, chunk_frames=512, overlap_frames=256))
+    one = model.infer_blocks(x)  # a single pass: one block
+    assert len(one) == 1
+    np.testing.assert_array_equal(one[0](), model.infer(x))
+
+
 @pytest.mark.golden
 def test_chunk_windows_and_no_overlap_equals_independent_pieces(model: RMVPE, speech: np.ndarray) -> None:
     # the default for reflect padding is Applio's split into independent 32000-frame chunks

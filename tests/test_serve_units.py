@@ -106,6 +106,42 @@ def test_steps_interleave_with_requests_and_wait_for_credit() -> None:
     sched.close()
 
 
+def test_a_pause_sends_nothing_and_lets_other_work_in() -> None:
+    order: list[str] = []
+    eng = FakeEngine()
+    fut_box: list[cf.Future] = []
+
+    def steps():
+        order.append("f0 block 1")
+        fut_box.append(sched.submit(eng, prep("req"), None))  # a request arrives meanwhile
+        yield None  # a pause between F0 blocks
+        order.append("f0 block 2")
+        yield "piece"
+
+    received: list[object] = []
+    done = threading.Event()
+
+    def sink(item):
+        received.append(item)
+        if item is END:
+            done.set()
+
+    sched = Scheduler(group_seconds=0)
+    original = eng.run
+
+    def run(preps, params, f0=None):
+        order.append("req")
+        return original(preps, params, f0)
+
+    eng.run = run
+    sched.submit_steps(steps(), sink, credit=2)  # the piece and END: a pause must not use up a credit
+    sched.start()
+    assert done.wait(10)
+    assert received == ["piece", END] and order == ["f0 block 1", "req", "f0 block 2"]
+    assert fut_box[0].result(10).ok
+    sched.close()
+
+
 def test_a_failing_step_task_reports_its_exception() -> None:
     def broken():
         yield 1

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -87,6 +87,14 @@ class RMVPEExtractor(BaseF0Extractor):
         """F0 in Hz (float64) for ``len // 160 + 1`` frames; the audio is cast to float32 first."""
         x = as_audio16k(audio16k).astype(np.float32)
         return self.model.infer(x, **self._kwargs(x.shape[0]))
+
+    def extract_blocks(self, audio16k: np.ndarray) -> list[Callable[[], np.ndarray]]:
+        """:meth:`extract` as one call per network pass (an input of up to
+        :data:`AUTO_SINGLE_PASS_FRAMES` frames is one, a longer one one per
+        :data:`AUTO_CHUNK_FRAMES`-frame chunk): each returns the next block of frames, and
+        their concatenation, in order, equals :meth:`extract`."""
+        x = as_audio16k(audio16k).astype(np.float32)
+        return self.model.infer_blocks(x, **self._kwargs(x.shape[0]))
 
     def extract_batch(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Batched RMVPE; each result equals :meth:`extract` on that input alone."""

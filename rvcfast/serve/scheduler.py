@@ -15,7 +15,9 @@ takes work from one FIFO queue:
 * **step tasks** (streams, jobs and long inputs): an iterator such as
   :meth:`Engine.stream <rvcfast.engine.Engine.stream>` advanced one segment per turn
   and put back at the end of the queue, so a long input never holds the models for
-  more than one segment while short requests wait.
+  more than one segment while short requests wait. Its F0 comes first, one network pass
+  per turn (``pauses=True``: RMVPE's 41 s chunks of an input over 82 s; other F0
+  backends in one turn).
 
 ``Admission`` bounds the requests in the server (``max_queue``) and estimates a
 ``Retry-After`` for those turned away.
@@ -107,6 +109,10 @@ class _Convert:
 @dataclass
 class StepTask:
     """An iterator advanced one item per turn; each item (or :data:`END`, or the exception) goes to ``sink``.
+
+    An item that is ``None`` is a pause: nothing goes to the sink and the task goes back
+    to the end of the queue (``Engine.stream(..., pauses=True)`` yields one between the
+    blocks of a long input's F0, so no turn runs the F0 network over a whole long input).
 
     ``credit`` is how many items may be produced before the receiver takes them: the
     worker parks the task when it runs out, and :meth:`Scheduler.grant` (called as the
@@ -266,6 +272,10 @@ class Scheduler:
             return
         except Exception as exc:  # noqa: BLE001 - reported to that task only
             _send(task, exc)
+            return
+        if item is None:  # a pause (Engine.stream(pauses=True) between F0 blocks): nothing to send
+            with self._cv:
+                self._queue.append(task)
             return
         if not _send(task, item):
             _close(task.iterator)

@@ -7,7 +7,8 @@ float64/float32 decoding numerics follow the references.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import functools
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -74,6 +75,10 @@ def decode_salience(salience: np.ndarray, threshold: float = 0.03) -> np.ndarray
 
 
 # --------------------------------------------------------------------------- the predictor
+
+
+def _decoded(salience_step: Callable[[], np.ndarray], threshold: float) -> np.ndarray:
+    return decode_salience(salience_step(), threshold)
 
 
 def _as_audio(audio: AudioLike) -> torch.Tensor:
@@ -279,19 +284,30 @@ class RMVPE(nn.Module):
         overlap_frames: int | None,
     ) -> Iterator[np.ndarray]:
         """Yield consecutive float32 salience blocks covering the ``N//160 + 1`` frames."""
+        for step in self._salience_steps(audio16k, pad_mode, chunk_frames, overlap_frames):
+            yield step()
+
+    def _salience_steps(
+        self,
+        audio16k: AudioLike,
+        pad_mode: str,
+        chunk_frames: int | None,
+        overlap_frames: int | None,
+    ) -> list[Callable[[], np.ndarray]]:
+        """One call per network pass, each returning the next float32 salience block."""
         pad_mode = self._check_pad_mode(pad_mode)
         audio = _as_audio(audio16k)
         n_frames = audio.shape[0] // HOP_LENGTH + 1
         n_padded = _padded_len(n_frames)
-        windows = self._windows(n_padded, chunk_frames, overlap_frames, pad_mode)
+        windows = [w for w in self._windows(n_padded, chunk_frames, overlap_frames, pad_mode) if w[2] < n_frames]
         padded_audio = self._pad_audio(audio)
-        for ws, we, ks, ke in windows:
-            if ks >= n_frames:
-                break
+
+        def step(ws: int, we: int, ks: int, ke: int) -> np.ndarray:
             mel = self._mel_window(padded_audio, n_frames, ws, we, pad_mode)
             sal = self._run(mel.unsqueeze(0))[0]
-            stop = min(ke, n_frames)
-            yield sal[ks - ws : stop - ws].cpu().numpy()
+            return sal[ks - ws : min(ke, n_frames) - ws].cpu().numpy()
+
+        return [functools.partial(step, *w) for w in windows]
 
     def salience(
         self,
@@ -327,11 +343,25 @@ class RMVPE(nn.Module):
         decoding is :func:`decode_salience`. Chunked inference decodes chunk by
         chunk, so the full salience is never held in memory.
         """
-        blocks = [
-            decode_salience(s, threshold)
-            for s in self._iter_salience(audio16k, pad_mode, chunk_frames, overlap_frames)
-        ]
+        steps = self.infer_blocks(audio16k, threshold, pad_mode, chunk_frames=chunk_frames, overlap_frames=overlap_frames)
+        blocks = [step() for step in steps]
         return blocks[0] if len(blocks) == 1 else np.concatenate(blocks)
+
+    def infer_blocks(
+        self,
+        audio16k: AudioLike,
+        threshold: float = 0.03,
+        pad_mode: str = "reflect",
+        *,
+        chunk_frames: int | None = None,
+        overlap_frames: int | None = None,
+    ) -> list[Callable[[], np.ndarray]]:
+        """:meth:`infer` as one call per network pass (chunk): each returns the next F0
+        block, and their concatenation, in order, is :meth:`infer`'s result."""
+        return [
+            functools.partial(_decoded, step, threshold)
+            for step in self._salience_steps(audio16k, pad_mode, chunk_frames, overlap_frames)
+        ]
 
     def infer_batch(
         self,
