@@ -7,6 +7,7 @@ Every error that concerns a file names the file and the problem. Catch
 from __future__ import annotations
 
 import os
+from typing import Any
 
 __all__ = [
     "RvcfastError",
@@ -24,14 +25,26 @@ class RvcfastError(Exception):
     """Base class of every error rvcfast raises deliberately."""
 
 
-class ModelLoadError(RvcfastError, ValueError):
-    """A model, weights or index file could not be read or does not fit."""
+class _PathError(RvcfastError):
+    """An error about one file: ``path`` (or ``None``) and ``problem``; the message is ``"<path>: <problem>"``.
+
+    Built from those two, not from the message, so it pickles by them (:meth:`__reduce__`):
+    an error raised in another process (a Ray worker, a process pool) arrives as itself,
+    with its type, ``path``, ``problem`` and any attribute set on it afterwards.
+    """
 
     def __init__(self, path: str | os.PathLike[str] | None, problem: str) -> None:
         self.path = None if path is None else os.fspath(path)
         self.problem = problem
         where = f"{self.path}: " if self.path is not None else ""
         super().__init__(f"{where}{problem}")
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.problem), dict(self.__dict__))
+
+
+class ModelLoadError(_PathError, ValueError):
+    """A model, weights or index file could not be read or does not fit."""
 
 
 class UnsafeFileError(ModelLoadError):
@@ -42,14 +55,8 @@ class WeightsNotFoundError(RvcfastError, FileNotFoundError):
     """A base weights file (RMVPE, content encoder) is not present anywhere rvcfast looks."""
 
 
-class AudioError(RvcfastError, ValueError):
+class AudioError(_PathError, ValueError):
     """An audio input could not be decoded or is not usable."""
-
-    def __init__(self, source: str | os.PathLike[str] | None, problem: str) -> None:
-        self.path = None if source is None else os.fspath(source)
-        self.problem = problem
-        where = f"{self.path}: " if self.path is not None else ""
-        super().__init__(f"{where}{problem}")
 
 
 class ParameterError(RvcfastError, ValueError):
