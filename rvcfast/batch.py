@@ -160,10 +160,25 @@ def _safe_stem(stem: str) -> str:
 
 
 def expand_inputs(inputs: Iterable[BatchInput] | BatchInput, options: BatchOptions) -> list[Job]:
-    """Turn paths, folders and ``(array, rate)`` pairs into jobs with unique, safe output paths."""
+    """Turn paths, folders and ``(array, rate)`` pairs into jobs with unique, safe output paths.
+
+    A file named more than once (directly and through its folder, or spelled two ways:
+    ``in/./a.wav``, a symlink) is one job, where it first appears. A folder's audio files
+    are taken sorted, leaving out the outputs of earlier runs: files under the output
+    folder when it lies inside the folder (``recursive``), and in an in-place batch the
+    ``*_rvc`` outputs (:func:`_drop_previous_outputs`).
+    """
     if isinstance(inputs, (str, os.PathLike)) or (isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[0], np.ndarray)):
         inputs = [inputs]
     jobs: list[Job] = []
+    seen: set[Path] = set()
+
+    def add_file(path: Path) -> None:
+        key = _resolved(path)
+        if key not in seen:
+            seen.add(key)
+            jobs.append(Job(len(jobs), str(path), path=path))
+
     for item in inputs:
         if isinstance(item, tuple):
             if len(item) != 2:
@@ -172,17 +187,32 @@ def expand_inputs(inputs: Iterable[BatchInput] | BatchInput, options: BatchOptio
             jobs.append(Job(len(jobs), f"array[{len(jobs)}]", array=np.asarray(arr), rate=int(rate)))
             continue
         p = Path(item)
-        if p.is_dir():
-            pattern = "**/*" if options.recursive else "*"
-            files = sorted(f for f in p.glob(pattern) if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
-            files = _drop_previous_outputs(files, options)
-            base = len(jobs)
-            jobs.extend([Job(base + i, str(f), path=f) for i, f in enumerate(files)])
-        else:
-            # a missing/unreadable path is kept: it fails with a clear per-file error
-            jobs.append(Job(len(jobs), str(p), path=p))
+        # a missing/unreadable path is kept: it fails with a clear per-file error
+        for f in _folder_files(p, options) if p.is_dir() else [p]:
+            add_file(f)
     _assign_outputs(jobs, options)
     return jobs
+
+
+def _resolved(path: Path) -> Path:
+    """``path`` with symlinks and ``..`` resolved (made absolute where that fails: a symlink loop)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path.absolute()
+
+
+def _folder_files(folder: Path, options: BatchOptions) -> list[Path]:
+    """The audio files of a folder input, sorted, without the outputs of earlier runs."""
+    pattern = "**/*" if options.recursive else "*"
+    files = sorted(f for f in folder.glob(pattern) if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+    if options.out_dir is not None:
+        # an output folder inside the input folder holds outputs, never inputs (a resumed
+        # recursive batch would otherwise convert them again and rename every output)
+        out_dir, top = _resolved(Path(options.out_dir)), _resolved(folder)
+        if out_dir != top and out_dir.is_relative_to(top):
+            files = [f for f in files if not (_resolved(f.parent) / f.name).is_relative_to(out_dir)]
+    return _drop_previous_outputs(files, options)
 
 
 def _drop_previous_outputs(files: list[Path], options: BatchOptions) -> list[Path]:

@@ -148,3 +148,52 @@ def test_keep_length_output_is_length_exact(golden, conv, seconds):
     assert np.abs(exact[:n] - ref[:n]).max() <= 1e-2 * np.abs(ref[:n]).max()
     batch = conv.convert_batch([(clip, 16000)], noise=False, keep_length=True)[0].audio
     np.testing.assert_allclose(batch, exact, atol=1e-5 * np.abs(exact).max())
+
+
+# ---------------------------------------------------------------------------------------------- planning
+
+
+def _touch_audio(*paths):
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        p.write_bytes(b"")  # expand_inputs only looks at names
+
+
+def _plan(inputs, out, **options):
+    from rvcfast.batch import BatchOptions, expand_inputs
+
+    jobs = expand_inputs(inputs, BatchOptions(out_dir=out, **options))
+    assert [j.number for j in jobs] == list(range(len(jobs)))  # numbered in order, no gaps
+    return [(j.path, j.out_path) for j in jobs]
+
+
+def test_an_output_folder_inside_a_recursive_input_folder_is_not_read_as_input(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "in" / "out"
+    _touch_audio(src / "a.wav", src / "sub" / "b.wav")
+    first = _plan([src], out, recursive=True, skip_existing=True)
+    assert first == [(src / "a.wav", out / "a.wav"), (src / "sub" / "b.wav", out / "b.wav")]
+    _touch_audio(*(o for _, o in first))  # the first run's outputs
+    for skip in (True, False):  # resumed or not: the same inputs, the same names
+        assert _plan([src], out, recursive=True, skip_existing=skip) == first
+    # named directly, a file in the output folder is still an input
+    named = _plan([src, out / "a.wav"], out, recursive=True)
+    assert named[-1][0] == out / "a.wav" and out / "a.wav" not in [o for _, o in named]
+    # an input folder inside the output folder is read as it is
+    assert [p for p, _ in _plan([src / "sub"], src)] == [src / "sub" / "b.wav"]
+
+
+def test_an_input_named_twice_is_one_job_where_it_first_appears(tmp_path):
+    src, out = tmp_path / "in", tmp_path / "out"
+    _touch_audio(src / "a.wav", src / "b.wav")
+    assert _plan([src, src / "a.wav"], out) == [(src / "a.wav", out / "a.wav"), (src / "b.wav", out / "b.wav")]
+    assert _plan([src / "b.wav", src], out) == [(src / "b.wav", out / "b.wav"), (src / "a.wav", out / "a.wav")]
+    assert _plan([src / "a.wav", f"{src}/./a.wav", src / ".." / "in" / "a.wav"], out) == [(src / "a.wav", out / "a.wav")]
+    (tmp_path / "link.wav").symlink_to(src / "a.wav")
+    assert _plan([src / "a.wav", tmp_path / "link.wav"], out) == [(src / "a.wav", out / "a.wav")]
+    missing = src / "missing.wav"  # the same missing file twice: one error, not two
+    assert [p for p, _ in _plan([missing, missing], out)] == [missing]
+    # arrays are never merged
+    from rvcfast.batch import BatchOptions, expand_inputs
+
+    x = np.zeros(160, dtype=np.float32)
+    assert len(expand_inputs([(x, 16000), (x, 16000)], BatchOptions())) == 2
