@@ -349,3 +349,119 @@ def test_on_error_stop_leaves_only_complete_outputs(tiny_converter: rvcfast.Conv
     for name in outputs(out) if out.exists() else []:
         assert sf.info(out / name).frames > 0
     assert not out.exists() or parts(out) == []
+
+
+def test_command_line_resumes_an_in_place_batch(tiny_models: TinyModels, tmp_path: Path) -> None:
+    """`rvcfast convert IN -o IN --skip-existing` twice: the second run converts nothing, not its own outputs."""
+    from rvcfast.cli import main
+
+    for i in range(2):
+        sf.write(tmp_path / f"x{i}.wav", tone(0.3), 16000)
+    argv = [
+        "convert", str(tiny_models.voice), str(tmp_path), "-o", str(tmp_path), "--index", str(tiny_models.index),
+        "--encoder", str(tiny_models.encoder), "--f0-weights", str(tiny_models.rmvpe), "--device", "cpu", "-q",
+        "--skip-existing",
+    ]
+    assert main(argv) == 0
+    assert outputs(tmp_path) == ["x0.wav", "x0_rvc.wav", "x1.wav", "x1_rvc.wav"]
+    stamps = {name: (tmp_path / name).stat().st_mtime_ns for name in outputs(tmp_path)}
+    assert main(argv) == 0
+    assert {name: (tmp_path / name).stat().st_mtime_ns for name in outputs(tmp_path)} == stamps  # nothing redone
+
+
+def test_resume_with_the_output_folder_inside_a_recursive_input_folder(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+    for i in range(2):
+        sf.write(tmp_path / f"x{i}.wav", tone(0.3), 16000)
+    out = tmp_path / "out"
+    first = tiny_converter.convert_batch([tmp_path], out, recursive=True)
+    assert all(r.ok for r in first) and outputs(out) == ["x0.wav", "x1.wav"]
+    again = tiny_converter.convert_batch([tmp_path], out, recursive=True, skip_existing=True)
+    assert [(Path(r.source).name, r.skipped) for r in again] == [("x0.wav", True), ("x1.wav", True)]
+    assert outputs(out) == ["x0.wav", "x1.wav"]
+
+
+def test_an_input_named_twice_is_converted_once(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "a.wav", tone(0.3), 16000)
+    results = tiny_converter.convert_batch([src, src / "a.wav", f"{src}/./a.wav"], tmp_path / "out")
+    assert [(Path(r.source).name, r.ok) for r in results] == [("a.wav", True)]
+    assert outputs(tmp_path / "out") == ["a.wav"]
+
+
+# ------------------------------------------------------------------ formats a rate cannot be written in
+
+
+@pytest.mark.parametrize(
+    ("fmt", "subtype", "rate", "words"),
+    [
+        ("ogg", None, 250000, ("sample_rate 250000", "192000", "Vorbis")),  # libvorbis crashes the process above ~200 kHz
+        ("ogg", "VORBIS", 384000, ("sample_rate 384000", "192000")),
+        ("ogg", "OPUS", 40000, ("subtype OPUS", "sample_rate", "8000, 12000, 16000, 24000, 48000", "40000")),
+        ("ogg", "opus", 44100, ("subtype OPUS", "44100")),
+        ("mp3", "MPEG_LAYER_I", 44100, ("MPEG_LAYER_I cannot be written", "MPEG_LAYER_III")),
+        ("mp3", "MPEG_LAYER_II", 48000, ("MPEG_LAYER_II cannot be written",)),
+        ("mp3", None, 40000, ("sample_rate 40000",)),  # not an MP3 rate (write_audio_atomic resamples first)
+        ("flac", "PCM_24", 700000, ("flac", "sample_rate 700000")),  # above FLAC's 655350 Hz
+        ("flac", "FLOAT", 44100, ("subtype 'FLOAT' is not valid for flac",)),
+    ],
+)
+def test_check_write_format_refuses_what_cannot_be_written(fmt: str, subtype: str | None, rate: int, words: tuple[str, ...]) -> None:
+    from rvcfast.errors import ParameterError
+    from rvcfast.writing import check_write_format
+
+    with pytest.raises(ParameterError) as info:
+        check_write_format(fmt, subtype, rate)
+    for word in words:
+        assert word in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "subtype", "rate"),
+    [("ogg", None, 192000), ("ogg", "VORBIS", 8000), ("ogg", "OPUS", 48000), ("ogg", "OPUS", 8000),
+     ("mp3", None, 44100), ("mp3", "MPEG_LAYER_III", 8000), ("flac", None, 384000), ("wav", "FLOAT", 384000)],
+)
+def test_check_write_format_accepts_what_can_be_written(fmt: str, subtype: str | None, rate: int) -> None:
+    from rvcfast.writing import check_write_format
+
+    check_write_format(fmt, subtype, rate)
+
+
+@pytest.mark.parametrize(
+    ("fmt", "subtype", "rate"), [("ogg", None, 250000), ("ogg", "OPUS", 40000), ("mp3", "MPEG_LAYER_I", 44100)]
+)
+def test_write_audio_atomic_refuses_before_writing(
+    fmt: str, subtype: str | None, rate: int, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rvcfast.errors import ParameterError
+
+    def never(*a, **kw):  # an OGG/Vorbis encoder above ~200 kHz would crash this process
+        raise AssertionError("write_audio_atomic started writing a format it cannot write")
+
+    monkeypatch.setattr(rvc_audio.sf, "write", never)
+    with pytest.raises(ParameterError, match="sample_rate|subtype"):
+        write_audio_atomic(tmp_path / f"out.{fmt}", np.zeros(4000, np.float32), rate, subtype=subtype)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_conversion_params_check_the_output_format_at_the_output_rate() -> None:
+    from rvcfast.errors import ParameterError
+    from rvcfast.params import ConversionParams
+
+    with pytest.raises(ParameterError, match="sample_rate 250000"):
+        ConversionParams(output_sample_rate=250000).check_output("ogg", None, 40000)
+    with pytest.raises(ParameterError, match="subtype OPUS"):
+        ConversionParams().check_output("ogg", "OPUS", 40000)  # the voice's rate
+    ConversionParams(output_sample_rate=48000).check_output("ogg", "OPUS", 40000)
+    ConversionParams().check_output("mp3", None, 40000)  # written at 44.1 kHz
+    assert ConversionParams().output_rate(40000) == 40000
+    assert ConversionParams(output_sample_rate=22050).output_rate(40000) == 22050
+
+
+def test_batch_output_in_an_unwritable_format_is_a_clear_per_file_error(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+    sf.write(tmp_path / "a.wav", tone(0.3), 16000)
+    results = tiny_converter.convert_batch([tmp_path / "a.wav"], tmp_path / "out", format="ogg", subtype="OPUS")
+    assert not results[0].ok
+    assert "subtype OPUS" in results[0].error and "sample_rate" in results[0].error
+    assert "LibsndfileError" not in results[0].error
+    assert not (tmp_path / "out").exists() or outputs(tmp_path / "out") == []

@@ -15,14 +15,13 @@ from ._common import (
     add_device_options,
     check_output_dir,
     check_params,
-    expand_inputs,
     out,
     params_from_args,
     parse_options,
     report_failures,
     report_warnings,
 )
-from .scale import add_scale_options
+from .scale import add_scale_options, planned_inputs
 
 
 def _audio_seconds(path: Path) -> float:
@@ -65,9 +64,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         raise UsageError(f"--batch-seconds must be positive, got {args.batch_seconds}")
     target = Path(args.output)
     check_output_dir(target)
-    inputs = expand_inputs(args.inputs, args.recursive)
-    if not inputs:
-        raise UsageError(f"no audio files found in {', '.join(args.inputs)}" + ("" if args.recursive else " (use --recursive for sub-folders)"))
+    inputs = planned_inputs(args)  # what the batch below converts (it expands the folders itself)
     params = params_from_args(args)
     check_params(params)  # a bad value is a usage error, found before loading anything
     t0 = time.perf_counter()
@@ -91,7 +88,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     try:
         for res in conv.iter_batch(
-            [str(p) for p in inputs], target, format=args.format, subtype=args.subtype,
+            list(args.inputs), target, format=args.format, subtype=args.subtype, recursive=args.recursive,
             skip_existing=args.skip_existing, batch_seconds=args.batch_seconds,
             compute_workers=args.compute_workers, **params,
         ):

@@ -17,7 +17,6 @@ from ._common import (
     UsageError,
     check_output_dir,
     check_params,
-    expand_inputs,
     out,
     params_from_args,
     parse_options,
@@ -25,7 +24,27 @@ from ._common import (
     report_warnings,
 )
 
-__all__ = ["add_scale_options", "cmd_convert_ray"]
+__all__ = ["add_scale_options", "cmd_convert_ray", "planned_inputs"]
+
+
+def planned_inputs(args: argparse.Namespace) -> list[Path]:
+    """The files ``rvcfast convert`` will convert, for its counts and progress.
+
+    Expanded as the batch itself expands ``args.inputs`` (:func:`rvcfast.batch.expand_inputs`
+    with the output folder, format and ``--skip-existing``), so the folders themselves go to
+    the batch: only there do the rules for folders apply (an in-place batch resumed with
+    ``--skip-existing`` leaves out its earlier ``*_rvc`` outputs; an output folder inside a
+    ``--recursive`` input folder is not read as input).
+    """
+    from ..batch import BatchOptions, expand_inputs
+
+    options = BatchOptions(
+        out_dir=args.output, format=args.format, skip_existing=args.skip_existing, recursive=args.recursive
+    )
+    files = [j.path for j in expand_inputs(list(args.inputs), options) if j.path is not None]
+    if not files:
+        raise UsageError(f"no audio files found in {', '.join(args.inputs)}" + ("" if args.recursive else " (use --recursive for sub-folders)"))
+    return files
 
 
 def add_scale_options(p: argparse.ArgumentParser | Any) -> None:
@@ -55,7 +74,7 @@ def _summary(rows: list[dict[str, Any]], wall: float) -> Any:
     return summary
 
 
-def _check(args: argparse.Namespace) -> list[Path]:
+def _check(args: argparse.Namespace) -> None:
     if args.batch_seconds is not None and not args.batch_seconds > 0:
         raise UsageError(f"--batch-seconds must be positive, got {args.batch_seconds}")
     if args.workers is not None and args.workers < 1:
@@ -63,15 +82,12 @@ def _check(args: argparse.Namespace) -> list[Path]:
     if not args.gpus_per_worker >= 0:
         raise UsageError(f"--gpus-per-worker must be >= 0, got {args.gpus_per_worker}")
     check_output_dir(Path(args.output))
-    inputs = expand_inputs(args.inputs, args.recursive)
-    if not inputs:
-        raise UsageError(f"no audio files found in {', '.join(args.inputs)}" + ("" if args.recursive else " (use --recursive for sub-folders)"))
-    return inputs
+    planned_inputs(args)  # none found: a usage error before connecting to anything
 
 
 def cmd_convert_ray(args: argparse.Namespace) -> int:
     """Convert files or folders to the voice of MODEL on a Ray cluster and write them to OUT."""
-    inputs = _check(args)
+    _check(args)
     params = params_from_args(args)
     check_params(params)  # a bad value is a usage error, found before connecting to anything
     from ..integrations.ray import MANIFEST_NAME, connected, convert_files
@@ -80,7 +96,7 @@ def cmd_convert_ray(args: argparse.Namespace) -> int:
     start = time.perf_counter()
     with connected(args.ray, fallback_local=True, note=lambda text: print(f"rvcfast: {text}", file=sys.stderr)):
         rows = convert_files(
-            [str(p) for p in inputs], target, args.model, manifest=args.manifest, progress=not args.quiet,
+            list(args.inputs), target, args.model, recursive=args.recursive, manifest=args.manifest, progress=not args.quiet,
             index=args.index, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights,
             f0_options=parse_options(args.f0_option), device=args.device, dtype=args.dtype, allow_download=args.download,
             batch_seconds=args.batch_seconds, format=args.format, subtype=args.subtype, skip_existing=args.skip_existing,
