@@ -188,6 +188,24 @@ class ConversionParams:
             )
         return self
 
+    def output_rate(self, model_rate: int) -> int:
+        """The rate the output has: ``output_sample_rate``, or ``model_rate`` (the voice's) without it."""
+        return int(self.output_sample_rate) if self.output_sample_rate is not None else int(model_rate)
+
+    def check_output(self, format: str, subtype: str | None, model_rate: int) -> ConversionParams:
+        """Raise :class:`ParameterError` if the output cannot be written as ``format``/``subtype``.
+
+        The output rate is :meth:`output_rate` (an MP3 is written at the nearest MP3 rate);
+        see :func:`rvcfast.writing.check_write_format`. Front ends call this with
+        :meth:`validate`, so a bad combination (OGG/Vorbis above 192 kHz, Opus at 40 kHz,
+        MPEG Layer I) is refused before any work. Returns ``self``.
+        """
+        from .writing import check_write_format, mp3_rate
+
+        fmt = str(format).strip().lower()
+        rate = self.output_rate(model_rate)
+        check_write_format(fmt, subtype, mp3_rate(rate) if fmt == "mp3" else rate)
+        return self
 
     def _validate_applio_options(self) -> None:
         _check_range("autotune", self.autotune, 0, 1)

@@ -23,6 +23,9 @@ __all__ = [
     "SUPPORTED_WRITE_FORMATS",
     "MP3_RATES",
     "mp3_rate",
+    "OGG_VORBIS_MAX_RATE",
+    "OPUS_RATES",
+    "check_write_format",
     "write_audio_atomic",
     "remove_stale_parts",
     "part_file_hosts",
@@ -42,6 +45,66 @@ def mp3_rate(sample_rate: int) -> int:
     40 kHz models are written as 44.1 kHz MP3, as Applio's export does.
     """
     return min(MP3_RATES, key=lambda r: abs(r - int(sample_rate)))
+
+
+#: Highest rate an OGG/Vorbis file is written at: above ~200 kHz libvorbis crashes the process.
+OGG_VORBIS_MAX_RATE = 192000
+
+#: The only sample rates Opus encodes.
+OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
+
+# subtypes libsndfile reads but cannot write
+_READ_ONLY_SUBTYPES = {"MP3": ("MPEG_LAYER_I", "MPEG_LAYER_II")}
+
+
+def check_write_format(format: str, subtype: str | None, sample_rate: int) -> None:
+    """Raise :class:`ParameterError` unless ``format``/``subtype`` can be written at ``sample_rate``.
+
+    ``format`` is one of :data:`SUPPORTED_WRITE_FORMATS` (``"wav"``, ``"flac"``, ``"ogg"``,
+    ``"mp3"``), ``subtype`` a libsndfile subtype or ``None`` for the format's default and
+    ``sample_rate`` the rate the file is written at (MP3: after :func:`mp3_rate`). The
+    message names ``sample_rate`` and/or ``subtype``. Known limits are checked first (OGG/Vorbis
+    up to :data:`OGG_VORBIS_MAX_RATE` Hz, Opus at :data:`OPUS_RATES` only, MPEG Layer I/II
+    are read-only); then an encoder is opened in memory, so every other combination
+    libsndfile refuses is refused here too, before any audio is converted or written.
+    """
+    fmt = str(format).strip().lower()
+    if fmt not in SUPPORTED_WRITE_FORMATS:
+        raise ParameterError(f"output format {format!r} is not supported (choose from {sorted(SUPPORTED_WRITE_FORMATS)})")
+    name = SUPPORTED_WRITE_FORMATS[fmt]
+    sub = subtype.strip().upper() if subtype and subtype.strip() else sf.default_subtype(name)
+    rate = int(sample_rate)
+    if sub in _READ_ONLY_SUBTYPES.get(name, ()):
+        raise ParameterError(
+            f"subtype {sub} cannot be written: libsndfile reads MPEG Layer I/II but writes only MPEG_LAYER_III "
+            f"(the default for {fmt})"
+        )
+    if name == "OGG" and sub == "VORBIS" and rate > OGG_VORBIS_MAX_RATE:
+        raise ParameterError(
+            f"sample_rate {rate} Hz is too high for {fmt} (Vorbis): at most {OGG_VORBIS_MAX_RATE} Hz; "
+            "choose a lower sample_rate, or wav or flac"
+        )
+    if name == "OGG" and sub == "OPUS" and rate not in OPUS_RATES:
+        raise ParameterError(
+            f"subtype OPUS needs a sample_rate of {', '.join(map(str, OPUS_RATES))} Hz, got {rate} Hz; "
+            "give one of these sample_rate values, or subtype VORBIS"
+        )
+    _trial_open(name, sub, rate, fmt)
+
+
+def _trial_open(name: str, sub: str, rate: int, fmt: str) -> None:
+    """Open an encoder in memory: what libsndfile refuses to write is refused before any work."""
+    import io
+
+    if not sf.check_format(name, sub):
+        valid = ", ".join(sorted(sf.available_subtypes(name)))
+        raise ParameterError(f"subtype {sub!r} is not valid for {fmt} (valid: {valid})")
+    try:
+        with sf.SoundFile(io.BytesIO(), "w", rate, 1, sub, format=name):
+            pass
+    except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
+        reason = " ".join(str(getattr(exc, "error_string", "") or exc).split())
+        raise ParameterError(f"{fmt} with subtype {sub} cannot be written at sample_rate {rate} Hz: {reason}") from None
 
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname() or "host")[:40] or "host"
 # ".<name>.<host>~<pid>~<random>.part": who wrote a temporary file, so a later run can tell a stale one
@@ -118,7 +181,9 @@ def write_audio_atomic(
     """Write ``audio`` to ``path`` through a temporary file in the same folder, then rename.
 
     A reader never sees a partial file: either the old file (or nothing) or the
-    complete new one. The data is flushed to disk before the rename. The temporary
+    complete new one. The data is flushed to disk before the rename. A format,
+    subtype and rate that cannot be written (:func:`check_write_format`) raise
+    :class:`ParameterError` before anything is written. The temporary
     file (``.<name>.<host>~<pid>~<random>.part``) is removed if anything fails, and
     stale ones for the same ``path`` left by a killed process are removed first.
     """
@@ -126,6 +191,7 @@ def write_audio_atomic(
     fmt = (format or p.suffix.lstrip(".") or "wav").lower()
     if fmt not in SUPPORTED_WRITE_FORMATS:
         raise ParameterError(f"{p}: output format {fmt!r} is not supported (choose from {sorted(SUPPORTED_WRITE_FORMATS)})")
+    check_write_format(fmt, subtype, mp3_rate(sample_rate) if fmt == "mp3" else sample_rate)
     audio = np.asarray(audio, dtype=np.float32)
     if fmt == "mp3" and int(sample_rate) not in MP3_RATES:
         from .dsp import resample

@@ -15,9 +15,11 @@ import struct
 import numpy as np
 
 from ..errors import ParameterError
-from ..writing import SUPPORTED_WRITE_FORMATS, mp3_rate
+from ..writing import SUPPORTED_WRITE_FORMATS, check_write_format, mp3_rate
 
-__all__ = ["MEDIA_TYPES", "STREAM_SUBTYPES", "check_output", "encode_audio", "wav_stream_header", "pcm_bytes"]
+__all__ = [
+    "MEDIA_TYPES", "STREAM_SUBTYPES", "check_output", "check_output_rate", "encode_audio", "wav_stream_header", "pcm_bytes",
+]
 
 #: Content type of each output format.
 MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg", "mp3": "audio/mpeg"}
@@ -47,10 +49,31 @@ def check_output(fmt: str | None, subtype: str | None, stream: bool = False) -> 
     return name, sub
 
 
+def check_output_rate(fmt: str, subtype: str | None, rate: int) -> None:
+    """Refuse a format and subtype that cannot be written at the output ``rate`` (422, naming the field).
+
+    ``rate`` is the output rate of the request (``sample_rate``, or the voice's); an MP3 is
+    checked at the MP3 rate it is written at. Raises a
+    :class:`~rvcfast.serve.forms.FieldError` for ``sample_rate`` or ``subtype``
+    (:func:`rvcfast.writing.check_write_format` says why).
+    """
+    from .forms import FieldError
+
+    written = mp3_rate(rate) if fmt == "mp3" else int(rate)
+    try:
+        check_write_format(fmt, subtype, written)
+    except ParameterError as exc:
+        raise FieldError("subtype" if str(exc).startswith("subtype") else "sample_rate", str(exc)) from None
+
+
 def encode_audio(audio: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> tuple[bytes, int]:
-    """The whole output as a file in memory, and the rate it was written at (MP3 at the nearest MP3 rate)."""
+    """The whole output as a file in memory, and the rate it was written at (MP3 at the nearest MP3 rate).
+
+    A format, subtype and rate that cannot be written are refused first (:func:`check_output_rate`).
+    """
     import soundfile as sf
 
+    check_output_rate(fmt, subtype, rate)
     audio = np.asarray(audio, dtype=np.float32)
     if fmt == "mp3" and mp3_rate(rate) != int(rate):
         from ..dsp import resample
