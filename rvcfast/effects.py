@@ -38,6 +38,7 @@ __all__ = [
     "denoise",
     "apply_effects",
     "resolve_effects",
+    "check_effects",
     "effects_from_applio_kwargs",
 ]
 
@@ -57,6 +58,20 @@ class EffectParameter:
     pedalboard_class: str  #: pedalboard plugin class (``"Reverb"``)
     pedalboard_arg: str  #: argument of that class (``"room_size"``)
     default: float  #: Applio's fallback when the keyword is absent
+    minimum: float | None = None  #: lowest value pedalboard accepts (``None``: no bound)
+    maximum: float | None = None  #: highest value pedalboard accepts (``None``: no bound)
+    unit: str = ""  #: unit of the value, for messages (``"Hz"``, ``"s"``...)
+
+    def range_text(self) -> str:
+        """The allowed range as text, e.g. ``0..1``, ``0..30 s`` or ``>= 1``."""
+        unit = f" {self.unit}" if self.unit else ""
+        if self.minimum is not None and self.maximum is not None:
+            return f"{self.minimum:g}..{self.maximum:g}{unit}"
+        if self.minimum is not None:
+            return f">= {self.minimum:g}{unit}"
+        if self.maximum is not None:
+            return f"<= {self.maximum:g}{unit}"
+        return "any number"
 
 
 # One row per parameter, effects in the order Applio chains them:
@@ -90,10 +105,32 @@ _TABLE: tuple[tuple[str, str, str, str, str, float], ...] = (
 )
 
 
+# The ranges pedalboard's plugins accept (their constructors raise outside them; checked
+# against pedalboard 0.9.24): (effect, parameter) -> (minimum, maximum, unit). Parameters
+# not listed take any finite number.
+_RANGES: dict[tuple[str, str], tuple[float | None, float | None, str]] = {
+    ("reverb", "room_size"): (0.0, 1.0, ""),
+    ("reverb", "damping"): (0.0, 1.0, ""),
+    ("reverb", "wet_level"): (0.0, 1.0, ""),
+    ("reverb", "dry_level"): (0.0, 1.0, ""),
+    ("reverb", "width"): (0.0, 1.0, ""),
+    ("reverb", "freeze_mode"): (0.0, 1.0, ""),
+    ("pitch_shift", "semitones"): (-72.0, 72.0, "semitones"),
+    ("chorus", "rate"): (0.0, 100.0, "Hz"),
+    ("chorus", "mix"): (0.0, 1.0, ""),
+    ("bitcrush", "bit_depth"): (0.0, 32.0, "bits"),
+    ("compressor", "ratio"): (1.0, None, ""),
+    ("delay", "seconds"): (0.0, 30.0, "s"),
+    ("delay", "feedback"): (0.0, 1.0, ""),
+    ("delay", "mix"): (0.0, 1.0, ""),
+}
+
+
 def _parameter_table() -> Mapping[str, tuple[EffectParameter, ...]]:
     grouped: dict[str, list[EffectParameter]] = {}
     for effect, cls, name, kwarg, arg, default in _TABLE:
-        grouped.setdefault(effect, []).append(EffectParameter(effect, name, kwarg, cls, arg, default))
+        lo, hi, unit = _RANGES.get((effect, name), (None, None, ""))
+        grouped.setdefault(effect, []).append(EffectParameter(effect, name, kwarg, cls, arg, default, lo, hi, unit))
     return MappingProxyType({effect: tuple(params) for effect, params in grouped.items()})
 
 
@@ -276,6 +313,33 @@ def resolve_effects(effects: Mapping[str, Mapping[str, float] | None] | None) ->
         for effect in EFFECT_ORDER
         if effect in given
     }
+
+
+def check_effects(effects: Mapping[str, Mapping[str, float] | None] | None) -> dict[str, dict[str, float]]:
+    """:func:`resolve_effects`, and every value within the range its plugin accepts.
+
+    Raises :class:`ParameterError` naming ``effects``, the effect, the parameter and the
+    allowed range (``effects: reverb room_size must be within 0..1, got 5``), so a bad
+    value is refused before any conversion. The ranges are those of
+    :data:`EFFECT_PARAMETERS` (``minimum``, ``maximum``); when pedalboard is installed the
+    plugins are also built, so a release with narrower ranges is caught here too. Without
+    pedalboard only the table is checked. Returns the resolved effects.
+    """
+    resolved = resolve_effects(effects)
+    for effect, values in resolved.items():
+        for p in EFFECT_PARAMETERS[effect]:
+            value = values[p.name]
+            if (p.minimum is not None and value < p.minimum) or (p.maximum is not None and value > p.maximum):
+                bound = "within " if p.minimum is not None and p.maximum is not None else ""
+                raise ParameterError(f"effects: {effect} {p.name} must be {bound}{p.range_text()}, got {value:g}")
+    if resolved and importlib.util.find_spec("pedalboard") is not None and sys.modules.get("pedalboard", ...) is not None:
+        try:
+            _board(importlib.import_module("pedalboard"), resolved)
+        except ImportError:
+            pass  # a broken install: apply_effects reports it with the install hint
+        except ParameterError as exc:
+            raise ParameterError(f"effects: {exc}") from None
+    return resolved
 
 
 def _board(pedalboard: ModuleType, resolved: Mapping[str, Mapping[str, float]]) -> Any:

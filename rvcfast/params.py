@@ -218,10 +218,10 @@ class ConversionParams:
             for name, value in zip(("quefrency", "timbre"), self.formant):
                 if not _finite(f"formant {name}", value) > 0:
                     raise ParameterError(f"formant {name} must be above 0, got {value!r}")
-        from .effects import require_extra, resolve_effects
+        from .effects import check_effects, require_extra
 
         if self.effects:
-            resolve_effects(self.effects)  # unknown effects or parameters are named here, before any work
+            check_effects(self.effects)  # unknown effects or parameters, values out of range: named here, before any work
         # a missing optional package is reported here too, not once per file
         for feature, used in (("formant", self.formant is not None), ("clean", self.clean > 0), ("effects", bool(self.effects))):
             if used:

@@ -360,3 +360,72 @@ def test_importing_the_module_imports_no_optional_library():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+# ----------------------------------------------------------------------------- value ranges
+
+
+#: Values pedalboard's plugins refuse, the words the error must name.
+OUT_OF_RANGE = [
+    ({"reverb": {"room_size": 5}}, "effects: reverb room_size must be within 0..1, got 5"),
+    ({"chorus": {"rate": -1}}, "effects: chorus rate must be within 0..100 Hz, got -1"),
+    ({"bitcrush": {"bit_depth": 100}}, "effects: bitcrush bit_depth must be within 0..32 bits, got 100"),
+    ({"compressor": {"ratio": 0.1}}, "effects: compressor ratio must be >= 1, got 0.1"),
+    ({"pitch_shift": {"semitones": 500}}, "effects: pitch_shift semitones must be within -72..72 semitones, got 500"),
+    ({"delay": {"seconds": 60}}, "effects: delay seconds must be within 0..30 s, got 60"),
+    ({"delay": {"mix": 1.5}}, "effects: delay mix must be within 0..1, got 1.5"),
+    ({"reverb": {"width": -0.5}}, "effects: reverb width must be within 0..1, got -0.5"),
+]
+
+
+@pytest.mark.parametrize("without_pedalboard", [False, True])
+@pytest.mark.parametrize(("effects", "message"), OUT_OF_RANGE)
+def test_out_of_range_values_are_refused_by_validate(monkeypatch, effects, message, without_pedalboard):
+    from rvcfast.params import ConversionParams
+
+    if without_pedalboard:
+        monkeypatch.setitem(sys.modules, "pedalboard", None)
+    with pytest.raises(ParameterError) as info:
+        ConversionParams(effects=effects).validate()  # before any conversion, with or without the extra
+    assert str(info.value) == message
+
+
+@pytest.mark.parametrize(
+    "effects",
+    [
+        {"delay": {"seconds": 30, "feedback": 1, "mix": 0}},
+        {"pitch_shift": {"semitones": -72}},
+        {"compressor": {"ratio": 1}},
+        {"bitcrush": {"bit_depth": 0}},
+        {"chorus": {"rate": 100, "depth": 5, "feedback": 0.9}},
+        {"gain": {"db": -60}},
+    ],
+)
+def test_values_at_the_range_bounds_are_accepted(effects):
+    assert fx.check_effects(effects) == fx.resolve_effects(effects)
+
+
+def test_the_range_table_is_what_pedalboard_accepts():
+    pedalboard = _pedalboard()
+    for params in fx.EFFECT_PARAMETERS.values():
+        for p in params:
+            plugin = getattr(pedalboard, p.pedalboard_class)
+            for bound in (p.minimum, p.maximum):
+                if bound is not None:
+                    plugin(**{p.pedalboard_arg: bound})  # the bound itself is accepted
+            for outside in ((p.minimum - 0.5) if p.minimum is not None else None, (p.maximum + 0.5) if p.maximum is not None else None):
+                if outside is not None:
+                    with pytest.raises(ValueError):
+                        plugin(**{p.pedalboard_arg: outside})
+
+
+def test_validate_builds_the_effect_chain_when_pedalboard_is_installed(monkeypatch):
+    pedalboard = _pedalboard()
+
+    class NarrowerReverb:  # a pedalboard release that accepts less than the table says
+        def __init__(self, **kwargs):
+            raise ValueError("Room Size value must be between 0.0 and 0.5.")
+
+    monkeypatch.setattr(pedalboard, "Reverb", NarrowerReverb)
+    with pytest.raises(ParameterError, match=r"^effects: effect 'reverb': Room Size value must be between 0.0 and 0.5"):
+        fx.check_effects({"reverb": {"room_size": 0.8}})
