@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
+from ..errors import ParameterError
 from .config import ServeConfig
 from .jobs import JobStore, make_spool, remove_spool
 from .metrics import Metrics
@@ -51,7 +52,9 @@ class ServerState:
             paths.append(cfg.models_dir)
         voices = discover_voices(paths)
         if not voices and cfg.models_dir is None:
-            raise ValueError("no .pth voice models found in " + ", ".join(cfg.voices))
+            raise ParameterError(
+                "no .pth voice models found in " + ", ".join(cfg.voices) + " (give .pth files or folders that hold them)"
+            )
         self.registry = VoiceRegistry(voices, self._load_voice, cfg.max_loaded_voices)
         self.admission = Admission(cfg.max_queue)
         self.spool, self._temp_spool = make_spool(cfg.jobs_dir)
@@ -69,6 +72,8 @@ class ServerState:
         self._start_lock = threading.Lock()
         self._f0_lock = threading.Lock()
         self._f0_extractors: dict[str, Any] = {}
+        self._loads_lock = threading.RLock()  # a done callback may run at once, in the submitting thread
+        self._loads: dict[str, cf.Future[Engine]] = {}  # voice id -> its load in the loader pool
         from ..runtime import resolve_device
         from ..tuning import tuned_dtype
 
@@ -170,16 +175,36 @@ class ServerState:
     async def engine_for(self, voice_id: str, f0: str | None = None) -> Engine:
         """The loaded engine of a voice (loading it in the loader pool if needed); :class:`UnknownVoice` if none.
 
-        ``f0`` names another F0 backend for this request: the same engine (models shared)
-        with that extractor, built once per server and name.
+        A loaded voice is looked up at once, never behind loads in the loader pool; requests
+        for a voice that is loading wait for that one load (one pool thread, however many
+        requests). ``f0`` names another F0 backend for this request: the same engine (models
+        shared) with that extractor, built once per server and name.
         """
         self.registry.get(voice_id)
-        loop = asyncio.get_running_loop()
-        engine = await loop.run_in_executor(self.loader, self.registry.engine, voice_id)
+        engine = self.registry.loaded_engine(voice_id)
+        if engine is None:
+            engine = await asyncio.shield(asyncio.wrap_future(self._load_in_pool(voice_id)))
         if f0 is None or f0 == str(self.cfg.f0).strip().lower() or not engine.vocoder.has_f0:
             return engine
-        extractor = await loop.run_in_executor(self.loader, self._f0_extractor, f0)
+        extractor = self._f0_extractors.get(f0)
+        if extractor is None:
+            extractor = await asyncio.get_running_loop().run_in_executor(self.loader, self._f0_extractor, f0)
         return engine.with_f0(extractor)
+
+    def _load_in_pool(self, voice_id: str) -> cf.Future[Engine]:
+        """The loader pool's load of ``voice_id``: the one in progress, or a new one."""
+        with self._loads_lock:
+            fut = self._loads.get(voice_id)
+            if fut is None:
+                fut = self.loader.submit(self.registry.engine, voice_id)
+                self._loads[voice_id] = fut
+                fut.add_done_callback(lambda done: self._load_done(voice_id, done))
+            return fut
+
+    def _load_done(self, voice_id: str, fut: cf.Future[Engine]) -> None:
+        with self._loads_lock:
+            if self._loads.get(voice_id) is fut:
+                del self._loads[voice_id]
 
     def _f0_extractor(self, name: str) -> Any:
         """The server's extractor for an F0 backend name (built on first use, then shared)."""

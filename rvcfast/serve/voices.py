@@ -83,7 +83,8 @@ class VoiceRegistry:
     """Known voices and the loaded ones (LRU); thread-safe.
 
     ``load(voice)`` builds an :class:`~rvcfast.engine.Engine`; it is called at most once
-    at a time per voice, outside the registry lock.
+    at a time per voice, outside the registry lock. A voice replaced (:meth:`add`) while
+    it loads is loaded again: the engine of the old files is discarded, never served.
     """
 
     def __init__(self, voices: Iterable[Voice], load: Callable[[Voice], Engine], max_loaded: int) -> None:
@@ -93,6 +94,7 @@ class VoiceRegistry:
         self._loaded: OrderedDict[str, Engine] = OrderedDict()
         self._lock = threading.Lock()
         self._voice_locks: dict[str, threading.Lock] = {}
+        self._generation: dict[str, int] = {}  # bumped by add(): a load started before is stale
         self.loads = 0
         self.unloads = 0
 
@@ -122,36 +124,58 @@ class VoiceRegistry:
             if voice.id in self._voices and not replace:
                 raise ParameterError(f"voice {voice.id!r} exists already (send replace=true to replace it)")
             self._voices[voice.id] = voice
+            self._generation[voice.id] = self._generation.get(voice.id, 0) + 1
             self._loaded.pop(voice.id, None)
 
     # ------------------------------------------------------------------ loading
 
+    def loaded_engine(self, voice_id: str) -> Engine | None:
+        """The engine of a loaded voice (marked as just used), or ``None``; never loads, never waits for a load."""
+        with self._lock:
+            eng = self._loaded.get(voice_id)
+            if eng is not None:
+                self._loaded.move_to_end(voice_id)
+            return eng
+
     def engine(self, voice_id: str) -> Engine:
         """The loaded engine of a voice, loading it (and unloading the least recently used) if needed. Blocking."""
-        voice = self.get(voice_id)
+        while True:
+            eng = self.loaded_engine(voice_id)
+            if eng is not None:
+                return eng
+            self.get(voice_id)  # UnknownVoice for an id that is gone
+            with self._lock:
+                vlock = self._voice_locks.setdefault(voice_id, threading.Lock())
+            with vlock:
+                eng = self._load_once(voice_id)
+            if eng is not None:
+                return eng
+            # the voice was replaced while it loaded: load the new files
+
+    def _load_once(self, voice_id: str) -> Engine | None:
+        """Load a voice (holding its voice lock); ``None`` if it was replaced meanwhile (the engine is dropped)."""
         with self._lock:
             eng = self._loaded.get(voice_id)
             if eng is not None:
                 self._loaded.move_to_end(voice_id)
                 return eng
-            vlock = self._voice_locks.setdefault(voice_id, threading.Lock())
-        with vlock:
-            with self._lock:
-                eng = self._loaded.get(voice_id)
-                if eng is not None:
-                    self._loaded.move_to_end(voice_id)
-                    return eng
-            eng = self._load(voice)
-            with self._lock:
-                self._loaded[voice_id] = eng
-                self._loaded.move_to_end(voice_id)
-                self.loads += 1
-                while len(self._loaded) > self.max_loaded:
-                    self._loaded.popitem(last=False)
-                    self.unloads += 1
-            if voice.info is None or "error" in voice.info:
-                voice.info = _describe_engine(eng)
-            return eng
+            voice = self._voices.get(voice_id)
+            if voice is None:
+                raise UnknownVoice(voice_id, self._voices)
+            generation = self._generation.get(voice_id, 0)
+        eng = self._load(voice)
+        with self._lock:
+            self.loads += 1
+            if self._voices.get(voice_id) is not voice or self._generation.get(voice_id, 0) != generation:
+                return None
+            self._loaded[voice_id] = eng
+            self._loaded.move_to_end(voice_id)
+            while len(self._loaded) > self.max_loaded:
+                self._loaded.popitem(last=False)
+                self.unloads += 1
+        if voice.info is None or "error" in voice.info:
+            voice.info = _describe_engine(eng)
+        return eng
 
     def describe(self, voice_id: str) -> dict[str, Any]:
         """``{"id", "sample_rate", "version", "f0", "speakers", "index", "loaded"}`` of a voice. Blocking.
