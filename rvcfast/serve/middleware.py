@@ -4,11 +4,16 @@ They are plain ASGI callables (no FastAPI import) and answer with JSON errors
 ``{"error": "..."}`` themselves, before a byte of the body is read where they can:
 
 * :class:`ApiKey` — with a key set, every route but ``/health``, ``/docs`` and the
-  OpenAPI schema needs ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (401 otherwise).
+  OpenAPI schema needs ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (401 otherwise);
+  the key is compared as UTF-8 bytes.
 * :class:`BodyLimit` — a ``Content-Length`` above the limit is answered 413 at once; a
   body without a length is counted as it arrives and :class:`BodyTooLarge` is raised
   inside the route when it passes the limit (answered 413 by the app).
 * :class:`RequestMetrics` — counts requests by route and status, and their durations.
+
+Paths are matched relative to the app (:func:`app_path`): when it is mounted under a
+prefix (``parent.mount("/rvc", app)``, or a proxy's ``root_path``), ``/rvc/health`` is
+``/health``.
 """
 
 from __future__ import annotations
@@ -22,7 +27,7 @@ from typing import Any
 
 from .metrics import Metrics
 
-__all__ = ["ApiKey", "BodyLimit", "BodyTooLarge", "RequestMetrics", "send_json", "route_label", "OPEN_PATHS"]
+__all__ = ["ApiKey", "BodyLimit", "BodyTooLarge", "RequestMetrics", "send_json", "route_label", "app_path", "OPEN_PATHS"]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -55,29 +60,52 @@ async def send_json(send: Send, status: int, payload: dict[str, Any], headers: d
     await send({"type": "http.response.body", "body": body})
 
 
-def _header(scope: Scope, name: bytes) -> str | None:
+def _raw_header(scope: Scope, name: bytes) -> bytes | None:
     for key, value in scope.get("headers", ()):
         if key.lower() == name:
-            return value.decode("latin-1")
+            return bytes(value)
     return None
 
 
+def _header(scope: Scope, name: bytes) -> str | None:
+    value = _raw_header(scope, name)
+    return None if value is None else value.decode("latin-1")
+
+
+def app_path(scope: Scope) -> str:
+    """The request path within this app: ``scope["path"]`` without the ``root_path`` it is mounted at.
+
+    Starlette's ``Mount`` (and servers given a root path) keep the prefix in ``path`` and
+    name it in ``root_path``; a path outside the prefix is returned as it is, as
+    Starlette's router does.
+    """
+    path = str(scope.get("path", ""))
+    root = str(scope.get("root_path", "") or "").rstrip("/")
+    if root and path.startswith(root) and (len(path) == len(root) or path[len(root)] == "/"):
+        return path[len(root):] or "/"
+    return path
+
+
 class ApiKey:
-    """Refuse requests without the API key (401), except on :data:`OPEN_PATHS`."""
+    """Refuse requests without the API key (401), except on :data:`OPEN_PATHS`.
+
+    The key is compared byte for byte with the header as sent, taking the key as UTF-8
+    (what clients send for a non-ASCII key).
+    """
 
     def __init__(self, app: ASGIApp, key: str | None) -> None:
         self.app = app
-        self.key = key.encode() if key else None
+        self.key = key.encode("utf-8") if key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.key is None or scope.get("path") in OPEN_PATHS:
+        if scope["type"] != "http" or self.key is None or app_path(scope) in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
-        given = _header(scope, b"x-api-key")
-        auth = _header(scope, b"authorization")
-        if given is None and auth is not None and auth.lower().startswith("bearer "):
+        given = _raw_header(scope, b"x-api-key")
+        auth = _raw_header(scope, b"authorization")
+        if given is None and auth is not None and auth[:7].lower() == b"bearer ":
             given = auth[7:].strip()
-        if given is not None and hmac.compare_digest(given.encode("utf-8", "replace"), self.key):
+        if given is not None and hmac.compare_digest(given, self.key):
             await self.app(scope, receive, send)
             return
         problem = "missing API key" if given is None else "wrong API key"
@@ -158,6 +186,6 @@ class RequestMetrics:
         try:
             await self.app(scope, receive, watched)
         finally:
-            label = route_label(scope.get("path", ""))
+            label = route_label(app_path(scope))
             self.metrics.inc("rvcfast_requests_total", route=label, status=str(status))
             self.metrics.observe("rvcfast_request_seconds", time.perf_counter() - t0, route=label)
