@@ -90,8 +90,10 @@ def cmd_convert_ray(args: argparse.Namespace) -> int:
     _check(args)
     params = params_from_args(args)
     check_params(params)  # a bad value is a usage error, found before connecting to anything
-    from ..integrations.ray import MANIFEST_NAME, connected, convert_files
+    from ..integrations.ray import MANIFEST_NAME, check_manifest, connected, convert_files
 
+    if args.manifest is not None:
+        check_manifest(args.manifest)  # a bad name is a usage error before any work, not after the job
     target = Path(args.output)
     start = time.perf_counter()
     with connected(args.ray, fallback_local=True, note=lambda text: print(f"rvcfast: {text}", file=sys.stderr)):

@@ -12,28 +12,27 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from ...errors import ParameterError
+from ...errors import ModelLoadError, ParameterError
 from ...params import ConversionParams
 from ...writing import SUPPORTED_WRITE_FORMATS, remove_stale_parts
 from ._stages import (
     CPU_WORKER_MEMORY,
     CRASH_ENV,
+    DECODE_CPUS,
     ConvertWorker,
     JobSpec,
-    cpu_workers_on_node,
+    OutputClaims,
     decode_audio,
+    default_workers_on_node,
+    workers_fitting_node,
     write_outputs,
 )
 from ._weights import WEIGHT_MODES, resolve_files, ship_files
 
 __all__ = [
-    "convert_dataset", "convert_files", "connected", "plan_files", "write_manifest", "CPU_WORKER_MEMORY", "DECODE_CPUS",
-    "MANIFEST_NAME", "DEFAULT_BATCH_SIZE",
+    "convert_dataset", "convert_files", "connected", "plan_files", "write_manifest", "check_manifest",
+    "CPU_WORKER_MEMORY", "DECODE_CPUS", "MANIFEST_NAME", "DEFAULT_BATCH_SIZE",
 ]
-
-#: CPUs reserved by one decoding (or writing) task: decoding a file is a small share of its
-#: conversion, so several run next to a model worker without holding a whole core each.
-DECODE_CPUS = 0.25
 
 #: The manifest :func:`convert_files` writes into the output folder unless told otherwise.
 MANIFEST_NAME = "rvcfast-manifest.jsonl"
@@ -91,31 +90,31 @@ def connected(address: str | None, *, fallback_local: bool = False, note: Any = 
         ray.shutdown()
 
 
+def _alive_nodes() -> list[dict[str, Any]]:
+    return [n for n in _ray().nodes() if n.get("Alive")]
+
+
 def _cpu_nodes() -> list[dict[str, Any]]:
-    return [n for n in _ray().nodes() if n.get("Alive") and n.get("Resources", {}).get("CPU", 0) > 0]
+    return [n for n in _alive_nodes() if n.get("Resources", {}).get("CPU", 0) > 0]
 
 
-def _gpu_workers(gpus_per_worker: float) -> int:
-    gpus = sum(n.get("Resources", {}).get("GPU", 0) for n in _ray().nodes() if n.get("Alive"))
-    if gpus < gpus_per_worker:
-        raise ParameterError(f"gpus_per_worker={gpus_per_worker:g}, but the cluster has {gpus:g} GPU(s)")
-    return int(gpus // gpus_per_worker)
+def _gpu_nodes() -> list[dict[str, Any]]:
+    return [n for n in _alive_nodes() if n.get("Resources", {}).get("GPU", 0) > 0]
 
 
 def _cpu_layout(nodes: list[dict[str, Any]], cpus_per_worker: float | None, threads: int | None) -> tuple[int, float]:
     """The default CPU pool: (workers, CPUs reserved by each).
 
-    Each node gets :func:`cpu_workers_on_node` workers, fewer where ``cpus_per_worker``
-    leaves no room for them; without ``cpus_per_worker`` they share the node's CPUs less
-    one decoding task's reserve, so decoding always finds a CPU (the tightest node sets
-    the figure: Ray reserves the same for every worker of a pool).
+    Each node gets :func:`~._stages.default_workers_on_node` workers, fewer where
+    ``cpus_per_worker`` leaves no room for them; without ``cpus_per_worker`` they share the
+    node's CPUs less one decoding task's reserve, so decoding always finds a CPU (the
+    tightest node sets the figure: Ray reserves the same for every worker of a pool). Each
+    worker works its node's count out again the same way, for its thread count.
     """
     total, share = 0, math.inf
     for node in nodes:
         res = node["Resources"]
-        count = cpu_workers_on_node(res["CPU"], res.get("memory", 0.0), threads)
-        if cpus_per_worker is not None:
-            count = min(count, int((res["CPU"] - DECODE_CPUS) // cpus_per_worker))
+        count = default_workers_on_node(res, cpus_per_worker, 0.0, threads)
         if count >= 1:
             total += count
             share = min(share, (res["CPU"] - DECODE_CPUS) / count)
@@ -124,28 +123,23 @@ def _cpu_layout(nodes: list[dict[str, Any]], cpus_per_worker: float | None, thre
     return total, cpus_per_worker if cpus_per_worker is not None else math.floor(share * 100) / 100
 
 
-def _pool_size(
-    num_workers: WorkerCount, gpus_per_worker: float, cpus_per_worker: float | None, threads: int | None
-) -> tuple[int, int, float, int | None]:
-    """``(min, max)`` model workers, the CPUs each reserves, and workers per node (``None``: the default CPU layout).
+def _worker_memory(nodes: list[dict[str, Any]], cpus: float, threads: int | None) -> int | None:
+    """Memory each worker of the default CPU pool reserves, so Ray keeps to the layout on every node.
 
-    Given ``num_workers`` is taken as it is (an int: a fixed pool; ``(min, max)``: Ray
-    Data's autoscaling pool); by default one worker per ``gpus_per_worker`` GPUs, or on CPUs
-    the layout of :func:`_cpu_layout`, every worker started at once (the pool may shrink).
+    :data:`CPU_WORKER_MEMORY`, or less where a node got a worker its memory does not hold
+    (every node gets at least one); ``None`` where no node reports its memory.
     """
-    nodes = _cpu_nodes()
-    total_cpus = sum(n["Resources"]["CPU"] for n in nodes)
-    per_node: int | None = None
-    if num_workers is None:
-        if gpus_per_worker > 0:
-            high = _gpu_workers(gpus_per_worker)
-            cpus = 1.0 if cpus_per_worker is None else cpus_per_worker
-            if cpus > 0:  # never so many that decoding finds no CPU left
-                high = max(1, min(high, int((total_cpus - DECODE_CPUS) // cpus)))
-        else:
-            high, cpus = _cpu_layout(nodes, cpus_per_worker, threads)
-        low = 1
-    elif isinstance(num_workers, int) and not isinstance(num_workers, bool):
+    shares = []
+    for node in nodes:
+        res = node["Resources"]
+        count = default_workers_on_node(res, cpus, 0.0, threads)
+        if count >= 1 and res.get("memory", 0) > 0:
+            shares.append(res["memory"] / count)
+    return int(min(CPU_WORKER_MEMORY, *shares)) if shares else None
+
+
+def _given_range(num_workers: WorkerCount) -> tuple[int, int]:
+    if isinstance(num_workers, int) and not isinstance(num_workers, bool):
         low = high = num_workers
     elif isinstance(num_workers, (tuple, list)) and len(num_workers) == 2:
         low, high = (int(v) for v in num_workers)
@@ -153,9 +147,68 @@ def _pool_size(
         raise ParameterError(f"num_workers must be a number or a (min, max) pair, got {num_workers!r}")
     if not 1 <= low <= high:
         raise ParameterError(f"num_workers must be at least 1 (and min <= max), got {num_workers!r}")
-    if num_workers is not None or gpus_per_worker > 0:  # else the default CPU layout, worked out per node
-        per_node = max(1, math.ceil(high / max(1, len(nodes))))
-    if num_workers is not None:
+    return low, high
+
+
+def _check_fit(high: int, cpus: float, gpus: float, nodes: list[dict[str, Any]], hosts: list[dict[str, Any]]) -> None:
+    """Refuse a pool whose workers Ray could never all place (it would wait for them for ever)."""
+    if gpus > 0:
+        total_gpus = sum(n["Resources"]["GPU"] for n in hosts)
+        most = max((n["Resources"]["GPU"] for n in hosts), default=0.0)
+        if most < gpus - 1e-9:
+            where = "the cluster has no GPU" if not hosts else f"no node has {gpus:g} GPUs (the most on one node: {most:g})"
+            raise ParameterError(f"gpus_per_worker={gpus:g}, but {where}")
+        if high * gpus > total_gpus + 1e-9:
+            raise ParameterError(
+                f"{high} model worker(s) x {gpus:g} GPU need {high * gpus:g} GPUs; the cluster has {total_gpus:g}: "
+                "lower num_workers or gpus_per_worker"
+            )
+    total_cpus = sum(n["Resources"]["CPU"] for n in nodes)
+    if high * cpus + DECODE_CPUS > total_cpus + 1e-9:
+        raise ParameterError(
+            f"{high} model worker(s) x {cpus:g} CPU plus {DECODE_CPUS:g} CPU for decoding need "
+            f"{high * cpus + DECODE_CPUS:g} CPUs; the cluster has {total_cpus:g}: "
+            "lower num_workers or cpus_per_worker"
+        )
+    fit = sum(workers_fitting_node(n["Resources"], cpus, gpus) for n in hosts)
+    if fit < high:
+        worker = f"{cpus:g} CPU" + (f" and {gpus:g} GPU" if gpus > 0 else "")
+        largest = max((n["Resources"].get("CPU", 0.0) for n in hosts), default=0.0)
+        raise ParameterError(
+            (f"a model worker of {worker} fits on no node" if fit == 0 else f"{high} model workers of {worker} do not fit: the nodes hold {fit}")
+            + f" (a worker's reservation must fit on one node beside {DECODE_CPUS:g} CPU for decoding; the largest node "
+            f"has {largest:g} CPUs): lower cpus_per_worker or num_workers"
+        )
+
+
+def _pool_size(
+    num_workers: WorkerCount, gpus_per_worker: float, cpus_per_worker: float | None, threads: int | None
+) -> tuple[int, int, float, int | None]:
+    """``(min, max)`` model workers, the CPUs each reserves, and workers per node (``None``: the default layout).
+
+    Given ``num_workers`` is taken as it is (an int: a fixed pool; ``(min, max)``: Ray
+    Data's autoscaling pool); by default one worker per ``gpus_per_worker`` GPUs, or on CPUs
+    the layout of :func:`_cpu_layout`, every worker started at once (the pool may shrink).
+    Refused when the workers cannot all be placed: on too few CPUs or GPUs, or a reservation
+    no single node holds beside a decoding task.
+    """
+    nodes = _cpu_nodes()
+    hosts = _gpu_nodes() if gpus_per_worker > 0 else nodes  # where model workers can run
+    total_cpus = sum(n["Resources"]["CPU"] for n in nodes)
+    per_node: int | None = None
+    if num_workers is None:
+        low = 1
+        if gpus_per_worker > 0:
+            cpus = 1.0 if cpus_per_worker is None else cpus_per_worker
+            high = sum(workers_fitting_node(n["Resources"], cpus, gpus_per_worker) for n in hosts)
+            if cpus > 0:  # never so many that decoding finds no CPU left
+                high = min(high, int((total_cpus - DECODE_CPUS) // cpus))
+            high = max(1, high)  # none fit: refused below with the figures
+        else:
+            high, cpus = _cpu_layout(nodes, cpus_per_worker, threads)
+    else:
+        low, high = _given_range(num_workers)
+        per_node = max(1, math.ceil(high / max(1, len(hosts))))
         if cpus_per_worker is not None:
             cpus = cpus_per_worker
         elif gpus_per_worker > 0:
@@ -163,12 +216,7 @@ def _pool_size(
         else:  # the given number of CPU workers share the CPUs a node has left beside decoding
             tightest = min((n["Resources"]["CPU"] for n in nodes), default=1.0)
             cpus = max(0.01, math.floor((tightest - DECODE_CPUS) / per_node * 100) / 100)
-    if high * cpus + DECODE_CPUS > total_cpus + 1e-9:
-        raise ParameterError(
-            f"{high} model worker(s) x {cpus:g} CPU plus {DECODE_CPUS:g} CPU for decoding need "
-            f"{high * cpus + DECODE_CPUS:g} CPUs; the cluster has {total_cpus:g}: "
-            "lower num_workers or cpus_per_worker"
-        )
+    _check_fit(high, cpus, gpus_per_worker, nodes, hosts)
     return low, high, cpus, per_node
 
 
@@ -207,15 +255,70 @@ def _check_options(
         raise ParameterError(f"weights must be one of {', '.join(WEIGHT_MODES)}, got {weights!r}")
 
 
-def _check_model(model: str | os.PathLike[str], f0: Any, params: dict[str, Any]) -> tuple[ConversionParams, bool]:
-    """Conversion parameters checked against the voice model (loaded once on the driver's CPU)."""
+def _check_model(model: str | os.PathLike[str], f0: Any, params: dict[str, Any]) -> tuple[ConversionParams, Any]:
+    """Conversion parameters checked against the voice model (loaded once on the driver's CPU); and the model."""
     from ...models.synthesizer import load_vocoder
 
     if not isinstance(f0, str):
         raise ParameterError(f"on a cluster f0 must be a backend name (workers build their own), got {type(f0).__name__}")
     conv_params = ConversionParams.build(None, **params).validate()
     voc = load_vocoder(model, device="cpu")
-    return conv_params.validate(voc), bool(voc.has_f0)
+    return conv_params.validate(voc), voc
+
+
+def _check_device(device: Any, dtype: Any, gpus_per_worker: float) -> None:
+    """The device and precision the workers will use, checked as a local run checks them.
+
+    Only what does not depend on the workers' hardware: a CUDA device needs workers that
+    reserve a GPU (Ray hides the GPUs from any other); ``float16`` on a worker's CPU is
+    left to the worker, whose CPU may differ from the driver's.
+    """
+    import torch
+
+    from ...runtime import resolve_device, resolve_dtype
+
+    if device is not None and device != "auto":
+        try:
+            is_cuda = torch.device(device).type == "cuda"
+        except (RuntimeError, TypeError):
+            is_cuda = False  # resolve_device names the problem
+        if not is_cuda:
+            resolve_device(device)
+        elif gpus_per_worker <= 0:
+            raise ParameterError(
+                f"device {device!r} requested but CUDA is not available to the model workers: they reserve no GPU "
+                "(set gpus_per_worker, --gpus-per-worker on the command line)"
+            )
+    if not (isinstance(dtype, str) and dtype.lower() == "auto"):
+        resolve_dtype(dtype, torch.device("cuda"))  # the name and the kind; no hardware check
+
+
+def _check_engine(voc: Any, files: Any, f0: str, f0_options: dict[str, Any] | None, model: Any) -> None:
+    """What an :class:`~rvcfast.engine.Engine` checks when it loads, done once on the driver's CPU.
+
+    The index must fit the voice model, and the F0 backend must exist and take
+    ``f0_options`` (it is built here once, as a local run builds it; its weights stay in
+    this process's model cache). A worker that failed here would die before converting
+    anything, and Ray would retry it.
+    """
+    import torch
+
+    if files.index is not None:
+        from ...index import load_index
+
+        idx = load_index(files.index)
+        if idx.dim != voc.feature_dim:
+            raise ModelLoadError(
+                files.index,
+                f"index dimension {idx.dim} does not match the voice model's feature dimension "
+                f"{voc.feature_dim} ({voc.version} model {os.fspath(model)}); use the index trained with this model",
+            )
+    if voc.has_f0:
+        from ...f0.registry import build_f0_extractor
+
+        # the backend's own device/dtype options are for the workers' hardware
+        options = {k: v for k, v in (f0_options or {}).items() if k not in ("device", "dtype")}
+        build_f0_extractor(f0, weights=files.f0_weights, options=options, device="cpu", dtype=torch.float32)
 
 
 # ------------------------------------------------------------------------------ the lazy form
@@ -240,6 +343,13 @@ def plan_files(
     if not jobs:
         raise ParameterError(f"no audio files found in {', '.join(map(str, items))}" + ("" if recursive else " (recursive=True for sub-folders)"))
     return [{"path": str(j.path), "output_path": str(j.out_path)} for j in jobs]
+
+
+class _Planned:
+    """Rows planned on the driver (:func:`plan_files`): every output name is unique already."""
+
+    def __init__(self, items: list[dict[str, str]]) -> None:
+        self.items = items
 
 
 def _items_dataset(items: list[dict[str, str]], batch_size: int) -> Any:
@@ -279,8 +389,11 @@ def convert_dataset(
 
     ``ds`` is a :class:`ray.data.Dataset` with a ``path`` column (one audio file per row,
     optionally an ``output_path`` column), or paths and folders (expanded on the driver and
-    named exactly as :meth:`rvcfast.Converter.convert_batch` names them). Without
-    ``output_path`` a row's output is ``out_dir/<stem>.<format>``. Nothing runs until the
+    named exactly as :meth:`rvcfast.Converter.convert_batch` names them: unique names, a
+    file named twice converted once). Without ``output_path`` a dataset row's output is
+    ``out_dir/<stem>.<format>``; a row whose output is its own input, or an output another
+    row of the job already claimed (two rows with one stem), is an ``error`` row naming
+    both, while the first row to claim it converts as usual. Nothing runs until the
     dataset is consumed (``take_all``, ``iter_rows``, ``write_parquet``...).
 
     Stages: decoding and resampling in CPU tasks, the models in an autoscaling pool of
@@ -295,7 +408,9 @@ def convert_dataset(
     ``"path"`` (every node opens the driver's paths: a shared filesystem) or
     ``"object-store"`` (shipped through Ray's object store). ``**params`` are conversion
     parameters (:class:`~rvcfast.ConversionParams` fields), checked here against the model
-    before anything runs.
+    before anything runs, as are the engine options (``f0``, ``f0_options``, ``device``,
+    ``dtype``, the index's dimension) and whether the pool fits the cluster: a bad one
+    raises here, with the error a local run gives, instead of killing the workers.
 
     Rows: ``path``, ``output_path``, ``status`` (``ok``/``skipped``/``error``), ``error``,
     ``seconds`` (processing time of the file), ``audio_seconds``, ``node`` (Ray node id),
@@ -306,29 +421,38 @@ def convert_dataset(
     if not ray.is_initialized():
         _start_local()
     _check_options(format, batch_size, gpus_per_worker, cpus_per_worker, threads_per_worker, write_in, weights)
-    conv_params, has_f0 = _check_model(model, f0, params)
+    _check_device(device, dtype, gpus_per_worker)
+    conv_params, voc = _check_model(model, f0, params)
     files = resolve_files(
-        model, index=index, encoder=encoder, f0=f0, f0_weights=f0_weights, has_f0=has_f0, allow_download=allow_download
+        model, index=index, encoder=encoder, f0=f0, f0_weights=f0_weights, has_f0=bool(voc.has_f0), allow_download=allow_download
     )
-    low, high, cpus_per_worker, per_node = _pool_size(num_workers, gpus_per_worker, cpus_per_worker, threads_per_worker)
-    if not isinstance(ds, ray.data.Dataset):
-        ds = _items_dataset(plan_files(ds, out_dir, format, skip_existing, recursive), batch_size)
-    schema = ds.schema(fetch_if_missing=False)  # known without running anything, or None
-    if schema is not None and "path" not in schema.names:
-        raise ParameterError(f"the dataset needs a 'path' column (one audio file per row); it has {', '.join(schema.names)}")
+    _check_engine(voc, files, f0, f0_options, model)
+    del voc
+    low, high, cpus, per_node = _pool_size(num_workers, gpus_per_worker, cpus_per_worker, threads_per_worker)
+    claims = None
+    if isinstance(ds, ray.data.Dataset):
+        schema = ds.schema(fetch_if_missing=False)  # known without running anything, or None
+        if schema is not None and "path" not in schema.names:
+            raise ParameterError(f"the dataset needs a 'path' column (one audio file per row); it has {', '.join(schema.names)}")
+        claims = ray.remote(num_cpus=0)(OutputClaims).remote()  # rows are named in the tasks: they claim their outputs
+    else:
+        items = ds.items if isinstance(ds, _Planned) else plan_files(ds, out_dir, format, skip_existing, recursive)
+        ds = _items_dataset(items, batch_size)
     spec = JobSpec(
         files=ship_files(files, weights), params=conv_params, out_dir=os.path.abspath(os.path.expanduser(os.fspath(out_dir))),
         format=format.lower(), subtype=subtype,
         skip_existing=skip_existing, f0=f0, f0_options=f0_options, device=device, dtype=dtype, batch_seconds=batch_seconds,
-        threads=threads_per_worker, workers_per_node=per_node,
-        write_in=write_in, crash_marker=os.environ.get(CRASH_ENV) or None,
+        threads=threads_per_worker, workers_per_node=per_node, cpus_per_worker=cpus, gpus_per_worker=gpus_per_worker,
+        write_in=write_in, crash_marker=os.environ.get(CRASH_ENV) or None, claims=claims,
     )
+    # the default CPU pool reserves each worker's memory too, so no node gets more than it holds
+    memory = _worker_memory(_cpu_nodes(), cpus, threads_per_worker) if num_workers is None and gpus_per_worker == 0 else None
     ds = ds.map_batches(decode_audio, batch_format="pyarrow", fn_kwargs={"spec": spec}, num_cpus=DECODE_CPUS)
     # Ray Data spreads the actors over the nodes (its default strategy): one per node before two on one
     ds = ds.map_batches(
         ConvertWorker, batch_size=batch_size, batch_format="pyarrow", fn_constructor_kwargs={"spec": spec},
-        compute=_actor_pool(low, high, start_all=num_workers is None), num_cpus=cpus_per_worker,
-        num_gpus=gpus_per_worker if gpus_per_worker > 0 else None,
+        compute=_actor_pool(low, high, start_all=num_workers is None), num_cpus=cpus,
+        num_gpus=gpus_per_worker if gpus_per_worker > 0 else None, **({"memory": memory} if memory else {}),
     )
     if write_in == "task":
         ds = ds.map_batches(write_outputs, batch_format="pyarrow", fn_kwargs={"spec": spec}, num_cpus=DECODE_CPUS)
@@ -362,12 +486,18 @@ def _clean_parts_everywhere(out_dir: Path) -> None:
     ray.get(refs)
 
 
+def check_manifest(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a manifest name: ``.jsonl``/``.json`` (JSON Lines) or ``.parquet``, else :class:`ParameterError`."""
+    p = Path(path)
+    if p.suffix.lower() not in (".jsonl", ".json", ".parquet"):
+        raise ParameterError(f"manifest {p}: name it .jsonl (JSON Lines) or .parquet")
+    return p
+
+
 def write_manifest(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
     """Write the rows as JSON Lines (``.jsonl``/``.json``) or Parquet (``.parquet``), atomically."""
-    p = Path(path)
+    p = check_manifest(path)
     kind = p.suffix.lower()
-    if kind not in (".jsonl", ".json", ".parquet"):
-        raise ParameterError(f"manifest {p}: name it .jsonl (JSON Lines) or .parquet")
     p.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
     os.close(fd)
@@ -412,6 +542,7 @@ def convert_files(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ParameterError(f"output {out} exists and is not a folder")
+    manifest_path = None if manifest is False else check_manifest(out / MANIFEST_NAME if manifest in (None, True) else manifest)  # type: ignore[arg-type]
     recursive = bool(options.pop("recursive", False))
     items = plan_files(inputs, out, options.get("format", "wav"), options.get("skip_existing", True), recursive)
     position = {item["output_path"]: k for k, item in enumerate(items)}
@@ -420,8 +551,7 @@ def convert_files(
         ctx = ray.data.DataContext.get_current()
         bars, ctx.enable_progress_bars = ctx.enable_progress_bars, bool(progress)
         try:
-            ds = _items_dataset(items, options.get("batch_size", DEFAULT_BATCH_SIZE))
-            ds = convert_dataset(ds, model, out, **options)
+            ds = convert_dataset(_Planned(items), model, out, **options)
             out.mkdir(parents=True, exist_ok=True)
             _clean_parts_everywhere(out)  # temporary files of an earlier, killed run
             rows = list(ds.iter_rows())
@@ -429,6 +559,6 @@ def convert_files(
         finally:
             ctx.enable_progress_bars = bars
     rows.sort(key=lambda r: position.get(r["output_path"], len(position)))
-    if manifest is not False:
-        write_manifest(rows, out / MANIFEST_NAME if manifest in (None, True) else manifest)  # type: ignore[arg-type]
+    if manifest_path is not None:
+        write_manifest(rows, manifest_path)
     return rows

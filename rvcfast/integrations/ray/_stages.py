@@ -17,6 +17,7 @@ process's temporary file is removed: every output exists once and complete.
 
 from __future__ import annotations
 
+import math
 import os
 import pickle
 import socket
@@ -34,7 +35,14 @@ from ...pipeline import prepare_input
 from ...writing import write_audio_atomic
 from ._weights import ModelFiles, local_files
 
-__all__ = ["JobSpec", "STAGES", "ROW_SCHEMA", "decode_audio", "ConvertWorker", "write_outputs", "CRASH_ENV"]
+__all__ = [
+    "JobSpec", "STAGES", "ROW_SCHEMA", "decode_audio", "ConvertWorker", "write_outputs", "CRASH_ENV", "DECODE_CPUS",
+    "OutputClaims", "cpu_workers_on_node", "workers_fitting_node", "default_workers_on_node", "worker_threads",
+]
+
+#: CPUs reserved by one decoding (or writing) task: decoding a file is a small share of its
+#: conversion, so several run next to a model worker without holding a whole core each.
+DECODE_CPUS = 0.25
 
 #: Stage timings reported per file, as ``<stage>_s`` columns (seconds).
 STAGES = ("decode", "f0", "features", "index", "synth", "post", "write")
@@ -79,9 +87,12 @@ class JobSpec:
     dtype: Any = "float32"
     batch_seconds: float | None = None
     threads: int | None = None
-    workers_per_node: int | None = None  # None: the default CPU layout, worked out on each node
+    workers_per_node: int | None = None  # None: the default layout, worked out on each node
+    cpus_per_worker: float = 1.0  # Ray's reservation of a model worker
+    gpus_per_worker: float = 0.0
     write_in: str = "actor"
     crash_marker: str | None = None
+    claims: Any = None  # an OutputClaims actor, for datasets whose output names were not planned on the driver
 
 
 def _where() -> tuple[str, str]:
@@ -114,8 +125,6 @@ def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
 # ------------------------------------------------------------------------------ stage 1: decode
 
 
-
-
 def planned_output(path: str, spec: JobSpec) -> str:
     """The output file of one input, named as :func:`rvcfast.batch.expand_inputs` names it."""
     from ...batch import BatchOptions, expand_inputs
@@ -126,12 +135,64 @@ def planned_output(path: str, spec: JobSpec) -> str:
     return str(jobs[0].out_path)
 
 
-def _decode_one(path: str, output_path: str | None, spec: JobSpec) -> dict[str, Any]:
-    t0 = time.perf_counter()
+class OutputClaims:
+    """Actor: the input each output file of one job belongs to, the first input to claim it.
+
+    A dataset given to :func:`~rvcfast.integrations.ray.convert_dataset` is named row by
+    row in many tasks (``out_dir/<stem>.<format>`` without an ``output_path``), so two
+    inputs can meet at one output without any task seeing both. Each decoding task claims
+    its batch's outputs here; a retried task claims the same pairs again and gets them.
+    """
+
+    def __init__(self) -> None:
+        self.owners: dict[str, str] = {}
+
+    def claim(self, pairs: list[tuple[str, str]]) -> list[str]:
+        """``(output, input)`` pairs → the owner (an input path) of each output."""
+        return [self.owners.setdefault(output, source) for output, source in pairs]
+
+
+def _same_file(a: str, b: str) -> bool:
+    return os.path.realpath(a) == os.path.realpath(b)
+
+
+def _plan_row(path: str, output_path: str | None, spec: JobSpec) -> dict[str, Any]:
+    """A new row with its output named (``None``: planned here) and checked, or an error row."""
     row = _new_row(path, output_path)
     try:
         if row["output_path"] is None:
             row["output_path"] = planned_output(path, spec)
+        if _same_file(row["output_path"], path):
+            raise RvcfastError(f"{path}: the output is the input itself ({row['output_path']}); refusing to overwrite an input")
+    except Exception as exc:  # noqa: BLE001 - an error row, the job goes on
+        row.update(status="error", error=_error_text(path, exc))
+    return row
+
+
+def _claim_outputs(rows: list[dict[str, Any]], spec: JobSpec) -> None:
+    """Rows whose output another input of the job already claimed become error rows."""
+    mine = [r for r in rows if r["status"] == "pending"]
+    if spec.claims is None or not mine:
+        return
+    import ray
+
+    pairs = [(os.path.realpath(r["output_path"]), os.path.realpath(r["path"])) for r in mine]
+    owners = ray.get(spec.claims.claim.remote(pairs))
+    for row, (_, source), owner in zip(mine, pairs, owners):
+        if owner != source:
+            row.update(
+                status="error",
+                error=f"{row['path']}: its output {row['output_path']} is already the output of {owner} in this job "
+                "(without an output_path column every row is named out_dir/<stem>.<format>: give distinct output_path values)",
+            )
+
+
+def _decode_one(row: dict[str, Any], spec: JobSpec) -> dict[str, Any]:
+    t0 = time.perf_counter()
+    if row["status"] != "pending":
+        return row
+    path = row["path"]
+    try:
         if spec.skip_existing and Path(row["output_path"]).exists():
             row["status"] = "skipped"
             return row
@@ -145,10 +206,12 @@ def _decode_one(path: str, output_path: str | None, spec: JobSpec) -> dict[str, 
 
 
 def decode_audio(batch: pa.Table, spec: JobSpec) -> pa.Table:
-    """CPU task: decode, resample to 16 kHz and run the signal stages of each file (or mark it skipped)."""
+    """CPU task: name and check each file's output, then decode, resample to 16 kHz and run the
+    signal stages (or mark it skipped, or make it an error row)."""
     outputs = batch.column("output_path").to_pylist() if "output_path" in batch.column_names else [None] * batch.num_rows
-    rows = [_decode_one(str(p), o, spec) for p, o in zip(batch.column("path").to_pylist(), outputs)]
-    return _table(rows, _DECODED_SCHEMA)
+    rows = [_plan_row(str(p), o, spec) for p, o in zip(batch.column("path").to_pylist(), outputs)]
+    _claim_outputs(rows, spec)
+    return _table([_decode_one(row, spec) for row in rows], _DECODED_SCHEMA)
 
 
 # ------------------------------------------------------------------------------ stage 2: the models
@@ -207,7 +270,7 @@ CPU_WORKER_MEMORY = 2 * 1024**3
 
 
 def cpu_workers_on_node(cpus: float, memory: float, threads: int | None = None) -> int:
-    """How many CPU model workers the default layout puts on a node.
+    """How many CPU model workers the default layout puts on a node (before any ``cpus_per_worker``).
 
     One per ``threads`` cores (default 1: single-threaded workers side by side convert
     faster than one worker whose threads share every operation; docs/scale-out.md has the
@@ -216,6 +279,42 @@ def cpu_workers_on_node(cpus: float, memory: float, threads: int | None = None) 
     by_cpu = int(cpus // (threads or 1))
     by_memory = int(memory // CPU_WORKER_MEMORY) if memory > 0 else by_cpu
     return max(1, min(by_cpu, by_memory))
+
+
+def workers_fitting_node(resources: dict[str, float], cpus: float, gpus: float = 0.0) -> int:
+    """Model workers reserving ``cpus`` CPUs and ``gpus`` GPUs each that a node holds beside
+    one decoding task (:data:`DECODE_CPUS`); a huge number where neither is reserved."""
+    fit = 1 << 30
+    if cpus > 0:
+        fit = min(fit, math.floor((resources.get("CPU", 0.0) - DECODE_CPUS) / cpus + 1e-9))
+    if gpus > 0:
+        fit = min(fit, math.floor(resources.get("GPU", 0.0) / gpus + 1e-9))
+    return max(0, fit)
+
+
+def default_workers_on_node(
+    resources: dict[str, float], cpus: float | None, gpus: float = 0.0, threads: int | None = None
+) -> int:
+    """Model workers the default pool puts on a node with these Ray resources (0: none).
+
+    With GPUs: as many as the node's GPUs and CPUs hold. On CPUs: :func:`cpu_workers_on_node`,
+    fewer where a ``cpus`` reservation leaves no room for them (``None``: no reservation yet).
+    """
+    if gpus > 0:
+        return workers_fitting_node(resources, cpus or 0.0, gpus)
+    count = cpu_workers_on_node(resources.get("CPU", 0.0), resources.get("memory", 0.0), threads)
+    return min(count, workers_fitting_node(resources, cpus)) if cpus else count
+
+
+def worker_threads(resources: dict[str, float], spec: JobSpec) -> int:
+    """PyTorch threads of a model worker on a node with these resources: ``spec.threads``, else
+    the node's CPUs divided among the model workers the job puts on it."""
+    if spec.threads:
+        return spec.threads
+    per_node = spec.workers_per_node or default_workers_on_node(
+        resources, spec.cpus_per_worker, spec.gpus_per_worker, spec.threads
+    )
+    return max(1, int(resources.get("CPU", 1.0)) // max(1, per_node))
 
 
 def _node_resources(node_id: str) -> dict[str, float]:
@@ -235,11 +334,7 @@ class ConvertWorker:
 
         self.spec = spec
         self.node, self.host = _where()
-        res = _node_resources(self.node)
-        cpus = max(1, int(res.get("CPU", 1)))
-        per_node = spec.workers_per_node or cpu_workers_on_node(cpus, res.get("memory", 0.0))
-        threads = spec.threads or max(1, cpus // per_node)
-        torch.set_num_threads(threads)
+        torch.set_num_threads(worker_threads(_node_resources(self.node), spec))
         from ...engine import Engine  # here, not at the top: decoding and writing tasks never import torch
 
         files: ModelFiles = local_files(spec.files)
