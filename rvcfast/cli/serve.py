@@ -35,6 +35,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         voices=args.voices, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights,
         f0_options=parse_options(args.f0_option), device=args.device, dtype=args.dtype, allow_download=args.download,
         max_loaded_voices=args.max_loaded_voices, max_upload_mb=args.max_upload_mb, max_queue=args.max_queue,
+        max_input_seconds=args.max_input_seconds, max_job_seconds=args.max_job_seconds,
         api_key=args.api_key if args.api_key is not None else os.environ.get("RVCFAST_API_KEY"),
         models_dir=args.models_dir, jobs_dir=args.jobs_dir, jobs_ttl=args.jobs_ttl, jobs_max_mb=args.jobs_max_mb,
         batch_seconds=args.batch_seconds, threads=args.threads,
@@ -98,6 +99,9 @@ def add_parser(sub: Any) -> None:
     lim = p.add_argument_group("limits")
     lim.add_argument("--max-loaded-voices", type=int, default=4, metavar="N", help="voices kept loaded (least recently used unloaded)")
     lim.add_argument("--max-upload-mb", type=float, default=100.0, metavar="N", help="largest request body (413 above)")
+    lim.add_argument("--max-input-seconds", type=float, default=600.0, metavar="S",
+                     help="longest input of /v1/convert, read from its header before decoding (413 above)")
+    lim.add_argument("--max-job-seconds", type=float, default=3600.0, metavar="S", help="longest input of /v1/jobs (413 above)")
     lim.add_argument("--max-queue", type=int, default=64, metavar="N", help="requests and jobs held at once (503 with Retry-After above)")
     lim.add_argument("--jobs-dir", metavar="FOLDER", help="spool for uploads and job results (default: a temporary folder)")
     lim.add_argument("--jobs-ttl", type=float, default=3600.0, metavar="S", help="seconds a finished job's result is kept")

@@ -45,6 +45,12 @@ class ServeConfig:
         allow_download: Fetch missing base weights into the cache.
         max_loaded_voices: Voices kept loaded (least recently used ones are unloaded).
         max_upload_mb: Largest request body accepted (413 above it).
+        max_input_seconds: Longest input of ``POST /v1/convert`` (whole or streamed), read
+            from the file's header before it is decoded (413 above it). A compressed
+            upload can hold hours of audio in a few megabytes, and a whole-file answer
+            keeps the input and the output in memory (about 0.5 MB per second of input).
+        max_job_seconds: Longest input of ``POST /v1/jobs`` (413 above it); jobs keep
+            their output on disk, so they may take longer inputs.
         max_queue: Requests (and unfinished jobs) held at once; more get 503 with ``Retry-After``.
         api_key: Required as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` when set.
         models_dir: A folder the operator lets clients upload voice models into
@@ -70,6 +76,8 @@ class ServeConfig:
     allow_download: bool = False
     max_loaded_voices: int = 4
     max_upload_mb: float = 100.0
+    max_input_seconds: float = 600.0
+    max_job_seconds: float = 3600.0
     max_queue: int = 64
     api_key: str | None = None
     models_dir: str | None = None
@@ -106,7 +114,7 @@ class ServeConfig:
         for name in ("max_loaded_voices", "max_queue", "prepare_workers"):
             if int(getattr(self, name)) < 1:
                 raise ParameterError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_upload_mb", "jobs_ttl", "jobs_max_mb"):
+        for name in ("max_upload_mb", "max_input_seconds", "max_job_seconds", "jobs_ttl", "jobs_max_mb"):
             if not float(getattr(self, name)) > 0:
                 raise ParameterError(f"{name} must be positive, got {getattr(self, name)}")
         if self.batch_seconds is not None and not float(self.batch_seconds) >= 0:

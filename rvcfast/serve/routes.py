@@ -1,7 +1,8 @@
 """The conversion routes: ``POST /v1/convert`` (whole file or streamed) and the job routes.
 
 Every conversion goes the same way: admission (``max_queue``) → the request's fields
-and audio (:mod:`~rvcfast.serve.intake`, :mod:`~rvcfast.serve.forms`) → the voice's
+and audio (:mod:`~rvcfast.serve.intake`, :mod:`~rvcfast.serve.forms`) → the input's
+length, read from its header (``max_input_seconds``, ``max_job_seconds``) → the voice's
 engine (loaded on demand) → ``Engine.prepare`` in the prepare pool → the model worker
 (:mod:`~rvcfast.serve.scheduler`): inputs of one segment as one-shot conversions that
 may share model calls with other requests, longer ones and streams one segment per
@@ -17,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -36,7 +38,71 @@ if TYPE_CHECKING:
     from ..params import ConversionParams
     from ..pipeline import PreparedAudio
 
-__all__ = ["add_routes"]
+__all__ = ["add_routes", "InputTooLong", "input_seconds"]
+
+#: libsndfile's frame count for a stream whose length its header does not give (SF_COUNT_MAX).
+_UNKNOWN_FRAMES = 2**62
+
+
+class InputTooLong(Exception):
+    """An input is longer than the server accepts for its route (answered with 413)."""
+
+    def __init__(self, message: str, seconds: float, limit: float) -> None:
+        super().__init__(message)
+        self.seconds = seconds
+        self.limit = limit
+
+
+def input_seconds(path: Path, limit: float) -> tuple[float, bool] | None:
+    """Seconds of audio in ``path`` and whether that is its whole length; ``None`` if no decoder opens it.
+
+    The length comes from the header (libsndfile's frame count, or the container's
+    duration through PyAV), so a file is measured before it is decoded. When the header
+    does not give it (a FLAC or a container written as a stream), the file is decoded
+    block by block without keeping the samples, and only until it passes ``limit``
+    seconds: the answer is then ``(seconds so far, False)``. Decoding errors are left to
+    :meth:`~rvcfast.engine.Engine.prepare`, which reports them.
+    """
+    from ..audio import _source  # the decoder Engine.prepare picks for this file
+
+    try:
+        src = _source(path)
+    except AudioError:
+        return None
+    try:
+        rate = int(src.rate)
+        if rate <= 0:
+            return None
+        if 0 < src.frames < _UNKNOWN_FRAMES:
+            return src.frames / rate, True
+        counted, bound = 0, float(limit) * rate
+        for block in src.blocks([]):
+            counted += block.shape[0]
+            if counted > bound:
+                return counted / rate, False
+        return counted / rate, True
+    except AudioError:
+        return None
+    finally:
+        src.close()
+
+
+async def _check_length(state: ServerState, intake: Intake, route: str) -> None:
+    """Refuse an input longer than the route's limit (:class:`InputTooLong`), before it is decoded."""
+    jobs = route == "/v1/jobs"
+    limit = float(state.cfg.max_job_seconds if jobs else state.cfg.max_input_seconds)
+    assert intake.path is not None
+    found = await state.in_pool(input_seconds, intake.path, limit)
+    if found is None or found[0] <= limit:
+        return
+    seconds, whole = found
+    length = f"{seconds:.1f} s long" if whole else f"longer than {limit:g} s"
+    message = f"{intake.name} is {length}; {route} takes inputs of at most {limit:g} s"
+    if jobs:
+        message += " (the server's --max-job-seconds)"
+    elif float(state.cfg.max_job_seconds) > limit:
+        message += f" (--max-input-seconds): send longer ones to POST /v1/jobs, up to {float(state.cfg.max_job_seconds):g} s"
+    raise InputTooLong(message, seconds, limit)
 
 
 @dataclass
@@ -59,6 +125,7 @@ class _Work:
 
 async def _prepare(state: ServerState, intake: Intake, options: ConvertOptions) -> _Work:
     """The voice's engine, the checked parameters, the decoded input (and a CPU F0 track)."""
+    await _check_length(state, intake, "/v1/convert")  # before the voice is loaded or the input decoded
     try:
         engine = await state.engine_for(options.voice, options.f0)
     except BackendUnavailableError as exc:  # the backend needs an extra the server lacks
@@ -246,6 +313,7 @@ async def _create_job(state: ServerState, request: Any) -> Any:
         options = parse_fields(intake.fields)
         if options.stream:
             raise FieldError("stream", "stream=true is for POST /v1/convert; a job's result is fetched when it is done")
+        await _check_length(state, intake, "/v1/jobs")
         try:
             engine = await state.engine_for(options.voice, options.f0)
         except BackendUnavailableError as exc:  # the backend needs an extra the server lacks
@@ -296,6 +364,11 @@ def add_routes(app: Any, state: ServerState) -> None:
     """Register the conversion and job routes on ``app``."""
     body_doc = {"requestBody": form_schema()}
     audio_doc = {"200": {"content": {m: {} for m in sorted(set(MEDIA_TYPES.values()))}, "description": "the converted audio"}}
+
+    async def too_long(request: Any, exc: InputTooLong) -> Any:
+        return error_response(413, str(exc), input_seconds=round(exc.seconds, 3), limit_seconds=exc.limit)
+
+    app.add_exception_handler(InputTooLong, too_long)
 
     @app.post("/v1/convert", summary="convert one input (whole file, or streamed with stream=true)",
               openapi_extra=body_doc, responses=audio_doc)

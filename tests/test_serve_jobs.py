@@ -1,0 +1,158 @@
+"""The server's robustness: input length limits.
+
+The app runs in this process (tiny random models) through httpx's ASGI transport. Nothing is
+timed: every wait is for an event or a condition, with a generous deadline.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib
+import io
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+from helpers import one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
+from serve_helpers import voice_folder, wav_bytes
+
+from rvcfast.engine import Engine
+from rvcfast.errors import ParameterError
+from rvcfast.serve import ServeConfig, create_app
+
+httpx = pytest.importorskip("httpx")
+pytest.importorskip("fastapi")
+routes = importlib.import_module("rvcfast.serve.routes")
+
+DEADLINE = 120.0  # seconds any wait may take on a loaded machine before the test gives up
+
+
+def flac_bytes(seconds: float, rate: int = 44100, unknown_length: bool = False) -> bytes:
+    """A FLAC of silence (a few KB per minute); ``unknown_length`` zeroes STREAMINFO's total samples."""
+    buf = io.BytesIO()
+    with sf.SoundFile(buf, "w", rate, 1, format="FLAC", subtype="PCM_16") as f:
+        block = np.zeros(rate * 10, np.float32)
+        for _ in range(int(seconds // 10)):
+            f.write(block)
+    data = bytearray(buf.getvalue())
+    if unknown_length:
+        # STREAMINFO follows "fLaC" and its 4-byte block header; total samples: the low 36 bits of bytes 10..17
+        field = int.from_bytes(data[18:26], "big") & ~((1 << 36) - 1)
+        data[18:26] = field.to_bytes(8, "big")
+    return bytes(data)
+
+
+@pytest.fixture(scope="module")
+def folders(tiny_models, tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("serve_jobs")
+    return {"root": root, "voices": voice_folder(tiny_models, root / "voices")}
+
+
+def make_app(tiny_models, folders, tmp_path: Path, **options: Any) -> Any:
+    settings: dict[str, Any] = dict(
+        voices=[folders["voices"]], encoder=tiny_models.encoder, f0_weights=tiny_models.rmvpe, device="cpu", threads=1,
+        jobs_dir=tmp_path / "spool", max_loaded_voices=3,
+    )
+    settings.update(options)
+    return create_app(**settings)
+
+
+@contextmanager
+def in_process(app: Any) -> Iterator[Any]:
+    """An event loop running ``app`` behind an ``httpx.AsyncClient``: yields ``run(coroutine_function)``."""
+
+    def run(body: Callable[[Any], Any]) -> Any:
+        async def main() -> Any:
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=DEADLINE) as client:
+                end = time.monotonic() + DEADLINE
+                while (await client.get("/health")).status_code != 200:
+                    assert time.monotonic() < end, "the app never became healthy"
+                    await asyncio.sleep(0.05)
+                return await body(client)
+
+        return asyncio.run(main())
+
+    try:
+        yield run
+    finally:
+        app.state.rvcfast.close()
+
+
+# ---------------------------------------------------------------------- input length (413 before decoding)
+
+
+def test_length_limits_are_settings_with_defaults() -> None:
+    cfg = ServeConfig.build(voices=["v.pth"])
+    assert (cfg.max_input_seconds, cfg.max_job_seconds) == (600.0, 3600.0)
+    for name in ("max_input_seconds", "max_job_seconds"):
+        with pytest.raises(ParameterError, match=name):
+            ServeConfig.build(voices=["v.pth"], **{name: 0})
+
+
+def test_input_seconds_reads_the_header_or_decodes_only_up_to_the_limit(tmp_path) -> None:
+    known, unknown, short = tmp_path / "known.flac", tmp_path / "unknown.flac", tmp_path / "short.flac"
+    known.write_bytes(flac_bytes(60))
+    unknown.write_bytes(flac_bytes(60, unknown_length=True))
+    short.write_bytes(flac_bytes(20, unknown_length=True))
+    assert sf.info(str(unknown)).frames > 2**62  # libsndfile: "length unknown"
+    assert routes.input_seconds(known, 10) == (60.0, True)
+    seconds, whole = routes.input_seconds(unknown, 10)
+    assert not whole and 10 < seconds < 20  # decoded block by block, stopped just past the limit
+    seconds, whole = routes.input_seconds(short, 30)
+    assert whole and 0 < seconds <= 20  # all of it read, under the limit (libsndfile may drop a last partial block)
+    (tmp_path / "junk.wav").write_bytes(b"RIFF not audio at all" * 10)
+    assert routes.input_seconds(tmp_path / "junk.wav", 10) is None  # left to the decoder's own error
+
+
+def test_long_inputs_are_refused_before_decoding(tiny_models, folders, tmp_path, monkeypatch) -> None:
+    """A small FLAC of long silence is a 413 naming the limit and its length; the decoder never runs."""
+    decoded: list[str] = []
+    real_prepare = Engine.prepare
+
+    def counting_prepare(self, source, *args, **kwargs):
+        decoded.append(str(source))
+        return real_prepare(self, source, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "prepare", counting_prepare)
+    app = make_app(tiny_models, folders, tmp_path, max_input_seconds=10, max_job_seconds=30)
+    bomb = flac_bytes(60)
+    assert len(bomb) < 100_000  # 60 s in a few KB: the upload limit alone cannot stop it
+
+    async def body(client):
+        files = {"file": ("bomb.flac", bomb, "audio/flac")}
+        r = await client.post("/v1/convert", files=files, data={"voice": "alice"})
+        assert r.status_code == 413, r.text
+        answer = r.json()
+        assert "bomb.flac is 60.0 s long" in answer["error"] and "at most 10 s" in answer["error"]
+        assert "/v1/jobs" in answer["error"] and (answer["input_seconds"], answer["limit_seconds"]) == (60.0, 10.0)
+        r = await client.post("/v1/jobs", files=files, data={"voice": "alice"})
+        assert r.status_code == 413 and "at most 30 s" in r.json()["error"], r.text
+        r = await client.post("/v1/convert?voice=alice&filename=stream.flac", content=flac_bytes(60, unknown_length=True),
+                              headers={"content-type": "audio/flac"})
+        assert r.status_code == 413 and "stream.flac is longer than 10 s" in r.json()["error"], r.text
+        assert decoded == []
+        assert app.state.rvcfast.admission.count == 0
+        # within the limits: converted as before
+        short = wav_bytes(tone(1.2, 16000), 16000)
+        r = await client.post("/v1/convert?voice=bob&noise=false", content=short, headers={"content-type": "audio/wav"})
+        assert r.status_code == 200, r.text
+        r = await client.post("/v1/jobs", files={"file": ("twenty.flac", flac_bytes(20), "audio/flac")}, data={"voice": "bob"})
+        assert r.status_code == 202, r.text
+        assert (await client.delete(f"/v1/jobs/{r.json()['id']}")).status_code == 200
+
+    with in_process(app) as run:
+        run(body)
+
+
+def test_serve_help_lists_the_length_limits(capsys) -> None:
+    from rvcfast.cli import main
+
+    assert main(["serve", "--help"]) == 0
+    out = capsys.readouterr().out
+    assert "--max-input-seconds" in out and "--max-job-seconds" in out
