@@ -1,14 +1,21 @@
-"""The server's robustness: input length limits.
+"""The server's robustness: input length limits, clean 500s on a kept-alive connection and
+concurrent voice uploads.
 
-The app runs in this process (tiny random models) through httpx's ASGI transport. Nothing is
-timed: every wait is for an event or a condition, with a generous deadline.
+The app runs in this process (tiny random models), either through httpx's ASGI transport or
+under a real uvicorn server on 127.0.0.1 in a thread, so a test can hold a conversion or a
+write at a chosen point (a gate on a threading event) and look at the server's state. Nothing
+is timed: every wait is for an event or a condition, with a generous deadline.
 """
 
 from __future__ import annotations
 
 import asyncio
+import http.client
 import importlib
 import io
+import logging
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,9 +34,19 @@ from rvcfast.serve import ServeConfig, create_app
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
+uvicorn = pytest.importorskip("uvicorn")
+app_module = importlib.import_module("rvcfast.serve.app")
 routes = importlib.import_module("rvcfast.serve.routes")
 
 DEADLINE = 120.0  # seconds any wait may take on a loaded machine before the test gives up
+
+
+def wait_for(condition: Callable[[], bool], what: str, deadline: float = DEADLINE) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``deadline`` seconds."""
+    end = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < end, f"gave up waiting: {what}"
+        time.sleep(0.02)
 
 
 def flac_bytes(seconds: float, rate: int = 44100, unknown_length: bool = False) -> bytes:
@@ -82,6 +99,33 @@ def in_process(app: Any) -> Iterator[Any]:
         yield run
     finally:
         app.state.rvcfast.close()
+
+
+@contextmanager
+def served(app: Any) -> Iterator[str]:
+    """``app`` under uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL."""
+    sock = socket.create_server(("127.0.0.1", 0))
+    port = sock.getsockname()[1]
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", lifespan="on", timeout_keep_alive=60))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, "uvicorn to start")
+        url = f"http://127.0.0.1:{port}"
+        wait_for(lambda: httpx.get(f"{url}/health", timeout=10).status_code == 200, "the models to load")
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(DEADLINE)
+        sock.close()
+
+
+@pytest.fixture(scope="module")
+def live(tiny_models, folders, tmp_path_factory) -> Iterator[tuple[str, Any]]:
+    """One uvicorn server for the tests that need real connections: its URL and its state."""
+    app = make_app(tiny_models, folders, tmp_path_factory.mktemp("live"), max_input_seconds=100)
+    with served(app) as url:
+        yield url, app.state.rvcfast
 
 
 # ---------------------------------------------------------------------- input length (413 before decoding)
@@ -156,3 +200,96 @@ def test_serve_help_lists_the_length_limits(capsys) -> None:
     assert main(["serve", "--help"]) == 0
     out = capsys.readouterr().out
     assert "--max-input-seconds" in out and "--max-job-seconds" in out
+
+
+# ---------------------------------------------------------------------- clean 500s on a kept-alive connection
+
+
+def test_a_failure_is_a_clean_500_and_the_connection_stays_open(live, monkeypatch, caplog) -> None:
+    url, state = live
+    port = int(url.rsplit(":", 1)[1])
+    clip = wav_bytes(tone(1.0, 16000), 16000)
+    real_encode = routes.encode_audio
+
+    def encode(audio, rate, fmt, subtype=None):
+        if fmt == "flac":
+            raise RuntimeError("the encoder exploded")
+        return real_encode(audio, rate, fmt, subtype)
+
+    monkeypatch.setattr(routes, "encode_audio", encode)
+    encode_failures = state.metrics.counter_value("rvcfast_conversion_failures_total", stage="encode")
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=DEADLINE)
+    try:
+        def post(query: str) -> tuple[int, bytes]:
+            conn.request("POST", f"/v1/convert?{query}", body=clip, headers={"Content-Type": "audio/wav"})
+            response = conn.getresponse()
+            return response.status, response.read()
+
+        status, body = post("voice=bob&noise=false")
+        assert status == 200
+        sock = conn.sock
+        with caplog.at_level(logging.ERROR):
+            for query, message in (("voice=zoe", b"zoe.pth"), ("voice=bob&noise=false&format=flac", b"the encoder exploded")):
+                status, body = post(query)
+                assert status == 500 and message in body, body
+                assert str(state.spool).encode() not in body and b"upload-" not in body
+                status, _ = post("voice=bob&noise=false")  # the same connection still answers
+                assert status == 200 and conn.sock is sock
+        assert not [r for r in caplog.records if "Exception in ASGI application" in r.getMessage()]
+    finally:
+        conn.close()
+    assert state.metrics.counter_value("rvcfast_conversion_failures_total", stage="encode") == encode_failures + 1
+
+
+# ---------------------------------------------------------------------- concurrent voice uploads
+
+
+def test_a_refused_concurrent_upload_leaves_the_accepted_voice_alone(tiny_models, folders, tmp_path, monkeypatch) -> None:
+    """Two uploads of one new name: the second is checked only after the first is registered (422),
+    and the file on disk is the accepted one's."""
+    checking, release = threading.Event(), threading.Event()
+    real_check, real_read = app_module._check_voice_files, app_module.read_request
+    calls: list[str] = []
+
+    def gated_check(model, index):
+        calls.append(model.name)
+        if len(calls) == 1:
+            checking.set()
+            release.wait(DEADLINE)
+        return real_check(model, index)
+
+    uploads = tmp_path / "uploads"
+    app = make_app(tiny_models, folders, tmp_path, models_dir=uploads)
+    monkeypatch.setattr(app_module, "_check_voice_files", gated_check)
+
+    async def body(client):
+        second_read = asyncio.Event()  # the second upload's body is read: it is past its route's first await
+
+        async def read(request, folder, **kwargs):
+            intake = await real_read(request, folder, **kwargs)
+            if intake.name == "second.pth":
+                second_read.set()
+            return intake
+
+        monkeypatch.setattr(app_module, "read_request", read)
+
+        def upload(name: str, model: Path) -> Any:
+            return client.post("/v1/voices", data={"name": "newvoice"}, files={"model": (name, model.read_bytes())})
+
+        first = asyncio.ensure_future(upload("first.pth", tiny_models.voice))
+        try:
+            assert await asyncio.to_thread(checking.wait, DEADLINE), "the first upload was never checked"
+            second = asyncio.ensure_future(upload("second.pth", tiny_models.voice_nof0))
+            await asyncio.wait_for(second_read.wait(), DEADLINE)
+        finally:
+            release.set()
+        r1, r2 = await first, await second
+        assert r1.status_code == 201 and r1.json()["f0"] is True, r1.text
+        assert r2.status_code == 422 and "exists already" in r2.json()["error"], r2.text
+        listed = {v["id"]: v for v in (await client.get("/v1/voices")).json()["voices"]}
+        assert listed["newvoice"]["f0"] is True
+
+    with in_process(app) as run:
+        run(body)
+    assert (uploads / "newvoice.pth").read_bytes() == tiny_models.voice.read_bytes()
+    assert len(calls) == 1  # the refused upload never got as far as the model check

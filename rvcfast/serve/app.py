@@ -79,7 +79,9 @@ def create_app(config: ServeConfig | None = None, /, **options: Any) -> Any:
     from .routes import add_routes
 
     add_routes(app, state)
-    # outermost last: metrics see every answer, the key is checked before the body limit
+    # outermost last: metrics see every answer, the key is checked before the body limit,
+    # and failures of the routes are answered innermost, where the connection survives them
+    app.add_middleware(InternalErrors, state=state)
     app.add_middleware(BodyLimit, limit=cfg.max_upload_bytes)
     app.add_middleware(ApiKey, key=cfg.api_key)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
@@ -98,6 +100,65 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
     return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
 
 
+def _internal_message(state: ServerState, exc: BaseException) -> str:
+    return "internal error: " + state._hide_paths(f"{type(exc).__name__}: {exc}")
+
+
+class InternalErrors:
+    """Answer an exception that escaped a route with a 500 JSON error, and keep the connection open.
+
+    Starlette runs the handler of ``Exception`` in its outermost middleware, which
+    re-raises after answering, so uvicorn logs "Exception in ASGI application" and closes
+    the connection: a keep-alive client's next request on it fails. This middleware sits
+    innermost, below the others (the metrics count the 500), and ends the exception here.
+    A failure after the answer has started (a stream) is re-raised: the connection must
+    close, or the client would take a cut stream for a whole one.
+    """
+
+    def __init__(self, app: Any, state: ServerState) -> None:
+        self.app = app
+        self.state = state
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def watched(message: Any) -> None:
+            nonlocal started
+            if message["type"] == "http.response.start":
+                started = True
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched)
+        except Exception as exc:
+            if started:
+                raise
+            _log.error("%s %s failed", scope.get("method"), scope.get("path"), exc_info=exc)
+            await error_response(500, _internal_message(self.state, exc))(scope, receive, send)
+
+
+class _NameLocks:
+    """One asyncio lock per name, dropped when nobody holds or waits for it."""
+
+    def __init__(self) -> None:
+        self._locks: dict[str, tuple[asyncio.Lock, list[int]]] = {}
+
+    @asynccontextmanager
+    async def hold(self, name: str) -> Any:
+        lock, users = self._locks.setdefault(name, (asyncio.Lock(), [0]))
+        users[0] += 1
+        try:
+            async with lock:
+                yield
+        finally:
+            users[0] -= 1
+            if users[0] == 0:
+                del self._locks[name]
+
+
 def _error_handlers(app: Any) -> None:
     async def http_error(request: Any, exc: HTTPException) -> Any:
         return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}))
@@ -114,6 +175,8 @@ def _error_handlers(app: Any) -> None:
         RequestValidationError: validation_error,
         FieldError: field_error,
         ParameterError: lambda r, e: error_response(422, str(e)),
+        # a voice (or F0 weights) file on the server that cannot be loaded: the request fails alone
+        ModelLoadError: lambda r, e: error_response(500, r.app.state.rvcfast._hide_paths(str(e))),
         AudioError: lambda r, e: error_response(422, str(e)),
         UnknownVoice: lambda r, e: error_response(404, e.message),
         UnsupportedMedia: lambda r, e: error_response(415, str(e)),
@@ -125,9 +188,8 @@ def _error_handlers(app: Any) -> None:
     for exc_type, handler in handlers.items():
         app.add_exception_handler(exc_type, _async(handler))
 
-    async def internal(request: Any, exc: Exception) -> Any:
-        state: ServerState = request.app.state.rvcfast
-        return error_response(500, "internal error: " + state._hide_paths(f"{type(exc).__name__}: {exc}"))
+    async def internal(request: Any, exc: Exception) -> Any:  # a failure in a middleware (InternalErrors takes the routes')
+        return error_response(500, _internal_message(request.app.state.rvcfast, exc))
 
     app.add_exception_handler(Exception, internal)
 
@@ -176,6 +238,8 @@ def _service_routes(app: Any, state: ServerState) -> None:
         }
     }
 
+    upload_locks = _NameLocks()
+
     @app.post("/v1/voices", status_code=201, summary="upload a voice model (needs --models-dir)", openapi_extra=upload_doc)
     async def upload_voice(request: Request) -> Any:
         if state.cfg.models_dir is None:
@@ -190,18 +254,21 @@ def _service_routes(app: Any, state: ServerState) -> None:
                 raise FieldError(sorted(fields)[0], f"unexpected field {sorted(fields)[0]!r} (expected name, model, index, replace)")
             if not VOICE_ID.match(name):
                 raise FieldError("name", f"name {name!r} is not a valid voice name (letters, digits, '_', '.', '-'; at most 64)")
-            if name in state.registry.ids() and not replace:
-                raise FieldError("name", f"voice {name!r} exists already (send replace=true to replace it)")
             index = intake.extra_files.get("index", (None, ""))[0]
             models_dir = Path(state.cfg.models_dir)
-            voice = await asyncio.get_running_loop().run_in_executor(
-                state.loader, lambda: save_upload(models_dir, name, intake.path, index, _check_voice_files)
-            )
+            # one upload of a name at a time, from the existence check to the registry: a refused
+            # upload never moves its files over the accepted one's
+            async with upload_locks.hold(name):
+                if name in state.registry.ids() and not replace:
+                    raise FieldError("name", f"voice {name!r} exists already (send replace=true to replace it)")
+                voice = await asyncio.get_running_loop().run_in_executor(
+                    state.loader, lambda: save_upload(models_dir, name, intake.path, index, _check_voice_files)
+                )
+                state.registry.add(voice, replace=replace)
         except (ModelLoadError, AudioError) as exc:
             return error_response(422, intake.hide(str(exc)))
         finally:
             intake.cleanup()
-        state.registry.add(voice, replace=replace)
         info = await asyncio.get_running_loop().run_in_executor(state.loader, state.registry.describe, voice.id)
         return JSONResponse(info, status_code=201)
 

@@ -17,15 +17,16 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import numpy as np
 from fastapi import HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
-from ..errors import AudioError, BackendUnavailableError
+from ..errors import AudioError, BackendUnavailableError, ModelLoadError, ParameterError
 from .app import dumps_header, error_response
 from .encode import MEDIA_TYPES, encode_audio, pcm_bytes, wav_stream_header
 from .forms import ConvertOptions, FieldError, check_values, form_schema, parse_fields
@@ -39,6 +40,8 @@ if TYPE_CHECKING:
     from ..pipeline import PreparedAudio
 
 __all__ = ["add_routes", "InputTooLong", "input_seconds"]
+
+T = TypeVar("T")
 
 #: libsndfile's frame count for a stream whose length its header does not give (SF_COUNT_MAX).
 _UNKNOWN_FRAMES = 2**62
@@ -123,19 +126,36 @@ class _Work:
         return int(q) if q is not None else int(self.engine.sample_rate)
 
 
+async def _engine(state: ServerState, options: ConvertOptions) -> Engine:
+    """The voice's engine; a voice or F0 backend that cannot be loaded is named in the error."""
+    try:
+        return await state.engine_for(options.voice, options.f0)
+    except BackendUnavailableError as exc:  # the backend needs an extra the server lacks
+        raise FieldError("f0", str(exc)) from None
+    except ModelLoadError as exc:  # answered 500 (a server-side file), the message names the file only
+        raise ModelLoadError(None, f"voice {options.voice!r} cannot be used: {state._hide_paths(str(exc))}") from None
+
+
+async def _counted(state: ServerState, stage: str, step: Awaitable[T]) -> T:
+    """Await ``step``; a failure other than a refused parameter is counted as a conversion failure at ``stage``."""
+    try:
+        return await step
+    except ParameterError:  # the client's choice (422), not a failed conversion
+        raise
+    except Exception:
+        state.metrics.inc("rvcfast_conversion_failures_total", stage=stage)
+        raise
+
+
 async def _prepare(state: ServerState, intake: Intake, options: ConvertOptions) -> _Work:
     """The voice's engine, the checked parameters, the decoded input (and a CPU F0 track)."""
     await _check_length(state, intake, "/v1/convert")  # before the voice is loaded or the input decoded
-    try:
-        engine = await state.engine_for(options.voice, options.f0)
-    except BackendUnavailableError as exc:  # the backend needs an extra the server lacks
-        raise FieldError("f0", str(exc)) from None
+    engine = await _engine(state, options)
     params = check_values(options.overrides, engine.vocoder)
     t0 = time.perf_counter()
     try:
-        prep = await state.in_pool(engine.prepare, intake.path, params=params)
+        prep = await _counted(state, "decode", state.in_pool(engine.prepare, intake.path, params=params))
     except AudioError as exc:
-        state.metrics.inc("rvcfast_conversion_failures_total", stage="decode")
         raise AudioError(None, intake.hide(str(exc))) from None
     ext = engine.f0_extractor_for(params)
     f0 = None
@@ -153,8 +173,12 @@ async def _convert_whole(state: ServerState, work: _Work) -> tuple[np.ndarray, i
     from ..pipeline import finish
 
     assert state.scheduler is not None
+    failed = np.zeros(0, np.float32), work.engine.sample_rate
     if len(work.prep.segments) <= 1:
-        res = await asyncio.wrap_future(state.scheduler.submit(work.engine, work.prep, work.params, work.f0))
+        try:
+            res = await asyncio.wrap_future(state.scheduler.submit(work.engine, work.prep, work.params, work.f0))
+        except Exception as exc:  # noqa: BLE001 - the model call failed for this request alone
+            return *failed, {}, f"{type(exc).__name__}: {exc}"
         return res.audio, res.sample_rate, res.timings, res.error
     # a long input: one segment per turn of the model worker, finished as Engine.run finishes it
     timings: dict[str, float] = {}
@@ -164,11 +188,11 @@ async def _convert_whole(state: ServerState, work: _Work) -> tuple[np.ndarray, i
         async for piece in state.steps(work.engine.stream(work.prep, work.params, f0=work.f0, raw=True, timings=timings)):
             pieces.append(piece)
     except Exception as exc:  # noqa: BLE001 - reported as this request's failure
-        return np.zeros(0, np.float32), work.engine.sample_rate, timings, f"{type(exc).__name__}: {exc}"
+        return *failed, timings, f"{type(exc).__name__}: {exc}"
     # waiting for the model worker: before the first segment and between segments (other requests' turns)
     timings["queue"] = max(0.0, time.perf_counter() - t_queue - sum(timings.values()))
     t0 = time.perf_counter()
-    audio, rate = await state.in_pool(finish, pieces, work.prep, work.engine.sample_rate, work.params)
+    audio, rate = await _counted(state, "convert", state.in_pool(finish, pieces, work.prep, work.engine.sample_rate, work.params))
     timings["post"] = timings.get("post", 0.0) + time.perf_counter() - t0
     return audio, rate, timings, None
 
@@ -195,7 +219,7 @@ async def _convert(state: ServerState, request: Any) -> Any:
         state.metrics.inc("rvcfast_conversion_failures_total", stage="convert")
         return error_response(500, state._hide_paths(intake.hide(error)))
     t0 = time.perf_counter()
-    body, rate = await state.in_pool(encode_audio, audio, rate, options.format, options.subtype)
+    body, rate = await _counted(state, "encode", state.in_pool(encode_audio, audio, rate, options.format, options.subtype))
     timings = {"decode": work.prepare_seconds, **timings, "encode": time.perf_counter() - t0}
     state.metrics.add_stages(timings)
     state.metrics.inc("rvcfast_audio_seconds_total", work.prep.seconds)
@@ -314,10 +338,7 @@ async def _create_job(state: ServerState, request: Any) -> Any:
         if options.stream:
             raise FieldError("stream", "stream=true is for POST /v1/convert; a job's result is fetched when it is done")
         await _check_length(state, intake, "/v1/jobs")
-        try:
-            engine = await state.engine_for(options.voice, options.f0)
-        except BackendUnavailableError as exc:  # the backend needs an extra the server lacks
-            raise FieldError("f0", str(exc)) from None
+        engine = await _engine(state, options)
         params = check_values(options.overrides, engine.vocoder)
         job = state.jobs.create(options.voice, intake.name, options.format, options.subtype)
         source = state.jobs.path(job, ".in" + (intake.path.suffix if intake.path is not None else ""))
