@@ -1,5 +1,5 @@
-"""The server's robustness: input length limits, clean 500s on a kept-alive connection and
-concurrent voice uploads.
+"""The server's robustness: input length limits, clean 500s on a kept-alive connection, concurrent
+voice uploads and clients that leave.
 
 The app runs in this process (tiny random models), either through httpx's ASGI transport or
 under a real uvicorn server on 127.0.0.1 in a thread, so a test can hold a conversion or a
@@ -126,6 +126,12 @@ def live(tiny_models, folders, tmp_path_factory) -> Iterator[tuple[str, Any]]:
     app = make_app(tiny_models, folders, tmp_path_factory.mktemp("live"), max_input_seconds=100)
     with served(app) as url:
         yield url, app.state.rvcfast
+
+
+def raw_request(path: str, body: bytes, content_type: str = "audio/wav") -> bytes:
+    return (
+        f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: {content_type}\r\nContent-Length: {len(body)}\r\n\r\n"
+    ).encode() + body
 
 
 # ---------------------------------------------------------------------- input length (413 before decoding)
@@ -293,3 +299,64 @@ def test_a_refused_concurrent_upload_leaves_the_accepted_voice_alone(tiny_models
         run(body)
     assert (uploads / "newvoice.pth").read_bytes() == tiny_models.voice.read_bytes()
     assert len(calls) == 1  # the refused upload never got as far as the model check
+
+
+# ---------------------------------------------------------------------- a client that leaves
+
+
+def test_a_client_that_leaves_gives_its_work_and_slot_back(live, monkeypatch) -> None:
+    """A whole-file conversion whose client disconnects: queued work is dropped, running work stops
+    before its next segment, the slot is free at once and the request is counted as 499."""
+    url, state = live
+    port = int(url.rsplit(":", 1)[1])
+    started, release, closed = threading.Event(), threading.Event(), threading.Event()
+    pieces: list[int] = []
+    run_seconds: list[float] = []
+    real_stream, real_run = Engine.stream, Engine.run
+
+    def gated_stream(self, *args, **kwargs):
+        try:
+            for piece in real_stream(self, *args, **kwargs):
+                pieces.append(len(piece))
+                started.set()
+                release.wait(DEADLINE)
+                yield piece
+        finally:
+            closed.set()
+
+    def counting_run(self, preps, *args, **kwargs):
+        run_seconds.extend(round(p.seconds, 2) for p in preps)
+        return real_run(self, preps, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "stream", gated_stream)
+    monkeypatch.setattr(Engine, "run", counting_run)
+    gone_before = state.metrics.counter_value("rvcfast_requests_total", route="/v1/convert", status="499")
+    long_clip = wav_bytes(tone(45.0, 16000), 16000)  # two segments: a step task on the model worker
+    short_clip = wav_bytes(tone(1.3, 16000), 16000)  # one segment: a one-shot conversion in the queue
+    holder = socket.create_connection(("127.0.0.1", port))
+    queued = socket.create_connection(("127.0.0.1", port))
+    try:
+        holder.sendall(raw_request("/v1/convert?voice=alice", long_clip))
+        assert started.wait(DEADLINE), "the long conversion never started"
+        queued.sendall(raw_request("/v1/convert?voice=alice", short_clip))
+        wait_for(lambda: state.scheduler.depth >= 1, "the short request to be queued behind the long one")
+        holder.close()
+        queued.close()
+        # the model worker is still held inside the first segment: only cancelling frees the slots
+        wait_for(lambda: state.admission.count == 0, "both slots to be given back")
+        wait_for(
+            lambda: state.metrics.counter_value("rvcfast_requests_total", route="/v1/convert", status="499") == gone_before + 2,
+            "both requests to be counted as 499",
+        )
+    finally:
+        release.set()
+        holder.close()
+        queued.close()
+    assert closed.wait(DEADLINE), "the long conversion was never stopped"
+    # a request queued after both: once it is answered, the worker has passed the dropped one
+    after = httpx.post(f"{url}/v1/convert?voice=bob&noise=false", content=wav_bytes(tone(1.1, 16000), 16000),
+                       headers={"content-type": "audio/wav"}, timeout=DEADLINE)
+    assert after.status_code == 200
+    assert len(pieces) == 1  # the second segment was never computed
+    assert 1.3 not in run_seconds and 1.1 in run_seconds  # the dropped request never reached the models
+    assert state.metrics.counter_value("rvcfast_requests_total", route="/v1/convert", status="200") >= 1

@@ -9,6 +9,10 @@ may share model calls with other requests, longer ones and streams one segment p
 turn → encoding in the prepare pool. The answer carries ``X-Rvcfast-Timings`` (seconds
 per stage, JSON) and, when the input had oddities, ``X-Rvcfast-Warnings``.
 
+A client that disconnects before its answer is ready gives its work up: a queued
+conversion is dropped, a long one stops before its next segment, the admission slot is
+free at once, and the request is counted with status 499 in the metrics.
+
 This module imports FastAPI; :func:`rvcfast.serve.create_app` imports it only after
 checking that the ``serve`` extra is installed.
 """
@@ -17,7 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -39,9 +43,12 @@ if TYPE_CHECKING:
     from ..params import ConversionParams
     from ..pipeline import PreparedAudio
 
-__all__ = ["add_routes", "InputTooLong", "input_seconds"]
+__all__ = ["add_routes", "InputTooLong", "input_seconds", "CLIENT_CLOSED"]
 
 T = TypeVar("T")
+
+#: The status recorded for a request whose client disconnected before its answer (nginx's convention).
+CLIENT_CLOSED = 499
 
 #: libsndfile's frame count for a stream whose length its header does not give (SF_COUNT_MAX).
 _UNKNOWN_FRAMES = 2**62
@@ -169,7 +176,11 @@ async def _prepare(state: ServerState, intake: Intake, options: ConvertOptions) 
 
 
 async def _convert_whole(state: ServerState, work: _Work) -> tuple[np.ndarray, int, dict[str, float], str | None]:
-    """Audio, rate, timings and error of a whole-file conversion."""
+    """Audio, rate, timings and error of a whole-file conversion.
+
+    Cancelling it (the client left) drops a one-shot conversion that has not started and
+    stops a long one before its next segment.
+    """
     from ..pipeline import finish
 
     assert state.scheduler is not None
@@ -204,9 +215,44 @@ def _headers(timings: dict[str, float], warnings: list[str], intake: Intake) -> 
     return out
 
 
+async def _client_gone(receive: Callable[[], Awaitable[Any]]) -> None:
+    """Return when the client disconnects (the request body has been read already)."""
+    while True:
+        message = await receive()
+        if message.get("type") == "http.disconnect":
+            return
+
+
+async def _unless_client_leaves(request: Any, work: Coroutine[Any, Any, Any]) -> Any:
+    """Await ``work``; if the client disconnects first, cancel it and answer 499 (which only the metrics see).
+
+    Cancelling gives the model worker's share back: a queued one-shot conversion is
+    dropped, a step task stops at its next turn (the segment in progress finishes).
+    """
+    task: asyncio.Future[Any] = asyncio.ensure_future(work)
+    gone = asyncio.ensure_future(_client_gone(request.receive))
+    try:
+        await asyncio.wait((task, gone), return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            return task.result()
+        task.cancel()
+        await asyncio.wait((task,))  # its cleanup (spool files, the step task) runs before the slot is given back
+        return Response(status_code=CLIENT_CLOSED)
+    finally:
+        gone.cancel()
+        task.cancel()
+
+
 async def _convert(state: ServerState, request: Any) -> Any:
     t_start = time.perf_counter()
     intake = await read_request(request, state.uploads)
+    try:
+        return await _unless_client_leaves(request, _convert_input(state, intake, t_start))
+    finally:
+        intake.cleanup()
+
+
+async def _convert_input(state: ServerState, intake: Intake, t_start: float) -> Any:
     try:
         options = parse_fields(intake.fields)
         work = await _prepare(state, intake, options)
