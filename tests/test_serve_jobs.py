@@ -1,5 +1,5 @@
 """The server's robustness: input length limits, clean 500s on a kept-alive connection, concurrent
-voice uploads and clients that leave.
+voice uploads, clients that leave, job files and job space.
 
 The app runs in this process (tiny random models), either through httpx's ASGI transport or
 under a real uvicorn server on 127.0.0.1 in a thread, so a test can hold a conversion or a
@@ -31,6 +31,7 @@ from serve_helpers import voice_folder, wav_bytes
 from rvcfast.engine import Engine
 from rvcfast.errors import ParameterError
 from rvcfast.serve import ServeConfig, create_app
+from rvcfast.serve.jobs import JobStore, JobStoreFull
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -360,3 +361,117 @@ def test_a_client_that_leaves_gives_its_work_and_slot_back(live, monkeypatch) ->
     assert len(pieces) == 1  # the second segment was never computed
     assert 1.3 not in run_seconds and 1.1 in run_seconds  # the dropped request never reached the models
     assert state.metrics.counter_value("rvcfast_requests_total", route="/v1/convert", status="200") >= 1
+
+
+# ---------------------------------------------------------------------- job files
+
+
+def test_a_job_leaves_only_its_result(tiny_models, folders, tmp_path) -> None:
+    """Done or failed, a job's spooled input (``<id>.in.<ext>``) and raw file are deleted when it ends."""
+    app = make_app(tiny_models, folders, tmp_path)
+    state = app.state.rvcfast
+
+    async def body(client):
+        ids = []
+        for name, data in (("take.wav", wav_bytes(tone(1.5, 16000), 16000)), ("broken.wav", b"RIFF not audio" * 50)):
+            r = await client.post("/v1/jobs", files={"file": (name, data, "audio/wav")}, data={"voice": "bob"})
+            assert r.status_code == 202, r.text
+            ids.append(r.json()["id"])
+        for job_id in ids:
+            await asyncio.wait([state.jobs.get(job_id).handle], timeout=DEADLINE)
+        states = [(await client.get(f"/v1/jobs/{i}")).json()["state"] for i in ids]
+        assert states == ["done", "failed"]
+        return ids
+
+    with in_process(app) as run:
+        done_id, _ = run(body)
+        assert sorted(p.name for p in state.jobs.root.iterdir()) == [f"{done_id}.wav"]
+        assert state.admission.count == 0
+
+
+def test_deleting_a_job_while_its_result_is_written_leaves_no_file(tiny_models, folders, tmp_path, monkeypatch) -> None:
+    import rvcfast.writing
+
+    entered, release, written = threading.Event(), threading.Event(), threading.Event()
+    real_write = rvcfast.writing.write_audio_atomic
+
+    def gated_write(*args, **kwargs):
+        entered.set()
+        release.wait(DEADLINE)
+        try:
+            return real_write(*args, **kwargs)
+        finally:
+            written.set()
+
+    monkeypatch.setattr(rvcfast.writing, "write_audio_atomic", gated_write)
+    app = make_app(tiny_models, folders, tmp_path)
+    state = app.state.rvcfast
+
+    async def body(client):
+        r = await client.post("/v1/jobs", files={"file": ("a.wav", wav_bytes(tone(1.5, 16000), 16000), "audio/wav")},
+                              data={"voice": "bob"})
+        job = state.jobs.get(r.json()["id"])
+        try:
+            assert await asyncio.to_thread(entered.wait, DEADLINE), "the job never reached its write"
+            r = await client.delete(f"/v1/jobs/{job.id}")
+            assert r.status_code == 200 and r.json() == {"id": job.id, "state": "deleted"}
+            assert (await client.get(f"/v1/jobs/{job.id}")).status_code == 404  # no "cancelled" job to see
+        finally:
+            release.set()
+        await asyncio.wait([job.handle], timeout=DEADLINE)
+        assert job.handle.done() and written.is_set()  # the task ended only after the write did
+        assert list(state.jobs.root.glob(f"{job.id}*")) == [] and state.admission.count == 0
+
+    with in_process(app) as run:
+        run(body)
+
+
+# ---------------------------------------------------------------------- job space
+
+
+def test_unfetched_young_results_are_kept_and_new_jobs_refused(tmp_path) -> None:
+    store = JobStore(tmp_path, ttl=3600, max_bytes=100, min_keep=600)
+    assert set(store.counts()) == {"queued", "running", "done", "failed"}
+    now = time.time()
+    big = store.create("v", "big.wav", "wav", None)
+    store.path(big, ".wav").write_bytes(b"x" * 150)
+    big.state, big.bytes, big.finished = "done", 150, now
+    assert store.sweep(now=now + 599) == []  # alone above the bound, but not fetched and young: kept
+    with pytest.raises(JobStoreFull, match="fetch or delete"):
+        store.create("v", "next.wav", "wav", None)
+    big.fetched = True
+    nxt = store.create("v", "next.wav", "wav", None)  # the fetched result made room
+    assert not store.holds(big) and not store.path(big, ".wav").exists() and store.holds(nxt)
+    old = store.create("v", "old.wav", "wav", None)
+    old.state, old.bytes, old.finished = "done", 150, now - 601
+    assert store.sweep(now=now) == [old.id]  # unfetched, but older than min_keep
+    failed = store.create("v", "f.wav", "wav", None)
+    failed.state, failed.finished = "failed", now
+    assert store.sweep(now=now + 3601) == [failed.id] and store.holds(nxt)  # expiry by ttl is unchanged
+
+
+def test_a_result_above_the_space_bound_stays_until_fetched(tiny_models, folders, tmp_path) -> None:
+    app = make_app(tiny_models, folders, tmp_path, jobs_max_mb=0.02)  # 20 KB: less than one result
+    state = app.state.rvcfast
+    clip = wav_bytes(tone(1.5, 16000), 16000)
+
+    async def body(client):
+        files = {"file": ("a.wav", clip, "audio/wav")}
+        r = await client.post("/v1/jobs", files=files, data={"voice": "bob"})
+        job = state.jobs.get(r.json()["id"])
+        await asyncio.wait([job.handle], timeout=DEADLINE)
+        state.jobs.sweep()
+        status = (await client.get(f"/v1/jobs/{job.id}")).json()
+        assert status["state"] == "done" and status["bytes"] > 20 * 1024
+        refused = await client.post("/v1/jobs", files=files, data={"voice": "bob"})
+        assert refused.status_code == 503 and "spool is full" in refused.json()["error"] and refused.headers["retry-after"]
+        audio = await client.get(f"/v1/jobs/{job.id}/audio")
+        assert audio.status_code == 200 and len(audio.content) == status["bytes"]
+        accepted = await client.post("/v1/jobs", files=files, data={"voice": "bob"})
+        assert accepted.status_code == 202, accepted.text
+        assert (await client.get(f"/v1/jobs/{job.id}")).status_code == 404  # fetched, then removed for space
+        await asyncio.wait([state.jobs.get(accepted.json()["id"]).handle], timeout=DEADLINE)
+        assert state.admission.count == 0
+
+    with in_process(app) as run:
+        run(body)

@@ -105,7 +105,7 @@ def add_parser(sub: Any) -> None:
     lim.add_argument("--max-queue", type=int, default=64, metavar="N", help="requests and jobs held at once (503 with Retry-After above)")
     lim.add_argument("--jobs-dir", metavar="FOLDER", help="spool for uploads and job results (default: a temporary folder)")
     lim.add_argument("--jobs-ttl", type=float, default=3600.0, metavar="S", help="seconds a finished job's result is kept")
-    lim.add_argument("--jobs-max-mb", type=float, default=2048.0, metavar="N", help="disk for job results (oldest removed above)")
+    lim.add_argument("--jobs-max-mb", type=float, default=2048.0, metavar="N", help="disk for job results: above it the oldest fetched (or 10 min old) results are removed, else new jobs get 503")
     r = p.add_argument_group("runtime")
     add_device_options(r)
     r.add_argument("--batch-seconds", type=float, default=None, metavar="S",

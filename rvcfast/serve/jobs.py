@@ -1,11 +1,18 @@
 """The job spool: inputs too long for one request, converted in the background, results on disk.
 
-``POST /v1/jobs`` stores the upload as ``<id>.in`` in the spool folder and answers 202
-at once; the conversion runs segment by segment through the scheduler, the raw
+``POST /v1/jobs`` stores the upload as ``<id>.in.<ext>`` in the spool folder and answers
+202 at once; the conversion runs segment by segment through the scheduler, the raw
 segment outputs are appended to ``<id>.raw`` (so a long result never sits only in
-memory), then finished and written as ``<id>.<format>``. Finished jobs are kept for
-``ttl`` seconds; when the results take more than ``max_bytes`` the oldest finished jobs
-are removed first. Job ids are random (128 bits) and are the only thing a client names.
+memory), then finished and written as ``<id>.<format>``. The input and the raw file are
+deleted when the job ends, however it ends; a deleted job leaves no file.
+
+A job is ``queued``, ``running``, then ``done`` or ``failed``; ``DELETE`` cancels it and
+forgets it at once. Finished jobs are kept for ``ttl`` seconds. When the results take
+more than ``max_bytes``, the oldest results are removed first, but never one that has
+not been fetched and is younger than ``min_keep`` seconds (:data:`MIN_KEEP_SECONDS`):
+new jobs are refused with :class:`JobStoreFull` (503) instead, so a job reported done
+can always be fetched for that long. Job ids are random (128 bits) and are the only
+thing a client names.
 """
 
 from __future__ import annotations
@@ -21,11 +28,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["Job", "JobStore", "JobStoreFull", "JOB_ID", "ACTIVE", "FINISHED"]
+__all__ = ["Job", "JobStore", "JobStoreFull", "JOB_ID", "ACTIVE", "FINISHED", "MIN_KEEP_SECONDS"]
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 ACTIVE = ("queued", "running")
-FINISHED = ("done", "failed", "cancelled")
+FINISHED = ("done", "failed")
+
+#: Seconds a result that has not been fetched is kept even when results exceed the size bound.
+MIN_KEEP_SECONDS = 600.0
 
 
 class JobStoreFull(Exception):
@@ -52,6 +62,7 @@ class Job:
     sample_rate: int | None = None
     result: Path | None = None
     bytes: int = 0
+    fetched: bool = False  # its audio was sent at least once (it may then be removed for space)
     timings: dict[str, float] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)
     handle: Any = field(default=None, repr=False)  # the asyncio task running it
@@ -83,11 +94,12 @@ class Job:
 class JobStore:
     """Jobs by id and their files under ``root``; thread-safe."""
 
-    def __init__(self, root: Path, ttl: float, max_bytes: int) -> None:
+    def __init__(self, root: Path, ttl: float, max_bytes: int, min_keep: float = MIN_KEEP_SECONDS) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self.ttl = float(ttl)
         self.max_bytes = int(max_bytes)
+        self.min_keep = float(min_keep)
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
@@ -97,7 +109,7 @@ class JobStore:
         with self._lock:
             if self._result_bytes() >= self.max_bytes:
                 raise JobStoreFull(
-                    f"the job spool is full ({self.max_bytes / 2**20:g} MB of results not yet expired); "
+                    f"the job spool is full ({self.max_bytes / 2**20:g} MB of results not yet fetched or expired); "
                     "fetch or delete finished jobs, or retry later"
                 )
             job = Job(uuid.uuid4().hex, voice, input_name, fmt, subtype)
@@ -111,6 +123,11 @@ class JobStore:
             raise KeyError(job_id)
         with self._lock:
             return self._jobs[job_id]
+
+    def holds(self, job: Job) -> bool:
+        """Whether ``job`` is still in the store (not deleted, expired or removed for space)."""
+        with self._lock:
+            return self._jobs.get(job.id) is job
 
     def path(self, job: Job, suffix: str) -> Path:
         """A file of ``job`` in the spool (``.in``, ``.raw``, ``.wav``...)."""
@@ -128,28 +145,44 @@ class JobStore:
         return sum(j.bytes for j in self._jobs.values() if j.state == "done")
 
     def sweep(self, now: float | None = None) -> list[str]:
-        """Remove expired finished jobs, then the oldest finished ones while results exceed ``max_bytes``."""
+        """Remove expired finished jobs, then the oldest results while results exceed ``max_bytes``.
+
+        A result that has not been fetched is removed for space only once it is
+        ``min_keep`` seconds old; until then new jobs are refused (:meth:`create`).
+        """
         now = time.time() if now is None else now
         removed: list[Job] = []
         with self._lock:
             for job in list(self._jobs.values()):
                 if job.state in FINISHED and job.finished is not None and now - job.finished > self.ttl:
                     removed.append(self._jobs.pop(job.id))
-            done = sorted((j for j in self._jobs.values() if j.state in FINISHED), key=lambda j: j.finished or 0.0)
+            done = sorted(
+                (j for j in self._jobs.values() if j.state == "done" and j.bytes > 0 and self._evictable(j, now)),
+                key=lambda j: j.finished or 0.0,
+            )
             while done and self._result_bytes() > self.max_bytes:
                 job = done.pop(0)
                 removed.append(self._jobs.pop(job.id))
         for job in removed:
-            self._delete_files(job)
+            self.delete_files(job)
         return [j.id for j in removed]
 
+    def _evictable(self, job: Job, now: float) -> bool:
+        """A result that may be removed for space: fetched, or older than ``min_keep``."""
+        return job.fetched or job.finished is None or now - job.finished >= self.min_keep
+
     def remove(self, job: Job) -> None:
-        """Forget a job and delete its files (cancel it first if it is running)."""
+        """Forget a job and delete its files.
+
+        A running job must be cancelled too; its task deletes the files it still writes
+        when it ends (it finds the job gone, :meth:`holds`).
+        """
         with self._lock:
             self._jobs.pop(job.id, None)
-        self._delete_files(job)
+        self.delete_files(job)
 
-    def _delete_files(self, job: Job) -> None:
+    def delete_files(self, job: Job) -> None:
+        """Delete every file of ``job`` in the spool."""
         for f in self.root.glob(f"{job.id}.*"):
             try:
                 f.unlink()

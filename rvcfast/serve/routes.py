@@ -29,13 +29,14 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import numpy as np
 from fastapi import HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.background import BackgroundTask
 
 from ..errors import AudioError, BackendUnavailableError, ModelLoadError, ParameterError
 from .app import dumps_header, error_response
 from .encode import MEDIA_TYPES, encode_audio, pcm_bytes, wav_stream_header
 from .forms import ConvertOptions, FieldError, check_values, form_schema, parse_fields
 from .intake import Intake, read_request
-from .jobs import JOB_ID, Job
+from .jobs import ACTIVE, JOB_ID, Job
 from .state import ServerState
 
 if TYPE_CHECKING:
@@ -330,16 +331,33 @@ class _SlotStream(StreamingResponse):
 # ---------------------------------------------------------------------- jobs
 
 
-async def _run_job(state: ServerState, job: Job, engine: Engine, params: ConversionParams, source: Any) -> None:
+async def _to_the_end(state: ServerState, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """:meth:`ServerState.in_pool`, except that a cancelled caller still waits for the thread to finish.
+
+    A job cancelled while its result is written must not see the file appear after it
+    has cleaned up: its cleanup runs only once no thread works for it any more.
+    """
+    fut = asyncio.get_running_loop().run_in_executor(state.pool, lambda: fn(*args, **kwargs))
+    try:
+        return await asyncio.shield(fut)
+    except asyncio.CancelledError:
+        while not fut.done():
+            try:
+                await asyncio.wait((fut,))
+            except asyncio.CancelledError:
+                continue  # cancelled again: still wait, then cancel once
+        raise
+
+
+async def _run_job(state: ServerState, job: Job, engine: Engine, params: ConversionParams, source: Path) -> None:
     """Decode, convert segment by segment into ``<id>.raw``, finish, write ``<id>.<format>``."""
     from ..pipeline import finish
     from ..writing import mp3_rate, write_audio_atomic
 
-    t_start = time.perf_counter()
     raw_path, out_path = state.jobs.path(job, ".raw"), state.jobs.path(job, f".{job.format}")
     try:
         t0 = time.perf_counter()
-        prep = await state.in_pool(engine.prepare, source, params=params)
+        prep = await _to_the_end(state, engine.prepare, source, params=params)
         job.timings["decode"] = time.perf_counter() - t0
         job.started, job.state = time.time(), "running"
         job.input_seconds, job.segments = prep.seconds, len(prep.segments)
@@ -352,27 +370,44 @@ async def _run_job(state: ServerState, job: Job, engine: Engine, params: Convers
                 job.progress = 0.95 * done / max(1, job.segments)
         t0 = time.perf_counter()
         audio = np.memmap(raw_path, dtype=np.float32, mode="r+") if raw_path.stat().st_size else np.zeros(0, np.float32)
-        out, rate = await state.in_pool(finish, audio, prep, engine.sample_rate, params)
+        out, rate = await _to_the_end(state, finish, audio, prep, engine.sample_rate, params)
         del audio, prep
-        await state.in_pool(write_audio_atomic, out_path, out, rate, format=job.format, subtype=job.subtype)
+        await _to_the_end(state, write_audio_atomic, out_path, out, rate, format=job.format, subtype=job.subtype)
         job.timings["post"] = job.timings.get("post", 0.0) + time.perf_counter() - t0
         job.sample_rate = mp3_rate(rate) if job.format == "mp3" else rate
         job.result, job.bytes = out_path, out_path.stat().st_size
+        job.finished = time.time()
         job.state, job.progress = "done", 1.0
         state.metrics.add_stages(job.timings)
         state.metrics.inc("rvcfast_audio_seconds_total", job.input_seconds or 0.0)
-    except asyncio.CancelledError:
-        job.state, job.error = "cancelled", "the job was cancelled"
-        raise
     except Exception as exc:  # noqa: BLE001 - the job's failure, reported by GET /v1/jobs/{id}
-        job.state = "failed"
         text = f"{exc}" if isinstance(exc, AudioError) else f"{type(exc).__name__}: {exc}"
         job.error = state._hide_paths(text.replace(str(source), job.input_name))
-        state.metrics.inc("rvcfast_conversion_failures_total", stage="job")
-    finally:
         job.finished = time.time()
-        for p in (raw_path, state.jobs.path(job, ".in")):
+        job.state = "failed"
+        state.metrics.inc("rvcfast_conversion_failures_total", stage="job")
+
+
+def _start_job(state: ServerState, job: Job, engine: Engine, params: ConversionParams, source: Path) -> None:
+    """Run the job in a task whose end (done, failed or cancelled, even before it started) cleans up."""
+    t_start = time.perf_counter()
+    task = asyncio.create_task(_run_job(state, job, engine, params, source))
+    job.handle = task
+    task.add_done_callback(lambda _: _job_ended(state, job, source, t_start))
+
+
+def _job_ended(state: ServerState, job: Job, source: Path, t_start: float) -> None:
+    """Delete the job's input and raw file (all its files if it was deleted), give its slot back."""
+    try:
+        if job.state in ACTIVE:  # cancelled: deleted by its client, or the server is stopping
+            job.error = "the job was cancelled: the server stopped before it finished"
+            job.finished = time.time()
+            job.state = "failed"
+        for p in (state.jobs.path(job, ".raw"), source):
             p.unlink(missing_ok=True)
+        if not state.jobs.holds(job):  # deleted while it ran: nothing it wrote may stay
+            state.jobs.delete_files(job)
+    finally:
         state.admission.leave(time.perf_counter() - t_start)
         state.jobs.sweep()
 
@@ -387,13 +422,13 @@ async def _create_job(state: ServerState, request: Any) -> Any:
         engine = await _engine(state, options)
         params = check_values(options.overrides, engine.vocoder)
         job = state.jobs.create(options.voice, intake.name, options.format, options.subtype)
-        source = state.jobs.path(job, ".in" + (intake.path.suffix if intake.path is not None else ""))
         assert intake.path is not None
+        source = state.jobs.path(job, ".in" + intake.path.suffix)
         intake.path.replace(source)
         intake.path = None
     finally:
         intake.cleanup()
-    job.handle = asyncio.create_task(_run_job(state, job, engine, params, source))
+    _start_job(state, job, engine, params, source)
     return JSONResponse(
         {**job.public(), "status_url": f"/v1/jobs/{job.id}"}, status_code=202, headers={"Location": f"/v1/jobs/{job.id}"}
     )
@@ -405,7 +440,11 @@ def _job(state: ServerState, job_id: str) -> Job:
     try:
         return state.jobs.get(job_id)
     except KeyError:
-        raise HTTPException(404, f"no job {job_id!r}: unknown, or expired and removed") from None
+        raise HTTPException(404, f"no job {job_id!r}: unknown, deleted, or expired and removed") from None
+
+
+def _fetched(job: Job) -> None:
+    job.fetched = True  # sent once: the result may now be removed for space
 
 
 # ---------------------------------------------------------------------- registration
@@ -460,12 +499,13 @@ def add_routes(app: Any, state: ServerState) -> None:
         return FileResponse(
             job.result, media_type=MEDIA_TYPES[job.format], filename=f"{stem}_{job.voice}.{job.format}",
             headers={"X-Rvcfast-Timings": dumps_header({k: round(v, 4) for k, v in job.timings.items()})},
+            background=BackgroundTask(_fetched, job),
         )
 
-    @app.delete("/v1/jobs/{job_id}", summary="cancel a job and delete its files")
+    @app.delete("/v1/jobs/{job_id}", summary="cancel a job, delete its files and forget it")
     async def delete_job(job_id: str) -> Any:
         job = _job(state, job_id)
         if job.handle is not None and not job.handle.done():
-            job.handle.cancel()
+            job.handle.cancel()  # its task deletes what it still writes when it ends
         state.jobs.remove(job)
         return JSONResponse({"id": job.id, "state": "deleted"})
