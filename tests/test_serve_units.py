@@ -169,7 +169,7 @@ def test_admission_limit_and_retry_after() -> None:
 
 
 def test_job_spool_ttl_and_size_bound(tmp_path) -> None:
-    store = JobStore(tmp_path, ttl=10, max_bytes=100)
+    store = JobStore(tmp_path, ttl=10, max_bytes=100, min_keep=0)  # no minimum age: evicted for space at once
     jobs = [store.create("v", f"in{i}.wav", "wav", None) for i in range(3)]
     now = time.time()
     for i, job in enumerate(jobs):

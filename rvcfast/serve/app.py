@@ -215,7 +215,8 @@ def _service_routes(app: Any, state: ServerState) -> None:
     @app.get("/v1/voices", summary="voices: id, sample rate, version, F0, index, loaded")
     async def voices() -> Any:
         ids = state.registry.ids()
-        described = await asyncio.get_running_loop().run_in_executor(state.loader, lambda: [state.registry.describe(v) for v in ids])
+        # on the decode pool, not the loader: a listing never waits behind a slow voice load
+        described = await state.in_pool(lambda: [state.registry.describe(v) for v in ids])
         return JSONResponse({"voices": described})
 
     upload_doc = {
@@ -269,7 +270,7 @@ def _service_routes(app: Any, state: ServerState) -> None:
             return error_response(422, intake.hide(str(exc)))
         finally:
             intake.cleanup()
-        info = await asyncio.get_running_loop().run_in_executor(state.loader, state.registry.describe, voice.id)
+        info = await state.in_pool(state.registry.describe, voice.id)
         return JSONResponse(info, status_code=201)
 
 

@@ -6,8 +6,9 @@ are read from callables when ``/metrics`` is scraped. The names:
 * ``rvcfast_requests_total{route, status}`` — HTTP requests answered;
 * ``rvcfast_request_seconds{route}`` — their duration (histogram);
 * ``rvcfast_conversion_failures_total{stage}`` — conversions that failed: ``decode`` (the input),
-  ``convert`` (the model, before an answer was sent), ``stream`` (a streamed answer cut short
-  after its headers) and ``job`` (a background job);
+  ``convert`` (the model, before an answer was sent), ``encode`` (writing the answer's
+  audio), ``stream`` (a streamed answer cut short after its headers) and ``job`` (a
+  background job);
 * ``rvcfast_audio_seconds_total`` — input audio converted;
 * ``rvcfast_batch_requests`` — requests per model call of the scheduler (histogram);
 * ``rvcfast_stage_seconds_total{stage}`` — seconds per pipeline stage (decode, f0, features, index, synth, post, encode, queue);

@@ -33,7 +33,7 @@ from starlette.background import BackgroundTask
 
 from ..errors import AudioError, BackendUnavailableError, ModelLoadError, ParameterError
 from .app import dumps_header, error_response
-from .encode import MEDIA_TYPES, encode_audio, pcm_bytes, wav_stream_header
+from .encode import MEDIA_TYPES, check_output_rate, encode_audio, pcm_bytes, wav_stream_header
 from .forms import ConvertOptions, FieldError, check_values, form_schema, parse_fields
 from .intake import Intake, read_request
 from .jobs import ACTIVE, JOB_ID, Job
@@ -160,6 +160,7 @@ async def _prepare(state: ServerState, intake: Intake, options: ConvertOptions) 
     await _check_length(state, intake, "/v1/convert")  # before the voice is loaded or the input decoded
     engine = await _engine(state, options)
     params = check_values(options.overrides, engine.vocoder)
+    check_output_rate(options.format, options.subtype, params.output_rate(engine.sample_rate))  # before any work
     t0 = time.perf_counter()
     try:
         prep = await _counted(state, "decode", state.in_pool(engine.prepare, intake.path, params=params))
@@ -197,7 +198,7 @@ async def _convert_whole(state: ServerState, work: _Work) -> tuple[np.ndarray, i
     t_queue = time.perf_counter()
     pieces: list[np.ndarray] = []
     try:
-        async for piece in state.steps(work.engine.stream(work.prep, work.params, f0=work.f0, raw=True, timings=timings)):
+        async for piece in state.steps(work.engine.stream(work.prep, work.params, f0=work.f0, raw=True, timings=timings, pauses=True)):
             pieces.append(piece)
     except Exception as exc:  # noqa: BLE001 - reported as this request's failure
         return *failed, timings, f"{type(exc).__name__}: {exc}"
@@ -279,7 +280,7 @@ async def _convert_input(state: ServerState, intake: Intake, t_start: float) -> 
 async def _stream(state: ServerState, work: _Work, intake: Intake, t_start: float) -> Any:
     """A chunked WAV: the header, then each finished piece as the model worker produces it."""
     timings: dict[str, float] = {}
-    pieces = state.steps(work.engine.stream(work.prep, work.params, f0=work.f0, timings=timings)).__aiter__()
+    pieces = state.steps(work.engine.stream(work.prep, work.params, f0=work.f0, timings=timings, pauses=True)).__aiter__()
     try:
         first = await pieces.__anext__()  # F0 and the first segment: failures still get a proper status
     except StopAsyncIteration:
@@ -364,7 +365,7 @@ async def _run_job(state: ServerState, job: Job, engine: Engine, params: Convers
         job.warnings = [w.replace(str(source), job.input_name) for w in prep.warnings]
         done = 0
         with open(raw_path, "wb") as raw:
-            async for piece in state.steps(engine.stream(prep, params, raw=True, timings=job.timings)):
+            async for piece in state.steps(engine.stream(prep, params, raw=True, timings=job.timings, pauses=True)):
                 raw.write(np.ascontiguousarray(piece, dtype=np.float32).tobytes())
                 done += 1
                 job.progress = 0.95 * done / max(1, job.segments)
@@ -421,6 +422,7 @@ async def _create_job(state: ServerState, request: Any) -> Any:
         await _check_length(state, intake, "/v1/jobs")
         engine = await _engine(state, options)
         params = check_values(options.overrides, engine.vocoder)
+        check_output_rate(options.format, options.subtype, params.output_rate(engine.sample_rate))
         job = state.jobs.create(options.voice, intake.name, options.format, options.subtype)
         assert intake.path is not None
         source = state.jobs.path(job, ".in" + intake.path.suffix)
