@@ -475,3 +475,38 @@ def test_a_result_above_the_space_bound_stays_until_fetched(tiny_models, folders
 
     with in_process(app) as run:
         run(body)
+
+
+# ---------------------------------------------------------------------- a long input's F0 in turns
+
+
+def test_long_inputs_give_their_f0_turns_to_other_requests(tiny_models, folders, tmp_path: Path, monkeypatch) -> None:
+    # whole-file, streamed and job conversions of a long input ask the engine for its F0 one
+    # network pass per turn (Engine.stream(pauses=True)); the pauses themselves are tested in
+    # test_engine_stream.py and the scheduler's handling of them in test_serve_units.py
+    seen: list[bool] = []
+    real = Engine.stream
+
+    def spy(self, *args, **kwargs):
+        seen.append(bool(kwargs.get("pauses")))
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "stream", spy)
+    long = wav_bytes(tone(50.0, 16000, 170.0), 16000)  # two segments: stepped, not one-shot
+    app = make_app(tiny_models, folders, tmp_path)
+
+    async def body(client) -> None:
+        files = {"file": ("long.wav", long, "audio/wav")}
+        assert (await client.post("/v1/convert", files=files, data={"voice": "alice"})).status_code == 200
+        r = await client.post("/v1/convert", files=files, data={"voice": "alice", "stream": "true"})
+        assert r.status_code == 200 and len(r.content) > 0
+        job = (await client.post("/v1/jobs", files=files, data={"voice": "alice"})).json()
+        end = time.monotonic() + DEADLINE
+        while (state := (await client.get(f"/v1/jobs/{job['id']}")).json()["state"]) not in ("done", "failed"):
+            assert time.monotonic() < end, "the job never finished"
+            await asyncio.sleep(0.05)
+        assert state == "done"
+
+    with in_process(app) as run:
+        run(body)
+    assert seen == [True, True, True]
