@@ -661,6 +661,8 @@ def run_batch(
     """Yield one :class:`~rvcfast.result.Result` per input, as files finish (see the module docstring)."""
     options.validate()
     params.validate(engine.vocoder)
+    if options.out_dir is not None:  # a format the output rate cannot be written in: before any work
+        params.check_output(options.format, options.subtype, engine.sample_rate)
     jobs = expand_inputs(inputs, options)
     if options.out_dir is not None and Path(options.out_dir).is_dir():
         remove_stale_parts(options.out_dir)  # temporary files of an earlier, killed run

@@ -458,10 +458,16 @@ def test_conversion_params_check_the_output_format_at_the_output_rate() -> None:
     assert ConversionParams(output_sample_rate=22050).output_rate(40000) == 22050
 
 
-def test_batch_output_in_an_unwritable_format_is_a_clear_per_file_error(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+def test_batch_output_in_an_unwritable_format_is_refused_before_any_work(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+    from rvcfast.errors import ParameterError
+
     sf.write(tmp_path / "a.wav", tone(0.3), 16000)
-    results = tiny_converter.convert_batch([tmp_path / "a.wav"], tmp_path / "out", format="ogg", subtype="OPUS")
-    assert not results[0].ok
-    assert "subtype OPUS" in results[0].error and "sample_rate" in results[0].error
-    assert "LibsndfileError" not in results[0].error
+    with pytest.raises(ParameterError) as info:
+        tiny_converter.convert_batch([tmp_path / "a.wav"], tmp_path / "out", format="ogg", subtype="OPUS")
+    assert "subtype OPUS" in str(info.value) and "sample_rate" in str(info.value)
     assert not (tmp_path / "out").exists() or outputs(tmp_path / "out") == []
+    # at a rate Opus takes, the same batch converts
+    results = tiny_converter.convert_batch(
+        [tmp_path / "a.wav"], tmp_path / "out", format="ogg", subtype="OPUS", output_sample_rate=48000
+    )
+    assert results[0].ok, results[0].error
