@@ -26,7 +26,7 @@ import soundfile as sf
 
 from .constants import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SR_16K
 from .dsp import Resampler, resampled_length
-from .errors import AudioError, ParameterError
+from .errors import AudioError, AudioTooLongError, ParameterError
 
 __all__ = ["AudioInput", "Decoded", "decode", "load_audio_16k", "to_mono", "audio_info"]
 
@@ -36,6 +36,10 @@ AudioInput = str | os.PathLike | np.ndarray
 _READ_BLOCK = 1 << 18
 #: Frames per block after a decode error (keeps as much of a damaged file as possible).
 _SALVAGE_BLOCK = 4096
+#: The most a header's frame count is trusted to size the decode buffer with (it grows beyond).
+_MAX_PREALLOCATED_SECONDS = 3600
+#: libsndfile's frame count for a stream whose length its header does not give (2**63 - 1).
+UNKNOWN_FRAMES = 1 << 62
 #: A sample this close to full scale counts as "at full scale" for the clipping check.
 CLIP_LEVEL = 0.999
 #: Consecutive full-scale samples (per channel) that count as a clipped run.
@@ -93,11 +97,26 @@ def load_audio_16k(path_or_array: AudioInput, sample_rate: int | None = None) ->
     return decode(path_or_array, sample_rate).audio
 
 
-def decode(source: AudioInput, sample_rate: int | None = None, *, name: str | None = None) -> Decoded:
-    """Decode and validate one input; see :class:`Decoded`. Errors name the file (or ``name``)."""
+def decode(
+    source: AudioInput, sample_rate: int | None = None, *, name: str | None = None, max_seconds: float | None = None
+) -> Decoded:
+    """Decode and validate one input; see :class:`Decoded`. Errors name the file (or ``name``).
+
+    ``max_seconds`` bounds the input's length: decoding stops with
+    :class:`~rvcfast.errors.AudioTooLongError` as soon as the audio passes it, whatever
+    the file's header says (a server's guard against a small upload that decodes to hours).
+    """
     if isinstance(source, (str, os.PathLike)):
-        return _decode_file(Path(source), sample_rate)
-    return _decode_array(source, sample_rate, name)
+        return _decode_file(Path(source), sample_rate, max_seconds)
+    decoded = _decode_array(source, sample_rate, name)
+    if max_seconds is not None:
+        _check_length(decoded.label, decoded.audio.shape[0] / SR_16K, max_seconds)
+    return decoded
+
+
+def _check_length(label: str | os.PathLike[str] | None, seconds: float, max_seconds: float) -> None:
+    if seconds > max_seconds:
+        raise AudioTooLongError(label, f"audio is longer than the {max_seconds:g} s allowed", max_seconds)
 
 
 def audio_info(path: str | os.PathLike[str]) -> tuple[float, int, int]:
@@ -233,7 +252,19 @@ class _SfSource:
 def _source(p: Path) -> _SfSource | Any:
     """libsndfile for what it reads; PyAV (the ``av`` extra) for other containers."""
     try:
-        return _SfSource(p, sf.SoundFile(str(p)))
+        f = sf.SoundFile(str(p))
+        if f.frames >= UNKNOWN_FRAMES:
+            # a FLAC written as a stream (no length in its header): libsndfile's reader fails
+            # after its reads (python-soundfile seeks past each one); FFmpeg reads it whole
+            from .av_decode import AvSource, av_available
+
+            f.close()
+            if not av_available():
+                raise AudioError(
+                    p, 'cannot decode audio: its header does not give its length (a stream), which needs PyAV: pip install "rvcfast[av]"'
+                )
+            return AvSource(p)
+        return _SfSource(p, f)
     except sf.LibsndfileError as exc:
         detail = _libsndfile_detail(exc)
     except (RuntimeError, ValueError, OSError, TypeError) as exc:
@@ -254,7 +285,7 @@ def _source(p: Path) -> _SfSource | Any:
     raise AudioError(p, f"cannot decode audio: {detail}")
 
 
-def _decode_file(p: Path, sample_rate: int | None) -> Decoded:
+def _decode_file(p: Path, sample_rate: int | None, max_seconds: float | None = None) -> Decoded:
     _check_path(p)
     src = _source(p)
     try:
@@ -264,7 +295,10 @@ def _decode_file(p: Path, sample_rate: int | None) -> Decoded:
         _check_rate(p, sr)
         notes: list[str] = []
         stats = _Stats()
-        out, n_in = _consume(src.blocks(notes), p, sr, frames, stats)
+        blocks = src.blocks(notes)
+        if max_seconds is not None:
+            blocks = _bounded(blocks, p, sr, max_seconds)
+        out, n_in = _consume(blocks, p, sr, frames, stats)
     finally:
         src.close()
     warnings = notes + stats.warnings(str(p), channels)
@@ -276,10 +310,22 @@ def _decode_file(p: Path, sample_rate: int | None) -> Decoded:
     return Decoded(out, sr, channels, str(p), warnings)
 
 
+def _bounded(blocks: Iterator[np.ndarray], p: Path, sr: int, max_seconds: float) -> Iterator[np.ndarray]:
+    """``blocks``, stopping with :class:`AudioTooLongError` once they pass ``max_seconds``."""
+    seen = 0
+    for block in blocks:
+        seen += block.shape[0]
+        _check_length(p, seen / sr, max_seconds)
+        yield block
+
+
 def _consume(blocks: Iterator[np.ndarray], p: Path, sr: int, frames: int, stats: _Stats) -> tuple[np.ndarray, int]:
     """Mix each block to mono, check it and resample it to 16 kHz into one buffer."""
     resampler = Resampler(sr, SR_16K)
-    out = np.empty(resampled_length(max(frames, 0), sr, SR_16K), dtype=np.float64)
+    # a header's frame count sizes the buffer, up to an hour's worth: beyond that (a length
+    # libsndfile does not know is 2**63 - 1) the buffer grows with what is really decoded
+    known = min(max(frames, 0), _MAX_PREALLOCATED_SECONDS * sr)
+    out = np.empty(resampled_length(known, sr, SR_16K), dtype=np.float64)
     pos = n_in = 0
     for block in blocks:
         mono = to_mono(block)

@@ -216,12 +216,17 @@ class Engine:
         *,
         name: str | None = None,
         params: ConversionParams | None = None,
+        max_seconds: float | None = None,
     ) -> PreparedAudio:
         """Decode one input and run the signal stages (no network); thread-safe.
 
-        The same as :func:`prepare_input` with this engine's segment plan.
+        The same as :func:`prepare_input` with this engine's segment plan (``max_seconds``:
+        inputs longer than that raise :class:`~rvcfast.errors.AudioTooLongError` while
+        they are decoded).
         """
-        return prepare_input(source, sample_rate, name=name, params=params, config=self.segment_config)
+        return prepare_input(
+            source, sample_rate, name=name, params=params, config=self.segment_config, max_seconds=max_seconds
+        )
 
     # ------------------------------------------------------------------ stage 2: F0
 

@@ -15,6 +15,7 @@ __all__ = [
     "UnsafeFileError",
     "WeightsNotFoundError",
     "AudioError",
+    "AudioTooLongError",
     "ParameterError",
     "BackendUnavailableError",
     "Cancelled",
@@ -57,6 +58,21 @@ class WeightsNotFoundError(RvcfastError, FileNotFoundError):
 
 class AudioError(_PathError, ValueError):
     """An audio input could not be decoded or is not usable."""
+
+
+class AudioTooLongError(AudioError):
+    """An input is longer than the caller's ``max_seconds``; ``limit`` holds that bound.
+
+    Raised while decoding, as soon as the decoded audio passes the bound (whatever the
+    file's header claimed), so no more than ``limit`` seconds are ever decoded.
+    """
+
+    def __init__(self, path: str | os.PathLike[str] | None, problem: str, limit: float = 0.0) -> None:
+        super().__init__(path, problem)
+        self.limit = float(limit)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return (type(self), (self.path, self.problem, self.limit), dict(self.__dict__))
 
 
 class ParameterError(RvcfastError, ValueError):

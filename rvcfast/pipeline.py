@@ -118,6 +118,7 @@ def prepare_input(
     name: str | None = None,
     params: ConversionParams | None = None,
     config: SegmentConfig = SegmentConfig(),
+    max_seconds: float | None = None,
 ) -> PreparedAudio:
     """Stage 1 without any model: decode one input and run the signal stages.
 
@@ -125,9 +126,10 @@ def prepare_input(
     ``params.formant`` is set, the input peak guard, the 48 Hz high-pass, split points and
     padding. With ``params.strict`` an input with warnings raises
     :class:`~rvcfast.errors.AudioError`. Thread-safe; a cluster runs it in CPU tasks that
-    hold no network.
+    hold no network. ``max_seconds`` bounds the input's length while it is decoded
+    (:class:`~rvcfast.errors.AudioTooLongError`, see :func:`rvcfast.audio.decode`).
     """
-    decoded = decode(source, sample_rate, name=name)
+    decoded = decode(source, sample_rate, name=name, max_seconds=max_seconds)
     if params is not None and params.strict and decoded.warnings:
         raise AudioError(None, "strict mode: " + "; ".join(decoded.warnings))
     audio = decoded.audio

@@ -458,3 +458,63 @@ def test_batch_with_every_bad_case_and_good_files(tiny_converter: rvcfast.Conver
     assert not [n for n in written if n.endswith(".part")]
     # names with unicode and spaces keep their stem
     assert "ünïcødé_声音_🎤.wav" in written and "  a file with  spaces .wav" in written
+
+
+def _streamed_flac(path: Path, seconds: float, rate: int = 22050) -> np.ndarray:
+    """A FLAC whose header gives no length (as a streaming encoder writes it); returns its samples."""
+    x = (0.3 * np.sin(2 * np.pi * 220.0 * np.arange(int(seconds * rate)) / rate)).astype(np.float32)
+    sf.write(path, x, rate, format="FLAC", subtype="PCM_16")
+    data = bytearray(path.read_bytes())
+    # STREAMINFO follows "fLaC" and its 4-byte block header; total samples: the low 36 bits of bytes 18..25
+    field = int.from_bytes(data[18:26], "big") & ~((1 << 36) - 1)
+    data[18:26] = field.to_bytes(8, "big")
+    path.write_bytes(bytes(data))
+    return x
+
+
+def test_a_flac_without_a_length_in_its_header_decodes_whole(tmp_path: Path, monkeypatch) -> None:
+    from rvcfast.audio import decode
+
+    pytest.importorskip("av")  # libsndfile alone drops the end of such a stream
+    x = _streamed_flac(tmp_path / "stream.flac", 7.3)
+    assert sf.info(tmp_path / "stream.flac").frames >= 1 << 62  # libsndfile: length unknown
+    d = decode(tmp_path / "stream.flac")
+    assert d.audio.shape[0] == int(np.ceil(x.shape[0] * 16000 / 22050))
+    assert not d.warnings  # not "truncated", not "damaged"
+    reference = decode(_plain_flac(tmp_path / "plain.flac", x, 22050))
+    np.testing.assert_allclose(d.audio, reference.audio, atol=1e-6)
+    monkeypatch.setattr("rvcfast.av_decode.av_available", lambda: False)  # without the av extra: say so
+    with pytest.raises(AudioError, match=r"stream\.flac: .*does not give its length.*rvcfast\[av\]"):
+        decode(tmp_path / "stream.flac")
+
+
+def _plain_flac(path: Path, x: np.ndarray, rate: int) -> Path:
+    sf.write(path, x, rate, format="FLAC", subtype="PCM_16")
+    return path
+
+
+def test_max_seconds_stops_decoding_at_the_bound(tmp_path: Path, monkeypatch) -> None:
+    from rvcfast import audio
+    from rvcfast.errors import AudioTooLongError
+
+    long = np.zeros(16000 * 30, np.float32)
+    sf.write(tmp_path / "long.wav", long, 16000)
+    read: list[int] = []
+    real = audio._blocks
+
+    def counted(*args):
+        for block in real(*args):
+            read.append(block.shape[0])
+            yield block
+
+    monkeypatch.setattr(audio, "_blocks", counted)
+    with pytest.raises(AudioTooLongError, match=r"long\.wav: audio is longer than the 5 s allowed") as info:
+        audio.decode(tmp_path / "long.wav", max_seconds=5)
+    assert info.value.limit == 5.0
+    assert sum(read) < 16000 * 5 + (1 << 18)  # stopped within one block of the bound, not at the end
+    assert audio.decode(tmp_path / "long.wav", max_seconds=30).audio.shape[0] == long.shape[0]  # at the bound: fine
+    with pytest.raises(AudioTooLongError):
+        audio.decode(long, 16000, max_seconds=29.9)
+    _streamed_flac(tmp_path / "stream.flac", 12.0)  # no length in the header: bounded all the same
+    with pytest.raises(AudioTooLongError):
+        audio.decode(tmp_path / "stream.flac", max_seconds=4)

@@ -510,3 +510,26 @@ def test_long_inputs_give_their_f0_turns_to_other_requests(tiny_models, folders,
     with in_process(app) as run:
         run(body)
     assert seen == [True, True, True]
+
+
+def test_a_header_that_understates_the_length_is_caught_while_decoding(tiny_models, folders, tmp_path: Path, monkeypatch) -> None:
+    # a container whose stated duration is shorter than its stream passes the header check;
+    # decoding itself stops at the limit (413 for /v1/convert, a failed job for /v1/jobs)
+    monkeypatch.setattr(routes, "input_seconds", lambda path, limit: (1.0, True))  # the header says 1 s
+    app = make_app(tiny_models, folders, tmp_path, max_input_seconds=10, max_job_seconds=10)
+    long = wav_bytes(tone(30.0, 16000, 170.0), 16000)
+
+    async def body(client) -> None:
+        files = {"file": ("long.wav", long, "audio/wav")}
+        r = await client.post("/v1/convert", files=files, data={"voice": "alice"})
+        assert r.status_code == 413 and "long.wav is longer than 10 s" in r.json()["error"]
+        job = (await client.post("/v1/jobs", files=files, data={"voice": "alice"})).json()
+        end = time.monotonic() + DEADLINE
+        while (answer := (await client.get(f"/v1/jobs/{job['id']}")).json())["state"] not in ("done", "failed"):
+            assert time.monotonic() < end, "the job never ended"
+            await asyncio.sleep(0.05)
+        assert answer["state"] == "failed" and "longer than the 10 s allowed" in answer["error"]
+        assert "long.wav" in answer["error"] and str(tmp_path) not in answer["error"]
+
+    with in_process(app) as run:
+        run(body)

@@ -31,7 +31,7 @@ from fastapi import HTTPException, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.background import BackgroundTask
 
-from ..errors import AudioError, BackendUnavailableError, ModelLoadError, ParameterError
+from ..errors import AudioError, AudioTooLongError, BackendUnavailableError, ModelLoadError, ParameterError
 from .app import dumps_header, error_response
 from .encode import MEDIA_TYPES, check_output_rate, encode_audio, pcm_bytes, wav_stream_header
 from .forms import ConvertOptions, FieldError, check_values, form_schema, parse_fields
@@ -50,9 +50,6 @@ T = TypeVar("T")
 
 #: The status recorded for a request whose client disconnected before its answer (nginx's convention).
 CLIENT_CLOSED = 499
-
-#: libsndfile's frame count for a stream whose length its header does not give (SF_COUNT_MAX).
-_UNKNOWN_FRAMES = 2**62
 
 
 class InputTooLong(Exception):
@@ -84,7 +81,7 @@ def input_seconds(path: Path, limit: float) -> tuple[float, bool] | None:
         rate = int(src.rate)
         if rate <= 0:
             return None
-        if 0 < src.frames < _UNKNOWN_FRAMES:
+        if src.frames > 0:  # 0: the header does not give it
             return src.frames / rate, True
         counted, bound = 0, float(limit) * rate
         for block in src.blocks([]):
@@ -162,8 +159,15 @@ async def _prepare(state: ServerState, intake: Intake, options: ConvertOptions) 
     params = check_values(options.overrides, engine.vocoder)
     check_output_rate(options.format, options.subtype, params.output_rate(engine.sample_rate))  # before any work
     t0 = time.perf_counter()
+    limit = float(state.cfg.max_input_seconds)
     try:
-        prep = await _counted(state, "decode", state.in_pool(engine.prepare, intake.path, params=params))
+        prep = await _counted(
+            state, "decode", state.in_pool(engine.prepare, intake.path, params=params, max_seconds=limit)
+        )
+    except AudioTooLongError:  # a header that under-states the length: found while decoding, bounded
+        raise InputTooLong(
+            f"{intake.name} is longer than {limit:g} s; /v1/convert takes inputs of at most {limit:g} s", limit, limit
+        ) from None
     except AudioError as exc:
         raise AudioError(None, intake.hide(str(exc))) from None
     ext = engine.f0_extractor_for(params)
@@ -358,7 +362,7 @@ async def _run_job(state: ServerState, job: Job, engine: Engine, params: Convers
     raw_path, out_path = state.jobs.path(job, ".raw"), state.jobs.path(job, f".{job.format}")
     try:
         t0 = time.perf_counter()
-        prep = await _to_the_end(state, engine.prepare, source, params=params)
+        prep = await _to_the_end(state, engine.prepare, source, params=params, max_seconds=float(state.cfg.max_job_seconds))
         job.timings["decode"] = time.perf_counter() - t0
         job.started, job.state = time.time(), "running"
         job.input_seconds, job.segments = prep.seconds, len(prep.segments)
