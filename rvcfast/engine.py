@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 import os
-import threading
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -53,7 +52,7 @@ from .pipeline import (
     segment_inputs,
     segment_output_length,
 )
-from .protocols import F0Extractor, FeatureEncoder, Vocoder
+from .protocols import CancelFlag, F0Extractor, FeatureEncoder, Vocoder
 from .result import Result
 from .runtime import default_batch_seconds, f0_dtype, release_memory, resolve_device
 from .segment import SegmentConfig
@@ -264,7 +263,7 @@ class Engine:
         f0: Sequence[F0Track] | None = None,
         raise_errors: bool = False,
         batch_seconds: float | None = None,
-        cancel: threading.Event | None = None,
+        cancel: CancelFlag | None = None,
     ) -> list[Result]:
         """F0 (unless given) → features → index → synthesis → assembly for prepared inputs.
 
@@ -275,9 +274,10 @@ class Engine:
         unless ``raise_errors``, which re-raises the first failure's exception as it
         happens. ``batch_seconds`` overrides the engine's packing budget for this call.
 
-        ``cancel``, when given, is looked at between the stages and before each model
-        batch (about one decoder window of work apart): once it is set, the run stops
-        there and raises :class:`~rvcfast.errors.Cancelled` (nothing is returned).
+        ``cancel`` (a :class:`threading.Event`, or anything with ``is_set()``), when given,
+        is looked at between the stages and before each model batch (about one decoder
+        window of work apart): once it is set, the run stops there and raises
+        :class:`~rvcfast.errors.Cancelled` (nothing is returned).
         """
         per_item = [params] * len(preps) if isinstance(params, ConversionParams) else list(params)
         if len(per_item) != len(preps):
@@ -410,7 +410,7 @@ class Engine:
                 continue
             item.coarse, item.pitchf = pitch_track(np.asarray(raw), item.prep.p_len, item.params)
 
-    def _synthesize_all(self, items: list[_Item], raise_errors: bool, budget: int, cancel: threading.Event | None) -> None:
+    def _synthesize_all(self, items: list[_Item], raise_errors: bool, budget: int, cancel: CancelFlag | None) -> None:
         voc = self.vocoder
         trim = voc.sample_rate * self.segment_config.x_pad
         calls: dict[tuple[Any, ...], list[tuple[int, int, SegmentInput]]] = {}
@@ -589,7 +589,7 @@ def _tuned(dtype: torch.dtype | str, batch_seconds: float | None, device: torch.
     return tuned_dtype(dtype, device), batch_seconds
 
 
-def _check_cancel(cancel: threading.Event | None) -> None:
+def _check_cancel(cancel: CancelFlag | None) -> None:
     if cancel is not None and cancel.is_set():
         raise Cancelled("the conversion was cancelled")
 

@@ -16,7 +16,16 @@ if TYPE_CHECKING:  # annotations only: `import rvcfast` must not import torch or
     import numpy as np
     import torch
 
-__all__ = ["F0Extractor", "FeatureEncoder", "Vocoder"]
+__all__ = ["CancelFlag", "F0Extractor", "FeatureEncoder", "Vocoder"]
+
+
+class CancelFlag(Protocol):
+    """What :meth:`Engine.run <rvcfast.engine.Engine.run>` looks at to stop early: a
+    :class:`threading.Event`, or anything whose ``is_set()`` says so."""
+
+    def is_set(self) -> bool:
+        """Whether the work should stop."""
+        ...
 
 
 @runtime_checkable

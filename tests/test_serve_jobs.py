@@ -363,6 +363,42 @@ def test_a_client_that_leaves_gives_its_work_and_slot_back(live, monkeypatch) ->
     assert state.metrics.counter_value("rvcfast_requests_total", route="/v1/convert", status="200") >= 1
 
 
+def test_a_client_that_leaves_stops_its_running_one_shot_conversion(live, monkeypatch) -> None:
+    """A one-shot conversion already on the models stops at the engine's next check once its
+    client has gone (Engine.run(cancel=...)): it is never assembled or encoded."""
+    url, state = live
+    port = int(url.rsplit(":", 1)[1])
+    started, release = threading.Event(), threading.Event()
+    assembled: list[str] = []
+    real_segments, real_assemble = Engine.synthesize_segments, Engine._assemble
+
+    def gated_segments(self, segs, *args, **kwargs):
+        started.set()
+        release.wait(DEADLINE)
+        return real_segments(self, segs, *args, **kwargs)
+
+    def recording_assemble(self, item, *args, **kwargs):
+        assembled.append(str(item.prep.label))
+        return real_assemble(self, item, *args, **kwargs)
+
+    monkeypatch.setattr(Engine, "synthesize_segments", gated_segments)
+    monkeypatch.setattr(Engine, "_assemble", recording_assemble)
+    client = socket.create_connection(("127.0.0.1", port))
+    try:
+        client.sendall(raw_request("/v1/convert?voice=alice", wav_bytes(tone(1.3, 16000), 16000)))
+        assert started.wait(DEADLINE), "the conversion never reached the models"
+        client.close()
+        wait_for(lambda: state.admission.count == 0, "the slot to be given back")
+    finally:
+        release.set()
+        client.close()
+    monkeypatch.setattr(Engine, "synthesize_segments", real_segments)
+    after = httpx.post(f"{url}/v1/convert?voice=bob&noise=false", content=wav_bytes(tone(1.1, 16000), 16000),
+                       headers={"content-type": "audio/wav"}, timeout=DEADLINE)
+    assert after.status_code == 200
+    assert len(assembled) == 1  # only the later request: the abandoned one stopped before assembly
+
+
 # ---------------------------------------------------------------------- job files
 
 

@@ -26,10 +26,12 @@ class FakeEngine:
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
+        self.cancels: list[object] = []  # the cancel flag of each call
 
-    def run(self, preps, params, f0=None):
+    def run(self, preps, params, f0=None, cancel=None):
         labels = [p.label for p in preps]
         self.calls.append(labels)
+        self.cancels.append(cancel)
         if "bad" in labels and len(labels) > 1:
             raise RuntimeError("shared call failed")
         return [Result(np.full(3, float(len(p.label)), np.float32), 40000, {}, p.label,
@@ -129,9 +131,9 @@ def test_a_pause_sends_nothing_and_lets_other_work_in() -> None:
     sched = Scheduler(group_seconds=0)
     original = eng.run
 
-    def run(preps, params, f0=None):
+    def run(preps, params, f0=None, cancel=None):
         order.append("req")
-        return original(preps, params, f0)
+        return original(preps, params, f0, cancel)
 
     eng.run = run
     sched.submit_steps(steps(), sink, credit=2)  # the piece and END: a pause must not use up a credit
@@ -226,3 +228,46 @@ def test_scheduler_keeps_running_after_a_future_was_cancelled() -> None:
         first.result(0)
     sched.close()
     assert eng.calls == [["kept"]]
+
+
+def test_a_shared_call_stops_only_when_every_caller_gave_up() -> None:
+    eng = FakeEngine()
+    sched = Scheduler(group_seconds=30.0)
+    a, b = sched.submit(eng, prep("a"), None), sched.submit(eng, prep("b"), None)
+    sched.start()
+    assert a.result(10).ok and b.result(10).ok
+    flag = eng.cancels[-1]
+    assert eng.calls[-1] == ["a", "b"] and not flag.is_set()
+    # the flag the engine looks at is set only when both callers have left
+    tasks = flag.tasks
+    tasks[0].gone.set()
+    assert not flag.is_set()
+    tasks[1].gone.set()
+    assert flag.is_set()
+    sched.close()
+
+
+def test_giving_up_a_running_call_ends_its_future_with_cancelled() -> None:
+    from rvcfast.errors import Cancelled
+
+    entered, release = threading.Event(), threading.Event()
+
+    class Waiting(FakeEngine):
+        def run(self, preps, params, f0=None, cancel=None):
+            entered.set()
+            assert release.wait(10)
+            if cancel is not None and cancel.is_set():  # the engine's check at its next model batch
+                raise Cancelled("the conversion was cancelled")
+            return super().run(preps, params, f0, cancel)
+
+    sched = Scheduler(group_seconds=0)
+    fut = sched.submit(Waiting(), prep("x"), None)
+    sched.start()
+    assert entered.wait(10)
+    sched.give_up(fut)  # running: cannot be cancelled as a future, so the engine is told
+    release.set()
+    with pytest.raises(Cancelled):
+        fut.result(10)
+    after = sched.submit(FakeEngine(), prep("y"), None)  # the worker lives on
+    assert after.result(10).ok
+    sched.close()

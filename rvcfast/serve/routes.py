@@ -10,8 +10,9 @@ turn → encoding in the prepare pool. The answer carries ``X-Rvcfast-Timings`` 
 per stage, JSON) and, when the input had oddities, ``X-Rvcfast-Warnings``.
 
 A client that disconnects before its answer is ready gives its work up: a queued
-conversion is dropped, a long one stops before its next segment, the admission slot is
-free at once, and the request is counted with status 499 in the metrics.
+conversion is dropped, a running one stops at its next model batch (once every request
+sharing its engine call has left), a long one before its next segment; the admission slot
+is free at once, and the request is counted with status 499 in the metrics.
 
 This module imports FastAPI; :func:`rvcfast.serve.create_app` imports it only after
 checking that the ``serve`` extra is installed.
@@ -184,16 +185,21 @@ async def _prepare(state: ServerState, intake: Intake, options: ConvertOptions) 
 async def _convert_whole(state: ServerState, work: _Work) -> tuple[np.ndarray, int, dict[str, float], str | None]:
     """Audio, rate, timings and error of a whole-file conversion.
 
-    Cancelling it (the client left) drops a one-shot conversion that has not started and
-    stops a long one before its next segment.
+    Cancelling it (the client left) drops a one-shot conversion that has not started, stops
+    a running one at its next model batch (unless it shares the call with other requests)
+    and a long one before its next segment.
     """
     from ..pipeline import finish
 
     assert state.scheduler is not None
     failed = np.zeros(0, np.float32), work.engine.sample_rate
     if len(work.prep.segments) <= 1:
+        future = state.scheduler.submit(work.engine, work.prep, work.params, work.f0)
         try:
-            res = await asyncio.wrap_future(state.scheduler.submit(work.engine, work.prep, work.params, work.f0))
+            res = await asyncio.wrap_future(future)
+        except asyncio.CancelledError:  # the client left: dropped if queued, stopped if running alone
+            state.scheduler.give_up(future)
+            raise
         except Exception as exc:  # noqa: BLE001 - the model call failed for this request alone
             return *failed, {}, f"{type(exc).__name__}: {exc}"
         return res.audio, res.sample_rate, res.timings, res.error

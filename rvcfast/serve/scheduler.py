@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..constants import SR_16K
+from ..errors import Cancelled
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -104,6 +105,17 @@ class _Convert:
     f0: Any
     future: cf.Future[Result]
     queued_at: float = field(default_factory=time.perf_counter)
+    gone: threading.Event = field(default_factory=threading.Event)  # its caller gave up
+
+
+class _AllGone:
+    """Set when every request of a shared engine call has been given up (``Engine.run``'s ``cancel``)."""
+
+    def __init__(self, tasks: list[_Convert]) -> None:
+        self.tasks = tasks
+
+    def is_set(self) -> bool:
+        return all(t.gone.is_set() for t in self.tasks)
 
 
 @dataclass
@@ -136,6 +148,7 @@ class Scheduler:
         self.group_samples = int(max(0.0, float(group_seconds)) * SR_16K)
         self.metrics = metrics
         self._queue: deque[_Convert | StepTask] = deque()
+        self._converts: dict[cf.Future[Result], _Convert] = {}  # one-shot conversions queued or running
         self._cv = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="rvcfast-models", daemon=True)
@@ -154,8 +167,20 @@ class Scheduler:
     def submit(self, engine: Engine, prep: PreparedAudio, params: ConversionParams, f0: Any = None) -> cf.Future[Result]:
         """Queue a one-shot conversion; the future gets its :class:`~rvcfast.result.Result` (``timings["queue"]`` included)."""
         task = _Convert(engine, prep, params, f0, cf.Future())
+        with self._cv:
+            self._converts[task.future] = task
         self._put(task)
         return task.future
+
+    def give_up(self, future: cf.Future[Result]) -> None:
+        """The caller of :meth:`submit` no longer wants ``future``'s result: dropped if still
+        queued; if its engine call is running, that call stops at its next model batch once
+        every request in it has been given up (``Engine.run(cancel=...)``)."""
+        future.cancel()
+        with self._cv:
+            task = self._converts.get(future)
+        if task is not None:
+            task.gone.set()
 
     def submit_steps(self, iterator: Iterator[Any], sink: Callable[[Any], None], credit: int = 2) -> StepTask:
         """Queue a step task (see :class:`StepTask`)."""
@@ -234,6 +259,14 @@ class Scheduler:
         return group
 
     def _run(self, group: list[_Convert]) -> None:
+        try:
+            self._run_live(group)
+        finally:
+            with self._cv:
+                for t in group:
+                    self._converts.pop(t.future, None)
+
+    def _run_live(self, group: list[_Convert]) -> None:
         started = time.perf_counter()
         live = [t for t in group if t.future.set_running_or_notify_cancel()]
         if not live:
@@ -244,7 +277,11 @@ class Scheduler:
         if self.metrics is not None:
             self.metrics.observe("rvcfast_batch_requests", len(live))
         try:
-            results = engine.run([t.prep for t in live], [t.params for t in live], f0=f0)
+            results = engine.run([t.prep for t in live], [t.params for t in live], f0=f0, cancel=_AllGone(live))
+        except Cancelled as exc:  # every caller of this call left: nobody waits for the results
+            for t in live:
+                t.future.set_exception(exc)
+            return
         except Exception as exc:  # noqa: BLE001 - isolate: retry each request alone
             if len(live) == 1:
                 live[0].future.set_exception(exc)
