@@ -17,16 +17,23 @@ INSTALL_HINT = 'pip install "rvcfast[serve]"'
 def require_serve_extra() -> None:
     """Raise :class:`~rvcfast.errors.BackendUnavailableError` unless FastAPI, uvicorn and python-multipart import."""
     missing = []
-    for module, package in (("fastapi", "fastapi"), ("uvicorn", "uvicorn"), ("multipart", "python-multipart")):
-        try:
-            __import__(module)
-        except ImportError:
+    # python-multipart's module is python_multipart since 0.0.13 (importing "multipart" warns)
+    for modules, package in ((("fastapi",), "fastapi"), (("uvicorn",), "uvicorn"), (("python_multipart", "multipart"), "python-multipart")):
+        if not any(_importable(m) for m in modules):
             missing.append(package)
     if missing:
         raise BackendUnavailableError(
             f"the HTTP server needs {', '.join(missing)}, which {'is' if len(missing) == 1 else 'are'} not installed: "
             f"{INSTALL_HINT}"
         )
+
+
+def _importable(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
 
 
 @dataclass(frozen=True)
