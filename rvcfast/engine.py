@@ -230,12 +230,10 @@ class Engine:
     # ------------------------------------------------------------------ stage 2: F0
 
     def f0_extractor_for(self, params: ConversionParams) -> F0Extractor | None:
-        """The F0 extractor with ``params``' per-call options applied (``filter_radius``)."""
+        """The F0 extractor with ``params``' per-call options applied (``filter_radius``, also to
+        the members of a hybrid)."""
         ext = self.f0_extractor
-        if ext is not None and hasattr(ext, "filter_radius") and ext.filter_radius != params.filter_radius:
-            ext = copy.copy(ext)
-            ext.filter_radius = params.filter_radius  # type: ignore[attr-defined]
-        return ext
+        return None if ext is None else _with_filter_radius(ext, int(params.filter_radius))
 
     def extract_f0(self, preps: Sequence[PreparedAudio], params: ConversionParams) -> list[F0Track]:
         """Raw F0 tracks of several prepared inputs (one batched call; a failing input gets its exception)."""
@@ -587,6 +585,23 @@ def _tuned(dtype: torch.dtype | str, batch_seconds: float | None, device: torch.
         profile = load_profile(device)
         batch_seconds = profile.batch_seconds if profile is not None else None
     return tuned_dtype(dtype, device), batch_seconds
+
+
+def _with_filter_radius(ext: Any, radius: int) -> Any:
+    """``ext``, or a shallow copy of it with ``filter_radius`` set wherever it (or a hybrid's member) has one."""
+    if hasattr(ext, "filter_radius"):
+        if ext.filter_radius == radius:
+            return ext
+        ext = copy.copy(ext)
+        ext.filter_radius = radius
+        return ext
+    members = getattr(ext, "backends", None)
+    if isinstance(members, list):
+        changed = [_with_filter_radius(b, radius) for b in members]
+        if any(new is not old for new, old in zip(changed, members)):
+            ext = copy.copy(ext)
+            ext.backends = changed
+    return ext
 
 
 def _check_cancel(cancel: CancelFlag | None) -> None:

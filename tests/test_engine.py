@@ -174,3 +174,21 @@ def test_stage_one_runs_without_torch(tmp_path) -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["True", "False"], out.stderr
+
+
+def test_filter_radius_reaches_harvest_inside_a_hybrid(engine: Engine) -> None:
+    from rvcfast.f0.registry import get_f0_extractor
+
+    hybrid = engine.with_f0(get_f0_extractor("hybrid:harvest+dio"))
+    base = hybrid.f0_extractor
+    radius0 = hybrid.f0_extractor_for(hybrid.params(filter_radius=0))
+    assert radius0 is not base and radius0.backends[0].filter_radius == 0
+    assert base.backends[0].filter_radius == 3  # the engine's own extractor is left as it was
+    assert radius0.backends[1] is base.backends[1]  # dio has no such option
+    assert hybrid.f0_extractor_for(hybrid.params(filter_radius=3)) is base  # nothing to change: no copy
+    # and it changes the track: RVC's median filter on harvest's output (radius 3) or not (0)
+    x = clip(2.0, 1)
+    prep = hybrid.prepare(x, 16000)
+    a = hybrid.extract_f0([prep], hybrid.params(filter_radius=0))[0]
+    b = hybrid.extract_f0([prep], hybrid.params(filter_radius=3))[0]
+    assert np.abs(np.asarray(a) - np.asarray(b)).max() > 0
