@@ -241,7 +241,10 @@ class Engine:
         if ext is None:
             return [None] * len(preps)
         try:
-            return list(ext.extract_batch([p.padded for p in preps]))
+            tracks = list(ext.extract_batch([p.padded for p in preps]))
+            if len(tracks) != len(preps):  # a broken backend: each input on its own below
+                raise RvcfastError(f"F0 backend {ext.name!r} returned {len(tracks)} tracks for {len(preps)} inputs")
+            return tracks
         except Exception:  # noqa: BLE001 - isolate the bad input
             out: list[F0Track] = []
             for p in preps:
@@ -406,7 +409,35 @@ class Engine:
                 exc = raw if isinstance(raw, BaseException) else RvcfastError("no F0 track")
                 self._fail(item, exc, "F0 extraction failed", raise_errors)
                 continue
-            item.coarse, item.pitchf = pitch_track(np.asarray(raw), item.prep.p_len, item.params)
+            try:
+                track = self._checked_track(raw, item)
+            except RvcfastError as exc:
+                self._fail(item, exc, "F0 extraction failed", raise_errors)
+                continue
+            item.coarse, item.pitchf = pitch_track(track, item.prep.p_len, item.params)
+
+    def _checked_track(self, raw: Any, item: _Item) -> np.ndarray:
+        """A raw F0 track (from the backend or the caller) as a 1-D float array, or an error naming
+        the backend and the input: finite, non-negative, one value per 10 ms frame (give or take
+        a few frames, or 1 %, for trackers that do not pad the ends)."""
+        ext = self.f0_extractor
+        source = f"F0 backend {ext.name!r}" if ext is not None else "the F0 track"
+        label = item.prep.label or "the input"
+        try:
+            track = np.asarray(raw, dtype=np.float64)
+        except (TypeError, ValueError) as exc:
+            raise RvcfastError(f"{label}: {source} gave something that is not an array of numbers ({exc})") from None
+        expected = item.prep.padded.shape[0] // F0_HOP + 1
+        if track.ndim != 1:
+            raise RvcfastError(f"{label}: {source} gave a track of shape {track.shape}; expected one F0 value per frame (1-D)")
+        if abs(track.shape[0] - expected) > 8 + expected // 100:
+            raise RvcfastError(
+                f"{label}: {source} gave {track.shape[0]} frames for {expected} (one per 10 ms of the 16 kHz input)"
+            )
+        bad = int((~np.isfinite(track)).sum()) + int((track < 0).sum())
+        if bad:
+            raise RvcfastError(f"{label}: {source} gave {bad} NaN, infinite or negative F0 values (unvoiced frames are 0)")
+        return track
 
     def _synthesize_all(self, items: list[_Item], raise_errors: bool, budget: int, cancel: CancelFlag | None) -> None:
         voc = self.vocoder

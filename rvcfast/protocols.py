@@ -33,9 +33,10 @@ class F0Extractor(Protocol):
     """A pitch tracker: 16 kHz mono audio in, one F0 value in Hz per 10 ms frame out.
 
     ``extract`` returns ``len(audio) // 160 + 1`` frames (frame ``i`` centred on
-    sample ``160 * i``) or fewer/more by a couple of frames for trackers that do
-    not pad; the pipeline pads or trims to its own frame count. Unvoiced frames
-    are 0. The caller applies the key shift and the coarse quantisation.
+    sample ``160 * i``) or fewer/more by a few frames for trackers that do not pad
+    (at most 8 + 1 %: the engine checks); the pipeline pads or trims to its own frame
+    count. Unvoiced frames are 0; NaN, infinite or negative values are errors. The
+    caller applies the key shift and the coarse quantisation.
 
     An extractor may also set ``cpu_bound = True`` (optional, default False): a
     pure-CPU tracker that gains nothing from batching. The batch engine then runs

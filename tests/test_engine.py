@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import threading
 
 import numpy as np
@@ -179,7 +180,7 @@ def test_stage_one_runs_without_torch(tmp_path) -> None:
 def test_filter_radius_reaches_harvest_inside_a_hybrid(engine: Engine) -> None:
     from rvcfast.f0.registry import get_f0_extractor
 
-    hybrid = engine.with_f0(get_f0_extractor("hybrid:harvest+dio"))
+    hybrid = _engine_with(engine, get_f0_extractor("hybrid:harvest+dio"))
     base = hybrid.f0_extractor
     radius0 = hybrid.f0_extractor_for(hybrid.params(filter_radius=0))
     assert radius0 is not base and radius0.backends[0].filter_radius == 0
@@ -187,8 +188,61 @@ def test_filter_radius_reaches_harvest_inside_a_hybrid(engine: Engine) -> None:
     assert radius0.backends[1] is base.backends[1]  # dio has no such option
     assert hybrid.f0_extractor_for(hybrid.params(filter_radius=3)) is base  # nothing to change: no copy
     # and it changes the track: RVC's median filter on harvest's output (radius 3) or not (0)
-    x = clip(2.0, 1)
-    prep = hybrid.prepare(x, 16000)
-    a = hybrid.extract_f0([prep], hybrid.params(filter_radius=0))[0]
-    b = hybrid.extract_f0([prep], hybrid.params(filter_radius=3))[0]
-    assert np.abs(np.asarray(a) - np.asarray(b)).max() > 0
+    padded = hybrid.prepare(clip(2.0, 1), 16000).padded
+    assert np.abs(radius0.extract(padded) - base.extract(padded)).max() > 0
+
+
+def _engine_with(engine: Engine, extractor) -> Engine:
+    """A fresh engine on the module's networks with another F0 backend (not ``with_f0``: a copy
+    would keep what other tests patched onto the shared engine)."""
+    return Engine(engine.vocoder, engine.encoder, extractor, engine.index)
+
+
+class _Plugin:
+    """An F0 backend that returns what it is told to, for the engine's checks of its tracks."""
+
+    name = "plugin"
+    sample_rate = 16000
+    hop_length = 160
+
+    def __init__(self, make) -> None:
+        self.make = make
+
+    def extract(self, audio16k):
+        return self.make(audio16k.shape[0] // 160 + 1)
+
+    def extract_batch(self, audios):
+        return [self.extract(a) for a in audios]
+
+
+@pytest.mark.parametrize(
+    "make, problem",
+    [
+        (lambda n: np.full(n, np.nan), r"gave \d+ NaN, infinite or negative F0 values"),
+        (lambda n: -np.ones(n), "NaN, infinite or negative"),
+        (lambda n: np.ones((n, 2)), r"shape \(\d+, 2\)"),
+        (lambda n: np.full(n // 2, 150.0), r"gave \d+ frames for \d+"),
+        (lambda n: np.zeros(0), r"gave 0 frames for \d+"),
+        (lambda n: "not numbers", "not an array of numbers"),
+    ],
+)
+def test_a_backends_bad_track_is_an_error_naming_it_and_the_input(engine: Engine, make, problem) -> None:
+    plugged = _engine_with(engine, _Plugin(make))
+    prep = plugged.prepare(clip(1.0, 0), 16000, name="take7")
+    result = plugged.run([prep], plugged.params(noise=False))[0]
+    assert not result.ok and "take7" in result.error and "'plugin'" in result.error
+    assert re.search(problem, result.error), result.error
+
+
+def test_tracks_a_few_frames_off_are_fitted_and_a_short_batch_is_redone_per_input(engine: Engine) -> None:
+    plugged = _engine_with(engine, _Plugin(lambda n: np.full(n - 3, 150.0)))  # a tracker that does not pad its ends
+    prep = plugged.prepare(clip(1.0, 0), 16000)
+    assert plugged.run([prep], plugged.params(noise=False))[0].ok
+
+    class OneShort(_Plugin):
+        def extract_batch(self, audios):
+            return super().extract_batch(audios)[:-1]
+
+    plugged = _engine_with(engine, OneShort(lambda n: np.full(n, 150.0)))
+    preps = [plugged.prepare(clip(1.0, k), 16000) for k in range(2)]
+    assert all(r.ok for r in plugged.run(preps, plugged.params(noise=False)))  # each input on its own
