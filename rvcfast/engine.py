@@ -37,7 +37,7 @@ import torch
 
 from .audio import AudioInput
 from .constants import F0_HOP, SR_16K
-from .errors import Cancelled, ModelLoadError, ParameterError, RvcfastError
+from .errors import AudioError, Cancelled, ModelLoadError, ParameterError, RvcfastError
 from .packing import pack
 from .params import ConversionParams
 from .pipeline import (
@@ -347,6 +347,10 @@ class Engine:
         q = item.params
         timer = Timer(self.device)
         segs = segment_inputs(prep, item.coarse, item.pitchf, q.seed)
+        trim = self.vocoder.sample_rate * self.segment_config.x_pad
+        hop = self.vocoder.hop_length
+        if not any(segment_output_length(g.audio.shape[0], g.frames, hop, trim, q.keep_length) for g in segs):
+            raise _too_short(prep, q)
         finisher = StreamFinisher(prep, self.sample_rate, q)
         try:
             for k, seg in enumerate(segs):
@@ -448,9 +452,14 @@ class Engine:
                 continue
             q = item.params
             pos = 0
-            for k, seg in enumerate(segment_inputs(item.prep, item.coarse, item.pitchf, q.seed)):
+            segs = segment_inputs(item.prep, item.coarse, item.pitchf, q.seed)
+            lengths = [segment_output_length(g.audio.shape[0], g.frames, voc.hop_length, trim, q.keep_length) for g in segs]
+            if sum(lengths) == 0:
+                self._fail(item, _too_short(item.prep, q), "", raise_errors)
+                continue
+            for k, (seg, n) in enumerate(zip(segs, lengths)):
                 item.offsets.append(pos)
-                pos += segment_output_length(seg.audio.shape[0], seg.frames, voc.hop_length, trim, q.keep_length)
+                pos += n
                 calls.setdefault((q.speaker, q.noise, q.v1_output_layer), []).append((i, k, seg))
             item.buffer = np.empty(pos, dtype=np.float32)
         for entries in calls.values():
@@ -616,6 +625,12 @@ def _tuned(dtype: torch.dtype | str, batch_seconds: float | None, device: torch.
         profile = load_profile(device)
         batch_seconds = profile.batch_seconds if profile is not None else None
     return tuned_dtype(dtype, device), batch_seconds
+
+
+def _too_short(prep: PreparedAudio, params: ConversionParams) -> AudioError:
+    """The error of an input too short to give one output frame."""
+    need = "10 ms with keep_length" if params.keep_length else "25 ms (10 ms with keep_length=True)"
+    return AudioError(prep.label, f"audio is too short to convert: {1000 * prep.seconds:.1f} ms gives no output; at least {need} is needed")
 
 
 def _with_filter_radius(ext: Any, radius: int) -> Any:

@@ -98,11 +98,18 @@ def case_zero_samples(d: Path) -> Case:
 
 
 def case_one_sample(d: Path) -> Case:
-    return _write(d / "one_sample.wav", np.array([0.5]), 16000)
+    sf.write(d / "one_sample.wav", np.array([0.5]), 16000)
+    return Case(d / "one_sample.wav", False, error="too short to convert")
 
 
 def case_100_samples(d: Path) -> Case:
-    return _write(d / "hundred.wav", tone(100 / 16000), 16000)
+    # 6 ms: less than one output frame (25 ms), an error naming it rather than an empty "success"
+    sf.write(d / "hundred.wav", tone(100 / 16000), 16000)
+    return Case(d / "hundred.wav", False, error="too short to convert")
+
+
+def case_25_ms(d: Path) -> Case:
+    return _write(d / "quarter.wav", tone(400 / 16000), 16000)  # the shortest input that gives output
 
 
 def case_400_samples(d: Path) -> Case:
@@ -518,3 +525,14 @@ def test_max_seconds_stops_decoding_at_the_bound(tmp_path: Path, monkeypatch) ->
     _streamed_flac(tmp_path / "stream.flac", 12.0)  # no length in the header: bounded all the same
     with pytest.raises(AudioTooLongError):
         audio.decode(tmp_path / "stream.flac", max_seconds=4)
+
+
+def test_too_short_with_keep_length_and_in_a_stream(tiny_converter: rvcfast.Converter) -> None:
+    x = tone(300 / 16000)  # 19 ms: one 10 ms frame with keep_length, none without
+    assert tiny_converter.convert(x, 16000, noise=False, keep_length=True).audio.shape[0] > 0
+    engine = tiny_converter.engine
+    prep = engine.prepare(x, 16000, name="blip")
+    with pytest.raises(AudioError, match=r"blip: audio is too short to convert: 18\.8 ms gives no output"):
+        next(iter(engine.stream(prep, engine.params(noise=False))))
+    result = engine.run([prep, engine.prepare(tone(0.5), 16000)], engine.params(noise=False))
+    assert not result[0].ok and "too short" in result[0].error and result[1].ok  # the other input converts
