@@ -407,3 +407,18 @@ def test_download_progress():
         bar(2000, 2000)
     assert plain.getvalue().splitlines()[0] == "downloading rmvpe.pt (2.0 kB)"
     assert plain.getvalue().splitlines()[1].startswith("downloaded rmvpe.pt: 2.0 kB")
+
+
+def test_a_reader_that_goes_away_gets_no_traceback() -> None:
+    import subprocess
+    import sys
+
+    # `rvcfast info --system | head -c1`: the pipe closes before the command writes
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "rvcfast", "info", "--system"], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    proc.stderr.close()
+    assert proc.wait(timeout=120) == 1
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err

@@ -100,6 +100,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`rvcfast info --json | head -c1`): no traceback
+        try:
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())  # the final flush must not fail again
+        except (OSError, ValueError, AttributeError):  # a replaced stdout without a descriptor
+            pass
+        return EXIT_FAILED
 
 
 def run() -> NoReturn:
