@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import numbers
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -36,6 +37,8 @@ class ConversionParams:
 
     Build one directly, with :meth:`replace` from another, or let
     ``Converter.convert(audio, pitch=2, ...)`` build it from keyword overrides.
+    Values are numbers and booleans, never text: :meth:`validate` refuses ``protect="0.2"``
+    (front ends that read text convert it with :func:`coerce_param`).
 
     Attributes
     ----------
@@ -173,7 +176,7 @@ class ConversionParams:
         _check_int("v1_output_layer", self.v1_output_layer, 1)
         for name in ("noise", "fill_unvoiced", "keep_length", "strict"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
-                raise ParameterError(f"{name} must be true or false, got {getattr(self, name)!r}")
+                raise ParameterError(f"{name} must be true or false, got {_given(getattr(self, name))}")
         if self.seed is not None:
             _check_int("seed", self.seed, None)
         if self.output_sample_rate is not None:
@@ -234,13 +237,25 @@ def _unknown_message(key: str, names: set[str]) -> str:
     return f"unknown conversion parameter {key!r}{hint}; valid parameters: {', '.join(sorted(names))}"
 
 
+def _given(value: Any) -> str:
+    """``value`` and its type, for error messages: ``'0.5' (str)``."""
+    return f"{value!r} ({type(value).__name__})"
+
+
 def _finite(name: str, value: Any) -> float:
-    if isinstance(value, (bool, np.bool_)):
-        raise ParameterError(f"{name} must be a number, got {value!r}")
+    """``value`` as a float; a :class:`ParameterError` names ``name`` unless it is a finite real number.
+
+    Only numbers are taken: text (``"0.5"``), bytes and booleans are refused rather than
+    converted here, because the conversion uses the value as given (a string would pass
+    this check and fail in the middle of the work). Front ends that read text convert it
+    with :func:`coerce_param`.
+    """
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise ParameterError(f"{name} must be a number, got {_given(value)}")
     try:
         v = float(value)
-    except (TypeError, ValueError):
-        raise ParameterError(f"{name} must be a number, got {value!r}") from None
+    except (TypeError, ValueError, OverflowError):
+        raise ParameterError(f"{name} must be a number, got {_given(value)}") from None
     if not math.isfinite(v):
         raise ParameterError(f"{name} must be finite, got {value!r}")
     return v
@@ -255,7 +270,7 @@ def _check_range(name: str, value: Any, lo: float, hi: float, unit: str = "") ->
 
 def _check_int(name: str, value: Any, minimum: int | None) -> None:
     if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
-        raise ParameterError(f"{name} must be an integer, got {value!r}")
+        raise ParameterError(f"{name} must be an integer, got {_given(value)}")
     if minimum is not None and value < minimum:
         raise ParameterError(f"{name} must be an integer >= {minimum}, got {value!r}")
 
