@@ -10,7 +10,7 @@ share one copy. ``convert`` is a batch of one through the engine; ``convert_batc
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -165,10 +165,11 @@ class Converter:
         ``[samples, channels]`` with ``sample_rate``. Settings: ``params`` and/or keyword
         overrides (``pitch``, ``index_rate``, ``protect``, ``rms_mix_rate``,
         ``filter_radius``, ``speaker``, ``noise``, ``seed``, ``output_sample_rate``,
-        ``keep_length``, ``strict``, ...; see :class:`~rvcfast.ConversionParams`).
+        ``keep_length``, ``strict``, ...; see :class:`~rvcfast.ConversionParams`); a file's
+        settings may also come second, ``convert(path, params)`` (an object or a mapping).
         ``Result.warnings`` names anything odd about the input (e.g. a truncated file).
         """
-        if isinstance(sample_rate, ConversionParams) and params is None:  # convert(path, settings)
+        if isinstance(sample_rate, (ConversionParams, Mapping)) and params is None:  # convert(path, settings)
             params, sample_rate = sample_rate, None
         return self.engine.convert(audio_or_path, sample_rate, self.make_params(params, **overrides))
 
@@ -196,10 +197,14 @@ class Converter:
         """Convert many inputs, yielding a :class:`Result` per input as files finish.
 
         ``inputs``: paths, folders (``recursive=True`` to descend), or
-        ``(array, sample_rate)`` pairs, in any mix. With ``out_dir`` each output is
-        written there atomically as ``name_template.format(stem=..., index=...)``
-        plus the format's extension (``wav``, ``flac``, ``ogg``, ``mp3``; ``subtype`` e.g.
-        ``"PCM_16"``); names are made unique and never equal an input.
+        ``(samples, sample_rate)`` tuples (a NumPy array, a torch tensor or a list of
+        numbers), in any mix, or one of them alone; anything else is a
+        :class:`~rvcfast.errors.ParameterError` naming the item's position. With ``out_dir``
+        each output is written there atomically as ``name_template.format(stem=...,
+        index=..., ext=...)`` plus the format's extension (``wav``, ``flac``, ``ogg``,
+        ``mp3``; ``subtype`` e.g. ``"PCM_16"``); names are made unique and never equal an
+        input. The template may name a subfolder (``"{index:03d}/{stem}"``); an unknown
+        field, an absolute path or one that leaves ``out_dir`` is refused before any work.
         ``skip_existing`` skips inputs whose output exists (resume a killed batch).
         ``on_error="continue"`` (default) reports a failing file in its Result and
         goes on; ``"stop"`` raises. ``batch_seconds`` bounds the audio batched

@@ -37,7 +37,6 @@ from __future__ import annotations
 
 import concurrent.futures as cf
 import os
-import re
 import threading
 import time
 from collections import deque
@@ -48,6 +47,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .batch_inputs import AUDIO_EXTENSIONS, BatchInput, Job, check_name_template, expand_inputs, is_number
 from .constants import SR_16K
 from .errors import ParameterError, RvcfastError
 from .params import ConversionParams
@@ -60,15 +60,6 @@ if TYPE_CHECKING:
 
 __all__ = ["BatchOptions", "Job", "expand_inputs", "run_batch", "AUDIO_EXTENSIONS", "BatchSummary"]
 
-#: File extensions picked up when a folder is given.
-AUDIO_EXTENSIONS = {
-    # libsndfile
-    ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".w64", ".caf", ".au", ".snd",
-    # containers decoded through PyAV (the "av" extra)
-    ".m4a", ".aac", ".mp4", ".m4b", ".mov", ".webm", ".mkv", ".mka", ".wma", ".asf", ".ac3", ".amr", ".3gp",
-}
-
-BatchInput = str | os.PathLike | tuple
 ProgressCallback = Callable[[Result, int, int], None]
 
 
@@ -91,33 +82,24 @@ class BatchOptions:
     keep_audio: bool = True
 
     def validate(self) -> None:
-        if self.format.lower() not in SUPPORTED_WRITE_FORMATS:
+        """Raise :class:`ParameterError` naming the first bad option (checked before any work)."""
+        if not isinstance(self.format, str) or self.format.lower() not in SUPPORTED_WRITE_FORMATS:
             raise ParameterError(f"format must be one of {sorted(SUPPORTED_WRITE_FORMATS)}, got {self.format!r}")
         if self.on_error not in ("continue", "stop"):
             raise ParameterError(f"on_error must be 'continue' or 'stop', got {self.on_error!r}")
-        if self.batch_seconds is not None and not (self.batch_seconds > 0):
-            raise ParameterError(f"batch_seconds must be positive, got {self.batch_seconds}")
+        if self.batch_seconds is not None and not (is_number(self.batch_seconds) and self.batch_seconds > 0):
+            raise ParameterError(f"batch_seconds must be a positive number of seconds, got {self.batch_seconds!r}")
         for name in ("decode_workers", "write_workers", "f0_workers"):
-            if int(getattr(self, name)) < 1:
-                raise ParameterError(f"{name} must be at least 1")
-        if self.compute_workers is not None and (
-            isinstance(self.compute_workers, bool) or not isinstance(self.compute_workers, int) or self.compute_workers < 1
-        ):
-            raise ParameterError(f"compute_workers must be a positive int or None, got {self.compute_workers!r}")
-        if "{stem}" not in self.name_template and "{index}" not in self.name_template:
-            raise ParameterError("name_template must contain {stem} or {index} so outputs get distinct names")
+            if not _is_whole(getattr(self, name)):
+                raise ParameterError(f"{name} must be a whole number >= 1, got {getattr(self, name)!r}")
+        if self.compute_workers is not None and not _is_whole(self.compute_workers):
+            raise ParameterError(f"compute_workers must be a whole number >= 1 or None, got {self.compute_workers!r}")
+        check_name_template(self.name_template)
 
 
-@dataclass
-class Job:
-    """One input of a batch."""
-
-    number: int
-    label: str
-    path: Path | None = None
-    array: np.ndarray | None = None
-    rate: int | None = None
-    out_path: Path | None = None
+def _is_whole(value: Any) -> bool:
+    """A worker count: an int (not a bool) of at least 1."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= 1
 
 
 @dataclass
@@ -153,116 +135,6 @@ class BatchSummary:
             f"in {self.wall_seconds:.1f} s (real-time factor {rtf:.3f})"
         )
         return "\n".join(lines)
-
-
-def _safe_stem(stem: str) -> str:
-    return re.sub(r"[\x00/\\]", "_", stem) or "audio"
-
-
-def expand_inputs(inputs: Iterable[BatchInput] | BatchInput, options: BatchOptions) -> list[Job]:
-    """Turn paths, folders and ``(array, rate)`` pairs into jobs with unique, safe output paths.
-
-    A file named more than once (directly and through its folder, or spelled two ways:
-    ``in/./a.wav``, a symlink) is one job, where it first appears. A folder's audio files
-    are taken sorted, leaving out the outputs of earlier runs: files under the output
-    folder when it lies inside the folder (``recursive``), and in an in-place batch the
-    ``*_rvc`` outputs (:func:`_drop_previous_outputs`).
-    """
-    if isinstance(inputs, (str, os.PathLike)) or (isinstance(inputs, tuple) and len(inputs) == 2 and isinstance(inputs[0], np.ndarray)):
-        inputs = [inputs]
-    jobs: list[Job] = []
-    seen: set[Path] = set()
-
-    def add_file(path: Path) -> None:
-        key = _resolved(path)
-        if key not in seen:
-            seen.add(key)
-            jobs.append(Job(len(jobs), str(path), path=path))
-
-    for item in inputs:
-        if isinstance(item, tuple):
-            if len(item) != 2:
-                raise ParameterError(f"array inputs must be (array, sample_rate) pairs, got a tuple of {len(item)}")
-            arr, rate = item
-            jobs.append(Job(len(jobs), f"array[{len(jobs)}]", array=np.asarray(arr), rate=int(rate)))
-            continue
-        p = Path(item)
-        # a missing/unreadable path is kept: it fails with a clear per-file error
-        for f in _folder_files(p, options) if p.is_dir() else [p]:
-            add_file(f)
-    _assign_outputs(jobs, options)
-    return jobs
-
-
-def _resolved(path: Path) -> Path:
-    """``path`` with symlinks and ``..`` resolved (made absolute where that fails: a symlink loop)."""
-    try:
-        return path.resolve()
-    except (OSError, RuntimeError):
-        return path.absolute()
-
-
-def _folder_files(folder: Path, options: BatchOptions) -> list[Path]:
-    """The audio files of a folder input, sorted, without the outputs of earlier runs."""
-    pattern = "**/*" if options.recursive else "*"
-    files = sorted(f for f in folder.glob(pattern) if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
-    if options.out_dir is not None:
-        # an output folder inside the input folder holds outputs, never inputs (a resumed
-        # recursive batch would otherwise convert them again and rename every output)
-        out_dir, top = _resolved(Path(options.out_dir)), _resolved(folder)
-        if out_dir != top and out_dir.is_relative_to(top):
-            files = [f for f in files if not (_resolved(f.parent) / f.name).is_relative_to(out_dir)]
-    return _drop_previous_outputs(files, options)
-
-
-def _drop_previous_outputs(files: list[Path], options: BatchOptions) -> list[Path]:
-    """In an in-place batch (output folder = input folder), leave out earlier runs' outputs.
-
-    When an output would have had an input's name it gets the suffix ``_rvc``; when such a
-    batch is resumed (``skip_existing``) those files must not become inputs themselves and
-    shift the names. Only with ``skip_existing``: nothing is ever overwritten then, so an
-    input that merely looks like an earlier output cannot be lost.
-    """
-    if options.out_dir is None or not options.skip_existing:
-        return files
-    out_dir = Path(options.out_dir).resolve()
-    ext = "." + options.format.lower()
-    names = {f.name for f in files}
-    kept = []
-    for f in files:
-        if f.parent.resolve() == out_dir and f.suffix.lower() == ext and f.stem.endswith("_rvc"):
-            base = f.stem[: -len("_rvc")]
-            if any(n != f.name and Path(n).stem == base for n in names):
-                continue
-        kept.append(f)
-    return kept
-
-
-def _assign_outputs(jobs: list[Job], options: BatchOptions) -> None:
-    if options.out_dir is None:
-        return
-    out_dir = Path(options.out_dir)
-    ext = options.format.lower()
-    inputs = set()
-    for j in jobs:
-        if j.path is not None:
-            try:
-                inputs.add(j.path.resolve())
-            except OSError:
-                pass
-    taken: set[Path] = set()
-    for j in jobs:
-        stem = _safe_stem(j.path.stem if j.path is not None else f"array_{j.number:04d}")
-        base = options.name_template.format(stem=stem, index=j.number, ext=ext)
-        candidate = out_dir / f"{base}.{ext}"
-        n = 1
-        # unique names for inputs from different folders sharing a stem; never an input file
-        while candidate.resolve() in taken or candidate.resolve() in inputs:
-            suffix = "_rvc" if candidate.resolve() in inputs and n == 1 else f"_{n}"
-            candidate = out_dir / f"{base}{suffix}.{ext}"
-            n += 1
-        taken.add(candidate.resolve())
-        j.out_path = candidate
 
 
 # ---------------------------------------------------------------------------------------------- the run

@@ -471,3 +471,59 @@ def test_batch_output_in_an_unwritable_format_is_refused_before_any_work(tiny_co
         [tmp_path / "a.wav"], tmp_path / "out", format="ogg", subtype="OPUS", output_sample_rate=48000
     )
     assert results[0].ok, results[0].error
+
+
+# ------------------------------------------------------------------ name templates stay inside the output folder
+
+
+@pytest.mark.parametrize(
+    ("template", "words"),
+    [
+        ("{stem}_{foo}", ("'{stem}_{foo}'", "KeyError", "{stem}, {index} and {ext}")),
+        ("{stem}{}", ("'{stem}{}'", "IndexError")),
+        ("{index:s}", ("'{index:s}'", "ValueError")),
+        ("{stem", ("'{stem'",)),
+        ("{ext}", ("{stem} or {index}",)),
+        ("../escaped_{stem}", ("'../escaped_{stem}'", "leaves the output folder")),
+        ("sub/../../{stem}", ("leaves the output folder",)),
+        ("/tmp/abs_{stem}", ("'/tmp/abs_{stem}'", "absolute path")),
+        ("{stem}/", ("no file name",)),
+    ],
+)
+def test_a_bad_name_template_is_refused_before_any_work(
+    tiny_converter: rvcfast.Converter, tmp_path: Path, template: str, words: tuple[str, ...]
+) -> None:
+    from rvcfast.errors import ParameterError
+
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "a.wav", tone(0.3), 16000)
+    out = tmp_path / "work" / "out"
+    with pytest.raises(ParameterError) as info:
+        tiny_converter.convert_batch([tmp_path / "in" / "a.wav"], out, name_template=template)
+    for word in words:
+        assert word in str(info.value)
+    written = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*") if p.is_file())
+    assert written == [Path("in/a.wav")]
+
+
+def test_a_name_template_through_a_symlink_out_of_the_output_folder_is_refused(
+    tiny_converter: rvcfast.Converter, tmp_path: Path
+) -> None:
+    from rvcfast.errors import ParameterError
+
+    sf.write(tmp_path / "a.wav", tone(0.3), 16000)
+    out, elsewhere = tmp_path / "out", tmp_path / "elsewhere"
+    out.mkdir()
+    elsewhere.mkdir()
+    (out / "link").symlink_to(elsewhere)
+    with pytest.raises(ParameterError, match="outside the output folder"):
+        tiny_converter.convert_batch([tmp_path / "a.wav"], out, name_template="link/{stem}")
+    assert list(elsewhere.iterdir()) == []
+
+
+def test_a_name_template_with_a_subfolder_writes_inside_the_output_folder(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+    sf.write(tmp_path / "a.wav", tone(0.3), 16000)
+    results = tiny_converter.convert_batch([tmp_path / "a.wav"], tmp_path / "out", name_template="{index:02d}/{stem}")
+    assert results[0].ok and Path(results[0].output_path) == tmp_path / "out" / "00" / "a.wav"
+    assert sf.info(results[0].output_path).frames > 0
+

@@ -1,0 +1,266 @@
+"""Inputs of a batch: paths, folders and ``(array, sample_rate)`` pairs become :class:`Job` s
+with unique output paths inside the output folder (see :func:`expand_inputs`).
+
+Used by :mod:`rvcfast.batch` (and the cluster runner, which names outputs the same way).
+"""
+
+from __future__ import annotations
+
+import math
+import numbers
+import os
+import re
+import string
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import ParameterError
+
+if TYPE_CHECKING:
+    from .batch import BatchOptions
+
+__all__ = ["AUDIO_EXTENSIONS", "BatchInput", "Job", "check_name_template", "expand_inputs", "is_number"]
+
+#: File extensions picked up when a folder is given.
+AUDIO_EXTENSIONS = {
+    # libsndfile
+    ".wav", ".flac", ".ogg", ".oga", ".opus", ".mp3", ".aif", ".aiff", ".aifc", ".w64", ".caf", ".au", ".snd",
+    # containers decoded through PyAV (the "av" extra)
+    ".m4a", ".aac", ".mp4", ".m4b", ".mov", ".webm", ".mkv", ".mka", ".wma", ".asf", ".ac3", ".amr", ".3gp",
+}
+
+BatchInput = str | os.PathLike | tuple
+
+
+@dataclass
+class Job:
+    """One input of a batch."""
+
+    number: int
+    label: str
+    path: Path | None = None
+    array: np.ndarray | None = None
+    rate: int | None = None
+    out_path: Path | None = None
+
+
+def check_name_template(template: Any) -> None:
+    """Raise :class:`ParameterError` unless ``template`` names outputs inside the output folder.
+
+    The template is formatted with ``stem`` (the input's name without its extension),
+    ``index`` (its position) and ``ext`` (the format): an unknown field, a positional
+    ``{}`` or a bad format spec is refused here, as is an absolute path or a ``..`` that
+    would leave the output folder. Subfolders (``"{index:03d}/{stem}"``) are allowed.
+    """
+    if not isinstance(template, str):
+        raise ParameterError(f"name_template must be a string, got {type(template).__name__}")
+    try:
+        fields = {re.split(r"[.\[]", f, maxsplit=1)[0] for _, f, _, _ in string.Formatter().parse(template) if f is not None}
+        trial = template.format(stem="audio", index=0, ext="wav")
+    except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
+        raise ParameterError(
+            f"name_template {template!r} cannot be filled in ({type(exc).__name__}: {exc}); "
+            "its fields are {stem}, {index} and {ext}"
+        ) from None
+    if not fields & {"stem", "index"}:
+        raise ParameterError("name_template must contain {stem} or {index} so outputs get distinct names")
+    _check_output_name(template, trial)
+
+
+def _check_output_name(template: str, name: str) -> None:
+    """Refuse a formatted ``name`` that is empty, absolute or climbs out of the output folder."""
+    path = Path(name)
+    if path.is_absolute() or path.drive:
+        raise ParameterError(f"name_template {template!r} gives an absolute path (e.g. {name!r}): outputs go in out_dir")
+    if not path.name or path.name in (".", "..") or name.endswith(("/", os.sep)):
+        raise ParameterError(f"name_template {template!r} gives no file name ({name!r})")
+    if ".." in path.parts:
+        raise ParameterError(f"name_template {template!r} leaves the output folder (e.g. {name!r}): '..' is not allowed")
+
+
+def _safe_stem(stem: str) -> str:
+    return re.sub(r"[\x00/\\]", "_", stem) or "audio"
+
+
+def expand_inputs(inputs: Iterable[BatchInput] | BatchInput, options: BatchOptions) -> list[Job]:
+    """Turn paths, folders and ``(array, rate)`` pairs into jobs with unique, safe output paths.
+
+    A file named more than once (directly and through its folder, or spelled two ways:
+    ``in/./a.wav``, a symlink) is one job, where it first appears. A folder's audio files
+    are taken sorted, leaving out the outputs of earlier runs: files under the output
+    folder when it lies inside the folder (``recursive``), and in an in-place batch the
+    ``*_rvc`` outputs (:func:`_drop_previous_outputs`).
+    """
+    jobs: list[Job] = []
+    seen: set[Path] = set()
+
+    def add_file(path: Path) -> None:
+        key = _resolved(path)
+        if key not in seen:
+            seen.add(key)
+            jobs.append(Job(len(jobs), str(path), path=path))
+
+    for position, item in enumerate(_input_items(inputs)):
+        if isinstance(item, tuple):
+            arr, rate = _array_pair(item, position)
+            jobs.append(Job(len(jobs), f"array[{len(jobs)}]", array=arr, rate=rate))
+            continue
+        if not isinstance(item, (str, os.PathLike)):
+            raise ParameterError(f"input {position}: {_not_an_input(item)}")
+        p = Path(item)
+        # a missing/unreadable path is kept: it fails with a clear per-file error
+        for f in _folder_files(p, options) if p.is_dir() else [p]:
+            add_file(f)
+    _assign_outputs(jobs, options)
+    return jobs
+
+
+_EXPECTED_INPUT = "a path, a folder or an (array, sample_rate) tuple"
+
+
+def is_number(value: Any) -> bool:
+    """A real number that is not a boolean."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
+def _is_samples(value: Any) -> bool:
+    """Whether ``value`` can be an array input's samples: an array, a tensor, a (nested) list of numbers."""
+    if isinstance(value, (str, bytes, os.PathLike)):
+        return False
+    if isinstance(value, np.ndarray) or hasattr(value, "__array__") or hasattr(value, "detach"):
+        return True
+    if not isinstance(value, (list, tuple)) or len(value) == 0:
+        return False
+    first = value[0]  # a number, or a row of numbers ([samples, channels] as nested lists)
+    return is_number(first) or (isinstance(first, (list, tuple)) and len(first) > 0 and is_number(first[0]))
+
+
+def _input_items(inputs: Any) -> Iterable[Any]:
+    """The batch's items: ``inputs`` itself when it is one input (a path, or a 2-tuple of
+    samples and a number, whatever the samples' type), else its items."""
+    if isinstance(inputs, (str, os.PathLike)):
+        return [inputs]
+    if isinstance(inputs, tuple) and len(inputs) == 2 and not isinstance(inputs[0], (str, os.PathLike)) and (
+        _is_samples(inputs[0]) or is_number(inputs[1])
+    ):
+        return [inputs]
+    if _is_samples(inputs) and not isinstance(inputs, (list, tuple)):
+        raise ParameterError(f"an array input needs its sample rate: pass (array, sample_rate), got {type(inputs).__name__}")
+    if isinstance(inputs, (bytes, Mapping)) or not isinstance(inputs, Iterable):
+        raise ParameterError(f"inputs must be {_EXPECTED_INPUT}, or a list of them; got {type(inputs).__name__}")
+    return inputs
+
+
+def _not_an_input(item: Any) -> str:
+    if isinstance(item, list):
+        return f"expected {_EXPECTED_INPUT}, got a list (an array input is a tuple: (samples, sample_rate))"
+    if _is_samples(item):
+        return f"an array needs its sample rate: pass (array, sample_rate), got a bare {type(item).__name__}"
+    return f"expected {_EXPECTED_INPUT}, got {type(item).__name__}"
+
+
+def _array_pair(item: tuple, position: int) -> tuple[np.ndarray, int]:
+    """The samples (an array, a tensor or a list) and the rate of an ``(array, sample_rate)`` item."""
+    if len(item) != 2:
+        raise ParameterError(f"input {position}: an array input is an (array, sample_rate) pair, got a tuple of {len(item)}")
+    samples, rate = item
+    if not _is_samples(samples):
+        raise ParameterError(
+            f"input {position}: the first item of an (array, sample_rate) pair must be the samples "
+            f"(an array, a tensor or a list of numbers), got {type(samples).__name__}"
+        )
+    if not is_number(rate) or not math.isfinite(float(rate)) or float(rate) != int(rate) or int(rate) <= 0:
+        raise ParameterError(
+            f"input {position}: the sample rate of an (array, sample_rate) pair must be a whole number of Hz, got {rate!r}"
+        )
+    if hasattr(samples, "detach"):  # a torch tensor, on any device and in any precision
+        samples = samples.detach().cpu()
+        samples = samples.double() if samples.is_floating_point() else samples
+        samples = samples.numpy()
+    try:
+        arr = np.asarray(samples)
+    except (TypeError, ValueError) as exc:
+        raise ParameterError(f"input {position}: the samples of an (array, sample_rate) pair are not an array: {exc}") from None
+    return arr, int(rate)
+
+
+def _resolved(path: Path) -> Path:
+    """``path`` with symlinks and ``..`` resolved (made absolute where that fails: a symlink loop)."""
+    try:
+        return path.resolve()
+    except (OSError, RuntimeError):
+        return path.absolute()
+
+
+def _folder_files(folder: Path, options: BatchOptions) -> list[Path]:
+    """The audio files of a folder input, sorted, without the outputs of earlier runs."""
+    pattern = "**/*" if options.recursive else "*"
+    files = sorted(f for f in folder.glob(pattern) if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+    if options.out_dir is not None:
+        # an output folder inside the input folder holds outputs, never inputs (a resumed
+        # recursive batch would otherwise convert them again and rename every output)
+        out_dir, top = _resolved(Path(options.out_dir)), _resolved(folder)
+        if out_dir != top and out_dir.is_relative_to(top):
+            files = [f for f in files if not (_resolved(f.parent) / f.name).is_relative_to(out_dir)]
+    return _drop_previous_outputs(files, options)
+
+
+def _drop_previous_outputs(files: list[Path], options: BatchOptions) -> list[Path]:
+    """In an in-place batch (output folder = input folder), leave out earlier runs' outputs.
+
+    When an output would have had an input's name it gets the suffix ``_rvc``; when such a
+    batch is resumed (``skip_existing``) those files must not become inputs themselves and
+    shift the names. Only with ``skip_existing``: nothing is ever overwritten then, so an
+    input that merely looks like an earlier output cannot be lost.
+    """
+    if options.out_dir is None or not options.skip_existing:
+        return files
+    out_dir = Path(options.out_dir).resolve()
+    ext = "." + options.format.lower()
+    names = {f.name for f in files}
+    kept = []
+    for f in files:
+        if f.parent.resolve() == out_dir and f.suffix.lower() == ext and f.stem.endswith("_rvc"):
+            base = f.stem[: -len("_rvc")]
+            if any(n != f.name and Path(n).stem == base for n in names):
+                continue
+        kept.append(f)
+    return kept
+
+
+def _assign_outputs(jobs: list[Job], options: BatchOptions) -> None:
+    if options.out_dir is None:
+        return
+    out_dir = Path(options.out_dir)
+    top = _resolved(out_dir)
+    ext = options.format.lower()
+    inputs = set()
+    for j in jobs:
+        if j.path is not None:
+            try:
+                inputs.add(j.path.resolve())
+            except OSError:
+                pass
+    taken: set[Path] = set()
+    for j in jobs:
+        stem = _safe_stem(j.path.stem if j.path is not None else f"array_{j.number:04d}")
+        base = options.name_template.format(stem=stem, index=j.number, ext=ext)
+        _check_output_name(options.name_template, base)
+        candidate = out_dir / f"{base}.{ext}"
+        if not _resolved(candidate.parent).is_relative_to(top):
+            raise ParameterError(
+                f"name_template {options.name_template!r} puts the output of {j.label} at {candidate}, "
+                f"outside the output folder {out_dir}"
+            )
+        n = 1
+        # unique names for inputs from different folders sharing a stem; never an input file
+        while candidate.resolve() in taken or candidate.resolve() in inputs:
+            suffix = "_rvc" if candidate.resolve() in inputs and n == 1 else f"_{n}"
+            candidate = out_dir / f"{base}{suffix}.{ext}"
+            n += 1
+        taken.add(candidate.resolve())
+        j.out_path = candidate
