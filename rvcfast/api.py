@@ -207,7 +207,8 @@ class Converter:
         field, an absolute path or one that leaves ``out_dir`` is refused before any work.
         ``skip_existing`` skips inputs whose output exists (resume a killed batch).
         ``on_error="continue"`` (default) reports a failing file in its Result and
-        goes on; ``"stop"`` raises. ``batch_seconds`` bounds the audio batched
+        goes on; ``"stop"`` converts, writes and reports every file before the failing
+        one, then raises its error (nothing after it is written). ``batch_seconds`` bounds the audio batched
         together per model call (default: the engine's, 8 s on CPU, 120 s on GPU).
         ``compute_workers`` groups of files go through the networks at once, each in its
         own thread with an equal share of torch's intra-op threads (default: what

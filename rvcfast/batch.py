@@ -248,6 +248,9 @@ class _BatchRun:
         self.inflight: deque[_InFlight] = deque()  # groups on the workers, oldest first
         self.durations: list[float] = []  # seconds of the groups finished on a worker
         self.saved_threads: int | None = None
+        self.stop_error: RvcfastError | None = None  # on_error="stop": a file that failed before the engine
+        self.halted = False  # on_error="stop": a computed group had a failed file, later groups are not written
+        self.parallel = self.compute_pool is not None
         self.pending: deque[cf.Future[_Decoded]] = deque()
         self.writes: deque[tuple[Result, cf.Future[float]]] = deque()
         self.job_iter = iter(jobs)
@@ -311,7 +314,10 @@ class _BatchRun:
             yield from self._report(res)
 
     def _next_group(self) -> tuple[list[_Decoded], list[Result]]:
-        """Decoded files up to ``batch_seconds`` of audio, and the results of files that ended early."""
+        """Decoded files up to ``batch_seconds`` of audio, and the results of files that ended early.
+
+        With ``on_error="stop"`` a file that failed to decode ends the group (its error is
+        :attr:`stop_error`, raised once the files before it are reported)."""
         group: list[_Decoded] = []
         early: list[Result] = []
         samples = 0
@@ -322,7 +328,9 @@ class _BatchRun:
                 early.append(self._result(dec.job, {}, skipped=True))
             elif dec.error is not None or dec.prep is None:
                 if self.options.on_error == "stop":
-                    raise RvcfastError(dec.error)
+                    # the files before it are still converted, written and reported; then this error
+                    self.stop_error = RvcfastError(dec.error)
+                    break
                 early.append(self._result(dec.job, {"decode": dec.decode_seconds}, error=dec.error))
             else:
                 group.append(dec)
@@ -384,6 +392,7 @@ class _BatchRun:
                 self.writes.append((res, write))
                 continue
             if res.error is not None and self.options.on_error == "stop":
+                yield from self._drain_writes(block=True)  # the files before it: on disk and reported
                 raise RvcfastError(res.error)
             yield from self._emit(res)
         yield from self._drain_writes(block=False)
@@ -436,13 +445,23 @@ class _BatchRun:
 
     def _start_finished_writes(self) -> None:
         """Start the writes of every group a worker has finished, whatever its place in line:
-        its files are on disk as soon as they can be, and its decoded audio is let go."""
+        its files are on disk as soon as they can be, and its decoded audio is let go.
+
+        With ``on_error="stop"`` groups are written in input order, and none after a group
+        with a failed file: nothing after the file that stops the batch is written."""
+        stop = self.options.on_error == "stop"
         for g in self.inflight:
-            if g.entries is None and g.future.done():
-                done = g.future.result()
-                self.durations.append(done.seconds)
-                g.entries = self._start_writes(g.group, done)
-                g.group = []
+            if g.entries is not None:
+                continue
+            if not g.future.done() or self.halted:
+                if stop:
+                    return
+                continue
+            done = g.future.result()
+            self.durations.append(done.seconds)
+            g.entries = self._start_writes(g.group, done)
+            g.group = []
+            self.halted = stop and any(r.error is not None for r in done.results)
 
     def _finish_oldest(self) -> Iterator[Result]:
         g = self.inflight[0]
@@ -464,39 +483,21 @@ class _BatchRun:
         try:
             self._split_threads()
             self._submit_more()
-            parallel = self.compute_pool is not None
             while self.pending or self.inflight:
                 self._start_finished_writes()
                 yield from self._drain_writes(block=False)  # files on disk since the last turn
                 while self.inflight and self.inflight[0].future.done():  # report in order
                     yield from self._finish_oldest()
                 running = [g.future for g in self.inflight if not g.future.done()]
-                if self.pending and (not parallel or len(running) < self.workers):
-                    group, early = self._next_group()
-                    for res in early:
-                        yield from self._emit(res)
-                    if not group:
-                        continue
-                    if parallel and not self.pending and self._wait_for_last():
-                        # The last group: on a worker's share of the threads it would finish
-                        # long after the others, the other cores idle. The running groups are
-                        # nearly done: let them finish, then run it here on every thread.
+                if self.pending and not self.halted and (not self.parallel or len(running) < self.workers):
+                    yield from self._take_group()
+                    if self.stop_error is not None:  # on_error="stop": every file before the bad one first
                         while self.inflight:
                             yield from self._finish_oldest()
-                        self._restore_threads()
-                        parallel = False
-                    if parallel:
-                        assert self.compute_pool is not None
-                        future = self.compute_pool.submit(self._compute, group)
-                        self.inflight.append(_InFlight(group, future, time.perf_counter()))
-                    else:
-                        yield from self._report_group(self._start_writes(group, self._compute(group)))
+                        yield from self._drain_writes(block=True)
+                        raise self.stop_error
                     continue
-                # Wake when a group finishes (a worker that finishes before the oldest group gets the
-                # next group at once) or the next file to report is on disk. A group or write that
-                # finished since the checks above is in the list too, so the wait returns at once
-                # rather than leave it unwritten or unreported behind a slow group.
-                wake = [g.future for g in self.inflight if g.entries is None]
+                wake = self._wake_on()
                 if self.writes:
                     wake.append(self.writes[0][1])
                 if wake:
@@ -504,6 +505,41 @@ class _BatchRun:
             yield from self._drain_writes(block=True)
         finally:
             self.close()
+
+    def _take_group(self) -> Iterator[Result]:
+        """Form the next group and start it (on a compute worker, or here); report files that ended early."""
+        group, early = self._next_group()
+        for res in early:
+            yield from self._emit(res)
+        if not group:
+            return
+        if self.parallel and not self.pending and self._wait_for_last():
+            # The last group: on a worker's share of the threads it would finish
+            # long after the others, the other cores idle. The running groups are
+            # nearly done: let them finish, then run it here on every thread.
+            while self.inflight:
+                yield from self._finish_oldest()
+            self._restore_threads()
+            self.parallel = False
+        if self.parallel:
+            assert self.compute_pool is not None
+            future = self.compute_pool.submit(self._compute, group)
+            self.inflight.append(_InFlight(group, future, time.perf_counter()))
+        else:
+            yield from self._report_group(self._start_writes(group, self._compute(group)))
+
+    def _wake_on(self) -> list[cf.Future[Any]]:
+        """What to wait for: a group finishing (a worker that finishes before the oldest group gets
+        the next group at once). A group that finished since the checks above is in the list too,
+        so the wait returns at once rather than leave it unwritten behind a slow group; except,
+        with ``on_error="stop"``, one held back behind an earlier group (its writes wait for that)."""
+        waiting = [g for g in self.inflight if g.entries is None]
+        if self.options.on_error != "stop":
+            return [g.future for g in waiting]
+        wake = [g.future for g in waiting if not g.future.done()]
+        if waiting and waiting[0].future.done() and not self.halted:
+            wake.append(waiting[0].future)
+        return wake
 
     def close(self) -> None:
         """Stop (the caller left early, an error, Ctrl-C) or tidy up after the last result.

@@ -473,6 +473,73 @@ def test_batch_output_in_an_unwritable_format_is_refused_before_any_work(tiny_co
     assert results[0].ok, results[0].error
 
 
+# ------------------------------------------------------------------ on_error="stop": everything before the bad file
+
+
+class _FailsOnLongInputs:
+    """An F0 plugin that fails for inputs longer than ``limit`` samples (16 kHz, padded)."""
+
+    name, sample_rate, hop_length = "fails-on-long", 16000, 160
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+
+    def extract(self, audio: np.ndarray) -> np.ndarray:
+        if len(audio) > self.limit:
+            raise ValueError("this input is too long for the tracker")
+        return np.full(len(audio) // 160 + 1, 200.0)
+
+    def extract_batch(self, audios: list[np.ndarray]) -> list[np.ndarray]:
+        return [self.extract(a) for a in audios]
+
+
+def _run_until_stopped(conv: rvcfast.Converter, inputs: list[Path], out: Path, **kw) -> tuple[list[str], list[str], str]:
+    """Read ``iter_batch(..., on_error="stop")`` until it raises: the files yielded, those reported to progress, the error."""
+    yielded: list[str] = []
+    progressed: list[str] = []
+    with pytest.raises(rvcfast.errors.RvcfastError) as info:
+        for r in conv.iter_batch(inputs, out, on_error="stop", progress=lambda r, done, total: progressed.append(r.source), **kw):
+            assert r.ok, r.error
+            yielded.append(Path(r.source).name)
+    return yielded, [Path(p).name for p in progressed], str(info.value)
+
+
+def test_on_error_stop_after_a_decode_failure_finishes_the_files_before_it(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+    # the files before the bad one used to be dropped: they were in its group, which was never converted
+    sf.write(tmp_path / "a.wav", tone(0.3), 16000)
+    sf.write(tmp_path / "b.wav", tone(0.4), 16000)
+    (tmp_path / "c_bad.wav").write_bytes(b"RIFFjunk")
+    sf.write(tmp_path / "d.wav", tone(0.3), 16000)
+    out = tmp_path / "out"
+    inputs = [tmp_path / n for n in ("a.wav", "b.wav", "c_bad.wav", "d.wav")]
+    yielded, progressed, error = _run_until_stopped(tiny_converter, inputs, out)
+    assert "c_bad.wav" in error
+    assert yielded == progressed == ["a.wav", "b.wav"]
+    assert outputs(out) == ["a.wav", "b.wav"] and parts(out) == []  # nothing after the bad file
+    for name in outputs(out):
+        assert sf.info(out / name).frames > 0
+
+
+@pytest.mark.parametrize("batch_seconds", [None, 0.1], ids=["one group", "a group per file"])
+def test_on_error_stop_after_an_f0_failure_reports_the_written_files_before_it(
+    tiny_models: TinyModels, tmp_path: Path, batch_seconds: float | None
+) -> None:
+    # a file written before the failing one (same group) used to be on disk but never yielded nor reported
+    sf.write(tmp_path / "a.wav", tone(0.3), 16000)
+    sf.write(tmp_path / "b_long.wav", tone(3.0), 16000)
+    sf.write(tmp_path / "c.wav", tone(0.3), 16000)
+    probe = tiny_models.converter(index=None)
+    short, long_ = (probe.engine.prepare(tmp_path / n).padded.shape[0] for n in ("a.wav", "b_long.wav"))
+    assert short < long_
+    conv = tiny_models.converter(f0=_FailsOnLongInputs((short + long_) // 2), index=None)
+    inputs = [tmp_path / n for n in ("a.wav", "b_long.wav", "c.wav")]
+    out = tmp_path / "out"
+    yielded, progressed, error = _run_until_stopped(conv, inputs, out, batch_seconds=batch_seconds)
+    assert "b_long.wav" in error and "too long" in error
+    assert yielded == progressed == ["a.wav"]
+    assert outputs(out) == ["a.wav"] and parts(out) == []
+
+
 # ------------------------------------------------------------------ name templates stay inside the output folder
 
 
@@ -527,3 +594,50 @@ def test_a_name_template_with_a_subfolder_writes_inside_the_output_folder(tiny_c
     assert results[0].ok and Path(results[0].output_path) == tmp_path / "out" / "00" / "a.wav"
     assert sf.info(results[0].output_path).frames > 0
 
+
+def test_on_error_stop_with_compute_workers_writes_nothing_after_the_bad_file(
+    tiny_converter: rvcfast.Converter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Three groups on two workers: the first is held until the third has been computed, so the
+    # groups after the failing second one finish first. Their files used to be written anyway.
+    import threading
+
+    import torch
+
+    from rvcfast import batch
+    from rvcfast.runtime import openmp_threads
+
+    if not openmp_threads():
+        pytest.skip("torch's threads are not OpenMP's here: one compute worker only")
+    monkeypatch.setattr(batch._BatchRun, "_wait_for_last", lambda self: False)  # the last group on a worker too
+    names = ["a.wav", "b.wav", "c.wav"]
+    for n in names:
+        sf.write(tmp_path / n, tone(0.3), 16000)
+    third_done = threading.Event()
+    engine_run = tiny_converter.engine.run
+
+    def spy(preps, *args, **kwargs):
+        label = Path(str(preps[0].label)).name
+        if label == "a.wav":
+            third_done.wait(30.0)  # an event to wait for, not a timing
+        results = engine_run(preps, *args, **kwargs)
+        if label == "b.wav":
+            results[0].error = f"{preps[0].label}: synthesis failed: made to fail"
+        if label == "c.wav":
+            third_done.set()
+        return results
+
+    monkeypatch.setattr(tiny_converter.engine, "run", spy)
+    out = tmp_path / "out"
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)  # two workers of one thread each
+    try:
+        yielded, progressed, error = _run_until_stopped(
+            tiny_converter, [tmp_path / n for n in names], out, batch_seconds=0.1, compute_workers=2
+        )
+    finally:
+        torch.set_num_threads(before)
+    assert third_done.is_set()  # the third group was computed before the first finished
+    assert "b.wav" in error and "made to fail" in error
+    assert yielded == progressed == ["a.wav"]
+    assert outputs(out) == ["a.wav"] and parts(out) == []
