@@ -104,7 +104,8 @@ def _is_whole(value: Any) -> bool:
 
 @dataclass
 class BatchSummary:
-    """Totals of a batch run: files, seconds of audio in, stage timings summed over files."""
+    """Totals of a batch run: files, seconds of audio converted (failed and skipped files'
+    audio is not counted), stage timings summed over files."""
 
     files: int = 0
     failed: int = 0
@@ -119,7 +120,8 @@ class BatchSummary:
             self.failed += 1
         if result.skipped:
             self.skipped += 1
-        self.audio_seconds += result.input_seconds
+        if result.error is None and not result.skipped:
+            self.audio_seconds += result.input_seconds
         for k, v in result.timings.items():
             self.timings[k] = self.timings.get(k, 0.0) + v
 

@@ -197,3 +197,17 @@ def test_an_input_named_twice_is_one_job_where_it_first_appears(tmp_path):
 
     x = np.zeros(160, dtype=np.float32)
     assert len(expand_inputs([(x, 16000), (x, 16000)], BatchOptions())) == 2
+
+
+def test_the_summary_counts_only_the_audio_that_was_converted() -> None:
+    from rvcfast.batch import BatchSummary
+    from rvcfast.result import Result
+
+    summary = BatchSummary(wall_seconds=2.0)
+    empty = np.zeros(0, np.float32)
+    summary.add(Result(np.zeros(40000, np.float32), 40000, {"synth": 1.0}, "a.wav", input_seconds=4.0))
+    summary.add(Result(empty, 40000, {"decode": 0.1}, "b.wav", error="b.wav: F0 extraction failed", input_seconds=3.0))
+    summary.add(Result(empty, 40000, {}, "c.wav", skipped=True, input_seconds=0.0))
+    assert (summary.files, summary.failed, summary.skipped) == (3, 1, 1)
+    assert summary.audio_seconds == 4.0  # the failed file's 3 s were not converted
+    assert "4.0 s of audio in 2.0 s (real-time factor 0.500)" in summary.table()
