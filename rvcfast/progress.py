@@ -303,9 +303,18 @@ class DownloadProgress:
                     f"{format_bytes(self.total)}  {format_bytes(speed)}/s  ETA {format_duration(left)}")
         return f"{self.name}  {format_bytes(self.done)}  {format_bytes(speed)}/s"
 
-    def close(self) -> None:
-        """End the status line (terminal) or print the closing line (plain)."""
+    def close(self, ok: bool = True) -> None:
+        """End the status line (terminal) and print the closing line: ``downloaded NAME: ...``
+        after a download that worked (``ok``; plain output only, a terminal keeps its final
+        status line), else where it stopped (``NAME: download stopped at X of Y``)."""
         if not self._line.enabled:
+            return
+        if not ok:
+            if self._first is not None:  # bytes were counted: say how far it got
+                of = f" of {format_bytes(self.total)}" if self.total else ""
+                self._line.println(f"{self.name}: download stopped at {format_bytes(self.done)}{of}")
+            else:
+                self._line.clear()
             return
         if self._line.tty:
             if self._line._drawn:
@@ -319,5 +328,5 @@ class DownloadProgress:
     def __enter__(self) -> DownloadProgress:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(ok=exc_type is None)

@@ -20,19 +20,32 @@ complete: the cache never holds a half-written file under its final name.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import http.client
 import os
 import re
 import sys
+import time
 import urllib.error
+import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .errors import RvcfastError, WeightsNotFoundError
+
+try:
+    import fcntl
+except ImportError:  # pragma: no cover - Windows
+    fcntl = None  # type: ignore[assignment]
+try:
+    import msvcrt
+except ImportError:
+    msvcrt = None  # type: ignore[assignment]
 
 __all__ = [
     "BaseWeights",
@@ -42,6 +55,8 @@ __all__ = [
     "find_weights",
     "resolve_weights",
     "download",
+    "source_url",
+    "URL_SCHEMES",
     "DownloadError",
     "sha256_file",
     "DEFAULT_EMBEDDERS",
@@ -233,6 +248,178 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 ProgressCallback = Callable[[int, int], None]
 
+#: URL schemes :func:`download` fetches from.
+URL_SCHEMES = ("http", "https", "file")
+
+
+def source_url(name: str) -> str:
+    """Where known base file ``name`` is downloaded from: ``$RVCFAST_URL_<NAME>`` (a mirror) when set
+    and not empty, else its public URL."""
+    info = KNOWN_WEIGHTS[name]
+    mirror = os.environ.get(f"RVCFAST_URL_{info.name.upper()}", "").strip()
+    return mirror or info.url
+
+
+def _check_url(url: str, origin: str) -> None:
+    """:class:`DownloadError` unless ``url`` is an http(s) or file URL (``origin`` says where it came from)."""
+    try:
+        parts = urllib.parse.urlsplit(url)
+    except ValueError as exc:  # e.g. an unbalanced "[" in the host
+        raise DownloadError(f"cannot download from {origin} {url!r}: not a valid URL ({exc})") from None
+    if parts.scheme.lower() not in URL_SCHEMES:
+        raise DownloadError(
+            f"cannot download from {origin} {url!r}: expected an http://, https:// or file:// URL"
+        )
+    if parts.scheme.lower() != "file" and not parts.netloc:
+        raise DownloadError(f"cannot download from {origin} {url!r}: the URL names no host")
+
+
+def _identity(path: Path) -> tuple[int, int, int, int] | None:
+    """What tells one file at ``path`` from a later one renamed over it (``None`` when there is none)."""
+    try:
+        st = path.stat()
+    except OSError:
+        return None
+    return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``lock`` (created, and removed again on release).
+
+    POSIX: ``flock``; the lock is taken again when the file on disk is no longer the one
+    locked (its previous holder removed it while this process waited). Windows:
+    ``msvcrt.locking`` on the file's first byte, polled. Elsewhere: no lock.
+    """
+    if fcntl is not None:
+        while True:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX)
+                held, on_disk = os.fstat(fd), _identity(lock)
+            except BaseException:
+                os.close(fd)
+                raise
+            if on_disk is not None and (held.st_dev, held.st_ino) == on_disk[:2]:
+                break
+            os.close(fd)  # the previous holder removed this file: lock the one there now
+        try:
+            yield
+        finally:
+            try:
+                lock.unlink()  # while still held: a waiter on this file sees it gone and locks anew
+            except OSError:
+                pass
+            os.close(fd)
+    elif msvcrt is not None:  # pragma: no cover - Windows
+        fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            while True:
+                try:
+                    msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+                    break
+                except OSError:
+                    time.sleep(0.2)
+            try:
+                yield
+            finally:
+                os.lseek(fd, 0, os.SEEK_SET)
+                msvcrt.locking(fd, msvcrt.LK_UNLCK, 1)
+        finally:
+            os.close(fd)
+            try:
+                lock.unlink()  # fails while another process has it open: it is theirs then
+            except OSError:
+                pass
+    else:  # pragma: no cover - no file locking on this platform
+        yield
+
+
+def _content_length(raw: str | None) -> int:
+    """A ``Content-Length`` header as a byte count; 0 (unknown) when missing or not a number."""
+    try:
+        n = int(str(raw).strip())
+    except ValueError:
+        return 0
+    return max(n, 0)
+
+
+def _read_into(resp: Any, f: Any, done: int, total: int, chunk: int, progress: ProgressCallback | None) -> int:
+    """Copy the response body to ``f``; the byte count reached. A body cut short mid-chunk keeps
+    the bytes that did arrive before :class:`http.client.IncompleteRead` goes on."""
+    if progress:
+        progress(done, total)
+    while True:
+        try:
+            block = resp.read(chunk)
+        except http.client.IncompleteRead as exc:
+            if exc.partial:
+                f.write(exc.partial)
+                done += len(exc.partial)
+                if progress:
+                    progress(done, total)
+            raise
+        if not block:
+            return done
+        f.write(block)
+        done += len(block)
+        if progress:
+            progress(done, total)
+
+
+def _fetch(url: str, part: Path, *, timeout: float, chunk: int, progress: ProgressCallback | None) -> None:
+    """Download ``url`` into ``part``, resuming from the bytes already there when the server allows."""
+    have = part.stat().st_size if part.exists() else 0
+    request = urllib.request.Request(url, headers={"User-Agent": "rvcfast"})
+    if have:
+        request.add_header("Range", f"bytes={have}-")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as resp:
+            if have and getattr(resp, "status", None) != 206:
+                have = 0  # the server ignored the range: start over
+            length = _content_length(resp.headers.get("Content-Length"))
+            total = have + length if length else 0
+            with open(part, "ab" if have else "wb") as f:
+                done = _read_into(resp, f, have, total, chunk, progress)
+            if total and done < total:
+                raise DownloadError(
+                    f"download of {url} was interrupted after {done} of {total} bytes; {part} keeps them "
+                    "and the next attempt resumes from there"
+                )
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and have:
+            return  # range not satisfiable: the partial file is already complete
+        raise DownloadError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
+    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        if isinstance(exc, http.client.IncompleteRead):
+            reason = "the connection closed before the end of the data"
+        elif isinstance(exc, http.client.HTTPException):
+            reason = f"{type(exc).__name__}: {exc}"
+        else:
+            reason = str(exc)
+        kept = part.stat().st_size if part.exists() else 0
+        raise DownloadError(
+            f"download of {url} failed ({reason}); {part} keeps the {kept} bytes received so far and the "
+            "next attempt resumes from there"
+        ) from None
+
+
+def _plan(name_or_url: str, dest: str | os.PathLike[str] | None, sha256: str | None) -> tuple[str, str | None, Path]:
+    """The URL, expected SHA-256 and destination of a download, the URL checked."""
+    if name_or_url in KNOWN_WEIGHTS:
+        info = KNOWN_WEIGHTS[name_or_url]
+        url = source_url(info.name)
+        origin = f"RVCFAST_URL_{info.name.upper()}" if url != info.url else "the URL"
+        expected = sha256 or info.sha256
+        target = Path(dest) if dest is not None else (search_dirs()[0] / info.filename)
+    else:
+        url, origin, expected = name_or_url, "the URL", sha256
+        if dest is None:
+            raise ValueError("dest is required when downloading a URL")
+        target = Path(dest)
+    _check_url(url, origin)
+    return url, expected, target
+
 
 def download(
     name_or_url: str,
@@ -250,64 +437,44 @@ def download(
     the partial file and raises :class:`DownloadError`. Only a verified file is
     renamed to ``dest``. ``progress(done_bytes, total_bytes)`` is called as data
     arrives (total is 0 when unknown).
+
+    A known file comes from ``$RVCFAST_URL_<NAME>`` when that is set and not empty
+    (:func:`source_url`). Only http(s) and file URLs are fetched. Processes downloading
+    to the same ``dest`` take turns (an exclusive lock on ``<dest>.lock``, removed
+    afterwards): one that waited returns the file another one has just put in place
+    instead of downloading it again. Every failure -- a bad URL, a folder that cannot
+    be created, a network or protocol error, a wrong checksum -- is a
+    :class:`DownloadError` naming the URL or the path.
     """
-    if name_or_url in KNOWN_WEIGHTS:
-        info = KNOWN_WEIGHTS[name_or_url]
-        url = os.environ.get(f"RVCFAST_URL_{info.name.upper()}", info.url)
-        expected = sha256 or info.sha256
-        target = Path(dest) if dest is not None else (search_dirs()[0] / info.filename)
-    else:
-        url = name_or_url
-        expected = sha256
-        if dest is None:
-            raise ValueError("dest is required when downloading a URL")
-        target = Path(dest)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    part = target.with_name(target.name + ".part")
-    have = part.stat().st_size if part.exists() else 0
-    request = urllib.request.Request(url, headers={"User-Agent": "rvcfast"})
-    if have:
-        request.add_header("Range", f"bytes={have}-")
+    url, expected, target = _plan(name_or_url, dest, sha256)
     try:
-        with urllib.request.urlopen(request, timeout=timeout) as resp:
-            status = getattr(resp, "status", 200)
-            if have and status != 206:
-                have = 0  # server ignored the range: start over
-            length = resp.headers.get("Content-Length")
-            total = have + int(length) if length is not None else 0
-            with open(part, "ab" if have else "wb") as f:
-                done = have
-                if progress:
-                    progress(done, total)
-                while True:
-                    block = resp.read(chunk)
-                    if not block:
-                        break
-                    f.write(block)
-                    done += len(block)
-                    if progress:
-                        progress(done, total)
-            if total and done < total:
+        target.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        in_the_way = isinstance(exc, (FileExistsError, NotADirectoryError))
+        why = "a file of that name (or of a folder above it) is in the way" if in_the_way else (exc.strerror or str(exc))
+        raise DownloadError(f"cannot download {url} into the folder {target.parent}: {why}") from None
+    if target.is_dir():
+        raise DownloadError(f"cannot download {url} to {target}: it is a folder")
+    part = target.with_name(target.name + ".part")
+    before = _identity(target)
+    with contextlib.ExitStack() as stack:
+        try:
+            stack.enter_context(_exclusive(target.with_name(target.name + ".lock")))
+        except OSError as exc:
+            raise DownloadError(f"cannot download {url} into {target.parent}: {exc}") from None
+        now = _identity(target)
+        if now is not None and now != before:
+            return target  # another process put it in place while this one waited for the lock
+        _fetch(url, part, timeout=timeout, chunk=chunk, progress=progress)
+        if expected is not None:
+            digest = sha256_file(part)
+            if digest != expected.lower():
+                part.unlink(missing_ok=True)
                 raise DownloadError(
-                    f"download of {url} was interrupted after {done} of {total} bytes; {part} keeps them "
-                    "and the next attempt resumes from there"
+                    f"checksum mismatch for {url}: expected sha256 {expected}, got {digest}; the file was deleted"
                 )
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:
-            pass  # range not satisfiable: the partial file is already complete
-        else:
-            raise DownloadError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, OSError, TimeoutError, ConnectionError) as exc:
-        raise DownloadError(
-            f"download of {url} failed ({exc}); {part} keeps the {part.stat().st_size if part.exists() else 0} "
-            "bytes received so far and the next attempt resumes from there"
-        ) from None
-    if expected is not None:
-        digest = sha256_file(part)
-        if digest != expected.lower():
-            part.unlink(missing_ok=True)
-            raise DownloadError(
-                f"checksum mismatch for {url}: expected sha256 {expected}, got {digest}; the file was deleted"
-            )
-    os.replace(part, target)
+        try:
+            os.replace(part, target)
+        except OSError as exc:
+            raise DownloadError(f"cannot put the download of {url} in place at {target}: {exc}") from None
     return target

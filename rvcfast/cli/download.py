@@ -3,28 +3,29 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import EXIT_OK, HelpFormatter, out
+from ._common import EXIT_OK, HelpFormatter, UsageError, out
 
 
 def cmd_download(args: argparse.Namespace) -> int:
     """Download the base weights into $RVCFAST_HOME, the cache, or --dest."""
     from ..progress import DownloadProgress, format_bytes
-    from ..weights import KNOWN_WEIGHTS, download, search_dirs
+    from ..weights import KNOWN_WEIGHTS, download, search_dirs, source_url
 
     names = sorted(KNOWN_WEIGHTS) if args.name == "all" else [args.name]
     folder = Path(args.dest).expanduser() if args.dest else search_dirs()[0]
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--dest {folder} exists and is not a folder")
     for name in names:
         info = KNOWN_WEIGHTS[name]
         target = folder / info.filename
         if target.is_file() and not args.force:
             out(f"{name}: {target} is already there (use --force to download it again)")
             continue
-        url = os.environ.get(f"RVCFAST_URL_{name.upper()}", info.url)
+        url = source_url(name)
         if not args.quiet:
             print(f"{name}: {info.description}, {format_bytes(info.size)}, from {url}", file=sys.stderr)
         with DownloadProgress(info.filename, enabled=not args.quiet) as bar:
