@@ -22,12 +22,14 @@ from __future__ import annotations
 
 import math
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
 
 from ..errors import BackendUnavailableError, ParameterError
 from .base import F0_MAX, F0_MIN, HOP_LENGTH, SAMPLE_RATE, BaseF0Extractor, as_audio16k
+from .world import option_number
 
 __all__ = ["PMExtractor", "pad_like_rvc"]
 
@@ -86,16 +88,29 @@ class PMExtractor(BaseF0Extractor):
         f0_max: float = F0_MAX,
     ) -> None:
         super().__init__(device=device, dtype=dtype)
-        f0_min, f0_max = float(f0_min), float(f0_max)
+        f0_min = option_number(self.name, "f0_min", f0_min)
+        f0_max = option_number(self.name, "f0_max", f0_max)
         if not (0.0 < f0_min < f0_max < SAMPLE_RATE / 2):
             raise ParameterError(
                 f"need 0 < f0_min < f0_max < {SAMPLE_RATE // 2} Hz, got f0_min={f0_min}, f0_max={f0_max}"
             )
-        if not (0.0 <= float(voicing_threshold) <= 1.0):
+        threshold = option_number(self.name, "voicing_threshold", voicing_threshold)
+        if not (0.0 <= threshold <= 1.0):
             raise ParameterError(f"voicing_threshold must be in [0, 1], got {voicing_threshold}")
         self.f0_min = f0_min
         self.f0_max = f0_max
-        self.voicing_threshold = float(voicing_threshold)
+        self.voicing_threshold = threshold
+        self._parselmouth = _import_parselmouth()
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the parselmouth module (not picklable): the batch sends the extractor to
+        its F0 worker processes."""
+        state = self.__dict__.copy()
+        state.pop("_parselmouth", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
         self._parselmouth = _import_parselmouth()
 
     @property

@@ -44,9 +44,20 @@ def _import_pyworld(backend: str) -> ModuleType:
     return pyworld
 
 
-def _check_range(f0_min: float, f0_max: float) -> tuple[float, float]:
-    f0_min = float(f0_min)
-    f0_max = float(f0_max)
+def option_number(backend: str, name: str, value: Any) -> float:
+    """``value`` of the F0 option ``name`` as a float; :class:`ParameterError` naming the backend and
+    the option when it is not a real number (a word, ``True``, ``None``...)."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, str, np.integer, np.floating)):
+        raise ParameterError(f"{backend} F0 option {name} must be a number, got {value!r}")
+    try:
+        return float(value)
+    except ValueError:
+        raise ParameterError(f"{backend} F0 option {name} must be a number, got {value!r}") from None
+
+
+def _check_range(f0_min: Any, f0_max: Any, backend: str = "WORLD") -> tuple[float, float]:
+    f0_min = option_number(backend, "f0_min", f0_min)
+    f0_max = option_number(backend, "f0_max", f0_max)
     if not (0.0 < f0_min < f0_max < SAMPLE_RATE / 2):
         raise ParameterError(
             f"need 0 < f0_min < f0_max < {SAMPLE_RATE // 2} Hz, got f0_min={f0_min}, f0_max={f0_max}"
@@ -68,7 +79,18 @@ class _WorldExtractor(BaseF0Extractor):
         f0_max: float = F0_MAX,
     ) -> None:
         super().__init__(device=device, dtype=dtype)
-        self.f0_min, self.f0_max = _check_range(f0_min, f0_max)
+        self.f0_min, self.f0_max = _check_range(f0_min, f0_max, self.name)
+        self._pyworld = _import_pyworld(self.name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Everything but the pyworld module (not picklable): the batch sends the extractor to
+        its F0 worker processes."""
+        state = self.__dict__.copy()
+        state.pop("_pyworld", None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
         self._pyworld = _import_pyworld(self.name)
 
     @abstractmethod
