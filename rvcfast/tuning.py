@@ -54,6 +54,8 @@ __all__ = [
     "profile_path",
     "load_profile",
     "save_profile",
+    "is_profile_file",
+    "check_profile_target",
     "apply_threads",
     "calibrate",
     "tuned_dtype",
@@ -198,11 +200,48 @@ def _machine_of(entry: Any) -> str | None:
     return machine if isinstance(machine, str) else None
 
 
+def is_profile_file(path: Path) -> bool:
+    """True when ``path`` is a readable profile file: ``{"profiles": [...]}`` or, as first
+    written, one profile object (with a ``machine``)."""
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    if isinstance(raw, dict) and "profiles" in raw:
+        return isinstance(raw["profiles"], list)
+    return _machine_of(raw) is not None
+
+
+def check_profile_target(path: Path, *, replace_invalid: bool = False) -> None:
+    """``ValueError`` saying why a profile cannot be saved at ``path``, checked before a calibration
+    that takes minutes: ``path`` is a folder, a folder above it is a file (or cannot be written),
+    or it is an existing file that is not a profile file (unless ``replace_invalid``: the
+    profile file rvcfast owns may be replaced when it is broken)."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path} is a folder; give a file name for the profile")
+    if path.exists() or path.is_symlink():
+        if not replace_invalid and not is_profile_file(path):
+            raise ValueError(
+                f"{path} exists and is not an rvcfast profile file (JSON with \"profiles\"); "
+                "it is left as it is: choose another file, or delete it first"
+            )
+        return
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ValueError(f"cannot write the profile {path}: {parent} is not a folder")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"cannot write the profile {path}: {parent} is not writable")
+
+
 def save_profile(profile: Profile, path: Path | None = None) -> Path:
     """Store ``profile`` in ``path`` or :func:`profile_path` (atomically), in place of the
     entry for the same machine and device. Other machines' entries are kept as they are (even
     ones this version cannot read), the oldest dropped beyond :data:`MAX_PROFILES`; a file
-    that is not a profile file is replaced."""
+    that is not a profile file is replaced (:func:`check_profile_target` finds such a file
+    first, as ``rvcfast tune --output`` does)."""
     target = path or profile_path()
     if target is None:
         raise ValueError("profiles are switched off (RVCFAST_PROFILE=off)")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
 from typing import Any
@@ -23,19 +24,56 @@ def _models(args: argparse.Namespace) -> dict[str, Any]:
     return paths
 
 
+def _number_list(option: str, text: str | None, kind: type) -> list[Any] | None:
+    """``"1,2,4"`` -> ``[1, 2, 4]`` (``kind`` int or float), range-checked: whole numbers >= 1, or
+    finite numbers > 0; :class:`UsageError` naming ``option`` otherwise. ``None`` stays ``None``."""
+    if text is None:
+        return None
+    what = "whole numbers >= 1" if kind is int else "numbers > 0"
+    values: list[Any] = []
+    for item in text.split(","):
+        try:
+            value = kind(item.strip())
+        except ValueError:
+            raise UsageError(f"{option} expects a comma-separated list of {what}, got {text!r}") from None
+        if not (math.isfinite(value) and value > 0) or (kind is int and value < 1):
+            raise UsageError(f"{option} expects a comma-separated list of {what}, got {text!r}")
+        values.append(value)
+    return values
+
+
+def _profile_target(args: argparse.Namespace) -> Path:
+    """Where the profile goes, checked before minutes of calibration (a usage error otherwise)."""
+    from ..tuning import check_profile_target, profile_path
+
+    target = Path(args.output).expanduser() if args.output else profile_path()
+    if target is None:
+        raise UsageError("profiles are switched off (RVCFAST_PROFILE=off); pass --output FILE")
+    try:  # rvcfast's own profile file may be replaced when broken; a file named by --output never
+        check_profile_target(target, replace_invalid=not args.output)
+    except ValueError as exc:
+        raise UsageError(f"{'--output: ' if args.output else ''}{exc}") from None
+    return target
+
+
 def cmd_tune(args: argparse.Namespace) -> int:
     """Calibrate on this machine; write the profile later runs use."""
+    if args.files < 1 or not args.seconds > 0:
+        raise UsageError("--files must be >= 1 and --seconds > 0")
+    # every option is checked before models are built or loaded (full-size ones are ~500 MB)
+    threads = _number_list("--threads", args.threads, int)
+    batch = _number_list("--batch-seconds", args.batch_seconds, float)
+    workers = _number_list("--compute-workers", args.compute_workers, int)
+    target = _profile_target(args)
+
     from ..api import Converter
     from ..runtime import resolve_device
     from ..testing import synth_test_audio
-    from ..tuning import calibrate, profile_path, save_profile
+    from ..tuning import calibrate, save_profile
 
-    if args.files < 1 or not args.seconds > 0:
-        raise UsageError("--files must be >= 1 and --seconds > 0")
-    target = Path(args.output).expanduser() if args.output else profile_path()
-    if target is None:  # found before minutes of calibration, not after
-        raise UsageError("profiles are switched off (RVCFAST_PROFILE=off); pass --output FILE")
     device = resolve_device(args.device)
+    if batch is None:  # calibrate's defaults (8 and 30 s on a CPU, the device's own on a GPU); --quick: one
+        batch = [8.0] if args.quick and device.type == "cpu" else None
     paths = _models(args)
     clips = [synth_test_audio(args.seconds, 16000, seed=i) for i in range(args.files)]
 
@@ -45,18 +83,11 @@ def cmd_tune(args: argparse.Namespace) -> int:
             f0_weights=paths["f0_weights"], device=device, dtype=dtype,
         )
 
-    threads = [int(t) for t in args.threads.split(",")] if args.threads else None
-    if args.batch_seconds:
-        batch: list[float] | None = [float(b) for b in args.batch_seconds.split(",")]
-    else:  # calibrate's defaults (8 and 30 s on a CPU, the device's own on a GPU); --quick: one
-        batch = [8.0] if args.quick and device.type == "cpu" else None
-    workers = [int(w) for w in args.compute_workers.split(",")] if args.compute_workers else None
-    if workers is not None and min(workers) < 1:
-        raise UsageError(f"--compute-workers must be positive, got {args.compute_workers}")
     profile = calibrate(
         make, clips, device=device, threads=threads, batch_seconds=batch, compute_workers=workers, min_snr_db=args.min_snr,
         log=None if args.quiet else (lambda m: print(m, file=sys.stderr)),
     )
+    _profile_target(args)  # still writable after the calibration (nothing else put a file there)
     save_profile(profile, target)
     if args.json:
         out(profile.to_json())
@@ -102,7 +133,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--quick", action="store_true", help="fewer trials (one batch size)")
     p.add_argument("--min-snr", type=float, metavar="DB", default=20.0, help="lowest SNR (dB) against float32's output a lower precision may have")
     p.add_argument("--device", default="auto", metavar="DEVICE", help="'auto', 'cpu', 'cuda'...")
-    p.add_argument("--output", metavar="FILE", help="write the profile here instead")
+    p.add_argument("--output", metavar="FILE", help="write the profile here instead (a new file or an existing profile file)")
     p.add_argument("--json", action="store_true", help="print the profile as JSON")
     p.add_argument("-q", "--quiet", action="store_true", help="no per-trial lines")
     p.set_defaults(func=cmd_tune)
