@@ -15,13 +15,8 @@ def _short(value: Any, limit: int = 70) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
-def _system(args: argparse.Namespace) -> None:
-    from ..tuning import system_report
-
-    report = system_report(args.device)
-    if args.json:
-        out(json.dumps({"system": report}, indent=2))
-        return
+def _system(report: dict[str, Any]) -> None:
+    """Print :func:`rvcfast.tuning.system_report`'s report as text."""
     feats = " ".join(f"{k}{'' if v else '(no)'}" for k, v in report["features"].items())
     rows = [
         ("cpu", f"{report['cpu']} ({report['cores']} cores)"),
@@ -38,30 +33,10 @@ def _system(args: argparse.Namespace) -> None:
         out(f"{k:<{width}}  {v}")
 
 
-def cmd_info(args: argparse.Namespace) -> int:
-    """Describe a voice model (and optionally its index)."""
-    from ..describe import describe_index, describe_model
+def _model_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
+    """The text rows describing ``report``'s model and index."""
     from ..progress import format_bytes
 
-    if args.system:
-        _system(args)
-        if args.model is None:
-            return EXIT_OK
-    if args.model is None:
-        raise UsageError("give a MODEL (or an .index), or --system")
-    model, index = args.model, args.index
-    if index is None and model.lower().endswith(".index"):
-        model, index = None, model  # `rvcfast info voice.index` describes the index alone
-    report: dict[str, Any] = {}
-    if model is not None:
-        report["model"] = describe_model(model)
-    if index is not None:
-        report["index"] = describe_index(index)
-        if "model" in report:
-            report["index"]["matches_model"] = report["index"]["dim"] == report["model"]["feature_dim"]
-    if args.json:
-        out(json.dumps(report, indent=2))
-        return EXIT_OK
     rows: list[tuple[str, str]] = []
     if "model" in report:
         m = report["model"]
@@ -92,6 +67,41 @@ def cmd_info(args: argparse.Namespace) -> int:
         ]
         if "matches_model" in i:
             rows.append(("  fits model", "yes" if i["matches_model"] else f"NO: the model takes {report['model']['feature_dim']}-dim features"))
+    return rows
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    """Describe a voice model (and optionally its index)."""
+    from ..describe import describe_index, describe_model
+
+    if args.model is None and not args.system:
+        raise UsageError("give a MODEL (or an .index), or --system")
+    report: dict[str, Any] = {}
+    if args.system:
+        from ..tuning import system_report
+
+        report["system"] = system_report(args.device)
+        if not args.json:
+            _system(report["system"])
+    if args.model is None:
+        if args.json:  # --system --json alone: {"system": {...}}
+            out(json.dumps(report, indent=2))
+        return EXIT_OK
+    model, index = args.model, args.index
+    if index is None and model.lower().endswith(".index"):
+        model, index = None, model  # `rvcfast info voice.index` describes the index alone
+    if model is not None:
+        report["model"] = describe_model(model)
+    if index is not None:
+        report["index"] = describe_index(index)
+        if "model" in report:
+            report["index"]["matches_model"] = report["index"]["dim"] == report["model"]["feature_dim"]
+    if args.json:  # one object: {"system": ..., "model": ..., "index": ...}, the keys asked for
+        out(json.dumps(report, indent=2))
+        return EXIT_OK
+    if args.system:
+        out()  # the model's rows below the machine's
+    rows = _model_rows(report)
     width = max(len(k) for k, _ in rows)
     for k, v in rows:
         out(f"{k:<{width}}  {v}")
