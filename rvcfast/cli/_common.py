@@ -65,6 +65,24 @@ def parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
     return options
 
 
+def check_f0_name(option: str, spec: str) -> None:
+    """A usage error (status 2) when ``spec`` names no installed F0 backend (nor a combination
+    of them, ``hybrid:a+b``), found before anything is loaded; nothing is imported."""
+    from ..f0.registry import available_f0_extractors, parse_hybrid
+
+    try:
+        members = parse_hybrid(spec)
+    except ParameterError as exc:
+        raise UsageError(f"{option}: {exc}") from None
+    known = available_f0_extractors()
+    unknown = [m for m in (members or [spec.strip().lower()]) if m not in known]
+    if unknown:
+        raise UsageError(
+            f"{option}: unknown F0 backend {', '.join(map(repr, unknown))}; available: {', '.join(known) or '(none)'}"
+            " (or hybrid:a+b to combine several; `rvcfast backends` lists them)"
+        )
+
+
 def expand_inputs(inputs: Sequence[str], recursive: bool) -> list[Path]:
     """Paths and folders -> audio file paths (folders: known audio extensions, sorted)."""
     from ..batch import BatchOptions

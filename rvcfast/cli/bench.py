@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any
 
 from ..constants import SR_16K
-from ._common import EXIT_FAILED, EXIT_OK, HelpFormatter, UsageError, add_device_options, err, out
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    HelpFormatter,
+    UsageError,
+    add_device_options,
+    check_f0_name,
+    err,
+    out,
+)
 
 
 def cmd_bench(args: argparse.Namespace) -> int:
@@ -25,6 +34,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     if args.files < 1 or not args.seconds > 0:
         raise UsageError("--files must be >= 1 and --seconds > 0")
+    if args.batch_seconds is not None and not args.batch_seconds > 0:
+        raise UsageError(f"--batch-seconds must be positive, got {args.batch_seconds}")
+    check_f0_name("--f0", args.f0)  # before models are built (full-size ones are ~500 MB)
     paths: dict[str, Any] = {k: getattr(args, k) for k in ("model", "index", "encoder", "f0_weights")}
     if args.model is None:  # random models; any real file given replaces its random counterpart
         folder = Path(args.models).expanduser() if args.models else cache_dir() / "bench-models"
@@ -59,7 +71,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
     speed = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds else float("nan")
     out(f"speed: {speed:.2f}x real-time (real-time factor {1 / speed if speed else math.nan:.4f})")
     for r in bad:
-        err(f"{r.source}: {r.error}")
+        reason = " ".join(str(r.error).split())
+        err(reason if r.source and r.source in reason else f"{r.source}: {reason}")
     return EXIT_FAILED if bad else EXIT_OK
 
 
