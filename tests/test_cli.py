@@ -422,3 +422,18 @@ def test_a_reader_that_goes_away_gets_no_traceback() -> None:
     proc.stderr.close()
     assert proc.wait(timeout=120) == 1
     assert "Traceback" not in err and "BrokenPipeError" not in err, err
+
+
+def test_an_unknown_f0_backend_is_a_usage_error(tmp_path) -> None:
+    import subprocess
+    import sys
+
+    wav = tmp_path / "a.wav"
+    wav.write_bytes(b"")  # never read: the name is refused first
+    for argv in (
+        ["convert", str(tmp_path / "voice.pth"), str(wav), "-o", str(tmp_path / "out"), "--f0", "rmvpee"],
+        ["f0", str(wav), "-o", str(tmp_path / "f0"), "--method", "hybrid:harvest+nope"],
+    ):
+        proc = subprocess.run([sys.executable, "-m", "rvcfast", *argv], capture_output=True, text=True, timeout=120)
+        assert proc.returncode == 2, proc.stderr
+        assert "unknown F0 backend" in proc.stderr and "Traceback" not in proc.stderr

@@ -13,6 +13,7 @@ from ._common import (
     UsageError,
     add_conversion_options,
     add_device_options,
+    check_f0_name,
     check_output_dir,
     check_params,
     out,
@@ -67,6 +68,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     inputs = planned_inputs(args)  # what the batch below converts (it expands the folders itself)
     params = params_from_args(args)
     check_params(params)  # a bad value is a usage error, found before loading anything
+    check_f0_name("--f0", args.f0)
     t0 = time.perf_counter()
     conv = Converter.from_pretrained(
         args.model, index=args.index, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights,

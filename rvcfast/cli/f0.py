@@ -13,6 +13,7 @@ from ..errors import RvcfastError
 from ._common import (
     HelpFormatter,
     UsageError,
+    check_f0_name,
     check_output_dir,
     expand_inputs,
     parse_options,
@@ -39,6 +40,7 @@ def cmd_f0(args: argparse.Namespace) -> int:
 
     out = Path(args.output)
     check_output_dir(out)
+    check_f0_name("--method", args.method)
     inputs = expand_inputs(args.inputs, args.recursive)
     if not inputs:
         raise UsageError(f"no audio files found in {', '.join(args.inputs)}")
