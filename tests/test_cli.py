@@ -266,9 +266,9 @@ def test_f0_weights_go_to_the_rmvpe_member_of_a_hybrid(models, clips, tmp_path, 
 
 
 def test_f0_unknown_method(clips, tmp_path, capsys):
-    assert main(["f0", str(clips["a"]), "--method", "nope", "-o", str(tmp_path)]) == 1
+    assert main(["f0", str(clips["a"]), "--method", "nope", "-o", str(tmp_path)]) == 2  # a usage error
     err = capsys.readouterr().err
-    assert "unknown F0 extractor 'nope'" in err and "rmvpe" in err
+    assert "unknown F0 backend 'nope'" in err and "rmvpe" in err
 
 
 # ---------------------------------------------------------------------------------------------- info / backends
