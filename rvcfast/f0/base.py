@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
+import types
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
@@ -77,6 +79,23 @@ class BaseF0Extractor(ABC):
     def extract_batch(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
         """F0 for each array; the default runs :meth:`extract` one by one."""
         return [self.extract(a) for a in audios]
+
+    def __getstate__(self) -> dict[str, Any]:
+        """The attributes, with any imported module (pyworld, parselmouth) by name: modules do
+        not pickle, and the batch sends ``cpu_bound`` extractors to its F0 worker processes."""
+        state = self.__dict__.copy()
+        modules = {k: v.__name__ for k, v in state.items() if isinstance(v, types.ModuleType)}
+        for k in modules:
+            del state[k]
+        state["_module_names"] = modules
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        state = dict(state)
+        modules = state.pop("_module_names", {})
+        self.__dict__.update(state)
+        for k, name in modules.items():
+            setattr(self, k, importlib.import_module(name))
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, device={str(self.device)!r})"

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import math
 from types import ModuleType
-from typing import Any
 
 import numpy as np
 import torch
@@ -100,17 +99,6 @@ class PMExtractor(BaseF0Extractor):
         self.f0_min = f0_min
         self.f0_max = f0_max
         self.voicing_threshold = threshold
-        self._parselmouth = _import_parselmouth()
-
-    def __getstate__(self) -> dict[str, Any]:
-        """Everything but the parselmouth module (not picklable): the batch sends the extractor to
-        its F0 worker processes."""
-        state = self.__dict__.copy()
-        state.pop("_parselmouth", None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
         self._parselmouth = _import_parselmouth()
 
     @property

@@ -82,17 +82,6 @@ class _WorldExtractor(BaseF0Extractor):
         self.f0_min, self.f0_max = _check_range(f0_min, f0_max, self.name)
         self._pyworld = _import_pyworld(self.name)
 
-    def __getstate__(self) -> dict[str, Any]:
-        """Everything but the pyworld module (not picklable): the batch sends the extractor to
-        its F0 worker processes."""
-        state = self.__dict__.copy()
-        state.pop("_pyworld", None)
-        return state
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._pyworld = _import_pyworld(self.name)
-
     @abstractmethod
     def _raw(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The unrefined WORLD track and its frame times for float64 audio ``x``."""
