@@ -347,9 +347,7 @@ class Engine:
         q = item.params
         timer = Timer(self.device)
         segs = segment_inputs(prep, item.coarse, item.pitchf, q.seed)
-        trim = self.vocoder.sample_rate * self.segment_config.x_pad
-        hop = self.vocoder.hop_length
-        if not any(segment_output_length(g.audio.shape[0], g.frames, hop, trim, q.keep_length) for g in segs):
+        if not any(self._output_lengths(segs, q)):
             raise _too_short(prep, q)
         finisher = StreamFinisher(prep, self.sample_rate, q)
         try:
@@ -443,9 +441,13 @@ class Engine:
             raise RvcfastError(f"{label}: {source} gave {bad} NaN, infinite or negative F0 values (unvoiced frames are 0)")
         return track
 
+    def _output_lengths(self, segs: Sequence[SegmentInput], params: ConversionParams) -> list[int]:
+        """Output samples each segment contributes once its padding context is trimmed."""
+        trim = self.vocoder.sample_rate * self.segment_config.x_pad
+        hop = self.vocoder.hop_length
+        return [segment_output_length(g.audio.shape[0], g.frames, hop, trim, params.keep_length) for g in segs]
+
     def _synthesize_all(self, items: list[_Item], raise_errors: bool, budget: int, cancel: CancelFlag | None) -> None:
-        voc = self.vocoder
-        trim = voc.sample_rate * self.segment_config.x_pad
         calls: dict[tuple[Any, ...], list[tuple[int, int, SegmentInput]]] = {}
         for i, item in enumerate(items):
             if item.error is not None:
@@ -453,7 +455,7 @@ class Engine:
             q = item.params
             pos = 0
             segs = segment_inputs(item.prep, item.coarse, item.pitchf, q.seed)
-            lengths = [segment_output_length(g.audio.shape[0], g.frames, voc.hop_length, trim, q.keep_length) for g in segs]
+            lengths = self._output_lengths(segs, q)
             if sum(lengths) == 0:
                 self._fail(item, _too_short(item.prep, q), "", raise_errors)
                 continue
