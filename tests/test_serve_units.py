@@ -271,3 +271,36 @@ def test_giving_up_a_running_call_ends_its_future_with_cancelled() -> None:
     after = sched.submit(FakeEngine(), prep("y"), None)  # the worker lives on
     assert after.result(10).ok
     sched.close()
+
+
+def test_a_voice_that_failed_to_load_is_not_loaded_again_until_its_files_change(tmp_path) -> None:
+    import os
+
+    from rvcfast.errors import ModelLoadError
+    from rvcfast.serve.voices import Voice, VoiceRegistry
+
+    model = tmp_path / "zoe.pth"
+    model.write_bytes(b"not a model")
+    attempts: list[str] = []
+
+    def load(voice: Voice):
+        attempts.append(voice.id)
+        if voice.model.read_bytes() == b"not a model":
+            raise ModelLoadError(voice.model, "not a voice model")
+        voc = SimpleNamespace(version="v2", sample_rate=40000, has_f0=True, num_speakers=1)
+        return SimpleNamespace(name="engine", vocoder=voc)
+
+    registry = VoiceRegistry([Voice("zoe", model)], load, max_loaded=2)
+    for _ in range(3):
+        with pytest.raises(ModelLoadError, match="zoe.pth: not a voice model"):
+            registry.engine("zoe")
+    assert attempts == ["zoe"]  # one load, the same error answered after it
+    model.write_bytes(b"a fixed model file")  # replaced in place: other size and time
+    os.utime(model, ns=(1, 2))
+    assert registry.engine("zoe").name == "engine" and attempts == ["zoe", "zoe"]
+    registry.add(Voice("zoe", model), replace=True)  # a new upload is loaded anew too
+    model.write_bytes(b"not a model")
+    os.utime(model, ns=(3, 4))
+    with pytest.raises(ModelLoadError):
+        registry.engine("zoe")
+    assert attempts == ["zoe", "zoe", "zoe"]

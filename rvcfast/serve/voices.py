@@ -10,6 +10,7 @@ that holds an engine keeps it alive even if it is unloaded meanwhile.
 
 from __future__ import annotations
 
+import copy
 import os
 import re
 import shutil
@@ -95,6 +96,8 @@ class VoiceRegistry:
         self._lock = threading.Lock()
         self._voice_locks: dict[str, threading.Lock] = {}
         self._generation: dict[str, int] = {}  # bumped by add(): a load started before is stale
+        # a voice whose files failed to load: the error, kept until the files or the voice change
+        self._failed: dict[str, tuple[int, tuple[tuple[int, int], ...], BaseException]] = {}
         self.loads = 0
         self.unloads = 0
 
@@ -163,8 +166,19 @@ class VoiceRegistry:
             if voice is None:
                 raise UnknownVoice(voice_id, self._voices)
             generation = self._generation.get(voice_id, 0)
-        eng = self._load(voice)
+            failed = self._failed.get(voice_id)
+        stamp = _files_stamp(voice)
+        if failed is not None and failed[:2] == (generation, stamp):
+            raise _fresh(failed[2])  # the same files failed before: not loaded again for every request
+        try:
+            eng = self._load(voice)
+        except Exception as exc:
+            with self._lock:
+                if self._generation.get(voice_id, 0) == generation:
+                    self._failed[voice_id] = (generation, stamp, exc)
+            raise
         with self._lock:
+            self._failed.pop(voice_id, None)
             self.loads += 1
             if self._voices.get(voice_id) is not voice or self._generation.get(voice_id, 0) != generation:
                 return None
@@ -203,6 +217,26 @@ class VoiceRegistry:
         with self._lock:
             loaded = voice_id in self._loaded
         return {"id": voice.id, **voice.info, "index": voice.index is not None, "loaded": loaded}  # type: ignore[dict-item]
+
+
+def _fresh(exc: BaseException) -> BaseException:
+    """A copy of a kept error to raise again (raising one object many times grows its traceback)."""
+    try:
+        return copy.copy(exc).with_traceback(None)
+    except Exception:  # noqa: BLE001 - an exception type that does not copy
+        return exc.with_traceback(None)
+
+
+def _files_stamp(voice: Voice) -> tuple[tuple[int, int], ...]:
+    """Size and modification time of a voice's files (a file replaced in place loads again)."""
+    out = []
+    for path in (voice.model, voice.index):
+        try:
+            st = os.stat(path) if path is not None else None
+        except OSError:
+            st = None
+        out.append((st.st_size, st.st_mtime_ns) if st is not None else (-1, -1))
+    return tuple(out)
 
 
 def _describe_engine(eng: Engine) -> dict[str, Any]:
