@@ -225,6 +225,11 @@ def _mono(audio: object, what: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- formant / clean
 
 
+#: The smallest formant ``timbre``: the shift resizes the 513-bin spectral envelope by it, and
+#: below 1/513 none is left (stftpitchshift divides by zero); at 0.01 five bins remain.
+FORMANT_MIN_TIMBRE = 0.01
+
+
 def formant_shift(audio16k: np.ndarray, quefrency: float, timbre: float) -> np.ndarray:
     """Applio's formant shifting of a 16 kHz signal (``formant_qfrency``, ``formant_timbre``).
 
@@ -239,8 +244,8 @@ def formant_shift(audio16k: np.ndarray, quefrency: float, timbre: float) -> np.n
     timbre = _number("formant timbre", timbre)
     if quefrency <= 0:
         raise ParameterError(f"formant quefrency must be > 0 (milliseconds), got {quefrency!r}")
-    if timbre <= 0:
-        raise ParameterError(f"formant timbre must be > 0, got {timbre!r}")
+    if timbre < FORMANT_MIN_TIMBRE:
+        raise ParameterError(f"formant timbre must be at least {FORMANT_MIN_TIMBRE:g}, got {timbre!r}")
     signal = _mono(audio16k, "formant shifting").astype(np.float64, copy=False)
     if signal.shape[0] < _FORMANT_FRAME:
         raise AudioError(
@@ -266,7 +271,11 @@ def denoise(audio: np.ndarray, sample_rate: int, strength: float) -> np.ndarray:
     rate = _sample_rate(sample_rate)
     signal = _mono(audio, "noise reduction")
     module = _import_extra("noisereduce", "clean", "noise reduction")
-    return np.asarray(module.reduce_noise(y=signal, sr=rate, prop_decrease=strength))
+    if not np.any(signal):
+        return np.array(signal, copy=True)  # digital silence: nothing to gate (noisereduce divides 0 by 0)
+    out = np.asarray(module.reduce_noise(y=signal, sr=rate, prop_decrease=strength))
+    _check_finite(out, "noise reduction", "an input it cannot estimate noise from")
+    return out
 
 
 # ----------------------------------------------------------------------------- effect chain
@@ -375,7 +384,16 @@ def apply_effects(
         return signal.copy()
     pedalboard = _import_extra("pedalboard", "effects", "audio effects")
     board = _board(pedalboard, resolved)
-    return np.asarray(board(signal, rate), dtype=np.float32)
+    out = np.asarray(board(signal, rate), dtype=np.float32)
+    _check_finite(out, "the effects (" + ", ".join(resolved) + ")", "a feedback or gain too large?")
+    return out
+
+
+def _check_finite(out: np.ndarray, what: str, hint: str) -> None:
+    """An :class:`AudioError` when a processing step gave NaN or infinite samples (never written)."""
+    bad = int(out.size - np.count_nonzero(np.isfinite(out)))
+    if bad:
+        raise AudioError(None, f"{what} produced {bad} NaN or infinite samples of {out.size} ({hint})")
 
 
 def _effects_flagged(kwargs: Mapping[str, Any]) -> list[str]:

@@ -45,6 +45,7 @@ from .pipeline import (
     SegmentInput,
     apply_protect,
     finish,
+    formant_of,
     pitch_track,
     prepare_input,
     segment_features,
@@ -123,6 +124,13 @@ class Engine:
                 getattr(index, "path", None),
                 f"index dimension {index.dim} does not match the voice model's feature dimension "
                 f"{vocoder.feature_dim} ({vocoder.version}); use the index trained with this model",
+            )
+        if vocoder.version == "v1" and getattr(encoder, "has_final_proj", True) is False:
+            raise ModelLoadError(
+                getattr(encoder, "source_path", None),
+                "this content encoder has no final_proj weights (a plain HubertModel folder), and a v1 voice "
+                "model takes the 256-d features final_proj makes: use an encoder with final_proj "
+                "(hubert_base.pt, ContentVec) for v1 voices, or a v2 voice with this one",
             )
         if batch_seconds is not None and not batch_seconds > 0:
             raise ParameterError(f"batch_seconds must be positive, got {batch_seconds}")
@@ -283,6 +291,8 @@ class Engine:
         per_item = [params] * len(preps) if isinstance(params, ConversionParams) else list(params)
         if len(per_item) != len(preps):
             raise ParameterError(f"run() got {len(preps)} inputs but {len(per_item)} parameter sets")
+        for p, q in zip(preps, per_item):
+            _check_formant(p, q)
         items = [_Item(p, q) for p, q in zip(preps, per_item)]
         _check_cancel(cancel)
         self._pitch(items, f0, raise_errors)
@@ -339,6 +349,7 @@ class Engine:
         from .streaming import StreamFinisher
 
         item = _Item(prep, self.params(params))
+        _check_formant(prep, item.params)
         if f0 is None and pauses:
             t0 = time.perf_counter()
             f0 = yield from self._f0_in_blocks(item)
@@ -627,6 +638,16 @@ def _tuned(dtype: torch.dtype | str, batch_seconds: float | None, device: torch.
         profile = load_profile(device)
         batch_seconds = profile.batch_seconds if profile is not None else None
     return tuned_dtype(dtype, device), batch_seconds
+
+
+def _check_formant(prep: PreparedAudio, params: ConversionParams) -> None:
+    """The formant shift belongs to stage 1: refuse settings whose shift the input did not get."""
+    wanted = formant_of(params)
+    if wanted != prep.formant:
+        raise ParameterError(
+            f"{prep.label or 'input'}: formant={wanted} asked for, but the input was prepared with formant={prep.formant}: "
+            "the shift is applied when decoding, so pass the same params to prepare()"
+        )
 
 
 def _too_short(prep: PreparedAudio, params: ConversionParams) -> AudioError:

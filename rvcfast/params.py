@@ -221,6 +221,10 @@ class ConversionParams:
             for name, value in zip(("quefrency", "timbre"), self.formant):
                 if not _finite(f"formant {name}", value) > 0:
                     raise ParameterError(f"formant {name} must be above 0, got {value!r}")
+            from .effects import FORMANT_MIN_TIMBRE
+
+            if self.formant[1] < FORMANT_MIN_TIMBRE:
+                raise ParameterError(f"formant timbre must be at least {FORMANT_MIN_TIMBRE:g}, got {self.formant[1]!r}")
         from .effects import check_effects, require_extra
 
         if self.effects:

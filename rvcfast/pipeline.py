@@ -62,6 +62,7 @@ class PreparedAudio:
     config: SegmentConfig = field(default_factory=SegmentConfig)
     label: str | None = None  # the input's name (a path, or a name given for an array)
     warnings: list[str] = field(default_factory=list)  # recoverable oddities of the input
+    formant: tuple[float, float] | None = None  # the formant shift applied when it was prepared
 
     @property
     def audio(self) -> np.ndarray:
@@ -138,7 +139,17 @@ def prepare_input(
 
         # as the reference: on the 16 kHz input, before the peak guard
         audio = formant_shift(audio, *params.formant)
-    return prepare(audio, config, label=decoded.label, warnings=decoded.warnings)
+    prepared = prepare(audio, config, label=decoded.label, warnings=decoded.warnings)
+    prepared.formant = formant_of(params)
+    return prepared
+
+
+def formant_of(params: ConversionParams | None) -> tuple[float, float] | None:
+    """``params.formant`` as a pair of floats (``None``: no formant shift)."""
+    if params is None or params.formant is None:
+        return None
+    quefrency, timbre = params.formant
+    return float(quefrency), float(timbre)
 
 
 def segment_frames(n_samples: int, span_frames: int, keep_length: bool = False) -> int:

@@ -324,7 +324,7 @@ def test_bad_applio_kwargs_are_rejected(kwargs, message):
         (lambda: fx.denoise(np.zeros((2, 4000)), 40000, 0.5), AudioError, "1-D array"),
         (lambda: fx.denoise(np.zeros(4000, np.int16), 40000, 0.5), AudioError, "floating-point"),
         (lambda: fx.formant_shift(np.zeros(4000), 0.0, 1.0), ParameterError, "quefrency must be > 0"),
-        (lambda: fx.formant_shift(np.zeros(4000), 1.0, -1.0), ParameterError, "timbre must be > 0"),
+        (lambda: fx.formant_shift(np.zeros(4000), 1.0, -1.0), ParameterError, "timbre must be at least 0.01"),
         (lambda: fx.formant_shift(np.zeros(4000), float("inf"), 1.0), ParameterError, "must be finite"),
         (lambda: fx.formant_shift(np.zeros(500), 1.0, 1.0), AudioError, "at least 1024 samples"),
         (lambda: fx.formant_shift(np.full(4000, np.nan), 1.0, 1.0), AudioError, "NaN or infinite"),
@@ -429,3 +429,27 @@ def test_validate_builds_the_effect_chain_when_pedalboard_is_installed(monkeypat
     monkeypatch.setattr(pedalboard, "Reverb", NarrowerReverb)
     with pytest.raises(ParameterError, match=r"^effects: effect 'reverb': Room Size value must be between 0.0 and 0.5"):
         fx.check_effects({"reverb": {"room_size": 0.8}})
+
+
+def test_effects_that_blow_up_are_an_error_not_a_file_of_nan():
+    _pedalboard()
+    x = np.sin(2 * np.pi * 220 * np.arange(40000) / 40000).astype(np.float32) * 0.3
+    with pytest.raises(AudioError, match=r"the effects \(chorus\) produced \d+ NaN or infinite samples"):
+        fx.apply_effects(x, 40000, {"chorus": {"feedback": 2.0}})  # feedback beyond 1 diverges
+    assert np.isfinite(fx.apply_effects(x, 40000, {"chorus": {"feedback": 0.5}})).all()
+
+
+def test_denoise_leaves_digital_silence_alone():
+    pytest.importorskip("noisereduce")
+    silence = np.zeros(40000)
+    out = fx.denoise(silence, 40000, 0.8)
+    assert out.shape == silence.shape and not np.any(out)
+
+
+def test_a_formant_timbre_with_no_envelope_left_is_refused():
+    from rvcfast.params import ConversionParams
+
+    with pytest.raises(ParameterError, match="formant timbre must be at least 0.01, got 0.001"):
+        ConversionParams(formant=(1.0, 0.001)).validate()
+    with pytest.raises(ParameterError, match="formant timbre must be at least 0.01"):
+        fx.formant_shift(np.zeros(4000), 1.0, 0.001)

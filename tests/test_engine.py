@@ -246,3 +246,35 @@ def test_tracks_a_few_frames_off_are_fitted_and_a_short_batch_is_redone_per_inpu
     plugged = _engine_with(engine, OneShort(lambda n: np.full(n, 150.0)))
     preps = [plugged.prepare(clip(1.0, k), 16000) for k in range(2)]
     assert all(r.ok for r in plugged.run(preps, plugged.params(noise=False)))  # each input on its own
+
+
+def test_a_formant_shift_the_input_was_not_prepared_with_is_refused(engine: Engine) -> None:
+    pytest.importorskip("stftpitchshift")
+    shifted = engine.params(formant=(1.0, 1.2), noise=False)
+    plain = engine.prepare(clip(1.0, 0), 16000, name="take3")  # prepared without the shift
+    with pytest.raises(ParameterError, match=r"take3: formant=\(1\.0, 1\.2\) asked for, but the input was prepared with formant=None"):
+        engine.run([plain], shifted)
+    with pytest.raises(ParameterError, match="pass the same params to prepare"):
+        next(iter(engine.stream(plain, shifted)))
+    ready = engine.prepare(clip(1.0, 0), 16000, params=shifted)
+    assert ready.formant == (1.0, 1.2) and engine.run([ready], shifted)[0].ok
+    with pytest.raises(ParameterError):  # and the other way round: a shifted input, settings without it
+        engine.run([ready], engine.params(noise=False))
+
+
+def test_a_v1_voice_with_an_encoder_without_final_proj_is_refused_at_load(tiny_models, tmp_path) -> None:
+    from helpers import TINY_CONV, TINY_VOICE
+
+    from rvcfast.errors import ModelLoadError
+    from rvcfast.testing import save_random_hubert, save_random_voice_model
+
+    plain = save_random_hubert(
+        tmp_path / "plain_hf", "hf", layers=1, hidden=768, heads=12, ffn=64, conv_layers=TINY_CONV, conv_pos=16,
+        conv_pos_groups=16, final_dim=None, seed=3,
+    )
+    v1 = save_random_voice_model(tmp_path / "v1.pth", "v1", 40000, True, seed=6, **TINY_VOICE)
+    with pytest.raises(ModelLoadError, match=r"plain_hf.*no final_proj weights.*v1 voice"):
+        rvcfast.Converter.from_pretrained(v1, encoder=plain, f0_weights=tiny_models.rmvpe, device="cpu")
+    # a v2 voice takes that encoder, and a v1 voice one with final_proj
+    rvcfast.Converter.from_pretrained(tiny_models.voice, encoder=plain, f0_weights=tiny_models.rmvpe, device="cpu")
+    rvcfast.Converter.from_pretrained(v1, encoder=tiny_models.encoder, f0_weights=tiny_models.rmvpe, device="cpu")
