@@ -135,10 +135,14 @@ class VoiceRegistry:
     def loaded_engine(self, voice_id: str) -> Engine | None:
         """The engine of a loaded voice (marked as just used), or ``None``; never loads, never waits for a load."""
         with self._lock:
-            eng = self._loaded.get(voice_id)
-            if eng is not None:
-                self._loaded.move_to_end(voice_id)
-            return eng
+            return self._touch(voice_id)
+
+    def _touch(self, voice_id: str) -> Engine | None:
+        """The loaded engine, marked as just used (the registry lock held), or ``None``."""
+        eng = self._loaded.get(voice_id)
+        if eng is not None:
+            self._loaded.move_to_end(voice_id)
+        return eng
 
     def engine(self, voice_id: str) -> Engine:
         """The loaded engine of a voice, loading it (and unloading the least recently used) if needed. Blocking."""
@@ -158,9 +162,8 @@ class VoiceRegistry:
     def _load_once(self, voice_id: str) -> Engine | None:
         """Load a voice (holding its voice lock); ``None`` if it was replaced meanwhile (the engine is dropped)."""
         with self._lock:
-            eng = self._loaded.get(voice_id)
+            eng = self._touch(voice_id)
             if eng is not None:
-                self._loaded.move_to_end(voice_id)
                 return eng
             voice = self._voices.get(voice_id)
             if voice is None:
