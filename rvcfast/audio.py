@@ -47,6 +47,9 @@ CLIP_RUN = 3
 #: A mean above this magnitude is reported as a DC offset (removed by the 48 Hz high-pass).
 DC_LEVEL = 0.01
 
+#: Chunk sizes a writer that cannot seek back (a pipe) puts in a header for "unknown length".
+_UNKNOWN_SIZES = frozenset({0xFFFFFFFF, 0x7FFFFFFF})
+
 # libsndfile's header log: "data : 160000 (should be 19956)" when the file is shorter
 _SHORT_CHUNK = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
 _SHORT_CONTAINER = re.compile(r"^\s*(RIFF|riff|FORM|Riff size)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
@@ -156,9 +159,76 @@ def _promised_seconds(f: sf.SoundFile) -> float | None:
         m = pattern.search(log)
         if m is not None:
             header, present = int(m.group(2)), int(m.group(3))
-            if present > 0 and header > present:
+            if present > 0 and header > present and header not in _UNKNOWN_SIZES:
                 return f.frames * header / present / f.samplerate
     return None
+
+
+# MPEG audio frame headers: bitrates (kbit/s) by (MPEG-1?, layer) and sample rates by version bits
+_MPEG_BITRATES = {
+    (True, 1): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
+    (True, 2): (0, 32, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320, 384),
+    (True, 3): (0, 32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320),
+    (False, 1): (0, 32, 48, 56, 64, 80, 96, 112, 128, 144, 160, 176, 192, 224, 256),
+    (False, 2): (0, 8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160),
+}
+_MPEG_RATES = {3: (44100, 48000, 32000), 2: (22050, 24000, 16000), 0: (11025, 12000, 8000)}
+
+
+def _mpeg_frame(head: bytes) -> tuple[int, int, tuple[int, int, int]] | None:
+    """``(bytes, samples, (version, layer, rate))`` of the MPEG audio frame whose header is ``head``."""
+    if len(head) < 4 or head[0] != 0xFF or head[1] & 0xE0 != 0xE0:
+        return None
+    version, layer, rate_i = (head[1] >> 3) & 3, 4 - ((head[1] >> 1) & 3), (head[2] >> 2) & 3
+    bitrate_i, padding = head[2] >> 4, (head[2] >> 1) & 1
+    if version == 1 or layer == 4 or rate_i == 3 or bitrate_i in (0, 15):
+        return None  # reserved values, or free format (no frame length)
+    mpeg1 = version == 3
+    rate = _MPEG_RATES[version][rate_i]
+    bitrate = 1000 * _MPEG_BITRATES[(mpeg1, min(layer, 2) if not mpeg1 else layer)][bitrate_i]
+    if layer == 1:
+        return (12 * bitrate // rate + padding) * 4, 384, (version, layer, rate)
+    per_byte = 144 if (mpeg1 or layer == 2) else 72
+    samples = 1152 if (mpeg1 or layer == 2) else 576
+    return per_byte * bitrate // rate + padding, samples, (version, layer, rate)
+
+
+def _mpeg_samples(p: Path) -> int | None:
+    """Samples in an MPEG audio file, by walking its frame headers (``None`` when it cannot tell).
+
+    libsndfile takes the length of an MP3 without a Xing/Info/VBRI header from the first
+    frame's bitrate and stops reading there, so a variable-bitrate file without one was
+    cut short (a 10 s file read as 3 s). Walking the headers gives the real length;
+    ``None`` also for a file with such a header (libsndfile's length is then exact).
+    """
+    import mmap
+
+    with open(p, "rb") as fh, mmap.mmap(fh.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        pos, n = 0, len(data)
+        if data[:3] == b"ID3" and n >= 10:  # ID3v2 tag: syncsafe size, plus a footer when flagged
+            pos = 10 + sum((data[6 + i] & 0x7F) << (21 - 7 * i) for i in range(4)) + (10 if data[5] & 0x10 else 0)
+        start = data.find(b"\xff", pos)
+        while 0 <= start < n - 4:  # the first header that a second one follows
+            first = _mpeg_frame(data[start : start + 4])
+            if first is not None and _same_kind(_mpeg_frame(data[start + first[0] : start + first[0] + 4]), first):
+                break
+            start = data.find(b"\xff", start + 1)
+        else:
+            return None
+        head = bytes(data[start : start + first[0]])
+        if b"Xing" in head or b"Info" in head or b"VBRI" in head:
+            return None  # a length header: libsndfile's length is exact
+        total, pos = 0, start
+        while (frame := _mpeg_frame(data[pos : pos + 4])) is not None and _same_kind(frame, first):
+            if pos + frame[0] > n:
+                break
+            total += frame[1]
+            pos += frame[0]
+        return total
+
+
+def _same_kind(frame: tuple[int, int, tuple[int, int, int]] | None, first: tuple[int, int, tuple[int, int, int]]) -> bool:
+    return frame is not None and frame[2] == first[2]
 
 
 class _Stats:
@@ -237,9 +307,10 @@ def _seek(f: sf.SoundFile, frame: int) -> bool:
 class _SfSource:
     """A file libsndfile decodes: ``rate``, ``channels``, ``frames``, ``blocks()``."""
 
-    def __init__(self, path: Path, f: sf.SoundFile) -> None:
+    def __init__(self, path: Path, f: sf.SoundFile, frames: int | None = None) -> None:
         self.path, self.f = path, f
-        self.rate, self.channels, self.frames = int(f.samplerate), int(f.channels), int(f.frames)
+        self.rate, self.channels = int(f.samplerate), int(f.channels)
+        self.frames = int(f.frames) if frames is None else int(frames)
         self.promised = _promised_seconds(f)
 
     def blocks(self, notes: list[str]) -> Iterator[np.ndarray]:
@@ -250,25 +321,59 @@ class _SfSource:
 
 
 def _source(p: Path) -> _SfSource | Any:
-    """libsndfile for what it reads; PyAV (the ``av`` extra) for other containers."""
+    """libsndfile for what it reads; PyAV (the ``av`` extra) for other containers, and for
+    files libsndfile would read only part of."""
     try:
         f = sf.SoundFile(str(p))
-        if f.frames >= UNKNOWN_FRAMES:
-            # a FLAC written as a stream (no length in its header): libsndfile's reader fails
-            # after its reads (python-soundfile seeks past each one); FFmpeg reads it whole
-            from .av_decode import AvSource, av_available
-
-            f.close()
-            if not av_available():
-                raise AudioError(
-                    p, 'cannot decode audio: its header does not give its length (a stream), which needs PyAV: pip install "rvcfast[av]"'
-                )
-            return AvSource(p)
-        return _SfSource(p, f)
     except sf.LibsndfileError as exc:
-        detail = _libsndfile_detail(exc)
+        return _other_decoder(p, _libsndfile_detail(exc))
     except (RuntimeError, ValueError, OSError, TypeError) as exc:
         raise AudioError(p, f"cannot decode audio ({type(exc).__name__}: {exc})") from None
+    try:
+        reason, frames = _libsndfile_shortfall(f, p)
+    except BaseException:
+        f.close()
+        raise
+    if reason is None:
+        return _SfSource(p, f, frames)
+    f.close()
+    from .av_decode import AvSource, av_available
+
+    if not av_available():
+        raise AudioError(p, f'cannot decode audio: {reason}; FFmpeg reads such files, through PyAV: pip install "rvcfast[av]"')
+    return AvSource(p)
+
+
+#: A file this much larger than its header holds audio even when the header says it holds none.
+_HEADER_BYTES = 1024
+
+
+def _libsndfile_shortfall(f: sf.SoundFile, p: Path) -> tuple[str | None, int | None]:
+    """Why libsndfile would not decode the whole of ``f`` (``None``: it will), and the real frame
+    count when its header's count is only a wrong estimate that costs nothing to read past."""
+    if f.frames >= UNKNOWN_FRAMES:
+        # a FLAC written as a stream (no length in its header): libsndfile's reader fails
+        # after its reads (python-soundfile seeks past each one)
+        return "its header does not give its length (a stream)", None
+    size = p.stat().st_size
+    if f.frames == 0 and size > _HEADER_BYTES:
+        # a WAV whose recorder never wrote the sizes into its header: libsndfile sees no audio
+        return f"its header says it holds no audio, but the file has {size} bytes (a recording that was not finished?)", None
+    if f.format == "MP3":
+        scanned = _mpeg_samples(p)
+        slack = max(4 * 1152, f.samplerate // 10)  # encoder delay, padding and the first frame
+        if scanned is not None and scanned > f.frames + slack:
+            return (
+                f"it is an MP3 without a length header (variable bitrate): libsndfile reads only "
+                f"{f.frames / f.samplerate:.2f} s of its {scanned / f.samplerate:.2f} s"
+            ), None
+        if scanned is not None and scanned < f.frames - slack:
+            return None, scanned  # libsndfile reads to the end of the file; its estimate was long
+    return None, None
+
+
+def _other_decoder(p: Path, detail: str) -> Any:
+    """PyAV for a file libsndfile cannot open (``detail``: libsndfile's reason)."""
     from .av_decode import CONTAINER_EXTENSIONS, AvSource, av_available
 
     if av_available():
@@ -290,7 +395,7 @@ def _decode_file(p: Path, sample_rate: int | None, max_seconds: float | None = N
     src = _source(p)
     try:
         sr, channels, frames = src.rate, src.channels, src.frames
-        if sample_rate is not None and int(sample_rate) != sr:
+        if sample_rate is not None and _rate_arg(sample_rate, p) != sr:
             raise ParameterError(f"{p}: sample_rate={sample_rate} given for a file whose rate is {sr}")
         _check_rate(p, sr)
         notes: list[str] = []
@@ -369,18 +474,34 @@ def _check_rate(label: str | os.PathLike[str] | None, sr: int) -> None:
         raise AudioError(label, f"sample rate {sr} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
 
 
+def _rate_arg(sample_rate: Any, label: str | os.PathLike[str]) -> int:
+    """``sample_rate`` as an int; a fraction, NaN or a non-number is a :class:`ParameterError`."""
+    try:
+        value = float(sample_rate)
+    except (TypeError, ValueError, OverflowError):
+        value = float("nan")
+    if not value.is_integer():
+        raise ParameterError(f"{label}: sample_rate must be a whole number of Hz, got {sample_rate!r}")
+    return int(value)
+
+
 def _array_samples(source: np.ndarray, label: str) -> np.ndarray:
     data = np.asarray(source)
-    if data.ndim == 2 and data.shape[0] < data.shape[1] and data.shape[0] <= 8:
+    if data.ndim == 2 and 0 < data.shape[0] < data.shape[1]:
+        # [samples, channels] with more channels than samples is a [channels, samples] array
         raise AudioError(label, f"array of shape {data.shape} looks channels-first; pass [samples, channels]")
     if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
         raise AudioError(label, f"array dtype {data.dtype} is not a number type")
     if np.issubdtype(data.dtype, np.integer):
+        # PCM scaling: full scale is 2**(bits-1); unsigned PCM (8-bit WAV) is centred on 2**(bits-1)
         info = np.iinfo(data.dtype)
-        data = data.astype(np.float64) / float(max(abs(info.min), info.max))
+        half = float(2 ** (info.bits - 1))
+        data = (data.astype(np.float64) - (half if info.min == 0 else 0.0)) / half
     data = data.astype(np.float64, copy=False)
     if data.ndim not in (1, 2):
         raise AudioError(label, f"audio must be 1-D or [samples, channels], got shape {data.shape}")
+    if data.ndim == 2 and data.shape[1] == 0:
+        raise AudioError(label, f"array of shape {data.shape} has no channels")
     return data
 
 
@@ -388,7 +509,7 @@ def _decode_array(source: np.ndarray, sample_rate: int | None, name: str | None)
     label = name or "array input"
     if sample_rate is None:
         raise ParameterError(f"{label}: sample_rate is required for array input")
-    sr = int(sample_rate)
+    sr = _rate_arg(sample_rate, label)
     _check_rate(label, sr)
     data = _array_samples(source, label)
     channels = 1 if data.ndim == 1 else int(data.shape[1])

@@ -49,7 +49,7 @@ def av_available() -> bool:
 
 
 class AvSource:
-    """The first audio stream of a container: ``rate``, ``channels``, ``frames`` (0 if unknown), ``blocks()``."""
+    """The first audio stream of a container: ``rate``, ``channels``, ``frames`` (0 unless exact), ``blocks()``."""
 
     def __init__(self, path: Path) -> None:
         self.av = _import_av()
@@ -68,11 +68,17 @@ class AvSource:
         self.frames = self._frames()
 
     def _frames(self) -> int:
+        """The stream's exact length, or 0 when the container only lets FFmpeg estimate it.
+
+        A container that indexes every packet (mp4's sample table: ``stream.frames > 0``)
+        gives the exact length, and the decoded audio is trimmed to it (AAC's end padding).
+        Elsewhere the length is an estimate (raw AAC or AC-3: from the first frames'
+        bitrate, off by minutes either way), which must neither cut the audio nor report
+        the file as truncated.
+        """
         s = self.stream
-        if s.duration is not None and s.time_base is not None:
+        if s.frames and s.duration is not None and s.time_base is not None:
             return int(round(Fraction(s.duration) * Fraction(s.time_base) * self.rate))
-        if self.container.duration is not None:  # microseconds
-            return int(round(self.container.duration * self.rate / 1_000_000))
         return 0
 
     def close(self) -> None:
