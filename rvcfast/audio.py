@@ -123,9 +123,11 @@ def _check_length(label: str | os.PathLike[str] | None, seconds: float, max_seco
 
 
 def audio_info(path: str | os.PathLike[str]) -> tuple[float, int, int]:
-    """``(seconds, sample rate, channels)`` from a file's header (no decoding)."""
+    """``(seconds, sample rate, channels)`` from a file's header (no decoding); 0 s when the
+    header does not give the length (a stream)."""
     info = sf.info(os.fspath(path))
-    return (info.frames / info.samplerate if info.samplerate else 0.0), int(info.samplerate), int(info.channels)
+    known = info.samplerate and 0 <= info.frames < UNKNOWN_FRAMES
+    return (info.frames / info.samplerate if known else 0.0), int(info.samplerate), int(info.channels)
 
 
 # ---------------------------------------------------------------------------------------- files

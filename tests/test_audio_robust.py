@@ -203,3 +203,18 @@ def test_raw_aac_is_read_whole_whatever_its_estimated_length(tmp_path: Path, lou
     d = decode(p)
     assert 10.0 <= d.seconds <= 10.1  # all of it, plus at most the encoder's priming and padding
     assert d.warnings == []
+
+
+def test_audio_info_of_a_stream_without_a_length_is_zero_seconds(tmp_path: Path) -> None:
+    from rvcfast.audio import audio_info
+
+    p = tmp_path / "stream.flac"
+    sf.write(p, _tone(22050, 1.0), 22050, format="FLAC", subtype="PCM_16")
+    raw = bytearray(p.read_bytes())
+    # STREAMINFO's total samples (the low 36 bits of bytes 18..25) = 0: "unknown", as a streaming encoder writes
+    field = int.from_bytes(raw[18:26], "big") & ~((1 << 36) - 1)
+    raw[18:26] = field.to_bytes(8, "big")
+    p.write_bytes(bytes(raw))
+    assert audio_info(p) == (0.0, 22050, 1)  # not 2**62 samples (millions of years for a progress bar)
+    sf.write(tmp_path / "plain.wav", _tone(22050, 1.0), 22050)
+    assert audio_info(tmp_path / "plain.wav") == (1.0, 22050, 1)
