@@ -11,6 +11,7 @@ into its final arrays.
 from __future__ import annotations
 
 import os
+import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -166,8 +167,11 @@ def _read_header(r: _Reader, what: str) -> _Header:
 
 
 def _check_finite(r: _Reader, arr: np.ndarray, what: str) -> None:
-    # A float64 sum of float32 values cannot overflow, so it is finite iff every value is.
-    if arr.size and not np.isfinite(arr.sum(dtype=np.float64)):
+    # A float64 sum of float32 values cannot overflow, so it is finite iff every value is
+    # (inf + -inf gives NaN: not a warning worth showing, the error below says it).
+    with np.errstate(invalid="ignore", over="ignore"):
+        finite = not arr.size or bool(np.isfinite(arr.sum(dtype=np.float64)))
+    if not finite:
         bad = int((~np.isfinite(arr)).any(axis=-1).sum()) if arr.ndim == 2 else -1
         raise r.fail(f"index file holds non-finite values (NaN or inf) in {bad} {what}")
 
@@ -250,7 +254,8 @@ def _skip_direct_map(r: _Reader) -> None:
         raise r.fail(f"index file is corrupt: unknown direct map type {dm_type}")
     r.vector("<i8", "direct map")
     if dm_type == 2:
-        r.vector("<i8", "direct map hash table")
+        # faiss writes the hash table as a vector of (id, list entry) pairs: 16 bytes each.
+        r.vector("<i8,<i8", "direct map hash table")
 
 
 def _read_list_sizes(r: _Reader, nlist: int, d: int) -> np.ndarray:
@@ -334,12 +339,13 @@ def _parse_ivf(r: _Reader) -> IndexArrays:
     d, ntotal = hdr.d, hdr.ntotal
     nlist = r.scalar("<u8", "nlist")
     nprobe = r.scalar("<u8", "nprobe")
+    if not hdr.is_trained:
+        # Checked first: an untrained file has no centroids, so the nlist bound below would call it truncated.
+        raise r.fail("index is not trained: it has no coarse centroids and no vectors")
     if nlist < 1 or nlist > max(1, r.remaining // (4 * d)):
         raise r.fail(f"index file is corrupt or truncated: nlist is {nlist}")
     if nprobe < 1:
         raise r.fail(f"index file is corrupt: nprobe is {nprobe}")
-    if not hdr.is_trained:
-        raise r.fail("index is not trained (it has no coarse centroids)")
     centroids = _read_quantizer(r, d, nlist)
     _skip_direct_map(r)
     sizes = _read_list_sizes(r, nlist, d)
@@ -401,37 +407,60 @@ def write_index_file(
     inverted lists), a flat one as ``IndexFlatL2`` (``IxF2``, vectors in id order).
     ``list_format="auto"`` picks the inverted list layout the way faiss does (``full``
     when more than half of the lists are non-empty, else ``sprs``).
+
+    The file is written to a temporary file in the same folder and renamed into place,
+    so ``path`` is never left half-written: a failed write (disk full, interrupted)
+    keeps the old file, if there was one, and removes the temporary file.
     """
+    p = Path(path)
+    tmp = p.parent / f".{p.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
+    # os.open with mode 0o666 (not mkstemp's 0o600), so the file gets the usual umask permissions.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            _write_arrays(f, arrays, list_format)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _write_arrays(f: BinaryIO, arrays: IndexArrays, list_format: Literal["auto", "full", "sprs"]) -> None:
+    """The bytes of :func:`write_index_file`, written to the open file ``f``."""
     lvecs = np.ascontiguousarray(arrays.list_vectors, dtype="<f4")
     list_ids = np.ascontiguousarray(arrays.list_ids, dtype="<i8")
     n, d = lvecs.shape
-    with open(path, "wb") as f:
-        if arrays.kind == "flat":
-            vectors = np.empty_like(lvecs)
-            vectors[list_ids] = lvecs
-            f.write(b"IxF2" + _header(d, n) + np.array([n * d], "<u8").tobytes())
-            f.write(vectors.tobytes())
-            return
-        cen = np.ascontiguousarray(arrays.centroids, dtype="<f4")
-        nlist = cen.shape[0]
-        f.write(b"IwFl" + _header(d, n))
-        f.write(np.array([nlist, arrays.nprobe], "<u8").tobytes())
-        f.write(b"IxF2" + _header(d, nlist) + np.array([nlist * d], "<u8").tobytes())
-        f.write(cen.tobytes())
-        f.write(np.array([0], "<u1").tobytes() + np.array([0], "<u8").tobytes())  # no direct map
-        f.write(b"ilar" + np.array([nlist, 4 * d], "<u8").tobytes())
-        sizes = np.asarray(arrays.list_sizes, dtype=np.int64)
-        offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        nonempty = np.flatnonzero(sizes)
-        fmt = list_format
-        if fmt == "auto":
-            fmt = "full" if nonempty.size > nlist // 2 else "sprs"
-        if fmt == "full":
-            f.write(b"full" + np.array([nlist], "<u8").tobytes() + sizes.astype("<u8").tobytes())
-        else:
-            pairs = np.stack([nonempty, sizes[nonempty]], axis=1).astype("<u8")
-            f.write(b"sprs" + np.array([pairs.size], "<u8").tobytes() + pairs.tobytes())
-        for li in nonempty.tolist():
-            a, b = int(offsets[li]), int(offsets[li + 1])
-            f.write(lvecs[a:b].tobytes())
-            f.write(list_ids[a:b].tobytes())
+    if arrays.kind == "flat":
+        vectors = np.empty_like(lvecs)
+        vectors[list_ids] = lvecs
+        f.write(b"IxF2" + _header(d, n) + np.array([n * d], "<u8").tobytes())
+        f.write(vectors.tobytes())
+        return
+    cen = np.ascontiguousarray(arrays.centroids, dtype="<f4")
+    nlist = cen.shape[0]
+    f.write(b"IwFl" + _header(d, n))
+    f.write(np.array([nlist, arrays.nprobe], "<u8").tobytes())
+    f.write(b"IxF2" + _header(d, nlist) + np.array([nlist * d], "<u8").tobytes())
+    f.write(cen.tobytes())
+    f.write(np.array([0], "<u1").tobytes() + np.array([0], "<u8").tobytes())  # no direct map
+    f.write(b"ilar" + np.array([nlist, 4 * d], "<u8").tobytes())
+    sizes = np.asarray(arrays.list_sizes, dtype=np.int64)
+    offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+    nonempty = np.flatnonzero(sizes)
+    fmt = list_format
+    if fmt == "auto":
+        fmt = "full" if nonempty.size > nlist // 2 else "sprs"
+    if fmt == "full":
+        f.write(b"full" + np.array([nlist], "<u8").tobytes() + sizes.astype("<u8").tobytes())
+    else:
+        pairs = np.stack([nonempty, sizes[nonempty]], axis=1).astype("<u8")
+        f.write(b"sprs" + np.array([pairs.size], "<u8").tobytes() + pairs.tobytes())
+    for li in nonempty.tolist():
+        a, b = int(offsets[li]), int(offsets[li + 1])
+        f.write(lvecs[a:b].tobytes())
+        f.write(list_ids[a:b].tobytes())
