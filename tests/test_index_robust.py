@@ -14,8 +14,8 @@ import numpy as np
 import pytest
 import torch
 
-from rvcfast.errors import ModelLoadError
-from rvcfast.index import load_index, save_index
+from rvcfast.errors import ModelLoadError, ParameterError
+from rvcfast.index import RetrievalIndex, load_index, save_index
 
 # Byte sizes of the faiss file format (little-endian): the index header is d (int32), ntotal
 # (int64), two dummy int64, is_trained (uint8) and the metric (int32).
@@ -153,3 +153,24 @@ def test_save_replaces_and_uses_default_permissions(tmp_path: Path) -> None:
         umask = os.umask(0)
         os.umask(umask)
         assert p.stat().st_mode & 0o777 == 0o666 & ~umask
+
+
+# ---------------------------------------------------------------------------
+# The blend
+# ---------------------------------------------------------------------------
+
+
+def test_blend_neighbours_checks_index_rate() -> None:
+    idx = RetrievalIndex.from_vectors(_vectors(50, 8, seed=9), nlist=2)
+    feats = torch.from_numpy(_vectors(4, 8, seed=10))
+    dist, ids = idx.search(feats)
+    for bad in (-0.5, 1.5, float("nan"), "much"):
+        with pytest.raises(ParameterError, match="index_rate"):
+            idx.blend_neighbours(feats, dist, ids, bad)  # type: ignore[arg-type]
+        with pytest.raises(ParameterError, match="index_rate"):
+            idx.blend(feats, bad)  # type: ignore[arg-type]
+    # The edges are valid: 1 gives the retrieved features alone, 0 the features.
+    w = torch.from_numpy(1.0 / dist.numpy().astype(np.float64) ** 2)
+    retrieved = ((w / w.sum(1, keepdim=True))[:, :, None] * idx.vectors[ids].double()).sum(1).float()
+    torch.testing.assert_close(idx.blend_neighbours(feats, dist, ids, 1.0), retrieved, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(idx.blend_neighbours(feats, dist, ids, 0.0), feats, rtol=0, atol=0)

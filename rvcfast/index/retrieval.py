@@ -51,6 +51,16 @@ def neighbour_weights(distances: torch.Tensor, ids: torch.Tensor) -> torch.Tenso
     return w.to(torch.float32)
 
 
+def _check_rate(index_rate: float) -> float:
+    """``index_rate`` as a float in [0, 1], else :class:`ParameterError`."""
+    try:
+        rate = float(index_rate)
+    except (TypeError, ValueError):
+        raise ParameterError(f"index_rate must be a number between 0 and 1, got {index_rate!r}") from None
+    if math.isnan(rate) or not 0.0 <= rate <= 1.0:
+        raise ParameterError(f"index_rate must be between 0 and 1, got {index_rate!r}")
+    return rate
+
 
 class RetrievalIndex:
     """An IVF-Flat (or flat) L2 index held as torch tensors, searchable on any device.
@@ -256,9 +266,7 @@ class RetrievalIndex:
         Returns:
             A tensor of the same shape, dtype and device as ``features``.
         """
-        rate = float(index_rate)
-        if math.isnan(rate) or not 0.0 <= rate <= 1.0:
-            raise ParameterError(f"index_rate must be between 0 and 1, got {index_rate!r}")
+        rate = _check_rate(index_rate)
         if rate == 0.0:
             return features
         self.check_dim(features.shape[-1])
@@ -277,7 +285,7 @@ class RetrievalIndex:
         ``distances``/``ids`` are [T', k] where T' is the number of feature rows
         (all leading dimensions of ``features`` flattened).
         """
-        rate = float(index_rate)
+        rate = _check_rate(index_rate)
         self.check_dim(features.shape[-1])
         with torch.no_grad():
             flat = features.reshape(-1, self.dim).to(device=self.device, dtype=torch.float32)
