@@ -7,6 +7,7 @@ JSON-ready dicts.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,29 @@ __all__ = ["describe_model", "describe_index", "model_metadata"]
 _NOT_METADATA = ("weight", "model", "config", "optimizer", "optimizer_state")
 
 
-def _jsonable(value: Any) -> Any:
+#: Nesting depth below which metadata containers are summarised instead of walked.
+_MAX_DEPTH = 32
+
+
+def _jsonable(value: Any, parents: tuple[int, ...] = ()) -> Any:
+    """``value`` as strict JSON data: NaN/inf become strings, anything else unknown its ``repr``.
+
+    A checkpoint is untrusted data: a container that contains itself, or is nested
+    too deeply, is summarised rather than walked.
+    """
+    if isinstance(value, float) and not math.isfinite(value):
+        return repr(value)  # 'nan', 'inf', '-inf': json.dumps would write NaN/Infinity, which is not JSON
     if isinstance(value, (str, int, float, bool)) or value is None:
         return value
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, dict)):
+        if id(value) in parents:
+            return f"{type(value).__name__} (contains itself)"
+        if len(parents) >= _MAX_DEPTH:
+            return f"{type(value).__name__} of {len(value)} (nested too deeply)"
+        inner = (*parents, id(value))
+        if isinstance(value, dict):
+            return {str(k): _jsonable(v, inner) for k, v in value.items()}
+        return [_jsonable(v, inner) for v in value]
     return repr(value)
 
 

@@ -3,6 +3,7 @@ writes, parameter checks of the blend, and metadata that is not plain JSON."""
 
 from __future__ import annotations
 
+import json
 import os
 import struct
 import subprocess
@@ -174,3 +175,61 @@ def test_blend_neighbours_checks_index_rate() -> None:
     retrieved = ((w / w.sum(1, keepdim=True))[:, :, None] * idx.vectors[ids].double()).sum(1).float()
     torch.testing.assert_close(idx.blend_neighbours(feats, dist, ids, 1.0), retrieved, rtol=1e-5, atol=1e-6)
     torch.testing.assert_close(idx.blend_neighbours(feats, dist, ids, 0.0), feats, rtol=0, atol=0)
+
+
+# ---------------------------------------------------------------------------
+# Descriptions
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def voice_checkpoint(tmp_path_factory) -> dict:
+    from rvcfast.testing import save_random_voice_model
+
+    p = save_random_voice_model(
+        tmp_path_factory.mktemp("voice") / "voice.pth", "v2", 40000, True,
+        inter_channels=16, hidden_channels=16, filter_channels=32, n_layers=1, upsample_initial_channel=16,
+    )
+    return torch.load(p, weights_only=True)
+
+
+def _strict_json(value: object) -> object:
+    def refuse(name: str) -> None:
+        raise ValueError(f"{name} is not JSON")
+
+    return json.loads(json.dumps(value), parse_constant=refuse)
+
+
+def test_describe_model_metadata_is_strict_json(tmp_path: Path, voice_checkpoint: dict) -> None:
+    from rvcfast.describe import describe_model
+
+    loop: list = []
+    loop.append(loop)
+    deep: list = []
+    for _ in range(200):
+        deep = [deep]
+    ckpt = {
+        **voice_checkpoint, "loss": float("nan"), "best": float("inf"), "worst": float("-inf"),
+        "history": {"loss": [1.0, float("nan")]}, "loop": loop, "deep": deep,
+    }
+    p = tmp_path / "odd.pth"
+    torch.save(ckpt, p)
+    d = describe_model(p)
+    meta = _strict_json(d)["metadata"]  # type: ignore[index]
+    assert (meta["loss"], meta["best"], meta["worst"]) == ("nan", "inf", "-inf")
+    assert meta["history"] == {"loss": [1.0, "nan"]}
+    assert meta["loop"] == ["list (contains itself)"]
+    assert d["version"] == "v2" and d["sample_rate"] == 40000
+
+
+def test_info_json_is_strict_json(tmp_path: Path, voice_checkpoint: dict, capsys: pytest.CaptureFixture[str]) -> None:
+    from rvcfast.cli import main
+
+    p = tmp_path / "nan.pth"
+    torch.save({**voice_checkpoint, "loss": float("nan")}, p)
+    idx = tmp_path / "nan.index"
+    save_index(idx, _vectors(100, 768, seed=11), nlist=2)
+    assert main(["info", str(p), "--index", str(idx), "--json"]) == 0
+    report = _strict_json(json.loads(capsys.readouterr().out))
+    assert report["model"]["metadata"]["loss"] == "nan"  # type: ignore[index]
+    assert report["index"]["matches_model"] is True  # type: ignore[index]
