@@ -235,7 +235,10 @@ class _BatchRun:
         self.extractor = engine.f0_extractor_for(params)
         cpu_bound = self.extractor is not None and bool(getattr(self.extractor, "cpu_bound", False))
         self.decode_pool = cf.ThreadPoolExecutor(max_workers=options.decode_workers, thread_name_prefix="rvcfast-decode")
-        self.write_pool = cf.ThreadPoolExecutor(max_workers=options.write_workers, thread_name_prefix="rvcfast-write")
+        # on_error="stop": files are written one after another, and none after a failed write
+        stop = options.on_error == "stop"
+        self.write_pool = cf.ThreadPoolExecutor(max_workers=1 if stop else options.write_workers, thread_name_prefix="rvcfast-write")
+        self.write_failed = threading.Event() if stop else None
         self.f0_pool = cf.ProcessPoolExecutor(max_workers=options.f0_workers) if cpu_bound else None
         self.workers = usable_workers(workers, len(jobs), engine.device.type)
         # groups in the engine at once; with one worker the engine runs in the caller's thread
@@ -312,7 +315,7 @@ class _BatchRun:
                 res.error = f"{res.source}: writing {res.output_path} failed: {type(exc).__name__}: {exc}"
                 res.output_path = None
                 if self.options.on_error == "stop":
-                    raise
+                    raise RvcfastError(res.error) from exc
             yield from self._report(res)
 
     def _next_group(self) -> tuple[list[_Decoded], list[Result]]:
@@ -381,10 +384,22 @@ class _BatchRun:
                 audio = res.audio
                 if not self.options.keep_audio:
                     res.audio = np.zeros(0, np.float32)
-                entries.append((res, self.write_pool.submit(_write_timed, d.job.out_path, audio, res.sample_rate, self.options)))
+                entries.append((res, self.write_pool.submit(self._write, d.job.out_path, audio, res.sample_rate)))
             else:
                 entries.append((res, None))
         return entries
+
+    def _write(self, path: Path, audio: np.ndarray, rate: int) -> float:
+        """Write one output (on the write pool); its seconds. With ``on_error="stop"`` nothing
+        is written after a write has failed."""
+        if self.write_failed is not None and self.write_failed.is_set():
+            raise RvcfastError("not written: an earlier file's write failed")
+        try:
+            return _write_timed(path, audio, rate, self.options)
+        except BaseException:
+            if self.write_failed is not None:
+                self.write_failed.set()
+            raise
 
     def _report_group(self, entries: list[tuple[Result, cf.Future[float] | None]]) -> Iterator[Result]:
         """The results of one group, in order: each written file once its write is done."""

@@ -540,6 +540,31 @@ def test_on_error_stop_after_an_f0_failure_reports_the_written_files_before_it(
     assert outputs(out) == ["a.wav"] and parts(out) == []
 
 
+def test_on_error_stop_after_a_write_failure_raises_an_rvcfast_error_naming_the_file(
+    tiny_converter: rvcfast.Converter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # a failed write used to escape as the raw OSError, without the file's name
+    from rvcfast import batch
+
+    for n in ("a.wav", "b.wav", "c.wav"):
+        sf.write(tmp_path / n, tone(0.3), 16000)
+    real_write = batch.write_audio_atomic
+
+    def write(path, *args, **kwargs):
+        if Path(path).name == "b.wav":
+            raise OSError(28, "No space left on device")
+        return real_write(path, *args, **kwargs)
+
+    monkeypatch.setattr(batch, "write_audio_atomic", write)
+    out = tmp_path / "out"
+    yielded, progressed, error = _run_until_stopped(
+        tiny_converter, [tmp_path / n for n in ("a.wav", "b.wav", "c.wav")], out, batch_seconds=0.1
+    )
+    assert "b.wav" in error and "No space left on device" in error
+    assert yielded == progressed == ["a.wav"]
+    assert outputs(out) == ["a.wav"] and parts(out) == []
+
+
 # ------------------------------------------------------------------ name templates stay inside the output folder
 
 
