@@ -129,7 +129,8 @@ class BatchProgress:
         self.done_files = 0
         self.failed = 0
         self.skipped = 0
-        self.done_seconds = 0.0
+        self.done_seconds = 0.0  # audio of every finished file (the bar)
+        self.converted_seconds = 0.0  # audio of the files converted (the rate)
         self.label = label
         self.min_interval = min_interval
         self.start = time.perf_counter()
@@ -148,9 +149,12 @@ class BatchProgress:
         return time.perf_counter() - self.start
 
     def rate(self) -> float:
-        """Seconds of audio converted per second of wall time (0 before anything is done)."""
+        """Seconds of audio converted per second of wall time (0 before anything is converted).
+
+        Only converted files count: a file that failed or was skipped adds its audio to the
+        bar but not to the rate, which would otherwise overstate the speed."""
         t = self.elapsed()
-        return self.done_seconds / t if t > 0 else 0.0
+        return self.converted_seconds / t if t > 0 else 0.0
 
     def eta(self) -> float:
         """Estimated seconds left (``nan`` when nothing can be estimated yet)."""
@@ -158,7 +162,7 @@ class BatchProgress:
         if self.done_files >= self.total_files:
             return 0.0
         if self.total_seconds is not None and self.total_seconds > 0:
-            if self.done_seconds <= 0:
+            if self.converted_seconds <= 0:
                 return float("nan")  # only failed or skipped files so far: no rate yet
             left = max(self.total_seconds - self.done_seconds, 0.0)
             return left / self.rate()
@@ -178,7 +182,7 @@ class BatchProgress:
             f"{self.label} {self.done_files}/{self.total_files} files",
             _bar(frac, 20),
             audio,
-            f"{self.rate():.2f}x real-time" if self.done_seconds else "",
+            f"{self.rate():.2f}x real-time" if self.converted_seconds else "",
             f"ETA {format_duration(self.eta())}",
         ]
         if self.failed:
@@ -212,6 +216,8 @@ class BatchProgress:
         seconds = float(seconds or 0.0)
         self.done_files += 1
         self.done_seconds += seconds
+        if error is None and not skipped:
+            self.converted_seconds += seconds
         if self.total_seconds is not None and expected_seconds is not None:
             self.total_seconds = max(self.total_seconds + seconds - expected_seconds, self.done_seconds)
         if error is not None:

@@ -395,6 +395,22 @@ def test_progress_terminal_and_plain():
     assert lines[0].startswith("[1/2] a.wav -> out/a.wav") and lines[1] == "[2/2] b.wav: FAILED: cannot decode"
 
 
+def test_progress_rate_counts_only_converted_audio(monkeypatch: pytest.MonkeyPatch):
+    # a failed or skipped file's audio used to count as converted: the rate and ETA overstated the speed
+    from rvcfast import progress
+
+    clock = iter([0.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0, 10.0])
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock, 10.0))
+    bar = BatchProgress(4, 40.0, stream=io.StringIO(), tty=False)
+    bar.update(_Result("a.wav", 10.0, output_path="out/a.wav"), expected_seconds=10.0)
+    bar.update(_Result("b.wav", 10.0, error="b.wav: synthesis failed"), expected_seconds=10.0)
+    bar.update(_Result("c.wav", 10.0, skipped=True), expected_seconds=10.0)
+    assert bar.done_seconds == pytest.approx(30.0)  # the bar: every finished file
+    assert bar.rate() == pytest.approx(1.0)  # 10 s of audio converted in 10 s, not 3x real-time
+    assert bar.eta() == pytest.approx(10.0)  # 10 s of audio left at 1x
+    assert "1.00x real-time" in bar.status()
+
+
 def test_download_progress():
     tty = io.StringIO()
     with DownloadProgress("rmvpe.pt", stream=tty, tty=True, min_interval=0.0) as bar:
