@@ -46,6 +46,7 @@ from .. import cache
 from ..errors import BackendUnavailableError, ModelLoadError, ParameterError
 from ..safe_load import load_torch_file
 from .base import F0_MAX, F0_MIN, HOP_LENGTH, BaseF0Extractor, as_audio16k, package_dir
+from .options import option_count, option_finite
 from .viterbi import BandedViterbi, crepe_transition
 
 __all__ = [
@@ -240,6 +241,21 @@ def _bin_range(fmin: float, fmax: float) -> tuple[int, int]:
     return lo, hi
 
 
+def _allowed_bins(backend: str, fmin: float, fmax: float) -> tuple[int, int]:
+    """:func:`_bin_range` clipped to the network's 360 bins; :class:`ParameterError` when
+    ``fmin..fmax`` leaves no bin (every frame would silently come out unvoiced)."""
+    # beyond 1e-6 .. 1e6 Hz the float32 maths would overflow, and the clip below gives the same bins
+    lo, hi = _bin_range(max(fmin, 1e-6), min(fmax, 1e6))
+    lo, hi = max(lo, 0), min(hi, PITCH_BINS)
+    if lo >= hi:
+        low, high = _bins_to_frequency(torch.tensor([0.0, PITCH_BINS - 1.0])).tolist()
+        raise ParameterError(
+            f"{backend}: fmin={fmin:g} .. fmax={fmax:g} Hz contains no CREPE pitch bin "
+            f"(the bins span {low:.1f} .. {high:.1f} Hz)"
+        )
+    return lo, hi
+
+
 def _bins_to_frequency(bins: torch.Tensor) -> torch.Tensor:
     """Bin index to Hz at the bin centre (torchcrepe's conversion without its dither)."""
     cents = CENTS_PER_BIN * bins + CENTS_OFFSET
@@ -350,20 +366,17 @@ class CrepeExtractor(BaseF0Extractor):
         self.refine = bool(refine)
         if decoder not in ("viterbi", "argmax"):
             raise ParameterError(f"{self.name}: decoder must be 'viterbi' or 'argmax', got {decoder!r}")
-        if int(batch_size) < 1:
-            raise ParameterError(f"{self.name}: batch_size must be >= 1, got {batch_size}")
-        if not (0 < fmin < fmax):
+        self.batch_size = option_count(self.name, "batch_size", batch_size)
+        self.forward_batch = 64 if forward_batch in (None, 0) else option_count(self.name, "forward_batch", forward_batch)
+        self.threshold = option_finite(self.name, "threshold", threshold)
+        self.fmin = option_finite(self.name, "fmin", fmin)
+        self.fmax = option_finite(self.name, "fmax", fmax)
+        if not (0 < self.fmin < self.fmax):
             raise ParameterError(f"{self.name}: need 0 < fmin < fmax, got fmin={fmin}, fmax={fmax}")
-        self.batch_size = int(batch_size)
-        self.forward_batch = int(forward_batch) if forward_batch else 64
-        self.threshold = float(threshold)
-        self.fmin = float(fmin)
-        self.fmax = float(fmax)
         self.decoder = decoder
         self._weights = Path(weights) if weights is not None else crepe_weights_path(self.capacity)
         self._model: CrepeNet | None = None
-        lo, hi = _bin_range(self.fmin, self.fmax)
-        self._lo, self._hi = max(lo, 0), min(max(hi, 0), PITCH_BINS)
+        self._lo, self._hi = _allowed_bins(self.name, self.fmin, self.fmax)
         self._viterbi = BandedViterbi(crepe_transition(PITCH_BINS), prob_dtype=np.float32)
 
     # -- model ------------------------------------------------------------------------

@@ -54,6 +54,7 @@ from ..errors import BackendUnavailableError, ModelLoadError, ParameterError
 from ..packing import pack
 from ..safe_load import load_torch_file
 from .base import HOP_LENGTH, SAMPLE_RATE, BaseF0Extractor, as_audio16k, package_dir
+from .options import option_count, option_finite
 
 __all__ = [
     "FCPEExtractor",
@@ -501,12 +502,10 @@ class FCPEExtractor(BaseF0Extractor):
             raise ParameterError(f"fcpe: unknown option(s) {sorted(unused)}")
         if decoder not in ("local_argmax", "argmax"):
             raise ParameterError(f"fcpe: decoder must be 'local_argmax' or 'argmax', got {decoder!r}")
-        if int(max_batch) < 1:
-            raise ParameterError(f"fcpe: max_batch must be >= 1, got {max_batch}")
-        self.threshold = float(threshold)
+        self.threshold = option_finite(self.name, "threshold", threshold)
         self.decoder = decoder
-        self.max_batch = int(max_batch)
-        self.max_frames = int(max_frames)
+        self.max_batch = option_count(self.name, "max_batch", max_batch)
+        self.max_frames = option_count(self.name, "max_frames", max_frames, minimum=None)
         self._weights = Path(weights) if weights is not None else fcpe_weights_path()
         self._model: FCPEModel | None = None
 

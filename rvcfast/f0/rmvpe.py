@@ -11,6 +11,7 @@ import torch
 from .. import cache
 from ..weights import resolve_weights
 from .base import BaseF0Extractor, as_audio16k
+from .options import option_count, option_finite
 
 __all__ = ["RMVPEExtractor", "get_rmvpe_model", "AUTO_SINGLE_PASS_FRAMES", "AUTO_CHUNK_FRAMES"]
 
@@ -68,9 +69,14 @@ class RMVPEExtractor(BaseF0Extractor):
         chunk_frames: int | str | None = "auto",
         allow_download: bool = False,
     ) -> None:
+        from ..models.rmvpe.predictor import FRAME_MULTIPLE, RMVPE
+
         super().__init__(device=device, dtype=dtype)
-        self.threshold = float(threshold)
-        self.pad_mode = pad_mode
+        self.threshold = option_finite(self.name, "threshold", threshold)
+        self.pad_mode = RMVPE._check_pad_mode(pad_mode)
+        if chunk_frames not in ("auto", None):
+            chunk_frames = option_count(self.name, "chunk_frames", chunk_frames, minimum=0)
+            RMVPE._windows(FRAME_MULTIPLE, chunk_frames, None, self.pad_mode)  # 0 or a multiple of 32
         self.chunk_frames = chunk_frames
         self.model = get_rmvpe_model(weights, self.device, self.dtype, allow_download=allow_download)
 
