@@ -28,7 +28,7 @@ from .constants import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SR_16K
 from .dsp import Resampler, resampled_length
 from .errors import AudioError, AudioTooLongError, ParameterError
 
-__all__ = ["AudioInput", "Decoded", "decode", "load_audio_16k", "to_mono", "audio_info"]
+__all__ = ["AudioInput", "Decoded", "decode", "load_audio_16k", "to_mono", "audio_info", "measure_seconds"]
 
 AudioInput = str | os.PathLike | np.ndarray
 
@@ -128,6 +128,39 @@ def audio_info(path: str | os.PathLike[str]) -> tuple[float, int, int]:
     info = sf.info(os.fspath(path))
     known = info.samplerate and 0 <= info.frames < UNKNOWN_FRAMES
     return (info.frames / info.samplerate if known else 0.0), int(info.samplerate), int(info.channels)
+
+
+def measure_seconds(path: str | os.PathLike[str], limit: float) -> tuple[float, bool] | None:
+    """Seconds of audio in ``path`` and whether that is its whole length; ``None`` if no
+    decoder opens it.
+
+    The length comes from the header (libsndfile's frame count, or the container's
+    duration through PyAV) of the decoder :func:`decode` picks, so a file is measured before
+    it is decoded. When the header does not give it (a FLAC or a container written as a
+    stream), the file is decoded block by block without keeping the samples, and only until
+    it passes ``limit`` seconds: the answer is then ``(seconds so far, False)``. Decoding
+    errors are left to :func:`decode`, which reports them.
+    """
+    try:
+        src = _source(Path(path))
+    except AudioError:
+        return None
+    try:
+        rate = int(src.rate)
+        if rate <= 0:
+            return None
+        if src.frames > 0:  # 0: the header does not give it
+            return src.frames / rate, True
+        counted, bound = 0, float(limit) * rate
+        for block in src.blocks([]):
+            counted += block.shape[0]
+            if counted > bound:
+                return counted / rate, False
+        return counted / rate, True
+    except AudioError:
+        return None
+    finally:
+        src.close()
 
 
 # ---------------------------------------------------------------------------------------- files

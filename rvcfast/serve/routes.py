@@ -63,37 +63,11 @@ class InputTooLong(Exception):
 
 
 def input_seconds(path: Path, limit: float) -> tuple[float, bool] | None:
-    """Seconds of audio in ``path`` and whether that is its whole length; ``None`` if no decoder opens it.
+    """Seconds of audio in ``path`` and whether that is its whole length (see
+    :func:`rvcfast.audio.measure_seconds`); ``None`` if no decoder opens it."""
+    from ..audio import measure_seconds
 
-    The length comes from the header (libsndfile's frame count, or the container's
-    duration through PyAV), so a file is measured before it is decoded. When the header
-    does not give it (a FLAC or a container written as a stream), the file is decoded
-    block by block without keeping the samples, and only until it passes ``limit``
-    seconds: the answer is then ``(seconds so far, False)``. Decoding errors are left to
-    :meth:`~rvcfast.engine.Engine.prepare`, which reports them.
-    """
-    from ..audio import _source  # the decoder Engine.prepare picks for this file
-
-    try:
-        src = _source(path)
-    except AudioError:
-        return None
-    try:
-        rate = int(src.rate)
-        if rate <= 0:
-            return None
-        if src.frames > 0:  # 0: the header does not give it
-            return src.frames / rate, True
-        counted, bound = 0, float(limit) * rate
-        for block in src.blocks([]):
-            counted += block.shape[0]
-            if counted > bound:
-                return counted / rate, False
-        return counted / rate, True
-    except AudioError:
-        return None
-    finally:
-        src.close()
+    return measure_seconds(path, limit)
 
 
 async def _check_length(state: ServerState, intake: Intake, route: str) -> None:
