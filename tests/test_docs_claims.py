@@ -1,0 +1,246 @@
+"""What the user documentation states, checked against what the code does.
+
+``tests/test_examples.py`` runs the docs' code blocks; this file checks the statements and
+tables around them: options and defaults, quoted error messages, sample output, the README's
+set-up commands, the extras table and the pages the home page links.
+"""
+
+from __future__ import annotations
+
+import ast
+import asyncio
+import contextlib
+import io
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import one_thread_fixture, tiny_models_fixture  # noqa: F401
+
+import rvcfast
+from rvcfast.cli import build_parser, main
+from rvcfast.errors import ParameterError
+from rvcfast.params import ConversionParams, param_specs
+
+REPO = Path(__file__).resolve().parent.parent
+DOCS = REPO / "docs"
+
+
+def read(name: str) -> str:
+    return (REPO / name).read_text(encoding="utf-8")
+
+
+def table_rows(text: str) -> list[list[str]]:
+    """The cells of every Markdown table row in ``text`` (separator rows left out)."""
+    rows = []
+    for line in text.splitlines():
+        if line.startswith("|") and not re.match(r"^\|[\s:|-]+\|$", line):
+            rows.append([c.strip() for c in line.strip().strip("|").split("|")])
+    return rows
+
+
+def section(text: str, heading: str) -> str:
+    """The text under ``heading`` (a Markdown heading line) up to the next heading of any level."""
+    start = text.index(heading + "\n") + len(heading) + 1
+    m = re.search(r"^#{1,6} ", text[start:], re.M)
+    return text[start : start + m.start()] if m else text[start:]
+
+
+# ---------------------------------------------------------------------------------------------- options
+
+
+def test_every_command_line_option_is_documented():
+    sub = build_parser()._rvcfast_subparsers  # type: ignore[attr-defined]
+    pages = {"serve": read("docs/serving.md")}
+    for name, parser in sub.choices.items():
+        doc = pages.get(name, read("docs/cli.md"))
+        flags = [o for a in parser._actions for o in a.option_strings if o.startswith("--") and o != "--help"]
+        missing = [f for f in flags if not re.search(re.escape(f) + r"(?![\w-])", doc)]
+        assert not missing, f"`rvcfast {name}` options missing from the docs: {missing}"
+
+
+def test_parameters_page_lists_every_parameter_with_its_default():
+    rows = {r[0].strip("`"): r for r in table_rows(section(read("docs/parameters.md"), "# Conversion parameters"))}
+    specs = list(param_specs())
+    missing = [s.name for s in specs if s.name not in rows]
+    assert not missing, f"parameters.md does not list {missing}"
+    for s in specs:
+        documented = rows[s.name][1].strip("`")
+        if s.default is None or isinstance(s.default, bool):
+            assert documented == str(s.default), (s.name, documented)
+        else:
+            assert float(documented) == s.default, (s.name, documented, s.default)
+
+
+def test_cli_convert_table_defaults_match_the_parameters():
+    rows = table_rows(section(read("docs/cli.md"), "## `rvcfast convert`"))
+    by_flag = {re.match(r"`(--[\w-]+)", r[0]).group(1): r for r in rows if re.match(r"`(--[\w-]+)", r[0])}
+    for s in param_specs():
+        assert s.flag in by_flag, f"{s.flag} is not in cli.md's convert table"
+        if s.kind == "number":
+            shown = re.match(r"`(-?[\d.]+)`", by_flag[s.flag][1])
+            assert shown and float(shown.group(1)) == s.default, (s.flag, by_flag[s.flag][1], s.default)
+
+
+# ---------------------------------------------------------------------------------------------- messages
+
+
+def _value_from_message(message: str):
+    quoted = re.search(r"got '(.*)' \((\w+)\)$", message)
+    if quoted:
+        return quoted.group(1)
+    return ast.literal_eval(re.search(r"got (\S+)$", message).group(1))
+
+
+def test_quoted_parameter_errors_are_the_real_messages():
+    """Every ``<parameter> must ..., got <value>`` message in reliability.md is what validate() says."""
+    text = section(read("docs/reliability.md"), "## Parameters and options")
+    fields = {s.name for s in param_specs()}
+    checked = 0
+    for row in table_rows(text):
+        for message in re.findall(r"`(?:ParameterError: )?(\w+ must [^`]*, got [^`]+)`", row[-1]):
+            name = message.split()[0]
+            if name not in fields:
+                continue
+            value = _value_from_message(message)
+            with pytest.raises(ParameterError) as info:
+                ConversionParams(**{name: value}).validate(None)
+            assert str(info.value) == message
+            checked += 1
+    assert checked >= 8
+
+
+def test_array_errors_carry_the_documented_prefix(tiny_models):
+    text = read("docs/reliability.md")
+    assert "(arrays: `array input: <problem>`)" in text
+    conv = tiny_models.converter()
+    with pytest.raises(rvcfast.AudioError) as info:
+        conv.convert(np.zeros((2, 16000), np.float32), 16000)
+    assert str(info.value).startswith("array input: ")
+
+
+def test_cli_failure_sample_quotes_the_real_decode_error(tmp_path):
+    shown = re.search(r"broken\.wav: FAILED: (.+)", read("docs/cli.md")).group(1).strip()
+    bad = tmp_path / "broken.wav"
+    bad.write_text("not audio")
+    with pytest.raises(rvcfast.AudioError) as info:
+        rvcfast.load_audio_16k(bad)
+    assert str(info.value).startswith(f"{bad}: {shown}"), (str(info.value), shown)
+
+
+# ---------------------------------------------------------------------------------------------- sample output
+
+
+def test_info_sample_matches_the_real_output(tiny_models):
+    block = re.search(r"```text\n(model .*?)```", section(read("docs/cli.md"), "## `rvcfast info`"), re.S).group(1)
+    shown = []
+    for line in block.splitlines():
+        if line.strip() == "...":
+            break
+        shown.append(re.split(r"\s{2,}", line.strip())[0])
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["info", str(tiny_models.voice)]) == 0
+    labels = [re.split(r"\s{2,}", line.strip())[0] for line in out.getvalue().splitlines() if line.strip()]
+    assert labels[: len(shown)] == shown
+
+
+# ---------------------------------------------------------------------------------------------- set-up and pages
+
+
+def _extras() -> dict[str, list[str]]:
+    if sys.version_info < (3, 11):
+        pytest.skip("tomllib needs Python 3.11")
+    import tomllib
+
+    return tomllib.loads(read("pyproject.toml"))["project"]["optional-dependencies"]
+
+
+def test_readme_set_up_is_install_then_tests():
+    text = section(read("README.md"), "## Set-up (fresh machine)")
+    commands = [
+        line
+        for block in re.findall(r"```bash\n(.*?)```", text, re.S)
+        for line in block.splitlines()
+        if line.strip() and not line.lstrip().startswith("#")
+    ]
+    assert len(commands) == 2, commands
+    install, tests = (shlex.split(c) for c in commands)
+    assert install[:4] == ["python", "-m", "pip", "install"] and tests == ["python", "-m", "pytest"]
+    assert (REPO / install[install.index("-c") + 1]).is_file()
+    extra = re.fullmatch(r"\.\[(\w+)\]", install[-1]).group(1)
+    assert extra in _extras()
+    assert "torch==" in read("constraints.txt")
+
+
+def test_getting_started_lists_every_run_time_extra():
+    rows = table_rows(section(read("docs/getting-started.md"), "## Install"))
+    listed = {m.group(1) for r in rows if (m := re.fullmatch(r"`rvcfast\[(\w+)\]`", r[0]))}
+    wanted = set(_extras()) - {"test", "docs", "dev"}
+    assert listed == wanted, sorted(wanted ^ listed)
+    everything = {e for spec in _extras()["all"] for e in re.search(r"\[(.*)\]", spec).group(1).split(",")}
+    assert everything == wanted - {"faiss", "all"}  # what the table's `all` row says
+
+
+def test_home_page_links_every_page():
+    nav = re.findall(r"^\s+- [^:]+: (\S+\.md)$", read("mkdocs.yml"), re.M)
+    assert len(nav) >= 10
+    linked = set(re.findall(r"\]\(([\w-]+\.md)\)", section(read("docs/index.md"), "## Where to go next")))
+    missing = [p for p in nav if p != "index.md" and p not in linked]
+    assert not missing, f"docs/index.md does not link {missing}"
+
+
+# ---------------------------------------------------------------------------------------------- server
+
+
+def test_server_status_for_a_form_without_its_file(tiny_models, tmp_path):
+    """serving.md's status table: a multipart form without ``file`` is a 422 naming it; a URL-encoded form a 415."""
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    from rvcfast.serve import create_app
+
+    statuses = {}
+    for row in table_rows(section(read("docs/serving.md"), "## Limits and errors")):
+        if row[0].isdigit():
+            statuses[int(row[0])] = row[1]
+    assert "multipart form without its `file` field" in statuses[422]
+    assert "URL-encoded form" in statuses[415]
+
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    (voices / "alice.pth").write_bytes(tiny_models.voice.read_bytes())
+    app = create_app(voices=[voices], encoder=tiny_models.encoder, f0_weights=tiny_models.rmvpe, device="cpu",
+                     threads=1, jobs_dir=tmp_path / "spool")
+
+    async def body() -> tuple:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as client:
+            end = time.monotonic() + 120
+            while (await client.get("/health")).status_code != 200:
+                assert time.monotonic() < end, "the app never became healthy"
+                await asyncio.sleep(0.05)
+            # multipart/form-data with fields only (what `curl -F voice=alice` sends)
+            no_file = await client.post("/v1/convert", files={"voice": (None, "alice")})
+            urlencoded = await client.post("/v1/convert", data={"voice": "alice"})
+            return no_file, urlencoded
+
+    try:
+        no_file, urlencoded = asyncio.run(body())
+    finally:
+        app.state.rvcfast.close()
+    assert no_file.status_code == 422 and no_file.json()["parameter"] == "file", no_file.text
+    assert urlencoded.status_code == 415, urlencoded.text
+
+
+def test_stream_header_sizes_are_as_documented():
+    from rvcfast.serve.encode import wav_stream_header
+
+    assert "RIFF and data\nsizes `0xFFFFFFFF`" in read("docs/serving.md")
+    header = wav_stream_header(40000, "PCM_16")
+    buf = io.BytesIO(header)
+    assert buf.read(4) == b"RIFF" and int.from_bytes(buf.read(4), "little") == 0xFFFFFFFF
+    assert header[-8:-4] == b"data" and int.from_bytes(header[-4:], "little") == 0xFFFFFFFF
