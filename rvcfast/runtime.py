@@ -12,8 +12,11 @@ from __future__ import annotations
 
 import ctypes
 import functools
+import math
 import os
+import re
 import sys
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -31,6 +34,9 @@ __all__ = [
     "openmp_threads",
     "set_thread_count",
     "available_cores",
+    "cgroup_cpu_limit",
+    "env_thread_count",
+    "cpuinfo_field",
     "DTYPE_NAMES",
 ]
 
@@ -59,17 +65,33 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return dev
 
 
+#: Where Linux describes the CPU (one block per logical CPU; x86 and ARM spell it differently).
+CPUINFO_PATH = "/proc/cpuinfo"
+
+
+def cpuinfo_field(*keys: str) -> str | None:
+    """The first ``/proc/cpuinfo`` value named by one of ``keys`` (in the order given), or ``None``.
+
+    x86 kernels write ``model name`` and ``flags``; ARM kernels ``Features``, ``CPU implementer``
+    and ``CPU part`` (and on some boards ``Hardware`` or ``model name``)."""
+    found: dict[str, str] = {}
+    try:
+        with open(CPUINFO_PATH, encoding="utf-8", errors="replace") as f:
+            for line in f:
+                name, sep, value = line.partition(":")
+                name = name.strip()
+                if sep and name in keys and name not in found:
+                    found[name] = value.strip()
+    except OSError:
+        return None
+    return next((found[k] for k in keys if k in found), None)
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_features() -> frozenset[str]:
-    """The CPU's feature flags (``/proc/cpuinfo`` on Linux; empty where unknown)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+    """The CPU's feature flags (``/proc/cpuinfo``'s ``flags`` on x86, ``Features`` on ARM; empty where unknown)."""
+    value = cpuinfo_field("flags", "Features")
+    return frozenset(value.split()) if value else frozenset()
 
 
 def set_thread_count(n: int) -> None:
@@ -83,13 +105,76 @@ def set_thread_count(n: int) -> None:
     torch.set_num_threads(n)
 
 
-def available_cores() -> int:
-    """CPUs this process may run on (its CPU affinity, as a container's ``--cpuset-cpus`` or
-    ``taskset`` sets it), else ``os.cpu_count()``."""
+#: Where the cgroup file systems are mounted (Linux).
+CGROUP_ROOT = "/sys/fs/cgroup"
+
+
+def _cgroup_quota(folder: Path, version: int) -> float | None:
+    """The CPUs a cgroup folder's quota allows (quota / period), ``None`` without one."""
     try:
-        return max(1, len(os.sched_getaffinity(0)))
+        if version == 2:
+            quota, _, period = (folder / "cpu.max").read_text().partition(" ")
+        else:
+            quota = (folder / "cpu.cfs_quota_us").read_text()
+            period = (folder / "cpu.cfs_period_us").read_text()
+        q, p = int(quota), int(period)
+    except (OSError, ValueError):  # no such file, or "max" (no quota)
+        return None
+    return q / p if q > 0 and p > 0 else None
+
+
+def _cgroup_folders(mount: Path, inside: str) -> list[Path]:
+    """The process's cgroup folder under ``mount`` and the folders above it (a limit set on any
+    of them applies); the mount itself where the folder is not visible (a container's own)."""
+    here = mount / inside.strip("/")
+    if not here.is_dir():
+        return [mount]
+    return [here, *[p for p in here.parents if p.is_relative_to(mount)]]
+
+
+def cgroup_cpu_limit() -> float | None:
+    """The CPUs this process's cgroup quota allows (``docker --cpus``, Kubernetes CPU limits,
+    systemd ``CPUQuota``), the tightest along the hierarchy; ``None`` without a quota or off Linux."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    root = Path(CGROUP_ROOT)
+    limits: list[float] = []
+    for line in lines:  # "0::/path" (v2) or "4:cpu,cpuacct:/path" (v1)
+        _, controllers, inside = (line.split(":", 2) + ["", ""])[:3]
+        if controllers == "":
+            mounts, version = [root], 2
+        elif "cpu" in controllers.split(","):
+            mounts, version = [root / controllers, root / "cpu", root / "cpu,cpuacct"], 1
+        else:
+            continue
+        for mount in dict.fromkeys(m for m in mounts if m.is_dir()):
+            limits += [q for f in _cgroup_folders(mount, inside) if (q := _cgroup_quota(f, version)) is not None]
+    return min(limits) if limits else None
+
+
+def available_cores() -> int:
+    """CPUs this process may use: its CPU affinity (as a container's ``--cpuset-cpus`` or
+    ``taskset`` sets it, else ``os.cpu_count()``), capped by its cgroup CPU quota rounded up
+    (``docker --cpus=1.5``: 2), which the affinity does not show."""
+    try:
+        cores = max(1, len(os.sched_getaffinity(0)))
     except (AttributeError, OSError):  # not Linux
-        return max(1, os.cpu_count() or 1)
+        cores = max(1, os.cpu_count() or 1)
+    limit = cgroup_cpu_limit()
+    return cores if limit is None else max(1, min(cores, math.ceil(limit - 1e-9)))
+
+
+def env_thread_count() -> int | None:
+    """The intra-op thread count the user set for torch in the environment: ``OMP_NUM_THREADS``,
+    else ``MKL_NUM_THREADS``, read as torch reads them (a leading whole number >= 1; torch
+    ignores an empty or malformed value, and so does this). ``None`` when neither is set."""
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        match = re.match(r"\s*\+?(\d+)", os.environ.get(name, ""))
+        if match and int(match.group(1)) >= 1:
+            return int(match.group(1))
+    return None
 
 
 @functools.lru_cache(maxsize=1)
