@@ -20,13 +20,15 @@ of the machine it runs on:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import platform
+import threading
 import time
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,12 +37,14 @@ import numpy as np
 import torch
 
 from .constants import SR_16K
-from .errors import RvcfastError
+from .errors import ParameterError, RvcfastError
 from .runtime import (
     DTYPE_NAMES,
     available_cores,
     cpu_features,
+    cpuinfo_field,
     default_batch_seconds,
+    env_thread_count,
     native_bf16,
     native_fp16,
 )
@@ -69,17 +73,28 @@ MAX_PROFILES = 16
 KEY_FLAGS = (
     "avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16", "amx_int8", "amx_fp16",
 )
+#: The ARM counterparts (``Features`` in an ARM ``/proc/cpuinfo``): they tell ARM cores apart in a
+#: profile's machine; none of them makes bfloat16 the automatic choice.
+ARM_KEY_FLAGS = ("asimd", "asimdhp", "sve", "sve2", "bf16", "i8mm")
+#: The most intra-op threads or compute workers a profile may hold (a larger value is a damaged file).
+MAX_THREADS = 1024
+
+
+def key_flags() -> tuple[str, ...]:
+    """The feature flags a profile's machine and ``rvcfast info --system`` name: x86's, and ARM's on an ARM CPU."""
+    flags = cpu_features()
+    return KEY_FLAGS + (ARM_KEY_FLAGS if "asimd" in flags else ())
 
 
 def cpu_model() -> str:
-    """The CPU's model name (``/proc/cpuinfo``; ``platform.processor()`` elsewhere)."""
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
+    """The CPU's model name: ``/proc/cpuinfo``'s ``model name``; on ARM, whose kernels may not
+    write one, its ``Hardware`` or implementer and part numbers; ``platform.processor()`` elsewhere."""
+    name = cpuinfo_field("model name", "Hardware")
+    if name:
+        return name
+    part = cpuinfo_field("CPU part")
+    if part:
+        return f"{platform.machine()} implementer {cpuinfo_field('CPU implementer') or '?'} part {part}"
     return platform.processor() or platform.machine() or "unknown"
 
 
@@ -88,7 +103,7 @@ def machine_id(device: torch.device | str = "cpu") -> str:
     affinity), torch version and device (for a CUDA device, its GPU's name too: a profile's
     thread count is the CPU's)."""
     dev = torch.device(device)
-    flags = "+".join(f for f in KEY_FLAGS if f in cpu_features())
+    flags = "+".join(f for f in key_flags() if f in cpu_features())
     hw = f"{cpu_model()} [{flags}] x{available_cores()}"
     if dev.type == "cuda":
         hw = f"{torch.cuda.get_device_name(dev) if torch.cuda.is_available() else 'cuda'} + {hw}"
@@ -162,7 +177,7 @@ class Profile:
         """``ValueError`` unless every setting is one a run can use."""
 
         def whole(v: Any) -> bool:
-            return isinstance(v, int) and not isinstance(v, bool) and v >= 1
+            return isinstance(v, int) and not isinstance(v, bool) and 1 <= v <= MAX_THREADS
 
         def positive(v: Any) -> bool:
             return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v > 0
@@ -220,14 +235,16 @@ def check_profile_target(path: Path, *, replace_invalid: bool = False) -> None:
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{path} is a folder; give a file name for the profile")
+    parent = path.parent
     if path.exists() or path.is_symlink():
         if not replace_invalid and not is_profile_file(path):
             raise ValueError(
                 f"{path} exists and is not an rvcfast profile file (JSON with \"profiles\"); "
                 "it is left as it is: choose another file, or delete it first"
             )
+        if not os.access(parent, os.W_OK | os.X_OK):  # the file is replaced by a new one beside it
+            raise ValueError(f"cannot write the profile {path}: its folder {parent} is not writable")
         return
-    parent = path.parent
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
     if not parent.is_dir():
@@ -246,71 +263,104 @@ def save_profile(profile: Profile, path: Path | None = None) -> Path:
     if target is None:
         raise ValueError("profiles are switched off (RVCFAST_PROFILE=off)")
     profile.check()
-    try:
-        entries = _read_entries(target) if target.is_file() else []
-    except (OSError, ValueError):
-        entries = []
-    others = [e for e in entries if _machine_of(e) not in (None, profile.machine)]
-    kept = sorted(others, key=lambda e: str(e.get("created", "")))[-(MAX_PROFILES - 1) :]
-    text = json.dumps({"profiles": [*kept, asdict(profile)]}, indent=2)
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
-    try:
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with _locked(target):  # two `rvcfast tune` (a CPU's and a GPU's) must not drop each other's entry
+        try:
+            entries = _read_entries(target) if target.is_file() else []
+        except (OSError, ValueError):
+            entries = []
+        others = [e for e in entries if _machine_of(e) not in (None, profile.machine)]
+        kept = sorted(others, key=lambda e: str(e.get("created", "")))[-(MAX_PROFILES - 1) :]
+        text = json.dumps({"profiles": [*kept, asdict(profile)]}, indent=2)
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
+        try:
+            tmp.write_text(text, encoding="utf-8")
+            os.replace(tmp, target)
+        finally:
+            tmp.unlink(missing_ok=True)
     return target
+
+
+@contextlib.contextmanager
+def _locked(target: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``target``'s lock file (``.NAME.lock`` beside it) while its entries
+    are read, changed and written back (POSIX ``flock``; without it, no lock)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows: last writer wins
+        yield
+        return
+    fd = os.open(target.with_name(f".{target.name}.lock"), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _lookup(device: torch.device | str, source: Path) -> tuple[Profile | None, str | None]:
+    """This machine's profile in ``source`` and, when it has none that can be used, why not
+    (``None``: simply no entry for this machine and device)."""
+    try:
+        entries = _read_entries(source)
+    except (OSError, ValueError) as exc:
+        return None, str(exc)
+    here = machine_id(device)
+    mine = [e for e in entries if _machine_of(e) == here]
+    if not mine:
+        return None, "an entry is not a profile (no 'machine')" if any(_machine_of(e) is None for e in entries) else None
+    version = mine[-1].get("version", PROFILE_VERSION)
+    if version != PROFILE_VERSION:  # before its fields are read: another version's may differ
+        return None, (
+            f"its entry for this machine is in another profile format (version {version!r}; this rvcfast "
+            f"reads version {PROFILE_VERSION}): run `rvcfast tune` again"
+        )
+    try:
+        return Profile.from_dict(mine[-1]), None
+    except ValueError as exc:
+        return None, f"its entry for this machine: {exc}"
+
+
+def _ignore(source: object, reason: object) -> None:
+    # one place in the code, so Python's default filter shows each such warning once per process
+    warnings.warn(f"ignoring the rvcfast profile {source}: {reason}", RuntimeWarning, stacklevel=1)
 
 
 def load_profile(device: torch.device | str = "cpu", path: Path | None = None) -> Profile | None:
     """The stored profile measured on this machine and device, else ``None``.
 
     A file that cannot be read as profiles, or whose entry for this machine holds a setting
-    no run can use, is ignored with a warning (never fatal: every model load reads it);
-    other machines' entries are not looked at."""
+    no run can use or was written in another profile format, is ignored with a warning
+    (never fatal: every model load reads it); other machines' entries are not looked at."""
     source = path or profile_path()
     if source is None or not source.is_file():
         return None
-
-    def ignore(reason: object) -> None:
-        # one place in the code, so Python's default filter shows each such warning once per process
-        warnings.warn(f"ignoring the rvcfast profile {source}: {reason}", RuntimeWarning, stacklevel=1)
-
-    try:
-        entries = _read_entries(source)
-    except (OSError, ValueError) as exc:
-        ignore(exc)
-        return None
-    if any(_machine_of(e) is None for e in entries):
-        ignore("an entry is not a profile (no 'machine')")
-    here = machine_id(device)
-    for entry in entries:
-        if _machine_of(entry) == here:
-            try:
-                profile = Profile.from_dict(entry)
-            except ValueError as exc:
-                ignore(exc)
-                return None
-            return profile if profile.version == PROFILE_VERSION else None
-    return None
+    profile, problem = _lookup(device, source)
+    if problem is not None:
+        _ignore(source, problem)
+    return profile
 
 
 def tuned_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
     """``dtype`` checked for ``device``, with ``"auto"`` meaning this machine's profile's
-    precision (without a profile: :func:`rvcfast.runtime.resolve_dtype`'s choice)."""
+    precision (without a profile, or with one whose precision ``device`` cannot run:
+    :func:`rvcfast.runtime.resolve_dtype`'s choice)."""
     from .runtime import resolve_dtype
 
     if isinstance(dtype, str) and dtype.lower() == "auto":
         profile = load_profile(device)
         if profile is not None:
-            dtype = profile.dtype
+            try:
+                return resolve_dtype(profile.dtype, device)
+            except ParameterError as exc:  # a hand-edited file: "auto" must not fail
+                _ignore(profile_path(), f"its dtype {profile.dtype!r}: {exc}")
     return resolve_dtype(dtype, device)
 
 
 def apply_threads(profile: Profile | None) -> int:
-    """Set torch's intra-op threads from ``profile`` unless ``OMP_NUM_THREADS`` says otherwise; returns the count."""
-    if profile is not None and "OMP_NUM_THREADS" not in os.environ and profile.threads > 0:
+    """Set torch's intra-op threads from ``profile`` unless the user chose a count in the
+    environment (``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS``, as torch reads them); returns the count."""
+    if profile is not None and env_thread_count() is None and profile.threads > 0:
         torch.set_num_threads(profile.threads)
     return torch.get_num_threads()
 
@@ -479,27 +529,31 @@ def calibrate(
 
 def system_report(device: torch.device | str = "cpu") -> dict[str, Any]:
     """CPU model and features, torch build facts and the settings runs will use (for ``rvcfast info --system``)."""
-    from .runtime import resolve_device, resolve_dtype
+    from .runtime import resolve_device
 
     dev = resolve_device(device)
     profile = load_profile(dev)
     flags = cpu_features()
     path = profile_path()
+    problem = _lookup(dev, path)[1] if profile is None and path is not None and path.is_file() else None
     if profile is not None:
         source = "profile"
     elif path is None:
         source = "defaults (profiles are off: RVCFAST_PROFILE=off)"
+    elif problem is not None:
+        source = f"defaults ({path} is ignored: {problem})"
     elif path.is_file():
         source = f"defaults ({path} holds no profile for this machine and device: run `rvcfast tune`)"
     else:
         source = "defaults (run `rvcfast tune` to measure)"
     threads = torch.get_num_threads()
-    if profile is not None and "OMP_NUM_THREADS" not in os.environ:
+    if profile is not None and env_thread_count() is None:
         threads = profile.threads
     return {
         "cpu": cpu_model(),
         "cores": available_cores(),
-        "features": {f: (f in flags) for f in KEY_FLAGS},
+        "machine": machine_id(dev),
+        "features": {f: (f in flags) for f in key_flags()},
         "native_bf16": native_bf16(dev),
         "native_fp16": native_fp16(dev),
         "torch": torch.__version__,
@@ -509,7 +563,7 @@ def system_report(device: torch.device | str = "cpu") -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "profile": str(path) if profile is not None else None,
         "settings": {
-            "dtype (auto)": profile.dtype if profile else str(resolve_dtype("auto", dev)).replace("torch.", ""),
+            "dtype (auto)": str(tuned_dtype("auto", dev)).replace("torch.", ""),
             "threads": threads,
             "batch_seconds": profile.batch_seconds if profile else default_batch_seconds(dev),
             "compute_workers": profile.compute_workers if profile else 1,

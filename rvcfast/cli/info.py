@@ -26,6 +26,7 @@ def _system(report: dict[str, Any]) -> None:
         ("torch", f"{report['torch']} (oneDNN {'yes' if report['mkldnn'] else 'no'}, {report['torch_threads']} threads)"),
         ("device", report["device"] + (f" ({report['cuda']})" if report["cuda"] else "")),
         ("profile", report["profile"] or "(none)"),
+        ("  for machine", report["machine"]),  # what a profile entry must name to apply here
     ]
     rows += [(f"  {k}", str(v)) for k, v in report["settings"].items()]
     width = max(len(k) for k, _ in rows)

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ..errors import RvcfastError
 from ._common import EXIT_OK, HelpFormatter, UsageError, out
 
 
@@ -40,6 +41,13 @@ def _number_list(option: str, text: str | None, kind: type) -> list[Any] | None:
             raise UsageError(f"{option} expects a comma-separated list of {what}, got {text!r}")
         values.append(value)
     return values
+
+
+def _chosen(profile: Any) -> str:
+    return (
+        f"{profile.dtype}, {profile.threads} thread(s), batch {profile.batch_seconds:g} s, "
+        f"{profile.compute_workers} compute worker(s)"
+    )
 
 
 def _profile_target(args: argparse.Namespace) -> Path:
@@ -88,14 +96,17 @@ def cmd_tune(args: argparse.Namespace) -> int:
         log=None if args.quiet else (lambda m: print(m, file=sys.stderr)),
     )
     _profile_target(args)  # still writable after the calibration (nothing else put a file there)
-    save_profile(profile, target)
+    try:
+        save_profile(profile, target)
+    except OSError as exc:  # the disk filled up, the folder became read-only...
+        raise RvcfastError(
+            f"cannot write the profile {target}: {exc.strerror or exc}; the measured settings were: "
+            f"{_chosen(profile)} (nothing was saved)"
+        ) from None
     if args.json:
         out(profile.to_json())
     else:
-        out(
-            f"chosen: {profile.dtype}, {profile.threads} thread(s), batch {profile.batch_seconds:g} s, "
-            f"{profile.compute_workers} compute worker(s)"
-        )
+        out(f"chosen: {_chosen(profile)}")
         out(f"profile: {target}")
     return EXIT_OK
 
