@@ -19,6 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile as sf
 from helpers import one_thread_fixture, tiny_models_fixture  # noqa: F401
 
 import rvcfast
@@ -244,3 +245,18 @@ def test_stream_header_sizes_are_as_documented():
     buf = io.BytesIO(header)
     assert buf.read(4) == b"RIFF" and int.from_bytes(buf.read(4), "little") == 0xFFFFFFFF
     assert header[-8:-4] == b"data" and int.from_bytes(header[-4:], "little") == 0xFFFFFFFF
+
+
+def test_batch_result_order_is_as_documented(tiny_models, tmp_path):
+    """architecture.md: iter_batch reports a decode failure as soon as it is found; convert_batch keeps input order."""
+    text = read("docs/architecture.md")
+    assert "as soon as it is found (`convert_batch` returns every result in input order)" in text
+    sr = 16000
+    good = tmp_path / "a.wav"
+    sf.write(good, 0.1 * np.sin(2 * np.pi * 220 * np.arange(sr) / sr), sr)
+    bad = tmp_path / "b.wav"
+    bad.write_text("not audio")
+    conv = tiny_models.converter()
+    yielded = [Path(r.source).name for r in conv.iter_batch([good, bad], tmp_path / "out1")]
+    returned = [Path(r.source).name for r in conv.convert_batch([good, bad], tmp_path / "out2")]
+    assert yielded == ["b.wav", "a.wav"] and returned == ["a.wav", "b.wav"]
