@@ -13,7 +13,7 @@ of the machine it runs on:
 * a run without ``batch_seconds`` uses the profile's, and a batch without
   ``compute_workers`` the profile's number of compute workers;
 * front ends that own their process (the command line, the server) set torch's thread
-  count from it with :func:`apply_threads`, unless ``OMP_NUM_THREADS`` is set.
+  count from it with :func:`apply_threads`, unless ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` is set.
 
 ``RVCFAST_PROFILE`` names another profile file; ``RVCFAST_PROFILE=off`` ignores profiles.
 """
@@ -100,7 +100,7 @@ def cpu_model() -> str:
 
 def machine_id(device: torch.device | str = "cpu") -> str:
     """What a profile is valid for: CPU model, key features, usable cores (this process's CPU
-    affinity), torch version and device (for a CUDA device, its GPU's name too: a profile's
+    affinity and cgroup CPU quota), torch version and device (for a CUDA device, its GPU's name too: a profile's
     thread count is the CPU's)."""
     dev = torch.device(device)
     flags = "+".join(f for f in key_flags() if f in cpu_features())

@@ -135,7 +135,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--models", metavar="DIR", help="where random models are built and cached")
     p.add_argument("--files", type=int, metavar="N", default=3, help="calibration clips")
     p.add_argument("--seconds", type=float, metavar="S", default=5.0, help="length of each clip")
-    p.add_argument("--threads", metavar="LIST", help="thread counts to try, e.g. 1,2,4 (default: 1 and all cores)")
+    p.add_argument("--threads", metavar="LIST", help="thread counts to try, e.g. 1,2,4 (default: 1 and all usable cores: the CPU affinity, capped by a cgroup CPU quota)")
     p.add_argument("--batch-seconds", metavar="LIST", help="batch sizes to try, e.g. 8,30 (default on a CPU: 8,30, --quick: 8; on a GPU: 120)")
     p.add_argument(
         "--compute-workers", metavar="LIST",
