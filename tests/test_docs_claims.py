@@ -260,3 +260,13 @@ def test_batch_result_order_is_as_documented(tiny_models, tmp_path):
     yielded = [Path(r.source).name for r in conv.iter_batch([good, bad], tmp_path / "out1")]
     returned = [Path(r.source).name for r in conv.convert_batch([good, bad], tmp_path / "out2")]
     assert yielded == ["b.wav", "a.wav"] and returned == ["a.wav", "b.wav"]
+
+
+def test_paths_open_without_the_api_key_are_as_documented():
+    pytest.importorskip("fastapi")
+    from rvcfast.serve.middleware import OPEN_PATHS
+
+    row = next(r for r in table_rows(read("docs/serving.md")) if r[0] == "401")
+    said_open = set(re.findall(r"`(/[\w.]+)`", row[1].split("stay open")[0]))
+    assert said_open == {"/health", "/docs", "/openapi.json"} and said_open <= OPEN_PATHS
+    assert "`/metrics` needs the key" in row[1] and "/metrics" not in OPEN_PATHS
