@@ -122,3 +122,79 @@ def test_rmvpe_text_options_are_numbers(rmvpe_weights: Path) -> None:
     ext = RMVPEExtractor(rmvpe_weights, threshold="0.05", chunk_frames="4096")
     assert ext.threshold == 0.05 and ext.chunk_frames == 4096
     assert RMVPEExtractor(rmvpe_weights, chunk_frames=None).chunk_frames is None
+
+
+# ----------------------------------------------------------------------------- long inputs
+
+
+@needs_torchfcpe
+def test_fcpe_long_input_runs_in_bounded_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An input longer than ``max_frames`` ran as one pass of its whole length (about 27 KiB
+    per frame: 10 GB for an hour). It now runs in windows of ``max_frames`` frames with more
+    context than the network's reach, so it is the same function: float32 noise at most."""
+    import torch
+
+    from rvcfast.f0 import fcpe as fcpe_mod
+
+    t = np.arange(20 * SR) / SR
+    audio = (0.3 * np.sin(2 * np.pi * (110 * t + 6 * t**2)) * (np.sin(2 * np.pi * 0.3 * t) > -0.3)).astype(np.float32)
+    one_pass = fcpe_mod.FCPEExtractor(max_frames=10**6).extract(audio)
+
+    windowed = fcpe_mod.FCPEExtractor(max_frames=256)
+    seen: list[int] = []
+    real_forward = fcpe_mod.FCPENet.forward
+
+    def spy(self, mels):  # the padded batch pass must not see the whole long input
+        seen.append(max(int(m.shape[0]) for m in mels))
+        return real_forward(self, mels)
+
+    monkeypatch.setattr(fcpe_mod.FCPENet, "forward", spy)
+    f0 = windowed.extract(audio)
+    assert not seen or max(seen) <= 256
+    assert f0.shape == one_pass.shape == (audio.shape[0] // 160 + 1,)
+    np.testing.assert_array_equal(f0 > 0, one_pass > 0)
+    assert (one_pass > 0).sum() > 100
+    np.testing.assert_allclose(f0, one_pass, rtol=1e-5, atol=0)
+
+    model = windowed.model
+    x = torch.from_numpy(audio)
+    np.testing.assert_allclose(model.mel.forward_blocked(x, 300).numpy(), model.mel(x).numpy(), rtol=0, atol=1e-5)
+
+
+@needs_torchcrepe
+def test_crepe_frames_are_built_per_pass(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The normalised frames (4 KiB each) of every input were built, and concatenated, before
+    the first network pass: 1.4 GB per hour of audio, twice over for a batch. They are now
+    built one pass at a time; the frames and the F0 are the same."""
+    import torch
+
+    from rvcfast.f0 import crepe as crepe_mod
+
+    rng = np.random.default_rng(3)
+    for n in (0, 1, 159, 160, 513, 1024, 1025, 9999):
+        x = torch.from_numpy(rng.standard_normal(n).astype(np.float32))
+        whole = crepe_mod.crepe_frames(x)
+        assert whole.shape == (n // 160 + 1, 1024)
+        t = whole.shape[0]
+        for a, b in ((0, t), (t - 1, t), (t // 2, t), (t // 3, min(t, t // 3 + 5))):
+            torch.testing.assert_close(crepe_mod.crepe_frame_range(x, a, b), whole[a:b], rtol=0, atol=0)
+
+    passes = crepe_mod._passes([3, 5, 70], 4)
+    assert all(sum(b - a for _, a, b in p) == 4 for p in passes[:-1])
+    assert [(i, a, b) for p in passes for i, a, b in p][:3] == [(0, 0, 3), (1, 0, 1), (1, 1, 5)]
+
+    ext = crepe_mod.CrepeTinyExtractor(forward_batch=16)
+    sizes: list[int] = []
+    real = crepe_mod.crepe_frame_range
+
+    def spy(audio, start, stop, hop_length=160):
+        sizes.append(stop - start)
+        return real(audio, start, stop, hop_length)
+
+    items = [rng.standard_normal(n).astype(np.float32) * 0.1 for n in (4000, 161, 2500)]
+    solo = [ext.extract(a) for a in items]
+    monkeypatch.setattr(crepe_mod, "crepe_frame_range", spy)
+    batch = ext.extract_batch(items)
+    assert max(sizes) <= 16
+    for s, b in zip(solo, batch):
+        np.testing.assert_array_equal(s, b)

@@ -221,12 +221,42 @@ def crepe_frames(audio: torch.Tensor, hop_length: int = HOP_LENGTH) -> torch.Ten
     Zero padding of 512 on both sides, then per frame: subtract the mean, divide
     by ``max(std, 1e-10)`` (unbiased), exactly as ``torchcrepe.preprocess``.
     """
-    n_frames = 1 + audio.shape[-1] // hop_length
-    padded = F.pad(audio[None], (WINDOW_SIZE // 2, WINDOW_SIZE // 2))[0]
-    frames = padded.unfold(0, WINDOW_SIZE, hop_length)[:n_frames].contiguous()
+    return crepe_frame_range(audio, 0, 1 + audio.shape[-1] // hop_length, hop_length)
+
+
+def crepe_frame_range(audio: torch.Tensor, start: int, stop: int, hop_length: int = HOP_LENGTH) -> torch.Tensor:
+    """Frames ``start..stop-1`` of :func:`crepe_frames` (the same values), built from only the
+    samples they cover, so a long input's frames (4 KiB each) need not exist all at once."""
+    n = audio.shape[-1]
+    lo = start * hop_length - WINDOW_SIZE // 2
+    hi = (stop - 1) * hop_length + WINDOW_SIZE // 2
+    seg = audio[max(lo, 0) : max(min(hi, n), 0)]
+    padded = F.pad(seg[None], (max(0, -lo), max(0, hi - max(n, lo))))[0]
+    frames = padded.unfold(0, WINDOW_SIZE, hop_length)[: stop - start].contiguous()
     frames -= frames.mean(dim=1, keepdim=True)
     frames /= torch.max(torch.tensor(1e-10, device=frames.device), frames.std(dim=1, keepdim=True))
     return frames
+
+
+def _passes(counts: Sequence[int], per_pass: int) -> list[list[tuple[int, int, int]]]:
+    """The frames of inputs with ``counts`` frames, laid end to end and cut every ``per_pass``
+    frames: per pass, its ``(input, first frame, stop frame)`` pieces in order."""
+    passes: list[list[tuple[int, int, int]]] = []
+    current: list[tuple[int, int, int]] = []
+    room = per_pass
+    for i, count in enumerate(counts):
+        a = 0
+        while a < count:
+            b = min(count, a + room)
+            current.append((i, a, b))
+            room -= b - a
+            a = b
+            if room == 0:
+                passes.append(current)
+                current, room = [], per_pass
+    if current:
+        passes.append(current)
+    return passes
 
 
 def _bin_range(fmin: float, fmax: float) -> tuple[int, int]:
@@ -406,16 +436,15 @@ class CrepeExtractor(BaseF0Extractor):
         """
         if not audios:
             return []
-        frames = []
-        for a in audios:
-            x = torch.from_numpy(np.ascontiguousarray(as_audio16k(a), dtype=np.float32))
-            frames.append(crepe_frames(x.to(self.device), self.hop_length))
-        counts = [f.shape[0] for f in frames]
-        allf = torch.cat(frames, 0) if len(frames) > 1 else frames[0]
+        signals = [
+            torch.from_numpy(np.ascontiguousarray(as_audio16k(a), dtype=np.float32)).to(self.device) for a in audios
+        ]
+        counts = [1 + x.shape[0] // self.hop_length for x in signals]
         net = self.model
         outs = []
-        for start in range(0, allf.shape[0], self.forward_batch):
-            chunk = allf[start : start + self.forward_batch].to(self.dtype)
+        for pieces in _passes(counts, self.forward_batch):
+            parts = [crepe_frame_range(signals[i], a, b, self.hop_length) for i, a, b in pieces]
+            chunk = (parts[0] if len(parts) == 1 else torch.cat(parts, 0)).to(self.dtype)
             n = chunk.shape[0]
             # Backends pick other kernels for tiny batches (on CPU, 1-2 frames round
             # differently from 8+); padding every pass to a multiple of _MIN_PASS frames

@@ -70,6 +70,10 @@ __all__ = [
 _INSTALL_HINT = "fcpe needs `pip install rvcfast[fcpe]` (torchfcpe ships its weights)"
 _WEIGHTS_NAME = "fcpe_c_v001.pt"
 _MIN_PASS_FRAMES = 64  # network passes are zero-padded (and masked) to at least this many frames
+_MEL_BLOCK_FRAMES = 8192  # STFT frames at once in the mel of a long input
+# Frames on each side of a long input's window: more than the network's reach (91 frames:
+# the second k3 convolution and six depthwise k31 convolutions).
+_CONTEXT_FRAMES = 128
 
 
 # ----------------------------------------------------------------------------
@@ -154,12 +158,32 @@ class FCPEMel(nn.Module):
     @torch.no_grad()
     def forward(self, audio: torch.Tensor) -> torch.Tensor:
         """Log-mel frames ``[N // hop + 1, n_mels]`` (float32) of a 1-D float32 signal."""
+        return self._fit(self._log_mel(self._padded(audio)), audio.shape[-1])
+
+    @torch.no_grad()
+    def forward_blocked(self, audio: torch.Tensor, block_frames: int = _MEL_BLOCK_FRAMES) -> torch.Tensor:
+        """:meth:`forward` computed ``block_frames`` STFT frames at a time, so the complex
+        spectrum (4 KiB per frame) is never held whole; for long inputs. Each frame's maths
+        is the same, the kernels may round differently (float32 noise)."""
+        y = self._padded(audio)
+        n_stft = 1 + (y.shape[-1] - self.n_fft) // self.hop_length
+        parts = []
+        for a in range(0, n_stft, block_frames):
+            b = min(n_stft, a + block_frames)
+            parts.append(self._log_mel(y[:, a * self.hop_length : (b - 1) * self.hop_length + self.n_fft]))
+        return self._fit(torch.cat(parts, 1), audio.shape[-1])
+
+    def _padded(self, audio: torch.Tensor) -> torch.Tensor:
+        """``[1, L]``: torchfcpe's padding (reflect when the right pad is shorter than the signal)."""
         n = audio.shape[-1]
         y = audio.reshape(1, n)
         pad_left = (self.win_size - self.hop_length) // 2
         pad_right = max((self.win_size - self.hop_length + 1) // 2, self.win_size - n - pad_left)
         mode = "reflect" if pad_right < n else "constant"
-        y = F.pad(y.unsqueeze(1), (pad_left, pad_right), mode=mode).squeeze(1)
+        return F.pad(y.unsqueeze(1), (pad_left, pad_right), mode=mode).squeeze(1)
+
+    def _log_mel(self, y: torch.Tensor) -> torch.Tensor:
+        """``[1, F, n_mels]`` log-mel of padded rows ``[1, L]`` (STFT without centring)."""
         spec = torch.stft(
             y,
             self.n_fft,
@@ -174,7 +198,10 @@ class FCPEMel(nn.Module):
         spec = torch.sqrt(spec.real.pow(2) + spec.imag.pow(2) + 1e-9)
         spec = torch.matmul(self.mel_basis, spec)
         spec = torch.log(torch.clamp(spec, min=self.clip_val))
-        mel = spec.transpose(-1, -2)  # [1, T, n_mels]
+        return spec.transpose(-1, -2)
+
+    def _fit(self, mel: torch.Tensor, n: int) -> torch.Tensor:
+        """``[1, F, n_mels]`` to ``[n // hop + 1, n_mels]`` (the last frame repeated or dropped)."""
         n_frames = n // self.hop_length + 1
         if n_frames > mel.shape[1]:
             mel = torch.cat([mel] + [mel[:, -1:, :]] * (n_frames - mel.shape[1]), 1)
@@ -306,6 +333,33 @@ class FCPENet(nn.Module):
         # tail differently, so the element positions must match a solo run's.
         return [torch.sigmoid(logits[i : i + 1, : lengths[i]])[0] for i in range(len(mels))]
 
+    def forward_windows(self, mel: torch.Tensor, window_frames: int) -> torch.Tensor:
+        """Sigmoid activations ``[T, out_dims]`` of one long mel ``[T, n_mels]``, in bounded memory.
+
+        The first convolution and the GroupNorm run over the whole input (its statistics
+        span every frame; 2 KiB per frame); the rest runs on windows of ``window_frames``
+        frames plus :data:`_CONTEXT_FRAMES` on each side, of which only the centre is kept.
+        The context exceeds the network's reach, so this is the whole-input function; the
+        kernels on a window may round differently (float32 noise).
+        """
+        dtype = self.output_proj.weight.dtype
+        conv0, gn, act, conv1 = self.input_stack
+        hidden = gn(conv0(mel.to(dtype)[None].transpose(-1, -2)))
+        hidden = act(hidden) if not isinstance(act, nn.LeakyReLU) else F.leaky_relu_(hidden, act.negative_slope)
+        n = hidden.shape[-1]
+        out = torch.empty(n, self.out_dims, dtype=torch.float32, device=hidden.device)
+        for start in range(0, n, window_frames):
+            stop = min(n, start + window_frames)
+            lo, hi = max(0, start - _CONTEXT_FRAMES), min(n, stop + _CONTEXT_FRAMES)
+            x = conv1(hidden[:, :, lo:hi]).transpose(-1, -2)
+            if self.harmonic_emb is not None:
+                x = x + self.harmonic_emb.weight[0]
+            for layer in self.net.encoder_layers:
+                x = layer(x, None)
+            logits = self.output_proj(self.norm(x[:, start - lo : stop - lo]))
+            out[start:stop] = torch.sigmoid(logits)[0].float()
+        return out
+
 
 class FCPEModel(nn.Module):
     """Mel front end + :class:`FCPENet` + decoders, configured from a torchfcpe checkpoint."""
@@ -322,6 +376,12 @@ class FCPEModel(nn.Module):
         """Sigmoid activations ``[len // 160 + 1, 360]`` (float32) per 1-D float32 signal."""
         mels = [self.mel(a) for a in audios]
         return [a.float() for a in self.net(mels)]
+
+    @torch.no_grad()
+    def activations_long(self, audio: torch.Tensor, window_frames: int) -> torch.Tensor:
+        """:meth:`activations` of one long signal in bounded memory (see
+        :meth:`FCPENet.forward_windows`); equal to it up to float32 rounding."""
+        return self.net.forward_windows(self.mel.forward_blocked(audio), window_frames)
 
     @torch.no_grad()
     def decode(self, latent: torch.Tensor, decoder: str = "local_argmax", threshold: float = 0.006) -> torch.Tensor:
@@ -479,7 +539,11 @@ class FCPEExtractor(BaseF0Extractor):
         decoder: ``"local_argmax"`` (RVC/Applio) or ``"argmax"``.
         max_batch: at most this many inputs share one padded network pass.
         max_frames: at most this many (padded) frames per pass, which bounds memory
-            (about 8 KiB of activations per frame in float32); longer inputs run alone.
+            (about 8 KiB of activations per frame in float32). A longer input runs alone,
+            in windows of this many frames with 128 frames of context on each side (more
+            than the network's reach, so the same function up to float32 rounding): its
+            memory then grows by about 2.5 KiB per frame (0.9 GB per hour of audio)
+            instead of tens of KiB. 0 or less: every input alone, in one pass.
         weights: optional path to a torchfcpe checkpoint (default: the bundled one).
     """
 
@@ -546,8 +610,12 @@ class FCPEExtractor(BaseF0Extractor):
         ]
         out: list[np.ndarray] = [np.zeros(0, dtype=np.float32)] * len(signals)
         model = self.model
-        for group in self._groups([s.shape[0] // self.hop_length + 1 for s in signals]):
-            acts = model.activations([signals[i] for i in group])
+        frames = [s.shape[0] // self.hop_length + 1 for s in signals]
+        for group in self._groups(frames):
+            if len(group) == 1 and frames[group[0]] > self.max_frames >= _MIN_PASS_FRAMES:
+                acts = [model.activations_long(signals[group[0]], self.max_frames)]
+            else:
+                acts = model.activations([signals[i] for i in group])
             for i, act in zip(group, acts):
                 f0 = model.decode(act, self.decoder, self.threshold)
                 out[i] = f0.cpu().numpy().astype(np.float32, copy=False)
