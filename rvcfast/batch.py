@@ -131,10 +131,10 @@ class BatchSummary:
         lines = [f"{'stage':<10} {'seconds':>9} {'share':>7}"]
         for k, v in sorted(self.timings.items(), key=lambda kv: -kv[1]):
             lines.append(f"{k:<10} {v:9.3f} {100 * v / total:6.1f}%")
-        rtf = self.wall_seconds / self.audio_seconds if self.audio_seconds else float("nan")
+        speed = f"real-time factor {self.wall_seconds / self.audio_seconds:.3f}" if self.audio_seconds else "no audio converted"
         lines.append(
             f"{self.files} files ({self.failed} failed, {self.skipped} skipped), {self.audio_seconds:.1f} s of audio "
-            f"in {self.wall_seconds:.1f} s (real-time factor {rtf:.3f})"
+            f"in {self.wall_seconds:.1f} s ({speed})"
         )
         return "\n".join(lines)
 

@@ -211,3 +211,13 @@ def test_the_summary_counts_only_the_audio_that_was_converted() -> None:
     assert (summary.files, summary.failed, summary.skipped) == (3, 1, 1)
     assert summary.audio_seconds == 4.0  # the failed file's 3 s were not converted
     assert "4.0 s of audio in 2.0 s (real-time factor 0.500)" in summary.table()
+
+
+def test_a_summary_with_no_converted_audio_says_so_instead_of_nan() -> None:
+    from rvcfast.batch import BatchSummary
+    from rvcfast.result import Result
+
+    summary = BatchSummary(wall_seconds=0.5)
+    summary.add(Result(np.zeros(0, np.float32), 40000, {}, "a.wav", skipped=True, input_seconds=0.0))
+    table = summary.table()
+    assert "nan" not in table and "(no audio converted)" in table

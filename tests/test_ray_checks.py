@@ -351,3 +351,27 @@ class TestChecksOnACluster:
         assert rows["z/self.wav"]["status"] == "error" and "the output is the input itself" in rows["z/self.wav"]["error"]
         assert (tmp_path / "z/self.wav").read_bytes() == before
         assert sorted(p.name for p in out.iterdir()) == ["take.wav"]
+
+
+# ------------------------------------------------------------------------------ no cluster to join
+
+
+@pytest.mark.parametrize("address", ["auto", "10.0.0.1:6379"])
+def test_no_running_cluster_is_an_rvcfast_error_saying_what_to_do(monkeypatch, address):
+    # Ray's own ConnectionError escaped, which names a `--address` flag rvcfast does not have
+    from rvcfast.errors import RvcfastError
+    from rvcfast.integrations.ray import _job
+
+    class NoCluster:
+        def is_initialized(self):
+            return False
+
+        def init(self, address=None, **kw):
+            raise ConnectionError("Could not find any running Ray instance. Please specify the one to connect to by setting `--address`")
+
+    monkeypatch.setattr(_job, "_ray", lambda: NoCluster())
+    with pytest.raises(RvcfastError) as info:
+        with _job.connected(address):
+            raise AssertionError("connected without a cluster")
+    assert f"address={address!r}" in str(info.value) and "ray start --head" in str(info.value)
+    assert "--address" not in str(info.value)

@@ -142,7 +142,7 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--f0", metavar="NAME", default="rmvpe", help="F0 backend: rmvpe, crepe, crepe-tiny, fcpe, harvest, dio, pm, hybrid:a+b or a plugin (see `rvcfast backends`)")
     g.add_argument("--f0-weights", metavar="FILE", help="weights for the F0 backend (rmvpe.pt; default: $RVCFAST_HOME or the cache)")
     g.add_argument("--f0-option", metavar="KEY=VALUE", action="append", help="extra option for the F0 backend, repeatable (e.g. threshold=0.05)")
-    g.add_argument("--download", action="store_true", help="download missing base weights (hubert_base.pt, rmvpe.pt) into the cache")
+    g.add_argument("--download", action="store_true", help="download missing base weights (hubert_base.pt, rmvpe.pt) into $RVCFAST_HOME when set, else the cache")
     add_conversion_options(p.add_argument_group("conversion (see docs/parameters.md)"))
     o = p.add_argument_group("output")
     o.add_argument("--format", default="wav", choices=["wav", "flac", "ogg", "mp3"], help="output file format")

@@ -94,7 +94,7 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--f0", metavar="NAME", default="rmvpe", help="F0 backend for every voice (see `rvcfast backends`)")
     g.add_argument("--f0-weights", metavar="FILE", help="weights for the F0 backend (rmvpe.pt)")
     g.add_argument("--f0-option", metavar="KEY=VALUE", action="append", help="extra option for the F0 backend, repeatable")
-    g.add_argument("--download", action="store_true", help="download missing base weights into the cache")
+    g.add_argument("--download", action="store_true", help="download missing base weights into $RVCFAST_HOME when set, else the cache")
     g.add_argument("--models-dir", metavar="FOLDER", help="let clients upload voices into FOLDER (POST /v1/voices); off by default")
     lim = p.add_argument_group("limits")
     lim.add_argument("--max-loaded-voices", type=int, default=4, metavar="N", help="voices kept loaded (least recently used unloaded)")

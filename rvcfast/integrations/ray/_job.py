@@ -80,7 +80,13 @@ def connected(address: str | None, *, fallback_local: bool = False, note: Any = 
             ray.init(address=address)  # None: RAY_ADDRESS
         except ConnectionError:
             if not (fallback_local and address == "auto"):
-                raise
+                from ...errors import RvcfastError
+
+                where = f"address={address!r}" if address is not None else f"RAY_ADDRESS={os.environ.get('RAY_ADDRESS')!r}"
+                raise RvcfastError(
+                    f"no running Ray cluster found for {where}: start one (`ray start --head`), "
+                    "or pass address=None (without RAY_ADDRESS) or 'local' for a local one"
+                ) from None
             if note is not None:
                 note("no running Ray cluster found; starting a local one for this job")
             _start_local()
