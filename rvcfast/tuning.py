@@ -359,9 +359,14 @@ def tuned_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
 
 def apply_threads(profile: Profile | None) -> int:
     """Set torch's intra-op threads from ``profile`` unless the user chose a count in the
-    environment (``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS``, as torch reads them); returns the count."""
-    if profile is not None and env_thread_count() is None and profile.threads > 0:
-        torch.set_num_threads(profile.threads)
+    environment (``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS``, as torch reads them); without a
+    profile, cap torch's own count (the CPU affinity's cores) at the usable cores, which a
+    cgroup CPU quota lowers. Returns the count."""
+    if env_thread_count() is None:
+        if profile is not None and profile.threads > 0:
+            torch.set_num_threads(profile.threads)
+        elif torch.get_num_threads() > available_cores():  # e.g. `docker --cpus=2` on a 64-core host
+            torch.set_num_threads(available_cores())
     return torch.get_num_threads()
 
 

@@ -75,6 +75,21 @@ def test_calibration_tries_the_quota_not_the_host_cores(tmp_path, monkeypatch) -
     assert " x2 | " in machine_id("cpu")
 
 
+def test_without_a_profile_the_threads_are_capped_by_the_quota(tmp_path, monkeypatch) -> None:
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        monkeypatch.delenv(name, raising=False)
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setattr(tuning, "available_cores", lambda: 1)  # a 1-CPU quota on a 2-core machine
+        assert apply_threads(None) == 1
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")  # the user's count stays
+        assert apply_threads(None) == 2
+    finally:
+        torch.set_num_threads(before)
+
+
 @pytest.mark.parametrize(
     "env,expected",
     [
