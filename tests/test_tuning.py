@@ -82,8 +82,26 @@ def test_apply_threads_respects_omp_num_threads(monkeypatch: pytest.MonkeyPatch)
         torch.set_num_threads(before)
 
 
+class _VirtualClock:
+    """``time`` for :mod:`rvcfast.tuning` in these tests: the fakes advance it instead of
+    sleeping, so the measured costs are exact whatever else the machine is doing."""
+
+    now = 0.0
+
+    @classmethod
+    def perf_counter(cls) -> float:
+        return cls.now
+
+    strftime = staticmethod(time.strftime)
+
+
+@pytest.fixture
+def virtual_clock(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(tuning, "time", _VirtualClock)
+
+
 class _FakeConverter:
-    """Stands in for a Converter: a fixed cost per call and an output with a chosen error."""
+    """Stands in for a Converter: a fixed cost per call (on the virtual clock) and an output with a chosen error."""
 
     def __init__(self, dtype: str, cost: float, error: float, worker_gain: float = 1.0) -> None:
         self.dtype, self.cost, self.error, self.worker_gain = dtype, cost, error, worker_gain
@@ -92,7 +110,7 @@ class _FakeConverter:
     def convert_batch(self, inputs, batch_seconds: float, noise: bool, compute_workers: int = 1):
         self.calls.append((torch.get_num_threads(), compute_workers, len(inputs)))
         gain = self.worker_gain if compute_workers > 1 else 1.0
-        time.sleep(self.cost * len(inputs) * (1.0 if batch_seconds == 8.0 else 1.5) * gain)
+        _VirtualClock.now += self.cost * len(inputs) * (1.0 if batch_seconds == 8.0 else 1.5) * gain
         rng = np.random.default_rng(0)
         out = []
         for x, _ in inputs:
@@ -101,6 +119,7 @@ class _FakeConverter:
         return out
 
 
+@pytest.mark.usefixtures("virtual_clock")
 def test_calibrate_picks_the_fastest_precise_enough_setting() -> None:
     clips = [np.sin(np.arange(4000) / 10.0)]
     fast_but_noisy = {"float32": (0.06, 0.0), "bfloat16": (0.01, 0.5)}  # bf16: SNR about 3 dB
@@ -119,6 +138,7 @@ def test_calibrate_picks_the_fastest_precise_enough_setting() -> None:
     assert [t.snr_db for t in profile.trials if t.dtype == "bfloat16"][0] > 60
 
 
+@pytest.mark.usefixtures("virtual_clock")
 def test_calibrate_tries_compute_workers_and_wants_them_clearly_faster() -> None:
     clips = [np.sin(np.arange(4000) / 10.0)] * 2
     before = torch.get_num_threads()
@@ -267,6 +287,7 @@ def test_profiles_of_several_machines_and_devices_share_the_file(profile_file: P
     assert not list(profile_file.parent.glob(".*.part"))
 
 
+@pytest.mark.usefixtures("virtual_clock")
 def test_calibration_never_chooses_a_failing_or_non_finite_setting() -> None:
     clips = [np.sin(np.arange(4000) / 10.0), np.cos(np.arange(4000) / 7.0)]
 
