@@ -291,6 +291,16 @@ def test_info_text_and_json(models, capsys):
     assert report["index"]["matches_model"] is True
 
 
+def test_info_describes_an_index_given_with_the_index_option_alone(models, capsys):
+    # `rvcfast info --index voice.index` used to be a usage error asking for a MODEL
+    assert main(["info", "--index", str(models["index"])]) == 0
+    out = capsys.readouterr().out
+    assert "400 vectors" in out and "nlist" in out and "version" not in out
+    assert main(["info", "--index", str(models["index"]), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert set(report) == {"index"} and report["index"]["vectors"] == 400
+
+
 def test_backends_lists_rmvpe(capsys):
     assert main(["backends"]) == 0
     out = capsys.readouterr().out

@@ -75,7 +75,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     """Describe a voice model (and optionally its index)."""
     from ..describe import describe_index, describe_model
 
-    if args.model is None and not args.system:
+    if args.model is None and args.index is None and not args.system:
         raise UsageError("give a MODEL (or an .index), or --system")
     report: dict[str, Any] = {}
     if args.system:
@@ -84,7 +84,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         report["system"] = system_report(args.device)
         if not args.json:
             _system(report["system"])
-    if args.model is None:
+    if args.model is None and args.index is None:
         if args.json:  # --system --json alone: {"system": {...}}
             out(json.dumps(report, indent=2))
         return EXIT_OK
