@@ -198,3 +198,35 @@ def test_crepe_frames_are_built_per_pass(monkeypatch: pytest.MonkeyPatch) -> Non
     assert max(sizes) <= 16
     for s, b in zip(solo, batch):
         np.testing.assert_array_equal(s, b)
+
+
+# ----------------------------------------------------------------------------- threads
+
+
+def test_rmvpe_without_a_spare_thread_still_runs(monkeypatch: pytest.MonkeyPatch, rmvpe_weights: Path) -> None:
+    """The BiGRU's backward direction runs in a second thread; where the process cannot start
+    one (a thread limit reached; seen as "can't start new thread" under load), RMVPE raised
+    that RuntimeError. It now falls back to the bidirectional op, which computes the same."""
+    import concurrent.futures
+
+    import torch
+
+    from rvcfast.models.rmvpe import load_rmvpe
+
+    model = load_rmvpe(rmvpe_weights)
+    t = np.arange(SR) / SR
+    audio = (0.3 * np.sin(2 * np.pi * 180 * t)).astype(np.float32)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        expected = model.infer(audio)
+
+        def refuse(self, *args, **kwargs):
+            raise RuntimeError("can't start new thread")
+
+        monkeypatch.setattr(concurrent.futures.ThreadPoolExecutor, "submit", refuse)
+        got = model.infer(audio)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.get_num_threads() == threads
+    np.testing.assert_array_equal(got, expected)

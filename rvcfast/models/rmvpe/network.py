@@ -196,8 +196,15 @@ class _BiGRU(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         gru = self.gru
         if gru.num_layers == 1 and x.device.type == "cpu" and not torch.is_grad_enabled() and torch.get_num_threads() > 1:
-            return bigru_two_threads(gru, x)
+            try:
+                return bigru_two_threads(gru, x)
+            except _NoThread:
+                pass  # the process is out of threads: the bidirectional op computes the same
         return gru(x)[0]
+
+
+class _NoThread(Exception):
+    """The second BiGRU thread could not be started."""
 
 
 def bigru_two_threads(gru: nn.GRU, x: torch.Tensor) -> torch.Tensor:
@@ -228,7 +235,10 @@ def bigru_two_threads(gru: nn.GRU, x: torch.Tensor) -> torch.Tensor:
 
     caller_threads = torch.get_num_threads()
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="rvcfast-bigru") as pool:
-        backward = pool.submit(backward_in_worker, x.flip(1))
+        try:
+            backward = pool.submit(backward_in_worker, x.flip(1))
+        except RuntimeError as exc:  # "can't start new thread" (a thread limit reached)
+            raise _NoThread(str(exc)) from exc
         try:
             if one_each:
                 torch.set_num_threads(1)
