@@ -13,11 +13,11 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import ParameterError
+from ..errors import ParameterError, RvcfastError
 from ..protocols import F0Extractor
 from .base import HOP_LENGTH, SAMPLE_RATE, BaseF0Extractor, as_audio16k
 
-__all__ = ["HybridExtractor", "combine_f0"]
+__all__ = ["HybridExtractor", "checked_member_track", "combine_f0", "frame_tolerance"]
 
 
 def _fit(f0: np.ndarray, n_frames: int) -> np.ndarray:
@@ -25,6 +25,51 @@ def _fit(f0: np.ndarray, n_frames: int) -> np.ndarray:
     if len(f0) >= n_frames:
         return f0[:n_frames]
     return np.pad(f0, (0, n_frames - len(f0)))
+
+
+def frame_tolerance(n_frames: int) -> int:
+    """How many frames a backend's track may be off ``n_frames`` (trackers that do not pad the
+    ends return a few fewer): 8 frames plus 1 %, the engine's rule for a single backend."""
+    return 8 + n_frames // 100
+
+
+def checked_member_track(track: object, n_frames: int, member: str) -> np.ndarray:
+    """``track`` of the hybrid member ``member`` as a 1-D float64 array, or an
+    :class:`~rvcfast.errors.RvcfastError` naming the member: it must be one finite,
+    non-negative F0 value per frame, within :func:`frame_tolerance` of ``n_frames``
+    (the checks a single backend's track gets), so a member with the wrong hop or
+    layout cannot be silently padded, trimmed or flattened into the vote."""
+    try:
+        arr = np.asarray(track, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise RvcfastError(f"hybrid member {member!r} gave something that is not an array of numbers ({exc})") from None
+    if arr.ndim != 1:
+        raise RvcfastError(
+            f"hybrid member {member!r} gave a track of shape {arr.shape}; expected one F0 value per frame (1-D)"
+        )
+    if abs(arr.shape[0] - n_frames) > frame_tolerance(n_frames):
+        raise RvcfastError(
+            f"hybrid member {member!r} gave {arr.shape[0]} frames for {n_frames} (one per 10 ms of the 16 kHz input)"
+        )
+    bad = int((~np.isfinite(arr)).sum()) + int((arr < 0).sum())
+    if bad:
+        raise RvcfastError(
+            f"hybrid member {member!r} gave {bad} NaN, infinite or negative F0 values (unvoiced frames are 0)"
+        )
+    return arr
+
+
+def _min_voiced(value: object, n_backends: int) -> int:
+    """``min_voiced`` as an int in ``1..n_backends`` (an integer, or a whole number written as
+    text); :class:`ParameterError` otherwise (a word, a fraction, ``True``...)."""
+    number: int | None = None
+    if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+        number = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
+        number = int(value)
+    if number is None or not 1 <= number <= n_backends:
+        raise ParameterError(f"hybrid F0 option min_voiced must be a whole number from 1 to {n_backends}, got {value!r}")
+    return number
 
 
 def combine_f0(tracks: Sequence[np.ndarray], n_frames: int, min_voiced: int | None = None) -> np.ndarray:
@@ -66,11 +111,16 @@ class HybridExtractor(BaseF0Extractor):
     Args:
         backends: the extractors to combine (any objects satisfying
             :class:`~rvcfast.protocols.F0Extractor`), at least two.
-        min_voiced: how many backends must call a frame voiced (1..len(backends)).
+        min_voiced: how many backends must call a frame voiced, a whole number in
+            ``1..len(backends)`` (default: a strict majority).
         name: the name reported by :attr:`name`; default ``"hybrid:" + "+".join(names)``.
 
     ``extract_batch`` runs each backend's own ``extract_batch`` (so batched backends stay
     batched) and combines the results item by item.
+
+    Each member's track is checked before the vote (:func:`checked_member_track`): a track
+    that is not 1-D, holds NaN, infinite or negative values, or is more than 8 frames
+    (plus 1 %) off raises :class:`~rvcfast.errors.RvcfastError` naming the member.
     """
 
     def __init__(
@@ -92,12 +142,8 @@ class HybridExtractor(BaseF0Extractor):
                     f"F0 backend {getattr(b, 'name', b)!r} works at sample_rate={b.sample_rate}, "
                     f"hop_length={b.hop_length}; hybrid needs {SAMPLE_RATE} Hz and hop {HOP_LENGTH}"
                 )
-        if min_voiced is None:
-            min_voiced = len(backends) // 2 + 1
-        if isinstance(min_voiced, bool) or not 1 <= int(min_voiced) <= len(backends):
-            raise ParameterError(f"min_voiced must be between 1 and {len(backends)}, got {min_voiced!r}")
         self.backends: list[F0Extractor] = backends
-        self.min_voiced = int(min_voiced)
+        self.min_voiced = len(backends) // 2 + 1 if min_voiced is None else _min_voiced(min_voiced, len(backends))
         self.name = name if name is not None else "hybrid:" + "+".join(str(b.name) for b in backends)
         # worth a worker process only when every member is a pure-CPU tracker
         self.cpu_bound = all(bool(getattr(b, "cpu_bound", False)) for b in backends)
@@ -105,8 +151,11 @@ class HybridExtractor(BaseF0Extractor):
     def extract(self, audio16k: np.ndarray) -> np.ndarray:
         """Combined F0 in Hz per 10 ms frame (0 = unvoiced): ``len // 160 + 1`` float64 values."""
         audio = as_audio16k(audio16k)
-        tracks = [np.asarray(b.extract(audio)) for b in self.backends]
-        return combine_f0(tracks, len(audio) // HOP_LENGTH + 1, self.min_voiced)
+        return self._combine([b.extract(audio) for b in self.backends], len(audio) // HOP_LENGTH + 1)
+
+    def _combine(self, tracks: Sequence[object], n_frames: int) -> np.ndarray:
+        checked = [checked_member_track(t, n_frames, str(b.name)) for b, t in zip(self.backends, tracks)]
+        return combine_f0(checked, n_frames, self.min_voiced)
 
     def extract_batch(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
         """Combined F0 for each array; each result equals :meth:`extract` on that array."""
@@ -119,10 +168,7 @@ class HybridExtractor(BaseF0Extractor):
                 raise RuntimeError(
                     f"F0 backend {b.name!r} returned {len(res)} tracks for a batch of {len(items)}"
                 )
-        return [
-            combine_f0([res[i] for res in per_backend], len(a) // HOP_LENGTH + 1, self.min_voiced)
-            for i, a in enumerate(items)
-        ]
+        return [self._combine([res[i] for res in per_backend], len(a) // HOP_LENGTH + 1) for i, a in enumerate(items)]
 
     def __repr__(self) -> str:
         return f"HybridExtractor({self.backends!r}, min_voiced={self.min_voiced})"
