@@ -28,7 +28,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from ..errors import BackendUnavailableError, ParameterError
+from ..errors import BackendUnavailableError, ParameterError, RvcfastError
 from ..protocols import F0Extractor
 from .base import HOP_LENGTH, SAMPLE_RATE
 
@@ -134,15 +134,23 @@ def parse_hybrid(spec: str) -> list[str] | None:
     """Member names of a hybrid spec (``hybrid:a+b`` or ``hybrid[a+b]``), else ``None``.
 
     Names are lower-cased and stripped. Raises :class:`ParameterError` for an empty
-    member, fewer than two members, or a repeated member.
+    member, fewer than two members, a repeated member, a nested hybrid (a member
+    named ``hybrid`` or holding ``[``, ``]`` or ``:``) or an unclosed ``hybrid[``.
     """
     m = _HYBRID_RE.match(spec.strip())
     if m is None:
+        if spec.strip().lower().startswith("hybrid["):
+            raise ParameterError(f"malformed hybrid F0 spec {spec!r}: no closing ']' (e.g. 'hybrid[rmvpe+crepe]')")
         return None
     body = m.group("colon") if m.group("colon") is not None else m.group("bracket")
     members = [part.strip().lower() for part in body.split("+")]
     if any(not part for part in members):
         raise ParameterError(f"malformed hybrid F0 spec {spec!r}: expected e.g. 'hybrid:rmvpe+crepe'")
+    if any(part == "hybrid" or any(c in part for c in "[]:") for part in members):
+        raise ParameterError(
+            f"malformed hybrid F0 spec {spec!r}: a hybrid cannot contain another hybrid (or brackets); "
+            "list every backend in one spec, e.g. 'hybrid:rmvpe+crepe+fcpe'"
+        )
     if len(members) < 2:
         raise ParameterError(f"hybrid F0 spec {spec!r} names {len(members)} backend; combine at least two")
     dupes = sorted({p for p in members if members.count(p) > 1})
@@ -248,11 +256,27 @@ def _build(reg: _Registered, options: Mapping[str, Any], target: Any = None) -> 
             )
     try:
         obj = target(**options)
-    except BackendUnavailableError:
-        raise
+    except RvcfastError:
+        raise  # rvcfast's own errors (a built-in's ParameterError...) already say what is wrong
     except ImportError as exc:
         raise _missing_dependency(reg, exc) from exc
+    except (ValueError, TypeError) as exc:  # a plugin's way of refusing an option value
+        raise ParameterError(
+            f"F0 extractor {reg.name!r} from {reg.source} refused its options {_shown(options)}: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - a broken plugin must give a clear error
+        raise BackendUnavailableError(
+            f"F0 extractor {reg.name!r} from {reg.source} ({reg.entry_point.value}) failed to start: "
+            f"{type(exc).__name__}: {exc}"
+        ) from exc
     return _check_extractor(obj, reg)
+
+
+def _shown(options: Mapping[str, Any]) -> str:
+    """``options`` for a message, without ``device``/``dtype`` (every front end passes those)."""
+    own = {k: v for k, v in options.items() if k not in ("device", "dtype")}
+    return ", ".join(f"{k}={v!r}" for k, v in sorted(own.items())) or "(none)"
 
 
 def _hybrid(spec: str, members: list[str], options: dict[str, Any]) -> F0Extractor:
@@ -312,9 +336,11 @@ def get_f0_extractor(name: str, **options: Any) -> F0Extractor:
     Raises:
         BackendUnavailableError: unknown name (the message lists the available ones), a
             missing optional dependency (the message names the extra to install, e.g.
-            ``pip install rvcfast[pm]``), a plugin that fails to load, or a result that is
-            not an F0 extractor.
-        ParameterError: an option the extractor does not accept, or a malformed hybrid spec.
+            ``pip install rvcfast[pm]``), a plugin that fails to load or to start, or a
+            result that is not an F0 extractor.
+        ParameterError: an option the extractor does not accept, an option value it refuses
+            (a ``ValueError``/``TypeError`` from a plugin's constructor, reported with the
+            backend's name and distribution), or a malformed hybrid spec.
     """
     if not isinstance(name, str):
         raise ParameterError(f"F0 extractor name must be a string, got {type(name).__name__}")
