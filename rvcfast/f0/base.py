@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from ..constants import F0_HOP, F0_MAX, F0_MIN, SR_16K
-from ..errors import AudioError
+from ..errors import AudioError, ParameterError
 from ..runtime import resolve_dtype
 
 __all__ = ["BaseF0Extractor", "SAMPLE_RATE", "HOP_LENGTH", "F0_MIN", "F0_MAX", "as_audio16k", "package_dir"]
@@ -68,7 +68,12 @@ class BaseF0Extractor(ABC):
     cpu_bound: bool = False
 
     def __init__(self, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32) -> None:
-        self.device = torch.device(device)
+        try:
+            self.device = torch.device(device)
+        except (RuntimeError, TypeError, ValueError) as exc:
+            raise ParameterError(
+                f"{self.name} F0 option device must be a device name ('cpu', 'cuda', 'cuda:1'...), got {device!r}: {exc}"
+            ) from None
         # a name ("bfloat16", from --f0-option dtype=bfloat16) or a torch dtype, checked for the device
         self.dtype = resolve_dtype(dtype, self.device)
 

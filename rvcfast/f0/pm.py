@@ -28,7 +28,7 @@ import torch
 
 from ..errors import BackendUnavailableError, ParameterError
 from .base import F0_MAX, F0_MIN, HOP_LENGTH, SAMPLE_RATE, BaseF0Extractor, as_audio16k
-from .world import option_number
+from .world import check_f0_range, option_number
 
 __all__ = ["PMExtractor", "pad_like_rvc"]
 
@@ -87,15 +87,10 @@ class PMExtractor(BaseF0Extractor):
         f0_max: float = F0_MAX,
     ) -> None:
         super().__init__(device=device, dtype=dtype)
-        f0_min = option_number(self.name, "f0_min", f0_min)
-        f0_max = option_number(self.name, "f0_max", f0_max)
-        if not (0.0 < f0_min < f0_max < SAMPLE_RATE / 2):
-            raise ParameterError(
-                f"need 0 < f0_min < f0_max < {SAMPLE_RATE // 2} Hz, got f0_min={f0_min}, f0_max={f0_max}"
-            )
+        f0_min, f0_max = check_f0_range(self.name, f0_min, f0_max)
         threshold = option_number(self.name, "voicing_threshold", voicing_threshold)
         if not (0.0 <= threshold <= 1.0):
-            raise ParameterError(f"voicing_threshold must be in [0, 1], got {voicing_threshold}")
+            raise ParameterError(f"{self.name} F0 option voicing_threshold must be in [0, 1], got {voicing_threshold}")
         self.f0_min = f0_min
         self.f0_max = f0_max
         self.voicing_threshold = threshold

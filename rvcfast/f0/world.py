@@ -5,6 +5,10 @@ Both run on float64 audio at 16 kHz with a 10 ms frame period, ``f0_floor=50`` a
 (rvc.md §2.2). They return ``len(audio) // 160 + 1`` frames, frame ``i`` centred on
 sample ``160 * i``; unvoiced frames are 0.
 
+StoneMask sets every F0 at or below 40 Hz (and above ``16000 / 12`` = 1333 Hz) to 0, so
+``f0_min`` must be at least 40 Hz: a lower floor finds nothing lower and only makes
+Harvest slower (minutes per second of audio below a few Hz) and DIO lose voicing.
+
 ``harvest`` additionally applies RVC's ``filter_radius`` switch: when
 ``filter_radius > 2`` the track goes through ``scipy.signal.medfilt(f0, 3)``. The kernel
 is always 3; the value is only a switch (that is what RVC does, whatever its UI says).
@@ -55,12 +59,26 @@ def option_number(backend: str, name: str, value: Any) -> float:
         raise ParameterError(f"{backend} F0 option {name} must be a number, got {value!r}") from None
 
 
-def _check_range(f0_min: Any, f0_max: Any, backend: str = "WORLD") -> tuple[float, float]:
+#: StoneMask, which refines every harvest/dio track, zeroes any F0 at or below this (WORLD's
+#: ``kFloorF0StoneMask``): a lower ``f0_min`` cannot find lower pitches.
+STONEMASK_FLOOR_HZ = 40.0
+
+
+def check_f0_range(backend: str, f0_min: Any, f0_max: Any, lowest: float = 0.0) -> tuple[float, float]:
+    """``(f0_min, f0_max)`` as floats with ``lowest <= f0_min < f0_max < 8000`` Hz (and
+    ``f0_min > 0``); :class:`ParameterError` naming the backend otherwise."""
     f0_min = option_number(backend, "f0_min", f0_min)
     f0_max = option_number(backend, "f0_max", f0_max)
     if not (0.0 < f0_min < f0_max < SAMPLE_RATE / 2):
         raise ParameterError(
-            f"need 0 < f0_min < f0_max < {SAMPLE_RATE // 2} Hz, got f0_min={f0_min}, f0_max={f0_max}"
+            f"{backend} F0 options need 0 < f0_min < f0_max < {SAMPLE_RATE // 2} Hz, "
+            f"got f0_min={f0_min}, f0_max={f0_max}"
+        )
+    if f0_min < lowest:
+        raise ParameterError(
+            f"{backend} F0 option f0_min must be at least {lowest:g} Hz, got {f0_min:g}: StoneMask, which "
+            f"refines every {backend} track, sets F0 at or below {lowest:g} Hz to unvoiced, and a lower floor "
+            "only makes the tracker slower (minutes below a few Hz) or loses voiced frames"
         )
     return f0_min, f0_max
 
@@ -79,7 +97,7 @@ class _WorldExtractor(BaseF0Extractor):
         f0_max: float = F0_MAX,
     ) -> None:
         super().__init__(device=device, dtype=dtype)
-        self.f0_min, self.f0_max = _check_range(f0_min, f0_max, self.name)
+        self.f0_min, self.f0_max = check_f0_range(self.name, f0_min, f0_max, STONEMASK_FLOOR_HZ)
         self._pyworld = _import_pyworld(self.name)
 
     @abstractmethod
@@ -113,7 +131,7 @@ class HarvestExtractor(_WorldExtractor):
         dtype: accepted for interface compatibility; harvest always runs in float64.
         filter_radius: RVC's switch: a value above 2 median-filters the track with a
             kernel of 3 (``scipy.signal.medfilt``). Default 3, as in RVC. Must be >= 0.
-        f0_min: Harvest's ``f0_floor`` in Hz (RVC: 50).
+        f0_min: Harvest's ``f0_floor`` in Hz (RVC: 50); at least 40 (StoneMask's floor).
         f0_max: Harvest's ``f0_ceil`` in Hz (RVC: 1100).
 
     Harvest is slow (about 0.2x real time on one CPU core); prefer ``rmvpe`` or
@@ -166,7 +184,7 @@ class DioExtractor(_WorldExtractor):
     Args:
         device: accepted for interface compatibility; dio always runs on the CPU.
         dtype: accepted for interface compatibility; dio always runs in float64.
-        f0_min: DIO's ``f0_floor`` in Hz (default 50).
+        f0_min: DIO's ``f0_floor`` in Hz (default 50); at least 40 (StoneMask's floor).
         f0_max: DIO's ``f0_ceil`` in Hz (default 1100).
 
     pyworld's ``dio`` is always called with keyword arguments: its fifth positional
