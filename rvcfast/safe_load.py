@@ -32,14 +32,25 @@ import struct
 import threading
 import warnings
 import zipfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from .errors import ModelLoadError, UnsafeFileError
+from .errors import ModelLoadError, ParameterError, UnsafeFileError
 
-__all__ = ["load_torch_file", "load_safetensors", "load_json", "check_file", "InertObject"]
+__all__ = [
+    "load_torch_file",
+    "load_safetensors",
+    "load_json",
+    "check_file",
+    "as_path",
+    "checkpoint_kind",
+    "kind_advice",
+    "tensor_problems",
+    "InertObject",
+]
 
 
 class InertObject:
@@ -94,9 +105,19 @@ _STUBS = [(_make_stub(name), name) for name in _STUBBED_GLOBALS]
 _TORCH_LOAD_LOCK = threading.Lock()
 
 
+def as_path(path: Any, what: str) -> Path:
+    """``path`` (text, bytes or an ``os.PathLike``) as a :class:`Path`; a :class:`ParameterError` for anything else."""
+    if isinstance(path, (str, bytes, os.PathLike)):
+        try:
+            return Path(os.fsdecode(path))
+        except TypeError:  # an os.PathLike whose __fspath__ returns neither text nor bytes
+            pass
+    raise ParameterError(f"{what} path must be a file path (str or os.PathLike), got {type(path).__name__}: {path!r}"[:300])
+
+
 def check_file(path: str | os.PathLike[str], what: str) -> Path:
     """Return ``path`` as a :class:`Path` after checking it is a readable, non-empty regular file."""
-    p = Path(path)
+    p = as_path(path, what)
     if not p.exists():
         raise ModelLoadError(p, f"{what} file does not exist")
     if p.is_dir():
@@ -222,6 +243,31 @@ def _sniff(p: Path) -> str | None:
     return None
 
 
+_MODEL_SUFFIXES = (".pth", ".pt", ".ckpt", ".bin", ".safetensors", ".onnx")
+
+
+def _other_zip(p: Path) -> str | None:
+    """For a complete zip archive that is not a PyTorch file (a model shared as ``voice.zip``), what it holds."""
+    try:
+        if not zipfile.is_zipfile(p):
+            return None
+        with zipfile.ZipFile(p) as zf:
+            names = [n for n in zf.namelist() if not n.endswith("/")]
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return None
+    # torch.save writes <archive>/data.pkl (plus version, data/...) under one top-level folder
+    if any(n.count("/") == 1 and n.endswith("/data.pkl") for n in names):
+        return None
+    models = [n for n in names if n.lower().endswith(_MODEL_SUFFIXES)]
+    indexes = [n for n in names if n.lower().endswith(".index")]
+    shown = (models + indexes + [n for n in names if n not in models and n not in indexes])[:8]
+    listing = ", ".join(shown) + (f" ... ({len(names)} files)" if len(names) > len(shown) else "")
+    if not models:
+        return f"a zip archive, not a PyTorch file; it holds {listing or 'nothing'}, none of them a model file"
+    advice = "extract it and pass the model file inside" + (" (and its .index as the index)" if indexes else "")
+    return f"a zip archive, not a PyTorch file; it holds {listing}: {advice}"
+
+
 def _suspicious(names: list[str]) -> list[str]:
     out: list[str] = []
     for n in names:
@@ -278,6 +324,9 @@ def load_torch_file(path: str | os.PathLike[str], what: str = "model") -> Any:
     other = _sniff(p)
     if other is not None:
         raise ModelLoadError(p, f"{what} file is not a PyTorch file: it looks like {other}")
+    archive = _other_zip(p)
+    if archive is not None:
+        raise ModelLoadError(p, f"{what} file is {archive}")
     try:
         # torch's safe-globals list and the warning filters are process-wide and these context
         # managers restore them on exit: two threads loading at once (models loading side by
@@ -303,6 +352,104 @@ def load_torch_file(path: str | os.PathLike[str], what: str = "model") -> Any:
         ) from None
 
 
+# ------------------------------------------------------------------ what a loaded file holds
+
+_KINDS: dict[str, tuple[str, str]] = {
+    # kind: (what it is, where it belongs)
+    "voice": ("an RVC voice model", "pass it as the voice model"),
+    "generator-checkpoint": (
+        "an RVC generator training checkpoint (G_*.pth), i.e. a voice",
+        "pass it as the voice model (or, better, the small voice model extracted from it)",
+    ),
+    "generator-state": (
+        "a bare RVC generator state dict without the voice model's config",
+        "pass the voice model .pth (with 'weight' and 'config') instead",
+    ),
+    "discriminator-checkpoint": (
+        "an RVC discriminator training checkpoint (D_*.pth)",
+        "it serves only in training and cannot convert a voice: pass the voice model extracted after training "
+        "(the small .pth in the weights folder) or the matching G_*.pth instead",
+    ),
+    "encoder": (
+        "a HuBERT / ContentVec content encoder",
+        "pass it as the content encoder (encoder= / --encoder)",
+    ),
+    "rmvpe": ("RMVPE pitch-extractor weights", "pass them as the F0 weights (f0_weights= / --f0-weights)"),
+}
+
+
+def _state_kind(state: Any) -> str | None:
+    """``"generator"``, ``"discriminator"``, ``"rmvpe"`` or ``"encoder"`` from a state dict's key names."""
+    if not isinstance(state, dict) or not state:
+        return None
+    keys = [k for k in state if isinstance(k, str)]
+
+    def has(prefix: str) -> bool:
+        return any(k.startswith(prefix) for k in keys)
+
+    if has("enc_p.") and (has("dec.") or has("flow.") or has("emb_g.")):
+        return "generator"
+    if has("discriminators."):
+        return "discriminator"
+    if has("unet.encoder.") and has("cnn."):
+        return "rmvpe"
+    if has("encoder.layers.") or has("feature_extractor.conv_layers.") or has("hubert.encoder."):
+        return "encoder"
+    return None
+
+
+def checkpoint_kind(obj: Any) -> str | None:
+    """What an unpickled model file holds, recognised from its keys; ``None`` when unknown.
+
+    One of ``"voice"`` (``weight`` + ``config``), ``"generator-checkpoint"`` /
+    ``"discriminator-checkpoint"`` (RVC / Applio ``G_*.pth`` / ``D_*.pth``),
+    ``"generator-state"`` (a bare generator state dict), ``"encoder"`` (fairseq or
+    transformers HuBERT / ContentVec) or ``"rmvpe"``.
+    """
+    if not isinstance(obj, dict):
+        return None
+    if "weight" in obj and "config" in obj and isinstance(obj["weight"], dict):
+        return "voice"
+    model = obj.get("model")
+    nested = isinstance(model, dict)
+    kind = _state_kind(model if nested else obj)
+    if kind == "generator":
+        return "generator-checkpoint" if nested else "generator-state"
+    if kind == "discriminator":
+        return "discriminator-checkpoint"
+    return kind
+
+
+def kind_advice(kind: str, expected: str) -> str:
+    """``"this is <what kind is>, not <expected>; <where it belongs>"`` for :func:`checkpoint_kind`'s answers."""
+    what, use = _KINDS[kind]
+    return f"this is {what}, not {expected}; {use}"
+
+
+def tensor_problems(state: Mapping[str, torch.Tensor]) -> str | None:
+    """Why these weights cannot be used as they are (sparse or other non-dense tensors, NaN or Inf), or None.
+
+    The finiteness test is one min/max reduction per tensor (NaN propagates through
+    both), without a mask the size of the tensor.
+    """
+    not_dense = [k for k, v in state.items() if v.layout != torch.strided]
+    if not_dense:
+        return f"weights must be dense tensors, but these are sparse: {_key_list(not_dense)}"
+    bad = []
+    for k, v in state.items():
+        if v.is_floating_point() and v.numel():
+            lo, hi = torch.aminmax(v.detach())
+            if not (bool(torch.isfinite(lo)) and bool(torch.isfinite(hi))):
+                bad.append(k)
+    if bad:
+        return f"weights contain NaN or Inf values (a broken training run?) in {_key_list(bad)}"
+    return None
+
+
+def _key_list(keys: list[str], limit: int = 10) -> str:
+    return ", ".join(keys[:limit]) + (f" ... and {len(keys) - limit} more" if len(keys) > limit else "")
+
+
 _SAFETENSORS_DTYPES = {
     "F64": torch.float64,
     "F32": torch.float32,
@@ -325,7 +472,11 @@ def load_safetensors(path: str | os.PathLike[str], what: str = "model") -> dict[
     :class:`ModelLoadError` naming the file and the entry.
     """
     p = check_file(path, what)
-    data = p.read_bytes()
+    # one buffer for the whole file; the tensors are views into it, so the weights are held once
+    data = bytearray(p.stat().st_size)
+    with open(p, "rb") as f:
+        got = f.readinto(data)
+    del data[got:]  # in place: the file shrank while being read
     if len(data) < 8:
         raise ModelLoadError(p, f"{what} safetensors file is truncated")
     (header_len,) = struct.unpack("<Q", data[:8])
@@ -337,7 +488,8 @@ def load_safetensors(path: str | os.PathLike[str], what: str = "model") -> dict[
         raise ModelLoadError(p, f"{what} safetensors header is not valid JSON ({str(exc)[:200]})") from None
     if not isinstance(header, dict):
         raise ModelLoadError(p, f"{what} safetensors header is not a JSON object")
-    body = memoryview(data)[8 + header_len :]
+    base = 8 + header_len
+    body_len = len(data) - base
     out: dict[str, torch.Tensor] = {}
     for name, info in header.items():
         if name == "__metadata__":
@@ -355,12 +507,18 @@ def load_safetensors(path: str | os.PathLike[str], what: str = "model") -> dict[
             raise ModelLoadError(p, f"{what} safetensors entry {name!r} is malformed or has an unsupported dtype") from None
         count = math.prod(shape)  # Python integers: no overflow for absurd shapes
         itemsize = torch.empty((), dtype=dtype).element_size()
-        if not (0 <= start <= end <= len(body)) or end - start != count * itemsize:
+        if not (0 <= start <= end <= body_len) or end - start != count * itemsize:
             raise ModelLoadError(
                 p, f"{what} safetensors entry {name!r} (shape {shape}) does not match its byte range (truncated?)"
             )
-        buf = bytearray(body[start:end])
-        t = torch.frombuffer(buf, dtype=dtype) if count else torch.empty(0, dtype=dtype)
+        if not count:
+            out[name] = torch.empty(shape, dtype=dtype)
+            continue
+        with warnings.catch_warnings():  # a view of a bytearray is writable; torch warns only for read-only buffers
+            warnings.simplefilter("ignore", UserWarning)
+            t = torch.frombuffer(data, dtype=dtype, count=count, offset=base + start)
+        if (base + start) % itemsize:
+            t = t.clone()  # an unaligned entry (hand-made file): its own aligned copy
         out[name] = t.reshape(shape)
     return out
 
