@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from ...constants import F0_HOP, SR_16K
 
 __all__ = ["Arch", "parse_config", "parse_sr", "rvc_config", "RVC_SAMPLE_RATE_CONFIGS", "FEATURE_DIMS"]
 
@@ -26,6 +29,9 @@ RVC_SAMPLE_RATE_CONFIGS: Mapping[tuple[str, int], tuple[int, tuple[int, ...], tu
 OTHER_GEOMETRIES: tuple[tuple[int, int, tuple[int, ...], tuple[int, ...]], ...] = (
     (24000, 513, (10, 6, 2, 2), (20, 12, 4, 4)),
 )
+
+#: Feature frames per second at the synthesizer's input (one per F0 hop at 16 kHz).
+FRAME_RATE = SR_16K // F0_HOP
 
 #: Content-feature width per model version.
 FEATURE_DIMS = {"v1": 256, "v2": 768}
@@ -150,6 +156,15 @@ def parse_config(config: Any) -> Arch:
     p_dropout = config[8]
     if isinstance(p_dropout, bool) or not isinstance(p_dropout, (int, float)):
         raise ValueError(f"config[8] (p_dropout) must be a number, got {p_dropout!r}")
+    sr = parse_sr(config[17])
+    hop = math.prod(rates)
+    if sr != FRAME_RATE * hop:
+        # RVC runs 100 feature frames per second and the decoder makes prod(upsample_rates) samples
+        # per frame: any other rate plays the audio at the wrong speed and pitch
+        raise ValueError(
+            f"config[17] (sample rate) {sr} does not fit the decoder: upsample_rates {list(rates)} make {hop} "
+            f"samples per frame, i.e. {FRAME_RATE * hop} Hz at {FRAME_RATE} frames per second"
+        )
     return Arch(
         spec_channels=_as_int(config[0], "config[0] (spec_channels)"),
         segment_size=_as_int(config[1], "config[1] (segment_size)"),
@@ -168,7 +183,7 @@ def parse_config(config: Any) -> Arch:
         upsample_kernel_sizes=up_kernels,
         spk_embed_dim=_as_int(config[15], "config[15] (spk_embed_dim)"),
         gin_channels=_as_int(config[16], "config[16] (gin_channels)"),
-        sr=parse_sr(config[17]),
+        sr=sr,
     )
 
 

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from ...errors import ModelLoadError
-from ...runtime import release_memory
-from ...safe_load import load_torch_file
+from ...errors import ModelLoadError, ParameterError
+from ...runtime import release_memory, resolve_device
+from ...safe_load import checkpoint_kind, kind_advice, load_torch_file, tensor_problems
 from ..weightnorm import fold_weight_norm
 from .config import FEATURE_DIMS, OTHER_GEOMETRIES, RVC_SAMPLE_RATE_CONFIGS
 from .decoders import DEFAULT_VOCODER, F0_ONLY_KINDS, VOCODER_NAMES, vocoder_kind
@@ -43,7 +43,9 @@ def _parse_f0_flag(value: Any) -> bool:
         raise ValueError(f"f0 flag {value!r} is not understood")
     if isinstance(value, torch.Tensor) and value.numel() == 1:
         return bool(value.item())
-    return bool(value)
+    if value is None or isinstance(value, (bool, int, float)):
+        return bool(value)
+    raise ValueError(f"f0 flag {value!r} is not understood (expected 1 or 0)"[:200])
 
 
 def _weight_shape(weights: Mapping[str, torch.Tensor], base: str) -> tuple[int, ...] | None:
@@ -211,7 +213,7 @@ def _read_checkpoint(path: Any) -> Mapping[str, Any]:
     """The file's top-level dict (unpickled safely); ModelLoadError for anything else."""
     try:
         ckpt = load_torch_file(path, what="voice model")
-    except ModelLoadError:
+    except (ModelLoadError, ParameterError):
         raise
     except Exception as exc:  # the unpickler can fail in other ways on garbage input
         raise ModelLoadError(
@@ -240,6 +242,9 @@ def _refuse_other_formats(ckpt: Mapping[str, Any], path: Any) -> None:
 def _checkpoint_weights(ckpt: Mapping[str, Any], path: Any) -> tuple[Mapping[str, torch.Tensor], bool]:
     """``(weights, is a training checkpoint)``: the inference ``weight`` or the training ``model`` dict."""
     _refuse_other_formats(ckpt, path)
+    kind = checkpoint_kind(ckpt)
+    if kind not in (None, "voice", "generator-checkpoint"):
+        raise ModelLoadError(path, kind_advice(kind, "a voice model"))
     if "weight" in ckpt:
         weights, training = ckpt["weight"], False
     elif "model" in ckpt:
@@ -262,12 +267,27 @@ def _f0_flag(value: Any, path: Any) -> bool:
         raise ModelLoadError(path, str(exc)) from None
 
 
+def _version_from_weights(weights: Mapping[str, torch.Tensor]) -> str:
+    """The version of a file that does not say: v2 when ``enc_p.emb_phone`` takes 768 features, else v1.
+
+    RVC and Applio default to v1 (very old files are v1 and lack the key); reading the
+    width off the weights gives the same answer for them and loads a v2 file whose
+    writer left the key out, where the v1 default could only fail.
+    """
+    w = weights.get("enc_p.emb_phone.weight")
+    if isinstance(w, torch.Tensor) and w.dim() == 2 and int(w.shape[1]) == FEATURE_DIMS["v2"]:
+        return "v2"
+    return "v1"
+
+
 def _checkpoint_config(
     ckpt: Mapping[str, Any], weights: Mapping[str, torch.Tensor], training: bool, path: Any
 ) -> tuple[list[Any], str, bool]:
     """``(config, version, has_f0)``: as stored, or inferred from a training checkpoint's tensors."""
     if "config" in ckpt:
-        config, version, has_f0 = ckpt["config"], ckpt.get("version", "v1"), _f0_flag(ckpt.get("f0", 1), path)
+        config, version, has_f0 = ckpt["config"], ckpt.get("version"), _f0_flag(ckpt.get("f0", 1), path)
+        if version is None:
+            version = _version_from_weights(weights)
     elif training:
         config, version, has_f0 = _infer_config(weights, path)
         version = ckpt.get("version", version)
@@ -285,6 +305,16 @@ def _checkpoint_config(
     return config, version, has_f0
 
 
+def _f0_hint(model: Synthesizer, folded: Mapping[str, torch.Tensor]) -> str:
+    """Why the keys may not fit: the file's ``f0`` flag disagrees with its pitch embedding."""
+    has_pitch = "enc_p.emb_pitch.weight" in folded
+    if has_pitch and not model.has_f0:
+        return " (the file's f0 flag says no pitch guidance, but its weights are a pitch-guided model's)"
+    if model.has_f0 and not has_pitch:
+        return " (the file's f0 flag says pitch-guided, but its weights have no pitch embedding: a no-F0 model?)"
+    return ""
+
+
 def _check_state(model: Synthesizer, folded: Mapping[str, torch.Tensor], path: Any) -> None:
     """Every key present, none unknown, every shape right, all floating point (or a ModelLoadError)."""
     expected = model.state_dict()
@@ -299,8 +329,8 @@ def _check_state(model: Synthesizer, folded: Mapping[str, torch.Tensor], path: A
         kind = f"{model.version} {'F0' if model.has_f0 else 'no-F0'}"
         raise ModelLoadError(
             path,
-            f"weights do not match an RVC {kind} synthesizer with the {model.vocoder} decoder and this config; "
-            + "; ".join(parts),
+            f"weights do not match an RVC {kind} synthesizer with the {model.vocoder} decoder and this config"
+            + _f0_hint(model, folded) + "; " + "; ".join(parts),
         )
     mismatched = [
         f"{k}: file {list(folded[k].shape)} vs model {list(expected[k].shape)}"
@@ -318,6 +348,16 @@ def _check_state(model: Synthesizer, folded: Mapping[str, torch.Tensor], path: A
     not_float = [k for k, v in folded.items() if not v.is_floating_point()]
     if not_float:
         raise ModelLoadError(path, f"weights must be floating point tensors: {_list_keys(not_float)}")
+    problem = tensor_problems(folded)
+    if problem:
+        raise ModelLoadError(path, problem)
+
+
+def _check_target(device: Any, dtype: Any) -> tuple[torch.device, torch.dtype]:
+    """The device and floating dtype to load onto, checked before any file is read."""
+    if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point or dtype.is_complex:
+        raise ParameterError(f"dtype must be a floating torch.dtype (float32, bfloat16, float16), got {dtype!r}")
+    return resolve_device(device), dtype
 
 
 def load_vocoder(
@@ -329,7 +369,8 @@ def load_vocoder(
 
     Reads the file with :func:`rvcfast.safe_load.load_torch_file` (no code runs). Accepts
     the inference format (``weight``, ``config``, ``sr`` as ``"40k"`` or ``40000``,
-    ``f0``, ``version`` -- default ``"v1"``, optional ``vocoder``) and training
+    ``f0``, ``version`` -- when absent, v2 if ``enc_p.emb_phone`` takes 768 features,
+    else v1 --, optional ``vocoder``) and training
     checkpoints ``{"model": ...}`` (whose architecture is inferred from the tensor
     shapes when they carry no config). The speaker count comes from ``emb_g.weight``.
     Weight norm (``weight_g``/``weight_v`` or ``parametrizations.weight.original0/1``)
@@ -345,10 +386,16 @@ def load_vocoder(
 
     Raises:
         ModelLoadError: the file is unreadable, not a voice model (e.g. an Applio v3
-            model), has a malformed config, an unknown vocoder, a RefineGAN / MRF
-            decoder without pitch guidance, unknown / missing keys or tensors of the
-            wrong shape. The message names the file and the offending keys.
+            model, a discriminator ``D_*.pth``, a content encoder or RMVPE weights:
+            the message says which and where it belongs), has a malformed config
+            (a sample rate that does not fit its decoder included), an unknown
+            vocoder, a RefineGAN / MRF decoder without pitch guidance, unknown /
+            missing keys, tensors of the wrong shape, sparse tensors or NaN / Inf
+            weights. The message names the file and the offending keys.
+        ParameterError: ``dtype`` is not a floating dtype or ``device`` is not a
+            usable device (checked before the file is read).
     """
+    target, dtype = _check_target(device, dtype)
     ckpt = _read_checkpoint(path)
     weights, training = _checkpoint_weights(ckpt, path)
     vocoder = _vocoder_name(ckpt, weights, path)
@@ -379,11 +426,10 @@ def load_vocoder(
     except (ValueError, RuntimeError) as exc:
         raise ModelLoadError(path, f"a weight-norm (g, v) pair does not fit together: {exc}") from None
     _check_state(model, folded, path)
-    target = torch.device(device)
     del weights  # with the file's own entries gone, each file tensor is freed as it is cast
     if isinstance(ckpt, dict):
-        ckpt.pop("weight", None)
-        ckpt.pop("model", None)
+        for key in ("weight", "model", "optimizer"):  # a training checkpoint's optimizer state is twice the model
+            ckpt.pop(key, None)
     state = {k: folded.pop(k).float().to(device=target, dtype=dtype) for k in list(folded)}
     model.load_state_dict(state, strict=True, assign=True)
     del state
