@@ -22,8 +22,18 @@ from typing import Any
 import torch
 
 from ...errors import ModelLoadError, ParameterError
-from ...runtime import release_memory
-from ...safe_load import InertObject, check_file, load_json, load_safetensors, load_torch_file
+from ...runtime import release_memory, resolve_device
+from ...safe_load import (
+    InertObject,
+    as_path,
+    check_file,
+    checkpoint_kind,
+    kind_advice,
+    load_json,
+    load_safetensors,
+    load_torch_file,
+    tensor_problems,
+)
 from ..weightnorm import fold_weight_norm
 from .config import HUBERT_BASE_CONV_LAYERS, HubertConfig
 from .conv_spec import parse_conv_layers
@@ -59,6 +69,12 @@ def _map_state(
     folded = fold_weight_norm(state)
     # sizes the weights cannot have are refused before the key table is built from them
     present = {k.split(".")[2] for k in folded if k.startswith("encoder.layers.") and k.count(".") >= 3}
+    if not present:
+        raise ModelLoadError(
+            path,
+            "the weights hold no transformer layers (encoder.layers.*), so they are not a HuBERT / ContentVec "
+            f"model; first keys: {_name_list(list(map(str, folded))[:8], 8)}",
+        )
     if len(present) != cfg.num_layers:
         raise ModelLoadError(
             path, f"the config says {cfg.num_layers} transformer layers but the weights hold {len(present)}"
@@ -92,6 +108,9 @@ def _map_state(
         raise ModelLoadError(
             path, "tensor shapes do not match the configuration: " + "; ".join(mismatched[:25])
         )
+    problem = tensor_problems({name: folded[name] for name in by_source})
+    if problem:
+        raise ModelLoadError(path, problem)
     out: dict[str, torch.Tensor] = {}
     for name, row in by_source.items():
         t = folded.pop(name).float()
@@ -365,6 +384,30 @@ def _load_fairseq(
     return model
 
 
+def _strip_base_prefix(state: Mapping[str, Any]) -> Mapping[str, Any]:
+    """The base model's weights of a transformers head model (``hubert.encoder...``), as transformers loads them.
+
+    A ``HubertFor...`` checkpoint names the base model's tensors ``hubert.*``; keys outside
+    that prefix (a task head) stay as they are, so strict checking still reports them.
+    """
+    prefix = "hubert."
+    if any(isinstance(k, str) and k.startswith("encoder.") for k in state):
+        return state
+    if not any(isinstance(k, str) and k.startswith(prefix + "encoder.") for k in state):
+        return state
+    out = {(k[len(prefix):] if isinstance(k, str) and k.startswith(prefix) else k): v for k, v in state.items()}
+    if isinstance(state, dict):
+        state.clear()  # the same tensors now live in ``out`` only
+    return out
+
+
+def _refuse_other_kind(obj: Any, path: Path) -> None:
+    """A ModelLoadError saying what the file is when it is a voice, a training checkpoint or RMVPE weights."""
+    kind = checkpoint_kind(obj)
+    if kind is not None and kind != "encoder":
+        raise ModelLoadError(path, kind_advice(kind, "a content encoder"))
+
+
 def _load_hf(
     folder: Path,
     device: str | torch.device,
@@ -392,6 +435,8 @@ def _load_hf(
     assert weights_path is not None
     if not isinstance(state, Mapping):
         raise ModelLoadError(weights_path, "content encoder weights are not a state dict")
+    _refuse_other_kind(state, weights_path)
+    state = _strip_base_prefix(state)
     config = _config_from_hf(values, state, config_path)
     weights = _map_state(state, config, "hf", weights_path, dtype)
     model = _build(config, weights, weights_path, device, dtype)
@@ -409,16 +454,22 @@ def load_encoder(
     ``config.json``, or a ``.safetensors``/``.bin`` weights file next to a
     ``config.json``). Nothing in the files runs code; weights are checked strictly
     (every missing or unexpected tensor is reported), weight norm is folded and
-    each weight is cast to float32 and then to ``dtype`` as it is mapped.
+    each weight is cast to float32 and then to ``dtype`` as it is mapped. The
+    base-model weights of a transformers head model (keys ``hubert.*``) are read
+    as transformers reads them, without the prefix.
 
     Raises:
-        ModelLoadError: the file is missing, truncated, of another layout, or its
-            tensors do not match the configuration (the message names the file).
+        ModelLoadError: the file is missing, truncated, of another layout (a voice
+            model, a training checkpoint or RMVPE weights: the message says which and
+            where it belongs), its tensors do not match the configuration, or they
+            are sparse or hold NaN / Inf (the message names the file).
         UnsafeFileError: the pickle would build objects that are not plain data.
+        ParameterError: ``dtype`` or ``device`` is not usable (checked before reading).
     """
     if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
         raise ParameterError(f"dtype must be a floating torch.dtype, got {dtype!r}")
-    p = Path(path)
+    device = resolve_device(device)
+    p = as_path(path, "content encoder")
     if p.is_dir():
         return _load_hf(p, device, dtype)
     suffix = p.suffix.lower()
@@ -429,6 +480,7 @@ def load_encoder(
         check_file(p, "content encoder weights")
         return _load_hf(p.parent, device, dtype, weights_path=p)
     obj = load_torch_file(p, "content encoder")
+    _refuse_other_kind(obj, p)
     if isinstance(obj, Mapping) and "model" in obj and isinstance(obj.get("model"), Mapping):
         return _load_fairseq(p, obj, device, dtype)
     if isinstance(obj, Mapping) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):

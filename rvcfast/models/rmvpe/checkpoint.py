@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from ...errors import ModelLoadError, ParameterError
-from ...runtime import release_memory
-from ...safe_load import load_torch_file
+from ...runtime import release_memory, resolve_device
+from ...safe_load import as_path, checkpoint_kind, kind_advice, load_torch_file
 from .mel import N_MELS
 from .network import E2E, N_CLASS, E2EConfig
 from .predictor import RMVPE
@@ -149,6 +149,9 @@ def _list_keys(keys: Sequence[str], limit: int = 20) -> str:
 
 def _check_state(path: Path, state: Any) -> tuple[E2EConfig, dict[str, torch.Tensor]]:
     """Validate ``state`` as a complete RMVPE ``E2E`` state dict; return its config and tensors."""
+    kind = checkpoint_kind(state)
+    if kind is not None and kind != "rmvpe":
+        raise ModelLoadError(path, kind_advice(kind, "RMVPE weights"))
     if not isinstance(state, Mapping):
         raise ModelLoadError(
             path, f"not an RMVPE weights file: expected a plain state dict, found a {type(state).__name__}"
@@ -187,6 +190,9 @@ def _check_state(path: Path, state: Any) -> tuple[E2EConfig, dict[str, torch.Ten
             f"unsupported RMVPE variant (in_channels {cfg.in_channels}, classes {cfg.n_class}); "
             f"expected 1 input channel and {N_CLASS} salience bins",
         )
+    not_dense = [k for k, v in state.items() if v.layout != torch.strided]
+    if not_dense:
+        raise ModelLoadError(path, f"RMVPE weights must be dense tensors, but these are sparse: {_list_keys(not_dense, 10)}")
     floats = [k for k, v in state.items() if v.is_floating_point() and not _all_finite(v)]
     if floats:
         raise ModelLoadError(path, f"RMVPE weights contain NaN/Inf in {_list_keys(floats, 10)}")
@@ -217,7 +223,8 @@ def load_rmvpe(
     The architecture is inferred from the state dict and every key is checked:
     missing, unexpected or mis-shaped entries raise
     :class:`~rvcfast.errors.ModelLoadError` listing them; files that are not
-    a state dict (or are truncated/corrupt) raise it naming the file. fp16
+    a state dict (or are truncated/corrupt) raise it naming the file (and, for a
+    voice model or a content encoder, saying what the file is). fp16
     storage is cast to float32, BatchNorms are folded in float64
     (``fold_batchnorm=True``), then the convolutional network is cast to
     ``dtype`` (float32, bfloat16 or float16; the reduced precisions laid out
@@ -225,7 +232,8 @@ def load_rmvpe(
     """
     if dtype not in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
         raise ParameterError(f"unsupported RMVPE dtype {dtype}")
-    p = Path(path)
+    target = resolve_device(device)
+    p = as_path(path, "RMVPE weights")
     raw = load_torch_file(p, what="RMVPE weights")
     cfg, state = _check_state(p, raw)
     del raw
@@ -251,6 +259,6 @@ def load_rmvpe(
         # float32 keeps NCHW, so its results stay bit-identical to earlier releases.
         model.unet.to(memory_format=torch.channels_last)
         model.cnn.to(memory_format=torch.channels_last)
-    out = RMVPE(model).to(torch.device(device))
+    out = RMVPE(model).to(target)
     release_memory()  # the float32 originals of a half-precision network back to the OS
     return out
