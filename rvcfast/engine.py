@@ -183,6 +183,7 @@ class Engine:
             if isinstance(f0, str):
                 from .f0.registry import build_f0_extractor
 
+                _refuse_filter_radius_option(f0_options)
                 # float32 on a CPU, the engine's dtype on CUDA (runtime.f0_dtype);
                 # f0_options={"dtype": ...} overrides it
                 extractor = build_f0_extractor(
@@ -417,10 +418,13 @@ class Engine:
                 spread({"f0": time.perf_counter() - t0}, weights, [items[i].timings for i in members])
                 for i, track in zip(members, found):
                     tracks[i] = track
+        what = "F0 extraction failed"
+        if f0 is None and self.f0_extractor is not None:
+            what += f" (backend {getattr(self.f0_extractor, 'name', type(self.f0_extractor).__name__)!r})"
         for item, raw in zip(items, tracks):
             if isinstance(raw, BaseException) or raw is None:
                 exc = raw if isinstance(raw, BaseException) else RvcfastError("no F0 track")
-                self._fail(item, exc, "F0 extraction failed", raise_errors)
+                self._fail(item, exc, what, raise_errors)
                 continue
             try:
                 track = self._checked_track(raw, item)
@@ -654,6 +658,21 @@ def _too_short(prep: PreparedAudio, params: ConversionParams) -> AudioError:
     """The error of an input too short to give one output frame."""
     need = "10 ms with keep_length" if params.keep_length else "25 ms (10 ms with keep_length=True)"
     return AudioError(prep.label, f"audio is too short to convert: {1000 * prep.seconds:.1f} ms gives no output; at least {need} is needed")
+
+
+def _refuse_filter_radius_option(options: dict[str, Any] | None) -> None:
+    """``filter_radius`` is a conversion parameter (set per call, applied to every F0 backend
+    that has one): given as an F0 option, top-level or for a hybrid's member, it would be
+    silently replaced by the parameter's value, so it is refused."""
+    if not options:
+        return
+    nested = [k for k, v in options.items() if isinstance(v, dict) and "filter_radius" in v]
+    if "filter_radius" in options or nested:
+        where = "f0_options" + (f"[{nested[0]!r}]" if nested and "filter_radius" not in options else "")
+        raise ParameterError(
+            f"{where} filter_radius has no effect in a conversion: use the conversion parameter "
+            "filter_radius (ConversionParams, --filter-radius), which can differ per call"
+        )
 
 
 def _with_filter_radius(ext: Any, radius: int) -> Any:

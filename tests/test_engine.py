@@ -77,6 +77,33 @@ def test_a_failing_input_does_not_affect_the_others(engine: Engine, monkeypatch:
         engine.run(preps, params, raise_errors=True)
 
 
+def test_an_f0_failure_names_the_backend(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    # the error said only "F0 extraction failed: ValueError: boom", not which backend failed
+    prep = engine.prepare(clip(1.0, 0), 16000, name="in.wav")
+
+    def boom(preps, params):
+        return [ValueError("boom") for _ in preps]
+
+    monkeypatch.setattr(engine, "extract_f0", boom)
+    error = engine.run([prep], engine.params())[0].error
+    assert error is not None and "in.wav" in error and "boom" in error
+    assert f"backend {engine.f0_extractor.name!r}" in error
+
+
+@pytest.mark.parametrize(
+    ("f0", "options", "where"),
+    [("harvest", {"filter_radius": 0}, "f0_options filter_radius"),
+     ("hybrid[pm+harvest]", {"harvest": {"filter_radius": 0}}, "f0_options['harvest'] filter_radius")],
+)
+def test_filter_radius_as_an_f0_option_is_refused_not_silently_replaced(tiny_models, f0, options, where) -> None:
+    # the conversion parameter filter_radius (default 3) silently replaced the option's 0
+    with pytest.raises(ParameterError) as info:
+        tiny_models.converter(f0=f0, f0_weights=None, f0_options=options)
+    assert where in str(info.value) and "--filter-radius" in str(info.value)
+    engine = tiny_models.converter(f0="harvest", f0_weights=None).engine
+    assert engine.f0_extractor_for(engine.params(filter_radius=0)).filter_radius == 0  # the way that works
+
+
 def test_a_set_cancel_event_stops_the_run_between_model_batches(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
     params = engine.params(noise=False)
     preps = [engine.prepare(clip(1.0, k), 16000, name=f"clip{k}") for k in range(3)]
