@@ -329,3 +329,30 @@ def test_bytes_and_non_ascii_paths_load(files: dict[str, Path], tmp_path: Path) 
     assert load_vocoder(path).sample_rate == 40000
     assert load_vocoder(bytes(path)).sample_rate == 40000
 
+
+
+# ------------------------------------------------------------------ weight norm
+
+
+def test_plain_weight_beside_a_weight_norm_pair_is_refused(files: dict[str, Path], tmp_path: Path) -> None:
+    """Both ``dec.ups.0.weight`` and its (g, v) pair: the plain one silently replaced the folded weight."""
+
+    def edit(ckpt: dict) -> None:
+        ckpt["weight"]["dec.ups.0.weight"] = torch.zeros_like(ckpt["weight"]["dec.ups.0.weight_v"])
+
+    with pytest.raises(ModelLoadError, match=r"dec\.ups\.0 has both a plain weight and a weight-norm"):
+        load_vocoder(_edited_voice(files["voice"], tmp_path / "both.pth", edit))
+
+
+@pytest.mark.parametrize("g_shape", [(1, 1, 5), (2, 1, 1, 1)])
+def test_encoder_weight_norm_pair_that_does_not_fit_names_the_file(
+    files: dict[str, Path], tmp_path: Path, g_shape: tuple[int, ...]
+) -> None:
+    """A raw ValueError / RuntimeError (naming neither file nor key) before."""
+    ckpt = load_torch_file(files["encoder_fairseq"])
+    ckpt["model"]["encoder.pos_conv.0.weight_g"] = torch.ones(g_shape)
+    path = tmp_path / "bad_pos_conv.pt"
+    torch.save({"model": ckpt["model"], "cfg": ckpt["cfg"]}, path)
+    with pytest.raises(ModelLoadError, match=r"encoder\.pos_conv\.0\.weight_g") as info:
+        load_encoder(path)
+    assert names_file(str(info.value), path)

@@ -26,6 +26,8 @@ def fold_pair(g: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
     """Return ``g * v / ||v||`` computed in float64 and cast to float32."""
     if g.dim() != v.dim():
         raise ValueError(f"weight_g has {g.dim()} dims but weight_v has {v.dim()}")
+    if any(gs not in (1, vs) for gs, vs in zip(g.shape, v.shape)):
+        raise ValueError(f"weight_g of shape {list(g.shape)} does not fit weight_v of shape {list(v.shape)}")
     axes = [a for a in range(v.dim()) if g.shape[a] == 1]
     v64 = v.double()
     norm = (v64 * v64).sum(dim=axes, keepdim=True).sqrt_() if axes else v64.abs()
@@ -39,6 +41,11 @@ def fold_weight_norm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
 
     Keys that are not part of a pair are kept unchanged (not cast). A lone ``g``
     or ``v`` without its partner is left as is, so that strict loading reports it.
+
+    Raises:
+        ValueError: naming the layer, when a pair's shapes do not fit together or the
+            layer also has a plain ``.weight`` (or a pair in the other spelling), which
+            would silently replace the folded weight.
     """
     out: dict[str, torch.Tensor] = {}
     used: set[str] = set()
@@ -48,7 +55,12 @@ def fold_weight_norm(state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tenso
                 base = key[: -len(g_suffix)]
                 v_key = base + v_suffix
                 if v_key in state:
-                    out[base + ".weight"] = fold_pair(state[key], state[v_key])
+                    if base + ".weight" in state or base + ".weight" in out:
+                        raise ValueError(f"{base} has both a plain weight and a weight-norm (g, v) pair")
+                    try:
+                        out[base + ".weight"] = fold_pair(state[key], state[v_key])
+                    except (ValueError, RuntimeError) as exc:
+                        raise ValueError(f"{key} / {v_key}: {exc}") from None
                     used.update((key, v_key))
                 break
     for key, value in state.items():

@@ -53,6 +53,14 @@ def _name_list(names: Iterable[str], limit: int = 25) -> str:
     return shown + (f", ... ({len(names) - limit} more)" if len(names) > limit else "")
 
 
+def _fold(state: Mapping[str, torch.Tensor], path: Path) -> dict[str, torch.Tensor]:
+    """:func:`fold_weight_norm`, its errors as a ModelLoadError naming the file."""
+    try:
+        return fold_weight_norm(state)
+    except ValueError as exc:
+        raise ModelLoadError(path, f"malformed weight-norm weights: {exc}") from None
+
+
 def _map_state(
     state: Mapping[str, Any], cfg: HubertConfig, fmt: str, path: Path, dtype: torch.dtype = torch.float32
 ) -> dict[str, torch.Tensor]:
@@ -66,7 +74,7 @@ def _map_state(
     bad = [k for k, v in state.items() if not isinstance(k, str) or not isinstance(v, torch.Tensor)]
     if bad:
         raise ModelLoadError(path, f"the weights hold non-tensor entries: {_name_list(map(str, bad))}")
-    folded = fold_weight_norm(state)
+    folded = _fold(state, path)
     # sizes the weights cannot have are refused before the key table is built from them
     present = {k.split(".")[2] for k in folded if k.startswith("encoder.layers.") and k.count(".") >= 3}
     if not present:
@@ -216,7 +224,11 @@ def _final_proj_dim(state: Mapping[str, Any]) -> int | None:
 
 def _infer_fairseq_defaults(state: Mapping[str, Any]) -> dict[str, Any]:
     """Hyper-parameters read off tensor shapes, used where the checkpoint's cfg is silent."""
-    folded = fold_weight_norm({k: v for k, v in state.items() if isinstance(v, torch.Tensor)})
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    try:
+        folded = fold_weight_norm(tensors)
+    except ValueError:  # reported, naming the file, when the weights are mapped
+        folded = tensors
     out: dict[str, Any] = {}
     convs = []
     i = 0

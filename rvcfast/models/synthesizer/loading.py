@@ -424,7 +424,7 @@ def load_vocoder(
     try:
         folded = fold_weight_norm(weights)
     except (ValueError, RuntimeError) as exc:
-        raise ModelLoadError(path, f"a weight-norm (g, v) pair does not fit together: {exc}") from None
+        raise ModelLoadError(path, f"malformed weight-norm weights: {exc}") from None
     _check_state(model, folded, path)
     del weights  # with the file's own entries gone, each file tensor is freed as it is cast
     if isinstance(ckpt, dict):
