@@ -356,3 +356,15 @@ def test_encoder_weight_norm_pair_that_does_not_fit_names_the_file(
     with pytest.raises(ModelLoadError, match=r"encoder\.pos_conv\.0\.weight_g") as info:
         load_encoder(path)
     assert names_file(str(info.value), path)
+
+
+@pytest.mark.parametrize("name", ["rmvpe.onnx", "rmvpe.pt"])
+def test_onnx_model_says_what_it_is(tmp_path: Path, name: str) -> None:
+    """RVC ships rmvpe.onnx beside rmvpe.pt; its bytes were read as a pickle ('opcode 8 is not supported')."""
+    # ONNX ModelProto as torch.onnx writes it: field 1 ir_version (varint 8), field 2 producer_name "pytorch"
+    path = tmp_path / name
+    path.write_bytes(b"\x08\x08\x12\x07pytorch\x1a\x052.1.0" + bytes(200))
+    for fn in (load_rmvpe, load_vocoder):
+        with pytest.raises(ModelLoadError, match="ONNX model.*rmvpe.pt") as info:
+            fn(path)
+        assert names_file(str(info.value), path) and "opcode" not in str(info.value)
