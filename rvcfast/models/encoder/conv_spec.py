@@ -2,7 +2,8 @@
 
 The string is a small Python expression such as
 ``"[(512,10,5)] + [(512,3,2)] * 4 + [(512,2,2)] * 2"``; a recursive-descent evaluator
-accepts only int literals, lists, tuples, ``+`` and ``*``, with bounded sizes.
+accepts only int literals, lists, tuples, ``+`` and ``*``, with bounded sizes and
+nesting depth (a deeply bracketed string from a file is a ValueError, not a RecursionError).
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ __all__ = ["parse_conv_layers", "check_conv_layers", "format_conv_layers"]
 _TOKEN_RE = re.compile(r"\s*(?:(\d+)|([\[\]\(\),+*]))")
 _MAX_ITEMS = 10_000
 _MAX_INT = 1_000_000_000
+_MAX_DEPTH = 16
 
 
 class _ConvSpecParser:
@@ -38,6 +40,7 @@ class _ConvSpecParser:
                 self.tokens.append(("op", m.group(2)))
             pos = m.end()
         self.i = 0
+        self.depth = 0
 
     def peek(self) -> tuple[str, Any] | None:
         return self.tokens[self.i] if self.i < len(self.tokens) else None
@@ -75,15 +78,18 @@ class _ConvSpecParser:
         kind, value = self.take()
         if kind == "int":
             return value
+        if value not in ("[", "("):
+            raise ValueError(f"unexpected {value!r}")
+        if self.depth >= _MAX_DEPTH:
+            raise ValueError(f"brackets nested more than {_MAX_DEPTH} deep")
+        self.depth += 1
+        items, had_comma = self._items("]" if value == "[" else ")")
+        self.depth -= 1
         if value == "[":
-            items, _ = self._items("]")
             return items
-        if value == "(":
-            items, had_comma = self._items(")")
-            if len(items) == 1 and not had_comma:
-                return items[0]
-            return tuple(items)
-        raise ValueError(f"unexpected {value!r}")
+        if len(items) == 1 and not had_comma:
+            return items[0]
+        return tuple(items)
 
     def _items(self, close: str) -> tuple[list[Any], bool]:
         items: list[Any] = []
