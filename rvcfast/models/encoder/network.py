@@ -17,7 +17,9 @@ rest of the conv stack needs no masking.
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +29,49 @@ from ...errors import AudioError, ParameterError
 from .config import GELU_APPROXIMATE, SAMPLE_RATE, HubertConfig
 
 __all__ = ["HubertEncoder"]
+
+
+def _output_layer(value: Any) -> int | None:
+    """``output_layer`` as an int (``None`` stays ``None``); anything but a non-negative integer is refused."""
+    if value is None:
+        return None
+    try:
+        layer = operator.index(value) if not isinstance(value, bool) else None
+    except TypeError:
+        layer = None
+    if layer is None or layer < 0:
+        raise ParameterError(f"output_layer must be None or a non-negative int, got {value!r}")
+    return layer
+
+
+def _lengths(lengths: Any, batch: int) -> list[int]:
+    """``lengths`` as one int per item; NaN, fractions, text or a wrong count are a ParameterError."""
+    try:
+        raw = torch.as_tensor(lengths).reshape(-1).tolist()
+    except (TypeError, ValueError, RuntimeError):
+        raw = None
+    values: list[int] = []
+    for v in raw if raw is not None else [None]:
+        if isinstance(v, float) and v.is_integer():
+            v = int(v)
+        if isinstance(v, bool) or not isinstance(v, int):
+            raise ParameterError(
+                f"lengths must be whole numbers of samples, one per batch item; got {lengths!r}"
+            )
+        values.append(v)
+    if len(values) != batch:
+        raise ParameterError(f"lengths has {len(values)} entries for a batch of {batch}")
+    return values
+
+
+def _shape_hint(shape: tuple[int, ...], field: int) -> str:
+    """A hint for audio that looks like ``[samples, channels]`` instead of ``[batch, samples]``."""
+    if len(shape) == 2 and shape[1] <= 8 and shape[0] >= field:
+        return (
+            f"; shape {shape} looks like [samples, channels]: pass mono audio shaped [batch, samples] "
+            "(average the channels, then add a batch axis)"
+        )
+    return f" (audio shape {shape})"
 
 
 def _mixed_norm(x: torch.Tensor) -> bool:
@@ -181,13 +226,12 @@ class HubertEncoder(nn.Module):
         if n < self.receptive_field:
             raise AudioError(
                 None,
-                f"audio of {n} samples is too short: the content encoder needs at least {self.receptive_field}",
+                f"audio of {n} samples is too short: the content encoder needs at least {self.receptive_field}"
+                + _shape_hint(tuple(audio.shape), self.receptive_field),
             )
         lens: list[int] | None = None
         if lengths is not None:
-            lens = [int(v) for v in torch.as_tensor(lengths).reshape(-1).tolist()]
-            if len(lens) != audio.shape[0]:
-                raise ParameterError(f"lengths has {len(lens)} entries for a batch of {audio.shape[0]}")
+            lens = _lengths(lengths, audio.shape[0])
             for v in lens:
                 if v > n:
                     raise ParameterError(f"length {v} exceeds the padded audio length {n}")
@@ -248,8 +292,7 @@ class HubertEncoder(nn.Module):
         final_proj: bool,
         lengths: torch.Tensor | Sequence[int] | None,
     ) -> torch.Tensor:
-        if output_layer is not None and (isinstance(output_layer, bool) or int(output_layer) < 0):
-            raise ParameterError(f"output_layer must be None or a non-negative int, got {output_layer!r}")
+        output_layer = _output_layer(output_layer)
         if final_proj and self.final_proj is None:
             where = getattr(self, "source_path", None)
             raise ParameterError(
@@ -278,7 +321,7 @@ class HubertEncoder(nn.Module):
         pre_ln = self.config.layer_norm_first
         if not pre_ln:
             x = self.encoder_norm(x)
-        n_run = self.num_layers if output_layer is None else min(int(output_layer), self.num_layers)
+        n_run = self.num_layers if output_layer is None else min(output_layer, self.num_layers)
         for layer in self.layers[:n_run]:
             x = layer(x, mask, pre_ln, self._ffn_approx)
         if pre_ln and output_layer is None:
