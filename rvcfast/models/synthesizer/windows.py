@@ -118,6 +118,31 @@ def _group_windows(windows: list[_ItemWindow], limit: int) -> list[list[_ItemWin
     return [[windows[i] for i in group] for group in groups]
 
 
+def _window_generators(
+    windows: list[_ItemWindow], gens: list[torch.Generator | None]
+) -> list[torch.Generator | None]:
+    """One fresh generator per window, seeded from its item's generator in window order
+    (``None`` stays ``None``: the global RNG).
+
+    A decoder that draws noise per batch row draws it layer by layer across the rows of one
+    call; rows sharing one generator would then take their noise in an order that depends
+    on how the windows were grouped into calls, i.e. on the other items of the batch and
+    the device. With a generator of its own, each window's noise depends only on its
+    item's generator and its place among that item's windows.
+    """
+    out: list[torch.Generator | None] = []
+    for item, *_ in windows:
+        gen = gens[item]
+        if gen is None:
+            out.append(None)
+            continue
+        seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device))
+        child = torch.Generator(device=gen.device)
+        child.manual_seed(seed)
+        out.append(child)
+    return out
+
+
 def decode_windows(
     dec: nn.Module,
     z: torch.Tensor,
@@ -138,7 +163,9 @@ def decode_windows(
     at all. On accelerators windows of all items are batched, up to
     :data:`DECODER_BATCH_FRAMES` frames per call; on a CPU each window is one call.
     ``gens`` (one generator or ``None`` per item) is handed to decoders that draw their
-    own noise (``dec.draws_noise``), one entry per window. A decoder's ``window_frames``
+    own noise (``dec.draws_noise``): each window gets a generator of its own, seeded from
+    its item's (:func:`_window_generators`), so an item's noise does not depend on the
+    other items of the batch or on how windows are grouped into calls. A decoder's ``window_frames``
     replaces :data:`DECODER_WINDOW_FRAMES` when it needs wider margins.
     Returns ``[B, T * hop_length]`` audio; samples outside the needed frames are 0.
     """
@@ -148,6 +175,7 @@ def decode_windows(
     windows = [  # (item, decode start, decode end, keep start, keep end)
         (i, *w) for i in range(b) for w in _plan_windows(int(lengths[i]), skip, dec.margin_frames, size)
     ]
+    win_gens = dict(zip(windows, _window_generators(windows, gens))) if gens is not None else None
     audio = z.new_zeros(b, t * upp)
     for group in _group_windows(windows, DECODER_BATCH_FRAMES if z.device.type != "cpu" else 0):
         spans = [e - s for _, s, e, _, _ in group]
@@ -161,8 +189,8 @@ def decode_windows(
         gc = g[[w[0] for w in group]]
         lens_c = torch.tensor(spans, device=z.device)
         lens_arg = lens_c if min(spans) < tc else None
-        if gens is not None:
-            part = dec(zc, gc, sc, lens_arg, gens=[gens[w[0]] for w in group])[:, 0, :]
+        if win_gens is not None:
+            part = dec(zc, gc, sc, lens_arg, gens=[win_gens[w] for w in group])[:, 0, :]
         else:
             part = dec(zc, gc, sc, lens_arg)[:, 0, :]
         for j, (i, s0, _, k0, k1) in enumerate(group):
