@@ -97,16 +97,33 @@ def _check_features(features: Any, feature_dim: int, version: str) -> None:
         raise ParameterError(f"features must be floating point, got {features.dtype}")
 
 
+def _is_integer(t: torch.Tensor) -> bool:
+    """Whether ``t`` holds integers (not floats, complex numbers or booleans)."""
+    return not (t.is_floating_point() or t.is_complex() or t.dtype == torch.bool)
+
+
 def _check_lengths(lengths: Any, b: int, t: int, device: torch.device) -> torch.Tensor:
-    lengths_t = torch.as_tensor(lengths, device=device)
+    try:
+        lengths_t = torch.as_tensor(lengths, device=device)
+    except (TypeError, ValueError, RuntimeError):
+        raise ParameterError(f"lengths must be an integer tensor of shape [{b}], got {_describe(lengths)}") from None
     if lengths_t.dim() == 0:
         lengths_t = lengths_t.reshape(1)
-    if lengths_t.shape != (b,) or lengths_t.is_floating_point() or lengths_t.is_complex():
+    if lengths_t.shape != (b,) or not _is_integer(lengths_t):
         raise ParameterError(f"lengths must be an integer tensor of shape [{b}], got {_describe(lengths)}")
     lengths_t = lengths_t.long()
     if bool(((lengths_t < 1) | (lengths_t > t)).any()):
         raise ParameterError(f"lengths must lie in 1..{t} (the padded frame count), got {lengths_t.tolist()}")
     return lengths_t
+
+
+def _check_finite_features(features: torch.Tensor, lengths: torch.Tensor) -> None:
+    """Refuse NaN/Inf in an item's valid frames: they would make its whole output NaN."""
+    bad = ~torch.isfinite(features).all(dim=2)  # [B, T]
+    bad &= torch.arange(features.shape[1], device=features.device)[None, :] < lengths[:, None]
+    if bool(bad.any()):
+        items = sorted({int(i) for i in bad.nonzero()[:, 0].tolist()})
+        raise ParameterError(f"features contain NaN or infinite values (batch items {items[:10]})")
 
 
 def _check_pitch(
@@ -130,7 +147,7 @@ def _check_speaker(speaker: Any, b: int, num_speakers: int, device: torch.device
         sid = speaker.to(device)
         if sid.dim() == 0:
             sid = sid.reshape(1)
-        if sid.is_floating_point() or sid.dim() != 1 or sid.shape[0] not in (1, b):
+        if not _is_integer(sid) or sid.dim() != 1 or sid.shape[0] not in (1, b):
             raise ParameterError(f"speaker must be an int or an integer tensor of shape [{b}], got {_describe(speaker)}")
         sid = sid.long().expand(b)
     else:
@@ -233,6 +250,7 @@ class Synthesizer(nn.Module):
         b, t, _ = features.shape
         device = features.device
         lengths_t = _check_lengths(lengths, b, t, device)
+        _check_finite_features(features, lengths_t)
         if self.has_f0:
             pitch, pitchf = _check_pitch(pitch, pitchf, b, t, device)
         else:
@@ -310,6 +328,8 @@ class Synthesizer(nn.Module):
         b, t, _ = features.shape
         padded = bool((lengths_t < t).any())
         key_mask = torch.arange(t, device=device)[None, :] < lengths_t[:, None] if padded else None
+        if key_mask is not None:  # padding frames may hold anything (NaN * 0 is NaN in every mask below)
+            features = features.masked_fill(~key_mask[:, :, None], 0)
         x_mask = key_mask[:, None, :].to(dtype) if key_mask is not None else None
         gens = _item_generators(generator, b) if noise else None
 
