@@ -132,6 +132,14 @@ class Engine:
                 "model takes the 256-d features final_proj makes: use an encoder with final_proj "
                 "(hubert_base.pt, ContentVec) for v1 voices, or a v2 voice with this one",
             )
+        made = getattr(encoder, "final_proj_dim" if vocoder.version == "v1" else "hidden_size", None)
+        if isinstance(made, int) and made != vocoder.feature_dim:
+            raise ModelLoadError(
+                getattr(encoder, "source_path", None),
+                f"this content encoder gives {made}-d features for a {vocoder.version} voice model "
+                f"({'its final_proj' if vocoder.version == 'v1' else 'its hidden size'}), but the model takes "
+                f"{vocoder.feature_dim}-d ones: use a HuBERT-base / ContentVec encoder (768-d, final_proj 256-d)",
+            )
         if batch_seconds is not None and not batch_seconds > 0:
             raise ParameterError(f"batch_seconds must be positive, got {batch_seconds}")
         self.vocoder = vocoder

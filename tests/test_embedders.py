@@ -163,3 +163,23 @@ def test_v1_model_with_an_encoder_without_final_proj_fails_clearly(tmp_path: Pat
     )
     with pytest.raises(ModelLoadError, match="final_proj"):  # refused at load, before any input is converted
         rvcfast.Converter.from_pretrained(model, encoder=enc_dir, f0_weights=rmvpe, device="cpu")
+
+
+@pytest.mark.parametrize(
+    ("version", "encoder", "made"),
+    [("v1", dict(hidden=768, heads=12, final_dim=128), "128-d"), ("v2", dict(hidden=512, heads=8, final_dim=256), "512-d")],
+)
+def test_an_encoder_of_the_wrong_width_is_refused_at_load_naming_it(tmp_path: Path, version, encoder, made) -> None:
+    # every input used to fail at synthesis ("features have 128 channels but this v1 model
+    # expects 256"), after decoding and F0, without naming the encoder
+    spec = {**TINY_ENCODER, **{k: v for k, v in encoder.items() if k != "final_dim"}}
+    enc_dir = save_random_hubert(tmp_path / "odd_encoder", "hf", final_dim=encoder["final_dim"], seed=1, **spec)
+    rmvpe = save_random_rmvpe(tmp_path / "rmvpe.pt", full_size=False)
+    model = save_random_voice_model(
+        tmp_path / f"{version}.pth", version, 40000, True,
+        inter_channels=16, hidden_channels=16, filter_channels=32, n_layers=1, upsample_initial_channel=32,
+    )
+    with pytest.raises(ModelLoadError) as info:
+        rvcfast.Converter.from_pretrained(model, encoder=enc_dir, f0_weights=rmvpe, device="cpu")
+    text = str(info.value)
+    assert "odd_encoder" in text and made in text and f"{256 if version == 'v1' else 768}-d" in text
