@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -120,3 +122,52 @@ def test_bad_lengths_and_speakers_are_parameter_errors(voices, kwargs: dict, nee
     args.update(kwargs)
     with pytest.raises(ParameterError, match=needle):
         model.synthesize(**args)
+
+
+def test_applio_sine_source_in_scan_steps_is_the_one_pass_scan_to_the_bit(monkeypatch) -> None:
+    """The MRF/RefineGAN source is scanned :data:`SCAN_SAMPLES` at a time (bounded memory);
+    carrying the float64 running sums across steps must give one whole scan exactly."""
+    from rvcfast.models.synthesizer import applio_source as src
+
+    gen = torch.Generator().manual_seed(0)
+    f0 = 50 + 900 * torch.rand(2, 40, generator=gen)
+    f0[:, 10:17] = 0
+    f0_up = src.upsample_f0(f0, 320, "nearest")
+    whole = src.harmonic_sines(f0_up, 32000, 8)  # 12800 samples: one step
+    # independent reference: Applio's formula in float64, rounded where it rounds
+    rad = (f0_up[:, :, None] * torch.arange(1, 10) / 32000) % 1
+    sums = torch.cumsum(rad.double(), 1).float() % 1
+    shift = torch.zeros_like(rad)
+    shift[:, 1:] = ((sums[:, 1:] - sums[:, :-1]) < 0) * -1.0
+    ref = torch.sin(torch.cumsum((rad + shift).double(), 1).float() * 2 * torch.pi) * 0.1 * (f0_up > 0)[:, :, None]
+    assert torch.equal(whole, ref)
+    for step in (1, 999, 4096):
+        monkeypatch.setattr(src, "SCAN_SAMPLES", step)
+        assert torch.equal(src.harmonic_sines(f0_up, 32000, 8), whole), step
+
+
+_SOURCE_MEMORY = """
+import resource, sys, torch
+from rvcfast.models.synthesizer.applio_source import source_signal
+from rvcfast.models.synthesizer.hifigan_mrf import _HarmonicSource
+torch.set_num_threads(1)
+f0 = 100 + 100 * torch.rand(1, 4500)  # 45 s, the longest segment, at 48 kHz: 2.16 M samples
+merge = _HarmonicSource(8)
+with torch.inference_mode():
+    torch.zeros(1)  # warm the allocator
+    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    out = source_signal(f0, None, upp=480, sr=48000, mode="nearest", harmonics=8, merge=merge, gens=[None])
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print((peak - base) / 1024, out.numel() * 4 / 2**20)
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in KiB on Linux")
+def test_mrf_source_of_a_long_segment_stays_within_a_few_outputs_of_memory() -> None:
+    """The 9-overtone source held [B, N, 9] float64 running sums and several float32 copies
+    at once: ~700 MB of peak for one 45 s segment at 48 kHz (80x its 8 MB output). Scanned
+    in steps, it needs the output plus a few MB per step."""
+    res = subprocess.run([sys.executable, "-c", _SOURCE_MEMORY], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr
+    growth_mb, output_mb = map(float, res.stdout.split())
+    assert growth_mb < 20 * output_mb, (growth_mb, output_mb)
