@@ -18,7 +18,7 @@ PyTorch's CPU ``cumsum`` does for float32 tensors, so the result is the referenc
 the last bit on a CPU (and more accurate than a float32 scan elsewhere). The scan runs
 :data:`SCAN_SAMPLES` samples at a time, carrying its running sums from step to step (the
 same sums to the last bit), so a long segment needs its output plus one step's overtones
-rather than ~80 bytes per output sample (700 MB for 45 s at 48 kHz with 8 overtones). With
+rather than ~320 bytes per output sample (700 MB for 45 s at 48 kHz with 8 overtones). With
 ``gens=None`` every random draw is off (initial phases 0, no additive noise), the
 deterministic mode of the golden fixtures.
 """
