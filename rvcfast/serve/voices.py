@@ -130,6 +130,14 @@ class VoiceRegistry:
             self._generation[voice.id] = self._generation.get(voice.id, 0) + 1
             self._loaded.pop(voice.id, None)
 
+    def unload_all(self) -> None:
+        """Drop every loaded engine and kept load error (the server is closing); requests that
+        hold an engine keep it until they end."""
+        with self._lock:
+            self.unloads += len(self._loaded)
+            self._loaded.clear()
+            self._failed.clear()
+
     # ------------------------------------------------------------------ loading
 
     def loaded_engine(self, voice_id: str) -> Engine | None:
@@ -178,7 +186,9 @@ class VoiceRegistry:
         except Exception as exc:
             with self._lock:
                 if self._generation.get(voice_id, 0) == generation:
-                    self._failed[voice_id] = (generation, stamp, exc)
+                    # a copy without the traceback: its frames hold what the load built before it
+                    # failed (the voice model, its index), which the kept error must not keep alive
+                    self._failed[voice_id] = (generation, stamp, _fresh(exc))
             raise
         with self._lock:
             self._failed.pop(voice_id, None)
@@ -223,11 +233,15 @@ class VoiceRegistry:
 
 
 def _fresh(exc: BaseException) -> BaseException:
-    """A copy of a kept error to raise again (raising one object many times grows its traceback)."""
+    """A copy of an error without traceback, cause or context (to keep, or to raise again:
+    raising one object many times grows its traceback, and a traceback keeps its frames'
+    locals alive)."""
     try:
-        return copy.copy(exc).with_traceback(None)
+        out = copy.copy(exc)
     except Exception:  # noqa: BLE001 - an exception type that does not copy
-        return exc.with_traceback(None)
+        out = exc
+    out.__cause__ = out.__context__ = None
+    return out.with_traceback(None)
 
 
 def _files_stamp(voice: Voice) -> tuple[tuple[int, int], ...]:
