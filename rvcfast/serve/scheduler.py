@@ -173,14 +173,18 @@ class Scheduler:
         return task.future
 
     def give_up(self, future: cf.Future[Result]) -> None:
-        """The caller of :meth:`submit` no longer wants ``future``'s result: dropped if still
-        queued; if its engine call is running, that call stops at its next model batch once
-        every request in it has been given up (``Engine.run(cancel=...)``)."""
-        future.cancel()
+        """The caller of :meth:`submit` no longer wants ``future``'s result: taken out of the
+        queue at once if it is still there (its decoded input is freed now, not when the
+        worker reaches it: the caller's admission slot is free already); if its engine call is
+        running, that call stops at its next model batch once every request in it has been
+        given up (``Engine.run(cancel=...)``)."""
+        dropped = future.cancel()
         with self._cv:
             task = self._converts.get(future)
-        if task is not None:
-            task.gone.set()
+            if task is not None:
+                task.gone.set()
+                if dropped and _remove(self._queue, task):
+                    del self._converts[future]
 
     def submit_steps(self, iterator: Iterator[Any], sink: Callable[[Any], None], credit: int = 2) -> StepTask:
         """Queue a step task (see :class:`StepTask`)."""
@@ -198,13 +202,17 @@ class Scheduler:
                 self._cv.notify()
 
     def cancel(self, task: StepTask) -> None:
-        """Stop a step task; the worker closes its iterator at its next turn."""
+        """Stop a step task. One that waits (queued or parked) is taken out and its iterator
+        closed here, at once, so what it holds (a decoded input) is freed now; one the worker
+        is advancing is closed by the worker after this turn."""
         with self._cv:
+            if task.cancelled:
+                return
             task.cancelled = True
-            if task.parked:
-                task.parked = False
-                self._queue.append(task)
-                self._cv.notify()
+            idle = task.parked or _remove(self._queue, task)
+            task.parked = False
+        if idle:
+            _close(task.iterator)
 
     def _put(self, task: _Convert | StepTask) -> None:
         with self._cv:
@@ -333,6 +341,15 @@ def _send(task: StepTask, item: Any) -> bool:
         task.cancelled = True
         return False
     return not task.cancelled
+
+
+def _remove(queue: deque[Any], task: Any) -> bool:
+    """Take ``task`` (compared by identity) out of ``queue``; False if it is not there."""
+    for i, queued in enumerate(queue):
+        if queued is task:
+            del queue[i]
+            return True
+    return False
 
 
 def _close(iterator: Iterator[Any]) -> None:
