@@ -16,6 +16,7 @@ import os
 import re
 import threading
 import time
+from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -30,10 +31,28 @@ from .voices import Voice, VoiceRegistry, discover_voices
 if TYPE_CHECKING:
     from ..engine import Engine
 
-__all__ = ["ServerState", "NotReady"]
+__all__ = ["ServerState", "NotReady", "MAX_F0_EXTRACTORS", "f0_key"]
 
 _log = logging.getLogger("rvcfast.serve")
 T = TypeVar("T")
+
+#: F0 backends named by requests (other than the server's own) kept built at once; the least
+#: recently used is dropped beyond this (its networks stay in the process-wide model cache).
+MAX_F0_EXTRACTORS = 8
+
+
+def f0_key(name: str) -> str:
+    """One spelling per F0 backend: lower case, stripped, a hybrid as ``hybrid:a+b`` (its
+    members stripped, in their order), so ``HYBRID[ rmvpe + pm ]`` and ``hybrid:rmvpe+pm``
+    are one backend, built once."""
+    from ..f0.registry import parse_hybrid
+
+    text = str(name).strip().lower()
+    try:
+        members = parse_hybrid(text)
+    except ParameterError:
+        return text
+    return text if members is None else "hybrid:" + "+".join(members)
 
 
 class NotReady(Exception):
@@ -70,8 +89,9 @@ class ServerState:
         self.started = False
         self.closed = False
         self._start_lock = threading.Lock()
-        self._f0_lock = threading.Lock()
-        self._f0_extractors: dict[str, Any] = {}
+        self._f0_lock = threading.Lock()  # guards _f0_extractors (held briefly, never while building)
+        self._f0_build_lock = threading.Lock()  # one F0 backend built at a time
+        self._f0_extractors: OrderedDict[str, Any] = OrderedDict()  # f0_key -> extractor, LRU
         self._loads_lock = threading.RLock()  # a done callback may run at once, in the submitting thread
         self._loads: dict[str, cf.Future[Engine]] = {}  # voice id -> its load in the loader pool
         from ..runtime import resolve_device
@@ -147,7 +167,12 @@ class ServerState:
         await asyncio.get_running_loop().run_in_executor(None, self.close)
 
     def close(self) -> None:
-        """Finish the queued model work, stop the threads and remove a temporary spool."""
+        """Finish the queued model work, stop the threads, let go of the loaded voices and F0
+        backends, and remove a temporary spool.
+
+        The models are released here, not when this object is collected: the web framework
+        may keep a closed app's route functions (and so this state) in its caches for long.
+        """
         if self.closed:
             return
         self.closed = True
@@ -155,6 +180,9 @@ class ServerState:
             self.scheduler.close(timeout=60)
         self.pool.shutdown(wait=True, cancel_futures=True)
         self.loader.shutdown(wait=False, cancel_futures=True)
+        self.registry.unload_all()
+        with self._f0_lock:
+            self._f0_extractors.clear()
         if self._temp_spool:
             remove_spool(self.spool)
 
@@ -184,11 +212,14 @@ class ServerState:
         engine = self.registry.loaded_engine(voice_id)
         if engine is None:
             engine = await asyncio.shield(asyncio.wrap_future(self._load_in_pool(voice_id)))
-        if f0 is None or f0 == str(self.cfg.f0).strip().lower() or not engine.vocoder.has_f0:
+        if f0 is None or not engine.vocoder.has_f0:
             return engine
-        extractor = self._f0_extractors.get(f0)
+        key = f0_key(f0)
+        if key == f0_key(str(self.cfg.f0)):
+            return engine
+        extractor = self._kept_f0(key)
         if extractor is None:
-            extractor = await asyncio.get_running_loop().run_in_executor(self.loader, self._f0_extractor, f0)
+            extractor = await asyncio.get_running_loop().run_in_executor(self.loader, self._f0_extractor, key)
         return engine.with_f0(extractor)
 
     def _load_in_pool(self, voice_id: str) -> cf.Future[Engine]:
@@ -206,20 +237,35 @@ class ServerState:
             if self._loads.get(voice_id) is fut:
                 del self._loads[voice_id]
 
-    def _f0_extractor(self, name: str) -> Any:
-        """The server's extractor for an F0 backend name (built on first use, then shared)."""
+    def _kept_f0(self, key: str) -> Any:
+        """The built extractor for an F0 backend key (marked as just used), or ``None``."""
         with self._f0_lock:
-            if name not in self._f0_extractors:
-                from ..f0.registry import build_f0_extractor
-                from ..runtime import f0_dtype
+            extractor = self._f0_extractors.get(key)
+            if extractor is not None:
+                self._f0_extractors.move_to_end(key)
+            return extractor
 
-                cfg = self.cfg
-                uses_rmvpe = "rmvpe" in name
-                self._f0_extractors[name] = build_f0_extractor(
-                    name, weights=cfg.f0_weights if uses_rmvpe else None, allow_download=cfg.allow_download and uses_rmvpe,
-                    device=self.device, dtype=f0_dtype(self.dtype, self.device),
-                )
-            return self._f0_extractors[name]
+    def _f0_extractor(self, key: str) -> Any:
+        """The server's extractor for an F0 backend key (:func:`f0_key`), built on first use and
+        shared; at most :data:`MAX_F0_EXTRACTORS` are kept (least recently used dropped)."""
+        with self._f0_build_lock:
+            extractor = self._kept_f0(key)
+            if extractor is not None:
+                return extractor
+            from ..f0.registry import build_f0_extractor
+            from ..runtime import f0_dtype
+
+            cfg = self.cfg
+            uses_rmvpe = "rmvpe" in key
+            extractor = build_f0_extractor(
+                key, weights=cfg.f0_weights if uses_rmvpe else None, allow_download=cfg.allow_download and uses_rmvpe,
+                device=self.device, dtype=f0_dtype(self.dtype, self.device),
+            )
+            with self._f0_lock:
+                self._f0_extractors[key] = extractor
+                while len(self._f0_extractors) > MAX_F0_EXTRACTORS:
+                    self._f0_extractors.popitem(last=False)
+            return extractor
 
     def _hide_paths(self, text: str) -> str:
         """Model paths in a message reduced to file names (clients never see server paths)."""
