@@ -5,9 +5,12 @@ identical for every voice, so each is loaded once per process and shared by all
 :class:`~rvcfast.Converter` objects and files. Entries are keyed by
 ``(kind, resolved file path, file size, mtime, device, dtype)``: a second
 request with the same key returns the same object; changing the file on disk
-loads it again. :func:`load_count` tells how many real loads happened (tests use
-it to prove a batch loads each model once). :func:`clear` empties the cache.
-Access is thread-safe; two threads asking for the same key wait for one load.
+loads it again, and the model of the file's earlier version is then dropped from the
+cache (objects that use it keep it), so a long-running process that sees a base
+model file replaced holds one copy per file, not one per version. :func:`load_count`
+tells how many real loads happened (tests use it to prove a batch loads each model
+once). :func:`clear` empties the cache. Access is thread-safe; two threads asking
+for the same key wait for one load.
 """
 
 from __future__ import annotations
@@ -62,9 +65,20 @@ def get_or_load(
                 return _models[key]
         model = loader()
         with _lock:
+            same = _same_file(key)
+            for old in [k for k in _models if k != key and _same_file(k) == same]:
+                del _models[old]  # an earlier version of this file: nothing new asks for it
+                _key_locks.pop(old, None)
             _models[key] = model
+            _key_locks.pop(key, None)  # later callers find the model; waiters hold the lock already
             _loads[kind] = _loads.get(kind, 0) + 1
         return model
+
+
+def _same_file(key: Hashable) -> Hashable:
+    """A cache key without the file's size and modification time (what stays when the file changes)."""
+    kind, fkey, device, dtype, extra = key  # type: ignore[misc]
+    return (kind, fkey[0], device, dtype, extra)
 
 
 def load_count(kind: str | None = None) -> int:
