@@ -10,8 +10,8 @@ builds its kernels on first use), and the next clip is converted under ``torch.p
 The table sums each operator's *self* CPU time (what ran in it, not in the
 operators it called) into a few groups -- convolutions, matrix products and attention,
 copies and dtype/layout conversions, fills, elementwise work, the rest -- and gives the
-call counts the issue's profile named (``copy_``, ``add_``, convolutions), then the
-heaviest operators. Self times of threads that ran at once add up, so on two cores the
+call counts the issue's profile named (``copy_``, ``add_``, convolutions: each counted once,
+where it enters the profile, see :data:`CONV_ENTRY`), then the heaviest operators. Self times of threads that ran at once add up, so on two cores the
 total can exceed the wall time. The profiler does not record operators on threads started
 during the profiled call (RMVPE's BiGRU runs its backward direction on one: ~704 ``addmm``
 calls a file are missing). The CPU line is printed with the figures.
@@ -59,6 +59,11 @@ GROUPS: list[tuple[str, re.Pattern[str]]] = [
 GROUP_ORDER = [g for g, _ in GROUPS] + ["other"]
 #: Operators whose call counts the issue's profile named.
 COUNTED = ("aten::copy_", "aten::add_", "aten::leaky_relu_", "aten::fill_")
+#: Where a convolution enters the profile once: ``aten::convolution`` (what ``conv1d``, ``conv2d``,
+#: ``conv_transpose*d`` and ``F.conv*`` all call; below it come ``_convolution`` and a backend
+#: kernel such as ``mkldnn_convolution``, so counting every operator named "conv" counts one
+#: convolution three or four times) and oneDNN's fused operators called directly (``mkldnn::``).
+CONV_ENTRY = re.compile(r"^aten::convolution$|^(?!aten::).*convolution")
 
 
 def group_of(name: str) -> str:
@@ -81,26 +86,28 @@ def _child(dtype: str, warm: str, clip: str, models: str) -> None:
         paths["model"], index=paths["index"], encoder=paths["encoder"], f0="rmvpe",
         f0_weights=paths["f0_weights"], device="cpu", dtype=dtype,
     )
-    conv.convert_batch([warm], out_dir=tempfile.mkdtemp(prefix="rvcfast-prof-"))
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
-        start = time.perf_counter()
-        conv.convert_batch([clip], out_dir=tempfile.mkdtemp(prefix="rvcfast-prof-"))
-        wall = time.perf_counter() - start
+    with tempfile.TemporaryDirectory(prefix="rvcfast-prof-") as out:
+        conv.convert_batch([warm], out_dir=Path(out) / "warm")
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            start = time.perf_counter()
+            conv.convert_batch([clip], out_dir=Path(out) / "profiled")
+            wall = time.perf_counter() - start
     ops = {
         ev.key: [ev.self_cpu_time_total / 1e6, ev.count]
         for ev in prof.key_averages()
-        if ev.self_cpu_time_total > 0 or ev.key in COUNTED
+        if ev.self_cpu_time_total > 0 or ev.key in COUNTED or CONV_ENTRY.search(ev.key)
     }
     print(json.dumps({"wall": wall, "threads": torch.get_num_threads(), "ops": ops}))
 
 
 def _run(tree: Path, dtype: str, warm: Path, clip: Path, paths: dict[str, Path]) -> dict:
     env = dict(os.environ, PYTHONPATH=str(tree))
+    env["RVCFAST_PROFILE"] = "off"  # an `rvcfast tune` profile would change the newer trees' batch size only
     models = json.dumps({k: str(v) for k, v in paths.items()})
     cmd = [sys.executable, str(Path(__file__).resolve()), "--child", dtype, str(warm), str(clip), models]
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if done.returncode != 0:
-        raise SystemExit(f"profiling {tree} ({dtype}) failed:\n{done.stderr[-3000:]}")
+        raise RuntimeError(f"profiling {tree} ({dtype}) failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
@@ -109,7 +116,7 @@ def _sums(res: dict) -> tuple[dict[str, float], dict[str, int]]:
     groups: dict[str, float] = {}
     for op, (t, _) in res["ops"].items():
         groups[group_of(op)] = groups.get(group_of(op), 0.0) + t
-    calls = {"convolutions": sum(c for op, (_, c) in res["ops"].items() if group_of(op) == "convolutions")}
+    calls = {"convolutions": sum(c for op, (_, c) in res["ops"].items() if CONV_ENTRY.search(op))}
     calls.update({op.split("::")[1]: res["ops"].get(op, [0, 0])[1] for op in COUNTED})
     return groups, calls
 
@@ -158,24 +165,39 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not CLIPS.is_dir():
         raise SystemExit(f"{CLIPS} not found: set RVCFAST_SHARED to the folder holding audio/batch12")
-    trees = [(t.split("=", 1)[0], Path(t.split("=", 1)[1]).resolve()) for t in args.tree] or [("this tree", REPO)]
+    trees = [(t.partition("=")[0], Path(t.partition("=")[2]).resolve()) for t in args.tree] or [("this tree", REPO)]
+    for (name, tree), spec in zip(trees, args.tree):
+        if not name or not (tree / "rvcfast" / "__init__.py").is_file():
+            raise SystemExit(f"--tree {spec!r}: expected NAME=PATH, PATH holding the rvcfast package")
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from cpu_convert import machine_line
+    from cpu_convert import machine_line, refused_dtypes
 
     from rvcfast.testing import build_bench_models
 
     paths = build_bench_models(MODELS)
-    print(machine_line())
+    machine = machine_line()
+    print(machine)
+    refused = refused_dtypes(args.dtype)
+    for dtype, why in refused.items():
+        print(f"{dtype}: skipped, rvcfast refuses it here: {why}")
     print()
-    results = []
-    for dtype in args.dtype:
+    results, failed = [], []
+    for dtype in (d for d in args.dtype if d not in refused):
         for name, tree in trees:
-            res = _run(tree, dtype, CLIPS / "clip01.wav", CLIPS / "clip02.wav", paths)
+            try:
+                res = _run(tree, dtype, CLIPS / "clip01.wav", CLIPS / "clip02.wav", paths)
+            except RuntimeError as exc:  # the other trees and precisions still run
+                print(f"FAILED: {exc}\n", flush=True)
+                failed.append(f"{name}, {dtype}")
+                continue
             print("\n".join(_table(name, dtype, res, args.top)), flush=True)
             results.append((f"{name}, {dtype}", res))
     if len(results) > 1:
+        print(f"[{machine}]\n")
         print("\n".join(_compare(results)))
-    return 0
+    if failed:
+        print(f"\nfailed: {'; '.join(failed)}")
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":
