@@ -1,8 +1,8 @@
 """How far a reduced precision (bfloat16) lands from float32, stage by stage and end to end.
 
     python benchmarks/bf16_quality.py                 # full-size random models, batch12
-    python benchmarks/bf16_quality.py --golden        # the reduced golden models, the 5 s probe clip
-    python benchmarks/bf16_quality.py --dtype float16 # CUDA, or a CPU with AVX512-FP16 / AMX-FP16
+    python benchmarks/bf16_quality.py --golden        # the reduced golden models, the golden 5 s and 49 s clips
+    python benchmarks/bf16_quality.py --dtype float16 # a CPU with AVX512-FP16 / AMX-FP16 (--device cuda: a GPU)
     python benchmarks/bf16_quality.py --f0-low        # the F0 network in bfloat16 too (CPU default: float32)
 
 Each stage gets the *same float32 inputs* in both precisions, so its figure is its own
@@ -71,7 +71,9 @@ def _engines(args: argparse.Namespace):
         kw = dict(index=paths["index"], encoder=paths["encoder"], f0="rmvpe", f0_weights=paths["f0_weights"])
         model = paths["model"]
         files = [Path(f) for f in sorted(glob.glob(str(args.inputs / "*.wav")))]
-    device = "cuda" if args.dtype == "float16" else "cpu"
+    if not files:
+        raise SystemExit(f"--inputs {args.inputs}: no .wav files there (pass --inputs or set RVCFAST_SHARED)")
+    device = args.device
     ref = Engine.load(model, device=device, dtype=torch.float32, **kw)
     f0_options = {"dtype": args.dtype} if args.f0_low else None
     low = Engine.load(model, device=device, dtype=args.dtype, f0_options=f0_options, **kw)
@@ -80,15 +82,25 @@ def _engines(args: argparse.Namespace):
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dtype", default="bfloat16")
+    ap.add_argument("--dtype", default="bfloat16", help="the reduced precision: bfloat16 or float16")
+    ap.add_argument("--device", default="cpu", help="cpu (default) or cuda")
     ap.add_argument("--golden", action="store_true", help="the reduced golden models instead of full-size random ones")
     ap.add_argument("--inputs", type=Path, default=SHARED / "audio" / "batch12")
     ap.add_argument("--f0-low", action="store_true",
                     help="run the F0 network in the reduced precision too (on a CPU it stays float32 by default)")
     args = ap.parse_args(argv)
+    os.environ["RVCFAST_PROFILE"] = "off"  # the measured engines must not take settings from `rvcfast tune`
 
     import torch
     from cpu_convert import machine_line  # noqa: E402 - this folder's helper
+
+    from rvcfast.errors import ParameterError
+    from rvcfast.runtime import resolve_device, resolve_dtype
+
+    try:
+        resolve_dtype(args.dtype, resolve_device(args.device))
+    except ParameterError as exc:
+        raise SystemExit(f"--dtype {args.dtype} --device {args.device}: {exc}") from None
 
     from rvcfast.f0.post import coarse_pitch
     from rvcfast.pipeline import segment_features
@@ -120,9 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{r['file']:>28s}: F0 {r['flips']}/{r['frames']} voicing flips, max {r['cents_max']:.2f} cents "
               f"(median {r['cents_median']:.3f}); features {r['features']:.1f} dB; synthesis {r['synth']:.1f} dB; "
               f"end to end {r['e2e']:.1f} dB", flush=True)
+    gpu = f" | {torch.cuda.get_device_name(ref.device)}" if ref.device.type == "cuda" else ""
     f0_note = f"F0 network in {args.dtype if args.f0_low else 'the engine default'}"
     print(f"\n# {args.dtype} vs float32, {'golden reduced' if args.golden else 'full-size random'} models, {f0_note} "
-          f"[{machine_line()}]")
+          f"[{machine_line()}{gpu}]")
     for key in ("features", "synth", "e2e"):
         vals = [r[key] for r in rows]
         print(f"{key:>9s}: worst {min(vals):.1f} dB, median {statistics.median(vals):.1f} dB")
