@@ -4,8 +4,11 @@
 
 By default the reduced golden models from ``../shared/golden/models`` are used (fast
 enough for a 1-hour check on 2 cores); ``--full-size`` uses the full-size random
-models from ``.benchmarks/models`` (built by the benchmark fixtures). The input is
-``speech_60s_16000.wav`` tiled to the requested length. Prints one JSON line.
+models of the other benchmarks (``$RVCFAST_BENCH_MODELS``, default
+``~/.cache/rvcfast/bench-models``; built there on first use). The input is
+``speech_60s_16000.wav`` tiled to the requested length. Prints one JSON line, with the
+machine (CPU model, flags, threads) in its ``"machine"`` field. Without ``--workdir`` the
+input and output (~0.4 GB for an hour) go to a temporary folder removed at the end.
 """
 
 from __future__ import annotations
@@ -23,6 +26,7 @@ import soundfile as sf
 
 REPO = Path(__file__).resolve().parent.parent
 SHARED = Path(os.environ.get("RVCFAST_SHARED", REPO.parent / "shared"))
+MODELS = Path(os.environ.get("RVCFAST_BENCH_MODELS", Path.home() / ".cache" / "rvcfast" / "bench-models"))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -32,12 +36,20 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--keep-length", action="store_true")
     ap.add_argument("--workdir", type=Path, default=None)
     args = ap.parse_args(argv)
+    os.environ["RVCFAST_PROFILE"] = "off"  # an `rvcfast tune` profile would change the batch size measured
+    if args.workdir is not None:
+        return run(args, args.workdir)
+    with tempfile.TemporaryDirectory(prefix="rvcfast-long-") as tmp:
+        return run(args, Path(tmp))
 
+
+def run(args: argparse.Namespace, work: Path) -> int:
+    """Build the input in ``work``, convert it there and print the JSON report."""
     import torch
+    from cpu_convert import machine_line  # this folder's helper
 
     import rvcfast
 
-    work = args.workdir or Path(tempfile.mkdtemp(prefix="rvcfast-long-"))
     work.mkdir(parents=True, exist_ok=True)
     src = work / f"long_{args.minutes:g}min.wav"
     if not src.exists():
@@ -50,9 +62,11 @@ def main(argv: list[str] | None = None) -> int:
                 f.write(base[:take])
                 done += take
     if args.full_size:
-        m = REPO / ".benchmarks" / "models"
-        kw = dict(index=m / "voice_v2.index", encoder=m / "hubert_base.pt", f0_weights=m / "rmvpe.pt")
-        model = m / "voice_v2_40k_f0.pth"
+        from rvcfast.testing import build_bench_models
+
+        paths = build_bench_models(MODELS)
+        kw = dict(index=paths["index"], encoder=paths["encoder"], f0_weights=paths["f0_weights"])
+        model = paths["model"]
     else:
         m = SHARED / "golden" / "models"
         kw = dict(index=m / "index" / "v2_768.index", encoder=m / "contentvec_hf", f0_weights=m / "rmvpe_reduced.pt")
@@ -69,6 +83,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds_in = sf.info(src).frames / 16000
     expected = seconds_in * info.samplerate
     out = {
+        "machine": machine_line(),
         "minutes": args.minutes,
         "full_size": args.full_size,
         "keep_length": args.keep_length,
