@@ -334,17 +334,13 @@ def parse_backend(spec: str) -> tuple[str, dict[str, bool]]:
 
 
 def _rmvpe_weights(path: str | os.PathLike[str] | None) -> tuple[Path, bool]:
-    """(weights, real?) - the given file, else the benchmark's random full-size model (built if missing)."""
+    """(weights, real?) - the given file, else the benchmarks' random full-size model (built if missing)."""
     if path is not None:
         return Path(path), True
-    models = Path(os.environ.get("RVCFAST_BENCH_MODELS", REPO / ".benchmarks" / "models"))
-    p = models / "rmvpe.pt"
-    if not p.exists():
-        from rvcfast.testing import save_random_rmvpe
+    from rvcfast.testing import build_bench_models
 
-        models.mkdir(parents=True, exist_ok=True)
-        save_random_rmvpe(p, full_size=True, seed=0)  # same file as benchmarks/conftest.py's fixture
-    return p, False
+    models = Path(os.environ.get("RVCFAST_BENCH_MODELS", Path.home() / ".cache" / "rvcfast" / "bench-models"))
+    return build_bench_models(models)["f0_weights"], False  # the file benchmarks/conftest.py's fixture uses
 
 
 def wrapper_fn(name: str, *, rmvpe_weights: str | os.PathLike[str] | None = None, **options) -> F0Fn:

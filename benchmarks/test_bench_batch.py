@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import soundfile as sf
 import torch
-from conftest import record
+from conftest import record, rounds
 
 import rvcfast
 from rvcfast import cache
@@ -29,14 +29,14 @@ from rvcfast.pipeline import prepare
 
 def _converter(m, dtype=torch.float32):
     return rvcfast.Converter.from_pretrained(
-        m["voice"], index=m["index"], encoder=m["hubert"], f0="rmvpe", f0_weights=m["rmvpe"], device="cpu", dtype=dtype
+        m["model"], index=m["index"], encoder=m["encoder"], f0="rmvpe", f0_weights=m["f0_weights"], device="cpu", dtype=dtype
     )
 
 
 def test_batch12_convert_batch(benchmark, full_models, batch12, tmp_path):
     conv = _converter(full_models)
     conv.convert(batch12[0])  # warm-up: first-call allocations, not part of the steady state
-    results = benchmark.pedantic(lambda: conv.convert_batch(batch12, tmp_path / "out"), rounds=1, iterations=1)
+    results = benchmark.pedantic(lambda: conv.convert_batch(batch12, tmp_path / "out"), rounds=rounds(1), iterations=1)
     assert all(r.ok for r in results)
     record("batch12_convert_batch", benchmark)
 
@@ -44,7 +44,7 @@ def test_batch12_convert_batch(benchmark, full_models, batch12, tmp_path):
 def test_batch12_convert_batch_bf16(benchmark, full_models, batch12, tmp_path):
     conv = _converter(full_models, torch.bfloat16)
     conv.convert(batch12[0])
-    results = benchmark.pedantic(lambda: conv.convert_batch(batch12, tmp_path / "out"), rounds=1, iterations=1)
+    results = benchmark.pedantic(lambda: conv.convert_batch(batch12, tmp_path / "out"), rounds=rounds(1), iterations=1)
     assert all(r.ok for r in results)
     record("batch12_convert_batch_bf16", benchmark)
 
@@ -58,7 +58,7 @@ def test_batch12_loop_one_converter(benchmark, full_models, batch12, tmp_path):
             r = conv.convert(f)
             sf.write(tmp_path / f"{f.stem}.wav", r.audio, r.sample_rate)
 
-    benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.pedantic(run, rounds=rounds(1), iterations=1)
     record("batch12_loop_one_converter", benchmark)
 
 
@@ -70,7 +70,7 @@ def test_batch12_reload_per_file(benchmark, full_models, batch12, tmp_path):
             r = conv.convert(f)
             sf.write(tmp_path / f"{f.stem}.wav", r.audio, r.sample_rate)
 
-    benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.pedantic(run, rounds=rounds(1), iterations=1)
     cache.clear()
     record("batch12_reload_per_file", benchmark)
 
@@ -103,5 +103,5 @@ def test_batch12_floor_forwards(benchmark, full_models, batch12):
                 voc.synthesize(feats, n, pitch, pitchf, noise=True, skip_frames=100)
 
     run()  # warm-up
-    benchmark.pedantic(run, rounds=1, iterations=1)
+    benchmark.pedantic(run, rounds=rounds(1), iterations=1)
     record("batch12_floor_forwards", benchmark)
