@@ -14,7 +14,7 @@ not depend on the weight values). Variants, in this order:
   running a thread per core (``num_workers=1``: the default before 2026-12-05);
 * ``convert_batch`` again, to show how much the machine's load moved during the run.
 
-Prints a Markdown table with the CPU model (:func:`rvcfast.tuning.cpu_model`). Run::
+Prints a Markdown table with the machine (CPU model, flags, threads). Run::
 
     python benchmarks/ray_batch12.py [--audio ../shared/audio/batch12] [--models ~/.cache/rvcfast/bench-models]
 """
@@ -74,9 +74,11 @@ def main() -> None:
     parser.add_argument("--models", type=Path, default=Path("~/.cache/rvcfast/bench-models").expanduser())
     args = parser.parse_args()
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    os.environ["RVCFAST_PROFILE"] = "off"  # here and in Ray's workers: rvcfast's defaults, not a tuned profile
+
+    from cpu_convert import machine_line  # this folder's helper
 
     from rvcfast.testing import build_bench_models
-    from rvcfast.tuning import cpu_model
 
     models = build_bench_models(args.models, log=print)
     files = sorted(args.audio.glob("*.wav"))
@@ -114,7 +116,7 @@ def main() -> None:
         shutil.rmtree(scratch, ignore_errors=True)
 
     base = min(load + batch, load2 + batch2)
-    print(f"\nbatch12 (12 x 5 s, 44.1 kHz), full-size random models, CPU float32 - {cpu_model()}, {os.cpu_count()} cores\n")
+    print(f"\nbatch12 (12 x 5 s, 44.1 kHz), full-size random models, CPU float32 - [{machine_line()}]\n")
     print("| variant | seconds | / convert_batch | load average |")
     print("|---|---:|---:|---|")
     for name, seconds, loadavg in rows:

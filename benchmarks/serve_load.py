@@ -42,13 +42,10 @@ SHARED = Path(os.environ.get("RVCFAST_SHARED", REPO.parent / "shared"))
 
 
 def cpu_model() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        m = re.search(r"^Model name:\s*(.+)$", out, re.MULTILINE)
-        cpus = re.search(r"^CPU\(s\):\s*(\d+)$", out, re.MULTILINE)
-        return f"{m.group(1).strip() if m else 'unknown'} ({cpus.group(1) if cpus else '?'} CPUs)"
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
+    """The machine every figure is printed with: CPU model, key flags, usable CPUs, torch and threads."""
+    from cpu_convert import machine_line  # this folder's helper
+
+    return machine_line()
 
 
 def cpu_seconds(pid: int | str = "self") -> float:
@@ -173,7 +170,7 @@ def engine_batching(engine, files: list[Path], rounds: int) -> int:
             print(f"round {r} {kind}: {together[-1] if kind == 'together' else alone[-1]}", file=sys.stderr)
     wt, ct = statistics.median(w for w, _ in together), statistics.median(c for _, c in together)
     wa, ca = statistics.median(w for w, _ in alone), statistics.median(c for _, c in alone)
-    print(f"Engine.run, {len(files)} requests of 5 s, {rounds} alternating rounds (medians):")
+    print(f"Engine.run, {len(files)} requests of 5 s, {rounds} alternating rounds (medians) - [{cpu_model()}]:")
     print("| | wall s | CPU s |\n|---|---:|---:|")
     print(f"| one call for all | {wt:.1f} | {ct:.1f} |\n| one call each | {wa:.1f} | {ca:.1f} |")
     print(f"one call each / one call for all: wall {wa / wt:.3f}×, CPU {ca / ct:.3f}×")
@@ -189,6 +186,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--engine-batching", type=int, default=0, metavar="ROUNDS",
                     help="only measure Engine.run on 4 requests in one call against one call each, alternating, ROUNDS times")
     args = ap.parse_args(argv)
+    os.environ["RVCFAST_PROFILE"] = "off"  # here and in the servers: rvcfast's defaults, not a tuned profile
 
     import torch
 
