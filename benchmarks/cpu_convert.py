@@ -31,6 +31,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -136,17 +137,17 @@ def _run_once(
         "--device", "cpu", "--dtype", dtype, "-q", *extra,
     ]
     env = child_env(tree, use_profile)
-    with tempfile.TemporaryFile() as log:
-        t0 = time.perf_counter()
-        proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=log)
-        _, status, usage = os.wait4(proc.pid, 0)
-        wall = time.perf_counter() - t0
-        proc.returncode = os.waitstatus_to_exitcode(status)
-        log.seek(0)
-        err = log.read().decode(errors="replace")
-    for f in out.iterdir():
-        f.unlink()
-    out.rmdir()
+    try:
+        with tempfile.TemporaryFile() as log:
+            t0 = time.perf_counter()
+            proc = subprocess.Popen(cmd, cwd=tree, env=env, stdout=subprocess.DEVNULL, stderr=log)
+            _, status, usage = os.wait4(proc.pid, 0)
+            wall = time.perf_counter() - t0
+            proc.returncode = os.waitstatus_to_exitcode(status)
+            log.seek(0)
+            err = log.read().decode(errors="replace")
+    finally:  # also when interrupted: the outputs of a whole batch12 run are ~25 MB
+        shutil.rmtree(out, ignore_errors=True)
     if proc.returncode != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed ({proc.returncode}): {err[-2000:]}")
     return {
