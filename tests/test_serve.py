@@ -438,3 +438,27 @@ def test_serve_help(capsys) -> None:
     assert main(["serve", "--help"]) == 0
     out = capsys.readouterr().out
     assert out.startswith("usage: rvcfast serve") and "example" in out and "--max-queue" in out
+
+
+def test_shutdown_waits_for_requests_in_flight_at_most_the_shutdown_timeout(folders, tiny_models, monkeypatch) -> None:
+    # uvicorn waited forever for a stream whose client stopped reading: SIGTERM never finished
+    import uvicorn
+
+    from rvcfast.cli import main
+
+    seen: dict[str, object] = {}
+
+    class Server:
+        def __init__(self, config) -> None:
+            seen["grace"] = config.timeout_graceful_shutdown
+
+        def run(self, sockets) -> None:
+            for s in sockets:
+                s.close()
+
+    monkeypatch.setattr(uvicorn, "Server", Server)
+    args = ["serve", str(folders["voices"]), "--port", "0", "--encoder", str(tiny_models.encoder), "--f0-weights", str(tiny_models.rmvpe)]
+    assert main(args) == 0 and seen["grace"] == 300.0  # the default
+    assert main([*args, "--shutdown-timeout", "12.5"]) == 0 and seen["grace"] == 12.5
+    for bad in ("0", "-1", "nan"):
+        assert main([*args, "--shutdown-timeout", bad]) == 2

@@ -21,7 +21,8 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    """Serve the voices over HTTP until SIGTERM/SIGINT (in-flight requests are finished first)."""
+    """Serve the voices over HTTP until SIGTERM/SIGINT (in-flight requests are finished first,
+    for at most ``--shutdown-timeout`` seconds)."""
     from ..serve import ServeConfig, require_serve_extra
 
     require_serve_extra()  # a clear "pip install rvcfast[serve]" before anything else
@@ -31,6 +32,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     if not 0 <= args.port <= 65535:
         raise UsageError(f"--port must be within 0..65535, got {args.port}")
+    if not args.shutdown_timeout > 0:  # also NaN
+        raise UsageError(f"--shutdown-timeout must be a positive number of seconds, got {args.shutdown_timeout}")
     config = ServeConfig.build(
         voices=args.voices, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights,
         f0_options=parse_options(args.f0_option), device=args.device, dtype=args.dtype, allow_download=args.download,
@@ -47,7 +50,11 @@ def cmd_serve(args: argparse.Namespace) -> int:
     print(f"rvcfast serve: listening on http://{shown}:{port} ({len(app.state.rvcfast.registry.ids())} voices; "
           f"GET /health says when the models are loaded)", file=sys.stderr, flush=True)
     server = uvicorn.Server(
-        uvicorn.Config(app, log_level=args.log_level, access_log=not args.no_access_log, timeout_keep_alive=30, lifespan="on")
+        uvicorn.Config(
+            app, log_level=args.log_level, access_log=not args.no_access_log, timeout_keep_alive=30, lifespan="on",
+            # a client that stops reading a stream would otherwise hold the shutdown forever
+            timeout_graceful_shutdown=args.shutdown_timeout,
+        )
     )
     state = app.state.rvcfast
 
@@ -70,7 +77,8 @@ def add_parser(sub: Any) -> None:
             "file stem; a .index beside it with the same stem is its index. The content encoder and F0 model\n"
             "are loaded once for all voices; voices stay loaded in an LRU. Concurrent requests share one model\n"
             "worker. Endpoints: /health, /metrics, /v1/voices, /v1/convert, /v1/jobs; docs at /docs.\n"
-            "SIGTERM finishes the requests in flight, then exits. Needs: pip install \"rvcfast[serve]\"."
+            "SIGTERM finishes the requests in flight (for at most --shutdown-timeout seconds, then cancels them),\n"
+            "then exits. Needs: pip install \"rvcfast[serve]\"."
         ),
         epilog=(
             "examples:\n"
@@ -89,6 +97,8 @@ def add_parser(sub: Any) -> None:
     n.add_argument("--api-key", metavar="KEY", default=None, help="require this key (Authorization: Bearer KEY or X-API-Key); default: $RVCFAST_API_KEY")
     n.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level")
     n.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    n.add_argument("--shutdown-timeout", type=float, default=300.0, metavar="S",
+                   help="on SIGTERM, wait this long for requests in flight, then cancel them (default: %(default)s)")
     g = p.add_argument_group("models")
     g.add_argument("--encoder", metavar="PATH", help="hubert_base.pt or a ContentVec folder (default: $RVCFAST_HOME or the cache)")
     g.add_argument("--f0", metavar="NAME", default="rmvpe", help="F0 backend for every voice (see `rvcfast backends`)")
