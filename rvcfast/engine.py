@@ -445,24 +445,11 @@ class Engine:
         """A raw F0 track (from the backend or the caller) as a 1-D float array, or an error naming
         the backend and the input: finite, non-negative, one value per 10 ms frame (give or take
         a few frames, or 1 %, for trackers that do not pad the ends)."""
+        from .f0.base import checked_track
+
         ext = self.f0_extractor
         source = f"F0 backend {ext.name!r}" if ext is not None else "the F0 track"
-        label = item.prep.label or "the input"
-        try:
-            track = np.asarray(raw, dtype=np.float64)
-        except (TypeError, ValueError) as exc:
-            raise RvcfastError(f"{label}: {source} gave something that is not an array of numbers ({exc})") from None
-        expected = item.prep.padded.shape[0] // F0_HOP + 1
-        if track.ndim != 1:
-            raise RvcfastError(f"{label}: {source} gave a track of shape {track.shape}; expected one F0 value per frame (1-D)")
-        if abs(track.shape[0] - expected) > 8 + expected // 100:
-            raise RvcfastError(
-                f"{label}: {source} gave {track.shape[0]} frames for {expected} (one per 10 ms of the 16 kHz input)"
-            )
-        bad = int((~np.isfinite(track)).sum()) + int((track < 0).sum())
-        if bad:
-            raise RvcfastError(f"{label}: {source} gave {bad} NaN, infinite or negative F0 values (unvoiced frames are 0)")
-        return track
+        return checked_track(raw, item.prep.padded.shape[0] // F0_HOP + 1, f"{item.prep.label or 'the input'}: {source}")
 
     def _output_lengths(self, segs: Sequence[SegmentInput], params: ConversionParams) -> list[int]:
         """Output samples each segment contributes once its padding context is trimmed."""

@@ -14,13 +14,41 @@ import numpy as np
 import torch
 
 from ..constants import F0_HOP, F0_MAX, F0_MIN, SR_16K
-from ..errors import AudioError, ParameterError
+from ..errors import AudioError, ParameterError, RvcfastError
 from ..runtime import resolve_dtype
 
-__all__ = ["BaseF0Extractor", "SAMPLE_RATE", "HOP_LENGTH", "F0_MIN", "F0_MAX", "as_audio16k", "package_dir"]
+__all__ = [
+    "BaseF0Extractor", "SAMPLE_RATE", "HOP_LENGTH", "F0_MIN", "F0_MAX", "as_audio16k", "package_dir",
+    "checked_track", "frame_tolerance",
+]
 
 SAMPLE_RATE = SR_16K
 HOP_LENGTH = F0_HOP
+
+
+def frame_tolerance(n_frames: int) -> int:
+    """How many frames an F0 track may be off ``n_frames`` (trackers that do not pad the ends
+    return a few fewer): 8 frames plus 1 %."""
+    return 8 + n_frames // 100
+
+
+def checked_track(track: object, n_frames: int, who: str) -> np.ndarray:
+    """``track`` as a 1-D float64 array of F0 values, or an :class:`~rvcfast.errors.RvcfastError`
+    saying what ``who`` (e.g. ``"in.wav: F0 backend 'rmvpe'"``) gave instead: it must be one
+    finite, non-negative value per 10 ms frame, within :func:`frame_tolerance` of ``n_frames``,
+    so a track with the wrong hop or layout is never silently padded, trimmed or flattened."""
+    try:
+        arr = np.asarray(track, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise RvcfastError(f"{who} gave something that is not an array of numbers ({exc})") from None
+    if arr.ndim != 1:
+        raise RvcfastError(f"{who} gave a track of shape {arr.shape}; expected one F0 value per frame (1-D)")
+    if abs(arr.shape[0] - n_frames) > frame_tolerance(n_frames):
+        raise RvcfastError(f"{who} gave {arr.shape[0]} frames for {n_frames} (one per 10 ms of the 16 kHz input)")
+    bad = int((~np.isfinite(arr)).sum()) + int((arr < 0).sum())
+    if bad:
+        raise RvcfastError(f"{who} gave {bad} NaN, infinite or negative F0 values (unvoiced frames are 0)")
+    return arr
 
 
 def package_dir(name: str) -> Path | None:

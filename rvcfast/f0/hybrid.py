@@ -13,9 +13,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ..errors import ParameterError, RvcfastError
+from ..errors import ParameterError
 from ..protocols import F0Extractor
-from .base import HOP_LENGTH, SAMPLE_RATE, BaseF0Extractor, as_audio16k
+from .base import HOP_LENGTH, SAMPLE_RATE, BaseF0Extractor, as_audio16k, checked_track, frame_tolerance
 
 __all__ = ["HybridExtractor", "checked_member_track", "combine_f0", "frame_tolerance"]
 
@@ -27,36 +27,12 @@ def _fit(f0: np.ndarray, n_frames: int) -> np.ndarray:
     return np.pad(f0, (0, n_frames - len(f0)))
 
 
-def frame_tolerance(n_frames: int) -> int:
-    """How many frames a backend's track may be off ``n_frames`` (trackers that do not pad the
-    ends return a few fewer): 8 frames plus 1 %, the engine's rule for a single backend."""
-    return 8 + n_frames // 100
-
-
 def checked_member_track(track: object, n_frames: int, member: str) -> np.ndarray:
     """``track`` of the hybrid member ``member`` as a 1-D float64 array, or an
-    :class:`~rvcfast.errors.RvcfastError` naming the member: it must be one finite,
-    non-negative F0 value per frame, within :func:`frame_tolerance` of ``n_frames``
-    (the checks a single backend's track gets), so a member with the wrong hop or
+    :class:`~rvcfast.errors.RvcfastError` naming the member: the checks a single backend's
+    track gets (:func:`~rvcfast.f0.base.checked_track`), so a member with the wrong hop or
     layout cannot be silently padded, trimmed or flattened into the vote."""
-    try:
-        arr = np.asarray(track, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise RvcfastError(f"hybrid member {member!r} gave something that is not an array of numbers ({exc})") from None
-    if arr.ndim != 1:
-        raise RvcfastError(
-            f"hybrid member {member!r} gave a track of shape {arr.shape}; expected one F0 value per frame (1-D)"
-        )
-    if abs(arr.shape[0] - n_frames) > frame_tolerance(n_frames):
-        raise RvcfastError(
-            f"hybrid member {member!r} gave {arr.shape[0]} frames for {n_frames} (one per 10 ms of the 16 kHz input)"
-        )
-    bad = int((~np.isfinite(arr)).sum()) + int((arr < 0).sum())
-    if bad:
-        raise RvcfastError(
-            f"hybrid member {member!r} gave {bad} NaN, infinite or negative F0 values (unvoiced frames are 0)"
-        )
-    return arr
+    return checked_track(track, n_frames, f"hybrid member {member!r}")
 
 
 def _min_voiced(value: object, n_backends: int) -> int:
