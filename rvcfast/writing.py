@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import socket
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -111,6 +111,20 @@ _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname() or "host")[:40] or "h
 _PART_RE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)~(?P<pid>\d+)~[A-Za-z0-9_]*\.part$")
 
 
+def _new_part(p: Path) -> str:
+    """Create the empty temporary file for ``p`` (``.<name>.<host>~<pid>~<random>.part`` beside
+    it) and return its path. It is opened with mode 0o666 and the process's umask, as a plain
+    ``open`` would be (``tempfile.mkstemp``'s 0o600 would have stayed on every output)."""
+    while True:
+        tmp = p.parent / f".{p.name}.{_HOST}~{os.getpid()}~{secrets.token_hex(4)}.part"
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
+        except FileExistsError:  # pragma: no cover - 32 random bits taken by another writer
+            continue
+        os.close(fd)
+        return str(tmp)
+
+
 def _pid_alive(pid: int) -> bool:
     if pid == os.getpid():
         return True
@@ -200,8 +214,7 @@ def write_audio_atomic(
         audio, sample_rate = resample(audio, int(sample_rate), target, dtype=np.float32), target
     p.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_parts(p.parent, p.name)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.{_HOST}~{os.getpid()}~", suffix=".part", dir=p.parent)
-    os.close(fd)
+    tmp = _new_part(p)
     try:
         sf.write(tmp, audio, int(sample_rate), format=SUPPORTED_WRITE_FORMATS[fmt], subtype=subtype)
         with open(tmp, "rb+") as f:

@@ -427,6 +427,18 @@ def test_check_write_format_accepts_what_can_be_written(fmt: str, subtype: str |
     check_write_format(fmt, subtype, rate)
 
 
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_outputs_get_the_permissions_a_plain_write_gives(tmp_path: Path, umask: int) -> None:
+    # the temporary file came from mkstemp (0o600), and every output kept that mode
+    old = os.umask(umask)
+    try:
+        target = write_audio_atomic(tmp_path / "out.wav", np.zeros(4000, np.float32), MODEL_SR)
+    finally:
+        os.umask(old)
+    assert os.stat(target).st_mode & 0o777 == 0o666 & ~umask
+    assert parts(tmp_path) == []
+
+
 @pytest.mark.parametrize(
     ("fmt", "subtype", "rate"), [("ogg", None, 250000), ("ogg", "OPUS", 40000), ("mp3", "MPEG_LAYER_I", 44100)]
 )

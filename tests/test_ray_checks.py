@@ -375,3 +375,17 @@ def test_no_running_cluster_is_an_rvcfast_error_saying_what_to_do(monkeypatch, a
             raise AssertionError("connected without a cluster")
     assert f"address={address!r}" in str(info.value) and "ray start --head" in str(info.value)
     assert "--address" not in str(info.value)
+
+
+def test_a_manifest_gets_the_permissions_a_plain_write_gives(tmp_path):
+    # its temporary file came from mkstemp (0o600), which the manifest kept
+    from rvcfast.integrations.ray._job import write_manifest
+
+    old = os.umask(0o022)
+    try:
+        p = write_manifest([{"input": "a.wav", "output": "out/a.wav", "error": None}], tmp_path / "rows.jsonl")
+    finally:
+        os.umask(old)
+    assert os.stat(p).st_mode & 0o777 == 0o644
+    assert json.loads(p.read_text().splitlines()[0])["input"] == "a.wav"
+    assert sorted(f.name for f in tmp_path.iterdir()) == ["rows.jsonl"]

@@ -6,7 +6,7 @@ import inspect
 import json
 import math
 import os
-import tempfile
+import secrets
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -505,8 +505,8 @@ def write_manifest(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> 
     p = check_manifest(path)
     kind = p.suffix.lower()
     p.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".tmp", dir=p.parent)
-    os.close(fd)
+    # created by the writer below, with the umask's permissions (mkstemp's 0o600 stayed on the manifest)
+    tmp = str(p.parent / f".{p.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     try:
         if kind == ".parquet":
             import pyarrow as pa
