@@ -86,8 +86,14 @@ def prepare(
     """Peak guard, high-pass, split points and padding for one mono 16 kHz float input.
 
     Inputs longer than 10 minutes are high-passed block by block (bounded memory).
+    An input that is not 1-D or has no samples raises :class:`~rvcfast.errors.AudioError`
+    naming ``label``.
     """
-    audio = input_peak_guard(np.asarray(audio16k, dtype=np.float64))
+    audio = np.asarray(audio16k, dtype=np.float64)
+    if audio.ndim != 1 or audio.shape[0] == 0:
+        what = "has no samples" if audio.ndim == 1 else f"must be 1-D mono samples, got shape {audio.shape}"
+        raise AudioError(label, f"audio {what}")
+    audio = input_peak_guard(audio)
     del audio16k
     n, pad = audio.shape[0], config.t_pad
     if n > LONG_INPUT_SAMPLES and n > pad + 1:
@@ -270,6 +276,9 @@ def finish(
 
     ``pieces`` is the list of trimmed segment outputs, or one array they were already
     written into (the batch engine does that to avoid a second copy of long outputs).
+    Such an array is used as the output buffer: when it is float32, the RMS mix is off
+    and no resampling is asked for, the peak guard scales it in place (pass a copy to
+    keep it).
     """
     if isinstance(pieces, np.ndarray):
         out = pieces

@@ -3,7 +3,7 @@
 The constants follow the reference's fp32 configuration: ``x_pad = 1`` s of
 context on each side of every segment, split points searched within
 ``x_query = 6`` s of every ``x_center = 38`` s, splitting only inputs longer than
-``x_max = 41`` s.
+``x_max = 41`` s less one 10 ms frame (655840 samples).
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .constants import F0_HOP, SR_16K
+from .errors import ParameterError
 
 __all__ = ["SegmentConfig", "Segment", "reflect_pad", "find_split_points", "plan_segments"]
 
@@ -26,6 +27,11 @@ class SegmentConfig:
     ``quiet_metric`` selects how a "quiet" 10 ms window is measured: ``"signed"``
     (|sum of samples|, what Applio does and what the golden fixtures use) or
     ``"abs"`` (sum of |samples|, RVC WebUI).
+
+    All four lengths are whole seconds, ``x_pad``, ``x_query`` and ``x_max`` at least 1,
+    and ``x_center >= 2 * x_query`` (every RVC configuration is): the search windows
+    around consecutive candidate points then never overlap, so split points strictly
+    increase. Other values raise :class:`~rvcfast.errors.ParameterError`.
     """
 
     x_pad: int = 1
@@ -33,6 +39,19 @@ class SegmentConfig:
     x_center: int = 38
     x_max: int = 41
     quiet_metric: str = "signed"
+
+    def __post_init__(self) -> None:
+        for name in ("x_pad", "x_query", "x_center", "x_max"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 1:
+                raise ParameterError(f"SegmentConfig.{name} must be a whole number of seconds >= 1, got {value!r}")
+        if self.x_center < 2 * self.x_query:
+            raise ParameterError(
+                f"SegmentConfig.x_center ({self.x_center}) must be at least 2 * x_query ({2 * self.x_query}): "
+                "otherwise the quiet-point searches overlap and can pick the same split point twice"
+            )
+        if self.quiet_metric not in ("signed", "abs"):
+            raise ParameterError(f"SegmentConfig.quiet_metric must be 'signed' or 'abs', got {self.quiet_metric!r}")
 
     @property
     def t_pad(self) -> int:
@@ -55,9 +74,11 @@ class SegmentConfig:
 class Segment:
     """One synthesis segment of the padded signal.
 
-    ``start``/``end`` index the padded 16 kHz signal; ``f0_start``/``f0_end``
-    index its frame track; ``trim`` is the context (seconds) dropped on each side
-    of the output.
+    ``start``/``end`` index the padded 16 kHz signal (``end`` may pass its end by
+    up to 159 samples when a split point falls in the input's last 10 ms; the slice
+    stops at the end, as the reference's does); ``f0_start``/``f0_end`` index its
+    frame track. The ``x_pad`` seconds of context on each side are dropped from the
+    segment's output by the synthesis step.
     """
 
     start: int
@@ -86,8 +107,9 @@ def _reflect_window(audio: np.ndarray, start: int, stop: int, pad: int) -> np.nd
 def find_split_points(audio: np.ndarray, config: SegmentConfig = SegmentConfig()) -> list[int]:
     """Quiet points where a long (high-passed, unpadded) input is cut, in samples.
 
-    For every ``t`` in ``x_center, 2 x_center, ...`` below the length, the first
-    minimum of ``|moving 160-sample sum|`` within ``t +- x_query`` wins. Only the
+    Inputs of ``t_max - 160`` samples or fewer are not split. Otherwise, for every
+    ``t`` in ``x_center, 2 x_center, ...`` below the length, the first minimum of
+    the moving 160-sample quiet measure (``quiet_metric``) within ``t +- x_query`` wins. Only the
     windows around the candidate points are summed, so an hour of audio costs a
     few milliseconds, and the sums are accumulated in the reference's order, so
     they are bit-identical to its whole-signal moving sum (the minima can be as
