@@ -7,6 +7,7 @@ JSON-ready dicts.
 
 from __future__ import annotations
 
+import json
 import math
 import os
 from pathlib import Path
@@ -41,7 +42,10 @@ def _jsonable(value: Any, parents: tuple[int, ...] = ()) -> Any:
         if isinstance(value, dict):
             return {str(k): _jsonable(v, inner) for k, v in value.items()}
         return [_jsonable(v, inner) for v in value]
-    return repr(value)
+    try:
+        return repr(value)
+    except RecursionError:  # an object whose repr walks a deeply nested state
+        return f"{type(value).__name__} (nested too deeply)"
 
 
 def model_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -58,8 +62,11 @@ def model_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
                 continue
             if isinstance(value, torch.Tensor):
                 value = f"tensor{list(value.shape)}"
-            elif isinstance(value, (dict, list, tuple)) and len(repr(value)) > 200:
-                value = f"{type(value).__name__} of {len(value)}"
+            elif isinstance(value, (dict, list, tuple)):
+                # measured on the depth-limited form: repr() of a deeply nested container
+                # (untrusted data) raises RecursionError
+                walked = _jsonable(value)
+                value = f"{type(value).__name__} of {len(value)}" if len(json.dumps(walked)) > 200 else walked
             metadata[str(key)] = _jsonable(value)
     return metadata
 

@@ -155,7 +155,8 @@ class ConversionParams:
         elif isinstance(params, ConversionParams):
             base = params
         elif isinstance(params, Mapping):
-            base = cls().replace(**dict(params))
+            # str(): a non-text key is an unknown parameter named as such, not a TypeError from **
+            base = cls().replace(**{str(k): v for k, v in params.items()})
         else:
             raise ParameterError(f"params must be a ConversionParams or a mapping, got {type(params).__name__}")
         return base.replace(**overrides)

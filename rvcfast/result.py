@@ -17,7 +17,9 @@ class Result:
     batch wrote it to ``output_path`` and did not keep it); ``timings`` maps stage names
     (``decode``, ``f0``, ``features``, ``index``, ``synth``, ``post``, ``write``) to
     seconds; ``warnings`` lists recoverable oddities of the input (a truncated file,
-    clipping, a DC offset, channels mixed down), each naming the input.
+    clipping, a DC offset, channels mixed down), each naming the input. ``frames`` is the
+    output's length in samples at ``sample_rate``, taken from ``audio`` when the Result is
+    made: it stays when a batch drops the audio after writing it, so :attr:`duration` does too.
     """
 
     audio: np.ndarray
@@ -30,6 +32,11 @@ class Result:
     input_seconds: float = 0.0
     index: int | None = None
     warnings: list[str] = field(default_factory=list)
+    frames: int | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.frames is None:
+            self.frames = int(np.shape(self.audio)[0]) if np.ndim(self.audio) else 0
 
     @property
     def ok(self) -> bool:
@@ -38,5 +45,6 @@ class Result:
 
     @property
     def duration(self) -> float:
-        """Output duration in seconds."""
-        return self.audio.shape[0] / self.sample_rate if self.sample_rate else 0.0
+        """Output duration in seconds: of ``audio``, or of the written output when the audio was dropped."""
+        n = self.audio.shape[0] or (self.frames or 0)
+        return n / self.sample_rate if self.sample_rate else 0.0

@@ -8,6 +8,7 @@ recognised by that name and removed by the next run.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import secrets
@@ -17,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from .errors import ParameterError
+from .errors import AudioError, ParameterError
 
 __all__ = [
     "SUPPORTED_WRITE_FORMATS",
@@ -72,7 +73,7 @@ def check_write_format(format: str, subtype: str | None, sample_rate: int) -> No
     if fmt not in SUPPORTED_WRITE_FORMATS:
         raise ParameterError(f"output format {format!r} is not supported (choose from {sorted(SUPPORTED_WRITE_FORMATS)})")
     name = SUPPORTED_WRITE_FORMATS[fmt]
-    sub = subtype.strip().upper() if subtype and subtype.strip() else sf.default_subtype(name)
+    sub = _subtype(subtype) or sf.default_subtype(name)
     rate = int(sample_rate)
     if sub in _READ_ONLY_SUBTYPES.get(name, ()):
         raise ParameterError(
@@ -90,6 +91,11 @@ def check_write_format(format: str, subtype: str | None, sample_rate: int) -> No
             "give one of these sample_rate values, or subtype VORBIS"
         )
     _trial_open(name, sub, rate, fmt)
+
+
+def _subtype(subtype: str | None) -> str | None:
+    """``subtype`` as libsndfile names it (``" pcm_16"`` -> ``"PCM_16"``); ``None`` when blank (the default)."""
+    return subtype.strip().upper() if subtype and subtype.strip() else None
 
 
 def _trial_open(name: str, sub: str, rate: int, fmt: str) -> None:
@@ -111,12 +117,28 @@ _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname() or "host")[:40] or "h
 _PART_RE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)~(?P<pid>\d+)~[A-Za-z0-9_]*\.part$")
 
 
+#: Longest output name (in bytes) kept whole in a temporary file's name: the rest of that name
+#: takes at most 63 bytes, and a file name at most 255.
+_PART_NAME_BYTES = 160
+
+
+def _part_key(name: str) -> str:
+    """``name`` as it appears in its temporary files' names: itself, or when longer than
+    :data:`_PART_NAME_BYTES` its start and a hash of the whole (an output name near the
+    file system's 255-byte limit would otherwise give a temporary name that cannot exist)."""
+    raw = os.fsencode(name)
+    if len(raw) <= _PART_NAME_BYTES:
+        return name
+    head = raw[: _PART_NAME_BYTES - 17].decode("utf-8", "ignore")
+    return f"{head}~{hashlib.sha256(raw).hexdigest()[:16]}"
+
+
 def _new_part(p: Path) -> str:
     """Create the empty temporary file for ``p`` (``.<name>.<host>~<pid>~<random>.part`` beside
     it) and return its path. It is opened with mode 0o666 and the process's umask, as a plain
     ``open`` would be (``tempfile.mkstemp``'s 0o600 would have stayed on every output)."""
     while True:
-        tmp = p.parent / f".{p.name}.{_HOST}~{os.getpid()}~{secrets.token_hex(4)}.part"
+        tmp = p.parent / f".{_part_key(p.name)}.{_HOST}~{os.getpid()}~{secrets.token_hex(4)}.part"
         try:
             fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
         except FileExistsError:  # pragma: no cover - 32 random bits taken by another writer
@@ -146,14 +168,15 @@ def remove_stale_parts(directory: str | os.PathLike[str], name: str | None = Non
     """
     d = Path(directory)
     removed: list[Path] = []
-    pattern = f".{_glob_escape(name)}.*.part" if name is not None else ".*.part"
+    key = _part_key(name) if name is not None else None
+    pattern = f".{_glob_escape(key)}.*.part" if key is not None else ".*.part"
     try:
         candidates = list(d.glob(pattern))
     except OSError:
         return removed
     for f in candidates:
         m = _PART_RE.match(f.name)
-        if m is None or (name is not None and m.group("name") != name) or m.group("host") != _HOST:
+        if m is None or (key is not None and m.group("name") != key) or m.group("host") != _HOST:
             continue
         if _pid_alive(int(m.group("pid"))):
             continue
@@ -179,6 +202,27 @@ def this_host() -> str:
     return _HOST
 
 
+#: Subtypes that carry samples beyond ±1 as they are: everything else is clipped to ±1 first.
+_UNCLIPPED_SUBTYPES = {"FLOAT", "DOUBLE", "VORBIS", "OPUS", "MPEG_LAYER_III"}
+
+
+def _writable(path: Path, audio: np.ndarray, fmt: str, subtype: str | None) -> np.ndarray:
+    """``audio`` as it can be written to ``path``: an :class:`AudioError` for samples that cannot
+    (none for FLAC/MP3, NaN or infinity), clipped to ±1 where the subtype would wrap them."""
+    if audio.size == 0:
+        if fmt in ("flac", "mp3"):
+            raise AudioError(path, f"no audio to write: an empty {fmt} file cannot be written (wav and ogg can be empty)")
+        return audio
+    lo, hi = float(audio.min()), float(audio.max())  # NaN propagates through min/max: no mask needed
+    if not (np.isfinite(lo) and np.isfinite(hi)):
+        bad = int(audio.size - np.count_nonzero(np.isfinite(audio)))
+        raise AudioError(path, f"not written: the audio has {bad} NaN or infinite samples of {audio.size}")
+    sub = subtype or sf.default_subtype(SUPPORTED_WRITE_FORMATS[fmt])
+    if (lo < -1.0 or hi > 1.0) and sub not in _UNCLIPPED_SUBTYPES:
+        audio = np.clip(audio, -1.0, 1.0)  # a new array: the caller's audio is left as it is
+    return audio
+
+
 def _glob_escape(text: str) -> str:
     """``text`` with glob metacharacters escaped."""
     return re.sub(r"([*?\[])", r"[\1]", text)
@@ -197,16 +241,22 @@ def write_audio_atomic(
     A reader never sees a partial file: either the old file (or nothing) or the
     complete new one. The data is flushed to disk before the rename. A format,
     subtype and rate that cannot be written (:func:`check_write_format`) raise
-    :class:`ParameterError` before anything is written. The temporary
+    :class:`ParameterError` before anything is written, as do NaN or infinite samples
+    (:class:`AudioError`: LAME aborts the process on them, FLAC fails, WAV turns them into
+    full-scale clicks) and an empty ``audio`` for FLAC or MP3 (libsndfile would leave a
+    0-byte file). Samples beyond ±1 are clipped for the integer, companded and ADPCM
+    subtypes (PCM, µ-law, A-law...: µ-law, A-law and ADPCM would wrap them around);
+    the float subtypes and the lossy codecs keep them. The temporary
     file (``.<name>.<host>~<pid>~<random>.part``) is removed if anything fails, and
     stale ones for the same ``path`` left by a killed process are removed first.
     """
     p = Path(path)
-    fmt = (format or p.suffix.lstrip(".") or "wav").lower()
+    fmt = (format or p.suffix.lstrip(".") or "wav").strip().lower()
     if fmt not in SUPPORTED_WRITE_FORMATS:
         raise ParameterError(f"{p}: output format {fmt!r} is not supported (choose from {sorted(SUPPORTED_WRITE_FORMATS)})")
+    subtype = _subtype(subtype)  # as check_write_format reads it: " pcm_16" passed the check, then failed every write
     check_write_format(fmt, subtype, mp3_rate(sample_rate) if fmt == "mp3" else sample_rate)
-    audio = np.asarray(audio, dtype=np.float32)
+    audio = _writable(p, np.asarray(audio, dtype=np.float32), fmt, subtype)
     if fmt == "mp3" and int(sample_rate) not in MP3_RATES:
         from .dsp import resample
 
