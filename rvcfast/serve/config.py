@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
@@ -124,6 +125,9 @@ class ServeConfig:
         for name in ("max_upload_mb", "max_input_seconds", "max_job_seconds", "jobs_ttl", "jobs_max_mb"):
             if not float(getattr(self, name)) > 0:
                 raise ParameterError(f"{name} must be positive, got {getattr(self, name)}")
+        for name in ("max_upload_mb", "jobs_max_mb"):  # sizes in bytes: an integer, so finite
+            if not math.isfinite(float(getattr(self, name))):
+                raise ParameterError(f"{name} must be a finite number of megabytes, got {getattr(self, name)}")
         if self.batch_seconds is not None and not float(self.batch_seconds) >= 0:
             raise ParameterError(f"batch_seconds must be 0 or more, got {self.batch_seconds}")
         if self.threads is not None and int(self.threads) < 1:

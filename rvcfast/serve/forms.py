@@ -88,6 +88,8 @@ def parse_fields(pairs: Iterable[tuple[str, str]]) -> ConvertOptions:
             overrides[target] = coerce_param(target, text)
         except ParameterError as exc:
             raise FieldError(name, str(exc)) from None
+        except RecursionError:  # JSON (effects) nested deeper than the decoder can go
+            raise FieldError(name, f"{name} is nested too deeply to be read") from None
     try:
         fmt, subtype = check_output(fmt, subtype, stream)
     except ParameterError as exc:

@@ -22,10 +22,13 @@ from typing import Any
 
 from .forms import FieldError
 
-__all__ = ["Intake", "UnsupportedMedia", "read_request", "spool_upload", "safe_name"]
+__all__ = ["Intake", "UnsupportedMedia", "read_request", "spool_upload", "safe_name", "CLIENT_CLOSED"]
 
 #: Form fields (not files) a request may carry.
 MAX_FIELDS = 64
+
+#: The status recorded for a request whose client disconnected before its answer (nginx's convention).
+CLIENT_CLOSED = 499
 
 
 class UnsupportedMedia(Exception):
@@ -94,7 +97,21 @@ async def spool_upload(upload: Any, folder: Path) -> tuple[Path, str]:
 
 
 async def read_request(request: Any, folder: Path, *, file_fields: tuple[str, ...] = ("file",)) -> Intake:
-    """The fields and the audio of a request (see the module docstring); the caller calls :meth:`Intake.cleanup`."""
+    """The fields and the audio of a request (see the module docstring); the caller calls :meth:`Intake.cleanup`.
+
+    A client that disconnects before its body is read is answered (to nobody) with status
+    :data:`CLIENT_CLOSED`, which the metrics count: it is not a failure of the server.
+    """
+    from starlette.exceptions import HTTPException
+    from starlette.requests import ClientDisconnect
+
+    try:
+        return await _read_request(request, folder, file_fields)
+    except ClientDisconnect:
+        raise HTTPException(CLIENT_CLOSED, "the client disconnected before its request body was read") from None
+
+
+async def _read_request(request: Any, folder: Path, file_fields: tuple[str, ...]) -> Intake:
     fields = [(k, v) for k, v in request.query_params.multi_items()]
     ctype = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if ctype == "multipart/form-data":

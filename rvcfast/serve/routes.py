@@ -36,7 +36,7 @@ from ..errors import AudioError, AudioTooLongError, BackendUnavailableError, Mod
 from .app import dumps_header, error_response
 from .encode import MEDIA_TYPES, check_output_rate, encode_audio, pcm_bytes, wav_stream_header
 from .forms import ConvertOptions, FieldError, check_values, form_schema, parse_fields
-from .intake import Intake, read_request
+from .intake import CLIENT_CLOSED, Intake, read_request
 from .jobs import ACTIVE, JOB_ID, Job
 from .state import ServerState
 
@@ -49,8 +49,6 @@ __all__ = ["add_routes", "InputTooLong", "input_seconds", "CLIENT_CLOSED"]
 
 T = TypeVar("T")
 
-#: The status recorded for a request whose client disconnected before its answer (nginx's convention).
-CLIENT_CLOSED = 499
 
 
 class InputTooLong(Exception):
@@ -136,9 +134,7 @@ async def _prepare(state: ServerState, intake: Intake, options: ConvertOptions) 
     t0 = time.perf_counter()
     limit = float(state.cfg.max_input_seconds)
     try:
-        prep = await _counted(
-            state, "decode", state.in_pool(engine.prepare, intake.path, params=params, max_seconds=limit)
-        )
+        prep = await _counted(state, "decode", state.in_pool(_prepared, engine, intake.path, params, limit))
     except AudioTooLongError:  # a header that under-states the length: found while decoding, bounded
         raise InputTooLong(
             f"{intake.name} is longer than {limit:g} s; /v1/convert takes inputs of at most {limit:g} s", limit, limit
@@ -154,6 +150,18 @@ async def _prepare(state: ServerState, intake: Intake, options: ConvertOptions) 
         except Exception as exc:  # noqa: BLE001 - the engine reports it for this request
             f0 = exc
     return _Work(engine, params, prep, f0, options, intake.name, time.perf_counter() - t0)
+
+
+def _prepared(engine: Engine, path: Path, params: ConversionParams, limit: float) -> PreparedAudio:
+    """``Engine.prepare``, and an :class:`AudioError` for an input too short to give one output
+    sample (the client's input, answered 422 before the model worker is asked, not a failed conversion)."""
+    from ..engine import _too_short
+    from ..pipeline import segment_inputs
+
+    prep = engine.prepare(path, params=params, max_seconds=limit)
+    if not any(engine._output_lengths(segment_inputs(prep, None, None), params)):
+        raise _too_short(prep, params)
+    return prep
 
 
 async def _convert_whole(state: ServerState, work: _Work) -> tuple[np.ndarray, int, dict[str, float], str | None]:
