@@ -28,6 +28,7 @@ __all__ = [
     "OPUS_RATES",
     "check_write_format",
     "write_audio_atomic",
+    "writable_samples",
     "remove_stale_parts",
     "part_file_hosts",
     "this_host",
@@ -206,9 +207,17 @@ def this_host() -> str:
 _UNCLIPPED_SUBTYPES = {"FLOAT", "DOUBLE", "VORBIS", "OPUS", "MPEG_LAYER_III"}
 
 
-def _writable(path: Path, audio: np.ndarray, fmt: str, subtype: str | None) -> np.ndarray:
-    """``audio`` as it can be written to ``path``: an :class:`AudioError` for samples that cannot
-    (none for FLAC/MP3, NaN or infinity), clipped to ±1 where the subtype would wrap them."""
+def writable_samples(
+    audio: np.ndarray, fmt: str, subtype: str | None = None, path: str | os.PathLike[str] | None = None
+) -> np.ndarray:
+    """Float32 ``audio`` as it can be written as ``fmt``/``subtype`` (what :func:`write_audio_atomic` writes).
+
+    Raises :class:`AudioError` (naming ``path`` when given) for samples that cannot be written:
+    none at all for FLAC or MP3, NaN or infinity for any format (LAME aborts the process on
+    them). Returns ``audio`` clipped to ±1 (a new array) where the subtype would wrap samples
+    beyond it (µ-law, A-law, ADPCM...), else ``audio`` itself.
+    """
+    subtype = _subtype(subtype)
     if audio.size == 0:
         if fmt in ("flac", "mp3"):
             raise AudioError(path, f"no audio to write: an empty {fmt} file cannot be written (wav and ogg can be empty)")
@@ -256,7 +265,7 @@ def write_audio_atomic(
         raise ParameterError(f"{p}: output format {fmt!r} is not supported (choose from {sorted(SUPPORTED_WRITE_FORMATS)})")
     subtype = _subtype(subtype)  # as check_write_format reads it: " pcm_16" passed the check, then failed every write
     check_write_format(fmt, subtype, mp3_rate(sample_rate) if fmt == "mp3" else sample_rate)
-    audio = _writable(p, np.asarray(audio, dtype=np.float32), fmt, subtype)
+    audio = writable_samples(np.asarray(audio, dtype=np.float32), fmt, subtype, p)
     if fmt == "mp3" and int(sample_rate) not in MP3_RATES:
         from .dsp import resample
 

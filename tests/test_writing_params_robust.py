@@ -213,3 +213,16 @@ def test_deeply_nested_metadata_is_summarised_not_a_crash(tmp_path: Path) -> Non
     text = json.dumps(meta, allow_nan=False)
     assert "nested too deeply" in text
     assert meta["version"] == "v2"
+
+
+def test_writable_samples_for_writers_in_memory() -> None:
+    """What the in-memory encoders (the server's responses) call before libsndfile: same rules, no path."""
+    from rvcfast.writing import writable_samples
+
+    bad = np.array([0.1, np.nan], np.float32)
+    with pytest.raises(AudioError, match="1 NaN or infinite samples of 2") as info:
+        writable_samples(bad, "mp3")
+    assert info.value.path is None
+    loud = np.array([0.5, 1.5, -2.0], np.float32)
+    np.testing.assert_array_equal(writable_samples(loud, "wav", "ulaw"), [0.5, 1.0, -1.0])
+    assert writable_samples(loud, "wav", "FLOAT") is loud
