@@ -238,14 +238,33 @@ def _assign_outputs(jobs: list[Job], options: BatchOptions) -> None:
     out_dir = Path(options.out_dir)
     top = _resolved(out_dir)
     ext = options.format.lower()
-    inputs = set()
+    inputs: set[Path] = set()
+    input_ids: set[tuple[int, int]] = set()
     for j in jobs:
         if j.path is not None:
             try:
                 inputs.add(j.path.resolve())
+                st = j.path.stat()
+                input_ids.add((st.st_dev, st.st_ino))
             except OSError:
                 pass
-    taken: set[Path] = set()
+
+    def is_input(candidate: Path) -> bool:
+        # By name, and by identity: on a case-insensitive file system (macOS, Windows) `A.wav`
+        # is the input `A.WAV`, and a hard link is the same file under another name.
+        if candidate.resolve() in inputs:
+            return True
+        try:
+            st = candidate.stat()
+        except OSError:
+            return False
+        return (st.st_dev, st.st_ino) in input_ids
+
+    taken: set[str] = set()  # outputs differing only in case would be one file there too
+
+    def key(candidate: Path) -> str:
+        return str(candidate.resolve()).casefold()
+
     for j in jobs:
         stem = _safe_stem(j.path.stem if j.path is not None else f"array_{j.number:04d}")
         base = options.name_template.format(stem=stem, index=j.number, ext=ext)
@@ -258,9 +277,9 @@ def _assign_outputs(jobs: list[Job], options: BatchOptions) -> None:
             )
         n = 1
         # unique names for inputs from different folders sharing a stem; never an input file
-        while candidate.resolve() in taken or candidate.resolve() in inputs:
-            suffix = "_rvc" if candidate.resolve() in inputs and n == 1 else f"_{n}"
+        while key(candidate) in taken or is_input(candidate):
+            suffix = "_rvc" if n == 1 and is_input(candidate) else f"_{n}"
             candidate = out_dir / f"{base}{suffix}.{ext}"
             n += 1
-        taken.add(candidate.resolve())
+        taken.add(key(candidate))
         j.out_path = candidate

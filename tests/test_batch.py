@@ -182,6 +182,21 @@ def test_an_output_folder_inside_a_recursive_input_folder_is_not_read_as_input(t
     assert [p for p, _ in _plan([src / "sub"], src)] == [src / "sub" / "b.wav"]
 
 
+def test_an_output_never_lands_on_an_input_under_another_spelling(tmp_path):
+    """On a case-insensitive file system (macOS, Windows) ``A.wav`` *is* the input ``A.WAV``;
+    a hard link stands in for that here: a second name of the same file. The output must
+    not take that name (os.replace would drop the input), nor may two outputs differ only
+    in case (one file there)."""
+    src = tmp_path / "in"
+    _touch_audio(src / "A.WAV")
+    (src / "A.wav").hardlink_to(src / "A.WAV")  # the name the output would get
+    assert _plan([src / "A.WAV"], src) == [(src / "A.WAV", src / "A_rvc.wav")]
+    _touch_audio(tmp_path / "x" / "Take.wav", tmp_path / "y" / "take.wav")
+    out = tmp_path / "out"
+    outs = [o for _, o in _plan([tmp_path / "x" / "Take.wav", tmp_path / "y" / "take.wav"], out)]
+    assert outs == [out / "Take.wav", out / "take_1.wav"]
+
+
 def test_an_input_named_twice_is_one_job_where_it_first_appears(tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     _touch_audio(src / "a.wav", src / "b.wav")
