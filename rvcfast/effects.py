@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from .constants import SR_16K
+from .constants import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SR_16K
 from .errors import AudioError, BackendUnavailableError, ParameterError
 
 __all__ = [
@@ -34,6 +34,8 @@ __all__ = [
     "EFFECT_PARAMETERS",
     "EFFECT_ORDER",
     "FORMANT_SAMPLE_RATE",
+    "EFFECTS_SAMPLE_RATES",
+    "DENOISE_SAMPLE_RATES",
     "formant_shift",
     "denoise",
     "apply_effects",
@@ -46,6 +48,16 @@ __all__ = [
 FORMANT_SAMPLE_RATE = SR_16K
 _FORMANT_FRAME = 1024
 _FORMANT_HOP = 32
+
+#: Sample rates (Hz, inclusive) :func:`apply_effects` accepts: the rates rvcfast reads. Outside
+#: them pedalboard's native code fails: its Reverb kills the process (SIGFPE) below 196 Hz and
+#: (SIGSEGV) above about 1 MHz, and its PitchShift never returns below about 200 Hz.
+EFFECTS_SAMPLE_RATES = (MIN_SAMPLE_RATE, MAX_SAMPLE_RATE)
+
+#: Sample rates (Hz, inclusive) :func:`denoise` accepts: noisereduce's default smoothing
+#: (500 Hz across a 1024-point STFT, 50 ms across hops of 256) needs at least one bin and
+#: one hop, i.e. ``sr / 512 <= 500`` and ``256 / sr <= 50 ms``; outside, it raises ValueError.
+DENOISE_SAMPLE_RATES = (5120, 256000)
 
 
 @dataclass(frozen=True)
@@ -126,6 +138,20 @@ _RANGES: dict[tuple[str, str], tuple[float | None, float | None, str]] = {
 }
 
 
+# Values pedalboard accepts but does not use as given, refused by check_effects (not part of
+# EffectParameter.minimum/maximum, which are what the plugins' constructors accept):
+# (effect, parameter) -> (minimum, maximum, unit, why). Measured with pedalboard 0.9.24: the
+# chorus clamps its centre delay to 1..100 ms, a chorus feedback beyond +-1 grows without
+# bound, and negative times act as 0.
+_SILENT_RANGES: dict[tuple[str, str], tuple[float | None, float | None, str, str]] = {
+    ("limiter", "release"): (0.0, None, "ms", "a negative time acts as 0"),
+    ("chorus", "delay"): (1.0, 100.0, "ms", "pedalboard clamps values outside to this range"),
+    ("chorus", "feedback"): (-1.0, 1.0, "", "beyond it the output grows without bound"),
+    ("compressor", "attack"): (0.0, None, "ms", "a negative time acts as 0"),
+    ("compressor", "release"): (0.0, None, "ms", "a negative time acts as 0"),
+}
+
+
 def _parameter_table() -> Mapping[str, tuple[EffectParameter, ...]]:
     grouped: dict[str, list[EffectParameter]] = {}
     for effect, cls, name, kwarg, arg, default in _TABLE:
@@ -197,7 +223,7 @@ def _number(what: str, value: object) -> float:
     return number
 
 
-def _sample_rate(sample_rate: object) -> int:
+def _sample_rate(sample_rate: object, what: str, bounds: tuple[int, int]) -> int:
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real):
         raise ParameterError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
     if (
@@ -206,7 +232,11 @@ def _sample_rate(sample_rate: object) -> int:
         or int(sample_rate) <= 0
     ):
         raise ParameterError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
-    return int(sample_rate)
+    rate = int(sample_rate)
+    lo, hi = bounds
+    if not lo <= rate <= hi:
+        raise ParameterError(f"sample_rate: {what} works at {lo}..{hi} Hz, got {rate}")
+    return rate
 
 
 def _mono(audio: object, what: str) -> np.ndarray:
@@ -262,18 +292,25 @@ def denoise(audio: np.ndarray, sample_rate: int, strength: float) -> np.ndarray:
 
     ``noisereduce.reduce_noise(y=audio, sr=sample_rate, prop_decrease=strength)``;
     ``strength`` (0..1) is the fraction of the estimated noise removed. The result has
-    the input's length and dtype. Unlike Applio, a failure raises instead of silently
-    keeping the original. Needs ``pip install "rvcfast[clean]"``.
+    the input's length and dtype. ``sample_rate`` must be within
+    :data:`DENOISE_SAMPLE_RATES` (5120..256000 Hz, what noisereduce's defaults allow).
+    Digital silence stays silence, also where noisereduce would give NaN (it works in
+    chunks of 600,000 samples and divides 0 by 0 on a chunk of zeros). Unlike Applio, a
+    failure raises instead of silently keeping the original.
+    Needs ``pip install "rvcfast[clean]"``.
     """
     strength = _number("clean strength", strength)
     if not 0.0 <= strength <= 1.0:
         raise ParameterError(f"clean strength must be between 0 and 1, got {strength!r}")
-    rate = _sample_rate(sample_rate)
+    rate = _sample_rate(sample_rate, "noise reduction", DENOISE_SAMPLE_RATES)
     signal = _mono(audio, "noise reduction")
     module = _import_extra("noisereduce", "clean", "noise reduction")
     if not np.any(signal):
         return np.array(signal, copy=True)  # digital silence: nothing to gate (noisereduce divides 0 by 0)
     out = np.asarray(module.reduce_noise(y=signal, sr=rate, prop_decrease=strength))
+    bad = ~np.isfinite(out)
+    if bad.any() and not np.any(signal[bad]):
+        out[bad] = 0  # a chunk of digital silence: gating zeros gives zeros
     _check_finite(out, "noise reduction", "an input it cannot estimate noise from")
     return out
 
@@ -332,7 +369,11 @@ def check_effects(effects: Mapping[str, Mapping[str, float] | None] | None) -> d
     value is refused before any conversion. The ranges are those of
     :data:`EFFECT_PARAMETERS` (``minimum``, ``maximum``); when pedalboard is installed the
     plugins are also built, so a release with narrower ranges is caught here too. Without
-    pedalboard only the table is checked. Returns the resolved effects.
+    pedalboard only the table is checked. Values pedalboard accepts but would not use as
+    given are refused too, with the reason: ``chorus`` ``delay`` outside 1..100 ms
+    (clamped), ``chorus`` ``feedback`` outside -1..1 (diverges), and negative ``limiter``
+    ``release``, ``compressor`` ``attack`` and ``release`` (act as 0). Returns the resolved
+    effects.
     """
     resolved = resolve_effects(effects)
     for effect, values in resolved.items():
@@ -341,6 +382,12 @@ def check_effects(effects: Mapping[str, Mapping[str, float] | None] | None) -> d
             if (p.minimum is not None and value < p.minimum) or (p.maximum is not None and value > p.maximum):
                 bound = "within " if p.minimum is not None and p.maximum is not None else ""
                 raise ParameterError(f"effects: {effect} {p.name} must be {bound}{p.range_text()}, got {value:g}")
+            if (effect, p.name) in _SILENT_RANGES:
+                lo, hi, unit, why = _SILENT_RANGES[effect, p.name]
+                if (lo is not None and value < lo) or (hi is not None and value > hi):
+                    limit = EffectParameter(effect, p.name, "", "", "", 0.0, lo, hi, unit).range_text()
+                    bound = "within " if lo is not None and hi is not None else ""
+                    raise ParameterError(f"effects: {effect} {p.name} must be {bound}{limit} ({why}), got {value:g}")
     if resolved and importlib.util.find_spec("pedalboard") is not None and sys.modules.get("pedalboard", ...) is not None:
         try:
             _board(importlib.import_module("pedalboard"), resolved)
@@ -375,10 +422,13 @@ def apply_effects(
     delay) whatever the mapping's order, each parameter not given takes Applio's
     fallback (:data:`EFFECT_PARAMETERS`), and the chain starts from a clean state
     on every call. An empty mapping returns the audio unchanged (as float32).
+    ``sample_rate`` must be within :data:`EFFECTS_SAMPLE_RATES` (1000..768000 Hz).
+    Only the values pedalboard refuses raise here; :func:`check_effects` also refuses
+    the ones it would silently clamp or that diverge.
     Needs ``pip install "rvcfast[effects]"``.
     """
     resolved = resolve_effects(effects)
-    rate = _sample_rate(sample_rate)
+    rate = _sample_rate(sample_rate, "audio effects", EFFECTS_SAMPLE_RATES)
     signal = _mono(audio, "audio effects").astype(np.float32, copy=False)
     if not resolved:
         return signal.copy()
