@@ -216,11 +216,29 @@ def test_packed_weight_follows_the_weight(channels: int, kernel: int, dilation: 
         out, ref = fused_out(conv, x)
     assert _close(out, ref, 2e-6)
 
+    if not fused_ops.available(x.to(torch.bfloat16)):
+        return  # oneDNN has no bfloat16 on this CPU (AVX2 only): the fused path is float32 only
     conv = conv.to(torch.bfloat16)  # cast
     with torch.inference_mode():
         out, ref = fused_out(conv, x.to(torch.bfloat16))
     assert out.dtype == torch.bfloat16
     assert _close(out, ref, 2e-2)
+
+
+def test_fused_path_is_bfloat16_only_where_onednn_computes_bfloat16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a CPU without AVX512BW/VL/DQ or AVX-NE-CONVERT (e.g. AMD Zen 3, AVX2 only) oneDNN's
+    bfloat16 weight reorder raises: a bfloat16 decoder there must neither prepack nor take the
+    fused path, and still decode (through torch's own bfloat16 convolutions)."""
+    bf16 = torch.zeros(1, dtype=torch.bfloat16)
+    assert fused_ops.available(bf16) == (fused_ops._ops_present() and bool(torch.ops.mkldnn._is_mkldnn_bf16_supported()))
+    monkeypatch.setattr(fused_ops, "_bf16_supported", lambda: False)
+    assert not fused_ops.available(bf16)
+    assert fused_ops.available(torch.zeros(1)) == fused_ops._ops_present()  # float32 unaffected
+    model = _small_synth(40000, "1", seed=8).to(torch.bfloat16)
+    model.dec.prepare()
+    assert not any(fused_ops.PACKED_ATTR in m.__dict__ for m in model.dec.modules())
+    out = _decode(model, _decoder_inputs(model, 40, torch.bfloat16, seed=9), fused=True)
+    assert out.shape[-1] == 40 * model.hop_length and bool(torch.isfinite(out).all())
 
 
 @needs_onednn

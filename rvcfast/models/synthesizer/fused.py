@@ -56,9 +56,23 @@ def _ops_present() -> bool:
         return False
 
 
+@functools.lru_cache(maxsize=1)
+def _bf16_supported() -> bool:
+    """Whether oneDNN computes bfloat16 on this CPU: it needs AVX512BW/VL/DQ or AVX-NE-CONVERT
+    (an AVX2-only CPU, e.g. AMD Zen 3, has neither; torch's own bfloat16 convolutions then
+    take a slower path, while oneDNN's fused op and weight reorders raise)."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):  # pragma: no cover - torch without the check
+        return False
+
+
 def available(x: torch.Tensor) -> bool:
-    """Whether the fused CPU path can run on ``x``: a CPU float32/bfloat16 tensor and oneDNN's op."""
-    return x.device.type == "cpu" and x.dtype in (torch.float32, torch.bfloat16) and _ops_present()
+    """Whether the fused CPU path can run on ``x``: a CPU float32 tensor, or a bfloat16 one where
+    oneDNN computes bfloat16 on this CPU (:func:`_bf16_supported`), and oneDNN's op."""
+    if x.device.type != "cpu" or not _ops_present():
+        return False
+    return x.dtype == torch.float32 or (x.dtype == torch.bfloat16 and _bf16_supported())
 
 
 def conv_sum_(out: torch.Tensor, m: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
