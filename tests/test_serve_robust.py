@@ -194,3 +194,26 @@ def test_an_infinite_size_limit_is_a_usage_error_naming_the_option(name) -> None
     with pytest.raises(ParameterError, match=name):
         ServeConfig.build(voices=("voices",), **{name: float("inf")})
     assert ServeConfig.build(voices=("voices",), **{name: 1e6}).max_upload_bytes > 0
+
+
+@pytest.mark.parametrize("fmt", ["mp3", "flac", "wav"])
+def test_encoding_non_finite_output_is_an_error_not_a_dead_server(fmt: str) -> None:
+    """A conversion whose output holds NaN (a diverging model or effect) must fail that request
+    alone: LAME aborts the whole process on NaN (exit 134), which would take the server with it.
+    Run in a child so that the old behaviour fails the test instead of killing pytest."""
+    import subprocess
+    import sys
+
+    code = (
+        "import numpy as np\n"
+        "from rvcfast.errors import AudioError\n"
+        "from rvcfast.serve.encode import encode_audio\n"
+        "x = np.sin(np.arange(4410) / 10).astype(np.float32); x[100] = np.nan\n"
+        "try:\n"
+        f"    encode_audio(x, 44100, {fmt!r})\n"
+        "except AudioError as exc:\n"
+        "    print('refused:', exc)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert "refused:" in out.stdout and "NaN or infinite" in out.stdout

@@ -15,7 +15,7 @@ import struct
 import numpy as np
 
 from ..errors import ParameterError
-from ..writing import SUPPORTED_WRITE_FORMATS, check_write_format, mp3_rate
+from ..writing import SUPPORTED_WRITE_FORMATS, check_write_format, mp3_rate, writable_samples
 
 __all__ = [
     "MEDIA_TYPES", "STREAM_SUBTYPES", "check_output", "check_output_rate", "encode_audio", "wav_stream_header", "pcm_bytes",
@@ -69,12 +69,14 @@ def check_output_rate(fmt: str, subtype: str | None, rate: int) -> None:
 def encode_audio(audio: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> tuple[bytes, int]:
     """The whole output as a file in memory, and the rate it was written at (MP3 at the nearest MP3 rate).
 
-    A format, subtype and rate that cannot be written are refused first (:func:`check_output_rate`).
+    A format, subtype and rate that cannot be written are refused first (:func:`check_output_rate`);
+    samples that cannot be written (NaN, infinity) raise :class:`~rvcfast.errors.AudioError`.
     """
     import soundfile as sf
 
     check_output_rate(fmt, subtype, rate)
-    audio = np.asarray(audio, dtype=np.float32)
+    # NaN/inf refused (LAME aborts the whole process on them), clipped where the subtype wraps
+    audio = writable_samples(np.asarray(audio, dtype=np.float32), fmt, subtype)
     if fmt == "mp3" and mp3_rate(rate) != int(rate):
         from ..dsp import resample
 
