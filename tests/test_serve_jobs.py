@@ -569,3 +569,28 @@ def test_a_header_that_understates_the_length_is_caught_while_decoding(tiny_mode
 
     with in_process(app) as run:
         run(body)
+
+
+def test_an_upload_cannot_replace_one_of_the_operators_voices(tiny_models, folders, tmp_path) -> None:
+    """``replace=true`` on a voice from the operator's folders would save ``alice.pth`` in
+    ``--models-dir`` beside the operator's ``alice``: the next start refuses two voices of one name.
+    Uploaded voices stay replaceable."""
+    from rvcfast.serve.voices import discover_voices
+
+    uploads = tmp_path / "uploads"
+    app = make_app(tiny_models, folders, tmp_path, models_dir=uploads)
+
+    async def body(client):
+        def upload(name: str) -> Any:
+            data = {"name": name, "replace": "true"}
+            return client.post("/v1/voices", data=data, files={"model": ("m.pth", tiny_models.voice.read_bytes())})
+
+        r = await upload("alice")
+        assert r.status_code == 422 and "server's own voices" in r.json()["error"], r.text
+        assert not (uploads / "alice.pth").exists()
+        assert (await upload("mine")).status_code == 201
+        assert (await upload("mine")).status_code == 201  # an uploaded voice is replaced
+
+    with in_process(app) as run:
+        run(body)
+    assert sorted(v.id for v in discover_voices([folders["voices"], uploads])) == ["alice", "bob", "carol", "mine", "zoe"]

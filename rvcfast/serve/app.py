@@ -262,6 +262,12 @@ def _service_routes(app: Any, state: ServerState) -> None:
             async with upload_locks.hold(name):
                 if name in state.registry.ids() and not replace:
                     raise FieldError("name", f"voice {name!r} exists already (send replace=true to replace it)")
+                if name in state.registry.ids() and state.registry.get(name).model.parent != models_dir.resolve():
+                    # its <name>.pth in --models-dir would be a second voice of that name at the next start
+                    raise FieldError(
+                        "name", f"voice {name!r} is one of the server's own voices, not an uploaded one: "
+                        "uploads replace only uploaded voices; choose another name"
+                    )
                 voice = await asyncio.get_running_loop().run_in_executor(
                     state.loader, lambda: save_upload(models_dir, name, intake.path, index, _check_voice_files)
                 )
