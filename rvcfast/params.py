@@ -202,13 +202,20 @@ class ConversionParams:
         The output rate is :meth:`output_rate` (an MP3 is written at the nearest MP3 rate);
         see :func:`rvcfast.writing.check_write_format`. Front ends call this with
         :meth:`validate`, so a bad combination (OGG/Vorbis above 192 kHz, Opus at 40 kHz,
-        MPEG Layer I) is refused before any work. Returns ``self``.
+        MPEG Layer I), or noise reduction (``clean``) at a rate noisereduce cannot run, is
+        refused before any work. Returns ``self``.
         """
         from .writing import check_write_format, mp3_rate
 
         fmt = str(format).strip().lower()
         rate = self.output_rate(model_rate)
         check_write_format(fmt, subtype, mp3_rate(rate) if fmt == "mp3" else rate)
+        if self.clean > 0:
+            from .effects import DENOISE_SAMPLE_RATES
+
+            lo, hi = DENOISE_SAMPLE_RATES
+            if not lo <= rate <= hi:
+                raise ParameterError(f"clean: noise reduction works at {lo}..{hi} Hz, but the output rate is {rate} Hz")
         return self
 
     def _validate_applio_options(self) -> None:
@@ -347,7 +354,8 @@ def coerce_param(name: str, raw: Any) -> Any:
             "pair": "two numbers (e.g. '1.0,1.2')",
             "mapping": "a JSON object (e.g. '{\"reverb\": {\"room_size\": 0.3}}')",
         }.get(kind, "a number")
-        raise ParameterError(f"{name} must be {expected}, got {raw!r}") from None
+        shown = repr(raw) if len(repr(raw)) <= 200 else f"{repr(raw)[:200]}... ({len(str(raw))} characters)"
+        raise ParameterError(f"{name} must be {expected}, got {shown}") from None
     return text
 
 
@@ -367,7 +375,7 @@ def _mapping(text: str) -> dict[str, Any] | None:
         return None
     try:
         value = json.loads(text)
-    except json.JSONDecodeError:
+    except (json.JSONDecodeError, RecursionError):  # RecursionError: nested deeper than Python's limit
         raise ValueError(text) from None
     if not isinstance(value, dict):
         raise ValueError(text)

@@ -226,3 +226,25 @@ def test_writable_samples_for_writers_in_memory() -> None:
     loud = np.array([0.5, 1.5, -2.0], np.float32)
     np.testing.assert_array_equal(writable_samples(loud, "wav", "ulaw"), [0.5, 1.0, -1.0])
     assert writable_samples(loud, "wav", "FLOAT") is loud
+
+
+def test_a_mapping_nested_past_the_recursion_limit_is_a_parameter_error() -> None:
+    """``--effects`` / a server form field holding JSON nested deeper than Python's recursion
+    limit made json raise RecursionError (a 500, a traceback); it is a refused value, and the
+    message does not echo all of it."""
+    from rvcfast.params import coerce_param
+
+    deep = '{"reverb": ' * 5000 + "{}" + "}" * 5000
+    with pytest.raises(ParameterError, match=r"effects must be a JSON object.*characters\)") as info:
+        coerce_param("effects", deep)
+    assert len(str(info.value)) < 500
+
+
+def test_noise_reduction_at_an_output_rate_it_cannot_run_is_refused_before_any_work() -> None:
+    """noisereduce's defaults need 5120..256000 Hz: ``clean`` with a 384 kHz output failed only
+    after the whole conversion; ``check_output`` (run before a batch starts) refuses it."""
+    ok = ConversionParams(clean=0.5, output_sample_rate=48000)
+    assert ok.check_output("wav", None, 40000) is ok
+    ConversionParams(output_sample_rate=384000).check_output("wav", None, 40000)  # no clean: fine
+    with pytest.raises(ParameterError, match=r"clean: noise reduction works at 5120\.\.256000 Hz.*384000"):
+        ConversionParams(clean=0.5, output_sample_rate=384000).check_output("wav", None, 40000)
