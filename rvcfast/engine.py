@@ -244,6 +244,14 @@ class Engine:
             source, sample_rate, name=name, params=params, config=self.segment_config, max_seconds=max_seconds
         )
 
+    def check_convertible(self, prep: PreparedAudio, params: ConversionParams | dict[str, Any] | None = None) -> None:
+        """Raise :class:`~rvcfast.errors.AudioError` naming the input when ``prep`` is too short to
+        give one output sample (under 25 ms; 10 ms with ``keep_length``): what a conversion
+        would refuse, found before any network runs (a server answers it as the client's error)."""
+        q = self.params(params)
+        if not any(self._output_lengths(segment_inputs(prep, None, None), q)):
+            raise _too_short(prep, q)
+
     # ------------------------------------------------------------------ stage 2: F0
 
     def f0_extractor_for(self, params: ConversionParams) -> F0Extractor | None:

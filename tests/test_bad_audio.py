@@ -536,3 +536,8 @@ def test_too_short_with_keep_length_and_in_a_stream(tiny_converter: rvcfast.Conv
         next(iter(engine.stream(prep, engine.params(noise=False))))
     result = engine.run([prep, engine.prepare(tone(0.5), 16000)], engine.params(noise=False))
     assert not result[0].ok and "too short" in result[0].error and result[1].ok  # the other input converts
+    # the same refusal before any network runs (a server answers it as the client's error)
+    with pytest.raises(AudioError, match=r"blip: audio is too short to convert: 18\.8 ms"):
+        engine.check_convertible(prep)
+    engine.check_convertible(prep, {"keep_length": True})  # one 10 ms frame: convertible
+    engine.check_convertible(engine.prepare(tone(0.5), 16000))

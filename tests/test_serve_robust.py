@@ -114,6 +114,17 @@ def test_a_job_too_short_to_convert_fails_with_the_reason(client) -> None:
     assert "too short" in status["error"] and "blip.wav" in status["error"]
 
 
+def test_noise_reduction_at_a_rate_it_cannot_run_is_refused_before_any_work(client) -> None:
+    """``clean`` with a 384 kHz output failed only after the conversion (noisereduce's defaults
+    need 5120..256000 Hz); both routes refuse it up front, and a job is not even created."""
+    audio = wav_bytes(tone(0.3, RATE, 220.0), RATE)
+    r = post(client, audio, clean=0.5, sample_rate=384000)
+    assert r.status_code == 422 and "noise reduction works at 5120..256000 Hz" in r.text, r.text
+    r = client.post("/v1/jobs", files={"file": ("a.wav", audio, "audio/wav")},
+                    data={"voice": "alice", "clean": "0.5", "sample_rate": "384000"})
+    assert r.status_code == 422 and "noise reduction" in r.text, r.text
+
+
 # ---------------------------------------------------------------------- effects nested too deep
 
 

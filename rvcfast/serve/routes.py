@@ -131,6 +131,7 @@ async def _prepare(state: ServerState, intake: Intake, options: ConvertOptions) 
     engine = await _engine(state, options)
     params = check_values(options.overrides, engine.vocoder)
     check_output_rate(options.format, options.subtype, params.output_rate(engine.sample_rate))  # before any work
+    params.check_output(options.format, options.subtype, engine.sample_rate)  # noise reduction's rates too
     t0 = time.perf_counter()
     limit = float(state.cfg.max_input_seconds)
     try:
@@ -155,12 +156,8 @@ async def _prepare(state: ServerState, intake: Intake, options: ConvertOptions) 
 def _prepared(engine: Engine, path: Path, params: ConversionParams, limit: float) -> PreparedAudio:
     """``Engine.prepare``, and an :class:`AudioError` for an input too short to give one output
     sample (the client's input, answered 422 before the model worker is asked, not a failed conversion)."""
-    from ..engine import _too_short
-    from ..pipeline import segment_inputs
-
     prep = engine.prepare(path, params=params, max_seconds=limit)
-    if not any(engine._output_lengths(segment_inputs(prep, None, None), params)):
-        raise _too_short(prep, params)
+    engine.check_convertible(prep, params)
     return prep
 
 
@@ -415,6 +412,7 @@ async def _create_job(state: ServerState, request: Any) -> Any:
         engine = await _engine(state, options)
         params = check_values(options.overrides, engine.vocoder)
         check_output_rate(options.format, options.subtype, params.output_rate(engine.sample_rate))
+        params.check_output(options.format, options.subtype, engine.sample_rate)
         job = state.jobs.create(options.voice, intake.name, options.format, options.subtype)
         assert intake.path is not None
         source = state.jobs.path(job, ".in" + intake.path.suffix)
