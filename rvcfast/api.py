@@ -205,7 +205,8 @@ class Converter:
         ``mp3``; ``subtype`` e.g. ``"PCM_16"``); names are made unique and never equal an
         input. The template may name a subfolder (``"{index:03d}/{stem}"``); an unknown
         field, an absolute path or one that leaves ``out_dir`` is refused before any work.
-        ``skip_existing`` skips inputs whose output exists (resume a killed batch).
+        ``skip_existing`` skips inputs whose output exists and reads as audio (resume a
+        killed batch; an empty or unreadable file in an output's place is converted again).
         ``on_error="continue"`` (default) reports a failing file in its Result and
         goes on; ``"stop"`` converts, writes and reports every file before the failing
         one, then raises its error (nothing after it is written). ``batch_seconds`` bounds the audio batched

@@ -41,6 +41,7 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -240,6 +241,7 @@ class _BatchRun:
         self.write_pool = cf.ThreadPoolExecutor(max_workers=1 if stop else options.write_workers, thread_name_prefix="rvcfast-write")
         self.write_failed = threading.Event() if stop else None
         self.f0_pool = cf.ProcessPoolExecutor(max_workers=options.f0_workers) if cpu_bound else None
+        self.f0_lock = threading.Lock()  # decode threads replace a broken F0 pool one at a time
         self.workers = usable_workers(workers, len(jobs), engine.device.type)
         # groups in the engine at once; with one worker the engine runs in the caller's thread
         self.compute_pool = (
@@ -274,15 +276,28 @@ class _BatchRun:
             return _Decoded(job, None, time.perf_counter() - t0, error=_error_text(job.label, exc))
         dec = _Decoded(job, prep, time.perf_counter() - t0)
         if self.f0_pool is not None:
-            dec.f0 = self.f0_pool.submit(_cpu_f0, self.extractor, prep.padded)
+            dec.f0 = self._submit_f0(prep.padded)
         return dec
+
+    def _submit_f0(self, padded: np.ndarray) -> cf.Future[Any]:
+        """One input's F0 on the process pool. A pool whose worker process died (a crash in the
+        tracker, the OOM killer) takes no more work: it is replaced, so later files still get
+        their F0 (:meth:`_f0_alone` sorts out the files that were in the dead pool)."""
+        assert self.f0_pool is not None
+        with self.f0_lock:
+            try:
+                return self.f0_pool.submit(_cpu_f0, self.extractor, padded)
+            except BrokenProcessPool:
+                self.f0_pool.shutdown(wait=False, cancel_futures=True)
+                self.f0_pool = cf.ProcessPoolExecutor(max_workers=self.options.f0_workers)
+                return self.f0_pool.submit(_cpu_f0, self.extractor, padded)
 
     def _submit_more(self) -> None:
         while len(self.pending) < self.prefetch:
             job = next(self.job_iter, None)
             if job is None:
                 return
-            if self.options.skip_existing and job.out_path is not None and job.out_path.exists():
+            if self.options.skip_existing and job.out_path is not None and _finished_output(job.out_path):
                 fut: cf.Future[_Decoded] = cf.Future()
                 fut.set_result(_Decoded(job, None, 0.0, skipped=True))
                 self.pending.append(fut)
@@ -350,9 +365,28 @@ class _BatchRun:
         for d in group:
             try:
                 tracks.append(d.f0.result())
+            except BrokenProcessPool:
+                tracks.append(self._f0_alone(d))
             except Exception as exc:  # noqa: BLE001 - the engine reports it for that file
                 tracks.append(exc)
         return tracks, time.perf_counter() - t0
+
+    def _f0_alone(self, d: _Decoded) -> Any:
+        """The F0 track of a file whose pool lost a worker process, computed again in a process of
+        its own: the files that were only queued or running next to the one that killed the
+        process get their tracks; a file that kills this process too gets an error naming it."""
+        assert d.prep is not None
+        with cf.ProcessPoolExecutor(max_workers=1) as pool:
+            try:
+                return pool.submit(_cpu_f0, self.extractor, d.prep.padded).result()
+            except BrokenProcessPool:
+                backend = getattr(self.extractor, "name", type(self.extractor).__name__)
+                return RvcfastError(
+                    f"{d.job.label}: the F0 worker process died while tracking this input "
+                    f"(a crash in backend {backend!r}, or out of memory)"
+                )
+            except Exception as exc:  # noqa: BLE001 - the engine reports it for that file
+                return exc
 
     def _compute(self, group: list[_Decoded]) -> _Computed:
         """The engine's work for one group (in a compute worker when there are several)."""
@@ -602,6 +636,21 @@ def compute_workers(engine: Engine, options: BatchOptions) -> int:
 
     profile = load_profile(engine.device)
     return max(1, int(profile.compute_workers)) if profile is not None else 1
+
+
+def _finished_output(path: Path) -> bool:
+    """Whether ``skip_existing`` may skip the input whose output is ``path``: a file there that
+    reads as audio with at least one frame (every output rvcfast writes does). An empty or
+    unreadable file (left by another program, a copy that was cut short) or a folder is not a
+    finished output: the input is converted again and that file replaced."""
+    if not path.is_file():
+        return False
+    import soundfile as sf
+
+    try:
+        return sf.info(str(path)).frames > 0
+    except Exception:  # noqa: BLE001 - whatever libsndfile cannot read is not a finished output
+        return False
 
 
 def _write_timed(path: Path, audio: np.ndarray, rate: int, options: BatchOptions) -> float:
