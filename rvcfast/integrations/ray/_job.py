@@ -397,9 +397,10 @@ def convert_dataset(
     optionally an ``output_path`` column), or paths and folders (expanded on the driver and
     named exactly as :meth:`rvcfast.Converter.convert_batch` names them: unique names, a
     file named twice converted once). Without ``output_path`` a dataset row's output is
-    ``out_dir/<stem>.<format>``; a row whose output is its own input, or an output another
-    row of the job already claimed (two rows with one stem), is an ``error`` row naming
-    both, while the first row to claim it converts as usual. Nothing runs until the
+    ``out_dir/<stem>.<format>``; a row whose output is its own input (by path or by
+    identity: a hard link, a bind mount), or an output another row of the job already
+    claimed (two rows with one stem, or one file under two spellings), is an ``error`` row
+    naming both, while the first row to claim it converts as usual. Nothing runs until the
     dataset is consumed (``take_all``, ``iter_rows``, ``write_parquet``...).
 
     Stages: decoding and resampling in CPU tasks, the models in an autoscaling pool of
@@ -412,7 +413,8 @@ def convert_dataset(
     share, divided among its workers; on GPUs: 1); PyTorch runs ``threads_per_worker``
     threads in it (default: the node's CPUs divided among its workers). ``weights``:
     ``"path"`` (every node opens the driver's paths: a shared filesystem) or
-    ``"object-store"`` (shipped through Ray's object store). ``**params`` are conversion
+    ``"object-store"`` (shipped through Ray's object store); either way a worker checks
+    each file's SHA-256 against the driver's before loading it. ``**params`` are conversion
     parameters (:class:`~rvcfast.ConversionParams` fields), checked here against the model
     before anything runs, as are the engine options (``f0``, ``f0_options``, ``device``,
     ``dtype``, the index's dimension) and whether the pool fits the cluster: a bad one

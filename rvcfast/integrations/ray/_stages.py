@@ -148,12 +148,19 @@ class OutputClaims:
         self.owners: dict[str, str] = {}
 
     def claim(self, pairs: list[tuple[str, str]]) -> list[str]:
-        """``(output, input)`` pairs → the owner (an input path) of each output."""
+        """``(output, input)`` pairs → the owner (an input path, as the row spelled it) of each output."""
         return [self.owners.setdefault(output, source) for output, source in pairs]
 
 
 def _same_file(a: str, b: str) -> bool:
-    return os.path.realpath(a) == os.path.realpath(b)
+    """One file under two paths: by name, or by identity (a case-insensitive file system's
+    ``A.WAV`` for ``a.wav``, a bind mount, a hard link), as :mod:`rvcfast.batch_inputs` tells inputs."""
+    if os.path.realpath(a) == os.path.realpath(b):
+        return True
+    try:
+        return os.path.samefile(a, b)
+    except OSError:  # one of them does not exist (yet)
+        return False
 
 
 def _plan_row(path: str, output_path: str | None, spec: JobSpec) -> dict[str, Any]:
@@ -176,15 +183,24 @@ def _claim_outputs(rows: list[dict[str, Any]], spec: JobSpec) -> None:
         return
     import ray
 
-    pairs = [(os.path.realpath(r["output_path"]), os.path.realpath(r["path"])) for r in mine]
+    # The input as the row spells it: a retried task claims the very same pairs and gets them
+    # back, while the same file under another spelling (in/./a.wav, a symlink) is a second row
+    # and must not convert it again. Within a batch, a row repeated as it is converts once too.
+    pairs = [(os.path.realpath(r["output_path"]), r["path"]) for r in mine]
     owners = ray.get(spec.claims.claim.remote(pairs))
-    for row, (_, source), owner in zip(mine, pairs, owners):
-        if owner != source:
-            row.update(
-                status="error",
-                error=f"{row['path']}: its output {row['output_path']} is already the output of {owner} in this job "
-                "(without an output_path column every row is named out_dir/<stem>.<format>: give distinct output_path values)",
+    seen: set[tuple[str, str]] = set()
+    for row, pair, owner in zip(mine, pairs, owners):
+        if owner == pair[1] and pair not in seen:
+            seen.add(pair)
+            continue
+        if owner == pair[1] or _same_file(owner, pair[1]):
+            why = f"the same file as {owner}, whose row converts it once in this job"
+        else:
+            why = (
+                f"its output {row['output_path']} is already the output of {owner} in this job (without an "
+                "output_path column every row is named out_dir/<stem>.<format>: give distinct output_path values)"
             )
+        row.update(status="error", error=f"{row['path']}: {why}")
 
 
 def _decode_one(row: dict[str, Any], spec: JobSpec) -> dict[str, Any]:

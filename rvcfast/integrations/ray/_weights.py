@@ -8,17 +8,22 @@ at once and all workers load exactly the same files:
   right choice on any cluster with a shared filesystem (NFS, EFS, a Kubernetes volume
   mounted in every pod, or the files baked into the image): nothing is copied, every
   actor on a node reads the files through the same page cache, and the head node's
-  object store is not involved however many workers there are.
+  object store is not involved however many workers there are. The driver records each
+  file's SHA-256 and a worker checks its copy against it before loading, so a node that
+  holds another version at that path, or a file replaced while the job runs, fails
+  naming the file instead of converting with other weights.
 * ``weights="object-store"``: the driver reads each file once and puts it into Ray's
   object store; each node pulls it once and unpacks it into a local cache folder named
-  after the file's SHA-256, where every later actor on that node finds it. For clusters
-  whose nodes share no filesystem.
+  after the file's SHA-256, where every later actor on that node finds it once its
+  content is checked against that hash (a damaged or altered copy is replaced). For
+  clusters whose nodes share no filesystem.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+import secrets
 import tempfile
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
@@ -26,7 +31,7 @@ from typing import Any
 
 from ...errors import ModelLoadError, ParameterError
 
-__all__ = ["ModelFiles", "WEIGHT_MODES", "resolve_files", "ship_files", "local_files"]
+__all__ = ["ModelFiles", "WEIGHT_MODES", "resolve_files", "ship_files", "local_files", "content_digest"]
 
 #: The ways the model files can reach the workers.
 WEIGHT_MODES = ("path", "object-store")
@@ -102,6 +107,23 @@ def _files_of(path: Path) -> list[tuple[str, Path]]:
     return [("", path)]
 
 
+def _entry(rel: str, file_digest: bytes) -> bytes:
+    """One file's share of a content digest: its path inside the folder ("" for a file) and its SHA-256."""
+    return rel.encode() + b"\0" + file_digest
+
+
+def content_digest(path: str | os.PathLike[str]) -> str:
+    """The digest a file or folder is known by (the one :func:`ship_files` names the cache after), read in chunks."""
+    digest = hashlib.sha256()
+    for rel, f in _files_of(Path(path)):
+        one = hashlib.sha256()
+        with open(f, "rb") as fh:
+            for chunk in iter(lambda: fh.read(1 << 20), b""):
+                one.update(chunk)
+        digest.update(_entry(rel, one.digest()))
+    return digest.hexdigest()[:32]
+
+
 def _ship_one(path: str) -> _Shipped:
     import ray
 
@@ -110,17 +132,26 @@ def _ship_one(path: str) -> _Shipped:
     parts = []
     for rel, f in _files_of(p):
         data = f.read_bytes()
-        digest.update(rel.encode() + b"\0" + hashlib.sha256(data).digest())
+        digest.update(_entry(rel, hashlib.sha256(data).digest()))
         parts.append((rel, ray.put(data)))
     return _Shipped(p.name, digest.hexdigest()[:32], p.is_dir(), tuple(parts))
 
 
-def ship_files(files: ModelFiles, mode: str) -> ModelFiles | dict[str, _Shipped | None]:
-    """What the workers get: the paths themselves (``"path"``), or object-store handles."""
+@dataclass(frozen=True)
+class _Pinned:
+    """``weights="path"``: the driver's paths and the content digest of each, for the workers to check."""
+
+    files: ModelFiles
+    digests: tuple[tuple[str, str], ...]  # (field name, content_digest)
+
+
+def ship_files(files: ModelFiles, mode: str) -> _Pinned | dict[str, _Shipped | None]:
+    """What the workers get: the paths with their digests (``"path"``), or object-store handles."""
     if mode not in WEIGHT_MODES:
         raise ParameterError(f"weights must be one of {', '.join(WEIGHT_MODES)}, got {mode!r}")
     if mode == "path":
-        return files
+        named = [(f.name, getattr(files, f.name)) for f in fields(files) if getattr(files, f.name)]
+        return _Pinned(files, tuple((name, content_digest(path)) for name, path in named))
     return {f.name: (_ship_one(getattr(files, f.name)) if getattr(files, f.name) else None) for f in fields(files)}
 
 
@@ -128,12 +159,31 @@ def _cache_root() -> Path:
     return Path(os.environ.get("RVCFAST_RAY_CACHE", Path(tempfile.gettempdir()) / "rvcfast-ray-weights"))
 
 
+def _set_aside(target: Path) -> None:
+    """Move a cached copy whose content is not what its name says out of the way, then delete it."""
+    import shutil
+
+    aside = target.parent / f".{target.name}.bad.{os.getpid()}.{secrets.token_hex(4)}"
+    try:
+        os.rename(target, aside)  # atomic: an actor loading from it keeps its open files
+    except FileNotFoundError:  # another actor on this node set it aside first
+        return
+    except OSError as exc:
+        raise ModelLoadError(target, f"the cached copy differs from the driver's file and cannot be replaced ({exc}); remove it") from None
+    if aside.is_dir():
+        shutil.rmtree(aside, ignore_errors=True)
+    else:
+        aside.unlink(missing_ok=True)
+
+
 def _unpack(item: _Shipped, root: Path) -> str:
     import ray
 
     target = root / item.digest / item.name
     if target.exists():
-        return str(target)
+        if content_digest(target) == item.digest:
+            return str(target)
+        _set_aside(target)  # truncated, damaged, or put there by someone else: unpacked again below
     staging = Path(tempfile.mkdtemp(prefix=f".{item.digest}.", dir=root))
     try:
         for rel, ref in item.parts:
@@ -146,6 +196,8 @@ def _unpack(item: _Shipped, root: Path) -> str:
         except OSError:
             if not target.exists():
                 raise
+            if content_digest(target) != item.digest:  # not the copy another actor just unpacked
+                raise ModelLoadError(target, "the cached copy differs from the driver's file (content digest); remove it") from None
     finally:
         import shutil
 
@@ -153,20 +205,38 @@ def _unpack(item: _Shipped, root: Path) -> str:
     return str(target)
 
 
-def local_files(shipped: ModelFiles | dict[str, _Shipped | None]) -> ModelFiles:
-    """On a worker: local paths of the model files (unpacked from the object store if shipped)."""
-    if isinstance(shipped, ModelFiles):
-        for f in fields(shipped):
-            path = getattr(shipped, f.name)
-            if path is not None and not Path(path).exists():
-                import socket
+def _check_pinned(pinned: _Pinned) -> ModelFiles:
+    """The driver's paths, each checked to exist on this node with the driver's content."""
+    import socket
 
-                raise ModelLoadError(
-                    path,
-                    f"not found on node {socket.gethostname()}: in weights='path' mode every node must see the "
-                    "driver's paths (a shared filesystem); pass weights='object-store' to ship the files instead",
-                )
-        return shipped
+    digests = dict(pinned.digests)
+    for f in fields(pinned.files):
+        path = getattr(pinned.files, f.name)
+        if path is None:
+            continue
+        if not Path(path).exists():
+            raise ModelLoadError(
+                path,
+                f"not found on node {socket.gethostname()}: in weights='path' mode every node must see the "
+                "driver's paths (a shared filesystem); pass weights='object-store' to ship the files instead",
+            )
+        if f.name in digests and content_digest(path) != digests[f.name]:
+            raise ModelLoadError(
+                path,
+                f"differs on node {socket.gethostname()} from the file the driver checked (another version at this "
+                "path, or the file was replaced during the job): give every node the same file, or pass "
+                "weights='object-store' to ship the driver's copy",
+            )
+    return pinned.files
+
+
+def local_files(shipped: _Pinned | ModelFiles | dict[str, _Shipped | None]) -> ModelFiles:
+    """On a worker: local paths of the model files (unpacked from the object store if shipped),
+    whose content is the driver's (:class:`~rvcfast.errors.ModelLoadError` naming the file if not)."""
+    if isinstance(shipped, ModelFiles):
+        shipped = _Pinned(shipped, ())  # paths without digests: only their existence is checked
+    if isinstance(shipped, _Pinned):
+        return _check_pinned(shipped)
     root = _cache_root()
     root.mkdir(parents=True, exist_ok=True)
     paths = {name: (_unpack(item, root) if item is not None else None) for name, item in shipped.items()}

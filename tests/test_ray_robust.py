@@ -1,0 +1,214 @@
+"""Scale-out on Ray: every file converted once, with the driver's weights, no input overwritten.
+
+Most tests need no cluster: the weight shipping runs with ``ray.put``/``ray.get`` replaced
+by the identity (an object is its bytes), and the decoding stage runs in this process with
+the output claims held by a plain :class:`OutputClaims` (a retried task is the same call
+made again). One local cluster (127.0.0.1, usage statistics off, no dashboard) checks the
+same through a real dataset job.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import soundfile as sf
+from helpers import names_file, one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
+
+from rvcfast.errors import ModelLoadError
+
+ray = pytest.importorskip("ray", reason='Ray Data is not installed (pip install "rvcfast[ray]")')
+pytest.importorskip("ray.data")
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture
+def no_cluster(monkeypatch):
+    """``ray.put``/``ray.get`` as the identity, and a fixed node for new rows: no Ray started."""
+    from rvcfast.integrations.ray import _stages
+
+    monkeypatch.setattr(ray, "put", lambda data: data)
+    monkeypatch.setattr(ray, "get", lambda ref: ref)
+    monkeypatch.setattr(_stages, "_where", lambda: ("node-1", "host-1"))
+
+
+# ------------------------------------------------------------------------------ the weights the workers load
+
+
+def _driver_files(tmp_path: Path):
+    from rvcfast.integrations.ray._weights import ModelFiles
+
+    model = tmp_path / "driver" / "voice.pth"
+    model.parent.mkdir()
+    model.write_bytes(b"the driver's voice model " * 64)
+    encoder = tmp_path / "driver" / "contentvec"
+    (encoder / "sub").mkdir(parents=True)
+    (encoder / "config.json").write_text('{"hidden_size": 768}')
+    (encoder / "sub" / "model.bin").write_bytes(b"encoder weights " * 64)
+    return ModelFiles(model=str(model), encoder=str(encoder))
+
+
+def _tree(path: Path) -> dict[str, bytes]:
+    if path.is_file():
+        return {"": path.read_bytes()}
+    return {str(f.relative_to(path)): f.read_bytes() for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def test_a_cached_copy_that_differs_from_the_driver_is_replaced(no_cluster, tmp_path, monkeypatch):
+    # A cache entry was used as soon as its name existed: a truncated copy, or a file someone
+    # else put under the (computable) digest in the shared temporary folder, was loaded.
+    from rvcfast.integrations.ray._weights import local_files, ship_files
+
+    monkeypatch.setenv("RVCFAST_RAY_CACHE", str(tmp_path / "cache"))
+    files = _driver_files(tmp_path)
+    shipped = ship_files(files, "object-store")
+    good = local_files(shipped)
+    assert _tree(Path(good.model)) == _tree(Path(files.model)) and _tree(Path(good.encoder)) == _tree(Path(files.encoder))
+
+    Path(good.model).write_bytes(b"planted")  # a file that is not the driver's
+    (Path(good.encoder) / "sub" / "model.bin").write_bytes(b"truncat")  # a damaged folder
+    again = local_files(shipped)
+    assert (again.model, again.encoder) == (good.model, good.encoder)  # the same cache entries, repaired
+    assert _tree(Path(again.model)) == _tree(Path(files.model))
+    assert _tree(Path(again.encoder)) == _tree(Path(files.encoder))
+    assert not [p for p in (tmp_path / "cache").rglob("*") if ".bad." in p.name]  # the bad copies are gone
+
+    stamp = os.stat(again.model).st_mtime_ns
+    assert local_files(shipped).model == again.model and os.stat(again.model).st_mtime_ns == stamp  # a good copy is reused
+
+
+def test_a_worker_whose_file_differs_from_the_driver_refuses_it(tmp_path):
+    # weights="path": a node holding another version at the driver's path (or the model
+    # replaced while the job ran) converted with those weights, silently.
+    from rvcfast.integrations.ray._weights import local_files, ship_files
+
+    files = _driver_files(tmp_path)
+    pinned = ship_files(files, "path")
+    assert local_files(pinned) == files
+
+    Path(files.model).write_bytes(b"the retrained voice model " * 64)
+    with pytest.raises(ModelLoadError, match="differs on node .* from the file the driver checked") as info:
+        local_files(pinned)
+    assert info.value.path is not None and names_file(str(info.value), files.model)
+
+    pinned = ship_files(files, "path")  # the new version, pinned by a new job
+    (Path(files.encoder) / "sub" / "model.bin").write_bytes(b"other encoder")
+    with pytest.raises(ModelLoadError, match="differs on node") as info:
+        local_files(pinned)
+    assert names_file(str(info.value), files.encoder)
+
+    Path(files.model).unlink()
+    with pytest.raises(ModelLoadError, match="not found on node"):
+        local_files(pinned)
+
+
+# ------------------------------------------------------------------------------ naming a dataset's outputs
+
+
+def _spec(tmp_path: Path, **kw):
+    from rvcfast.integrations.ray._stages import JobSpec, OutputClaims
+    from rvcfast.params import ConversionParams
+
+    claims = OutputClaims()
+    kw.setdefault("claims", SimpleNamespace(claim=SimpleNamespace(remote=claims.claim)))
+    return JobSpec(files=None, params=ConversionParams(), out_dir=str(tmp_path / "out"), skip_existing=False, **kw)
+
+
+def _decode(spec, rows: list[tuple[str, str | None]]) -> list[tuple[str, str | None]]:
+    import pyarrow as pa
+
+    from rvcfast.integrations.ray._stages import decode_audio
+
+    batch = pa.table({"path": [p for p, _ in rows], "output_path": pa.array([o for _, o in rows], pa.string())})
+    return [(r["status"], r["error"]) for r in decode_audio(batch, spec).to_pylist()]
+
+
+def test_an_output_that_is_the_input_under_another_name_is_an_error_row(no_cluster, tmp_path):
+    # Only the real paths were compared: an output_path reaching the input through a hard link,
+    # a bind mount or a case-insensitive file system (A.WAV for a.wav) was written over it.
+    src = tmp_path / "in" / "a.wav"
+    src.parent.mkdir()
+    sf.write(src, tone(0.3), 16000)
+    link = tmp_path / "elsewhere.wav"
+    os.link(src, link)
+    spec = _spec(tmp_path)
+    [(status, error)] = _decode(spec, [(str(src), str(link))])
+    assert status == "error" and "the output is the input itself" in error and names_file(error, src)
+    [(status, error)] = _decode(_spec(tmp_path, claims=None), [(str(tmp_path / "no.wav"), str(tmp_path / "o.wav"))])
+    assert "the output is the input itself" not in (error or "")  # a missing input is its own error, later
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a bind mount needs root")
+def test_an_output_reaching_the_input_through_a_bind_mount_is_an_error_row(no_cluster, tmp_path):
+    (tmp_path / "x").mkdir()
+    (tmp_path / "y").mkdir()
+    sf.write(tmp_path / "x" / "a.wav", tone(0.3), 16000)
+    if subprocess.run(["mount", "--bind", str(tmp_path / "x"), str(tmp_path / "y")], capture_output=True).returncode:
+        pytest.skip("bind mounts are not allowed here")
+    try:
+        [(status, error)] = _decode(_spec(tmp_path), [(str(tmp_path / "x" / "a.wav"), str(tmp_path / "y" / "a.wav"))])
+    finally:
+        subprocess.run(["umount", str(tmp_path / "y")], check=True)
+    assert status == "error" and "the output is the input itself" in error
+
+
+def test_one_file_under_two_spellings_converts_once_and_a_retry_converts_again(no_cluster, tmp_path):
+    # The claims compared real paths: in/a.wav and in/./a.wav (or a symlink) both "owned" out/a.wav,
+    # so the file was converted twice and written twice, with two ok rows.
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "b"):
+        sf.write(folder / f"{name}.wav", tone(0.3), 16000)
+    (tmp_path / "links").mkdir()
+    os.symlink(folder / "b.wav", tmp_path / "links" / "b.wav")
+    spec = _spec(tmp_path)
+    a, a2, b, b_link, b_again = (
+        f"{folder}/a.wav", f"{folder}/./a.wav", f"{folder}/b.wav", str(tmp_path / "links" / "b.wav"), f"{folder}/b.wav"
+    )
+    first = _decode(spec, [(a, None), (a2, None), (b, None), (b_again, None)])
+    assert [s for s, _ in first] == ["pending", "error", "pending", "error"]
+    assert names_file(first[1][1], a2) and f"the same file as {a}" in first[1][1]
+    assert f"the same file as {b}" in first[3][1]  # the same row twice in a batch: converted once
+    later = _decode(spec, [(b_link, None)])  # a later batch: a symlink to b.wav, named b.wav too
+    assert later[0][0] == "error" and f"the same file as {b}" in later[0][1]
+    assert _decode(spec, [(a, None), (a2, None), (b, None), (b_again, None)]) == first  # a retried task: the same rows
+
+
+# ------------------------------------------------------------------------------ through a cluster
+
+
+@pytest.mark.ray
+def test_a_dataset_job_converts_each_file_once_and_never_over_its_input(tiny_models, tmp_path):
+    from rvcfast.integrations.ray import convert_dataset
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for name in ("a", "b"):
+        sf.write(folder / f"{name}.wav", tone(0.3, freq=200 if name == "a" else 300), 16000)
+    os.link(folder / "b.wav", tmp_path / "b_alias.wav")
+    before = (folder / "b.wav").read_bytes()
+    ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.wait_for_min_actors_s = 60  # nothing can hang
+        ds = ray.data.from_items([
+            {"path": f"{folder}/a.wav", "output_path": None},
+            {"path": f"{folder}/./a.wav", "output_path": None},
+            {"path": str(folder / "b.wav"), "output_path": str(tmp_path / "b_alias.wav")},
+        ])
+        rows = convert_dataset(
+            ds, tiny_models.voice, tmp_path / "out", index=tiny_models.index, encoder=tiny_models.encoder,
+            f0_weights=tiny_models.rmvpe, device="cpu", threads_per_worker=1, num_workers=1, skip_existing=False,
+        ).take_all()
+    finally:
+        ray.shutdown()
+    status = {r["path"]: (r["status"], r["error"]) for r in rows}
+    assert len(rows) == 3 and status[f"{folder}/a.wav"] == ("ok", None)
+    assert status[f"{folder}/./a.wav"][0] == "error" and "the same file as" in status[f"{folder}/./a.wav"][1]
+    assert status[str(folder / "b.wav")][0] == "error" and "the output is the input itself" in status[str(folder / "b.wav")][1]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.wav"]
+    assert (folder / "b.wav").read_bytes() == before and os.path.samefile(folder / "b.wav", tmp_path / "b_alias.wav")
