@@ -376,6 +376,8 @@ class _BatchRun:
         its own: the files that were only queued or running next to the one that killed the
         process get their tracks; a file that kills this process too gets an error naming it."""
         assert d.prep is not None
+        if self.stop.is_set():  # the batch is closing: no new process for a track nobody will use
+            return RvcfastError(f"{d.job.label}: not converted, the batch was stopped")
         with cf.ProcessPoolExecutor(max_workers=1) as pool:
             try:
                 return pool.submit(_cpu_f0, self.extractor, d.prep.padded).result()
@@ -619,6 +621,9 @@ def run_batch(
 ) -> Iterator[Result]:
     """Yield one :class:`~rvcfast.result.Result` per input, as files finish (see the module docstring)."""
     options.validate()
+    if progress is not None and not callable(progress):
+        hint = " (a BatchProgress: progress=lambda result, done, total: bar.update(result))" if hasattr(progress, "update") else ""
+        raise ParameterError(f"progress must be a function progress(result, done, total), got {type(progress).__name__}{hint}")
     params.validate(engine.vocoder)
     if options.out_dir is not None:  # a format the output rate cannot be written in: before any work
         params.check_output(options.format, options.subtype, engine.sample_rate)

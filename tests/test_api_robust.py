@@ -118,3 +118,28 @@ def test_skip_existing_converts_again_over_an_output_that_is_not_audio(tiny_conv
     # write fails (a file cannot replace a folder), reported in its Result
     assert not by_name["folder.wav"].skipped and not by_name["folder.wav"].ok
     assert "folder.wav" in by_name["folder.wav"].error and (out / "folder.wav").is_dir()
+
+
+@pytest.mark.parametrize("progress", ["print", 5, "bar"], ids=["text", "number", "BatchProgress"])
+def test_a_progress_that_cannot_be_called_is_refused_before_any_work(
+    tiny_converter: rvcfast.Converter, tmp_path: Path, progress: object
+) -> None:
+    # It used to fail with a raw TypeError at the first finished file, after that file was
+    # converted and written (BatchProgress, documented next to the batch, is not callable).
+    from rvcfast.errors import ParameterError
+    from rvcfast.progress import BatchProgress
+
+    if progress == "bar":
+        progress = BatchProgress(1, enabled=False)
+    sf.write(tmp_path / "a.wav", tone(0.3), 16000)
+    out = tmp_path / "out"
+    with pytest.raises(ParameterError, match="progress must be a function") as info:
+        tiny_converter.iter_batch([tmp_path / "a.wav"], out, progress=progress)
+    if isinstance(progress, BatchProgress):
+        assert "bar.update(result)" in str(info.value)
+    assert not out.exists()
+    seen: list[tuple[str, int, int]] = []
+    results = tiny_converter.convert_batch(
+        [tmp_path / "a.wav"], out, progress=lambda r, done, total: seen.append((Path(r.source).name, done, total))
+    )
+    assert results[0].ok and seen == [("a.wav", 1, 1)]
