@@ -142,6 +142,17 @@ def test_an_output_that_is_the_input_under_another_name_is_an_error_row(no_clust
     assert "the output is the input itself" not in (error or "")  # a missing input is its own error, later
 
 
+def test_an_output_path_naming_another_format_is_an_error_row(no_cluster, tmp_path):
+    # format="wav" (the default) with an output_path ending in .flac wrote WAV data under the .flac name
+    src = tmp_path / "a.wav"
+    sf.write(src, tone(0.3), 16000)
+    spec = _spec(tmp_path)
+    rows = _decode(spec, [(str(src), str(tmp_path / "o" / "a.flac")), (str(src), str(tmp_path / "o" / "a.WAV"))])
+    assert rows[0][0] == "error" and "ends in .flac, but the job writes wav" in rows[0][1] and names_file(rows[0][1], src)
+    assert rows[1] == ("pending", None)  # the job's own format, whatever its case
+    assert _decode(_spec(tmp_path, format="flac"), [(str(src), str(tmp_path / "o" / "b.flac"))]) == [("pending", None)]
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="a bind mount needs root")
 def test_an_output_reaching_the_input_through_a_bind_mount_is_an_error_row(no_cluster, tmp_path):
     (tmp_path / "x").mkdir()

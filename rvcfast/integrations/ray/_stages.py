@@ -32,7 +32,7 @@ import pyarrow as pa
 from ...errors import RvcfastError
 from ...params import ConversionParams
 from ...pipeline import prepare_input
-from ...writing import write_audio_atomic
+from ...writing import SUPPORTED_WRITE_FORMATS, write_audio_atomic
 from ._weights import ModelFiles, local_files
 
 __all__ = [
@@ -171,6 +171,12 @@ def _plan_row(path: str, output_path: str | None, spec: JobSpec) -> dict[str, An
             row["output_path"] = planned_output(path, spec)
         if _same_file(row["output_path"], path):
             raise RvcfastError(f"{path}: the output is the input itself ({row['output_path']}); refusing to overwrite an input")
+        suffix = Path(row["output_path"]).suffix.lower().lstrip(".")
+        if suffix in SUPPORTED_WRITE_FORMATS and suffix != spec.format:  # it would hold another format than its name says
+            raise RvcfastError(
+                f"{path}: its output_path {row['output_path']} ends in .{suffix}, but the job writes {spec.format} "
+                f"(format={spec.format!r}): pass format={suffix!r}, or output paths ending in .{spec.format}"
+            )
     except Exception as exc:  # noqa: BLE001 - an error row, the job goes on
         row.update(status="error", error=_error_text(path, exc))
     return row
