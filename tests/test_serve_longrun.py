@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import re
 import socket
 import threading
 import time
@@ -291,6 +292,22 @@ def _open_files() -> int:
 
 
 @pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="needs /proc to count open files")
+def _assert_only_pools_grew(first: list[str], last: list[str]) -> None:
+    """Threads after more rounds: the same, or more workers of the bounded pools, which start
+    threads lazily as load demands (on a loaded machine round 1 may not have needed them all:
+    ``asyncio_2``, ``rvcfast-load_1``, another ``AnyIO worker thread``). A leak shows as a thread
+    of no pool, or as a second thread of a name already there (a new executor per request)."""
+    import collections
+
+    grown = collections.Counter(last) - collections.Counter(first)
+    for name, extra in grown.items():
+        if name == "AnyIO worker thread":  # anyio's pool: one name, at most its 40 tokens
+            assert collections.Counter(last)[name] <= 40, last
+            continue
+        assert re.fullmatch(r"asyncio_\d+|rvcfast-[a-z_]+_\d+", name), f"a thread of no pool appeared: {name} in {last}"
+        assert name not in first and extra == 1, f"a second thread named {name}: a new pool per request? {last}"
+
+
 def test_rounds_of_mixed_requests_leave_nothing_behind(tiny_models, tmp_path) -> None:
     """Good and bad audio, unknown voices, streams, clients that leave mid-upload and mid-conversion,
     jobs (done, failed, deleted) and voice re-uploads: after each round the spool holds only
@@ -360,6 +377,7 @@ def test_rounds_of_mixed_requests_leave_nothing_behind(tiny_models, tmp_path) ->
             "queue": (state.scheduler.depth, len(state.scheduler._converts), state.admission.count),
             "files": _open_files(),
             "threads": threading.active_count(),
+            "names": sorted(t.name for t in threading.enumerate()),
             "series": sorted(key for key, _ in state.metrics._counters) + sorted(key for key, _ in state.metrics._histograms),
             "loads": len(state._loads),
         }
@@ -381,5 +399,14 @@ def test_rounds_of_mixed_requests_leave_nothing_behind(tiny_models, tmp_path) ->
         sock.close()
     assert first["spool"] == [] and last["spool"] == []
     assert first["queue"] == last["queue"] == (0, 0, 0) and last["loads"] == 0
-    assert last["files"] <= first["files"] and last["threads"] <= first["threads"]
+    assert last["files"] <= first["files"]
+    _assert_only_pools_grew(first["names"], last["names"])
     assert last["series"] == first["series"]  # no metric label grows with requests, voices or files
+
+
+def test_the_thread_check_tells_lazy_pool_growth_from_a_leak() -> None:
+    first = ["MainThread", "asyncio_0", "rvcfast-load_0", "AnyIO worker thread"]
+    _assert_only_pools_grew(first, first + ["asyncio_1", "rvcfast-load_1", "AnyIO worker thread"])
+    for leaked in (["Thread-7 (run)"], ["rvcfast-load_0"], ["asyncio_0"]):
+        with pytest.raises(AssertionError):
+            _assert_only_pools_grew(first, first + leaked)
