@@ -54,7 +54,7 @@ from .errors import ParameterError, RvcfastError
 from .params import ConversionParams
 from .pipeline import PreparedAudio
 from .result import Result
-from .writing import SUPPORTED_WRITE_FORMATS, remove_stale_parts, write_audio_atomic
+from .writing import SUPPORTED_WRITE_FORMATS, finished_output, remove_stale_parts, write_audio_atomic
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -297,7 +297,7 @@ class _BatchRun:
             job = next(self.job_iter, None)
             if job is None:
                 return
-            if self.options.skip_existing and job.out_path is not None and _finished_output(job.out_path):
+            if self.options.skip_existing and job.out_path is not None and finished_output(job.out_path):
                 fut: cf.Future[_Decoded] = cf.Future()
                 fut.set_result(_Decoded(job, None, 0.0, skipped=True))
                 self.pending.append(fut)
@@ -641,21 +641,6 @@ def compute_workers(engine: Engine, options: BatchOptions) -> int:
 
     profile = load_profile(engine.device)
     return max(1, int(profile.compute_workers)) if profile is not None else 1
-
-
-def _finished_output(path: Path) -> bool:
-    """Whether ``skip_existing`` may skip the input whose output is ``path``: a file there that
-    reads as audio with at least one frame (every output rvcfast writes does). An empty or
-    unreadable file (left by another program, a copy that was cut short) or a folder is not a
-    finished output: the input is converted again and that file replaced."""
-    if not path.is_file():
-        return False
-    import soundfile as sf
-
-    try:
-        return sf.info(str(path)).frames > 0
-    except Exception:  # noqa: BLE001 - whatever libsndfile cannot read is not a finished output
-        return False
 
 
 def _write_timed(path: Path, audio: np.ndarray, rate: int, options: BatchOptions) -> float:

@@ -29,6 +29,7 @@ __all__ = [
     "check_write_format",
     "write_audio_atomic",
     "writable_samples",
+    "finished_output",
     "remove_stale_parts",
     "part_file_hosts",
     "this_host",
@@ -286,3 +287,19 @@ def write_audio_atomic(
             pass
         raise
     return p
+
+
+def finished_output(path: str | os.PathLike[str]) -> bool:
+    """Whether ``skip_existing`` may skip the input whose output is ``path``: a file there that
+    reads as audio with at least one frame (every output rvcfast writes does). An empty or
+    unreadable file (left by another program, a copy that was cut short) or a folder is not a
+    finished output: the input is converted again and that file replaced. Used by the batch
+    runner and the Ray runner alike."""
+    if not Path(path).is_file():
+        return False
+    import soundfile as sf
+
+    try:
+        return sf.info(str(path)).frames > 0
+    except Exception:  # noqa: BLE001 - whatever libsndfile cannot read is not a finished output
+        return False

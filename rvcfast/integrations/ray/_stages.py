@@ -32,7 +32,7 @@ import pyarrow as pa
 from ...errors import RvcfastError
 from ...params import ConversionParams
 from ...pipeline import prepare_input
-from ...writing import SUPPORTED_WRITE_FORMATS, write_audio_atomic
+from ...writing import SUPPORTED_WRITE_FORMATS, finished_output, write_audio_atomic
 from ._weights import ModelFiles, local_files
 
 __all__ = [
@@ -215,7 +215,7 @@ def _decode_one(row: dict[str, Any], spec: JobSpec) -> dict[str, Any]:
         return row
     path = row["path"]
     try:
-        if spec.skip_existing and Path(row["output_path"]).exists():
+        if spec.skip_existing and finished_output(row["output_path"]):
             row["status"] = "skipped"
             return row
         prep = prepare_input(path, params=spec.params)
