@@ -52,7 +52,8 @@ def check_name_template(template: Any) -> None:
     """Raise :class:`ParameterError` unless ``template`` names outputs inside the output folder.
 
     The template is formatted with ``stem`` (the input's name without its extension),
-    ``index`` (its position) and ``ext`` (the format): an unknown field, a positional
+    ``parent`` (the name of the folder it is in; ``arrays`` for array inputs), ``index``
+    (its position) and ``ext`` (the format): an unknown field, a positional
     ``{}`` or a bad format spec is refused here, as is an absolute path or a ``..`` that
     would leave the output folder. Subfolders (``"{index:03d}/{stem}"``) are allowed.
     """
@@ -60,11 +61,11 @@ def check_name_template(template: Any) -> None:
         raise ParameterError(f"name_template must be a string, got {type(template).__name__}")
     try:
         fields = {re.split(r"[.\[]", f, maxsplit=1)[0] for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-        trial = template.format(stem="audio", index=0, ext="wav")
+        trial = template.format(stem="audio", parent="folder", index=0, ext="wav")
     except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
         raise ParameterError(
             f"name_template {template!r} cannot be filled in ({type(exc).__name__}: {exc}); "
-            "its fields are {stem}, {index} and {ext}"
+            "its fields are {stem}, {parent}, {index} and {ext}"
         ) from None
     if not fields & {"stem", "index"}:
         raise ParameterError("name_template must contain {stem} or {index} so outputs get distinct names")
@@ -267,7 +268,8 @@ def _assign_outputs(jobs: list[Job], options: BatchOptions) -> None:
 
     for j in jobs:
         stem = _safe_stem(j.path.stem if j.path is not None else f"array_{j.number:04d}")
-        base = options.name_template.format(stem=stem, index=j.number, ext=ext)
+        parent = (_safe_stem(j.path.parent.name) if j.path.parent.name else "root") if j.path is not None else "arrays"
+        base = options.name_template.format(stem=stem, parent=parent, index=j.number, ext=ext)
         _check_output_name(options.name_template, base)
         candidate = out_dir / f"{base}.{ext}"
         if not _resolved(candidate.parent).is_relative_to(top):

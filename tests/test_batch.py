@@ -197,6 +197,23 @@ def test_an_output_never_lands_on_an_input_under_another_spelling(tmp_path):
     assert outs == [out / "Take.wav", out / "take_1.wav"]
 
 
+def test_parent_in_the_name_template_gives_names_that_do_not_depend_on_other_inputs(tmp_path):
+    """Repeated stems named by input order (``001.wav``, ``001_1.wav``) shift when inputs are
+    added, so a resumed batch can skip the wrong file; ``{parent}`` names them by their folder."""
+    src = tmp_path / "corpus"
+    _touch_audio(src / "spk2" / "001.wav")
+    out = tmp_path / "out"
+    first = _plan([src / "spk2" / "001.wav"], out, name_template="{parent}/{stem}")
+    _touch_audio(src / "spk1" / "001.wav")  # a speaker added before the resumed run
+    later = _plan([src / "spk1" / "001.wav", src / "spk2" / "001.wav"], out, name_template="{parent}/{stem}")
+    assert first == [(src / "spk2" / "001.wav", out / "spk2" / "001.wav")]
+    assert later == [(src / "spk1" / "001.wav", out / "spk1" / "001.wav"), first[0]]
+    from rvcfast.batch import BatchOptions, expand_inputs
+
+    jobs = expand_inputs([(np.zeros(160, np.float32), 16000)], BatchOptions(out_dir=out, name_template="{parent}/{stem}"))
+    assert jobs[0].out_path == out / "arrays" / "array_0000.wav"
+
+
 def test_an_input_named_twice_is_one_job_where_it_first_appears(tmp_path):
     src, out = tmp_path / "in", tmp_path / "out"
     _touch_audio(src / "a.wav", src / "b.wav")
