@@ -21,7 +21,9 @@ __all__ = ["HybridExtractor", "checked_member_track", "combine_f0", "frame_toler
 
 
 def _fit(f0: np.ndarray, n_frames: int) -> np.ndarray:
-    f0 = np.asarray(f0, dtype=np.float64).reshape(-1)
+    f0 = np.asarray(f0, dtype=np.float64)
+    if f0.ndim != 1:  # flattening a [T, 2] or [2, T] track would interleave frames
+        raise ParameterError(f"combine_f0 needs 1-D tracks (one F0 value per frame), got shape {f0.shape}")
     if len(f0) >= n_frames:
         return f0[:n_frames]
     return np.pad(f0, (0, n_frames - len(f0)))
@@ -41,8 +43,8 @@ def _min_voiced(value: object, n_backends: int) -> int:
     number: int | None = None
     if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
         number = int(value)
-    elif isinstance(value, str) and value.strip().lstrip("+-").isdigit():
-        number = int(value)
+    elif isinstance(value, str) and value.strip().lstrip("+-").isdecimal() and value.isascii():
+        number = int(value)  # isascii: "²" and other non-ASCII digits are refused, not a ValueError
     if number is None or not 1 <= number <= n_backends:
         raise ParameterError(f"hybrid F0 option min_voiced must be a whole number from 1 to {n_backends}, got {value!r}")
     return number
@@ -55,16 +57,17 @@ def combine_f0(tracks: Sequence[np.ndarray], n_frames: int, min_voiced: int | No
     when at least ``min_voiced`` tracks (default: a strict majority, ``len(tracks) // 2 + 1``)
     give it a positive, finite F0; its value is then the median of those tracks' values
     in log-frequency (for an even count, the geometric mean of the middle two). Other
-    frames are 0.
+    frames are 0. ``min_voiced`` must be a whole number from 1 to ``len(tracks)`` and every
+    track 1-D (:class:`ParameterError` otherwise).
     """
     if not tracks:
         raise ParameterError("combine_f0 needs at least one track")
-    need = len(tracks) // 2 + 1 if min_voiced is None else int(min_voiced)
+    need = len(tracks) // 2 + 1 if min_voiced is None else _min_voiced(min_voiced, len(tracks))
     stack = np.stack([_fit(t, n_frames) for t in tracks])  # [K, T]
     voiced = np.isfinite(stack) & (stack > 0)
     logs = np.where(voiced, np.log(np.where(voiced, stack, 1.0)), np.nan)
     out = np.zeros(n_frames, dtype=np.float64)
-    keep = voiced.sum(axis=0) >= max(need, 1)
+    keep = voiced.sum(axis=0) >= need
     if keep.any():
         out[keep] = np.exp(np.nanmedian(logs[:, keep], axis=0))
     return out

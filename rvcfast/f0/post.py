@@ -39,7 +39,9 @@ F0_MEL_MIN = 1127.0 * np.log(1.0 + F0_MIN / 700.0)
 F0_MEL_MAX = 1127.0 * np.log(1.0 + F0_MAX / 700.0)
 
 #: Applio's autotune targets: the 54 equal-tempered notes G1 (49.00 Hz) .. C6 (1046.50 Hz),
-#: each rounded to two decimals, in ascending order (the order decides ties: the lower note wins).
+#: Applio's two-decimal table (the usual published values: E5 is 659.25, although
+#: 440 * 2 ** (-5 / 12) = 659.2551 would round to 659.26), in ascending order (the order
+#: decides ties: the lower note wins).
 AUTOTUNE_NOTES: tuple[float, ...] = (
     49.00, 51.91, 55.00, 58.27, 61.74,
     65.41, 69.30, 73.42, 77.78, 82.41, 87.31, 92.50, 98.00, 103.83, 110.00, 116.54, 123.47,
@@ -63,7 +65,22 @@ def _as_track(f0: np.ndarray) -> np.ndarray:
     return track
 
 
+def _check_raw_track(track: np.ndarray) -> None:
+    """:class:`ParameterError` unless ``track`` is a 1-D track of finite values >= 0 Hz."""
+    if track.ndim != 1:
+        raise ParameterError(f"the F0 track must be 1-D (one value per frame), got shape {track.shape}")
+    bad = int((~np.isfinite(track)).sum()) + int((track < 0).sum())
+    if bad:
+        raise ParameterError(
+            f"the F0 track holds {bad} NaN, infinite or negative value(s) (unvoiced frames are 0 Hz)"
+        )
+
+
 def _finite(name: str, value: float) -> float:
+    # a bool or a text is refused, as ConversionParams refuses them: ``proposed_pitch=True``
+    # (Applio's switch) would otherwise be a target of 1 Hz, i.e. a silent octave down
+    if isinstance(value, (bool, np.bool_, str, bytes)):
+        raise ParameterError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
     try:
         number = float(value)
     except (TypeError, ValueError):
@@ -74,8 +91,11 @@ def _finite(name: str, value: float) -> float:
 
 
 def shift_f0(f0: np.ndarray, semitones: float) -> np.ndarray:
-    """Transpose by ``semitones`` (multiply by ``2 ** (semitones / 12)``); 0 Hz stays 0."""
-    return f0 * pow(2, float(semitones) / 12)
+    """Transpose by ``semitones`` (multiply by ``2 ** (semitones / 12)``); 0 Hz stays 0.
+
+    ``semitones`` must be a finite number (:class:`ParameterError` otherwise: a NaN shift
+    would turn every voiced frame into NaN)."""
+    return f0 * pow(2, _finite("semitones", semitones) / 12)
 
 
 def autotune_f0(f0: np.ndarray, strength: float) -> np.ndarray:
@@ -155,8 +175,15 @@ def adjust_f0(
 
 
 def coarse_pitch(f0: np.ndarray) -> np.ndarray:
-    """RVC's 1..255 pitch bins on the mel scale; unvoiced (and < 50 Hz) frames give 1."""
-    f0_mel = 1127 * np.log(1 + f0 / 700)
+    """RVC's 1..255 pitch bins on the mel scale; unvoiced (and < 50 Hz) frames give 1.
+
+    A NaN (or a value at or below -700 Hz, outside the mel formula) has no bin:
+    :class:`ParameterError` instead of an out-of-range index for the pitch embedding.
+    """
+    with np.errstate(invalid="ignore", divide="ignore"):
+        f0_mel = 1127 * np.log(1 + f0 / 700)
+    if np.isnan(f0_mel).any():
+        raise ParameterError(f"coarse pitch: the F0 track holds {int(np.isnan(f0_mel).sum())} NaN value(s)")
     voiced = f0_mel > 0
     f0_mel[voiced] = (f0_mel[voiced] - F0_MEL_MIN) * 254 / (F0_MEL_MAX - F0_MEL_MIN) + 1
     f0_mel[f0_mel <= 1] = 1
@@ -164,8 +191,18 @@ def coarse_pitch(f0: np.ndarray) -> np.ndarray:
     return np.rint(f0_mel).astype(np.int64)
 
 
+def _frame_count(n_frames: int) -> int:
+    if isinstance(n_frames, (bool, np.bool_)) or not isinstance(n_frames, (int, np.integer)) or n_frames < 0:
+        raise ParameterError(f"n_frames must be a whole number >= 0, got {n_frames!r}")
+    return int(n_frames)
+
+
 def fit_length(f0: np.ndarray, n_frames: int) -> np.ndarray:
-    """Trim to ``n_frames``, or zero-pad symmetrically like RVC pads Praat's shorter track."""
+    """Trim to ``n_frames``, or zero-pad symmetrically like RVC pads Praat's shorter track.
+
+    ``n_frames`` must be an integer >= 0 (:class:`ParameterError` otherwise).
+    """
+    n_frames = _frame_count(n_frames)
     if f0.shape[0] >= n_frames:
         return f0[:n_frames]
     missing = n_frames - f0.shape[0]
@@ -174,7 +211,12 @@ def fit_length(f0: np.ndarray, n_frames: int) -> np.ndarray:
 
 
 def interpolate_unvoiced(f0: np.ndarray) -> np.ndarray:
-    """Fill unvoiced frames by linear interpolation over voiced ones (RVC 2026 ``main`` behaviour)."""
+    """Fill unvoiced frames by linear interpolation over voiced ones (RVC 2026 ``main`` behaviour).
+
+    A float track keeps its dtype; an integer track gives float64 (the filled values are
+    not whole numbers).
+    """
+    f0 = _as_track(f0)
     voiced = np.nonzero(f0 > 0)[0]
     if voiced.size == 0:
         return f0
@@ -199,8 +241,15 @@ def postprocess(
     unvoiced frames. All of it runs on the whole raw track (the median of the
     proposed pitch included) before the track is trimmed or zero-padded to
     ``n_frames``; padded frames are unvoiced (coarse 1, 0 Hz), even with autotune.
+
+    ``f0`` must be 1-D, finite and non-negative (0 = unvoiced), as the
+    :class:`~rvcfast.protocols.F0Extractor` contract says; anything else (a ``[1, T]``
+    track, NaN, inf, negative Hz) is a :class:`ParameterError`, as is an ``n_frames``
+    that is not a whole number >= 0.
     """
+    n_frames = _frame_count(n_frames)
     track = _as_track(f0)
+    _check_raw_track(track)
     if fill_unvoiced:
         track = interpolate_unvoiced(track)
     track = adjust_f0(track, semitones, autotune=autotune, proposed_pitch=proposed_pitch)
