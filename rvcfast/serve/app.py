@@ -2,7 +2,7 @@
 
 Routes (JSON errors ``{"error": "..."}`` everywhere; OpenAPI docs at ``/docs``):
 
-* ``GET /health`` — 200 once the models are loaded, 503 before (or if loading failed);
+* ``GET /health`` — 200 once the models are loaded, 503 before (or if loading failed, or once the server is closed);
 * ``GET /metrics`` — Prometheus text (see :mod:`rvcfast.serve.metrics`);
 * ``GET /v1/voices`` — every voice: id, sample rate, version, F0, index, loaded;
 * ``POST /v1/voices`` — upload a voice model (only with a models folder);

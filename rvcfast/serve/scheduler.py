@@ -149,6 +149,7 @@ class Scheduler:
         self.metrics = metrics
         self._queue: deque[_Convert | StepTask] = deque()
         self._converts: dict[cf.Future[Result], _Convert] = {}  # one-shot conversions queued or running
+        self._parked: dict[int, StepTask] = {}  # id -> step task waiting for its receiver's credit
         self._cv = threading.Condition()
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="rvcfast-models", daemon=True)
@@ -198,6 +199,7 @@ class Scheduler:
             task.credit += 1
             if task.parked and not task.cancelled:
                 task.parked = False
+                self._parked.pop(id(task), None)
                 self._queue.append(task)
                 self._cv.notify()
 
@@ -211,6 +213,7 @@ class Scheduler:
             task.cancelled = True
             idle = task.parked or _remove(self._queue, task)
             task.parked = False
+            self._parked.pop(id(task), None)
         if idle:
             _close(task.iterator)
 
@@ -222,7 +225,12 @@ class Scheduler:
             self._cv.notify()
 
     def close(self, timeout: float | None = None) -> None:
-        """Finish the queued work, then stop the worker."""
+        """Finish the queued work, then stop the worker.
+
+        A step task parked for want of credit (a receiver that has not taken its pieces)
+        is not waited for: once the queue is empty its receiver gets a ``RuntimeError``
+        saying the server stopped, and its iterator is closed.
+        """
         with self._cv:
             self._stopping = True
             self._cv.notify_all()
@@ -232,12 +240,17 @@ class Scheduler:
     # ------------------------------------------------------------------ the worker
 
     def _loop(self) -> None:
+        ended: list[StepTask] = []  # parked tasks still waiting when the worker stops
         while True:
             with self._cv:
                 while not self._queue and not self._stopping:
                     self._cv.wait()
                 if not self._queue:
-                    return
+                    ended = list(self._parked.values())
+                    self._parked.clear()
+                    for t in ended:
+                        t.parked, t.cancelled = False, True
+                    break
                 task = self._queue.popleft()
                 group = self._gather(task) if isinstance(task, _Convert) else []
             try:
@@ -247,6 +260,13 @@ class Scheduler:
                     self._run(group)
             except Exception:  # noqa: BLE001 - the worker must outlive any one request
                 _log.exception("model worker: unexpected error")
+        stopped = RuntimeError("the server is shutting down: this conversion was stopped before it finished")
+        for t in ended:  # their receivers would otherwise wait for ever
+            try:
+                t.sink(stopped)
+            except Exception:  # noqa: BLE001 - a receiver that is gone already
+                pass
+            _close(t.iterator)
 
     def _gather(self, first: _Convert) -> list[_Convert]:
         """``first`` and queued conversions of the same voice, up to ``group_samples`` (lock held)."""
@@ -294,13 +314,28 @@ class Scheduler:
             if len(live) == 1:
                 live[0].future.set_exception(exc)
                 return
-            results = []
-            for t in live:
-                try:
-                    results.extend(engine.run([t.prep], t.params, f0=None if f0 is None else [t.f0]))
-                except Exception as exc1:  # noqa: BLE001
-                    results.append(_failed(engine, t, exc1))
+            self._run_alone(engine, live, f0 is not None, started)
+            return
         for t, res in zip(live, results):
+            res.timings["queue"] = started - t.queued_at
+            t.future.set_result(res)
+
+    def _run_alone(self, engine: Engine, live: list[_Convert], given_f0: bool, started: float) -> None:
+        """After a shared call failed: each request again, alone, so only a bad one gets an error.
+
+        A request whose caller has given up is not run again (its future gets
+        :class:`~rvcfast.errors.Cancelled`), and one given up during its own call stops
+        there, as in the shared call.
+        """
+        for t in live:
+            try:
+                _check_gone(t)
+                res = engine.run([t.prep], t.params, f0=[t.f0] if given_f0 else None, cancel=t.gone)[0]
+            except Cancelled as exc:
+                t.future.set_exception(exc)
+                continue
+            except Exception as exc1:  # noqa: BLE001 - this request's own failure
+                res = _failed(engine, t, exc1)
             res.timings["queue"] = started - t.queued_at
             t.future.set_result(res)
 
@@ -331,6 +366,12 @@ class Scheduler:
                 self._queue.append(task)
             else:
                 task.parked = True
+                self._parked[id(task)] = task
+
+
+def _check_gone(task: _Convert) -> None:
+    if task.gone.is_set():
+        raise Cancelled("the conversion was cancelled")
 
 
 def _send(task: StepTask, item: Any) -> bool:

@@ -4,7 +4,8 @@
 settings and finds the voices at once) and started on the first request or by the
 app's lifespan: the device is resolved, the model worker starts, and the first voices
 (with the shared content encoder and F0 network) are loaded in the background;
-``/health`` answers 200 from then on. :meth:`ServerState.close` stops it.
+``/health`` answers 200 from then on. :meth:`ServerState.close` stops it: ``/health`` and
+every route that converts answer 503 from then on, and a voice still loading is not kept.
 """
 
 from __future__ import annotations
@@ -108,7 +109,7 @@ class ServerState:
     def start(self) -> None:
         """Start the model worker and load the first voices in the background (idempotent)."""
         with self._start_lock:
-            if self.started:
+            if self.started or self.closed:  # a closed server is not started again (check_ready refuses it)
                 return
             import torch
 
@@ -134,13 +135,19 @@ class ServerState:
         errors: list[str] = []
         ids = self.registry.ids()[: self.registry.max_loaded]
         for voice_id in ids:
+            if self.closed:  # closed while loading: load nothing more, never report ready
+                return
             try:
                 self.registry.engine(voice_id)
+            except NotReady:  # closed during this load
+                return
             except Exception as exc:  # noqa: BLE001 - reported by /health and /v1/voices
                 text = self._hide_paths(f"{type(exc).__name__}: {exc}")
                 self.registry.get(voice_id).info = {"error": text}
                 errors.append(f"voice {voice_id}: {text}")
                 _log.error("loading voice %s failed: %s", voice_id, text)
+        if self.closed:
+            return
         if ids and len(errors) == len(ids):
             self.load_error = "; ".join(errors)
             if self.on_fatal is not None:
@@ -150,7 +157,9 @@ class ServerState:
         _log.info("models loaded in %.1f s; ready", time.perf_counter() - t0)
 
     def check_ready(self) -> None:
-        """Raise :class:`NotReady` unless the first voices are loaded."""
+        """Raise :class:`NotReady` unless the first voices are loaded (and the server is not closed)."""
+        if self.closed:
+            raise NotReady("the server is shut down")
         self.start()
         if self.load_error is not None:
             raise NotReady(f"the server could not load its models: {self.load_error}")
@@ -176,6 +185,7 @@ class ServerState:
         if self.closed:
             return
         self.closed = True
+        self.ready.clear()  # /health answers 503 from now on
         if self.scheduler is not None:
             self.scheduler.close(timeout=60)
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -189,14 +199,20 @@ class ServerState:
     # ------------------------------------------------------------------ voices
 
     def _load_voice(self, voice: Voice) -> Engine:
+        """The registry's loader; :class:`NotReady` once the server is closed (before the load, or
+        after it: the engine of a load that ends after :meth:`close` is dropped, not kept)."""
         from ..engine import Engine
 
+        if self.closed:
+            raise NotReady(f"the server is shut down; voice {voice.id!r} is not loaded")
         cfg = self.cfg
         t0 = time.perf_counter()
         eng = Engine.load(
             voice.model, index=voice.index, encoder=cfg.encoder, f0=cfg.f0, f0_weights=cfg.f0_weights,
             f0_options=dict(cfg.f0_options) or None, device=self.device, dtype=self.dtype, allow_download=cfg.allow_download,
         )
+        if self.closed:
+            raise NotReady(f"the server is shut down; voice {voice.id!r} is not kept")
         _log.info("voice %s loaded in %.1f s", voice.id, time.perf_counter() - t0)
         return eng
 
