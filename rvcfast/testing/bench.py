@@ -8,6 +8,8 @@ clips. ``rvcfast bench``, the benchmarks and the examples use them.
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -29,14 +31,20 @@ SMALL_HUBERT = dict(
 
 
 def _atomic_build(target: Path, build: Any) -> Path:
-    """Run ``build(tmp_path)`` and rename the result into place (no half-written models)."""
-    tmp = target.with_name(f".{target.name}.{os.getpid()}.part")
+    """Run ``build(tmp_path)`` and rename the result into place (no half-written models).
+
+    ``tmp_path`` has the target's own name, in a private temporary folder next to it: each
+    concurrent build (other processes, other threads) writes its own file, and ``torch.save``,
+    which names the records inside the zip after the file, writes the same bytes as a file
+    saved directly under the final name.
+    """
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent))
     try:
+        tmp = tmp_dir / target.name
         build(tmp)
         os.replace(tmp, target)
     finally:
-        if tmp.exists():
-            tmp.unlink()
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     return target
 
 

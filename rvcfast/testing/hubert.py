@@ -8,7 +8,7 @@ import os
 import pickle
 import types
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from ..constants import SR_16K
 from ..models.encoder.config import GELU_APPROXIMATE, HUBERT_BASE_CONV_LAYERS, HubertConfig
 from ..models.encoder.conv_spec import check_conv_layers, format_conv_layers
 from ..models.encoder.layout import key_table
+from .voice import _is_weight_norm_key, _module_of
 
 __all__ = ["random_hubert_state_dict", "save_random_hubert"]
 
@@ -84,9 +85,30 @@ def random_hubert_state_dict(
     else:
         out["mask_emb"] = mask_emb
         out.move_to_end("mask_emb", last=False)
-    for key in out:
-        out[key] = out[key].to(dtype).contiguous()
-    return out
+    return OrderedDict((key, out[key].to(dtype).contiguous()) for key in _reference_order(out, fmt))
+
+
+def _reference_order(state: Mapping[str, torch.Tensor], fmt: str) -> list[str]:
+    """The keys in the order of the reference ``state_dict()`` (fairseq or transformers).
+
+    Both attention classes register ``k_proj``, ``v_proj``, ``q_proj``, ``out_proj``;
+    weight norm puts the positional conv's bias before ``weight_g``/``weight_v``;
+    transformers' ``masked_spec_embed`` is a parameter of the model itself, so it comes first.
+    """
+    groups: dict[str, list[str]] = {}
+    for key in state:
+        groups.setdefault(_module_of(key), []).append(key)
+    modules: list[str] = []
+    for module in groups:
+        if module.endswith(".q_proj"):
+            continue
+        modules.append(module)
+        if module.endswith(".v_proj"):
+            modules.append(module[: -len("v_proj")] + "q_proj")
+    if fmt == "hf" and "masked_spec_embed" in groups:
+        modules.remove("masked_spec_embed")
+        modules.insert(0, "masked_spec_embed")
+    return [key for module in modules for key in sorted(groups[module], key=_is_weight_norm_key)]
 
 
 def _fairseq_model_cfg(config: HubertConfig) -> dict[str, Any]:
@@ -169,6 +191,8 @@ def _hf_config_dict(config: HubertConfig) -> dict[str, Any]:
         "conv_kernel": [k for _, k, _ in config.conv_layers],
         "conv_pos_batch_norm": False,
         "conv_stride": [s for _, _, s in config.conv_layers],
+        "ctc_loss_reduction": "sum",
+        "ctc_zero_infinity": False,
         "do_stable_layer_norm": config.layer_norm_first,
         "eos_token_id": 2,
         "feat_extract_activation": act[GELU_APPROXIMATE[config.feat_activation]],
@@ -183,7 +207,11 @@ def _hf_config_dict(config: HubertConfig) -> dict[str, Any]:
         "intermediate_size": config.ffn_dim,
         "layer_norm_eps": config.layer_norm_eps,
         "layerdrop": 0.1,
+        "mask_feature_length": 10,
+        "mask_feature_min_masks": 0,
+        "mask_feature_prob": 0.0,
         "mask_time_length": 10,
+        "mask_time_min_masks": 2,
         "mask_time_prob": 0.05,
         "model_type": "hubert",
         "num_attention_heads": config.num_heads,
@@ -192,6 +220,7 @@ def _hf_config_dict(config: HubertConfig) -> dict[str, Any]:
         "num_feat_extract_layers": len(config.conv_layers),
         "num_hidden_layers": config.num_layers,
         "pad_token_id": 0,
+        "transformers_version": "4.46.3",
         "use_weighted_layer_sum": False,
         "vocab_size": 32,
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import collections
 import math
 import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -125,4 +126,40 @@ def random_voice_state(
                 state[module_name + ".parametrizations.weight.original1"] = value
         else:
             state[name] = value
-    return collections.OrderedDict((k, v.half()) for k, v in state.items())
+    return collections.OrderedDict((k, state[k].half()) for k in _reference_order(state))
+
+
+_WN_LEAVES = ("weight_g", "weight_v", "parametrizations.weight.original0", "parametrizations.weight.original1")
+
+
+def _is_weight_norm_key(key: str) -> bool:
+    return any(key.endswith("." + leaf) for leaf in _WN_LEAVES)
+
+
+def _module_of(key: str) -> str:
+    for leaf in _WN_LEAVES:
+        if key.endswith("." + leaf):
+            return key[: -len(leaf) - 1]
+    return key.rsplit(".", 1)[0]
+
+
+def _reference_order(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """The keys of ``state`` in the order the reference ``state_dict()`` gives them.
+
+    Weight norm (the legacy hook and the parametrization alike) re-registers the weight
+    after the bias, so a weight-normed layer's ``bias`` precedes its ``weight_g``/``weight_v``.
+    The HiFi-GAN decoders (NSF and plain) register ``m_source`` first and ``cond`` last.
+    """
+    groups: dict[str, list[str]] = {}
+    for key in state:
+        groups.setdefault(_module_of(key), []).append(key)
+    modules = list(groups)
+    if "dec.ups.0" in groups:  # rvcfast's HiFi-GAN registers these elsewhere
+        dec = [m for m in modules if m.startswith("dec.")]
+        first = modules.index(dec[0])
+        source = [m for m in dec if m.startswith("dec.m_source.")]
+        cond = [m for m in dec if m == "dec.cond"]
+        middle = [m for m in dec if m not in source and m not in cond]
+        rest = [m for m in modules if not m.startswith("dec.")]
+        modules = rest[:first] + source + middle + cond + rest[first:]
+    return [key for module in modules for key in sorted(groups[module], key=_is_weight_norm_key)]
