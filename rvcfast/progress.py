@@ -312,11 +312,13 @@ class DownloadProgress:
     def close(self, ok: bool = True) -> None:
         """End the status line (terminal) and print the closing line: ``downloaded NAME: ...``
         after a download that worked (``ok``; plain output only, a terminal keeps its final
-        status line), else where it stopped (``NAME: download stopped at X of Y``)."""
+        status line), else where it stopped (``NAME: download stopped at X of Y``; nothing when
+        every byte arrived and the file was refused afterwards: the error says why)."""
         if not self._line.enabled:
             return
         if not ok:
-            if self._first is not None:  # bytes were counted: say how far it got
+            complete = bool(self.total) and self.done >= self.total  # e.g. refused by its checksum afterwards
+            if self._first is not None and not complete:  # bytes were counted: say how far it got
                 of = f" of {format_bytes(self.total)}" if self.total else ""
                 self._line.println(f"{self.name}: download stopped at {format_bytes(self.done)}{of}")
             else:

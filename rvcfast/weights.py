@@ -398,6 +398,12 @@ def _fetch(url: str, part: Path, *, timeout: float, chunk: int, progress: Progre
         else:
             reason = str(exc)
         kept = part.stat().st_size if part.exists() else 0
+        if not kept:  # nothing arrived (no network, a wrong host): no partial file to speak of
+            part.unlink(missing_ok=True)
+            raise DownloadError(
+                f"download of {url} failed ({reason}); nothing was received: check the network, or point "
+                "the file's RVCFAST_URL_* variable at a mirror"
+            ) from None
         raise DownloadError(
             f"download of {url} failed ({reason}); {part} keeps the {kept} bytes received so far and the "
             "next attempt resumes from there"

@@ -312,3 +312,23 @@ def test_progress_of_a_download_that_failed_before_any_data_prints_nothing():
         raise weights.DownloadError("HTTP 404")
     assert plain.getvalue() == ""
 
+
+
+def test_progress_of_a_download_refused_after_every_byte_arrived_does_not_say_it_stopped():
+    # a checksum mismatch after the whole body: "download stopped at 2 B of 2 B" was misleading
+    plain = io.StringIO()
+    with pytest.raises(weights.DownloadError), DownloadProgress("rmvpe.pt", stream=plain, tty=False) as bar:
+        bar(0, 3000)
+        bar(3000, 3000)
+        raise weights.DownloadError("checksum mismatch")
+    assert "stopped" not in plain.getvalue()
+
+
+def test_a_download_that_received_nothing_says_so_and_leaves_no_part_file(tmp_path):
+    # no network: the message named a .part file "keeping 0 bytes" that did not exist
+    target = tmp_path / "rmvpe.pt"
+    with pytest.raises(weights.DownloadError) as info:
+        weights.download("http://127.0.0.1:9/rmvpe.pt", dest=target, timeout=5)
+    text = str(info.value)
+    assert "nothing was received" in text and ".part" not in text and "keeps" not in text
+    assert list(tmp_path.iterdir()) == []
