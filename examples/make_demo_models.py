@@ -107,7 +107,7 @@ def main() -> None:
     paths = make_demo_models(args.out, full=args.full)
     for name, path in paths.items():
         print(f"{name:<9} {path}")
-    print(f"\nTip: export RVCFAST_HOME={args.out} so rvcfast finds hubert_base.pt and rmvpe.pt there.")
+    print(f"\nTip: export RVCFAST_HOME={args.out.resolve()} so rvcfast finds hubert_base.pt and rmvpe.pt there.")
 
 
 if __name__ == "__main__":

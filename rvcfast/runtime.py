@@ -225,7 +225,7 @@ def resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype
     if dtype == torch.float16 and device.type == "cpu" and not native_fp16(device):
         raise ParameterError(
             "float16 on a CPU needs AVX512-FP16 or AMX-FP16 (Intel Sapphire Rapids and later), which this "
-            "CPU lacks; use bfloat16 or 'auto' on this CPU"
+            "CPU lacks; use 'auto' (bfloat16 where this CPU computes it natively, else float32)"
         )
     if dtype == torch.bfloat16 and device.type == "cpu" and not native_bf16(device):
         warnings.warn(

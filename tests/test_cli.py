@@ -103,6 +103,26 @@ def test_python_m_rvcfast_help():
         assert command in proc.stdout
 
 
+def test_the_console_script_prints_warnings_as_one_line_of_its_own():
+    """A warning during a command (e.g. bfloat16 on a CPU without it) printed Python's
+    ``/path/rvcfast/tuning.py:357: RuntimeWarning: ...`` and the source line, which reads like a
+    traceback; the console script prints ``rvcfast: warning: ...``."""
+    code = (
+        "import sys, warnings, rvcfast.cli as c\n"
+        "sys.argv = ['rvcfast', 'backends']\n"
+        "real = c.main\n"
+        "def main(argv=None):\n"
+        "    warnings.warn('bfloat16 is slow here', RuntimeWarning)\n"
+        "    return real(argv)\n"
+        "c.main = main\n"
+        "c.run()\n"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert "rvcfast: warning: bfloat16 is slow here" in proc.stderr
+    assert "RuntimeWarning" not in proc.stderr and ".py:" not in proc.stderr
+
+
 def test_the_console_script_keeps_status_output_and_exit_handlers(tmp_path):
     """``run`` leaves without interpreter teardown; status, piped output and atexit handlers survive."""
     missing = tmp_path / "nothere.pth"

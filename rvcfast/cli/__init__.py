@@ -22,6 +22,7 @@ import atexit
 import importlib
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import NoReturn
 
@@ -109,6 +110,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
 
 
+def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
+    """A warning as the command line prints it: ``rvcfast: warning: ...`` (no source location,
+    which reads like a traceback to a user and names rvcfast's code, not their input)."""
+    return f"{PROG}: warning: {message}\n"
+
+
 def run() -> NoReturn:
     """The ``rvcfast`` console script (and ``python -m rvcfast``): :func:`main` on ``sys.argv``, then exit
     without tearing the interpreter down.
@@ -117,8 +124,8 @@ def run() -> NoReturn:
     destructors): a tenth of converting one short file. Every ``atexit`` handler
     registered while the command ran still runs first (they run before this one, last in
     first out); then logging and the standard streams are flushed and the process ends
-    with the command's status. Library use (:func:`main` in a Python process) is not
-    affected.
+    with the command's status. Warnings print as ``rvcfast: warning: ...``. Library use
+    (:func:`main` in a Python process) is not affected.
     """
     status = [EXIT_FAILED]  # an exception escaping main() prints its traceback and ends with 1
 
@@ -133,6 +140,7 @@ def run() -> NoReturn:
         os._exit(status[0])
 
     atexit.register(leave)
+    warnings.formatwarning = _format_warning
     try:
         status[0] = main()
     except SystemExit as exc:  # a command that called sys.exit itself
