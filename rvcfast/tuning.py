@@ -25,7 +25,6 @@ import json
 import math
 import os
 import platform
-import threading
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
@@ -36,6 +35,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from .atomic import atomic_write
 from .constants import SR_16K
 from .errors import ParameterError, RvcfastError
 from .runtime import (
@@ -272,12 +272,8 @@ def save_profile(profile: Profile, path: Path | None = None) -> Path:
         others = [e for e in entries if _machine_of(e) not in (None, profile.machine)]
         kept = sorted(others, key=lambda e: str(e.get("created", "")))[-(MAX_PROFILES - 1) :]
         text = json.dumps({"profiles": [*kept, asdict(profile)]}, indent=2)
-        tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}.part")
-        try:
+        with atomic_write(target) as tmp:
             tmp.write_text(text, encoding="utf-8")
-            os.replace(tmp, target)
-        finally:
-            tmp.unlink(missing_ok=True)
     return target
 
 

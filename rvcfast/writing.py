@@ -8,16 +8,15 @@ recognised by that name and removed by the next run.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
-import secrets
 import socket
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
+from .atomic import atomic_write, new_temporary, short_name
 from .errors import AudioError, ParameterError
 
 __all__ = [
@@ -119,34 +118,10 @@ _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname() or "host")[:40] or "h
 _PART_RE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)~(?P<pid>\d+)~[A-Za-z0-9_]*\.part$")
 
 
-#: Longest output name (in bytes) kept whole in a temporary file's name: the rest of that name
-#: takes at most 63 bytes, and a file name at most 255.
-_PART_NAME_BYTES = 160
-
-
-def _part_key(name: str) -> str:
-    """``name`` as it appears in its temporary files' names: itself, or when longer than
-    :data:`_PART_NAME_BYTES` its start and a hash of the whole (an output name near the
-    file system's 255-byte limit would otherwise give a temporary name that cannot exist)."""
-    raw = os.fsencode(name)
-    if len(raw) <= _PART_NAME_BYTES:
-        return name
-    head = raw[: _PART_NAME_BYTES - 17].decode("utf-8", "ignore")
-    return f"{head}~{hashlib.sha256(raw).hexdigest()[:16]}"
-
-
 def _new_part(p: Path) -> str:
     """Create the empty temporary file for ``p`` (``.<name>.<host>~<pid>~<random>.part`` beside
-    it) and return its path. It is opened with mode 0o666 and the process's umask, as a plain
-    ``open`` would be (``tempfile.mkstemp``'s 0o600 would have stayed on every output)."""
-    while True:
-        tmp = p.parent / f".{_part_key(p.name)}.{_HOST}~{os.getpid()}~{secrets.token_hex(4)}.part"
-        try:
-            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-        except FileExistsError:  # pragma: no cover - 32 random bits taken by another writer
-            continue
-        os.close(fd)
-        return str(tmp)
+    it: who wrote it, so that a later run can tell a stale one) and return its path."""
+    return str(new_temporary(p, f"{_HOST}~{os.getpid()}"))
 
 
 def _pid_alive(pid: int) -> bool:
@@ -170,7 +145,7 @@ def remove_stale_parts(directory: str | os.PathLike[str], name: str | None = Non
     """
     d = Path(directory)
     removed: list[Path] = []
-    key = _part_key(name) if name is not None else None
+    key = short_name(name) if name is not None else None
     pattern = f".{_glob_escape(key)}.*.part" if key is not None else ".*.part"
     try:
         candidates = list(d.glob(pattern))
@@ -274,18 +249,8 @@ def write_audio_atomic(
         audio, sample_rate = resample(audio, int(sample_rate), target, dtype=np.float32), target
     p.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_parts(p.parent, p.name)
-    tmp = _new_part(p)
-    try:
+    with atomic_write(p, _new_part(p)) as tmp:
         sf.write(tmp, audio, int(sample_rate), format=SUPPORTED_WRITE_FORMATS[fmt], subtype=subtype)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
     return p
 
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
+from ..atomic import atomic_write
 from ..errors import RvcfastError
 from ._common import (
     HelpFormatter,
@@ -63,16 +63,15 @@ def cmd_f0(args: argparse.Namespace) -> int:
         try:
             audio = load_audio_16k(path)
             f0 = _fit_frames(extractor.extract(audio), audio.shape[0] // 160 + 1)
-            tmp = target.with_name(f".{target.name}.part")
-            if ext == "csv":
-                with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-                    fh.write("time,f0\n")
-                    for i, v in enumerate(f0):
-                        fh.write(f"{i * 0.01:.2f},{v:.3f}\n")
-            else:
-                with open(tmp, "wb") as fh:
-                    np.save(fh, f0.astype(np.float32))
-            os.replace(tmp, target)
+            with atomic_write(target) as tmp:
+                if ext == "csv":
+                    with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+                        fh.write("time,f0\n")
+                        for i, v in enumerate(f0):
+                            fh.write(f"{i * 0.01:.2f},{v:.3f}\n")
+                else:
+                    with open(tmp, "wb") as fh:
+                        np.save(fh, f0.astype(np.float32))
         except Exception as exc:  # noqa: BLE001 - reported per file, the others carry on
             reason = str(exc) if isinstance(exc, RvcfastError) else f"{type(exc).__name__}: {exc}"
             reason = " ".join(reason.split())

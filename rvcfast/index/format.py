@@ -11,13 +11,13 @@ into its final arrays.
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
 
 import numpy as np
 
+from ..atomic import atomic_write
 from ..errors import ModelLoadError
 
 __all__ = ["IndexArrays", "read_index_file", "write_index_file"]
@@ -412,22 +412,8 @@ def write_index_file(
     so ``path`` is never left half-written: a failed write (disk full, interrupted)
     keeps the old file, if there was one, and removes the temporary file.
     """
-    p = Path(path)
-    tmp = p.parent / f".{p.name}.{os.getpid()}.{secrets.token_hex(4)}.part"
-    # os.open with mode 0o666 (not mkstemp's 0o600), so the file gets the usual umask permissions.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0), 0o666)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            _write_arrays(f, arrays, list_format)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        raise
+    with atomic_write(path) as tmp, open(tmp, "wb") as f:
+        _write_arrays(f, arrays, list_format)
 
 
 def _write_arrays(f: BinaryIO, arrays: IndexArrays, list_format: Literal["auto", "full", "sprs"]) -> None:

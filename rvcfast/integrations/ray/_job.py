@@ -6,12 +6,12 @@ import inspect
 import json
 import math
 import os
-import secrets
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from ...atomic import atomic_write
 from ...errors import ModelLoadError, ParameterError
 from ...params import ConversionParams
 from ...writing import SUPPORTED_WRITE_FORMATS, remove_stale_parts
@@ -507,24 +507,18 @@ def write_manifest(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> 
     p = check_manifest(path)
     kind = p.suffix.lower()
     p.parent.mkdir(parents=True, exist_ok=True)
-    # created by the writer below, with the umask's permissions (mkstemp's 0o600 stayed on the manifest)
-    tmp = str(p.parent / f".{p.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    try:
+    with atomic_write(p) as tmp:
         if kind == ".parquet":
             import pyarrow as pa
             import pyarrow.parquet as pq
 
             from ._stages import ROW_SCHEMA
 
-            pq.write_table(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), tmp)
+            pq.write_table(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), str(tmp))
         else:
             with open(tmp, "w", encoding="utf-8") as f:
                 for row in rows:
                     f.write(json.dumps(row, ensure_ascii=False) + "\n")
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return p
 
 
