@@ -16,6 +16,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -100,6 +102,17 @@ class ServerProcess:
         except subprocess.TimeoutExpired:
             self.kill()
         self._log_file.close()
+
+
+@contextmanager
+def running_server(voices: list[Path], models: TinyModels, log: Path, *extra: str) -> Iterator[ServerProcess]:
+    """A :class:`ServerProcess`, healthy before it is handed out and stopped afterwards (a module fixture's body)."""
+    srv = ServerProcess(voices, models, log, *extra)
+    try:
+        srv.wait_healthy()
+        yield srv
+    finally:
+        srv.stop()
 
 
 def voice_folder(models: TinyModels, folder: Path) -> Path:

@@ -19,7 +19,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
-from serve_helpers import API_KEY, ServerProcess, close_to, read_audio, voice_folder, wav_bytes
+from serve_helpers import (
+    API_KEY,
+    ServerProcess,
+    close_to,
+    read_audio,
+    running_server,
+    voice_folder,
+    wav_bytes,
+)
 
 import rvcfast
 from rvcfast.params import param_specs
@@ -43,16 +51,12 @@ def folders(tiny_models, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def server(tiny_models, folders):
-    srv = ServerProcess(
+    with running_server(
         [folders["voices"]], tiny_models, folders["root"] / "server.log",
         "--api-key", API_KEY, "--max-upload-mb", "3", "--max-queue", "16", "--max-loaded-voices", "2",
         "--models-dir", str(folders["uploads"]),
-    )
-    try:
-        srv.wait_healthy()
+    ) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

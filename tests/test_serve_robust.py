@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers import tiny_models_fixture, tone  # noqa: F401
-from serve_helpers import ServerProcess, voice_folder, wav_bytes
+from serve_helpers import running_server, voice_folder, wav_bytes
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -45,15 +45,11 @@ def folders(tiny_models, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def server(tiny_models, folders):
-    srv = ServerProcess(
+    with running_server(
         [folders["voices"]], tiny_models, folders["root"] / "server.log", "--max-loaded-voices", "2",
         "--jobs-dir", str(folders["spool"]),
-    )
-    try:
-        srv.wait_healthy()
+    ) as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")

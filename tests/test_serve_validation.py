@@ -23,7 +23,7 @@ from typing import Any
 
 import pytest
 from helpers import one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
-from serve_helpers import ServerProcess, read_audio, voice_folder, wav_bytes
+from serve_helpers import read_audio, running_server, voice_folder, wav_bytes
 
 from rvcfast.errors import ParameterError
 
@@ -44,12 +44,8 @@ def folders(tiny_models, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="module")
 def server(tiny_models, folders):
-    srv = ServerProcess([folders["voices"]], tiny_models, folders["root"] / "server.log", "--max-loaded-voices", "2")
-    try:
-        srv.wait_healthy()
+    with running_server([folders["voices"]], tiny_models, folders["root"] / "server.log", "--max-loaded-voices", "2") as srv:
         yield srv
-    finally:
-        srv.stop()
 
 
 @pytest.fixture(scope="module")
