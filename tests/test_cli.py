@@ -395,7 +395,7 @@ def test_bench_small(tmp_path, capsys):
                  "--no-warmup"])
     out = capsys.readouterr().out
     assert code == 0
-    assert "real-time factor" in out and "1 files (0 failed" in out
+    assert "real-time factor" in out and "1 file (0 failed" in out
     assert (tmp_path / "small" / "hubert_base.pt").is_file() and (tmp_path / "small" / "voice_v2_40k.index").is_file()
 
 

@@ -93,8 +93,66 @@ def expand_inputs(inputs: Sequence[str], recursive: bool) -> list[Path]:
 
 
 def check_output_dir(folder: Path) -> None:
+    """A usage error when the output folder ``folder`` is a file, or cannot be created because
+    the nearest part of its path that exists is a file (``-o notes.txt/out``); found before
+    any model is loaded, not as one failed write per file afterwards."""
     if folder.exists() and not folder.is_dir():
         raise UsageError(f"output {folder} exists and is not a folder")
+    for parent in folder.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise UsageError(f"output folder {folder} cannot be created: {parent} is a file, not a folder")
+            return
+
+
+def check_inputs_exist(inputs: Sequence[str]) -> None:
+    """Raise :class:`~rvcfast.errors.AudioError` (status 1) naming every input that does not
+    exist, before any model is loaded: a mistyped name is reported at once, not after the
+    models are loaded. ``-`` gets a note that standard input is not read."""
+    from ..errors import AudioError, RvcfastError
+
+    missing = [item for item in inputs if not Path(item).exists()]
+    if not missing:
+        return
+    if len(missing) == 1:
+        item = missing[0]
+        note = " (audio is not read from standard input: name a file)" if item == "-" else ""
+        raise AudioError(item, f"input file does not exist{note}")
+    raise RvcfastError(f"{len(missing)} inputs do not exist: {', '.join(missing)}")
+
+
+def check_model_files(model: str, index: str | None) -> None:
+    """Raise :class:`~rvcfast.errors.ModelLoadError` (status 1) when the voice model or the
+    index named on the command line is missing (or not a readable, non-empty file), before
+    the models are loaded; the same checks, and words, as loading them."""
+    from ..safe_load import check_file
+
+    check_file(model, "voice model")
+    if index is not None:
+        check_file(index, "index")
+
+
+def summary_text(summary: Any) -> str:
+    """A batch's :class:`~rvcfast.batch.BatchSummary` as the command line prints it: the table
+    of stage times when a file was converted (none otherwise: it would be empty, or hold only
+    the failed files' decoding), then one line of totals (``1 file``, ``3 files``)."""
+    lines: list[str] = []
+    converted = summary.files - summary.failed - summary.skipped
+    if converted > 0 and summary.timings:
+        total = sum(summary.timings.values()) or 1.0
+        lines.append(f"{'stage':<10} {'seconds':>9} {'share':>7}")
+        for k, v in sorted(summary.timings.items(), key=lambda kv: -kv[1]):
+            lines.append(f"{k:<10} {v:9.3f} {100 * v / total:6.1f}%")
+    if summary.audio_seconds:
+        speed = f"real-time factor {summary.wall_seconds / summary.audio_seconds:.3f}"
+    else:
+        speed = "no audio converted"
+    files = f"{summary.files} file{'' if summary.files == 1 else 's'}"
+    lines.append(
+        f"{files} ({summary.failed} failed, {summary.skipped} skipped), {summary.audio_seconds:.1f} s of audio "
+        f"in {summary.wall_seconds:.1f} s ({speed})"
+    )
+    return "\n".join(lines)
 
 
 def add_device_options(p: argparse.ArgumentParser | Any) -> None:

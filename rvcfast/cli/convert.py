@@ -14,6 +14,8 @@ from ._common import (
     add_conversion_options,
     add_device_options,
     check_f0_name,
+    check_inputs_exist,
+    check_model_files,
     check_output_dir,
     check_params,
     out,
@@ -21,6 +23,7 @@ from ._common import (
     parse_options,
     report_failures,
     report_warnings,
+    summary_text,
 )
 from .scale import add_scale_options, planned_inputs
 
@@ -57,6 +60,15 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if args.compute_workers is not None:
             raise UsageError("--compute-workers is for local runs; on Ray, --workers sets the number of model workers")
         return cmd_convert_ray(args)
+    ray_only = [flag for flag, given in (
+        ("--workers", args.workers is not None), ("--gpus-per-worker", bool(args.gpus_per_worker)),
+        ("--manifest", args.manifest is not None),
+    ) if given]
+    if ray_only:  # accepted and silently ignored before: a local run has none of them
+        raise UsageError(
+            f"{' and '.join(ray_only)} {'is' if len(ray_only) == 1 else 'are'} for --ray runs"
+            " (locally, --compute-workers sets the files converted side by side)"
+        )
     from ..api import Converter
     from ..batch import BatchSummary
     from ..progress import BatchProgress
@@ -69,6 +81,9 @@ def cmd_convert(args: argparse.Namespace) -> int:
     params = params_from_args(args)
     check_params(params)  # a bad value is a usage error, found before loading anything
     check_f0_name("--f0", args.f0)
+    # then a missing file (status 1), named now rather than after loading the models
+    check_model_files(args.model, args.index)
+    check_inputs_exist(args.inputs)
     t0 = time.perf_counter()
     conv = Converter.from_pretrained(
         args.model, index=args.index, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights,
@@ -104,7 +119,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         bar.close()
     summary.wall_seconds = time.perf_counter() - start
     if not args.quiet:
-        out(summary.table())
+        out(summary_text(summary))
     report_warnings(warnings)
     return report_failures(failures, len(inputs))
 

@@ -14,6 +14,7 @@ from ._common import (
     HelpFormatter,
     UsageError,
     check_f0_name,
+    check_inputs_exist,
     check_output_dir,
     expand_inputs,
     parse_options,
@@ -41,6 +42,7 @@ def cmd_f0(args: argparse.Namespace) -> int:
     out = Path(args.output)
     check_output_dir(out)
     check_f0_name("--method", args.method)
+    check_inputs_exist(args.inputs)  # a mistyped name: at once, not after the F0 model is loaded
     inputs = expand_inputs(args.inputs, args.recursive)
     if not inputs:
         raise UsageError(f"no audio files found in {', '.join(args.inputs)}")
@@ -48,7 +50,10 @@ def cmd_f0(args: argparse.Namespace) -> int:
         args.method, weights=args.f0_weights, allow_download=args.download,
         options=parse_options(args.f0_option), device=resolve_device(args.device),
     )
-    out.mkdir(parents=True, exist_ok=True)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:  # permission denied, a read-only file system...: one line, not a traceback
+        raise RvcfastError(f"cannot create the output folder {out}: {exc.strerror or exc}") from None
     ext = "csv" if args.format == "csv" else "npy"
     used: set[str] = set()
     failures: list[str] = []

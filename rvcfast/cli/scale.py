@@ -15,6 +15,8 @@ from typing import Any
 
 from ._common import (
     UsageError,
+    check_inputs_exist,
+    check_model_files,
     check_output_dir,
     check_params,
     out,
@@ -22,6 +24,7 @@ from ._common import (
     parse_options,
     report_failures,
     report_warnings,
+    summary_text,
 )
 
 __all__ = ["add_scale_options", "cmd_convert_ray", "planned_inputs"]
@@ -94,6 +97,8 @@ def cmd_convert_ray(args: argparse.Namespace) -> int:
 
     if args.manifest is not None:
         check_manifest(args.manifest)  # a bad name is a usage error before any work, not after the job
+    check_model_files(args.model, args.index)  # a missing file (status 1): before connecting to anything
+    check_inputs_exist(args.inputs)
     target = Path(args.output)
     start = time.perf_counter()
     with connected(args.ray, fallback_local=True, note=lambda text: print(f"rvcfast: {text}", file=sys.stderr)):
@@ -105,7 +110,7 @@ def cmd_convert_ray(args: argparse.Namespace) -> int:
             num_workers=(1, args.workers) if args.workers else None, gpus_per_worker=args.gpus_per_worker, **params,
         )
     if not args.quiet:
-        out(_summary(rows, time.perf_counter() - start).table())
+        out(summary_text(_summary(rows, time.perf_counter() - start)))
         nodes = len({r["node"] for r in rows if r["status"] == "ok"})
         out(f"converted on {nodes} node(s); manifest: {args.manifest or target / MANIFEST_NAME}")
     report_warnings([w for r in rows for w in (r["warnings"] or "").splitlines()])

@@ -1,0 +1,145 @@
+"""The command line as a user meets it, second review: mistakes refused before any model is
+loaded (a missing input, model or index; an output folder under a file; ``--ray`` options on a
+local run), and the summary's wording (``1 file``; no stage table when nothing was converted).
+Tiny random models (``tests/helpers.py``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from helpers import one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
+
+import rvcfast.api
+import rvcfast.f0.registry
+from rvcfast.batch import BatchSummary
+from rvcfast.cli import main
+from rvcfast.cli._common import summary_text
+
+
+def _wav(folder: Path, name: str = "in.wav", seconds: float = 0.4) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    sf.write(path, tone(seconds, 16000, freq=180.0), 16000)
+    return path
+
+
+def _weights(tiny_models) -> list[str]:
+    return ["--encoder", str(tiny_models.encoder), "--f0-weights", str(tiny_models.rmvpe), "--device", "cpu"]
+
+
+@pytest.fixture
+def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a model fails the test: the mistake must be found before."""
+
+    def refuse(*args, **kwargs):
+        pytest.fail("a model was loaded before the command line checked its arguments")
+
+    monkeypatch.setattr(rvcfast.api.Converter, "from_pretrained", refuse)
+    monkeypatch.setattr(rvcfast.f0.registry, "build_f0_extractor", refuse)
+
+
+def _error_lines(err: str) -> list[str]:
+    return [line for line in err.splitlines() if line.strip()]
+
+
+# ------------------------------------------------------------------ missing files, before loading
+
+
+def test_convert_refuses_a_missing_input_before_loading(no_loading, tiny_models, tmp_path, capsys):
+    missing = tmp_path / "in" / "tkae1.wav"
+    good = _wav(tmp_path / "in")
+    status = main(["convert", str(tiny_models.voice), str(good), str(missing), "-o", str(tmp_path / "out"), *_weights(tiny_models)])
+    lines = _error_lines(capsys.readouterr().err)
+    assert status == 1
+    assert lines == [f"rvcfast: error: {missing}: input file does not exist"]
+    assert not (tmp_path / "out").exists()
+
+
+def test_convert_names_every_missing_input(no_loading, tiny_models, tmp_path, capsys):
+    a, b = tmp_path / "a.wav", tmp_path / "b.wav"
+    assert main(["convert", str(tiny_models.voice), str(a), str(b), "-o", str(tmp_path / "out")]) == 1
+    lines = _error_lines(capsys.readouterr().err)
+    assert len(lines) == 1 and str(a) in lines[0] and str(b) in lines[0]
+
+
+def test_standard_input_is_refused_with_a_note(no_loading, tiny_models, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # no file named '-' here
+    assert main(["convert", str(tiny_models.voice), "-", "-o", "out"]) == 1
+    err = capsys.readouterr().err
+    assert "-: input file does not exist" in err and "standard input" in err
+
+
+def test_convert_refuses_a_missing_model_or_index_before_loading(no_loading, tiny_models, tmp_path, capsys):
+    wav = _wav(tmp_path / "in")
+    assert main(["convert", str(tmp_path / "voice.pth"), str(wav), "-o", str(tmp_path / "out")]) == 1
+    assert _error_lines(capsys.readouterr().err) == [f"rvcfast: error: {tmp_path / 'voice.pth'}: voice model file does not exist"]
+    status = main(["convert", str(tiny_models.voice), str(wav), "-o", str(tmp_path / "out"), "--index", str(tmp_path / "v.index")])
+    assert status == 1
+    assert _error_lines(capsys.readouterr().err) == [f"rvcfast: error: {tmp_path / 'v.index'}: index file does not exist"]
+
+
+def test_f0_refuses_a_missing_input_before_loading(no_loading, tmp_path, capsys):
+    missing = tmp_path / "nope.wav"
+    assert main(["f0", str(missing), "-o", str(tmp_path / "f0")]) == 1
+    assert _error_lines(capsys.readouterr().err) == [f"rvcfast: error: {missing}: input file does not exist"]
+    assert not (tmp_path / "f0").exists()
+
+
+# ------------------------------------------------------------------ output folder under a file
+
+
+@pytest.mark.parametrize("command", ["convert", "f0"])
+def test_an_output_folder_under_a_file_is_a_usage_error(no_loading, tiny_models, tmp_path, capsys, command):
+    wav = _wav(tmp_path / "in")
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not a folder")
+    head = ["convert", str(tiny_models.voice)] if command == "convert" else ["f0"]
+    assert main([*head, str(wav), "-o", str(notes / "out")]) == 2
+    err = capsys.readouterr().err
+    assert f"output folder {notes / 'out'} cannot be created: {notes} is a file" in err
+    assert "Traceback" not in err and notes.read_text() == "not a folder"
+
+
+# ------------------------------------------------------------------ --ray options on a local run
+
+
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [(["--workers", "4"], ["--workers"]), (["--manifest", "m.jsonl"], ["--manifest"]),
+     (["--gpus-per-worker", "0.5", "--workers", "2"], ["--workers", "--gpus-per-worker"])],
+)
+def test_ray_options_without_ray_are_a_usage_error(no_loading, tiny_models, tmp_path, capsys, options, named):
+    wav = _wav(tmp_path / "in")
+    assert main(["convert", str(tiny_models.voice), str(wav), "-o", str(tmp_path / "out"), *options]) == 2
+    err = capsys.readouterr().err
+    assert "for --ray runs" in err and all(flag in err for flag in named)
+
+
+# ------------------------------------------------------------------ the summary
+
+
+def test_summary_text_counts_one_file_and_leaves_out_an_empty_table():
+    skipped = BatchSummary(files=1, skipped=1, wall_seconds=0.1)
+    assert summary_text(skipped) == "1 file (0 failed, 1 skipped), 0.0 s of audio in 0.1 s (no audio converted)"
+    failed = BatchSummary(files=2, failed=2, wall_seconds=0.5, timings={"decode": 0.2})
+    assert summary_text(failed).splitlines() == ["2 files (2 failed, 0 skipped), 0.0 s of audio in 0.5 s (no audio converted)"]
+    done = BatchSummary(files=1, audio_seconds=2.0, wall_seconds=1.0, timings={"synth": 0.75, "f0": 0.25})
+    assert summary_text(done).splitlines() == [
+        f"{'stage':<10} {'seconds':>9} {'share':>7}",
+        f"{'synth':<10} {0.75:9.3f} {75.0:6.1f}%",
+        f"{'f0':<10} {0.25:9.3f} {25.0:6.1f}%",
+        "1 file (0 failed, 0 skipped), 2.0 s of audio in 1.0 s (real-time factor 0.500)",
+    ]
+
+
+def test_convert_summary_of_one_file(tiny_models, tmp_path, capsys):
+    wav = _wav(tmp_path / "in")
+    out = tmp_path / "out"
+    assert main(["convert", str(tiny_models.voice), str(wav), "-o", str(out), *_weights(tiny_models)]) == 0
+    stdout = capsys.readouterr().out
+    assert "1 file (0 failed, 0 skipped)" in stdout and "synth" in stdout
+    assert main(["convert", str(tiny_models.voice), str(wav), "-o", str(out), "--skip-existing", *_weights(tiny_models)]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("1 file (0 failed, 1 skipped)")  # no table of nothing
