@@ -3,11 +3,12 @@
 Base models (RMVPE, the content encoder, CREPE, FCPE) are expensive to build and
 identical for every voice, so each is loaded once per process and shared by all
 :class:`~rvcfast.Converter` objects and files. Entries are keyed by
-``(kind, resolved file path, file size, mtime, device, dtype)``: a second
-request with the same key returns the same object; changing the file on disk
-loads it again, and the model of the file's earlier version is then dropped from the
-cache (objects that use it keep it), so a long-running process that sees a base
-model file replaced holds one copy per file, not one per version. :func:`load_count`
+``(kind, resolved file path, file size, mtime, inode, device, dtype)`` (for a model
+folder, also those of the files in it): a second request with the same key returns
+the same object; changing the file on disk, or renaming another file over it, loads
+it again, and the model of the file's earlier version is then dropped from the cache
+(objects that use it keep it), so a long-running process that sees a base model file
+replaced holds one copy per file, not one per version. :func:`load_count`
 tells how many real loads happened (tests use it to prove a batch loads each model
 once). :func:`clear` empties the cache. Access is thread-safe; two threads asking
 for the same key wait for one load.
@@ -16,6 +17,7 @@ for the same key wait for one load.
 from __future__ import annotations
 
 import os
+import stat
 import threading
 from collections.abc import Callable, Hashable
 from pathlib import Path
@@ -33,8 +35,33 @@ _models: dict[Hashable, Any] = {}
 _loads: dict[str, int] = {}
 
 
+def _stat_key(st: os.stat_result) -> tuple[int, ...]:
+    """What changes when a file is rewritten or replaced: size, modification time and identity
+    (a file renamed over it -- a finished download, ``rsync``, ``tar``, ``cp -p`` -- is a new
+    inode even when its size and modification time are the old file's)."""
+    return (st.st_size, st.st_mtime_ns, st.st_dev, st.st_ino)
+
+
+def _folder_files(folder: Path) -> tuple[Any, ...]:
+    """The files directly in ``folder`` (a Hugging Face model folder), each with :func:`_stat_key`:
+    rewriting ``model.safetensors`` in place does not change the folder's own modification time."""
+    files = []
+    try:
+        with os.scandir(folder) as entries:
+            for entry in entries:
+                try:
+                    if entry.is_file():
+                        files.append((entry.name, *_stat_key(entry.stat())))
+                except OSError:
+                    continue
+    except OSError:
+        return ()
+    return tuple(sorted(files))
+
+
 def file_key(path: str | os.PathLike[str] | None) -> tuple[Any, ...]:
-    """Identify a file by resolved path, size and modification time (``None`` for built-in weights)."""
+    """Identify a file by resolved path, size, modification time and inode (``None`` for built-in
+    weights); a folder also by the files in it."""
     if path is None:
         return (None,)
     p = Path(path).resolve()
@@ -42,7 +69,9 @@ def file_key(path: str | os.PathLike[str] | None) -> tuple[Any, ...]:
         st = p.stat()
     except OSError:
         return (str(p),)
-    return (str(p), st.st_size, st.st_mtime_ns)
+    if stat.S_ISDIR(st.st_mode):
+        return (str(p), *_stat_key(st), _folder_files(p))
+    return (str(p), *_stat_key(st))
 
 
 def get_or_load(

@@ -14,7 +14,9 @@ Model files come from strangers. Nothing here ever runs code stored in a file:
   When PyTorch refuses a file, its opcodes are listed with :mod:`pickletools`
   (never executed) so the error names the callables the file references.
   Files whose first bytes show another format (audio, an index, JSON, HTML...)
-  are refused before any unpickling with a message saying what they look like.
+  are refused before any unpickling with a message saying what they look like, and
+  a zip whose records would unpack to far more than the file's size (a zip bomb)
+  before anything is unpacked.
 * ``.safetensors`` files are parsed directly (a JSON header and raw buffers);
   every entry's shape is checked against its byte range before allocation.
 * JSON configuration is read with :mod:`json` only (at most 16 MB).
@@ -271,6 +273,33 @@ def _other_zip(p: Path) -> str | None:
     return f"a zip archive, not a PyTorch file; it holds {listing}: {advice}"
 
 
+#: A zip-format PyTorch file is refused when its records unpack to more than this many times
+#: its own size (plus :data:`_UNPACK_SLACK`): ``torch.save`` stores them uncompressed, so a
+#: real file unpacks to about its size, while a small deflated file could unpack to gigabytes
+#: of memory (a few megabytes of zeros become a few gigabytes) before any check could run.
+_UNPACK_RATIO = 4
+_UNPACK_SLACK = 64 << 20
+
+
+def _unpacks_too_large(p: Path) -> str | None:
+    """Why the zip archive ``p`` is refused before loading (its records declare far more data than
+    the file holds: a zip bomb), or None."""
+    try:
+        if not zipfile.is_zipfile(p):
+            return None
+        size = p.stat().st_size
+        with zipfile.ZipFile(p) as zf:
+            declared = sum(max(info.file_size, 0) for info in zf.infolist())
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return None  # torch.load reports what is wrong with it
+    if declared <= _UNPACK_RATIO * size + _UNPACK_SLACK:
+        return None
+    return (
+        f"its zip records unpack to {declared} bytes from a {size}-byte file; PyTorch stores weights "
+        "uncompressed, so this is not a file torch.save wrote (a zip bomb?)"
+    )
+
+
 def _suspicious(names: list[str]) -> list[str]:
     out: list[str] = []
     for n in names:
@@ -330,6 +359,9 @@ def load_torch_file(path: str | os.PathLike[str], what: str = "model") -> Any:
     archive = _other_zip(p)
     if archive is not None:
         raise ModelLoadError(p, f"{what} file is {archive}")
+    bomb = _unpacks_too_large(p)
+    if bomb is not None:
+        raise ModelLoadError(p, f"refused to load {what}: {bomb}")
     try:
         # torch's safe-globals list and the warning filters are process-wide and these context
         # managers restore them on exit: two threads loading at once (models loading side by

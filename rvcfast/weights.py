@@ -105,11 +105,18 @@ class DownloadError(RvcfastError):
 
 
 def cache_dir() -> Path:
-    """The user cache folder: ``$XDG_CACHE_HOME/rvcfast`` (``~/.cache/rvcfast``; ``%LOCALAPPDATA%`` on Windows)."""
+    """The user cache folder: ``$XDG_CACHE_HOME/rvcfast`` (``~/.cache/rvcfast``; ``%LOCALAPPDATA%`` on Windows).
+
+    A variable that is empty or not an absolute path counts as unset, as the XDG base
+    directory specification says (an empty ``XDG_CACHE_HOME`` would otherwise put the
+    cache in a ``rvcfast`` folder under whatever the current directory is).
+    """
     if sys.platform == "win32":
-        base = Path(os.environ.get("LOCALAPPDATA", Path.home() / "AppData" / "Local"))
+        variable, default = "LOCALAPPDATA", Path.home() / "AppData" / "Local"
     else:
-        base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+        variable, default = "XDG_CACHE_HOME", Path.home() / ".cache"
+    value = os.environ.get(variable, "")
+    base = Path(value) if value and os.path.isabs(value) else default
     return base / "rvcfast"
 
 
@@ -123,12 +130,34 @@ def search_dirs() -> list[Path]:
     return dirs
 
 
+def _is_file(path: Path) -> bool:
+    """``path.is_file()``, false too where the path cannot be looked at (a folder without permission)."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
+
+
+def _looked_at(path: Path) -> str:
+    """``path`` for a list of places looked in, saying so when it could not be looked at."""
+    try:
+        path.stat()
+    except FileNotFoundError:
+        pass
+    except OSError as exc:
+        return f"{path} ({exc.strerror or exc})"
+    return str(path)
+
+
 def find_weights(name: str) -> Path | None:
-    """The first existing copy of a known base file in :func:`search_dirs`, or ``None``."""
+    """The first existing copy of a known base file in :func:`search_dirs`, or ``None``.
+
+    A search folder that cannot be looked into (no permission) is passed over.
+    """
     info = KNOWN_WEIGHTS[name]
     for d in search_dirs():
         candidate = d / info.filename
-        if candidate.is_file():
+        if _is_file(candidate):
             return candidate
     return None
 
@@ -158,8 +187,8 @@ def find_embedder(name: str) -> Path | None:
         for sub in ("", "embedders"):
             for spelling in spellings:
                 folder = d / sub / spelling if sub else d / spelling
-                has_weights = (folder / "pytorch_model.bin").is_file() or (folder / "model.safetensors").is_file()
-                if (folder / "config.json").is_file() and has_weights:
+                has_weights = _is_file(folder / "pytorch_model.bin") or _is_file(folder / "model.safetensors")
+                if _is_file(folder / "config.json") and has_weights:
                     return folder
     return None
 
@@ -226,7 +255,7 @@ def resolve_weights(name: str, explicit: str | os.PathLike[str] | None = None, *
         return found
     if allow_download:
         return download(name)
-    looked = ", ".join(str(d / info.filename) for d in search_dirs())
+    looked = ", ".join(_looked_at(d / info.filename) for d in search_dirs())
     raise WeightsNotFoundError(
         f"{info.description} weights ({info.filename}) not found. Looked in: {looked}. "
         f"Get it with `rvcfast download {name}` (from {info.url}), or put the file in one of those "
@@ -344,6 +373,36 @@ def _content_length(raw: str | None) -> int:
     return max(n, 0)
 
 
+class _WriteError(Exception):
+    """Writing the partial file failed (a full disk, a file in the way): the local disk's fault, not the network's."""
+
+    def __init__(self, error: OSError) -> None:
+        super().__init__(error.strerror or str(error))
+
+
+def _write(f: Any, block: bytes) -> None:
+    try:
+        f.write(block)
+    except OSError as exc:
+        raise _WriteError(exc) from None
+
+
+@contextlib.contextmanager
+def _part_file(part: Path, append: bool) -> Iterator[Any]:
+    """``part`` open for writing (appending when resuming); failures to open or close it are :class:`_WriteError`."""
+    try:
+        f = open(part, "ab" if append else "wb")
+    except OSError as exc:
+        raise _WriteError(exc) from None
+    try:
+        yield f
+    finally:
+        try:
+            f.close()
+        except OSError as exc:
+            raise _WriteError(exc) from None
+
+
 def _read_into(resp: Any, f: Any, done: int, total: int, chunk: int, progress: ProgressCallback | None) -> int:
     """Copy the response body to ``f``; the byte count reached. A body cut short mid-chunk keeps
     the bytes that did arrive before :class:`http.client.IncompleteRead` goes on."""
@@ -354,32 +413,93 @@ def _read_into(resp: Any, f: Any, done: int, total: int, chunk: int, progress: P
             block = resp.read(chunk)
         except http.client.IncompleteRead as exc:
             if exc.partial:
-                f.write(exc.partial)
+                _write(f, exc.partial)
                 done += len(exc.partial)
                 if progress:
                     progress(done, total)
             raise
         if not block:
             return done
-        f.write(block)
+        _write(f, block)
         done += len(block)
         if progress:
             progress(done, total)
 
 
+#: ``Content-Range: bytes <first>-<last>/<size>`` (206) or ``bytes */<size>`` (416).
+_CONTENT_RANGE = re.compile(r"\s*bytes\s+(?:(\d+)-\d+|\*)/(\d+|\*)\s*$", re.IGNORECASE)
+
+
+def _resume_at(resp: Any, have: int, url: str, part: Path) -> int:
+    """Where in the file the response body starts: ``have`` when the server resumes there, 0 when
+    it sends the whole file (it ignored the range, or answered it from the first byte)."""
+    if not have or getattr(resp, "status", None) != 206:
+        return 0
+    m = _CONTENT_RANGE.match(resp.headers.get("Content-Range") or "")
+    first = int(m.group(1)) if m is not None and m.group(1) is not None else have
+    if first in (have, 0):
+        return first
+    part.unlink(missing_ok=True)
+    raise DownloadError(
+        f"download of {url} failed: asked for the bytes from {have} on, the server sent the bytes from {first} on; "
+        f"the partial file {part} was deleted and the next attempt starts over"
+    )
+
+
+def _remote_size(headers: Any) -> int | None:
+    """The file size a ``Content-Range`` header states (None when it states none)."""
+    m = _CONTENT_RANGE.match((headers.get("Content-Range") if headers is not None else None) or "")
+    return int(m.group(2)) if m is not None and m.group(2) != "*" else None
+
+
+def _kept(part: Path) -> int:
+    """Bytes in the partial file (0 when there is none, or something else is there)."""
+    try:
+        return part.stat().st_size if part.is_file() else 0
+    except OSError:
+        return 0
+
+
+def _failure(url: str, part: Path, exc: BaseException) -> DownloadError:
+    """The :class:`DownloadError` for a download that failed with ``exc``; a partial file that holds
+    nothing is removed."""
+    kept = _kept(part)
+    if not kept:
+        with contextlib.suppress(OSError):
+            if part.is_file() or part.is_symlink():
+                part.unlink()
+    if isinstance(exc, _WriteError):
+        keeps = f"; {part} keeps the {kept} bytes written so far and the next attempt resumes from there" if kept else ""
+        return DownloadError(f"cannot write the download of {url} to {part} ({exc}){keeps}")
+    if isinstance(exc, http.client.IncompleteRead):
+        reason = "the connection closed before the end of the data"
+    elif isinstance(exc, http.client.HTTPException):
+        reason = f"{type(exc).__name__}: {exc}"
+    else:
+        reason = str(exc)
+    if not kept:  # nothing arrived (no network, a wrong host): no partial file to speak of
+        return DownloadError(
+            f"download of {url} failed ({reason}); nothing was received: check the network, or point "
+            "the file's RVCFAST_URL_* variable at a mirror"
+        )
+    return DownloadError(
+        f"download of {url} failed ({reason}); {part} keeps the {kept} bytes received so far and the "
+        "next attempt resumes from there"
+    )
+
+
 def _fetch(url: str, part: Path, *, timeout: float, chunk: int, progress: ProgressCallback | None) -> None:
     """Download ``url`` into ``part``, resuming from the bytes already there when the server allows."""
-    have = part.stat().st_size if part.exists() else 0
+    have = _kept(part)
     request = urllib.request.Request(url, headers={"User-Agent": "rvcfast"})
     if have:
         request.add_header("Range", f"bytes={have}-")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as resp:
-            if have and getattr(resp, "status", None) != 206:
-                have = 0  # the server ignored the range: start over
+            have = _resume_at(resp, have, url, part)
             length = _content_length(resp.headers.get("Content-Length"))
             total = have + length if length else 0
-            with open(part, "ab" if have else "wb") as f:
+            with _part_file(part, append=bool(have)) as f:
                 done = _read_into(resp, f, have, total, chunk, progress)
             if total and done < total:
                 raise DownloadError(
@@ -387,27 +507,16 @@ def _fetch(url: str, part: Path, *, timeout: float, chunk: int, progress: Progre
                     "and the next attempt resumes from there"
                 )
     except urllib.error.HTTPError as exc:
-        if exc.code == 416 and have:
-            return  # range not satisfiable: the partial file is already complete
+        if exc.code == 416 and have:  # range not satisfiable: the partial file is complete...
+            size = _remote_size(exc.headers)
+            if size is None or size == have:
+                return
+            part.unlink(missing_ok=True)  # ...or longer than the file now is (another file's bytes): start over
+            _fetch(url, part, timeout=timeout, chunk=chunk, progress=progress)
+            return
         raise DownloadError(f"download of {url} failed: HTTP {exc.code} {exc.reason}") from None
-    except (urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
-        if isinstance(exc, http.client.IncompleteRead):
-            reason = "the connection closed before the end of the data"
-        elif isinstance(exc, http.client.HTTPException):
-            reason = f"{type(exc).__name__}: {exc}"
-        else:
-            reason = str(exc)
-        kept = part.stat().st_size if part.exists() else 0
-        if not kept:  # nothing arrived (no network, a wrong host): no partial file to speak of
-            part.unlink(missing_ok=True)
-            raise DownloadError(
-                f"download of {url} failed ({reason}); nothing was received: check the network, or point "
-                "the file's RVCFAST_URL_* variable at a mirror"
-            ) from None
-        raise DownloadError(
-            f"download of {url} failed ({reason}); {part} keeps the {kept} bytes received so far and the "
-            "next attempt resumes from there"
-        ) from None
+    except (_WriteError, urllib.error.URLError, http.client.HTTPException, OSError, ValueError) as exc:
+        raise _failure(url, part, exc) from None
 
 
 def _plan(name_or_url: str, dest: str | os.PathLike[str] | None, sha256: str | None) -> tuple[str, str | None, Path]:
@@ -439,7 +548,8 @@ def download(
     """Download a known base file (``"rmvpe"``, ``"hubert"``) or a URL, resumably, with a checksum.
 
     Bytes go to ``<dest>.part``; an interrupted download resumes from there with an
-    HTTP Range request. When complete the SHA-256 is checked; a mismatch deletes
+    HTTP Range request (a server that answers it from the first byte, or says the file is
+    shorter than the partial one, gets the file from the start). When complete the SHA-256 is checked; a mismatch deletes
     the partial file and raises :class:`DownloadError`. Only a verified file is
     renamed to ``dest``. ``progress(done_bytes, total_bytes)`` is called as data
     arrives (total is 0 when unknown).
@@ -449,8 +559,8 @@ def download(
     to the same ``dest`` take turns (an exclusive lock on ``<dest>.lock``, removed
     afterwards): one that waited returns the file another one has just put in place
     instead of downloading it again. Every failure -- a bad URL, a folder that cannot
-    be created, a network or protocol error, a wrong checksum -- is a
-    :class:`DownloadError` naming the URL or the path.
+    be created, a network or protocol error, a partial file that cannot be written (a full
+    disk), a wrong checksum -- is a :class:`DownloadError` naming the URL or the path.
     """
     url, expected, target = _plan(name_or_url, dest, sha256)
     try:
@@ -459,7 +569,11 @@ def download(
         in_the_way = isinstance(exc, (FileExistsError, NotADirectoryError))
         why = "a file of that name (or of a folder above it) is in the way" if in_the_way else (exc.strerror or str(exc))
         raise DownloadError(f"cannot download {url} into the folder {target.parent}: {why}") from None
-    if target.is_dir():
+    try:
+        is_dir = target.is_dir()
+    except OSError as exc:  # e.g. a folder this user may not look into
+        raise DownloadError(f"cannot download {url} into the folder {target.parent}: {exc.strerror or exc}") from None
+    if is_dir:
         raise DownloadError(f"cannot download {url} to {target}: it is a folder")
     part = target.with_name(target.name + ".part")
     before = _identity(target)
