@@ -594,6 +594,8 @@ def download(
                     f"checksum mismatch for {url}: expected sha256 {expected}, got {digest}; the file was deleted"
                 )
         try:
+            with open(part, "rb+") as f:  # on disk before it is renamed: a crash then leaves no empty file at dest
+                os.fsync(f.fileno())
             os.replace(part, target)
         except OSError as exc:
             raise DownloadError(f"cannot put the download of {url} in place at {target}: {exc}") from None

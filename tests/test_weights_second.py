@@ -179,6 +179,25 @@ def test_a_full_disk_is_reported_as_such_not_as_a_network_problem(tmp_path):
     assert _leftovers(dest.parent) == []
 
 
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="names an fd's file through /proc")
+def test_the_finished_download_is_on_disk_before_it_gets_its_name(tmp_path, monkeypatch):
+    """Renamed without a flush, a crash soon after could leave an empty file under the final
+    name, which the search then finds (rvcfast.atomic flushes every other file it writes)."""
+    src = tmp_path / "src.bin"
+    src.write_bytes(PAYLOAD)
+    dest = tmp_path / "w.bin"
+    flushed: list[tuple[str, bool]] = []
+    real_fsync = os.fsync
+
+    def fsync(fd: int) -> None:
+        flushed.append((os.readlink(f"/proc/self/fd/{fd}"), dest.exists()))
+        real_fsync(fd)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    weights.download(src.as_uri(), dest, sha256=SHA)
+    assert (os.path.realpath(f"{dest}.part"), False) in flushed
+
+
 # ------------------------------------------------------------------ search folders
 
 
