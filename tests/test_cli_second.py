@@ -5,6 +5,7 @@ Tiny random models (``tests/helpers.py``)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -143,3 +144,25 @@ def test_convert_summary_of_one_file(tiny_models, tmp_path, capsys):
     assert main(["convert", str(tiny_models.voice), str(wav), "-o", str(out), "--skip-existing", *_weights(tiny_models)]) == 0
     lines = capsys.readouterr().out.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("1 file (0 failed, 1 skipped)")  # no table of nothing
+
+
+# ------------------------------------------------------------------ rvcfast info on untrusted metadata
+
+
+def test_info_prints_control_characters_of_the_metadata_escaped(tiny_models, tmp_path, capsys):
+    """A checkpoint's metadata is the file author's text: printed raw, ESC sequences cleared the
+    terminal, set its title or hid text (and a bidi override reordered it)."""
+    import torch
+
+    ckpt = torch.load(tiny_models.voice, map_location="cpu", weights_only=True)
+    ckpt["info"] = "5 epochs\x1b[2J\x1b]0;title\x07 \u202eevil"
+    ckpt["author\x1b[8m"] = "me"
+    path = tmp_path / "voice.pth"
+    torch.save(ckpt, path)
+    assert main(["info", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert not any(c in out for c in "\x1b\x07\u202e")
+    assert "5 epochs\\x1b[2J\\x1b]0;title\\x07 \\u202eevil" in out
+    assert "author\\x1b[8m" in out and "version" in out
+    assert main(["info", str(path), "--json"]) == 0  # JSON escapes them itself
+    assert json.loads(capsys.readouterr().out)["model"]["metadata"]["info"] == ckpt["info"]

@@ -132,8 +132,10 @@ def add_parser(sub: Any) -> None:
             "Convert audio files (or every audio file in folders) to the voice of MODEL, an RVC/Applio\n"
             "voice model (.pth), and write one output per input into OUT. Files are batched together and\n"
             "decoding/writing overlap the model work. A file that fails is reported by name with its\n"
-            "reason and the others carry on; the exit status is then 1. Damaged or odd inputs (a\n"
-            "truncated file, clipping...) are listed as warnings; --strict makes them failures."
+            "reason and the others carry on; the exit status is then 1. An INPUT (or MODEL, --index)\n"
+            "that does not exist stops the run at once, before anything is loaded (status 1). Damaged\n"
+            "or odd inputs (a truncated file, clipping...) are listed as warnings; --strict makes them\n"
+            "failures."
         ),
         epilog=(
             "examples:\n"

@@ -4,9 +4,30 @@ from __future__ import annotations
 
 import argparse
 import json
+import unicodedata
 from typing import Any
 
 from ._common import EXIT_OK, HelpFormatter, UsageError, out
+
+
+def _printable(text: str) -> str:
+    """``text`` with control and format characters (ESC, BEL, bidi overrides...) shown as
+    ``\\x1b``-style escapes: a checkpoint's metadata is untrusted, and printed raw it could
+    clear the terminal, set its title or hide text."""
+    return "".join(_escape(c) if unicodedata.category(c) in ("Cc", "Cf") else c for c in text)
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}" if code < 0x10000 else f"\\U{code:08x}"
+
+
+def _rows_out(rows: list[tuple[str, str]]) -> None:
+    """Print ``rows`` as two aligned columns, every character printable."""
+    rows = [(_printable(k), _printable(v)) for k, v in rows]
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        out(f"{k:<{width}}  {v}")
 
 
 def _short(value: Any, limit: int = 70) -> str:
@@ -29,9 +50,7 @@ def _system(report: dict[str, Any]) -> None:
         ("  for machine", report["machine"]),  # what a profile entry must name to apply here
     ]
     rows += [(f"  {k}", str(v)) for k, v in report["settings"].items()]
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        out(f"{k:<{width}}  {v}")
+    _rows_out(rows)
 
 
 def _model_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
@@ -102,10 +121,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         return EXIT_OK
     if args.system:
         out()  # the model's rows below the machine's
-    rows = _model_rows(report)
-    width = max(len(k) for k, _ in rows)
-    for k, v in rows:
-        out(f"{k:<{width}}  {v}")
+    _rows_out(_model_rows(report))
     return EXIT_OK
 
 
