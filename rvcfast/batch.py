@@ -305,8 +305,11 @@ class _BatchRun:
                 self.pending.append(self.decode_pool.submit(self._decode, job))
 
     def _result(self, job: Job, timings: dict[str, float], *, error: str | None = None, skipped: bool = False) -> Result:
+        """A result without audio: a failed file, or a skipped one (its existing output's path)."""
+        out = str(job.out_path) if skipped and job.out_path is not None else None
         return Result(
-            np.zeros(0, np.float32), self.engine.sample_rate, timings, job.label, error=error, skipped=skipped, index=job.number
+            np.zeros(0, np.float32), self.engine.sample_rate, timings, job.label,
+            output_path=out, error=error, skipped=skipped, index=job.number,
         )
 
     # ---------------------------------------------------------------- consuming
@@ -420,18 +423,18 @@ class _BatchRun:
                 audio = res.audio
                 if not self.options.keep_audio:
                     res.audio = np.zeros(0, np.float32)
-                entries.append((res, self.write_pool.submit(self._write, d.job.out_path, audio, res.sample_rate)))
+                entries.append((res, self.write_pool.submit(self._write, d.job.out_path, audio, res.sample_rate, d.job.path)))
             else:
                 entries.append((res, None))
         return entries
 
-    def _write(self, path: Path, audio: np.ndarray, rate: int) -> float:
-        """Write one output (on the write pool); its seconds. With ``on_error="stop"`` nothing
-        is written after a write has failed."""
+    def _write(self, path: Path, audio: np.ndarray, rate: int, source: Path | None) -> float:
+        """Write one output (on the write pool), recording its ``source`` file; its seconds.
+        With ``on_error="stop"`` nothing is written after a write has failed."""
         if self.write_failed is not None and self.write_failed.is_set():
             raise RvcfastError("not written: an earlier file's write failed")
         try:
-            return _write_timed(path, audio, rate, self.options)
+            return _write_timed(path, audio, rate, self.options, source)
         except BaseException:
             if self.write_failed is not None:
                 self.write_failed.set()
@@ -643,7 +646,7 @@ def compute_workers(engine: Engine, options: BatchOptions) -> int:
     return max(1, int(profile.compute_workers)) if profile is not None else 1
 
 
-def _write_timed(path: Path, audio: np.ndarray, rate: int, options: BatchOptions) -> float:
+def _write_timed(path: Path, audio: np.ndarray, rate: int, options: BatchOptions, source: Path | None) -> float:
     t0 = time.perf_counter()
-    write_audio_atomic(path, audio, rate, format=options.format, subtype=options.subtype)
+    write_audio_atomic(path, audio, rate, format=options.format, subtype=options.subtype, source=source)
     return time.perf_counter() - t0

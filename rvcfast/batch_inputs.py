@@ -11,7 +11,7 @@ import numbers
 import os
 import re
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -234,54 +234,131 @@ def _drop_previous_outputs(files: list[Path], options: BatchOptions) -> list[Pat
 
 
 def _assign_outputs(jobs: list[Job], options: BatchOptions) -> None:
+    """Give each job a unique output path in ``options.out_dir``, never an input's.
+
+    Names follow the template and, for repeated names, input order (``x``, ``x_1``...). When
+    a batch is resumed (``skip_existing``), an existing output that records one of this
+    batch's inputs as its source (:func:`rvcfast.writing.recorded_source`) keeps that input:
+    its own input is planned onto it (and skipped), every other input passes it by. Inputs
+    added between runs therefore cannot shift names onto another input's output.
+    """
     if options.out_dir is None:
         return
-    out_dir = Path(options.out_dir)
-    top = _resolved(out_dir)
-    ext = options.format.lower()
-    inputs: set[Path] = set()
-    input_ids: set[tuple[int, int]] = set()
+    namer = _Namer(jobs, options)
+    bases = {j.number: namer.base(j) for j in jobs}
+    if options.skip_existing:
+        for j in jobs:  # outputs of earlier runs go back to their own inputs first
+            own = namer.recorded_output(j, bases[j.number])
+            if own is not None:
+                namer.take(own)
+                j.out_path = own
     for j in jobs:
-        if j.path is not None:
+        if j.out_path is None:
+            j.out_path = namer.free_name(j, bases[j.number])
+            namer.take(j.out_path)
+
+
+class _Namer:
+    """Output names of one batch: the template, the names taken, the inputs never to be written."""
+
+    def __init__(self, jobs: list[Job], options: BatchOptions) -> None:
+        self.options = options
+        self.out_dir = Path(options.out_dir)  # type: ignore[arg-type]
+        self.top = _resolved(self.out_dir)
+        self.ext = options.format.lower()
+        self.inputs: set[Path] = set()
+        self.input_ids: set[tuple[int, int]] = set()
+        self.sources: dict[int, str] = {}  # job number -> the source id its outputs record
+        self.taken: set[str] = set()  # outputs differing only in case would be one file there too
+        self._recorded: dict[Path, str | None] = {}
+        from .writing import source_id
+
+        for j in jobs:
+            if j.path is None:
+                continue
+            self.sources[j.number] = source_id(j.path)
             try:
-                inputs.add(j.path.resolve())
+                self.inputs.add(j.path.resolve())
                 st = j.path.stat()
-                input_ids.add((st.st_dev, st.st_ino))
+                self.input_ids.add((st.st_dev, st.st_ino))
             except OSError:
                 pass
+        self.batch_sources = set(self.sources.values())
 
-    def is_input(candidate: Path) -> bool:
+    def base(self, j: Job) -> str:
+        """The job's name from the template, checked to stay inside the output folder."""
+        stem = _safe_stem(j.path.stem if j.path is not None else f"array_{j.number:04d}")
+        parent = (_safe_stem(j.path.parent.name) if j.path.parent.name else "root") if j.path is not None else "arrays"
+        template = self.options.name_template
+        base = template.format(stem=stem, parent=parent, index=j.number, ext=self.ext)
+        _check_output_name(template, base)
+        candidate = self.out_dir / f"{base}.{self.ext}"
+        if not _resolved(candidate.parent).is_relative_to(self.top):
+            raise ParameterError(
+                f"name_template {template!r} puts the output of {j.label} at {candidate}, "
+                f"outside the output folder {self.out_dir}"
+            )
+        return base
+
+    def is_input(self, candidate: Path) -> bool:
         # By name, and by identity: on a case-insensitive file system (macOS, Windows) `A.wav`
         # is the input `A.WAV`, and a hard link is the same file under another name.
-        if candidate.resolve() in inputs:
+        if candidate.resolve() in self.inputs:
             return True
         try:
             st = candidate.stat()
         except OSError:
             return False
-        return (st.st_dev, st.st_ino) in input_ids
+        return (st.st_dev, st.st_ino) in self.input_ids
 
-    taken: set[str] = set()  # outputs differing only in case would be one file there too
-
-    def key(candidate: Path) -> str:
+    def key(self, candidate: Path) -> str:
         return str(candidate.resolve()).casefold()
 
-    for j in jobs:
-        stem = _safe_stem(j.path.stem if j.path is not None else f"array_{j.number:04d}")
-        parent = (_safe_stem(j.path.parent.name) if j.path.parent.name else "root") if j.path is not None else "arrays"
-        base = options.name_template.format(stem=stem, parent=parent, index=j.number, ext=ext)
-        _check_output_name(options.name_template, base)
-        candidate = out_dir / f"{base}.{ext}"
-        if not _resolved(candidate.parent).is_relative_to(top):
-            raise ParameterError(
-                f"name_template {options.name_template!r} puts the output of {j.label} at {candidate}, "
-                f"outside the output folder {out_dir}"
-            )
+    def take(self, candidate: Path) -> None:
+        self.taken.add(self.key(candidate))
+
+    def candidates(self, base: str) -> Iterator[Path]:
+        """``base``, then ``base_1``, ``base_2``...; ``base_rvc`` in place of ``base_1`` where
+        ``base`` is an input (as rvcfast has always named them: resumes find earlier outputs)."""
+        candidate = self.out_dir / f"{base}.{self.ext}"
+        yield candidate
         n = 1
-        # unique names for inputs from different folders sharing a stem; never an input file
-        while key(candidate) in taken or is_input(candidate):
-            suffix = "_rvc" if n == 1 and is_input(candidate) else f"_{n}"
-            candidate = out_dir / f"{base}{suffix}.{ext}"
+        if self.is_input(candidate):
+            yield self.out_dir / f"{base}_rvc.{self.ext}"
+            n = 2
+        while True:
+            yield self.out_dir / f"{base}_{n}.{self.ext}"
             n += 1
-        taken.add(key(candidate))
-        j.out_path = candidate
+
+    def recorded(self, candidate: Path) -> str | None:
+        """The source id the existing file ``candidate`` records (read once)."""
+        if candidate not in self._recorded:
+            from .writing import recorded_source
+
+            self._recorded[candidate] = recorded_source(candidate) if candidate.is_file() else None
+        return self._recorded[candidate]
+
+    def recorded_output(self, j: Job, base: str) -> Path | None:
+        """An existing output among ``base``'s names that records ``j`` as its source."""
+        own = self.sources.get(j.number)
+        if own is None:
+            return None
+        for candidate in self.candidates(base):
+            if not candidate.exists():
+                return None  # names are used in order: none further was written by a run
+            if self.recorded(candidate) == own and self.key(candidate) not in self.taken and not self.is_input(candidate):
+                return candidate
+        raise AssertionError("unreachable")  # pragma: no cover - candidates() never ends
+
+    def free_name(self, j: Job, base: str) -> Path:
+        """The first of ``base``'s names no other input of the batch has (or had, by its record)."""
+        own = self.sources.get(j.number)
+        for candidate in self.candidates(base):
+            if self.key(candidate) in self.taken or self.is_input(candidate):
+                continue
+            if self.options.skip_existing and candidate.exists():
+                other = self.recorded(candidate)
+                if other is not None and other != own and other in self.batch_sources:
+                    continue  # another input's output: that input claims it
+            return candidate
+        raise AssertionError("unreachable")  # pragma: no cover - candidates() never ends

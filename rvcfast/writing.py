@@ -4,10 +4,16 @@ A reader never sees a partial output file: every write goes to a temporary file 
 the destination folder (``.<name>.<host>~<pid>~<random>.part``), is flushed to disk and
 then renamed over the destination. Temporary files left by a killed process are
 recognised by that name and removed by the next run.
+
+Outputs of file inputs record where they came from: their ``comment`` tag says
+``rvcfast voice conversion; source <id>``, where the id is a hash of the input's resolved
+path (:func:`source_id`; the path itself is not written into shared files). A resumed
+batch (``skip_existing``) matches outputs to inputs by it (:func:`recorded_source`).
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import socket
@@ -29,6 +35,8 @@ __all__ = [
     "write_audio_atomic",
     "writable_samples",
     "finished_output",
+    "recorded_source",
+    "source_id",
     "remove_stale_parts",
     "part_file_hosts",
     "this_host",
@@ -220,6 +228,7 @@ def write_audio_atomic(
     *,
     format: str | None = None,
     subtype: str | None = None,
+    source: str | os.PathLike[str] | None = None,
 ) -> Path:
     """Write ``audio`` to ``path`` through a temporary file in the same folder, then rename.
 
@@ -234,6 +243,8 @@ def write_audio_atomic(
     the float subtypes and the lossy codecs keep them. The temporary
     file (``.<name>.<host>~<pid>~<random>.part``) is removed if anything fails, and
     stale ones for the same ``path`` left by a killed process are removed first.
+    ``source``, the input file the audio was converted from, is recorded in the file's
+    ``comment`` tag as its :func:`source_id`.
     """
     p = Path(path)
     fmt = (format or p.suffix.lstrip(".") or "wav").strip().lower()
@@ -249,9 +260,46 @@ def write_audio_atomic(
         audio, sample_rate = resample(audio, int(sample_rate), target, dtype=np.float32), target
     p.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_parts(p.parent, p.name)
+    comment = _SOURCE_TAG + source_id(source) if source is not None else None
     with atomic_write(p, _new_part(p)) as tmp:
-        sf.write(tmp, audio, int(sample_rate), format=SUPPORTED_WRITE_FORMATS[fmt], subtype=subtype)
+        _encode(tmp, audio, int(sample_rate), SUPPORTED_WRITE_FORMATS[fmt], subtype, comment)
     return p
+
+
+def _encode(file: str | os.PathLike[str], audio: np.ndarray, rate: int, fmt: str, subtype: str | None, comment: str | None) -> None:
+    """Encode ``audio`` into ``file`` (libsndfile's format name ``fmt``), with a ``comment`` tag
+    when one is given. The one place an output's bytes are written."""
+    channels = audio.shape[1] if audio.ndim > 1 else 1
+    with sf.SoundFile(str(file), "w", rate, channels, subtype=subtype, format=fmt) as f:
+        if comment is not None:
+            f.comment = comment
+        f.write(audio)
+
+
+_SOURCE_TAG = "rvcfast voice conversion; source "
+_SOURCE_RE = re.compile(re.escape(_SOURCE_TAG) + r"([0-9a-f]{32})\b")
+
+
+def source_id(path: str | os.PathLike[str]) -> str:
+    """The id an output records of the input ``path``: a hash of its resolved absolute path.
+
+    Two spellings of one file (``in/./a.wav``, a symlink) have one id; the path itself
+    cannot be read back from the id.
+    """
+    resolved = os.path.realpath(os.path.abspath(os.fspath(path)))
+    return hashlib.sha256(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def recorded_source(path: str | os.PathLike[str]) -> str | None:
+    """The :func:`source_id` an output written by rvcfast records, or ``None`` (no such tag,
+    another program's file, not readable as audio)."""
+    try:
+        with sf.SoundFile(str(path)) as f:
+            comment = f.comment or ""
+    except Exception:  # noqa: BLE001 - whatever libsndfile cannot read records nothing
+        return None
+    match = _SOURCE_RE.search(comment)
+    return match.group(1) if match else None
 
 
 def finished_output(path: str | os.PathLike[str]) -> bool:

@@ -71,13 +71,13 @@ def test_failed_write_leaves_no_partial_file_and_keeps_the_old_one(
         raise OSError("disk full (simulated)")
 
     if fail_at == "encode":
-        real_write = sf.write
+        real_encode = rvc_audio._encode
 
         def half_write(file, data, *a, **kw):  # write part of the data, then fail
-            real_write(file, data[: len(data) // 2], *a, **kw)
+            real_encode(file, data[: len(data) // 2], *a, **kw)
             raise OSError("disk full (simulated)")
 
-        monkeypatch.setattr(rvc_audio.sf, "write", half_write)
+        monkeypatch.setattr(rvc_audio, "_encode", half_write)
     elif fail_at == "fsync":
         monkeypatch.setattr(rvc_audio.os, "fsync", boom)
     else:
@@ -450,7 +450,7 @@ def test_write_audio_atomic_refuses_before_writing(
     def never(*a, **kw):  # an OGG/Vorbis encoder above ~200 kHz would crash this process
         raise AssertionError("write_audio_atomic started writing a format it cannot write")
 
-    monkeypatch.setattr(rvc_audio.sf, "write", never)
+    monkeypatch.setattr(rvc_audio, "_encode", never)
     with pytest.raises(ParameterError, match="sample_rate|subtype"):
         write_audio_atomic(tmp_path / f"out.{fmt}", np.zeros(4000, np.float32), rate, subtype=subtype)
     assert list(tmp_path.iterdir()) == []

@@ -32,6 +32,7 @@ from hypothesis.extra import numpy as hnp
 
 import rvcfast
 from rvcfast import audio as rvc_audio
+from rvcfast import writing
 from rvcfast.errors import AudioError, BackendUnavailableError, ModelLoadError, ParameterError, RvcfastError
 from rvcfast.params import ConversionParams
 
@@ -79,7 +80,7 @@ class _Spy:
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
         self.decoded = 0
         self.written = 0
-        real_read, real_write = rvc_audio.sf.read, rvc_audio.sf.write
+        real_read, real_write = rvc_audio.sf.read, writing._encode
 
         def read(*a, **kw):
             self.decoded += 1
@@ -90,7 +91,7 @@ class _Spy:
             return real_write(*a, **kw)
 
         monkeypatch.setattr(rvc_audio.sf, "read", read)
-        monkeypatch.setattr(rvc_audio.sf, "write", write)
+        monkeypatch.setattr(writing, "_encode", write)
 
 
 @pytest.fixture()

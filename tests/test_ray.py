@@ -71,6 +71,10 @@ def _assert_outputs(out: Path, rows: list[dict], expected: dict[str, np.ndarray]
         assert np.abs(audio - ref).max() <= 1e-5 * max(np.abs(ref).max(), 1e-3), name
     manifest = [json.loads(line) for line in (out / "rvcfast-manifest.jsonl").read_text().splitlines()]
     assert [r["path"] for r in manifest] == [r["path"] for r in rows]
+    from rvcfast.writing import recorded_source, source_id
+
+    for r in rows:  # each output records its own input: a resumed batch matches them by it
+        assert recorded_source(r["output_path"]) == source_id(r["path"])
 
 
 def _by_name(rows: list[dict]) -> dict[str, dict]:

@@ -148,11 +148,11 @@ def test_stale_temporary_file_of_a_long_name_is_removed(tmp_path: Path) -> None:
         import numpy as np
         import soundfile
         from rvcfast import writing
-        real = soundfile.write
+        real = writing._encode
         def write_then_die(path, *args, **kwargs):
             real(path, *args, **kwargs)
             os._exit(3)  # killed after encoding, before the rename
-        writing.sf.write = write_then_die
+        writing._encode = write_then_die
         writing.write_audio_atomic({str(target)!r}, np.zeros(1600, np.float32), 16000)
         """
     )

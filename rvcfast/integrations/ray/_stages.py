@@ -258,28 +258,20 @@ class _CrashHook:
         os.close(fd)
         from ... import writing
 
-        real = writing.sf
+        def die_mid_write(file: str, *args: Any, **kwargs: Any) -> None:
+            """The output encoder, except that it dies half-way through the file."""
+            with open(file, "wb") as f:
+                f.write(b"RIFF\0\0")  # a partial file, as a kill during the write leaves it
+            os._exit(3)
 
-        class _DieMidWrite:
-            """soundfile, except that writing the file dies half-way."""
-
-            def __getattr__(self, name: str) -> Any:  # the checks before the write stay real
-                return getattr(real, name)
-
-            @staticmethod
-            def write(file: str, *args: Any, **kwargs: Any) -> None:
-                with open(file, "wb") as f:
-                    f.write(b"RIFF\0\0")  # a partial file, as a kill during the write leaves it
-                os._exit(3)
-
-        writing.sf = _DieMidWrite()  # type: ignore[assignment]
+        writing._encode = die_mid_write  # type: ignore[assignment]
 
 
 def _write_row(row: dict[str, Any], audio: np.ndarray, rate: int, spec: JobSpec, hook: _CrashHook) -> None:
     t0 = time.perf_counter()
     hook.before_write()
     try:
-        write_audio_atomic(row["output_path"], audio, rate, format=spec.format, subtype=spec.subtype)
+        write_audio_atomic(row["output_path"], audio, rate, format=spec.format, subtype=spec.subtype, source=row["path"])
     except Exception as exc:  # noqa: BLE001
         row.update(status="error", error=f"{row['path']}: writing {row['output_path']} failed: {type(exc).__name__}: {exc}")
     else:

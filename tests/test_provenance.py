@@ -1,0 +1,138 @@
+"""Outputs record their source; a resumed batch matches outputs to inputs by that record.
+
+Names of repeated stems follow input order (``001.wav``, ``001_1.wav``), so inputs added
+between two runs used to shift a name onto another input's output: the resumed batch
+skipped the new input (its "output" was another speaker's) and converted the old one
+again under a new name.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture, tone  # noqa: F401 (fixtures)
+
+import rvcfast
+from rvcfast.batch import BatchOptions, expand_inputs
+from rvcfast.writing import recorded_source, source_id, write_audio_atomic
+
+
+def _audio(*paths: Path) -> None:
+    for p in paths:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        sf.write(p, np.zeros(1600, np.float32), 16000)
+
+
+def _output_of(source: Path, out: Path) -> None:
+    """An output an earlier run wrote for ``source``."""
+    write_audio_atomic(out, np.full(800, 0.1, np.float32), 40000, source=source)
+
+
+def _plan(inputs: list[Path], out: Path, **kw) -> list[tuple[Path, Path]]:
+    jobs = expand_inputs(inputs, BatchOptions(out_dir=out, **kw))
+    return [(j.path, j.out_path) for j in jobs]
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "ogg", "mp3"])
+def test_an_output_records_the_id_of_its_source_and_not_its_path(tmp_path: Path, fmt: str) -> None:
+    src = tmp_path / "private-folder" / "take.wav"
+    _audio(src)
+    out = write_audio_atomic(tmp_path / f"out.{fmt}", np.zeros(4000, np.float32), 40000, source=src)
+    assert recorded_source(out) == source_id(src)
+    assert b"private-folder" not in out.read_bytes()
+    assert recorded_source(write_audio_atomic(tmp_path / f"plain.{fmt}", np.zeros(4000, np.float32), 40000)) is None
+
+
+def test_the_source_id_is_one_per_file_whatever_its_spelling(tmp_path: Path) -> None:
+    a, b = tmp_path / "in" / "a.wav", tmp_path / "in" / "b.wav"
+    _audio(a, b)
+    (tmp_path / "link.wav").symlink_to(a)
+    spellings = [a, Path(f"{tmp_path}/in/./a.wav"), tmp_path / "in" / ".." / "in" / "a.wav", tmp_path / "link.wav"]
+    assert {source_id(p) for p in spellings} == {source_id(a)}
+    assert source_id(a) != source_id(b)
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert source_id("in/a.wav") == source_id(a)
+    finally:
+        os.chdir(cwd)
+
+
+def test_nothing_is_recorded_by_other_files(tmp_path: Path) -> None:
+    other = tmp_path / "other.wav"
+    with sf.SoundFile(other, "w", 16000, 1) as f:
+        f.comment = "made by another program"
+        f.write(np.zeros(160, np.float32))
+    (tmp_path / "junk.wav").write_bytes(b"not audio")
+    assert recorded_source(other) is None
+    assert recorded_source(tmp_path / "junk.wav") is None
+    assert recorded_source(tmp_path / "missing.wav") is None
+    assert recorded_source(tmp_path) is None
+
+
+def test_an_added_input_does_not_take_the_name_of_an_earlier_output(tmp_path: Path) -> None:
+    spk1, spk2, out = tmp_path / "spk1" / "001.wav", tmp_path / "spk2" / "001.wav", tmp_path / "out"
+    _audio(spk1, spk2)
+    _output_of(spk2, out / "001.wav")  # the first run had spk2 only
+    assert _plan([spk1, spk2], out, skip_existing=True) == [(spk1, out / "001_1.wav"), (spk2, out / "001.wav")]
+    # a fresh run (nothing skipped, everything written again) names by input order as always
+    assert _plan([spk1, spk2], out) == [(spk1, out / "001.wav"), (spk2, out / "001_1.wav")]
+
+
+def test_a_removed_input_does_not_hand_its_output_to_another(tmp_path: Path) -> None:
+    a, b, c, out = tmp_path / "a" / "x.wav", tmp_path / "b" / "x.wav", tmp_path / "c" / "x.wav", tmp_path / "out"
+    _audio(a, b, c)
+    _output_of(a, out / "x.wav")
+    _output_of(b, out / "x_1.wav")
+    # a is gone from the resumed run: b keeps its output; c, new, takes neither
+    assert _plan([b, c], out, skip_existing=True) == [(b, out / "x_1.wav"), (c, out / "x.wav")]
+    assert _plan([c, b], out, skip_existing=True) == [(c, out / "x.wav"), (b, out / "x_1.wav")]
+
+
+def test_outputs_without_a_record_are_matched_by_name_as_before(tmp_path: Path) -> None:
+    spk1, spk2, out = tmp_path / "spk1" / "001.wav", tmp_path / "spk2" / "001.wav", tmp_path / "out"
+    _audio(spk1, spk2, out / "001.wav", out / "001_1.wav")  # another tool's files, or rvcfast before records
+    assert _plan([spk1, spk2], out, skip_existing=True) == [(spk1, out / "001.wav"), (spk2, out / "001_1.wav")]
+    # records of files outside the batch (a moved input folder) leave the names as they were too
+    moved = tmp_path / "old-place" / "001.wav"
+    _output_of(moved, out / "001.wav")
+    assert _plan([spk1, spk2], out, skip_existing=True) == [(spk1, out / "001.wav"), (spk2, out / "001_1.wav")]
+
+
+def test_a_record_never_puts_an_output_on_an_input(tmp_path: Path) -> None:
+    """An in-place batch: ``x.wav``'s output is ``x_rvc.wav``; a file recording ``x.wav``
+    that is itself an input is not its output."""
+    src = tmp_path / "in"
+    x = src / "x.wav"
+    _audio(x)
+    _output_of(x, src / "x_rvc.wav")
+    assert _plan([x], src, skip_existing=True) == [(x, src / "x_rvc.wav")]
+    assert _plan([x, src / "x_rvc.wav"], src, skip_existing=False)[0] == (x, src / "x_2.wav")
+
+
+def test_a_resumed_batch_skips_each_input_whose_own_output_exists(
+    tiny_converter: rvcfast.Converter, tmp_path: Path
+) -> None:
+    corpus, out = tmp_path / "corpus", tmp_path / "out"
+    spk2 = corpus / "spk2" / "001.wav"
+    spk2.parent.mkdir(parents=True)
+    sf.write(spk2, tone(0.5, freq=220), 16000)
+    first = tiny_converter.convert_batch([spk2], out)
+    assert first[0].ok and recorded_source(out / "001.wav") == source_id(spk2)
+    before = (out / "001.wav").stat().st_mtime_ns, sf.info(out / "001.wav").frames
+
+    spk1 = corpus / "spk1" / "001.wav"  # a speaker added before the resumed run, sorted first
+    spk1.parent.mkdir()
+    sf.write(spk1, tone(0.8, freq=150), 16000)
+    results = tiny_converter.convert_batch([corpus], out, recursive=True, skip_existing=True)
+    by_source = {Path(r.source): r for r in results}
+    assert by_source[spk2].skipped and by_source[spk2].output_path == str(out / "001.wav")
+    assert not by_source[spk1].skipped and by_source[spk1].ok
+    assert by_source[spk1].output_path == str(out / "001_1.wav")
+    assert ((out / "001.wav").stat().st_mtime_ns, sf.info(out / "001.wav").frames) == before
+    assert recorded_source(out / "001_1.wav") == source_id(spk1)
+    assert sf.info(out / "001_1.wav").duration == pytest.approx(0.8, abs=0.03)
