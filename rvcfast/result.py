@@ -20,6 +20,9 @@ class Result:
     clipping, a DC offset, channels mixed down), each naming the input. ``frames`` is the
     output's length in samples at ``sample_rate``, taken from ``audio`` when the Result is
     made: it stays when a batch drops the audio after writing it, so :attr:`duration` does too.
+    ``output_path`` is the file a batch wrote or, for an input ``skipped`` by a resumed batch
+    (``skip_existing``), its existing output. A batch's outputs of file inputs record their
+    source (:func:`rvcfast.writing.recorded_source`).
     """
 
     audio: np.ndarray
