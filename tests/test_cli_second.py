@@ -166,3 +166,22 @@ def test_info_prints_control_characters_of_the_metadata_escaped(tiny_models, tmp
     assert "author\\x1b[8m" in out and "version" in out
     assert main(["info", str(path), "--json"]) == 0  # JSON escapes them itself
     assert json.loads(capsys.readouterr().out)["model"]["metadata"]["info"] == ckpt["info"]
+
+
+# ------------------------------------------------------------------ options that did nothing
+
+
+def test_info_device_without_system_is_a_usage_error(tiny_models, capsys):
+    assert main(["info", str(tiny_models.voice), "--device", "cuda"]) == 2
+    assert "--device is for --system" in capsys.readouterr().err
+    assert main(["info", str(tiny_models.voice), "--device", "auto"]) == 0  # the default is no mistake
+
+
+@pytest.mark.parametrize("extra", [["--small"], ["--models", "somewhere"]])
+def test_bench_random_model_options_with_a_model_are_a_usage_error(no_loading, tiny_models, tmp_path, capsys, monkeypatch, extra):
+    import rvcfast.testing
+
+    monkeypatch.setattr(rvcfast.testing, "build_bench_models", lambda *a, **k: pytest.fail("models were built"))
+    assert main(["bench", "--model", str(tiny_models.voice), *extra]) == 2
+    err = capsys.readouterr().err
+    assert extra[0] in err and "only without --model" in err

@@ -38,6 +38,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
     if args.batch_seconds is not None and not args.batch_seconds > 0:
         raise UsageError(f"--batch-seconds must be positive, got {args.batch_seconds}")
     check_f0_name("--f0", args.f0)  # before models are built (full-size ones are ~500 MB)
+    if args.model is not None and (args.small or args.models):  # accepted and ignored before
+        given = " and ".join(flag for flag, on in (("--small", args.small), ("--models", args.models)) if on)
+        raise UsageError(f"{given}: random models are built only without --model")
     paths: dict[str, Any] = {k: getattr(args, k) for k in ("model", "index", "encoder", "f0_weights")}
     if args.model is None:  # random models; any real file given replaces its random counterpart
         folder = Path(args.models).expanduser() if args.models else cache_dir() / "bench-models"

@@ -96,6 +96,8 @@ def cmd_info(args: argparse.Namespace) -> int:
 
     if args.model is None and args.index is None and not args.system:
         raise UsageError("give a MODEL (or an .index), or --system")
+    if args.device != "auto" and not args.system:  # accepted and ignored before: files are described as stored
+        raise UsageError("--device is for --system (the device to report on); a model is described as stored")
     report: dict[str, Any] = {}
     if args.system:
         from ..tuning import system_report
