@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -284,7 +284,7 @@ class Engine:
     def run(
         self,
         preps: Sequence[PreparedAudio],
-        params: ConversionParams | Sequence[ConversionParams],
+        params: ConversionParams | Mapping[str, Any] | Sequence[ConversionParams],
         *,
         f0: Sequence[F0Track] | None = None,
         raise_errors: bool = False,
@@ -293,9 +293,12 @@ class Engine:
     ) -> list[Result]:
         """F0 (unless given) → features → index → synthesis → assembly for prepared inputs.
 
-        ``params`` is one :class:`~rvcfast.ConversionParams` for all inputs or one per
+        ``params`` is one :class:`~rvcfast.ConversionParams` (or mapping) for all inputs or one per
         input (a server batching different requests): segments share a model call only
-        when their speaker, noise switch and v1 layer agree. Returns one :class:`Result`
+        when their speaker, noise switch and v1 layer agree. Every settings object is
+        checked against this model first (out-of-range values raise
+        :class:`~rvcfast.errors.ParameterError`, as in :meth:`params`); so is ``f0``, which
+        must hold one track per input. Returns one :class:`Result`
         per input, in order. A failing input gets ``error`` set (its name and the reason)
         unless ``raise_errors``, which re-raises the first failure's exception as it
         happens. ``batch_seconds`` overrides the engine's packing budget for this call.
@@ -305,9 +308,18 @@ class Engine:
         window of work apart): once it is set, the run stops there and raises
         :class:`~rvcfast.errors.Cancelled` (nothing is returned).
         """
-        per_item = [params] * len(preps) if isinstance(params, ConversionParams) else list(params)
+        single = isinstance(params, (ConversionParams, Mapping))
+        per_item = [params] * len(preps) if single else list(params)  # type: ignore[list-item]
         if len(per_item) != len(preps):
             raise ParameterError(f"run() got {len(preps)} inputs but {len(per_item)} parameter sets")
+        f0 = None if f0 is None else list(f0)
+        if f0 is not None and len(f0) != len(preps):
+            raise ParameterError(f"run() got {len(preps)} inputs but {len(f0)} F0 tracks")
+        if batch_seconds is not None and not batch_seconds >= 0:
+            raise ParameterError(f"batch_seconds must be 0 or more, got {batch_seconds}")
+        # checked against this model before any work, as convert() and stream() check them
+        checked = {id(q): self.params(q) for q in per_item}
+        per_item = [checked[id(q)] for q in per_item]
         for p, q in zip(preps, per_item):
             _check_formant(p, q)
         items = [_Item(p, q) for p, q in zip(preps, per_item)]

@@ -28,6 +28,7 @@ import numpy as np
 
 from .constants import OUTPUT_PEAK, SR_16K
 from .dsp import Resampler, change_rms
+from .errors import RvcfastError
 from .params import ConversionParams
 from .pipeline import PreparedAudio
 
@@ -45,13 +46,26 @@ class StreamFinisher:
         self._resampler = Resampler(self.model_rate, self.rate, np.float32) if self.rate != self.model_rate else None
         self._gain = 1.0
         self._pos = 0  # model-rate samples finished so far
+        self._finished = False  # the last piece was pushed
 
     def push(self, piece: np.ndarray, last: bool = False) -> np.ndarray:
-        """The finished audio for the next segment output (``last`` flushes the resampler)."""
+        """The finished audio for the next segment output (``last`` flushes the resampler).
+
+        A push after the one marked ``last`` raises :class:`~rvcfast.errors.RvcfastError`
+        (the output is complete; with or without resampling).
+        """
+        if self._finished:
+            raise RvcfastError(
+                f"{getattr(self.prep, 'label', None) or 'stream'}: the output was already finished (a piece was pushed with last=True); "
+                "start a new StreamFinisher for another output"
+            )
+        last = bool(last)  # soxr takes only a Python bool (a NumPy bool is a TypeError there)
+        self._finished = last
         out = np.asarray(piece, dtype=np.float32)
-        if self.params.rms_mix_rate != 1 and out.shape[0]:
+        n = out.shape[0]
+        if self.params.rms_mix_rate != 1 and n:
             out = self._rms_mix(out)
-        self._pos += piece.shape[0]
+        self._pos += n
         if self._resampler is not None:
             out = self._resampler.push(out, last=last)
         return self._effects(self._peak_guard(np.array(out, dtype=np.float32)))
