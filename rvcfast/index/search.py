@@ -13,10 +13,12 @@ on the CPU, float64 on CUDA, where TF32 may be in force) ranks the centroids and
 ``k + 8`` candidates per probed list. Wherever two candidates on either side of a
 decision (the ``nprobe``-th centroid, the ``k``-th neighbour, the last candidate kept)
 are closer than a generous bound on that pass's rounding error, the decision is made
-again on exact float64 sums of squared differences. The ``k`` neighbours returned get
-exact float64 distances, rounded to float32. Ties (duplicate vectors) are resolved like
-faiss: among equal distances the vector scanned first keeps its place, and equal
-distances are listed by increasing id.
+again on exact float64 sums of squared differences, rounded to float32 and compared
+like faiss's float32 distances. The ``k`` neighbours returned get exact float64
+distances, rounded to float32. Ties (equal float32 distances, such as duplicate vectors
+or equidistant centroids) are resolved like faiss: centroids to the lower id, neighbours
+like faiss's result heap (:func:`_faiss_choice`); equal distances are listed by
+increasing id.
 """
 
 from __future__ import annotations
@@ -119,14 +121,44 @@ def _exact_best(x64: torch.Tensor, v: torch.Tensor, take: int) -> tuple[torch.Te
     return best_p, best_d
 
 
+def _rank_all_centroids(x64: torch.Tensor, centroids: torch.Tensor, nprobe: int) -> torch.Tensor:
+    """The ``nprobe`` nearest of all centroids to one query ``x64`` [1, d], on exact distances
+    compared as float32 (ties to the lower id), in chunks of bounded size."""
+    nlist, d = centroids.shape
+    ex = torch.empty(nlist, dtype=torch.float64, device=x64.device)
+    step = max(1, _CHUNK_ELEMS // d)
+    for a in range(0, nlist, step):
+        ex[a : a + step] = _exact_sqdist(x64, centroids[a : a + step][None])[0]
+    ids = torch.arange(nlist, device=x64.device)
+    return _order_by(ex.to(torch.float32)[None], ids[None])[0, :nprobe]
+
+
 def _coarse_exact(x64: torch.Tensor, centroids: torch.Tensor, cn64: torch.Tensor, nprobe: int) -> torch.Tensor:
-    """Nearest ``nprobe`` centroids of a few queries, ranked on float64 distances (ties to the lower id)."""
-    m = min(centroids.shape[0], nprobe + _MARGIN)
+    """Nearest ``nprobe`` centroids of a few queries on exact distances compared as float32
+    (like faiss; ties to the lower id).
+
+    ``nprobe + margin`` candidates are ranked exactly; a query for which a centroid
+    outside them may tie with the ``nprobe``-th (many equidistant centroids, as k-means
+    gives on duplicated data) is ranked exactly against every centroid.
+    """
+    nlist = centroids.shape[0]
+    m = min(nlist, nprobe + _MARGIN)
     c64 = centroids.to(torch.float64)
     d64 = torch.addmm(cn64[None, :], x64, c64.T, alpha=-2.0)
     cand = d64.topk(m, dim=1, largest=False, sorted=True).indices
     exact = _exact_sqdist(x64, centroids[cand])
-    return torch.gather(cand, 1, _order_by(exact, cand)[:, :nprobe])
+    f32 = exact.to(torch.float32)
+    o = _order_by(f32, cand)[:, :nprobe]
+    out = torch.gather(cand, 1, o)
+    if m < nlist:
+        # A centroid outside the candidates is no nearer than the last candidate by d64,
+        # so (exactly) no nearer than that candidate's exact distance less twice d64's error.
+        tol = _tolerance(x64.square().sum(1), float(cn64.max()), torch.float64, centroids.shape[1])
+        bound = (exact[:, -1] - 2 * tol).to(torch.float32)
+        crowded = bound <= torch.gather(f32, 1, o[:, -1:])[:, 0]
+        for r in crowded.nonzero()[:, 0].tolist():
+            out[r] = _rank_all_centroids(x64[r : r + 1], centroids, nprobe)
+    return out
 
 
 def coarse_assign(
@@ -135,11 +167,12 @@ def coarse_assign(
     cn64: torch.Tensor,
     nprobe: int,
 ) -> torch.Tensor:
-    """[T, nprobe] ids of the nearest centroids by exact L2 (faiss's flat quantizer).
+    """[T, nprobe] ids of the nearest centroids by L2 (faiss's flat quantizer).
 
     A matrix product ranks the centroids; rows where the ``nprobe``-th and the
-    next centroid are too close for its rounding are recomputed exactly in
-    float64. Within the probe set, order is by distance, ties to the lower id.
+    next centroid are too close for its rounding are decided again on exact
+    float64 distances compared as float32, like faiss. Within the probe set,
+    order is by distance, ties to the lower id.
     """
     T = q.shape[0]
     nlist = centroids.shape[0]
@@ -366,16 +399,79 @@ def _exact_at(store: ListStore, x64: torch.Tensor, pos: torch.Tensor) -> torch.T
     return out.masked_fill_(pos < 0, math.inf)
 
 
+def _faiss_choice(f32: torch.Tensor, key: torch.Tensor, ids: torch.Tensor, kept: int, ntotal: int) -> torch.Tensor:
+    """Row-wise permutation of candidates whose first ``kept`` are those faiss's result heap keeps.
+
+    ``f32`` [R, M] float32 distances (``inf`` = none), ``key`` faiss's scan order and ``ids``
+    the candidates' ids. faiss keeps every vector closer than the ``kept``-th distance ``D``
+    and fills the other places with vectors at ``D``: a vector at ``D`` enters the heap only
+    while it still holds something farther (so only those scanned up to the ``kept``-th
+    vector at ``D`` or closer, in scan order), and the heap evicts the largest id among
+    equal distances (so of those the lowest ids stay). The candidates must include every
+    probed vector at ``D`` or closer.
+    """
+    dstar = f32.kthvalue(kept, dim=1, keepdim=True).values
+    so = torch.argsort(key, dim=1, stable=True)
+    reached = torch.gather(f32 <= dstar, 1, so).cumsum(1) >= kept
+    last_key = torch.gather(torch.gather(key, 1, so), 1, reached.to(torch.int8).argmax(1, keepdim=True))
+    return _order_by(f32, torch.where(key <= last_key, ids, ids + ntotal))
+
+
+def _probed_exactly(
+    store: ListStore, x64: torch.Tensor, lists: list[int], kept: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """faiss's ``kept`` neighbours of one query ``x64`` [1, d] over every vector of the
+    probed ``lists`` (in probe order), on exact distances: ``(positions, distances)`` [kept]."""
+    dev = x64.device
+    spans = [(int(store.offsets[li]), int(store.offsets[li + 1])) for li in lists]
+    pos = torch.cat([torch.arange(a, b, device=dev) for a, b in spans])
+    rank = torch.cat([torch.full((b - a,), r, dtype=torch.int64, device=dev) for r, (a, b) in enumerate(spans)])
+    ex = torch.empty(pos.shape[0], dtype=torch.float64, device=dev)
+    step = max(1, _CHUNK_ELEMS // store.dim)
+    for a in range(0, pos.shape[0], step):
+        ex[a : a + step] = _exact_sqdist(x64, store.vectors[pos[a : a + step]][None])[0]
+    key = rank * (store.ntotal + 1) + pos
+    o = _faiss_choice(ex.to(torch.float32)[None], key[None], store.ids[pos][None], kept, store.ntotal)[0, :kept]
+    return pos[o], ex[o]
+
+
+def _decide_ties(
+    store: ListStore, x64: torch.Tensor, pos: torch.Tensor, key: torch.Tensor, probes: torch.Tensor, kept: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The ``kept`` neighbours faiss keeps for rows whose ``kept``-th and next candidates are
+    too close for the first pass: ``(positions, exact distances)`` [R, kept].
+
+    Decided on the candidates' exact distances, unless a probed list may hold more
+    vectors at the ``kept``-th distance or closer than its candidates (many duplicates):
+    such a row is decided over every vector of its probed lists.
+    """
+    R, M = pos.shape
+    ex_all = _exact_at(store, x64, pos)
+    f32 = ex_all.to(torch.float32)
+    ids = store.ids[pos.clamp(min=0)]
+    o = _faiss_choice(f32, key, ids, kept, store.ntotal)[:, :kept]
+    sel = torch.gather(pos, 1, o)
+    ex = torch.gather(ex_all, 1, o)
+    P = probes.shape[1]
+    dstar = torch.gather(f32, 1, o).amax(1, keepdim=True)
+    full = pos.view(R, P, -1)[:, :, -1] >= 0
+    incomplete = (full & (f32.view(R, P, -1).amax(2) <= dstar)).any(1)
+    for r in incomplete.nonzero()[:, 0].tolist():
+        sel[r], ex[r] = _probed_exactly(store, x64[r : r + 1], probes[r].tolist(), kept)
+    return sel, ex
+
+
 def _finalize(
-    store: ListStore, x64: torch.Tensor, pos: torch.Tensor, val: torch.Tensor, key: torch.Tensor, k: int, dt: torch.dtype
+    store: ListStore, x64: torch.Tensor, pos: torch.Tensor, val: torch.Tensor, key: torch.Tensor,
+    probes: torch.Tensor, k: int, dt: torch.dtype,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Choose ``k`` of the candidates like faiss's heap and order them by (distance, id).
 
     The first-pass distances choose the ``k`` kept, unless the ``k``-th and
     the next are closer than the first pass can separate; such rows are
-    decided on exact distances, comparing them as float32 (like faiss):
-    among equal distances the vector scanned first keeps its place. The
-    kept ones get exact distances and are listed by (distance, id).
+    decided on exact distances, compared as float32 like faiss, with faiss's
+    rule for ties (:func:`_decide_ties`). The kept ones get exact distances
+    and are listed by (distance, id).
     """
     T, M = pos.shape
     kept = min(k, M)
@@ -389,10 +485,7 @@ def _finalize(
         near = torch.isfinite(val_o[:, kept]) & (val_o[:, kept] - val_o[:, kept - 1] <= 2 * tol)
         if bool(near.any()):
             rr = near.nonzero()[:, 0]
-            ex_all = _exact_at(store, x64[rr], pos[rr])
-            o2 = _order_by(ex_all.to(torch.float32), key[rr])[:, :kept]
-            sel[rr] = torch.gather(pos[rr], 1, o2)
-            ex[rr] = torch.gather(ex_all, 1, o2)
+            sel[rr], ex[rr] = _decide_ties(store, x64[rr], pos[rr], key[rr], probes[rr], kept)
     ok = sel >= 0
     d = ex.to(torch.float32).masked_fill(~ok, math.inf)
     ids = torch.where(ok, store.ids[sel.clamp(min=0)], torch.full_like(sel, torch.iinfo(torch.int64).max))
@@ -422,4 +515,4 @@ def knn_search(
     probes = coarse_assign(q, centroids, cnorm64, nprobe)
     x64 = q.to(torch.float64)
     pos, val, key, dt = _first_pass(store, q, x64, probes, k)
-    return _finalize(store, x64, pos, val, key, k, dt)
+    return _finalize(store, x64, pos, val, key, probes, k, dt)
