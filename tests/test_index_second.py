@@ -177,3 +177,22 @@ def test_coarse_assign_with_more_ties_than_candidates() -> None:
         probes = search_mod.coarse_assign(q, cents, cn, nprobe)
         near = [c for c in range(40) if c % 7][:nprobe]
         assert probes.tolist() == [near] * 3
+
+
+# ---------------------------------------------------------------------------
+# Inputs that require grad
+# ---------------------------------------------------------------------------
+
+
+def test_vectors_that_require_grad_build_and_save(tmp_path: Path, recwarn: pytest.WarningsRecorder) -> None:
+    # Features straight out of a model run without no_grad() carry autograd history.
+    rng = np.random.default_rng(3)
+    w = torch.tensor(rng.normal(size=(300, 8)), dtype=torch.float32, requires_grad=True)
+    feats = w * 2.0
+    cents = feats[:4] + 0.0
+    for index in (RetrievalIndex.from_vectors(feats, nlist=4), RetrievalIndex.from_vectors(feats, cents)):
+        assert not index.vectors.requires_grad and not index.centroids.requires_grad
+        path = tmp_path / "grad.index"
+        index.save(path)
+        np.testing.assert_array_equal(load_index(path).vectors.numpy(), feats.detach().numpy())
+    assert not [str(x.message) for x in recwarn.list if "requires_grad" in str(x.message)]

@@ -109,8 +109,9 @@ class RetrievalIndex:
         dev = torch.device(device)
         self.path = None if path is None else os.fspath(path)
         self.kind = kind
-        self._lvecs = torch.as_tensor(list_vectors, dtype=torch.float32).to(dev).contiguous()
-        self.centroids = torch.as_tensor(centroids, dtype=torch.float32).to(dev).contiguous()
+        # detach(): tensors that require grad are stored as plain data (no autograd graph kept).
+        self._lvecs = torch.as_tensor(list_vectors, dtype=torch.float32).detach().to(dev).contiguous()
+        self.centroids = torch.as_tensor(centroids, dtype=torch.float32).detach().to(dev).contiguous()
         if self._lvecs.ndim != 2 or self.centroids.ndim != 2:
             raise ValueError("list_vectors and centroids must be 2-D")
         self.dim = int(self._lvecs.shape[1])
@@ -123,7 +124,7 @@ class RetrievalIndex:
             raise ValueError("list_sizes must have one entry per centroid and sum to ntotal")
         self.list_sizes = sizes
         self._offsets = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
-        self._list_ids = torch.as_tensor(np.asarray(list_ids), dtype=torch.int64).to(dev)
+        self._list_ids = torch.as_tensor(list_ids, dtype=torch.int64).detach().to(dev)
         if self._list_ids.shape != (self.ntotal,):
             raise ValueError("list_ids must have one id per vector")
         self._pos = torch.full((self.ntotal,), -1, dtype=torch.int64, device=dev)
@@ -327,14 +328,14 @@ class RetrievalIndex:
         (exact L2); within a list, ids keep their order.
         """
         x = torch.as_tensor(np.asarray(vectors, dtype=np.float32) if isinstance(vectors, np.ndarray) else vectors)
-        x = x.to(device=device, dtype=torch.float32).contiguous()
+        x = x.detach().to(device=device, dtype=torch.float32).contiguous()
         if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] < 1:
             raise ParameterError(f"vectors must be a non-empty [N, d] matrix, got shape {tuple(x.shape)}")
         if not bool(torch.isfinite(x).all()):
             raise ParameterError("vectors contain NaN or inf")
         n, d = x.shape
         if centroids is not None:
-            c = torch.as_tensor(np.asarray(centroids, dtype=np.float32)).to(x.device)
+            c = torch.as_tensor(centroids, dtype=torch.float32).detach().to(x.device)
             if c.ndim != 2 or c.shape[1] != d or c.shape[0] < 1:
                 raise ParameterError(f"centroids must be [nlist, {d}], got shape {tuple(c.shape)}")
             if not bool(torch.isfinite(c).all()):
