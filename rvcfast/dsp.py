@@ -71,7 +71,7 @@ class Resampler:
         """Resample the next block (1-D); ``last=True`` marks the end of the signal."""
         x = np.ascontiguousarray(block, dtype=self.dtype)
         self._n_in += x.shape[0]
-        y = x.copy() if self._stream is None else self._stream.resample_chunk(x, last=last)
+        y = x.copy() if self._stream is None else self._stream.resample_chunk(x, last=bool(last))
         y = self._fit(y, last)
         self._n_out += y.shape[0]
         return y

@@ -149,3 +149,14 @@ def test_decode_reports_rate_and_channels(fixtures: Path) -> None:
     d = decode(fixtures / "inputs" / "in48000_stereo_float.wav")
     assert (d.source_rate, d.channels) == (48000, 2)
     assert any("2 channels mixed down to mono" in w for w in d.warnings)
+
+
+def test_the_streaming_resampler_takes_a_numpy_bool_for_last() -> None:
+    """``last=i == n - 1`` with NumPy integers is a NumPy bool, which soxr refused (TypeError)."""
+    x = np.sin(2 * np.pi * 200 * np.arange(4410) / 44100)
+    whole = Resampler(44100, 16000).push(x, last=True)
+    rs = Resampler(44100, 16000)
+    ends = np.arange(1, 4)
+    pieces = [rs.push(block, last=k == ends[-1]) for k, block in zip(ends, np.array_split(x, 3))]
+    assert isinstance(ends[-1] == ends[-1], np.bool_)
+    np.testing.assert_allclose(np.concatenate(pieces), whole, rtol=0, atol=1e-9)
