@@ -127,14 +127,19 @@ class BatchSummary:
             self.timings[k] = self.timings.get(k, 0.0) + v
 
     def table(self) -> str:
-        """A plain-text stage table (seconds and share of the summed stage time)."""
-        total = sum(self.timings.values()) or 1.0
-        lines = [f"{'stage':<10} {'seconds':>9} {'share':>7}"]
-        for k, v in sorted(self.timings.items(), key=lambda kv: -kv[1]):
-            lines.append(f"{k:<10} {v:9.3f} {100 * v / total:6.1f}%")
+        """The summary as plain text: a table of stage times (seconds and share of the summed
+        stage time) when a file was converted -- none otherwise: it would be empty, or hold only
+        the failed files' decoding -- then one line of totals (``1 file``, ``3 files``)."""
+        lines: list[str] = []
+        if self.files - self.failed - self.skipped > 0 and self.timings:
+            total = sum(self.timings.values()) or 1.0
+            lines.append(f"{'stage':<10} {'seconds':>9} {'share':>7}")
+            for k, v in sorted(self.timings.items(), key=lambda kv: -kv[1]):
+                lines.append(f"{k:<10} {v:9.3f} {100 * v / total:6.1f}%")
         speed = f"real-time factor {self.wall_seconds / self.audio_seconds:.3f}" if self.audio_seconds else "no audio converted"
+        files = f"{self.files} file{'' if self.files == 1 else 's'}"
         lines.append(
-            f"{self.files} files ({self.failed} failed, {self.skipped} skipped), {self.audio_seconds:.1f} s of audio "
+            f"{files} ({self.failed} failed, {self.skipped} skipped), {self.audio_seconds:.1f} s of audio "
             f"in {self.wall_seconds:.1f} s ({speed})"
         )
         return "\n".join(lines)

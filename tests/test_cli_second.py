@@ -16,7 +16,6 @@ import rvcfast.api
 import rvcfast.f0.registry
 from rvcfast.batch import BatchSummary
 from rvcfast.cli import main
-from rvcfast.cli._common import summary_text
 
 
 def _wav(folder: Path, name: str = "in.wav", seconds: float = 0.4) -> Path:
@@ -121,13 +120,13 @@ def test_ray_options_without_ray_are_a_usage_error(no_loading, tiny_models, tmp_
 # ------------------------------------------------------------------ the summary
 
 
-def test_summary_text_counts_one_file_and_leaves_out_an_empty_table():
+def test_the_summary_counts_one_file_and_leaves_out_an_empty_table():
     skipped = BatchSummary(files=1, skipped=1, wall_seconds=0.1)
-    assert summary_text(skipped) == "1 file (0 failed, 1 skipped), 0.0 s of audio in 0.1 s (no audio converted)"
+    assert skipped.table() == "1 file (0 failed, 1 skipped), 0.0 s of audio in 0.1 s (no audio converted)"
     failed = BatchSummary(files=2, failed=2, wall_seconds=0.5, timings={"decode": 0.2})
-    assert summary_text(failed).splitlines() == ["2 files (2 failed, 0 skipped), 0.0 s of audio in 0.5 s (no audio converted)"]
+    assert failed.table().splitlines() == ["2 files (2 failed, 0 skipped), 0.0 s of audio in 0.5 s (no audio converted)"]
     done = BatchSummary(files=1, audio_seconds=2.0, wall_seconds=1.0, timings={"synth": 0.75, "f0": 0.25})
-    assert summary_text(done).splitlines() == [
+    assert done.table().splitlines() == [
         f"{'stage':<10} {'seconds':>9} {'share':>7}",
         f"{'synth':<10} {0.75:9.3f} {75.0:6.1f}%",
         f"{'f0':<10} {0.25:9.3f} {25.0:6.1f}%",

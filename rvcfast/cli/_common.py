@@ -132,29 +132,6 @@ def check_model_files(model: str, index: str | None) -> None:
         check_file(index, "index")
 
 
-def summary_text(summary: Any) -> str:
-    """A batch's :class:`~rvcfast.batch.BatchSummary` as the command line prints it: the table
-    of stage times when a file was converted (none otherwise: it would be empty, or hold only
-    the failed files' decoding), then one line of totals (``1 file``, ``3 files``)."""
-    lines: list[str] = []
-    converted = summary.files - summary.failed - summary.skipped
-    if converted > 0 and summary.timings:
-        total = sum(summary.timings.values()) or 1.0
-        lines.append(f"{'stage':<10} {'seconds':>9} {'share':>7}")
-        for k, v in sorted(summary.timings.items(), key=lambda kv: -kv[1]):
-            lines.append(f"{k:<10} {v:9.3f} {100 * v / total:6.1f}%")
-    if summary.audio_seconds:
-        speed = f"real-time factor {summary.wall_seconds / summary.audio_seconds:.3f}"
-    else:
-        speed = "no audio converted"
-    files = f"{summary.files} file{'' if summary.files == 1 else 's'}"
-    lines.append(
-        f"{files} ({summary.failed} failed, {summary.skipped} skipped), {summary.audio_seconds:.1f} s of audio "
-        f"in {summary.wall_seconds:.1f} s ({speed})"
-    )
-    return "\n".join(lines)
-
-
 def add_device_options(p: argparse.ArgumentParser | Any) -> None:
     p.add_argument("--device", default="auto", metavar="DEVICE", help="'auto' (CUDA if available, else CPU), 'cpu', 'cuda', 'cuda:1'...")
     p.add_argument(

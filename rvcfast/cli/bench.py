@@ -20,7 +20,6 @@ from ._common import (
     check_f0_name,
     err,
     out,
-    summary_text,
 )
 
 
@@ -71,7 +70,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
         summary.add(r)
     bad = [r for r in results if not r.ok]
     out(f"device {conv.device}, {args.dtype}, F0 {args.f0}; {args.files} clips x {args.seconds:g} s; models loaded in {load_seconds:.1f} s")
-    out(summary_text(summary))
+    out(summary.table())
     speed = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds else float("nan")
     out(f"speed: {speed:.2f}x real-time (real-time factor {1 / speed if speed else math.nan:.4f})")
     for r in bad:

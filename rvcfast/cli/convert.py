@@ -23,7 +23,6 @@ from ._common import (
     parse_options,
     report_failures,
     report_warnings,
-    summary_text,
 )
 from .scale import add_scale_options, planned_inputs
 
@@ -119,7 +118,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         bar.close()
     summary.wall_seconds = time.perf_counter() - start
     if not args.quiet:
-        out(summary_text(summary))
+        out(summary.table())
     report_warnings(warnings)
     return report_failures(failures, len(inputs))
 

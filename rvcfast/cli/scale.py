@@ -24,7 +24,6 @@ from ._common import (
     parse_options,
     report_failures,
     report_warnings,
-    summary_text,
 )
 
 __all__ = ["add_scale_options", "cmd_convert_ray", "planned_inputs"]
@@ -110,7 +109,7 @@ def cmd_convert_ray(args: argparse.Namespace) -> int:
             num_workers=(1, args.workers) if args.workers else None, gpus_per_worker=args.gpus_per_worker, **params,
         )
     if not args.quiet:
-        out(summary_text(_summary(rows, time.perf_counter() - start)))
+        out(_summary(rows, time.perf_counter() - start).table())
         nodes = len({r["node"] for r in rows if r["status"] == "ok"})
         out(f"converted on {nodes} node(s); manifest: {args.manifest or target / MANIFEST_NAME}")
     report_warnings([w for r in rows for w in (r["warnings"] or "").splitlines()])
