@@ -196,3 +196,45 @@ def test_vectors_that_require_grad_build_and_save(tmp_path: Path, recwarn: pytes
         index.save(path)
         np.testing.assert_array_equal(load_index(path).vectors.numpy(), feats.detach().numpy())
     assert not [str(x.message) for x in recwarn.list if "requires_grad" in str(x.message)]
+
+
+# ---------------------------------------------------------------------------
+# k larger than the lists (and than the index)
+# ---------------------------------------------------------------------------
+
+
+def _brute_force(x: np.ndarray, q: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact neighbours by (float32 distance, id), padded with (-1, FLT_MAX)."""
+    d = ((q.astype(np.float64)[:, None, :] - x.astype(np.float64)[None]) ** 2).sum(-1).astype(np.float32)
+    order = np.stack([np.lexsort((np.arange(x.shape[0]), row)) for row in d])[:, :k]
+    dist = np.take_along_axis(d, order, 1)
+    pad = k - order.shape[1]
+    dist = np.concatenate([dist, np.full((q.shape[0], pad), np.float32(FLT_MAX))], 1)
+    ids = np.concatenate([order, np.full((q.shape[0], pad), -1)], 1)
+    return dist, ids
+
+
+def test_large_k_keeps_no_more_candidates_than_the_lists_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With every list probed the answer is the exact one; k beyond ntotal pads with -1.
+    # Candidates per (query, list) were k + 8 wide whatever the list sizes, so memory
+    # and time grew with k * nprobe * queries (k=400 over 100 lists of ~40 vectors
+    # took gigabytes); now they are at most the largest probed list.
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(400, 6)).astype(np.float32)
+    index = RetrievalIndex.from_vectors(x, nlist=20)
+    index.nprobe = index.nlist
+    widths: list[int] = []
+
+    class Recording(search_mod._Candidates):
+        def __init__(self, *args, **kwargs) -> None:
+            super().__init__(*args, **kwargs)
+            widths.append(self.kk)
+
+    monkeypatch.setattr(search_mod, "_Candidates", Recording)
+    q = rng.normal(size=(10, 6)).astype(np.float32)
+    for k in (1, 8, 50, 400, 1000):
+        dist, ids = index.search(q, k)
+        ref_d, ref_i = _brute_force(x, q, k)
+        np.testing.assert_array_equal(ids.numpy(), ref_i)
+        np.testing.assert_array_equal(dist.numpy(), ref_d)
+    assert max(widths) <= int(index.list_sizes.max())

@@ -10,9 +10,10 @@ Numerics. faiss computes distances in float32 (the coarse quantizer through BLAS
 squared differences). Neither rounding can be reproduced exactly, so this module decides
 on distances as close to exact as possible. A fast first pass (matrix products: float32
 on the CPU, float64 on CUDA, where TF32 may be in force) ranks the centroids and keeps
-``k + 8`` candidates per probed list. Wherever two candidates on either side of a
-decision (the ``nprobe``-th centroid, the ``k``-th neighbour, the last candidate kept)
-are closer than a generous bound on that pass's rounding error, the decision is made
+``k + 8`` candidates per probed list (fewer when the lists are shorter). Wherever two
+candidates on either side of a decision (the ``nprobe``-th centroid, the ``k``-th
+neighbour, the last candidate kept) are closer than a generous bound on that pass's
+rounding error, the decision is made
 again on exact float64 sums of squared differences, rounded to float32 and compared
 like faiss's float32 distances. The ``k`` neighbours returned get exact float64
 distances, rounded to float32. Ties (equal float32 distances, such as duplicate vectors
@@ -231,13 +232,15 @@ class ListStore:
 
 
 class _Candidates:
-    """Per (query, probe) pair: the best ``k + margin`` scan positions and their first-pass
-    squared distances (float64; -1 / ``inf`` = none), and the gap between the last kept
-    and the ``k``-th distance (``inf`` when fewer than ``k + margin`` were kept)."""
+    """Per (query, probe) pair: the best ``kk`` scan positions and their first-pass squared
+    distances (float64; -1 / ``inf`` = none), and the gap between the last kept and the
+    ``k``-th distance (``inf`` when fewer than ``kk`` were kept). ``kk`` is ``k + margin``,
+    but never more than ``cap`` (the largest probed list): a large ``k`` costs no more
+    memory than the probed lists hold."""
 
-    def __init__(self, pairs: int, k: int, device: torch.device) -> None:
+    def __init__(self, pairs: int, k: int, device: torch.device, cap: int) -> None:
         self.k = k
-        self.kk = k + _MARGIN
+        self.kk = max(1, min(k + _MARGIN, cap))
         self.pos = torch.full((pairs, self.kk), -1, dtype=torch.int64, device=device)
         self.val = torch.full((pairs, self.kk), math.inf, dtype=torch.float64, device=device)
         self.gap = torch.full((pairs,), math.inf, dtype=torch.float64, device=device)
@@ -245,7 +248,7 @@ class _Candidates:
     def put(self, rows: torch.Tensor, pos: torch.Tensor, vals: torch.Tensor, take: int) -> None:
         self.pos[rows, :take] = pos
         self.val[rows, :take] = vals.to(torch.float64)
-        if take >= self.kk:
+        if take >= self.kk > self.k:
             self.gap[rows] = (vals[:, -1] - vals[:, self.k - 1]).to(torch.float64)
 
 
@@ -330,7 +333,7 @@ def _scan_lists(
 def _first_pass(
     store: ListStore, q: torch.Tensor, x64: torch.Tensor, probes: torch.Tensor, k: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.dtype]:
-    """Scan the probed lists with matrix products and keep ``k + margin`` candidates per list.
+    """Scan the probed lists with matrix products and keep up to ``k + margin`` candidates per list.
 
     The (query, list) pairs are sorted by list. Lists of similar size with
     similar numbers of queries are padded together and scanned by one
@@ -340,8 +343,8 @@ def _first_pass(
 
     Returns candidate scan positions (-1 = none), their first-pass squared
     distances as float64 (``inf`` = none), a key giving faiss's scan order
-    (probe rank, then position in the list), each [T, nprobe*(k+margin)],
-    and the dtype the distances were computed in.
+    (probe rank, then position in the list), each [T, nprobe*kk] (``kk``:
+    ``k + margin``, at most the largest probed list), and the dtype the distances were computed in.
     """
     T, P = probes.shape
     dev = x64.device
@@ -353,11 +356,11 @@ def _first_pass(
     qrow = order // P
     xs = q.to(dt)[qrow]  # the query of every (query, probe) pair, pairs sorted by list
     qns = x64.square().sum(1)[qrow]
-    cands = _Candidates(T * P, k, dev)
     u = uniq.cpu().numpy()
     cnt = counts.cpu().numpy().astype(np.int64)
     a0 = store.offsets[u]
     size = store.offsets[u + 1] - a0
+    cands = _Candidates(T * P, k, dev, int(size.max()))
     plan = _ListPlan(a0, size, np.cumsum(cnt) - cnt, cnt, _next_pow2(size), _next_pow2(cnt))
     _scan_lists(store, cands, xs, store.norms64.to(dt), dt, plan)
 
