@@ -238,3 +238,29 @@ def test_large_k_keeps_no_more_candidates_than_the_lists_hold(monkeypatch: pytes
         np.testing.assert_array_equal(ids.numpy(), ref_i)
         np.testing.assert_array_equal(dist.numpy(), ref_d)
     assert max(widths) <= int(index.list_sizes.max())
+
+
+# ---------------------------------------------------------------------------
+# Distances equal in float32 but not exactly
+# ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("first_pass", [torch.float32, torch.float64])
+def test_centroids_equal_in_float32_probe_the_lower_id(monkeypatch: pytest.MonkeyPatch, first_pass) -> None:
+    # |(0.6, 0.8)|^2 is 1 + 4.8e-8 exactly but 1.0 in float32, like |(1, 0)|^2: faiss's
+    # float32 distances tie and it probes the lower id (0). Deciding on the exact values
+    # probed list 1; the float64 first pass (used on CUDA) did not even see a near tie.
+    monkeypatch.setattr(search_mod, "_fast_dtype", lambda device: first_pass)
+    cents = np.array([[0.6, 0.8], [1.0, 0.0]], dtype=np.float32)
+    index = RetrievalIndex(cents, np.array([0, 1]), [1, 1], cents, nprobe=1)
+    for queries in (1, 25):
+        dist, ids = index.search(np.zeros((queries, 2), dtype=np.float32), k=1)
+        assert (ids == 0).all() and (dist == 1.0).all()
+
+
+def test_float32_equal_centroids_match_faiss(faiss) -> None:
+    cents = np.array([[0.6, 0.8], [1.0, 0.0]], dtype=np.float32)
+    flat = faiss.IndexFlatL2(2)
+    flat.add(cents)
+    for queries in (1, 25):
+        assert (flat.search(np.zeros((queries, 2), dtype=np.float32), 1)[1] == 0).all()

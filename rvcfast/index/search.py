@@ -63,8 +63,11 @@ def _tolerance(qn64: torch.Tensor, vmax: float, dt: torch.dtype, dim: int) -> to
     row is recomputed exactly. (The rounding error of a length-``dim`` dot
     product grows like ``sqrt(dim)`` in practice and ``dim`` at worst; the
     bound is ~10x the typical error and near the worst case for ``dim <= 1024``.)
+    It also covers one float32 rounding step of the distances (at most
+    ``2*(|x|^2 + vmax)``), since decisions compare exact distances rounded to
+    float32 as faiss does: values that close may be equal there.
     """
-    rel = (4e-5 if dt == torch.float32 else 1e-11) * max(1.0, dim / 1024)
+    rel = (4e-5 if dt == torch.float32 else 1e-11) * max(1.0, dim / 1024) + 2.0**-22
     return rel * (qn64 + vmax) + 1e-30
 
 
