@@ -82,13 +82,21 @@ def _decoded(salience_step: Callable[[], np.ndarray], threshold: float) -> np.nd
 
 
 def _as_audio(audio: AudioLike) -> torch.Tensor:
-    """Validate one 16 kHz mono input and return it as a 1-D float32 CPU tensor."""
-    if isinstance(audio, torch.Tensor):
+    """Validate one 16 kHz mono input and return it as a 1-D float32 CPU tensor.
+
+    Integer arrays are PCM and are scaled to ±1 as :func:`rvcfast.audio.load_audio_16k`
+    does (full scale ``2**(bits-1)``; unsigned PCM centred on it): the log-mel depends on
+    the level, so unscaled int16 samples gave a wrong track."""
+    if isinstance(audio, torch.Tensor) and audio.is_floating_point():
         t = audio.detach()
     else:
-        arr = np.asarray(audio)
+        arr = audio.detach().cpu().numpy() if isinstance(audio, torch.Tensor) else np.asarray(audio)
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
             raise AudioError(None, f"RMVPE expects numeric audio, got dtype {arr.dtype}")
+        if np.issubdtype(arr.dtype, np.integer):
+            info = np.iinfo(arr.dtype)
+            half = float(2 ** (info.bits - 1))
+            arr = (arr.astype(np.float64) - (half if info.min == 0 else 0.0)) / half
         t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.dim() != 1:
         raise AudioError(None, f"RMVPE expects 1-D mono audio at 16 kHz, got shape {tuple(t.shape)}")
