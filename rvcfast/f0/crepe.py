@@ -193,6 +193,10 @@ def load_crepe_model(
         net.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         raise ModelLoadError(weights, f"CREPE {capacity} weights do not fit: {str(exc)[:300]}") from None
+    # a NaN weight made every frame silently unvoiced (the Viterbi path through NaN scores)
+    bad = [k for k, v in net.state_dict().items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ModelLoadError(weights, f"CREPE {capacity} weights contain NaN/Inf in {sorted(bad)[:5]}")
     return net.to(device=torch.device(device), dtype=dtype).eval()
 
 

@@ -40,6 +40,8 @@ therefore equals the solo one bit for bit (checked on CPU).
 
 from __future__ import annotations
 
+import math
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -71,6 +73,7 @@ _INSTALL_HINT = "fcpe needs `pip install rvcfast[fcpe]` (torchfcpe ships its wei
 _WEIGHTS_NAME = "fcpe_c_v001.pt"
 _MIN_PASS_FRAMES = 64  # network passes are zero-padded (and masked) to at least this many frames
 _MEL_BLOCK_FRAMES = 8192  # STFT frames at once in the mel of a long input
+_MAX_N_FFT = 1 << 15  # a checkpoint's STFT size beyond this (2 s at 16 kHz) is refused, not allocated
 # Frames on each side of a long input's window: more than the network's reach (91 frames:
 # the second k3 convolution and six depthwise k31 convolutions).
 _CONTEXT_FRAMES = 128
@@ -437,6 +440,49 @@ def _cfg(section: Any, key: str, default: Any, path: Path) -> Any:
     return value
 
 
+def _cfg_number(section: Any, key: str, default: Any, path: Path, kind: type = int, minimum: float = 1) -> Any:
+    """A config entry as a finite ``kind`` (int or float) of at least ``minimum``; a
+    :class:`ModelLoadError` naming the file and the entry otherwise."""
+    value = _cfg(section, key, default, path)
+    try:
+        number = kind(value)
+        ok = not isinstance(value, bool) and math.isfinite(number) and number >= minimum
+    except (TypeError, ValueError, OverflowError):
+        ok = False
+    if not ok:
+        raise ModelLoadError(path, f"FCPE checkpoint config {key!r} must be a number >= {minimum:g}, got {value!r}")
+    return number
+
+
+def _check_fcpe_state(path: Path, state: dict[str, Any], n_mels: int, hidden: int, out_dims: int, n_layers: int) -> None:
+    """The state dict's tensors are finite and of the sizes the config names, checked before
+    anything is built from the config (a config claiming 10**9 layers or a 10**9-wide network
+    must not allocate it)."""
+    not_tensor = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
+    if not_tensor:
+        raise ModelLoadError(path, f"FCPE state dict has entries that are not tensors: {sorted(not_tensor)[:5]}")
+    sizes = {
+        "input_stack.0.weight": (hidden, n_mels, 3),
+        "output_proj.weight": (out_dims, hidden),
+    }
+    for key, shape in sizes.items():
+        got = tuple(state[key].shape) if key in state else None
+        if got != shape:
+            raise ModelLoadError(
+                path,
+                f"FCPE state dict does not fit its config (num_mels {n_mels}, hidden_dims {hidden}, "
+                f"out_dims {out_dims}): {key} is {got if got is not None else 'missing'}, expected {shape}",
+            )
+    layers = {int(m.group(1)) for k in state if (m := re.match(r"net\.encoder_layers\.(\d+)\.", k))}
+    if len(layers) != n_layers or (layers and max(layers) != n_layers - 1):
+        raise ModelLoadError(
+            path, f"FCPE config says n_layers={n_layers}, the state dict has {len(layers)} encoder layer(s)"
+        )
+    bad = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if bad:
+        raise ModelLoadError(path, f"FCPE weights contain NaN/Inf in {sorted(bad)[:5]}")
+
+
 def load_fcpe_model(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
@@ -462,26 +508,22 @@ def load_fcpe_model(
         raise ModelLoadError(weights, f"FCPE model type {mtype!r} is not supported (only CFNaiveMelPE)")
     if not model_cfg.get("conv_only", False):
         raise ModelLoadError(weights, "FCPE checkpoints with attention layers (conv_only false) are not supported")
-    sr = int(_cfg(mel_cfg, "sr", SAMPLE_RATE, weights))
-    hop = int(_cfg(mel_cfg, "hop_size", HOP_LENGTH, weights))
+    sr = _cfg_number(mel_cfg, "sr", SAMPLE_RATE, weights)
+    hop = _cfg_number(mel_cfg, "hop_size", HOP_LENGTH, weights)
     if sr != SAMPLE_RATE or hop != HOP_LENGTH:
         raise ModelLoadError(weights, f"FCPE checkpoint expects sr={sr}, hop={hop}; rvcfast needs {SAMPLE_RATE} / {HOP_LENGTH}")
-    mel = FCPEMel(
-        sr=sr,
-        n_mels=int(_cfg(mel_cfg, "num_mels", 128, weights)),
-        n_fft=int(_cfg(mel_cfg, "n_fft", 1024, weights)),
-        win_size=int(_cfg(mel_cfg, "win_size", 1024, weights)),
-        hop_length=hop,
-        fmin=float(_cfg(mel_cfg, "fmin", 0, weights)),
-        fmax=float(_cfg(mel_cfg, "fmax", 8000, weights)),
-    )
-    net = FCPENet(
-        input_channels=mel.n_mels,
-        out_dims=int(_cfg(model_cfg, "out_dims", None, weights)),
-        hidden_dims=int(_cfg(model_cfg, "hidden_dims", None, weights)),
-        n_layers=int(_cfg(model_cfg, "n_layers", None, weights)),
-        use_harmonic_emb=bool(model_cfg.get("use_harmonic_emb") or False),
-    )
+    n_mels = _cfg_number(mel_cfg, "num_mels", 128, weights)
+    n_fft = _cfg_number(mel_cfg, "n_fft", 1024, weights)
+    win_size = _cfg_number(mel_cfg, "win_size", 1024, weights)
+    if not win_size <= n_fft <= _MAX_N_FFT:
+        raise ModelLoadError(
+            weights, f"FCPE checkpoint config needs win_size <= n_fft <= {_MAX_N_FFT}, got win_size={win_size}, n_fft={n_fft}"
+        )
+    fmin = _cfg_number(mel_cfg, "fmin", 0, weights, float, 0)
+    fmax = _cfg_number(mel_cfg, "fmax", 8000, weights, float, 0)
+    out_dims = _cfg_number(model_cfg, "out_dims", None, weights)
+    hidden = _cfg_number(model_cfg, "hidden_dims", None, weights)
+    n_layers = _cfg_number(model_cfg, "n_layers", None, weights)
     state = dict(ckpt["model"])
     for g_key, v_key in (
         ("output_proj.weight_g", "output_proj.weight_v"),
@@ -490,7 +532,19 @@ def load_fcpe_model(
         if g_key in state and v_key in state:
             g, v = state.pop(g_key), state.pop(v_key)
             # What torch's weight_norm computes on every forward in the reference.
-            state["output_proj.weight"] = torch._weight_norm(v, g, 0)
+            try:
+                state["output_proj.weight"] = torch._weight_norm(v, g, 0)
+            except (RuntimeError, TypeError) as exc:
+                raise ModelLoadError(weights, f"FCPE output_proj weight norm does not fit: {str(exc)[:200]}") from None
+    _check_fcpe_state(weights, state, n_mels, hidden, out_dims, n_layers)
+    mel = FCPEMel(sr=sr, n_mels=n_mels, n_fft=n_fft, win_size=win_size, hop_length=hop, fmin=fmin, fmax=fmax)
+    net = FCPENet(
+        input_channels=n_mels,
+        out_dims=out_dims,
+        hidden_dims=hidden,
+        n_layers=n_layers,
+        use_harmonic_emb=bool(model_cfg.get("use_harmonic_emb") or False),
+    )
     expected, got = set(net.state_dict()), set(state)
     if expected != got:
         raise ModelLoadError(
@@ -505,8 +559,8 @@ def load_fcpe_model(
     model = FCPEModel(
         mel,
         net.to(dtype=dtype),
-        f0_min=float(_cfg(model_cfg, "f0_min", 32.7, weights)),
-        f0_max=float(_cfg(model_cfg, "f0_max", 1975.5, weights)),
+        f0_min=_cfg_number(model_cfg, "f0_min", 32.7, weights, float, 0),
+        f0_max=_cfg_number(model_cfg, "f0_max", 1975.5, weights, float, 0),
     )
     # Keep the decoding table in float32 whatever the network dtype.
     model.net.cent_table = model.net.cent_table.float()
