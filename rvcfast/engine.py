@@ -374,11 +374,18 @@ class Engine:
         input's F0 track when the extractor computes it block by block (RMVPE: one per
         41 s chunk of an input over 82 s), so that no ``next()`` runs the F0 network over
         the whole input; the audio pieces are the same.
+
+        ``loudness`` needs the whole output: it is refused (:class:`ParameterError`) unless ``raw``.
         """
         from .streaming import StreamFinisher
 
         item = _Item(prep, self.params(params))
         _check_formant(prep, item.params)
+        if item.params.loudness is not None and not raw:
+            raise ParameterError(
+                f"{prep.label or 'input'}: loudness={item.params.loudness!r} needs the whole output, "
+                "so streamed output cannot have it: convert the whole input instead"
+            )
         if f0 is None and pauses:
             t0 = time.perf_counter()
             f0 = yield from self._f0_in_blocks(item)
@@ -532,14 +539,15 @@ class Engine:
         prep, params = item.prep, item.params
         if item.error is None and item.buffer is not None:
             t0 = time.perf_counter()
+            notes = list(prep.warnings)
             try:
-                audio, rate = finish(item.buffer, prep, self.vocoder.sample_rate, params)
+                audio, rate = finish(item.buffer, prep, self.vocoder.sample_rate, params, notes)
             except Exception as exc:  # noqa: BLE001
                 self._fail(item, exc, "post-processing failed", raise_errors)
             else:
                 item.timings["post"] = item.timings.get("post", 0.0) + time.perf_counter() - t0
                 item.buffer = None
-                return Result(audio, rate, item.timings, prep.label, input_seconds=prep.seconds, warnings=list(prep.warnings))
+                return Result(audio, rate, item.timings, prep.label, input_seconds=prep.seconds, warnings=notes)
         return Result(
             np.zeros(0, np.float32),
             self.vocoder.sample_rate,

@@ -7,7 +7,7 @@ is named, documented, range-checked and defaulted in exactly one place.
 Each field carries metadata that front ends read through :func:`param_specs`:
 ``help`` (one line), ``metavar`` and ``kind`` (``"number"``, ``"int"``, ``"bool"``,
 ``"optional-int"``, ``"optional-number"``, or ``"mapping"``/``"pair"`` for structured values:
-a JSON object and two numbers).
+a JSON object and two numbers; ``"loudness"``: ``"match"``, a number or nothing).
 """
 
 from __future__ import annotations
@@ -97,6 +97,12 @@ class ConversionParams:
         effects and parameter names without the effect prefix, applied in Applio's order,
         missing parameters at Applio's fallbacks, through pedalboard
         (``pip install "rvcfast[effects]"``). See ``docs/parameters.md``.
+    loudness:
+        Loudness normalisation of the output (ITU-R BS.1770 integrated loudness, by a
+        gain): ``"match"`` gives it the input's loudness, a number in -70..0 sets it in
+        LUFS (e.g. -14 or -23); ``None`` = off. Applied last; the 0.99 peak limit still
+        holds (a warning says when it keeps the output below the target). Needs the whole
+        output, so streamed output (``Engine.stream``) refuses it. See :mod:`rvcfast.loudness`.
     strict:
         Turn every input warning (truncated file, clipped input, DC offset, channels
         mixed down) into an error for that input. Off by default: warnings are reported
@@ -132,6 +138,10 @@ class ConversionParams:
     clean: float = field(default=0.0, metadata=_meta("noise reduction strength of the output, 0..1 (0 = off)", "number", "STRENGTH"))
     effects: Mapping[str, Mapping[str, float]] | None = field(
         default=None, metadata=_meta("effects on the output: {effect: {parameter: value}}", "mapping", "JSON")
+    )
+    loudness: float | str | None = field(
+        default=None,
+        metadata=_meta("normalise the output's loudness: 'match' (the input's) or LUFS, -70..0 (e.g. -14)", "loudness", "LUFS|match"),
     )
     strict: bool = field(default=False, metadata=_meta("treat input warnings (truncated, clipped...) as errors", "bool"))
 
@@ -221,6 +231,7 @@ class ConversionParams:
     def _validate_applio_options(self) -> None:
         _check_range("autotune", self.autotune, 0, 1)
         _check_range("clean", self.clean, 0, 1)
+        _check_loudness(self.loudness)
         if self.proposed_pitch is not None and not _finite("proposed_pitch", self.proposed_pitch) > 0:
             raise ParameterError(f"proposed_pitch must be a pitch in Hz above 0, got {self.proposed_pitch!r}")
         if self.formant is not None:
@@ -241,6 +252,17 @@ class ConversionParams:
         for feature, used in (("formant", self.formant is not None), ("clean", self.clean > 0), ("effects", bool(self.effects))):
             if used:
                 require_extra(feature)
+
+
+def _check_loudness(value: Any) -> None:
+    from .loudness import LOUDNESS_RANGE, MATCH
+
+    if value is None or (isinstance(value, str) and value == MATCH):
+        return
+    if isinstance(value, str):
+        raise ParameterError(f"loudness must be {MATCH!r}, a number of LUFS or None, got {value!r}")
+    lo, hi = LOUDNESS_RANGE
+    _check_range("loudness", value, lo, hi, "LUFS")
 
 
 def _unknown_message(key: str, names: set[str]) -> str:
@@ -346,6 +368,8 @@ def coerce_param(name: str, raw: Any) -> Any:
             return _pair(text)
         if kind == "mapping":
             return _mapping(text)
+        if kind == "loudness":
+            return _loudness(text)
     except ValueError:
         expected = {
             "bool": "true or false",
@@ -353,6 +377,7 @@ def coerce_param(name: str, raw: Any) -> Any:
             "optional-int": "an integer",
             "pair": "two numbers (e.g. '1.0,1.2')",
             "mapping": "a JSON object (e.g. '{\"reverb\": {\"room_size\": 0.3}}')",
+            "loudness": "'match' or a number of LUFS (e.g. -14)",
         }.get(kind, "a number")
         shown = repr(raw) if len(repr(raw)) <= 200 else f"{repr(raw)[:200]}... ({len(str(raw))} characters)"
         raise ParameterError(f"{name} must be {expected}, got {shown}") from None
@@ -380,3 +405,11 @@ def _mapping(text: str) -> dict[str, Any] | None:
     if not isinstance(value, dict):
         raise ValueError(text)
     return value
+
+
+def _loudness(text: str) -> float | str | None:
+    if text.lower() in ("", "none", "null", "off"):
+        return None
+    if text.lower() == "match":
+        return "match"
+    return float(text)

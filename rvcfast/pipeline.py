@@ -271,8 +271,10 @@ def finish(
     prep: PreparedAudio,
     model_rate: int,
     params: ConversionParams,
+    warnings: list[str] | None = None,
 ) -> tuple[np.ndarray, int]:
-    """Join segment outputs, RMS mix, resample and peak-guard: the final float32 waveform and its rate.
+    """Join segment outputs, RMS mix, resample, peak-guard, denoise, effects and loudness: the
+    final float32 waveform and its rate. What the loudness step reports is appended to ``warnings``.
 
     ``pieces`` is the list of trimmed segment outputs, or one array they were already
     written into (the batch engine does that to avoid a second copy of long outputs).
@@ -302,4 +304,22 @@ def finish(
         from .effects import apply_effects
 
         out = apply_effects(out, rate, params.effects)
+    if params.loudness is not None:
+        out, notes = _normalized(np.asarray(out, dtype=np.float32), rate, prep, params.loudness)
+        if warnings is not None:
+            warnings.extend(notes)
     return np.asarray(out, dtype=np.float32), rate
+
+
+def _normalized(out: np.ndarray, rate: int, prep: PreparedAudio, loudness: float | str) -> tuple[np.ndarray, list[str]]:
+    """The output at the ``loudness`` asked for: a number of LUFS, or ``"match"`` (the input's)."""
+    from .loudness import MATCH, integrated_loudness, normalize_loudness
+
+    label = prep.label or "input"
+    if loudness == MATCH:
+        target = integrated_loudness(prep.audio, SR_16K)
+        if target is None or not np.isfinite(target):
+            why = "shorter than 0.4 s" if target is None else "silent"
+            return out, [f"{label}: loudness not matched: the input is {why}, its loudness cannot be measured"]
+        loudness = target
+    return normalize_loudness(out, rate, float(loudness), label)

@@ -374,3 +374,30 @@ def test_an_empty_voices_folder_is_a_usage_error(tmp_path, capsys) -> None:
     err = capsys.readouterr().err
     assert "no .pth voice models found in" in err
     assert "Traceback" not in err
+
+
+# ---------------------------------------------------------------------- loudness
+
+
+def test_loudness_is_refused_for_a_streamed_answer(server, client, folders) -> None:
+    r = post(client, folders["clip"], loudness="-14", stream="true")
+    assert r.status_code == 422, r.text
+    assert r.json()["parameter"] == "loudness" and "whole output" in r.json()["error"]
+    r = post(client, folders["clip"], loudness="loudest")
+    assert r.status_code == 422 and r.json()["parameter"] == "loudness", r.text
+    assert_alive(server, client)
+
+
+def test_loudness_reports_what_it_could_not_do(server, client, folders) -> None:
+    """The tiny voice's output is below BS.1770's -70 LUFS gate: left as it is, and the answer says so."""
+    r = post(client, folders["clip"], loudness="match")
+    assert r.status_code == 200, r.text
+    warnings = json.loads(r.headers["x-rvcfast-warnings"])
+    assert warnings == ["short.wav: loudness not normalised: the output is silent, its loudness cannot be measured"]
+    job = post(client, folders["clip"], route="/v1/jobs", loudness="-20").json()
+    deadline = time.monotonic() + 120
+    while job["state"] in ("queued", "running") and time.monotonic() < deadline:
+        time.sleep(0.1)
+        job = client.get(f"/v1/jobs/{job['id']}").json()
+    assert job["state"] == "done", job
+    assert any("loudness not normalised" in w for w in job["warnings"]), job

@@ -94,11 +94,15 @@ def parse_fields(pairs: Iterable[tuple[str, str]]) -> ConvertOptions:
         fmt, subtype = check_output(fmt, subtype, stream)
     except ParameterError as exc:
         raise FieldError("subtype" if str(exc).startswith("subtype") else "format", str(exc)) from None
+    given = {ALIASES.get(n, n): n for n in seen}
     try:
         check_values(overrides)
     except FieldError as exc:
-        given = {ALIASES.get(n, n): n for n in seen}
         raise FieldError(given.get(exc.field or "", exc.field), str(exc)) from None
+    if stream and overrides.get("loudness") is not None:
+        raise FieldError(
+            given["loudness"], "loudness needs the whole output, so a streamed answer cannot have it: leave out stream=true"
+        )
     return ConvertOptions(voice, overrides, f0, fmt, subtype, stream)
 
 
@@ -160,6 +164,7 @@ _JSON_TYPES = {
     "bool": {"type": "boolean"},
     "optional-int": {"type": "integer", "nullable": True},
     "optional-number": {"type": "number", "nullable": True},
+    "loudness": {"type": "string", "nullable": True, "example": "match"},
     "pair": {"type": "string", "example": "1.0,1.2"},
     "mapping": {"type": "string", "example": '{"reverb": {"room_size": 0.3}}'},
 }

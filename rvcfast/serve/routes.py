@@ -161,8 +161,10 @@ def _prepared(engine: Engine, path: Path, params: ConversionParams, limit: float
     return prep
 
 
-async def _convert_whole(state: ServerState, work: _Work) -> tuple[np.ndarray, int, dict[str, float], str | None]:
-    """Audio, rate, timings and error of a whole-file conversion.
+async def _convert_whole(
+    state: ServerState, work: _Work
+) -> tuple[np.ndarray, int, dict[str, float], str | None, list[str]]:
+    """Audio, rate, timings, error and warnings of a whole-file conversion.
 
     Cancelling it (the client left) drops a one-shot conversion that has not started, stops
     a running one at its next model batch (unless it shares the call with other requests)
@@ -172,6 +174,7 @@ async def _convert_whole(state: ServerState, work: _Work) -> tuple[np.ndarray, i
 
     assert state.scheduler is not None
     failed = np.zeros(0, np.float32), work.engine.sample_rate
+    notes = list(work.prep.warnings)
     if len(work.prep.segments) <= 1:
         future = state.scheduler.submit(work.engine, work.prep, work.params, work.f0)
         try:
@@ -180,8 +183,8 @@ async def _convert_whole(state: ServerState, work: _Work) -> tuple[np.ndarray, i
             state.scheduler.give_up(future)
             raise
         except Exception as exc:  # noqa: BLE001 - the model call failed for this request alone
-            return *failed, {}, f"{type(exc).__name__}: {exc}"
-        return res.audio, res.sample_rate, res.timings, res.error
+            return *failed, {}, f"{type(exc).__name__}: {exc}", notes
+        return res.audio, res.sample_rate, res.timings, res.error, res.warnings
     # a long input: one segment per turn of the model worker, finished as Engine.run finishes it
     timings: dict[str, float] = {}
     t_queue = time.perf_counter()
@@ -190,13 +193,15 @@ async def _convert_whole(state: ServerState, work: _Work) -> tuple[np.ndarray, i
         async for piece in state.steps(work.engine.stream(work.prep, work.params, f0=work.f0, raw=True, timings=timings, pauses=True)):
             pieces.append(piece)
     except Exception as exc:  # noqa: BLE001 - reported as this request's failure
-        return *failed, timings, f"{type(exc).__name__}: {exc}"
+        return *failed, timings, f"{type(exc).__name__}: {exc}", notes
     # waiting for the model worker: before the first segment and between segments (other requests' turns)
     timings["queue"] = max(0.0, time.perf_counter() - t_queue - sum(timings.values()))
     t0 = time.perf_counter()
-    audio, rate = await _counted(state, "convert", state.in_pool(finish, pieces, work.prep, work.engine.sample_rate, work.params))
+    audio, rate = await _counted(
+        state, "convert", state.in_pool(finish, pieces, work.prep, work.engine.sample_rate, work.params, notes)
+    )
     timings["post"] = timings.get("post", 0.0) + time.perf_counter() - t0
-    return audio, rate, timings, None
+    return audio, rate, timings, None, notes
 
 
 def _headers(timings: dict[str, float], warnings: list[str], intake: Intake) -> dict[str, str]:
@@ -251,7 +256,7 @@ async def _convert_input(state: ServerState, intake: Intake, t_start: float) -> 
         intake.cleanup()
     if options.stream:
         return await _stream(state, work, intake, t_start)
-    audio, rate, timings, error = await _convert_whole(state, work)
+    audio, rate, timings, error, warnings = await _convert_whole(state, work)
     if error is not None:
         state.metrics.inc("rvcfast_conversion_failures_total", stage="convert")
         return error_response(500, state._hide_paths(intake.hide(error)))
@@ -261,7 +266,7 @@ async def _convert_input(state: ServerState, intake: Intake, t_start: float) -> 
     state.metrics.add_stages(timings)
     state.metrics.inc("rvcfast_audio_seconds_total", work.prep.seconds)
     timings["total"] = time.perf_counter() - t_start
-    headers = _headers(timings, work.prep.warnings, intake)
+    headers = _headers(timings, warnings, intake)
     headers["X-Rvcfast-Sample-Rate"] = str(rate)
     return Response(body, media_type=MEDIA_TYPES[options.format], headers=headers)
 
@@ -360,7 +365,9 @@ async def _run_job(state: ServerState, job: Job, engine: Engine, params: Convers
                 job.progress = 0.95 * done / max(1, job.segments)
         t0 = time.perf_counter()
         audio = np.memmap(raw_path, dtype=np.float32, mode="r+") if raw_path.stat().st_size else np.zeros(0, np.float32)
-        out, rate = await _to_the_end(state, finish, audio, prep, engine.sample_rate, params)
+        notes: list[str] = []
+        out, rate = await _to_the_end(state, finish, audio, prep, engine.sample_rate, params, notes)
+        job.warnings += [w.replace(str(source), job.input_name) for w in notes]
         del audio, prep
         await _to_the_end(state, write_audio_atomic, out_path, out, rate, format=job.format, subtype=job.subtype)
         job.timings["post"] = job.timings.get("post", 0.0) + time.perf_counter() - t0

@@ -1,0 +1,73 @@
+"""Loudness normalisation of the output (the ``loudness`` parameter).
+
+Converted voices often come out quieter or louder than their input (RVC WebUI #40, #956,
+#1139); ``rms_mix_rate`` follows the input's envelope, this sets the overall level.
+Loudness is the integrated, gated loudness of ITU-R BS.1770-4 (K-weighting, 400 ms blocks,
+absolute gate at -70 LUFS, relative gate 10 LU below), measured with pyloudnorm, in LUFS.
+
+* ``loudness="match"``: the output gets the input's loudness.
+* ``loudness=-14.0`` (any value in :data:`LOUDNESS_RANGE`): the output gets that loudness.
+
+A gain alone does it (no compression), and the output peak guard (0.99) still holds after
+it: where the target needs a higher peak, the output is as loud as the peak allows and a
+warning says so. Audio shorter than one 400 ms block, or silent (below the absolute gate),
+has no measurable loudness and is left as it is, with a warning.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+
+from .constants import OUTPUT_PEAK
+
+__all__ = ["LOUDNESS_RANGE", "MATCH", "integrated_loudness", "normalize_loudness"]
+
+#: Loudness targets accepted, in LUFS (-70 is BS.1770's absolute gate).
+LOUDNESS_RANGE = (-70.0, 0.0)
+
+#: The ``loudness`` value that gives the output its input's loudness.
+MATCH = "match"
+
+_BLOCK_SECONDS = 0.4  # BS.1770's gating block
+
+
+def integrated_loudness(audio: np.ndarray, rate: int) -> float | None:
+    """The integrated loudness of mono ``audio`` in LUFS; ``-inf`` when it is silent (every
+    block below the -70 LUFS gate), ``None`` when it is shorter than one 400 ms block."""
+    import pyloudnorm
+
+    x = np.asarray(audio, dtype=np.float64)
+    if x.ndim != 1:
+        raise ValueError(f"integrated_loudness expects mono audio (1-D), got shape {x.shape}")
+    if x.shape[0] <= int(round(_BLOCK_SECONDS * rate)):
+        return None
+    return float(pyloudnorm.Meter(int(rate)).integrated_loudness(x))
+
+
+def normalize_loudness(
+    audio: np.ndarray, rate: int, target: float, label: str | None = None
+) -> tuple[np.ndarray, list[str]]:
+    """``audio`` (float32, mono) scaled to the loudness ``target`` in LUFS, and warnings.
+
+    The peak guard applies after the gain: the peak never exceeds 0.99. Audio whose
+    loudness cannot be measured (too short, silent) comes back unchanged with a warning.
+    """
+    who = f"{label}: " if label else ""
+    out = np.asarray(audio, dtype=np.float32)
+    measured = integrated_loudness(out, rate)
+    if measured is None or not math.isfinite(measured):
+        why = "shorter than 0.4 s" if measured is None else "silent"
+        return out, [f"{who}loudness not normalised: the output is {why}, its loudness cannot be measured"]
+    gain = 10.0 ** ((float(target) - measured) / 20.0)
+    peak = float(np.abs(out).max()) * gain
+    warnings: list[str] = []
+    if peak > OUTPUT_PEAK:
+        gain *= OUTPUT_PEAK / peak
+        reached = measured + 20.0 * math.log10(gain)
+        warnings.append(
+            f"{who}loudness {target:.1f} LUFS would need a peak of {20 * math.log10(peak):+.1f} dBFS: "
+            f"the output is {reached:.1f} LUFS, as loud as the 0.99 peak limit allows"
+        )
+    return (out * np.float32(gain)).astype(np.float32, copy=False), warnings
