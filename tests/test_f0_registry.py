@@ -270,3 +270,18 @@ def test_plugin_in_a_hybrid(example_plugin):
     h = get_f0_extractor("hybrid[example-autocorr+dio+pm]")
     f0 = h.extract(sine(200.0))
     assert np.median(f0[f0 > 0]) == pytest.approx(200.0, rel=0.01)
+
+
+def test_integer_pcm_is_scaled_like_decoded_audio(golden) -> None:
+    """``extract(int16)`` is the same audio as the floats ``rvcfast.audio`` decodes it to (it was fed
+    to the networks as ±32768: RMVPE agreed with the float input on about half the frames)."""
+    from rvcfast.errors import AudioError
+
+    ext = get_f0_extractor("rmvpe", weights=golden / "models" / "rmvpe_reduced.pt")
+    t = np.arange(16000) / 16000
+    pcm = np.round(0.4 * np.sin(2 * np.pi * 220 * t) * 32767).astype(np.int16)
+    np.testing.assert_array_equal(ext.extract(pcm), ext.extract((pcm / 32768.0).astype(np.float32)))
+    unsigned = (pcm.astype(np.int32) // 256 + 128).astype(np.uint8)  # 8-bit WAV PCM: centred on 128
+    np.testing.assert_array_equal(ext.extract(unsigned), ext.extract(((unsigned - 128.0) / 128).astype(np.float32)))
+    with pytest.raises(AudioError, match="numeric audio"):
+        ext.extract(np.zeros(1600, dtype=bool))

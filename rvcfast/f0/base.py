@@ -69,14 +69,19 @@ def package_dir(name: str) -> Path | None:
 
 
 def as_audio16k(audio: Any) -> np.ndarray:
-    """Validate one input of ``extract`` and return it as a 1-D float array (dtype kept if float)."""
+    """Validate one input of ``extract`` and return it as a 1-D float array (dtype kept if float;
+    integer PCM scaled to ±1, as :mod:`rvcfast.audio` reads it)."""
     if isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu().numpy()
     arr = np.asarray(audio)
     if arr.ndim != 1:
         raise AudioError(None, f"F0 extraction expects 1-D mono audio at 16 kHz, got shape {arr.shape}")
-    if not np.issubdtype(arr.dtype, np.floating):
-        arr = arr.astype(np.float32)
+    if np.issubdtype(arr.dtype, np.integer):  # PCM: to ±1 as rvcfast.audio reads it (unsigned PCM centred)
+        info = np.iinfo(arr.dtype)
+        half = float(2 ** (info.bits - 1))
+        arr = ((arr.astype(np.float64) - (half if info.min == 0 else 0.0)) / half).astype(np.float32)
+    elif np.issubdtype(arr.dtype, np.bool_) or not np.issubdtype(arr.dtype, np.floating):
+        raise AudioError(None, f"F0 extraction expects numeric audio samples, got dtype {arr.dtype}")
     if arr.size and not np.isfinite(arr).all():
         raise AudioError(None, "audio contains NaN or Inf samples")
     return arr
