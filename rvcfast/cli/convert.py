@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ._common import (
+    PROG,
     HelpFormatter,
     UsageError,
     add_conversion_options,
@@ -24,6 +25,7 @@ from ._common import (
     report_failures,
     report_warnings,
 )
+from .batch_options import BatchReport, add_batch_options, batch_options, check_not_on_ray, check_report_path
 from .scale import add_scale_options, planned_inputs
 
 
@@ -49,16 +51,8 @@ def _describe_load(conv: Any, args: argparse.Namespace, seconds: float, threads:
     )
 
 
-def cmd_convert(args: argparse.Namespace) -> int:
-    """Convert files or folders to the voice of MODEL and write them to OUT."""
-    if args.compute_workers is not None and args.compute_workers < 1:
-        raise UsageError(f"--compute-workers must be at least 1, got {args.compute_workers}")
-    if args.ray is not None:  # the same job on a Ray cluster
-        from .scale import cmd_convert_ray
-
-        if args.compute_workers is not None:
-            raise UsageError("--compute-workers is for local runs; on Ray, --workers sets the number of model workers")
-        return cmd_convert_ray(args)
+def _check_local(args: argparse.Namespace) -> None:
+    """A usage error for the options of --ray runs on a local run."""
     ray_only = [flag for flag, given in (
         ("--workers", args.workers is not None), ("--gpus-per-worker", bool(args.gpus_per_worker)),
         ("--manifest", args.manifest is not None),
@@ -68,21 +62,81 @@ def cmd_convert(args: argparse.Namespace) -> int:
             f"{' and '.join(ray_only)} {'is' if len(ray_only) == 1 else 'are'} for --ray runs"
             " (locally, --compute-workers sets the files converted side by side)"
         )
-    from ..api import Converter
-    from ..batch import BatchSummary
-    from ..progress import BatchProgress
-
     if args.batch_seconds is not None and not args.batch_seconds > 0:
         raise UsageError(f"--batch-seconds must be positive, got {args.batch_seconds}")
-    target = Path(args.output)
-    check_output_dir(target)
-    inputs = planned_inputs(args)  # what the batch below converts (it expands the folders itself)
-    params = params_from_args(args)
-    check_params(params)  # a bad value is a usage error, found before loading anything
+
+
+def _run(conv: Any, args: argparse.Namespace, inputs: list[Path], batch: dict[str, Any], report: BatchReport) -> int:
+    """The batch itself: progress, summary, warnings, failures; the exit status."""
+    from ..batch import BatchSummary
+    from ..errors import ParameterError, RvcfastError
+    from ..progress import BatchProgress
+
+    expected = {str(p): _audio_seconds(p) for p in inputs}
+    summary = BatchSummary()
+    failures: list[str] = []
+    warnings: list[str] = []
+    bar = BatchProgress(len(inputs), sum(expected.values()), enabled=not args.quiet)
+    start = time.perf_counter()
+    not_reached = 0
+    try:
+        for res in conv.iter_batch(
+            list(args.inputs), Path(args.output), format=args.format, subtype=args.subtype, recursive=args.recursive,
+            skip_existing=args.skip_existing, batch_seconds=args.batch_seconds,
+            compute_workers=args.compute_workers, **batch, **params_from_args(args),
+        ):
+            summary.add(res)
+            report.add(res)
+            warnings.extend(res.warnings)
+            if res.error is not None:
+                reason = " ".join(res.error.split())
+                failures.append(reason if res.source and res.source in reason else f"{res.source}: {reason}")
+            bar.update(res, expected_seconds=expected.get(res.source or "", 0.0))
+    except RvcfastError as exc:  # --on-error stop: the files before the failed one are written
+        if batch["on_error"] != "stop" or isinstance(exc, ParameterError) or report.stopped(str(exc)) is None:
+            raise  # not a file's failure: the command ends with it (status 1), and no report
+        summary.files += 1
+        summary.failed += 1
+        failures.append(" ".join(str(exc).split()))  # it names its file
+        not_reached = len(inputs) - summary.files
+    finally:
+        bar.close()
+    summary.wall_seconds = time.perf_counter() - start
+    report.write()
+    if not args.quiet:
+        out(summary.table())
+    report_warnings(warnings)
+    status = report_failures(failures, len(inputs))
+    if not_reached:
+        print(f"{PROG}: {not_reached} file(s) after it not converted (--on-error stop)", file=sys.stderr)
+    return status
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    """Convert files or folders to the voice of MODEL and write them to OUT."""
+    if args.compute_workers is not None and args.compute_workers < 1:
+        raise UsageError(f"--compute-workers must be at least 1, got {args.compute_workers}")
+    if args.ray is not None:  # the same job on a Ray cluster
+        from .scale import cmd_convert_ray
+
+        if args.compute_workers is not None:
+            raise UsageError("--compute-workers is for local runs; on Ray, --workers sets the number of model workers")
+        check_not_on_ray(args)
+        return cmd_convert_ray(args)
+    _check_local(args)
+    batch = batch_options(args)  # bad batch options: usage errors, before anything is read or loaded
+    report_path = check_report_path(args.report)
+    from ..api import Converter
+
+    check_output_dir(Path(args.output))
+    inputs = planned_inputs(args, batch["name_template"])  # what the batch below converts (it expands the folders itself)
+    check_params(params_from_args(args))  # a bad value is a usage error, found before loading anything
     check_f0_name("--f0", args.f0)
     # then a missing file (status 1), named now rather than after loading the models
     check_model_files(args.model, args.index)
     check_inputs_exist(args.inputs)
+    report = BatchReport(report_path, [str(p) for p in inputs])
+    report.check_writable()
     t0 = time.perf_counter()
     conv = Converter.from_pretrained(
         args.model, index=args.index, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights,
@@ -96,31 +150,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         requested = compute_workers(conv.engine, BatchOptions(compute_workers=args.compute_workers))
         workers = usable_workers(requested, len(inputs), conv.device.type)
         print(_describe_load(conv, args, time.perf_counter() - t0, threads, workers), file=sys.stderr)
-    expected = {str(p): _audio_seconds(p) for p in inputs}
-    summary = BatchSummary()
-    failures: list[str] = []
-    warnings: list[str] = []
-    bar = BatchProgress(len(inputs), sum(expected.values()), enabled=not args.quiet)
-    start = time.perf_counter()
-    try:
-        for res in conv.iter_batch(
-            list(args.inputs), target, format=args.format, subtype=args.subtype, recursive=args.recursive,
-            skip_existing=args.skip_existing, batch_seconds=args.batch_seconds,
-            compute_workers=args.compute_workers, **params,
-        ):
-            summary.add(res)
-            warnings.extend(res.warnings)
-            if res.error is not None:
-                reason = " ".join(res.error.split())
-                failures.append(reason if res.source and res.source in reason else f"{res.source}: {reason}")
-            bar.update(res, expected_seconds=expected.get(res.source or "", 0.0))
-    finally:
-        bar.close()
-    summary.wall_seconds = time.perf_counter() - start
-    if not args.quiet:
-        out(summary.table())
-    report_warnings(warnings)
-    return report_failures(failures, len(inputs))
+    return _run(conv, args, inputs, batch, report)
 
 
 def add_parser(sub: Any) -> None:
@@ -131,10 +161,11 @@ def add_parser(sub: Any) -> None:
             "Convert audio files (or every audio file in folders) to the voice of MODEL, an RVC/Applio\n"
             "voice model (.pth), and write one output per input into OUT. Files are batched together and\n"
             "decoding/writing overlap the model work. A file that fails is reported by name with its\n"
-            "reason and the others carry on; the exit status is then 1. An INPUT (or MODEL, --index)\n"
-            "that does not exist stops the run at once, before anything is loaded (status 1). Damaged\n"
-            "or odd inputs (a truncated file, clipping...) are listed as warnings; --strict makes them\n"
-            "failures."
+            "reason and the others carry on (--on-error stop: nothing after it is written); the exit\n"
+            "status is then 1. --report writes one JSON line per input when the batch ends. An INPUT\n"
+            "(or MODEL, --index) that does not exist stops the run at once, before anything is loaded\n"
+            "(status 1); audio is not read from standard input ('-'). Damaged or odd inputs (a\n"
+            "truncated file, clipping...) are listed as warnings; --strict makes them failures."
         ),
         epilog=(
             "examples:\n"
@@ -142,7 +173,7 @@ def add_parser(sub: Any) -> None:
             "  rvcfast convert voice.pth vocals/ -o out/ --index voice.index --pitch 12 --format flac\n"
             "  rvcfast convert voice.pth takes/ -o out/ --recursive --skip-existing --f0 crepe\n"
             "  rvcfast convert voice.pth a.wav -o out/ --encoder hubert_base.pt --f0-weights rmvpe.pt\n"
-            "  rvcfast convert voice.pth a.m4a -o out/ --autotune 0.8 --effect reverb:room_size=0.3 --clean 0.5\n"
+            "  rvcfast convert voice.pth a.m4a -o out/ --autotune 0.8 --effect reverb:room_size=0.3 --clean 0.5\n"            "  rvcfast convert voice.pth speakers/ -o out/ --recursive --name-template '{parent}/{stem}' --report run.jsonl\n"
             "\n"
             "Base weights (hubert_base.pt, rmvpe.pt) are found in $RVCFAST_HOME or the user cache;\n"
             "get them with `rvcfast download`, or pass --download to fetch missing ones."
@@ -166,6 +197,7 @@ def add_parser(sub: Any) -> None:
     o.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
     o.add_argument("--skip-existing", action="store_true", help="skip inputs whose output already exists (resume a batch)")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress or summary; failures are still reported")
+    add_batch_options(p.add_argument_group("batch (local runs)"))
     r = p.add_argument_group("runtime")
     add_device_options(r)
     r.add_argument("--batch-seconds", type=float, metavar="S", default=None, help="seconds of audio batched through the models together (default: 8 on CPU, 120 on GPU)")

@@ -29,21 +29,29 @@ from ._common import (
 __all__ = ["add_scale_options", "cmd_convert_ray", "planned_inputs"]
 
 
-def planned_inputs(args: argparse.Namespace) -> list[Path]:
+def planned_inputs(args: argparse.Namespace, name_template: str = "{stem}") -> list[Path]:
     """The files ``rvcfast convert`` will convert, for its counts and progress.
 
     Expanded as the batch itself expands ``args.inputs`` (:func:`rvcfast.batch.expand_inputs`
     with the output folder, format and ``--skip-existing``), so the folders themselves go to
     the batch: only there do the rules for folders apply (an in-place batch resumed with
     ``--skip-existing`` leaves out its earlier ``*_rvc`` outputs; an output folder inside a
-    ``--recursive`` input folder is not read as input).
+    ``--recursive`` input folder is not read as input). The outputs are named with
+    ``name_template`` as the batch names them, so a template that puts an output outside the
+    output folder (through a symlink) is a usage error here, before anything is loaded.
     """
     from ..batch import BatchOptions, expand_inputs
+    from ..errors import ParameterError
 
     options = BatchOptions(
-        out_dir=args.output, format=args.format, skip_existing=args.skip_existing, recursive=args.recursive
+        out_dir=args.output, format=args.format, skip_existing=args.skip_existing, recursive=args.recursive,
+        name_template=name_template,
     )
-    files = [j.path for j in expand_inputs(list(args.inputs), options) if j.path is not None]
+    try:
+        jobs = expand_inputs(list(args.inputs), options)
+    except ParameterError as exc:
+        raise UsageError(f"--name-template: {exc}" if "name_template" in str(exc) else str(exc)) from None
+    files = [j.path for j in jobs if j.path is not None]
     if not files:
         raise UsageError(f"no audio files found in {', '.join(args.inputs)}" + ("" if args.recursive else " (use --recursive for sub-folders)"))
     return files

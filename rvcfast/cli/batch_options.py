@@ -1,0 +1,183 @@
+"""``rvcfast convert``'s batch options: output names, errors, worker pools and ``--report``.
+
+Each option maps to a :class:`rvcfast.batch.BatchOptions` field (``--name-template`` to
+``name_template``, ``--on-error`` to ``on_error``, ``--decode-workers``, ``--write-workers``,
+``--f0-workers``); ``keep_audio`` has no option: the command line writes every output and
+never uses a Result's audio. Every value is checked here, before any model is loaded (a bad
+one is a usage error, status 2). A Ray job (``--ray``) names its outputs ``{stem}``, carries
+on past a failed file and decodes in its own tasks, so an option asking for anything else
+is refused with ``--ray``, as is ``--report`` (the job's manifest is its report).
+
+``--report FILE.jsonl`` is written once, atomically (:func:`rvcfast.atomic.atomic_write`),
+when the batch ends: one JSON object per input, in input order. A run that is
+killed or interrupted leaves no new report (an older file at that path stays as it was), so
+a report never names an output the run did not write.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+from ..errors import ParameterError
+from ._common import UsageError
+
+__all__ = ["add_batch_options", "batch_options", "check_not_on_ray", "BatchReport", "check_report_path"]
+
+_WORKERS = (("--decode-workers", "decode_workers"), ("--write-workers", "write_workers"), ("--f0-workers", "f0_workers"))
+
+
+def add_batch_options(p: argparse.ArgumentParser | Any) -> None:
+    """The options of ``rvcfast convert`` for :class:`~rvcfast.batch.BatchOptions` fields the
+    other groups leave out, and ``--report``; defaults are ``None`` so that a ``--ray`` run can
+    tell a given option from a default (the library's defaults are filled in by
+    :func:`batch_options`)."""
+    p.add_argument(
+        "--name-template", metavar="TEMPLATE", default=None,
+        help="output names: {stem} (input name), {parent} (its folder's name), {index} (its position), {ext}; "
+        "e.g. '{parent}/{stem}' or '{index:03d}_{stem}'; subfolders are created inside OUT (default: {stem})",
+    )
+    p.add_argument(
+        "--on-error", choices=["continue", "stop"], default=None,
+        help="continue: a failed file is reported and the others carry on; stop: the files before a failed "
+        "one are written, nothing after it (default: continue)",
+    )
+    p.add_argument("--decode-workers", type=int, metavar="N", default=None, help="threads decoding upcoming files (default: 2)")
+    p.add_argument("--write-workers", type=int, metavar="N", default=None, help="threads encoding and writing outputs (default: 1)")
+    p.add_argument(
+        "--f0-workers", type=int, metavar="N", default=None,
+        help="processes for CPU-bound F0 backends: harvest, dio, pm (default: 2)",
+    )
+    p.add_argument(
+        "--report", metavar="FILE.jsonl", default=None,
+        help="write one JSON line per input (source, output_path, ok, skipped, error, warnings, "
+        "input_seconds, duration, timings) when the batch ends; a killed run writes none",
+    )
+
+
+def batch_options(args: argparse.Namespace) -> dict[str, Any]:
+    """The batch keyword arguments of ``Converter.iter_batch`` given on the command line, with the
+    library's defaults for those not given; a usage error naming the option for a bad value."""
+    from ..batch import BatchOptions
+    from ..batch_inputs import check_name_template
+
+    defaults = BatchOptions()
+    values: dict[str, Any] = {
+        "name_template": defaults.name_template if args.name_template is None else args.name_template,
+        "on_error": args.on_error or defaults.on_error,
+    }
+    for flag, name in _WORKERS:
+        given = getattr(args, name)
+        if given is not None and given < 1:
+            raise UsageError(f"{flag} must be at least 1, got {given}")
+        values[name] = getattr(defaults, name) if given is None else given
+    try:
+        check_name_template(values["name_template"])
+    except ParameterError as exc:
+        raise UsageError(f"--name-template: {exc}") from None
+    return values
+
+
+def check_not_on_ray(args: argparse.Namespace) -> None:
+    """A usage error for the options a Ray job cannot honour: another output name than
+    ``{stem}``, stopping at a failed file, the local worker pools, and ``--report`` (the job
+    writes its manifest instead)."""
+    refused = [flag for flag, given in (
+        ("--name-template", args.name_template not in (None, "{stem}")),
+        ("--on-error stop", args.on_error == "stop"),
+        *((flag, getattr(args, name) is not None) for flag, name in _WORKERS),
+        ("--report", args.report is not None),
+    ) if given]
+    if refused:
+        raise UsageError(
+            f"{' and '.join(refused)} {'is' if len(refused) == 1 else 'are'} for local runs: a --ray job names outputs "
+            "{stem}, carries on past a failed file, decodes in its own tasks and writes its rows to --manifest"
+        )
+
+
+def check_report_path(report: str | None) -> Path | None:
+    """The ``--report`` file, checked before anything is loaded: a ``.jsonl`` name, not a
+    folder, in a folder that exists or can be created (a usage error otherwise)."""
+    if report is None:
+        return None
+    path = Path(report)
+    if path.suffix.lower() != ".jsonl":
+        raise UsageError(f"--report names a .jsonl file (one JSON object per line), got {report!r}")
+    if path.is_dir():
+        raise UsageError(f"--report {report} is a folder, not a file")
+    for folder in (path.parent, *path.parent.parents):  # the nearest part of the path that exists
+        if folder.exists():
+            if not folder.is_dir():
+                raise UsageError(f"--report {report} cannot be written: {folder} is a file, not a folder")
+            break
+    return path
+
+
+def _line(source: str | None, **fields: Any) -> dict[str, Any]:
+    row: dict[str, Any] = {
+        "source": source, "output_path": None, "ok": False, "skipped": False, "error": None,
+        "warnings": [], "input_seconds": 0.0, "duration": 0.0, "timings": {},
+    }
+    row.update(fields)
+    return row
+
+
+class BatchReport:
+    """The lines of ``--report``: one per input, added as results arrive, written at the end in input order."""
+
+    def __init__(self, path: Path | None, planned: list[str]) -> None:
+        self.path = path
+        self.planned = planned  # every input, in order: those without a result are named at the end
+        self.rows: list[dict[str, Any]] = []
+        self.reported: set[str] = set()
+
+    def check_writable(self) -> None:
+        """Create the report's folder and a temporary file in it (removed at once): a report that
+        cannot be written is a usage error now, not after the whole batch."""
+        if self.path is None:
+            return
+        from ..atomic import new_temporary
+
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            new_temporary(self.path).unlink()  # the report is written as a temporary file renamed over it
+        except OSError as exc:
+            raise UsageError(f"--report {self.path} cannot be written: {exc.strerror or exc}") from None
+
+    def add(self, res: Any) -> None:
+        """One finished input (a :class:`~rvcfast.result.Result`)."""
+        self.reported.add(res.source or "")
+        self.rows.append(_line(
+            res.source, output_path=res.output_path, ok=res.ok, skipped=res.skipped, error=res.error,
+            warnings=list(res.warnings), input_seconds=res.input_seconds, duration=res.duration, timings=dict(res.timings),
+        ))
+
+    def stopped(self, error: str) -> str | None:
+        """``--on-error stop`` ended the batch with ``error``, which names the failed input: that
+        input gets a line with it, every input not reached one saying so. Returns the failed
+        input's name; ``None`` (and no lines) when ``error`` names no input without a result:
+        it did not come from a file, and the caller lets it end the command."""
+        left = [s for s in self.planned if s not in self.reported]
+        named = [s for s in left if s in error]
+        if not named:
+            return None
+        failed = max(named, key=len)  # the longest name that fits: `a.wav` is in `a.wav.flac` too
+        for source in left:
+            reason = error if source == failed else f"not converted: the batch stopped at {failed} (--on-error stop)"
+            self.rows.append(_line(source, error=reason))
+        self.reported.update(left)
+        return failed
+
+    def write(self) -> None:
+        """Write the report (atomically: the file appears whole, or an older one stays)."""
+        if self.path is None:
+            return
+        from ..atomic import atomic_write
+
+        order = {source: k for k, source in enumerate(self.planned)}
+        rows = sorted(self.rows, key=lambda row: order.get(row["source"], len(order)))  # input order
+        text = "".join(json.dumps(row) + "\n" for row in rows)  # ASCII: any file name round-trips
+        with atomic_write(self.path) as tmp:
+            tmp.write_text(text, encoding="ascii")

@@ -1,0 +1,263 @@
+"""``rvcfast convert``'s batch options (``--name-template``, ``--on-error``, the worker counts)
+and ``--report``: the names written, a batch that stops at a bad file, a report whose lines
+are the files on disk, bad values refused before any model is loaded. Tiny random models
+(``tests/helpers.py``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import soundfile as sf
+from helpers import one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
+
+import rvcfast.api
+import rvcfast.f0.registry
+from rvcfast.cli import main
+
+
+def _wav(folder: Path, name: str = "in.wav", seconds: float = 0.4) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    sf.write(path, tone(seconds, 16000, freq=180.0), 16000)
+    return path
+
+
+def _broken(folder: Path, name: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_bytes(b"this is no audio at all" * 20)
+    return path
+
+
+def _weights(tiny_models) -> list[str]:
+    return ["--encoder", str(tiny_models.encoder), "--f0-weights", str(tiny_models.rmvpe), "--device", "cpu", "-q"]
+
+
+def _files(folder: Path) -> set[str]:
+    return {p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file()}
+
+
+def _lines(report: Path) -> list[dict]:
+    return [json.loads(line) for line in report.read_text(encoding="ascii").splitlines()]
+
+
+@pytest.fixture
+def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a model fails the test: the mistake must be found before."""
+
+    def refuse(*args, **kwargs):
+        pytest.fail("a model was loaded before the command line checked its arguments")
+
+    monkeypatch.setattr(rvcfast.api.Converter, "from_pretrained", refuse)
+    monkeypatch.setattr(rvcfast.f0.registry, "build_f0_extractor", refuse)
+
+
+# ------------------------------------------------------------------ --name-template
+
+
+def test_name_template_keeps_repeated_stems_apart_by_folder(tiny_models, tmp_path, capsys):
+    a, b = _wav(tmp_path / "alice", "take.wav"), _wav(tmp_path / "bob", "take.wav")
+    out = tmp_path / "out"
+    head = ["convert", str(tiny_models.voice), str(a), str(b), *_weights(tiny_models)]
+    assert main([*head, "-o", str(out), "--name-template", "{parent}/{stem}"]) == 0
+    assert _files(out) == {"alice/take.wav", "bob/take.wav"}
+    assert sf.info(str(out / "bob" / "take.wav")).samplerate == 40000
+    # the default names them by input order instead: which one is take_1 depends on the others
+    plain = tmp_path / "plain"
+    assert main([*head, "-o", str(plain)]) == 0
+    assert _files(plain) == {"take.wav", "take_1.wav"}
+
+
+def test_name_template_with_index_and_format(tiny_models, tmp_path):
+    a, b = _wav(tmp_path / "in", "a.wav"), _wav(tmp_path / "in", "b.wav")
+    out = tmp_path / "out"
+    argv = ["convert", str(tiny_models.voice), str(b), str(a), "-o", str(out), "--name-template", "{index:03d}_{stem}.{ext}"]
+    assert main([*argv, "--format", "flac", *_weights(tiny_models)]) == 0
+    assert _files(out) == {"000_b.flac.flac", "001_a.flac.flac"}
+
+
+# ------------------------------------------------------------------ --on-error
+
+
+def test_on_error_stop_writes_the_files_before_the_bad_one_and_none_after(tiny_models, tmp_path, capsys):
+    src = tmp_path / "in"
+    _wav(src, "a.wav"), _broken(src, "b.wav"), _wav(src, "c.wav")
+    out, report = tmp_path / "out", tmp_path / "report.jsonl"
+    argv = ["convert", str(tiny_models.voice), str(src), "-o", str(out), "--report", str(report), *_weights(tiny_models)]
+    assert main([*argv, "--on-error", "stop"]) == 1
+    err = capsys.readouterr().err
+    assert _files(out) == {"a.wav"}
+    lines = [line.strip() for line in err.splitlines()]
+    assert lines[-3] == "rvcfast: 1 of 3 file(s) failed:"
+    assert lines[-2].startswith(f"{src / 'b.wav'}: cannot decode audio")
+    assert lines[-1] == "rvcfast: 1 file(s) after it not converted (--on-error stop)"
+    rows = _lines(report)
+    assert [r["source"] for r in rows] == [str(src / n) for n in ("a.wav", "b.wav", "c.wav")]
+    assert [r["ok"] for r in rows] == [True, False, False]
+    assert rows[0]["output_path"] == str(out / "a.wav") and rows[1]["output_path"] is None and rows[2]["output_path"] is None
+    assert str(src / "b.wav") in rows[1]["error"]
+    assert rows[2]["error"] == f"not converted: the batch stopped at {src / 'b.wav'} (--on-error stop)"
+    # continue (the default) converts the file after it too
+    assert main([*argv, "--on-error", "continue"]) == 1
+    assert _files(out) == {"a.wav", "c.wav"}
+    assert [r["ok"] for r in _lines(report)] == [True, False, True]
+
+
+def test_on_error_stop_lets_an_error_of_no_file_end_the_command(tiny_models, tmp_path, monkeypatch, capsys):
+    """An error that names no input (here: raised before any file) is not pinned on a file:
+    the command ends with it, as without --on-error stop, and writes no report."""
+    from rvcfast.errors import RvcfastError
+
+    def broken(self, *args, **kwargs):
+        raise RvcfastError("the F0 worker pool could not start")
+        yield
+
+    monkeypatch.setattr(rvcfast.api.Converter, "iter_batch", broken)
+    wav, report = _wav(tmp_path / "in"), tmp_path / "report.jsonl"
+    argv = ["convert", str(tiny_models.voice), str(wav), "-o", str(tmp_path / "out"), "--report", str(report)]
+    assert main([*argv, "--on-error", "stop", *_weights(tiny_models)]) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines()[-1] == "rvcfast: error: the F0 worker pool could not start"
+    assert not report.exists()
+
+
+# ------------------------------------------------------------------ --report
+
+
+def test_report_lines_are_the_files_on_disk(tiny_models, tmp_path):
+    src = tmp_path / "in"
+    _wav(src, "a.wav", 0.4), _wav(src, "b.wav", 0.8), _broken(src, "bad.wav")
+    out, report = tmp_path / "out", tmp_path / "logs" / "run.jsonl"
+    argv = ["convert", str(tiny_models.voice), str(src), "-o", str(out), "--report", str(report), *_weights(tiny_models)]
+    assert main(argv) == 1
+    rows = {r["source"]: r for r in _lines(report)}
+    assert set(rows) == {str(src / n) for n in ("a.wav", "b.wav", "bad.wav")}
+    written = {r["output_path"] for r in rows.values() if r["ok"]}
+    assert written == {str(p) for p in out.iterdir()} == {str(out / "a.wav"), str(out / "b.wav")}
+    for name, seconds in (("a.wav", 0.4), ("b.wav", 0.8)):
+        row = rows[str(src / name)]
+        assert row["error"] is None and row["skipped"] is False and row["warnings"] == []
+        assert row["input_seconds"] == pytest.approx(seconds)
+        assert row["duration"] == pytest.approx(sf.info(row["output_path"]).duration)
+        assert {"decode", "synth", "write"} <= set(row["timings"])
+    bad = rows[str(src / "bad.wav")]
+    assert bad["ok"] is False and bad["output_path"] is None and str(src / "bad.wav") in bad["error"]
+    # a resumed run reports the existing outputs as skipped, and replaces the report
+    assert main([*argv, "--skip-existing"]) == 1
+    again = {r["source"]: r for r in _lines(report)}
+    assert again[str(src / "a.wav")]["skipped"] is True and again[str(src / "a.wav")]["output_path"] == str(out / "a.wav")
+    assert len(again) == 3 and not [p for p in report.parent.iterdir() if p != report]  # no temporary file left
+
+
+def test_an_interrupted_run_leaves_no_report(tiny_models, tmp_path, monkeypatch):
+    """The report is written when the batch ends: a run stopped half-way never leaves one that
+    names outputs it did not write, and an older report stays as it was."""
+    src = tmp_path / "in"
+    _wav(src, "a.wav"), _wav(src, "b.wav")
+    report = tmp_path / "report.jsonl"
+    report.write_text("older\n")
+    real = rvcfast.api.Converter.iter_batch
+
+    def interrupted(self, *args, **kwargs):
+        for n, res in enumerate(real(self, *args, **kwargs)):
+            if n == 1:
+                raise KeyboardInterrupt
+            yield res
+
+    monkeypatch.setattr(rvcfast.api.Converter, "iter_batch", interrupted)
+    argv = ["convert", str(tiny_models.voice), str(src), "-o", str(tmp_path / "out"), "--report", str(report)]
+    assert main([*argv, *_weights(tiny_models)]) == 130
+    assert report.read_text() == "older\n" and sorted(p.name for p in tmp_path.iterdir()) == ["in", "out", "report.jsonl"]
+
+
+def test_worker_counts_reach_the_batch(tiny_models, tmp_path, monkeypatch):
+    seen: dict = {}
+    real = rvcfast.api.Converter.iter_batch
+
+    def spy(self, *args, **kwargs):
+        seen.update(kwargs)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(rvcfast.api.Converter, "iter_batch", spy)
+    wav = _wav(tmp_path / "in")
+    argv = ["convert", str(tiny_models.voice), str(wav), "-o", str(tmp_path / "out"), "--f0", "pm", *_weights(tiny_models)[:2], "--device", "cpu", "-q"]
+    assert main([*argv, "--decode-workers", "3", "--write-workers", "2", "--f0-workers", "1"]) == 0
+    assert (seen["decode_workers"], seen["write_workers"], seen["f0_workers"]) == (3, 2, 1)
+    assert seen["name_template"] == "{stem}" and seen["on_error"] == "continue"
+    assert _files(tmp_path / "out") == {"in.wav"}
+    seen.clear()
+    assert main(argv) == 0  # not given: the library's defaults
+    assert (seen["decode_workers"], seen["write_workers"], seen["f0_workers"]) == (2, 1, 2)
+
+
+# ------------------------------------------------------------------ refused before loading
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--decode-workers", "0"], "--decode-workers must be at least 1, got 0"),
+        (["--write-workers", "-1"], "--write-workers must be at least 1, got -1"),
+        (["--f0-workers", "0"], "--f0-workers must be at least 1, got 0"),
+        (["--name-template", "{speaker}"], "--name-template: name_template '{speaker}' cannot be filled in"),
+        (["--name-template", "{parent}"], "must contain {stem} or {index}"),
+        (["--name-template", "/tmp/{stem}"], "gives an absolute path"),
+        (["--name-template", "../{stem}"], "leaves the output folder"),
+        (["--on-error", "skip"], "invalid choice: 'skip'"),
+        (["--decode-workers", "two"], "invalid int value: 'two'"),
+        (["--report", "report.txt"], "--report names a .jsonl file"),
+    ],
+)
+def test_bad_batch_options_are_refused_before_loading(no_loading, tiny_models, tmp_path, capsys, options, message):
+    wav = _wav(tmp_path / "in")
+    out = tmp_path / "out"
+    assert main(["convert", str(tiny_models.voice), str(wav), "-o", str(out), *options]) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_report_that_is_a_folder_or_under_a_file_is_refused(no_loading, tiny_models, tmp_path, capsys):
+    wav = _wav(tmp_path / "in")
+    (tmp_path / "r.jsonl").mkdir()
+    (tmp_path / "notes").write_text("x")
+    for report, message in ((tmp_path / "r.jsonl", "is a folder, not a file"), (tmp_path / "notes" / "r.jsonl", "is a file, not a folder")):
+        assert main(["convert", str(tiny_models.voice), str(wav), "-o", str(tmp_path / "out"), "--report", str(report)]) == 2
+        assert message in capsys.readouterr().err
+
+
+def test_a_template_leaving_the_output_through_a_symlink_is_refused_before_loading(no_loading, tiny_models, tmp_path, capsys):
+    wav = _wav(tmp_path / "spk", "a.wav")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "spk").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
+    assert main(["convert", str(tiny_models.voice), str(wav), "-o", str(out), "--name-template", "{parent}/{stem}"]) == 2
+    assert "outside the output folder" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "options",
+    [["--name-template", "{parent}/{stem}"], ["--on-error", "stop"], ["--decode-workers", "2"], ["--write-workers", "1"],
+     ["--f0-workers", "2"], ["--report", "r.jsonl"]],
+)
+def test_local_batch_options_with_ray_are_a_usage_error(no_loading, tiny_models, tmp_path, capsys, monkeypatch, options):
+    import rvcfast.cli.scale
+
+    monkeypatch.setattr(rvcfast.cli.scale, "cmd_convert_ray", lambda args: pytest.fail("the Ray job was started"))
+    wav = _wav(tmp_path / "in")
+    assert main(["convert", str(tiny_models.voice), str(wav), "-o", str(tmp_path / "out"), "--ray", "local", *options]) == 2
+    err = capsys.readouterr().err
+    assert f"{' '.join(options[:1]) if options[0] != '--on-error' else '--on-error stop'} is for local runs" in err
+
+
+def test_options_a_ray_job_honours_anyway_are_accepted_with_ray(tiny_models, tmp_path, monkeypatch):
+    import rvcfast.cli.scale
+
+    started = []
+    monkeypatch.setattr(rvcfast.cli.scale, "cmd_convert_ray", lambda args: started.append(args) or 0)
+    wav = _wav(tmp_path / "in")
+    argv = ["convert", str(tiny_models.voice), str(wav), "-o", str(tmp_path / "out"), "--ray", "local"]
+    assert main([*argv, "--name-template", "{stem}", "--on-error", "continue"]) == 0
+    assert len(started) == 1
