@@ -261,3 +261,27 @@ def test_options_a_ray_job_honours_anyway_are_accepted_with_ray(tiny_models, tmp
     argv = ["convert", str(tiny_models.voice), str(wav), "-o", str(tmp_path / "out"), "--ray", "local"]
     assert main([*argv, "--name-template", "{stem}", "--on-error", "continue"]) == 0
     assert len(started) == 1
+
+
+# ------------------------------------------------------------------ --loudness
+
+
+def test_loudness_reaches_the_conversion_and_its_warnings_the_report(tiny_models, tmp_path):
+    """The tiny voice's output is below BS.1770's gate: left as it is, and the report says why."""
+    src = tmp_path / "in"
+    _wav(src, "a.wav", 0.6)
+    out, report = tmp_path / "out", tmp_path / "run.jsonl"
+    argv = ["convert", str(tiny_models.voice), str(src), "-o", str(out), "--report", str(report), *_weights(tiny_models)]
+    assert main([*argv, "--loudness", "match"]) == 0
+    (row,) = _lines(report)
+    assert row["ok"] and row["warnings"] == [
+        f"{src / 'a.wav'}: loudness not normalised: the output is silent, its loudness cannot be measured"
+    ]
+
+
+@pytest.mark.parametrize("value", ["loudest", "5", "-90"])
+def test_a_bad_loudness_is_refused_before_loading(no_loading, tiny_models, tmp_path, capsys, value):
+    src = _wav(tmp_path / "in")
+    assert main(["convert", str(tiny_models.voice), str(src), "-o", str(tmp_path / "out"), "--loudness", value]) == 2
+    err = capsys.readouterr().err
+    assert "loudness" in err and "Traceback" not in err

@@ -194,6 +194,17 @@ def _json_object(text: str) -> dict[str, Any]:
     return value
 
 
+def _loudness(text: str) -> float | str | None:
+    """``--loudness``: ``match`` or a number of LUFS."""
+    from ..errors import ParameterError
+    from ..params import coerce_param
+
+    try:
+        return coerce_param("loudness", text)
+    except ParameterError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def add_conversion_options(p: argparse.ArgumentParser | Any) -> None:
     """One option per :class:`~rvcfast.ConversionParams` field, from its declared kind, help and flag."""
     from ..params import param_specs
@@ -209,6 +220,8 @@ def add_conversion_options(p: argparse.ArgumentParser | Any) -> None:
             kw.update(type=float, nargs=2, metavar=tuple((spec.metavar or "A B").split()), default=None)
         elif spec.kind == "mapping":
             kw.update(type=_json_object, metavar=spec.metavar, default=None)
+        elif spec.kind == "loudness":
+            kw.update(type=_loudness, metavar=spec.metavar, default=None)
         else:
             kw.update(type=int if spec.kind.endswith("int") else float, metavar=spec.metavar, default=spec.default)
         p.add_argument(spec.flag, **kw)
