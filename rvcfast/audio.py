@@ -57,7 +57,11 @@ _SHORT_CONTAINER = re.compile(r"^\s*(RIFF|riff|FORM|Riff size)\s*:\s*(\d+)\s*\(s
 
 @dataclass
 class Decoded:
-    """One decoded input: mono float64 samples at 16 kHz (before any peak guard) and notes on it."""
+    """One decoded input: float64 samples at 16 kHz (before any peak guard) and notes on it.
+
+    ``audio`` is mono (1-D), or ``[samples, channels]`` when :func:`decode` was asked to keep
+    the channels of an input that has several.
+    """
 
     audio: np.ndarray
     source_rate: int
@@ -101,17 +105,24 @@ def load_audio_16k(path_or_array: AudioInput, sample_rate: int | None = None) ->
 
 
 def decode(
-    source: AudioInput, sample_rate: int | None = None, *, name: str | None = None, max_seconds: float | None = None
+    source: AudioInput,
+    sample_rate: int | None = None,
+    *,
+    name: str | None = None,
+    max_seconds: float | None = None,
+    keep_channels: bool = False,
 ) -> Decoded:
     """Decode and validate one input; see :class:`Decoded`. Errors name the file (or ``name``).
 
     ``max_seconds`` bounds the input's length: decoding stops with
     :class:`~rvcfast.errors.AudioTooLongError` as soon as the audio passes it, whatever
     the file's header says (a server's guard against a small upload that decodes to hours).
+    ``keep_channels`` keeps the channels of a multi-channel input (``[samples, channels]``,
+    each resampled on its own) instead of mixing them down to mono.
     """
     if isinstance(source, (str, os.PathLike)):
-        return _decode_file(Path(source), sample_rate, max_seconds)
-    decoded = _decode_array(source, sample_rate, name)
+        return _decode_file(Path(source), sample_rate, max_seconds, keep_channels)
+    decoded = _decode_array(source, sample_rate, name, keep_channels)
     if max_seconds is not None:
         _check_length(decoded.label, decoded.audio.shape[0] / SR_16K, max_seconds)
     return decoded
@@ -425,7 +436,7 @@ def _other_decoder(p: Path, detail: str) -> Any:
     raise AudioError(p, f"cannot decode audio: {detail}")
 
 
-def _decode_file(p: Path, sample_rate: int | None, max_seconds: float | None = None) -> Decoded:
+def _decode_file(p: Path, sample_rate: int | None, max_seconds: float | None = None, keep_channels: bool = False) -> Decoded:
     _check_path(p)
     src = _source(p)
     try:
@@ -438,10 +449,11 @@ def _decode_file(p: Path, sample_rate: int | None, max_seconds: float | None = N
         blocks = src.blocks(notes)
         if max_seconds is not None:
             blocks = _bounded(blocks, p, sr, max_seconds)
-        out, n_in = _consume(blocks, p, sr, frames, stats)
+        keep = keep_channels and channels > 1
+        out, n_in = _consume(blocks, p, sr, frames, stats, keep)
     finally:
         src.close()
-    warnings = notes + stats.warnings(str(p), channels)
+    warnings = notes + stats.warnings(str(p), 1 if keep else channels)
     promised = getattr(src, "promised", None)
     if promised is not None:
         warnings.insert(0, f"{p}: file is truncated: its header promises {promised:.2f} s of audio, it holds {n_in / sr:.2f} s")
@@ -459,8 +471,13 @@ def _bounded(blocks: Iterator[np.ndarray], p: Path, sr: int, max_seconds: float)
         yield block
 
 
-def _consume(blocks: Iterator[np.ndarray], p: Path, sr: int, frames: int, stats: _Stats) -> tuple[np.ndarray, int]:
-    """Mix each block to mono, check it and resample it to 16 kHz into one buffer."""
+def _consume(
+    blocks: Iterator[np.ndarray], p: Path, sr: int, frames: int, stats: _Stats, keep_channels: bool = False
+) -> tuple[np.ndarray, int]:
+    """Mix each block to mono, check it and resample it to 16 kHz into one buffer (with
+    ``keep_channels``: each channel into its own, ``[samples, channels]``)."""
+    if keep_channels:
+        return _consume_channels(blocks, p, sr, stats)
     resampler = Resampler(sr, SR_16K)
     # a header's frame count sizes the buffer, up to an hour's worth: beyond that (a length
     # libsndfile does not know is 2**63 - 1) the buffer grows with what is really decoded
@@ -477,6 +494,29 @@ def _consume(blocks: Iterator[np.ndarray], p: Path, sr: int, frames: int, stats:
     if n_in == 0:
         raise AudioError(p, "audio has no samples")
     return _finish(out, pos, resampler), n_in
+
+
+def _consume_channels(blocks: Iterator[np.ndarray], p: Path, sr: int, stats: _Stats) -> tuple[np.ndarray, int]:
+    """:func:`_consume` keeping the channels: one resampler per channel, ``[samples, channels]``."""
+    resamplers: list[Resampler] = []
+    pieces: list[list[np.ndarray]] = []
+    n_in = 0
+    for block in blocks:
+        data = block if block.ndim == 2 else block[:, None]
+        if not np.isfinite(data).all():
+            raise AudioError(p, f"audio contains {int((~np.isfinite(data)).sum())} NaN or Inf samples")
+        if not resamplers:
+            resamplers = [Resampler(sr, SR_16K) for _ in range(data.shape[1])]
+            pieces = [[] for _ in resamplers]
+        stats.add(data, to_mono(data))
+        n_in += data.shape[0]
+        for c, rs in enumerate(resamplers):
+            pieces[c].append(rs.push(data[:, c]))
+    if n_in == 0:
+        raise AudioError(p, "audio has no samples")
+    for c, rs in enumerate(resamplers):
+        pieces[c].append(rs.flush())
+    return np.stack([np.concatenate(channel) for channel in pieces], axis=1), n_in
 
 
 def _append(out: np.ndarray, pos: int, piece: np.ndarray) -> tuple[np.ndarray, int]:
@@ -540,7 +580,7 @@ def _array_samples(source: np.ndarray, label: str) -> np.ndarray:
     return data
 
 
-def _decode_array(source: np.ndarray, sample_rate: int | None, name: str | None) -> Decoded:
+def _decode_array(source: np.ndarray, sample_rate: int | None, name: str | None, keep_channels: bool = False) -> Decoded:
     label = name or "array input"
     if sample_rate is None:
         raise ParameterError(f"{label}: sample_rate is required for array input")
@@ -557,4 +597,7 @@ def _decode_array(source: np.ndarray, sample_rate: int | None, name: str | None)
     stats.add(data if data.ndim == 2 else data[:, None], mono)
     from .dsp import resample
 
+    if keep_channels and channels > 1:
+        kept = np.stack([resample(data[:, c], sr, SR_16K, dtype=np.float64) for c in range(channels)], axis=1)
+        return Decoded(kept, sr, channels, label, stats.warnings(label, 1))
     return Decoded(resample(mono, sr, SR_16K, dtype=np.float64), sr, channels, label, stats.warnings(label, channels))

@@ -95,11 +95,14 @@ def resample(audio: np.ndarray, orig_sr: int, target_sr: int, dtype: type | None
 
     ``dtype`` (default: float64 for float64 input, else float32) is the precision soxr
     computes in and the result's dtype. Signals over a million samples go through the
-    stream interface in blocks (same samples, bounded memory).
+    stream interface in blocks (same samples, bounded memory). ``[samples, channels]``
+    audio is resampled channel by channel.
     """
     x = np.asarray(audio)
+    if x.ndim == 2:
+        return np.stack([resample(x[:, c], orig_sr, target_sr, dtype) for c in range(x.shape[1])], axis=1)
     if x.ndim != 1:
-        raise ValueError(f"resample expects a 1-D signal, got shape {x.shape}")
+        raise ValueError(f"resample expects a 1-D signal or [samples, channels], got shape {x.shape}")
     dt = np.dtype(dtype) if dtype is not None else (np.dtype(np.float64) if x.dtype == np.float64 else np.dtype(np.float32))
     if int(orig_sr) == int(target_sr):
         return x.astype(dt, copy=False)

@@ -94,6 +94,10 @@ class _Item:
     pitchf: np.ndarray | None = None
     buffer: np.ndarray | None = None
     offsets: list[int] = field(default_factory=list)
+    channels: list[_Item] = field(default_factory=list)  # channels="each": the further channels' items
+
+
+_COMPUTE = object()  # in run()'s list of F0 tracks: the engine extracts this one (a further channel)
 
 
 class Engine:
@@ -323,10 +327,16 @@ class Engine:
         for p, q in zip(preps, per_item):
             _check_formant(p, q)
         items = [_Item(p, q) for p, q in zip(preps, per_item)]
+        # channels="each": each further channel is converted as an input of its own, beside the first
+        for item in items:
+            item.channels = [_Item(c, item.params) for c in item.prep.more_channels]
+        every = items + [c for item in items for c in item.channels]
+        if f0 is not None:
+            f0 = f0 + [_COMPUTE] * (len(every) - len(items))
         _check_cancel(cancel)
-        self._pitch(items, f0, raise_errors)
+        self._pitch(every, f0, raise_errors)
         budget = int((batch_seconds if batch_seconds is not None else self.batch_seconds) * SR_16K)
-        self._synthesize_all(items, raise_errors, budget, cancel)
+        self._synthesize_all(every, raise_errors, budget, cancel)
         _check_cancel(cancel)
         return [self._assemble(item, raise_errors) for item in items]
 
@@ -375,12 +385,18 @@ class Engine:
         41 s chunk of an input over 82 s), so that no ``next()`` runs the F0 network over
         the whole input; the audio pieces are the same.
 
-        ``loudness`` needs the whole output: it is refused (:class:`ParameterError`) unless ``raw``.
+        ``loudness`` needs the whole output: it is refused (:class:`ParameterError`) unless ``raw``;
+        so is an input prepared channel by channel (``channels="each"``), raw or not.
         """
         from .streaming import StreamFinisher
 
         item = _Item(prep, self.params(params))
         _check_formant(prep, item.params)
+        if prep.more_channels:
+            raise ParameterError(
+                f"{prep.label or 'input'}: an input prepared channel by channel (channels='each') is converted whole, "
+                "not streamed: use run() or convert()"
+            )
         if item.params.loudness is not None and not raw:
             raise ParameterError(
                 f"{prep.label or 'input'}: loudness={item.params.loudness!r} needs the whole output, "
@@ -440,12 +456,13 @@ class Engine:
     def _pitch(self, items: list[_Item], f0: Sequence[F0Track] | None, raise_errors: bool) -> None:
         if not self.vocoder.has_f0:
             return
-        tracks: list[F0Track] = list(f0) if f0 is not None else [None] * len(items)
-        if f0 is None:
+        tracks: list[Any] = list(f0) if f0 is not None else [_COMPUTE] * len(items)
+        todo = [i for i, track in enumerate(tracks) if track is _COMPUTE]
+        if todo:
             # one batched call per F0 setting (only harvest's filter_radius differs between requests)
             by_setting: dict[int, list[int]] = {}
-            for i, item in enumerate(items):
-                by_setting.setdefault(int(item.params.filter_radius), []).append(i)
+            for i in todo:
+                by_setting.setdefault(int(items[i].params.filter_radius), []).append(i)
             for members in by_setting.values():
                 t0 = time.perf_counter()
                 found = self.extract_f0([items[i].prep for i in members], items[members[0]].params)
@@ -537,6 +554,8 @@ class Engine:
 
     def _assemble(self, item: _Item, raise_errors: bool) -> Result:
         prep, params = item.prep, item.params
+        if item.channels:
+            _join_channels(item)
         if item.error is None and item.buffer is not None:
             t0 = time.perf_counter()
             notes = list(prep.warnings)
@@ -665,6 +684,21 @@ def _tuned(dtype: torch.dtype | str, batch_seconds: float | None, device: torch.
         profile = load_profile(device)
         batch_seconds = profile.batch_seconds if profile is not None else None
     return tuned_dtype(dtype, device), batch_seconds
+
+
+def _join_channels(item: _Item) -> None:
+    """Give a multi-channel input's item the ``[samples, channels]`` output of all its channels
+    (or the first channel's failure), and their seconds."""
+    group = [item, *item.channels]
+    for k, channel in enumerate(item.channels, start=1):
+        for stage, seconds in channel.timings.items():
+            item.timings[stage] = item.timings.get(stage, 0.0) + seconds
+        if item.error is None and channel.error is not None:
+            item.error = _Failure(f"channel {k + 1}: {channel.error}")
+    if item.error is None and all(g.buffer is not None for g in group):
+        item.buffer = np.stack([g.buffer for g in group], axis=1)  # type: ignore[misc]
+    for channel in item.channels:
+        channel.buffer = None
 
 
 def _check_formant(prep: PreparedAudio, params: ConversionParams) -> None:

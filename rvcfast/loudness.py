@@ -34,13 +34,14 @@ _BLOCK_SECONDS = 0.4  # BS.1770's gating block
 
 
 def integrated_loudness(audio: np.ndarray, rate: int) -> float | None:
-    """The integrated loudness of mono ``audio`` in LUFS; ``-inf`` when it is silent (every
-    block below the -70 LUFS gate), ``None`` when it is shorter than one 400 ms block."""
+    """The integrated loudness of ``audio`` (mono, or ``[samples, channels]``: BS.1770 sums the
+    channels' weighted power) in LUFS; ``-inf`` when it is silent (every block below the
+    -70 LUFS gate), ``None`` when it is shorter than one 400 ms block."""
     import pyloudnorm
 
     x = np.asarray(audio, dtype=np.float64)
-    if x.ndim != 1:
-        raise ValueError(f"integrated_loudness expects mono audio (1-D), got shape {x.shape}")
+    if x.ndim not in (1, 2) or (x.ndim == 2 and not 1 <= x.shape[1] <= 5):
+        raise ValueError(f"integrated_loudness expects mono or [samples, channels (up to 5)] audio, got shape {x.shape}")
     if x.shape[0] <= int(round(_BLOCK_SECONDS * rate)):
         return None
     return float(pyloudnorm.Meter(int(rate)).integrated_loudness(x))
@@ -49,7 +50,8 @@ def integrated_loudness(audio: np.ndarray, rate: int) -> float | None:
 def normalize_loudness(
     audio: np.ndarray, rate: int, target: float, label: str | None = None
 ) -> tuple[np.ndarray, list[str]]:
-    """``audio`` (float32, mono) scaled to the loudness ``target`` in LUFS, and warnings.
+    """``audio`` (float32, mono or ``[samples, channels]``) scaled to the loudness ``target`` in
+    LUFS (one gain for every channel), and warnings.
 
     The peak guard applies after the gain: the peak never exceeds 0.99. Audio whose
     loudness cannot be measured (too short, silent) comes back unchanged with a warning.

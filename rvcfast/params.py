@@ -7,7 +7,8 @@ is named, documented, range-checked and defaulted in exactly one place.
 Each field carries metadata that front ends read through :func:`param_specs`:
 ``help`` (one line), ``metavar`` and ``kind`` (``"number"``, ``"int"``, ``"bool"``,
 ``"optional-int"``, ``"optional-number"``, or ``"mapping"``/``"pair"`` for structured values:
-a JSON object and two numbers; ``"loudness"``: ``"match"``, a number or nothing).
+a JSON object and two numbers; ``"loudness"``: ``"match"``, a number or nothing; ``"choice"``:
+one of the field's ``choices``).
 """
 
 from __future__ import annotations
@@ -27,8 +28,14 @@ from .errors import ParameterError
 __all__ = ["ConversionParams", "ParamSpec", "param_specs", "coerce_param"]
 
 
-def _meta(help: str, kind: str, metavar: str | None = None, cli: bool = True, flag: str | None = None) -> dict[str, Any]:
-    return {"help": help, "kind": kind, "metavar": metavar, "cli": cli, "flag": flag}
+def _meta(
+    help: str, kind: str, metavar: str | None = None, cli: bool = True, flag: str | None = None, choices: tuple[str, ...] | None = None
+) -> dict[str, Any]:
+    return {"help": help, "kind": kind, "metavar": metavar, "cli": cli, "flag": flag, "choices": choices}
+
+
+#: Values of the ``channels`` parameter.
+CHANNEL_MODES = ("mix", "each")
 
 
 @dataclass(frozen=True)
@@ -103,6 +110,13 @@ class ConversionParams:
         LUFS (e.g. -14 or -23); ``None`` = off. Applied last; the 0.99 peak limit still
         holds (a warning says when it keeps the output below the target). Needs the whole
         output, so streamed output (``Engine.stream``) refuses it. See :mod:`rvcfast.loudness`.
+    channels:
+        ``"mix"`` (default, as the references): a multi-channel input is mixed down to mono
+        and the output is mono. ``"each"``: every channel is converted on its own (the
+        same settings and seed; split at the same points) and the output has the input's
+        channels, stereo in, stereo out; the input and output peak limits and ``loudness``
+        act on all channels together, so their balance is kept. Whole outputs only:
+        ``Engine.stream`` refuses it.
     strict:
         Turn every input warning (truncated file, clipped input, DC offset, channels
         mixed down) into an error for that input. Off by default: warnings are reported
@@ -142,6 +156,10 @@ class ConversionParams:
     loudness: float | str | None = field(
         default=None,
         metadata=_meta("normalise the output's loudness: 'match' (the input's) or LUFS, -70..0 (e.g. -14)", "loudness", "LUFS|match"),
+    )
+    channels: str = field(
+        default="mix",
+        metadata=_meta("multi-channel input: 'mix' to mono, or convert 'each' channel (stereo out)", "choice", choices=CHANNEL_MODES),
     )
     strict: bool = field(default=False, metadata=_meta("treat input warnings (truncated, clipped...) as errors", "bool"))
 
@@ -232,6 +250,8 @@ class ConversionParams:
         _check_range("autotune", self.autotune, 0, 1)
         _check_range("clean", self.clean, 0, 1)
         _check_loudness(self.loudness)
+        if not isinstance(self.channels, str) or self.channels not in CHANNEL_MODES:
+            raise ParameterError(f"channels must be one of {', '.join(map(repr, CHANNEL_MODES))}, got {_given(self.channels)}")
         if self.proposed_pitch is not None and not _finite("proposed_pitch", self.proposed_pitch) > 0:
             raise ParameterError(f"proposed_pitch must be a pitch in Hz above 0, got {self.proposed_pitch!r}")
         if self.formant is not None:
@@ -323,6 +343,7 @@ class ParamSpec:
     metavar: str | None
     cli: bool
     flag: str  # the command-line flag, e.g. "--index-rate" (booleans on by default: "--no-NAME")
+    choices: tuple[str, ...] | None = None  # the values of a "choice" parameter
 
 
 def param_specs() -> list[ParamSpec]:
@@ -331,7 +352,7 @@ def param_specs() -> list[ParamSpec]:
     for f in dataclasses.fields(ConversionParams):
         m = f.metadata
         flag = m.get("flag") or "--" + f.name.replace("_", "-")
-        specs.append(ParamSpec(f.name, m["kind"], f.default, m["help"], m.get("metavar"), m.get("cli", True), flag))
+        specs.append(ParamSpec(f.name, m["kind"], f.default, m["help"], m.get("metavar"), m.get("cli", True), flag, m.get("choices")))
     return specs
 
 
@@ -370,6 +391,8 @@ def coerce_param(name: str, raw: Any) -> Any:
             return _mapping(text)
         if kind == "loudness":
             return _loudness(text)
+        if kind == "choice":
+            return text.lower()  # validate() names the choices
     except ValueError:
         expected = {
             "bool": "true or false",

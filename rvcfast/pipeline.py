@@ -15,7 +15,7 @@ through the models together and reuse the same arithmetic.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -63,12 +63,20 @@ class PreparedAudio:
     label: str | None = None  # the input's name (a path, or a name given for an array)
     warnings: list[str] = field(default_factory=list)  # recoverable oddities of the input
     formant: tuple[float, float] | None = None  # the formant shift applied when it was prepared
+    #: the further channels of an input converted channel by channel (``channels="each"``):
+    #: this object is channel 0, each of these one more, all split at the same points
+    more_channels: tuple[PreparedAudio, ...] = ()
 
     @property
     def audio(self) -> np.ndarray:
         """The high-passed input without padding (the RMS-mix source)."""
         t = self.config.t_pad
         return self.padded[t : self.padded.shape[0] - t]
+
+    @property
+    def n_channels(self) -> int:
+        """Channels the output will have: 1, or the input's with ``channels="each"``."""
+        return 1 + len(self.more_channels)
 
     @property
     def seconds(self) -> float:
@@ -82,12 +90,14 @@ def prepare(
     *,
     label: str | None = None,
     warnings: Sequence[str] = (),
+    split_points: Sequence[int] | None = None,
 ) -> PreparedAudio:
     """Peak guard, high-pass, split points and padding for one mono 16 kHz float input.
 
     Inputs longer than 10 minutes are high-passed block by block (bounded memory).
     An input that is not 1-D or has no samples raises :class:`~rvcfast.errors.AudioError`
-    naming ``label``.
+    naming ``label``. ``split_points`` (from :func:`find_split_points`) replaces the input's
+    own: the channels of one input are split where their mix is quiet.
     """
     audio = np.asarray(audio16k, dtype=np.float64)
     if audio.ndim != 1 or audio.shape[0] == 0:
@@ -105,11 +115,11 @@ def prepare(
         mid = padded[pad : pad + n]
         padded[:pad] = mid[pad:0:-1]
         padded[pad + n :] = mid[-2 : -pad - 2 : -1]
-        opt_ts = find_split_points(mid, config)
+        opt_ts = find_split_points(mid, config) if split_points is None else list(split_points)
         del mid
     else:
         audio = highpass_48hz(audio)
-        opt_ts = find_split_points(audio, config)
+        opt_ts = find_split_points(audio, config) if split_points is None else list(split_points)
         padded = reflect_pad(audio, pad)
         del audio
     segments = plan_segments(n, opt_ts, config)
@@ -136,7 +146,8 @@ def prepare_input(
     hold no network. ``max_seconds`` bounds the input's length while it is decoded
     (:class:`~rvcfast.errors.AudioTooLongError`, see :func:`rvcfast.audio.decode`).
     """
-    decoded = decode(source, sample_rate, name=name, max_seconds=max_seconds)
+    each = params is not None and params.channels == "each"
+    decoded = decode(source, sample_rate, name=name, max_seconds=max_seconds, keep_channels=each)
     if params is not None and params.strict and decoded.warnings:
         raise AudioError(None, "strict mode: " + "; ".join(decoded.warnings))
     audio = decoded.audio
@@ -144,10 +155,33 @@ def prepare_input(
         from .effects import formant_shift
 
         # as the reference: on the 16 kHz input, before the peak guard
-        audio = formant_shift(audio, *params.formant)
-    prepared = prepare(audio, config, label=decoded.label, warnings=decoded.warnings)
+        audio = formant_shift(audio, *params.formant) if audio.ndim == 1 else np.stack(
+            [formant_shift(audio[:, c], *params.formant) for c in range(audio.shape[1])], axis=1
+        )
+    if audio.ndim == 2:
+        prepared = _prepare_channels(audio, config, decoded.label, decoded.warnings)
+    else:
+        prepared = prepare(audio, config, label=decoded.label, warnings=decoded.warnings)
     prepared.formant = formant_of(params)
+    for channel in prepared.more_channels:
+        channel.formant = prepared.formant
     return prepared
+
+
+def _prepare_channels(audio: np.ndarray, config: SegmentConfig, label: str | None, warnings: Sequence[str]) -> PreparedAudio:
+    """One :class:`PreparedAudio` per channel of ``[samples, channels]`` audio, the first holding
+    the others: one input peak guard for all (the balance is kept), split where the mix is quiet."""
+    audio = input_peak_guard(np.asarray(audio, dtype=np.float64))  # the peak over every channel
+    mix = audio.mean(axis=1)
+    if mix.shape[0] > LONG_INPUT_SAMPLES:
+        highpass_blocks(mix, out=mix)  # in place, block by block, as prepare() filters long inputs
+    else:
+        mix = highpass_48hz(mix)
+    split = find_split_points(mix, config)
+    del mix
+    channels = [prepare(audio[:, c], config, label=label, warnings=warnings, split_points=split) for c in range(audio.shape[1])]
+    channels[0].more_channels = tuple(channels[1:])
+    return channels[0]
 
 
 def formant_of(params: ConversionParams | None) -> tuple[float, float] | None:
@@ -286,29 +320,39 @@ def finish(
         out = pieces
     else:
         out = np.concatenate([np.asarray(p, dtype=np.float32) for p in pieces]) if len(pieces) else np.zeros(0, np.float32)
+    channels = (prep, *prep.more_channels)
+    if out.ndim == 2 and out.shape[1] != len(channels):
+        raise ValueError(f"finish: {out.shape[1]} output channels for an input prepared with {len(channels)}")
     if params.rms_mix_rate != 1:
-        out = change_rms(prep.audio, SR_16K, out, model_rate, params.rms_mix_rate)
+        out = _per_channel(out, lambda y, c: change_rms(channels[c].audio, SR_16K, y, model_rate, params.rms_mix_rate))
     rate = model_rate
     if params.output_sample_rate is not None and int(params.output_sample_rate) != model_rate:
         rate = int(params.output_sample_rate)
-        out = resample(np.asarray(out, dtype=np.float32), model_rate, rate, dtype=np.float32)
+        out = _per_channel(out, lambda y, c: resample(np.asarray(y, dtype=np.float32), model_rate, rate, dtype=np.float32))
     out = np.asarray(out, dtype=np.float32)
-    # float32, as in the reference (peak limited to 0.99)
+    # float32, as in the reference (peak limited to 0.99; over every channel at once)
     out = output_peak_guard(out)
     # then, as Applio's convert_audio: noise reduction, then the effects chain
     if params.clean > 0:
         from .effects import denoise
 
-        out = denoise(out, rate, params.clean)
+        out = _per_channel(out, lambda y, c: denoise(y, rate, params.clean))
     if params.effects:
         from .effects import apply_effects
 
-        out = apply_effects(out, rate, params.effects)
+        out = _per_channel(out, lambda y, c: apply_effects(y, rate, params.effects))
     if params.loudness is not None:
         out, notes = _normalized(np.asarray(out, dtype=np.float32), rate, prep, params.loudness)
         if warnings is not None:
             warnings.extend(notes)
     return np.asarray(out, dtype=np.float32), rate
+
+
+def _per_channel(out: np.ndarray, step: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:
+    """``step(samples, channel)`` on mono ``out``, or on each column of ``[samples, channels]``."""
+    if out.ndim == 1:
+        return step(out, 0)
+    return np.stack([np.asarray(step(np.ascontiguousarray(out[:, c]), c), dtype=np.float32) for c in range(out.shape[1])], axis=1)
 
 
 def _normalized(out: np.ndarray, rate: int, prep: PreparedAudio, loudness: float | str) -> tuple[np.ndarray, list[str]]:
@@ -317,7 +361,8 @@ def _normalized(out: np.ndarray, rate: int, prep: PreparedAudio, loudness: float
 
     label = prep.label or "input"
     if loudness == MATCH:
-        target = integrated_loudness(prep.audio, SR_16K)
+        heard = prep.audio if not prep.more_channels else np.stack([c.audio for c in (prep, *prep.more_channels)], axis=1)
+        target = integrated_loudness(heard, SR_16K)
         if target is None or not np.isfinite(target):
             why = "shorter than 0.4 s" if target is None else "silent"
             return out, [f"{label}: loudness not matched: the input is {why}, its loudness cannot be measured"]

@@ -28,6 +28,7 @@ from .errors import AudioError, ParameterError
 __all__ = [
     "SUPPORTED_WRITE_FORMATS",
     "MP3_RATES",
+    "MAX_CHANNELS",
     "mp3_rate",
     "OGG_VORBIS_MAX_RATE",
     "OPUS_RATES",
@@ -187,6 +188,9 @@ def this_host() -> str:
     return _HOST
 
 
+#: The most channels a format's encoder takes (libsndfile: LAME and libFLAC); others take any number.
+MAX_CHANNELS = {"mp3": 2, "flac": 8}
+
 #: Subtypes that carry samples beyond ±1 as they are: everything else is clipped to ±1 first.
 _UNCLIPPED_SUBTYPES = {"FLOAT", "DOUBLE", "VORBIS", "OPUS", "MPEG_LAYER_III"}
 
@@ -198,10 +202,14 @@ def writable_samples(
 
     Raises :class:`AudioError` (naming ``path`` when given) for samples that cannot be written:
     none at all for FLAC or MP3, NaN or infinity for any format (LAME aborts the process on
-    them). Returns ``audio`` clipped to ±1 (a new array) where the subtype would wrap samples
+    them), more channels than the format holds (:data:`MAX_CHANNELS`). Returns ``audio`` clipped to ±1 (a new array) where the subtype would wrap samples
     beyond it (µ-law, A-law, ADPCM...), else ``audio`` itself.
     """
     subtype = _subtype(subtype)
+    channels = 1 if audio.ndim == 1 else audio.shape[1]
+    most = MAX_CHANNELS.get(fmt)
+    if most is not None and channels > most:
+        raise AudioError(path, f"not written: {fmt} holds at most {most} channels, the audio has {channels} (wav and ogg hold more)")
     if audio.size == 0:
         if fmt in ("flac", "mp3"):
             raise AudioError(path, f"no audio to write: an empty {fmt} file cannot be written (wav and ogg can be empty)")

@@ -285,3 +285,25 @@ def test_a_bad_loudness_is_refused_before_loading(no_loading, tiny_models, tmp_p
     assert main(["convert", str(tiny_models.voice), str(src), "-o", str(tmp_path / "out"), "--loudness", value]) == 2
     err = capsys.readouterr().err
     assert "loudness" in err and "Traceback" not in err
+
+
+# ------------------------------------------------------------------ --channels
+
+
+def test_channels_each_writes_the_input_channels(tiny_models, tmp_path):
+    import numpy as np
+
+    src = tmp_path / "in"
+    src.mkdir()
+    sf.write(src / "s.wav", np.stack([tone(0.6, 16000, freq=180.0), tone(0.6, 16000, freq=250.0)], axis=1), 16000)
+    argv = ["convert", str(tiny_models.voice), str(src), *_weights(tiny_models)]
+    assert main([*argv, "-o", str(tmp_path / "each"), "--channels", "each"]) == 0
+    assert main([*argv, "-o", str(tmp_path / "mix")]) == 0
+    assert sf.info(tmp_path / "each" / "s.wav").channels == 2
+    assert sf.info(tmp_path / "mix" / "s.wav").channels == 1
+
+
+def test_a_bad_channels_value_is_a_usage_error(no_loading, tiny_models, tmp_path, capsys):
+    src = _wav(tmp_path / "in")
+    assert main(["convert", str(tiny_models.voice), str(src), "-o", str(tmp_path / "out"), "--channels", "stereo"]) == 2
+    assert "invalid choice: 'stereo'" in capsys.readouterr().err

@@ -73,6 +73,8 @@ def test_parameters_page_lists_every_parameter_with_its_default():
         documented = rows[s.name][1].strip("`")
         if s.default is None or isinstance(s.default, bool):
             assert documented == str(s.default), (s.name, documented)
+        elif isinstance(s.default, str):
+            assert documented == f'"{s.default}"', (s.name, documented, s.default)
         else:
             assert float(documented) == s.default, (s.name, documented, s.default)
 

@@ -34,8 +34,10 @@ def test_a_sine_reads_its_analytic_loudness(rate: int, peak: float) -> None:
 def test_unmeasurable_audio() -> None:
     assert integrated_loudness(np.zeros(16000, np.float32), 16000) == -math.inf  # below the -70 LUFS gate
     assert integrated_loudness(_sine(0.5, 16000, seconds=0.3), 16000) is None  # shorter than one 400 ms block
-    with pytest.raises(ValueError, match="mono"):
-        integrated_loudness(np.zeros((16000, 2)), 16000)
+    with pytest.raises(ValueError, match="up to 5"):
+        integrated_loudness(np.zeros((16000, 6)), 16000)
+    stereo = np.stack([_sine(0.1, 16000), _sine(0.1, 16000)], axis=1)  # BS.1770 sums the channels' power: +3 dB
+    assert integrated_loudness(stereo, 16000) == pytest.approx(integrated_loudness(stereo[:, 0], 16000) + 3.01, abs=0.02)
 
 
 @pytest.mark.parametrize("target", [-30.0, -23.0, -16.0])

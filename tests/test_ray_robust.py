@@ -223,3 +223,24 @@ def test_a_dataset_job_converts_each_file_once_and_never_over_its_input(tiny_mod
     assert status[str(folder / "b.wav")][0] == "error" and "the output is the input itself" in status[str(folder / "b.wav")][1]
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["a.wav"]
     assert (folder / "b.wav").read_bytes() == before and os.path.samefile(folder / "b.wav", tmp_path / "b_alias.wav")
+
+
+def test_a_write_task_writes_every_channel_of_a_multi_channel_output(no_cluster, tmp_path):
+    # write_in="task" carries the audio between stages as bytes: a channels="each" output
+    # (interleaved [samples, channels]) must come back with its channels, not as one long channel
+    import numpy as np
+    import pyarrow as pa
+
+    from rvcfast.integrations.ray._stages import _CONVERTED_SCHEMA, write_outputs
+    from rvcfast.writing import recorded_source, source_id
+
+    audio = np.stack([np.linspace(-0.5, 0.5, 4000), np.linspace(0.2, -0.2, 4000)], axis=1).astype(np.float32)
+    src, out = tmp_path / "a.wav", tmp_path / "o" / "a.wav"
+    row = {name: None for name in _CONVERTED_SCHEMA.names}
+    row.update(path=str(src), output_path=str(out), status="pending", audio=audio.tobytes(), sample_rate=40000, channels=2)
+    [done] = write_outputs(pa.Table.from_pylist([row], schema=_CONVERTED_SCHEMA), _spec(tmp_path, format="wav", write_in="task")).to_pylist()
+    assert done["status"] == "ok", done
+    written, rate = sf.read(out, dtype="float32")
+    assert rate == 40000 and written.shape == (4000, 2)
+    np.testing.assert_allclose(written, audio, atol=1 / 32768)  # PCM_16
+    assert recorded_source(out) == source_id(src)

@@ -401,3 +401,23 @@ def test_loudness_reports_what_it_could_not_do(server, client, folders) -> None:
         job = client.get(f"/v1/jobs/{job['id']}").json()
     assert job["state"] == "done", job
     assert any("loudness not normalised" in w for w in job["warnings"]), job
+
+
+# ---------------------------------------------------------------------- channels
+
+
+def test_channels_each_answers_with_the_input_channels(server, client, folders) -> None:
+    import numpy as np
+
+    stereo = folders["root"] / "stereo.wav"
+    stereo.write_bytes(wav_bytes(np.stack([tone(1.0, RATE, 220.0), tone(1.0, RATE, 330.0, amp=0.1)], axis=1), RATE))
+    r = post(client, stereo, channels="each", format="flac")
+    assert r.status_code == 200, r.text
+    audio, rate = read_audio(r.content)
+    assert audio.ndim == 2 and audio.shape[1] == 2 and rate == 40000
+    mixed, _ = read_audio(post(client, stereo).content)
+    assert mixed.ndim == 1 and mixed.shape[0] == audio.shape[0]
+    for fields, words in (({"stream": "true"}, "not a stream"), ({"route": "/v1/jobs"}, "not available for jobs")):
+        r = post(client, stereo, channels="each", **fields)
+        assert r.status_code == 422 and r.json()["parameter"] == "channels" and words in r.json()["error"], r.text
+    assert_alive(server, client)

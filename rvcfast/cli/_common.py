@@ -222,6 +222,8 @@ def add_conversion_options(p: argparse.ArgumentParser | Any) -> None:
             kw.update(type=_json_object, metavar=spec.metavar, default=None)
         elif spec.kind == "loudness":
             kw.update(type=_loudness, metavar=spec.metavar, default=None)
+        elif spec.kind == "choice":
+            kw.update(choices=spec.choices, default=spec.default)
         else:
             kw.update(type=int if spec.kind.endswith("int") else float, metavar=spec.metavar, default=spec.default)
         p.add_argument(spec.flag, **kw)

@@ -103,6 +103,8 @@ def parse_fields(pairs: Iterable[tuple[str, str]]) -> ConvertOptions:
         raise FieldError(
             given["loudness"], "loudness needs the whole output, so a streamed answer cannot have it: leave out stream=true"
         )
+    if stream and overrides.get("channels") == "each":
+        raise FieldError(given["channels"], "channels=each gives a whole multi-channel output, not a stream: leave out stream=true")
     return ConvertOptions(voice, overrides, f0, fmt, subtype, stream)
 
 
@@ -165,6 +167,7 @@ _JSON_TYPES = {
     "optional-int": {"type": "integer", "nullable": True},
     "optional-number": {"type": "number", "nullable": True},
     "loudness": {"type": "string", "nullable": True, "example": "match"},
+    "choice": {"type": "string"},
     "pair": {"type": "string", "example": "1.0,1.2"},
     "mapping": {"type": "string", "example": '{"reverb": {"room_size": 0.3}}'},
 }
@@ -181,6 +184,8 @@ def form_schema(with_file: bool = True) -> dict[str, Any]:
         if spec.name == "output_sample_rate":
             continue
         schema = dict(_JSON_TYPES.get(spec.kind, {"type": "string"}))
+        if spec.choices:
+            schema["enum"] = list(spec.choices)
         if spec.default is not None and spec.kind not in ("pair", "mapping"):
             schema["default"] = spec.default
         schema["description"] = spec.help

@@ -175,7 +175,7 @@ async def _convert_whole(
     assert state.scheduler is not None
     failed = np.zeros(0, np.float32), work.engine.sample_rate
     notes = list(work.prep.warnings)
-    if len(work.prep.segments) <= 1:
+    if len(work.prep.segments) <= 1 or work.prep.more_channels:  # channels="each": converted whole
         future = state.scheduler.submit(work.engine, work.prep, work.params, work.f0)
         try:
             res = await asyncio.wrap_future(future)
@@ -415,6 +415,8 @@ async def _create_job(state: ServerState, request: Any) -> Any:
         options = parse_fields(intake.fields)
         if options.stream:
             raise FieldError("stream", "stream=true is for POST /v1/convert; a job's result is fetched when it is done")
+        if options.overrides.get("channels") == "each":
+            raise FieldError("channels", "channels=each is not available for jobs yet: use POST /v1/convert")
         await _check_length(state, intake, "/v1/jobs")
         engine = await _engine(state, options)
         params = check_values(options.overrides, engine.vocoder)

@@ -68,7 +68,11 @@ ROW_SCHEMA = pa.schema(
 )
 #: Between the stages: the prepared audio (pickled) and, when writing in a task, the output.
 _DECODED_SCHEMA = ROW_SCHEMA.append(pa.field("prep", pa.large_binary()))
-_CONVERTED_SCHEMA = ROW_SCHEMA.append(pa.field("audio", pa.large_binary())).append(pa.field("sample_rate", pa.int64()))
+_CONVERTED_SCHEMA = (
+    ROW_SCHEMA.append(pa.field("audio", pa.large_binary()))
+    .append(pa.field("sample_rate", pa.int64()))
+    .append(pa.field("channels", pa.int64()))  # the audio's channels (channels="each"), interleaved in its bytes
+)
 
 
 @dataclass(frozen=True)
@@ -387,7 +391,10 @@ class ConvertWorker:
             elif self.spec.write_in == "actor":
                 _write_row(row, res.audio, res.sample_rate, self.spec, self.hook)
             else:
-                row.update(audio=np.ascontiguousarray(res.audio, dtype=np.float32).tobytes(), sample_rate=res.sample_rate)
+                row.update(
+                    audio=np.ascontiguousarray(res.audio, dtype=np.float32).tobytes(), sample_rate=res.sample_rate,
+                    channels=1 if res.audio.ndim == 1 else int(res.audio.shape[1]),
+                )
         if self.spec.write_in == "actor":
             return _table([_finish(r) for r in rows], ROW_SCHEMA)
         return _table(rows, _CONVERTED_SCHEMA)
@@ -403,6 +410,9 @@ def write_outputs(batch: pa.Table, spec: JobSpec) -> pa.Table:
     for row in rows:
         if row["status"] == "pending" and row.get("audio") is not None:
             audio = np.frombuffer(row["audio"], dtype=np.float32)
+            channels = int(row.get("channels") or 1)
+            if channels > 1:
+                audio = audio.reshape(-1, channels)
             _write_row(row, audio, int(row["sample_rate"]), spec, hook)
     return _table([_finish(r) for r in rows], ROW_SCHEMA)
 
