@@ -19,7 +19,7 @@ from rvcfast.f0.hybrid import HybridExtractor
 from rvcfast.f0.registry import available_f0_extractors, get_f0_extractor, parse_hybrid
 from rvcfast.protocols import F0Extractor
 
-BUILTINS = ("rmvpe", "crepe", "crepe-tiny", "fcpe", "harvest", "dio", "pm")
+BUILTINS = ("rmvpe", "crepe", "crepe-tiny", "fcpe", "harvest", "dio", "pm", "swift")
 PLUGIN_DIR = Path(__file__).resolve().parent / "plugins" / "rvcfast-f0-example"
 PLUGIN_DIST = "rvcfast-f0-example"
 SR = 16000
@@ -81,7 +81,7 @@ def test_lists_builtins_without_importing_them(monkeypatch):
         assert names[n] == "rvcfast (built-in)"
         assert "built-in" in names[n]
     imported = [m for m in ("rvcfast.f0.rmvpe", "rvcfast.f0.crepe", "rvcfast.f0.fcpe", "rvcfast.f0.world",
-                            "rvcfast.f0.pm") if m in sys.modules]  # fmt: skip
+                            "rvcfast.f0.pm", "rvcfast.f0.swift") if m in sys.modules]  # fmt: skip
     assert imported == []
     assert list(names) == sorted(names)
 

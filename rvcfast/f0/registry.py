@@ -45,9 +45,11 @@ _EXTRA_FOR_MODULE: Mapping[str, str] = {
     "torchfcpe": "fcpe",
     "faiss": "faiss",
     "tqdm": "progress",
+    "swift_f0": "swift",
+    "onnxruntime": "swift",
 }
 # Built-in backends that need an extra (read-only constant).
-_EXTRA_FOR_BACKEND: Mapping[str, str] = {"pm": "pm", "fcpe": "fcpe"}
+_EXTRA_FOR_BACKEND: Mapping[str, str] = {"pm": "pm", "fcpe": "fcpe", "swift": "swift"}
 
 _HYBRID_RE = re.compile(r"^hybrid(?::(?P<colon>.*)|\[(?P<bracket>.*)\])$", re.IGNORECASE | re.DOTALL)
 
