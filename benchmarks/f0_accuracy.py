@@ -306,6 +306,7 @@ WRAPPERS: tuple[str, ...] = (
     "harvest",
     "dio",
     "pm",
+    "swift",
     "hybrid:crepe-tiny+fcpe+pm",
 )
 
