@@ -21,6 +21,7 @@ checking that the ``serve`` extra is installed.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -358,13 +359,19 @@ async def _run_job(state: ServerState, job: Job, engine: Engine, params: Convers
         job.input_seconds, job.segments = prep.seconds, len(prep.segments)
         job.warnings = [w.replace(str(source), job.input_name) for w in prep.warnings]
         done = 0
+        # channels="each": the channels one after the other, each segment by segment
+        channels = [dataclasses.replace(c, more_channels=()) for c in (prep, *prep.more_channels)]
         with open(raw_path, "wb") as raw:
-            async for piece in state.steps(engine.stream(prep, params, raw=True, timings=job.timings, pauses=True)):
-                raw.write(np.ascontiguousarray(piece, dtype=np.float32).tobytes())
-                done += 1
-                job.progress = 0.95 * done / max(1, job.segments)
+            for channel in channels:
+                async for piece in state.steps(engine.stream(channel, params, raw=True, timings=job.timings, pauses=True)):
+                    raw.write(np.ascontiguousarray(piece, dtype=np.float32).tobytes())
+                    done += 1
+                    job.progress = 0.95 * done / max(1, job.segments * len(channels))
+        del channels
         t0 = time.perf_counter()
         audio = np.memmap(raw_path, dtype=np.float32, mode="r+") if raw_path.stat().st_size else np.zeros(0, np.float32)
+        if prep.more_channels:
+            audio = audio.reshape(prep.n_channels, -1).T  # [samples, channels], a view of the file
         notes: list[str] = []
         out, rate = await _to_the_end(state, finish, audio, prep, engine.sample_rate, params, notes)
         job.warnings += [w.replace(str(source), job.input_name) for w in notes]
@@ -415,8 +422,6 @@ async def _create_job(state: ServerState, request: Any) -> Any:
         options = parse_fields(intake.fields)
         if options.stream:
             raise FieldError("stream", "stream=true is for POST /v1/convert; a job's result is fetched when it is done")
-        if options.overrides.get("channels") == "each":
-            raise FieldError("channels", "channels=each is not available for jobs yet: use POST /v1/convert")
         await _check_length(state, intake, "/v1/jobs")
         engine = await _engine(state, options)
         params = check_values(options.overrides, engine.vocoder)
