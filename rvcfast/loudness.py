@@ -17,6 +17,7 @@ has no measurable loudness and is left as it is, with a warning.
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import numpy as np
 
@@ -36,15 +37,50 @@ _BLOCK_SECONDS = 0.4  # BS.1770's gating block
 def integrated_loudness(audio: np.ndarray, rate: int) -> float | None:
     """The integrated loudness of ``audio`` (mono, or ``[samples, channels]``: BS.1770 sums the
     channels' weighted power) in LUFS; ``-inf`` when it is silent (every block below the
-    -70 LUFS gate), ``None`` when it is shorter than one 400 ms block."""
+    -70 LUFS gate), ``None`` when it is shorter than one 400 ms block.
+
+    Up to 5 channels are weighted as BS.1770's L, R, C, Ls, Rs (1, 1, 1, 1.41, 1.41); more
+    channels have no standard layout, so each is weighted 1.
+    """
     import pyloudnorm
 
     x = np.asarray(audio, dtype=np.float64)
-    if x.ndim not in (1, 2) or (x.ndim == 2 and not 1 <= x.shape[1] <= 5):
-        raise ValueError(f"integrated_loudness expects mono or [samples, channels (up to 5)] audio, got shape {x.shape}")
+    if x.ndim not in (1, 2) or (x.ndim == 2 and x.shape[1] < 1):
+        raise ValueError(f"integrated_loudness expects mono or [samples, channels] audio, got shape {x.shape}")
     if x.shape[0] <= int(round(_BLOCK_SECONDS * rate)):
         return None
-    return float(pyloudnorm.Meter(int(rate)).integrated_loudness(x))
+    meter = pyloudnorm.Meter(int(rate))
+    if x.ndim == 1 or x.shape[1] <= 5:
+        return float(meter.integrated_loudness(x))
+    return _unit_weighted_loudness(meter, x)
+
+
+def _unit_weighted_loudness(meter: Any, x: np.ndarray) -> float:
+    """BS.1770-4 gated loudness of ``[samples, channels]`` with every channel weighted 1 (what
+    pyloudnorm computes for up to 3 channels; it refuses more than 5): its K-weighting filters,
+    its 400 ms blocks at 75 % overlap, the -70 LUFS and relative (-10 LU) gates."""
+    rate = float(meter.rate)
+    power = np.zeros(x.shape[0], dtype=np.float64)  # the K-weighted power summed over the channels
+    for c in range(x.shape[1]):
+        y = x[:, c].copy()
+        for stage in meter._filters.values():  # noqa: SLF001 - the meter's own K-weighting
+            y = stage.apply_filter(y)
+        power += y * y
+    cumulative = np.concatenate(([0.0], np.cumsum(power)))
+    block, step = _BLOCK_SECONDS, 1.0 - meter.overlap
+    n_blocks = int(np.round((x.shape[0] / rate - block) / (block * step))) + 1
+    j = np.arange(n_blocks)
+    lower = (block * (j * step) * rate).astype(np.int64)
+    upper = np.minimum((block * (j * step + 1) * rate).astype(np.int64), x.shape[0])
+    z = (cumulative[upper] - cumulative[lower]) / (block * rate)
+    with np.errstate(divide="ignore"):
+        loudness = -0.691 + 10.0 * np.log10(z)
+        gated = z[loudness >= -70.0]
+        if gated.size == 0:
+            return -math.inf
+        relative = -0.691 + 10.0 * np.log10(gated.mean()) - 10.0
+        kept = z[(loudness > relative) & (loudness > -70.0)]
+        return float(-0.691 + 10.0 * np.log10(kept.mean())) if kept.size else -math.inf
 
 
 def normalize_loudness(

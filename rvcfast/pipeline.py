@@ -66,6 +66,9 @@ class PreparedAudio:
     #: the further channels of an input converted channel by channel (``channels="each"``):
     #: this object is channel 0, each of these one more, all split at the same points
     more_channels: tuple[PreparedAudio, ...] = ()
+    #: with a formant shift: the BS.1770 loudness of the input before it (after the 0.95 input
+    #: peak guard), what ``loudness="match"`` gives the output; ``-inf`` silent, NaN under 0.4 s
+    input_loudness: float | None = None
 
     @property
     def audio(self) -> np.ndarray:
@@ -151,9 +154,14 @@ def prepare_input(
     if params is not None and params.strict and decoded.warnings:
         raise AudioError(None, "strict mode: " + "; ".join(decoded.warnings))
     audio = decoded.audio
+    loudness: float | None = None
     if params is not None and params.formant is not None:
         from .effects import formant_shift
+        from .loudness import integrated_loudness
 
+        # the shift changes the timbre, and so the loudness: "match" is the input's, measured before it
+        measured = integrated_loudness(input_peak_guard(np.asarray(audio, dtype=np.float64)), SR_16K)
+        loudness = float("nan") if measured is None else measured
         # as the reference: on the 16 kHz input, before the peak guard
         audio = formant_shift(audio, *params.formant) if audio.ndim == 1 else np.stack(
             [formant_shift(audio[:, c], *params.formant) for c in range(audio.shape[1])], axis=1
@@ -163,6 +171,7 @@ def prepare_input(
     else:
         prepared = prepare(audio, config, label=decoded.label, warnings=decoded.warnings)
     prepared.formant = formant_of(params)
+    prepared.input_loudness = loudness
     for channel in prepared.more_channels:
         channel.formant = prepared.formant
     return prepared
@@ -361,10 +370,13 @@ def _normalized(out: np.ndarray, rate: int, prep: PreparedAudio, loudness: float
 
     label = prep.label or "input"
     if loudness == MATCH:
-        heard = prep.audio if not prep.more_channels else np.stack([c.audio for c in (prep, *prep.more_channels)], axis=1)
-        target = integrated_loudness(heard, SR_16K)
+        if prep.input_loudness is not None:  # measured before the formant shift
+            target: float | None = prep.input_loudness
+        else:
+            heard = prep.audio if not prep.more_channels else np.stack([c.audio for c in (prep, *prep.more_channels)], axis=1)
+            target = integrated_loudness(heard, SR_16K)
         if target is None or not np.isfinite(target):
-            why = "shorter than 0.4 s" if target is None else "silent"
+            why = "shorter than 0.4 s" if target is None or np.isnan(target) else "silent"
             return out, [f"{label}: loudness not matched: the input is {why}, its loudness cannot be measured"]
         loudness = target
     return normalize_loudness(out, rate, float(loudness), label)

@@ -34,10 +34,54 @@ def test_a_sine_reads_its_analytic_loudness(rate: int, peak: float) -> None:
 def test_unmeasurable_audio() -> None:
     assert integrated_loudness(np.zeros(16000, np.float32), 16000) == -math.inf  # below the -70 LUFS gate
     assert integrated_loudness(_sine(0.5, 16000, seconds=0.3), 16000) is None  # shorter than one 400 ms block
-    with pytest.raises(ValueError, match="up to 5"):
-        integrated_loudness(np.zeros((16000, 6)), 16000)
+    with pytest.raises(ValueError, match="mono or \\[samples, channels\\]"):
+        integrated_loudness(np.zeros((16000, 2, 2)), 16000)
     stereo = np.stack([_sine(0.1, 16000), _sine(0.1, 16000)], axis=1)  # BS.1770 sums the channels' power: +3 dB
     assert integrated_loudness(stereo, 16000) == pytest.approx(integrated_loudness(stereo[:, 0], 16000) + 3.01, abs=0.02)
+
+
+def test_more_than_five_channels_are_measured_each_weighted_one() -> None:
+    # pyloudnorm stops at 5 channels (BS.1770's L, R, C, Ls, Rs); a 6- or 8-channel output of
+    # channels="each" was a ValueError ("post-processing failed") with any loudness setting
+    sine = _sine(0.1, 16000)
+    six = np.stack([sine] * 6, axis=1)  # six equal channels, weighted 1: six times the power
+    assert integrated_loudness(six, 16000) == pytest.approx(integrated_loudness(sine, 16000) + 10 * math.log10(6), abs=0.02)
+    rng = np.random.default_rng(0)
+    three = (rng.standard_normal((48000, 3)) * np.linspace(0.001, 0.3, 48000)[:, None]).astype(np.float32)
+    eight = np.concatenate([three, np.zeros((48000, 5), np.float32)], axis=1)  # silent channels add no power
+    assert integrated_loudness(eight, 16000) == pytest.approx(integrated_loudness(three, 16000), abs=1e-6)  # L, R, C: weight 1
+    assert integrated_loudness(np.zeros((32000, 7)), 16000) == -math.inf
+    assert integrated_loudness(np.zeros((4000, 7)), 16000) is None
+    out, warnings = normalize_loudness(eight, 16000, -20.0, "eight.wav")
+    assert warnings == [] and out.shape == eight.shape
+    assert integrated_loudness(out, 16000) == pytest.approx(-20.0, abs=0.05)
+
+
+def test_match_with_a_formant_shift_gives_the_input_loudness_before_the_shift() -> None:
+    # the formant shift changes the timbre and so the K-weighted loudness (2.5 dB for the golden
+    # speech at timbre 1.2, 2.6 dB for this tone at 0.7): "match" took the shifted input's
+    # loudness, not the one the user gave
+    from rvcfast.effects import formant_shift
+    from rvcfast.pipeline import finish, prepare_input
+
+    t = np.arange(3 * 16000) / 16000
+    voice = sum(np.sin(2 * np.pi * 220 * k * t) / k for k in range(1, 40)) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    voice = 0.5 * voice / np.abs(voice).max()  # under the 0.95 input peak guard
+    params = ConversionParams(formant=(1.0, 0.7), loudness="match")
+    heard = integrated_loudness(voice, 16000)
+    shifted = integrated_loudness(formant_shift(voice, 1.0, 0.7), 16000)
+    assert abs(shifted - heard) > 1.0  # the shift does change it: the test can tell the two apart
+    prep = prepare_input(voice, 16000, params=params)
+    warnings: list[str] = []
+    out, rate = finish([_sine(0.05, 40000)], prep, 40000, params, warnings)
+    assert warnings == [] and rate == 40000
+    assert integrated_loudness(out, rate) == pytest.approx(heard, abs=0.05)
+    short = prepare_input(voice[:4000], 16000, params=params)  # under one 400 ms block: left as it is
+    out, _ = finish([_sine(0.05, 40000)], short, 40000, params, warnings)
+    assert np.array_equal(out, _sine(0.05, 40000)) and "the input is shorter than 0.4 s" in warnings[0]
+    silent = prepare_input(np.zeros(32000), 16000, params=params)
+    out, _ = finish([_sine(0.05, 40000)], silent, 40000, params, warnings)
+    assert "the input is silent" in warnings[1]
 
 
 @pytest.mark.parametrize("target", [-30.0, -23.0, -16.0])
