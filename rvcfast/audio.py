@@ -278,14 +278,17 @@ def _same_kind(frame: tuple[int, int, tuple[int, int, int]] | None, first: tuple
 
 
 class _Stats:
-    """Running checks over decoded blocks: clipped runs per channel and the mono sum (DC)."""
+    """Running checks over decoded blocks: clipped runs per channel and the sum (DC) of the
+    mono mix, or of each channel when the channels are kept (each is high-passed on its own)."""
 
     def __init__(self) -> None:
         self.clipped = 0
-        self.total = 0.0
+        self.total: float | np.ndarray = 0.0
         self.count = 0
 
     def add(self, block: np.ndarray, mono: np.ndarray) -> None:
+        """Count one block: ``block`` is ``[frames, channels]``; ``mono`` is its mix (1-D), or
+        ``[frames, channels]`` to check each channel's DC offset."""
         # a clipped run: CLIP_RUN equal samples in a row at full scale (a flat top)
         full = np.abs(block) >= CLIP_LEVEL
         if full.shape[0] >= CLIP_RUN and full.any():
@@ -296,7 +299,7 @@ class _Stats:
                 run &= block[CLIP_RUN - k : n - k + 1] == block[CLIP_RUN - 1 - k : n - k]
             self.clipped += int(run.sum())
         with np.errstate(over="ignore", invalid="ignore"):
-            self.total += float(mono.sum())
+            self.total = self.total + (mono.sum(axis=0) if mono.ndim == 2 else float(mono.sum()))
         self.count += mono.shape[0]
 
     def warnings(self, label: str, channels: int) -> list[str]:
@@ -307,9 +310,11 @@ class _Stats:
             out.append(
                 f"{label}: input appears clipped ({self.clipped} samples in runs of {CLIP_RUN}+ at full scale)"
             )
-        mean = self.total / self.count if self.count else 0.0
-        if np.isfinite(mean) and abs(mean) > DC_LEVEL:
-            out.append(f"{label}: DC offset of {mean:+.3f} removed (48 Hz high-pass)")
+        means = np.atleast_1d(np.asarray(self.total, dtype=np.float64) / self.count) if self.count else np.zeros(1)
+        for c, mean in enumerate(means):
+            if np.isfinite(mean) and abs(mean) > DC_LEVEL:
+                where = f" in channel {c + 1}" if means.shape[0] > 1 else ""
+                out.append(f"{label}: DC offset of {mean:+.3f}{where} removed (48 Hz high-pass)")
         return out
 
 
@@ -477,7 +482,7 @@ def _consume(
     """Mix each block to mono, check it and resample it to 16 kHz into one buffer (with
     ``keep_channels``: each channel into its own, ``[samples, channels]``)."""
     if keep_channels:
-        return _consume_channels(blocks, p, sr, stats)
+        return _consume_channels(blocks, p, sr, frames, stats)
     resampler = Resampler(sr, SR_16K)
     # a header's frame count sizes the buffer, up to an hour's worth: beyond that (a length
     # libsndfile does not know is 2**63 - 1) the buffer grows with what is really decoded
@@ -496,34 +501,38 @@ def _consume(
     return _finish(out, pos, resampler), n_in
 
 
-def _consume_channels(blocks: Iterator[np.ndarray], p: Path, sr: int, stats: _Stats) -> tuple[np.ndarray, int]:
-    """:func:`_consume` keeping the channels: one resampler per channel, ``[samples, channels]``."""
+def _consume_channels(blocks: Iterator[np.ndarray], p: Path, sr: int, frames: int, stats: _Stats) -> tuple[np.ndarray, int]:
+    """:func:`_consume` keeping the channels: one resampler per channel, written into one
+    ``[samples, channels]`` buffer sized from the header as :func:`_consume` sizes its own."""
     resamplers: list[Resampler] = []
-    pieces: list[list[np.ndarray]] = []
-    n_in = 0
+    out = np.empty((0, 1), dtype=np.float64)
+    pos = n_in = 0
     for block in blocks:
         data = block if block.ndim == 2 else block[:, None]
         if not np.isfinite(data).all():
             raise AudioError(p, f"audio contains {int((~np.isfinite(data)).sum())} NaN or Inf samples")
         if not resamplers:
             resamplers = [Resampler(sr, SR_16K) for _ in range(data.shape[1])]
-            pieces = [[] for _ in resamplers]
-        stats.add(data, to_mono(data))
+            known = min(max(frames, 0), _MAX_PREALLOCATED_SECONDS * sr)
+            out = np.empty((resampled_length(known, sr, SR_16K), data.shape[1]), dtype=np.float64)
+        stats.add(data, data)  # each channel is high-passed on its own: its own DC offset
         n_in += data.shape[0]
-        for c, rs in enumerate(resamplers):
-            pieces[c].append(rs.push(data[:, c]))
+        out, pos = _append(out, pos, np.stack([rs.push(data[:, c]) for c, rs in enumerate(resamplers)], axis=1))
     if n_in == 0:
         raise AudioError(p, "audio has no samples")
-    for c, rs in enumerate(resamplers):
-        pieces[c].append(rs.flush())
-    return np.stack([np.concatenate(channel) for channel in pieces], axis=1), n_in
+    tail = np.stack([rs.flush() for rs in resamplers], axis=1)
+    total = pos + tail.shape[0]
+    if total > out.shape[0]:
+        return np.concatenate([out[:pos], tail]), n_in
+    out[pos:total] = tail
+    return out[:total], n_in
 
 
 def _append(out: np.ndarray, pos: int, piece: np.ndarray) -> tuple[np.ndarray, int]:
     """Write ``piece`` at ``pos``; grows ``out`` when the header under-reported the length."""
     end = pos + piece.shape[0]
     if end > out.shape[0]:
-        grown = np.empty(max(end, 2 * out.shape[0]), dtype=out.dtype)
+        grown = np.empty((max(end, 2 * out.shape[0]), *out.shape[1:]), dtype=out.dtype)
         grown[:pos] = out[:pos]
         out = grown
     out[pos:end] = piece
@@ -594,10 +603,11 @@ def _decode_array(source: np.ndarray, sample_rate: int | None, name: str | None,
     if not np.isfinite(mono).all():
         raise AudioError(label, f"audio contains {int((~np.isfinite(mono)).sum())} NaN or Inf samples")
     stats = _Stats()
-    stats.add(data if data.ndim == 2 else data[:, None], mono)
+    keep = keep_channels and channels > 1
+    stats.add(data if data.ndim == 2 else data[:, None], data if keep else mono)
     from .dsp import resample
 
-    if keep_channels and channels > 1:
+    if keep:
         kept = np.stack([resample(data[:, c], sr, SR_16K, dtype=np.float64) for c in range(channels)], axis=1)
         return Decoded(kept, sr, channels, label, stats.warnings(label, 1))
     return Decoded(resample(mono, sr, SR_16K, dtype=np.float64), sr, channels, label, stats.warnings(label, channels))

@@ -1,0 +1,92 @@
+"""``channels="each"``, second pass: what a multi-channel input's users hit beyond the first tests.
+
+* a DC offset is removed from each channel on its own (each is high-passed alone), so each
+  channel's offset is reported (and refused with ``strict``), not the mix's;
+* decoding a long multi-channel file holds one ``[samples, channels]`` buffer, not three;
+* ``loudness`` works for any number of channels (BS.1770 layouts stop at 5).
+"""
+
+from __future__ import annotations
+
+import math
+import tracemalloc
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture, tone  # noqa: F401 (fixtures)
+
+from rvcfast.audio import decode
+from rvcfast.errors import AudioError
+from rvcfast.loudness import integrated_loudness
+from rvcfast.params import ConversionParams
+from rvcfast.pipeline import finish, prepare_input
+
+
+def _offset_stereo(seconds: float = 1.0, rate: int = 16000) -> np.ndarray:
+    """Two tones with opposite DC offsets: the mix has none, each channel has 0.1."""
+    t = np.arange(int(seconds * rate)) / rate
+    return np.stack([0.3 * np.sin(2 * np.pi * 200 * t) + 0.1, 0.3 * np.sin(2 * np.pi * 300 * t) - 0.1], axis=1)
+
+
+def test_each_channel_reports_its_own_dc_offset(tmp_path: Path) -> None:
+    x = _offset_stereo()
+    sf.write(tmp_path / "dc.wav", x, 16000, subtype="FLOAT")
+    for source, rate, label in ((x, 16000, "array input"), (tmp_path / "dc.wav", None, str(tmp_path / "dc.wav"))):
+        kept = decode(source, rate, keep_channels=True)
+        assert kept.warnings == [
+            f"{label}: DC offset of +0.100 in channel 1 removed (48 Hz high-pass)",
+            f"{label}: DC offset of -0.100 in channel 2 removed (48 Hz high-pass)",
+        ]
+        mixed = decode(source, rate)  # mixed down, the offsets cancel: only the mix-down is noted
+        assert mixed.warnings == [f"{label}: 2 channels mixed down to mono"]
+    with pytest.raises(AudioError, match="strict mode: .*DC offset of \\+0.100 in channel 1"):
+        prepare_input(x, 16000, params=ConversionParams(channels="each", strict=True))
+    one = decode(x[:, 0].copy(), 16000, keep_channels=True)  # one channel: worded as before
+    assert one.warnings == ["array input: DC offset of +0.100 removed (48 Hz high-pass)"]
+
+
+def test_decoding_the_channels_holds_one_buffer(tmp_path: Path) -> None:
+    # 60 s of stereo at 44.1 kHz: the kept [samples, 2] float64 output is 15.4 MB; the pieces of
+    # every channel were kept in lists, then joined per channel, then stacked (three copies; now one
+    # buffer and a few read blocks of 4 MB)
+    rng = np.random.default_rng(0)
+    with sf.SoundFile(tmp_path / "long.wav", "w", 44100, 2, subtype="PCM_16") as f:
+        for _ in range(6):
+            f.write((0.1 * rng.standard_normal((441000, 2))).astype(np.float32))
+    tracemalloc.start()
+    try:
+        kept = decode(tmp_path / "long.wav", keep_channels=True)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert kept.audio.shape == (960000, 2)
+    assert peak < 2 * kept.audio.nbytes, f"decoding peaked at {peak / 1e6:.1f} MB for {kept.audio.nbytes / 1e6:.1f} MB of audio"
+    for c in range(2):  # the same samples as before: each channel as that channel decoded alone
+        alone = decode(sf.read(tmp_path / "long.wav")[0][:, c].copy(), 44100).audio
+        np.testing.assert_allclose(kept.audio[:, c], alone, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("channels", [6, 8])
+def test_loudness_of_more_than_five_channels(channels: int) -> None:
+    # finishing a 6- or 8-channel output with any loudness raised ValueError (pyloudnorm takes 5)
+    x = tone(1.0, 16000, channels=channels)
+    for loudness in (-20.0, "match"):
+        params = ConversionParams(channels="each", loudness=loudness)
+        prep = prepare_input(x, 16000, params=params)
+        assert prep.n_channels == channels
+        out = np.stack([tone(1.0, 40000, freq=300.0 + 50 * c, amp=0.05) for c in range(channels)], axis=1).astype(np.float32)
+        warnings: list[str] = []
+        audio, rate = finish(out, prep, 40000, params, warnings)
+        assert warnings == [] and audio.shape == out.shape
+        target = loudness if loudness != "match" else integrated_loudness(np.stack([c.audio for c in (prep, *prep.more_channels)], axis=1), 16000)
+        assert math.isfinite(target)
+        assert integrated_loudness(audio, rate) == pytest.approx(target, abs=0.05)
+        gain = audio / out
+        np.testing.assert_allclose(gain, gain[100, 0], rtol=1e-5)  # one gain for every channel
+
+
+def test_an_eight_channel_conversion_with_loudness(tiny_converter) -> None:
+    res = tiny_converter.convert(tone(1.0, 16000, channels=8), 16000, channels="each", loudness="match", noise=False)
+    assert res.ok and res.audio.shape[1] == 8
