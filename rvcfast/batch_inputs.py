@@ -11,7 +11,7 @@ import numbers
 import os
 import re
 import string
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -116,6 +116,7 @@ def expand_inputs(inputs: Iterable[BatchInput] | BatchInput, options: BatchOptio
         # a missing/unreadable path is kept: it fails with a clear per-file error
         for f in _folder_files(p, options) if p.is_dir() else [p]:
             add_file(f)
+    jobs = _drop_recorded_outputs(jobs, options)
     _assign_outputs(jobs, options)
     return jobs
 
@@ -233,6 +234,38 @@ def _drop_previous_outputs(files: list[Path], options: BatchOptions) -> list[Pat
     return kept
 
 
+def _drop_recorded_outputs(jobs: list[Job], options: BatchOptions) -> list[Job]:
+    """In a resumed batch (``skip_existing``), leave out the files under the output folder that
+    record another of its inputs as their source: earlier runs' outputs, whatever their names
+    (an in-place ``recursive`` batch writes ``x.wav`` and ``x_1.wav`` for ``a/x.wav`` and
+    ``b/x.wav``; ``x_2.wav`` for ``x.wav`` beside ``x.flac``), which would otherwise be converted
+    themselves and take names from the inputs' own outputs. The jobs left are renumbered."""
+    if options.out_dir is None or not options.skip_existing:
+        return jobs
+    from .writing import recorded_source, source_id
+
+    top = _resolved(Path(options.out_dir))
+    files = [j for j in jobs if j.path is not None]
+    inside = [j for j in files if _resolved(j.path).is_relative_to(top)]  # type: ignore[arg-type]
+    if not inside:
+        return jobs
+    sources = {j.number: source_id(j.path) for j in files}  # type: ignore[arg-type]
+    batch = set(sources.values())
+    dropped = set()
+    for j in inside:
+        recorded = recorded_source(j.path)  # type: ignore[arg-type]
+        if recorded is not None and recorded != sources[j.number] and recorded in batch:
+            dropped.add(j.number)
+    if not dropped:
+        return jobs
+    kept = [j for j in jobs if j.number not in dropped]
+    for number, j in enumerate(kept):
+        j.number = number
+        if j.path is None:
+            j.label = f"array[{number}]"
+    return kept
+
+
 def _assign_outputs(jobs: list[Job], options: BatchOptions) -> None:
     """Give each job a unique output path in ``options.out_dir``, never an input's.
 
@@ -240,7 +273,10 @@ def _assign_outputs(jobs: list[Job], options: BatchOptions) -> None:
     a batch is resumed (``skip_existing``), an existing output that records one of this
     batch's inputs as its source (:func:`rvcfast.writing.recorded_source`) keeps that input:
     its own input is planned onto it (and skipped), every other input passes it by. Inputs
-    added between runs therefore cannot shift names onto another input's output.
+    added between runs therefore cannot shift names onto another input's output. Every
+    existing name of the sequence is looked at, also past a missing one (an input that
+    failed or was removed leaves a gap). The folders are listed once and each name is
+    checked about once, so thousands of inputs sharing a stem are planned in linear time.
     """
     if options.out_dir is None:
         return
@@ -254,12 +290,19 @@ def _assign_outputs(jobs: list[Job], options: BatchOptions) -> None:
                 j.out_path = own
     for j in jobs:
         if j.out_path is None:
-            j.out_path = namer.free_name(j, bases[j.number])
+            j.out_path = namer.free_name(bases[j.number])
             namer.take(j.out_path)
 
 
+_NUMBERED = re.compile(r"(.*)_([1-9][0-9]*)")
+
+
 class _Namer:
-    """Output names of one batch: the template, the names taken, the inputs never to be written."""
+    """Output names of one batch: the template, the names taken, the inputs never to be written.
+
+    The names of a ``base`` are numbered: ``k = 0`` is ``base`` itself, then ``base_k``; where
+    ``base`` is an input, ``k = 1`` is ``base_rvc`` instead (as rvcfast has always named them).
+    """
 
     def __init__(self, jobs: list[Job], options: BatchOptions) -> None:
         self.options = options
@@ -271,6 +314,10 @@ class _Namer:
         self.sources: dict[int, str] = {}  # job number -> the source id its outputs record
         self.taken: set[str] = set()  # outputs differing only in case would be one file there too
         self._recorded: dict[Path, str | None] = {}
+        self._listings: dict[Path, dict[str, set[int]]] = {}  # folder -> casefolded base name -> existing k
+        self._base_is_input: dict[str, bool] = {}
+        self._by_source: dict[str, dict[str, list[Path]]] = {}  # base -> source id -> its outputs, in order
+        self._next: dict[str, int] = {}  # base -> every name before this k is unavailable to the jobs left
         from .writing import source_id
 
         for j in jobs:
@@ -317,18 +364,48 @@ class _Namer:
     def take(self, candidate: Path) -> None:
         self.taken.add(self.key(candidate))
 
-    def candidates(self, base: str) -> Iterator[Path]:
-        """``base``, then ``base_1``, ``base_2``...; ``base_rvc`` in place of ``base_1`` where
-        ``base`` is an input (as rvcfast has always named them: resumes find earlier outputs)."""
-        candidate = self.out_dir / f"{base}.{self.ext}"
-        yield candidate
-        n = 1
-        if self.is_input(candidate):
-            yield self.out_dir / f"{base}_rvc.{self.ext}"
-            n = 2
-        while True:
-            yield self.out_dir / f"{base}_{n}.{self.ext}"
-            n += 1
+    def candidate(self, base: str, k: int) -> Path:
+        """``base``'s ``k``-th name: ``base``, then ``base_1``, ``base_2``...; ``base_rvc`` in place
+        of ``base_1`` where ``base`` is an input (resumes find earlier outputs by these names)."""
+        if k == 0:
+            return self.out_dir / f"{base}.{self.ext}"
+        if base not in self._base_is_input:
+            self._base_is_input[base] = self.is_input(self.candidate(base, 0))
+        if k == 1 and self._base_is_input[base]:
+            return self.out_dir / f"{base}_rvc.{self.ext}"
+        return self.out_dir / f"{base}_{k}.{self.ext}"
+
+    def existing(self, base: str) -> list[int]:
+        """The ``k`` of ``base``'s names that exist, in order (read from one listing of the folder)."""
+        folder = (self.out_dir / base).parent
+        if folder not in self._listings:
+            self._listings[folder] = self._list(folder)
+        found = self._listings[folder].get(Path(base).name.casefold(), set())
+        if self.candidate(base, 1).name.endswith(f"_rvc.{self.ext}"):  # base is an input: `base_rvc`, no `base_1`
+            return sorted({k for k in found if k == 0 or k >= 2} | ({1} if -1 in found else set()))
+        return sorted(k for k in found if k >= 0)
+
+    def _list(self, folder: Path) -> dict[str, set[int]]:
+        """The output-like files of ``folder`` by the (casefolded) base they may belong to:
+        ``x_2.wav`` is ``x_2``'s name 0 and ``x``'s name 2, ``x_rvc.wav`` ``x``'s ``_rvc`` (-1 here)."""
+        names: dict[str, set[int]] = {}
+        suffix = f".{self.ext}"
+        try:
+            entries = os.listdir(folder)
+        except OSError:
+            return names
+        for entry in entries:
+            name = entry.casefold()
+            if not name.endswith(suffix):
+                continue
+            root = name[: -len(suffix)]
+            names.setdefault(root, set()).add(0)
+            if root.endswith("_rvc"):
+                names.setdefault(root[: -len("_rvc")], set()).add(-1)
+            numbered = _NUMBERED.fullmatch(root)
+            if numbered is not None:
+                names.setdefault(numbered.group(1), set()).add(int(numbered.group(2)))
+        return names
 
     def recorded(self, candidate: Path) -> str | None:
         """The source id the existing file ``candidate`` records (read once)."""
@@ -343,22 +420,35 @@ class _Namer:
         own = self.sources.get(j.number)
         if own is None:
             return None
-        for candidate in self.candidates(base):
-            if not candidate.exists():
-                return None  # names are used in order: none further was written by a run
-            if self.recorded(candidate) == own and self.key(candidate) not in self.taken and not self.is_input(candidate):
+        if base not in self._by_source:  # each existing name of base is read once, for all its jobs
+            by_source: dict[str, list[Path]] = {}
+            for k in self.existing(base):
+                candidate = self.candidate(base, k)
+                source = self.recorded(candidate)
+                if source is not None and source in self.batch_sources:
+                    by_source.setdefault(source, []).append(candidate)
+            self._by_source[base] = by_source
+        for candidate in self._by_source[base].get(own, []):
+            if self.key(candidate) not in self.taken and not self.is_input(candidate):
                 return candidate
-        raise AssertionError("unreachable")  # pragma: no cover - candidates() never ends
+        return None
 
-    def free_name(self, j: Job, base: str) -> Path:
-        """The first of ``base``'s names no other input of the batch has (or had, by its record)."""
-        own = self.sources.get(j.number)
-        for candidate in self.candidates(base):
-            if self.key(candidate) in self.taken or self.is_input(candidate):
-                continue
-            if self.options.skip_existing and candidate.exists():
-                other = self.recorded(candidate)
-                if other is not None and other != own and other in self.batch_sources:
-                    continue  # another input's output: that input claims it
-            return candidate
-        raise AssertionError("unreachable")  # pragma: no cover - candidates() never ends
+    def free_name(self, base: str) -> Path:
+        """The first of ``base``'s names no input of the batch has (or had, by its record).
+
+        Whether a name is free does not depend on the job asking (a job that reaches this has
+        no output of its own left), and a name once unavailable stays so: the next job of the
+        same base starts where this one stopped.
+        """
+        existing = set(self.existing(base)) if self.options.skip_existing else set()
+        k = self._next.get(base, 0)
+        while True:
+            candidate = self.candidate(base, k)
+            if not (self.key(candidate) in self.taken or self.is_input(candidate) or self._claimed(candidate, k in existing)):
+                self._next[base] = k
+                return candidate
+            k += 1
+
+    def _claimed(self, candidate: Path, exists: bool) -> bool:
+        """An existing output that records another input of this batch: that input claims it."""
+        return exists and self.recorded(candidate) in self.batch_sources
