@@ -183,7 +183,9 @@ def _prepare_channels(audio: np.ndarray, config: SegmentConfig, label: str | Non
     audio = input_peak_guard(np.asarray(audio, dtype=np.float64))  # the peak over every channel
     mix = audio.mean(axis=1)
     if mix.shape[0] > LONG_INPUT_SAMPLES:
-        highpass_blocks(mix, out=mix)  # in place, block by block, as prepare() filters long inputs
+        # block by block, as prepare() filters long inputs (not in place: each block's run-in
+        # reads the samples before it, which an in-place filter has already overwritten)
+        mix = highpass_blocks(mix)
     else:
         mix = highpass_48hz(mix)
     split = find_split_points(mix, config)

@@ -90,3 +90,23 @@ def test_loudness_of_more_than_five_channels(channels: int) -> None:
 def test_an_eight_channel_conversion_with_loudness(tiny_converter) -> None:
     res = tiny_converter.convert(tone(1.0, 16000, channels=8), 16000, channels="each", loudness="match", noise=False)
     assert res.ok and res.audio.shape[1] == 8
+
+
+def test_a_long_input_is_split_where_its_high_passed_mix_is_quiet(monkeypatch) -> None:
+    # inputs over 10 minutes are high-passed in blocks with a 1 s run-in; the mix was filtered in
+    # place, so each block's run-in read the previous block's filtered output (errors of 9 % of
+    # the signal near the block edges, where the split points are looked for)
+    import rvcfast.pipeline as pipeline
+    from rvcfast.dsp import highpass_blocks
+
+    monkeypatch.setattr(pipeline, "LONG_INPUT_SAMPLES", 16000)  # the long-input path, at 130 s
+    seen: list[np.ndarray] = []
+    real = pipeline.find_split_points
+    monkeypatch.setattr(pipeline, "find_split_points", lambda audio, config: seen.append(np.array(audio)) or real(audio, config))
+    n = 130 * 16000
+    t = np.arange(n) / 16000
+    rng = np.random.default_rng(1)
+    x = np.stack([0.2 * np.sin(2 * np.pi * 20 * t) + 0.1, 0.05 * rng.standard_normal(n)], axis=1)  # strong low end, DC
+    prep = prepare_input(x, 16000, params=ConversionParams(channels="each"))
+    assert prep.n_channels == 2 and len(seen) == 1
+    np.testing.assert_allclose(seen[0], highpass_blocks(x.mean(axis=1)), rtol=0, atol=1e-12)
