@@ -273,7 +273,10 @@ def _assign_outputs(jobs: list[Job], options: BatchOptions) -> None:
     a batch is resumed (``skip_existing``), an existing output that records one of this
     batch's inputs as its source (:func:`rvcfast.writing.recorded_source`) keeps that input:
     its own input is planned onto it (and skipped), every other input passes it by. Inputs
-    added between runs therefore cannot shift names onto another input's output. Every
+    added between runs therefore cannot shift names onto another input's output; and once
+    one input has found its output, outputs recording files outside the batch (inputs since
+    removed) are passed by too (without such a match, as for a moved input folder, names
+    decide, as before records existed). Every
     existing name of the sequence is looked at, also past a missing one (an input that
     failed or was removed leaves a gap). The folders are listed once and each name is
     checked about once, so thousands of inputs sharing a stem are planned in linear time.
@@ -288,6 +291,9 @@ def _assign_outputs(jobs: list[Job], options: BatchOptions) -> None:
             if own is not None:
                 namer.take(own)
                 j.out_path = own
+        # an input found its own output: the folder is this batch's, so outputs recording
+        # files outside the batch (inputs since removed) are theirs too, not another's to skip on
+        namer.anchored = any(j.out_path is not None for j in jobs)
     for j in jobs:
         if j.out_path is None:
             j.out_path = namer.free_name(bases[j.number])
@@ -331,6 +337,7 @@ class _Namer:
             except OSError:
                 pass
         self.batch_sources = set(self.sources.values())
+        self.anchored = False  # outputs recorded by files outside the batch are taken (see _assign_outputs)
 
     def base(self, j: Job) -> str:
         """The job's name from the template, checked to stay inside the output folder."""
@@ -450,5 +457,9 @@ class _Namer:
             k += 1
 
     def _claimed(self, candidate: Path, exists: bool) -> bool:
-        """An existing output that records another input of this batch: that input claims it."""
-        return exists and self.recorded(candidate) in self.batch_sources
+        """An existing output that records another input of this batch (that input claims it),
+        or, once the batch is anchored, any other input at all."""
+        if not exists:
+            return False
+        source = self.recorded(candidate)
+        return source in self.batch_sources or (self.anchored and source is not None)

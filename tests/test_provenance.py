@@ -88,9 +88,12 @@ def test_a_removed_input_does_not_hand_its_output_to_another(tmp_path: Path) -> 
     _audio(a, b, c)
     _output_of(a, out / "x.wav")
     _output_of(b, out / "x_1.wav")
-    # a is gone from the resumed run: b keeps its output; c, new, takes neither
-    assert _plan([b, c], out, skip_existing=True) == [(b, out / "x_1.wav"), (c, out / "x.wav")]
-    assert _plan([c, b], out, skip_existing=True) == [(c, out / "x.wav"), (b, out / "x_1.wav")]
+    # a is gone from the resumed run: b keeps its output; c, new, takes neither (it was planned
+    # onto a's x.wav and skipped as done: b found its own output, so the folder is this batch's)
+    assert _plan([b, c], out, skip_existing=True) == [(b, out / "x_1.wav"), (c, out / "x_2.wav")]
+    assert _plan([c, b], out, skip_existing=True) == [(c, out / "x_2.wav"), (b, out / "x_1.wav")]
+    # a fresh run writes every output again, by input order
+    assert _plan([b, c], out) == [(b, out / "x.wav"), (c, out / "x_1.wav")]
 
 
 def test_outputs_without_a_record_are_matched_by_name_as_before(tmp_path: Path) -> None:
