@@ -167,6 +167,25 @@ def test_skip_existing_skips_only_outputs_that_read_as_audio(no_cluster, tmp_pat
     assert [status for status, _ in rows] == ["pending", "pending", "skipped"]
 
 
+def test_a_row_named_by_stem_is_not_skipped_on_another_files_output(no_cluster, tmp_path):
+    # a dataset row without output_path is named out_dir/<stem>.<format>: a later job's b/x.wav was
+    # skipped on an earlier job's output of a/x.wav (the claims only see one job)
+    from rvcfast.writing import write_audio_atomic
+
+    a, b = tmp_path / "a" / "x.wav", tmp_path / "b" / "x.wav"
+    for p in (a, b):
+        p.parent.mkdir()
+        sf.write(p, tone(0.3), 16000)
+    out = tmp_path / "out"
+    write_audio_atomic(out / "x.wav", tone(0.2), 40000, source=a)  # the earlier job's output of a
+    spec = dataclasses.replace(_spec(tmp_path, claims=None), skip_existing=True)
+    [(status, error)] = _decode(spec, [(str(b), None)])
+    assert status == "error" and "records another input as its source" in error and names_file(error, b)
+    assert _decode(spec, [(str(a), None)]) == [("skipped", None)]  # its own output: skipped
+    # an output_path the caller gave is the caller's mapping: skipped, as before
+    assert _decode(spec, [(str(b), str(out / "x.wav"))]) == [("skipped", None)]
+
+
 def test_one_file_under_two_spellings_converts_once_and_a_retry_converts_again(no_cluster, tmp_path):
     # The claims compared real paths: in/a.wav and in/./a.wav (or a symlink) both "owned" out/a.wav,
     # so the file was converted twice and written twice, with two ok rows.

@@ -32,7 +32,13 @@ import pyarrow as pa
 from ...errors import RvcfastError
 from ...params import ConversionParams
 from ...pipeline import prepare_input
-from ...writing import SUPPORTED_WRITE_FORMATS, finished_output, write_audio_atomic
+from ...writing import (
+    SUPPORTED_WRITE_FORMATS,
+    finished_output,
+    recorded_source,
+    source_id,
+    write_audio_atomic,
+)
 from ._weights import ModelFiles, local_files
 
 __all__ = [
@@ -220,6 +226,15 @@ def _decode_one(row: dict[str, Any], spec: JobSpec) -> dict[str, Any]:
     path = row["path"]
     try:
         if spec.skip_existing and finished_output(row["output_path"]):
+            other = recorded_source(row["output_path"]) if row.get("named_by_stem") else None
+            if other is not None and other != source_id(path):
+                # a name by stem alone: an earlier job's output of another file with this stem
+                row.update(status="error", error=(
+                    f"{path}: its output {row['output_path']} is there, but it records another input as its source "
+                    "(an earlier job's file with the same stem): give distinct output_path values, or "
+                    "skip_existing=False to replace it"
+                ))
+                return row
             row["status"] = "skipped"
             return row
         prep = prepare_input(path, params=spec.params)
@@ -236,6 +251,8 @@ def decode_audio(batch: pa.Table, spec: JobSpec) -> pa.Table:
     signal stages (or mark it skipped, or make it an error row)."""
     outputs = batch.column("output_path").to_pylist() if "output_path" in batch.column_names else [None] * batch.num_rows
     rows = [_plan_row(str(p), o, spec) for p, o in zip(batch.column("path").to_pylist(), outputs)]
+    for row, given in zip(rows, outputs):
+        row["named_by_stem"] = given is None  # only out_dir/<stem>.<format>: see _decode_one
     _claim_outputs(rows, spec)
     return _table([_decode_one(row, spec) for row in rows], _DECODED_SCHEMA)
 
