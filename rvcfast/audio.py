@@ -324,7 +324,9 @@ def _blocks(f: sf.SoundFile, p: Path, notes: list[str]) -> Iterator[np.ndarray]:
     A decode error makes the reader go back and continue in small blocks, so everything
     before the damage is kept; the damage is then a note (an error if nothing was readable).
     """
-    done, size = 0, _READ_BLOCK
+    # blocks of about _READ_BLOCK samples over all channels: a block of 255 channels read
+    # _READ_BLOCK frames at a time held 535 MB of float64 (and as much again for its checks)
+    done, size = 0, max(_SALVAGE_BLOCK, _READ_BLOCK // max(1, f.channels))
     while True:
         try:
             block = f.read(size, dtype="float64", always_2d=True)

@@ -110,3 +110,20 @@ def test_a_long_input_is_split_where_its_high_passed_mix_is_quiet(monkeypatch) -
     prep = prepare_input(x, 16000, params=ConversionParams(channels="each"))
     assert prep.n_channels == 2 and len(seen) == 1
     np.testing.assert_allclose(seen[0], highpass_blocks(x.mean(axis=1)), rtol=0, atol=1e-12)
+
+
+def test_decoding_many_channels_reads_blocks_of_bounded_size(tmp_path: Path) -> None:
+    # a 13 kB Ogg upload of 255 silent channels: read 2**18 frames at a time, one block held
+    # 163 MB of float64 (535 MB for longer files) and its checks as much again, mixed or kept
+    p = tmp_path / "many.ogg"
+    with sf.SoundFile(p, "w", 8000, 255, format="OGG", subtype="VORBIS") as f:
+        f.write(np.zeros((8000 * 10, 255), np.float32))
+    for keep in (False, True):
+        tracemalloc.start()
+        try:
+            decoded = decode(p, keep_channels=keep)
+            _, peak = tracemalloc.get_traced_memory()
+        finally:
+            tracemalloc.stop()
+        assert decoded.audio.shape == ((160000,) if not keep else (160000, 255))
+        assert peak < 1.5 * decoded.audio.nbytes + 40e6, f"keep_channels={keep}: decoding peaked at {peak / 1e6:.0f} MB"
