@@ -174,6 +174,19 @@ def measure_seconds(path: str | os.PathLike[str], limit: float) -> tuple[float, 
         src.close()
 
 
+def count_channels(path: str | os.PathLike[str]) -> int | None:
+    """Channels of the audio in ``path``, from the header of the decoder :func:`decode` picks
+    (nothing is decoded); ``None`` if no decoder opens it or the header does not say."""
+    try:
+        src = _source(Path(path))
+    except AudioError:
+        return None
+    try:
+        return int(src.channels) or None
+    finally:
+        src.close()
+
+
 # ---------------------------------------------------------------------------------------- files
 
 

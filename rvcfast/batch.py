@@ -175,7 +175,7 @@ class _Decoded:
     decode_seconds: float
     error: str | None = None
     skipped: bool = False
-    f0: Any = None  # a Future of the process pool
+    f0: Any = None  # Futures of the process pool, one per channel
 
 
 @dataclass
@@ -280,8 +280,8 @@ class _BatchRun:
         except Exception as exc:  # noqa: BLE001 - reported per file, the batch carries on
             return _Decoded(job, None, time.perf_counter() - t0, error=_error_text(job.label, exc))
         dec = _Decoded(job, prep, time.perf_counter() - t0)
-        if self.f0_pool is not None:
-            dec.f0 = self._submit_f0(prep.padded)
+        if self.f0_pool is not None:  # every channel's track (channels="each") on the pool
+            dec.f0 = [self._submit_f0(c.padded) for c in (prep, *prep.more_channels)]
         return dec
 
     def _submit_f0(self, padded: np.ndarray) -> cf.Future[Any]:
@@ -362,7 +362,7 @@ class _BatchRun:
                 early.append(self._result(dec.job, {"decode": dec.decode_seconds}, error=dec.error))
             else:
                 group.append(dec)
-                samples += dec.prep.padded.shape[0]
+                samples += dec.prep.padded.shape[0] * dec.prep.n_channels
         return group, early
 
     def _f0_tracks(self, group: list[_Decoded]) -> tuple[list[Any] | None, float]:
@@ -371,15 +371,19 @@ class _BatchRun:
         t0 = time.perf_counter()
         tracks: list[Any] = []
         for d in group:
-            try:
-                tracks.append(d.f0.result())
-            except BrokenProcessPool:
-                tracks.append(self._f0_alone(d))
-            except Exception as exc:  # noqa: BLE001 - the engine reports it for that file
-                tracks.append(exc)
+            assert d.prep is not None
+            found: list[Any] = []
+            for future, channel in zip(d.f0, (d.prep, *d.prep.more_channels)):
+                try:
+                    found.append(future.result())
+                except BrokenProcessPool:
+                    found.append(self._f0_alone(d, channel.padded))
+                except Exception as exc:  # noqa: BLE001 - the engine reports it for that file
+                    found.append(exc)
+            tracks.append(found[0] if len(found) == 1 else tuple(found))
         return tracks, time.perf_counter() - t0
 
-    def _f0_alone(self, d: _Decoded) -> Any:
+    def _f0_alone(self, d: _Decoded, padded: np.ndarray) -> Any:
         """The F0 track of a file whose pool lost a worker process, computed again in a process of
         its own: the files that were only queued or running next to the one that killed the
         process get their tracks; a file that kills this process too gets an error naming it."""
@@ -388,7 +392,7 @@ class _BatchRun:
             return RvcfastError(f"{d.job.label}: not converted, the batch was stopped")
         with cf.ProcessPoolExecutor(max_workers=1) as pool:
             try:
-                return pool.submit(_cpu_f0, self.extractor, d.prep.padded).result()
+                return pool.submit(_cpu_f0, self.extractor, padded).result()
             except BrokenProcessPool:
                 backend = getattr(self.extractor, "name", type(self.extractor).__name__)
                 return RvcfastError(

@@ -302,7 +302,8 @@ class Engine:
         when their speaker, noise switch and v1 layer agree. Every settings object is
         checked against this model first (out-of-range values raise
         :class:`~rvcfast.errors.ParameterError`, as in :meth:`params`); so is ``f0``, which
-        must hold one track per input. Returns one :class:`Result`
+        must hold one track per input (for an input prepared with ``channels="each"``, a tuple
+        of one track per channel, or one track: the first channel's, the others extracted). Returns one :class:`Result`
         per input, in order. A failing input gets ``error`` set (its name and the reason)
         unless ``raise_errors``, which re-raises the first failure's exception as it
         happens. ``batch_seconds`` overrides the engine's packing budget for this call.
@@ -332,7 +333,7 @@ class Engine:
             item.channels = [_Item(c, item.params) for c in item.prep.more_channels]
         every = items + [c for item in items for c in item.channels]
         if f0 is not None:
-            f0 = f0 + [_COMPUTE] * (len(every) - len(items))
+            f0 = _channel_tracks(items, f0)
         _check_cancel(cancel)
         self._pitch(every, f0, raise_errors)
         budget = int((batch_seconds if batch_seconds is not None else self.batch_seconds) * SR_16K)
@@ -699,6 +700,26 @@ def _join_channels(item: _Item) -> None:
         item.buffer = np.stack([g.buffer for g in group], axis=1)  # type: ignore[misc]
     for channel in item.channels:
         channel.buffer = None
+
+
+def _channel_tracks(items: list[_Item], f0: list[Any]) -> list[Any]:
+    """One F0 track per input, then one per further channel (``channels="each"``), in the order
+    of :meth:`Engine.run`'s items: an input's track may be a tuple of one track per channel;
+    a single track is the first channel's, the others are extracted."""
+    firsts: list[Any] = []
+    rest: list[Any] = []
+    for item, track in zip(items, f0):
+        if isinstance(track, tuple) and item.channels:
+            if len(track) != 1 + len(item.channels):
+                raise ParameterError(
+                    f"{item.prep.label or 'input'}: {len(track)} F0 tracks given for an input of {1 + len(item.channels)} channels"
+                )
+            firsts.append(track[0])
+            rest.extend(track[1:])
+        else:
+            firsts.append(track)
+            rest.extend([_COMPUTE] * len(item.channels))
+    return firsts + rest
 
 
 def _check_formant(prep: PreparedAudio, params: ConversionParams) -> None:

@@ -127,3 +127,19 @@ def test_decoding_many_channels_reads_blocks_of_bounded_size(tmp_path: Path) -> 
             tracemalloc.stop()
         assert decoded.audio.shape == ((160000,) if not keep else (160000, 255))
         assert peak < 1.5 * decoded.audio.nbytes + 40e6, f"keep_channels={keep}: decoding peaked at {peak / 1e6:.0f} MB"
+
+
+def test_run_takes_one_f0_track_per_channel(tiny_converter, monkeypatch) -> None:
+    # a batch's or server's CPU tracker (harvest, pm...) computes every channel's track beside the
+    # model worker: run() takes them as a tuple and extracts none of them again
+    from rvcfast.errors import ParameterError
+
+    engine = tiny_converter.engine
+    q = engine.params(channels="each", noise=False)
+    prep = engine.prepare(tone(1.0, 16000, channels=2) * [1.0, 0.5], 16000, params=q)
+    tracks = tuple(engine.extract_f0([prep, *prep.more_channels], q))
+    expected = engine.run([prep], q, raise_errors=True)[0].audio
+    monkeypatch.setattr(engine, "extract_f0", lambda *a: pytest.fail("a given track was extracted again"))
+    np.testing.assert_array_equal(engine.run([prep], q, f0=[tracks], raise_errors=True)[0].audio, expected)
+    with pytest.raises(ParameterError, match="1 F0 tracks given for an input of 2 channels"):
+        engine.run([prep], q, f0=[tracks[:1]])

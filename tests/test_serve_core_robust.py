@@ -32,7 +32,7 @@ def wait_for(condition: Callable[[], bool], what: str) -> None:
 
 
 def prep(label: str) -> Any:
-    return SimpleNamespace(label=label, padded=np.zeros(16000), seconds=1.0)
+    return SimpleNamespace(label=label, padded=np.zeros(16000), seconds=1.0, n_channels=1)
 
 
 class SharedCallFails:

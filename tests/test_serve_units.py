@@ -39,7 +39,7 @@ class FakeEngine:
 
 
 def prep(label: str, seconds: float = 7.0):
-    return SimpleNamespace(label=label, padded=np.zeros(int(seconds * 16000)), seconds=seconds)
+    return SimpleNamespace(label=label, padded=np.zeros(int(seconds * 16000)), seconds=seconds, n_channels=1)
 
 
 def test_requests_of_one_voice_are_gathered_up_to_the_budget() -> None:

@@ -430,3 +430,21 @@ def test_channels_each_answers_with_the_input_channels(server, client, folders) 
     assert rate == 40000 and result.shape == audio.shape
     np.testing.assert_allclose(result, audio, atol=1.01 / 32768)  # the same conversion (PCM_16), whole or as a job
     assert_alive(server, client)
+
+
+def test_channels_each_counts_every_channel_against_the_input_limit(server, client, folders) -> None:
+    """A small upload of 255 channels of 15 s is 3825 s of audio to convert with channels=each
+    (19 GB decoded at 600 s): the input limits count every channel, read from the header first."""
+    import numpy as np
+    import soundfile as sf
+
+    p = folders["root"] / "many.ogg"
+    with sf.SoundFile(p, "w", 8000, 255, format="OGG", subtype="VORBIS") as f:
+        f.write(np.zeros((8000 * 15, 255), np.float32))
+    r = post(client, p, channels="each", format="wav")
+    assert r.status_code == 413 and "255 channels of 15.0 s" in r.json()["error"], r.text
+    r = post(client, p, format="wav")  # mixed down: 15 s
+    assert r.status_code == 200, r.text
+    r = post(client, p, route="/v1/jobs", channels="each")  # jobs take up to 3600 s (the default)
+    assert r.status_code == 413 and "255 channels of 15.0 s" in r.json()["error"] and "3600" in r.json()["error"], r.text
+    assert_alive(server, client)

@@ -69,14 +69,29 @@ def input_seconds(path: Path, limit: float) -> tuple[float, bool] | None:
     return measure_seconds(path, limit)
 
 
-async def _check_length(state: ServerState, intake: Intake, route: str) -> None:
-    """Refuse an input longer than the route's limit (:class:`InputTooLong`), before it is decoded."""
+def input_channels(path: Path) -> int | None:
+    """Channels of the audio in ``path`` (see :func:`rvcfast.audio.count_channels`)."""
+    from ..audio import count_channels
+
+    return count_channels(path)
+
+
+async def _check_length(state: ServerState, intake: Intake, route: str, channels: int = 1) -> None:
+    """Refuse an input longer than the route's limit (:class:`InputTooLong`), before it is decoded.
+    ``channels``: the input's channels when each is converted (``channels=each``): the limit
+    is on the seconds of all of them together."""
     jobs = route == "/v1/jobs"
     limit = float(state.cfg.max_job_seconds if jobs else state.cfg.max_input_seconds)
     assert intake.path is not None
-    found = await state.in_pool(input_seconds, intake.path, limit)
-    if found is None or found[0] <= limit:
+    found = await state.in_pool(input_seconds, intake.path, limit / channels)
+    if found is None or found[0] * channels <= limit:
         return
+    if channels > 1:
+        raise InputTooLong(
+            f"{intake.name} has {channels} channels of {found[0]:.1f} s{'' if found[1] else ' or more'}: converting each "
+            f"is {found[0] * channels:.1f} s of audio; {route} takes at most {limit:g} s (leave out channels=each to mix them down)",
+            found[0] * channels, limit,
+        )
     seconds, whole = found
     length = f"{seconds:.1f} s long" if whole else f"longer than {limit:g} s"
     message = f"{intake.name} is {length}; {route} takes inputs of at most {limit:g} s"
@@ -129,6 +144,10 @@ async def _counted(state: ServerState, stage: str, step: Awaitable[T]) -> T:
 async def _prepare(state: ServerState, intake: Intake, options: ConvertOptions) -> _Work:
     """The voice's engine, the checked parameters, the decoded input (and a CPU F0 track)."""
     await _check_length(state, intake, "/v1/convert")  # before the voice is loaded or the input decoded
+    channels = 1
+    if options.overrides.get("channels") == "each":  # every channel is decoded and converted: all count
+        channels = max(1, await state.in_pool(input_channels, intake.path) or 1)
+        await _check_length(state, intake, "/v1/convert", channels)
     engine = await _engine(state, options)
     params = check_values(options.overrides, engine.vocoder)
     check_output_rate(options.format, options.subtype, params.output_rate(engine.sample_rate))  # before any work
@@ -136,10 +155,11 @@ async def _prepare(state: ServerState, intake: Intake, options: ConvertOptions) 
     t0 = time.perf_counter()
     limit = float(state.cfg.max_input_seconds)
     try:
-        prep = await _counted(state, "decode", state.in_pool(_prepared, engine, intake.path, params, limit))
+        prep = await _counted(state, "decode", state.in_pool(_prepared, engine, intake.path, params, limit / channels))
     except AudioTooLongError:  # a header that under-states the length: found while decoding, bounded
+        what = f"is longer than {limit:g} s" if channels == 1 else f"has {channels} channels of more than {limit / channels:g} s"
         raise InputTooLong(
-            f"{intake.name} is longer than {limit:g} s; /v1/convert takes inputs of at most {limit:g} s", limit, limit
+            f"{intake.name} {what}; /v1/convert takes inputs of at most {limit:g} s", limit, limit
         ) from None
     except AudioError as exc:
         raise AudioError(None, intake.hide(str(exc))) from None
@@ -147,8 +167,9 @@ async def _prepare(state: ServerState, intake: Intake, options: ConvertOptions) 
     f0 = None
     if ext is not None and getattr(ext, "cpu_bound", False):
         # numpy trackers (harvest, dio, pm) run beside the model worker, not on it
-        try:
-            f0 = await state.in_pool(ext.extract, prep.padded)
+        try:  # every channel's track (channels="each"), not only the first's
+            tracks = [await state.in_pool(ext.extract, c.padded) for c in (prep, *prep.more_channels)]
+            f0 = tracks[0] if len(tracks) == 1 else tuple(tracks)
         except Exception as exc:  # noqa: BLE001 - the engine reports it for this request
             f0 = exc
     return _Work(engine, params, prep, f0, options, intake.name, time.perf_counter() - t0)
@@ -353,7 +374,10 @@ async def _run_job(state: ServerState, job: Job, engine: Engine, params: Convers
     raw_path, out_path = state.jobs.path(job, ".raw"), state.jobs.path(job, f".{job.format}")
     try:
         t0 = time.perf_counter()
-        prep = await _to_the_end(state, engine.prepare, source, params=params, max_seconds=float(state.cfg.max_job_seconds))
+        limit = float(state.cfg.max_job_seconds)
+        if params.channels == "each":  # the limit is on every channel's seconds together
+            limit /= max(1, await state.in_pool(input_channels, source) or 1)
+        prep = await _to_the_end(state, engine.prepare, source, params=params, max_seconds=limit)
         job.timings["decode"] = time.perf_counter() - t0
         job.started, job.state = time.time(), "running"
         job.input_seconds, job.segments = prep.seconds, len(prep.segments)
@@ -423,6 +447,9 @@ async def _create_job(state: ServerState, request: Any) -> Any:
         if options.stream:
             raise FieldError("stream", "stream=true is for POST /v1/convert; a job's result is fetched when it is done")
         await _check_length(state, intake, "/v1/jobs")
+        if options.overrides.get("channels") == "each":  # every channel is converted: all count
+            channels = max(1, await state.in_pool(input_channels, intake.path) or 1)
+            await _check_length(state, intake, "/v1/jobs", channels)
         engine = await _engine(state, options)
         params = check_values(options.overrides, engine.vocoder)
         check_output_rate(options.format, options.subtype, params.output_rate(engine.sample_rate))

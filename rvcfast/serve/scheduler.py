@@ -271,13 +271,13 @@ class Scheduler:
     def _gather(self, first: _Convert) -> list[_Convert]:
         """``first`` and queued conversions of the same voice, up to ``group_samples`` (lock held)."""
         group = [first]
-        total = first.prep.padded.shape[0]
+        total = first.prep.padded.shape[0] * first.prep.n_channels  # channels="each": every channel is converted
         if self.group_samples <= 0:
             return group
         kept: deque[_Convert | StepTask] = deque()
         while self._queue:
             task = self._queue.popleft()
-            n = task.prep.padded.shape[0] if isinstance(task, _Convert) else 0
+            n = task.prep.padded.shape[0] * task.prep.n_channels if isinstance(task, _Convert) else 0
             if isinstance(task, _Convert) and task.engine is first.engine and total + n <= self.group_samples:
                 group.append(task)
                 total += n
