@@ -695,7 +695,10 @@ def _join_channels(item: _Item) -> None:
         for stage, seconds in channel.timings.items():
             item.timings[stage] = item.timings.get(stage, 0.0) + seconds
         if item.error is None and channel.error is not None:
-            item.error = _Failure(f"channel {k + 1}: {channel.error}")
+            text, label = str(channel.error), item.prep.label
+            if label and text.startswith(f"{label}: "):  # "song.wav: channel 2: F0 extraction failed ..."
+                text = text[len(label) + 2 :]
+            item.error = _Failure(f"{label or 'input'}: channel {k + 1}: {text}")
     if item.error is None and all(g.buffer is not None for g in group):
         item.buffer = np.stack([g.buffer for g in group], axis=1)  # type: ignore[misc]
     for channel in item.channels:

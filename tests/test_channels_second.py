@@ -143,3 +143,13 @@ def test_run_takes_one_f0_track_per_channel(tiny_converter, monkeypatch) -> None
     np.testing.assert_array_equal(engine.run([prep], q, f0=[tracks], raise_errors=True)[0].audio, expected)
     with pytest.raises(ParameterError, match="1 F0 tracks given for an input of 2 channels"):
         engine.run([prep], q, f0=[tracks[:1]])
+
+
+def test_a_failing_channel_fails_its_input_and_is_named(tiny_converter) -> None:
+    engine = tiny_converter.engine
+    q = engine.params(channels="each", noise=False)
+    prep = engine.prepare(tone(1.0, 16000, channels=2) * [1.0, 0.5], 16000, name="song.wav", params=q)
+    first = engine.extract_f0([prep], q)[0]
+    [res] = engine.run([prep], q, f0=[(first, RuntimeError("tracker crashed"))])
+    assert not res.ok and res.audio.size == 0
+    assert res.error.startswith("song.wav: channel 2: F0 extraction failed") and "tracker crashed" in res.error, res.error
