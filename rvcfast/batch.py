@@ -48,7 +48,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .batch_inputs import AUDIO_EXTENSIONS, BatchInput, Job, check_name_template, expand_inputs, is_number
+from .batch_inputs import (
+    AUDIO_EXTENSIONS,
+    BatchInput,
+    Job,
+    check_name_template,
+    expand_inputs,
+    is_number,
+    pitch_text,
+)
 from .constants import SR_16K
 from .errors import ParameterError, RvcfastError
 from .params import ConversionParams
@@ -639,7 +647,7 @@ def run_batch(
     params.validate(engine.vocoder)
     if options.out_dir is not None:  # a format the output rate cannot be written in: before any work
         params.check_output(options.format, options.subtype, engine.sample_rate)
-    jobs = expand_inputs(inputs, options)
+    jobs = expand_inputs(inputs, options, {"voice": engine.name, "pitch": pitch_text(params.pitch)})
     if options.out_dir is not None and Path(options.out_dir).is_dir():
         remove_stale_parts(options.out_dir)  # temporary files of an earlier, killed run
     return _BatchRun(engine, jobs, params, options, progress, compute_workers(engine, options)).results()

@@ -23,7 +23,7 @@ from .errors import ParameterError
 if TYPE_CHECKING:
     from .batch import BatchOptions
 
-__all__ = ["AUDIO_EXTENSIONS", "BatchInput", "Job", "check_name_template", "expand_inputs", "is_number"]
+__all__ = ["AUDIO_EXTENSIONS", "BatchInput", "Job", "check_name_template", "expand_inputs", "is_number", "pitch_text"]
 
 #: File extensions picked up when a folder is given.
 AUDIO_EXTENSIONS = {
@@ -48,12 +48,22 @@ class Job:
     out_path: Path | None = None
 
 
+#: ``name_template``'s ``{voice}`` and ``{pitch}`` where no batch gives them (checking a template).
+_NAMING_DEFAULTS = {"voice": "voice", "pitch": "0"}
+
+
+def pitch_text(pitch: float) -> str:
+    """A key shift as ``name_template``'s ``{pitch}`` writes it: ``0``, ``+2``, ``-1.5``."""
+    return "0" if pitch == 0 else f"{float(pitch):+g}"
+
+
 def check_name_template(template: Any) -> None:
     """Raise :class:`ParameterError` unless ``template`` names outputs inside the output folder.
 
     The template is formatted with ``stem`` (the input's name without its extension),
     ``parent`` (the name of the folder it is in; ``arrays`` for array inputs), ``index``
-    (its position) and ``ext`` (the format): an unknown field, a positional
+    (its position), ``ext`` (the format), ``voice`` (the voice model file's name without
+    its extension) and ``pitch`` (the key shift: ``0``, ``+2``, ``-1.5``): an unknown field, a positional
     ``{}`` or a bad format spec is refused here, as is an absolute path or a ``..`` that
     would leave the output folder. Subfolders (``"{index:03d}/{stem}"``) are allowed.
     """
@@ -61,11 +71,11 @@ def check_name_template(template: Any) -> None:
         raise ParameterError(f"name_template must be a string, got {type(template).__name__}")
     try:
         fields = {re.split(r"[.\[]", f, maxsplit=1)[0] for _, f, _, _ in string.Formatter().parse(template) if f is not None}
-        trial = template.format(stem="audio", parent="folder", index=0, ext="wav")
+        trial = template.format(stem="audio", parent="folder", index=0, ext="wav", **_NAMING_DEFAULTS)
     except (KeyError, IndexError, ValueError, AttributeError, TypeError) as exc:
         raise ParameterError(
             f"name_template {template!r} cannot be filled in ({type(exc).__name__}: {exc}); "
-            "its fields are {stem}, {parent}, {index} and {ext}"
+            "its fields are {stem}, {parent}, {index}, {ext}, {voice} and {pitch}"
         ) from None
     if not fields & {"stem", "index"}:
         raise ParameterError("name_template must contain {stem} or {index} so outputs get distinct names")
@@ -87,8 +97,12 @@ def _safe_stem(stem: str) -> str:
     return re.sub(r"[\x00/\\]", "_", stem) or "audio"
 
 
-def expand_inputs(inputs: Iterable[BatchInput] | BatchInput, options: BatchOptions) -> list[Job]:
+def expand_inputs(
+    inputs: Iterable[BatchInput] | BatchInput, options: BatchOptions, naming: Mapping[str, str] | None = None
+) -> list[Job]:
     """Turn paths, folders and ``(array, rate)`` pairs into jobs with unique, safe output paths.
+
+    ``naming`` gives ``name_template``'s ``{voice}`` and ``{pitch}`` (default ``voice`` and ``0``).
 
     A file named more than once (directly and through its folder, or spelled two ways:
     ``in/./a.wav``, a symlink) is one job, where it first appears. A folder's audio files
@@ -117,7 +131,7 @@ def expand_inputs(inputs: Iterable[BatchInput] | BatchInput, options: BatchOptio
         for f in _folder_files(p, options) if p.is_dir() else [p]:
             add_file(f)
     jobs = _drop_recorded_outputs(jobs, options)
-    _assign_outputs(jobs, options)
+    _assign_outputs(jobs, options, {**_NAMING_DEFAULTS, **dict(naming or {})})
     return jobs
 
 
@@ -266,7 +280,7 @@ def _drop_recorded_outputs(jobs: list[Job], options: BatchOptions) -> list[Job]:
     return kept
 
 
-def _assign_outputs(jobs: list[Job], options: BatchOptions) -> None:
+def _assign_outputs(jobs: list[Job], options: BatchOptions, naming: Mapping[str, str] = _NAMING_DEFAULTS) -> None:
     """Give each job a unique output path in ``options.out_dir``, never an input's.
 
     Names follow the template and, for repeated names, input order (``x``, ``x_1``...). When
@@ -283,7 +297,7 @@ def _assign_outputs(jobs: list[Job], options: BatchOptions) -> None:
     """
     if options.out_dir is None:
         return
-    namer = _Namer(jobs, options)
+    namer = _Namer(jobs, options, naming)
     bases = {j.number: namer.base(j) for j in jobs}
     if options.skip_existing:
         for j in jobs:  # outputs of earlier runs go back to their own inputs first
@@ -310,8 +324,9 @@ class _Namer:
     ``base`` is an input, ``k = 1`` is ``base_rvc`` instead (as rvcfast has always named them).
     """
 
-    def __init__(self, jobs: list[Job], options: BatchOptions) -> None:
+    def __init__(self, jobs: list[Job], options: BatchOptions, naming: Mapping[str, str] = _NAMING_DEFAULTS) -> None:
         self.options = options
+        self.naming = {k: _safe_stem(str(v)) for k, v in naming.items()}
         self.out_dir = Path(options.out_dir)  # type: ignore[arg-type]
         self.top = _resolved(self.out_dir)
         self.ext = options.format.lower()
@@ -344,7 +359,7 @@ class _Namer:
         stem = _safe_stem(j.path.stem if j.path is not None else f"array_{j.number:04d}")
         parent = (_safe_stem(j.path.parent.name) if j.path.parent.name else "root") if j.path is not None else "arrays"
         template = self.options.name_template
-        base = template.format(stem=stem, parent=parent, index=j.number, ext=self.ext)
+        base = template.format(stem=stem, parent=parent, index=j.number, ext=self.ext, **self.naming)
         _check_output_name(template, base)
         candidate = self.out_dir / f"{base}.{self.ext}"
         if not _resolved(candidate.parent).is_relative_to(self.top):

@@ -30,6 +30,7 @@ import os
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -106,8 +107,12 @@ class Engine:
     Build it with :meth:`load` (from files, base models from the process-wide cache) or
     from model objects. Attributes: ``vocoder``, ``encoder``, ``f0_extractor`` (``None``
     for models without pitch), ``index`` (or ``None``), ``device``, ``dtype``,
-    ``segment_config`` and ``batch_seconds`` (16 kHz audio per packed model call).
+    ``segment_config``, ``batch_seconds`` (16 kHz audio per packed model call) and ``name``
+    (the voice model file's stem when loaded from a file, else ``"voice"``; a batch's
+    ``name_template`` field ``{voice}``).
     """
+
+    name: str = "voice"
 
     def __init__(
         self,
@@ -206,7 +211,9 @@ class Engine:
                 extractor = f0
             else:
                 raise ParameterError(f"f0 must be a backend name or an F0Extractor, got {type(f0).__name__}")
-        return cls(vocoder, enc, extractor, idx, device=dev, dtype=dt, batch_seconds=batch_seconds)
+        engine = cls(vocoder, enc, extractor, idx, device=dev, dtype=dt, batch_seconds=batch_seconds)
+        engine.name = Path(os.fspath(model)).stem or "voice"
+        return engine
 
     def with_f0(self, extractor: F0Extractor) -> Engine:
         """This engine with another F0 extractor; the networks and index are shared, nothing is loaded."""

@@ -18,6 +18,7 @@ from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixt
 
 import rvcfast
 from rvcfast.batch import BatchOptions, expand_inputs
+from rvcfast.errors import ParameterError
 from rvcfast.writing import recorded_source, source_id, write_audio_atomic
 
 
@@ -139,3 +140,33 @@ def test_a_resumed_batch_skips_each_input_whose_own_output_exists(
     assert ((out / "001.wav").stat().st_mtime_ns, sf.info(out / "001.wav").frames) == before
     assert recorded_source(out / "001_1.wav") == source_id(spk1)
     assert sf.info(out / "001_1.wav").duration == pytest.approx(0.8, abs=0.03)
+
+
+# ---------------------------------------------------------------------- {voice} and {pitch}
+
+
+def test_outputs_can_be_named_by_voice_and_key(tiny_models, tmp_path: Path) -> None:
+    """Trying several voices or keys on one input into one folder: each run its own files."""
+    src, out = tmp_path / "song.wav", tmp_path / "out"
+    sf.write(src, tone(0.5), 16000)
+    template = "{stem}-{voice}-{pitch}"
+    with_f0 = tiny_models.converter()
+    without = rvcfast.Converter.from_pretrained(
+        tiny_models.voice_nof0, encoder=tiny_models.encoder, device="cpu"
+    )
+    runs = [(with_f0, 0), (with_f0, 2), (with_f0, -1.5), (without, 0)]
+    for conv, pitch in runs:
+        [res] = conv.convert_batch([src], out, name_template=template, pitch=pitch, skip_existing=True)
+        assert res.ok and not res.skipped, res.error
+    assert sorted(p.name for p in out.iterdir()) == [
+        "song-voice_v2_40k_f0-+2.wav", "song-voice_v2_40k_f0--1.5.wav", "song-voice_v2_40k_f0-0.wav", "song-voice_v2_40k_nof0-0.wav"
+    ]
+    # a Converter built from model objects has no file name: "voice"
+    engine = with_f0.engine
+    bare = rvcfast.Converter.from_engine(type(engine)(engine.vocoder, engine.encoder, engine.f0_extractor))
+    [res] = bare.convert_batch([src], out, name_template="{voice}/{stem}")
+    assert res.output_path == str(out / "voice" / "song.wav")
+    from rvcfast.batch_inputs import check_name_template
+
+    with pytest.raises(ParameterError, match=r"\{voice\} and \{pitch\}"):
+        check_name_template("{stem}-{speaker}")

@@ -36,7 +36,8 @@ def add_batch_options(p: argparse.ArgumentParser | Any) -> None:
     :func:`batch_options`)."""
     p.add_argument(
         "--name-template", metavar="TEMPLATE", default=None,
-        help="output names: {stem} (input name), {parent} (its folder's name), {index} (its position), {ext}; "
+        help="output names: {stem} (input name), {parent} (its folder's name), {index} (its position), {ext}, "
+        "{voice} (MODEL's name), {pitch} (the key shift); "
         "e.g. '{parent}/{stem}' or '{index:03d}_{stem}'; subfolders are created inside OUT (default: {stem})",
     )
     p.add_argument(
