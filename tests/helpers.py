@@ -155,3 +155,34 @@ __all__ = [
     "is_root",
     "names_file",
 ]
+
+
+def golden_converter(golden: Path) -> rvcfast.Converter:
+    """A CPU Converter over the golden fixtures' v2 40 kHz voice, HF ContentVec and reduced RMVPE
+    (random weights, but an audible output: the tiny voices put out near-silence)."""
+    m = golden / "models"
+    return rvcfast.Converter.from_pretrained(
+        m / "voice_v2_40k_f0.pth", encoder=m / "contentvec_hf", f0="rmvpe", f0_weights=m / "rmvpe_reduced.pt", device="cpu"
+    )
+
+
+@pytest.fixture(name="no_loading")
+def no_loading_fixture(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Loading a model fails the test: a command-line mistake must be found before."""
+    import rvcfast.api
+    import rvcfast.f0.registry
+
+    def refuse(*args, **kwargs):
+        pytest.fail("a model was loaded before the command line checked its arguments")
+
+    monkeypatch.setattr(rvcfast.api.Converter, "from_pretrained", refuse)
+    monkeypatch.setattr(rvcfast.f0.registry, "build_f0_extractor", refuse)
+
+
+def golden_speech(golden: Path, dtype: str = "float32") -> np.ndarray:
+    """The golden fixtures' short 16 kHz speech input."""
+    import soundfile as sf
+
+    x, rate = sf.read(golden / "audio" / "e2e_short_16k.wav", dtype=dtype)
+    assert rate == 16000
+    return x

@@ -14,7 +14,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture, tone  # noqa: F401 (fixtures)
+from helpers import (  # noqa: F401 (fixtures)
+    golden_converter,
+    golden_speech,
+    one_thread_fixture,
+    tiny_converter_fixture,
+    tiny_models_fixture,
+    tone,
+)
 
 import rvcfast
 from rvcfast.audio import decode
@@ -48,17 +55,12 @@ def test_decoding_can_keep_the_channels(tmp_path: Path) -> None:
 
 @pytest.fixture(scope="module")
 def converter(golden) -> rvcfast.Converter:
-    m = golden / "models"
-    return rvcfast.Converter.from_pretrained(
-        m / "voice_v2_40k_f0.pth", encoder=m / "contentvec_hf", f0="rmvpe", f0_weights=m / "rmvpe_reduced.pt", device="cpu"
-    )
+    return golden_converter(golden)
 
 
 @pytest.fixture(scope="module")
 def speech(golden) -> np.ndarray:
-    x, rate = sf.read(golden / "audio" / "e2e_short_16k.wav", dtype="float64")
-    assert rate == 16000
-    return x[: 3 * 16000]
+    return golden_speech(golden, "float64")[: 3 * 16000]
 
 
 def test_each_channel_is_that_channel_converted_alone(converter, speech) -> None:

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from helpers import one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
+from helpers import no_loading_fixture, one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
 
 import rvcfast.api
 import rvcfast.f0.registry
@@ -41,17 +41,6 @@ def _files(folder: Path) -> set[str]:
 
 def _lines(report: Path) -> list[dict]:
     return [json.loads(line) for line in report.read_text(encoding="ascii").splitlines()]
-
-
-@pytest.fixture
-def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loading a model fails the test: the mistake must be found before."""
-
-    def refuse(*args, **kwargs):
-        pytest.fail("a model was loaded before the command line checked its arguments")
-
-    monkeypatch.setattr(rvcfast.api.Converter, "from_pretrained", refuse)
-    monkeypatch.setattr(rvcfast.f0.registry, "build_f0_extractor", refuse)
 
 
 # ------------------------------------------------------------------ --name-template

@@ -10,10 +10,8 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from helpers import one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
+from helpers import no_loading_fixture, one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
 
-import rvcfast.api
-import rvcfast.f0.registry
 from rvcfast.batch import BatchSummary
 from rvcfast.cli import main
 
@@ -27,17 +25,6 @@ def _wav(folder: Path, name: str = "in.wav", seconds: float = 0.4) -> Path:
 
 def _weights(tiny_models) -> list[str]:
     return ["--encoder", str(tiny_models.encoder), "--f0-weights", str(tiny_models.rmvpe), "--device", "cpu"]
-
-
-@pytest.fixture
-def no_loading(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Loading a model fails the test: the mistake must be found before."""
-
-    def refuse(*args, **kwargs):
-        pytest.fail("a model was loaded before the command line checked its arguments")
-
-    monkeypatch.setattr(rvcfast.api.Converter, "from_pretrained", refuse)
-    monkeypatch.setattr(rvcfast.f0.registry, "build_f0_extractor", refuse)
 
 
 def _error_lines(err: str) -> list[str]:

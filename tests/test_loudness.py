@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 import pytest
-import soundfile as sf
+from helpers import golden_converter, golden_speech
 
 import rvcfast
 from rvcfast.errors import ParameterError
@@ -139,18 +139,13 @@ def test_the_parameter_takes_match_a_number_or_nothing() -> None:
 
 
 @pytest.fixture(scope="module")
-def converter(golden):
-    m = golden / "models"
-    return rvcfast.Converter.from_pretrained(
-        m / "voice_v2_40k_f0.pth", encoder=m / "contentvec_hf", f0="rmvpe", f0_weights=m / "rmvpe_reduced.pt", device="cpu"
-    )
+def converter(golden) -> rvcfast.Converter:
+    return golden_converter(golden)
 
 
 @pytest.fixture(scope="module")
 def speech(golden) -> np.ndarray:
-    x, rate = sf.read(golden / "audio" / "e2e_short_16k.wav", dtype="float32")
-    assert rate == 16000
-    return x
+    return golden_speech(golden)
 
 
 def test_a_conversion_reaches_the_loudness_asked_for(converter, speech) -> None:
