@@ -76,16 +76,17 @@ def input_channels(path: Path) -> int | None:
     return count_channels(path)
 
 
-async def _check_length(state: ServerState, intake: Intake, route: str, channels: int = 1) -> None:
-    """Refuse an input longer than the route's limit (:class:`InputTooLong`), before it is decoded.
-    ``channels``: the input's channels when each is converted (``channels=each``): the limit
-    is on the seconds of all of them together."""
+async def _check_length(state: ServerState, intake: Intake, route: str, each: bool = False) -> int:
+    """Refuse an input longer than the route's limit (:class:`InputTooLong`), before it is decoded;
+    the channels that will be converted. With ``each`` (``channels=each``) every channel is, and
+    the limit is on the seconds of all of them together."""
     jobs = route == "/v1/jobs"
     limit = float(state.cfg.max_job_seconds if jobs else state.cfg.max_input_seconds)
     assert intake.path is not None
+    channels = max(1, await state.in_pool(input_channels, intake.path) or 1) if each else 1
     found = await state.in_pool(input_seconds, intake.path, limit / channels)
     if found is None or found[0] * channels <= limit:
-        return
+        return channels
     if channels > 1:
         raise InputTooLong(
             f"{intake.name} has {channels} channels of {found[0]:.1f} s{'' if found[1] else ' or more'}: converting each "
@@ -143,11 +144,8 @@ async def _counted(state: ServerState, stage: str, step: Awaitable[T]) -> T:
 
 async def _prepare(state: ServerState, intake: Intake, options: ConvertOptions) -> _Work:
     """The voice's engine, the checked parameters, the decoded input (and a CPU F0 track)."""
-    await _check_length(state, intake, "/v1/convert")  # before the voice is loaded or the input decoded
-    channels = 1
-    if options.overrides.get("channels") == "each":  # every channel is decoded and converted: all count
-        channels = max(1, await state.in_pool(input_channels, intake.path) or 1)
-        await _check_length(state, intake, "/v1/convert", channels)
+    # before the voice is loaded or the input decoded
+    channels = await _check_length(state, intake, "/v1/convert", options.overrides.get("channels") == "each")
     engine = await _engine(state, options)
     params = check_values(options.overrides, engine.vocoder)
     check_output_rate(options.format, options.subtype, params.output_rate(engine.sample_rate))  # before any work
@@ -446,10 +444,7 @@ async def _create_job(state: ServerState, request: Any) -> Any:
         options = parse_fields(intake.fields)
         if options.stream:
             raise FieldError("stream", "stream=true is for POST /v1/convert; a job's result is fetched when it is done")
-        await _check_length(state, intake, "/v1/jobs")
-        if options.overrides.get("channels") == "each":  # every channel is converted: all count
-            channels = max(1, await state.in_pool(input_channels, intake.path) or 1)
-            await _check_length(state, intake, "/v1/jobs", channels)
+        await _check_length(state, intake, "/v1/jobs", options.overrides.get("channels") == "each")
         engine = await _engine(state, options)
         params = check_values(options.overrides, engine.vocoder)
         check_output_rate(options.format, options.subtype, params.output_rate(engine.sample_rate))
