@@ -173,7 +173,7 @@ class FakeEngine:
 
 class Prep:
     def __init__(self, label: str, seconds: float) -> None:
-        self.label, self.seconds = label, seconds
+        self.label, self.seconds, self.n_channels = label, seconds, 1
         self.padded = np.zeros(int(seconds * 16000), np.float32)
 
 
