@@ -583,7 +583,7 @@ def test_on_error_stop_after_a_write_failure_raises_an_rvcfast_error_naming_the_
 @pytest.mark.parametrize(
     ("template", "words"),
     [
-        ("{stem}_{foo}", ("'{stem}_{foo}'", "KeyError", "{stem}, {parent}, {index} and {ext}")),
+        ("{stem}_{foo}", ("'{stem}_{foo}'", "KeyError", "{stem}, {parent}, {index}, {ext}, {voice} and {pitch}")),
         ("{stem}{}", ("'{stem}{}'", "IndexError")),
         ("{index:s}", ("'{index:s}'", "ValueError")),
         ("{stem", ("'{stem'",)),
