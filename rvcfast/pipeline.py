@@ -339,7 +339,7 @@ def finish(
     rate = model_rate
     if params.output_sample_rate is not None and int(params.output_sample_rate) != model_rate:
         rate = int(params.output_sample_rate)
-        out = _per_channel(out, lambda y, c: resample(np.asarray(y, dtype=np.float32), model_rate, rate, dtype=np.float32))
+        out = resample(np.asarray(out, dtype=np.float32), model_rate, rate, dtype=np.float32)  # 1-D or [samples, channels]
     out = np.asarray(out, dtype=np.float32)
     # float32, as in the reference (peak limited to 0.99; over every channel at once)
     out = output_peak_guard(out)
