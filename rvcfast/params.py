@@ -224,20 +224,24 @@ class ConversionParams:
         """The rate the output has: ``output_sample_rate``, or ``model_rate`` (the voice's) without it."""
         return int(self.output_sample_rate) if self.output_sample_rate is not None else int(model_rate)
 
-    def check_output(self, format: str, subtype: str | None, model_rate: int) -> ConversionParams:
-        """Raise :class:`ParameterError` if the output cannot be written as ``format``/``subtype``.
+    def check_output(
+        self, format: str, subtype: str | None, model_rate: int, bitrate: int | None = None
+    ) -> ConversionParams:
+        """Raise :class:`ParameterError` if the output cannot be written as ``format``/``subtype``
+        (at ``bitrate`` kbit/s when given).
 
-        The output rate is :meth:`output_rate` (an MP3 is written at the nearest MP3 rate);
+        The output rate is :meth:`output_rate` (an MP3 or AAC is written at the nearest rate
+        its codec takes, :func:`rvcfast.writing.written_rate`);
         see :func:`rvcfast.writing.check_write_format`. Front ends call this with
         :meth:`validate`, so a bad combination (OGG/Vorbis above 192 kHz, Opus at 40 kHz,
-        MPEG Layer I), or noise reduction (``clean``) at a rate noisereduce cannot run, is
-        refused before any work. Returns ``self``.
+        MPEG Layer I, an MP3 bitrate the rate has not), or noise reduction (``clean``) at a
+        rate noisereduce cannot run, is refused before any work. Returns ``self``.
         """
-        from .writing import check_write_format, mp3_rate
+        from .writing import check_write_format, written_rate
 
         fmt = str(format).strip().lower()
         rate = self.output_rate(model_rate)
-        check_write_format(fmt, subtype, mp3_rate(rate) if fmt == "mp3" else rate)
+        check_write_format(fmt, subtype, written_rate(fmt, subtype, rate), bitrate=bitrate)
         if self.clean > 0:
             from .effects import DENOISE_SAMPLE_RATES
 

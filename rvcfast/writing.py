@@ -9,6 +9,12 @@ Outputs of file inputs record where they came from: their ``comment`` tag says
 ``rvcfast voice conversion; source <id>``, where the id is a hash of the input's resolved
 path (:func:`source_id`; the path itself is not written into shared files). A resumed
 batch (``skip_existing``) matches outputs to inputs by it (:func:`recorded_source`).
+
+wav, flac, ogg (Vorbis or Opus) and mp3 are written by libsndfile; m4a (AAC, or ALAC
+lossless) by PyAV (:mod:`rvcfast.av_encode`, the ``av`` extra). The lossy formats take a
+``bitrate`` in kbit/s (:func:`check_bitrate`): mp3 (constant bitrate) and ogg/Opus through
+libsndfile's compression level, which it maps linearly onto LAME's and Opus' bitrates
+(:func:`_compression_level` inverts that mapping), m4a/AAC through FFmpeg's encoder.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import os
 import re
 import socket
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -32,7 +39,13 @@ __all__ = [
     "mp3_rate",
     "OGG_VORBIS_MAX_RATE",
     "OPUS_RATES",
+    "M4A_RATES",
+    "m4a_rate",
+    "written_rate",
     "check_write_format",
+    "check_bitrate",
+    "bitrate_range",
+    "valid_subtypes",
     "write_audio_atomic",
     "writable_samples",
     "finished_output",
@@ -43,8 +56,12 @@ __all__ = [
     "this_host",
 ]
 
-#: Output formats: our name -> libsndfile's format name.
-SUPPORTED_WRITE_FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3"}
+#: Output formats: our name -> libsndfile's format name (``"M4A"`` for m4a, which PyAV writes:
+#: not a libsndfile format, so ask :func:`valid_subtypes` rather than ``soundfile`` about it).
+SUPPORTED_WRITE_FORMATS = {"wav": "WAV", "flac": "FLAC", "ogg": "OGG", "mp3": "MP3", "m4a": "M4A"}
+
+#: The formats libsndfile writes (the others: m4a, through PyAV).
+_PYAV_FORMATS = {"M4A"}
 
 #: Sample rates an MP3 stream can carry (MPEG-1/2/2.5).
 MP3_RATES = (8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000)
@@ -58,6 +75,28 @@ def mp3_rate(sample_rate: int) -> int:
     return min(MP3_RATES, key=lambda r: abs(r - int(sample_rate)))
 
 
+#: Sample rates an m4a/AAC stream can carry (FFmpeg's AAC encoder; ALAC takes any rate).
+M4A_RATES = (7350, 8000, 11025, 12000, 16000, 22050, 24000, 32000, 44100, 48000, 64000, 88200, 96000)
+
+
+def m4a_rate(sample_rate: int) -> int:
+    """The rate an m4a/AAC output at ``sample_rate`` is written at: the nearest AAC rate (lower on
+    ties), as :func:`mp3_rate` does for MP3: 40 kHz models are written as 44.1 kHz AAC."""
+    return min(M4A_RATES, key=lambda r: abs(r - int(sample_rate)))
+
+
+def written_rate(format: str, subtype: str | None, sample_rate: int) -> int:
+    """The rate an output at ``sample_rate`` is written at as ``format``/``subtype``: the nearest
+    MP3 rate for mp3 (:func:`mp3_rate`), the nearest AAC rate for m4a/AAC (:func:`m4a_rate`),
+    ``sample_rate`` itself otherwise (ALAC, wav, flac, ogg)."""
+    fmt = str(format).strip().lower()
+    if fmt == "mp3":
+        return mp3_rate(sample_rate)
+    if fmt == "m4a" and (_subtype(subtype) or "AAC") == "AAC":
+        return m4a_rate(sample_rate)
+    return int(sample_rate)
+
+
 #: Highest rate an OGG/Vorbis file is written at: above ~200 kHz libvorbis crashes the process.
 OGG_VORBIS_MAX_RATE = 192000
 
@@ -68,22 +107,26 @@ OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 _READ_ONLY_SUBTYPES = {"MP3": ("MPEG_LAYER_I", "MPEG_LAYER_II")}
 
 
-def check_write_format(format: str, subtype: str | None, sample_rate: int) -> None:
+def check_write_format(format: str, subtype: str | None, sample_rate: int, bitrate: int | None = None) -> None:
     """Raise :class:`ParameterError` unless ``format``/``subtype`` can be written at ``sample_rate``.
 
     ``format`` is one of :data:`SUPPORTED_WRITE_FORMATS` (``"wav"``, ``"flac"``, ``"ogg"``,
-    ``"mp3"``), ``subtype`` a libsndfile subtype or ``None`` for the format's default and
-    ``sample_rate`` the rate the file is written at (MP3: after :func:`mp3_rate`). The
-    message names ``sample_rate`` and/or ``subtype``. Known limits are checked first (OGG/Vorbis
-    up to :data:`OGG_VORBIS_MAX_RATE` Hz, Opus at :data:`OPUS_RATES` only, MPEG Layer I/II
-    are read-only); then an encoder is opened in memory, so every other combination
-    libsndfile refuses is refused here too, before any audio is converted or written.
+    ``"mp3"``, ``"m4a"``), ``subtype`` a libsndfile subtype (for m4a ``"AAC"`` or ``"ALAC"``)
+    or ``None`` for the format's default and ``sample_rate`` the rate the file is written at
+    (:func:`written_rate`: MP3 and AAC at their nearest rate). The message names
+    ``sample_rate``, ``subtype`` and/or ``bitrate``. Known limits are checked first (OGG/Vorbis
+    up to :data:`OGG_VORBIS_MAX_RATE` Hz, Opus at :data:`OPUS_RATES` only, AAC at
+    :data:`M4A_RATES` only, MPEG Layer I/II are read-only, ``bitrate`` as
+    :func:`check_bitrate` says); then an encoder is opened in memory, so every other
+    combination libsndfile (or FFmpeg, for m4a) refuses is refused here too, before any
+    audio is converted or written. m4a without PyAV installed raises
+    :class:`~rvcfast.errors.BackendUnavailableError` with the ``pip install`` line.
     """
     fmt = str(format).strip().lower()
     if fmt not in SUPPORTED_WRITE_FORMATS:
         raise ParameterError(f"output format {format!r} is not supported (choose from {sorted(SUPPORTED_WRITE_FORMATS)})")
     name = SUPPORTED_WRITE_FORMATS[fmt]
-    sub = _subtype(subtype) or sf.default_subtype(name)
+    sub = _subtype(subtype) or _default_subtype(name)
     rate = int(sample_rate)
     if sub in _READ_ONLY_SUBTYPES.get(name, ()):
         raise ParameterError(
@@ -100,12 +143,37 @@ def check_write_format(format: str, subtype: str | None, sample_rate: int) -> No
             f"subtype OPUS needs a sample_rate of {', '.join(map(str, OPUS_RATES))} Hz, got {rate} Hz; "
             "give one of these sample_rate values, or subtype VORBIS"
         )
-    _trial_open(name, sub, rate, fmt)
+    if name == "M4A" and sub == "AAC" and rate not in M4A_RATES:
+        raise ParameterError(
+            f"sample_rate {rate} Hz cannot be written as m4a (AAC): AAC takes {', '.join(map(str, M4A_RATES))} Hz "
+            f"(write_audio_atomic writes at the nearest one, {m4a_rate(rate)} Hz)"
+        )
+    if bitrate is not None:
+        check_bitrate(fmt, sub, bitrate, rate)
+    if name in _PYAV_FORMATS:
+        _trial_open_m4a(sub, rate, fmt)
+    else:
+        _trial_open(name, sub, rate, fmt)
 
 
 def _subtype(subtype: str | None) -> str | None:
     """``subtype`` as libsndfile names it (``" pcm_16"`` -> ``"PCM_16"``); ``None`` when blank (the default)."""
     return subtype.strip().upper() if subtype and subtype.strip() else None
+
+
+def _default_subtype(name: str) -> str:
+    """The subtype a format (libsndfile's name, or ``"M4A"``) is written with when none is given."""
+    return "AAC" if name == "M4A" else sf.default_subtype(name)
+
+
+def valid_subtypes(format: str) -> dict[str, str]:
+    """The subtypes ``format`` (one of :data:`SUPPORTED_WRITE_FORMATS`) can be written with: name -> description."""
+    from .av_encode import M4A_SUBTYPES
+
+    name = SUPPORTED_WRITE_FORMATS[str(format).strip().lower()]
+    if name == "M4A":
+        return {sub: ("AAC (lossy)" if sub == "AAC" else "Apple Lossless, 16 bit") for sub in M4A_SUBTYPES}
+    return dict(sf.available_subtypes(name))
 
 
 def _trial_open(name: str, sub: str, rate: int, fmt: str) -> None:
@@ -121,6 +189,125 @@ def _trial_open(name: str, sub: str, rate: int, fmt: str) -> None:
     except (sf.LibsndfileError, RuntimeError, ValueError) as exc:
         reason = " ".join(str(getattr(exc, "error_string", "") or exc).split())
         raise ParameterError(f"{fmt} with subtype {sub} cannot be written at sample_rate {rate} Hz: {reason}") from None
+
+
+def _trial_open_m4a(sub: str, rate: int, fmt: str) -> None:
+    """Open FFmpeg's encoder for ``sub`` in memory (PyAV must be installed): what it refuses is refused now."""
+    from .av_encode import M4A_SUBTYPES, import_av
+
+    if sub not in M4A_SUBTYPES:
+        raise ParameterError(f"subtype {sub!r} is not valid for {fmt} (valid: {', '.join(M4A_SUBTYPES)})")
+    av = import_av()
+    try:
+        ctx = av.codec.CodecContext.create(sub.lower(), "w")
+        ctx.sample_rate, ctx.layout = rate, "mono"
+        ctx.format = "fltp" if sub == "AAC" else "s16p"
+        ctx.open()
+    except Exception as exc:  # noqa: BLE001 - FFmpeg's errors have many types
+        reason = " ".join(str(exc).split())
+        raise ParameterError(f"{fmt} with subtype {sub} cannot be written at sample_rate {rate} Hz: {reason}") from None
+
+
+# ---------------------------------------------------------------------------------------------- bitrate
+
+#: MPEG Layer III bitrates (kbit/s) in constant bitrate, by the rates they apply to (MPEG-1,
+#: MPEG-2, MPEG-2.5). libsndfile's compression level spans 32..320, 8..160 and 8..64 kbit/s
+#: (the last is its limit, not MPEG-2.5's); LAME writes only these values.
+_MP3_BITRATES = (
+    (32000, (32, 40, 48, 56, 64, 80, 96, 112, 128, 160, 192, 224, 256, 320)),
+    (16000, (8, 16, 24, 32, 40, 48, 56, 64, 80, 96, 112, 128, 144, 160)),
+    (0, (8, 16, 24, 32, 40, 48, 56, 64)),
+)
+#: Opus through libsndfile: 6..256 kbit/s per channel (its compression level's span).
+_OPUS_BITRATES = (6, 256)
+#: AAC (FFmpeg's encoder): at least 16 kbit/s, at most 320 and 6 bits per sample of a single channel
+#: (the encoder's own ceiling is 6144 bits per 1024-sample frame and channel).
+_AAC_BITRATES = (16, 320)
+
+
+def _mp3_bitrates(rate: int | None) -> tuple[int, ...]:
+    """The MP3 bitrates at ``rate`` (``None``: those of any rate)."""
+    if rate is None:
+        return tuple(sorted({k for _, ks in _MP3_BITRATES for k in ks}))
+    return next(ks for lowest, ks in _MP3_BITRATES if int(rate) >= lowest)
+
+
+def bitrate_range(format: str, subtype: str | None = None, sample_rate: int | None = None) -> tuple[int, int] | None:
+    """The lowest and highest ``bitrate`` (kbit/s) of ``format``/``subtype`` at ``sample_rate``
+    (``None``: at any rate), or ``None`` when it takes none (wav, flac, ogg/Vorbis, m4a/ALAC).
+    MP3 takes only the MPEG bitrates between them (:func:`check_bitrate`)."""
+    fmt = str(format).strip().lower()
+    name = SUPPORTED_WRITE_FORMATS.get(fmt)
+    sub = _subtype(subtype) or (_default_subtype(name) if name else None)
+    if name == "MP3":
+        ks = _mp3_bitrates(sample_rate)
+        return ks[0], ks[-1]
+    if name == "OGG" and sub == "OPUS":
+        return _OPUS_BITRATES
+    if name == "M4A" and sub == "AAC":
+        lo, hi = _AAC_BITRATES
+        return lo, hi if sample_rate is None else max(lo, min(hi, 6 * int(sample_rate) // 1000))
+    return None
+
+
+def check_bitrate(format: str, subtype: str | None, bitrate: object, sample_rate: int | None = None) -> int | None:
+    """``bitrate`` (kbit/s, the total of all channels) checked for ``format``/``subtype``; ``None`` stays ``None``.
+
+    Raises :class:`ParameterError` naming ``bitrate``, the format and the valid values for
+    anything but a whole number the encoder writes: mp3 takes the MPEG bitrates (at 32 kHz
+    and above 32..320, at 16..24 kHz 8..160, below 8..64), ogg with subtype OPUS 6..256,
+    m4a (AAC) 16..320 and at most 6 bits per sample (:func:`bitrate_range`); wav, flac,
+    m4a/ALAC (lossless) and ogg/Vorbis (libsndfile encodes it at a quality) take none.
+    ``sample_rate`` is the rate written (:func:`written_rate`); without it (not known yet)
+    only what holds at every rate is checked.
+    """
+    if bitrate is None:
+        return None
+    fmt = str(format).strip().lower()
+    if isinstance(bitrate, (bool, np.bool_)) or not isinstance(bitrate, (int, np.integer)):
+        raise ParameterError(f"bitrate must be a whole number of kbit/s (e.g. 128), got {bitrate!r}")
+    value = int(bitrate)
+    span = bitrate_range(fmt, subtype, sample_rate)
+    sub = _subtype(subtype) or (_default_subtype(SUPPORTED_WRITE_FORMATS[fmt]) if fmt in SUPPORTED_WRITE_FORMATS else None)
+    if span is None:
+        if fmt == "ogg" and sub == "VORBIS":
+            raise ParameterError(
+                "bitrate cannot be set for ogg with subtype VORBIS: libsndfile encodes Vorbis at a variable quality, "
+                "not a bitrate; use subtype OPUS (6..256 kbit/s), mp3 or m4a for a bitrate"
+            )
+        raise ParameterError(
+            f"bitrate is for lossy formats (mp3, ogg with subtype OPUS, m4a): {fmt}"
+            f"{f' with subtype {sub}' if fmt in ('ogg', 'm4a') else ''} takes none; leave bitrate out"
+        )
+    where = f" at {int(sample_rate)} Hz" if sample_rate is not None else ""
+    if fmt == "mp3":
+        choices = _mp3_bitrates(sample_rate)
+        if value not in choices:
+            raise ParameterError(
+                f"bitrate {value} kbit/s cannot be written as mp3{where}: MP3 takes "
+                f"{', '.join(map(str, choices))} kbit/s"
+                + ("" if sample_rate is not None else " (which of them depends on the rate: 32..320 at 32000 Hz and above, "
+                   "8..160 at 16000..24000 Hz, 8..64 below)")
+            )
+    elif not span[0] <= value <= span[1]:
+        what = "ogg (Opus)" if fmt == "ogg" else f"{fmt} (AAC)"
+        raise ParameterError(f"bitrate {value} kbit/s is out of range for {what}{where}: {span[0]}..{span[1]} kbit/s")
+    return value
+
+
+def _compression_level(name: str, sub: str, bitrate: int, rate: int, channels: int) -> float:
+    """libsndfile's compression level that gives ``bitrate`` kbit/s for MP3 (constant bitrate) or Opus.
+
+    libsndfile maps the level ``c`` linearly and truncates: MP3 ``int(hi - c * (hi - lo))``
+    kbit/s over the MPEG version's span, Opus ``int((1 - c) * 250000 + 6000)`` bit/s per
+    channel. Half a unit more than the target survives the truncation whatever the rounding.
+    """
+    if name == "MP3":
+        lo, hi = (32, 320) if rate >= 32000 else (8, 160) if rate >= 16000 else (8, 64)
+        return min(1.0, max(0.0, (hi - bitrate - 0.5) / (hi - lo)))
+    per_channel = min(256000.0, max(6000.0, bitrate * 1000.0 / max(1, channels)))
+    return min(1.0, max(0.0, 1.0 - (per_channel - 5999.5) / 250000.0))
+
 
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname() or "host")[:40] or "host"
 # ".<name>.<host>~<pid>~<random>.part": who wrote a temporary file, so a later run can tell a stale one
@@ -188,11 +375,15 @@ def this_host() -> str:
     return _HOST
 
 
-#: The most channels a format's encoder takes (libsndfile: LAME and libFLAC); others take any number.
-MAX_CHANNELS = {"mp3": 2, "flac": 8}
+#: The most channels a format's encoder takes (libsndfile: LAME and libFLAC; FFmpeg's AAC and
+#: ALAC, see :data:`rvcfast.av_encode.AAC_LAYOUTS`); others take any number.
+MAX_CHANNELS = {"mp3": 2, "flac": 8, "m4a": 8}
 
 #: Subtypes that carry samples beyond ±1 as they are: everything else is clipped to ±1 first.
-_UNCLIPPED_SUBTYPES = {"FLOAT", "DOUBLE", "VORBIS", "OPUS", "MPEG_LAYER_III"}
+_UNCLIPPED_SUBTYPES = {"FLOAT", "DOUBLE", "VORBIS", "OPUS", "MPEG_LAYER_III", "AAC"}
+
+#: Formats that cannot be written empty (libsndfile would leave a 0-byte file; an m4a without samples reads as no audio).
+_NOT_EMPTY = ("flac", "mp3", "m4a")
 
 
 def writable_samples(
@@ -201,7 +392,7 @@ def writable_samples(
     """Float32 ``audio`` as it can be written as ``fmt``/``subtype`` (what :func:`write_audio_atomic` writes).
 
     Raises :class:`AudioError` (naming ``path`` when given) for samples that cannot be written:
-    none at all for FLAC or MP3, NaN or infinity for any format (LAME aborts the process on
+    none at all for FLAC, MP3 or m4a, NaN or infinity for any format (LAME aborts the process on
     them), more channels than the format holds (:data:`MAX_CHANNELS`). Returns ``audio`` clipped to ±1 (a new array) where the subtype would wrap samples
     beyond it (µ-law, A-law, ADPCM...), else ``audio`` itself.
     """
@@ -211,14 +402,14 @@ def writable_samples(
     if most is not None and channels > most:
         raise AudioError(path, f"not written: {fmt} holds at most {most} channels, the audio has {channels} (wav and ogg hold more)")
     if audio.size == 0:
-        if fmt in ("flac", "mp3"):
+        if fmt in _NOT_EMPTY:
             raise AudioError(path, f"no audio to write: an empty {fmt} file cannot be written (wav and ogg can be empty)")
         return audio
     lo, hi = float(audio.min()), float(audio.max())  # NaN propagates through min/max: no mask needed
     if not (np.isfinite(lo) and np.isfinite(hi)):
         bad = int(audio.size - np.count_nonzero(np.isfinite(audio)))
         raise AudioError(path, f"not written: the audio has {bad} NaN or infinite samples of {audio.size}")
-    sub = subtype or sf.default_subtype(SUPPORTED_WRITE_FORMATS[fmt])
+    sub = subtype or _default_subtype(SUPPORTED_WRITE_FORMATS[fmt])
     if (lo < -1.0 or hi > 1.0) and sub not in _UNCLIPPED_SUBTYPES:
         audio = np.clip(audio, -1.0, 1.0)  # a new array: the caller's audio is left as it is
     return audio
@@ -237,6 +428,7 @@ def write_audio_atomic(
     format: str | None = None,
     subtype: str | None = None,
     source: str | os.PathLike[str] | None = None,
+    bitrate: int | None = None,
 ) -> Path:
     """Write ``audio`` to ``path`` through a temporary file in the same folder, then rename.
 
@@ -245,40 +437,64 @@ def write_audio_atomic(
     subtype and rate that cannot be written (:func:`check_write_format`) raise
     :class:`ParameterError` before anything is written, as do NaN or infinite samples
     (:class:`AudioError`: LAME aborts the process on them, FLAC fails, WAV turns them into
-    full-scale clicks) and an empty ``audio`` for FLAC or MP3 (libsndfile would leave a
-    0-byte file). Samples beyond ±1 are clipped for the integer, companded and ADPCM
+    full-scale clicks) and an empty ``audio`` for FLAC, MP3 or m4a (libsndfile would leave a
+    0-byte file). MP3 and m4a/AAC outputs are resampled to their nearest rate first
+    (:func:`written_rate`). ``bitrate`` (kbit/s, lossy formats only, :func:`check_bitrate`)
+    sets the encoder's bitrate; without it each encoder's default is kept. Samples beyond ±1 are clipped for the integer, companded and ADPCM
     subtypes (PCM, µ-law, A-law...: µ-law, A-law and ADPCM would wrap them around);
     the float subtypes and the lossy codecs keep them. The temporary
     file (``.<name>.<host>~<pid>~<random>.part``) is removed if anything fails, and
     stale ones for the same ``path`` left by a killed process are removed first.
     ``source``, the input file the audio was converted from, is recorded in the file's
-    ``comment`` tag as its :func:`source_id`.
+    ``comment`` tag as its :func:`source_id` (m4a: the iTunes comment atom).
     """
     p = Path(path)
     fmt = (format or p.suffix.lstrip(".") or "wav").strip().lower()
     if fmt not in SUPPORTED_WRITE_FORMATS:
         raise ParameterError(f"{p}: output format {fmt!r} is not supported (choose from {sorted(SUPPORTED_WRITE_FORMATS)})")
     subtype = _subtype(subtype)  # as check_write_format reads it: " pcm_16" passed the check, then failed every write
-    check_write_format(fmt, subtype, mp3_rate(sample_rate) if fmt == "mp3" else sample_rate)
+    target = written_rate(fmt, subtype, sample_rate)
+    check_write_format(fmt, subtype, target, bitrate=bitrate)
     audio = writable_samples(np.asarray(audio, dtype=np.float32), fmt, subtype, p)
-    if fmt == "mp3" and int(sample_rate) not in MP3_RATES:
+    if target != int(sample_rate):
         from .dsp import resample
 
-        target = mp3_rate(sample_rate)
         audio, sample_rate = resample(audio, int(sample_rate), target, dtype=np.float32), target
     p.parent.mkdir(parents=True, exist_ok=True)
     remove_stale_parts(p.parent, p.name)
     comment = _SOURCE_TAG + source_id(source) if source is not None else None
     with atomic_write(p, _new_part(p)) as tmp:
-        _encode(tmp, audio, int(sample_rate), SUPPORTED_WRITE_FORMATS[fmt], subtype, comment)
+        _encode(tmp, audio, int(sample_rate), SUPPORTED_WRITE_FORMATS[fmt], subtype, comment, bitrate=bitrate)
     return p
 
 
-def _encode(file: str | os.PathLike[str], audio: np.ndarray, rate: int, fmt: str, subtype: str | None, comment: str | None) -> None:
-    """Encode ``audio`` into ``file`` (libsndfile's format name ``fmt``), with a ``comment`` tag
-    when one is given. The one place an output's bytes are written."""
+def _encode(
+    file: str | os.PathLike[str] | BinaryIO,
+    audio: np.ndarray,
+    rate: int,
+    fmt: str,
+    subtype: str | None,
+    comment: str | None,
+    bitrate: int | None = None,
+) -> None:
+    """Encode ``audio`` into ``file`` (libsndfile's format name ``fmt``, or ``"M4A"`` through
+    PyAV), with a ``comment`` tag when one is given and ``bitrate`` kbit/s when given (checked
+    before). ``file`` is a path or a seekable binary file object. The one place an output's
+    bytes are encoded."""
+    if fmt in _PYAV_FORMATS:
+        from .av_encode import write_m4a
+
+        write_m4a(file, audio, rate, subtype, comment, bitrate)
+        return
     channels = audio.shape[1] if audio.ndim > 1 else 1
-    with sf.SoundFile(str(file), "w", rate, channels, subtype=subtype, format=fmt) as f:
+    options: dict[str, object] = {}
+    if bitrate is not None:
+        sub = subtype or sf.default_subtype(fmt)
+        options["compression_level"] = _compression_level(fmt, sub, int(bitrate), rate, channels)
+        if fmt == "MP3":
+            options["bitrate_mode"] = "CONSTANT"
+    target = file if hasattr(file, "write") else str(file)  # a path, or a file object (the server's answers)
+    with sf.SoundFile(target, "w", rate, channels, subtype=subtype, format=fmt, **options) as f:
         if comment is not None:
             f.comment = comment
         f.write(audio)
@@ -300,19 +516,24 @@ def source_id(path: str | os.PathLike[str]) -> str:
 
 def recorded_source(path: str | os.PathLike[str]) -> str | None:
     """The :func:`source_id` an output written by rvcfast records, or ``None`` (no such tag,
-    another program's file, not readable as audio)."""
+    another program's file, not readable as audio). An ``.m4a`` is read through PyAV."""
     try:
         with sf.SoundFile(str(path)) as f:
             comment = f.comment or ""
-    except Exception:  # noqa: BLE001 - whatever libsndfile cannot read records nothing
-        return None
+    except Exception:  # noqa: BLE001 - whatever libsndfile cannot read records nothing...
+        if not _is_m4a(path):
+            return None
+        from .av_encode import m4a_comment  # ...but an m4a, which FFmpeg reads
+
+        comment = m4a_comment(path) or ""
     match = _SOURCE_RE.search(comment)
     return match.group(1) if match else None
 
 
 def finished_output(path: str | os.PathLike[str]) -> bool:
     """Whether ``skip_existing`` may skip the input whose output is ``path``: a file there that
-    reads as audio with at least one frame (every output rvcfast writes does). An empty or
+    reads as audio with at least one frame (every output rvcfast writes does; an ``.m4a`` is
+    read through PyAV). An empty or
     unreadable file (left by another program, a copy that was cut short) or a folder is not a
     finished output: the input is converted again and that file replaced. Used by the batch
     runner and the Ray runner alike."""
@@ -322,5 +543,14 @@ def finished_output(path: str | os.PathLike[str]) -> bool:
 
     try:
         return sf.info(str(path)).frames > 0
-    except Exception:  # noqa: BLE001 - whatever libsndfile cannot read is not a finished output
-        return False
+    except Exception:  # noqa: BLE001 - whatever libsndfile cannot read is not a finished output...
+        if not _is_m4a(path):
+            return False
+    from .av_encode import m4a_frames  # ...but an m4a, which FFmpeg reads
+
+    return m4a_frames(path) > 0
+
+
+def _is_m4a(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is named as an m4a output (read through PyAV: libsndfile cannot)."""
+    return Path(path).suffix.lower() == ".m4a"
