@@ -1,4 +1,7 @@
-"""Audio out of the server: checked format/subtype, whole files in memory, and a streamable WAV.
+"""Audio out of the server: checked format/subtype/bitrate, whole files in memory, and a streamable WAV.
+
+Whole files are encoded as :func:`rvcfast.writing.write_audio_atomic` encodes them (the same
+encoder settings, bitrate included), into memory.
 
 A streamed response is a WAV file whose RIFF and data sizes are ``0xFFFFFFFF`` (the
 length is unknown when the header is sent), followed by the samples of each piece as
@@ -14,32 +17,49 @@ import struct
 
 import numpy as np
 
-from ..errors import ParameterError
-from ..writing import SUPPORTED_WRITE_FORMATS, check_write_format, mp3_rate, writable_samples
+from ..errors import BackendUnavailableError, ParameterError
+from ..writing import (
+    SUPPORTED_WRITE_FORMATS,
+    check_bitrate,
+    check_write_format,
+    valid_subtypes,
+    writable_samples,
+    written_rate,
+)
 
 __all__ = [
     "MEDIA_TYPES", "STREAM_SUBTYPES", "check_output", "check_output_rate", "encode_audio", "wav_stream_header", "pcm_bytes",
 ]
 
 #: Content type of each output format.
-MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg", "mp3": "audio/mpeg"}
+MEDIA_TYPES = {"wav": "audio/wav", "flac": "audio/flac", "ogg": "audio/ogg", "mp3": "audio/mpeg", "m4a": "audio/mp4"}
 
 #: Subtypes a streamed WAV can carry: (format tag, bits per sample).
 STREAM_SUBTYPES = {"PCM_16": (1, 16), "PCM_24": (1, 24), "PCM_32": (1, 32), "FLOAT": (3, 32)}
 
 
 def check_output(fmt: str | None, subtype: str | None, stream: bool = False) -> tuple[str, str | None]:
-    """The output format (lower case) and subtype (upper case or ``None``), or a :class:`ParameterError` naming them."""
+    """The output format (lower case) and subtype (upper case or ``None``), or a :class:`ParameterError` naming them.
+
+    m4a needs PyAV on the server (the ``av`` extra): without it the format is refused here.
+    """
     import soundfile as sf
 
     name = (fmt or "wav").strip().lower()
     if name not in SUPPORTED_WRITE_FORMATS or name not in MEDIA_TYPES:
         raise ParameterError(f"format must be one of {', '.join(sorted(MEDIA_TYPES))}, got {fmt!r}")
-    if SUPPORTED_WRITE_FORMATS[name] not in sf.available_formats():
+    if name == "m4a":
+        from ..av_encode import import_av
+
+        try:
+            import_av()
+        except BackendUnavailableError as exc:
+            raise ParameterError(f"format 'm4a' is not available on this server: {exc}") from None
+    elif SUPPORTED_WRITE_FORMATS[name] not in sf.available_formats():
         raise ParameterError(f"format {name!r} is not available: this server's libsndfile cannot write it")
     sub = subtype.strip().upper() if subtype and subtype.strip() else None
-    if sub is not None and not sf.check_format(SUPPORTED_WRITE_FORMATS[name], sub):
-        valid = ", ".join(sorted(sf.available_subtypes(SUPPORTED_WRITE_FORMATS[name])))
+    if sub is not None and sub not in valid_subtypes(name):
+        valid = ", ".join(sorted(valid_subtypes(name)))
         raise ParameterError(f"subtype {subtype!r} is not valid for {name} (valid: {valid})")
     if stream:
         if name != "wav":
@@ -49,40 +69,57 @@ def check_output(fmt: str | None, subtype: str | None, stream: bool = False) -> 
     return name, sub
 
 
-def check_output_rate(fmt: str, subtype: str | None, rate: int) -> None:
-    """Refuse a format and subtype that cannot be written at the output ``rate`` (422, naming the field).
+def check_output_bitrate(fmt: str, subtype: str | None, text: str | None) -> int | None:
+    """The ``bitrate`` field (kbit/s) as a number checked for ``fmt``/``subtype`` at any rate
+    (the rate's own limits: :func:`check_output_rate`); ``None`` when not given."""
+    if text is None or not str(text).strip():
+        return None
+    try:
+        value = int(str(text).strip())
+    except ValueError:
+        raise ParameterError(f"bitrate must be a whole number of kbit/s (e.g. 128), got {text!r}") from None
+    return check_bitrate(fmt, subtype, value)
 
-    ``rate`` is the output rate of the request (``sample_rate``, or the voice's); an MP3 is
-    checked at the MP3 rate it is written at. Raises a
-    :class:`~rvcfast.serve.forms.FieldError` for ``sample_rate`` or ``subtype``
-    (:func:`rvcfast.writing.check_write_format` says why).
+
+def check_output_rate(fmt: str, subtype: str | None, rate: int, bitrate: int | None = None) -> None:
+    """Refuse a format, subtype and bitrate that cannot be written at the output ``rate`` (422, naming the field).
+
+    ``rate`` is the output rate of the request (``sample_rate``, or the voice's); an MP3 or
+    AAC is checked at the rate it is written at (:func:`rvcfast.writing.written_rate`).
+    Raises a :class:`~rvcfast.serve.forms.FieldError` for ``sample_rate``, ``subtype`` or
+    ``bitrate`` (:func:`rvcfast.writing.check_write_format` says why).
     """
     from .forms import FieldError
 
-    written = mp3_rate(rate) if fmt == "mp3" else int(rate)
     try:
-        check_write_format(fmt, subtype, written)
+        check_write_format(fmt, subtype, written_rate(fmt, subtype, rate), bitrate=bitrate)
     except ParameterError as exc:
-        raise FieldError("subtype" if str(exc).startswith("subtype") else "sample_rate", str(exc)) from None
+        text = str(exc)
+        name = "subtype" if text.startswith("subtype") else "bitrate" if text.startswith("bitrate") else "sample_rate"
+        raise FieldError(name, text) from None
 
 
-def encode_audio(audio: np.ndarray, rate: int, fmt: str, subtype: str | None = None) -> tuple[bytes, int]:
-    """The whole output as a file in memory, and the rate it was written at (MP3 at the nearest MP3 rate).
+def encode_audio(
+    audio: np.ndarray, rate: int, fmt: str, subtype: str | None = None, bitrate: int | None = None
+) -> tuple[bytes, int]:
+    """The whole output as a file in memory, and the rate it was written at (MP3 and AAC at their nearest rate).
 
-    A format, subtype and rate that cannot be written are refused first (:func:`check_output_rate`);
-    samples that cannot be written (NaN, infinity) raise :class:`~rvcfast.errors.AudioError`.
+    A format, subtype, rate and bitrate that cannot be written are refused first
+    (:func:`check_output_rate`); samples that cannot be written (NaN, infinity) raise
+    :class:`~rvcfast.errors.AudioError`.
     """
-    import soundfile as sf
-
-    check_output_rate(fmt, subtype, rate)
+    check_output_rate(fmt, subtype, rate, bitrate)
     # NaN/inf refused (LAME aborts the whole process on them), clipped where the subtype wraps
     audio = writable_samples(np.asarray(audio, dtype=np.float32), fmt, subtype)
-    if fmt == "mp3" and mp3_rate(rate) != int(rate):
+    target = written_rate(fmt, subtype, rate)
+    if target != int(rate):
         from ..dsp import resample
 
-        audio, rate = resample(audio, int(rate), mp3_rate(rate), dtype=np.float32), mp3_rate(rate)
-    buf = io.BytesIO()
-    sf.write(buf, audio, int(rate), format=SUPPORTED_WRITE_FORMATS[fmt], subtype=subtype)
+        audio, rate = resample(audio, int(rate), target, dtype=np.float32), target
+    from .. import writing
+
+    buf = io.BytesIO()  # seekable: the m4a muxer goes back to write its index
+    writing._encode(buf, audio, int(rate), SUPPORTED_WRITE_FORMATS[fmt], subtype, None, bitrate=bitrate)
     return buf.getvalue(), int(rate)
 
 

@@ -7,8 +7,8 @@ query parameter) under its own name: ``pitch``, ``index_rate``, ``protect``,
 ``keep_length``... Text is converted by :func:`~rvcfast.params.coerce_param`, so the
 server accepts exactly what the command line does. Besides them: ``voice``, ``f0`` (the F0
 backend for this request, e.g. ``harvest`` or ``hybrid:rmvpe+crepe``; default: the server's
-``--f0``), ``format``, ``subtype``, ``sample_rate`` (the output rate; ``output_sample_rate``
-works too) and ``stream``. Unknown names, repeated names and bad values are refused with the field named.
+``--f0``), ``format``, ``subtype``, ``bitrate`` (kbit/s, lossy formats only),
+``sample_rate`` (the output rate; ``output_sample_rate`` works too) and ``stream``. Unknown names, repeated names and bad values are refused with the field named.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from ..params import ConversionParams, coerce_param, param_specs
 __all__ = ["FieldError", "ConvertOptions", "parse_fields", "form_schema", "OUTPUT_FIELDS"]
 
 #: Fields that are not conversion parameters.
-OUTPUT_FIELDS = ("voice", "f0", "format", "subtype", "sample_rate", "stream")
+OUTPUT_FIELDS = ("voice", "f0", "format", "subtype", "bitrate", "sample_rate", "stream")
 
 #: Other names accepted for conversion parameters.
 ALIASES = {"sample_rate": "output_sample_rate"}
@@ -48,6 +48,7 @@ class ConvertOptions:
     format: str = "wav"
     subtype: str | None = None
     stream: bool = False
+    bitrate: int | None = None  # kbit/s, lossy formats only (None: the encoder's default)
 
 
 def _param_names() -> dict[str, str]:
@@ -60,7 +61,7 @@ def parse_fields(pairs: Iterable[tuple[str, str]]) -> ConvertOptions:
     The conversion parameters are range-checked here (without the voice; the speaker id is
     checked once the voice is known).
     """
-    from .encode import check_output
+    from .encode import check_output, check_output_bitrate
 
     kinds = _param_names()
     seen: dict[str, str] = {}
@@ -71,7 +72,7 @@ def parse_fields(pairs: Iterable[tuple[str, str]]) -> ConvertOptions:
     voice = seen.pop("voice", "").strip()
     if not voice:
         raise FieldError("voice", "field 'voice' is required: the id of a voice (GET /v1/voices lists them)")
-    fmt, subtype = seen.pop("format", None), seen.pop("subtype", None)
+    fmt, subtype, bitrate_text = seen.pop("format", None), seen.pop("subtype", None), seen.pop("bitrate", None)
     stream = _flag("stream", seen.pop("stream", "false"))
     f0 = _f0_name(seen.pop("f0", None))
     overrides: dict[str, Any] = {}
@@ -94,6 +95,10 @@ def parse_fields(pairs: Iterable[tuple[str, str]]) -> ConvertOptions:
         fmt, subtype = check_output(fmt, subtype, stream)
     except ParameterError as exc:
         raise FieldError("subtype" if str(exc).startswith("subtype") else "format", str(exc)) from None
+    try:
+        bitrate = check_output_bitrate(fmt, subtype, bitrate_text)
+    except ParameterError as exc:
+        raise FieldError("bitrate", str(exc)) from None
     given = {ALIASES.get(n, n): n for n in seen}
     try:
         check_values(overrides)
@@ -105,7 +110,7 @@ def parse_fields(pairs: Iterable[tuple[str, str]]) -> ConvertOptions:
         )
     if stream and overrides.get("channels") == "each":
         raise FieldError(given["channels"], "channels=each gives a whole multi-channel output, not a stream: leave out stream=true")
-    return ConvertOptions(voice, overrides, f0, fmt, subtype, stream)
+    return ConvertOptions(voice, overrides, f0, fmt, subtype, stream, bitrate)
 
 
 def check_values(overrides: dict[str, Any], vocoder: Any = None) -> ConversionParams:
@@ -191,8 +196,16 @@ def form_schema(with_file: bool = True) -> dict[str, Any]:
         schema["description"] = spec.help
         props[spec.name] = schema
     props["sample_rate"] = {"type": "integer", "description": "output sample rate in Hz (default: the voice's)"}
-    props["format"] = {"type": "string", "enum": ["wav", "flac", "ogg", "mp3"], "default": "wav"}
-    props["subtype"] = {"type": "string", "description": "soundfile subtype, e.g. PCM_16, PCM_24, FLOAT"}
+    props["format"] = {
+        "type": "string", "enum": ["wav", "flac", "ogg", "mp3", "m4a"], "default": "wav",
+        "description": "output format (m4a: AAC, needs PyAV on the server)",
+    }
+    props["subtype"] = {"type": "string", "description": "soundfile subtype, e.g. PCM_16, PCM_24, FLOAT, OPUS (ogg); AAC or ALAC (m4a)"}
+    props["bitrate"] = {
+        "type": "integer",
+        "description": "kbit/s for lossy outputs (default: the encoder's): mp3 8..320 (MPEG bitrates), "
+        "ogg with subtype OPUS 6..256, m4a (AAC) 16..320; refused for wav, flac, ogg/Vorbis and ALAC",
+    }
     props["stream"] = {"type": "boolean", "default": False, "description": "send WAV pieces as segments finish (chunked)"}
     required = ["file", "voice"] if with_file else ["voice"]
     multipart = {"schema": {"type": "object", "properties": props, "required": required}}

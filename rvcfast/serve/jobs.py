@@ -51,6 +51,7 @@ class Job:
     input_name: str
     format: str
     subtype: str | None
+    bitrate: int | None = None  # kbit/s of a lossy output (None: the encoder's default)
     created: float = field(default_factory=time.time)
     state: str = "queued"
     progress: float = 0.0
@@ -81,6 +82,7 @@ class Job:
             "finished": self.finished,
             "input_seconds": self.input_seconds,
             "format": self.format,
+            "bitrate": self.bitrate,
             "warnings": self.warnings,
         }
         if self.error is not None:
@@ -103,8 +105,9 @@ class JobStore:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
-    def create(self, voice: str, input_name: str, fmt: str, subtype: str | None) -> Job:
-        """A new queued job (after making room; :class:`JobStoreFull` if there is none)."""
+    def create(self, voice: str, input_name: str, fmt: str, subtype: str | None, bitrate: int | None = None) -> Job:
+        """A new queued job writing ``fmt``/``subtype`` (at ``bitrate`` kbit/s when given), after making
+        room (:class:`JobStoreFull` if there is none)."""
         self.sweep()
         with self._lock:
             if self._result_bytes() >= self.max_bytes:
@@ -112,7 +115,7 @@ class JobStore:
                     f"the job spool is full ({self.max_bytes / 2**20:g} MB of results not yet fetched or expired); "
                     "fetch or delete finished jobs, or retry later"
                 )
-            job = Job(uuid.uuid4().hex, voice, input_name, fmt, subtype)
+            job = Job(uuid.uuid4().hex, voice, input_name, fmt, subtype, bitrate)
             self._jobs[job.id] = job
             return job
 

@@ -148,7 +148,7 @@ async def _prepare(state: ServerState, intake: Intake, options: ConvertOptions) 
     channels = await _check_length(state, intake, "/v1/convert", options.overrides.get("channels") == "each")
     engine = await _engine(state, options)
     params = check_values(options.overrides, engine.vocoder)
-    check_output_rate(options.format, options.subtype, params.output_rate(engine.sample_rate))  # before any work
+    check_output_rate(options.format, options.subtype, params.output_rate(engine.sample_rate), options.bitrate)  # before any work
     params.check_output(options.format, options.subtype, engine.sample_rate)  # noise reduction's rates too
     t0 = time.perf_counter()
     limit = float(state.cfg.max_input_seconds)
@@ -281,7 +281,8 @@ async def _convert_input(state: ServerState, intake: Intake, t_start: float) -> 
         state.metrics.inc("rvcfast_conversion_failures_total", stage="convert")
         return error_response(500, state._hide_paths(intake.hide(error)))
     t0 = time.perf_counter()
-    body, rate = await _counted(state, "encode", state.in_pool(encode_audio, audio, rate, options.format, options.subtype))
+    bitrate = () if options.bitrate is None else (options.bitrate,)  # given only when asked for
+    body, rate = await _counted(state, "encode", state.in_pool(encode_audio, audio, rate, options.format, options.subtype, *bitrate))
     timings = {"decode": work.prepare_seconds, **timings, "encode": time.perf_counter() - t0}
     state.metrics.add_stages(timings)
     state.metrics.inc("rvcfast_audio_seconds_total", work.prep.seconds)
@@ -367,7 +368,7 @@ async def _to_the_end(state: ServerState, fn: Callable[..., T], *args: Any, **kw
 async def _run_job(state: ServerState, job: Job, engine: Engine, params: ConversionParams, source: Path) -> None:
     """Decode, convert segment by segment into ``<id>.raw``, finish, write ``<id>.<format>``."""
     from ..pipeline import finish
-    from ..writing import mp3_rate, write_audio_atomic
+    from ..writing import write_audio_atomic, written_rate
 
     raw_path, out_path = state.jobs.path(job, ".raw"), state.jobs.path(job, f".{job.format}")
     try:
@@ -398,9 +399,11 @@ async def _run_job(state: ServerState, job: Job, engine: Engine, params: Convers
         out, rate = await _to_the_end(state, finish, audio, prep, engine.sample_rate, params, notes)
         job.warnings += [w.replace(str(source), job.input_name) for w in notes]
         del audio, prep
-        await _to_the_end(state, write_audio_atomic, out_path, out, rate, format=job.format, subtype=job.subtype)
+        await _to_the_end(
+            state, write_audio_atomic, out_path, out, rate, format=job.format, subtype=job.subtype, bitrate=job.bitrate
+        )
         job.timings["post"] = job.timings.get("post", 0.0) + time.perf_counter() - t0
-        job.sample_rate = mp3_rate(rate) if job.format == "mp3" else rate
+        job.sample_rate = written_rate(job.format, job.subtype, rate)
         job.result, job.bytes = out_path, out_path.stat().st_size
         job.finished = time.time()
         job.state, job.progress = "done", 1.0
@@ -447,9 +450,9 @@ async def _create_job(state: ServerState, request: Any) -> Any:
         await _check_length(state, intake, "/v1/jobs", options.overrides.get("channels") == "each")
         engine = await _engine(state, options)
         params = check_values(options.overrides, engine.vocoder)
-        check_output_rate(options.format, options.subtype, params.output_rate(engine.sample_rate))
+        check_output_rate(options.format, options.subtype, params.output_rate(engine.sample_rate), options.bitrate)
         params.check_output(options.format, options.subtype, engine.sample_rate)
-        job = state.jobs.create(options.voice, intake.name, options.format, options.subtype)
+        job = state.jobs.create(options.voice, intake.name, options.format, options.subtype, options.bitrate)
         assert intake.path is not None
         source = state.jobs.path(job, ".in" + intake.path.suffix)
         intake.path.replace(source)
