@@ -181,6 +181,7 @@ class Converter:
         *,
         format: str = "wav",
         subtype: str | None = None,
+        bitrate: int | None = None,
         name_template: str = "{stem}",
         skip_existing: bool = False,
         on_error: str = "continue",
@@ -202,9 +203,15 @@ class Converter:
         :class:`~rvcfast.errors.ParameterError` naming the item's position. With ``out_dir``
         each output is written there atomically as ``name_template.format(stem=...,
         index=..., ext=...)`` plus the format's extension (``wav``, ``flac``, ``ogg``,
-        ``mp3``; ``subtype`` e.g. ``"PCM_16"``); names are made unique and never equal an
-        input. The template may name a subfolder (``"{index:03d}/{stem}"``); an unknown
-        field, an absolute path or one that leaves ``out_dir`` is refused before any work.
+        ``mp3``, ``m4a``: AAC through PyAV, the ``av`` extra; ``subtype`` e.g. ``"PCM_16"``,
+        ``"OPUS"`` for ogg, ``"ALAC"`` for a lossless m4a); mp3 and m4a are written at the
+        nearest rate their codec takes (40 kHz voices at 44.1 kHz). ``bitrate`` (kbit/s, the
+        total of all channels) sets a lossy encoder's bitrate: mp3 8..320 (the MPEG bitrates
+        of the output rate, constant bitrate), ogg with ``subtype="OPUS"`` 6..256, m4a (AAC)
+        16..320; wav, flac, ogg/Vorbis and ALAC take none (a :class:`~rvcfast.errors.ParameterError`
+        before any work, as for a value out of range). Without it each encoder keeps its default.
+        Names are made unique and never equal an input. The template may name a subfolder
+        (``"{index:03d}/{stem}"``); an unknown field, an absolute path or one that leaves ``out_dir`` is refused before any work.
         ``skip_existing`` skips inputs whose output exists and reads as audio (resume a
         killed batch; an empty or unreadable file in an output's place is converted again).
         ``on_error="continue"`` (default) reports a failing file in its Result and
@@ -225,6 +232,7 @@ class Converter:
             out_dir=out_dir,
             format=format,
             subtype=subtype,
+            bitrate=bitrate,
             name_template=name_template,
             skip_existing=skip_existing,
             on_error=on_error,

@@ -62,7 +62,13 @@ from .errors import ParameterError, RvcfastError
 from .params import ConversionParams
 from .pipeline import PreparedAudio
 from .result import Result
-from .writing import SUPPORTED_WRITE_FORMATS, finished_output, remove_stale_parts, write_audio_atomic
+from .writing import (
+    SUPPORTED_WRITE_FORMATS,
+    check_bitrate,
+    finished_output,
+    remove_stale_parts,
+    write_audio_atomic,
+)
 
 if TYPE_CHECKING:
     from .engine import Engine
@@ -79,6 +85,7 @@ class BatchOptions:
     out_dir: str | os.PathLike[str] | None = None
     format: str = "wav"
     subtype: str | None = None
+    bitrate: int | None = None  # kbit/s of a lossy output (mp3, ogg/Opus, m4a); None: the encoder's default
     name_template: str = "{stem}"
     skip_existing: bool = False
     on_error: str = "continue"
@@ -94,6 +101,7 @@ class BatchOptions:
         """Raise :class:`ParameterError` naming the first bad option (checked before any work)."""
         if not isinstance(self.format, str) or self.format.lower() not in SUPPORTED_WRITE_FORMATS:
             raise ParameterError(f"format must be one of {sorted(SUPPORTED_WRITE_FORMATS)}, got {self.format!r}")
+        check_bitrate(self.format.lower(), self.subtype, self.bitrate)  # at any rate; the output rate's limits: run_batch
         if self.on_error not in ("continue", "stop"):
             raise ParameterError(f"on_error must be 'continue' or 'stop', got {self.on_error!r}")
         if self.batch_seconds is not None and not (is_number(self.batch_seconds) and self.batch_seconds > 0):
@@ -646,7 +654,7 @@ def run_batch(
         raise ParameterError(f"progress must be a function progress(result, done, total), got {type(progress).__name__}{hint}")
     params.validate(engine.vocoder)
     if options.out_dir is not None:  # a format the output rate cannot be written in: before any work
-        params.check_output(options.format, options.subtype, engine.sample_rate)
+        params.check_output(options.format, options.subtype, engine.sample_rate, options.bitrate)
     jobs = expand_inputs(inputs, options, {"voice": engine.name, "pitch": pitch_text(params.pitch)})
     if options.out_dir is not None and Path(options.out_dir).is_dir():
         remove_stale_parts(options.out_dir)  # temporary files of an earlier, killed run
@@ -665,5 +673,5 @@ def compute_workers(engine: Engine, options: BatchOptions) -> int:
 
 def _write_timed(path: Path, audio: np.ndarray, rate: int, options: BatchOptions, source: Path | None) -> float:
     t0 = time.perf_counter()
-    write_audio_atomic(path, audio, rate, format=options.format, subtype=options.subtype, source=source)
+    write_audio_atomic(path, audio, rate, format=options.format, subtype=options.subtype, source=source, bitrate=options.bitrate)
     return time.perf_counter() - t0

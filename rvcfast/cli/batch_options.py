@@ -1,4 +1,5 @@
-"""``rvcfast convert``'s batch options: output names, errors, worker pools and ``--report``.
+"""``rvcfast convert``'s batch options: output names, errors, worker pools, ``--report``, and the
+checks of the output options ``--subtype`` and ``--bitrate`` against ``--format``.
 
 Each option maps to a :class:`rvcfast.batch.BatchOptions` field (``--name-template`` to
 ``name_template``, ``--on-error`` to ``on_error``, ``--decode-workers``, ``--write-workers``,
@@ -24,7 +25,9 @@ from typing import Any
 from ..errors import ParameterError
 from ._common import UsageError
 
-__all__ = ["add_batch_options", "batch_options", "check_not_on_ray", "BatchReport", "check_report_path"]
+__all__ = [
+    "add_batch_options", "batch_options", "check_not_on_ray", "BatchReport", "check_report_path", "kbps", "check_output_options",
+]
 
 _WORKERS = (("--decode-workers", "decode_workers"), ("--write-workers", "write_workers"), ("--f0-workers", "f0_workers"))
 
@@ -58,9 +61,42 @@ def add_batch_options(p: argparse.ArgumentParser | Any) -> None:
     )
 
 
+def kbps(text: str) -> int:
+    """``--bitrate``'s type: a whole number of kbit/s (``128``; not ``128.5`` or ``128k``)."""
+    try:
+        return int(text.strip())
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"a whole number of kbit/s is needed (e.g. 128), got {text!r}") from None
+
+
+def check_output_options(args: argparse.Namespace) -> int | None:
+    """``--subtype`` and ``--bitrate`` checked against ``--format`` before anything is loaded
+    (a usage error naming the option); returns the bitrate. The output rate is known only
+    with ``--output-sample-rate`` (else the voice's, once loaded): without it the bitrate is
+    checked for every rate here, and for the voice's rate before any file is converted. An
+    m4a without PyAV installed raises :class:`~rvcfast.errors.BackendUnavailableError`."""
+    from ..writing import check_bitrate, valid_subtypes, written_rate
+
+    fmt = str(args.format).lower()
+    subtype = args.subtype.strip().upper() if args.subtype and args.subtype.strip() else None
+    if fmt == "m4a":
+        from ..av_encode import import_av
+
+        import_av()
+    if subtype is not None and subtype not in valid_subtypes(fmt):
+        raise UsageError(f"--subtype {args.subtype!r} is not valid for --format {fmt} (valid: {', '.join(sorted(valid_subtypes(fmt)))})")
+    bitrate = getattr(args, "bitrate", None)
+    rate = getattr(args, "output_sample_rate", None)
+    try:
+        return check_bitrate(fmt, subtype, bitrate, None if rate is None else written_rate(fmt, subtype, rate))
+    except ParameterError as exc:
+        raise UsageError(f"--bitrate: {exc}") from None
+
+
 def batch_options(args: argparse.Namespace) -> dict[str, Any]:
     """The batch keyword arguments of ``Converter.iter_batch`` given on the command line, with the
-    library's defaults for those not given; a usage error naming the option for a bad value."""
+    library's defaults for those not given; a usage error naming the option for a bad value
+    (``--subtype`` and ``--bitrate`` too: :func:`check_output_options`)."""
     from ..batch import BatchOptions
     from ..batch_inputs import check_name_template
 
@@ -68,6 +104,7 @@ def batch_options(args: argparse.Namespace) -> dict[str, Any]:
     values: dict[str, Any] = {
         "name_template": defaults.name_template if args.name_template is None else args.name_template,
         "on_error": args.on_error or defaults.on_error,
+        "bitrate": check_output_options(args),
     }
     for flag, name in _WORKERS:
         given = getattr(args, name)
@@ -96,6 +133,8 @@ def check_not_on_ray(args: argparse.Namespace) -> None:
             f"{' and '.join(refused)} {'is' if len(refused) == 1 else 'are'} for local runs: a --ray job names outputs "
             "{stem}, carries on past a failed file, decodes in its own tasks and writes its rows to --manifest"
         )
+    if getattr(args, "bitrate", None) is not None:  # the --ray runner does not hand it to the job (convert_files takes it)
+        raise UsageError("--bitrate is for local runs: `rvcfast convert --ray` does not pass it to the job")
 
 
 def check_report_path(report: str | None) -> Path | None:

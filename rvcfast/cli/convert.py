@@ -25,7 +25,14 @@ from ._common import (
     report_failures,
     report_warnings,
 )
-from .batch_options import BatchReport, add_batch_options, batch_options, check_not_on_ray, check_report_path
+from .batch_options import (
+    BatchReport,
+    add_batch_options,
+    batch_options,
+    check_not_on_ray,
+    check_report_path,
+    kbps,
+)
 from .scale import add_scale_options, planned_inputs
 
 
@@ -171,6 +178,7 @@ def add_parser(sub: Any) -> None:
             "examples:\n"
             "  rvcfast convert voice.pth song.wav -o out/\n"
             "  rvcfast convert voice.pth vocals/ -o out/ --index voice.index --pitch 12 --format flac\n"
+            "  rvcfast convert voice.pth take.wav -o out/ --format m4a --bitrate 128\n"
             "  rvcfast convert voice.pth takes/ -o out/ --recursive --skip-existing --f0 crepe\n"
             "  rvcfast convert voice.pth a.wav -o out/ --encoder hubert_base.pt --f0-weights rmvpe.pt\n"
             "  rvcfast convert voice.pth a.m4a -o out/ --autotune 0.8 --effect reverb:room_size=0.3 --clean 0.5\n"            "  rvcfast convert voice.pth speakers/ -o out/ --recursive --name-template '{parent}/{stem}' --report run.jsonl\n"
@@ -192,8 +200,20 @@ def add_parser(sub: Any) -> None:
     g.add_argument("--download", action="store_true", help="download missing base weights (hubert_base.pt, rmvpe.pt) into $RVCFAST_HOME when set, else the cache")
     add_conversion_options(p.add_argument_group("conversion (see docs/parameters.md)"))
     o = p.add_argument_group("output")
-    o.add_argument("--format", default="wav", choices=["wav", "flac", "ogg", "mp3"], help="output file format")
-    o.add_argument("--subtype", metavar="NAME", help="soundfile subtype, e.g. PCM_16, PCM_24, FLOAT (default: the format's)")
+    o.add_argument(
+        "--format", default="wav", choices=["wav", "flac", "ogg", "mp3", "m4a"],
+        help="output file format (mp3 and m4a at the nearest rate their codec takes, e.g. 44.1 kHz for 40 kHz voices; "
+        'm4a is AAC, through PyAV: pip install "rvcfast[av]")',
+    )
+    o.add_argument(
+        "--subtype", metavar="NAME",
+        help="soundfile subtype, e.g. PCM_16, PCM_24, FLOAT; OPUS for ogg; ALAC for a lossless m4a (default: the format's)",
+    )
+    o.add_argument(
+        "--bitrate", type=kbps, metavar="KBPS", default=None,
+        help="bitrate of a lossy output in kbit/s: mp3 8..320 (MPEG bitrates, constant), ogg --subtype OPUS 6..256, "
+        "m4a 16..320 (default: the encoder's)",
+    )
     o.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
     o.add_argument("--skip-existing", action="store_true", help="skip inputs whose output already exists (resume a batch)")
     o.add_argument("-q", "--quiet", action="store_true", help="no progress or summary; failures are still reported")
