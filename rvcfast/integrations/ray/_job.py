@@ -14,7 +14,7 @@ from typing import Any
 from ...atomic import atomic_write
 from ...errors import ModelLoadError, ParameterError
 from ...params import ConversionParams
-from ...writing import SUPPORTED_WRITE_FORMATS, remove_stale_parts
+from ...writing import SUPPORTED_WRITE_FORMATS, check_bitrate, remove_stale_parts
 from ._stages import (
     CPU_WORKER_MEMORY,
     CRASH_ENV,
@@ -245,7 +245,7 @@ def _actor_pool(low: int, high: int, *, start_all: bool) -> Any:
 def _check_options(
     fmt: str, batch_size: int, gpus_per_worker: float, cpus_per_worker: float | None, threads: int | None, write_in: str, weights: str
 ) -> None:
-    if fmt.lower() not in SUPPORTED_WRITE_FORMATS:
+    if not isinstance(fmt, str) or fmt.lower() not in SUPPORTED_WRITE_FORMATS:
         raise ParameterError(f"format must be one of {sorted(SUPPORTED_WRITE_FORMATS)}, got {fmt!r}")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise ParameterError(f"batch_size must be a whole number of files >= 1, got {batch_size!r}")
@@ -385,6 +385,7 @@ def convert_dataset(
     skip_existing: bool = True,
     format: str = "wav",
     subtype: str | None = None,
+    bitrate: int | None = None,
     recursive: bool = False,
     weights: str = "path",
     write_in: str = "actor",
@@ -397,7 +398,9 @@ def convert_dataset(
     optionally an ``output_path`` column), or paths and folders (expanded on the driver and
     named exactly as :meth:`rvcfast.Converter.convert_batch` names them: unique names, a
     file named twice converted once). Without ``output_path`` a dataset row's output is
-    ``out_dir/<stem>.<format>``; a row whose output is its own input (by path or by
+    ``out_dir/<stem>.<format>`` (``format``: wav, flac, ogg, mp3 or m4a, as for
+    :meth:`rvcfast.Converter.convert_batch`, with ``subtype`` and, for the lossy formats,
+    ``bitrate`` in kbit/s); a row whose output is its own input (by path or by
     identity: a hard link, a bind mount), or an output another row of the job already
     claimed (two rows with one stem, or one file under two spellings), is an ``error`` row
     naming both, while the first row to claim it converts as usual. Nothing runs until the
@@ -429,8 +432,11 @@ def convert_dataset(
     if not ray.is_initialized():
         _start_local()
     _check_options(format, batch_size, gpus_per_worker, cpus_per_worker, threads_per_worker, write_in, weights)
+    check_bitrate(format.lower(), subtype, bitrate)  # a bad value at any rate: before the model is read
     _check_device(device, dtype, gpus_per_worker)
     conv_params, voc = _check_model(model, f0, params)
+    # format, subtype and bitrate at the output rate (Opus at 40 kHz, an MP3 bitrate the rate has not): not per row
+    conv_params.check_output(format.lower(), subtype, voc.sample_rate, bitrate)
     files = resolve_files(
         model, index=index, encoder=encoder, f0=f0, f0_weights=f0_weights, has_f0=bool(voc.has_f0), allow_download=allow_download
     )
@@ -448,7 +454,7 @@ def convert_dataset(
         ds = _items_dataset(items, batch_size)
     spec = JobSpec(
         files=ship_files(files, weights), params=conv_params, out_dir=os.path.abspath(os.path.expanduser(os.fspath(out_dir))),
-        format=format.lower(), subtype=subtype,
+        format=format.lower(), subtype=subtype, bitrate=bitrate,
         skip_existing=skip_existing, f0=f0, f0_options=f0_options, device=device, dtype=dtype, batch_seconds=batch_seconds,
         threads=threads_per_worker, workers_per_node=per_node, cpus_per_worker=cpus, gpus_per_worker=gpus_per_worker,
         write_in=write_in, crash_marker=os.environ.get(CRASH_ENV) or None, claims=claims,

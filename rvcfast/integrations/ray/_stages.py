@@ -90,6 +90,7 @@ class JobSpec:
     out_dir: str
     format: str = "wav"
     subtype: str | None = None
+    bitrate: int | None = None  # kbit/s of a lossy output; None: the encoder's default
     skip_existing: bool = True
     f0: str = "rmvpe"
     f0_options: dict[str, Any] | None = None
@@ -292,7 +293,9 @@ def _write_row(row: dict[str, Any], audio: np.ndarray, rate: int, spec: JobSpec,
     t0 = time.perf_counter()
     hook.before_write()
     try:
-        write_audio_atomic(row["output_path"], audio, rate, format=spec.format, subtype=spec.subtype, source=row["path"])
+        write_audio_atomic(
+            row["output_path"], audio, rate, format=spec.format, subtype=spec.subtype, source=row["path"], bitrate=spec.bitrate
+        )
     except Exception as exc:  # noqa: BLE001
         row.update(status="error", error=f"{row['path']}: writing {row['output_path']} failed: {type(exc).__name__}: {exc}")
     else:
