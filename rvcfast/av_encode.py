@@ -75,7 +75,8 @@ def write_m4a(
 
     ``subtype``: ``"AAC"`` (default) or ``"ALAC"`` (16-bit lossless; samples beyond ±1 must
     already be clipped). ``bitrate`` in kbit/s for AAC (``None``: FFmpeg's default, 69 kbit/s
-    per single channel, 128 per stereo pair). ``comment`` goes into the file's ``comment``
+    per single channel, 128 per stereo pair), at most 6 bits per sample and channel (FFmpeg's
+    ceiling, where it would clamp it itself). ``comment`` goes into the file's ``comment``
     tag (iTunes ``©cmt``). The caller checks rate, channels, subtype and bitrate first
     (:func:`rvcfast.writing.check_write_format`); ``file`` may have any name (the container
     is named explicitly), or be a seekable binary file object (the muxer seeks back to
@@ -95,8 +96,8 @@ def write_m4a(
         if comment is not None:
             container.metadata["comment"] = comment
         stream = container.add_stream(_CODECS[sub], rate=int(rate), layout=layout)
-        if bitrate is not None and sub == "AAC":
-            stream.bit_rate = int(bitrate) * 1000
+        if bitrate is not None and sub == "AAC":  # at most the encoder's ceiling: 6144 bits per frame and channel
+            stream.bit_rate = min(int(bitrate) * 1000, 6 * int(rate) * channels)
         stream.time_base = Fraction(1, int(rate))
         # packed frames (one plane): PyAV 18 mishandles planar frames of 8 channels
         for start in range(0, data.shape[0], _BLOCK):

@@ -220,8 +220,10 @@ _MP3_BITRATES = (
 )
 #: Opus through libsndfile: 6..256 kbit/s per channel (its compression level's span).
 _OPUS_BITRATES = (6, 256)
-#: AAC (FFmpeg's encoder): at least 16 kbit/s, at most 320 and 6 bits per sample of a single channel
-#: (the encoder's own ceiling is 6144 bits per 1024-sample frame and channel).
+#: AAC (FFmpeg's encoder): 16..320 kbit/s. Above 6 bits per sample and channel (6144 bits per
+#: 1024-sample frame, the encoder's ceiling: 264 kbit/s for mono 44.1 kHz) it is written at that
+#: ceiling (:func:`rvcfast.av_encode.write_m4a`); the encoder itself delivers at most ~4.6 bits
+#: per sample and channel (measured: ~200 kbit/s for mono 44.1 kHz noise, ~390 for stereo).
 _AAC_BITRATES = (16, 320)
 
 
@@ -245,8 +247,7 @@ def bitrate_range(format: str, subtype: str | None = None, sample_rate: int | No
     if name == "OGG" and sub == "OPUS":
         return _OPUS_BITRATES
     if name == "M4A" and sub == "AAC":
-        lo, hi = _AAC_BITRATES
-        return lo, hi if sample_rate is None else max(lo, min(hi, 6 * int(sample_rate) // 1000))
+        return _AAC_BITRATES
     return None
 
 
@@ -255,9 +256,10 @@ def check_bitrate(format: str, subtype: str | None, bitrate: object, sample_rate
 
     Raises :class:`ParameterError` naming ``bitrate``, the format and the valid values for
     anything but a whole number the encoder writes: mp3 takes the MPEG bitrates (at 32 kHz
-    and above 32..320, at 16..24 kHz 8..160, below 8..64), ogg with subtype OPUS 6..256,
-    m4a (AAC) 16..320 and at most 6 bits per sample (:func:`bitrate_range`); wav, flac,
-    m4a/ALAC (lossless) and ogg/Vorbis (libsndfile encodes it at a quality) take none.
+    and above 32..320, at 16..24 kHz 8..160, below 8..64), ogg with subtype OPUS 6..256
+    (at least 6 per channel are written), m4a (AAC) 16..320 (at most 6 bits per sample and
+    channel are written) (:func:`bitrate_range`); wav, flac, m4a/ALAC (lossless) and
+    ogg/Vorbis (libsndfile encodes it at a quality) take none.
     ``sample_rate`` is the rate written (:func:`written_rate`); without it (not known yet)
     only what holds at every rate is checked.
     """
