@@ -272,6 +272,8 @@ def check_bitrate(format: str, subtype: str | None, bitrate: object, sample_rate
     span = bitrate_range(fmt, subtype, sample_rate)
     sub = _subtype(subtype) or (_default_subtype(SUPPORTED_WRITE_FORMATS[fmt]) if fmt in SUPPORTED_WRITE_FORMATS else None)
     if span is None:
+        if fmt in SUPPORTED_WRITE_FORMATS and sub not in valid_subtypes(fmt):  # the subtype is the mistake, not the bitrate
+            raise ParameterError(f"subtype {sub!r} is not valid for {fmt} (valid: {', '.join(sorted(valid_subtypes(fmt)))})")
         if fmt == "ogg" and sub == "VORBIS":
             raise ParameterError(
                 "bitrate cannot be set for ogg with subtype VORBIS: libsndfile encodes Vorbis at a variable quality, "
