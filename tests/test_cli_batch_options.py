@@ -252,6 +252,25 @@ def test_options_a_ray_job_honours_anyway_are_accepted_with_ray(tiny_models, tmp
     assert len(started) == 1
 
 
+def test_bitrate_reaches_the_ray_job_and_a_bad_one_is_refused_before_connecting(tiny_models, tmp_path, monkeypatch, capsys):
+    import contextlib
+
+    import rvcfast.integrations.ray as ray_api
+
+    calls = []
+    monkeypatch.setattr(ray_api, "connected", lambda *a, **k: contextlib.nullcontext())
+    monkeypatch.setattr(ray_api, "convert_files", lambda *a, **k: calls.append(k) or [])
+    wav = _wav(tmp_path / "in")
+    argv = ["convert", str(tiny_models.voice), str(wav), "-o", str(tmp_path / "out"), "-q", "--ray", "local", "--format", "mp3"]
+    assert main([*argv, "--bitrate", "96"]) == 0
+    assert calls[-1]["bitrate"] == 96 and calls[-1]["format"] == "mp3"
+    n = len(calls)
+    assert main([*argv, "--bitrate", "100"]) == 2  # not an MPEG bitrate: refused before any job starts
+    assert len(calls) == n and "--bitrate" in capsys.readouterr().err
+    assert main([*argv[:-1], "wav", "--bitrate", "96"]) == 2
+    assert len(calls) == n
+
+
 # ------------------------------------------------------------------ --loudness
 
 

@@ -133,8 +133,7 @@ def check_not_on_ray(args: argparse.Namespace) -> None:
             f"{' and '.join(refused)} {'is' if len(refused) == 1 else 'are'} for local runs: a --ray job names outputs "
             "{stem}, carries on past a failed file, decodes in its own tasks and writes its rows to --manifest"
         )
-    if getattr(args, "bitrate", None) is not None:  # the --ray runner does not hand it to the job (convert_files takes it)
-        raise UsageError("--bitrate is for local runs: `rvcfast convert --ray` does not pass it to the job")
+    check_output_options(args)  # --subtype and --bitrate: usage errors before connecting to a cluster
 
 
 def check_report_path(report: str | None) -> Path | None:

@@ -113,7 +113,7 @@ def cmd_convert_ray(args: argparse.Namespace) -> int:
             list(args.inputs), target, args.model, recursive=args.recursive, manifest=args.manifest, progress=not args.quiet,
             index=args.index, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights,
             f0_options=parse_options(args.f0_option), device=args.device, dtype=args.dtype, allow_download=args.download,
-            batch_seconds=args.batch_seconds, format=args.format, subtype=args.subtype, skip_existing=args.skip_existing,
+            batch_seconds=args.batch_seconds, format=args.format, subtype=args.subtype, bitrate=args.bitrate, skip_existing=args.skip_existing,
             num_workers=(1, args.workers) if args.workers else None, gpus_per_worker=args.gpus_per_worker, **params,
         )
     if not args.quiet:
