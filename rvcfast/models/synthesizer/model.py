@@ -126,6 +126,15 @@ def _check_finite_features(features: torch.Tensor, lengths: torch.Tensor) -> Non
         raise ParameterError(f"features contain NaN or infinite values (batch items {items[:10]})")
 
 
+def _check_skip(skip: Any) -> None:
+    """Refuse a ``skip_frames`` that is not a non-negative int or a pair of them."""
+    parts = (skip,) if not isinstance(skip, tuple) else skip if len(skip) == 2 else (None,)
+    if not all(isinstance(p, int) and p >= 0 for p in parts):
+        raise ParameterError(
+            f"skip_frames must be a non-negative int or a (head, tail) pair of them, got {skip!r}"
+        )
+
+
 def _check_pitch(
     pitch: Any, pitchf: Any, b: int, t: int, device: torch.device
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -183,6 +192,8 @@ class Synthesizer(nn.Module):
 
     #: ``synthesize`` accepts ``skip_frames`` (decode only the frames the caller keeps).
     supports_skip_frames = True
+    #: ``skip_frames`` may also be a ``(head, tail)`` pair (different counts at each end).
+    supports_head_skip = True
 
     def __init__(
         self,
@@ -315,11 +326,10 @@ class Synthesizer(nn.Module):
         speaker: int | torch.Tensor,
         noise: bool,
         generator: GeneratorArg,
-        skip_frames: int = 0,
+        skip_frames: windows.Skip = 0,
     ) -> dict[str, torch.Tensor]:
         lengths_t, pitch, pitchf, sid = self._check_inputs(features, lengths, pitch, pitchf, speaker)
-        if not isinstance(skip_frames, int) or skip_frames < 0:
-            raise ParameterError(f"skip_frames must be a non-negative int, got {skip_frames!r}")
+        _check_skip(skip_frames)
         param = self.emb_g.weight
         device, dtype = param.device, param.dtype
         features = features.to(device=device, dtype=dtype)
@@ -367,7 +377,7 @@ class Synthesizer(nn.Module):
         speaker: int | torch.Tensor = 0,
         noise: bool = True,
         generator: GeneratorArg = None,
-        skip_frames: int = 0,
+        skip_frames: windows.Skip = 0,
     ) -> torch.Tensor:
         """Features ``[B, T, C]`` at 100 frames/s to float32 audio ``[B, T * hop_length]``.
 
@@ -391,6 +401,9 @@ class Synthesizer(nn.Module):
                 runs only on the kept frames plus a safety margin wider than its receptive
                 field, and the dropped samples come back as 0. The kept samples are those
                 of a full run (to float rounding). 0 (default) decodes everything.
+                A pair ``(head, tail)`` drops ``head`` frames at the start and ``tail``
+                at the end (the realtime converter decodes only a buffer's newest
+                frames: ``(head, 0)``).
 
         Samples beyond ``lengths[b] * hop_length`` are 0.
         """

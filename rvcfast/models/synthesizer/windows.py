@@ -22,6 +22,7 @@ __all__ = [
     "DECODER_WINDOW_FRAMES",
     "DECODER_BATCH_FRAMES",
     "needs_windows",
+    "skip_pair",
     "decode_windows",
 ]
 
@@ -40,11 +41,21 @@ DECODER_BATCH_FRAMES = 8192
 _Window = tuple[int, int, int, int]  # decode start, decode end, keep start, keep end (frames)
 _ItemWindow = tuple[int, int, int, int, int]  # batch item, then a _Window
 
+#: Frames dropped by the caller: the same number at each end, or ``(head, tail)``.
+Skip = int | tuple[int, int]
 
-def needs_windows(frames: int, skip: int) -> bool:
-    """Whether items padded to ``frames`` frames, ``skip`` of them dropped at each end, are
-    decoded window by window (:func:`decode_windows`) rather than in one pass."""
-    return skip > 0 or frames > DECODER_SINGLE_FRAMES
+
+def skip_pair(skip: Skip) -> tuple[int, int]:
+    """``skip`` as ``(head, tail)``: an int drops that many frames at each end."""
+    if isinstance(skip, tuple):
+        return int(skip[0]), int(skip[1])
+    return int(skip), int(skip)
+
+
+def needs_windows(frames: int, skip: Skip) -> bool:
+    """Whether items padded to ``frames`` frames, ``skip`` of them dropped at each end (or
+    ``(head, tail)``), are decoded window by window (:func:`decode_windows`) rather than in one pass."""
+    return max(skip_pair(skip)) > 0 or frames > DECODER_SINGLE_FRAMES
 
 
 def _bucket_frames(n: int) -> int:
@@ -75,10 +86,11 @@ def _widen_window(window: _Window, n: int, size: int) -> _Window:
     return (s0 - left, e0 + right, k0, k1)
 
 
-def _plan_windows(n: int, skip: int, margin: int, size: int = DECODER_WINDOW_FRAMES) -> list[_Window]:
-    """The decoder windows for one item of ``n`` frames whose ``skip`` frames at each end are dropped.
+def _plan_windows(n: int, skip: Skip, margin: int, size: int = DECODER_WINDOW_FRAMES) -> list[_Window]:
+    """The decoder windows for one item of ``n`` frames whose ``skip`` frames at each end
+    (or ``(head, tail)`` frames) are dropped.
 
-    The needed frames ``[skip, n - skip)`` (all of them when the item is too short to drop
+    The needed frames ``[head, n - tail)`` (all of them when the item is too short to drop
     anything) get ``margin`` frames of context on each side, clipped at the item's ends
     where a whole pass sees zero padding too. If that fits in
     :data:`DECODER_SINGLE_FRAMES`, one window widened to :func:`_bucket_frames`; otherwise
@@ -89,7 +101,8 @@ def _plan_windows(n: int, skip: int, margin: int, size: int = DECODER_WINDOW_FRA
     """
     if size <= 2 * margin:
         raise ValueError(f"decoder windows of {size} frames leave nothing to keep with margins of {margin} frames")
-    ks, ke = (skip, n - skip) if n - 2 * skip >= 1 else (0, n)
+    head, tail = skip_pair(skip)
+    ks, ke = (head, n - tail) if n - head - tail >= 1 else (0, n)
     lo, hi = max(0, ks - margin), min(n, ke + margin)
     if hi - lo <= DECODER_SINGLE_FRAMES:
         return [_widen_window((lo, hi, ks, ke), n, _bucket_frames(hi - lo))]
@@ -149,13 +162,14 @@ def decode_windows(
     g: torch.Tensor,
     source: torch.Tensor | None,
     lengths: torch.Tensor,
-    skip: int,
+    skip: Skip,
     hop_length: int,
     gens: list[torch.Generator | None] | None = None,
 ) -> torch.Tensor:
     """Run the decoder ``dec`` on bounded time windows and stitch the results.
 
-    Each item's needed frames ``[skip, length - skip)`` get windows from
+    Each item's needed frames ``[skip, length - skip)`` (``[head, length - tail)`` for a
+    ``(head, tail)`` pair) get windows from
     :func:`_plan_windows`: kept pieces with ``dec.margin_frames`` of real context on
     both sides (more than the decoder's receptive field, so every kept sample equals a
     whole-item decode up to float rounding), widened to a few repeating sizes. Memory
