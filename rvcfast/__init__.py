@@ -10,6 +10,7 @@ Public API::
     rvcfast.available_f0_extractors()
     rvcfast.load_audio_16k(path_or_array, sample_rate=None) -> float64 mono 16 kHz (the reference's input stage)
     rvcfast.Engine                  -> the conversion engine every front end runs on
+    rvcfast.export_onnx(model, path) -> ExportReport (an ONNX file of a voice model, any length)
 
 Heavy modules are imported on first use, so ``import rvcfast`` stays fast.
 """
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .index import RetrievalIndex, load_index
     from .models.encoder import load_encoder
     from .models.synthesizer import load_vocoder
+    from .onnx_export import export_onnx
     from .params import ConversionParams
 
 _LAZY = {
@@ -53,6 +55,7 @@ _LAZY = {
     "RetrievalIndex": ("index", "RetrievalIndex"),
     "get_f0_extractor": ("f0.registry", "get_f0_extractor"),
     "available_f0_extractors": ("f0.registry", "available_f0_extractors"),
+    "export_onnx": ("onnx_export", "export_onnx"),
 }
 
 __all__ = [
@@ -68,6 +71,7 @@ __all__ = [
     "RetrievalIndex",
     "get_f0_extractor",
     "available_f0_extractors",
+    "export_onnx",
     "F0Extractor",
     "FeatureEncoder",
     "Vocoder",
