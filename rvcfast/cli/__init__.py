@@ -1,7 +1,7 @@
 """The ``rvcfast`` command line.
 
-One module per subcommand (``convert``, ``f0``, ``info``, ``backends``, ``download``,
-``bench``, ``tune``...); each has ``add_parser(sub)`` and a ``cmd_*`` function that takes the parsed
+One module per subcommand (``convert``, ``f0``, ``info``, ``export`` for ``export-onnx``,
+``backends``, ``download``, ``bench``, ``tune``...); each has ``add_parser(sub)`` and a ``cmd_*`` function that takes the parsed
 arguments, calls library functions and returns the exit status:
 
 * ``0`` -- everything worked;
@@ -33,7 +33,7 @@ from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, HelpFormatter, Usag
 __all__ = ["main", "run", "build_parser", "COMMANDS"]
 
 #: Subcommand modules, in the order ``--help`` lists them.
-COMMANDS = ("convert", "f0", "info", "backends", "download", "bench", "tune", "serve")
+COMMANDS = ("convert", "f0", "info", "export", "backends", "download", "bench", "tune", "serve")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -51,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
             "  rvcfast convert voice.pth song.wav -o out/ --pitch 12\n"
             "  rvcfast f0 song.wav -o f0/ --method rmvpe\n"
             "  rvcfast info voice.pth --index voice.index\n"
+            "  rvcfast export-onnx voice.pth -o voice.onnx\n"
             "\n"
             "`rvcfast COMMAND --help` explains each command. Exit status: 0 success, 1 failure\n"
             "(the failing files are named), 2 usage error."
