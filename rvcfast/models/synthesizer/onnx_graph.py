@@ -5,10 +5,10 @@ in float32, written so that ``torch.onnx.export`` (TorchScript tracing) records 
 that is valid for *any* number of frames:
 
 * no Python arithmetic on traced sizes (a ``min``/``max``/``range`` over ``x.shape`` would
-  freeze the traced length into the graph, which is why RVC's own export only runs at
-  200 frames): the text encoder's relative attention uses the pad-and-reshape "skew" of
-  the reference instead of the bounded row blocks and ``scatter_add`` of
-  :class:`.text_encoder.RelativeAttention` (same additions, in the same order);
+  freeze the traced length into the graph, so that it runs at that length only): the text
+  encoder's relative attention uses the pad-and-reshape "skew" of the reference instead of
+  the bounded row blocks and ``scatter_add`` of :class:`.text_encoder.RelativeAttention`
+  (same additions, in the same order);
 * the HiFi-GAN decoder takes its plain path (the fused oneDNN path and windowed decoding
   are CPU-runtime optimisations of the same arithmetic), MRF HiFi-GAN and RefineGAN run
   their own ``forward``;
