@@ -42,6 +42,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .models.synthesizer import load_vocoder
     from .onnx_export import export_onnx
     from .params import ConversionParams
+    from .realtime import RealtimeConverter
 
 _LAZY = {
     "Converter": ("api", "Converter"),
@@ -56,6 +57,7 @@ _LAZY = {
     "get_f0_extractor": ("f0.registry", "get_f0_extractor"),
     "available_f0_extractors": ("f0.registry", "available_f0_extractors"),
     "export_onnx": ("onnx_export", "export_onnx"),
+    "RealtimeConverter": ("realtime", "RealtimeConverter"),
 }
 
 __all__ = [
@@ -72,6 +74,7 @@ __all__ = [
     "get_f0_extractor",
     "available_f0_extractors",
     "export_onnx",
+    "RealtimeConverter",
     "F0Extractor",
     "FeatureEncoder",
     "Vocoder",

@@ -25,7 +25,7 @@ SUBCOMMANDS = list(COMMANDS)
 
 
 def test_every_command_is_listed() -> None:
-    assert SUBCOMMANDS == ["convert", "f0", "info", "backends", "download", "bench", "tune", "serve"]
+    assert SUBCOMMANDS == ["convert", "f0", "info", "export", "backends", "download", "bench", "tune", "serve"]
 
 
 @pytest.fixture(scope="module", autouse=True)

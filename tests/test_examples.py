@@ -25,7 +25,7 @@ REPO = Path(__file__).resolve().parent.parent
 EXAMPLES = REPO / "examples"
 DOCS = REPO / "docs"
 #: Pages whose ``<!-- test -->`` blocks are run.
-DOC_PAGES = ["getting-started.md", "cli.md", "api.md", "plugins.md"]
+DOC_PAGES = ["getting-started.md", "cli.md", "api.md", "plugins.md", "realtime.md"]
 
 _MARK = re.compile(r"^\s*<!--\s*test\s*-->\s*$")
 _FENCE = re.compile(r"^```(\w+)\s*$")
