@@ -79,6 +79,9 @@ def create_app(config: ServeConfig | None = None, /, **options: Any) -> Any:
     from .routes import add_routes
 
     add_routes(app, state)
+    from .live import add_live_routes
+
+    add_live_routes(app, state)
     # outermost last: metrics see every answer, the key is checked before the body limit,
     # and failures of the routes are answered innermost, where the connection survives them
     app.add_middleware(InternalErrors, state=state)

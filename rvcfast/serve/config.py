@@ -72,6 +72,7 @@ class ServeConfig:
             0 on a CPU, where gathering was measured to gain nothing).
         prepare_workers: Threads decoding uploads and encoding outputs.
         threads: torch intra-op threads of the model worker (default: the `rvcfast tune` profile's, else torch's).
+        max_live: Live streams (``WS /v1/live``) converted at once; more are closed with code 1013.
     """
 
     voices: tuple[str, ...] = ()
@@ -95,6 +96,7 @@ class ServeConfig:
     batch_seconds: float | None = None
     prepare_workers: int = 2
     threads: int | None = None
+    max_live: int = 2
 
     @classmethod
     def build(cls, config: ServeConfig | None = None, **options: Any) -> ServeConfig:
@@ -119,7 +121,7 @@ class ServeConfig:
         """Refuse values that cannot work, naming the option."""
         if not self.voices and self.models_dir is None:
             raise ParameterError("no voices: give voice model files or folders (or a models folder to upload into)")
-        for name in ("max_loaded_voices", "max_queue", "prepare_workers"):
+        for name in ("max_loaded_voices", "max_queue", "prepare_workers", "max_live"):
             if int(getattr(self, name)) < 1:
                 raise ParameterError(f"{name} must be at least 1, got {getattr(self, name)}")
         for name in ("max_upload_mb", "max_input_seconds", "max_job_seconds", "jobs_ttl", "jobs_max_mb"):

@@ -10,6 +10,8 @@ are read from callables when ``/metrics`` is scraped. The names:
   audio), ``stream`` (a streamed answer cut short after its headers) and ``job`` (a
   background job);
 * ``rvcfast_audio_seconds_total`` — input audio converted;
+* ``rvcfast_live_seconds_total`` — audio of live streams converted (``WS /v1/live``); a failed
+  block counts in ``rvcfast_conversion_failures_total{stage="live"}``;
 * ``rvcfast_batch_requests`` — requests per model call of the scheduler (histogram);
 * ``rvcfast_stage_seconds_total{stage}`` — seconds per pipeline stage (decode, f0, features, index, synth, post, encode, queue);
 * ``rvcfast_queue_depth``, ``rvcfast_requests_in_flight``, ``rvcfast_loaded_voices``,
@@ -37,6 +39,7 @@ _FAMILIES: dict[str, tuple[str, str]] = {
     "rvcfast_audio_seconds_total": ("counter", "seconds of input audio converted"),
     "rvcfast_batch_requests": ("histogram", "requests per model call of the scheduler"),
     "rvcfast_stage_seconds_total": ("counter", "seconds spent per pipeline stage"),
+    "rvcfast_live_seconds_total": ("counter", "seconds of live-stream audio converted (WS /v1/live)"),
 }
 
 

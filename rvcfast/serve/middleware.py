@@ -87,7 +87,8 @@ def app_path(scope: Scope) -> str:
 
 
 class ApiKey:
-    """Refuse requests without the API key (401), except on :data:`OPEN_PATHS`.
+    """Refuse requests without the API key (401), except on :data:`OPEN_PATHS`; a WebSocket
+    handshake without it (``/v1/live``) is closed before it is accepted (HTTP 403).
 
     The key is compared byte for byte with the header as sent, taking the key as UTF-8
     (what clients send for a non-ASCII key).
@@ -98,7 +99,7 @@ class ApiKey:
         self.key = key.encode("utf-8") if key else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or self.key is None or app_path(scope) in OPEN_PATHS:
+        if scope["type"] not in ("http", "websocket") or self.key is None or app_path(scope) in OPEN_PATHS:
             await self.app(scope, receive, send)
             return
         given = _raw_header(scope, b"x-api-key")
@@ -107,6 +108,9 @@ class ApiKey:
             given = auth[7:].strip()
         if given is not None and hmac.compare_digest(given, self.key):
             await self.app(scope, receive, send)
+            return
+        if scope["type"] == "websocket":  # closed before the handshake: the client gets HTTP 403
+            await send({"type": "websocket.close", "code": 1008, "reason": "missing or wrong API key"})
             return
         problem = "missing API key" if given is None else "wrong API key"
         await send_json(

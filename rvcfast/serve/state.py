@@ -84,6 +84,9 @@ class ServerState:
         _remove_leftovers(self.uploads, self.jobs.root)
         self.pool = cf.ThreadPoolExecutor(cfg.prepare_workers, thread_name_prefix="rvcfast-prepare")
         self.loader = cf.ThreadPoolExecutor(2, thread_name_prefix="rvcfast-load")
+        #: live streams' blocks (WS /v1/live), beside the model worker; one stream's blocks run in order
+        self.live_pool = cf.ThreadPoolExecutor(cfg.max_live, thread_name_prefix="rvcfast-live")
+        self.live_streams = 0  # open live streams (changed in the event loop only)
         self.scheduler: Scheduler | None = None
         self.ready = threading.Event()
         self.load_error: str | None = None
@@ -189,6 +192,7 @@ class ServerState:
         if self.scheduler is not None:
             self.scheduler.close(timeout=60)
         self.pool.shutdown(wait=True, cancel_futures=True)
+        self.live_pool.shutdown(wait=True, cancel_futures=True)
         self.loader.shutdown(wait=False, cancel_futures=True)
         self.registry.unload_all()
         with self._f0_lock:

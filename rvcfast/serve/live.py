@@ -1,0 +1,207 @@
+"""``WS /v1/live``: a live stream converted block by block over a WebSocket.
+
+The client opens ``ws://HOST/v1/live?voice=NAME&sample_rate=48000`` (with the API key in
+the ``Authorization`` or ``X-API-Key`` header when the server has one). Query fields:
+
+* ``voice`` (required), ``f0`` and every conversion parameter of ``/v1/convert``
+  (``pitch``, ``index_rate``, ``protect``, ``seed``...), read the same way; the settings
+  that need a whole file (``loudness``, ``formant``, ``clean``, ``effects``,
+  ``proposed_pitch``, ``channels=each``) and the output-file fields (``format``,
+  ``subtype``, ``bitrate``, ``stream``) are refused;
+* ``sample_rate``: the stream's rate, in and out (default 48000, a multiple of 100 Hz);
+* ``block_seconds``, ``context_seconds``, ``crossfade_seconds``: those of
+  :class:`~rvcfast.RealtimeConverter` (defaults 0.25, 1.0, 0.05);
+* ``encoding``: ``f32le`` (default, float samples in [-1, 1]) or ``s16le`` (16-bit PCM).
+
+Once the voice is ready the server sends one JSON text message, ``{"type": "ready",
+"sample_rate", "block_size", "latency_seconds", "latency_samples", "encoding"}``. Then every
+binary message of mono samples is answered by one binary message of exactly as many
+converted samples, delayed by ``latency_samples`` (see :class:`~rvcfast.RealtimeConverter`).
+The text message ``flush`` is answered by the last ``latency_samples`` of output (binary)
+and starts the stream again from silence.
+
+A refused field is answered ``{"type": "error", "error": ..., "parameter": NAME}`` and the
+socket is closed with code 1008; a server that is full (``max_live`` streams at once), not
+ready or shutting down closes with 1013 (try again later); a failure while converting
+closes with 1011, after an error message. Each stream's blocks run one after the other in
+a pool of ``max_live`` threads beside the model worker, so a long file conversion does
+not hold a live stream up.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from fastapi import WebSocket, WebSocketDisconnect
+
+from ..errors import BackendUnavailableError, ModelLoadError, ParameterError, RvcfastError
+from .forms import FieldError, parse_fields
+from .state import NotReady
+from .voices import UnknownVoice
+
+if TYPE_CHECKING:
+    from ..realtime import RealtimeConverter
+    from .state import ServerState
+
+__all__ = ["add_live_routes", "LIVE_FIELDS", "ENCODINGS", "MAX_MESSAGE_SECONDS"]
+
+#: Query fields of ``/v1/live`` besides the voice, ``f0`` and the conversion parameters.
+LIVE_FIELDS = {"sample_rate": 48000, "block_seconds": 0.25, "context_seconds": 1.0, "crossfade_seconds": 0.05}
+#: Sample encodings of the binary messages: name -> numpy dtype.
+ENCODINGS = {"f32le": "<f4", "s16le": "<i2"}
+#: Longest audio one binary message may hold (a bound on the memory a client can ask for).
+MAX_MESSAGE_SECONDS = 10.0
+#: Fields of ``/v1/convert`` that describe an output file, not a live stream.
+_FILE_FIELDS = ("format", "subtype", "bitrate", "stream", "output_sample_rate")
+
+POLICY, TRY_LATER, SERVER_ERROR = 1008, 1013, 1011
+
+
+def _live_settings(pairs: list[tuple[str, str]]) -> tuple[dict[str, Any], str, list[tuple[str, str]]]:
+    """Split the query into the stream's geometry, its encoding and the ``/v1/convert`` fields."""
+    settings: dict[str, Any] = {}
+    encoding = "f32le"
+    rest: list[tuple[str, str]] = []
+    seen: set[str] = set()
+    for name, text in pairs:
+        if name in seen and (name in LIVE_FIELDS or name == "encoding"):
+            raise FieldError(name, f"field {name!r} is given more than once")
+        seen.add(name)
+        if name in _FILE_FIELDS:
+            raise FieldError(name, f"{name!r} describes an output file: a live stream answers with raw samples at its own sample_rate")
+        if name == "encoding":
+            encoding = text.strip().lower()
+            if encoding not in ENCODINGS:
+                raise FieldError(name, f"encoding must be one of {', '.join(ENCODINGS)}, got {text!r}")
+        elif name == "sample_rate":
+            try:
+                settings[name] = int(text)
+            except ValueError:
+                raise FieldError(name, f"sample_rate must be a whole number of Hz, got {text!r}") from None
+        elif name in LIVE_FIELDS:
+            try:
+                settings[name] = float(text)
+            except ValueError:
+                raise FieldError(name, f"{name} must be a number of seconds, got {text!r}") from None
+        else:
+            rest.append((name, text))
+    return {**LIVE_FIELDS, **settings}, encoding, rest
+
+
+def _decode(data: bytes, encoding: str, limit: int) -> np.ndarray:
+    dtype = np.dtype(ENCODINGS[encoding])
+    if len(data) % dtype.itemsize:
+        raise ParameterError(f"a binary message of {len(data)} bytes is not whole {encoding} samples ({dtype.itemsize} bytes each)")
+    if len(data) // dtype.itemsize > limit:
+        raise ParameterError(
+            f"a binary message holds {len(data) // dtype.itemsize} samples, more than {MAX_MESSAGE_SECONDS:g} s "
+            f"({limit}): send the stream in smaller pieces"
+        )
+    x = np.frombuffer(data, dtype=dtype)
+    return (x.astype(np.float32) / 32768.0) if encoding == "s16le" else x.astype(np.float32)
+
+
+def _encode(y: np.ndarray, encoding: str) -> bytes:
+    if encoding == "s16le":
+        return np.clip(np.round(y * 32767.0), -32768, 32767).astype("<i2").tobytes()
+    return y.astype("<f4").tobytes()
+
+
+async def _refuse(ws: WebSocket, code: int, message: str, parameter: str | None = None) -> None:
+    body: dict[str, Any] = {"type": "error", "error": message}
+    if parameter is not None:
+        body["parameter"] = parameter
+    await ws.send_json(body)
+    await ws.close(code=code, reason=message[:120])
+
+
+async def _open(state: ServerState, ws: WebSocket) -> tuple[RealtimeConverter, str] | None:
+    """The stream's converter and encoding, or ``None`` after refusing the stream."""
+    from ..realtime import RealtimeConverter
+
+    try:
+        settings, encoding, rest = _live_settings(list(ws.query_params.multi_items()))
+        options = parse_fields(rest)
+    except FieldError as exc:
+        await _refuse(ws, POLICY, str(exc), exc.field)
+        return None
+    try:
+        state.check_ready()
+        engine = await state.engine_for(options.voice, options.f0)
+    except NotReady as exc:
+        await _refuse(ws, TRY_LATER, str(exc))
+        return None
+    except UnknownVoice as exc:
+        await _refuse(ws, POLICY, exc.message, "voice")
+        return None
+    except BackendUnavailableError as exc:
+        await _refuse(ws, POLICY, str(exc), "f0")
+        return None
+    except ModelLoadError as exc:
+        await _refuse(ws, SERVER_ERROR, f"voice {options.voice!r} cannot be used: {state._hide_paths(str(exc))}")
+        return None
+    try:
+        rt = RealtimeConverter(engine, settings["sample_rate"], settings["block_seconds"], settings["context_seconds"],
+                               settings["crossfade_seconds"], **options.overrides)
+    except ParameterError as exc:
+        text = str(exc)
+        named = next((n for n in (*LIVE_FIELDS, *options.overrides) if text.startswith(n)), None)
+        await _refuse(ws, POLICY, text, named)
+        return None
+    return rt, encoding
+
+
+async def _serve_stream(state: ServerState, ws: WebSocket, rt: RealtimeConverter, encoding: str) -> None:
+    loop = asyncio.get_running_loop()
+    limit = int(MAX_MESSAGE_SECONDS * rt.sample_rate)
+    await ws.send_json({
+        "type": "ready", "sample_rate": rt.sample_rate, "block_size": rt.block_size,
+        "latency_seconds": rt.latency_seconds, "latency_samples": rt.latency_samples, "encoding": encoding,
+    })
+    while True:
+        message = await ws.receive()
+        if message["type"] == "websocket.disconnect":
+            return
+        data, text = message.get("bytes"), message.get("text")
+        if data is not None:
+            try:
+                x = _decode(data, encoding, limit)
+            except ParameterError as exc:
+                await _refuse(ws, POLICY, str(exc))
+                return
+            y = await loop.run_in_executor(state.live_pool, rt.push, x)
+        elif text is not None and text.strip().lower() == "flush":
+            y = await loop.run_in_executor(state.live_pool, rt.flush)
+        else:
+            await _refuse(ws, POLICY, f"unknown text message {str(text)[:40]!r}: send audio as binary messages, or 'flush'")
+            return
+        await ws.send_bytes(_encode(y, encoding))
+        state.metrics.inc("rvcfast_live_seconds_total", value=y.shape[0] / rt.sample_rate)
+
+
+def add_live_routes(app: Any, state: ServerState) -> None:
+    """Register ``WS /v1/live`` on ``app``."""
+
+    @app.websocket("/v1/live")
+    async def live(ws: WebSocket) -> None:
+        await ws.accept()
+        if state.live_streams >= state.cfg.max_live:
+            await _refuse(ws, TRY_LATER, f"the server converts {state.cfg.max_live} live stream(s) at once; retry later")
+            return
+        state.live_streams += 1
+        try:
+            opened = await _open(state, ws)
+            if opened is not None:
+                await _serve_stream(state, ws, *opened)
+        except WebSocketDisconnect:
+            pass
+        except (RvcfastError, Exception) as exc:  # noqa: BLE001 - a failed block ends this stream only
+            state.metrics.inc("rvcfast_conversion_failures_total", stage="live")
+            try:
+                await _refuse(ws, SERVER_ERROR, state._hide_paths(f"live conversion failed: {type(exc).__name__}: {exc}"))
+            except Exception:  # noqa: BLE001 - the client is gone
+                pass
+        finally:
+            state.live_streams -= 1

@@ -1,0 +1,137 @@
+"""``WS /v1/live``: a live stream converted block by block by a real ``rvcfast serve`` process.
+
+One server (127.0.0.1, tiny random models, an API key, one live stream at a time). The
+answers are checked against :class:`rvcfast.RealtimeConverter` run in this process on the
+same audio and settings (``noise=False``), the stream's length and latency against what the
+ready message announced, and the refusals by their close codes and named fields.
+"""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from helpers import one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
+from serve_helpers import API_KEY, running_server, voice_folder
+
+import rvcfast
+
+pytest.importorskip("fastapi")
+pytest.importorskip("uvicorn")
+ws_client = pytest.importorskip("websockets.sync.client")
+ws_exceptions = pytest.importorskip("websockets.exceptions")
+
+RATE = 16000
+KEY = {"X-API-Key": API_KEY}
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve-live")
+    voices = voice_folder(tiny_models, root / "voices")
+    with running_server([voices], tiny_models, root / "server.log", "--api-key", API_KEY, "--max-live", "1") as srv:
+        yield srv
+
+
+def _url(server, **query) -> str:
+    fields = {"voice": "carol", "sample_rate": RATE, "block_seconds": 0.1, "context_seconds": 0.3, "noise": "false", **query}
+    return server.url.replace("http://", "ws://") + "/v1/live?" + "&".join(f"{k}={v}" for k, v in fields.items())
+
+
+def _connect(server, **query):
+    return ws_client.connect(_url(server, **query), additional_headers=KEY, open_timeout=60, close_timeout=10)
+
+
+def _refusal(server, **query) -> tuple[dict, int]:
+    """The error message and close code of a stream the server refuses."""
+    with _connect(server, **query) as ws:
+        message = json.loads(ws.recv(timeout=120))
+        with pytest.raises(ws_exceptions.ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+    return message, closed.value.rcvd.code
+
+
+def _pieces(x: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    cuts = np.cumsum(sizes)
+    return [p for p in np.split(x, cuts[cuts < x.shape[0]]) if p.shape[0]]
+
+
+def test_a_stream_is_answered_piece_by_piece_as_the_library_converts_it(server, tiny_models):
+    x = tone(1.3, RATE, 180.0).astype(np.float32)
+    pieces = _pieces(x, [700, 1600, 333, 2400, 1] * 10)
+    with _connect(server) as ws:
+        ready = json.loads(ws.recv(timeout=120))
+        assert ready["type"] == "ready" and ready["sample_rate"] == RATE and ready["encoding"] == "f32le"
+        assert ready["block_size"] == RATE // 10
+        out = []
+        for p in pieces:
+            ws.send(p.astype("<f4").tobytes())
+            answer = np.frombuffer(ws.recv(timeout=120), dtype="<f4")
+            assert answer.shape == p.shape  # every message answered by as many samples
+            out.append(answer)
+        ws.send("flush")
+        tail = np.frombuffer(ws.recv(timeout=120), dtype="<f4")
+    assert tail.shape[0] == ready["latency_samples"]
+    got = np.concatenate([*out, tail])
+    # the library, in this process, on the same voice (carol: alice's model without an index)
+    rt = rvcfast.RealtimeConverter(tiny_models.converter(index=None), RATE, 0.1, 0.3, noise=False)
+    assert rt.latency_samples == ready["latency_samples"]
+    want = np.concatenate([rt.push(p) for p in pieces] + [rt.flush()])
+    assert got.shape == want.shape and np.abs(want[ready["latency_samples"]:]).max() > 1e-5  # not silence
+    np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+
+
+def test_sixteen_bit_pcm_in_and_out(server):
+    x = (tone(0.5, RATE, 200.0) * 32767).astype("<i2")
+    with _connect(server, encoding="s16le") as ws:
+        assert json.loads(ws.recv(timeout=120))["encoding"] == "s16le"
+        ws.send(x.tobytes())
+        answer = ws.recv(timeout=120)
+    assert len(answer) == x.nbytes  # two bytes a sample, as many samples as sent
+
+
+@pytest.mark.parametrize(
+    ("query", "field", "words"),
+    [
+        ({"voice": "nobody"}, "voice", "unknown voice 'nobody'"),
+        ({"format": "wav"}, "format", "describes an output file"),
+        ({"loudness": "match"}, None, "loudness"),
+        ({"block_seconds": 0.255}, "block_seconds", "not a multiple of 10 ms"),
+        ({"pitch": 99}, "pitch", "pitch"),
+        ({"encoding": "mp3"}, "encoding", "encoding must be one of"),
+    ],
+)
+def test_a_bad_field_is_named_and_the_stream_closed_1008(server, query, field, words):
+    message, code = _refusal(server, **query)
+    assert code == 1008 and message["type"] == "error" and words in message["error"]
+    if field is not None:
+        assert message["parameter"] == field
+
+
+def test_bad_audio_messages_end_the_stream_and_the_server_carries_on(server):
+    with _connect(server) as ws:
+        json.loads(ws.recv(timeout=120))
+        ws.send(b"\x00" * 7)  # not whole float32 samples
+        message = json.loads(ws.recv(timeout=30))
+        assert "not whole f32le samples" in message["error"]
+        with pytest.raises(ws_exceptions.ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1008
+    with _connect(server) as ws:  # the one live slot is free again
+        assert json.loads(ws.recv(timeout=120))["type"] == "ready"
+        ws.send(np.full(5, np.nan, dtype="<f4").tobytes())  # NaN samples: the converter refuses them
+        message = json.loads(ws.recv(timeout=60))
+        assert message["type"] == "error" and "NaN" in message["error"]
+
+
+def test_the_api_key_is_needed_and_one_live_stream_is_the_limit(server):
+    with pytest.raises(ws_exceptions.InvalidStatus) as refused:
+        ws_client.connect(_url(server), open_timeout=60).close()
+    assert refused.value.response.status_code == 403
+    with _connect(server) as first:
+        assert json.loads(first.recv(timeout=120))["type"] == "ready"
+        message, code = _refusal(server)  # --max-live 1: the second waits for the first
+        assert code == 1013 and "1 live stream(s) at once" in message["error"]
+    with _connect(server) as again:  # the first has closed: its slot is free
+        assert json.loads(again.recv(timeout=120))["type"] == "ready"
