@@ -30,7 +30,8 @@ KEY = {"X-API-Key": API_KEY}
 def server(tiny_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve-live")
     voices = voice_folder(tiny_models, root / "voices")
-    with running_server([voices], tiny_models, root / "server.log", "--api-key", API_KEY, "--max-live", "1") as srv:
+    with running_server([voices], tiny_models, root / "server.log", "--api-key", API_KEY, "--max-live", "1",
+                        "--live-idle-seconds", "4") as srv:
         yield srv
 
 
@@ -135,3 +136,18 @@ def test_the_api_key_is_needed_and_one_live_stream_is_the_limit(server):
         assert code == 1013 and "1 live stream(s) at once" in message["error"]
     with _connect(server) as again:  # the first has closed: its slot is free
         assert json.loads(again.recv(timeout=120))["type"] == "ready"
+
+
+def test_an_idle_stream_is_closed_and_frees_its_slot(server):
+    import time
+
+    with _connect(server) as ws:
+        assert json.loads(ws.recv(timeout=120))["type"] == "ready"
+        t0 = time.monotonic()
+        message = json.loads(ws.recv(timeout=60))  # sends nothing: closed after --live-idle-seconds 4
+        assert "nothing received for 4 s" in message["error"] and time.monotonic() - t0 >= 3.5
+        with pytest.raises(ws_exceptions.ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1008
+    with _connect(server) as ws:  # --max-live 1: the slot is free again
+        assert json.loads(ws.recv(timeout=120))["type"] == "ready"

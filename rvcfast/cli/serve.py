@@ -42,6 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key if args.api_key is not None else os.environ.get("RVCFAST_API_KEY"),
         models_dir=args.models_dir, jobs_dir=args.jobs_dir, jobs_ttl=args.jobs_ttl, jobs_max_mb=args.jobs_max_mb,
         batch_seconds=args.batch_seconds, threads=args.threads, max_live=args.max_live,
+        live_idle_seconds=args.live_idle_seconds,
     )
     app = create_app(config)
     sock = _bind(args.host, args.port)
@@ -115,6 +116,8 @@ def add_parser(sub: Any) -> None:
     lim.add_argument("--max-queue", type=int, default=64, metavar="N", help="requests and jobs held at once (503 with Retry-After above)")
     lim.add_argument("--max-live", type=int, default=2, metavar="N",
                      help="live streams (WS /v1/live) converted at once (closed with 1013 above)")
+    lim.add_argument("--live-idle-seconds", type=float, default=60.0, metavar="S",
+                     help="close a live stream that sends nothing for this long (default: %(default)s)")
     lim.add_argument("--jobs-dir", metavar="FOLDER", help="spool for uploads and job results (default: a temporary folder)")
     lim.add_argument("--jobs-ttl", type=float, default=3600.0, metavar="S", help="seconds a finished job's result is kept")
     lim.add_argument("--jobs-max-mb", type=float, default=2048.0, metavar="N", help="disk for job results: above it the oldest fetched (or 10 min old) results are removed, else new jobs get 503")

@@ -73,6 +73,8 @@ class ServeConfig:
         prepare_workers: Threads decoding uploads and encoding outputs.
         threads: torch intra-op threads of the model worker (default: the `rvcfast tune` profile's, else torch's).
         max_live: Live streams (``WS /v1/live``) converted at once; more are closed with code 1013.
+        live_idle_seconds: A live stream that sends nothing for this long is closed (code 1008),
+            so that idle clients cannot hold the ``max_live`` slots.
     """
 
     voices: tuple[str, ...] = ()
@@ -97,6 +99,7 @@ class ServeConfig:
     prepare_workers: int = 2
     threads: int | None = None
     max_live: int = 2
+    live_idle_seconds: float = 60.0
 
     @classmethod
     def build(cls, config: ServeConfig | None = None, **options: Any) -> ServeConfig:
@@ -124,7 +127,7 @@ class ServeConfig:
         for name in ("max_loaded_voices", "max_queue", "prepare_workers", "max_live"):
             if int(getattr(self, name)) < 1:
                 raise ParameterError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_upload_mb", "max_input_seconds", "max_job_seconds", "jobs_ttl", "jobs_max_mb"):
+        for name in ("max_upload_mb", "max_input_seconds", "max_job_seconds", "jobs_ttl", "jobs_max_mb", "live_idle_seconds"):
             if not float(getattr(self, name)) > 0:
                 raise ParameterError(f"{name} must be positive, got {getattr(self, name)}")
         for name in ("max_upload_mb", "jobs_max_mb"):  # sizes in bytes: an integer, so finite

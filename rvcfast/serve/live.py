@@ -22,8 +22,9 @@ and starts the stream again from silence.
 
 A refused field is answered ``{"type": "error", "error": ..., "parameter": NAME}`` and the
 socket is closed with code 1008; a server that is full (``max_live`` streams at once), not
-ready or shutting down closes with 1013 (try again later); a failure while converting
-closes with 1011, after an error message. Each stream's blocks run one after the other in
+ready or shutting down closes with 1013 (try again later); a stream that sends nothing for
+``live_idle_seconds`` (60) closes with 1008; a failure while converting closes with 1011,
+after an error message. Each stream's blocks run one after the other in
 a pool of ``max_live`` threads beside the model worker, so a long file conversion does
 not hold a live stream up.
 """
@@ -161,7 +162,11 @@ async def _serve_stream(state: ServerState, ws: WebSocket, rt: RealtimeConverter
         "latency_seconds": rt.latency_seconds, "latency_samples": rt.latency_samples, "encoding": encoding,
     })
     while True:
-        message = await ws.receive()
+        try:
+            message = await asyncio.wait_for(ws.receive(), timeout=state.cfg.live_idle_seconds)
+        except asyncio.TimeoutError:
+            await _refuse(ws, POLICY, f"nothing received for {state.cfg.live_idle_seconds:g} s: the live stream is closed")
+            return
         if message["type"] == "websocket.disconnect":
             return
         data, text = message.get("bytes"), message.get("text")
