@@ -75,9 +75,14 @@ def describe_model(path: str | os.PathLike[str]) -> dict[str, Any]:
     """Facts about a voice model: version, rate, F0, speakers, feature size, vocoder, embedder, config, metadata.
 
     The model is loaded (on the CPU) to make sure it is one rvcfast runs; a file that is
-    not raises :class:`~rvcfast.errors.ModelLoadError` saying why.
+    not raises :class:`~rvcfast.errors.ModelLoadError` saying why. An ``.onnx`` file is
+    described from its graph and metadata (:func:`rvcfast.models.onnx_vocoder.describe_onnx`).
     """
+    from .models.onnx_vocoder import describe_onnx, is_onnx_path
     from .models.synthesizer import load_vocoder
+
+    if is_onnx_path(path):
+        return describe_onnx(path)
 
     voc = load_vocoder(path, device="cpu")
     metadata = model_metadata(path)

@@ -316,7 +316,9 @@ class RealtimeConverter:
             source = self._buf16[self._buf16.shape[0] - g.decoded * F0_HOP :]
             y = change_rms(source, SR_16K, y, self.engine.sample_rate, self.params.rms_mix_rate)
         y = resample(np.asarray(y, dtype=np.float32), self.engine.sample_rate, self.sample_rate, dtype=np.float32)
-        span = y[g.extra * g.zc :]
+        # resample's length rule, ceil(n * target / orig) in floating point, gives one sample too
+        # many for some pairs of rates (40000 -> 22000): the exact count is decoded * zc
+        span = y[g.extra * g.zc : g.decoded * g.zc]
         return np.clip(self._sola.step(span), -1.0, 1.0)
 
     def _shift_in(self, block: np.ndarray) -> None:
@@ -329,7 +331,9 @@ class RealtimeConverter:
         if self.sample_rate == SR_16K:
             buf[-n16:] = block
             return
-        y = resample(self._raw, self.sample_rate, SR_16K, dtype=np.float64)
+        # exactly (block + context frames) * 160 samples: resample's floating-point length rule adds a
+        # padding zero at the end for some rates (23200 Hz), which would shift the block by a sample
+        y = resample(self._raw, self.sample_rate, SR_16K, dtype=np.float64)[: self._raw.shape[0] // g.zc * F0_HOP]
         redo = (g.block + _IN_REDO_FRAMES) * F0_HOP
         buf[-redo:] = y[y.shape[0] - redo :]
 

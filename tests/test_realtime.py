@@ -182,6 +182,31 @@ def test_latency_is_where_an_impulse_comes_out(tiny_converter, monkeypatch, rate
     assert rt.latency_seconds == rt.latency_samples / rate
 
 
+@pytest.mark.parametrize("rate", [22000, 11000])
+def test_rates_whose_resampled_length_rounds_up_convert(tiny_converter, rate: int) -> None:
+    """40 kHz voice, 15 decoded frames: 40000 -> 22000 Hz by resample's float length rule
+    (ceil(6000 * 0.55) == 3301) gives one sample more than the 3300 of the span; the span is
+    cut to its exact length (was: Sola.step raised ValueError on the first block)."""
+    rt = RealtimeConverter(tiny_converter, sample_rate=rate, block_seconds=0.1, context_seconds=0.2, crossfade_seconds=0.03)
+    assert rt.geometry.decoded == 15 and tiny_converter.engine.sample_rate == 40000
+    x = (0.1 * np.random.default_rng(6).standard_normal(3 * rt.block_size + 7)).astype(np.float32)
+    assert rt.push(x).shape == x.shape and rt.flush().shape == (rt.latency_samples,)
+
+
+def test_the_16k_buffer_holds_the_stream_without_a_shift_at_any_rate(tiny_converter, monkeypatch) -> None:
+    """23200 Hz, blocks of 10 frames: resampling the 12 frames of caller's-rate input gives 1921
+    samples by resample's float length rule, the last a padding zero. The buffer must hold the
+    stream itself, sample for sample (was: every block one 16 kHz sample late, its last sample 0)."""
+    monkeypatch.setattr(RealtimeConverter, "_model_output", _identity_output)
+    rate = 23200
+    rt = RealtimeConverter(tiny_converter, sample_rate=rate, block_seconds=0.1, context_seconds=0.2, crossfade_seconds=0.03)
+    n = 5 * rt.block_size
+    rt.push((0.5 * np.sin(2 * np.pi * 440.0 * np.arange(n) / rate)).astype(np.float32))
+    got = rt._buf16[-3 * rt.block_size * 160 // rt.geometry.zc - 160 : -160]  # the last frame is redone later
+    t = np.arange(n * 16000 // rate - got.shape[0] - 160, n * 16000 // rate - 160) / 16000
+    np.testing.assert_allclose(got, 0.5 * np.sin(2 * np.pi * 440.0 * t), atol=0.01)
+
+
 # ------------------------------------------------------------------ the decoder decodes only the new frames
 
 

@@ -10,7 +10,7 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -21,6 +21,9 @@ from ..weightnorm import fold_weight_norm
 from .config import FEATURE_DIMS, OTHER_GEOMETRIES, RVC_SAMPLE_RATE_CONFIGS
 from .decoders import DEFAULT_VOCODER, F0_ONLY_KINDS, VOCODER_NAMES, vocoder_kind
 from .model import Synthesizer
+
+if TYPE_CHECKING:
+    from ..onnx_vocoder import OnnxVocoder
 
 __all__ = ["load_vocoder"]
 
@@ -364,8 +367,14 @@ def load_vocoder(
     path: str | os.PathLike[str],
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
-) -> Synthesizer:
-    """Load an RVC / Applio voice model ``.pth`` as a :class:`Synthesizer`.
+    *,
+    sample_rate: int | None = None,
+    providers: Sequence[Any] | None = None,
+) -> Synthesizer | OnnxVocoder:
+    """Load an RVC / Applio voice model ``.pth`` as a :class:`Synthesizer`, or an exported
+    ``.onnx`` one as an :class:`~rvcfast.models.onnx_vocoder.OnnxVocoder` (run by onnxruntime,
+    float32 only; ``sample_rate`` for files that do not say theirs, ``providers`` to pick
+    onnxruntime's execution providers: see ``docs/onnx.md``).
 
     Reads the file with :func:`rvcfast.safe_load.load_torch_file` (no code runs). Accepts
     the inference format (``weight``, ``config``, ``sr`` as ``"40k"`` or ``40000``,
@@ -395,6 +404,12 @@ def load_vocoder(
         ParameterError: ``dtype`` is not a floating dtype or ``device`` is not a
             usable device (checked before the file is read).
     """
+    from ..onnx_vocoder import OnnxVocoder, is_onnx_path  # here: it imports this package's model
+
+    if is_onnx_path(path):
+        return OnnxVocoder(path, device=device, dtype=dtype, sample_rate=sample_rate, providers=providers)
+    if sample_rate is not None or providers is not None:
+        raise ParameterError(f"{path}: sample_rate= and providers= are for ONNX voice models (.onnx); a .pth says its own rate")
     target, dtype = _check_target(device, dtype)
     ckpt = _read_checkpoint(path)
     weights, training = _checkpoint_weights(ckpt, path)
