@@ -33,6 +33,8 @@ _INSTALL_HINT = 'ONNX voice models need `pip install "rvcfast[onnx]"` (onnx and 
 #: Input names (features, lengths, speaker, prior noise) of each interface; pitch / pitchf are shared.
 _INTERFACES = {"rvc": ("phone", "phone_lengths", "ds", "rnd"), "w-okada": ("feats", "p_len", "sid", None)}
 _TYPES = {"float": 1, "int64": 7}
+_NOT_A_VOICE = ("; RVC's other ONNX files (rmvpe.onnx, a content encoder) are not voice models: rvcfast reads those "
+                "as PyTorch weights (rmvpe.pt, hubert_base.pt)")
 _RANDOM_OPS = ("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike", "Multinomial")
 _PASS_OPS = ("Slice", "Cast", "Unsqueeze", "Squeeze", "Reshape", "Identity", "Clip", "Expand")
 
@@ -87,7 +89,7 @@ def _check_inputs(path: str, graph: Any) -> tuple[str, bool, dict[str, Any]]:
             f"{', '.join(n for n in (f, ln, '[pitch, pitchf]', s, r) if n)} ({k})"
             for k, (f, ln, s, r) in _INTERFACES.items()
         )
-        raise ModelLoadError(path, f"not an RVC voice graph: its inputs are {sorted(names)}; expected {want}")
+        raise ModelLoadError(path, f"not an RVC voice graph: its inputs are {sorted(names)}; expected {want}{_NOT_A_VOICE}")
     feat, length, sid, rnd = _INTERFACES[interface]
     wanted = {feat: ("float", 3), length: ("int64", 1), sid: ("int64", 1), "pitch": ("int64", 2),
               "pitchf": ("float", 2), rnd: ("float", 3)}
@@ -183,9 +185,10 @@ def _load_proto(path: str) -> Any:
     try:
         proto = onnx.load(path, load_external_data=False)
     except Exception as exc:  # noqa: BLE001 - a protobuf decode error, a truncated file...
-        raise ModelLoadError(path, f"not a readable ONNX model ({type(exc).__name__}: {str(exc)[:200]})") from None
+        problem = f"not a readable ONNX model ({type(exc).__name__}: {str(exc)[:200]})"
+        raise ModelLoadError(path, problem + _NOT_A_VOICE) from None
     if not proto.graph.node or not proto.graph.output:
-        raise ModelLoadError(path, "not an ONNX voice model: the file holds no graph")
+        raise ModelLoadError(path, "not an ONNX voice model: the file holds no graph" + _NOT_A_VOICE)
     return proto
 
 
