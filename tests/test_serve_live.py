@@ -119,11 +119,25 @@ def test_bad_audio_messages_end_the_stream_and_the_server_carries_on(server):
         with pytest.raises(ws_exceptions.ConnectionClosed) as closed:
             ws.recv(timeout=30)
         assert closed.value.rcvd.code == 1008
+    failures = _live_failures(server)
     with _connect(server) as ws:  # the one live slot is free again
         assert json.loads(ws.recv(timeout=120))["type"] == "ready"
-        ws.send(np.full(5, np.nan, dtype="<f4").tobytes())  # NaN samples: the converter refuses them
+        ws.send(np.full(5, np.nan, dtype="<f4").tobytes())  # NaN samples: a bad message, not a failed conversion
         message = json.loads(ws.recv(timeout=60))
         assert message["type"] == "error" and "NaN" in message["error"]
+        with pytest.raises(ws_exceptions.ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1008  # was 1011, counted as a failed conversion
+    assert _live_failures(server) == failures
+
+
+def _live_failures(server) -> float:
+    """``rvcfast_conversion_failures_total{stage="live"}`` of the server (0 before the first)."""
+    import httpx
+
+    text = httpx.get(f"{server.url}/metrics", headers=KEY, timeout=30).text
+    lines = [line for line in text.splitlines() if line.startswith('rvcfast_conversion_failures_total{stage="live"}')]
+    return float(lines[0].split()[-1]) if lines else 0.0
 
 
 def test_the_api_key_is_needed_and_one_live_stream_is_the_limit(server):

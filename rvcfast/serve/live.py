@@ -101,7 +101,11 @@ def _decode(data: bytes, encoding: str, limit: int) -> np.ndarray:
             f"({limit}): send the stream in smaller pieces"
         )
     x = np.frombuffer(data, dtype=dtype)
-    return (x.astype(np.float32) / 32768.0) if encoding == "s16le" else x.astype(np.float32)
+    if encoding == "s16le":
+        return x.astype(np.float32) / 32768.0
+    if not np.isfinite(x).all():  # the client's samples, not a failed conversion: 1008, not 1011
+        raise ParameterError(f"a binary message holds {int((~np.isfinite(x)).sum())} NaN or infinite samples")
+    return x.astype(np.float32)
 
 
 def _encode(y: np.ndarray, encoding: str) -> bytes:
