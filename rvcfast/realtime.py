@@ -53,10 +53,12 @@ from .params import ConversionParams
 from .pipeline import apply_protect, pitch_track, segment_features
 from .sola import Sola
 
-__all__ = ["RealtimeConverter", "SOLA_SEARCH_SECONDS"]
+__all__ = ["RealtimeConverter", "SOLA_SEARCH_SECONDS", "MAX_SAMPLE_RATE"]
 
 #: Default SOLA search range (RVC's realtime GUI: one 10 ms frame).
 SOLA_SEARCH_SECONDS = 0.01
+#: Highest stream rate (as ``output_sample_rate``): the buffers grow with the rate.
+MAX_SAMPLE_RATE = 384000
 #: Frames of the caller's-rate input resampled before the new block (the first is dropped:
 #: it holds the resampler's edge), and frames re-resampled at the end of the previous block
 #: (its last frame was resampled without the samples after it).
@@ -136,7 +138,7 @@ class RealtimeConverter:
     """Converts a live mono stream block by block, with a fixed latency (RVC's realtime algorithm).
 
     ``converter_or_engine`` is a :class:`~rvcfast.Converter` or an :class:`~rvcfast.engine.Engine`.
-    ``sample_rate`` is the stream's rate, in and out (a multiple of 100 Hz). ``block_seconds``
+    ``sample_rate`` is the stream's rate, in and out (a multiple of 100 Hz, 8000..384000). ``block_seconds``
     (the unit of work: one model pass per block), ``context_seconds`` (earlier input the
     models see with each block), ``crossfade_seconds`` (≤ the block) and ``search_seconds``
     (SOLA's search range) are whole multiples of 10 ms. ``params`` / ``overrides`` are the
@@ -166,9 +168,10 @@ class RealtimeConverter:
         engine = getattr(converter_or_engine, "engine", converter_or_engine)
         if not isinstance(engine, Engine):
             raise ParameterError(f"RealtimeConverter needs a Converter or an Engine, got {type(converter_or_engine).__name__}")
-        if isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or sample_rate < 8000 or sample_rate % 100:
+        if (isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or not 8000 <= sample_rate <= MAX_SAMPLE_RATE
+                or sample_rate % 100):
             raise ParameterError(
-                f"sample_rate must be a whole number of Hz, a multiple of 100 and at least 8000 "
+                f"sample_rate must be a whole number of Hz, a multiple of 100 within 8000..{MAX_SAMPLE_RATE} "
                 f"(e.g. 16000, 44100, 48000), got {sample_rate!r}"
             )
         block = _frames("block_seconds", block_seconds, 1)

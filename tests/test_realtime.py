@@ -370,6 +370,7 @@ def test_bad_settings_are_refused_clearly(tiny_converter) -> None:
         (dict(search_seconds=float("nan")), "number of seconds"),
         (dict(sample_rate=22050), "multiple of 100"),
         (dict(sample_rate=48000.0), "whole number of Hz"),
+        (dict(sample_rate=400000), "8000..384000"),  # the buffers grow with the rate (1e9 Hz: 1.5 GB at once)
         (dict(loudness=-14), "loudness"),
         (dict(formant=(1.0, 1.2)), "formant"),
         (dict(clean=0.5), "clean"),

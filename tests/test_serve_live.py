@@ -101,6 +101,10 @@ def test_sixteen_bit_pcm_in_and_out(server):
         ({"block_seconds": 0.255}, "block_seconds", "not a multiple of 10 ms"),
         ({"pitch": 99}, "pitch", "pitch"),
         ({"encoding": "mp3"}, "encoding", "encoding must be one of"),
+        # bounds on what one stream may make the server allocate (was: accepted; 1e9 Hz took 1.5 GB at once)
+        ({"sample_rate": 1000000000}, "sample_rate", "8000..384000"),
+        ({"block_seconds": 20, "crossfade_seconds": 0.05}, "block_seconds", "at most 10 s"),
+        ({"context_seconds": 3000}, "context_seconds", "at most 30 s"),
     ],
 )
 def test_a_bad_field_is_named_and_the_stream_closed_1008(server, query, field, words):

@@ -10,7 +10,8 @@ the ``Authorization`` or ``X-API-Key`` header when the server has one). Query fi
   ``subtype``, ``bitrate``, ``stream``) are refused;
 * ``sample_rate``: the stream's rate, in and out (default 48000, a multiple of 100 Hz);
 * ``block_seconds``, ``context_seconds``, ``crossfade_seconds``: those of
-  :class:`~rvcfast.RealtimeConverter` (defaults 0.25, 1.0, 0.05);
+  :class:`~rvcfast.RealtimeConverter` (defaults 0.25, 1.0, 0.05; a block of at most 10 s,
+  a context of at most 30 s);
 * ``encoding``: ``f32le`` (default, float samples in [-1, 1]) or ``s16le`` (16-bit PCM).
 
 Once the voice is ready the server sends one JSON text message, ``{"type": "ready",
@@ -46,7 +47,7 @@ if TYPE_CHECKING:
     from ..realtime import RealtimeConverter
     from .state import ServerState
 
-__all__ = ["add_live_routes", "LIVE_FIELDS", "ENCODINGS", "MAX_MESSAGE_SECONDS"]
+__all__ = ["add_live_routes", "LIVE_FIELDS", "ENCODINGS", "MAX_MESSAGE_SECONDS", "MAX_GEOMETRY_SECONDS"]
 
 #: Query fields of ``/v1/live`` besides the voice, ``f0`` and the conversion parameters.
 LIVE_FIELDS = {"sample_rate": 48000, "block_seconds": 0.25, "context_seconds": 1.0, "crossfade_seconds": 0.05}
@@ -54,6 +55,9 @@ LIVE_FIELDS = {"sample_rate": 48000, "block_seconds": 0.25, "context_seconds": 1
 ENCODINGS = {"f32le": "<f4", "s16le": "<i2"}
 #: Longest audio one binary message may hold (a bound on the memory a client can ask for).
 MAX_MESSAGE_SECONDS = 10.0
+#: Longest ``block_seconds`` and ``context_seconds`` a stream may ask for: every block runs the
+#: encoders on ``context + crossfade + block`` (at most 50 s, about one segment of a file conversion).
+MAX_GEOMETRY_SECONDS = {"block_seconds": MAX_MESSAGE_SECONDS, "context_seconds": 30.0}
 #: Fields of ``/v1/convert`` that describe an output file, not a live stream.
 _FILE_FIELDS = ("format", "subtype", "bitrate", "stream", "output_sample_rate")
 
@@ -86,6 +90,11 @@ def _live_settings(pairs: list[tuple[str, str]]) -> tuple[dict[str, Any], str, l
                 settings[name] = float(text)
             except ValueError:
                 raise FieldError(name, f"{name} must be a number of seconds, got {text!r}") from None
+            top = MAX_GEOMETRY_SECONDS.get(name)
+            if top is not None and settings[name] > top:
+                raise FieldError(
+                    name, f"{name} must be at most {top:g} s on a live stream (each block's compute and memory grow with it), got {text}"
+                )
         else:
             rest.append((name, text))
     return {**LIVE_FIELDS, **settings}, encoding, rest
