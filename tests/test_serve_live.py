@@ -97,7 +97,9 @@ def test_sixteen_bit_pcm_in_and_out(server):
     [
         ({"voice": "nobody"}, "voice", "unknown voice 'nobody'"),
         ({"format": "wav"}, "format", "describes an output file"),
-        ({"loudness": "match"}, None, "loudness"),
+        ({"loudness": "match"}, "loudness", "cannot apply loudness"),  # was: no "parameter"
+        ({"pitch": 2, "formant": "1.0,1.2", "clean": 0.5}, "formant", "cannot apply formant, clean"),
+        ({"channels": "each"}, "channels", "one mono stream"),
         ({"block_seconds": 0.255}, "block_seconds", "not a multiple of 10 ms"),
         ({"pitch": 99}, "pitch", "pitch"),
         ({"encoding": "mp3"}, "encoding", "encoding must be one of"),
@@ -110,8 +112,7 @@ def test_sixteen_bit_pcm_in_and_out(server):
 def test_a_bad_field_is_named_and_the_stream_closed_1008(server, query, field, words):
     message, code = _refusal(server, **query)
     assert code == 1008 and message["type"] == "error" and words in message["error"]
-    if field is not None:
-        assert message["parameter"] == field
+    assert message["parameter"] == field
 
 
 def test_bad_audio_messages_end_the_stream_and_the_server_carries_on(server):

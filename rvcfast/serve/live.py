@@ -33,6 +33,7 @@ not hold a live stream up.
 from __future__ import annotations
 
 import asyncio
+import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -62,6 +63,8 @@ MAX_GEOMETRY_SECONDS = {"block_seconds": MAX_MESSAGE_SECONDS, "context_seconds":
 _FILE_FIELDS = ("format", "subtype", "bitrate", "stream", "output_sample_rate")
 
 POLICY, TRY_LATER, SERVER_ERROR = 1008, 1013, 1011
+#: RealtimeConverter's messages refusing settings that need a whole file (the first setting named)
+_WHOLE_FILE_REFUSAL = re.compile(r"realtime conversion (?:cannot apply (\w+)|takes one mono stream: (channels))")
 
 
 def _live_settings(pairs: list[tuple[str, str]]) -> tuple[dict[str, Any], str, list[tuple[str, str]]]:
@@ -123,6 +126,16 @@ def _encode(y: np.ndarray, encoding: str) -> bytes:
     return y.astype("<f4").tobytes()
 
 
+def _refused_field(text: str, names: tuple[str, ...]) -> str | None:
+    """The field a :class:`~rvcfast.RealtimeConverter` refusal names: the one its message starts
+    with, or the first whole-file setting it cannot apply (``loudness``, ``channels``...)."""
+    named = next((n for n in names if text.startswith(n)), None)
+    whole = _WHOLE_FILE_REFUSAL.match(text)
+    if named is None and whole is not None:
+        named = whole.group(1) or whole.group(2)
+    return named
+
+
 async def _refuse(ws: WebSocket, code: int, message: str, parameter: str | None = None) -> None:
     body: dict[str, Any] = {"type": "error", "error": message}
     if parameter is not None:
@@ -161,8 +174,7 @@ async def _open(state: ServerState, ws: WebSocket) -> tuple[RealtimeConverter, s
                                settings["crossfade_seconds"], **options.overrides)
     except ParameterError as exc:
         text = str(exc)
-        named = next((n for n in (*LIVE_FIELDS, *options.overrides) if text.startswith(n)), None)
-        await _refuse(ws, POLICY, text, named)
+        await _refuse(ws, POLICY, text, _refused_field(text, (*LIVE_FIELDS, *options.overrides)))
         return None
     return rt, encoding
 
