@@ -466,7 +466,6 @@ class Engine:
             return
         tracks: list[Any] = list(f0) if f0 is not None else [_COMPUTE] * len(items)
         todo = [i for i, track in enumerate(tracks) if track is _COMPUTE]
-        given = [track is not _COMPUTE for track in tracks]  # the caller's tracks, named as such in errors
         if todo:
             # one batched call per F0 setting (only harvest's filter_radius differs between requests)
             by_setting: dict[int, list[int]] = {}
@@ -479,28 +478,29 @@ class Engine:
                 spread({"f0": time.perf_counter() - t0}, weights, [items[i].timings for i in members])
                 for i, track in zip(members, found):
                     tracks[i] = track
-        backend = f"backend {getattr(self.f0_extractor, 'name', type(self.f0_extractor).__name__)!r}"
-        for item, raw, mine in zip(items, tracks, given):
-            what = "the given F0 track is unusable" if mine else f"F0 extraction failed ({backend})"
+        what = "F0 extraction failed"
+        if f0 is None and self.f0_extractor is not None:
+            what += f" (backend {getattr(self.f0_extractor, 'name', type(self.f0_extractor).__name__)!r})"
+        for item, raw in zip(items, tracks):
             if isinstance(raw, BaseException) or raw is None:
                 exc = raw if isinstance(raw, BaseException) else RvcfastError("no F0 track")
                 self._fail(item, exc, what, raise_errors)
                 continue
             try:
-                track = self._checked_track(raw, item, mine)
+                track = self._checked_track(raw, item)
             except RvcfastError as exc:
-                self._fail(item, exc, what, raise_errors)
+                self._fail(item, exc, "F0 extraction failed", raise_errors)
                 continue
             item.coarse, item.pitchf = pitch_track(track, item.prep.p_len, item.params)
 
-    def _checked_track(self, raw: Any, item: _Item, given: bool) -> np.ndarray:
-        """A raw F0 track (from the backend, or ``given`` by the caller) as a 1-D float array, or an
-        error naming its source and the input: finite, non-negative, one value per 10 ms frame
-        (give or take a few frames, or 1 %, for trackers that do not pad the ends)."""
+    def _checked_track(self, raw: Any, item: _Item) -> np.ndarray:
+        """A raw F0 track (from the backend or the caller) as a 1-D float array, or an error naming
+        the backend and the input: finite, non-negative, one value per 10 ms frame (give or take
+        a few frames, or 1 %, for trackers that do not pad the ends)."""
         from .f0.base import checked_track
 
         ext = self.f0_extractor
-        source = f"F0 backend {ext.name!r}" if ext is not None and not given else "the given F0 track"
+        source = f"F0 backend {ext.name!r}" if ext is not None else "the F0 track"
         return checked_track(raw, item.prep.padded.shape[0] // F0_HOP + 1, f"{item.prep.label or 'the input'}: {source}")
 
     def _output_lengths(self, segs: Sequence[SegmentInput], params: ConversionParams) -> list[int]:

@@ -72,36 +72,6 @@ def test_run_refuses_a_wrong_number_of_f0_tracks(engine: Engine) -> None:
         np.testing.assert_array_equal(a.audio, b.audio)
 
 
-def test_a_bad_given_f0_track_is_named_as_the_callers_not_the_backends(engine: Engine) -> None:
-    q = engine.params(noise=False)
-    preps = [engine.prepare(tone(0.5), 16000, name="A"), engine.prepare(tone(0.5), 16000, name="B")]
-    good = engine.extract_f0(preps, q)[0]
-    bad = np.full_like(good, np.nan)
-    results = engine.run(preps, q, f0=[good, bad])
-    assert results[0].ok
-    # was "B: F0 extraction failed: B: F0 backend 'rmvpe' ...": the backend never saw this track
-    assert "the given F0 track" in results[1].error and "backend" not in results[1].error
-    with pytest.raises(RvcfastError, match="B: the given F0 track") as info:
-        engine.run(preps[1:], q, f0=[bad[:3]], raise_errors=True)
-    assert "backend" not in str(info.value)
-    # a track the engine extracts itself still names its backend
-    broken = engine.with_f0(_NaNExtractor(engine.f0_extractor))
-    failed = broken.run(preps[:1], q)[0]
-    assert "F0 backend 'nan-f0'" in failed.error and "given" not in failed.error
-
-
-class _NaNExtractor(rvcfast.F0Extractor):
-    """A backend whose tracks are all NaN."""
-
-    name = "nan-f0"
-
-    def __init__(self, inner: rvcfast.F0Extractor) -> None:
-        self.inner = inner
-
-    def extract(self, audio: np.ndarray) -> np.ndarray:
-        return np.full_like(self.inner.extract(audio), np.nan)
-
-
 @pytest.mark.parametrize("seconds", [-1.0, float("nan")])
 def test_run_refuses_a_bad_batch_size(engine: Engine, seconds: float) -> None:
     prep = engine.prepare(tone(0.5), 16000)
