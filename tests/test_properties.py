@@ -124,7 +124,8 @@ def test_bad_parameter_is_refused_before_a_batch_starts(
 
 @pytest.mark.parametrize(
     "option,value",
-    [("format", "m4a"), ("on_error", "ignore"), ("batch_seconds", 0), ("decode_workers", 0), ("name_template", "out")],
+    [("format", "aiff"), ("on_error", "ignore"), ("batch_seconds", 0), ("decode_workers", 0), ("name_template", "out"),
+     ("bitrate", 128)],  # wav takes no bitrate
 )
 def test_bad_batch_option_is_refused_before_work(
     option: str, value: Any, tiny_converter: rvcfast.Converter, wav: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
@@ -138,7 +139,7 @@ def test_bad_batch_option_is_refused_before_work(
 
 def test_iter_batch_validates_options_at_call_time(tiny_converter: rvcfast.Converter, wav: Path, tmp_path: Path) -> None:
     with pytest.raises(ParameterError):
-        tiny_converter.iter_batch([wav], tmp_path / "out", format="m4a")
+        tiny_converter.iter_batch([wav], tmp_path / "out", format="aiff")
 
 
 def test_speaker_range_follows_the_model(tiny_converter: rvcfast.Converter) -> None:
