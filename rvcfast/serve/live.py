@@ -27,7 +27,10 @@ ready or shutting down closes with 1013 (try again later); a stream that sends n
 ``live_idle_seconds`` (60) closes with 1008; a failure while converting closes with 1011,
 after an error message. Each stream's blocks run one after the other in
 a pool of ``max_live`` threads beside the model worker, so a long file conversion does
-not hold a live stream up.
+not hold a live stream up. The next message is read only once the previous one is taken:
+a client that sends ahead is held back by TCP, and when its answers lag by more than the
+keepalive's ping timeout (uvicorn: 20 s) the connection is closed (1011); clients should
+send each message after the previous answer, or keep a few blocks in flight at most.
 """
 
 from __future__ import annotations
