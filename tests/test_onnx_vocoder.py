@@ -238,6 +238,21 @@ def test_v1_w_okada_file_picks_the_v1_features(tiny_models, files) -> None:
     _close(by_onnx.convert(clip, 16000, noise=False, speaker=1).audio, ref.audio)
 
 
+def test_w_okada_metadata_json_alone_is_read(files, tmp_path) -> None:
+    """w-okada's own files carry only the ``metadata`` JSON: its samplingRate is the model's rate."""
+    proto = onnx.load(files["v1"])
+    keep = [(p.key, p.value) for p in proto.metadata_props if p.key == "metadata"]
+    assert keep and '"samplingRate": 32000' in keep[0][1]
+    del proto.metadata_props[:]
+    for key, value in keep:
+        entry = proto.metadata_props.add()
+        entry.key, entry.value = key, value
+    onnx.save(proto, tmp_path / "wokada_own.onnx")
+    voc = rvcfast.load_vocoder(tmp_path / "wokada_own.onnx")
+    assert (voc.sample_rate, voc.hop_length, voc.version, voc.has_f0, voc.num_speakers) == (32000, 320, "v1", False, 2)
+    assert voc.embedder_model == "hubert_base"  # w-okada's name for ContentVec: the default encoder
+
+
 def test_cli_converts_and_describes_with_an_onnx_model(tiny_models, files, tmp_path, capsys) -> None:
     """(g) ``rvcfast convert voice.onnx in.wav -o out/`` and ``rvcfast info voice.onnx``."""
     clip = tmp_path / "in.wav"

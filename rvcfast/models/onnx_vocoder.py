@@ -254,11 +254,12 @@ def inspect_onnx(path: str | os.PathLike[str], *, sample_rate: int | None = None
 def _no_rate(info: OnnxModelInfo) -> ModelLoadError:
     hop = info.hop_length
     hint = f"; its decoder puts out {hop} samples per 10 ms frame, i.e. {hop * 100} Hz" if hop else ""
+    rate = hop * 100 if hop else 40000
     return ModelLoadError(
         info.path,
         "this ONNX file does not say its sample rate (RVC WebUI's exporter writes no metadata)" + hint
-        + ": pass it, e.g. rvcfast.load_vocoder(path, sample_rate=40000), or write it into the file once with "
-        "rvcfast.models.onnx_vocoder.add_onnx_metadata(path, sample_rate=40000)",
+        + f": pass it, e.g. rvcfast.load_vocoder(path, sample_rate={rate}), or write it into the file once with "
+        f"rvcfast.models.onnx_vocoder.add_onnx_metadata(path, sample_rate={rate})",
     )
 
 
