@@ -82,7 +82,14 @@ class FeatureEncoder(Protocol):
 
 @runtime_checkable
 class Vocoder(Protocol):
-    """An RVC synthesizer: content features (+ pitch) to a waveform at ``sample_rate``."""
+    """An RVC synthesizer: content features (+ pitch) to a waveform at ``sample_rate``.
+
+    rvcfast has two: :class:`~rvcfast.models.synthesizer.Synthesizer` (torch, from a ``.pth``)
+    and :class:`~rvcfast.models.onnx_vocoder.OnnxVocoder` (onnxruntime, from an exported
+    ``.onnx``; one batch item per graph call, float32). Optional attributes the front ends
+    read: ``embedder_model`` (the content encoder the model names, or ``None``),
+    ``supports_head_skip`` (``skip_frames`` may be a ``(head, tail)`` pair).
+    """
 
     sample_rate: int
     version: str
