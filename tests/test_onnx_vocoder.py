@@ -272,3 +272,14 @@ def test_cli_converts_and_describes_with_an_onnx_model(tiny_models, files, tmp_p
     assert main(["info", str(files["noisy"])]) == 0
     text = capsys.readouterr().out
     assert "40000 Hz" in text and '"noise_in_graph": true' in text
+
+
+def test_realtime_converter_runs_an_onnx_voice(tiny_models, files) -> None:
+    """The realtime path (one buffer per block, ``skip_frames=(head, 0)``) gives the .pth's output too."""
+    kw = dict(encoder=tiny_models.encoder, f0_weights=tiny_models.rmvpe, device="cpu")
+    clip = tone(1.2).astype(np.float32)
+    outs = []
+    for model in (files["pth"], files["det"]):
+        rt = rvcfast.RealtimeConverter(rvcfast.Converter.from_pretrained(model, **kw), 16000, noise=False)
+        outs.append(np.concatenate([rt.push(clip[i : i + 4000]) for i in range(0, clip.shape[0], 4000)] + [rt.flush()]))
+    _close(outs[1], outs[0])
