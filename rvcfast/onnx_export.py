@@ -47,7 +47,7 @@ import torch
 
 from ._version import __version__
 from .atomic import atomic_write
-from .errors import BackendUnavailableError, ParameterError, RvcfastError
+from .errors import BackendUnavailableError, ModelLoadError, ParameterError, RvcfastError
 from .models.synthesizer import Synthesizer, load_vocoder
 from .models.synthesizer.hifigan import HiFiGAN
 from .models.synthesizer.onnx_graph import INTERFACES, OnnxGraph, graph_input_names
@@ -136,6 +136,8 @@ def _resolve_model(model: Any, path: Path) -> Synthesizer:
         return _private_copy(model)
     if isinstance(model, (str, os.PathLike)):
         source = Path(model)
+        if source.suffix.lower() == ".onnx":
+            raise ModelLoadError(source, "is an ONNX file already; export-onnx takes the voice model .pth (an .onnx voice runs as it is)")
         if source.exists() and path.exists() and os.path.samefile(source, path):
             raise ParameterError(f"{path}: the ONNX output would overwrite the voice model it is exported from")
         return load_vocoder(source, "cpu", torch.float32)

@@ -360,3 +360,13 @@ def test_cli_bad_model_file(tmp_path, capsys, content) -> None:
     assert err[-1].startswith("rvcfast: error:") and "broken.pth" in err[-1]
     assert not any("Traceback" in line for line in err)
     assert not (tmp_path / "x.onnx").exists()
+
+
+def test_cli_an_onnx_input_is_named_not_a_traceback(nof0_cli, capsys) -> None:
+    # an .onnx now loads as a voice (OnnxVocoder), which has no torch modules to export
+    _, _, exported = nof0_cli
+    target = exported.parent / "again.onnx"
+    assert main(["export-onnx", str(exported), "-o", str(target)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith("rvcfast: error:") and "is an ONNX file already" in err[-1]
+    assert not any("Traceback" in line for line in err) and not target.exists()

@@ -63,7 +63,7 @@ def _model_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
         rows += [
             ("model", f"{m['path']} ({format_bytes(m['file_bytes'])})"),
             ("version", m["version"]),
-            ("sample rate", f"{m['sample_rate']} Hz"),
+            ("sample rate", f"{m['sample_rate']} Hz" if m["sample_rate"] else "not in the file (an ONNX export without metadata)"),
             ("pitch (F0)", "yes" if m["f0"] else "no"),
             ("speakers", str(m["speakers"])),
             ("vocoder", str(m["vocoder"])),
