@@ -92,6 +92,14 @@ def test_sixteen_bit_pcm_in_and_out(server):
     assert len(answer) == x.nbytes  # two bytes a sample, as many samples as sent
 
 
+def test_messages_are_not_compressed(server):
+    # the client offers permessage-deflate; the server declines it (a compressed burst of
+    # silence would be inflated into many large queued messages before the route reads one)
+    with _connect(server) as ws:
+        assert json.loads(ws.recv(timeout=120))["type"] == "ready"
+        assert "permessage-deflate" not in (ws.response.headers.get("Sec-WebSocket-Extensions") or "")
+
+
 @pytest.mark.parametrize(
     ("query", "field", "words"),
     [

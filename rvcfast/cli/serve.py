@@ -55,6 +55,9 @@ def cmd_serve(args: argparse.Namespace) -> int:
             app, log_level=args.log_level, access_log=not args.no_access_log, timeout_keep_alive=30, lifespan="on",
             # a client that stops reading a stream would otherwise hold the shutdown forever
             timeout_graceful_shutdown=args.shutdown_timeout,
+            # WS /v1/live: raw audio hardly compresses, and a compressed burst (silence) would be
+            # inflated into many queued messages of up to 16 MiB before the route reads the first
+            ws_per_message_deflate=False,
         )
     )
     state = app.state.rvcfast
