@@ -453,13 +453,21 @@ def test_long_items_decode_in_windows_like_one_pass(golden: Path, models, monkey
 
     model = models["v2_40k_f0"]
     g = torch.Generator().manual_seed(3)
-    t = 2600
+    # the real sizes scaled down 4x (1088 / 544 frames; items of 2600 and 1900 frames took
+    # ~30 s on a 2-core CPU): the same plan, several full windows and a partial last one
+    monkeypatch.setattr(synth, "DECODER_SINGLE_FRAMES", 272)
+    monkeypatch.setattr(model.dec, "window_frames", 136, raising=False)
+    t = 650
     feats = torch.randn(2, t, 768, generator=g)
     pitch = torch.randint(1, 255, (2, t), generator=g)
     pitchf = torch.rand(2, t, generator=g) * 300 + 60
-    pitchf[:, 100:400] = 0
-    lens = torch.tensor([t, 1900])
+    pitchf[:, 25:100] = 0
+    lens = torch.tensor([t, 475])
+    calls: list[int] = []
+    real = model.dec.forward
+    monkeypatch.setattr(model.dec, "forward", lambda x, *a, **k: calls.append(x.shape[-1]) or real(x, *a, **k))
     windowed = model.synthesize(feats, lens, pitch, pitchf, noise=False)
+    assert len(calls) > 4 and max(calls) == 136  # really window by window, at the window size
     windowed_skip = model.synthesize(feats, lens, pitch, pitchf, noise=False, skip_frames=100)
     monkeypatch.setattr(synth, "DECODER_SINGLE_FRAMES", 10**6)
     whole = model.synthesize(feats, lens, pitch, pitchf, noise=False)

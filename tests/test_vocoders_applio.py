@@ -275,7 +275,7 @@ def test_refinegan_in_half_precision_stays_finite(applio_models, dtype: torch.dt
     """torchaudio's float16 kernel overflows (I0(beta) > 65504); rvcfast's half models use the
     float32 kernel cast down, so the output stays finite and near float32's."""
     path = applio_models[("RefineGAN", 32000)]
-    t = 30
+    t = 12  # the kernel is the same at any length; half precision runs slowly on CPUs without it
     feats, coarse, pitchf = _inputs(t, seed=5)
     args = (feats, torch.tensor([t]), coarse, pitchf)
     ref = rvcfast.load_vocoder(path).synthesize(*args, noise=False)
