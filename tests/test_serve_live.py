@@ -8,6 +8,7 @@ ready message announced, and the refusals by their close codes and named fields.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 
 import numpy as np
@@ -30,6 +31,9 @@ KEY = {"X-API-Key": API_KEY}
 def server(tiny_models, tmp_path_factory):
     root = tmp_path_factory.mktemp("serve-live")
     voices = voice_folder(tiny_models, root / "voices")
+    if importlib.util.find_spec("onnx") and importlib.util.find_spec("onnxruntime"):
+        # dave: carol's model (alice's, no index) exported to ONNX, run by onnxruntime
+        rvcfast.export_onnx(tiny_models.voice, voices / "dave.onnx", noise=False, verify=False)
     with running_server([voices], tiny_models, root / "server.log", "--api-key", API_KEY, "--max-live", "1",
                         "--live-idle-seconds", "4") as srv:
         yield srv
@@ -178,3 +182,32 @@ def test_an_idle_stream_is_closed_and_frees_its_slot(server):
         assert closed.value.rcvd.code == 1008
     with _connect(server) as ws:  # --max-live 1: the slot is free again
         assert json.loads(ws.recv(timeout=120))["type"] == "ready"
+
+
+def test_an_onnx_voice_is_served_like_its_pth(server, tiny_models):
+    """A folder's .onnx export is a voice too: its answers equal the .pth voice's (noise off)."""
+    pytest.importorskip("onnxruntime")
+    import httpx
+    from serve_helpers import read_audio, wav_bytes
+
+    voices = httpx.get(f"{server.url}/v1/voices", headers=KEY, timeout=60).json()["voices"]
+    dave = next(v for v in voices if v["id"] == "dave")
+    assert dave["sample_rate"] == 40000 and dave["f0"] and dave["index"] is False
+    clip = wav_bytes(tone(0.8, RATE, 190.0), RATE)
+    answers = {}
+    for voice in ("carol", "dave"):
+        r = httpx.post(f"{server.url}/v1/convert", headers=KEY, timeout=120,
+                       files={"file": ("a.wav", clip, "audio/wav")}, data={"voice": voice, "noise": "false"})
+        assert r.status_code == 200, r.text
+        answers[voice] = read_audio(r.content)[0]
+    assert answers["carol"].shape == answers["dave"].shape and np.abs(answers["carol"]).max() > 0
+    # 16-bit WAV answers: equal to within a few LSB of float32 rounding between torch and onnxruntime
+    assert np.abs(answers["carol"] - answers["dave"]).max() <= 4 / 32768
+    x = tone(0.6, RATE, 170.0).astype("<f4")
+    out = {}
+    for voice in ("carol", "dave"):
+        with _connect(server, voice=voice) as ws:
+            json.loads(ws.recv(timeout=120))
+            ws.send(x.tobytes())
+            out[voice] = np.frombuffer(ws.recv(timeout=120), dtype="<f4")
+    np.testing.assert_allclose(out["dave"], out["carol"], atol=1e-4 * max(np.abs(out["carol"]).max(), 1e-6))

@@ -1,7 +1,7 @@
 """The voices a server offers: discovery by file stem, descriptions, and an LRU of loaded engines.
 
-A voice is named by its model file's stem (``alice.pth`` → ``alice``); ``alice.index``
-in the same folder is its index. Clients name voices only by these ids, never by a
+A voice is named by its model file's stem (``alice.pth`` → ``alice``; an ONNX export
+``bob.onnx`` → ``bob``); ``alice.index`` in the same folder is its index. Clients name voices only by these ids, never by a
 path. Loaded voices are :class:`~rvcfast.engine.Engine` objects kept in a
 least-recently-used set of at most ``max_loaded`` entries; the content encoder and F0
 network are shared by all of them through the process-wide model cache. A request
@@ -26,7 +26,7 @@ from ..errors import ModelLoadError, ParameterError
 if TYPE_CHECKING:
     from ..engine import Engine
 
-__all__ = ["Voice", "VoiceRegistry", "UnknownVoice", "discover_voices", "VOICE_ID"]
+__all__ = ["Voice", "VoiceRegistry", "UnknownVoice", "discover_voices", "VOICE_ID", "VOICE_SUFFIXES"]
 
 #: What a voice id may look like (ids of uploaded voices are checked against it).
 VOICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -52,20 +52,25 @@ class Voice:
     info: dict[str, Any] | None = field(default=None, repr=False)
 
 
+#: Voice model files the server picks up: RVC/Applio ``.pth`` and ONNX exports (``rvcfast export-onnx``,
+#: run by onnxruntime; see docs/onnx.md).
+VOICE_SUFFIXES = (".pth", ".onnx")
+
+
 def discover_voices(paths: Iterable[str | os.PathLike[str]]) -> list[Voice]:
-    """Voices from ``.pth`` files and folders of them (not recursive); each id once."""
+    """Voices from ``.pth`` (or exported ``.onnx``) files and folders of them (not recursive); each id once."""
     found: dict[str, Voice] = {}
     for raw in paths:
         p = Path(raw).expanduser()
         if p.is_dir():
-            models = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() == ".pth")
+            models = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in VOICE_SUFFIXES)
         elif p.is_file():
             models = [p]
         else:
             raise ParameterError(f"voice {p}: no such file or folder")
         for model in models:
-            if model.suffix.lower() != ".pth":
-                raise ParameterError(f"voice {model}: expected a .pth voice model")
+            if model.suffix.lower() not in VOICE_SUFFIXES:
+                raise ParameterError(f"voice {model}: expected a .pth voice model (or one exported to .onnx)")
             voice = Voice(model.stem, model.resolve(), _index_beside(model))
             if voice.id in found and found[voice.id].model != voice.model:
                 raise ParameterError(
