@@ -315,3 +315,42 @@ def test_a_bad_channels_value_is_a_usage_error(no_loading, tiny_models, tmp_path
     src = _wav(tmp_path / "in")
     assert main(["convert", str(tiny_models.voice), str(src), "-o", str(tmp_path / "out"), "--channels", "stereo"]) == 2
     assert "invalid choice: 'stereo'" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ --f0-option names, before loading
+
+
+@pytest.mark.parametrize(
+    ("f0", "option", "words"),
+    [
+        ("rmvpe", "treshold=0.05", "'rmvpe' does not accept option(s) treshold"),
+        ("harvest", "bogus=1", "'harvest' does not accept option(s) bogus"),
+        ("hybrid:rmvpe+harvest", "bogus=1", "no member of 'hybrid:rmvpe+harvest' accepts option(s) bogus"),
+        ("hybrid:rmvpe+harvest", "harvest={'nope': 1}", "hybrid member 'harvest' does not accept option(s) nope"),
+    ],
+)
+def test_an_f0_option_no_backend_takes_is_a_usage_error_before_loading(no_loading, tiny_models, tmp_path, capsys, f0, option, words):
+    wav = _wav(tmp_path / "in")
+    for argv in (
+        ["convert", str(tiny_models.voice), str(wav), "-o", str(tmp_path / "out"), "--f0", f0, "--f0-option", option],
+        ["convert", str(tiny_models.voice), str(wav), "-o", str(tmp_path / "out"), "--f0", f0, "--f0-option", option,
+         "--ray", "local"],
+        ["f0", str(wav), "-o", str(tmp_path / "f0"), "--method", f0, "--f0-option", option],
+    ):
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"--f0-option: F0 extractor {words}" in err or f"--f0-option: {words}" in err, err
+    assert not (tmp_path / "out").exists()
+
+
+def test_options_the_backend_takes_pass_the_early_check(tiny_models, tmp_path):
+    from rvcfast.f0.registry import check_f0_options
+
+    check_f0_options("rmvpe", {"threshold": 0.05, "chunk_frames": 64})
+    check_f0_options("hybrid:rmvpe+harvest", {"threshold": 0.05, "min_voiced": 2, "harvest": {"f0_min": 60.0}})
+    check_f0_options("harvest", {})
+    # and the conversion runs with them
+    wav = _wav(tmp_path / "in")
+    argv = ["convert", str(tiny_models.voice), str(wav), "-o", str(tmp_path / "out"), "-q", "--encoder", str(tiny_models.encoder),
+            "--f0-weights", str(tiny_models.rmvpe), "--device", "cpu", "--f0-option", "threshold=0.05"]
+    assert main(argv) == 0 and (tmp_path / "out" / "in.wav").is_file()

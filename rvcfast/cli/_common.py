@@ -65,10 +65,11 @@ def parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
     return options
 
 
-def check_f0_name(option: str, spec: str) -> None:
+def check_f0_name(option: str, spec: str, options: dict[str, Any] | None = None) -> None:
     """A usage error (status 2) when ``spec`` names no installed F0 backend (nor a combination
-    of them, ``hybrid:a+b``), found before anything is loaded; nothing is imported."""
-    from ..f0.registry import available_f0_extractors, parse_hybrid
+    of them, ``hybrid:a+b``), or when the backend takes none of ``options``' names
+    (``--f0-option``), found before any model is loaded (only a backend given options is imported)."""
+    from ..f0.registry import available_f0_extractors, check_f0_options, parse_hybrid
 
     try:
         members = parse_hybrid(spec)
@@ -81,6 +82,11 @@ def check_f0_name(option: str, spec: str) -> None:
             f"{option}: unknown F0 backend {', '.join(map(repr, unknown))}; available: {', '.join(known) or '(none)'}"
             " (or hybrid:a+b to combine several; `rvcfast backends` lists them)"
         )
+    if options:
+        try:
+            check_f0_options(spec, options)
+        except ParameterError as exc:  # a backend that cannot load is reported when it is built
+            raise UsageError(f"--f0-option: {exc}") from None
 
 
 def expand_inputs(inputs: Sequence[str], recursive: bool) -> list[Path]:

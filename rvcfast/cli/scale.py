@@ -15,6 +15,7 @@ from typing import Any
 
 from ._common import (
     UsageError,
+    check_f0_name,
     check_inputs_exist,
     check_model_files,
     check_output_dir,
@@ -100,6 +101,7 @@ def cmd_convert_ray(args: argparse.Namespace) -> int:
     _check(args)
     params = params_from_args(args)
     check_params(params)  # a bad value is a usage error, found before connecting to anything
+    check_f0_name("--f0", args.f0, parse_options(args.f0_option))
     from ..integrations.ray import MANIFEST_NAME, check_manifest, connected, convert_files
 
     if args.manifest is not None:

@@ -32,7 +32,7 @@ from ..errors import BackendUnavailableError, ParameterError, RvcfastError
 from ..protocols import F0Extractor
 from .base import HOP_LENGTH, SAMPLE_RATE
 
-__all__ = ["ENTRY_POINT_GROUP", "available_f0_extractors", "get_f0_extractor", "parse_hybrid"]
+__all__ = ["ENTRY_POINT_GROUP", "available_f0_extractors", "get_f0_extractor", "parse_hybrid", "check_f0_options"]
 
 ENTRY_POINT_GROUP = "rvcfast.f0_extractors"
 
@@ -317,6 +317,49 @@ def _hybrid(spec: str, members: list[str], options: dict[str, Any]) -> F0Extract
     if unused:
         raise ParameterError(f"no member of {spec!r} accepts option(s) {', '.join(unused)}")
     return HybridExtractor(backends, min_voiced=min_voiced, name="hybrid:" + "+".join(members))
+
+
+def _unaccepted(reg: _Registered, names: set[str]) -> list[str]:
+    """The ``names`` the backend's factory does not take (none when it takes ``**kwargs`` or its
+    signature cannot be read); the factory is imported, nothing is built."""
+    target = _load(reg)
+    if not callable(target):
+        return sorted(names)
+    accepted = _accepted_options(target)
+    if accepted is None or accepted[1]:
+        return []
+    return sorted(names - accepted[0])
+
+
+def check_f0_options(name: str, options: Mapping[str, Any]) -> None:
+    """Raise :class:`ParameterError` when ``options`` holds a name the backend ``name`` (or no member
+    of a hybrid) accepts, as :func:`get_f0_extractor` would, but before anything is built or
+    loaded: a command line refuses a misspelt ``--f0-option`` before the voice model loads.
+    Values are not checked (the backend checks them when it is built); an unknown ``name`` is
+    :class:`BackendUnavailableError`."""
+    registry = _registry()
+    members = parse_hybrid(name)
+    if members is None:
+        reg = registry.get(name.strip().lower())
+        if reg is None:
+            raise _unknown(name, registry)
+        unknown = _unaccepted(reg, set(options))
+        if unknown:
+            raise ParameterError(f"F0 extractor {reg.name!r} does not accept option(s) {', '.join(unknown)}")
+        return
+    missing = [m for m in members if m not in registry]
+    if missing:
+        raise _unknown(missing[0], registry)
+    shared = {k for k in options if k != "min_voiced" and k.lower() not in members}
+    for m in members:
+        mine = options.get(m, options.get(m.upper(), {}))
+        if isinstance(mine, Mapping):
+            unknown = _unaccepted(registry[m], set(mine))
+            if unknown:
+                raise ParameterError(f"hybrid member {m!r} does not accept option(s) {', '.join(unknown)}")
+        shared = {k for k in shared if k in _unaccepted(registry[m], {k})}
+    if shared:
+        raise ParameterError(f"no member of {name!r} accepts option(s) {', '.join(sorted(shared))}")
 
 
 def get_f0_extractor(name: str, **options: Any) -> F0Extractor:
