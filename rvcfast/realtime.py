@@ -53,7 +53,7 @@ from .params import ConversionParams
 from .pipeline import apply_protect, pitch_track, segment_features
 from .sola import Sola
 
-__all__ = ["RealtimeConverter", "SOLA_SEARCH_SECONDS", "MAX_SAMPLE_RATE"]
+__all__ = ["RealtimeConverter", "SOLA_SEARCH_SECONDS", "MAX_SAMPLE_RATE", "whole_file_settings"]
 
 #: Default SOLA search range (RVC's realtime GUI: one 10 ms frame).
 SOLA_SEARCH_SECONDS = 0.01
@@ -86,23 +86,31 @@ def _frames(name: str, seconds: Any, minimum: int) -> int:
     return frames
 
 
-def _refuse_whole_input_params(q: ConversionParams, sample_rate: int) -> None:
-    """Settings that need the whole input or output cannot be streamed: say which and why."""
+def whole_file_settings(q: ConversionParams) -> list[str]:
+    """The settings of ``q`` a realtime converter refuses because they need a whole file, in the
+    order its error names them: ``loudness``, ``formant``, ``clean``, ``effects``,
+    ``proposed_pitch``, then ``channels`` (``"each"``)."""
     whole = {
         "loudness": q.loudness is not None,
         "formant": q.formant is not None,
         "clean": q.clean > 0,
         "effects": bool(q.effects),
         "proposed_pitch": q.proposed_pitch is not None,
+        "channels": q.channels != "mix",
     }
-    bad = [k for k, on in whole.items() if on]
+    return [k for k, on in whole.items() if on]
+
+
+def _refuse_whole_input_params(q: ConversionParams, sample_rate: int) -> None:
+    """Settings that need the whole input or output cannot be streamed: say which and why."""
+    bad = [k for k in whole_file_settings(q) if k != "channels"]
     if bad:
         raise ParameterError(
             f"realtime conversion cannot apply {', '.join(bad)}: "
             + "these need the whole input or output (loudness and clean measure all of it, proposed_pitch takes the "
             "input's median pitch, formant and effects run on whole files); convert the file with Converter.convert instead"
         )
-    if q.channels != "mix":
+    if "channels" in whole_file_settings(q):
         raise ParameterError("realtime conversion takes one mono stream: channels='each' is for whole files (use one converter per channel)")
     if q.output_sample_rate is not None and int(q.output_sample_rate) != sample_rate:
         raise ParameterError(

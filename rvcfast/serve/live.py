@@ -36,7 +36,6 @@ send each message after the previous answer, or keep a few blocks in flight at m
 from __future__ import annotations
 
 import asyncio
-import re
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -66,8 +65,6 @@ MAX_GEOMETRY_SECONDS = {"block_seconds": MAX_MESSAGE_SECONDS, "context_seconds":
 _FILE_FIELDS = ("format", "subtype", "bitrate", "stream", "output_sample_rate")
 
 POLICY, TRY_LATER, SERVER_ERROR = 1008, 1013, 1011
-#: RealtimeConverter's messages refusing settings that need a whole file (the first setting named)
-_WHOLE_FILE_REFUSAL = re.compile(r"realtime conversion (?:cannot apply (\w+)|takes one mono stream: (channels))")
 
 
 def _live_settings(pairs: list[tuple[str, str]]) -> tuple[dict[str, Any], str, list[tuple[str, str]]]:
@@ -129,14 +126,14 @@ def _encode(y: np.ndarray, encoding: str) -> bytes:
     return y.astype("<f4").tobytes()
 
 
-def _refused_field(text: str, names: tuple[str, ...]) -> str | None:
-    """The field a :class:`~rvcfast.RealtimeConverter` refusal names: the one its message starts
-    with, or the first whole-file setting it cannot apply (``loudness``, ``channels``...)."""
-    named = next((n for n in names if text.startswith(n)), None)
-    whole = _WHOLE_FILE_REFUSAL.match(text)
-    if named is None and whole is not None:
-        named = whole.group(1) or whole.group(2)
-    return named
+def _refused_field(text: str, overrides: dict[str, Any]) -> str | None:
+    """The field a :class:`~rvcfast.RealtimeConverter` refusal is about: the one its message starts
+    with, else the first setting it cannot apply because it needs a whole file (``loudness``...)."""
+    from ..params import ConversionParams
+    from ..realtime import whole_file_settings
+
+    named = next((n for n in (*LIVE_FIELDS, *overrides) if text.startswith(n)), None)
+    return named or next(iter(whole_file_settings(ConversionParams.build(None, **overrides))), None)
 
 
 async def _refuse(ws: WebSocket, code: int, message: str, parameter: str | None = None) -> None:
@@ -177,7 +174,7 @@ async def _open(state: ServerState, ws: WebSocket) -> tuple[RealtimeConverter, s
                                settings["crossfade_seconds"], **options.overrides)
     except ParameterError as exc:
         text = str(exc)
-        await _refuse(ws, POLICY, text, _refused_field(text, (*LIVE_FIELDS, *options.overrides)))
+        await _refuse(ws, POLICY, text, _refused_field(text, options.overrides))
         return None
     return rt, encoding
 
