@@ -1,4 +1,4 @@
-"""Convert the same inputs to several voices; the base models are loaded only once.
+"""Convert the same inputs to several voices; the base models are loaded, and each input analysed, once.
 
     python examples/make_demo_models.py       # once
     python examples/several_voices.py
@@ -6,7 +6,9 @@
 
 Each ``Converter`` holds one voice model (and its index). The content encoder and the
 RMVPE model come from rvcfast's process-wide cache, so a second, third... Converter costs
-only its own voice model -- ``rvcfast.cache.load_count`` shows it.
+only its own voice model -- ``rvcfast.cache.load_count`` shows it. ``rvcfast.convert_voices``
+then computes each input's F0 and content features once for all the voices
+(``SharedAnalysis`` counts what was computed and what was reused).
 """
 
 from __future__ import annotations
@@ -32,23 +34,27 @@ def main() -> None:
     voices = args.voices or [args.models / "voice.pth", args.models / "voice48k.pth"]
     inputs = args.inputs or [args.models / "input.wav"]
 
+    convs = []
     for voice in voices:
         t0 = time.perf_counter()
         index = voice.with_suffix(".index")
-        conv = rvcfast.Converter.from_pretrained(
+        convs.append(rvcfast.Converter.from_pretrained(
             voice,
             index=index if index.is_file() else None,  # an index is optional
             encoder=args.models / "hubert_base.pt",
             f0_weights=args.models / "rmvpe.pt",
             device=args.device,
-        )
-        loaded = time.perf_counter() - t0
-        # One sub-folder per voice; outputs keep the input names.
-        results = conv.convert_batch(inputs, args.output / voice.stem, speaker=0, seed=0)
-        for r in results:
-            status = r.output_path if r.ok else f"FAILED: {r.error}"
-            print(f"{voice.name} ({conv.sample_rate} Hz, loaded in {loaded:.2f} s): {r.source} -> {status}")
+        ))
+        print(f"{voice.name}: {convs[-1].sample_rate} Hz, loaded in {time.perf_counter() - t0:.2f} s")
 
+    # One sub-folder per voice ("{voice}/{stem}"); outputs keep the input names.
+    shared = rvcfast.SharedAnalysis()
+    for r in rvcfast.convert_voices(convs, inputs, args.output, speaker=0, seed=0, shared=shared):
+        status = r.output_path if r.ok else f"FAILED: {r.error}"
+        print(f"{r.voice}: {r.source} -> {status}")
+
+    print(f"F0 tracks computed {shared.f0_computed}, reused {shared.f0_reused}; "
+          f"segment features computed {shared.features_computed}, reused {shared.features_reused}")
     print(f"content encoder loads: {cache.load_count('encoder')}, RMVPE loads: {cache.load_count('rmvpe')}")
 
 

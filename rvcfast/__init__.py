@@ -11,6 +11,7 @@ Public API::
     rvcfast.load_audio_16k(path_or_array, sample_rate=None) -> float64 mono 16 kHz (the reference's input stage)
     rvcfast.Engine                  -> the conversion engine every front end runs on
     rvcfast.export_onnx(model, path) -> ExportReport (an ONNX file of a voice model, any length)
+    rvcfast.convert_voices(voices, inputs, out_dir) -> list[Result] (inputs analysed once for all voices)
 
 Heavy modules are imported on first use, so ``import rvcfast`` stays fast.
 """
@@ -43,6 +44,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from .onnx_export import export_onnx
     from .params import ConversionParams
     from .realtime import RealtimeConverter
+    from .voices import SharedAnalysis, convert_voices, iter_voices
 
 _LAZY = {
     "Converter": ("api", "Converter"),
@@ -58,6 +60,9 @@ _LAZY = {
     "available_f0_extractors": ("f0.registry", "available_f0_extractors"),
     "export_onnx": ("onnx_export", "export_onnx"),
     "RealtimeConverter": ("realtime", "RealtimeConverter"),
+    "convert_voices": ("voices", "convert_voices"),
+    "iter_voices": ("voices", "iter_voices"),
+    "SharedAnalysis": ("voices", "SharedAnalysis"),
 }
 
 __all__ = [
@@ -75,6 +80,9 @@ __all__ = [
     "available_f0_extractors",
     "export_onnx",
     "RealtimeConverter",
+    "convert_voices",
+    "iter_voices",
+    "SharedAnalysis",
     "F0Extractor",
     "FeatureEncoder",
     "Vocoder",

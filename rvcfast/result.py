@@ -22,7 +22,8 @@ class Result:
     made: it stays when a batch drops the audio after writing it, so :attr:`duration` does too.
     ``output_path`` is the file a batch wrote or, for an input ``skipped`` by a resumed batch
     (``skip_existing``), its existing output. A batch's outputs of file inputs record their
-    source (:func:`rvcfast.writing.recorded_source`).
+    source (:func:`rvcfast.writing.recorded_source`). ``voice`` names the voice in a run to
+    several voices (:func:`rvcfast.convert_voices`), else it is ``None``.
     """
 
     audio: np.ndarray
@@ -35,6 +36,7 @@ class Result:
     input_seconds: float = 0.0
     index: int | None = None
     warnings: list[str] = field(default_factory=list)
+    voice: str | None = None
     frames: int | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:

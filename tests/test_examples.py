@@ -146,6 +146,7 @@ def test_several_voices(ran):
     voices = r["work"] / "voices"
     assert (voices / "voice" / "input.wav").is_file() and (voices / "voice48k" / "input.wav").is_file()
     assert "content encoder loads: 1, RMVPE loads: 1" in r["stdout"]
+    assert "F0 tracks computed 1, reused 1" in r["stdout"]  # the second voice reads the first one's analysis
 
 
 def test_f0_plugin_example(tmp_path):

@@ -40,7 +40,7 @@ def add_batch_options(p: argparse.ArgumentParser | Any) -> None:
     p.add_argument(
         "--name-template", metavar="TEMPLATE", default=None,
         help="output names: {stem} (input name), {parent} (its folder's name), {index} (its position), {ext}, "
-        "{voice} (MODEL's name), {pitch} (the key shift); "
+        "{voice} (the voice model's file name, without extension), {pitch} (the key shift); "
         "e.g. '{parent}/{stem}' or '{index:03d}_{stem}'; subfolders are created inside OUT (default: {stem})",
     )
     p.add_argument(
@@ -164,13 +164,17 @@ def _line(source: str | None, **fields: Any) -> dict[str, Any]:
 
 
 class BatchReport:
-    """The lines of ``--report``: one per input, added as results arrive, written at the end in input order."""
+    """The lines of ``--report``: one per input (per input and voice with ``--voice``), added as
+    results arrive, written at the end in input order (then voice order)."""
 
-    def __init__(self, path: Path | None, planned: list[str]) -> None:
+    def __init__(self, path: Path | None, planned: list[str], voices: list[str] | None = None) -> None:
         self.path = path
-        self.planned = planned  # every input, in order: those without a result are named at the end
+        self.sources = planned
+        self.voices: list[str | None] = list(voices) if voices else [None]
+        # every (input, voice) in the order the run converts them: those without a result are named at the end
+        self.planned = [(source, voice) for voice in self.voices for source in planned]
         self.rows: list[dict[str, Any]] = []
-        self.reported: set[str] = set()
+        self.reported: set[tuple[str, str | None]] = set()
 
     def check_writable(self) -> None:
         """Create the report's folder and a temporary file in it (removed at once): a report that
@@ -187,10 +191,12 @@ class BatchReport:
 
     def add(self, res: Any) -> None:
         """One finished input (a :class:`~rvcfast.result.Result`)."""
-        self.reported.add(res.source or "")
+        voice = getattr(res, "voice", None)
+        self.reported.add((res.source or "", voice))
         self.rows.append(_line(
             res.source, output_path=res.output_path, ok=res.ok, skipped=res.skipped, error=res.error,
             warnings=list(res.warnings), input_seconds=res.input_seconds, duration=res.duration, timings=dict(res.timings),
+            **({} if voice is None else {"voice": voice}),
         ))
 
     def stopped(self, error: str) -> str | None:
@@ -198,16 +204,18 @@ class BatchReport:
         input gets a line with it, every input not reached one saying so. Returns the failed
         input's name; ``None`` (and no lines) when ``error`` names no input without a result:
         it did not come from a file, and the caller lets it end the command."""
-        left = [s for s in self.planned if s not in self.reported]
-        named = [s for s in left if s in error]
+        left = [pair for pair in self.planned if pair not in self.reported]
+        named = [pair for pair in left if pair[0] in error]
         if not named:
             return None
-        failed = max(named, key=len)  # the longest name that fits: `a.wav` is in `a.wav.flac` too
-        for source in left:
-            reason = error if source == failed else f"not converted: the batch stopped at {failed} (--on-error stop)"
-            self.rows.append(_line(source, error=reason))
+        # the longest name that fits (`a.wav` is in `a.wav.flac` too), for the voice that was running
+        longest = max(len(pair[0]) for pair in named)
+        failed = next(pair for pair in named if len(pair[0]) == longest)
+        for source, voice in left:
+            reason = error if (source, voice) == failed else f"not converted: the batch stopped at {failed[0]} (--on-error stop)"
+            self.rows.append(_line(source, error=reason, **({} if voice is None else {"voice": voice})))
         self.reported.update(left)
-        return failed
+        return failed[0]
 
     def write(self) -> None:
         """Write the report (atomically: the file appears whole, or an older one stays)."""
@@ -215,8 +223,11 @@ class BatchReport:
             return
         from ..atomic import atomic_write
 
-        order = {source: k for k, source in enumerate(self.planned)}
-        rows = sorted(self.rows, key=lambda row: order.get(row["source"], len(order)))  # input order
+        order = {source: k for k, source in enumerate(self.sources)}
+        voices = {voice: k for k, voice in enumerate(self.voices)}
+        rows = sorted(  # input order, then voice order
+            self.rows, key=lambda row: (order.get(row["source"], len(order)), voices.get(row.get("voice"), 0))
+        )
         text = "".join(json.dumps(row) + "\n" for row in rows)  # ASCII: any file name round-trips
         with atomic_write(self.path) as tmp:
             tmp.write_text(text, encoding="ascii")

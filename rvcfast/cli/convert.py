@@ -46,13 +46,13 @@ def _audio_seconds(path: Path) -> float:
         return 0.0
 
 
-def _describe_load(conv: Any, args: argparse.Namespace, seconds: float, threads: int, workers: int) -> str:
+def _describe_load(conv: Any, model: str, args: argparse.Namespace, seconds: float, threads: int, workers: int) -> str:
     voc = conv.vocoder
     f0 = f", F0 {args.f0}" if voc.has_f0 else ", no F0"
     idx = f", index {conv.index.ntotal} vectors" if conv.index is not None else ""
     side_by_side = f", {workers} compute workers" if workers > 1 else ""
     return (
-        f"{Path(args.model).name}: {voc.version} {voc.sample_rate} Hz{f0}{idx}; device {conv.device}, "
+        f"{Path(model).name}: {voc.version} {voc.sample_rate} Hz{f0}{idx}; device {conv.device}, "
         f"{str(conv.dtype).replace('torch.', '')}, {threads} thread{'s' if threads != 1 else ''}{side_by_side}; "
         f"loaded in {seconds:.1f} s"
     )
@@ -73,7 +73,42 @@ def _check_local(args: argparse.Namespace) -> None:
         raise UsageError(f"--batch-seconds must be positive, got {args.batch_seconds}")
 
 
-def _run(conv: Any, args: argparse.Namespace, inputs: list[Path], batch: dict[str, Any], report: BatchReport) -> int:
+def _voices(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+    """``(model, index)`` of MODEL and of each ``--voice MODEL[,INDEX]``; a usage error when two
+    voices would take the same name, or when ``--name-template`` cannot tell them apart."""
+    voices: list[tuple[str, str | None]] = [(args.model, args.index)]
+    for text in args.voice or []:
+        model, _, index = text.partition(",")
+        if not model.strip() or (_ and not index.strip()):
+            raise UsageError(f"--voice {text!r}: expected MODEL or MODEL,INDEX")
+        voices.append((model.strip(), index.strip() or None))
+    if len(voices) > 1:
+        names = [Path(m).stem for m, _ in voices]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise UsageError(f"two voices are named {twice[0]!r} (the model file's stem): outputs would collide; rename one file")
+        if args.name_template is not None and "{voice" not in args.name_template:
+            raise UsageError(
+                f"--name-template {args.name_template!r} has no {{voice}} field: with --voice every voice's outputs "
+                "need their own names (default with --voice: '{voice}/{stem}')"
+            )
+    return voices
+
+
+def _results(convs: list[Any], args: argparse.Namespace, batch: dict[str, Any]) -> Any:
+    """The batch's results: one voice through its own batch, several through :func:`rvcfast.iter_voices`."""
+    kwargs = dict(
+        format=args.format, subtype=args.subtype, recursive=args.recursive, skip_existing=args.skip_existing,
+        batch_seconds=args.batch_seconds, compute_workers=args.compute_workers, **batch, **params_from_args(args),
+    )
+    if len(convs) == 1:
+        return convs[0].iter_batch(list(args.inputs), Path(args.output), **kwargs)
+    from ..voices import iter_voices
+
+    return iter_voices(convs, list(args.inputs), Path(args.output), **kwargs)
+
+
+def _run(convs: list[Any], args: argparse.Namespace, inputs: list[Path], batch: dict[str, Any], report: BatchReport) -> int:
     """The batch itself: progress, summary, warnings, failures; the exit status."""
     from ..batch import BatchSummary
     from ..errors import ParameterError, RvcfastError
@@ -83,21 +118,20 @@ def _run(conv: Any, args: argparse.Namespace, inputs: list[Path], batch: dict[st
     summary = BatchSummary()
     failures: list[str] = []
     warnings: list[str] = []
-    bar = BatchProgress(len(inputs), sum(expected.values()), enabled=not args.quiet)
+    total = len(inputs) * len(convs)
+    bar = BatchProgress(total, sum(expected.values()) * len(convs), enabled=not args.quiet)
     start = time.perf_counter()
     not_reached = 0
     try:
-        for res in conv.iter_batch(
-            list(args.inputs), Path(args.output), format=args.format, subtype=args.subtype, recursive=args.recursive,
-            skip_existing=args.skip_existing, batch_seconds=args.batch_seconds,
-            compute_workers=args.compute_workers, **batch, **params_from_args(args),
-        ):
+        for res in _results(convs, args, batch):
             summary.add(res)
             report.add(res)
-            warnings.extend(res.warnings)
+            if res.voice is None or res.voice == convs[0].engine.name:  # each input's warnings once
+                warnings.extend(res.warnings)
             if res.error is not None:
                 reason = " ".join(res.error.split())
-                failures.append(reason if res.source and res.source in reason else f"{res.source}: {reason}")
+                reason = reason if res.source and res.source in reason else f"{res.source}: {reason}"
+                failures.append(reason if res.voice is None else f"{reason} (voice {res.voice})")
             bar.update(res, expected_seconds=expected.get(res.source or "", 0.0))
     except RvcfastError as exc:  # --on-error stop: the files before the failed one are written
         if batch["on_error"] != "stop" or isinstance(exc, ParameterError) or report.stopped(str(exc)) is None:
@@ -105,7 +139,7 @@ def _run(conv: Any, args: argparse.Namespace, inputs: list[Path], batch: dict[st
         summary.files += 1
         summary.failed += 1
         failures.append(" ".join(str(exc).split()))  # it names its file
-        not_reached = len(inputs) - summary.files
+        not_reached = total - summary.files
     finally:
         bar.close()
     summary.wall_seconds = time.perf_counter() - start
@@ -113,9 +147,10 @@ def _run(conv: Any, args: argparse.Namespace, inputs: list[Path], batch: dict[st
     if not args.quiet:
         out(summary.table())
     report_warnings(warnings)
-    status = report_failures(failures, len(inputs))
+    status = report_failures(failures, total)
     if not_reached:
-        print(f"{PROG}: {not_reached} file(s) after it not converted (--on-error stop)", file=sys.stderr)
+        what = "file(s) after it not converted" if len(convs) == 1 else "conversion(s) (input, voice) after it not done"
+        print(f"{PROG}: {not_reached} {what} (--on-error stop)", file=sys.stderr)
     return status
 
 
@@ -129,9 +164,14 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if args.compute_workers is not None:
             raise UsageError("--compute-workers is for local runs; on Ray, --workers sets the number of model workers")
         check_not_on_ray(args)
+        if args.voice:
+            raise UsageError("--voice is for local runs: run one --ray job per voice")
         return cmd_convert_ray(args)
     _check_local(args)
+    voices = _voices(args)
     batch = batch_options(args)  # bad batch options: usage errors, before anything is read or loaded
+    if len(voices) > 1 and args.name_template is None:
+        batch["name_template"] = "{voice}/{stem}"  # a folder per voice
     report_path = check_report_path(args.report)
     from ..api import Converter
 
@@ -140,24 +180,29 @@ def cmd_convert(args: argparse.Namespace) -> int:
     check_params(params_from_args(args))  # a bad value is a usage error, found before loading anything
     check_f0_name("--f0", args.f0, parse_options(args.f0_option))
     # then a missing file (status 1), named now rather than after loading the models
-    check_model_files(args.model, args.index)
+    for model, index in voices:
+        check_model_files(model, index)
     check_inputs_exist(args.inputs)
-    report = BatchReport(report_path, [str(p) for p in inputs])
+    report = BatchReport(report_path, [str(p) for p in inputs], [Path(m).stem for m, _ in voices] if len(voices) > 1 else None)
     report.check_writable()
-    t0 = time.perf_counter()
-    conv = Converter.from_pretrained(
-        args.model, index=args.index, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights,
-        device=args.device, dtype=args.dtype, f0_options=parse_options(args.f0_option), allow_download=args.download,
-    )
     from ..batch import BatchOptions, compute_workers, usable_workers
     from ..tuning import apply_threads, load_profile
 
-    threads = apply_threads(load_profile(conv.device))  # this process is ours: use the tuned thread count
-    if not args.quiet:
-        requested = compute_workers(conv.engine, BatchOptions(compute_workers=args.compute_workers))
-        workers = usable_workers(requested, len(inputs), conv.device.type)
-        print(_describe_load(conv, args, time.perf_counter() - t0, threads, workers), file=sys.stderr)
-    return _run(conv, args, inputs, batch, report)
+    convs, threads = [], 0
+    for model, index in voices:
+        t0 = time.perf_counter()
+        conv = Converter.from_pretrained(
+            model, index=index, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights, device=args.device,
+            dtype=args.dtype, f0_options=parse_options(args.f0_option), allow_download=args.download,
+        )
+        convs.append(conv)
+        if len(convs) == 1:
+            threads = apply_threads(load_profile(conv.device))  # this process is ours: use the tuned thread count
+        if not args.quiet:
+            requested = compute_workers(conv.engine, BatchOptions(compute_workers=args.compute_workers))
+            workers = usable_workers(requested, len(inputs), conv.device.type)
+            print(_describe_load(conv, model, args, time.perf_counter() - t0, threads, workers), file=sys.stderr)
+    return _run(convs, args, inputs, batch, report)
 
 
 def add_parser(sub: Any) -> None:
@@ -181,7 +226,9 @@ def add_parser(sub: Any) -> None:
             "  rvcfast convert voice.pth take.wav -o out/ --format m4a --bitrate 128\n"
             "  rvcfast convert voice.pth takes/ -o out/ --recursive --skip-existing --f0 crepe\n"
             "  rvcfast convert voice.pth a.wav -o out/ --encoder hubert_base.pt --f0-weights rmvpe.pt\n"
-            "  rvcfast convert voice.pth a.m4a -o out/ --autotune 0.8 --effect reverb:room_size=0.3 --clean 0.5\n"            "  rvcfast convert voice.pth speakers/ -o out/ --recursive --name-template '{parent}/{stem}' --report run.jsonl\n"
+            "  rvcfast convert voice.pth a.m4a -o out/ --autotune 0.8 --effect reverb:room_size=0.3 --clean 0.5\n"
+            "  rvcfast convert alice.pth song.wav -o out/ --voice bob.pth --voice carol.pth,carol.index\n"
+            "  rvcfast convert voice.pth speakers/ -o out/ --recursive --name-template '{parent}/{stem}' --report run.jsonl\n"
             "\n"
             "Base weights (hubert_base.pt, rmvpe.pt) are found in $RVCFAST_HOME or the user cache;\n"
             "get them with `rvcfast download`, or pass --download to fetch missing ones."
@@ -193,6 +240,12 @@ def add_parser(sub: Any) -> None:
     p.add_argument("-o", "--output", metavar="OUT", required=True, help="output folder (created if missing)")
     g = p.add_argument_group("models")
     g.add_argument("--index", metavar="FILE", help="faiss .index trained with the voice (read without faiss)")
+    g.add_argument(
+        "--voice", metavar="MODEL[,INDEX]", action="append", default=None,
+        help="another voice to convert every input to, with its index after a comma; repeatable. Each input's "
+        "F0 and content features are computed once for all the voices (with MODEL's F0 settings); outputs go "
+        "to OUT/<voice>/ (a --name-template must use {voice})",
+    )
     g.add_argument("--encoder", metavar="PATH", help="hubert_base.pt or a ContentVec folder (default: $RVCFAST_HOME or the cache)")
     g.add_argument("--f0", metavar="NAME", default="rmvpe", help="F0 backend: rmvpe, crepe, crepe-tiny, fcpe, harvest, dio, pm, hybrid:a+b or a plugin (see `rvcfast backends`)")
     g.add_argument("--f0-weights", metavar="FILE", help="weights for the F0 backend (rmvpe.pt; default: $RVCFAST_HOME or the cache)")

@@ -1,0 +1,393 @@
+"""One input, many voices: :func:`convert_voices` analyses each input once for every voice.
+
+Converting the same inputs to several voices with one :class:`~rvcfast.Converter` each
+repeats the work that does not depend on the voice: the F0 track and the content
+features. Here each voice runs the ordinary batch (:meth:`Converter.iter_batch`: decoding,
+writing, naming, resume and failure isolation are the batch's), but every voice's engine
+reads the F0 tracks and content features through a shared, bounded memo
+(:class:`SharedAnalysis`), so they are computed for the first voice that needs them and
+taken from memory by the others. Only the index blend, the synthesizer and the
+post-processing run per voice.
+
+What is shared, and what makes two requests the same:
+
+* **F0**: the raw track of an input's 16 kHz signal, from one F0 backend for all voices (the
+  first voice with pitch's, with ``filter_radius`` applied); the key shift, autotune, formant
+  and the other pitch settings are applied per voice afterwards.
+* **Content features**: per segment, per encoder object, output layer (v1 or v2 voices),
+  final projection and precision. Voices loaded with the same encoder file share the
+  encoder object (the model cache), so their features are computed once.
+
+The memo holds raw F0 tracks without limit (400 bytes per second of audio) and content
+features up to ``shared_memory_mb``; features found after the memo is full are computed
+again for each voice (the outputs are the same, only slower).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import threading
+from collections.abc import Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from .errors import ParameterError
+
+if TYPE_CHECKING:
+    import torch
+
+    from .api import Converter
+    from .engine import Engine
+    from .params import ConversionParams
+    from .protocols import F0Extractor, FeatureEncoder
+    from .result import Result
+
+__all__ = ["SharedAnalysis", "convert_voices", "iter_voices"]
+
+#: Content features kept for the later voices by default (about an hour of audio for v2 voices in float32).
+DEFAULT_SHARED_MB = 512.0
+
+
+def _digest(data: np.ndarray) -> bytes:
+    """A 16-byte fingerprint of an array's values (its bytes, shape and dtype)."""
+    arr = np.ascontiguousarray(data)
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str((arr.dtype.str, arr.shape)).encode())
+    h.update(arr.view(np.uint8).reshape(-1).data)
+    return h.digest()
+
+
+def _tensor_digest(t: torch.Tensor) -> bytes:
+    """:func:`_digest` of a tensor's values (any dtype, any device)."""
+    import torch
+
+    flat = t.detach().contiguous().reshape(-1)
+    if flat.dtype in (torch.bfloat16, torch.float16):
+        flat = flat.view(torch.int16)
+    return _digest(flat.cpu().numpy()) + str(t.dtype).encode()
+
+
+class SharedAnalysis:
+    """The memo several voices read F0 tracks and content features through; thread-safe.
+
+    ``max_feature_mb`` bounds the content features it keeps (0: none are kept, only F0
+    tracks are shared). Counters: ``f0_computed`` / ``f0_reused`` (tracks) and
+    ``features_computed`` / ``features_reused`` (segments).
+    """
+
+    def __init__(self, max_feature_mb: float = DEFAULT_SHARED_MB) -> None:
+        if not max_feature_mb >= 0:
+            raise ParameterError(f"shared_memory_mb must be 0 or more, got {max_feature_mb}")
+        self.max_feature_bytes = int(max_feature_mb * 2**20)
+        self.feature_bytes = 0
+        self.f0_computed = self.f0_reused = 0
+        self.features_computed = self.features_reused = 0
+        self._lock = threading.Lock()
+        self._tracks: dict[tuple[Any, ...], np.ndarray] = {}
+        self._features: dict[tuple[Any, ...], torch.Tensor] = {}
+        self._encoders: dict[int, _SharedEncoder] = {}
+        self._extractors: dict[tuple[int, int], _SharedF0] = {}
+
+    def encoder(self, inner: FeatureEncoder) -> FeatureEncoder:
+        """``inner`` reading its features through this memo (one wrapper per encoder object)."""
+        with self._lock:
+            found = self._encoders.get(id(inner))
+            if found is None:
+                found = self._encoders[id(inner)] = _SharedEncoder(inner, self)
+            return found
+
+    def extractor(self, inner: F0Extractor, filter_radius: int) -> F0Extractor:
+        """``inner`` (already set to ``filter_radius``) reading its tracks through this memo."""
+        with self._lock:
+            key = (id(inner), int(filter_radius))
+            found = self._extractors.get(key)
+            if found is None:
+                found = self._extractors[key] = _SharedF0(inner, self, key)
+            return found
+
+    def engine(self, engine: Engine, first_with_f0: Engine | None, params: ConversionParams) -> Engine:
+        """A copy of ``engine`` whose encoder and F0 extractor go through this memo; its F0
+        backend is ``first_with_f0``'s (set to ``params.filter_radius``), so every voice gets the same tracks."""
+        other = engine
+        if engine.vocoder.has_f0 and first_with_f0 is not None:
+            ext = first_with_f0.f0_extractor_for(params)
+            assert ext is not None
+            other = engine.with_f0(self.extractor(ext, int(params.filter_radius)))
+        else:
+            import copy
+
+            other = copy.copy(engine)
+        other.encoder = self.encoder(engine.encoder)
+        return other
+
+    # ---------------------------------------------------------------- the memo itself
+
+    def _get_track(self, key: tuple[Any, ...]) -> np.ndarray | None:
+        with self._lock:
+            found = self._tracks.get(key)
+            if found is not None:
+                self.f0_reused += 1
+            return found
+
+    def _put_track(self, key: tuple[Any, ...], track: np.ndarray) -> None:
+        with self._lock:
+            self.f0_computed += 1
+            self._tracks.setdefault(key, track)
+
+    def _get_features(self, keys: Sequence[tuple[Any, ...]]) -> list[torch.Tensor] | None:
+        """Every key's features, or ``None`` when one is missing (the batch is then encoded whole)."""
+        with self._lock:
+            found = [self._features.get(k) for k in keys]
+            if any(f is None for f in found):
+                return None
+            self.features_reused += len(keys)
+            return found  # type: ignore[return-value]
+
+    def _put_features(self, keys: Sequence[tuple[Any, ...]], rows: Sequence[torch.Tensor]) -> None:
+        with self._lock:
+            self.features_computed += len(keys)
+            for key, row in zip(keys, rows):
+                size = row.numel() * row.element_size()
+                if key in self._features or self.feature_bytes + size > self.max_feature_bytes:
+                    continue  # full: the first inputs stay shared, later ones are encoded per voice
+                self._features[key] = row
+                self.feature_bytes += size
+
+
+class _SharedEncoder:
+    """A :class:`~rvcfast.protocols.FeatureEncoder` whose segments' features come from a :class:`SharedAnalysis`.
+
+    A batch row's features depend only on its own samples (the encoder masks the padding),
+    so each row is remembered by its samples, its length and the output asked for."""
+
+    def __init__(self, inner: FeatureEncoder, memo: SharedAnalysis) -> None:
+        self.inner = inner
+        self.memo = memo
+
+    def __getattr__(self, name: str) -> Any:  # hidden_size, num_layers, has_final_proj, source_path...
+        return getattr(self.inner, name)
+
+    def encode(
+        self,
+        audio16k: torch.Tensor,
+        output_layer: int | None = None,
+        final_proj: bool = False,
+        lengths: torch.Tensor | None = None,
+    ) -> torch.Tensor:
+        """The inner encoder's ``encode``; rows seen before come from the memo."""
+        import torch
+
+        from .pipeline import n_feature_frames
+
+        n = audio16k.shape[-1]
+        sizes = [int(v) for v in lengths.tolist()] if lengths is not None else [n] * audio16k.shape[0]
+        setting = (id(self.inner), output_layer, bool(final_proj), str(audio16k.device))
+        keys = [(*setting, _tensor_digest(row[:size])) for row, size in zip(audio16k, sizes)]
+        found = self.memo._get_features(keys)
+        if found is not None:
+            frames = n_feature_frames(n)
+            out = torch.zeros(len(found), frames, found[0].shape[-1], dtype=found[0].dtype, device=found[0].device)
+            for i, row in enumerate(found):
+                out[i, : row.shape[0]] = row
+            return out
+        feats = self.inner.encode(audio16k, output_layer=output_layer, final_proj=final_proj, lengths=lengths)
+        self.memo._put_features(keys, [feats[i, : n_feature_frames(s)].clone() for i, s in enumerate(sizes)])
+        return feats
+
+
+class _SharedF0:
+    """An :class:`~rvcfast.protocols.F0Extractor` whose tracks come from a :class:`SharedAnalysis`.
+
+    It runs in the engine's thread (``cpu_bound`` is False), so that the tracks land in the memo."""
+
+    cpu_bound = False
+
+    def __init__(self, inner: F0Extractor, memo: SharedAnalysis, key: tuple[int, int]) -> None:
+        self.inner = inner
+        self.memo = memo
+        self.key = key
+        self.name = inner.name
+        self.sample_rate = inner.sample_rate
+        self.hop_length = inner.hop_length
+
+    def extract(self, audio16k: np.ndarray) -> np.ndarray:
+        """The inner extractor's track, computed once per signal."""
+        return self.extract_batch([audio16k])[0]
+
+    def extract_batch(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
+        """The inner extractor's tracks; only the signals not seen before are tracked (in one batch)."""
+        keys = [(*self.key, _digest(np.asarray(a))) for a in audios]
+        out: list[np.ndarray | None] = [self.memo._get_track(k) for k in keys]
+        todo = [i for i, t in enumerate(out) if t is None]
+        if todo:
+            found = list(self.inner.extract_batch([audios[i] for i in todo]))
+            if len(found) != len(todo):
+                return found  # a broken backend: the engine says so and retries each input alone
+            for i, track in zip(todo, found):
+                track = np.asarray(track)
+                self.memo._put_track(keys[i], track)
+                out[i] = track
+        return [np.array(t, copy=True) for t in out]  # type: ignore[arg-type]
+
+
+def _named_voices(voices: Sequence[Converter | Engine] | Mapping[str, Converter | Engine]) -> list[tuple[str, Engine]]:
+    """``(name, engine)`` per voice: a mapping's keys, else each engine's ``name`` (its model file's stem)."""
+    from .api import Converter
+    from .engine import Engine
+
+    items = list(voices.items()) if isinstance(voices, Mapping) else [(None, v) for v in voices]
+    if not items:
+        raise ParameterError("convert_voices needs at least one voice")
+    named: list[tuple[str, Engine]] = []
+    for position, (name, voice) in enumerate(items):
+        engine = voice.engine if isinstance(voice, Converter) else voice
+        if not isinstance(engine, Engine):
+            raise ParameterError(f"voice {position}: expected a Converter or an Engine, got {type(voice).__name__}")
+        label = engine.name if name is None else str(name)
+        if not label or label in (n for n, _ in named):
+            what = "an empty name" if not label else f"the name {label!r} twice"
+            raise ParameterError(
+                f"voice {position}: {what} (two model files with the same stem?); pass a mapping "
+                "{name: converter} to name the voices"
+            )
+        named.append((label, engine))
+    return named
+
+
+def _check_template(name_template: str, n_voices: int, out_dir: Any) -> None:
+    if out_dir is not None and n_voices > 1 and "{voice" not in name_template:
+        raise ParameterError(
+            f"name_template {name_template!r} has no {{voice}} field: the voices' outputs would take the "
+            "same names (e.g. '{voice}/{stem}' or '{stem}-{voice}')"
+        )
+
+
+def _expanded(inputs: Any, out_dir: Any, recursive: bool, name_template: str, kwargs: Mapping[str, Any]) -> list[Any]:
+    """The batch's inputs listed once, as the batch lists them, so every voice converts the same
+    files (folders are expanded here, before any voice writes into them)."""
+    from .batch import BatchOptions
+    from .batch_inputs import expand_inputs
+
+    options = BatchOptions(
+        out_dir=out_dir, recursive=recursive, name_template=name_template, format=kwargs.get("format", "wav"),
+        skip_existing=bool(kwargs.get("skip_existing", False)),
+    )
+    jobs = expand_inputs(inputs, options)
+    return [j.path if j.path is not None else (j.array, j.rate) for j in jobs]
+
+
+def iter_voices(
+    voices: Sequence[Converter | Engine] | Mapping[str, Converter | Engine],
+    inputs: Any,
+    out_dir: str | os.PathLike[str] | None = None,
+    params: ConversionParams | dict[str, Any] | None = None,
+    *,
+    voice_params: Sequence[Mapping[str, Any]] | Mapping[str, Mapping[str, Any]] | None = None,
+    name_template: str = "{voice}/{stem}",
+    shared_memory_mb: float = DEFAULT_SHARED_MB,
+    shared: SharedAnalysis | None = None,
+    progress: Any = None,
+    recursive: bool = False,
+    **kwargs: Any,
+) -> Iterator[Result]:
+    """Convert every input to every voice, yielding a :class:`~rvcfast.Result` per (input, voice).
+
+    ``voices``: :class:`~rvcfast.Converter` (or :class:`~rvcfast.Engine`) objects, named by
+    their model file's stem, or a mapping ``{name: converter}``; the name is the
+    Result's ``voice`` and ``name_template``'s ``{voice}`` (default ``"{voice}/{stem}"``: a
+    folder per voice; with several voices and ``out_dir`` the template must use ``{voice}``).
+    The voices run one after another, each through the ordinary batch
+    (:meth:`Converter.iter_batch`: ``kwargs`` are its options, e.g. ``format``,
+    ``skip_existing``, ``on_error``, ``batch_seconds``, and conversion settings such as
+    ``pitch``); a voice's results come as its files finish, voice after voice.
+
+    ``params`` and the conversion keywords apply to every voice; ``voice_params`` adds
+    settings per voice (a list in the voices' order, or a mapping by name), e.g.
+    ``[{"pitch": 0}, {"pitch": 12}]``. F0 is tracked once per input with the first voice
+    with pitch's backend, and the content features once per input and encoder setting
+    (:class:`SharedAnalysis`; ``shared_memory_mb`` bounds the features kept, ``shared``
+    passes a memo of your own, e.g. to read its counters). Every output equals the one
+    its voice's own batch would give.
+
+    ``progress(result, done, total)`` is called per finished (input, voice), ``total``
+    being inputs × voices.
+    """
+    from .api import Converter
+
+    named = _named_voices(voices)
+    _check_template(name_template, len(named), out_dir)
+    per_voice = _per_voice(voice_params, [n for n, _ in named])
+    memo = shared if shared is not None else SharedAnalysis(shared_memory_mb)
+    if progress is not None and not callable(progress):
+        raise ParameterError(f"progress must be a function progress(result, done, total), got {type(progress).__name__}")
+    listed = _expanded(inputs, out_dir, recursive, name_template, kwargs)
+    # every voice's settings are checked before any work
+    settings = [
+        Converter.from_engine(engine).make_params(params, **{**_conversion_kwargs(kwargs), **extra})
+        for (_, engine), extra in zip(named, per_voice)
+    ]
+    first_with_f0 = next((engine for _, engine in named if engine.vocoder.has_f0), None)
+    total, done = len(listed) * len(named), 0
+    batch_kwargs = {k: v for k, v in kwargs.items() if k not in _conversion_kwargs(kwargs)}
+    for (name, engine), q in zip(named, settings):
+        voice_engine = memo.engine(engine, first_with_f0, q)
+        voice_engine.name = name
+        for res in Converter.from_engine(voice_engine).iter_batch(
+            listed, out_dir, q, name_template=name_template, **batch_kwargs
+        ):
+            res.voice = name
+            done += 1
+            if progress is not None:
+                progress(res, done, total)
+            yield res
+
+
+def convert_voices(
+    voices: Sequence[Converter | Engine] | Mapping[str, Converter | Engine],
+    inputs: Any,
+    out_dir: str | os.PathLike[str] | None = None,
+    params: ConversionParams | dict[str, Any] | None = None,
+    **kwargs: Any,
+) -> list[Result]:
+    """Convert every input to every voice; the Results ordered by input, then by voice.
+
+    Same arguments as :func:`iter_voices`, which this runs to the end::
+
+        a = rvcfast.Converter.from_pretrained("alice.pth", index="alice.index")
+        b = rvcfast.Converter.from_pretrained("bob.pth")
+        results = rvcfast.convert_voices([a, b], ["song.wav", "take2.flac"], "out/")
+        # out/alice/song.wav, out/alice/take2.wav, out/bob/song.wav, out/bob/take2.wav
+    """
+    named = _named_voices(voices)
+    order = {name: k for k, (name, _) in enumerate(named)}
+    results = list(iter_voices(voices, inputs, out_dir, params, **kwargs))
+    return sorted(results, key=lambda r: (-1 if r.index is None else r.index, order.get(r.voice or "", 0)))
+
+
+def _per_voice(
+    voice_params: Sequence[Mapping[str, Any]] | Mapping[str, Mapping[str, Any]] | None, names: list[str]
+) -> list[dict[str, Any]]:
+    """One dict of extra settings per voice, in the voices' order."""
+    if voice_params is None:
+        return [{} for _ in names]
+    if isinstance(voice_params, Mapping):
+        unknown = [k for k in voice_params if k not in names]
+        if unknown:
+            raise ParameterError(f"voice_params names voice {unknown[0]!r}, which is not among {names}")
+        return [dict(voice_params.get(n, {})) for n in names]
+    listed = [dict(v) for v in voice_params]
+    if len(listed) != len(names):
+        raise ParameterError(f"voice_params has {len(listed)} entries for {len(names)} voices")
+    return listed
+
+
+def _conversion_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
+    """The keywords that are conversion settings (:class:`~rvcfast.ConversionParams` fields)."""
+    from dataclasses import fields
+
+    from .params import ConversionParams
+
+    names = {f.name for f in fields(ConversionParams)}
+    return {k: v for k, v in kwargs.items() if k in names}
