@@ -98,13 +98,16 @@ class SharedAnalysis:
                 found = self._encoders[id(inner)] = _SharedEncoder(inner, self)
             return found
 
-    def extractor(self, inner: F0Extractor, filter_radius: int) -> F0Extractor:
-        """``inner`` (already set to ``filter_radius``) reading its tracks through this memo."""
+    def extractor(self, inner: F0Extractor, filter_radius: int, base: F0Extractor | None = None) -> F0Extractor:
+        """``inner`` (``base`` set to ``filter_radius``; a copy of it, made per call, where that is not
+        ``base``'s own radius) reading its tracks through this memo: one per ``base`` and radius."""
         with self._lock:
-            key = (id(inner), int(filter_radius))
+            owner = inner if base is None else base
+            key = (id(owner), int(filter_radius))
             found = self._extractors.get(key)
             if found is None:
                 found = self._extractors[key] = _SharedF0(inner, self, key)
+                found.owner = owner  # kept alive while its id is a key
             return found
 
     def engine(self, engine: Engine, first_with_f0: Engine | None, params: ConversionParams) -> Engine:
@@ -114,7 +117,7 @@ class SharedAnalysis:
         if engine.vocoder.has_f0 and first_with_f0 is not None:
             ext = first_with_f0.f0_extractor_for(params)
             assert ext is not None
-            other = engine.with_f0(self.extractor(ext, int(params.filter_radius)))
+            other = engine.with_f0(self.extractor(ext, int(params.filter_radius), base=first_with_f0.f0_extractor))
         else:
             import copy
 
@@ -235,23 +238,32 @@ class _SharedF0:
 def _named_voices(voices: Sequence[Converter | Engine] | Mapping[str, Converter | Engine]) -> list[tuple[str, Engine]]:
     """``(name, engine)`` per voice: a mapping's keys, else each engine's ``name`` (its model file's stem)."""
     from .api import Converter
+    from .batch_inputs import _safe_stem
     from .engine import Engine
 
     items = list(voices.items()) if isinstance(voices, Mapping) else [(None, v) for v in voices]
     if not items:
         raise ParameterError("convert_voices needs at least one voice")
     named: list[tuple[str, Engine]] = []
+    spelled: dict[str, str] = {}  # a name as the output names spell it ('/' -> '_', case aside) -> the voice's name
     for position, (name, voice) in enumerate(items):
         engine = voice.engine if isinstance(voice, Converter) else voice
         if not isinstance(engine, Engine):
             raise ParameterError(f"voice {position}: expected a Converter or an Engine, got {type(voice).__name__}")
         label = engine.name if name is None else str(name)
-        if not label or label in (n for n, _ in named):
-            what = "an empty name" if not label else f"the name {label!r} twice"
+        key = _safe_stem(label).casefold()
+        if not label or label in (".", "..") or key in spelled:
+            other = spelled.get(key, label)
+            what = (
+                f"the name {label!r}" if not label or label in (".", "..")
+                else f"the name {label!r} twice" if other == label
+                else f"the name {label!r}, which names its outputs as voice {other!r} does"
+            )
             raise ParameterError(
                 f"voice {position}: {what} (two model files with the same stem?); pass a mapping "
                 "{name: converter} to name the voices"
             )
+        spelled[key] = label
         named.append((label, engine))
     return named
 
@@ -328,15 +340,39 @@ def iter_voices(
         Converter.from_engine(engine).make_params(params, **{**_conversion_kwargs(kwargs), **extra})
         for (_, engine), extra in zip(named, per_voice)
     ]
+    if out_dir is not None:  # the format at each voice's output rate: before any voice writes
+        for (name, engine), q in zip(named, settings):
+            try:
+                q.check_output(kwargs.get("format", "wav"), kwargs.get("subtype"), engine.sample_rate, kwargs.get("bitrate"))
+            except ParameterError as exc:
+                raise ParameterError(f"voice {name!r}: {exc}") from None
+    _check_one_f0_backend(named)
     first_with_f0 = next((engine for _, engine in named if engine.vocoder.has_f0), None)
-    total, done = len(listed) * len(named), 0
     batch_kwargs = {k: v for k, v in kwargs.items() if k not in _conversion_kwargs(kwargs)}
+    runs = []
     for (name, engine), q in zip(named, settings):
         voice_engine = memo.engine(engine, first_with_f0, q)
         voice_engine.name = name
-        for res in Converter.from_engine(voice_engine).iter_batch(
-            listed, out_dir, q, name_template=name_template, **batch_kwargs
-        ):
+        runs.append((name, Converter.from_engine(voice_engine), q))
+    # the first voice's batch is made now: its options are checked when iter_voices is called
+    first = runs[0][1].iter_batch(listed, out_dir, runs[0][2], name_template=name_template, **batch_kwargs)
+    return _voice_after_voice(runs, first, listed, out_dir, name_template, batch_kwargs, progress)
+
+
+def _voice_after_voice(
+    runs: list[tuple[str, Converter, ConversionParams]],
+    first: Iterator[Result],
+    listed: list[Any],
+    out_dir: str | os.PathLike[str] | None,
+    name_template: str,
+    batch_kwargs: dict[str, Any],
+    progress: Any,
+) -> Iterator[Result]:
+    """Each voice's batch in turn (the first one already made), its Results named by the voice."""
+    total, done = len(listed) * len(runs), 0
+    for k, (name, conv, q) in enumerate(runs):
+        batch = first if k == 0 else conv.iter_batch(listed, out_dir, q, name_template=name_template, **batch_kwargs)
+        for res in batch:
             res.voice = name
             done += 1
             if progress is not None:
@@ -391,3 +427,48 @@ def _conversion_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
 
     names = {f.name for f in fields(ConversionParams)}
     return {k: v for k, v in kwargs.items() if k in names}
+
+
+def _f0_setting(ext: Any) -> tuple[Any, ...]:
+    """What an F0 extractor computes with: its class and name, its settings (numbers, words,
+    paths, device and precision), the identity of the networks it holds (the model cache gives
+    every extractor of one weights file the same network) and its members' (a hybrid). Its
+    ``filter_radius`` is left out: it is a conversion setting, keyed separately."""
+    import torch
+
+    simple = (int, float, str, bool, type(None), torch.dtype, torch.device, os.PathLike)
+    values: list[tuple[str, Any]] = []
+    for key, value in sorted(vars(ext).items()):
+        if key == "filter_radius":
+            continue
+        if isinstance(value, simple):
+            values.append((key, str(value) if isinstance(value, os.PathLike) else value))
+        elif isinstance(value, torch.nn.Module) and not key.startswith("_"):
+            values.append((key, id(value)))  # a public network; private ones load lazily (their path is kept)
+        elif key == "backends" and isinstance(value, list):
+            values.append((key, tuple(_f0_setting(member) for member in value)))
+    return (type(ext).__qualname__, getattr(ext, "name", None), tuple(values))
+
+
+def _check_one_f0_backend(named: list[tuple[str, Engine]]) -> None:
+    """F0 is tracked once, with the first pitched voice's backend: a voice whose backend differs
+    (another backend, other options, other weights) would silently get that one's tracks, so it
+    is refused, naming what differs."""
+    found = [(n, e.f0_extractor) for n, e in named if e.vocoder.has_f0 and e.f0_extractor is not None]
+    if not found:
+        return
+    first_name, first = found[0]
+    want = _f0_setting(first)
+    for name, ext in found[1:]:
+        got = _f0_setting(ext)
+        if got == want:
+            continue
+        if got[:2] != want[:2]:
+            what = f"with {getattr(ext, 'name', type(ext).__name__)!r}, voice {first_name!r} with {getattr(first, 'name', '?')!r}"
+        else:
+            differing = sorted({k for k, _ in set(got[2]) ^ set(want[2])})
+            what = f"with other {getattr(ext, 'name', '?')!r} settings than voice {first_name!r} ({', '.join(differing)})"
+        raise ParameterError(
+            f"voice {name!r} tracks F0 {what}: the voices share one F0 analysis, so load them with the "
+            "same F0 backend, options and weights (or convert them separately)"
+        )

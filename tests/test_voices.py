@@ -379,3 +379,69 @@ def test_a_bad_input_fails_for_every_voice_and_the_others_convert(voices: Voices
             assert r.output_path is None
     assert sorted(str(p.relative_to(out)) for p in out.rglob("*.wav")) == [f"{MAIN}/good.wav", f"{NOF0}/good.wav"]
 
+
+
+# ------------------------------------------------------------------ regressions (found in review)
+
+
+def test_a_filter_radius_other_than_the_backends_own_tracks_f0_once(voices: Voices, tiny_models) -> None:
+    """The F0 memo was keyed by the per-voice copy of the extractor that a filter_radius other than
+    its own makes: each voice tracked its own F0 (2 computed, 0 reused)."""
+    pytest.importorskip("pyworld")
+    main = tiny_models.converter(f0="harvest", f0_weights=None)
+    other = rvcfast.Converter.from_pretrained(voices.alto_path, encoder=tiny_models.encoder, f0="harvest", device="cpu")
+    shared = rvcfast.SharedAnalysis()
+    rvcfast.convert_voices([main, other], [(tone(0.3, 16000, 200.0), 16000)], noise=False, filter_radius=1, shared=shared)
+    assert (shared.f0_computed, shared.f0_reused) == (1, 1)
+
+
+def test_an_output_format_one_voice_cannot_take_is_refused_before_any_voice_writes(voices: Voices, tmp_path: Path) -> None:
+    """The format was checked against a voice's rate only when its batch started, after the
+    voices before it had written their files."""
+    out = tmp_path / "out"
+    with pytest.raises(ParameterError, match="OPUS"):
+        rvcfast.convert_voices(
+            [voices.main, voices.nof0], clips()[:1], out, format="ogg", subtype="OPUS",
+            voice_params=[{"output_sample_rate": 48000}, {}],  # Opus takes 48 kHz, not 40 kHz
+        )
+    assert not out.exists() or not any(out.rglob("*.ogg"))
+
+
+def test_a_voice_with_another_f0_backend_or_options_is_refused(voices: Voices, tiny_models) -> None:
+    """A voice loaded with another F0 backend (or other options, or other weights) silently got the
+    first voice's RMVPE tracks, and an output that was not its own batch's."""
+    pytest.importorskip("parselmouth")
+    inputs = clips()[:1]
+    pm = rvcfast.Converter.from_pretrained(voices.alto_path, encoder=tiny_models.encoder, f0="pm", device="cpu")
+    with pytest.raises(ParameterError, match=r"'pm'.*'rmvpe'"):
+        rvcfast.convert_voices([voices.main, pm], inputs, noise=False)
+    strict = rvcfast.Converter.from_pretrained(
+        voices.alto_path, encoder=tiny_models.encoder, f0_weights=tiny_models.rmvpe, device="cpu",
+        f0_options={"threshold": 0.2},
+    )
+    with pytest.raises(ParameterError, match="threshold"):
+        rvcfast.convert_voices([voices.main, strict], inputs, noise=False)
+    # the same backend loaded again for another voice (the same weights file) is the same analysis
+    again = rvcfast.Converter.from_pretrained(voices.alto_path, encoder=tiny_models.encoder, f0_weights=tiny_models.rmvpe, device="cpu")
+    assert again.engine.f0_extractor is not voices.main.engine.f0_extractor
+    results = rvcfast.convert_voices([voices.main, again], inputs, noise=False)
+    assert_same(results[1].audio, again.convert_batch(inputs, noise=False)[0].audio)
+
+
+def test_two_voice_names_that_spell_one_output_folder_are_refused(voices: Voices, tmp_path: Path) -> None:
+    """Names were compared as given, but output names replace '/' by '_': voices "a/b" and "a_b"
+    both wrote out/a_b/<stem>.wav, the second over the first; a voice named ".." failed only when
+    its turn came, after the voices before it had written."""
+    out = tmp_path / "out"
+    for names in (("a/b", "a_b"), ("x", ".."), ("Alto", "alto")):
+        with pytest.raises(ParameterError, match="name"):
+            rvcfast.convert_voices(dict(zip(names, (voices.main, voices.nof0))), clips()[:1], out, noise=False)
+        assert not out.exists() or not any(out.rglob("*.wav")), names
+
+
+def test_iter_voices_checks_its_options_when_called(voices: Voices, tmp_path: Path) -> None:
+    """iter_voices was a generator: nothing was checked until it was first advanced."""
+    with pytest.raises(ParameterError, match="decode_workers"):
+        rvcfast.iter_voices([voices.main, voices.nof0], clips()[:1], tmp_path / "out", decode_workers=0)
+    with pytest.raises(ParameterError, match="voice 1"):
+        rvcfast.iter_voices([voices.main, "x.pth"], clips()[:1])
