@@ -169,6 +169,24 @@ def test_the_api_key_is_needed_and_one_live_stream_is_the_limit(server):
         assert json.loads(again.recv(timeout=120))["type"] == "ready"
 
 
+def test_a_browser_gives_the_api_key_as_a_subprotocol(server):
+    """Browsers cannot set headers on a WebSocket: the key comes as the subprotocol
+    rvcfast.key.<base64url>, beside rvcfast.live, which the server accepts (never the key)."""
+    from rvcfast.serve.live import LIVE_PROTOCOL
+    from rvcfast.serve.middleware import key_subprotocol
+
+    offered = [LIVE_PROTOCOL, key_subprotocol(API_KEY)]
+    with ws_client.connect(_url(server), subprotocols=offered, open_timeout=60, close_timeout=10) as ws:
+        assert ws.subprotocol == LIVE_PROTOCOL
+        assert json.loads(ws.recv(timeout=120))["type"] == "ready"
+        ws.send(tone(0.2, RATE, 200.0).astype("<f4").tobytes())
+        assert len(ws.recv(timeout=120)) == 4 * int(0.2 * RATE)
+    for wrong in (key_subprotocol(API_KEY + "x"), "rvcfast.key.!!not~base64", key_subprotocol("")):
+        with pytest.raises(ws_exceptions.InvalidStatus) as refused:
+            ws_client.connect(_url(server), subprotocols=[LIVE_PROTOCOL, wrong], open_timeout=60).close()
+        assert refused.value.response.status_code == 403, wrong
+
+
 def test_an_idle_stream_is_closed_and_frees_its_slot(server):
     import time
 

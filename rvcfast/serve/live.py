@@ -1,7 +1,10 @@
 """``WS /v1/live``: a live stream converted block by block over a WebSocket.
 
 The client opens ``ws://HOST/v1/live?voice=NAME&sample_rate=48000`` (with the API key in
-the ``Authorization`` or ``X-API-Key`` header when the server has one). Query fields:
+the ``Authorization`` or ``X-API-Key`` header when the server has one; a browser, which
+cannot set headers on a WebSocket, offers the subprotocols ``rvcfast.live`` and
+``rvcfast.key.<KEY in unpadded base64url>`` instead, and the server accepts with
+``rvcfast.live``). Query fields:
 
 * ``voice`` (required), ``f0`` and every conversion parameter of ``/v1/convert``
   (``pitch``, ``index_rate``, ``protect``, ``seed``...), read the same way; the settings
@@ -50,7 +53,7 @@ if TYPE_CHECKING:
     from ..realtime import RealtimeConverter
     from .state import ServerState
 
-__all__ = ["add_live_routes", "LIVE_FIELDS", "ENCODINGS", "MAX_MESSAGE_SECONDS", "MAX_GEOMETRY_SECONDS"]
+__all__ = ["add_live_routes", "LIVE_FIELDS", "ENCODINGS", "MAX_MESSAGE_SECONDS", "MAX_GEOMETRY_SECONDS", "LIVE_PROTOCOL"]
 
 #: Query fields of ``/v1/live`` besides the voice, ``f0`` and the conversion parameters.
 LIVE_FIELDS = {"sample_rate": 48000, "block_seconds": 0.25, "context_seconds": 1.0, "crossfade_seconds": 0.05}
@@ -65,6 +68,9 @@ MAX_GEOMETRY_SECONDS = {"block_seconds": MAX_MESSAGE_SECONDS, "context_seconds":
 _FILE_FIELDS = ("format", "subtype", "bitrate", "stream", "output_sample_rate")
 
 POLICY, TRY_LATER, SERVER_ERROR = 1008, 1013, 1011
+#: The subprotocol the server accepts a stream with when the client offers it (a browser that
+#: offers the key as a subprotocol must offer this one too: the server never echoes the key).
+LIVE_PROTOCOL = "rvcfast.live"
 
 
 def _live_settings(pairs: list[tuple[str, str]]) -> tuple[dict[str, Any], str, list[tuple[str, str]]]:
@@ -216,7 +222,8 @@ def add_live_routes(app: Any, state: ServerState) -> None:
 
     @app.websocket("/v1/live")
     async def live(ws: WebSocket) -> None:
-        await ws.accept()
+        offered = ws.scope.get("subprotocols") or []
+        await ws.accept(subprotocol=LIVE_PROTOCOL if LIVE_PROTOCOL in offered else None)
         if state.live_streams >= state.cfg.max_live:
             await _refuse(ws, TRY_LATER, f"the server converts {state.cfg.max_live} live stream(s) at once; retry later")
             return

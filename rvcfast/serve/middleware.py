@@ -5,7 +5,9 @@ They are plain ASGI callables (no FastAPI import) and answer with JSON errors
 
 * :class:`ApiKey` — with a key set, every route but ``/health``, ``/docs`` and the
   OpenAPI schema needs ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` (401 otherwise);
-  the key is compared as UTF-8 bytes.
+  the key is compared as UTF-8 bytes. A WebSocket handshake may carry it as the subprotocol
+  ``rvcfast.key.<KEY in unpadded base64url>`` instead (browsers cannot set headers on a
+  WebSocket; :func:`key_subprotocol`).
 * :class:`BodyLimit` — a ``Content-Length`` above the limit is answered 413 at once; a
   body without a length is counted as it arrives and :class:`BodyTooLarge` is raised
   inside the route when it passes the limit (answered 413 by the app).
@@ -18,6 +20,8 @@ prefix (``parent.mount("/rvc", app)``, or a proxy's ``root_path``), ``/rvc/healt
 
 from __future__ import annotations
 
+import base64
+import binascii
 import hmac
 import json
 import re
@@ -27,7 +31,10 @@ from typing import Any
 
 from .metrics import Metrics
 
-__all__ = ["ApiKey", "BodyLimit", "BodyTooLarge", "RequestMetrics", "send_json", "route_label", "app_path", "OPEN_PATHS"]
+__all__ = [
+    "ApiKey", "BodyLimit", "BodyTooLarge", "RequestMetrics", "send_json", "route_label", "app_path", "OPEN_PATHS",
+    "KEY_PROTOCOL_PREFIX", "key_subprotocol",
+]
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -37,6 +44,29 @@ ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
 #: Paths served without the API key.
 OPEN_PATHS = frozenset({"/health", "/docs", "/docs/oauth2-redirect", "/openapi.json", "/redoc"})
+#: A WebSocket subprotocol starting with this carries the API key (unpadded base64url of its UTF-8 bytes).
+KEY_PROTOCOL_PREFIX = "rvcfast.key."
+
+
+def key_subprotocol(key: str) -> str:
+    """The WebSocket subprotocol that carries ``key``: what a browser offers, beside
+    ``rvcfast.live``, as ``new WebSocket(url, ["rvcfast.live", "rvcfast.key.<...>"])``."""
+    return KEY_PROTOCOL_PREFIX + base64.urlsafe_b64encode(key.encode("utf-8")).rstrip(b"=").decode("ascii")
+
+
+def _subprotocol_key(scope: Scope) -> bytes | None:
+    """The API key a WebSocket handshake offers as a subprotocol (:func:`key_subprotocol`); ``b""``
+    for one that does not decode (a wrong key), ``None`` when none is offered."""
+    prefix = KEY_PROTOCOL_PREFIX.encode("ascii")
+    for value in scope.get("subprotocols", ()) or ():
+        item = value.encode("latin-1") if isinstance(value, str) else bytes(value)
+        if item.startswith(prefix):
+            token = item[len(prefix):]
+            try:
+                return base64.b64decode(token + b"=" * (-len(token) % 4), altchars=b"-_", validate=True)
+            except (binascii.Error, ValueError):
+                return b""
+    return None
 
 
 class BodyTooLarge(Exception):
@@ -88,7 +118,8 @@ def app_path(scope: Scope) -> str:
 
 class ApiKey:
     """Refuse requests without the API key (401), except on :data:`OPEN_PATHS`; a WebSocket
-    handshake without it (``/v1/live``) is closed before it is accepted (HTTP 403).
+    handshake without it (``/v1/live``) is closed before it is accepted (HTTP 403). A
+    WebSocket handshake may offer the key as a subprotocol (:func:`key_subprotocol`).
 
     The key is compared byte for byte with the header as sent, taking the key as UTF-8
     (what clients send for a non-ASCII key).
@@ -106,6 +137,8 @@ class ApiKey:
         auth = _raw_header(scope, b"authorization")
         if given is None and auth is not None and auth[:7].lower() == b"bearer ":
             given = auth[7:].strip()
+        if given is None and scope["type"] == "websocket":
+            given = _subprotocol_key(scope)
         if given is not None and hmac.compare_digest(given, self.key):
             await self.app(scope, receive, send)
             return
