@@ -8,6 +8,7 @@ from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixt
 
 import rvcfast
 from rvcfast.engine import Engine
+from rvcfast.f0 import rmvpe
 from rvcfast.pipeline import finish
 from rvcfast.streaming import StreamFinisher
 
@@ -76,9 +77,20 @@ def test_stream_raises_for_a_bad_f0_track(engine: Engine) -> None:
         next(engine.stream(prep, engine.params(), f0=RuntimeError("no track")))
 
 
-def test_pauses_split_a_long_inputs_f0_into_turns_and_change_no_piece(engine: Engine, monkeypatch) -> None:
-    # over 82 s: RMVPE runs in 41 s chunks, one per turn, a None between them
-    prep = engine.prepare(tone(100.0, freq=160.0), 16000)
+def test_pauses_split_a_long_inputs_f0_into_turns_and_change_no_piece(engine: Engine, long_prep, monkeypatch) -> None:
+    """An input over ``AUTO_SINGLE_PASS_FRAMES`` F0 frames runs RMVPE in ``AUTO_CHUNK_FRAMES``-frame
+    chunks, one per turn, a None between them; the pieces are those of a stream without pauses.
+
+    With the default sizes (8192 / 4096 frames) that needs an input over 82 s (checked below
+    without running the network); the turns do not depend on the sizes, so they are lowered
+    to 2048 / 1024 frames and the 45 s input (two segments) runs in five chunks.
+    """
+    ext = engine.f0_extractor
+    assert len(ext.extract_blocks(np.zeros(83 * 16000))) >= 3  # the defaults: over 82 s, 41 s chunks
+    assert len(ext.extract_blocks(np.zeros(81 * 16000))) == 1
+    monkeypatch.setattr(rmvpe, "AUTO_SINGLE_PASS_FRAMES", 2048)
+    monkeypatch.setattr(rmvpe, "AUTO_CHUNK_FRAMES", 1024)
+    prep = long_prep
     q = engine.params(noise=False)
     plain = list(engine.stream(prep, q))
     passes: list[int] = []
