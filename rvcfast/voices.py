@@ -26,9 +26,12 @@ again for each voice (the outputs are the same, only slower).
 from __future__ import annotations
 
 import hashlib
+import itertools
 import os
 import threading
-from collections.abc import Iterator, Mapping, Sequence
+import weakref
+from collections import OrderedDict
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -44,7 +47,7 @@ if TYPE_CHECKING:
     from .protocols import F0Extractor, FeatureEncoder
     from .result import Result
 
-__all__ = ["SharedAnalysis", "convert_voices", "iter_voices"]
+__all__ = ["SharedAnalysis", "convert_voices", "iter_voices", "without_shared"]
 
 #: Content features kept for the later voices by default (about an hour of audio for v2 voices in float32).
 DEFAULT_SHARED_MB = 512.0
@@ -70,74 +73,131 @@ def _tensor_digest(t: torch.Tensor) -> bytes:
 
 
 class SharedAnalysis:
-    """The memo several voices read F0 tracks and content features through; thread-safe.
+    """The memo that engines read F0 tracks and content features through; thread-safe.
 
     ``max_feature_mb`` bounds the content features it keeps (0: none are kept, only F0
-    tracks are shared). Counters: ``f0_computed`` / ``f0_reused`` (tracks) and
-    ``features_computed`` / ``features_reused`` (segments).
+    tracks are shared). By default the first ones stay and later ones are not kept (a batch
+    of voices reads the inputs in the same order, voice after voice). ``evict=True`` keeps
+    the most recently used ones instead, and bounds the F0 tracks too, by ``max_track_mb``
+    (a server, where the same audio comes back in no particular order). ``on_reuse(kind,
+    n)``, when given, is called with ``"f0"`` or ``"features"`` and the count each time
+    tracks or segments' features are taken from the memo. Counters: ``f0_computed`` /
+    ``f0_reused`` (tracks) and ``features_computed`` / ``features_reused`` (segments).
     """
 
-    def __init__(self, max_feature_mb: float = DEFAULT_SHARED_MB) -> None:
+    def __init__(
+        self,
+        max_feature_mb: float = DEFAULT_SHARED_MB,
+        *,
+        evict: bool = False,
+        max_track_mb: float | None = None,
+        on_reuse: Callable[[str, int], None] | None = None,
+    ) -> None:
         if not max_feature_mb >= 0:
             raise ParameterError(f"shared_memory_mb must be 0 or more, got {max_feature_mb}")
+        if max_track_mb is not None and not max_track_mb >= 0:
+            raise ParameterError(f"max_track_mb must be 0 or more, got {max_track_mb}")
         self.max_feature_bytes = int(max_feature_mb * 2**20)
-        self.feature_bytes = 0
+        self.max_track_bytes = None if max_track_mb is None else int(max_track_mb * 2**20)
+        self.evict = bool(evict)
+        self.on_reuse = on_reuse
+        self.feature_bytes = self.track_bytes = 0
         self.f0_computed = self.f0_reused = 0
         self.features_computed = self.features_reused = 0
         self._lock = threading.Lock()
-        self._tracks: dict[tuple[Any, ...], np.ndarray] = {}
-        self._features: dict[tuple[Any, ...], torch.Tensor] = {}
-        self._encoders: dict[int, _SharedEncoder] = {}
-        self._extractors: dict[tuple[int, int], _SharedF0] = {}
+        self._tracks: OrderedDict[tuple[Any, ...], np.ndarray] = OrderedDict()
+        self._features: OrderedDict[tuple[Any, ...], torch.Tensor] = OrderedDict()
+        # the wrappers in use (an entry goes with the last engine that holds it), and a serial
+        # number per model object in the keys: unlike id(), never the number of a later object
+        self._encoders: weakref.WeakValueDictionary[int, _SharedEncoder] = weakref.WeakValueDictionary()
+        self._extractors: weakref.WeakValueDictionary[tuple[Any, ...], _SharedF0] = weakref.WeakValueDictionary()
+        self._serials: weakref.WeakKeyDictionary[Any, int] = weakref.WeakKeyDictionary()
+        self._next_serial = itertools.count()
+
+    def clear(self) -> None:
+        """Drop every kept track and feature (the counters stay)."""
+        with self._lock:
+            self._tracks.clear()
+            self._features.clear()
+            self.track_bytes = self.feature_bytes = 0
+
+    def _serial(self, obj: Any) -> Any:
+        """A number naming ``obj`` in the keys for as long as it lives (an object that cannot be
+        weakly referenced is named by itself)."""
+        try:
+            found = self._serials.get(obj)
+            if found is None:
+                found = self._serials[obj] = next(self._next_serial)
+            return found
+        except TypeError:
+            return ("object", obj)
 
     def encoder(self, inner: FeatureEncoder) -> FeatureEncoder:
         """``inner`` reading its features through this memo (one wrapper per encoder object)."""
+        inner = getattr(inner, "shared_inner", inner)
         with self._lock:
-            found = self._encoders.get(id(inner))
+            found = self._encoders.get(id(inner))  # a live wrapper holds its encoder: the id is its own
             if found is None:
-                found = self._encoders[id(inner)] = _SharedEncoder(inner, self)
+                found = _SharedEncoder(inner, self, self._serial(inner))
+                self._encoders[id(inner)] = found
             return found
 
-    def extractor(self, inner: F0Extractor, filter_radius: int, base: F0Extractor | None = None) -> F0Extractor:
-        """``inner`` (``base`` set to ``filter_radius``; a copy of it, made per call, where that is not
-        ``base``'s own radius) reading its tracks through this memo: one per ``base`` and radius."""
+    def extractor(self, inner: F0Extractor) -> F0Extractor:
+        """``inner`` reading its tracks through this memo. rvcfast's extractors that compute alike
+        (the same class, settings and networks: :func:`_f0_setting`; two loads of one weights
+        file share the cached network) share their tracks; another extractor (a plugin) shares
+        only its own. Each call's ``filter_radius`` is part of the key."""
+        from .protocols import F0Extractor
+
+        inner = getattr(inner, "shared_inner", inner)
+        if not isinstance(inner, F0Extractor):
+            return inner  # not an extractor: left as it is, for the engine to refuse
         with self._lock:
-            owner = inner if base is None else base
-            key = (id(owner), int(filter_radius))
-            found = self._extractors.get(key)
+            setting = _f0_setting(inner, self._serial)
+            found = self._extractors.get(setting)
             if found is None:
-                found = self._extractors[key] = _SharedF0(inner, self, key)
-                found.owner = owner  # kept alive while its id is a key
+                found = _SharedF0(inner, self, setting)
+                self._extractors[setting] = found
             return found
 
-    def engine(self, engine: Engine, first_with_f0: Engine | None, params: ConversionParams) -> Engine:
-        """A copy of ``engine`` whose encoder and F0 extractor go through this memo; its F0
-        backend is ``first_with_f0``'s (set to ``params.filter_radius``), so every voice gets the same tracks."""
-        other = engine
-        if engine.vocoder.has_f0 and first_with_f0 is not None:
-            ext = first_with_f0.f0_extractor_for(params)
-            assert ext is not None
-            other = engine.with_f0(self.extractor(ext, int(params.filter_radius), base=first_with_f0.f0_extractor))
+    def engine(self, engine: Engine, f0_from: Engine | None = None) -> Engine:
+        """A copy of ``engine`` whose encoder and F0 extractor read through this memo (the F0
+        backend is ``f0_from``'s, by default the engine's own); ``engine`` is left as it was."""
+        import copy
+
+        source = engine if f0_from is None else f0_from
+        if engine.vocoder.has_f0 and source.f0_extractor is not None:
+            other = engine.with_f0(self.extractor(source.f0_extractor))
         else:
-            import copy
-
             other = copy.copy(engine)
         other.encoder = self.encoder(engine.encoder)
         return other
 
     # ---------------------------------------------------------------- the memo itself
 
+    def _reused(self, kind: str, n: int) -> None:
+        if self.on_reuse is not None and n:
+            self.on_reuse(kind, n)
+
     def _get_track(self, key: tuple[Any, ...]) -> np.ndarray | None:
         with self._lock:
             found = self._tracks.get(key)
             if found is not None:
                 self.f0_reused += 1
-            return found
+                self._tracks.move_to_end(key)
+        if found is not None:
+            self._reused("f0", 1)
+        return found
 
     def _put_track(self, key: tuple[Any, ...], track: np.ndarray) -> None:
         with self._lock:
             self.f0_computed += 1
-            self._tracks.setdefault(key, track)
+            if key in self._tracks:
+                return
+            self._tracks[key] = track
+            self.track_bytes += track.nbytes
+            while self.max_track_bytes is not None and self.track_bytes > self.max_track_bytes and self._tracks:
+                self.track_bytes -= self._tracks.popitem(last=False)[1].nbytes
 
     def _get_features(self, keys: Sequence[tuple[Any, ...]]) -> list[torch.Tensor] | None:
         """Every key's features, or ``None`` when one is missing (the batch is then encoded whole)."""
@@ -146,17 +206,42 @@ class SharedAnalysis:
             if any(f is None for f in found):
                 return None
             self.features_reused += len(keys)
-            return found  # type: ignore[return-value]
+            for k in keys:
+                self._features.move_to_end(k)
+        self._reused("features", len(keys))
+        return found  # type: ignore[return-value]
 
     def _put_features(self, keys: Sequence[tuple[Any, ...]], rows: Sequence[torch.Tensor]) -> None:
         with self._lock:
             self.features_computed += len(keys)
             for key, row in zip(keys, rows):
                 size = row.numel() * row.element_size()
-                if key in self._features or self.feature_bytes + size > self.max_feature_bytes:
+                if key in self._features or size > self.max_feature_bytes:
+                    continue
+                if self.evict:  # the least recently used make room
+                    while self.feature_bytes + size > self.max_feature_bytes:
+                        old = self._features.popitem(last=False)[1]
+                        self.feature_bytes -= old.numel() * old.element_size()
+                elif self.feature_bytes + size > self.max_feature_bytes:
                     continue  # full: the first inputs stay shared, later ones are encoded per voice
                 self._features[key] = row
                 self.feature_bytes += size
+
+
+def without_shared(engine: Engine) -> Engine:
+    """``engine`` reading its encoder and F0 extractor directly, not through a
+    :class:`SharedAnalysis` (itself when it does not): for audio that never comes back, such
+    as a live stream's blocks, which would only push useful entries out of the memo."""
+    import copy
+
+    encoder = getattr(engine.encoder, "shared_inner", None)
+    extractor = getattr(engine.f0_extractor, "shared_inner", None)
+    if encoder is None and extractor is None:
+        return engine
+    other = engine.with_f0(extractor) if extractor is not None else copy.copy(engine)
+    if encoder is not None:
+        other.encoder = encoder
+    return other
 
 
 class _SharedEncoder:
@@ -165,9 +250,10 @@ class _SharedEncoder:
     A batch row's features depend only on its own samples (the encoder masks the padding),
     so each row is remembered by its samples, its length and the output asked for."""
 
-    def __init__(self, inner: FeatureEncoder, memo: SharedAnalysis) -> None:
-        self.inner = inner
+    def __init__(self, inner: FeatureEncoder, memo: SharedAnalysis, serial: Any) -> None:
+        self.inner = self.shared_inner = inner
         self.memo = memo
+        self.serial = serial
 
     def __getattr__(self, name: str) -> Any:  # hidden_size, num_layers, has_final_proj, source_path...
         return getattr(self.inner, name)
@@ -186,7 +272,7 @@ class _SharedEncoder:
 
         n = audio16k.shape[-1]
         sizes = [int(v) for v in lengths.tolist()] if lengths is not None else [n] * audio16k.shape[0]
-        setting = (id(self.inner), output_layer, bool(final_proj), str(audio16k.device))
+        setting = (self.serial, output_layer, bool(final_proj), str(audio16k.device))
         keys = [(*setting, _tensor_digest(row[:size])) for row, size in zip(audio16k, sizes)]
         found = self.memo._get_features(keys)
         if found is not None:
@@ -203,17 +289,29 @@ class _SharedEncoder:
 class _SharedF0:
     """An :class:`~rvcfast.protocols.F0Extractor` whose tracks come from a :class:`SharedAnalysis`.
 
-    It runs in the engine's thread (``cpu_bound`` is False), so that the tracks land in the memo."""
+    It runs in the engine's thread (``cpu_bound`` is False), so that the tracks land in the
+    memo. ``filter_radius`` is set per call by the engine (on a copy, as for any extractor)
+    and applied to the inner one; it is part of the key, with the inner extractor's setting
+    and the signal's samples."""
 
     cpu_bound = False
 
-    def __init__(self, inner: F0Extractor, memo: SharedAnalysis, key: tuple[int, int]) -> None:
-        self.inner = inner
+    def __init__(self, inner: F0Extractor, memo: SharedAnalysis, setting: tuple[Any, ...]) -> None:
+        self.inner = self.shared_inner = inner
         self.memo = memo
-        self.key = key
+        self.setting = setting
         self.name = inner.name
         self.sample_rate = inner.sample_rate
         self.hop_length = inner.hop_length
+        self.filter_radius = 3  # ConversionParams' default; each call's own comes from the engine
+
+    def _resolved(self) -> Any:
+        from .engine import _with_filter_radius
+
+        return _with_filter_radius(self.inner, int(self.filter_radius))
+
+    def _key(self, audio: np.ndarray) -> tuple[Any, ...]:
+        return (self.setting, int(self.filter_radius), _digest(np.asarray(audio)))
 
     def extract(self, audio16k: np.ndarray) -> np.ndarray:
         """The inner extractor's track, computed once per signal."""
@@ -221,11 +319,11 @@ class _SharedF0:
 
     def extract_batch(self, audios: Sequence[np.ndarray]) -> list[np.ndarray]:
         """The inner extractor's tracks; only the signals not seen before are tracked (in one batch)."""
-        keys = [(*self.key, _digest(np.asarray(a))) for a in audios]
+        keys = [self._key(a) for a in audios]
         out: list[np.ndarray | None] = [self.memo._get_track(k) for k in keys]
         todo = [i for i, t in enumerate(out) if t is None]
         if todo:
-            found = list(self.inner.extract_batch([audios[i] for i in todo]))
+            found = list(self._resolved().extract_batch([audios[i] for i in todo]))
             if len(found) != len(todo):
                 return found  # a broken backend: the engine says so and retries each input alone
             for i, track in zip(todo, found):
@@ -233,6 +331,27 @@ class _SharedF0:
                 self.memo._put_track(keys[i], track)
                 out[i] = track
         return [np.array(t, copy=True) for t in out]  # type: ignore[arg-type]
+
+    def extract_blocks(self, audio16k: np.ndarray) -> list[Callable[[], np.ndarray]]:
+        """The inner extractor's blocks (one block when it has none, or when the track is in the
+        memo); the track is kept once its last block has run."""
+        key = self._key(audio16k)
+        found = self.memo._get_track(key)
+        if found is not None:
+            return [lambda: np.array(found, copy=True)]
+        inner = self._resolved()
+        blocks = getattr(inner, "extract_blocks", None)
+        steps = list(blocks(audio16k)) if blocks is not None else [lambda: inner.extract(audio16k)]
+        parts: list[np.ndarray] = []
+
+        def run(k: int, step: Callable[[], Any]) -> np.ndarray:
+            part = np.asarray(step())
+            parts.append(part)
+            if k == len(steps) - 1:
+                self.memo._put_track(key, parts[0] if len(parts) == 1 else np.concatenate(parts))
+            return part
+
+        return [lambda k=k, step=step: run(k, step) for k, step in enumerate(steps)]
 
 
 def _named_voices(voices: Sequence[Converter | Engine] | Mapping[str, Converter | Engine]) -> list[tuple[str, Engine]]:
@@ -351,7 +470,7 @@ def iter_voices(
     batch_kwargs = {k: v for k, v in kwargs.items() if k not in _conversion_kwargs(kwargs)}
     runs = []
     for (name, engine), q in zip(named, settings):
-        voice_engine = memo.engine(engine, first_with_f0, q)
+        voice_engine = memo.engine(engine, first_with_f0)
         voice_engine.name = name
         runs.append((name, Converter.from_engine(voice_engine), q))
     # the first voice's batch is made now: its options are checked when iter_voices is called
@@ -429,24 +548,29 @@ def _conversion_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in names}
 
 
-def _f0_setting(ext: Any) -> tuple[Any, ...]:
-    """What an F0 extractor computes with: its class and name, its settings (numbers, words,
-    paths, device and precision), the identity of the networks it holds (the model cache gives
-    every extractor of one weights file the same network) and its members' (a hybrid). Its
-    ``filter_radius`` is left out: it is a conversion setting, keyed separately."""
+def _f0_setting(ext: Any, ident: Callable[[Any], Any] = id) -> tuple[Any, ...]:
+    """What an F0 extractor computes with: for rvcfast's own, its class and name, its settings
+    (numbers, words, paths, device and precision), the networks it holds (``ident`` of each:
+    the model cache gives every extractor of one weights file the same network) and its
+    members' (a hybrid); its ``filter_radius`` is left out (a conversion setting, keyed
+    separately). Any other extractor (a plugin, whose settings rvcfast cannot read) is itself."""
     import torch
 
+    if not type(ext).__module__.startswith("rvcfast.") or not hasattr(ext, "__dict__"):
+        return ("object", ident(ext))
     simple = (int, float, str, bool, type(None), torch.dtype, torch.device, os.PathLike)
     values: list[tuple[str, Any]] = []
     for key, value in sorted(vars(ext).items()):
         if key == "filter_radius":
             continue
+        if key.startswith("_") and (value is None or isinstance(value, torch.nn.Module)):
+            continue  # a network loaded on first use: its weights file's path (kept) says which
         if isinstance(value, simple):
             values.append((key, str(value) if isinstance(value, os.PathLike) else value))
         elif isinstance(value, torch.nn.Module) and not key.startswith("_"):
-            values.append((key, id(value)))  # a public network; private ones load lazily (their path is kept)
+            values.append((key, ident(value)))  # a public network; private ones load lazily (their path is kept)
         elif key == "backends" and isinstance(value, list):
-            values.append((key, tuple(_f0_setting(member) for member in value)))
+            values.append((key, tuple(_f0_setting(member, ident) for member in value)))
     return (type(ext).__qualname__, getattr(ext, "name", None), tuple(values))
 
 

@@ -445,3 +445,61 @@ def test_iter_voices_checks_its_options_when_called(voices: Voices, tmp_path: Pa
         rvcfast.iter_voices([voices.main, voices.nof0], clips()[:1], tmp_path / "out", decode_workers=0)
     with pytest.raises(ParameterError, match="voice 1"):
         rvcfast.iter_voices([voices.main, "x.pth"], clips()[:1])
+
+
+# ------------------------------------------------------------------ the memo in a server (evict=True)
+
+
+def test_an_evicting_memo_keeps_the_most_recently_used_within_its_bounds(voices: Voices) -> None:
+    seen: list[tuple[str, int]] = []
+    a, b, c = ((tone(0.6, 16000, f), 16000) for f in (180.0, 240.0, 300.0))
+    probe = rvcfast.SharedAnalysis(64)
+    rvcfast.Converter.from_engine(probe.engine(voices.main.engine)).convert(*a, noise=False)
+    per_clip, per_track = probe.feature_bytes, probe.track_bytes  # one clip's (padded) features and F0 track
+    memo = rvcfast.SharedAnalysis(
+        2.5 * per_clip / 2**20, evict=True, max_track_mb=2.5 * per_track / 2**20, on_reuse=lambda k, n: seen.append((k, n))
+    )
+    engine = memo.engine(voices.main.engine)
+    conv = rvcfast.Converter.from_engine(engine)
+    for clip in (a, b, c):  # room for two clips' features: a is dropped when c comes
+        conv.convert(*clip, noise=False)
+    assert len(memo._features) == 2 and memo.feature_bytes <= memo.max_feature_bytes
+    assert memo.track_bytes <= memo.max_track_bytes and len(memo._tracks) == 2
+    conv.convert(*b, noise=False)  # kept: reused (and now the most recent)
+    assert seen == [("f0", 1), ("features", 1)]
+    conv.convert(*a, noise=False)  # dropped: computed again, pushing c out
+    assert seen == [("f0", 1), ("features", 1)]
+    assert memo.features_computed == 4 and memo.features_reused == 1
+    want = voices.main.convert(*c, noise=False).audio
+    assert_same(conv.convert(*c, noise=False).audio, want)
+
+
+def test_a_wrapped_engine_applies_each_calls_filter_radius(voices: Voices, tiny_models) -> None:
+    pytest.importorskip("pyworld")
+    plain = tiny_models.converter(f0="harvest", f0_weights=None)
+    memo = rvcfast.SharedAnalysis(8, evict=True)
+    wrapped = rvcfast.Converter.from_engine(memo.engine(plain.engine))
+    clip = (tone(0.5, 16000, 210.0) * np.linspace(0.2, 1, 8000), 16000)
+    for radius in (3, 1, 7, 1):
+        assert_same(wrapped.convert(*clip, noise=False, filter_radius=radius).audio,
+                    plain.convert(*clip, noise=False, filter_radius=radius).audio)
+    assert memo.f0_computed == 3 and memo.f0_reused == 1  # one track per radius, the repeated one reused
+
+
+def test_a_streamed_conversion_with_f0_turns_reads_and_fills_the_memo(voices: Voices) -> None:
+    memo = rvcfast.SharedAnalysis(8, evict=True)
+    engine = memo.engine(voices.main.engine)
+    prep = engine.prepare(tone(0.8, 16000, 190.0), 16000)
+    want = voices.main.engine.run([prep], voices.main.engine.params(noise=False))[0].audio
+    for _ in range(2):  # computed block by block, then taken from the memo
+        pieces = [p for p in engine.stream(prep, engine.params(noise=False), pauses=True) if p is not None]
+        assert_same(np.concatenate(pieces), want)
+    assert memo.f0_computed == 1 and memo.f0_reused == 1
+
+
+def test_without_shared_gives_the_engine_its_own_models_back(voices: Voices) -> None:
+    memo = rvcfast.SharedAnalysis()
+    engine = memo.engine(voices.main.engine)
+    plain = rvcfast.voices.without_shared(engine)
+    assert plain.encoder is voices.main.engine.encoder and plain.f0_extractor is voices.main.engine.f0_extractor
+    assert rvcfast.voices.without_shared(voices.main.engine) is voices.main.engine

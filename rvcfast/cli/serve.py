@@ -42,7 +42,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key if args.api_key is not None else os.environ.get("RVCFAST_API_KEY"),
         models_dir=args.models_dir, jobs_dir=args.jobs_dir, jobs_ttl=args.jobs_ttl, jobs_max_mb=args.jobs_max_mb,
         batch_seconds=args.batch_seconds, threads=args.threads, max_live=args.max_live,
-        live_idle_seconds=args.live_idle_seconds,
+        live_idle_seconds=args.live_idle_seconds, analysis_cache_mb=args.analysis_cache_mb,
     )
     app = create_app(config)
     sock = _bind(args.host, args.port)
@@ -129,4 +129,9 @@ def add_parser(sub: Any) -> None:
     r.add_argument("--batch-seconds", type=float, default=None, metavar="S",
                    help="16 kHz audio of concurrent requests gathered into one model call (0: one request per call; default: 0 on CPU, 120 on GPU)")
     r.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads of the model worker (default: the rvcfast tune profile's, else torch's)")
+    r.add_argument(
+        "--analysis-cache-mb", type=float, default=64.0, metavar="N",
+        help="memory for the F0 tracks and content features of recent inputs: the same audio sent again "
+        "(another voice, key or index rate) skips those stages (0: off; default: %(default)s)",
+    )
     p.set_defaults(func=cmd_serve)

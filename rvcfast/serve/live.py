@@ -175,8 +175,10 @@ async def _open(state: ServerState, ws: WebSocket) -> tuple[RealtimeConverter, s
     except ModelLoadError as exc:
         await _refuse(ws, SERVER_ERROR, f"voice {options.voice!r} cannot be used: {state._hide_paths(str(exc))}")
         return None
-    try:
-        rt = RealtimeConverter(engine, settings["sample_rate"], settings["block_seconds"], settings["context_seconds"],
+    from ..voices import without_shared
+
+    try:  # a stream's blocks never come back: they stay out of the analysis cache
+        rt = RealtimeConverter(without_shared(engine), settings["sample_rate"], settings["block_seconds"], settings["context_seconds"],
                                settings["crossfade_seconds"], **options.overrides)
     except ParameterError as exc:
         text = str(exc)

@@ -12,6 +12,8 @@ are read from callables when ``/metrics`` is scraped. The names:
 * ``rvcfast_audio_seconds_total`` — input audio converted;
 * ``rvcfast_live_seconds_total`` — audio of live streams converted (``WS /v1/live``); a failed
   block counts in ``rvcfast_conversion_failures_total{stage="live"}``;
+* ``rvcfast_analysis_reused_total{kind}`` — F0 tracks (``f0``) and segments' content features
+  (``features``) taken from the analysis cache instead of being computed (``--analysis-cache-mb``);
 * ``rvcfast_batch_requests`` — requests per model call of the scheduler (histogram);
 * ``rvcfast_stage_seconds_total{stage}`` — seconds per pipeline stage (decode, f0, features, index, synth, post, encode, queue);
 * ``rvcfast_queue_depth``, ``rvcfast_requests_in_flight``, ``rvcfast_loaded_voices``,
@@ -40,6 +42,7 @@ _FAMILIES: dict[str, tuple[str, str]] = {
     "rvcfast_batch_requests": ("histogram", "requests per model call of the scheduler"),
     "rvcfast_stage_seconds_total": ("counter", "seconds spent per pipeline stage"),
     "rvcfast_live_seconds_total": ("counter", "seconds of live-stream audio converted (WS /v1/live)"),
+    "rvcfast_analysis_reused_total": ("counter", "F0 tracks and segment features taken from the analysis cache, by kind"),
 }
 
 

@@ -105,6 +105,8 @@ class ServerState:
         self.dtype = tuned_dtype(cfg.dtype, self.device)  # "auto": the `rvcfast tune` profile's, if any
         #: Called (from the loading thread) when no voice could be loaded; the command line stops the server.
         self.on_fatal: Callable[[], None] | None = None
+        #: F0 tracks and content features of recent inputs, shared by every voice (None: off)
+        self.analysis = self._analysis_cache()
         self._register_gauges()
 
     # ------------------------------------------------------------------ lifecycle
@@ -197,6 +199,8 @@ class ServerState:
         self.registry.unload_all()
         with self._f0_lock:
             self._f0_extractors.clear()
+        if self.analysis is not None:
+            self.analysis.clear()
         if self._temp_spool:
             remove_spool(self.spool)
 
@@ -218,7 +222,20 @@ class ServerState:
         if self.closed:
             raise NotReady(f"the server is shut down; voice {voice.id!r} is not kept")
         _log.info("voice %s loaded in %.1f s", voice.id, time.perf_counter() - t0)
-        return eng
+        return self.analysis.engine(eng) if self.analysis is not None and isinstance(eng, Engine) else eng
+
+    def _analysis_cache(self) -> Any:
+        """The :class:`~rvcfast.voices.SharedAnalysis` the voices' engines read through, or ``None``."""
+        mb = float(self.cfg.analysis_cache_mb)
+        if mb <= 0:
+            return None
+        from ..voices import SharedAnalysis
+
+        def reused(kind: str, n: int) -> None:
+            self.metrics.inc("rvcfast_analysis_reused_total", float(n), kind=kind)
+
+        # features take nearly all of it; F0 tracks (400 bytes a second of audio) get a sixteenth
+        return SharedAnalysis(mb, evict=True, max_track_mb=mb / 16, on_reuse=reused)
 
     async def engine_for(self, voice_id: str, f0: str | None = None) -> Engine:
         """The loaded engine of a voice (loading it in the loader pool if needed); :class:`UnknownVoice` if none.
@@ -240,7 +257,7 @@ class ServerState:
         extractor = self._kept_f0(key)
         if extractor is None:
             extractor = await asyncio.get_running_loop().run_in_executor(self.loader, self._f0_extractor, key)
-        return engine.with_f0(extractor)
+        return engine.with_f0(extractor if self.analysis is None else self.analysis.extractor(extractor))
 
     def _load_in_pool(self, voice_id: str) -> cf.Future[Engine]:
         """The loader pool's load of ``voice_id``: the one in progress, or a new one."""
