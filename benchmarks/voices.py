@@ -3,6 +3,7 @@
     python benchmarks/voices.py                          # batch12 to 4 voices, 2 rounds
     python benchmarks/voices.py --voices 2 --rounds 3 --threads 2
     python benchmarks/voices.py --small --voices 2 --rounds 1      # smoke test (tiny models)
+    python benchmarks/voices.py --again                  # a server's analysis cache: the same audio again
 
 Both ways convert every file of ``--inputs`` (default ``../shared/audio/batch12``, 12 x 5 s)
 to ``--voices`` voices and write them (wav) into a temporary folder:
@@ -11,6 +12,11 @@ to ``--voices`` voices and write them (wav) into a temporary folder:
   ``examples/several_voices.py`` did): each voice computes every file's F0 and content features;
 * ``shared``: ``rvcfast.convert_voices`` over the same converters: F0 and features are
   computed once per file and read from memory by the other voices.
+
+``--again`` measures the server's analysis cache (``rvcfast serve --analysis-cache-mb``)
+instead: each file is converted once through an evicting ``SharedAnalysis`` (as the server's
+engines are), then again with another key (``pitch=2``) through it and through the plain
+engine, in turn; printed are the medians of the second conversions and their ratio.
 
 The two run in turn in one process, ``--rounds`` times each after a warm-up of one file
 (the models are loaded once, before any timing). Printed: the machine line, each round's
@@ -49,6 +55,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rounds", type=int, default=2, help="timed rounds of each way (default: %(default)s)")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     p.add_argument("--small", action="store_true", help="tiny models (a smoke test; the figures mean nothing)")
+    p.add_argument("--again", action="store_true", help="time the same audio converted again through the analysis cache")
     return p
 
 
@@ -87,6 +94,30 @@ def _largest_difference(a: Path, b: Path) -> float:
     return worst
 
 
+def _again(conv, files: list[Path]) -> int:
+    """Each file converted again with another key: through the memo (after a first conversion) and without it."""
+    import rvcfast
+
+    memo = rvcfast.SharedAnalysis(64, evict=True, max_track_mb=4)
+    cached = rvcfast.Converter.from_engine(memo.engine(conv.engine))
+    conv.convert(files[0], seed=0)  # warm-up
+    plain_s, cached_s = [], []
+    for f in files:
+        cached.convert(f, seed=0)  # the first request for this audio fills the memo
+        t0 = time.perf_counter()
+        a = conv.convert(f, seed=0, pitch=2).audio
+        plain_s.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        b = cached.convert(f, seed=0, pitch=2).audio
+        cached_s.append(time.perf_counter() - t0)
+        if a.shape != b.shape or np.abs(a - b).max() > 1e-5 * max(np.abs(a).max(), 1e-3):
+            raise SystemExit(f"{f.name}: the cached conversion differs from the plain one")
+    plain, cached_m = statistics.median(plain_s), statistics.median(cached_s)
+    print(f"again with pitch=2, per file (median of {len(files)}): plain {plain:.2f} s, through the cache {cached_m:.2f} s, "
+          f"ratio {cached_m / plain:.3f}; reused {memo.f0_reused} F0 tracks and {memo.features_reused} segments' features")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.voices < 1 or args.rounds < 1:
@@ -104,6 +135,9 @@ def main(argv: list[str] | None = None) -> int:
     print(machine_line())
     models = build_bench_models(MODELS / ("small" if args.small else "full"), small=args.small)
     seconds = sum(sf.info(f).duration for f in files)
+    if args.again:
+        with tempfile.TemporaryDirectory() as tmp:
+            return _again(_converters(models, 1, Path(tmp))[0], files)
     print(f"{len(files)} files, {seconds:.1f} s of audio, to {args.voices} voices")
     times: dict[str, list[float]] = {"loop": [], "shared": []}
     stages: dict[str, dict[str, float]] = {}
