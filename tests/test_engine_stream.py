@@ -10,6 +10,7 @@ import rvcfast
 from rvcfast.engine import Engine
 from rvcfast.f0 import rmvpe
 from rvcfast.pipeline import finish
+from rvcfast.segment import SegmentConfig
 from rvcfast.streaming import StreamFinisher
 
 
@@ -18,10 +19,23 @@ def engine(tiny_converter: rvcfast.Converter) -> Engine:
     return tiny_converter.engine
 
 
+#: 3 s segments (split over 4 s, near every 3 s; the default 1 s of context). What the stream
+#: does at a join does not depend on where the joins fall, and with these a 7 s input has three
+#: segments, where the default ones (split over 41 s, near every 38 s) need 45 s for two.
+SHORT_SEGMENTS = SegmentConfig(x_query=1, x_center=3, x_max=4)
+
+
 @pytest.fixture(scope="module")
-def long_prep(engine: Engine):
-    prep = engine.prepare(tone(45.0, freq=180.0), 16000)
-    assert len(prep.segments) >= 2, "the input must be split into several segments"
+def long_engine(engine: Engine) -> Engine:
+    """The tiny engine's models (nothing loaded) with :data:`SHORT_SEGMENTS`."""
+    return Engine(engine.vocoder, engine.encoder, engine.f0_extractor, engine.index, device=engine.device,
+                  segment_config=SHORT_SEGMENTS)
+
+
+@pytest.fixture(scope="module")
+def long_prep(long_engine: Engine):
+    prep = long_engine.prepare(tone(7.0, freq=180.0), 16000)
+    assert len(prep.segments) >= 3, "the input must be split into several segments"
     return prep
 
 
@@ -37,7 +51,8 @@ def test_one_segment_is_one_piece_finished_like_run(engine: Engine) -> None:
 
 
 @pytest.mark.parametrize("rate", [None, 44100])
-def test_pieces_concatenate_to_the_run_output(engine: Engine, long_prep, rate) -> None:
+def test_pieces_concatenate_to_the_run_output(long_engine: Engine, long_prep, rate) -> None:
+    engine = long_engine
     q = engine.params(noise=False, output_sample_rate=rate)
     expected = engine.run([long_prep], q)[0].audio
     assert np.abs(expected).max() < 0.99  # the peak guard does not act: the stream reproduces it exactly
@@ -51,7 +66,8 @@ def test_pieces_concatenate_to_the_run_output(engine: Engine, long_prep, rate) -
     assert pos == expected.shape[0]
 
 
-def test_raw_pieces_finish_to_the_run_output(engine: Engine, long_prep) -> None:
+def test_raw_pieces_finish_to_the_run_output(long_engine: Engine, long_prep) -> None:
+    engine = long_engine
     q = engine.params(noise=True, seed=7, pitch=-3)
     raw = list(engine.stream(long_prep, q, raw=True))
     audio, rate = finish(np.concatenate(raw), long_prep, engine.sample_rate, q)
@@ -77,19 +93,23 @@ def test_stream_raises_for_a_bad_f0_track(engine: Engine) -> None:
         next(engine.stream(prep, engine.params(), f0=RuntimeError("no track")))
 
 
-def test_pauses_split_a_long_inputs_f0_into_turns_and_change_no_piece(engine: Engine, long_prep, monkeypatch) -> None:
+def test_pauses_split_a_long_inputs_f0_into_turns_and_change_no_piece(
+    long_engine: Engine, long_prep, monkeypatch
+) -> None:
     """An input over ``AUTO_SINGLE_PASS_FRAMES`` F0 frames runs RMVPE in ``AUTO_CHUNK_FRAMES``-frame
     chunks, one per turn, a None between them; the pieces are those of a stream without pauses.
 
     With the default sizes (8192 / 4096 frames) that needs an input over 82 s (checked below
     without running the network); the turns do not depend on the sizes, so they are lowered
-    to 2048 / 1024 frames and the 45 s input (two segments) runs in five chunks.
+    to 512 / 256 frames: the 7 s input (9 s padded, three segments) runs in four chunks, a
+    3 s one (5 s padded) in one pass.
     """
+    engine = long_engine
     ext = engine.f0_extractor
     assert len(ext.extract_blocks(np.zeros(83 * 16000))) >= 3  # the defaults: over 82 s, 41 s chunks
     assert len(ext.extract_blocks(np.zeros(81 * 16000))) == 1
-    monkeypatch.setattr(rmvpe, "AUTO_SINGLE_PASS_FRAMES", 2048)
-    monkeypatch.setattr(rmvpe, "AUTO_CHUNK_FRAMES", 1024)
+    monkeypatch.setattr(rmvpe, "AUTO_SINGLE_PASS_FRAMES", 512)
+    monkeypatch.setattr(rmvpe, "AUTO_CHUNK_FRAMES", 256)
     prep = long_prep
     q = engine.params(noise=False)
     plain = list(engine.stream(prep, q))
