@@ -11,9 +11,10 @@ post-processing run per voice.
 
 What is shared, and what makes two requests the same:
 
-* **F0**: the raw track of an input's 16 kHz signal, from one F0 backend for all voices (the
-  first voice with pitch's, with ``filter_radius`` applied); the key shift, autotune, formant
-  and the other pitch settings are applied per voice afterwards.
+* **F0**: the raw track of an input's 16 kHz signal, from the F0 backend all the voices with
+  pitch share (the same backend, options and weights, else a ParameterError), with
+  ``filter_radius`` applied; the key shift, autotune, formant and the other pitch settings are
+  applied per voice afterwards.
 * **Content features**: per segment, per encoder object, output layer (v1 or v2 voices),
   final projection and precision. Voices loaded with the same encoder file share the
   encoder object (the model cache), so their features are computed once.
@@ -436,8 +437,9 @@ def iter_voices(
 
     ``params`` and the conversion keywords apply to every voice; ``voice_params`` adds
     settings per voice (a list in the voices' order, or a mapping by name), e.g.
-    ``[{"pitch": 0}, {"pitch": 12}]``. F0 is tracked once per input with the first voice
-    with pitch's backend, and the content features once per input and encoder setting
+    ``[{"pitch": 0}, {"pitch": 12}]``. F0 is tracked once per input (the voices with pitch
+    must use the same F0 backend, options and weights: a :class:`~rvcfast.errors.ParameterError`
+    names the one that does not), and the content features once per input and encoder setting
     (:class:`SharedAnalysis`; ``shared_memory_mb`` bounds the features kept, ``shared``
     passes a memo of your own, e.g. to read its counters). Every output equals the one
     its voice's own batch would give.
