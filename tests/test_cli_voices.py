@@ -141,3 +141,28 @@ def test_bad_voice_values_are_refused_before_loading(tiny_models, tmp_path, no_l
     assert "missing.pth" in capsys.readouterr().err
     assert main([*head, "--voice", str(tmp_path / "bob.pth"), "--ray"]) == 2
     assert "--voice is for local runs" in capsys.readouterr().err
+    assert main([*head, "--voice-pitch", "alice=2", "--ray"]) == 2
+    assert "--voice-pitch is for local runs" in capsys.readouterr().err
+    for bad, message in (("nobody=2", "no voice is named 'nobody'"), ("alice", "VOICE=SEMITONES"),
+                         ("alice=high", "VOICE=SEMITONES"), ("alice=99", "pitch")):
+        assert main([*head, "--voice-pitch", bad]) == 2, bad
+        assert message in capsys.readouterr().err, bad
+    assert main([*head, "--voice-pitch", "alice=1", "--voice-pitch", "alice=2"]) == 2
+    assert "two keys" in capsys.readouterr().err
+
+
+def test_each_voice_can_have_its_own_key(tiny_models, tmp_path):
+    alice, _, carol = _voices(tiny_models, tmp_path)
+    a = _wav(tmp_path / "in", "a.wav", 0.8, 200.0)
+    out = tmp_path / "out"
+    argv = ["convert", str(alice), str(a), "-o", str(out), "--seed", "1", "--pitch", "2", "--voice", str(carol)]
+    assert main([*argv, "--voice-pitch", "carol=-7", "--name-template", "{voice}/{stem}{pitch}", *_weights(tiny_models)]) == 0
+    assert _files(out) == {"alice/a+2.wav", "carol/a-7.wav"}  # alice keeps --pitch, carol has its own
+    outputs = {}
+    for voice, pitch, name in ((alice, "2", "alice/a+2.wav"), (carol, "-7", "carol/a-7.wav")):
+        alone = tmp_path / f"alone_{voice.stem}"
+        assert main(["convert", str(voice), str(a), "-o", str(alone), "--seed", "1", "--pitch", pitch, *_weights(tiny_models)]) == 0
+        outputs[voice.stem] = sf.read(out / name)[0]
+        np.testing.assert_array_equal(sf.read(alone / "a.wav")[0], outputs[voice.stem])
+    # carol is alice's model: only the key tells their outputs apart
+    assert np.abs(outputs["alice"] - outputs["carol"]).max() > 0

@@ -95,20 +95,48 @@ def _voices(args: argparse.Namespace) -> list[tuple[str, str | None]]:
     return voices
 
 
-def _results(convs: list[Any], args: argparse.Namespace, batch: dict[str, Any]) -> Any:
-    """The batch's results: one voice through its own batch, several through :func:`rvcfast.iter_voices`."""
+def _voice_pitches(args: argparse.Namespace, voices: list[tuple[str, str | None]]) -> dict[str, float]:
+    """``--voice-pitch NAME=SEMITONES`` as ``{name: semitones}``; a usage error for a name that is
+    no voice's, a name given twice, or a key shift out of range."""
+    names = [Path(m).stem for m, _ in voices]
+    pitches: dict[str, float] = {}
+    for text in args.voice_pitch or []:
+        name, sep, value = text.rpartition("=")
+        try:
+            semitones = float(value)
+        except ValueError:
+            semitones = None
+        if not sep or not name or semitones is None:
+            raise UsageError(f"--voice-pitch {text!r}: expected VOICE=SEMITONES (e.g. {names[-1]}=-12)")
+        if name not in names:
+            raise UsageError(f"--voice-pitch {text!r}: no voice is named {name!r} (the voices: {', '.join(names)})")
+        if name in pitches:
+            raise UsageError(f"--voice-pitch gives voice {name!r} two keys")
+        check_params({**params_from_args(args), "pitch": semitones})
+        pitches[name] = semitones
+    return pitches
+
+
+def _results(convs: list[Any], args: argparse.Namespace, batch: dict[str, Any], pitches: dict[str, float]) -> Any:
+    """The batch's results: one voice through its own batch, several through :func:`rvcfast.iter_voices`
+    (``pitches``: a key of its own per voice name)."""
     kwargs = dict(
         format=args.format, subtype=args.subtype, recursive=args.recursive, skip_existing=args.skip_existing,
         batch_seconds=args.batch_seconds, compute_workers=args.compute_workers, **batch, **params_from_args(args),
     )
     if len(convs) == 1:
+        kwargs.update({"pitch": pitches[convs[0].engine.name]} if pitches else {})
         return convs[0].iter_batch(list(args.inputs), Path(args.output), **kwargs)
     from ..voices import iter_voices
 
-    return iter_voices(convs, list(args.inputs), Path(args.output), **kwargs)
+    extra = [{"pitch": pitches[c.engine.name]} if c.engine.name in pitches else {} for c in convs]
+    return iter_voices(convs, list(args.inputs), Path(args.output), voice_params=extra, **kwargs)
 
 
-def _run(convs: list[Any], args: argparse.Namespace, inputs: list[Path], batch: dict[str, Any], report: BatchReport) -> int:
+def _run(
+    convs: list[Any], args: argparse.Namespace, inputs: list[Path], batch: dict[str, Any], report: BatchReport,
+    pitches: dict[str, float],
+) -> int:
     """The batch itself: progress, summary, warnings, failures; the exit status."""
     from ..batch import BatchSummary
     from ..errors import ParameterError, RvcfastError
@@ -123,7 +151,7 @@ def _run(convs: list[Any], args: argparse.Namespace, inputs: list[Path], batch: 
     start = time.perf_counter()
     not_reached = 0
     try:
-        for res in _results(convs, args, batch):
+        for res in _results(convs, args, batch, pitches):
             summary.add(res)
             report.add(res)
             if res.voice is None or res.voice == convs[0].engine.name:  # each input's warnings once
@@ -164,11 +192,13 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if args.compute_workers is not None:
             raise UsageError("--compute-workers is for local runs; on Ray, --workers sets the number of model workers")
         check_not_on_ray(args)
-        if args.voice:
-            raise UsageError("--voice is for local runs: run one --ray job per voice")
+        if args.voice or args.voice_pitch:
+            flag = "--voice" if args.voice else "--voice-pitch"
+            raise UsageError(f"{flag} is for local runs: run one --ray job per voice (with its --pitch)")
         return cmd_convert_ray(args)
     _check_local(args)
     voices = _voices(args)
+    pitches = _voice_pitches(args, voices)
     batch = batch_options(args)  # bad batch options: usage errors, before anything is read or loaded
     if len(voices) > 1 and args.name_template is None:
         batch["name_template"] = "{voice}/{stem}"  # a folder per voice
@@ -202,7 +232,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             requested = compute_workers(conv.engine, BatchOptions(compute_workers=args.compute_workers))
             workers = usable_workers(requested, len(inputs), conv.device.type)
             print(_describe_load(conv, model, args, time.perf_counter() - t0, threads, workers), file=sys.stderr)
-    return _run(convs, args, inputs, batch, report)
+    return _run(convs, args, inputs, batch, report, pitches)
 
 
 def add_parser(sub: Any) -> None:
@@ -227,7 +257,7 @@ def add_parser(sub: Any) -> None:
             "  rvcfast convert voice.pth takes/ -o out/ --recursive --skip-existing --f0 crepe\n"
             "  rvcfast convert voice.pth a.wav -o out/ --encoder hubert_base.pt --f0-weights rmvpe.pt\n"
             "  rvcfast convert voice.pth a.m4a -o out/ --autotune 0.8 --effect reverb:room_size=0.3 --clean 0.5\n"
-            "  rvcfast convert alice.pth song.wav -o out/ --voice bob.pth --voice carol.pth,carol.index\n"
+            "  rvcfast convert alice.pth song.wav -o out/ --voice bob.pth --voice carol.pth,carol.index --voice-pitch bob=-12\n"
             "  rvcfast convert voice.pth speakers/ -o out/ --recursive --name-template '{parent}/{stem}' --report run.jsonl\n"
             "\n"
             "Base weights (hubert_base.pt, rmvpe.pt) are found in $RVCFAST_HOME or the user cache;\n"
@@ -245,6 +275,11 @@ def add_parser(sub: Any) -> None:
         help="another voice to convert every input to, with its index after a comma; repeatable. Each input's "
         "F0 and content features are computed once for all the voices (with MODEL's F0 settings); outputs go "
         "to OUT/<voice>/ (a --name-template must use {voice})",
+    )
+    g.add_argument(
+        "--voice-pitch", metavar="VOICE=SEMITONES", action="append", default=None,
+        help="a key shift of its own for one voice, named by its model file's stem (MODEL's or a --voice's), "
+        "instead of --pitch; repeatable (e.g. --voice-pitch bob=-12)",
     )
     g.add_argument("--encoder", metavar="PATH", help="hubert_base.pt or a ContentVec folder (default: $RVCFAST_HOME or the cache)")
     g.add_argument("--f0", metavar="NAME", default="rmvpe", help="F0 backend: rmvpe, crepe, crepe-tiny, fcpe, harvest, dio, pm, hybrid:a+b or a plugin (see `rvcfast backends`)")
