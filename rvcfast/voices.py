@@ -11,10 +11,10 @@ post-processing run per voice.
 
 What is shared, and what makes two requests the same:
 
-* **F0**: the raw track of an input's 16 kHz signal, from the F0 backend all the voices with
-  pitch share (the same backend, options and weights, else a ParameterError), with
-  ``filter_radius`` applied; the key shift, autotune, formant and the other pitch settings are
-  applied per voice afterwards.
+* **F0**: the raw track of an input's 16 kHz signal, per F0 setting (backend, options, weights
+  and ``filter_radius``): voices loaded alike share it, a voice with another backend gets its
+  own; the key shift, autotune, formant and the other pitch settings are applied per voice
+  afterwards.
 * **Content features**: per segment, per encoder object, output layer (v1 or v2 voices),
   final projection and precision. Voices loaded with the same encoder file share the
   encoder object (the model cache), so their features are computed once.
@@ -437,9 +437,9 @@ def iter_voices(
 
     ``params`` and the conversion keywords apply to every voice; ``voice_params`` adds
     settings per voice (a list in the voices' order, or a mapping by name), e.g.
-    ``[{"pitch": 0}, {"pitch": 12}]``. F0 is tracked once per input (the voices with pitch
-    must use the same F0 backend, options and weights: a :class:`~rvcfast.errors.ParameterError`
-    names the one that does not), and the content features once per input and encoder setting
+    ``[{"pitch": 0}, {"pitch": 12}]``. F0 is tracked once per input and F0 setting (voices
+    loaded with the same backend, options and weights share it; a voice with another backend
+    gets its own), and the content features once per input and encoder setting
     (:class:`SharedAnalysis`; ``shared_memory_mb`` bounds the features kept, ``shared``
     passes a memo of your own, e.g. to read its counters). Every output equals the one
     its voice's own batch would give.
@@ -467,12 +467,10 @@ def iter_voices(
                 q.check_output(kwargs.get("format", "wav"), kwargs.get("subtype"), engine.sample_rate, kwargs.get("bitrate"))
             except ParameterError as exc:
                 raise ParameterError(f"voice {name!r}: {exc}") from None
-    _check_one_f0_backend(named)
-    first_with_f0 = next((engine for _, engine in named if engine.vocoder.has_f0), None)
     batch_kwargs = {k: v for k, v in kwargs.items() if k not in _conversion_kwargs(kwargs)}
     runs = []
     for (name, engine), q in zip(named, settings):
-        voice_engine = memo.engine(engine, first_with_f0)
+        voice_engine = memo.engine(engine)  # its own F0 backend: alike ones share their tracks
         voice_engine.name = name
         runs.append((name, Converter.from_engine(voice_engine), q))
     # the first voice's batch is made now: its options are checked when iter_voices is called
@@ -574,27 +572,3 @@ def _f0_setting(ext: Any, ident: Callable[[Any], Any] = id) -> tuple[Any, ...]:
         elif key == "backends" and isinstance(value, list):
             values.append((key, tuple(_f0_setting(member, ident) for member in value)))
     return (type(ext).__qualname__, getattr(ext, "name", None), tuple(values))
-
-
-def _check_one_f0_backend(named: list[tuple[str, Engine]]) -> None:
-    """F0 is tracked once, with the first pitched voice's backend: a voice whose backend differs
-    (another backend, other options, other weights) would silently get that one's tracks, so it
-    is refused, naming what differs."""
-    found = [(n, e.f0_extractor) for n, e in named if e.vocoder.has_f0 and e.f0_extractor is not None]
-    if not found:
-        return
-    first_name, first = found[0]
-    want = _f0_setting(first)
-    for name, ext in found[1:]:
-        got = _f0_setting(ext)
-        if got == want:
-            continue
-        if got[:2] != want[:2]:
-            what = f"with {getattr(ext, 'name', type(ext).__name__)!r}, voice {first_name!r} with {getattr(first, 'name', '?')!r}"
-        else:
-            differing = sorted({k for k, _ in set(got[2]) ^ set(want[2])})
-            what = f"with other {getattr(ext, 'name', '?')!r} settings than voice {first_name!r} ({', '.join(differing)})"
-        raise ParameterError(
-            f"voice {name!r} tracks F0 {what}: the voices share one F0 analysis, so load them with the "
-            "same F0 backend, options and weights (or convert them separately)"
-        )

@@ -407,25 +407,25 @@ def test_an_output_format_one_voice_cannot_take_is_refused_before_any_voice_writ
     assert not out.exists() or not any(out.rglob("*.ogg"))
 
 
-def test_a_voice_with_another_f0_backend_or_options_is_refused(voices: Voices, tiny_models) -> None:
+def test_a_voice_with_another_f0_backend_or_options_gets_its_own_tracks(voices: Voices, tiny_models) -> None:
     """A voice loaded with another F0 backend (or other options, or other weights) silently got the
-    first voice's RMVPE tracks, and an output that was not its own batch's."""
+    first voice's RMVPE tracks, and an output that was not its own batch's: each F0 setting now
+    has its own tracks, and alike voices (loaded apart from the same weights) share theirs."""
     pytest.importorskip("parselmouth")
     inputs = clips()[:1]
     pm = rvcfast.Converter.from_pretrained(voices.alto_path, encoder=tiny_models.encoder, f0="pm", device="cpu")
-    with pytest.raises(ParameterError, match=r"'pm'.*'rmvpe'"):
-        rvcfast.convert_voices([voices.main, pm], inputs, noise=False)
     strict = rvcfast.Converter.from_pretrained(
         voices.alto_path, encoder=tiny_models.encoder, f0_weights=tiny_models.rmvpe, device="cpu",
         f0_options={"threshold": 0.2},
     )
-    with pytest.raises(ParameterError, match="threshold"):
-        rvcfast.convert_voices([voices.main, strict], inputs, noise=False)
-    # the same backend loaded again for another voice (the same weights file) is the same analysis
     again = rvcfast.Converter.from_pretrained(voices.alto_path, encoder=tiny_models.encoder, f0_weights=tiny_models.rmvpe, device="cpu")
     assert again.engine.f0_extractor is not voices.main.engine.f0_extractor
-    results = rvcfast.convert_voices([voices.main, again], inputs, noise=False)
-    assert_same(results[1].audio, again.convert_batch(inputs, noise=False)[0].audio)
+    shared = rvcfast.SharedAnalysis()
+    named = {"main": voices.main, "pm": pm, "strict": strict, "again": again}
+    results = rvcfast.convert_voices(named, inputs, noise=False, shared=shared)
+    for r in results:
+        assert_same(r.audio, named[r.voice].convert_batch(inputs, noise=False)[0].audio)
+    assert (shared.f0_computed, shared.f0_reused) == (3, 1)  # main and again share; pm and strict their own
 
 
 def test_two_voice_names_that_spell_one_output_folder_are_refused(voices: Voices, tmp_path: Path) -> None:
