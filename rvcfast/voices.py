@@ -161,14 +161,13 @@ class SharedAnalysis:
                 self._extractors[setting] = found
             return found
 
-    def engine(self, engine: Engine, f0_from: Engine | None = None) -> Engine:
-        """A copy of ``engine`` whose encoder and F0 extractor read through this memo (the F0
-        backend is ``f0_from``'s, by default the engine's own); ``engine`` is left as it was."""
+    def engine(self, engine: Engine) -> Engine:
+        """A copy of ``engine`` whose encoder and F0 extractor read through this memo; ``engine``
+        is left as it was."""
         import copy
 
-        source = engine if f0_from is None else f0_from
-        if engine.vocoder.has_f0 and source.f0_extractor is not None:
-            other = engine.with_f0(self.extractor(source.f0_extractor))
+        if engine.vocoder.has_f0 and engine.f0_extractor is not None:
+            other = engine.with_f0(self.extractor(engine.f0_extractor))
         else:
             other = copy.copy(engine)
         other.encoder = self.encoder(engine.encoder)
@@ -457,8 +456,9 @@ def iter_voices(
         raise ParameterError(f"progress must be a function progress(result, done, total), got {type(progress).__name__}")
     listed = _expanded(inputs, out_dir, recursive, name_template, kwargs)
     # every voice's settings are checked before any work
+    shared_settings = _conversion_kwargs(kwargs)
     settings = [
-        Converter.from_engine(engine).make_params(params, **{**_conversion_kwargs(kwargs), **extra})
+        Converter.from_engine(engine).make_params(params, **{**shared_settings, **extra})
         for (_, engine), extra in zip(named, per_voice)
     ]
     if out_dir is not None:  # the format at each voice's output rate: before any voice writes
@@ -467,7 +467,7 @@ def iter_voices(
                 q.check_output(kwargs.get("format", "wav"), kwargs.get("subtype"), engine.sample_rate, kwargs.get("bitrate"))
             except ParameterError as exc:
                 raise ParameterError(f"voice {name!r}: {exc}") from None
-    batch_kwargs = {k: v for k, v in kwargs.items() if k not in _conversion_kwargs(kwargs)}
+    batch_kwargs = {k: v for k, v in kwargs.items() if k not in shared_settings}
     runs = []
     for (name, engine), q in zip(named, settings):
         voice_engine = memo.engine(engine)  # its own F0 backend: alike ones share their tracks
@@ -548,7 +548,7 @@ def _conversion_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in kwargs.items() if k in names}
 
 
-def _f0_setting(ext: Any, ident: Callable[[Any], Any] = id) -> tuple[Any, ...]:
+def _f0_setting(ext: Any, ident: Callable[[Any], Any]) -> tuple[Any, ...]:
     """What an F0 extractor computes with: for rvcfast's own, its class and name, its settings
     (numbers, words, paths, device and precision), the networks it holds (``ident`` of each:
     the model cache gives every extractor of one weights file the same network) and its
