@@ -145,14 +145,27 @@ class _Pinned:
     digests: tuple[tuple[str, str], ...]  # (field name, content_digest)
 
 
-def ship_files(files: ModelFiles, mode: str) -> _Pinned | dict[str, _Shipped | None]:
-    """What the workers get: the paths with their digests (``"path"``), or object-store handles."""
+def ship_files(
+    files: ModelFiles, mode: str, cache: dict[tuple[str, str], Any] | None = None
+) -> _Pinned | dict[str, _Shipped | None]:
+    """What the workers get: the paths with their digests (``"path"``), or object-store handles.
+
+    ``cache`` (a dict the caller keeps) holds what was hashed or shipped already, by mode and
+    path: the voices of one job share their encoder and F0 weights, hashed and shipped once.
+    """
     if mode not in WEIGHT_MODES:
         raise ParameterError(f"weights must be one of {', '.join(WEIGHT_MODES)}, got {mode!r}")
+    done = {} if cache is None else cache
+
+    def once(path: str) -> Any:
+        if (mode, path) not in done:
+            done[(mode, path)] = content_digest(path) if mode == "path" else _ship_one(path)
+        return done[(mode, path)]
+
     if mode == "path":
         named = [(f.name, getattr(files, f.name)) for f in fields(files) if getattr(files, f.name)]
-        return _Pinned(files, tuple((name, content_digest(path)) for name, path in named))
-    return {f.name: (_ship_one(getattr(files, f.name)) if getattr(files, f.name) else None) for f in fields(files)}
+        return _Pinned(files, tuple((name, once(path)) for name, path in named))
+    return {f.name: (once(getattr(files, f.name)) if getattr(files, f.name) else None) for f in fields(files)}
 
 
 def _cache_root() -> Path:
@@ -205,14 +218,15 @@ def _unpack(item: _Shipped, root: Path) -> str:
     return str(target)
 
 
-def _check_pinned(pinned: _Pinned) -> ModelFiles:
-    """The driver's paths, each checked to exist on this node with the driver's content."""
+def _check_pinned(pinned: _Pinned, checked: set[tuple[str, str]]) -> ModelFiles:
+    """The driver's paths, each checked to exist on this node with the driver's content
+    (``checked``: the (path, digest) pairs found good already, by this call or an earlier one)."""
     import socket
 
     digests = dict(pinned.digests)
     for f in fields(pinned.files):
         path = getattr(pinned.files, f.name)
-        if path is None:
+        if path is None or (path, digests.get(f.name, "")) in checked:
             continue
         if not Path(path).exists():
             raise ModelLoadError(
@@ -227,17 +241,30 @@ def _check_pinned(pinned: _Pinned) -> ModelFiles:
                 "path, or the file was replaced during the job): give every node the same file, or pass "
                 "weights='object-store' to ship the driver's copy",
             )
+        if f.name in digests:
+            checked.add((path, digests[f.name]))
     return pinned.files
 
 
-def local_files(shipped: _Pinned | ModelFiles | dict[str, _Shipped | None]) -> ModelFiles:
+def local_files(
+    shipped: _Pinned | ModelFiles | dict[str, _Shipped | None], cache: dict[Any, Any] | None = None
+) -> ModelFiles:
     """On a worker: local paths of the model files (unpacked from the object store if shipped),
-    whose content is the driver's (:class:`~rvcfast.errors.ModelLoadError` naming the file if not)."""
+    whose content is the driver's (:class:`~rvcfast.errors.ModelLoadError` naming the file if not).
+
+    ``cache`` (a dict the caller keeps between calls) remembers the files checked or unpacked
+    already, so a worker loading several voices hashes their shared encoder and F0 weights once.
+    """
+    done = {} if cache is None else cache
     if isinstance(shipped, ModelFiles):
         shipped = _Pinned(shipped, ())  # paths without digests: only their existence is checked
     if isinstance(shipped, _Pinned):
-        return _check_pinned(shipped)
+        return _check_pinned(shipped, done.setdefault("pinned", set()))
     root = _cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    paths = {name: (_unpack(item, root) if item is not None else None) for name, item in shipped.items()}
+    paths = {}
+    for name, item in shipped.items():
+        if item is not None and (item.digest, item.name) not in done:
+            done[(item.digest, item.name)] = _unpack(item, root)
+        paths[name] = done[(item.digest, item.name)] if item is not None else None
     return replace(ModelFiles(model=""), **paths)
