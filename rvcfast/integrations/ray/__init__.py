@@ -4,6 +4,9 @@
   (``path``, ``output_path``, ``status``, ``error``, ``seconds``, ``node``, stage timings);
 * :func:`convert_files` -- the eager form for paths and folders: runs the job, writes a
   manifest of the rows (JSON Lines or Parquet) and returns the rows;
+* both take several voices (``voices={name: model or (model, index)}``): every input is
+  decoded and analysed once for all of them, one row per (input, voice) with a ``voice``
+  column (:data:`VOICE_ROW_SCHEMA`);
 * on the command line: ``rvcfast convert MODEL INPUTS -o OUT --ray [ADDRESS]``.
 
 Decoding runs in CPU tasks, the models in a pool of actors that load them once, and every
@@ -34,7 +37,7 @@ from ._job import (  # noqa: E402
     convert_files,
     write_manifest,
 )
-from ._stages import ROW_SCHEMA, STAGES  # noqa: E402
+from ._stages import ROW_SCHEMA, STAGES, VOICE_ROW_SCHEMA  # noqa: E402
 from ._weights import WEIGHT_MODES  # noqa: E402
 
 __all__ = [
@@ -44,6 +47,7 @@ __all__ = [
     "write_manifest",
     "check_manifest",
     "ROW_SCHEMA",
+    "VOICE_ROW_SCHEMA",
     "STAGES",
     "WEIGHT_MODES",
     "CPU_WORKER_MEMORY",

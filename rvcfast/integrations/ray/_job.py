@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ...atomic import atomic_write
-from ...errors import ModelLoadError, ParameterError
+from ...errors import ModelLoadError, ParameterError, RvcfastError
 from ...params import ConversionParams
 from ...writing import SUPPORTED_WRITE_FORMATS, check_bitrate, remove_stale_parts
 from ._stages import (
@@ -27,7 +27,17 @@ from ._stages import (
     workers_fitting_node,
     write_outputs,
 )
-from ._weights import WEIGHT_MODES, resolve_files, ship_files
+from ._voices import (
+    DEFAULT_VOICE_TEMPLATE,
+    VoiceJob,
+    VoicesWorker,
+    decode_voices,
+    for_voice,
+    plan_voice_outputs,
+    voice_list,
+    voice_settings,
+)
+from ._weights import WEIGHT_MODES, ModelFiles, resolve_files, ship_files
 
 __all__ = [
     "convert_dataset", "convert_files", "connected", "plan_files", "write_manifest", "check_manifest",
@@ -108,7 +118,9 @@ def _gpu_nodes() -> list[dict[str, Any]]:
     return [n for n in _alive_nodes() if n.get("Resources", {}).get("GPU", 0) > 0]
 
 
-def _cpu_layout(nodes: list[dict[str, Any]], cpus_per_worker: float | None, threads: int | None) -> tuple[int, float]:
+def _cpu_layout(
+    nodes: list[dict[str, Any]], cpus_per_worker: float | None, threads: int | None, per_worker: float | None = None
+) -> tuple[int, float]:
     """The default CPU pool: (workers, CPUs reserved by each).
 
     Each node gets :func:`~._stages.default_workers_on_node` workers, fewer where
@@ -120,7 +132,7 @@ def _cpu_layout(nodes: list[dict[str, Any]], cpus_per_worker: float | None, thre
     total, share = 0, math.inf
     for node in nodes:
         res = node["Resources"]
-        count = default_workers_on_node(res, cpus_per_worker, 0.0, threads)
+        count = default_workers_on_node(res, cpus_per_worker, 0.0, threads, per_worker)
         if count >= 1:
             total += count
             share = min(share, (res["CPU"] - DECODE_CPUS) / count)
@@ -129,19 +141,20 @@ def _cpu_layout(nodes: list[dict[str, Any]], cpus_per_worker: float | None, thre
     return total, cpus_per_worker if cpus_per_worker is not None else math.floor(share * 100) / 100
 
 
-def _worker_memory(nodes: list[dict[str, Any]], cpus: float, threads: int | None) -> int | None:
+def _worker_memory(nodes: list[dict[str, Any]], cpus: float, threads: int | None, per_worker: float | None = None) -> int | None:
     """Memory each worker of the default CPU pool reserves, so Ray keeps to the layout on every node.
 
-    :data:`CPU_WORKER_MEMORY`, or less where a node got a worker its memory does not hold
-    (every node gets at least one); ``None`` where no node reports its memory.
+    :data:`CPU_WORKER_MEMORY` (``per_worker``: more for several voices), or less where a node
+    got a worker its memory does not hold (every node gets at least one); ``None`` where no
+    node reports its memory.
     """
     shares = []
     for node in nodes:
         res = node["Resources"]
-        count = default_workers_on_node(res, cpus, 0.0, threads)
+        count = default_workers_on_node(res, cpus, 0.0, threads, per_worker)
         if count >= 1 and res.get("memory", 0) > 0:
             shares.append(res["memory"] / count)
-    return int(min(CPU_WORKER_MEMORY, *shares)) if shares else None
+    return int(min(per_worker or CPU_WORKER_MEMORY, *shares)) if shares else None
 
 
 def _given_range(num_workers: WorkerCount) -> tuple[int, int]:
@@ -188,7 +201,8 @@ def _check_fit(high: int, cpus: float, gpus: float, nodes: list[dict[str, Any]],
 
 
 def _pool_size(
-    num_workers: WorkerCount, gpus_per_worker: float, cpus_per_worker: float | None, threads: int | None
+    num_workers: WorkerCount, gpus_per_worker: float, cpus_per_worker: float | None, threads: int | None,
+    per_worker: float | None = None,
 ) -> tuple[int, int, float, int | None]:
     """``(min, max)`` model workers, the CPUs each reserves, and workers per node (``None``: the default layout).
 
@@ -211,7 +225,7 @@ def _pool_size(
                 high = min(high, int((total_cpus - DECODE_CPUS) // cpus))
             high = max(1, high)  # none fit: refused below with the figures
         else:
-            high, cpus = _cpu_layout(nodes, cpus_per_worker, threads)
+            high, cpus = _cpu_layout(nodes, cpus_per_worker, threads, per_worker)
     else:
         low, high = _given_range(num_workers)
         per_node = max(1, math.ceil(high / max(1, len(hosts))))
@@ -330,20 +344,24 @@ def _check_engine(voc: Any, files: Any, f0: str, f0_options: dict[str, Any] | No
 # ------------------------------------------------------------------------------ the lazy form
 
 
+def _absolute(inputs: Any, out_dir: str | os.PathLike[str]) -> tuple[list[str], str]:
+    """The inputs (paths and folders) and the output folder as absolute paths: the workers do not
+    share the driver's working directory."""
+    if isinstance(inputs, (str, os.PathLike)):
+        inputs = [inputs]
+    items = list(inputs)
+    if any(not isinstance(i, (str, os.PathLike)) for i in items):
+        raise ParameterError("a cluster job takes paths and folders (arrays live in one process: use Converter.convert_batch)")
+    return [os.path.abspath(os.path.expanduser(os.fspath(i))) for i in items], os.path.abspath(os.path.expanduser(os.fspath(out_dir)))
+
+
 def plan_files(
     inputs: Any, out_dir: str | os.PathLike[str], fmt: str, skip_existing: bool, recursive: bool
 ) -> list[dict[str, str]]:
     """Paths and folders → ``path``/``output_path`` rows, named exactly as ``convert_batch`` names them."""
     from ...batch import BatchOptions, expand_inputs
 
-    if isinstance(inputs, (str, os.PathLike)):
-        inputs = [inputs]
-    items = list(inputs)
-    if any(not isinstance(i, (str, os.PathLike)) for i in items):
-        raise ParameterError("a cluster job takes paths and folders (arrays live in one process: use Converter.convert_batch)")
-    # absolute paths: the workers do not share the driver's working directory
-    items = [os.path.abspath(os.path.expanduser(os.fspath(i))) for i in items]
-    out_dir = os.path.abspath(os.path.expanduser(os.fspath(out_dir)))
+    items, out_dir = _absolute(inputs, out_dir)
     options = BatchOptions(out_dir=out_dir, format=fmt.lower(), skip_existing=skip_existing, recursive=recursive)
     jobs = expand_inputs(items, options)
     if not jobs:
@@ -351,8 +369,34 @@ def plan_files(
     return [{"path": str(j.path), "output_path": str(j.out_path)} for j in jobs]
 
 
+def plan_voice_files(
+    inputs: Any, out_dir: str | os.PathLike[str], voices: Any, options: dict[str, Any], recursive: bool
+) -> tuple[list[dict[str, str]], list[str]]:
+    """Paths and folders → one row per input with every voice's output (``voice_outputs``, a JSON list),
+    named as :func:`rvcfast.convert_voices` names them; and the voices' names.
+
+    ``options`` are the job's keywords: ``format``, ``skip_existing``, ``name_template``,
+    ``voice_params`` and the conversion parameters (for ``{pitch}``).
+    """
+    from ...voices import _conversion_kwargs
+
+    named = voice_list(voices, options.get("model"), options.get("index"))
+    names = [name for name, _, _ in named]
+    shared = _conversion_kwargs(options)
+    pitches = []
+    for name, settings in zip(names, voice_settings(names, shared, options.get("voice_params"))):
+        try:
+            pitches.append(ConversionParams.build(None, **settings).pitch)
+        except RvcfastError as exc:
+            raise for_voice(name, exc) from None
+    items, out = _absolute(inputs, out_dir)
+    template = options.get("name_template") or DEFAULT_VOICE_TEMPLATE
+    fmt = str(options.get("format", "wav")).lower()
+    return plan_voice_outputs(items, out, list(zip(names, pitches)), template, fmt, options.get("skip_existing", True), recursive), names
+
+
 class _Planned:
-    """Rows planned on the driver (:func:`plan_files`): every output name is unique already."""
+    """Rows planned on the driver (:func:`plan_files`, :func:`plan_voice_files`): every output name is unique already."""
 
     def __init__(self, items: list[dict[str, str]]) -> None:
         self.items = items
@@ -364,11 +408,74 @@ def _items_dataset(items: list[dict[str, str]], batch_size: int) -> Any:
     return _ray().data.from_items(items, override_num_blocks=max(1, math.ceil(len(items) / per_block)))
 
 
+def _check_one(
+    model: Any, index: Any, params: dict[str, Any], engine: dict[str, Any], output: tuple[str, str | None, int | None]
+) -> tuple[ConversionParams, ModelFiles, Any]:
+    """The voice model with its conversion parameters and engine options, checked on the driver as
+    a local run checks them; its settings, its files resolved to absolute paths, and the model."""
+    if model is None:
+        raise ParameterError("no voice model: pass model (a .pth file), or voices= for several voices")
+    conv_params, voc = _check_model(model, engine["f0"], params)
+    # format, subtype and bitrate at the output rate (Opus at 40 kHz, an MP3 bitrate the rate has not): not per row
+    conv_params.check_output(output[0], output[1], voc.sample_rate, output[2])
+    files = resolve_files(
+        model, index=index, encoder=engine["encoder"], f0=engine["f0"], f0_weights=engine["f0_weights"],
+        has_f0=bool(voc.has_f0), allow_download=engine["allow_download"],
+    )
+    _check_engine(voc, files, engine["f0"], engine["f0_options"], model)
+    return conv_params, files, voc
+
+
+def _check_voices(
+    named: list[tuple[str, str, str | None]], voice_params: Any, params: dict[str, Any], engine: dict[str, Any],
+    output: tuple[str, str | None, int | None], weights: str,
+) -> tuple[tuple[VoiceJob, ...], int]:
+    """Every voice checked as :func:`_check_one` checks one (an error names the voice), with its files
+    shipped (the files the voices share once); and the memory a worker needs beyond one voice's."""
+    names = [name for name, _, _ in named]
+    shipped: dict[tuple[str, str], Any] = {}
+    jobs, extra = [], 0
+    for (name, model, index), settings in zip(named, voice_settings(names, params, voice_params)):
+        try:
+            conv_params, files, voc = _check_one(model, index, settings, engine, output)
+        except RvcfastError as exc:
+            raise for_voice(name, exc) from None
+        del voc
+        jobs.append(VoiceJob(name, ship_files(files, weights, shipped), conv_params))
+        if jobs[1:]:  # each further voice: its model (float32 in memory: up to twice a half-precision file) and index
+            extra += 2 * os.path.getsize(files.model) + (os.path.getsize(files.index) if files.index else 0)
+    return tuple(jobs), extra
+
+
+def _checked(
+    model: Any, index: Any, voices: Any, voice_params: Any, name_template: str | None, params: dict[str, Any],
+    engine: dict[str, Any], output: tuple[str, str | None, int | None], weights: str,
+) -> dict[str, Any]:
+    """The models and settings of a job (``voices``: several), checked: the JobSpec's fields."""
+    from ...batch_inputs import check_name_template
+    from ...voices import _check_template
+
+    if voices is None:
+        if voice_params is not None or name_template is not None:
+            raise ParameterError("voice_params and name_template are for jobs with voices= (a one-voice job names outputs {stem})")
+        conv_params, files, _ = _check_one(model, index, params, engine, output)
+        return {"files": ship_files(files, weights), "params": conv_params}
+    named = voice_list(voices, model, index)
+    template = DEFAULT_VOICE_TEMPLATE if name_template is None else name_template
+    check_name_template(template)
+    _check_template(template, len(named), out_dir=True)  # the job always writes: the voices need their own names
+    jobs, extra = _check_voices(named, voice_params, params, engine, output, weights)
+    return {"files": jobs[0].files, "params": jobs[0].params, "voices": jobs, "name_template": template, "extra_memory": extra}
+
+
 def convert_dataset(
     ds: Any,
-    model: str | os.PathLike[str],
-    out_dir: str | os.PathLike[str],
+    model: str | os.PathLike[str] | None = None,
+    out_dir: str | os.PathLike[str] | None = None,
     *,
+    voices: Any = None,
+    voice_params: Any = None,
+    name_template: str | None = None,
     index: str | os.PathLike[str] | None = None,
     encoder: str | os.PathLike[str] | None = None,
     f0: str = "rmvpe",
@@ -406,12 +513,28 @@ def convert_dataset(
     naming both, while the first row to claim it converts as usual. Nothing runs until the
     dataset is consumed (``take_all``, ``iter_rows``, ``write_parquet``...).
 
+    **Several voices**: instead of ``model`` (and ``index``), ``voices`` is a mapping
+    ``{name: model or (model, index)}`` (or a list of those, named by their model file's
+    stem; names are checked as :func:`rvcfast.convert_voices` checks them), and
+    ``voice_params`` adds conversion parameters per voice (a mapping by name, or a list in
+    the voices' order, e.g. ``{"bob": {"pitch": -12}}``). Every input is decoded once, and
+    each model worker loads every voice once and converts a batch to each of them, the
+    F0 tracks and content features of an input computed once for all the voices
+    (:class:`rvcfast.voices.SharedAnalysis`). Outputs are named with ``name_template``
+    (default ``"{voice}/{stem}"``: a folder per voice; it must use ``{voice}`` with several
+    voices), each voice's as its own batch of :func:`rvcfast.convert_voices` names them; a
+    dataset given to such a job has a ``path`` column only. One row per (input, voice),
+    with a ``voice`` column (:data:`VOICE_ROW_SCHEMA`); ``skip_existing`` skips each (input,
+    voice) whose output exists, and an input without a missing output is not decoded. Every
+    voice is checked here (files, index, parameters, the format at its rate): a bad one raises
+    naming the voice. The voices share ``encoder``, ``f0`` and its options.
+
     Stages: decoding and resampling in CPU tasks, the models in an autoscaling pool of
     ``num_workers`` actors (an int, or ``(min, max)``) that load the models once, batches
     of ``batch_size`` files, writes in the actors (``write_in="task"``: in CPU tasks). By
     default a GPU cluster gets one actor per ``gpus_per_worker`` GPUs, and a CPU cluster one
     single-threaded actor per core of each node, as many as the node's memory holds
-    (:data:`CPU_WORKER_MEMORY` each), all started at once. ``cpus_per_worker`` is the Ray
+    (:data:`CPU_WORKER_MEMORY` each, more with several voices), all started at once. ``cpus_per_worker`` is the Ray
     reservation of a model worker (default on CPUs: a node's CPUs less one decoding task's
     share, divided among its workers; on GPUs: 1); PyTorch runs ``threads_per_worker``
     threads in it (default: the node's CPUs divided among its workers). ``weights``:
@@ -429,43 +552,46 @@ def convert_dataset(
     ``index_s``, ``synth_s``, ``post_s``, ``write_s``.
     """
     ray = _ray()
+    if out_dir is None:
+        raise ParameterError("out_dir is required: the folder the outputs go to")
     if not ray.is_initialized():
         _start_local()
     _check_options(format, batch_size, gpus_per_worker, cpus_per_worker, threads_per_worker, write_in, weights)
     check_bitrate(format.lower(), subtype, bitrate)  # a bad value at any rate: before the model is read
     _check_device(device, dtype, gpus_per_worker)
-    conv_params, voc = _check_model(model, f0, params)
-    # format, subtype and bitrate at the output rate (Opus at 40 kHz, an MP3 bitrate the rate has not): not per row
-    conv_params.check_output(format.lower(), subtype, voc.sample_rate, bitrate)
-    files = resolve_files(
-        model, index=index, encoder=encoder, f0=f0, f0_weights=f0_weights, has_f0=bool(voc.has_f0), allow_download=allow_download
-    )
-    _check_engine(voc, files, f0, f0_options, model)
-    del voc
-    low, high, cpus, per_node = _pool_size(num_workers, gpus_per_worker, cpus_per_worker, threads_per_worker)
+    engine = {"encoder": encoder, "f0": f0, "f0_weights": f0_weights, "f0_options": f0_options, "allow_download": allow_download}
+    job = _checked(model, index, voices, voice_params, name_template, params, engine, (format.lower(), subtype, bitrate), weights)
+    # several voices: each worker holds every voice's model and index, so fewer fit in a node's memory
+    per_worker = CPU_WORKER_MEMORY + job.pop("extra_memory", 0)
+    low, high, cpus, per_node = _pool_size(num_workers, gpus_per_worker, cpus_per_worker, threads_per_worker, per_worker)
     claims = None
     if isinstance(ds, ray.data.Dataset):
         schema = ds.schema(fetch_if_missing=False)  # known without running anything, or None
         if schema is not None and "path" not in schema.names:
             raise ParameterError(f"the dataset needs a 'path' column (one audio file per row); it has {', '.join(schema.names)}")
+        if voices is not None and schema is not None and "output_path" in schema.names:
+            raise ParameterError("with voices= each voice's outputs are named by name_template: the dataset has a 'path' column only, no 'output_path'")
         claims = ray.remote(num_cpus=0)(OutputClaims).remote()  # rows are named in the tasks: they claim their outputs
+    elif isinstance(ds, _Planned):
+        ds = _items_dataset(ds.items, batch_size)
+    elif voices is None:
+        ds = _items_dataset(plan_files(ds, out_dir, format, skip_existing, recursive), batch_size)
     else:
-        items = ds.items if isinstance(ds, _Planned) else plan_files(ds, out_dir, format, skip_existing, recursive)
-        ds = _items_dataset(items, batch_size)
+        options = {**params, "format": format, "skip_existing": skip_existing, "name_template": name_template, "voice_params": voice_params}
+        ds = _items_dataset(plan_voice_files(ds, out_dir, voices, options, recursive)[0], batch_size)
     spec = JobSpec(
-        files=ship_files(files, weights), params=conv_params, out_dir=os.path.abspath(os.path.expanduser(os.fspath(out_dir))),
-        format=format.lower(), subtype=subtype, bitrate=bitrate,
+        out_dir=os.path.abspath(os.path.expanduser(os.fspath(out_dir))), format=format.lower(), subtype=subtype, bitrate=bitrate,
         skip_existing=skip_existing, f0=f0, f0_options=f0_options, device=device, dtype=dtype, batch_seconds=batch_seconds,
         threads=threads_per_worker, workers_per_node=per_node, cpus_per_worker=cpus, gpus_per_worker=gpus_per_worker,
-        write_in=write_in, crash_marker=os.environ.get(CRASH_ENV) or None, claims=claims,
+        write_in=write_in, crash_marker=os.environ.get(CRASH_ENV) or None, claims=claims, worker_memory=per_worker, **job,
     )
     # the default CPU pool reserves each worker's memory too, so no node gets more than it holds
-    memory = _worker_memory(_cpu_nodes(), cpus, threads_per_worker) if num_workers is None and gpus_per_worker == 0 else None
-    ds = ds.map_batches(decode_audio, batch_format="pyarrow", fn_kwargs={"spec": spec}, num_cpus=DECODE_CPUS)
+    memory = _worker_memory(_cpu_nodes(), cpus, threads_per_worker, per_worker) if num_workers is None and gpus_per_worker == 0 else None
+    ds = ds.map_batches(decode_voices if voices is not None else decode_audio, batch_format="pyarrow", fn_kwargs={"spec": spec}, num_cpus=DECODE_CPUS)
     # Ray Data spreads the actors over the nodes (its default strategy): one per node before two on one
     ds = ds.map_batches(
-        ConvertWorker, batch_size=batch_size, batch_format="pyarrow", fn_constructor_kwargs={"spec": spec},
-        compute=_actor_pool(low, high, start_all=num_workers is None), num_cpus=cpus,
+        VoicesWorker if voices is not None else ConvertWorker, batch_size=batch_size, batch_format="pyarrow",
+        fn_constructor_kwargs={"spec": spec}, compute=_actor_pool(low, high, start_all=num_workers is None), num_cpus=cpus,
         num_gpus=gpus_per_worker if gpus_per_worker > 0 else None, **({"memory": memory} if memory else {}),
     )
     if write_in == "task":
@@ -509,7 +635,9 @@ def check_manifest(path: str | os.PathLike[str]) -> Path:
 
 
 def write_manifest(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """Write the rows as JSON Lines (``.jsonl``/``.json``) or Parquet (``.parquet``), atomically."""
+    """Write the rows as JSON Lines (``.jsonl``/``.json``) or Parquet (``.parquet``), atomically.
+
+    Parquet: :data:`ROW_SCHEMA`, or :data:`VOICE_ROW_SCHEMA` for the rows of a job with ``voices=``."""
     p = check_manifest(path)
     kind = p.suffix.lower()
     p.parent.mkdir(parents=True, exist_ok=True)
@@ -518,9 +646,10 @@ def write_manifest(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> 
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            from ._stages import ROW_SCHEMA
+            from ._stages import ROW_SCHEMA, VOICE_ROW_SCHEMA
 
-            pq.write_table(pa.Table.from_pylist(rows, schema=ROW_SCHEMA), str(tmp))
+            schema = VOICE_ROW_SCHEMA if any("voice" in row for row in rows) else ROW_SCHEMA  # a job with voices=
+            pq.write_table(pa.Table.from_pylist(rows, schema=schema), str(tmp))
         else:
             with open(tmp, "w", encoding="utf-8") as f:
                 for row in rows:
@@ -531,7 +660,7 @@ def write_manifest(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> 
 def convert_files(
     inputs: str | os.PathLike[str] | Iterable[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
-    model: str | os.PathLike[str],
+    model: str | os.PathLike[str] | None = None,
     *,
     address: str | None = None,
     manifest: str | os.PathLike[str] | bool | None = None,
@@ -541,7 +670,14 @@ def convert_files(
     """Convert files and folders on a Ray cluster; return one row per input, in input order.
 
     The eager form of :func:`convert_dataset` (same keyword options and conversion
-    parameters; ``skip_existing`` resumes an interrupted job). Uses the current Ray
+    parameters; ``skip_existing`` resumes an interrupted job). With ``voices=`` (several
+    voices, instead of ``model``), one row per (input, voice), by input, then voice::
+
+        rows = convert_files("corpus/", "out/", voices={"alice": ("alice.pth", "alice.index"), "bob": "bob.pth"},
+                             voice_params={"bob": {"pitch": -12}})
+        # out/alice/<stem>.wav and out/bob/<stem>.wav, each input decoded and analysed once
+
+    Uses the current Ray
     connection, else connects to ``address`` (``"auto"``: the running cluster; ``None``:
     ``RAY_ADDRESS`` if set, as inside a Ray job) or starts a local one for this call. Writes the rows to ``manifest`` (``.jsonl`` or
     ``.parquet``; default ``out_dir/rvcfast-manifest.jsonl``; ``False``: none). Progress
@@ -552,8 +688,15 @@ def convert_files(
         raise ParameterError(f"output {out} exists and is not a folder")
     manifest_path = None if manifest is False else check_manifest(out / MANIFEST_NAME if manifest in (None, True) else manifest)  # type: ignore[arg-type]
     recursive = bool(options.pop("recursive", False))
-    items = plan_files(inputs, out, options.get("format", "wav"), options.get("skip_existing", True), recursive)
-    position = {item["output_path"]: k for k, item in enumerate(items)}
+    if options.get("voices") is None:
+        items = plan_files(inputs, out, options.get("format", "wav"), options.get("skip_existing", True), recursive)
+        position = {item["output_path"]: k for k, item in enumerate(items)}
+        order = lambda row: position.get(row["output_path"], len(position))  # noqa: E731
+    else:  # one row per input, every voice's output planned: the rows come back per (input, voice)
+        items, names = plan_voice_files(inputs, out, options["voices"], {**options, "model": model}, recursive)
+        position = {item["path"]: k for k, item in enumerate(items)}
+        voice_order = {name: k for k, name in enumerate(names)}
+        order = lambda row: (position.get(row["path"], len(position)), voice_order.get(row["voice"], 0))  # noqa: E731
     with connected(address):
         ray = _ray()
         ctx = ray.data.DataContext.get_current()
@@ -566,7 +709,7 @@ def convert_files(
             _clean_parts_everywhere(out)  # and of workers killed during this one
         finally:
             ctx.enable_progress_bars = bars
-    rows.sort(key=lambda r: position.get(r["output_path"], len(position)))
+    rows.sort(key=order)
     if manifest_path is not None:
         write_manifest(rows, manifest_path)
     return rows

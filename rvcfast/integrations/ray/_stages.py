@@ -42,7 +42,7 @@ from ...writing import (
 from ._weights import ModelFiles, local_files
 
 __all__ = [
-    "JobSpec", "STAGES", "ROW_SCHEMA", "decode_audio", "ConvertWorker", "write_outputs", "CRASH_ENV", "DECODE_CPUS",
+    "JobSpec", "STAGES", "ROW_SCHEMA", "VOICE_ROW_SCHEMA", "decode_audio", "ConvertWorker", "write_outputs", "CRASH_ENV", "DECODE_CPUS",
     "OutputClaims", "cpu_workers_on_node", "workers_fitting_node", "default_workers_on_node", "worker_threads",
 ]
 
@@ -72,13 +72,23 @@ ROW_SCHEMA = pa.schema(
         *[(f"{s}_s", pa.float64()) for s in STAGES],
     ]
 )
+#: One row per (input, voice) in a job with several voices: :data:`ROW_SCHEMA` and the voice's
+#: name after ``path``. A one-model job's rows have no ``voice`` column (they stay as they were).
+VOICE_ROW_SCHEMA = pa.schema([ROW_SCHEMA.field(0), ("voice", pa.string()), *list(ROW_SCHEMA)[1:]])
+
+
+def _converted(schema: pa.Schema) -> pa.Schema:
+    """``schema`` with the converted audio, when writing in a task."""
+    return (
+        schema.append(pa.field("audio", pa.large_binary()))
+        .append(pa.field("sample_rate", pa.int64()))
+        .append(pa.field("channels", pa.int64()))  # the audio's channels (channels="each"), interleaved in its bytes
+    )
+
+
 #: Between the stages: the prepared audio (pickled) and, when writing in a task, the output.
 _DECODED_SCHEMA = ROW_SCHEMA.append(pa.field("prep", pa.large_binary()))
-_CONVERTED_SCHEMA = (
-    ROW_SCHEMA.append(pa.field("audio", pa.large_binary()))
-    .append(pa.field("sample_rate", pa.int64()))
-    .append(pa.field("channels", pa.int64()))  # the audio's channels (channels="each"), interleaved in its bytes
-)
+_CONVERTED_SCHEMA = _converted(ROW_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -104,6 +114,14 @@ class JobSpec:
     write_in: str = "actor"
     crash_marker: str | None = None
     claims: Any = None  # an OutputClaims actor, for datasets whose output names were not planned on the driver
+    voices: tuple[Any, ...] = ()  # several voices: a VoiceJob each (rvcfast.integrations.ray._voices)
+    name_template: str = "{stem}"  # the outputs of a dataset's rows, named in the tasks
+    worker_memory: int | None = None  # the default CPU layout's memory per model worker; None: CPU_WORKER_MEMORY
+
+    @property
+    def row_schema(self) -> pa.Schema:
+        """The schema of the job's rows: :data:`VOICE_ROW_SCHEMA` with several voices, else :data:`ROW_SCHEMA`."""
+        return VOICE_ROW_SCHEMA if self.voices else ROW_SCHEMA
 
 
 def _where() -> tuple[str, str]:
@@ -136,11 +154,13 @@ def _table(rows: list[dict[str, Any]], schema: pa.Schema) -> pa.Table:
 # ------------------------------------------------------------------------------ stage 1: decode
 
 
-def planned_output(path: str, spec: JobSpec) -> str:
-    """The output file of one input, named as :func:`rvcfast.batch.expand_inputs` names it."""
+def planned_output(path: str, spec: JobSpec, naming: dict[str, str] | None = None) -> str:
+    """The output file of one input, named as :func:`rvcfast.batch.expand_inputs` names it
+    (``naming``: the template's ``{voice}`` and ``{pitch}``)."""
     from ...batch import BatchOptions, expand_inputs
 
-    jobs = expand_inputs([path], BatchOptions(out_dir=spec.out_dir, format=spec.format))
+    options = BatchOptions(out_dir=spec.out_dir, format=spec.format, name_template=spec.name_template)
+    jobs = expand_inputs([path], options, naming)
     if len(jobs) != 1 or jobs[0].path != Path(path) or jobs[0].out_path is None:
         raise RvcfastError(f"{path}: is a folder; a dataset row is one audio file (convert_files expands folders)")
     return str(jobs[0].out_path)
@@ -174,12 +194,12 @@ def _same_file(a: str, b: str) -> bool:
         return False
 
 
-def _plan_row(path: str, output_path: str | None, spec: JobSpec) -> dict[str, Any]:
-    """A new row with its output named (``None``: planned here) and checked, or an error row."""
+def _plan_row(path: str, output_path: str | None, spec: JobSpec, naming: dict[str, str] | None = None) -> dict[str, Any]:
+    """A new row with its output named (``None``: planned here, with ``naming``) and checked, or an error row."""
     row = _new_row(path, output_path)
     try:
         if row["output_path"] is None:
-            row["output_path"] = planned_output(path, spec)
+            row["output_path"] = planned_output(path, spec, naming)
         if _same_file(row["output_path"], path):
             raise RvcfastError(f"{path}: the output is the input itself ({row['output_path']}); refusing to overwrite an input")
         suffix = Path(row["output_path"]).suffix.lower().lstrip(".")
@@ -220,23 +240,33 @@ def _claim_outputs(rows: list[dict[str, Any]], spec: JobSpec) -> None:
         row.update(status="error", error=f"{row['path']}: {why}")
 
 
+def existing_output(row: dict[str, Any], spec: JobSpec) -> bool:
+    """With ``skip_existing``, whether the row's output is there already: then the row is
+    ``skipped``, or an ``error`` row when the output (named by stem alone, ``named_by_stem``)
+    records another input as its source."""
+    if not (spec.skip_existing and finished_output(row["output_path"])):
+        return False
+    path = row["path"]
+    other = recorded_source(row["output_path"]) if row.get("named_by_stem") else None
+    if other is not None and other != source_id(path):
+        # a name by stem alone: an earlier job's output of another file with this stem
+        row.update(status="error", error=(
+            f"{path}: its output {row['output_path']} is there, but it records another input as its source "
+            "(an earlier job's file with the same stem): give distinct output_path values, or "
+            "skip_existing=False to replace it"
+        ))
+    else:
+        row["status"] = "skipped"
+    return True
+
+
 def _decode_one(row: dict[str, Any], spec: JobSpec) -> dict[str, Any]:
     t0 = time.perf_counter()
     if row["status"] != "pending":
         return row
     path = row["path"]
     try:
-        if spec.skip_existing and finished_output(row["output_path"]):
-            other = recorded_source(row["output_path"]) if row.get("named_by_stem") else None
-            if other is not None and other != source_id(path):
-                # a name by stem alone: an earlier job's output of another file with this stem
-                row.update(status="error", error=(
-                    f"{path}: its output {row['output_path']} is there, but it records another input as its source "
-                    "(an earlier job's file with the same stem): give distinct output_path values, or "
-                    "skip_existing=False to replace it"
-                ))
-                return row
-            row["status"] = "skipped"
+        if existing_output(row, spec):
             return row
         prep = prepare_input(path, params=spec.params)
     except Exception as exc:  # noqa: BLE001 - an error row, the job goes on
@@ -314,15 +344,16 @@ def _finish(row: dict[str, Any]) -> dict[str, Any]:
 CPU_WORKER_MEMORY = 2 * 1024**3
 
 
-def cpu_workers_on_node(cpus: float, memory: float, threads: int | None = None) -> int:
+def cpu_workers_on_node(cpus: float, memory: float, threads: int | None = None, per_worker: float | None = None) -> int:
     """How many CPU model workers the default layout puts on a node (before any ``cpus_per_worker``).
 
     One per ``threads`` cores (default 1: single-threaded workers side by side convert
     faster than one worker whose threads share every operation; docs/scale-out.md has the
-    figures), no more than the node's memory (Ray's ``memory`` resource) holds.
+    figures), no more than the node's memory (Ray's ``memory`` resource) holds, at
+    ``per_worker`` bytes each (default :data:`CPU_WORKER_MEMORY`; more for several voices).
     """
     by_cpu = int(cpus // (threads or 1))
-    by_memory = int(memory // CPU_WORKER_MEMORY) if memory > 0 else by_cpu
+    by_memory = int(memory // (per_worker or CPU_WORKER_MEMORY)) if memory > 0 else by_cpu
     return max(1, min(by_cpu, by_memory))
 
 
@@ -338,7 +369,8 @@ def workers_fitting_node(resources: dict[str, float], cpus: float, gpus: float =
 
 
 def default_workers_on_node(
-    resources: dict[str, float], cpus: float | None, gpus: float = 0.0, threads: int | None = None
+    resources: dict[str, float], cpus: float | None, gpus: float = 0.0, threads: int | None = None,
+    per_worker: float | None = None,
 ) -> int:
     """Model workers the default pool puts on a node with these Ray resources (0: none).
 
@@ -347,7 +379,7 @@ def default_workers_on_node(
     """
     if gpus > 0:
         return workers_fitting_node(resources, cpus or 0.0, gpus)
-    count = cpu_workers_on_node(resources.get("CPU", 0.0), resources.get("memory", 0.0), threads)
+    count = cpu_workers_on_node(resources.get("CPU", 0.0), resources.get("memory", 0.0), threads, per_worker)
     return min(count, workers_fitting_node(resources, cpus)) if cpus else count
 
 
@@ -357,7 +389,7 @@ def worker_threads(resources: dict[str, float], spec: JobSpec) -> int:
     if spec.threads:
         return spec.threads
     per_node = spec.workers_per_node or default_workers_on_node(
-        resources, spec.cpus_per_worker, spec.gpus_per_worker, spec.threads
+        resources, spec.cpus_per_worker, spec.gpus_per_worker, spec.threads, spec.worker_memory
     )
     return max(1, int(resources.get("CPU", 1.0)) // max(1, per_node))
 
@@ -402,22 +434,33 @@ class ConvertWorker:
             row["prep"] = None
         results = self.engine.run([p for _, p in pending], self.params) if pending else []
         for (row, _), res in zip(pending, results):
-            row.update(node=self.node, host=self.host)
-            for stage, seconds in res.timings.items():
-                if f"{stage}_s" in row:
-                    row[f"{stage}_s"] = float(row[f"{stage}_s"] or 0.0) + float(seconds)
-            if res.error is not None:
-                row.update(status="error", error=" ".join(res.error.split()))
-            elif self.spec.write_in == "actor":
-                _write_row(row, res.audio, res.sample_rate, self.spec, self.hook)
-            else:
-                row.update(
-                    audio=np.ascontiguousarray(res.audio, dtype=np.float32).tobytes(), sample_rate=res.sample_rate,
-                    channels=1 if res.audio.ndim == 1 else int(res.audio.shape[1]),
-                )
-        if self.spec.write_in == "actor":
-            return _table([_finish(r) for r in rows], ROW_SCHEMA)
-        return _table(rows, _CONVERTED_SCHEMA)
+            take_result(row, res, self.spec, self.hook, (self.node, self.host))
+        return finished_table(rows, self.spec)
+
+
+def take_result(row: dict[str, Any], res: Any, spec: JobSpec, hook: _CrashHook, where: tuple[str, str]) -> None:
+    """A model worker's result for one row: its timings, then the written output or the error
+    (with ``write_in="task"``, the audio for the writing task)."""
+    row.update(node=where[0], host=where[1])
+    for stage, seconds in res.timings.items():
+        if f"{stage}_s" in row:
+            row[f"{stage}_s"] = float(row[f"{stage}_s"] or 0.0) + float(seconds)
+    if res.error is not None:
+        row.update(status="error", error=" ".join(res.error.split()))
+    elif spec.write_in == "actor":
+        _write_row(row, res.audio, res.sample_rate, spec, hook)
+    else:
+        row.update(
+            audio=np.ascontiguousarray(res.audio, dtype=np.float32).tobytes(), sample_rate=res.sample_rate,
+            channels=1 if res.audio.ndim == 1 else int(res.audio.shape[1]),
+        )
+
+
+def finished_table(rows: list[dict[str, Any]], spec: JobSpec) -> pa.Table:
+    """A model worker's rows: finished ones, or with their audio when a writing task follows."""
+    if spec.write_in == "actor":
+        return _table([_finish(r) for r in rows], spec.row_schema)
+    return _table(rows, _converted(spec.row_schema))
 
 
 # ------------------------------------------------------------------------------ stage 3 (optional): writing
@@ -434,7 +477,7 @@ def write_outputs(batch: pa.Table, spec: JobSpec) -> pa.Table:
             if channels > 1:
                 audio = audio.reshape(-1, channels)
             _write_row(row, audio, int(row["sample_rate"]), spec, hook)
-    return _table([_finish(r) for r in rows], ROW_SCHEMA)
+    return _table([_finish(r) for r in rows], spec.row_schema)
 
 
 #: Per-process crash hooks of the write tasks (a task worker runs many tasks).
