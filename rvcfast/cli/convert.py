@@ -192,10 +192,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if args.compute_workers is not None:
             raise UsageError("--compute-workers is for local runs; on Ray, --workers sets the number of model workers")
         check_not_on_ray(args)
-        if args.voice or args.voice_pitch:
-            flag = "--voice" if args.voice else "--voice-pitch"
-            raise UsageError(f"{flag} is for local runs: run one --ray job per voice (with its --pitch)")
-        return cmd_convert_ray(args)
+        voices = _voices(args)  # MODEL and each --voice: one job, every input decoded and analysed once
+        return cmd_convert_ray(args, voices, _voice_pitches(args, voices))
     _check_local(args)
     voices = _voices(args)
     pitches = _voice_pitches(args, voices)

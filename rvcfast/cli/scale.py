@@ -2,7 +2,8 @@
 
 :mod:`rvcfast.cli.convert` parses the options (its "scale out" group) and hands the run
 to :func:`cmd_convert_ray`, which calls :func:`rvcfast.integrations.ray.convert_files`:
-decoding in CPU tasks, the models in a pool of actors, one manifest row per input.
+decoding in CPU tasks, the models in a pool of actors, one manifest row per input (per
+input and voice with ``--voice``: every voice in the one job, each input decoded once).
 """
 
 from __future__ import annotations
@@ -96,9 +97,34 @@ def _check(args: argparse.Namespace) -> None:
     planned_inputs(args)  # none found: a usage error before connecting to anything
 
 
-def cmd_convert_ray(args: argparse.Namespace) -> int:
-    """Convert files or folders to the voice of MODEL on a Ray cluster and write them to OUT."""
+def _models(
+    args: argparse.Namespace, voices: list[tuple[str, str | None]], pitches: dict[str, float], params: dict[str, Any]
+) -> dict[str, Any]:
+    """``convert_files``' model keywords: MODEL and its index, or every voice (``voices``: MODEL's
+    and each ``--voice``'s, named by the model file's stem) with its ``--voice-pitch``."""
+    if len(voices) == 1:
+        return {"model": args.model, "index": args.index, **params, **({"pitch": next(iter(pitches.values()))} if pitches else {})}
+    named = {Path(model).stem: (model, index) for model, index in voices}
+    return {"voices": named, "voice_params": {name: {"pitch": pitch} for name, pitch in pitches.items()}, **params}
+
+
+def _failures(rows: list[dict[str, Any]]) -> list[str]:
+    """One line per error row, naming its input (and its voice)."""
+    lines = []
+    for r in rows:
+        if r["status"] == "error":
+            line = r["error"] if r["path"] in (r["error"] or "") else f"{r['path']}: {r['error']}"
+            lines.append(f"{line} (voice {r['voice']})" if r.get("voice") else line)
+    return lines
+
+
+def cmd_convert_ray(
+    args: argparse.Namespace, voices: list[tuple[str, str | None]] | None = None, pitches: dict[str, float] | None = None
+) -> int:
+    """Convert files or folders to the voice of MODEL (and of each ``--voice``: ``voices``, with
+    their ``--voice-pitch`` keys in ``pitches``) on a Ray cluster and write them to OUT."""
     _check(args)
+    voices = voices or [(args.model, args.index)]
     params = params_from_args(args)
     check_params(params)  # a bad value is a usage error, found before connecting to anything
     check_f0_name("--f0", args.f0, parse_options(args.f0_option))
@@ -106,22 +132,24 @@ def cmd_convert_ray(args: argparse.Namespace) -> int:
 
     if args.manifest is not None:
         check_manifest(args.manifest)  # a bad name is a usage error before any work, not after the job
-    check_model_files(args.model, args.index)  # a missing file (status 1): before connecting to anything
+    for model, index in voices:
+        check_model_files(model, index)  # a missing file (status 1): before connecting to anything
     check_inputs_exist(args.inputs)
     target = Path(args.output)
     start = time.perf_counter()
     with connected(args.ray, fallback_local=True, note=lambda text: print(f"rvcfast: {text}", file=sys.stderr)):
         rows = convert_files(
-            list(args.inputs), target, args.model, recursive=args.recursive, manifest=args.manifest, progress=not args.quiet,
-            index=args.index, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights,
+            list(args.inputs), target, recursive=args.recursive, manifest=args.manifest, progress=not args.quiet,
+            encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights,
             f0_options=parse_options(args.f0_option), device=args.device, dtype=args.dtype, allow_download=args.download,
             batch_seconds=args.batch_seconds, format=args.format, subtype=args.subtype, bitrate=args.bitrate, skip_existing=args.skip_existing,
-            num_workers=(1, args.workers) if args.workers else None, gpus_per_worker=args.gpus_per_worker, **params,
+            num_workers=(1, args.workers) if args.workers else None, gpus_per_worker=args.gpus_per_worker,
+            **_models(args, voices, pitches or {}, params),
         )
     if not args.quiet:
         out(_summary(rows, time.perf_counter() - start).table())
         nodes = len({r["node"] for r in rows if r["status"] == "ok"})
         out(f"converted on {nodes} node(s); manifest: {args.manifest or target / MANIFEST_NAME}")
-    report_warnings([w for r in rows for w in (r["warnings"] or "").splitlines()])
-    failures = [r["error"] if r["path"] in (r["error"] or "") else f"{r['path']}: {r['error']}" for r in rows if r["status"] == "error"]
-    return report_failures(failures, len(rows))
+    warned = {r["path"]: r["warnings"] for r in rows if r["warnings"]}  # an input's warnings once, not once per voice
+    report_warnings([w for text in warned.values() for w in text.splitlines()])
+    return report_failures(_failures(rows), len(rows))
