@@ -354,22 +354,14 @@ class _SharedF0:
         return [lambda k=k, step=step: run(k, step) for k, step in enumerate(steps)]
 
 
-def _named_voices(voices: Sequence[Converter | Engine] | Mapping[str, Converter | Engine]) -> list[tuple[str, Engine]]:
-    """``(name, engine)`` per voice: a mapping's keys, else each engine's ``name`` (its model file's stem)."""
-    from .api import Converter
+def check_voice_names(labels: Sequence[str], hint: str = "pass a mapping {name: converter} to name the voices") -> None:
+    """Refuse voice names that cannot name outputs: empty, ``.`` or ``..``, or two voices whose
+    outputs would take the same names (``/`` and ``\\`` become ``_`` in names; case aside).
+    ``hint`` ends the message (how to name the voices in the caller's API)."""
     from .batch_inputs import _safe_stem
-    from .engine import Engine
 
-    items = list(voices.items()) if isinstance(voices, Mapping) else [(None, v) for v in voices]
-    if not items:
-        raise ParameterError("convert_voices needs at least one voice")
-    named: list[tuple[str, Engine]] = []
-    spelled: dict[str, str] = {}  # a name as the output names spell it ('/' -> '_', case aside) -> the voice's name
-    for position, (name, voice) in enumerate(items):
-        engine = voice.engine if isinstance(voice, Converter) else voice
-        if not isinstance(engine, Engine):
-            raise ParameterError(f"voice {position}: expected a Converter or an Engine, got {type(voice).__name__}")
-        label = engine.name if name is None else str(name)
+    spelled: dict[str, str] = {}  # a name as the output names spell it -> the voice's name
+    for position, label in enumerate(labels):
         key = _safe_stem(label).casefold()
         if not label or label in (".", "..") or key in spelled:
             other = spelled.get(key, label)
@@ -378,12 +370,25 @@ def _named_voices(voices: Sequence[Converter | Engine] | Mapping[str, Converter 
                 else f"the name {label!r} twice" if other == label
                 else f"the name {label!r}, which names its outputs as voice {other!r} does"
             )
-            raise ParameterError(
-                f"voice {position}: {what} (two model files with the same stem?); pass a mapping "
-                "{name: converter} to name the voices"
-            )
+            raise ParameterError(f"voice {position}: {what} (two model files with the same stem?); {hint}")
         spelled[key] = label
-        named.append((label, engine))
+
+
+def _named_voices(voices: Sequence[Converter | Engine] | Mapping[str, Converter | Engine]) -> list[tuple[str, Engine]]:
+    """``(name, engine)`` per voice: a mapping's keys, else each engine's ``name`` (its model file's stem)."""
+    from .api import Converter
+    from .engine import Engine
+
+    items = list(voices.items()) if isinstance(voices, Mapping) else [(None, v) for v in voices]
+    if not items:
+        raise ParameterError("convert_voices needs at least one voice")
+    named: list[tuple[str, Engine]] = []
+    for position, (name, voice) in enumerate(items):
+        engine = voice.engine if isinstance(voice, Converter) else voice
+        if not isinstance(engine, Engine):
+            raise ParameterError(f"voice {position}: expected a Converter or an Engine, got {type(voice).__name__}")
+        named.append((engine.name if name is None else str(name), engine))
+    check_voice_names([label for label, _ in named])
     return named
 
 

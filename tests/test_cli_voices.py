@@ -139,10 +139,10 @@ def test_bad_voice_values_are_refused_before_loading(tiny_models, tmp_path, no_l
     assert "MODEL,INDEX" in capsys.readouterr().err
     assert main([*head, "--voice", str(tmp_path / "missing.pth")]) == 1  # a missing file: named, nothing loaded
     assert "missing.pth" in capsys.readouterr().err
-    assert main([*head, "--voice", str(tmp_path / "bob.pth"), "--ray"]) == 2
-    assert "--voice is for local runs" in capsys.readouterr().err
-    assert main([*head, "--voice-pitch", "alice=2", "--ray"]) == 2
-    assert "--voice-pitch is for local runs" in capsys.readouterr().err
+    assert main([*head, "--voice", str(tmp_path / "bob.pth"), "--ray"]) == 1  # checked as locally: the missing file named
+    assert "bob.pth" in capsys.readouterr().err
+    assert main([*head, "--voice-pitch", "nobody=2", "--ray"]) == 2
+    assert "no voice is named 'nobody'" in capsys.readouterr().err
     for bad, message in (("nobody=2", "no voice is named 'nobody'"), ("alice", "VOICE=SEMITONES"),
                          ("alice=high", "VOICE=SEMITONES"), ("alice=99", "pitch")):
         assert main([*head, "--voice-pitch", bad]) == 2, bad

@@ -131,7 +131,7 @@ def check_not_on_ray(args: argparse.Namespace) -> None:
     if refused:
         raise UsageError(
             f"{' and '.join(refused)} {'is' if len(refused) == 1 else 'are'} for local runs: a --ray job names outputs "
-            "{stem}, carries on past a failed file, decodes in its own tasks and writes its rows to --manifest"
+            "{stem} ({voice}/{stem} with --voice), carries on past a failed file, decodes in its own tasks and writes its rows to --manifest"
         )
     check_output_options(args)  # --subtype and --bitrate: usage errors before connecting to a cluster
 

@@ -91,28 +91,6 @@ def _voice_files(value: Any, where: str) -> tuple[str, str | None]:
     raise ParameterError(f"{where}: expected a model file or a (model, index) pair, got {value!r}")
 
 
-def _check_names(labels: list[str]) -> None:
-    """The rules of :func:`rvcfast.convert_voices` for voice names: not empty, ``.`` or ``..``, and no
-    two naming their outputs alike (``/`` and ``\\`` become ``_`` in names; case aside)."""
-    from ...batch_inputs import _safe_stem
-
-    spelled: dict[str, str] = {}
-    for position, label in enumerate(labels):
-        key = _safe_stem(label).casefold()
-        if not label or label in (".", "..") or key in spelled:
-            other = spelled.get(key, label)
-            what = (
-                f"the name {label!r}" if not label or label in (".", "..")
-                else f"the name {label!r} twice" if other == label
-                else f"the name {label!r}, which names its outputs as voice {other!r} does"
-            )
-            raise ParameterError(
-                f"voice {position}: {what} (two model files with the same stem?); pass a mapping "
-                "{name: model or (model, index)} to name the voices"
-            )
-        spelled[key] = label
-
-
 def voice_list(voices: Any, model: Any = None, index: Any = None) -> list[tuple[str, str, str | None]]:
     """``(name, model, index)`` per voice of ``voices``: a mapping ``{name: model or (model, index)}``,
     or a list of models or ``(model, index)`` pairs named by their model file's stem.
@@ -137,7 +115,9 @@ def voice_list(voices: Any, model: Any = None, index: Any = None) -> list[tuple[
         )
     if not named:
         raise ParameterError("voices= needs at least one voice")
-    _check_names([name for name, _, _ in named])
+    from ...voices import check_voice_names
+
+    check_voice_names([name for name, _, _ in named], "pass a mapping {name: model or (model, index)} to name the voices")
     return named
 
 
