@@ -35,7 +35,7 @@ def server(tiny_models, tmp_path_factory):
         # dave: carol's model (alice's, no index) exported to ONNX, run by onnxruntime
         rvcfast.export_onnx(tiny_models.voice, voices / "dave.onnx", noise=False, verify=False)
     with running_server([voices], tiny_models, root / "server.log", "--api-key", API_KEY, "--max-live", "1",
-                        "--live-idle-seconds", "4") as srv:
+                        "--live-idle-seconds", "4", "--live-max-ahead-seconds", "1") as srv:
         yield srv
 
 
@@ -85,6 +85,39 @@ def test_a_stream_is_answered_piece_by_piece_as_the_library_converts_it(server, 
     want = np.concatenate([rt.push(p) for p in pieces] + [rt.flush()])
     assert got.shape == want.shape and np.abs(want[ready["latency_samples"]:]).max() > 1e-5  # not silence
     np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+
+
+def test_several_blocks_in_flight_are_answered_in_order(server, tiny_models):
+    x = tone(0.8, RATE, 210.0).astype(np.float32)
+    pieces = _pieces(x, [1600] * 8)  # 0.1 s each: 0.8 s in flight, within --live-max-ahead-seconds 1
+    with _connect(server) as ws:
+        ready = json.loads(ws.recv(timeout=120))
+        for p in pieces:  # all sent before the first answer is read
+            ws.send(p.astype("<f4").tobytes())
+        out = [np.frombuffer(ws.recv(timeout=120), dtype="<f4") for _ in pieces]
+        ws.send("flush")
+        out.append(np.frombuffer(ws.recv(timeout=120), dtype="<f4"))
+    assert [o.shape[0] for o in out] == [p.shape[0] for p in pieces] + [ready["latency_samples"]]
+    rt = rvcfast.RealtimeConverter(tiny_models.converter(index=None), RATE, 0.1, 0.3, noise=False)
+    want = np.concatenate([rt.push(p) for p in pieces] + [rt.flush()])
+    np.testing.assert_allclose(np.concatenate(out), want, atol=1e-4 * np.abs(want).max())
+
+
+def test_a_client_too_far_ahead_is_told_and_closed_1008(server):
+    block = tone(0.1, RATE, 200.0).astype("<f4").tobytes()
+    with _connect(server) as ws:
+        assert json.loads(ws.recv(timeout=120))["type"] == "ready"
+        for _ in range(40):  # 4 s sent at once, --live-max-ahead-seconds 1 (was: read one by one, held by TCP)
+            ws.send(block)
+        answers = 0
+        while isinstance(message := ws.recv(timeout=120), bytes):  # the blocks converted before it
+            answers += 1
+        error = json.loads(message)
+        with pytest.raises(ws_exceptions.ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+    assert closed.value.rcvd.code == 1008 and error["type"] == "error"
+    assert "ahead of the conversion" in error["error"] and "1 s" in error["error"]
+    assert answers < 40
 
 
 def test_sixteen_bit_pcm_in_and_out(server):

@@ -42,7 +42,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
         api_key=args.api_key if args.api_key is not None else os.environ.get("RVCFAST_API_KEY"),
         models_dir=args.models_dir, jobs_dir=args.jobs_dir, jobs_ttl=args.jobs_ttl, jobs_max_mb=args.jobs_max_mb,
         batch_seconds=args.batch_seconds, threads=args.threads, max_live=args.max_live,
-        live_idle_seconds=args.live_idle_seconds, analysis_cache_mb=args.analysis_cache_mb,
+        live_idle_seconds=args.live_idle_seconds, live_max_ahead_seconds=args.live_max_ahead_seconds,
+        analysis_cache_mb=args.analysis_cache_mb,
     )
     app = create_app(config)
     sock = _bind(args.host, args.port)
@@ -121,6 +122,8 @@ def add_parser(sub: Any) -> None:
                      help="live streams (WS /v1/live) converted at once (closed with 1013 above)")
     lim.add_argument("--live-idle-seconds", type=float, default=60.0, metavar="S",
                      help="close a live stream that sends nothing for this long (default: %(default)s)")
+    lim.add_argument("--live-max-ahead-seconds", type=float, default=10.0, metavar="S",
+                     help="audio a live stream may send ahead of its answers; more closes it with 1008 (default: %(default)s)")
     lim.add_argument("--jobs-dir", metavar="FOLDER", help="spool for uploads and job results (default: a temporary folder)")
     lim.add_argument("--jobs-ttl", type=float, default=3600.0, metavar="S", help="seconds a finished job's result is kept")
     lim.add_argument("--jobs-max-mb", type=float, default=2048.0, metavar="N", help="disk for job results: above it the oldest fetched (or 10 min old) results are removed, else new jobs get 503")

@@ -75,6 +75,8 @@ class ServeConfig:
         max_live: Live streams (``WS /v1/live``) converted at once; more are closed with code 1013.
         live_idle_seconds: A live stream that sends nothing for this long is closed (code 1008),
             so that idle clients cannot hold the ``max_live`` slots.
+        live_max_ahead_seconds: Audio a live stream may send ahead of its answers (messages in
+            flight); beyond it the stream is closed (code 1008) with a message saying so.
         analysis_cache_mb: Memory for the F0 tracks and content features of recent inputs
             (:class:`rvcfast.SharedAnalysis`, least recently used dropped): a request whose audio
             came before (to another voice, with another key or index rate...) skips those
@@ -104,6 +106,7 @@ class ServeConfig:
     threads: int | None = None
     max_live: int = 2
     live_idle_seconds: float = 60.0
+    live_max_ahead_seconds: float = 10.0
     analysis_cache_mb: float = 64.0
 
     @classmethod
@@ -135,6 +138,8 @@ class ServeConfig:
         for name in ("max_upload_mb", "max_input_seconds", "max_job_seconds", "jobs_ttl", "jobs_max_mb", "live_idle_seconds"):
             if not float(getattr(self, name)) > 0:
                 raise ParameterError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < float(self.live_max_ahead_seconds) < math.inf:
+            raise ParameterError(f"live_max_ahead_seconds must be a finite number of seconds above 0, got {self.live_max_ahead_seconds}")
         if not 0 <= float(self.analysis_cache_mb) < math.inf:
             raise ParameterError(f"analysis_cache_mb must be a finite number of megabytes, 0 or more, got {self.analysis_cache_mb}")
         for name in ("max_upload_mb", "jobs_max_mb"):  # sizes in bytes: an integer, so finite

@@ -30,10 +30,12 @@ ready or shutting down closes with 1013 (try again later); a stream that sends n
 ``live_idle_seconds`` (60) closes with 1008; a failure while converting closes with 1011,
 after an error message. Each stream's blocks run one after the other in
 a pool of ``max_live`` threads beside the model worker, so a long file conversion does
-not hold a live stream up. The next message is read only once the previous one is taken:
-a client that sends ahead is held back by TCP, and when its answers lag by more than the
-keepalive's ping timeout (uvicorn: 20 s) the connection is closed (1011); clients should
-send each message after the previous answer, or keep a few blocks in flight at most.
+not hold a live stream up. Messages are read as they arrive, while earlier ones convert
+(so the WebSocket's keepalive pings are answered however far behind the conversion is): a
+client may keep several messages in flight, up to ``live_max_ahead_seconds`` (10) of audio
+sent and not yet answered; a message beyond that closes the stream with 1008 and says so,
+instead of the server buffering without bound or the connection timing out. A stream whose
+audio is still converting is not idle.
 """
 
 from __future__ import annotations
@@ -187,36 +189,98 @@ async def _open(state: ServerState, ws: WebSocket) -> tuple[RealtimeConverter, s
     return rt, encoding
 
 
-async def _serve_stream(state: ServerState, ws: WebSocket, rt: RealtimeConverter, encoding: str) -> None:
-    loop = asyncio.get_running_loop()
-    limit = int(MAX_MESSAGE_SECONDS * rt.sample_rate)
-    await ws.send_json({
-        "type": "ready", "sample_rate": rt.sample_rate, "block_size": rt.block_size,
-        "latency_seconds": rt.latency_seconds, "latency_samples": rt.latency_samples, "encoding": encoding,
-    })
-    while True:
+class _Inbox:
+    """The messages of one stream read ahead of its conversion, in order.
+
+    Items are ``("audio", samples)``, ``("flush", None)``; :meth:`stop` ends the stream
+    at once (a bad message, too far ahead, idle, or the client gone): the conversion
+    loop sees it before any item still queued. ``ahead`` counts the samples received and
+    not yet answered.
+    """
+
+    def __init__(self) -> None:
+        self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        self.ahead = 0
+        self.problem: tuple[int, str] | None = None  # (close code, message); code 0: the client left
+        self.stopped = False
+
+    def stop(self, code: int = 0, message: str = "") -> None:
+        if not self.stopped:
+            self.stopped, self.problem = True, (code, message) if code else None
+            self.queue.put_nowait(("stop", None))  # wakes a conversion loop waiting for work
+
+    async def next(self) -> tuple[str, Any]:
+        if self.stopped:
+            return ("stop", None)
+        return await self.queue.get()
+
+
+async def _read_messages(ws: WebSocket, inbox: _Inbox, encoding: str, limit: int, rate: int, cfg: Any) -> None:
+    """Read the stream's messages as they arrive into ``inbox`` (run beside the conversion)."""
+    max_ahead = int(cfg.live_max_ahead_seconds * rate)
+    while not inbox.stopped:
         try:
-            message = await asyncio.wait_for(ws.receive(), timeout=state.cfg.live_idle_seconds)
+            message = await asyncio.wait_for(ws.receive(), timeout=cfg.live_idle_seconds)
         except asyncio.TimeoutError:
-            await _refuse(ws, POLICY, f"nothing received for {state.cfg.live_idle_seconds:g} s: the live stream is closed")
+            if inbox.ahead:  # the client waits for its answers: not idle
+                continue
+            inbox.stop(POLICY, f"nothing received for {cfg.live_idle_seconds:g} s: the live stream is closed")
+            return
+        except Exception:  # noqa: BLE001 - the connection is gone
+            inbox.stop()
             return
         if message["type"] == "websocket.disconnect":
+            inbox.stop()
             return
         data, text = message.get("bytes"), message.get("text")
         if data is not None:
             try:
                 x = _decode(data, encoding, limit)
             except ParameterError as exc:
-                await _refuse(ws, POLICY, str(exc))
+                inbox.stop(POLICY, str(exc))
                 return
-            y = await loop.run_in_executor(state.live_pool, rt.push, x)
+            if inbox.ahead and inbox.ahead + x.shape[0] > max_ahead:
+                inbox.stop(POLICY, (
+                    f"the client sent {(inbox.ahead + x.shape[0]) / rate:.2f} s of audio ahead of the conversion, more "
+                    f"than the server's {cfg.live_max_ahead_seconds:g} s: send each block after its answer, or keep fewer in flight"
+                ))
+                return
+            inbox.ahead += x.shape[0]
+            inbox.queue.put_nowait(("audio", x))
         elif text is not None and text.strip().lower() == "flush":
-            y = await loop.run_in_executor(state.live_pool, rt.flush)
+            inbox.queue.put_nowait(("flush", None))
         else:
-            await _refuse(ws, POLICY, f"unknown text message {str(text)[:40]!r}: send audio as binary messages, or 'flush'")
+            inbox.stop(POLICY, f"unknown text message {str(text)[:40]!r}: send audio as binary messages, or 'flush'")
             return
-        await ws.send_bytes(_encode(y, encoding))
-        state.metrics.inc("rvcfast_live_seconds_total", value=y.shape[0] / rt.sample_rate)
+
+
+async def _serve_stream(state: ServerState, ws: WebSocket, rt: RealtimeConverter, encoding: str) -> None:
+    loop = asyncio.get_running_loop()
+    await ws.send_json({
+        "type": "ready", "sample_rate": rt.sample_rate, "block_size": rt.block_size,
+        "latency_seconds": rt.latency_seconds, "latency_samples": rt.latency_samples, "encoding": encoding,
+    })
+    inbox = _Inbox()
+    reader = asyncio.create_task(
+        _read_messages(ws, inbox, encoding, int(MAX_MESSAGE_SECONDS * rt.sample_rate), rt.sample_rate, state.cfg)
+    )
+    try:
+        while True:
+            kind, x = await inbox.next()
+            if kind == "stop":
+                if inbox.problem is not None:
+                    await _refuse(ws, *inbox.problem)
+                return
+            if kind == "audio":
+                y = await loop.run_in_executor(state.live_pool, rt.push, x)
+                inbox.ahead -= x.shape[0]
+            else:
+                y = await loop.run_in_executor(state.live_pool, rt.flush)
+            await ws.send_bytes(_encode(y, encoding))
+            state.metrics.inc("rvcfast_live_seconds_total", value=y.shape[0] / rt.sample_rate)
+    finally:
+        reader.cancel()
+        await asyncio.gather(reader, return_exceptions=True)
 
 
 def add_live_routes(app: Any, state: ServerState) -> None:
