@@ -12,6 +12,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -228,12 +230,18 @@ class TestVoicesOnRay:
 
     def test_command_line_resumes_only_the_missing_pairs(self, first_run, tiny_models, voices, inputs, tmp_path, capsys):
         from rvcfast.cli import main
+        from rvcfast.writing import this_host
 
         out = tmp_path / "out"
         shutil.copytree(first_run[0], out)
         (out / "alice" / "a.wav").unlink()
         (out / "bob" / "a.wav").unlink()  # b.wav has all its outputs: not even decoded
         kept = {p: (out / p).stat().st_mtime_ns for p in _files(out) if p.endswith(".wav")}
+        # a killed writer's temporary file beside a skipped output, in a voice's folder (not out/ itself)
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        stale = out / "carol" / f".b.wav.{this_host()}~{dead.pid}~x.part"
+        stale.write_bytes(b"RIFF partial")
         argv = [
             "convert", str(voices["alice"]), str(inputs), "-o", str(out), "--index", str(tiny_models.index),
             "--voice", str(voices["bob"]), "--voice", f"{voices['carol']},{tiny_models.index}", "--voice-pitch",
@@ -250,6 +258,7 @@ class TestVoicesOnRay:
             **{(BAD, v): "error" for v in VOICES},
         }
         assert {p: (out / p).stat().st_mtime_ns for p in kept} == kept  # only the missing pairs were written
+        assert not stale.exists()  # cleaned in every voice's folder, as a one-voice job cleans its folder
         for name in ("alice/a.wav", "bob/a.wav"):  # a.wav is alone in its batch now: equal to the batch tests' tolerance
             again, before = sf.read(out / name)[0], sf.read(first_run[0] / name)[0]
             assert again.shape == before.shape and np.abs(again - before).max() <= 1e-5 * max(np.abs(before).max(), 1e-3)

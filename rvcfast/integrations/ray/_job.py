@@ -602,24 +602,43 @@ def convert_dataset(
 # ------------------------------------------------------------------------------ the eager form
 
 
-def _clean_parts_everywhere(out_dir: Path) -> None:
-    """Remove temporary files of killed writers (:func:`~rvcfast.writing.remove_stale_parts`) on every host.
+def _output_folders(out_dir: Path, items: list[dict[str, str]]) -> list[str]:
+    """The folders the planned rows write into: ``out_dir`` and, with several voices, each
+    voice's folder (``{voice}/{stem}``: ``out_dir/<voice>``; any folder a template names)."""
+    folders = {str(out_dir)}
+    for item in items:
+        outputs = json.loads(item["voice_outputs"]) if "voice_outputs" in item else [item["output_path"]]
+        folders.update(str(Path(o).parent) for o in outputs)
+    return sorted(folders)
+
+
+def _remove_stale_parts_in(folders: list[str]) -> None:
+    """:func:`~rvcfast.writing.remove_stale_parts` in each of ``folders`` (those that exist)."""
+    for folder in folders:
+        if os.path.isdir(folder):
+            remove_stale_parts(folder)
+
+
+def _clean_parts_everywhere(out_dir: Path, folders: list[str] | None = None) -> None:
+    """Remove temporary files of killed writers (:func:`~rvcfast.writing.remove_stale_parts`) on every host,
+    in ``out_dir`` and the other output ``folders`` of the job (a folder per voice).
 
     Only a process's own host can tell whether it is dead, so the driver cleans the files of
     its host itself and, only when another host left one, runs a small task on every node.
     """
     from ...writing import part_file_hosts, this_host
 
-    remove_stale_parts(out_dir)
-    hosts = part_file_hosts(out_dir) - {this_host()}
+    where = folders if folders is not None else [str(out_dir)]
+    _remove_stale_parts_in(where)
+    hosts = set().union(*(part_file_hosts(folder) for folder in where)) - {this_host()}
     if not hosts:
         return
     ray = _ray()
     from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    clean = ray.remote(num_cpus=0)(remove_stale_parts)
+    clean = ray.remote(num_cpus=0)(_remove_stale_parts_in)
     refs = [
-        clean.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(str(out_dir))
+        clean.options(scheduling_strategy=NodeAffinitySchedulingStrategy(n["NodeID"], soft=False)).remote(where)
         for n in ray.nodes()
         if n.get("Alive")  # rare (a retry on another host): every node looks at its own files
     ]
@@ -704,9 +723,10 @@ def convert_files(
         try:
             ds = convert_dataset(_Planned(items), model, out, **options)
             out.mkdir(parents=True, exist_ok=True)
-            _clean_parts_everywhere(out)  # temporary files of an earlier, killed run
+            folders = _output_folders(out.resolve(), items)  # with several voices, a folder per voice too
+            _clean_parts_everywhere(out, folders)  # temporary files of an earlier, killed run
             rows = list(ds.iter_rows())
-            _clean_parts_everywhere(out)  # and of workers killed during this one
+            _clean_parts_everywhere(out, folders)  # and of workers killed during this one
         finally:
             ctx.enable_progress_bars = bars
     rows.sort(key=order)
