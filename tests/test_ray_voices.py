@@ -173,6 +173,43 @@ class TestVoicesOnRay:
         ]
         assert _files(tmp_path / "out") == {f"{v}/{n}" for v in VOICES for n in ("a.wav", "b.wav", "done.wav")}
 
+    def test_dataset_rows_that_one_name_would_merge_are_told_to_use_name_template(self, tiny_models, voices, inputs, tmp_path):
+        # a dataset given with voices= has no output_path column: the error rows of two files with
+        # one stem (and of an earlier job's output of another file) point at name_template, whose
+        # suggested form then names them apart
+        import pyarrow as pa
+
+        from rvcfast.integrations.ray._stages import JobSpec, OutputClaims
+        from rvcfast.integrations.ray._voices import VoiceJob, decode_voices
+        from rvcfast.integrations.ray._weights import ModelFiles
+        from rvcfast.params import ConversionParams
+        from rvcfast.writing import write_audio_atomic
+
+        jobs = tuple(VoiceJob(n, ModelFiles(str(voices[n])), ConversionParams(noise=False)) for n in ("alice", "bob"))
+        (tmp_path / "other").mkdir()
+        shutil.copy(inputs / "a.wav", tmp_path / "other" / "a.wav")
+        out = tmp_path / "out"
+        write_audio_atomic(out / "bob" / "b.wav", tone(0.1, 40000), 40000, source=tmp_path / "gone.wav")  # an earlier job's
+        batch = pa.table({"path": [str(inputs / "a.wav"), str(tmp_path / "other" / "a.wav"), str(inputs / "b.wav")]})
+
+        def decoded(template):
+            spec = JobSpec(files=jobs[0].files, params=jobs[0].params, out_dir=str(out), voices=jobs, name_template=template,
+                           claims=ray.remote(num_cpus=0)(OutputClaims).remote())
+            return [e for r in decode_voices(batch, spec).to_pylist() for e in json.loads(r["entries"])]
+
+        rows = decoded("{voice}/{stem}")
+        assert [(Path(r["path"]).parent.name, Path(r["path"]).name, r["voice"], r["status"]) for r in rows] == [
+            (inputs.name, "a.wav", "alice", "pending"), (inputs.name, "a.wav", "bob", "pending"),
+            ("other", "a.wav", "alice", "error"), ("other", "a.wav", "bob", "error"),
+            (inputs.name, "b.wav", "alice", "pending"), (inputs.name, "b.wav", "bob", "error"),
+        ]
+        for r in (rows[2], rows[3], rows[5]):
+            assert "name_template '{voice}/{stem}'" in r["error"] and "{parent}" in r["error"], r["error"]
+            assert "output_path values" not in r["error"], r["error"]  # a column such a dataset cannot have
+        assert "already the output of" in rows[2]["error"] and "records another input" in rows[5]["error"]
+        rows = decoded("{voice}/{parent}/{stem}")  # as the message suggests
+        assert [r["status"] for r in rows] == ["pending"] * 6, [r["error"] for r in rows]
+
     def test_a_bad_voice_is_refused_before_any_task_naming_it(self, tiny_models, voices, inputs, tmp_path):
         from rvcfast.integrations.ray import convert_files
 

@@ -233,11 +233,19 @@ def _claim_outputs(rows: list[dict[str, Any]], spec: JobSpec) -> None:
         if owner == pair[1] or _same_file(owner, pair[1]):
             why = f"the same file as {owner}, whose row converts it once in this job"
         else:
-            why = (
-                f"its output {row['output_path']} is already the output of {owner} in this job (without an "
-                "output_path column every row is named out_dir/<stem>.<format>: give distinct output_path values)"
-            )
+            why = f"its output {row['output_path']} is already the output of {owner} in this job ({_naming_hint(spec)})"
         row.update(status="error", error=f"{row['path']}: {why}")
+
+
+def _naming_hint(spec: JobSpec) -> str:
+    """How to give a dataset's rows distinct output names: an ``output_path`` column, or with
+    several voices (whose datasets have no such column) a ``name_template`` that tells them apart."""
+    if spec.voices:
+        return (
+            f"with voices= every row is named by name_template {spec.name_template!r}: give the files distinct "
+            "stems, or a name_template with {parent} (e.g. '{voice}/{parent}/{stem}')"
+        )
+    return "without an output_path column every row is named out_dir/<stem>.<format>: give distinct output_path values"
 
 
 def existing_output(row: dict[str, Any], spec: JobSpec) -> bool:
@@ -250,10 +258,10 @@ def existing_output(row: dict[str, Any], spec: JobSpec) -> bool:
     other = recorded_source(row["output_path"]) if row.get("named_by_stem") else None
     if other is not None and other != source_id(path):
         # a name by stem alone: an earlier job's output of another file with this stem
+        hint = _naming_hint(spec) if spec.voices else "give distinct output_path values"
         row.update(status="error", error=(
             f"{path}: its output {row['output_path']} is there, but it records another input as its source "
-            "(an earlier job's file with the same stem): give distinct output_path values, or "
-            "skip_existing=False to replace it"
+            f"(an earlier job's file with the same stem): {hint}, or skip_existing=False to replace it"
         ))
     else:
         row["status"] = "skipped"
