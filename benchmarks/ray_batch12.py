@@ -14,9 +14,15 @@ not depend on the weight values). Variants, in this order:
   running a thread per core (``num_workers=1``: the default before 2026-12-05);
 * ``convert_batch`` again, to show how much the machine's load moved during the run.
 
+With ``--voices N`` the job goes to N voices instead (the same model under N names: compute
+does not depend on the weights), on the running cluster, in turn: one ``convert_files`` job
+per voice, then one job with ``voices=`` (each input decoded once, its F0 and content
+features computed once in a worker for all the voices); the outputs of the two must agree.
+
 Prints a Markdown table with the machine (CPU model, flags, threads). Run::
 
     python benchmarks/ray_batch12.py [--audio ../shared/audio/batch12] [--models ~/.cache/rvcfast/bench-models]
+    python benchmarks/ray_batch12.py --voices 3
 """
 
 from __future__ import annotations
@@ -63,6 +69,40 @@ def run_convert_files(models: dict[str, Path], files: list[Path], out: Path, wri
     return seconds
 
 
+def run_voices(models: dict[str, Path], files: list[Path], scratch: Path, n: int) -> list[tuple[str, float, str]]:
+    """N one-voice ``convert_files`` jobs, then one job of N voices, on the running cluster."""
+    import shutil as sh
+
+    import numpy as np
+    import soundfile as sf
+
+    from rvcfast.integrations.ray import convert_files
+
+    names = [f"voice{k}" for k in range(n)]
+    for name in names:
+        sh.copyfile(models["model"], scratch / f"{name}.pth")
+    common = dict(encoder=models["encoder"], f0_weights=models["f0_weights"], device="cpu", progress=False, seed=0)
+    rows = []
+    before, t0 = _load(), time.perf_counter()
+    for name in names:
+        done = convert_files([str(f) for f in files], scratch / "apart" / name, scratch / f"{name}.pth", index=models["index"], **common)
+        assert all(r["status"] == "ok" for r in done), [r["error"] for r in done if r["status"] != "ok"]
+    rows.append((f"{n} convert_files jobs, one per voice", time.perf_counter() - t0, f"{before} -> {_load()}"))
+    before, t0 = _load(), time.perf_counter()
+    done = convert_files([str(f) for f in files], scratch / "together",
+                         voices={name: (scratch / f"{name}.pth", models["index"]) for name in names}, **common)
+    rows.append((f"one convert_files job, voices= ({n} voices)", time.perf_counter() - t0, f"{before} -> {_load()}"))
+    assert all(r["status"] == "ok" for r in done) and len(done) == n * len(files)
+    worst = 0.0
+    for name in names:
+        for f in files:
+            a = sf.read(scratch / "apart" / name / f"{f.stem}.wav", dtype="float32")[0]
+            b = sf.read(scratch / "together" / name / f"{f.stem}.wav", dtype="float32")[0]
+            worst = max(worst, float(np.abs(a - b).max()))
+    print(f"largest difference between the two ways' outputs: {worst:.3g} (16-bit WAV: one step is {1 / 32768:.3g})")
+    return rows
+
+
 def _load() -> str:
     """The 1-minute load average (other processes share the machine)."""
     return f"{os.getloadavg()[0]:.1f}"
@@ -72,7 +112,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--audio", type=Path, default=REPO.parent / "shared" / "audio" / "batch12")
     parser.add_argument("--models", type=Path, default=Path("~/.cache/rvcfast/bench-models").expanduser())
+    parser.add_argument("--voices", type=int, default=0, metavar="N", help="time N one-voice jobs against one job of N voices")
     args = parser.parse_args()
+    if args.voices == 1 or args.voices < 0:
+        parser.error("--voices needs at least 2 voices")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     os.environ["RVCFAST_PROFILE"] = "off"  # here and in Ray's workers: rvcfast's defaults, not a tuned profile
 
@@ -97,6 +140,15 @@ def main() -> None:
         ray.init(num_cpus=os.cpu_count(), include_dashboard=False, _node_ip_address="127.0.0.1")
         start = time.perf_counter() - t0
         rows.append(("Ray start-up (ray.init, one node)", start, f"{before} -> {_load()}"))
+        if args.voices:
+            rows += run_voices(models, files, scratch, args.voices)
+            ray.shutdown()
+            print(f"\nbatch12 (12 x 5 s, 44.1 kHz) to {args.voices} voices, full-size random models, CPU float32 - [{machine_line()}]\n")
+            print("| variant | seconds | load average |\n|---|---:|---|")
+            for name, seconds, loadavg in rows:
+                print(f"| {name} | {seconds:.1f} | {loadavg} |")
+            print(f"\none job / separate jobs: {rows[-1][1] / rows[-2][1]:.3f}")
+            return
         variants = (
             ("actor", {}, "writes in the actor"),
             ("task", {}, "writes in CPU tasks"),
