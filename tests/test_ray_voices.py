@@ -192,7 +192,7 @@ class TestVoicesOnRay:
         write_audio_atomic(out / "bob" / "b.wav", tone(0.1, 40000), 40000, source=tmp_path / "gone.wav")  # an earlier job's
         batch = pa.table({"path": [str(inputs / "a.wav"), str(tmp_path / "other" / "a.wav"), str(inputs / "b.wav")]})
 
-        def decoded(template):
+        def decoded(template, batch=batch):
             spec = JobSpec(files=jobs[0].files, params=jobs[0].params, out_dir=str(out), voices=jobs, name_template=template,
                            claims=ray.remote(num_cpus=0)(OutputClaims).remote())
             return [e for r in decode_voices(batch, spec).to_pylist() for e in json.loads(r["entries"])]
@@ -209,6 +209,11 @@ class TestVoicesOnRay:
         assert "already the output of" in rows[2]["error"] and "records another input" in rows[5]["error"]
         rows = decoded("{voice}/{parent}/{stem}")  # as the message suggests
         assert [r["status"] for r in rows] == ["pending"] * 6, [r["error"] for r in rows]
+        # an output_path column the driver could not see (a lazy dataset's schema is unknown): error
+        # rows saying so, nothing decoded, rather than outputs silently named otherwise
+        rows = decoded("{voice}/{stem}", pa.table({"path": [str(inputs / "a.wav")], "output_path": [str(tmp_path / "mine.wav")]}))
+        assert [(r["voice"], r["status"], r["decode_s"]) for r in rows] == [("alice", "error", 0.0), ("bob", "error", 0.0)]
+        assert all("no 'output_path'" in r["error"] and names_file(r["error"], inputs / "a.wav") for r in rows), rows
 
     def test_a_bad_voice_is_refused_before_any_task_naming_it(self, tiny_models, voices, inputs, tmp_path):
         from rvcfast.integrations.ray import convert_files

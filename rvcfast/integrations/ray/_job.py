@@ -29,6 +29,7 @@ from ._stages import (
 )
 from ._voices import (
     DEFAULT_VOICE_TEMPLATE,
+    NO_OUTPUT_PATH,
     VoiceJob,
     VoicesWorker,
     decode_voices,
@@ -570,7 +571,7 @@ def convert_dataset(
         if schema is not None and "path" not in schema.names:
             raise ParameterError(f"the dataset needs a 'path' column (one audio file per row); it has {', '.join(schema.names)}")
         if voices is not None and schema is not None and "output_path" in schema.names:
-            raise ParameterError("with voices= each voice's outputs are named by name_template: the dataset has a 'path' column only, no 'output_path'")
+            raise ParameterError(NO_OUTPUT_PATH)
         claims = ray.remote(num_cpus=0)(OutputClaims).remote()  # rows are named in the tasks: they claim their outputs
     elif isinstance(ds, _Planned):
         ds = _items_dataset(ds.items, batch_size)

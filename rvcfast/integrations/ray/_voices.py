@@ -63,6 +63,11 @@ DEFAULT_VOICE_TEMPLATE = "{voice}/{stem}"
 #: A voice as given: its model file, or ``(model, index)``.
 VoiceFiles = str | os.PathLike | tuple
 
+#: Why a dataset with an ``output_path`` column is refused in a job with several voices.
+NO_OUTPUT_PATH = (
+    "with voices= each voice's outputs are named by name_template: the dataset has a 'path' column only, no 'output_path'"
+)
+
 #: Between the stages: each input's per-voice rows (JSON) and its prepared audio per decoding setting (pickled).
 _DECODED = pa.schema([("path", pa.string()), ("entries", pa.string()), ("prep", pa.large_binary())])
 
@@ -243,6 +248,11 @@ def decode_voices(batch: pa.Table, spec: JobSpec) -> pa.Table:
     given = spec.claims is None and "voice_outputs" in batch.column_names
     planned = batch.column("voice_outputs").to_pylist() if given else [None] * len(paths)
     entries = [_plan_entries(path, outs, spec) for path, outs in zip(paths, planned)]
+    if spec.claims is not None and "output_path" in batch.column_names:
+        # refused on the driver when the dataset's schema is known; a lazy one's (after a map) is not:
+        # its output_path values would be passed over, the outputs going elsewhere than they say
+        for entry in (e for per_input in entries for e in per_input if e["status"] == "pending"):
+            entry.update(status="error", error=f"{entry['path']}: {NO_OUTPUT_PATH}")
     _claim_outputs([e for per_input in entries for e in per_input], spec)
     rows = [_decode_input(path, per_input, spec) for path, per_input in zip(paths, entries)]
     return pa.Table.from_pylist(rows, schema=_DECODED)
