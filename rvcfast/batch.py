@@ -657,7 +657,10 @@ def run_batch(
         params.check_output(options.format, options.subtype, engine.sample_rate, options.bitrate)
     jobs = expand_inputs(inputs, options, {"voice": engine.name, "pitch": pitch_text(params.pitch)})
     if options.out_dir is not None and Path(options.out_dir).is_dir():
-        remove_stale_parts(options.out_dir)  # temporary files of an earlier, killed run
+        # temporary files of an earlier, killed run: in the output folder and every folder the template names
+        for folder in {Path(options.out_dir), *(Path(j.out_path).parent for j in jobs if j.out_path is not None)}:
+            if folder.is_dir():
+                remove_stale_parts(folder)
     return _BatchRun(engine, jobs, params, options, progress, compute_workers(engine, options)).results()
 
 

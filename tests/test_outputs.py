@@ -313,6 +313,20 @@ def test_resume_removes_stale_parts_next_to_skipped_outputs(tiny_converter: rvcf
     assert parts(out) == []
 
 
+def test_resume_removes_stale_parts_in_the_folders_the_template_names(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+    # outputs in sub-folders (a {voice}/{stem} or {parent}/{stem} template): their killed writers' files too
+    sf.write(tmp_path / "a.wav", tone(0.3), 16000)
+    out = tmp_path / "out"
+    tiny_converter.convert_batch([tmp_path / "a.wav"], out, name_template="deep/{stem}")
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()
+    stale = out / "deep" / f".a.wav.{rvc_audio._HOST}~{dead.pid}~x.part"
+    stale.write_bytes(b"partial")
+    results = tiny_converter.convert_batch([tmp_path / "a.wav"], out, name_template="deep/{stem}", skip_existing=True)
+    assert results[0].skipped
+    assert not stale.exists()  # was left for ever: only OUT itself was looked at
+
+
 def test_remove_stale_parts_keeps_live_and_foreign_files(tmp_path: Path) -> None:
     host = rvc_audio._HOST
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
