@@ -234,7 +234,7 @@ def test_a_template_leaving_the_output_through_a_symlink_is_refused_before_loadi
 def test_local_batch_options_with_ray_are_a_usage_error(no_loading, tiny_models, tmp_path, capsys, monkeypatch, options):
     import rvcfast.cli.scale
 
-    monkeypatch.setattr(rvcfast.cli.scale, "cmd_convert_ray", lambda args: pytest.fail("the Ray job was started"))
+    monkeypatch.setattr(rvcfast.cli.scale, "cmd_convert_ray", lambda args, *voices: pytest.fail("the Ray job was started"))
     wav = _wav(tmp_path / "in")
     assert main(["convert", str(tiny_models.voice), str(wav), "-o", str(tmp_path / "out"), "--ray", "local", *options]) == 2
     err = capsys.readouterr().err
@@ -245,11 +245,15 @@ def test_options_a_ray_job_honours_anyway_are_accepted_with_ray(tiny_models, tmp
     import rvcfast.cli.scale
 
     started = []
-    monkeypatch.setattr(rvcfast.cli.scale, "cmd_convert_ray", lambda args: started.append(args) or 0)
+    monkeypatch.setattr(rvcfast.cli.scale, "cmd_convert_ray", lambda args, *voices: started.append(args) or 0)
     wav = _wav(tmp_path / "in")
     argv = ["convert", str(tiny_models.voice), str(wav), "-o", str(tmp_path / "out"), "--ray", "local"]
     assert main([*argv, "--name-template", "{stem}", "--on-error", "continue"]) == 0
     assert len(started) == 1
+    # with --voice the job names outputs {voice}/{stem}: saying so is no error (was refused as a local option)
+    assert main([*argv, "--voice", str(tiny_models.voice_nof0), "--name-template", "{voice}/{stem}"]) == 0
+    assert len(started) == 2
+    assert main([*argv, "--name-template", "{voice}/{stem}"]) == 2  # one voice: its outputs are {stem}
 
 
 def test_bitrate_reaches_the_ray_job_and_a_bad_one_is_refused_before_connecting(tiny_models, tmp_path, monkeypatch, capsys):

@@ -123,7 +123,7 @@ def check_not_on_ray(args: argparse.Namespace) -> None:
     ``{stem}``, stopping at a failed file, the local worker pools, and ``--report`` (the job
     writes its manifest instead)."""
     refused = [flag for flag, given in (
-        ("--name-template", args.name_template not in (None, "{stem}")),
+        ("--name-template", args.name_template not in (None, "{voice}/{stem}" if getattr(args, "voice", None) else "{stem}")),
         ("--on-error stop", args.on_error == "stop"),
         *((flag, getattr(args, name) is not None) for flag, name in _WORKERS),
         ("--report", args.report is not None),
