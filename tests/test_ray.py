@@ -25,6 +25,7 @@ from rvcfast.errors import ModelLoadError, ParameterError
 
 ray = pytest.importorskip("ray", reason='Ray Data is not installed (pip install "rvcfast[ray]")')
 pytest.importorskip("ray.data")
+from ray_helpers import local_cluster  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -89,9 +90,8 @@ class TestOneNode:
     @pytest.fixture(scope="class", autouse=True)
     @classmethod
     def cluster(cls):
-        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
-        yield
-        ray.shutdown()
+        with local_cluster():
+            yield
 
     @pytest.fixture(scope="class")
     @classmethod

@@ -30,6 +30,7 @@ from rvcfast.errors import (
 try:
     import ray
     import ray.data
+    from ray_helpers import record_map_batches
 except ImportError:  # pragma: no cover - depends on the environment
     ray = None
 
@@ -288,14 +289,7 @@ class TestChecksOnACluster:
     def test_the_default_pool_reserves_memory_per_worker(self, tiny_models, clip, tmp_path, monkeypatch):
         from rvcfast.integrations.ray import CPU_WORKER_MEMORY, convert_dataset
 
-        calls = []
-        real = ray.data.Dataset.map_batches
-
-        def recording(self, fn, *args, **kwargs):
-            calls.append((getattr(fn, "__name__", str(fn)), kwargs))
-            return real(self, fn, *args, **kwargs)
-
-        monkeypatch.setattr(ray.data.Dataset, "map_batches", recording)
+        calls = record_map_batches(monkeypatch)
         opts = self._options(tiny_models)
         opts.pop("progress")
         convert_dataset([clip], tiny_models.voice, tmp_path / "out", **opts)  # lazy: nothing runs

@@ -26,6 +26,7 @@ from rvcfast.testing import save_random_voice_model
 
 ray = pytest.importorskip("ray", reason='Ray Data is not installed (pip install "rvcfast[ray]")')
 pytest.importorskip("ray.data")
+from ray_helpers import local_cluster, record_map_batches  # noqa: E402
 
 pytestmark = pytest.mark.ray
 
@@ -77,9 +78,8 @@ class TestVoicesOnRay:
     @pytest.fixture(scope="class", autouse=True)
     @classmethod
     def cluster(cls):
-        ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
-        yield
-        ray.shutdown()
+        with local_cluster():
+            yield
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -252,14 +252,7 @@ class TestVoicesOnRay:
     def test_the_default_pool_holds_every_voice_in_memory(self, tiny_models, voices, inputs, tmp_path, monkeypatch):
         from rvcfast.integrations.ray import CPU_WORKER_MEMORY, convert_dataset
 
-        calls = []
-        real = ray.data.Dataset.map_batches
-
-        def recording(self, fn, *args, **kwargs):
-            calls.append((getattr(fn, "__name__", str(fn)), kwargs))
-            return real(self, fn, *args, **kwargs)
-
-        monkeypatch.setattr(ray.data.Dataset, "map_batches", recording)
+        calls = record_map_batches(monkeypatch)
         opts = _options(tiny_models)
         opts.pop("progress")
         convert_dataset([inputs / "a.wav"], out_dir=tmp_path / "out", voices=_mapping(tiny_models, voices), **opts)  # lazy

@@ -1,0 +1,33 @@
+"""Helpers of the Ray test files (imported only by them: importing this module imports Ray)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import ray
+import ray.data
+
+
+@contextmanager
+def local_cluster(**options: Any) -> Iterator[None]:
+    """A local one-node cluster of 2 CPUs on 127.0.0.1, no dashboard, shut down afterwards."""
+    ray.init(**{"num_cpus": 2, "include_dashboard": False, "_node_ip_address": "127.0.0.1", **options})
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def record_map_batches(monkeypatch: Any) -> list[tuple[str, dict[str, Any]]]:
+    """Record every ``Dataset.map_batches`` call as ``(stage name, keyword arguments)``; the calls still run."""
+    calls: list[tuple[str, dict[str, Any]]] = []
+    real = ray.data.Dataset.map_batches
+
+    def recording(self: Any, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        calls.append((getattr(fn, "__name__", str(fn)), kwargs))
+        return real(self, fn, *args, **kwargs)
+
+    monkeypatch.setattr(ray.data.Dataset, "map_batches", recording)
+    return calls
