@@ -53,10 +53,16 @@ from .params import ConversionParams
 from .pipeline import apply_protect, pitch_track, segment_features
 from .sola import Sola
 
-__all__ = ["RealtimeConverter", "SOLA_SEARCH_SECONDS", "MAX_SAMPLE_RATE", "whole_file_settings"]
+__all__ = ["RealtimeConverter", "SOLA_SEARCH_SECONDS", "MAX_SAMPLE_RATE", "unit_frames", "whole_file_settings"]
 
 #: Default SOLA search range (RVC's realtime GUI: one 10 ms frame).
 SOLA_SEARCH_SECONDS = 0.01
+#: Defaults of the block, the context and the crossfade (RVC's realtime GUI: 0.25 s, 1 s and 0.05 s);
+#: at a rate that is no multiple of 100 Hz, rounded down to whole spans of :func:`unit_frames`
+#: (22050 and 11025 Hz: block 0.24 s, crossfade 0.04 s).
+DEFAULT_BLOCK_SECONDS = 0.25
+DEFAULT_CONTEXT_SECONDS = 1.0
+DEFAULT_CROSSFADE_SECONDS = 0.05
 #: Highest stream rate (as ``output_sample_rate``): the buffers grow with the rate.
 MAX_SAMPLE_RATE = 384000
 #: Frames of the caller's-rate input resampled before the new block (the first is dropped:
@@ -72,14 +78,34 @@ _F0_CONTEXT = 800
 _RMVPE_CHUNK = 5120
 
 
-def _frames(name: str, seconds: Any, minimum: int) -> int:
-    """``seconds`` as a whole number of 10 ms frames (at least ``minimum``), or a ParameterError."""
+def unit_frames(sample_rate: int) -> int:
+    """10 ms frames in the shortest span that is a whole number of samples at ``sample_rate``:
+    1 for rates that are multiples of 100 Hz (48000, 44100, 16000), 2 for 22050 Hz (20 ms =
+    441 samples), 4 for 11025 Hz (40 ms = 441 samples)."""
+    return 100 // math.gcd(int(sample_rate), 100)
+
+
+def _standard(seconds: float | None, default: float, unit: int) -> float:
+    """``seconds``, or when it is ``None`` the ``default`` in whole spans of ``unit`` frames (rounded down, at least one)."""
+    if seconds is not None:
+        return seconds
+    return max(unit, round(default * 100) // unit * unit) / 100
+
+
+def _frames(name: str, seconds: Any, minimum: int, unit: int = 1, sample_rate: int = 0) -> int:
+    """``seconds`` as a whole number of 10 ms frames, a multiple of ``unit`` (at least ``minimum``), or a ParameterError."""
     if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
         raise ParameterError(f"{name} must be a number of seconds, got {seconds!r}")
     frames = round(seconds * 100)
     if abs(seconds * 100 - frames) > 1e-4:
         raise ParameterError(
             f"{name}={seconds} is not a multiple of 10 ms: use {frames / 100:g} or {(frames + (1 if seconds * 100 > frames else -1)) / 100:g}"
+        )
+    if frames % unit:
+        lower = frames // unit * unit
+        raise ParameterError(
+            f"{name}={seconds} is not a whole number of samples at {sample_rate} Hz ({frames * sample_rate / 100:g}): "
+            f"at this rate durations are multiples of {unit * 10} ms; use {lower / 100:g} or {(lower + unit) / 100:g}"
         )
     if frames < minimum:
         raise ParameterError(f"{name} must be at least {minimum * 10} ms, got {seconds}")
@@ -121,15 +147,21 @@ def _refuse_whole_input_params(q: ConversionParams, sample_rate: int) -> None:
 
 @dataclass(frozen=True)
 class _Geometry:
-    """Sizes of one converter, in 10 ms frames unless named otherwise."""
+    """Sizes of one converter, in 10 ms frames unless named otherwise (each a whole number of the
+    stream's samples: a multiple of :func:`unit_frames`)."""
 
-    zc: int  # caller's samples per frame
+    rate: int  # the stream's sample rate
+    in_context: int  # frames of the stream's input resampled before the new block (the first holds the resampler's edge)
     block: int
     crossfade: int
     search: int
     context: int
     extra: int  # frames decoded before the SOLA span: the output resampler's run-in
     f0_window: int  # 16 kHz samples the F0 extractor sees per block
+
+    def samples(self, frames: int) -> int:
+        """``frames`` in samples at the stream's rate (exact: the geometry's sizes are whole units)."""
+        return frames * self.rate // 100
 
     @property
     def frames(self) -> int:
@@ -146,10 +178,14 @@ class RealtimeConverter:
     """Converts a live mono stream block by block, with a fixed latency (RVC's realtime algorithm).
 
     ``converter_or_engine`` is a :class:`~rvcfast.Converter` or an :class:`~rvcfast.engine.Engine`.
-    ``sample_rate`` is the stream's rate, in and out (a multiple of 100 Hz, 8000..384000). ``block_seconds``
-    (the unit of work: one model pass per block), ``context_seconds`` (earlier input the
-    models see with each block), ``crossfade_seconds`` (≤ the block) and ``search_seconds``
-    (SOLA's search range) are whole multiples of 10 ms. ``params`` / ``overrides`` are the
+    ``sample_rate`` is the stream's rate, in and out (a multiple of 25 Hz, 8000..384000: 48000,
+    44100, 22050, 16000, 11025...). ``block_seconds`` (the unit of work: one model pass per
+    block), ``context_seconds`` (earlier input the models see with each block),
+    ``crossfade_seconds`` (≤ the block) and ``search_seconds`` (SOLA's search range; default one
+    frame, :data:`SOLA_SEARCH_SECONDS`) are whole multiples of 10 ms that are whole numbers of
+    samples at the rate: at 22050 Hz multiples of 20 ms, at 11025 Hz of 40 ms (:func:`unit_frames`).
+    Left out (``None``) they are RVC's 0.25 s, 1 s and 0.05 s and one frame of search, rounded
+    down to whole spans at such rates (block 0.24 s, crossfade 0.04 s, search one span). ``params`` / ``overrides`` are the
     conversion settings (:class:`~rvcfast.ConversionParams`); those that need the whole
     input (``loudness``, ``formant``, ``clean``, ``effects``, ``proposed_pitch``,
     ``channels='each'``) are refused. ``rms_mix_rate`` applies per block, and
@@ -164,12 +200,12 @@ class RealtimeConverter:
         self,
         converter_or_engine: Any,
         sample_rate: int = 48000,
-        block_seconds: float = 0.25,
-        context_seconds: float = 1.0,
-        crossfade_seconds: float = 0.05,
+        block_seconds: float | None = None,
+        context_seconds: float | None = None,
+        crossfade_seconds: float | None = None,
         params: ConversionParams | dict[str, Any] | None = None,
         *,
-        search_seconds: float = SOLA_SEARCH_SECONDS,
+        search_seconds: float | None = None,
         whole_blocks: bool = False,
         **overrides: Any,
     ) -> None:
@@ -177,28 +213,37 @@ class RealtimeConverter:
         if not isinstance(engine, Engine):
             raise ParameterError(f"RealtimeConverter needs a Converter or an Engine, got {type(converter_or_engine).__name__}")
         if (isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or not 8000 <= sample_rate <= MAX_SAMPLE_RATE
-                or sample_rate % 100):
+                or sample_rate % 25):
             raise ParameterError(
-                f"sample_rate must be a whole number of Hz, a multiple of 100 within 8000..{MAX_SAMPLE_RATE} "
-                f"(e.g. 16000, 44100, 48000), got {sample_rate!r}"
+                f"sample_rate must be a whole number of Hz, a multiple of 25 within 8000..{MAX_SAMPLE_RATE} "
+                f"(e.g. 16000, 22050, 44100, 48000), got {sample_rate!r}"
             )
-        block = _frames("block_seconds", block_seconds, 1)
-        crossfade = _frames("crossfade_seconds", crossfade_seconds, 1)
-        search = _frames("search_seconds", search_seconds, 0)
-        context = _frames("context_seconds", context_seconds, 0)
+        unit = unit_frames(sample_rate)
+        block_seconds = _standard(block_seconds, DEFAULT_BLOCK_SECONDS, unit)
+        context_seconds = _standard(context_seconds, DEFAULT_CONTEXT_SECONDS, unit)
+        crossfade_seconds = _standard(crossfade_seconds, DEFAULT_CROSSFADE_SECONDS, unit)
+        block = _frames("block_seconds", block_seconds, 1, unit, sample_rate)
+        crossfade = _frames("crossfade_seconds", crossfade_seconds, 1, unit, sample_rate)
+        if search_seconds is None:
+            search_seconds = max(SOLA_SEARCH_SECONDS, unit / 100)
+        search = _frames("search_seconds", search_seconds, 0, unit, sample_rate)
+        context = _frames("context_seconds", context_seconds, 0, unit, sample_rate)
         if crossfade > block:
             raise ParameterError(f"crossfade_seconds={crossfade_seconds} is longer than block_seconds={block_seconds}")
         self.engine = engine
         self.params = engine.params(params, **overrides)
         _refuse_whole_input_params(self.params, sample_rate)
         voc = engine.vocoder
-        extra = min(context, 0 if voc.sample_rate == sample_rate else 1)
-        self.geometry = _Geometry(sample_rate // 100, block, crossfade, search, context, extra, self._f0_window(block))
+        # the output resampler's run-in (one span of whole samples) and the input's (two frames, or one span)
+        extra = min(context, 0 if voc.sample_rate == sample_rate else unit)
+        in_context = -(-_IN_CONTEXT_FRAMES // unit) * unit
+        self.geometry = _Geometry(sample_rate, in_context, block, crossfade, search, context, extra, self._f0_window(block))
         self.sample_rate = sample_rate
         self.whole_blocks = bool(whole_blocks)
         self._extractor = engine.f0_extractor_for(self.params)
         self._head_skip = bool(getattr(voc, "supports_head_skip", False))
-        self._sola = Sola(block * self.geometry.zc, crossfade * self.geometry.zc, search * self.geometry.zc)
+        g = self.geometry
+        self._sola = Sola(g.samples(block), g.samples(crossfade), g.samples(search))
         self.reset()
 
     def _f0_window(self, block: int) -> int:
@@ -213,13 +258,13 @@ class RealtimeConverter:
     @property
     def block_size(self) -> int:
         """Samples per block at the stream's rate (the unit of work)."""
-        return self.geometry.block * self.geometry.zc
+        return self.geometry.samples(self.geometry.block)
 
     @property
     def latency_samples(self) -> int:
         """Output delay in samples: ``block`` (unless ``whole_blocks``) ``+ crossfade + search``."""
         g = self.geometry
-        return ((0 if self.whole_blocks else g.block) + g.crossfade + g.search) * g.zc
+        return g.samples((0 if self.whole_blocks else g.block) + g.crossfade + g.search)
 
     @property
     def latency_seconds(self) -> float:
@@ -237,7 +282,7 @@ class RealtimeConverter:
         """Forget the stream: silent buffers, a fresh noise generator, no pending output."""
         g = self.geometry
         self._pending = np.zeros(0, dtype=np.float32)  # input not yet a whole block
-        self._raw = np.zeros((g.block + _IN_CONTEXT_FRAMES) * g.zc, dtype=np.float64)
+        self._raw = np.zeros(g.samples(g.block + g.in_context), dtype=np.float64)
         self._buf16 = np.zeros(max((g.frames + 1) * F0_HOP, g.f0_window), dtype=np.float64)
         self._blocks = 0  # blocks converted since the start
         self._f0_cache = np.zeros(g.frames, dtype=np.float64)
@@ -328,8 +373,8 @@ class RealtimeConverter:
             y = change_rms(source, SR_16K, y, self.engine.sample_rate, self.params.rms_mix_rate)
         y = resample(np.asarray(y, dtype=np.float32), self.engine.sample_rate, self.sample_rate, dtype=np.float32)
         # resample's length rule, ceil(n * target / orig) in floating point, gives one sample too
-        # many for some pairs of rates (40000 -> 22000): the exact count is decoded * zc
-        span = y[g.extra * g.zc : g.decoded * g.zc]
+        # many for some pairs of rates (40000 -> 22000): the exact count is that of the decoded frames
+        span = y[g.samples(g.extra) : g.samples(g.decoded)]
         return np.clip(self._sola.step(span), -1.0, 1.0)
 
     def _shift_in(self, block: np.ndarray) -> None:
@@ -344,7 +389,7 @@ class RealtimeConverter:
             return
         # exactly (block + context frames) * 160 samples: resample's floating-point length rule adds a
         # padding zero at the end for some rates (23200 Hz), which would shift the block by a sample
-        y = resample(self._raw, self.sample_rate, SR_16K, dtype=np.float64)[: self._raw.shape[0] // g.zc * F0_HOP]
+        y = resample(self._raw, self.sample_rate, SR_16K, dtype=np.float64)[: (g.block + g.in_context) * F0_HOP]
         redo = (g.block + _IN_REDO_FRAMES) * F0_HOP
         buf[-redo:] = y[y.shape[0] - redo :]
 

@@ -123,11 +123,14 @@ def _chunks(x: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
     return out
 
 
-@pytest.mark.parametrize("rate", [48000, 44100, 16000])
+@pytest.mark.parametrize("rate", [48000, 44100, 16000, 22050, 11025])
 def test_every_push_returns_its_length_and_flush_returns_the_latency(tiny_converter, rate: int) -> None:
-    rt = RealtimeConverter(tiny_converter, sample_rate=rate, block_seconds=0.05, context_seconds=0.2, crossfade_seconds=0.02)
+    unit = {22050: 2, 11025: 4}.get(rate, 1)  # 10 ms frames per whole number of samples
+    rt = RealtimeConverter(tiny_converter, sample_rate=rate, block_seconds=0.04 * unit, context_seconds=0.2 * unit,
+                           crossfade_seconds=0.02 * unit)
     b = rt.block_size
-    assert b == rate // 20 and rt.latency_samples == b + 3 * rate // 100
+    # block 4 units, latency = block + crossfade (2 units) + the default search (one 10 ms frame, or one unit)
+    assert b == 4 * unit * rate // 100 and rt.latency_samples == b + 3 * unit * rate // 100
     sizes = [1, 7, b - 1, b, b + 1, 3 * b + 5, 0, 2 * b]
     rng = np.random.default_rng(1)
     total = 0
@@ -144,6 +147,15 @@ def test_every_push_returns_its_length_and_flush_returns_the_latency(tiny_conver
     assert sum(p.shape[0] for p in trimmed) == total
 
 
+@pytest.mark.parametrize("rate,block,crossfade,search", [(48000, 0.25, 0.05, 0.01), (44100, 0.25, 0.05, 0.01), (22050, 0.24, 0.04, 0.02),
+                                                     (11025, 0.24, 0.04, 0.04)])
+def test_the_defaults_are_rvcs_in_whole_samples_of_the_rate(tiny_converter, rate, block, crossfade, search) -> None:
+    rt = RealtimeConverter(tiny_converter, sample_rate=rate)
+    assert rt.block_size == round(block * rate)
+    assert rt.latency_samples == round((block + crossfade + search) * rate)
+    assert rt.geometry.context == 100  # 1 s
+
+
 def test_whole_blocks_mode_drops_the_block_of_hold_back(tiny_converter) -> None:
     kw = dict(sample_rate=48000, block_seconds=0.05, context_seconds=0.2, crossfade_seconds=0.02, noise=False)
     held, aligned = RealtimeConverter(tiny_converter, **kw), RealtimeConverter(tiny_converter, whole_blocks=True, **kw)
@@ -157,13 +169,18 @@ def test_whole_blocks_mode_drops_the_block_of_hold_back(tiny_converter) -> None:
         aligned.push(x[: b + 1])
 
 
-@pytest.mark.parametrize("rate,whole", [(48000, False), (44100, False), (16000, False), (48000, True)])
+#: Rates that are no multiple of 100 Hz take durations in whole samples: 20 ms spans at 22050, 40 ms at 11025.
+_ODD_RATE_SIZES = dict(block_seconds=0.24, crossfade_seconds=0.04)
+
+
+@pytest.mark.parametrize("rate,whole", [(48000, False), (44100, False), (16000, False), (48000, True), (22050, False), (11025, False),
+                                        (22050, True)])
 def test_latency_is_where_an_impulse_comes_out(tiny_converter, monkeypatch, rate: int, whole: bool) -> None:
     """With the models replaced by the identity, the converter is a pure delay: impulses pushed at
     several places (not on block edges, in pushes of odd sizes) come out exactly latency_samples
     later, all of them (no drift), through both resamplers and SOLA."""
     monkeypatch.setattr(RealtimeConverter, "_model_output", _identity_output)
-    rt = RealtimeConverter(tiny_converter, sample_rate=rate, whole_blocks=whole)
+    rt = RealtimeConverter(tiny_converter, sample_rate=rate, whole_blocks=whole, **(_ODD_RATE_SIZES if rate % 100 else {}))
     x = np.zeros(6 * rate, dtype=np.float32)
     where = [int(0.37 * rate) + 3, int(2.111 * rate), int(4.5 * rate) + 17]
     x[where] = 0.8
@@ -202,7 +219,7 @@ def test_the_16k_buffer_holds_the_stream_without_a_shift_at_any_rate(tiny_conver
     rt = RealtimeConverter(tiny_converter, sample_rate=rate, block_seconds=0.1, context_seconds=0.2, crossfade_seconds=0.03)
     n = 5 * rt.block_size
     rt.push((0.5 * np.sin(2 * np.pi * 440.0 * np.arange(n) / rate)).astype(np.float32))
-    got = rt._buf16[-3 * rt.block_size * 160 // rt.geometry.zc - 160 : -160]  # the last frame is redone later
+    got = rt._buf16[-3 * rt.block_size * 16000 // rate - 160 : -160]  # the last frame is redone later
     t = np.arange(n * 16000 // rate - got.shape[0] - 160, n * 16000 // rate - 160) / 16000
     np.testing.assert_allclose(got, 0.5 * np.sin(2 * np.pi * 440.0 * t), atol=0.01)
 
@@ -368,7 +385,10 @@ def test_bad_settings_are_refused_clearly(tiny_converter) -> None:
         (dict(crossfade_seconds=0.0), "crossfade_seconds must be at least"),
         (dict(context_seconds=-0.1), "context_seconds must be at least"),
         (dict(search_seconds=float("nan")), "number of seconds"),
-        (dict(sample_rate=22050), "multiple of 100"),
+        (dict(sample_rate=22060), "multiple of 25"),
+        (dict(sample_rate=22050, block_seconds=0.25), r"block_seconds=0.25 is not a whole number of samples at 22050 Hz \(5512.5\)"),
+        (dict(sample_rate=11025, block_seconds=0.24, crossfade_seconds=0.05), "multiples of 40 ms; use 0.04 or 0.08"),
+        (dict(sample_rate=22050, block_seconds=0.24, crossfade_seconds=0.04, search_seconds=0.01), "search_seconds=0.01"),
         (dict(sample_rate=48000.0), "whole number of Hz"),
         (dict(sample_rate=400000), "8000..384000"),  # the buffers grow with the rate (1e9 Hz: 1.5 GB at once)
         (dict(loudness=-14), "loudness"),

@@ -120,6 +120,17 @@ def test_a_client_too_far_ahead_is_told_and_closed_1008(server):
     assert answers < 40
 
 
+def test_a_22050_hz_stream_is_answered_sample_for_sample(server):
+    # 10 ms is 220.5 samples at 22050 Hz: the durations are whole 20 ms spans (was: refused, "multiple of 100")
+    x = tone(0.5, 22050, 200.0).astype("<f4")
+    with _connect(server, sample_rate=22050, block_seconds=0.2, context_seconds=0.4) as ws:
+        ready = json.loads(ws.recv(timeout=120))
+        assert ready["type"] == "ready" and ready["sample_rate"] == 22050 and ready["block_size"] == 4410
+        assert ready["latency_samples"] == 4410 + 882 + 441  # block + crossfade (0.04 s) + search (0.02 s)
+        ws.send(x.tobytes())
+        assert len(ws.recv(timeout=120)) == x.nbytes
+
+
 def test_sixteen_bit_pcm_in_and_out(server):
     x = (tone(0.5, RATE, 200.0) * 32767).astype("<i2")
     with _connect(server, encoding="s16le") as ws:

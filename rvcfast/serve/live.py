@@ -11,10 +11,11 @@ cannot set headers on a WebSocket, offers the subprotocols ``rvcfast.live`` and
   that need a whole file (``loudness``, ``formant``, ``clean``, ``effects``,
   ``proposed_pitch``, ``channels=each``) and the output-file fields (``format``,
   ``subtype``, ``bitrate``, ``stream``) are refused;
-* ``sample_rate``: the stream's rate, in and out (default 48000, a multiple of 100 Hz);
+* ``sample_rate``: the stream's rate, in and out (default 48000, a multiple of 25 Hz: 48000,
+  44100, 22050, 16000...);
 * ``block_seconds``, ``context_seconds``, ``crossfade_seconds``: those of
-  :class:`~rvcfast.RealtimeConverter` (defaults 0.25, 1.0, 0.05; a block of at most 10 s,
-  a context of at most 30 s);
+  :class:`~rvcfast.RealtimeConverter` (defaults 0.25, 1.0, 0.05, or 0.24, 1.0, 0.04 at 22050
+  and 11025 Hz; a block of at most 10 s, a context of at most 30 s);
 * ``encoding``: ``f32le`` (default, float samples in [-1, 1]) or ``s16le`` (16-bit PCM).
 
 Once the voice is ready the server sends one JSON text message, ``{"type": "ready",
@@ -57,8 +58,10 @@ if TYPE_CHECKING:
 
 __all__ = ["add_live_routes", "LIVE_FIELDS", "ENCODINGS", "MAX_MESSAGE_SECONDS", "MAX_GEOMETRY_SECONDS", "LIVE_PROTOCOL"]
 
-#: Query fields of ``/v1/live`` besides the voice, ``f0`` and the conversion parameters.
-LIVE_FIELDS = {"sample_rate": 48000, "block_seconds": 0.25, "context_seconds": 1.0, "crossfade_seconds": 0.05}
+#: Query fields of ``/v1/live`` besides the voice, ``f0`` and the conversion parameters (``None``: the
+#: :class:`~rvcfast.RealtimeConverter` default at the stream's rate: 0.25 s, 1 s and 0.05 s, or 0.24 s,
+#: 1 s and 0.04 s at 22050 and 11025 Hz).
+LIVE_FIELDS = {"sample_rate": 48000, "block_seconds": None, "context_seconds": None, "crossfade_seconds": None}
 #: Sample encodings of the binary messages: name -> numpy dtype.
 ENCODINGS = {"f32le": "<f4", "s16le": "<i2"}
 #: Longest audio one binary message may hold (a bound on the memory a client can ask for).
