@@ -286,13 +286,14 @@ def test_each_block_decodes_only_its_new_frames(tiny_converter, monkeypatch) -> 
 # ------------------------------------------------------------------ agreement with offline conversion
 
 
-@pytest.fixture(scope="module")
-def golden_runs(golden: Path) -> dict:
-    """The golden voice on golden speech at 48 kHz, noise off: offline, and realtime (default
-    geometry, pushes of 7000 samples) with the synthesizer's inputs of every block recorded."""
+@pytest.fixture(scope="module", params=[48000, 22050])
+def golden_runs(golden: Path, request: pytest.FixtureRequest) -> dict:
+    """The golden voice on golden speech at 48 kHz (and at 22050 Hz, where the geometry is in 20 ms
+    spans), noise off: offline, and realtime (default geometry, pushes of 7000 samples) with the
+    synthesizer's inputs of every block recorded."""
     conv = golden_converter(golden)
     eng = conv.engine
-    sr = 48000
+    sr = request.param
     x = resample(golden_speech(golden), 16000, sr).astype(np.float32)
     q = eng.params(noise=False)
     offline = conv.convert(x, sr, q, output_sample_rate=sr).audio
@@ -315,7 +316,7 @@ def golden_runs(golden: Path) -> dict:
         out = np.concatenate(list(rt.convert_stream(_chunks(x, [7000]), trim_latency=True)))
     finally:
         del voc.synthesize
-    return dict(rt=rt, out=out, offline=offline, feats=feats.repeat_interleave(2, 0).float().numpy(), pitchf=pitchf, seen=seen, x=x)
+    return dict(rt=rt, out=out, offline=offline, feats=feats.repeat_interleave(2, 0).float().numpy(), pitchf=pitchf, seen=seen, x=x, sr=sr)
 
 
 @pytest.mark.golden
@@ -343,7 +344,7 @@ def test_realtime_synthesizer_inputs_match_the_offline_ones(golden_runs: dict) -
         both = (pf[i] > 0) & (pitchf[j] > 0)
         hz.extend(np.abs(pf[i] - pitchf[j])[both].tolist())
     assert np.median(feat_err) <= 0.3 and max(feat_err) <= 0.45, feat_err
-    assert np.median(hz) <= 1.0 and len(hz) > 100
+    assert np.median(hz) <= 1.0 and len(hz) > 90  # 96 voiced frames compared at 22050 Hz, more at 48 kHz
     assert flips[0] < flips[-1] and flips[0] < flips[1], flips
     assert flips[0] <= 0.1 * len(feat_err) * g.block
 
@@ -358,11 +359,11 @@ def test_realtime_output_agrees_with_offline_conversion(golden_runs: dict) -> No
     synthesizer-input test above is the sharper check of the pipeline."""
     out, offline = golden_runs["out"], golden_runs["offline"]
     assert out.shape == golden_runs["x"].shape
-    n = offline.shape[0]
+    n, edge, size = offline.shape[0], golden_runs["sr"] // 4, golden_runs["sr"] // 20
 
     def frames(a: np.ndarray) -> np.ndarray:
-        a = a[12000 : n - 12000].astype(np.float64)
-        f = a[: a.shape[0] // 2400 * 2400].reshape(-1, 2400)
+        a = a[edge : n - edge].astype(np.float64)
+        f = a[: a.shape[0] // size * size].reshape(-1, size)
         return f - f.mean(axis=1, keepdims=True)
 
     def snr(a: np.ndarray) -> float:
