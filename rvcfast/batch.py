@@ -65,6 +65,7 @@ from .result import Result
 from .writing import (
     SUPPORTED_WRITE_FORMATS,
     check_bitrate,
+    check_output_folder,
     finished_output,
     remove_stale_parts,
     write_audio_atomic,
@@ -112,6 +113,8 @@ class BatchOptions:
         if self.compute_workers is not None and not _is_whole(self.compute_workers):
             raise ParameterError(f"compute_workers must be a whole number >= 1 or None, got {self.compute_workers!r}")
         check_name_template(self.name_template)
+        if self.out_dir is not None:
+            check_output_folder(self.out_dir, "out_dir")  # a file: refused now, not after converting everything
 
 
 def _is_whole(value: Any) -> bool:

@@ -353,6 +353,9 @@ def export_onnx(
     target = Path(path)
     if target.is_dir():
         raise ParameterError(f"{target}: is a folder; name the .onnx file to write")
+    from .writing import check_output_folder
+
+    check_output_folder(target.parent, f"{target}: the output")  # a file in the way: before the export, not after
     onnx = _require("onnx")
     if verify:
         _require("onnxruntime")

@@ -34,6 +34,7 @@ from .errors import AudioError, ParameterError
 
 __all__ = [
     "SUPPORTED_WRITE_FORMATS",
+    "check_output_folder",
     "MP3_RATES",
     "MAX_CHANNELS",
     "mp3_rate",
@@ -334,6 +335,20 @@ def _pid_alive(pid: int) -> bool:
     except (PermissionError, OSError):
         return True  # exists (another user's process) or cannot tell: keep the file
     return True
+
+
+def check_output_folder(folder: str | os.PathLike[str], what: str = "output") -> None:
+    """Raise :class:`~rvcfast.errors.ParameterError` when ``folder`` is a file, or cannot be
+    created because the nearest part of its path that exists is a file (``notes.txt/out``):
+    found before any work, not as one failed write per file afterwards."""
+    folder = Path(folder)
+    if folder.exists() and not folder.is_dir():
+        raise ParameterError(f"{what} {folder} exists and is not a folder")
+    for parent in folder.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise ParameterError(f"{what} folder {folder} cannot be created: {parent} is a file, not a folder")
+            return
 
 
 def remove_stale_parts(directory: str | os.PathLike[str], name: str | None = None) -> list[Path]:

@@ -350,6 +350,20 @@ def test_cli_refuses_to_overwrite_the_model(files, capsys) -> None:
     assert files["f0"].read_bytes() == before
 
 
+def test_an_output_under_a_file_is_refused_before_the_export(files, tmp_path, capsys, monkeypatch) -> None:
+    import rvcfast.onnx_export as onnx_export
+
+    (tmp_path / "afile").write_bytes(b"notes")
+    target = tmp_path / "afile" / "x.onnx"
+    # was: the model exported and verified, then "cannot write the ONNX file: File exists" (status 1)
+    monkeypatch.setattr(onnx_export, "_resolve_model", lambda *a: pytest.fail("the export ran"))
+    assert main(["export-onnx", str(files["f0"]), "-o", str(target)]) == 2
+    assert f"output {tmp_path / 'afile'} exists and is not a folder" in capsys.readouterr().err
+    with pytest.raises(rvcfast.errors.ParameterError, match="exists and is not a folder"):
+        onnx_export.export_onnx(files["f0"], target)
+    assert (tmp_path / "afile").read_bytes() == b"notes"
+
+
 @pytest.mark.parametrize("content", [None, b"not a pytorch file"])
 def test_cli_bad_model_file(tmp_path, capsys, content) -> None:
     bad = tmp_path / "broken.pth"

@@ -353,6 +353,16 @@ def test_resume_in_place_batch(tiny_converter: rvcfast.Converter, tmp_path: Path
     assert outputs(tmp_path) == ["x0.wav", "x0_rvc.wav", "x1.wav", "x1_rvc.wav"]
 
 
+def test_an_output_folder_that_is_a_file_is_refused_before_any_work(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+    sf.write(tmp_path / "a.wav", tone(0.3), 16000)
+    (tmp_path / "afile").write_bytes(b"notes")
+    for out, words in ((tmp_path / "afile", "exists and is not a folder"), (tmp_path / "afile" / "sub", "is a file, not a folder")):
+        # was: every file converted, then one "writing ... failed: FileExistsError" result per file
+        with pytest.raises(rvcfast.errors.ParameterError, match=words):
+            tiny_converter.convert_batch([tmp_path / "a.wav"], out)
+    assert (tmp_path / "afile").read_bytes() == b"notes"
+
+
 def test_on_error_stop_leaves_only_complete_outputs(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
     sf.write(tmp_path / "a.wav", tone(0.3), 16000)
     (tmp_path / "b.wav").write_bytes(b"not audio")

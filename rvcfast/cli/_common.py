@@ -102,13 +102,13 @@ def check_output_dir(folder: Path) -> None:
     """A usage error when the output folder ``folder`` is a file, or cannot be created because
     the nearest part of its path that exists is a file (``-o notes.txt/out``); found before
     any model is loaded, not as one failed write per file afterwards."""
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"output {folder} exists and is not a folder")
-    for parent in folder.parents:
-        if parent.exists():
-            if not parent.is_dir():
-                raise UsageError(f"output folder {folder} cannot be created: {parent} is a file, not a folder")
-            return
+    from ..errors import ParameterError
+    from ..writing import check_output_folder
+
+    try:
+        check_output_folder(folder)
+    except ParameterError as exc:
+        raise UsageError(str(exc)) from None
 
 
 def check_inputs_exist(inputs: Sequence[str]) -> None:

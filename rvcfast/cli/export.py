@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import EXIT_OK, HelpFormatter, UsageError, check_model_files, out
+from ._common import EXIT_OK, HelpFormatter, UsageError, check_model_files, check_output_dir, out
 
 
 def _output_path(model: Path, output: str | None) -> Path:
@@ -24,6 +24,7 @@ def _output_path(model: Path, output: str | None) -> Path:
         raise UsageError(f"output {target} is the voice model itself; name another file with -o")
     if target.suffix.lower() != ".onnx":
         raise UsageError(f"output {target} does not end in .onnx")
+    check_output_dir(target.parent)  # a file in the way: a usage error now, not after the export and its check
     return target
 
 
