@@ -215,7 +215,9 @@ def test_parameter_out_of_range_is_a_usage_error(models, clips, tmp_path, capsys
     code = main(["convert", str(models["model"]), str(clips["a"]), "-o", str(tmp_path), "--pitch", "99", *_weights_args(models)])
     err = capsys.readouterr().err
     assert code == 2
-    assert "pitch must be within -48..48" in err and "usage: rvcfast convert" in err
+    assert "--pitch: pitch must be within -48..48" in err and "usage: rvcfast convert" in err  # the flag named (was: only "pitch")
+    assert main(["convert", str(models["model"]), str(clips["a"]), "-o", str(tmp_path), "--index-rate", "2", *_weights_args(models)]) == 2
+    assert "--index-rate: index_rate must be within 0..1" in capsys.readouterr().err
 
 
 def test_missing_weights_one_line_error(models, clips, tmp_path, monkeypatch, capsys):

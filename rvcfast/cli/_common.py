@@ -252,9 +252,12 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def check_params(values: dict[str, Any]) -> None:
     """Range-check conversion parameters before anything is loaded (a bad value is a usage error)."""
-    from ..params import ConversionParams
+    from ..params import ConversionParams, param_specs
 
     try:
         ConversionParams.build(None, **values).validate()
     except ParameterError as exc:
-        raise UsageError(str(exc)) from None
+        text = str(exc)
+        # the message names the parameter as Python spells it ("pitch must be within ..."): put the flag in front
+        flag = next((s.flag for s in param_specs() if s.cli and text.startswith((f"{s.name} ", f"{s.name}="))), None)
+        raise UsageError(f"{flag}: {text}" if flag else text) from None
