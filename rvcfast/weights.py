@@ -256,9 +256,12 @@ def resolve_weights(name: str, explicit: str | os.PathLike[str] | None = None, *
     if allow_download:
         return download(name)
     looked = ", ".join(_looked_at(d / info.filename) for d in search_dirs())
+    # the other base files missing too: one command for all of them (not one failed run per file)
+    also = [KNOWN_WEIGHTS[n].filename for n in sorted(KNOWN_WEIGHTS) if n != name and find_weights(n) is None]
+    get = f"`rvcfast download` (this and {', '.join(also)}, also missing)" if also else f"`rvcfast download {name}`"
     raise WeightsNotFoundError(
         f"{info.description} weights ({info.filename}) not found. Looked in: {looked}. "
-        f"Get it with `rvcfast download {name}` (from {info.url}), or put the file in one of those "
+        f"Get it with {get} (from {info.url}), or put the file in one of those "
         f"places, or pass its path explicitly."
     )
 

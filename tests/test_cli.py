@@ -229,7 +229,8 @@ def test_missing_weights_one_line_error(models, clips, tmp_path, monkeypatch, ca
     lines = err.strip().splitlines()
     assert len(lines) == 1, err
     assert lines[0].startswith("rvcfast: error:")
-    assert "hubert_base.pt" in lines[0] and "rvcfast download hubert" in lines[0]
+    # both base files are missing: one command gets them (was: "rvcfast download hubert", then a failed run for rmvpe.pt)
+    assert "hubert_base.pt" in lines[0] and "`rvcfast download` (this and rmvpe.pt, also missing)" in lines[0]
 
 
 def test_bad_model_file_one_line_error(clips, tmp_path, capsys):

@@ -124,6 +124,10 @@ def test_missing_weights_error_names_file_and_remedy(tmp_path, monkeypatch):
     with pytest.raises(WeightsNotFoundError) as exc:
         weights.resolve_weights("rmvpe")
     msg = str(exc.value)
-    assert "rmvpe.pt" in msg and "rvcfast download rmvpe" in msg and str(tmp_path / "home") in msg
+    assert "rmvpe.pt" in msg and "`rvcfast download` (this and hubert_base.pt, also missing)" in msg and str(tmp_path / "home") in msg
+    (tmp_path / "home").mkdir()
+    (tmp_path / "home" / "hubert_base.pt").write_bytes(b"x")  # the other one is there: only this one to get
+    with pytest.raises(WeightsNotFoundError, match="`rvcfast download rmvpe`"):
+        weights.resolve_weights("rmvpe")
     with pytest.raises(WeightsNotFoundError, match="nowhere.pt"):
         weights.resolve_weights("rmvpe", tmp_path / "nowhere.pt")
