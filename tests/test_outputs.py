@@ -90,12 +90,17 @@ def test_failed_write_leaves_no_partial_file_and_keeps_the_old_one(
 
 
 def test_batch_write_failure_is_reported_per_file(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
-    sf.write(tmp_path / "a.wav", tone(0.3), 16000)
-    blocker = tmp_path / "out"
-    blocker.write_text("a file where the output folder should be")
-    results = tiny_converter.convert_batch([tmp_path / "a.wav"], blocker)
-    assert not results[0].ok and "a.wav" in results[0].error and results[0].output_path is None
-    assert blocker.read_text().startswith("a file")
+    # a folder where one output file should go: that file's write fails, the other is written
+    # (an output folder that is itself a file is refused before any work: the test below)
+    for name in ("a", "b"):
+        sf.write(tmp_path / f"{name}.wav", tone(0.3), 16000)
+    out = tmp_path / "out"
+    (out / "a.wav").mkdir(parents=True)
+    (out / "a.wav" / "keep.txt").write_text("not to be lost")
+    a, b = tiny_converter.convert_batch([tmp_path / "a.wav", tmp_path / "b.wav"], out)
+    assert not a.ok and "a.wav" in a.error and a.output_path is None
+    assert b.ok and (out / "b.wav").is_file()
+    assert (out / "a.wav" / "keep.txt").read_text() == "not to be lost" and parts(out) == []
 
 
 def test_read_only_output_folder(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
