@@ -224,8 +224,7 @@ class RealtimeConverter:
         crossfade_seconds = _standard(crossfade_seconds, DEFAULT_CROSSFADE_SECONDS, unit)
         block = _frames("block_seconds", block_seconds, 1, unit, sample_rate)
         crossfade = _frames("crossfade_seconds", crossfade_seconds, 1, unit, sample_rate)
-        if search_seconds is None:
-            search_seconds = max(SOLA_SEARCH_SECONDS, unit / 100)
+        search_seconds = _standard(search_seconds, SOLA_SEARCH_SECONDS, unit)
         search = _frames("search_seconds", search_seconds, 0, unit, sample_rate)
         context = _frames("context_seconds", context_seconds, 0, unit, sample_rate)
         if crossfade > block:
