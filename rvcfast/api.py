@@ -193,6 +193,7 @@ class Converter:
         compute_workers: int | None = None,
         keep_audio: bool | None = None,
         progress: Any = None,
+        audio_progress: Any = None,
         **overrides: Any,
     ) -> Iterator[Result]:
         """Convert many inputs, yielding a :class:`Result` per input as files finish.
@@ -222,8 +223,13 @@ class Converter:
         own thread with an equal share of torch's intra-op threads (default: what
         ``rvcfast tune`` measured on this machine, else 1; never more workers than files,
         and on a CPU as many as divide the thread count evenly; the thread count is
-        restored when the batch ends). ``progress(result, done, total)`` is called per finished file. Conversion
-        settings are ``params`` and/or keyword overrides, as for :meth:`convert`.
+        restored when the batch ends). ``progress(result, done, total)`` is called per finished file.
+        ``audio_progress(index, seconds)`` follows the work inside files: after each model batch, for
+        each input it worked on, ``seconds`` of that input's audio are through the models (``index``
+        is its Result's ``index``; F0 comes first, so a long file's count starts once its pitch is
+        tracked). It is called from the compute threads; :meth:`BatchProgress.advance
+        <rvcfast.progress.BatchProgress.advance>` takes it. Conversion settings are ``params``
+        and/or keyword overrides, as for :meth:`convert`.
         """
         from .batch import BatchOptions, run_batch
 
@@ -245,7 +251,7 @@ class Converter:
             keep_audio=(out_dir is None) if keep_audio is None else keep_audio,
         )
         options.validate()  # bad options fail here, not when the iterator is first advanced
-        return run_batch(self.engine, inputs, conv_params, options, progress)
+        return run_batch(self.engine, inputs, conv_params, options, progress, audio_progress)
 
     def convert_batch(
         self,

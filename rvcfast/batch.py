@@ -77,6 +77,9 @@ if TYPE_CHECKING:
 __all__ = ["BatchOptions", "Job", "expand_inputs", "run_batch", "AUDIO_EXTENSIONS", "BatchSummary"]
 
 ProgressCallback = Callable[[Result, int, int], None]
+#: ``audio_progress(index, seconds)``: input number ``index`` (its Result's ``index``) has
+#: ``seconds`` of its audio through the models so far (called from the compute threads).
+AudioProgressCallback = Callable[[int, float], None]
 
 
 @dataclass(frozen=True)
@@ -253,8 +256,10 @@ class _BatchRun:
         options: BatchOptions,
         progress: ProgressCallback | None,
         workers: int = 1,
+        audio_progress: AudioProgressCallback | None = None,
     ) -> None:
         self.engine, self.jobs, self.params, self.options, self.progress = engine, jobs, params, options, progress
+        self.audio_progress = audio_progress
         self.total, self.done = len(jobs), 0
         self.batch_samples = int(float(options.batch_seconds or engine.batch_seconds) * SR_16K)
         self.extractor = engine.f0_extractor_for(params)
@@ -427,9 +432,18 @@ class _BatchRun:
         preps = [d.prep for d in group if d.prep is not None]
         tracks, f0_wait = self._f0_tracks(group)
         results = self.engine.run(
-            preps, self.params, f0=tracks, batch_seconds=self.options.batch_seconds, cancel=self.stop
+            preps, self.params, f0=tracks, batch_seconds=self.options.batch_seconds, cancel=self.stop,
+            on_progress=self._on_progress([d.job.number for d in group if d.prep is not None], preps),
         )
         return _Computed(preps, results, tracks is not None, f0_wait, time.perf_counter() - t0)
+
+    def _on_progress(self, numbers: list[int], preps: list[PreparedAudio]) -> Callable[[int, float], None] | None:
+        """The engine's ``on_progress`` for one group: each input's fraction as seconds of its audio."""
+        report = self.audio_progress
+        if report is None:
+            return None
+        seconds = [p.seconds for p in preps]
+        return lambda k, fraction: report(numbers[k], fraction * seconds[k])
 
     def _start_writes(self, group: list[_Decoded], done: _Computed) -> list[tuple[Result, cf.Future[float] | None]]:
         """Timings of one computed group and its files' writes, started now; the results, each
@@ -649,12 +663,18 @@ def run_batch(
     params: ConversionParams,
     options: BatchOptions,
     progress: ProgressCallback | None = None,
+    audio_progress: AudioProgressCallback | None = None,
 ) -> Iterator[Result]:
     """Yield one :class:`~rvcfast.result.Result` per input, as files finish (see the module docstring)."""
     options.validate()
     if progress is not None and not callable(progress):
         hint = " (a BatchProgress: progress=lambda result, done, total: bar.update(result))" if hasattr(progress, "update") else ""
         raise ParameterError(f"progress must be a function progress(result, done, total), got {type(progress).__name__}{hint}")
+    if audio_progress is not None and not callable(audio_progress):
+        hint = " (a BatchProgress: audio_progress=bar.advance)" if hasattr(audio_progress, "advance") else ""
+        raise ParameterError(
+            f"audio_progress must be a function audio_progress(index, seconds), got {type(audio_progress).__name__}{hint}"
+        )
     params.validate(engine.vocoder)
     if options.out_dir is not None:  # a format the output rate cannot be written in: before any work
         params.check_output(options.format, options.subtype, engine.sample_rate, options.bitrate)
@@ -664,7 +684,8 @@ def run_batch(
         for folder in {Path(options.out_dir), *(Path(j.out_path).parent for j in jobs if j.out_path is not None)}:
             if folder.is_dir():
                 remove_stale_parts(folder)
-    return _BatchRun(engine, jobs, params, options, progress, compute_workers(engine, options)).results()
+    workers = compute_workers(engine, options)
+    return _BatchRun(engine, jobs, params, options, progress, workers, audio_progress).results()
 
 
 def compute_workers(engine: Engine, options: BatchOptions) -> int:

@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -96,6 +96,8 @@ class _Item:
     buffer: np.ndarray | None = None
     offsets: list[int] = field(default_factory=list)
     channels: list[_Item] = field(default_factory=list)  # channels="each": the further channels' items
+    owner: int = 0  # the input's position in run()'s list (a further channel: its input's)
+    synthesized: int = 0  # output samples of its segments synthesised so far
 
 
 _COMPUTE = object()  # in run()'s list of F0 tracks: the engine extracts this one (a further channel)
@@ -198,9 +200,10 @@ class Engine:
         extractor: F0Extractor | None = None
         if vocoder.has_f0:
             if isinstance(f0, str):
+                from .f0.base import refuse_filter_radius_option
                 from .f0.registry import build_f0_extractor
 
-                _refuse_filter_radius_option(f0_options)
+                refuse_filter_radius_option(f0_options)
                 # float32 on a CPU, the engine's dtype on CUDA (runtime.f0_dtype);
                 # f0_options={"dtype": ...} overrides it
                 extractor = build_f0_extractor(
@@ -268,8 +271,10 @@ class Engine:
     def f0_extractor_for(self, params: ConversionParams) -> F0Extractor | None:
         """The F0 extractor with ``params``' per-call options applied (``filter_radius``, also to
         the members of a hybrid)."""
+        from .f0.base import with_filter_radius
+
         ext = self.f0_extractor
-        return None if ext is None else _with_filter_radius(ext, int(params.filter_radius))
+        return None if ext is None else with_filter_radius(ext, int(params.filter_radius))
 
     def extract_f0(self, preps: Sequence[PreparedAudio], params: ConversionParams) -> list[F0Track]:
         """Raw F0 tracks of several prepared inputs (one batched call; a failing input gets its exception)."""
@@ -301,6 +306,7 @@ class Engine:
         raise_errors: bool = False,
         batch_seconds: float | None = None,
         cancel: CancelFlag | None = None,
+        on_progress: Callable[[int, float], None] | None = None,
     ) -> list[Result]:
         """F0 (unless given) → features → index → synthesis → assembly for prepared inputs.
 
@@ -319,6 +325,12 @@ class Engine:
         is looked at between the stages and before each model batch (about one decoder
         window of work apart): once it is set, the run stops there and raises
         :class:`~rvcfast.errors.Cancelled` (nothing is returned).
+
+        ``on_progress(k, fraction)``, when given, is called after each model batch for every
+        input it worked on: ``k`` is the input's position in ``preps``, ``fraction`` (0..1) the
+        share of its segments (all its channels) through the content encoder, the index and the
+        synthesizer. F0 comes before the first call, so a long input's fraction starts
+        moving once its pitch is tracked; an input that fails gets no further calls.
         """
         single = isinstance(params, (ConversionParams, Mapping))
         per_item = [params] * len(preps) if single else list(params)  # type: ignore[list-item]
@@ -334,17 +346,17 @@ class Engine:
         per_item = [checked[id(q)] for q in per_item]
         for p, q in zip(preps, per_item):
             _check_formant(p, q)
-        items = [_Item(p, q) for p, q in zip(preps, per_item)]
+        items = [_Item(p, q, owner=k) for k, (p, q) in enumerate(zip(preps, per_item))]
         # channels="each": each further channel is converted as an input of its own, beside the first
         for item in items:
-            item.channels = [_Item(c, item.params) for c in item.prep.more_channels]
+            item.channels = [_Item(c, item.params, owner=item.owner) for c in item.prep.more_channels]
         every = items + [c for item in items for c in item.channels]
         if f0 is not None:
             f0 = _channel_tracks(items, f0)
         _check_cancel(cancel)
         self._pitch(every, f0, raise_errors)
         budget = int((batch_seconds if batch_seconds is not None else self.batch_seconds) * SR_16K)
-        self._synthesize_all(every, raise_errors, budget, cancel)
+        self._synthesize_all(every, raise_errors, budget, cancel, on_progress)
         _check_cancel(cancel)
         return [self._assemble(item, raise_errors) for item in items]
 
@@ -509,7 +521,10 @@ class Engine:
         hop = self.vocoder.hop_length
         return [segment_output_length(g.audio.shape[0], g.frames, hop, trim, params.keep_length) for g in segs]
 
-    def _synthesize_all(self, items: list[_Item], raise_errors: bool, budget: int, cancel: CancelFlag | None) -> None:
+    def _synthesize_all(
+        self, items: list[_Item], raise_errors: bool, budget: int, cancel: CancelFlag | None,
+        on_progress: Callable[[int, float], None] | None,
+    ) -> None:
         calls: dict[tuple[Any, ...], list[tuple[int, int, SegmentInput]]] = {}
         for i, item in enumerate(items):
             if item.error is not None:
@@ -534,6 +549,8 @@ class Engine:
                     _check_cancel(cancel)
                     self._synthesize_bucket(items, bucket, raise_errors)
                     release_memory()
+                    if on_progress is not None:
+                        _report_progress(items, {items[e[0]].owner for e in bucket}, on_progress)
 
     def _synthesize_bucket(self, items: list[_Item], bucket: list[tuple[int, int, SegmentInput]], raise_errors: bool) -> None:
         timer = Timer(self.device)
@@ -559,6 +576,7 @@ class Engine:
                 continue
             off = item.offsets[k]
             item.buffer[off : off + piece.shape[0]] = piece
+            item.synthesized += piece.shape[0]
 
     def _assemble(self, item: _Item, raise_errors: bool) -> Result:
         prep, params = item.prep, item.params
@@ -748,36 +766,15 @@ def _too_short(prep: PreparedAudio, params: ConversionParams) -> AudioError:
     return AudioError(prep.label, f"audio is too short to convert: {1000 * prep.seconds:.1f} ms gives no output; at least {need} is needed")
 
 
-def _refuse_filter_radius_option(options: dict[str, Any] | None) -> None:
-    """``filter_radius`` is a conversion parameter (set per call, applied to every F0 backend
-    that has one): given as an F0 option, top-level or for a hybrid's member, it would be
-    silently replaced by the parameter's value, so it is refused."""
-    if not options:
-        return
-    nested = [k for k, v in options.items() if isinstance(v, dict) and "filter_radius" in v]
-    if "filter_radius" in options or nested:
-        where = "f0_options" + (f"[{nested[0]!r}]" if nested and "filter_radius" not in options else "")
-        raise ParameterError(
-            f"{where} filter_radius has no effect in a conversion: use the conversion parameter "
-            "filter_radius (ConversionParams, --filter-radius), which can differ per call"
-        )
-
-
-def _with_filter_radius(ext: Any, radius: int) -> Any:
-    """``ext``, or a shallow copy of it with ``filter_radius`` set wherever it (or a hybrid's member) has one."""
-    if hasattr(ext, "filter_radius"):
-        if ext.filter_radius == radius:
-            return ext
-        ext = copy.copy(ext)
-        ext.filter_radius = radius
-        return ext
-    members = getattr(ext, "backends", None)
-    if isinstance(members, list):
-        changed = [_with_filter_radius(b, radius) for b in members]
-        if any(new is not old for new, old in zip(changed, members)):
-            ext = copy.copy(ext)
-            ext.backends = changed
-    return ext
+def _report_progress(items: list[_Item], owners: set[int], on_progress: Callable[[int, float], None]) -> None:
+    """``on_progress(k, fraction)`` for each input ``k`` in ``owners`` that has not failed
+    (``items``: :meth:`Engine.run`'s inputs first, in order, then their further channels)."""
+    for k in sorted(owners):
+        group = [items[k], *items[k].channels]
+        if any(g.error is not None or g.buffer is None for g in group):
+            continue
+        total = sum(g.buffer.shape[0] for g in group if g.buffer is not None)
+        on_progress(k, min(1.0, sum(g.synthesized for g in group) / total) if total else 1.0)
 
 
 def _check_cancel(cancel: CancelFlag | None) -> None:

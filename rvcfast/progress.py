@@ -16,8 +16,11 @@ Example::
     from rvcfast.progress import BatchProgress
 
     with BatchProgress(total_files=len(paths), total_seconds=120.0) as bar:
-        for result in conv.iter_batch(paths, "out"):
+        for result in conv.iter_batch(paths, "out", audio_progress=bar.advance):
             bar.update(result)
+
+``audio_progress=bar.advance`` moves the bar inside long files too (a one-hour input
+otherwise shows 0/1 until it is written).
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import math
 import os
 import shutil
 import sys
+import threading
 import time
 from typing import IO, Any
 
@@ -111,6 +115,11 @@ class BatchProgress:
         enabled: ``False`` prints nothing (``--quiet``).
         label: word shown before the counters.
         min_interval: minimum seconds between two redraws of the terminal line.
+        plain_interval: without a terminal, the seconds between two lines saying how far
+            the files in progress are (:meth:`advance`); finished files always get a line.
+
+    :meth:`update` counts a finished file; :meth:`advance` (the batch's ``audio_progress``)
+    the audio of files still in progress. Both may be called from any thread.
     """
 
     def __init__(
@@ -123,6 +132,7 @@ class BatchProgress:
         enabled: bool = True,
         label: str = "converting",
         min_interval: float = 0.1,
+        plain_interval: float = 30.0,
     ) -> None:
         self.total_files = int(total_files)
         self.total_seconds = total_seconds
@@ -131,10 +141,14 @@ class BatchProgress:
         self.skipped = 0
         self.done_seconds = 0.0  # audio of every finished file (the bar)
         self.converted_seconds = 0.0  # audio of the files converted (the rate)
+        self.partial: dict[int, float] = {}  # input index -> seconds through the models, files in progress
         self.label = label
         self.min_interval = min_interval
+        self.plain_interval = plain_interval
         self.start = time.perf_counter()
         self._last_draw = 0.0
+        self._last_plain = self.start
+        self._lock = threading.RLock()
         self._line = _Line(stream, tty, enabled)
         self.draw(force=True)
 
@@ -154,7 +168,11 @@ class BatchProgress:
         Only converted files count: a file that failed or was skipped adds its audio to the
         bar but not to the rate, which would otherwise overstate the speed."""
         t = self.elapsed()
-        return self.converted_seconds / t if t > 0 else 0.0
+        return (self.converted_seconds + self.partial_seconds()) / t if t > 0 else 0.0
+
+    def partial_seconds(self) -> float:
+        """Seconds of audio through the models in files not finished yet."""
+        return sum(self.partial.values())
 
     def eta(self) -> float:
         """Estimated seconds left (``nan`` when nothing can be estimated yet)."""
@@ -162,10 +180,11 @@ class BatchProgress:
         if self.done_files >= self.total_files:
             return 0.0
         if self.total_seconds is not None and self.total_seconds > 0:
-            if self.converted_seconds <= 0:
+            rate = self.rate()
+            if rate <= 0:
                 return float("nan")  # only failed or skipped files so far: no rate yet
-            left = max(self.total_seconds - self.done_seconds, 0.0)
-            return left / self.rate()
+            left = max(self.total_seconds - self.done_seconds - self.partial_seconds(), 0.0)
+            return left / rate
         if self.done_files:
             return t / self.done_files * (self.total_files - self.done_files)
         return float("nan")
@@ -173,16 +192,17 @@ class BatchProgress:
     def status(self) -> str:
         """The one-line status text."""
         frac = self.done_files / self.total_files if self.total_files else 1.0
+        seconds = self.done_seconds + self.partial_seconds()
         if self.total_seconds is not None and self.total_seconds > 0:
-            frac = min(self.done_seconds / self.total_seconds, 1.0)
-            audio = f"{self.done_seconds:.1f}/{self.total_seconds:.1f} s audio"
+            frac = min(seconds / self.total_seconds, 1.0)
+            audio = f"{seconds:.1f}/{self.total_seconds:.1f} s audio"
         else:
-            audio = f"{self.done_seconds:.1f} s audio"
+            audio = f"{seconds:.1f} s audio"
         parts = [
             f"{self.label} {self.done_files}/{self.total_files} files",
             _bar(frac, 20),
             audio,
-            f"{self.rate():.2f}x real-time" if self.converted_seconds else "",
+            f"{self.rate():.2f}x real-time" if self.converted_seconds or self.partial else "",
             f"ETA {format_duration(self.eta())}",
         ]
         if self.failed:
@@ -192,10 +212,34 @@ class BatchProgress:
     # -- events ---------------------------------------------------------------------
 
     def draw(self, force: bool = False) -> None:
-        now = time.perf_counter()
-        if force or now - self._last_draw >= self.min_interval:
-            self._last_draw = now
-            self._line.draw(self.status())
+        with self._lock:
+            now = time.perf_counter()
+            if force or now - self._last_draw >= self.min_interval:
+                self._last_draw = now
+                self._line.draw(self.status())
+
+    def advance(self, index: int, seconds: float) -> None:
+        """Input ``index`` (its Result's ``index``), not finished yet, has ``seconds`` of its
+        audio through the models so far: the batch's ``audio_progress`` callback. The
+        bar, the rate and the ETA count it until :meth:`update` counts the whole file.
+
+        On a terminal the status line is redrawn; otherwise a line saying how far the files
+        in progress are is printed every ``plain_interval`` seconds.
+        """
+        with self._lock:
+            self.partial[int(index)] = max(float(seconds), self.partial.get(int(index), 0.0))
+            if self._line.tty:
+                self.draw()
+                return
+            now = time.perf_counter()
+            if now - self._last_plain >= self.plain_interval:
+                self._last_plain = now
+                head = f"[{self.done_files}/{self.total_files}] in progress:"
+                total = f"/{self.total_seconds:.1f}" if self.total_seconds else ""
+                self._line.println(
+                    f"{head} {self.done_seconds + self.partial_seconds():.1f}{total} s audio converted "
+                    f"({self.elapsed():.1f} s elapsed, ETA {format_duration(self.eta())})"
+                )
 
     def update(self, result: Any = None, *, seconds: float | None = None, expected_seconds: float | None = None,
                name: str | None = None, error: str | None = None, skipped: bool | None = None,
@@ -207,7 +251,13 @@ class BatchProgress:
         keywords. ``expected_seconds`` is what this file was counted as in
         ``total_seconds``; the total is corrected by the difference.
         """
+        with self._lock:
+            self._update(result, seconds, expected_seconds, name, error, skipped, output)
+
+    def _update(self, result: Any, seconds: float | None, expected_seconds: float | None, name: str | None,
+                error: str | None, skipped: bool | None, output: str | None) -> None:
         if result is not None:
+            self.partial.pop(getattr(result, "index", None), None)  # type: ignore[arg-type]
             seconds = result.input_seconds if seconds is None else seconds
             name = result.source if name is None else name
             error = result.error if error is None else error
@@ -245,16 +295,18 @@ class BatchProgress:
 
     def println(self, text: str) -> None:
         """Print a message line without breaking the status line."""
-        self._line.println(text)
-        self.draw(force=True)
+        with self._lock:
+            self._line.println(text)
+            self.draw(force=True)
 
     def close(self) -> None:
         """Finish: leave the final status line on a terminal."""
-        if self._line.enabled and self._line.tty and self._line._drawn:
-            self._line.draw(self.status())
-            self._line.stream.write("\n")
-            self._line.stream.flush()
-            self._line._drawn = 0
+        with self._lock:
+            if self._line.enabled and self._line.tty and self._line._drawn:
+                self._line.draw(self.status())
+                self._line.stream.write("\n")
+                self._line.stream.flush()
+                self._line._drawn = 0
 
     def __enter__(self) -> BatchProgress:
         return self

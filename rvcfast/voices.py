@@ -306,9 +306,9 @@ class _SharedF0:
         self.filter_radius = 3  # ConversionParams' default; each call's own comes from the engine
 
     def _resolved(self) -> Any:
-        from .engine import _with_filter_radius
+        from .f0.base import with_filter_radius
 
-        return _with_filter_radius(self.inner, int(self.filter_radius))
+        return with_filter_radius(self.inner, int(self.filter_radius))
 
     def _key(self, audio: np.ndarray) -> tuple[Any, ...]:
         return (self.setting, int(self.filter_radius), _digest(np.asarray(audio)))

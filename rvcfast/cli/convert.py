@@ -117,12 +117,15 @@ def _voice_pitches(args: argparse.Namespace, voices: list[tuple[str, str | None]
     return pitches
 
 
-def _results(convs: list[Any], args: argparse.Namespace, batch: dict[str, Any], pitches: dict[str, float]) -> Any:
+def _results(
+    convs: list[Any], args: argparse.Namespace, batch: dict[str, Any], pitches: dict[str, float], bar: Any
+) -> Any:
     """The batch's results: one voice through its own batch, several through :func:`rvcfast.iter_voices`
-    (``pitches``: a key of its own per voice name)."""
+    (``pitches``: a key of its own per voice name); ``bar`` follows the audio inside the files."""
     kwargs = dict(
         format=args.format, subtype=args.subtype, recursive=args.recursive, skip_existing=args.skip_existing,
-        batch_seconds=args.batch_seconds, compute_workers=args.compute_workers, **batch, **params_from_args(args),
+        batch_seconds=args.batch_seconds, compute_workers=args.compute_workers, audio_progress=bar.advance,
+        **batch, **params_from_args(args),
     )
     if len(convs) == 1:
         kwargs.update({"pitch": pitches[convs[0].engine.name]} if pitches else {})
@@ -151,7 +154,7 @@ def _run(
     start = time.perf_counter()
     not_reached = 0
     try:
-        for res in _results(convs, args, batch, pitches):
+        for res in _results(convs, args, batch, pitches, bar):
             summary.add(res)
             report.add(res)
             if res.voice is None or res.voice == convs[0].engine.name:  # each input's warnings once

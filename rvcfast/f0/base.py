@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import importlib
 import importlib.util
 import types
@@ -19,7 +20,7 @@ from ..runtime import resolve_dtype
 
 __all__ = [
     "BaseF0Extractor", "SAMPLE_RATE", "HOP_LENGTH", "F0_MIN", "F0_MAX", "as_audio16k", "package_dir",
-    "checked_track", "frame_tolerance",
+    "checked_track", "frame_tolerance", "with_filter_radius", "refuse_filter_radius_option",
 ]
 
 SAMPLE_RATE = SR_16K
@@ -137,3 +138,35 @@ class BaseF0Extractor(ABC):
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, device={str(self.device)!r})"
+
+
+def refuse_filter_radius_option(options: dict[str, Any] | None) -> None:
+    """``filter_radius`` is a conversion parameter (set per call, applied to every F0 backend
+    that has one): given as an F0 option, top-level or for a hybrid's member, it would be
+    silently replaced by the parameter's value, so it is refused."""
+    if not options:
+        return
+    nested = [k for k, v in options.items() if isinstance(v, dict) and "filter_radius" in v]
+    if "filter_radius" in options or nested:
+        where = "f0_options" + (f"[{nested[0]!r}]" if nested and "filter_radius" not in options else "")
+        raise ParameterError(
+            f"{where} filter_radius has no effect in a conversion: use the conversion parameter "
+            "filter_radius (ConversionParams, --filter-radius), which can differ per call"
+        )
+
+
+def with_filter_radius(ext: Any, radius: int) -> Any:
+    """``ext``, or a shallow copy of it with ``filter_radius`` set wherever it (or a hybrid's member) has one."""
+    if hasattr(ext, "filter_radius"):
+        if ext.filter_radius == radius:
+            return ext
+        ext = copy.copy(ext)
+        ext.filter_radius = radius
+        return ext
+    members = getattr(ext, "backends", None)
+    if isinstance(members, list):
+        changed = [with_filter_radius(b, radius) for b in members]
+        if any(new is not old for new, old in zip(changed, members)):
+            ext = copy.copy(ext)
+            ext.backends = changed
+    return ext
