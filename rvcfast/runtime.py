@@ -53,14 +53,29 @@ DTYPE_NAMES: dict[str, torch.dtype] = {
 }
 
 
+#: Device types rvcfast runs on (``cuda`` is also AMD's ROCm build of torch).
+DEVICE_TYPES = ("cpu", "cuda")
+
+#: Why a device type torch knows is refused (others: not a device rvcfast runs on).
+_REFUSED = {
+    "mps": "rvcfast does not run on Apple's MPS yet: its pitch source, index search and CREPE decoding "
+    "compute in float64, which MPS lacks; use device='cpu' (Apple silicon runs the CPU path natively)",
+}
+
+
 def resolve_device(device: str | torch.device | None) -> torch.device:
-    """``"auto"``/``None`` → CUDA when available, else CPU; anything else as given (checked)."""
+    """``"auto"``/``None`` → CUDA when available, else CPU; anything else as given, checked:
+    a device type rvcfast does not run on (``mps``, ``meta``, ``xpu``...) or CUDA where this
+    machine has none is a :class:`~rvcfast.errors.ParameterError`, before any model is loaded."""
     if device is None or (isinstance(device, str) and device == "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as exc:
         raise ParameterError(f"device {device!r} is not a device name ('auto', 'cpu', 'cuda', 'cuda:1'...): {exc}") from None
+    if dev.type not in DEVICE_TYPES:
+        why = _REFUSED.get(dev.type, f"rvcfast runs on 'cpu' and 'cuda' (NVIDIA, or AMD with a ROCm build of torch), not {dev.type!r}")
+        raise ParameterError(f"device {device!r}: {why}")
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ParameterError(f"device {device!r} requested but CUDA is not available")
     return dev

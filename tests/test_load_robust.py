@@ -20,6 +20,7 @@ import pytest
 import torch
 from helpers import TINY_CONV, TINY_VOICE, TinyModels, names_file, tiny_models_fixture  # noqa: F401
 
+import rvcfast
 from rvcfast.errors import ModelLoadError, ParameterError
 from rvcfast.models.encoder import load_encoder
 from rvcfast.models.rmvpe import load_rmvpe
@@ -315,6 +316,26 @@ def test_bad_device_or_path_argument_is_a_parameter_error(files: dict[str, Path]
         fn(None)
     with pytest.raises(ParameterError, match="path must be a file path"):
         fn(42)
+
+
+@pytest.mark.parametrize("device", ["meta", "xpu", "mps"])
+def test_a_device_rvcfast_does_not_run_on_is_a_parameter_error(files: dict[str, Path], device: str) -> None:
+    # before: 'meta' loaded and then failed in F0 ("Cannot copy out of meta tensor"); 'mps' and 'xpu'
+    # raised torch's RuntimeError/AssertionError from deep in the loader (or, on a Mac, a float64
+    # TypeError in the middle of a conversion)
+    from rvcfast.runtime import resolve_device
+
+    expected = {
+        "meta": r"device 'meta': rvcfast runs on 'cpu' and 'cuda' \(NVIDIA, or AMD with a ROCm build of torch\), not 'meta'",
+        "xpu": r"device 'xpu': rvcfast runs on 'cpu' and 'cuda' .*not 'xpu'",
+        "mps": r"device 'mps': rvcfast does not run on Apple's MPS yet: .*float64.*use device='cpu'",
+    }[device]
+    with pytest.raises(ParameterError, match=expected):
+        resolve_device(device)
+    with pytest.raises(ParameterError, match=expected):
+        load_vocoder(files["voice"], device=device)
+    with pytest.raises(ParameterError, match=expected):
+        rvcfast.Converter.from_pretrained(files["voice"], encoder=files["encoder_hf"], device=device)
 
 
 @pytest.mark.parametrize("dtype", [torch.int64, "float16", torch.complex64])
