@@ -212,3 +212,43 @@ def test_a_voice_that_finishes_loading_after_close_is_not_kept(voices, tmp_path,
     wait_for(lambda: state.registry.loads > 0 or "alice" in state.registry._failed, "the load to end")
     assert state.registry.loaded_ids() == []
     assert not state.ready.is_set() and state.load_error is None
+
+
+def test_an_error_every_voice_shares_is_said_once(voices, tmp_path, monkeypatch, caplog) -> None:
+    """Missing base weights fail every voice with the same message: it was logged once per voice
+    and repeated per voice in the server's final error (four copies for two voices)."""
+    import logging
+
+    from rvcfast.engine import Engine
+    from rvcfast.serve import ServeConfig
+    from rvcfast.serve.state import ServerState
+    from rvcfast.errors import WeightsNotFoundError
+
+    for name in ("bob", "carol"):
+        (voices / f"{name}.pth").write_bytes(b"never read: Engine.load is replaced")
+
+    def load(model: Any, *args: Any, **kwargs: Any) -> Any:
+        if Path(model).stem == "carol":
+            raise ValueError("carol's own problem")
+        raise WeightsNotFoundError("hubert_base.pt not found: get it with `rvcfast download`")
+
+    monkeypatch.setattr(Engine, "load", staticmethod(load))
+    stopped = threading.Event()
+    state = ServerState(ServeConfig.build(voices=[str(voices)], device="cpu", threads=1, jobs_dir=str(tmp_path / "spool")))
+    state.on_fatal = stopped.set
+    with caplog.at_level(logging.ERROR, logger="rvcfast.serve"):
+        state.start()
+        assert stopped.wait(DEADLINE)
+    try:
+        assert state.load_error == (
+            "voices alice, bob: WeightsNotFoundError: hubert_base.pt not found: get it with `rvcfast download`; "
+            "voice carol: ValueError: carol's own problem"
+        )
+        logged = [r.getMessage() for r in caplog.records if r.getMessage().startswith("loading voice")]
+        assert logged == [
+            "loading voice alice failed: WeightsNotFoundError: hubert_base.pt not found: get it with `rvcfast download`",
+            "loading voice bob failed: the same error as voice alice",
+            "loading voice carol failed: ValueError: carol's own problem",
+        ]
+    finally:
+        state.close()

@@ -137,7 +137,9 @@ class ServerState:
     def _preload(self) -> None:
         """Load the first voices; a voice that fails is reported, the server fails only if none loads."""
         t0 = time.perf_counter()
-        errors: list[str] = []
+        # error text -> the voices that failed with it: missing base weights (shared by every
+        # voice) are said once, not once per voice
+        errors: dict[str, list[str]] = {}
         ids = self.registry.ids()[: self.registry.max_loaded]
         for voice_id in ids:
             if self.closed:  # closed while loading: load nothing more, never report ready
@@ -149,12 +151,17 @@ class ServerState:
             except Exception as exc:  # noqa: BLE001 - reported by /health and /v1/voices
                 text = self._hide_paths(f"{type(exc).__name__}: {exc}")
                 self.registry.get(voice_id).info = {"error": text}
-                errors.append(f"voice {voice_id}: {text}")
-                _log.error("loading voice %s failed: %s", voice_id, text)
+                if text in errors:
+                    _log.error("loading voice %s failed: the same error as voice %s", voice_id, errors[text][0])
+                else:
+                    _log.error("loading voice %s failed: %s", voice_id, text)
+                errors.setdefault(text, []).append(voice_id)
         if self.closed:
             return
-        if ids and len(errors) == len(ids):
-            self.load_error = "; ".join(errors)
+        if ids and sum(len(v) for v in errors.values()) == len(ids):
+            self.load_error = "; ".join(
+                f"{'voice' if len(v) == 1 else 'voices'} {', '.join(v)}: {text}" for text, v in errors.items()
+            )
             if self.on_fatal is not None:
                 self.on_fatal()
             return
