@@ -220,9 +220,9 @@ def test_an_error_every_voice_shares_is_said_once(voices, tmp_path, monkeypatch,
     import logging
 
     from rvcfast.engine import Engine
+    from rvcfast.errors import WeightsNotFoundError
     from rvcfast.serve import ServeConfig
     from rvcfast.serve.state import ServerState
-    from rvcfast.errors import WeightsNotFoundError
 
     for name in ("bob", "carol"):
         (voices / f"{name}.pth").write_bytes(b"never read: Engine.load is replaced")
