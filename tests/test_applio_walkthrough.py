@@ -156,3 +156,22 @@ def test_export_rate_and_names_as_in_differences(tiny_models, tmp_path):
     )
     assert applio.ok and sf.info(str(applio.output_path)).samplerate == 44100
     assert Path(applio.output_path).name.endswith("_output.flac")
+
+
+def test_v1_output_layer_above_the_layer_count_is_the_last_layer(tmp_path):
+    """parameters.md: Applio's 12 on an encoder with fewer layers means its last one (fairseq's rule)."""
+    from helpers import TINY_CONV, TINY_VOICE
+
+    from rvcfast.testing import save_random_hubert, save_random_voice_model
+
+    voice = save_random_voice_model(tmp_path / "v1.pth", "v1", 40000, True, seed=11, **TINY_VOICE)
+    encoder = save_random_hubert(
+        tmp_path / "enc", "hf", layers=2, hidden=768, heads=12, ffn=64, conv_layers=TINY_CONV,
+        conv_pos=16, conv_pos_groups=16, final_dim=256, seed=12,
+    )  # fmt: skip
+    conv = rvcfast.Converter.from_pretrained(voice, encoder=encoder, f0="harvest", device="cpu")
+    rng = np.random.default_rng(2)
+    x = 0.1 * rng.standard_normal(16000)
+    out = {k: conv.convert(x, 16000, v1_output_layer=k, noise=False).audio for k in (1, 2, 12)}
+    assert np.array_equal(out[12], out[2])
+    assert not np.array_equal(out[1], out[2])
