@@ -203,7 +203,8 @@ class Converter:
         numbers), in any mix, or one of them alone; anything else is a
         :class:`~rvcfast.errors.ParameterError` naming the item's position. With ``out_dir``
         each output is written there atomically as ``name_template.format(stem=...,
-        index=..., ext=...)`` plus the format's extension (``wav``, ``flac``, ``ogg``,
+        parent=..., index=..., ext=..., voice=..., pitch=...)`` (the input's stem, its folder's
+        name, its position, the format's extension, the voice's name, the pitch shift) plus the format's extension (``wav``, ``flac``, ``ogg``,
         ``mp3``, ``m4a``: AAC through PyAV, the ``av`` extra; ``subtype`` e.g. ``"PCM_16"``,
         ``"OPUS"`` for ogg, ``"ALAC"`` for a lossless m4a); mp3 and m4a are written at the
         nearest rate their codec takes (40 kHz voices at 44.1 kHz). ``bitrate`` (kbit/s, the

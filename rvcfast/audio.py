@@ -28,7 +28,7 @@ from .constants import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SR_16K
 from .dsp import Resampler, resampled_length
 from .errors import AudioError, AudioTooLongError, ParameterError
 
-__all__ = ["AudioInput", "Decoded", "decode", "load_audio_16k", "to_mono", "audio_info", "measure_seconds"]
+__all__ = ["AudioInput", "Decoded", "decode", "load_audio_16k", "to_mono", "audio_info", "measure_seconds", "samples_array"]
 
 AudioInput = str | os.PathLike | np.ndarray
 
@@ -122,7 +122,12 @@ def decode(
     """
     if isinstance(source, (str, os.PathLike)):
         return _decode_file(Path(source), sample_rate, max_seconds, keep_channels)
-    decoded = _decode_array(source, sample_rate, name, keep_channels)
+    if not _is_array_like(source):
+        raise ParameterError(
+            f"{name or 'input'}: expected a file path, an array of samples (NumPy, a list of numbers) or a torch "
+            f"tensor, got {type(source).__name__}"
+        )
+    decoded = _decode_array(samples_array(source), sample_rate, name, keep_channels)
     if max_seconds is not None:
         _check_length(decoded.label, decoded.audio.shape[0] / SR_16K, max_seconds)
     return decoded
@@ -573,8 +578,25 @@ def _check_rate(label: str | os.PathLike[str] | None, sr: int) -> None:
         raise AudioError(label, f"sample rate {sr} Hz is outside {MIN_SAMPLE_RATE}..{MAX_SAMPLE_RATE} Hz")
 
 
+def _is_array_like(source: Any) -> bool:
+    """An array, a list or tuple of samples, a torch tensor or anything NumPy converts (``__array__``)."""
+    return isinstance(source, (np.ndarray, list, tuple)) or hasattr(source, "detach") or hasattr(source, "__array__")
+
+
+def samples_array(source: Any) -> np.ndarray:
+    """``source`` as a NumPy array: a torch tensor on any device, in any precision (bfloat16 and
+    float16 included) and with or without grad is detached, moved to the CPU and floating point
+    ones widened to float64; anything else goes through ``np.asarray``."""
+    if hasattr(source, "detach") and hasattr(source, "is_floating_point"):
+        tensor = source.detach().cpu()
+        return (tensor.double() if tensor.is_floating_point() else tensor).numpy()
+    return np.asarray(source)
+
+
 def _rate_arg(sample_rate: Any, label: str | os.PathLike[str]) -> int:
-    """``sample_rate`` as an int; a fraction, NaN or a non-number is a :class:`ParameterError`."""
+    """``sample_rate`` as an int; a fraction, NaN, text, a bool or a non-number is a :class:`ParameterError`."""
+    if isinstance(sample_rate, (str, bytes, bool, np.bool_)):
+        raise ParameterError(f"{label}: sample_rate must be a whole number of Hz, got {sample_rate!r}")
     try:
         value = float(sample_rate)
     except (TypeError, ValueError, OverflowError):

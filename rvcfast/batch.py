@@ -174,6 +174,17 @@ def _cpu_f0(extractor: Any, padded: np.ndarray) -> np.ndarray:
     return extractor.extract(padded)
 
 
+def _stop_error(dec: _Decoded) -> RvcfastError:
+    """The error ``on_error="stop"`` raises for a file that failed to decode: rvcfast's own error
+    itself when it names the file (an :class:`~rvcfast.errors.AudioError` stays one), else an
+    :class:`~rvcfast.errors.RvcfastError` naming it, caused by the original."""
+    if isinstance(dec.exc, RvcfastError) and str(dec.exc) == dec.error:
+        return dec.exc
+    err = RvcfastError(dec.error)
+    err.__cause__ = dec.exc
+    return err
+
+
 def _error_text(label: str, exc: BaseException) -> str:
     if isinstance(exc, RvcfastError):
         text = str(exc)
@@ -198,6 +209,7 @@ class _Decoded:
     error: str | None = None
     skipped: bool = False
     f0: Any = None  # Futures of the process pool, one per channel
+    exc: BaseException | None = None  # what decoding raised (on_error="stop" raises it again)
 
 
 @dataclass
@@ -302,7 +314,7 @@ class _BatchRun:
             else:
                 prep = self.engine.prepare(job.array, job.rate, name=job.label, params=self.params)
         except Exception as exc:  # noqa: BLE001 - reported per file, the batch carries on
-            return _Decoded(job, None, time.perf_counter() - t0, error=_error_text(job.label, exc))
+            return _Decoded(job, None, time.perf_counter() - t0, error=_error_text(job.label, exc), exc=exc)
         dec = _Decoded(job, prep, time.perf_counter() - t0)
         if self.f0_pool is not None:  # every channel's track (channels="each") on the pool
             dec.f0 = [self._submit_f0(c.padded) for c in (prep, *prep.more_channels)]
@@ -381,7 +393,7 @@ class _BatchRun:
             elif dec.error is not None or dec.prep is None:
                 if self.options.on_error == "stop":
                     # the files before it are still converted, written and reported; then this error
-                    self.stop_error = RvcfastError(dec.error)
+                    self.stop_error = _stop_error(dec)
                     break
                 early.append(self._result(dec.job, {"decode": dec.decode_seconds}, error=dec.error))
             else:

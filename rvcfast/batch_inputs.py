@@ -193,12 +193,10 @@ def _array_pair(item: tuple, position: int) -> tuple[np.ndarray, int]:
         raise ParameterError(
             f"input {position}: the sample rate of an (array, sample_rate) pair must be a whole number of Hz, got {rate!r}"
         )
-    if hasattr(samples, "detach"):  # a torch tensor, on any device and in any precision
-        samples = samples.detach().cpu()
-        samples = samples.double() if samples.is_floating_point() else samples
-        samples = samples.numpy()
+    from .audio import samples_array
+
     try:
-        arr = np.asarray(samples)
+        arr = samples_array(samples)  # a torch tensor on any device, in any precision
     except (TypeError, ValueError) as exc:
         raise ParameterError(f"input {position}: the samples of an (array, sample_rate) pair are not an array: {exc}") from None
     return arr, int(rate)

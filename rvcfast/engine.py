@@ -56,7 +56,7 @@ from .pipeline import (
 )
 from .protocols import CancelFlag, F0Extractor, FeatureEncoder, Vocoder
 from .result import Result
-from .runtime import default_batch_seconds, f0_dtype, release_memory, resolve_device
+from .runtime import check_batch_seconds, default_batch_seconds, f0_dtype, release_memory, resolve_device
 from .segment import SegmentConfig
 from .timing import Timer, spread
 
@@ -151,8 +151,7 @@ class Engine:
                 f"({'its final_proj' if vocoder.version == 'v1' else 'its hidden size'}), but the model takes "
                 f"{vocoder.feature_dim}-d ones: use a HuBERT-base / ContentVec encoder (768-d, final_proj 256-d)",
             )
-        if batch_seconds is not None and not batch_seconds > 0:
-            raise ParameterError(f"batch_seconds must be positive, got {batch_seconds}")
+        check_batch_seconds(batch_seconds, "positive")
         self.vocoder = vocoder
         self.encoder = encoder
         self.f0_extractor = f0_extractor if vocoder.has_f0 else None
@@ -187,6 +186,7 @@ class Engine:
         from .weights import resolve_encoder_for
 
         dev = resolve_device(device)
+        check_batch_seconds(batch_seconds, "positive")  # before anything is loaded
         dt, batch_seconds = _tuned(dtype, batch_seconds, dev)
         vocoder = load_vocoder(model, device=dev, dtype=dt)
         idx = load_index(index, device=dev) if index is not None else None
@@ -339,8 +339,7 @@ class Engine:
         f0 = None if f0 is None else list(f0)
         if f0 is not None and len(f0) != len(preps):
             raise ParameterError(f"run() got {len(preps)} inputs but {len(f0)} F0 tracks")
-        if batch_seconds is not None and not batch_seconds >= 0:
-            raise ParameterError(f"batch_seconds must be 0 or more, got {batch_seconds}")
+        check_batch_seconds(batch_seconds, "0 or more")
         # checked against this model before any work, as convert() and stream() check them
         checked = {id(q): self.params(q) for q in per_item}
         per_item = [checked[id(q)] for q in per_item]

@@ -38,6 +38,7 @@ one engine).
 from __future__ import annotations
 
 import math
+import numbers
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -212,6 +213,8 @@ class RealtimeConverter:
         engine = getattr(converter_or_engine, "engine", converter_or_engine)
         if not isinstance(engine, Engine):
             raise ParameterError(f"RealtimeConverter needs a Converter or an Engine, got {type(converter_or_engine).__name__}")
+        if isinstance(sample_rate, numbers.Integral) and not isinstance(sample_rate, (bool, np.bool_)):
+            sample_rate = int(sample_rate)  # a NumPy integer (a rate read with NumPy) is as good as an int
         if (isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or not 8000 <= sample_rate <= MAX_SAMPLE_RATE
                 or sample_rate % 25):
             raise ParameterError(

@@ -13,7 +13,8 @@ __all__ = ["Result"]
 class Result:
     """The outcome of converting one input.
 
-    ``audio`` is float32 mono at ``sample_rate`` (empty when ``error`` is set, or when a
+    ``audio`` is float32 at ``sample_rate``, ``[samples]`` (or ``[samples, channels]`` for an
+    input converted with ``channels="each"``; empty when ``error`` is set, or when a
     batch wrote it to ``output_path`` and did not keep it); ``timings`` maps stage names
     (``decode``, ``f0``, ``features``, ``index``, ``synth``, ``post``, ``write``) to
     seconds; ``warnings`` lists recoverable oddities of the input (a truncated file,

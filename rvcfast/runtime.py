@@ -13,6 +13,7 @@ from __future__ import annotations
 import ctypes
 import functools
 import math
+import numbers
 import os
 import re
 import sys
@@ -265,6 +266,13 @@ def f0_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
     the engine, as RVC's half-precision GPU mode does.
     """
     return torch.float32 if device.type == "cpu" else dtype
+
+
+def check_batch_seconds(value: Any, bound: str) -> None:
+    """``None`` or a number of seconds: ``"positive"`` or ``"0 or more"`` (NaN, text and bools refused)."""
+    real = isinstance(value, numbers.Real) and not isinstance(value, bool)
+    if value is not None and not (real and (value > 0 if bound == "positive" else value >= 0)):
+        raise ParameterError(f"batch_seconds must be {bound}, got {value!r}")
 
 
 def default_batch_seconds(device: Any) -> float:

@@ -462,10 +462,14 @@ def iter_voices(
     listed = _expanded(inputs, out_dir, recursive, name_template, kwargs)
     # every voice's settings are checked before any work
     shared_settings = _conversion_kwargs(kwargs)
-    settings = [
-        Converter.from_engine(engine).make_params(params, **{**shared_settings, **extra})
-        for (_, engine), extra in zip(named, per_voice)
-    ]
+    settings = []
+    for (name, engine), extra in zip(named, per_voice):
+        try:
+            settings.append(Converter.from_engine(engine).make_params(params, **{**shared_settings, **extra}))
+        except ParameterError as exc:
+            if not extra or len(named) == 1:
+                raise  # the settings every voice shares: not one voice's
+            raise ParameterError(f"voice {name!r}: {exc}") from None
     if out_dir is not None:  # the format at each voice's output rate: before any voice writes
         for (name, engine), q in zip(named, settings):
             try:

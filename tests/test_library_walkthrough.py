@@ -126,3 +126,71 @@ def test_channels_each_gives_samples_by_channels(tiny_converter: rvcfast.Convert
     assert res.audio.ndim == 2 and res.audio.shape[1] == 2
     assert res.audio.shape[0] == mono.audio.shape[0] == res.frames
     assert res.duration == pytest.approx(mono.duration)
+
+
+# ------------------------------------------------------------------ what an application hands over
+
+
+@pytest.mark.parametrize("make", ["bfloat16", "float16", "requires_grad"])
+def test_a_tensor_in_any_precision_or_with_grad_converts_as_its_values(tiny_converter: rvcfast.Converter, make: str) -> None:
+    # before: bfloat16 raised torch's "Got unsupported ScalarType BFloat16", a tensor needing grad
+    # "Can't call numpy() on Tensor that requires grad" (the batch already took both)
+    x = torch.from_numpy(tone(0.5).astype(np.float32))
+    t = x.to(getattr(torch, make)) if make != "requires_grad" else x.clone().requires_grad_()
+    expected = tiny_converter.convert(t.detach().double().numpy(), 16000, noise=False).audio
+    np.testing.assert_array_equal(tiny_converter.convert(t, 16000, noise=False).audio, expected)
+
+
+@pytest.mark.parametrize("source", [None, 3.5, {"samples": [0.1]}, object()], ids=["None", "number", "dict", "object"])
+def test_something_that_is_not_audio_is_named_as_such(tiny_converter: rvcfast.Converter, source: object) -> None:
+    # before: None gave "sample_rate is required for array input", or "array dtype object is not a number type"
+    with pytest.raises(rvcfast.errors.ParameterError, match=rf"expected a file path, an array .* got {type(source).__name__}"):
+        tiny_converter.convert(source, 16000)
+
+
+@pytest.mark.parametrize("rate", ["16000", b"16000", True])
+def test_a_sample_rate_that_is_text_or_a_bool_is_refused(tiny_converter: rvcfast.Converter, rate: object) -> None:
+    # before: "16000" was accepted and True read as 1 Hz ("sample rate 1 Hz is outside ...")
+    with pytest.raises(rvcfast.errors.ParameterError, match=r"sample_rate must be a whole number of Hz, got"):
+        tiny_converter.convert(tone(0.3), rate)
+    assert tiny_converter.convert(tone(0.3), np.int64(16000), noise=False).ok  # a NumPy integer is a whole number
+
+
+def test_a_realtime_stream_takes_a_numpy_integer_rate(tiny_converter: rvcfast.Converter) -> None:
+    # before: np.int64(48000) was refused as "not a whole number of Hz"
+    a = RealtimeConverter(tiny_converter, np.int64(48000), noise=False)
+    b = RealtimeConverter(tiny_converter, 48000, noise=False)
+    assert a.sample_rate == 48000 and type(a.sample_rate) is int
+    x = tone(0.5, rate=48000).astype(np.float32)
+    np.testing.assert_array_equal(a.push(x), b.push(x))
+
+
+@pytest.mark.parametrize("value", ["8", True, float("nan"), 0])
+def test_batch_seconds_that_is_not_a_positive_number_is_a_parameter_error(tiny_models, value: object) -> None:
+    # before: text raised "'>' not supported between 'str' and 'int'", after the models were loaded
+    with pytest.raises(rvcfast.errors.ParameterError, match=r"batch_seconds must be positive, got"):
+        tiny_models.converter(batch_seconds=value)
+
+
+def test_engine_run_refuses_text_batch_seconds(tiny_converter: rvcfast.Converter) -> None:
+    engine = tiny_converter.engine
+    prep = engine.prepare(tone(0.3), 16000)
+    with pytest.raises(rvcfast.errors.ParameterError, match=r"batch_seconds must be 0 or more, got '8'"):
+        engine.run([prep], engine.params(), batch_seconds="8")
+
+
+def test_on_error_stop_raises_the_failing_files_own_error(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+    # before: a plain RvcfastError: `except AudioError` did not catch an input that cannot be used
+    good = (tone(0.5), 16000)
+    bad = (np.full(8000, np.nan), 16000)
+    with pytest.raises(rvcfast.errors.AudioError, match=r"array\[1\]: audio contains 8000 NaN or Inf samples"):
+        tiny_converter.convert_batch([good, bad], tmp_path, on_error="stop", noise=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["array_0000.wav"]  # the file before it is written
+
+
+def test_a_voice_params_error_names_the_voice(tiny_models, tmp_path: Path) -> None:
+    # before: "pitch must be within -48..48 semitones, got 99" without saying which voice
+    a, b = tiny_models.converter(), tiny_models.converter()
+    with pytest.raises(rvcfast.errors.ParameterError, match=r"^voice 'b': pitch must be within"):
+        rvcfast.convert_voices({"a": a, "b": b}, [(tone(0.3), 16000)], tmp_path, voice_params=[{}, {"pitch": 99}])
+    assert not any(tmp_path.iterdir())
