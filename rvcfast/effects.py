@@ -149,6 +149,8 @@ _SILENT_RANGES: dict[tuple[str, str], tuple[float | None, float | None, str, str
     ("chorus", "feedback"): (-1.0, 1.0, "", "beyond it the output grows without bound"),
     ("compressor", "attack"): (0.0, None, "ms", "a negative time acts as 0"),
     ("compressor", "release"): (0.0, None, "ms", "a negative time acts as 0"),
+    ("gain", "db"): (None, 700.0, "dB", "float32 audio overflows to infinity near 770 dB"),
+    ("distortion", "gain"): (None, 700.0, "dB", "float32 audio overflows to infinity near 770 dB"),
 }
 
 

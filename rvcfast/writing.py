@@ -137,12 +137,13 @@ def check_write_format(format: str, subtype: str | None, sample_rate: int, bitra
     if name == "OGG" and sub == "VORBIS" and rate > OGG_VORBIS_MAX_RATE:
         raise ParameterError(
             f"sample_rate {rate} Hz is too high for {fmt} (Vorbis): at most {OGG_VORBIS_MAX_RATE} Hz; "
-            "choose a lower sample_rate, or wav or flac"
+            "choose a lower output rate (output_sample_rate=, --sample-rate, the server's sample_rate), or wav or flac"
         )
     if name == "OGG" and sub == "OPUS" and rate not in OPUS_RATES:
         raise ParameterError(
             f"subtype OPUS needs a sample_rate of {', '.join(map(str, OPUS_RATES))} Hz, got {rate} Hz; "
-            "give one of these sample_rate values, or subtype VORBIS"
+            "set the output rate to one of these (output_sample_rate=, --sample-rate, the server's sample_rate), "
+            "or subtype VORBIS"
         )
     if name == "M4A" and sub == "AAC" and rate not in M4A_RATES:
         raise ParameterError(

@@ -13,7 +13,7 @@ import soundfile as sf
 from helpers import no_loading_fixture, one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
 
 from rvcfast.batch import BatchSummary
-from rvcfast.cli import main
+from rvcfast.cli import build_parser, main
 
 
 def _wav(folder: Path, name: str = "in.wav", seconds: float = 0.4) -> Path:
@@ -171,3 +171,39 @@ def test_bench_random_model_options_with_a_model_are_a_usage_error(no_loading, t
     assert main(["bench", "--model", str(tiny_models.voice), *extra]) == 2
     err = capsys.readouterr().err
     assert extra[0] in err and "only without --model" in err
+
+
+# ------------------------------------------------------------------ effects on the command line
+
+
+@pytest.mark.parametrize(
+    ("flags", "expected"),
+    [
+        # before: the second --effect reverb replaced the first, room_size went back to its fallback
+        (["--effect", "reverb:room_size=0.3", "--effect", "reverb:damping=0.2"], {"reverb": {"room_size": 0.3, "damping": 0.2}}),
+        # before: --effects replaced every --effect given before it
+        (["--effect", "reverb:room_size=0.3", "--effects", '{"gain": {"db": 3}}'], {"reverb": {"room_size": 0.3}, "gain": {"db": 3}}),
+        (["--effects", '{"reverb": {"room_size": 0.3}}', "--effect", "reverb:wet_level=0.1"], {"reverb": {"room_size": 0.3, "wet_level": 0.1}}),
+    ],
+)
+def test_effects_given_several_times_add_up(flags, expected):
+    args = build_parser().parse_args(["convert", "m.pth", "in.wav", "-o", "out", *flags])
+    assert args.effects == expected
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--effect", "reverb:room_size=5"], "rvcfast convert: error: --effect/--effects: effects: reverb room_size must be within 0..1, got 5"),
+        (["--effect", "echo"], "rvcfast convert: error: --effect/--effects: unknown effect 'echo'; valid effects: "),
+        # before: "not JSON (or a .json file): Expecting value: line 1 column 1 (char 0)"
+        (["--effects", "nosuch.json"], "rvcfast convert: error: argument --effects: no such file: nosuch.json"),
+    ],
+)
+def test_effect_errors_name_the_flag(tiny_models, tmp_path, capsys, no_loading, flags, message):
+    wav = tmp_path / "in.wav"
+    sf.write(wav, tone(0.5), 16000)
+    status = main(["convert", str(tiny_models.voice), str(wav), "-o", str(tmp_path / "out"), *flags])
+    assert status == 2
+    assert _error_lines(capsys.readouterr().err)[-1].startswith(message)
+    assert not (tmp_path / "out").exists()

@@ -108,6 +108,9 @@ SILENTLY_CHANGED = [
     ({"limiter": {"release": -1}}, "effects: limiter release must be >= 0 ms (a negative time acts as 0), got -1"),
     ({"compressor": {"attack": -5}}, "effects: compressor attack must be >= 0 ms (a negative time acts as 0), got -5"),
     ({"compressor": {"release": -0.5}}, "effects: compressor release must be >= 0 ms (a negative time acts as 0), got -0.5"),
+    # before: accepted, and every file then failed after its whole conversion (NaN/inf output)
+    ({"gain": {"db": 800}}, "effects: gain db must be <= 700 dB (float32 audio overflows to infinity near 770 dB), got 800"),
+    ({"distortion": {"gain": 1000}}, "effects: distortion gain must be <= 700 dB (float32 audio overflows to infinity near 770 dB), got 1000"),
 ]
 
 
@@ -143,6 +146,11 @@ def test_what_pedalboard_does_with_those_values():
         except AudioError:
             peak = float("inf")
         assert peak > 1e6
+    # the gain ceiling: 800 dB overflows float32 (the output is not finite), 700 dB does not
+    quiet = x * 1e-36
+    with pytest.raises(AudioError):
+        fx.apply_effects(x, 40000, {"gain": {"db": 800}})
+    assert np.isfinite(fx.apply_effects(quiet, 40000, {"gain": {"db": 700}})).all()
 
 
 @pytest.mark.parametrize(
@@ -152,6 +160,8 @@ def test_what_pedalboard_does_with_those_values():
         {"chorus": {"delay": 100, "feedback": 1}},
         {"limiter": {"release": 0}},
         {"compressor": {"attack": 0, "release": 0}},
+        {"gain": {"db": 700}, "distortion": {"gain": 700}},
+        {"gain": {"db": -1000}},
     ],
 )
 def test_the_bounds_of_those_ranges_are_accepted(effects):

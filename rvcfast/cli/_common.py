@@ -183,13 +183,31 @@ class _EffectAction(argparse.Action):
                 raise argparse.ArgumentError(self, f"expected NAME[:KEY=NUMBER,...], got {values!r}") from None
             if not sep:
                 raise argparse.ArgumentError(self, f"expected NAME[:KEY=NUMBER,...], got {values!r}")
-        effects = dict(getattr(namespace, "effects", None) or {})
-        effects[name.strip()] = params
-        namespace.effects = effects
+        _merge_effects(namespace, {name.strip(): params})
+
+
+class _EffectsJsonAction(argparse.Action):
+    """``--effects JSON``: its effects are added to those of earlier ``--effect``/``--effects``."""
+
+    def __call__(self, parser: Any, namespace: Any, values: Any, option_string: Any = None) -> None:
+        _merge_effects(namespace, values)
+
+
+def _merge_effects(namespace: Any, new: dict[str, Any]) -> None:
+    """Add ``new`` effects to ``namespace.effects``: an effect given again keeps its earlier
+    settings and takes the new ones (``--effect reverb:room_size=0.3 --effect reverb:damping=0.2``
+    is both), so nothing given on the command line is silently dropped."""
+    effects = {k: dict(v) if isinstance(v, dict) else v for k, v in (getattr(namespace, "effects", None) or {}).items()}
+    for name, params in new.items():
+        old = effects.get(name)
+        effects[name] = {**old, **params} if isinstance(old, dict) and isinstance(params, dict) else params
+    namespace.effects = effects
 
 
 def _json_object(text: str) -> dict[str, Any]:
     p = Path(text)
+    if p.suffix == ".json" and not text.lstrip().startswith("{") and not p.is_file():
+        raise argparse.ArgumentTypeError(f"no such file: {text}")
     raw = p.read_text(encoding="utf-8") if p.suffix == ".json" and p.is_file() else text
     try:
         value = json.loads(raw)
@@ -226,6 +244,8 @@ def add_conversion_options(p: argparse.ArgumentParser | Any) -> None:
             kw.update(type=float, nargs=2, metavar=tuple((spec.metavar or "A B").split()), default=None)
         elif spec.kind == "mapping":
             kw.update(type=_json_object, metavar=spec.metavar, default=None)
+            if spec.name == "effects":
+                kw["action"] = _EffectsJsonAction
         elif spec.kind == "loudness":
             kw.update(type=_loudness, metavar=spec.metavar, default=None)
         elif spec.kind == "choice":
@@ -260,4 +280,6 @@ def check_params(values: dict[str, Any]) -> None:
         text = str(exc)
         # the message names the parameter as Python spells it ("pitch must be within ..."): put the flag in front
         flag = next((s.flag for s in param_specs() if s.cli and text.startswith((f"{s.name} ", f"{s.name}="))), None)
+        if flag is None and text.startswith(("effects:", "unknown effect", "unknown parameter", "effect '")):
+            flag = "--effect/--effects"
         raise UsageError(f"{flag}: {text}" if flag else text) from None

@@ -52,7 +52,7 @@ def add_batch_options(p: argparse.ArgumentParser | Any) -> None:
     p.add_argument("--write-workers", type=int, metavar="N", default=None, help="threads encoding and writing outputs (default: 1)")
     p.add_argument(
         "--f0-workers", type=int, metavar="N", default=None,
-        help="processes for CPU-bound F0 backends: harvest, dio, pm (default: 2)",
+        help="processes for CPU-bound F0 backends: harvest, dio, pm, swift (default: 2)",
     )
     p.add_argument(
         "--report", metavar="FILE.jsonl", default=None,

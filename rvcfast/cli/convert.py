@@ -283,7 +283,7 @@ def add_parser(sub: Any) -> None:
         "instead of --pitch; repeatable (e.g. --voice-pitch bob=-12)",
     )
     g.add_argument("--encoder", metavar="PATH", help="hubert_base.pt or a ContentVec folder (default: $RVCFAST_HOME or the cache)")
-    g.add_argument("--f0", metavar="NAME", default="rmvpe", help="F0 backend: rmvpe, crepe, crepe-tiny, fcpe, harvest, dio, pm, hybrid:a+b or a plugin (see `rvcfast backends`)")
+    g.add_argument("--f0", metavar="NAME", default="rmvpe", help="F0 backend: rmvpe, crepe, crepe-tiny, fcpe, harvest, dio, pm, swift, hybrid:a+b or a plugin (see `rvcfast backends`)")
     g.add_argument("--f0-weights", metavar="FILE", help="weights for the F0 backend (rmvpe.pt; default: $RVCFAST_HOME or the cache)")
     g.add_argument("--f0-option", metavar="KEY=VALUE", action="append", help="extra option for the F0 backend, repeatable (e.g. threshold=0.05)")
     g.add_argument("--download", action="store_true", help="download missing base weights (hubert_base.pt, rmvpe.pt) into $RVCFAST_HOME when set, else the cache")
