@@ -149,16 +149,38 @@ def _looked_at(path: Path) -> str:
     return str(path)
 
 
+#: Where RVC WebUI and Applio keep the base files, relative to their install folder (or to the
+#: folder above the file's own): ``RVCFAST_HOME`` may point at such an install.
+INSTALL_LAYOUTS: dict[str, tuple[str, ...]] = {
+    "rmvpe": ("rmvpe/rmvpe.pt", "assets/rmvpe/rmvpe.pt", "predictors/rmvpe.pt", "rvc/models/predictors/rmvpe.pt"),
+    "hubert": ("hubert/hubert_base.pt", "assets/hubert/hubert_base.pt"),
+}
+#: Applio's ContentVec: the network of ``hubert_base.pt`` as a Hugging Face folder (used when no
+#: ``hubert_base.pt`` is found in the same search folder).
+APPLIO_CONTENTVEC = ("embedders/contentvec", "rvc/models/embedders/contentvec")
+
+
+def _is_hf_folder(folder: Path) -> bool:
+    return _is_file(folder / "config.json") and (_is_file(folder / "pytorch_model.bin") or _is_file(folder / "model.safetensors"))
+
+
 def find_weights(name: str) -> Path | None:
     """The first existing copy of a known base file in :func:`search_dirs`, or ``None``.
 
-    A search folder that cannot be looked into (no permission) is passed over.
+    In each search folder: the file itself (``rmvpe.pt``, ``hubert_base.pt``), then where an
+    RVC WebUI or Applio install keeps it (:data:`INSTALL_LAYOUTS`), then for the content
+    encoder Applio's ContentVec folder (:data:`APPLIO_CONTENTVEC`). A search folder that
+    cannot be looked into (no permission) is passed over.
     """
     info = KNOWN_WEIGHTS[name]
     for d in search_dirs():
-        candidate = d / info.filename
-        if _is_file(candidate):
-            return candidate
+        for rel in (info.filename, *INSTALL_LAYOUTS.get(name, ())):
+            if _is_file(d / rel):
+                return d / rel
+        if name == "hubert":
+            for rel in APPLIO_CONTENTVEC:
+                if _is_hf_folder(d / rel):
+                    return d / rel
     return None
 
 
@@ -176,7 +198,8 @@ def find_embedder(name: str) -> Path | None:
     """The folder of Applio embedder ``name`` (e.g. ``"chinese-hubert-base"``) in :func:`search_dirs`, or ``None``.
 
     Looked for in each search folder as ``<name>/`` and Applio's directory spelling
-    (``chinese_hubert_base/``), directly or under ``embedders/``; a folder counts only
+    (``chinese_hubert_base/``), directly or under ``embedders/`` (or an Applio install's
+    ``rvc/models/embedders/``); a folder counts only
     when it holds ``config.json`` and ``pytorch_model.bin`` or ``model.safetensors``.
     Names that could reach outside the search folders (separators, ``..``) are refused.
     """
@@ -184,11 +207,10 @@ def find_embedder(name: str) -> Path | None:
         return None
     spellings = dict.fromkeys([name, name.replace("-", "_")])
     for d in search_dirs():
-        for sub in ("", "embedders"):
+        for sub in ("", "embedders", "rvc/models/embedders"):  # the last: an Applio install
             for spelling in spellings:
                 folder = d / sub / spelling if sub else d / spelling
-                has_weights = _is_file(folder / "pytorch_model.bin") or _is_file(folder / "model.safetensors")
-                if _is_file(folder / "config.json") and has_weights:
+                if _is_hf_folder(folder):
                     return folder
     return None
 
@@ -223,13 +245,15 @@ def resolve_encoder_for(
         return found
     if name.lower() == "custom":
         what = "a custom embedder (the file does not say which)"
+        put = "Pass that embedder's folder (config.json + pytorch_model.bin)"
     else:
         what = f"the {name!r} embedder"
+        put = "Put the embedder's folder (config.json + pytorch_model.bin) there, or pass it"
     looked = ", ".join(str(d) for d in search_dirs())
     warnings.warn(
         f"this voice model was trained with {what}, but no such embedder folder was found (looked in {looked}); "
-        "converting with the default ContentVec/HuBERT encoder, which may sound wrong. Put the embedder's "
-        "folder (config.json + pytorch_model.bin) there, or pass encoder=... explicitly.",
+        f"converting with the default ContentVec/HuBERT encoder, which may sound wrong. {put} "
+        "as encoder= (Python) or --encoder (command line).",
         EmbedderWarning,
         stacklevel=3,
     )
@@ -255,7 +279,7 @@ def resolve_weights(name: str, explicit: str | os.PathLike[str] | None = None, *
         return found
     if allow_download:
         return download(name)
-    looked = ", ".join(_looked_at(d / info.filename) for d in search_dirs())
+    looked = ", ".join(_looked_at(d / info.filename) for d in search_dirs()) + " (and an RVC WebUI or Applio install's sub-folders there)"
     # the other base files missing too: one command for all of them (not one failed run per file)
     also = [KNOWN_WEIGHTS[n].filename for n in sorted(KNOWN_WEIGHTS) if n != name and find_weights(n) is None]
     get = f"`rvcfast download` (this and {', '.join(also)}, also missing)" if also else f"`rvcfast download {name}`"

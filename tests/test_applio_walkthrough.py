@@ -175,3 +175,23 @@ def test_v1_output_layer_above_the_layer_count_is_the_last_layer(tmp_path):
     out = {k: conv.convert(x, 16000, v1_output_layer=k, noise=False).audio for k in (1, 2, 12)}
     assert np.array_equal(out[12], out[2])
     assert not np.array_equal(out[1], out[2])
+
+
+def test_rvcfast_home_at_an_applio_install_runs(tiny_models, tmp_path, monkeypatch):
+    """getting-started.md: ``export RVCFAST_HOME=~/Applio`` and the plain command find Applio's
+    rmvpe.pt and its contentvec folder (before, only files directly in RVCFAST_HOME counted)."""
+    text = page("getting-started.md")
+    block = re.search(r"```bash\nexport RVCFAST_HOME=~/Applio[^\n]*\n(rvcfast convert [^\n]*)\n```", text)
+    assert block, "getting-started.md no longer shows RVCFAST_HOME pointing at an Applio install"
+    applio = tmp_path / "Applio"
+    (applio / "rvc/models/predictors").mkdir(parents=True)
+    (applio / "rvc/models/embedders").mkdir(parents=True)
+    (applio / "rvc/models/embedders/contentvec").symlink_to(tiny_models.encoder)
+    (applio / "rvc/models/predictors/rmvpe.pt").symlink_to(tiny_models.rmvpe)
+    (tmp_path / "voice.pth").symlink_to(tiny_models.voice)
+    sf.write(tmp_path / "input.wav", 0.1 * np.random.default_rng(1).standard_normal(16000), 16000)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("RVCFAST_HOME", str(applio))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
+    assert main(shlex.split(block.group(1))[1:] + ["-q", "--no-noise"]) == 0
+    assert sf.info(str(tmp_path / "converted" / "input.wav")).samplerate == MODEL_SR

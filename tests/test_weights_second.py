@@ -418,3 +418,56 @@ def test_a_zip_bomb_is_refused_before_anything_is_unpacked(tmp_path):
         load_torch_file(path, "voice model")
     msg = str(info.value)
     assert str(path) in msg and "unpack" in msg and "voice model" in msg, msg
+
+
+# ------------------------------------------------------------------ an RVC WebUI or Applio install
+
+
+def _hf_folder(folder: Path) -> Path:
+    folder.mkdir(parents=True)
+    (folder / "config.json").write_text("{}")
+    (folder / "pytorch_model.bin").write_bytes(b"weights")
+    return folder
+
+
+@pytest.mark.parametrize("root", ["", "assets"], ids=["install", "its-assets-folder"])
+def test_rvcfast_home_may_point_at_an_rvc_webui_install(root, tmp_path, monkeypatch):
+    # before: only RVCFAST_HOME/hubert_base.pt and RVCFAST_HOME/rmvpe.pt were looked at
+    webui = tmp_path / "RVC-WebUI"
+    for rel in ("assets/hubert/hubert_base.pt", "assets/rmvpe/rmvpe.pt"):
+        (webui / rel).parent.mkdir(parents=True, exist_ok=True)
+        (webui / rel).write_bytes(b"x")
+    home = webui / root if root else webui
+    monkeypatch.setenv("RVCFAST_HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert weights.resolve_weights("hubert") == webui / "assets/hubert/hubert_base.pt"
+    assert weights.resolve_weights("rmvpe") == webui / "assets/rmvpe/rmvpe.pt"
+
+
+@pytest.mark.parametrize("root", ["", "rvc/models"], ids=["install", "its-models-folder"])
+def test_rvcfast_home_may_point_at_an_applio_install(root, tmp_path, monkeypatch):
+    # Applio has no hubert_base.pt: its ContentVec is a Hugging Face folder (the same network)
+    applio = tmp_path / "Applio"
+    (applio / "rvc/models/predictors").mkdir(parents=True)
+    (applio / "rvc/models/predictors/rmvpe.pt").write_bytes(b"x")
+    contentvec = _hf_folder(applio / "rvc/models/embedders/contentvec")
+    spin = _hf_folder(applio / "rvc/models/embedders/spin")
+    monkeypatch.setenv("RVCFAST_HOME", str(applio / root if root else applio))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert weights.resolve_weights("rmvpe") == applio / "rvc/models/predictors/rmvpe.pt"
+    assert weights.resolve_weights("hubert") == contentvec
+    assert weights.find_embedder("spin") == spin  # a voice trained with another Applio embedder
+
+
+def test_a_hubert_base_file_comes_before_applios_contentvec_folder(tmp_path, monkeypatch):
+    home = tmp_path / "home"
+    _hf_folder(home / "embedders/contentvec")
+    (home / "hubert_base.pt").write_bytes(b"x")
+    monkeypatch.setenv("RVCFAST_HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert weights.resolve_weights("hubert") == home / "hubert_base.pt"
+    (home / "hubert_base.pt").unlink()
+    assert weights.resolve_weights("hubert") == home / "embedders/contentvec"
+    (home / "embedders/contentvec/pytorch_model.bin").unlink()  # a folder without weights does not count
+    with pytest.raises(WeightsNotFoundError, match=r"hubert_base\.pt\) not found.*RVC WebUI or Applio install's sub-folders"):
+        weights.resolve_weights("hubert")
