@@ -397,7 +397,8 @@ class Engine:
         peak stays below 0.99 and ``clean``/``effects`` are off (see that class for what
         differs otherwise). ``raw=True`` yields the trimmed segment outputs before any
         post-processing; :func:`rvcfast.pipeline.finish` of their concatenation is
-        :meth:`run`'s output. Stage seconds are added to ``timings``. Errors are raised.
+        :meth:`run`'s output. Stage seconds are added to ``timings`` as each piece is
+        yielded (a piece's stages are there when it arrives). Errors are raised.
 
         ``pauses=True`` (for schedulers) also yields ``None`` between the blocks of a long
         input's F0 track when the extractor computes it block by block (RMVPE: one per
@@ -432,23 +433,22 @@ class Engine:
         if not any(self._output_lengths(segs, q)):
             raise _too_short(prep, q)
         finisher = StreamFinisher(prep, self.sample_rate, q)
-        try:
-            for k, seg in enumerate(segs):
-                piece = self.synthesize_segments([seg], q, timer)[0]
-                release_memory()
-                t0 = time.perf_counter()
-                if raw:
-                    out = piece
-                elif len(segs) == 1:
-                    out = finish([piece], prep, self.sample_rate, q)[0]
-                else:
-                    out = finisher.push(piece, last=k == len(segs) - 1)
-                timer.add("post", time.perf_counter() - t0)
-                yield out
-        finally:
-            if timings is not None:
-                for stage, seconds in {**item.timings, **timer.times}.items():
-                    timings[stage] = timings.get(stage, 0.0) + seconds
+        given: dict[str, float] = {}  # the seconds already added to ``timings``: each piece adds what came since
+        for k, seg in enumerate(segs):
+            piece = self.synthesize_segments([seg], q, timer)[0]
+            release_memory()
+            t0 = time.perf_counter()
+            if raw:
+                out = piece
+            elif len(segs) == 1:
+                out = finish([piece], prep, self.sample_rate, q)[0]
+            else:
+                out = finisher.push(piece, last=k == len(segs) - 1)
+            timer.add("post", time.perf_counter() - t0)
+            for stage, seconds in ({**item.timings, **timer.times}.items() if timings is not None else ()):
+                timings[stage] = timings.get(stage, 0.0) + seconds - given.get(stage, 0.0)
+                given[stage] = seconds
+            yield out
 
     # ------------------------------------------------------------------ internals
 

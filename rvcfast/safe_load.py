@@ -345,6 +345,17 @@ def _refusal(p: Path, what: str, exc: BaseException) -> ModelLoadError:
     return ModelLoadError(p, f"{what} file is corrupt or not a PyTorch file rvcfast can read ({_torch_detail(msg)})")
 
 
+def _short(text: str, limit: int = 200) -> str:
+    """``text`` up to ``limit`` characters: its first sentence when that is short enough, else cut
+    at a word with "..." (never in the middle of a word)."""
+    if len(text) <= limit:
+        return text
+    first = text.split(". ")[0]
+    if len(first) < limit:
+        return first + "."
+    return text[:limit].rsplit(" ", 1)[0] + "..."
+
+
 def load_torch_file(path: str | os.PathLike[str], what: str = "model") -> Any:
     """Load a PyTorch-serialized file as plain data, without running any code from it.
 
@@ -375,7 +386,7 @@ def load_torch_file(path: str | os.PathLike[str], what: str = "model") -> Any:
         raise _refusal(p, what, exc) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
             AttributeError, struct.error, MemoryError, OverflowError, RecursionError, UnicodeDecodeError) as exc:
-        detail = _ANSI.sub("", str(exc)).splitlines()[0][:200] if str(exc) else ""
+        detail = _short(_ANSI.sub("", str(exc)).splitlines()[0]) if str(exc).strip() else ""
         if "central directory" in detail:
             detail = "the zip archive is incomplete (its central directory is missing): truncated or partly downloaded?"
         # the restricted unpickler can also fail this way on a hostile file: say so when it references code

@@ -50,6 +50,23 @@ def test_one_segment_is_one_piece_finished_like_run(engine: Engine) -> None:
     assert {"f0", "features", "synth", "post"} <= set(timings)
 
 
+def test_each_pieces_stages_are_timed_when_it_arrives(long_engine: Engine, long_prep) -> None:
+    """The server sends a stream's timings header after its first piece: they were added only once
+    the generator had ended, so the header of a one-segment input raced with that (and usually lost)."""
+    timings: dict[str, float] = {}
+    pieces = long_engine.stream(long_prep, long_engine.params(noise=False), timings=timings)
+    next(pieces)
+    first = dict(timings)
+    assert {"f0", "features", "synth", "post"} <= set(first)
+    rest = list(pieces)
+    assert len(rest) == len(long_prep.segments) - 1
+    assert all(timings[k] >= first[k] for k in first) and timings["synth"] > first["synth"]
+    # the totals are those of a stream read to its end in one go
+    whole: dict[str, float] = {}
+    list(long_engine.stream(long_prep, long_engine.params(noise=False), timings=whole))
+    assert set(whole) == set(timings)
+
+
 @pytest.mark.parametrize("rate", [None, 44100])
 def test_pieces_concatenate_to_the_run_output(long_engine: Engine, long_prep, rate) -> None:
     engine = long_engine

@@ -151,5 +151,159 @@ def test_a_done_jobs_status_fields_and_a_streams_timings(tiny_models, tmp_path) 
     assert status["sample_rate"] == 40000
     assert streamed.status_code == 200, streamed.text
     timings = json.loads(streamed.headers["X-Rvcfast-Timings"])
-    assert {"decode", "first_piece", "f0", "features", "synth"} <= set(timings)
+    # an input of one segment: every stage is timed by its first (and only) piece (before, the
+    # stages were added only once the stream's generator had ended, which raced with the header)
+    assert {"decode", "first_piece", "f0", "features", "synth", "post"} <= set(timings)
     assert timings["first_piece"] > 0
+
+
+# ------------------------------------------------------------------ fixes from the operator's walkthrough
+
+
+def test_a_second_server_on_a_used_port_leaves_the_first_ones_jobs_dir_alone(tiny_models, tmp_path, capsys) -> None:
+    """Before, the second server created its app (deleting the first one's job files in the shared
+    --jobs-dir) and only then found the port taken; the port is now taken first. The message
+    is the reason and what to do, without the usage lines."""
+    from rvcfast.cli import main
+
+    voices = voice_folder(tiny_models, tmp_path / "voices")
+    spool = tmp_path / "spool"
+    (spool / "jobs").mkdir(parents=True)
+    result = spool / "jobs" / "0123456789abcdef0123456789abcdef.wav"
+    result.write_bytes(b"the first server's finished job")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        code = main(["serve", str(voices), "--port", str(port), "--jobs-dir", str(spool), "--device", "cpu",
+                     "--encoder", str(tiny_models.encoder), "--f0-weights", str(tiny_models.rmvpe)])
+    err = capsys.readouterr().err
+    assert code == 2 and result.exists()
+    assert err.strip().splitlines() == [
+        f"rvcfast serve: error: cannot listen on 127.0.0.1:{port}: Address already in use; another server is "
+        "listening there: stop it or give --port (0: any free port)"
+    ]
+
+
+def test_a_jobs_dir_is_one_servers_at_a_time(tiny_models, tmp_path) -> None:
+    """Two servers on one kept --jobs-dir (on different ports) would delete each other's job files."""
+    from rvcfast.errors import ParameterError
+
+    voices = voice_folder(tiny_models, tmp_path / "voices")
+    spool = tmp_path / "spool"
+    first = _app(tiny_models, voices, spool)
+    try:
+        result = spool / "jobs" / "0123456789abcdef0123456789abcdef.wav"
+        result.write_bytes(b"the first server's finished job")
+        with pytest.raises(ParameterError, match=r"--jobs-dir .*spool is in use by another rvcfast serve"):
+            _app(tiny_models, voices, spool)
+        assert result.exists()
+    finally:
+        first.state.rvcfast.close()
+    _app(tiny_models, voices, spool).state.rvcfast.close()  # free again once the first one is closed
+
+
+@pytest.mark.parametrize("kind", ["file", "under-a-file"])
+def test_a_jobs_dir_that_cannot_be_a_folder_is_a_parameter_error(tiny_models, tmp_path, kind) -> None:
+    # before: a FileExistsError / FileNotFoundError traceback
+    from rvcfast.errors import ParameterError
+
+    voices = voice_folder(tiny_models, tmp_path / "voices")
+    (tmp_path / "afile").write_text("x")
+    spool = tmp_path / "afile" if kind == "file" else tmp_path / "afile" / "spool"
+    with pytest.raises(ParameterError, match=r"^--jobs-dir .*afile"):
+        _app(tiny_models, voices, spool)
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        # before: accepted; then every voice with pitch answered 422 "parameter": "f0", blaming the client
+        (["--f0", "nope"], "rvcfast serve: error: --f0: unknown F0 backend 'nope'"),
+        (["--f0-option", "foo=1"], "rvcfast serve: error: --f0-option: F0 extractor 'rmvpe' does not accept option(s) foo"),
+        # before: "max_queue must be at least 1" (the Python field, not the option)
+        (["--max-queue", "0"], "rvcfast serve: error: --max-queue: max_queue must be"),
+        (["--jobs-ttl", "-1"], "rvcfast serve: error: --jobs-ttl: jobs_ttl must be"),
+    ],
+)
+def test_bad_serve_options_are_usage_errors_naming_the_option(tiny_models, tmp_path, capsys, flags, message) -> None:
+    from rvcfast.cli import main
+
+    voices = voice_folder(tiny_models, tmp_path / "voices")
+    code = main(["serve", str(voices), "--port", "0", "--device", "cpu", *flags])
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and lines[-1].startswith(message), lines
+
+
+def test_a_jobs_result_gone_from_disk_is_410_not_500(tiny_models, tmp_path) -> None:
+    # before: 500 "internal error: RuntimeError: File at path .../jobs/<id>.wav does not exist."
+    voices = voice_folder(tiny_models, tmp_path / "voices")
+
+    async def body(client: Any) -> None:
+        r = await client.post("/v1/jobs", files={"file": ("take.wav", wav_bytes(_speech_like(0.5), 16000))}, data={"voice": "alice"})
+        assert r.status_code == 202, r.text
+        job = r.json()["id"]
+        end = time.monotonic() + DEADLINE
+        while (status := (await client.get(f"/v1/jobs/{job}")).json())["state"] not in ("done", "failed"):
+            assert time.monotonic() < end
+            await asyncio.sleep(0.05)
+        assert status["state"] == "done"
+        for f in (tmp_path / "spool" / "jobs").glob(f"{job}.*"):
+            f.unlink()
+        r = await client.get(f"/v1/jobs/{job}/audio")
+        assert r.status_code == 410 and r.json()["error"] == f"job {job}: its result is no longer on disk"
+        assert str(tmp_path) not in r.text
+
+    _run(_app(tiny_models, voices, tmp_path / "spool"), body)
+
+
+def test_a_full_spool_folder_is_507_with_retry_after(tiny_models, tmp_path, monkeypatch) -> None:
+    # before: 500 "internal error: OSError: [Errno 28] No space left on device"
+    import errno
+    import shutil
+
+    from rvcfast.serve import intake
+
+    voices = voice_folder(tiny_models, tmp_path / "voices")
+
+    def full(*args: Any, **kwargs: Any) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async def body(client: Any) -> None:
+        monkeypatch.setattr(intake.shutil, "copyfileobj", full)
+        r = await client.post("/v1/convert", files={"file": ("take.wav", wav_bytes(_speech_like(0.5), 16000))}, data={"voice": "alice"})
+        monkeypatch.setattr(intake.shutil, "copyfileobj", shutil.copyfileobj)
+        assert r.status_code == 507 and r.headers["retry-after"] == "60"
+        assert r.json()["error"] == "the server's spool folder (--jobs-dir) is full: try again later"
+        assert list((tmp_path / "spool" / "uploads").iterdir()) == []  # nothing left behind
+
+    _run(_app(tiny_models, voices, tmp_path / "spool"), body)
+
+
+def test_a_request_cut_off_at_shutdown_gets_a_json_503() -> None:
+    """uvicorn cancels the requests still running when --shutdown-timeout runs out: one without an
+    answer yet got uvicorn's plain-text 500; a stream already answering just ends."""
+    from rvcfast.serve.metrics import Metrics
+    from rvcfast.serve.middleware import RequestMetrics
+
+    async def cut_off(scope: Any, receive: Any, send: Any) -> None:
+        raise asyncio.CancelledError
+
+    async def streaming(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        raise asyncio.CancelledError
+
+    async def call(app: Any) -> list[dict]:
+        sent: list[dict] = []
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await RequestMetrics(app, Metrics())({"type": "http", "path": "/v1/convert", "method": "POST"}, None, send)
+        return sent
+
+    sent = asyncio.run(call(cut_off))
+    assert sent[0]["status"] == 503 and dict(sent[0]["headers"])[b"retry-after"] == b"10"
+    assert json.loads(sent[1]["body"]) == {
+        "error": "the server shut down before this request finished (--shutdown-timeout); send it again"
+    }
+    with pytest.raises(asyncio.CancelledError):
+        asyncio.run(call(streaming))

@@ -91,7 +91,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.traceback:
             raise
         sp = _subparser(parser, args.command)
-        sp.print_usage(sys.stderr)
+        if getattr(exc, "usage", True):
+            sp.print_usage(sys.stderr)
         print(f"{sp.prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
         return EXIT_USAGE
     except RvcfastError as exc:

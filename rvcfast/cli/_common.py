@@ -21,7 +21,14 @@ EXIT_USAGE = 2
 
 
 class UsageError(Exception):
-    """A command-line mistake found after parsing (reported like argparse's errors, status 2)."""
+    """A command-line mistake found after parsing (reported like argparse's errors, status 2).
+
+    ``usage=False``: the message alone, without the command's usage lines (a port in use is
+    not a mistake in how the command was written)."""
+
+    def __init__(self, message: str, *, usage: bool = True) -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):

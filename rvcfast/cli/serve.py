@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import socket
 import sys
 from typing import Any
 
-from ..errors import ModelLoadError
-from ._common import HelpFormatter, UsageError, add_device_options, parse_options
+from ..errors import ModelLoadError, ParameterError
+from ._common import HelpFormatter, UsageError, add_device_options, check_f0_name, parse_options
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -17,7 +18,9 @@ def _bind(host: str, port: int) -> socket.socket:
     try:
         return socket.create_server((host, port), family=family, backlog=512)
     except OSError as exc:
-        raise UsageError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+        reason = (exc.strerror or str(exc)).split(" (while attempting")[0]  # Python adds the address again
+        hint = "; another server is listening there: stop it or give --port (0: any free port)" if exc.errno == errno.EADDRINUSE else ""
+        raise UsageError(f"cannot listen on {host}:{port}: {reason}{hint}", usage=False) from None
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
@@ -34,24 +37,28 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--port must be within 0..65535, got {args.port}")
     if not args.shutdown_timeout > 0:  # also NaN
         raise UsageError(f"--shutdown-timeout must be a positive number of seconds, got {args.shutdown_timeout}")
-    config = ServeConfig.build(
-        voices=args.voices, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights,
-        f0_options=parse_options(args.f0_option), device=args.device, dtype=args.dtype, allow_download=args.download,
-        max_loaded_voices=args.max_loaded_voices, max_upload_mb=args.max_upload_mb, max_queue=args.max_queue,
-        max_input_seconds=args.max_input_seconds, max_job_seconds=args.max_job_seconds,
-        api_key=args.api_key if args.api_key is not None else os.environ.get("RVCFAST_API_KEY"),
-        models_dir=args.models_dir, jobs_dir=args.jobs_dir, jobs_ttl=args.jobs_ttl, jobs_max_mb=args.jobs_max_mb,
-        batch_seconds=args.batch_seconds, threads=args.threads, max_live=args.max_live,
-        live_idle_seconds=args.live_idle_seconds, live_max_ahead_seconds=args.live_max_ahead_seconds,
-        analysis_cache_mb=args.analysis_cache_mb,
-    )
-    app = create_app(config)
+    check_f0_name("--f0", args.f0, parse_options(args.f0_option))  # as convert does: before anything is loaded
+    config = _config(ServeConfig, args)
+    # the port first: a second server started by mistake stops here, before it touches the
+    # first one's --jobs-dir
     sock = _bind(args.host, args.port)
+    try:
+        app = create_app(config)
+    except BaseException:
+        sock.close()
+        raise
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
     print(f"rvcfast serve: listening on http://{shown}:{port} ({len(app.state.rvcfast.registry.ids())} voices; "
           f"GET /health says when the models are loaded)", file=sys.stderr, flush=True)
-    server = uvicorn.Server(
+    state = app.state.rvcfast
+
+    class Server(uvicorn.Server):
+        async def shutdown(self, sockets: Any = None) -> None:
+            await state.cancel_jobs()  # first: the requests in flight get the model worker to themselves
+            await super().shutdown(sockets=sockets)
+
+    server = Server(
         uvicorn.Config(
             app, log_level=args.log_level, access_log=not args.no_access_log, timeout_keep_alive=30, lifespan="on",
             # a client that stops reading a stream would otherwise hold the shutdown forever
@@ -61,7 +68,6 @@ def cmd_serve(args: argparse.Namespace) -> int:
             ws_per_message_deflate=False,
         )
     )
-    state = app.state.rvcfast
 
     def stop() -> None:
         server.should_exit = True
@@ -73,6 +79,35 @@ def cmd_serve(args: argparse.Namespace) -> int:
     return 0
 
 
+#: ServeConfig fields whose option is not ``--`` + the field's name with dashes.
+_FLAGS = {"f0_options": "--f0-option", "allow_download": "--download", "voices": "VOICE"}
+
+
+def _config(serve_config: Any, args: argparse.Namespace) -> Any:
+    """The server's configuration from the options; a bad value names its option (``--max-queue: ...``)."""
+    try:
+        return _build(serve_config, args)
+    except ParameterError as exc:
+        text = str(exc)
+        field = text.split(" ", 1)[0]
+        flag = _FLAGS.get(field) or (f"--{field.replace('_', '-')}" if hasattr(args, field) else None)
+        raise UsageError(f"{flag}: {text}" if flag else text) from None
+
+
+def _build(serve_config: Any, args: argparse.Namespace) -> Any:
+    return serve_config.build(
+        voices=args.voices, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights,
+        f0_options=parse_options(args.f0_option), device=args.device, dtype=args.dtype, allow_download=args.download,
+        max_loaded_voices=args.max_loaded_voices, max_upload_mb=args.max_upload_mb, max_queue=args.max_queue,
+        max_input_seconds=args.max_input_seconds, max_job_seconds=args.max_job_seconds,
+        api_key=args.api_key if args.api_key is not None else os.environ.get("RVCFAST_API_KEY"),
+        models_dir=args.models_dir, jobs_dir=args.jobs_dir, jobs_ttl=args.jobs_ttl, jobs_max_mb=args.jobs_max_mb,
+        batch_seconds=args.batch_seconds, threads=args.threads, max_live=args.max_live,
+        live_idle_seconds=args.live_idle_seconds, live_max_ahead_seconds=args.live_max_ahead_seconds,
+        analysis_cache_mb=args.analysis_cache_mb,
+    )
+
+
 def add_parser(sub: Any) -> None:
     p = sub.add_parser(
         "serve",
@@ -81,7 +116,8 @@ def add_parser(sub: Any) -> None:
             "Serve RVC voices over HTTP. Every VOICE .pth (and every .pth in a FOLDER) is a voice named by its\n"
             "file stem; a .index beside it with the same stem is its index. The content encoder and F0 model\n"
             "are loaded once for all voices; voices stay loaded in an LRU. Concurrent requests share one model\n"
-            "worker. Endpoints: /health, /metrics, /v1/voices, /v1/convert, /v1/jobs; docs at /docs.\n"
+            "worker. Endpoints: /health, /metrics, /v1/voices (POST with --models-dir), /v1/convert, /v1/jobs,\n"
+            "WS /v1/live; docs at /docs.\n"
             "SIGTERM finishes the requests in flight (for at most --shutdown-timeout seconds, then cancels them),\n"
             "then exits. Needs: pip install \"rvcfast[serve]\"."
         ),

@@ -12,6 +12,7 @@ never the spool path. The body size is bounded by the server's upload limit
 from __future__ import annotations
 
 import asyncio
+import errno
 import os
 import re
 import shutil
@@ -109,6 +110,11 @@ async def read_request(request: Any, folder: Path, *, file_fields: tuple[str, ..
         return await _read_request(request, folder, file_fields)
     except ClientDisconnect:
         raise HTTPException(CLIENT_CLOSED, "the client disconnected before its request body was read") from None
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)):
+            raise
+        # the operator's disk, not the request: 507, and the client may try again later
+        raise HTTPException(507, "the server's spool folder (--jobs-dir) is full: try again later", {"Retry-After": "60"}) from None
 
 
 async def _read_request(request: Any, folder: Path, file_fields: tuple[str, ...]) -> Intake:
@@ -164,7 +170,8 @@ async def _multipart(request: Any, folder: Path, fields: list[tuple[str, str]], 
         await form.close()
     if intake.path is None:
         intake.cleanup()
-        raise FieldError(file_fields[0], f"no {file_fields[0]!r} field: send the audio as a multipart file field")
+        what = "the audio" if file_fields[0] == "file" else f"the {file_fields[0]} file"
+        raise FieldError(file_fields[0], f"no {file_fields[0]!r} field: send {what} as a multipart file field")
     if intake.path.stat().st_size == 0:
         intake.cleanup()
         raise FieldError(file_fields[0], f"the uploaded {file_fields[0]!r} is empty")

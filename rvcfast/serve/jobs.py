@@ -28,6 +28,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..errors import ParameterError
+
 __all__ = ["Job", "JobStore", "JobStoreFull", "JOB_ID", "ACTIVE", "FINISHED", "MIN_KEEP_SECONDS"]
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -205,8 +207,51 @@ def make_spool(folder: str | None) -> tuple[Path, bool]:
         atexit.register(remove_spool, root)  # also when the app is never started or closed
         return root, True
     root = Path(folder).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    if root.exists() and not root.is_dir():
+        raise ParameterError(f"--jobs-dir {root} exists and is not a folder")
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ParameterError(f"--jobs-dir {root} cannot be created: {exc.strerror or exc}") from None
     return root, False
+
+
+class SpoolLock:
+    """One server per kept spool folder: an exclusive lock on ``.rvcfast-serve.lock`` in it, held
+    until :meth:`release`. A second server on the same ``--jobs-dir`` would delete the first
+    one's job files when it starts (they are not carried over a restart)."""
+
+    def __init__(self, root: Path) -> None:
+        self.path = root / ".rvcfast-serve.lock"
+        self._file: Any = open(self.path, "a+b")  # noqa: SIM115 - held open: the lock lives as long as it
+        try:
+            _lock_file(self._file)
+        except OSError:
+            self._file.close()
+            self._file = None
+            raise ParameterError(
+                f"--jobs-dir {root} is in use by another rvcfast serve (it holds {self.path.name}): "
+                "give each server a folder of its own"
+            ) from None
+
+    def release(self) -> None:
+        """Let go of the folder (closing the file releases the lock)."""
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+
+
+def _lock_file(fh: Any) -> None:
+    """An exclusive lock on an open file without waiting (``OSError`` if another process holds it)."""
+    try:
+        import fcntl
+    except ImportError:  # Windows
+        import msvcrt
+
+        fh.seek(0)
+        msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
+        return
+    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def remove_spool(root: Path) -> None:

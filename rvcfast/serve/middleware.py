@@ -20,6 +20,7 @@ prefix (``parent.mount("/rvc", app)``, or a proxy's ``root_path``), ``/rvc/healt
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import hmac
@@ -213,15 +214,31 @@ class RequestMetrics:
             return
         t0 = time.perf_counter()
         status = 500
+        started = False
 
         async def watched(message: Message) -> None:
-            nonlocal status
+            nonlocal status, started
             if message["type"] == "http.response.start":
-                status = int(message["status"])
+                status, started = int(message["status"]), True
             await send(message)
 
         try:
             await self.app(scope, receive, watched)
+        except asyncio.CancelledError:
+            # the server is shutting down and --shutdown-timeout has run out: a request with no
+            # answer yet gets a JSON 503 (uvicorn's would be a plain-text 500 and a traceback);
+            # one whose answer has started (a stream) just ends
+            if started:
+                raise
+            status = 503
+            try:
+                await send_json(
+                    send, 503,
+                    {"error": "the server shut down before this request finished (--shutdown-timeout); send it again"},
+                    {"Retry-After": "10"},
+                )
+            except Exception:  # noqa: BLE001 - the client is gone too: nobody to answer
+                pass
         finally:
             label = route_label(app_path(scope))
             self.metrics.inc("rvcfast_requests_total", route=label, status=str(status))

@@ -526,6 +526,8 @@ def add_routes(app: Any, state: ServerState) -> None:
         if job.state != "done" or job.result is None:
             reason = f": {job.error}" if job.error else f" (progress {100 * job.progress:.0f} %)"
             return error_response(409, f"job {job.id} is {job.state}{reason}", state=job.state)
+        if not Path(job.result).is_file():  # removed from the spool by someone else
+            return error_response(410, f"job {job.id}: its result is no longer on disk", state=job.state)
         stem = job.input_name.rsplit(".", 1)[0] or "audio"
         return FileResponse(
             job.result, media_type=MEDIA_TYPES[job.format], filename=f"{stem}_{job.voice}.{job.format}",

@@ -24,7 +24,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ParameterError
 from .config import ServeConfig
-from .jobs import JobStore, make_spool, remove_spool
+from .jobs import JobStore, SpoolLock, make_spool, remove_spool
 from .metrics import Metrics
 from .scheduler import CPU_GROUP_SECONDS, END, Admission, Scheduler
 from .voices import Voice, VoiceRegistry, discover_voices
@@ -78,6 +78,8 @@ class ServerState:
         self.registry = VoiceRegistry(voices, self._load_voice, cfg.max_loaded_voices)
         self.admission = Admission(cfg.max_queue)
         self.spool, self._temp_spool = make_spool(cfg.jobs_dir)
+        # a kept folder is this server's alone: taken before the leftovers are removed
+        self._spool_lock = None if self._temp_spool else SpoolLock(self.spool)
         self.uploads = self.spool / "uploads"
         self.uploads.mkdir(exist_ok=True)
         self.jobs = JobStore(self.spool / "jobs", cfg.jobs_ttl, int(cfg.jobs_max_mb * 2**20))
@@ -178,13 +180,19 @@ class ServerState:
         if not self.ready.is_set():
             raise NotReady("the models are still loading; retry shortly")
 
-    async def aclose(self) -> None:
-        """Cancel unfinished jobs (in the event loop), then :meth:`close`."""
+    async def cancel_jobs(self) -> None:
+        """Cancel the unfinished jobs and wait for them to end (in the event loop). A server
+        that shuts down does this first: jobs do not outlive it, so their work would only slow
+        down the requests in flight that it finishes."""
         handles = [j.handle for j in self.jobs.active() if j.handle is not None]
         for handle in handles:
             handle.cancel()
         if handles:
             await asyncio.gather(*handles, return_exceptions=True)
+
+    async def aclose(self) -> None:
+        """Cancel unfinished jobs (in the event loop), then :meth:`close`."""
+        await self.cancel_jobs()
         await asyncio.get_running_loop().run_in_executor(None, self.close)
 
     def close(self) -> None:
@@ -210,6 +218,8 @@ class ServerState:
             self.analysis.clear()
         if self._temp_spool:
             remove_spool(self.spool)
+        if self._spool_lock is not None:
+            self._spool_lock.release()
 
     # ------------------------------------------------------------------ voices
 
