@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture, tone  # noqa: F401
 
 import rvcfast
 from rvcfast.cli import main
 from rvcfast.progress import BatchProgress
-
-from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture, tone  # noqa: F401
 
 LONG_SECONDS = 100.0  # three segments of RVC's plan (one is at most ~41 s)
 
