@@ -252,3 +252,32 @@ def test_an_error_every_voice_shares_is_said_once(voices, tmp_path, monkeypatch,
         ]
     finally:
         state.close()
+
+
+def test_clients_never_see_where_the_server_looked_for_base_weights(voices, tmp_path, monkeypatch) -> None:
+    """A missing hubert_base.pt names the folders looked in: the operator's message keeps them,
+    what a client can read (/v1/voices, 503s) had them too."""
+    from rvcfast.engine import Engine
+    from rvcfast.errors import WeightsNotFoundError
+    from rvcfast.serve import ServeConfig
+    from rvcfast.serve.state import ServerState
+
+    home = tmp_path / "private-weights"
+    monkeypatch.setenv("RVCFAST_HOME", str(home))
+
+    def load(*args: Any, **kwargs: Any) -> Any:
+        raise WeightsNotFoundError(f"hubert_base.pt not found. Looked in: {home / 'hubert_base.pt'}, {home}")
+
+    monkeypatch.setattr(Engine, "load", staticmethod(load))
+    stopped = threading.Event()
+    state = ServerState(ServeConfig.build(voices=[str(voices)], device="cpu", threads=1, jobs_dir=str(tmp_path / "spool")))
+    state.on_fatal = stopped.set
+    state.start()
+    try:
+        assert stopped.wait(DEADLINE)
+        shown = state.registry.get("alice").info["error"]
+        assert str(home) not in shown and str(home) not in (state.load_error or "")
+        assert shown == "WeightsNotFoundError: hubert_base.pt not found. Looked in: hubert_base.pt, (the weights folder)"
+        assert str(home / "hubert_base.pt") in (state.load_failure or "")
+    finally:
+        state.close()

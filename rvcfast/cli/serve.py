@@ -75,7 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     state.on_fatal = stop  # no voice could be loaded: stop instead of answering 503 forever
     server.run(sockets=[sock])
     if state.load_error is not None:
-        raise ModelLoadError(None, f"the server stopped: {state.load_error}")
+        raise ModelLoadError(None, f"the server stopped: {state.load_failure or state.load_error}")
     return 0
 
 

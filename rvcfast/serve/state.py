@@ -18,7 +18,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -92,6 +92,7 @@ class ServerState:
         self.scheduler: Scheduler | None = None
         self.ready = threading.Event()
         self.load_error: str | None = None
+        self.load_failure: str | None = None  # load_error with the server's paths: the operator's message
         self.started = False
         self.closed = False
         self._start_lock = threading.Lock()
@@ -142,6 +143,7 @@ class ServerState:
         # error text -> the voices that failed with it: missing base weights (shared by every
         # voice) are said once, not once per voice
         errors: dict[str, list[str]] = {}
+        full_text: dict[str, str] = {}  # the same errors with their paths, for the operator
         ids = self.registry.ids()[: self.registry.max_loaded]
         for voice_id in ids:
             if self.closed:  # closed while loading: load nothing more, never report ready
@@ -151,19 +153,23 @@ class ServerState:
             except NotReady:  # closed during this load
                 return
             except Exception as exc:  # noqa: BLE001 - reported by /health and /v1/voices
-                text = self._hide_paths(f"{type(exc).__name__}: {exc}")
+                full = f"{type(exc).__name__}: {exc}"  # the operator's log: with the paths
+                text = self._hide_paths(full)  # what clients may see
                 self.registry.get(voice_id).info = {"error": text}
                 if text in errors:
                     _log.error("loading voice %s failed: the same error as voice %s", voice_id, errors[text][0])
                 else:
-                    _log.error("loading voice %s failed: %s", voice_id, text)
+                    _log.error("loading voice %s failed: %s", voice_id, full)
                 errors.setdefault(text, []).append(voice_id)
+                full_text.setdefault(text, full)
         if self.closed:
             return
         if ids and sum(len(v) for v in errors.values()) == len(ids):
-            self.load_error = "; ".join(
-                f"{'voice' if len(v) == 1 else 'voices'} {', '.join(v)}: {text}" for text, v in errors.items()
-            )
+            def said(texts: Mapping[str, str]) -> str:
+                return "; ".join(f"{'voice' if len(v) == 1 else 'voices'} {', '.join(v)}: {texts[t]}" for t, v in errors.items())
+
+            self.load_error = said({t: t for t in errors})  # clients may see it (503s until the server stops)
+            self.load_failure = said(full_text)
             if self.on_fatal is not None:
                 self.on_fatal()
             return
@@ -330,6 +336,10 @@ class ServerState:
         for p in (self.cfg.encoder, self.cfg.f0_weights):
             if p:
                 text = text.replace(os.fspath(p), Path(p).name)
+        from ..weights import search_dirs
+
+        for folder in search_dirs():  # where base weights were looked for ("hubert_base.pt not found...")
+            text = text.replace(str(folder) + os.sep, "").replace(str(folder), "(the weights folder)")
         return text.replace(str(self.spool), "")
 
     def registry_voices(self) -> list[Voice]:
