@@ -121,19 +121,25 @@ def test_limiter_fallback_makes_a_quiet_tone_louder():
     assert np.abs(apply_effects(loud, rate, {"limiter": {"threshold": -20}})).max() <= 1.0
 
 
-def test_applio_install_recipe_runs(tiny_models, tmp_path, monkeypatch):
-    """getting-started.md: the command that uses an Applio install's contentvec folder and rmvpe.pt."""
-    text = page("getting-started.md")
-    block = re.search(r"```bash\n(rvcfast convert [^`]*--encoder ~/Applio[^`]*)```", text)
-    assert block, "getting-started.md no longer shows the Applio command"
+def _applio_install(tiny_models, tmp_path: Path) -> Path:
+    """An Applio install's layout under ``tmp_path/Applio`` holding the tiny models, plus
+    ``voice.pth`` and a 1 s ``input.wav`` in ``tmp_path``; the install's folder."""
     applio = tmp_path / "Applio"
     (applio / "rvc/models/predictors").mkdir(parents=True)
     (applio / "rvc/models/embedders").mkdir(parents=True)
     (applio / "rvc/models/embedders/contentvec").symlink_to(tiny_models.encoder)
     (applio / "rvc/models/predictors/rmvpe.pt").symlink_to(tiny_models.rmvpe)
     (tmp_path / "voice.pth").symlink_to(tiny_models.voice)
-    rng = np.random.default_rng(0)
-    sf.write(tmp_path / "input.wav", 0.1 * rng.standard_normal(16000), 16000)
+    sf.write(tmp_path / "input.wav", 0.1 * np.random.default_rng(0).standard_normal(16000), 16000)
+    return applio
+
+
+def test_applio_install_recipe_runs(tiny_models, tmp_path, monkeypatch):
+    """getting-started.md: the command that uses an Applio install's contentvec folder and rmvpe.pt."""
+    text = page("getting-started.md")
+    block = re.search(r"```bash\n(rvcfast convert [^`]*--encoder ~/Applio[^`]*)```", text)
+    assert block, "getting-started.md no longer shows the Applio command"
+    applio = _applio_install(tiny_models, tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RVCFAST_HOME", str(tmp_path / "empty-home"))  # nothing found by itself
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
@@ -183,13 +189,7 @@ def test_rvcfast_home_at_an_applio_install_runs(tiny_models, tmp_path, monkeypat
     text = page("getting-started.md")
     block = re.search(r"```bash\nexport RVCFAST_HOME=~/Applio[^\n]*\n(rvcfast convert [^\n]*)\n```", text)
     assert block, "getting-started.md no longer shows RVCFAST_HOME pointing at an Applio install"
-    applio = tmp_path / "Applio"
-    (applio / "rvc/models/predictors").mkdir(parents=True)
-    (applio / "rvc/models/embedders").mkdir(parents=True)
-    (applio / "rvc/models/embedders/contentvec").symlink_to(tiny_models.encoder)
-    (applio / "rvc/models/predictors/rmvpe.pt").symlink_to(tiny_models.rmvpe)
-    (tmp_path / "voice.pth").symlink_to(tiny_models.voice)
-    sf.write(tmp_path / "input.wav", 0.1 * np.random.default_rng(1).standard_normal(16000), 16000)
+    applio = _applio_install(tiny_models, tmp_path)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("RVCFAST_HOME", str(applio))
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))
