@@ -62,6 +62,7 @@ __all__ = [
     "DEFAULT_EMBEDDERS",
     "EmbedderWarning",
     "find_embedder",
+    "weights_status",
     "resolve_encoder_for",
 ]
 
@@ -213,6 +214,17 @@ def find_embedder(name: str) -> Path | None:
                 if _is_hf_folder(folder):
                     return folder
     return None
+
+
+def weights_status() -> dict[str, Any]:
+    """Where each base file is found now (``None``: missing) and the folders searched, in order
+    (what ``rvcfast info --system`` shows)."""
+    files = {info.filename: find_weights(name) for name, info in sorted(KNOWN_WEIGHTS.items())}
+    return {
+        "search_folders": [str(d) for d in search_dirs()],
+        "files": {k: (str(v) if v is not None else None) for k, v in files.items()},
+        "download": {info.filename: f"rvcfast download {name}" for name, info in sorted(KNOWN_WEIGHTS.items())},
+    }
 
 
 def resolve_encoder_for(

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import pickle
+import re
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,21 @@ def test_bench_unknown_f0_is_a_usage_error(no_model_building, tmp_path, capsys, 
     err = capsys.readouterr().err
     assert "--f0" in err and "Traceback" not in err
     assert not (tmp_path / "bm").exists()
+
+
+def test_info_system_says_where_the_base_weights_are(tmp_path, monkeypatch, capsys):
+    """A first question when a run says 'hubert_base.pt not found': where does rvcfast look, and
+    what does it find? Before, `info --system` did not say."""
+    home = tmp_path / "home"
+    (home / "assets/rmvpe").mkdir(parents=True)
+    (home / "assets/rmvpe/rmvpe.pt").write_bytes(b"x")  # an RVC WebUI layout
+    monkeypatch.setenv("RVCFAST_HOME", str(home))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    assert main(["info", "--system", "--device", "cpu", "--json"]) == 0
+    weights = json.loads(capsys.readouterr().out)["system"]["weights"]
+    assert weights["search_folders"] == [str(home), str(tmp_path / "cache" / "rvcfast")]
+    assert weights["files"] == {"hubert_base.pt": None, "rmvpe.pt": str(home / "assets/rmvpe/rmvpe.pt")}
+    assert main(["info", "--system", "--device", "cpu"]) == 0
+    text = capsys.readouterr().out
+    assert re.search(r"\n  hubert_base\.pt +missing: `rvcfast download hubert`\n", text)
+    assert re.search(rf"\n  rmvpe\.pt +{re.escape(str(home / 'assets/rmvpe/rmvpe.pt'))}\n", text)

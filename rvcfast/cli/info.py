@@ -50,6 +50,10 @@ def _system(report: dict[str, Any]) -> None:
         ("  for machine", report["machine"]),  # what a profile entry must name to apply here
     ]
     rows += [(f"  {k}", str(v)) for k, v in report["settings"].items()]
+    w = report.get("weights")
+    if w is not None:  # where hubert_base.pt and rmvpe.pt are found now, or how to get them
+        rows.append(("base weights", "searched in " + ", ".join(w["search_folders"])))
+        rows += [(f"  {name}", path or f"missing: `{w['download'][name]}`") for name, path in w["files"].items()]
     _rows_out(rows)
 
 
@@ -101,8 +105,9 @@ def cmd_info(args: argparse.Namespace) -> int:
     report: dict[str, Any] = {}
     if args.system:
         from ..tuning import system_report
+        from ..weights import weights_status
 
-        report["system"] = system_report(args.device)
+        report["system"] = {**system_report(args.device), "weights": weights_status()}
         if not args.json:
             _system(report["system"])
     if args.model is None and args.index is None:
