@@ -140,6 +140,39 @@ def test_sixteen_bit_pcm_in_and_out(server):
     assert len(answer) == x.nbytes  # two bytes a sample, as many samples as sent
 
 
+@pytest.mark.parametrize("encoding", ["f32le", "s16le"])
+def test_a_stereo_stream_is_converted_as_its_mix_and_answered_on_both_channels(server, encoding):
+    """``channels=2``: interleaved stereo in (a DAW, a virtual cable), the converted mix out on
+    both channels. Before, a stereo stream could only be sent as if mono (twice as long, its
+    channels alternating sample by sample)."""
+    left = tone(0.6, RATE, 180.0)
+    right = 0.5 * tone(0.6, RATE, 240.0)
+    stereo = np.stack([left, right], axis=1)
+    mono = stereo.mean(axis=1)
+    if encoding == "s16le":
+        stereo, mono = np.round(stereo * 32767) / 32768, None  # what the server reads back
+    scale, dtype = (32767.0, "<i2") if encoding == "s16le" else (1.0, "<f4")
+    wire = (stereo * scale).astype(dtype) if encoding == "s16le" else stereo.astype(dtype)
+    with _connect(server, channels=2, encoding=encoding) as ws:
+        ready = json.loads(ws.recv(timeout=120))
+        assert ready["channels"] == 2 and ready["encoding"] == encoding
+        ws.send(wire[:1000].tobytes())
+        first = np.frombuffer(ws.recv(timeout=120), dtype=dtype).reshape(-1, 2)
+        ws.send(wire[1000:].tobytes())
+        rest = np.frombuffer(ws.recv(timeout=120), dtype=dtype).reshape(-1, 2)
+    out = np.concatenate([first, rest])
+    assert first.shape == (1000, 2) and out.shape == (wire.shape[0], 2)  # as many frames as sent
+    np.testing.assert_array_equal(out[:, 0], out[:, 1])
+    if mono is not None:  # the same answer as the mix sent as a mono stream
+        with _connect(server) as ws:
+            json.loads(ws.recv(timeout=120))
+            ws.send(mono.astype("<f4")[:1000].tobytes())
+            a = np.frombuffer(ws.recv(timeout=120), dtype="<f4")
+            ws.send(mono.astype("<f4")[1000:].tobytes())
+            b = np.frombuffer(ws.recv(timeout=120), dtype="<f4")
+        np.testing.assert_allclose(out[:, 0], np.concatenate([a, b]), atol=1e-6)
+
+
 def test_messages_are_not_compressed(server):
     # the client offers permessage-deflate; the server declines it (a compressed burst of
     # silence would be inflated into many large queued messages before the route reads one)
@@ -159,6 +192,8 @@ def test_messages_are_not_compressed(server):
         ({"block_seconds": 0.255}, "block_seconds", "not a multiple of 10 ms"),
         ({"pitch": 99}, "pitch", "pitch"),
         ({"encoding": "mp3"}, "encoding", "encoding must be one of"),
+        ({"channels": 9}, "channels", "channels must be 1..8 interleaved channels"),
+        ({"channels": 0}, "channels", "channels must be 1..8 interleaved channels"),
         # bounds on what one stream may make the server allocate (was: accepted; 1e9 Hz took 1.5 GB at once)
         ({"sample_rate": 1000000000}, "sample_rate", "8000..384000"),
         ({"block_seconds": 20, "crossfade_seconds": 0.05}, "block_seconds", "at most 10 s"),

@@ -16,7 +16,7 @@ import pytest
 
 pytest.importorskip("fastapi")
 
-from rvcfast.serve.live import POLICY, _Inbox, _read_messages  # noqa: E402
+from rvcfast.serve.live import POLICY, Wire, _Inbox, _read_messages  # noqa: E402
 
 RATE = 1000
 
@@ -47,7 +47,7 @@ async def _settle() -> None:
 def test_messages_are_read_as_they_arrive_up_to_the_limit():
     async def run():
         ws, inbox = FakeSocket(), _Inbox()
-        reader = asyncio.create_task(_read_messages(ws, inbox, "f32le", 10 * RATE, RATE, _cfg(ahead=1.0)))
+        reader = asyncio.create_task(_read_messages(ws, inbox, Wire(), 10 * RATE, RATE, _cfg(ahead=1.0)))
         for _ in range(4):
             ws.audio(0.25)  # 1.0 s in flight: allowed
         await _settle()
@@ -64,7 +64,7 @@ def test_messages_are_read_as_they_arrive_up_to_the_limit():
 def test_one_long_message_is_taken_whatever_the_limit():
     async def run():
         ws, inbox = FakeSocket(), _Inbox()
-        reader = asyncio.create_task(_read_messages(ws, inbox, "f32le", 10 * RATE, RATE, _cfg(ahead=1.0)))
+        reader = asyncio.create_task(_read_messages(ws, inbox, Wire(), 10 * RATE, RATE, _cfg(ahead=1.0)))
         ws.audio(5.0)  # nothing in flight before it: a long block is not "ahead"
         await _settle()
         reader.cancel()
@@ -77,7 +77,7 @@ def test_one_long_message_is_taken_whatever_the_limit():
 def test_a_stream_waiting_for_its_answers_is_not_idle():
     async def run():
         ws, inbox = FakeSocket(), _Inbox()
-        reader = asyncio.create_task(_read_messages(ws, inbox, "f32le", 10 * RATE, RATE, _cfg(idle=0.02)))
+        reader = asyncio.create_task(_read_messages(ws, inbox, Wire(), 10 * RATE, RATE, _cfg(idle=0.02)))
         ws.audio(0.1)
         await asyncio.sleep(0.2)  # ten idle periods while its block is (still) converting
         waiting = inbox.stopped
@@ -93,7 +93,7 @@ def test_a_stream_waiting_for_its_answers_is_not_idle():
 def test_a_stop_comes_before_the_queued_messages_and_a_gone_client_is_no_error():
     async def run():
         ws, inbox = FakeSocket(), _Inbox()
-        reader = asyncio.create_task(_read_messages(ws, inbox, "f32le", 10 * RATE, RATE, _cfg()))
+        reader = asyncio.create_task(_read_messages(ws, inbox, Wire(), 10 * RATE, RATE, _cfg()))
         ws.audio(0.1)
         ws.incoming.put_nowait({"type": "websocket.receive", "text": "flush"})
         ws.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
@@ -108,7 +108,7 @@ def test_a_stop_comes_before_the_queued_messages_and_a_gone_client_is_no_error()
 def test_a_bad_message_stops_the_stream_with_policy():
     async def run():
         ws, inbox = FakeSocket(), _Inbox()
-        reader = asyncio.create_task(_read_messages(ws, inbox, "f32le", 10 * RATE, RATE, _cfg()))
+        reader = asyncio.create_task(_read_messages(ws, inbox, Wire(), 10 * RATE, RATE, _cfg()))
         ws.incoming.put_nowait({"type": "websocket.receive", "text": "hello"})
         await asyncio.wait_for(reader, 5)
         return inbox
@@ -125,3 +125,20 @@ def test_the_limit_must_be_a_positive_finite_number_of_seconds(value):
     with pytest.raises(ParameterError, match="live_max_ahead_seconds"):
         ServeConfig.build(voices=["v.pth"], live_max_ahead_seconds=value)
     assert ServeConfig.build(voices=["v.pth"]).live_max_ahead_seconds == 10.0
+
+
+def test_stereo_messages_are_mixed_down_and_answered_on_every_channel():
+    from rvcfast.errors import ParameterError
+    from rvcfast.serve.live import _decode, _encode
+
+    frames = np.array([[0.5, -0.25], [1.0, 0.0], [-1.0, -0.5]], dtype="<f4")
+    mono = _decode(frames.tobytes(), Wire("f32le", 2), 10)
+    np.testing.assert_array_equal(mono, np.array([0.125, 0.5, -0.75], dtype=np.float32))
+    answer = np.frombuffer(_encode(mono, Wire("f32le", 2)), dtype="<f4").reshape(-1, 2)
+    np.testing.assert_array_equal(answer, np.stack([mono, mono], axis=1))
+    pcm = np.array([[16384, -16384, 0]], dtype="<i2")  # one frame of three channels
+    assert _decode(pcm.tobytes(), Wire("s16le", 3), 10).tolist() == [0.0]
+    with pytest.raises(ParameterError, match=r"12 bytes is not whole frames of 2 interleaved f32le samples \(8 bytes each\)"):
+        _decode(b"\x00" * 12, Wire("f32le", 2), 10)
+    with pytest.raises(ParameterError, match=r"holds 3 samples, more than"):
+        _decode(frames.tobytes(), Wire("f32le", 2), 2)  # the limit counts frames

@@ -16,12 +16,17 @@ cannot set headers on a WebSocket, offers the subprotocols ``rvcfast.live`` and
 * ``block_seconds``, ``context_seconds``, ``crossfade_seconds``: those of
   :class:`~rvcfast.RealtimeConverter` (defaults 0.25, 1.0, 0.05, or 0.24, 1.0, 0.04 at 22050
   and 11025 Hz; a block of at most 10 s, a context of at most 30 s);
-* ``encoding``: ``f32le`` (default, float samples in [-1, 1]) or ``s16le`` (16-bit PCM).
+* ``encoding``: ``f32le`` (default, float samples in [-1, 1]) or ``s16le`` (16-bit PCM);
+* ``channels``: interleaved channels of the binary messages, 1 (default) to 8. A stereo
+  stream (a DAW, a virtual audio cable) is mixed down to mono, converted, and answered with
+  the converted voice on every channel, interleaved as it came. (``channels=mix`` is the
+  same as 1; ``channels=each``, per-channel conversion of whole files, is refused.)
 
 Once the voice is ready the server sends one JSON text message, ``{"type": "ready",
-"sample_rate", "block_size", "latency_seconds", "latency_samples", "encoding"}``. Then every
-binary message of mono samples is answered by one binary message of exactly as many
-converted samples, delayed by ``latency_samples`` (see :class:`~rvcfast.RealtimeConverter`).
+"sample_rate", "block_size", "latency_seconds", "latency_samples", "encoding", "channels"}``.
+Then every binary message of samples (frames of ``channels`` interleaved samples) is answered
+by one binary message of exactly as many converted frames, delayed by ``latency_samples``
+frames (see :class:`~rvcfast.RealtimeConverter`).
 The text message ``flush`` is answered by the last ``latency_samples`` of output (binary)
 and starts the stream again from silence.
 
@@ -42,6 +47,7 @@ audio is still converting is not idle.
 from __future__ import annotations
 
 import asyncio
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -64,6 +70,8 @@ __all__ = ["add_live_routes", "LIVE_FIELDS", "ENCODINGS", "MAX_MESSAGE_SECONDS",
 LIVE_FIELDS = {"sample_rate": 48000, "block_seconds": None, "context_seconds": None, "crossfade_seconds": None}
 #: Sample encodings of the binary messages: name -> numpy dtype.
 ENCODINGS = {"f32le": "<f4", "s16le": "<i2"}
+#: Most interleaved channels a binary message may carry (they are mixed down to one).
+MAX_CHANNELS = 8
 #: Longest audio one binary message may hold (a bound on the memory a client can ask for).
 MAX_MESSAGE_SECONDS = 10.0
 #: Longest ``block_seconds`` and ``context_seconds`` a stream may ask for: every block runs the
@@ -78,14 +86,36 @@ POLICY, TRY_LATER, SERVER_ERROR = 1008, 1013, 1011
 LIVE_PROTOCOL = "rvcfast.live"
 
 
-def _live_settings(pairs: list[tuple[str, str]]) -> tuple[dict[str, Any], str, list[tuple[str, str]]]:
-    """Split the query into the stream's geometry, its encoding and the ``/v1/convert`` fields."""
+@dataclass(frozen=True)
+class Wire:
+    """How a stream's binary messages hold their samples: the encoding and the interleaved channels."""
+
+    encoding: str = "f32le"
+    channels: int = 1
+
+
+def _wire_channels(text: str) -> int | None:
+    """``channels`` as the messages' channel count (a number, or ``mix``: 1); ``None`` for another
+    word (``each``), which the conversion fields refuse with their own message."""
+    word = text.strip().lower()
+    if word == "mix":
+        return 1
+    if not word.lstrip("+-").isdigit():
+        return None
+    n = int(word)
+    if not 1 <= n <= MAX_CHANNELS:
+        raise FieldError("channels", f"channels must be 1..{MAX_CHANNELS} interleaved channels (mixed down to one), got {text!r}")
+    return n
+
+
+def _live_settings(pairs: list[tuple[str, str]]) -> tuple[dict[str, Any], Wire, list[tuple[str, str]]]:
+    """Split the query into the stream's geometry, its wire format and the ``/v1/convert`` fields."""
     settings: dict[str, Any] = {}
-    encoding = "f32le"
+    encoding, channels = "f32le", 1
     rest: list[tuple[str, str]] = []
     seen: set[str] = set()
     for name, text in pairs:
-        if name in seen and (name in LIVE_FIELDS or name == "encoding"):
+        if name in seen and (name in LIVE_FIELDS or name in ("encoding", "channels")):
             raise FieldError(name, f"field {name!r} is given more than once")
         seen.add(name)
         if name in _FILE_FIELDS:
@@ -94,6 +124,8 @@ def _live_settings(pairs: list[tuple[str, str]]) -> tuple[dict[str, Any], str, l
             encoding = text.strip().lower()
             if encoding not in ENCODINGS:
                 raise FieldError(name, f"encoding must be one of {', '.join(ENCODINGS)}, got {text!r}")
+        elif name == "channels" and _wire_channels(text) is not None:
+            channels = int(_wire_channels(text))  # type: ignore[arg-type]
         elif name == "sample_rate":
             try:
                 settings[name] = int(text)
@@ -111,28 +143,37 @@ def _live_settings(pairs: list[tuple[str, str]]) -> tuple[dict[str, Any], str, l
                 )
         else:
             rest.append((name, text))
-    return {**LIVE_FIELDS, **settings}, encoding, rest
+    return {**LIVE_FIELDS, **settings}, Wire(encoding, channels), rest
 
 
-def _decode(data: bytes, encoding: str, limit: int) -> np.ndarray:
-    dtype = np.dtype(ENCODINGS[encoding])
-    if len(data) % dtype.itemsize:
-        raise ParameterError(f"a binary message of {len(data)} bytes is not whole {encoding} samples ({dtype.itemsize} bytes each)")
-    if len(data) // dtype.itemsize > limit:
+def _decode(data: bytes, wire: Wire, limit: int) -> np.ndarray:
+    """A binary message as mono float32 samples (its channels mixed down); ``limit``: most frames."""
+    dtype = np.dtype(ENCODINGS[wire.encoding])
+    frame = dtype.itemsize * wire.channels
+    if len(data) % frame:
+        what = f"{wire.encoding} samples ({dtype.itemsize} bytes each)"
+        if wire.channels > 1:
+            what = f"frames of {wire.channels} interleaved {wire.encoding} samples ({frame} bytes each)"
+        raise ParameterError(f"a binary message of {len(data)} bytes is not whole {what}")
+    if len(data) // frame > limit:
         raise ParameterError(
-            f"a binary message holds {len(data) // dtype.itemsize} samples, more than {MAX_MESSAGE_SECONDS:g} s "
+            f"a binary message holds {len(data) // frame} samples, more than {MAX_MESSAGE_SECONDS:g} s "
             f"({limit}): send the stream in smaller pieces"
         )
     x = np.frombuffer(data, dtype=dtype)
-    if encoding == "s16le":
-        return x.astype(np.float32) / 32768.0
-    if not np.isfinite(x).all():  # the client's samples, not a failed conversion: 1008, not 1011
+    if wire.encoding == "s16le":
+        x = x.astype(np.float32) / 32768.0
+    elif not np.isfinite(x).all():  # the client's samples, not a failed conversion: 1008, not 1011
         raise ParameterError(f"a binary message holds {int((~np.isfinite(x)).sum())} NaN or infinite samples")
-    return x.astype(np.float32)
+    x = x.astype(np.float32)
+    return x if wire.channels == 1 else x.reshape(-1, wire.channels).mean(axis=1, dtype=np.float32)
 
 
-def _encode(y: np.ndarray, encoding: str) -> bytes:
-    if encoding == "s16le":
+def _encode(y: np.ndarray, wire: Wire) -> bytes:
+    """Mono samples as a binary message: every channel the converted voice, interleaved."""
+    if wire.channels > 1:
+        y = np.repeat(y[:, None], wire.channels, axis=1).reshape(-1)
+    if wire.encoding == "s16le":
         return np.clip(np.round(y * 32767.0), -32768, 32767).astype("<i2").tobytes()
     return y.astype("<f4").tobytes()
 
@@ -155,12 +196,12 @@ async def _refuse(ws: WebSocket, code: int, message: str, parameter: str | None 
     await ws.close(code=code, reason=message[:120])
 
 
-async def _open(state: ServerState, ws: WebSocket) -> tuple[RealtimeConverter, str] | None:
-    """The stream's converter and encoding, or ``None`` after refusing the stream."""
+async def _open(state: ServerState, ws: WebSocket) -> tuple[RealtimeConverter, Wire] | None:
+    """The stream's converter and wire format, or ``None`` after refusing the stream."""
     from ..realtime import RealtimeConverter
 
     try:
-        settings, encoding, rest = _live_settings(list(ws.query_params.multi_items()))
+        settings, wire, rest = _live_settings(list(ws.query_params.multi_items()))
         options = parse_fields(rest)
     except FieldError as exc:
         await _refuse(ws, POLICY, str(exc), exc.field)
@@ -189,7 +230,7 @@ async def _open(state: ServerState, ws: WebSocket) -> tuple[RealtimeConverter, s
         text = str(exc)
         await _refuse(ws, POLICY, text, _refused_field(text, options.overrides))
         return None
-    return rt, encoding
+    return rt, wire
 
 
 class _Inbox:
@@ -218,7 +259,7 @@ class _Inbox:
         return await self.queue.get()
 
 
-async def _read_messages(ws: WebSocket, inbox: _Inbox, encoding: str, limit: int, rate: int, cfg: Any) -> None:
+async def _read_messages(ws: WebSocket, inbox: _Inbox, wire: Wire, limit: int, rate: int, cfg: Any) -> None:
     """Read the stream's messages as they arrive into ``inbox`` (run beside the conversion)."""
     max_ahead = int(cfg.live_max_ahead_seconds * rate)
     while not inbox.stopped:
@@ -238,7 +279,7 @@ async def _read_messages(ws: WebSocket, inbox: _Inbox, encoding: str, limit: int
         data, text = message.get("bytes"), message.get("text")
         if data is not None:
             try:
-                x = _decode(data, encoding, limit)
+                x = _decode(data, wire, limit)
             except ParameterError as exc:
                 inbox.stop(POLICY, str(exc))
                 return
@@ -257,15 +298,16 @@ async def _read_messages(ws: WebSocket, inbox: _Inbox, encoding: str, limit: int
             return
 
 
-async def _serve_stream(state: ServerState, ws: WebSocket, rt: RealtimeConverter, encoding: str) -> None:
+async def _serve_stream(state: ServerState, ws: WebSocket, rt: RealtimeConverter, wire: Wire) -> None:
     loop = asyncio.get_running_loop()
     await ws.send_json({
         "type": "ready", "sample_rate": rt.sample_rate, "block_size": rt.block_size,
-        "latency_seconds": rt.latency_seconds, "latency_samples": rt.latency_samples, "encoding": encoding,
+        "latency_seconds": rt.latency_seconds, "latency_samples": rt.latency_samples, "encoding": wire.encoding,
+        "channels": wire.channels,
     })
     inbox = _Inbox()
     reader = asyncio.create_task(
-        _read_messages(ws, inbox, encoding, int(MAX_MESSAGE_SECONDS * rt.sample_rate), rt.sample_rate, state.cfg)
+        _read_messages(ws, inbox, wire, int(MAX_MESSAGE_SECONDS * rt.sample_rate), rt.sample_rate, state.cfg)
     )
     try:
         while True:
@@ -279,7 +321,7 @@ async def _serve_stream(state: ServerState, ws: WebSocket, rt: RealtimeConverter
                 inbox.ahead -= x.shape[0]
             else:
                 y = await loop.run_in_executor(state.live_pool, rt.flush)
-            await ws.send_bytes(_encode(y, encoding))
+            await ws.send_bytes(_encode(y, wire))
             state.metrics.inc("rvcfast_live_seconds_total", value=y.shape[0] / rt.sample_rate)
     finally:
         reader.cancel()
