@@ -141,6 +141,8 @@ def _check_length(label: str | os.PathLike[str] | None, seconds: float, max_seco
 def audio_info(path: str | os.PathLike[str]) -> tuple[float, int, int]:
     """``(seconds, sample rate, channels)`` from a file's header (no decoding); 0 s when the
     header does not give the length (a stream)."""
+    if _holds_text(Path(path)):  # libsndfile's MP3 reader would print its complaints to stderr
+        raise AudioError(path, "cannot decode audio: this is a text file, not audio")
     info = sf.info(os.fspath(path))
     known = info.samplerate and 0 <= info.frames < UNKNOWN_FRAMES
     return (info.frames / info.samplerate if known else 0.0), int(info.samplerate), int(info.channels)
@@ -394,6 +396,8 @@ class _SfSource:
 def _source(p: Path) -> _SfSource | Any:
     """libsndfile for what it reads; PyAV (the ``av`` extra) for other containers, and for
     files libsndfile would read only part of."""
+    if _holds_text(p):  # a note or a playlist named .mp3: say so (the decoders' own words mislead)
+        raise AudioError(p, "cannot decode audio: this is a text file, not audio")
     try:
         f = sf.SoundFile(str(p))
     except sf.LibsndfileError as exc:
@@ -413,6 +417,27 @@ def _source(p: Path) -> _SfSource | Any:
     if not av_available():
         raise AudioError(p, f'cannot decode audio: {reason}; FFmpeg reads such files, through PyAV: pip install "rvcfast[av]"')
     return AvSource(p)
+
+
+def _holds_text(p: Path) -> bool:
+    """Whether ``p`` starts with text (no NUL byte, valid UTF-8, printable) rather than audio:
+    every audio format rvcfast reads starts with binary bytes (a header, an ID3 tag, an MPEG
+    frame sync)."""
+    try:
+        with open(p, "rb") as f:
+            head = f.read(4096)
+    except OSError:
+        return False  # the decoders report it
+    if len(head) < 16 or b"\x00" in head:
+        return False
+    try:
+        text = head.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        if exc.start < len(head) - 4:  # not just a character cut at the end of the block
+            return False
+        text = head[: exc.start].decode("utf-8")
+    printable = sum(c.isprintable() or c in "\r\n\t" for c in text)
+    return printable >= 0.95 * len(text)
 
 
 #: A file this much larger than its header holds audio even when the header says it holds none.

@@ -11,7 +11,7 @@ import numbers
 import os
 import re
 import string
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -210,10 +210,29 @@ def _resolved(path: Path) -> Path:
         return path.absolute()
 
 
+def _walk(folder: Path) -> Iterator[Path]:
+    """Every entry under ``folder``, into symlinked sub-folders too (``Path.glob("**")`` skips
+    them silently); a folder reached again (a symlink loop, two links to one folder) is read once."""
+    seen: set[tuple[int, int]] = set()
+    for root, dirs, names in os.walk(folder, followlinks=True):
+        try:
+            st = os.stat(root)
+        except OSError:
+            dirs[:] = []
+            continue
+        if (st.st_dev, st.st_ino) in seen:
+            dirs[:] = []
+            continue
+        seen.add((st.st_dev, st.st_ino))
+        dirs.sort()
+        for name in names:
+            yield Path(root) / name
+
+
 def _folder_files(folder: Path, options: BatchOptions) -> list[Path]:
     """The audio files of a folder input, sorted, without the outputs of earlier runs."""
-    pattern = "**/*" if options.recursive else "*"
-    files = sorted(f for f in folder.glob(pattern) if f.is_file() and f.suffix.lower() in AUDIO_EXTENSIONS)
+    found = _walk(folder) if options.recursive else folder.glob("*")
+    files = sorted(f for f in found if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file())
     if options.out_dir is not None:
         # an output folder inside the input folder holds outputs, never inputs (a resumed
         # recursive batch would otherwise convert them again and rename every output)
@@ -315,6 +334,25 @@ def _assign_outputs(jobs: list[Job], options: BatchOptions, naming: Mapping[str,
 _NUMBERED = re.compile(r"(.*)_([1-9][0-9]*)")
 
 
+#: Bytes most file systems allow in one name (ext4, XFS, btrfs, APFS, NTFS: 255).
+NAME_MAX = 255
+#: Room kept at the end of an output's name for the number that makes it unique (``_rvc``, ``_12``).
+_SUFFIX_ROOM = 8
+
+
+def _fit_names(base: str, tail: int) -> str:
+    """``base`` with every part (``a/b``) cut to :data:`NAME_MAX` bytes, the last one to leave
+    ``tail`` bytes for its suffix and extension, on UTF-8 character boundaries: a long input
+    name otherwise failed at its write, after its conversion ("File name too long")."""
+
+    def cut(part: str, limit: int) -> str:
+        raw = part.encode("utf-8")
+        return part if len(raw) <= limit else raw[:limit].decode("utf-8", "ignore").rstrip(" .") or "audio"
+
+    parts = base.split("/")
+    return "/".join([cut(p, NAME_MAX) for p in parts[:-1]] + [cut(parts[-1], NAME_MAX - tail)])
+
+
 class _Namer:
     """Output names of one batch: the template, the names taken, the inputs never to be written.
 
@@ -359,6 +397,7 @@ class _Namer:
         template = self.options.name_template
         base = template.format(stem=stem, parent=parent, index=j.number, ext=self.ext, **self.naming)
         _check_output_name(template, base)
+        base = _fit_names(base, len(f".{self.ext}".encode()) + _SUFFIX_ROOM)
         candidate = self.out_dir / f"{base}.{self.ext}"
         if not _resolved(candidate.parent).is_relative_to(self.top):
             raise ParameterError(

@@ -152,7 +152,9 @@ def prepare_input(
     each = params is not None and params.channels == "each"
     decoded = decode(source, sample_rate, name=name, max_seconds=max_seconds, keep_channels=each)
     if params is not None and params.strict and decoded.warnings:
-        raise AudioError(None, "strict mode: " + "; ".join(decoded.warnings))
+        label = decoded.label
+        said = [w[len(f"{label}: "):] if label and w.startswith(f"{label}: ") else w for w in decoded.warnings]
+        raise AudioError(label, "; ".join(said) + " (strict mode: a warning fails the input)")
     audio = decoded.audio
     loudness: float | None = None
     if params is not None and params.formant is not None:

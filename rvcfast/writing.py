@@ -19,6 +19,7 @@ libsndfile's compression level, which it maps linearly onto LAME's and Opus' bit
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import re
@@ -340,16 +341,26 @@ def _pid_alive(pid: int) -> bool:
 
 def check_output_folder(folder: str | os.PathLike[str], what: str = "output") -> None:
     """Raise :class:`~rvcfast.errors.ParameterError` when ``folder`` is a file, or cannot be
-    created because the nearest part of its path that exists is a file (``notes.txt/out``):
-    found before any work, not as one failed write per file afterwards."""
+    created because the nearest part of its path that exists is a file (``notes.txt/out``), or
+    that part cannot be written (a read-only mount, no permission): found before any work, not
+    as one failed write per file afterwards."""
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ParameterError(f"{what} {folder} exists and is not a folder")
+    existing = folder if folder.is_dir() else None
     for parent in folder.parents:
+        if existing is not None:
+            break
         if parent.exists():
             if not parent.is_dir():
                 raise ParameterError(f"{what} folder {folder} cannot be created: {parent} is a file, not a folder")
-            return
+            existing = parent
+    if existing is not None and not os.access(existing, os.W_OK | os.X_OK):
+        # a read-only mount or no permission: every file would fail at its write, after converting
+        readonly = hasattr(os, "statvfs") and bool(os.statvfs(existing).f_flag & getattr(os, "ST_RDONLY", 1))
+        why = "is on a read-only file system" if readonly else "is not writable (permission denied)"
+        verb = "written" if existing == folder else "created"
+        raise ParameterError(f"{what} folder {folder} cannot be {verb}: {existing} {why}")
 
 
 def remove_stale_parts(directory: str | os.PathLike[str], name: str | None = None) -> list[Path]:
@@ -514,10 +525,46 @@ def _encode(
         if fmt == "MP3":
             options["bitrate_mode"] = "CONSTANT"
     target = file if hasattr(file, "write") else str(file)  # a path, or a file object (the server's answers)
-    with sf.SoundFile(target, "w", rate, channels, subtype=subtype, format=fmt, **options) as f:
+    try:
+        f = sf.SoundFile(target, "w", rate, channels, subtype=subtype, format=fmt, **options)
+    except sf.LibsndfileError as exc:
+        raise _with_reason(exc, None) from exc
+    try:
         if comment is not None:
             f.comment = comment
         f.write(audio)
+    except sf.LibsndfileError as exc:
+        err = _with_reason(exc, getattr(f, "_file", None))  # read before the file is closed
+        with contextlib.suppress(Exception):
+            f.close()
+        raise err from exc
+    except BaseException:
+        with contextlib.suppress(Exception):
+            f.close()
+        raise
+    try:
+        f.close()
+    except sf.LibsndfileError as exc:
+        raise _with_reason(exc, None) from exc
+
+
+def _with_reason(exc: Exception, handle: object) -> Exception:
+    """libsndfile's bare "System error." as the ``OSError`` behind it ("No space left on device",
+    "Read-only file system"...): soundfile raises the generic text, libsndfile keeps the
+    system's (``sf_strerror``, of the open file, else the last one). Other errors as they are."""
+    if not str(getattr(exc, "error_string", "")).startswith("System error"):
+        return exc
+    try:
+        from soundfile import _ffi, _snd
+
+        text = _ffi.string(_snd.sf_strerror(handle if handle else _ffi.NULL)).decode(errors="replace")
+    except Exception:  # noqa: BLE001 - soundfile's internals moved: keep its own error
+        return exc
+    reason = text.split(":", 1)[1].strip().rstrip(".") if ":" in text else ""
+    if not reason:
+        return exc
+    code = next((c for c in range(1, 134) if os.strerror(c) == reason), None)
+    return OSError(code, reason) if code is not None else OSError(reason)
 
 
 _SOURCE_TAG = "rvcfast voice conversion; source "

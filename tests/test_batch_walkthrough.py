@@ -3,8 +3,7 @@
 Pins documented behaviour the other tests did not cover: the ``{parent}`` and ``{index}`` fields
 of ``--name-template``, ``{ext}`` beside the extension that is always added, a symlink loop in a
 ``--recursive`` tree, a dangling symlink in a folder, and the report and progress of a batch with
-``--on-error stop``. The ``xfail(strict=True)`` tests are defects found on the walk (reported, not
-fixed here): each passes once its fix is in, and the marker must then go.
+``--on-error stop``, and the defects found on the walk (each test failed on the code before its fix).
 """
 
 from __future__ import annotations
@@ -77,8 +76,9 @@ def test_index_counts_from_zero_in_input_order_and_ext_comes_before_the_added_ex
 @pytest.mark.skipif(os.name == "nt", reason="symlinks need privileges on Windows")
 def test_a_symlink_loop_in_a_recursive_tree_ends_and_each_file_is_taken_once(tmp_path):
     """A sub-folder linking back up (``spk1/loop -> ..``), one linking out of the tree and a file
-    link to a file of the tree: the walk ends, symlinked sub-folders are not descended into, and
-    every file is one input, where it first appears (``link.wav`` sorts before ``spk1/``)."""
+    link to a file of the tree: the walk ends, the symlinked sub-folder that leads out is read
+    (before, symlinked sub-folders were skipped without a word), the loop is not followed again,
+    and every file is one input, where it first appears (``link.wav`` sorts before ``spk1/``)."""
     tree = tmp_path / "tree"
     _wav(tree / "spk1", "001.wav")
     _wav(tree / "spk2", "001.wav")
@@ -87,7 +87,7 @@ def test_a_symlink_loop_in_a_recursive_tree_ends_and_each_file_is_taken_once(tmp
     _wav(tmp_path / "elsewhere", "e.wav")
     (tree / "outside").symlink_to(tmp_path / "elsewhere", target_is_directory=True)
     planned = _planned([tree], tmp_path / "out", recursive=True, name_template="{parent}/{stem}")
-    assert planned == ["tree/link.wav", "spk2/001.wav"]  # sub-folders that are symlinks are not descended into
+    assert planned == ["tree/link.wav", "outside/e.wav", "spk2/001.wav"]
     # a symlinked folder named as an input is read
     assert _planned([tree / "outside"], tmp_path / "out2", recursive=True) == ["e.wav"]
 
@@ -134,7 +134,6 @@ def test_on_error_stop_report_and_plain_progress(tiny_models, tmp_path, capsys):
     assert rows[2]["error"] == f"not converted: the batch stopped at {src / 'b.wav'} (--on-error stop)"
 
 
-@pytest.mark.xfail(strict=True, reason="defect: with --on-error stop the failed file gets no '[k/n] FILE: FAILED' progress line")
 def test_on_error_stop_names_the_failed_file_in_the_plain_progress(tiny_models, tmp_path, capsys):
     src = tmp_path / "in"
     _wav(src, "a.wav")
@@ -147,7 +146,6 @@ def test_on_error_stop_names_the_failed_file_in_the_plain_progress(tiny_models, 
 # ------------------------------------------------------------------ defects found on the walk
 
 
-@pytest.mark.xfail(strict=True, reason="defect: rvcfast f0 gives two inputs differing only in case names differing only in case")
 def test_f0_outputs_differing_only_in_case_get_distinct_names(tiny_models, tmp_path):
     """``rvcfast convert`` names ``Take.wav`` and ``take.wav`` ``Take.wav``/``take_1.wav`` (one file on
     macOS and Windows otherwise); ``rvcfast f0`` should do the same."""
@@ -179,14 +177,13 @@ def test_a_write_on_a_full_disk_fails_and_leaves_nothing(tmp_path, monkeypatch):
     (tmp_path / "old.wav").write_bytes(b"older output")
     monkeypatch.setattr(writing, "_new_part", _to_dev_full)
     for name in ("x.wav", "old.wav"):
-        with pytest.raises(Exception):  # noqa: B017 - today libsndfile's LibsndfileError, see the next test
+        with pytest.raises(OSError):
             writing.write_audio_atomic(tmp_path / name, np.zeros(4000, dtype=np.float32), 40000)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["old.wav"]
     assert (tmp_path / "old.wav").read_bytes() == b"older output"
 
 
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
-@pytest.mark.xfail(strict=True, reason="defect: a full disk is reported as libsndfile's 'System error.', without the reason")
 def test_a_full_disk_names_the_reason(tmp_path, monkeypatch):
     """libsndfile keeps the errno text (``sf_strerror``) but soundfile raises its generic
     'System error.': a batch on a full disk should say 'No space left on device'."""
@@ -195,6 +192,53 @@ def test_a_full_disk_names_the_reason(tmp_path, monkeypatch):
     import rvcfast.writing as writing
 
     monkeypatch.setattr(writing, "_new_part", _to_dev_full)
-    with pytest.raises(Exception) as info:  # noqa: B017
+    with pytest.raises(OSError) as info:
         writing.write_audio_atomic(tmp_path / "x.wav", np.zeros(4000, dtype=np.float32), 40000)
-    assert os.strerror(errno.ENOSPC) in str(info.value)
+    assert info.value.errno == errno.ENOSPC and os.strerror(errno.ENOSPC) in str(info.value)
+
+
+def test_names_too_long_for_the_file_system_are_shortened_when_planned(tmp_path):
+    """Two inputs with 250-byte stems in two folders: the second output's name with its ``_1`` went
+    over 255 bytes and failed at its write, after its conversion ("File name too long")."""
+    stem = "é" * 125  # 250 bytes
+    for sub in ("a", "b"):
+        _wav(tmp_path / "in" / sub, f"{stem}.wav")
+    planned = _planned([tmp_path / "in" / "a", tmp_path / "in" / "b"], tmp_path / "out")
+    assert len(planned) == 2 and len(set(planned)) == 2
+    assert all(len(name.encode()) <= 255 for name in planned)
+    assert planned[1].endswith("_1.wav") and planned[0].startswith("é" * 100)
+    for name in planned:  # names a file system takes
+        (tmp_path / "out").mkdir(exist_ok=True)
+        (tmp_path / "out" / name).write_bytes(b"")
+
+
+def test_a_text_file_with_an_audio_extension_is_named_as_such(tmp_path, capsys):
+    """A playlist or a note named .mp3 failed with the decoders' own words ("possibly a pipe?",
+    FFmpeg's "Invalid data"), and libsndfile's MP3 reader printed its complaints to stderr."""
+    from rvcfast.audio import decode
+    from rvcfast.errors import AudioError
+
+    note = tmp_path / "notes.mp3"
+    note.write_text("track 1: intro\ntrack 2: the song\n" * 20)
+    with pytest.raises(AudioError, match=r"notes\.mp3: cannot decode audio: this is a text file, not audio"):
+        decode(note)
+    assert capsys.readouterr().err == ""
+    assert _planned([note], tmp_path / "out") == ["notes.wav"]  # still an input, failed at its decode
+
+
+def test_an_output_folder_that_cannot_be_written_is_refused_before_any_work(tmp_path, monkeypatch):
+    """A read-only OUT failed every file at its write, after its conversion. As root a folder's mode
+    does not stop writes, so the check (``os.access``) is shown to the code as it is on a
+    read-only mount."""
+    import rvcfast.writing as writing
+    from rvcfast.errors import ParameterError
+
+    out = tmp_path / "ro"
+    out.mkdir()
+    real = os.access
+    monkeypatch.setattr(writing.os, "access", lambda p, mode: False if Path(p) == out else real(p, mode))
+    with pytest.raises(ParameterError, match=r"out_dir folder .*ro cannot be written: .*ro is "):
+        BatchOptions(out_dir=out).validate()
+    with pytest.raises(ParameterError, match=r"cannot be created: .*ro is "):
+        BatchOptions(out_dir=out / "sub").validate()
+    BatchOptions(out_dir=tmp_path / "fine" / "sub").validate()  # a folder to create under a writable one

@@ -165,8 +165,10 @@ def _run(
                 failures.append(reason if res.voice is None else f"{reason} (voice {res.voice})")
             bar.update(res, expected_seconds=expected.get(res.source or "", 0.0))
     except RvcfastError as exc:  # --on-error stop: the files before the failed one are written
-        if batch["on_error"] != "stop" or isinstance(exc, ParameterError) or report.stopped(str(exc)) is None:
+        failed = None if batch["on_error"] != "stop" or isinstance(exc, ParameterError) else report.stopped(str(exc))
+        if failed is None:
             raise  # not a file's failure: the command ends with it (status 1), and no report
+        bar.update(name=failed, error=str(exc), expected_seconds=expected.get(failed, 0.0))  # its [k/n] line
         summary.files += 1
         summary.failed += 1
         failures.append(" ".join(str(exc).split()))  # it names its file

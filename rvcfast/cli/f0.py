@@ -60,9 +60,11 @@ def cmd_f0(args: argparse.Namespace) -> int:
     for n, path in enumerate(inputs, 1):
         stem = path.stem or "audio"
         name, k = f"{stem}.{ext}", 1
-        while name in used:  # two inputs with the same stem from different folders
+        # two inputs with the same stem from different folders; names differing only in case are
+        # one file on macOS and Windows
+        while name.casefold() in used:
             name, k = f"{stem}_{k}.{ext}", k + 1
-        used.add(name)
+        used.add(name.casefold())
         target = out / name
         t0 = time.perf_counter()
         try:
