@@ -630,7 +630,8 @@ def download(
             if digest != expected.lower():
                 part.unlink(missing_ok=True)
                 raise DownloadError(
-                    f"checksum mismatch for {url}: expected sha256 {expected}, got {digest}; the file was deleted"
+                    f"checksum mismatch for {url}: expected sha256 {expected}, got {digest}; the download was deleted"
+                    + (f" ({target} is unchanged)" if target.exists() else "")
                 )
         try:
             with open(part, "rb+") as f:  # on disk before it is renamed: a crash then leaves no empty file at dest

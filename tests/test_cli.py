@@ -387,7 +387,15 @@ def test_download_checksum_mismatch_is_one_line(server, tmp_path, monkeypatch, c
     code = main(["download", "rmvpe", "--dest", str(tmp_path), "--quiet"])
     err = capsys.readouterr().err
     assert code == 1 and "checksum mismatch" in err and "Traceback" not in err
+    assert "the download was deleted" in err and "unchanged" not in err
     assert not (tmp_path / "rmvpe.pt").exists()
+    # --force over an existing file: a failed download leaves it, and says so (it read "the file
+    # was deleted", as if the old file had gone)
+    (tmp_path / "rmvpe.pt").write_bytes(b"the old file")
+    assert main(["download", "rmvpe", "--dest", str(tmp_path), "--quiet", "--force"]) == 1
+    err = capsys.readouterr().err
+    assert f"the download was deleted ({tmp_path / 'rmvpe.pt'} is unchanged)" in err
+    assert (tmp_path / "rmvpe.pt").read_bytes() == b"the old file"
 
 
 # ---------------------------------------------------------------------------------------------- bench
