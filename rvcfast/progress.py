@@ -288,8 +288,8 @@ class BatchProgress:
             if name and reason.startswith(f"{name}: "):
                 reason = reason[len(name) + 2 :]  # the line already starts with the name
             return f"{head}: FAILED: {reason}"
-        if skipped:
-            return f"{head}: skipped (output exists)"
+        if skipped:  # the output names it (several voices: which voice's output it was)
+            return f"{head}: skipped (output exists{f': {output}' if output else ''})"
         where = f" -> {output}" if output else ""
         return f"{head}{where} ({seconds:.1f} s audio, {self.elapsed():.1f} s elapsed, ETA {format_duration(self.eta())})"
 

@@ -197,3 +197,17 @@ def test_cli_status_line_moves_inside_one_long_file(
     audio = [float(f.split("s audio")[0].split()[-1].split("/")[0]) for f in frames if "s audio" in f]
     inside = [a for a in audio if 0.0 < a < LONG_SECONDS]
     assert inside, f"the status line never showed audio of the unfinished file: {frames}"
+
+
+def test_a_skipped_line_names_the_output_that_exists():
+    # several voices skip one input once each: the line did not say for which (its output does)
+    plain = io.StringIO()
+    bar = BatchProgress(2, None, stream=plain, tty=False)
+    for voice in ("alice", "bob"):
+        res = _Result(0, 1.0, "take.wav")
+        res.skipped, res.output_path = True, f"out/{voice}/take.wav"
+        bar.update(res)
+    assert plain.getvalue().splitlines() == [
+        "[1/2] take.wav: skipped (output exists: out/alice/take.wav)",
+        "[2/2] take.wav: skipped (output exists: out/bob/take.wav)",
+    ]
