@@ -6,6 +6,7 @@ import inspect
 import json
 import math
 import os
+import warnings
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -101,6 +102,14 @@ def connected(address: str | None, *, fallback_local: bool = False, note: Any = 
             if note is not None:
                 note("no running Ray cluster found; starting a local one for this job")
             _start_local()
+        except ValueError as exc:
+            if "ray[client]" not in str(exc) and "Ray Client" not in str(exc):
+                raise
+            from ...errors import BackendUnavailableError
+
+            raise BackendUnavailableError(
+                f'connecting to {address or os.environ.get("RAY_ADDRESS")!r} needs the Ray Client: pip install "ray[client]"'
+            ) from None
     try:
         yield
     finally:
@@ -119,14 +128,21 @@ def _gpu_nodes() -> list[dict[str, Any]]:
     return [n for n in _alive_nodes() if n.get("Resources", {}).get("GPU", 0) > 0]
 
 
+#: CPUs each node keeps free beside the model workers when the job's dataset is the user's: Ray
+#: Data's read and ``map`` tasks reserve one CPU each by default.
+USER_STAGE_CPUS = 1.0
+
+
 def _cpu_layout(
-    nodes: list[dict[str, Any]], cpus_per_worker: float | None, threads: int | None, per_worker: float | None = None
+    nodes: list[dict[str, Any]], cpus_per_worker: float | None, threads: int | None, per_worker: float | None = None,
+    reserve: float = DECODE_CPUS,
 ) -> tuple[int, float]:
     """The default CPU pool: (workers, CPUs reserved by each).
 
     Each node gets :func:`~._stages.default_workers_on_node` workers, fewer where
     ``cpus_per_worker`` leaves no room for them; without ``cpus_per_worker`` they share the
-    node's CPUs less one decoding task's reserve, so decoding always finds a CPU (the
+    node's CPUs less ``reserve`` (one decoding task's, or a user dataset's stage's), so those
+    tasks always find a CPU (the
     tightest node sets the figure: Ray reserves the same for every worker of a pool). Each
     worker works its node's count out again the same way, for its thread count.
     """
@@ -136,7 +152,7 @@ def _cpu_layout(
         count = default_workers_on_node(res, cpus_per_worker, 0.0, threads, per_worker)
         if count >= 1:
             total += count
-            share = min(share, (res["CPU"] - DECODE_CPUS) / count)
+            share = min(share, max(0.0, res["CPU"] - reserve) / count)
     if total == 0:
         return 1, cpus_per_worker or 1.0  # refused below with the figures
     return total, cpus_per_worker if cpus_per_worker is not None else math.floor(share * 100) / 100
@@ -170,8 +186,12 @@ def _given_range(num_workers: WorkerCount) -> tuple[int, int]:
     return low, high
 
 
-def _check_fit(high: int, cpus: float, gpus: float, nodes: list[dict[str, Any]], hosts: list[dict[str, Any]]) -> None:
-    """Refuse a pool whose workers Ray could never all place (it would wait for them for ever)."""
+def _check_fit(
+    high: int, cpus: float, gpus: float, nodes: list[dict[str, Any]], hosts: list[dict[str, Any]], reserve: float = DECODE_CPUS
+) -> None:
+    """Refuse a pool whose workers Ray could never all place, or that leaves the other stages no
+    CPU (it would wait for them for ever)."""
+    beside = "for decoding" if reserve <= DECODE_CPUS else "for the dataset's own read and map stages"
     if gpus > 0:
         total_gpus = sum(n["Resources"]["GPU"] for n in hosts)
         most = max((n["Resources"]["GPU"] for n in hosts), default=0.0)
@@ -184,10 +204,10 @@ def _check_fit(high: int, cpus: float, gpus: float, nodes: list[dict[str, Any]],
                 "lower num_workers or gpus_per_worker"
             )
     total_cpus = sum(n["Resources"]["CPU"] for n in nodes)
-    if high * cpus + DECODE_CPUS > total_cpus + 1e-9:
+    if high * cpus + reserve > total_cpus + 1e-9:
         raise ParameterError(
-            f"{high} model worker(s) x {cpus:g} CPU plus {DECODE_CPUS:g} CPU for decoding need "
-            f"{high * cpus + DECODE_CPUS:g} CPUs; the cluster has {total_cpus:g}: "
+            f"{high} model worker(s) x {cpus:g} CPU plus {reserve:g} CPU {beside} need "
+            f"{high * cpus + reserve:g} CPUs; the cluster has {total_cpus:g}: "
             "lower num_workers or cpus_per_worker"
         )
     fit = sum(workers_fitting_node(n["Resources"], cpus, gpus) for n in hosts)
@@ -203,7 +223,7 @@ def _check_fit(high: int, cpus: float, gpus: float, nodes: list[dict[str, Any]],
 
 def _pool_size(
     num_workers: WorkerCount, gpus_per_worker: float, cpus_per_worker: float | None, threads: int | None,
-    per_worker: float | None = None,
+    per_worker: float | None = None, reserve: float = DECODE_CPUS,
 ) -> tuple[int, int, float, int | None]:
     """``(min, max)`` model workers, the CPUs each reserves, and workers per node (``None``: the default layout).
 
@@ -211,7 +231,9 @@ def _pool_size(
     Data's autoscaling pool); by default one worker per ``gpus_per_worker`` GPUs, or on CPUs
     the layout of :func:`_cpu_layout`, every worker started at once (the pool may shrink).
     Refused when the workers cannot all be placed: on too few CPUs or GPUs, or a reservation
-    no single node holds beside a decoding task.
+    no single node holds beside a decoding task. ``reserve``: the CPUs each node keeps free for
+    the other stages (:data:`USER_STAGE_CPUS` for a user's dataset, whose read and map tasks
+    reserve a whole CPU each: with less, they never start and the job waits for ever).
     """
     nodes = _cpu_nodes()
     hosts = _gpu_nodes() if gpus_per_worker > 0 else nodes  # where model workers can run
@@ -223,10 +245,10 @@ def _pool_size(
             cpus = 1.0 if cpus_per_worker is None else cpus_per_worker
             high = sum(workers_fitting_node(n["Resources"], cpus, gpus_per_worker) for n in hosts)
             if cpus > 0:  # never so many that decoding finds no CPU left
-                high = min(high, int((total_cpus - DECODE_CPUS) // cpus))
+                high = min(high, int((total_cpus - reserve) // cpus))
             high = max(1, high)  # none fit: refused below with the figures
         else:
-            high, cpus = _cpu_layout(nodes, cpus_per_worker, threads, per_worker)
+            high, cpus = _cpu_layout(nodes, cpus_per_worker, threads, per_worker, reserve)
     else:
         low, high = _given_range(num_workers)
         per_node = max(1, math.ceil(high / max(1, len(hosts))))
@@ -236,8 +258,8 @@ def _pool_size(
             cpus = 1.0
         else:  # the given number of CPU workers share the CPUs a node has left beside decoding
             tightest = min((n["Resources"]["CPU"] for n in nodes), default=1.0)
-            cpus = max(0.01, math.floor((tightest - DECODE_CPUS) / per_node * 100) / 100)
-    _check_fit(high, cpus, gpus_per_worker, nodes, hosts)
+            cpus = max(0.01, math.floor((tightest - reserve) / per_node * 100) / 100)
+    _check_fit(high, cpus, gpus_per_worker, nodes, hosts, reserve)
     return low, high, cpus, per_node
 
 
@@ -564,7 +586,9 @@ def convert_dataset(
     job = _checked(model, index, voices, voice_params, name_template, params, engine, (format.lower(), subtype, bitrate), weights)
     # several voices: each worker holds every voice's model and index, so fewer fit in a node's memory
     per_worker = CPU_WORKER_MEMORY + job.pop("extra_memory", 0)
-    low, high, cpus, per_node = _pool_size(num_workers, gpus_per_worker, cpus_per_worker, threads_per_worker, per_worker)
+    # a user's dataset may still have its own read/map stages to run, each reserving a whole CPU
+    reserve = USER_STAGE_CPUS if isinstance(ds, ray.data.Dataset) else DECODE_CPUS
+    low, high, cpus, per_node = _pool_size(num_workers, gpus_per_worker, cpus_per_worker, threads_per_worker, per_worker, reserve)
     claims = None
     if isinstance(ds, ray.data.Dataset):
         schema = ds.schema(fetch_if_missing=False)  # known without running anything, or None
@@ -706,6 +730,9 @@ def convert_files(
     out = Path(out_dir)
     if out.exists() and not out.is_dir():
         raise ParameterError(f"output {out} exists and is not a folder")
+    from ...writing import check_output_folder
+
+    check_output_folder(out, "out_dir")  # under a file, or read-only: refused before the job, not per file after it
     manifest_path = None if manifest is False else check_manifest(out / MANIFEST_NAME if manifest in (None, True) else manifest)  # type: ignore[arg-type]
     recursive = bool(options.pop("recursive", False))
     if options.get("voices") is None:
@@ -732,5 +759,8 @@ def convert_files(
             ctx.enable_progress_bars = bars
     rows.sort(key=order)
     if manifest_path is not None:
-        write_manifest(rows, manifest_path)
+        try:
+            write_manifest(rows, manifest_path)
+        except OSError as exc:  # the rows are the job's result: returned, with the failure said once
+            warnings.warn(f"the manifest {manifest_path} could not be written: {exc.strerror or exc}", RuntimeWarning, stacklevel=2)
     return rows

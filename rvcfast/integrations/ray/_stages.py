@@ -233,7 +233,10 @@ def _claim_outputs(rows: list[dict[str, Any]], spec: JobSpec) -> None:
         if owner == pair[1] or _same_file(owner, pair[1]):
             why = f"the same file as {owner}, whose row converts it once in this job"
         else:
-            why = f"its output {row['output_path']} is already the output of {owner} in this job ({_naming_hint(spec)})"
+            hint = _naming_hint(spec) if row.get("named_by_stem", True) else (
+                "the dataset's output_path column names this output twice: give distinct output_path values"
+            )
+            why = f"its output {row['output_path']} is already the output of {owner} in this job ({hint})"
         row.update(status="error", error=f"{row['path']}: {why}")
 
 
