@@ -124,6 +124,21 @@ def tone(seconds: float, rate: int = 16000, freq: float = 220.0, amp: float = 0.
     return x
 
 
+def write_tone(folder: Path, name: str = "in.wav", seconds: float = 0.4, freq: float = 180.0) -> Path:
+    """A 16 kHz WAV of :func:`tone` at ``folder/name`` (the folder made); its path."""
+    import soundfile as sf
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    sf.write(path, tone(seconds, 16000, freq=freq), 16000)
+    return path
+
+
+def cli_weights(models: TinyModels, *extra: str) -> list[str]:
+    """The command-line options that point a command at the tiny base models on the CPU, then ``extra``."""
+    return ["--encoder", str(models.encoder), "--f0-weights", str(models.rmvpe), "--device", "cpu", *extra]
+
+
 def rss_mb() -> float:
     """Resident set size of this process in MB (Linux ``/proc/self/status``)."""
     with open("/proc/self/status") as f:
@@ -152,6 +167,8 @@ __all__ = [
     "one_thread_fixture",
     "tone",
     "rss_mb",
+    "write_tone",
+    "cli_weights",
     "is_root",
     "names_file",
 ]

@@ -8,6 +8,7 @@ file, so a chatty server can never block on a full pipe.
 
 from __future__ import annotations
 
+import asyncio
 import io
 import os
 import re
@@ -16,9 +17,10 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -143,3 +145,20 @@ def close_to(actual: np.ndarray, expected: np.ndarray) -> bool:
         return False
     peak = float(np.abs(expected).max()) or 1.0
     return float(np.abs(actual - expected).max()) <= 1e-4 * peak
+
+
+def run_in_process(app: Any, body: Callable[[Any], Any], deadline: float = 120.0) -> Any:
+    """``await body(client)`` with an ``httpx.AsyncClient`` on ``app`` (no socket), once ``/health``
+    says 200; its result. The app is left open (the caller closes it)."""
+    import httpx
+
+    async def main() -> Any:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=deadline) as client:
+            end = time.monotonic() + deadline
+            while (await client.get("/health")).status_code != 200:
+                assert time.monotonic() < end, "the app never became healthy"
+                await asyncio.sleep(0.05)
+            return await body(client)
+
+    return asyncio.run(main())

@@ -10,21 +10,16 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from helpers import no_loading_fixture, one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
+from helpers import cli_weights, no_loading_fixture, one_thread_fixture, tiny_models_fixture, tone, write_tone  # noqa: F401
 
 import rvcfast.voices
 from rvcfast.cli import main
 
-
-def _wav(folder: Path, name: str, seconds: float, freq: float) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / name
-    sf.write(path, tone(seconds, 16000, freq=freq), 16000)
-    return path
+_wav = write_tone
 
 
 def _weights(tiny_models) -> list[str]:
-    return ["--encoder", str(tiny_models.encoder), "--f0-weights", str(tiny_models.rmvpe), "--device", "cpu", "-q"]
+    return cli_weights(tiny_models, "-q")
 
 
 def _files(folder: Path) -> set[str]:

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from helpers import one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
-from serve_helpers import voice_folder, wav_bytes
+from serve_helpers import run_in_process, voice_folder, wav_bytes
 
 from rvcfast.engine import Engine
 from rvcfast.errors import ParameterError
@@ -85,16 +85,7 @@ def in_process(app: Any) -> Iterator[Any]:
     """An event loop running ``app`` behind an ``httpx.AsyncClient``: yields ``run(coroutine_function)``."""
 
     def run(body: Callable[[Any], Any]) -> Any:
-        async def main() -> Any:
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=DEADLINE) as client:
-                end = time.monotonic() + DEADLINE
-                while (await client.get("/health")).status_code != 200:
-                    assert time.monotonic() < end, "the app never became healthy"
-                    await asyncio.sleep(0.05)
-                return await body(client)
-
-        return asyncio.run(main())
+        return run_in_process(app, body, DEADLINE)
 
     try:
         yield run

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers import one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
-from serve_helpers import voice_folder, wav_bytes
+from serve_helpers import run_in_process, voice_folder, wav_bytes
 
 from rvcfast import cache
 from rvcfast.errors import ModelLoadError
@@ -91,20 +91,14 @@ def test_a_closed_server_lets_go_of_its_voices(tiny_models, tmp_path) -> None:
                      f0_weights=tiny_models.rmvpe, device="cpu", threads=1, jobs_dir=tmp_path / "spool")
     state = app.state.rvcfast
 
-    async def main() -> None:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=DEADLINE) as client:
-            end = time.monotonic() + DEADLINE
-            while (await client.get("/health")).status_code != 200:
-                assert time.monotonic() < end, "the app never became healthy"
-                await asyncio.sleep(0.05)
-            r = await client.post("/v1/convert", params={"voice": "alice", "f0": "pm", "noise": "false"},
-                                  content=wav_bytes(tone(0.6, 16000), 16000), headers={"content-type": "audio/wav"})
-            assert r.status_code == 200, r.text
+    async def body(client: Any) -> None:
+        r = await client.post("/v1/convert", params={"voice": "alice", "f0": "pm", "noise": "false"},
+                              content=wav_bytes(tone(0.6, 16000), 16000), headers={"content-type": "audio/wav"})
+        assert r.status_code == 200, r.text
 
     state.start()
     try:
-        asyncio.run(main())
+        run_in_process(app, body, DEADLINE)
         engines = [weakref.ref(state.registry.loaded_engine(v)) for v in state.registry.loaded_ids()]
         extractors = [weakref.ref(x) for x in state._f0_extractors.values()]
         assert len(engines) == 2 and len(extractors) == 1

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers import one_thread_fixture, tiny_models_fixture  # noqa: F401
-from serve_helpers import voice_folder, wav_bytes
+from serve_helpers import run_in_process, voice_folder, wav_bytes
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -43,17 +43,8 @@ def _app(tiny_models: Any, voices: Path, spool: Path, **options: Any) -> Any:
 def _run(app: Any, body: Callable[[Any], Any]) -> Any:
     """``body(client)`` against ``app`` once it is healthy; the app is closed afterwards."""
 
-    async def main() -> Any:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=DEADLINE) as client:
-            end = time.monotonic() + DEADLINE
-            while (await client.get("/health")).status_code != 200:
-                assert time.monotonic() < end, "the app never became healthy"
-                await asyncio.sleep(0.05)
-            return await body(client)
-
     try:
-        return asyncio.run(main())
+        return run_in_process(app, body, DEADLINE)
     finally:
         app.state.rvcfast.close()
 
