@@ -54,7 +54,6 @@ from .batch_inputs import (
     Job,
     check_name_template,
     expand_inputs,
-    is_number,
     pitch_text,
 )
 from .constants import SR_16K
@@ -108,8 +107,9 @@ class BatchOptions:
         check_bitrate(self.format.lower(), self.subtype, self.bitrate)  # at any rate; the output rate's limits: run_batch
         if self.on_error not in ("continue", "stop"):
             raise ParameterError(f"on_error must be 'continue' or 'stop', got {self.on_error!r}")
-        if self.batch_seconds is not None and not (is_number(self.batch_seconds) and self.batch_seconds > 0):
-            raise ParameterError(f"batch_seconds must be a positive number of seconds, got {self.batch_seconds!r}")
+        from .runtime import check_batch_seconds  # here: importing rvcfast.batch does not import torch
+
+        check_batch_seconds(self.batch_seconds)
         for name in ("decode_workers", "write_workers", "f0_workers"):
             if not _is_whole(getattr(self, name)):
                 raise ParameterError(f"{name} must be a whole number >= 1, got {getattr(self, name)!r}")

@@ -151,7 +151,7 @@ class Engine:
                 f"({'its final_proj' if vocoder.version == 'v1' else 'its hidden size'}), but the model takes "
                 f"{vocoder.feature_dim}-d ones: use a HuBERT-base / ContentVec encoder (768-d, final_proj 256-d)",
             )
-        check_batch_seconds(batch_seconds, "positive")
+        check_batch_seconds(batch_seconds)
         self.vocoder = vocoder
         self.encoder = encoder
         self.f0_extractor = f0_extractor if vocoder.has_f0 else None
@@ -186,7 +186,7 @@ class Engine:
         from .weights import resolve_encoder_for
 
         dev = resolve_device(device)
-        check_batch_seconds(batch_seconds, "positive")  # before anything is loaded
+        check_batch_seconds(batch_seconds)  # before anything is loaded
         dt, batch_seconds = _tuned(dtype, batch_seconds, dev)
         vocoder = load_vocoder(model, device=dev, dtype=dt)
         idx = load_index(index, device=dev) if index is not None else None
@@ -339,7 +339,7 @@ class Engine:
         f0 = None if f0 is None else list(f0)
         if f0 is not None and len(f0) != len(preps):
             raise ParameterError(f"run() got {len(preps)} inputs but {len(f0)} F0 tracks")
-        check_batch_seconds(batch_seconds, "0 or more")
+        check_batch_seconds(batch_seconds, zero=True)
         # checked against this model before any work, as convert() and stream() check them
         checked = {id(q): self.params(q) for q in per_item}
         per_item = [checked[id(q)] for q in per_item]

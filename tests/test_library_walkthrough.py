@@ -168,14 +168,14 @@ def test_a_realtime_stream_takes_a_numpy_integer_rate(tiny_converter: rvcfast.Co
 @pytest.mark.parametrize("value", ["8", True, float("nan"), 0])
 def test_batch_seconds_that_is_not_a_positive_number_is_a_parameter_error(tiny_models, value: object) -> None:
     # before: text raised "'>' not supported between 'str' and 'int'", after the models were loaded
-    with pytest.raises(rvcfast.errors.ParameterError, match=r"batch_seconds must be positive, got"):
+    with pytest.raises(rvcfast.errors.ParameterError, match=r"batch_seconds must be a positive number of seconds, got"):
         tiny_models.converter(batch_seconds=value)
 
 
 def test_engine_run_refuses_text_batch_seconds(tiny_converter: rvcfast.Converter) -> None:
     engine = tiny_converter.engine
     prep = engine.prepare(tone(0.3), 16000)
-    with pytest.raises(rvcfast.errors.ParameterError, match=r"batch_seconds must be 0 or more, got '8'"):
+    with pytest.raises(rvcfast.errors.ParameterError, match=r"batch_seconds must be 0 or more seconds, got '8'"):
         engine.run([prep], engine.params(), batch_seconds="8")
 
 

@@ -145,8 +145,9 @@ class ServeConfig:
         for name in ("max_upload_mb", "jobs_max_mb"):  # sizes in bytes: an integer, so finite
             if not math.isfinite(float(getattr(self, name))):
                 raise ParameterError(f"{name} must be a finite number of megabytes, got {getattr(self, name)}")
-        if self.batch_seconds is not None and not float(self.batch_seconds) >= 0:
-            raise ParameterError(f"batch_seconds must be 0 or more, got {self.batch_seconds}")
+        from ..runtime import check_batch_seconds  # here: the configuration imports no torch
+
+        check_batch_seconds(self.batch_seconds, zero=True)
         if self.threads is not None and int(self.threads) < 1:
             raise ParameterError(f"threads must be at least 1, got {self.threads}")
         if self.models_dir is not None and Path(self.models_dir).exists() and not Path(self.models_dir).is_dir():

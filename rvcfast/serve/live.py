@@ -124,8 +124,8 @@ def _live_settings(pairs: list[tuple[str, str]]) -> tuple[dict[str, Any], Wire, 
             encoding = text.strip().lower()
             if encoding not in ENCODINGS:
                 raise FieldError(name, f"encoding must be one of {', '.join(ENCODINGS)}, got {text!r}")
-        elif name == "channels" and _wire_channels(text) is not None:
-            channels = int(_wire_channels(text))  # type: ignore[arg-type]
+        elif name == "channels" and (count := _wire_channels(text)) is not None:
+            channels = count
         elif name == "sample_rate":
             try:
                 settings[name] = int(text)
