@@ -20,6 +20,7 @@ libsndfile's compression level, which it maps linearly onto LAME's and Opus' bit
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -563,7 +564,7 @@ def _with_reason(exc: Exception, handle: object) -> Exception:
     reason = text.split(":", 1)[1].strip().rstrip(".") if ":" in text else ""
     if not reason:
         return exc
-    code = next((c for c in range(1, 134) if os.strerror(c) == reason), None)
+    code = next((c for c in errno.errorcode if os.strerror(c) == reason), None)
     return OSError(code, reason) if code is not None else OSError(reason)
 
 

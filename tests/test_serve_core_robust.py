@@ -6,7 +6,6 @@ nothing is timed: every wait is for an event or a condition, with a generous dea
 
 from __future__ import annotations
 
-import asyncio
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -139,7 +138,9 @@ def test_a_closed_app_is_not_ready_and_refuses_requests_with_503(voices, tmp_pat
     """After ``close()`` (a mounted app going away) ``/health`` said 200 and ``rvcfast_ready`` 1,
     while every conversion failed with a 500 "internal error" (its pools were shut down)."""
     pytest.importorskip("fastapi")
-    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("httpx")
+    from serve_helpers import run_in_process
+
     from rvcfast.engine import Engine
     from rvcfast.serve import create_app
 
@@ -147,23 +148,17 @@ def test_a_closed_app_is_not_ready_and_refuses_requests_with_503(voices, tmp_pat
     app = create_app(voices=[voices], device="cpu", threads=1, jobs_dir=tmp_path / "spool")
     state = app.state.rvcfast
 
-    async def main() -> list[Any]:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=DEADLINE) as client:
-            end = time.monotonic() + DEADLINE
-            while (await client.get("/health")).status_code != 200:
-                assert time.monotonic() < end, "the app never became healthy"
-                await asyncio.sleep(0.02)
-            state.close()
-            health = await client.get("/health")
-            metrics = await client.get("/metrics")
-            convert = await client.post(
-                "/v1/convert", params={"voice": "alice"}, content=b"RIFF", headers={"content-type": "audio/wav"}
-            )
-            return [health, metrics, convert]
+    async def body(client: Any) -> list[Any]:
+        state.close()
+        health = await client.get("/health")
+        metrics = await client.get("/metrics")
+        convert = await client.post(
+            "/v1/convert", params={"voice": "alice"}, content=b"RIFF", headers={"content-type": "audio/wav"}
+        )
+        return [health, metrics, convert]
 
     try:
-        health, metrics, convert = asyncio.run(main())
+        health, metrics, convert = run_in_process(app, body, DEADLINE)
     finally:
         state.close()
     assert health.status_code == 503 and "shut down" in health.json()["error"]
