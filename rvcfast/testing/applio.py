@@ -13,6 +13,7 @@ from typing import Any
 import torch
 
 from ..models.synthesizer import Synthesizer
+from ..models.synthesizer.config import config_from_geometry
 from .voice import random_voice_state
 
 __all__ = ["APPLIO_SAMPLE_RATE_CONFIGS", "applio_config", "save_random_applio_model"]
@@ -47,27 +48,18 @@ def applio_config(
     """
     if sr not in APPLIO_SAMPLE_RATE_CONFIGS:
         raise ValueError(f"Applio has no config for {sr} Hz; known: {sorted(APPLIO_SAMPLE_RATE_CONFIGS)}")
-    spec, rates, kernels = APPLIO_SAMPLE_RATE_CONFIGS[sr]
-    return [
-        spec,
-        32,
-        inter_channels,
-        hidden_channels,
-        filter_channels,
-        n_heads,
-        n_layers,
-        3,
-        0,
-        "1",
-        [3, 7, 11],
-        [[1, 3, 5], [1, 3, 5], [1, 3, 5]],
-        list(rates),
-        upsample_initial_channel,
-        list(kernels),
-        num_speakers,
-        gin_channels,
+    return config_from_geometry(
+        APPLIO_SAMPLE_RATE_CONFIGS[sr],
         sr,
-    ]
+        inter_channels=inter_channels,
+        hidden_channels=hidden_channels,
+        filter_channels=filter_channels,
+        n_heads=n_heads,
+        n_layers=n_layers,
+        upsample_initial_channel=upsample_initial_channel,
+        num_speakers=num_speakers,
+        gin_channels=gin_channels,
+    )
 
 
 def save_random_applio_model(

@@ -210,7 +210,40 @@ def rvc_config(
     key = (str(version), rate)
     if key not in RVC_SAMPLE_RATE_CONFIGS:
         raise ValueError(f"no RVC config for version {version!r} at {rate} Hz; known: {sorted(RVC_SAMPLE_RATE_CONFIGS)}")
-    spec, rates, kernels = RVC_SAMPLE_RATE_CONFIGS[key]
+    return config_from_geometry(
+        RVC_SAMPLE_RATE_CONFIGS[key],
+        rate,
+        inter_channels=inter_channels,
+        hidden_channels=hidden_channels,
+        filter_channels=filter_channels,
+        n_heads=n_heads,
+        n_layers=n_layers,
+        upsample_initial_channel=upsample_initial_channel,
+        num_speakers=num_speakers,
+        gin_channels=gin_channels,
+    )
+
+
+def config_from_geometry(
+    geometry: tuple[int, Sequence[int], Sequence[int]],
+    sr: int,
+    *,
+    inter_channels: int,
+    hidden_channels: int,
+    filter_channels: int,
+    n_heads: int,
+    n_layers: int,
+    upsample_initial_channel: int,
+    num_speakers: int,
+    gin_channels: int,
+) -> list[Any]:
+    """The 18-element config list for one decoder geometry.
+
+    ``geometry`` is ``(spec_channels, upsample_rates, upsample_kernel_sizes)``; the text
+    encoder's kernel (3), dropout (0), resblock kind ("1"), kernels (3, 7, 11) and dilations
+    (1, 3, 5) are those of every RVC and Applio config.
+    """
+    spec, rates, kernels = geometry
     return [
         spec,
         32,
@@ -229,5 +262,5 @@ def rvc_config(
         list(kernels),
         num_speakers,
         gin_channels,
-        rate,
+        sr,
     ]
