@@ -93,20 +93,29 @@ def _standard(seconds: float | None, default: float, unit: int) -> float:
     return max(unit, round(default * 100) // unit * unit) / 100
 
 
+def _valid_near(exact: float, unit: int, minimum: int) -> str:
+    """The valid durations next to ``exact`` frames (multiples of ``unit``, at least ``minimum``), as ``"a or b"``."""
+    least = -(-minimum // unit) * unit
+    near = sorted({math.floor(exact / unit) * unit, math.ceil(exact / unit) * unit})
+    near = [f for f in near if f >= least] or [least]
+    return " or ".join(f"{f / 100:g}" for f in near)
+
+
 def _frames(name: str, seconds: Any, minimum: int, unit: int = 1, sample_rate: int = 0) -> int:
-    """``seconds`` as a whole number of 10 ms frames, a multiple of ``unit`` (at least ``minimum``), or a ParameterError."""
-    if isinstance(seconds, bool) or not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+    """``seconds`` as a whole number of 10 ms frames, a multiple of ``unit`` (at least ``minimum``), or a ParameterError.
+
+    A NumPy number (``np.float32(0.05)``) is as good as a Python one; the durations an error
+    suggests are valid ones (never below ``minimum``)."""
+    if isinstance(seconds, (bool, np.bool_)) or not isinstance(seconds, numbers.Real) or not math.isfinite(seconds):
         raise ParameterError(f"{name} must be a number of seconds, got {seconds!r}")
-    frames = round(seconds * 100)
-    if abs(seconds * 100 - frames) > 1e-4:
-        raise ParameterError(
-            f"{name}={seconds} is not a multiple of 10 ms: use {frames / 100:g} or {(frames + (1 if seconds * 100 > frames else -1)) / 100:g}"
-        )
+    exact = float(seconds) * 100
+    frames = round(exact)
+    if abs(exact - frames) > 1e-4:
+        raise ParameterError(f"{name}={seconds} is not a multiple of 10 ms: use {_valid_near(exact, unit, minimum)}")
     if frames % unit:
-        lower = frames // unit * unit
         raise ParameterError(
             f"{name}={seconds} is not a whole number of samples at {sample_rate} Hz ({frames * sample_rate / 100:g}): "
-            f"at this rate durations are multiples of {unit * 10} ms; use {lower / 100:g} or {(lower + unit) / 100:g}"
+            f"at this rate durations are multiples of {unit * 10} ms; use {_valid_near(frames, unit, minimum)}"
         )
     if frames < minimum:
         raise ParameterError(f"{name} must be at least {minimum * 10} ms, got {seconds}")
@@ -241,6 +250,8 @@ class RealtimeConverter:
         in_context = -(-_IN_CONTEXT_FRAMES // unit) * unit
         self.geometry = _Geometry(sample_rate, in_context, block, crossfade, search, context, extra, self._f0_window(block))
         self.sample_rate = sample_rate
+        if not isinstance(whole_blocks, (bool, np.bool_)):
+            raise ParameterError(f"whole_blocks must be True or False, got {whole_blocks!r}")
         self.whole_blocks = bool(whole_blocks)
         self._extractor = engine.f0_extractor_for(self.params)
         self._head_skip = bool(getattr(voc, "supports_head_skip", False))
@@ -357,9 +368,16 @@ class RealtimeConverter:
             raise AudioError(None, f"realtime input must be 1-D mono samples, got shape {x.shape}: mix the channels down (x.mean(axis=1)) first")
         if not np.issubdtype(x.dtype, np.floating):
             raise AudioError(None, f"realtime input must be float samples in [-1, 1], got dtype {x.dtype} (scale integer PCM first)")
-        x = x.astype(np.float32, copy=False)
         if not np.isfinite(x).all():
             raise AudioError(None, "realtime input holds NaN or infinite samples")
+        if x.dtype != np.float32:
+            with np.errstate(over="ignore"):
+                y = x.astype(np.float32)
+            if not np.isfinite(y).all():  # finite float64 beyond float32's range (1e300)
+                raise AudioError(
+                    None, f"realtime input holds samples beyond float32's range (peak {float(np.abs(x).max()):g}): samples are in [-1, 1]"
+                )
+            x = y
         return x
 
     # ------------------------------------------------------------------ one block
