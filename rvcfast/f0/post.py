@@ -94,8 +94,13 @@ def shift_f0(f0: np.ndarray, semitones: float) -> np.ndarray:
     """Transpose by ``semitones`` (multiply by ``2 ** (semitones / 12)``); 0 Hz stays 0.
 
     ``semitones`` must be a finite number (:class:`ParameterError` otherwise: a NaN shift
-    would turn every voiced frame into NaN)."""
-    return f0 * pow(2, _finite("semitones", semitones) / 12)
+    would turn every voiced frame into NaN) whose factor ``2 ** (semitones / 12)`` is a float."""
+    semitones = _finite("semitones", semitones)
+    try:
+        factor = pow(2, semitones / 12)
+    except OverflowError:  # above ~12000 semitones: Python's float overflows before NumPy sees it
+        raise ParameterError(f"semitones: a key shift of {semitones:g} semitones is beyond the float range") from None
+    return f0 * factor
 
 
 def autotune_f0(f0: np.ndarray, strength: float) -> np.ndarray:
@@ -223,6 +228,18 @@ def interpolate_unvoiced(f0: np.ndarray) -> np.ndarray:
     return np.interp(np.arange(f0.shape[0]), voiced, f0[voiced]).astype(f0.dtype)
 
 
+def _check_shifted_track(track: np.ndarray, semitones: float) -> None:
+    """:class:`ParameterError` when the adjusted ``track`` does not fit the float32 ``pitchf``
+    (a key shift of hundreds of semitones): an infinite F0 would make the NSF source NaN."""
+    with np.errstate(over="ignore"):
+        fits = np.isfinite(track.astype(np.float32, copy=False))
+    if not fits.all():
+        raise ParameterError(
+            f"semitones: a key shift of {float(semitones):g} semitones takes the F0 track past the float32 range "
+            f"(highest frame {float(np.max(track)):.3g} Hz)"
+        )
+
+
 def postprocess(
     f0: np.ndarray,
     n_frames: int,
@@ -253,6 +270,7 @@ def postprocess(
     if fill_unvoiced:
         track = interpolate_unvoiced(track)
     track = adjust_f0(track, semitones, autotune=autotune, proposed_pitch=proposed_pitch)
+    _check_shifted_track(track, semitones)
     pitchf = track.copy()
     coarse = coarse_pitch(track)
     coarse = fit_length(coarse, n_frames)
