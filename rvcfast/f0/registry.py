@@ -170,7 +170,22 @@ def _unknown(name: str, registry: Mapping[str, _Registered]) -> BackendUnavailab
     )
 
 
+def _own_module_missing(reg: _Registered, exc: ImportError) -> bool:
+    """Whether ``exc`` says that a module of the plugin's own package (the one its entry point
+    names, or a part of that package) is missing, rather than a dependency it imports."""
+    missing = (getattr(exc, "name", None) or "").split(".")[0]
+    module = reg.entry_point.value.partition(":")[0].strip()
+    return bool(missing) and module.split(".")[0] == missing
+
+
 def _missing_dependency(reg: _Registered, exc: ImportError) -> BackendUnavailableError:
+    if not reg.builtin and isinstance(exc, ModuleNotFoundError) and _own_module_missing(reg, exc):
+        return BackendUnavailableError(
+            f"F0 extractor {reg.name!r} from {reg.source}: its entry point names {reg.entry_point.value!r}, "
+            f"but its own module could not be imported ({exc}). The package is installed incompletely or its "
+            f"entry point is misspelt: fix the [project.entry-points.{ENTRY_POINT_GROUP!r}] table and "
+            "reinstall it."
+        )
     missing = (getattr(exc, "name", None) or "").split(".")[0]
     if reg.builtin:
         extra = _EXTRA_FOR_MODULE.get(missing)
@@ -238,13 +253,37 @@ def _check_extractor(obj: Any, reg: _Registered) -> F0Extractor:
     return obj
 
 
+#: Options every front end passes (the converter's device and precision).
+_FRONT_END_OPTIONS = frozenset({"device", "dtype"})
+
+
+def _refused(reg: _Registered, unknown: list[str], names: set[str]) -> ParameterError:
+    """The error for options the factory does not take; when they are the ones every front end
+    passes (``device``/``dtype``), it says so and how the plugin takes them."""
+    where = "" if reg.builtin else f" from {reg.source} ({reg.entry_point.value})"
+    msg = (
+        f"F0 extractor {reg.name!r}{where} does not accept option(s) "
+        f"{', '.join(unknown)}; it accepts: {', '.join(sorted(names)) or '(none)'}"
+    )
+    front = sorted(set(unknown) & _FRONT_END_OPTIONS)
+    if front and not reg.builtin:
+        msg += (
+            ". rvcfast's converter, command line and server always pass device= and may pass dtype=: "
+            "the plugin's factory must accept both (e.g. `device=None, dtype=None`, or **kwargs)"
+        )
+    return ParameterError(msg)
+
+
 def _build(reg: _Registered, options: Mapping[str, Any], target: Any = None) -> F0Extractor:
     if target is None:
         target = _load(reg)
     if not callable(target):
-        if options:
+        # a ready-made object: the device/dtype every front end passes are not for it to take
+        own = sorted(set(options) - _FRONT_END_OPTIONS)
+        if own:
             raise ParameterError(
-                f"F0 extractor {reg.name!r} is a ready-made object and takes no options, got {sorted(options)}"
+                f"F0 extractor {reg.name!r} from {reg.source} ({reg.entry_point.value}) is a ready-made "
+                f"object and takes no options, got {', '.join(own)}"
             )
         return _check_extractor(target, reg)
     accepted = _accepted_options(target)
@@ -252,10 +291,7 @@ def _build(reg: _Registered, options: Mapping[str, Any], target: Any = None) -> 
         names, var_kw = accepted
         unknown = sorted(set(options) - names)
         if unknown and not var_kw:
-            raise ParameterError(
-                f"F0 extractor {reg.name!r} does not accept option(s) {', '.join(unknown)}; "
-                f"it accepts: {', '.join(sorted(names)) or '(none)'}"
-            )
+            raise _refused(reg, unknown, names)
     try:
         obj = target(**options)
     except RvcfastError:
@@ -281,6 +317,13 @@ def _shown(options: Mapping[str, Any]) -> str:
     return ", ".join(f"{k}={v!r}" for k, v in sorted(own.items())) or "(none)"
 
 
+def _member_named(key: str, members: list[str]) -> str | None:
+    """The hybrid member an option key names, or ``None``. Case and ``-``/``_`` do not matter, so
+    ``--f0-option yin_example={...}`` (a command-line key is a Python name) reaches ``yin-example``."""
+    wanted = key.strip().lower().replace("_", "-")
+    return next((m for m in members if m.replace("_", "-") == wanted), None)
+
+
 def _hybrid(spec: str, members: list[str], options: dict[str, Any]) -> F0Extractor:
     from .hybrid import HybridExtractor
 
@@ -294,11 +337,12 @@ def _hybrid(spec: str, members: list[str], options: dict[str, Any]) -> F0Extract
     min_voiced = options.pop("min_voiced", None)
     per_backend: dict[str, dict[str, Any]] = {}
     for key in list(options):
-        if key.lower() in members:
+        member = _member_named(key, members)
+        if member is not None:
             value = options.pop(key)
             if not isinstance(value, Mapping):
                 raise ParameterError(f"options for hybrid member {key!r} must be a dict, got {value!r}")
-            per_backend[key.lower()] = dict(value)
+            per_backend.setdefault(member, {}).update(value)
     shared = options
     used: set[str] = set()
     backends: list[F0Extractor] = []
@@ -350,13 +394,13 @@ def check_f0_options(name: str, options: Mapping[str, Any]) -> None:
     missing = [m for m in members if m not in registry]
     if missing:
         raise _unknown(missing[0], registry)
-    shared = {k for k in options if k != "min_voiced" and k.lower() not in members}
+    shared = {k for k in options if k != "min_voiced" and _member_named(k, members) is None}
     for m in members:
-        mine = options.get(m, options.get(m.upper(), {}))
-        if isinstance(mine, Mapping):
-            unknown = _unaccepted(registry[m], set(mine))
-            if unknown:
-                raise ParameterError(f"hybrid member {m!r} does not accept option(s) {', '.join(unknown)}")
+        for key, mine in options.items():
+            if _member_named(key, members) == m and isinstance(mine, Mapping):
+                unknown = _unaccepted(registry[m], set(mine))
+                if unknown:
+                    raise ParameterError(f"hybrid member {m!r} does not accept option(s) {', '.join(unknown)}")
         shared = {k for k in shared if k in _unaccepted(registry[m], {k})}
     if shared:
         raise ParameterError(f"no member of {name!r} accepts option(s) {', '.join(sorted(shared))}")
@@ -443,5 +487,19 @@ def build_f0_extractor(
     elif spec.strip().lower() == "rmvpe":
         opts = {**rmvpe_opts, **opts}
     elif weights is not None:
+        _check_takes_weights(spec, weights)
         opts["weights"] = weights
     return get_f0_extractor(spec, **opts)
+
+
+def _check_takes_weights(spec: str, weights: str | os.PathLike[str]) -> None:
+    """A :class:`ParameterError` naming the f0 weights the user gave (``f0_weights=`` /
+    ``--f0-weights``) when the backend ``spec`` takes no ``weights`` option (it said only
+    "does not accept option(s) weights", an option the user never typed)."""
+    reg = _registry().get(spec.strip().lower())
+    if reg is not None and _unaccepted(reg, {"weights"}):
+        raise ParameterError(
+            f"F0 weights {os.fspath(weights)!r} (f0_weights= / --f0-weights) were given, but F0 backend "
+            f"{reg.name!r} from {reg.source} takes no weights file (F0 weights are the rmvpe.pt of 'rmvpe', "
+            "alone or in a hybrid, or the model file of a backend that takes one): leave them out"
+        )

@@ -1,0 +1,176 @@
+"""A plugin author's walkthrough of docs/plugins.md: third-party F0 backends registered through
+(fake) entry points, used from the API, the command line and in hybrids, and broken in the
+ways a plugin plausibly is. Each test names the defect it guards against."""
+
+from __future__ import annotations
+
+import importlib.metadata as md
+import sys
+import types
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+
+from rvcfast.cli import main
+from rvcfast.errors import BackendUnavailableError, ParameterError
+from rvcfast.f0 import registry
+from rvcfast.f0.registry import build_f0_extractor, check_f0_options, get_f0_extractor
+
+MODULE = "_rvcfast_walkthrough_plugin"
+SOURCE = "rvcfast-f0-walkthrough 0.3"
+
+
+class ToneTracker:
+    """A plugin tracker: a fixed pitch where the input is not silent; records its options."""
+
+    name = "tone-like"
+    sample_rate = 16000
+    hop_length = 160
+    built: list[dict[str, Any]] = []
+
+    def __init__(self, device: Any = None, dtype: Any = None, *, threshold: float = 0.1) -> None:
+        if not 0 < threshold < 1:
+            raise ValueError(f"threshold must be within (0, 1), got {threshold}")
+        self.threshold = threshold
+        ToneTracker.built.append({"device": device, "threshold": threshold})
+
+    def extract(self, audio16k: Any) -> np.ndarray:
+        x = np.asarray(audio16k, dtype=np.float64).reshape(-1)
+        return np.full(len(x) // 160 + 1, 200.0 if np.abs(x).max(initial=0.0) > 0 else 0.0)
+
+    def extract_batch(self, audios: Any) -> list[np.ndarray]:
+        return [self.extract(a) for a in audios]
+
+
+class NoDeviceTracker(ToneTracker):
+    """A plugin whose constructor forgot the ``device``/``dtype`` every front end passes."""
+
+    name = "no-device"
+
+    def __init__(self) -> None:
+        super().__init__()
+
+
+@pytest.fixture
+def plugins(monkeypatch: pytest.MonkeyPatch) -> list:
+    """The plugin module in ``sys.modules`` and its entry points next to the real ones; the list
+    takes more ``(name, "module:attr")`` registrations."""
+    mod = types.ModuleType(MODULE)
+    mod.ToneTracker = ToneTracker
+    mod.NoDeviceTracker = NoDeviceTracker
+    mod.READY = ToneTracker(threshold=0.4)
+    monkeypatch.setitem(sys.modules, MODULE, mod)
+    ToneTracker.built.clear()
+    extra = [("tone-like", f"{MODULE}:ToneTracker"), ("no-device", f"{MODULE}:NoDeviceTracker")]
+    real = registry._iter_entry_points
+
+    def patched():
+        yield from real()
+        for name, value in extra:
+            yield md.EntryPoint(name=name, value=value, group=registry.ENTRY_POINT_GROUP), SOURCE, False
+
+    monkeypatch.setattr(registry, "_iter_entry_points", patched)
+    return extra
+
+
+# --- hybrid member options for a plugin whose name has a hyphen -------------------------
+
+
+def test_member_options_reach_a_hyphenated_plugin(plugins):
+    """docs/plugins.md: an option named after a hybrid member goes to that member. A command-line
+    key must be a Python name, so ``tone_like`` has to reach ``tone-like`` (it was refused: "no
+    member of 'hybrid:dio+tone-like' accepts option(s) tone_like")."""
+    check_f0_options("hybrid:dio+tone-like", {"tone_like": {"threshold": 0.3}})
+    h = get_f0_extractor("hybrid:dio+tone-like", tone_like={"threshold": 0.3})
+    assert h.backends[1].threshold == 0.3
+    assert h.backends[0].name == "dio"
+    with pytest.raises(ParameterError, match="hybrid member 'tone-like' does not accept option.* treshold"):
+        check_f0_options("hybrid:dio+tone-like", {"Tone_Like": {"treshold": 0.3}})
+
+
+def test_member_options_for_a_plugin_on_the_command_line(plugins, tmp_path):
+    wav = tmp_path / "in.wav"
+    t = np.arange(4800) / 16000
+    sf.write(wav, 0.3 * np.sin(2 * np.pi * 200 * t), 16000)
+    rc = main([
+        "f0", str(wav), "-o", str(tmp_path / "f0"), "--method", "hybrid:dio+tone-like",
+        "--f0-option", "tone_like={'threshold': 0.3}", "--device", "cpu", "-q",
+    ])  # fmt: skip
+    assert rc == 0
+    assert [b["threshold"] for b in ToneTracker.built] == [0.3]
+    rows = (tmp_path / "f0" / "in.csv").read_text().splitlines()
+    assert rows[0] == "time,f0" and len(rows) == 1 + 4800 // 160 + 1
+
+
+# --- an entry point naming a module that is not there -----------------------------------
+
+
+def test_entry_point_naming_a_missing_module(plugins):
+    """A misspelt entry point (or a package installed without its module) was reported as "needs
+    module 'x' ... Install that package's dependencies": x is the plugin's own module."""
+    plugins.append(("typo", "_rvcfast_walkthrough_plugn:ToneTracker"))
+    plugins.append(("typo-sub", f"{MODULE}.sub:ToneTracker"))
+    for name in ("typo", "typo-sub"):
+        with pytest.raises(BackendUnavailableError) as info:
+            get_f0_extractor(name, device="cpu")
+        msg = str(info.value)
+        assert f"'{name}' from {SOURCE}" in msg
+        assert "entry point" in msg and "reinstall" in msg
+        assert "dependencies" not in msg
+    assert get_f0_extractor("tone-like").name == "tone-like"  # the others still work
+
+
+def test_missing_dependency_of_a_plugin_is_still_named(plugins, monkeypatch):
+    def needs_dep(**options):
+        import _rvcfast_walkthrough_missing_dep  # noqa: F401
+
+    monkeypatch.setattr(sys.modules[MODULE], "needs_dep", needs_dep, raising=False)
+    plugins.append(("needs-dep", f"{MODULE}:needs_dep"))
+    with pytest.raises(BackendUnavailableError, match="needs module '_rvcfast_walkthrough_missing_dep'"):
+        get_f0_extractor("needs-dep")
+
+
+# --- what every front end passes --------------------------------------------------------
+
+
+def test_ready_made_object_works_from_the_front_ends(plugins):
+    """A registered ready-made object could not be used alone from the converter, the command
+    line or the server (they always pass device=: "takes no options, got ['device']"), only
+    inside a hybrid."""
+    plugins.append(("ready", f"{MODULE}:READY"))
+    ready = sys.modules[MODULE].READY
+    assert build_f0_extractor("ready", device="cpu", dtype="float32") is ready
+    assert get_f0_extractor("hybrid:dio+ready").backends[1] is ready
+    with pytest.raises(ParameterError, match=f"'ready' from {SOURCE}.*takes no options, got threshold"):
+        get_f0_extractor("ready", device="cpu", threshold=0.2)
+
+
+def test_factory_without_device_says_what_to_add(plugins):
+    with pytest.raises(ParameterError) as info:
+        build_f0_extractor("no-device", device="cpu")
+    msg = str(info.value)
+    assert f"'no-device' from {SOURCE}" in msg
+    assert "always pass device=" in msg and "device=None, dtype=None" in msg
+
+
+# --- f0 weights given to a backend that takes none --------------------------------------
+
+
+def test_f0_weights_for_a_backend_without_weights(plugins, tmp_path):
+    """``--f0-weights`` with a plugin that takes no weights said "does not accept option(s)
+    weights", an option the user never typed."""
+    weights = tmp_path / "rmvpe.pt"
+    with pytest.raises(ParameterError) as info:
+        build_f0_extractor("tone-like", weights=weights, device="cpu")
+    msg = str(info.value)
+    assert "--f0-weights" in msg and str(weights) in msg and "'tone-like'" in msg and SOURCE in msg
+    assert ToneTracker.built == []  # refused before the tracker is built
+
+
+def test_option_values_refused_by_a_plugin_name_it(plugins):
+    with pytest.raises(ParameterError, match=f"'tone-like' from {SOURCE} refused its options threshold=2"):
+        build_f0_extractor("tone-like", options={"threshold": 2}, device="cpu")
+    assert build_f0_extractor("tone-like", options={"threshold": 0.2}, device="cpu").threshold == 0.2
+
