@@ -36,6 +36,7 @@ import io
 import json
 import math
 import os
+import threading
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -76,6 +77,10 @@ MAX_ABS_ERROR = 1e-3
 MIN_SNR_DB = 80.0
 
 _INSTALL_HINT = "ONNX export needs `pip install rvcfast[onnx]` (onnx and onnxruntime)"
+#: torch.onnx.export keeps its state in process globals (``GLOBALS.in_onnx_export``, the opset):
+#: two exports at once in one process fail ("GLOBALS.in_onnx_export must be False") or mix their
+#: settings, so the traces run one at a time (verification and writing still run in parallel).
+_EXPORT_LOCK = threading.Lock()
 
 
 class OnnxExportError(RvcfastError):
@@ -172,7 +177,7 @@ def _trace(graph: OnnxGraph, inputs: dict[str, np.ndarray], opset: int) -> bytes
     # torch >= 2.5 has two exporters; the TorchScript one (the only one before) needs no onnxscript
     legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     buf = io.BytesIO()
-    with warnings.catch_warnings(), torch.no_grad():
+    with _EXPORT_LOCK, warnings.catch_warnings(), torch.no_grad():
         # the exporter warns that it is the legacy one, and the tracer about constants it
         # records; verification at another length is what shows the graph is length-free
         warnings.simplefilter("ignore")
