@@ -174,3 +174,19 @@ def test_option_values_refused_by_a_plugin_name_it(plugins):
         build_f0_extractor("tone-like", options={"threshold": 2}, device="cpu")
     assert build_f0_extractor("tone-like", options={"threshold": 0.2}, device="cpu").threshold == 0.2
 
+
+
+# --- names that are not used ------------------------------------------------------------
+
+
+def test_ignored_registrations_say_why(plugins):
+    """A plugin registered under a built-in's name (or 'hybrid...') was dropped without a word:
+    ``rvcfast backends`` listed the built-in and the author could not tell why theirs never ran."""
+    plugins.extend([("Harvest", f"{MODULE}:ToneTracker"), ("hybrid:x", f"{MODULE}:ToneTracker")])
+    plugins.append(("tone-like", f"{MODULE}:NoDeviceTracker"))  # a second registration of a plugin's name
+    ignored = registry.ignored_f0_registrations()
+    assert ("harvest", SOURCE, "the built-in backend of that name wins") in ignored
+    assert ("hybrid:x", SOURCE, "names starting with 'hybrid' are reserved for combinations") in ignored
+    assert ("tone-like", SOURCE, f"{SOURCE} registers it too and wins") in ignored
+    assert registry.available_f0_extractors()["harvest"] == "rvcfast (built-in)"
+    assert get_f0_extractor("tone-like").name == "tone-like"  # the first registration is the one used

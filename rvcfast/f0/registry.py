@@ -32,7 +32,10 @@ from ..errors import BackendUnavailableError, ParameterError, RvcfastError
 from ..protocols import F0Extractor
 from .base import HOP_LENGTH, SAMPLE_RATE
 
-__all__ = ["ENTRY_POINT_GROUP", "available_f0_extractors", "get_f0_extractor", "parse_hybrid", "check_f0_options"]
+__all__ = [
+    "ENTRY_POINT_GROUP", "available_f0_extractors", "get_f0_extractor", "parse_hybrid", "check_f0_options",
+    "ignored_f0_registrations",
+]
 
 ENTRY_POINT_GROUP = "rvcfast.f0_extractors"
 
@@ -107,17 +110,39 @@ def _iter_entry_points() -> Iterator[tuple[md.EntryPoint, str, bool]]:
             yield ep, source, builtin
 
 
-def _registry() -> dict[str, _Registered]:
-    """Name (lower-case) -> registration. Built-ins win over plugins; otherwise first wins."""
+def _registry(ignored: list[tuple[str, str, str]] | None = None) -> dict[str, _Registered]:
+    """Name (lower-case) -> registration. Built-ins win over plugins; otherwise first wins.
+    Registrations left out are appended to ``ignored`` as ``(name, source, why)``."""
     found: dict[str, _Registered] = {}
+    dropped: list[_Registered] = []
     for ep, source, builtin in _iter_entry_points():
         key = ep.name.strip().lower()
         if not key or _HYBRID_RE.match(key) or key == "hybrid":
-            continue  # "hybrid" is reserved for combinations
+            if ignored is not None and key:  # "hybrid" is reserved for combinations
+                ignored.append((ep.name, source, "names starting with 'hybrid' are reserved for combinations"))
+            continue
         old = found.get(key)
         if old is None or (builtin and not old.builtin):
             found[key] = _Registered(key, ep, source, builtin)
+            if old is not None:
+                dropped.append(old)
+        else:
+            dropped.append(_Registered(key, ep, source, builtin))
+    for reg in dropped if ignored is not None else ():
+        winner = found[reg.name]
+        why = "the built-in backend of that name wins" if winner.builtin else f"{winner.source} registers it too and wins"
+        ignored.append((reg.name, reg.source, why))
     return found
+
+
+def ignored_f0_registrations() -> list[tuple[str, str, str]]:
+    """Entry points of the group that are not used, as ``(name, source, why)``: a plugin's name
+    that a built-in backend (or a distribution found earlier on ``sys.path``) already uses, or a
+    name reserved for combinations (``hybrid...``). ``rvcfast backends`` shows them, so that a
+    plugin author sees why their backend is not the one that runs."""
+    ignored: list[tuple[str, str, str]] = []
+    _registry(ignored)
+    return ignored
 
 
 def available_f0_extractors() -> dict[str, str]:
