@@ -81,6 +81,9 @@ _INSTALL_HINT = "ONNX export needs `pip install rvcfast[onnx]` (onnx and onnxrun
 #: two exports at once in one process fail ("GLOBALS.in_onnx_export must be False") or mix their
 #: settings, so the traces run one at a time (verification and writing still run in parallel).
 _EXPORT_LOCK = threading.Lock()
+#: Output names refused: an ONNX file there would replace a PyTorch model (a loaded model
+#: does not know its own file, so only the name can tell).
+_TORCH_SUFFIXES = (".pth", ".pt", ".ckpt")
 
 
 class OnnxExportError(RvcfastError):
@@ -319,6 +322,21 @@ def verify_graph(proto_or_bytes: Any, model: Synthesizer, interface: str, *, fra
     return result
 
 
+def _check_target(path: str | os.PathLike[str]) -> Path:
+    """``path`` as a Path; a ParameterError when it names a folder (an existing one, or a name
+    ending in a separator, which ``Path`` would silently drop) or a PyTorch weights file."""
+    text = os.fspath(path)
+    target = Path(text)
+    seps = tuple(s for s in (os.sep, os.altsep) if s)
+    if target.is_dir() or (isinstance(text, str) and text.endswith(seps)):
+        raise ParameterError(f"{text}: is a folder; name the .onnx file to write")
+    if target.suffix.lower() in _TORCH_SUFFIXES:
+        raise ParameterError(
+            f"{target}: the ONNX output would overwrite a PyTorch model file ({target.suffix}); name the .onnx file to write"
+        )
+    return target
+
+
 def export_onnx(
     model: str | os.PathLike[str] | Synthesizer,
     path: str | os.PathLike[str],
@@ -334,7 +352,8 @@ def export_onnx(
         model: a voice model ``.pth`` (loaded with :func:`rvcfast.load_vocoder`) or a loaded
             :class:`~rvcfast.models.synthesizer.Synthesizer`; the latter is copied (float32,
             CPU) and is not changed.
-        path: the ``.onnx`` file to write; it may not be the model file itself.
+        path: the ``.onnx`` file to write (replaced if it exists); it may not be the model
+            file itself, a folder, or a name ending in ``.pth`` / ``.pt`` / ``.ckpt``.
         opset: ONNX opset, 13-20 (default :data:`DEFAULT_OPSET`).
         noise: draw the NSF source noise (and RefineGAN's AdaIN noise, Applio's overtone
             phases; with ``interface="w-okada"`` also the prior noise) in the graph, as RVC's
@@ -348,16 +367,15 @@ def export_onnx(
     Raises:
         BackendUnavailableError: ``onnx`` (or, to verify, ``onnxruntime``) is not installed.
         ModelLoadError: the voice model cannot be loaded (the message names the file).
-        ParameterError: a bad argument, or ``path`` is the model file.
+        ParameterError: a bad argument, or ``path`` is the model file, a folder or a
+            PyTorch weights name.
         OnnxExportError: the export failed or the graph disagrees with torch.
     """
     if interface not in INTERFACES:
         raise ParameterError(f"interface must be one of {', '.join(INTERFACES)}, got {interface!r}")
     if isinstance(opset, bool) or not isinstance(opset, int) or opset not in _OPSETS:
         raise ParameterError(f"opset must be an int from {_OPSETS.start} to {_OPSETS.stop - 1}, got {opset!r}")
-    target = Path(path)
-    if target.is_dir():
-        raise ParameterError(f"{target}: is a folder; name the .onnx file to write")
+    target = _check_target(path)
     from .writing import check_output_folder
 
     check_output_folder(target.parent, f"{target}: the output")  # a file in the way: before the export, not after

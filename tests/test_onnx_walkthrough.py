@@ -8,14 +8,18 @@ graph itself is not what a test checks (tests/test_onnx_export.py checks the gra
 from __future__ import annotations
 
 import functools
+import re
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 import rvcfast
+from rvcfast.cli import main
+from rvcfast.errors import ParameterError
 from rvcfast.testing import save_random_voice_model
 
 pytest.importorskip("onnx")
@@ -23,6 +27,7 @@ pytest.importorskip("onnxruntime")
 
 TINY = dict(inter_channels=16, hidden_channels=16, filter_channels=32, n_heads=2, n_layers=1,
             upsample_initial_channel=32, num_speakers=2)
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "onnx.md"
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -88,3 +93,56 @@ def test_concurrent_exports_do_not_collide(voices, tmp_path, monkeypatch) -> Non
     for _, opset, out in jobs:
         proto = onnx.load(out)
         assert {o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")} == {opset}
+
+
+@pytest.mark.parametrize("suffix", [".pth", ".PT"])
+def test_a_loaded_model_is_not_written_over_a_torch_file(voices, tmp_path, suffix) -> None:
+    """A loaded model does not know its file: ``export_onnx(model, "voice.pth")`` replaced the
+    voice model with the ONNX graph (docs: the output may not be the model file itself)."""
+    own = tmp_path / "voice.pth"
+    own.write_bytes(voices["f0"].read_bytes())  # a copy: the old code replaced it
+    model = rvcfast.load_vocoder(own)
+    with pytest.raises(ParameterError, match=r"overwrite a PyTorch model file"):
+        rvcfast.export_onnx(model, own, verify=False)
+    assert own.read_bytes() == voices["f0"].read_bytes()
+    with pytest.raises(ParameterError, match=re.escape(suffix)):
+        rvcfast.export_onnx(model, tmp_path / f"other{suffix}", verify=False)
+    assert [p.name for p in tmp_path.iterdir()] == ["voice.pth"]
+
+
+def test_a_path_ending_in_a_separator_is_a_folder(voices, tmp_path) -> None:
+    """``export_onnx(model, "models/")`` wrote a file named ``models`` (Path drops the slash)."""
+    target = str(tmp_path / "models") + "/"
+    with pytest.raises(ParameterError, match="is a folder; name the .onnx file"):
+        rvcfast.export_onnx(voices["nof0"], target, verify=False)
+    assert not (tmp_path / "models").exists()
+
+
+def test_cli_output_folder_ending_in_a_slash_is_created(voices, tmp_path, capsys) -> None:
+    """``rvcfast export-onnx voice.pth -o models/`` (the docs' example) with no ``models`` yet:
+    was status 2, "output models does not end in .onnx"."""
+    status = main(["export-onnx", str(voices["f0"]), "-o", str(tmp_path / "new" / "models") + "/", "--no-verify", "-q"])
+    written = tmp_path / "new" / "models" / "v2 40k é.onnx"
+    assert status == 0, capsys.readouterr().err
+    assert capsys.readouterr().out.strip() == str(written)
+    assert written.is_file() and rvcfast.load_vocoder(written).sample_rate == 40000
+
+
+def _docs_snippet() -> str:
+    text = DOCS.read_text(encoding="utf-8")
+    section = text.split("## Running it with onnxruntime", 1)[1]
+    return re.search(r"```python\n(.*?)```", section, re.S).group(1)
+
+
+@pytest.mark.parametrize("voice", ["f0", "nof0"])
+def test_the_docs_onnxruntime_snippet_runs(voices, tmp_path, voice) -> None:
+    """The docs' onnxruntime code, as written, on an export of each kind (with and without
+    pitch inputs): it feeds the graph and gets ``T * hop`` samples."""
+    report = rvcfast.export_onnx(voices[voice], tmp_path / "voice.onnx", noise=False)
+    code = _docs_snippet().replace('"voice.onnx"', repr(str(report.path)))
+    scope: dict[str, object] = {}
+    exec(compile(code, str(DOCS), "exec"), scope)  # noqa: S102 - the documented snippet
+    audio = scope["audio"]
+    assert isinstance(audio, np.ndarray) and audio.dtype == np.float32
+    assert audio.shape == (int(scope["T"]) * int(scope["hop"]),) and np.isfinite(audio).all()
+    assert scope["sample_rate"] == {"f0": 40000, "nof0": 32000}[voice]

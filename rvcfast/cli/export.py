@@ -12,13 +12,15 @@ from ._common import EXIT_OK, HelpFormatter, UsageError, check_model_files, chec
 
 
 def _output_path(model: Path, output: str | None) -> Path:
-    """``-o``: a file, or an existing folder (the file is named after the model); default:
-    the model's name with ``.onnx`` beside it. Never the model file itself."""
+    """``-o``: a file, or a folder -- an existing one, or a name ending in ``/`` (created) -- to
+    write the file named after the model into; default: the model's name with ``.onnx`` beside
+    it. Never the model file itself."""
     if output is None:
         target = model.with_suffix(".onnx")
     else:
         target = Path(output).expanduser()
-        if target.is_dir():
+        folder = output.endswith(tuple(s for s in (os.sep, os.altsep) if s))  # Path drops the slash
+        if folder or target.is_dir():
             target = target / (model.stem + ".onnx")
     if target.exists() and os.path.samefile(target, model):
         raise UsageError(f"output {target} is the voice model itself; name another file with -o")
@@ -85,7 +87,12 @@ def add_parser(sub: Any) -> None:
         formatter_class=HelpFormatter,
     )
     p.add_argument("model", metavar="VOICE.pth", help="the voice model to export")
-    p.add_argument("-o", "--output", metavar="OUT.onnx", help="file or folder to write (default: the model's name with .onnx)")
+    p.add_argument(
+        "-o",
+        "--output",
+        metavar="OUT.onnx",
+        help="file or folder to write (a new folder: end it in /; default: the model's name with .onnx beside it)",
+    )
     p.add_argument("--opset", type=int, choices=range(13, 21), metavar="N", help="ONNX opset, 13-20 (default: 17)")
     p.add_argument(
         "--deterministic",
