@@ -247,7 +247,10 @@ class ConversionParams:
 
             lo, hi = DENOISE_SAMPLE_RATES
             if not lo <= rate <= hi:
-                raise ParameterError(f"clean: noise reduction works at {lo}..{hi} Hz, but the output rate is {rate} Hz")
+                raise ParameterError(
+                    f"clean: noise reduction works at {lo}..{hi} Hz, but the output rate is {rate} Hz; choose an "
+                    "output rate within it (output_sample_rate=, --sample-rate, the server's sample_rate) or leave clean at 0"
+                )
         return self
 
     def _validate_applio_options(self) -> None:

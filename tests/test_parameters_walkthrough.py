@@ -131,3 +131,11 @@ def test_boundary_values_convert_to_finite_audio(tiny_models) -> None:
     assert low.sample_rate == 8000 and np.isfinite(low.audio).all()
     assert high.sample_rate == 384000 and np.isfinite(high.audio).all()
     assert high.audio.shape[0] == pytest.approx(len(x) * 384000 / 16000, abs=384000 // 100)
+
+
+def test_clean_at_a_rate_it_cannot_run_names_the_rate_option() -> None:
+    """``--clean 0.5 --sample-rate 384000`` named only ``clean``, not the option that set the rate."""
+    params = ConversionParams(clean=0.5, output_sample_rate=384000)
+    with pytest.raises(ParameterError, match=r"clean: noise reduction works at 5120\.\.256000 Hz.*--sample-rate"):
+        params.check_output("wav", None, 40000)
+    ConversionParams(clean=0.5, output_sample_rate=256000).check_output("wav", None, 40000)  # the range's top end
