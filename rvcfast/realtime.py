@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -77,6 +78,8 @@ _F0_EDGE_FRAMES = 3
 _F0_CONTEXT = 800
 #: RMVPE works on 32-frame chunks: ``5120 = 32 * 160``.
 _RMVPE_CHUNK = 5120
+#: A float block peaking above this is taken for integer PCM cast without scaling (warned once a stream).
+_UNSCALED_PEAK = 4.0
 
 
 def unit_frames(sample_rate: int) -> int:
@@ -147,7 +150,11 @@ def _refuse_whole_input_params(q: ConversionParams, sample_rate: int) -> None:
             "input's median pitch, formant and effects run on whole files); convert the file with Converter.convert instead"
         )
     if "channels" in whole_file_settings(q):
-        raise ParameterError("realtime conversion takes one mono stream: channels='each' is for whole files (use one converter per channel)")
+        raise ParameterError(
+            "realtime conversion takes one mono stream: channels='each' is for whole files (mix the channels down; "
+            "one converter per channel also works, but each channel's SOLA joins then move on their own, "
+            "so the channels may drift apart by up to search_seconds)"
+        )
     if q.output_sample_rate is not None and int(q.output_sample_rate) != sample_rate:
         raise ParameterError(
             f"output_sample_rate={q.output_sample_rate} differs from the stream's sample_rate={sample_rate}: "
@@ -257,6 +264,7 @@ class RealtimeConverter:
         self._head_skip = bool(getattr(voc, "supports_head_skip", False))
         g = self.geometry
         self._sola = Sola(g.samples(block), g.samples(crossfade), g.samples(search))
+        self._warned_scale = False
         self.reset()
 
     def _f0_window(self, block: int) -> int:
@@ -378,6 +386,14 @@ class RealtimeConverter:
                     None, f"realtime input holds samples beyond float32's range (peak {float(np.abs(x).max()):g}): samples are in [-1, 1]"
                 )
             x = y
+        if not self._warned_scale and x.size and float(np.abs(x).max()) > _UNSCALED_PEAK:
+            self._warned_scale = True
+            warnings.warn(
+                f"realtime input peaks at {float(np.abs(x).max()):g}, far outside [-1, 1]: integer PCM cast to float "
+                "must be divided by its full scale first (32768 for int16); the realtime path has no input peak guard",
+                RuntimeWarning,
+                stacklevel=3,
+            )
         return x
 
     # ------------------------------------------------------------------ one block

@@ -206,3 +206,26 @@ def test_samples_beyond_float32s_range_are_named_as_such(tiny_converter) -> None
         with pytest.raises(AudioError, match=r"beyond float32's range \(peak 1e\+300\)"):
             rt.push(x)
     assert rt._pending.shape == (0,) and rt.push(np.zeros(480)).shape == (480,)
+
+
+def test_integer_pcm_cast_without_scaling_is_warned_once_a_stream(tiny_converter) -> None:
+    """int16 PCM cast to float without /32768 goes into the models at thousands of times the
+    level they were trained on; there is no peak guard on this path, so the stream warns once
+    (and not for audio in [-1, 1], nor again for the next such block)."""
+    rt = RealtimeConverter(tiny_converter, sample_rate=16000, **SMALL)
+    x = _speechlike(0.3, 16000)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rt.push(x)
+    pcm = (x * 32767).astype(np.int16).astype(np.float32)
+    with pytest.warns(RuntimeWarning, match=r"peaks at 1\d{4}, far outside.*32768 for int16") as caught:
+        rt.push(pcm)
+        rt.push(pcm)
+    assert len([w for w in caught if issubclass(w.category, RuntimeWarning)]) == 1
+
+
+def test_channels_each_refusal_says_what_one_converter_per_channel_costs(tiny_converter) -> None:
+    """The refusal offers mixing down first; per-channel converters are offered with their cost
+    (independent SOLA joins), not as an equivalent."""
+    with pytest.raises(ParameterError, match=r"mix the channels down.*drift apart by up to search_seconds"):
+        RealtimeConverter(tiny_converter, channels="each")
