@@ -47,6 +47,13 @@ def voices(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     }
 
 
+@pytest.fixture(scope="module")
+def exported(voices, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Each voice exported as the docs do it (verified), deterministic."""
+    d = tmp_path_factory.mktemp("onnx_walk_out")
+    return {k: rvcfast.export_onnx(v, d / f"{k}.onnx", noise=False).path for k, v in voices.items()}
+
+
 def test_concurrent_exports_do_not_collide(voices, tmp_path, monkeypatch) -> None:
     """torch.onnx.export keeps its state in process globals: two exports at once failed with
     "GLOBALS.in_onnx_export must be False". The wrapper below holds the first export until a
@@ -135,14 +142,24 @@ def _docs_snippet() -> str:
 
 
 @pytest.mark.parametrize("voice", ["f0", "nof0"])
-def test_the_docs_onnxruntime_snippet_runs(voices, tmp_path, voice) -> None:
+def test_the_docs_onnxruntime_snippet_runs(exported, voice) -> None:
     """The docs' onnxruntime code, as written, on an export of each kind (with and without
     pitch inputs): it feeds the graph and gets ``T * hop`` samples."""
-    report = rvcfast.export_onnx(voices[voice], tmp_path / "voice.onnx", noise=False)
-    code = _docs_snippet().replace('"voice.onnx"', repr(str(report.path)))
+    code = _docs_snippet().replace('"voice.onnx"', repr(str(exported[voice])))
     scope: dict[str, object] = {}
     exec(compile(code, str(DOCS), "exec"), scope)  # noqa: S102 - the documented snippet
     audio = scope["audio"]
     assert isinstance(audio, np.ndarray) and audio.dtype == np.float32
     assert audio.shape == (int(scope["T"]) * int(scope["hop"]),) and np.isfinite(audio).all()
     assert scope["sample_rate"] == {"f0": 40000, "nof0": 32000}[voice]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "problem"),
+    [(dict(providers=["NoSuchExecutionProvider"]), "not available"), (dict(device="mps"), "pass providers=")],
+)
+def test_a_provider_error_names_the_voice(exported, kwargs, problem) -> None:
+    """A server or a batch loads several voices: the provider error said which device, not which file."""
+    with pytest.raises(ParameterError, match=problem) as info:
+        rvcfast.load_vocoder(exported["f0"], **kwargs)
+    assert str(info.value).startswith(f"{exported['f0']}: ")

@@ -338,8 +338,11 @@ class OnnxVocoder:
         self.num_speakers, self.feature_dim = info.num_speakers, info.feature_dim
         self.hop_length = info.hop_length or info.sample_rate // 100
         self.vocoder, self.embedder_model = info.vocoder, info.embedder
-        self.providers = _providers(device if not isinstance(device, torch.device) else str(device), providers,
-                                    self._ort.get_available_providers())
+        try:
+            self.providers = _providers(device if not isinstance(device, torch.device) else str(device), providers,
+                                        self._ort.get_available_providers())
+        except ParameterError as exc:  # name the voice: a server or a batch loads several
+            raise ParameterError(f"{self.path}: {exc}") from None
         self._lock = threading.Lock()
         self._sessions: dict[tuple[int, bool], Any] = {}
         self._warned = False
