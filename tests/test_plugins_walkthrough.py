@@ -165,7 +165,8 @@ def test_f0_weights_for_a_backend_without_weights(plugins, tmp_path):
     with pytest.raises(ParameterError) as info:
         build_f0_extractor("tone-like", weights=weights, device="cpu")
     msg = str(info.value)
-    assert "--f0-weights" in msg and str(weights) in msg and "'tone-like'" in msg and SOURCE in msg
+    assert "--f0-weights" in msg and "'tone-like'" in msg and SOURCE in msg
+    assert str(tmp_path) not in msg  # the server answers this to clients: no server paths
     assert ToneTracker.built == []  # refused before the tracker is built
 
 

@@ -512,19 +512,20 @@ def build_f0_extractor(
     elif spec.strip().lower() == "rmvpe":
         opts = {**rmvpe_opts, **opts}
     elif weights is not None:
-        _check_takes_weights(spec, weights)
+        _check_takes_weights(spec)
         opts["weights"] = weights
     return get_f0_extractor(spec, **opts)
 
 
-def _check_takes_weights(spec: str, weights: str | os.PathLike[str]) -> None:
-    """A :class:`ParameterError` naming the f0 weights the user gave (``f0_weights=`` /
+def _check_takes_weights(spec: str) -> None:
+    """A :class:`ParameterError` naming the f0 weights option the user gave (``f0_weights=`` /
     ``--f0-weights``) when the backend ``spec`` takes no ``weights`` option (it said only
-    "does not accept option(s) weights", an option the user never typed)."""
+    "does not accept option(s) weights", an option the user never typed). The file's path is
+    not in the message: the server answers it to clients, who must not see its paths."""
     reg = _registry().get(spec.strip().lower())
     if reg is not None and _unaccepted(reg, {"weights"}):
         raise ParameterError(
-            f"F0 weights {os.fspath(weights)!r} (f0_weights= / --f0-weights) were given, but F0 backend "
+            "F0 weights (f0_weights= / --f0-weights) were given, but F0 backend "
             f"{reg.name!r} from {reg.source} takes no weights file (F0 weights are the rmvpe.pt of 'rmvpe', "
             "alone or in a hybrid, or the model file of a backend that takes one): leave them out"
         )
