@@ -229,8 +229,11 @@ class RealtimeConverter:
         engine = getattr(converter_or_engine, "engine", converter_or_engine)
         if not isinstance(engine, Engine):
             raise ParameterError(f"RealtimeConverter needs a Converter or an Engine, got {type(converter_or_engine).__name__}")
-        if isinstance(sample_rate, numbers.Integral) and not isinstance(sample_rate, (bool, np.bool_)):
-            sample_rate = int(sample_rate)  # a NumPy integer (a rate read with NumPy) is as good as an int
+        if (isinstance(sample_rate, numbers.Real) and not isinstance(sample_rate, (bool, np.bool_))
+                and math.isfinite(sample_rate) and float(sample_rate).is_integer()):
+            # a NumPy integer (a rate read with NumPy) or a whole float (44100.0) is as good as an int,
+            # as in the offline API
+            sample_rate = int(sample_rate)
         if (isinstance(sample_rate, bool) or not isinstance(sample_rate, int) or not 8000 <= sample_rate <= MAX_SAMPLE_RATE
                 or sample_rate % 25):
             raise ParameterError(

@@ -390,7 +390,7 @@ def test_bad_settings_are_refused_clearly(tiny_converter) -> None:
         (dict(sample_rate=22050, block_seconds=0.25), r"block_seconds=0.25 is not a whole number of samples at 22050 Hz \(5512.5\)"),
         (dict(sample_rate=11025, block_seconds=0.24, crossfade_seconds=0.05), "multiples of 40 ms; use 0.04 or 0.08"),
         (dict(sample_rate=22050, block_seconds=0.24, crossfade_seconds=0.04, search_seconds=0.01), "search_seconds=0.01"),
-        (dict(sample_rate=48000.0), "whole number of Hz"),
+        (dict(sample_rate=48000.5), "whole number of Hz"),
         (dict(sample_rate=400000), "8000..384000"),  # the buffers grow with the rate (1e9 Hz: 1.5 GB at once)
         (dict(loudness=-14), "loudness"),
         (dict(formant=(1.0, 1.2)), "formant"),

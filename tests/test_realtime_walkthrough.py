@@ -229,3 +229,13 @@ def test_channels_each_refusal_says_what_one_converter_per_channel_costs(tiny_co
     (independent SOLA joins), not as an equivalent."""
     with pytest.raises(ParameterError, match=r"mix the channels down.*drift apart by up to search_seconds"):
         RealtimeConverter(tiny_converter, channels="each")
+
+
+def test_a_whole_float_sample_rate_is_a_sample_rate(tiny_converter) -> None:
+    """44100.0 (a rate computed or read as a float) is taken as 44100, as the offline API takes it."""
+    rt = RealtimeConverter(tiny_converter, sample_rate=44100.0, **SMALL)
+    assert rt.sample_rate == 44100 and isinstance(rt.sample_rate, int)
+    assert RealtimeConverter(tiny_converter, sample_rate=np.float64(22050), **SMALL).sample_rate == 22050
+    for bad in (44100.5, float("nan"), float("inf"), True):
+        with pytest.raises(ParameterError, match="whole number of Hz"):
+            RealtimeConverter(tiny_converter, sample_rate=bad, **SMALL)
