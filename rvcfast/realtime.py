@@ -374,7 +374,10 @@ class RealtimeConverter:
         yield tail[skip:]
 
     def _checked(self, samples: Any) -> np.ndarray:
-        x = np.asarray(samples)
+        try:
+            x = np.asarray(samples)
+        except (TypeError, ValueError) as exc:  # a ragged list
+            raise AudioError(None, f"realtime input is not an array of samples ({exc})") from None
         if x.ndim != 1:
             raise AudioError(None, f"realtime input must be 1-D mono samples, got shape {x.shape}: mix the channels down (x.mean(axis=1)) first")
         if not np.issubdtype(x.dtype, np.floating):

@@ -239,3 +239,10 @@ def test_a_whole_float_sample_rate_is_a_sample_rate(tiny_converter) -> None:
     for bad in (44100.5, float("nan"), float("inf"), True):
         with pytest.raises(ParameterError, match="whole number of Hz"):
             RealtimeConverter(tiny_converter, sample_rate=bad, **SMALL)
+
+
+def test_a_ragged_list_is_refused_as_audio(tiny_converter) -> None:
+    """A ragged list cannot be samples: an AudioError (which a caller catches for bad input), not NumPy's ValueError."""
+    rt = RealtimeConverter(tiny_converter, sample_rate=16000, **SMALL)
+    with pytest.raises(AudioError, match="not an array of samples"):
+        rt.push([[0.1, 0.2], [0.3]])
