@@ -84,6 +84,7 @@ _EXPORT_LOCK = threading.Lock()
 #: Output names refused: an ONNX file there would replace a PyTorch model (a loaded model
 #: does not know its own file, so only the name can tell).
 _TORCH_SUFFIXES = (".pth", ".pt", ".ckpt")
+_RANDOM_OPS = ("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike")
 
 
 class OnnxExportError(RvcfastError):
@@ -103,7 +104,9 @@ class Verification:
 
 @dataclass(frozen=True)
 class ExportReport:
-    """What :func:`export_onnx` wrote."""
+    """What :func:`export_onnx` wrote. ``noise``: the graph draws random numbers itself (as the
+    ``noise`` metadata says; ``False`` for ``noise=False``, and also for a model without pitch
+    guidance exported with RVC's interface, where nothing is drawn in the graph)."""
 
     path: Path
     inputs: tuple[str, ...]
@@ -392,7 +395,10 @@ def export_onnx(
     proto = onnx.load_from_string(raw)
     out_dims = proto.graph.output[0].type.tensor_type.shape.dim  # shape inference leaves the batch symbolic
     out_dims[0].dim_value, out_dims[1].dim_value, out_dims[2].dim_param = 1, 1, "samples"
-    meta = model_metadata(synth, interface=interface, noise=noise)
+    # what the graph does: a model without pitch guidance has no NSF noise to draw, and with
+    # RVC's interface its prior noise is the input rnd, so noise=True may leave no draw in it
+    drawn = any(n.op_type in _RANDOM_OPS for n in proto.graph.node)
+    meta = model_metadata(synth, interface=interface, noise=drawn)
     for key, value in meta.items():
         entry = proto.metadata_props.add()
         entry.key, entry.value = key, value
@@ -416,7 +422,7 @@ def export_onnx(
         outputs=("audio",),
         opset=opset,
         interface=interface,
-        noise=bool(noise),
+        noise=drawn,
         metadata=meta,
         bytes=len(data),
         export_seconds=export_seconds,

@@ -163,3 +163,20 @@ def test_a_provider_error_names_the_voice(exported, kwargs, problem) -> None:
     with pytest.raises(ParameterError, match=problem) as info:
         rvcfast.load_vocoder(exported["f0"], **kwargs)
     assert str(info.value).startswith(f"{exported['f0']}: ")
+
+
+def test_noise_metadata_says_what_the_graph_does(voices, tmp_path, capsys) -> None:
+    """A model without pitch guidance, RVC's interface, default noise: the graph draws nothing
+    (its prior noise is the input rnd), but the file said noise=in-graph and the CLI "drawn in
+    the graph"; two runs are identical."""
+    import onnx
+
+    out = tmp_path / "nof0.onnx"
+    assert main(["export-onnx", str(voices["nof0"]), "-o", str(out), "--no-verify"]) == 0
+    assert "noise: none (deterministic graph, nothing in this model draws any)" in capsys.readouterr().err
+    proto = onnx.load(out)
+    assert not any(n.op_type.startswith("Random") for n in proto.graph.node)
+    assert {p.key: p.value for p in proto.metadata_props}["noise"] == "none"
+    # with pitch guidance the NSF noise is drawn in the graph
+    report = rvcfast.export_onnx(voices["f0"], tmp_path / "f0.onnx", verify=False)
+    assert report.noise and report.metadata["noise"] == "in-graph"

@@ -53,7 +53,9 @@ def cmd_export(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
         print(f"  inputs: {', '.join(report.inputs)}; output: audio [1, 1, frames * {meta['hop_length']}]", file=sys.stderr)
-        print(f"  noise: {'drawn in the graph' if report.noise else 'none (deterministic graph)'}", file=sys.stderr)
+        why = "" if args.deterministic else ", nothing in this model draws any"
+        noise = "drawn in the graph" if report.noise else f"none (deterministic graph{why})"
+        print(f"  noise: {noise}", file=sys.stderr)
         v = report.verification
         if v is not None:
             print(
