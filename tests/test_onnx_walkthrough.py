@@ -180,3 +180,15 @@ def test_noise_metadata_says_what_the_graph_does(voices, tmp_path, capsys) -> No
     # with pitch guidance the NSF noise is drawn in the graph
     report = rvcfast.export_onnx(voices["f0"], tmp_path / "f0.onnx", verify=False)
     assert report.noise and report.metadata["noise"] == "in-graph"
+
+
+def test_the_unseeded_noise_warning_points_at_the_caller(voices, tmp_path) -> None:
+    """The warning that in-graph noise ignores the seed was reported at torch's
+    ``utils/_contextlib.py`` (the inference_mode wrapper), not at the line calling synthesize."""
+    noisy = rvcfast.export_onnx(voices["f0"], tmp_path / "noisy.onnx", verify=False).path  # NSF noise in the graph
+    voc = rvcfast.load_vocoder(noisy)
+    g = torch.Generator().manual_seed(0)
+    feats, pitchf = torch.randn(1, 20, 768, generator=g), torch.full((1, 20), 150.0)
+    with pytest.warns(UserWarning, match="gives no seed") as record:
+        voc.synthesize(feats, torch.tensor([20]), torch.full((1, 20), 60), pitchf, 0, generator=g)
+    assert [Path(w.filename).name for w in record if "gives no seed" in str(w.message)] == [Path(__file__).name]

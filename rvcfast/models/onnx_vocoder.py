@@ -389,7 +389,7 @@ class OnnxVocoder:
                 f"{self.path}: this ONNX graph draws noise inside itself, which onnxruntime gives no seed: seeded runs "
                 "with noise=True still differ from run to run (noise=False, or a noise=False export, is reproducible)",
                 UserWarning,
-                stacklevel=3,
+                stacklevel=4,  # _warn_unseeded, synthesize, torch's inference_mode wrapper: its caller
             )
 
     @torch.inference_mode()
