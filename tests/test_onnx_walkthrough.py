@@ -54,6 +54,12 @@ def exported(voices, tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path
     return {k: rvcfast.export_onnx(v, d / f"{k}.onnx", noise=False).path for k, v in voices.items()}
 
 
+@pytest.fixture(scope="module")
+def noisy_f0(voices, tmp_path_factory: pytest.TempPathFactory) -> rvcfast.onnx_export.ExportReport:
+    """The pitch-guided voice with the default noise (the NSF noise drawn in the graph), unverified."""
+    return rvcfast.export_onnx(voices["f0"], tmp_path_factory.mktemp("onnx_walk_noisy") / "noisy.onnx", verify=False)
+
+
 def test_concurrent_exports_do_not_collide(voices, tmp_path, monkeypatch) -> None:
     """torch.onnx.export keeps its state in process globals: two exports at once failed with
     "GLOBALS.in_onnx_export must be False". The wrapper below holds the first export until a
@@ -165,7 +171,7 @@ def test_a_provider_error_names_the_voice(exported, kwargs, problem) -> None:
     assert str(info.value).startswith(f"{exported['f0']}: ")
 
 
-def test_noise_metadata_says_what_the_graph_does(voices, tmp_path, capsys) -> None:
+def test_noise_metadata_says_what_the_graph_does(voices, noisy_f0, tmp_path, capsys) -> None:
     """A model without pitch guidance, RVC's interface, default noise: the graph draws nothing
     (its prior noise is the input rnd), but the file said noise=in-graph and the CLI "drawn in
     the graph"; two runs are identical."""
@@ -178,15 +184,13 @@ def test_noise_metadata_says_what_the_graph_does(voices, tmp_path, capsys) -> No
     assert not any(n.op_type.startswith("Random") for n in proto.graph.node)
     assert {p.key: p.value for p in proto.metadata_props}["noise"] == "none"
     # with pitch guidance the NSF noise is drawn in the graph
-    report = rvcfast.export_onnx(voices["f0"], tmp_path / "f0.onnx", verify=False)
-    assert report.noise and report.metadata["noise"] == "in-graph"
+    assert noisy_f0.noise and noisy_f0.metadata["noise"] == "in-graph"
 
 
-def test_the_unseeded_noise_warning_points_at_the_caller(voices, tmp_path) -> None:
+def test_the_unseeded_noise_warning_points_at_the_caller(noisy_f0) -> None:
     """The warning that in-graph noise ignores the seed was reported at torch's
     ``utils/_contextlib.py`` (the inference_mode wrapper), not at the line calling synthesize."""
-    noisy = rvcfast.export_onnx(voices["f0"], tmp_path / "noisy.onnx", verify=False).path  # NSF noise in the graph
-    voc = rvcfast.load_vocoder(noisy)
+    voc = rvcfast.load_vocoder(noisy_f0.path)
     g = torch.Generator().manual_seed(0)
     feats, pitchf = torch.randn(1, 20, 768, generator=g), torch.full((1, 20), 150.0)
     with pytest.warns(UserWarning, match="gives no seed") as record:
