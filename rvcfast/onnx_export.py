@@ -76,7 +76,7 @@ VERIFY_FRAMES = 157
 MAX_ABS_ERROR = 1e-3
 MIN_SNR_DB = 80.0
 
-_INSTALL_HINT = "ONNX export needs `pip install rvcfast[onnx]` (onnx and onnxruntime)"
+_INSTALL_HINT = 'ONNX export needs `pip install "rvcfast[onnx]"` (onnx and onnxruntime)'
 #: torch.onnx.export keeps its state in process globals (``GLOBALS.in_onnx_export``, the opset):
 #: two exports at once in one process fail ("GLOBALS.in_onnx_export must be False") or mix their
 #: settings, so the traces run one at a time (verification and writing still run in parallel).

@@ -196,3 +196,12 @@ def test_the_unseeded_noise_warning_points_at_the_caller(noisy_f0) -> None:
     with pytest.warns(UserWarning, match="gives no seed") as record:
         voc.synthesize(feats, torch.tensor([20]), torch.full((1, 20), 60), pitchf, 0, generator=g)
     assert [Path(w.filename).name for w in record if "gives no seed" in str(w.message)] == [Path(__file__).name]
+
+
+def test_the_install_hint_can_be_pasted_into_zsh(voices, tmp_path, monkeypatch) -> None:
+    """``pip install rvcfast[onnx]`` unquoted is a glob in zsh ("no matches found"); the docs quote it."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "onnx", None)
+    with pytest.raises(rvcfast.errors.BackendUnavailableError, match=re.escape('pip install "rvcfast[onnx]"')):
+        rvcfast.export_onnx(voices["nof0"], tmp_path / "x.onnx")
