@@ -35,8 +35,10 @@ class F0Extractor(Protocol):
     ``extract`` returns ``len(audio) // 160 + 1`` frames (frame ``i`` centred on
     sample ``160 * i``) or fewer/more by a few frames for trackers that do not pad
     (at most 8 + 1 %: the engine checks); the pipeline pads or trims to its own frame
-    count. Unvoiced frames are 0; NaN, infinite or negative values are errors. The
-    caller applies the key shift and the coarse quantisation.
+    count. Unvoiced frames are 0; NaN, infinite or negative values are errors. The track is
+    a numpy array (a torch tracker returns ``f0.detach().float().cpu().numpy()``: a tensor
+    that requires grad, lives on a GPU or is bfloat16 is not one). The caller applies the key
+    shift and the coarse quantisation.
 
     An extractor may also set ``cpu_bound = True`` (optional, default False): a
     pure-CPU tracker that gains nothing from batching. The batch engine then runs
