@@ -191,3 +191,26 @@ def test_ignored_registrations_say_why(plugins):
     assert ("tone-like", SOURCE, f"{SOURCE} registers it too and wins") in ignored
     assert registry.available_f0_extractors()["harvest"] == "rvcfast (built-in)"
     assert get_f0_extractor("tone-like").name == "tone-like"  # the first registration is the one used
+
+
+# --- a plugin that exits ----------------------------------------------------------------
+
+
+def test_a_plugin_calling_sys_exit_does_not_end_the_process(plugins, monkeypatch, tmp_path):
+    """A plugin module (or constructor) calling ``sys.exit("needs CUDA")`` ended the command with
+    its words only, naming no backend, and stopped the whole server on one request's ``f0``."""
+    (tmp_path / "_rvcfast_walkthrough_exits.py").write_text('raise SystemExit("this tracker needs CUDA")\n')
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    def exits_on_start(**options):
+        sys.exit("this tracker needs CUDA")
+
+    monkeypatch.setattr(sys.modules[MODULE], "exits_on_start", exits_on_start, raising=False)
+    plugins.append(("exits-on-import", "_rvcfast_walkthrough_exits:Tracker"))
+    plugins.append(("exits-on-start", f"{MODULE}:exits_on_start"))
+    for name, verb in (("exits-on-import", "load"), ("exits-on-start", "start")):
+        with pytest.raises(BackendUnavailableError) as info:
+            build_f0_extractor(name, device="cpu")
+        msg = str(info.value)
+        assert f"'{name}' from {SOURCE}" in msg and f"failed to {verb}: SystemExit: this tracker needs CUDA" in msg
+    assert get_f0_extractor("dio").name == "dio"

@@ -236,7 +236,8 @@ def _load(reg: _Registered) -> Any:
         raise
     except ImportError as exc:
         raise _missing_dependency(reg, exc) from exc
-    except Exception as exc:  # noqa: BLE001 - a broken plugin must give a clear error
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin must give a clear error
+        # SystemExit too: a module that calls sys.exit("needs CUDA") must not end the server
         raise BackendUnavailableError(
             f"F0 extractor {reg.name!r} from {reg.source} ({reg.entry_point.value}) failed to load: "
             f"{type(exc).__name__}: {exc}"
@@ -328,7 +329,7 @@ def _build(reg: _Registered, options: Mapping[str, Any], target: Any = None) -> 
             f"F0 extractor {reg.name!r} from {reg.source} refused its options {_shown(options)}: "
             f"{type(exc).__name__}: {exc}"
         ) from exc
-    except Exception as exc:  # noqa: BLE001 - a broken plugin must give a clear error
+    except (Exception, SystemExit) as exc:  # noqa: BLE001 - a broken plugin must give a clear error
         raise BackendUnavailableError(
             f"F0 extractor {reg.name!r} from {reg.source} ({reg.entry_point.value}) failed to start: "
             f"{type(exc).__name__}: {exc}"
