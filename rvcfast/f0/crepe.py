@@ -35,7 +35,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -391,11 +390,8 @@ class CrepeExtractor(BaseF0Extractor):
         weights: str | Path | None = None,
         refine: bool = False,
         exact: bool = False,
-        **unused: Any,
     ) -> None:
         super().__init__(device=device, dtype=dtype)
-        if unused:
-            raise ParameterError(f"{self.name}: unknown option(s) {sorted(unused)}")
         self.exact = bool(exact)
         self.refine = bool(refine)
         if decoder not in ("viterbi", "argmax"):

@@ -613,11 +613,8 @@ class FCPEExtractor(BaseF0Extractor):
         max_batch: int = 8,
         max_frames: int = 32768,
         weights: str | Path | None = None,
-        **unused: Any,
     ) -> None:
         super().__init__(device=device, dtype=dtype)
-        if unused:
-            raise ParameterError(f"fcpe: unknown option(s) {sorted(unused)}")
         if decoder not in ("local_argmax", "argmax"):
             raise ParameterError(f"fcpe: decoder must be 'local_argmax' or 'argmax', got {decoder!r}")
         self.threshold = option_finite(self.name, "threshold", threshold)

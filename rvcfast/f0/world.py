@@ -150,9 +150,9 @@ class HarvestExtractor(_WorldExtractor):
         f0_max: float = F0_MAX,
     ) -> None:
         if isinstance(filter_radius, bool) or not isinstance(filter_radius, (int, np.integer)):
-            raise ParameterError(f"filter_radius must be an integer >= 0, got {filter_radius!r}")
+            raise ParameterError(f"harvest F0 option filter_radius must be an integer >= 0, got {filter_radius!r}")
         if filter_radius < 0:
-            raise ParameterError(f"filter_radius must be >= 0, got {filter_radius}")
+            raise ParameterError(f"harvest F0 option filter_radius must be an integer >= 0, got {filter_radius}")
         self.filter_radius = int(filter_radius)
         super().__init__(device=device, dtype=dtype, f0_min=f0_min, f0_max=f0_max)
 

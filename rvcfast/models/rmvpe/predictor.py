@@ -247,7 +247,7 @@ class RMVPE(nn.Module):
     def _check_pad_mode(pad_mode: str) -> str:
         if pad_mode not in ("reflect", "constant"):
             raise ParameterError(
-                f"pad_mode must be 'reflect' (Applio) or 'constant' (RVC WebUI), got {pad_mode!r}"
+                f"rmvpe F0 option pad_mode must be 'reflect' (Applio) or 'constant' (RVC WebUI), got {pad_mode!r}"
             )
         return pad_mode
 
@@ -265,7 +265,7 @@ class RMVPE(nn.Module):
             overlap = DEFAULT_OVERLAP_FRAMES if overlap_frames is None else int(overlap_frames)
             if chunk < 0 or chunk % FRAME_MULTIPLE:
                 raise ParameterError(
-                    f"chunk_frames must be 0 or a positive multiple of 32, got {chunk_frames}"
+                    f"rmvpe F0 option chunk_frames must be 0 or a positive multiple of 32, got {chunk_frames}"
                 )
             if overlap < 0 or overlap % FRAME_MULTIPLE:
                 raise ParameterError(
