@@ -277,12 +277,13 @@ def params_from_args(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def check_params(values: dict[str, Any]) -> None:
-    """Range-check conversion parameters before anything is loaded (a bad value is a usage error)."""
+def check_params(values: dict[str, Any], vocoder: Any = None) -> None:
+    """Range-check conversion parameters before anything is loaded (a bad value is a usage error);
+    with a loaded voice's ``vocoder``, its speaker count too."""
     from ..params import ConversionParams, param_specs
 
     try:
-        ConversionParams.build(None, **values).validate()
+        ConversionParams.build(None, **values).validate(vocoder)
     except ParameterError as exc:
         text = str(exc)
         # the message names the parameter as Python spells it ("pitch must be within ..."): put the flag in front

@@ -112,7 +112,10 @@ def _voice_pitches(args: argparse.Namespace, voices: list[tuple[str, str | None]
             raise UsageError(f"--voice-pitch {text!r}: no voice is named {name!r} (the voices: {', '.join(names)})")
         if name in pitches:
             raise UsageError(f"--voice-pitch gives voice {name!r} two keys")
-        check_params({**params_from_args(args), "pitch": semitones})
+        try:
+            check_params({**params_from_args(args), "pitch": semitones})
+        except UsageError as exc:  # the key is --voice-pitch's, not --pitch's
+            raise UsageError(str(exc).replace("--pitch: ", f"--voice-pitch {name}: ", 1)) from None
         pitches[name] = semitones
     return pitches
 
@@ -228,6 +231,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
             model, index=index, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights, device=args.device,
             dtype=args.dtype, f0_options=parse_options(args.f0_option), allow_download=args.download,
         )
+        check_params(params_from_args(args), conv.engine.vocoder)  # a --speaker this voice lacks, with the flag
         convs.append(conv)
         if len(convs) == 1:
             threads = apply_threads(load_profile(conv.device))  # this process is ours: use the tuned thread count
