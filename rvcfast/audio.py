@@ -127,7 +127,16 @@ def decode(
             f"{name or 'input'}: expected a file path, an array of samples (NumPy, a list of numbers) or a torch "
             f"tensor, got {type(source).__name__}"
         )
-    decoded = _decode_array(samples_array(source), sample_rate, name, keep_channels)
+    if isinstance(source, tuple) and len(source) == 2 and _is_array_like(source[0]) and np.ndim(source[1]) == 0:
+        raise ParameterError(
+            f"{name or 'input'}: a (samples, sample_rate) tuple is a batch input; give one array and its rate "
+            "as two arguments: convert(samples, sample_rate)"
+        )
+    try:
+        samples = samples_array(source)
+    except (ValueError, TypeError) as exc:  # a ragged list, items that are not numbers
+        raise ParameterError(f"{name or 'input'}: the samples are not an array of numbers ({exc})") from None
+    decoded = _decode_array(samples, sample_rate, name, keep_channels)
     if max_seconds is not None:
         _check_length(decoded.label, decoded.audio.shape[0] / SR_16K, max_seconds)
     return decoded

@@ -13,8 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import one_thread_fixture, tiny_models_fixture  # noqa: F401
+from helpers import cli_weights, one_thread_fixture, tiny_models_fixture, write_tone  # noqa: F401
 
+import rvcfast
+from rvcfast.cli import main
 from rvcfast.cli._common import UsageError, check_params
 from rvcfast.errors import ParameterError
 from rvcfast.f0.post import postprocess, shift_f0
@@ -139,3 +141,68 @@ def test_clean_at_a_rate_it_cannot_run_names_the_rate_option() -> None:
     with pytest.raises(ParameterError, match=r"clean: noise reduction works at 5120\.\.256000 Hz.*--sample-rate"):
         params.check_output("wav", None, 40000)
     ConversionParams(clean=0.5, output_sample_rate=256000).check_output("wav", None, 40000)  # the range's top end
+
+
+# ------------------------------------------------------------------ the fixes proposed by this walkthrough
+
+
+def test_a_hybrid_option_for_pm_is_not_forced_on_a_crepe_or_fcpe_member() -> None:
+    """docs/f0.md: an option goes to every member that accepts it. crepe-tiny and fcpe took
+    ``**unused`` and refused ``voicing_threshold`` meant for pm; they now take their own
+    options only, and an option no member takes is still refused."""
+    for spec in ("hybrid:crepe-tiny+pm", "hybrid:fcpe+pm"):
+        ext = rvcfast.get_f0_extractor(spec, voicing_threshold=0.5)
+        pm = [m for m in ext.backends if m.name == "pm"][0]
+        assert pm.voicing_threshold == 0.5
+    for name in ("crepe-tiny", "fcpe", "hybrid:crepe-tiny+fcpe"):
+        with pytest.raises(ParameterError, match="voicing_threshold"):
+            rvcfast.get_f0_extractor(name, voicing_threshold=0.5)
+
+
+@pytest.mark.parametrize(
+    ("name", "options", "words"),
+    [("rmvpe", {"pad_mode": "zeros"}, "rmvpe F0 option pad_mode"), ("rmvpe", {"chunk_frames": 33}, "rmvpe F0 option chunk_frames"),
+     ("harvest", {"filter_radius": -1}, "harvest F0 option filter_radius"), ("harvest", {"filter_radius": 1.5}, "harvest F0 option filter_radius")],
+)
+def test_every_f0_option_error_names_its_backend(tiny_models, name: str, options: dict, words: str) -> None:
+    with pytest.raises(ParameterError, match=words):
+        rvcfast.get_f0_extractor(name, **({"weights": tiny_models.rmvpe} if name == "rmvpe" else {}), **options)
+
+
+def test_the_command_lines_speaker_and_voice_pitch_errors_name_their_flags(tiny_models, tmp_path, capsys) -> None:
+    """--speaker 4 on a 4-speaker voice is found once the voice is loaded and named with its flag;
+    --voice-pitch bob=99 is blamed on --voice-pitch bob, not on --pitch."""
+    wav = write_tone(tmp_path / "in")
+    head = ["convert", str(tiny_models.voice), str(wav), "-o", str(tmp_path / "out"), *cli_weights(tiny_models)]
+    assert main([*head, "--speaker", "4"]) == 2
+    err = capsys.readouterr().err
+    assert "--speaker" in err and "speaker 4" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+    bob = tmp_path / "bob.pth"
+    bob.write_bytes(tiny_models.voice.read_bytes())
+    assert main([*head, "--voice", str(bob), "--voice-pitch", "bob=99"]) == 2
+    err = capsys.readouterr().err
+    assert "--voice-pitch bob: pitch must be within -48..48" in err and "--pitch:" not in err
+
+
+def test_a_samples_rate_tuple_given_to_convert_is_a_clear_error(tiny_models) -> None:
+    """``convert((samples, 16000))`` (the batch's pair form) and a ragged list raised NumPy's
+    'setting an array element with a sequence'; both are ParameterErrors saying what to do."""
+    conv = tiny_models.converter()
+    x = np.zeros(16000, dtype=np.float32)
+    with pytest.raises(ParameterError, match=r"convert\(samples, sample_rate\)"):
+        conv.convert((x, 16000))
+    with pytest.raises(ParameterError, match="not an array of numbers"):
+        conv.convert([[0.1, 0.2], [0.3]], 16000)
+
+
+def test_ray_convert_files_refuses_a_bad_value_before_starting_ray(tmp_path) -> None:
+    """A pitch of 49 was found only inside the job, after a local cluster had started (12-20 s)."""
+    ray = pytest.importorskip("ray")
+    from rvcfast.integrations.ray import convert_files
+
+    was_running = ray.is_initialized()
+    wav = write_tone(tmp_path / "in")
+    with pytest.raises(ParameterError, match=r"pitch must be within -48..48"):
+        convert_files([str(wav)], tmp_path / "out", "voice.pth", pitch=49)
+    assert ray.is_initialized() == was_running
