@@ -142,13 +142,18 @@ def _private_copy(model: Synthesizer) -> Synthesizer:
     return copy
 
 
+def check_not_onnx(source: Path) -> None:
+    """A ModelLoadError when the model to export is an ``.onnx`` file already."""
+    if source.suffix.lower() == ".onnx":
+        raise ModelLoadError(source, "is an ONNX file already; export-onnx takes the voice model .pth (an .onnx voice runs as it is)")
+
+
 def _resolve_model(model: Any, path: Path) -> Synthesizer:
     if isinstance(model, Synthesizer):
         return _private_copy(model)
     if isinstance(model, (str, os.PathLike)):
         source = Path(model)
-        if source.suffix.lower() == ".onnx":
-            raise ModelLoadError(source, "is an ONNX file already; export-onnx takes the voice model .pth (an .onnx voice runs as it is)")
+        check_not_onnx(source)
         if source.exists() and path.exists() and os.path.samefile(source, path):
             raise ParameterError(f"{path}: the ONNX output would overwrite the voice model it is exported from")
         return load_vocoder(source, "cpu", torch.float32)

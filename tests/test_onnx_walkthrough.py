@@ -205,3 +205,14 @@ def test_the_install_hint_can_be_pasted_into_zsh(voices, tmp_path, monkeypatch) 
     monkeypatch.setitem(sys.modules, "onnx", None)
     with pytest.raises(rvcfast.errors.BackendUnavailableError, match=re.escape('pip install "rvcfast[onnx]"')):
         rvcfast.export_onnx(voices["nof0"], tmp_path / "x.onnx")
+
+
+def test_cli_an_onnx_model_without_output_gets_the_real_reason(exported, capsys) -> None:
+    """``rvcfast export-onnx voice.onnx`` said "output voice.onnx is the voice model itself; name
+    another file with -o" (status 2), and with -o the user then learnt that an .onnx cannot be exported."""
+    assert main(["export-onnx", str(exported["nof0"])]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == (
+        f"rvcfast: error: {exported['nof0']}: is an ONNX file already; export-onnx takes the voice model .pth "
+        "(an .onnx voice runs as it is)"
+    )

@@ -34,8 +34,10 @@ def cmd_export(args: argparse.Namespace) -> int:
     """Export the voice model, verify it (unless --no-verify) and print what was written."""
     check_model_files(args.model, None)
     model = Path(args.model)
+    from ..onnx_export import check_not_onnx, export_onnx
+
+    check_not_onnx(model)  # before the output: its default, voice.onnx, would be the model itself
     target = _output_path(model, args.output)
-    from ..onnx_export import export_onnx
 
     if not args.quiet:
         print(f"exporting {model} to {target} ...", file=sys.stderr)
