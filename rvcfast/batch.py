@@ -513,8 +513,10 @@ class _BatchRun:
             return
         import torch
 
+        from .runtime import set_thread_count
+
         self.saved_threads = torch.get_num_threads()
-        torch.set_num_threads(self._share())
+        set_thread_count(self._share())
 
     def _share(self) -> int:
         """Each compute worker's intra-op threads: the caller's count split evenly."""
@@ -584,9 +586,9 @@ class _BatchRun:
 
     def _restore_threads(self) -> None:
         if self.saved_threads is not None:
-            import torch
+            from .runtime import set_thread_count
 
-            torch.set_num_threads(self.saved_threads)
+            set_thread_count(self.saved_threads)
             self.saved_threads = None
 
     def results(self) -> Iterator[Result]:

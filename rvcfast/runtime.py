@@ -17,7 +17,9 @@ import numbers
 import os
 import re
 import sys
+import threading
 import warnings
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -111,15 +113,44 @@ def cpu_features() -> frozenset[str]:
     return frozenset(value.split()) if value else frozenset()
 
 
+#: rvcfast's changes of a thread's intra-op count, one at a time (each puts torch's shared count back).
+_THREAD_COUNT_LOCK = threading.Lock()
+
+
+def _in_new_thread(fn: Callable[[], Any]) -> Any:
+    """``fn()`` called in a short-lived thread of its own; its value."""
+    box: list[Any] = []
+    thread = threading.Thread(target=lambda: box.append(fn()), name="rvcfast-thread-count")
+    thread.start()
+    thread.join()
+    return box[0] if box else None
+
+
 def set_thread_count(n: int) -> None:
-    """``torch.set_num_threads(n)`` for the calling thread, made to last.
+    """``torch.set_num_threads(n)`` for the calling thread only, made to last.
 
     A thread's count is set up, once, at its first parallel operation (or first
     ``torch.get_num_threads()``) from torch's shared count, overwriting what the thread set
-    before then; another thread may change the shared count meanwhile (RMVPE's BiGRU does,
-    for a moment). Asking for the count first does that setup now."""
-    torch.get_num_threads()
-    torch.set_num_threads(n)
+    before then; another thread may change the shared count meanwhile. Asking for the count
+    first does that setup now. ``torch.set_num_threads`` also sets that shared count; where
+    torch's threads are OpenMP's it is put back (from a short-lived thread), so that a thread
+    the application starts meanwhile (a pool's, ``asyncio.to_thread``'s) does not keep ``n``
+    for good."""
+    if not openmp_threads():  # one shared pool: its size is all there is
+        torch.set_num_threads(n)
+        return
+    with _THREAD_COUNT_LOCK:
+        try:
+            shared = _in_new_thread(torch.get_num_threads)
+        except RuntimeError:  # "can't start new thread": the shared count changes with this one's
+            shared = None
+        torch.get_num_threads()
+        torch.set_num_threads(n)
+        if shared is not None and shared != n:
+            try:
+                _in_new_thread(lambda: torch.set_num_threads(shared))
+            except RuntimeError:
+                pass
 
 
 #: Where the cgroup file systems are mounted (Linux).
@@ -199,6 +230,18 @@ def openmp_threads() -> bool:
     """Whether torch's intra-op threads are OpenMP's: then ``torch.set_num_threads`` in a thread
     sets that thread's own count (OpenMP and MKL keep it per thread), not a shared pool's size."""
     return "ATen parallel backend: OpenMP" in torch.__config__.parallel_info()
+
+
+def _one_thread_in_forked_child() -> None:
+    torch.set_num_threads(1)
+
+
+# A child forked from a process whose torch has run a parallel operation hangs at its own first
+# one (GNU OpenMP's thread pool does not survive fork); one intra-op thread in the child does not
+# touch that pool. torch's DataLoader does the same in its workers. A fork-started pool's workers
+# therefore run on one thread each (as they should: the pool is the parallelism).
+if hasattr(os, "register_at_fork") and openmp_threads():
+    os.register_at_fork(after_in_child=_one_thread_in_forked_child)
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -124,12 +124,6 @@ def test_convert_from_asyncio_to_thread_equals_a_direct_call(tiny_converter) -> 
     assert all(np.array_equal(r.audio, d) for r, d in zip(got, direct))
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a batch with compute_workers > 1 sets torch's shared thread count to its workers' share "
-    "(torch.set_num_threads in _split_threads and in each worker's set_thread_count), so a thread the "
-    "application starts while it runs keeps that share after the batch",
-)
 def test_a_thread_started_during_a_parallel_batch_keeps_the_full_thread_count(tiny_converter, two_threads) -> None:
     if not openmp_threads():
         pytest.skip("torch's threads are not OpenMP's here: counts are not per thread")
@@ -286,3 +280,41 @@ def test_a_dropped_converter_and_the_cleared_cache_are_freed(tiny_models) -> Non
     gc.collect()
     assert [r() for r in refs] == [None] * 4
     assert rvcfast.cache.cached_keys() == []
+
+
+_FORK_SCRIPT = """
+import multiprocessing as mp, sys
+import numpy as np, torch
+import rvcfast
+torch.set_num_threads(2)
+voice, encoder, rmvpe = sys.argv[1:4]
+conv = rvcfast.Converter.from_pretrained(voice, encoder=encoder, f0_weights=rmvpe, device="cpu")
+x = (0.3 * np.sin(2 * np.pi * 180 * np.arange(8000) / 16000)).astype(np.float32)
+conv.convert(x, 16000)  # the parent's torch has run parallel work before the fork
+def job(i):
+    return conv.convert(x, 16000, seed=i).audio.shape[0], torch.get_num_threads()
+if __name__ == "__main__":
+    pool = mp.get_context("fork").Pool(2)
+    try:
+        print("RESULT", pool.map_async(job, range(2)).get(timeout=90))
+    except mp.TimeoutError:
+        print("HANG")
+    finally:
+        pool.terminate()
+"""
+
+
+def test_a_fork_started_pool_converts_after_the_parent_has(tiny_models, tmp_path: Path) -> None:
+    """Python 3.11's default pool on Linux forks; a child forked after the parent's torch ran a
+    parallel operation hung for ever at its first one (GNU OpenMP's pool does not survive a
+    fork). rvcfast gives forked children one intra-op thread, as torch's DataLoader does."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "fork_pool.py"
+    script.write_text(_FORK_SCRIPT)
+    args = [sys.executable, str(script), str(tiny_models.voice), str(tiny_models.encoder), str(tiny_models.rmvpe)]
+    done = subprocess.run(args, capture_output=True, text=True, timeout=240)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "HANG" not in done.stdout
+    assert "RESULT [(" in done.stdout and ", 1)" in done.stdout, done.stdout

@@ -241,14 +241,14 @@ def bigru_two_threads(gru: nn.GRU, x: torch.Tensor) -> torch.Tensor:
             raise _NoThread(str(exc)) from exc
         try:
             if one_each:
-                torch.set_num_threads(1)
+                set_thread_count(1)
             out_forward = run(forward_params, x)
             out_backward = backward.result().flip(1)
         finally:
             # after the worker is done: the count new threads start with is the caller's again
             backward.exception()
             if one_each:
-                torch.set_num_threads(caller_threads)
+                set_thread_count(caller_threads)
     return torch.cat([out_forward, out_backward], dim=-1)
 
 
