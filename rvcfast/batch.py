@@ -415,9 +415,18 @@ class _BatchRun:
                 except BrokenProcessPool:
                     found.append(self._f0_alone(d, channel.padded))
                 except Exception as exc:  # noqa: BLE001 - the engine reports it for that file
-                    found.append(exc)
+                    found.append(self._named_f0_error(exc))
             tracks.append(found[0] if len(found) == 1 else tuple(found))
         return tracks, time.perf_counter() - t0
+
+    def _named_f0_error(self, exc: Exception) -> Exception:
+        """``exc`` from the F0 pool as an error naming the backend (rvcfast's own errors name it)."""
+        if isinstance(exc, RvcfastError):
+            return exc
+        backend = getattr(self.extractor, "name", type(self.extractor).__name__)
+        err = RvcfastError(f"F0 extraction failed (backend {backend!r}): {type(exc).__name__}: {exc}")
+        err.__cause__ = exc
+        return err
 
     def _f0_alone(self, d: _Decoded, padded: np.ndarray) -> Any:
         """The F0 track of a file whose pool lost a worker process, computed again in a process of

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pytest
 import soundfile as sf
+from helpers import one_thread_fixture, tiny_models_fixture  # noqa: F401
 
 from rvcfast.cli import main
 from rvcfast.errors import BackendUnavailableError, ParameterError
@@ -214,3 +215,101 @@ def test_a_plugin_calling_sys_exit_does_not_end_the_process(plugins, monkeypatch
         msg = str(info.value)
         assert f"'{name}' from {SOURCE}" in msg and f"failed to {verb}: SystemExit: this tracker needs CUDA" in msg
     assert get_f0_extractor("dio").name == "dio"
+
+
+# --- what a plugin returns or does during a conversion ------------------------------------
+
+
+class GradTensorTracker(ToneTracker):
+    """A torch tracker that forgot ``.detach().numpy()``: its track still requires grad."""
+
+    name = "grad-tensor"
+
+    def extract(self, audio16k: Any) -> Any:
+        import torch
+
+        return torch.tensor(super().extract(audio16k), requires_grad=True)
+
+
+class ExitsInExtract(ToneTracker):
+    name = "exits-in-extract"
+
+    def extract(self, audio16k: Any) -> np.ndarray:
+        sys.exit("no GPU here")
+
+
+class NaNTracker(ToneTracker):
+    name = "nan-track"
+
+    def extract(self, audio16k: Any) -> np.ndarray:
+        track = super().extract(audio16k)
+        track[3] = np.nan
+        return track
+
+
+def _two_wavs(folder) -> list:
+    from helpers import write_tone
+
+    return [write_tone(folder, "a.wav"), write_tone(folder, "b.wav", freq=220.0)]
+
+
+def test_a_grad_tensor_track_fails_each_input_and_the_batch_goes_on(tiny_models, tmp_path):
+    """A track that requires grad raised torch's RuntimeError past the track check and ended the
+    whole batch ('1 of 1 file(s) failed' for 2 inputs); now each input fails with a message saying
+    to return a numpy array, and the batch reports both."""
+    conv = tiny_models.converter(f0=GradTensorTracker())
+    results = conv.convert_batch(_two_wavs(tmp_path / "in"), out_dir=tmp_path / "out")
+    assert len(results) == 2 and all(not r.ok for r in results)
+    assert all("'grad-tensor'" in str(r.error) and "numpy array" in str(r.error) for r in results)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_plugin_calling_sys_exit_in_extract_fails_that_input_only(tiny_models, tmp_path):
+    """sys.exit() inside extract ended the command (and would stop a server) naming nothing."""
+    conv = tiny_models.converter(f0=ExitsInExtract())
+    results = conv.convert_batch(_two_wavs(tmp_path / "in"), out_dir=tmp_path / "out")
+    assert all(not r.ok and "'exits-in-extract' called sys.exit('no GPU here')" in str(r.error) for r in results)
+    good = tiny_models.converter().convert_batch(_two_wavs(tmp_path / "in2"), out_dir=tmp_path / "out2")
+    assert all(r.ok for r in good)  # the process and other backends go on
+
+
+def test_the_f0_command_checks_a_plugins_track(plugins, tmp_path, capsys):
+    """``rvcfast f0 --method <plugin>`` wrote a track holding NaN without a word."""
+    sys.modules[MODULE].NaNTracker = NaNTracker
+    plugins.append(("nan-track", f"{MODULE}:NaNTracker"))
+    wav = _two_wavs(tmp_path / "in")[0]
+    assert main(["f0", str(wav), "--method", "nan-track", "-o", str(tmp_path / "tracks")]) != 0
+    err = capsys.readouterr().err
+    assert "a.wav" in err and "'nan-track'" in err and "NaN" in err
+    assert not (tmp_path / "tracks").exists() or not any((tmp_path / "tracks").iterdir())
+
+
+def test_backends_lists_the_ignored_registrations(plugins, capsys):
+    plugins.append(("Harvest", f"{MODULE}:ToneTracker"))
+    assert main(["backends"]) == 0
+    assert f"ignored: 'harvest' from {SOURCE} (the built-in backend of that name wins)" in capsys.readouterr().out
+
+
+def test_the_server_gives_its_rmvpe_weights_to_rmvpe_members_only() -> None:
+    """The server handed --f0-weights to any per-request backend whose name contained 'rmvpe'."""
+    from rvcfast.serve.state import _has_rmvpe
+
+    assert _has_rmvpe("rmvpe") and _has_rmvpe("hybrid:rmvpe+pm") and _has_rmvpe("hybrid:pm+rmvpe")
+    assert not _has_rmvpe("rmvpe-lite") and not _has_rmvpe("hybrid:rmvpe-lite+pm") and not _has_rmvpe("crepe")
+
+
+class FailsInPool(ToneTracker):
+    """A pure-CPU tracker run in the batch's F0 process pool, failing with a plain exception."""
+
+    name = "fails-in-pool"
+    cpu_bound = True
+
+    def extract(self, audio16k: Any) -> np.ndarray:
+        raise TypeError("boom")
+
+
+def test_an_error_from_the_f0_process_pool_names_the_backend(tiny_models, tmp_path):
+    """``F0 extraction failed: TypeError: ...`` named no backend for a cpu_bound plugin."""
+    conv = tiny_models.converter(f0=FailsInPool())
+    results = conv.convert_batch(_two_wavs(tmp_path / "in"), out_dir=tmp_path / "out", f0_workers=1)
+    assert all(not r.ok and "backend 'fails-in-pool'" in str(r.error) and "TypeError: boom" in str(r.error) for r in results)

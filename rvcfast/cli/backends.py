@@ -16,7 +16,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
     """List the registered F0 backends and the package each comes from."""
     import importlib.util
 
-    from ..f0.registry import ENTRY_POINT_GROUP, available_f0_extractors
+    from ..f0.registry import ENTRY_POINT_GROUP, available_f0_extractors, ignored_f0_registrations
 
     found = available_f0_extractors()
     notes: dict[str, str] = {}
@@ -31,6 +31,8 @@ def cmd_backends(args: argparse.Namespace) -> int:
     for name, source in found.items():
         note = f"  ({notes[name]})" if name in notes else ""
         out(f"{name:<{width}}  {source}{note}")
+    for name, source, why in ignored_f0_registrations():
+        out(f"ignored: {name!r} from {source} ({why})")
     out()
     out("Combine two or more as hybrid:a+b (e.g. hybrid:rmvpe+crepe).")
     out(f"Plugins register under the entry-point group {ENTRY_POINT_GROUP!r} (see docs/plugins.md).")

@@ -36,6 +36,7 @@ def cmd_f0(args: argparse.Namespace) -> int:
     import numpy as np
 
     from ..audio import load_audio_16k
+    from ..f0.base import checked_track
     from ..f0.registry import build_f0_extractor
     from ..runtime import resolve_device
 
@@ -69,7 +70,9 @@ def cmd_f0(args: argparse.Namespace) -> int:
         t0 = time.perf_counter()
         try:
             audio = load_audio_16k(path)
-            f0 = _fit_frames(extractor.extract(audio), audio.shape[0] // 160 + 1)
+            n_frames = audio.shape[0] // 160 + 1
+            track = checked_track(extractor.extract(audio), n_frames, f"{path}: F0 backend {extractor.name!r}")
+            f0 = _fit_frames(track, n_frames)
             with atomic_write(target) as tmp:
                 if ext == "csv":
                     with open(tmp, "w", encoding="utf-8", newline="\n") as fh:

@@ -40,8 +40,11 @@ def checked_track(track: object, n_frames: int, who: str) -> np.ndarray:
     so a track with the wrong hop or layout is never silently padded, trimmed or flattened."""
     try:
         arr = np.asarray(track, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise RvcfastError(f"{who} gave something that is not an array of numbers ({exc})") from None
+    except Exception as exc:  # noqa: BLE001 - a plugin's torch tensor (with grad, on a GPU, bfloat16)...
+        raise RvcfastError(
+            f"{who} gave something that is not an array of numbers ({type(exc).__name__}: {exc}); "
+            "an F0 backend returns a numpy array (from torch: f0.detach().float().cpu().numpy())"
+        ) from None
     if arr.ndim != 1:
         raise RvcfastError(f"{who} gave a track of shape {arr.shape}; expected one F0 value per frame (1-D)")
     if abs(arr.shape[0] - n_frames) > frame_tolerance(n_frames):

@@ -56,6 +56,18 @@ def f0_key(name: str) -> str:
     return text if members is None else "hybrid:" + "+".join(members)
 
 
+def _has_rmvpe(key: str) -> bool:
+    """Whether the backend of :func:`f0_key` ``key`` is RMVPE or a hybrid with an RMVPE member
+    (a plugin whose name merely contains "rmvpe" is not)."""
+    from ..f0.registry import parse_hybrid
+
+    try:
+        members = parse_hybrid(key)
+    except ParameterError:
+        return False
+    return "rmvpe" in (members or [key])
+
+
 class NotReady(Exception):
     """The models are still loading (503), or loading failed."""
 
@@ -316,9 +328,11 @@ class ServerState:
             from ..runtime import f0_dtype
 
             cfg = self.cfg
-            uses_rmvpe = "rmvpe" in key
+            uses_rmvpe = _has_rmvpe(key)
+            # --f0-weights are the server's own backend's weights: RMVPE's only where that backend uses RMVPE
+            weights = cfg.f0_weights if uses_rmvpe and _has_rmvpe(f0_key(cfg.f0)) else None
             extractor = build_f0_extractor(
-                key, weights=cfg.f0_weights if uses_rmvpe else None, allow_download=cfg.allow_download and uses_rmvpe,
+                key, weights=weights, allow_download=cfg.allow_download and uses_rmvpe,
                 device=self.device, dtype=f0_dtype(self.dtype, self.device),
             )
             with self._f0_lock:
