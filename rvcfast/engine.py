@@ -183,11 +183,12 @@ class Engine:
         """
         from .index import load_index
         from .models.synthesizer import load_vocoder
+        from .tuning import tuned_settings
         from .weights import resolve_encoder_for
 
         dev = resolve_device(device)
         check_batch_seconds(batch_seconds)  # before anything is loaded
-        dt, batch_seconds = _tuned(dtype, batch_seconds, dev)
+        dt, batch_seconds = tuned_settings(dtype, batch_seconds, dev, model)
         vocoder = load_vocoder(model, device=dev, dtype=dt)
         idx = load_index(index, device=dev) if index is not None else None
         if idx is not None and idx.dim != vocoder.feature_dim:
@@ -286,12 +287,14 @@ class Engine:
             if len(tracks) != len(preps):  # a broken backend: each input on its own below
                 raise RvcfastError(f"F0 backend {ext.name!r} returned {len(tracks)} tracks for {len(preps)} inputs")
             return tracks
-        except Exception:  # noqa: BLE001 - isolate the bad input
+        except (Exception, SystemExit):  # noqa: BLE001 - isolate the bad input (a plugin's sys.exit() too)
             out: list[F0Track] = []
             for p in preps:
                 try:
                     out.append(ext.extract(p.padded))
-                except Exception as exc:  # noqa: BLE001
+                except (Exception, SystemExit) as exc:  # noqa: BLE001
+                    if isinstance(exc, SystemExit):  # must not end the command or the server
+                        exc = RvcfastError(f"F0 backend {ext.name!r} called sys.exit({exc.code!r})")
                     out.append(exc)
             return out
 
@@ -699,16 +702,6 @@ class Engine:
                 g.seed()
             generators.append(g)
         return generators
-
-
-def _tuned(dtype: torch.dtype | str, batch_seconds: float | None, device: torch.device) -> tuple[torch.dtype, float | None]:
-    """The precision and batch size to use: ``rvcfast tune``'s profile fills ``"auto"`` and a missing batch size."""
-    from .tuning import load_profile, tuned_dtype
-
-    if batch_seconds is None:
-        profile = load_profile(device)
-        batch_seconds = profile.batch_seconds if profile is not None else None
-    return tuned_dtype(dtype, device), batch_seconds
 
 
 def _join_channels(item: _Item) -> None:

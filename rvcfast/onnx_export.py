@@ -81,9 +81,9 @@ _INSTALL_HINT = 'ONNX export needs `pip install "rvcfast[onnx]"` (onnx and onnxr
 #: two exports at once in one process fail ("GLOBALS.in_onnx_export must be False") or mix their
 #: settings, so the traces run one at a time (verification and writing still run in parallel).
 _EXPORT_LOCK = threading.Lock()
-#: Output names refused: an ONNX file there would replace a PyTorch model (a loaded model
-#: does not know its own file, so only the name can tell).
-_TORCH_SUFFIXES = (".pth", ".pt", ".ckpt")
+#: Output names refused: an ONNX file there would replace a PyTorch model or a voice's index
+#: (a loaded model does not know its own files, so only the name can tell).
+_REFUSED_SUFFIXES = {".pth": "a PyTorch model", ".pt": "a PyTorch model", ".ckpt": "a PyTorch model", ".index": "a faiss index"}
 _RANDOM_OPS = ("RandomNormal", "RandomNormalLike", "RandomUniform", "RandomUniformLike")
 
 
@@ -338,9 +338,10 @@ def _check_target(path: str | os.PathLike[str]) -> Path:
     seps = tuple(s for s in (os.sep, os.altsep) if s)
     if target.is_dir() or (isinstance(text, str) and text.endswith(seps)):
         raise ParameterError(f"{text}: is a folder; name the .onnx file to write")
-    if target.suffix.lower() in _TORCH_SUFFIXES:
+    if target.suffix.lower() in _REFUSED_SUFFIXES:
         raise ParameterError(
-            f"{target}: the ONNX output would overwrite a PyTorch model file ({target.suffix}); name the .onnx file to write"
+            f"{target}: the ONNX output would overwrite {_REFUSED_SUFFIXES[target.suffix.lower()]} file ({target.suffix}); "
+            "name the .onnx file to write"
         )
     return target
 
@@ -361,7 +362,7 @@ def export_onnx(
             :class:`~rvcfast.models.synthesizer.Synthesizer`; the latter is copied (float32,
             CPU) and is not changed.
         path: the ``.onnx`` file to write (replaced if it exists); it may not be the model
-            file itself, a folder, or a name ending in ``.pth`` / ``.pt`` / ``.ckpt``.
+            file itself, a folder, or a name ending in ``.pth`` / ``.pt`` / ``.ckpt`` / ``.index``.
         opset: ONNX opset, 13-20 (default :data:`DEFAULT_OPSET`).
         noise: draw the NSF source noise (and RefineGAN's AdaIN noise, Applio's overtone
             phases; with ``interface="w-okada"`` also the prior noise) in the graph, as RVC's

@@ -337,6 +337,22 @@ def load_profile(device: torch.device | str = "cpu", path: Path | None = None) -
     return profile
 
 
+def tuned_settings(
+    dtype: torch.dtype | str, batch_seconds: float | None, device: torch.device, model: Any = None
+) -> tuple[torch.dtype, float | None]:
+    """The precision and batch size an engine uses: the profile fills ``"auto"`` and a missing
+    batch size. An ONNX voice ``model`` (``.onnx``) runs in float32 only, so for it ``"auto"``
+    is float32."""
+    from .models.onnx_vocoder import is_onnx_path
+
+    if batch_seconds is None:
+        profile = load_profile(device)
+        batch_seconds = profile.batch_seconds if profile is not None else None
+    if isinstance(dtype, str) and dtype.strip().lower() == "auto" and is_onnx_path(model):
+        return torch.float32, batch_seconds
+    return tuned_dtype(dtype, device), batch_seconds
+
+
 def tuned_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
     """``dtype`` checked for ``device``, with ``"auto"`` meaning this machine's profile's
     precision (without a profile, or with one whose precision ``device`` cannot run:

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import tiny_models_fixture  # noqa: F401
 
 import rvcfast
 from rvcfast.cli import main
@@ -123,6 +124,15 @@ def test_a_loaded_model_is_not_written_over_a_torch_file(voices, tmp_path, suffi
     assert [p.name for p in tmp_path.iterdir()] == ["voice.pth"]
 
 
+def test_a_voices_index_is_not_written_over(voices, tmp_path) -> None:
+    """``export_onnx(model, "voice.index")`` replaced the voice's faiss index with the graph."""
+    index = tmp_path / "voice.index"
+    index.write_bytes(b"an index")
+    with pytest.raises(ParameterError, match=r"overwrite a faiss index file \(\.index\)"):
+        rvcfast.export_onnx(voices["nof0"], index, verify=False)
+    assert index.read_bytes() == b"an index"
+
+
 def test_a_path_ending_in_a_separator_is_a_folder(voices, tmp_path) -> None:
     """``export_onnx(model, "models/")`` wrote a file named ``models`` (Path drops the slash)."""
     target = str(tmp_path / "models") + "/"
@@ -216,3 +226,20 @@ def test_cli_an_onnx_model_without_output_gets_the_real_reason(exported, capsys)
         f"rvcfast: error: {exported['nof0']}: is an ONNX file already; export-onnx takes the voice model .pth "
         "(an .onnx voice runs as it is)"
     )
+
+
+def test_dtype_auto_runs_an_onnx_voice_in_float32(exported, tiny_models, monkeypatch) -> None:
+    """On a CPU with native bfloat16 (AMX, AVX512-BF16) ``dtype="auto"`` means bfloat16, and an
+    ONNX voice refused it: ``rvcfast convert voice.onnx --dtype auto`` (or a server started with
+    ``--dtype auto`` over a folder holding an export) failed there. For an ONNX voice "auto" is
+    float32; an explicit bfloat16 is still refused."""
+    import rvcfast.tuning as tuning
+
+    monkeypatch.setattr(tuning, "tuned_dtype", lambda dtype, device: torch.bfloat16)  # as on such a CPU
+    cpu = torch.device("cpu")
+    assert tuning.tuned_settings("auto", None, cpu, exported["f0"])[0] == torch.float32
+    assert tuning.tuned_settings("auto", None, cpu, "voice.pth")[0] == torch.bfloat16
+    engine = rvcfast.Engine.load(exported["f0"], dtype="auto", device="cpu", encoder=tiny_models.encoder, f0_weights=tiny_models.rmvpe)
+    assert engine.dtype == torch.float32
+    with pytest.raises(ParameterError, match="float32 only"):
+        rvcfast.Engine.load(exported["f0"], dtype="bfloat16", device="cpu", encoder=tiny_models.encoder, f0_weights=tiny_models.rmvpe)

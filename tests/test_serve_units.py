@@ -304,3 +304,29 @@ def test_a_voice_that_failed_to_load_is_not_loaded_again_until_its_files_change(
     with pytest.raises(ModelLoadError):
         registry.engine("zoe")
     assert attempts == ["zoe", "zoe", "zoe"]
+
+
+def test_an_uploaded_onnx_voice_is_kept_as_onnx_and_replaces_the_other_kind(tmp_path) -> None:
+    """An .onnx upload was checked as ONNX, then stored as <id>.pth (a .pth holding ONNX bytes,
+    which then failed to load); a voice replaced by the other kind kept its old file beside it,
+    two voices of one name at the next start."""
+    from rvcfast.serve.voices import discover_voices, save_upload
+
+    models = tmp_path / "models"
+    checked: list = []
+
+    def upload(name: str, data: bytes):
+        spool = tmp_path / "spool"
+        spool.mkdir(exist_ok=True)
+        tmp = spool / name
+        tmp.write_bytes(data)
+        return save_upload(models, "carol", tmp, None, lambda m, i: checked.append(m.suffix))
+
+    first = upload("upload.pth", b"pth bytes")
+    assert first.model.name == "carol.pth"
+    second = upload("upload.onnx", b"onnx bytes")
+    assert second.model.name == "carol.onnx" and second.model.read_bytes() == b"onnx bytes"
+    assert sorted(p.name for p in models.iterdir()) == ["carol.onnx"]
+    assert [v.model.name for v in discover_voices([models])] == ["carol.onnx"]
+    assert upload("x.PTH", b"again").model.name == "carol.pth" and sorted(p.name for p in models.iterdir()) == ["carol.pth"]
+    assert checked == [".pth", ".onnx", ".PTH"]

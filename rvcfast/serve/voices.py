@@ -273,7 +273,8 @@ def _hide_path(text: str, path: Path) -> str:
 def save_upload(
     folder: str | os.PathLike[str], voice_id: str, model_tmp: Path, index_tmp: Path | None, check: Callable[[Path, Path | None], None]
 ) -> Voice:
-    """Move an uploaded model (and index) into the models folder as ``<id>.pth`` / ``<id>.index``.
+    """Move an uploaded model (and index) into the models folder as ``<id>.pth`` (``<id>.onnx`` for
+    an ONNX export sent under a ``.onnx`` name) and ``<id>.index``.
 
     ``check(model, index)`` must raise for files that are not a usable voice (it goes through
     the safe loader); then nothing is kept. Files are moved into place only after the check.
@@ -283,7 +284,11 @@ def save_upload(
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
     check(model_tmp, index_tmp)
-    model = root / f"{voice_id}.pth"
+    suffix = ".onnx" if model_tmp.suffix.lower() == ".onnx" else ".pth"  # the kind the check read it as
+    model = root / f"{voice_id}{suffix}"
+    for other in VOICE_SUFFIXES:  # a replaced voice must not leave its other file (two voices of one name)
+        if other != suffix:
+            (root / f"{voice_id}{other}").unlink(missing_ok=True)
     shutil.move(str(model_tmp), model)
     index = None
     if index_tmp is not None:
