@@ -318,3 +318,56 @@ def test_a_fork_started_pool_converts_after_the_parent_has(tiny_models, tmp_path
     assert done.returncode == 0, done.stderr[-2000:]
     assert "HANG" not in done.stdout
     assert "RESULT [(" in done.stdout and ", 1)" in done.stdout, done.stdout
+
+
+_SIGTERM_SCRIPT = """
+import sys, time
+import rvcfast.batch, rvcfast.cli
+real = rvcfast.batch.write_audio_atomic
+def slow(*args, **kwargs):  # a slow disk: the batch is still running when SIGTERM comes
+    time.sleep(0.4)
+    return real(*args, **kwargs)
+rvcfast.batch.write_audio_atomic = slow
+sys.argv = ["rvcfast", *sys.argv[1:]]
+rvcfast.cli.run()
+"""
+
+
+def test_sigterm_ends_rvcfast_convert_as_ctrl_c_does(tiny_models, tmp_path: Path) -> None:
+    """A scheduler's SIGTERM (Slurm, Kubernetes, ``kill``) ended ``rvcfast convert`` at once: no
+    message, temporary files of writes in progress left behind. It now ends as Ctrl-C does:
+    status 143, a message, complete outputs only, and ``--skip-existing`` converts the rest."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    src = _inputs(tmp_path / "in", 24)
+    before = _digests(src)
+    out = tmp_path / "out"
+    script = tmp_path / "slow_convert.py"
+    script.write_text(_SIGTERM_SCRIPT)
+    weights = ["--encoder", str(tiny_models.encoder), "--f0-weights", str(tiny_models.rmvpe), "--device", "cpu"]
+    argv = [sys.executable, str(script), "convert", str(tiny_models.voice), str(src), "-o", str(out), *weights, "--quiet"]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline and proc.poll() is None and not list(out.glob("*.wav")):
+            time.sleep(0.05)
+        assert proc.poll() is None, "the batch ended before SIGTERM could be sent"
+        proc.send_signal(signal.SIGTERM)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 143, err[-2000:]
+    assert "terminated (SIGTERM)" in err and "Traceback" not in err
+    written = sorted(p.name for p in out.iterdir())
+    assert all(name.endswith(".wav") for name in written), written  # no temporary .part left
+    assert 1 <= len(written) < 24
+    for name in written:
+        assert sf.info(out / name).frames > 0
+    assert _digests(src) == before
+    done = subprocess.run([*argv, "--skip-existing"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert len(list(out.glob("*.wav"))) == 24

@@ -21,7 +21,9 @@ import argparse
 import atexit
 import importlib
 import os
+import signal
 import sys
+import threading
 import warnings
 from collections.abc import Sequence
 from typing import NoReturn
@@ -100,7 +102,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         err(str(exc))
         return EXIT_FAILED
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if isinstance(exc, Terminated):
+            print(f"\n{PROG}: terminated (SIGTERM)", file=sys.stderr)
+            return 128 + signal.SIGTERM
         print(f"\n{PROG}: interrupted", file=sys.stderr)
         return 130
     except BrokenPipeError:  # the reader went away (`rvcfast info --json | head -c1`): no traceback
@@ -110,6 +115,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         except (OSError, ValueError, AttributeError):  # a replaced stdout without a descriptor
             pass
         return EXIT_FAILED
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler stopping the job, ``kill``) in the console script: raised in the main
+    thread, so a command ends as it does on Ctrl-C (workers stopped, temporary files removed,
+    outputs already written kept) with status 143."""
+
+
+def _raise_terminated(signum: int, frame: object) -> None:
+    raise Terminated()
 
 
 def _format_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, line: str | None = None) -> str:
@@ -143,6 +158,8 @@ def run() -> NoReturn:
 
     atexit.register(leave)
     warnings.formatwarning = _format_warning
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_terminated)  # `rvcfast serve` hands SIGTERM to uvicorn instead
     try:
         status[0] = main()
     except SystemExit as exc:  # a command that called sys.exit itself

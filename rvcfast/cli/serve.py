@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import errno
 import os
+import signal
 import socket
 import sys
 from typing import Any
@@ -30,6 +31,13 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     require_serve_extra()  # a clear "pip install rvcfast[serve]" before anything else
     import uvicorn
+
+    from . import _raise_terminated
+
+    if signal.getsignal(signal.SIGTERM) is _raise_terminated:
+        # uvicorn finishes the requests in flight on SIGTERM, then raises it again: the default
+        # action then, not the console script's Ctrl-C-like exit
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
 
     from ..serve import create_app
 
