@@ -313,3 +313,29 @@ def test_an_error_from_the_f0_process_pool_names_the_backend(tiny_models, tmp_pa
     conv = tiny_models.converter(f0=FailsInPool())
     results = conv.convert_batch(_two_wavs(tmp_path / "in"), out_dir=tmp_path / "out", f0_workers=1)
     assert all(not r.ok and "backend 'fails-in-pool'" in str(r.error) and "TypeError: boom" in str(r.error) for r in results)
+
+
+def test_a_plugin_refused_for_a_request_is_a_422_naming_the_f0_field(plugins, tiny_models, tmp_path):
+    """A per-request ``f0`` whose plugin refuses to be built (here: a factory without the
+    ``device=`` every front end passes) was a 422 without ``"parameter"``; now it names ``f0``."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from serve_helpers import run_in_process
+
+    from rvcfast.serve import create_app
+
+    wav = _two_wavs(tmp_path / "in")[0]
+    app = create_app(voices=[tiny_models.voice], encoder=tiny_models.encoder, f0_weights=tiny_models.rmvpe, device="cpu",
+                     threads=1, jobs_dir=tmp_path / "spool")
+    state = app.state.rvcfast
+
+    async def body(client: Any) -> Any:
+        return await client.post("/v1/convert", params={"voice": tiny_models.voice.stem, "f0": "no-device"},
+                                 content=wav.read_bytes(), headers={"content-type": "audio/wav"})
+
+    try:
+        r = run_in_process(app, body, 120)
+    finally:
+        state.close()
+    assert r.status_code == 422 and r.json()["parameter"] == "f0", r.text
+    assert "'no-device'" in r.json()["error"] and "device=" in r.json()["error"]

@@ -291,7 +291,12 @@ class ServerState:
             return engine
         extractor = self._kept_f0(key)
         if extractor is None:
-            extractor = await asyncio.get_running_loop().run_in_executor(self.loader, self._f0_extractor, key)
+            try:
+                extractor = await asyncio.get_running_loop().run_in_executor(self.loader, self._f0_extractor, key)
+            except ParameterError as exc:  # a backend refusing its options or weights: the request's f0 field
+                from .forms import FieldError
+
+                raise FieldError("f0", str(exc)) from None
         return engine.with_f0(extractor if self.analysis is None else self.analysis.extractor(extractor))
 
     def _load_in_pool(self, voice_id: str) -> cf.Future[Engine]:
