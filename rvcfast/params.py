@@ -209,8 +209,8 @@ class ConversionParams:
         if self.seed is not None:
             _check_int("seed", self.seed, None)
         if self.output_sample_rate is not None:
-            _check_int("output_sample_rate", self.output_sample_rate, 8000)
-            if int(self.output_sample_rate) > 384000:
+            _check_int("output_sample_rate", self.output_sample_rate, None)
+            if not 8000 <= int(self.output_sample_rate) <= 384000:
                 raise ParameterError(f"output_sample_rate must be within 8000..384000 Hz, got {self.output_sample_rate}")
         self._validate_applio_options()
         if vocoder is not None and self.speaker >= vocoder.num_speakers:

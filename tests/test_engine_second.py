@@ -32,7 +32,7 @@ def engine(tiny_converter: rvcfast.Converter) -> Engine:
         ({"pitch": 100}, "pitch must be within -48..48"),
         ({"protect": -1.0}, "protect must be within 0..0.5"),
         ({"index_rate": 3.0}, "index_rate must be within 0..1"),
-        ({"output_sample_rate": 100}, "output_sample_rate must be an integer >= 8000"),
+        ({"output_sample_rate": 100}, "output_sample_rate must be within 8000..384000 Hz"),
         ({"speaker": 9}, "speaker 9 is out of range: this model has 4 speaker"),
     ],
 )

@@ -35,7 +35,7 @@ OUT_OF_RANGE = [
     ("rms_mix_rate", 1.5, ("rms_mix_rate", "0..1")),
     ("filter_radius", -1, ("filter_radius", ">= 0")),
     ("speaker", -1, ("speaker", ">= 0")),
-    ("output_sample_rate", 7999, ("output_sample_rate", ">= 8000")),  # docs/reliability.md quotes this message
+    ("output_sample_rate", 7999, ("output_sample_rate", "8000..384000")),
     ("output_sample_rate", 384001, ("output_sample_rate", "8000..384000")),
     ("v1_output_layer", 0, ("v1_output_layer", ">= 1")),
     ("autotune", 1.001, ("autotune", "0..1")),

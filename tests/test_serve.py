@@ -251,7 +251,7 @@ BAD_FIELDS = [
     ({"voice": "alice", "format": "aiff"}, 422, "format must be one of"),
     ({"voice": "alice", "subtype": "PCM_99"}, 422, "subtype 'PCM_99' is not valid"),
     ({"voice": "alice", "stream": "true", "format": "flac"}, 422, "stream=true sends WAV only"),
-    ({"voice": "alice", "sample_rate": "100"}, 422, "must be an integer >= 8000"),
+    ({"voice": "alice", "sample_rate": "100"}, 422, "must be within 8000..384000 Hz"),
     ({"pitch": "1"}, 422, "field 'voice' is required"),
 ]
 
