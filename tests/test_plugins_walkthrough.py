@@ -339,3 +339,25 @@ def test_a_plugin_refused_for_a_request_is_a_422_naming_the_f0_field(plugins, ti
         state.close()
     assert r.status_code == 422 and r.json()["parameter"] == "f0", r.text
     assert "'no-device'" in r.json()["error"] and "device=" in r.json()["error"]
+
+
+def test_f0_weights_for_a_backend_without_them_is_a_usage_error_before_loading(plugins, tiny_models, tmp_path, capsys, monkeypatch):
+    """``--f0 <plugin> --f0-weights rmvpe.pt`` was found only when the backend was built: after
+    the voice had loaded, and for ``rvcfast serve`` after it had started listening. Every
+    command now refuses it with its arguments (status 2, before any model is loaded)."""
+    from helpers import no_loading_fixture
+
+    no_loading_fixture.__wrapped__(monkeypatch)  # loading a model fails the test
+    wav = _two_wavs(tmp_path / "in")[0]
+    weights = ["--f0-weights", str(tiny_models.rmvpe)]
+    commands = [
+        ["convert", str(tiny_models.voice), str(wav), "-o", str(tmp_path / "out"), "--f0", "tone-like", *weights],
+        ["convert", str(tiny_models.voice), str(wav), "-o", str(tmp_path / "out"), "--f0", "hybrid:harvest+dio", *weights],
+        ["f0", str(wav), "--method", "harvest", "-o", str(tmp_path / "f0"), *weights],
+        ["serve", str(tiny_models.voice), "--port", "0", "--f0", "tone-like", *weights],
+    ]
+    for argv in commands:
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "--f0-weights:" in err and ("takes no weights file" in err or "has no rmvpe member" in err), err
+        assert str(tiny_models.rmvpe) not in err

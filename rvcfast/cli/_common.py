@@ -72,11 +72,12 @@ def parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
     return options
 
 
-def check_f0_name(option: str, spec: str, options: dict[str, Any] | None = None) -> None:
+def check_f0_name(option: str, spec: str, options: dict[str, Any] | None = None, weights: bool = False) -> None:
     """A usage error (status 2) when ``spec`` names no installed F0 backend (nor a combination
-    of them, ``hybrid:a+b``), or when the backend takes none of ``options``' names
-    (``--f0-option``), found before any model is loaded (only a backend given options is imported)."""
-    from ..f0.registry import available_f0_extractors, check_f0_options, parse_hybrid
+    of them, ``hybrid:a+b``), when the backend takes none of ``options``' names
+    (``--f0-option``), or, with ``weights`` (``--f0-weights`` given), when it takes no weights
+    file; found before any model is loaded (only a backend given options or weights is imported)."""
+    from ..f0.registry import available_f0_extractors, check_f0_options, check_f0_weights, parse_hybrid
 
     try:
         members = parse_hybrid(spec)
@@ -94,6 +95,11 @@ def check_f0_name(option: str, spec: str, options: dict[str, Any] | None = None)
             check_f0_options(spec, options)
         except ParameterError as exc:  # a backend that cannot load is reported when it is built
             raise UsageError(f"--f0-option: {exc}") from None
+    if weights:
+        try:
+            check_f0_weights(spec)
+        except ParameterError as exc:
+            raise UsageError(f"--f0-weights: {exc}") from None
 
 
 def expand_inputs(inputs: Sequence[str], recursive: bool) -> list[Path]:

@@ -214,7 +214,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     check_output_dir(Path(args.output))
     inputs = planned_inputs(args, batch["name_template"])  # what the batch below converts (it expands the folders itself)
     check_params(params_from_args(args))  # a bad value is a usage error, found before loading anything
-    check_f0_name("--f0", args.f0, parse_options(args.f0_option))
+    check_f0_name("--f0", args.f0, parse_options(args.f0_option), args.f0_weights is not None)
     # then a missing file (status 1), named now rather than after loading the models
     for model, index in voices:
         check_model_files(model, index)

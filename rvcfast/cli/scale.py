@@ -127,7 +127,7 @@ def cmd_convert_ray(
     voices = voices or [(args.model, args.index)]
     params = params_from_args(args)
     check_params(params)  # a bad value is a usage error, found before connecting to anything
-    check_f0_name("--f0", args.f0, parse_options(args.f0_option))
+    check_f0_name("--f0", args.f0, parse_options(args.f0_option), args.f0_weights is not None)
     from ..integrations.ray import MANIFEST_NAME, check_manifest, connected, convert_files
 
     if args.manifest is not None:

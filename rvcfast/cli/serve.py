@@ -45,7 +45,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise UsageError(f"--port must be within 0..65535, got {args.port}")
     if not args.shutdown_timeout > 0:  # also NaN
         raise UsageError(f"--shutdown-timeout must be a positive number of seconds, got {args.shutdown_timeout}")
-    check_f0_name("--f0", args.f0, parse_options(args.f0_option))  # as convert does: before anything is loaded
+    check_f0_name("--f0", args.f0, parse_options(args.f0_option), args.f0_weights is not None)  # as convert does: before anything is loaded
     config = _config(ServeConfig, args)
     # the port first: a second server started by mistake stops here, before it touches the
     # first one's --jobs-dir

@@ -34,7 +34,7 @@ from .base import HOP_LENGTH, SAMPLE_RATE
 
 __all__ = [
     "ENTRY_POINT_GROUP", "available_f0_extractors", "get_f0_extractor", "parse_hybrid", "check_f0_options",
-    "ignored_f0_registrations",
+    "ignored_f0_registrations", "check_f0_weights",
 ]
 
 ENTRY_POINT_GROUP = "rvcfast.f0_extractors"
@@ -502,27 +502,32 @@ def build_f0_extractor(
         rmvpe_opts["weights"] = weights
     if allow_download:
         rmvpe_opts["allow_download"] = True
+    if weights is not None:
+        check_f0_weights(spec)
     if members is not None:
-        if "rmvpe" in members:
-            if rmvpe_opts:
-                opts["rmvpe"] = {**rmvpe_opts, **dict(opts.get("rmvpe") or {})}
-        elif weights is not None:
-            raise ParameterError(
-                f"f0 weights are the rmvpe.pt of a hybrid's rmvpe member, and {spec!r} has no rmvpe member"
-            )
+        if "rmvpe" in members and rmvpe_opts:
+            opts["rmvpe"] = {**rmvpe_opts, **dict(opts.get("rmvpe") or {})}
     elif spec.strip().lower() == "rmvpe":
         opts = {**rmvpe_opts, **opts}
     elif weights is not None:
-        _check_takes_weights(spec)
         opts["weights"] = weights
     return get_f0_extractor(spec, **opts)
 
 
-def _check_takes_weights(spec: str) -> None:
+def check_f0_weights(spec: str) -> None:
     """A :class:`ParameterError` naming the f0 weights option the user gave (``f0_weights=`` /
-    ``--f0-weights``) when the backend ``spec`` takes no ``weights`` option (it said only
-    "does not accept option(s) weights", an option the user never typed). The file's path is
-    not in the message: the server answers it to clients, who must not see its paths."""
+    ``--f0-weights``) when the backend ``spec`` takes no weights file: a hybrid without an
+    ``rmvpe`` member, or a backend without a ``weights`` option (it said only "does not
+    accept option(s) weights", an option the user never typed). Nothing is imported but the
+    backend's module. The file's path is not in the message: the server answers it to
+    clients, who must not see its paths."""
+    members = parse_hybrid(spec)
+    if members is not None:
+        if "rmvpe" not in members:
+            raise ParameterError(
+                f"f0 weights are the rmvpe.pt of a hybrid's rmvpe member, and {spec!r} has no rmvpe member"
+            )
+        return
     reg = _registry().get(spec.strip().lower())
     if reg is not None and _unaccepted(reg, {"weights"}):
         raise ParameterError(
