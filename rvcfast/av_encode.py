@@ -8,8 +8,11 @@ it hands :func:`write_m4a` its temporary file, so the atomic write (temporary fi
 rename) is the same as for every other format.
 
 Frames carry their timestamps from 0, so the AAC encoder's 1024 priming samples get an
-edit list in the file and a decoder that honours it (FFmpeg, Apple's, libfdk) gives back
-exactly the written length.
+edit list in the file, and the file's length (the track's duration, which rvcfast's reader
+and FFmpeg's tools trim to) is exactly the written length. The edit list is written in the
+movie's timescale, set to the sample rate: at the muxer's default (1000, milliseconds) the
+length was rounded to whole milliseconds (up to 48 samples more or less at 48 kHz) and an
+output shorter than 1 ms held no audio at all.
 """
 
 from __future__ import annotations
@@ -92,7 +95,33 @@ def write_m4a(
     else:
         data, sample_format = np.ascontiguousarray(data, dtype=np.float32), "flt"
     target = file if hasattr(file, "write") else os.fspath(file)  # a path, or a seekable file object
-    with av.open(target, "w", format="ipod") as container:
+    # the edit list (AAC's priming samples) in samples, not milliseconds: the exact length
+    options = {"movie_timescale": str(int(rate))}
+    try:
+        _mux(av, target, options, data, int(rate), sub, layout, sample_format, comment, bitrate)
+    except OSError as exc:
+        if exc.errno is None or not exc.filename:
+            raise
+        # FFmpeg names the temporary file it was writing (removed by the caller): the system's error alone,
+        # as libsndfile's formats give it ("[Errno 28] No space left on device")
+        raise OSError(exc.errno, exc.strerror or os.strerror(exc.errno)) from exc
+
+
+def _mux(
+    av: ModuleType,
+    target: str | BinaryIO,
+    options: dict[str, str],
+    data: np.ndarray,
+    rate: int,
+    sub: str,
+    layout: str,
+    sample_format: str,
+    comment: str | None,
+    bitrate: int | None,
+) -> None:
+    """Encode ``data`` (``[samples, channels]``, ``sample_format``) with ``sub``'s codec into an m4a at ``target``."""
+    channels = data.shape[1]
+    with av.open(target, "w", format="ipod", options=options) as container:
         if comment is not None:
             container.metadata["comment"] = comment
         stream = container.add_stream(_CODECS[sub], rate=int(rate), layout=layout)
