@@ -411,6 +411,12 @@ def this_host() -> str:
 #: ALAC, see :data:`rvcfast.av_encode.AAC_LAYOUTS`); others take any number.
 MAX_CHANNELS = {"mp3": 2, "flac": 8, "m4a": 8}
 
+#: Channel counts at which libsndfile's ogg encoders take the last channel for the LFE and
+#: low-pass it (measured: a voice there comes back with ~80 % error, the others ~10 %): Vorbis
+#: at 6 channels (5.1), Opus at 6 to 8 (its surround mapping: 5.1, 6.1, 7.1). Refused: every
+#: channel of an rvcfast output holds a voice.
+_OGG_LFE_CHANNELS = {"VORBIS": (6,), "OPUS": (6, 7, 8)}
+
 #: Subtypes that carry samples beyond ±1 as they are: everything else is clipped to ±1 first.
 _UNCLIPPED_SUBTYPES = {"FLOAT", "DOUBLE", "VORBIS", "OPUS", "MPEG_LAYER_III", "AAC"}
 
@@ -425,7 +431,8 @@ def writable_samples(
 
     Raises :class:`AudioError` (naming ``path`` when given) for samples that cannot be written:
     none at all for FLAC, MP3 or m4a, NaN or infinity for any format (LAME aborts the process on
-    them), more channels than the format holds (:data:`MAX_CHANNELS`). Returns ``audio`` clipped to ±1 (a new array) where the subtype would wrap samples
+    them), more channels than the format holds (:data:`MAX_CHANNELS`), a channel count at which
+    ogg would low-pass the last channel as an LFE channel (Vorbis 6, Opus 6 to 8). Returns ``audio`` clipped to ±1 (a new array) where the subtype would wrap samples
     beyond it (µ-law, A-law, ADPCM...), else ``audio`` itself.
     """
     subtype = _subtype(subtype)
@@ -433,6 +440,7 @@ def writable_samples(
     most = MAX_CHANNELS.get(fmt)
     if most is not None and channels > most:
         raise AudioError(path, f"not written: {fmt} holds at most {most} channels, the audio has {channels} (wav and ogg hold more)")
+    _check_ogg_channels(fmt, subtype, channels, path)
     if audio.size == 0:
         if fmt in _NOT_EMPTY:
             raise AudioError(path, f"no audio to write: an empty {fmt} file cannot be written (wav and ogg can be empty)")
@@ -445,6 +453,21 @@ def writable_samples(
     if (lo < -1.0 or hi > 1.0) and sub not in _UNCLIPPED_SUBTYPES:
         audio = np.clip(audio, -1.0, 1.0)  # a new array: the caller's audio is left as it is
     return audio
+
+
+def _check_ogg_channels(fmt: str, subtype: str | None, channels: int, path: str | os.PathLike[str] | None) -> None:
+    """Raise :class:`AudioError` where ogg would take the last of ``channels`` for an LFE
+    channel and low-pass the voice out of it (:data:`_OGG_LFE_CHANNELS`)."""
+    if fmt != "ogg":
+        return
+    sub = subtype or "VORBIS"
+    if channels in _OGG_LFE_CHANNELS.get(sub, ()):
+        codec = "Opus" if sub == "OPUS" else "Vorbis"
+        raise AudioError(
+            path,
+            f"not written: ogg ({codec}) with {channels} channels encodes channel {channels} as a low-frequency (LFE) "
+            f"channel and filters the voice out of it; write {channels} channels as wav, flac or m4a",
+        )
 
 
 def _glob_escape(text: str) -> str:
