@@ -94,6 +94,9 @@ def normalize_loudness(
     """
     who = f"{label}: " if label else ""
     out = np.asarray(audio, dtype=np.float32)
+    if out.size and not (np.isfinite(out.min()) and np.isfinite(out.max())):  # NaN propagates through min/max
+        # a diverging model or effect, not silence (BS.1770's gate drops NaN blocks: it would read as silent)
+        return out, [f"{who}loudness not normalised: the output holds NaN or infinite samples"]
     measured = integrated_loudness(out, rate)
     if measured is None or not math.isfinite(measured):
         why = "shorter than 0.4 s" if measured is None else "silent"
