@@ -10,12 +10,15 @@ share one copy. ``convert`` is a batch of one through the engine; ``convert_batc
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping
-from typing import Any
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Any, cast
 
+import numpy as np
 import torch
 
 from .audio import AudioInput
+from .batch import AudioProgressCallback, ProgressCallback
+from .batch_inputs import BatchInput
 from .engine import Engine
 from .params import ConversionParams
 from .protocols import F0Extractor, FeatureEncoder, Vocoder
@@ -23,6 +26,12 @@ from .result import Result
 from .segment import SegmentConfig
 
 __all__ = ["Converter", "Result"]
+
+#: One input of :meth:`Converter.convert`: a path, or samples (a NumPy array, a torch tensor
+#: or a list of numbers) given with their sample rate.
+ConvertInput = AudioInput | torch.Tensor | Sequence[float]
+#: Settings: a :class:`~rvcfast.ConversionParams`, a mapping of its field names, or ``None``.
+ParamsInput = ConversionParams | Mapping[str, Any] | None
 
 
 class Converter:
@@ -35,6 +44,12 @@ class Converter:
         conv = rvcfast.Converter.from_pretrained("voice.pth", index="voice.index")
         result = conv.convert("input.wav", pitch=2)
         soundfile.write("out.wav", result.audio, result.sample_rate)
+
+    One Converter may be used from several threads at once (see ``docs/api.md``).
+
+    Attributes:
+        engine: The :class:`~rvcfast.engine.Engine` that does the work; its parts are also
+            the Converter's read-only properties below.
     """
 
     def __init__(
@@ -56,7 +71,11 @@ class Converter:
 
     @classmethod
     def from_engine(cls, engine: Engine) -> Converter:
-        """A Converter around an existing :class:`~rvcfast.engine.Engine` (models shared, nothing loaded)."""
+        """A Converter around an existing :class:`~rvcfast.engine.Engine` (models shared, nothing loaded).
+
+        Used where an engine already exists (a server's, one from :meth:`Engine.with_f0
+        <rvcfast.engine.Engine.with_f0>`); the Converter and the engine then share everything.
+        """
         conv = cls.__new__(cls)
         conv.engine = engine
         return conv
@@ -76,33 +95,47 @@ class Converter:
         allow_download: bool = False,
         batch_seconds: float | None = None,
     ) -> Converter:
-        """Load a voice model (``.pth``) with its optional faiss ``.index``.
+        """Load a voice model with its optional faiss ``.index`` and the base models it needs.
 
-        Parameters
-        ----------
-        model:
-            RVC/Applio voice model file (v1 or v2, with or without F0, 32/40/48 kHz).
-        index:
-            faiss ``.index`` file for retrieval (read without faiss), or ``None``.
-        encoder:
-            ``hubert_base.pt`` (fairseq layout) or a Hugging Face ContentVec folder;
-            default: found in ``$RVCFAST_HOME`` or the user cache.
-        f0:
-            F0 backend name (``rmvpe``, ``crepe``, ``crepe-tiny``, ``fcpe``, ``harvest``,
-            ``dio``, ``pm``, ``hybrid:a+b``, or a plugin's name) or an F0Extractor object.
-        f0_weights:
-            Weights file for the F0 backend (``rmvpe.pt`` for RMVPE).
-        device:
-            ``"auto"`` (CUDA if available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``...
-        dtype:
-            ``torch.float32`` (default), ``torch.bfloat16``, ``torch.float16`` (CUDA, or a CPU with AVX512-FP16),
-            or ``"auto"`` (bfloat16 where the hardware computes it natively, else float32).
-        f0_options:
-            Extra keyword options for the F0 backend.
-        allow_download:
-            Download missing base weights into the cache on first use.
-        batch_seconds:
-            16 kHz audio packed into one model call (default: 8 s on CPU, 120 s on GPU).
+        Args:
+            model: RVC/Applio voice model file, ``.pth`` (v1 or v2, with or without F0,
+                32/40/48 kHz), or one written by :func:`rvcfast.export_onnx` (``.onnx``,
+                the ``onnx`` extra).
+            index: faiss ``.index`` file for retrieval (read without faiss), or ``None``.
+            encoder: ``hubert_base.pt`` (fairseq layout) or a Hugging Face ContentVec folder;
+                ``None``: found in ``$RVCFAST_HOME`` or the user cache.
+            f0: F0 backend name (``rmvpe``, ``crepe``, ``crepe-tiny``, ``fcpe``, ``harvest``,
+                ``dio``, ``pm``, ``swift``, ``hybrid:a+b``, or a plugin's name; see
+                :func:`rvcfast.available_f0_extractors`) or an F0Extractor object. Unused
+                by a model without F0.
+            f0_weights: Weights file for the F0 backend (``rmvpe.pt`` for RMVPE); ``None``:
+                found as for ``encoder``.
+            device: ``"auto"`` (CUDA if available, else the CPU), ``"cpu"``, ``"cuda"``,
+                ``"cuda:1"``...
+            dtype: ``torch.float32`` (default), ``torch.bfloat16``, ``torch.float16`` (CUDA,
+                or a CPU with AVX512-FP16), their names (``"bf16"``, ``"fp16"``...), or
+                ``"auto"``: the precision ``rvcfast tune`` chose on this machine, else
+                bfloat16 where the hardware computes it natively, else float32 (an
+                ``.onnx`` voice: always float32).
+            f0_options: Extra keyword options for the F0 backend (an unknown one is a
+                :class:`~rvcfast.errors.ParameterError` listing those it takes).
+            allow_download: Download missing base weights into the cache on first use.
+            batch_seconds: Seconds of 16 kHz audio packed into one model call; ``None``:
+                what ``rvcfast tune`` measured on this machine, else 8 s on a CPU and 120 s
+                on a GPU.
+
+        Returns:
+            The Converter, its models loaded on ``device``.
+
+        Raises:
+            ModelLoadError: the voice model or index is missing, unreadable or does not
+                fit (an index of another dimension), or a base model file is unusable;
+                :class:`~rvcfast.errors.UnsafeFileError` (a subclass) for a file that asks
+                to run code.
+            WeightsNotFoundError: a base weights file (content encoder, RMVPE) is not found,
+                where it was given or where rvcfast looks.
+            BackendUnavailableError: the F0 backend is unknown or needs a missing extra.
+            ParameterError: a bad ``device``, ``dtype``, ``f0_options`` or ``batch_seconds``.
         """
         return cls.from_engine(
             Engine.load(
@@ -115,30 +148,37 @@ class Converter:
 
     @property
     def vocoder(self) -> Vocoder:
+        """The voice model's synthesizer (an RVC :class:`~rvcfast.protocols.Vocoder`)."""
         return self.engine.vocoder
 
     @property
     def encoder(self) -> FeatureEncoder:
+        """The content encoder (HuBERT / ContentVec) shared from :mod:`rvcfast.cache`."""
         return self.engine.encoder
 
     @property
     def f0_extractor(self) -> F0Extractor | None:
+        """The F0 backend, or ``None`` for a voice model without F0."""
         return self.engine.f0_extractor
 
     @property
     def index(self) -> Any | None:
+        """The :class:`~rvcfast.index.RetrievalIndex` loaded with ``index=``, or ``None``."""
         return self.engine.index
 
     @property
     def device(self) -> torch.device:
+        """The torch device the models run on."""
         return self.engine.device
 
     @property
     def dtype(self) -> torch.dtype:
+        """The precision the networks run in (``torch.float32``, ``torch.bfloat16``...)."""
         return self.engine.dtype
 
     @property
     def segment_config(self) -> SegmentConfig:
+        """How long inputs are split into segments (RVC's ``x_pad``/``x_query``/``x_center``/``x_max``)."""
         return self.engine.segment_config
 
     @property
@@ -146,38 +186,72 @@ class Converter:
         """The voice model's output sample rate."""
         return self.engine.sample_rate
 
-    def make_params(self, params: ConversionParams | dict[str, Any] | None = None, **overrides: Any) -> ConversionParams:
-        """Build and validate :class:`~rvcfast.ConversionParams` against this model."""
-        return self.engine.params(params, **overrides)
+    def make_params(self, params: ParamsInput = None, **overrides: Any) -> ConversionParams:
+        """Build and validate :class:`~rvcfast.ConversionParams` against this model.
+
+        ``params`` (an object, a mapping of field names, or ``None`` for the defaults) with
+        keyword ``overrides`` applied, e.g. ``conv.make_params(pitch=2)``.
+
+        Raises:
+            ParameterError: an unknown name (the message suggests the nearest one), a value
+                of the wrong type or out of its range, a ``speaker`` the model lacks.
+        """
+        return self.engine.params(cast(Any, params), **overrides)  # any Mapping, as ConversionParams.build
 
     # ------------------------------------------------------------------ conversion
 
     def convert(
         self,
-        audio_or_path: AudioInput,
-        sample_rate: int | None = None,
-        params: ConversionParams | dict[str, Any] | None = None,
+        audio_or_path: ConvertInput,
+        sample_rate: int | np.integer[Any] | ConversionParams | Mapping[str, Any] | None = None,
+        params: ParamsInput = None,
         **overrides: Any,
     ) -> Result:
         """Convert one file or array and return the waveform (nothing is written).
 
-        ``audio_or_path`` is a path, or a float/int array ``[samples]`` or
-        ``[samples, channels]`` with ``sample_rate``. Settings: ``params`` and/or keyword
-        overrides (``pitch``, ``index_rate``, ``protect``, ``rms_mix_rate``,
-        ``filter_radius``, ``speaker``, ``noise``, ``seed``, ``output_sample_rate``,
-        ``keep_length``, ``strict``, ...; see :class:`~rvcfast.ConversionParams`); a file's
-        settings may also come second, ``convert(path, params)`` (an object or a mapping).
-        ``Result.warnings`` names anything odd about the input (e.g. a truncated file).
+        Settings are ``params`` and/or keyword overrides named as the fields of
+        :class:`~rvcfast.ConversionParams` (``pitch``, ``index_rate``, ``protect``,
+        ``rms_mix_rate``, ``filter_radius``, ``speaker``, ``noise``, ``seed``,
+        ``output_sample_rate``, ``keep_length``, ``channels``, ``strict``, ...). A file's
+        settings may also come second: ``convert(path, params)`` (an object or a mapping).
+
+        Args:
+            audio_or_path: A path (any format soundfile or, with the ``av`` extra, PyAV
+                reads), or samples: a NumPy array (float, or integer PCM scaled from its full
+                scale) ``[samples]`` or ``[samples, channels]``, a list of numbers, or a
+                torch tensor (any precision or device; detached and copied to the CPU).
+            sample_rate: The rate of array input, a whole number of Hz in 1000..768000 (a
+                NumPy integer too); leave it out for a path.
+            params: A :class:`~rvcfast.ConversionParams` or a mapping of its field names.
+            **overrides: Single settings applied on top of ``params``.
+
+        Returns:
+            The input's Result, with ``audio`` float32 at ``sample_rate`` (the model's, or
+                ``output_sample_rate``); ``warnings`` names anything odd about the input (e.g. a
+                truncated file). Errors are raised, never returned in it.
+
+        Raises:
+            AudioError: the file is missing or cannot be decoded; the samples hold NaN or
+                infinite values, are empty, shorter than 25 ms (10 ms with
+                ``keep_length=True``) or channels-first; the sample rate is outside
+                1000..768000 Hz; with ``strict=True``, any input warning.
+            ParameterError: a setting is unknown, of the wrong type or out of range; the
+                input is not audio (``None``, a dict); ``sample_rate`` is missing for
+                samples, or is text or a bool.
+            BackendUnavailableError: a setting needs an optional extra that is not
+                installed (``formant``, ``clean``, ``effects``).
         """
+        rate: Any = sample_rate  # checked by the engine: a whole number of Hz, never text or a bool
         if isinstance(sample_rate, (ConversionParams, Mapping)) and params is None:  # convert(path, settings)
-            params, sample_rate = sample_rate, None
-        return self.engine.convert(audio_or_path, sample_rate, self.make_params(params, **overrides))
+            params, rate = sample_rate, None
+        source: Any = audio_or_path  # the engine names what it got when it is not audio
+        return self.engine.convert(source, rate, self.make_params(params, **overrides))
 
     def iter_batch(
         self,
-        inputs: Any,
+        inputs: Iterable[BatchInput | Any] | BatchInput,
         out_dir: str | os.PathLike[str] | None = None,
-        params: ConversionParams | dict[str, Any] | None = None,
+        params: ParamsInput = None,
         *,
         format: str = "wav",
         subtype: str | None = None,
@@ -192,8 +266,8 @@ class Converter:
         f0_workers: int = 2,
         compute_workers: int | None = None,
         keep_audio: bool | None = None,
-        progress: Any = None,
-        audio_progress: Any = None,
+        progress: ProgressCallback | None = None,
+        audio_progress: AudioProgressCallback | None = None,
         **overrides: Any,
     ) -> Iterator[Result]:
         """Convert many inputs, yielding a :class:`Result` per input as files finish.
@@ -224,13 +298,30 @@ class Converter:
         own thread with an equal share of torch's intra-op threads (default: what
         ``rvcfast tune`` measured on this machine, else 1; never more workers than files,
         and on a CPU as many as divide the thread count evenly; the thread count is
-        restored when the batch ends). ``progress(result, done, total)`` is called per finished file.
+        restored when the batch ends). ``decode_workers`` (default 2) threads decode inputs,
+        ``write_workers`` (default 1) write outputs and ``f0_workers`` (default 2) processes run
+        the CPU F0 backends (harvest, dio, pm). ``keep_audio`` keeps each Result's ``audio``
+        after writing it (default: only without ``out_dir``, where nothing is written).
+        ``progress(result, done, total)`` is called per finished file.
         ``audio_progress(index, seconds)`` follows the work inside files: after each model batch, for
         each input it worked on, ``seconds`` of that input's audio are through the models (``index``
         is its Result's ``index``; F0 comes first, so a long file's count starts once its pitch is
         tracked). It is called from the compute threads; :meth:`BatchProgress.advance
         <rvcfast.progress.BatchProgress.advance>` takes it. Conversion settings are ``params``
         and/or keyword overrides, as for :meth:`convert`.
+
+        Returns:
+            An iterator of Results, one per input in the order they finish
+                (``Result.index`` is the input's position). A file that fails has ``error`` set
+                (naming it) and the batch goes on, unless ``on_error="stop"``.
+
+        Raises:
+            ParameterError: at the call, before any work: a bad option (format, bitrate,
+                template, worker count, ``on_error``), setting, or item of an input list.
+            BackendUnavailableError: at the call: the format or a setting needs a missing
+                extra (``m4a`` needs ``av``).
+            RvcfastError: while iterating with ``on_error="stop"``: the first failing file's
+                error (an :class:`~rvcfast.errors.AudioError` for an unreadable input).
         """
         from .batch import BatchOptions, run_batch
 
@@ -256,16 +347,17 @@ class Converter:
 
     def convert_batch(
         self,
-        inputs: Any,
+        inputs: Iterable[BatchInput | Any] | BatchInput,
         out_dir: str | os.PathLike[str] | None = None,
-        params: ConversionParams | dict[str, Any] | None = None,
+        params: ParamsInput = None,
         **kwargs: Any,
     ) -> list[Result]:
         """Convert many inputs and return every :class:`Result` in input order.
 
-        Same arguments as :meth:`iter_batch`. Without ``out_dir`` nothing is written and
-        each Result holds its audio; with ``out_dir`` the audio is dropped from the
-        Results after writing unless ``keep_audio=True``.
+        Same arguments, and the same errors, as :meth:`iter_batch`. Without ``out_dir``
+        nothing is written and each Result holds its audio; with ``out_dir`` the audio is
+        dropped from the Results after writing unless ``keep_audio=True``. A failing file
+        has ``error`` set in its Result (``on_error="continue"``, the default).
         """
         results = list(self.iter_batch(inputs, out_dir, params, **kwargs))
         return sorted(results, key=lambda r: -1 if r.index is None else r.index)
