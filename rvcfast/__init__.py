@@ -1,17 +1,30 @@
 """rvcfast: fast, faithful RVC voice conversion as a library.
 
-Public API::
+Public API (``docs/api.md`` has the full reference)::
 
     rvcfast.Converter.from_pretrained(model, index=None, encoder=None, f0="rmvpe", ...)
+    conv.convert(path_or_samples, sample_rate=None, params=None, **settings) -> Result
+    conv.convert_batch(inputs, out_dir=None, ...) / conv.iter_batch(...)  -> Results
+    rvcfast.Result                  -> audio, sample_rate, error, warnings, timings... of one input
+    rvcfast.ConversionParams        -> every conversion setting, validated
+    rvcfast.Engine                  -> the conversion engine every front end runs on
+    rvcfast.RealtimeConverter(conv) -> a live stream converted block by block
+    rvcfast.convert_voices(voices, inputs, out_dir) -> list[Result] (inputs analysed once for all voices)
+    rvcfast.iter_voices(...), rvcfast.SharedAnalysis -> the same as it goes, and its memo
+    rvcfast.export_onnx(model, path) -> ExportReport (an ONNX file of a voice model, any length)
+    rvcfast.load_audio_16k(path_or_array, sample_rate=None) -> float64 mono 16 kHz (the reference's input stage)
     rvcfast.load_encoder(path)      -> FeatureEncoder  (HuBERT / ContentVec)
     rvcfast.load_vocoder(path)      -> Vocoder         (RVC synthesizer)
     rvcfast.load_index(path)        -> RetrievalIndex  (faiss IVF-Flat, read without faiss)
     rvcfast.get_f0_extractor(name)  -> F0Extractor
-    rvcfast.available_f0_extractors()
-    rvcfast.load_audio_16k(path_or_array, sample_rate=None) -> float64 mono 16 kHz (the reference's input stage)
-    rvcfast.Engine                  -> the conversion engine every front end runs on
-    rvcfast.export_onnx(model, path) -> ExportReport (an ONNX file of a voice model, any length)
-    rvcfast.convert_voices(voices, inputs, out_dir) -> list[Result] (inputs analysed once for all voices)
+    rvcfast.available_f0_extractors() -> the F0 backend names
+    rvcfast.F0Extractor, FeatureEncoder, Vocoder -> the protocols a plugin implements
+
+Errors (:mod:`rvcfast.errors`): catch ``RvcfastError`` for anything rvcfast raises on
+purpose; ``AudioError`` (bad input), ``ParameterError`` (bad settings), ``ModelLoadError``
+/ ``UnsafeFileError`` / ``WeightsNotFoundError`` (bad or missing models),
+``BackendUnavailableError`` (missing extra, unknown F0 backend). ``Cancelled`` (a set
+``cancel`` event) is a ``BaseException``, not an ``RvcfastError``.
 
 Heavy modules are imported on first use, so ``import rvcfast`` stays fast.
 """

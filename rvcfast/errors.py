@@ -1,7 +1,19 @@
 """Exception types raised by rvcfast.
 
 Every error that concerns a file names the file and the problem. Catch
-:class:`RvcfastError` to handle anything rvcfast raises on purpose.
+:class:`RvcfastError` to handle anything rvcfast raises on purpose; by cause:
+
+* bad input (audio that cannot be used): :class:`AudioError`;
+* bad settings or options (also a call given something that is not audio): :class:`ParameterError`;
+* bad or missing model: :class:`ModelLoadError` (a voice model, index or base model file
+  that is missing, unreadable or does not fit; :class:`UnsafeFileError` is one) and
+  :class:`WeightsNotFoundError` (a base weights file not found);
+* missing extra or unknown F0 backend: :class:`BackendUnavailableError`.
+
+:class:`Cancelled` is not an :class:`RvcfastError` (see there). The classes also derive
+from the built-in exception a caller may already catch: ``ValueError`` (the first three
+kinds), ``FileNotFoundError`` (:class:`WeightsNotFoundError`), ``ImportError``
+(:class:`BackendUnavailableError`).
 """
 
 from __future__ import annotations
@@ -23,7 +35,10 @@ __all__ = [
 
 
 class RvcfastError(Exception):
-    """Base class of every error rvcfast raises deliberately."""
+    """Base class of every error rvcfast raises deliberately.
+
+    Anything else escaping from rvcfast (``IndexError``, ``RuntimeError``...) is a bug.
+    """
 
 
 class _PathError(RvcfastError):
@@ -45,19 +60,39 @@ class _PathError(RvcfastError):
 
 
 class ModelLoadError(_PathError, ValueError):
-    """A model, weights or index file could not be read or does not fit."""
+    """A model, weights or index file is missing, could not be read or does not fit.
+
+    The message is ``"<file>: <problem>"``; ``path`` and ``problem`` hold its two parts.
+    Examples: ``voice.pth: voice model file does not exist``, ``x.index: index dimension 256
+    does not match the voice model's feature dimension 768 (...)``. A ``ValueError``.
+    """
 
 
 class UnsafeFileError(ModelLoadError):
-    """A file asked to run code or build objects that are not plain data."""
+    """A file asked to run code or build objects that are not plain data; nothing was run.
+
+    A :class:`ModelLoadError`: ``<file>: refused to load <what>: the file references
+    <module.name>, which is not plain data; ...``.
+    """
 
 
 class WeightsNotFoundError(RvcfastError, FileNotFoundError):
-    """A base weights file (RMVPE, content encoder) is not present anywhere rvcfast looks."""
+    """A base weights file (RMVPE, content encoder) is not where it was given, or anywhere rvcfast looks.
+
+    The message names the file, the places looked in and how to get it (``rvcfast
+    download``; ``allow_download=True`` fetches it on first use). A ``FileNotFoundError``, not a
+    :class:`ModelLoadError`: catch both for "the models cannot be loaded".
+    """
 
 
 class AudioError(_PathError, ValueError):
-    """An audio input could not be decoded or is not usable."""
+    """An audio input could not be decoded or is not usable.
+
+    The message is ``"<file>: <problem>"`` (``"array input: <problem>"`` for samples):
+    a missing or undecodable file; NaN or infinite, empty, too short or channels-first
+    samples; a sample rate outside 1000..768000 Hz; with ``strict=True``, an input warning.
+    ``path`` and ``problem`` hold its two parts. A ``ValueError``.
+    """
 
 
 class AudioTooLongError(AudioError):
@@ -76,11 +111,23 @@ class AudioTooLongError(AudioError):
 
 
 class ParameterError(RvcfastError, ValueError):
-    """A conversion parameter is outside its allowed range."""
+    """A setting, option or argument is unknown, of the wrong type or outside its range.
+
+    The message names it and what it got, e.g. ``pitch must be within -48..48 semitones,
+    got 49``, ``protect must be a number, got '0.2' (str)``, ``unknown conversion parameter
+    'pich' (did you mean 'pitch'?); ...``. Also raised for a call given something that is
+    not audio (``None``, a dict) and for an array without its ``sample_rate``. Raised when
+    the call is made, before any work. A ``ValueError``.
+    """
 
 
 class BackendUnavailableError(RvcfastError, ImportError):
-    """An F0 backend is unknown or needs an optional extra that is not installed."""
+    """An F0 backend is unknown, or a feature needs an optional extra that is not installed.
+
+    The message names the backend or feature and the install command, e.g. ``formant needs
+    the optional package 'stftpitchshift', which is not installed; install it with: pip
+    install "rvcfast[formant]"``. An ``ImportError``.
+    """
 
 
 class Cancelled(BaseException):

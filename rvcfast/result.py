@@ -13,18 +13,34 @@ __all__ = ["Result"]
 class Result:
     """The outcome of converting one input.
 
-    ``audio`` is float32 at ``sample_rate``, ``[samples]`` (or ``[samples, channels]`` for an
-    input converted with ``channels="each"``; empty when ``error`` is set, or when a
-    batch wrote it to ``output_path`` and did not keep it); ``timings`` maps stage names
-    (``decode``, ``f0``, ``features``, ``index``, ``synth``, ``post``, ``write``) to
-    seconds; ``warnings`` lists recoverable oddities of the input (a truncated file,
-    clipping, a DC offset, channels mixed down), each naming the input. ``frames`` is the
-    output's length in samples at ``sample_rate``, taken from ``audio`` when the Result is
-    made: it stays when a batch drops the audio after writing it, so :attr:`duration` does too.
-    ``output_path`` is the file a batch wrote or, for an input ``skipped`` by a resumed batch
-    (``skip_existing``), its existing output. A batch's outputs of file inputs record their
-    source (:func:`rvcfast.writing.recorded_source`). ``voice`` names the voice in a run to
-    several voices (:func:`rvcfast.convert_voices`), else it is ``None``.
+    :meth:`Converter.convert <rvcfast.Converter.convert>` returns one (its errors are
+    raised); a batch yields one per input, a failing input's with ``error`` set.
+
+    Attributes:
+        audio: float32 at ``sample_rate``, ``[samples]`` (``[samples, channels]`` for an input
+            converted with ``channels="each"``). Empty when ``error`` is set, for a
+            ``skipped`` input, or when a batch wrote it to ``output_path`` and did not keep it
+            (``keep_audio``).
+        sample_rate: The output's rate in Hz: the model's, or ``output_sample_rate``.
+        timings: Seconds per stage: ``decode``, ``f0``, ``features``, ``index``, ``synth``,
+            ``post`` and, when a batch wrote the output, ``write``.
+        source: What was converted: the input's path, ``"array input"`` for samples given
+            to ``convert``, ``"array[N]"`` for samples at position ``N`` of a batch.
+        output_path: The file a batch wrote or, for an input ``skipped`` by a resumed batch
+            (``skip_existing``), its existing output; ``None`` when nothing was written. A
+            batch's outputs of file inputs record their source
+            (:func:`rvcfast.writing.recorded_source`).
+        error: ``None`` on success, else the reason the input failed, naming it.
+        skipped: True for an input a batch skipped because its output already existed.
+        input_seconds: Duration of the input in seconds.
+        index: The input's position in a batch (``None`` from ``convert``).
+        warnings: Recoverable oddities of the input (a truncated file, clipping, a DC offset,
+            channels mixed down), each naming the input.
+        voice: The voice's name in a run to several voices (:func:`rvcfast.convert_voices`),
+            else ``None``.
+        frames: The output's length in samples at ``sample_rate``, taken from ``audio`` when
+            the Result is made: it stays when a batch drops the audio after writing it, so
+            :attr:`duration` does too (0 for a failed or skipped input).
     """
 
     audio: np.ndarray
@@ -51,6 +67,9 @@ class Result:
 
     @property
     def duration(self) -> float:
-        """Output duration in seconds: of ``audio``, or of the written output when the audio was dropped."""
+        """Output duration in seconds: of ``audio``, or of the written output when the audio was dropped.
+
+        0.0 for a failed input and for one a resumed batch ``skipped`` (nothing was converted).
+        """
         n = self.audio.shape[0] or (self.frames or 0)
         return n / self.sample_rate if self.sample_rate else 0.0
