@@ -14,6 +14,7 @@ more audio than the file holds, clipping, a DC offset, channels mixed down);
 
 from __future__ import annotations
 
+import errno
 import os
 import re
 from collections.abc import Iterator
@@ -36,6 +37,8 @@ AudioInput = str | os.PathLike | np.ndarray
 _READ_BLOCK = 1 << 18
 #: Frames per block after a decode error (keeps as much of a damaged file as possible).
 _SALVAGE_BLOCK = 4096
+#: Frames per block after a second decode error, read up to the damage.
+_MIN_SALVAGE_BLOCK = 256
 #: The most a header's frame count is trusted to size the decode buffer with (it grows beyond).
 _MAX_PREALLOCATED_SECONDS = 3600
 #: libsndfile's frame count for a stream whose length its header does not give (2**63 - 1).
@@ -207,9 +210,18 @@ def count_channels(path: str | os.PathLike[str]) -> int | None:
 
 
 def _check_path(p: Path) -> None:
-    if not p.exists():
+    try:
+        exists = p.exists()
+    except OSError as exc:  # a name too long, a folder on the way that cannot be searched
+        raise AudioError(p, f"cannot open the file: {unreachable_reason(exc)}") from None
+    if not exists:
         raise AudioError(p, "file does not exist")
     if p.is_dir():
+        try:
+            with os.scandir(p):
+                pass
+        except OSError as exc:  # a folder input of a batch whose files cannot be listed
+            raise AudioError(p, f"is a folder whose files cannot be listed ({(exc.strerror or str(exc)).strip()})") from None
         raise AudioError(p, "is a directory, expected an audio file")
     if not p.is_file():
         raise AudioError(p, "is not a regular file (a device, pipe or socket)")
@@ -217,6 +229,15 @@ def _check_path(p: Path) -> None:
         raise AudioError(p, "file is not readable (permission denied)")
     if p.stat().st_size == 0:
         raise AudioError(p, "file is empty (0 bytes)")
+
+
+def unreachable_reason(exc: OSError) -> str:
+    """Why the operating system cannot even look at a path (``stat`` failed, not with "no such
+    file"): its own words, with the likely cause of a permission error."""
+    words = (exc.strerror or str(exc)).strip().rstrip(".")
+    if exc.errno == errno.EACCES or isinstance(exc, PermissionError):
+        return f"{words} (a folder on its path cannot be searched)"
+    return words
 
 
 def _libsndfile_detail(exc: Exception) -> str:
@@ -347,37 +368,6 @@ class _Stats:
         return out
 
 
-def _blocks(f: sf.SoundFile, p: Path, notes: list[str]) -> Iterator[np.ndarray]:
-    """Decode ``f`` in blocks of float64 ``[frames, channels]``.
-
-    A decode error makes the reader go back and continue in small blocks, so everything
-    before the damage is kept; the damage is then a note (an error if nothing was readable).
-    """
-    # blocks of about _READ_BLOCK samples over all channels: a block of 255 channels read
-    # _READ_BLOCK frames at a time held 535 MB of float64 (and as much again for its checks)
-    done, size = 0, max(_SALVAGE_BLOCK, _READ_BLOCK // max(1, f.channels))
-    while True:
-        try:
-            block = f.read(size, dtype="float64", always_2d=True)
-        except (sf.LibsndfileError, RuntimeError) as exc:
-            if size > _SALVAGE_BLOCK and _seek(f, done):
-                size = _SALVAGE_BLOCK
-                continue
-            detail = _libsndfile_detail(exc)
-            if done == 0:
-                raise AudioError(p, f"cannot decode audio: {detail}") from None
-            notes.append(
-                f"{p}: file is damaged: decoding stopped after {done / f.samplerate:.2f} s"
-                + (f" of {f.frames / f.samplerate:.2f} s" if f.frames > done else "")
-                + f" ({detail}); the readable part was converted"
-            )
-            return
-        if block.shape[0] == 0:
-            return
-        done += block.shape[0]
-        yield block
-
-
 def _seek(f: sf.SoundFile, frame: int) -> bool:
     try:
         f.seek(frame)
@@ -396,10 +386,61 @@ class _SfSource:
         self.promised = _promised_seconds(f)
 
     def blocks(self, notes: list[str]) -> Iterator[np.ndarray]:
-        return _blocks(self.f, self.path, notes)
+        """float64 ``[frames, channels]`` blocks; damage becomes a note (see :func:`_blocks`)."""
+        return _blocks(self, notes)
+
+    def _reposition(self, frame: int) -> bool:
+        """Put the reader at ``frame`` after a decode error: a seek, else the file opened again."""
+        if _seek(self.f, frame):
+            return True
+        try:
+            fresh = sf.SoundFile(str(self.path))
+        except (sf.LibsndfileError, RuntimeError, ValueError, OSError):
+            return False
+        if not _seek(fresh, frame):
+            fresh.close()
+            return False
+        self.f.close()
+        self.f = fresh
+        return True
 
     def close(self) -> None:
         self.f.close()
+
+
+def _blocks(src: _SfSource, notes: list[str]) -> Iterator[np.ndarray]:
+    """Decode ``src``'s file in blocks of float64 ``[frames, channels]``.
+
+    A decode error makes the reader go back and continue in smaller blocks (reopening the
+    file when libsndfile's decoder cannot seek back after the error, as FLAC's cannot once
+    it lost sync), so everything before the damage is kept; the damage is then a note (an
+    error if nothing was readable).
+    """
+    # blocks of about _READ_BLOCK samples over all channels: a block of 255 channels read
+    # _READ_BLOCK frames at a time held 535 MB of float64 (and as much again for its checks)
+    done, size = 0, max(_SALVAGE_BLOCK, _READ_BLOCK // max(1, src.channels))
+    detail = ""  # the first error's words: later ones are often about seeking back
+    while True:
+        try:
+            block = src.f.read(size, dtype="float64", always_2d=True)
+        except (sf.LibsndfileError, RuntimeError) as exc:
+            detail = detail or _libsndfile_detail(exc)
+            if size > _MIN_SALVAGE_BLOCK and src._reposition(done):
+                size = _SALVAGE_BLOCK if size > _SALVAGE_BLOCK else _MIN_SALVAGE_BLOCK
+                continue
+            if done == 0:
+                raise AudioError(src.path, f"cannot decode audio: {detail}") from None
+            total = src.f.frames
+            notes.append(
+                f"{src.path}: file is damaged: decoding stopped after {done / src.rate:.2f} s"
+                + (f" of {total / src.rate:.2f} s" if total > done else "")
+                + f" ({detail}); the readable part was converted"
+            )
+            return
+        if block.shape[0] == 0:
+            return
+        done += block.shape[0]
+        yield block
 
 
 def _source(p: Path) -> _SfSource | Any:
@@ -425,7 +466,11 @@ def _source(p: Path) -> _SfSource | Any:
 
     if not av_available():
         raise AudioError(p, f'cannot decode audio: {reason}; FFmpeg reads such files, through PyAV: pip install "rvcfast[av]"')
-    return AvSource(p)
+    try:
+        return AvSource(p)
+    except AudioError as exc:  # say why FFmpeg was asked, not only what it said
+        other = exc.problem.removeprefix("cannot decode audio: ")
+        raise AudioError(p, f"cannot decode audio: {reason} (libsndfile); {other} (FFmpeg)") from None
 
 
 def _holds_text(p: Path) -> bool:

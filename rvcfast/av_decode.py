@@ -124,4 +124,8 @@ class AvSource:
 
 
 def _detail(exc: BaseException) -> str:
-    return str(exc).strip().rstrip(".") or type(exc).__name__
+    """FFmpeg's words for ``exc``: its message without the ``[Errno N]`` code and the path
+    (PyAV's ``str()`` gives both, and the error already names the file)."""
+    words = getattr(exc, "strerror", None)  # PyAV: FFmpegError (not always an OSError)
+    text = words if isinstance(words, str) and words.strip() else str(exc)
+    return text.strip().rstrip(".") or type(exc).__name__

@@ -128,7 +128,7 @@ def expand_inputs(
             raise ParameterError(f"input {position}: {_not_an_input(item)}")
         p = Path(item)
         # a missing/unreadable path is kept: it fails with a clear per-file error
-        for f in _folder_files(p, options) if p.is_dir() else [p]:
+        for f in _folder_files(p, options) if _is_dir(p) else [p]:
             add_file(f)
     jobs = _drop_recorded_outputs(jobs, options)
     _assign_outputs(jobs, options, {**_NAMING_DEFAULTS, **dict(naming or {})})
@@ -210,6 +210,15 @@ def _resolved(path: Path) -> Path:
         return path.absolute()
 
 
+def _is_dir(path: Path) -> bool:
+    """Whether ``path`` is a folder; ``False`` where it cannot even be looked at (a folder on
+    its path that cannot be searched, a name too long): decoding then names the problem."""
+    try:
+        return path.is_dir()
+    except OSError:
+        return False
+
+
 def _walk(folder: Path) -> Iterator[Path]:
     """Every entry under ``folder``, into symlinked sub-folders too (``Path.glob("**")`` skips
     them silently); a folder reached again (a symlink loop, two links to one folder) is read once."""
@@ -230,7 +239,15 @@ def _walk(folder: Path) -> Iterator[Path]:
 
 
 def _folder_files(folder: Path, options: BatchOptions) -> list[Path]:
-    """The audio files of a folder input, sorted, without the outputs of earlier runs."""
+    """The audio files of a folder input, sorted, without the outputs of earlier runs.
+
+    A folder that cannot be listed (no read or search permission) is returned as its own
+    input, which then fails naming it, instead of giving no files without a word."""
+    try:
+        with os.scandir(folder):
+            pass
+    except OSError:
+        return [folder]
     found = _walk(folder) if options.recursive else folder.glob("*")
     files = sorted(f for f in found if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file())
     if options.out_dir is not None:
