@@ -138,6 +138,7 @@ class BatchSummary:
     timings: dict[str, float] = field(default_factory=dict)
 
     def add(self, result: Result) -> None:
+        """Count one Result: a file, a failure or a skip; a converted file's output seconds and stage timings."""
         self.files += 1
         if result.error is not None:
             self.failed += 1

@@ -234,7 +234,7 @@ class Engine:
         """The voice model's output sample rate."""
         return self.vocoder.sample_rate
 
-    def params(self, params: ConversionParams | dict[str, Any] | None = None, **overrides: Any) -> ConversionParams:
+    def params(self, params: ConversionParams | Mapping[str, Any] | None = None, **overrides: Any) -> ConversionParams:
         """Conversion settings built from ``params`` and ``overrides``, checked against this model."""
         return ConversionParams.build(params, **overrides).validate(self.vocoder)
 
@@ -366,7 +366,7 @@ class Engine:
         self,
         source: AudioInput,
         sample_rate: int | None = None,
-        params: ConversionParams | None = None,
+        params: ConversionParams | Mapping[str, Any] | None = None,
         *,
         name: str | None = None,
     ) -> Result:
