@@ -193,3 +193,20 @@ def test_a_file_handed_to_ffmpeg_says_why_when_ffmpeg_fails_too(tmp_path: Path) 
     message = str(info.value)
     assert message.startswith(f"{cut}: cannot decode audio: its header says it holds no audio")
     assert message.endswith("(libsndfile); End of file (FFmpeg)") and message.count(str(cut)) == 1
+
+
+def test_the_command_line_names_a_path_too_long_and_converts_the_rest(tiny_models, tmp_path: Path, capsys) -> None:
+    """``rvcfast convert voice.pth <300-character name>.wav ok.wav`` ended with an OSError
+    traceback from its up-front check that the inputs exist; the long name now fails on its
+    own (status 1) and ok.wav is converted."""
+    from helpers import cli_weights, write_tone
+
+    from rvcfast.cli import main
+
+    good = write_tone(tmp_path / "in", "ok.wav")
+    long_name = str(tmp_path / ("a" * 300 + ".wav"))
+    out = tmp_path / "out"
+    assert main(["convert", str(tiny_models.voice), long_name, str(good), "-o", str(out), *cli_weights(tiny_models)]) == 1
+    err = capsys.readouterr().err
+    assert "File name too long" in err and "Traceback" not in err
+    assert [p.name for p in out.iterdir()] == ["ok.wav"]

@@ -130,7 +130,13 @@ def check_inputs_exist(inputs: Sequence[str]) -> None:
     models are loaded. ``-`` gets a note that standard input is not read."""
     from ..errors import AudioError, RvcfastError
 
-    missing = [item for item in inputs if not Path(item).exists()]
+    def gone(item: str) -> bool:
+        try:
+            return not Path(item).exists()
+        except OSError:  # a name too long, a folder on its path that cannot be searched: the batch names it
+            return False
+
+    missing = [item for item in inputs if gone(item)]
     if not missing:
         return
     if len(missing) == 1:
