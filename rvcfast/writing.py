@@ -107,7 +107,7 @@ OGG_VORBIS_MAX_RATE = 192000
 OPUS_RATES = (8000, 12000, 16000, 24000, 48000)
 
 # subtypes libsndfile reads but cannot write
-_READ_ONLY_SUBTYPES = {"MP3": ("MPEG_LAYER_I", "MPEG_LAYER_II")}
+_READ_ONLY_SUBTYPES = {"MP3": ("MPEG_LAYER_I", "MPEG_LAYER_II"), "WAV": ("MPEG_LAYER_III",)}
 
 
 def check_write_format(format: str, subtype: str | None, sample_rate: int, bitrate: int | None = None) -> None:
@@ -135,6 +135,9 @@ def check_write_format(format: str, subtype: str | None, sample_rate: int, bitra
         raise ParameterError(
             f"subtype {sub} cannot be written: libsndfile reads MPEG Layer I/II but writes only MPEG_LAYER_III "
             f"(the default for {fmt})"
+            if name == "MP3"
+            else f"subtype {sub} cannot be written as {fmt}: libsndfile reads it but does not write it "
+            f"(for MPEG Layer III choose format mp3; wav takes {', '.join(sorted(valid_subtypes(fmt)))})"
         )
     if name == "OGG" and sub == "VORBIS" and rate > OGG_VORBIS_MAX_RATE:
         raise ParameterError(
@@ -171,13 +174,18 @@ def _default_subtype(name: str) -> str:
 
 
 def valid_subtypes(format: str) -> dict[str, str]:
-    """The subtypes ``format`` (one of :data:`SUPPORTED_WRITE_FORMATS`) can be written with: name -> description."""
+    """The subtypes ``format`` (one of :data:`SUPPORTED_WRITE_FORMATS`) can be written with: name -> description.
+
+    Subtypes libsndfile only reads (MP3's ``MPEG_LAYER_I``/``MPEG_LAYER_II``) are left out: a
+    message listing the valid subtypes named them, and the one chosen from it was then refused.
+    """
     from .av_encode import M4A_SUBTYPES
 
     name = SUPPORTED_WRITE_FORMATS[str(format).strip().lower()]
     if name == "M4A":
         return {sub: ("AAC (lossy)" if sub == "AAC" else "Apple Lossless, 16 bit") for sub in M4A_SUBTYPES}
-    return dict(sf.available_subtypes(name))
+    read_only = _READ_ONLY_SUBTYPES.get(name, ())
+    return {sub: text for sub, text in sf.available_subtypes(name).items() if sub not in read_only}
 
 
 def _trial_open(name: str, sub: str, rate: int, fmt: str) -> None:
@@ -185,7 +193,7 @@ def _trial_open(name: str, sub: str, rate: int, fmt: str) -> None:
     import io
 
     if not sf.check_format(name, sub):
-        valid = ", ".join(sorted(sf.available_subtypes(name)))
+        valid = ", ".join(sorted(valid_subtypes(fmt)))
         raise ParameterError(f"subtype {sub!r} is not valid for {fmt} (valid: {valid})")
     try:
         with sf.SoundFile(io.BytesIO(), "w", rate, 1, sub, format=name):

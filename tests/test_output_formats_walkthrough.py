@@ -136,3 +136,17 @@ def test_loudness_of_nan_output_is_not_called_silent() -> None:
     assert len(warnings) == 1 and "NaN" in warnings[0] and "silent" not in warnings[0]
     assert warnings[0].startswith("take.wav: ")
     assert out.shape == x.shape
+
+
+def test_subtype_lists_offer_only_what_can_be_written() -> None:
+    from rvcfast.errors import ParameterError
+    from rvcfast.writing import check_write_format, valid_subtypes
+
+    assert set(valid_subtypes("mp3")) == {"MPEG_LAYER_III"}  # Layer I/II: libsndfile reads them only
+    with pytest.raises(ParameterError) as info:
+        check_write_format("mp3", "PCM_16", 44100)
+    assert "MPEG_LAYER_III" in str(info.value) and "MPEG_LAYER_I," not in str(info.value)
+    for fmt in ("wav", "flac", "ogg", "mp3"):
+        for sub in valid_subtypes(fmt):  # every subtype listed is one that can be written
+            rate = 48000 if sub in ("OPUS", "MPEG_LAYER_III") else 8000
+            check_write_format(fmt, sub, rate)
