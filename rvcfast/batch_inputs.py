@@ -219,11 +219,17 @@ def _is_dir(path: Path) -> bool:
         return False
 
 
-def _walk(folder: Path) -> Iterator[Path]:
+def _walk(folder: Path, unlisted: list[Path]) -> Iterator[Path]:
     """Every entry under ``folder``, into symlinked sub-folders too (``Path.glob("**")`` skips
-    them silently); a folder reached again (a symlink loop, two links to one folder) is read once."""
+    them silently); a folder reached again (a symlink loop, two links to one folder) is read once.
+    Sub-folders that cannot be listed are added to ``unlisted`` (``os.walk`` skips them silently)."""
     seen: set[tuple[int, int]] = set()
-    for root, dirs, names in os.walk(folder, followlinks=True):
+
+    def cannot_list(exc: OSError) -> None:
+        if exc.filename is not None and Path(exc.filename) != folder:
+            unlisted.append(Path(exc.filename))
+
+    for root, dirs, names in os.walk(folder, followlinks=True, onerror=cannot_list):
         try:
             st = os.stat(root)
         except OSError:
@@ -241,15 +247,17 @@ def _walk(folder: Path) -> Iterator[Path]:
 def _folder_files(folder: Path, options: BatchOptions) -> list[Path]:
     """The audio files of a folder input, sorted, without the outputs of earlier runs.
 
-    A folder that cannot be listed (no read or search permission) is returned as its own
-    input, which then fails naming it, instead of giving no files without a word."""
+    A folder that cannot be listed (no read or search permission), or with ``recursive`` such
+    a sub-folder, is returned as its own input, which then fails naming it, instead of giving
+    no files without a word."""
     try:
         with os.scandir(folder):
             pass
     except OSError:
         return [folder]
-    found = _walk(folder) if options.recursive else folder.glob("*")
-    files = sorted(f for f in found if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file())
+    unlisted: list[Path] = []  # sub-folders that cannot be listed: each an input that fails naming it
+    found = _walk(folder, unlisted) if options.recursive else folder.glob("*")
+    files = sorted([f for f in found if f.suffix.lower() in AUDIO_EXTENSIONS and f.is_file()] + unlisted)
     if options.out_dir is not None:
         # an output folder inside the input folder holds outputs, never inputs (a resumed
         # recursive batch would otherwise convert them again and rename every output)

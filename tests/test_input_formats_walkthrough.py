@@ -115,10 +115,10 @@ print("JOBS", [j.label for j in jobs])
 """
 
 
-def _run_without_permission_bypass(root: Path) -> list[str]:
+def _run_without_permission_bypass(root: Path, script: str = _UNPRIVILEGED) -> list[str]:
     """Run the checks above as a process that file permissions apply to: directly when not
     root; as root without the capabilities that bypass them (``setpriv``)."""
-    command = [sys.executable, "-c", textwrap.dedent(_UNPRIVILEGED), str(root)]
+    command = [sys.executable, "-c", textwrap.dedent(script), str(root)]
     if os.geteuid() == 0:
         if shutil.which("setpriv") is None:
             pytest.skip("running as root without setpriv: file permissions cannot be made to apply")
@@ -210,3 +210,31 @@ def test_the_command_line_names_a_path_too_long_and_converts_the_rest(tiny_model
     err = capsys.readouterr().err
     assert "File name too long" in err and "Traceback" not in err
     assert [p.name for p in out.iterdir()] == ["ok.wav"]
+
+
+_UNPRIVILEGED_RECURSIVE = """
+import sys
+from pathlib import Path
+from rvcfast.batch import BatchOptions
+from rvcfast.batch_inputs import expand_inputs
+
+root = Path(sys.argv[1])
+jobs = expand_inputs([root / "tree"], BatchOptions(out_dir=root / "out", recursive=True))
+print("JOBS", [j.label for j in jobs])
+"""
+
+
+def test_a_sub_folder_that_cannot_be_listed_is_named_in_a_recursive_batch(tmp_path: Path) -> None:
+    """``--recursive`` skipped a sub-folder it could not list without a word (os.walk drops
+    it); it is now an input of its own, which fails naming it, beside the files found."""
+    tree = tmp_path / "tree"
+    (tree / "locked").mkdir(parents=True)
+    (tree / "open").mkdir()
+    sf.write(tree / "locked" / "x.wav", _tone(0.2), SR)
+    sf.write(tree / "open" / "y.wav", _tone(0.2), SR)
+    (tree / "locked").chmod(0)
+    try:
+        lines = _run_without_permission_bypass(tmp_path, _UNPRIVILEGED_RECURSIVE)
+    finally:
+        (tree / "locked").chmod(0o755)
+    assert lines == [f"JOBS {[str(tree / 'locked'), str(tree / 'open' / 'y.wav')]}"]
