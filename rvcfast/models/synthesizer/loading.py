@@ -283,12 +283,39 @@ def _version_from_weights(weights: Mapping[str, torch.Tensor]) -> str:
     return "v1"
 
 
+def _f0_from_weights(weights: Mapping[str, torch.Tensor]) -> bool:
+    """Whether a file that does not say has pitch guidance: whether it has a pitch embedding.
+
+    RVC and Applio default to pitch-guided (``get("f0", 1)``): every file RVC wrote
+    without the key is, and has ``enc_p.emb_pitch``. Reading it off the weights gives
+    the same answer for them and loads a no-F0 file whose writer left the key out,
+    where the default could only fail.
+    """
+    return "enc_p.emb_pitch.weight" in weights
+
+
+def _check_feature_width(ckpt: Mapping[str, Any], weights: Mapping[str, torch.Tensor], path: Any) -> None:
+    """Refuse weights made for content features of a width no RVC version takes (neither 256 nor 768)."""
+    w = weights.get("enc_p.emb_phone.weight")
+    if not isinstance(w, torch.Tensor) or w.dim() != 2 or int(w.shape[1]) in FEATURE_DIMS.values():
+        return  # the usual shape checks report anything else
+    stated = f" (the file says version {ckpt['version']!r})" if ckpt.get("version") is not None else ""
+    raise ModelLoadError(
+        path,
+        f"enc_p.emb_phone.weight takes {int(w.shape[1])}-dim content features{stated}, but RVC voices take "
+        f"{FEATURE_DIMS['v1']} (v1) or {FEATURE_DIMS['v2']} (v2): this is a voice model for another content "
+        "encoder, which rvcfast does not run",
+    )
+
+
 def _checkpoint_config(
     ckpt: Mapping[str, Any], weights: Mapping[str, torch.Tensor], training: bool, path: Any
 ) -> tuple[list[Any], str, bool]:
     """``(config, version, has_f0)``: as stored, or inferred from a training checkpoint's tensors."""
     if "config" in ckpt:
-        config, version, has_f0 = ckpt["config"], ckpt.get("version"), _f0_flag(ckpt.get("f0", 1), path)
+        _check_feature_width(ckpt, weights, path)
+        config, version = ckpt["config"], ckpt.get("version")
+        has_f0 = _f0_flag(ckpt["f0"], path) if "f0" in ckpt else _f0_from_weights(weights)
         if version is None:
             version = _version_from_weights(weights)
     elif training:
@@ -378,7 +405,9 @@ def load_vocoder(
 
     Reads the file with :func:`rvcfast.safe_load.load_torch_file` (no code runs). Accepts
     the inference format (``weight``, ``config``, ``sr`` as ``"40k"`` or ``40000``,
-    ``f0``, ``version`` -- when absent, v2 if ``enc_p.emb_phone`` takes 768 features,
+    ``f0`` -- when absent, read off the weights: pitch-guided when they have the pitch
+    embedding ``enc_p.emb_pitch``, as every file RVC wrote without the entry has --,
+    ``version`` -- when absent, v2 if ``enc_p.emb_phone`` takes 768 features,
     else v1 --, optional ``vocoder``) and training
     checkpoints ``{"model": ...}`` (whose architecture is inferred from the tensor
     shapes when they carry no config). The speaker count comes from ``emb_g.weight``.
@@ -397,7 +426,8 @@ def load_vocoder(
         ModelLoadError: the file is unreadable, not a voice model (e.g. an Applio v3
             model, a discriminator ``D_*.pth``, a content encoder or RMVPE weights:
             the message says which and where it belongs), has a malformed config
-            (a sample rate that does not fit its decoder included), an unknown
+            (a sample rate that does not fit its decoder included), content features
+            of a width no RVC version takes (neither 256 nor 768), an unknown
             vocoder, a RefineGAN / MRF decoder without pitch guidance, unknown /
             missing keys, tensors of the wrong shape, sparse tensors or NaN / Inf
             weights. The message names the file and the offending keys.
@@ -422,8 +452,9 @@ def load_vocoder(
     if vocoder_kind(vocoder) in F0_ONLY_KINDS and not has_f0:
         raise ModelLoadError(
             path,
-            f"the {vocoder} decoder exists only for pitch-guided models, but this file says f0 = {ckpt.get('f0')!r} "
-            "(Applio builds no decoder for it either)",
+            f"the {vocoder} decoder exists only for pitch-guided models, but this file "
+            + (f"says f0 = {ckpt['f0']!r}" if "f0" in ckpt else "has no pitch embedding (and no f0 entry)")
+            + " (Applio builds no decoder for it either)",
         )
     weights = {k: v for k, v in weights.items() if not k.startswith("enc_q.")}
     if "emb_g.weight" not in weights or weights["emb_g.weight"].dim() != 2:

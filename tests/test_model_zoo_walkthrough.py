@@ -1,0 +1,109 @@
+"""A folder of voice models collected over the years: files whose writers left entries out or
+used another content encoder load, or are refused with a message that says what they are."""
+
+from __future__ import annotations
+
+import json
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import TINY_VOICE, one_thread_fixture  # noqa: F401
+
+from rvcfast.cli import main
+from rvcfast.describe import describe_model
+from rvcfast.errors import ModelLoadError
+from rvcfast.models.synthesizer import load_vocoder
+from rvcfast.safe_load import load_torch_file
+from rvcfast.testing import save_random_applio_model, save_random_voice_model
+
+
+def _resave(src: Path, dst: Path, drop: tuple[str, ...] = (), **changes: object) -> Path:
+    """``src`` written again as ``dst`` without the entries ``drop``, with ``changes``."""
+    ckpt = load_torch_file(src)
+    for key in drop:
+        del ckpt[key]
+    ckpt.update(changes)
+    torch.save(ckpt, dst)
+    return dst
+
+
+@pytest.fixture(scope="module", name="zoo")
+def zoo_fixture(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("zoo")
+    save_random_voice_model(root / "nof0.pth", "v2", 40000, False, seed=1, **TINY_VOICE)
+    save_random_voice_model(root / "f0_v1.pth", "v1", 40000, True, seed=2, **TINY_VOICE)
+    return root
+
+
+def _same_weights(a: torch.nn.Module, b: torch.nn.Module) -> bool:
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_no_f0_file_without_its_f0_entry_loads_as_no_f0(zoo: Path) -> None:
+    """The weights say there is no pitch embedding: the file is the no-F0 voice it is (it was refused
+    with 'missing keys ... enc_p.emb_pitch.weight', the default f0=1 being the only one tried)."""
+    plain = _resave(zoo / "nof0.pth", zoo / "nof0_no_entry.pth", drop=("f0",))
+    model, reference = load_vocoder(plain), load_vocoder(zoo / "nof0.pth")
+    assert model.has_f0 is False
+    assert _same_weights(model, reference)
+    assert describe_model(plain)["f0"] is False
+
+
+def test_old_file_without_f0_or_version_is_v1_with_f0(zoo: Path) -> None:
+    """RVC's defaults for its oldest files (v1, pitch-guided) still hold."""
+    old = _resave(zoo / "f0_v1.pth", zoo / "old.pth", drop=("f0", "version"))
+    model = load_vocoder(old)
+    assert (model.version, model.has_f0, model.feature_dim) == ("v1", True, 256)
+    assert _same_weights(model, load_vocoder(zoo / "f0_v1.pth"))
+
+
+def _wide(zoo: Path, name: str, width: int, drop: tuple[str, ...] = (), **changes: object) -> Path:
+    ckpt = load_torch_file(zoo / "nof0.pth")
+    weight = OrderedDict(ckpt["weight"])
+    rows = weight["enc_p.emb_phone.weight"].shape[0]
+    weight["enc_p.emb_phone.weight"] = torch.randn(rows, width).half()
+    return _resave(zoo / "nof0.pth", zoo / name, drop=drop, weight=weight, **changes)
+
+
+def test_content_width_of_no_rvc_version_is_named_without_a_version_the_file_does_not_state(zoo: Path) -> None:
+    """A 1024-dim model without a version entry: the message said 'the file says version v1'."""
+    path = _wide(zoo, "wide_no_version.pth", 1024, drop=("version",))
+    with pytest.raises(ModelLoadError) as info:
+        load_vocoder(path)
+    msg = str(info.value)
+    assert str(path) in msg and "1024-dim" in msg and "256 (v1) or 768 (v2)" in msg
+    assert "says version" not in msg
+
+
+def test_content_width_of_no_rvc_version_is_named_before_its_version_label(zoo: Path) -> None:
+    """'v3' with 1024-dim features: the width is what makes it another kind of model (the message
+    was only 'unknown model version')."""
+    path = _wide(zoo, "wide_v3.pth", 1024, version="v3")
+    with pytest.raises(ModelLoadError) as info:
+        load_vocoder(path)
+    msg = str(info.value)
+    assert "1024-dim" in msg and "'v3'" in msg and "another content encoder" in msg
+
+
+def test_rvcfast_info_json_on_the_repaired_files(zoo: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    plain = _resave(zoo / "nof0.pth", zoo / "nof0_info.pth", drop=("f0", "version"))
+    assert main(["info", str(plain), "--json"]) == 0
+    model = json.loads(capsys.readouterr().out)["model"]
+    assert (model["version"], model["f0"], model["feature_dim"], model["sample_rate"]) == ("v2", False, 768, 40000)
+    wide = _wide(zoo, "wide_info.pth", 1024)
+    assert main(["info", str(wide)]) == 1
+    err = capsys.readouterr().err
+    assert "wide_info.pth" in err and "1024-dim" in err
+
+
+def test_refinegan_without_pitch_or_f0_entry_says_so(tmp_path: Path) -> None:
+    """Applio's decoder-less no-F0 RefineGAN file with its f0 entry gone: refused, saying why."""
+    src = save_random_applio_model(tmp_path / "rg.pth", 32000, "RefineGAN", f0=False, seed=3, **TINY_VOICE)
+    path = _resave(src, tmp_path / "rg_no_entry.pth", drop=("f0",))
+    with pytest.raises(ModelLoadError) as info:
+        load_vocoder(path)
+    msg = str(info.value)
+    assert str(path) in msg and "RefineGAN" in msg and "no pitch embedding" in msg
