@@ -107,3 +107,40 @@ def test_refinegan_without_pitch_or_f0_entry_says_so(tmp_path: Path) -> None:
         load_vocoder(path)
     msg = str(info.value)
     assert str(path) in msg and "RefineGAN" in msg and "no pitch embedding" in msg
+
+
+def _index_error(path: Path) -> str:
+    from rvcfast.index import load_index
+
+    with pytest.raises(ModelLoadError) as info:
+        load_index(path)
+    msg = str(info.value)
+    assert str(path) in msg
+    return msg
+
+
+def test_voice_model_passed_as_the_index_is_named_a_voice_model(zoo: Path) -> None:
+    """Zip-format and legacy (pickle) .pth files: 'not a faiss index file (unrecognised header bytes)' before."""
+    assert "pass it as the voice model" in _index_error(zoo / "nof0.pth")
+    legacy = zoo / "legacy.pth"
+    torch.save(load_torch_file(zoo / "nof0.pth"), legacy, _use_new_zipfile_serialization=False)
+    assert "pass it as the voice model" in _index_error(legacy)
+
+
+def test_files_that_are_no_index_say_what_they_are(tmp_path: Path) -> None:
+    """A Git LFS pointer, a failed download, a zipped model pack named .index: each said
+    'unknown index type (fourcc ...)'."""
+    import zipfile
+
+    lfs = tmp_path / "added_lfs.index"
+    lfs.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "ab" * 32 + "\nsize 123456\n")
+    assert "Git LFS pointer" in _index_error(lfs)
+    page = tmp_path / "added_page.index"
+    page.write_text("<!DOCTYPE html><html><body>Sign in</body></html>")
+    assert "HTML" in _index_error(page)
+    pack = tmp_path / "pack.index"
+    with zipfile.ZipFile(pack, "w") as zf:
+        zf.writestr("voice/added_IVF4_Flat.index", b"IwFl")
+        zf.writestr("voice/voice.pth", b"x")
+    msg = _index_error(pack)
+    assert "zip archive" in msg and "voice/added_IVF4_Flat.index" in msg

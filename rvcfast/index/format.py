@@ -11,6 +11,7 @@ into its final arrays.
 from __future__ import annotations
 
 import os
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -361,6 +362,43 @@ def _parse_ivf(r: _Reader) -> IndexArrays:
     )
 
 
+#: First bytes of files that end up named ``.index`` in a collection of models but are no faiss index.
+_OTHER_FILES = (
+    (b"version https://", "a Git LFS pointer, not the index itself: only the pointer was downloaded "
+     "(fetch the file with `git lfs pull`, or download it directly)"),
+    (b"\x80", "a pickled (PyTorch) file, e.g. a voice model .pth: pass it as the voice model"),
+    (b"<", "an HTML or XML page (a failed download?)"),
+    (b"{", "a JSON text file"),
+    (b"RIFF", "a RIFF file (WAV audio?)"),
+)
+
+
+def _zip_contents(f: BinaryIO) -> str:
+    """What a zip archive named ``.index`` holds: a PyTorch file (``torch.save``) or a model pack."""
+    try:
+        f.seek(0)
+        with zipfile.ZipFile(f) as zf:
+            names = [n for n in zf.namelist() if not n.endswith("/")]
+    except (OSError, zipfile.BadZipFile, ValueError, EOFError):
+        return "a zip archive (damaged)"
+    if any(n.count("/") == 1 and n.endswith("/data.pkl") for n in names):
+        return "a PyTorch file, e.g. a voice model .pth: pass it as the voice model"
+    inner = [n for n in names if n.lower().endswith(".index")]
+    if inner:
+        return f"a zip archive holding {', '.join(inner[:4])}: extract it and pass the .index inside"
+    return "a zip archive holding no .index file"
+
+
+def _not_an_index(f: BinaryIO, head: bytes) -> str | None:
+    """What a file whose header is no faiss fourcc is, when its first bytes show it, else None."""
+    if head.startswith(b"PK\x03\x04"):
+        return _zip_contents(f)
+    for magic, what in _OTHER_FILES:
+        if head.startswith(magic):
+            return what
+    return None
+
+
 def _parse(f: BinaryIO, size: int, path: Path) -> IndexArrays:
     r = _Reader(f, size, path)
     if r.remaining < 4:
@@ -369,6 +407,9 @@ def _parse(f: BinaryIO, size: int, path: Path) -> IndexArrays:
     if code in ("IxF2", "IxFl"):
         return _parse_flat(r)
     if code != "IwFl":
+        other = _not_an_index(f, code.encode("latin-1") + f.read(12))
+        if other is not None:
+            raise r.fail(f"not a faiss index file: it is {other}")
         raise r.fail(f"unsupported index: this is {_describe_fourcc(code)}; rvcfast reads {_SUPPORTED}")
     return _parse_ivf(r)
 
