@@ -144,3 +144,26 @@ def test_files_that_are_no_index_say_what_they_are(tmp_path: Path) -> None:
         zf.writestr("voice/voice.pth", b"x")
     msg = _index_error(pack)
     assert "zip archive" in msg and "voice/added_IVF4_Flat.index" in msg
+
+
+def test_rvcfast_info_tells_renamed_files_by_their_contents(
+    zoo: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A voice renamed .index was described as an index ('not a faiss index file ... pass it as the
+    voice model', which `rvcfast info` then could not do); an index renamed .pth is described as one."""
+    import shutil
+
+    from rvcfast.index import save_index
+
+    voice = shutil.copy(zoo / "nof0.pth", tmp_path / "voice_v2.index")
+    assert main(["info", str(voice), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "index" not in report and report["model"]["version"] == "v2"
+    index = tmp_path / "added.pth"
+    save_index(index, torch.randn(40, 256).numpy(), nlist=2, niter=2)
+    assert main(["info", str(index), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert "model" not in report and (report["index"]["dim"], report["index"]["vectors"]) == (256, 40)
+    missing = tmp_path / "gone.index"
+    assert main(["info", str(missing)]) == 1
+    assert "gone.index: index file does not exist" in capsys.readouterr().err

@@ -94,6 +94,27 @@ def _model_rows(report: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+#: The first bytes of the faiss files rvcfast reads (IVF-Flat, flat L2).
+_FAISS_HEADERS = (b"IwFl", b"IxF2", b"IxFl")
+
+
+def _is_index(path: str) -> bool:
+    """Whether MODEL is described as an index: by its first bytes (a faiss header, or a PyTorch
+    file's: a voice renamed ``.index`` or an index renamed ``.pth`` in a collection of models),
+    else by its ``.index`` name."""
+    head = b""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError:
+        pass  # the description says what is wrong with the file
+    if head in _FAISS_HEADERS:
+        return True
+    if head[:1] == b"\x80" or head == b"PK\x03\x04":  # a PyTorch file (zip or legacy pickle)
+        return False
+    return path.lower().endswith(".index")
+
+
 def cmd_info(args: argparse.Namespace) -> int:
     """Describe a voice model (and optionally its index)."""
     from ..describe import describe_index, describe_model
@@ -115,7 +136,7 @@ def cmd_info(args: argparse.Namespace) -> int:
             out(json.dumps(report, indent=2))
         return EXIT_OK
     model, index = args.model, args.index
-    if index is None and model.lower().endswith(".index"):
+    if index is None and _is_index(model):
         model, index = None, model  # `rvcfast info voice.index` describes the index alone
     if model is not None:
         report["model"] = describe_model(model)
@@ -144,7 +165,10 @@ def add_parser(sub: Any) -> None:
         epilog="examples:\n  rvcfast info voice.pth\n  rvcfast info voice.pth --index voice.index --json\n  rvcfast info --system",
         formatter_class=HelpFormatter,
     )
-    p.add_argument("model", metavar="MODEL", nargs="?", help="voice model .pth (or an .index file)")
+    p.add_argument(
+        "model", metavar="MODEL", nargs="?",
+        help="voice model .pth (or a faiss .index; a renamed file is told by its first bytes)",
+    )
     p.add_argument("--system", action="store_true", help="describe this machine: CPU features, torch, the settings runs use")
     p.add_argument("--device", default="auto", metavar="DEVICE", help="with --system: the device to report on")
     p.add_argument("--index", metavar="FILE", help="faiss .index to describe as well")
