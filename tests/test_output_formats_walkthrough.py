@@ -150,3 +150,16 @@ def test_subtype_lists_offer_only_what_can_be_written() -> None:
         for sub in valid_subtypes(fmt):  # every subtype listed is one that can be written
             rate = 48000 if sub in ("OPUS", "MPEG_LAYER_III") else 8000
             check_write_format(fmt, sub, rate)
+
+
+@pytest.mark.parametrize("subtype", ["PCM_16", "PCM_24", "FLOAT"])
+def test_streamed_pcm_refuses_nan_as_the_whole_file_does(subtype: str) -> None:
+    from rvcfast.serve.encode import encode_audio, pcm_bytes
+
+    audio = np.full(800, 0.1, dtype=np.float32)
+    audio[100:300] = np.nan  # a diverging model: the whole file is refused (422)...
+    with pytest.raises(AudioError, match="NaN"):
+        encode_audio(audio, 16000, "wav", subtype)
+    with pytest.raises(AudioError, match="200 NaN or infinite samples of 800"):  # ...and was streamed as full scale
+        pcm_bytes(audio, 16000, subtype)
+    assert len(pcm_bytes(np.full(800, 0.1, np.float32), 16000, subtype)) == 800 * {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}[subtype]

@@ -17,7 +17,7 @@ import struct
 
 import numpy as np
 
-from ..errors import BackendUnavailableError, ParameterError
+from ..errors import AudioError, BackendUnavailableError, ParameterError
 from ..writing import (
     SUPPORTED_WRITE_FORMATS,
     check_bitrate,
@@ -132,12 +132,20 @@ def wav_stream_header(rate: int, subtype: str | None = None) -> bytes:
 
 
 def pcm_bytes(audio: np.ndarray, rate: int, subtype: str | None = None) -> bytes:
-    """The samples of ``audio`` as the data chunk of a WAV with ``subtype`` holds them (libsndfile's conversion)."""
+    """The samples of ``audio`` as the data chunk of a WAV with ``subtype`` holds them (libsndfile's conversion).
+
+    NaN or infinite samples (a diverging model) raise :class:`~rvcfast.errors.AudioError`, as
+    :func:`encode_audio` does: libsndfile turned NaN into full-scale samples (-32768 in PCM_16),
+    so a stream sent seconds of full-scale DC where the whole file was refused.
+    """
     import soundfile as sf
 
     audio = np.asarray(audio, dtype=np.float32)
     if audio.size == 0:
         return b""
+    if not (np.isfinite(audio.min()) and np.isfinite(audio.max())):  # NaN propagates through min/max
+        bad = int(audio.size - np.count_nonzero(np.isfinite(audio)))
+        raise AudioError(None, f"not streamed: the output has {bad} NaN or infinite samples of {audio.size}")
     buf = io.BytesIO()
     sf.write(buf, audio, int(rate), format="RAW", subtype=subtype or "PCM_16", endian="LITTLE")
     return buf.getvalue()
