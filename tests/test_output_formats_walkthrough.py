@@ -163,3 +163,39 @@ def test_streamed_pcm_refuses_nan_as_the_whole_file_does(subtype: str) -> None:
     with pytest.raises(AudioError, match="200 NaN or infinite samples of 800"):  # ...and was streamed as full scale
         pcm_bytes(audio, 16000, subtype)
     assert len(pcm_bytes(np.full(800, 0.1, np.float32), 16000, subtype)) == 800 * {"PCM_16": 2, "PCM_24": 3, "FLOAT": 4}[subtype]
+
+
+def test_a_stream_whose_first_piece_holds_nan_is_answered_422(tmp_path: Path, monkeypatch) -> None:
+    """A stream sent the WAV header and a 200 status, then broke off when the first piece held
+    NaN (a diverging model); a whole-file answer is a 422. The first piece is now checked
+    before the status is sent."""
+    pytest.importorskip("fastapi")
+    pytest.importorskip("httpx")
+    from helpers import build_tiny_models, write_tone
+    from serve_helpers import run_in_process
+
+    from rvcfast.engine import Engine
+    from rvcfast.serve import create_app
+
+    models = build_tiny_models(tmp_path / "models")
+
+    def diverging(self, prep, params=None, **kwargs):
+        yield np.full(4000, np.nan, dtype=np.float32)
+
+    monkeypatch.setattr(Engine, "stream", diverging)
+    wav = write_tone(tmp_path / "in", seconds=0.5)
+    app = create_app(voices=[models.voice], encoder=models.encoder, f0_weights=models.rmvpe, device="cpu", threads=1,
+                     jobs_dir=tmp_path / "spool")
+    state = app.state.rvcfast
+
+    async def body(client):
+        return await client.post("/v1/convert", params={"voice": models.voice.stem, "stream": "true"},
+                                 content=wav.read_bytes(), headers={"content-type": "audio/wav"})
+
+    try:
+        r = run_in_process(app, body, 120)
+    finally:
+        state.close()
+    assert r.status_code == 422, (r.status_code, r.content[:200])
+    assert "NaN or infinite samples" in r.json()["error"]
+    assert state.admission.count == 0

@@ -305,11 +305,17 @@ async def _stream(state: ServerState, work: _Work, intake: Intake, t_start: floa
         state.metrics.inc("rvcfast_conversion_failures_total", stage="convert")
         return error_response(500, state._hide_paths(intake.hide(f"{type(exc).__name__}: {exc}")))
     rate, subtype = work.rate, work.options.subtype
+    try:  # NaN in the first piece (a diverging model): refused before the status, as a whole file is
+        first_bytes = await state.in_pool(pcm_bytes, first, rate, subtype)
+    except AudioError as exc:
+        await pieces.aclose()
+        state.metrics.inc("rvcfast_conversion_failures_total", stage="convert")
+        return error_response(422, state._hide_paths(intake.hide(str(exc))))
 
     async def body() -> Any:
         try:
             yield wav_stream_header(rate, subtype)
-            yield await state.in_pool(pcm_bytes, first, rate, subtype)
+            yield first_bytes
             async for piece in pieces:
                 yield await state.in_pool(pcm_bytes, piece, rate, subtype)
             state.metrics.add_stages(timings)
