@@ -4,6 +4,8 @@ used another content encoder load, or are refused with a message that says what 
 from __future__ import annotations
 
 import json
+import os
+import threading
 from collections import OrderedDict
 from pathlib import Path
 
@@ -167,3 +169,22 @@ def test_rvcfast_info_tells_renamed_files_by_their_contents(
     missing = tmp_path / "gone.index"
     assert main(["info", str(missing)]) == 1
     assert "gone.index: index file does not exist" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs named pipes")
+def test_rvcfast_info_on_a_named_pipe_is_refused_without_opening_it(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Telling files by their first bytes must not open a pipe (that waits for a writer forever)."""
+    fifo = tmp_path / "voice.pth"
+    os.mkfifo(fifo)
+    codes: list[int] = []
+    worker = threading.Thread(target=lambda: codes.append(main(["info", str(fifo)])), daemon=True)
+    worker.start()
+    worker.join(60)  # a hang guard, not a timing assertion
+    if worker.is_alive():  # release the blocked open() before failing
+        with open(fifo, "wb"):
+            pass
+        pytest.fail("rvcfast info opened the named pipe")
+    assert codes == [1]
+    assert "not a regular file" in capsys.readouterr().err

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import unicodedata
 from typing import Any
 
@@ -104,8 +105,9 @@ def _is_index(path: str) -> bool:
     else by its ``.index`` name."""
     head = b""
     try:
-        with open(path, "rb") as f:
-            head = f.read(4)
+        if os.path.isfile(path):  # never opened otherwise: a FIFO would block
+            with open(path, "rb") as f:
+                head = f.read(4)
     except OSError:
         pass  # the description says what is wrong with the file
     if head in _FAISS_HEADERS:
