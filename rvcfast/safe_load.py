@@ -223,6 +223,8 @@ _MAGIC = (
     (b"7z\xbc\xaf", "a 7-Zip archive"),
     (b"Rar!", "a RAR archive"),
     (b"<", "an HTML or XML page (a failed download?)"),
+    (b"version https://", "a Git LFS pointer, not the model itself: only the pointer was downloaded "
+     "(fetch the file with `git lfs pull`, or download it directly)"),
 )
 
 

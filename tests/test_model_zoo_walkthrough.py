@@ -188,3 +188,12 @@ def test_rvcfast_info_on_a_named_pipe_is_refused_without_opening_it(
         pytest.fail("rvcfast info opened the named pipe")
     assert codes == [1]
     assert "not a regular file" in capsys.readouterr().err
+
+
+def test_a_git_lfs_pointer_saved_as_the_voice_says_so(tmp_path: Path) -> None:
+    """A clone without ``git lfs`` holds 130-byte pointer files named ``voice.pth``; they were
+    'corrupt or not a PyTorch file (pickle opcode 118 ...)'."""
+    pointer = tmp_path / "voice.pth"
+    pointer.write_text("version https://git-lfs.github.com/spec/v1\noid sha256:" + "0" * 64 + "\nsize 55027589\n")
+    with pytest.raises(ModelLoadError, match=r"voice\.pth.*Git LFS pointer.*git lfs pull"):
+        load_vocoder(pointer)
