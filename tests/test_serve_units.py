@@ -330,3 +330,28 @@ def test_an_uploaded_onnx_voice_is_kept_as_onnx_and_replaces_the_other_kind(tmp_
     assert [v.model.name for v in discover_voices([models])] == ["carol.onnx"]
     assert upload("x.PTH", b"again").model.name == "carol.pth" and sorted(p.name for p in models.iterdir()) == ["carol.pth"]
     assert checked == [".pth", ".onnx", ".PTH"]
+
+
+def test_an_onnx_export_beside_its_pth_is_a_voice_of_its_own(tmp_path) -> None:
+    """``rvcfast export-onnx voices/alice.pth`` writes voices/alice.onnx, and the server then
+    refused to start ("two voices are named 'alice'"); the export is now the voice ``alice.onnx``.
+    The same name from two folders is still refused."""
+    import pytest
+
+    from rvcfast.errors import ParameterError
+    from rvcfast.serve.voices import VOICE_ID, discover_voices
+
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    for name in ("alice.pth", "alice.onnx", "alice.index", "bob.onnx"):
+        (voices / name).write_bytes(b"x")
+    found = {v.id: v for v in discover_voices([voices])}
+    assert sorted(found) == ["alice", "alice.onnx", "bob"]
+    assert found["alice"].model.name == "alice.pth" and found["alice.onnx"].model.name == "alice.onnx"
+    assert found["alice.onnx"].index == found["alice"].index == (voices / "alice.index").resolve()
+    assert all(VOICE_ID.match(v) for v in found)
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "bob.pth").write_bytes(b"x")
+    with pytest.raises(ParameterError, match="two voices are named 'bob'"):
+        discover_voices([voices, other])

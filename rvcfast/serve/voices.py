@@ -58,7 +58,11 @@ VOICE_SUFFIXES = (".pth", ".onnx")
 
 
 def discover_voices(paths: Iterable[str | os.PathLike[str]]) -> list[Voice]:
-    """Voices from ``.pth`` (or exported ``.onnx``) files and folders of them (not recursive); each id once."""
+    """Voices from ``.pth`` (or exported ``.onnx``) files and folders of them (not recursive); each id once.
+
+    A voice is named by its file stem; an ``.onnx`` export in the same folder as the ``.pth`` of
+    its stem is named with its suffix (``alice.onnx`` beside ``alice``). Two files of one name
+    otherwise (from two folders) are a :class:`ParameterError`."""
     found: dict[str, Voice] = {}
     for raw in paths:
         p = Path(raw).expanduser()
@@ -68,10 +72,13 @@ def discover_voices(paths: Iterable[str | os.PathLike[str]]) -> list[Voice]:
             models = [p]
         else:
             raise ParameterError(f"voice {p}: no such file or folder")
+        stems = {m.stem for m in models if m.suffix.lower() == ".pth"}
         for model in models:
             if model.suffix.lower() not in VOICE_SUFFIXES:
                 raise ParameterError(f"voice {model}: expected a .pth voice model (or one exported to .onnx)")
-            voice = Voice(model.stem, model.resolve(), _index_beside(model))
+            # an export beside its .pth (what `rvcfast export-onnx voice.pth` writes) is a voice of its own
+            beside = model.suffix.lower() == ".onnx" and model.stem in stems
+            voice = Voice(model.name if beside else model.stem, model.resolve(), _index_beside(model))
             if voice.id in found and found[voice.id].model != voice.model:
                 raise ParameterError(
                     f"two voices are named {voice.id!r}: {found[voice.id].model} and {voice.model} (voices are named by file stem)"
