@@ -355,3 +355,20 @@ def test_an_onnx_export_beside_its_pth_is_a_voice_of_its_own(tmp_path) -> None:
     (other / "bob.pth").write_bytes(b"x")
     with pytest.raises(ParameterError, match="two voices are named 'bob'"):
         discover_voices([voices, other])
+
+
+def test_a_broken_link_or_a_folder_named_like_a_voice_is_logged(tmp_path, caplog) -> None:
+    """They were dropped from the voice list without a word in the log."""
+    import logging
+
+    from rvcfast.serve.voices import discover_voices
+
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    (voices / "alice.pth").write_bytes(b"x")
+    (voices / "folder.pth").mkdir()
+    (voices / "gone.pth").symlink_to(tmp_path / "nowhere.pth")
+    with caplog.at_level(logging.WARNING, logger="rvcfast.serve"):
+        assert [v.id for v in discover_voices([voices])] == ["alice"]
+    text = caplog.text
+    assert "folder.pth skipped: not a file" in text and "gone.pth skipped: a broken link" in text

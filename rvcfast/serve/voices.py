@@ -11,6 +11,7 @@ that holds an engine keeps it alive even if it is unloaded meanwhile.
 from __future__ import annotations
 
 import copy
+import logging
 import os
 import re
 import shutil
@@ -25,6 +26,8 @@ from ..errors import ModelLoadError, ParameterError
 
 if TYPE_CHECKING:
     from ..engine import Engine
+
+_log = logging.getLogger("rvcfast.serve")
 
 __all__ = ["Voice", "VoiceRegistry", "UnknownVoice", "discover_voices", "VOICE_ID", "VOICE_SUFFIXES"]
 
@@ -67,7 +70,11 @@ def discover_voices(paths: Iterable[str | os.PathLike[str]]) -> list[Voice]:
     for raw in paths:
         p = Path(raw).expanduser()
         if p.is_dir():
-            models = sorted(f for f in p.iterdir() if f.is_file() and f.suffix.lower() in VOICE_SUFFIXES)
+            named = sorted(f for f in p.iterdir() if f.suffix.lower() in VOICE_SUFFIXES)
+            models = [f for f in named if f.is_file()]
+            for f in named:
+                if not f.is_file():  # a broken link, a folder named voice.pth: said, not silently dropped
+                    _log.warning("voice %s skipped: %s", f, "a broken link" if f.is_symlink() and not f.exists() else "not a file")
         elif p.is_file():
             models = [p]
         else:
