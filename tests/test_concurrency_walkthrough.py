@@ -342,7 +342,7 @@ def test_sigterm_ends_rvcfast_convert_as_ctrl_c_does(tiny_models, tmp_path: Path
     import sys
     import time
 
-    src = _inputs(tmp_path / "in", 24)
+    src = _inputs(tmp_path / "in", 12)
     before = _digests(src)
     out = tmp_path / "out"
     script = tmp_path / "slow_convert.py"
@@ -364,10 +364,11 @@ def test_sigterm_ends_rvcfast_convert_as_ctrl_c_does(tiny_models, tmp_path: Path
     assert "terminated (SIGTERM)" in err and "Traceback" not in err
     written = sorted(p.name for p in out.iterdir())
     assert all(name.endswith(".wav") for name in written), written  # no temporary .part left
-    assert 1 <= len(written) < 24
+    assert 1 <= len(written) < 12
     for name in written:
         assert sf.info(out / name).frames > 0
     assert _digests(src) == before
-    done = subprocess.run([*argv, "--skip-existing"], capture_output=True, text=True, timeout=300)
+    rerun = [sys.executable, "-m", "rvcfast", *argv[2:], "--skip-existing"]  # at full speed this time
+    done = subprocess.run(rerun, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-2000:]
-    assert len(list(out.glob("*.wav"))) == 24
+    assert len(list(out.glob("*.wav"))) == 12
