@@ -10,13 +10,12 @@ from __future__ import annotations
 import functools
 import re
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from helpers import tiny_models_fixture  # noqa: F401
+from helpers import one_thread_fixture, tiny_models_fixture  # noqa: F401
 
 import rvcfast
 from rvcfast.cli import main
@@ -29,14 +28,6 @@ pytest.importorskip("onnxruntime")
 TINY = dict(inter_channels=16, hidden_channels=16, filter_channels=32, n_heads=2, n_layers=1,
             upsample_initial_channel=32, num_speakers=2)
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "onnx.md"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> Iterator[None]:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")
