@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import BackendUnavailableError, ModelLoadError, ParameterError
+from ..errors import BackendUnavailableError, ModelLoadError, ParameterError, RvcfastError
 from .synthesizer import model as _m
 from .synthesizer.config import FEATURE_DIMS
 
@@ -441,11 +441,28 @@ class OnnxVocoder:
                 shape = (self.info.inter_channels or 0, n)
                 eps = torch.zeros(shape) if gens is None else _m._randn(shape, gens[i], torch.device("cpu"))
                 feed[rnd] = (eps * _m._PRIOR_NOISE_SCALE).numpy()[None]
-            audio = np.asarray(session.run([self.info.output], feed)[0], np.float32).reshape(-1)
+            audio = np.asarray(self._run(session, feed, n), np.float32).reshape(-1)
             if audio.shape[0] != n * hop:
                 raise ModelLoadError(self.path, f"the graph returned {audio.shape[0]} samples for {n} frames, not {n * hop}")
             out[i, : n * hop] = audio
         return torch.from_numpy(out).to(features.device)
+
+    def _run(self, session: Any, feed: dict[str, np.ndarray], frames: int) -> Any:
+        """The graph's output for one item. onnxruntime's errors name neither the file nor the
+        length: they are raised again naming both (a :class:`ModelLoadError` when the graph
+        refuses the length, as a graph that runs only at its traced length does)."""
+        try:
+            return session.run([self.info.output], feed)[0]
+        except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
+            said = " ".join(str(exc).split())[:300]
+            problem = f"onnxruntime failed to run the graph on {frames} frames of features ({said})"
+            if any(w in said.lower() for w in ("dimension", "shape", "broadcast")):
+                raise ModelLoadError(
+                    self.path, problem + "; a graph that runs only at the length it was traced at (as RVC WebUI's "
+                    "exports are reported to) cannot convert audio of other lengths: export the .pth again with "
+                    "rvcfast export-onnx",
+                ) from None
+            raise RvcfastError(f"{self.path}: {problem}") from None
 
 
 def describe_onnx(path: str | os.PathLike[str]) -> dict[str, Any]:
