@@ -162,6 +162,22 @@ def _refuse_whole_input_params(q: ConversionParams, sample_rate: int) -> None:
         )
 
 
+def _refuse_short_buffer(g: _Geometry, encoder: Any, context_seconds: float) -> None:
+    """The buffer the content encoder sees each block (``context + crossfade + search + block``) must
+    hold its window (HuBERT / ContentVec: 400 samples at 16 kHz): a shorter one failed at the first
+    block, and every block after it, with the encoder's "audio of 320 samples is too short"."""
+    need = int(getattr(encoder, "receptive_field", 0) or 0)
+    if g.frames * F0_HOP >= need:
+        return
+    unit = unit_frames(g.rate)
+    short = -(-(-(-need // F0_HOP) - g.frames) // unit) * unit  # frames missing, in whole spans of the rate
+    raise ParameterError(
+        f"block_seconds + context_seconds + crossfade_seconds + search_seconds = {g.frames / 100:g} s is shorter than "
+        f"the content encoder's window ({need} samples at 16 kHz, {need / 16:g} ms), which each block is encoded with: "
+        f"use context_seconds={(g.context + short) / 100:g} (context_seconds={context_seconds} now) or a longer block"
+    )
+
+
 @dataclass(frozen=True)
 class _Geometry:
     """Sizes of one converter, in 10 ms frames unless named otherwise (each a whole number of the
@@ -259,6 +275,7 @@ class RealtimeConverter:
         extra = min(context, 0 if voc.sample_rate == sample_rate else unit)
         in_context = -(-_IN_CONTEXT_FRAMES // unit) * unit
         self.geometry = _Geometry(sample_rate, in_context, block, crossfade, search, context, extra, self._f0_window(block))
+        _refuse_short_buffer(self.geometry, engine.encoder, context_seconds)
         self.sample_rate = sample_rate
         if not isinstance(whole_blocks, (bool, np.bool_)):
             raise ParameterError(f"whole_blocks must be True or False, got {whole_blocks!r}")
