@@ -26,12 +26,13 @@ import http.client
 import os
 import re
 import sys
+import threading
 import time
 import urllib.error
 import urllib.parse
 import urllib.request
 import warnings
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,8 +166,8 @@ def _is_hf_folder(folder: Path) -> bool:
     return _is_file(folder / "config.json") and (_is_file(folder / "pytorch_model.bin") or _is_file(folder / "model.safetensors"))
 
 
-def find_weights(name: str) -> Path | None:
-    """The first existing copy of a known base file in :func:`search_dirs`, or ``None``.
+def find_weights(name: str, folders: Iterable[str | os.PathLike[str]] | None = None) -> Path | None:
+    """The first existing copy of a known base file in ``folders`` (default :func:`search_dirs`), or ``None``.
 
     In each search folder: the file itself (``rmvpe.pt``, ``hubert_base.pt``), then where an
     RVC WebUI or Applio install keeps it (:data:`INSTALL_LAYOUTS`), then for the content
@@ -174,7 +175,7 @@ def find_weights(name: str) -> Path | None:
     cannot be looked into (no permission) is passed over.
     """
     info = KNOWN_WEIGHTS[name]
-    for d in search_dirs():
+    for d in map(Path, search_dirs() if folders is None else folders):
         for rel in (info.filename, *INSTALL_LAYOUTS.get(name, ())):
             if _is_file(d / rel):
                 return d / rel
@@ -290,16 +291,42 @@ def resolve_weights(name: str, explicit: str | os.PathLike[str] | None = None, *
     if found is not None:
         return found
     if allow_download:
-        return download(name)
+        return _download_missing(name)
     looked = ", ".join(_looked_at(d / info.filename) for d in search_dirs()) + " (and an RVC WebUI or Applio install's sub-folders there)"
     # the other base files missing too: one command for all of them (not one failed run per file)
     also = [KNOWN_WEIGHTS[n].filename for n in sorted(KNOWN_WEIGHTS) if n != name and find_weights(n) is None]
     get = f"`rvcfast download` (this and {', '.join(also)}, also missing)" if also else f"`rvcfast download {name}`"
     raise WeightsNotFoundError(
         f"{info.description} weights ({info.filename}) not found. Looked in: {looked}. "
-        f"Get it with {get} (from {info.url}), or put the file in one of those "
+        f"Get it with {get} (from {source_url(name)}), or put the file in one of those "
         f"places, or pass its path explicitly."
     )
+
+
+def _download_missing(name: str) -> Path:
+    """Download missing base file ``name`` on first use, saying so on stderr with a progress display
+    (the file is large: a silent download looks like a hang)."""
+    from .progress import DownloadProgress, format_bytes
+
+    info = KNOWN_WEIGHTS[name]
+    folder = search_dirs()[0]
+    print(
+        f"rvcfast: {info.filename} ({info.description}, {format_bytes(info.size)}) not found; "
+        f"downloading it from {source_url(name)} into {folder}",
+        file=sys.stderr,
+        flush=True,
+    )
+    with DownloadProgress(info.filename) as bar:
+        return download(name, progress=bar, waiting=_waiting_notice(folder / info.filename))
+
+
+def _waiting_notice(target: Path) -> Callable[[], None]:
+    """The ``waiting`` callback of :func:`download` that says on stderr why nothing happens yet."""
+
+    def notice() -> None:
+        print(f"rvcfast: another process is downloading {target}; waiting for it to finish", file=sys.stderr, flush=True)
+
+    return notice
 
 
 def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
@@ -351,19 +378,43 @@ def _identity(path: Path) -> tuple[int, int, int, int] | None:
     return (st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size)
 
 
+#: Seconds a download waits for another process's lock before ``waiting()`` is called.
+WAIT_NOTICE_SECONDS = 0.5
+
+
 @contextlib.contextmanager
-def _exclusive(lock: Path) -> Iterator[None]:
+def _noticed(waiting: Callable[[], None] | None) -> Iterator[None]:
+    """Call ``waiting()`` (once, from a timer thread) if the block takes over :data:`WAIT_NOTICE_SECONDS`."""
+    if waiting is None:
+        yield
+        return
+    timer = threading.Timer(WAIT_NOTICE_SECONDS, waiting)
+    timer.daemon = True
+    timer.start()
+    try:
+        yield
+    finally:
+        timer.cancel()
+
+
+@contextlib.contextmanager
+def _exclusive(lock: Path, waiting: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold an exclusive lock on the file ``lock`` (created, and removed again on release).
 
     POSIX: ``flock``; the lock is taken again when the file on disk is no longer the one
     locked (its previous holder removed it while this process waited). Windows:
     ``msvcrt.locking`` on the file's first byte, polled. Elsewhere: no lock.
+    ``waiting()`` is called once when the lock is not had within :data:`WAIT_NOTICE_SECONDS`
+    (another process holds it).
     """
     if fcntl is not None:
+        notice = waiting
         while True:
             fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
             try:
-                fcntl.flock(fd, fcntl.LOCK_EX)
+                with _noticed(notice):
+                    fcntl.flock(fd, fcntl.LOCK_EX)
+                notice = None
                 held, on_disk = os.fstat(fd), _identity(lock)
             except BaseException:
                 os.close(fd)
@@ -382,12 +433,13 @@ def _exclusive(lock: Path) -> Iterator[None]:
     elif msvcrt is not None:  # pragma: no cover - Windows
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            while True:
-                try:
-                    msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
-                    break
-                except OSError:
-                    time.sleep(0.2)
+            with _noticed(waiting):
+                while True:
+                    try:
+                        msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
+                        break
+                    except OSError:
+                        time.sleep(0.2)
             try:
                 yield
             finally:
@@ -575,6 +627,33 @@ def _plan(name_or_url: str, dest: str | os.PathLike[str] | None, sha256: str | N
     return url, expected, target
 
 
+def _looks_like_html(path: Path) -> bool:
+    """Whether the file starts like a web page (a mirror's error or sign-in page saved as the file)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(512).lstrip().lower()
+    except OSError:
+        return False
+    return head.startswith((b"<!doctype html", b"<html", b"<head", b"<body")) or b"<html" in head
+
+
+def _verify(part: Path, url: str, expected: str, size: int | None, target: Path) -> None:
+    """Check the downloaded ``part`` against its SHA-256; on a mismatch delete it and raise a
+    :class:`DownloadError` saying what arrived (its size, a web page) and what was expected."""
+    digest = sha256_file(part)
+    if digest == expected.lower():
+        return
+    got = _kept(part)
+    what = f"{got} bytes" + (f" where the file has {size}" if size is not None and got != size else "")
+    if _looks_like_html(part):
+        what += "; the server sent a web page, not the file: an error or sign-in page, or a wrong URL"
+    part.unlink(missing_ok=True)
+    raise DownloadError(
+        f"checksum mismatch for {url}: expected sha256 {expected}, got {digest} ({what}); the download was deleted"
+        + (f" ({target} is unchanged)" if target.exists() else "")
+    )
+
+
 def download(
     name_or_url: str,
     dest: str | os.PathLike[str] | None = None,
@@ -583,6 +662,7 @@ def download(
     progress: ProgressCallback | None = None,
     timeout: float = 60.0,
     chunk: int = 1 << 20,
+    waiting: Callable[[], None] | None = None,
 ) -> Path:
     """Download a known base file (``"rmvpe"``, ``"hubert"``) or a URL, resumably, with a checksum.
 
@@ -597,11 +677,14 @@ def download(
     (:func:`source_url`). Only http(s) and file URLs are fetched. Processes downloading
     to the same ``dest`` take turns (an exclusive lock on ``<dest>.lock``, removed
     afterwards): one that waited returns the file another one has just put in place
-    instead of downloading it again. Every failure -- a bad URL, a folder that cannot
+    instead of downloading it again; ``waiting()`` is called (from another thread) when this
+    process has waited :data:`WAIT_NOTICE_SECONDS` for another one's lock. Every failure -- a bad URL, a folder that cannot
     be created, a network or protocol error, a partial file that cannot be written (a full
     disk), a wrong checksum -- is a :class:`DownloadError` naming the URL or the path.
     """
     url, expected, target = _plan(name_or_url, dest, sha256)
+    known = KNOWN_WEIGHTS.get(name_or_url)
+    size = known.size if known is not None and sha256 is None else None
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -618,7 +701,7 @@ def download(
     before = _identity(target)
     with contextlib.ExitStack() as stack:
         try:
-            stack.enter_context(_exclusive(target.with_name(target.name + ".lock")))
+            stack.enter_context(_exclusive(target.with_name(target.name + ".lock"), waiting))
         except OSError as exc:
             raise DownloadError(f"cannot download {url} into {target.parent}: {exc}") from None
         now = _identity(target)
@@ -626,13 +709,7 @@ def download(
             return target  # another process put it in place while this one waited for the lock
         _fetch(url, part, timeout=timeout, chunk=chunk, progress=progress)
         if expected is not None:
-            digest = sha256_file(part)
-            if digest != expected.lower():
-                part.unlink(missing_ok=True)
-                raise DownloadError(
-                    f"checksum mismatch for {url}: expected sha256 {expected}, got {digest}; the download was deleted"
-                    + (f" ({target} is unchanged)" if target.exists() else "")
-                )
+            _verify(part, url, expected, size, target)
         try:
             with open(part, "rb+") as f:  # on disk before it is renamed: a crash then leaves no empty file at dest
                 os.fsync(f.fileno())
