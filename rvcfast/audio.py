@@ -260,6 +260,21 @@ def _promised_seconds(f: sf.SoundFile) -> float | None:
     return None
 
 
+def reads_to_its_end(f: sf.SoundFile) -> bool:
+    """Whether every frame the header of the open file ``f`` promises can be read: ``False`` for
+    a WAV/AIFF whose header promises more than the file holds, and for a FLAC, MP3 or ogg cut
+    short (a copy that was interrupted), whose last frames do not decode. Reads at most the last
+    4096 frames; leaves ``f`` at its end."""
+    if f.frames <= 0 or _promised_seconds(f) is not None:
+        return False
+    tail = min(f.frames, 4096)
+    try:
+        f.seek(f.frames - tail)
+        return f.read(tail, dtype="float32", always_2d=True).shape[0] == tail
+    except Exception:  # noqa: BLE001 - libsndfile fails past the end of a cut file
+        return False
+
+
 # MPEG audio frame headers: bitrates (kbit/s) by (MPEG-1?, layer) and sample rates by version bits
 _MPEG_BITRATES = {
     (True, 1): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),

@@ -631,17 +631,18 @@ def recorded_source(path: str | os.PathLike[str]) -> str | None:
 
 def finished_output(path: str | os.PathLike[str]) -> bool:
     """Whether ``skip_existing`` may skip the input whose output is ``path``: a file there that
-    reads as audio with at least one frame (every output rvcfast writes does; an ``.m4a`` is
-    read through PyAV). An empty or
-    unreadable file (left by another program, a copy that was cut short) or a folder is not a
-    finished output: the input is converted again and that file replaced. Used by the batch
-    runner and the Ray runner alike."""
+    reads as audio with at least one frame, to the end its header promises (every output rvcfast
+    writes does; an ``.m4a`` is read through PyAV). An empty or unreadable file (left by another
+    program), a copy that was cut short (a WAV holding less than its header says, a FLAC or MP3
+    whose last frames do not decode) or a folder is not a finished output: the input is converted
+    again and that file replaced. Used by the batch runner and the Ray runner alike."""
     if not Path(path).is_file():
         return False
-    import soundfile as sf
+    from .audio import reads_to_its_end
 
     try:
-        return sf.info(str(path)).frames > 0
+        with sf.SoundFile(str(path)) as f:
+            return reads_to_its_end(f)
     except Exception:  # noqa: BLE001 - whatever libsndfile cannot read is not a finished output...
         if not _is_m4a(path):
             return False

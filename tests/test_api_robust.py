@@ -120,6 +120,35 @@ def test_skip_existing_converts_again_over_an_output_that_is_not_audio(tiny_conv
     assert "folder.wav" in by_name["folder.wav"].error and (out / "folder.wav").is_dir()
 
 
+@pytest.mark.parametrize("fmt", ["wav", "flac", "mp3"])
+def test_an_output_copied_only_half_way_is_not_finished(tmp_path: Path, fmt: str) -> None:
+    # finished_output used to take any file that libsndfile opened with frames in its header:
+    # a copy cut short (a WAV holding half the frames its header gives, a FLAC or MP3 whose
+    # last frames do not decode) was skipped by skip_existing and never converted again.
+    from rvcfast.writing import finished_output, write_audio_atomic
+
+    whole = write_audio_atomic(tmp_path / f"whole.{fmt}", 0.5 * tone(1.0, 44100), 44100)
+    data = whole.read_bytes()
+    cut = tmp_path / f"cut.{fmt}"
+    cut.write_bytes(data[: len(data) // 2])
+    assert finished_output(whole)
+    assert not finished_output(cut)
+
+
+def test_skip_existing_converts_again_over_a_wav_copied_half_way(tiny_converter: rvcfast.Converter, tmp_path: Path) -> None:
+    src = tmp_path / "song.wav"
+    sf.write(src, tone(1.0), 16000)
+    out = tmp_path / "out"
+    assert tiny_converter.convert_batch([src], out)[0].ok
+    whole = (out / "song.wav").read_bytes()
+    frames = sf.info(out / "song.wav").frames
+    (out / "song.wav").write_bytes(whole[: len(whole) // 2])  # an interrupted copy of the output
+    (r,) = tiny_converter.convert_batch([src], out, skip_existing=True)
+    assert r.ok and not r.skipped
+    assert len((out / "song.wav").read_bytes()) == len(whole)
+    assert sf.read(out / "song.wav")[0].shape[0] == frames  # converted again, whole
+
+
 @pytest.mark.parametrize("progress", ["print", 5, "bar"], ids=["text", "number", "BatchProgress"])
 def test_a_progress_that_cannot_be_called_is_refused_before_any_work(
     tiny_converter: rvcfast.Converter, tmp_path: Path, progress: object
