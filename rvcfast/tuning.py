@@ -317,6 +317,10 @@ def _lookup(device: torch.device | str, source: Path) -> tuple[Profile | None, s
         return None, f"its entry for this machine: {exc}"
 
 
+#: Why a profile path that is a folder is ignored.
+_FOLDER = "it is a folder, not a profile file"
+
+
 def _ignore(source: object, reason: object) -> None:
     # one place in the code, so Python's default filter shows each such warning once per process
     warnings.warn(f"ignoring the rvcfast profile {source}: {reason}", RuntimeWarning, stacklevel=1)
@@ -330,6 +334,8 @@ def load_profile(device: torch.device | str = "cpu", path: Path | None = None) -
     (never fatal: every model load reads it); other machines' entries are not looked at."""
     source = path or profile_path()
     if source is None or not source.is_file():
+        if source is not None and source.is_dir():  # e.g. RVCFAST_PROFILE naming a folder: not silently
+            _ignore(source, _FOLDER)
         return None
     profile, problem = _lookup(device, source)
     if problem is not None:
@@ -553,6 +559,8 @@ def system_report(device: torch.device | str = "cpu") -> dict[str, Any]:
     flags = cpu_features()
     path = profile_path()
     problem = _lookup(dev, path)[1] if profile is None and path is not None and path.is_file() else None
+    if profile is None and path is not None and path.is_dir():
+        problem = _FOLDER
     if profile is not None:
         source = "profile"
     elif path is None:

@@ -23,23 +23,47 @@ from ._common import (
 )
 
 
+def check_models_folder(args: argparse.Namespace) -> None:
+    """``--models`` (where random models are built, without ``--model``) must be a folder or a new
+    one: a :class:`UsageError` naming it otherwise, before anything is built."""
+    if args.model is not None or not args.models:
+        return
+    folder = Path(args.models).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"--models {folder}: not a folder")
+    parent = folder
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise UsageError(f"--models {folder}: {parent} is a file, not a folder")
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """``--files``, ``--seconds`` and ``--batch-seconds``: a :class:`UsageError` naming the option and value."""
+    if args.files < 1:
+        raise UsageError(f"--files must be at least 1, got {args.files}")
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise UsageError(f"--seconds must be a number of seconds above 0, got {args.seconds:g}")
+    if args.batch_seconds is not None and not (math.isfinite(args.batch_seconds) and args.batch_seconds > 0):
+        raise UsageError(f"--batch-seconds must be a number of seconds above 0, got {args.batch_seconds:g}")
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """Build (or reuse) models, synthesise test clips, run convert_batch and print the stage table."""
     import soundfile as sf
 
     from ..api import Converter
-    from ..batch import BatchSummary
+    from ..batch import BatchOptions, BatchSummary, compute_workers, usable_workers
     from ..testing import build_bench_models, synth_test_audio
+    from ..tuning import apply_threads, load_profile
     from ..weights import cache_dir
 
-    if args.files < 1 or not args.seconds > 0:
-        raise UsageError("--files must be >= 1 and --seconds > 0")
-    if args.batch_seconds is not None and not args.batch_seconds > 0:
-        raise UsageError(f"--batch-seconds must be positive, got {args.batch_seconds}")
+    _check_numbers(args)
     check_f0_name("--f0", args.f0)  # before models are built (full-size ones are ~500 MB)
     if args.model is not None and (args.small or args.models):  # accepted and ignored before
         given = " and ".join(flag for flag, on in (("--small", args.small), ("--models", args.models)) if on)
         raise UsageError(f"{given}: random models are built only without --model")
+    check_models_folder(args)
     paths: dict[str, Any] = {k: getattr(args, k) for k in ("model", "index", "encoder", "f0_weights")}
     if args.model is None:  # random models; any real file given replaces its random counterpart
         folder = Path(args.models).expanduser() if args.models else cache_dir() / "bench-models"
@@ -53,6 +77,10 @@ def cmd_bench(args: argparse.Namespace) -> int:
         f0_weights=weights, device=args.device, dtype=args.dtype,
     )
     load_seconds = time.perf_counter() - t0
+    # what `rvcfast convert` runs: the tuned thread count (unless OMP_NUM_THREADS or MKL_NUM_THREADS
+    # says otherwise), as the tuned batch size and compute workers that convert_batch takes itself
+    threads = apply_threads(load_profile(conv.device))
+    workers = usable_workers(compute_workers(conv.engine, BatchOptions()), args.files, conv.device.type)
     with tempfile.TemporaryDirectory(prefix="rvcfast-bench-") as tmp:
         clips = []
         for i in range(args.files):
@@ -69,7 +97,12 @@ def cmd_bench(args: argparse.Namespace) -> int:
     for r in results:
         summary.add(r)
     bad = [r for r in results if not r.ok]
-    out(f"device {conv.device}, {args.dtype}, F0 {args.f0}; {args.files} clips x {args.seconds:g} s; models loaded in {load_seconds:.1f} s")
+    dtype = str(conv.dtype).replace("torch.", "") + (" (auto)" if args.dtype == "auto" else "")
+    out(
+        f"device {conv.device}, {dtype}, {threads} thread{'s' if threads != 1 else ''}, batch {args.batch_seconds or conv.engine.batch_seconds:g} s, "
+        f"{workers} compute worker{'s' if workers != 1 else ''}, F0 {args.f0}; {args.files} clips x {args.seconds:g} s; "
+        f"models loaded in {load_seconds:.1f} s"
+    )
     out(summary.table())
     speed = summary.audio_seconds / summary.wall_seconds if summary.wall_seconds else float("nan")
     out(f"speed: {speed:.2f}x real-time (real-time factor {1 / speed if speed else math.nan:.4f})")
@@ -91,7 +124,10 @@ def add_parser(sub: Any) -> None:
             "--models: a full-size v2 40 kHz voice, hubert_base.pt (fairseq), rmvpe.pt and a\n"
             "20000 x 768 index (about 500 MB); --index/--encoder/--f0-weights replace their random\n"
             "counterparts. Random weights compute exactly like trained ones, so the timings are\n"
-            "those of real models."
+            "those of real models.\n\n"
+            "It runs what `rvcfast convert` runs: the `rvcfast tune` profile's threads, batch size and\n"
+            "compute workers where there is one (OMP_NUM_THREADS or MKL_NUM_THREADS, --batch-seconds\n"
+            "still win); the first line says the precision, threads, batch size and workers used."
         ),
         epilog=(
             "examples:\n"
@@ -112,6 +148,6 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--f0-weights", metavar="FILE", help="a real rmvpe.pt")
     p.add_argument("--f0", metavar="NAME", default="rmvpe", help="F0 backend")
     add_device_options(p)
-    p.add_argument("--batch-seconds", type=float, metavar="S", default=None, help="seconds of audio batched together (default: 8 on CPU, 120 on GPU)")
+    p.add_argument("--batch-seconds", type=float, metavar="S", default=None, help="seconds of audio batched together (default: the `rvcfast tune` profile's, else 8 on CPU, 120 on GPU)")
     p.add_argument("--no-warmup", action="store_true", help="do not run a 1 s warm-up conversion first")
     p.set_defaults(func=cmd_bench)

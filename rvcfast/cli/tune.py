@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 from ..errors import RvcfastError
 from ._common import EXIT_OK, HelpFormatter, UsageError, out
+from .bench import check_models_folder
 
 
 def _models(args: argparse.Namespace) -> dict[str, Any]:
@@ -26,21 +28,34 @@ def _models(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _number_list(option: str, text: str | None, kind: type) -> list[Any] | None:
-    """``"1,2,4"`` -> ``[1, 2, 4]`` (``kind`` int or float), range-checked: whole numbers >= 1, or
-    finite numbers > 0; :class:`UsageError` naming ``option`` otherwise. ``None`` stays ``None``."""
+    """``"1,2,4"`` -> ``[1, 2, 4]`` (``kind`` int or float), range-checked: whole numbers from 1 to
+    :data:`~rvcfast.tuning.MAX_THREADS` (what a profile may hold), or finite numbers > 0;
+    :class:`UsageError` naming ``option`` otherwise. ``None`` stays ``None``."""
+    from ..tuning import MAX_THREADS
+
     if text is None:
         return None
-    what = "whole numbers >= 1" if kind is int else "numbers > 0"
+    what = f"whole numbers from 1 to {MAX_THREADS}" if kind is int else "numbers > 0"
     values: list[Any] = []
     for item in text.split(","):
         try:
             value = kind(item.strip())
         except ValueError:
             raise UsageError(f"{option} expects a comma-separated list of {what}, got {text!r}") from None
-        if not (math.isfinite(value) and value > 0) or (kind is int and value < 1):
+        if not (math.isfinite(value) and value > 0) or (kind is int and not 1 <= value <= MAX_THREADS):
             raise UsageError(f"{option} expects a comma-separated list of {what}, got {text!r}")
         values.append(value)
     return values
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    """``--files``, ``--seconds`` and ``--min-snr``: a :class:`UsageError` naming the option and its value."""
+    if args.files < 1:
+        raise UsageError(f"--files must be at least 1, got {args.files}")
+    if not (math.isfinite(args.seconds) and args.seconds > 0):
+        raise UsageError(f"--seconds must be a number of seconds above 0, got {args.seconds:g}")
+    if math.isnan(args.min_snr):
+        raise UsageError("--min-snr must be a number of dB, got nan")
 
 
 def _chosen(profile: Any) -> str:
@@ -57,22 +72,25 @@ def _profile_target(args: argparse.Namespace) -> Path:
     target = Path(args.output).expanduser() if args.output else profile_path()
     if target is None:
         raise UsageError("profiles are switched off (RVCFAST_PROFILE=off); pass --output FILE")
-    try:  # rvcfast's own profile file may be replaced when broken; a file named by --output never
-        check_profile_target(target, replace_invalid=not args.output)
+    # rvcfast's own profile file (in $RVCFAST_HOME or the cache) may be replaced when broken; a file
+    # the user named, by --output or RVCFAST_PROFILE, never: it may be anything
+    named = "--output" if args.output else "RVCFAST_PROFILE" if os.environ.get("RVCFAST_PROFILE") is not None else None
+    try:
+        check_profile_target(target, replace_invalid=named is None)
     except ValueError as exc:
-        raise UsageError(f"{'--output: ' if args.output else ''}{exc}") from None
+        raise UsageError(f"{named + ': ' if named else ''}{exc}") from None
     return target
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
     """Calibrate on this machine; write the profile later runs use."""
-    if args.files < 1 or not args.seconds > 0:
-        raise UsageError("--files must be >= 1 and --seconds > 0")
+    _check_counts(args)
     # every option is checked before models are built or loaded (full-size ones are ~500 MB)
     threads = _number_list("--threads", args.threads, int)
     batch = _number_list("--batch-seconds", args.batch_seconds, float)
     workers = _number_list("--compute-workers", args.compute_workers, int)
     target = _profile_target(args)
+    check_models_folder(args)
 
     from ..api import Converter
     from ..runtime import resolve_device

@@ -1,0 +1,154 @@
+"""A performance-minded operator's walk through ``rvcfast tune``, ``rvcfast bench`` and
+``rvcfast info --system``: bad options, profile files that are not profiles, and the tuned
+settings a later ``rvcfast bench`` runs with."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import one_thread_fixture, tiny_models_fixture  # noqa: F401
+
+import rvcfast.testing
+from rvcfast import tuning
+from rvcfast.cli import main
+from rvcfast.tuning import Profile, load_profile, machine_id, save_profile
+
+
+@pytest.fixture()
+def profile_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "profile.json"
+    monkeypatch.setenv("RVCFAST_PROFILE", str(path))
+    return path
+
+
+@pytest.fixture()
+def no_model_building(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Building random models fails the test: every option is checked first."""
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("models were built before the options were checked")
+
+    monkeypatch.setattr(rvcfast.testing, "build_bench_models", refuse)
+
+
+@pytest.fixture()
+def fake_calibration(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``rvcfast tune`` measures nothing: calibrate returns a float32 profile for this machine at once."""
+
+    def calibrate(make, clips, *, device, **kwargs):
+        return Profile(machine=machine_id(device), dtype="float32", threads=1, batch_seconds=8.0)
+
+    monkeypatch.setattr(tuning, "calibrate", calibrate)
+
+
+def _usage_error(argv: list[str], capsys: pytest.CaptureFixture[str], *words: str) -> str:
+    status = main(argv)
+    err = capsys.readouterr().err
+    assert status == 2, err
+    assert "Traceback" not in err and all(w in err for w in words), err
+    return err
+
+
+@pytest.mark.parametrize(
+    "option,shown",
+    [
+        (["--seconds", "inf"], "inf"),  # was an OverflowError traceback
+        (["--seconds", "nan"], "nan"),
+        (["--min-snr", "nan"], "nan"),  # was accepted: no lower precision could ever pass it
+        (["--threads", "1025"], "1025"),  # was measured for minutes, then a ValueError when saving
+        (["--compute-workers", "1,2000"], "2000"),
+        (["--files", "0"], "0"),
+    ],
+)
+def test_tune_refuses_values_it_cannot_use_before_anything_is_built(
+    no_model_building, tmp_path: Path, capsys, option: list[str], shown: str
+) -> None:
+    out = tmp_path / "p.json"
+    for models in ([], ["--model", str(tmp_path / "nonexistent.pth")]):
+        _usage_error(["tune", "--quick", *models, *option, "--output", str(out)], capsys, option[0], shown)
+    assert not out.exists()
+
+
+def test_tune_accepts_the_largest_thread_count_a_profile_holds(tiny_models, fake_calibration, tmp_path: Path, capsys) -> None:
+    out = tmp_path / "p.json"
+    argv = ["tune", "--model", str(tiny_models.voice), "--threads", f"1,{tuning.MAX_THREADS}", "--output", str(out), "-q"]
+    assert main(argv) == 0, capsys.readouterr().err
+    assert out.is_file()
+
+
+@pytest.mark.parametrize("command", [["tune", "--quick"], ["bench", "--small"]])
+def test_a_models_folder_that_is_a_file_is_a_usage_error(
+    no_model_building, tmp_path: Path, capsys, command: list[str]
+) -> None:
+    blocker = tmp_path / "afile"
+    blocker.write_bytes(b"x")
+    for models in (blocker, blocker / "sub"):  # was a NotADirectoryError traceback
+        argv = [*command, "--models", str(models), "--output", str(tmp_path / "p.json")] if command[0] == "tune" else [
+            *command, "--models", str(models)]
+        _usage_error(argv, capsys, "--models", str(blocker))
+    assert blocker.read_bytes() == b"x"
+
+
+@pytest.mark.parametrize(
+    "option,shown",
+    [(["--seconds", "inf"], "inf"), (["--batch-seconds", "inf"], "inf"), (["--batch-seconds", "nan"], "nan")],
+)
+def test_bench_refuses_infinite_lengths_before_anything_is_built(
+    no_model_building, tmp_path: Path, capsys, option: list[str], shown: str
+) -> None:
+    _usage_error(["bench", "--small", "--models", str(tmp_path / "bm"), *option], capsys, option[0], shown)
+    assert not (tmp_path / "bm").exists()
+
+
+def test_tune_never_replaces_a_file_rvcfast_profile_names_that_is_not_a_profile(
+    fake_calibration, tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    notes = tmp_path / "notes.txt"
+    notes.write_text("my notes\n")
+    monkeypatch.setenv("RVCFAST_PROFILE", str(notes))  # a slip: was overwritten by the profile
+    _usage_error(["tune", "--model", str(tiny_models.voice), "-q"], capsys, "RVCFAST_PROFILE", str(notes))
+    assert notes.read_text() == "my notes\n"
+
+
+def test_a_broken_profile_in_rvcfast_home_is_still_replaced(
+    fake_calibration, tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.delenv("RVCFAST_PROFILE", raising=False)
+    monkeypatch.setenv("RVCFAST_HOME", str(tmp_path))
+    own = tmp_path / "profile.json"
+    own.write_text('{"profiles": [')  # rvcfast's own file, broken
+    assert main(["tune", "--model", str(tiny_models.voice), "-q"]) == 0, capsys.readouterr().err
+    assert load_profile("cpu") is not None and json.loads(own.read_text())["profiles"][0]["machine"] == machine_id("cpu")
+
+
+def test_rvcfast_profile_naming_a_folder_is_reported_not_silently_ignored(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "profiles"
+    folder.mkdir()
+    monkeypatch.setenv("RVCFAST_PROFILE", str(folder))
+    with pytest.warns(RuntimeWarning, match=f"{folder}.*folder"):
+        assert load_profile("cpu") is None
+    with pytest.warns(RuntimeWarning):
+        source = tuning.system_report("cpu")["settings"]["source"]
+    assert str(folder) in source and "folder" in source and "run `rvcfast tune` to measure" not in source
+
+
+def test_bench_runs_with_the_tuned_threads_and_says_what_it_ran(tiny_models, profile_file: Path, capsys) -> None:
+    save_profile(Profile(machine=machine_id("cpu"), dtype="float32", threads=3, batch_seconds=4.0, compute_workers=1))
+    before = torch.get_num_threads()
+    try:
+        argv = ["bench", "--model", str(tiny_models.voice), "--encoder", str(tiny_models.encoder),
+                "--f0-weights", str(tiny_models.rmvpe), "--files", "1", "--seconds", "0.5", "--device", "cpu",
+                "--dtype", "auto", "--no-warmup"]
+        assert main(argv) == 0
+        threads = torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
+    first = capsys.readouterr().out.splitlines()[0]
+    # what `rvcfast convert` would run: the profile's threads too, not only its batch size and workers
+    assert threads == 3
+    assert "float32 (auto)" in first and "3 threads" in first and "batch 4 s" in first and "1 compute worker" in first
