@@ -317,7 +317,7 @@ def _download_missing(name: str) -> Path:
         flush=True,
     )
     with DownloadProgress(info.filename) as bar:
-        return download(name, progress=bar, waiting=_waiting_notice(folder / info.filename))
+        return download(name, progress=bar, chunk=PROGRESS_CHUNK, waiting=_waiting_notice(folder / info.filename))
 
 
 def _waiting_notice(target: Path) -> Callable[[], None]:
@@ -342,6 +342,10 @@ def sha256_file(path: str | os.PathLike[str], chunk: int = 1 << 20) -> str:
 
 
 ProgressCallback = Callable[[int, int], None]
+
+#: Read size of a download shown with a progress display: each read waits for that many bytes, and
+#: 1 MiB (the default) held the display still for seconds at a time on a slow link.
+PROGRESS_CHUNK = 1 << 16
 
 #: URL schemes :func:`download` fetches from.
 URL_SCHEMES = ("http", "https", "file")

@@ -28,6 +28,7 @@ class _Handler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
     files: dict[str, bytes] = {}
     cut: set[str] = set()
+    stall: dict[str, threading.Event] = {}
     requests: list[tuple[str, str | None]] = []
 
     def log_message(self, *args):  # quiet
@@ -54,6 +55,11 @@ class _Handler(http.server.BaseHTTPRequestHandler):
         self.send_header("Connection", "close")
         self.end_headers()
         name = self.path.lstrip("/")
+        if name in self.stall:  # a slow link: a little data, then nothing until the test says
+            self.wfile.write(body[:200_000])
+            self.wfile.flush()
+            self.stall[name].wait(60)
+            body = body[200_000:]
         if name in self.cut:
             self.cut.discard(name)
             self.wfile.write(body[: len(body) // 2])
@@ -77,7 +83,7 @@ def base_files(tmp_path_factory) -> dict[str, bytes]:
 def hub(base_files, monkeypatch, tmp_path):
     """A local 'Hugging Face' serving the base files; KNOWN_WEIGHTS name them (their checksums and
     sizes) at its URLs; a fresh, empty user cache and no RVCFAST_HOME or mirror variables."""
-    _Handler.files, _Handler.cut, _Handler.requests = dict(base_files), set(), []
+    _Handler.files, _Handler.cut, _Handler.requests, _Handler.stall = dict(base_files), set(), [], {}
     httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
     httpd.daemon_threads = True
     threading.Thread(target=httpd.serve_forever, daemon=True).start()
@@ -90,6 +96,8 @@ def hub(base_files, monkeypatch, tmp_path):
     monkeypatch.delenv("RVCFAST_HOME", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     yield url
+    for gate in _Handler.stall.values():
+        gate.set()
     httpd.shutdown()
     httpd.server_close()
 
@@ -202,3 +210,29 @@ def test_a_download_waiting_for_another_process_says_so(hub, base_files, tmp_pat
     t.join(60)
     assert result == [target] and not _Handler.requests  # the waiter used it, fetched nothing
     assert sorted(p.name for p in target.parent.iterdir()) == ["rmvpe.pt"]
+
+
+def test_the_progress_display_moves_on_a_slow_link(hub, base_files, monkeypatch):
+    """Each read waited for a whole MiB: at 100 kB/s the progress display stood still for ten seconds
+    at a time. Here the server sends 200 kB and stalls; the display must have counted them."""
+    import rvcfast.progress
+
+    counted = threading.Event()
+
+    class Recorder(rvcfast.progress.DownloadProgress):
+        def __call__(self, done: int, total: int) -> None:
+            if done > 0:
+                counted.set()
+            super().__call__(done, total)
+
+    monkeypatch.setattr(rvcfast.progress, "DownloadProgress", Recorder)
+    gate = _Handler.stall["rmvpe.pt"] = threading.Event()
+    codes: list[int] = []
+    t = threading.Thread(target=lambda: codes.append(main(["download", "rmvpe", "-q"])))
+    t.start()
+    try:
+        assert counted.wait(20), "no progress reported while the server was stalled"
+    finally:
+        gate.set()
+        t.join(60)
+    assert codes == [0]

@@ -15,7 +15,7 @@ from ._common import EXIT_OK, HelpFormatter, UsageError, out
 def cmd_download(args: argparse.Namespace) -> int:
     """Download the base weights into $RVCFAST_HOME, the cache, or --dest."""
     from ..progress import DownloadProgress, format_bytes
-    from ..weights import KNOWN_WEIGHTS, download, find_weights, search_dirs, source_url
+    from ..weights import KNOWN_WEIGHTS, PROGRESS_CHUNK, download, find_weights, search_dirs, source_url
 
     names = sorted(KNOWN_WEIGHTS) if args.name == "all" else [args.name]
     folder = Path(args.dest).expanduser() if args.dest else search_dirs()[0]
@@ -38,7 +38,7 @@ def cmd_download(args: argparse.Namespace) -> int:
         if not args.quiet:
             print(f"{name}: {info.description}, {format_bytes(info.size)}, from {url}", file=sys.stderr)
         with DownloadProgress(info.filename, enabled=not args.quiet) as bar:
-            path = download(name, target, progress=bar, waiting=None if args.quiet else _waiting(name, target))
+            path = download(name, target, progress=bar, chunk=PROGRESS_CHUNK, waiting=None if args.quiet else _waiting(name, target))
         out(f"{name}: {path}")
     return EXIT_OK
 
