@@ -333,6 +333,17 @@ def test_backends_lists_rmvpe(capsys):
     assert json.loads(capsys.readouterr().out)["harvest"]["source"] == "rvcfast (built-in)"
 
 
+@pytest.mark.parametrize(("backend", "module"), [("pm", "parselmouth"), ("fcpe", "torchfcpe"), ("swift", "swift_f0")])
+def test_backends_says_which_extra_a_missing_package_needs(capsys, monkeypatch, backend, module):
+    # swift had no note: without swift-f0 it was listed as if it worked
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
+    assert main(["backends", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)[backend]["note"] == f"needs `pip install rvcfast[{backend}]`"
+
+
 # ---------------------------------------------------------------------------------------------- download
 
 PAYLOAD = bytes(range(256)) * 512  # 128 kB

@@ -9,7 +9,7 @@ from typing import Any
 from ._common import EXIT_OK, HelpFormatter, out
 
 # Built-in backends that need an optional extra: name -> (module, extra).
-_BACKEND_EXTRAS = {"pm": ("parselmouth", "pm"), "fcpe": ("torchfcpe", "fcpe")}
+_BACKEND_EXTRAS = {"pm": ("parselmouth", "pm"), "fcpe": ("torchfcpe", "fcpe"), "swift": ("swift_f0", "swift")}
 
 
 def cmd_backends(args: argparse.Namespace) -> int:
