@@ -1,6 +1,6 @@
 """Whole-process ``rvcfast convert`` on batch12, per precision and per code version, alternated.
 
-    python benchmarks/cpu_convert.py                       # this tree, float32 and bfloat16, 3 rounds
+    python benchmarks/cpu_convert.py                       # this tree, 3 rounds: float32 (+ bfloat16 on AVX512-BF16/AMX)
     python benchmarks/cpu_convert.py --tree base=/tmp/old --tree new=.  --rounds 3
     python benchmarks/cpu_convert.py --dtype float32 bfloat16 float16 --rounds 1
     python benchmarks/cpu_convert.py --variant w1='--compute-workers 1' --variant w2='--compute-workers 2'
@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import shutil
@@ -68,21 +69,66 @@ def machine_line() -> str:
             f"torch {torch.__version__}, {default_threads()} threads, {isa}{' + AMX' if amx else ', no AMX'}")
 
 
-def refused_dtypes(dtypes: list[str]) -> dict[str, str]:
-    """The precisions rvcfast refuses on this CPU (float16 without AVX512-FP16/AMX-FP16, a misspelt
-    name), each with rvcfast's reason; measuring them would only time the refusal."""
+def default_dtypes() -> list[str]:
+    """The precisions measured when ``--dtype`` is not given: float32, and bfloat16 where this CPU
+    computes it natively (AVX512-BF16 or AMX). Without that hardware bfloat16 is many times slower
+    than float32 (a 12x trap on an AVX2-only Zen 3) and timing it by default costs hours; an
+    explicit ``--dtype float32 bfloat16`` measures it anyway."""
+    import torch
+
+    from rvcfast.runtime import native_bf16
+
+    return ["float32", "bfloat16"] if native_bf16(torch.device("cpu")) else ["float32"]
+
+
+def _check_dtypes(dtypes: list[str]) -> tuple[dict[str, str], dict[str, str]]:
+    """(refused, slow): the precisions rvcfast refuses on this CPU and those it runs with a warning
+    (no hardware for them), each with rvcfast's words."""
+    import warnings
+
     import torch
 
     from rvcfast.errors import ParameterError
     from rvcfast.runtime import resolve_dtype
 
-    refused = {}
+    refused, slow = {}, {}
     for dtype in dtypes:
-        try:
-            resolve_dtype(dtype, torch.device("cpu"))
-        except ParameterError as exc:
-            refused[dtype] = str(exc)
-    return refused
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            try:
+                resolve_dtype(dtype, torch.device("cpu"))
+            except ParameterError as exc:
+                refused[dtype] = str(exc)
+        said = [str(w.message) for w in caught if issubclass(w.category, RuntimeWarning)]
+        if said and dtype not in refused:
+            slow[dtype] = said[0]
+    return refused, slow
+
+
+def refused_dtypes(dtypes: list[str]) -> dict[str, str]:
+    """The precisions rvcfast refuses on this CPU (float16 without AVX512-FP16/AMX-FP16, a misspelt
+    name), each with rvcfast's reason; measuring them would only time the refusal."""
+    return _check_dtypes(dtypes)[0]
+
+
+def slow_dtypes(dtypes: list[str]) -> dict[str, str]:
+    """The precisions rvcfast runs on this CPU without hardware for them (bfloat16 without
+    AVX512-BF16 or AMX), each with rvcfast's warning: their figures are no precision's speed."""
+    return _check_dtypes(dtypes)[1]
+
+
+def dtype_notes(
+    by_default: bool, asked: list[str], refused: dict[str, str], slow: dict[str, str], prefix: str = ""
+) -> list[str]:
+    """Header lines on the precisions: bfloat16 left out by default (no hardware for it), those
+    skipped (rvcfast refuses them here) and those measured without hardware for them."""
+    lines = []
+    if by_default and "bfloat16" not in asked:
+        lines.append(f"{prefix}bfloat16: not measured by default, this CPU has no AVX512-BF16 or AMX "
+                     "(--dtype float32 bfloat16 measures it anyway)")
+    lines += [f"{prefix}{dtype}: skipped, rvcfast refuses it here: {why}" for dtype, why in refused.items()]
+    lines += [f"{prefix}{dtype}: measured on a slow path, no hardware for it here: {why}" for dtype, why in slow.items()]
+    return lines
 
 
 def profile_note(use_profile: bool) -> str:
@@ -175,15 +221,16 @@ def _parser() -> argparse.ArgumentParser:
                     help="a source tree to run (repeatable); default: this repository")
     ap.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
                     help="this repository with extra convert arguments (repeatable), e.g. w2='--compute-workers 2'")
-    ap.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"],
-                    help="precisions to measure; one rvcfast refuses on this CPU (float16 without "
-                         "AVX512-FP16/AMX-FP16) is skipped with its reason")
+    ap.add_argument("--dtype", nargs="+", default=None,
+                    help="precisions to measure (default: float32, and bfloat16 where the CPU has AVX512-BF16 or "
+                         "AMX); one rvcfast refuses on this CPU (float16 without AVX512-FP16/AMX-FP16) is "
+                         "skipped with its reason")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--warmup", type=int, default=1, help="unmeasured runs per tree and dtype first")
     ap.add_argument("--inputs", type=Path, default=SHARED / "audio" / "batch12")
     ap.add_argument("--max-load", type=float, default=None,
                     help="wait (up to 10 minutes) before each run until the 1-minute load average is at most "
-                         "this; default 0.75 x the usable CPUs (1.5 on 2 CPUs)")
+                         "this; default 0.75 x the usable CPUs (1.5 on 2 CPUs); with --small no wait")
     ap.add_argument("--use-profile", action="store_true",
                     help="let the measured processes read rvcfast tune's profile (default: RVCFAST_PROFILE=off)")
     ap.add_argument("--small", action="store_true",
@@ -221,17 +268,20 @@ def main(argv: list[str] | None = None) -> int:
 
     trees = _variants(args)
     inputs = describe_inputs(args.inputs)
-    max_load = args.max_load if args.max_load is not None else 0.75 * available_cores()
-    refused = refused_dtypes(args.dtype)
-    dtypes = [d for d in args.dtype if d not in refused]
+    # a smoke test (--small) measures nothing worth a quiet machine: it does not wait for one
+    max_load = args.max_load if args.max_load is not None else math.inf if args.small else 0.75 * available_cores()
+    asked = args.dtype if args.dtype is not None else default_dtypes()
+    refused, slow = _check_dtypes(asked)
+    dtypes = [d for d in asked if d not in refused]
     paths = build_bench_models(MODELS, small=args.small)
     machine = machine_line()
     print(f"# {machine}")
     print(f"# inputs: {inputs}; models {paths['model'].parent}{' (SMALL: figures meaningless)' if args.small else ''}; {args.rounds} rounds after {args.warmup} warm-up; "
-          f"waiting for a 1-minute load <= {max_load:g} before each run")
+          + (f"waiting for a 1-minute load <= {max_load:g} before each run" if math.isfinite(max_load)
+             else "not waiting for a quiet machine"))
     print(f"# {profile_note(args.use_profile)}")
-    for dtype, why in refused.items():
-        print(f"# {dtype}: skipped, rvcfast refuses it here: {why}")
+    for line in dtype_notes(args.dtype is None, asked, refused, slow, "# "):
+        print(line)
     failed: dict[tuple[str, str], str] = {}
 
     def measure(name: str, tree: Path, dtype: str, extra: list[str]) -> dict[str, float] | None:

@@ -1,6 +1,6 @@
 """Where one file's time goes, operator by operator (``torch.profiler``), per precision and code version.
 
-    python benchmarks/op_profile.py                                   # this tree, float32 and bfloat16
+    python benchmarks/op_profile.py                                   # this tree: float32 (+ bfloat16 on AVX512-BF16/AMX)
     python benchmarks/op_profile.py --tree base=/tmp/old --tree new=. # before / after, same machine
     python benchmarks/op_profile.py --dtype bfloat16 --top 25         # one precision, more operators
 
@@ -157,8 +157,10 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["--child"]:
         _child(*argv[1:5])
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--dtype", nargs="+", default=["float32", "bfloat16"])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dtype", nargs="+", default=None,
+                        help="precisions to profile (default: float32, and bfloat16 where the CPU has "
+                             "AVX512-BF16 or AMX); one rvcfast refuses here is skipped with its reason")
     parser.add_argument("--tree", action="append", default=[], metavar="NAME=PATH",
                         help="an rvcfast source tree to profile (default: this one)")
     parser.add_argument("--top", type=int, default=12, help="heaviest operators listed per table")
@@ -170,19 +172,20 @@ def main(argv: list[str] | None = None) -> int:
         if not name or not (tree / "rvcfast" / "__init__.py").is_file():
             raise SystemExit(f"--tree {spec!r}: expected NAME=PATH, PATH holding the rvcfast package")
     sys.path.insert(0, str(REPO / "benchmarks"))
-    from cpu_convert import machine_line, refused_dtypes
+    from cpu_convert import _check_dtypes, default_dtypes, dtype_notes, machine_line
 
     from rvcfast.testing import build_bench_models
 
+    asked = args.dtype if args.dtype is not None else default_dtypes()
+    refused, slow = _check_dtypes(asked)
     paths = build_bench_models(MODELS)
     machine = machine_line()
     print(machine)
-    refused = refused_dtypes(args.dtype)
-    for dtype, why in refused.items():
-        print(f"{dtype}: skipped, rvcfast refuses it here: {why}")
+    for line in dtype_notes(args.dtype is None, asked, refused, slow):
+        print(line)
     print()
     results, failed = [], []
-    for dtype in (d for d in args.dtype if d not in refused):
+    for dtype in (d for d in asked if d not in refused):
         for name, tree in trees:
             try:
                 res = _run(tree, dtype, CLIPS / "clip01.wav", CLIPS / "clip02.wav", paths)

@@ -152,3 +152,85 @@ def test_bench_runs_with_the_tuned_threads_and_says_what_it_ran(tiny_models, pro
     # what `rvcfast convert` would run: the profile's threads too, not only its batch size and workers
     assert threads == 3
     assert "float32 (auto)" in first and "3 threads" in first and "batch 4 s" in first and "1 compute worker" in first
+
+
+# -- benchmarks/cpu_convert.py and op_profile.py on a CPU without bfloat16 hardware -------------------------
+
+BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
+
+
+@pytest.fixture()
+def cpu_convert(monkeypatch: pytest.MonkeyPatch, tmp_path: Path):
+    """benchmarks/cpu_convert.py with fake models and runs: what it would run, and with which load limit."""
+    import soundfile as sf
+
+    import rvcfast.testing
+
+    monkeypatch.syspath_prepend(str(BENCH))
+    import cpu_convert as module
+
+    fake = {k: tmp_path / k for k in ("model", "index", "encoder", "f0_weights")}
+    monkeypatch.setattr(rvcfast.testing, "build_bench_models", lambda *a, **k: fake)
+    module.ran, module.waited = [], []
+    monkeypatch.setattr(module, "_wait_for_quiet", lambda max_load: module.waited.append(max_load) or 0.0)
+
+    def run_once(tree, dtype, paths, inputs, extra, use_profile=False):
+        module.ran.append(dtype)
+        return {"wall_s": 2.0, "user_s": 1.0, "sys_s": 0.1, "peak_rss_mib": 100.0, "minor_faults": 1.0}
+
+    monkeypatch.setattr(module, "_run_once", run_once)
+    (tmp_path / "in").mkdir()
+    sf.write(tmp_path / "in" / "clip.wav", torch.zeros(1600).numpy(), 16000)
+    module.inputs = str(tmp_path / "in")
+    return module
+
+
+def _cpu(monkeypatch: pytest.MonkeyPatch, flags: set[str]) -> None:
+    from rvcfast import runtime
+
+    monkeypatch.setattr(runtime, "cpu_features", lambda: frozenset(flags))
+
+
+def test_cpu_convert_does_not_time_bfloat16_by_default_without_its_hardware(cpu_convert, monkeypatch, capsys) -> None:
+    _cpu(monkeypatch, {"avx2", "fma"})  # an AVX2-only EPYC: bfloat16 is a 12x slower reference path here
+    assert cpu_convert.main(["--rounds", "1", "--warmup", "0", "--inputs", cpu_convert.inputs]) == 0
+    out = capsys.readouterr().out
+    assert cpu_convert.ran == ["float32"]  # was float32 and bfloat16: hours of the slow path
+    assert "bfloat16: not measured by default" in out and "float32/bfloat16" not in out
+    cpu_convert.ran.clear()
+    argv = ["--rounds", "1", "--warmup", "0", "--inputs", cpu_convert.inputs, "--dtype", "float32", "bfloat16"]
+    assert cpu_convert.main(argv) == 0  # asked for: measured, and said to be the slow path
+    assert cpu_convert.ran == ["float32", "bfloat16"]
+    assert "bfloat16: measured on a slow path, no hardware for it here" in capsys.readouterr().out
+
+
+def test_cpu_convert_times_bfloat16_by_default_where_the_cpu_has_it(cpu_convert, monkeypatch, capsys) -> None:
+    _cpu(monkeypatch, {"avx2", "fma", "avx512f", "avx512_bf16"})
+    assert cpu_convert.main(["--rounds", "1", "--warmup", "0", "--inputs", cpu_convert.inputs]) == 0
+    out = capsys.readouterr().out
+    assert cpu_convert.ran == ["float32", "bfloat16"] and "slow path" not in out and "not measured" not in out
+
+
+def test_cpu_convert_smoke_test_does_not_wait_for_a_quiet_machine(cpu_convert, monkeypatch, capsys) -> None:
+    _cpu(monkeypatch, {"avx2", "fma"})
+    argv = ["--small", "--rounds", "1", "--warmup", "0", "--inputs", cpu_convert.inputs]
+    assert cpu_convert.main(argv) == 0
+    # was 0.75 x the usable cores: up to 10 minutes per run on a busy machine, for figures that mean nothing
+    assert cpu_convert.waited and all(w == float("inf") for w in cpu_convert.waited)
+    assert "not waiting for a quiet machine" in capsys.readouterr().out
+    cpu_convert.waited.clear()
+    assert cpu_convert.main([*argv[1:]]) == 0  # a real measurement still waits
+    from rvcfast.runtime import available_cores
+
+    assert cpu_convert.waited == [0.75 * available_cores()]
+
+
+def test_op_profile_help_says_what_it_runs() -> None:
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, str(BENCH / "op_profile.py"), "--help"], capture_output=True, text=True,
+                         check=True).stdout
+    # was one line: nothing on the models it builds, the clips it profiles or the default precisions
+    assert "full-size random models" in out and "batch12" in out and "--tree base=" in out
+    assert "AVX512-BF16" in out
