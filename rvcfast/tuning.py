@@ -201,7 +201,7 @@ class Profile:
 def _read_entries(source: Path) -> list[Any]:
     """The entries of a profile file: ``{"profiles": [...]}``, or (as first written) one
     profile object. ``ValueError`` or ``OSError`` for a file that is neither."""
-    raw = json.loads(source.read_text(encoding="utf-8"))
+    raw = json.loads(source.read_text(encoding="utf-8-sig"))
     if isinstance(raw, dict) and "profiles" in raw:
         if not isinstance(raw["profiles"], list):
             raise ValueError("'profiles' is not a list")
@@ -219,7 +219,7 @@ def is_profile_file(path: Path) -> bool:
     """True when ``path`` is a readable profile file: ``{"profiles": [...]}`` or, as first
     written, one profile object (with a ``machine``)."""
     try:
-        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        raw = json.loads(Path(path).read_text(encoding="utf-8-sig"))
     except (OSError, ValueError):
         return False
     if isinstance(raw, dict) and "profiles" in raw:

@@ -154,6 +154,19 @@ def test_bench_runs_with_the_tuned_threads_and_says_what_it_ran(tiny_models, pro
     assert "float32 (auto)" in first and "3 threads" in first and "batch 4 s" in first and "1 compute worker" in first
 
 
+
+def test_a_profile_saved_with_a_utf8_bom_is_read(profile_file: Path) -> None:
+    # a profile edited by hand in an editor that writes a byte-order mark (Windows Notepad)
+    entry = {"machine": machine_id("cpu"), "dtype": "float32", "threads": 1, "batch_seconds": 6.0}
+    profile_file.write_bytes(b"\xef\xbb\xbf" + json.dumps({"profiles": [entry]}).encode())
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # was 'ignoring the rvcfast profile ...: Unexpected UTF-8 BOM'
+        profile = load_profile("cpu")
+        assert tuning.is_profile_file(profile_file)
+    assert profile is not None and profile.batch_seconds == 6.0
+
 # -- benchmarks/cpu_convert.py and op_profile.py on a CPU without bfloat16 hardware -------------------------
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"
