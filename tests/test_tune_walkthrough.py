@@ -167,6 +167,24 @@ def test_a_profile_saved_with_a_utf8_bom_is_read(profile_file: Path) -> None:
         assert tuning.is_profile_file(profile_file)
     assert profile is not None and profile.batch_seconds == 6.0
 
+
+def test_a_file_put_at_the_target_during_calibration_keeps_the_measured_settings_in_the_error(
+    tiny_models, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    out = tmp_path / "p.json"
+
+    def calibrate(make, clips, *, device, **kwargs):
+        out.write_text("someone else's file")  # minutes pass while calibrating
+        return Profile(machine=machine_id(device), dtype="float32", threads=1, batch_seconds=8.0, compute_workers=2)
+
+    monkeypatch.setattr(tuning, "calibrate", calibrate)
+    status = main(["tune", "--model", str(tiny_models.voice), "--output", str(out), "-q"])
+    err = capsys.readouterr().err
+    # was a usage error (status 2) that dropped the minutes of measurements
+    assert status == 1 and str(out) in err and "not an rvcfast profile file" in err
+    assert "float32, 1 thread(s), batch 8 s, 2 compute worker(s)" in err and "nothing was saved" in err
+    assert out.read_text() == "someone else's file"
+
 # -- benchmarks/cpu_convert.py and op_profile.py on a CPU without bfloat16 hardware -------------------------
 
 BENCH = Path(__file__).resolve().parent.parent / "benchmarks"

@@ -113,12 +113,13 @@ def cmd_tune(args: argparse.Namespace) -> int:
         make, clips, device=device, threads=threads, batch_seconds=batch, compute_workers=workers, min_snr_db=args.min_snr,
         log=None if args.quiet else (lambda m: print(m, file=sys.stderr)),
     )
-    _profile_target(args)  # still writable after the calibration (nothing else put a file there)
     try:
+        _profile_target(args)  # still writable after the calibration (nothing else put a file there)
         save_profile(profile, target)
-    except OSError as exc:  # the disk filled up, the folder became read-only...
+    except (OSError, UsageError) as exc:  # the disk filled up, the folder became read-only, a file appeared...
+        why = exc.strerror or exc if isinstance(exc, OSError) else exc
         raise RvcfastError(
-            f"cannot write the profile {target}: {exc.strerror or exc}; the measured settings were: "
+            f"cannot write the profile {target}: {why}; the measured settings were: "
             f"{_chosen(profile)} (nothing was saved)"
         ) from None
     if args.json:
