@@ -313,9 +313,9 @@ def f0_dtype(dtype: torch.dtype, device: torch.device) -> torch.dtype:
 
 def check_batch_seconds(value: Any, zero: bool = False) -> None:
     """``batch_seconds``: ``None`` or a positive number of seconds (``zero``: 0 allowed too, one
-    input per model call); NaN, text and bools are a :class:`~rvcfast.errors.ParameterError`."""
+    input per model call); NaN, infinity, text and bools are a :class:`~rvcfast.errors.ParameterError`."""
     real = isinstance(value, numbers.Real) and not isinstance(value, bool)
-    if value is not None and not (real and (value >= 0 if zero else value > 0)):
+    if value is not None and not (real and math.isfinite(value) and (value >= 0 if zero else value > 0)):
         bound = "0 or more seconds" if zero else "a positive number of seconds"
         raise ParameterError(f"batch_seconds must be {bound}, got {value!r}")
 

@@ -192,6 +192,8 @@ def test_worker_counts_reach_the_batch(tiny_models, tmp_path, monkeypatch):
         (["--on-error", "skip"], "invalid choice: 'skip'"),
         (["--decode-workers", "two"], "invalid int value: 'two'"),
         (["--report", "report.txt"], "--report names a .jsonl file"),
+        (["--batch-seconds", "inf"], "--batch-seconds must be a positive number of seconds, got inf"),
+        (["--batch-seconds", "nan"], "--batch-seconds must be a positive number of seconds, got nan"),
     ],
 )
 def test_bad_batch_options_are_refused_before_loading(no_loading, tiny_models, tmp_path, capsys, options, message):

@@ -165,7 +165,7 @@ def test_a_realtime_stream_takes_a_numpy_integer_rate(tiny_converter: rvcfast.Co
     np.testing.assert_array_equal(a.push(x), b.push(x))
 
 
-@pytest.mark.parametrize("value", ["8", True, float("nan"), 0])
+@pytest.mark.parametrize("value", ["8", True, float("nan"), 0, float("inf")])
 def test_batch_seconds_that_is_not_a_positive_number_is_a_parameter_error(tiny_models, value: object) -> None:
     # before: text raised "'>' not supported between 'str' and 'int'", after the models were loaded
     with pytest.raises(rvcfast.errors.ParameterError, match=r"batch_seconds must be a positive number of seconds, got"):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -69,8 +70,8 @@ def _check_local(args: argparse.Namespace) -> None:
             f"{' and '.join(ray_only)} {'is' if len(ray_only) == 1 else 'are'} for --ray runs"
             " (locally, --compute-workers sets the files converted side by side)"
         )
-    if args.batch_seconds is not None and not args.batch_seconds > 0:
-        raise UsageError(f"--batch-seconds must be positive, got {args.batch_seconds}")
+    if args.batch_seconds is not None and not (math.isfinite(args.batch_seconds) and args.batch_seconds > 0):
+        raise UsageError(f"--batch-seconds must be a positive number of seconds, got {args.batch_seconds}")
 
 
 def _voices(args: argparse.Namespace) -> list[tuple[str, str | None]]:

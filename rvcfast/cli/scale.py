@@ -9,6 +9,7 @@ input and voice with ``--voice``: every voice in the one job, each input decoded
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 import time
 from pathlib import Path
@@ -87,8 +88,8 @@ def _summary(rows: list[dict[str, Any]], wall: float) -> Any:
 
 
 def _check(args: argparse.Namespace) -> None:
-    if args.batch_seconds is not None and not args.batch_seconds > 0:
-        raise UsageError(f"--batch-seconds must be positive, got {args.batch_seconds}")
+    if args.batch_seconds is not None and not (math.isfinite(args.batch_seconds) and args.batch_seconds > 0):
+        raise UsageError(f"--batch-seconds must be a positive number of seconds, got {args.batch_seconds}")
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     if not args.gpus_per_worker >= 0:
