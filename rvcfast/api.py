@@ -18,7 +18,6 @@ import torch
 
 from .audio import AudioInput
 from .batch import AudioProgressCallback, ProgressCallback
-from .batch_inputs import BatchInput
 from .engine import Engine
 from .params import ConversionParams
 from .protocols import F0Extractor, FeatureEncoder, Vocoder
@@ -27,9 +26,15 @@ from .segment import SegmentConfig
 
 __all__ = ["Converter", "Result"]
 
-#: One input of :meth:`Converter.convert`: a path, or samples (a NumPy array, a torch tensor
-#: or a list of numbers) given with their sample rate.
-ConvertInput = AudioInput | torch.Tensor | Sequence[float]
+#: Samples of one input: a NumPy array (float, or integer PCM scaled from its full scale), a
+#: torch tensor (any precision or device) or a list of numbers; ``[samples]`` or
+#: ``[samples, channels]`` (a list of rows), never ``[channels, samples]``.
+SamplesInput = np.ndarray | torch.Tensor | Sequence[float] | Sequence[Sequence[float]]
+#: One input of :meth:`Converter.convert`: a path, or samples given with their sample rate.
+ConvertInput = AudioInput | SamplesInput
+#: One input of :meth:`Converter.convert_batch` / :meth:`Converter.iter_batch`: a file or a
+#: folder, or a ``(samples, sample_rate)`` pair (a whole number of Hz).
+BatchItem = str | os.PathLike[str] | tuple[SamplesInput, int | np.integer[Any]]
 #: Settings: a :class:`~rvcfast.ConversionParams`, a mapping of its field names, or ``None``.
 ParamsInput = ConversionParams | Mapping[str, Any] | None
 
@@ -249,7 +254,7 @@ class Converter:
 
     def iter_batch(
         self,
-        inputs: Iterable[BatchInput | Any] | BatchInput,
+        inputs: Iterable[BatchItem] | BatchItem,
         out_dir: str | os.PathLike[str] | None = None,
         params: ParamsInput = None,
         *,
@@ -347,7 +352,7 @@ class Converter:
 
     def convert_batch(
         self,
-        inputs: Iterable[BatchInput | Any] | BatchInput,
+        inputs: Iterable[BatchItem] | BatchItem,
         out_dir: str | os.PathLike[str] | None = None,
         params: ParamsInput = None,
         **kwargs: Any,

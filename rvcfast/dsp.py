@@ -17,6 +17,7 @@ import functools
 from collections.abc import Iterable, Iterator
 
 import numpy as np
+from numpy.typing import DTypeLike
 
 from .constants import INPUT_PEAK, OUTPUT_PEAK, SR_16K
 
@@ -54,7 +55,7 @@ class Resampler:
     appended then, as librosa's ``fix_length`` does).
     """
 
-    def __init__(self, orig_sr: int, target_sr: int, dtype: type = np.float64) -> None:
+    def __init__(self, orig_sr: int, target_sr: int, dtype: DTypeLike = np.float64) -> None:
         import soxr
 
         self.orig_sr, self.target_sr = int(orig_sr), int(target_sr)
@@ -90,7 +91,7 @@ class Resampler:
         return y
 
 
-def resample(audio: np.ndarray, orig_sr: int, target_sr: int, dtype: type | None = None) -> np.ndarray:
+def resample(audio: np.ndarray, orig_sr: int, target_sr: int, dtype: DTypeLike | None = None) -> np.ndarray:
     """soxr VHQ resampling of a 1-D signal to ``ceil(len * target / orig)`` samples.
 
     ``dtype`` (default: float64 for float64 input, else float32) is the precision soxr
@@ -130,7 +131,9 @@ def _stream_blocks(x: np.ndarray, orig_sr: int, target_sr: int, dt: np.dtype) ->
         yield rs.push(x[s : s + _STREAM_BLOCK], last=s + _STREAM_BLOCK >= n)
 
 
-def resample_stream(blocks: Iterable[np.ndarray], orig_sr: int, target_sr: int, dtype: type = np.float64) -> Iterator[np.ndarray]:
+def resample_stream(
+    blocks: Iterable[np.ndarray], orig_sr: int, target_sr: int, dtype: DTypeLike = np.float64
+) -> Iterator[np.ndarray]:
     """Resample a signal given as consecutive blocks; yields output blocks (total as :func:`resample`)."""
     rs = Resampler(orig_sr, target_sr, dtype)
     for block in blocks:

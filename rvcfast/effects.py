@@ -228,13 +228,11 @@ def _number(what: str, value: object) -> float:
 def _sample_rate(sample_rate: object, what: str, bounds: tuple[int, int]) -> int:
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real):
         raise ParameterError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
-    if (
-        not math.isfinite(float(sample_rate))
-        or float(sample_rate) != int(sample_rate)
-        or int(sample_rate) <= 0
-    ):
+    # float() is what numbers.Real promises (int() on a Real is not: it may need __trunc__)
+    number = float(sample_rate)
+    if not math.isfinite(number) or not number.is_integer() or number <= 0:
         raise ParameterError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
-    rate = int(sample_rate)
+    rate = int(number)
     lo, hi = bounds
     if not lo <= rate <= hi:
         raise ParameterError(f"sample_rate: {what} works at {lo}..{hi} Hz, got {rate}")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import copy
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -283,7 +283,7 @@ class Engine:
         if ext is None:
             return [None] * len(preps)
         try:
-            tracks = list(ext.extract_batch([p.padded for p in preps]))
+            tracks: list[F0Track] = list(ext.extract_batch([p.padded for p in preps]))
             if len(tracks) != len(preps):  # a broken backend: each input on its own below
                 raise RvcfastError(f"F0 backend {ext.name!r} returned {len(tracks)} tracks for {len(preps)} inputs")
             return tracks
@@ -335,17 +335,18 @@ class Engine:
         synthesizer. F0 comes before the first call, so a long input's fraction starts
         moving once its pitch is tracked; an input that fails gets no further calls.
         """
-        single = isinstance(params, (ConversionParams, Mapping))
-        per_item = [params] * len(preps) if single else list(params)  # type: ignore[list-item]
-        if len(per_item) != len(preps):
-            raise ParameterError(f"run() got {len(preps)} inputs but {len(per_item)} parameter sets")
+        asked: list[ConversionParams | Mapping[str, Any]] = (
+            [params] * len(preps) if isinstance(params, (ConversionParams, Mapping)) else list(params)
+        )
+        if len(asked) != len(preps):
+            raise ParameterError(f"run() got {len(preps)} inputs but {len(asked)} parameter sets")
         f0 = None if f0 is None else list(f0)
         if f0 is not None and len(f0) != len(preps):
             raise ParameterError(f"run() got {len(preps)} inputs but {len(f0)} F0 tracks")
         check_batch_seconds(batch_seconds, zero=True)
         # checked against this model before any work, as convert() and stream() check them
-        checked = {id(q): self.params(q) for q in per_item}
-        per_item = [checked[id(q)] for q in per_item]
+        checked = {id(q): self.params(q) for q in asked}
+        per_item = [checked[id(q)] for q in asked]
         for p, q in zip(preps, per_item):
             _check_formant(p, q)
         items = [_Item(p, q, owner=k) for k, (p, q) in enumerate(zip(preps, per_item))]
@@ -448,14 +449,15 @@ class Engine:
             else:
                 out = finisher.push(piece, last=k == len(segs) - 1)
             timer.add("post", time.perf_counter() - t0)
-            for stage, seconds in ({**item.timings, **timer.times}.items() if timings is not None else ()):
-                timings[stage] = timings.get(stage, 0.0) + seconds - given.get(stage, 0.0)
-                given[stage] = seconds
+            for stage, seconds in {**item.timings, **timer.times}.items():
+                if timings is not None:
+                    timings[stage] = timings.get(stage, 0.0) + seconds - given.get(stage, 0.0)
+                    given[stage] = seconds
             yield out
 
     # ------------------------------------------------------------------ internals
 
-    def _f0_in_blocks(self, item: _Item) -> Iterator[None]:
+    def _f0_in_blocks(self, item: _Item) -> Generator[None, None, np.ndarray | None]:
         """The raw F0 track of one input, a ``None`` yielded between its blocks; ``None`` when
         the extractor has no blocks (:meth:`_pitch` then runs it whole)."""
         ext = self.f0_extractor_for(item.params)
@@ -678,6 +680,7 @@ class Engine:
         for i, (f, p_len, pitch, pitchf) in enumerate(items):
             feats[i, :p_len] = f.to(self.dtype)
             if pitch_b is not None and pitchf_b is not None:
+                assert pitch is not None and pitchf is not None  # _synth_item gives both when has_f0
                 pitch_b[i, :p_len] = pitch
                 pitchf_b[i, :p_len] = pitchf
         skip = 100 * self.segment_config.x_pad  # frames of padding context dropped at each end
@@ -685,10 +688,10 @@ class Engine:
             feats, lengths, pitch_b, pitchf_b, speaker=params[0].speaker, noise=params[0].noise,
             generator=self._generators(segs, params[0]), skip_frames=skip,
         )
-        out = out.float().cpu().numpy()
+        audio = out.float().cpu().numpy()
         trim = voc.sample_rate * self.segment_config.x_pad
         hop = voc.hop_length
-        return [out[i, : items[i][1] * hop][trim : items[i][1] * hop - trim] for i in range(B)]
+        return [audio[i, : items[i][1] * hop][trim : items[i][1] * hop - trim] for i in range(B)]
 
     def _generators(self, segs: Sequence[SegmentInput], params: ConversionParams) -> list[torch.Generator] | None:
         if not params.noise or all(seg.seed is None for seg in segs):

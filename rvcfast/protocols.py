@@ -7,14 +7,34 @@ content encoders, other vocoders).
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from typing_extensions import Protocol, runtime_checkable
 
-if TYPE_CHECKING:  # annotations only: `import rvcfast` must not import torch or numpy
+
+class _ImportedOnUse:
+    """A module named in annotations, imported when an attribute is first read: when
+    ``typing.get_type_hints`` evaluates ``"np.ndarray"`` (FastAPI, pydantic, sphinx do), not
+    when this module is imported, since `import rvcfast` must not import torch or numpy."""
+
+    def __init__(self, module: str) -> None:
+        self._module = module
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(importlib.import_module(self._module), name)
+
+    def __repr__(self) -> str:
+        return f"<module {self._module!r}, imported on first use>"
+
+
+if TYPE_CHECKING:
     import numpy as np
     import torch
+else:
+    np = _ImportedOnUse("numpy")
+    torch = _ImportedOnUse("torch")
 
 __all__ = ["CancelFlag", "F0Extractor", "FeatureEncoder", "Vocoder"]
 
@@ -108,7 +128,7 @@ class Vocoder(Protocol):
         pitchf: torch.Tensor | None = None,
         speaker: int = 0,
         noise: bool = True,
-        generator: torch.Generator | Sequence[torch.Generator | None] | None = None,
+        generator: torch.Generator | Sequence[torch.Generator] | None = None,
         skip_frames: int = 0,
     ) -> torch.Tensor:
         """``[B, T, C]`` features at 100 frames/s to ``[B, T * hop_length]`` audio.

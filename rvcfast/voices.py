@@ -26,6 +26,7 @@ again for each voice (the outputs are the same, only slower).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import itertools
 import os
@@ -33,20 +34,20 @@ import threading
 import weakref
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
+import torch
 
+# at run time, not only for type checkers: typing.get_type_hints() on this module's public
+# callables must resolve (FastAPI, pydantic, sphinx call it). No cycle: none of these imports
+# this module. api imports torch, which any use of a voice needs anyway.
+from .api import Converter
+from .engine import Engine
 from .errors import ParameterError
-
-if TYPE_CHECKING:
-    import torch
-
-    from .api import Converter
-    from .engine import Engine
-    from .params import ConversionParams
-    from .protocols import F0Extractor, FeatureEncoder
-    from .result import Result
+from .params import ConversionParams
+from .protocols import F0Extractor, FeatureEncoder
+from .result import Result
 
 __all__ = ["SharedAnalysis", "convert_voices", "iter_voices", "without_shared"]
 
@@ -65,8 +66,6 @@ def _digest(data: np.ndarray) -> bytes:
 
 def _tensor_digest(t: torch.Tensor) -> bytes:
     """:func:`_digest` of a tensor's values (any dtype, any device)."""
-    import torch
-
     flat = t.detach().contiguous().reshape(-1)
     if flat.dtype in (torch.bfloat16, torch.float16):
         flat = flat.view(torch.int16)
@@ -148,8 +147,6 @@ class SharedAnalysis:
         (the same class, settings and networks: :func:`_f0_setting`; two loads of one weights
         file share the cached network) share their tracks; another extractor (a plugin) shares
         only its own. Each call's ``filter_radius`` is part of the key."""
-        from .protocols import F0Extractor
-
         inner = getattr(inner, "shared_inner", inner)
         if not isinstance(inner, F0Extractor):
             return inner  # not an extractor: left as it is, for the engine to refuse
@@ -266,8 +263,6 @@ class _SharedEncoder:
         lengths: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """The inner encoder's ``encode``; rows seen before come from the memo."""
-        import torch
-
         from .pipeline import n_feature_frames
 
         n = audio16k.shape[-1]
@@ -330,7 +325,7 @@ class _SharedF0:
                 track = np.asarray(track)
                 self.memo._put_track(keys[i], track)
                 out[i] = track
-        return [np.array(t, copy=True) for t in out]  # type: ignore[arg-type]
+        return [np.array(t, copy=True) for t in out]
 
     def extract_blocks(self, audio16k: np.ndarray) -> list[Callable[[], np.ndarray]]:
         """The inner extractor's blocks (one block when it has none, or when the track is in the
@@ -351,7 +346,7 @@ class _SharedF0:
                 self.memo._put_track(key, parts[0] if len(parts) == 1 else np.concatenate(parts))
             return part
 
-        return [lambda k=k, step=step: run(k, step) for k, step in enumerate(steps)]
+        return [functools.partial(run, k, step) for k, step in enumerate(steps)]
 
 
 def check_voice_names(labels: Sequence[str], hint: str = "pass a mapping {name: converter} to name the voices") -> None:
@@ -376,9 +371,6 @@ def check_voice_names(labels: Sequence[str], hint: str = "pass a mapping {name: 
 
 def _named_voices(voices: Sequence[Converter | Engine] | Mapping[str, Converter | Engine]) -> list[tuple[str, Engine]]:
     """``(name, engine)`` per voice: a mapping's keys, else each engine's ``name`` (its model file's stem)."""
-    from .api import Converter
-    from .engine import Engine
-
     items = list(voices.items()) if isinstance(voices, Mapping) else [(None, v) for v in voices]
     if not items:
         raise ParameterError("convert_voices needs at least one voice")
@@ -451,8 +443,6 @@ def iter_voices(
     ``progress(result, done, total)`` is called per finished (input, voice), ``total``
     being inputs × voices.
     """
-    from .api import Converter
-
     named = _named_voices(voices)
     _check_template(name_template, len(named), out_dir)
     per_voice = _per_voice(voice_params, [n for n, _ in named])
@@ -551,8 +541,6 @@ def _conversion_kwargs(kwargs: Mapping[str, Any]) -> dict[str, Any]:
     """The keywords that are conversion settings (:class:`~rvcfast.ConversionParams` fields)."""
     from dataclasses import fields
 
-    from .params import ConversionParams
-
     names = {f.name for f in fields(ConversionParams)}
     return {k: v for k, v in kwargs.items() if k in names}
 
@@ -563,8 +551,6 @@ def _f0_setting(ext: Any, ident: Callable[[Any], Any]) -> tuple[Any, ...]:
     the model cache gives every extractor of one weights file the same network) and its
     members' (a hybrid); its ``filter_radius`` is left out (a conversion setting, keyed
     separately). Any other extractor (a plugin, whose settings rvcfast cannot read) is itself."""
-    import torch
-
     if not type(ext).__module__.startswith("rvcfast.") or not hasattr(ext, "__dict__"):
         return ("object", ident(ext))
     simple = (int, float, str, bool, type(None), torch.dtype, torch.device, os.PathLike)

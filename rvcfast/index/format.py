@@ -10,6 +10,7 @@ into its final arrays.
 
 from __future__ import annotations
 
+import io
 import os
 import zipfile
 from dataclasses import dataclass
@@ -59,7 +60,7 @@ class _Reader:
     index is copied from the file once and never held twice.
     """
 
-    def __init__(self, f: BinaryIO, size: int, path: Path) -> None:
+    def __init__(self, f: io.BufferedReader, size: int, path: Path) -> None:
         self.f = f
         self.size = size
         self.pos = 0
@@ -89,7 +90,7 @@ class _Reader:
 
     def read_into(self, dst: np.ndarray, what: str) -> None:
         """Fill the C-contiguous array ``dst`` from the file."""
-        view = memoryview(dst).cast("B")
+        view = dst.data.cast("B")
         self._check(view.nbytes, what)
         got = 0
         while got < view.nbytes:
@@ -399,7 +400,7 @@ def _not_an_index(f: BinaryIO, head: bytes) -> str | None:
     return None
 
 
-def _parse(f: BinaryIO, size: int, path: Path) -> IndexArrays:
+def _parse(f: io.BufferedReader, size: int, path: Path) -> IndexArrays:
     r = _Reader(f, size, path)
     if r.remaining < 4:
         raise r.fail("index file is too short to be a faiss index (truncated?)")

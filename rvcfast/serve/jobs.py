@@ -20,6 +20,7 @@ from __future__ import annotations
 import atexit
 import re
 import shutil
+import sys
 import tempfile
 import threading
 import time
@@ -243,15 +244,16 @@ class SpoolLock:
 
 def _lock_file(fh: Any) -> None:
     """An exclusive lock on an open file without waiting (``OSError`` if another process holds it)."""
-    try:
-        import fcntl
-    except ImportError:  # Windows
+    # sys.platform, not a failed import: type checkers then check each branch on its own platform
+    if sys.platform == "win32":
         import msvcrt
 
         fh.seek(0)
         msvcrt.locking(fh.fileno(), msvcrt.LK_NBLCK, 1)
-        return
-    fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    else:
+        import fcntl
+
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
 def remove_spool(root: Path) -> None:

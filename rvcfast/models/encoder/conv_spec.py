@@ -108,12 +108,20 @@ class _ConvSpecParser:
                 raise ValueError(f"expected ',' or {close!r}")
 
     @staticmethod
+    def _check_joined(n: int) -> None:
+        if n > _MAX_ITEMS:
+            raise ValueError("too many items")
+
+    @staticmethod
     def _add(a: Any, b: Any) -> Any:
         if isinstance(a, int) and isinstance(b, int):
             return a + b
-        if isinstance(a, list) and isinstance(b, list) or isinstance(a, tuple) and isinstance(b, tuple):
-            if len(a) + len(b) > _MAX_ITEMS:
-                raise ValueError("too many items")
+        # two checks, not one "list and list or tuple and tuple": each branch adds like to like
+        if isinstance(a, list) and isinstance(b, list):
+            _ConvSpecParser._check_joined(len(a) + len(b))
+            return a + b
+        if isinstance(a, tuple) and isinstance(b, tuple):
+            _ConvSpecParser._check_joined(len(a) + len(b))
             return a + b
         raise ValueError(f"cannot add {type(a).__name__} and {type(b).__name__}")
 
