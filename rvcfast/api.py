@@ -10,13 +10,13 @@ share one copy. ``convert`` is a batch of one through the engine; ``convert_batc
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, cast
 
 import numpy as np
 import torch
 
-from .audio import AudioInput
+from .audio import AudioInput, Samples
 from .batch import AudioProgressCallback, ProgressCallback
 from .engine import Engine
 from .params import ConversionParams
@@ -29,9 +29,9 @@ __all__ = ["Converter", "Result"]
 #: Samples of one input: a NumPy array (float, or integer PCM scaled from its full scale), a
 #: torch tensor (any precision or device) or a list of numbers; ``[samples]`` or
 #: ``[samples, channels]`` (a list of rows), never ``[channels, samples]``.
-SamplesInput = np.ndarray | torch.Tensor | Sequence[float] | Sequence[Sequence[float]]
+SamplesInput = Samples
 #: One input of :meth:`Converter.convert`: a path, or samples given with their sample rate.
-ConvertInput = AudioInput | SamplesInput
+ConvertInput = AudioInput
 #: One input of :meth:`Converter.convert_batch` / :meth:`Converter.iter_batch`: a file or a
 #: folder, or a ``(samples, sample_rate)`` pair (a whole number of Hz).
 BatchItem = str | os.PathLike[str] | tuple[SamplesInput, int | np.integer[Any]]

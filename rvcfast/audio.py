@@ -17,10 +17,10 @@ from __future__ import annotations
 import errno
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any, Union
 
 import numpy as np
 import soundfile as sf
@@ -28,10 +28,20 @@ import soundfile as sf
 from .constants import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SR_16K
 from .dsp import Resampler, resampled_length
 from .errors import AudioError, AudioTooLongError, ParameterError
+from .protocols import _ImportedOnUse
 
-__all__ = ["AudioInput", "Decoded", "decode", "load_audio_16k", "to_mono", "audio_info", "measure_seconds", "samples_array"]
+if TYPE_CHECKING:
+    import torch
+else:  # hints only: decoding audio never imports torch
+    torch = _ImportedOnUse("torch")
 
-AudioInput = str | os.PathLike | np.ndarray
+__all__ = ["AudioInput", "Samples", "Decoded", "decode", "load_audio_16k", "to_mono", "audio_info", "measure_seconds", "samples_array"]
+
+#: Samples: a NumPy array (float, or integer PCM scaled from its full scale), a torch tensor or
+#: a list of numbers; ``[samples]`` or ``[samples, channels]`` (a list of rows).
+Samples = Union[np.ndarray, "torch.Tensor", Sequence[float], Sequence[Sequence[float]]]
+#: What :func:`decode` takes: a path or samples.
+AudioInput = Union[str, "os.PathLike[str]", Samples]
 
 #: Frames decoded per block.
 _READ_BLOCK = 1 << 18

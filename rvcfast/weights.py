@@ -616,6 +616,7 @@ def _fetch(url: str, part: Path, *, timeout: float, chunk: int, progress: Progre
 
 def _plan(name_or_url: str, dest: str | os.PathLike[str] | None, sha256: str | None) -> tuple[str, str | None, Path]:
     """The URL, expected SHA-256 and destination of a download, the URL checked."""
+    expected: str | None
     if name_or_url in KNOWN_WEIGHTS:
         info = KNOWN_WEIGHTS[name_or_url]
         url = source_url(info.name)

@@ -71,21 +71,7 @@ def test_the_walk_finds_the_public_api() -> None:
     assert len(PUBLIC) > 60
 
 
-# strict: once fixed, the mark must go
-_PENDING = {
-    "load_vocoder": "its return hint names OnnxVocoder, imported only for type checkers in "
-    "models/synthesizer/loading.py (onnx_vocoder imports that package back)",
-}
-
-
-@pytest.mark.parametrize(
-    ("label", "obj"),
-    [
-        pytest.param(label, obj, id=label, marks=[pytest.mark.xfail(raises=NameError, strict=True, reason=_PENDING[label])]
-                     if label in _PENDING else [])
-        for label, obj in PUBLIC
-    ],
-)
+@pytest.mark.parametrize(("label", "obj"), PUBLIC, ids=[label for label, _ in PUBLIC])
 def test_type_hints_resolve(label: str, obj: Any) -> None:
     hints = typing.get_type_hints(obj)
     assert all(hint is not None for hint in hints.values())

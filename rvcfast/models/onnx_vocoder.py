@@ -24,8 +24,6 @@ import numpy as np
 import torch
 
 from ..errors import BackendUnavailableError, ModelLoadError, ParameterError, RvcfastError
-from .synthesizer import model as _m
-from .synthesizer.config import FEATURE_DIMS
 
 __all__ = ["OnnxVocoder", "OnnxModelInfo", "inspect_onnx", "describe_onnx", "add_onnx_metadata", "is_onnx_path"]
 
@@ -217,6 +215,8 @@ def inspect_onnx(path: str | os.PathLike[str], *, sample_rate: int | None = None
     dim = _agree(p, "feature dimension", (f"input {feat}", _static(inputs[feat], 2)),
                  ("metadata feature_dim", _meta_int(p, meta, "feature_dim")),
                  ("w-okada embChannels", _meta_int(p, wokada, "embChannels")))
+    from .synthesizer.config import FEATURE_DIMS  # here: the synthesizer package imports this module
+
     version = {v: k for k, v in FEATURE_DIMS.items()}.get(dim)
     if version is None:
         raise ModelLoadError(p, f"the graph takes {dim}-dim features; RVC models take 256 (v1) or 768 (v2)")
@@ -414,6 +414,8 @@ class OnnxVocoder:
         ``noise=False`` feeds ``rnd = 0`` and runs the graph with its draws zeroed.
         ``skip_frames`` is checked and otherwise ignored: every sample is computed.
         """
+        from .synthesizer import model as _m  # here: the synthesizer package imports this module
+
         _m._check_features(features, self.feature_dim, self.version)
         b, t, _ = features.shape
         lengths_t = _m._check_lengths(lengths, b, t, features.device)

@@ -10,20 +10,18 @@ import math
 import os
 import re
 from collections.abc import Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 
 from ...errors import ModelLoadError, ParameterError
 from ...runtime import release_memory, resolve_device
 from ...safe_load import checkpoint_kind, kind_advice, load_torch_file, tensor_problems
+from ..onnx_vocoder import OnnxVocoder, is_onnx_path
 from ..weightnorm import fold_weight_norm
 from .config import FEATURE_DIMS, OTHER_GEOMETRIES, RVC_SAMPLE_RATE_CONFIGS
 from .decoders import DEFAULT_VOCODER, F0_ONLY_KINDS, VOCODER_NAMES, vocoder_kind
 from .model import Synthesizer
-
-if TYPE_CHECKING:
-    from ..onnx_vocoder import OnnxVocoder
 
 __all__ = ["load_vocoder"]
 
@@ -434,8 +432,6 @@ def load_vocoder(
         ParameterError: ``dtype`` is not a floating dtype or ``device`` is not a
             usable device (checked before the file is read).
     """
-    from ..onnx_vocoder import OnnxVocoder, is_onnx_path  # here: it imports this package's model
-
     if is_onnx_path(path):
         return OnnxVocoder(path, device=device, dtype=dtype, sample_rate=sample_rate, providers=providers)
     if sample_rate is not None or providers is not None:
