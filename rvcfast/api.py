@@ -65,7 +65,7 @@ class Converter:
         index: Any | None = None,
         *,
         device: torch.device | str,
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
         segment_config: SegmentConfig = SegmentConfig(),
         batch_seconds: float | None = None,
     ) -> None:

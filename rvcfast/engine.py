@@ -124,7 +124,7 @@ class Engine:
         index: Any | None = None,
         *,
         device: torch.device | str = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = torch.float32,
         segment_config: SegmentConfig = SegmentConfig(),
         batch_seconds: float | None = None,
     ) -> None:
@@ -152,12 +152,14 @@ class Engine:
                 f"{vocoder.feature_dim}-d ones: use a HuBERT-base / ContentVec encoder (768-d, final_proj 256-d)",
             )
         check_batch_seconds(batch_seconds)
+        from .runtime import built_dtype
+
         self.vocoder = vocoder
         self.encoder = encoder
         self.f0_extractor = f0_extractor if vocoder.has_f0 else None
         self.index = index
         self.device = torch.device(device)
-        self.dtype = dtype
+        self.dtype = built_dtype(dtype, self.device)
         self.segment_config = segment_config
         self.batch_seconds = float(batch_seconds) if batch_seconds is not None else default_batch_seconds(self.device)
 

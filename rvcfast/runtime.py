@@ -266,6 +266,23 @@ def native_fp16(device: torch.device) -> bool:
     return False
 
 
+def built_dtype(dtype: Any, device: torch.device) -> torch.dtype:
+    """The precision of an engine made from modules already built (``Engine(...)``,
+    ``Converter(...)``): a ``torch.dtype`` or its name (a name is checked for ``device`` as
+    :func:`resolve_dtype` does). ``"auto"`` is refused: it chooses the precision models are
+    loaded in, too late here."""
+    if isinstance(dtype, str) and dtype.strip().lower() == "auto":
+        raise ParameterError(
+            "dtype='auto' chooses the precision models are loaded in: use it with Converter.from_pretrained / "
+            "Engine.load; an engine made from modules already built takes their torch.dtype (e.g. torch.float32)"
+        )
+    if isinstance(dtype, str):
+        return resolve_dtype(dtype, device)
+    if dtype not in (torch.float32, torch.bfloat16, torch.float16):
+        raise ParameterError(f"dtype must be torch.float32, torch.bfloat16 or torch.float16 (or its name), got {dtype!r}")
+    return dtype
+
+
 def resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
     """Check a precision for ``device``; ``"auto"`` picks bfloat16 where :func:`native_bf16`, else float32.
 

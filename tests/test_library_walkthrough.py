@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import gc
+import re
 import threading
 import weakref
 from pathlib import Path
@@ -170,6 +171,28 @@ def test_batch_seconds_that_is_not_a_positive_number_is_a_parameter_error(tiny_m
     # before: text raised "'>' not supported between 'str' and 'int'", after the models were loaded
     with pytest.raises(rvcfast.errors.ParameterError, match=r"batch_seconds must be a positive number of seconds, got"):
         tiny_models.converter(batch_seconds=value)
+
+
+@pytest.mark.parametrize(("dtype", "message"), [
+    ("auto", "dtype='auto' chooses the precision models are loaded in"),
+    ("float64", "dtype must be 'auto' or one of"),
+    (torch.float64, "dtype must be torch.float32, torch.bfloat16 or torch.float16"),
+    (32, "dtype must be torch.float32"),
+])
+def test_a_converter_of_built_modules_checks_its_dtype(tiny_converter: rvcfast.Converter, dtype: object, message: str) -> None:
+    # before: dtype="auto" was accepted and the first conversion failed with torch's
+    # "to() received an invalid combination of arguments"
+    e = tiny_converter.engine
+    with pytest.raises(rvcfast.errors.ParameterError, match=re.escape(message)):
+        rvcfast.Converter(e.vocoder, e.encoder, e.f0_extractor, e.index, device="cpu", dtype=dtype)  # type: ignore[arg-type]
+
+
+def test_a_converter_of_built_modules_takes_a_dtype_name(tiny_converter: rvcfast.Converter) -> None:
+    e = tiny_converter.engine
+    named = rvcfast.Converter(e.vocoder, e.encoder, e.f0_extractor, e.index, device="cpu", dtype="float32", batch_seconds=1.0)
+    assert named.dtype is torch.float32
+    x = tone(0.5)
+    np.testing.assert_array_equal(named.convert(x, sample_rate=16000, seed=0).audio, tiny_converter.convert(x, sample_rate=16000, seed=0).audio)
 
 
 def test_engine_run_refuses_text_batch_seconds(tiny_converter: rvcfast.Converter) -> None:
