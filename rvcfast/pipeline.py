@@ -358,7 +358,22 @@ def finish(
         out, notes = _normalized(np.asarray(out, dtype=np.float32), rate, prep, params.loudness)
         if warnings is not None:
             warnings.extend(notes)
-    return np.asarray(out, dtype=np.float32), rate
+    out = np.asarray(out, dtype=np.float32)
+    if warnings is not None and params.loudness is None and (params.effects or params.clean > 0):
+        warnings.extend(_clipping_note(out, prep))
+    return out, rate
+
+
+def _clipping_note(out: np.ndarray, prep: PreparedAudio) -> list[str]:
+    """A warning when noise reduction or the effects took the output past full scale (the 0.99
+    peak limit comes before them, as in Applio): a PCM file clips there."""
+    peak = float(np.abs(out).max()) if out.size else 0.0
+    if not peak > 1.0:
+        return []
+    return [
+        f"{prep.label or 'input'}: clean/effects took the output's peak to {20 * np.log10(peak):+.1f} dBFS: a PCM "
+        "or lossy file clips there (lower the gain, set loudness, or write subtype FLOAT)"
+    ]
 
 
 def _per_channel(out: np.ndarray, step: Callable[[np.ndarray, int], np.ndarray]) -> np.ndarray:

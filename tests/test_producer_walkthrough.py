@@ -289,6 +289,9 @@ def test_effects_gain_passes_the_peak_limit_and_loudness_restores_it(probe, tmp_
     gain = {"gain": {"db": 12.0}}
     loud = probe.convert(x, RATE, noise=False, effects=gain)
     assert np.abs(loud.audio).max() == pytest.approx(0.5 * 10 ** (12 / 20), rel=0.01)
+    # the clipping is said (it was silent): the peak in dBFS, and what to do
+    assert any("clean/effects took the output's peak to +6.0 dBFS" in w for w in loud.warnings), loud.warnings
+    assert not any("dBFS" in w for w in probe.convert(x, RATE, noise=False, effects={"gain": {"db": -3.0}}).warnings)
     pcm, flt = (
         probe.convert_batch([(x, RATE)], tmp_path / sub, noise=False, effects=gain, subtype=sub)[0]
         for sub in ("PCM_16", "FLOAT")
@@ -297,3 +300,4 @@ def test_effects_gain_passes_the_peak_limit_and_loudness_restores_it(probe, tmp_
     assert np.abs(sf.read(flt.output_path)[0]).max() == pytest.approx(0.5 * 10 ** (12 / 20), rel=0.01)
     limited = probe.convert(x, RATE, noise=False, effects=gain, loudness=-14.0)
     assert np.abs(limited.audio).max() <= 0.99
+    assert not any("clean/effects took" in w for w in limited.warnings)
