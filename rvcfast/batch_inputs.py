@@ -11,6 +11,7 @@ import numbers
 import os
 import re
 import string
+import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -371,11 +372,27 @@ def _fit_names(base: str, tail: int) -> str:
     name otherwise failed at its write, after its conversion ("File name too long")."""
 
     def cut(part: str, limit: int) -> str:
-        raw = part.encode("utf-8")
-        return part if len(raw) <= limit else raw[:limit].decode("utf-8", "ignore").rstrip(" .") or "audio"
+        # surrogateescape: a name that is not UTF-8 (a Latin-1 `caf\xe9.wav` from an old archive)
+        # holds each undecodable byte as one lone surrogate, one byte on disk
+        if len(part.encode("utf-8", "surrogateescape")) <= limit:
+            return part
+        kept, size = [], 0
+        for ch in part:
+            size += len(ch.encode("utf-8", "surrogateescape"))
+            if size > limit:
+                break
+            kept.append(ch)
+        return "".join(kept).rstrip(" .") or "audio"
 
     parts = base.split("/")
     return "/".join([cut(p, NAME_MAX) for p in parts[:-1]] + [cut(parts[-1], NAME_MAX - tail)])
+
+
+def _fold(name: str) -> str:
+    """``name`` as a file system that ignores case and Unicode normalisation compares it (macOS,
+    Windows): two outputs with the same fold would be one file there. ``café`` composed (NFC, as
+    typed on Linux and Windows) and decomposed (NFD, as macOS' HFS+ stores it) fold alike."""
+    return unicodedata.normalize("NFD", unicodedata.normalize("NFD", name).casefold())
 
 
 class _Namer:
@@ -443,7 +460,7 @@ class _Namer:
         return (st.st_dev, st.st_ino) in self.input_ids
 
     def key(self, candidate: Path) -> str:
-        return str(candidate.resolve()).casefold()
+        return _fold(str(candidate.resolve()))
 
     def take(self, candidate: Path) -> None:
         self.taken.add(self.key(candidate))
@@ -464,7 +481,7 @@ class _Namer:
         folder = (self.out_dir / base).parent
         if folder not in self._listings:
             self._listings[folder] = self._list(folder)
-        found = self._listings[folder].get(Path(base).name.casefold(), set())
+        found = self._listings[folder].get(_fold(Path(base).name), set())
         if self.candidate(base, 1).name.endswith(f"_rvc.{self.ext}"):  # base is an input: `base_rvc`, no `base_1`
             return sorted({k for k in found if k == 0 or k >= 2} | ({1} if -1 in found else set()))
         return sorted(k for k in found if k >= 0)
@@ -479,7 +496,7 @@ class _Namer:
         except OSError:
             return names
         for entry in entries:
-            name = entry.casefold()
+            name = _fold(entry)
             if not name.endswith(suffix):
                 continue
             root = name[: -len(suffix)]

@@ -25,6 +25,7 @@ import hashlib
 import os
 import re
 import socket
+import stat
 from pathlib import Path
 from typing import BinaryIO
 
@@ -327,7 +328,7 @@ def _compression_level(name: str, sub: str, bitrate: int, rate: int, channels: i
 
 _HOST = re.sub(r"[^A-Za-z0-9-]", "-", socket.gethostname() or "host")[:40] or "host"
 # ".<name>.<host>~<pid>~<random>.part": who wrote a temporary file, so a later run can tell a stale one
-_PART_RE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)~(?P<pid>\d+)~[A-Za-z0-9_]*\.part$")
+_PART_RE = re.compile(r"^\.(?P<name>.+)\.(?P<host>[A-Za-z0-9-]+)~(?P<pid>\d+)~[A-Za-z0-9_]*\.part$", re.DOTALL)
 
 
 def _new_part(p: Path) -> str:
@@ -556,7 +557,9 @@ def _encode(
         options["compression_level"] = _compression_level(fmt, sub, int(bitrate), rate, channels)
         if fmt == "MP3":
             options["bitrate_mode"] = "CONSTANT"
-    target = file if hasattr(file, "write") else str(file)  # a path, or a file object (the server's answers)
+    # a path (as bytes: soundfile encodes a str strictly, and a name that is not UTF-8 then fails), or a
+    # file object (the server's answers)
+    target = file if hasattr(file, "write") else os.fsencode(file)
     try:
         f = sf.SoundFile(target, "w", rate, channels, subtype=subtype, format=fmt, **options)
     except sf.LibsndfileError as exc:
@@ -616,8 +619,10 @@ def source_id(path: str | os.PathLike[str]) -> str:
 def recorded_source(path: str | os.PathLike[str]) -> str | None:
     """The :func:`source_id` an output written by rvcfast records, or ``None`` (no such tag,
     another program's file, not readable as audio). An ``.m4a`` is read through PyAV."""
+    if not _regular_file(path):  # a FIFO would block the open for ever; a folder records nothing
+        return None
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(os.fsencode(path)) as f:
             comment = f.comment or ""
     except Exception:  # noqa: BLE001 - whatever libsndfile cannot read records nothing...
         if not _is_m4a(path):
@@ -636,12 +641,12 @@ def finished_output(path: str | os.PathLike[str]) -> bool:
     program), a copy that was cut short (a WAV holding less than its header says, a FLAC or MP3
     whose last frames do not decode) or a folder is not a finished output: the input is converted
     again and that file replaced. Used by the batch runner and the Ray runner alike."""
-    if not Path(path).is_file():
+    if not _regular_file(path):
         return False
     from .audio import reads_to_its_end
 
     try:
-        with sf.SoundFile(str(path)) as f:
+        with sf.SoundFile(os.fsencode(path)) as f:
             return reads_to_its_end(f)
     except Exception:  # noqa: BLE001 - whatever libsndfile cannot read is not a finished output...
         if not _is_m4a(path):
@@ -649,6 +654,14 @@ def finished_output(path: str | os.PathLike[str]) -> bool:
     from .av_encode import m4a_frames  # ...but an m4a, which FFmpeg reads
 
     return m4a_frames(path) > 0
+
+
+def _regular_file(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a regular file (through symlinks): not a folder, FIFO, socket or device."""
+    try:
+        return stat.S_ISREG(os.stat(path).st_mode)
+    except (OSError, ValueError):
+        return False
 
 
 def _is_m4a(path: str | os.PathLike[str]) -> bool:
