@@ -55,13 +55,13 @@ class _Coupling(nn.Module):
 
     def __init__(self, channels: int, hidden: int, gin_channels: int) -> None:
         super().__init__()
-        self.half = channels // 2
-        self.pre = nn.Conv1d(self.half, hidden, 1)
+        self.half_channels = channels // 2
+        self.pre = nn.Conv1d(self.half_channels, hidden, 1)
         self.enc = _WaveNet(hidden, 5, 1, 3, gin_channels)
-        self.post = nn.Conv1d(hidden, self.half, 1)
+        self.post = nn.Conv1d(hidden, self.half_channels, 1)
 
     def reverse(self, x: torch.Tensor, mask: torch.Tensor | None, g: torch.Tensor) -> torch.Tensor:
-        x0, x1 = x[:, : self.half], x[:, self.half :]
+        x0, x1 = x[:, : self.half_channels], x[:, self.half_channels :]
         h = self.pre(x0)
         if mask is not None:
             h = h * mask
