@@ -94,7 +94,8 @@ def write_m4a(
         data, sample_format = np.round(data * 32767.0).astype(np.int16), "s16"
     else:
         data, sample_format = np.ascontiguousarray(data, dtype=np.float32), "flt"
-    target = file if hasattr(file, "write") else os.fspath(file)  # a path, or a seekable file object
+    target: str | BinaryIO  # a path, or a seekable file object
+    target = file if not isinstance(file, (str, os.PathLike)) else os.fspath(file)
     # the edit list (AAC's priming samples) in samples, not milliseconds: the exact length
     options = {"movie_timescale": str(int(rate))}
     try:

@@ -122,7 +122,7 @@ class BatchOptions:
 
 def _is_whole(value: Any) -> bool:
     """A worker count: an int (not a bool) of at least 1."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and value >= 1
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and bool(value >= 1)
 
 
 @dataclass
@@ -313,6 +313,7 @@ class _BatchRun:
             if job.path is not None:
                 prep = self.engine.prepare(job.path, params=self.params)
             else:
+                assert job.array is not None  # expand_inputs gives every job a path or an array
                 prep = self.engine.prepare(job.array, job.rate, name=job.label, params=self.params)
         except Exception as exc:  # noqa: BLE001 - reported per file, the batch carries on
             return _Decoded(job, None, time.perf_counter() - t0, error=_error_text(job.label, exc), exc=exc)

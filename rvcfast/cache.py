@@ -29,9 +29,12 @@ __all__ = ["get_or_load", "file_key", "clear", "load_count", "cached_keys"]
 
 T = TypeVar("T")
 
+#: ``(kind, file_key(path), device, dtype, extra)``
+_Key = tuple[str, tuple[Any, ...], str, str, Hashable]
+
 _lock = threading.Lock()
-_key_locks: dict[Hashable, threading.Lock] = {}
-_models: dict[Hashable, Any] = {}
+_key_locks: dict[_Key, threading.Lock] = {}
+_models: dict[_Key, Any] = {}
 _loads: dict[str, int] = {}
 
 
@@ -83,7 +86,7 @@ def get_or_load(
     extra: Hashable = None,
 ) -> T:
     """Return the cached model for this key, calling ``loader()`` once if it is not there yet."""
-    key = (kind, file_key(path), str(torch.device(device)), str(dtype), extra)
+    key: _Key = (kind, file_key(path), str(torch.device(device)), str(dtype), extra)
     with _lock:
         if key in _models:
             return _models[key]
@@ -104,9 +107,9 @@ def get_or_load(
         return model
 
 
-def _same_file(key: Hashable) -> Hashable:
+def _same_file(key: _Key) -> Hashable:
     """A cache key without the file's size and modification time (what stays when the file changes)."""
-    kind, fkey, device, dtype, extra = key  # type: ignore[misc]
+    kind, fkey, device, dtype, extra = key
     return (kind, fkey[0], device, dtype, extra)
 
 

@@ -79,12 +79,13 @@ def describe_model(path: str | os.PathLike[str]) -> dict[str, Any]:
     described from its graph and metadata (:func:`rvcfast.models.onnx_vocoder.describe_onnx`).
     """
     from .models.onnx_vocoder import describe_onnx, is_onnx_path
-    from .models.synthesizer import load_vocoder
+    from .models.synthesizer import Synthesizer, load_vocoder
 
     if is_onnx_path(path):
         return describe_onnx(path)
 
     voc = load_vocoder(path, device="cpu")
+    assert isinstance(voc, Synthesizer)  # not an .onnx name (is_onnx_path above): load_vocoder gives a Synthesizer
     metadata = model_metadata(path)
     return {
         "path": os.fspath(path),

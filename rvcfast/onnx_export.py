@@ -156,7 +156,10 @@ def _resolve_model(model: Any, path: Path) -> Synthesizer:
         check_not_onnx(source)
         if source.exists() and path.exists() and os.path.samefile(source, path):
             raise ParameterError(f"{path}: the ONNX output would overwrite the voice model it is exported from")
-        return load_vocoder(source, "cpu", torch.float32)
+        loaded = load_vocoder(source, "cpu", torch.float32)
+        if not isinstance(loaded, Synthesizer):  # a hidden file named ".onnx" (no suffix for Path) loads as ONNX
+            raise ModelLoadError(source, "is an ONNX file already; export-onnx takes the voice model .pth (an .onnx voice runs as it is)")
+        return loaded
     raise ParameterError(f"model must be a voice model path or a loaded Synthesizer, got {type(model).__name__}")
 
 
@@ -186,7 +189,7 @@ def _trace(graph: OnnxGraph, inputs: dict[str, np.ndarray], opset: int) -> bytes
     names = tuple(inputs)
     args = tuple(torch.from_numpy(v) for v in inputs.values())
     # torch >= 2.5 has two exporters; the TorchScript one (the only one before) needs no onnxscript
-    legacy = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
+    legacy: dict[str, Any] = {"dynamo": False} if "dynamo" in inspect.signature(torch.onnx.export).parameters else {}
     buf = io.BytesIO()
     with _EXPORT_LOCK, warnings.catch_warnings(), torch.no_grad():
         # the exporter warns that it is the legacy one, and the tracer about constants it
@@ -199,7 +202,7 @@ def _trace(graph: OnnxGraph, inputs: dict[str, np.ndarray], opset: int) -> bytes
         torch.onnx.export(
             graph,
             args,
-            buf,
+            buf,  # type: ignore[arg-type]  # torch's hint omits file objects, which the TorchScript exporter writes to
             input_names=list(names),
             output_names=["audio"],
             dynamic_axes=_dynamic_axes(names),

@@ -476,7 +476,9 @@ class RealtimeConverter:
                 if f0feats is not None:
                     f = apply_protect(f, _to_frames(f0feats, g.frames + odd)[odd:], pitchf[0], q.protect)
             head = g.frames - g.decoded
-            skip = (head, 0) if self._head_skip else 0
+            # a (head, tail) pair only for a vocoder that says it takes one (supports_head_skip);
+            # the Vocoder protocol's skip_frames is an int
+            skip: Any = (head, 0) if self._head_skip else 0
             out = voc.synthesize(
                 f[None].to(eng.dtype), torch.tensor([g.frames], device=eng.device), pitch, pitchf,
                 speaker=q.speaker, noise=q.noise, generator=self._generator, skip_frames=skip,

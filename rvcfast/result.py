@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 
 import numpy as np
 
 __all__ = ["Result"]
 
 
-@dataclass
+@dataclass(eq=False)
 class Result:
     """The outcome of converting one input.
 
@@ -41,6 +41,10 @@ class Result:
         frames: The output's length in samples at ``sample_rate``, taken from ``audio`` when
             the Result is made: it stays when a batch drops the audio after writing it, so
             :attr:`duration` does too (0 for a failed or skipped input).
+
+    Two Results are equal (``==``) when every field is, ``audio`` by shape and values
+    (:func:`numpy.array_equal`), so ``result in results`` and ``results.index(result)`` work.
+    A Result is mutable and not hashable.
     """
 
     audio: np.ndarray
@@ -54,11 +58,23 @@ class Result:
     index: int | None = None
     warnings: list[str] = field(default_factory=list)
     voice: str | None = None
-    frames: int | None = field(default=None, repr=False)
+    frames: int | None = None
 
     def __post_init__(self) -> None:
         if self.frames is None:
             self.frames = int(np.shape(self.audio)[0]) if np.ndim(self.audio) else 0
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, Result):
+            return NotImplemented
+        for f in fields(self):
+            mine, theirs = getattr(self, f.name), getattr(other, f.name)
+            same = np.array_equal(mine, theirs) if f.name == "audio" else mine == theirs
+            if not same:
+                return False
+        return True
+
+    __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass with eq
 
     @property
     def ok(self) -> bool:

@@ -34,7 +34,7 @@ import struct
 import threading
 import warnings
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +102,9 @@ def _make_stub(full_name: str) -> type:
     return type(f"Inert_{short}", (InertObject,), {"_pickled_name": full_name})
 
 
-_STUBS = [(_make_stub(name), name) for name in _STUBBED_GLOBALS]
+_STUBS: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
+    (_make_stub(name), name) for name in _STUBBED_GLOBALS
+]
 #: Serialises :func:`load_torch_file`'s ``torch.load`` (a lock, not data; see there).
 _TORCH_LOAD_LOCK = threading.Lock()
 

@@ -16,11 +16,14 @@ class Timer:
     def __init__(self, device: torch.device | None = None) -> None:
         self.times: dict[str, float] = {}
         self._cuda = device is not None and device.type == "cuda"
+        self._device = device  # synchronised itself: the models may run on another GPU than the current one
 
     def add(self, stage: str, seconds: float) -> None:
+        """Count ``seconds`` more for ``stage``."""
         self.times[stage] = self.times.get(stage, 0.0) + seconds
 
     def stage(self, name: str) -> _Stage:
+        """A context manager adding the seconds its block takes to ``name``."""
         return _Stage(self, name)
 
 
@@ -30,13 +33,13 @@ class _Stage:
 
     def __enter__(self) -> _Stage:
         if self.timer._cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.timer._device)
         self.t0 = time.perf_counter()
         return self
 
     def __exit__(self, *exc: object) -> None:
         if self.timer._cuda:
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(self.timer._device)
         self.timer.add(self.name, time.perf_counter() - self.t0)
 
 

@@ -44,7 +44,7 @@ import math
 import re
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -95,7 +95,7 @@ def _hz_to_mel_slaney(freq: float) -> float:
     logstep = np.log(6.4) / 27.0
     if f >= min_log_hz:
         mels = min_log_mel + np.log(f / min_log_hz) / logstep
-    return mels
+    return float(mels)
 
 
 def _mel_to_hz_slaney(mels: np.ndarray) -> np.ndarray:
@@ -135,6 +135,9 @@ def slaney_mel_basis(sr: int, n_fft: int, n_mels: int, fmin: float, fmax: float)
 
 class FCPEMel(nn.Module):
     """torchfcpe's log-mel front end for one 16 kHz signal: ``[N]`` -> ``[N // hop + 1, n_mels]``."""
+
+    mel_basis: torch.Tensor  # buffers
+    window: torch.Tensor
 
     def __init__(
         self,
@@ -255,7 +258,7 @@ class _ConvModule(nn.Module):
         h = self.net[3](self.net[2](h))
         if keep is not None:
             h = h.masked_fill(~keep, 0.0)
-        h = self.net[5](self.net[4].conv(h))
+        h = self.net[5](cast(_DepthWiseConv1d, self.net[4]).conv(h))
         return self.net[6](h).transpose(1, 2)
 
 
@@ -281,6 +284,9 @@ class FCPENet(nn.Module):
     ``forward`` takes a list of mel spectrograms ``[T_i, n_mels]`` and returns the
     sigmoid activations ``[T_i, out_dims]`` of each, computed in one padded batch.
     """
+
+    cent_table: torch.Tensor  # buffers
+    gaussian_blurred_cent_mask: torch.Tensor
 
     def __init__(
         self,
@@ -366,6 +372,8 @@ class FCPENet(nn.Module):
 
 class FCPEModel(nn.Module):
     """Mel front end + :class:`FCPENet` + decoders, configured from a torchfcpe checkpoint."""
+
+    net: FCPENet
 
     def __init__(self, mel: FCPEMel, net: FCPENet, f0_min: float, f0_max: float) -> None:
         super().__init__()

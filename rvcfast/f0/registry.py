@@ -128,10 +128,11 @@ def _registry(ignored: list[tuple[str, str, str]] | None = None) -> dict[str, _R
                 dropped.append(old)
         else:
             dropped.append(_Registered(key, ep, source, builtin))
-    for reg in dropped if ignored is not None else ():
-        winner = found[reg.name]
-        why = "the built-in backend of that name wins" if winner.builtin else f"{winner.source} registers it too and wins"
-        ignored.append((reg.name, reg.source, why))
+    if ignored is not None:
+        for reg in dropped:
+            winner = found[reg.name]
+            why = "the built-in backend of that name wins" if winner.builtin else f"{winner.source} registers it too and wins"
+            ignored.append((reg.name, reg.source, why))
     return found
 
 

@@ -259,6 +259,8 @@ def _service_routes(app: Any, state: ServerState) -> None:
             if not VOICE_ID.match(name):
                 raise FieldError("name", f"name {name!r} is not a valid voice name (letters, digits, '_', '.', '-'; at most 64)")
             index = intake.extra_files.get("index", (None, ""))[0]
+            model_tmp = intake.path
+            assert model_tmp is not None  # read_request refuses a request without the model file
             models_dir = Path(state.cfg.models_dir)
             # one upload of a name at a time, from the existence check to the registry: a refused
             # upload never moves its files over the accepted one's
@@ -272,7 +274,7 @@ def _service_routes(app: Any, state: ServerState) -> None:
                         "uploads replace only uploaded voices; choose another name"
                     )
                 voice = await asyncio.get_running_loop().run_in_executor(
-                    state.loader, lambda: save_upload(models_dir, name, intake.path, index, _check_voice_files)
+                    state.loader, lambda: save_upload(models_dir, name, model_tmp, index, _check_voice_files)
                 )
                 state.registry.add(voice, replace=replace)
         except (ModelLoadError, AudioError) as exc:

@@ -165,7 +165,7 @@ def _flag(name: str, text: str) -> bool:
 # ---------------------------------------------------------------------- OpenAPI
 
 
-_JSON_TYPES = {
+_JSON_TYPES: dict[str, dict[str, Any]] = {
     "number": {"type": "number"},
     "int": {"type": "integer"},
     "bool": {"type": "boolean"},

@@ -83,7 +83,8 @@ async def _check_length(state: ServerState, intake: Intake, route: str, each: bo
     jobs = route == "/v1/jobs"
     limit = float(state.cfg.max_job_seconds if jobs else state.cfg.max_input_seconds)
     assert intake.path is not None
-    channels = max(1, await state.in_pool(input_channels, intake.path) or 1) if each else 1
+    found_channels: int | None = await state.in_pool(input_channels, intake.path) if each else 1
+    channels = max(1, found_channels or 1)
     found = await state.in_pool(input_seconds, intake.path, limit / channels)
     if found is None or found[0] * channels <= limit:
         return channels
@@ -162,7 +163,7 @@ async def _prepare(state: ServerState, intake: Intake, options: ConvertOptions) 
     except AudioError as exc:
         raise AudioError(None, intake.hide(str(exc))) from None
     ext = engine.f0_extractor_for(params)
-    f0 = None
+    f0: np.ndarray | tuple[np.ndarray, ...] | Exception | None = None
     if ext is not None and getattr(ext, "cpu_bound", False):
         # numpy trackers (harvest, dio, pm) run beside the model worker, not on it
         try:  # every channel's track (channels="each"), not only the first's
@@ -295,7 +296,7 @@ async def _convert_input(state: ServerState, intake: Intake, t_start: float) -> 
 async def _stream(state: ServerState, work: _Work, intake: Intake, t_start: float) -> Any:
     """A chunked WAV: the header, then each finished piece as the model worker produces it."""
     timings: dict[str, float] = {}
-    pieces = state.steps(work.engine.stream(work.prep, work.params, f0=work.f0, timings=timings, pauses=True)).__aiter__()
+    pieces = state.steps(work.engine.stream(work.prep, work.params, f0=work.f0, timings=timings, pauses=True))  # an async generator: its own iterator
     try:
         first = await pieces.__anext__()  # F0 and the first segment: failures still get a proper status
     except StopAsyncIteration:
@@ -381,7 +382,8 @@ async def _run_job(state: ServerState, job: Job, engine: Engine, params: Convers
         t0 = time.perf_counter()
         limit = float(state.cfg.max_job_seconds)
         if params.channels == "each":  # the limit is on every channel's seconds together
-            limit /= max(1, await state.in_pool(input_channels, source) or 1)
+            found_channels: int | None = await state.in_pool(input_channels, source)
+            limit /= max(1, found_channels or 1)
         prep = await _to_the_end(state, engine.prepare, source, params=params, max_seconds=limit)
         job.timings["decode"] = time.perf_counter() - t0
         job.started, job.state = time.time(), "running"
@@ -398,7 +400,7 @@ async def _run_job(state: ServerState, job: Job, engine: Engine, params: Convers
                     job.progress = 0.95 * done / max(1, job.segments * len(channels))
         del channels
         t0 = time.perf_counter()
-        audio = np.memmap(raw_path, dtype=np.float32, mode="r+") if raw_path.stat().st_size else np.zeros(0, np.float32)
+        audio: np.ndarray = np.memmap(raw_path, dtype=np.float32, mode="r+") if raw_path.stat().st_size else np.zeros(0, np.float32)
         if prep.more_channels:
             audio = audio.reshape(prep.n_channels, -1).T  # [samples, channels], a view of the file
         notes: list[str] = []

@@ -133,7 +133,7 @@ class StepTask:
     """
 
     iterator: Iterator[Any]
-    sink: Callable[[Any], None]
+    sink: Callable[[Any], object]
     credit: int = 2
     queued_at: float = field(default_factory=time.perf_counter)
     started_at: float | None = None
@@ -187,7 +187,7 @@ class Scheduler:
                 if dropped and _remove(self._queue, task):
                     del self._converts[future]
 
-    def submit_steps(self, iterator: Iterator[Any], sink: Callable[[Any], None], credit: int = 2) -> StepTask:
+    def submit_steps(self, iterator: Iterator[Any], sink: Callable[[Any], object], credit: int = 2) -> StepTask:
         """Queue a step task (see :class:`StepTask`)."""
         task = StepTask(iterator, sink, credit=max(1, int(credit)))
         self._put(task)

@@ -18,7 +18,7 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -352,9 +352,9 @@ class ServerState:
             for p in (voice.model, voice.index):
                 if p is not None:
                     text = text.replace(str(p), p.name)
-        for p in (self.cfg.encoder, self.cfg.f0_weights):
-            if p:
-                text = text.replace(os.fspath(p), Path(p).name)
+        for base in (self.cfg.encoder, self.cfg.f0_weights):
+            if base:
+                text = text.replace(os.fspath(base), Path(base).name)
         from ..weights import search_dirs
 
         for folder in search_dirs():  # where base weights were looked for ("hubert_base.pt not found...")
@@ -371,7 +371,7 @@ class ServerState:
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs))
 
-    async def steps(self, iterator: Iterator[Any], credit: int = 2) -> AsyncIterator[Any]:
+    async def steps(self, iterator: Iterator[Any], credit: int = 2) -> AsyncGenerator[Any, None]:
         """Drive ``iterator`` on the model worker, one item per turn, and yield its items here."""
         assert self.scheduler is not None
         loop = asyncio.get_running_loop()
@@ -397,7 +397,9 @@ class ServerState:
         def model_loads() -> dict[tuple[tuple[str, str], ...], float]:
             from .. import cache
 
-            out = {(("kind", k),): float(cache.load_count(k)) for k in ("encoder", "rmvpe", "fcpe", "crepe")}
+            out: dict[tuple[tuple[str, str], ...], float] = {
+                (("kind", k),): float(cache.load_count(k)) for k in ("encoder", "rmvpe", "fcpe", "crepe")
+            }
             out[(("kind", "voice"),)] = float(self.registry.loads)
             return out
 

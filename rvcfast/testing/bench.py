@@ -22,8 +22,8 @@ from .voice import save_random_voice_model
 __all__ = ["SMALL_VOICE", "SMALL_HUBERT", "build_bench_models", "synth_test_audio"]
 
 # Architecture of the tiny models of `--small` (and of the examples and tests).
-SMALL_VOICE = dict(inter_channels=16, hidden_channels=16, filter_channels=32, n_layers=1, upsample_initial_channel=32)
-SMALL_HUBERT = dict(
+SMALL_VOICE: dict[str, Any] = dict(inter_channels=16, hidden_channels=16, filter_channels=32, n_layers=1, upsample_initial_channel=32)
+SMALL_HUBERT: dict[str, Any] = dict(
     layers=1, hidden=768, heads=4, ffn=64,
     conv_layers=[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2,
     conv_pos=15, conv_pos_groups=4,

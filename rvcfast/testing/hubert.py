@@ -8,7 +8,7 @@ import os
 import pickle
 import types
 from collections import OrderedDict
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -234,13 +234,17 @@ def _fairseq_pickle_module(stub_classes: tuple[type, ...]) -> types.ModuleType:
     fake module has to be put into ``sys.modules``.
     """
 
-    class _Pickler(pickle._Pickler):  # type: ignore[name-defined,misc]
+    class _Pickler(pickle._Pickler):
+        # the pure-Python pickler's undocumented internals, which typeshed leaves out
+        write: Callable[[bytes], Any]
+        memoize: Callable[[Any], None]
+
         def save_global(self, obj: Any, name: str | None = None) -> None:
             if any(obj is cls for cls in stub_classes):
                 self.write(pickle.GLOBAL + f"{obj.__module__}\n{obj.__qualname__}\n".encode())
                 self.memoize(obj)
                 return
-            super().save_global(obj, name)
+            super().save_global(obj, name)  # type: ignore[misc]  # undocumented, absent from typeshed
 
     module = types.ModuleType("rvcfast_fairseq_pickle")
     module.Pickler = _Pickler  # type: ignore[attr-defined]
@@ -249,7 +253,7 @@ def _fairseq_pickle_module(stub_classes: tuple[type, ...]) -> types.ModuleType:
 
 def _fairseq_dictionary(dict_cls: type, num_labels: int) -> Any:
     """An instance with the ``__dict__`` of fairseq's label ``Dictionary`` for ``num_labels`` k-means classes."""
-    d = dict_cls.__new__(dict_cls)
+    d: Any = object.__new__(dict_cls)  # a plain class: no __init__, as unpickling makes it
     symbols = ["<s>", "<pad>", "</s>", "<unk>"] + [str(i) for i in range(num_labels)]
     d.__dict__.update(
         {

@@ -8,7 +8,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -736,8 +736,9 @@ def convert_files(
     check_output_folder(out, "out_dir")  # under a file, or read-only: refused before the job, not per file after it
     manifest_path = None if manifest is False else check_manifest(out / MANIFEST_NAME if manifest in (None, True) else manifest)  # type: ignore[arg-type]
     recursive = bool(options.pop("recursive", False))
-    names = {f.name for f in dataclasses.fields(ConversionParams)}
-    ConversionParams.build(None, **{k: v for k, v in options.items() if k in names}).validate()  # before Ray starts
+    param_names = {f.name for f in dataclasses.fields(ConversionParams)}
+    ConversionParams.build(None, **{k: v for k, v in options.items() if k in param_names}).validate()  # before Ray starts
+    order: Callable[[dict[str, Any]], int | tuple[int, int]]
     if options.get("voices") is None:
         items = plan_files(inputs, out, options.get("format", "wav"), options.get("skip_existing", True), recursive)
         position = {item["output_path"]: k for k, item in enumerate(items)}

@@ -25,7 +25,7 @@ import hashlib
 import os
 import secrets
 import tempfile
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -262,9 +262,14 @@ def local_files(
         return _check_pinned(shipped, done.setdefault("pinned", set()))
     root = _cache_root()
     root.mkdir(parents=True, exist_ok=True)
-    paths = {}
+    paths: dict[str, str | None] = {}
     for name, item in shipped.items():
         if item is not None and (item.digest, item.name) not in done:
             done[(item.digest, item.name)] = _unpack(item, root)
         paths[name] = done[(item.digest, item.name)] if item is not None else None
-    return replace(ModelFiles(model=""), **paths)
+    return ModelFiles(  # ship_files ships every field of ModelFiles (None: not used), the model always
+        model=paths.get("model") or "",
+        index=paths.get("index"),
+        encoder=paths.get("encoder"),
+        f0_weights=paths.get("f0_weights"),
+    )
