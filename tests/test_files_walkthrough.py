@@ -215,3 +215,55 @@ def test_a_disk_that_fills_mid_batch_then_a_resume_finishes_it(tiny_models, tmp_
     for k in range(3):
         data, rate = sf.read(out / f"take{k}.wav")
         assert rate == 40000 and abs(len(data) - 1.5 * 40000) < 0.05 * 40000 and np.isfinite(data).all()
+
+
+# ------------------------------------------------------------------ what worked, pinned
+
+
+_MESSY = ["sp ace", "100%", "{}", "{stem}", "new\nline", "emoji😀", "עברית", "-x", "A"]
+
+
+def test_messy_names_are_planned_to_themselves(tmp_path: Path) -> None:
+    """Spaces, ``%``, braces (never read as a template), a newline, emoji, a right-to-left script
+    and a leading dash keep their names; ``a.wav`` beside ``A.wav`` gets ``a_1.wav``."""
+    folder = tmp_path / "in"
+    for stem in [*_MESSY, "a"]:
+        _put(folder / f"{stem}.wav")
+    names = {Path(j.path).stem: Path(j.out_path).name for j in expand_inputs([folder], BatchOptions(out_dir=tmp_path / "o"))}
+    assert names == {**{stem: f"{stem}.wav" for stem in _MESSY}, "a": "a_1.wav"}
+    templated = _planned([folder / "{stem}.wav", folder / "100%.wav"], tmp_path / "o", name_template="{stem}-{index}")
+    assert [p.name for p in templated] == ["{stem}-0.wav", "100%-1.wav"]
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_special_files_fail_by_name_and_are_left_out_of_folders(tiny_models, tmp_path: Path) -> None:
+    """A FIFO or ``/dev/zero`` named as an input fails naming it (no wait for a writer); a folder
+    leaves out its FIFO and a symlink to ``/dev/zero``."""
+    folder = tmp_path / "in"
+    good = _put(folder / "good.wav")
+    fifo = folder / "pipe.wav"
+    os.mkfifo(fifo)
+    zero = folder / "zero.wav"
+    os.symlink("/dev/zero", zero)
+    assert [Path(j.path).name for j in expand_inputs([folder], BatchOptions(out_dir=tmp_path / "out"))] == ["good.wav"]
+    results = tiny_models.converter().convert_batch([fifo, zero, good], tmp_path / "out", seed=0)
+    assert [r.ok for r in results] == [False, False, True]
+    for r, path in zip(results[:2], (fifo, zero)):
+        assert str(path) in r.error and "not a regular file" in r.error, r.error
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good.wav"]
+
+
+def test_a_read_only_file_at_an_outputs_name_is_replaced_and_an_input_never(tmp_path: Path) -> None:
+    """An existing read-only file at an output's name is replaced, as ``mv`` would; in an in-place
+    batch the input itself is never the output."""
+    out = tmp_path / "out"
+    stale = out / "x.wav"
+    out.mkdir()
+    stale.write_text("not audio")
+    stale.chmod(0o444)
+    src = _put(tmp_path / "in" / "x.wav")
+    (planned,) = _planned([src], out)
+    assert planned == stale
+    write_audio_atomic(planned, tone(0.2, 16000), 16000, source=src)
+    assert finished_output(stale) and recorded_source(stale) == source_id(src)
+    assert _planned([src], src.parent) == [src.parent / "x_rvc.wav"]
