@@ -278,12 +278,12 @@ def _drop_previous_outputs(files: list[Path], options: BatchOptions) -> list[Pat
     """
     if options.out_dir is None or not options.skip_existing:
         return files
-    out_dir = Path(options.out_dir).resolve()
+    out_dir = _resolved(Path(options.out_dir))
     ext = "." + options.format.lower()
     names = {f.name for f in files}
     kept = []
     for f in files:
-        if f.parent.resolve() == out_dir and f.suffix.lower() == ext and f.stem.endswith("_rvc"):
+        if _resolved(f.parent) == out_dir and f.suffix.lower() == ext and f.stem.endswith("_rvc"):
             base = f.stem[: -len("_rvc")]
             if any(n != f.name and Path(n).stem == base for n in names):
                 continue
@@ -424,7 +424,7 @@ class _Namer:
                 continue
             self.sources[j.number] = source_id(j.path)
             try:
-                self.inputs.add(j.path.resolve())
+                self.inputs.add(_resolved(j.path))
                 st = j.path.stat()
                 self.input_ids.add((st.st_dev, st.st_ino))
             except OSError:
@@ -451,7 +451,7 @@ class _Namer:
     def is_input(self, candidate: Path) -> bool:
         # By name, and by identity: on a case-insensitive file system (macOS, Windows) `A.wav`
         # is the input `A.WAV`, and a hard link is the same file under another name.
-        if candidate.resolve() in self.inputs:
+        if _resolved(candidate) in self.inputs:
             return True
         try:
             st = candidate.stat()
@@ -460,7 +460,7 @@ class _Namer:
         return (st.st_dev, st.st_ino) in self.input_ids
 
     def key(self, candidate: Path) -> str:
-        return _fold(str(candidate.resolve()))
+        return _fold(str(_resolved(candidate)))
 
     def take(self, candidate: Path) -> None:
         self.taken.add(self.key(candidate))

@@ -144,6 +144,27 @@ def test_a_fifo_in_a_resumed_in_place_batch_does_not_hang_it(tmp_path: Path) -> 
     assert recorded_source(fifo) is None and not finished_output(fifo)
 
 
+# ------------------------------------------------------------------ symlink loops
+
+
+def test_a_symlink_loop_as_an_input_or_at_an_outputs_name_fails_alone(tiny_models, tmp_path: Path) -> None:
+    """``loop.wav -> loop.wav`` named as an input (or left at an output's name) stopped the whole
+    batch before anything was converted: ``RuntimeError: Symlink loop from '.../loop.wav'`` while
+    naming the outputs (``Path.resolve`` raises it in Python 3.11), a traceback on the command line."""
+    folder = tmp_path / "in"
+    good = _put(folder / "a.wav")
+    loop = folder / "loop.wav"
+    os.symlink("loop.wav", loop)
+    out = tmp_path / "out"
+    out.mkdir()
+    os.symlink("a.wav", out / "a.wav")  # a loop where a.wav's output goes
+    assert [p.name for p in _planned([loop, good], out)] == ["loop.wav", "a.wav"]
+    results = tiny_models.converter().convert_batch([loop, good], out, seed=0)
+    assert not results[0].ok and str(loop) in results[0].error, results[0].error
+    assert results[1].ok, results[1].error
+    assert (out / "a.wav").is_file() and not (out / "a.wav").is_symlink()  # the link is replaced, not followed
+
+
 # ------------------------------------------------------------------ temporary files of dead writers
 
 
