@@ -163,9 +163,10 @@ def _check_length(label: str | os.PathLike[str] | None, seconds: float, max_seco
 def audio_info(path: str | os.PathLike[str]) -> tuple[float, int, int]:
     """``(seconds, sample rate, channels)`` from a file's header (no decoding); 0 s when the
     header does not give the length (a stream)."""
+    _check_path(Path(path))  # a pipe or device would be read for ever
     if _holds_text(Path(path)):  # libsndfile's MP3 reader would print its complaints to stderr
         raise AudioError(path, "cannot decode audio: this is a text file, not audio")
-    info = sf.info(os.fspath(path))
+    info = sf.info(os.fsencode(path))  # bytes: a name that is not UTF-8 reaches the file
     known = info.samplerate and 0 <= info.frames < UNKNOWN_FRAMES
     return (info.frames / info.samplerate if known else 0.0), int(info.samplerate), int(info.channels)
 
@@ -419,7 +420,7 @@ class _SfSource:
         if _seek(self.f, frame):
             return True
         try:
-            fresh = sf.SoundFile(str(self.path))
+            fresh = sf.SoundFile(os.fsencode(self.path))
         except (sf.LibsndfileError, RuntimeError, ValueError, OSError):
             return False
         if not _seek(fresh, frame):
@@ -474,7 +475,7 @@ def _source(p: Path) -> _SfSource | Any:
     if _holds_text(p):  # a note or a playlist named .mp3: say so (the decoders' own words mislead)
         raise AudioError(p, "cannot decode audio: this is a text file, not audio")
     try:
-        f = sf.SoundFile(str(p))
+        f = sf.SoundFile(os.fsencode(p))  # bytes: a name that is not UTF-8 reaches the file
     except sf.LibsndfileError as exc:
         return _other_decoder(p, _libsndfile_detail(exc))
     except (RuntimeError, ValueError, OSError, TypeError) as exc:

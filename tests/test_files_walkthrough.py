@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import is_root, one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
+from helpers import cli_weights, is_root, one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
 
 from rvcfast.batch import BatchOptions, expand_inputs
 from rvcfast.writing import (
@@ -288,3 +288,64 @@ def test_a_read_only_file_at_an_outputs_name_is_replaced_and_an_input_never(tmp_
     write_audio_atomic(planned, tone(0.2, 16000), 16000, source=src)
     assert finished_output(stale) and recorded_source(stale) == source_id(src)
     assert _planned([src], src.parent) == [src.parent / "x_rvc.wav"]
+
+
+# ------------------------------------------------------------------ the command line's own reads
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="names that are not UTF-8 are a POSIX file system's")
+def test_a_name_that_is_not_utf8_is_decoded_and_converted(tiny_models, tmp_path: Path) -> None:
+    """The file itself failed at its decode: ``cannot decode audio (UnicodeEncodeError ...)``
+    (libsndfile was given its name as text)."""
+    src = _put(tmp_path / "in" / os.fsdecode(b"caf\xe9.wav"))
+    (r,) = tiny_models.converter().convert_batch([src], tmp_path / "out", seed=0)
+    assert r.ok, r.error
+    assert sf.info(os.fsencode(r.output_path)).frames > 0
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_the_command_line_fails_a_fifo_input_at_once(tiny_models, tmp_path: Path, capsys) -> None:
+    """``rvcfast convert voice.pth pipe.wav`` waited for ever: it opened the FIFO to read its
+    length for the progress estimate."""
+    from rvcfast.cli import main
+
+    fifo = tmp_path / "pipe.wav"
+    os.mkfifo(fifo)
+    status: list[int] = []
+    worker = threading.Thread(
+        target=lambda: status.append(main(["convert", str(tiny_models.voice), str(fifo), "-o", str(tmp_path / "out"), *cli_weights(tiny_models)])),
+        daemon=True,
+    )
+    worker.start()
+    worker.join(60)
+    hung = worker.is_alive()
+    while worker.is_alive():
+        _unblock(fifo)
+        worker.join(0.2)
+    assert not hung, "rvcfast convert blocked on the FIFO"
+    assert status == [1]
+    assert "is not a regular file (a device, pipe or socket)" in capsys.readouterr().err
+
+
+def test_a_report_on_a_full_disk_comes_after_the_summary_and_names_itself(tiny_models, tmp_path: Path, small_disk: Path, capsys) -> None:
+    """A ``--report`` that could not be written ended the command with a traceback, before the
+    summary and the list of failed files."""
+    from rvcfast.cli import main
+
+    src = _put(tmp_path / "in" / "a.wav")
+    filler = small_disk / "filler"
+    with open(filler, "wb") as f:
+        with pytest.raises(OSError):
+            while True:
+                f.write(b"\0" * 65536)
+                f.flush()
+    report = small_disk / "r.jsonl"
+    status = main(
+        ["convert", str(tiny_models.voice), str(src), "-o", str(tmp_path / "out"), "--report", str(report), *cli_weights(tiny_models)]
+    )
+    captured = capsys.readouterr()
+    assert status == 1
+    assert f"rvcfast: error: --report {report} cannot be written: No space left on device" in captured.err
+    assert "Traceback" not in captured.err
+    assert (tmp_path / "out" / "a.wav").is_file()  # the conversion itself is kept
+    assert sorted(p.name for p in small_disk.iterdir()) == ["filler"]  # no report, no temporary file

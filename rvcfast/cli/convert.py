@@ -180,11 +180,15 @@ def _run(
     finally:
         bar.close()
     summary.wall_seconds = time.perf_counter() - start
-    report.write()
     if not args.quiet:
         out(summary.table())
     report_warnings(warnings)
     status = report_failures(failures, total)
+    try:  # after the summary and the failures: a full disk must not hide them
+        report.write()
+    except OSError as exc:
+        print(f"{PROG}: error: --report {report.path} cannot be written: {exc.strerror or exc}", file=sys.stderr)
+        status = 1
     if not_reached:
         what = "file(s) after it not converted" if len(convs) == 1 else "conversion(s) (input, voice) after it not done"
         print(f"{PROG}: {not_reached} {what} (--on-error stop)", file=sys.stderr)
