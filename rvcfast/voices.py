@@ -351,13 +351,14 @@ class _SharedF0:
 
 def check_voice_names(labels: Sequence[str], hint: str = "pass a mapping {name: converter} to name the voices") -> None:
     """Refuse voice names that cannot name outputs: empty, ``.`` or ``..``, or two voices whose
-    outputs would take the same names (``/`` and ``\\`` become ``_`` in names; case aside).
+    outputs would take the same names (``/`` and ``\\`` become ``_`` in names; case and Unicode
+    normalisation aside: ``café`` composed and decomposed is one name on macOS).
     ``hint`` ends the message (how to name the voices in the caller's API)."""
-    from .batch_inputs import _safe_stem
+    from .batch_inputs import _fold, _safe_stem
 
     spelled: dict[str, str] = {}  # a name as the output names spell it -> the voice's name
     for position, label in enumerate(labels):
-        key = _safe_stem(label).casefold()
+        key = _fold(_safe_stem(label))
         if not label or label in (".", "..") or key in spelled:
             other = spelled.get(key, label)
             what = (
