@@ -39,8 +39,9 @@ class Result:
         voice: The voice's name in a run to several voices (:func:`rvcfast.convert_voices`),
             else ``None``.
         frames: The output's length in samples at ``sample_rate``, taken from ``audio`` when
-            the Result is made: it stays when a batch drops the audio after writing it, so
-            :attr:`duration` does too (0 for a failed or skipped input).
+            the Result is made (``frames=`` counts only with empty ``audio``): it stays when a
+            batch drops the audio after writing it, so :attr:`duration` does too (0 for a failed
+            or skipped input).
 
     Two Results are equal (``==``) when every field is, ``audio`` by shape and values
     (:func:`numpy.array_equal`), so ``result in results`` and ``results.index(result)`` work.
@@ -61,8 +62,9 @@ class Result:
     frames: int | None = None
 
     def __post_init__(self) -> None:
-        if self.frames is None:
-            self.frames = int(np.shape(self.audio)[0]) if np.ndim(self.audio) else 0
+        n = int(np.shape(self.audio)[0]) if np.ndim(self.audio) else 0
+        if n or self.frames is None:  # given audio says how long it is (dataclasses.replace(r, audio=...) too)
+            self.frames = n
 
     def __eq__(self, other: object) -> bool:
         if not isinstance(other, Result):

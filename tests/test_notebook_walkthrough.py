@@ -4,6 +4,7 @@ model cache, and the stage timer on a GPU that is not the current one."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import io
 import os
@@ -55,6 +56,8 @@ def test_repr_is_short_and_says_how_long_a_dropped_output_is() -> None:
     text = repr(written)
     assert "frames=39200" in text
     assert written.duration == pytest.approx(0.98)
+    trimmed = dataclasses.replace(_result("a.wav"), audio=np.zeros(100, np.float32))  # a notebook edit
+    assert trimmed.frames == 100 and "frames=100" in repr(trimmed)
     long = _result("long.wav", np.zeros(40000 * 600, np.float32))  # ten minutes
     assert len(repr(long)) < 1000  # numpy summarises the array
 
