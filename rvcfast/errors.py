@@ -137,3 +137,26 @@ class Cancelled(BaseException):
     :class:`RvcfastError`: the handlers that isolate one failing input (``except
     Exception``) must not take a cancelled run for a bad file and carry on with it.
     """
+
+
+def user_stacklevel() -> int:
+    """The ``stacklevel`` that makes :func:`warnings.warn`, called by the function calling this
+    one, point at the first line outside rvcfast: the user's line that led to the warning,
+    whichever public entry point it went through (torch's and contextlib's decorator frames
+    between rvcfast's own are skipped too)."""
+    import sys
+
+    frame = sys._getframe(1)  # the function about to call warnings.warn: stacklevel 1
+    level = 1
+    while frame is not None and _internal(frame.f_code.co_filename):
+        frame = frame.f_back
+        level += 1
+    return level
+
+
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__)) + os.sep
+_DECORATORS = (os.path.join("torch", "utils", "_contextlib.py"), os.sep + "contextlib.py")
+
+
+def _internal(filename: str) -> bool:
+    return filename.startswith(_PACKAGE_DIR) or filename.endswith(_DECORATORS)

@@ -25,7 +25,7 @@ from typing import Any
 
 import torch
 
-from .errors import ParameterError
+from .errors import ParameterError, user_stacklevel
 
 __all__ = [
     "resolve_device",
@@ -308,7 +308,7 @@ def resolve_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype
             "bfloat16 on this CPU runs without hardware support (no AVX512-BF16 or AMX): it is slower than "
             "float32 (on an AVX2-only AMD Zen 3: 7-13x per convolution, 12x for a whole conversion); dtype='auto' picks float32 here",
             RuntimeWarning,
-            stacklevel=2,
+            stacklevel=user_stacklevel(),
         )
     return dtype
 

@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import RvcfastError, WeightsNotFoundError
+from .errors import RvcfastError, WeightsNotFoundError, user_stacklevel
 
 try:
     import fcntl
@@ -268,7 +268,7 @@ def resolve_encoder_for(
         f"converting with the default ContentVec/HuBERT encoder, which may sound wrong. {put} "
         "as encoder= (Python) or --encoder (command line).",
         EmbedderWarning,
-        stacklevel=3,
+        stacklevel=user_stacklevel(),
     )
     return None
 

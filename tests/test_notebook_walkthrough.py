@@ -175,3 +175,22 @@ def test_second_load_reuses_base_models_and_memory_comes_back(tmp_path: Path) ->
     rvcfast.cache.clear()
     gc.collect()
     assert [r() for r in refs] == [None, None, None]
+
+
+def test_a_warning_points_at_the_users_line(tiny_models, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The bfloat16-without-hardware warning named ``rvcfast/tuning.py`` (a fixed ``stacklevel``
+    is right for one entry point only): it names the line of the user's notebook cell."""
+    import warnings
+
+    import rvcfast.runtime
+
+    monkeypatch.setattr(rvcfast.runtime, "native_bf16", lambda device: False)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        tiny_models.converter(dtype="bfloat16")  # <- the user's line
+    (w,) = [w for w in caught if "bfloat16 on this CPU" in str(w.message)]
+    assert Path(w.filename).name == "helpers.py", w.filename  # the first frame outside rvcfast
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        rvcfast.runtime.resolve_dtype("bfloat16", torch.device("cpu"))
+    assert [Path(w.filename) for w in caught] == [Path(__file__)]

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..errors import BackendUnavailableError, ModelLoadError, ParameterError, RvcfastError
+from ..errors import BackendUnavailableError, ModelLoadError, ParameterError, RvcfastError, user_stacklevel
 
 __all__ = ["OnnxVocoder", "OnnxModelInfo", "inspect_onnx", "describe_onnx", "add_onnx_metadata", "is_onnx_path"]
 
@@ -389,7 +389,7 @@ class OnnxVocoder:
                 f"{self.path}: this ONNX graph draws noise inside itself, which onnxruntime gives no seed: seeded runs "
                 "with noise=True still differ from run to run (noise=False, or a noise=False export, is reproducible)",
                 UserWarning,
-                stacklevel=4,  # _warn_unseeded, synthesize, torch's inference_mode wrapper: its caller
+                stacklevel=user_stacklevel(),
             )
 
     @torch.inference_mode()
