@@ -19,12 +19,12 @@ from __future__ import annotations
 
 import atexit
 import re
+import secrets
 import shutil
 import sys
 import tempfile
 import threading
 import time
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -118,7 +118,7 @@ class JobStore:
                     f"the job spool is full ({self.max_bytes / 2**20:g} MB of results not yet fetched or expired); "
                     "fetch or delete finished jobs, or retry later"
                 )
-            job = Job(uuid.uuid4().hex, voice, input_name, fmt, subtype, bitrate)
+            job = Job(secrets.token_hex(16), voice, input_name, fmt, subtype, bitrate)
             self._jobs[job.id] = job
             return job
 
