@@ -33,10 +33,10 @@ from .config import ServeConfig, require_serve_extra
 from .forms import FieldError
 from .intake import UnsupportedMedia, read_request
 from .jobs import JobStoreFull
-from .middleware import ApiKey, BodyLimit, BodyTooLarge, RequestMetrics
+from .middleware import ApiKey, BodyLimit, BodyStalled, BodyTooLarge, RequestMetrics
 from .scheduler import QueueFull
 from .state import NotReady, ServerState
-from .voices import VOICE_ID, UnknownVoice, save_upload
+from .voices import UnknownVoice, onnx_external_data, save_upload, upload_name_problem
 
 __all__ = ["create_app"]
 
@@ -85,7 +85,7 @@ def create_app(config: ServeConfig | None = None, /, **options: Any) -> Any:
     # outermost last: metrics see every answer, the key is checked before the body limit,
     # and failures of the routes are answered innermost, where the connection survives them
     app.add_middleware(InternalErrors, state=state)
-    app.add_middleware(BodyLimit, limit=cfg.max_upload_bytes)
+    app.add_middleware(BodyLimit, limit=cfg.max_upload_bytes, timeout=float(cfg.body_timeout_seconds))
     app.add_middleware(ApiKey, key=cfg.api_key)
     app.add_middleware(RequestMetrics, metrics=state.metrics)
     return app
@@ -184,6 +184,8 @@ def _error_handlers(app: Any) -> None:
         UnknownVoice: lambda r, e: error_response(404, e.message),
         UnsupportedMedia: lambda r, e: error_response(415, str(e)),
         BodyTooLarge: lambda r, e: error_response(413, str(e)),
+        # the rest of the body may still come: the connection is closed after the answer
+        BodyStalled: lambda r, e: error_response(408, str(e), {"Connection": "close"}),
         QueueFull: lambda r, e: error_response(503, str(e), {"Retry-After": str(e.retry_after)}),
         JobStoreFull: lambda r, e: error_response(503, str(e), {"Retry-After": "60"}),
         NotReady: lambda r, e: error_response(503, str(e), {"Retry-After": "5"}),
@@ -256,15 +258,23 @@ def _service_routes(app: Any, state: ServerState) -> None:
             replace = fields.pop("replace", "false").strip().lower() in ("1", "true", "yes", "on")
             if fields:
                 raise FieldError(sorted(fields)[0], f"unexpected field {sorted(fields)[0]!r} (expected name, model, index, replace)")
-            if not VOICE_ID.match(name):
-                raise FieldError("name", f"name {name!r} is not a valid voice name (letters, digits, '_', '.', '-'; at most 64)")
+            problem = upload_name_problem(name)
+            if problem is not None:
+                raise FieldError("name", problem)
             index = intake.extra_files.get("index", (None, ""))[0]
             model_tmp = intake.path
             assert model_tmp is not None  # read_request refuses a request without the model file
             models_dir = Path(state.cfg.models_dir)
             # one upload of a name at a time, from the existence check to the registry: a refused
             # upload never moves its files over the accepted one's
-            async with upload_locks.hold(name):
+            # names differing in case are one file on macOS and Windows: one lock, and refused below
+            async with upload_locks.hold(name.lower()):
+                twin = next((v for v in state.registry.ids() if v.lower() == name.lower() and v != name), None)
+                if twin is not None:
+                    raise FieldError(
+                        "name", f"voice {twin!r} exists already; {name!r} differs from it only in case, which is one "
+                        "file on case-insensitive file systems (macOS, Windows): choose another name"
+                    )
                 if name in state.registry.ids() and not replace:
                     raise FieldError("name", f"voice {name!r} exists already (send replace=true to replace it)")
                 if name in state.registry.ids() and state.registry.get(name).model.parent != models_dir.resolve():
@@ -278,7 +288,7 @@ def _service_routes(app: Any, state: ServerState) -> None:
                 )
                 state.registry.add(voice, replace=replace)
         except (ModelLoadError, AudioError) as exc:
-            return error_response(422, intake.hide(str(exc)))
+            return error_response(422, state._hide_paths(intake.hide(str(exc))))
         finally:
             intake.cleanup()
         info = await state.in_pool(state.registry.describe, voice.id)
@@ -289,6 +299,17 @@ def _check_voice_files(model: Path, index: Path | None) -> None:
     """Load an uploaded model (and index) through the safe loader; raise if it is not a usable voice."""
     from ..describe import describe_index, describe_model
 
+    if model.suffix.lower() == ".onnx":
+        try:
+            external = onnx_external_data(model)
+        except Exception:  # noqa: BLE001 - not readable as ONNX: describe_model below says why
+            external = []
+        if external:
+            raise ModelLoadError(
+                model, f"refused: the ONNX file keeps tensors in external data files ({', '.join(external[:3])}"
+                f"{' ...' if len(external) > 3 else ''}); an uploaded voice must be one self-contained file "
+                "(save it with onnx.save(model, path, save_as_external_data=False))",
+            )
     try:
         info = describe_model(model)
         idx = describe_index(index) if index is not None else None
@@ -296,6 +317,13 @@ def _check_voice_files(model: Path, index: Path | None) -> None:
         raise
     except Exception as exc:  # noqa: BLE001 - whatever the file is, it is not a voice
         raise ModelLoadError(model, f"not a usable voice model or index: {type(exc).__name__}: {exc}") from None
+    if info.get("sample_rate") is None:  # an ONNX export without metadata: the server could never run it
+        rate = 100 * int(info.get("hop_length") or 400)
+        raise ModelLoadError(
+            model, "the ONNX file does not say its sample rate (RVC WebUI's exporter writes no metadata), so the "
+            "server cannot run it: write it into the file before uploading, with "
+            f"rvcfast.models.onnx_vocoder.add_onnx_metadata(path, sample_rate={rate})",
+        )
     if index is not None and idx is not None:
         if idx["dim"] != info["feature_dim"]:
             raise ModelLoadError(

@@ -60,6 +60,9 @@ class ServeConfig:
         max_job_seconds: Longest input of ``POST /v1/jobs`` (413 above it); jobs keep
             their output on disk, so they may take longer inputs.
         max_queue: Requests (and unfinished jobs) held at once; more get 503 with ``Retry-After``.
+        body_timeout_seconds: A request whose body sends no byte for this long while it is read
+            is answered 408 and its connection closed: a client that stalls its upload cannot
+            hold a ``max_queue`` slot for ever.
         api_key: Required as ``Authorization: Bearer KEY`` or ``X-API-Key: KEY`` when set.
         models_dir: A folder the operator lets clients upload voice models into
             (``POST /v1/voices``); ``None`` disables uploads.
@@ -96,6 +99,7 @@ class ServeConfig:
     max_input_seconds: float = 600.0
     max_job_seconds: float = 3600.0
     max_queue: int = 64
+    body_timeout_seconds: float = 60.0
     api_key: str | None = None
     models_dir: str | None = None
     jobs_dir: str | None = None
@@ -135,7 +139,8 @@ class ServeConfig:
         for name in ("max_loaded_voices", "max_queue", "prepare_workers", "max_live"):
             if int(getattr(self, name)) < 1:
                 raise ParameterError(f"{name} must be at least 1, got {getattr(self, name)}")
-        for name in ("max_upload_mb", "max_input_seconds", "max_job_seconds", "jobs_ttl", "jobs_max_mb", "live_idle_seconds"):
+        for name in ("max_upload_mb", "max_input_seconds", "max_job_seconds", "jobs_ttl", "jobs_max_mb", "live_idle_seconds",
+                     "body_timeout_seconds"):
             if not float(getattr(self, name)) > 0:
                 raise ParameterError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 < float(self.live_max_ahead_seconds) < math.inf:

@@ -155,7 +155,8 @@ async def _multipart(request: Any, folder: Path, fields: list[tuple[str, str]], 
                 intake.fields.append((key, value))
                 continue
             if key not in file_fields:
-                raise FieldError(key, f"unexpected file field {key!r} (the audio goes in {file_fields[0]!r})")
+                expected = "the audio goes in 'file'" if file_fields == ("file",) else f"expected {', '.join(file_fields)}"
+                raise FieldError(key, f"unexpected file field {key!r} ({expected})")
             if key in intake.extra_files or (key == file_fields[0] and intake.path is not None):
                 raise FieldError(key, f"file field {key!r} is given more than once")
             path, name = await spool_upload(value, folder)

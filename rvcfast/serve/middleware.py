@@ -10,7 +10,11 @@ They are plain ASGI callables (no FastAPI import) and answer with JSON errors
   WebSocket; :func:`key_subprotocol`).
 * :class:`BodyLimit` — a ``Content-Length`` above the limit is answered 413 at once; a
   body without a length is counted as it arrives and :class:`BodyTooLarge` is raised
-  inside the route when it passes the limit (answered 413 by the app).
+  inside the route when it passes the limit (answered 413 by the app). A body that
+  stops arriving (no byte for ``timeout`` seconds while the route reads it) raises
+  :class:`BodyStalled` (answered 408, and the connection is closed), so a client that
+  sends its headers and then trickles or withholds the body cannot hold an admission
+  slot for ever.
 * :class:`RequestMetrics` — counts requests by route and status, and their durations.
 
 Paths are matched relative to the app (:func:`app_path`): when it is mounted under a
@@ -25,6 +29,7 @@ import base64
 import binascii
 import hmac
 import json
+import math
 import re
 import time
 from collections.abc import Awaitable, Callable, MutableMapping
@@ -33,7 +38,7 @@ from typing import Any
 from .metrics import Metrics
 
 __all__ = [
-    "ApiKey", "BodyLimit", "BodyTooLarge", "RequestMetrics", "send_json", "route_label", "app_path", "OPEN_PATHS",
+    "ApiKey", "BodyLimit", "BodyTooLarge", "BodyStalled", "RequestMetrics", "send_json", "route_label", "app_path", "OPEN_PATHS",
     "KEY_PROTOCOL_PREFIX", "key_subprotocol",
 ]
 
@@ -76,6 +81,16 @@ class BodyTooLarge(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"the request body is larger than the upload limit of {_mb(limit)}")
         self.limit = limit
+
+
+class BodyStalled(Exception):
+    """No byte of the request body arrived for the body timeout while the route read it."""
+
+    def __init__(self, timeout: float) -> None:
+        super().__init__(
+            f"the request body stalled: no data arrived for {timeout:g} s (the server's body timeout); send it again"
+        )
+        self.timeout = timeout
 
 
 def _mb(n: int) -> str:
@@ -154,11 +169,13 @@ class ApiKey:
 
 
 class BodyLimit:
-    """Bound the request body to ``limit`` bytes (413)."""
+    """Bound the request body to ``limit`` bytes (413), and the wait for each of its pieces to
+    ``timeout`` seconds (408, :class:`BodyStalled`; ``None``: no bound)."""
 
-    def __init__(self, app: ASGIApp, limit: int) -> None:
+    def __init__(self, app: ASGIApp, limit: int, timeout: float | None = None) -> None:
         self.app = app
         self.limit = int(limit)
+        self.timeout = timeout if timeout is not None and math.isfinite(timeout) else None
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -171,12 +188,20 @@ class BodyLimit:
             )
             return
         seen = 0
+        complete = False  # once the body is read, receive() waits for a disconnect: no bound then
 
         async def counted() -> Message:
-            nonlocal seen
-            message = await receive()
+            nonlocal seen, complete
+            if complete or self.timeout is None:
+                message = await receive()
+            else:
+                try:
+                    message = await asyncio.wait_for(receive(), self.timeout)
+                except TimeoutError:
+                    raise BodyStalled(self.timeout) from None
             if message.get("type") == "http.request":
                 seen += len(message.get("body", b""))
+                complete = not message.get("more_body", False)
                 if seen > self.limit:
                     raise BodyTooLarge(self.limit)
             return message

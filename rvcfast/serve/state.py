@@ -359,6 +359,9 @@ class ServerState:
 
         for folder in search_dirs():  # where base weights were looked for ("hubert_base.pt not found...")
             text = text.replace(str(folder) + os.sep, "").replace(str(folder), "(the weights folder)")
+        if self.cfg.models_dir is not None:  # uploaded voices' folder (an upload's error may name a file in it)
+            models = Path(self.cfg.models_dir).resolve()
+            text = text.replace(str(models) + os.sep, "").replace(str(models), "(the models folder)")
         return text.replace(str(self.spool), "")
 
     def registry_voices(self) -> list[Voice]:

@@ -29,10 +29,63 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("rvcfast.serve")
 
-__all__ = ["Voice", "VoiceRegistry", "UnknownVoice", "discover_voices", "VOICE_ID", "VOICE_SUFFIXES"]
+__all__ = [
+    "Voice", "VoiceRegistry", "UnknownVoice", "discover_voices", "VOICE_ID", "VOICE_SUFFIXES", "upload_name_problem",
+    "onnx_external_data",
+]
 
 #: What a voice id may look like (ids of uploaded voices are checked against it).
 VOICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+#: Device names Windows reserves whatever the extension (``CON.pth`` cannot be a file there).
+_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))})
+
+
+def upload_name_problem(name: str) -> str | None:
+    """Why ``name`` cannot be the id of an uploaded voice (its file is ``<name>.pth`` in the
+    models folder), or ``None``: only letters, digits, ``_``, ``.``, ``-`` (at most 64, a letter or
+    digit first), and not a device name Windows reserves (``CON``, ``NUL``, ``COM1``...)."""
+    if not VOICE_ID.fullmatch(name):
+        return f"name {name!r} is not a valid voice name (letters, digits, '_', '.', '-'; at most 64)"
+    if name.split(".", 1)[0].upper() in _RESERVED:
+        return f"name {name!r} is a device name on Windows ({name.split('.', 1)[0].upper()}), not a file name: choose another"
+    return None
+
+
+def onnx_external_data(path: Path) -> list[str]:
+    """Names of the tensors an ONNX file keeps in external data files (read without loading them).
+
+    An uploaded voice is one file, so such a tensor could only name a file already on the
+    server (onnxruntime reads it relative to the model's folder): uploads are refused for it.
+    """
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    found: list[str] = []
+
+    def tensors(graph: Any) -> None:
+        for t in graph.initializer:
+            check(t)
+        for sparse in graph.sparse_initializer:
+            check(sparse.values)
+            check(sparse.indices)
+        for node in graph.node:
+            for attr in node.attribute:
+                for t in (attr.t, *attr.tensors):
+                    check(t)
+                for g in (attr.g, *attr.graphs):
+                    tensors(g)
+
+    def check(t: Any) -> None:
+        if t.data_location == onnx.TensorProto.EXTERNAL or len(t.external_data):
+            found.append(t.name or "(unnamed)")
+
+    tensors(proto.graph)
+    for fn in proto.functions:
+        for node in fn.node:
+            for attr in node.attribute:
+                for t in (attr.t, *attr.tensors):
+                    check(t)
+    return found
 
 
 class UnknownVoice(KeyError):
@@ -293,8 +346,9 @@ def save_upload(
     ``check(model, index)`` must raise for files that are not a usable voice (it goes through
     the safe loader); then nothing is kept. Files are moved into place only after the check.
     """
-    if not VOICE_ID.match(voice_id):
-        raise ParameterError(f"name {voice_id!r} is not a valid voice name (letters, digits, '_', '.', '-'; at most 64)")
+    problem = upload_name_problem(voice_id)
+    if problem is not None:
+        raise ParameterError(problem)
     root = Path(folder)
     root.mkdir(parents=True, exist_ok=True)
     check(model_tmp, index_tmp)
