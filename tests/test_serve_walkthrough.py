@@ -213,6 +213,7 @@ def test_a_jobs_dir_that_cannot_be_a_folder_is_a_parameter_error(tiny_models, tm
         # before: "max_queue must be at least 1" (the Python field, not the option)
         (["--max-queue", "0"], "rvcfast serve: error: --max-queue: max_queue must be"),
         (["--jobs-ttl", "-1"], "rvcfast serve: error: --jobs-ttl: jobs_ttl must be"),
+        (["--body-timeout", "0"], "rvcfast serve: error: --body-timeout: body_timeout_seconds must be"),
     ],
 )
 def test_bad_serve_options_are_usage_errors_naming_the_option(tiny_models, tmp_path, capsys, flags, message) -> None:

@@ -88,7 +88,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 #: ServeConfig fields whose option is not ``--`` + the field's name with dashes.
-_FLAGS = {"f0_options": "--f0-option", "allow_download": "--download", "voices": "VOICE"}
+_FLAGS = {"f0_options": "--f0-option", "allow_download": "--download", "voices": "VOICE", "body_timeout_seconds": "--body-timeout"}
 
 
 def _config(serve_config: Any, args: argparse.Namespace) -> Any:
@@ -108,6 +108,7 @@ def _build(serve_config: Any, args: argparse.Namespace) -> Any:
         f0_options=parse_options(args.f0_option), device=args.device, dtype=args.dtype, allow_download=args.download,
         max_loaded_voices=args.max_loaded_voices, max_upload_mb=args.max_upload_mb, max_queue=args.max_queue,
         max_input_seconds=args.max_input_seconds, max_job_seconds=args.max_job_seconds,
+        body_timeout_seconds=args.body_timeout,
         api_key=args.api_key if args.api_key is not None else os.environ.get("RVCFAST_API_KEY"),
         models_dir=args.models_dir, jobs_dir=args.jobs_dir, jobs_ttl=args.jobs_ttl, jobs_max_mb=args.jobs_max_mb,
         batch_seconds=args.batch_seconds, threads=args.threads, max_live=args.max_live,
@@ -162,6 +163,8 @@ def add_parser(sub: Any) -> None:
                      help="longest input of /v1/convert, read from its header before decoding (413 above)")
     lim.add_argument("--max-job-seconds", type=float, default=3600.0, metavar="S", help="longest input of /v1/jobs (413 above)")
     lim.add_argument("--max-queue", type=int, default=64, metavar="N", help="requests and jobs held at once (503 with Retry-After above)")
+    lim.add_argument("--body-timeout", type=float, default=60.0, metavar="S",
+                     help="answer 408 to a request whose body sends nothing for this long (default: %(default)s)")
     lim.add_argument("--max-live", type=int, default=2, metavar="N",
                      help="live streams (WS /v1/live) converted at once (closed with 1013 above)")
     lim.add_argument("--live-idle-seconds", type=float, default=60.0, metavar="S",
