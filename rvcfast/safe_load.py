@@ -105,6 +105,20 @@ def _make_stub(full_name: str) -> type:
 _STUBS: list[Callable[..., Any] | tuple[Callable[..., Any], str]] = [
     (_make_stub(name), name) for name in _STUBBED_GLOBALS
 ]
+#: The filter that quiets PyTorch's warning before it refuses a protocol-4 pickle (the refusal
+#: is reported as an error instead), as ``warnings.filterwarnings`` stores it.
+_PROTOCOL_FILTER = ("ignore", re.compile("Detected pickle protocol", re.I), UserWarning, None, 0)
+
+
+def _quiet_protocol_warning() -> None:
+    """Add :data:`_PROTOCOL_FILTER` unless it is there. Not ``warnings.catch_warnings()`` around
+    each load: entering and leaving it resets every module's "already shown" registry, so each
+    model load showed the user's warnings again (and it restores a filter list other threads
+    may have changed meanwhile). The filter stays: it matches that one message of torch's only."""
+    if _PROTOCOL_FILTER not in warnings.filters:
+        warnings.filterwarnings("ignore", message=_PROTOCOL_FILTER[1].pattern, category=UserWarning)
+
+
 #: Serialises :func:`load_torch_file`'s ``torch.load`` (a lock, not data; see there).
 _TORCH_LOAD_LOCK = threading.Lock()
 
@@ -378,14 +392,12 @@ def load_torch_file(path: str | os.PathLike[str], what: str = "model") -> Any:
     if bomb is not None:
         raise ModelLoadError(p, f"refused to load {what}: {bomb}")
     try:
-        # torch's safe-globals list and the warning filters are process-wide and these context
-        # managers restore them on exit: two threads loading at once (models loading side by
-        # side, a server) would strip each other's stubs mid-load, hence one load at a time
-        with _TORCH_LOAD_LOCK, warnings.catch_warnings():
-            # PyTorch warns before refusing a protocol-4 pickle; the refusal is reported as an error instead
-            warnings.filterwarnings("ignore", message=r"Detected pickle protocol", category=UserWarning)
-            with torch.serialization.safe_globals(_STUBS):
-                return torch.load(p, map_location="cpu", weights_only=True)
+        # torch's safe-globals list is process-wide and this context manager restores it on
+        # exit: two threads loading at once (models loading side by side, a server) would strip
+        # each other's stubs mid-load, hence one load at a time
+        _quiet_protocol_warning()
+        with _TORCH_LOAD_LOCK, torch.serialization.safe_globals(_STUBS):
+            return torch.load(p, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
         raise _refusal(p, what, exc) from None
     except (RuntimeError, EOFError, zipfile.BadZipFile, OSError, ValueError, KeyError, IndexError, TypeError,
@@ -564,9 +576,7 @@ def load_safetensors(path: str | os.PathLike[str], what: str = "model") -> dict[
         if not count:
             out[name] = torch.empty(shape, dtype=dtype)
             continue
-        with warnings.catch_warnings():  # a view of a bytearray is writable; torch warns only for read-only buffers
-            warnings.simplefilter("ignore", UserWarning)
-            t = torch.frombuffer(data, dtype=dtype, count=count, offset=base + start)
+        t = torch.frombuffer(data, dtype=dtype, count=count, offset=base + start)  # a bytearray: writable, no warning
         if (base + start) % itemsize:
             t = t.clone()  # an unaligned entry (hand-made file): its own aligned copy
         out[name] = t.reshape(shape)

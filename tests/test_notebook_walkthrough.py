@@ -194,3 +194,26 @@ def test_a_warning_points_at_the_users_line(tiny_models, monkeypatch: pytest.Mon
         warnings.simplefilter("always")
         rvcfast.runtime.resolve_dtype("bfloat16", torch.device("cpu"))
     assert [Path(w.filename) for w in caught] == [Path(__file__)]
+
+
+def test_loading_models_does_not_show_the_users_warnings_again(tiny_models, tmp_path: Path) -> None:
+    """Each model load wrapped ``torch.load`` in ``warnings.catch_warnings()``, whose exit resets
+    every module's "already shown" record: a warning the user's code had shown came back after
+    every load (and rvcfast's own, such as an ignored profile, twice per conversion)."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "cell.py"
+    script.write_text(
+        "import warnings\n"
+        "from rvcfast.safe_load import load_torch_file\n"
+        "def mine():\n"
+        "    warnings.warn('the users own warning', UserWarning)\n"
+        f"load_torch_file({str(tiny_models.voice)!r})  # the first load may add its filter\n"
+        "for _ in range(3):\n"
+        "    mine()\n"
+        f"    load_torch_file({str(tiny_models.voice)!r})\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.count("UserWarning: the users own warning") == 1, done.stderr
