@@ -9,7 +9,9 @@ import pytest
 
 #: Test files that start local Ray clusters: run one after another on one worker when the
 #: suite runs in several processes (pytest-xdist), never two clusters at once.
-RAY_FILES = ("test_ray.py", "test_ray_checks.py", "test_ray_robust.py", "test_ray_voices.py", "test_ray_walkthrough.py")
+RAY_FILES = (
+    "test_ray.py", "test_ray_checks.py", "test_ray_robust.py", "test_ray_voices.py", "test_ray_walkthrough.py", "test_ray_parity.py",
+)
 #: The files that take longest (the Ray group 4-5 minutes, the load tests 3), started first.
 LONGEST_FIRST = (*RAY_FILES, "test_load.py", "test_serve.py", "test_vocoders_applio.py")
 

@@ -368,12 +368,6 @@ def test_the_docs_table_names_every_parameter_and_each_front_end_accepts_its_nam
 # ---------------------------------------------------------------------- a request's F0 backend without its weights
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="a request's f0 whose weights the server lacks (rmvpe.pt for f0=rmvpe on a --f0 harvest server) is "
-    "answered 500 'internal error: WeightsNotFoundError ...': ServerState.engine_for turns only a ParameterError "
-    "into the f0 field's 422",
-)
 def test_a_request_f0_without_weights_on_the_server_is_the_f0_fields_error(
     tiny_models: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -401,4 +395,5 @@ def test_a_request_f0_without_weights_on_the_server_is_the_f0_fields_error(
     finally:
         app.state.rvcfast.close()
     assert answer.status_code == 422, answer.text
-    assert answer.json()["parameter"] == "f0" and "rmvpe.pt" in answer.json()["error"]
+    assert answer.json()["parameter"] == "f0" and "rmvpe.pt" in answer.json()["error"], answer.text
+    assert str(tmp_path) not in answer.text, answer.text  # no server paths

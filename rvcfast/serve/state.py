@@ -22,7 +22,7 @@ from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import ParameterError
+from ..errors import ParameterError, WeightsNotFoundError
 from .config import ServeConfig
 from .jobs import JobStore, SpoolLock, make_spool, remove_spool
 from .metrics import Metrics
@@ -293,10 +293,10 @@ class ServerState:
         if extractor is None:
             try:
                 extractor = await asyncio.get_running_loop().run_in_executor(self.loader, self._f0_extractor, key)
-            except ParameterError as exc:  # a backend refusing its options or weights: the request's f0 field
+            except (ParameterError, WeightsNotFoundError) as exc:  # a backend refusing its options, or its weights missing: the f0 field
                 from .forms import FieldError
 
-                raise FieldError("f0", str(exc)) from None
+                raise FieldError("f0", self._hide_paths(str(exc))) from None
         return engine.with_f0(extractor if self.analysis is None else self.analysis.extractor(extractor))
 
     def _load_in_pool(self, voice_id: str) -> cf.Future[Engine]:
