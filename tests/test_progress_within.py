@@ -96,7 +96,7 @@ def test_run_counts_every_channel_of_an_input(tiny_converter: rvcfast.Converter)
 def test_batch_audio_progress_comes_before_each_result(
     tiny_converter: rvcfast.Converter, long_input: np.ndarray, tmp_path: Path, workers: int
 ):
-    inputs = [(long_input[: 16000 * 60], 16000), (tone(4.0).astype(np.float32), 16000), (long_input, 16000)]
+    inputs = [(tone(4.0).astype(np.float32), 16000), (long_input, 16000)]
     events: list[tuple[str, int, float]] = []
     lock = threading.Lock()
 
@@ -111,7 +111,7 @@ def test_batch_audio_progress_comes_before_each_result(
         with lock:
             events.append(("result", res.index, res.input_seconds))
         results.append(res)
-    assert [r.error for r in results] == [None] * 3
+    assert [r.error for r in results] == [None] * 2
     for res in results:
         mine = [(kind, s) for kind, i, s in events if i == res.index]
         kinds = [kind for kind, _ in mine]
@@ -121,7 +121,7 @@ def test_batch_audio_progress_comes_before_each_result(
         assert all(a < b for a, b in zip(steps, steps[1:]))
         assert steps[-1] == pytest.approx(res.input_seconds, rel=1e-9)  # all of it, in seconds of input
     # the 100 s input moved in steps: its first report came well before it was done
-    long_steps = [s for kind, i, s in events if kind == "advance" and i == 2]
+    long_steps = [s for kind, i, s in events if kind == "advance" and i == 1]
     assert len(long_steps) >= 3 and long_steps[0] < 0.6 * LONG_SECONDS
 
 
