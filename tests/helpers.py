@@ -19,6 +19,7 @@ import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -203,3 +204,28 @@ def golden_speech(golden: Path, dtype: str = "float32") -> np.ndarray:
     x, rate = sf.read(golden / "audio" / "e2e_short_16k.wav", dtype=dtype)
     assert rate == 16000
     return x
+
+
+def stream_in_pieces(rt: Any, x: np.ndarray, sizes: list[int]) -> np.ndarray:
+    """``x`` pushed into the realtime converter ``rt`` in pieces of ``sizes`` (cycled), each answer
+    checked to be as long as its piece, then the flush (``latency_samples`` long): all of it."""
+    out, i, k = [], 0, 0
+    while i < x.shape[0]:
+        piece = x[i : i + sizes[k % len(sizes)]]
+        y = rt.push(piece)
+        assert y.shape == piece.shape and y.dtype == np.float32
+        out.append(y)
+        i, k = i + piece.shape[0], k + 1
+    tail = rt.flush()
+    assert tail.shape == (rt.latency_samples,)
+    return np.concatenate([*out, tail])
+
+
+def assert_close_to_peak(got: np.ndarray, ref: np.ndarray, rel_tol: float, min_peak: float) -> None:
+    """``got`` equals ``ref`` within ``rel_tol`` of ``ref``'s peak, which must exceed ``min_peak``
+    (a silent reference would prove nothing)."""
+    assert got.shape == ref.shape
+    peak = float(np.abs(ref).max())
+    assert peak > min_peak
+    err = float(np.abs(got.astype(np.float64) - ref).max())
+    assert err <= rel_tol * peak, f"max abs error {err:.3g} for a peak of {peak:.3g}"

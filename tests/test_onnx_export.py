@@ -24,6 +24,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
+from helpers import assert_close_to_peak
 
 import rvcfast
 from rvcfast.cli import main
@@ -74,14 +75,6 @@ def _feed(session: ort.InferenceSession, **values: torch.Tensor | np.ndarray) ->
     return session.run(["audio"], feed)[0][0, 0]
 
 
-def _assert_close(got: np.ndarray, ref: np.ndarray) -> None:
-    assert got.shape == ref.shape
-    peak = float(np.abs(ref).max())
-    assert peak > 1e-5  # a silent output would prove nothing
-    err = float(np.abs(got.astype(np.float64) - ref).max())
-    assert err <= REL_TOL * peak, f"max abs error {err:.3g} for a peak of {peak:.3g}"
-
-
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("onnx")
@@ -117,7 +110,7 @@ def test_graph_matches_torch_at_other_lengths(f0_export, frames: int) -> None:
     got = _feed(session, phone=phone, phone_lengths=np.array([frames]), pitch=pitch, pitchf=pitchf,
                 ds=np.array([2]), rnd=np.zeros((1, 16, frames), np.float32))
     ref = model.synthesize(phone, torch.tensor([frames]), pitch, pitchf, 2, noise=False)[0].numpy()
-    _assert_close(got, ref)
+    assert_close_to_peak(got, ref, REL_TOL, 1e-5)
     # another speaker gives another output: `ds` reaches the graph
     other = _feed(session, phone=phone, phone_lengths=np.array([frames]), pitch=pitch, pitchf=pitchf,
                   ds=np.array([0]), rnd=np.zeros((1, 16, frames), np.float32))
@@ -134,7 +127,7 @@ def test_phone_lengths_marks_padding(f0_export) -> None:
                 ds=np.array([1]), rnd=np.zeros((1, 16, 90), np.float32))
     ref = model.synthesize(phone[:, :70], torch.tensor([70]), pitch[:, :70], pitchf[:, :70], 1, noise=False)
     assert got.shape == (90 * 400,)
-    _assert_close(got[: 70 * 400], ref[0].numpy())
+    assert_close_to_peak(got[: 70 * 400], ref[0].numpy(), REL_TOL, 1e-5)
     assert not got[70 * 400 :].any()
     # a count above T means all of them
     full = _feed(_session(report.path), phone=phone[:, :70], phone_lengths=np.array([500]), pitch=pitch[:, :70],
@@ -221,13 +214,13 @@ def test_no_f0_model_and_the_prior_noise_input(files, nof0_cli) -> None:
     phone = _inputs(frames, 256, seed=7)[0]
     got = _feed(session, phone=phone, phone_lengths=np.array([frames]), ds=np.array([1]),
                 rnd=np.zeros((1, 16, frames), np.float32))
-    _assert_close(got, model.synthesize(phone, torch.tensor([frames]), speaker=1, noise=False)[0].numpy())
+    assert_close_to_peak(got, model.synthesize(phone, torch.tensor([frames]), speaker=1, noise=False)[0].numpy(), REL_TOL, 1e-5)
     eps = torch.randn((16, frames), generator=torch.Generator().manual_seed(42))
     noisy = _feed(session, phone=phone, phone_lengths=np.array([frames]), ds=np.array([1]),
                   rnd=(eps * 0.66666)[None].numpy())
     ref = model.synthesize(phone, torch.tensor([frames]), speaker=1, noise=True,
                            generator=[torch.Generator().manual_seed(42)])[0].numpy()
-    _assert_close(noisy, ref)
+    assert_close_to_peak(noisy, ref, REL_TOL, 1e-5)
     assert np.abs(noisy - got).max() > 10 * REL_TOL * np.abs(ref).max()
     meta = session.get_modelmeta().custom_metadata_map
     assert json.loads(meta["metadata"])["useFinalProj"] is True and meta["feature_dim"] == "256"
@@ -261,7 +254,7 @@ def test_applio_vocoders(tmp_path, vocoder: str, sr: int) -> None:
     phone, pitch, pitchf = _inputs(frames, 768, seed=45)
     got = _feed(_session(report.path), phone=phone, phone_lengths=np.array([frames]), pitch=pitch, pitchf=pitchf,
                 ds=np.array([0]), rnd=np.zeros((1, 16, frames), np.float32))
-    _assert_close(got, model.synthesize(phone, torch.tensor([frames]), pitch, pitchf, 0, noise=False)[0].numpy())
+    assert_close_to_peak(got, model.synthesize(phone, torch.tensor([frames]), pitch, pitchf, 0, noise=False)[0].numpy(), REL_TOL, 1e-5)
 
 
 class _SineScan(torch.nn.Module):

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import one_thread_fixture, tiny_models_fixture  # noqa: F401
+from helpers import assert_close_to_peak, one_thread_fixture, stream_in_pieces, tiny_models_fixture  # noqa: F401
 
 import rvcfast
 from rvcfast.cli import main
@@ -37,28 +37,6 @@ def _speechlike(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
     phase = 2 * np.pi * np.cumsum(180.0 + 20.0 * np.sin(2 * np.pi * 3.0 * t)) / rate
     noise = 0.01 * np.random.default_rng(seed).standard_normal(t.shape[0])
     return (0.3 * np.sin(phase) + 0.1 * np.sin(2 * phase) + noise).astype(np.float32)
-
-
-def _stream(rt: RealtimeConverter, x: np.ndarray, sizes: list[int]) -> np.ndarray:
-    """``x`` pushed in pieces of ``sizes`` (cycled), each answer checked for length, then the flush."""
-    out, i, k = [], 0, 0
-    while i < x.shape[0]:
-        piece = x[i : i + sizes[k % len(sizes)]]
-        y = rt.push(piece)
-        assert y.shape == piece.shape and y.dtype == np.float32
-        out.append(y)
-        i, k = i + piece.shape[0], k + 1
-    tail = rt.flush()
-    assert tail.shape == (rt.latency_samples,)
-    return np.concatenate([*out, tail])
-
-
-def _close(got: np.ndarray, ref: np.ndarray) -> None:
-    assert got.shape == ref.shape
-    peak = float(np.abs(ref).max())
-    assert peak > 1e-6  # a silent reference would prove nothing
-    err = float(np.abs(got.astype(np.float64) - ref).max())
-    assert err <= REL_TOL * peak, f"max abs error {err:.3g} for a peak of {peak:.3g}"
 
 
 def _converter(models, voice: Path) -> rvcfast.Converter:
@@ -87,10 +65,10 @@ def test_the_onnx_voice_streams_as_its_pth(voices, rate: int, sizes: list[int], 
     outs = []
     for kind in ("pth", "onnx"):
         rt = RealtimeConverter(voices[kind], sample_rate=rate, whole_blocks=whole, noise=False, **SMALL)
-        y = _stream(rt, x, sizes)
+        y = stream_in_pieces(rt, x, sizes)
         assert y.shape == (x.shape[0] + rt.latency_samples,)
         outs.append(y)
-    _close(outs[1], outs[0])
+    assert_close_to_peak(outs[1], outs[0], REL_TOL, 1e-6)
 
 
 def test_two_streams_share_one_onnx_voice(voices) -> None:
@@ -98,7 +76,7 @@ def test_two_streams_share_one_onnx_voice(voices) -> None:
     voice in threads give what each gives alone."""
     rate = 22050
     inputs = [_speechlike(0.3, rate, seed=1), _speechlike(0.3, rate, seed=2)[::-1].copy()]
-    alone = [_stream(RealtimeConverter(voices["onnx"], rate, noise=False, **{**SMALL, "block_seconds": 0.12}), x, [999])
+    alone = [stream_in_pieces(RealtimeConverter(voices["onnx"], rate, noise=False, **{**SMALL, "block_seconds": 0.12}), x, [999])
              for x in inputs]
     got: dict[int, np.ndarray] = {}
     start = threading.Barrier(2)
@@ -106,7 +84,7 @@ def test_two_streams_share_one_onnx_voice(voices) -> None:
     def run(i: int) -> None:
         rt = RealtimeConverter(voices["onnx"], rate, noise=False, **{**SMALL, "block_seconds": 0.12})
         start.wait(timeout=30)
-        got[i] = _stream(rt, inputs[i], [999])
+        got[i] = stream_in_pieces(rt, inputs[i], [999])
 
     threads = [threading.Thread(target=run, args=(i,)) for i in range(2)]
     for t in threads:
@@ -147,7 +125,7 @@ def test_a_buffer_shorter_than_the_encoders_window_is_refused_when_made(voices) 
         RealtimeConverter(voices["onnx"], 48000, context_seconds=0, noise=False, **low)
     rt = RealtimeConverter(voices["onnx"], 48000, context_seconds=0.01, noise=False, **low)
     x = _speechlike(0.05, 48000)
-    assert _stream(rt, x, [480]).shape == (x.shape[0] + rt.latency_samples,)
+    assert stream_in_pieces(rt, x, [480]).shape == (x.shape[0] + rt.latency_samples,)
 
 
 def test_docs_say_how_onnx_voices_stream() -> None:

@@ -9,7 +9,7 @@ import warnings
 
 import numpy as np
 import pytest
-from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture  # noqa: F401
+from helpers import one_thread_fixture, stream_in_pieces, tiny_converter_fixture, tiny_models_fixture  # noqa: F401
 
 from rvcfast.dsp import resample
 from rvcfast.errors import AudioError, ParameterError
@@ -28,19 +28,6 @@ def _speechlike(seconds: float, rate: int, seed: int = 0) -> np.ndarray:
     return x.astype(np.float32)
 
 
-def _stream(rt: RealtimeConverter, x: np.ndarray, sizes: list[int]) -> np.ndarray:
-    """``x`` pushed in pieces of ``sizes`` (cycled), each output checked for length, then the flush."""
-    out, i, k = [], 0, 0
-    while i < x.shape[0]:
-        piece = x[i : i + sizes[k % len(sizes)]]
-        y = rt.push(piece)
-        assert y.shape == piece.shape and y.dtype == np.float32
-        out.append(y)
-        i, k = i + piece.shape[0], k + 1
-    out.append(rt.flush())
-    return np.concatenate(out)
-
-
 # ------------------------------------------------------------------ timing and push sizes
 
 
@@ -52,11 +39,11 @@ def test_the_output_does_not_depend_on_how_the_stream_is_cut(tiny_converter) -> 
     x = _speechlike(0.5, rate)
     for kw in (dict(noise=False), dict(seed=3)):
         rt = RealtimeConverter(tiny_converter, sample_rate=rate, **SMALL, **kw)
-        steady = _stream(rt, x, [1000])
+        steady = stream_in_pieces(rt, x, [1000])
         assert steady.shape == (x.shape[0] + rt.latency_samples,)
         assert np.abs(steady).max() > 0
         for sizes in ([x.shape[0]], [1000, 1000, 7, 0, 3 * rt.block_size + 5, 1, 1000]):
-            np.testing.assert_array_equal(_stream(rt, x, sizes), steady)
+            np.testing.assert_array_equal(stream_in_pieces(rt, x, sizes), steady)
 
 
 def _identity_output(self: RealtimeConverter) -> np.ndarray:
@@ -76,7 +63,7 @@ def test_with_identity_models_the_stream_is_the_input_delayed_by_the_reported_la
     rt = RealtimeConverter(tiny_converter, sample_rate=rate, whole_blocks=whole)
     t = np.arange(int(2.5 * rate) // rt.block_size * rt.block_size) / rate
     x = (0.5 * np.sin(2 * np.pi * 300 * t) + 0.2 * np.sin(2 * np.pi * 1234 * t)).astype(np.float32)
-    out = _stream(rt, x, [rt.block_size] if whole else [1001])
+    out = stream_in_pieces(rt, x, [rt.block_size] if whole else [1001])
     lat = rt.latency_samples
     assert lat == round(((0 if whole else rt.block_size / rate) + (0.04 if rate % 100 else 0.05) + (0.02 if rate % 100 else 0.01)) * rate)
     assert out.shape == (x.shape[0] + lat,)
@@ -91,7 +78,7 @@ def test_refused_pushes_leave_the_stream_as_it_was_and_reset_starts_a_fresh_one(
     rate = 48000
     x = _speechlike(0.4, rate, seed=1)
     fresh = RealtimeConverter(tiny_converter, sample_rate=rate, **SMALL, seed=5)
-    want = _stream(fresh, x, [960])
+    want = stream_in_pieces(fresh, x, [960])
     rt = RealtimeConverter(tiny_converter, sample_rate=rate, **SMALL, seed=5)
     got = [rt.push(x[:5000])]
     for bad, error in [(np.full(100, np.nan, np.float32), "NaN"), (np.zeros((100, 2), np.float32), "1-D mono"),
@@ -103,15 +90,15 @@ def test_refused_pushes_leave_the_stream_as_it_was_and_reset_starts_a_fresh_one(
     # another utterance after reset() (or after flush()) is converted as by a new converter
     rt.push(_speechlike(0.2, rate, seed=2))
     rt.reset()
-    np.testing.assert_array_equal(_stream(rt, x, [960]), want)
-    np.testing.assert_array_equal(_stream(rt, x, [960]), want)
+    np.testing.assert_array_equal(stream_in_pieces(rt, x, [960]), want)
+    np.testing.assert_array_equal(stream_in_pieces(rt, x, [960]), want)
 
 
 def test_whole_blocks_flush_and_trimmed_stream_line_up_with_the_input(tiny_converter) -> None:
     rt = RealtimeConverter(tiny_converter, sample_rate=16000, whole_blocks=True, **SMALL, noise=False)
     b = rt.block_size
     x = _speechlike(0.5, 16000)[: 4 * b]
-    out = _stream(rt, x, [b, 2 * b])
+    out = stream_in_pieces(rt, x, [b, 2 * b])
     assert out.shape == (x.shape[0] + rt.latency_samples,) and rt.latency_samples == 480
     with pytest.raises(ParameterError, match=f"whole number of blocks of {b} samples, got {b + 1}"):
         rt.push(x[: b + 1])
@@ -130,7 +117,7 @@ def test_streams_in_threads_sharing_one_converter_give_their_sequential_output(t
     inputs = [_speechlike(0.3, s["sample_rate"], seed=i) for i, s in enumerate(streams)]
 
     def run(i: int) -> np.ndarray:
-        return _stream(RealtimeConverter(tiny_converter, **SMALL, **streams[i]), inputs[i], [777])
+        return stream_in_pieces(RealtimeConverter(tiny_converter, **SMALL, **streams[i]), inputs[i], [777])
 
     alone = [run(i) for i in range(3)]
     got: dict[int, np.ndarray | BaseException] = {}
