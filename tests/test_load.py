@@ -2,7 +2,7 @@
 reports every file, and keeps memory flat.
 
 The 500-file run (one child process, about 70 s on 2 cores) and a 60-file run in-process
-are both in the default suite; the child starts first and converts beside the 60-file run.
+are both in the default suite.
 """
 
 from __future__ import annotations
@@ -14,11 +14,9 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
-import pytest
 import soundfile as sf
 from helpers import (  # noqa: F401 (fixtures)
     MODEL_SR,
@@ -206,49 +204,24 @@ def _growth(rss: dict[int, float], first: int, last: int) -> float:
     return growth
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _batch_of_500_started(
-    request: pytest.FixtureRequest, tiny_models, tmp_path_factory: pytest.TempPathFactory
-) -> Iterator[tuple[Child, Path] | None]:
-    """The 500-file child, started before this module's first test when a selected test needs it.
-
-    The child and this module (``one_thread``) each run one torch thread, so on two cores the
-    child converts beside the in-process 60-file test instead of after it; nothing it checks
-    depends on that (its RSS is its own, and it holds no descriptor or thread of this process).
-    """
-    selected = [item for item in request.session.items if getattr(item, "module", None) is request.module]
-    if not any("batch_of_500" in getattr(item, "fixturenames", ()) for item in selected):
-        yield None
-        return
-    root = tmp_path_factory.mktemp("batch500")
-    child = Child(tiny_models, root, 500, 8, {})
-    yield child, root
-    child.stop()
-
-
-@pytest.fixture(scope="module")
-def batch_of_500(_batch_of_500_started: tuple[Child, Path]) -> tuple[dict, Path]:
-    """One 500-file batch (8 bad) in a child process with default settings, shared by the slow tests below."""
-    child, root = _batch_of_500_started
-    return child.result(), root
-
-
-def test_batch_of_500_mixed_files(batch_of_500: tuple[dict, Path]) -> None:
-    """500 files (8 bad), default settings: every good file converted, every file reported once, in order."""
-    data, root = batch_of_500
-    good, bad = [Path(p) for p in data["good"]], [Path(p) for p in data["bad"]]
-    assert len(good) == 492 and len(bad) == 8
-    check_results(data["results"], good, bad, root / "out")
-
-
-def test_memory_flat_over_500_files_with_default_settings(batch_of_500: tuple[dict, Path]) -> None:
-    """Over the same 500 files (tiny models and an index), RSS after file 500 is within 64 MB of RSS after file 100.
+def test_batch_of_500_mixed_files_keeps_memory_flat(tiny_models, tmp_path: Path) -> None:
+    """500 files (8 bad), default settings, in a child process: every good file converted, every
+    file reported once, in order; and RSS after file 500 is within 64 MB of RSS after file 100
+    (tiny models and an index).
 
     Nothing is switched off: the freed heap is given back after every model batch
     (``rvcfast.batch.release_memory``), and oneDNN's primitive cache, which keeps one
     compiled kernel per new convolution shape, is bounded (1024 entries) and already
     full by file 100. Before ``release_memory`` existed this grew by ~180 MB (see
-    docs/reliability.md, "Load").
+    docs/reliability.md, "Load"). One test for both checks: a module-scoped run shared by two
+    tests was started again when pytest-xdist set the module up a second time (two 500-file runs).
     """
-    data, _ = batch_of_500
+    child = Child(tiny_models, tmp_path, 500, 8, {})
+    try:
+        data = child.result()
+    finally:
+        child.stop()
+    good, bad = [Path(p) for p in data["good"]], [Path(p) for p in data["bad"]]
+    assert len(good) == 492 and len(bad) == 8
+    check_results(data["results"], good, bad, tmp_path / "out")
     assert _growth(data["rss"], 100, 500) < 64
