@@ -56,8 +56,13 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Group the tests by file for pytest-xdist's ``--dist loadgroup`` (the README's command).
+
+    ``tryfirst``: pytest-xdist reads the ``xdist_group`` marks in its own hook of this name; run
+    after it, the marks were ignored and every file was spread over all workers, each setting
+    up the file's module-scoped fixtures again (two 500-file load runs, Ray clusters side by side).
 
     A file's module- and class-scoped fixtures (servers, tiny models, Ray clusters) are
     then set up once, on one worker, as in a single-process run; the Ray files form one
