@@ -19,7 +19,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import TINY_VOICE, names_file, one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
+from helpers import (  # noqa: F401
+    TINY_VOICE,
+    assert_close_to_peak,
+    names_file,
+    one_thread_fixture,
+    tiny_models_fixture,
+    tone,
+)
 
 from rvcfast.errors import ModelLoadError, ParameterError
 from rvcfast.testing import save_random_voice_model
@@ -294,9 +301,12 @@ class TestVoicesOnRay:
         }
         assert {p: (out / p).stat().st_mtime_ns for p in kept} == kept  # only the missing pairs were written
         assert not stale.exists()  # cleaned in every voice's folder, as a one-voice job cleans its folder
-        for name in ("alice/a.wav", "bob/a.wav"):  # a.wav is alone in its batch now: equal to the batch tests' tolerance
+        # a.wav is alone in its batch now: the same output up to the float rounding of another batch
+        # shape. The tiny voice's output peaks near 4e-4, and that rounding reached 2.5e-5 of it on
+        # an AVX-512 CPU (1.1e-8 absolute), so the bound is 1e-4 of the peak: still 80 dB below it
+        for name in ("alice/a.wav", "bob/a.wav"):
             again, before = sf.read(out / name)[0], sf.read(first_run[0] / name)[0]
-            assert again.shape == before.shape and np.abs(again - before).max() <= 1e-5 * max(np.abs(before).max(), 1e-3)
+            assert_close_to_peak(again, before, rel_tol=1e-4, min_peak=1e-4)
         b_rows = [r for r in rows if Path(r["path"]).name == "b.wav"]
         assert all(r["audio_seconds"] == 0 and r["decode_s"] == 0 for r in b_rows)  # skipped without decoding
         assert [r["decode_s"] > 0 for r in rows if Path(r["path"]).name == "a.wav"] == [True, False, False]
