@@ -56,22 +56,37 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Group the tests by file for pytest-xdist's ``--dist loadgroup`` (the README's command).
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """pytest-xdist's ``--dist loadfile`` (the README's command), with the Ray files as one unit.
 
-    ``tryfirst``: pytest-xdist reads the ``xdist_group`` marks in its own hook of this name; run
-    after it, the marks were ignored and every file was spread over all workers, each setting
-    up the file's module-scoped fixtures again (two 500-file load runs, Ray clusters side by side).
+    Each file runs on one worker, so its module- and class-scoped fixtures (servers, tiny
+    models, Ray clusters) are set up once, as in a single-process run, and the Ray files run
+    one after another on one worker: two local clusters never start at once.
 
-    A file's module- and class-scoped fixtures (servers, tiny models, Ray clusters) are
-    then set up once, on one worker, as in a single-process run; the Ray files form one
-    group, so two local clusters never start at once. In a run of several workers the
-    longest groups go first (the workers take groups in order: one started last would keep
-    one worker busy while the others wait).
+    A scheduler rather than ``xdist_group`` marks: pytest-xdist carries a group in the test's
+    node id, which pytest 9.2 no longer lets it change (pytest-xdist issue #1386), so the marks
+    were silently ignored and every file was spread over all workers, each setting up the
+    file's fixtures again (two 500-file load runs, Ray clusters side by side).
     """
-    for item in items:
-        name = item.path.name
-        item.add_marker(pytest.mark.xdist_group("ray" if name in RAY_FILES else name))
+    if config.getvalue("dist") != "loadfile":
+        return None
+    from xdist.scheduler import LoadFileScheduling
+
+    class FilesAndRayGroup(LoadFileScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            path = nodeid.split("::", 1)[0]
+            return "ray" if Path(path).name in RAY_FILES else path
+
+    return FilesAndRayGroup(config, log)
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """In a run of several workers, start the longest files first.
+
+    The workers take files in collection order (``--no-loadscope-reorder`` in the README's
+    command: pytest-xdist would otherwise order them by their number of tests), and a long file
+    started last would keep one worker busy while the others wait.
+    """
     if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0) > 1:
         items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST else len(LONGEST_FIRST))
