@@ -6,18 +6,26 @@ over the target (:func:`os.replace`, atomic within one file system). Whatever fa
 disk, an encoder error or Ctrl-C, the temporary file is removed and an older file at the
 target stays as it was. Temporary files are created with mode ``0o666`` less the umask, as
 a plain ``open`` creates the target (``tempfile.mkstemp``'s ``0o600`` would stay on it).
+
+On Windows a file that another program holds open (a player playing the previous output, a
+virus scanner or the search indexer reading the new file) cannot be replaced or renamed for a
+moment: :func:`replace` tries again for about :data:`WINDOWS_RETRY_SECONDS`, then says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import secrets
+import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-__all__ = ["atomic_write", "new_temporary", "short_name"]
+__all__ = ["atomic_write", "new_temporary", "process_alive", "replace", "short_name"]
 
 #: Longest target name (in bytes) kept whole in a temporary file's name: the rest of that name
 #: takes at most ~63 bytes, and a file name at most 255.
@@ -64,7 +72,107 @@ def atomic_write(target: str | os.PathLike[str], tmp: str | os.PathLike[str] | N
         yield path
         with open(path, "rb+") as f:
             os.fsync(f.fileno())
-        os.replace(path, target)
+        replace(path, target)
     except BaseException:
-        path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):  # (Windows: still open in a virus scanner) the error is the one above
+            path.unlink(missing_ok=True)
         raise
+
+
+#: How long :func:`replace` tries again on Windows while another program holds the file open.
+WINDOWS_RETRY_SECONDS = 2.0
+#: Windows' "access denied" and "sharing violation": the file is open in another program.
+_WINDOWS_BUSY = (5, 32)
+
+
+def replace(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> None:
+    """:func:`os.replace`, which on Windows is tried again for about :data:`WINDOWS_RETRY_SECONDS`
+    while either file is open in another program (a virus scanner or the search indexer reading
+    the new file lets go within moments); after that the ``PermissionError`` says which file
+    may be open. Elsewhere it is :func:`os.replace`."""
+    if sys.platform != "win32":
+        os.replace(source, target)
+        return
+    deadline = time.monotonic() + WINDOWS_RETRY_SECONDS
+    delay = 0.02
+    while True:
+        try:
+            os.replace(source, target)
+            return
+        except PermissionError as exc:
+            if getattr(exc, "winerror", None) not in _WINDOWS_BUSY:
+                raise
+            if time.monotonic() >= deadline:
+                raise PermissionError(
+                    exc.errno,
+                    f"{exc.strerror} (is {os.fspath(target)} open in another program, a player or an editor? "
+                    "close it and try again)",
+                    exc.filename,
+                    getattr(exc, "winerror", None),
+                    exc.filename2,
+                ) from exc
+        time.sleep(delay)
+        delay = min(0.2, delay * 2)
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` (of this host) may still be running: ``False`` only when it surely is not
+    (a temporary file named with its pid is then stale)."""
+    if pid == os.getpid():
+        return True
+    if sys.platform == "win32":
+        return _windows_pid_alive(pid)
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OSError):
+        return True  # exists (another user's process) or cannot tell: keep the file
+    return True
+
+
+#: Windows' OpenProcess access right, error codes and exit code of a running process.
+_PROCESS_QUERY_LIMITED_INFORMATION = 0x1000
+_ERROR_INVALID_PARAMETER = 87
+_STILL_ACTIVE = 259
+
+
+@functools.lru_cache(maxsize=1)
+def _kernel32() -> Any:  # pragma: no cover - Windows
+    import ctypes
+    from ctypes import wintypes
+
+    kernel32 = ctypes.WinDLL("kernel32", use_last_error=True)  # type: ignore[attr-defined]
+    kernel32.OpenProcess.argtypes = (wintypes.DWORD, wintypes.BOOL, wintypes.DWORD)
+    kernel32.OpenProcess.restype = wintypes.HANDLE  # a pointer: the default int would cut it on 64-bit
+    kernel32.GetExitCodeProcess.argtypes = (wintypes.HANDLE, ctypes.POINTER(wintypes.DWORD))
+    kernel32.GetExitCodeProcess.restype = wintypes.BOOL
+    kernel32.CloseHandle.argtypes = (wintypes.HANDLE,)
+    return kernel32
+
+
+def _last_error() -> int:  # pragma: no cover - Windows
+    import ctypes
+
+    return int(ctypes.get_last_error())  # type: ignore[attr-defined]
+
+
+def _windows_pid_alive(pid: int) -> bool:
+    """Windows: whether process ``pid`` is running. ``os.kill(pid, 0)`` is no probe there: signal 0
+    is ``CTRL_C_EVENT``, which it sends through the console to the process group ``pid`` (a pid that
+    leads no group can take in every process on the console, this one too: a Ctrl-C in the middle
+    of a batch); and it does not tell whether ``pid`` runs."""
+    import ctypes
+
+    kernel32 = _kernel32()
+    handle = kernel32.OpenProcess(_PROCESS_QUERY_LIMITED_INFORMATION, False, pid)
+    if not handle:
+        # no such process; access denied: it exists (another user's, a protected one); else cannot tell: keep
+        return _last_error() != _ERROR_INVALID_PARAMETER
+    try:
+        code = ctypes.c_ulong(0)
+        if not kernel32.GetExitCodeProcess(handle, ctypes.byref(code)):
+            return True
+        return code.value == _STILL_ACTIVE
+    finally:
+        kernel32.CloseHandle(handle)

@@ -29,6 +29,7 @@ from .constants import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SR_16K
 from .dsp import Resampler, resampled_length
 from .errors import AudioError, AudioTooLongError, ParameterError
 from .protocols import _ImportedOnUse
+from .writing import sndfile_path
 
 if TYPE_CHECKING:
     import torch
@@ -166,7 +167,7 @@ def audio_info(path: str | os.PathLike[str]) -> tuple[float, int, int]:
     _check_path(Path(path))  # a pipe or device would be read for ever
     if _holds_text(Path(path)):  # libsndfile's MP3 reader would print its complaints to stderr
         raise AudioError(path, "cannot decode audio: this is a text file, not audio")
-    info = sf.info(os.fsencode(path))  # bytes: a name that is not UTF-8 reaches the file
+    info = sf.info(sndfile_path(path))  # bytes (text on Windows): see sndfile_path
     known = info.samplerate and 0 <= info.frames < UNKNOWN_FRAMES
     return (info.frames / info.samplerate if known else 0.0), int(info.samplerate), int(info.channels)
 
@@ -420,7 +421,7 @@ class _SfSource:
         if _seek(self.f, frame):
             return True
         try:
-            fresh = sf.SoundFile(os.fsencode(self.path))
+            fresh = sf.SoundFile(sndfile_path(self.path))
         except (sf.LibsndfileError, RuntimeError, ValueError, OSError):
             return False
         if not _seek(fresh, frame):
@@ -475,7 +476,7 @@ def _source(p: Path) -> _SfSource | Any:
     if _holds_text(p):  # a note or a playlist named .mp3: say so (the decoders' own words mislead)
         raise AudioError(p, "cannot decode audio: this is a text file, not audio")
     try:
-        f = sf.SoundFile(os.fsencode(p))  # bytes: a name that is not UTF-8 reaches the file
+        f = sf.SoundFile(sndfile_path(p))  # bytes (text on Windows): see sndfile_path
     except sf.LibsndfileError as exc:
         return _other_decoder(p, _libsndfile_detail(exc))
     except (RuntimeError, ValueError, OSError, TypeError) as exc:

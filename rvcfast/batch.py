@@ -36,7 +36,9 @@ while the others carry on (unless ``on_error="stop"``).
 from __future__ import annotations
 
 import concurrent.futures as cf
+import multiprocessing
 import os
+import sys
 import threading
 import time
 from collections import deque
@@ -65,8 +67,10 @@ from .writing import (
     SUPPORTED_WRITE_FORMATS,
     check_bitrate,
     check_output_folder,
+    check_windows_output,
     finished_output,
     remove_stale_parts,
+    windows_long_paths,
     write_audio_atomic,
 )
 
@@ -173,6 +177,13 @@ class BatchSummary:
 
 def _cpu_f0(extractor: Any, padded: np.ndarray) -> np.ndarray:
     return extractor.extract(padded)
+
+
+def _f0_worker_started(started: Any) -> None:
+    """An F0 worker process's first act (its pool's initializer): say that it started. With the
+    "spawn" start method (Windows, macOS) or "forkserver" a worker first runs the main script
+    again; a pool whose workers die before this cannot start at all (see :meth:`_BatchRun._not_started`)."""
+    started.set()
 
 
 def _stop_error(dec: _Decoded) -> RvcfastError:
@@ -282,7 +293,8 @@ class _BatchRun:
         stop = options.on_error == "stop"
         self.write_pool = cf.ThreadPoolExecutor(max_workers=1 if stop else options.write_workers, thread_name_prefix="rvcfast-write")
         self.write_failed = threading.Event() if stop else None
-        self.f0_pool = cf.ProcessPoolExecutor(max_workers=options.f0_workers) if cpu_bound else None
+        self.f0_started: Any = None  # set by the first F0 worker process that starts (see _new_f0_pool)
+        self.f0_pool = self._new_f0_pool(options.f0_workers) if cpu_bound else None
         self.f0_lock = threading.Lock()  # decode threads replace a broken F0 pool one at a time
         self.workers = usable_workers(workers, len(jobs), engine.device.type)
         # groups in the engine at once; with one worker the engine runs in the caller's thread
@@ -322,6 +334,35 @@ class _BatchRun:
             dec.f0 = [self._submit_f0(c.padded) for c in (prep, *prep.more_channels)]
         return dec
 
+    def _new_f0_pool(self, workers: int) -> cf.ProcessPoolExecutor:
+        """A process pool for the CPU F0 backend, whose workers say when they have started."""
+        context = multiprocessing.get_context()
+        if self.f0_started is None:
+            self.f0_started = context.Event()
+        return cf.ProcessPoolExecutor(
+            max_workers=workers, mp_context=context, initializer=_f0_worker_started, initargs=(self.f0_started,)
+        )
+
+    def _not_started(self) -> RvcfastError | None:
+        """The error for an F0 pool that broke before any of its worker processes started, else
+        ``None`` (a worker died at work: a crash in the tracker, out of memory).
+
+        With "spawn" (the default on Windows and macOS) or "forkserver" each worker first runs the
+        main script again, and a script that converts at its top level, without
+        ``if __name__ == "__main__":``, fails there (Python refuses to start processes from it).
+        Every file then got "the F0 worker process died ... (a crash or out of memory)" after a
+        new process per file had run the whole script again."""
+        if self.f0_started is None or self.f0_started.is_set():
+            return None
+        method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_context().get_start_method()
+        backend = getattr(self.extractor, "name", type(self.extractor).__name__)
+        return RvcfastError(
+            f"the worker processes of F0 backend {backend!r} could not start (multiprocessing start method "
+            f"{method!r}). With 'spawn' (the default on Windows and macOS) or 'forkserver', each worker "
+            "first runs the main script again: a script that converts must do so under "
+            "`if __name__ == \"__main__\":` (see the workers' own errors above)"
+        )
+
     def _submit_f0(self, padded: np.ndarray) -> cf.Future[Any]:
         """One input's F0 on the process pool. A pool whose worker process died (a crash in the
         tracker, the OOM killer) takes no more work: it is replaced, so later files still get
@@ -332,7 +373,10 @@ class _BatchRun:
                 return self.f0_pool.submit(_cpu_f0, self.extractor, padded)
             except BrokenProcessPool:
                 self.f0_pool.shutdown(wait=False, cancel_futures=True)
-                self.f0_pool = cf.ProcessPoolExecutor(max_workers=self.options.f0_workers)
+                not_started = self._not_started()
+                if not_started is not None:
+                    raise not_started from None
+                self.f0_pool = self._new_f0_pool(self.options.f0_workers)
                 return self.f0_pool.submit(_cpu_f0, self.extractor, padded)
 
     def _submit_more(self) -> None:
@@ -415,6 +459,9 @@ class _BatchRun:
                 try:
                     found.append(future.result())
                 except BrokenProcessPool:
+                    not_started = self._not_started()
+                    if not_started is not None:
+                        raise not_started from None
                     found.append(self._f0_alone(d, channel.padded))
                 except Exception as exc:  # noqa: BLE001 - the engine reports it for that file
                     found.append(self._named_f0_error(exc))
@@ -437,7 +484,7 @@ class _BatchRun:
         assert d.prep is not None
         if self.stop.is_set():  # the batch is closing: no new process for a track nobody will use
             return RvcfastError(f"{d.job.label}: not converted, the batch was stopped")
-        with cf.ProcessPoolExecutor(max_workers=1) as pool:
+        with self._new_f0_pool(1) as pool:
             try:
                 return pool.submit(_cpu_f0, self.extractor, padded).result()
             except BrokenProcessPool:
@@ -704,6 +751,8 @@ def run_batch(
     if options.out_dir is not None:  # a format the output rate cannot be written in: before any work
         params.check_output(options.format, options.subtype, engine.sample_rate, options.bitrate)
     jobs = expand_inputs(inputs, options, {"voice": engine.name, "pitch": pitch_text(params.pitch)})
+    if options.out_dir is not None and sys.platform == "win32":
+        _check_windows_outputs(jobs, options.out_dir)
     if options.out_dir is not None and Path(options.out_dir).is_dir():
         # temporary files of an earlier, killed run: in the output folder and every folder the template names
         for folder in {Path(options.out_dir), *(Path(j.out_path).parent for j in jobs if j.out_path is not None)}:
@@ -711,6 +760,16 @@ def run_batch(
                 remove_stale_parts(folder)
     workers = compute_workers(engine, options)
     return _BatchRun(engine, jobs, params, options, progress, workers, audio_progress).results()
+
+
+def _check_windows_outputs(jobs: list[Job], out_dir: str | os.PathLike[str]) -> None:
+    """Windows: a :class:`ParameterError` now, before any work, for an output name Windows cannot
+    write (``<>:"|?*``, a trailing dot or space, ``CON``/``NUL``..., a path too long), which would
+    otherwise fail at its write after its conversion (see :func:`~rvcfast.writing.check_windows_output`)."""
+    long_paths = windows_long_paths()
+    for job in jobs:
+        if job.out_path is not None:
+            check_windows_output(out_dir, job.out_path, job.label, long_paths)
 
 
 def compute_workers(engine: Engine, options: BatchOptions) -> int:

@@ -21,6 +21,7 @@ complete: the cache never holds a half-written file under its final name.
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import http.client
 import os
@@ -37,6 +38,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from .atomic import replace
 from .errors import RvcfastError, WeightsNotFoundError, user_stacklevel
 
 try:
@@ -401,6 +403,10 @@ def _noticed(waiting: Callable[[], None] | None) -> Iterator[None]:
         timer.cancel()
 
 
+#: ``msvcrt.locking``'s errors when another process holds the lock (the C runtime's EACCES or EDEADLOCK).
+_LOCKED_ERRNOS = frozenset({errno.EACCES, errno.EDEADLK, getattr(errno, "EDEADLOCK", errno.EDEADLK)})
+
+
 @contextlib.contextmanager
 def _exclusive(lock: Path, waiting: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold an exclusive lock on the file ``lock`` (created, and removed again on release).
@@ -434,7 +440,7 @@ def _exclusive(lock: Path, waiting: Callable[[], None] | None = None) -> Iterato
             except OSError:
                 pass
             os.close(fd)
-    elif msvcrt is not None:  # pragma: no cover - Windows
+    elif msvcrt is not None:  # Windows
         fd = os.open(lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             with _noticed(waiting):
@@ -442,7 +448,9 @@ def _exclusive(lock: Path, waiting: Callable[[], None] | None = None) -> Iterato
                     try:
                         msvcrt.locking(fd, msvcrt.LK_NBLCK, 1)
                         break
-                    except OSError:
+                    except OSError as exc:
+                        if exc.errno not in _LOCKED_ERRNOS:  # not another holder: waiting would never end
+                            raise
                         time.sleep(0.2)
             try:
                 yield
@@ -718,7 +726,7 @@ def download(
         try:
             with open(part, "rb+") as f:  # on disk before it is renamed: a crash then leaves no empty file at dest
                 os.fsync(f.fileno())
-            os.replace(part, target)
+            replace(part, target)  # on Windows tried again while a virus scanner reads it
         except OSError as exc:
             raise DownloadError(f"cannot put the download of {url} in place at {target}: {exc}") from None
     return target

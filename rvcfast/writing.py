@@ -26,13 +26,14 @@ import os
 import re
 import socket
 import stat
+import sys
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import soundfile as sf
 
-from .atomic import atomic_write, new_temporary, short_name
+from .atomic import atomic_write, new_temporary, process_alive, short_name
 from .errors import AudioError, ParameterError
 
 __all__ = [
@@ -58,6 +59,10 @@ __all__ = [
     "remove_stale_parts",
     "part_file_hosts",
     "this_host",
+    "sndfile_path",
+    "windows_name_problem",
+    "check_windows_output",
+    "windows_long_paths",
 ]
 
 #: Output formats: our name -> libsndfile's format name (``"M4A"`` for m4a, which PyAV writes:
@@ -337,16 +342,94 @@ def _new_part(p: Path) -> str:
     return str(new_temporary(p, f"{_HOST}~{os.getpid()}"))
 
 
-def _pid_alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+def sndfile_path(path: str | os.PathLike[str] | bytes) -> str | bytes:
+    """``path`` as soundfile must be given it for libsndfile to open the file of that name.
+
+    Elsewhere bytes: a name that is not UTF-8 (a Latin-1 ``caf\\xe9.wav`` from an old archive)
+    reaches the file. On Windows the text: soundfile opens it with ``sf_wchar_open`` (UTF-16),
+    while bytes go to ``sf_open``, which reads them in the ANSI code page, so a name outside it
+    (accents, Japanese, in the file's name or a folder's, ``C:\\Users\\José``) failed to open, or
+    was written under a garbled name beside the empty one asked for.
+    """
+    raw = os.fspath(path)
+    if sys.platform == "win32":
+        return os.fsdecode(raw)
+    return os.fsencode(raw)
+
+
+#: Names Windows keeps for devices, whatever their extension (``nul.wav`` is the device NUL).
+_WINDOWS_DEVICES = frozenset(
+    ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
+    + [f"{port}{n}" for port in ("COM", "LPT") for n in [*"123456789", "\u00b9", "\u00b2", "\u00b3"]]
+)
+#: Characters Windows does not allow in a file or folder name.
+_WINDOWS_FORBIDDEN = re.compile(r'[<>:"|?*\x00-\x1f]')
+#: Longest path Windows opens (260 with its terminating NUL) and longest folder path it creates,
+#: unless long paths are enabled (``LongPathsEnabled``, Windows 10 1607 and later).
+WINDOWS_MAX_PATH = 259
+WINDOWS_MAX_FOLDER = 247
+
+
+def windows_name_problem(name: str) -> str | None:
+    """Why Windows cannot give a file or folder the name ``name`` (one part of a path), or ``None``."""
+    bad = sorted(set(_WINDOWS_FORBIDDEN.findall(name)))
+    if bad:
+        shown = " ".join(repr(c) for c in bad)
+        return f"it holds {shown}, which Windows does not allow in names"
+    if name != name.rstrip(" ."):
+        return "it ends in a dot or a space, which Windows drops (the file would get another name)"
+    if name.split(".", 1)[0].rstrip(" ").upper() in _WINDOWS_DEVICES:
+        return f"{name.split('.', 1)[0]!r} is a device name on Windows (CON, PRN, AUX, NUL, COM1, LPT1...)"
+    return None
+
+
+def windows_long_paths() -> bool:  # pragma: no cover - Windows
+    """Whether Windows opens paths longer than :data:`WINDOWS_MAX_PATH` (``LongPathsEnabled`` set;
+    Python declares itself long-path aware)."""
     try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
+        import winreg
+
+        with winreg.OpenKey(winreg.HKEY_LOCAL_MACHINE, r"SYSTEM\CurrentControlSet\Control\FileSystem") as key:  # type: ignore[attr-defined]
+            return bool(winreg.QueryValueEx(key, "LongPathsEnabled")[0])  # type: ignore[attr-defined]
+    except (ImportError, OSError, IndexError, TypeError, ValueError):
         return False
-    except (PermissionError, OSError):
-        return True  # exists (another user's process) or cannot tell: keep the file
-    return True
+
+
+def _utf16_length(text: str) -> int:
+    """``text``'s length as Windows counts it (UTF-16 units: an emoji is two)."""
+    return len(text.encode("utf-16-le", "surrogatepass")) // 2
+
+
+def check_windows_output(out_dir: str | os.PathLike[str], path: str | os.PathLike[str], label: str, long_paths: bool) -> None:
+    """On Windows: raise :class:`~rvcfast.errors.ParameterError` for an output ``path`` (in ``out_dir``,
+    of the input ``label``) that Windows cannot write under that name: a part of its name
+    (``name_template``'s text, a voice's name, ``{stem}``) holding ``<>:"|?*``, ending in a dot or
+    a space, or a device name (``CON``, ``NUL``...); or, without ``long_paths``, a path (of the
+    temporary file it is first written to, which is longer) beyond :data:`WINDOWS_MAX_PATH`
+    characters. Such an output otherwise failed at its write, after its conversion (and a ``:``
+    names an NTFS alternate stream of another file)."""
+    p = Path(path)
+    try:
+        parts = p.relative_to(out_dir).parts
+    except ValueError:
+        parts = (p.name,)
+    for part in parts:
+        why = windows_name_problem(part)
+        if why is not None:
+            raise ParameterError(f"{label}: its output {p} cannot be written on Windows: {part!r}: {why}")
+    if long_paths:
+        return
+    full = os.path.abspath(p)
+    folder = os.path.dirname(full)
+    temporary = os.path.join(folder, f".{short_name(p.name)}.{_HOST}~{os.getpid()}~00000000.part")
+    if _utf16_length(temporary) > WINDOWS_MAX_PATH or _utf16_length(folder) > WINDOWS_MAX_FOLDER:
+        raise ParameterError(
+            f"{label}: its output {full} ({_utf16_length(full)} characters; {_utf16_length(temporary)} for the "
+            "temporary file it is "
+            f"written to first) is longer than Windows allows ({WINDOWS_MAX_PATH} characters, a folder "
+            f"{WINDOWS_MAX_FOLDER}): choose a shorter output folder or name_template, or enable long paths "
+            "in Windows (LongPathsEnabled)"
+        )
 
 
 def check_output_folder(folder: str | os.PathLike[str], what: str = "output") -> None:
@@ -392,7 +475,7 @@ def remove_stale_parts(directory: str | os.PathLike[str], name: str | None = Non
         m = _PART_RE.match(f.name)
         if m is None or (key is not None and m.group("name") != key) or m.group("host") != _HOST:
             continue
-        if _pid_alive(int(m.group("pid"))):
+        if process_alive(int(m.group("pid"))):
             continue
         try:
             f.unlink()
@@ -557,9 +640,8 @@ def _encode(
         options["compression_level"] = _compression_level(fmt, sub, int(bitrate), rate, channels)
         if fmt == "MP3":
             options["bitrate_mode"] = "CONSTANT"
-    # a path (as bytes: soundfile encodes a str strictly, and a name that is not UTF-8 then fails), or a
-    # file object (the server's answers)
-    target = file if hasattr(file, "write") else os.fsencode(file)
+    # a path (see sndfile_path: bytes, but text on Windows), or a file object (the server's answers)
+    target = file if hasattr(file, "write") else sndfile_path(file)
     try:
         f = sf.SoundFile(target, "w", rate, channels, subtype=subtype, format=fmt, **options)
     except sf.LibsndfileError as exc:
@@ -622,7 +704,7 @@ def recorded_source(path: str | os.PathLike[str]) -> str | None:
     if not _regular_file(path):  # a FIFO would block the open for ever; a folder records nothing
         return None
     try:
-        with sf.SoundFile(os.fsencode(path)) as f:
+        with sf.SoundFile(sndfile_path(path)) as f:
             comment = f.comment or ""
     except Exception:  # noqa: BLE001 - whatever libsndfile cannot read records nothing...
         if not _is_m4a(path):
@@ -646,7 +728,7 @@ def finished_output(path: str | os.PathLike[str]) -> bool:
     from .audio import reads_to_its_end
 
     try:
-        with sf.SoundFile(os.fsencode(path)) as f:
+        with sf.SoundFile(sndfile_path(path)) as f:
             return reads_to_its_end(f)
     except Exception:  # noqa: BLE001 - whatever libsndfile cannot read is not a finished output...
         if not _is_m4a(path):

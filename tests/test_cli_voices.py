@@ -126,6 +126,20 @@ def test_two_voices_with_one_name_are_a_usage_error(tiny_models, tmp_path, no_lo
     assert "'alice'" in capsys.readouterr().err
 
 
+def test_two_voices_whose_names_differ_only_in_case_are_a_usage_error(tiny_models, tmp_path, no_loading, capsys):
+    # Alice.pth and alice.pth: one output folder on Windows and macOS. Before, both models were
+    # loaded and the library refused the pair only then
+    alice, _, _ = _voices(tiny_models, tmp_path)
+    other = tmp_path / "elsewhere"
+    other.mkdir()
+    shutil.copy(alice, other / "ALICE.pth")
+    a = _wav(tmp_path / "in", "a.wav", 0.3, 200.0)
+    argv = ["convert", str(alice), str(a), "-o", str(tmp_path / "out"), "--voice", str(other / "ALICE.pth")]
+    assert main([*argv, *_weights(tiny_models)]) == 2
+    err = capsys.readouterr().err
+    assert "two voices are named" in err and ("'ALICE'" in err or "'alice'" in err), err
+
+
 def test_bad_voice_values_are_refused_before_loading(tiny_models, tmp_path, no_loading, capsys):
     alice, _, _ = _voices(tiny_models, tmp_path)
     a = _wav(tmp_path / "in", "a.wav", 0.3, 200.0)

@@ -84,8 +84,11 @@ def _voices(args: argparse.Namespace) -> list[tuple[str, str | None]]:
             raise UsageError(f"--voice {text!r}: expected MODEL or MODEL,INDEX")
         voices.append((model.strip(), index.strip() or None))
     if len(voices) > 1:
+        from ..batch_inputs import _fold
+
         names = [Path(m).stem for m, _ in voices]
-        twice = sorted({n for n in names if names.count(n) > 1})
+        folded = [_fold(n) for n in names]  # Bob.pth and bob.pth: one output folder on Windows and macOS
+        twice = sorted({n for n, f in zip(names, folded) if folded.count(f) > 1})
         if twice:
             raise UsageError(f"two voices are named {twice[0]!r} (the model file's stem): outputs would collide; rename one file")
         if args.name_template is not None and "{voice" not in args.name_template:
