@@ -150,6 +150,12 @@ def check_not_onnx(source: Path) -> None:
 
 def _resolve_model(model: Any, path: Path) -> Synthesizer:
     if isinstance(model, Synthesizer):
+        dtype = next(model.parameters()).dtype
+        if dtype != torch.float32:  # its float32 copy would hold weights rounded to that dtype, and check "exact"
+            raise ParameterError(
+                f"this voice model was loaded in {str(dtype).replace('torch.', '')}: its weights are rounded to it; "
+                "export the .pth (export_onnx(path, ...)) or a model loaded in float32"
+            )
         return _private_copy(model)
     if isinstance(model, (str, os.PathLike)):
         source = Path(model)

@@ -478,7 +478,9 @@ def calibrate(
     first: its output is the reference. A lower precision is chosen only when its output's
     SNR against float32's is at least ``min_snr_db``; a setting whose conversions fail (a
     file's error, an empty or non-finite output) is recorded with its error and never
-    chosen, and calibration fails when no float32 setting works. ``batch_seconds``
+    chosen, and calibration fails when no float32 setting works. A lower precision the voice
+    does not run in (``make_converter`` raises :class:`~rvcfast.errors.ParameterError`: an ONNX
+    voice is float32 only) is recorded as not measured, and the float32 trials stand. ``batch_seconds``
     defaults to 8 and 30 s on a CPU and the device's default batch (120 s) on a GPU: the
     short calibration clips cannot tell larger batches apart. ``compute_workers``
     (default: 1, and 2 on a CPU with two or more threads) are tried with the largest
@@ -503,10 +505,18 @@ def calibrate(
     trials: list[Trial] = []
     reference: list[np.ndarray] | None = None
     try:
+        settings = [(n, bs, 1) for n in threads for bs in batch_seconds]
+        settings += [(max(threads), min(batch_seconds), w) for w in workers if w > 1]
         for dt in dtypes:
-            conv = make_converter(dt)
-            settings = [(n, bs, 1) for n in threads for bs in batch_seconds]
-            settings += [(max(threads), min(batch_seconds), w) for w in workers if w > 1]
+            try:
+                conv = make_converter(dt)
+            except ParameterError as exc:
+                if dt == "float32":
+                    raise
+                # a voice that runs in float32 only (an ONNX voice): the float32 trials stand
+                trials += [Trial(dt, n, float(bs), 0.0, None, w, f"not measured: {exc}") for n, bs, w in settings]
+                say(f"{dt:>9}: not measured ({exc})")
+                continue
             for n_threads, bs, n_workers in settings:
                 torch.set_num_threads(n_threads)
                 run = dict(batch_seconds=bs, compute_workers=n_workers, noise=False)

@@ -377,3 +377,13 @@ def test_cli_an_onnx_input_is_named_not_a_traceback(nof0_cli, capsys) -> None:
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1].startswith("rvcfast: error:") and "is an ONNX file already" in err[-1]
     assert not any("Traceback" in line for line in err) and not target.exists()
+
+
+def test_a_model_loaded_in_bfloat16_is_refused(files, tmp_path) -> None:
+    # before: its weights, already rounded to bfloat16, were copied to float32 and exported; the
+    # check compared the graph with that rounded copy and reported it exact (125 dB), while the
+    # file was 47 dB from an export of the .pth
+    model = load_vocoder(files["f0"], "cpu", torch.bfloat16)
+    with pytest.raises(ParameterError, match=r"loaded in bfloat16: its weights are rounded to it; export the \.pth"):
+        rvcfast.export_onnx(model, tmp_path / "v.onnx")
+    assert not (tmp_path / "v.onnx").exists()

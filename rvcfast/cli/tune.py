@@ -86,6 +86,12 @@ def cmd_tune(args: argparse.Namespace) -> int:
     """Calibrate on this machine; write the profile later runs use."""
     _check_counts(args)
     # every option is checked before models are built or loaded (full-size ones are ~500 MB)
+    if args.model is not None and str(args.model).lower().endswith(".onnx"):
+        # an ONNX voice runs in float32 only: its profile would say float32 for every .pth voice too
+        raise UsageError(
+            f"--model {args.model}: tune measures the PyTorch path that --dtype auto and the profile apply to; "
+            "give the voice's .pth (an ONNX voice always runs in float32)"
+        )
     threads = _number_list("--threads", args.threads, int)
     batch = _number_list("--batch-seconds", args.batch_seconds, float)
     workers = _number_list("--compute-workers", args.compute_workers, int)

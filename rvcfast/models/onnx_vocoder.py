@@ -326,8 +326,8 @@ class OnnxVocoder:
         self.path = os.fspath(path)
         if dtype != torch.float32:
             raise ParameterError(
-                f"{self.path}: ONNX voice models run in float32 only, got dtype {dtype} (dtype='auto' picks bfloat16 "
-                "on CPUs that compute it natively: pass dtype='float32', or --dtype float32 on the command line)"
+                f"{self.path}: ONNX voice models run in float32 only, got dtype {dtype}: pass dtype='float32' or "
+                "'auto' (which runs an ONNX voice in float32), or --dtype float32 / auto on the command line"
             )
         self._ort = _require("onnxruntime")
         info = inspect_onnx(self.path, sample_rate=sample_rate)
