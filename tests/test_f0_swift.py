@@ -107,7 +107,7 @@ def test_unknown_option_is_refused():
 
 def test_missing_package_names_the_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "swift_f0", None)  # import swift_f0 -> ImportError
-    with pytest.raises(BackendUnavailableError, match=r"pip install rvcfast\[swift\]"):
+    with pytest.raises(BackendUnavailableError, match=r'pip install "rvcfast\[swift\]"'):
         rvcfast.get_f0_extractor("swift")
     with pytest.raises(BackendUnavailableError, match=r"rvcfast\[swift\]"):
         SwiftF0Extractor()

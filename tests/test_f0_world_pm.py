@@ -160,7 +160,7 @@ def test_pm_padding_matches_rvc():
 
 def test_pm_missing_parselmouth(monkeypatch):
     monkeypatch.setitem(sys.modules, "parselmouth", None)  # `import parselmouth` now fails
-    with pytest.raises(BackendUnavailableError, match=r"pip install rvcfast\[pm\]"):
+    with pytest.raises(BackendUnavailableError, match=r'pip install "rvcfast\[pm\]"'):
         PMExtractor()
 
 

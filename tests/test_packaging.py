@@ -368,8 +368,6 @@ def test_a_feature_without_its_extra_names_the_install_line(no_extras: dict[str,
         assert f"rvcfast[{extra}]" in got["message"] and "pip install" in got["message"], got["message"]
 
 
-@pytest.mark.xfail(strict=True, reason="f0/fcpe.py, f0/pm.py, f0/swift.py, f0/registry.py and cli/backends.py still "
-                   "print `pip install rvcfast[x]` unquoted (zsh: 'no matches found'); see the packaging report")
 def test_every_install_line_can_be_pasted_into_any_shell(no_extras: dict[str, dict]) -> None:
     # zsh, macOS's default shell, reads rvcfast[pm] as a glob and refuses it: the hint must be quoted
     unquoted = []

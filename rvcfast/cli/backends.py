@@ -22,7 +22,7 @@ def cmd_backends(args: argparse.Namespace) -> int:
     notes: dict[str, str] = {}
     for name, (module, extra) in _BACKEND_EXTRAS.items():
         if name in found and importlib.util.find_spec(module) is None:
-            notes[name] = f"needs `pip install rvcfast[{extra}]`"
+            notes[name] = f'needs `pip install "rvcfast[{extra}]"`'
     if args.json:
         out(json.dumps({n: {"source": s, "note": notes.get(n)} for n, s in found.items()}, indent=2))
         return EXIT_OK

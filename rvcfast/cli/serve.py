@@ -29,7 +29,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     for at most ``--shutdown-timeout`` seconds)."""
     from ..serve import ServeConfig, require_serve_extra
 
-    require_serve_extra()  # a clear "pip install rvcfast[serve]" before anything else
+    require_serve_extra()  # a clear `pip install "rvcfast[serve]"` before anything else
     import uvicorn
 
     from . import _raise_terminated

@@ -69,7 +69,7 @@ __all__ = [
     "slaney_mel_basis",
 ]
 
-_INSTALL_HINT = "fcpe needs `pip install rvcfast[fcpe]` (torchfcpe ships its weights)"
+_INSTALL_HINT = 'fcpe needs `pip install "rvcfast[fcpe]"` (torchfcpe ships its weights)'
 _WEIGHTS_NAME = "fcpe_c_v001.pt"
 _MIN_PASS_FRAMES = 64  # network passes are zero-padded (and masked) to at least this many frames
 _MEL_BLOCK_FRAMES = 8192  # STFT frames at once in the mel of a long input

@@ -1,6 +1,6 @@
 """Praat's autocorrelation pitch tracker (``pm``) through praat-parselmouth, as RVC runs it.
 
-parselmouth is GPL-licensed, so it is an optional extra: ``pip install rvcfast[pm]``.
+parselmouth is GPL-licensed, so it is an optional extra: ``pip install "rvcfast[pm]"``.
 It is imported when a :class:`PMExtractor` is built, never when this module is imported.
 
 The call is RVC's (rvc.md §2.1)::
@@ -32,7 +32,7 @@ from .world import check_f0_range, option_number
 
 __all__ = ["PMExtractor", "pad_like_rvc"]
 
-_INSTALL_HINT = "pm needs `pip install rvcfast[pm]` (praat-parselmouth)"
+_INSTALL_HINT = 'pm needs `pip install "rvcfast[pm]"` (praat-parselmouth)'
 
 
 def _import_parselmouth() -> ModuleType:
@@ -71,7 +71,7 @@ class PMExtractor(BaseF0Extractor):
 
     Raises:
         BackendUnavailableError: praat-parselmouth is not installed
-            (``pip install rvcfast[pm]``).
+            (``pip install "rvcfast[pm]"``).
     """
 
     name = "pm"

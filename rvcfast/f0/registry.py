@@ -218,7 +218,7 @@ def _missing_dependency(reg: _Registered, exc: ImportError) -> BackendUnavailabl
         if extra is None and missing != _OWN_DISTRIBUTION:
             extra = _EXTRA_FOR_BACKEND.get(reg.name)
         if extra is not None:
-            return BackendUnavailableError(f"{reg.name} needs `pip install rvcfast[{extra}]` (import failed: {exc})")
+            return BackendUnavailableError(f'{reg.name} needs `pip install "rvcfast[{extra}]"` (import failed: {exc})')
         return BackendUnavailableError(
             f"F0 extractor {reg.name!r} ({reg.entry_point.value}) could not be imported: {exc}. "
             "Reinstall rvcfast, or pick another backend."
@@ -452,7 +452,7 @@ def get_f0_extractor(name: str, **options: Any) -> F0Extractor:
     Raises:
         BackendUnavailableError: unknown name (the message lists the available ones), a
             missing optional dependency (the message names the extra to install, e.g.
-            ``pip install rvcfast[pm]``), a plugin that fails to load or to start, or a
+            ``pip install "rvcfast[pm]"``), a plugin that fails to load or to start, or a
             result that is not an F0 extractor.
         ParameterError: an option the extractor does not accept, an option value it refuses
             (a ``ValueError``/``TypeError`` from a plugin's constructor, reported with the

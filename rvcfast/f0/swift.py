@@ -1,6 +1,6 @@
 """SwiftF0 pitch tracking (``swift``) through the swift-f0 package's ONNX model.
 
-SwiftF0 (Lars Nieradzik, MIT licence, ``pip install rvcfast[swift]``) is a ~96k-parameter
+SwiftF0 (Lars Nieradzik, MIT licence, ``pip install "rvcfast[swift]"``) is a ~96k-parameter
 convolutional pitch estimator shipped as a 135 KB ``model.onnx`` inside the ``swift-f0``
 wheel, run by onnxruntime on the CPU. rvcfast calls the package's public API::
 
@@ -48,7 +48,7 @@ from .options import option_count, option_finite
 
 __all__ = ["SwiftF0Extractor", "to_frame_grid", "NATIVE_HOP"]
 
-_INSTALL_HINT = "swift needs `pip install rvcfast[swift]` (swift-f0 and onnxruntime)"
+_INSTALL_HINT = 'swift needs `pip install "rvcfast[swift]"` (swift-f0 and onnxruntime)'
 #: SwiftF0's hop in samples at 16 kHz (16 ms).
 NATIVE_HOP = 256
 
@@ -78,7 +78,7 @@ def _import_swift_f0() -> ModuleType:
     if not ok:
         raise BackendUnavailableError(
             f"swift needs swift-f0 >= 0.3 (SwiftF0(threads=, spin=).detect(audio, sample_rate, fmin, fmax), "
-            f"16 kHz, hop 256); the installed swift-f0 {version} differs: `pip install -U rvcfast[swift]`"
+            f'16 kHz, hop 256); the installed swift-f0 {version} differs: `pip install -U "rvcfast[swift]"`'
         )
     return swift_f0
 
@@ -138,7 +138,7 @@ class SwiftF0Extractor(BaseF0Extractor):
 
     Raises:
         BackendUnavailableError: swift-f0 or onnxruntime is not installed
-            (``pip install rvcfast[swift]``), or the installed swift-f0 is too old.
+            (``pip install "rvcfast[swift]"``), or the installed swift-f0 is too old.
         ParameterError: an option value SwiftF0 cannot use.
     """
 
@@ -183,7 +183,7 @@ class SwiftF0Extractor(BaseF0Extractor):
         except Exception as exc:  # noqa: BLE001 - onnxruntime failing to load the model
             raise BackendUnavailableError(
                 f"swift: swift-f0 could not start its ONNX model with onnxruntime: {type(exc).__name__}: {exc}. "
-                "Reinstall with `pip install -U rvcfast[swift]`"
+                'Reinstall with `pip install -U "rvcfast[swift]"`'
             ) from exc
 
     def __getstate__(self) -> dict[str, Any]:
