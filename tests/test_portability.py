@@ -336,3 +336,25 @@ def test_inputs_are_read_by_text_paths_on_windows(tmp_path: Path, monkeypatch: p
     monkeypatch.setattr(sys, "platform", "win32")
     assert audio_info(src)[1] == 16000 and len(decode(src).audio) > 0
     assert seen and set(seen) == {str}
+
+
+def test_the_command_line_expands_a_tilde_in_its_paths(tiny_models: TinyModels, tmp_path: Path, monkeypatch) -> None:
+    """A quoted ``"~/out"`` (bash leaves it), or any ``~`` in cmd or PowerShell, reached rvcfast as
+    it was: the outputs went to a folder named ``~`` under the current folder. Now ``~`` is the
+    home folder, for the model, inputs, weights, ``-o`` and ``--report``, as in the weights code."""
+    from rvcfast.cli import main
+
+    home = tmp_path / "home"
+    (home / "in").mkdir(parents=True)
+    sf.write(home / "in" / "a.wav", tone(0.4, 16000, 200), 16000)
+    for name, src in (("v.pth", tiny_models.voice), ("enc.pt", tiny_models.encoder), ("rmvpe.pt", tiny_models.rmvpe)):
+        os.symlink(src, home / name)
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("USERPROFILE", str(home))
+    monkeypatch.chdir(tmp_path)
+    code = main(["convert", "~/v.pth", "~/in", "-o", "~/out", "--encoder", "~/enc.pt", "--f0-weights", "~/rmvpe.pt",
+                 "--device", "cpu", "--report", "~/report.jsonl", "-q"])
+    assert code == 0
+    assert sf.info(str(home / "out" / "a.wav")).samplerate == 40000
+    assert (home / "report.jsonl").is_file()
+    assert not (tmp_path / "~").exists()

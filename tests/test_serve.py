@@ -369,6 +369,8 @@ def test_memory_is_flat_over_a_few_hundred_requests(server, client, folders) -> 
 def test_queue_limit_and_sigterm_drain(tiny_models, folders) -> None:
     srv = ServerProcess([folders["voices"] / "alice.pth"], tiny_models, folders["root"] / "small.log", "--max-queue", "1")
     try:
+        # the start line says what the voices run on (--device cpu, the default float32)
+        assert "(1 voices on cpu, float32; GET /health" in srv.log.read_text()
         srv.wait_healthy()
         long_clip = (folders["clips"] / "long.wav").read_bytes()
         short_clip = (folders["clips"] / "other.wav").read_bytes()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import ast
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -46,6 +47,12 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescript
         ):
             return help_text
         return help_text + " (default: %(default)s)"
+
+
+def user_path(text: str) -> str:
+    """A path option or argument with ``~`` expanded (argparse ``type``): the shell leaves a quoted
+    ``"~/out"`` as it is, and Windows' cmd and PowerShell never expand it (a folder named ``~``)."""
+    return os.path.expanduser(text)
 
 
 def err(message: str) -> None:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ParameterError
-from ._common import UsageError
+from ._common import UsageError, user_path
 
 __all__ = [
     "add_batch_options", "batch_options", "check_not_on_ray", "BatchReport", "check_report_path", "kbps", "check_output_options",
@@ -55,7 +55,7 @@ def add_batch_options(p: argparse.ArgumentParser | Any) -> None:
         help="processes for CPU-bound F0 backends: harvest, dio, pm, swift (default: 2)",
     )
     p.add_argument(
-        "--report", metavar="FILE.jsonl", default=None,
+        "--report", metavar="FILE.jsonl", default=None, type=user_path,
         help="write one JSON line per input (source, output_path, ok, skipped, error, warnings, "
         "input_seconds, duration, timings) when the batch ends; a killed run writes none",
     )

@@ -25,6 +25,7 @@ from ._common import (
     parse_options,
     report_failures,
     report_warnings,
+    user_path,
 )
 from .batch_options import (
     BatchReport,
@@ -82,7 +83,7 @@ def _voices(args: argparse.Namespace) -> list[tuple[str, str | None]]:
         model, _, index = text.partition(",")
         if not model.strip() or (_ and not index.strip()):
             raise UsageError(f"--voice {text!r}: expected MODEL or MODEL,INDEX")
-        voices.append((model.strip(), index.strip() or None))
+        voices.append((user_path(model.strip()), user_path(index.strip()) if index.strip() else None))
     if len(voices) > 1:
         from ..batch_inputs import _fold
 
@@ -280,11 +281,11 @@ def add_parser(sub: Any) -> None:
         ),
         formatter_class=HelpFormatter,
     )
-    p.add_argument("model", metavar="MODEL", help="voice model .pth (RVC WebUI or Applio, v1/v2)")
-    p.add_argument("inputs", metavar="INPUT", nargs="+", help="audio files and/or folders")
-    p.add_argument("-o", "--output", metavar="OUT", required=True, help="output folder (created if missing)")
+    p.add_argument("model", metavar="MODEL", type=user_path, help="voice model .pth (RVC WebUI or Applio, v1/v2)")
+    p.add_argument("inputs", metavar="INPUT", nargs="+", type=user_path, help="audio files and/or folders")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, type=user_path, help="output folder (created if missing)")
     g = p.add_argument_group("models")
-    g.add_argument("--index", metavar="FILE", help="faiss .index trained with the voice (read without faiss)")
+    g.add_argument("--index", metavar="FILE", type=user_path, help="faiss .index trained with the voice (read without faiss)")
     g.add_argument(
         "--voice", metavar="MODEL[,INDEX]", action="append", default=None,
         help="another voice to convert every input to, with its index after a comma; repeatable. Each input's "
@@ -296,9 +297,9 @@ def add_parser(sub: Any) -> None:
         help="a key shift of its own for one voice, named by its model file's stem (MODEL's or a --voice's), "
         "instead of --pitch; repeatable (e.g. --voice-pitch bob=-12)",
     )
-    g.add_argument("--encoder", metavar="PATH", help="hubert_base.pt or a ContentVec folder (default: $RVCFAST_HOME or the cache)")
+    g.add_argument("--encoder", metavar="PATH", type=user_path, help="hubert_base.pt or a ContentVec folder (default: $RVCFAST_HOME or the cache)")
     g.add_argument("--f0", metavar="NAME", default="rmvpe", help="F0 backend: rmvpe, crepe, crepe-tiny, fcpe, harvest, dio, pm, swift, hybrid:a+b or a plugin (see `rvcfast backends`)")
-    g.add_argument("--f0-weights", metavar="FILE", help="weights for the F0 backend (rmvpe.pt; default: $RVCFAST_HOME or the cache)")
+    g.add_argument("--f0-weights", metavar="FILE", type=user_path, help="weights for the F0 backend (rmvpe.pt; default: $RVCFAST_HOME or the cache)")
     g.add_argument("--f0-option", metavar="KEY=VALUE", action="append", help="extra option for the F0 backend, repeatable (e.g. threshold=0.05)")
     g.add_argument("--download", action="store_true", help="download missing base weights (hubert_base.pt, rmvpe.pt) into $RVCFAST_HOME when set, else the cache")
     add_conversion_options(p.add_argument_group("conversion (see docs/parameters.md)"))

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from ._common import EXIT_OK, HelpFormatter, UsageError, check_model_files, check_output_dir, out
+from ._common import EXIT_OK, HelpFormatter, UsageError, check_model_files, check_output_dir, out, user_path
 
 
 def _output_path(model: Path, output: str | None) -> Path:
@@ -90,7 +90,7 @@ def add_parser(sub: Any) -> None:
         ),
         formatter_class=HelpFormatter,
     )
-    p.add_argument("model", metavar="VOICE.pth", help="the voice model to export")
+    p.add_argument("model", metavar="VOICE.pth", type=user_path, help="the voice model to export")
     p.add_argument(
         "-o",
         "--output",

@@ -19,6 +19,7 @@ from ._common import (
     expand_inputs,
     parse_options,
     report_failures,
+    user_path,
 )
 
 
@@ -119,11 +120,11 @@ def add_parser(sub: Any) -> None:
         ),
         formatter_class=HelpFormatter,
     )
-    p.add_argument("inputs", metavar="INPUT", nargs="+", help="audio files and/or folders")
-    p.add_argument("-o", "--output", metavar="OUT", required=True, help="output folder (created if missing)")
+    p.add_argument("inputs", metavar="INPUT", nargs="+", type=user_path, help="audio files and/or folders")
+    p.add_argument("-o", "--output", metavar="OUT", required=True, type=user_path, help="output folder (created if missing)")
     p.add_argument("-m", "--method", default="rmvpe", metavar="NAME", help="F0 backend (see `rvcfast backends`), or hybrid:a+b")
     p.add_argument("--format", default="csv", choices=["csv", "npy"], help="output format")
-    p.add_argument("--f0-weights", metavar="FILE", help="weights file for the backend (rmvpe.pt)")
+    p.add_argument("--f0-weights", metavar="FILE", type=user_path, help="weights file for the backend (rmvpe.pt)")
     p.add_argument("--f0-option", metavar="KEY=VALUE", action="append", help="extra option for the backend, repeatable")
     p.add_argument("--download", action="store_true", help="download rmvpe.pt if it is missing")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")

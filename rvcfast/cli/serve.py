@@ -11,7 +11,7 @@ import sys
 from typing import Any
 
 from ..errors import ModelLoadError, ParameterError
-from ._common import HelpFormatter, UsageError, add_device_options, check_f0_name, parse_options
+from ._common import HelpFormatter, UsageError, add_device_options, check_f0_name, parse_options, user_path
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -57,9 +57,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         raise
     host, port = sock.getsockname()[:2]
     shown = f"[{host}]" if ":" in host else host
-    print(f"rvcfast serve: listening on http://{shown}:{port} ({len(app.state.rvcfast.registry.ids())} voices; "
-          f"GET /health says when the models are loaded)", file=sys.stderr, flush=True)
     state = app.state.rvcfast
+    dtype = str(state.dtype).replace("torch.", "") + (f" ({config.dtype})" if config.dtype == "auto" else "")
+    print(f"rvcfast serve: listening on http://{shown}:{port} ({len(state.registry.ids())} voices on {state.device}, "
+          f"{dtype}; GET /health says when the models are loaded)", file=sys.stderr, flush=True)
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets: Any = None) -> None:
@@ -140,7 +141,7 @@ def add_parser(sub: Any) -> None:
         ),
         formatter_class=HelpFormatter,
     )
-    p.add_argument("voices", metavar="VOICE", nargs="+", help="voice model .pth files and/or folders of them")
+    p.add_argument("voices", metavar="VOICE", nargs="+", type=user_path, help="voice model .pth files and/or folders of them")
     n = p.add_argument_group("network")
     n.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     n.add_argument("--port", type=int, default=8000, help="port (0: any free port, printed at start)")
@@ -150,12 +151,12 @@ def add_parser(sub: Any) -> None:
     n.add_argument("--shutdown-timeout", type=float, default=300.0, metavar="S",
                    help="on SIGTERM, wait this long for requests in flight, then cancel them (default: %(default)s)")
     g = p.add_argument_group("models")
-    g.add_argument("--encoder", metavar="PATH", help="hubert_base.pt or a ContentVec folder (default: $RVCFAST_HOME or the cache)")
+    g.add_argument("--encoder", metavar="PATH", type=user_path, help="hubert_base.pt or a ContentVec folder (default: $RVCFAST_HOME or the cache)")
     g.add_argument("--f0", metavar="NAME", default="rmvpe", help="F0 backend for every voice (see `rvcfast backends`)")
-    g.add_argument("--f0-weights", metavar="FILE", help="weights for the F0 backend (rmvpe.pt)")
+    g.add_argument("--f0-weights", metavar="FILE", type=user_path, help="weights for the F0 backend (rmvpe.pt)")
     g.add_argument("--f0-option", metavar="KEY=VALUE", action="append", help="extra option for the F0 backend, repeatable")
     g.add_argument("--download", action="store_true", help="download missing base weights into $RVCFAST_HOME when set, else the cache")
-    g.add_argument("--models-dir", metavar="FOLDER", help="let clients upload voices into FOLDER (POST /v1/voices); off by default")
+    g.add_argument("--models-dir", metavar="FOLDER", type=user_path, help="let clients upload voices into FOLDER (POST /v1/voices); off by default")
     lim = p.add_argument_group("limits")
     lim.add_argument("--max-loaded-voices", type=int, default=4, metavar="N", help="voices kept loaded (least recently used unloaded)")
     lim.add_argument("--max-upload-mb", type=float, default=100.0, metavar="N", help="largest request body (413 above)")
@@ -171,7 +172,7 @@ def add_parser(sub: Any) -> None:
                      help="close a live stream that sends nothing for this long (default: %(default)s)")
     lim.add_argument("--live-max-ahead-seconds", type=float, default=10.0, metavar="S",
                      help="audio a live stream may send ahead of its answers; more closes it with 1008 (default: %(default)s)")
-    lim.add_argument("--jobs-dir", metavar="FOLDER", help="spool for uploads and job results (default: a temporary folder)")
+    lim.add_argument("--jobs-dir", metavar="FOLDER", type=user_path, help="spool for uploads and job results (default: a temporary folder)")
     lim.add_argument("--jobs-ttl", type=float, default=3600.0, metavar="S", help="seconds a finished job's result is kept")
     lim.add_argument("--jobs-max-mb", type=float, default=2048.0, metavar="N", help="disk for job results: above it the oldest fetched (or 10 min old) results are removed, else new jobs get 503")
     r = p.add_argument_group("runtime")
