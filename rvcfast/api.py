@@ -9,6 +9,7 @@ share one copy. ``convert`` is a batch of one through the engine; ``convert_batc
 
 from __future__ import annotations
 
+import inspect
 import os
 from collections.abc import Iterable, Iterator, Mapping
 from typing import Any, cast
@@ -19,7 +20,8 @@ import torch
 from .audio import AudioInput, Samples
 from .batch import AudioProgressCallback, ProgressCallback
 from .engine import Engine
-from .params import ConversionParams
+from .errors import ParameterError
+from .params import ConversionParams, check_setting_names
 from .protocols import F0Extractor, FeatureEncoder, Vocoder
 from .result import Result
 from .segment import SegmentConfig
@@ -246,6 +248,8 @@ class Converter:
             BackendUnavailableError: a setting needs an optional extra that is not
                 installed (``formant``, ``clean``, ``effects``).
         """
+        _refuse_many(audio_or_path)
+        check_setting_names(overrides, ("sample_rate", "params"))
         rate: Any = sample_rate  # checked by the engine: a whole number of Hz, never text or a bool
         if isinstance(sample_rate, (ConversionParams, Mapping)) and params is None:  # convert(path, settings)
             params, rate = sample_rate, None
@@ -330,6 +334,7 @@ class Converter:
         """
         from .batch import BatchOptions, run_batch
 
+        check_setting_names(overrides, _BATCH_OPTIONS)  # a misspelled option: "did you mean the option 'out_dir'?"
         conv_params = self.make_params(params, **overrides)
         options = BatchOptions(
             out_dir=out_dir,
@@ -366,3 +371,20 @@ class Converter:
         """
         results = list(self.iter_batch(inputs, out_dir, params, **kwargs))
         return sorted(results, key=lambda r: -1 if r.index is None else r.index)
+
+
+#: The keyword options of :meth:`Converter.iter_batch` / :meth:`Converter.convert_batch`.
+_BATCH_OPTIONS = tuple(
+    name for name, p in inspect.signature(Converter.iter_batch).parameters.items()
+    if name not in ("self", "inputs") and p.kind is not p.VAR_KEYWORD
+)
+
+
+def _refuse_many(source: Any) -> None:
+    """A list or tuple of paths given to :meth:`Converter.convert` is a :class:`ParameterError`
+    pointing at ``convert_batch`` (not "sample_rate is required for array input")."""
+    if isinstance(source, (list, tuple)) and source and all(isinstance(s, (str, bytes, os.PathLike)) for s in source):
+        raise ParameterError(
+            f"input: convert() takes one file or one array, got a {type(source).__name__} of {len(source)} path(s); "
+            "convert several files with convert_batch(paths, out_dir=...), or pass one path"
+        )

@@ -712,6 +712,22 @@ def _rate_arg(sample_rate: Any, label: str | os.PathLike[str]) -> int:
     return int(value)
 
 
+def pcm_to_float(data: np.ndarray, label: str | None) -> np.ndarray:
+    """Integer PCM samples as float64 in -1..1, as a file of that PCM type reads: full scale is
+    ``2**(bits-1)``, and unsigned PCM (8-bit WAV) is centred on it. 64-bit integers are refused
+    with an :class:`AudioError`: no PCM is 64-bit, and what arrives so is a list of ints or
+    16-bit samples widened to int64, which scaled from ``2**63`` were near-silence."""
+    if data.dtype.itemsize > 4:
+        raise AudioError(
+            label,
+            f"array dtype {data.dtype}: integer samples are PCM, scaled from their type's full scale, and no PCM "
+            "is 64-bit (a list of ints becomes int64); pass floats in -1..1, or .astype(np.int16) for 16-bit PCM",
+        )
+    info = np.iinfo(data.dtype)
+    half = float(2 ** (info.bits - 1))
+    return (data.astype(np.float64) - (half if info.min == 0 else 0.0)) / half
+
+
 def _array_samples(source: np.ndarray, label: str) -> np.ndarray:
     data = np.asarray(source)
     if data.ndim == 2 and 0 < data.shape[0] < data.shape[1]:
@@ -720,10 +736,7 @@ def _array_samples(source: np.ndarray, label: str) -> np.ndarray:
     if not (np.issubdtype(data.dtype, np.floating) or np.issubdtype(data.dtype, np.integer)):
         raise AudioError(label, f"array dtype {data.dtype} is not a number type")
     if np.issubdtype(data.dtype, np.integer):
-        # PCM scaling: full scale is 2**(bits-1); unsigned PCM (8-bit WAV) is centred on 2**(bits-1)
-        info = np.iinfo(data.dtype)
-        half = float(2 ** (info.bits - 1))
-        data = (data.astype(np.float64) - (half if info.min == 0 else 0.0)) / half
+        data = pcm_to_float(data, label)
     data = data.astype(np.float64, copy=False)
     if data.ndim not in (1, 2):
         raise AudioError(label, f"audio must be 1-D or [samples, channels], got shape {data.shape}")

@@ -17,7 +17,7 @@ import dataclasses
 import difflib
 import math
 import numbers
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -292,10 +292,49 @@ def _check_loudness(value: Any) -> None:
     _check_range("loudness", value, lo, hi, "LUFS")
 
 
-def _unknown_message(key: str, names: set[str]) -> str:
-    close = difflib.get_close_matches(key, sorted(names), n=1)
-    hint = f" (did you mean {close[0]!r}?)" if close else ""
+#: Names the RVC WebUI, Applio and other tools give a setting that rvcfast names otherwise (or
+#: takes elsewhere), with what to write instead: an unknown name among them gets that hint.
+_OTHER_NAMES = {
+    **dict.fromkeys(("f0_up_key", "transpose", "semitones", "pitch_shift", "key"), "use 'pitch', in semitones"),
+    **dict.fromkeys(("sid", "spk_id", "speaker_id"), "use 'speaker'"),
+    **dict.fromkeys(("resample_sr", "output_sr", "out_sr"), "use 'output_sample_rate'"),
+    "volume_envelope": "use 'rms_mix_rate'",
+    **dict.fromkeys(("clean_audio", "clean_strength"), "use 'clean', its strength 0..1"),
+    **dict.fromkeys(("f0_autotune", "f0_autotune_strength"), "use 'autotune', its strength 0..1"),
+    **dict.fromkeys(
+        ("f0_method", "f0", "method", "pitch_extractor"),
+        "the F0 backend is chosen when the model is loaded: Converter.from_pretrained(..., f0='rmvpe'), --f0 on the command line",
+    ),
+    **dict.fromkeys(
+        ("sr", "samplerate", "sampling_rate", "input_sample_rate"),
+        "an array's sample rate is convert()'s second argument, convert(samples, sample_rate), "
+        "or the second item of a batch input's (samples, sample_rate) pair; 'output_sample_rate' resamples the output",
+    ),
+}
+
+
+def _unknown_message(key: str, names: set[str], options: Iterable[str] = ()) -> str:
+    """The message for an unknown setting ``key``; ``options`` are the other keyword arguments
+    of the call (a batch's ``out_dir``, ``format``...), offered as suggestions too."""
+    options = sorted(set(options))
+    close = difflib.get_close_matches(key, sorted(names) + options, n=1)
+    if key in _OTHER_NAMES:
+        hint = f" ({_OTHER_NAMES[key]})"
+    elif close:
+        hint = f" (did you mean the option {close[0]!r}?)" if close[0] in options else f" (did you mean {close[0]!r}?)"
+    else:
+        hint = ""
     return f"unknown conversion parameter {key!r}{hint}; valid parameters: {', '.join(sorted(names))}"
+
+
+def check_setting_names(overrides: Iterable[str], options: Iterable[str] = ()) -> None:
+    """Raise :class:`ParameterError` for the first name in ``overrides`` that is no conversion
+    parameter; the message suggests the nearest parameter or, among ``options`` (the call's other
+    keyword arguments, e.g. a batch's ``out_dir``), the nearest option."""
+    names = {f.name for f in dataclasses.fields(ConversionParams)}
+    for key in overrides:
+        if key not in names:
+            raise ParameterError(_unknown_message(str(key), names, options))
 
 
 def _given(value: Any) -> str:

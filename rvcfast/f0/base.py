@@ -81,9 +81,9 @@ def as_audio16k(audio: Any) -> np.ndarray:
     if arr.ndim != 1:
         raise AudioError(None, f"F0 extraction expects 1-D mono audio at 16 kHz, got shape {arr.shape}")
     if np.issubdtype(arr.dtype, np.integer):  # PCM: to ±1 as rvcfast.audio reads it (unsigned PCM centred)
-        info = np.iinfo(arr.dtype)
-        half = float(2 ** (info.bits - 1))
-        arr = ((arr.astype(np.float64) - (half if info.min == 0 else 0.0)) / half).astype(np.float32)
+        from ..audio import pcm_to_float
+
+        arr = pcm_to_float(arr, None).astype(np.float32)
     elif np.issubdtype(arr.dtype, np.bool_) or not np.issubdtype(arr.dtype, np.floating):
         raise AudioError(None, f"F0 extraction expects numeric audio samples, got dtype {arr.dtype}")
     if arr.size and not np.isfinite(arr).all():

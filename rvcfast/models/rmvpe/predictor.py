@@ -94,9 +94,9 @@ def _as_audio(audio: AudioLike) -> torch.Tensor:
         if not (np.issubdtype(arr.dtype, np.floating) or np.issubdtype(arr.dtype, np.integer)):
             raise AudioError(None, f"RMVPE expects numeric audio, got dtype {arr.dtype}")
         if np.issubdtype(arr.dtype, np.integer):
-            info = np.iinfo(arr.dtype)
-            half = float(2 ** (info.bits - 1))
-            arr = (arr.astype(np.float64) - (half if info.min == 0 else 0.0)) / half
+            from ...audio import pcm_to_float
+
+            arr = pcm_to_float(arr, None)
         t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.dim() != 1:
         raise AudioError(None, f"RMVPE expects 1-D mono audio at 16 kHz, got shape {tuple(t.shape)}")
