@@ -192,7 +192,8 @@ def _array_pair(item: tuple, position: int) -> tuple[np.ndarray, int]:
         )
     if not is_number(rate) or not math.isfinite(float(rate)) or float(rate) != int(rate) or int(rate) <= 0:
         raise ParameterError(
-            f"input {position}: the sample rate of an (array, sample_rate) pair must be a whole number of Hz, got {rate!r}"
+            f"input {position}: the sample rate of an (array, sample_rate) pair must be a whole number of Hz above 0, "
+            f"got {rate!r}"
         )
     from .audio import samples_array
 

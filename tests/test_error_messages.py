@@ -68,3 +68,18 @@ def test_64_bit_integer_samples_are_refused_not_made_near_silent(tiny_converter,
         tiny_converter.convert(make(pcm16), 16000)
     # the same values as int16 are 16-bit PCM, read as a 16-bit WAV would be
     assert np.abs(tiny_converter.convert(pcm16, 16000, noise=False).audio).max() > 0
+
+
+@pytest.mark.parametrize(("typed", "meant"), [("rmpve", "rmvpe"), ("crepe_tiny", "crepe-tiny"), ("harvset", "harvest")])
+def test_a_misspelled_f0_backend_suggests_the_backend(typed: str, meant: str) -> None:
+    from rvcfast.errors import BackendUnavailableError
+    from rvcfast.f0.registry import get_f0_extractor
+
+    with pytest.raises(BackendUnavailableError, match=rf"unknown F0 extractor {typed!r} \(did you mean {meant!r}\?\); available: "):
+        get_f0_extractor(typed)
+
+
+def test_an_array_pair_with_a_zero_rate_says_what_a_rate_must_be(tiny_converter) -> None:
+    # before: "must be a whole number of Hz, got 0" (0 is a whole number)
+    with pytest.raises(ParameterError, match=r"input 0: .* whole number of Hz above 0, got 0"):
+        tiny_converter.convert_batch([(tone(0.3), 0)])

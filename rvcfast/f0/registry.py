@@ -20,6 +20,7 @@ call (cheap), so packages installed while the process runs are seen after
 
 from __future__ import annotations
 
+import difflib
 import importlib.metadata as md
 import inspect
 import os
@@ -189,8 +190,10 @@ def parse_hybrid(spec: str) -> list[str] | None:
 
 def _unknown(name: str, registry: Mapping[str, _Registered]) -> BackendUnavailableError:
     names = ", ".join(sorted(registry)) or "(none)"
+    close = difflib.get_close_matches(str(name).lower().replace("_", "-"), sorted(registry), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     return BackendUnavailableError(
-        f"unknown F0 extractor {name!r}; available: {names} "
+        f"unknown F0 extractor {name!r}{hint}; available: {names} "
         "(or 'hybrid:a+b' to combine several). Third-party backends register under the "
         f"entry-point group {ENTRY_POINT_GROUP!r}."
     )
