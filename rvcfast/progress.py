@@ -70,7 +70,11 @@ def _bar(fraction: float, width: int) -> str:
 
 
 class _Line:
-    """The redraw-in-place machinery shared by both reporters."""
+    """The redraw-in-place machinery shared by both reporters.
+
+    A stream that cannot be written any more (its reader went away: ``2>&1 | tee`` with ``tee``
+    killed, a closed log pipe) turns the reporter off: progress is never a reason for a batch
+    to stop halfway."""
 
     def __init__(self, stream: IO[str] | None, tty: bool | None, enabled: bool) -> None:
         self.stream = stream if stream is not None else sys.stderr
@@ -78,20 +82,35 @@ class _Line:
         self.enabled = enabled
         self._drawn = 0  # characters of the status line currently on screen
 
+    def write(self, text: str) -> None:
+        """Write and flush ``text``; a broken stream disables the reporter instead of raising."""
+        if not self.enabled:
+            return
+        try:
+            self.stream.write(text)
+            self.stream.flush()
+        except (OSError, ValueError):  # EPIPE, EIO, a closed file
+            self.enabled = False
+            self._drawn = 0
+
     def draw(self, text: str) -> None:
         if not (self.enabled and self.tty):
             return
         width = shutil.get_terminal_size((100, 20)).columns - 1
         text = text[:width]
         pad = " " * max(0, self._drawn - len(text))
-        self.stream.write("\r" + text + pad)
-        self.stream.flush()
-        self._drawn = len(text)
+        self.write("\r" + text + pad)
+        self._drawn = len(text) if self.enabled else 0
 
     def clear(self) -> None:
         if self.enabled and self.tty and self._drawn:
-            self.stream.write("\r" + " " * self._drawn + "\r")
-            self.stream.flush()
+            self.write("\r" + " " * self._drawn + "\r")
+            self._drawn = 0
+
+    def end(self) -> None:
+        """End the status line on a terminal (a newline after it), leaving it on screen."""
+        if self.enabled and self.tty and self._drawn:
+            self.write("\n")
             self._drawn = 0
 
     def println(self, text: str) -> None:
@@ -99,8 +118,7 @@ class _Line:
         if not self.enabled:
             return
         self.clear()
-        self.stream.write(text + "\n")
-        self.stream.flush()
+        self.write(text + "\n")
 
 
 class BatchProgress:
@@ -304,9 +322,7 @@ class BatchProgress:
         with self._lock:
             if self._line.enabled and self._line.tty and self._line._drawn:
                 self._line.draw(self.status())
-                self._line.stream.write("\n")
-                self._line.stream.flush()
-                self._line._drawn = 0
+                self._line.end()
 
     def __enter__(self) -> BatchProgress:
         return self
@@ -377,10 +393,7 @@ class DownloadProgress:
                 self._line.clear()
             return
         if self._line.tty:
-            if self._line._drawn:
-                self._line.stream.write("\n")
-                self._line.stream.flush()
-                self._line._drawn = 0
+            self._line.end()
         elif self._announced:
             t = time.perf_counter() - self.start
             self._line.println(f"downloaded {self.name}: {format_bytes(self.done)} in {t:.1f} s")

@@ -30,7 +30,18 @@ from typing import NoReturn
 
 from .._version import __version__
 from ..errors import ParameterError, RvcfastError
-from ._common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, PROG, HelpFormatter, UsageError, err
+from ._common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_USAGE,
+    PROG,
+    HelpFormatter,
+    UsageError,
+    discard_stdout,
+    err,
+    say,
+    stdout_identity,
+)
 
 __all__ = ["main", "run", "build_parser", "COMMANDS"]
 
@@ -87,15 +98,18 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command is None:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
+    stdout_before = stdout_identity()
     try:
-        return int(args.func(args))
+        status = int(args.func(args))
+        # its reader went away and out() pointed it at the null device: the output is lost
+        return EXIT_FAILED if status == EXIT_OK and stdout_identity() != stdout_before else status
     except (UsageError, ParameterError) as exc:
         if args.traceback:
             raise
         sp = _subparser(parser, args.command)
         if getattr(exc, "usage", True):
             sp.print_usage(sys.stderr)
-        print(f"{sp.prog}: error: {' '.join(str(exc).split())}", file=sys.stderr)
+        say(f"{sp.prog}: error: {' '.join(str(exc).split())}")
         return EXIT_USAGE
     except RvcfastError as exc:
         if args.traceback:
@@ -104,16 +118,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_FAILED
     except KeyboardInterrupt as exc:
         if isinstance(exc, Terminated):
-            print(f"\n{PROG}: terminated (SIGTERM)", file=sys.stderr)
+            say(f"\n{PROG}: terminated (SIGTERM)")
             return 128 + signal.SIGTERM
-        print(f"\n{PROG}: interrupted", file=sys.stderr)
+        say(f"\n{PROG}: interrupted")
         return 130
     except BrokenPipeError:  # the reader went away (`rvcfast info --json | head -c1`): no traceback
-        try:
-            devnull = os.open(os.devnull, os.O_WRONLY)
-            os.dup2(devnull, sys.stdout.fileno())  # the final flush must not fail again
-        except (OSError, ValueError, AttributeError):  # a replaced stdout without a descriptor
-            pass
+        discard_stdout()
         return EXIT_FAILED
 
 

@@ -55,12 +55,54 @@ def user_path(text: str) -> str:
     return os.path.expanduser(text)
 
 
+def say(text: str) -> None:
+    """Print a line on standard error (messages, warnings, failures). A standard error that
+    cannot be written any more (its reader went away) is not a reason to stop a command
+    halfway: the line is dropped, and the command still finishes (a batch writes its report)."""
+    try:
+        print(text, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # EPIPE, EIO, a closed stream
+        pass
+
+
 def err(message: str) -> None:
-    print(f"{PROG}: error: {' '.join(str(message).split())}", file=sys.stderr)
+    say(f"{PROG}: error: {' '.join(str(message).split())}")
 
 
 def out(text: str = "") -> None:
-    print(text, file=sys.stdout)
+    """Print a line of the command's output on standard output, at once.
+
+    Flushed line by line: redirected to a file or a pipe Python buffers standard output, and a
+    log of both streams (``> log 2>&1``, ``| tee``) would otherwise get the summary after the
+    failures printed on standard error, or at exit. A reader that went away costs no traceback
+    and does not stop the command halfway (a batch still writes its ``--report``): standard
+    output is pointed at the null device, and :func:`rvcfast.cli.main`, seeing it changed,
+    ends with status 1."""
+    try:
+        print(text, file=sys.stdout, flush=True)
+    except BrokenPipeError:
+        discard_stdout()
+
+
+def stdout_identity() -> tuple[int, int] | None:
+    """What standard output's descriptor points at (device, inode), to tell afterwards whether
+    :func:`discard_stdout` replaced it; ``None`` for a stream without a descriptor."""
+    try:
+        st = os.fstat(sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        return None
+    return st.st_dev, st.st_ino
+
+
+def discard_stdout() -> None:
+    """Point standard output at the null device (its reader went away): the final flush at exit
+    must not fail again."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError, AttributeError):  # a replaced stdout without a descriptor
+        pass
 
 
 def parse_options(pairs: Sequence[str] | None) -> dict[str, Any]:
@@ -118,13 +160,24 @@ def expand_inputs(inputs: Sequence[str], recursive: bool) -> list[Path]:
     return [j.path for j in jobs if j.path is not None]
 
 
-def check_output_dir(folder: Path) -> None:
+#: Endings of the files the commands write into OUT: an OUT that does not exist yet and ends so
+#: names a file by mistake (``-o out.wav``), which would have become a folder of that name.
+_FILE_ENDINGS = frozenset({".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".aiff", ".aif", ".csv", ".npy"})
+
+
+def check_output_dir(folder: Path, option: str | None = None) -> None:
     """A usage error when the output folder ``folder`` is a file, or cannot be created because
     the nearest part of its path that exists is a file (``-o notes.txt/out``); found before
-    any model is loaded, not as one failed write per file afterwards."""
+    any model is loaded, not as one failed write per file afterwards. With ``option`` (``-o``),
+    also when a folder that does not exist yet is named like a file (``-o out.wav``)."""
     from ..errors import ParameterError
     from ..writing import check_output_folder
 
+    if option is not None and folder.suffix.lower() in _FILE_ENDINGS and not folder.exists():
+        raise UsageError(
+            f"{option} {folder}: OUT is a folder for the outputs (each named after its input), not a file; "
+            f"pass a folder, e.g. {option} {folder.with_suffix('')}"
+        )
     try:
         check_output_folder(folder)
     except ParameterError as exc:
@@ -178,18 +231,18 @@ def report_failures(failures: list[str], total: int) -> int:
     """Print each failed file with its reason; the exit status for the run."""
     if not failures:
         return EXIT_OK
-    print(f"{PROG}: {len(failures)} of {total} file(s) failed:", file=sys.stderr)
+    say(f"{PROG}: {len(failures)} of {total} file(s) failed:")
     for line in failures:
-        print(f"  {line}", file=sys.stderr)
+        say(f"  {line}")
     return EXIT_FAILED
 
 
 def report_warnings(warnings: list[str]) -> None:
     """Print the input warnings of a run (each names its file)."""
     if warnings:
-        print(f"{PROG}: {len(warnings)} warning(s):", file=sys.stderr)
+        say(f"{PROG}: {len(warnings)} warning(s):")
         for line in warnings:
-            print(f"  warning: {line}", file=sys.stderr)
+            say(f"  warning: {line}")
 
 
 # ------------------------------------------------------------------------ conversion parameters

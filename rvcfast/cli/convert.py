@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,7 @@ from ._common import (
     parse_options,
     report_failures,
     report_warnings,
+    say,
     user_path,
 )
 from .batch_options import (
@@ -186,16 +186,17 @@ def _run(
     summary.wall_seconds = time.perf_counter() - start
     if not args.quiet:
         out(summary.table())
-    report_warnings(warnings)
+    if not args.quiet:  # -q: failures alone (--report keeps each file's warnings; --strict fails them)
+        report_warnings(warnings)
     status = report_failures(failures, total)
     try:  # after the summary and the failures: a full disk must not hide them
         report.write()
     except OSError as exc:
-        print(f"{PROG}: error: --report {report.path} cannot be written: {exc.strerror or exc}", file=sys.stderr)
+        say(f"{PROG}: error: --report {report.path} cannot be written: {exc.strerror or exc}")
         status = 1
     if not_reached:
         what = "file(s) after it not converted" if len(convs) == 1 else "conversion(s) (input, voice) after it not done"
-        print(f"{PROG}: {not_reached} {what} (--on-error stop)", file=sys.stderr)
+        say(f"{PROG}: {not_reached} {what} (--on-error stop)")
     return status
 
 
@@ -220,7 +221,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     report_path = check_report_path(args.report)
     from ..api import Converter
 
-    check_output_dir(Path(args.output))
+    check_output_dir(Path(args.output), "-o")
     inputs = planned_inputs(args, batch["name_template"])  # what the batch below converts (it expands the folders itself)
     check_params(params_from_args(args))  # a bad value is a usage error, found before loading anything
     check_f0_name("--f0", args.f0, parse_options(args.f0_option), args.f0_weights is not None)
@@ -247,7 +248,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         if not args.quiet:
             requested = compute_workers(conv.engine, BatchOptions(compute_workers=args.compute_workers))
             workers = usable_workers(requested, len(inputs), conv.device.type)
-            print(_describe_load(conv, model, args, time.perf_counter() - t0, threads, workers), file=sys.stderr)
+            say(_describe_load(conv, model, args, time.perf_counter() - t0, threads, workers))
     return _run(convs, args, inputs, batch, report, pitches)
 
 
@@ -320,7 +321,7 @@ def add_parser(sub: Any) -> None:
     )
     o.add_argument("--recursive", action="store_true", help="descend into sub-folders of folder inputs")
     o.add_argument("--skip-existing", action="store_true", help="skip inputs whose output already exists (resume a batch)")
-    o.add_argument("-q", "--quiet", action="store_true", help="no progress or summary; failures are still reported")
+    o.add_argument("-q", "--quiet", action="store_true", help="no progress, summary or input warnings (--report keeps them); failures are still reported")
     add_batch_options(p.add_argument_group("batch (local runs)"))
     r = p.add_argument_group("runtime")
     add_device_options(r)

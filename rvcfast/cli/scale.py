@@ -94,7 +94,7 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     if not args.gpus_per_worker >= 0:
         raise UsageError(f"--gpus-per-worker must be >= 0, got {args.gpus_per_worker}")
-    check_output_dir(Path(args.output))
+    check_output_dir(Path(args.output), "-o")
     planned_inputs(args)  # none found: a usage error before connecting to anything
 
 
@@ -152,5 +152,6 @@ def cmd_convert_ray(
         nodes = len({r["node"] for r in rows if r["status"] == "ok"})
         out(f"converted on {nodes} node(s); manifest: {args.manifest or target / MANIFEST_NAME}")
     warned = {r["path"]: r["warnings"] for r in rows if r["warnings"]}  # an input's warnings once, not once per voice
-    report_warnings([w for text in warned.values() for w in text.splitlines()])
+    if not args.quiet:  # -q: failures alone, as a local run
+        report_warnings([w for text in warned.values() for w in text.splitlines()])
     return report_failures(_failures(rows), len(rows))
