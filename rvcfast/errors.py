@@ -145,8 +145,9 @@ def user_stacklevel() -> int:
     whichever public entry point it went through (torch's and contextlib's decorator frames
     between rvcfast's own are skipped too)."""
     import sys
+    import types
 
-    frame = sys._getframe(1)  # the function about to call warnings.warn: stacklevel 1
+    frame: types.FrameType | None = sys._getframe(1)  # the function about to call warnings.warn: stacklevel 1
     level = 1
     while frame is not None and _internal(frame.f_code.co_filename):
         frame = frame.f_back
