@@ -334,14 +334,16 @@ class BatchProgress:
 class DownloadProgress:
     """Bytes received, speed and ETA; call it as ``progress(done_bytes, total_bytes)``.
 
-    On a terminal the line is redrawn in place; otherwise one line is printed when the
-    download starts and one when it ends.
+    On a terminal the line is redrawn in place; otherwise a line is printed when the download
+    starts, one every ``plain_interval`` seconds saying how far it got (a CI log is not silent
+    for the minutes a large file takes), and one when it ends.
     """
 
     def __init__(self, name: str, *, stream: IO[str] | None = None, tty: bool | None = None, enabled: bool = True,
-                 min_interval: float = 0.1) -> None:
+                 min_interval: float = 0.1, plain_interval: float = 30.0) -> None:
         self.name = name
         self.min_interval = min_interval
+        self.plain_interval = plain_interval
         self._line = _Line(stream, tty, enabled)
         self.start = time.perf_counter()
         self._first: int | None = None  # bytes already there when this run started (a resume)
@@ -355,14 +357,18 @@ class DownloadProgress:
             self._first = done
             self.start = time.perf_counter()
         self.done, self.total = done, total
+        now = time.perf_counter()
         if not self._line.tty:
             if not self._announced:
                 self._announced = True
+                self._last_draw = now
                 size = format_bytes(total) if total else "unknown size"
                 resumed = f", resuming at {format_bytes(done)}" if done else ""
                 self._line.println(f"downloading {self.name} ({size}{resumed})")
+            elif now - self._last_draw >= self.plain_interval and not (total and done >= total):
+                self._last_draw = now
+                self._line.println(self.status())
             return
-        now = time.perf_counter()
         if now - self._last_draw >= self.min_interval or (total and done >= total):
             self._last_draw = now
             self._line.draw(self.status())

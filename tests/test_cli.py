@@ -477,6 +477,23 @@ def test_download_progress():
     assert plain.getvalue().splitlines()[1].startswith("downloaded rmvpe.pt: 2.0 kB")
 
 
+
+def test_a_download_without_a_terminal_says_how_far_it_got_every_interval(monkeypatch):
+    # before: a line at the start and one at the end only, a slow 181 MB download silent for minutes in a CI log
+    import rvcfast.progress as progress
+
+    clock = iter(float(t) for t in range(0, 1000, 10))  # each call: 10 s later
+    monkeypatch.setattr(progress.time, "perf_counter", lambda: next(clock))
+    plain = io.StringIO()
+    with DownloadProgress("rmvpe.pt", stream=plain, tty=False, plain_interval=30.0) as bar:
+        for done in range(0, 1_000_001, 100_000):  # 11 calls, 10 s apart
+            bar(done, 1_000_000)
+    lines = plain.getvalue().splitlines()
+    assert lines[0] == "downloading rmvpe.pt (1.0 MB)" and lines[-1].startswith("downloaded rmvpe.pt: 1.0 MB")
+    middle = lines[1:-1]
+    assert 2 <= len(middle) <= 4 and all(ln.startswith("rmvpe.pt") and "/1.0 MB" in ln and "\r" not in ln for ln in middle), lines
+
+
 def test_a_reader_that_goes_away_gets_no_traceback() -> None:
     import subprocess
     import sys
