@@ -61,6 +61,7 @@ __all__ = [
     "this_host",
     "sndfile_path",
     "windows_name_problem",
+    "WINDOWS_DEVICE_NAMES",
     "check_windows_output",
     "windows_long_paths",
 ]
@@ -357,10 +358,11 @@ def sndfile_path(path: str | os.PathLike[str] | bytes) -> str | bytes:
     return os.fsencode(raw)
 
 
-#: Names Windows keeps for devices, whatever their extension (``nul.wav`` is the device NUL).
-_WINDOWS_DEVICES = frozenset(
+#: Names Windows keeps for devices, whatever their extension (``nul.wav`` is the device NUL);
+#: upper case. Output names here, uploaded voice names in the server.
+WINDOWS_DEVICE_NAMES = frozenset(
     ["CON", "PRN", "AUX", "NUL", "CONIN$", "CONOUT$"]
-    + [f"{port}{n}" for port in ("COM", "LPT") for n in [*"123456789", "\u00b9", "\u00b2", "\u00b3"]]
+    + [f"{port}{n}" for port in ("COM", "LPT") for n in [*"0123456789", "\u00b9", "\u00b2", "\u00b3"]]
 )
 #: Characters Windows does not allow in a file or folder name.
 _WINDOWS_FORBIDDEN = re.compile(r'[<>:"|?*\x00-\x1f]')
@@ -378,7 +380,7 @@ def windows_name_problem(name: str) -> str | None:
         return f"it holds {shown}, which Windows does not allow in names"
     if name != name.rstrip(" ."):
         return "it ends in a dot or a space, which Windows drops (the file would get another name)"
-    if name.split(".", 1)[0].rstrip(" ").upper() in _WINDOWS_DEVICES:
+    if name.split(".", 1)[0].rstrip(" ").upper() in WINDOWS_DEVICE_NAMES:
         return f"{name.split('.', 1)[0]!r} is a device name on Windows (CON, PRN, AUX, NUL, COM1, LPT1...)"
     return None
 

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from ..errors import ModelLoadError, ParameterError
+from ..writing import WINDOWS_DEVICE_NAMES
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -36,8 +37,6 @@ __all__ = [
 
 #: What a voice id may look like (ids of uploaded voices are checked against it).
 VOICE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
-#: Device names Windows reserves whatever the extension (``CON.pth`` cannot be a file there).
-_RESERVED = frozenset({"CON", "PRN", "AUX", "NUL", *(f"COM{i}" for i in range(10)), *(f"LPT{i}" for i in range(10))})
 
 
 def upload_name_problem(name: str) -> str | None:
@@ -46,7 +45,7 @@ def upload_name_problem(name: str) -> str | None:
     digit first), and not a device name Windows reserves (``CON``, ``NUL``, ``COM1``...)."""
     if not VOICE_ID.fullmatch(name):
         return f"name {name!r} is not a valid voice name (letters, digits, '_', '.', '-'; at most 64)"
-    if name.split(".", 1)[0].upper() in _RESERVED:
+    if name.split(".", 1)[0].upper() in WINDOWS_DEVICE_NAMES:  # CON.pth cannot be a file there
         return f"name {name!r} is a device name on Windows ({name.split('.', 1)[0].upper()}), not a file name: choose another"
     return None
 
