@@ -776,9 +776,7 @@ def compute_workers(engine: Engine, options: BatchOptions) -> int:
     """``options.compute_workers``, else what ``rvcfast tune`` measured for this machine and device, else 1."""
     if options.compute_workers is not None:
         return int(options.compute_workers)
-    from .tuning import load_profile
-
-    profile = load_profile(engine.device)
+    profile = engine.profile
     return max(1, int(profile.compute_workers)) if profile is not None else 1
 
 

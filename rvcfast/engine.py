@@ -26,12 +26,13 @@ steps is masked, and the model noise is seeded per segment.
 from __future__ import annotations
 
 import copy
+import functools
 import os
 import time
 from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -59,6 +60,9 @@ from .result import Result
 from .runtime import check_batch_seconds, default_batch_seconds, f0_dtype, release_memory, resolve_device
 from .segment import SegmentConfig
 from .timing import Timer, spread
+
+if TYPE_CHECKING:
+    from .tuning import Profile
 
 __all__ = ["Engine", "prepare_input", "load_encoder_cached"]
 
@@ -185,12 +189,13 @@ class Engine:
         """
         from .index import load_index
         from .models.synthesizer import load_vocoder
-        from .tuning import tuned_settings
+        from .tuning import load_profile, tuned_settings
         from .weights import resolve_encoder_for
 
         dev = resolve_device(device)
         check_batch_seconds(batch_seconds)  # before anything is loaded
-        dt, batch_seconds = tuned_settings(dtype, batch_seconds, dev, model)
+        profile = load_profile(dev)  # read once: a bad file is warned about once, not per setting it fills
+        dt, batch_seconds = tuned_settings(dtype, batch_seconds, dev, model, profile)
         vocoder = load_vocoder(model, device=dev, dtype=dt)
         idx = load_index(index, device=dev) if index is not None else None
         if idx is not None and idx.dim != vocoder.feature_dim:
@@ -219,7 +224,17 @@ class Engine:
                 raise ParameterError(f"f0 must be a backend name or an F0Extractor, got {type(f0).__name__}")
         engine = cls(vocoder, enc, extractor, idx, device=dev, dtype=dt, batch_seconds=batch_seconds)
         engine.name = Path(os.fspath(model)).stem or "voice"
+        engine.profile = profile
         return engine
+
+    @functools.cached_property
+    def profile(self) -> Profile | None:
+        """This machine's ``rvcfast tune`` profile for the engine's device (``None``: none), read
+        once per engine (:meth:`load` reads it before loading); its threads and compute workers
+        are what batches and the CLI use when not told."""
+        from .tuning import load_profile
+
+        return load_profile(self.device)
 
     def with_f0(self, extractor: F0Extractor) -> Engine:
         """This engine with another F0 extractor; the networks and index are shared, nothing is loaded."""

@@ -317,6 +317,9 @@ def _lookup(device: torch.device | str, source: Path) -> tuple[Profile | None, s
         return None, f"its entry for this machine: {exc}"
 
 
+#: ``profile`` not given: read this machine's profile file (see :func:`tuned_settings`).
+_READ = object()
+
 #: Why a profile path that is a folder is ignored.
 _FOLDER = "it is a folder, not a profile file"
 
@@ -344,34 +347,46 @@ def load_profile(device: torch.device | str = "cpu", path: Path | None = None) -
 
 
 def tuned_settings(
-    dtype: torch.dtype | str, batch_seconds: float | None, device: torch.device, model: Any = None
+    dtype: torch.dtype | str,
+    batch_seconds: float | None,
+    device: torch.device,
+    model: Any = None,
+    profile: Profile | None | object = _READ,
 ) -> tuple[torch.dtype, float | None]:
     """The precision and batch size an engine uses: the profile fills ``"auto"`` and a missing
     batch size. An ONNX voice ``model`` (``.onnx``) runs in float32 only, so for it ``"auto"``
-    is float32."""
+    is float32. ``profile`` is this machine's profile when the caller has read it already
+    (``None``: there is none), so a bad profile file is read, and warned about, once."""
     from .models.onnx_vocoder import is_onnx_path
 
-    if batch_seconds is None:
+    if profile is _READ and (batch_seconds is None or _is_auto(dtype)):
         profile = load_profile(device)
-        batch_seconds = profile.batch_seconds if profile is not None else None
-    if isinstance(dtype, str) and dtype.strip().lower() == "auto" and is_onnx_path(model):
+    if batch_seconds is None:
+        batch_seconds = profile.batch_seconds if isinstance(profile, Profile) else None
+    if _is_auto(dtype) and is_onnx_path(model):
         return torch.float32, batch_seconds
-    return tuned_dtype(dtype, device), batch_seconds
+    return tuned_dtype(dtype, device, profile), batch_seconds
 
 
-def tuned_dtype(dtype: torch.dtype | str, device: torch.device) -> torch.dtype:
+def _is_auto(dtype: torch.dtype | str) -> bool:
+    return isinstance(dtype, str) and dtype.strip().lower() == "auto"
+
+
+def tuned_dtype(dtype: torch.dtype | str, device: torch.device, profile: Profile | None | object = _READ) -> torch.dtype:
     """``dtype`` checked for ``device``, with ``"auto"`` meaning this machine's profile's
     precision (without a profile, or with one whose precision ``device`` cannot run:
-    :func:`rvcfast.runtime.resolve_dtype`'s choice)."""
+    :func:`rvcfast.runtime.resolve_dtype`'s choice). ``profile``: as for :func:`tuned_settings`."""
     from .runtime import resolve_dtype
 
-    if isinstance(dtype, str) and dtype.lower() == "auto":
-        profile = load_profile(device)
-        if profile is not None:
+    if _is_auto(dtype):
+        if profile is _READ:
+            profile = load_profile(device)
+        if isinstance(profile, Profile):
             try:
                 return resolve_dtype(profile.dtype, device)
             except ParameterError as exc:  # a hand-edited file: "auto" must not fail
                 _ignore(profile_path(), f"its dtype {profile.dtype!r}: {exc}")
+        dtype = "auto"
     return resolve_dtype(dtype, device)
 
 
@@ -598,7 +613,7 @@ def system_report(device: torch.device | str = "cpu") -> dict[str, Any]:
         "cuda": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "profile": str(path) if profile is not None else None,
         "settings": {
-            "dtype (auto)": str(tuned_dtype("auto", dev)).replace("torch.", ""),
+            "auto_dtype": str(tuned_dtype("auto", dev, profile)).replace("torch.", ""),  # what dtype="auto" runs in
             "threads": threads,
             "batch_seconds": profile.batch_seconds if profile else default_batch_seconds(dev),
             "compute_workers": profile.compute_workers if profile else 1,

@@ -290,4 +290,4 @@ def test_auto_is_bfloat16_here_and_says_nothing(tiny_models: TinyModels, monkeyp
     assert conv.dtype == torch.bfloat16
     assert cli_main(["info", "--system", "--json"]) == 0
     system = json.loads(capsys.readouterr().out)["system"]
-    assert system["native_bf16"] is True and system["settings"]["dtype (auto)"] == "bfloat16"
+    assert system["native_bf16"] is True and system["settings"]["auto_dtype"] == "bfloat16"

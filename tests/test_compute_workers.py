@@ -279,9 +279,16 @@ def test_split_groups_is_how_the_batch_groups_files(tiny_converter, batch_second
 
 
 def test_the_profile_sets_the_default_and_an_argument_overrides_it(tiny_converter, profile_file: Path) -> None:
-    engine = tiny_converter.engine
-    assert compute_workers(engine, BatchOptions()) == 1  # no profile
+    from rvcfast.engine import Engine
+
+    e = tiny_converter.engine
+
+    def fresh() -> Engine:  # an engine reads the profile once, when first asked
+        return Engine(e.vocoder, e.encoder, e.f0_extractor, e.index, device=e.device, dtype=e.dtype)
+
+    assert compute_workers(fresh(), BatchOptions()) == 1  # no profile
     save_profile(Profile(machine=machine_id("cpu"), dtype="float32", threads=2, batch_seconds=8.0, compute_workers=2))
+    engine = fresh()
     assert compute_workers(engine, BatchOptions()) == 2
     assert compute_workers(engine, BatchOptions(compute_workers=1)) == 1
     # a profile written before compute workers existed reads as one worker

@@ -196,7 +196,55 @@ def test_a_profile_precision_the_cpu_cannot_run_falls_back_for_auto(tiny_models,
         conv = tiny_models.converter(dtype="auto")  # loads; "auto" never fails
     assert conv.dtype == torch.float32
     with pytest.warns(RuntimeWarning):
-        assert tuning.system_report("cpu")["settings"]["dtype (auto)"] == "float32"
+        assert tuning.system_report("cpu")["settings"]["auto_dtype"] == "float32"
+
+
+def _profile_warnings(record: list[warnings.WarningMessage]) -> list[str]:
+    return [str(w.message) for w in record if "ignoring the rvcfast profile" in str(w.message)]
+
+
+def test_a_damaged_profile_is_read_and_warned_about_once_per_voice(tiny_models, profile_file: Path, tmp_path: Path) -> None:
+    """Loading with dtype="auto" read the file once for the precision and again for the batch size,
+    and convert_batch read it again for its compute workers: one damaged file, a warning per read
+    (twice on a terminal, where torch's own warning filters reset Python's once-per-place record)."""
+    from helpers import write_tone
+
+    profile_file.write_text('{"bad json')
+    wav = write_tone(tmp_path, "in.wav", 0.5)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")  # every read that warns is counted
+        conv = tiny_models.converter(dtype="auto")
+        conv.convert_batch([wav], out_dir=tmp_path / "out")
+    said = _profile_warnings(record)
+    assert len(said) == 1 and "bad json" not in said[0] and str(profile_file) in said[0], said
+    assert conv.engine.profile is None and (tmp_path / "out" / "in.wav").is_file()
+
+
+def test_the_command_line_warns_about_a_damaged_profile_once(tiny_models, profile_file: Path, tmp_path: Path) -> None:
+    """As a user sees it: its own process, Python's default warning filters."""
+    import subprocess
+    import sys
+
+    from helpers import cli_weights, write_tone
+
+    profile_file.write_text("[1, 2")
+    wav = write_tone(tmp_path, "in.wav", 0.5)
+    cmd = [sys.executable, "-m", "rvcfast", "convert", str(tiny_models.voice), str(wav), "-o", str(tmp_path / "out"),
+           "--dtype", "auto", *cli_weights(tiny_models)]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "PYTHONWARNINGS": ""})
+    assert run.returncode == 0 and run.stderr.count("ignoring the rvcfast profile") == 1, run.stderr
+
+
+def test_a_profile_is_read_once_and_applied_everywhere(tiny_models, profile_file: Path, tmp_path: Path) -> None:
+    """The one read fills every setting: batch size, precision, compute workers."""
+    from rvcfast.batch import BatchOptions, compute_workers
+
+    _write(profile_file, _entry(batch_seconds=3.5, compute_workers=2))
+    conv = tiny_models.converter(dtype="auto")
+    assert conv.engine.batch_seconds == 3.5 and conv.dtype == torch.float32
+    assert compute_workers(conv.engine, BatchOptions()) == 2
+    profile_file.unlink()  # the engine keeps what it read at load time
+    assert compute_workers(conv.engine, BatchOptions()) == 2
 
 
 # ------------------------------------------------------------------------------------- writing

@@ -55,7 +55,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from ..api import Converter
     from ..batch import BatchOptions, BatchSummary, compute_workers, usable_workers
     from ..testing import build_bench_models, synth_test_audio
-    from ..tuning import apply_threads, load_profile
+    from ..tuning import apply_threads
     from ..weights import cache_dir
 
     _check_numbers(args)
@@ -79,7 +79,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
     load_seconds = time.perf_counter() - t0
     # what `rvcfast convert` runs: the tuned thread count (unless OMP_NUM_THREADS or MKL_NUM_THREADS
     # says otherwise), as the tuned batch size and compute workers that convert_batch takes itself
-    threads = apply_threads(load_profile(conv.device))
+    threads = apply_threads(conv.engine.profile)
     workers = usable_workers(compute_workers(conv.engine, BatchOptions()), args.files, conv.device.type)
     with tempfile.TemporaryDirectory(prefix="rvcfast-bench-") as tmp:
         clips = []

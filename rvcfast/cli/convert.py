@@ -232,7 +232,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     report = BatchReport(report_path, [str(p) for p in inputs], [Path(m).stem for m, _ in voices] if len(voices) > 1 else None)
     report.check_writable()
     from ..batch import BatchOptions, compute_workers, usable_workers
-    from ..tuning import apply_threads, load_profile
+    from ..tuning import apply_threads
 
     convs, threads = [], 0
     for model, index in voices:
@@ -244,7 +244,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
         check_params(params_from_args(args), conv.engine.vocoder)  # a --speaker this voice lacks, with the flag
         convs.append(conv)
         if len(convs) == 1:
-            threads = apply_threads(load_profile(conv.device))  # this process is ours: use the tuned thread count
+            threads = apply_threads(conv.engine.profile)  # this process is ours: use the tuned thread count
         if not args.quiet:
             requested = compute_workers(conv.engine, BatchOptions(compute_workers=args.compute_workers))
             workers = usable_workers(requested, len(inputs), conv.device.type)

@@ -50,7 +50,8 @@ def _system(report: dict[str, Any]) -> None:
         ("profile", report["profile"] or "(none)"),
         ("  for machine", report["machine"]),  # what a profile entry must name to apply here
     ]
-    rows += [(f"  {k}", str(v)) for k, v in report["settings"].items()]
+    labels = {"auto_dtype": "dtype (auto)"}  # the JSON keys are identifiers; the text says what they mean
+    rows += [(f"  {labels.get(k, k)}", str(v)) for k, v in report["settings"].items()]
     w = report.get("weights")
     if w is not None:  # where hubert_base.pt and rmvpe.pt are found now, or how to get them
         rows.append(("base weights", "searched in " + ", ".join(w["search_folders"])))

@@ -114,10 +114,11 @@ class ServerState:
         self._loads_lock = threading.RLock()  # a done callback may run at once, in the submitting thread
         self._loads: dict[str, cf.Future[Engine]] = {}  # voice id -> its load in the loader pool
         from ..runtime import resolve_device
-        from ..tuning import tuned_dtype
+        from ..tuning import load_profile, tuned_dtype
 
         self.device = resolve_device(cfg.device)  # a bad device or dtype is refused here, before anything starts
-        self.dtype = tuned_dtype(cfg.dtype, self.device)  # "auto": the `rvcfast tune` profile's, if any
+        self.profile = load_profile(self.device)  # read once (a bad file is warned about once)
+        self.dtype = tuned_dtype(cfg.dtype, self.device, self.profile)  # "auto": the `rvcfast tune` profile's, if any
         #: Called (from the loading thread) when no voice could be loaded; the command line stops the server.
         self.on_fatal: Callable[[], None] | None = None
         #: F0 tracks and content features of recent inputs, shared by every voice (None: off)
@@ -138,9 +139,9 @@ class ServerState:
             if self.cfg.threads is not None:
                 torch.set_num_threads(int(self.cfg.threads))
             else:  # the server owns its process: the tuned thread count, unless OMP_NUM_THREADS says otherwise
-                from ..tuning import apply_threads, load_profile
+                from ..tuning import apply_threads
 
-                apply_threads(load_profile(self.device))
+                apply_threads(self.profile)
             group = self.cfg.batch_seconds
             if group is None:
                 group = CPU_GROUP_SECONDS if self.device.type == "cpu" else default_batch_seconds(self.device)
