@@ -102,6 +102,28 @@ def test_f0_option_numbers_are_checked_in_the_constructors():
         pm(voicing_threshold="high")
 
 
+def test_f0_refuses_audio_shorter_than_a_frame_and_says_a_file_is_truncated(tmp_path, capsys):
+    """A WAV cut off 50 samples into its data gave a one-row CSV (a "pitch" for 3 ms) and no word
+    that the file was damaged; a file cut in half gave its track with no warning either, where
+    `rvcfast convert` says both."""
+    whole = _wav(tmp_path / "src", seconds=1.0).read_bytes()
+    folder = tmp_path / "in"
+    folder.mkdir()
+    (folder / "stub.wav").write_bytes(whole[: 44 + 100])  # 50 samples of a 1 s file
+    (folder / "half.wav").write_bytes(whole[: len(whole) // 2])
+    out = tmp_path / "f0"
+    assert main(["f0", str(folder / "stub.wav"), str(folder / "half.wav"), "--method", "dio", "-o", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert not (out / "stub.csv").exists()
+    assert re.search(r"stub\.wav: audio is too short for an F0 track: 3\.1 ms", err), err
+    rows = (out / "half.csv").read_text().splitlines()
+    held = (len(whole) // 2 - 44) // 2  # 16-bit samples after the 44-byte header
+    assert rows[0] == "time,f0" and len(rows) - 1 == held // 160 + 1  # what it holds, one row per 10 ms
+    assert re.search(r"warning: .*half\.wav: file is truncated: its header promises 1\.00 s of audio, it holds 0\.50 s", err)
+    assert main(["f0", str(folder / "half.wav"), "--method", "dio", "-o", str(tmp_path / "q"), "-q"]) == 0
+    assert "truncated" not in capsys.readouterr().err  # -q: quiet, as for convert
+
+
 # ------------------------------------------------------------------------------- rvcfast tune
 
 

@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from ..atomic import atomic_write
-from ..errors import RvcfastError
+from ..constants import F0_HOP, SR_16K
+from ..errors import AudioError, RvcfastError
 from ._common import (
     HelpFormatter,
     UsageError,
@@ -19,6 +19,7 @@ from ._common import (
     expand_inputs,
     parse_options,
     report_failures,
+    say,
     user_path,
 )
 
@@ -36,7 +37,7 @@ def cmd_f0(args: argparse.Namespace) -> int:
     """Write the F0 track of each input (CSV ``time,f0`` or ``.npy``) into OUT."""
     import numpy as np
 
-    from ..audio import load_audio_16k
+    from ..audio import decode
     from ..f0.base import checked_track
     from ..f0.registry import build_f0_extractor
     from ..runtime import resolve_device
@@ -70,8 +71,14 @@ def cmd_f0(args: argparse.Namespace) -> int:
         target = out / name
         t0 = time.perf_counter()
         try:
-            audio = load_audio_16k(path)
-            n_frames = audio.shape[0] // 160 + 1
+            decoded = decode(path)  # its warnings too: a truncated file's track is shorter than the header says
+            audio = decoded.audio
+            if audio.shape[0] < F0_HOP:  # one frame at t=0 from a few samples: no pitch can be read from it
+                raise AudioError(
+                    path, f"audio is too short for an F0 track: {1000 * audio.shape[0] / SR_16K:.1f} ms; at least 10 ms "
+                    "(one frame) is needed",
+                )
+            n_frames = audio.shape[0] // F0_HOP + 1
             track = checked_track(extractor.extract(audio), n_frames, f"{path}: F0 backend {extractor.name!r}")
             f0 = _fit_frames(track, n_frames)
             with atomic_write(target) as tmp:
@@ -89,15 +96,16 @@ def cmd_f0(args: argparse.Namespace) -> int:
             failures.append(reason if str(path) in reason else f"{path}: {reason}")
             if not args.quiet:
                 short = reason[len(str(path)) + 2 :] if reason.startswith(f"{path}: ") else reason
-                print(f"[{n}/{len(inputs)}] {path}: FAILED: {short}", file=sys.stderr)
+                say(f"[{n}/{len(inputs)}] {path}: FAILED: {short}")
             continue
         if not args.quiet:
             voiced = float((f0 > 0).mean()) if f0.size else 0.0
-            print(
+            say(
                 f"[{n}/{len(inputs)}] {path} -> {target} ({f0.shape[0]} frames, {100 * voiced:.0f}% voiced, "
-                f"{time.perf_counter() - t0:.2f} s)",
-                file=sys.stderr,
+                f"{time.perf_counter() - t0:.2f} s)"
             )
+            for line in decoded.warnings:  # as `rvcfast convert` prints them
+                say(f"  warning: {line}")
     return report_failures(failures, len(inputs))
 
 
