@@ -135,9 +135,9 @@ def test_report_lines_are_the_files_on_disk(tiny_models, tmp_path):
     assert len(again) == 3 and not [p for p in report.parent.iterdir() if p != report]  # no temporary file left
 
 
-def test_an_interrupted_run_leaves_no_report(tiny_models, tmp_path, monkeypatch):
-    """The report is written when the batch ends: a run stopped half-way never leaves one that
-    names outputs it did not write, and an older report stays as it was."""
+def test_an_interrupted_run_reports_what_it_did(tiny_models, tmp_path, monkeypatch):
+    """A run stopped half-way (Ctrl-C) replaces the older report with its own: the input done,
+    and the other named as not done; it never names an output it did not write."""
     src = tmp_path / "in"
     _wav(src, "a.wav"), _wav(src, "b.wav")
     report = tmp_path / "report.jsonl"
@@ -153,7 +153,11 @@ def test_an_interrupted_run_leaves_no_report(tiny_models, tmp_path, monkeypatch)
     monkeypatch.setattr(rvcfast.api.Converter, "iter_batch", interrupted)
     argv = ["convert", str(tiny_models.voice), str(src), "-o", str(tmp_path / "out"), "--report", str(report)]
     assert main([*argv, *_weights(tiny_models)]) == 130
-    assert report.read_text() == "older\n" and sorted(p.name for p in tmp_path.iterdir()) == ["in", "out", "report.jsonl"]
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    assert [(Path(r["source"]).name, r["ok"]) for r in rows] == [("a.wav", True), ("b.wav", False)]
+    assert Path(rows[0]["output_path"]).is_file() and rows[1]["output_path"] is None
+    assert "interrupted (Ctrl-C)" in rows[1]["error"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in", "out", "report.jsonl"]  # no temporary file left
 
 
 def test_worker_counts_reach_the_batch(tiny_models, tmp_path, monkeypatch):

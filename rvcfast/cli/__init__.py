@@ -36,6 +36,7 @@ from ._common import (
     EXIT_USAGE,
     PROG,
     HelpFormatter,
+    Terminated,
     UsageError,
     discard_stdout,
     err,
@@ -125,12 +126,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     except BrokenPipeError:  # the reader went away (`rvcfast info --json | head -c1`): no traceback
         discard_stdout()
         return EXIT_FAILED
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM (a scheduler stopping the job, ``kill``) in the console script: raised in the main
-    thread, so a command ends as it does on Ctrl-C (workers stopped, temporary files removed,
-    outputs already written kept) with status 143."""
 
 
 def _raise_terminated(signum: int, frame: object) -> None:

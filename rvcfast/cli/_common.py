@@ -55,6 +55,12 @@ def user_path(text: str) -> str:
     return os.path.expanduser(text)
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (a scheduler stopping the job, ``kill``) in the console script: raised in the main
+    thread, so a command ends as it does on Ctrl-C (workers stopped, temporary files removed,
+    outputs already written kept) with status 143."""
+
+
 def say(text: str) -> None:
     """Print a line on standard error (messages, warnings, failures). A standard error that
     cannot be written any more (its reader went away) is not a reason to stop a command

@@ -217,6 +217,19 @@ class BatchReport:
         self.reported.update(left)
         return failed[0]
 
+    def interrupted(self, how: str) -> int:
+        """The run was stopped (``how``: "Ctrl-C", "SIGTERM"): every input without a result gets
+        a line saying so. Returns how many."""
+        left = [pair for pair in self.planned if pair not in self.reported]
+        for source, voice in left:
+            reason = (
+                f"not done: the batch was interrupted ({how}) first (an output already at its path is complete: "
+                "--skip-existing keeps it)"
+            )
+            self.rows.append(_line(source, error=reason, **({} if voice is None else {"voice": voice})))
+        self.reported.update(left)
+        return len(left)
+
     def write(self) -> None:
         """Write the report (atomically: the file appears whole, or an older one stays)."""
         if self.path is None:

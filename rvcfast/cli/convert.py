@@ -11,6 +11,7 @@ from typing import Any
 from ._common import (
     PROG,
     HelpFormatter,
+    Terminated,
     UsageError,
     add_conversion_options,
     add_device_options,
@@ -181,6 +182,10 @@ def _run(
         summary.failed += 1
         failures.append(" ".join(str(exc).split()))  # it names its file
         not_reached = total - summary.files
+    except KeyboardInterrupt as exc:  # Ctrl-C, SIGTERM: what was done is reported, then the command ends
+        bar.close()
+        _report_interrupted(report, "SIGTERM" if isinstance(exc, Terminated) else "Ctrl-C")
+        raise
     finally:
         bar.close()
     summary.wall_seconds = time.perf_counter() - start
@@ -198,6 +203,19 @@ def _run(
         what = "file(s) after it not converted" if len(convs) == 1 else "conversion(s) (input, voice) after it not done"
         say(f"{PROG}: {not_reached} {what} (--on-error stop)")
     return status
+
+
+def _report_interrupted(report: BatchReport, how: str) -> None:
+    """Write ``--report`` for a run stopped by ``how``: the inputs done, and the others as not converted."""
+    if report.path is None:
+        return
+    left = report.interrupted(how)
+    try:
+        report.write()
+    except OSError as exc:
+        say(f"{PROG}: error: --report {report.path} cannot be written: {exc.strerror or exc}")
+        return
+    say(f"{PROG}: --report {report.path} written: {len(report.rows) - left} input(s) done, {left} not done")
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
