@@ -229,9 +229,7 @@ class Engine:
 
     @functools.cached_property
     def profile(self) -> Profile | None:
-        """This machine's ``rvcfast tune`` profile for the engine's device (``None``: none), read
-        once per engine (:meth:`load` reads it before loading); its threads and compute workers
-        are what batches and the CLI use when not told."""
+        """This machine's ``rvcfast tune`` profile for the engine's device (``None``: none), read once."""
         from .tuning import load_profile
 
         return load_profile(self.device)
