@@ -321,6 +321,8 @@ class _BatchRun:
 
     def _decode(self, job: Job) -> _Decoded:
         t0 = time.perf_counter()
+        if job.problem is not None:  # its output cannot be written (a name Windows refuses): not converted
+            return _Decoded(job, None, 0.0, error=job.problem, exc=RvcfastError(job.problem))
         try:
             if job.path is not None:
                 prep = self.engine.prepare(job.path, params=self.params)
@@ -763,13 +765,22 @@ def run_batch(
 
 
 def _check_windows_outputs(jobs: list[Job], out_dir: str | os.PathLike[str]) -> None:
-    """Windows: a :class:`ParameterError` now, before any work, for an output name Windows cannot
-    write (``<>:"|?*``, a trailing dot or space, ``CON``/``NUL``..., a path too long), which would
-    otherwise fail at its write after its conversion (see :func:`~rvcfast.writing.check_windows_output`)."""
+    """Windows: output names Windows cannot write (``<>:"|?*``, a trailing dot or space,
+    ``CON``/``NUL``..., a path too long; see :func:`~rvcfast.writing.check_windows_output`),
+    found before any work (such an output otherwise failed at its write, after its conversion).
+    When every output has one, the folder or the template is at fault: a :class:`ParameterError`
+    now; otherwise those inputs fail (``job.problem``) and the others are converted."""
     long_paths = windows_long_paths()
+    first: ParameterError | None = None
     for job in jobs:
         if job.out_path is not None:
-            check_windows_output(out_dir, job.out_path, job.label, long_paths)
+            try:
+                check_windows_output(out_dir, job.out_path, job.label, long_paths)
+            except ParameterError as exc:
+                job.problem = str(exc)
+                first = first or exc
+    if first is not None and all(job.problem is not None for job in jobs):
+        raise first
 
 
 def compute_workers(engine: Engine, options: BatchOptions) -> int:

@@ -47,6 +47,8 @@ class Job:
     array: np.ndarray | None = None
     rate: int | None = None
     out_path: Path | None = None
+    #: why this input's output cannot be written (found before any work; the input fails with it)
+    problem: str | None = None
 
 
 #: ``name_template``'s ``{voice}`` and ``{pitch}`` where no batch gives them (checking a template).

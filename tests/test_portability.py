@@ -13,6 +13,7 @@ import sys
 import textwrap
 import types
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -216,6 +217,31 @@ def test_windows_output_names_refused_before_any_work(
     assert not out.exists() or not any(out.rglob("*"))
     # the same names are written elsewhere (where they are legal)
     assert writing.windows_name_problem("take.wav") is None and writing.windows_name_problem("Con1.wav") is None
+
+
+def test_one_input_whose_output_windows_cannot_name_fails_alone(
+    tiny_converter: rvcfast.Converter, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An input named ``take:2.wav`` (legal on Linux and macOS, e.g. on a share) stopped the
+    whole batch on Windows before any work; now it fails alone, named, and the others are
+    converted (a folder or template that no output can use still stops it at once, above)."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for name in ("a.wav", "take:2.wav", "z.wav"):
+        sf.write(src / name, tone(0.3), 16000)
+    # the batch's checks as on Windows; the writes as on this machine (soundfile's Windows calls are not here)
+    monkeypatch.setattr(batch, "sys", SimpleNamespace(platform="win32"))
+    monkeypatch.setattr(batch, "windows_long_paths", lambda: True, raising=False)
+    out = tmp_path / "out"
+    results = tiny_converter.convert_batch([src], out)
+    by_name = {Path(r.source).name: r for r in results}
+    assert by_name["a.wav"].ok and by_name["z.wav"].ok
+    bad = by_name["take:2.wav"]
+    assert not bad.ok and "cannot be written on Windows" in bad.error and "':'" in bad.error and str(src / "take:2.wav") in bad.error
+    assert sorted(p.name for p in out.iterdir()) == ["a.wav", "z.wav"]
+    with pytest.raises(rvcfast.RvcfastError, match="cannot be written on Windows") as info:  # on_error="stop": at that file
+        tiny_converter.convert_batch([src], tmp_path / "out2", on_error="stop")
+    assert not isinstance(info.value, rvcfast.ParameterError)  # a file's failure, not a usage error
 
 
 def test_windows_paths_too_long_refused_unless_long_paths_are_on(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
