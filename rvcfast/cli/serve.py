@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import copy
 import errno
+import logging
 import os
 import signal
 import socket
@@ -46,6 +48,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
     if not args.shutdown_timeout > 0:  # also NaN
         raise UsageError(f"--shutdown-timeout must be a positive number of seconds, got {args.shutdown_timeout}")
     check_f0_name("--f0", args.f0, parse_options(args.f0_option), args.f0_weights is not None)  # as convert does: before anything is loaded
+    if args.log_config is not None and not os.path.isfile(args.log_config):
+        raise UsageError(f"--log-config: no such file: {args.log_config}")
+    if args.log_config is not None and args.log_format != "text":
+        raise UsageError("give --log-format or --log-config, not both (the file chooses the formats)")
     config = _config(ServeConfig, args)
     # the port first: a second server started by mistake stops here, before it touches the
     # first one's --jobs-dir
@@ -59,17 +65,30 @@ def cmd_serve(args: argparse.Namespace) -> int:
     shown = f"[{host}]" if ":" in host else host
     state = app.state.rvcfast
     dtype = str(state.dtype).replace("torch.", "") + (f" ({config.dtype})" if config.dtype == "auto" else "")
-    print(f"rvcfast serve: listening on http://{shown}:{port} ({len(state.registry.ids())} voices on {state.device}, "
-          f"{dtype}; GET /health says when the models are loaded)", file=sys.stderr, flush=True)
+    said = (f"rvcfast serve: listening on http://{shown}:{port} ({len(state.registry.ids())} voices on {state.device}, "
+            f"{dtype}; GET /health says when the models are loaded)")
+    if args.log_format == "json":  # every line of the log a JSON object, this one too
+        from ..serve.middleware import JsonFormatter
+
+        said = JsonFormatter().format(logging.makeLogRecord({"name": "rvcfast.serve", "levelname": "INFO", "msg": said}))
+    print(said, file=sys.stderr, flush=True)
 
     class Server(uvicorn.Server):
         async def shutdown(self, sockets: Any = None) -> None:
+            jobs = len(state.jobs.active())
+            _log.log(
+                logging.WARNING if jobs else logging.INFO,
+                "shutting down: %d unfinished job(s) cancelled; the %d request(s) in flight get at most %g s (--shutdown-timeout)",
+                jobs, max(0, state.admission.count - jobs), args.shutdown_timeout,
+            )
             await state.cancel_jobs()  # first: the requests in flight get the model worker to themselves
             await super().shutdown(sockets=sockets)
 
     server = Server(
         uvicorn.Config(
-            app, log_level=args.log_level, access_log=not args.no_access_log, timeout_keep_alive=30, lifespan="on",
+            app, log_level=args.log_level, log_config=args.log_config or _log_config(args.log_level, args.log_format),
+            # the app logs every request itself (rvcfast.serve.access: with its duration and request id)
+            access_log=False, timeout_keep_alive=30, lifespan="on",
             # a client that stops reading a stream would otherwise hold the shutdown forever
             timeout_graceful_shutdown=args.shutdown_timeout,
             # WS /v1/live: raw audio hardly compresses, and a compressed burst (silence) would be
@@ -81,11 +100,34 @@ def cmd_serve(args: argparse.Namespace) -> int:
     def stop() -> None:
         server.should_exit = True
 
+    if args.no_access_log:  # the failed requests (5xx) are still logged, at WARNING and ERROR
+        logging.getLogger("rvcfast.serve.access").setLevel(logging.WARNING)
     state.on_fatal = stop  # no voice could be loaded: stop instead of answering 503 forever
     server.run(sockets=[sock])
     if state.load_error is not None:
         raise ModelLoadError(None, f"the server stopped: {state.load_failure or state.load_error}")
     return 0
+
+
+_log = logging.getLogger("rvcfast.serve")
+
+
+def _log_config(level: str, fmt: str = "text") -> dict[str, Any]:
+    """uvicorn's logging configuration, with rvcfast's loggers (``rvcfast.serve``: the server's
+    messages; ``rvcfast.serve.access``: one line per request) on its stderr handler at ``level``;
+    ``fmt="json"``: every line a JSON object (:class:`~rvcfast.serve.middleware.JsonFormatter`).
+    Every record gets a ``request_id`` attribute (:class:`~rvcfast.serve.middleware.RequestIdFilter`)."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config: dict[str, Any] = copy.deepcopy(LOGGING_CONFIG)
+    config.setdefault("filters", {})["request_id"] = {"()": "rvcfast.serve.middleware.RequestIdFilter"}
+    config["handlers"]["default"]["filters"] = ["request_id"]
+    if fmt == "json":
+        config["formatters"]["json"] = {"()": "rvcfast.serve.middleware.JsonFormatter"}
+        for handler in config["handlers"].values():
+            handler["formatter"] = "json"
+    config["loggers"]["rvcfast"] = {"handlers": ["default"], "level": level.upper(), "propagate": False}
+    return config
 
 
 #: ServeConfig fields whose option is not ``--`` + the field's name with dashes.
@@ -146,8 +188,16 @@ def add_parser(sub: Any) -> None:
     n.add_argument("--host", default="127.0.0.1", help="address to listen on (0.0.0.0: every interface)")
     n.add_argument("--port", type=int, default=8000, help="port (0: any free port, printed at start)")
     n.add_argument("--api-key", metavar="KEY", default=None, help="require this key (Authorization: Bearer KEY or X-API-Key); default: $RVCFAST_API_KEY")
-    n.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"], help="uvicorn log level")
-    n.add_argument("--no-access-log", action="store_true", help="do not log every request")
+    n.add_argument("--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"],
+                   help="log level of the server's messages and its request log (default: %(default)s)")
+    n.add_argument("--no-access-log", action="store_true",
+                   help="do not log every request (failed ones, 5xx, are still logged)")
+    n.add_argument("--log-format", choices=["text", "json"], default="text",
+                   help="text lines, or one JSON object per line (time, level, logger, message, and a request's "
+                   "request_id, method, path, status, duration_s, client, input, voice, error) (default: %(default)s)")
+    n.add_argument("--log-config", metavar="FILE", default=None,
+                   help="logging configuration (.json or .yaml: logging.config.dictConfig; else .ini) for uvicorn's "
+                   "and rvcfast's loggers (rvcfast.serve, rvcfast.serve.access), e.g. JSON lines for a log collector")
     n.add_argument("--shutdown-timeout", type=float, default=300.0, metavar="S",
                    help="on SIGTERM, wait this long for requests in flight, then cancel them (default: %(default)s)")
     g = p.add_argument_group("models")

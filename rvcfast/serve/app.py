@@ -33,7 +33,15 @@ from .config import ServeConfig, require_serve_extra
 from .forms import FieldError
 from .intake import UnsupportedMedia, read_request
 from .jobs import JobStoreFull
-from .middleware import ApiKey, BodyLimit, BodyStalled, BodyTooLarge, RequestMetrics
+from .middleware import (
+    ApiKey,
+    BodyLimit,
+    BodyStalled,
+    BodyTooLarge,
+    RequestMetrics,
+    request_id,
+    with_request_id,
+)
 from .scheduler import QueueFull
 from .state import NotReady, ServerState
 from .voices import UnknownVoice, onnx_external_data, save_upload, upload_name_problem
@@ -82,6 +90,7 @@ def create_app(config: ServeConfig | None = None, /, **options: Any) -> Any:
     from .live import add_live_routes
 
     add_live_routes(app, state)
+    _ops_gauges(state)
     # outermost last: metrics see every answer, the key is checked before the body limit,
     # and failures of the routes are answered innermost, where the connection survives them
     app.add_middleware(InternalErrors, state=state)
@@ -99,8 +108,29 @@ async def _sweep_jobs(state: ServerState) -> None:
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> Any:
-    """A JSON error answer ``{"error": message, ...}``."""
-    return JSONResponse({"error": message, **extra}, status_code=status, headers=headers)
+    """A JSON error answer ``{"error": message, ..., "request_id": ID}`` (the id of the request being served)."""
+    return JSONResponse(with_request_id({"error": message, **extra}), status_code=status, headers=headers)
+
+
+def _ops_gauges(state: ServerState) -> None:
+    """Gauges an operator needs beside the state's own: voices that failed to load, open live streams."""
+
+    def failed_voices() -> float:
+        # a voice whose files failed to load keeps its error (answered again without another load)
+        # until its files change; the first voices' errors are also kept in their description
+        failed = state.registry.failed_ids()
+        failed.update(v.id for v in state.registry_voices() if isinstance(v.info, dict) and "error" in v.info)
+        return float(len(failed))
+
+    state.metrics.gauge("rvcfast_voices_failed", "voices whose files failed to load (see GET /v1/voices)", failed_voices)
+    state.metrics.gauge("rvcfast_live_streams", "live streams open now (WS /v1/live)", lambda: float(state.live_streams))
+
+
+def _load_failed(request: Any, exc: ModelLoadError) -> Any:
+    """A voice (or F0 weights) file on the server that cannot be loaded: the request fails alone (500)."""
+    state: ServerState = request.app.state.rvcfast
+    state.metrics.inc("rvcfast_conversion_failures_total", stage="load")
+    return error_response(500, state._hide_paths(str(exc)))
 
 
 def _internal_message(state: ServerState, exc: BaseException) -> str:
@@ -139,7 +169,7 @@ class InternalErrors:
         except Exception as exc:
             if started:
                 raise
-            _log.error("%s %s failed", scope.get("method"), scope.get("path"), exc_info=exc)
+            _log.error("%s %s failed (request_id=%s)", scope.get("method"), scope.get("path"), request_id(), exc_info=exc)
             await error_response(500, _internal_message(self.state, exc))(scope, receive, send)
 
 
@@ -178,8 +208,7 @@ def _error_handlers(app: Any) -> None:
         RequestValidationError: validation_error,
         FieldError: field_error,
         ParameterError: lambda r, e: error_response(422, str(e)),
-        # a voice (or F0 weights) file on the server that cannot be loaded: the request fails alone
-        ModelLoadError: lambda r, e: error_response(500, r.app.state.rvcfast._hide_paths(str(e))),
+        ModelLoadError: _load_failed,
         AudioError: lambda r, e: error_response(422, str(e)),
         UnknownVoice: lambda r, e: error_response(404, e.message),
         UnsupportedMedia: lambda r, e: error_response(415, str(e)),

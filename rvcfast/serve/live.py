@@ -23,7 +23,8 @@ cannot set headers on a WebSocket, offers the subprotocols ``rvcfast.live`` and
   same as 1; ``channels=each``, per-channel conversion of whole files, is refused.)
 
 Once the voice is ready the server sends one JSON text message, ``{"type": "ready",
-"sample_rate", "block_size", "latency_seconds", "latency_samples", "encoding", "channels"}``.
+"sample_rate", "block_size", "latency_seconds", "latency_samples", "encoding", "channels",
+"request_id"}`` (the id the server's log names the stream by).
 Then every binary message of samples (frames of ``channels`` interleaved samples) is answered
 by one binary message of exactly as many converted frames, delayed by ``latency_samples``
 frames (see :class:`~rvcfast.RealtimeConverter`).
@@ -55,6 +56,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 
 from ..errors import BackendUnavailableError, ModelLoadError, ParameterError, RvcfastError
 from .forms import FieldError, parse_fields
+from .middleware import request_id
 from .state import NotReady
 from .voices import UnknownVoice
 
@@ -303,7 +305,7 @@ async def _serve_stream(state: ServerState, ws: WebSocket, rt: RealtimeConverter
     await ws.send_json({
         "type": "ready", "sample_rate": rt.sample_rate, "block_size": rt.block_size,
         "latency_seconds": rt.latency_seconds, "latency_samples": rt.latency_samples, "encoding": wire.encoding,
-        "channels": wire.channels,
+        "channels": wire.channels, "request_id": request_id(),  # a browser cannot read the handshake's headers
     })
     inbox = _Inbox()
     reader = asyncio.create_task(

@@ -6,9 +6,10 @@ are read from callables when ``/metrics`` is scraped. The names:
 * ``rvcfast_requests_total{route, status}`` — HTTP requests answered;
 * ``rvcfast_request_seconds{route}`` — their duration (histogram);
 * ``rvcfast_conversion_failures_total{stage}`` — conversions that failed: ``decode`` (the input),
+  ``load`` (the voice's model, or the F0 backend's weights, could not be loaded: a 500),
   ``convert`` (the model, before an answer was sent), ``encode`` (writing the answer's
-  audio), ``stream`` (a streamed answer cut short after its headers) and ``job`` (a
-  background job);
+  audio), ``stream`` (a streamed answer cut short after its headers), ``job`` (a
+  background job) and ``live`` (a live stream's block);
 * ``rvcfast_audio_seconds_total`` — input audio converted;
 * ``rvcfast_live_seconds_total`` — audio of live streams converted (``WS /v1/live``); a failed
   block counts in ``rvcfast_conversion_failures_total{stage="live"}``;
@@ -17,8 +18,13 @@ are read from callables when ``/metrics`` is scraped. The names:
 * ``rvcfast_batch_requests`` — requests per model call of the scheduler (histogram);
 * ``rvcfast_stage_seconds_total{stage}`` — seconds per pipeline stage (decode, f0, features, index, synth, post, encode, queue);
 * ``rvcfast_queue_depth``, ``rvcfast_requests_in_flight``, ``rvcfast_loaded_voices``,
-  ``rvcfast_voices``, ``rvcfast_jobs{state}``, ``rvcfast_model_loads{kind}`` (models loaded
-  since start), ``rvcfast_ready`` — gauges.
+  ``rvcfast_voices``, ``rvcfast_voices_failed`` (voices whose files failed to load),
+  ``rvcfast_live_streams`` (open now), ``rvcfast_jobs{state}``, ``rvcfast_model_loads{kind}``
+  (models loaded since start), ``rvcfast_ready`` — gauges.
+
+The counters of :data:`ZERO_SERIES` are shown at 0 from the start: an alert on
+``increase(rvcfast_conversion_failures_total[5m]) > 0`` then fires on the first failure after a
+restart (a series that first appears with the value 1 shows Prometheus no increase).
 """
 
 from __future__ import annotations
@@ -27,7 +33,12 @@ import math
 import threading
 from collections.abc import Callable, Iterable, Mapping
 
-__all__ = ["Metrics"]
+__all__ = ["Metrics", "FAILURE_STAGES", "ZERO_SERIES"]
+
+#: The stages of ``rvcfast_conversion_failures_total``.
+FAILURE_STAGES = ("decode", "load", "convert", "encode", "stream", "job", "live")
+#: The stages of ``rvcfast_stage_seconds_total``.
+TIMED_STAGES = ("decode", "f0", "features", "index", "synth", "post", "encode", "queue")
 
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
 _BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
@@ -44,6 +55,17 @@ _FAMILIES: dict[str, tuple[str, str]] = {
     "rvcfast_live_seconds_total": ("counter", "seconds of live-stream audio converted (WS /v1/live)"),
     "rvcfast_analysis_reused_total": ("counter", "F0 tracks and segment features taken from the analysis cache, by kind"),
 }
+
+
+#: Counter series shown (at 0) before anything has happened.
+ZERO_SERIES: tuple[tuple[str, tuple[tuple[str, str], ...]], ...] = (
+    *(("rvcfast_conversion_failures_total", (("stage", s),)) for s in FAILURE_STAGES),
+    *(("rvcfast_stage_seconds_total", (("stage", s),)) for s in TIMED_STAGES),
+    ("rvcfast_audio_seconds_total", ()),
+    ("rvcfast_live_seconds_total", ()),
+    ("rvcfast_analysis_reused_total", (("kind", "f0"),)),
+    ("rvcfast_analysis_reused_total", (("kind", "features"),)),
+)
 
 
 def _fmt(value: float) -> str:
@@ -83,7 +105,7 @@ class Metrics:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._counters: dict[tuple[str, Labels], float] = {}
+        self._counters: dict[tuple[str, Labels], float] = {key: 0.0 for key in ZERO_SERIES}
         self._histograms: dict[tuple[str, Labels], _Histogram] = {}
         self._gauges: dict[str, tuple[str, Callable[[], float | Mapping[Labels, float]]]] = {}
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import time
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass
@@ -39,6 +40,7 @@ from .encode import MEDIA_TYPES, check_output_rate, encode_audio, pcm_bytes, wav
 from .forms import ConvertOptions, FieldError, check_values, form_schema, parse_fields
 from .intake import CLIENT_CLOSED, Intake, read_request
 from .jobs import ACTIVE, JOB_ID, Job
+from .middleware import current_request, request_id
 from .state import ServerState
 
 if TYPE_CHECKING:
@@ -49,6 +51,24 @@ if TYPE_CHECKING:
 __all__ = ["add_routes", "InputTooLong", "input_seconds", "CLIENT_CLOSED"]
 
 T = TypeVar("T")
+
+_log = logging.getLogger("rvcfast.serve")
+
+
+def _noted(name: str | None = None, voice: str | None = None) -> None:
+    """Tell the request's log line the input's file name and the voice."""
+    info = current_request()
+    if info is not None:
+        info.input = name if name is not None else info.input
+        info.voice = voice if voice is not None else info.voice
+
+
+def _log_failure(what: str, name: str, voice: str, exc: BaseException | None, traceback: bool = True) -> None:
+    """A conversion that failed on the server: logged with the request id, the input's name and, for
+    a failure of the server's own (not a bad input), the traceback (unless uvicorn logs it)."""
+    trace = exc if traceback and exc is not None and not isinstance(exc, (AudioError, ParameterError)) else None
+    why = "" if exc is None else f": {type(exc).__name__}: {exc}"
+    _log.error("%s of %s (voice %s) failed (request_id=%s)%s", what, name, voice, request_id(), why, exc_info=trace)
 
 
 
@@ -204,6 +224,7 @@ async def _convert_whole(
             state.scheduler.give_up(future)
             raise
         except Exception as exc:  # noqa: BLE001 - the model call failed for this request alone
+            _log_failure("conversion", work.name, work.options.voice, exc)
             return *failed, {}, f"{type(exc).__name__}: {exc}", notes
         return res.audio, res.sample_rate, res.timings, res.error, res.warnings
     # a long input: one segment per turn of the model worker, finished as Engine.run finishes it
@@ -214,6 +235,7 @@ async def _convert_whole(
         async for piece in state.steps(work.engine.stream(work.prep, work.params, f0=work.f0, raw=True, timings=timings, pauses=True)):
             pieces.append(piece)
     except Exception as exc:  # noqa: BLE001 - reported as this request's failure
+        _log_failure("conversion", work.name, work.options.voice, exc)
         return *failed, timings, f"{type(exc).__name__}: {exc}", notes
     # waiting for the model worker: before the first segment and between segments (other requests' turns)
     timings["queue"] = max(0.0, time.perf_counter() - t_queue - sum(timings.values()))
@@ -263,6 +285,7 @@ async def _unless_client_leaves(request: Any, work: Coroutine[Any, Any, Any]) ->
 async def _convert(state: ServerState, request: Any) -> Any:
     t_start = time.perf_counter()
     intake = await read_request(request, state.uploads)
+    _noted(intake.name)
     try:
         return await _unless_client_leaves(request, _convert_input(state, intake, t_start))
     finally:
@@ -272,6 +295,7 @@ async def _convert(state: ServerState, request: Any) -> Any:
 async def _convert_input(state: ServerState, intake: Intake, t_start: float) -> Any:
     try:
         options = parse_fields(intake.fields)
+        _noted(voice=options.voice)
         work = await _prepare(state, intake, options)
     finally:
         intake.cleanup()
@@ -303,6 +327,7 @@ async def _stream(state: ServerState, work: _Work, intake: Intake, t_start: floa
         first = np.zeros(0, np.float32)
     except Exception as exc:  # noqa: BLE001
         await pieces.aclose()
+        _log_failure("streamed conversion", work.name, work.options.voice, exc)
         state.metrics.inc("rvcfast_conversion_failures_total", stage="convert")
         return error_response(500, state._hide_paths(intake.hide(f"{type(exc).__name__}: {exc}")))
     rate, subtype = work.rate, work.options.subtype
@@ -321,8 +346,10 @@ async def _stream(state: ServerState, work: _Work, intake: Intake, t_start: floa
                 yield await state.in_pool(pcm_bytes, piece, rate, subtype)
             state.metrics.add_stages(timings)
             state.metrics.inc("rvcfast_audio_seconds_total", work.prep.seconds)
-        except Exception:  # noqa: BLE001 - headers are gone: the client sees a short stream
+        except Exception as exc:  # noqa: BLE001 - headers are gone: the client sees a short stream
             state.metrics.inc("rvcfast_conversion_failures_total", stage="stream")
+            # re-raised: uvicorn logs the traceback ("Exception in ASGI application"), this line the request
+            _log_failure("streamed conversion (cut short after its headers)", work.name, work.options.voice, exc, traceback=False)
             raise
 
     async def release() -> None:
@@ -417,12 +444,17 @@ async def _run_job(state: ServerState, job: Job, engine: Engine, params: Convers
         job.state, job.progress = "done", 1.0
         state.metrics.add_stages(job.timings)
         state.metrics.inc("rvcfast_audio_seconds_total", job.input_seconds or 0.0)
+        _log.info("job %s done: %s (voice %s, %.1f s of audio) in %.1f s (request_id=%s)", job.id, job.input_name, job.voice,
+                  job.input_seconds or 0.0, job.finished - job.created, request_id())
     except Exception as exc:  # noqa: BLE001 - the job's failure, reported by GET /v1/jobs/{id}
         text = f"{exc}" if isinstance(exc, AudioError) else f"{type(exc).__name__}: {exc}"
         job.error = state._hide_paths(text.replace(str(source), job.input_name))
         job.finished = time.time()
         job.state = "failed"
         state.metrics.inc("rvcfast_conversion_failures_total", stage="job")
+        trace = None if isinstance(exc, (AudioError, ParameterError)) else exc  # a bad input: no traceback
+        _log.error("job %s failed: %s (voice %s): %s (request_id=%s)", job.id, job.input_name, job.voice, job.error,
+                   request_id(), exc_info=trace)
 
 
 def _start_job(state: ServerState, job: Job, engine: Engine, params: ConversionParams, source: Path) -> None:
@@ -440,6 +472,9 @@ def _job_ended(state: ServerState, job: Job, source: Path, t_start: float) -> No
             job.error = "the job was cancelled: the server stopped before it finished"
             job.finished = time.time()
             job.state = "failed"
+            if state.jobs.holds(job):  # not deleted (DELETE forgets the job before its task ends): the server stops
+                _log.warning("job %s cancelled: %s (voice %s) at %.0f %%: the server stopped before it finished (request_id=%s)",
+                             job.id, job.input_name, job.voice, 100 * job.progress, request_id())
         for p in (state.jobs.path(job, ".raw"), source):
             p.unlink(missing_ok=True)
         if not state.jobs.holds(job):  # deleted while it ran: nothing it wrote may stay
@@ -451,8 +486,10 @@ def _job_ended(state: ServerState, job: Job, source: Path, t_start: float) -> No
 
 async def _create_job(state: ServerState, request: Any) -> Any:
     intake = await read_request(request, state.uploads)
+    _noted(intake.name)
     try:
         options = parse_fields(intake.fields)
+        _noted(voice=options.voice)
         if options.stream:
             raise FieldError("stream", "stream=true is for POST /v1/convert; a job's result is fetched when it is done")
         await _check_length(state, intake, "/v1/jobs", options.overrides.get("channels") == "each")

@@ -179,6 +179,11 @@ class VoiceRegistry:
         with self._lock:
             return sorted(self._voices)
 
+    def failed_ids(self) -> set[str]:
+        """The voices whose last load failed (their error is answered again until their files change)."""
+        with self._lock:
+            return set(self._failed)
+
     def get(self, voice_id: str) -> Voice:
         """The voice named ``voice_id`` (:class:`UnknownVoice` if there is none)."""
         with self._lock:
