@@ -69,7 +69,14 @@ class ConversionParams:
         Sample the model's noise (prior noise and NSF excitation noise), as the
         reference does. ``False`` makes the output deterministic.
     seed:
-        Seed for that noise; the same seed gives the same output.
+        Seed for that noise (any integer); the same seed gives the same output. The noise
+        is drawn per file segment from the seed and the segment's place in the file, so it
+        does not depend on the other files of a batch, their order, ``batch_seconds``, the
+        compute workers or the front end. The same call on its own repeats bit for bit;
+        batched with other files (other tensor shapes, another thread count) the samples
+        move by float rounding only (about 1e-6 of the peak in float32, 1e-2 in bfloat16).
+        ``None`` (default): new noise on every run, so runs differ. (An ONNX voice exported
+        with its noise in the graph draws that noise unseeded: see ``docs/onnx.md``.)
     output_sample_rate:
         Resample the output to this rate (soxr, very high quality); ``None`` keeps the model's rate.
     v1_output_layer:
