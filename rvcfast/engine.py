@@ -633,6 +633,7 @@ class Engine:
         must agree (one model call), the rest may differ.
         """
         per_seg = [params] * len(segs) if isinstance(params, ConversionParams) else list(params)
+        _check_one_call(per_seg, len(segs))
         first = per_seg[0]
         with torch.inference_mode():
             with timer.stage("features"):
@@ -785,6 +786,16 @@ def _report_progress(items: list[_Item], owners: set[int], on_progress: Callable
             continue
         total = sum(g.buffer.shape[0] for g in group if g.buffer is not None)
         on_progress(k, min(1.0, sum(g.synthesized for g in group) / total) if total else 1.0)
+
+
+def _check_one_call(per_seg: list[ConversionParams], n_segments: int) -> None:
+    """Settings of one model call: one per segment, agreeing on what the call shares."""
+    if len(per_seg) != n_segments:
+        raise ParameterError(f"{len(per_seg)} settings given for {n_segments} segments: give one, or one per segment")
+    for name in ("speaker", "noise", "v1_output_layer"):
+        values = {getattr(q, name) for q in per_seg}
+        if len(values) > 1:
+            raise ParameterError(f"segments of one model call must share {name}, got {sorted(values, key=repr)}")
 
 
 def _check_cancel(cancel: CancelFlag | None) -> None:

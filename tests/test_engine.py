@@ -131,6 +131,33 @@ def test_a_set_cancel_event_stops_the_run_between_model_batches(engine: Engine, 
         np.testing.assert_array_equal(r.audio, ref.audio)
 
 
+def test_one_model_call_refuses_segments_that_disagree_on_what_it_shares(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """synthesize_segments took the first segment's speaker, noise and v1 layer for every segment
+    of the call: a direct caller mixing them got the wrong speaker for the rest, silently."""
+    from rvcfast.timing import Timer
+
+    seen: list = []
+    real = engine.synthesize_segments
+
+    def keep(segs, *args, **kwargs):
+        seen.extend(segs)
+        return real(segs, *args, **kwargs)
+
+    monkeypatch.setattr(engine, "synthesize_segments", keep)
+    engine.run([engine.prepare(clip(0.6, k), 16000, name=f"c{k}") for k in range(2)], engine.params(noise=False))
+    monkeypatch.setattr(engine, "synthesize_segments", real)
+    segs = seen[:2]
+    a, b = engine.params(speaker=0, noise=False), engine.params(speaker=1, noise=False)
+    with pytest.raises(ParameterError, match="must share speaker"):
+        engine.synthesize_segments(segs, [a, b], Timer())
+    with pytest.raises(ParameterError, match="must share noise"):
+        engine.synthesize_segments(segs, [a, engine.params(speaker=0, noise=True)], Timer())
+    with pytest.raises(ParameterError, match="1 settings given for 2 segments"):
+        engine.synthesize_segments(segs, [a], Timer())
+    both = engine.synthesize_segments(segs, [b, engine.params(speaker=1, noise=False, pitch=3)], Timer())
+    assert len(both) == 2 and all(np.isfinite(x).all() and x.size for x in both)  # the rest may differ
+
+
 def test_parameters_are_checked_and_named(engine: Engine) -> None:
     with pytest.raises(ParameterError, match="unknown conversion parameter 'pich'.*did you mean 'pitch'"):
         engine.params(pich=2)
