@@ -379,7 +379,7 @@ def _build(
     model.eval()
     release_memory()  # the file's tensors and the conversions' garbage back to the OS
     model.requires_grad_(False)
-    model.source_path = str(path)  # type: ignore[attr-defined]
+    model.source_path = str(path)
     return model
 
 
@@ -392,7 +392,7 @@ def _load_fairseq(
     config = _config_from_fairseq(ckpt, state, path)
     weights = _map_state(state, config, "fairseq", path, dtype)
     model = _build(config, weights, path, device, dtype)
-    model.source_format = "fairseq"  # type: ignore[attr-defined]
+    model.source_format = "fairseq"
     return model
 
 
@@ -452,7 +452,7 @@ def _load_hf(
     config = _config_from_hf(values, state, config_path)
     weights = _map_state(state, config, "hf", weights_path, dtype)
     model = _build(config, weights, weights_path, device, dtype)
-    model.source_format = "hf"  # type: ignore[attr-defined]
+    model.source_format = "hf"
     return model
 
 

@@ -18,8 +18,8 @@ rest of the conv stack needs no masking.
 from __future__ import annotations
 
 import operator
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Iterable, Sequence
+from typing import Any, cast
 
 import torch
 import torch.nn.functional as F
@@ -161,6 +161,9 @@ class HubertEncoder(nn.Module):
     """
 
     sample_rate: int = SAMPLE_RATE
+    # set by load_encoder only (absent on a model built from a config)
+    source_path: str
+    source_format: str
 
     def __init__(self, config: HubertConfig) -> None:
         super().__init__()
@@ -264,7 +267,7 @@ class HubertEncoder(nn.Module):
         self, audio: torch.Tensor, lens: list[int] | None
     ) -> tuple[torch.Tensor, list[int] | None]:
         x = audio.unsqueeze(1)
-        for block in self.conv_layers:
+        for block in cast("Iterable[_ConvBlock]", self.conv_layers):
             x = block.conv(x)
             if lens is not None:
                 lens = [(v - block.kernel) // block.stride + 1 for v in lens]

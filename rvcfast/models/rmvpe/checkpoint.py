@@ -36,7 +36,7 @@ def _bn_shapes(prefix: str, ch: int) -> list[tuple[str, tuple[int, ...]]]:
 
 
 def _block_shapes(prefix: str, cin: int, cout: int) -> list[tuple[str, tuple[int, ...]]]:
-    out = [(f"{prefix}.conv.0.weight", (cout, cin, 3, 3))]
+    out: list[tuple[str, tuple[int, ...]]] = [(f"{prefix}.conv.0.weight", (cout, cin, 3, 3))]
     out += _bn_shapes(f"{prefix}.conv.1", cout)
     out.append((f"{prefix}.conv.3.weight", (cout, cout, 3, 3)))
     out += _bn_shapes(f"{prefix}.conv.4", cout)
@@ -257,8 +257,9 @@ def load_rmvpe(
         # Reduced-precision oneDNN/cuDNN convolutions want NHWC: with NCHW weights every conv
         # reorders its input and output (bf16 U-Net on a 2-core Zen 4: 151 -> 115 ms per 5 s).
         # float32 keeps NCHW, so its results stay bit-identical to earlier releases.
-        model.unet.to(memory_format=torch.channels_last)
-        model.cnn.to(memory_format=torch.channels_last)
+        # Module.to takes memory_format= (its docstring); torch's overloads omit it
+        model.unet.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
+        model.cnn.to(memory_format=torch.channels_last)  # type: ignore[call-overload]
     out = RMVPE(model).to(target)
     release_memory()  # the float32 originals of a half-precision network back to the OS
     return out

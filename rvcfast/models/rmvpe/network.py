@@ -8,8 +8,10 @@ state dict at load time (:func:`~.checkpoint.infer_e2e_config`), so the real
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import cast
 
 import torch
 from torch import nn
@@ -57,6 +59,9 @@ class E2EConfig:
 class _ChannelAffine(nn.Module):
     """``x * scale + shift`` per channel: an eval-mode BatchNorm2d after folding."""
 
+    scale: torch.Tensor  # buffers, [1, C, 1, 1]
+    shift: torch.Tensor
+
     def __init__(self, scale: torch.Tensor, shift: torch.Tensor) -> None:
         super().__init__()
         self.register_buffer("scale", scale.reshape(1, -1, 1, 1))
@@ -94,7 +99,7 @@ class _ResEncoderBlock(nn.Module):
         self.conv = nn.ModuleList(
             [_ConvBlockRes(cin, cout)] + [_ConvBlockRes(cout, cout) for _ in range(n_blocks - 1)]
         )
-        self.pool = nn.AvgPool2d(kernel_size=(2, 2)) if pool else None
+        self.pool: nn.AvgPool2d | None = nn.AvgPool2d(kernel_size=(2, 2)) if pool else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         for block in self.conv:
@@ -117,9 +122,10 @@ class _Encoder(nn.Module):
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, list[torch.Tensor]]:
         skips: list[torch.Tensor] = []
         x = self.bn(x)
-        for layer in self.layers:
+        for layer in cast("Iterable[_ResEncoderBlock]", self.layers):
             x = layer(x)
             skips.append(x)
+            assert layer.pool is not None  # encoder blocks are built with pool=True
             x = layer.pool(x)
         return x, skips
 
@@ -220,8 +226,14 @@ def bigru_two_threads(gru: nn.GRU, x: torch.Tensor) -> torch.Tensor:
     bidirectional op).
     """
     h0 = x.new_zeros(1, x.shape[0], gru.hidden_size)
-    forward_params = [gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0]
-    backward_params = [gru.weight_ih_l0_reverse, gru.weight_hh_l0_reverse, gru.bias_ih_l0_reverse, gru.bias_hh_l0_reverse]
+    # nn.GRU registers its parameters by name at run time; torch types them Tensor | Module
+    forward_params = cast(
+        "list[torch.Tensor]", [gru.weight_ih_l0, gru.weight_hh_l0, gru.bias_ih_l0, gru.bias_hh_l0]
+    )
+    backward_params = cast(
+        "list[torch.Tensor]",
+        [gru.weight_ih_l0_reverse, gru.weight_hh_l0_reverse, gru.bias_ih_l0_reverse, gru.bias_hh_l0_reverse],
+    )
     one_each = openmp_threads()
 
     def run(params: list[torch.Tensor], inp: torch.Tensor) -> torch.Tensor:

@@ -159,6 +159,9 @@ class RMVPE(nn.Module):
     (salience) / float64 (F0).
     """
 
+    mel_basis: torch.Tensor  # non-persistent buffers
+    window: torch.Tensor
+
     def __init__(self, model: E2E) -> None:
         super().__init__()
         self.model = model.eval()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TypeVar
+
 import torch
 from torch import nn
 
@@ -10,13 +12,16 @@ __all__ = ["LRELU_SLOPE", "weight_normed", "embedding", "normal_tensor"]
 #: Slope of every leaky ReLU except the one before the decoder's ``conv_post`` (default 0.01).
 LRELU_SLOPE = 0.1
 
+_M = TypeVar("_M", bound=nn.Module)
 
-def weight_normed(module: nn.Module) -> nn.Module:
+
+def weight_normed(module: _M) -> _M:
     """Mark a layer whose weight RVC stores as a weight-norm (g, v) pair.
 
     The loader folds such pairs into one weight; the random-model writer splits them again.
     """
-    module._rvc_weight_norm = True  # type: ignore[attr-defined]
+    # Module.__setattr__ takes any value; torch types its argument Tensor | Module
+    module._rvc_weight_norm = True  # type: ignore[assignment]
     return module
 
 

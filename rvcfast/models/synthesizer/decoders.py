@@ -29,34 +29,35 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable
-from typing import Any
-
-from torch import nn
+from typing import Any, TypeAlias
 
 from .config import Arch
 from .hifigan import HiFiGAN
 from .hifigan_mrf import MRFHiFiGAN
 from .refinegan import RefineGAN
 
-__all__ = ["DEFAULT_VOCODER", "VOCODER_NAMES", "F0_ONLY_KINDS", "build_decoder", "vocoder_kind"]
+__all__ = ["DEFAULT_VOCODER", "VOCODER_NAMES", "F0_ONLY_KINDS", "Decoder", "build_decoder", "vocoder_kind"]
+
+#: The decoders :func:`build_decoder` builds (each has the interface described above).
+Decoder: TypeAlias = HiFiGAN | MRFHiFiGAN | RefineGAN
 
 #: The decoder of files without a ``vocoder`` entry.
 DEFAULT_VOCODER = "HiFi-GAN"
 
 #: Decoder builders by kind; each takes the architecture and whether the model is pitch-guided.
-def _mrf(arch: Arch, nsf: bool) -> nn.Module:
+def _mrf(arch: Arch, nsf: bool) -> MRFHiFiGAN:
     if not nsf:
         raise ValueError("the MRF HiFi-GAN decoder exists only for pitch-guided (f0) models")
     return MRFHiFiGAN(arch)
 
 
-def _refinegan(arch: Arch, nsf: bool) -> nn.Module:
+def _refinegan(arch: Arch, nsf: bool) -> RefineGAN:
     if not nsf:
         raise ValueError("the RefineGAN decoder exists only for pitch-guided (f0) models")
     return RefineGAN(arch)
 
 
-_BUILDERS: dict[str, Callable[[Arch, bool], nn.Module]] = {
+_BUILDERS: dict[str, Callable[[Arch, bool], Decoder]] = {
     "hifigan": lambda arch, nsf: HiFiGAN(arch, nsf=nsf),
     "mrf": _mrf,
     "refinegan": _refinegan,
@@ -87,7 +88,7 @@ def vocoder_kind(name: Any) -> str | None:
     return _ALIASES.get(re.sub(r"[^a-z0-9]", "", name.lower()))
 
 
-def build_decoder(arch: Arch, *, nsf: bool, vocoder: str = DEFAULT_VOCODER) -> nn.Module:
+def build_decoder(arch: Arch, *, nsf: bool, vocoder: str = DEFAULT_VOCODER) -> Decoder:
     """The decoder ``vocoder`` names, built for ``arch`` (with the NSF source when ``nsf``).
 
     Raises:

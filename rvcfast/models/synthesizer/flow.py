@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import cast
+
 import torch
 from torch import nn
 
@@ -84,14 +87,14 @@ class Flow(nn.Module):
 
     def __init__(self, channels: int, hidden: int, gin_channels: int, n_flows: int = 4) -> None:
         super().__init__()
-        layers: list[nn.Module] = []
+        layers: list[_Coupling | _Flip] = []
         for _ in range(n_flows):
             layers.append(_Coupling(channels, hidden, gin_channels))
             layers.append(_Flip())
         self.flows = nn.ModuleList(layers)
 
     def reverse(self, x: torch.Tensor, mask: torch.Tensor | None, g: torch.Tensor) -> torch.Tensor:
-        for layer in reversed(self.flows):
+        for layer in reversed(cast("Sequence[_Coupling | _Flip]", self.flows)):
             if isinstance(layer, _Flip):
                 x = torch.flip(x, [1])
             else:

@@ -148,7 +148,8 @@ def packed_weight(m: nn.Conv1d) -> torch.Tensor:
     if isinstance(held, _Packed) and held.key == key and held.tensor is not None:
         return held.tensor
     dense = w.detach().unsqueeze(2).contiguous()  # [O, I, 1, K], plain layout for to_mkldnn
-    tensor = torch._C._nn.mkldnn_reorder_conv2d_weight(
+    # the op takes input_size (aten::mkldnn_reorder_conv2d_weight); torch/_C/_nn.pyi omits it
+    tensor = torch._C._nn.mkldnn_reorder_conv2d_weight(  # type: ignore[call-arg]
         dense.to_mkldnn(),
         [0, int(m.padding[0])],
         [1, int(m.stride[0])],

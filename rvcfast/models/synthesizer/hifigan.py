@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -27,6 +28,10 @@ __all__ = ["HiFiGAN", "SourceModule", "sine_excitation", "decoder_margin_frames"
 SINE_AMP = 0.1
 
 _FUSED_DTYPES = (torch.float32, torch.bfloat16)
+
+# What the ModuleLists below hold (torch types their items as plain Modules).
+_Convs = Sequence[nn.Conv1d]
+_ConvTs = Sequence[nn.ConvTranspose1d]
 
 
 # The HiFi-GAN decoder runs its 1-D convolutions as 2-D ones on ``[B, C, 1, T]`` tensors in
@@ -53,19 +58,21 @@ def _as_2d(x: torch.Tensor) -> torch.Tensor:
 
 def _conv(m: nn.Conv1d, x: torch.Tensor) -> torch.Tensor:
     """``m(x)`` for a channels-last ``[B, C, 1, T]`` input (symmetric integer padding)."""
+    padding = cast("tuple[int, ...]", m.padding)  # the decoders build no string ("same") padding
     return F.conv2d(
-        x, m.weight.unsqueeze(2), m.bias, (1, m.stride[0]), (0, m.padding[0]), (1, m.dilation[0]), m.groups
+        x, m.weight.unsqueeze(2), m.bias, (1, m.stride[0]), (0, padding[0]), (1, m.dilation[0]), m.groups
     )
 
 
 def _conv_transpose(m: nn.ConvTranspose1d, x: torch.Tensor) -> torch.Tensor:
     """``m(x)`` for a channels-last ``[B, C, 1, T]`` input."""
+    padding = cast("tuple[int, ...]", m.padding)  # transposed convolutions take integer padding only
     return F.conv_transpose2d(
         x,
         m.weight.unsqueeze(2),
         m.bias,
         (1, m.stride[0]),
-        (0, m.padding[0]),
+        (0, padding[0]),
         (0, m.output_padding[0]),
         m.groups,
         (1, m.dilation[0]),
@@ -86,7 +93,7 @@ class _ResBlock1(nn.Module):
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
         # Inference only: the in-place ops below touch only tensors made here, never ``x``.
-        for c1, c2 in zip(self.convs1, self.convs2):
+        for c1, c2 in zip(cast(_Convs, self.convs1), cast(_Convs, self.convs2)):
             xt = F.leaky_relu(x, LRELU_SLOPE)
             if mask is not None:
                 xt.mul_(mask)
@@ -100,7 +107,7 @@ class _ResBlock1(nn.Module):
         """:meth:`forward` without a mask, into the buffer ``run`` (the result), with the buffers
         ``tmp`` and ``hid`` (:mod:`.fused`: each convolution adds its output, bias included, to
         a buffer in one oneDNN call; nothing is allocated)."""
-        for j, (c1, c2) in enumerate(zip(self.convs1, self.convs2)):
+        for j, (c1, c2) in enumerate(zip(cast(_Convs, self.convs1), cast(_Convs, self.convs2))):
             torch.ops.aten.leaky_relu.out(x if j == 0 else run, LRELU_SLOPE, out=tmp)
             F.leaky_relu_(fused.conv_sum_(hid.zero_(), c1, tmp), LRELU_SLOPE)
             if j == 0:
@@ -118,7 +125,7 @@ class _ResBlock2(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        for c in self.convs:
+        for c in cast(_Convs, self.convs):
             xt = F.leaky_relu(x, LRELU_SLOPE)
             if mask is not None:
                 xt.mul_(mask)
@@ -128,7 +135,7 @@ class _ResBlock2(nn.Module):
     def forward_fused(self, x: torch.Tensor, run: torch.Tensor, tmp: torch.Tensor, hid: torch.Tensor) -> torch.Tensor:
         """:meth:`forward` without a mask, into the buffer ``run`` (the result), with ``tmp``
         (``hid`` is unused: these blocks have one convolution per step)."""
-        for j, c in enumerate(self.convs):
+        for j, c in enumerate(cast(_Convs, self.convs)):
             torch.ops.aten.leaky_relu.out(x if j == 0 else run, LRELU_SLOPE, out=tmp)
             if j == 0:
                 run.copy_(x)
@@ -212,7 +219,7 @@ class HiFiGAN(nn.Module):
     def _prepacked_convs(self) -> list[nn.Conv1d]:
         """The convolutions whose weights the fused CPU path hands oneDNN prepacked
         (:mod:`.fused`): the noise convolutions, and with :attr:`prepack_all` the resblocks'."""
-        convs: list[nn.Conv1d] = list(self.noise_convs) if self.nsf else []
+        convs: list[nn.Conv1d] = list(cast(_Convs, self.noise_convs)) if self.nsf else []
         if self.prepack_all:
             for block in self.resblocks:
                 for name in ("convs1", "convs2", "convs"):
@@ -245,7 +252,7 @@ class HiFiGAN(nn.Module):
         x = _conv(self.conv_pre, _as_2d(x)).add_(_conv(self.cond, _as_2d(g)))
         src = _as_2d(source) if source is not None else None
         factor = 1
-        for i, up in enumerate(self.ups):
+        for i, up in enumerate(cast(_ConvTs, self.ups)):
             F.leaky_relu_(x, LRELU_SLOPE)
             m_in = mask_at(factor)
             if m_in is not None:
@@ -253,7 +260,7 @@ class HiFiGAN(nn.Module):
             x = _conv_transpose(up, x)
             factor *= self.rates[i]
             if src is not None:
-                x.add_(_conv(self.noise_convs[i], src))
+                x.add_(_conv(cast(_Convs, self.noise_convs)[i], src))
             m_out = mask_at(factor)
             blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
             xs = blocks[0](x, m_out)
@@ -274,19 +281,21 @@ class HiFiGAN(nn.Module):
         x = _conv(self.conv_pre, _as_2d(x)).add_(_conv(self.cond, _as_2d(g)))
         src = _as_2d(source) if source is not None else None
         b, t = x.shape[0], x.shape[-1]
+        ups = cast(_ConvTs, self.ups)
         sizes, factor = [], 1
         for i, rate in enumerate(self.rates):
             factor *= rate
-            sizes.append(self.ups[i].out_channels * t * factor)
+            sizes.append(ups[i].out_channels * t * factor)
         ws = fused.Workspace(4, b * max(sizes), x.dtype, x.device)
-        for i, up in enumerate(self.ups):
+        resblocks = cast("Sequence[_ResBlock1 | _ResBlock2]", self.resblocks)
+        for i, up in enumerate(ups):
             F.leaky_relu_(x, LRELU_SLOPE)
             x = _conv_transpose(up, x)
             if src is not None:
-                fused.conv_sum_(x, self.noise_convs[i], src)
+                fused.conv_sum_(x, cast(_Convs, self.noise_convs)[i], src)
             shape = (x.shape[0], x.shape[1], x.shape[2], x.shape[3])
             acc, run, tmp, hid = (ws.get(k, shape) for k in range(4))
-            blocks = self.resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
+            blocks = resblocks[i * self.num_kernels : (i + 1) * self.num_kernels]
             blocks[0].forward_fused(x, acc, tmp, hid)
             for blk in blocks[1:]:
                 acc.add_(blk.forward_fused(x, run, tmp, hid))

@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import math
 from collections.abc import Sequence
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -185,16 +186,19 @@ class MRFHiFiGAN(nn.Module):
             x.add_(_conv(self.cond, _as_2d(g)))
         src = _as_2d(source)
         factor = 1
-        for i, up in enumerate(self.upsamples):
+        # what the ModuleLists hold (torch types their items as plain Modules)
+        noise_convs = cast("Sequence[nn.Conv1d]", self.noise_convs)
+        mrfs = cast("Sequence[Sequence[_MRFBlock]]", self.mrfs)
+        for i, up in enumerate(cast("Sequence[nn.ConvTranspose1d]", self.upsamples)):
             F.leaky_relu_(x, LRELU_SLOPE)
             m_in = mask_at(factor)
             if m_in is not None:
                 x.mul_(m_in)
             x = _conv_transpose(up, x)
             factor *= self.rates[i]
-            x.add_(_conv(self.noise_convs[i], src))
+            x.add_(_conv(noise_convs[i], src))
             m_out = mask_at(factor)
-            blocks = self.mrfs[i]
+            blocks = mrfs[i]
             xs = blocks[0](x, m_out)
             for blk in blocks[1:]:
                 xs.add_(blk(x, m_out))

@@ -62,7 +62,7 @@ def _item_generators(generator: GeneratorArg, batch: int) -> list[torch.Generato
             out.append(g)
         return out
     if isinstance(generator, Sequence) and not isinstance(generator, (str, bytes)):
-        gens = list(generator)
+        gens: list[torch.Generator | None] = list(generator)
         if len(gens) != batch or not all(isinstance(g, torch.Generator) for g in gens):
             raise ParameterError(
                 f"generator must be a torch.Generator or a sequence of {batch} torch.Generators (one per item), "

@@ -37,6 +37,7 @@ from torch import nn
 
 from .common import LRELU_SLOPE
 from .hifigan import SINE_AMP, HiFiGAN, sine_excitation
+from .hifigan_mrf import MRFHiFiGAN
 from .model import _NSF_NOISE_UNVOICED, _NSF_NOISE_VOICED, _PRIOR_NOISE_SCALE, Synthesizer
 from .refinegan import RefineGAN
 from .text_encoder import RelativeAttention, TextEncoder
@@ -104,9 +105,8 @@ def _text_encoder(enc: TextEncoder, phone: torch.Tensor, pitch: torch.Tensor | N
     if pitch is not None:
         x = x + enc.emb_pitch(pitch)
     x = F.leaky_relu(x * math.sqrt(enc.hidden), LRELU_SLOPE)
-    layers = enc.encoder
     shape = (enc.hidden,)  # a Python int: the traced x.shape[-1] would not stay a constant
-    for attn, norm1, ffn, norm2 in zip(layers.attn_layers, layers.norm_layers_1, layers.ffn_layers, layers.norm_layers_2):
+    for attn, norm1, ffn, norm2 in enc.encoder.layer_modules():
         x = F.layer_norm(x + _attention(attn, x), shape, norm1.gamma, norm1.beta, 1e-5)
         x = F.layer_norm(x + ffn(x.transpose(1, 2), None).transpose(1, 2), shape, norm2.gamma, norm2.beta, 1e-5)
     stats = F.linear(x, enc.proj.weight[:, :, 0], enc.proj.bias).transpose(1, 2)
@@ -136,7 +136,7 @@ def _applio_sines(f0: torch.Tensor, sr: int, harmonics: int, noise: bool) -> tor
     return sines * uv + amp * torch.randn_like(sines)
 
 
-def _rvc_source(dec: nn.Module, pitchf: torch.Tensor, sr: int, hop: int, noise: bool) -> torch.Tensor:
+def _rvc_source(dec: HiFiGAN, pitchf: torch.Tensor, sr: int, hop: int, noise: bool) -> torch.Tensor:
     """RVC's NSF source (:meth:`.Synthesizer._source`) ``[1, 1, T * hop]``."""
     excitation = sine_excitation(pitchf, sr, hop)
     if noise:
@@ -146,7 +146,7 @@ def _rvc_source(dec: nn.Module, pitchf: torch.Tensor, sr: int, hop: int, noise: 
     return dec.m_source(excitation[:, None, :])
 
 
-def _applio_source(dec: nn.Module, pitchf: torch.Tensor, hop: int, noise: bool) -> torch.Tensor:
+def _applio_source(dec: MRFHiFiGAN | RefineGAN, pitchf: torch.Tensor, hop: int, noise: bool) -> torch.Tensor:
     """The MRF HiFi-GAN / RefineGAN source (``dec.source_signal``) ``[1, 1, T * hop]``."""
     x = pitchf[:, None, :]
     if isinstance(dec, RefineGAN):  # linear interpolation, no overtones
@@ -200,13 +200,14 @@ class OnnxGraph(nn.Module):
         source = None
         if pitchf is not None:
             pitchf = pitchf[:, :n].to(torch.float32)
-            if hasattr(m.dec, "source_signal"):
-                source = _applio_source(m.dec, pitchf, hop, self.noise)
-            else:
+            if isinstance(m.dec, HiFiGAN):
                 source = _rvc_source(m.dec, pitchf, m.sample_rate, hop, self.noise)
+            else:  # MRF HiFi-GAN / RefineGAN: the decoder's own source (``source_signal``)
+                source = _applio_source(m.dec, pitchf, hop, self.noise)
         if isinstance(m.dec, RefineGAN):
             audio = m.dec(z, g, source, None, gens=[None] if self.noise else None)
         else:
             audio = m.dec(z, g, source, None)
-        pad = torch.zeros(1, 1, (t - n) * hop, dtype=audio.dtype)
+        # a 0-dim tensor size keeps the traced length free; torch's hints take only ints
+        pad = torch.zeros(1, 1, (t - n) * hop, dtype=audio.dtype)  # type: ignore[call-overload]
         return torch.cat([audio, pad], dim=2)

@@ -34,6 +34,8 @@ windows whose kept samples equal a whole pass to float rounding.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -119,7 +121,8 @@ class _ParallelResBlock(nn.Module):
     def forward(self, x: torch.Tensor, gens: list[torch.Generator | None] | None) -> torch.Tensor:
         x = self.input_conv(x)
         total: torch.Tensor | None = None
-        for pre, res, post in self.blocks:  # type: ignore[misc]
+        # each branch is a ModuleList [AdaIN, ResBlock, AdaIN] (torch types its items as plain Modules)
+        for pre, res, post in cast("Iterable[tuple[_AdaIN, _ResBlock, _AdaIN]]", self.blocks):
             y = post(res(pre(x, gens)), gens)
             total = y if total is None else total.add_(y)
         assert total is not None
@@ -135,7 +138,7 @@ class _SineSource(nn.Module):
 
     def forward(self, sines: torch.Tensor) -> torch.Tensor:
         """``[B, N, 1]`` sines -> ``tanh(merge(.))`` in the weights' dtype."""
-        w = self.merge[0].weight
+        w = cast(nn.Linear, self.merge[0]).weight
         return torch.tanh(F.linear(sines.to(w.dtype), w))
 
 

@@ -8,6 +8,8 @@ batches are masked exactly as in the reference.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Iterator
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -51,6 +53,10 @@ class RelativeAttention(nn.Module):
     rather than with ``scaled_dot_product_attention``.
     """
 
+    #: the fused projection (non-persistent buffers, made by :meth:`prepare`)
+    qkv_weight: torch.Tensor
+    qkv_bias: torch.Tensor
+
     def __init__(self, channels: int, n_heads: int, window: int = _ATTN_WINDOW) -> None:
         super().__init__()
         self.n_heads = n_heads
@@ -77,7 +83,9 @@ class RelativeAttention(nn.Module):
             w = torch.cat(
                 [self.conv_q.weight[:, :, 0] * scale, self.conv_k.weight[:, :, 0], self.conv_v.weight[:, :, 0]]
             )
-            b = torch.cat([self.conv_q.bias * scale, self.conv_k.bias, self.conv_v.bias])
+            bq, bk, bv = self.conv_q.bias, self.conv_k.bias, self.conv_v.bias
+            assert bq is not None and bk is not None and bv is not None  # built with biases
+            b = torch.cat([bq * scale, bk, bv])
         self.register_buffer("qkv_weight", w.detach().clone(), persistent=False)
         self.register_buffer("qkv_bias", b.detach().clone(), persistent=False)
 
@@ -154,6 +162,15 @@ class _AttentionEncoder(nn.Module):
         self.ffn_layers = nn.ModuleList(_FFN(hidden, filter_channels, kernel_size) for _ in range(n_layers))
         self.norm_layers_2 = nn.ModuleList(_ChannelLayerNorm(hidden) for _ in range(n_layers))
 
+    def layer_modules(self) -> Iterator[tuple[RelativeAttention, _ChannelLayerNorm, _FFN, _ChannelLayerNorm]]:
+        """``(attention, norm 1, FFN, norm 2)`` of each layer, in order."""
+        return zip(
+            cast("Iterable[RelativeAttention]", self.attn_layers),
+            cast("Iterable[_ChannelLayerNorm]", self.norm_layers_1),
+            cast("Iterable[_FFN]", self.ffn_layers),
+            cast("Iterable[_ChannelLayerNorm]", self.norm_layers_2),
+        )
+
     def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
         """``x`` ``[B, T, C]`` (already masked) -> ``[B, T, C]``."""
         t = x.shape[1]
@@ -164,7 +181,7 @@ class _AttentionEncoder(nn.Module):
         band_valid = ((j >= 0) & (j < t)).to(x.dtype)
         band_index = j.clamp(0, t - 1)
         mask_ct = None if key_mask is None else key_mask[:, None, :].to(x.dtype)
-        for attn, norm1, ffn, norm2 in zip(self.attn_layers, self.norm_layers_1, self.ffn_layers, self.norm_layers_2):
+        for attn, norm1, ffn, norm2 in self.layer_modules():
             x = norm1(x + attn(x, band_index, band_valid, key_mask))
             y = ffn(x.transpose(1, 2), mask_ct).transpose(1, 2)
             x = norm2(x + y)

@@ -12,10 +12,14 @@ kernels) evicts it. The window sizes below are therefore few and small
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
-from torch import nn
 
 from ...packing import pack
+
+if TYPE_CHECKING:
+    from .decoders import Decoder
 
 __all__ = [
     "DECODER_SINGLE_FRAMES",
@@ -157,7 +161,7 @@ def _window_generators(
 
 
 def decode_windows(
-    dec: nn.Module,
+    dec: Decoder,
     z: torch.Tensor,
     g: torch.Tensor,
     source: torch.Tensor | None,
