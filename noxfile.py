@@ -40,6 +40,13 @@ def lint(session: nox.Session) -> None:
 
 
 @nox.session(python=PY)
+def typing(session: nox.Session) -> None:
+    """mypy over the package (0 errors, models included)."""
+    _install(session, "dev")
+    session.run("mypy", "rvcfast")
+
+
+@nox.session(python=PY)
 def benchmarks(session: nox.Session) -> None:
     """pytest-benchmark runs (see docs/benchmarks.md for the figures and how to read them)."""
     _install(session)
