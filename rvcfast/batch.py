@@ -306,6 +306,7 @@ class _BatchRun:
             else None
         )
         self.stop = threading.Event()  # set on close: groups still on a worker stop at the engine's next check
+        self.finished = False  # every result reported (close then has no F0 work to drop)
         self.inflight: deque[_InFlight] = deque()  # groups on the workers, oldest first
         self.durations: list[float] = []  # seconds of the groups finished on a worker
         self.saved_threads: int | None = None
@@ -314,6 +315,7 @@ class _BatchRun:
         self.parallel = self.compute_pool is not None
         self.pending: deque[cf.Future[_Decoded]] = deque()
         self.writes: deque[tuple[Result, cf.Future[float]]] = deque()
+        self.write_groups: deque[list[cf.Future[float]]] = deque()  # each computed group's, see _writes_behind
         self.job_iter = iter(jobs)
         self.prefetch = max(4, 2 * options.decode_workers)
 
@@ -321,6 +323,8 @@ class _BatchRun:
 
     def _decode(self, job: Job) -> _Decoded:
         t0 = time.perf_counter()
+        if self.options.skip_existing and job.out_path is not None and finished_output(job.out_path):
+            return _Decoded(job, None, 0.0, skipped=True)  # its output is there: nothing is decoded
         if job.problem is not None:  # its output cannot be written (a name Windows refuses): not converted
             return _Decoded(job, None, 0.0, error=job.problem, exc=RvcfastError(job.problem))
         try:
@@ -386,12 +390,8 @@ class _BatchRun:
             job = next(self.job_iter, None)
             if job is None:
                 return
-            if self.options.skip_existing and job.out_path is not None and finished_output(job.out_path):
-                fut: cf.Future[_Decoded] = cf.Future()
-                fut.set_result(_Decoded(job, None, 0.0, skipped=True))
-                self.pending.append(fut)
-            else:
-                self.pending.append(self.decode_pool.submit(self._decode, job))
+            # skip_existing: each output is looked at in the decode threads too, not one by one here
+            self.pending.append(self.decode_pool.submit(self._decode, job))
 
     def _result(self, job: Job, timings: dict[str, float], *, error: str | None = None, skipped: bool = False) -> Result:
         """A result without audio: a failed file, or a skipped one (its existing output's path)."""
@@ -425,29 +425,28 @@ class _BatchRun:
                     raise RvcfastError(res.error) from exc
             yield from self._report(res)
 
-    def _next_group(self) -> tuple[list[_Decoded], list[Result]]:
-        """Decoded files up to ``batch_seconds`` of audio, and the results of files that ended early.
+    def _fill_group(self, group: list[_Decoded]) -> Iterator[Result]:
+        """Add decoded files to ``group`` up to ``batch_seconds`` of audio; a file that ends early
+        (skipped, failed to decode) is reported as it is found, not once the group is full (a
+        resumed batch of thousands of finished files showed nothing until its end).
 
         With ``on_error="stop"`` a file that failed to decode ends the group (its error is
         :attr:`stop_error`, raised once the files before it are reported)."""
-        group: list[_Decoded] = []
-        early: list[Result] = []
         samples = 0
         while self.pending and not group_is_full(len(group), samples, self.batch_samples):
             dec = self.pending.popleft().result()
             self._submit_more()
             if dec.skipped:
-                early.append(self._result(dec.job, {}, skipped=True))
+                yield from self._emit(self._result(dec.job, {}, skipped=True))
             elif dec.error is not None or dec.prep is None:
                 if self.options.on_error == "stop":
                     # the files before it are still converted, written and reported; then this error
                     self.stop_error = _stop_error(dec)
                     break
-                early.append(self._result(dec.job, {"decode": dec.decode_seconds}, error=dec.error))
+                yield from self._emit(self._result(dec.job, {"decode": dec.decode_seconds}, error=dec.error))
             else:
                 group.append(dec)
                 samples += dec.prep.padded.shape[0] * dec.prep.n_channels
-        return group, early
 
     def _f0_tracks(self, group: list[_Decoded]) -> tuple[list[Any] | None, float]:
         if self.f0_pool is None:
@@ -540,6 +539,7 @@ class _BatchRun:
                 entries.append((res, self.write_pool.submit(self._write, d.job.out_path, audio, res.sample_rate, d.job.path)))
             else:
                 entries.append((res, None))
+        self.write_groups.append([w for _, w in entries if w is not None])
         return entries
 
     def _write(self, path: Path, audio: np.ndarray, rate: int, source: Path | None) -> float:
@@ -568,15 +568,15 @@ class _BatchRun:
         yield from self._drain_writes(block=False)
 
     def _split_threads(self) -> None:
-        """Give each compute worker an equal share of torch's intra-op threads (until :meth:`close`)."""
+        """Note the caller's intra-op thread count, which the compute workers share equally, each
+        setting its own (:meth:`_worker_threads`). The caller's count is left as it is: the
+        batch's iterator may be advanced and closed from different threads (a web framework's
+        thread pool), and a count set in one of them was never put back there."""
         if self.compute_pool is None or self.engine.device.type != "cpu":
             return
         import torch
 
-        from .runtime import set_thread_count
-
         self.saved_threads = torch.get_num_threads()
-        set_thread_count(self._share())
 
     def _share(self) -> int:
         """Each compute worker's intra-op threads: the caller's count split evenly."""
@@ -645,11 +645,8 @@ class _BatchRun:
         yield from self._report_group(g.entries)
 
     def _restore_threads(self) -> None:
-        if self.saved_threads is not None:
-            from .runtime import set_thread_count
-
-            set_thread_count(self.saved_threads)
-            self.saved_threads = None
+        """The compute workers' share is no longer needed (the caller's count was never changed)."""
+        self.saved_threads = None
 
     def results(self) -> Iterator[Result]:
         try:
@@ -661,7 +658,8 @@ class _BatchRun:
                 while self.inflight and self.inflight[0].future.done():  # report in order
                     yield from self._finish_oldest()
                 running = [g.future for g in self.inflight if not g.future.done()]
-                if self.pending and not self.halted and (not self.parallel or len(running) < self.workers):
+                behind = self._writes_behind()
+                if self.pending and not self.halted and (not self.parallel or len(running) < self.workers) and not behind:
                     yield from self._take_group()
                     if self.stop_error is not None:  # on_error="stop": every file before the bad one first
                         while self.inflight:
@@ -669,20 +667,20 @@ class _BatchRun:
                         yield from self._drain_writes(block=True)
                         raise self.stop_error
                     continue
-                wake = self._wake_on()
+                wake = self._wake_on() + behind
                 if self.writes:
                     wake.append(self.writes[0][1])
                 if wake:
                     cf.wait(wake, return_when=cf.FIRST_COMPLETED)
             yield from self._drain_writes(block=True)
+            self.finished = True
         finally:
             self.close()
 
     def _take_group(self) -> Iterator[Result]:
         """Form the next group and start it (on a compute worker, or here); report files that ended early."""
-        group, early = self._next_group()
-        for res in early:
-            yield from self._emit(res)
+        group: list[_Decoded] = []
+        yield from self._fill_group(group)
         if not group:
             return
         if self.parallel and not self.pending and self._wait_for_last():
@@ -699,6 +697,16 @@ class _BatchRun:
             self.inflight.append(_InFlight(group, future, time.perf_counter()))
         else:
             yield from self._report_group(self._start_writes(group, self._compute(group)))
+
+    def _writes_behind(self) -> list[cf.Future[float]]:
+        """The writes to wait for before another group goes to the engine: the oldest computed
+        group's, once more groups than write (or compute) workers wait to be written. (A fast
+        engine and a slow encoder or disk held every output of the batch in memory.)"""
+        while self.write_groups and all(w.done() for w in self.write_groups[0]):
+            self.write_groups.popleft()
+        if len(self.write_groups) <= max(self.workers, self.options.write_workers):
+            return []
+        return [w for w in self.write_groups[0] if not w.done()]
 
     def _wake_on(self) -> list[cf.Future[Any]]:
         """What to wait for: a group finishing (a worker that finishes before the oldest group gets
@@ -722,13 +730,39 @@ class _BatchRun:
         self.stop.set()
         for fut in self.pending:
             fut.cancel()
+        if self.f0_pool is not None and not self.finished:
+            # left early: the tracks being computed are for files nobody will convert, and a
+            # compute worker may be waiting for one (the decoders first: they submit tracks)
+            self.decode_pool.shutdown(wait=True, cancel_futures=True)
+            stop_process_pool(self.f0_pool)
         if self.compute_pool is not None:
             self.compute_pool.shutdown(wait=True, cancel_futures=True)
+            # it holds self._worker_threads, a cycle that kept this run (its engine and inputs) until a full gc
+            self.compute_pool = None
         self._restore_threads()
         self.decode_pool.shutdown(wait=True, cancel_futures=True)
         self.write_pool.shutdown(wait=True)
         if self.f0_pool is not None:
             self.f0_pool.shutdown(wait=True, cancel_futures=True)
+
+
+def stop_process_pool(pool: cf.ProcessPoolExecutor) -> None:
+    """Shut ``pool`` down without waiting for the work it was given: its worker processes are
+    ended and joined, and its futures not done fail with :class:`BrokenProcessPool`.
+
+    ``shutdown(cancel_futures=True)`` cancels only the calls not yet handed to a process;
+    waiting for the others took as long as tracking those files (with harvest, minutes for
+    long files) after Ctrl-C or a ``break`` out of ``iter_batch``."""
+    processes = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them
+    manager = getattr(pool, "_executor_manager_thread", None)
+    pool.shutdown(wait=False, cancel_futures=True)
+    for process in processes:
+        if process.is_alive():
+            process.terminate()
+    for process in processes:
+        process.join()
+    if manager is not None:
+        manager.join()  # it finds the processes ended, fails what was left and closes the queues
 
 
 def run_batch(
@@ -793,5 +827,8 @@ def compute_workers(engine: Engine, options: BatchOptions) -> int:
 
 def _write_timed(path: Path, audio: np.ndarray, rate: int, options: BatchOptions, source: Path | None) -> float:
     t0 = time.perf_counter()
-    write_audio_atomic(path, audio, rate, format=options.format, subtype=options.subtype, source=source, bitrate=options.bitrate)
+    write_audio_atomic(  # stale temporary files: removed from each output folder before the batch (run_batch)
+        path, audio, rate, format=options.format, subtype=options.subtype, source=source, bitrate=options.bitrate,
+        remove_stale=False,
+    )
     return time.perf_counter() - t0

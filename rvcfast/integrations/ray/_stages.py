@@ -334,8 +334,9 @@ def _write_row(row: dict[str, Any], audio: np.ndarray, rate: int, spec: JobSpec,
     t0 = time.perf_counter()
     hook.before_write()
     try:
-        write_audio_atomic(
-            row["output_path"], audio, rate, format=spec.format, subtype=spec.subtype, source=row["path"], bitrate=spec.bitrate
+        write_audio_atomic(  # stale temporary files: removed from every output folder before the job (_clean_parts_everywhere)
+            row["output_path"], audio, rate, format=spec.format, subtype=spec.subtype, source=row["path"], bitrate=spec.bitrate,
+            remove_stale=False,
         )
     except Exception as exc:  # noqa: BLE001
         row.update(status="error", error=f"{row['path']}: writing {row['output_path']} failed: {type(exc).__name__}: {exc}")
