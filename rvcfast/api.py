@@ -306,8 +306,8 @@ class Converter:
         ``compute_workers`` groups of files go through the networks at once, each in its
         own thread with an equal share of torch's intra-op threads (default: what
         ``rvcfast tune`` measured on this machine, else 1; never more workers than files,
-        and on a CPU as many as divide the thread count evenly; the thread count is
-        restored when the batch ends). ``decode_workers`` (default 2) threads decode inputs,
+        and on a CPU as many as divide the thread count evenly; each worker sets its own
+        thread's count, the caller's is left as it is). ``decode_workers`` (default 2) threads decode inputs,
         ``write_workers`` (default 1) write outputs and ``f0_workers`` (default 2) processes run
         the CPU F0 backends (harvest, dio, pm). ``keep_audio`` keeps each Result's ``audio``
         after writing it (default: only without ``out_dir``, where nothing is written).

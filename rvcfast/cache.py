@@ -8,7 +8,9 @@ folder, also those of the files in it): a second request with the same key retur
 the same object; changing the file on disk, or renaming another file over it, loads
 it again, and the model of the file's earlier version is then dropped from the cache
 (objects that use it keep it), so a long-running process that sees a base model file
-replaced holds one copy per file, not one per version. :func:`load_count`
+replaced holds one copy per file, not one per version. Each load also drops the models
+of files deleted (or changed) since they were loaded: nothing can ask for them again.
+A load that fails leaves nothing in the cache. :func:`load_count`
 tells how many real loads happened (tests use it to prove a batch loads each model
 once). :func:`clear` empties the cache. Access is thread-safe; two threads asking
 for the same key wait for one load.
@@ -95,16 +97,33 @@ def get_or_load(
         with _lock:
             if key in _models:
                 return _models[key]
-        model = loader()
+        try:
+            model = loader()
+        except BaseException:
+            with _lock:
+                if _key_locks.get(key) is key_lock:
+                    del _key_locks[key]  # a file that fails to load leaves nothing behind
+            raise
+        stale = _stale_keys()  # outside the lock: it reads the file system
         with _lock:
             same = _same_file(key)
-            for old in [k for k in _models if k != key and _same_file(k) == same]:
-                del _models[old]  # an earlier version of this file: nothing new asks for it
+            for old in [k for k in _models if k != key and (_same_file(k) == same or k in stale)]:
+                del _models[old]  # an earlier version of this file, or a file gone: nothing asks for it again
                 _key_locks.pop(old, None)
             _models[key] = model
             _key_locks.pop(key, None)  # later callers find the model; waiters hold the lock already
             _loads[kind] = _loads.get(kind, 0) + 1
         return model
+
+
+def _stale_keys() -> set[_Key]:
+    """The cached keys whose file is no longer the one loaded: deleted (a temporary folder), or
+    changed or replaced since. No request can name them again (a request's key is its file's
+    current one), so they only held memory: a process loading base models from a fresh folder
+    per job kept every one of them."""
+    with _lock:
+        keys = list(_models)
+    return {k for k in keys if k[1][0] is not None and file_key(k[1][0]) != k[1]}
 
 
 def _same_file(key: _Key) -> Hashable:
