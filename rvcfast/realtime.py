@@ -333,7 +333,7 @@ class RealtimeConverter:
         if self.params.noise:
             self._generator = torch.Generator(device=self.engine.device)
             if self.params.seed is not None:
-                self._generator.manual_seed(int(self.params.seed))
+                self._generator.manual_seed(int(self.params.seed) % 2**64)  # torch takes 64 bits; in range, the same stream
             else:
                 self._generator.seed()
 
