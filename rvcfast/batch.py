@@ -8,7 +8,8 @@ takes care of files:
 2. **Overlap.** Decoding, resampling, high-pass and split-point search of upcoming
    files (:meth:`Engine.prepare`) run in a thread pool while the models compute;
    finished files are encoded and written by another pool. F0 backends that declare
-   ``cpu_bound`` (harvest, dio, pm, or a plugin) run in a process pool next to the decoders.
+   ``cpu_bound`` (harvest, dio, pm, or a plugin) run in a process pool next to the decoders
+   (:mod:`rvcfast.f0_pool`).
 3. **Batch across files.** Files are grouped up to ``batch_seconds`` of audio and
    handed to :meth:`Engine.run` together: one F0 call, and every segment of every file
    packed by length through the encoder and synthesizer.
@@ -16,7 +17,7 @@ takes care of files:
    it was batched with.
 5. **Compute workers** (``compute_workers > 1``, or what ``rvcfast tune`` measured): that
    many groups go through the engine at once, each in its own thread with an equal share
-   of torch's intra-op threads (restored when the batch ends); a worker that finishes
+   of torch's intra-op threads (set in its own thread: the caller's is not changed); a worker that finishes
    takes the next group at once, and a finished group's files are written at once.
    Operations on fewer threads each waste less on synchronisation: on 2 Zen 4 cores, two
    workers of one thread took batch12 in 0.92-0.98x (float32) and 0.96x (bfloat16) the time of
@@ -36,14 +37,12 @@ while the others carry on (unless ``on_error="stop"``).
 from __future__ import annotations
 
 import concurrent.futures as cf
-import multiprocessing
 import os
 import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,6 +59,7 @@ from .batch_inputs import (
 )
 from .constants import SR_16K
 from .errors import ParameterError, RvcfastError
+from .f0_pool import F0Pool
 from .params import ConversionParams
 from .pipeline import PreparedAudio
 from .result import Result
@@ -175,17 +175,6 @@ class BatchSummary:
 # ---------------------------------------------------------------------------------------------- the run
 
 
-def _cpu_f0(extractor: Any, padded: np.ndarray) -> np.ndarray:
-    return extractor.extract(padded)
-
-
-def _f0_worker_started(started: Any) -> None:
-    """An F0 worker process's first act (its pool's initializer): say that it started. With the
-    "spawn" start method (Windows, macOS) or "forkserver" a worker first runs the main script
-    again; a pool whose workers die before this cannot start at all (see :meth:`_BatchRun._not_started`)."""
-    started.set()
-
-
 def _stop_error(dec: _Decoded) -> RvcfastError:
     """The error ``on_error="stop"`` raises for a file that failed to decode: rvcfast's own error
     itself when it names the file (an :class:`~rvcfast.errors.AudioError` stays one), else an
@@ -293,9 +282,7 @@ class _BatchRun:
         stop = options.on_error == "stop"
         self.write_pool = cf.ThreadPoolExecutor(max_workers=1 if stop else options.write_workers, thread_name_prefix="rvcfast-write")
         self.write_failed = threading.Event() if stop else None
-        self.f0_started: Any = None  # set by the first F0 worker process that starts (see _new_f0_pool)
-        self.f0_pool = self._new_f0_pool(options.f0_workers) if cpu_bound else None
-        self.f0_lock = threading.Lock()  # decode threads replace a broken F0 pool one at a time
+        self.f0_pool = F0Pool(self.extractor, options.f0_workers) if cpu_bound else None
         self.workers = usable_workers(workers, len(jobs), engine.device.type)
         # groups in the engine at once; with one worker the engine runs in the caller's thread
         self.compute_pool = (
@@ -337,53 +324,8 @@ class _BatchRun:
             return _Decoded(job, None, time.perf_counter() - t0, error=_error_text(job.label, exc), exc=exc)
         dec = _Decoded(job, prep, time.perf_counter() - t0)
         if self.f0_pool is not None:  # every channel's track (channels="each") on the pool
-            dec.f0 = [self._submit_f0(c.padded) for c in (prep, *prep.more_channels)]
+            dec.f0 = [self.f0_pool.submit(c.padded) for c in (prep, *prep.more_channels)]
         return dec
-
-    def _new_f0_pool(self, workers: int) -> cf.ProcessPoolExecutor:
-        """A process pool for the CPU F0 backend, whose workers say when they have started."""
-        context = multiprocessing.get_context()
-        if self.f0_started is None:
-            self.f0_started = context.Event()
-        return cf.ProcessPoolExecutor(
-            max_workers=workers, mp_context=context, initializer=_f0_worker_started, initargs=(self.f0_started,)
-        )
-
-    def _not_started(self) -> RvcfastError | None:
-        """The error for an F0 pool that broke before any of its worker processes started, else
-        ``None`` (a worker died at work: a crash in the tracker, out of memory).
-
-        With "spawn" (the default on Windows and macOS) or "forkserver" each worker first runs the
-        main script again, and a script that converts at its top level, without
-        ``if __name__ == "__main__":``, fails there (Python refuses to start processes from it).
-        Every file then got "the F0 worker process died ... (a crash or out of memory)" after a
-        new process per file had run the whole script again."""
-        if self.f0_started is None or self.f0_started.is_set():
-            return None
-        method = multiprocessing.get_start_method(allow_none=True) or multiprocessing.get_context().get_start_method()
-        backend = getattr(self.extractor, "name", type(self.extractor).__name__)
-        return RvcfastError(
-            f"the worker processes of F0 backend {backend!r} could not start (multiprocessing start method "
-            f"{method!r}). With 'spawn' (the default on Windows and macOS) or 'forkserver', each worker "
-            "first runs the main script again: a script that converts must do so under "
-            "`if __name__ == \"__main__\":` (see the workers' own errors above)"
-        )
-
-    def _submit_f0(self, padded: np.ndarray) -> cf.Future[Any]:
-        """One input's F0 on the process pool. A pool whose worker process died (a crash in the
-        tracker, the OOM killer) takes no more work: it is replaced, so later files still get
-        their F0 (:meth:`_f0_alone` sorts out the files that were in the dead pool)."""
-        assert self.f0_pool is not None
-        with self.f0_lock:
-            try:
-                return self.f0_pool.submit(_cpu_f0, self.extractor, padded)
-            except BrokenProcessPool:
-                self.f0_pool.shutdown(wait=False, cancel_futures=True)
-                not_started = self._not_started()
-                if not_started is not None:
-                    raise not_started from None
-                self.f0_pool = self._new_f0_pool(self.options.f0_workers)
-                return self.f0_pool.submit(_cpu_f0, self.extractor, padded)
 
     def _submit_more(self) -> None:
         while len(self.pending) < self.prefetch:
@@ -457,45 +399,9 @@ class _BatchRun:
             assert d.prep is not None
             found: list[Any] = []
             for future, channel in zip(d.f0, (d.prep, *d.prep.more_channels)):
-                try:
-                    found.append(future.result())
-                except BrokenProcessPool:
-                    not_started = self._not_started()
-                    if not_started is not None:
-                        raise not_started from None
-                    found.append(self._f0_alone(d, channel.padded))
-                except Exception as exc:  # noqa: BLE001 - the engine reports it for that file
-                    found.append(self._named_f0_error(exc))
+                found.append(self.f0_pool.track(future, d.job.label, channel.padded, self.stop))
             tracks.append(found[0] if len(found) == 1 else tuple(found))
         return tracks, time.perf_counter() - t0
-
-    def _named_f0_error(self, exc: Exception) -> Exception:
-        """``exc`` from the F0 pool as an error naming the backend (rvcfast's own errors name it)."""
-        if isinstance(exc, RvcfastError):
-            return exc
-        backend = getattr(self.extractor, "name", type(self.extractor).__name__)
-        err = RvcfastError(f"F0 extraction failed (backend {backend!r}): {type(exc).__name__}: {exc}")
-        err.__cause__ = exc
-        return err
-
-    def _f0_alone(self, d: _Decoded, padded: np.ndarray) -> Any:
-        """The F0 track of a file whose pool lost a worker process, computed again in a process of
-        its own: the files that were only queued or running next to the one that killed the
-        process get their tracks; a file that kills this process too gets an error naming it."""
-        assert d.prep is not None
-        if self.stop.is_set():  # the batch is closing: no new process for a track nobody will use
-            return RvcfastError(f"{d.job.label}: not converted, the batch was stopped")
-        with self._new_f0_pool(1) as pool:
-            try:
-                return pool.submit(_cpu_f0, self.extractor, padded).result()
-            except BrokenProcessPool:
-                backend = getattr(self.extractor, "name", type(self.extractor).__name__)
-                return RvcfastError(
-                    f"{d.job.label}: the F0 worker process died while tracking this input "
-                    f"(a crash in backend {backend!r}, or out of memory)"
-                )
-            except Exception as exc:  # noqa: BLE001 - the engine reports it for that file
-                return exc
 
     def _compute(self, group: list[_Decoded]) -> _Computed:
         """The engine's work for one group (in a compute worker when there are several)."""
@@ -734,7 +640,7 @@ class _BatchRun:
             # left early: the tracks being computed are for files nobody will convert, and a
             # compute worker may be waiting for one (the decoders first: they submit tracks)
             self.decode_pool.shutdown(wait=True, cancel_futures=True)
-            stop_process_pool(self.f0_pool)
+            self.f0_pool.stop()
         if self.compute_pool is not None:
             self.compute_pool.shutdown(wait=True, cancel_futures=True)
             # it holds self._worker_threads, a cycle that kept this run (its engine and inputs) until a full gc
@@ -743,26 +649,7 @@ class _BatchRun:
         self.decode_pool.shutdown(wait=True, cancel_futures=True)
         self.write_pool.shutdown(wait=True)
         if self.f0_pool is not None:
-            self.f0_pool.shutdown(wait=True, cancel_futures=True)
-
-
-def stop_process_pool(pool: cf.ProcessPoolExecutor) -> None:
-    """Shut ``pool`` down without waiting for the work it was given: its worker processes are
-    ended and joined, and its futures not done fail with :class:`BrokenProcessPool`.
-
-    ``shutdown(cancel_futures=True)`` cancels only the calls not yet handed to a process;
-    waiting for the others took as long as tracking those files (with harvest, minutes for
-    long files) after Ctrl-C or a ``break`` out of ``iter_batch``."""
-    processes = list((getattr(pool, "_processes", None) or {}).values())  # shutdown() forgets them
-    manager = getattr(pool, "_executor_manager_thread", None)
-    pool.shutdown(wait=False, cancel_futures=True)
-    for process in processes:
-        if process.is_alive():
-            process.terminate()
-    for process in processes:
-        process.join()
-    if manager is not None:
-        manager.join()  # it finds the processes ended, fails what was left and closes the queues
+            self.f0_pool.shutdown()
 
 
 def run_batch(
