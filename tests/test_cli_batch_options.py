@@ -359,3 +359,26 @@ def test_options_the_backend_takes_pass_the_early_check(tiny_models, tmp_path):
     argv = ["convert", str(tiny_models.voice), str(wav), "-o", str(tmp_path / "out"), "-q", "--encoder", str(tiny_models.encoder),
             "--f0-weights", str(tiny_models.rmvpe), "--device", "cpu", "--f0-option", "threshold=0.05"]
     assert main(argv) == 0 and (tmp_path / "out" / "in.wav").is_file()
+
+
+def test_a_long_failure_list_is_cut_after_the_progress_lines_named_each(tiny_models, tmp_path, capsys):
+    """400 broken files of a corpus printed 400 failure lines twice (each in its progress line,
+    then all again under the summary); now the list under the summary stops after 20 and says
+    where the rest is. With -q (no progress lines) every failure is listed."""
+    src = tmp_path / "in"
+    src.mkdir()
+    for i in range(30):
+        (src / f"broken{i:02d}.wav").write_bytes(b"not audio at all")
+    sf.write(src / "good.wav", tone(0.4, 16000), 16000)
+    report = tmp_path / "r.jsonl"
+    argv = ["convert", str(tiny_models.voice), str(src), "-o", str(tmp_path / "out"), *cli_weights(tiny_models)]
+    assert main([*argv, "--report", str(report)]) == 1
+    err = capsys.readouterr().err
+    summary = err[err.index("30 of 31 file(s) failed:"):]
+    listed = [line for line in summary.splitlines() if line.startswith("  ") and "broken" in line]
+    assert len(listed) == 20 and f"... and 10 more (in --report {report} and each in its progress line above)" in summary
+    assert all(f"broken{i:02d}.wav" in err for i in range(30))  # every one named in its own line above
+    assert len(report.read_text().splitlines()) == 31
+    assert main([*argv, "-q", "--skip-existing"]) == 1
+    quiet = capsys.readouterr().err
+    assert sum("broken" in line for line in quiet.splitlines()) == 30 and "more" not in quiet

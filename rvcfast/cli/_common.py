@@ -233,13 +233,24 @@ def add_device_options(p: argparse.ArgumentParser | Any) -> None:
     )
 
 
-def report_failures(failures: list[str], total: int) -> int:
-    """Print each failed file with its reason; the exit status for the run."""
+#: Failed files listed again after a run whose progress lines already named each one.
+SHOWN_FAILURES = 20
+
+
+def report_failures(failures: list[str], total: int, *, named_above: bool = False, report: Path | None = None) -> int:
+    """Print each failed file with its reason; the exit status for the run. When the progress
+    lines ``named_above`` each failure already, a long list is cut after
+    :data:`SHOWN_FAILURES` lines (400 broken files of a corpus printed 400 lines twice), with
+    where the rest is (``report``: the ``--report`` file)."""
     if not failures:
         return EXIT_OK
     say(f"{PROG}: {len(failures)} of {total} file(s) failed:")
-    for line in failures:
+    shown = failures[:SHOWN_FAILURES] if named_above and len(failures) > SHOWN_FAILURES + 5 else failures
+    for line in shown:
         say(f"  {line}")
+    if len(shown) < len(failures):
+        where = f"in --report {report} and " if report is not None else ""
+        say(f"  ... and {len(failures) - len(shown)} more ({where}each in its progress line above)")
     return EXIT_FAILED
 
 

@@ -193,7 +193,7 @@ def _run(
         out(summary.table())
     if not args.quiet:  # -q: failures alone (--report keeps each file's warnings; --strict fails them)
         report_warnings(warnings)
-    status = report_failures(failures, total)
+    status = report_failures(failures, total, named_above=not args.quiet, report=report.path)
     try:  # after the summary and the failures: a full disk must not hide them
         report.write()
     except OSError as exc:

@@ -106,7 +106,7 @@ def cmd_f0(args: argparse.Namespace) -> int:
             )
             for line in decoded.warnings:  # as `rvcfast convert` prints them
                 say(f"  warning: {line}")
-    return report_failures(failures, len(inputs))
+    return report_failures(failures, len(inputs), named_above=not args.quiet)
 
 
 def add_parser(sub: Any) -> None:
