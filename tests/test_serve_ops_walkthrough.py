@@ -385,10 +385,13 @@ def test_json_logs_are_one_object_per_line_with_the_request_fields(tiny_models, 
         ok = convert(srv.url)
         bad = convert(srv.url, NOT_AUDIO, name="notes.wav", headers={"X-Request-ID": "trace-42"})
         assert (ok.status_code, bad.status_code) == (200, 422)
+        assert httpx.get(f"{srv.url}/metrics", timeout=10).status_code == 200
     finally:
         status = srv.stop()
     assert status == -signal.SIGTERM
     records = [json.loads(x) for x in srv.log.read_text().splitlines()]  # every line, the first one too
+    # a load balancer's health checks and Prometheus's scrapes that worked: DEBUG, not a line every few seconds
+    assert not [r for r in records if r.get("path") in ("/health", "/metrics") and r.get("status") == 200]
     assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
     assert any(r["logger"] == "rvcfast.serve" and "ready" in r["message"] for r in records)
     by_id = {r["request_id"]: r for r in records if r["logger"] == "rvcfast.serve.access"}

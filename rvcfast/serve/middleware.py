@@ -72,6 +72,8 @@ _GOOD_ID = re.compile(r"[A-Za-z0-9._:@/+=-]{1,128}")
 _MAX_ERROR_BODY = 16384
 
 _access_log = logging.getLogger("rvcfast.serve.access")
+#: Paths polled by load balancers and Prometheus: their successful answers are logged at DEBUG.
+_POLLED = frozenset({"/health", "/metrics"})
 
 
 @dataclass
@@ -438,11 +440,16 @@ def _log_request(
     scope: Scope, method: str, status: int, seconds: float, info: RequestInfo, error: str | None,
     failed: bool = False, close_code: int | None = None,
 ) -> None:
-    """One line for a request that has ended: INFO, WARNING for a 503, ERROR for another 5xx or an answer cut short."""
+    """One line for a request that has ended: INFO, WARNING for a 503, ERROR for another 5xx or an
+    answer cut short; DEBUG for a load balancer's health check or a metrics scrape that worked (every
+    few seconds, for ever: 17,000 lines a day of nothing)."""
+    path = app_path(scope)
     if failed or (status >= 500 and status != 503):
         level = logging.ERROR
-    elif status == 503 and app_path(scope) != "/health":  # busy, shutting down (a loading server's /health: INFO)
+    elif status == 503 and path != "/health":  # busy, shutting down (a loading server's /health: INFO)
         level = logging.WARNING
+    elif path in _POLLED and status < 400:
+        level = logging.DEBUG
     else:
         level = logging.INFO
     if not _access_log.isEnabledFor(level):
