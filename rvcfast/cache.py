@@ -14,6 +14,12 @@ A load that fails leaves nothing in the cache. :func:`load_count`
 tells how many real loads happened (tests use it to prove a batch loads each model
 once). :func:`clear` empties the cache. Access is thread-safe; two threads asking
 for the same key wait for one load.
+
+:func:`get_shared` is the cache's other half, for what belongs to its user (a voice's
+retrieval index: hundreds of MB to GB): an object loaded from a file version is handed to
+every caller that asks for it while one of them still holds it (a second ``Converter`` of the
+same voice, a notebook cell run again, ``rvcfast tune`` loading the voice per precision),
+and is freed with its last holder: the cache holds it by a weak reference only.
 """
 
 from __future__ import annotations
@@ -21,13 +27,14 @@ from __future__ import annotations
 import os
 import stat
 import threading
+import weakref
 from collections.abc import Callable, Hashable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import torch
 
-__all__ = ["get_or_load", "file_key", "clear", "load_count", "cached_keys"]
+__all__ = ["get_or_load", "get_shared", "file_key", "clear", "load_count", "cached_keys"]
 
 T = TypeVar("T")
 
@@ -38,6 +45,8 @@ _lock = threading.Lock()
 _key_locks: dict[_Key, threading.Lock] = {}
 _models: dict[_Key, Any] = {}
 _loads: dict[str, int] = {}
+#: what :func:`get_shared` handed out and is still held somewhere (weakly referenced)
+_in_use: weakref.WeakValueDictionary[_Key, Any] = weakref.WeakValueDictionary()
 
 
 def _stat_key(st: os.stat_result) -> tuple[int, ...]:
@@ -116,6 +125,37 @@ def get_or_load(
         return model
 
 
+def get_shared(kind: str, path: str | os.PathLike[str], device: torch.device | str, loader: Callable[[], T]) -> T:
+    """``loader()``'s object for this version of file ``path`` on ``device``, shared while in use.
+
+    The object (it must accept weak references) is returned to every caller asking for the
+    same key while any of them holds it; once the last one drops it, it is freed and the next
+    call loads again. Concurrent callers wait for one load; a failed load leaves nothing
+    behind, and an object whose file changed while it was read is not shared."""
+    key: _Key = (kind, file_key(path), str(torch.device(device)), "", None)
+    with _lock:
+        held = _in_use.get(key)
+        if held is not None:
+            return held
+        key_lock = _key_locks.setdefault(key, threading.Lock())
+    with key_lock:
+        with _lock:
+            held = _in_use.get(key)
+        if held is not None:
+            return held
+        try:
+            obj = loader()
+            if file_key(path) == key[1]:  # shared only if the file did not change while it was read
+                with _lock:
+                    _in_use[key] = obj
+                    _loads[kind] = _loads.get(kind, 0) + 1
+        finally:
+            with _lock:
+                if _key_locks.get(key) is key_lock:
+                    del _key_locks[key]
+        return obj
+
+
 def _stale_keys() -> set[_Key]:
     """The cached keys whose file is no longer the one loaded: deleted (a temporary folder), or
     changed or replaced since. No request can name them again (a request's key is its file's
@@ -150,5 +190,6 @@ def clear() -> None:
     """Drop every cached model and reset the load counters."""
     with _lock:
         _models.clear()
+        _in_use.clear()
         _key_locks.clear()
         _loads.clear()

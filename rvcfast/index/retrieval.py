@@ -10,13 +10,16 @@ writes it.
 
 from __future__ import annotations
 
+import copy
 import math
 import os
-from typing import Literal
+from pathlib import Path
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
+from ..cache import get_shared
 from ..errors import ModelLoadError, ParameterError
 from ..safe_load import check_file
 from .build import default_nlist, kmeans
@@ -77,7 +80,8 @@ class RetrievalIndex:
         kind: ``"ivf"`` or ``"flat"``.
 
     The stored vectors are kept once, grouped by list; :attr:`vectors` gives
-    them in id order.
+    them in id order. Indexes that :func:`load_index` read from the same file onto the
+    same device share these tensors (treat them as read-only).
     """
 
     def __init__(
@@ -136,6 +140,7 @@ class RetrievalIndex:
                 raise ValueError("list_ids must be a permutation of 0..ntotal-1")
         self._nprobe = 1
         self.nprobe = nprobe
+        self._from_file: _FromFile | None = None  # tensors shared with the other indexes of a file (load_index)
         self._derive()
 
     def _derive(self) -> None:
@@ -177,12 +182,17 @@ class RetrievalIndex:
         dev = torch.device(device)
         if dev == self.device:
             return self
+        self._from_file = None  # its tensors are its own from now on
         self._lvecs = self._lvecs.to(dev)
         self.centroids = self.centroids.to(dev)
         self._list_ids = self._list_ids.to(dev)
         self._pos = self._pos.to(dev)
         self._derive()
         return self
+
+    def __getstate__(self) -> dict[str, Any]:
+        # A pickle holds the index's own tensors, never the tensors shared with other indexes of its file.
+        return {**self.__dict__, "_from_file": None}
 
     def __repr__(self) -> str:
         return (
@@ -375,16 +385,26 @@ class RetrievalIndex:
         write_index_file(path, arrays, list_format)
 
 
-def load_index(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> RetrievalIndex:
-    """Read a faiss ``.index`` file (``IVF<n>,Flat`` or ``IndexFlatL2``) without faiss.
+class _FromFile:
+    """The tensors of one version of an index file on one device (held by a template index
+    that is never handed out), shared by every index :func:`load_index` returns for it. Each
+    of those holds this object, so it (and its entry in :func:`rvcfast.cache.get_shared`'s
+    table) lives as long as one of them does."""
 
-    Everything is validated: an unsupported index type (IVFPQ, HNSW, ...), a
-    metric other than L2, a truncated file, sizes that do not match the file
-    length, ids that are not ``0..ntotal-1`` or non-finite values raise
-    :class:`~rvcfast.errors.ModelLoadError` naming the file. Nothing is
-    unpickled; bulk data is read straight into its final arrays.
-    """
-    p = check_file(path, "index")
+    __slots__ = ("index", "__weakref__")
+
+    def __init__(self, index: RetrievalIndex) -> None:
+        self.index = index
+
+
+def _device_key(device: str | torch.device) -> torch.device:
+    dev = torch.device(device)
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    return dev
+
+
+def _read_index(p: Path, dev: torch.device) -> RetrievalIndex:
     parsed = read_index_file(p)
     return RetrievalIndex(
         parsed.list_vectors,
@@ -394,8 +414,32 @@ def load_index(path: str | os.PathLike[str], device: str | torch.device = "cpu")
         parsed.nprobe,
         path=p,
         kind=parsed.kind,
-        device=device,
+        device=dev,
     )
+
+
+def load_index(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> RetrievalIndex:
+    """Read a faiss ``.index`` file (``IVF<n>,Flat`` or ``IndexFlatL2``) without faiss.
+
+    Everything is validated: an unsupported index type (IVFPQ, HNSW, ...), a
+    metric other than L2, a truncated file, sizes that do not match the file
+    length, ids that are not ``0..ntotal-1`` or non-finite values raise
+    :class:`~rvcfast.errors.ModelLoadError` naming the file. Nothing is
+    unpickled; bulk data is read straight into its final arrays.
+
+    While an index loaded from a file is in use (a ``Converter`` holds it), loading
+    the same file again onto the same device returns a new index sharing its tensors:
+    no second read and no second copy in memory (a file changed or replaced on disk
+    since is read again). Each index has its own :attr:`~RetrievalIndex.nprobe` and
+    :attr:`~RetrievalIndex.path`; :meth:`~RetrievalIndex.to` gives it tensors of its own.
+    """
+    p = check_file(path, "index")
+    dev = _device_key(device)
+    held = get_shared("index", p, dev, lambda: _FromFile(_read_index(p, dev)))
+    index = copy.copy(held.index)
+    index.path = os.fspath(p)
+    index._from_file = held  # keeps the shared tensors registered while the index lives
+    return index
 
 
 def save_index(

@@ -271,16 +271,38 @@ def _scan_large_list(
     store: ListStore, cands: _Candidates, xs: torch.Tensor, ln: torch.Tensor, dt: torch.dtype,
     budget: int, plan: _ListPlan, j: int,
 ) -> None:
-    """Scan list ``j`` of the plan on its own: its vectors are a contiguous slice (no gather)."""
+    """Scan list ``j`` of the plan on its own: its vectors are a contiguous slice (no gather).
+
+    The list is read once, in blocks of at most ``budget`` elements (converted to ``dt``
+    block by block), each block against all of the list's queries (in row chunks whose
+    results stay within ``budget``); each query keeps its best ``take`` over the blocks.
+    (A flat index is one list: reading all of it for every few queries made a search of
+    a 100k-vector flat index 3.5x slower than faiss.)
+    """
     s, a, c, r = int(plan.size[j]), int(plan.a0[j]), int(plan.cnt[j]), int(plan.r0[j])
     take = min(cands.kk, s)
-    vT = store.vectors[a : a + s].to(dt).T
-    step = max(1, budget // s)
-    for ca in range(r, r + c, step):
-        cb = min(r + c, ca + step)
-        dist = torch.addmm(ln[None, a : a + s], xs[ca:cb], vT, alpha=-2.0)
-        vals, sel = dist.topk(take, dim=1, largest=False, sorted=True)
-        cands.put(torch.arange(ca, cb, device=xs.device), sel + a, vals, take)
+    dev = xs.device
+    vstep = max(take, budget // store.dim)
+    qstep = max(1, budget // min(s, vstep))
+    best_v = torch.full((c, take), math.inf, dtype=dt, device=dev)
+    best_p = torch.full((c, take), -1, dtype=torch.int64, device=dev)
+    for va in range(a, a + s, vstep):
+        vb = min(a + s, va + vstep)
+        vT = store.vectors[va:vb].to(dt).T
+        for qa in range(0, c, qstep):
+            qb = min(c, qa + qstep)
+            dist = torch.addmm(ln[None, va:vb], xs[r + qa : r + qb], vT, alpha=-2.0)
+            vals, sel = dist.topk(min(take, vb - va), dim=1, largest=False, sorted=True)
+            if va > a:  # merge with the best of the blocks before
+                vals = torch.cat([best_v[qa:qb], vals], 1)
+                sel = torch.cat([best_p[qa:qb], sel + va], 1)
+                vals, o = vals.topk(take, dim=1, largest=False, sorted=True)
+                sel = torch.gather(sel, 1, o)
+            else:
+                sel = sel + va
+            best_v[qa:qb] = vals
+            best_p[qa:qb] = sel
+    cands.put(torch.arange(r, r + c, device=dev), best_p, best_v, take)
 
 
 def _scan_list_batch(
