@@ -244,10 +244,23 @@ def test_bench_record_without_timing_returns_none():
 
 
 @pytest.mark.parametrize(
-    "script", ["cpu_convert", "bf16_quality", "decoder_compile", "op_profile", "long_file", "ray_batch12", "serve_load"]
+    "script",
+    ["cpu_convert", "bf16_quality", "decoder_compile", "op_profile", "long_file", "ray_batch12", "serve_load", "big_index"],
 )
 def test_help(script):
     done = subprocess.run([sys.executable, str(BENCH / f"{script}.py"), "--help"], capture_output=True, text=True,
                           timeout=120)
     assert done.returncode == 0, done.stderr
     assert "usage:" in done.stdout
+
+
+def test_big_index_runs_and_every_search_is_exact(tmp_path):
+    """The smallest run: an IVF and a flat index of 2,000 16-d vectors, read in a fresh process."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "big_index.py"), "--vectors", "2000", "--dim", "16", "--flat", "--keep", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line for line in done.stdout.splitlines() if line.startswith("| IVF") or line.startswith("| flat")]
+    assert len(rows) == 2 and all(row.endswith("| 100/100 |") for row in rows), done.stdout
+    assert "CPU: " in done.stdout and sorted(p.suffix for p in tmp_path.iterdir()).count(".index") == 2
