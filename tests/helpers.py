@@ -229,3 +229,17 @@ def assert_close_to_peak(got: np.ndarray, ref: np.ndarray, rel_tol: float, min_p
     assert peak > min_peak
     err = float(np.abs(got.astype(np.float64) - ref).max())
     assert err <= rel_tol * peak, f"max abs error {err:.3g} for a peak of {peak:.3g}"
+
+
+def child_processes() -> list[int]:
+    """This process's child processes (Linux ``/proc``; empty elsewhere)."""
+    found = []
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
+                found.append(int(entry))
+    return found

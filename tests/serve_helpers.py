@@ -162,3 +162,40 @@ def run_in_process(app: Any, body: Callable[[Any], Any], deadline: float = 120.0
             return await body(client)
 
     return asyncio.run(main())
+
+
+#: The most a wait in the server tests may take on a loaded machine before the test gives up.
+WAIT_DEADLINE = 120.0
+
+
+def wait_for(condition: Callable[[], bool], what: str, deadline: float = WAIT_DEADLINE) -> None:
+    """Poll ``condition`` until it holds; fail naming ``what`` after ``deadline`` seconds."""
+    end = time.monotonic() + deadline
+    while not condition():
+        assert time.monotonic() < end, f"gave up waiting: {what}"
+        time.sleep(0.02)
+
+
+@contextmanager
+def served(app: Any, **config: Any) -> Iterator[str]:
+    """``app`` under uvicorn on 127.0.0.1 (a free port) in a thread, once ``/health`` says its
+    models are loaded; yields its base URL. ``config``: more ``uvicorn.Config`` options."""
+    import socket
+    import threading
+
+    import httpx
+    import uvicorn
+
+    sock = socket.create_server(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", lifespan="on", **config))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    try:
+        wait_for(lambda: server.started, "uvicorn to start")
+        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+        wait_for(lambda: httpx.get(f"{url}/health", timeout=10).status_code == 200, "the models to load")
+        yield url
+    finally:
+        server.should_exit = True
+        thread.join(WAIT_DEADLINE)
+        sock.close()

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import os
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,7 +17,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture, tone  # noqa: F401
+from helpers import child_processes, one_thread_fixture, tiny_converter_fixture, tiny_models_fixture, tone  # noqa: F401
 
 import rvcfast
 from rvcfast.runtime import openmp_threads
@@ -40,18 +39,6 @@ def _digests(folder: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.iterdir())}
 
 
-def _children() -> list[int]:
-    """This process's child processes (Linux ``/proc``; empty elsewhere)."""
-    found = []
-    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
-        if entry.isdigit():
-            try:
-                stat = Path(f"/proc/{entry}/stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == os.getpid():
-                found.append(int(entry))
-    return found
 
 
 def _start_count() -> int:
@@ -194,7 +181,7 @@ def test_ctrl_c_mid_batch_leaves_complete_outputs_and_a_rerun_resumes(tiny_conve
     for p in written:
         assert sf.info(p).frames > 0  # complete and readable
     assert _digests(src) == inputs_before
-    assert set(threading.enumerate()) == threads_before and _children() == []
+    assert set(threading.enumerate()) == threads_before and child_processes() == []
     assert torch.get_num_threads() == 2
 
     mtimes = {p.name: p.stat().st_mtime_ns for p in written}
@@ -259,7 +246,7 @@ def test_many_batches_leave_no_threads_or_processes(tiny_models, two_threads, tm
         next(it)
         it.close()  # left early
     assert set(threading.enumerate()) == threads_before
-    assert _children() == []
+    assert child_processes() == []
     assert torch.get_num_threads() == 2 and _start_count() == 2
 
 

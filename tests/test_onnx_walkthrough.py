@@ -226,7 +226,7 @@ def test_dtype_auto_runs_an_onnx_voice_in_float32(exported, tiny_models, monkeyp
     float32; an explicit bfloat16 is still refused."""
     import rvcfast.tuning as tuning
 
-    monkeypatch.setattr(tuning, "tuned_dtype", lambda dtype, device: torch.bfloat16)  # as on such a CPU
+    monkeypatch.setattr(tuning, "tuned_dtype", lambda dtype, device, profile=None: torch.bfloat16)  # as on such a CPU
     cpu = torch.device("cpu")
     assert tuning.tuned_settings("auto", None, cpu, exported["f0"])[0] == torch.float32
     assert tuning.tuned_settings("auto", None, cpu, "voice.pth")[0] == torch.bfloat16

@@ -26,7 +26,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 from helpers import one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
-from serve_helpers import run_in_process, voice_folder, wav_bytes
+from serve_helpers import run_in_process, served, voice_folder, wav_bytes
 
 from rvcfast.engine import Engine
 from rvcfast.errors import ParameterError
@@ -93,30 +93,11 @@ def in_process(app: Any) -> Iterator[Any]:
         app.state.rvcfast.close()
 
 
-@contextmanager
-def served(app: Any) -> Iterator[str]:
-    """``app`` under uvicorn on 127.0.0.1 (a free port) in a thread; yields its base URL."""
-    sock = socket.create_server(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", lifespan="on", timeout_keep_alive=60))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started, "uvicorn to start")
-        url = f"http://127.0.0.1:{port}"
-        wait_for(lambda: httpx.get(f"{url}/health", timeout=10).status_code == 200, "the models to load")
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(DEADLINE)
-        sock.close()
-
-
 @pytest.fixture(scope="module")
 def live(tiny_models, folders, tmp_path_factory) -> Iterator[tuple[str, Any]]:
     """One uvicorn server for the tests that need real connections: its URL and its state."""
     app = make_app(tiny_models, folders, tmp_path_factory.mktemp("live"), max_input_seconds=100)
-    with served(app) as url:
+    with served(app, timeout_keep_alive=60) as url:
         yield url, app.state.rvcfast
 
 

@@ -27,20 +27,17 @@ import logging
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 from helpers import one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
-from serve_helpers import voice_folder, wav_bytes
+from serve_helpers import served, voice_folder, wav_bytes
 
 httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
@@ -66,24 +63,6 @@ def wait_for(condition: Callable[[], bool], what: str, deadline: float = DEADLIN
 def voices(tiny_models, tmp_path_factory) -> Path:
     """alice, bob, carol and zoe (a file that is not a model)."""
     return voice_folder(tiny_models, tmp_path_factory.mktemp("ops") / "voices")
-
-
-@contextmanager
-def served(app: Any) -> Iterator[str]:
-    """``app`` under uvicorn on 127.0.0.1 in a thread (logging left to the test); its base URL."""
-    sock = socket.create_server(("127.0.0.1", 0))
-    server = uvicorn.Server(uvicorn.Config(app, log_config=None, log_level="warning", lifespan="on"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    try:
-        wait_for(lambda: server.started, "uvicorn to start")
-        url = f"http://127.0.0.1:{sock.getsockname()[1]}"
-        wait_for(lambda: httpx.get(f"{url}/health", timeout=10).status_code == 200, "the models to load")
-        yield url
-    finally:
-        server.should_exit = True
-        thread.join(DEADLINE)
-        sock.close()
 
 
 @pytest.fixture(scope="module")
