@@ -41,13 +41,13 @@ from .audio import AudioInput
 from .constants import F0_HOP, SR_16K
 from .errors import AudioError, Cancelled, ModelLoadError, ParameterError, RvcfastError
 from .packing import pack
-from .params import ConversionParams
+from .params import ConversionParams, check_one_model_call
 from .pipeline import (
     PreparedAudio,
     SegmentInput,
     apply_protect,
+    check_formant,
     finish,
-    formant_of,
     pitch_track,
     prepare_input,
     segment_features,
@@ -363,7 +363,7 @@ class Engine:
         checked = {id(q): self.params(q) for q in asked}
         per_item = [checked[id(q)] for q in asked]
         for p, q in zip(preps, per_item):
-            _check_formant(p, q)
+            check_formant(p, q)
         items = [_Item(p, q, owner=k) for k, (p, q) in enumerate(zip(preps, per_item))]
         # channels="each": each further channel is converted as an input of its own, beside the first
         for item in items:
@@ -430,7 +430,7 @@ class Engine:
         from .streaming import StreamFinisher
 
         item = _Item(prep, self.params(params))
-        _check_formant(prep, item.params)
+        check_formant(prep, item.params)
         if prep.more_channels:
             raise ParameterError(
                 f"{prep.label or 'input'}: an input prepared channel by channel (channels='each') is converted whole, "
@@ -633,7 +633,7 @@ class Engine:
         must agree (one model call), the rest may differ.
         """
         per_seg = [params] * len(segs) if isinstance(params, ConversionParams) else list(params)
-        _check_one_call(per_seg, len(segs))
+        check_one_model_call(per_seg, len(segs))
         first = per_seg[0]
         with torch.inference_mode():
             with timer.stage("features"):
@@ -761,16 +761,6 @@ def _channel_tracks(items: list[_Item], f0: list[Any]) -> list[Any]:
     return firsts + rest
 
 
-def _check_formant(prep: PreparedAudio, params: ConversionParams) -> None:
-    """The formant shift belongs to stage 1: refuse settings whose shift the input did not get."""
-    wanted = formant_of(params)
-    if wanted != prep.formant:
-        raise ParameterError(
-            f"{prep.label or 'input'}: formant={wanted} asked for, but the input was prepared with formant={prep.formant}: "
-            "the shift is applied when decoding, so pass the same params to prepare()"
-        )
-
-
 def _too_short(prep: PreparedAudio, params: ConversionParams) -> AudioError:
     """The error of an input too short to give one output frame."""
     need = "10 ms with keep_length" if params.keep_length else "25 ms (10 ms with keep_length=True)"
@@ -786,16 +776,6 @@ def _report_progress(items: list[_Item], owners: set[int], on_progress: Callable
             continue
         total = sum(g.buffer.shape[0] for g in group if g.buffer is not None)
         on_progress(k, min(1.0, sum(g.synthesized for g in group) / total) if total else 1.0)
-
-
-def _check_one_call(per_seg: list[ConversionParams], n_segments: int) -> None:
-    """Settings of one model call: one per segment, agreeing on what the call shares."""
-    if len(per_seg) != n_segments:
-        raise ParameterError(f"{len(per_seg)} settings given for {n_segments} segments: give one, or one per segment")
-    for name in ("speaker", "noise", "v1_output_layer"):
-        values = {getattr(q, name) for q in per_seg}
-        if len(values) > 1:
-            raise ParameterError(f"segments of one model call must share {name}, got {sorted(values, key=repr)}")
 
 
 def _check_cancel(cancel: CancelFlag | None) -> None:

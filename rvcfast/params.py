@@ -25,7 +25,7 @@ import numpy as np
 
 from .errors import ParameterError
 
-__all__ = ["ConversionParams", "ParamSpec", "param_specs", "coerce_param"]
+__all__ = ["ConversionParams", "ParamSpec", "param_specs", "coerce_param", "check_one_model_call"]
 
 
 def _meta(
@@ -489,3 +489,14 @@ def _loudness(text: str) -> float | str | None:
     if text.lower() == "match":
         return "match"
     return float(text)
+
+
+def check_one_model_call(per_seg: list[ConversionParams], n_segments: int) -> None:
+    """Settings of the segments of one model call: one per segment, agreeing on what the call shares
+    (speaker, noise, the v1 output layer); the rest may differ per segment."""
+    if len(per_seg) != n_segments:
+        raise ParameterError(f"{len(per_seg)} settings given for {n_segments} segments: give one, or one per segment")
+    for name in ("speaker", "noise", "v1_output_layer"):
+        values = {getattr(q, name) for q in per_seg}
+        if len(values) > 1:
+            raise ParameterError(f"segments of one model call must share {name}, got {sorted(values, key=repr)}")

@@ -24,7 +24,7 @@ import numpy as np
 from .audio import AudioInput, decode
 from .constants import F0_HOP, FEATURE_HOP, FEATURE_WINDOW, LONG_INPUT_SAMPLES, SR_16K
 from .dsp import change_rms, highpass_48hz, highpass_blocks, input_peak_guard, output_peak_guard, resample
-from .errors import AudioError
+from .errors import AudioError, ParameterError
 from .f0.post import postprocess
 from .params import ConversionParams
 from .protocols import FeatureEncoder
@@ -45,6 +45,7 @@ __all__ = [
     "segment_frames",
     "segment_output_length",
     "apply_protect",
+    "check_formant",
     "finish",
 ]
 
@@ -203,6 +204,16 @@ def formant_of(params: ConversionParams | None) -> tuple[float, float] | None:
         return None
     quefrency, timbre = params.formant
     return float(quefrency), float(timbre)
+
+
+def check_formant(prep: PreparedAudio, params: ConversionParams) -> None:
+    """The formant shift belongs to stage 1 (decoding): refuse settings whose shift ``prep`` did not get."""
+    wanted = formant_of(params)
+    if wanted != prep.formant:
+        raise ParameterError(
+            f"{prep.label or 'input'}: formant={wanted} asked for, but the input was prepared with formant={prep.formant}: "
+            "the shift is applied when decoding, so pass the same params to prepare()"
+        )
 
 
 def segment_frames(n_samples: int, span_frames: int, keep_length: bool = False) -> int:
