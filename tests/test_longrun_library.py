@@ -273,12 +273,12 @@ def test_a_file_that_fails_to_load_leaves_nothing_in_the_cache(tmp_path: Path) -
         path = tmp_path / f"bad{i}.pt"
         path.write_bytes(b"junk")
         with pytest.raises(ModelLoadError):
-            cache.get_or_load("longrun-test", path, "cpu", torch.float32, fails)
-    assert not any(k[0] == "longrun-test" for k in cache._key_locks)
-    assert not any(k[0] == "longrun-test" for k in cache.cached_keys())
+            cache.get_or_load("library-longrun-test", path, "cpu", torch.float32, fails)
+    assert not any(k[0] == "library-longrun-test" for k in cache._key_locks)
+    assert not any(k[0] == "library-longrun-test" for k in cache.cached_keys())
     # and the next good load of one of them works
-    good = cache.get_or_load("longrun-test", tmp_path / "bad0.pt", "cpu", torch.float32, lambda: "model")
-    assert good == "model" and cache.load_count("longrun-test") == 1
+    good = cache.get_or_load("library-longrun-test", tmp_path / "bad0.pt", "cpu", torch.float32, lambda: "model")
+    assert good == "model" and cache.load_count("library-longrun-test") == 1
 
 
 # ------------------------------------------------------------------ a batch left early
