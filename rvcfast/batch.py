@@ -474,7 +474,7 @@ class _BatchRun:
         yield from self._drain_writes(block=False)
 
     def _split_threads(self) -> None:
-        """Note the caller's intra-op thread count, which the compute workers share equally, each
+        """Note (``saved_threads``) the caller's intra-op thread count, which the compute workers share equally, each
         setting its own (:meth:`_worker_threads`). The caller's count is left as it is: the
         batch's iterator may be advanced and closed from different threads (a web framework's
         thread pool), and a count set in one of them was never put back there."""
@@ -550,10 +550,6 @@ class _BatchRun:
         assert g.entries is not None
         yield from self._report_group(g.entries)
 
-    def _restore_threads(self) -> None:
-        """The compute workers' share is no longer needed (the caller's count was never changed)."""
-        self.saved_threads = None
-
     def results(self) -> Iterator[Result]:
         try:
             self._split_threads()
@@ -595,7 +591,6 @@ class _BatchRun:
             # nearly done: let them finish, then run it here on every thread.
             while self.inflight:
                 yield from self._finish_oldest()
-            self._restore_threads()
             self.parallel = False
         if self.parallel:
             assert self.compute_pool is not None
@@ -645,7 +640,6 @@ class _BatchRun:
             self.compute_pool.shutdown(wait=True, cancel_futures=True)
             # it holds self._worker_threads, a cycle that kept this run (its engine and inputs) until a full gc
             self.compute_pool = None
-        self._restore_threads()
         self.decode_pool.shutdown(wait=True, cancel_futures=True)
         self.write_pool.shutdown(wait=True)
         if self.f0_pool is not None:
