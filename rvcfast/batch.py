@@ -335,12 +335,15 @@ class _BatchRun:
             # skip_existing: each output is looked at in the decode threads too, not one by one here
             self.pending.append(self.decode_pool.submit(self._decode, job))
 
-    def _result(self, job: Job, timings: dict[str, float], *, error: str | None = None, skipped: bool = False) -> Result:
+    def _result(
+        self, job: Job, timings: dict[str, float], *, error: str | None = None, skipped: bool = False,
+        exception: BaseException | None = None,
+    ) -> Result:
         """A result without audio: a failed file, or a skipped one (its existing output's path)."""
         out = str(job.out_path) if skipped and job.out_path is not None else None
         return Result(
             np.zeros(0, np.float32), self.engine.sample_rate, timings, job.label,
-            output_path=out, error=error, skipped=skipped, index=job.number,
+            output_path=out, error=error, skipped=skipped, index=job.number, exception=exception,
         )
 
     # ---------------------------------------------------------------- consuming
@@ -362,7 +365,7 @@ class _BatchRun:
                 res.timings["write"] = fut.result()
             except Exception as exc:  # noqa: BLE001
                 res.error = f"{res.source}: writing {res.output_path} failed: {type(exc).__name__}: {exc}"
-                res.output_path = None
+                res.exception, res.output_path = exc, None
                 if self.options.on_error == "stop":
                     raise RvcfastError(res.error) from exc
             yield from self._report(res)
@@ -385,7 +388,7 @@ class _BatchRun:
                     # the files before it are still converted, written and reported; then this error
                     self.stop_error = _stop_error(dec)
                     break
-                yield from self._emit(self._result(dec.job, {"decode": dec.decode_seconds}, error=dec.error))
+                yield from self._emit(self._result(dec.job, {"decode": dec.decode_seconds}, error=dec.error, exception=dec.exc))
             else:
                 group.append(dec)
                 samples += dec.prep.padded.shape[0] * dec.prep.n_channels

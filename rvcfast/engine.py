@@ -491,6 +491,7 @@ class Engine:
             raise exc
         if item.error is None:
             item.error = _Failure(_describe(item.prep.label, what, exc))
+            item.error.__cause__ = exc  # kept for the Result's ``exception`` (its traceback)
 
     def _pitch(self, items: list[_Item], f0: Sequence[F0Track] | None, raise_errors: bool) -> None:
         if not self.vocoder.has_f0:
@@ -618,6 +619,7 @@ class Engine:
             item.timings,
             prep.label,
             error=str(item.error),
+            exception=None if item.error is None else item.error.__cause__ or item.error,
             input_seconds=prep.seconds,
             warnings=list(prep.warnings),
         )
@@ -735,6 +737,7 @@ def _join_channels(item: _Item) -> None:
             if label and text.startswith(f"{label}: "):  # "song.wav: channel 2: F0 extraction failed ..."
                 text = text[len(label) + 2 :]
             item.error = _Failure(f"{label or 'input'}: channel {k + 1}: {text}")
+            item.error.__cause__ = channel.error.__cause__
     if item.error is None and all(g.buffer is not None for g in group):
         item.buffer = np.stack([g.buffer for g in group], axis=1)  # type: ignore[misc]
     for channel in item.channels:

@@ -36,6 +36,10 @@ class Result:
         index: The input's position in a batch (``None`` from ``convert``).
         warnings: Recoverable oddities of the input (a truncated file, clipping, a DC offset,
             channels mixed down), each naming the input.
+        exception: The exception behind ``error``, with its traceback, when the input failed in
+            this process (``None`` otherwise): for logging it (``logging.error(..., exc_info=
+            result.exception)``) or raising it again. Not compared by ``==``, not shown by
+            ``repr`` and not kept when a Result is pickled (``error`` says what it said).
         voice: The voice's name in a run to several voices (:func:`rvcfast.convert_voices`),
             else ``None``.
         frames: The output's length in samples at ``sample_rate``, taken from ``audio`` when
@@ -60,6 +64,7 @@ class Result:
     warnings: list[str] = field(default_factory=list)
     voice: str | None = None
     frames: int | None = None
+    exception: BaseException | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self) -> None:
         n = int(np.shape(self.audio)[0]) if np.ndim(self.audio) else 0
@@ -70,11 +75,17 @@ class Result:
         if not isinstance(other, Result):
             return NotImplemented
         for f in fields(self):
+            if not f.compare:
+                continue
             mine, theirs = getattr(self, f.name), getattr(other, f.name)
             same = np.array_equal(mine, theirs) if f.name == "audio" else mine == theirs
             if not same:
                 return False
         return True
+
+    def __getstate__(self) -> dict[str, object]:
+        # an exception may not unpickle elsewhere (required arguments, its module missing)
+        return {**self.__dict__, "exception": None}
 
     __hash__ = None  # type: ignore[assignment]  # mutable, as a dataclass with eq
 

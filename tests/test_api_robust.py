@@ -172,3 +172,38 @@ def test_a_progress_that_cannot_be_called_is_refused_before_any_work(
         [tmp_path / "a.wav"], out, progress=lambda r, done, total: seen.append((Path(r.source).name, done, total))
     )
     assert results[0].ok and seen == [("a.wav", 1, 1)]
+
+
+class _FailsOnLoud:
+    """An F0 plugin that raises on inputs louder than 0.3 peak (run in this process: not cpu_bound)."""
+
+    name, sample_rate, hop_length = "fails-on-loud", 16000, 160
+
+    def extract(self, audio: np.ndarray) -> np.ndarray:
+        if np.abs(audio).max() > 0.3:
+            raise ValueError("this tracker cannot follow loud voices")
+        return np.full(len(audio) // 160 + 1, 200.0)
+
+    def extract_batch(self, audios: list[np.ndarray]) -> list[np.ndarray]:
+        return [self.extract(a) for a in audios]
+
+
+def test_a_failed_results_exception_keeps_the_original_error_and_its_traceback(tiny_models: TinyModels, tmp_path: Path) -> None:
+    import pickle
+    import traceback
+
+    sf.write(tmp_path / "quiet.wav", 0.2 * tone(0.4, freq=180), 16000)
+    sf.write(tmp_path / "loud.wav", 0.9 * tone(0.4, freq=180) / np.abs(tone(0.4, freq=180)).max(), 16000)
+    (tmp_path / "text.wav").write_text("not audio at all\n" * 50)
+    conv = tiny_models.converter(f0=_FailsOnLoud(), index=None)
+    ok, loud, text = conv.convert_batch([tmp_path / n for n in ("quiet.wav", "loud.wav", "text.wav")], out_dir=tmp_path / "out")
+    assert ok.ok and ok.exception is None
+    # the engine's failure: the tracker's own exception, raised where the tracker raised it
+    assert isinstance(loud.exception, ValueError) and "loud voices" in str(loud.exception) and "loud voices" in loud.error
+    assert "extract" in [f.name for f in traceback.extract_tb(loud.exception.__traceback__)]
+    # a file that does not decode: the decoder's error
+    assert isinstance(text.exception, rvcfast.errors.AudioError) and str(text.exception) in text.error
+    # the exception is not part of what a Result is (==) and is not pickled
+    copy = pickle.loads(pickle.dumps(loud))
+    assert copy.exception is None and copy.error == loud.error and copy == loud
+    assert "exception" not in repr(loud)

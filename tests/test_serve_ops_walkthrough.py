@@ -254,6 +254,30 @@ def test_a_failed_model_call_logs_its_traceback_with_the_request_id_and_the_file
     assert line.levelno == logging.ERROR and line.status == 500 and "exploded" in line.error
 
 
+def test_a_model_failure_inside_the_engine_logs_the_original_traceback(live, caplog, monkeypatch) -> None:
+    """A failure the engine isolates (one input of a model call it may share with other requests)
+    comes back as the Result's error text: the log still gets the exception and its traceback."""
+    from rvcfast.engine import Engine
+
+    url, _ = live
+    caplog.set_level(logging.INFO, logger="rvcfast.serve")
+
+    def broken_synthesizer(self: Any, segs: Any, params: Any, timer: Any) -> Any:
+        raise RuntimeError("the decoder ran out of luck")
+
+    monkeypatch.setattr(Engine, "synthesize_segments", broken_synthesizer)
+    r = convert(url, name="chorus.wav")
+    rid = r.headers["x-request-id"]
+    assert r.status_code == 500 and "out of luck" in r.json()["error"], r.text
+    wait_for(lambda: _access(caplog, rid), "the request log line")
+    traced = [x for x in caplog.records if x.name == "rvcfast.serve" and x.exc_info and rid in x.getMessage()]
+    assert len(traced) == 1 and "chorus.wav" in traced[0].getMessage(), [x.getMessage() for x in caplog.records]
+    exc = traced[0].exc_info[1]
+    assert isinstance(exc, RuntimeError) and "out of luck" in str(exc)
+    frames = [f.name for f in __import__("traceback").extract_tb(exc.__traceback__)]
+    assert "broken_synthesizer" in frames and "_synthesize_bucket" in frames, frames
+
+
 def test_jobs_and_live_streams_carry_request_ids_and_a_failed_job_is_logged(live, caplog) -> None:
     url, _ = live
     caplog.set_level(logging.INFO, logger="rvcfast.serve")

@@ -226,6 +226,8 @@ async def _convert_whole(
         except Exception as exc:  # noqa: BLE001 - the model call failed for this request alone
             _log_failure("conversion", work.name, work.options.voice, exc)
             return *failed, {}, f"{type(exc).__name__}: {exc}", notes
+        if res.error is not None:  # failed inside a model call it may have shared with other requests
+            _log_failure("conversion", work.name, work.options.voice, res.exception)
         return res.audio, res.sample_rate, res.timings, res.error, res.warnings
     # a long input: one segment per turn of the model worker, finished as Engine.run finishes it
     timings: dict[str, float] = {}

@@ -409,5 +409,5 @@ def _failed(engine: Engine, task: _Convert, exc: BaseException) -> Result:
 
     return Result(
         np.zeros(0, np.float32), engine.sample_rate, {}, task.prep.label, error=f"{type(exc).__name__}: {exc}",
-        input_seconds=task.prep.seconds,
+        input_seconds=task.prep.seconds, exception=exc,
     )
