@@ -316,7 +316,10 @@ def test_voices_are_kept_in_an_lru_and_base_models_load_once(client, folders) ->
     loaded = {v["id"] for v in client.get("/v1/voices").json()["voices"] if v["loaded"]}
     assert loaded == {"alice", "carol"}
     text = client.get("/metrics").text
-    assert 'rvcfast_model_loads{kind="encoder"} 1' in text and 'rvcfast_model_loads{kind="rmvpe"} 1' in text
+    assert 'rvcfast_model_loads_total{kind="encoder"} 1' in text and 'rvcfast_model_loads_total{kind="rmvpe"} 1' in text
+    assert "# TYPE rvcfast_model_loads_total counter" in text
+    # the gauge of the same name without _total stays for dashboards made before the counter
+    assert 'rvcfast_model_loads{kind="encoder"} 1' in text and "# TYPE rvcfast_model_loads gauge" in text
 
 
 def test_a_broken_voice_file_fails_alone(client, folders) -> None:

@@ -203,6 +203,19 @@ def test_metrics_text_format() -> None:
     assert "# TYPE rvcfast_queue_depth gauge\nrvcfast_queue_depth 2" in text
 
 
+def test_a_count_read_at_scrape_time_is_a_counter_named_total() -> None:
+    m = Metrics()
+    loads = {(("kind", "encoder"),): 1.0}
+    m.gauge("rvcfast_model_loads_total", "models loaded", lambda: loads, kind="counter")
+    assert '# TYPE rvcfast_model_loads_total counter\nrvcfast_model_loads_total{kind="encoder"} 1' in m.render()
+    loads[(("kind", "encoder"),)] = 2.0
+    assert 'rvcfast_model_loads_total{kind="encoder"} 2' in m.render()
+    with pytest.raises(ValueError, match="_total"):
+        m.gauge("rvcfast_model_loads", "a counter must end in _total", lambda: 1.0, kind="counter")
+    with pytest.raises(ValueError, match="_total"):
+        m.gauge("rvcfast_loaded_total", "a gauge must not look like a counter", lambda: 1.0)
+
+
 @pytest.mark.parametrize("subtype", [None, "PCM_24", "PCM_32", "FLOAT"])
 def test_stream_header_and_pieces_read_as_the_whole_file(subtype) -> None:
     rng = np.random.default_rng(0)

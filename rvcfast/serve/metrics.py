@@ -19,8 +19,10 @@ are read from callables when ``/metrics`` is scraped. The names:
 * ``rvcfast_stage_seconds_total{stage}`` — seconds per pipeline stage (decode, f0, features, index, synth, post, encode, queue);
 * ``rvcfast_queue_depth``, ``rvcfast_requests_in_flight``, ``rvcfast_loaded_voices``,
   ``rvcfast_voices``, ``rvcfast_voices_failed`` (voices whose files failed to load),
-  ``rvcfast_live_streams`` (open now), ``rvcfast_jobs{state}``, ``rvcfast_model_loads{kind}``
-  (models loaded since start), ``rvcfast_ready`` — gauges.
+  ``rvcfast_live_streams`` (open now), ``rvcfast_jobs{state}``, ``rvcfast_ready`` — gauges;
+* ``rvcfast_model_loads_total{kind}`` — models loaded since start (a counter read at scrape
+  time); ``rvcfast_model_loads{kind}``, the same values as a gauge, is kept for dashboards
+  made before the counter (deprecated).
 
 The counters of :data:`ZERO_SERIES` are shown at 0 from the start: an alert on
 ``increase(rvcfast_conversion_failures_total[5m]) > 0`` then fires on the first failure after a
@@ -107,7 +109,7 @@ class Metrics:
         self._lock = threading.Lock()
         self._counters: dict[tuple[str, Labels], float] = {key: 0.0 for key in ZERO_SERIES}
         self._histograms: dict[tuple[str, Labels], _Histogram] = {}
-        self._gauges: dict[str, tuple[str, Callable[[], float | Mapping[Labels, float]]]] = {}
+        self._gauges: dict[str, tuple[str, str, Callable[[], float | Mapping[Labels, float]]]] = {}
 
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
         """Add ``value`` to a counter."""
@@ -130,9 +132,14 @@ class Metrics:
                 hist = self._histograms[key] = _Histogram(buckets)
             hist.observe(float(value))
 
-    def gauge(self, name: str, help_text: str, read: Callable[[], float | Mapping[Labels, float]]) -> None:
-        """Register a gauge read at scrape time (a number, or ``{labels: value}``)."""
-        self._gauges[name] = (help_text, read)
+    def gauge(
+        self, name: str, help_text: str, read: Callable[[], float | Mapping[Labels, float]], kind: str = "gauge"
+    ) -> None:
+        """Register a value read at scrape time (a number, or ``{labels: value}``): a gauge, or
+        with ``kind="counter"`` a count kept elsewhere that only grows (named ``*_total``)."""
+        if kind not in ("gauge", "counter") or (kind == "counter") != name.endswith("_total"):
+            raise ValueError(f"metric {name!r}: a {kind} read at scrape time (counters, and only they, end in _total)")
+        self._gauges[name] = (kind, help_text, read)
 
     def counter_value(self, name: str, **labels: str) -> float:
         """The current value of one counter (0 if never incremented)."""
@@ -158,8 +165,8 @@ class Metrics:
                 lines.append(f"{name}_bucket{_labels(lb + (('le', '+Inf'),))} {total}")
                 lines.append(f"{name}_sum{_labels(lb)} {_fmt(total_sum)}")
                 lines.append(f"{name}_count{_labels(lb)} {total}")
-        for name, (help_text, read) in sorted(self._gauges.items()):
-            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge"]
+        for name, (kind, help_text, read) in sorted(self._gauges.items()):
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} {kind}"]
             value = read()
             items: Iterable[tuple[Labels, float]] = value.items() if isinstance(value, Mapping) else [((), float(value))]
             lines += [f"{name}{_labels(lb)} {_fmt(v)}" for lb, v in items]

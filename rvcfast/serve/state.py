@@ -412,7 +412,8 @@ class ServerState:
         m.gauge("rvcfast_loaded_voices", "voices loaded (LRU)", lambda: len(self.registry.loaded_ids()))
         m.gauge("rvcfast_voices", "voices offered", lambda: len(self.registry.ids()))
         m.gauge("rvcfast_jobs", "jobs by state", lambda: {(("state", s),): float(n) for s, n in self.jobs.counts().items()})
-        m.gauge("rvcfast_model_loads", "models loaded since start, by kind", model_loads)
+        m.gauge("rvcfast_model_loads_total", "models loaded since start, by kind", model_loads, kind="counter")
+        m.gauge("rvcfast_model_loads", "deprecated: rvcfast_model_loads_total as a gauge", model_loads)
         m.gauge("rvcfast_ready", "1 once the models are loaded", lambda: 1.0 if self.ready.is_set() else 0.0)
 
 
