@@ -12,7 +12,7 @@ replaced holds one copy per file, not one per version. Each load also drops the 
 of files deleted (or changed) since they were loaded: nothing can ask for them again.
 A load that fails leaves nothing in the cache. :func:`load_count`
 tells how many real loads happened (tests use it to prove a batch loads each model
-once). :func:`clear` empties the cache. Access is thread-safe; two threads asking
+once). :func:`clear` empties the cache, or drops one kind of model. Access is thread-safe; two threads asking
 for the same key wait for one load.
 
 :func:`get_shared` is the cache's other half, for what belongs to its user (a voice's
@@ -186,10 +186,26 @@ def cached_keys() -> list[Hashable]:
         return list(_models)
 
 
-def clear() -> None:
-    """Drop every cached model and reset the load counters."""
+def clear(kind: str | None = None) -> int:
+    """Drop the cached models: all of them, or those of one ``kind`` (``"rmvpe"``, ``"encoder"``,
+    ``"crepe"``, ``"fcpe"``, a plugin's own), e.g. RMVPE once a process has moved to another F0
+    backend. Returns how many were dropped (0 for a kind the cache holds none of).
+
+    Objects still used elsewhere (a live ``Converter``'s models) stay alive with their users; the
+    cache only forgets them, so the next request loads the file again. Without ``kind`` the
+    load counters start again at 0 too; with one they keep counting (:func:`load_count`)."""
     with _lock:
-        _models.clear()
-        _in_use.clear()
-        _key_locks.clear()
-        _loads.clear()
+        if kind is None:
+            dropped = len(_models) + len(_in_use)
+            _models.clear()
+            _in_use.clear()
+            _key_locks.clear()
+            _loads.clear()
+            return dropped
+        keys = [k for k in _models if k[0] == kind]
+        shared = [k for k in list(_in_use.keys()) if k[0] == kind]
+        for k in keys:
+            del _models[k]
+        for k in shared:
+            _in_use.pop(k, None)
+        return len(keys) + len(shared)

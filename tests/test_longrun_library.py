@@ -281,6 +281,29 @@ def test_a_file_that_fails_to_load_leaves_nothing_in_the_cache(tmp_path: Path) -
     assert good == "model" and cache.load_count("library-longrun-test") == 1
 
 
+def test_clearing_one_kind_of_model_keeps_the_others(tmp_path: Path) -> None:
+    """A process that moved from RMVPE to another F0 backend could only drop every base model."""
+
+    class Model:  # weakly referenceable, as get_shared needs
+        pass
+
+    for name in ("a.pt", "b.pt", "c.pt"):
+        (tmp_path / name).write_bytes(b"weights")
+    first = cache.get_or_load("longrun-clear-f0", tmp_path / "a.pt", "cpu", torch.float32, Model)
+    cache.get_or_load("longrun-clear-f0", tmp_path / "b.pt", "cpu", torch.float32, Model)
+    kept = cache.get_or_load("longrun-clear-enc", tmp_path / "c.pt", "cpu", torch.float32, Model)
+    held = cache.get_shared("longrun-clear-f0", tmp_path / "a.pt", "cpu", Model)
+    assert cache.clear("longrun-clear-f0") == 3
+    assert not [k for k in cache.cached_keys() if k[0] == "longrun-clear-f0"]
+    assert cache.get_or_load("longrun-clear-enc", tmp_path / "c.pt", "cpu", torch.float32, Model) is kept
+    # forgotten, not destroyed: a holder keeps its object; the next request loads the file again
+    again = cache.get_or_load("longrun-clear-f0", tmp_path / "a.pt", "cpu", torch.float32, Model)
+    assert again is not first and isinstance(first, Model)
+    assert cache.get_shared("longrun-clear-f0", tmp_path / "a.pt", "cpu", Model) is not held
+    assert cache.load_count("longrun-clear-f0") == 5  # 2 + 1 shared, then 1 + 1 again: counting goes on
+    assert cache.clear("no-such-kind") == 0
+
+
 # ------------------------------------------------------------------ a batch left early
 
 
