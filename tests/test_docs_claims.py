@@ -272,3 +272,20 @@ def test_paths_open_without_the_api_key_are_as_documented():
     said_open = set(re.findall(r"`(/[\w.]+)`", row[1].split("stay open")[0]))
     assert said_open == {"/health", "/docs", "/openapi.json"} and said_open <= OPEN_PATHS
     assert "`/metrics` needs the key" in row[1] and "/metrics" not in OPEN_PATHS
+
+
+def test_the_readme_links_work_where_it_is_read_off_the_repository() -> None:
+    """The README is also the package's page on PyPI, where a relative link leads nowhere: every
+    link is absolute, and each into this repository names a file that exists here."""
+    import tomllib
+
+    urls = tomllib.loads(read("pyproject.toml"))["project"]["urls"]
+    home = urls["Source"].rstrip("/") + "/blob/main/"
+    links = re.findall(r"\]\(([^)\s]+)\)", read("README.md"))
+    assert links
+    relative = [t for t in links if not re.match(r"[a-z]+://", t) and not t.startswith("#")]
+    assert not relative, f"relative links in README.md (broken on PyPI): {relative}"
+    ours = [t for t in links if t.startswith(home)]
+    assert ours
+    missing = [t for t in ours if not (REPO / t[len(home):].split("#")[0]).exists()]
+    assert not missing, f"README links to files this repository does not have: {missing}"
