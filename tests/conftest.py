@@ -90,3 +90,27 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """
     if int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0") or 0) > 1:
         items.sort(key=lambda item: LONGEST_FIRST.index(item.path.name) if item.path.name in LONGEST_FIRST else len(LONGEST_FIRST))
+
+
+@pytest.fixture(autouse=True)
+def _logging_left_as_found():
+    """Put rvcfast's and uvicorn's loggers back as they were after each test: ``rvcfast serve``
+    run in-process (``main(["serve", ...])``) configures logging as a server process should
+    (rvcfast's records to its own stderr handler, not propagated), which hid every later
+    test's records from ``caplog`` in the same test worker."""
+    import logging
+
+    def state() -> dict[str, tuple[object, ...]]:
+        names = [n for n in logging.root.manager.loggerDict if n.split(".")[0] in ("rvcfast", "uvicorn")]
+        found = {}
+        for name in names:
+            lg = logging.getLogger(name)
+            found[name] = (lg.level, lg.propagate, lg.disabled, list(lg.handlers), list(lg.filters))
+        return found
+
+    before = state()
+    yield
+    for name in state():
+        lg = logging.getLogger(name)
+        lg.level, lg.propagate, lg.disabled, handlers, filters = before.get(name, (logging.NOTSET, True, False, [], []))
+        lg.handlers[:], lg.filters[:] = handlers, filters
