@@ -45,14 +45,14 @@ load_peak, held = peak() - base, rss() - base
 t0 = time.perf_counter(); second = load_index(path); again_s = time.perf_counter() - t0
 again_mb = rss() - base - held
 del second
-search = {}
-for t in (50, 500):
-    x = torch.from_numpy(queries[:t])
-    first.search(x, 8)
+def median_ms(fn, x, rounds=7):
+    fn(x)
     times = []
-    for _ in range(3):
-        t0 = time.perf_counter(); first.search(x, 8); times.append(time.perf_counter() - t0)
-    search[t] = 1000 * min(times)
+    for _ in range(rounds):
+        t0 = time.perf_counter(); fn(x); times.append(time.perf_counter() - t0)
+    return 1000 * float(np.median(times))
+
+search = {t: median_ms(lambda x: first.search(x, 8), torch.from_numpy(queries[:t])) for t in (50, 500)}
 # exactness: the same ids as a brute-force scan of the probed list (nprobe 1), ties by id
 _, got = first.search(torch.from_numpy(queries[:100]), 8)
 cen = first.centroids.double().numpy()
@@ -66,17 +66,32 @@ for row, q in enumerate(queries[:100].astype(np.float64)):
     order = np.lexsort((ids, dist))[:8]
     ref = np.full(8, -1); ref[: len(order)] = ids[order]
     same += bool((ref == got[row].numpy()).all())
+# faiss on the same file and queries, in the same process (same threads), when it is installed
+faiss_ms = None
+try:
+    import faiss
+except ImportError:
+    pass
+else:
+    faiss.omp_set_num_threads(int(sys.argv[3]))
+    del first, every
+    fi = faiss.read_index(path)
+    faiss_ms = {t: median_ms(lambda x: fi.search(x, 8), np.ascontiguousarray(queries[:t])) for t in (50, 500)}
 print(json.dumps({"load_s": load_s, "load_peak_mb": load_peak, "held_mb": held, "again_s": again_s,
-                  "again_mb": again_mb, "search_ms": search, "exact_rows": same}))
+                  "again_mb": again_mb, "search_ms": search, "faiss_ms": faiss_ms, "exact_rows": same}))
 """
 
 
 def cpu_model() -> str:
+    """The CPU's model name, with whether it has AVX-512 and AMX (the matrix products depend on them)."""
     try:
         out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
+        name = next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
     except (OSError, subprocess.CalledProcessError, StopIteration):
         return "unknown CPU"
+    flags = next((line.split(":", 1)[1].split() for line in out.splitlines() if line.startswith("Flags")), [])
+    has = [f for f in ("avx512f", "amx_tile") if f in flags]
+    return f"{name} ({', '.join(has) if has else 'no AVX-512, no AMX'})"
 
 
 def build(folder: Path, n: int, dim: int, flat: bool) -> tuple[Path, Path]:
@@ -116,8 +131,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="rvcfast-index-") as tmp:
         folder = args.keep or Path(tmp)
         folder.mkdir(parents=True, exist_ok=True)
-        print("| index | file | load | load peak RSS | held | 2nd load (shared) | search T=50 / T=500 | exact ids |")
-        print("|---|---:|---:|---:|---:|---:|---:|---:|")
+        print(
+            "| index | file | load | load peak RSS | held | 2nd load (shared) | search T=50 / T=500 "
+            "| faiss T=50 / T=500 (rvcfast/faiss) | exact ids |"
+        )
+        print("|---|---:|---:|---:|---:|---:|---:|---:|---:|")
         for n in args.vectors:
             for flat in (False, True) if args.flat else (False,):
                 t0 = time.perf_counter()
@@ -130,10 +148,17 @@ def main() -> None:
                 r = json.loads(run.stdout.strip().splitlines()[-1])
                 mb = path.stat().st_size / 2**20
                 kind = "flat" if flat else "IVF"
+                ms, fms = r["search_ms"], r["faiss_ms"]
+                faiss_col = "faiss not installed"
+                if fms is not None:
+                    faiss_col = (
+                        f"{fms['50']:.1f} / {fms['500']:.1f} ms "
+                        f"(×{ms['50'] / fms['50']:.1f} / ×{ms['500'] / fms['500']:.1f})"
+                    )
                 print(
                     f"| {kind} {n:,} (built in {built:.0f} s) | {mb:.0f} MiB | {r['load_s']:.2f} s | +{r['load_peak_mb']:.0f} MiB "
                     f"| +{r['held_mb']:.0f} MiB | {r['again_s']:.2f} s, +{r['again_mb']:.0f} MiB "
-                    f"| {r['search_ms']['50']:.1f} / {r['search_ms']['500']:.1f} ms | {r['exact_rows']}/100 |"
+                    f"| {ms['50']:.1f} / {ms['500']:.1f} ms | {faiss_col} | {r['exact_rows']}/100 |"
                 )
                 if args.keep is None:
                     path.unlink()

@@ -197,13 +197,10 @@ class Engine:
         profile = load_profile(dev)  # read once: a bad file is warned about once, not per setting it fills
         dt, batch_seconds = tuned_settings(dtype, batch_seconds, dev, model, profile)
         vocoder = load_vocoder(model, device=dev, dtype=dt)
-        idx = load_index(index, device=dev) if index is not None else None
-        if idx is not None and idx.dim != vocoder.feature_dim:
-            raise ModelLoadError(
-                index,
-                f"index dimension {idx.dim} does not match the voice model's feature dimension "
-                f"{vocoder.feature_dim} ({vocoder.version} model {os.fspath(model)}); use the index trained with this model",
-            )
+        idx = (  # a wrong index is refused from its header, before its vectors are read
+            load_index(index, device=dev, feature_dim=vocoder.feature_dim, model=f"{vocoder.version} model {os.fspath(model)}")
+            if index is not None else None
+        )
         enc = load_encoder_cached(resolve_encoder_for(vocoder, encoder), dev, dt, allow_download=allow_download)
         extractor: F0Extractor | None = None
         if vocoder.has_f0:

@@ -90,7 +90,7 @@ def test_second_load_of_a_file_shares_its_tensors(tmp_path: Path, monkeypatch: p
     save_index(path, _clustered(3000, 256, seed=2), nlist=20, niter=1)
     reads = []
     real = retrieval_mod.read_index_file
-    monkeypatch.setattr(retrieval_mod, "read_index_file", lambda p: reads.append(p) or real(p))
+    monkeypatch.setattr(retrieval_mod, "read_index_file", lambda p, *a: reads.append(p) or real(p, *a))
     a = load_index(path)
     tracemalloc.start()
     try:
@@ -137,8 +137,8 @@ def test_a_file_changed_while_read_is_not_shared(tmp_path: Path, monkeypatch: py
     save_index(path, _clustered(300, 8, seed=6), nlist=3, niter=1)
     real = retrieval_mod.read_index_file
 
-    def touched(p: Path):
-        out = real(p)
+    def touched(p: Path, *args):
+        out = real(p, *args)
         st = os.stat(p)
         os.utime(p, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
         return out
@@ -155,7 +155,7 @@ def test_concurrent_loads_read_once(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     save_index(path, _clustered(2000, 64, seed=7), nlist=10, niter=1)
     reads = []
     real = retrieval_mod.read_index_file
-    monkeypatch.setattr(retrieval_mod, "read_index_file", lambda p: reads.append(p) or real(p))
+    monkeypatch.setattr(retrieval_mod, "read_index_file", lambda p, *a: reads.append(p) or real(p, *a))
     out: list[RetrievalIndex] = []
     start = threading.Barrier(4)
 
@@ -220,7 +220,7 @@ def test_large_list_is_read_once_per_search(monkeypatch: pytest.MonkeyPatch) -> 
     real = torch.addmm
 
     def counted(inp, mat1, mat2, **kw):
-        blocks.append((mat2.data_ptr(), mat2.shape[1]))
+        blocks.append((mat1.data_ptr(), mat1.shape[0]))  # the block is the left operand ([block, d])
         return real(inp, mat1, mat2, **kw)
 
     monkeypatch.setattr(search_mod.torch, "addmm", counted)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import io
 import os
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -212,9 +213,11 @@ def _trailing_check(r: _Reader) -> None:
         raise r.fail(f"index file is corrupt: {r.remaining} unexpected bytes after the end of the index")
 
 
-def _parse_flat(r: _Reader) -> IndexArrays:
+def _parse_flat(r: _Reader, check_dim: Callable[[int], None] | None) -> IndexArrays:
     """The rest of an ``IndexFlatL2`` file: one list holding every vector, ids in order."""
     hdr = _read_header(r, "flat index")
+    if check_dim is not None:
+        check_dim(hdr.d)
     codes = _read_flat_codes(r, hdr, "flat index")
     _trailing_check(r)
     vectors = codes.astype(np.float32, copy=False)
@@ -335,9 +338,11 @@ def _read_list_data(r: _Reader, sizes: np.ndarray, ntotal: int, d: int) -> tuple
     return list_vectors, list_ids
 
 
-def _parse_ivf(r: _Reader) -> IndexArrays:
+def _parse_ivf(r: _Reader, check_dim: Callable[[int], None] | None) -> IndexArrays:
     """The rest of an ``IndexIVFFlat`` file (after its fourcc)."""
     hdr = _read_header(r, "IVF index")
+    if check_dim is not None:
+        check_dim(hdr.d)
     d, ntotal = hdr.d, hdr.ntotal
     nlist = r.scalar("<u8", "nlist")
     nprobe = r.scalar("<u8", "nprobe")
@@ -400,23 +405,26 @@ def _not_an_index(f: BinaryIO, head: bytes) -> str | None:
     return None
 
 
-def _parse(f: io.BufferedReader, size: int, path: Path) -> IndexArrays:
+def _parse(f: io.BufferedReader, size: int, path: Path, check_dim: Callable[[int], None] | None) -> IndexArrays:
     r = _Reader(f, size, path)
     if r.remaining < 4:
         raise r.fail("index file is too short to be a faiss index (truncated?)")
     code = r.fourcc("index type")
     if code in ("IxF2", "IxFl"):
-        return _parse_flat(r)
+        return _parse_flat(r, check_dim)
     if code != "IwFl":
         other = _not_an_index(f, code.encode("latin-1") + f.read(12))
         if other is not None:
             raise r.fail(f"not a faiss index file: it is {other}")
         raise r.fail(f"unsupported index: this is {_describe_fourcc(code)}; rvcfast reads {_SUPPORTED}")
-    return _parse_ivf(r)
+    return _parse_ivf(r, check_dim)
 
 
-def read_index_file(path: Path) -> IndexArrays:
+def read_index_file(path: Path, check_dim: Callable[[int], None] | None = None) -> IndexArrays:
     """Parse the faiss index file at ``path`` (an existing file) into :class:`IndexArrays`.
+
+    ``check_dim`` is called with the vector dimension as soon as the header is read, before
+    any centroid or vector: an exception it raises ends the read there.
 
     Raises:
         ModelLoadError: the file cannot be read, is of an unsupported type or metric, is
@@ -425,7 +433,7 @@ def read_index_file(path: Path) -> IndexArrays:
     """
     try:
         with open(path, "rb") as f:
-            return _parse(f, os.fstat(f.fileno()).st_size, path)
+            return _parse(f, os.fstat(f.fileno()).st_size, path, check_dim)
     except OSError as exc:
         raise ModelLoadError(path, f"index file could not be read: {exc}") from None
 

@@ -146,6 +146,7 @@ class RetrievalIndex:
     def _derive(self) -> None:
         """(Re)compute the helper tensors that follow from the stored ones."""
         self._lnorm64 = sqnorms(self._lvecs)
+        self._lnorm32 = self._lnorm64.to(torch.float32)  # for the first pass of a search (not rebuilt per search)
         self._vmax = float(self._lnorm64.max()) if self.ntotal else 0.0
         self._cnorm64 = sqnorms(self.centroids)
 
@@ -255,7 +256,7 @@ class RetrievalIndex:
                     torch.empty((0, k), dtype=torch.float32, device=out_dev),
                     torch.empty((0, k), dtype=torch.int64, device=out_dev),
                 )
-            store = ListStore(self._lvecs, self._list_ids, self._offsets, self._lnorm64, self._vmax)
+            store = ListStore(self._lvecs, self._list_ids, self._offsets, self._lnorm64, self._vmax, getattr(self, "_lnorm32", None))
             dist, ids = knn_search(store, self.centroids, self._cnorm64, min(self.nprobe, self.nlist), q, k)
         return dist.to(out_dev), ids.to(out_dev)
 
@@ -404,8 +405,22 @@ def _device_key(device: str | torch.device) -> torch.device:
     return dev
 
 
-def _read_index(p: Path, dev: torch.device) -> RetrievalIndex:
-    parsed = read_index_file(p)
+def _dim_mismatch(path: str | os.PathLike[str], index_dim: int, feature_dim: int, model: str | None) -> ModelLoadError:
+    """The error for an index whose vectors are not the voice model's feature dimension."""
+    about = f" ({model})" if model else ""
+    return ModelLoadError(
+        path,
+        f"index dimension {index_dim} does not match the voice model's feature dimension {feature_dim}{about}; "
+        "use the index trained with this model",
+    )
+
+
+def _read_index(p: Path, dev: torch.device, feature_dim: int | None = None, model: str | None = None) -> RetrievalIndex:
+    def check(d: int) -> None:
+        if feature_dim is not None and d != feature_dim:
+            raise _dim_mismatch(p, d, feature_dim, model)
+
+    parsed = read_index_file(p, check)
     return RetrievalIndex(
         parsed.list_vectors,
         parsed.list_ids,
@@ -418,8 +433,20 @@ def _read_index(p: Path, dev: torch.device) -> RetrievalIndex:
     )
 
 
-def load_index(path: str | os.PathLike[str], device: str | torch.device = "cpu") -> RetrievalIndex:
+def load_index(
+    path: str | os.PathLike[str],
+    device: str | torch.device = "cpu",
+    *,
+    feature_dim: int | None = None,
+    model: str | None = None,
+) -> RetrievalIndex:
     """Read a faiss ``.index`` file (``IVF<n>,Flat`` or ``IndexFlatL2``) without faiss.
+
+    ``feature_dim``: the feature dimension of the voice model the index is for (768 for v2,
+    256 for v1). An index of another dimension is refused as soon as its header is read,
+    before its vectors (a wrong 1.5 GB index fails at once, not after seconds of reading):
+    :class:`~rvcfast.errors.ModelLoadError` naming the file, its dimension and
+    ``feature_dim``, with ``model`` (a description of the voice model) in parentheses.
 
     Everything is validated: an unsupported index type (IVFPQ, HNSW, ...), a
     metric other than L2, a truncated file, sizes that do not match the file
@@ -435,7 +462,9 @@ def load_index(path: str | os.PathLike[str], device: str | torch.device = "cpu")
     """
     p = check_file(path, "index")
     dev = _device_key(device)
-    held = get_shared("index", p, dev, lambda: _FromFile(_read_index(p, dev)))
+    held = get_shared("index", p, dev, lambda: _FromFile(_read_index(p, dev, feature_dim, model)))
+    if feature_dim is not None and held.index.dim != feature_dim:  # loaded before, for another model
+        raise _dim_mismatch(p, held.index.dim, feature_dim, model)
     index = copy.copy(held.index)
     index.path = os.fspath(p)
     index._from_file = held  # keeps the shared tensors registered while the index lives

@@ -215,8 +215,8 @@ class ListStore:
 
     ``vectors`` ``[ntotal, d]`` float32 and ``ids`` ``[ntotal]`` int64 are in scan order
     (list 0, then list 1, ...); list ``l`` holds scan positions
-    ``offsets[l]:offsets[l + 1]``; ``norms64`` are the vectors' float64 squared norms and
-    ``vmax`` the largest of them.
+    ``offsets[l]:offsets[l + 1]``; ``norms64`` are the vectors' float64 squared norms,
+    ``vmax`` the largest of them and ``norms32`` (optional) the same rounded to float32.
     """
 
     vectors: torch.Tensor
@@ -224,6 +224,13 @@ class ListStore:
     offsets: np.ndarray
     norms64: torch.Tensor
     vmax: float
+    norms32: torch.Tensor | None = None
+
+    def norms(self, dt: torch.dtype) -> torch.Tensor:
+        """The squared norms in ``dt`` (float32 ones kept with the index, computed once)."""
+        if dt == torch.float32 and self.norms32 is not None:
+            return self.norms32
+        return self.norms64.to(dt)
 
     @property
     def dim(self) -> int:
@@ -288,10 +295,14 @@ def _scan_large_list(
     best_p = torch.full((c, take), -1, dtype=torch.int64, device=dev)
     for va in range(a, a + s, vstep):
         vb = min(a + s, va + vstep)
-        vT = store.vectors[va:vb].to(dt).T
+        vblock = store.vectors[va:vb].to(dt)
         for qa in range(0, c, qstep):
             qb = min(c, qa + qstep)
-            dist = torch.addmm(ln[None, va:vb], xs[r + qa : r + qb], vT, alpha=-2.0)
+            x = xs[r + qa : r + qb]
+            if _padded_count(qb - qa) > qb - qa:
+                x = torch.cat([x, x[:1]])
+            # [block, queries], transposed: MKL is up to 2x faster this way round than [queries, block]
+            dist = torch.addmm(ln[va:vb, None], vblock, x.T, alpha=-2.0)[:, : qb - qa].T
             vals, sel = dist.topk(min(take, vb - va), dim=1, largest=False, sorted=True)
             if va > a:  # merge with the best of the blocks before
                 vals = torch.cat([best_v[qa:qb], vals], 1)
@@ -332,14 +343,92 @@ def _scan_list_batch(
     cands.put(rows[rmask], cpos[rmask], vals[rmask], take)
 
 
+def _in_place_scan(device: torch.device) -> bool:
+    """Whether the probed lists are scanned where they lie (:func:`_scan_in_place`, the CPU)
+    rather than copied into padded batches (:func:`_scan_list_batch`, fewer and larger kernels
+    for a GPU)."""
+    return device.type == "cpu"
+
+
+def _padded_count(c: int) -> int:
+    """Queries of a list scanned in place, counted as the product runs them: a single one (or an
+    odd few) gets a copy of itself, since a matrix-vector product (or an odd width) can be much
+    slower than a two-column one for the same bytes read (MKL on an AMD CPU: 2x)."""
+    return c + 1 if c % 2 and c < 8 else c
+
+
+def _scan_in_place(
+    store: ListStore, cands: _Candidates, xs: torch.Tensor, ln: torch.Tensor, dt: torch.dtype,
+    plan: _ListPlan, budget: int, js: np.ndarray,
+) -> None:
+    """Scan the lists ``js`` where they lie: one matrix product per list, of its contiguous slice of
+    the stored vectors (never copied) against every query that probes it (``c`` consecutive rows of
+    ``xs``). Lists of similar size share a buffer (at most ``budget`` elements) and one top-k."""
+    order = sorted(js.tolist(), key=lambda j: (int(plan.bs[j]), j))
+    i = 0
+    while i < len(order):
+        S = int(plan.bs[order[i]])
+        members, ncols = [], 0
+        while i < len(order) and int(plan.bs[order[i]]) == S:
+            c = _padded_count(int(plan.cnt[order[i]]))
+            if members and (ncols + c) * S > budget:
+                break
+            members.append(order[i])
+            ncols += c
+            i += 1
+        _scan_buffer(store, cands, xs, ln, dt, plan, members, ncols)
+
+
+def _scan_buffer(
+    store: ListStore, cands: _Candidates, xs: torch.Tensor, ln: torch.Tensor, dt: torch.dtype,
+    plan: _ListPlan, members: list[int], ncols: int,
+) -> None:
+    """The lists ``members`` of :func:`_scan_in_place`, into one buffer ``[width, ncols]``: each
+    list's products fill its columns (its queries, padded) down to its size."""
+    dev = xs.device
+    js = np.asarray(members)
+    a0, size, r0, cnt = plan.a0[js], plan.size[js], plan.r0[js], plan.cnt[js]
+    padded = np.array([_padded_count(int(c)) for c in cnt.tolist()], dtype=np.int64)
+    col0 = np.cumsum(padded) - padded
+    width = int(size.max())
+    # the queries of every list, padded (a padding column repeats the list's first query)
+    slot = np.arange(ncols) - np.repeat(col0, padded)
+    slot = np.where(slot < np.repeat(cnt, padded), slot, 0)
+    xp = xs[torch.as_tensor(np.repeat(r0, padded) + slot, device=dev)]
+    buf = torch.empty((width, ncols), dtype=dt, device=dev)
+    vec = store.vectors
+    for a, s, cp, at in zip(a0.tolist(), size.tolist(), padded.tolist(), col0.tolist()):
+        torch.mm(vec[a : a + s], xp[at : at + cp].T, out=buf[:s, at : at + cp])
+    # per (query, list) pair: its column, its row of xs, its list's first position and size
+    within = np.arange(int(cnt.sum())) - np.repeat(np.cumsum(cnt) - cnt, cnt)
+    cols = torch.as_tensor(np.repeat(col0, cnt) + within, device=dev)
+    rows = torch.as_tensor(np.repeat(r0, cnt) + within, device=dev)
+    base = torch.as_tensor(np.repeat(a0, cnt), device=dev)[:, None]
+    col = torch.arange(width, device=dev)[None, :]
+    valid = col < torch.as_tensor(np.repeat(size, cnt), device=dev)[:, None]
+    dist = ln[(base + col).clamp(max=store.ntotal - 1)] - 2.0 * buf[:, cols].T
+    dist.masked_fill_(~valid, math.inf)
+    take = min(cands.kk, width)
+    vals, sel = dist.topk(take, dim=1, largest=False, sorted=True)
+    pos = torch.where(torch.gather(valid, 1, sel), sel + base, torch.full_like(sel, -1))
+    cands.put(rows, pos, vals, take)
+
+
 def _scan_lists(
     store: ListStore, cands: _Candidates, xs: torch.Tensor, ln: torch.Tensor, dt: torch.dtype, plan: _ListPlan
 ) -> None:
     """Scan every probed list: lists too large for a padded batch alone (in row chunks), the
-    others batched by (padded size, padded query count)."""
+    others in place on the CPU (:func:`_scan_in_place`), elsewhere batched by (padded size,
+    padded query count)."""
     d = store.dim
     budget = _GEMM_ELEMS * (16 if xs.device.type == "cuda" else 1)
     size, bs, bc = plan.size, plan.bs, plan.bc
+    if _in_place_scan(xs.device) and dt == store.vectors.dtype:
+        alone = (size > 0) & ((size * d > budget) | (plan.cnt * bs > budget))
+        for j in np.flatnonzero(alone).tolist():
+            _scan_large_list(store, cands, xs, ln, dt, budget, plan, j)
+        _scan_in_place(store, cands, xs, ln, dt, plan, budget, np.flatnonzero((size > 0) & ~alone))
+        return
     # Lists whose padded batch would exceed the budget are scanned alone (in row chunks).
     alone = (size > 0) & ((bs * d > budget) | (bc * bs > budget) | (bc * d > budget))
     batched = (size > 0) & ~alone
@@ -387,7 +476,7 @@ def _first_pass(
     size = store.offsets[u + 1] - a0
     cands = _Candidates(T * P, k, dev, int(size.max()))
     plan = _ListPlan(a0, size, np.cumsum(cnt) - cnt, cnt, _next_pow2(size), _next_pow2(cnt))
-    _scan_lists(store, cands, xs, store.norms64.to(dt), dt, plan)
+    _scan_lists(store, cands, xs, store.norms(dt), dt, plan)
 
     cands.val.add_(qns[:, None])
     risky = cands.gap <= _tolerance(qns, store.vmax, dt, store.dim)
