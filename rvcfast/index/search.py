@@ -368,7 +368,8 @@ def _scan_in_place(
     i = 0
     while i < len(order):
         S = int(plan.bs[order[i]])
-        members, ncols = [], 0
+        members: list[int] = []
+        ncols = 0
         while i < len(order) and int(plan.bs[order[i]]) == S:
             c = _padded_count(int(plan.cnt[order[i]]))
             if members and (ncols + c) * S > budget:
