@@ -36,7 +36,7 @@ from .batch_options import (
     check_report_path,
     kbps,
 )
-from .scale import add_scale_options, planned_inputs
+from .scale import add_scale_options, object_storage_args, planned_inputs
 
 
 def _audio_seconds(path: Path) -> float:
@@ -67,6 +67,9 @@ def _check_local(args: argparse.Namespace) -> None:
         ("--workers", args.workers is not None), ("--gpus-per-worker", bool(args.gpus_per_worker)),
         ("--manifest", args.manifest is not None),
     ) if given]
+    remote = object_storage_args(args)
+    if remote:  # a local run reads and writes local paths: "s3:/bkt/in" was "file does not exist"
+        raise UsageError(f"{remote[0]}: files on object storage need --ray (a local run reads and writes local paths)")
     if ray_only:  # accepted and silently ignored before: a local run has none of them
         raise UsageError(
             f"{' and '.join(ray_only)} {'is' if len(ray_only) == 1 else 'are'} for --ray runs"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 import time
 from pathlib import Path
@@ -29,7 +30,13 @@ from ._common import (
     report_warnings,
 )
 
-__all__ = ["add_scale_options", "cmd_convert_ray", "planned_inputs"]
+__all__ = ["add_scale_options", "cmd_convert_ray", "planned_inputs", "object_storage_args"]
+
+
+def object_storage_args(args: argparse.Namespace) -> list[str]:
+    """The inputs, ``-o`` and ``--manifest`` given as object-storage URIs (``s3://``, ``gs://``...; not ``file://``)."""
+    given = [*args.inputs, args.output, *([args.manifest] if args.manifest else [])]
+    return [g for g in given if re.match(r"^(?!file://)[A-Za-z][A-Za-z0-9+.-]+://", str(g), re.IGNORECASE)]
 
 
 def planned_inputs(args: argparse.Namespace, name_template: str = "{stem}") -> list[Path]:
@@ -94,6 +101,8 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
     if not args.gpus_per_worker >= 0:
         raise UsageError(f"--gpus-per-worker must be >= 0, got {args.gpus_per_worker}")
+    if object_storage_args(args):  # listed and checked by convert_files, before any model is read
+        return
     check_output_dir(Path(args.output), "-o")
     planned_inputs(args)  # none found: a usage error before connecting to anything
 
@@ -135,8 +144,10 @@ def cmd_convert_ray(
         check_manifest(args.manifest)  # a bad name is a usage error before any work, not after the job
     for model, index in voices:
         check_model_files(model, index)  # a missing file (status 1): before connecting to anything
-    check_inputs_exist(args.inputs)
-    target = Path(args.output)
+    remote = bool(object_storage_args(args))
+    if not remote:
+        check_inputs_exist(args.inputs)
+    target: Any = args.output if remote else Path(args.output)
     start = time.perf_counter()
     with connected(args.ray, fallback_local=True, note=lambda text: print(f"rvcfast: {text}", file=sys.stderr)):
         rows = convert_files(
@@ -150,7 +161,8 @@ def cmd_convert_ray(
     if not args.quiet:
         out(_summary(rows, time.perf_counter() - start).table())
         nodes = len({r["node"] for r in rows if r["status"] == "ok"})
-        out(f"converted on {nodes} node(s); manifest: {args.manifest or target / MANIFEST_NAME}")
+        default = f"{target.rstrip('/')}/{MANIFEST_NAME}" if remote else target / MANIFEST_NAME
+        out(f"converted on {nodes} node(s); manifest: {args.manifest or default}")
     warned = {r["path"]: r["warnings"] for r in rows if r["warnings"]}  # an input's warnings once, not once per voice
     if not args.quiet:  # -q: failures alone, as a local run
         report_warnings([w for text in warned.values() for w in text.splitlines()])

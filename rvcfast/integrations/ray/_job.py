@@ -14,9 +14,10 @@ from pathlib import Path
 from typing import Any
 
 from ...atomic import atomic_write
-from ...errors import ModelLoadError, ParameterError, RvcfastError
+from ...errors import ParameterError, RvcfastError
 from ...params import ConversionParams
 from ...writing import SUPPORTED_WRITE_FORMATS, check_bitrate, remove_stale_parts
+from . import _storage
 from ._stages import (
     CPU_WORKER_MEMORY,
     CRASH_ENV,
@@ -350,13 +351,8 @@ def _check_engine(voc: Any, files: Any, f0: str, f0_options: dict[str, Any] | No
     if files.index is not None:
         from ...index import load_index
 
-        idx = load_index(files.index)
-        if idx.dim != voc.feature_dim:
-            raise ModelLoadError(
-                files.index,
-                f"index dimension {idx.dim} does not match the voice model's feature dimension "
-                f"{voc.feature_dim} ({voc.version} model {os.fspath(model)}); use the index trained with this model",
-            )
+        # refused from its header (before its vectors) when it is not this model's
+        load_index(files.index, feature_dim=voc.feature_dim, model=f"{voc.version} model {os.fspath(model)}")
     if voc.has_f0:
         from ...f0.registry import build_f0_extractor
 
@@ -380,11 +376,14 @@ def _absolute(inputs: Any, out_dir: str | os.PathLike[str]) -> tuple[list[str], 
 
 
 def plan_files(
-    inputs: Any, out_dir: str | os.PathLike[str], fmt: str, skip_existing: bool, recursive: bool
+    inputs: Any, out_dir: str | os.PathLike[str], fmt: str, skip_existing: bool, recursive: bool, filesystem: Any = None
 ) -> list[dict[str, str]]:
-    """Paths and folders → ``path``/``output_path`` rows, named exactly as ``convert_batch`` names them."""
+    """Paths and folders (or URIs and prefixes) → ``path``/``output_path`` rows, named exactly as ``convert_batch`` names them."""
     from ...batch import BatchOptions, expand_inputs
 
+    if _storage.uses_storage(inputs, out_dir):
+        listed, (outputs,) = _storage.plan_uri_outputs(inputs, os.fspath(out_dir), [None], "{stem}", fmt, skip_existing, recursive, filesystem)
+        return [{"path": p, "output_path": o} for p, o in zip(listed, outputs)]
     items, out_dir = _absolute(inputs, out_dir)
     options = BatchOptions(out_dir=out_dir, format=fmt.lower(), skip_existing=skip_existing, recursive=recursive)
     jobs = expand_inputs(items, options)
@@ -413,9 +412,12 @@ def plan_voice_files(
             pitches.append(ConversionParams.build(None, **settings).pitch)
         except RvcfastError as exc:
             raise for_voice(name, exc) from None
-    items, out = _absolute(inputs, out_dir)
     template = options.get("name_template") or DEFAULT_VOICE_TEMPLATE
     fmt = str(options.get("format", "wav")).lower()
+    if _storage.uses_storage(inputs, out_dir):
+        args = (list(zip(names, pitches)), template, fmt, options.get("skip_existing", True), recursive, options.get("filesystem"))
+        return _storage.plan_voice_rows(inputs, os.fspath(out_dir), *args), names
+    items, out = _absolute(inputs, out_dir)
     return plan_voice_outputs(items, out, list(zip(names, pitches)), template, fmt, options.get("skip_existing", True), recursive), names
 
 
@@ -521,6 +523,7 @@ def convert_dataset(
     weights: str = "path",
     write_in: str = "actor",
     allow_download: bool = False,
+    filesystem: Any = None,
     **params: Any,
 ) -> Any:
     """A lazy Ray Dataset converting every file of ``ds`` to the voice of ``model``; one row per input.
@@ -531,7 +534,8 @@ def convert_dataset(
     file named twice converted once). Without ``output_path`` a dataset row's output is
     ``out_dir/<stem>.<format>`` (``format``: wav, flac, ogg, mp3 or m4a, as for
     :meth:`rvcfast.Converter.convert_batch`, with ``subtype`` and, for the lossy formats,
-    ``bitrate`` in kbit/s); a row whose output is its own input (by path or by
+    ``bitrate`` in kbit/s; paths, ``out_dir`` and ``output_path`` may be URIs: ``s3://``..., read and written through
+    ``filesystem``, a pyarrow FileSystem, or each URI's own); a row whose output is its own input (by path or by
     identity: a hard link, a bind mount), or an output another row of the job already
     claimed (two rows with one stem, or one file under two spellings), is an ``error`` row
     naming both, while the first row to claim it converts as usual. Nothing runs until the
@@ -578,6 +582,10 @@ def convert_dataset(
     ray = _ray()
     if out_dir is None:
         raise ParameterError("out_dir is required: the folder the outputs go to")
+    if not isinstance(ds, (str, os.PathLike, _Planned)) and not hasattr(ds, "map_batches") and hasattr(ds, "__iter__"):
+        ds = list(ds)  # read once: looked at for URIs, then planned
+    # object storage: every URI's filesystem and bucket checked here, before any model is read
+    remote = _storage.check_dataset(ds, out_dir, filesystem, isinstance(ds, _Planned), (model, index, encoder, f0_weights, voices))
     if not ray.is_initialized():
         _start_local()
     _check_options(format, batch_size, gpus_per_worker, cpus_per_worker, threads_per_worker, write_in, weights)
@@ -601,15 +609,17 @@ def convert_dataset(
     elif isinstance(ds, _Planned):
         ds = _items_dataset(ds.items, batch_size)
     elif voices is None:
-        ds = _items_dataset(plan_files(ds, out_dir, format, skip_existing, recursive), batch_size)
+        ds = _items_dataset(plan_files(ds, out_dir, format, skip_existing, recursive, filesystem), batch_size)
     else:
-        options = {**params, "format": format, "skip_existing": skip_existing, "name_template": name_template, "voice_params": voice_params}
+        options = {**params, "format": format, "skip_existing": skip_existing, "name_template": name_template, "voice_params": voice_params,
+                   "filesystem": filesystem}
         ds = _items_dataset(plan_voice_files(ds, out_dir, voices, options, recursive)[0], batch_size)
     spec = JobSpec(
-        out_dir=os.path.abspath(os.path.expanduser(os.fspath(out_dir))), format=format.lower(), subtype=subtype, bitrate=bitrate,
+        out_dir=_storage.canonical(os.fspath(out_dir)) if remote else os.path.abspath(os.path.expanduser(os.fspath(out_dir))), format=format.lower(), subtype=subtype, bitrate=bitrate,
         skip_existing=skip_existing, f0=f0, f0_options=f0_options, device=device, dtype=dtype, batch_seconds=batch_seconds,
         threads=threads_per_worker, workers_per_node=per_node, cpus_per_worker=cpus, gpus_per_worker=gpus_per_worker,
-        write_in=write_in, crash_marker=os.environ.get(CRASH_ENV) or None, claims=claims, worker_memory=per_worker, **job,
+        write_in=write_in, crash_marker=os.environ.get(CRASH_ENV) or None, claims=claims, worker_memory=per_worker, filesystem=filesystem,
+        **job,
     )
     # the default CPU pool reserves each worker's memory too, so no node gets more than it holds
     memory = _worker_memory(_cpu_nodes(), cpus, threads_per_worker, per_worker) if num_workers is None and gpus_per_worker == 0 else None
@@ -671,19 +681,23 @@ def _clean_parts_everywhere(out_dir: Path, folders: list[str] | None = None) -> 
     ray.get(refs)
 
 
-def check_manifest(path: str | os.PathLike[str]) -> Path:
-    """``path`` as a manifest name: ``.jsonl``/``.json`` (JSON Lines) or ``.parquet``, else :class:`ParameterError`."""
-    p = Path(path)
-    if p.suffix.lower() not in (".jsonl", ".json", ".parquet"):
+def check_manifest(path: str | os.PathLike[str]) -> Any:
+    """``path`` as a manifest name: ``.jsonl``/``.json`` (JSON Lines) or ``.parquet``, else :class:`ParameterError`
+    (a :class:`~pathlib.Path`, or a URI as its canonical string)."""
+    p = _storage.canonical(path) if _storage.is_uri(path) else Path(path)  # type: ignore[arg-type]
+    if Path(str(p)).suffix.lower() not in (".jsonl", ".json", ".parquet"):
         raise ParameterError(f"manifest {p}: name it .jsonl (JSON Lines) or .parquet")
     return p
 
 
-def write_manifest(rows: list[dict[str, Any]], path: str | os.PathLike[str]) -> Path:
-    """Write the rows as JSON Lines (``.jsonl``/``.json``) or Parquet (``.parquet``), atomically.
+def write_manifest(rows: list[dict[str, Any]], path: str | os.PathLike[str], filesystem: Any = None) -> Any:
+    """Write the rows as JSON Lines (``.jsonl``/``.json``) or Parquet (``.parquet``), atomically
+    (a URI: uploaded in one piece, through ``filesystem`` if given).
 
     Parquet: :data:`ROW_SCHEMA`, or :data:`VOICE_ROW_SCHEMA` for the rows of a job with ``voices=``."""
     p = check_manifest(path)
+    if isinstance(p, str):
+        return _storage.write_manifest(rows, p, filesystem)
     kind = p.suffix.lower()
     p.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(p) as tmp:
@@ -724,23 +738,31 @@ def convert_files(
 
     Uses the current Ray
     connection, else connects to ``address`` (``"auto"``: the running cluster; ``None``:
-    ``RAY_ADDRESS`` if set, as inside a Ray job) or starts a local one for this call. Writes the rows to ``manifest`` (``.jsonl`` or
+    ``RAY_ADDRESS`` if set, as inside a Ray job) or starts a local one for this call. Inputs, ``out_dir`` and ``manifest``
+    may be URIs on object storage (``s3://bucket/prefix/``; ``filesystem=``: a pyarrow FileSystem for them; docs/scale-out.md,
+    "Files on object storage"). Writes the rows to ``manifest`` (``.jsonl`` or
     ``.parquet``; default ``out_dir/rvcfast-manifest.jsonl``; ``False``: none). Progress
     is shown with Ray Data's own progress bars (``progress=False``: none).
     """
-    out = Path(out_dir)
-    if out.exists() and not out.is_dir():
+    filesystem = options.get("filesystem")
+    if not isinstance(inputs, (str, os.PathLike)) and hasattr(inputs, "__iter__"):
+        inputs = list(inputs)  # read once: looked at for URIs, then planned
+    remote = _storage.check_job(inputs, out_dir, manifest, filesystem)  # URIs: filesystems and buckets, checked first
+    out: Any = _storage.canonical(out_dir) if remote else Path(out_dir)  # type: ignore[arg-type]
+    if not remote and out.exists() and not out.is_dir():
         raise ParameterError(f"output {out} exists and is not a folder")
-    from ...writing import check_output_folder
+    if not remote:
+        from ...writing import check_output_folder
 
-    check_output_folder(out, "out_dir")  # under a file, or read-only: refused before the job, not per file after it
-    manifest_path = None if manifest is False else check_manifest(out / MANIFEST_NAME if manifest in (None, True) else manifest)  # type: ignore[arg-type]
+        check_output_folder(out, "out_dir")  # under a file, or read-only: refused before the job, not per file after it
+    default = _storage.join(out, MANIFEST_NAME) if remote else out / MANIFEST_NAME
+    manifest_path = None if manifest is False else check_manifest(default if manifest in (None, True) else manifest)  # type: ignore[arg-type]
     recursive = bool(options.pop("recursive", False))
     param_names = {f.name for f in dataclasses.fields(ConversionParams)}
     ConversionParams.build(None, **{k: v for k, v in options.items() if k in param_names}).validate()  # before Ray starts
     order: Callable[[dict[str, Any]], int | tuple[int, int]]
     if options.get("voices") is None:
-        items = plan_files(inputs, out, options.get("format", "wav"), options.get("skip_existing", True), recursive)
+        items = plan_files(inputs, out, options.get("format", "wav"), options.get("skip_existing", True), recursive, filesystem)
         position = {item["output_path"]: k for k, item in enumerate(items)}
         order = lambda row: position.get(row["output_path"], len(position))  # noqa: E731
     else:  # one row per input, every voice's output planned: the rows come back per (input, voice)
@@ -754,17 +776,19 @@ def convert_files(
         bars, ctx.enable_progress_bars = ctx.enable_progress_bars, bool(progress)
         try:
             ds = convert_dataset(_Planned(items), model, out, **options)
-            out.mkdir(parents=True, exist_ok=True)
-            folders = _output_folders(out.resolve(), items)  # with several voices, a folder per voice too
-            _clean_parts_everywhere(out, folders)  # temporary files of an earlier, killed run
+            if not remote:  # object storage has no temporary files: a key appears complete or not at all
+                out.mkdir(parents=True, exist_ok=True)
+                folders = _output_folders(out.resolve(), items)  # with several voices, a folder per voice too
+                _clean_parts_everywhere(out, folders)  # temporary files of an earlier, killed run
             rows = list(ds.iter_rows())
-            _clean_parts_everywhere(out, folders)  # and of workers killed during this one
+            if not remote:
+                _clean_parts_everywhere(out, folders)  # and of workers killed during this one
         finally:
             ctx.enable_progress_bars = bars
     rows.sort(key=order)
     if manifest_path is not None:
         try:
-            write_manifest(rows, manifest_path)
+            write_manifest(rows, manifest_path, filesystem)
         except OSError as exc:  # the rows are the job's result: returned, with the failure said once
             warnings.warn(f"the manifest {manifest_path} could not be written: {exc.strerror or exc}", RuntimeWarning, stacklevel=2)
     return rows

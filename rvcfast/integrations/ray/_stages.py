@@ -39,6 +39,7 @@ from ...writing import (
     source_id,
     write_audio_atomic,
 )
+from . import _storage
 from ._weights import ModelFiles, local_files
 
 __all__ = [
@@ -117,6 +118,7 @@ class JobSpec:
     voices: tuple[Any, ...] = ()  # several voices: a VoiceJob each (rvcfast.integrations.ray._voices)
     name_template: str = "{stem}"  # the outputs of a dataset's rows, named in the tasks
     worker_memory: int | None = None  # the default CPU layout's memory per model worker; None: CPU_WORKER_MEMORY
+    filesystem: Any = None  # the job's pyarrow filesystem for URIs (None: each URI's own, from the environment)
 
     @property
     def row_schema(self) -> pa.Schema:
@@ -159,6 +161,8 @@ def planned_output(path: str, spec: JobSpec, naming: dict[str, str] | None = Non
     (``naming``: the template's ``{voice}`` and ``{pitch}``)."""
     from ...batch import BatchOptions, expand_inputs
 
+    if _storage.is_uri(path) or _storage.is_uri(spec.out_dir):  # on object storage: the same template
+        return _storage.planned_output(path, spec, naming)
     options = BatchOptions(out_dir=spec.out_dir, format=spec.format, name_template=spec.name_template)
     jobs = expand_inputs([path], options, naming)
     if len(jobs) != 1 or jobs[0].path != Path(path) or jobs[0].out_path is None:
@@ -185,7 +189,10 @@ class OutputClaims:
 
 def _same_file(a: str, b: str) -> bool:
     """One file under two paths: by name, or by identity (a case-insensitive file system's
-    ``A.WAV`` for ``a.wav``, a bind mount, a hard link), as :mod:`rvcfast.batch_inputs` tells inputs."""
+    ``A.WAV`` for ``a.wav``, a bind mount, a hard link), as :mod:`rvcfast.batch_inputs` tells inputs;
+    two URIs by their canonical form."""
+    if _storage.is_uri(a) or _storage.is_uri(b):
+        return _storage.same_object(a, b)
     if os.path.realpath(a) == os.path.realpath(b):
         return True
     try:
@@ -223,7 +230,7 @@ def _claim_outputs(rows: list[dict[str, Any]], spec: JobSpec) -> None:
     # The input as the row spells it: a retried task claims the very same pairs and gets them
     # back, while the same file under another spelling (in/./a.wav, a symlink) is a second row
     # and must not convert it again. Within a batch, a row repeated as it is converts once too.
-    pairs = [(os.path.realpath(r["output_path"]), r["path"]) for r in mine]
+    pairs = [(_output_key(r["output_path"]), r["path"]) for r in mine]
     owners = ray.get(spec.claims.claim.remote(pairs))
     seen: set[tuple[str, str]] = set()
     for row, pair, owner in zip(mine, pairs, owners):
@@ -238,6 +245,11 @@ def _claim_outputs(rows: list[dict[str, Any]], spec: JobSpec) -> None:
             )
             why = f"its output {row['output_path']} is already the output of {owner} in this job ({hint})"
         row.update(status="error", error=f"{row['path']}: {why}")
+
+
+def _output_key(output: str) -> str:
+    """The name two rows' outputs collide on: the real path, or a URI's canonical form (case folded)."""
+    return _storage.output_key(output) if _storage.is_uri(output) else os.path.realpath(output)
 
 
 def _naming_hint(spec: JobSpec) -> str:
@@ -255,11 +267,19 @@ def existing_output(row: dict[str, Any], spec: JobSpec) -> bool:
     """With ``skip_existing``, whether the row's output is there already: then the row is
     ``skipped``, or an ``error`` row when the output (named by stem alone, ``named_by_stem``)
     records another input as its source."""
-    if not (spec.skip_existing and finished_output(row["output_path"])):
+    if not spec.skip_existing:
         return False
     path = row["path"]
-    other = recorded_source(row["output_path"]) if row.get("named_by_stem") else None
-    if other is not None and other != source_id(path):
+    if _storage.is_uri(row["output_path"]):  # an object: fetched once to look at it
+        there, another = _storage.existing_output(row, spec.filesystem)
+        another = bool(another and row.get("named_by_stem"))
+    else:
+        there = finished_output(row["output_path"])
+        other = recorded_source(row["output_path"]) if there and row.get("named_by_stem") else None
+        another = other is not None and other != source_id(path)
+    if not there:
+        return False
+    if another:
         # a name by stem alone: an earlier job's output of another file with this stem
         hint = _naming_hint(spec) if spec.voices else "give distinct output_path values"
         row.update(status="error", error=(
@@ -279,13 +299,20 @@ def _decode_one(row: dict[str, Any], spec: JobSpec) -> dict[str, Any]:
     try:
         if existing_output(row, spec):
             return row
-        prep = prepare_input(path, params=spec.params)
+        prep = read_input(path, spec.params, spec)
     except Exception as exc:  # noqa: BLE001 - an error row, the job goes on
         row.update(status="error", error=_error_text(path, exc))
     else:
         row.update(prep=pickle.dumps(prep, protocol=5), audio_seconds=prep.seconds, warnings="\n".join(prep.warnings))
     row["decode_s"] = time.perf_counter() - t0
     return row
+
+
+def read_input(path: str, params: ConversionParams, spec: JobSpec) -> Any:
+    """:func:`rvcfast.pipeline.prepare_input` of a path, or of an object on object storage (a URI)."""
+    if _storage.is_uri(path):
+        return _storage.prepare(path, params, spec.filesystem)
+    return prepare_input(path, params=params)
 
 
 def decode_audio(batch: pa.Table, spec: JobSpec) -> pa.Table:
@@ -323,6 +350,9 @@ class _CrashHook:
 
         def die_mid_write(file: str, *args: Any, **kwargs: Any) -> None:
             """The output encoder, except that it dies half-way through the file."""
+            if hasattr(file, "write"):  # an output for object storage, encoded in memory
+                file.write(b"RIFF\0\0")
+                os._exit(3)
             with open(file, "wb") as f:
                 f.write(b"RIFF\0\0")  # a partial file, as a kill during the write leaves it
             os._exit(3)
@@ -334,10 +364,13 @@ def _write_row(row: dict[str, Any], audio: np.ndarray, rate: int, spec: JobSpec,
     t0 = time.perf_counter()
     hook.before_write()
     try:
-        write_audio_atomic(  # stale temporary files: removed from every output folder before the job (_clean_parts_everywhere)
-            row["output_path"], audio, rate, format=spec.format, subtype=spec.subtype, source=row["path"], bitrate=spec.bitrate,
-            remove_stale=False,
-        )
+        if _storage.is_uri(row["output_path"]):  # encoded in memory, uploaded to its key once
+            _storage.write_audio(row, audio, rate, spec)
+        else:
+            write_audio_atomic(  # stale temporary files: removed from every output folder before the job (_clean_parts_everywhere)
+                row["output_path"], audio, rate, format=spec.format, subtype=spec.subtype, source=row["path"], bitrate=spec.bitrate,
+                remove_stale=False,
+            )
     except Exception as exc:  # noqa: BLE001
         row.update(status="error", error=f"{row['path']}: writing {row['output_path']} failed: {type(exc).__name__}: {exc}")
     else:

@@ -36,7 +36,6 @@ import pyarrow as pa
 
 from ...errors import ParameterError, RvcfastError
 from ...params import ConversionParams
-from ...pipeline import prepare_input
 from ._stages import (
     JobSpec,
     _claim_outputs,
@@ -47,6 +46,7 @@ from ._stages import (
     _where,
     existing_output,
     finished_table,
+    read_input,
     take_result,
     worker_threads,
 )
@@ -226,7 +226,7 @@ def _decode_input(path: str, entries: list[dict[str, Any]], spec: JobSpec) -> di
         key = prep_key(job.params)
         if key not in preps and key not in failed:
             try:
-                preps[key] = prepare_input(path, params=job.params)
+                preps[key] = read_input(path, job.params, spec)
             except Exception as exc:  # noqa: BLE001 - error rows, the job goes on
                 failed[key] = _error_text(path, exc)
         if key in failed:

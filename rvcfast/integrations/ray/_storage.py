@@ -1,0 +1,607 @@
+"""Inputs and outputs on object storage (``s3://``, ``gs://``, ``abfs://``...) for the Ray runner.
+
+Files are read and written through :mod:`pyarrow.fs`, the filesystem layer Ray Data itself
+uses: :meth:`pyarrow.fs.FileSystem.from_uri` opens a URI's filesystem with the credentials,
+region and endpoint of the environment (``AWS_ACCESS_KEY_ID``, ``AWS_ENDPOINT_URL``...), or
+a job is given one (``filesystem=``, as Ray Data's readers take it). The rules are those of
+local paths:
+
+* **Names**: :class:`_UriNamer` is :class:`rvcfast.batch_inputs._Namer` over the keys of the
+  output prefix: the same template, the same numbering of repeated names, never an input's
+  key, and on a resumed job (``skip_existing``) an existing output recording one of the
+  job's inputs keeps that input. An output records its input's URI (its :func:`source_id`).
+* **Atomic writes**: an output is encoded in memory and written with one upload of the final
+  key; an object store's PUT (a multipart upload included) makes a key visible only when it
+  is complete, so there is no temporary object, and a writer that dies mid-upload leaves no key.
+* **Reading**: an input (or an output looked at to resume) is copied to a private temporary
+  file with its extension and decoded from there, as the server decodes an upload, so every
+  decoder behaves as on a local file; its errors name the URI.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import os
+import posixpath
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import numpy as np
+
+from ...batch_inputs import (
+    _NAMING_DEFAULTS,
+    AUDIO_EXTENSIONS,
+    _check_output_name,
+    _fit_names,
+    _fold,
+    _Namer,
+    _safe_stem,
+)
+from ...errors import ParameterError, RvcfastError
+
+__all__ = [
+    "is_uri", "uses_storage", "check_job", "plan_uri_outputs", "list_inputs", "prepare", "existing_output", "write_audio",
+    "same_object", "planned_output", "write_manifest", "check_local_arg", "source_id", "output_key",
+]
+
+_URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
+
+#: Outputs fetched at once on the driver to read the input they record (resuming a job).
+_FETCH_THREADS = 8
+
+
+def is_uri(value: Any) -> bool:
+    """Whether ``value`` is a URI other than ``file://`` (a ``str``: a ``Path`` cannot hold ``//``)."""
+    if not isinstance(value, str):
+        return False
+    match = _URI.match(value)
+    return match is not None and match.group(1).lower() != "file"
+
+
+def local_path(value: Any) -> Any:
+    """A ``file://`` URI as its local path; anything else as it is."""
+    if isinstance(value, str) and value[:7].lower() == "file://":
+        return value[7:] or "/"
+    return value
+
+
+def _split(uri: str) -> tuple[str, str, str]:
+    """``scheme://netloc/rest`` → ``(scheme, netloc, "/rest")`` (``rest`` normalised, keys taken as written)."""
+    if "?" in uri or "#" in uri:
+        raise ParameterError(f"{uri}: options in a URI ('?...') are not taken: pass filesystem= (a pyarrow FileSystem)")
+    scheme, remainder = uri.split("://", 1)
+    netloc, _, rest = remainder.partition("/")
+    if not netloc:
+        raise ParameterError(f"{uri}: no bucket (or host) in the URI: expected {scheme}://BUCKET/KEY")
+    rest = posixpath.normpath("/" + rest) if rest else "/"
+    if rest.startswith("//"):
+        rest = "/" + rest.lstrip("/")
+    return scheme.lower(), netloc, rest
+
+
+def canonical(uri: str) -> str:
+    """``uri`` with its scheme in lower case, its path normalised and no trailing slash."""
+    scheme, netloc, rest = _split(uri)
+    return f"{scheme}://{netloc}{rest.rstrip('/')}"
+
+
+def source_id(uri: str) -> str:
+    """The id an output records of the input ``uri``: a hash of its canonical form (as
+    :func:`rvcfast.writing.source_id` hashes a local file's resolved path)."""
+    return hashlib.sha256(canonical(uri).encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def output_key(uri: str) -> str:
+    """The key two outputs collide on: the canonical URI, case and Unicode normalisation folded
+    (as the local runner tells outputs apart)."""
+    return _fold(canonical(uri))
+
+
+# ------------------------------------------------------------------------------ filesystems
+
+
+#: This process's filesystems: ``(scheme, netloc, endpoint)`` → ``(filesystem, path of the netloc's root)``.
+_OPENED: dict[tuple[str, str, str], tuple[Any, str]] = {}
+
+
+def _root(uri: str, filesystem: Any) -> tuple[Any, str]:
+    """The filesystem of ``uri`` and the path its bucket (netloc) has there."""
+    scheme, netloc, _ = _split(uri)
+    if filesystem is not None:
+        return filesystem, netloc  # as Ray Data's readers read a URI with a filesystem given: BUCKET/KEY
+    key = (scheme, netloc, os.environ.get("AWS_ENDPOINT_URL", ""))  # a test's own server: not another's filesystem
+    if key not in _OPENED:
+        from pyarrow.fs import FileSystem
+
+        try:
+            fs, root = FileSystem.from_uri(f"{scheme}://{netloc}")
+        except Exception as exc:  # noqa: BLE001 - pyarrow's ArrowInvalid, OSError...
+            raise ParameterError(f"{uri}: its filesystem cannot be opened: {' '.join(str(exc).split())}") from None
+        _OPENED[key] = (fs, root.rstrip("/"))
+    return _OPENED[key]
+
+
+def resolve(uri: str, filesystem: Any = None) -> tuple[Any, str]:
+    """``uri`` → ``(filesystem, path)`` in pyarrow's terms (``bucket/key`` on S3)."""
+    fs, root = _root(uri, filesystem)
+    rest = _split(uri)[2].rstrip("/")
+    return fs, (root + rest) if root else (rest or "/")
+
+
+def _uri_of(path: str, like: str, filesystem: Any) -> str:
+    """A path of ``like``'s filesystem (a listing's) as a URI of the same scheme and bucket."""
+    scheme, netloc, _ = _split(like)
+    _, root = _root(like, filesystem)
+    rest = path[len(root):] if root and path.startswith(root) else path
+    return canonical(f"{scheme}://{netloc}/{rest.lstrip('/')}")
+
+
+def _describe(exc: BaseException) -> str:
+    return " ".join(str(exc).split()) or type(exc).__name__
+
+
+def _check_bucket(uri: str, what: str, filesystem: Any) -> None:
+    """Raise on the driver when ``uri``'s filesystem cannot be opened, or its bucket does not exist
+    or cannot be seen with these credentials: before any model is read, not per file after."""
+    from pyarrow.fs import FileType
+
+    fs, root = _root(uri, filesystem)
+    if not root:
+        return
+    try:
+        info = fs.get_file_info(root)
+    except Exception as exc:  # noqa: BLE001 - credentials, network, permissions
+        raise RvcfastError(f"{what} {uri}: its bucket {root!r} cannot be reached: {_describe(exc)}") from None
+    if info.type != FileType.Directory:
+        raise RvcfastError(
+            f"{what} {uri}: the bucket {root!r} does not exist (or these credentials cannot see it); "
+            "credentials, region and endpoint come from the environment (AWS_*), or pass filesystem="
+        )
+
+
+def uses_storage(inputs: Any, out_dir: Any) -> bool:
+    """Whether a job's inputs or output folder are URIs; refused when they mix URIs and local paths."""
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs) if _iterable(inputs) else []
+    flags = {is_uri(i) for i in items if isinstance(i, (str, os.PathLike))}
+    out = is_uri(out_dir)
+    if not flags or flags == {out}:
+        return out
+    raise ParameterError(
+        "a job's inputs and output folder are all on object storage (URIs) or all local paths: "
+        f"got out_dir={out_dir!r} with inputs {', '.join(map(str, items[:3]))}{'...' if len(items) > 3 else ''}"
+    )
+
+
+def _iterable(value: Any) -> bool:
+    return hasattr(value, "__iter__") and not isinstance(value, (str, bytes))
+
+
+def check_local_arg(name: str, value: Any) -> None:
+    """Model, index and weights files are local paths: a URI there is refused naming the argument."""
+    if is_uri(value):
+        raise ParameterError(
+            f"{name}={value!r}: model and index files are read from local paths (every node's, or the "
+            "driver's with weights='object-store'); copy the file from object storage first"
+        )
+
+
+def check_job(inputs: Any, out_dir: Any, manifest: Any, filesystem: Any) -> bool:
+    """The storage of a job checked on the driver; whether it is on object storage.
+
+    Every URI's filesystem is opened and each bucket looked at (an unknown scheme, missing
+    credentials or bucket raise here, naming the URI); the output prefix must not be an object.
+    """
+    storage = uses_storage(inputs, out_dir)
+    if filesystem is not None and not storage:
+        raise ParameterError("filesystem= is for inputs and out_dir given as URIs (s3://bucket/key)")
+    if not storage:
+        if is_uri(manifest):
+            raise ParameterError(f"manifest {manifest}: a job with local outputs writes a local manifest")
+        return False
+    from pyarrow.fs import FileType
+
+    items = [inputs] if isinstance(inputs, str) else list(inputs)
+    seen: set[tuple[str, str]] = set()
+    for what, uri in [("out_dir", out_dir), *(("input", i) for i in items), *([("manifest", manifest)] if is_uri(manifest) else [])]:
+        scheme, netloc, _ = _split(uri)
+        if (scheme, netloc) not in seen:
+            seen.add((scheme, netloc))
+            _check_bucket(uri, what, filesystem)
+    fs, path = resolve(out_dir, filesystem)
+    if fs.get_file_info(path).type == FileType.File:
+        raise ParameterError(f"out_dir {out_dir} is an object, not a folder (prefix) for the outputs")
+    return True
+
+
+def join(folder: str, name: str) -> str:
+    """``folder/name`` for a URI folder."""
+    return canonical(folder.rstrip("/") + "/" + name)
+
+
+# ------------------------------------------------------------------------------ reading objects
+
+
+@contextmanager
+def _spooled(uri: str, filesystem: Any) -> Iterator[Path]:
+    """``uri``'s object copied to a private temporary file with its extension (removed after)."""
+    fs, path = resolve(uri, filesystem)
+    suffix = PurePosixPath(path).suffix.lower()
+    folder = Path(tempfile.mkdtemp(prefix="rvcfast-object-"))
+    local = folder / ("object" + (suffix if re.fullmatch(r"\.[a-z0-9]{1,8}", suffix) else ""))
+    try:
+        with fs.open_input_stream(path) as src, open(local, "wb") as dst:
+            shutil.copyfileobj(src, dst, 1 << 20)
+        yield local
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def _renamed(exc: BaseException, local: Path, uri: str) -> RvcfastError:
+    """``exc`` raised on the spooled copy ``local``, naming ``uri`` instead."""
+    from ...errors import _PathError
+
+    if isinstance(exc, _PathError):
+        problem = exc.problem.replace(str(local), uri)
+        try:
+            return type(exc)(uri if exc.path == str(local) else exc.path, problem)
+        except TypeError:
+            pass
+    return RvcfastError(f"{uri}: {_describe(exc).replace(str(local), uri)}")
+
+
+def _missing(uri: str, exc: BaseException) -> RvcfastError:
+    from ...errors import AudioError
+
+    if isinstance(exc, FileNotFoundError):
+        return AudioError(uri, "object does not exist")
+    return AudioError(uri, f"cannot be read: {_describe(exc)}")
+
+
+def prepare(uri: str, params: Any, filesystem: Any) -> Any:
+    """:func:`rvcfast.pipeline.prepare_input` of the object ``uri``; errors and warnings name it."""
+    from ...pipeline import prepare_input
+
+    try:
+        spool = _spooled(uri, filesystem)
+        local = spool.__enter__()
+    except Exception as exc:  # noqa: BLE001
+        raise _missing(uri, exc) from None
+    try:
+        try:
+            prep = prepare_input(local, params=params)
+        except Exception as exc:  # noqa: BLE001
+            raise _renamed(exc, local, uri) from None
+        for item in (prep, *prep.more_channels):
+            item.label = uri
+            item.warnings = [w.replace(str(local), uri) for w in item.warnings]
+        return prep
+    finally:
+        spool.__exit__(None, None, None)
+
+
+def _look_at(uri: str, filesystem: Any) -> tuple[bool, str | None]:
+    """Whether the object ``uri`` is a finished output (:func:`rvcfast.writing.finished_output`)
+    and the input it records; ``(False, None)`` where there is none."""
+    from pyarrow.fs import FileType
+
+    from ...writing import finished_output, recorded_source
+
+    fs, path = resolve(uri, filesystem)
+    if fs.get_file_info(path).type != FileType.File:
+        return False, None
+    with _spooled(uri, filesystem) as local:
+        return finished_output(local), recorded_source(local)
+
+
+def existing_output(row: dict[str, Any], filesystem: Any) -> tuple[bool, bool]:
+    """``(there, another's)``: whether the row's output is a finished object, and whether it
+    records another input than the row's."""
+    finished, recorded = _look_at(row["output_path"], filesystem)
+    return finished, finished and recorded is not None and recorded != source_id(row["path"])
+
+
+def same_object(a: str, b: str) -> bool:
+    """Whether two URIs (or a URI and a path) name one object."""
+    return is_uri(a) and is_uri(b) and canonical(a) == canonical(b)
+
+
+# ------------------------------------------------------------------------------ writing objects
+
+
+def encode(audio: np.ndarray, rate: int, fmt: str, subtype: str | None, bitrate: int | None, source: str, label: str) -> bytes:
+    """The output file in memory, as :func:`rvcfast.writing.write_audio_atomic` writes it to disk
+    (the same checks, rate, samples and encoder), recording ``source``'s URI."""
+    from ... import writing
+
+    fmt = fmt.lower()
+    subtype = writing._subtype(subtype)
+    target = writing.written_rate(fmt, subtype, rate)
+    writing.check_write_format(fmt, subtype, target, bitrate=bitrate)
+    audio = writing.writable_samples(np.asarray(audio, dtype=np.float32), fmt, subtype, label)
+    if target != int(rate):
+        from ...dsp import resample
+
+        audio, rate = resample(audio, int(rate), target, dtype=np.float32), target
+    buf = io.BytesIO()  # seekable: WAV and m4a go back to fill in their sizes and index
+    writing._encode(buf, audio, int(rate), writing.SUPPORTED_WRITE_FORMATS[fmt], subtype, writing._SOURCE_TAG + source_id(source), bitrate=bitrate)
+    return buf.getvalue()
+
+
+def put(uri: str, data: bytes, filesystem: Any) -> None:
+    """``data`` as the object ``uri``, in one upload: the key appears complete or not at all.
+
+    The whole file is in memory before the upload starts, so nothing but the store's own
+    PUT (or multipart upload, completed on ``close``) is between no key and a complete one.
+    """
+    fs, path = resolve(uri, filesystem)
+    stream = fs.open_output_stream(path)
+    stream.write(data)
+    stream.close()
+
+
+def write_audio(row: dict[str, Any], audio: np.ndarray, rate: int, spec: Any) -> None:
+    """The row's output, encoded in memory and uploaded to its key once."""
+    data = encode(audio, rate, spec.format, spec.subtype, spec.bitrate, row["path"], row["output_path"])
+    put(row["output_path"], data, spec.filesystem)
+
+
+def write_manifest(rows: list[dict[str, Any]], uri: str, filesystem: Any) -> str:
+    """The rows as JSON Lines or Parquet, uploaded as the object ``uri`` in one piece."""
+    kind = PurePosixPath(_split(uri)[2]).suffix.lower()
+    if kind == ".parquet":
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        from ._stages import ROW_SCHEMA, VOICE_ROW_SCHEMA
+
+        sink = io.BytesIO()
+        schema = VOICE_ROW_SCHEMA if any("voice" in row for row in rows) else ROW_SCHEMA
+        pq.write_table(pa.Table.from_pylist(rows, schema=schema), sink)
+        data = sink.getvalue()
+    else:
+        data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+    put(uri, data, filesystem)
+    return uri
+
+
+# ------------------------------------------------------------------------------ listing and naming
+
+
+def _listing(uri: str, recursive: bool, filesystem: Any) -> list[str] | None:
+    """The audio objects under the prefix ``uri``, sorted; ``None`` where ``uri`` is not a prefix."""
+    from pyarrow.fs import FileSelector, FileType
+
+    fs, path = resolve(uri, filesystem)
+    try:
+        info = fs.get_file_info(path)
+        if info.type != FileType.Directory:
+            return None
+        found = fs.get_file_info(FileSelector(path, recursive=recursive, allow_not_found=True))
+    except Exception as exc:  # noqa: BLE001
+        raise RvcfastError(f"input {uri}: cannot be listed: {_describe(exc)}") from None
+    files = [f.path for f in found if f.type == FileType.File and PurePosixPath(f.path).suffix.lower() in AUDIO_EXTENSIONS]
+    return sorted(_uri_of(f, uri, filesystem) for f in files)
+
+
+def _under(uri: str, folder: str) -> bool:
+    return canonical(uri).startswith(canonical(folder) + "/")
+
+
+def list_inputs(inputs: Any, out_dir: str, fmt: str, skip_existing: bool, recursive: bool, filesystem: Any) -> list[str]:
+    """The input URIs of a job, as :func:`rvcfast.batch.expand_inputs` lists local paths: a prefix's
+    audio objects sorted, a URI named twice once, a missing one kept (its row names the problem),
+    leaving out earlier outputs (under an output prefix inside an input prefix; ``*_rvc`` of an
+    in-place job; objects in the output prefix recording another input, when resuming)."""
+    items = [inputs] if isinstance(inputs, str) else list(inputs)
+    out = canonical(out_dir)
+    listed: list[str] = []
+    for item in items:
+        files = _listing(item, recursive, filesystem)
+        if files is None:
+            listed.append(canonical(item))
+            continue
+        top = canonical(item)
+        if out != top and _under(out, top):  # an output prefix inside the input prefix holds outputs
+            files = [f for f in files if not _under(f, out)]
+        if skip_existing and out == top:  # an in-place job resumed: its earlier `x_rvc` outputs are not inputs
+            stems = {PurePosixPath(f).stem for f in files}
+            files = [f for f in files if not _earlier_rvc(f, out, fmt, stems)]
+        listed.extend(files)
+    listed = list(dict.fromkeys(listed))
+    if skip_existing:
+        inside = [f for f in listed if _under(f, out)]
+        ids = {source_id(f) for f in listed}
+        recorded = _recorded_all(inside, filesystem)
+        listed = [f for f in listed if not (recorded.get(f) is not None and recorded[f] != source_id(f) and recorded[f] in ids)]
+    return listed
+
+
+def _earlier_rvc(uri: str, out: str, fmt: str, stems: set[str]) -> bool:
+    """An in-place job's earlier output ``x_rvc.<format>`` of an input ``x`` in the output prefix itself."""
+    p = PurePosixPath(uri)
+    return uri.rsplit("/", 1)[0] == out and p.suffix.lower() == "." + fmt and p.stem.endswith("_rvc") and p.stem[: -len("_rvc")] in stems
+
+
+def _recorded_all(uris: list[str], filesystem: Any) -> dict[str, str | None]:
+    """The input each object of ``uris`` records (``None``: none, or not audio), fetched in parallel."""
+    if not uris:
+        return {}
+    with ThreadPoolExecutor(min(_FETCH_THREADS, len(uris))) as pool:
+        return dict(zip(uris, pool.map(lambda u: _look_at(u, filesystem)[1], uris)))
+
+
+def _pure(uri: str) -> Any:
+    """A URI as the path the namer works on: ``scheme/netloc/key``."""
+    scheme, netloc, rest = _split(uri)
+    return PurePosixPath(scheme, netloc + rest.rstrip("/"))
+
+
+def _from_pure(path: Any) -> str:
+    scheme, rest = str(path).split("/", 1)
+    return f"{scheme}://{rest}"
+
+
+class _UriNamer(_Namer):
+    """:class:`rvcfast.batch_inputs._Namer` over objects: the same names, numbering and resume
+    rules, with an object store's listing and records in place of the local folder's."""
+
+    def __init__(self, inputs: list[str], options: Any, naming: Any, filesystem: Any) -> None:
+        super().__init__([], options, naming)  # no local input to look at
+        self.filesystem = filesystem
+        self.out_dir = self.top = _pure(options.out_dir)
+        self.inputs = {_pure(u) for u in inputs}
+        self.sources = {k: source_id(u) for k, u in enumerate(inputs)}
+        self.batch_sources = set(self.sources.values())
+
+    def base(self, j: Any) -> str:
+        stem = _safe_stem(j.path.stem)
+        parent = _safe_stem(j.path.parent.name)  # an object at the top of a bucket: the bucket's name
+        template = self.options.name_template
+        base = template.format(stem=stem, parent=parent, index=j.number, ext=self.ext, **self.naming)
+        _check_output_name(template, base)
+        return _fit_names(base, len(f".{self.ext}".encode()) + 8)
+
+    def is_input(self, candidate: Any) -> bool:
+        return candidate in self.inputs
+
+    def key(self, candidate: Any) -> str:
+        return _fold(str(candidate))
+
+    def _list(self, folder: Any) -> dict[str, set[int]]:
+        from pyarrow.fs import FileSelector
+
+        fs, path = resolve(_from_pure(folder), self.filesystem)
+        try:
+            found = fs.get_file_info(FileSelector(path, recursive=False, allow_not_found=True))
+        except Exception as exc:  # noqa: BLE001
+            raise RvcfastError(f"out_dir {_from_pure(folder)}: cannot be listed: {_describe(exc)}") from None
+        names: dict[str, set[int]] = {}
+        suffix = f".{self.ext}"
+        for entry in (PurePosixPath(f.path).name for f in found):
+            name = _fold(entry)
+            if name.endswith(suffix):
+                root = name[: -len(suffix)]
+                names.setdefault(root, set()).add(0)
+                if root.endswith("_rvc"):
+                    names.setdefault(root[: -len("_rvc")], set()).add(-1)
+                numbered = re.fullmatch(r"(.*)_([1-9][0-9]*)", root)
+                if numbered is not None:
+                    names.setdefault(numbered.group(1), set()).add(int(numbered.group(2)))
+        return names
+
+    def recorded(self, candidate: Any) -> str | None:
+        if candidate not in self._recorded:
+            self._recorded[candidate] = _look_at(_from_pure(candidate), self.filesystem)[1]
+        return self._recorded[candidate]
+
+    def prefetch(self, bases: list[str]) -> None:
+        """Read the records of every existing name of ``bases`` at once (in parallel)."""
+        wanted = sorted({self.candidate(b, k) for b in set(bases) for k in self.existing(b)} - set(self._recorded), key=str)
+        found = _recorded_all([_from_pure(c) for c in wanted], self.filesystem)
+        self._recorded.update({c: found[_from_pure(c)] for c in wanted})
+
+
+def _names(inputs: list[str], namer: _UriNamer, skip_existing: bool) -> list[str]:
+    """Each input's output URI: :func:`rvcfast.batch_inputs._assign_outputs` with ``namer``."""
+    from ...batch_inputs import Job
+
+    jobs = [Job(k, u, path=_pure(u)) for k, u in enumerate(inputs)]
+    bases = {j.number: namer.base(j) for j in jobs}
+    if skip_existing:
+        namer.prefetch(list(bases.values()))
+        for j in jobs:
+            own = namer.recorded_output(j, bases[j.number])
+            if own is not None:
+                namer.take(own)
+                j.out_path = own
+        namer.anchored = any(j.out_path is not None for j in jobs)
+    for j in jobs:
+        if j.out_path is None:
+            j.out_path = namer.free_name(bases[j.number])
+            namer.take(j.out_path)
+    return [_from_pure(j.out_path) for j in jobs]  # type: ignore[arg-type]
+
+
+def plan_uri_outputs(
+    inputs: Any, out_dir: str, naming: list[dict[str, str] | None], template: str, fmt: str, skip_existing: bool,
+    recursive: bool, filesystem: Any,
+) -> tuple[list[str], list[list[str]]]:
+    """The inputs of a job on object storage and, per naming (a voice's ``{voice}``/``{pitch}``;
+    ``None``: a one-model job), each input's output URI; two outputs of one key are refused."""
+    from ...batch import BatchOptions
+
+    fmt = fmt.lower()
+    listed = list_inputs(inputs, out_dir, fmt, skip_existing, recursive, filesystem)
+    if not listed:
+        items = [inputs] if isinstance(inputs, str) else list(inputs)
+        raise ParameterError(f"no audio files found in {', '.join(map(str, items))}" + ("" if recursive else " (recursive=True for sub-folders)"))
+    options = BatchOptions(out_dir=canonical(out_dir), format=fmt, skip_existing=skip_existing, name_template=template)
+    per_naming = []
+    owners: dict[str, tuple[str, str]] = {}
+    for names in naming:
+        outputs = _names(listed, _UriNamer(listed, options, {**_NAMING_DEFAULTS, **(names or {})}, filesystem), skip_existing)
+        voice = (names or {}).get("voice", "")
+        for source, output in zip(listed, outputs):
+            key = output_key(output)
+            if key in owners:
+                raise ParameterError(
+                    f"name_template {template!r} names the output of {source} for voice {voice!r} {output}, "
+                    f"the output of {owners[key][1]} for voice {owners[key][0]!r}: use {{voice}} so that the voices' names differ"
+                )
+            owners[key] = (voice, source)
+        per_naming.append(outputs)
+    return listed, per_naming
+
+
+def planned_output(path: str, spec: Any, naming: dict[str, str] | None = None) -> str:
+    """The output of one dataset row on object storage, named in its task: the template alone
+    (two rows meeting at one output are told apart by the job's claims, as for local rows)."""
+    from ...batch import BatchOptions
+    from ...batch_inputs import Job
+
+    if not is_uri(path) or not is_uri(spec.out_dir):
+        raise RvcfastError(f"{path}: a job's inputs and output folder are all URIs or all local paths (out_dir {spec.out_dir})")
+    options = BatchOptions(out_dir=canonical(spec.out_dir), format=spec.format, name_template=spec.name_template)
+    namer = _UriNamer([], options, {**_NAMING_DEFAULTS, **(naming or {})}, spec.filesystem)
+    base = namer.base(Job(0, path, path=_pure(path)))
+    return join(spec.out_dir, f"{base}.{spec.format}")
+
+
+def plan_voice_rows(
+    inputs: Any, out_dir: str, naming: list[tuple[str, float]], template: str, fmt: str, skip_existing: bool, recursive: bool,
+    filesystem: Any,
+) -> list[dict[str, str]]:
+    """:func:`~._voices.plan_voice_outputs` on object storage: one row per input with every
+    voice's output URI (``voice_outputs``, a JSON list in the voices' order)."""
+    from ...batch_inputs import check_name_template, pitch_text
+    from ...voices import _check_template
+
+    check_name_template(template)
+    _check_template(template, len(naming), out_dir)
+    names = [{"voice": name, "pitch": pitch_text(pitch)} for name, pitch in naming]
+    listed, outputs = plan_uri_outputs(inputs, out_dir, names, template, fmt, skip_existing, recursive, filesystem)  # type: ignore[arg-type]
+    return [{"path": path, "voice_outputs": json.dumps(list(outs))} for path, outs in zip(listed, zip(*outputs))]
+
+
+def check_dataset(ds: Any, out_dir: Any, filesystem: Any, planned: bool, files: tuple[Any, ...]) -> bool:
+    """:func:`check_job` for :func:`~._job.convert_dataset` (``planned``: rows planned and
+    checked by ``convert_files``; a Ray Dataset: its output folder), model files that are URIs
+    refused naming their argument; whether the job writes to object storage."""
+    model, index, encoder, f0_weights, voices = files
+    for name, value in (("model", model), ("index", index), ("encoder", encoder), ("f0_weights", f0_weights)):
+        check_local_arg(name, value)
+    given: Any = voices.items() if hasattr(voices, "items") else enumerate(voices) if _iterable(voices) else []
+    for name, value in given:
+        for one in value if isinstance(value, (tuple, list)) else [value]:
+            check_local_arg(f"voices[{name!r}]", one)
+    if planned:
+        return is_uri(out_dir)
+    return check_job([] if hasattr(ds, "map_batches") else ds, out_dir, None, filesystem)

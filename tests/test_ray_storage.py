@@ -1,0 +1,234 @@
+"""The Ray runner with its files on object storage (docs/scale-out.md, "Files on object storage").
+
+An S3 server of moto on 127.0.0.1 (its bucket versioned, so every object ever written is seen)
+and one local Ray cluster whose workers inherit the server's address and dummy credentials:
+
+* ``s3://`` in, ``s3://`` out: the outputs equal a local conversion (seeded, one thread) sample
+  for sample, a bad file is an error row naming its URI, the manifest is an object; a resumed
+  job converts only the missing output; no object ever had another name than an input's, an
+  output's or the manifest's, and no input was ever written;
+* a ``ray.data.Dataset`` of URIs with ``filesystem=`` given; ``rvcfast convert --ray`` with
+  URIs, and without ``--ray`` a usage error;
+* an unknown scheme, a missing bucket, a model given as a URI, local paths mixed with URIs:
+  refused on the driver before any model is read.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import soundfile as sf
+from helpers import cli_weights, one_thread_fixture, tiny_models_fixture, tone  # noqa: F401
+
+ray = pytest.importorskip("ray", reason='Ray Data is not installed (pip install "rvcfast[ray]")')
+pytest.importorskip("ray.data")
+pytest.importorskip("moto.server", reason='the S3 tests need moto\'s server (pip install "moto[server]>=5.2.6")')
+pytest.importorskip("boto3", reason="the S3 tests read the bucket's object versions with boto3 (a dependency of moto)")
+from pyarrow import fs as pafs  # noqa: E402
+from ray_helpers import local_cluster  # noqa: E402
+
+pytestmark = pytest.mark.ray
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+BUCKET = "rvc-test"
+
+
+class Store:
+    """The S3 server, its bucket and a client of each kind."""
+
+    def __init__(self, endpoint: str) -> None:
+        import boto3
+
+        self.endpoint = endpoint
+        self.fs = pafs.S3FileSystem(endpoint_override=endpoint, access_key="testing", secret_key="testing", region="us-east-1")
+        self.boto = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1")
+        self.boto.create_bucket(Bucket=BUCKET)
+        self.boto.put_bucket_versioning(Bucket=BUCKET, VersioningConfiguration={"Status": "Enabled"})
+
+    def put(self, key: str, data: bytes) -> str:
+        with self.fs.open_output_stream(f"{BUCKET}/{key}") as f:
+            f.write(data)
+        return f"s3://{BUCKET}/{key}"
+
+    def get(self, key: str) -> bytes:
+        with self.fs.open_input_stream(f"{BUCKET}/{key}") as f:
+            return f.read()
+
+    def keys(self, prefix: str) -> set[str]:
+        found = self.fs.get_file_info(pafs.FileSelector(f"{BUCKET}/{prefix}", recursive=True, allow_not_found=True))
+        return {f.path[len(BUCKET) + 1:] for f in found if f.type == pafs.FileType.File}
+
+    def versions(self, prefix: str) -> dict[str, int]:
+        """Every key ever written under ``prefix`` (deleted ones too), with its number of versions."""
+        listed = self.boto.list_object_versions(Bucket=BUCKET, Prefix=prefix)
+        counts: dict[str, int] = {}
+        for v in listed.get("Versions", []):
+            counts[v["Key"]] = counts.get(v["Key"], 0) + 1
+        return counts
+
+
+@pytest.fixture(scope="module")
+def store() -> Iterator[Store]:
+    import logging
+
+    from moto.server import ThreadedMotoServer
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    endpoint = f"http://{host}:{port}"
+    with pytest.MonkeyPatch.context() as mp:  # before ray.init: the local workers inherit them
+        for name, value in {
+            "AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true",
+        }.items():
+            mp.setenv(name, value)
+        try:
+            yield Store(endpoint)
+        finally:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(store: Store) -> Iterator[None]:
+    with local_cluster():
+        yield
+
+
+def _engine(tiny_models: Any) -> dict[str, Any]:
+    return {"encoder": tiny_models.encoder, "f0_weights": tiny_models.rmvpe, "device": "cpu"}
+
+
+def _wav(seconds: float, rate: int, freq: float, fmt: str = "WAV") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, tone(seconds, rate, freq), rate, format=fmt)
+    return buf.getvalue()
+
+
+def _samples(data: bytes) -> np.ndarray:
+    return sf.read(io.BytesIO(data), dtype="float32")[0]
+
+
+def test_s3_in_s3_out_equals_local_then_resumes_only_the_missing(
+    store: Store, cluster: None, tiny_models: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rvcfast.integrations.ray import convert_files
+    from rvcfast.integrations.ray._stages import CRASH_ENV
+
+    local = {"a.wav": _wav(1.0, 44100, 190), "sub/b.flac": _wav(0.8, 16000, 230, "FLAC")}
+    inputs = {name: store.put(f"in/{name}", data) for name, data in local.items()}
+    bad = store.put("in/bad.wav", b"RIFF this is not audio at all")
+    for name, data in local.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    kw = dict(index=tiny_models.index, **_engine(tiny_models), threads_per_worker=1, num_workers=1, seed=5, subtype="FLOAT",
+              progress=False, recursive=True)
+
+    marker = tmp_path / "crashed"
+    monkeypatch.setenv(CRASH_ENV, str(marker))  # the worker dies in the middle of encoding its second output
+    rows = convert_files(f"s3://{BUCKET}/in/", f"s3://{BUCKET}/out/", tiny_models.voice, skip_existing=False, **kw)
+    monkeypatch.delenv(CRASH_ENV)
+    assert marker.exists()  # it did die; its actor restarted and wrote that output whole
+    by_path = {r["path"]: r for r in rows}
+    assert [by_path[inputs[n]]["status"] for n in local] == ["ok", "ok"], rows
+    assert by_path[bad]["status"] == "error" and bad in by_path[bad]["error"], by_path[bad]
+    assert "/tmp" not in by_path[bad]["error"]  # the URI, not the worker's temporary copy
+    assert {by_path[inputs[n]]["output_path"] for n in local} == {f"s3://{BUCKET}/out/a.wav", f"s3://{BUCKET}/out/b.wav"}
+    conv = tiny_models.converter()
+    for name in local:  # seeded, one thread as the worker: sample for sample
+        expected = conv.convert(tmp_path / name, seed=5).audio
+        assert np.array_equal(_samples(store.get(f"out/{Path(name).stem}.wav")), expected), name
+    manifest = [json.loads(line) for line in store.get("out/rvcfast-manifest.jsonl").decode().splitlines()]
+    assert sorted(r["path"] for r in manifest) == sorted([*inputs.values(), bad])
+
+    # resume: one output removed, the job run again converts that one alone
+    store.boto.delete_object(Bucket=BUCKET, Key="out/a.wav")  # (pyarrow's delete_file leaves an "out/" marker)
+    again = convert_files(f"s3://{BUCKET}/in/", f"s3://{BUCKET}/out/", tiny_models.voice, skip_existing=True, **kw)
+    status = {r["path"]: r["status"] for r in again}
+    assert status == {inputs["a.wav"]: "ok", inputs["sub/b.flac"]: "skipped", bad: "error"}, again
+    assert np.array_equal(_samples(store.get("out/a.wav")), conv.convert(tmp_path / "a.wav", seed=5).audio)
+
+    # every object ever written: inputs once each, outputs under their final names, the manifest
+    assert store.versions("in/") == {"in/a.wav": 1, "in/sub/b.flac": 1, "in/bad.wav": 1}
+    assert store.versions("out/") == {"out/a.wav": 2, "out/b.wav": 1, "out/rvcfast-manifest.jsonl": 2}
+
+
+def test_a_dataset_of_uris_with_a_given_filesystem(store: Store, cluster: None, tiny_models: Any) -> None:
+    """convert_dataset takes a Ray Dataset whose paths are URIs and a pyarrow filesystem (as Ray
+    Data's readers do): outputs named out/<stem>.wav in the tasks, never the input's key."""
+    from rvcfast.integrations.ray import convert_dataset
+
+    clip = store.put("ds/c.wav", _wav(0.6, 16000, 200))
+    same = store.put("ds-out/d.wav", _wav(0.6, 16000, 210))  # an input inside the output prefix, named as its output
+    given = pafs.S3FileSystem(endpoint_override=store.endpoint, access_key="testing", secret_key="testing", region="us-east-1")
+    ds = ray.data.from_items([{"path": clip}, {"path": same}])
+    rows = convert_dataset(ds, tiny_models.voice, f"s3://{BUCKET}/ds-out", **_engine(tiny_models), num_workers=1,
+                           filesystem=given, seed=1).take_all()
+    by_path = {r["path"]: r for r in rows}
+    assert by_path[clip]["status"] == "ok" and by_path[clip]["output_path"] == f"s3://{BUCKET}/ds-out/c.wav"
+    assert by_path[same]["status"] == "error" and "refusing to overwrite an input" in by_path[same]["error"]
+    assert sf.info(io.BytesIO(store.get("ds-out/c.wav"))).samplerate == 40000
+    assert store.versions("ds-out/d.wav") == {"ds-out/d.wav": 1}
+
+
+def test_two_voices_on_object_storage(store: Store, cluster: None, tiny_models: Any) -> None:
+    from rvcfast.integrations.ray import convert_files
+
+    clip = store.put("v-in/g.wav", _wav(0.6, 16000, 190))
+    rows = convert_files([clip], f"s3://{BUCKET}/v-out", voices={"low": tiny_models.voice, "high": tiny_models.voice},
+                         voice_params={"high": {"pitch": 3}}, num_workers=1, progress=False, seed=1, **_engine(tiny_models))
+    assert [(r["voice"], r["status"], r["output_path"]) for r in rows] == [
+        ("low", "ok", f"s3://{BUCKET}/v-out/low/g.wav"), ("high", "ok", f"s3://{BUCKET}/v-out/high/g.wav"),
+    ], rows
+    assert store.keys("v-out/") == {"v-out/low/g.wav", "v-out/high/g.wav", "v-out/rvcfast-manifest.jsonl"}
+    assert not np.array_equal(_samples(store.get("v-out/low/g.wav")), _samples(store.get("v-out/high/g.wav")))
+
+
+def test_cli_ray_with_uris_and_without_ray_a_usage_error(
+    store: Store, cluster: None, tiny_models: Any, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from rvcfast.cli import main
+
+    clip = store.put("cli-in/e.wav", _wav(0.6, 16000, 180))
+    args = ["convert", str(tiny_models.voice), clip, "-o", f"s3://{BUCKET}/cli-out/", *cli_weights(tiny_models)]
+    assert main([*args, "--ray", "-q"]) == 0, capsys.readouterr().err
+    assert store.keys("cli-out/") == {"cli-out/e.wav", "cli-out/rvcfast-manifest.jsonl"}
+    assert main(args) == 2  # without --ray: a usage error, not "file does not exist" for "s3:/..."
+    err = capsys.readouterr().err
+    assert "need --ray" in err and clip in err, err
+
+
+def test_bad_storage_is_refused_before_any_model_is_read(
+    store: Store, tiny_models: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rvcfast.errors import ParameterError, RvcfastError
+    from rvcfast.integrations.ray import _job, convert_dataset, convert_files
+
+    def no_models(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a model was read before the storage was checked")
+
+    monkeypatch.setattr(_job, "_checked", no_models)
+    clip = store.put("x/f.wav", _wav(0.3, 16000, 200))
+    kw = dict(progress=False, **_engine(tiny_models))
+    with pytest.raises(ParameterError, match=r"nosuch://bucket/in.*filesystem cannot be opened"):
+        convert_files("nosuch://bucket/in/a.wav", f"s3://{BUCKET}/o/", tiny_models.voice, **kw)
+    with pytest.raises(RvcfastError, match=r"out_dir s3://no-such-bucket/out.*'no-such-bucket' does not exist"):
+        convert_files(clip, "s3://no-such-bucket/out/", tiny_models.voice, **kw)
+    with pytest.raises(RvcfastError, match=r"input s3://no-such-bucket/in/a.wav.*does not exist"):
+        convert_dataset(["s3://no-such-bucket/in/a.wav"], tiny_models.voice, f"s3://{BUCKET}/o/", **_engine(tiny_models))
+    with pytest.raises(ParameterError, match=r"index='s3://.*local paths"):
+        convert_files(clip, f"s3://{BUCKET}/o/", tiny_models.voice, index=f"s3://{BUCKET}/v.index", **kw)
+    with pytest.raises(ParameterError, match="all on object storage"):
+        convert_files([clip, str(tmp_path / "a.wav")], f"s3://{BUCKET}/o/", tiny_models.voice, **kw)
+    with pytest.raises(ParameterError, match=r"out_dir s3://rvc-test/x/f.wav is an object"):
+        convert_files(clip, clip, tiny_models.voice, **kw)
+    assert store.keys("o/") == set()
