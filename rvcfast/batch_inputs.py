@@ -327,7 +327,9 @@ def _drop_recorded_outputs(jobs: list[Job], options: BatchOptions) -> list[Job]:
     return kept
 
 
-def _assign_outputs(jobs: list[Job], options: BatchOptions, naming: Mapping[str, str] = _NAMING_DEFAULTS) -> None:
+def _assign_outputs(
+    jobs: list[Job], options: BatchOptions, naming: Mapping[str, str] = _NAMING_DEFAULTS, namer: _Namer | None = None
+) -> None:
     """Give each job a unique output path in ``options.out_dir``, never an input's.
 
     Names follow the template and, for repeated names, input order (``x``, ``x_1``...). When
@@ -341,12 +343,14 @@ def _assign_outputs(jobs: list[Job], options: BatchOptions, naming: Mapping[str,
     existing name of the sequence is looked at, also past a missing one (an input that
     failed or was removed leaves a gap). The folders are listed once and each name is
     checked about once, so thousands of inputs sharing a stem are planned in linear time.
+    ``namer``: another place's names (object storage), else the output folder's.
     """
     if options.out_dir is None:
         return
-    namer = _Namer(jobs, options, naming)
+    namer = namer if namer is not None else _Namer(jobs, options, naming)
     bases = {j.number: namer.base(j) for j in jobs}
     if options.skip_existing:
+        namer.prefetch(list(bases.values()))
         for j in jobs:  # outputs of earlier runs go back to their own inputs first
             own = namer.recorded_output(j, bases[j.number])
             if own is not None:
@@ -437,6 +441,9 @@ class _Namer:
                 pass
         self.batch_sources = set(self.sources.values())
         self.anchored = False  # outputs recorded by files outside the batch are taken (see _assign_outputs)
+
+    def prefetch(self, bases: list[str]) -> None:
+        """Read at once what naming ``bases`` will look at (a remote store's records); nothing here."""
 
     def base(self, j: Job) -> str:
         """The job's name from the template, checked to stay inside the output folder."""

@@ -509,24 +509,12 @@ class _UriNamer(_Namer):
         self._recorded.update({c: found[_from_pure(c)] for c in wanted})
 
 
-def _names(inputs: list[str], namer: _UriNamer, skip_existing: bool) -> list[str]:
+def _names(inputs: list[str], namer: _UriNamer, options: Any) -> list[str]:
     """Each input's output URI: :func:`rvcfast.batch_inputs._assign_outputs` with ``namer``."""
-    from ...batch_inputs import Job
+    from ...batch_inputs import Job, _assign_outputs
 
     jobs = [Job(k, u, path=_pure(u)) for k, u in enumerate(inputs)]
-    bases = {j.number: namer.base(j) for j in jobs}
-    if skip_existing:
-        namer.prefetch(list(bases.values()))
-        for j in jobs:
-            own = namer.recorded_output(j, bases[j.number])
-            if own is not None:
-                namer.take(own)
-                j.out_path = own
-        namer.anchored = any(j.out_path is not None for j in jobs)
-    for j in jobs:
-        if j.out_path is None:
-            j.out_path = namer.free_name(bases[j.number])
-            namer.take(j.out_path)
+    _assign_outputs(jobs, options, namer=namer)
     return [_from_pure(j.out_path) for j in jobs]  # type: ignore[arg-type]
 
 
@@ -547,7 +535,7 @@ def plan_uri_outputs(
     per_naming = []
     owners: dict[str, tuple[str, str]] = {}
     for names in naming:
-        outputs = _names(listed, _UriNamer(listed, options, {**_NAMING_DEFAULTS, **(names or {})}, filesystem), skip_existing)
+        outputs = _names(listed, _UriNamer(listed, options, {**_NAMING_DEFAULTS, **(names or {})}, filesystem), options)
         voice = (names or {}).get("voice", "")
         for source, output in zip(listed, outputs):
             key = output_key(output)
