@@ -27,8 +27,9 @@ import re
 import socket
 import stat
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import BinaryIO
+from typing import Any, BinaryIO
 
 import numpy as np
 import soundfile as sf
@@ -38,6 +39,7 @@ from .errors import AudioError, ParameterError
 
 __all__ = [
     "SUPPORTED_WRITE_FORMATS",
+    "encode_output",
     "check_output_folder",
     "MP3_RATES",
     "MAX_CHANNELS",
@@ -602,24 +604,52 @@ def write_audio_atomic(
     ``comment`` tag as its :func:`source_id` (m4a: the iTunes comment atom).
     """
     p = Path(path)
-    fmt = (format or p.suffix.lstrip(".") or "wav").strip().lower()
-    if fmt not in SUPPORTED_WRITE_FORMATS:
-        raise ParameterError(f"{p}: output format {fmt!r} is not supported (choose from {sorted(SUPPORTED_WRITE_FORMATS)})")
-    subtype = _subtype(subtype)  # as check_write_format reads it: " pcm_16" passed the check, then failed every write
-    target = written_rate(fmt, subtype, sample_rate)
-    check_write_format(fmt, subtype, target, bitrate=bitrate)
-    audio = writable_samples(np.asarray(audio, dtype=np.float32), fmt, subtype, p)
-    if target != int(sample_rate):
-        from .dsp import resample
-
-        audio, sample_rate = resample(audio, int(sample_rate), target, dtype=np.float32), target
+    recorded = source_id(source) if source is not None else None
+    encode = _output_encoder(audio, sample_rate, format or p.suffix.lstrip(".") or "wav", subtype, bitrate, recorded, p)
     p.parent.mkdir(parents=True, exist_ok=True)
     if remove_stale:
         remove_stale_parts(p.parent, p.name)
-    comment = _SOURCE_TAG + source_id(source) if source is not None else None
     with atomic_write(p, _new_part(p)) as tmp:
-        _encode(tmp, audio, int(sample_rate), SUPPORTED_WRITE_FORMATS[fmt], subtype, comment, bitrate=bitrate)
+        encode(tmp)
     return p
+
+
+def encode_output(
+    file: BinaryIO,
+    audio: np.ndarray,
+    sample_rate: int,
+    *,
+    format: str,
+    subtype: str | None = None,
+    bitrate: int | None = None,
+    recorded: str | None = None,
+    label: str | os.PathLike[str] = "output",
+) -> None:
+    """The bytes :func:`write_audio_atomic` writes, into a seekable binary file object (an
+    output bound for object storage): the same checks (raised before anything is written,
+    naming ``label``), rate, samples and encoder; ``recorded``: the input's id to record
+    (:func:`source_id` of a path, or another id of the same form for an object's URI)."""
+    _output_encoder(audio, sample_rate, format, subtype, bitrate, recorded, label)(file)
+
+
+def _output_encoder(
+    audio: np.ndarray, sample_rate: int, fmt: str, subtype: str | None, bitrate: int | None,
+    recorded: str | None, label: str | os.PathLike[str],
+) -> Callable[[Any], None]:
+    """An output checked and made writable: a function encoding it into a path or file object."""
+    fmt = fmt.strip().lower()
+    if fmt not in SUPPORTED_WRITE_FORMATS:
+        raise ParameterError(f"{label}: output format {fmt!r} is not supported (choose from {sorted(SUPPORTED_WRITE_FORMATS)})")
+    subtype = _subtype(subtype)  # as check_write_format reads it: " pcm_16" passed the check, then failed every write
+    target = written_rate(fmt, subtype, sample_rate)
+    check_write_format(fmt, subtype, target, bitrate=bitrate)
+    samples = writable_samples(np.asarray(audio, dtype=np.float32), fmt, subtype, label)
+    if target != int(sample_rate):
+        from .dsp import resample
+
+        samples, sample_rate = resample(samples, int(sample_rate), target, dtype=np.float32), target
+    comment = _SOURCE_TAG + recorded if recorded is not None else None
+    return lambda file: _encode(file, samples, int(sample_rate), SUPPORTED_WRITE_FORMATS[fmt], subtype, comment, bitrate=bitrate)
 
 
 def _encode(

@@ -317,21 +317,12 @@ def same_object(a: str, b: str) -> bool:
 
 
 def encode(audio: np.ndarray, rate: int, fmt: str, subtype: str | None, bitrate: int | None, source: str, label: str) -> bytes:
-    """The output file in memory, as :func:`rvcfast.writing.write_audio_atomic` writes it to disk
-    (the same checks, rate, samples and encoder), recording ``source``'s URI."""
-    from ... import writing
+    """The output file in memory, as :func:`rvcfast.writing.write_audio_atomic` writes it to disk,
+    recording ``source``'s URI."""
+    from ...writing import encode_output
 
-    fmt = fmt.lower()
-    subtype = writing._subtype(subtype)
-    target = writing.written_rate(fmt, subtype, rate)
-    writing.check_write_format(fmt, subtype, target, bitrate=bitrate)
-    audio = writing.writable_samples(np.asarray(audio, dtype=np.float32), fmt, subtype, label)
-    if target != int(rate):
-        from ...dsp import resample
-
-        audio, rate = resample(audio, int(rate), target, dtype=np.float32), target
     buf = io.BytesIO()  # seekable: WAV and m4a go back to fill in their sizes and index
-    writing._encode(buf, audio, int(rate), writing.SUPPORTED_WRITE_FORMATS[fmt], subtype, writing._SOURCE_TAG + source_id(source), bitrate=bitrate)
+    encode_output(buf, audio, rate, format=fmt, subtype=subtype, bitrate=bitrate, recorded=source_id(source), label=label)
     return buf.getvalue()
 
 
