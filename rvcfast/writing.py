@@ -40,6 +40,7 @@ from .errors import AudioError, ParameterError
 __all__ = [
     "SUPPORTED_WRITE_FORMATS",
     "encode_output",
+    "recorded_in_bytes",
     "check_output_folder",
     "MP3_RATES",
     "MAX_CHANNELS",
@@ -733,6 +734,18 @@ def source_id(path: str | os.PathLike[str]) -> str:
     """
     resolved = os.path.realpath(os.path.abspath(os.fspath(path)))
     return hashlib.sha256(resolved.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+
+def recorded_in_bytes(data: bytes) -> str | None:
+    """The :func:`source_id` recorded in a piece of an rvcfast output's bytes, or ``None`` where
+    that piece holds no such tag. The tag lies in the first few hundred bytes of a wav, flac,
+    mp3 or ogg output and in the last few kB of an m4a (its index comes last), so the two ends
+    of a file that is not at hand (an object on a remote store) say what it records."""
+    match = _SOURCE_BYTES_RE.search(data)
+    return match.group(1).decode("ascii") if match else None
+
+
+_SOURCE_BYTES_RE = re.compile(re.escape(_SOURCE_TAG.encode("ascii")) + rb"([0-9a-f]{32})\b")
 
 
 def recorded_source(path: str | os.PathLike[str]) -> str | None:

@@ -232,3 +232,32 @@ def test_bad_storage_is_refused_before_any_model_is_read(
     with pytest.raises(ParameterError, match=r"out_dir s3://rvc-test/x/f.wav is an object"):
         convert_files(clip, clip, tiny_models.voice, **kw)
     assert store.keys("o/") == set()
+
+
+@pytest.mark.parametrize("fmt", ["wav", "flac", "mp3", "ogg", "m4a"])
+def test_resuming_reads_an_rvcfast_output_at_its_two_ends_not_whole(store: Store, monkeypatch: pytest.MonkeyPatch, fmt: str) -> None:
+    """A resumed job downloaded every existing output whole (on the driver, to name, and on the
+    workers, to skip): gigabytes for a big job. An output rvcfast wrote records its input near
+    its start (near its end for m4a): two ranged reads tell; only another program's object is
+    still fetched and checked whole."""
+    from rvcfast.integrations.ray import _storage
+
+    source = f"s3://{BUCKET}/ends/in/take.wav"
+    data = _storage.encode(tone(8.0, rate=40000), 40000, fmt, None, None, source, f"take.{fmt}")
+    assert len(data) > 2 * _storage._END_BYTES or fmt != "wav"  # the wav's middle is never read
+    ours = store.put(f"ends/out/take.{fmt}", data)
+
+    def whole(*args: Any) -> Any:
+        raise AssertionError("an output rvcfast wrote was fetched whole")
+
+    with monkeypatch.context() as mp:
+        mp.setattr(_storage, "_spooled", whole)
+        assert _storage._look_at(ours, None) == (True, _storage.source_id(source))
+    # another program's file records nothing: fetched and checked as a local file is
+    buf = io.BytesIO()
+    sf.write(buf, tone(1.0), 16000, format="WAV")
+    theirs = store.put(f"ends/out/theirs_{fmt}.wav", buf.getvalue())
+    cut = store.put(f"ends/out/cut_{fmt}.wav", buf.getvalue()[: len(buf.getvalue()) // 2])
+    assert _storage._look_at(theirs, None) == (True, None)
+    assert _storage._look_at(cut, None) == (False, None)
+    assert _storage._look_at(f"s3://{BUCKET}/ends/out/none.{fmt}", None) == (False, None)

@@ -13,9 +13,11 @@ local paths:
 * **Atomic writes**: an output is encoded in memory and written with one upload of the final
   key; an object store's PUT (a multipart upload included) makes a key visible only when it
   is complete, so there is no temporary object, and a writer that dies mid-upload leaves no key.
-* **Reading**: an input (or an output looked at to resume) is copied to a private temporary
-  file with its extension and decoded from there, as the server decodes an upload, so every
-  decoder behaves as on a local file; its errors name the URI.
+* **Reading**: an input is copied to a private temporary file with its extension and decoded
+  from there, as the server decodes an upload, so every decoder behaves as on a local file;
+  its errors name the URI. An existing output looked at to resume is read at its two ends
+  (64 kB each: the input it records); only an object rvcfast did not write is fetched whole
+  and checked as a local file is.
 """
 
 from __future__ import annotations
@@ -56,6 +58,8 @@ _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
 
 #: Outputs fetched at once on the driver to read the input they record (resuming a job).
 _FETCH_THREADS = 8
+#: Bytes read from each end of an existing output to find the input it records.
+_END_BYTES = 1 << 16
 
 
 def is_uri(value: Any) -> bool:
@@ -295,10 +299,28 @@ def _look_at(uri: str, filesystem: Any) -> tuple[bool, str | None]:
     from ...writing import finished_output, recorded_source
 
     fs, path = resolve(uri, filesystem)
-    if fs.get_file_info(path).type != FileType.File:
+    info = fs.get_file_info(path)
+    if info.type != FileType.File:
         return False, None
-    with _spooled(uri, filesystem) as local:
+    if info.size:
+        recorded = _recorded_at_the_ends(fs, path, int(info.size))
+        if recorded is not None:  # rvcfast uploaded it, and an upload is all or nothing: finished
+            return True, recorded
+    with _spooled(uri, filesystem) as local:  # another program's object: looked at whole, as a local file
         return finished_output(local), recorded_source(local)
+
+
+def _recorded_at_the_ends(fs: Any, path: str, size: int) -> str | None:
+    """The input an object records, from two ranged reads of :data:`_END_BYTES` (its first and
+    last ones: :func:`rvcfast.writing.recorded_in_bytes`), not a download of the whole object."""
+    from ...writing import recorded_in_bytes
+
+    with fs.open_input_file(path) as f:
+        head = f.read_at(min(size, _END_BYTES), 0)
+        found = recorded_in_bytes(head)
+        if found is None and size > _END_BYTES:
+            found = recorded_in_bytes(f.read_at(_END_BYTES, size - _END_BYTES))
+    return found
 
 
 def existing_output(row: dict[str, Any], filesystem: Any) -> tuple[bool, bool]:
