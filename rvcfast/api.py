@@ -314,8 +314,8 @@ class Converter:
         ``progress(result, done, total)`` is called per finished file.
         ``audio_progress(index, seconds)`` follows the work inside files: after each model batch, for
         each input it worked on, ``seconds`` of that input's audio are through the models (``index``
-        is its Result's ``index``; F0 comes first, so a long file's count starts once its pitch is
-        tracked). It is called from the compute threads; :meth:`BatchProgress.advance
+        is its Result's ``index``); a long input's F0 blocks (RMVPE, over about 80 s) count as the
+        first fifth of its seconds, reported after each block; otherwise F0 comes first. It is called from the compute threads; :meth:`BatchProgress.advance
         <rvcfast.progress.BatchProgress.advance>` takes it. Conversion settings are ``params``
         and/or keyword overrides, as for :meth:`convert`.
 

@@ -81,7 +81,9 @@ __all__ = ["BatchOptions", "Job", "expand_inputs", "run_batch", "AUDIO_EXTENSION
 
 ProgressCallback = Callable[[Result, int, int], None]
 #: ``audio_progress(index, seconds)``: input number ``index`` (its Result's ``index``) has
-#: ``seconds`` of its audio through the models so far (called from the compute threads).
+#: ``seconds`` of its audio through the models so far (called from the compute threads):
+#: ``Engine.run``'s ``on_progress`` fraction times the input's seconds, so a long input's F0
+#: blocks (RMVPE) count as the first fifth of its audio (see :mod:`rvcfast.engine_progress`).
 AudioProgressCallback = Callable[[int, float], None]
 
 
@@ -418,7 +420,8 @@ class _BatchRun:
         return _Computed(preps, results, tracks is not None, f0_wait, time.perf_counter() - t0)
 
     def _on_progress(self, numbers: list[int], preps: list[PreparedAudio]) -> Callable[[int, float], None] | None:
-        """The engine's ``on_progress`` for one group: each input's fraction as seconds of its audio."""
+        """The engine's ``on_progress`` for one group: each input's fraction as seconds of its audio
+        (F0 blocks included: :data:`~rvcfast.engine_progress.F0_PROGRESS_SHARE` of a long input's)."""
         report = self.audio_progress
         if report is None:
             return None

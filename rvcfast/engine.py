@@ -29,7 +29,7 @@ import copy
 import functools
 import os
 import time
-from collections.abc import Callable, Generator, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,6 +39,7 @@ import torch
 
 from .audio import AudioInput
 from .constants import F0_HOP, SR_16K
+from .engine_progress import RunProgress, stream_f0
 from .errors import AudioError, Cancelled, ModelLoadError, ParameterError, RvcfastError
 from .packing import pack
 from .params import ConversionParams, check_one_model_call
@@ -344,8 +345,13 @@ class Engine:
         ``on_progress(k, fraction)``, when given, is called after each model batch for every
         input it worked on: ``k`` is the input's position in ``preps``, ``fraction`` (0..1) the
         share of its segments (all its channels) through the content encoder, the index and the
-        synthesizer. F0 comes before the first call, so a long input's fraction starts
-        moving once its pitch is tracked; an input that fails gets no further calls.
+        synthesizer. An input whose F0 the engine tracks block by block (an extractor with
+        ``extract_blocks``, such as RMVPE, and an input of several blocks: over 82 s) is also
+        reported after each block: its F0 is the first
+        :data:`~rvcfast.engine_progress.F0_PROGRESS_SHARE` (0.2) of its fraction, the model
+        batches the rest. Otherwise F0 comes before the first call. The fraction never goes
+        down and reaches 1.0 exactly once, after the input's last model batch; an input that
+        fails gets no further calls.
         """
         asked: list[ConversionParams | Mapping[str, Any]] = (
             [params] * len(preps) if isinstance(params, (ConversionParams, Mapping)) else list(params)
@@ -369,9 +375,10 @@ class Engine:
         if f0 is not None:
             f0 = _channel_tracks(items, f0)
         _check_cancel(cancel)
-        self._pitch(every, f0, raise_errors)
+        progress = RunProgress(every, on_progress) if on_progress is not None else None
+        self._pitch(every, f0, raise_errors, progress, cancel)
         budget = int((batch_seconds if batch_seconds is not None else self.batch_seconds) * SR_16K)
-        self._synthesize_all(every, raise_errors, budget, cancel, on_progress)
+        self._synthesize_all(every, raise_errors, budget, cancel, progress)
         _check_cancel(cancel)
         return [self._assemble(item, raise_errors) for item in items]
 
@@ -401,6 +408,7 @@ class Engine:
         raw: bool = False,
         timings: dict[str, float] | None = None,
         pauses: bool = False,
+        on_progress: Callable[[int, float], None] | None = None,
     ) -> Iterator[np.ndarray | None]:
         """One input's output piece by piece, in order, each as soon as its segment is synthesised.
 
@@ -419,7 +427,8 @@ class Engine:
         ``pauses=True`` (for schedulers) also yields ``None`` between the blocks of a long
         input's F0 track when the extractor computes it block by block (RMVPE: one per
         41 s chunk of an input over 82 s), so that no ``next()`` runs the F0 network over
-        the whole input; the audio pieces are the same.
+        the whole input; the audio pieces are the same. ``on_progress(0, fraction)`` is
+        :meth:`run`'s, called before each piece is yielded (and after each F0 block of a long input).
 
         ``loudness`` needs the whole output: it is refused (:class:`ParameterError`) unless ``raw``;
         so is an input prepared channel by channel (``channels="each"``), raw or not.
@@ -438,15 +447,17 @@ class Engine:
                 f"{prep.label or 'input'}: loudness={item.params.loudness!r} needs the whole output, "
                 "so streamed output cannot have it: convert the whole input instead"
             )
-        if f0 is None and pauses:
+        share = 0.0  # the F0 blocks' share of on_progress's fraction
+        if f0 is None and (pauses or on_progress is not None):
             t0 = time.perf_counter()
-            f0 = yield from self._f0_in_blocks(item)
+            f0, share = yield from stream_f0(self.f0_extractor_for(item.params), prep.padded, pauses, on_progress)
             item.timings["f0"] = time.perf_counter() - t0
         self._pitch([item], None if f0 is None else [f0], True)
         q = item.params
         timer = Timer(self.device)
         segs = segment_inputs(prep, item.coarse, item.pitchf, q.seed)
-        if not any(self._output_lengths(segs, q)):
+        lengths = self._output_lengths(segs, q)
+        if not any(lengths):
             raise _too_short(prep, q)
         finisher = StreamFinisher(prep, self.sample_rate, q)
         given: dict[str, float] = {}  # the seconds already added to ``timings``: each piece adds what came since
@@ -465,23 +476,12 @@ class Engine:
                 if timings is not None:
                     timings[stage] = timings.get(stage, 0.0) + seconds - given.get(stage, 0.0)
                     given[stage] = seconds
+            if on_progress is not None:
+                last = k == len(segs) - 1
+                on_progress(0, 1.0 if last else share + (1.0 - share) * sum(lengths[: k + 1]) / sum(lengths))
             yield out
 
     # ------------------------------------------------------------------ internals
-
-    def _f0_in_blocks(self, item: _Item) -> Generator[None, None, np.ndarray | None]:
-        """The raw F0 track of one input, a ``None`` yielded between its blocks; ``None`` when
-        the extractor has no blocks (:meth:`_pitch` then runs it whole)."""
-        ext = self.f0_extractor_for(item.params)
-        blocks = getattr(ext, "extract_blocks", None)
-        if ext is None or blocks is None:
-            return None
-        parts: list[np.ndarray] = []
-        for k, step in enumerate(blocks(item.prep.padded)):
-            if k:
-                yield None
-            parts.append(np.asarray(step()))
-        return parts[0] if len(parts) == 1 else np.concatenate(parts)
 
     def _fail(self, item: _Item, exc: BaseException, what: str, raise_errors: bool) -> None:
         if raise_errors:
@@ -490,7 +490,10 @@ class Engine:
             item.error = _Failure(_describe(item.prep.label, what, exc))
             item.error.__cause__ = exc  # kept for the Result's ``exception`` (its traceback)
 
-    def _pitch(self, items: list[_Item], f0: Sequence[F0Track] | None, raise_errors: bool) -> None:
+    def _pitch(
+        self, items: list[_Item], f0: Sequence[F0Track] | None, raise_errors: bool,
+        progress: RunProgress | None = None, cancel: CancelFlag | None = None,
+    ) -> None:
         if not self.vocoder.has_f0:
             return
         tracks: list[Any] = list(f0) if f0 is not None else [_COMPUTE] * len(items)
@@ -501,12 +504,20 @@ class Engine:
             for i in todo:
                 by_setting.setdefault(int(items[i].params.filter_radius), []).append(i)
             for members in by_setting.values():
+                # with on_progress, an input of several F0 blocks is tracked block by block (below)
+                if progress is not None:
+                    members = progress.split(self.f0_extractor_for(items[members[0]].params), members)
+                if not members:
+                    continue
                 t0 = time.perf_counter()
                 found = self.extract_f0([items[i].prep for i in members], items[members[0]].params)
                 weights = [items[i].prep.padded.shape[0] for i in members]
                 spread({"f0": time.perf_counter() - t0}, weights, [items[i].timings for i in members])
                 for i, track in zip(members, found):
                     tracks[i] = track
+            if progress is not None:
+                for i in progress.stepped():
+                    tracks[i] = progress.track(i, getattr(self.f0_extractor, "name", "?"), lambda: _check_cancel(cancel))
         what = "F0 extraction failed"
         if f0 is None and self.f0_extractor is not None:
             what += f" (backend {getattr(self.f0_extractor, 'name', type(self.f0_extractor).__name__)!r})"
@@ -540,7 +551,7 @@ class Engine:
 
     def _synthesize_all(
         self, items: list[_Item], raise_errors: bool, budget: int, cancel: CancelFlag | None,
-        on_progress: Callable[[int, float], None] | None,
+        progress: RunProgress | None,
     ) -> None:
         calls: dict[tuple[Any, ...], list[tuple[int, int, SegmentInput]]] = {}
         for i, item in enumerate(items):
@@ -566,8 +577,8 @@ class Engine:
                     _check_cancel(cancel)
                     self._synthesize_bucket(items, bucket, raise_errors)
                     release_memory()
-                    if on_progress is not None:
-                        _report_progress(items, {items[e[0]].owner for e in bucket}, on_progress)
+                    if progress is not None:
+                        progress.report({items[e[0]].owner for e in bucket})
 
     def _synthesize_bucket(self, items: list[_Item], bucket: list[tuple[int, int, SegmentInput]], raise_errors: bool) -> None:
         timer = Timer(self.device)
@@ -765,17 +776,6 @@ def _too_short(prep: PreparedAudio, params: ConversionParams) -> AudioError:
     """The error of an input too short to give one output frame."""
     need = "10 ms with keep_length" if params.keep_length else "25 ms (10 ms with keep_length=True)"
     return AudioError(prep.label, f"audio is too short to convert: {1000 * prep.seconds:.1f} ms gives no output; at least {need} is needed")
-
-
-def _report_progress(items: list[_Item], owners: set[int], on_progress: Callable[[int, float], None]) -> None:
-    """``on_progress(k, fraction)`` for each input ``k`` in ``owners`` that has not failed
-    (``items``: :meth:`Engine.run`'s inputs first, in order, then their further channels)."""
-    for k in sorted(owners):
-        group = [items[k], *items[k].channels]
-        if any(g.error is not None or g.buffer is None for g in group):
-            continue
-        total = sum(g.buffer.shape[0] for g in group if g.buffer is not None)
-        on_progress(k, min(1.0, sum(g.synthesized for g in group) / total) if total else 1.0)
 
 
 def _check_cancel(cancel: CancelFlag | None) -> None:

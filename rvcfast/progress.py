@@ -238,8 +238,9 @@ class BatchProgress:
 
     def advance(self, index: int, seconds: float) -> None:
         """Input ``index`` (its Result's ``index``), not finished yet, has ``seconds`` of its
-        audio through the models so far: the batch's ``audio_progress`` callback. The
-        bar, the rate and the ETA count it until :meth:`update` counts the whole file.
+        audio through the models so far: the batch's ``audio_progress`` callback (a long
+        input's F0 blocks count as the first fifth of its seconds: :mod:`rvcfast.engine_progress`).
+        The bar, the rate and the ETA count it until :meth:`update` counts the whole file.
 
         On a terminal the status line is redrawn; otherwise a line saying how far the files
         in progress are is printed every ``plain_interval`` seconds.

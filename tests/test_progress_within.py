@@ -18,6 +18,7 @@ from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixt
 
 import rvcfast
 from rvcfast.cli import main
+from rvcfast.engine_progress import F0_PROGRESS_SHARE
 from rvcfast.progress import BatchProgress
 
 LONG_SECONDS = 100.0  # three segments of RVC's plan (one is at most ~41 s)
@@ -43,17 +44,19 @@ def test_run_reports_each_segment_of_a_long_input(tiny_converter: rvcfast.Conver
     engine = tiny_converter.engine
     prep = engine.prepare(long_input, 16000)
     assert len(prep.segments) >= 3, "the test needs an input of several segments"
+    blocks = len(engine.f0_extractor.extract_blocks(prep.padded))  # RMVPE: 41 s F0 blocks over 82 s
+    assert blocks > 1, "the test needs an input of several F0 blocks"
     calls, record = _recorder()
     result = engine.run([prep], engine.params(), batch_seconds=0, on_progress=record)[0]
     assert result.error is None
-    # batch_seconds=0: one model batch per segment, one call after each
-    assert [k for k, _ in calls] == [0] * len(prep.segments)
+    # one call after each F0 block, then (batch_seconds=0: one model batch per segment) after each batch
+    assert [k for k, _ in calls] == [0] * (blocks + len(prep.segments))
     fractions = [f for _, f in calls]
     assert all(0 < a < b for a, b in zip(fractions, fractions[1:]))
-    assert fractions[-1] == 1.0
+    assert fractions[blocks - 1] == pytest.approx(F0_PROGRESS_SHARE) and fractions[-1] == 1.0
     # each step is that segment's share of the output: about its share of the input's time
-    bounds = [0.0] + [float(s) for s in fractions]
-    shares = np.diff(bounds)
+    bounds = [float(s) for s in fractions[blocks - 1 :]]
+    shares = np.diff(bounds) / (1.0 - F0_PROGRESS_SHARE)
     assert shares.sum() == pytest.approx(1.0)
     assert all(0.05 < s < 0.6 for s in shares)
 

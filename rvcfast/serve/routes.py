@@ -401,6 +401,17 @@ async def _to_the_end(state: ServerState, fn: Callable[..., T], *args: Any, **kw
         raise
 
 
+def _job_progress(job: Job, channel: int, channels: int) -> Callable[[int, float], None]:
+    """``Engine.stream``'s ``on_progress`` for channel ``channel`` of ``channels``: sets ``job.progress``
+    (0 to 0.95 over the conversion, F0 blocks of a long input included; finishing and writing the
+    file are the rest). It only moves forward."""
+
+    def moved(_k: int, fraction: float) -> None:
+        job.progress = max(job.progress, 0.95 * (channel + min(max(fraction, 0.0), 1.0)) / max(1, channels))
+
+    return moved
+
+
 async def _run_job(state: ServerState, job: Job, engine: Engine, params: ConversionParams, source: Path) -> None:
     """Decode, convert segment by segment into ``<id>.raw``, finish, write ``<id>.<format>``."""
     from ..pipeline import finish
@@ -418,15 +429,15 @@ async def _run_job(state: ServerState, job: Job, engine: Engine, params: Convers
         job.started, job.state = time.time(), "running"
         job.input_seconds, job.segments = prep.seconds, len(prep.segments)
         job.warnings = [w.replace(str(source), job.input_name) for w in prep.warnings]
-        done = 0
         # channels="each": the channels one after the other, each segment by segment
         channels = [dataclasses.replace(c, more_channels=()) for c in (prep, *prep.more_channels)]
         with open(raw_path, "wb") as raw:
-            for channel in channels:
-                async for piece in state.steps(engine.stream(channel, params, raw=True, timings=job.timings, pauses=True)):
+            for c, channel in enumerate(channels):
+                moved = _job_progress(job, c, len(channels))
+                async for piece in state.steps(
+                    engine.stream(channel, params, raw=True, timings=job.timings, pauses=True, on_progress=moved)
+                ):
                     raw.write(np.ascontiguousarray(piece, dtype=np.float32).tobytes())
-                    done += 1
-                    job.progress = 0.95 * done / max(1, job.segments * len(channels))
         del channels
         t0 = time.perf_counter()
         audio: np.ndarray = np.memmap(raw_path, dtype=np.float32, mode="r+") if raw_path.stat().st_size else np.zeros(0, np.float32)
