@@ -616,15 +616,8 @@ def write_audio_atomic(
 
 
 def encode_output(
-    file: BinaryIO,
-    audio: np.ndarray,
-    sample_rate: int,
-    *,
-    format: str,
-    subtype: str | None = None,
-    bitrate: int | None = None,
-    recorded: str | None = None,
-    label: str | os.PathLike[str] = "output",
+    file: BinaryIO, audio: np.ndarray, sample_rate: int, *, format: str, subtype: str | None = None,
+    bitrate: int | None = None, recorded: str | None = None, label: str | os.PathLike[str] = "output",
 ) -> None:
     """The bytes :func:`write_audio_atomic` writes, into a seekable binary file object (an
     output bound for object storage): the same checks (raised before anything is written,
