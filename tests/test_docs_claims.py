@@ -289,3 +289,172 @@ def test_the_readme_links_work_where_it_is_read_off_the_repository() -> None:
     assert ours
     missing = [t for t in ours if not (REPO / t[len(home):].split("#")[0]).exists()]
     assert not missing, f"README links to files this repository does not have: {missing}"
+
+
+def test_metrics_row_names_every_metric_and_the_log_lines_are_the_real_ones(tiny_models, tmp_path):
+    """serving.md: the `GET /metrics` row names every metric family the server exposes (and no
+    other), and the server's own log lines it quotes are what the server logs."""
+    import logging
+
+    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("fastapi")
+    from rvcfast.serve import create_app
+
+    text = read("docs/serving.md")
+    row = next(r for r in table_rows(section(text, "## Endpoints")) if r[0] == "`GET /metrics`")
+    documented = set(re.findall(r"`(rvcfast_\w+)`", row[1]))
+    quoted = [q for q in re.findall(r"`((?:voice \w+ )?(?:models )?loaded in [^`]*)`", text)]
+    assert len(quoted) == 2, quoted
+
+    voices = tmp_path / "voices"
+    voices.mkdir()
+    (voices / "alice.pth").write_bytes(tiny_models.voice.read_bytes())
+    logged: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: logged.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("rvcfast.serve")
+    level = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    app = create_app(voices=[voices], encoder=tiny_models.encoder, f0_weights=tiny_models.rmvpe, device="cpu",
+                     threads=1, jobs_dir=tmp_path / "spool")
+
+    async def scrape() -> str:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as client:
+            end = time.monotonic() + 120
+            while (await client.get("/health")).status_code != 200:
+                assert time.monotonic() < end, "the app never became healthy"
+                await asyncio.sleep(0.05)
+            return (await client.get("/metrics")).text
+
+    try:
+        metrics = asyncio.run(scrape())
+    finally:
+        app.state.rvcfast.close()
+        logger.removeHandler(handler)
+        logger.setLevel(level)
+    exposed = set(re.findall(r"^# TYPE (\w+) ", metrics, re.M))
+    assert documented == exposed, f"documented only: {documented - exposed}; not documented: {exposed - documented}"
+    for line in quoted:
+        pattern = re.escape(line).replace(r"1\.2", r"\d+\.\d").replace(r"2\.4", r"\d+\.\d")
+        assert any(re.fullmatch(pattern, m) for m in logged), (line, logged)
+
+
+def test_a_pytorch_file_given_as_an_index_gets_the_quoted_refusal(tiny_models, tmp_path):
+    """reliability.md quotes what loading a voice .pth (or a raw pickle) as an index says."""
+    import pickle
+
+    from rvcfast.index import load_index
+
+    row = next(r for r in table_rows(read("docs/reliability.md")) if r[0].startswith("PyTorch file (a voice `.pth`)"))
+    whole = re.search(r"`<file>: (not a faiss index file: [^`]*)`", row[1]).group(1)
+    pickled = re.search(r"a raw pickle: `(it is [^`]*), \.\.\.`", row[1]).group(1)
+    pth = tmp_path / "voice.index"
+    pth.write_bytes(tiny_models.voice.read_bytes())
+    raw = tmp_path / "raw.index"
+    raw.write_bytes(pickle.dumps({"weight": {}}))
+    with pytest.raises(rvcfast.ModelLoadError) as info:
+        load_index(pth)
+    assert str(info.value) == f"{pth}: {whole}"
+    with pytest.raises(rvcfast.ModelLoadError) as info:
+        load_index(raw)
+    assert str(info.value).startswith(f"{raw}: not a faiss index file: {pickled}")
+
+
+def test_rvcfast_f0_checks_the_track_as_the_plugin_page_says(monkeypatch, tmp_path):
+    """plugins.md: `rvcfast f0` fails an input whose track holds NaN (no file written), as a conversion does."""
+    import rvcfast.f0.registry as registry
+
+    text = read("docs/plugins.md")
+    assert "look for `nan` or negative" not in text
+    assert "Both check the track as described above" in text
+
+    class NaNTrack:
+        name, sample_rate, hop_length = "nan-track", 16000, 160
+
+        def extract(self, audio16k):
+            f0 = np.full(len(audio16k) // 160 + 1, 200.0)
+            f0[3] = np.nan
+            return f0
+
+        def extract_batch(self, audios):
+            return [self.extract(a) for a in audios]
+
+    monkeypatch.setattr(registry, "build_f0_extractor", lambda *a, **k: NaNTrack())
+    wav = tmp_path / "in.wav"
+    sf.write(wav, 0.1 * np.sin(2 * np.pi * 220 * np.arange(8000) / 16000), 16000)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["f0", str(wav), "-o", str(tmp_path / "f0"), "-m", "dio"]) == 1
+    assert "NaN, infinite or negative F0 values" in err.getvalue()
+    assert not list((tmp_path / "f0").glob("*"))
+
+
+def test_export_onnx_output_name_refusal_is_as_quoted(tiny_models, tmp_path, monkeypatch):
+    """onnx.md: on the command line a file name for -o must end in .onnx (usage error, status 2)."""
+    quoted = re.search(r"usage error, status 2: `([^`]+)`", read("docs/onnx.md")).group(1)
+    name = re.fullmatch(r"output (\S+) does not end in \.onnx", quoted).group(1)
+    monkeypatch.chdir(tmp_path)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err):
+        assert main(["export-onnx", str(tiny_models.voice), "-o", name]) == 2
+    assert quoted in err.getvalue()
+    assert not (tmp_path / name).exists()
+
+
+def test_differences_lists_every_core_runtime_dependency():
+    """differences.md's "Runtime dependencies" row names every package a plain install brings."""
+    if sys.version_info < (3, 11):
+        pytest.skip("tomllib needs Python 3.11")
+    import tomllib
+
+    row = next(r for r in table_rows(read("docs/differences.md")) if r[0] == "Runtime dependencies")
+    deps = [re.match(r"[\w.-]+", d).group(0) for d in tomllib.loads(read("pyproject.toml"))["project"]["dependencies"]]
+    named = {"pyworld-prebuilt": "pyworld"}  # the distribution's module
+    missing = [d for d in deps if d != "typing-extensions" and not re.search(rf"\b{named.get(d, d)}\b", row[-1])]
+    assert not missing, f"differences.md's runtime dependencies leave out {missing}"
+
+
+_MUTATING_CALLS = {"setdefault", "pop", "popitem", "clear", "update", "append", "add", "remove", "discard", "extend", "insert"}
+_CONTAINER_CALLS = {"dict", "list", "set", "OrderedDict", "defaultdict", "deque", "WeakValueDictionary", "WeakKeyDictionary"}
+
+
+def _module_containers(tree: ast.Module) -> set[str]:
+    """Names bound at module level to a new mutable container."""
+    names = set()
+    for node in tree.body:
+        targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
+        value = getattr(node, "value", None)
+        call = value.func if isinstance(value, ast.Call) else None
+        called = getattr(call, "id", None) or getattr(call, "attr", None)
+        if isinstance(value, (ast.Dict, ast.List, ast.Set)) or called in _CONTAINER_CALLS:
+            names |= {t.id for t in targets if isinstance(t, ast.Name)}
+    return names
+
+
+def _mutated_module_state(tree: ast.Module) -> set[str]:
+    """Module-level containers the module changes (item assignment, a mutating call), and `global` names."""
+    names = _module_containers(tree)
+    found = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Global):
+            found |= set(node.names)
+        targets = getattr(node, "targets", None) or ([node.target] if isinstance(node, ast.AugAssign) else [])
+        found |= {t.value.id for t in targets if isinstance(t, ast.Subscript) and isinstance(t.value, ast.Name)} & names
+        func = node.func if isinstance(node, ast.Call) else None
+        if isinstance(func, ast.Attribute) and func.attr in _MUTATING_CALLS and isinstance(func.value, ast.Name):
+            found |= {func.value.id} & names
+    return found
+
+
+def test_module_level_mutable_state_is_only_where_architecture_says():
+    bullet = re.search(r"\* \*\*Module-level mutable state\*\*(.*?)(?:\n\*|\Z)", read("docs/architecture.md"), re.S).group(1)
+    documented = set(re.findall(r"`([\w/]+\.py)`", bullet))
+    package = REPO / "rvcfast"
+    found = {
+        path.relative_to(package).as_posix()
+        for path in sorted(package.rglob("*.py"))
+        if _mutated_module_state(ast.parse(path.read_text(encoding="utf-8")))
+    }
+    assert found == documented, f"state not documented: {found - documented}; documented, not found: {documented - found}"
