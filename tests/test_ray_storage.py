@@ -261,3 +261,23 @@ def test_resuming_reads_an_rvcfast_output_at_its_two_ends_not_whole(store: Store
     assert _storage._look_at(theirs, None) == (True, None)
     assert _storage._look_at(cut, None) == (False, None)
     assert _storage._look_at(f"s3://{BUCKET}/ends/out/none.{fmt}", None) == (False, None)
+
+
+def test_a_key_with_a_hash_or_a_question_mark_is_an_input_like_any_other(store: Store) -> None:
+    """"take #2.wav" in a listed prefix was refused as "options in a URI are not taken"."""
+    from rvcfast.integrations.ray import _storage
+
+    buf = io.BytesIO()
+    sf.write(buf, tone(0.5), 16000, format="WAV")
+    for name in ("take #2.wav", "why?.wav", "plain.wav"):
+        store.put(f"odd/in/{name}", buf.getvalue())
+    listed = _storage.list_inputs(f"s3://{BUCKET}/odd/in/", f"s3://{BUCKET}/odd/out/", "wav", False, False, None)
+    assert sorted(u.rsplit("/", 1)[1] for u in listed) == ["plain.wav", "take #2.wav", "why?.wav"]
+    for uri in listed:
+        prep = _storage.prepare(uri, None, None)
+        assert prep.label == uri and prep.seconds == pytest.approx(0.5, abs=0.01)
+    # options written into a URI are still refused, saying what to do instead
+    with pytest.raises(Exception, match="filesystem="):
+        _storage.canonical(f"s3://{BUCKET}/odd/in/?region=eu-west-1")
+    with pytest.raises(Exception, match="filesystem="):
+        _storage.canonical(f"s3://{BUCKET}?endpoint_override=http://x")

@@ -55,6 +55,8 @@ __all__ = [
 ]
 
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
+#: What pyarrow would read as options of a URI (``?region=...``), not as a part of its key.
+_OPTIONS = re.compile(r"\?[A-Za-z_]+=")
 
 #: Outputs fetched at once on the driver to read the input they record (resuming a job).
 _FETCH_THREADS = 8
@@ -79,10 +81,10 @@ def local_path(value: Any) -> Any:
 
 def _split(uri: str) -> tuple[str, str, str]:
     """``scheme://netloc/rest`` → ``(scheme, netloc, "/rest")`` (``rest`` normalised, keys taken as written)."""
-    if "?" in uri or "#" in uri:
-        raise ParameterError(f"{uri}: options in a URI ('?...') are not taken: pass filesystem= (a pyarrow FileSystem)")
     scheme, remainder = uri.split("://", 1)
     netloc, _, rest = remainder.partition("/")
+    if _OPTIONS.search(netloc) or _OPTIONS.search(rest):  # '#' and '?' are allowed in keys ("take #2.wav")
+        raise ParameterError(f"{uri}: options in a URI ('?name=value') are not taken: pass filesystem= (a pyarrow FileSystem)")
     if not netloc:
         raise ParameterError(f"{uri}: no bucket (or host) in the URI: expected {scheme}://BUCKET/KEY")
     rest = posixpath.normpath("/" + rest) if rest else "/"
