@@ -42,7 +42,7 @@ from .middleware import (
     request_id,
     with_request_id,
 )
-from .scheduler import QueueFull
+from .scheduler import QueueFull, ShuttingDown, call_contained
 from .state import NotReady, ServerState
 from .voices import UnknownVoice, onnx_external_data, save_upload, upload_name_problem
 
@@ -218,6 +218,7 @@ def _error_handlers(app: Any) -> None:
         QueueFull: lambda r, e: error_response(503, str(e), {"Retry-After": str(e.retry_after)}),
         JobStoreFull: lambda r, e: error_response(503, str(e), {"Retry-After": "60"}),
         NotReady: lambda r, e: error_response(503, str(e), {"Retry-After": "5"}),
+        ShuttingDown: lambda r, e: error_response(503, str(e), {"Retry-After": "10"}),
     }
     for exc_type, handler in handlers.items():
         app.add_exception_handler(exc_type, _async(handler))
@@ -304,16 +305,17 @@ def _service_routes(app: Any, state: ServerState) -> None:
                         "name", f"voice {twin!r} exists already; {name!r} differs from it only in case, which is one "
                         "file on case-insensitive file systems (macOS, Windows): choose another name"
                     )
-                if name in state.registry.ids() and not replace:
-                    raise FieldError("name", f"voice {name!r} exists already (send replace=true to replace it)")
+                # a server's own voice first: "send replace=true" would only lead to this refusal
                 if name in state.registry.ids() and state.registry.get(name).model.parent != models_dir.resolve():
                     # its <name>.pth in --models-dir would be a second voice of that name at the next start
                     raise FieldError(
                         "name", f"voice {name!r} is one of the server's own voices, not an uploaded one: "
                         "uploads replace only uploaded voices; choose another name"
                     )
+                if name in state.registry.ids() and not replace:
+                    raise FieldError("name", f"voice {name!r} exists already (send replace=true to replace it)")
                 voice = await asyncio.get_running_loop().run_in_executor(
-                    state.loader, lambda: save_upload(models_dir, name, model_tmp, index, _check_voice_files)
+                    state.loader, lambda: call_contained(save_upload, models_dir, name, model_tmp, index, _check_voice_files)
                 )
                 state.registry.add(voice, replace=replace)
         except (ModelLoadError, AudioError) as exc:

@@ -57,6 +57,7 @@ from fastapi import WebSocket, WebSocketDisconnect
 from ..errors import BackendUnavailableError, ModelLoadError, ParameterError, RvcfastError
 from .forms import FieldError, parse_fields
 from .middleware import request_id
+from .scheduler import call_contained
 from .state import NotReady
 from .voices import UnknownVoice
 
@@ -319,10 +320,10 @@ async def _serve_stream(state: ServerState, ws: WebSocket, rt: RealtimeConverter
                     await _refuse(ws, *inbox.problem)
                 return
             if kind == "audio":
-                y = await loop.run_in_executor(state.live_pool, rt.push, x)
+                y = await loop.run_in_executor(state.live_pool, call_contained, rt.push, x)
                 inbox.ahead -= x.shape[0]
             else:
-                y = await loop.run_in_executor(state.live_pool, rt.flush)
+                y = await loop.run_in_executor(state.live_pool, call_contained, rt.flush)
             await ws.send_bytes(_encode(y, wire))
             state.metrics.inc("rvcfast_live_seconds_total", value=y.shape[0] / rt.sample_rate)
     finally:

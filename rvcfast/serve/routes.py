@@ -41,6 +41,7 @@ from .forms import ConvertOptions, FieldError, check_values, form_schema, parse_
 from .intake import CLIENT_CLOSED, Intake, read_request
 from .jobs import ACTIVE, JOB_ID, Job
 from .middleware import current_request, request_id
+from .scheduler import ShuttingDown, call_contained
 from .state import ServerState
 
 if TYPE_CHECKING:
@@ -236,6 +237,8 @@ async def _convert_whole(
     try:
         async for piece in state.steps(work.engine.stream(work.prep, work.params, f0=work.f0, raw=True, timings=timings, pauses=True)):
             pieces.append(piece)
+    except ShuttingDown:  # refused at shutdown: a 503, as for a one-shot conversion
+        raise
     except Exception as exc:  # noqa: BLE001 - reported as this request's failure
         _log_failure("conversion", work.name, work.options.voice, exc)
         return *failed, timings, f"{type(exc).__name__}: {exc}", notes
@@ -389,7 +392,7 @@ async def _to_the_end(state: ServerState, fn: Callable[..., T], *args: Any, **kw
     A job cancelled while its result is written must not see the file appear after it
     has cleaned up: its cleanup runs only once no thread works for it any more.
     """
-    fut = asyncio.get_running_loop().run_in_executor(state.pool, lambda: fn(*args, **kwargs))
+    fut = asyncio.get_running_loop().run_in_executor(state.pool, lambda: call_contained(fn, *args, **kwargs))
     try:
         return await asyncio.shield(fut)
     except asyncio.CancelledError:
@@ -513,7 +516,11 @@ async def _create_job(state: ServerState, request: Any) -> Any:
         job = state.jobs.create(options.voice, intake.name, options.format, options.subtype, options.bitrate)
         assert intake.path is not None
         source = state.jobs.path(job, ".in" + intake.path.suffix)
-        intake.path.replace(source)
+        try:
+            intake.path.replace(source)
+        except OSError:  # the spool's disk: no job left "queued" for ever
+            state.jobs.remove(job)
+            raise
         intake.path = None
     finally:
         intake.cleanup()

@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..constants import SR_16K
-from ..errors import Cancelled
+from ..errors import Cancelled, RvcfastError
 
 if TYPE_CHECKING:
     from ..engine import Engine
@@ -47,7 +47,9 @@ if TYPE_CHECKING:
 
 _log = logging.getLogger("rvcfast.serve")
 
-__all__ = ["Scheduler", "StepTask", "Admission", "QueueFull", "END", "CPU_GROUP_SECONDS"]
+__all__ = [
+    "Scheduler", "StepTask", "Admission", "QueueFull", "ShuttingDown", "END", "CPU_GROUP_SECONDS", "contained", "call_contained",
+]
 
 #: Requests gathered per engine call on a CPU (seconds of padded 16 kHz audio): none.
 #: Measured on 2 cores (``benchmarks/serve_load.py --engine-batching``, figures in
@@ -59,6 +61,40 @@ CPU_GROUP_SECONDS = 0.0
 
 #: Marks the end of a step task's output.
 END = object()
+
+
+class ShuttingDown(RuntimeError):
+    """Work offered to a scheduler that is stopping (the server is shutting down: answered 503)."""
+
+
+def contained(exc: BaseException, what: str = "the conversion") -> Exception:
+    """``exc`` as an :class:`Exception`, which the server's handlers take for one request's failure.
+
+    A plugin's ``sys.exit()``, a ``KeyboardInterrupt`` raised by hand (a thread other than the
+    main one never gets a real one) or any other :class:`BaseException` would otherwise end the
+    model worker thread (every later request waiting for ever), or, raised where the event loop
+    awaits a pool's result, stop the event loop: the whole server.
+    """
+    if isinstance(exc, Exception):
+        return exc
+    if isinstance(exc, SystemExit):
+        text = f"{what} called sys.exit({exc.code!r})"
+    else:
+        text = f"{what} raised {type(exc).__name__}" + (f": {exc}" if str(exc) else "")
+    out = RvcfastError(text)
+    out.__cause__ = exc
+    return out
+
+
+def call_contained(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """``fn(*args, **kwargs)``, raising what is not an :class:`Exception` as one (:func:`contained`):
+    what the server's thread pools run, since their results are awaited in the event loop."""
+    try:
+        return fn(*args, **kwargs)
+    except Exception:
+        raise
+    except BaseException as exc:  # noqa: BLE001 - a SystemExit must not reach the event loop
+        raise contained(exc) from exc
 
 
 class QueueFull(Exception):
@@ -169,8 +205,8 @@ class Scheduler:
         """Queue a one-shot conversion; the future gets its :class:`~rvcfast.result.Result` (``timings["queue"]`` included)."""
         task = _Convert(engine, prep, params, f0, cf.Future())
         with self._cv:
+            self._put(task)  # refused (ShuttingDown) before it is kept
             self._converts[task.future] = task
-        self._put(task)
         return task.future
 
     def give_up(self, future: cf.Future[Result]) -> None:
@@ -220,7 +256,7 @@ class Scheduler:
     def _put(self, task: _Convert | StepTask) -> None:
         with self._cv:
             if self._stopping:
-                raise RuntimeError("the server is shutting down")
+                raise ShuttingDown("the server is shutting down: no more work is taken; retry on another server or once it is back")
             self._queue.append(task)
             self._cv.notify()
 
@@ -258,13 +294,13 @@ class Scheduler:
                     self._step(task)
                 else:
                     self._run(group)
-            except Exception:  # noqa: BLE001 - the worker must outlive any one request
+            except BaseException:  # noqa: BLE001 - the worker must outlive any one request (a plugin's sys.exit() too)
                 _log.exception("model worker: unexpected error")
         stopped = RuntimeError("the server is shutting down: this conversion was stopped before it finished")
         for t in ended:  # their receivers would otherwise wait for ever
             try:
                 t.sink(stopped)
-            except Exception:  # noqa: BLE001 - a receiver that is gone already
+            except BaseException:  # noqa: BLE001 - a receiver that is gone already
                 pass
             _close(t.iterator)
 
@@ -293,6 +329,12 @@ class Scheduler:
             with self._cv:
                 for t in group:
                     self._converts.pop(t.future, None)
+            for t in group:  # whatever went wrong, no caller waits for ever
+                if not t.future.done():
+                    try:
+                        t.future.set_exception(RvcfastError("the model worker failed before this conversion ended"))
+                    except cf.InvalidStateError:  # cancelled meanwhile
+                        pass
 
     def _run_live(self, group: list[_Convert]) -> None:
         started = time.perf_counter()
@@ -306,13 +348,14 @@ class Scheduler:
             self.metrics.observe("rvcfast_batch_requests", len(live))
         try:
             results = engine.run([t.prep for t in live], [t.params for t in live], f0=f0, cancel=_AllGone(live))
+            _check_count(results, len(live))
         except Cancelled as exc:  # every caller of this call left: nobody waits for the results
             for t in live:
                 t.future.set_exception(exc)
             return
-        except Exception as exc:  # noqa: BLE001 - isolate: retry each request alone
+        except BaseException as exc:  # noqa: BLE001 - isolate: retry each request alone (a plugin's sys.exit() too)
             if len(live) == 1:
-                live[0].future.set_exception(exc)
+                live[0].future.set_exception(contained(exc))
                 return
             self._run_alone(engine, live, f0 is not None, started)
             return
@@ -330,12 +373,14 @@ class Scheduler:
         for t in live:
             try:
                 _check_gone(t)
-                res = engine.run([t.prep], t.params, f0=[t.f0] if given_f0 else None, cancel=t.gone)[0]
+                results = engine.run([t.prep], t.params, f0=[t.f0] if given_f0 else None, cancel=t.gone)
+                _check_count(results, 1)
+                res = results[0]
             except Cancelled as exc:
                 t.future.set_exception(exc)
                 continue
-            except Exception as exc1:  # noqa: BLE001 - this request's own failure
-                res = _failed(engine, t, exc1)
+            except BaseException as exc1:  # noqa: BLE001 - this request's own failure
+                res = _failed(engine, t, contained(exc1))
             res.timings["queue"] = started - t.queued_at
             t.future.set_result(res)
 
@@ -350,8 +395,8 @@ class Scheduler:
         except StopIteration:
             _send(task, END)
             return
-        except Exception as exc:  # noqa: BLE001 - reported to that task only
-            _send(task, exc)
+        except BaseException as exc:  # noqa: BLE001 - reported to that task only, as an Exception its receiver may raise
+            _send(task, contained(exc))
             return
         if item is None:  # a pause (Engine.stream(pauses=True) between F0 blocks): nothing to send
             with self._cv:
@@ -367,6 +412,11 @@ class Scheduler:
             else:
                 task.parked = True
                 self._parked[id(task)] = task
+
+
+def _check_count(results: Any, n: int) -> None:
+    if len(results) != n:  # a broken engine: every request must still get an answer
+        raise RvcfastError(f"the engine returned {len(results)} results for {n} inputs")
 
 
 def _check_gone(task: _Convert) -> None:
@@ -398,8 +448,8 @@ def _close(iterator: Iterator[Any]) -> None:
     if close is not None:
         try:
             close()
-        except Exception:  # noqa: BLE001
-            pass
+        except BaseException:  # noqa: BLE001 - run in the event loop by cancel(): a sys.exit() there would stop the server
+            _log.exception("closing a step task failed")
 
 
 def _failed(engine: Engine, task: _Convert, exc: BaseException) -> Result:

@@ -22,11 +22,11 @@ from collections.abc import AsyncGenerator, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from ..errors import ParameterError, WeightsNotFoundError
+from ..errors import ModelLoadError, ParameterError, WeightsNotFoundError
 from .config import ServeConfig
 from .jobs import JobStore, SpoolLock, make_spool, remove_spool
 from .metrics import Metrics
-from .scheduler import CPU_GROUP_SECONDS, END, Admission, Scheduler
+from .scheduler import CPU_GROUP_SECONDS, END, Admission, Scheduler, call_contained, contained
 from .voices import Voice, VoiceRegistry, discover_voices
 
 if TYPE_CHECKING:
@@ -165,7 +165,8 @@ class ServerState:
                 self.registry.engine(voice_id)
             except NotReady:  # closed during this load
                 return
-            except Exception as exc:  # noqa: BLE001 - reported by /health and /v1/voices
+            except BaseException as exc:  # noqa: BLE001 - reported by /health and /v1/voices (a sys.exit() too)
+                exc = contained(exc, f"loading voice {voice_id!r}")
                 full = f"{type(exc).__name__}: {exc}"  # the operator's log: with the paths
                 text = self._hide_paths(full)  # what clients may see
                 self.registry.get(voice_id).info = {"error": text}
@@ -251,10 +252,15 @@ class ServerState:
             raise NotReady(f"the server is shut down; voice {voice.id!r} is not loaded")
         cfg = self.cfg
         t0 = time.perf_counter()
-        eng = Engine.load(
-            voice.model, index=voice.index, encoder=cfg.encoder, f0=cfg.f0, f0_weights=cfg.f0_weights,
-            f0_options=dict(cfg.f0_options) or None, device=self.device, dtype=self.dtype, allow_download=cfg.allow_download,
-        )
+        try:
+            eng = Engine.load(
+                voice.model, index=voice.index, encoder=cfg.encoder, f0=cfg.f0, f0_weights=cfg.f0_weights,
+                f0_options=dict(cfg.f0_options) or None, device=self.device, dtype=self.dtype, allow_download=cfg.allow_download,
+            )
+        except Exception:
+            raise
+        except BaseException as exc:  # noqa: BLE001 - a plugin's sys.exit(): this voice's failure (kept, answered 500)
+            raise ModelLoadError(voice.model, str(contained(exc, "loading the voice"))) from None
         if self.closed:
             raise NotReady(f"the server is shut down; voice {voice.id!r} is not kept")
         _log.info("voice %s loaded in %.1f s", voice.id, time.perf_counter() - t0)
@@ -293,7 +299,7 @@ class ServerState:
         extractor = self._kept_f0(key)
         if extractor is None:
             try:
-                extractor = await asyncio.get_running_loop().run_in_executor(self.loader, self._f0_extractor, key)
+                extractor = await asyncio.get_running_loop().run_in_executor(self.loader, call_contained, self._f0_extractor, key)
             except (ParameterError, WeightsNotFoundError) as exc:  # a backend refusing its options, or its weights missing: the f0 field
                 from .forms import FieldError
 
@@ -305,7 +311,7 @@ class ServerState:
         with self._loads_lock:
             fut = self._loads.get(voice_id)
             if fut is None:
-                fut = self.loader.submit(self.registry.engine, voice_id)
+                fut = self.loader.submit(call_contained, self.registry.engine, voice_id)
                 self._loads[voice_id] = fut
                 fut.add_done_callback(lambda done: self._load_done(voice_id, done))
             return fut
@@ -371,9 +377,10 @@ class ServerState:
     # ------------------------------------------------------------------ work
 
     async def in_pool(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run ``fn`` in the prepare pool (decoding, encoding, post-processing)."""
+        """Run ``fn`` in the prepare pool (decoding, encoding, post-processing); what it raises that is
+        not an :class:`Exception` (a plugin's ``sys.exit()``) comes as one (it would stop the event loop)."""
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.pool, lambda: fn(*args, **kwargs))
+        return await loop.run_in_executor(self.pool, lambda: call_contained(fn, *args, **kwargs))
 
     async def steps(self, iterator: Iterator[Any], credit: int = 2) -> AsyncGenerator[Any, None]:
         """Drive ``iterator`` on the model worker, one item per turn, and yield its items here."""
