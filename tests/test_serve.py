@@ -338,7 +338,7 @@ def test_model_upload_goes_through_the_safe_loader(client, tiny_models, folders,
     r = client.post("/v1/voices", data={"name": "../../x"}, files={"model": ("m.pth", tiny_models.voice.read_bytes())})
     assert r.status_code == 422 and r.json()["parameter"] == "name"
     r = client.post("/v1/voices", data={"name": "bob"}, files={"model": ("m.pth", tiny_models.voice.read_bytes())})
-    assert r.status_code == 422 and "exists already" in r.json()["error"]
+    assert r.status_code == 422 and "one of the server's own voices" in r.json()["error"]  # not "send replace=true"
     r = client.post("/v1/voices", data={"name": "dave"},
                     files={"model": ("d.pth", tiny_models.voice.read_bytes()), "index": ("d.index", tiny_models.index.read_bytes())})
     assert r.status_code == 201 and r.json()["index"] is True, r.text

@@ -553,12 +553,15 @@ def test_an_upload_cannot_replace_one_of_the_operators_voices(tiny_models, folde
     app = make_app(tiny_models, folders, tmp_path, models_dir=uploads)
 
     async def body(client):
-        def upload(name: str) -> Any:
-            data = {"name": name, "replace": "true"}
+        def upload(name: str, replace: str = "true") -> Any:
+            data = {"name": name, "replace": replace}
             return client.post("/v1/voices", data=data, files={"model": ("m.pth", tiny_models.voice.read_bytes())})
 
         r = await upload("alice")
         assert r.status_code == 422 and "server's own voices" in r.json()["error"], r.text
+        # without replace, the same answer: "send replace=true" would only lead to this refusal
+        r = await upload("alice", replace="false")
+        assert r.status_code == 422 and "server's own voices" in r.json()["error"] and "replace=true" not in r.json()["error"], r.text
         assert not (uploads / "alice.pth").exists()
         assert (await upload("mine")).status_code == 201
         assert (await upload("mine")).status_code == 201  # an uploaded voice is replaced
