@@ -27,7 +27,10 @@ takes care of files:
    (2 of 3 threads would leave one idle: then one worker), each with at least one thread.
 
 Results are reported in input order, except that a file skipped or failed before it
-reached the networks is reported as soon as it is found.
+reached the networks is reported as soon as it is found. An exception the engine raises for
+a group (not a file's own error) is raised in that group's turn: every file before it is
+written and reported first, even when a compute worker behind it failed sooner. An exception
+from the caller's ``progress`` or ``audio_progress`` stops the batch, with a note naming it.
 
 Writes are atomic (temporary file in the output folder, then rename), never
 overwrite an input, and a failing file is reported in its :class:`~rvcfast.api.Result`
@@ -188,6 +191,15 @@ def _stop_error(dec: _Decoded) -> RvcfastError:
     return err
 
 
+def _blame_callback(exc: BaseException, name: str, during: str) -> None:
+    """Add to ``exc``, raised by the caller's ``name`` callback, a note naming the callback (its
+    traceback otherwise showed only the batch's frames above the caller's code): the batch stops
+    with it (Python 3.11+; on 3.10 the exception goes on as it is)."""
+    add_note = getattr(exc, "add_note", None)
+    if add_note is not None:
+        add_note(f"raised by the batch's {name} callback ({during}); the batch was stopped")
+
+
 def _error_text(label: str, exc: BaseException) -> str:
     if isinstance(exc, RvcfastError):
         text = str(exc)
@@ -224,6 +236,11 @@ class _InFlight:
     future: cf.Future[_Computed]
     start: float
     entries: list[tuple[Result, cf.Future[float] | None]] | None = None
+
+
+def _failed(future: cf.Future[Any]) -> bool:
+    """Whether a compute worker's group raised (the engine's error, raised in the group's turn)."""
+    return future.done() and not future.cancelled() and future.exception() is not None
 
 
 def group_is_full(files: int, samples: int, batch_samples: int) -> bool:
@@ -357,7 +374,11 @@ class _BatchRun:
     def _report(self, res: Result) -> Iterator[Result]:
         self.done += 1
         if self.progress:
-            self.progress(res, self.done, self.total)
+            try:
+                self.progress(res, self.done, self.total)
+            except Exception as exc:
+                _blame_callback(exc, "progress", f"file {self.done} of {self.total}, {res.source}")
+                raise
         yield res
 
     def _drain_writes(self, block: bool) -> Iterator[Result]:
@@ -426,7 +447,15 @@ class _BatchRun:
         if report is None:
             return None
         seconds = [p.seconds for p in preps]
-        return lambda k, fraction: report(numbers[k], fraction * seconds[k])
+
+        def on_progress(k: int, fraction: float) -> None:
+            try:
+                report(numbers[k], fraction * seconds[k])
+            except Exception as exc:
+                _blame_callback(exc, "audio_progress", f"input index {numbers[k]}, {preps[k].label}")
+                raise
+
+        return on_progress
 
     def _start_writes(self, group: list[_Decoded], done: _Computed) -> list[tuple[Result, cf.Future[float] | None]]:
         """Timings of one computed group and its files' writes, started now; the results, each
@@ -515,9 +544,13 @@ class _BatchRun:
         running = [g for g in self.inflight if not g.future.done()]
         if not running:
             return True  # every core is free: all of them for the last group
-        durations = self.durations + [
-            g.future.result().seconds for g in self.inflight if g.entries is None and g.future.done()
-        ]
+        durations = list(self.durations)
+        for g in self.inflight:
+            if g.entries is None and g.future.done():
+                try:
+                    durations.append(g.future.result().seconds)
+                except Exception:  # noqa: BLE001 - a failed group: its error is raised in its turn
+                    continue
         if not durations:
             # Nothing has finished: every group so far went straight to a worker (there are no
             # more groups than workers), so the running ones started about when this one did.
@@ -537,7 +570,7 @@ class _BatchRun:
         for g in self.inflight:
             if g.entries is not None:
                 continue
-            if not g.future.done() or self.halted:
+            if not g.future.done() or self.halted or _failed(g.future):  # a failed group: raised in its turn
                 if stop:
                     return
                 continue
@@ -550,7 +583,12 @@ class _BatchRun:
     def _finish_oldest(self) -> Iterator[Result]:
         g = self.inflight[0]
         if g.entries is None:
-            g.future.result()  # wait for it
+            try:
+                g.future.result()  # wait for it
+            except Exception:
+                # the engine failed for this group: every file before it is reported first
+                yield from self._drain_writes(block=True)
+                raise
             self._start_finished_writes()
         self.inflight.popleft()  # the oldest group: results stay in order
         assert g.entries is not None
@@ -567,7 +605,9 @@ class _BatchRun:
                     yield from self._finish_oldest()
                 running = [g.future for g in self.inflight if not g.future.done()]
                 behind = self._writes_behind()
-                if self.pending and not self.halted and (not self.parallel or len(running) < self.workers) and not behind:
+                failing = any(_failed(g.future) for g in self.inflight)  # raised once the groups before it are reported
+                take = not self.halted and not failing and (not self.parallel or len(running) < self.workers)
+                if self.pending and take and not behind:
                     yield from self._take_group()
                     if self.stop_error is not None:  # on_error="stop": every file before the bad one first
                         while self.inflight:
@@ -603,7 +643,12 @@ class _BatchRun:
             future = self.compute_pool.submit(self._compute, group)
             self.inflight.append(_InFlight(group, future, time.perf_counter()))
         else:
-            yield from self._report_group(self._start_writes(group, self._compute(group)))
+            try:
+                done = self._compute(group)
+            except Exception:
+                yield from self._drain_writes(block=True)  # the files before this group: on disk and reported
+                raise
+            yield from self._report_group(self._start_writes(group, done))
 
     def _writes_behind(self) -> list[cf.Future[float]]:
         """The writes to wait for before another group goes to the engine: the oldest computed
@@ -620,7 +665,7 @@ class _BatchRun:
         the next group at once). A group that finished since the checks above is in the list too,
         so the wait returns at once rather than leave it unwritten behind a slow group; except,
         with ``on_error="stop"``, one held back behind an earlier group (its writes wait for that)."""
-        waiting = [g for g in self.inflight if g.entries is None]
+        waiting = [g for g in self.inflight if g.entries is None and not _failed(g.future)]
         if self.options.on_error != "stop":
             return [g.future for g in waiting]
         wake = [g.future for g in waiting if not g.future.done()]

@@ -50,6 +50,8 @@ class F0Pool:
         self._started: Any = None  # set by the first worker process that starts
         self._lock = threading.Lock()  # decode threads replace a broken pool one at a time
         self._pool = self._new(workers)
+        self._alone_pools: set[cf.ProcessPoolExecutor] = set()  # the pools of :meth:`_alone`, ended by :meth:`stop` too
+        self._stopped = False
 
     def _new(self, workers: int) -> cf.ProcessPoolExecutor:
         context = multiprocessing.get_context()
@@ -120,23 +122,36 @@ class F0Pool:
         """The track of an input whose pool lost a worker process, computed again in a process of
         its own: the inputs that were only queued or running next to the one that killed the
         process get their tracks; an input that kills this process too gets an error naming it."""
-        if stopping:  # the batch is closing: no new process for a track nobody will use
-            return RvcfastError(f"{label}: not converted, the batch was stopped")
-        with self._new(1) as pool:
-            try:
-                return pool.submit(_cpu_f0, self.extractor, padded).result()
-            except BrokenProcessPool:
-                return RvcfastError(
-                    f"{label}: the F0 worker process died while tracking this input "
-                    f"(a crash in backend {self.backend!r}, or out of memory)"
-                )
-            except Exception as exc:  # noqa: BLE001 - the engine reports it for that file
-                return exc
+        stopped = RvcfastError(f"{label}: not converted, the batch was stopped")
+        with self._lock:
+            if stopping or self._stopped:  # the batch is closing: no new process for a track nobody will use
+                return stopped
+            pool = self._new(1)
+            self._alone_pools.add(pool)  # :meth:`stop` ends it too (a track of minutes with harvest)
+        try:
+            return pool.submit(_cpu_f0, self.extractor, padded).result()
+        except BrokenProcessPool:
+            if self._stopped:
+                return stopped
+            return RvcfastError(
+                f"{label}: the F0 worker process died while tracking this input "
+                f"(a crash in backend {self.backend!r}, or out of memory)"
+            )
+        except Exception as exc:  # noqa: BLE001 - the engine reports it for that file
+            return stopped if self._stopped else exc  # stopped before its submit: a pool shut down
+        finally:
+            with self._lock:
+                self._alone_pools.discard(pool)
+            pool.shutdown(wait=True)
 
     def stop(self) -> None:
-        """End the worker processes now (the batch was left early: their tracks are not needed)."""
+        """End the worker processes now (the batch was left early: their tracks are not needed),
+        also those tracking an input again alone after a worker died (:meth:`_alone`)."""
         with self._lock:
+            self._stopped = True
             stop_process_pool(self._pool)
+            for pool in list(self._alone_pools):
+                stop_process_pool(pool)
 
     def shutdown(self) -> None:
         """Let the workers finish what they were given, then end them."""
