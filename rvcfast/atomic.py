@@ -61,7 +61,7 @@ def new_temporary(target: str | os.PathLike[str], tag: str | None = None) -> Pat
 @contextlib.contextmanager
 def atomic_write(target: str | os.PathLike[str], tmp: str | os.PathLike[str] | None = None) -> Iterator[Path]:
     """Yield a temporary path for the caller to write ``target``'s content to; then flush it to
-    disk and rename it over ``target``.
+    disk, rename it over ``target`` and flush the folder (the rename too reaches the disk).
 
     ``tmp`` is an already created temporary file (default: :func:`new_temporary`). If the
     block raises (any exception, ``KeyboardInterrupt`` too) or the flush or rename fails, the
@@ -73,10 +73,29 @@ def atomic_write(target: str | os.PathLike[str], tmp: str | os.PathLike[str] | N
         with open(path, "rb+") as f:
             os.fsync(f.fileno())
         replace(path, target)
+        _sync_folder(Path(target).parent)
     except BaseException:
         with contextlib.suppress(OSError):  # (Windows: still open in a virus scanner) the error is the one above
             path.unlink(missing_ok=True)
         raise
+
+
+def _sync_folder(folder: Path) -> None:
+    """Flush a folder's entries to disk (POSIX): the rename itself survives a power loss, not only
+    the file's data. Best effort: a file system that cannot sync a folder (some network ones) is
+    left as it is; Windows has no such call (NTFS journals the rename)."""
+    if sys.platform == "win32":
+        return
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 #: How long :func:`replace` tries again on Windows while another program holds the file open.
