@@ -243,6 +243,10 @@ def _failed(future: cf.Future[Any]) -> bool:
     return future.done() and not future.cancelled() and future.exception() is not None
 
 
+#: The names of a batch's own threads (:class:`concurrent.futures.ThreadPoolExecutor` prefixes).
+_POOL_THREADS = ("rvcfast-decode", "rvcfast-write", "rvcfast-compute")
+
+
 def group_is_full(files: int, samples: int, batch_samples: int) -> bool:
     """Whether a group of ``files`` holding ``samples`` padded 16 kHz samples takes no more files:
     files join a group until it holds ``batch_samples`` (a group holds at least one file)."""
@@ -296,17 +300,17 @@ class _BatchRun:
         self.batch_samples = int(float(options.batch_seconds or engine.batch_seconds) * SR_16K)
         self.extractor = engine.f0_extractor_for(params)
         cpu_bound = self.extractor is not None and bool(getattr(self.extractor, "cpu_bound", False))
-        self.decode_pool = cf.ThreadPoolExecutor(max_workers=options.decode_workers, thread_name_prefix="rvcfast-decode")
+        self.decode_pool = cf.ThreadPoolExecutor(max_workers=options.decode_workers, thread_name_prefix=_POOL_THREADS[0])
         # on_error="stop": files are written one after another, and none after a failed write
         stop = options.on_error == "stop"
-        self.write_pool = cf.ThreadPoolExecutor(max_workers=1 if stop else options.write_workers, thread_name_prefix="rvcfast-write")
+        self.write_pool = cf.ThreadPoolExecutor(max_workers=1 if stop else options.write_workers, thread_name_prefix=_POOL_THREADS[1])
         self.write_failed = threading.Event() if stop else None
         self.f0_pool = F0Pool(self.extractor, options.f0_workers) if cpu_bound else None
         self.workers = usable_workers(workers, len(jobs), engine.device.type)
         # groups in the engine at once; with one worker the engine runs in the caller's thread
         self.compute_pool = (
             cf.ThreadPoolExecutor(
-                max_workers=self.workers, thread_name_prefix="rvcfast-compute", initializer=self._worker_threads
+                max_workers=self.workers, thread_name_prefix=_POOL_THREADS[2], initializer=self._worker_threads
             )
             if self.workers > 1
             else None
@@ -682,17 +686,21 @@ class _BatchRun:
         self.stop.set()
         for fut in self.pending:
             fut.cancel()
+        # closed in one of this run's own threads (the gc freeing a reference cycle that held the
+        # iterator there): waiting for the pools would join that thread itself, a RuntimeError
+        # that left the other pools running
+        wait = not threading.current_thread().name.startswith(_POOL_THREADS)
         if self.f0_pool is not None and not self.finished:
             # left early: the tracks being computed are for files nobody will convert, and a
             # compute worker may be waiting for one (the decoders first: they submit tracks)
-            self.decode_pool.shutdown(wait=True, cancel_futures=True)
+            self.decode_pool.shutdown(wait=wait, cancel_futures=True)
             self.f0_pool.stop()
         if self.compute_pool is not None:
-            self.compute_pool.shutdown(wait=True, cancel_futures=True)
+            self.compute_pool.shutdown(wait=wait, cancel_futures=True)
             # it holds self._worker_threads, a cycle that kept this run (its engine and inputs) until a full gc
             self.compute_pool = None
-        self.decode_pool.shutdown(wait=True, cancel_futures=True)
-        self.write_pool.shutdown(wait=True)
+        self.decode_pool.shutdown(wait=wait, cancel_futures=True)
+        self.write_pool.shutdown(wait=wait)
         if self.f0_pool is not None:
             self.f0_pool.shutdown()
 

@@ -375,3 +375,26 @@ def test_stopping_the_f0_pool_ends_a_track_computed_again_alone(tmp_path: Path) 
     finally:
         plugin.release.touch()
         pool.shutdown()
+
+
+def test_a_batch_closed_in_one_of_its_own_threads_stops_every_pool(tiny_converter, tmp_path: Path) -> None:
+    """The gc can free a reference cycle holding the batch's iterator in any thread, one of the
+    batch's own too: its close() then joined that thread itself (RuntimeError) and left the other
+    pools running."""
+    from rvcfast.params import ConversionParams
+
+    inputs = _clips(tmp_path / "in", 4)
+    options = batch.BatchOptions(out_dir=tmp_path / "out", batch_seconds=0.1)
+    it = batch.run_batch(tiny_converter.engine, inputs, ConversionParams(noise=False), options)
+    first = next(it)
+    assert first.ok
+    run = it.gi_frame.f_locals["self"]  # the _BatchRun behind the iterator
+    run.decode_pool.submit(it.close).result(DEADLINE)  # no RuntimeError: cannot join current thread
+    for _ in range(int(DEADLINE * 100)):
+        if not _batch_threads():
+            break
+        threading.Event().wait(0.01)
+    assert not _batch_threads()
+    assert not [n for n in _left_in(tmp_path / "out") if n.endswith(".part")]
+    for name in _left_in(tmp_path / "out"):
+        assert sf.info(tmp_path / "out" / name).frames > 0  # what was written is whole
