@@ -343,6 +343,7 @@ class _BatchRun:
             else:
                 assert job.array is not None  # expand_inputs gives every job a path or an array
                 prep = self.engine.prepare(job.array, job.rate, name=job.label, params=self.params)
+                job.array = None  # decoded: the batch no longer holds the caller's samples
         except Exception as exc:  # noqa: BLE001 - reported per file, the batch carries on
             return _Decoded(job, None, time.perf_counter() - t0, error=_error_text(job.label, exc), exc=exc)
         dec = _Decoded(job, prep, time.perf_counter() - t0)

@@ -398,3 +398,30 @@ def test_a_batch_closed_in_one_of_its_own_threads_stops_every_pool(tiny_converte
     assert not [n for n in _left_in(tmp_path / "out") if n.endswith(".part")]
     for name in _left_in(tmp_path / "out"):
         assert sf.info(tmp_path / "out" / name).frames > 0  # what was written is whole
+
+
+def test_array_inputs_are_let_go_of_once_decoded(tiny_converter, tmp_path: Path) -> None:
+    """Every input array stayed referenced by the batch until its end: a generator of long
+    recordings held them all for the whole batch, not only while each was converted."""
+    import tracemalloc
+
+    n, seconds = 6, 20.0
+    size = int(seconds * 16000) * 4  # bytes of one recording (float32)
+
+    def recordings():
+        for i in range(n):
+            yield (0.3 * np.sin(np.arange(int(seconds * 16000), dtype=np.float32) * (0.05 + 0.01 * i)), 16000)
+
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        held = []
+        for res in tiny_converter.iter_batch(recordings(), tmp_path / "out", batch_seconds=0.1, noise=False):
+            assert res.ok, res.error
+            gc.collect()
+            held.append(tracemalloc.get_traced_memory()[0] - base)
+    finally:
+        tracemalloc.stop()
+    # planning reads the generator whole (all n recordings at first); by the last result the
+    # decoded ones are gone, not n of them still held
+    assert held[-1] < 2.5 * size, [round(h / size, 2) for h in held]
