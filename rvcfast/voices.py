@@ -176,6 +176,10 @@ class SharedAnalysis:
         if self.on_reuse is not None and n:
             self.on_reuse(kind, n)
 
+    def _has_track(self, key: tuple[Any, ...]) -> bool:
+        with self._lock:
+            return key in self._tracks
+
     def _get_track(self, key: tuple[Any, ...]) -> np.ndarray | None:
         with self._lock:
             found = self._tracks.get(key)
@@ -331,9 +335,8 @@ class _SharedF0:
         """The inner extractor's blocks (one block when it has none, or when the track is in the
         memo); the track is kept once its last block has run."""
         key = self._key(audio16k)
-        found = self.memo._get_track(key)
-        if found is not None:
-            return [lambda: np.array(found, copy=True)]
+        if self.memo._has_track(key):  # counted as reused when the block runs, not when it is planned
+            return [lambda: self.extract(audio16k)]
         inner = self._resolved()
         blocks = getattr(inner, "extract_blocks", None)
         steps = list(blocks(audio16k)) if blocks is not None else [lambda: inner.extract(audio16k)]
