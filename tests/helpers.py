@@ -101,6 +101,15 @@ def tiny_converter_fixture(tiny_models: TinyModels) -> rvcfast.Converter:
     return tiny_models.converter()
 
 
+@pytest.fixture(name="two_threads")
+def two_threads_fixture() -> Iterator[None]:
+    """Two torch threads for one test (compute workers need a thread each)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="module", autouse=True, name="one_thread")
 def one_thread_fixture() -> Iterator[None]:
     """The models are tiny and the machine shared: one torch thread per module using these helpers."""

@@ -15,21 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-import torch
-from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture, tone  # noqa: F401
+from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture, tone, two_threads_fixture  # noqa: F401
 
 from rvcfast import batch
 from rvcfast.errors import RvcfastError
 
 DEADLINE = 30.0  # seconds a held stage waits at most (a working batch releases it long before)
-
-
-@pytest.fixture()
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
 
 
 def _clips(folder: Path, n: int, seconds: float = 0.3) -> list[Path]:

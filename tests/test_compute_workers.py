@@ -11,21 +11,13 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import MODEL_SR, tiny_converter_fixture, tiny_models_fixture, tone  # noqa: F401
+from helpers import MODEL_SR, tiny_converter_fixture, tiny_models_fixture, tone, two_threads_fixture  # noqa: F401
 
 from rvcfast import batch
 from rvcfast.batch import BatchOptions, compute_workers
 from rvcfast.cli import main
 from rvcfast.errors import Cancelled, ParameterError
 from rvcfast.tuning import Profile, load_profile, machine_id, save_profile
-
-
-@pytest.fixture()
-def two_threads():
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture()

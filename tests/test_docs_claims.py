@@ -35,6 +35,20 @@ def read(name: str) -> str:
     return (REPO / name).read_text(encoding="utf-8")
 
 
+@contextlib.asynccontextmanager
+async def _healthy_client(app):  # type: ignore[no-untyped-def]
+    """An in-process client of ``app`` once its models are loaded (``/health`` answers 200)."""
+    import httpx
+
+    transport = httpx.ASGITransport(app=app)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as client:
+        end = time.monotonic() + 120
+        while (await client.get("/health")).status_code != 200:
+            assert time.monotonic() < end, "the app never became healthy"
+            await asyncio.sleep(0.05)
+        yield client
+
+
 def table_rows(text: str) -> list[list[str]]:
     """The cells of every Markdown table row in ``text`` (separator rows left out)."""
     rows = []
@@ -202,7 +216,7 @@ def test_home_page_links_every_page():
 
 def test_server_status_for_a_form_without_its_file(tiny_models, tmp_path):
     """serving.md's status table: a multipart form without ``file`` is a 422 naming it; a URL-encoded form a 415."""
-    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("httpx")
     pytest.importorskip("fastapi")
     from rvcfast.serve import create_app
 
@@ -220,12 +234,7 @@ def test_server_status_for_a_form_without_its_file(tiny_models, tmp_path):
                      threads=1, jobs_dir=tmp_path / "spool")
 
     async def body() -> tuple:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as client:
-            end = time.monotonic() + 120
-            while (await client.get("/health")).status_code != 200:
-                assert time.monotonic() < end, "the app never became healthy"
-                await asyncio.sleep(0.05)
+        async with _healthy_client(app) as client:
             # multipart/form-data with fields only (what `curl -F voice=alice` sends)
             no_file = await client.post("/v1/convert", files={"voice": (None, "alice")})
             urlencoded = await client.post("/v1/convert", data={"voice": "alice"})
@@ -296,7 +305,7 @@ def test_metrics_row_names_every_metric_and_the_log_lines_are_the_real_ones(tiny
     other), and the server's own log lines it quotes are what the server logs."""
     import logging
 
-    httpx = pytest.importorskip("httpx")
+    pytest.importorskip("httpx")
     pytest.importorskip("fastapi")
     from rvcfast.serve import create_app
 
@@ -320,12 +329,7 @@ def test_metrics_row_names_every_metric_and_the_log_lines_are_the_real_ones(tiny
                      threads=1, jobs_dir=tmp_path / "spool")
 
     async def scrape() -> str:
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=120) as client:
-            end = time.monotonic() + 120
-            while (await client.get("/health")).status_code != 200:
-                assert time.monotonic() < end, "the app never became healthy"
-                await asyncio.sleep(0.05)
+        async with _healthy_client(app) as client:
             return (await client.get("/metrics")).text
 
     try:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 import pytest
 from helpers import one_thread_fixture, tiny_models_fixture  # noqa: F401
+from serve_helpers import wait_for
 
 from rvcfast.errors import RvcfastError
 from rvcfast.result import Result
@@ -30,13 +30,6 @@ DEADLINE = 60.0
 #: Exceptions that are not :class:`Exception`: what a plugin's ``sys.exit()`` or a hand-raised
 #: interrupt throws. None of them may end the model worker or reach the event loop.
 EXITS = [SystemExit(3), KeyboardInterrupt(), GeneratorExit()]
-
-
-def wait_for(condition: Callable[[], bool], what: str) -> None:
-    end = time.monotonic() + DEADLINE
-    while not condition():
-        assert time.monotonic() < end, f"gave up waiting: {what}"
-        time.sleep(0.01)
 
 
 def prep(label: str) -> Any:
