@@ -10,14 +10,20 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from helpers import child_processes, one_thread_fixture, tiny_converter_fixture, tiny_models_fixture, tone  # noqa: F401
+from helpers import (  # noqa: F401
+    child_processes,
+    one_thread_fixture,
+    tiny_converter_fixture,
+    tiny_models_fixture,
+    tone,
+    two_threads_fixture,
+)
 
 import rvcfast
 from rvcfast.runtime import openmp_threads
@@ -48,15 +54,6 @@ def _start_count() -> int:
     t.start()
     t.join()
     return seen[0]
-
-
-@pytest.fixture(name="two_threads")
-def two_threads_fixture() -> Iterator[None]:
-    """Two intra-op threads (compute workers split them), put back afterwards."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
 
 
 def _in_threads(calls: list) -> list:
