@@ -2,8 +2,9 @@
 
 ``on_progress(k, fraction)`` reports how far input ``k`` is, from 0 to 1. The work counted
 is the model batches (content encoder, index, synthesizer) and, for an input whose F0 track
-the engine computes block by block (an extractor with ``extract_blocks``, such as RMVPE,
-and an input of more than one block: over 82 s with RMVPE's defaults), its F0 blocks too:
+the engine computes block by block (an extractor with ``extract_blocks``: RMVPE, CREPE,
+FCPE, hybrids; and an input of more than one block: over 82 s with RMVPE's defaults, see
+``docs/f0.md``), its F0 blocks too:
 they are the first :data:`F0_PROGRESS_SHARE` of its fraction, the model batches the rest.
 For every other input (a short one, F0 given by the caller, a tracker without blocks:
 harvest, dio, pm, most plugins) the fraction is the share of its segments through the

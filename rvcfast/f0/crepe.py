@@ -33,7 +33,8 @@ Details that matter for parity:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -58,6 +59,7 @@ __all__ = [
     "crepe_frames",
     "PITCH_BINS",
     "WINDOW_SIZE",
+    "BLOCK_FRAMES",
 ]
 
 PITCH_BINS = 360
@@ -66,6 +68,9 @@ CENTS_PER_BIN = 20
 CENTS_OFFSET = 1997.3794084376191  # cents of bin 0 (about 31.7 Hz)
 _BN_EPS = 0.0010000000474974513  # the eps torchcrepe converted from the Keras model
 _MIN_PASS = 16  # network passes are padded to a multiple of this many frames
+#: Frames per :meth:`CrepeExtractor.extract_blocks` block by capacity (rounded up to a multiple
+#: of ``forward_batch``): about the CPU time of one RMVPE block (see ``docs/f0.md``).
+BLOCK_FRAMES = {"full": 320, "tiny": 1536}
 
 # (channels of conv1..conv6, classifier input features) per capacity.
 _CAPACITIES: dict[str, tuple[tuple[int, ...], int]] = {
@@ -371,6 +376,8 @@ class CrepeExtractor(BaseF0Extractor):
         exact: run torchcrepe's Conv2d layout, bit-identical to torchcrepe on the same
             machine; the default 1-D layout is 2-3x faster on CPUs and differs only by
             float32 rounding (~1e-6 in the activations; identical f0 on the golden probe).
+        block_frames: frames per :meth:`extract_blocks` block (progress and scheduling
+            only; it does not change the result). Default :data:`BLOCK_FRAMES`.
     """
 
     name = "crepe"
@@ -390,8 +397,10 @@ class CrepeExtractor(BaseF0Extractor):
         weights: str | Path | None = None,
         refine: bool = False,
         exact: bool = False,
+        block_frames: int | None = None,
     ) -> None:
         super().__init__(device=device, dtype=dtype)
+        self.block_frames = 0 if block_frames in (None, 0) else option_count(self.name, "block_frames", block_frames)
         self.exact = bool(exact)
         self.refine = bool(refine)
         if decoder not in ("viterbi", "argmax"):
@@ -441,20 +450,22 @@ class CrepeExtractor(BaseF0Extractor):
         ]
         counts = [1 + x.shape[0] // self.hop_length for x in signals]
         net = self.model
-        outs = []
-        for pieces in _passes(counts, self.forward_batch):
-            parts = [crepe_frame_range(signals[i], a, b, self.hop_length) for i, a, b in pieces]
-            chunk = (parts[0] if len(parts) == 1 else torch.cat(parts, 0)).to(self.dtype)
-            n = chunk.shape[0]
-            # Backends pick other kernels for tiny batches (on CPU, 1-2 frames round
-            # differently from 8+); padding every pass to a multiple of _MIN_PASS frames
-            # keeps each frame's result independent of how the inputs were grouped.
-            m = -(-n // _MIN_PASS) * _MIN_PASS
-            if m > n:
-                chunk = F.pad(chunk, (0, 0, 0, m - n))
-            outs.append(net(chunk, exact=self.exact)[:n].float().cpu())
+        outs = [self._pass(net, signals, pieces) for pieces in _passes(counts, self.forward_batch)]
         probs = torch.cat(outs, 0)
         return list(torch.split(probs, counts, 0))
+
+    def _pass(self, net: CrepeNet, signals: Sequence[torch.Tensor], pieces: list[tuple[int, int, int]]) -> torch.Tensor:
+        """One network pass over the frames ``pieces`` (``(input, first, stop)``): ``[n, 360]``."""
+        parts = [crepe_frame_range(signals[i], a, b, self.hop_length) for i, a, b in pieces]
+        chunk = (parts[0] if len(parts) == 1 else torch.cat(parts, 0)).to(self.dtype)
+        n = chunk.shape[0]
+        # Backends pick other kernels for tiny batches (on CPU, 1-2 frames round
+        # differently from 8+); padding every pass to a multiple of _MIN_PASS frames
+        # keeps each frame's result independent of how the inputs were grouped.
+        m = -(-n // _MIN_PASS) * _MIN_PASS
+        if m > n:
+            chunk = F.pad(chunk, (0, 0, 0, m - n))
+        return net(chunk, exact=self.exact)[:n].float().cpu()
 
     def _decode(self, acts: Sequence[torch.Tensor]) -> list[tuple[torch.Tensor, torch.Tensor]]:
         """Raw (pitch, periodicity) per input, decoded per ``batch_size`` segment like torchcrepe."""
@@ -510,6 +521,71 @@ class CrepeExtractor(BaseF0Extractor):
             return []
         decoded = self._decode(self.activations(audios))
         return [self._postprocess(p, q) for p, q in decoded]
+
+    def block_size(self) -> int:
+        """Frames per :meth:`extract_blocks` block: ``block_frames`` (default
+        :data:`BLOCK_FRAMES` of the capacity) rounded up to a multiple of ``forward_batch``."""
+        size = self.block_frames or BLOCK_FRAMES[self.capacity]
+        return -(-size // self.forward_batch) * self.forward_batch
+
+    def extract_blocks(self, audio16k: np.ndarray) -> list[Callable[[], np.ndarray]]:
+        """:meth:`extract` as one call per :meth:`block_size` frames of network passes.
+
+        An input of at most one block is one call (:meth:`extract`). A longer one: each
+        call runs the network over the next block of frames (the same passes as
+        :meth:`extract`) and Viterbi-decodes every ``batch_size`` segment completed so
+        far (torchcrepe decodes segments independently); only (pitch, periodicity) of
+        the decoded frames is kept, 8 bytes per frame. The filters span the whole track,
+        so every call but the last returns an empty array and the last returns all the
+        frames: their concatenation equals :meth:`extract` bit for bit.
+        """
+        audio = as_audio16k(audio16k)
+        n_frames = 1 + audio.shape[0] // self.hop_length
+        size = self.block_size()
+        if n_frames <= size:
+            return [functools.partial(self.extract, audio)]
+        state = _CrepeBlocks(self, audio, n_frames)
+        return [functools.partial(state.step, a, min(n_frames, a + size)) for a in range(0, n_frames, size)]
+
+
+class _CrepeBlocks:
+    """The state of one input's :meth:`CrepeExtractor.extract_blocks` calls (made in order)."""
+
+    def __init__(self, ext: CrepeExtractor, audio: np.ndarray, n_frames: int) -> None:
+        self.ext = ext
+        self.audio = audio
+        self.n_frames = n_frames
+        self.signal: torch.Tensor | None = None
+        self.pending: list[torch.Tensor] = []  # activations not yet decoded (< batch_size frames)
+        self.pitch: list[torch.Tensor] = []
+        self.period: list[torch.Tensor] = []
+        self.next = 0
+
+    @torch.no_grad()
+    def step(self, start: int, stop: int) -> np.ndarray:
+        ext = self.ext
+        if start != self.next:
+            raise RuntimeError(f"{ext.name}: F0 blocks must be called once each, in order")
+        if self.signal is None:
+            self.signal = torch.from_numpy(np.ascontiguousarray(self.audio, dtype=np.float32)).to(ext.device)
+        net = ext.model
+        for a in range(start, stop, ext.forward_batch):  # extract's passes (start is a multiple)
+            self.pending.append(ext._pass(net, [self.signal], [(0, a, min(stop, a + ext.forward_batch))]))
+        self.next = stop
+        acts = torch.cat(self.pending, 0)
+        last = stop == self.n_frames
+        ready = acts.shape[0] if last else acts.shape[0] // ext.batch_size * ext.batch_size
+        self.pending = [acts[ready:]] if ready < acts.shape[0] else []
+        if ready:
+            pitch, period = ext._decode([acts[:ready]])[0]
+            self.pitch.append(pitch)
+            self.period.append(period)
+        if not last:
+            return np.zeros(0, dtype=np.float32)
+        self.signal = None
+        pitch, period = torch.cat(self.pitch), torch.cat(self.period)
+        self.pitch, self.period = [], []
+        return ext._postprocess(pitch, period)
 
 
 class CrepeTinyExtractor(CrepeExtractor):

@@ -40,11 +40,12 @@ therefore equals the solo one bit for bit (checked on CPU).
 
 from __future__ import annotations
 
+import functools
 import math
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Generator, Sequence
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, TypeVar, cast
 
 import numpy as np
 import torch
@@ -77,6 +78,12 @@ _MAX_N_FFT = 1 << 15  # a checkpoint's STFT size beyond this (2 s at 16 kHz) is 
 # Frames on each side of a long input's window: more than the network's reach (91 frames:
 # the second k3 convolution and six depthwise k31 convolutions).
 _CONTEXT_FRAMES = 128
+#: Inputs of at most this many frames are one :meth:`FCPEExtractor.extract_blocks` block
+#: (about the CPU time of one RMVPE block, see ``docs/f0.md``); longer ones are one block
+#: per encoder layer (and input stack) of each network pass.
+BLOCK_FRAMES = 8192
+
+_T = TypeVar("_T")
 
 
 # ----------------------------------------------------------------------------
@@ -312,6 +319,12 @@ class FCPENet(nn.Module):
         self.register_buffer("gaussian_blurred_cent_mask", torch.zeros(()))
 
     def forward(self, mels: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        return _finish(self.forward_steps(mels))
+
+    def forward_steps(self, mels: Sequence[torch.Tensor]) -> Generator[None, None, list[torch.Tensor]]:
+        """:meth:`forward` as a generator that pauses (yields ``None``) after the input stack
+        and after every encoder layer but the last, and returns the activations: the same
+        operations in the same order, so the same values (``n_layers + 1`` steps)."""
         dtype = self.output_proj.weight.dtype
         lengths = [int(m.shape[0]) for m in mels]
         # CPU kernels switch algorithms (and rounding) for short sequences; a pass of at
@@ -336,6 +349,7 @@ class FCPENet(nn.Module):
         if self.harmonic_emb is not None:
             x = x + self.harmonic_emb.weight[0]
         for layer in self.net.encoder_layers:
+            yield
             x = layer(x, keep)
         logits = self.output_proj(self.norm(x))
         # The sigmoid per input: CPU kernels round the vectorised body and the scalar
@@ -351,6 +365,12 @@ class FCPENet(nn.Module):
         The context exceeds the network's reach, so this is the whole-input function; the
         kernels on a window may round differently (float32 noise).
         """
+        return _finish(self.forward_windows_steps(mel, window_frames))
+
+    def forward_windows_steps(self, mel: torch.Tensor, window_frames: int) -> Generator[None, None, torch.Tensor]:
+        """:meth:`forward_windows` as a generator that pauses (yields ``None``) before each
+        window's input convolution but the first and before each encoder layer: the same
+        operations in the same order (``n_windows * (n_layers + 1)`` steps)."""
         dtype = self.output_proj.weight.dtype
         conv0, gn, act, conv1 = self.input_stack
         hidden = gn(conv0(mel.to(dtype)[None].transpose(-1, -2)))
@@ -358,16 +378,28 @@ class FCPENet(nn.Module):
         n = hidden.shape[-1]
         out = torch.empty(n, self.out_dims, dtype=torch.float32, device=hidden.device)
         for start in range(0, n, window_frames):
+            if start:
+                yield
             stop = min(n, start + window_frames)
             lo, hi = max(0, start - _CONTEXT_FRAMES), min(n, stop + _CONTEXT_FRAMES)
             x = conv1(hidden[:, :, lo:hi]).transpose(-1, -2)
             if self.harmonic_emb is not None:
                 x = x + self.harmonic_emb.weight[0]
             for layer in self.net.encoder_layers:
+                yield
                 x = layer(x, None)
             logits = self.output_proj(self.norm(x[:, start - lo : stop - lo]))
             out[start:stop] = torch.sigmoid(logits)[0].float()
         return out
+
+
+def _finish(steps: Generator[None, None, _T]) -> _T:
+    """Run a ``*_steps`` generator to its end and return its value."""
+    while True:
+        try:
+            next(steps)
+        except StopIteration as done:
+            return cast(_T, done.value)
 
 
 class FCPEModel(nn.Module):
@@ -387,6 +419,15 @@ class FCPEModel(nn.Module):
         """Sigmoid activations ``[len // 160 + 1, 360]`` (float32) per 1-D float32 signal."""
         mels = [self.mel(a) for a in audios]
         return [a.float() for a in self.net(mels)]
+
+    def activations_steps(self, audio: torch.Tensor, window_frames: int | None) -> Generator[None, None, torch.Tensor]:
+        """:meth:`activations` (``window_frames`` None) or :meth:`activations_long` of one
+        signal as a generator that pauses between network stages (see
+        :meth:`FCPENet.forward_steps` / :meth:`FCPENet.forward_windows_steps`)."""
+        if window_frames is None:
+            acts = yield from self.net.forward_steps([self.mel(audio)])
+            return acts[0].float()
+        return (yield from self.net.forward_windows_steps(self.mel.forward_blocked(audio), window_frames))
 
     @torch.no_grad()
     def activations_long(self, audio: torch.Tensor, window_frames: int) -> torch.Tensor:
@@ -607,6 +648,9 @@ class FCPEExtractor(BaseF0Extractor):
             memory then grows by about 2.5 KiB per frame (0.9 GB per hour of audio)
             instead of tens of KiB. 0 or less: every input alone, in one pass.
         weights: optional path to a torchfcpe checkpoint (default: the bundled one).
+        block_frames: inputs of at most this many frames are one :meth:`extract_blocks`
+            block (progress and scheduling only; it does not change the result).
+            Default :data:`BLOCK_FRAMES`.
     """
 
     name = "fcpe"
@@ -621,8 +665,10 @@ class FCPEExtractor(BaseF0Extractor):
         max_batch: int = 8,
         max_frames: int = 32768,
         weights: str | Path | None = None,
+        block_frames: int | None = None,
     ) -> None:
         super().__init__(device=device, dtype=dtype)
+        self.block_frames = BLOCK_FRAMES if block_frames in (None, 0) else option_count(self.name, "block_frames", block_frames)
         if decoder not in ("local_argmax", "argmax"):
             raise ParameterError(f"fcpe: decoder must be 'local_argmax' or 'argmax', got {decoder!r}")
         self.threshold = option_finite(self.name, "threshold", threshold)
@@ -679,3 +725,48 @@ class FCPEExtractor(BaseF0Extractor):
                 f0 = model.decode(act, self.decoder, self.threshold)
                 out[i] = f0.cpu().numpy().astype(np.float32, copy=False)
         return out
+
+    def extract_blocks(self, audio16k: np.ndarray) -> list[Callable[[], np.ndarray]]:
+        """:meth:`extract` as one call per network stage.
+
+        An input of at most ``block_frames`` frames is one call (:meth:`extract`). A longer
+        one is one call per encoder layer of each network pass (the first also runs the mel
+        and the input stack): ``n_layers + 1`` calls per pass (:meth:`extract` makes one
+        pass, or one per ``max_frames`` window). The decoder needs the whole track, so
+        every call but the last returns an empty array and the last returns all the frames;
+        the operations are :meth:`extract`'s, in its order, so the concatenation equals it
+        bit for bit.
+        """
+        audio = as_audio16k(audio16k)
+        n_frames = audio.shape[0] // self.hop_length + 1
+        if n_frames <= self.block_frames:
+            return [functools.partial(self.extract, audio)]
+        window = self.max_frames if n_frames > self.max_frames >= _MIN_PASS_FRAMES else None
+        passes = 1 if window is None else -(-n_frames // window)
+        count = passes * (len(self.model.net.net.encoder_layers) + 1)
+        state: dict[str, Any] = {"next": 0}
+
+        def step(k: int) -> np.ndarray:
+            if k != state["next"]:
+                raise RuntimeError(f"{self.name}: F0 blocks must be called once each, in order")
+            state["next"] = k + 1
+            with torch.no_grad():
+                if k == 0:
+                    signal = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(self.device)
+                    state["steps"] = self.model.activations_steps(signal, window)
+                steps = state["steps"]
+                if k < count - 1:
+                    try:
+                        next(steps)
+                        return np.zeros(0, dtype=np.float32)
+                    except StopIteration as done:  # not expected: the count is exact
+                        state["acts"] = done.value
+                        return np.zeros(0, dtype=np.float32)
+                acts = state.pop("acts", None)
+                if acts is None:
+                    acts = _finish(steps)
+                state.pop("steps", None)
+                f0 = self.model.decode(acts, self.decoder, self.threshold)
+                return f0.cpu().numpy().astype(np.float32, copy=False)
+
+        return [functools.partial(step, k) for k in range(count)]

@@ -9,7 +9,8 @@ log-frequency over the voiced tracks only.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import functools
+from collections.abc import Callable, Sequence
 
 import numpy as np
 
@@ -131,6 +132,31 @@ class HybridExtractor(BaseF0Extractor):
         """Combined F0 in Hz per 10 ms frame (0 = unvoiced): ``len // 160 + 1`` float64 values."""
         audio = as_audio16k(audio16k)
         return self._combine([b.extract(audio) for b in self.backends], len(audio) // HOP_LENGTH + 1)
+
+    def extract_blocks(self, audio16k: np.ndarray) -> list[Callable[[], np.ndarray]]:
+        """:meth:`extract` as the members' blocks in turn (a member without ``extract_blocks``
+        is one block: its ``extract``). When every member has one block, this is one call
+        (:meth:`extract`); otherwise every call but the last returns an empty array and the
+        last combines the members' tracks and returns them all, equal to :meth:`extract`."""
+        audio = as_audio16k(audio16k)
+        members: list[list[Callable[[], np.ndarray]]] = []
+        for b in self.backends:
+            blocks = getattr(b, "extract_blocks", None)
+            members.append(list(blocks(audio)) if blocks is not None else [functools.partial(b.extract, audio)])
+        if all(len(m) == 1 for m in members):
+            return [functools.partial(self.extract, audio)]
+        parts: list[list[np.ndarray]] = [[] for _ in members]
+        n_frames = len(audio) // HOP_LENGTH + 1
+        last = (len(members) - 1, len(members[-1]) - 1)
+
+        def step(k: int, j: int) -> np.ndarray:
+            parts[k].append(np.asarray(members[k][j]()))
+            if (k, j) != last:
+                return np.zeros(0, dtype=np.float64)
+            tracks = [p[0] if len(p) == 1 else np.concatenate(p) for p in parts]
+            return self._combine(tracks, n_frames)
+
+        return [functools.partial(step, k, j) for k, m in enumerate(members) for j in range(len(m))]
 
     def _combine(self, tracks: Sequence[object], n_frames: int) -> np.ndarray:
         checked = [checked_member_track(t, n_frames, str(b.name)) for b, t in zip(self.backends, tracks)]
