@@ -177,14 +177,28 @@ class OutputClaims:
     row in many tasks (``out_dir/<stem>.<format>`` without an ``output_path``), so two
     inputs can meet at one output without any task seeing both. Each decoding task claims
     its batch's outputs here; a retried task claims the same pairs again and gets them.
+    It records the job's inputs too: an output that is another row's input is refused (it
+    would be written over that input), and so is an input already claimed as an output.
     """
 
     def __init__(self) -> None:
         self.owners: dict[str, str] = {}
+        self.inputs: dict[str, str] = {}
 
-    def claim(self, pairs: list[tuple[str, str]]) -> list[str]:
-        """``(output, input)`` pairs → the owner (an input path, as the row spelled it) of each output."""
-        return [self.owners.setdefault(output, source) for output, source in pairs]
+    def claim(self, pairs: list[tuple[str, str]], inputs: list[tuple[str, str]] | None = None) -> Any:
+        """``(output, input)`` pairs → the owner (an input path, as the row spelled it) of each output.
+
+        With ``inputs`` (``(key, input)`` of every row of the batch): ``(owners, inputs_of,
+        overwritten)``, where ``inputs_of`` is, per pair, the job's input its output is (its owner
+        ``None`` then), and ``overwritten``, per input, the row whose output it already is."""
+        if inputs is None:
+            return [self.owners.setdefault(output, source) for output, source in pairs]
+        for key, source in inputs:
+            self.inputs.setdefault(key, source)
+        # an output claimed before its file was seen as an input keeps its owner: a retried task gets the same answer
+        inputs_of = [None if output in self.owners else self.inputs.get(output) for output, _ in pairs]
+        owners = [None if other is not None else self.owners.setdefault(output, source) for (output, source), other in zip(pairs, inputs_of)]
+        return owners, inputs_of, [self.owners.get(key) for key, _ in inputs]
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -221,7 +235,8 @@ def _plan_row(path: str, output_path: str | None, spec: JobSpec, naming: dict[st
 
 
 def _claim_outputs(rows: list[dict[str, Any]], spec: JobSpec) -> None:
-    """Rows whose output another input of the job already claimed become error rows."""
+    """Rows whose output another input of the job already claimed, or is another row's input,
+    become error rows; so do rows whose input another row's output already claimed."""
     mine = [r for r in rows if r["status"] == "pending"]
     if spec.claims is None or not mine:
         return
@@ -231,9 +246,13 @@ def _claim_outputs(rows: list[dict[str, Any]], spec: JobSpec) -> None:
     # back, while the same file under another spelling (in/./a.wav, a symlink) is a second row
     # and must not convert it again. Within a batch, a row repeated as it is converts once too.
     pairs = [(_output_key(r["output_path"]), r["path"]) for r in mine]
-    owners = ray.get(spec.claims.claim.remote(pairs))
+    inputs = list(dict.fromkeys((_output_key(r["path"]), r["path"]) for r in rows))  # every row's, an error row's too
+    owners, inputs_of, overwritten = ray.get(spec.claims.claim.remote(pairs, inputs))
+    _refuse_input_outputs(mine, inputs_of, dict(zip(inputs, overwritten)))
     seen: set[tuple[str, str]] = set()
     for row, pair, owner in zip(mine, pairs, owners):
+        if row["status"] != "pending":
+            continue
         if owner == pair[1] and pair not in seen:
             seen.add(pair)
             continue
@@ -245,6 +264,24 @@ def _claim_outputs(rows: list[dict[str, Any]], spec: JobSpec) -> None:
             )
             why = f"its output {row['output_path']} is already the output of {owner} in this job ({hint})"
         row.update(status="error", error=f"{row['path']}: {why}")
+
+
+def _refuse_input_outputs(rows: list[dict[str, Any]], inputs_of: list[str | None], overwritten: dict[tuple[str, str], str | None]) -> None:
+    """Error rows for an output that is another row's input (it would be written over that input),
+    and for an input that an earlier row of the job already claimed as its output."""
+    for row, other in zip(rows, inputs_of):
+        if other is not None:
+            row.update(status="error", error=(
+                f"{row['path']}: its output {row['output_path']} is the input {other} of this job; refusing to write over an input "
+                "(give distinct output_path values, or an out_dir that holds no input)"
+            ))
+    for row in rows:
+        writer = overwritten.get((_output_key(row["path"]), row["path"]))
+        if row["status"] == "pending" and writer is not None:
+            row.update(status="error", error=(
+                f"{row['path']}: this input is the output of {writer} in this job, which replaces it; not converted "
+                "(give distinct output_path values, or an out_dir that holds no input)"
+            ))
 
 
 def _output_key(output: str) -> str:

@@ -22,6 +22,7 @@ local paths:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
@@ -358,7 +359,20 @@ def put(uri: str, data: bytes, filesystem: Any) -> None:
     """
     fs, path = resolve(uri, filesystem)
     stream = fs.open_output_stream(path)
-    stream.write(data)
+    try:
+        stream.write(data)
+    except BaseException:
+        # pyarrow completes an upload whose stream is dropped unclosed (S3: the parts sent so far
+        # become the object): close it here and remove that partial object; a close that fails
+        # completed nothing, and the key keeps what it held
+        try:
+            stream.close()
+        except Exception:  # noqa: BLE001 - the write's own error is the one to raise
+            pass
+        else:
+            with contextlib.suppress(Exception):
+                fs.delete_file(path)
+        raise
     stream.close()
 
 
