@@ -202,3 +202,31 @@ def test_a_failed_upload_never_leaves_a_partial_object_and_keeps_a_complete_one(
         assert target.read_bytes() == b"OLD!" * 10  # nothing completed: the earlier output stays
     else:
         assert not target.exists()  # the partial object was removed
+
+
+def test_a_dataset_row_never_writes_over_a_file_rvcfast_did_not_write(no_cluster, tmp_path):
+    """The writer's batch came first: its output in/x.wav was claimed before the row of the input
+    in/x.wav was seen, and the write replaced that input. A dataset's tasks cannot know every
+    input, so a file there that rvcfast did not write is never written over."""
+    import numpy as np
+
+    from rvcfast.integrations.ray import _stages
+
+    wav, flac = _inputs(tmp_path / "in", "x.wav", "x.flac")
+    before = Path(wav).read_bytes()
+    spec = _spec(tmp_path / "in")
+    [first] = _decode(spec, [flac])
+    assert first["status"] == "pending" and first["output_path"] == wav
+    audio = np.zeros(4000, np.float32)
+    _stages._write_row(first, audio, 40000, spec, _stages._CrashHook(None))
+    assert first["status"] == "error" and "not written by rvcfast" in first["error"] and names_file(first["error"], flac)
+    assert Path(wav).read_bytes() == before  # the input is untouched
+
+    # an output rvcfast wrote (a rerun without skip_existing) is replaced as before
+    spec = _spec(tmp_path / "out")
+    [row] = _decode(spec, [wav])
+    for _ in range(2):
+        row["status"] = "pending"
+        _stages._write_row(row, audio, 40000, spec, _stages._CrashHook(None))
+        assert row["status"] != "error", row["error"]
+    assert sf.info(row["output_path"]).frames == 4000

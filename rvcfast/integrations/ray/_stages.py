@@ -397,9 +397,25 @@ class _CrashHook:
         writing._encode = die_mid_write  # type: ignore[assignment]
 
 
+def _foreign_file(output: str, spec: JobSpec) -> bool:
+    """Whether ``output`` is a file (an object) there already that rvcfast did not write: it records
+    no input (:func:`rvcfast.writing.recorded_source`)."""
+    if _storage.is_uri(output):
+        return _storage.foreign_object(output, spec.filesystem)
+    return os.path.isfile(output) and recorded_source(output) is None
+
+
 def _write_row(row: dict[str, Any], audio: np.ndarray, rate: int, spec: JobSpec, hook: _CrashHook) -> None:
     t0 = time.perf_counter()
     hook.before_write()
+    if spec.claims is not None and _foreign_file(row["output_path"], spec):
+        # a dataset's outputs are named in its tasks, which cannot know every input of the job:
+        # a file rvcfast did not write may be one (out_dir holding x.wav beside x.flac)
+        row.update(status="error", error=(
+            f"{row['path']}: its output {row['output_path']} exists and was not written by rvcfast (it may be an input "
+            "of this job); refusing to write over it: remove it, or give distinct output_path values"
+        ))
+        return
     try:
         if _storage.is_uri(row["output_path"]):  # encoded in memory, uploaded to its key once
             _storage.write_audio(row, audio, rate, spec)

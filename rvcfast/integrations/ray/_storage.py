@@ -326,6 +326,17 @@ def _recorded_at_the_ends(fs: Any, path: str, size: int) -> str | None:
     return found
 
 
+def foreign_object(uri: str, filesystem: Any) -> bool:
+    """Whether the object ``uri`` exists and records no input (rvcfast did not upload it)."""
+    from pyarrow.fs import FileType
+
+    fs, path = resolve(uri, filesystem)
+    info = fs.get_file_info(path)
+    if info.type != FileType.File:
+        return False
+    return not info.size or _recorded_at_the_ends(fs, path, int(info.size)) is None
+
+
 def existing_output(row: dict[str, Any], filesystem: Any) -> tuple[bool, bool]:
     """``(there, another's)``: whether the row's output is a finished object, and whether it
     records another input than the row's."""
