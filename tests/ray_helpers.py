@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
+import pytest
 import ray
 import ray.data
 
@@ -31,3 +32,14 @@ def record_map_batches(monkeypatch: Any) -> list[tuple[str, dict[str, Any]]]:
 
     monkeypatch.setattr(ray.data.Dataset, "map_batches", recording)
     return calls
+
+
+@pytest.fixture(name="no_cluster")
+def no_cluster_fixture(monkeypatch: Any) -> None:
+    """``ray.put``/``ray.get`` as the identity, and a fixed node for new rows: the stage
+    functions run in the test process, no Ray started."""
+    from rvcfast.integrations.ray import _stages
+
+    monkeypatch.setattr(ray, "put", lambda data: data)
+    monkeypatch.setattr(ray, "get", lambda ref: ref)
+    monkeypatch.setattr(_stages, "_where", lambda: ("node-1", "host-1"))

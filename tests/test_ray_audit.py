@@ -19,14 +19,7 @@ pytest.importorskip("ray.data")
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
-
-@pytest.fixture
-def no_cluster(monkeypatch):
-    """``ray.get`` as the identity, and a fixed node for new rows: no Ray started."""
-    from rvcfast.integrations.ray import _stages
-
-    monkeypatch.setattr(ray, "get", lambda ref: ref)
-    monkeypatch.setattr(_stages, "_where", lambda: ("node-1", "host-1"))
+from ray_helpers import no_cluster_fixture  # noqa: E402, F401
 
 
 def _spec(out_dir: Path, **kw):
