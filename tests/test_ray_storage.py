@@ -281,3 +281,30 @@ def test_a_key_with_a_hash_or_a_question_mark_is_an_input_like_any_other(store: 
         _storage.canonical(f"s3://{BUCKET}/odd/in/?region=eu-west-1")
     with pytest.raises(Exception, match="filesystem="):
         _storage.canonical(f"s3://{BUCKET}?endpoint_override=http://x")
+
+
+def test_refused_credentials_are_an_error_naming_the_uri_and_where_credentials_come_from(
+    store: Store, tiny_models: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """moto accepts any key unless told to authenticate: then these keys are unknown to it, as a
+    user's wrong or missing keys are to S3. The job stops on the driver, before any model is read,
+    with the URI, the store's answer and where credentials come from (or the filesystem= given)."""
+    import moto.settings
+
+    from rvcfast.errors import RvcfastError
+    from rvcfast.integrations.ray import _job, convert_files
+
+    def no_models(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a model was read before the storage was checked")
+
+    clip = store.put("cred/f.wav", _wav(0.3, 16000, 200))
+    monkeypatch.setattr(_job, "_checked", no_models)
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", 0)
+    kw = dict(progress=False, **_engine(tiny_models))
+    with pytest.raises(RvcfastError, match=r"out_dir s3://rvc-test/cred-out/: its bucket 'rvc-test' cannot be reached: .*ACCESS_DENIED") as info:
+        convert_files(clip, f"s3://{BUCKET}/cred-out/", tiny_models.voice, filesystem=store.fs, **kw)
+    assert "filesystem= given" in str(info.value)
+    with pytest.raises(RvcfastError, match=r"ACCESS_DENIED.*AWS_ACCESS_KEY_ID") as info:
+        convert_files(clip, f"s3://{BUCKET}/cred-out/", tiny_models.voice, **kw)
+    monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", float("inf"))
+    assert store.keys("cred-out/") == set()

@@ -155,6 +155,22 @@ def _describe(exc: BaseException) -> str:
     return " ".join(str(exc).split()) or type(exc).__name__
 
 
+_CREDENTIALS = {
+    "s3": "AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, AWS_ENDPOINT_URL, ~/.aws or an instance role",
+    "gs": "GOOGLE_APPLICATION_CREDENTIALS or the machine's default service account",
+    "gcs": "GOOGLE_APPLICATION_CREDENTIALS or the machine's default service account",
+}
+
+
+def _credentials_hint(uri: str, filesystem: Any) -> str:
+    """Where this URI's credentials come from, for an error that may be theirs."""
+    if filesystem is not None:
+        return "check the credentials, region and endpoint of the filesystem= given"
+    scheme = uri.split("://", 1)[0].lower()
+    where = _CREDENTIALS.get(scheme, "the environment")
+    return f"credentials, region and endpoint come from {where} on every node, or pass filesystem="
+
+
 def _check_bucket(uri: str, what: str, filesystem: Any) -> None:
     """Raise on the driver when ``uri``'s filesystem cannot be opened, or its bucket does not exist
     or cannot be seen with these credentials: before any model is read, not per file after."""
@@ -166,11 +182,13 @@ def _check_bucket(uri: str, what: str, filesystem: Any) -> None:
     try:
         info = fs.get_file_info(root)
     except Exception as exc:  # noqa: BLE001 - credentials, network, permissions
-        raise RvcfastError(f"{what} {uri}: its bucket {root!r} cannot be reached: {_describe(exc)}") from None
+        raise RvcfastError(
+            f"{what} {uri}: its bucket {root!r} cannot be reached: {_describe(exc)}; {_credentials_hint(uri, filesystem)}"
+        ) from None
     if info.type != FileType.Directory:
         raise RvcfastError(
             f"{what} {uri}: the bucket {root!r} does not exist (or these credentials cannot see it); "
-            "credentials, region and endpoint come from the environment (AWS_*), or pass filesystem="
+            f"{_credentials_hint(uri, filesystem)}"
         )
 
 
