@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import errno
 import os
-import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +28,7 @@ from .constants import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SR_16K
 from .dsp import Resampler, resampled_length
 from .errors import AudioError, AudioTooLongError, ParameterError
 from .protocols import _ImportedOnUse
-from .writing import sndfile_path
+from .sndfile import promised_seconds, sndfile_path
 
 if TYPE_CHECKING:
     import torch
@@ -60,14 +59,6 @@ CLIP_LEVEL = 0.999
 CLIP_RUN = 3
 #: A mean above this magnitude is reported as a DC offset (removed by the 48 Hz high-pass).
 DC_LEVEL = 0.01
-
-#: Chunk sizes a writer that cannot seek back (a pipe) puts in a header for "unknown length".
-_UNKNOWN_SIZES = frozenset({0xFFFFFFFF, 0x7FFFFFFF})
-
-# libsndfile's header log: "data : 160000 (should be 19956)" when the file is shorter
-_SHORT_CHUNK = re.compile(r"^\s*(data|SSND)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
-_SHORT_CONTAINER = re.compile(r"^\s*(RIFF|riff|FORM|Riff size)\s*:\s*(\d+)\s*\(should be (\d+)\)", re.MULTILINE)
-
 
 @dataclass
 class Decoded:
@@ -257,36 +248,6 @@ def _libsndfile_detail(exc: Exception) -> str:
     return (getattr(exc, "error_string", "") or str(exc)).strip().rstrip(".")
 
 
-def _promised_seconds(f: sf.SoundFile) -> float | None:
-    """Seconds the header promises when libsndfile logged it as longer than the file, else ``None``."""
-    try:
-        log = f.extra_info
-    except Exception:  # noqa: BLE001 - the log is only a diagnostic
-        return None
-    for pattern in (_SHORT_CHUNK, _SHORT_CONTAINER):
-        m = pattern.search(log)
-        if m is not None:
-            header, present = int(m.group(2)), int(m.group(3))
-            if present > 0 and header > present and header not in _UNKNOWN_SIZES:
-                return f.frames * header / present / f.samplerate
-    return None
-
-
-def reads_to_its_end(f: sf.SoundFile) -> bool:
-    """Whether every frame the header of the open file ``f`` promises can be read: ``False`` for
-    a WAV/AIFF whose header promises more than the file holds, and for a FLAC, MP3 or ogg cut
-    short (a copy that was interrupted), whose last frames do not decode. Reads at most the last
-    4096 frames; leaves ``f`` at its end."""
-    if f.frames <= 0 or _promised_seconds(f) is not None:
-        return False
-    tail = min(f.frames, 4096)
-    try:
-        f.seek(f.frames - tail)
-        return f.read(tail, dtype="float32", always_2d=True).shape[0] == tail
-    except Exception:  # noqa: BLE001 - libsndfile fails past the end of a cut file
-        return False
-
-
 # MPEG audio frame headers: bitrates (kbit/s) by (MPEG-1?, layer) and sample rates by version bits
 _MPEG_BITRATES = {
     (True, 1): (0, 32, 64, 96, 128, 160, 192, 224, 256, 288, 320, 352, 384, 416, 448),
@@ -410,7 +371,7 @@ class _SfSource:
         self.path, self.f = path, f
         self.rate, self.channels = int(f.samplerate), int(f.channels)
         self.frames = int(f.frames) if frames is None else int(frames)
-        self.promised = _promised_seconds(f)
+        self.promised = promised_seconds(f)
 
     def blocks(self, notes: list[str]) -> Iterator[np.ndarray]:
         """float64 ``[frames, channels]`` blocks; damage becomes a note (see :func:`_blocks`)."""

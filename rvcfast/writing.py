@@ -26,7 +26,6 @@ import os
 import re
 import socket
 import stat
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -36,6 +35,7 @@ import soundfile as sf
 
 from .atomic import atomic_write, new_temporary, process_alive, short_name
 from .errors import AudioError, ParameterError
+from .sndfile import reads_to_its_end, sndfile_path
 
 __all__ = [
     "SUPPORTED_WRITE_FORMATS",
@@ -344,21 +344,6 @@ def _new_part(p: Path) -> str:
     """Create the empty temporary file for ``p`` (``.<name>.<host>~<pid>~<random>.part`` beside
     it: who wrote it, so that a later run can tell a stale one) and return its path."""
     return str(new_temporary(p, f"{_HOST}~{os.getpid()}"))
-
-
-def sndfile_path(path: str | os.PathLike[str] | bytes) -> str | bytes:
-    """``path`` as soundfile must be given it for libsndfile to open the file of that name.
-
-    Elsewhere bytes: a name that is not UTF-8 (a Latin-1 ``caf\\xe9.wav`` from an old archive)
-    reaches the file. On Windows the text: soundfile opens it with ``sf_wchar_open`` (UTF-16),
-    while bytes go to ``sf_open``, which reads them in the ANSI code page, so a name outside it
-    (accents, Japanese, in the file's name or a folder's, ``C:\\Users\\José``) failed to open, or
-    was written under a garbled name beside the empty one asked for.
-    """
-    raw = os.fspath(path)
-    if sys.platform == "win32":
-        return os.fsdecode(raw)
-    return os.fsencode(raw)
 
 
 #: Names Windows keeps for devices, whatever their extension (``nul.wav`` is the device NUL);
@@ -768,8 +753,6 @@ def finished_output(path: str | os.PathLike[str]) -> bool:
     again and that file replaced. Used by the batch runner and the Ray runner alike."""
     if not _regular_file(path):
         return False
-    from .audio import reads_to_its_end
-
     try:
         with sf.SoundFile(sndfile_path(path)) as f:
             return reads_to_its_end(f)
