@@ -16,7 +16,6 @@ before importing it.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -29,8 +28,8 @@ from starlette.exceptions import HTTPException
 
 from .._version import __version__
 from ..errors import AudioError, ModelLoadError, ParameterError
+from .answers import FieldError, error_response
 from .config import ServeConfig, require_serve_extra
-from .forms import FieldError
 from .intake import UnsupportedMedia, read_request
 from .jobs import JobStoreFull
 from .middleware import (
@@ -40,7 +39,6 @@ from .middleware import (
     BodyTooLarge,
     RequestMetrics,
     request_id,
-    with_request_id,
 )
 from .scheduler import QueueFull, ShuttingDown, call_contained
 from .state import NotReady, ServerState
@@ -105,11 +103,6 @@ async def _sweep_jobs(state: ServerState) -> None:
     while True:
         await asyncio.sleep(period)
         state.jobs.sweep()
-
-
-def error_response(status: int, message: str, headers: dict[str, str] | None = None, **extra: Any) -> Any:
-    """A JSON error answer ``{"error": message, ..., "request_id": ID}`` (the id of the request being served)."""
-    return JSONResponse(with_request_id({"error": message, **extra}), status_code=status, headers=headers)
 
 
 def _ops_gauges(state: ServerState) -> None:
@@ -361,7 +354,3 @@ def _check_voice_files(model: Path, index: Path | None) -> None:
                 index, f"index dimension {idx['dim']} does not match the voice model's feature dimension {info['feature_dim']}"
             )
 
-
-def dumps_header(value: Any) -> str:
-    """JSON for a response header (ASCII only)."""
-    return json.dumps(value, ensure_ascii=True, separators=(",", ":"))

@@ -26,6 +26,7 @@ from ..writing import (
     writable_samples,
     written_rate,
 )
+from .answers import FieldError
 
 __all__ = [
     "MEDIA_TYPES", "STREAM_SUBTYPES", "check_output", "check_output_rate", "encode_audio", "wav_stream_header", "pcm_bytes",
@@ -86,11 +87,9 @@ def check_output_rate(fmt: str, subtype: str | None, rate: int, bitrate: int | N
 
     ``rate`` is the output rate of the request (``sample_rate``, or the voice's); an MP3 or
     AAC is checked at the rate it is written at (:func:`rvcfast.writing.written_rate`).
-    Raises a :class:`~rvcfast.serve.forms.FieldError` for ``sample_rate``, ``subtype`` or
+    Raises a :class:`~rvcfast.serve.answers.FieldError` for ``sample_rate``, ``subtype`` or
     ``bitrate`` (:func:`rvcfast.writing.check_write_format` says why).
     """
-    from .forms import FieldError
-
     try:
         check_write_format(fmt, subtype, written_rate(fmt, subtype, rate), bitrate=bitrate)
     except ParameterError as exc:

@@ -20,6 +20,7 @@ from typing import Any
 
 from ..errors import BackendUnavailableError, ParameterError
 from ..params import ConversionParams, coerce_param, param_specs
+from .answers import FieldError
 
 __all__ = ["FieldError", "ConvertOptions", "parse_fields", "form_schema", "OUTPUT_FIELDS"]
 
@@ -28,14 +29,6 @@ OUTPUT_FIELDS = ("voice", "f0", "format", "subtype", "bitrate", "sample_rate", "
 
 #: Other names accepted for conversion parameters.
 ALIASES = {"sample_rate": "output_sample_rate"}
-
-
-class FieldError(ParameterError):
-    """A request field is missing, unknown, repeated or has a bad value; ``field`` names it."""
-
-    def __init__(self, name: str | None, message: str) -> None:
-        super().__init__(message)
-        self.field = name
 
 
 @dataclass

@@ -21,7 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .forms import FieldError
+from .answers import FieldError
 
 __all__ = ["Intake", "UnsupportedMedia", "read_request", "spool_upload", "safe_name", "CLIENT_CLOSED"]
 

@@ -55,7 +55,8 @@ import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
 
 from ..errors import BackendUnavailableError, ModelLoadError, ParameterError, RvcfastError
-from .forms import FieldError, parse_fields
+from .answers import FieldError
+from .forms import parse_fields
 from .middleware import request_id
 from .scheduler import call_contained
 from .state import NotReady

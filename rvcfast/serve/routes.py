@@ -35,9 +35,9 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from starlette.background import BackgroundTask
 
 from ..errors import AudioError, AudioTooLongError, BackendUnavailableError, ModelLoadError, ParameterError
-from .app import dumps_header, error_response
+from .answers import FieldError, dumps_header, error_response
 from .encode import MEDIA_TYPES, check_output_rate, encode_audio, pcm_bytes, wav_stream_header
-from .forms import ConvertOptions, FieldError, check_values, form_schema, parse_fields
+from .forms import ConvertOptions, check_values, form_schema, parse_fields
 from .intake import CLIENT_CLOSED, Intake, read_request
 from .jobs import ACTIVE, JOB_ID, Job
 from .middleware import current_request, request_id

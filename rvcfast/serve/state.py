@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from ..errors import ModelLoadError, ParameterError, WeightsNotFoundError
+from .answers import FieldError
 from .config import ServeConfig
 from .jobs import JobStore, SpoolLock, make_spool, remove_spool
 from .metrics import Metrics
@@ -301,8 +302,6 @@ class ServerState:
             try:
                 extractor = await asyncio.get_running_loop().run_in_executor(self.loader, call_contained, self._f0_extractor, key)
             except (ParameterError, WeightsNotFoundError) as exc:  # a backend refusing its options, or its weights missing: the f0 field
-                from .forms import FieldError
-
                 raise FieldError("f0", self._hide_paths(str(exc))) from None
         return engine.with_f0(extractor if self.analysis is None else self.analysis.extractor(extractor))
 
