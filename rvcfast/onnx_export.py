@@ -49,6 +49,7 @@ import torch
 from ._version import __version__
 from .atomic import atomic_write
 from .errors import BackendUnavailableError, ModelLoadError, ParameterError, RvcfastError
+from .models.onnx_vocoder import zero_random_draws
 from .models.synthesizer import Synthesizer, load_vocoder
 from .models.synthesizer.hifigan import HiFiGAN
 from .models.synthesizer.onnx_graph import INTERFACES, OnnxGraph, graph_input_names
@@ -256,34 +257,6 @@ def model_metadata(model: Synthesizer, *, interface: str, noise: bool) -> dict[s
     }
 
 
-def _zero_random_draws(proto: Any) -> Any:
-    """A copy of ``proto`` whose random ops give zeros (``x * 0`` for the ``*Like`` ops, a zero
-    constant otherwise): the graph that :func:`verify_graph` compares with torch's noise-free run."""
-    onnx = _require("onnx")
-    from onnx import helper, numpy_helper
-
-    out = onnx.ModelProto()
-    out.CopyFrom(proto)
-    nodes = []
-    zero = "rvcfast_verify_zero"
-    zero_used = False
-    for node in out.graph.node:
-        if node.op_type in ("RandomNormalLike", "RandomUniformLike"):
-            nodes.append(helper.make_node("Mul", [node.input[0], zero], list(node.output)))
-            zero_used = True
-        elif node.op_type in ("RandomNormal", "RandomUniform"):
-            shape = next(a.ints for a in node.attribute if a.name == "shape")
-            value = numpy_helper.from_array(np.zeros(tuple(shape), np.float32))
-            nodes.append(helper.make_node("Constant", [], list(node.output), value=value))
-        else:
-            nodes.append(node)
-    del out.graph.node[:]
-    out.graph.node.extend(nodes)
-    if zero_used:
-        out.graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), zero))
-    return out
-
-
 def _torch_reference(model: Synthesizer, inputs: dict[str, np.ndarray]) -> np.ndarray:
     values = [torch.from_numpy(v) for v in inputs.values()]
     phone, lengths = values[0], values[1]
@@ -314,7 +287,7 @@ def verify_graph(proto_or_bytes: Any, model: Synthesizer, interface: str, *, fra
     options = ort.SessionOptions()
     options.intra_op_num_threads = torch.get_num_threads()
     session = ort.InferenceSession(
-        _zero_random_draws(proto).SerializeToString(), options, providers=["CPUExecutionProvider"]
+        zero_random_draws(proto).SerializeToString(), options, providers=["CPUExecutionProvider"]
     )
     inputs = example_inputs(model, interface, frames, seed=frames)
     start = time.perf_counter()

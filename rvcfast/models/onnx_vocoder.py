@@ -51,6 +51,34 @@ def _require(module: str) -> Any:
         raise BackendUnavailableError(f"{_INSTALL_HINT}; importing {module} failed: {exc}") from None
 
 
+def zero_random_draws(proto: Any) -> Any:
+    """A copy of ``proto`` whose random ops give zeros (``x * 0`` for the ``*Like`` ops, a zero
+    constant otherwise): the graph that :func:`rvcfast.onnx_export.verify_graph` compares with torch's noise-free run."""
+    onnx = _require("onnx")
+    from onnx import helper, numpy_helper
+
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    nodes = []
+    zero = "rvcfast_verify_zero"
+    zero_used = False
+    for node in out.graph.node:
+        if node.op_type in ("RandomNormalLike", "RandomUniformLike"):
+            nodes.append(helper.make_node("Mul", [node.input[0], zero], list(node.output)))
+            zero_used = True
+        elif node.op_type in ("RandomNormal", "RandomUniform"):
+            shape = next(a.ints for a in node.attribute if a.name == "shape")
+            value = numpy_helper.from_array(np.zeros(tuple(shape), np.float32))
+            nodes.append(helper.make_node("Constant", [], list(node.output), value=value))
+        else:
+            nodes.append(node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes)
+    if zero_used:
+        out.graph.initializer.append(numpy_helper.from_array(np.zeros((), np.float32), zero))
+    return out
+
+
 @dataclass(frozen=True)
 class OnnxModelInfo:
     """What an ONNX voice file is, read from its graph and metadata (:func:`inspect_onnx`).
@@ -370,9 +398,7 @@ class OnnxVocoder:
         options.log_severity_level = 3  # errors only: RVC's own exports make onnxruntime warn about unused initializers
         source: Any = self.path
         if zeroed:  # a copy whose random ops give 0: the graph's noise=False
-            from ..onnx_export import _zero_random_draws
-
-            source = _zero_random_draws(_require("onnx").load(self.path)).SerializeToString()
+            source = zero_random_draws(_require("onnx").load(self.path)).SerializeToString()
         try:
             session = ort.InferenceSession(source, options, providers=self.providers)
         except Exception as exc:  # noqa: BLE001 - onnxruntime's own error types
