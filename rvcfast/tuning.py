@@ -16,6 +16,12 @@ of the machine it runs on:
   count from it with :func:`apply_threads`, unless ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` is set.
 
 ``RVCFAST_PROFILE`` names another profile file; ``RVCFAST_PROFILE=off`` ignores profiles.
+
+A file that cannot be read as profiles, and an entry for this machine that cannot be used, are
+ignored with a warning saying what to do. So is an entry for this CPU (and GPU) measured with
+another torch version, other CPU features or another number of usable cores (after an upgrade of
+torch, or in a container with ``--cpus``): its settings were not measured here. Another machine's
+entry (a home folder shared by several) is passed over without a word.
 """
 
 from __future__ import annotations
@@ -25,10 +31,11 @@ import json
 import math
 import os
 import platform
+import re
 import time
 import warnings
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -166,10 +173,14 @@ class Profile:
         trials_raw = raw.pop("trials", [])
         if not isinstance(trials_raw, list) or not all(isinstance(t, dict) for t in trials_raw):
             raise ValueError("'trials' is not a list of objects")
-        try:
-            profile = cls(trials=[Trial(**t) for t in trials_raw], **raw)
-        except TypeError as exc:  # missing or unknown fields
-            raise ValueError(str(exc)) from None
+        trials = [Trial(**_known_fields(Trial, t, "a trial")) for t in trials_raw]
+        settings = _known_fields(cls, raw, "it")
+        unknown = sorted(set(raw) - set(settings) - {"trials"})
+        if unknown:  # a setting this version cannot apply: the entry's others may depend on it
+            raise ValueError(
+                f"it has fields this rvcfast does not know ({', '.join(map(repr, unknown))}; written by a later rvcfast?)"
+            )
+        profile = cls(trials=trials, **settings)
         profile.check()
         return profile
 
@@ -198,10 +209,34 @@ class Profile:
             raise ValueError("bad " + ", ".join(problems))
 
 
+def _known_fields(cls: type, raw: dict[str, Any], what: str) -> dict[str, Any]:
+    """The fields of ``raw`` that ``cls`` (:class:`Profile`, :class:`Trial`) has; ``ValueError`` naming
+    a required one that is missing. Others are left out: a trial is a record of a measurement, and a
+    later rvcfast may record more about one (:meth:`Profile.from_dict` refuses unknown settings)."""
+    known = {f.name: f for f in fields(cls)}
+    missing = [
+        name for name, f in known.items()
+        if name not in raw and f.default is MISSING and f.default_factory is MISSING and name != "trials"
+    ]
+    if missing:
+        raise ValueError(f"{what} lacks {', '.join(repr(m) for m in missing)}")
+    return {k: v for k, v in raw.items() if k in known}
+
+
+#: What to do about a profile file that cannot be read as one.
+_REWRITE = "delete it (or fix it) and run `rvcfast tune` again"
+
+
 def _read_entries(source: Path) -> list[Any]:
     """The entries of a profile file: ``{"profiles": [...]}``, or (as first written) one
-    profile object. ``ValueError`` or ``OSError`` for a file that is neither."""
-    raw = json.loads(source.read_text(encoding="utf-8-sig"))
+    profile object. ``ValueError`` (saying what is wrong) or ``OSError`` for a file that is neither."""
+    text = source.read_text(encoding="utf-8-sig")
+    try:
+        raw = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"it is not valid JSON ({exc})") from None
+    except RecursionError:  # "[[[[..." nested deeper than Python's stack: damaged, not a profile
+        raise ValueError("it is not a profile file (JSON nested too deeply)") from None
     if isinstance(raw, dict) and "profiles" in raw:
         if not isinstance(raw["profiles"], list):
             raise ValueError("'profiles' is not a list")
@@ -220,7 +255,7 @@ def is_profile_file(path: Path) -> bool:
     written, one profile object (with a ``machine``)."""
     try:
         raw = json.loads(Path(path).read_text(encoding="utf-8-sig"))
-    except (OSError, ValueError):
+    except (OSError, ValueError, RecursionError):
         return False
     if isinstance(raw, dict) and "profiles" in raw:
         return isinstance(raw["profiles"], list)
@@ -299,12 +334,18 @@ def _lookup(device: torch.device | str, source: Path) -> tuple[Profile | None, s
     (``None``: simply no entry for this machine and device)."""
     try:
         entries = _read_entries(source)
-    except (OSError, ValueError) as exc:
-        return None, str(exc)
+    except UnicodeDecodeError:
+        return None, f"it is not UTF-8 text: {_REWRITE}"
+    except ValueError as exc:
+        return None, f"{exc}: {_REWRITE}"
+    except OSError as exc:
+        return None, f"it cannot be read ({exc.strerror or exc})"
     here = machine_id(device)
     mine = [e for e in entries if _machine_of(e) == here]
     if not mine:
-        return None, "an entry is not a profile (no 'machine')" if any(_machine_of(e) is None for e in entries) else None
+        if any(_machine_of(e) is None for e in entries):
+            return None, f"an entry is not a profile (no 'machine'): {_REWRITE}"
+        return None, _measured_elsewhere(entries, here)
     version = mine[-1].get("version", PROFILE_VERSION)
     if version != PROFILE_VERSION:  # before its fields are read: another version's may differ
         return None, (
@@ -314,7 +355,36 @@ def _lookup(device: torch.device | str, source: Path) -> tuple[Profile | None, s
     try:
         return Profile.from_dict(mine[-1]), None
     except ValueError as exc:
-        return None, f"its entry for this machine: {exc}"
+        return None, f"its entry for this machine: {exc}: run `rvcfast tune` again"
+
+
+#: A machine key (:func:`machine_id`): hardware, ``[features]``, usable cores, torch version, device type.
+_MACHINE_KEY = re.compile(r"(?P<hw>.*) \[(?P<flags>[^\]]*)\] x(?P<cores>\d+) \| torch (?P<torch>\S+) \| (?P<device>\S+)")
+
+
+def _measured_elsewhere(entries: list[Any], here: str) -> str | None:
+    """Why the file's entry for this CPU (and GPU) and device, measured with another torch version,
+    other CPU features or another number of usable cores (an upgrade of torch or rvcfast, a container's
+    ``--cpus``), does not apply; ``None`` when no entry is for this hardware (another machine's)."""
+    mine = _MACHINE_KEY.fullmatch(here)
+    if mine is None:
+        return None
+    for entry in reversed(entries):  # the newest first
+        other = _MACHINE_KEY.fullmatch(_machine_of(entry) or "")
+        if other is None or (other["hw"], other["device"]) != (mine["hw"], mine["device"]):
+            continue
+        differs = []
+        if other["torch"] != mine["torch"]:
+            differs.append(f"torch {other['torch']} (this is torch {mine['torch']})")
+        if other["flags"] != mine["flags"]:
+            differs.append(f"CPU features [{other['flags']}] (here [{mine['flags']}])")
+        if other["cores"] != mine["cores"]:
+            differs.append(f"{other['cores']} usable cores (here {mine['cores']})")
+        if not differs:  # the same key written another way: not this one's to judge
+            continue
+        what = "GPU and CPU" if mine["device"] == "cuda" else "CPU"
+        return f"its entry for this {what} was measured with {', '.join(differs)}: run `rvcfast tune` again"
+    return None
 
 
 #: ``profile`` not given: read this machine's profile file (see :func:`tuned_settings`).
