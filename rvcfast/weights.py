@@ -142,6 +142,17 @@ def _is_file(path: Path) -> bool:
         return False
 
 
+def _is_empty(path: Path) -> bool:
+    """Whether ``path`` is a file holding nothing: never a base file, but what a crash just after a
+    download could leave under its final name with earlier rvcfast versions (they renamed it into place
+    before its bytes were on disk), or an interrupted copy. Passed over: the search goes on, and a
+    download replaces it."""
+    try:
+        return path.is_file() and path.stat().st_size == 0
+    except OSError:
+        return False
+
+
 def _looked_at(path: Path) -> str:
     """``path`` for a list of places looked in, saying so when it could not be looked at."""
     try:
@@ -174,12 +185,13 @@ def find_weights(name: str, folders: Iterable[str | os.PathLike[str]] | None = N
     In each search folder: the file itself (``rmvpe.pt``, ``hubert_base.pt``), then where an
     RVC WebUI or Applio install keeps it (:data:`INSTALL_LAYOUTS`), then for the content
     encoder Applio's ContentVec folder (:data:`APPLIO_CONTENTVEC`). A search folder that
-    cannot be looked into (no permission) is passed over.
+    cannot be looked into (no permission), and an empty file (an interrupted download or copy), are
+    passed over.
     """
     info = KNOWN_WEIGHTS[name]
     for d in map(Path, search_dirs() if folders is None else folders):
         for rel in (info.filename, *INSTALL_LAYOUTS.get(name, ())):
-            if _is_file(d / rel):
+            if _is_file(d / rel) and not _is_empty(d / rel):
                 return d / rel
         if name == "hubert":
             for rel in APPLIO_CONTENTVEC:
@@ -297,12 +309,20 @@ def resolve_weights(name: str, explicit: str | os.PathLike[str] | None = None, *
     looked = ", ".join(_looked_at(d / info.filename) for d in search_dirs()) + " (and an RVC WebUI or Applio install's sub-folders there)"
     # the other base files missing too: one command for all of them (not one failed run per file)
     also = [KNOWN_WEIGHTS[n].filename for n in sorted(KNOWN_WEIGHTS) if n != name and find_weights(n) is None]
+    empty = _empty_copies(name)
     get = f"`rvcfast download` (this and {', '.join(also)}, also missing)" if also else f"`rvcfast download {name}`"
     raise WeightsNotFoundError(
         f"{info.description} weights ({info.filename}) not found. Looked in: {looked}. "
-        f"Get it with {get} (from {source_url(name)}), or put the file in one of those "
+        + (f"{' and '.join(map(str, empty))} {'is' if len(empty) == 1 else 'are'} empty (an interrupted download or copy). " if empty else "")
+        + f"Get it with {get} (from {source_url(name)}), or put the file in one of those "
         f"places, or pass its path explicitly."
     )
+
+
+def _empty_copies(name: str) -> list[Path]:
+    """The empty files where :func:`find_weights` looks for base file ``name`` (it passes over them)."""
+    info = KNOWN_WEIGHTS[name]
+    return [d / rel for d in search_dirs() for rel in (info.filename, *INSTALL_LAYOUTS.get(name, ())) if _is_empty(d / rel)]
 
 
 def _download_missing(name: str) -> Path:
@@ -312,8 +332,10 @@ def _download_missing(name: str) -> Path:
 
     info = KNOWN_WEIGHTS[name]
     folder = search_dirs()[0]
+    empty = _empty_copies(name)
     print(
-        f"rvcfast: {info.filename} ({info.description}, {format_bytes(info.size)}) not found; "
+        f"rvcfast: {info.filename} ({info.description}, {format_bytes(info.size)}) not found"
+        + (f" ({', '.join(map(str, empty))}: empty)" if empty else "") + "; "
         f"downloading it from {source_url(name)} into {folder}",
         file=sys.stderr,
         flush=True,
@@ -682,7 +704,9 @@ def download(
     Bytes go to ``<dest>.part``; an interrupted download resumes from there with an
     HTTP Range request (a server that answers it from the first byte, or says the file is
     shorter than the partial one, gets the file from the start). When complete the SHA-256 is checked; a mismatch deletes
-    the partial file and raises :class:`DownloadError`. Only a verified file is
+    the partial file and raises :class:`DownloadError` (a download that resumed from bytes an
+    earlier attempt left, perhaps of another file, is first fetched once more from the first
+    byte). Only a verified file is
     renamed to ``dest``. ``progress(done_bytes, total_bytes)`` is called as data
     arrives (total is 0 when unknown).
 
@@ -720,9 +744,17 @@ def download(
         now = _identity(target)
         if now is not None and now != before:
             return target  # another process put it in place while this one waited for the lock
+        resumed = _kept(part) > 0  # bytes an earlier attempt left: perhaps of another file (an earlier mirror)
         _fetch(url, part, timeout=timeout, chunk=chunk, progress=progress)
         if expected is not None:
-            _verify(part, url, expected, size, target)
+            try:
+                _verify(part, url, expected, size, target)
+            except DownloadError:
+                if not resumed:
+                    raise
+                # the earlier bytes may be what is wrong: once more from the first byte (_verify deleted them)
+                _fetch(url, part, timeout=timeout, chunk=chunk, progress=progress)
+                _verify(part, url, expected, size, target)
         try:
             with open(part, "rb+") as f:  # on disk before it is renamed: a crash then leaves no empty file at dest
                 os.fsync(f.fileno())

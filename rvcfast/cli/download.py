@@ -25,7 +25,7 @@ def cmd_download(args: argparse.Namespace) -> int:
     for name in names:
         info = KNOWN_WEIGHTS[name]
         target = folder / info.filename
-        if target.is_file() and not args.force:
+        if target.is_file() and target.stat().st_size > 0 and not args.force:  # an empty one: an interrupted download
             out(f"{name}: {target} is already there (use --force to download it again)")
             continue
         # a copy where an RVC WebUI or Applio install keeps it, in the folder the download would go
