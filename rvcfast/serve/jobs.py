@@ -31,7 +31,7 @@ from typing import Any
 
 from ..errors import ParameterError
 
-__all__ = ["Job", "JobStore", "JobStoreFull", "JOB_ID", "ACTIVE", "FINISHED", "MIN_KEEP_SECONDS"]
+__all__ = ["Job", "JobStore", "JobStoreFull", "JOB_ID", "ACTIVE", "FINISHED", "MIN_KEEP_SECONDS", "SPOOL_FOLDERS"]
 
 JOB_ID = re.compile(r"^[0-9a-f]{32}$")
 ACTIVE = ("queued", "running")
@@ -101,7 +101,7 @@ class JobStore:
 
     def __init__(self, root: Path, ttl: float, max_bytes: int, min_keep: float = MIN_KEEP_SECONDS) -> None:
         self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
+        _make_folder(self.root)
         self.ttl = float(ttl)
         self.max_bytes = int(max_bytes)
         self.min_keep = float(min_keep)
@@ -214,7 +214,29 @@ def make_spool(folder: str | None) -> tuple[Path, bool]:
         root.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise ParameterError(f"--jobs-dir {root} cannot be created: {exc.strerror or exc}") from None
+    for name in SPOOL_FOLDERS:  # a kept folder may hold anything: found here, not as a traceback later
+        _make_folder(root / name)
     return root, False
+
+
+#: The folders a server keeps in its spool: uploads being read, and the jobs' files.
+SPOOL_FOLDERS = ("uploads", "jobs")
+
+
+def _make_folder(folder: Path) -> None:
+    """Create ``folder`` of the spool (:class:`~rvcfast.errors.ParameterError` naming it and
+    ``--jobs-dir`` when something is in the way or it cannot be made)."""
+    if folder.is_dir():
+        return
+    if folder.exists() or folder.is_symlink():
+        raise ParameterError(
+            f"--jobs-dir: {folder} is in the way (the server keeps a folder of that name there): "
+            "move it away, or give another --jobs-dir"
+        )
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ParameterError(f"--jobs-dir: {folder} cannot be created: {exc.strerror or exc}") from None
 
 
 class SpoolLock:
@@ -224,7 +246,13 @@ class SpoolLock:
 
     def __init__(self, root: Path) -> None:
         self.path = root / ".rvcfast-serve.lock"
-        self._file: Any = open(self.path, "a+b")  # noqa: SIM115 - held open: the lock lives as long as it
+        try:
+            self._file: Any = open(self.path, "a+b")  # noqa: SIM115 - held open: the lock lives as long as it
+        except OSError as exc:  # a read-only folder, a folder of that name
+            raise ParameterError(
+                f"--jobs-dir {root}: cannot open its lock file {self.path} ({exc.strerror or exc}): "
+                "the folder must be writable, and that name free for the lock file"
+            ) from None
         try:
             _lock_file(self._file)
         except OSError:
