@@ -258,7 +258,10 @@ def _sniff(p: Path) -> str | None:
             return name
     if p.suffix.lower() == ".onnx" or (head[:1] == b"\x08" and head[2:3] == b"\x12"):
         # ONNX protobuf: field 1 (ir_version, a small varint) then field 2 (producer_name)
-        return "an ONNX model; rvcfast reads the PyTorch weights (.pt / .pth), e.g. rmvpe.pt for rmvpe.onnx"
+        return (
+            "an ONNX model (a voice model in ONNX loads under a name ending in .onnx; "
+            "the base networks need their PyTorch weights (.pt / .pth), e.g. rmvpe.pt for rmvpe.onnx)"
+        )
     if len(head) >= 10 and head[8:10] in (b'{"', b"{'"):
         return "a safetensors file (load it as .safetensors)"
     if head.lstrip()[:1] in (b"{", b"["):
