@@ -29,8 +29,12 @@ takes care of files:
 Results are reported in input order, except that a file skipped or failed before it
 reached the networks is reported as soon as it is found. An exception the engine raises for
 a group (not a file's own error) is raised in that group's turn: every file before it is
-written and reported first, even when a compute worker behind it failed sooner. An exception
-from the caller's ``progress`` or ``audio_progress`` stops the batch, with a note naming it.
+written and reported first, even when a compute worker behind it failed sooner; so is every
+file behind it already handed to the writers (a group finished out of turn), and none behind
+it is written once the failure is seen. An exception from the caller's ``progress`` or
+``audio_progress`` stops the batch, with a note naming it. A batch the caller stops
+(``break``, Ctrl-C, its ``progress`` raising) finishes the write under way (a whole file) and
+starts no other.
 
 Writes are atomic (temporary file in the output folder, then rename), never
 overwrite an input, and a failing file is reported in its :class:`~rvcfast.api.Result`
@@ -45,7 +49,7 @@ import sys
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,11 +59,12 @@ import numpy as np
 from .batch_inputs import (
     AUDIO_EXTENSIONS,
     BatchInput,
+    BatchOptions,
     Job,
-    check_name_template,
     expand_inputs,
     pitch_text,
 )
+from .batch_workers import group_is_full, split_groups, usable_workers  # noqa: F401 - also imported from here
 from .constants import SR_16K
 from .errors import ParameterError, RvcfastError
 from .f0_pool import F0Pool
@@ -67,9 +72,6 @@ from .params import ConversionParams
 from .pipeline import PreparedAudio
 from .result import Result
 from .writing import (
-    SUPPORTED_WRITE_FORMATS,
-    check_bitrate,
-    check_output_folder,
     check_windows_output,
     finished_output,
     remove_stale_parts,
@@ -88,50 +90,6 @@ ProgressCallback = Callable[[Result, int, int], None]
 #: ``Engine.run``'s ``on_progress`` fraction times the input's seconds, so a long input's F0
 #: blocks (RMVPE) count as the first fifth of its audio (see :mod:`rvcfast.engine_progress`).
 AudioProgressCallback = Callable[[int, float], None]
-
-
-@dataclass(frozen=True)
-class BatchOptions:
-    """Options of a batch run (see :meth:`Converter.convert_batch`)."""
-
-    out_dir: str | os.PathLike[str] | None = None
-    format: str = "wav"
-    subtype: str | None = None
-    bitrate: int | None = None  # kbit/s of a lossy output (mp3, ogg/Opus, m4a); None: the encoder's default
-    name_template: str = "{stem}"
-    skip_existing: bool = False
-    on_error: str = "continue"
-    batch_seconds: float | None = None
-    decode_workers: int = 2
-    write_workers: int = 1
-    f0_workers: int = 2
-    compute_workers: int | None = None
-    recursive: bool = False
-    keep_audio: bool = True
-
-    def validate(self) -> None:
-        """Raise :class:`ParameterError` naming the first bad option (checked before any work)."""
-        if not isinstance(self.format, str) or self.format.lower() not in SUPPORTED_WRITE_FORMATS:
-            raise ParameterError(f"format must be one of {sorted(SUPPORTED_WRITE_FORMATS)}, got {self.format!r}")
-        check_bitrate(self.format.lower(), self.subtype, self.bitrate)  # at any rate; the output rate's limits: run_batch
-        if self.on_error not in ("continue", "stop"):
-            raise ParameterError(f"on_error must be 'continue' or 'stop', got {self.on_error!r}")
-        from .runtime import check_batch_seconds  # here: importing rvcfast.batch does not import torch
-
-        check_batch_seconds(self.batch_seconds)
-        for name in ("decode_workers", "write_workers", "f0_workers"):
-            if not _is_whole(getattr(self, name)):
-                raise ParameterError(f"{name} must be a whole number >= 1, got {getattr(self, name)!r}")
-        if self.compute_workers is not None and not _is_whole(self.compute_workers):
-            raise ParameterError(f"compute_workers must be a whole number >= 1 or None, got {self.compute_workers!r}")
-        check_name_template(self.name_template)
-        if self.out_dir is not None:
-            check_output_folder(self.out_dir, "out_dir")  # a file: refused now, not after converting everything
-
-
-def _is_whole(value: Any) -> bool:
-    """A worker count: an int (not a bool) of at least 1."""
-    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and bool(value >= 1)
 
 
 @dataclass
@@ -247,40 +205,6 @@ def _failed(future: cf.Future[Any]) -> bool:
 _POOL_THREADS = ("rvcfast-decode", "rvcfast-write", "rvcfast-compute")
 
 
-def group_is_full(files: int, samples: int, batch_samples: int) -> bool:
-    """Whether a group of ``files`` holding ``samples`` padded 16 kHz samples takes no more files:
-    files join a group until it holds ``batch_samples`` (a group holds at least one file)."""
-    return files > 0 and samples >= batch_samples
-
-
-def split_groups(padded_lengths: Sequence[int], batch_samples: int) -> list[list[int]]:
-    """The groups (their files' padded 16 kHz lengths) a batch of inputs with these lengths is sent in."""
-    groups: list[list[int]] = []
-    for n in padded_lengths:
-        if not groups or group_is_full(len(groups[-1]), sum(groups[-1]), batch_samples):
-            groups.append([])
-        groups[-1].append(int(n))
-    return groups
-
-
-def usable_workers(requested: int, n_files: int, device_type: str) -> int:
-    """How many compute workers a batch really gets: no more than its files, and on a CPU
-    the largest divisor of torch's thread count not above ``requested`` (each worker gets an
-    equal share of at least one thread); one where torch's threads are not OpenMP's (a shared
-    pool whose size cannot be split per thread)."""
-    n = max(1, min(int(requested), n_files))
-    if n == 1 or device_type != "cpu":
-        return n
-    import torch
-
-    from .runtime import openmp_threads
-
-    if not openmp_threads():
-        return 1
-    threads = torch.get_num_threads()
-    return max(d for d in range(1, min(n, threads) + 1) if threads % d == 0)
-
-
 class _BatchRun:
     """One batch: decode pool → groups through the engine → write pool, results yielded in input order."""
 
@@ -320,7 +244,9 @@ class _BatchRun:
         self.inflight: deque[_InFlight] = deque()  # groups on the workers, oldest first
         self.durations: list[float] = []  # seconds of the groups finished on a worker
         self.saved_threads: int | None = None
-        self.stop_error: RvcfastError | None = None  # on_error="stop": a file that failed before the engine
+        # on_error="stop": a file that failed before the engine; or what its decoding raised (the F0 pool that
+        # could not start): raised once the files before it are reported
+        self.stop_error: Exception | None = None
         self.halted = False  # on_error="stop": a computed group had a failed file, later groups are not written
         self.parallel = self.compute_pool is not None
         self.pending: deque[cf.Future[_Decoded]] = deque()
@@ -404,10 +330,16 @@ class _BatchRun:
         resumed batch of thousands of finished files showed nothing until its end).
 
         With ``on_error="stop"`` a file that failed to decode ends the group (its error is
-        :attr:`stop_error`, raised once the files before it are reported)."""
+        :attr:`stop_error`, raised once the files before it are reported), and so does an error
+        :meth:`_decode` does not keep to its file (an F0 pool whose processes cannot start), in any
+        ``on_error`` mode: the groups before it on the workers are finished and reported first."""
         samples = 0
         while self.pending and not group_is_full(len(group), samples, self.batch_samples):
-            dec = self.pending.popleft().result()
+            try:
+                dec = self.pending.popleft().result()
+            except Exception as exc:  # noqa: BLE001 - raised in its turn (results)
+                self.stop_error = exc
+                break
             self._submit_more()
             if dec.skipped:
                 yield from self._emit(self._result(dec.job, {}, skipped=True))
@@ -490,7 +422,10 @@ class _BatchRun:
 
     def _write(self, path: Path, audio: np.ndarray, rate: int, source: Path | None) -> float:
         """Write one output (on the write pool), recording its ``source`` file; its seconds.
-        With ``on_error="stop"`` nothing is written after a write has failed."""
+        With ``on_error="stop"`` nothing is written after a write has failed; nothing at all
+        once the batch is closed early (:meth:`close`)."""
+        if self.stop.is_set():
+            raise RvcfastError(f"{path}: not written, the batch was stopped")
         if self.write_failed is not None and self.write_failed.is_set():
             raise RvcfastError("not written: an earlier file's write failed")
         try:
@@ -569,13 +504,16 @@ class _BatchRun:
         """Start the writes of every group a worker has finished, whatever its place in line:
         its files are on disk as soon as they can be, and its decoded audio is let go.
 
+        None behind a group the engine failed for (raised in its turn: the batch stops there).
         With ``on_error="stop"`` groups are written in input order, and none after a group
         with a failed file: nothing after the file that stops the batch is written."""
         stop = self.options.on_error == "stop"
         for g in self.inflight:
             if g.entries is not None:
                 continue
-            if not g.future.done() or self.halted or _failed(g.future):  # a failed group: raised in its turn
+            if _failed(g.future):
+                return
+            if not g.future.done() or self.halted:
                 if stop:
                     return
                 continue
@@ -591,13 +529,26 @@ class _BatchRun:
             try:
                 g.future.result()  # wait for it
             except Exception:
-                # the engine failed for this group: every file before it is reported first
+                # the engine failed for this group: every file before it is reported first, and
+                # so is every file behind it already handed to the writers (out of turn)
                 yield from self._drain_writes(block=True)
+                yield from self._report_written_behind()
                 raise
             self._start_finished_writes()
         self.inflight.popleft()  # the oldest group: results stay in order
         assert g.entries is not None
         yield from self._report_group(g.entries)
+
+    def _report_written_behind(self) -> Iterator[Result]:
+        """Before the oldest group's engine failure is raised: the groups behind it whose writes
+        had started (finished out of turn, before the failure was seen), each file once it is
+        on disk. They were written when the batch closed but never reported: an output the
+        caller was not told of (a resume took it for another run's)."""
+        for g in list(self.inflight)[1:]:
+            if g.entries is not None:
+                entries, g.entries = g.entries, []
+                yield from self._report_group(entries)
+        yield from self._drain_writes(block=True)
 
     def results(self) -> Iterator[Result]:
         try:
@@ -614,7 +565,7 @@ class _BatchRun:
                 take = not self.halted and not failing and (not self.parallel or len(running) < self.workers)
                 if self.pending and take and not behind:
                     yield from self._take_group()
-                    if self.stop_error is not None:  # on_error="stop": every file before the bad one first
+                    if self.stop_error is not None:  # every file before the bad one first
                         while self.inflight:
                             yield from self._finish_oldest()
                         yield from self._drain_writes(block=True)
@@ -668,9 +619,15 @@ class _BatchRun:
     def _wake_on(self) -> list[cf.Future[Any]]:
         """What to wait for: a group finishing (a worker that finishes before the oldest group gets
         the next group at once). A group that finished since the checks above is in the list too,
-        so the wait returns at once rather than leave it unwritten behind a slow group; except,
-        with ``on_error="stop"``, one held back behind an earlier group (its writes wait for that)."""
-        waiting = [g for g in self.inflight if g.entries is None and not _failed(g.future)]
+        so the wait returns at once rather than leave it unwritten behind a slow group; except
+        one behind a failed group (never written) and, with ``on_error="stop"``, one held back
+        behind an earlier group (its writes wait for that)."""
+        waiting: list[_InFlight] = []
+        for g in self.inflight:
+            if _failed(g.future):
+                break
+            if g.entries is None:
+                waiting.append(g)
         if self.options.on_error != "stop":
             return [g.future for g in waiting]
         wake = [g.future for g in waiting if not g.future.done()]
@@ -682,7 +639,9 @@ class _BatchRun:
         """Stop (the caller left early, an error, Ctrl-C) or tidy up after the last result.
 
         Groups still on a compute worker stop at the engine's next check (about one
-        decoder window) and their files are not written; finished writes complete.
+        decoder window) and their files are not written; a write under way completes (a
+        whole file) and no queued write starts: nothing is written that the caller is not told
+        of, but that one file.
         """
         self.stop.set()
         for fut in self.pending:
@@ -701,7 +660,7 @@ class _BatchRun:
             # it holds self._worker_threads, a cycle that kept this run (its engine and inputs) until a full gc
             self.compute_pool = None
         self.decode_pool.shutdown(wait=wait, cancel_futures=True)
-        self.write_pool.shutdown(wait=wait)
+        self.write_pool.shutdown(wait=wait, cancel_futures=True)
         if self.f0_pool is not None:
             self.f0_pool.shutdown()
 

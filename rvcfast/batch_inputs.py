@@ -15,16 +15,13 @@ import unicodedata
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 
 from .errors import ParameterError
 
-if TYPE_CHECKING:
-    from .batch import BatchOptions
-
-__all__ = ["AUDIO_EXTENSIONS", "BatchInput", "Job", "check_name_template", "expand_inputs", "is_number", "pitch_text"]
+__all__ = ["AUDIO_EXTENSIONS", "BatchInput", "BatchOptions", "Job", "check_name_template", "expand_inputs", "is_number", "pitch_text"]
 
 #: File extensions picked up when a folder is given.
 AUDIO_EXTENSIONS = {
@@ -49,6 +46,52 @@ class Job:
     out_path: Path | None = None
     #: why this input's output cannot be written (found before any work; the input fails with it)
     problem: str | None = None
+
+
+@dataclass(frozen=True)
+class BatchOptions:
+    """Options of a batch run (see :meth:`Converter.convert_batch`); run by :mod:`rvcfast.batch`."""
+
+    out_dir: str | os.PathLike[str] | None = None
+    format: str = "wav"
+    subtype: str | None = None
+    bitrate: int | None = None  # kbit/s of a lossy output (mp3, ogg/Opus, m4a); None: the encoder's default
+    name_template: str = "{stem}"
+    skip_existing: bool = False
+    on_error: str = "continue"
+    batch_seconds: float | None = None
+    decode_workers: int = 2
+    write_workers: int = 1
+    f0_workers: int = 2
+    compute_workers: int | None = None
+    recursive: bool = False
+    keep_audio: bool = True
+
+    def validate(self) -> None:
+        """Raise :class:`ParameterError` naming the first bad option (checked before any work)."""
+        from .writing import SUPPORTED_WRITE_FORMATS, check_bitrate, check_output_folder
+
+        if not isinstance(self.format, str) or self.format.lower() not in SUPPORTED_WRITE_FORMATS:
+            raise ParameterError(f"format must be one of {sorted(SUPPORTED_WRITE_FORMATS)}, got {self.format!r}")
+        check_bitrate(self.format.lower(), self.subtype, self.bitrate)  # at any rate; the output rate's limits: run_batch
+        if self.on_error not in ("continue", "stop"):
+            raise ParameterError(f"on_error must be 'continue' or 'stop', got {self.on_error!r}")
+        from .runtime import check_batch_seconds  # here: importing rvcfast.batch does not import torch
+
+        check_batch_seconds(self.batch_seconds)
+        for name in ("decode_workers", "write_workers", "f0_workers"):
+            if not _is_whole(getattr(self, name)):
+                raise ParameterError(f"{name} must be a whole number >= 1, got {getattr(self, name)!r}")
+        if self.compute_workers is not None and not _is_whole(self.compute_workers):
+            raise ParameterError(f"compute_workers must be a whole number >= 1 or None, got {self.compute_workers!r}")
+        check_name_template(self.name_template)
+        if self.out_dir is not None:
+            check_output_folder(self.out_dir, "out_dir")  # a file: refused now, not after converting everything
+
+
+def _is_whole(value: Any) -> bool:
+    """A worker count: an int (not a bool) of at least 1."""
+    return isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)) and bool(value >= 1)
 
 
 #: ``name_template``'s ``{voice}`` and ``{pitch}`` where no batch gives them (checking a template).

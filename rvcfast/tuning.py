@@ -43,6 +43,7 @@ import numpy as np
 import torch
 
 from .atomic import atomic_write
+from .batch_workers import group_is_full, split_groups
 from .constants import SR_16K
 from .errors import ParameterError, RvcfastError
 from .runtime import (
@@ -520,8 +521,6 @@ def _workers_rounds(padded_lengths: Sequence[int], batch_samples: int, n_workers
     multiple of ``n_workers`` groups, the last one full like the others; else the fewest that
     make a multiple of ``n_workers``; else ``n_workers`` rounds.
     """
-    from .batch import group_is_full, split_groups
-
     if n_workers <= 1:
         return 1
     fallback = None
