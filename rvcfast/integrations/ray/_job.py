@@ -8,7 +8,7 @@ import json
 import math
 import os
 import warnings
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -17,7 +17,7 @@ from ...atomic import atomic_write
 from ...errors import ParameterError, RvcfastError
 from ...params import ConversionParams
 from ...writing import SUPPORTED_WRITE_FORMATS, check_bitrate, remove_stale_parts
-from . import _storage
+from . import _rows, _storage
 from ._stages import (
     CPU_WORKER_MEMORY,
     CRASH_ENV,
@@ -538,7 +538,10 @@ def convert_dataset(
     ``filesystem``, a pyarrow FileSystem, or each URI's own); a row whose output is its own input (by path or by
     identity: a hard link, a bind mount), or an output another row of the job already
     claimed (two rows with one stem, or one file under two spellings), is an ``error`` row
-    naming both, while the first row to claim it converts as usual. Nothing runs until the
+    naming both, while the first row to claim it converts as usual; a row repeated as it is
+    (the same ``path`` and ``output_path``, in any block) is a ``skipped`` row saying so, the
+    file converted once. A ``path`` or ``output_path`` value that is not text (a number, bytes,
+    a list; a null ``path``) makes its row an ``error`` row naming it. Nothing runs until the
     dataset is consumed (``take_all``, ``iter_rows``, ``write_parquet``...).
 
     **Several voices**: instead of ``model`` (and ``index``), ``voices`` is a mapping
@@ -600,7 +603,7 @@ def convert_dataset(
     low, high, cpus, per_node = _pool_size(num_workers, gpus_per_worker, cpus_per_worker, threads_per_worker, per_worker, reserve)
     claims = None
     if isinstance(ds, ray.data.Dataset):
-        schema = ds.schema(fetch_if_missing=False)  # known without running anything, or None
+        schema = _rows.known_schema(ds)  # known without running anything, or None
         if schema is not None and "path" not in schema.names:
             raise ParameterError(f"the dataset needs a 'path' column (one audio file per row); it has {', '.join(schema.names)}")
         if voices is not None and schema is not None and "output_path" in schema.names:
@@ -763,16 +766,11 @@ def convert_files(
     recursive = bool(options.pop("recursive", False))
     param_names = {f.name for f in dataclasses.fields(ConversionParams)}
     ConversionParams.build(None, **{k: v for k, v in options.items() if k in param_names}).validate()  # before Ray starts
-    order: Callable[[dict[str, Any]], int | tuple[int, int]]
+    names = None
     if options.get("voices") is None:
         items = plan_files(inputs, out, options.get("format", "wav"), options.get("skip_existing", True), recursive, filesystem)
-        position = {item["output_path"]: k for k, item in enumerate(items)}
-        order = lambda row: position.get(row["output_path"], len(position))  # noqa: E731
     else:  # one row per input, every voice's output planned: the rows come back per (input, voice)
         items, names = plan_voice_files(inputs, out, options["voices"], {**options, "model": model}, recursive)
-        position = {item["path"]: k for k, item in enumerate(items)}
-        voice_order = {name: k for k, name in enumerate(names)}
-        order = lambda row: (position.get(row["path"], len(position)), voice_order.get(row["voice"], 0))  # noqa: E731
     with connected(address):
         ray = _ray()
         ctx = ray.data.DataContext.get_current()
@@ -783,12 +781,12 @@ def convert_files(
                 out.mkdir(parents=True, exist_ok=True)
                 folders = _output_folders(out.resolve(), items)  # with several voices, a folder per voice too
                 _clean_parts_everywhere(out, folders)  # temporary files of an earlier, killed run
-            rows = list(ds.iter_rows())
+            rows = _rows.collect_rows(ds)
             if not remote:
                 _clean_parts_everywhere(out, folders)  # and of workers killed during this one
         finally:
             ctx.enable_progress_bars = bars
-    rows.sort(key=order)
+    rows = _rows.one_per_input(items, rows, names)  # exactly one per planned input (and voice), in the plan's order
     if manifest_path is not None:
         try:
             write_manifest(rows, manifest_path, filesystem)

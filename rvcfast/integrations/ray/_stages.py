@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from ...errors import RvcfastError
+from ...errors import ParameterError, RvcfastError
 from ...params import ConversionParams
 from ...pipeline import prepare_input
 from ...writing import (
@@ -132,7 +132,7 @@ def _where() -> tuple[str, str]:
     return ray.get_runtime_context().get_node_id(), socket.gethostname()
 
 
-def _new_row(path: str, output_path: str | None) -> dict[str, Any]:
+def _new_row(path: str | None, output_path: str | None) -> dict[str, Any]:
     node, host = _where()
     row: dict[str, Any] = {
         "path": path, "output_path": output_path, "status": "pending", "error": None, "seconds": 0.0,
@@ -179,18 +179,29 @@ class OutputClaims:
     its batch's outputs here; a retried task claims the same pairs again and gets them.
     It records the job's inputs too: an output that is another row's input is refused (it
     would be written over that input), and so is an input already claimed as an output.
+
+    A row repeated as it is (the same path, the same output) in another block claims the
+    same pair as a retry would: the row's *occurrence* tells them apart (the Ray task, which
+    keeps its id when Ray retries it or rebuilds its lost output, the batch and the place in
+    it). The occurrence that claimed an output first converts it, again on each retry; any
+    other is a repeat.
     """
 
     def __init__(self) -> None:
         self.owners: dict[str, str] = {}
         self.inputs: dict[str, str] = {}
+        self.first: dict[str, str] = {}  # output -> the occurrence of the row that claimed it
 
-    def claim(self, pairs: list[tuple[str, str]], inputs: list[tuple[str, str]] | None = None) -> Any:
+    def claim(
+        self, pairs: list[tuple[str, str]], inputs: list[tuple[str, str]] | None = None, occurrences: list[str | None] | None = None
+    ) -> Any:
         """``(output, input)`` pairs → the owner (an input path, as the row spelled it) of each output.
 
         With ``inputs`` (``(key, input)`` of every row of the batch): ``(owners, inputs_of,
-        overwritten)``, where ``inputs_of`` is, per pair, the job's input its output is (its owner
-        ``None`` then), and ``overwritten``, per input, the row whose output it already is."""
+        overwritten, repeats)``, where ``inputs_of`` is, per pair, the job's input its output is
+        (its owner ``None`` then), ``overwritten``, per input, the row whose output it already
+        is, and ``repeats``, per pair, whether the owner's row claimed it before from another
+        occurrence (``occurrences``, per pair; ``None``: unknown, never a repeat)."""
         if inputs is None:
             return [self.owners.setdefault(output, source) for output, source in pairs]
         for key, source in inputs:
@@ -198,7 +209,46 @@ class OutputClaims:
         # an output claimed before its file was seen as an input keeps its owner: a retried task gets the same answer
         inputs_of = [None if output in self.owners else self.inputs.get(output) for output, _ in pairs]
         owners = [None if other is not None else self.owners.setdefault(output, source) for (output, source), other in zip(pairs, inputs_of)]
-        return owners, inputs_of, [self.owners.get(key) for key, _ in inputs]
+        repeats = [
+            owner == source and seen is not None and self.first.setdefault(output, seen) != seen
+            for (output, source), owner, seen in zip(pairs, owners, occurrences or [None] * len(pairs))
+        ]
+        return owners, inputs_of, [self.owners.get(key) for key, _ in inputs], repeats
+
+
+def _task_id() -> str | None:
+    """The Ray task (or actor task) running this code, which keeps its id when Ray retries it
+    or runs it again to rebuild its lost output; ``None`` outside a task."""
+    import ray
+
+    if not ray.is_initialized():
+        return None
+    context = ray.get_runtime_context()
+    if getattr(getattr(context, "worker", None), "mode", None) != getattr(ray, "WORKER_MODE", 1):
+        return None  # the driver (a stage called in this process)
+    try:
+        return context.get_task_id()
+    except Exception:  # noqa: BLE001 - unknown: every claim of a row is its own again, as before
+        return None
+
+
+def _occurrences(rows: list[dict[str, Any]], mine: list[dict[str, Any]]) -> list[str | None]:
+    """Per row of ``mine`` (the pending ``rows``): the task, the batch (its rows, in order) and the
+    place of the row among the batch's rows that name the same pair; the same on a retry.
+    ``None`` each outside a task."""
+    task = _task_id()
+    if task is None:
+        return [None] * len(mine)
+    import hashlib
+
+    batch = hashlib.sha256(repr([(r["path"], r["output_path"], r.get("voice")) for r in rows]).encode()).hexdigest()[:16]
+    counts: dict[tuple[str, str], int] = {}
+    tokens: list[str | None] = []
+    for row in mine:
+        pair = (row["path"], row["output_path"])
+        counts[pair] = counts.get(pair, -1) + 1
+        tokens.append(f"{task}/{batch}/{counts[pair]}")
+    return tokens
 
 
 def _same_file(a: str, b: str) -> bool:
@@ -213,6 +263,56 @@ def _same_file(a: str, b: str) -> bool:
         return os.path.samefile(a, b)
     except OSError:  # one of them does not exist (yet)
         return False
+
+
+def _shown(value: Any) -> str:
+    """A dataset value as an error names it: text as it is, anything else as Python writes it (shortened)."""
+    text = value if isinstance(value, str) else repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
+
+
+def _value_problem(value: Any, column: str) -> str | None:
+    """Why a dataset row's ``path`` or ``output_path`` value names no file (``None``: it names one;
+    a null ``output_path`` names the output ``out_dir/<stem>.<format>``)."""
+    if value is None:
+        return "it has no path (null in the 'path' column)" if column == "path" else None
+    what = "this path" if column == "path" else f"its output_path {_shown(value)}"
+    if not isinstance(value, str):
+        return (
+            f"{what} is of type {type(value).__name__}, not text: the dataset's {column!r} column must hold file paths as strings"
+            + (" (or null: out_dir/<stem>.<format>)" if column == "output_path" else "")
+        )
+    if not value.strip():
+        return f"{what} is empty" if column == "path" else "its output_path is empty"
+    return None
+
+
+def dataset_row(path: Any, output_path: Any, spec: JobSpec, naming: dict[str, str] | None = None) -> dict[str, Any]:
+    """A dataset row's values checked (text, or a null ``output_path``) and planned (:func:`_plan_row`);
+    a value that names no file makes it an error row naming the row's path and the problem."""
+    problem = _value_problem(path, "path")
+    if problem is not None:  # the row keeps its value as text, for the manifest; it has no input to claim
+        row = _new_row(path if path is None or isinstance(path, str) else repr(path), None)
+        named = path is not None and (not isinstance(path, str) or path.strip())
+        where = _shown(path) if named else "a row of the dataset" + (
+            "" if output_path is None else f" (output_path {_shown(output_path)})"
+        )
+        row.update(status="error", error=f"{where}: {problem}", no_input=True)
+        return row
+    problem = _value_problem(output_path, "output_path")
+    if problem is not None:
+        row = _new_row(path, None)
+        row.update(status="error", error=f"{path}: {problem}")
+        return row
+    return _plan_row(path, output_path, spec, naming)
+
+
+def path_column(batch: pa.Table) -> list[Any]:
+    """The ``path`` values of a batch of the job's dataset; a dataset without the column is refused
+    (known on the driver only when the dataset's schema is)."""
+    if "path" not in batch.column_names:
+        raise ParameterError(f"the dataset needs a 'path' column (one audio file per row); it has {', '.join(batch.column_names)}")
+    return batch.column("path").to_pylist()
 
 
 def _plan_row(path: str, output_path: str | None, spec: JobSpec, naming: dict[str, str] | None = None) -> dict[str, Any]:
@@ -244,19 +344,27 @@ def _claim_outputs(rows: list[dict[str, Any]], spec: JobSpec) -> None:
 
     # The input as the row spells it: a retried task claims the very same pairs and gets them
     # back, while the same file under another spelling (in/./a.wav, a symlink) is a second row
-    # and must not convert it again. Within a batch, a row repeated as it is converts once too.
+    # and must not convert it again. A row repeated as it is (in this batch or another block)
+    # converts once too: its occurrence tells it from a retry of the task that claimed the output first.
     pairs = [(_output_key(r["output_path"]), r["path"]) for r in mine]
-    inputs = list(dict.fromkeys((_output_key(r["path"]), r["path"]) for r in rows))  # every row's, an error row's too
-    owners, inputs_of, overwritten = ray.get(spec.claims.claim.remote(pairs, inputs))
+    # every row's input, an error row's too (not a row without a path of text)
+    inputs = list(dict.fromkeys((_output_key(r["path"]), r["path"]) for r in rows if not r.get("no_input")))
+    owners, inputs_of, overwritten, repeats = ray.get(spec.claims.claim.remote(pairs, inputs, _occurrences(rows, mine)))
     _refuse_input_outputs(mine, inputs_of, dict(zip(inputs, overwritten)))
     seen: set[tuple[str, str]] = set()
-    for row, pair, owner in zip(mine, pairs, owners):
+    for row, pair, owner, repeat in zip(mine, pairs, owners, repeats):
         if row["status"] != "pending":
             continue
-        if owner == pair[1] and pair not in seen:
+        if owner == pair[1] and not repeat and pair not in seen:
             seen.add(pair)
             continue
-        if owner == pair[1] or _same_file(owner, pair[1]):
+        if owner == pair[1]:  # the very row again: done by its first occurrence, not a second time
+            row.update(status="skipped", warnings=(
+                f"{row['path']}: a repeat of an earlier row of this job (the same path and output {row['output_path']}); "
+                "converted once, by that row"
+            ))
+            continue
+        if _same_file(owner, pair[1]):
             why = f"the same file as {owner}, whose row converts it once in this job"
         else:
             hint = _naming_hint(spec) if row.get("named_by_stem", True) else (
@@ -356,7 +464,7 @@ def decode_audio(batch: pa.Table, spec: JobSpec) -> pa.Table:
     """CPU task: name and check each file's output, then decode, resample to 16 kHz and run the
     signal stages (or mark it skipped, or make it an error row)."""
     outputs = batch.column("output_path").to_pylist() if "output_path" in batch.column_names else [None] * batch.num_rows
-    rows = [_plan_row(str(p), o, spec) for p, o in zip(batch.column("path").to_pylist(), outputs)]
+    rows = [dataset_row(p, o, spec) for p, o in zip(path_column(batch), outputs)]  # a value that is no path: an error row
     for row, given in zip(rows, outputs):
         row["named_by_stem"] = given is None  # only out_dir/<stem>.<format>: see _decode_one
     _claim_outputs(rows, spec)

@@ -42,10 +42,11 @@ from ._stages import (
     _CrashHook,
     _error_text,
     _node_resources,
-    _plan_row,
     _where,
+    dataset_row,
     existing_output,
     finished_table,
+    path_column,
     read_input,
     take_result,
     worker_threads,
@@ -194,14 +195,15 @@ def prep_key(params: ConversionParams) -> tuple[Any, ...]:
     return (params.channels, bool(params.strict), formant)
 
 
-def _plan_entries(path: str, planned: str | None, spec: JobSpec) -> list[dict[str, Any]]:
-    """A row per voice of one input, its output named (by the driver, else here) and checked."""
+def _plan_entries(path: Any, planned: str | None, spec: JobSpec) -> list[dict[str, Any]]:
+    """A row per voice of one input, its output named (by the driver, else here) and checked
+    (a ``path`` that is no text: an error row per voice)."""
     from ...batch_inputs import pitch_text
 
     given = json.loads(planned) if planned else [None] * len(spec.voices)
     entries = []
     for job, output in zip(spec.voices, given):
-        entry = _plan_row(path, output, spec, {"voice": job.name, "pitch": pitch_text(job.params.pitch)})
+        entry = dataset_row(path, output, spec, {"voice": job.name, "pitch": pitch_text(job.params.pitch)})
         entry.update(voice=job.name, named_by_stem=planned is None)
         entries.append(entry)
     return entries
@@ -237,17 +239,19 @@ def _decode_input(path: str, entries: list[dict[str, Any]], spec: JobSpec) -> di
         pending[0][1]["decode_s"] = time.perf_counter() - t0
     for entry in entries:
         entry.pop("named_by_stem", None)
+        entry.pop("no_input", None)
     return {"path": path, "entries": json.dumps(entries), "prep": pickle.dumps(preps, protocol=5) if preps else None}
 
 
 def decode_voices(batch: pa.Table, spec: JobSpec) -> pa.Table:
     """CPU task: name, claim and look at every voice's output of each input (``skip_existing``),
     then decode the input once for the voices that still need it."""
-    paths = [str(p) for p in batch.column("path").to_pylist()]
+    values = path_column(batch)
     # the outputs the driver planned (convert_files); a dataset's rows are named here, and claim their outputs
     given = spec.claims is None and "voice_outputs" in batch.column_names
-    planned = batch.column("voice_outputs").to_pylist() if given else [None] * len(paths)
-    entries = [_plan_entries(path, outs, spec) for path, outs in zip(paths, planned)]
+    planned = batch.column("voice_outputs").to_pylist() if given else [None] * len(values)
+    entries = [_plan_entries(value, outs, spec) for value, outs in zip(values, planned)]
+    paths = [per_input[0]["path"] for per_input in entries]  # a value that is no path: as its error rows show it
     if spec.claims is not None and "output_path" in batch.column_names:
         # refused on the driver when the dataset's schema is known; a lazy one's (after a map) is not:
         # its output_path values would be passed over, the outputs going elsewhere than they say
