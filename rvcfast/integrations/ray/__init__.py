@@ -37,7 +37,7 @@ from ._job import (  # noqa: E402
     convert_files,
     write_manifest,
 )
-from ._stages import ROW_SCHEMA, STAGES, VOICE_ROW_SCHEMA  # noqa: E402
+from ._schema import ROW_SCHEMA, STAGES, VOICE_ROW_SCHEMA  # noqa: E402
 from ._weights import WEIGHT_MODES  # noqa: E402
 
 __all__ = [

@@ -711,7 +711,7 @@ def write_manifest(rows: list[dict[str, Any]], path: str | os.PathLike[str], fil
             import pyarrow as pa
             import pyarrow.parquet as pq
 
-            from ._stages import ROW_SCHEMA, VOICE_ROW_SCHEMA
+            from ._schema import ROW_SCHEMA, VOICE_ROW_SCHEMA
 
             schema = VOICE_ROW_SCHEMA if any("voice" in row for row in rows) else ROW_SCHEMA  # a job with voices=
             pq.write_table(pa.Table.from_pylist(rows, schema=schema), str(tmp))

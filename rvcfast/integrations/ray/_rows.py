@@ -15,7 +15,7 @@ import json
 import warnings
 from typing import Any
 
-from ._stages import STAGES
+from ._schema import STAGES
 
 __all__ = ["collect_rows", "one_per_input", "known_schema"]
 

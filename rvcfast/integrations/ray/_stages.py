@@ -40,6 +40,7 @@ from ...writing import (
     write_audio_atomic,
 )
 from . import _storage
+from ._schema import ROW_SCHEMA, STAGES, VOICE_ROW_SCHEMA
 from ._weights import ModelFiles, local_files
 
 __all__ = [
@@ -51,32 +52,9 @@ __all__ = [
 #: conversion, so several run next to a model worker without holding a whole core each.
 DECODE_CPUS = 0.25
 
-#: Stage timings reported per file, as ``<stage>_s`` columns (seconds).
-STAGES = ("decode", "f0", "features", "index", "synth", "post", "write")
-
 #: Environment variable of the test hook (read on the driver): a marker file path. The first
 #: worker to write its second file claims the marker and dies in the middle of that write.
 CRASH_ENV = "RVCFAST_RAY_TEST_CRASH"
-
-#: One row per input file.
-ROW_SCHEMA = pa.schema(
-    [
-        ("path", pa.string()),
-        ("output_path", pa.string()),
-        ("status", pa.string()),  # ok | skipped | error
-        ("error", pa.string()),
-        ("seconds", pa.float64()),  # processing time of this file, all stages
-        ("audio_seconds", pa.float64()),  # duration of the input
-        ("node", pa.string()),  # Ray node id of the worker that finished the row
-        ("host", pa.string()),
-        ("warnings", pa.string()),  # input warnings, one per line
-        *[(f"{s}_s", pa.float64()) for s in STAGES],
-    ]
-)
-#: One row per (input, voice) in a job with several voices: :data:`ROW_SCHEMA` and the voice's
-#: name after ``path``. A one-model job's rows have no ``voice`` column (they stay as they were).
-VOICE_ROW_SCHEMA = pa.schema([ROW_SCHEMA.field(0), ("voice", pa.string()), *list(ROW_SCHEMA)[1:]])
-
 
 def _converted(schema: pa.Schema) -> pa.Schema:
     """``schema`` with the converted audio, when writing in a task."""

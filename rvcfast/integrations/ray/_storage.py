@@ -418,7 +418,7 @@ def write_manifest(rows: list[dict[str, Any]], uri: str, filesystem: Any) -> str
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        from ._stages import ROW_SCHEMA, VOICE_ROW_SCHEMA
+        from ._schema import ROW_SCHEMA, VOICE_ROW_SCHEMA
 
         sink = io.BytesIO()
         schema = VOICE_ROW_SCHEMA if any("voice" in row for row in rows) else ROW_SCHEMA
