@@ -462,3 +462,67 @@ def test_module_level_mutable_state_is_only_where_architecture_says():
         if _mutated_module_state(ast.parse(path.read_text(encoding="utf-8")))
     }
     assert found == documented, f"state not documented: {found - documented}; documented, not found: {documented - found}"
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(REPO).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports_of(path: Path, modules: set[str]) -> set[str]:
+    """The rvcfast modules ``path`` imports anywhere in it (inside functions and for type hints too);
+    a package's ``__init__`` is not counted as imported by its own modules."""
+    name = _module_name(path)
+    package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+    found: set[str] = set()
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                anchor = package.split(".")[: len(package.split(".")) - (node.level - 1)]
+                base = ".".join([*anchor, *([node.module] if node.module else [])])
+            targets = [f"{base}.{a.name}" for a in node.names] + [base]
+        elif isinstance(node, ast.Import):
+            targets = [a.name for a in node.names]
+        else:
+            continue
+        for target in targets:
+            while target and target not in modules:
+                target = target.rpartition(".")[0]
+            if target and target != name and not name.startswith(target + "."):
+                found.add(target)
+                break
+    return found
+
+
+def test_the_architecture_rules_hold_no_loops_one_way_and_short_modules():
+    """docs/architecture.md, "Rules the code keeps": no two modules import each other (not even in
+    a function or for type hints), stage modules never import the engine or a front end, the
+    engine no front end, and no module is over 800 lines."""
+    files = sorted((REPO / "rvcfast").rglob("*.py"))
+    modules = {_module_name(p) for p in files}
+    edges = {_module_name(p): _imports_of(p, modules) for p in files}
+    rules = read("docs/architecture.md")
+    assert "* **No loops.**" in rules and "* **One way.**" in rules and "none over 800 lines" in rules
+
+    def reaches(start: str) -> set[str]:
+        seen: set[str] = set()
+        todo = [start]
+        while todo:
+            for nxt in edges[todo.pop()] - seen:
+                seen.add(nxt)
+                todo.append(nxt)
+        return seen
+
+    loops = sorted(m for m in modules if m in reaches(m))
+    assert not loops, f"modules in an import loop: {loops}"
+    front_ends = {"rvcfast.api", "rvcfast.batch", "rvcfast.voices", "rvcfast.realtime", "rvcfast.cli", "rvcfast.serve",
+                  "rvcfast.integrations"}
+    stages = [m for m in modules if m.startswith(("rvcfast.f0", "rvcfast.models", "rvcfast.index"))] + [
+        "rvcfast.audio", "rvcfast.pipeline", "rvcfast.segment", "rvcfast.dsp", "rvcfast.writing", "rvcfast.effects"]
+    for stage in stages:
+        above = {t for t in edges[stage] if t == "rvcfast.engine" or t.split(".")[:2] in [f.split(".")[:2] for f in front_ends]}
+        assert not above, f"{stage} imports {above}"
+    assert not {t for t in edges["rvcfast.engine"] if t.rsplit(".", 1)[0] in front_ends or t in front_ends}
+    long = {p.relative_to(REPO).as_posix(): n for p in files if (n := len(p.read_text(encoding="utf-8").splitlines())) > 800}
+    assert not long, f"modules over 800 lines: {long}"
