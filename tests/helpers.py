@@ -15,6 +15,7 @@ Import the fixtures into a test module with
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -99,6 +100,26 @@ def tiny_models_fixture(tmp_path_factory: pytest.TempPathFactory) -> TinyModels:
 def tiny_converter_fixture(tiny_models: TinyModels) -> rvcfast.Converter:
     """A CPU Converter over the tiny models (with the 768-d index)."""
     return tiny_models.converter()
+
+
+@pytest.fixture(name="profile_file")
+def profile_file_fixture(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A tune profile file of this test's own (``RVCFAST_PROFILE``), not yet written."""
+    path = tmp_path / "profile.json"
+    monkeypatch.setenv("RVCFAST_PROFILE", str(path))
+    return path
+
+
+def profile_entry(**fields: Any) -> dict[str, Any]:
+    """A profile entry for this machine's CPU (``fields`` added or replaced)."""
+    from rvcfast.tuning import machine_id
+
+    return {"machine": machine_id("cpu"), "dtype": "float32", "threads": 1, "batch_seconds": 8.0, **fields}
+
+
+def write_profiles(path: Path, *entries: dict[str, Any]) -> None:
+    """A profile file holding ``entries``."""
+    path.write_text(json.dumps({"profiles": list(entries)}))
 
 
 @pytest.fixture(name="two_threads")

@@ -11,27 +11,11 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import tiny_models_fixture  # noqa: F401
+from helpers import profile_entry, profile_file_fixture, tiny_models_fixture, write_profiles  # noqa: F401
 
 from rvcfast import runtime, tuning
 from rvcfast.cli import main
 from rvcfast.tuning import Profile, apply_threads, load_profile, machine_id, save_profile
-
-
-@pytest.fixture()
-def profile_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "profile.json"
-    monkeypatch.setenv("RVCFAST_PROFILE", str(path))
-    return path
-
-
-def _entry(**fields) -> dict:
-    return {"machine": machine_id("cpu"), "dtype": "float32", "threads": 1, "batch_seconds": 8.0, **fields}
-
-
-def _write(path: Path, *entries: dict) -> None:
-    path.write_text(json.dumps({"profiles": list(entries)}))
-
 
 # ------------------------------------------------------------------------------ cores and threads
 
@@ -114,7 +98,7 @@ def test_the_thread_count_the_user_set_in_the_environment(monkeypatch, env, expe
 def test_mkl_num_threads_wins_over_the_profile(monkeypatch, profile_file: Path) -> None:
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     monkeypatch.setenv("MKL_NUM_THREADS", "1")
-    _write(profile_file, _entry(threads=2))
+    write_profiles(profile_file, profile_entry(threads=2))
     before = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
@@ -161,7 +145,7 @@ def test_arm_cpuinfo_names_the_core_and_its_features(tmp_path, monkeypatch) -> N
 
 
 def test_an_entry_in_another_profile_format_is_reported_not_silently_skipped(profile_file: Path) -> None:
-    _write(profile_file, _entry(version=2, knob="new"))  # a newer rvcfast, on this machine
+    write_profiles(profile_file, profile_entry(version=2, knob="new"))  # a newer rvcfast, on this machine
     with pytest.warns(RuntimeWarning, match="another profile format.*version 2"):
         assert load_profile("cpu") is None
     with warnings.catch_warnings():
@@ -171,7 +155,7 @@ def test_an_entry_in_another_profile_format_is_reported_not_silently_skipped(pro
 
 
 def test_info_says_why_this_machines_entry_is_ignored(profile_file: Path) -> None:
-    _write(profile_file, _entry(threads=-1))
+    write_profiles(profile_file, profile_entry(threads=-1))
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         source = tuning.system_report("cpu")["settings"]["source"]
@@ -180,7 +164,7 @@ def test_info_says_why_this_machines_entry_is_ignored(profile_file: Path) -> Non
 
 @pytest.mark.parametrize("threads", [2**40, 100_000])
 def test_an_absurd_thread_count_is_ignored_not_applied(profile_file: Path, threads: int) -> None:
-    _write(profile_file, _entry(threads=threads))
+    write_profiles(profile_file, profile_entry(threads=threads))
     before = torch.get_num_threads()
     with pytest.warns(RuntimeWarning, match="bad threads"):
         profile = load_profile("cpu")
@@ -189,7 +173,7 @@ def test_an_absurd_thread_count_is_ignored_not_applied(profile_file: Path, threa
 
 def test_a_profile_precision_the_cpu_cannot_run_falls_back_for_auto(tiny_models, profile_file: Path, monkeypatch) -> None:
     monkeypatch.setattr(runtime, "cpu_features", lambda: frozenset({"avx2", "fma"}))
-    _write(profile_file, _entry(dtype="float16"))  # a hand-edited file
+    write_profiles(profile_file, profile_entry(dtype="float16"))  # a hand-edited file
     with pytest.warns(RuntimeWarning, match="float16"):
         assert tuning.tuned_dtype("auto", torch.device("cpu")) == torch.float32
     with pytest.warns(RuntimeWarning):
@@ -239,7 +223,7 @@ def test_a_profile_is_read_once_and_applied_everywhere(tiny_models, profile_file
     """The one read fills every setting: batch size, precision, compute workers."""
     from rvcfast.batch import BatchOptions, compute_workers
 
-    _write(profile_file, _entry(batch_seconds=3.5, compute_workers=2))
+    write_profiles(profile_file, profile_entry(batch_seconds=3.5, compute_workers=2))
     conv = tiny_models.converter(dtype="auto")
     assert conv.engine.batch_seconds == 3.5 and conv.dtype == torch.float32
     assert compute_workers(conv.engine, BatchOptions()) == 2

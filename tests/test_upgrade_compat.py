@@ -11,32 +11,17 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import json
 import threading
 import warnings
 from pathlib import Path
 
 import pytest
 import torch
+from helpers import profile_entry, profile_file_fixture, write_profiles  # noqa: F401
 
 from rvcfast import tuning, weights
 from rvcfast.errors import ParameterError, WeightsNotFoundError
 from rvcfast.tuning import Profile, load_profile, machine_id, save_profile
-
-
-@pytest.fixture()
-def profile_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "profile.json"
-    monkeypatch.setenv("RVCFAST_PROFILE", str(path))
-    return path
-
-
-def _entry(**fields) -> dict:
-    return {"machine": machine_id("cpu"), "dtype": "float32", "threads": 1, "batch_seconds": 6.0, **fields}
-
-
-def _write(path: Path, *entries: dict) -> None:
-    path.write_text(json.dumps({"profiles": list(entries)}))
 
 
 def _source() -> str:
@@ -54,7 +39,7 @@ def test_a_profile_measured_with_an_earlier_torch_is_ignored_with_a_note(profile
     here = machine_id("cpu")
     earlier = here.replace(f"| torch {torch.__version__} |", "| torch 1.13.1 |")
     assert earlier != here
-    _write(profile_file, _entry(machine=earlier, dtype="bfloat16", batch_seconds=30.0))
+    write_profiles(profile_file, profile_entry(machine=earlier, dtype="bfloat16", batch_seconds=30.0))
     with pytest.warns(RuntimeWarning, match=r"torch 1\.13\.1 .*run `rvcfast tune` again") as record:
         assert load_profile("cpu") is None
     assert str(profile_file) in str(record[0].message)
@@ -66,13 +51,13 @@ def test_a_profile_measured_with_other_usable_cores_says_so(profile_file: Path) 
     """The same CPU with another core count (a container's ``--cpus``, a new affinity)."""
     here = machine_id("cpu")
     cores = int(here.split("] x")[1].split(" ")[0])
-    _write(profile_file, _entry(machine=here.replace(f"] x{cores} |", f"] x{cores + 62} |")))
+    write_profiles(profile_file, profile_entry(machine=here.replace(f"] x{cores} |", f"] x{cores + 62} |")))
     with pytest.warns(RuntimeWarning, match=f"{cores + 62} usable cores \\(here {cores}\\)"):
         assert load_profile("cpu") is None
 
 
 def test_another_machines_entry_in_a_shared_file_stays_quiet(profile_file: Path) -> None:
-    _write(profile_file, _entry(machine="Some Other CPU [avx2] x64 | torch 1.0 | cpu"))
+    write_profiles(profile_file, profile_entry(machine="Some Other CPU [avx2] x64 | torch 1.0 | cpu"))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert load_profile("cpu") is None
@@ -83,26 +68,26 @@ def test_a_later_rvcfast_s_trial_records_are_read(profile_file: Path) -> None:
     """A later version may record more about each measurement (a trial): the settings still apply
     (the whole entry was ignored with "Trial.__init__() got an unexpected keyword argument")."""
     trial = {"dtype": "float32", "threads": 1, "batch_seconds": 6.0, "seconds": 1.5, "peak_mb": 812}
-    _write(profile_file, _entry(compute_workers=1, trials=[trial]))
+    write_profiles(profile_file, profile_entry(compute_workers=1, trials=[trial]))
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         profile = load_profile("cpu")
-    assert profile is not None and profile.batch_seconds == 6.0 and profile.trials[0].seconds == 1.5
+    assert profile is not None and profile.batch_seconds == 8.0 and profile.trials[0].seconds == 1.5
 
 
 def test_a_setting_this_version_does_not_know_is_named(profile_file: Path) -> None:
     """An unknown setting is not silently dropped (the others may depend on it); the warning names
     it in words, not as a Python TypeError."""
-    _write(profile_file, _entry(f0_threads=2))
+    write_profiles(profile_file, profile_entry(f0_threads=2))
     with pytest.warns(RuntimeWarning, match=r"fields this rvcfast does not know \('f0_threads'.*run `rvcfast tune` again") as record:
         assert load_profile("cpu") is None
     assert "__init__" not in str(record[0].message)
 
 
 def test_an_entry_missing_a_setting_names_it(profile_file: Path) -> None:
-    entry = _entry()
+    entry = profile_entry()
     del entry["dtype"]
-    _write(profile_file, entry)
+    write_profiles(profile_file, entry)
     with pytest.warns(RuntimeWarning, match=r"lacks 'dtype': run `rvcfast tune` again"):
         assert load_profile("cpu") is None
 
@@ -130,7 +115,7 @@ def test_a_damaged_profile_file_says_what_to_do(profile_file: Path, content, say
     with pytest.raises(ValueError, match="not an rvcfast profile file"):
         tuning.check_profile_target(profile_file)  # a file the user named is left as it is
     tuning.check_profile_target(profile_file, replace_invalid=True)  # rvcfast's own may be replaced...
-    save_profile(Profile(**_entry()), profile_file)  # ...and is
+    save_profile(Profile(**profile_entry()), profile_file)  # ...and is
     assert load_profile("cpu") is not None
 
 
