@@ -40,9 +40,12 @@ a pool of ``max_live`` threads beside the model worker, so a long file conversio
 not hold a live stream up. Messages are read as they arrive, while earlier ones convert
 (so the WebSocket's keepalive pings are answered however far behind the conversion is): a
 client may keep several messages in flight, up to ``live_max_ahead_seconds`` (10) of audio
-sent and not yet answered; a message beyond that closes the stream with 1008 and says so,
-instead of the server buffering without bound or the connection timing out. A stream whose
-audio is still converting is not idle.
+sent and not yet answered (a flush counts as the ``latency_samples`` it answers with), in at most
+as many messages as that holds :data:`MIN_MESSAGE_SAMPLES`; a message beyond that closes the stream with
+1008 and says so, instead of the server buffering without bound or the connection timing out.
+A stream whose audio is still converting is not idle. A client that takes no answer for
+``live_idle_seconds`` (it stopped reading) is closed with 1008 too: its answers would wait for
+room in the socket for ever, holding one of the ``max_live`` slots.
 """
 
 from __future__ import annotations
@@ -85,6 +88,12 @@ MAX_GEOMETRY_SECONDS = {"block_seconds": MAX_MESSAGE_SECONDS, "context_seconds":
 _FILE_FIELDS = ("format", "subtype", "bitrate", "stream", "output_sample_rate")
 
 POLICY, TRY_LATER, SERVER_ERROR = 1008, 1013, 1011
+#: A stream may have as many messages in flight as ``live_max_ahead_seconds`` holds of this many samples
+#: (a browser AudioWorklet's render quantum): empty messages and flushes cannot queue without bound,
+#: and a client of 128-sample messages may still keep ``live_max_ahead_seconds`` in flight.
+MIN_MESSAGE_SAMPLES = 128
+#: How long a refusal (its error message, then the close) may wait for a client that takes nothing.
+REFUSE_SECONDS = 10.0
 #: The subprotocol the server accepts a stream with when the client offers it (a browser that
 #: offers the key as a subprotocol must offer this one too: the server never echoes the key).
 LIVE_PROTOCOL = "rvcfast.live"
@@ -169,8 +178,9 @@ def _decode(data: bytes, wire: Wire, limit: int) -> np.ndarray:
         x = x.astype(np.float32) / 32768.0
     elif not np.isfinite(x).all():  # the client's samples, not a failed conversion: 1008, not 1011
         raise ParameterError(f"a binary message holds {int((~np.isfinite(x)).sum())} NaN or infinite samples")
-    x = x.astype(np.float32)
-    return x if wire.channels == 1 else x.reshape(-1, wire.channels).mean(axis=1, dtype=np.float32)
+    if wire.channels > 1:  # the mean in float64: a float32 sum of loud channels overflows to infinity
+        x = x.reshape(-1, wire.channels).mean(axis=1, dtype=np.float64)
+    return x.astype(np.float32)
 
 
 def _encode(y: np.ndarray, wire: Wire) -> bytes:
@@ -192,12 +202,27 @@ def _refused_field(text: str, overrides: dict[str, Any]) -> str | None:
     return named or next(iter(whole_file_settings(ConversionParams.build(None, **overrides))), None)
 
 
+async def _within(step: Any, seconds: float) -> bool:
+    """Await ``step`` for at most ``seconds``; ``False`` when it did not finish (a send to a client that
+    stopped reading waits for room in the socket's buffer for ever)."""
+    try:
+        await asyncio.wait_for(step, seconds)
+    except asyncio.TimeoutError:
+        return False
+    return True
+
+
+async def _close(ws: WebSocket, code: int, message: str, seconds: float) -> None:
+    """Close with ``code``, waiting at most ``seconds`` (the access log has the code and reason either way)."""
+    await _within(ws.close(code=code, reason=message[:120]), seconds)
+
+
 async def _refuse(ws: WebSocket, code: int, message: str, parameter: str | None = None) -> None:
     body: dict[str, Any] = {"type": "error", "error": message}
     if parameter is not None:
         body["parameter"] = parameter
-    await ws.send_json(body)
-    await ws.close(code=code, reason=message[:120])
+    taken = await _within(ws.send_json(body), REFUSE_SECONDS)
+    await _close(ws, code, message, REFUSE_SECONDS if taken else 0.1)
 
 
 async def _open(state: ServerState, ws: WebSocket) -> tuple[RealtimeConverter, Wire] | None:
@@ -243,12 +268,13 @@ class _Inbox:
     Items are ``("audio", samples)``, ``("flush", None)``; :meth:`stop` ends the stream
     at once (a bad message, too far ahead, idle, or the client gone): the conversion
     loop sees it before any item still queued. ``ahead`` counts the samples received and
-    not yet answered.
+    not yet answered (a flush: the ``latency_samples`` it answers with), ``waiting`` the messages.
     """
 
     def __init__(self) -> None:
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.ahead = 0
+        self.waiting = 0
         self.problem: tuple[int, str] | None = None  # (close code, message); code 0: the client left
         self.stopped = False
 
@@ -263,8 +289,30 @@ class _Inbox:
         return await self.queue.get()
 
 
-async def _read_messages(ws: WebSocket, inbox: _Inbox, wire: Wire, limit: int, rate: int, cfg: Any) -> None:
-    """Read the stream's messages as they arrive into ``inbox`` (run beside the conversion)."""
+def _too_far_ahead(inbox: _Inbox, cost: int, max_ahead: int, rate: int, cfg: Any) -> str | None:
+    """Why a message that adds ``cost`` samples cannot be taken on top of those in flight, or ``None``."""
+    if not inbox.waiting:  # nothing in flight: one long message is not "ahead"
+        return None
+    if inbox.ahead + cost > max_ahead:
+        return (
+            f"the client sent {(inbox.ahead + cost) / rate:.2f} s of audio ahead of the conversion, more "
+            f"than the server's {cfg.live_max_ahead_seconds:g} s: send each block after its answer, or keep fewer in flight"
+        )
+    most = max(1, max_ahead // MIN_MESSAGE_SAMPLES)
+    if inbox.waiting >= most:
+        return (
+            f"the client sent {inbox.waiting + 1} messages ahead of the conversion, more than the server's {most} "
+            f"({cfg.live_max_ahead_seconds:g} s of {MIN_MESSAGE_SAMPLES}-sample messages): send larger messages, "
+            "or keep fewer in flight"
+        )
+    return None
+
+
+async def _read_messages(
+    ws: WebSocket, inbox: _Inbox, wire: Wire, limit: int, rate: int, cfg: Any, flush_samples: int = 0
+) -> None:
+    """Read the stream's messages as they arrive into ``inbox`` (run beside the conversion).
+    ``flush_samples``: the samples a flush is answered with (the stream's ``latency_samples``)."""
     max_ahead = int(cfg.live_max_ahead_seconds * rate)
     while not inbox.stopped:
         try:
@@ -283,23 +331,33 @@ async def _read_messages(ws: WebSocket, inbox: _Inbox, wire: Wire, limit: int, r
         data, text = message.get("bytes"), message.get("text")
         if data is not None:
             try:
-                x = _decode(data, wire, limit)
+                item: tuple[str, Any] = ("audio", _decode(data, wire, limit))
             except ParameterError as exc:
                 inbox.stop(POLICY, str(exc))
                 return
-            if inbox.ahead and inbox.ahead + x.shape[0] > max_ahead:
-                inbox.stop(POLICY, (
-                    f"the client sent {(inbox.ahead + x.shape[0]) / rate:.2f} s of audio ahead of the conversion, more "
-                    f"than the server's {cfg.live_max_ahead_seconds:g} s: send each block after its answer, or keep fewer in flight"
-                ))
-                return
-            inbox.ahead += x.shape[0]
-            inbox.queue.put_nowait(("audio", x))
+            cost = item[1].shape[0]
         elif text is not None and text.strip().lower() == "flush":
-            inbox.queue.put_nowait(("flush", None))
+            item, cost = ("flush", None), flush_samples
         else:
-            inbox.stop(POLICY, f"unknown text message {str(text)[:40]!r}: send audio as binary messages, or 'flush'")
+            inbox.stop(POLICY, _unknown_text(text))
             return
+        problem = _too_far_ahead(inbox, cost, max_ahead, rate, cfg)
+        if problem is not None:
+            inbox.stop(POLICY, problem)
+            return
+        inbox.ahead += cost
+        inbox.waiting += 1
+        inbox.queue.put_nowait(item)
+
+
+def _unknown_text(text: str | None) -> str:
+    what = f"unknown text message {str(text)[:40]!r}: send audio as binary messages, or 'flush'"
+    if str(text).lstrip().startswith("{"):  # a settings change: they are the URL's, fixed for the stream
+        what += (
+            "; a stream's settings (sample_rate, pitch...) are the query fields of its URL, fixed when it opens: "
+            "to change them, flush and open a new stream"
+        )
+    return what
 
 
 async def _serve_stream(state: ServerState, ws: WebSocket, rt: RealtimeConverter, wire: Wire) -> None:
@@ -310,9 +368,10 @@ async def _serve_stream(state: ServerState, ws: WebSocket, rt: RealtimeConverter
         "channels": wire.channels, "request_id": request_id(),  # a browser cannot read the handshake's headers
     })
     inbox = _Inbox()
-    reader = asyncio.create_task(
-        _read_messages(ws, inbox, wire, int(MAX_MESSAGE_SECONDS * rt.sample_rate), rt.sample_rate, state.cfg)
-    )
+    idle = state.cfg.live_idle_seconds
+    reader = asyncio.create_task(_read_messages(
+        ws, inbox, wire, int(MAX_MESSAGE_SECONDS * rt.sample_rate), rt.sample_rate, state.cfg, rt.latency_samples
+    ))
     try:
         while True:
             kind, x = await inbox.next()
@@ -325,7 +384,13 @@ async def _serve_stream(state: ServerState, ws: WebSocket, rt: RealtimeConverter
                 inbox.ahead -= x.shape[0]
             else:
                 y = await loop.run_in_executor(state.live_pool, call_contained, rt.flush)
-            await ws.send_bytes(_encode(y, wire))
+                inbox.ahead -= rt.latency_samples
+            inbox.waiting -= 1
+            if not await _within(ws.send_bytes(_encode(y, wire)), idle):
+                # the client stopped reading: its answers would wait for room in the socket for ever,
+                # holding one of the --max-live slots (its close frame cannot get through either)
+                await _close(ws, POLICY, f"the client took no answer for {idle:g} s: the live stream is closed", 0.1)
+                return
             state.metrics.inc("rvcfast_live_seconds_total", value=y.shape[0] / rt.sample_rate)
     finally:
         reader.cancel()
