@@ -434,6 +434,9 @@ class RealtimeConverter:
         # resample's length rule, ceil(n * target / orig) in floating point, gives one sample too
         # many for some pairs of rates (40000 -> 22000): the exact count is that of the decoded frames
         span = y[g.samples(g.extra) : g.samples(g.decoded)]
+        if not np.isfinite(span).all():  # np.clip keeps NaN: it would reach the caller (and the next join)
+            bad = int(span.size - np.count_nonzero(np.isfinite(span)))
+            raise RvcfastError(f"the voice model gave {bad} NaN or infinite output samples for block {self._blocks} of the stream")
         return np.clip(self._sola.step(span), -1.0, 1.0)
 
     def _shift_in(self, block: np.ndarray) -> None:
