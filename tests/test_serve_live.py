@@ -131,6 +131,12 @@ def test_a_22050_hz_stream_is_answered_sample_for_sample(server):
         assert len(ws.recv(timeout=120)) == x.nbytes
 
 
+def test_a_sample_rate_written_as_a_float_is_taken_as_the_library_takes_it(server):
+    with _connect(server, sample_rate="22050.0", block_seconds=0.2, context_seconds=0.4) as ws:  # was: refused
+        ready = json.loads(ws.recv(timeout=120))
+        assert ready["type"] == "ready" and ready["sample_rate"] == 22050
+
+
 def test_sixteen_bit_pcm_in_and_out(server):
     x = (tone(0.5, RATE, 200.0) * 32767).astype("<i2")
     with _connect(server, encoding="s16le") as ws:
@@ -198,6 +204,8 @@ def test_messages_are_not_compressed(server):
         ({"sample_rate": 1000000000}, "sample_rate", "8000..384000"),
         ({"block_seconds": 20, "crossfade_seconds": 0.05}, "block_seconds", "at most 10 s"),
         ({"context_seconds": 3000}, "context_seconds", "at most 30 s"),
+        ({"sample_rate": "44100.5"}, "sample_rate", "whole number of Hz"),
+        ({"sample_rate": "nan"}, "sample_rate", "whole number of Hz"),
     ],
 )
 def test_a_bad_field_is_named_and_the_stream_closed_1008(server, query, field, words):

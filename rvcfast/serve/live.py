@@ -51,6 +51,7 @@ room in the socket for ever, holding one of the ``max_live`` slots.
 from __future__ import annotations
 
 import asyncio
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -139,11 +140,14 @@ def _live_settings(pairs: list[tuple[str, str]]) -> tuple[dict[str, Any], Wire, 
                 raise FieldError(name, f"encoding must be one of {', '.join(ENCODINGS)}, got {text!r}")
         elif name == "channels" and (count := _wire_channels(text)) is not None:
             channels = count
-        elif name == "sample_rate":
+        elif name == "sample_rate":  # "44100.0" as the library takes 44100.0; not "44100.5", "nan", "1e400"
             try:
-                settings[name] = int(text)
+                rate = float(text)
             except ValueError:
-                raise FieldError(name, f"sample_rate must be a whole number of Hz, got {text!r}") from None
+                rate = math.nan
+            if not rate.is_integer():
+                raise FieldError(name, f"sample_rate must be a whole number of Hz, got {text!r}")
+            settings[name] = int(rate)
         elif name in LIVE_FIELDS:
             try:
                 settings[name] = float(text)
