@@ -206,6 +206,9 @@ def test_messages_are_not_compressed(server):
         ({"context_seconds": 3000}, "context_seconds", "at most 30 s"),
         ({"sample_rate": "44100.5"}, "sample_rate", "whole number of Hz"),
         ({"sample_rate": "nan"}, "sample_rate", "whole number of Hz"),
+        # a misspelt stream field is told the stream's fields (was: the output-file fields a stream refuses)
+        ({"blok_seconds": 0.2}, "blok_seconds", "did you mean 'block_seconds'?"),
+        ({"sampel_rate": 16000}, "sampel_rate", "did you mean 'sample_rate'?"),
     ],
 )
 def test_a_bad_field_is_named_and_the_stream_closed_1008(server, query, field, words):

@@ -51,7 +51,9 @@ room in the socket for ever, holding one of the ``max_live`` slots.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import math
+import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -59,6 +61,7 @@ import numpy as np
 from fastapi import WebSocket, WebSocketDisconnect
 
 from ..errors import BackendUnavailableError, ModelLoadError, ParameterError, RvcfastError
+from ..params import param_specs
 from .answers import FieldError
 from .forms import parse_fields
 from .middleware import request_id
@@ -229,13 +232,34 @@ async def _refuse(ws: WebSocket, code: int, message: str, parameter: str | None 
     await _close(ws, code, message, REFUSE_SECONDS if taken else 0.1)
 
 
+#: The query fields of a live stream besides the conversion parameters.
+STREAM_FIELDS = ("voice", "f0", *LIVE_FIELDS, "encoding", "channels")
+
+
+def _conversion_fields(rest: list[tuple[str, str]]) -> Any:
+    """The ``/v1/convert`` fields of a live stream's query; an unknown name is told the live stream's
+    own fields (and the closest of them), not the output-file fields a stream refuses."""
+    try:
+        return parse_fields(rest)
+    except FieldError as exc:
+        text = str(exc)
+        if not text.startswith("unknown conversion parameter"):
+            raise
+        head = re.sub(r" \(did you mean '[^']*'\?\)", "", text.split("; or one of ", 1)[0], count=1)
+        names = [*STREAM_FIELDS, *(n for n in (spec.name for spec in param_specs()) if n not in _FILE_FIELDS)]  # not a field a stream refuses
+        close = difflib.get_close_matches(exc.field or "", names, n=1)
+        if close:
+            head = head.replace(f"{exc.field!r};", f"{exc.field!r} (did you mean {close[0]!r}?);", 1)
+        raise FieldError(exc.field, f"{head}; or one of the stream's {', '.join(STREAM_FIELDS)}") from None
+
+
 async def _open(state: ServerState, ws: WebSocket) -> tuple[RealtimeConverter, Wire] | None:
     """The stream's converter and wire format, or ``None`` after refusing the stream."""
     from ..realtime import RealtimeConverter
 
     try:
         settings, wire, rest = _live_settings(list(ws.query_params.multi_items()))
-        options = parse_fields(rest)
+        options = _conversion_fields(rest)
     except FieldError as exc:
         await _refuse(ws, POLICY, str(exc), exc.field)
         return None
