@@ -30,7 +30,6 @@ import functools
 import os
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,8 +38,21 @@ import torch
 
 from .audio import AudioInput
 from .constants import F0_HOP, SR_16K
+from .engine_items import (
+    COMPUTE,
+    Failure,
+    Item,
+    channel_tracks,
+    check_cancel,
+    checked_piece,
+    contained,
+    describe,
+    given_params,
+    join_channels,
+    too_short,
+)
 from .engine_progress import RunProgress, stream_f0
-from .errors import AudioError, Cancelled, ModelLoadError, ParameterError, RvcfastError
+from .errors import ModelLoadError, ParameterError, RvcfastError
 from .packing import pack
 from .params import ConversionParams, check_one_model_call
 from .pipeline import (
@@ -88,24 +100,8 @@ def load_encoder_cached(
     return cache.get_or_load("encoder", path, device, dtype, lambda: load_encoder(path, device=device, dtype=dtype))
 
 
-@dataclass
-class _Item:
-    """One input on its way through :meth:`Engine.run`."""
-
-    prep: PreparedAudio
-    params: ConversionParams
-    timings: dict[str, float] = field(default_factory=dict)
-    error: BaseException | None = None
-    coarse: np.ndarray | None = None
-    pitchf: np.ndarray | None = None
-    buffer: np.ndarray | None = None
-    offsets: list[int] = field(default_factory=list)
-    channels: list[_Item] = field(default_factory=list)  # channels="each": the further channels' items
-    owner: int = 0  # the input's position in run()'s list (a further channel: its input's)
-    synthesized: int = 0  # output samples of its segments synthesised so far
-
-
-_COMPUTE = object()  # in run()'s list of F0 tracks: the engine extracts this one (a further channel)
+#: Who a plugin's ``sys.exit()`` during a model call is blamed on.
+_MODELS = "a model (content encoder, index or vocoder)"
 
 
 class Engine:
@@ -278,7 +274,7 @@ class Engine:
         would refuse, found before any network runs (a server answers it as the client's error)."""
         q = self.params(params)
         if not any(self._output_lengths(segment_inputs(prep, None, None), q)):
-            raise _too_short(prep, q)
+            raise too_short(prep, q)
 
     # ------------------------------------------------------------------ stage 2: F0
 
@@ -326,20 +322,22 @@ class Engine:
     ) -> list[Result]:
         """F0 (unless given) → features → index → synthesis → assembly for prepared inputs.
 
-        ``params`` is one :class:`~rvcfast.ConversionParams` (or mapping) for all inputs or one per
-        input (a server batching different requests): segments share a model call only
+        ``params`` is one :class:`~rvcfast.ConversionParams` (or mapping; ``None``: the defaults) for
+        all inputs or one per input (a server batching different requests): segments share a model call only
         when their speaker, noise switch and v1 layer agree. Every settings object is
         checked against this model first (out-of-range values raise
         :class:`~rvcfast.errors.ParameterError`, as in :meth:`params`); so is ``f0``, which
         must hold one track per input (for an input prepared with ``channels="each"``, a tuple
-        of one track per channel, or one track: the first channel's, the others extracted). Returns one :class:`Result`
+        of one track per channel, or one track: the first channel's, the others extracted; ``None``:
+        the engine extracts that input's, an exception: the input fails with it). Returns one :class:`Result`
         per input, in order. A failing input gets ``error`` set (its name and the reason)
         unless ``raise_errors``, which re-raises the first failure's exception as it
         happens. ``batch_seconds`` overrides the engine's packing budget for this call.
 
         ``cancel`` (a :class:`threading.Event`, or anything with ``is_set()``), when given,
-        is looked at between the stages and before each model batch (about one decoder
-        window of work apart): once it is set, the run stops there and raises
+        is looked at between the stages, between the F0 blocks of a long input (as for
+        ``on_progress`` below) and before each model batch (about one decoder window of work
+        apart): once it is set, the run stops there and raises
         :class:`~rvcfast.errors.Cancelled` (nothing is returned).
 
         ``on_progress(k, fraction)``, when given, is called after each model batch for every
@@ -353,11 +351,7 @@ class Engine:
         down and reaches 1.0 exactly once, after the input's last model batch; an input that
         fails gets no further calls.
         """
-        asked: list[ConversionParams | Mapping[str, Any]] = (
-            [params] * len(preps) if isinstance(params, (ConversionParams, Mapping)) else list(params)
-        )
-        if len(asked) != len(preps):
-            raise ParameterError(f"run() got {len(preps)} inputs but {len(asked)} parameter sets")
+        asked = given_params(params, len(preps))
         f0 = None if f0 is None else list(f0)
         if f0 is not None and len(f0) != len(preps):
             raise ParameterError(f"run() got {len(preps)} inputs but {len(f0)} F0 tracks")
@@ -367,19 +361,20 @@ class Engine:
         per_item = [checked[id(q)] for q in asked]
         for p, q in zip(preps, per_item):
             check_formant(p, q)
-        items = [_Item(p, q, owner=k) for k, (p, q) in enumerate(zip(preps, per_item))]
+        items = [Item(p, q, owner=k) for k, (p, q) in enumerate(zip(preps, per_item))]
         # channels="each": each further channel is converted as an input of its own, beside the first
         for item in items:
-            item.channels = [_Item(c, item.params, owner=item.owner) for c in item.prep.more_channels]
+            item.channels = [Item(c, item.params, owner=item.owner) for c in item.prep.more_channels]
         every = items + [c for item in items for c in item.channels]
         if f0 is not None:
-            f0 = _channel_tracks(items, f0)
-        _check_cancel(cancel)
-        progress = RunProgress(every, on_progress) if on_progress is not None else None
+            f0 = channel_tracks(items, f0)
+        check_cancel(cancel)
+        # with on_progress or cancel, a long input's F0 goes block by block (reported, or cancelled, between blocks)
+        progress = RunProgress(every, on_progress) if on_progress is not None or cancel is not None else None
         self._pitch(every, f0, raise_errors, progress, cancel)
         budget = int((batch_seconds if batch_seconds is not None else self.batch_seconds) * SR_16K)
         self._synthesize_all(every, raise_errors, budget, cancel, progress)
-        _check_cancel(cancel)
+        check_cancel(cancel)
         return [self._assemble(item, raise_errors) for item in items]
 
     def convert(
@@ -435,7 +430,7 @@ class Engine:
         """
         from .streaming import StreamFinisher
 
-        item = _Item(prep, self.params(params))
+        item = Item(prep, self.params(params))
         check_formant(prep, item.params)
         if prep.more_channels:
             raise ParameterError(
@@ -458,11 +453,14 @@ class Engine:
         segs = segment_inputs(prep, item.coarse, item.pitchf, q.seed)
         lengths = self._output_lengths(segs, q)
         if not any(lengths):
-            raise _too_short(prep, q)
+            raise too_short(prep, q)
         finisher = StreamFinisher(prep, self.sample_rate, q)
         given: dict[str, float] = {}  # the seconds already added to ``timings``: each piece adds what came since
         for k, seg in enumerate(segs):
-            piece = self.synthesize_segments([seg], q, timer)[0]
+            try:
+                piece = checked_piece(self.synthesize_segments([seg], q, timer)[0], lengths[k], k, len(segs), prep.label)
+            except SystemExit as exc:  # a plugin's: must not end the command or the server
+                raise contained(exc, _MODELS) from None
             release_memory()
             t0 = time.perf_counter()
             if raw:
@@ -483,28 +481,31 @@ class Engine:
 
     # ------------------------------------------------------------------ internals
 
-    def _fail(self, item: _Item, exc: BaseException, what: str, raise_errors: bool) -> None:
+    def _fail(self, item: Item, exc: BaseException, what: str, raise_errors: bool) -> None:
         if raise_errors:
             raise exc
         if item.error is None:
-            item.error = _Failure(_describe(item.prep.label, what, exc))
+            item.error = Failure(describe(item.prep.label, what, exc))
             item.error.__cause__ = exc  # kept for the Result's ``exception`` (its traceback)
 
     def _pitch(
-        self, items: list[_Item], f0: Sequence[F0Track] | None, raise_errors: bool,
+        self, items: list[Item], f0: Sequence[F0Track] | None, raise_errors: bool,
         progress: RunProgress | None = None, cancel: CancelFlag | None = None,
     ) -> None:
+        """Each item's pitch track from ``f0``, or from the backend (items given ``None``, or all
+        when ``f0`` is ``None``)."""
         if not self.vocoder.has_f0:
             return
-        tracks: list[Any] = list(f0) if f0 is not None else [_COMPUTE] * len(items)
-        todo = [i for i, track in enumerate(tracks) if track is _COMPUTE]
+        # None given for an input: the engine extracts its track, as stream() does
+        tracks: list[Any] = [COMPUTE if t is None else t for t in f0] if f0 is not None else [COMPUTE] * len(items)
+        todo = [i for i, track in enumerate(tracks) if track is COMPUTE]
         if todo:
             # one batched call per F0 setting (only harvest's filter_radius differs between requests)
             by_setting: dict[int, list[int]] = {}
             for i in todo:
                 by_setting.setdefault(int(items[i].params.filter_radius), []).append(i)
             for members in by_setting.values():
-                # with on_progress, an input of several F0 blocks is tracked block by block (below)
+                # with on_progress or cancel, an input of several F0 blocks is tracked block by block (below)
                 if progress is not None:
                     members = progress.split(self.f0_extractor_for(items[members[0]].params), members)
                 if not members:
@@ -517,14 +518,12 @@ class Engine:
                     tracks[i] = track
             if progress is not None:
                 for i in progress.stepped():
-                    tracks[i] = progress.track(i, getattr(self.f0_extractor, "name", "?"), lambda: _check_cancel(cancel))
-        what = "F0 extraction failed"
-        if f0 is None and self.f0_extractor is not None:
-            what += f" (backend {getattr(self.f0_extractor, 'name', type(self.f0_extractor).__name__)!r})"
-        for item, raw in zip(items, tracks):
-            if isinstance(raw, BaseException) or raw is None:
-                exc = raw if isinstance(raw, BaseException) else RvcfastError("no F0 track")
-                self._fail(item, exc, what, raise_errors)
+                    tracks[i] = progress.track(i, getattr(self.f0_extractor, "name", "?"), lambda: check_cancel(cancel))
+        backend = f" (backend {getattr(self.f0_extractor, 'name', type(self.f0_extractor).__name__)!r})"
+        computed = set(todo)
+        for i, (item, raw) in enumerate(zip(items, tracks)):
+            if isinstance(raw, BaseException):
+                self._fail(item, raw, "F0 extraction failed" + (backend if i in computed else ""), raise_errors)
                 continue
             try:
                 track = self._checked_track(raw, item)
@@ -533,7 +532,7 @@ class Engine:
                 continue
             item.coarse, item.pitchf = pitch_track(track, item.prep.p_len, item.params)
 
-    def _checked_track(self, raw: Any, item: _Item) -> np.ndarray:
+    def _checked_track(self, raw: Any, item: Item) -> np.ndarray:
         """A raw F0 track (from the backend or the caller) as a 1-D float array, or an error naming
         the backend and the input: finite, non-negative, one value per 10 ms frame (give or take
         a few frames, or 1 %, for trackers that do not pad the ends)."""
@@ -550,7 +549,7 @@ class Engine:
         return [segment_output_length(g.audio.shape[0], g.frames, hop, trim, params.keep_length) for g in segs]
 
     def _synthesize_all(
-        self, items: list[_Item], raise_errors: bool, budget: int, cancel: CancelFlag | None,
+        self, items: list[Item], raise_errors: bool, budget: int, cancel: CancelFlag | None,
         progress: RunProgress | None,
     ) -> None:
         calls: dict[tuple[Any, ...], list[tuple[int, int, SegmentInput]]] = {}
@@ -562,8 +561,9 @@ class Engine:
             segs = segment_inputs(item.prep, item.coarse, item.pitchf, q.seed)
             lengths = self._output_lengths(segs, q)
             if sum(lengths) == 0:
-                self._fail(item, _too_short(item.prep, q), "", raise_errors)
+                self._fail(item, too_short(item.prep, q), "", raise_errors)
                 continue
+            item.lengths = lengths
             for k, (seg, n) in enumerate(zip(segs, lengths)):
                 item.offsets.append(pos)
                 pos += n
@@ -574,42 +574,50 @@ class Engine:
             for group in pack([e[2].audio.shape[0] for e in entries], budget):
                 bucket = [entries[g] for g in group if items[entries[g][0]].error is None]
                 if bucket:
-                    _check_cancel(cancel)
+                    check_cancel(cancel)
                     self._synthesize_bucket(items, bucket, raise_errors)
                     release_memory()
                     if progress is not None:
                         progress.report({items[e[0]].owner for e in bucket})
 
-    def _synthesize_bucket(self, items: list[_Item], bucket: list[tuple[int, int, SegmentInput]], raise_errors: bool) -> None:
+    def _synthesize_bucket(self, items: list[Item], bucket: list[tuple[int, int, SegmentInput]], raise_errors: bool) -> None:
         timer = Timer(self.device)
         params = [items[e[0]].params for e in bucket]
         try:
             pieces: list[np.ndarray | None] = list(self.synthesize_segments([e[2] for e in bucket], params, timer))
-        except Exception as exc:  # noqa: BLE001 - retry one by one to isolate a bad input
+        except (Exception, SystemExit) as exc:  # noqa: BLE001 - retry one by one to isolate a bad input (a plugin's sys.exit() too)
             if raise_errors or len(bucket) == 1:
-                self._fail(items[bucket[0][0]], exc, "synthesis failed", raise_errors)
-                pieces = [None]
+                self._fail(items[bucket[0][0]], contained(exc, _MODELS), "synthesis failed", raise_errors)
+                pieces = [None] * len(bucket)
             else:
                 pieces = []
                 for e, q in zip(bucket, params):
+                    if items[e[0]].error is not None:  # an earlier segment of its input failed: nothing to find
+                        pieces.append(None)
+                        continue
                     try:
                         pieces.extend(self.synthesize_segments([e[2]], q, timer))
-                    except Exception as exc1:  # noqa: BLE001
-                        self._fail(items[e[0]], exc1, "synthesis failed", raise_errors)
+                    except (Exception, SystemExit) as exc1:  # noqa: BLE001
+                        self._fail(items[e[0]], contained(exc1, _MODELS), "synthesis failed", raise_errors)
                         pieces.append(None)
         spread(timer.times, [e[2].audio.shape[0] for e in bucket], [items[e[0]].timings for e in bucket])
         for (i, k, _), piece in zip(bucket, pieces):
             item = items[i]
             if piece is None or item.error is not None or item.buffer is None:
                 continue
+            try:
+                piece = checked_piece(piece, item.lengths[k], k, len(item.lengths), item.prep.label)
+            except RvcfastError as exc:
+                self._fail(item, exc, "synthesis failed", raise_errors)
+                continue
             off = item.offsets[k]
             item.buffer[off : off + piece.shape[0]] = piece
             item.synthesized += piece.shape[0]
 
-    def _assemble(self, item: _Item, raise_errors: bool) -> Result:
+    def _assemble(self, item: Item, raise_errors: bool) -> Result:
         prep, params = item.prep, item.params
         if item.channels:
-            _join_channels(item)
+            join_channels(item)
         if item.error is None and item.buffer is not None:
             t0 = time.perf_counter()
             notes = list(prep.warnings)
@@ -623,7 +631,7 @@ class Engine:
                 return Result(audio, rate, item.timings, prep.label, input_seconds=prep.seconds, warnings=notes)
         return Result(
             np.zeros(0, np.float32),
-            self.vocoder.sample_rate,
+            params.output_rate(self.vocoder.sample_rate),  # the rate the output would have had
             item.timings,
             prep.label,
             error=str(item.error),
@@ -733,64 +741,3 @@ class Engine:
         return generators
 
 
-def _join_channels(item: _Item) -> None:
-    """Give a multi-channel input's item the ``[samples, channels]`` output of all its channels
-    (or the first channel's failure), and their seconds."""
-    group = [item, *item.channels]
-    for k, channel in enumerate(item.channels, start=1):
-        for stage, seconds in channel.timings.items():
-            item.timings[stage] = item.timings.get(stage, 0.0) + seconds
-        if item.error is None and channel.error is not None:
-            text, label = str(channel.error), item.prep.label
-            if label and text.startswith(f"{label}: "):  # "song.wav: channel 2: F0 extraction failed ..."
-                text = text[len(label) + 2 :]
-            item.error = _Failure(f"{label or 'input'}: channel {k + 1}: {text}")
-            item.error.__cause__ = channel.error.__cause__
-    if item.error is None and all(g.buffer is not None for g in group):
-        item.buffer = np.stack([g.buffer for g in group], axis=1)  # type: ignore[misc]
-    for channel in item.channels:
-        channel.buffer = None
-
-
-def _channel_tracks(items: list[_Item], f0: list[Any]) -> list[Any]:
-    """One F0 track per input, then one per further channel (``channels="each"``), in the order
-    of :meth:`Engine.run`'s items: an input's track may be a tuple of one track per channel;
-    a single track is the first channel's, the others are extracted."""
-    firsts: list[Any] = []
-    rest: list[Any] = []
-    for item, track in zip(items, f0):
-        if isinstance(track, tuple) and item.channels:
-            if len(track) != 1 + len(item.channels):
-                raise ParameterError(
-                    f"{item.prep.label or 'input'}: {len(track)} F0 tracks given for an input of {1 + len(item.channels)} channels"
-                )
-            firsts.append(track[0])
-            rest.extend(track[1:])
-        else:
-            firsts.append(track)
-            rest.extend([_COMPUTE] * len(item.channels))
-    return firsts + rest
-
-
-def _too_short(prep: PreparedAudio, params: ConversionParams) -> AudioError:
-    """The error of an input too short to give one output frame."""
-    need = "10 ms with keep_length" if params.keep_length else "25 ms (10 ms with keep_length=True)"
-    return AudioError(prep.label, f"audio is too short to convert: {1000 * prep.seconds:.1f} ms gives no output; at least {need} is needed")
-
-
-def _check_cancel(cancel: CancelFlag | None) -> None:
-    if cancel is not None and cancel.is_set():
-        raise Cancelled("the conversion was cancelled")
-
-
-class _Failure(RvcfastError):
-    """An input's failure as reported in its Result (the message names the input)."""
-
-
-def _describe(label: str | None, what: str, exc: BaseException) -> str:
-    text = str(exc)
-    if isinstance(exc, RvcfastError):
-        # rvcfast's own errors already say what went wrong (and usually name the file)
-        return text if (label is None or label in text) else f"{label}: {text}"
-    where = f"{label}: " if label else ""
-    return f"{where}{what}: {type(exc).__name__}: {text}"

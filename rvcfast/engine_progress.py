@@ -53,9 +53,11 @@ class RunProgress:
 
     ``items`` are the run's items (inputs first, then their further channels; each has
     ``prep``, ``owner``, ``channels``, ``error``, ``buffer``, ``synthesized``, ``timings``).
+    ``on_progress=None`` (a run given only ``cancel``) still tracks long inputs' F0 block by
+    block, so that the run can stop between blocks, and reports nothing.
     """
 
-    def __init__(self, items: list[Any], on_progress: OnProgress) -> None:
+    def __init__(self, items: list[Any], on_progress: OnProgress | None) -> None:
         self.items = items
         self.on_progress = on_progress
         self.steps: dict[int, Steps] = {}  # item position -> its F0 blocks (only inputs of several)
@@ -106,7 +108,7 @@ class RunProgress:
         return F0_PROGRESS_SHARE if any(self.items[i].owner == owner for i in self.steps) else 0.0
 
     def _report_f0(self, owner: int) -> None:
-        if owner in self.failed:
+        if owner in self.failed or self.on_progress is None:
             return
         weights = done = 0.0
         for i in self._group(owner):
@@ -117,6 +119,8 @@ class RunProgress:
 
     def report(self, owners: set[int]) -> None:
         """After a model batch: each input in ``owners`` that has not failed (all its channels)."""
+        if self.on_progress is None:
+            return
         for k in sorted(owners):
             group = [self.items[k], *self.items[k].channels]
             if any(g.error is not None or g.buffer is None for g in group):
@@ -147,7 +151,10 @@ def stream_f0(
     for k, step in enumerate(steps):
         if k and pauses:
             yield None
-        parts.append(np.asarray(step()))
+        try:
+            parts.append(np.asarray(step()))
+        except SystemExit as exc:  # a plugin's: must not end the command or the server
+            raise RvcfastError(f"F0 backend {getattr(ext, 'name', '?')!r} called sys.exit({exc.code!r})") from None
         if share and on_progress is not None:
             on_progress(0, share * (k + 1) / len(steps))
     return _join(parts), share
