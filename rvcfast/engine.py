@@ -59,6 +59,7 @@ from .pipeline import (
     PreparedAudio,
     SegmentInput,
     apply_protect,
+    check_channels,
     check_formant,
     finish,
     pitch_track,
@@ -361,6 +362,7 @@ class Engine:
         per_item = [checked[id(q)] for q in asked]
         for p, q in zip(preps, per_item):
             check_formant(p, q)
+            check_channels(p, q)
         items = [Item(p, q, owner=k) for k, (p, q) in enumerate(zip(preps, per_item))]
         # channels="each": each further channel is converted as an input of its own, beside the first
         for item in items:
@@ -432,6 +434,7 @@ class Engine:
 
         item = Item(prep, self.params(params))
         check_formant(prep, item.params)
+        check_channels(prep, item.params)
         if prep.more_channels:
             raise ParameterError(
                 f"{prep.label or 'input'}: an input prepared channel by channel (channels='each') is converted whole, "

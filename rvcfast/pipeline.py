@@ -45,6 +45,7 @@ __all__ = [
     "segment_frames",
     "segment_output_length",
     "apply_protect",
+    "check_channels",
     "check_formant",
     "finish",
 ]
@@ -64,6 +65,7 @@ class PreparedAudio:
     label: str | None = None  # the input's name (a path, or a name given for an array)
     warnings: list[str] = field(default_factory=list)  # recoverable oddities of the input
     formant: tuple[float, float] | None = None  # the formant shift applied when it was prepared
+    source_channels: int = 1  # channels of the decoded source (several mixed into one with channels="mix")
     #: the further channels of an input converted channel by channel (``channels="each"``):
     #: this object is channel 0, each of these one more, all split at the same points
     more_channels: tuple[PreparedAudio, ...] = ()
@@ -175,8 +177,10 @@ def prepare_input(
         prepared = prepare(audio, config, label=decoded.label, warnings=decoded.warnings)
     prepared.formant = formant_of(params)
     prepared.input_loudness = loudness
+    prepared.source_channels = decoded.channels
     for channel in prepared.more_channels:
         channel.formant = prepared.formant
+        channel.source_channels = decoded.channels
     return prepared
 
 
@@ -213,6 +217,21 @@ def check_formant(prep: PreparedAudio, params: ConversionParams) -> None:
         raise ParameterError(
             f"{prep.label or 'input'}: formant={wanted} asked for, but the input was prepared with formant={prep.formant}: "
             "the shift is applied when decoding, so pass the same params to prepare()"
+        )
+
+
+def check_channels(prep: PreparedAudio, params: ConversionParams) -> None:
+    """``channels`` belongs to stage 1 too: refuse settings whose channel layout ``prep`` was not prepared in
+    (a source of several channels mixed into one, or kept channel by channel)."""
+    if params.channels == "mix" and prep.more_channels:
+        raise ParameterError(
+            f"{prep.label or 'input'}: channels='mix' asked for, but the input was prepared channel by channel "
+            "(channels='each'): the channels are kept or mixed when decoding, so pass the same params to prepare()"
+        )
+    if params.channels == "each" and not prep.more_channels and prep.source_channels > 1:
+        raise ParameterError(
+            f"{prep.label or 'input'}: channels='each' asked for, but the input's {prep.source_channels} channels were "
+            "mixed into one when it was prepared (channels='mix'): pass the same params to prepare()"
         )
 
 

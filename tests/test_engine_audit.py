@@ -250,3 +250,25 @@ def test_per_input_settings_in_one_run_equal_each_alone(engine: Engine) -> None:
         assert fractions == sorted(fractions) and fractions[-1] == 1.0 and fractions.count(1.0) == 1
     assert together[3].audio.ndim == 2 and together[3].audio.shape[1] == 2
     assert abs(together[2].audio.shape[0] - 1.3 * 22050) < 22050 * 0.01  # keep_length: the input's length
+
+
+def test_run_refuses_a_channel_layout_the_input_was_not_prepared_in(engine: Engine) -> None:
+    """channels is a stage-1 setting, like formant: prepared with 'each' and run with 'mix' (or the
+    reverse), the output silently had the prepared layout."""
+    from rvcfast.params import ConversionParams
+    from rvcfast.pipeline import prepare_input
+
+    x = tone(0.5, 16000)
+    stereo = np.stack([x, 0.5 * x], axis=1)
+    mix, each = ConversionParams(channels="mix"), ConversionParams(channels="each")
+    kept = prepare_input(stereo, 16000, name="st", params=each)
+    mixed = prepare_input(stereo, 16000, name="st", params=mix)
+    with pytest.raises(ParameterError, match=r"st: channels='mix' asked for.*prepared channel by channel"):
+        engine.run([kept], mix)
+    with pytest.raises(ParameterError, match=r"st: channels='each' asked for.*2 channels were mixed"):
+        engine.run([mixed], each)
+    with pytest.raises(ParameterError, match=r"st: channels='each' asked for"):
+        next(iter(engine.stream(mixed, each)))
+    assert engine.run([kept], each)[0].audio.shape[1] == 2 and engine.run([mixed], mix)[0].audio.ndim == 1
+    mono = prepare_input(x, 16000, name="mono", params=mix)  # one channel: either setting gives the same
+    assert engine.run([mono], each)[0].ok
