@@ -65,7 +65,8 @@ class PreparedAudio:
     label: str | None = None  # the input's name (a path, or a name given for an array)
     warnings: list[str] = field(default_factory=list)  # recoverable oddities of the input
     formant: tuple[float, float] | None = None  # the formant shift applied when it was prepared
-    source_channels: int = 1  # channels of the decoded source (several mixed into one with channels="mix")
+    source_channels: int = 1  # channels of the decoded source
+    channel_mode: str = "mix"  # the ``channels`` setting it was prepared with (its source's channels mixed or kept)
     #: the further channels of an input converted channel by channel (``channels="each"``):
     #: this object is channel 0, each of these one more, all split at the same points
     more_channels: tuple[PreparedAudio, ...] = ()
@@ -178,9 +179,10 @@ def prepare_input(
     prepared.formant = formant_of(params)
     prepared.input_loudness = loudness
     prepared.source_channels = decoded.channels
+    prepared.channel_mode = "each" if each else "mix"
     for channel in prepared.more_channels:
         channel.formant = prepared.formant
-        channel.source_channels = decoded.channels
+        channel.source_channels, channel.channel_mode = prepared.source_channels, prepared.channel_mode
     return prepared
 
 
@@ -228,7 +230,7 @@ def check_channels(prep: PreparedAudio, params: ConversionParams) -> None:
             f"{prep.label or 'input'}: channels='mix' asked for, but the input was prepared channel by channel "
             "(channels='each'): the channels are kept or mixed when decoding, so pass the same params to prepare()"
         )
-    if params.channels == "each" and not prep.more_channels and prep.source_channels > 1:
+    if params.channels == "each" and prep.channel_mode == "mix" and prep.source_channels > 1:
         raise ParameterError(
             f"{prep.label or 'input'}: channels='each' asked for, but the input's {prep.source_channels} channels were "
             "mixed into one when it was prepared (channels='mix'): pass the same params to prepare()"

@@ -272,3 +272,18 @@ def test_run_refuses_a_channel_layout_the_input_was_not_prepared_in(engine: Engi
     assert engine.run([kept], each)[0].audio.shape[1] == 2 and engine.run([mixed], mix)[0].audio.ndim == 1
     mono = prepare_input(x, 16000, name="mono", params=mix)  # one channel: either setting gives the same
     assert engine.run([mono], each)[0].ok
+
+
+def test_a_channel_taken_apart_from_an_input_prepared_channel_by_channel_runs_alone(engine: Engine) -> None:
+    """A server job converts an 'each' input's channels one after the other, each a mono prep of
+    its own with channels='each' settings: not an input whose channels were mixed."""
+    import dataclasses
+
+    from rvcfast.params import ConversionParams
+    from rvcfast.pipeline import prepare_input
+
+    x = tone(0.5, 16000)
+    each = ConversionParams(channels="each")
+    kept = prepare_input(np.stack([x, 0.5 * x], axis=1), 16000, name="st", params=each)
+    for channel in (dataclasses.replace(kept, more_channels=()), *kept.more_channels):
+        assert engine.run([channel], each)[0].ok
