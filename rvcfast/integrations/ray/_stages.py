@@ -17,6 +17,7 @@ process's temporary file is removed: every output exists once and complete.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import pickle
@@ -217,8 +218,6 @@ def _occurrences(rows: list[dict[str, Any]], mine: list[dict[str, Any]]) -> list
     task = _task_id()
     if task is None:
         return [None] * len(mine)
-    import hashlib
-
     batch = hashlib.sha256(repr([(r["path"], r["output_path"], r.get("voice")) for r in rows]).encode()).hexdigest()[:16]
     counts: dict[tuple[str, str], int] = {}
     tokens: list[str | None] = []
