@@ -303,3 +303,15 @@ def test_a_server_frees_the_slot_of_a_client_that_stopped_reading(tiny_models, t
                 assert json.loads(ws.recv(timeout=DEADLINE))["type"] == "ready"  # the slot is free again
         finally:
             stuck.close()
+
+
+def test_an_unknown_field_is_told_only_fields_a_stream_takes() -> None:
+    """The list of valid parameters named output_sample_rate, which a live stream refuses."""
+    from rvcfast.serve.answers import FieldError
+    from rvcfast.serve.live import _conversion_fields
+
+    with pytest.raises(FieldError) as info:
+        _conversion_fields([("voice", "a"), ("zzz", "1")])
+    text = str(info.value)
+    assert info.value.field == "zzz" and "pitch" in text and "block_seconds" in text
+    assert "output_sample_rate" not in text and "format" not in text

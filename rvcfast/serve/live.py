@@ -53,7 +53,6 @@ from __future__ import annotations
 import asyncio
 import difflib
 import math
-import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -242,15 +241,15 @@ def _conversion_fields(rest: list[tuple[str, str]]) -> Any:
     try:
         return parse_fields(rest)
     except FieldError as exc:
-        text = str(exc)
-        if not text.startswith("unknown conversion parameter"):
+        if not str(exc).startswith("unknown conversion parameter"):
             raise
-        head = re.sub(r" \(did you mean '[^']*'\?\)", "", text.split("; or one of ", 1)[0], count=1)
-        names = [*STREAM_FIELDS, *(n for n in (spec.name for spec in param_specs()) if n not in _FILE_FIELDS)]  # not a field a stream refuses
-        close = difflib.get_close_matches(exc.field or "", names, n=1)
-        if close:
-            head = head.replace(f"{exc.field!r};", f"{exc.field!r} (did you mean {close[0]!r}?);", 1)
-        raise FieldError(exc.field, f"{head}; or one of the stream's {', '.join(STREAM_FIELDS)}") from None
+        params = sorted(spec.name for spec in param_specs() if spec.name not in _FILE_FIELDS)  # none a stream refuses
+        close = difflib.get_close_matches(exc.field or "", [*STREAM_FIELDS, *params], n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise FieldError(exc.field, (
+            f"unknown conversion parameter {exc.field!r}{hint}; valid parameters: {', '.join(params)}; "
+            f"or one of the stream's {', '.join(STREAM_FIELDS)}"
+        )) from None
 
 
 async def _open(state: ServerState, ws: WebSocket) -> tuple[RealtimeConverter, Wire] | None:
