@@ -376,8 +376,11 @@ class Engine:
         self._pitch(every, f0, raise_errors, progress, cancel)
         budget = int((batch_seconds if batch_seconds is not None else self.batch_seconds) * SR_16K)
         self._synthesize_all(every, raise_errors, budget, cancel, progress)
-        check_cancel(cancel)
-        return [self._assemble(item, raise_errors) for item in items]
+        results = []
+        for item in items:  # assembly may take a while (noise reduction, effects): looked at between inputs too
+            check_cancel(cancel)
+            results.append(self._assemble(item, raise_errors))
+        return results
 
     def convert(
         self,

@@ -287,3 +287,21 @@ def test_a_channel_taken_apart_from_an_input_prepared_channel_by_channel_runs_al
     kept = prepare_input(np.stack([x, 0.5 * x], axis=1), 16000, name="st", params=each)
     for channel in (dataclasses.replace(kept, more_channels=()), *kept.more_channels):
         assert engine.run([channel], each)[0].ok
+
+
+def test_cancel_is_looked_at_between_the_inputs_assembly(engine: Engine, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Set while the first input is assembled (noise reduction and effects can take seconds), the
+    run went on to assemble every other input before it stopped."""
+    cancel = threading.Event()
+    assembled: list[str] = []
+    assemble = engine._assemble
+
+    def then_cancel(item: Any, raise_errors: bool) -> Any:
+        assembled.append(item.prep.label)
+        cancel.set()
+        return assemble(item, raise_errors)
+
+    monkeypatch.setattr(engine, "_assemble", then_cancel)
+    with pytest.raises(Cancelled):
+        engine.run(_preps(engine, "a", "b", "c"), None, cancel=cancel)
+    assert assembled == ["a"]
