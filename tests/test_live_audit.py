@@ -197,18 +197,16 @@ def _state(idle: float) -> SimpleNamespace:
                            metrics=SimpleNamespace(inc=lambda *a, **k: None))
 
 
-def test_a_client_that_stops_reading_is_closed_and_gives_its_slot_back() -> None:
-    """The answer to a client that reads nothing waited for room in its socket for ever: the stream
-    held one of the --max-live slots until the client went away (neither the idle timeout nor the
-    keepalive ping could end it). Now it is closed with 1008 after live_idle_seconds."""
+def _served_until_the_client_stops_reading(idle: float, message: bytes) -> FakeSocket:
+    """A stream served to a client that takes the ready message, then stops reading and sends ``message``;
+    the socket once the stream has ended."""
 
     async def run(ws: FakeSocket) -> None:
-        state = _state(idle=0.2)
-        ws.stuck = False  # the ready message goes out
+        state = _state(idle=idle)
         task = asyncio.create_task(_serve_stream(state, ws, _FakeConverter(), Wire()))
-        await _settle()
+        await _settle()  # the ready message goes out
         ws.stuck = True
-        ws.put(bytes=np.zeros(100, "<f4").tobytes())
+        ws.put(bytes=message)
         try:
             await asyncio.wait_for(task, DEADLINE)
         finally:
@@ -216,6 +214,14 @@ def test_a_client_that_stops_reading_is_closed_and_gives_its_slot_back() -> None
 
     ws = FakeSocket()
     asyncio.run(run(ws))
+    return ws
+
+
+def test_a_client_that_stops_reading_is_closed_and_gives_its_slot_back() -> None:
+    """The answer to a client that reads nothing waited for room in its socket for ever: the stream
+    held one of the --max-live slots until the client went away (neither the idle timeout nor the
+    keepalive ping could end it). Now it is closed with 1008 after live_idle_seconds."""
+    ws = _served_until_the_client_stops_reading(idle=0.2, message=np.zeros(100, "<f4").tobytes())
     assert ws.closed is not None and ws.closed[0] == POLICY and "took no answer for 0.2 s" in ws.closed[1]
     assert ws.sent[0]["type"] == "ready" and len(ws.sent) == 1
 
@@ -225,20 +231,7 @@ def test_a_refusal_to_a_client_that_reads_nothing_is_bounded(monkeypatch) -> Non
     import rvcfast.serve.live as live
 
     monkeypatch.setattr(live, "REFUSE_SECONDS", 0.2, raising=False)  # (a hang, not an AttributeError, before)
-
-    async def run(ws: FakeSocket) -> None:
-        state = _state(idle=30.0)
-        task = asyncio.create_task(_serve_stream(state, ws, _FakeConverter(), Wire()))
-        await _settle()
-        ws.stuck = True
-        ws.put(bytes=b"\x00" * 5)  # not whole float32 samples
-        try:
-            await asyncio.wait_for(task, DEADLINE)
-        finally:
-            state.live_pool.shutdown()
-
-    ws = FakeSocket()
-    asyncio.run(run(ws))
+    ws = _served_until_the_client_stops_reading(idle=30.0, message=b"\x00" * 5)  # not whole float32 samples
     assert ws.closed is not None and ws.closed[0] == POLICY and "5 bytes" in ws.closed[1]
 
 
