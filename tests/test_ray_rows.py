@@ -89,6 +89,7 @@ def test_a_row_repeated_in_another_block_is_skipped_and_a_retry_converts_again(n
     [repeat] = decoded("task-2", [a], [out_a])  # the same row in another block
     assert repeat["status"] == "skipped" and repeat["prep"] is None and repeat["error"] is None  # not decoded
     assert "a repeat of an earlier row of this job" in repeat["warnings"] and names_file(repeat["warnings"], a)
+    assert "converted" not in repeat["warnings"].split(";")[-1]  # it cannot know what became of the file
     assert decoded("task-2", [a], [out_a])[0]["status"] == "skipped"  # the repeat's own retry: still a repeat
     assert decoded("task-1", [a, b], [out_a, out_b])[0]["status"] == "pending"  # the first, retried again
 
@@ -233,6 +234,24 @@ def test_a_lost_row_becomes_an_error_row_and_a_duplicate_is_dropped(tmp_path):
     assert rows[1]["status"] == "error" and rows[1]["output_path"] == b["output_path"]
     assert "no result came back from the cluster for this file" in rows[1]["error"] and names_file(rows[1]["error"], b["path"])
     assert set(rows[1]) == set(ROW_SCHEMA.names)
+
+
+def test_a_repeat_of_a_row_that_failed_does_not_hide_the_failure(tmp_path):
+    # Of an error row and the skipped row of its repeat, the skipped one was kept ("got further"):
+    # a file that failed read as done; the repeat's warning said it was "converted once".
+    from rvcfast.integrations.ray._rows import one_per_input
+    from rvcfast.integrations.ray._schema import REPEAT_NOTE
+
+    items = _planned(tmp_path, ("a", "b"))
+    a, b = items
+    failed = {**a, "status": "error", "error": f"{a['path']}: cannot decode"}
+    repeat = {**a, "status": "skipped", "error": None, "warnings": f"{a['path']}: {REPEAT_NOTE} (...)"}
+    exists = {**b, "status": "skipped", "error": None, "warnings": ""}  # skip_existing: its output is there
+    with pytest.warns(RuntimeWarning, match="gave back 2 row"):
+        rows = one_per_input(items, [repeat, failed, exists, {**b, "status": "error", "error": "a stale copy"}])
+    assert rows[0] is failed and rows[1] is exists
+    with pytest.warns(RuntimeWarning, match="gave back 1 row"):
+        assert one_per_input(items[:1], [{**a, "status": "ok"}, repeat])[0]["status"] == "ok"
 
 
 def test_a_lost_row_of_one_voice_is_that_voices_error_row(tmp_path):

@@ -6,7 +6,8 @@ on the way) or gave back twice would break that, and the manifest with it. So th
 matches what came back against what it planned: a planned input with no row becomes an
 ``error`` row saying no result came back (its output, if any, is left as it is: a rerun with
 ``skip_existing`` picks the file up), and of an input given back twice one row is kept, the
-one that got furthest (``ok``, then ``skipped``, then ``error``).
+one that got furthest (``ok``, then ``skipped``, then ``error``; a ``skipped`` row that only
+repeats an earlier row of the job says nothing of the file and comes last).
 """
 
 from __future__ import annotations
@@ -15,12 +16,18 @@ import json
 import warnings
 from typing import Any
 
-from ._schema import STAGES
+from ._schema import REPEAT_NOTE, STAGES
 
 __all__ = ["collect_rows", "one_per_input", "known_schema"]
 
-#: Which of two rows of one input is kept: the one that got furthest.
-_RANK = {"ok": 0, "skipped": 1}
+
+def _rank(row: dict[str, Any]) -> int:
+    """Which of two rows of one input is kept: the lower, the one that got furthest. A repeat
+    of an earlier row is ``skipped`` whatever became of the file: below an ``error``."""
+    status = row.get("status")
+    if status == "skipped" and REPEAT_NOTE in str(row.get("warnings") or ""):
+        return 3
+    return {"ok": 0, "skipped": 1}.get(str(status), 2)
 
 
 def known_schema(ds: Any) -> Any:
@@ -84,7 +91,7 @@ def one_per_input(items: list[dict[str, str]], rows: list[dict[str, Any]], voice
         other = kept.get(key)
         if other is not None:
             dropped += 1
-            if _RANK.get(str(row.get("status")), 2) >= _RANK.get(str(other.get("status")), 2):
+            if _rank(row) >= _rank(other):
                 continue
         kept[key] = row
     if dropped:

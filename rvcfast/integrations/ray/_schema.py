@@ -8,7 +8,11 @@ from __future__ import annotations
 
 import pyarrow as pa
 
-__all__ = ["ROW_SCHEMA", "STAGES", "VOICE_ROW_SCHEMA"]
+__all__ = ["REPEAT_NOTE", "ROW_SCHEMA", "STAGES", "VOICE_ROW_SCHEMA"]
+
+#: In the ``warnings`` of a ``skipped`` row that repeats an earlier row of the job (the same path
+#: and output): that row converts the file and has its outcome; this one says nothing of it.
+REPEAT_NOTE = "a repeat of an earlier row of this job"
 
 #: Stage timings reported per file, as ``<stage>_s`` columns (seconds).
 STAGES = ("decode", "f0", "features", "index", "synth", "post", "write")

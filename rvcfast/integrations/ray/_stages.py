@@ -41,7 +41,7 @@ from ...writing import (
     write_audio_atomic,
 )
 from . import _storage
-from ._schema import ROW_SCHEMA, STAGES, VOICE_ROW_SCHEMA
+from ._schema import REPEAT_NOTE, ROW_SCHEMA, STAGES, VOICE_ROW_SCHEMA
 from ._weights import ModelFiles, local_files
 
 __all__ = [
@@ -337,8 +337,8 @@ def _claim_outputs(rows: list[dict[str, Any]], spec: JobSpec) -> None:
             continue
         if owner == pair[1]:  # the very row again: done by its first occurrence, not a second time
             row.update(status="skipped", warnings=(
-                f"{row['path']}: a repeat of an earlier row of this job (the same path and output {row['output_path']}); "
-                "converted once, by that row"
+                f"{row['path']}: {REPEAT_NOTE} (the same path and output {row['output_path']}); "
+                "left to that row, which converts it once and whose status is the file's"
             ))
             continue
         if _same_file(owner, pair[1]):
