@@ -80,6 +80,9 @@ _F0_CONTEXT = 800
 _RMVPE_CHUNK = 5120
 #: A float block peaking above this is taken for integer PCM cast without scaling (warned once a stream).
 _UNSCALED_PEAK = 4.0
+#: Beyond any PCM format's full scale (int32's is 2**31): refused, the models' float32 sums overflow
+#: from about 1e17 on (RMVPE's spectrogram), which would be blamed on the F0 backend.
+MAX_INPUT_PEAK = 2.0**32
 
 
 def unit_frames(sample_rate: int) -> int:
@@ -409,10 +412,13 @@ class RealtimeConverter:
                     None, f"realtime input holds samples beyond float32's range (peak {float(np.abs(x).max()):g}): samples are in [-1, 1]"
                 )
             x = y
-        if not self._warned_scale and x.size and float(np.abs(x).max()) > _UNSCALED_PEAK:
+        peak = float(np.abs(x).max()) if x.size else 0.0
+        if peak > MAX_INPUT_PEAK:
+            raise AudioError(None, f"realtime input peaks at {peak:g}, beyond any PCM format's full scale: samples are in [-1, 1]")
+        if not self._warned_scale and peak > _UNSCALED_PEAK:
             self._warned_scale = True
             warnings.warn(
-                f"realtime input peaks at {float(np.abs(x).max()):g}, far outside [-1, 1]: integer PCM cast to float "
+                f"realtime input peaks at {peak:g}, far outside [-1, 1]: integer PCM cast to float "
                 "must be divided by its full scale first (32768 for int16); the realtime path has no input peak guard",
                 RuntimeWarning,
                 stacklevel=3,

@@ -195,6 +195,21 @@ def test_samples_beyond_float32s_range_are_named_as_such(tiny_converter) -> None
     assert rt._pending.shape == (0,) and rt.push(np.zeros(480)).shape == (480,)
 
 
+def test_samples_beyond_any_pcm_full_scale_are_refused_not_blamed_on_the_f0_backend(tiny_converter) -> None:
+    """Finite samples around 1e17 and above overflow the models' float32 sums: RMVPE gave NaN and
+    the push failed with "F0 backend 'rmvpe' gave NaN ... F0 values"; int32 PCM cast without
+    scaling (up to 2**31) still converts, with the once-a-stream warning."""
+    rt = RealtimeConverter(tiny_converter, **SMALL)
+    x = np.sin(np.arange(480 * 20) / 7.0)
+    with pytest.raises(AudioError, match=r"peaks at 1e\+20, beyond any PCM format's full scale") as caught:
+        rt.push(x * 1e20)
+    assert "F0" not in str(caught.value)
+    assert rt._pending.shape == (0,)
+    with pytest.warns(RuntimeWarning, match="far outside"):
+        y = rt.push(x * 2.0**31)
+    assert y.shape == (480 * 20,) and np.isfinite(y).all()
+
+
 def test_integer_pcm_cast_without_scaling_is_warned_once_a_stream(tiny_converter) -> None:
     """int16 PCM cast to float without /32768 goes into the models at thousands of times the
     level they were trained on; there is no peak guard on this path, so the stream warns once

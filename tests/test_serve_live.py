@@ -235,6 +235,14 @@ def test_bad_audio_messages_end_the_stream_and_the_server_carries_on(server):
         with pytest.raises(ws_exceptions.ConnectionClosed) as closed:
             ws.recv(timeout=30)
         assert closed.value.rcvd.code == 1008  # was 1011, counted as a failed conversion
+    with _connect(server) as ws:
+        assert json.loads(ws.recv(timeout=120))["type"] == "ready"
+        ws.send(np.full(4800, 1e20, dtype="<f4").tobytes())  # finite, but no PCM: was 1011, blamed on the F0 backend
+        message = json.loads(ws.recv(timeout=60))
+        assert message["type"] == "error" and "beyond any PCM format's full scale" in message["error"]
+        with pytest.raises(ws_exceptions.ConnectionClosed) as closed:
+            ws.recv(timeout=30)
+        assert closed.value.rcvd.code == 1008
     assert _live_failures(server) == failures
 
 

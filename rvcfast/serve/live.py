@@ -184,9 +184,19 @@ def _decode(data: bytes, wire: Wire, limit: int) -> np.ndarray:
         x = x.astype(np.float32) / 32768.0
     elif not np.isfinite(x).all():  # the client's samples, not a failed conversion: 1008, not 1011
         raise ParameterError(f"a binary message holds {int((~np.isfinite(x)).sum())} NaN or infinite samples")
+    elif x.size and float(np.abs(x).max()) > _max_peak():  # the converter refuses it: the client's samples too
+        raise ParameterError(
+            f"a binary message peaks at {float(np.abs(x).max()):g}, beyond any PCM format's full scale: f32le samples are in [-1, 1]"
+        )
     if wire.channels > 1:  # the mean in float64: a float32 sum of loud channels overflows to infinity
         x = x.reshape(-1, wire.channels).mean(axis=1, dtype=np.float64)
     return x.astype(np.float32)
+
+
+def _max_peak() -> float:
+    from ..realtime import MAX_INPUT_PEAK  # the converter refuses louder samples
+
+    return MAX_INPUT_PEAK
 
 
 def _encode(y: np.ndarray, wire: Wire) -> bytes:
