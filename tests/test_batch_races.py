@@ -212,6 +212,8 @@ def test_closing_the_iterator_while_a_write_is_running_leaves_only_whole_files(
     write = batch._write_timed
 
     def held(path, *args):  # type: ignore[no-untyped-def]
+        if path.name == "clip0.wav":  # the first result comes once clip1's write is running
+            _hold(writing)  # (else a slow machine yielded it first and clip1 waited on the caller)
         if path.name == "clip1.wav":
             writing.set()
             _hold(may_finish)
