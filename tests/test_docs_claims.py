@@ -203,6 +203,29 @@ def test_getting_started_lists_every_run_time_extra():
     assert everything == wanted - {"faiss", "all"}  # what the table's `all` row says
 
 
+def test_links_between_pages_land_on_a_heading():
+    """A link ``page.md#anchor`` (or ``#anchor``) names a heading of that page (MkDocs' slugs):
+    a renamed heading leaves no link pointing nowhere."""
+    from markdown.extensions.toc import slugify
+
+    pages = {p.name: read(f"docs/{p.name}") for p in DOCS.glob("*.md")}
+    headings = {
+        name: {slugify(re.sub(r"[`*]", "", h).strip(), "-") for h in re.findall(r"^#{1,6} (.+)$", re.sub(r"```.*?```", "", text, flags=re.S), re.M)}
+        for name, text in pages.items()
+    }
+    links = [(name, page or name, anchor) for name, text in pages.items() for page, anchor in re.findall(r"\]\(([\w-]*\.md)?#([\w-]+)\)", text)]
+    assert len(links) > 20 and any(n == "troubleshooting.md" for n, _, _ in links)
+    broken = [link for link in links if link[2] not in headings.get(link[1], set())]
+    assert not broken, broken
+
+
+def test_troubleshooting_names_only_real_options():
+    sub = build_parser()._rvcfast_subparsers  # type: ignore[attr-defined]
+    real = {o for parser in sub.choices.values() for a in parser._actions for o in a.option_strings}
+    named = set(re.findall(r"(?<![\w-])(--[a-z][\w-]*)", read("docs/troubleshooting.md")))
+    assert len(named) > 10 and not named - real - {"--traceback"}, sorted(named - real)
+
+
 def test_home_page_links_every_page():
     nav = re.findall(r"^\s+- [^:]+: (\S+\.md)$", read("mkdocs.yml"), re.M)
     assert len(nav) >= 10
