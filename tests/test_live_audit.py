@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 from helpers import one_thread_fixture, tiny_converter_fixture, tiny_models_fixture  # noqa: F401
 
-from rvcfast.errors import RvcfastError
+from rvcfast.errors import ParameterError, RvcfastError
 from rvcfast.realtime import RealtimeConverter
 
 pytest.importorskip("fastapi")
@@ -71,14 +71,22 @@ def test_a_voice_model_that_gives_nan_fails_the_push_instead_of_putting_out_nan(
 # ------------------------------------------------------------------ the wire
 
 
-def test_loud_interleaved_channels_mix_down_to_finite_samples() -> None:
+def test_loud_interleaved_channels_mix_down_to_finite_samples_or_are_refused_as_the_clients() -> None:
     """Two channels near float32's largest value summed to infinity in float32: the stream was closed
-    with 1011 "live conversion failed" (a server failure) for audio that one channel alone passes."""
+    with 1011 "live conversion failed" (a server failure) for audio that one channel alone passes.
+    Such samples are beyond any PCM full scale: refused as the client's (1008); up to that scale
+    the channels mix down exactly."""
+    from rvcfast.realtime import MAX_INPUT_PEAK
+
     frames = np.full((50, 2), 3e38, dtype="<f4")
     frames[::2, 1] = -3e38
+    with pytest.raises(ParameterError, match="peaks at 3e\\+38, beyond any PCM format's full scale"):
+        _decode(frames.tobytes(), Wire("f32le", 2), 100)
+    frames = np.full((50, 2), MAX_INPUT_PEAK, dtype="<f4")
+    frames[::2, 1] = -MAX_INPUT_PEAK
     mono = _decode(frames.tobytes(), Wire("f32le", 2), 100)
     assert mono.dtype == np.float32 and np.isfinite(mono).all()
-    np.testing.assert_array_equal(mono[1::2], np.float32(3e38))
+    np.testing.assert_array_equal(mono[1::2], np.float32(MAX_INPUT_PEAK))
     np.testing.assert_array_equal(mono[::2], 0)
 
 
@@ -233,6 +241,36 @@ def test_a_refusal_to_a_client_that_reads_nothing_is_bounded(monkeypatch) -> Non
     monkeypatch.setattr(live, "REFUSE_SECONDS", 0.2, raising=False)  # (a hang, not an AttributeError, before)
     ws = _served_until_the_client_stops_reading(idle=30.0, message=b"\x00" * 5)  # not whole float32 samples
     assert ws.closed is not None and ws.closed[0] == POLICY and "5 bytes" in ws.closed[1]
+
+
+def test_a_client_that_leaves_mid_message_frees_its_slot_after_one_block() -> None:
+    """A client that sent a long message and left: the whole message was converted before the
+    stream ended, holding its --max-live slot (a reconnection got 1013) for up to 10 s of audio.
+    Now the conversion stops at the next block."""
+    pushed: list[int] = []
+
+    class Slow(_FakeConverter):
+        def push(self, x: np.ndarray) -> np.ndarray:
+            pushed.append(x.shape[0])
+            time.sleep(0.02 * -(-x.shape[0] // self.block_size))  # the models' time, per block
+            return np.zeros_like(x)
+
+    async def run(ws: FakeSocket) -> None:
+        state = _state(idle=30.0)
+        task = asyncio.create_task(_serve_stream(state, ws, Slow(), Wire()))
+        await _settle()
+        ws.put(bytes=np.zeros(50 * Slow.block_size, "<f4").tobytes())
+        await _settle()
+        ws.incoming.put_nowait({"type": "websocket.disconnect", "code": 1001})
+        try:
+            await asyncio.wait_for(task, DEADLINE)
+        finally:
+            state.live_pool.shutdown()
+
+    ws = FakeSocket()
+    asyncio.run(run(ws))
+    assert 0 < sum(pushed) <= 5 * Slow.block_size, pushed  # not the 50 blocks of the message
+    assert len(ws.sent) == 1  # the ready message; no answer to a client gone
 
 
 # ------------------------------------------------------------------ a real server

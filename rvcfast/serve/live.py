@@ -387,6 +387,18 @@ async def _read_messages(
         inbox.queue.put_nowait(item)
 
 
+def _push_while_connected(rt: RealtimeConverter, x: np.ndarray, inbox: _Inbox) -> np.ndarray | None:
+    """``rt.push(x)`` a block at a time (the same output: a stream's output does not depend on how
+    it is cut), ``None`` once the client has left: a long message of a client gone would hold its
+    ``--max-live`` slot, refusing its reconnection with 1013, until every block of it was converted."""
+    pieces = []
+    for start in range(0, x.shape[0], rt.block_size):
+        if inbox.stopped and inbox.problem is None:
+            return None
+        pieces.append(rt.push(x[start : start + rt.block_size]))
+    return np.concatenate(pieces) if pieces else rt.push(x)
+
+
 def _unknown_text(text: str | None) -> str:
     what = f"unknown text message {str(text)[:40]!r}: send audio as binary messages, or 'flush'"
     if str(text).lstrip().startswith("{"):  # a settings change: they are the URL's, fixed for the stream
@@ -417,7 +429,9 @@ async def _serve_stream(state: ServerState, ws: WebSocket, rt: RealtimeConverter
                     await _refuse(ws, *inbox.problem)
                 return
             if kind == "audio":
-                y = await loop.run_in_executor(state.live_pool, call_contained, rt.push, x)
+                y = await loop.run_in_executor(state.live_pool, call_contained, _push_while_connected, rt, x, inbox)
+                if y is None:  # the client left in the middle of the message
+                    return
                 inbox.ahead -= x.shape[0]
             else:
                 y = await loop.run_in_executor(state.live_pool, call_contained, rt.flush)
