@@ -27,6 +27,7 @@ import soundfile as sf
 from .constants import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SR_16K
 from .dsp import Resampler, resampled_length
 from .errors import AudioError, AudioTooLongError, ParameterError
+from .local_paths import uri_refusal
 from .protocols import _ImportedOnUse
 from .sndfile import promised_seconds, sndfile_path
 
@@ -126,6 +127,9 @@ def decode(
     each resampled on its own) instead of mixing them down to mono.
     """
     if isinstance(source, (str, os.PathLike)):
+        refusal = uri_refusal(source)
+        if refusal is not None:  # pathlib would read s3://b/a.wav as s3:/b/a.wav, "file does not exist"
+            raise AudioError(os.fspath(source), refusal)
         return _decode_file(Path(source), sample_rate, max_seconds, keep_channels)
     if not _is_array_like(source):
         raise ParameterError(

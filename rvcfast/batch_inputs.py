@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ParameterError
+from .local_paths import uri_refusal
 
 __all__ = ["AUDIO_EXTENSIONS", "BatchInput", "BatchOptions", "Job", "check_name_template", "expand_inputs", "is_number", "pitch_text"]
 
@@ -172,6 +173,9 @@ def expand_inputs(
             continue
         if not isinstance(item, (str, os.PathLike)):
             raise ParameterError(f"input {position}: {_not_an_input(item)}")
+        refusal = uri_refusal(item)
+        if refusal is not None:  # as an item that is no input at all: pathlib would read s3:/bucket/a.wav
+            raise ParameterError(f"input {position}: {item} is {refusal}")
         p = Path(item)
         # a missing/unreadable path is kept: it fails with a clear per-file error
         for f in _folder_files(p, options) if _is_dir(p) else [p]:

@@ -426,7 +426,13 @@ def check_output_folder(folder: str | os.PathLike[str], what: str = "output") ->
     """Raise :class:`~rvcfast.errors.ParameterError` when ``folder`` is a file, or cannot be
     created because the nearest part of its path that exists is a file (``notes.txt/out``), or
     that part cannot be written (a read-only mount, no permission): found before any work, not
-    as one failed write per file afterwards."""
+    as one failed write per file afterwards; or when it is a URI (``s3://...``), which
+    ``pathlib`` would take for a folder named ``s3:``."""
+    from .local_paths import uri_refusal
+
+    refusal = uri_refusal(folder)
+    if refusal is not None:
+        raise ParameterError(f"{what} {os.fspath(folder)} is {refusal}")
     folder = Path(folder)
     if folder.exists() and not folder.is_dir():
         raise ParameterError(f"{what} {folder} exists and is not a folder")

@@ -171,13 +171,20 @@ def expand_inputs(inputs: Sequence[str], recursive: bool) -> list[Path]:
 _FILE_ENDINGS = frozenset({".wav", ".flac", ".ogg", ".mp3", ".m4a", ".aac", ".opus", ".aiff", ".aif", ".csv", ".npy"})
 
 
-def check_output_dir(folder: Path, option: str | None = None) -> None:
+def check_output_dir(folder: str | Path, option: str | None = None) -> None:
     """A usage error when the output folder ``folder`` is a file, or cannot be created because
     the nearest part of its path that exists is a file (``-o notes.txt/out``); found before
     any model is loaded, not as one failed write per file afterwards. With ``option`` (``-o``),
-    also when a folder that does not exist yet is named like a file (``-o out.wav``)."""
+    also when a folder that does not exist yet is named like a file (``-o out.wav``). ``folder``
+    as given (text): as a Path, ``-o file:///data/out`` would be the folder ``./file:/data/out``."""
     from ..errors import ParameterError
+    from ..local_paths import uri_refusal
     from ..writing import check_output_folder
+
+    refusal = uri_refusal(folder)
+    if refusal is not None:
+        raise UsageError(f"{option or 'the output folder'} {folder} is {refusal}")
+    folder = Path(folder)
 
     if option is not None and folder.suffix.lower() in _FILE_ENDINGS and not folder.exists():
         raise UsageError(

@@ -242,7 +242,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     report_path = check_report_path(args.report)
     from ..api import Converter
 
-    check_output_dir(Path(args.output), "-o")
+    check_output_dir(args.output, "-o")
     inputs = planned_inputs(args, batch["name_template"])  # what the batch below converts (it expands the folders itself)
     check_params(params_from_args(args))  # a bad value is a usage error, found before loading anything
     check_f0_name("--f0", args.f0, parse_options(args.f0_option), args.f0_weights is not None)

@@ -42,8 +42,8 @@ def cmd_f0(args: argparse.Namespace) -> int:
     from ..f0.registry import build_f0_extractor
     from ..runtime import resolve_device
 
+    check_output_dir(args.output, "-o")
     out = Path(args.output)
-    check_output_dir(out, "-o")
     check_f0_name("--method", args.method, parse_options(args.f0_option), args.f0_weights is not None)
     check_inputs_exist(args.inputs)  # a mistyped name: at once, not after the F0 model is loaded
     inputs = expand_inputs(args.inputs, args.recursive)

@@ -103,7 +103,7 @@ def _check(args: argparse.Namespace) -> None:
         raise UsageError(f"--gpus-per-worker must be >= 0, got {args.gpus_per_worker}")
     if object_storage_args(args):  # listed and checked by convert_files, before any model is read
         return
-    check_output_dir(Path(args.output), "-o")
+    check_output_dir(args.output, "-o")
     planned_inputs(args)  # none found: a usage error before connecting to anything
 
 
