@@ -308,3 +308,87 @@ def test_refused_credentials_are_an_error_naming_the_uri_and_where_credentials_c
         convert_files(clip, f"s3://{BUCKET}/cred-out/", tiny_models.voice, **kw)
     monkeypatch.setattr(moto.settings, "INITIAL_NO_AUTH_ACTION_COUNT", float("inf"))
     assert store.keys("cred-out/") == set()
+
+
+def test_a_key_with_query_like_text_is_listed_and_read(store: Store) -> None:
+    """One object named "take?v=2.wav" in a prefix failed the listing of the whole prefix with
+    "options in a URI are not taken"; only pyarrow's own options after a key are refused."""
+    from rvcfast.errors import ParameterError
+    from rvcfast.integrations.ray import _storage
+
+    for name in ("take?v=2.wav", "clip?id=7&x=1.wav", "plain.wav"):
+        store.put(f"query/in/{name}", _wav(0.4, 16000, 200))
+    listed = _storage.list_inputs(f"s3://{BUCKET}/query/in/", f"s3://{BUCKET}/query/out/", "wav", False, False, None)
+    assert sorted(u.rsplit("/", 1)[1] for u in listed) == ["clip?id=7&x=1.wav", "plain.wav", "take?v=2.wav"]
+    for uri in listed:
+        assert _storage.prepare(uri, None, None).label == uri
+    for given in (f"s3://{BUCKET}/query/in/?endpoint_override=http://x", f"s3://{BUCKET}/query/in?Region=eu-west-1"):
+        with pytest.raises(ParameterError, match="filesystem="):
+            _storage.canonical(given)
+
+
+def test_a_resumed_in_place_job_reads_its_inputs_at_their_ends_not_whole(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Naming a resumed in-place job (out_dir the input prefix) downloaded every input whole on
+    the driver, twice, to find that it records no input: gigabytes before the first task."""
+    from rvcfast.integrations.ray import _storage
+
+    inputs = [store.put(f"inplace/{n}.wav", _wav(2.0, 44100, 200)) for n in "abc"]
+    earlier = _storage.encode(tone(0.5, rate=40000), 40000, "wav", None, None, inputs[1], "b_rvc.wav")
+    store.put("inplace/b_rvc.wav", earlier)
+
+    def whole(*args: Any) -> Any:
+        raise AssertionError("an object was fetched whole to name the outputs")
+
+    monkeypatch.setattr(_storage, "_spooled", whole)
+    prefix = f"s3://{BUCKET}/inplace/"
+    listed, (outputs,) = _storage.plan_uri_outputs(prefix, prefix, [None], "{stem}", "wav", True, False, None)
+    assert listed == inputs
+    assert outputs == [f"{prefix}{n}_rvc.wav" for n in "abc"]
+
+
+def test_keys_pyarrow_cannot_read_as_written_are_error_rows_naming_them(store: Store) -> None:
+    """A key "in//a.wav" (an uploader joining "in/" + "/a.wav") was listed as "in/a.wav": it
+    vanished beside that object, or became "object does not exist" naming a key that is not
+    there; "in/../x.wav" read another object. Each is listed as written and refused by name."""
+    from rvcfast.errors import RvcfastError
+    from rvcfast.integrations.ray import _storage
+
+    keys = ["slash/in//a.wav", "slash/in/./b.wav", "slash/in/../x.wav", "slash/in/a.wav", "slash/x.wav"]
+    for key in keys:  # (pyarrow cannot write these keys either)
+        store.boto.put_object(Bucket=BUCKET, Key=key, Body=_wav(0.4, 16000, 200))
+    listed = _storage.list_inputs(f"s3://{BUCKET}/slash/in/", f"s3://{BUCKET}/slash/out/", "wav", False, True, None)
+    assert sorted(listed) == sorted(f"s3://{BUCKET}/{k}" for k in keys[:4])
+    for uri in listed:
+        if uri.endswith("/in/a.wav"):
+            assert _storage.prepare(uri, None, None).label == uri
+            continue
+        with pytest.raises(RvcfastError, match="cannot read as written: rename the object") as info:
+            _storage.prepare(uri, None, None)
+        assert uri in str(info.value)
+    # resumed in place: "g//x.wav" is not taken for "g/x.wav", an earlier output of g/a.wav, and left out
+    a = store.put("slash/g/a.wav", _wav(0.4, 16000, 200))
+    store.put("slash/g/x.wav", _storage.encode(tone(0.3, rate=40000), 40000, "wav", None, None, a, "x.wav"))
+    store.boto.put_object(Bucket=BUCKET, Key="slash/g//x.wav", Body=_wav(0.4, 16000, 200))
+    prefix = f"s3://{BUCKET}/slash/g/"
+    assert _storage.list_inputs(prefix, prefix, "wav", True, True, None) == [f"{prefix}/x.wav", a]
+
+
+def test_file_uris_are_refused_naming_their_local_path(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`-o file:///data/out` was taken as a relative path: the outputs went to ./file:/data/out."""
+    from rvcfast.errors import ParameterError
+    from rvcfast.integrations.ray import _job, convert_files
+
+    def no_plan(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("a job with a file:// URI was planned")
+
+    monkeypatch.setattr(_job, "plan_files", no_plan)
+    monkeypatch.chdir(tmp_path)
+    local = str(tmp_path / "in")
+    for inputs, out_dir, manifest, named in [
+        (f"file://{local}/", str(tmp_path / "out"), None, f"input file://{local}/.*local path '{local}/'"),
+        (local, f"FILE://{tmp_path}/out", None, "out_dir FILE://.*local path"),
+        (local, str(tmp_path / "out"), f"file://{tmp_path}/m.jsonl", "manifest file://"),
+    ]:
+        with pytest.raises(ParameterError, match=named):
+            convert_files(inputs, out_dir, "voice.pth", manifest=manifest, progress=False)
+    assert not (tmp_path / "file:").exists()

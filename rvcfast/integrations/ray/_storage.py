@@ -16,8 +16,10 @@ local paths:
 * **Reading**: an input is copied to a private temporary file with its extension and decoded
   from there, as the server decodes an upload, so every decoder behaves as on a local file;
   its errors name the URI. An existing output looked at to resume is read at its two ends
-  (64 kB each: the input it records); only an object rvcfast did not write is fetched whole
-  and checked as a local file is.
+  (64 kB each: the input it records); only a worker checking whether an object rvcfast did
+  not write is a finished output fetches it whole and checks it as a local file is.
+* **Keys as written**: a listed key that pyarrow.fs would read as another (``in//a.wav``,
+  ``in/../a.wav``) keeps its URI and is refused by name when read (:func:`_key_problem`).
 """
 
 from __future__ import annotations
@@ -56,8 +58,19 @@ __all__ = [
 ]
 
 _URI = re.compile(r"^([A-Za-z][A-Za-z0-9+.-]+)://")
-#: What pyarrow would read as options of a URI (``?region=...``), not as a part of its key.
+#: What pyarrow would read as options of a URI (``?region=...``) after its bucket: never part of a bucket's name.
 _OPTIONS = re.compile(r"\?[A-Za-z_]+=")
+#: The options of pyarrow's ``FileSystem.from_uri`` (S3, GCS, Azure, HDFS) written after a key
+#: (``s3://bkt/in/?region=...``): refused as options. Any other ``?name=`` is part of a key: an
+#: object may be named ``take?v=2.wav``, and one such key failed the listing of its whole prefix.
+_KEY_OPTIONS = re.compile(
+    r"\?(?:region|scheme|endpoint_override|allow_bucket_creation|allow_bucket_deletion|tls_ca_file_path|"
+    r"tls_verify_certificates|access_key|secret_key|session_token|role_arn|anonymous|project_id|retry_limit_seconds|"
+    r"default_bucket_location|account_name|account_key|blob_storage_authority|dfs_storage_authority|enable_tls|"
+    r"credential_kind|tenant_id|client_id|client_secret|sas_token|replication|buffer_size|default_block_size|"
+    r"kerb_ticket|user)=",
+    re.IGNORECASE,
+)
 
 #: Outputs fetched at once on the driver to read the input they record (resuming a job).
 _FETCH_THREADS = 8
@@ -73,18 +86,11 @@ def is_uri(value: Any) -> bool:
     return match is not None and match.group(1).lower() != "file"
 
 
-def local_path(value: Any) -> Any:
-    """A ``file://`` URI as its local path; anything else as it is."""
-    if isinstance(value, str) and value[:7].lower() == "file://":
-        return value[7:] or "/"
-    return value
-
-
 def _split(uri: str) -> tuple[str, str, str]:
     """``scheme://netloc/rest`` → ``(scheme, netloc, "/rest")`` (``rest`` normalised, keys taken as written)."""
     scheme, remainder = uri.split("://", 1)
     netloc, _, rest = remainder.partition("/")
-    if _OPTIONS.search(netloc) or _OPTIONS.search(rest):  # '#' and '?' are allowed in keys ("take #2.wav")
+    if _OPTIONS.search(netloc) or _KEY_OPTIONS.search(rest):  # '#' and '?' are allowed in keys ("take #2.wav", "take?v=2.wav")
         raise ParameterError(f"{uri}: options in a URI ('?name=value') are not taken: pass filesystem= (a pyarrow FileSystem)")
     if not netloc:
         raise ParameterError(f"{uri}: no bucket (or host) in the URI: expected {scheme}://BUCKET/KEY")
@@ -144,11 +150,41 @@ def resolve(uri: str, filesystem: Any = None) -> tuple[Any, str]:
 
 
 def _uri_of(path: str, like: str, filesystem: Any) -> str:
-    """A path of ``like``'s filesystem (a listing's) as a URI of the same scheme and bucket."""
+    """A path of ``like``'s filesystem (a listing's) as a URI of the same scheme and bucket; a
+    key that normalising would change (``in//a.wav``, ``/a.wav``, ``in/../a.wav``) as it is
+    written, so that its row names it (:func:`_key_problem`), not another key."""
     scheme, netloc, _ = _split(like)
     _, root = _root(like, filesystem)
     rest = path[len(root):] if root and path.startswith(root) else path
+    if root and _key_problem(rest[1:]) is not None:
+        return f"{scheme}://{netloc}{rest}"
     return canonical(f"{scheme}://{netloc}/{rest.lstrip('/')}")
+
+
+def _key_problem(key: str) -> str | None:
+    """Why pyarrow.fs cannot read the object ``key`` as written (it reads another key, or none):
+    an empty segment (``//``, a leading ``/``) or a ``.`` or ``..`` segment; ``None`` for any other key."""
+    segments = key.split("/")
+    if "" in segments:
+        return "its key has an empty segment ('//', or a leading '/')"
+    if "." in segments or ".." in segments:
+        return "its key has a '.' or '..' segment"
+    return None
+
+
+def _uri_key_problem(uri: str) -> str | None:
+    """:func:`_key_problem` of the key of ``uri`` as written (``None`` for a bucket alone)."""
+    key = uri.split("://", 1)[1].partition("/")[2]
+    return _key_problem(key) if key else None
+
+
+def _check_key(uri: str) -> None:
+    """Refuse to read ``uri`` where pyarrow.fs would read another key than the one written."""
+    from ...errors import AudioError
+
+    problem = _uri_key_problem(uri)
+    if problem is not None:
+        raise AudioError(uri, f"{problem}, which pyarrow.fs cannot read as written: rename the object")
 
 
 def _describe(exc: BaseException) -> str:
@@ -218,12 +254,24 @@ def check_local_arg(name: str, value: Any) -> None:
         )
 
 
+def _refuse_file_uris(inputs: Any, out_dir: Any, manifest: Any) -> None:
+    """A ``file://`` URI is no object storage, and no local path either: ``-o file:///data/out``
+    wrote into ``./file:/data/out`` under the working directory. Refused, naming its local path."""
+    from ...local_paths import uri_refusal
+
+    items = [inputs] if isinstance(inputs, (str, os.PathLike)) else list(inputs) if _iterable(inputs) else []
+    for what, value in [*(("input", i) for i in items), ("out_dir", out_dir), ("manifest", manifest)]:
+        if isinstance(value, str) and value[:7].lower() == "file://":
+            raise ParameterError(f"{what} {value} is {uri_refusal(value)}")
+
+
 def check_job(inputs: Any, out_dir: Any, manifest: Any, filesystem: Any) -> bool:
     """The storage of a job checked on the driver; whether it is on object storage.
 
     Every URI's filesystem is opened and each bucket looked at (an unknown scheme, missing
     credentials or bucket raise here, naming the URI); the output prefix must not be an object.
     """
+    _refuse_file_uris(inputs, out_dir, manifest)
     storage = uses_storage(inputs, out_dir)
     if filesystem is not None and not storage:
         raise ParameterError("filesystem= is for inputs and out_dir given as URIs (s3://bucket/key)")
@@ -294,6 +342,7 @@ def prepare(uri: str, params: Any, filesystem: Any) -> Any:
     """:func:`rvcfast.pipeline.prepare_input` of the object ``uri``; errors and warnings name it."""
     from ...pipeline import prepare_input
 
+    _check_key(uri)
     try:
         spool = _spooled(uri, filesystem)
         local = spool.__enter__()
@@ -329,6 +378,21 @@ def _look_at(uri: str, filesystem: Any) -> tuple[bool, str | None]:
             return True, recorded
     with _spooled(uri, filesystem) as local:  # another program's object: looked at whole, as a local file
         return finished_output(local), recorded_source(local)
+
+
+def _recorded(uri: str, filesystem: Any) -> str | None:
+    """The input the object ``uri`` records, from its two ends alone (``None``: no object, or it
+    records none): all that naming and listing need. An object rvcfast did not write (an input
+    of an in-place job, another program's file) is not fetched whole to find that it records nothing."""
+    from pyarrow.fs import FileType
+
+    if _uri_key_problem(uri) is not None:
+        return None  # a key pyarrow.fs would read as another (an input's row names it)
+    fs, path = resolve(uri, filesystem)
+    info = fs.get_file_info(path)
+    if info.type != FileType.File or not info.size:
+        return None
+    return _recorded_at_the_ends(fs, path, int(info.size))
 
 
 def _recorded_at_the_ends(fs: Any, path: str, size: int) -> str | None:
@@ -493,7 +557,7 @@ def _recorded_all(uris: list[str], filesystem: Any) -> dict[str, str | None]:
     if not uris:
         return {}
     with ThreadPoolExecutor(min(_FETCH_THREADS, len(uris))) as pool:
-        return dict(zip(uris, pool.map(lambda u: _look_at(u, filesystem)[1], uris)))
+        return dict(zip(uris, pool.map(lambda u: _recorded(u, filesystem), uris)))
 
 
 def _pure(uri: str) -> Any:
@@ -557,7 +621,7 @@ class _UriNamer(_Namer):
 
     def recorded(self, candidate: Any) -> str | None:
         if candidate not in self._recorded:
-            self._recorded[candidate] = _look_at(_from_pure(candidate), self.filesystem)[1]
+            self._recorded[candidate] = _recorded(_from_pure(candidate), self.filesystem)
         return self._recorded[candidate]
 
     def prefetch(self, bases: list[str]) -> None:
