@@ -40,6 +40,9 @@ __all__ = [
     "available_cores",
     "cgroup_cpu_limit",
     "env_thread_count",
+    "env_thread_setting",
+    "bad_thread_variables",
+    "THREAD_VARIABLES",
     "cpuinfo_field",
     "DTYPE_NAMES",
 ]
@@ -214,15 +217,46 @@ def available_cores() -> int:
     return cores if limit is None else max(1, min(cores, math.ceil(limit - 1e-9)))
 
 
-def env_thread_count() -> int | None:
-    """The intra-op thread count the user set for torch in the environment: ``OMP_NUM_THREADS``,
-    else ``MKL_NUM_THREADS``, read as torch reads them (a leading whole number >= 1; torch
-    ignores an empty or malformed value, and so does this). ``None`` when neither is set."""
-    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        match = re.match(r"\s*\+?(\d+)", os.environ.get(name, ""))
+#: The environment variables torch takes its intra-op thread count from, the one it prefers first
+#: (with both set, torch runs ``MKL_NUM_THREADS`` threads).
+THREAD_VARIABLES = ("MKL_NUM_THREADS", "OMP_NUM_THREADS")
+
+#: A value each variable counts as a thread count (a number of 1 or more; OpenMP also takes a nested
+#: list, ``4,2``, whose first level is the count). Anything else torch and OpenMP ignore.
+_THREAD_VALUE = {
+    "MKL_NUM_THREADS": re.compile(r"\s*\+?(\d+)\s*"),
+    "OMP_NUM_THREADS": re.compile(r"\s*\+?(\d+)\s*(?:,\s*\+?\d+\s*)*"),
+}
+
+
+def env_thread_setting() -> tuple[str, int] | None:
+    """The variable and intra-op thread count the user set for torch in the environment:
+    ``MKL_NUM_THREADS``, else ``OMP_NUM_THREADS`` (torch's order), each read as torch reads it
+    (a whole number >= 1; an empty or malformed value, ``0``, ``abc``, ``2abc``, is ignored by
+    torch, and here). ``None`` when neither holds a count. Read at each call."""
+    for name in THREAD_VARIABLES:
+        match = _THREAD_VALUE[name].fullmatch(os.environ.get(name, ""))
         if match and int(match.group(1)) >= 1:
-            return int(match.group(1))
+            return name, int(match.group(1))
     return None
+
+
+def env_thread_count() -> int | None:
+    """The count of :func:`env_thread_setting`, ``None`` without one."""
+    found = env_thread_setting()
+    return found[1] if found is not None else None
+
+
+def bad_thread_variables() -> list[str]:
+    """``NAME='value'`` for each of :data:`THREAD_VARIABLES` that is set, not empty, and not a thread
+    count torch takes (``0``, ``abc``, ``2.5``): torch ignores it, so the user's choice is not applied."""
+    bad = []
+    for name in THREAD_VARIABLES:
+        value = os.environ.get(name, "")
+        match = _THREAD_VALUE[name].fullmatch(value)
+        if value.strip() and not (match and int(match.group(1)) >= 1):
+            bad.append(f"{name}={value!r}")
+    return bad
 
 
 @functools.lru_cache(maxsize=1)

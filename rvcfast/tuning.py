@@ -13,9 +13,12 @@ of the machine it runs on:
 * a run without ``batch_seconds`` uses the profile's, and a batch without
   ``compute_workers`` the profile's number of compute workers;
 * front ends that own their process (the command line, the server) set torch's thread
-  count from it with :func:`apply_threads`, unless ``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS`` is set.
+  count from it with :func:`apply_threads`, unless ``MKL_NUM_THREADS`` or ``OMP_NUM_THREADS`` is set.
 
-``RVCFAST_PROFILE`` names another profile file; ``RVCFAST_PROFILE=off`` ignores profiles.
+An explicit argument (``dtype=``, ``batch_seconds=``, ``compute_workers=``, ``--threads``) always
+wins over the profile. ``RVCFAST_PROFILE`` names another profile file (``off``, ``0`` or ``none``:
+ignore profiles; empty: unset). The environment is read each time a profile is looked for (each
+model load), not at import.
 
 A file that cannot be read as profiles, and an entry for this machine that cannot be used, are
 ignored with a warning saying what to do. So is an entry for this CPU (and GPU) measured with
@@ -46,13 +49,15 @@ from .atomic import atomic_write
 from .batch_workers import group_is_full, split_groups
 from .constants import SR_16K
 from .errors import ParameterError, RvcfastError
+from .local_paths import expanded_path
 from .runtime import (
     DTYPE_NAMES,
     available_cores,
+    bad_thread_variables,
     cpu_features,
     cpuinfo_field,
     default_batch_seconds,
-    env_thread_count,
+    env_thread_setting,
     native_bf16,
     native_fp16,
 )
@@ -69,6 +74,8 @@ __all__ = [
     "is_profile_file",
     "check_profile_target",
     "apply_threads",
+    "planned_threads",
+    "profile_location",
     "calibrate",
     "tuned_dtype",
     "system_report",
@@ -118,17 +125,36 @@ def machine_id(device: torch.device | str = "cpu") -> str:
     return f"{hw} | torch {torch.__version__} | {dev.type}"
 
 
-def profile_path() -> Path | None:
-    """Where the profile lives (``None`` when ``RVCFAST_PROFILE=off``)."""
-    env = os.environ.get("RVCFAST_PROFILE")
-    if env is not None:
-        return None if env.strip().lower() in ("off", "0", "none", "") else Path(env).expanduser()
+#: ``RVCFAST_PROFILE`` values that switch profiles off (in any case).
+OFF_VALUES = ("off", "0", "none")
+
+
+def profile_location() -> tuple[Path | None, str]:
+    """Where the profile lives and what chose that place: ``RVCFAST_PROFILE`` (a file, or ``off``:
+    ``None``), else ``$RVCFAST_HOME/profile.json``, else ``profile.json`` in the user cache. An empty
+    variable counts as unset (as for ``RVCFAST_HOME``); a relative path is taken from the current
+    folder, and returned absolute. The environment is read at each call."""
+    env = os.environ.get("RVCFAST_PROFILE", "")
+    if env.strip():
+        if env.strip().lower() in OFF_VALUES:
+            return None, f"RVCFAST_PROFILE={env}"
+        return expanded_path("RVCFAST_PROFILE", env), "RVCFAST_PROFILE"
     home = os.environ.get("RVCFAST_HOME")
     if home:
-        return Path(home).expanduser() / "profile.json"
+        return expanded_path("RVCFAST_HOME", home) / "profile.json", "RVCFAST_HOME"
     from .weights import cache_dir
 
-    return cache_dir() / "profile.json"
+    return cache_dir() / "profile.json", "the user cache"
+
+
+def profile_path() -> Path | None:
+    """Where the profile lives (``None`` when ``RVCFAST_PROFILE=off``): see :func:`profile_location`."""
+    return profile_location()[0]
+
+
+def profiles_off() -> str:
+    """Why profiles are off, for a message: ``profiles are switched off (RVCFAST_PROFILE=...)``."""
+    return f"profiles are switched off ({profile_location()[1]})"
 
 
 @dataclass(frozen=True)
@@ -280,6 +306,11 @@ def check_profile_target(path: Path, *, replace_invalid: bool = False) -> None:
             )
         if not os.access(parent, os.W_OK | os.X_OK):  # the file is replaced by a new one beside it
             raise ValueError(f"cannot write the profile {path}: its folder {parent} is not writable")
+        if path.is_file() and _read_only(path):  # replacing it needs only its folder: a pinned profile stays
+            raise ValueError(
+                f"{path} is read-only, so it is left as it is: make it writable (chmod u+w) to replace its "
+                "entry for this machine, or choose another file"
+            )
         return
     while not parent.exists() and parent != parent.parent:
         parent = parent.parent
@@ -287,6 +318,15 @@ def check_profile_target(path: Path, *, replace_invalid: bool = False) -> None:
         raise ValueError(f"cannot write the profile {path}: {parent} is not a folder")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"cannot write the profile {path}: {parent} is not writable")
+
+
+def _read_only(path: Path) -> bool:
+    """Whether ``path`` may not be written: no write permission for this user, or (as seen by root,
+    who may write anything) no write bit at all, as ``chmod a-w`` leaves it."""
+    try:
+        return not os.access(path, os.W_OK) or not path.stat().st_mode & 0o222
+    except OSError:
+        return False
 
 
 def save_profile(profile: Profile, path: Path | None = None) -> Path:
@@ -297,7 +337,7 @@ def save_profile(profile: Profile, path: Path | None = None) -> Path:
     first, as ``rvcfast tune --output`` does)."""
     target = path or profile_path()
     if target is None:
-        raise ValueError("profiles are switched off (RVCFAST_PROFILE=off)")
+        raise ValueError(profiles_off())
     profile.check()
     target.parent.mkdir(parents=True, exist_ok=True)
     with _locked(target):  # two `rvcfast tune` (a CPU's and a GPU's) must not drop each other's entry
@@ -406,7 +446,11 @@ def load_profile(device: torch.device | str = "cpu", path: Path | None = None) -
     A file that cannot be read as profiles, or whose entry for this machine holds a setting
     no run can use or was written in another profile format, is ignored with a warning
     (never fatal: every model load reads it); other machines' entries are not looked at."""
-    source = path or profile_path()
+    try:
+        source = path or profile_path()
+    except ParameterError as exc:  # RVCFAST_PROFILE / RVCFAST_HOME cannot be expanded: never fatal here
+        _ignore("file", exc)
+        return None
     if source is None or not source.is_file():
         if source is not None and source.is_dir():  # e.g. RVCFAST_PROFILE naming a folder: not silently
             _ignore(source, _FOLDER)
@@ -461,16 +505,37 @@ def tuned_dtype(dtype: torch.dtype | str, device: torch.device, profile: Profile
     return resolve_dtype(dtype, device)
 
 
+def planned_threads(profile: Profile | None) -> tuple[int, str]:
+    """The intra-op thread count :func:`apply_threads` sets for ``profile``, and where it comes from:
+    the environment (``MKL_NUM_THREADS`` or ``OMP_NUM_THREADS``: torch's own count, which they set),
+    else the profile's, else torch's count capped at the usable cores. Changes nothing."""
+    env = env_thread_setting()
+    current = torch.get_num_threads()
+    if env is not None:
+        return current, f"{env[0]}={env[1]}" + (f" (torch runs {current})" if current != env[1] else "")
+    if profile is not None and profile.threads > 0:
+        return profile.threads, "profile"
+    cores = available_cores()
+    if current > cores:  # e.g. `docker --cpus=2` on a 64-core host
+        return cores, f"the usable cores (a CPU quota caps torch's {current})"
+    return current, "torch's default (the CPU affinity's cores)"
+
+
 def apply_threads(profile: Profile | None) -> int:
     """Set torch's intra-op threads from ``profile`` unless the user chose a count in the
-    environment (``OMP_NUM_THREADS`` or ``MKL_NUM_THREADS``, as torch reads them); without a
+    environment (``MKL_NUM_THREADS`` or ``OMP_NUM_THREADS``, as torch reads them); without a
     profile, cap torch's own count (the CPU affinity's cores) at the usable cores, which a
-    cgroup CPU quota lowers. Returns the count."""
-    if env_thread_count() is None:
-        if profile is not None and profile.threads > 0:
-            torch.set_num_threads(profile.threads)
-        elif torch.get_num_threads() > available_cores():  # e.g. `docker --cpus=2` on a 64-core host
-            torch.set_num_threads(available_cores())
+    cgroup CPU quota lowers (:func:`planned_threads`). A thread variable set to something torch
+    ignores (``OMP_NUM_THREADS=abc``) is warned about, naming it. Returns the count."""
+    bad = bad_thread_variables()
+    if bad:
+        warnings.warn(
+            f"ignoring {', '.join(bad)}: not a thread count (a whole number of 1 or more); torch ignores it too",
+            RuntimeWarning, stacklevel=2,
+        )
+    count, source = planned_threads(profile)
+    if source == "profile" or count != torch.get_num_threads():
+        torch.set_num_threads(count)
     return torch.get_num_threads()
 
 
@@ -644,30 +709,56 @@ def calibrate(
     )
 
 
+def _profile_status(dev: torch.device, profile: Profile | None, path: Path | None, chosen_by: str) -> str:
+    """Why the settings come from the profile or the defaults (``settings.source`` of :func:`system_report`)."""
+    if profile is not None:
+        return "profile"
+    if path is None:
+        return f"defaults (profiles are off: {chosen_by})"
+    problem = _FOLDER if path.is_dir() else _lookup(dev, path)[1] if path.is_file() else None
+    if problem is not None:
+        return f"defaults ({path} is ignored: {problem})"
+    if path.is_file():
+        return f"defaults ({path} holds no profile for this machine and device: run `rvcfast tune`)"
+    return "defaults (run `rvcfast tune` to measure)"
+
+
+def _auto_dtype_source(dev: torch.device, profile: Profile | None) -> str:
+    """Where ``dtype="auto"``'s precision comes from: the profile, else the hardware."""
+    from .runtime import resolve_dtype
+
+    if profile is not None:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            try:
+                resolve_dtype(profile.dtype, dev)
+                return "profile"
+            except ParameterError:
+                pass
+    return "hardware (native bfloat16)" if native_bf16(dev) else "hardware (no native bfloat16)"
+
+
 def system_report(device: torch.device | str = "cpu") -> dict[str, Any]:
-    """CPU model and features, torch build facts and the settings runs will use (for ``rvcfast info --system``)."""
+    """CPU model and features, torch build facts and the settings runs will use (for ``rvcfast info --system``).
+
+    ``settings`` holds what a front end that owns its process (``rvcfast convert``, ``bench``,
+    ``serve`` without ``--threads``) uses when no argument says otherwise, ``settings.sources``
+    where each value comes from (``profile``, an environment variable, a default) and
+    ``settings.source`` why the profile applies or not. ``profile_file`` is the file looked at
+    (``None``: profiles are off) and ``profile_file_from`` what chose it (``RVCFAST_PROFILE``,
+    ``RVCFAST_HOME`` or the user cache)."""
     from .runtime import resolve_device
 
     dev = resolve_device(device)
     profile = load_profile(dev)
     flags = cpu_features()
-    path = profile_path()
-    problem = _lookup(dev, path)[1] if profile is None and path is not None and path.is_file() else None
-    if profile is None and path is not None and path.is_dir():
-        problem = _FOLDER
-    if profile is not None:
-        source = "profile"
-    elif path is None:
-        source = "defaults (profiles are off: RVCFAST_PROFILE=off)"
-    elif problem is not None:
-        source = f"defaults ({path} is ignored: {problem})"
-    elif path.is_file():
-        source = f"defaults ({path} holds no profile for this machine and device: run `rvcfast tune`)"
-    else:
-        source = "defaults (run `rvcfast tune` to measure)"
-    threads = torch.get_num_threads()
-    if profile is not None and env_thread_count() is None:
-        threads = profile.threads
+    try:
+        path, chosen_by = profile_location()
+        status = _profile_status(dev, profile, path, chosen_by)
+    except ParameterError as exc:  # RVCFAST_PROFILE or RVCFAST_HOME cannot be expanded
+        path, chosen_by, status = None, str(exc), f"defaults ({exc})"
+    threads, threads_from = planned_threads(profile)
+    default = f"default ({dev.type})"
     return {
         "cpu": cpu_model(),
         "cores": available_cores(),
@@ -681,11 +772,19 @@ def system_report(device: torch.device | str = "cpu") -> dict[str, Any]:
         "device": str(dev),
         "cuda": torch.cuda.get_device_name(dev) if dev.type == "cuda" else None,
         "profile": str(path) if profile is not None else None,
+        "profile_file": str(path) if path is not None else None,
+        "profile_file_from": chosen_by,
         "settings": {
             "auto_dtype": str(tuned_dtype("auto", dev, profile)).replace("torch.", ""),  # what dtype="auto" runs in
             "threads": threads,
             "batch_seconds": profile.batch_seconds if profile else default_batch_seconds(dev),
             "compute_workers": profile.compute_workers if profile else 1,
-            "source": source,
+            "source": status,
+            "sources": {
+                "auto_dtype": _auto_dtype_source(dev, profile),
+                "threads": threads_from,
+                "batch_seconds": "profile" if profile else default,
+                "compute_workers": "profile" if profile else "default",
+            },
         },
     }

@@ -129,7 +129,9 @@ def search_dirs() -> list[Path]:
     dirs = []
     home = os.environ.get("RVCFAST_HOME")
     if home:
-        dirs.append(Path(home).expanduser())
+        from .local_paths import expanded_path
+
+        dirs.append(expanded_path("RVCFAST_HOME", home))  # "~nosuchuser/x": an error naming the variable
     dirs.append(cache_dir())
     return dirs
 

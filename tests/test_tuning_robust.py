@@ -80,7 +80,7 @@ def test_without_a_profile_the_threads_are_capped_by_the_quota(tmp_path, monkeyp
         ({}, None),
         ({"OMP_NUM_THREADS": "3"}, 3),
         ({"MKL_NUM_THREADS": "1"}, 1),  # torch honours MKL_NUM_THREADS too
-        ({"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "1"}, 2),
+        ({"OMP_NUM_THREADS": "2", "MKL_NUM_THREADS": "1"}, 1),  # torch runs MKL_NUM_THREADS's count
         ({"OMP_NUM_THREADS": ""}, None),  # torch ignores an empty or malformed value
         ({"OMP_NUM_THREADS": "many"}, None),
         ({"OMP_NUM_THREADS": "0"}, None),

@@ -37,6 +37,29 @@ def _short(value: Any, limit: int = 70) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _profile_row(report: dict[str, Any]) -> str:
+    """The profile file used, or the one looked at and what chose it (``RVCFAST_PROFILE``...)."""
+    if report["profile"]:
+        return f"{report['profile']} (from {report['profile_file_from']})"
+    if report.get("profile_file") is None:
+        return f"(none: profiles are off, {report.get('profile_file_from', 'RVCFAST_PROFILE')})"
+    return f"(none) looked in {report['profile_file']} (from {report['profile_file_from']})"
+
+
+#: Where a default value comes from (``settings.sources``): said by the ``source`` row already.
+_DEFAULTS = ("default", "torch's default", "hardware")
+
+
+def _from_elsewhere(settings: dict[str, Any], key: str) -> str:
+    """`` (from MKL_NUM_THREADS=1)`` for a setting whose value does not come from where ``source``
+    says the settings come from (the profile, or the defaults); ``""`` otherwise."""
+    where = settings.get("sources", {}).get(key)
+    if where is None:  # the source row itself
+        return ""
+    usual = where == "profile" if settings["source"] == "profile" else where.startswith(_DEFAULTS)
+    return "" if usual else f"  (from {where})"
+
+
 def _system(report: dict[str, Any]) -> None:
     """Print :func:`rvcfast.tuning.system_report`'s report as text."""
     feats = " ".join(f"{k}{'' if v else '(no)'}" for k, v in report["features"].items())
@@ -47,11 +70,14 @@ def _system(report: dict[str, Any]) -> None:
         ("native fp16", "yes" if report["native_fp16"] else "no"),
         ("torch", f"{report['torch']} (oneDNN {'yes' if report['mkldnn'] else 'no'}, {report['torch_threads']} threads)"),
         ("device", report["device"] + (f" ({report['cuda']})" if report["cuda"] else "")),
-        ("profile", report["profile"] or "(none)"),
+        ("profile", _profile_row(report)),
         ("  for machine", report["machine"]),  # what a profile entry must name to apply here
     ]
     labels = {"auto_dtype": "dtype (auto)"}  # the JSON keys are identifiers; the text says what they mean
-    rows += [(f"  {labels.get(k, k)}", str(v)) for k, v in report["settings"].items()]
+    settings = report["settings"]
+    rows += [
+        (f"  {labels.get(k, k)}", f"{v}{_from_elsewhere(settings, k)}") for k, v in settings.items() if k != "sources"
+    ]
     w = report.get("weights")
     if w is not None:  # where hubert_base.pt and rmvpe.pt are found now, or how to get them
         rows.append(("base weights", "searched in " + ", ".join(w["search_folders"])))

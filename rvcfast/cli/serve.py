@@ -229,7 +229,7 @@ def add_parser(sub: Any) -> None:
     add_device_options(r)
     r.add_argument("--batch-seconds", type=float, default=None, metavar="S",
                    help="16 kHz audio of concurrent requests gathered into one model call (0: one request per call; default: 0 on CPU, 120 on GPU)")
-    r.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads of the model worker (default: the rvcfast tune profile's, else torch's)")
+    r.add_argument("--threads", type=int, default=None, metavar="N", help="torch threads of the model worker (default: the rvcfast tune profile's, else torch's, capped at the usable cores)")
     r.add_argument(
         "--analysis-cache-mb", type=float, default=64.0, metavar="N",
         help="memory for the F0 tracks and content features of recent inputs: the same audio sent again "

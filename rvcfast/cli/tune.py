@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 from pathlib import Path
 from typing import Any
@@ -67,14 +66,19 @@ def _chosen(profile: Any) -> str:
 
 def _profile_target(args: argparse.Namespace) -> Path:
     """Where the profile goes, checked before minutes of calibration (a usage error otherwise)."""
-    from ..tuning import check_profile_target, profile_path
+    from ..errors import ParameterError
+    from ..local_paths import expanded_path
+    from ..tuning import check_profile_target, profile_location, profiles_off
 
-    target = Path(args.output).expanduser() if args.output else profile_path()
+    try:
+        target, chosen_by = (expanded_path("--output", args.output), "--output") if args.output else profile_location()
+    except ParameterError as exc:  # "~nosuchuser/..."
+        raise UsageError(str(exc)) from None
     if target is None:
-        raise UsageError("profiles are switched off (RVCFAST_PROFILE=off); pass --output FILE")
+        raise UsageError(f"{profiles_off()}; pass --output FILE")
     # rvcfast's own profile file (in $RVCFAST_HOME or the cache) may be replaced when broken; a file
     # the user named, by --output or RVCFAST_PROFILE, never: it may be anything
-    named = "--output" if args.output else "RVCFAST_PROFILE" if os.environ.get("RVCFAST_PROFILE") is not None else None
+    named = chosen_by if chosen_by in ("--output", "RVCFAST_PROFILE") else None
     try:
         check_profile_target(target, replace_invalid=named is None)
     except ValueError as exc:
