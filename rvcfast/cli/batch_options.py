@@ -97,8 +97,7 @@ def batch_options(args: argparse.Namespace) -> dict[str, Any]:
     """The batch keyword arguments of ``Converter.iter_batch`` given on the command line, with the
     library's defaults for those not given; a usage error naming the option for a bad value
     (``--subtype`` and ``--bitrate`` too: :func:`check_output_options`)."""
-    from ..batch import BatchOptions
-    from ..batch_inputs import check_name_template
+    from ..batch_inputs import BatchOptions, check_name_template
 
     defaults = BatchOptions()
     values: dict[str, Any] = {

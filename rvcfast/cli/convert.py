@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import math
 import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +37,7 @@ from .batch_options import (
     check_report_path,
     kbps,
 )
-from .scale import add_scale_options, object_storage_args, planned_inputs
+from .scale import add_scale_options, object_storage_args, planned_inputs, planned_jobs
 
 
 def _audio_seconds(path: Path) -> float:
@@ -149,10 +150,11 @@ def _results(
 
 
 def _run(
-    convs: list[Any], args: argparse.Namespace, inputs: list[Path], batch: dict[str, Any], report: BatchReport,
-    pitches: dict[str, float],
+    results: Callable[[Any], Iterator[Any]], voices: list[str], args: argparse.Namespace, inputs: list[Path],
+    batch: dict[str, Any], report: BatchReport,
 ) -> int:
-    """The batch itself: progress, summary, warnings, failures; the exit status."""
+    """The batch itself (``results(bar)``, to the ``voices`` named): progress, summary, warnings,
+    failures; the exit status."""
     from ..batch import BatchSummary
     from ..errors import ParameterError, RvcfastError
     from ..progress import BatchProgress
@@ -161,15 +163,15 @@ def _run(
     summary = BatchSummary()
     failures: list[str] = []
     warnings: list[str] = []
-    total = len(inputs) * len(convs)
-    bar = BatchProgress(total, sum(expected.values()) * len(convs), enabled=not args.quiet)
+    total = len(inputs) * len(voices)
+    bar = BatchProgress(total, sum(expected.values()) * len(voices), enabled=not args.quiet)
     start = time.perf_counter()
     not_reached = 0
     try:
-        for res in _results(convs, args, batch, pitches, bar):
+        for res in results(bar):
             summary.add(res)
             report.add(res)
-            if res.voice is None or res.voice == convs[0].engine.name:  # each input's warnings once
+            if res.voice is None or res.voice == voices[0]:  # each input's warnings once
                 warnings.extend(res.warnings)
             if res.error is not None:
                 reason = " ".join(res.error.split())
@@ -203,7 +205,7 @@ def _run(
         say(f"{PROG}: error: --report {report.path} cannot be written: {exc.strerror or exc}")
         status = 1
     if not_reached:
-        what = "file(s) after it not converted" if len(convs) == 1 else "conversion(s) (input, voice) after it not done"
+        what = "file(s) after it not converted" if len(voices) == 1 else "conversion(s) (input, voice) after it not done"
         say(f"{PROG}: {not_reached} {what} (--on-error stop)")
     return status
 
@@ -223,6 +225,9 @@ def _report_interrupted(report: BatchReport, how: str) -> None:
 
 def cmd_convert(args: argparse.Namespace) -> int:
     """Convert files or folders to the voice of MODEL and write them to OUT."""
+    if args.server is not None:  # converted by a running `rvcfast serve`
+        return _convert_remote(args)
+    args.f0 = args.f0 or "rmvpe"
     if args.compute_workers is not None and args.compute_workers < 1:
         raise UsageError(f"--compute-workers must be at least 1, got {args.compute_workers}")
     if args.ray is not None:  # the same job on a Ray cluster
@@ -270,7 +275,46 @@ def cmd_convert(args: argparse.Namespace) -> int:
             requested = compute_workers(conv.engine, BatchOptions(compute_workers=args.compute_workers))
             workers = usable_workers(requested, len(inputs), conv.device.type)
             say(_describe_load(conv, model, args, time.perf_counter() - t0, threads, workers))
-    return _run(convs, args, inputs, batch, report, pitches)
+    return _run(
+        lambda bar: _results(convs, args, batch, pitches, bar), [c.engine.name for c in convs], args, inputs, batch, report
+    )
+
+
+def _convert_remote(args: argparse.Namespace) -> int:
+    """``--server URL``: the batch planned, named and reported here, converted by the server."""
+    from ..errors import RvcfastError
+    from .remote import Server, api_key, check_remote_args, iter_remote, request_fields, voice_id
+
+    check_remote_args(args)
+    remote = object_storage_args(args)
+    if remote:
+        raise UsageError(f"{remote[0]}: with --server the inputs and OUT are local paths (object storage needs --ray)")
+    batch = batch_options(args)
+    report_path = check_report_path(args.report)
+    check_output_dir(args.output, "-o")
+    jobs = planned_jobs(args, batch["name_template"])
+    check_params(params_from_args(args))
+    check_inputs_exist(args.inputs)
+    inputs = [j.path for j in jobs]
+    report = BatchReport(report_path, [str(p) for p in inputs], None)
+    report.check_writable()
+    server, voice = Server(args.server, api_key(args)), voice_id(args.model)
+    served = server.voices()
+    if voice not in served:
+        raise RvcfastError(f"the server at {server.url} has no voice {voice!r} (its voices: {', '.join(served) or 'none'})")
+    # --on-error stop: one file at a time, so that nothing after the failed one is written
+    workers = 1 if batch["on_error"] == "stop" else (args.workers or 2)
+    fields = [("voice", voice), *request_fields(args)]
+    if not args.quiet:
+        say(f"{voice}: converted by the server at {server.url}, {workers} request{'s' if workers != 1 else ''} at a time")
+
+    def results(bar: Any) -> Iterator[Any]:
+        for res in iter_remote(server, jobs, fields, workers, args.skip_existing):
+            if res.error is not None and batch["on_error"] == "stop":
+                raise RvcfastError(res.error)
+            yield res
+
+    return _run(results, [voice], args, inputs, batch, report)
 
 
 def add_parser(sub: Any) -> None:
@@ -320,7 +364,7 @@ def add_parser(sub: Any) -> None:
         "instead of --pitch; repeatable (e.g. --voice-pitch bob=-12)",
     )
     g.add_argument("--encoder", metavar="PATH", type=user_path, help="hubert_base.pt or a ContentVec folder (default: $RVCFAST_HOME or the cache)")
-    g.add_argument("--f0", metavar="NAME", default="rmvpe", help="F0 backend: rmvpe, crepe, crepe-tiny, fcpe, harvest, dio, pm, swift, hybrid:a+b or a plugin (see `rvcfast backends`)")
+    g.add_argument("--f0", metavar="NAME", default=None, help="F0 backend: rmvpe (default; with --server: the server's), crepe, crepe-tiny, fcpe, harvest, dio, pm, swift, hybrid:a+b or a plugin (see `rvcfast backends`)")
     g.add_argument("--f0-weights", metavar="FILE", type=user_path, help="weights for the F0 backend (rmvpe.pt; default: $RVCFAST_HOME or the cache)")
     g.add_argument("--f0-option", metavar="KEY=VALUE", action="append", help="extra option for the F0 backend, repeatable (e.g. threshold=0.05)")
     g.add_argument("--download", action="store_true", help="download missing base weights (hubert_base.pt, rmvpe.pt) into $RVCFAST_HOME when set, else the cache")
@@ -346,10 +390,17 @@ def add_parser(sub: Any) -> None:
     add_batch_options(p.add_argument_group("batch (local runs)"))
     r = p.add_argument_group("runtime")
     add_device_options(r)
-    r.add_argument("--batch-seconds", type=float, metavar="S", default=None, help="seconds of audio batched through the models together (default: 8 on CPU, 120 on GPU)")
+    r.add_argument("--batch-seconds", type=float, metavar="S", default=None, help="seconds of audio batched through the models together (default: the `rvcfast tune` profile's, else 8 on CPU, 120 on GPU)")
     r.add_argument(
         "--compute-workers", type=int, metavar="N", default=None,
         help="files converted side by side, each with 1/N of the threads (default: `rvcfast tune`'s choice, else 1)",
     )
     add_scale_options(p.add_argument_group("scale out (Ray; pip install \"rvcfast[ray]\"; see docs/scale-out.md)"))
+    s = p.add_argument_group("through a running server (`rvcfast serve`; see docs/cli.md)")
+    s.add_argument(
+        "--server", metavar="URL", default=None,
+        help="convert through the rvcfast server at URL (e.g. http://127.0.0.1:8000): MODEL is its voice id (a .pth "
+        "path stands for its stem), the server's models, device and F0 weights apply; --workers requests at a time (default 2)",
+    )
+    s.add_argument("--api-key", metavar="KEY", default=None, help="with --server: the server's API key (default: $RVCFAST_API_KEY)")
     p.set_defaults(func=cmd_convert)

@@ -40,9 +40,14 @@ def object_storage_args(args: argparse.Namespace) -> list[str]:
 
 
 def planned_inputs(args: argparse.Namespace, name_template: str = "{stem}") -> list[Path]:
-    """The files ``rvcfast convert`` will convert, for its counts and progress.
+    """The files ``rvcfast convert`` will convert, for its counts and progress (:func:`planned_jobs`'s)."""
+    return [j.path for j in planned_jobs(args, name_template)]
 
-    Expanded as the batch itself expands ``args.inputs`` (:func:`rvcfast.batch.expand_inputs`
+
+def planned_jobs(args: argparse.Namespace, name_template: str = "{stem}") -> list[Any]:
+    """The files ``rvcfast convert`` will convert, each with its output (:class:`rvcfast.batch_inputs.Job`).
+
+    Expanded as the batch itself expands ``args.inputs`` (:func:`rvcfast.batch_inputs.expand_inputs`
     with the output folder, format and ``--skip-existing``), so the folders themselves go to
     the batch: only there do the rules for folders apply (an in-place batch resumed with
     ``--skip-existing`` leaves out its earlier ``*_rvc`` outputs; an output folder inside a
@@ -50,7 +55,7 @@ def planned_inputs(args: argparse.Namespace, name_template: str = "{stem}") -> l
     ``name_template`` as the batch names them, so a template that puts an output outside the
     output folder (through a symlink) is a usage error here, before anything is loaded.
     """
-    from ..batch import BatchOptions, expand_inputs
+    from ..batch_inputs import BatchOptions, expand_inputs
     from ..errors import ParameterError
 
     options = BatchOptions(
@@ -58,13 +63,12 @@ def planned_inputs(args: argparse.Namespace, name_template: str = "{stem}") -> l
         name_template=name_template,
     )
     try:
-        jobs = expand_inputs(list(args.inputs), options)
+        jobs = [j for j in expand_inputs(list(args.inputs), options) if j.path is not None]
     except ParameterError as exc:
         raise UsageError(f"--name-template: {exc}" if "name_template" in str(exc) else str(exc)) from None
-    files = [j.path for j in jobs if j.path is not None]
-    if not files:
+    if not jobs:
         raise UsageError(f"no audio files found in {', '.join(args.inputs)}" + ("" if args.recursive else " (use --recursive for sub-folders)"))
-    return files
+    return jobs
 
 
 def add_scale_options(p: argparse.ArgumentParser | Any) -> None:
@@ -74,7 +78,7 @@ def add_scale_options(p: argparse.ArgumentParser | Any) -> None:
         help="run as a Ray job: no ADDRESS joins the running cluster (RAY_ADDRESS or `ray start`; "
         "else starts a local one), 'local' starts a local one, or ray://HOST:10001 / HOST:6379",
     )
-    p.add_argument("--workers", type=int, metavar="N", help="with --ray: at most N model workers (default: one single-threaded worker per core, as many as memory holds, or one per GPU share)")
+    p.add_argument("--workers", type=int, metavar="N", help="with --ray: at most N model workers (default: one single-threaded worker per core, as many as memory holds, or one per GPU share); with --server: requests at a time (default 2)")
     p.add_argument("--gpus-per-worker", type=float, default=0.0, metavar="F", help="with --ray: GPUs per model worker (e.g. 1, or 0.5 to share a GPU)")
     p.add_argument("--manifest", metavar="FILE", help="with --ray: the manifest of the rows, .jsonl or .parquet (default: OUT/rvcfast-manifest.jsonl)")
 

@@ -1,0 +1,284 @@
+"""``rvcfast convert ... --server URL``: the same command, converted by a running ``rvcfast serve``.
+
+The server keeps its models loaded, so a command that converts a few files pays no start-up
+beyond its own (no model is loaded here, and torch is not imported). The files are planned,
+named, skipped and reported as a local run does them (:func:`rvcfast.batch_inputs.expand_inputs`,
+``--report``, ``--skip-existing``); each is sent to ``POST /v1/convert`` as it is (the
+server decodes it) with the conversion options as query fields, ``--workers`` requests at a
+time (the server batches concurrent requests), and the answer is written whole or not at
+all. A server that is busy (503) is asked again after its ``Retry-After``.
+
+Only the standard library talks HTTP here: a client needs no server extra.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import threading
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ._common import UsageError, params_from_args
+
+__all__ = ["check_remote_args", "voice_id", "request_fields", "Server", "iter_remote"]
+
+#: Options that are the server's to choose, refused with ``--server`` (flag, given?).
+_SERVERS = (
+    ("--index", lambda a: a.index is not None), ("--voice", lambda a: bool(a.voice)),
+    ("--voice-pitch", lambda a: bool(a.voice_pitch)), ("--encoder", lambda a: a.encoder is not None),
+    ("--f0-weights", lambda a: a.f0_weights is not None), ("--f0-option", lambda a: bool(a.f0_option)),
+    ("--download", lambda a: a.download), ("--device", lambda a: a.device not in (None, "auto")),
+    ("--dtype", lambda a: a.dtype not in (None, "float32")), ("--batch-seconds", lambda a: a.batch_seconds is not None),
+    ("--compute-workers", lambda a: a.compute_workers is not None),
+    ("--decode-workers", lambda a: a.decode_workers is not None),
+    ("--write-workers", lambda a: a.write_workers is not None),
+    ("--f0-workers", lambda a: a.f0_workers is not None), ("--ray", lambda a: a.ray is not None),
+    ("--gpus-per-worker", lambda a: bool(a.gpus_per_worker)), ("--manifest", lambda a: a.manifest is not None),
+)
+#: Times a file is sent again to a server that answers 503 (busy, or its models still loading).
+BUSY_TRIES = 20
+#: Longest wait between two tries, whatever ``Retry-After`` says (seconds).
+BUSY_WAIT_MAX = 30.0
+#: Seconds a request may take, upload, conversion and answer (a long file converts for minutes on a CPU).
+REQUEST_TIMEOUT = 3600.0
+
+
+def check_remote_args(args: argparse.Namespace) -> None:
+    """Usage errors for options the server decides (its models, device, batching) or that a
+    run through it cannot honour; ``--workers`` at least 1."""
+    given = [flag for flag, on in _SERVERS if on(args)]
+    if given:
+        raise UsageError(
+            f"{', '.join(given)}: with --server the server's own settings apply (its voices, index, base "
+            "weights, device and batching, set when `rvcfast serve` starts); only the conversion and output options are sent"
+        )
+    if args.workers is not None and args.workers < 1:
+        raise UsageError(f"--workers must be at least 1, got {args.workers}")
+    parsed = urllib.parse.urlsplit(args.server)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise UsageError(f"--server {args.server}: expected the server's address, e.g. http://127.0.0.1:8000")
+
+
+def voice_id(model: str) -> str:
+    """MODEL as the server's voice id: a voice file's stem (``alice.pth`` is served as ``alice``)."""
+    path = Path(model)
+    return path.stem if path.suffix.lower() in (".pth", ".onnx") else model
+
+
+def _text(value: Any) -> str:
+    """A parameter's value as the server reads it back (:func:`rvcfast.params.coerce_param`)."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, tuple):
+        return ",".join(_text(float(v)) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
+
+
+def request_fields(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The query fields of every request: the conversion options that differ from the defaults
+    (the server's defaults are the same), the F0 backend when given, the output format."""
+    from ..params import ConversionParams
+
+    defaults = ConversionParams()
+    fields = [(name, _text(value)) for name, value in params_from_args(args).items()
+              if value is not None and value != getattr(defaults, name)]
+    if args.f0 is not None:
+        fields.append(("f0", args.f0))
+    fields.append(("format", args.format))
+    if args.subtype is not None:
+        fields.append(("subtype", args.subtype))
+    if args.bitrate is not None:
+        fields.append(("bitrate", str(args.bitrate)))
+    return fields
+
+
+class ServerError(Exception):
+    """An answer that is not the audio: its status and the server's message."""
+
+    def __init__(self, status: int, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.status, self.retry_after = status, retry_after
+
+
+class Server:
+    """The address of a running ``rvcfast serve`` and its API key."""
+
+    def __init__(self, url: str, api_key: str | None = None, timeout: float = REQUEST_TIMEOUT) -> None:
+        self.url, self.api_key, self.timeout = url.rstrip("/"), api_key, timeout
+
+    def _request(self, path: str, data: Any = None, headers: dict[str, str] | None = None) -> Any:
+        from ..errors import RvcfastError
+
+        head = {"X-API-Key": self.api_key} if self.api_key else {}
+        req = urllib.request.Request(self.url + path, data=data, headers={**head, **(headers or {})}, method="POST" if data is not None else "GET")
+        try:
+            return urllib.request.urlopen(req, timeout=self.timeout)  # noqa: S310 - http(s) only (check_remote_args)
+        except urllib.error.HTTPError as exc:
+            raise _server_error(exc) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise RvcfastError(f"cannot reach the server at {self.url}: {reason}") from None
+
+    def voices(self) -> list[str]:
+        """The voice ids the server has (``GET /v1/voices``)."""
+        from ..errors import RvcfastError
+
+        try:
+            with self._request("/v1/voices") as answer:
+                return [str(v["id"]) for v in json.loads(answer.read())["voices"]]
+        except ServerError as exc:
+            hint = " (give the key with --api-key or $RVCFAST_API_KEY)" if exc.status == 401 else ""
+            raise RvcfastError(f"the server at {self.url} answered {exc.status}: {exc}{hint}") from None
+        except (ValueError, KeyError, TypeError) as exc:
+            raise RvcfastError(f"{self.url} is not an rvcfast server: GET /v1/voices gave no voice list ({exc})") from None
+
+    def convert(self, path: Path, fields: list[tuple[str, str]], target: Path, stop: threading.Event) -> dict[str, str] | None:
+        """Send the file ``path``; its answer written to ``target`` (whole, or nothing); the answer's
+        headers, or ``None`` when ``stop`` was set before the answer was written (nothing written)."""
+        from ..atomic import atomic_write
+
+        query = urllib.parse.urlencode([*fields, ("filename", path.name)])
+        size = path.stat().st_size
+        with open(path, "rb") as body, self._request(
+            f"/v1/convert?{query}", body, {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        ) as answer:
+            if stop.is_set():
+                return None
+            target.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                with atomic_write(target) as tmp, open(tmp, "wb") as out:
+                    while chunk := answer.read(1 << 20):
+                        if stop.is_set():
+                            raise _Stopped
+                        out.write(chunk)
+            except _Stopped:
+                return None  # the temporary file is gone, an earlier output at target as it was
+            return dict(answer.headers.items())
+
+
+class _Stopped(Exception):
+    """The command stopped while an answer was written."""
+
+
+def _server_error(exc: urllib.error.HTTPError) -> ServerError:
+    try:
+        text = exc.read().decode("utf-8", "replace")
+        message = str(json.loads(text).get("error") or text)
+    except (ValueError, AttributeError, OSError):
+        message = str(exc.reason)
+    retry = exc.headers.get("Retry-After") if exc.headers else None
+    try:
+        wait = float(retry) if retry is not None else None
+    except ValueError:
+        wait = None
+    return ServerError(exc.code, " ".join(message.split()), wait)
+
+
+def _named(message: str, name: str, source: str) -> str:
+    """The server's message about the upload ``name`` (it knows the file by that name alone) naming ``source``."""
+    for said in (f"{name}: ", "audio: "):
+        if message.startswith(said):
+            return f"{source}: {message[len(said):]}"
+    return f"{source}: {message}"
+
+
+def _one(server: Server, job: Any, fields: list[tuple[str, str]], skip_existing: bool, stop: threading.Event) -> Any:
+    """The :class:`~rvcfast.Result` of one planned input (never raises for the file's own failure)."""
+    import numpy as np
+
+    from ..audio import audio_info
+    from ..result import Result
+    from ..writing import finished_output
+
+    source, target = str(job.path), job.out_path
+    if skip_existing and finished_output(target):
+        return Result(np.zeros(0, np.float32), 0, source=source, output_path=str(target), skipped=True, index=job.number)
+    if job.problem is not None:
+        return Result(np.zeros(0, np.float32), 0, source=source, error=job.problem, index=job.number)
+    t0 = time.perf_counter()
+    for tries in range(1, BUSY_TRIES + 1):
+        try:
+            headers = server.convert(job.path, fields, target, stop)
+            break
+        except ServerError as exc:
+            if exc.status == 503 and tries < BUSY_TRIES:
+                time.sleep(min(exc.retry_after if exc.retry_after is not None else 1.0, BUSY_WAIT_MAX))
+                continue
+            why = _named(str(exc), job.path.name, source)
+            return Result(np.zeros(0, np.float32), 0, source=source, error=f"{why} (the server answered {exc.status})", index=job.number)
+        except OSError as exc:  # the input cannot be read, the output cannot be written
+            return Result(np.zeros(0, np.float32), 0, source=source, error=f"{source}: {exc.strerror or exc}", index=job.number)
+    if headers is None:
+        return None  # stopped: not reported (its output was not written)
+    lower = {k.lower(): v for k, v in headers.items()}
+    # the server's stages (and its queue); its "total" is the request's, measured here with the upload
+    timings = {k: float(v) for k, v in json.loads(lower.get("x-rvcfast-timings", "{}")).items() if k != "total"}
+    timings["request"] = time.perf_counter() - t0
+    warnings = [str(w) for w in json.loads(lower.get("x-rvcfast-warnings", "[]"))]
+    try:
+        seconds, rate, _ = audio_info(target)
+        inputs = audio_info(job.path)[0]
+    except Exception:  # noqa: BLE001 - lengths for the summary only
+        seconds, rate, inputs = 0.0, int(lower.get("x-rvcfast-sample-rate", 0) or 0), 0.0
+    return Result(
+        np.zeros(0, np.float32), rate, timings=timings, source=source, output_path=str(target),
+        input_seconds=inputs, index=job.number, warnings=[_named(w, job.path.name, source) for w in warnings],
+        frames=round(seconds * rate),
+    )
+
+
+def iter_remote(server: Server, jobs: list[Any], fields: list[tuple[str, str]], workers: int, skip_existing: bool) -> Iterator[Any]:
+    """The Results of ``jobs`` in their order, ``workers`` requests in flight. When the caller
+    stops (Ctrl-C, ``--on-error stop``) no other file is sent, and an answer still on its way is
+    not written; the threads are daemons: the command does not wait for the conversions under way."""
+    work: queue.Queue[Any] = queue.Queue()
+    done: dict[int, Any] = {}
+    ready = threading.Condition()
+    stop = threading.Event()
+    for job in jobs:
+        work.put(job)
+
+    def worker() -> None:
+        while not stop.is_set():
+            try:
+                job = work.get_nowait()
+            except queue.Empty:
+                return
+            try:
+                res = _one(server, job, fields, skip_existing, stop)
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, in its turn
+                res = exc
+            with ready:
+                done[job.number] = res
+                ready.notify_all()
+
+    for _ in range(max(1, min(workers, len(jobs)))):
+        threading.Thread(target=worker, name="rvcfast-remote", daemon=True).start()
+    try:
+        for job in jobs:
+            with ready:
+                while job.number not in done:
+                    ready.wait()
+                res = done.pop(job.number)
+            if isinstance(res, BaseException):
+                raise res
+            yield res
+    finally:
+        stop.set()
+
+
+def api_key(args: argparse.Namespace) -> str | None:
+    """``--api-key``, else ``$RVCFAST_API_KEY`` (the variable ``rvcfast serve`` reads too)."""
+    return args.api_key if args.api_key is not None else os.environ.get("RVCFAST_API_KEY") or None

@@ -1,0 +1,185 @@
+"""``rvcfast convert ... --server URL``: the same command, converted by a running ``rvcfast serve``.
+
+The outputs equal a local run's (the same engine, the same options sent as fields), files are
+planned, skipped, reported and failed as locally, options that are the server's are refused,
+and a busy server is asked again after its ``Retry-After``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import http.server
+import io
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from helpers import cli_weights, tiny_models_fixture, write_tone  # noqa: F401
+
+from rvcfast.cli import build_parser, main
+
+pytest.importorskip("fastapi")
+
+from serve_helpers import API_KEY, running_server, voice_folder  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def server(tiny_models, tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve-remote")
+    with running_server([voice_folder(tiny_models, root / "voices")], tiny_models, root / "server.log", "--api-key", API_KEY) as srv:
+        yield srv
+
+
+def _inputs(folder: Path) -> list[Path]:
+    clips = [write_tone(folder, "a.wav", 0.4, 180.0), write_tone(folder, "b.wav", 0.9, 240.0)]
+    (folder / "c.wav").write_bytes(b"RIFF0000 this is no audio")
+    return clips
+
+
+def test_the_same_command_through_a_server_writes_what_a_local_run_writes(server, tiny_models, tmp_path, monkeypatch, capsys) -> None:
+    a, b = _inputs(tmp_path / "in")
+    options = ["--no-noise", "--pitch", "3", "--protect", "0.2", "--format", "flac", "--sample-rate", "22050", "-q"]
+    local = tmp_path / "local"
+    assert main(["convert", str(tiny_models.voice), str(a), str(b), "-o", str(local), "--index", str(tiny_models.index),
+                 *cli_weights(tiny_models), *options]) == 0
+    monkeypatch.setenv("RVCFAST_API_KEY", API_KEY)
+    out = tmp_path / "out"
+    argv = ["convert", "voices/alice.pth", str(tmp_path / "in"), "-o", str(out), "--server", server.url,
+            "--report", str(tmp_path / "r.jsonl"), *options]  # alice: the tiny voice and its index
+    assert main(argv) == 1  # c.wav failed, the others converted
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'in' / 'c.wav'}: cannot decode audio" in err and "(the server answered 422)" in err
+    assert sorted(p.name for p in out.iterdir()) == ["a.flac", "b.flac"]
+    for name in ("a", "b"):
+        got, rate = sf.read(out / f"{name}.flac", dtype="float32")
+        want, local_rate = sf.read(local / f"{name}.flac", dtype="float32")
+        assert rate == local_rate == 22050 and got.shape == want.shape and np.array_equal(got, want)
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [(Path(r["source"]).name, r["ok"]) for r in rows] == [("a.wav", True), ("b.wav", True), ("c.wav", False)]
+    assert abs(rows[1]["duration"] - 0.9) < 0.05 and rows[1]["input_seconds"] == pytest.approx(0.9)
+    assert {"synth", "request"} <= set(rows[0]["timings"])
+    stamps = {p: p.stat().st_mtime_ns for p in out.iterdir()}
+    assert main([*argv, "--skip-existing"]) == 1  # resumed: a and b skipped, c fails again
+    assert {p: p.stat().st_mtime_ns for p in out.iterdir()} == stamps
+    rows = [json.loads(line) for line in (tmp_path / "r.jsonl").read_text().splitlines()]
+    assert [r["skipped"] for r in rows] == [True, True, False]
+
+
+def test_a_wrong_voice_key_or_address_is_one_error(server, tmp_path, monkeypatch, capsys) -> None:
+    clip = write_tone(tmp_path / "in", "a.wav")
+    base = ["convert", "nobody", str(clip), "-o", str(tmp_path / "out"), "-q", "--server"]
+    monkeypatch.setenv("RVCFAST_API_KEY", API_KEY)
+    assert main([*base, server.url]) == 1
+    assert f"the server at {server.url} has no voice 'nobody' (its voices: " in capsys.readouterr().err
+    monkeypatch.delenv("RVCFAST_API_KEY")
+    assert main([*base, server.url]) == 1
+    assert "answered 401" in capsys.readouterr().err
+    with socket_closed() as url:
+        assert main([*base, url]) == 1
+    assert f"cannot reach the server at {url}" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+class socket_closed:
+    """The address of a port nothing listens on."""
+
+    def __enter__(self) -> str:
+        import socket
+
+        s = socket.socket()
+        s.bind(("127.0.0.1", 0))
+        self.port = s.getsockname()[1]
+        s.close()
+        return f"http://127.0.0.1:{self.port}"
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@pytest.mark.parametrize("option", [["--index", "x.index"], ["--device", "cuda"], ["--dtype", "bfloat16"], ["--ray"],
+                                    ["--f0-option", "threshold=0.1"], ["--compute-workers", "2"]])
+def test_options_the_server_decides_are_usage_errors(option, tmp_path, capsys) -> None:
+    clip = write_tone(tmp_path, "a.wav")
+    assert main(["convert", "alice", str(clip), "-o", str(tmp_path / "out"), "--server", "http://127.0.0.1:9", *option]) == 2
+    err = capsys.readouterr().err
+    assert option[0] in err and "with --server the server's own settings apply" in err
+
+
+def test_every_option_sent_reads_back_as_given() -> None:
+    """The fields sent for the conversion options are read by the server's own parser as the same values."""
+    from rvcfast.cli.remote import request_fields
+    from rvcfast.serve.forms import parse_fields
+
+    argv = ["convert", "alice", "a.wav", "-o", "out", "--server", "http://h:1", "--pitch", "-2.5", "--index-rate", "0.1",
+            "--protect", "0.25", "--rms-mix-rate", "0.3", "--filter-radius", "5", "--speaker", "1", "--no-noise",
+            "--seed", "7", "--sample-rate", "44100", "--keep-length", "--autotune", "0.4", "--proposed-pitch", "180",
+            "--formant", "1.1", "0.9", "--effects", '{"reverb": {"room_size": 0.3}}', "--loudness", "match",
+            "--channels", "each", "--strict", "--fill-unvoiced", "--v1-output-layer", "12", "--f0", "fcpe",
+            "--format", "mp3", "--bitrate", "128"]
+    args = build_parser().parse_args(argv)
+    from rvcfast.cli._common import params_from_args
+    from rvcfast.params import ConversionParams
+
+    parsed = parse_fields([("voice", "alice"), *request_fields(args)])
+    expected = ConversionParams.build(None, **params_from_args(args))
+    assert ConversionParams.build(None, **parsed.overrides) == expected
+    assert (parsed.f0, parsed.format, parsed.bitrate) == ("fcpe", "mp3", 128)
+    assert len(parsed.overrides) == 19  # the 19 options given differ from their defaults: each was sent
+
+
+class _Busy(http.server.BaseHTTPRequestHandler):
+    """A server busy for its first answer (503, Retry-After 0), then answering a WAV."""
+
+    answers: list[int] = []
+
+    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+        self._send(200, json.dumps({"voices": [{"id": "alice"}]}).encode(), "application/json")
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if not self.answers:
+            self.answers.append(503)
+            self._send(503, b'{"error": "the server is busy"}', "application/json", {"Retry-After": "0"})
+            return
+        self.answers.append(200)
+        buf = io.BytesIO()
+        sf.write(buf, np.zeros(4000, np.float32), 40000, format="WAV")
+        self._send(200, buf.getvalue(), "audio/wav", {"X-Rvcfast-Timings": '{"synth": 0.5, "total": 0.6}',
+                                                      "X-Rvcfast-Warnings": '["a.wav: clipped"]'})
+
+    def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for k, v in {"Content-Type": ctype, "Content-Length": str(len(body)), **(headers or {})}.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        return None
+
+
+def test_a_busy_server_is_asked_again_after_its_retry_after(tmp_path) -> None:
+    _Busy.answers = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Busy)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        clip = write_tone(tmp_path / "in", "a.wav")
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        report = tmp_path / "r.jsonl"
+        assert main(["convert", "alice", str(clip), "-o", str(tmp_path / "out"), "--server", url, "--report", str(report)]) == 0
+    finally:
+        httpd.shutdown()
+    assert _Busy.answers == [503, 200]
+    assert sf.info(str(tmp_path / "out" / "a.wav")).frames == 4000
+    [row] = [json.loads(line) for line in report.read_text().splitlines()]
+    assert row["ok"] and row["warnings"] == [f"{clip}: clipped"] and row["timings"]["synth"] == 0.5 and "total" not in row["timings"]
+
+
+def test_request_fields_leave_defaults_out() -> None:
+    from rvcfast.cli.remote import request_fields
+
+    args = build_parser().parse_args(["convert", "alice", "a.wav", "-o", "out", "--server", "http://h:1"])
+    assert isinstance(args, argparse.Namespace) and request_fields(args) == [("format", "wav")]
