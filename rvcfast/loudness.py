@@ -67,7 +67,8 @@ def _unit_weighted_loudness(meter: Any, x: np.ndarray) -> float:
             y = stage.apply_filter(y)
         power += y * y
     cumulative = np.concatenate(([0.0], np.cumsum(power)))
-    block, step = _BLOCK_SECONDS, 1.0 - meter.overlap
+    # pyloudnorm < 0.2 has no `overlap` attribute: its meter always overlaps blocks by 75 %
+    block, step = _BLOCK_SECONDS, 1.0 - getattr(meter, "overlap", 0.75)
     n_blocks = int(np.round((x.shape[0] / rate - block) / (block * step))) + 1
     j = np.arange(n_blocks)
     lower = (block * (j * step) * rate).astype(np.int64)
