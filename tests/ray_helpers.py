@@ -13,8 +13,10 @@ import ray.data
 
 @contextmanager
 def local_cluster(**options: Any) -> Iterator[None]:
-    """A local one-node cluster of 2 CPUs on 127.0.0.1, no dashboard, shut down afterwards."""
-    ray.init(**{"num_cpus": 2, "include_dashboard": False, "_node_ip_address": "127.0.0.1", **options})
+    """A local one-node cluster of 2 CPUs on 127.0.0.1, no dashboard, shut down afterwards: always a
+    new one (``address="local"``), never a cluster found running on the machine (``ray start``, or
+    another run's left in /tmp/ray/ray_current_cluster), which ``num_cpus`` would make an error."""
+    ray.init(**{"address": "local", "num_cpus": 2, "include_dashboard": False, "_node_ip_address": "127.0.0.1", **options})
     try:
         yield
     finally:

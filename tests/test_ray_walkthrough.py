@@ -80,7 +80,7 @@ import pyarrow as pa, pyarrow.parquet as pq, ray, ray.data
 from rvcfast.integrations.ray import convert_dataset
 args = json.loads(sys.argv[1])
 pq.write_table(pa.table({"path": [args["clip"]]}), args["table"])
-ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
+ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
 ds = ray.data.read_parquet(args["table"]).map(lambda row: row)  # the user's own read and map stages
 rows = convert_dataset(ds, args["voice"], args["out"], encoder=args["encoder"], f0_weights=args["rmvpe"],
                        device="cpu", seed=1).take_all()
