@@ -245,7 +245,8 @@ def test_bench_record_without_timing_returns_none():
 
 @pytest.mark.parametrize(
     "script",
-    ["cpu_convert", "bf16_quality", "decoder_compile", "op_profile", "long_file", "ray_batch12", "serve_load", "big_index"],
+    ["cpu_convert", "bf16_quality", "decoder_compile", "op_profile", "long_file", "ray_batch12", "serve_load", "big_index",
+     "per_file_commands"],
 )
 def test_help(script):
     done = subprocess.run([sys.executable, str(BENCH / f"{script}.py"), "--help"], capture_output=True, text=True,
