@@ -178,6 +178,42 @@ def test_a_busy_server_is_asked_again_after_its_retry_after(tmp_path) -> None:
     assert row["ok"] and row["warnings"] == [f"{clip}: clipped"] and row["timings"]["synth"] == 0.5 and "total" not in row["timings"]
 
 
+class _Cut(_Busy):
+    """A server whose answer to a.wav stops half way (it died), and answers b.wav whole."""
+
+    def do_POST(self) -> None:  # noqa: N802
+        if "filename=a.wav" not in self.path:
+            super().do_POST()  # (answers holds a 503 already: the WAV)
+            return
+        self.rfile.read(int(self.headers["Content-Length"]))
+        self.send_response(200)
+        self.send_header("Content-Type", "audio/wav")
+        self.send_header("Content-Length", "100000")
+        self.end_headers()
+        self.wfile.write(b"RIFF" + bytes(996))
+        self.close_connection = True
+
+
+def test_an_answer_cut_short_fails_its_file_and_writes_nothing(tmp_path) -> None:
+    """An answer that ended before its length was an http.client error out of the worker thread:
+    the whole command ended with a traceback. Now that file fails, nothing of it is written, the others go on."""
+    _Cut.answers = [503]  # no busy answer first
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Cut)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        a = write_tone(tmp_path / "in", "a.wav")
+        write_tone(tmp_path / "in", "b.wav")
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        report = tmp_path / "r.jsonl"
+        assert main(["convert", "alice", str(tmp_path / "in"), "-o", str(tmp_path / "out"), "--server", url, "--report", str(report), "-q"]) == 1
+    finally:
+        httpd.shutdown()
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["b.wav"]  # no a.wav, no temporary file
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    assert [r["ok"] for r in rows] == [False, True]
+    assert rows[0]["error"].startswith(f"{a}: ") and "cut short" in rows[0]["error"]
+
+
 def test_request_fields_leave_defaults_out() -> None:
     from rvcfast.cli.remote import request_fields
 

@@ -14,6 +14,7 @@ Only the standard library talks HTTP here: a client needs no server extra.
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import queue
@@ -157,12 +158,16 @@ class Server:
             if stop.is_set():
                 return None
             target.parent.mkdir(parents=True, exist_ok=True)
+            promised = answer.headers.get("Content-Length")
             try:
                 with atomic_write(target) as tmp, open(tmp, "wb") as out:
                     while chunk := answer.read(1 << 20):
                         if stop.is_set():
                             raise _Stopped
                         out.write(chunk)
+                    # http.client's read(n) ends quietly where the connection does, whatever the length said
+                    if promised is not None and out.tell() != int(promised):
+                        raise http.client.IncompleteRead(b"", int(promised) - out.tell())
             except _Stopped:
                 return None  # the temporary file is gone, an earlier output at target as it was
             return dict(answer.headers.items())
@@ -218,8 +223,11 @@ def _one(server: Server, job: Any, fields: list[tuple[str, str]], skip_existing:
                 continue
             why = _named(str(exc), job.path.name, source)
             return Result(np.zeros(0, np.float32), 0, source=source, error=f"{why} (the server answered {exc.status})", index=job.number)
-        except OSError as exc:  # the input cannot be read, the output cannot be written
+        except OSError as exc:  # the input cannot be read, the output cannot be written, the answer was cut
             return Result(np.zeros(0, np.float32), 0, source=source, error=f"{source}: {exc.strerror or exc}", index=job.number)
+        except http.client.HTTPException as exc:  # the answer ended before its length (the server stopped)
+            why = f"{source}: the server's answer was cut short ({type(exc).__name__}); nothing was written"
+            return Result(np.zeros(0, np.float32), 0, source=source, error=why, index=job.number)
     if headers is None:
         return None  # stopped: not reported (its output was not written)
     lower = {k.lower(): v for k, v in headers.items()}
