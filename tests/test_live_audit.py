@@ -17,6 +17,7 @@ import os
 import socket
 import struct
 import time
+from collections.abc import Awaitable, Callable
 from types import SimpleNamespace
 
 import numpy as np
@@ -205,16 +206,15 @@ def _state(idle: float) -> SimpleNamespace:
                            metrics=SimpleNamespace(inc=lambda *a, **k: None))
 
 
-def _served_until_the_client_stops_reading(idle: float, message: bytes) -> FakeSocket:
-    """A stream served to a client that takes the ready message, then stops reading and sends ``message``;
-    the socket once the stream has ended."""
+def _served(converter: _FakeConverter, idle: float, client: Callable[[FakeSocket], Awaitable[None]]) -> FakeSocket:
+    """A stream of ``converter`` served to a client that takes the ready message, then does what
+    ``client(ws)`` (a coroutine) does; the socket once the stream has ended."""
 
     async def run(ws: FakeSocket) -> None:
         state = _state(idle=idle)
-        task = asyncio.create_task(_serve_stream(state, ws, _FakeConverter(), Wire()))
+        task = asyncio.create_task(_serve_stream(state, ws, converter, Wire()))
         await _settle()  # the ready message goes out
-        ws.stuck = True
-        ws.put(bytes=message)
+        await client(ws)
         try:
             await asyncio.wait_for(task, DEADLINE)
         finally:
@@ -223,6 +223,16 @@ def _served_until_the_client_stops_reading(idle: float, message: bytes) -> FakeS
     ws = FakeSocket()
     asyncio.run(run(ws))
     return ws
+
+
+def _served_until_the_client_stops_reading(idle: float, message: bytes) -> FakeSocket:
+    """A stream served to a client that takes the ready message, then stops reading and sends ``message``."""
+
+    async def client(ws: FakeSocket) -> None:
+        ws.stuck = True
+        ws.put(bytes=message)
+
+    return _served(_FakeConverter(), idle, client)
 
 
 def test_a_client_that_stops_reading_is_closed_and_gives_its_slot_back() -> None:
@@ -255,20 +265,12 @@ def test_a_client_that_leaves_mid_message_frees_its_slot_after_one_block() -> No
             time.sleep(0.02 * -(-x.shape[0] // self.block_size))  # the models' time, per block
             return np.zeros_like(x)
 
-    async def run(ws: FakeSocket) -> None:
-        state = _state(idle=30.0)
-        task = asyncio.create_task(_serve_stream(state, ws, Slow(), Wire()))
-        await _settle()
+    async def client(ws: FakeSocket) -> None:  # a long message, then gone
         ws.put(bytes=np.zeros(50 * Slow.block_size, "<f4").tobytes())
         await _settle()
         ws.incoming.put_nowait({"type": "websocket.disconnect", "code": 1001})
-        try:
-            await asyncio.wait_for(task, DEADLINE)
-        finally:
-            state.live_pool.shutdown()
 
-    ws = FakeSocket()
-    asyncio.run(run(ws))
+    ws = _served(Slow(), 30.0, client)
     assert 0 < sum(pushed) <= 5 * Slow.block_size, pushed  # not the 50 blocks of the message
     assert len(ws.sent) == 1  # the ready message; no answer to a client gone
 
