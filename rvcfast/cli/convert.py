@@ -341,6 +341,7 @@ def add_parser(sub: Any) -> None:
             "  rvcfast convert voice.pth a.m4a -o out/ --autotune 0.8 --effect reverb:room_size=0.3 --clean 0.5\n"
             "  rvcfast convert alice.pth song.wav -o out/ --voice bob.pth --voice carol.pth,carol.index --voice-pitch bob=-12\n"
             "  rvcfast convert voice.pth speakers/ -o out/ --recursive --name-template '{parent}/{stem}' --report run.jsonl\n"
+            "  rvcfast convert voice.pth takes/ -o out/ --pitch 2 --server http://127.0.0.1:8000   # a running `rvcfast serve`\n"
             "\n"
             "Base weights (hubert_base.pt, rmvpe.pt) are found in $RVCFAST_HOME or the user cache;\n"
             "get them with `rvcfast download`, or pass --download to fetch missing ones."
