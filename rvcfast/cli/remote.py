@@ -6,7 +6,8 @@ named, skipped and reported as a local run does them (:func:`rvcfast.batch_input
 ``--report``, ``--skip-existing``); each is sent to ``POST /v1/convert`` as it is (the
 server decodes it) with the conversion options as query fields, ``--workers`` requests at a
 time (the server batches concurrent requests), and the answer is written whole or not at
-all. A server that is busy (503) is asked again after its ``Retry-After``.
+all. A server that is busy (503) is asked again after its ``Retry-After``; a file longer than
+it converts in one request goes through ``POST /v1/jobs``.
 
 Only the standard library talks HTTP here: a client needs no server extra.
 """
@@ -14,6 +15,7 @@ Only the standard library talks HTTP here: a client needs no server extra.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import http.client
 import json
 import os
@@ -119,19 +121,6 @@ class Server:
     def __init__(self, url: str, api_key: str | None = None, timeout: float = REQUEST_TIMEOUT) -> None:
         self.url, self.api_key, self.timeout = url.rstrip("/"), api_key, timeout
 
-    def _request(self, path: str, data: Any = None, headers: dict[str, str] | None = None) -> Any:
-        from ..errors import RvcfastError
-
-        head = {"X-API-Key": self.api_key} if self.api_key else {}
-        req = urllib.request.Request(self.url + path, data=data, headers={**head, **(headers or {})}, method="POST" if data is not None else "GET")
-        try:
-            return urllib.request.urlopen(req, timeout=self.timeout)  # noqa: S310 - http(s) only (check_remote_args)
-        except urllib.error.HTTPError as exc:
-            raise _server_error(exc) from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise RvcfastError(f"cannot reach the server at {self.url}: {reason}") from None
-
     def voices(self) -> list[str]:
         """The voice ids the server has (``GET /v1/voices``)."""
         from ..errors import RvcfastError
@@ -145,32 +134,79 @@ class Server:
         except (ValueError, KeyError, TypeError) as exc:
             raise RvcfastError(f"{self.url} is not an rvcfast server: GET /v1/voices gave no voice list ({exc})") from None
 
+    def _request(self, path: str, data: Any = None, headers: dict[str, str] | None = None, method: str | None = None) -> Any:
+        from ..errors import RvcfastError
+
+        head = {"X-API-Key": self.api_key} if self.api_key else {}
+        method = method or ("POST" if data is not None else "GET")
+        req = urllib.request.Request(self.url + path, data=data, headers={**head, **(headers or {})}, method=method)
+        try:
+            return urllib.request.urlopen(req, timeout=self.timeout)  # noqa: S310 - http(s) only (check_remote_args)
+        except urllib.error.HTTPError as exc:
+            raise _server_error(exc) from None
+        except (urllib.error.URLError, OSError) as exc:
+            reason = getattr(exc, "reason", exc)
+            raise RvcfastError(f"cannot reach the server at {self.url}: {reason}") from None
+
+    def _upload(self, route: str, path: Path, fields: list[tuple[str, str]]) -> Any:
+        """``POST route`` with the file ``path`` as the body and ``fields`` in the query; the open answer."""
+        query = urllib.parse.urlencode([*fields, ("filename", path.name)])
+        with open(path, "rb") as body:
+            return self._request(
+                f"{route}?{query}", body, {"Content-Type": "application/octet-stream", "Content-Length": str(path.stat().st_size)}
+            )
+
     def convert(self, path: Path, fields: list[tuple[str, str]], target: Path, stop: threading.Event) -> dict[str, str] | None:
         """Send the file ``path``; its answer written to ``target`` (whole, or nothing); the answer's
         headers, or ``None`` when ``stop`` was set before the answer was written (nothing written)."""
-        from ..atomic import atomic_write
+        with self._upload("/v1/convert", path, fields) as answer:
+            return _write_answer(answer, target, stop)
 
-        query = urllib.parse.urlencode([*fields, ("filename", path.name)])
-        size = path.stat().st_size
-        with open(path, "rb") as body, self._request(
-            f"/v1/convert?{query}", body, {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
-        ) as answer:
+    def convert_as_job(self, path: Path, fields: list[tuple[str, str]], target: Path, stop: threading.Event) -> tuple[dict[str, str], list[str]] | None:
+        """:meth:`convert` through ``POST /v1/jobs``, for an input longer than the server converts in one
+        request: the job followed until it is done (a stopped command cancels it); the audio's headers
+        and the job's warnings, or ``None`` when stopped."""
+        with self._upload("/v1/jobs", path, fields) as answer:
+            job = json.loads(answer.read())["id"]
+        wait = 0.2
+        while True:
             if stop.is_set():
+                with contextlib.suppress(Exception), self._request(f"/v1/jobs/{job}", method="DELETE"):
+                    pass
                 return None
-            target.parent.mkdir(parents=True, exist_ok=True)
-            promised = answer.headers.get("Content-Length")
-            try:
-                with atomic_write(target) as tmp, open(tmp, "wb") as out:
-                    while chunk := answer.read(1 << 20):
-                        if stop.is_set():
-                            raise _Stopped
-                        out.write(chunk)
-                    # http.client's read(n) ends quietly where the connection does, whatever the length said
-                    if promised is not None and out.tell() != int(promised):
-                        raise http.client.IncompleteRead(b"", int(promised) - out.tell())
-            except _Stopped:
-                return None  # the temporary file is gone, an earlier output at target as it was
-            return dict(answer.headers.items())
+            with self._request(f"/v1/jobs/{job}") as answer:
+                status = json.loads(answer.read())
+            if status["state"] == "done":
+                break
+            if status["state"] not in ("queued", "running"):  # failed, cancelled
+                raise ServerError(422 if status.get("error") else 500, str(status.get("error") or f"the job was {status['state']}"))
+            time.sleep(wait)
+            wait = min(2 * wait, 2.0)
+        with self._request(f"/v1/jobs/{job}/audio") as answer:
+            headers = _write_answer(answer, target, stop)
+        return None if headers is None else (headers, [str(w) for w in status.get("warnings") or []])
+
+
+def _write_answer(answer: Any, target: Path, stop: threading.Event) -> dict[str, str] | None:
+    """The audio ``answer`` written to ``target`` whole, or nothing (``None``: ``stop`` was set); its headers."""
+    from ..atomic import atomic_write
+
+    if stop.is_set():
+        return None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    promised = answer.headers.get("Content-Length")
+    try:
+        with atomic_write(target) as tmp, open(tmp, "wb") as out:
+            while chunk := answer.read(1 << 20):
+                if stop.is_set():
+                    raise _Stopped
+                out.write(chunk)
+            # http.client's read(n) ends quietly where the connection does, whatever the length said
+            if promised is not None and out.tell() != int(promised):
+                raise http.client.IncompleteRead(b"", int(promised) - out.tell())
+    except _Stopped:
+        return None  # the temporary file is gone, an earlier output at target as it was
+    return dict(answer.headers.items())
 
 
 class _Stopped(Exception):
@@ -213,13 +249,22 @@ def _one(server: Server, job: Any, fields: list[tuple[str, str]], skip_existing:
     if job.problem is not None:
         return Result(np.zeros(0, np.float32), 0, source=source, error=job.problem, index=job.number)
     t0 = time.perf_counter()
+    as_job = False  # an input longer than one request takes: through POST /v1/jobs
+    job_warnings: list[str] = []
     for tries in range(1, BUSY_TRIES + 1):
         try:
-            headers = server.convert(job.path, fields, target, stop)
+            if not as_job:
+                headers = server.convert(job.path, fields, target, stop)
+                break
+            done = server.convert_as_job(job.path, fields, target, stop)
+            headers, job_warnings = done if done is not None else (None, [])
             break
         except ServerError as exc:
             if exc.status == 503 and tries < BUSY_TRIES:
                 time.sleep(min(exc.retry_after if exc.retry_after is not None else 1.0, BUSY_WAIT_MAX))
+                continue
+            if exc.status == 413 and not as_job and "POST /v1/jobs" in str(exc):
+                as_job = True
                 continue
             why = _named(str(exc), job.path.name, source)
             return Result(np.zeros(0, np.float32), 0, source=source, error=f"{why} (the server answered {exc.status})", index=job.number)
@@ -234,7 +279,7 @@ def _one(server: Server, job: Any, fields: list[tuple[str, str]], skip_existing:
     # the server's stages (and its queue); its "total" is the request's, measured here with the upload
     timings = {k: float(v) for k, v in json.loads(lower.get("x-rvcfast-timings", "{}")).items() if k != "total"}
     timings["request"] = time.perf_counter() - t0
-    warnings = [str(w) for w in json.loads(lower.get("x-rvcfast-warnings", "[]"))]
+    warnings = [str(w) for w in json.loads(lower.get("x-rvcfast-warnings", "[]"))] + job_warnings
     try:
         seconds, rate, _ = audio_info(target)
         inputs = audio_info(job.path)[0]
