@@ -244,10 +244,14 @@ def _one(server: Server, job: Any, fields: list[tuple[str, str]], skip_existing:
     from ..writing import finished_output
 
     source, target = str(job.path), job.out_path
+
+    def result(rate: int = 0, **fields: Any) -> Any:  # the audio is in the file (or there is none)
+        return Result(np.zeros(0, np.float32), rate, source=source, index=job.number, **fields)
+
     if skip_existing and finished_output(target):
-        return Result(np.zeros(0, np.float32), 0, source=source, output_path=str(target), skipped=True, index=job.number)
+        return result(output_path=str(target), skipped=True)
     if job.problem is not None:
-        return Result(np.zeros(0, np.float32), 0, source=source, error=job.problem, index=job.number)
+        return result(error=job.problem)
     t0 = time.perf_counter()
     as_job = False  # an input longer than one request takes: through POST /v1/jobs
     job_warnings: list[str] = []
@@ -267,12 +271,12 @@ def _one(server: Server, job: Any, fields: list[tuple[str, str]], skip_existing:
                 as_job = True
                 continue
             why = _named(str(exc), job.path.name, source)
-            return Result(np.zeros(0, np.float32), 0, source=source, error=f"{why} (the server answered {exc.status})", index=job.number)
+            return result(error=f"{why} (the server answered {exc.status})")
         except OSError as exc:  # the input cannot be read, the output cannot be written, the answer was cut
-            return Result(np.zeros(0, np.float32), 0, source=source, error=f"{source}: {exc.strerror or exc}", index=job.number)
+            return result(error=f"{source}: {exc.strerror or exc}")
         except http.client.HTTPException as exc:  # the answer ended before its length (the server stopped)
             why = f"{source}: the server's answer was cut short ({type(exc).__name__}); nothing was written"
-            return Result(np.zeros(0, np.float32), 0, source=source, error=why, index=job.number)
+            return result(error=why)
     if headers is None:
         return None  # stopped: not reported (its output was not written)
     lower = {k.lower(): v for k, v in headers.items()}
@@ -285,10 +289,9 @@ def _one(server: Server, job: Any, fields: list[tuple[str, str]], skip_existing:
         inputs = audio_info(job.path)[0]
     except Exception:  # noqa: BLE001 - lengths for the summary only
         seconds, rate, inputs = 0.0, int(lower.get("x-rvcfast-sample-rate", 0) or 0), 0.0
-    return Result(
-        np.zeros(0, np.float32), rate, timings=timings, source=source, output_path=str(target),
-        input_seconds=inputs, index=job.number, warnings=[_named(w, job.path.name, source) for w in warnings],
-        frames=round(seconds * rate),
+    return result(
+        rate, timings=timings, output_path=str(target), input_seconds=inputs,
+        warnings=[_named(w, job.path.name, source) for w in warnings], frames=round(seconds * rate),
     )
 
 
