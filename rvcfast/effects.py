@@ -266,7 +266,8 @@ def formant_shift(audio16k: np.ndarray, quefrency: float, timbre: float) -> np.n
     ``StftPitchShift(1024, 32, 16000).shiftpitch(audio, factors=1,
     quefrency=quefrency * 1e-3, distortion=timbre)``: the pitch is kept, the spectral
     envelope (lifter cut-off ``quefrency`` ms) is stretched by ``timbre``. Computed
-    and returned in float64, same length as the input (at least 1024 samples).
+    and returned in float64, same length as the input (at least 1024 samples); digital
+    silence stays silence.
     Applio applies it to the loaded 16 kHz input before its peak guard.
     Needs ``pip install "rvcfast[formant]"``.
     """
@@ -283,8 +284,12 @@ def formant_shift(audio16k: np.ndarray, quefrency: float, timbre: float) -> np.n
         )
     module = _import_extra("stftpitchshift", "formant", "formant shifting")
     shifter = module.StftPitchShift(_FORMANT_FRAME, _FORMANT_HOP, FORMANT_SAMPLE_RATE)
-    out = shifter.shiftpitch(signal, factors=1, quefrency=quefrency * 1e-3, distortion=timbre)
-    return np.asarray(out, dtype=np.float64)
+    # frames of digital silence divide 0 by 0 inside the shifter, which then zeroes what is not a
+    # normal number itself: numpy's warnings about it would only alarm the user
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.asarray(shifter.shiftpitch(signal, factors=1, quefrency=quefrency * 1e-3, distortion=timbre), dtype=np.float64)
+    _check_finite(out, "formant shifting", "an input it cannot analyse")
+    return out
 
 
 def denoise(audio: np.ndarray, sample_rate: int, strength: float) -> np.ndarray:
@@ -307,7 +312,8 @@ def denoise(audio: np.ndarray, sample_rate: int, strength: float) -> np.ndarray:
     module = _import_extra("noisereduce", "clean", "noise reduction")
     if not np.any(signal):
         return np.array(signal, copy=True)  # digital silence: nothing to gate (noisereduce divides 0 by 0)
-    out = np.asarray(module.reduce_noise(y=signal, sr=rate, prop_decrease=strength))
+    with np.errstate(divide="ignore", invalid="ignore"):  # its 0/0 on a chunk of zeros is mended below
+        out = np.asarray(module.reduce_noise(y=signal, sr=rate, prop_decrease=strength))
     bad = ~np.isfinite(out)
     if bad.any() and not np.any(signal[bad]):
         out[bad] = 0  # a chunk of digital silence: gating zeros gives zeros
