@@ -151,6 +151,9 @@ def test_an_upload_that_fails_half_way_leaves_no_partial_object(tmp_path):
         def delete_file(self, path):
             local.delete_file(path)
 
+        def get_file_info(self, path):
+            return local.get_file_info(path)
+
     with pytest.raises(OSError, match="connection reset"):
         _storage.put("s3://bucket/out/a.wav", b"RIFF" * 1000, Flaky())
     assert not (tmp_path / "bucket" / "out" / "a.wav").exists()
@@ -160,11 +163,15 @@ def test_an_upload_that_fails_half_way_leaves_no_partial_object(tmp_path):
 
 @pytest.mark.parametrize("close_fails", [False, True])
 def test_a_failed_upload_never_leaves_a_partial_object_and_keeps_a_complete_one(tmp_path, close_fails):
-    """Like an object store: the key changes only when the upload completes (on close). When the
-    close after a failed write completes nothing, the object already there must stay: deleting
-    the key then lost a complete earlier output."""
+    """Like an object store: a key changes only when its upload completes (on close), and a close
+    after a failed write may complete the part sent. An output already there must stay as it was
+    either way: writing to its key and deleting it after a failed write lost a complete earlier
+    output."""
+    from pyarrow import fs as pafs
+
     from rvcfast.integrations.ray import _storage
 
+    local = pafs.SubTreeFileSystem(str(tmp_path), pafs.LocalFileSystem())
     target = tmp_path / "bucket" / "out" / "a.wav"
     target.parent.mkdir(parents=True)
     target.write_bytes(b"OLD!" * 10)
@@ -180,21 +187,19 @@ def test_a_failed_upload_never_leaves_a_partial_object_and_keeps_a_complete_one(
         def close(self):
             if close_fails:
                 raise OSError("the upload could not be completed")
-            target.write_bytes(self.sent)  # completed: the parts sent so far become the object
+            (tmp_path / self.path).write_bytes(self.sent)  # completed: the parts sent so far become the object
 
     class Store:
         def open_output_stream(self, path):
             return Upload(path)
 
-        def delete_file(self, path):
-            target.unlink()
+        def __getattr__(self, name):  # get_file_info, move, delete_file: the local filesystem's
+            return getattr(local, name)
 
     with pytest.raises(OSError, match="connection reset"):
         _storage.put("s3://bucket/out/a.wav", b"RIFF" * 1000, Store())
-    if close_fails:
-        assert target.read_bytes() == b"OLD!" * 10  # nothing completed: the earlier output stays
-    else:
-        assert not target.exists()  # the partial object was removed
+    assert target.read_bytes() == b"OLD!" * 10  # the earlier output stays, whole
+    assert [p.name for p in target.parent.iterdir()] == ["a.wav"]  # and no temporary object is left
 
 
 def test_a_dataset_row_never_writes_over_a_file_rvcfast_did_not_write(no_cluster, tmp_path):

@@ -6,7 +6,8 @@ and one local Ray cluster whose workers inherit the server's address and dummy c
 * ``s3://`` in, ``s3://`` out: the outputs equal a local conversion (seeded, one thread) sample
   for sample, a bad file is an error row naming its URI, the manifest is an object; a resumed
   job converts only the missing output; no object ever had another name than an input's, an
-  output's or the manifest's, and no input was ever written;
+  output's or the manifest's (but the manifest's temporary key, replacing it, gone after), and
+  no input was ever written; a failed upload leaves the key as it was;
 * a ``ray.data.Dataset`` of URIs with ``filesystem=`` given; ``rvcfast convert --ray`` with
   URIs, and without ``--ray`` a usage error;
 * an unknown scheme, a missing bucket, a model given as a URI, local paths mixed with URIs:
@@ -32,7 +33,7 @@ pytest.importorskip("ray.data")
 pytest.importorskip("moto.server", reason='the S3 tests need moto\'s server (pip install "moto[server]>=5.2.6")')
 pytest.importorskip("boto3", reason="the S3 tests read the bucket's object versions with boto3 (a dependency of moto)")
 from pyarrow import fs as pafs  # noqa: E402
-from ray_helpers import local_cluster  # noqa: E402
+from ray_helpers import local_cluster, no_cluster_fixture  # noqa: E402, F401
 
 pytestmark = pytest.mark.ray
 
@@ -158,8 +159,14 @@ def test_s3_in_s3_out_equals_local_then_resumes_only_the_missing(
     assert np.array_equal(_samples(store.get("out/a.wav")), conv.convert(tmp_path / "a.wav", seed=5).audio)
 
     # every object ever written: inputs once each, outputs under their final names, the manifest
+    # (replaced through a hidden temporary key beside it, which is gone)
     assert store.versions("in/") == {"in/a.wav": 1, "in/sub/b.flac": 1, "in/bad.wav": 1}
-    assert store.versions("out/") == {"out/a.wav": 2, "out/b.wav": 1, "out/rvcfast-manifest.jsonl": 2}
+    written = store.versions("out/")
+    written.pop("out/", None)  # the empty folder marker pyarrow writes when it deletes a key (the temporary one)
+    [temporary] = set(written) - {"out/a.wav", "out/b.wav", "out/rvcfast-manifest.jsonl"}
+    assert temporary.startswith("out/.rvcfast-manifest.jsonl.") and temporary.endswith(".part"), written
+    assert written == {"out/a.wav": 2, "out/b.wav": 1, "out/rvcfast-manifest.jsonl": 2, temporary: 1}
+    assert store.keys("out/") == {"out/a.wav", "out/b.wav", "out/rvcfast-manifest.jsonl"}
 
 
 def test_a_dataset_of_uris_with_a_given_filesystem(store: Store, cluster: None, tiny_models: Any) -> None:
@@ -392,3 +399,121 @@ def test_file_uris_are_refused_naming_their_local_path(store: Store, tmp_path: P
         with pytest.raises(ParameterError, match=named):
             convert_files(inputs, out_dir, "voice.pth", manifest=manifest, progress=False)
     assert not (tmp_path / "file:").exists()
+
+
+class _BrokenUpload:
+    """An upload whose connection breaks after half its bytes were sent."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, data: bytes) -> None:
+        self.stream.write(data[: len(data) // 2])
+        raise OSError("connection reset by peer")
+
+    def close(self) -> None:  # pyarrow completes an upload on close: the half sent becomes an object
+        self.stream.close()
+
+
+class _Flaky:
+    """The store's filesystem, with uploads that break (``break_uploads``) or a ``move`` that fails
+    (``move_fails``: an exception to raise); ``keep_temporary``: deleting does nothing, as when
+    the writer is killed between the upload and the move."""
+
+    def __init__(self, fs: Any, break_uploads: bool = False, move_fails: BaseException | None = None,
+                 keep_temporary: bool = False) -> None:
+        self.fs, self.break_uploads, self.move_fails, self.keep_temporary = fs, break_uploads, move_fails, keep_temporary
+
+    def open_output_stream(self, path: str) -> Any:
+        stream = self.fs.open_output_stream(path)
+        return _BrokenUpload(stream) if self.break_uploads else stream
+
+    def move(self, src: str, dest: str) -> None:
+        if self.move_fails is not None:
+            raise self.move_fails
+        self.fs.move(src, dest)
+
+    def delete_file(self, path: str) -> None:
+        if not self.keep_temporary:
+            self.fs.delete_file(path)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fs, name)
+
+
+def test_a_failed_overwrite_keeps_the_earlier_object_and_leaves_no_temporary_key(store: Store) -> None:
+    """put() uploaded to the final key and, when the upload broke part way, deleted that key: a
+    rerun's failed write left nothing where the earlier run's good output was."""
+    from rvcfast.integrations.ray import _storage
+
+    old, new = _wav(0.3, 16000, 200), _wav(0.5, 16000, 300)
+    uri = store.put("over/out/a.wav", old)
+    with pytest.raises(OSError, match="connection reset"):
+        _storage.put(uri, new, _Flaky(store.fs, break_uploads=True))
+    assert store.get("over/out/a.wav") == old
+    assert store.keys("over/") == {"over/out/a.wav"}  # no temporary key left
+    assert store.versions("over/out/a.wav") == {"over/out/a.wav": 1}  # never a partial object under the final key
+    with pytest.raises(OSError, match="no route"):  # the upload done, its move fails: the earlier object stays
+        _storage.put(uri, new, _Flaky(store.fs, move_fails=OSError("no route to host")))
+    assert store.get("over/out/a.wav") == old and store.keys("over/") == {"over/out/a.wav"}
+    # a new key whose upload breaks: nothing at all
+    with pytest.raises(OSError, match="connection reset"):
+        _storage.put(f"s3://{BUCKET}/over/out/b.wav", new, _Flaky(store.fs, break_uploads=True))
+    assert store.keys("over/") == {"over/out/a.wav"}
+    # uploads that succeed: a new key in one upload (no other key), an existing one replaced whole
+    _storage.put(f"s3://{BUCKET}/over/out/c.wav", new, None)
+    assert store.get("over/out/c.wav") == new and store.versions("over/out/c") == {"over/out/c.wav": 1}
+    _storage.put(uri, new, None)
+    assert store.get("over/out/a.wav") == new and store.keys("over/") == {"over/out/a.wav", "over/out/c.wav"}
+    # a filesystem that cannot move a file: copied, then the temporary key deleted
+    _storage.put(uri, old, _Flaky(store.fs, move_fails=NotImplementedError("move")))
+    assert store.get("over/out/a.wav") == old and store.keys("over/") == {"over/out/a.wav", "over/out/c.wav"}
+
+
+def test_a_temporary_key_left_by_a_killed_writer_is_never_an_input_nor_an_output(store: Store) -> None:
+    """A writer killed between its upload and the move leaves a hidden .part object beside the
+    earlier output: a later job (in place, resumed) neither lists it nor names an output after it."""
+    from rvcfast.integrations.ray import _storage
+
+    a = store.put("killed/a.wav", _wav(0.4, 16000, 200))
+    earlier = _storage.encode(tone(0.3, rate=40000), 40000, "wav", None, None, a, "a_rvc.wav")
+    output = store.put("killed/a_rvc.wav", earlier)
+    with pytest.raises(KeyboardInterrupt):
+        _storage.put(output, _wav(0.2, 16000, 300), _Flaky(store.fs, move_fails=KeyboardInterrupt(), keep_temporary=True))
+    [left] = store.keys("killed/") - {"killed/a.wav", "killed/a_rvc.wav"}
+    assert left.startswith("killed/.a_rvc.wav.") and left.endswith(".part"), left
+    assert store.get("killed/a_rvc.wav") == earlier
+    prefix = f"s3://{BUCKET}/killed/"
+    listed, (outputs,) = _storage.plan_uri_outputs(prefix, prefix, [None], "{stem}", "wav", True, True, None)
+    assert listed == [a] and outputs == [f"{prefix}a_rvc.wav"], (listed, outputs)
+    listed, (outputs,) = _storage.plan_uri_outputs(prefix, prefix, [None], "{stem}", "wav", False, True, None)
+    assert not [u for u in listed + outputs if ".part" in u], (listed, outputs)  # (a_rvc.wav is an input then, as locally)
+    _storage.put(output, earlier, None)  # a rerun writes the output again, beside it
+    assert store.get("killed/a_rvc.wav") == earlier
+
+
+def test_a_missing_prefix_typed_as_a_folder_is_a_row_saying_it_holds_no_objects(store: Store, no_cluster: None) -> None:
+    """`s3://bucket/nosuch/` was one row "object does not exist": the user typed a folder."""
+    from rvcfast.errors import AudioError
+    from rvcfast.integrations.ray import _storage
+    from rvcfast.integrations.ray._stages import JobSpec, decode_audio
+    from rvcfast.params import ConversionParams
+
+    store.put("folders/in/a.wav", _wav(0.3, 16000, 200))
+    missing, out = f"s3://{BUCKET}/folders/nosuch/", f"s3://{BUCKET}/folders/out/"
+    listed, (outputs,) = _storage.plan_uri_outputs(
+        [missing, f"s3://{BUCKET}/folders/in/"], out, [None], "{stem}", "wav", False, False, None
+    )
+    assert listed == [missing, f"s3://{BUCKET}/folders/in/a.wav"] and outputs == [f"{out}nosuch.wav", f"{out}a.wav"]
+    spec = JobSpec(files=None, params=ConversionParams(), out_dir=out, skip_existing=False)
+    import pyarrow as pa
+
+    rows = decode_audio(pa.table({"path": listed, "output_path": outputs}), spec).to_pylist()
+    assert rows[0]["status"] == "error" and rows[1]["status"] == "pending", rows
+    assert rows[0]["error"].startswith(f"{missing}: no objects under this prefix (folder)"), rows[0]["error"]
+    # without the slash: a missing object, as a missing local file is
+    with pytest.raises(AudioError, match="object does not exist"):
+        _storage.prepare(_storage.list_inputs(missing.rstrip("/"), out, "wav", False, False, None)[0], None, None)
+    # a dataset's row naming a prefix that holds objects, typed as a folder
+    with pytest.raises(AudioError, match="a prefix \\(folder\\) holding objects, not an object"):
+        _storage.prepare(f"s3://{BUCKET}/folders/in/", None, None)

@@ -777,7 +777,7 @@ def convert_files(
         bars, ctx.enable_progress_bars = ctx.enable_progress_bars, bool(progress)
         try:
             ds = convert_dataset(_Planned(items), model, out, **options)
-            if not remote:  # object storage has no temporary files: a key appears complete or not at all
+            if not remote:  # object storage: a key appears complete or not at all (a killed writer's hidden .part objects are left, see _storage.put)
                 out.mkdir(parents=True, exist_ok=True)
                 folders = _output_folders(out.resolve(), items)  # with several voices, a folder per voice too
                 _clean_parts_everywhere(out, folders)  # temporary files of an earlier, killed run

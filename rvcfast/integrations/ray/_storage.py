@@ -10,9 +10,13 @@ local paths:
   output prefix: the same template, the same numbering of repeated names, never an input's
   key, and on a resumed job (``skip_existing``) an existing output recording one of the
   job's inputs keeps that input. An output records its input's URI (its :func:`source_id`).
-* **Atomic writes**: an output is encoded in memory and written with one upload of the final
-  key; an object store's PUT (a multipart upload included) makes a key visible only when it
-  is complete, so there is no temporary object, and a writer that dies mid-upload leaves no key.
+* **Atomic writes** (:func:`put`): an output is encoded in memory, then uploaded. A new key is
+  uploaded at once: an object store's PUT (a multipart upload included) makes it visible only
+  when complete. An existing key (a rerun's output, the manifest) is uploaded to a hidden
+  temporary key beside it (``.<name>.<host>~<pid>~<random>.part``), then moved onto it, so
+  that a failed upload leaves the earlier object as it was; the temporary key is removed on
+  any failure. A writer killed between the upload and the move leaves that ``.part`` object
+  (and the earlier output intact): no listing takes it for an input or an output.
 * **Reading**: an input is copied to a private temporary file with its extension and decoded
   from there, as the server decodes an upload, so every decoder behaves as on a local file;
   its errors name the URI. An existing output looked at to resume is read at its two ends
@@ -31,6 +35,7 @@ import json
 import os
 import posixpath
 import re
+import secrets
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -41,6 +46,7 @@ from typing import Any
 
 import numpy as np
 
+from ...atomic import short_name
 from ...batch_inputs import (
     _NAMING_DEFAULTS,
     AUDIO_EXTENSIONS,
@@ -338,10 +344,31 @@ def _missing(uri: str, exc: BaseException) -> RvcfastError:
     return AudioError(uri, f"cannot be read: {_describe(exc)}")
 
 
+def _check_folder(uri: str, filesystem: Any) -> None:
+    """Refuse an input typed as a folder (``s3://bucket/in/``) that is no object: a prefix
+    holding no objects (an object store has no empty folders: it is mistyped, or emptied), or
+    one holding objects (a dataset's rows name objects, not prefixes)."""
+    from pyarrow.fs import FileType
+
+    from ...errors import AudioError
+
+    fs, path = resolve(uri, filesystem)
+    try:
+        kind = fs.get_file_info(path).type
+    except Exception as exc:  # noqa: BLE001 - credentials, network
+        raise AudioError(uri, f"cannot be looked at: {_describe(exc)}") from None
+    if kind == FileType.NotFound:
+        raise AudioError(uri, "no objects under this prefix (folder): it does not exist or is empty; check its name")
+    if kind == FileType.Directory:
+        raise AudioError(uri, "a prefix (folder) holding objects, not an object: name its objects, or give the prefix to convert_files")
+
+
 def prepare(uri: str, params: Any, filesystem: Any) -> Any:
     """:func:`rvcfast.pipeline.prepare_input` of the object ``uri``; errors and warnings name it."""
     from ...pipeline import prepare_input
 
+    if uri.endswith("/"):
+        _check_folder(uri, filesystem)
     _check_key(uri)
     try:
         spool = _spooled(uri, filesystem)
@@ -444,20 +471,25 @@ def encode(audio: np.ndarray, rate: int, fmt: str, subtype: str | None, bitrate:
     return buf.getvalue()
 
 
-def put(uri: str, data: bytes, filesystem: Any) -> None:
-    """``data`` as the object ``uri``, in one upload: the key appears complete or not at all.
+def _temporary_key(path: str) -> str:
+    """A new temporary key beside ``path`` (``bucket/key``), named as the local runner names its
+    temporary files: ``.<name>.<host>~<pid>~<random>.part``. Hidden and not audio, it is never
+    listed as an input nor taken for an output (their listings take audio suffixes alone)."""
+    from ...writing import this_host
 
-    The whole file is in memory before the upload starts, so nothing but the store's own
-    PUT (or multipart upload, completed on ``close``) is between no key and a complete one.
-    """
-    fs, path = resolve(uri, filesystem)
+    folder, _, name = path.rpartition("/")
+    return f"{folder}/.{short_name(name)}.{this_host()}~{os.getpid()}~{secrets.token_hex(4)}.part"
+
+
+def _upload(fs: Any, path: str, data: bytes) -> None:
+    """``data`` as the object ``path``, in one stream; a failed write leaves no object there."""
     stream = fs.open_output_stream(path)
     try:
         stream.write(data)
     except BaseException:
         # pyarrow completes an upload whose stream is dropped unclosed (S3: the parts sent so far
         # become the object): close it here and remove that partial object; a close that fails
-        # completed nothing, and the key keeps what it held
+        # completed nothing
         try:
             stream.close()
         except Exception:  # noqa: BLE001 - the write's own error is the one to raise
@@ -467,6 +499,41 @@ def put(uri: str, data: bytes, filesystem: Any) -> None:
                 fs.delete_file(path)
         raise
     stream.close()
+
+
+def _move(fs: Any, source: str, target: str) -> None:
+    """The object ``source`` moved onto ``target`` (S3, GCS: a server-side copy, then a delete)."""
+    try:
+        fs.move(source, target)
+    except NotImplementedError:  # a filesystem that cannot move a file: the same in two steps
+        fs.copy_file(source, target)
+        fs.delete_file(source)
+
+
+def put(uri: str, data: bytes, filesystem: Any) -> None:
+    """``data`` as the object ``uri``: the key holds what it held or all of ``data``, never part.
+
+    The whole file is in memory before the upload starts. A new key is uploaded at once (a PUT,
+    or a multipart upload completed on ``close``, makes it visible complete or not at all; a
+    failed write's partial object is removed). An existing key (an earlier run's output, the
+    manifest) is not touched until the new object is complete: it is uploaded to a temporary
+    key beside it (:func:`_temporary_key`), then moved onto it; on any failure the temporary
+    key is removed and the earlier object stays as it was.
+    """
+    from pyarrow.fs import FileType
+
+    fs, path = resolve(uri, filesystem)
+    if fs.get_file_info(path).type != FileType.File:
+        _upload(fs, path, data)
+        return
+    temporary = _temporary_key(path)
+    _upload(fs, temporary, data)
+    try:
+        _move(fs, temporary, path)
+    except BaseException:
+        with contextlib.suppress(Exception):  # best effort: a hidden .part object is all it can leave
+            fs.delete_file(temporary)
+        raise
 
 
 def write_audio(row: dict[str, Any], audio: np.ndarray, rate: int, spec: Any) -> None:
@@ -497,20 +564,21 @@ def write_manifest(rows: list[dict[str, Any]], uri: str, filesystem: Any) -> str
 # ------------------------------------------------------------------------------ listing and naming
 
 
-def _listing(uri: str, recursive: bool, filesystem: Any) -> list[str] | None:
-    """The audio objects under the prefix ``uri``, sorted; ``None`` where ``uri`` is not a prefix."""
+def _listing(uri: str, recursive: bool, filesystem: Any) -> tuple[Any, list[str]]:
+    """What ``uri`` is (a pyarrow ``FileType``: ``Directory`` for a prefix holding objects) and,
+    for a prefix, its audio objects, sorted."""
     from pyarrow.fs import FileSelector, FileType
 
     fs, path = resolve(uri, filesystem)
     try:
         info = fs.get_file_info(path)
         if info.type != FileType.Directory:
-            return None
+            return info.type, []
         found = fs.get_file_info(FileSelector(path, recursive=recursive, allow_not_found=True))
     except Exception as exc:  # noqa: BLE001
         raise RvcfastError(f"input {uri}: cannot be listed: {_describe(exc)}") from None
     files = [f.path for f in found if f.type == FileType.File and PurePosixPath(f.path).suffix.lower() in AUDIO_EXTENSIONS]
-    return sorted(_uri_of(f, uri, filesystem) for f in files)
+    return info.type, sorted(_uri_of(f, uri, filesystem) for f in files)
 
 
 def _under(uri: str, folder: str) -> bool:
@@ -519,16 +587,19 @@ def _under(uri: str, folder: str) -> bool:
 
 def list_inputs(inputs: Any, out_dir: str, fmt: str, skip_existing: bool, recursive: bool, filesystem: Any) -> list[str]:
     """The input URIs of a job, as :func:`rvcfast.batch.expand_inputs` lists local paths: a prefix's
-    audio objects sorted, a URI named twice once, a missing one kept (its row names the problem),
+    audio objects sorted, a URI named twice once, a missing one kept (its row names the problem;
+    typed as a folder, ``s3://bucket/in/``, with its trailing slash: the prefix holds no objects),
     leaving out earlier outputs (under an output prefix inside an input prefix; ``*_rvc`` of an
     in-place job; objects in the output prefix recording another input, when resuming)."""
+    from pyarrow.fs import FileType
+
     items = [inputs] if isinstance(inputs, str) else list(inputs)
     out = canonical(out_dir)
     listed: list[str] = []
     for item in items:
-        files = _listing(item, recursive, filesystem)
-        if files is None:
-            listed.append(canonical(item))
+        kind, files = _listing(item, recursive, filesystem)
+        if kind != FileType.Directory:  # an object, or a missing one (its row says so): a folder when typed as one
+            listed.append(canonical(item) + ("/" if kind == FileType.NotFound and item.endswith("/") else ""))
             continue
         top = canonical(item)
         if out != top and _under(out, top):  # an output prefix inside the input prefix holds outputs
