@@ -46,6 +46,11 @@ def test_an_output_records_the_id_of_its_source_and_not_its_path(tmp_path: Path,
     assert recorded_source(out) == source_id(src)
     assert b"private-folder" not in out.read_bytes()
     assert recorded_source(write_audio_atomic(tmp_path / f"plain.{fmt}", np.zeros(4000, np.float32), 40000)) is None
+    # an id given as it is (a server told it by its client, who alone has the input)
+    told = write_audio_atomic(tmp_path / f"told.{fmt}", np.zeros(4000, np.float32), 40000, recorded=source_id(src))
+    assert recorded_source(told) == source_id(src)
+    with pytest.raises(ParameterError, match="source or recorded"):
+        write_audio_atomic(tmp_path / f"both.{fmt}", np.zeros(4000, np.float32), 40000, source=src, recorded=source_id(src))
 
 
 def test_the_source_id_is_one_per_file_whatever_its_spelling(tmp_path: Path) -> None:

@@ -99,7 +99,7 @@ def test_health_voices_docs_and_metrics(server, client) -> None:
     assert httpx.get(f"{server.url}/docs").status_code == 200
     schema = httpx.get(f"{server.url}/openapi.json").json()
     form = schema["paths"]["/v1/convert"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
-    expected = {s.name for s in param_specs()} - {"output_sample_rate"} | {"file", "voice", "f0", "format", "subtype", "bitrate", "sample_rate", "stream"}
+    expected = {s.name for s in param_specs()} - {"output_sample_rate"} | {"file", "voice", "f0", "format", "subtype", "bitrate", "sample_rate", "stream", "source_id"}
     assert set(form["properties"]) == expected
     assert httpx.get(f"{server.url}/metrics").status_code == 401
     text = client.get("/metrics").text

@@ -192,6 +192,7 @@ def test_messages_are_not_compressed(server):
     [
         ({"voice": "nobody"}, "voice", "unknown voice 'nobody'"),
         ({"format": "wav"}, "format", "describes an output file"),
+        ({"source_id": "0" * 32}, "source_id", "describes an output file"),  # was accepted, and meant nothing
         ({"loudness": "match"}, "loudness", "cannot apply loudness"),  # was: no "parameter"
         ({"pitch": 2, "formant": "1.0,1.2", "clean": 0.5}, "formant", "cannot apply formant, clean"),
         ({"channels": "each"}, "channels", "one mono stream"),

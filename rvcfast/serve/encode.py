@@ -99,13 +99,16 @@ def check_output_rate(fmt: str, subtype: str | None, rate: int, bitrate: int | N
 
 
 def encode_audio(
-    audio: np.ndarray, rate: int, fmt: str, subtype: str | None = None, bitrate: int | None = None
+    audio: np.ndarray, rate: int, fmt: str, subtype: str | None = None, bitrate: int | None = None,
+    recorded: str | None = None,
 ) -> tuple[bytes, int]:
     """The whole output as a file in memory, and the rate it was written at (MP3 and AAC at their nearest rate).
 
     A format, subtype, rate and bitrate that cannot be written are refused first
     (:func:`check_output_rate`); samples that cannot be written (NaN, infinity) raise
-    :class:`~rvcfast.errors.AudioError`.
+    :class:`~rvcfast.errors.AudioError`. ``recorded``: the input's id (the ``source_id``
+    field), recorded in the file's comment tag as :func:`rvcfast.writing.write_audio_atomic`
+    records a local input's (a job's result: ``write_audio_atomic(..., recorded=)``).
     """
     check_output_rate(fmt, subtype, rate, bitrate)
     # NaN/inf refused (LAME aborts the whole process on them), clipped where the subtype wraps
@@ -118,7 +121,8 @@ def encode_audio(
     from .. import writing
 
     buf = io.BytesIO()  # seekable: the m4a muxer goes back to write its index
-    writing._encode(buf, audio, int(rate), SUPPORTED_WRITE_FORMATS[fmt], subtype, None, bitrate=bitrate)
+    comment = None if recorded is None else writing._SOURCE_TAG + recorded
+    writing._encode(buf, audio, int(rate), SUPPORTED_WRITE_FORMATS[fmt], subtype, comment, bitrate=bitrate)
     return buf.getvalue(), int(rate)
 
 

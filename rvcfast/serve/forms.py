@@ -8,7 +8,10 @@ query parameter) under its own name: ``pitch``, ``index_rate``, ``protect``,
 server accepts exactly what the command line does. Besides them: ``voice``, ``f0`` (the F0
 backend for this request, e.g. ``harvest`` or ``hybrid:rmvpe+crepe``; default: the server's
 ``--f0``), ``format``, ``subtype``, ``bitrate`` (kbit/s, lossy formats only),
-``sample_rate`` (the output rate; ``output_sample_rate`` works too) and ``stream``. Unknown names, repeated names and bad values are refused with the field named.
+``sample_rate`` (the output rate; ``output_sample_rate`` works too), ``stream`` and
+``source_id`` (the input's id, 32 lowercase hex digits as :func:`rvcfast.writing.source_id`
+gives it, recorded in the output file as a local run records it; the server never sees the
+input's path). Unknown names, repeated names and bad values are refused with the field named.
 """
 
 from __future__ import annotations
@@ -25,7 +28,10 @@ from .answers import FieldError
 __all__ = ["FieldError", "ConvertOptions", "parse_fields", "form_schema", "OUTPUT_FIELDS"]
 
 #: Fields that are not conversion parameters.
-OUTPUT_FIELDS = ("voice", "f0", "format", "subtype", "bitrate", "sample_rate", "stream")
+OUTPUT_FIELDS = ("voice", "f0", "format", "subtype", "bitrate", "sample_rate", "stream", "source_id")
+
+#: ``source_id``: the id :func:`rvcfast.writing.source_id` gives an input (a hash of its path).
+SOURCE_ID = re.compile(r"[0-9a-f]{32}")
 
 #: Other names accepted for conversion parameters.
 ALIASES = {"sample_rate": "output_sample_rate"}
@@ -42,6 +48,7 @@ class ConvertOptions:
     subtype: str | None = None
     stream: bool = False
     bitrate: int | None = None  # kbit/s, lossy formats only (None: the encoder's default)
+    source_id: str | None = None  # the input's id, recorded in the output (None: no record)
 
 
 def _param_names() -> dict[str, str]:
@@ -68,6 +75,7 @@ def parse_fields(pairs: Iterable[tuple[str, str]]) -> ConvertOptions:
     fmt, subtype, bitrate_text = seen.pop("format", None), seen.pop("subtype", None), seen.pop("bitrate", None)
     stream = _flag("stream", seen.pop("stream", "false"))
     f0 = _f0_name(seen.pop("f0", None))
+    source = _source_id(seen.pop("source_id", None), stream)
     overrides: dict[str, Any] = {}
     for name, text in seen.items():
         target = ALIASES.get(name, name)
@@ -103,7 +111,22 @@ def parse_fields(pairs: Iterable[tuple[str, str]]) -> ConvertOptions:
         )
     if stream and overrides.get("channels") == "each":
         raise FieldError(given["channels"], "channels=each gives a whole multi-channel output, not a stream: leave out stream=true")
-    return ConvertOptions(voice, overrides, f0, fmt, subtype, stream, bitrate)
+    return ConvertOptions(voice, overrides, f0, fmt, subtype, stream, bitrate, source)
+
+
+def _source_id(text: str | None, stream: bool) -> str | None:
+    """The ``source_id`` field: 32 lowercase hex digits, or ``None`` when not given (or empty); a
+    streamed answer has no tag to record it in."""
+    if text is None or not text.strip():
+        return None
+    if not SOURCE_ID.fullmatch(text):
+        raise FieldError("source_id", (
+            "source_id must be 32 lowercase hex digits (the input's id, as rvcfast.writing.source_id gives it), "
+            f"got {text[:80]!r}"
+        ))
+    if stream:
+        raise FieldError("source_id", "a streamed answer carries no record of its input: leave out stream=true or source_id")
+    return text
 
 
 def check_values(overrides: dict[str, Any], vocoder: Any = None) -> ConversionParams:
@@ -200,6 +223,11 @@ def form_schema(with_file: bool = True) -> dict[str, Any]:
         "ogg with subtype OPUS 6..256, m4a (AAC) 16..320; refused for wav, flac, ogg/Vorbis and ALAC",
     }
     props["stream"] = {"type": "boolean", "default": False, "description": "send WAV pieces as segments finish (chunked)"}
+    props["source_id"] = {
+        "type": "string", "pattern": "^[0-9a-f]{32}$",
+        "description": "the input's id (rvcfast.writing.source_id: a hash of its path), recorded in the output's comment "
+        "tag as a local run records it; not with stream=true",
+    }
     required = ["file", "voice"] if with_file else ["voice"]
     multipart = {"schema": {"type": "object", "properties": props, "required": required}}
     return {

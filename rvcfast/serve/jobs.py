@@ -55,6 +55,7 @@ class Job:
     format: str
     subtype: str | None
     bitrate: int | None = None  # kbit/s of a lossy output (None: the encoder's default)
+    source_id: str | None = None  # the input's id, recorded in the result (None: no record)
     created: float = field(default_factory=time.time)
     state: str = "queued"
     progress: float = 0.0
@@ -108,9 +109,12 @@ class JobStore:
         self._jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
 
-    def create(self, voice: str, input_name: str, fmt: str, subtype: str | None, bitrate: int | None = None) -> Job:
-        """A new queued job writing ``fmt``/``subtype`` (at ``bitrate`` kbit/s when given), after making
-        room (:class:`JobStoreFull` if there is none)."""
+    def create(
+        self, voice: str, input_name: str, fmt: str, subtype: str | None, bitrate: int | None = None,
+        source_id: str | None = None,
+    ) -> Job:
+        """A new queued job writing ``fmt``/``subtype`` (at ``bitrate`` kbit/s when given, recording
+        ``source_id`` when given), after making room (:class:`JobStoreFull` if there is none)."""
         self.sweep()
         with self._lock:
             if self._result_bytes() >= self.max_bytes:
@@ -118,7 +122,7 @@ class JobStore:
                     f"the job spool is full ({self.max_bytes / 2**20:g} MB of results not yet fetched or expired); "
                     "fetch or delete finished jobs, or retry later"
                 )
-            job = Job(secrets.token_hex(16), voice, input_name, fmt, subtype, bitrate)
+            job = Job(secrets.token_hex(16), voice, input_name, fmt, subtype, bitrate, source_id)
             self._jobs[job.id] = job
             return job
 

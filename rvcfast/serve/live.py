@@ -88,7 +88,7 @@ MAX_MESSAGE_SECONDS = 10.0
 #: encoders on ``context + crossfade + block`` (at most 50 s, about one segment of a file conversion).
 MAX_GEOMETRY_SECONDS = {"block_seconds": MAX_MESSAGE_SECONDS, "context_seconds": 30.0}
 #: Fields of ``/v1/convert`` that describe an output file, not a live stream.
-_FILE_FIELDS = ("format", "subtype", "bitrate", "stream", "output_sample_rate")
+_FILE_FIELDS = ("format", "subtype", "bitrate", "stream", "output_sample_rate", "source_id")
 
 POLICY, TRY_LATER, SERVER_ERROR = 1008, 1013, 1011
 #: A stream may have as many messages in flight as ``live_max_ahead_seconds`` holds of this many samples

@@ -311,8 +311,11 @@ async def _convert_input(state: ServerState, intake: Intake, t_start: float) -> 
         state.metrics.inc("rvcfast_conversion_failures_total", stage="convert")
         return error_response(500, state._hide_paths(intake.hide(error)))
     t0 = time.perf_counter()
-    bitrate = () if options.bitrate is None else (options.bitrate,)  # given only when asked for
-    body, rate = await _counted(state, "encode", state.in_pool(encode_audio, audio, rate, options.format, options.subtype, *bitrate))
+    extra: dict[str, Any] = {"bitrate": options.bitrate} if options.bitrate is not None else {}  # given only when asked for
+    extra.update({"recorded": options.source_id} if options.source_id is not None else {})
+    body, rate = await _counted(
+        state, "encode", state.in_pool(encode_audio, audio, rate, options.format, options.subtype, **extra)
+    )
     timings = {"decode": work.prepare_seconds, **timings, "encode": time.perf_counter() - t0}
     state.metrics.add_stages(timings)
     state.metrics.inc("rvcfast_audio_seconds_total", work.prep.seconds)
@@ -451,7 +454,8 @@ async def _run_job(state: ServerState, job: Job, engine: Engine, params: Convers
         job.warnings += [w.replace(str(source), job.input_name) for w in notes]
         del audio, prep
         await _to_the_end(
-            state, write_audio_atomic, out_path, out, rate, format=job.format, subtype=job.subtype, bitrate=job.bitrate
+            state, write_audio_atomic, out_path, out, rate, format=job.format, subtype=job.subtype, bitrate=job.bitrate,
+            recorded=job.source_id,
         )
         job.timings["post"] = job.timings.get("post", 0.0) + time.perf_counter() - t0
         job.sample_rate = written_rate(job.format, job.subtype, rate)
@@ -513,7 +517,9 @@ async def _create_job(state: ServerState, request: Any) -> Any:
         params = check_values(options.overrides, engine.vocoder)
         check_output_rate(options.format, options.subtype, params.output_rate(engine.sample_rate), options.bitrate)
         params.check_output(options.format, options.subtype, engine.sample_rate)
-        job = state.jobs.create(options.voice, intake.name, options.format, options.subtype, options.bitrate)
+        job = state.jobs.create(
+            options.voice, intake.name, options.format, options.subtype, options.bitrate, options.source_id
+        )
         assert intake.path is not None
         source = state.jobs.path(job, ".in" + intake.path.suffix)
         try:
