@@ -80,9 +80,15 @@ def _check_local(args: argparse.Namespace) -> None:
         raise UsageError(f"--batch-seconds must be a positive number of seconds, got {args.batch_seconds}")
 
 
-def _voices(args: argparse.Namespace) -> list[tuple[str, str | None]]:
+def _stem(model: str) -> str:
+    """A voice's name: its model file's stem."""
+    return Path(model).stem
+
+
+def _voices(args: argparse.Namespace, name: Callable[[str], str] = _stem) -> list[tuple[str, str | None]]:
     """``(model, index)`` of MODEL and of each ``--voice MODEL[,INDEX]``; a usage error when two
-    voices would take the same name, or when ``--name-template`` cannot tell them apart."""
+    voices would take the same ``name`` (the model file's stem; with ``--server``, the voice id),
+    or when ``--name-template`` cannot tell them apart."""
     voices: list[tuple[str, str | None]] = [(args.model, args.index)]
     for text in args.voice or []:
         model, _, index = text.partition(",")
@@ -92,7 +98,7 @@ def _voices(args: argparse.Namespace) -> list[tuple[str, str | None]]:
     if len(voices) > 1:
         from ..batch_inputs import _fold
 
-        names = [Path(m).stem for m, _ in voices]
+        names = [name(m) for m, _ in voices]
         folded = [_fold(n) for n in names]  # Bob.pth and bob.pth: one output folder on Windows and macOS
         twice = sorted({n for n, f in zip(names, folded) if folded.count(f) > 1})
         if twice:
@@ -105,28 +111,30 @@ def _voices(args: argparse.Namespace) -> list[tuple[str, str | None]]:
     return voices
 
 
-def _voice_pitches(args: argparse.Namespace, voices: list[tuple[str, str | None]]) -> dict[str, float]:
+def _voice_pitches(
+    args: argparse.Namespace, voices: list[tuple[str, str | None]], name: Callable[[str], str] = _stem
+) -> dict[str, float]:
     """``--voice-pitch NAME=SEMITONES`` as ``{name: semitones}``; a usage error for a name that is
-    no voice's, a name given twice, or a key shift out of range."""
-    names = [Path(m).stem for m, _ in voices]
+    no voice's (``name`` of its model), a name given twice, or a key shift out of range."""
+    names = [name(m) for m, _ in voices]
     pitches: dict[str, float] = {}
     for text in args.voice_pitch or []:
-        name, sep, value = text.rpartition("=")
+        voice, sep, value = text.rpartition("=")
         try:
             semitones = float(value)
         except ValueError:
             semitones = None
-        if not sep or not name or semitones is None:
+        if not sep or not voice or semitones is None:
             raise UsageError(f"--voice-pitch {text!r}: expected VOICE=SEMITONES (e.g. {names[-1]}=-12)")
-        if name not in names:
-            raise UsageError(f"--voice-pitch {text!r}: no voice is named {name!r} (the voices: {', '.join(names)})")
-        if name in pitches:
-            raise UsageError(f"--voice-pitch gives voice {name!r} two keys")
+        if voice not in names:
+            raise UsageError(f"--voice-pitch {text!r}: no voice is named {voice!r} (the voices: {', '.join(names)})")
+        if voice in pitches:
+            raise UsageError(f"--voice-pitch gives voice {voice!r} two keys")
         try:
             check_params({**params_from_args(args), "pitch": semitones})
         except UsageError as exc:  # the key is --voice-pitch's, not --pitch's
-            raise UsageError(str(exc).replace("--pitch: ", f"--voice-pitch {name}: ", 1)) from None
-        pitches[name] = semitones
+            raise UsageError(str(exc).replace("--pitch: ", f"--voice-pitch {voice}: ", 1)) from None
+        pitches[voice] = semitones
     return pitches
 
 
@@ -281,40 +289,52 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def _convert_remote(args: argparse.Namespace) -> int:
-    """``--server URL``: the batch planned, named and reported here, converted by the server."""
+    """``--server URL``: the batch planned, named and reported here, converted by the server
+    (MODEL and each ``--voice``: the server's voices, by id)."""
     from ..errors import RvcfastError
-    from .remote import Server, api_key, check_remote_args, iter_remote, request_fields, voice_id
+    from .remote import Server, api_key, check_remote_args, iter_remote, plan_voices, request_fields, voice_id
 
     check_remote_args(args)
     remote = object_storage_args(args)
     if remote:
         raise UsageError(f"{remote[0]}: with --server the inputs and OUT are local paths (object storage needs --ray)")
+    voices = _voices(args, voice_id)  # as a local run checks them, named as the server names them
+    pitches = _voice_pitches(args, voices, voice_id)
+    names = [voice_id(m) for m, _ in voices]
     batch = batch_options(args)
+    if len(voices) > 1 and args.name_template is None:
+        batch["name_template"] = "{voice}/{stem}"  # a folder per voice
     report_path = check_report_path(args.report)
     check_output_dir(args.output, "-o")
-    jobs = planned_jobs(args, batch["name_template"])
+    listed = planned_jobs(args, batch["name_template"])
     check_params(params_from_args(args))
     check_inputs_exist(args.inputs)
-    inputs = [j.path for j in jobs]
-    report = BatchReport(report_path, [str(p) for p in inputs], None)
+    inputs = [j.path for j in listed]
+    report = BatchReport(report_path, [str(p) for p in inputs], names if len(names) > 1 else None)
     report.check_writable()
-    server, voice = Server(args.server, api_key(args)), voice_id(args.model)
+    server = Server(args.server, api_key(args))
     served = server.voices()
-    if voice not in served:
-        raise RvcfastError(f"the server at {server.url} has no voice {voice!r} (its voices: {', '.join(served) or 'none'})")
+    missing = [n for n in names if n not in served]
+    if missing:
+        raise RvcfastError(f"the server at {server.url} has no voice {missing[0]!r} (its voices: {', '.join(served) or 'none'})")
+    fields = {n: [("voice", n), *request_fields(args, pitches.get(n))] for n in names}
+    planned = [(v, job, fields[v or names[0]]) for v, job in plan_voices(args, listed, batch["name_template"], names, pitches)]
     # --on-error stop: one file at a time, so that nothing after the failed one is written
     workers = 1 if batch["on_error"] == "stop" else (args.workers or 2)
-    fields = [("voice", voice), *request_fields(args)]
     if not args.quiet:
-        say(f"{voice}: converted by the server at {server.url}, {workers} request{'s' if workers != 1 else ''} at a time")
+        say(f"{', '.join(names)}: converted by the server at {server.url}, {workers} request{'s' if workers != 1 else ''} at a time")
+    converted = iter_remote(server, planned, workers, args.skip_existing)
 
     def results(bar: Any) -> Iterator[Any]:
-        for res in iter_remote(server, jobs, fields, workers, args.skip_existing):
+        for res in converted:
             if res.error is not None and batch["on_error"] == "stop":
                 raise RvcfastError(res.error)
             yield res
 
-    return _run(results, [voice], args, inputs, batch, report)
+    try:
+        return _run(results, names, args, inputs, batch, report)
+    finally:
+        converted.close()  # stopped (Ctrl-C, --on-error stop): nothing more is sent, the jobs under way are cancelled
 
 
 def add_parser(sub: Any) -> None:
@@ -357,11 +377,11 @@ def add_parser(sub: Any) -> None:
         "--voice", metavar="MODEL[,INDEX]", action="append", default=None,
         help="another voice to convert every input to, with its index after a comma; repeatable. Each input's "
         "F0 and content features are computed once for all the voices (with MODEL's F0 settings); outputs go "
-        "to OUT/<voice>/ (a --name-template must use {voice})",
+        "to OUT/<voice>/ (a --name-template must use {voice}); with --server a voice id of the server, without an index",
     )
     g.add_argument(
         "--voice-pitch", metavar="VOICE=SEMITONES", action="append", default=None,
-        help="a key shift of its own for one voice, named by its model file's stem (MODEL's or a --voice's), "
+        help="a key shift of its own for one voice, named by its model file's stem (MODEL's or a --voice's; with --server its id), "
         "instead of --pitch; repeatable (e.g. --voice-pitch bob=-12)",
     )
     g.add_argument("--encoder", metavar="PATH", type=user_path, help="hubert_base.pt or a ContentVec folder (default: $RVCFAST_HOME or the cache)")

@@ -3,11 +3,13 @@
 The server keeps its models loaded, so a command that converts a few files pays no start-up
 beyond its own (no model is loaded here, and torch is not imported). The files are planned,
 named, skipped and reported as a local run does them (:func:`rvcfast.batch_inputs.expand_inputs`,
-``--report``, ``--skip-existing``); each is sent to ``POST /v1/convert`` as it is (the
-server decodes it) with the conversion options as query fields, ``--workers`` requests at a
-time (the server batches concurrent requests), and the answer is written whole or not at
-all. A server that is busy (503) is asked again after its ``Retry-After``; a file longer than
-it converts in one request goes through ``POST /v1/jobs``.
+``--report``, ``--skip-existing``; with ``--voice``, every input to every voice, named per
+voice as a local run names them); each is sent to ``POST /v1/convert`` as it is (the server
+decodes it) with the conversion options and its ``source_id`` (recorded in the output, as a
+local run records its input) as query fields, ``--workers`` requests at a time (the server
+batches concurrent requests), and the answer is written whole or not at all. A server that is
+busy (503) is asked again after its ``Retry-After``; a file longer than it converts in one
+request goes through ``POST /v1/jobs`` (a stopped command deletes its jobs before it ends).
 
 Only the standard library talks HTTP here: a client needs no server extra.
 """
@@ -25,18 +27,17 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
 from ._common import UsageError, params_from_args
 
-__all__ = ["check_remote_args", "voice_id", "request_fields", "Server", "iter_remote"]
+__all__ = ["check_remote_args", "voice_id", "request_fields", "file_fields", "plan_voices", "Server", "iter_remote"]
 
 #: Options that are the server's to choose, refused with ``--server`` (flag, given?).
 _SERVERS = (
-    ("--index", lambda a: a.index is not None), ("--voice", lambda a: bool(a.voice)),
-    ("--voice-pitch", lambda a: bool(a.voice_pitch)), ("--encoder", lambda a: a.encoder is not None),
+    ("--index", lambda a: a.index is not None), ("--encoder", lambda a: a.encoder is not None),
     ("--f0-weights", lambda a: a.f0_weights is not None), ("--f0-option", lambda a: bool(a.f0_option)),
     ("--download", lambda a: a.download), ("--device", lambda a: a.device not in (None, "auto")),
     ("--dtype", lambda a: a.dtype not in (None, "float32")), ("--batch-seconds", lambda a: a.batch_seconds is not None),
@@ -52,6 +53,8 @@ BUSY_TRIES = 20
 BUSY_WAIT_MAX = 30.0
 #: Seconds a request may take, upload, conversion and answer (a long file converts for minutes on a CPU).
 REQUEST_TIMEOUT = 3600.0
+#: Seconds a stopped command waits for the server to cancel a job.
+CANCEL_TIMEOUT = 10.0
 
 
 def check_remote_args(args: argparse.Namespace) -> None:
@@ -62,6 +65,12 @@ def check_remote_args(args: argparse.Namespace) -> None:
         raise UsageError(
             f"{', '.join(given)}: with --server the server's own settings apply (its voices, index, base "
             "weights, device and batching, set when `rvcfast serve` starts); only the conversion and output options are sent"
+        )
+    indexed = next((text for text in args.voice or [] if "," in text), None)
+    if indexed is not None:
+        raise UsageError(
+            f"--voice {indexed!r}: with --server the server decides each voice's index (the one it serves the voice "
+            "with); give --voice MODEL"
         )
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
@@ -89,14 +98,15 @@ def _text(value: Any) -> str:
     return str(value)
 
 
-def request_fields(args: argparse.Namespace) -> list[tuple[str, str]]:
+def request_fields(args: argparse.Namespace, pitch: float | None = None) -> list[tuple[str, str]]:
     """The query fields of every request: the conversion options that differ from the defaults
-    (the server's defaults are the same), the F0 backend when given, the output format."""
+    (the server's defaults are the same), the F0 backend when given, the output format.
+    ``pitch``: a voice's own key (``--voice-pitch``) instead of ``--pitch``."""
     from ..params import ConversionParams
 
     defaults = ConversionParams()
-    fields = [(name, _text(value)) for name, value in params_from_args(args).items()
-              if value is not None and value != getattr(defaults, name)]
+    given = {**params_from_args(args), **({} if pitch is None else {"pitch": pitch})}
+    fields = [(name, _text(value)) for name, value in given.items() if value is not None and value != getattr(defaults, name)]
     if args.f0 is not None:
         fields.append(("f0", args.f0))
     fields.append(("format", args.format))
@@ -105,6 +115,38 @@ def request_fields(args: argparse.Namespace) -> list[tuple[str, str]]:
     if args.bitrate is not None:
         fields.append(("bitrate", str(args.bitrate)))
     return fields
+
+
+def plan_voices(args: argparse.Namespace, listed: list[Any], name_template: str, voices: list[str],
+                pitches: dict[str, float]) -> list[Any]:
+    """The outputs of every (input, voice), voice after voice as a local run converts them:
+    ``(voice, job)`` pairs, ``voice`` ``None`` for a run to one voice. ``listed``: the inputs
+    (:func:`rvcfast.cli.scale.planned_jobs`), named for each voice as its batch names them
+    (:func:`rvcfast.batch_inputs.expand_inputs` with the voice's ``{voice}`` and ``{pitch}``)."""
+    from ..batch_inputs import BatchOptions, expand_inputs, pitch_text
+    from ..params import ConversionParams
+
+    options = BatchOptions(
+        out_dir=args.output, format=args.format, skip_existing=args.skip_existing, recursive=args.recursive,
+        name_template=name_template,
+    )
+    paths = [j.path for j in listed]
+    planned: list[Any] = []
+    for voice in voices:
+        key = pitches.get(voice)
+        pitch = ConversionParams.build(None, **{**params_from_args(args), **({} if key is None else {"pitch": key})}).pitch
+        jobs = expand_inputs(paths, options, {"voice": voice, "pitch": pitch_text(pitch)})
+        planned += [(voice if len(voices) > 1 else None, job) for job in jobs]
+    return planned
+
+
+def file_fields(fields: list[tuple[str, str]], path: Path) -> list[tuple[str, str]]:
+    """The fields of the request for the input ``path``: ``fields`` and its
+    :func:`~rvcfast.writing.source_id`, which the server records in the output as a local run
+    records it (the path itself is not sent)."""
+    from ..writing import source_id
+
+    return [*fields, ("source_id", source_id(path))]
 
 
 class ServerError(Exception):
@@ -120,6 +162,22 @@ class Server:
 
     def __init__(self, url: str, api_key: str | None = None, timeout: float = REQUEST_TIMEOUT) -> None:
         self.url, self.api_key, self.timeout = url.rstrip("/"), api_key, timeout
+        self._jobs: set[str] = set()  # the jobs created and not yet fetched, failed or cancelled
+        self._jobs_lock = threading.Lock()
+        self.records = True  # whether it takes source_id (a server older than the field refuses it)
+
+    def without_records(self) -> None:
+        """The server refused ``source_id`` as unknown (an older rvcfast): later requests leave it
+        out, and the command says once that these outputs record no input."""
+        with self._jobs_lock:
+            said, self.records = not self.records, False
+        if not said:
+            from ._common import say
+
+            say(
+                f"warning: {self.url} is an older rvcfast server that cannot record each output's input "
+                "(source_id): a later --skip-existing run matches these outputs to inputs by name alone"
+            )
 
     def voices(self) -> list[str]:
         """The voice ids the server has (``GET /v1/voices``)."""
@@ -134,14 +192,18 @@ class Server:
         except (ValueError, KeyError, TypeError) as exc:
             raise RvcfastError(f"{self.url} is not an rvcfast server: GET /v1/voices gave no voice list ({exc})") from None
 
-    def _request(self, path: str, data: Any = None, headers: dict[str, str] | None = None, method: str | None = None) -> Any:
+    def _request(
+        self, path: str, data: Any = None, headers: dict[str, str] | None = None, method: str | None = None,
+        timeout: float | None = None,
+    ) -> Any:
         from ..errors import RvcfastError
 
         head = {"X-API-Key": self.api_key} if self.api_key else {}
         method = method or ("POST" if data is not None else "GET")
         req = urllib.request.Request(self.url + path, data=data, headers={**head, **(headers or {})}, method=method)
+        wait = self.timeout if timeout is None else timeout
         try:
-            return urllib.request.urlopen(req, timeout=self.timeout)  # noqa: S310 - http(s) only (check_remote_args)
+            return urllib.request.urlopen(req, timeout=wait)  # noqa: S310 - http(s) only (check_remote_args)
         except urllib.error.HTTPError as exc:
             raise _server_error(exc) from None
         except (urllib.error.URLError, OSError) as exc:
@@ -168,11 +230,20 @@ class Server:
         and the job's warnings, or ``None`` when stopped."""
         with self._upload("/v1/jobs", path, fields) as answer:
             job = json.loads(answer.read())["id"]
+        with self._jobs_lock:
+            self._jobs.add(job)
+        try:
+            return self._follow(job, target, stop)
+        finally:
+            with self._jobs_lock:
+                self._jobs.discard(job)
+
+    def _follow(self, job: str, target: Path, stop: threading.Event) -> tuple[dict[str, str], list[str]] | None:
+        """The job ``job`` followed until it is done, its audio written to ``target`` (see :meth:`convert_as_job`)."""
         wait = 0.2
         while True:
             if stop.is_set():
-                with contextlib.suppress(Exception), self._request(f"/v1/jobs/{job}", method="DELETE"):
-                    pass
+                self._delete(job)
                 return None
             with self._request(f"/v1/jobs/{job}") as answer:
                 status = json.loads(answer.read())
@@ -180,11 +251,24 @@ class Server:
                 break
             if status["state"] not in ("queued", "running"):  # failed, cancelled
                 raise ServerError(422 if status.get("error") else 500, str(status.get("error") or f"the job was {status['state']}"))
-            time.sleep(wait)
+            stop.wait(wait)  # a stopped command cancels the job at once
             wait = min(2 * wait, 2.0)
         with self._request(f"/v1/jobs/{job}/audio") as answer:
             headers = _write_answer(answer, target, stop)
         return None if headers is None else (headers, [str(w) for w in status.get("warnings") or []])
+
+    def cancel_jobs(self) -> None:
+        """Cancel (``DELETE``) every job still under way: the command stopped. Called by the thread
+        that stops the command, so that the jobs are gone before it ends (the threads following
+        them are daemons, ended with the process); a server that does not answer is given up."""
+        with self._jobs_lock:
+            jobs, self._jobs = sorted(self._jobs), set()
+        for job in jobs:
+            self._delete(job)
+
+    def _delete(self, job: str) -> None:
+        with contextlib.suppress(Exception), self._request(f"/v1/jobs/{job}", method="DELETE", timeout=CANCEL_TIMEOUT):
+            pass
 
 
 def _write_answer(answer: Any, target: Path, stop: threading.Event) -> dict[str, str] | None:
@@ -235,23 +319,27 @@ def _named(message: str, name: str, source: str) -> str:
     return f"{source}: {message}"
 
 
-def _one(server: Server, job: Any, fields: list[tuple[str, str]], skip_existing: bool, stop: threading.Event) -> Any:
-    """The :class:`~rvcfast.Result` of one planned input (never raises for the file's own failure)."""
+def _one(server: Server, work: Any, skip_existing: bool, stop: threading.Event) -> Any:
+    """The :class:`~rvcfast.Result` of one planned (input, voice): ``work`` is ``(voice, job, fields)``
+    (never raises for the file's own failure). The input's :func:`~rvcfast.writing.source_id` is
+    sent with it: the server records it in the output, as a local run does."""
     import numpy as np
 
     from ..audio import audio_info
     from ..result import Result
     from ..writing import finished_output
 
+    voice, job, fields = work
     source, target = str(job.path), job.out_path
 
     def result(rate: int = 0, **fields: Any) -> Any:  # the audio is in the file (or there is none)
-        return Result(np.zeros(0, np.float32), rate, source=source, index=job.number, **fields)
+        return Result(np.zeros(0, np.float32), rate, source=source, index=job.number, voice=voice, **fields)
 
     if skip_existing and finished_output(target):
         return result(output_path=str(target), skipped=True)
     if job.problem is not None:
         return result(error=job.problem)
+    fields = file_fields(fields, job.path) if server.records else fields
     t0 = time.perf_counter()
     as_job = False  # an input longer than one request takes: through POST /v1/jobs
     job_warnings: list[str] = []
@@ -269,6 +357,10 @@ def _one(server: Server, job: Any, fields: list[tuple[str, str]], skip_existing:
                 continue
             if exc.status == 413 and not as_job and "POST /v1/jobs" in str(exc):
                 as_job = True
+                continue
+            if exc.status == 422 and str(exc).startswith("unknown conversion parameter 'source_id'"):
+                server.without_records()  # an older server: converted without the record
+                fields = [f for f in fields if f[0] != "source_id"]
                 continue
             why = _named(str(exc), job.path.name, source)
             return result(error=f"{why} (the server answered {exc.status})")
@@ -295,44 +387,47 @@ def _one(server: Server, job: Any, fields: list[tuple[str, str]], skip_existing:
     )
 
 
-def iter_remote(server: Server, jobs: list[Any], fields: list[tuple[str, str]], workers: int, skip_existing: bool) -> Iterator[Any]:
-    """The Results of ``jobs`` in their order, ``workers`` requests in flight. When the caller
-    stops (Ctrl-C, ``--on-error stop``) no other file is sent, and an answer still on its way is
-    not written; the threads are daemons: the command does not wait for the conversions under way."""
-    work: queue.Queue[Any] = queue.Queue()
+def iter_remote(server: Server, planned: list[tuple[str | None, Any, list[tuple[str, str]]]], workers: int,
+                skip_existing: bool) -> Generator[Any, None, None]:
+    """The Results of ``planned`` ``(voice, job, fields)`` in their order, ``workers`` requests in
+    flight. When the caller stops (Ctrl-C, ``--on-error stop``; closing this generator) no other
+    file is sent, an answer still on its way is not written, and the jobs under way are cancelled
+    before it returns; the threads are daemons: the command does not wait for the conversions under way."""
+    work: queue.Queue[tuple[int, Any]] = queue.Queue()
     done: dict[int, Any] = {}
     ready = threading.Condition()
     stop = threading.Event()
-    for job in jobs:
-        work.put(job)
+    for k, item in enumerate(planned):
+        work.put((k, item))
 
     def worker() -> None:
         while not stop.is_set():
             try:
-                job = work.get_nowait()
+                k, item = work.get_nowait()
             except queue.Empty:
                 return
             try:
-                res = _one(server, job, fields, skip_existing, stop)
+                res = _one(server, item, skip_existing, stop)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller, in its turn
                 res = exc
             with ready:
-                done[job.number] = res
+                done[k] = res
                 ready.notify_all()
 
-    for _ in range(max(1, min(workers, len(jobs)))):
+    for _ in range(max(1, min(workers, len(planned)))):
         threading.Thread(target=worker, name="rvcfast-remote", daemon=True).start()
     try:
-        for job in jobs:
+        for k in range(len(planned)):
             with ready:
-                while job.number not in done:
+                while k not in done:
                     ready.wait()
-                res = done.pop(job.number)
+                res = done.pop(k)
             if isinstance(res, BaseException):
                 raise res
             yield res
     finally:
         stop.set()
+        server.cancel_jobs()
 
 
 def api_key(args: argparse.Namespace) -> str | None:
