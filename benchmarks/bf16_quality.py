@@ -4,6 +4,7 @@
     python benchmarks/bf16_quality.py --golden        # the reduced golden models, the golden 5 s and 49 s clips
     python benchmarks/bf16_quality.py --dtype float16 # a CPU with AVX512-FP16 / AMX-FP16 (--device cuda: a GPU)
     python benchmarks/bf16_quality.py --f0-low        # the F0 network in bfloat16 too (CPU default: float32)
+    python benchmarks/bf16_quality.py --vocoder RefineGAN  # a random Applio voice with that decoder
 
 Each stage gets the *same float32 inputs* in both precisions, so its figure is its own
 error, not the sum of the stages before it:
@@ -70,6 +71,12 @@ def _engines(args: argparse.Namespace):
         paths = build_bench_models(MODELS)
         kw = dict(index=paths["index"], encoder=paths["encoder"], f0="rmvpe", f0_weights=paths["f0_weights"])
         model = paths["model"]
+        if args.vocoder != "HiFi-GAN":  # Applio's decoders: a random full-size Applio voice, 40 kHz
+            from rvcfast.testing import save_random_applio_model
+
+            model = MODELS / f"applio_{args.vocoder.replace(' ', '_')}_40k.pth"
+            if not model.exists():
+                save_random_applio_model(model, 40000, vocoder=args.vocoder)
         files = [Path(f) for f in sorted(glob.glob(str(args.inputs / "*.wav")))]
     if not files:
         raise SystemExit(f"--inputs {args.inputs}: no .wav files there (pass --inputs or set RVCFAST_SHARED)")
@@ -88,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--inputs", type=Path, default=SHARED / "audio" / "batch12")
     ap.add_argument("--f0-low", action="store_true",
                     help="run the F0 network in the reduced precision too (on a CPU it stays float32 by default)")
+    ap.add_argument("--vocoder", default="HiFi-GAN", choices=["HiFi-GAN", "MRF HiFi-GAN", "RefineGAN"],
+                    help="the voice model's decoder (not with --golden): RVC's HiFi-GAN or one of Applio's")
     args = ap.parse_args(argv)
+    if args.golden and args.vocoder != "HiFi-GAN":
+        ap.error("--vocoder is for the full-size random models (the golden models are HiFi-GAN)")
     os.environ["RVCFAST_PROFILE"] = "off"  # the measured engines must not take settings from `rvcfast tune`
 
     import torch
@@ -134,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
               f"end to end {r['e2e']:.1f} dB", flush=True)
     gpu = f" | {torch.cuda.get_device_name(ref.device)}" if ref.device.type == "cuda" else ""
     f0_note = f"F0 network in {args.dtype if args.f0_low else 'the engine default'}"
-    print(f"\n# {args.dtype} vs float32, {'golden reduced' if args.golden else 'full-size random'} models, {f0_note} "
+    print(f"\n# {args.dtype} vs float32, {'golden reduced' if args.golden else 'full-size random'} models "
+          f"({args.vocoder}), {f0_note} "
           f"[{machine_line()}{gpu}]")
     for key in ("features", "synth", "e2e"):
         vals = [r[key] for r in rows]

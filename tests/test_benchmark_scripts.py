@@ -209,6 +209,12 @@ def test_bf16_quality_float16_on_a_cpu_without_it_is_refused_first(cpu_without_f
         bf16_quality.main(["--dtype", "float16"])
 
 
+def test_bf16_quality_vocoder_is_for_the_random_models(capsys):
+    with pytest.raises(SystemExit) as caught:
+        bf16_quality.main(["--golden", "--vocoder", "RefineGAN"])  # the golden voice is HiFi-GAN
+    assert caught.value.code == 2 and "--vocoder is for the full-size random models" in capsys.readouterr().err
+
+
 def test_bf16_quality_snr_and_cents():
     ref = np.sin(np.linspace(0, 20, 1000))
     noise = 0.01 * np.cos(np.linspace(0, 7, 1000))
