@@ -468,6 +468,22 @@ def test_a_failed_overwrite_keeps_the_earlier_object_and_leaves_no_temporary_key
     # a filesystem that cannot move a file: copied, then the temporary key deleted
     _storage.put(uri, old, _Flaky(store.fs, move_fails=NotImplementedError("move")))
     assert store.get("over/out/a.wav") == old and store.keys("over/") == {"over/out/a.wav", "over/out/c.wav"}
+    # a credential that may write but not look (S3 answers 403 to its HEAD): one upload, as before the check
+    _storage.put(uri, new, _Blind(store.fs))
+    assert store.get("over/out/a.wav") == new and store.keys("over/") == {"over/out/a.wav", "over/out/c.wav"}
+
+
+class _Blind:
+    """The store's filesystem through a credential allowed PutObject only: looking at a key is refused."""
+
+    def __init__(self, fs: Any) -> None:
+        self.fs = fs
+
+    def get_file_info(self, path: Any) -> Any:
+        raise OSError("When getting information for key: AWS Error ACCESS_DENIED during HeadObject operation")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fs, name)
 
 
 def test_a_temporary_key_left_by_a_killed_writer_is_never_an_input_nor_an_output(store: Store) -> None:

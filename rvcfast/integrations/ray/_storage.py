@@ -518,12 +518,17 @@ def put(uri: str, data: bytes, filesystem: Any) -> None:
     failed write's partial object is removed). An existing key (an earlier run's output, the
     manifest) is not touched until the new object is complete: it is uploaded to a temporary
     key beside it (:func:`_temporary_key`), then moved onto it; on any failure the temporary
-    key is removed and the earlier object stays as it was.
+    key is removed and the earlier object stays as it was. A key that cannot be looked at (a
+    credential allowed to write only) is uploaded at once, as a new one.
     """
     from pyarrow.fs import FileType
 
     fs, path = resolve(uri, filesystem)
-    if fs.get_file_info(path).type != FileType.File:
+    try:
+        exists = fs.get_file_info(path).type == FileType.File
+    except Exception:  # noqa: BLE001 - e.g. a credential that may write but not look (S3: 403): one upload, as before
+        exists = False
+    if not exists:
         _upload(fs, path, data)
         return
     temporary = _temporary_key(path)
