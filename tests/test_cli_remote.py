@@ -215,6 +215,14 @@ def test_options_the_server_decides_are_usage_errors(option, tmp_path, capsys) -
     assert option[0] in err and "with --server the server's own settings apply" in err
 
 
+@pytest.mark.parametrize("scale", [[], ["--ray", "local"]])
+def test_an_api_key_without_server_is_a_usage_error(scale, tmp_path, capsys) -> None:
+    """A local (or Ray) run took --api-key and ignored it."""
+    clip = write_tone(tmp_path, "a.wav")
+    assert main(["convert", "alice.pth", str(clip), "-o", str(tmp_path / "out"), "--api-key", "k", *scale]) == 2
+    assert "--api-key is for --server runs" in capsys.readouterr().err
+
+
 def test_every_option_sent_reads_back_as_given() -> None:
     """The fields sent for the conversion options are read by the server's own parser as the same values."""
     from rvcfast.cli.remote import request_fields
@@ -395,3 +403,201 @@ def test_request_fields_leave_defaults_out() -> None:
 
     args = build_parser().parse_args(["convert", "alice", "a.wav", "-o", "out", "--server", "http://h:1"])
     assert isinstance(args, argparse.Namespace) and request_fields(args) == [("format", "wav")]
+
+
+def test_a_failed_file_with_an_unusual_name_is_named_once_as_given(server, tmp_path, monkeypatch, capsys) -> None:
+    """The server knows an upload by a harmless form of its name (`é #1?.wav` is `_ _1_.wav` there):
+    its message was shown as `in/é #1?.wav: _ _1_.wav: cannot decode audio...`."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    names = ["é #1?.wav", "日本 語&x=1.wav", "-" + "y" * 150 + ".wav"]  # unicode, query characters, a long name
+    for name in names:
+        (folder / name).write_bytes(b"RIFF0000 this is no audio")
+    monkeypatch.setenv("RVCFAST_API_KEY", API_KEY)
+    assert main(["convert", "alice", str(folder), "-o", str(tmp_path / "out"), "--server", server.url, "-q"]) == 1
+    err = capsys.readouterr().err
+    for name in names:
+        assert f"  {folder / name}: cannot decode audio: this is a text file, not audio (the server answered 422)" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_an_m4a_output_is_measured_for_the_summary_and_report(server, tmp_path, monkeypatch) -> None:
+    """An m4a answer (which libsndfile cannot open) was reported as 0 s, its input as 0 s too."""
+    pytest.importorskip("av")
+    clip = write_tone(tmp_path / "in", "a.wav", 0.4)
+    monkeypatch.setenv("RVCFAST_API_KEY", API_KEY)
+    report = tmp_path / "r.jsonl"
+    assert main(["convert", "alice", str(clip), "-o", str(tmp_path / "out"), "--server", server.url, "-q",
+                 "--format", "m4a", "--report", str(report)]) == 0
+    [row] = [json.loads(line) for line in report.read_text().splitlines()]
+    assert row["input_seconds"] == pytest.approx(0.4) and abs(row["duration"] - 0.4) < 0.1
+
+
+@pytest.mark.parametrize(("url", "said"), [
+    ("http://[::1:8000", "not a valid address"), ("http://127.0.0.1:abc", "not a valid address"),
+    ("127.0.0.1:8000", "did you mean http://127.0.0.1:8000?"), ("http://127.0.0.1:8000/?key=1", "query or fragment"),
+    ("http://127.0.0.1:8000/#x", "query or fragment"),
+])
+def test_a_malformed_server_address_is_a_usage_error(url, said, tmp_path, capsys) -> None:
+    """`http://[::1:8000` ended with a traceback; a query was sent with the API's path after it (a 404)."""
+    clip = write_tone(tmp_path, "a.wav")
+    assert main(["convert", "alice", str(clip), "-o", str(tmp_path / "out"), "--server", url]) == 2
+    err = capsys.readouterr().err
+    assert f"--server {url}: " in err and said in err and "Traceback" not in err
+
+
+class _Scripted(_Busy):
+    """A server whose answers follow ``script``: one entry per POST (``ok``, ``401``, ``json``, ``rate``,
+    ``job``: a job whose state is asked for, ``lost``: a job forgotten at once, ``busy``: a job whose state is
+    503 the first time, ``die``: the server stops);
+    the paths it was asked, in ``paths``."""
+
+    script: list[str] = []
+    paths: list[str] = []
+    httpd: http.server.ThreadingHTTPServer
+
+    def do_GET(self) -> None:  # noqa: N802
+        self.paths.append(self.path)
+        if "/v1/jobs/" in self.path:
+            job = self.path.split("/v1/jobs/")[1].split("/")[0]
+            if job == "busy" and self.paths.count(self.path) == 1:  # a proxy's 503 while the server restarts
+                self._send(503, b'{"error": "unavailable"}', "application/json", {"Retry-After": "0"})
+            elif job == "lost":
+                self._send(404, b'{"error": "no job \'lost\': unknown, deleted, or expired and removed"}', "application/json")
+            elif self.path.endswith("/audio"):
+                self._wav(40000)
+            else:
+                self._send(200, json.dumps({"id": job, "state": "done"}).encode(), "application/json")
+            return
+        super().do_GET()
+
+    def do_POST(self) -> None:  # noqa: N802
+        self.paths.append(self.path)
+        self.rfile.read(int(self.headers["Content-Length"]))
+        what = self.script.pop(0) if self.script else "ok"
+        if what == "die":
+            self.close_connection = True
+            threading.Thread(target=self.httpd.shutdown).start()
+            self.httpd.socket.close()  # the later requests are refused
+            return
+        if what == "401":
+            self._send(401, b'{"error": "missing or wrong API key"}', "application/json")
+        elif what == "json":
+            self._send(200, b'{"ok": true}', "application/json")
+        elif what in ("job", "lost", "busy"):
+            if self.path.startswith("/v1/convert"):
+                self.script.insert(0, what)
+                self._send(413, b'{"error": "a.wav: longer than 0.6 s: send it to POST /v1/jobs"}', "application/json")
+            else:
+                self._send(202, json.dumps({"id": what, "state": "queued"}).encode(), "application/json")
+        else:
+            self._wav(16000 if what == "rate" else 40000)
+
+    def _wav(self, rate: int) -> None:
+        buf = io.BytesIO()
+        sf.write(buf, np.zeros(4000, np.float32), rate, format="WAV")
+        self._send(200, buf.getvalue(), "audio/wav")
+
+
+def _scripted(tmp_path: Path, script: list[str], *options: str, files: int = 1) -> tuple[int, str]:
+    """The command run on ``files`` inputs against a :class:`_Scripted` server; its status and report rows."""
+    _Scripted.script, _Scripted.paths = list(script), []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
+    _Scripted.httpd = httpd
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        clips = [write_tone(tmp_path / "in", f"f{k}.wav") for k in range(files)]
+        url = f"http://127.0.0.1:{httpd.server_address[1]}"
+        status = main(["convert", "alice", *map(str, clips), "-o", str(tmp_path / "out"), "--server", url, "--workers", "1",
+                       "-q", *options])
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    return status, url
+
+
+def test_a_key_refused_mid_run_ends_the_command_at_once(tmp_path, capsys) -> None:
+    """Every later file was uploaded and refused with the same 401, one failure line each."""
+    report = tmp_path / "r.jsonl"
+    status, _ = _scripted(tmp_path, ["ok", "401", "401", "401", "401"], "--report", str(report), files=5)
+    assert status == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'in' / 'f1.wav'}: missing or wrong API key (the server answered 401); nothing more was sent" in err
+    assert "3 file(s) after it not converted (the server refused the API key)" in err
+    assert len([p for p in _Scripted.paths if p.startswith("/v1/convert")]) == 2  # f2.wav... never sent
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f0.wav"]
+    rows = [json.loads(line) for line in report.read_text().splitlines()]  # the report is written, every file in it
+    assert [r["ok"] for r in rows] == [True, False, False, False, False]
+    assert rows[4]["error"] == f"not converted: the batch stopped at {tmp_path / 'in' / 'f1.wav'} (the server refused the API key)"
+
+
+def test_a_server_that_stops_mid_run_ends_the_command_with_one_line(tmp_path, capsys) -> None:
+    """With --on-error continue (the default) the batch ended without its summary and report."""
+    report = tmp_path / "r.jsonl"
+    status, url = _scripted(tmp_path, ["ok", "die"], "--report", str(report), files=4)
+    assert status == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'in' / 'f1.wav'}: cannot reach the server at {url}" in err and "nothing more was sent" in err
+    assert err.count("cannot reach") == 1 and "2 file(s) after it not converted (the server could not be reached)" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f0.wav"]
+    rows = [json.loads(line) for line in report.read_text().splitlines()]
+    assert [r["ok"] for r in rows] == [True, False, False, False] and "cannot reach the server" in rows[1]["error"]
+    assert rows[3]["error"] == f"not converted: the batch stopped at {tmp_path / 'in' / 'f1.wav'} (the server could not be reached)"
+
+
+def test_an_answer_that_is_not_the_audio_asked_for_is_not_written(tmp_path, capsys) -> None:
+    """A 200 answer that was not audio (a proxy's page) was written as the output; one at another rate than
+    --sample-rate asked for too."""
+    assert _scripted(tmp_path, ["json", "rate", "ok"], "--sample-rate", "40000", files=3)[0] == 1
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'in' / 'f0.wav'}: the server's answer is application/json, not audio, where wav audio was asked for" in err
+    assert f"{tmp_path / 'in' / 'f1.wav'}: the server's answer is at 16000 Hz, where --sample-rate asked for 40000 Hz" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f2.wav"]  # no f0.wav, f1.wav, no temporary file
+
+
+def test_a_job_the_server_forgot_is_sent_again_once(tmp_path, capsys) -> None:
+    """A server restarted while a job ran answers 404 for it: the file is sent again (a new job)."""
+    assert _scripted(tmp_path, ["lost", "job"])[0] == 0
+    jobs = [p.split("?")[0] for p in _Scripted.paths if p.startswith("/v1/jobs")]
+    assert jobs == ["/v1/jobs", "/v1/jobs/lost", "/v1/jobs", "/v1/jobs/job", "/v1/jobs/job/audio"]
+    assert sf.info(str(tmp_path / "out" / "f0.wav")).frames == 4000
+    assert _scripted(tmp_path / "2", ["lost", "lost"])[0] == 1  # forgotten twice: that file fails
+    assert "the server lost the job converting it twice" in capsys.readouterr().err
+    # a 503 while it was followed (a proxy's, a server restarting) sent the whole file again as another job
+    assert _scripted(tmp_path / "3", ["busy"])[0] == 0
+    assert [p.split("?")[0] for p in _Scripted.paths if p.startswith("/v1/jobs")] == [
+        "/v1/jobs", "/v1/jobs/busy", "/v1/jobs/busy", "/v1/jobs/busy/audio", "/v1/jobs/busy/audio"
+    ]
+
+
+def test_https_to_a_plain_server_says_so(tmp_path, capsys) -> None:
+    _Scripted.script = []
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Scripted)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        clip = write_tone(tmp_path, "a.wav")
+        url = f"https://127.0.0.1:{httpd.server_address[1]}"
+        assert main(["convert", "alice", str(clip), "-o", str(tmp_path / "out"), "--server", url, "-q"]) == 1
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert "is it a plain http:// server?" in capsys.readouterr().err
+
+
+def test_an_address_that_never_answers_is_not_waited_on_for_an_hour(tmp_path, monkeypatch, capsys) -> None:
+    """GET /v1/voices waited as long as a conversion may take (an hour) on a port that takes the
+    connection and never answers; the first question now has a timeout of its own."""
+    import socket
+
+    from rvcfast.cli import remote
+
+    monkeypatch.setattr(remote, "HELLO_TIMEOUT", 0.5, raising=False)
+    clip = write_tone(tmp_path, "a.wav")
+    status: list[int] = []
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # connections queue in its backlog, unanswered
+        url = f"http://127.0.0.1:{silent.getsockname()[1]}"
+        run = threading.Thread(target=lambda: status.append(main(["convert", "alice", str(clip), "-o", str(tmp_path / "out"),
+                                                                  "--server", url, "-q"])), daemon=True)
+        run.start()
+        run.join(30)
+    assert status == [1] and f"cannot reach the server at {url}: timed out" in capsys.readouterr().err

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..errors import ParameterError
+from ..errors import ParameterError, RvcfastError
 
 PROG = "rvcfast"
 
@@ -19,6 +19,16 @@ PROG = "rvcfast"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
+
+
+class BatchStopped(RvcfastError):
+    """A failure that ends a batch whatever ``--on-error`` says (the server it is sent to is gone):
+    its message names the file it stopped at; ``why`` says why the files after it were not
+    converted (in the report and the closing line, as ``--on-error stop`` is)."""
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(message)
+        self.why = why
 
 
 class UsageError(Exception):

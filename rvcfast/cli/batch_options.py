@@ -198,9 +198,9 @@ class BatchReport:
             **({} if voice is None else {"voice": voice}),
         ))
 
-    def stopped(self, error: str) -> str | None:
-        """``--on-error stop`` ended the batch with ``error``, which names the failed input: that
-        input gets a line with it, every input not reached one saying so. Returns the failed
+    def stopped(self, error: str, why: str = "--on-error stop") -> str | None:
+        """``--on-error stop`` (or ``why``) ended the batch with ``error``, which names the failed
+        input: that input gets a line with it, every input not reached one saying so. Returns the failed
         input's name; ``None`` (and no lines) when ``error`` names no input without a result:
         it did not come from a file, and the caller lets it end the command."""
         left = [pair for pair in self.planned if pair not in self.reported]
@@ -211,7 +211,7 @@ class BatchReport:
         longest = max(len(pair[0]) for pair in named)
         failed = next(pair for pair in named if len(pair[0]) == longest)
         for source, voice in left:
-            reason = error if (source, voice) == failed else f"not converted: the batch stopped at {failed[0]} (--on-error stop)"
+            reason = error if (source, voice) == failed else f"not converted: the batch stopped at {failed[0]} ({why})"
             self.rows.append(_line(source, error=reason, **({} if voice is None else {"voice": voice})))
         self.reported.update(left)
         return failed[0]

@@ -11,6 +11,7 @@ from typing import Any
 
 from ._common import (
     PROG,
+    BatchStopped,
     HelpFormatter,
     Terminated,
     UsageError,
@@ -186,8 +187,10 @@ def _run(
                 reason = reason if res.source and res.source in reason else f"{res.source}: {reason}"
                 failures.append(reason if res.voice is None else f"{reason} (voice {res.voice})")
             bar.update(res, expected_seconds=expected.get(res.source or "", 0.0))
-    except RvcfastError as exc:  # --on-error stop: the files before the failed one are written
-        failed = None if batch["on_error"] != "stop" or isinstance(exc, ParameterError) else report.stopped(str(exc))
+    except RvcfastError as exc:  # --on-error stop (or a lost server): the files before the failed one are written
+        stops = batch["on_error"] == "stop" or isinstance(exc, BatchStopped)
+        why = exc.why if isinstance(exc, BatchStopped) else "--on-error stop"
+        failed = None if not stops or isinstance(exc, ParameterError) else report.stopped(str(exc), why)
         if failed is None:
             raise  # not a file's failure: the command ends with it (status 1), and no report
         bar.update(name=failed, error=str(exc), expected_seconds=expected.get(failed, 0.0))  # its [k/n] line
@@ -214,7 +217,7 @@ def _run(
         status = 1
     if not_reached:
         what = "file(s) after it not converted" if len(voices) == 1 else "conversion(s) (input, voice) after it not done"
-        say(f"{PROG}: {not_reached} {what} (--on-error stop)")
+        say(f"{PROG}: {not_reached} {what} ({why})")
     return status
 
 
@@ -235,6 +238,8 @@ def cmd_convert(args: argparse.Namespace) -> int:
     """Convert files or folders to the voice of MODEL and write them to OUT."""
     if args.server is not None:  # converted by a running `rvcfast serve`
         return _convert_remote(args)
+    if args.api_key is not None:  # accepted and silently ignored before
+        raise UsageError("--api-key is for --server runs (the key of the server the files are sent to)")
     args.f0 = args.f0 or "rmvpe"
     if args.compute_workers is not None and args.compute_workers < 1:
         raise UsageError(f"--compute-workers must be at least 1, got {args.compute_workers}")

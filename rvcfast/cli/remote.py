@@ -31,9 +31,12 @@ from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
-from ._common import UsageError, params_from_args
+from ..errors import RvcfastError
+from ._common import BatchStopped, UsageError, params_from_args
 
-__all__ = ["check_remote_args", "voice_id", "request_fields", "file_fields", "plan_voices", "Server", "iter_remote"]
+__all__ = [
+    "check_remote_args", "voice_id", "request_fields", "file_fields", "plan_voices", "Server", "ServerLost", "iter_remote",
+]
 
 #: Options that are the server's to choose, refused with ``--server`` (flag, given?).
 _SERVERS = (
@@ -55,6 +58,8 @@ BUSY_WAIT_MAX = 30.0
 REQUEST_TIMEOUT = 3600.0
 #: Seconds a stopped command waits for the server to cancel a job.
 CANCEL_TIMEOUT = 10.0
+#: Seconds the first question (``GET /v1/voices``) may take: an address that does not answer is not waited on for long.
+HELLO_TIMEOUT = 60.0
 
 
 def check_remote_args(args: argparse.Namespace) -> None:
@@ -74,9 +79,25 @@ def check_remote_args(args: argparse.Namespace) -> None:
         )
     if args.workers is not None and args.workers < 1:
         raise UsageError(f"--workers must be at least 1, got {args.workers}")
-    parsed = urllib.parse.urlsplit(args.server)
-    if parsed.scheme not in ("http", "https") or not parsed.netloc:
-        raise UsageError(f"--server {args.server}: expected the server's address, e.g. http://127.0.0.1:8000")
+    check_url(args.server)
+
+
+def check_url(url: str) -> None:
+    """A usage error unless ``url`` is an http(s) address with a host, and no query or fragment
+    (the API's paths are added to it: ``http://host:8000`` or a proxy's ``https://host/rvc``)."""
+    try:
+        parsed = urllib.parse.urlsplit(url)
+        parsed.port  # noqa: B018 - a port that is not a number raises here
+    except ValueError as exc:
+        raise UsageError(f"--server {url}: not a valid address ({exc}); expected e.g. http://127.0.0.1:8000") from None
+    if parsed.scheme.lower() not in ("http", "https") or not parsed.hostname:
+        hint = f" (did you mean http://{url}?)" if "://" not in url and url.strip() else ""
+        raise UsageError(f"--server {url}: expected the server's address, e.g. http://127.0.0.1:8000{hint}")
+    if parsed.query or parsed.fragment or url.rstrip().endswith(("?", "#")):
+        raise UsageError(
+            f"--server {url}: the address cannot carry a query or fragment ('?', '#'): the API's paths "
+            "(/v1/convert...) are added to it; give e.g. http://127.0.0.1:8000 or https://host/prefix"
+        )
 
 
 def voice_id(model: str) -> str:
@@ -149,6 +170,23 @@ def file_fields(fields: list[tuple[str, str]], path: Path) -> list[tuple[str, st
     return [*fields, ("source_id", source_id(path))]
 
 
+class ServerLost(BatchStopped):
+    """The server cannot be reached (refused, reset, a TLS mismatch), or it refused this client's
+    API key in the middle of a run: nothing more is sent and the batch ends with it, whatever
+    ``--on-error`` says (the report says so for every file not converted)."""
+
+    def __init__(self, message: str, why: str = "the server could not be reached") -> None:
+        super().__init__(message, why)
+
+
+class _JobLost(Exception):
+    """The job followed is unknown to the server (404, 410): it restarted, or the job expired."""
+
+
+class _NotAudio(Exception):
+    """A 200 answer that is not what was asked for: not the audio (a proxy's page, another format), no job."""
+
+
 class ServerError(Exception):
     """An answer that is not the audio: its status and the server's message."""
 
@@ -181,13 +219,15 @@ class Server:
 
     def voices(self) -> list[str]:
         """The voice ids the server has (``GET /v1/voices``)."""
-        from ..errors import RvcfastError
-
         try:
-            with self._request("/v1/voices") as answer:
+            with self._request("/v1/voices", timeout=min(self.timeout, HELLO_TIMEOUT)) as answer:
                 return [str(v["id"]) for v in json.loads(answer.read())["voices"]]
         except ServerError as exc:
-            hint = " (give the key with --api-key or $RVCFAST_API_KEY)" if exc.status == 401 else ""
+            hint = {
+                401: " (give the key with --api-key or $RVCFAST_API_KEY)",
+                404: f": GET {self.url}/v1/voices was not found; is {self.url} the address of an `rvcfast serve` "
+                "(with its path prefix, behind a proxy)?",
+            }.get(exc.status, "")
             raise RvcfastError(f"the server at {self.url} answered {exc.status}: {exc}{hint}") from None
         except (ValueError, KeyError, TypeError) as exc:
             raise RvcfastError(f"{self.url} is not an rvcfast server: GET /v1/voices gave no voice list ({exc})") from None
@@ -196,8 +236,6 @@ class Server:
         self, path: str, data: Any = None, headers: dict[str, str] | None = None, method: str | None = None,
         timeout: float | None = None,
     ) -> Any:
-        from ..errors import RvcfastError
-
         head = {"X-API-Key": self.api_key} if self.api_key else {}
         method = method or ("POST" if data is not None else "GET")
         req = urllib.request.Request(self.url + path, data=data, headers={**head, **(headers or {})}, method=method)
@@ -208,7 +246,9 @@ class Server:
             raise _server_error(exc) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise RvcfastError(f"cannot reach the server at {self.url}: {reason}") from None
+            tls = "SSL" in str(reason) and self.url.lower().startswith("https:")
+            hint = " (is it a plain http:// server? `rvcfast serve` speaks HTTP; https needs a TLS proxy in front)" if tls else ""
+            raise ServerLost(f"cannot reach the server at {self.url}: {reason}{hint}") from None
 
     def _upload(self, route: str, path: Path, fields: list[tuple[str, str]]) -> Any:
         """``POST route`` with the file ``path`` as the body and ``fields`` in the query; the open answer."""
@@ -222,40 +262,63 @@ class Server:
         """Send the file ``path``; its answer written to ``target`` (whole, or nothing); the answer's
         headers, or ``None`` when ``stop`` was set before the answer was written (nothing written)."""
         with self._upload("/v1/convert", path, fields) as answer:
-            return _write_answer(answer, target, stop)
+            return _write_answer(answer, target, stop, fields)
 
     def convert_as_job(self, path: Path, fields: list[tuple[str, str]], target: Path, stop: threading.Event) -> tuple[dict[str, str], list[str]] | None:
         """:meth:`convert` through ``POST /v1/jobs``, for an input longer than the server converts in one
         request: the job followed until it is done (a stopped command cancels it); the audio's headers
         and the job's warnings, or ``None`` when stopped."""
         with self._upload("/v1/jobs", path, fields) as answer:
-            job = json.loads(answer.read())["id"]
+            try:
+                job = str(json.loads(answer.read())["id"])
+            except (ValueError, KeyError, TypeError):
+                raise _NotAudio(f"the server's answer to POST /v1/jobs is no job ({answer.headers.get('Content-Type')})") from None
         with self._jobs_lock:
             self._jobs.add(job)
         try:
-            return self._follow(job, target, stop)
+            return self._follow(job, target, stop, fields)
         finally:
             with self._jobs_lock:
                 self._jobs.discard(job)
 
-    def _follow(self, job: str, target: Path, stop: threading.Event) -> tuple[dict[str, str], list[str]] | None:
-        """The job ``job`` followed until it is done, its audio written to ``target`` (see :meth:`convert_as_job`)."""
-        wait = 0.2
-        while True:
-            if stop.is_set():
-                self._delete(job)
-                return None
-            with self._request(f"/v1/jobs/{job}") as answer:
-                status = json.loads(answer.read())
-            if status["state"] == "done":
-                break
+    def _follow(
+        self, job: str, target: Path, stop: threading.Event, fields: list[tuple[str, str]]
+    ) -> tuple[dict[str, str], list[str]] | None:
+        """The job ``job`` followed until it is done, its audio written to ``target`` (see :meth:`convert_as_job`).
+        A 502, 503 or 504 (a proxy's while the server restarts, a busy server) is asked again, not the job
+        sent again; a job the server does not know (404, 410: it restarted, or the job expired) is :class:`_JobLost`."""
+        wait, busy = 0.2, 0
+        status: dict[str, Any] = {}
+        while not stop.is_set():
+            try:
+                if status.get("state") != "done":
+                    status = self._job("", job, lambda answer: dict(json.loads(answer.read())))
+                if status["state"] == "done":
+                    headers = self._job("/audio", job, lambda answer: _write_answer(answer, target, stop, fields))
+                    return None if headers is None else (headers, [str(w) for w in status.get("warnings") or []])
+            except ServerError as exc:
+                busy += 1
+                if exc.status not in (502, 503, 504) or busy >= BUSY_TRIES:
+                    raise
+                stop.wait(min(exc.retry_after if exc.retry_after is not None else 1.0, BUSY_WAIT_MAX))
+                continue
+            busy = 0
             if status["state"] not in ("queued", "running"):  # failed, cancelled
                 raise ServerError(422 if status.get("error") else 500, str(status.get("error") or f"the job was {status['state']}"))
             stop.wait(wait)  # a stopped command cancels the job at once
             wait = min(2 * wait, 2.0)
-        with self._request(f"/v1/jobs/{job}/audio") as answer:
-            headers = _write_answer(answer, target, stop)
-        return None if headers is None else (headers, [str(w) for w in status.get("warnings") or []])
+        self._delete(job)
+        return None
+
+    def _job(self, route: str, job: str, read: Any) -> Any:
+        """``read(answer)`` of ``GET /v1/jobs/{job}{route}``; :class:`_JobLost` when the server does not know the job."""
+        try:
+            with self._request(f"/v1/jobs/{job}{route}") as answer:
+                return read(answer)
+        except ServerError as exc:
+            if exc.status in (404, 410):
+                raise _JobLost(str(exc)) from None
+            raise
 
     def cancel_jobs(self) -> None:
         """Cancel (``DELETE``) every job still under way: the command stopped. Called by the thread
@@ -271,23 +334,58 @@ class Server:
             pass
 
 
-def _write_answer(answer: Any, target: Path, stop: threading.Event) -> dict[str, str] | None:
-    """The audio ``answer`` written to ``target`` whole, or nothing (``None``: ``stop`` was set); its headers."""
+def _format(fields: list[tuple[str, str]]) -> str:
+    """The output format a request asks for (``wav`` when not given)."""
+    return next((value for name, value in fields if name == "format"), "wav")
+
+
+def _check_audio(answer: Any, fmt: str) -> None:
+    """:class:`_NotAudio` unless the answer's content type is audio, and not another format's
+    (a proxy's login page answered 200 was written as the output)."""
+    from ..serve.encode import MEDIA_TYPES
+
+    ctype = (answer.headers.get("Content-Type") or "").split(";")[0].strip().lower()
+    other = next((name for name, media in MEDIA_TYPES.items() if media == ctype and name != fmt), None)
+    if ctype and (not ctype.startswith("audio/") or other is not None):
+        said = f"{other} audio ({ctype})" if other is not None else f"{ctype}, not audio"
+        raise _NotAudio(f"the server's answer is {said}, where {fmt} audio was asked for")
+
+
+def _check_rate(path: Path, fields: list[tuple[str, str]]) -> None:
+    """:class:`_NotAudio` when the audio at ``path`` is not at the rate ``--sample-rate`` asked for
+    (as the format writes it: mp3 and AAC at their nearest rate)."""
+    from ..writing import written_rate
+
+    asked = next((int(float(v)) for k, v in fields if k == "output_sample_rate"), None)
+    if asked is None:
+        return
+    subtype = next((v for k, v in fields if k == "subtype"), None)
+    want, got = written_rate(_format(fields), subtype, asked), _length(path)[1]
+    if got and got != want:  # (an answer no decoder here opens is not checked: an m4a without PyAV)
+        raise _NotAudio(f"the server's answer is at {got} Hz, where --sample-rate asked for {want} Hz")
+
+
+def _write_answer(answer: Any, target: Path, stop: threading.Event, fields: list[tuple[str, str]]) -> dict[str, str] | None:
+    """The audio ``answer`` to the request of ``fields`` written to ``target`` whole, or nothing
+    (``None``: ``stop`` was set; :class:`_NotAudio`: not the audio asked for); its headers."""
     from ..atomic import atomic_write
 
     if stop.is_set():
         return None
+    _check_audio(answer, _format(fields))
     target.parent.mkdir(parents=True, exist_ok=True)
     promised = answer.headers.get("Content-Length")
     try:
-        with atomic_write(target) as tmp, open(tmp, "wb") as out:
-            while chunk := answer.read(1 << 20):
-                if stop.is_set():
-                    raise _Stopped
-                out.write(chunk)
-            # http.client's read(n) ends quietly where the connection does, whatever the length said
-            if promised is not None and out.tell() != int(promised):
-                raise http.client.IncompleteRead(b"", int(promised) - out.tell())
+        with atomic_write(target) as tmp:
+            with open(tmp, "wb") as out:
+                while chunk := answer.read(1 << 20):
+                    if stop.is_set():
+                        raise _Stopped
+                    out.write(chunk)
+                # http.client's read(n) ends quietly where the connection does, whatever the length said
+                if promised is not None and out.tell() != int(promised):
+                    raise http.client.IncompleteRead(b"", int(promised) - out.tell())
+            _check_rate(tmp, fields)
     except _Stopped:
         return None  # the temporary file is gone, an earlier output at target as it was
     return dict(answer.headers.items())
@@ -312,20 +410,54 @@ def _server_error(exc: urllib.error.HTTPError) -> ServerError:
 
 
 def _named(message: str, name: str, source: str) -> str:
-    """The server's message about the upload ``name`` (it knows the file by that name alone) naming ``source``."""
-    for said in (f"{name}: ", "audio: "):
+    """The server's message about the upload ``name`` naming ``source`` instead: the server knows
+    the file by that name alone, reduced to a harmless one (``é #1.wav`` is ``_ _1.wav`` there)."""
+    from ..serve.intake import safe_name
+
+    for said in (f"{name}: ", f"{safe_name(name, 'audio')}: ", "audio: "):
         if message.startswith(said):
             return f"{source}: {message[len(said):]}"
     return f"{source}: {message}"
 
 
+def _send(server: Server, path: Path, fields: list[tuple[str, str]], target: Path,
+          stop: threading.Event) -> tuple[dict[str, str] | None, list[str]]:
+    """``path`` converted by the server into ``target``: the answer's headers (``None``: stopped)
+    and a job's warnings. A busy server is asked again, a file too long for one request goes
+    through a job (sent again once if the server forgets the job: it restarted), an older server
+    gets no ``source_id``; another refusal raises its :class:`ServerError`."""
+    as_job = False  # an input longer than one request takes: through POST /v1/jobs
+    lost = 0
+    for tries in range(1, BUSY_TRIES + 1):
+        try:
+            if not as_job:
+                return server.convert(path, fields, target, stop), []
+            done = server.convert_as_job(path, fields, target, stop)
+            return done if done is not None else (None, [])
+        except _JobLost as exc:
+            lost += 1
+            if lost > 1:
+                raise ServerError(404, f"the server lost the job converting it twice ({exc}): did the server restart?") from None
+        except ServerError as exc:
+            if exc.status == 503 and tries < BUSY_TRIES:
+                time.sleep(min(exc.retry_after if exc.retry_after is not None else 1.0, BUSY_WAIT_MAX))
+            elif exc.status == 413 and not as_job and "POST /v1/jobs" in str(exc):
+                as_job = True
+            elif exc.status == 422 and str(exc).startswith("unknown conversion parameter 'source_id'"):
+                server.without_records()  # an older server: converted without the record
+                fields = [f for f in fields if f[0] != "source_id"]
+            else:
+                raise
+    raise ServerError(503, f"the server was still busy after {BUSY_TRIES} tries")
+
+
 def _one(server: Server, work: Any, skip_existing: bool, stop: threading.Event) -> Any:
-    """The :class:`~rvcfast.Result` of one planned (input, voice): ``work`` is ``(voice, job, fields)``
-    (never raises for the file's own failure). The input's :func:`~rvcfast.writing.source_id` is
+    """The :class:`~rvcfast.Result` of one planned (input, voice): ``work`` is ``(voice, job, fields)``.
+    Raises :class:`ServerLost` (naming the file) when the server cannot be reached or refuses the
+    API key, never for the file's own failure. The input's :func:`~rvcfast.writing.source_id` is
     sent with it: the server records it in the output, as a local run does."""
     import numpy as np
 
-    from ..audio import audio_info
     from ..result import Result
     from ..writing import finished_output
 
@@ -341,34 +473,24 @@ def _one(server: Server, work: Any, skip_existing: bool, stop: threading.Event) 
         return result(error=job.problem)
     fields = file_fields(fields, job.path) if server.records else fields
     t0 = time.perf_counter()
-    as_job = False  # an input longer than one request takes: through POST /v1/jobs
-    job_warnings: list[str] = []
-    for tries in range(1, BUSY_TRIES + 1):
-        try:
-            if not as_job:
-                headers = server.convert(job.path, fields, target, stop)
-                break
-            done = server.convert_as_job(job.path, fields, target, stop)
-            headers, job_warnings = done if done is not None else (None, [])
-            break
-        except ServerError as exc:
-            if exc.status == 503 and tries < BUSY_TRIES:
-                time.sleep(min(exc.retry_after if exc.retry_after is not None else 1.0, BUSY_WAIT_MAX))
-                continue
-            if exc.status == 413 and not as_job and "POST /v1/jobs" in str(exc):
-                as_job = True
-                continue
-            if exc.status == 422 and str(exc).startswith("unknown conversion parameter 'source_id'"):
-                server.without_records()  # an older server: converted without the record
-                fields = [f for f in fields if f[0] != "source_id"]
-                continue
-            why = _named(str(exc), job.path.name, source)
-            return result(error=f"{why} (the server answered {exc.status})")
-        except OSError as exc:  # the input cannot be read, the output cannot be written, the answer was cut
-            return result(error=f"{source}: {exc.strerror or exc}")
-        except http.client.HTTPException as exc:  # the answer ended before its length (the server stopped)
-            why = f"{source}: the server's answer was cut short ({type(exc).__name__}); nothing was written"
-            return result(error=why)
+    try:
+        headers, job_warnings = _send(server, job.path, fields, target, stop)
+    except ServerLost as exc:
+        raise ServerLost(f"{source}: {exc}; nothing more was sent (the outputs written are whole: "
+                         "the same command with --skip-existing goes on)", exc.why) from None
+    except ServerError as exc:
+        why = f"{_named(str(exc), job.path.name, source)} (the server answered {exc.status})"
+        if exc.status == 401:  # the key was taken at the start (GET /v1/voices): changed on the server since
+            raise ServerLost(
+                f"{why}; nothing more was sent (give the key with --api-key or $RVCFAST_API_KEY)", "the server refused the API key"
+            ) from None
+        return result(error=why)
+    except _NotAudio as exc:
+        return result(error=f"{source}: {exc}; nothing was written")
+    except OSError as exc:  # the input cannot be read, the output cannot be written, the answer was cut
+        return result(error=f"{source}: {exc.strerror or exc}")
+    except http.client.HTTPException as exc:  # the answer ended before its length (the server stopped)
+        return result(error=f"{source}: the server's answer was cut short ({type(exc).__name__}); nothing was written")
     if headers is None:
         return None  # stopped: not reported (its output was not written)
     lower = {k.lower(): v for k, v in headers.items()}
@@ -376,15 +498,30 @@ def _one(server: Server, work: Any, skip_existing: bool, stop: threading.Event) 
     timings = {k: float(v) for k, v in json.loads(lower.get("x-rvcfast-timings", "{}")).items() if k != "total"}
     timings["request"] = time.perf_counter() - t0
     warnings = [str(w) for w in json.loads(lower.get("x-rvcfast-warnings", "[]"))] + job_warnings
-    try:
-        seconds, rate, _ = audio_info(target)
-        inputs = audio_info(job.path)[0]
-    except Exception:  # noqa: BLE001 - lengths for the summary only
-        seconds, rate, inputs = 0.0, int(lower.get("x-rvcfast-sample-rate", 0) or 0), 0.0
+    seconds, rate = _length(target)
     return result(
-        rate, timings=timings, output_path=str(target), input_seconds=inputs,
-        warnings=[_named(w, job.path.name, source) for w in warnings], frames=round(seconds * rate),
+        rate or int(lower.get("x-rvcfast-sample-rate", 0) or 0), timings=timings, output_path=str(target),
+        input_seconds=_length(job.path)[0], warnings=[_named(w, job.path.name, source) for w in warnings],
+        frames=round(seconds * rate),
     )
+
+
+def _length(path: Path) -> tuple[float, int]:
+    """Seconds and sample rate of the audio file ``path`` from its header, through the decoder a
+    local run reads it with (an m4a through PyAV); ``(0, 0)`` when none opens it (summary only)."""
+    from ..audio import _source
+
+    try:
+        src = _source(path)
+    except Exception:  # noqa: BLE001 - lengths for the summary only
+        return 0.0, 0
+    try:
+        rate = int(src.rate)
+        return (src.frames / rate if rate > 0 and src.frames > 0 else 0.0), rate
+    except Exception:  # noqa: BLE001
+        return 0.0, 0
+    finally:
+        src.close()
 
 
 def iter_remote(server: Server, planned: list[tuple[str | None, Any, list[tuple[str, str]]]], workers: int,
@@ -392,16 +529,18 @@ def iter_remote(server: Server, planned: list[tuple[str | None, Any, list[tuple[
     """The Results of ``planned`` ``(voice, job, fields)`` in their order, ``workers`` requests in
     flight. When the caller stops (Ctrl-C, ``--on-error stop``; closing this generator) no other
     file is sent, an answer still on its way is not written, and the jobs under way are cancelled
-    before it returns; the threads are daemons: the command does not wait for the conversions under way."""
+    before it returns; the threads are daemons: the command does not wait for the conversions under way.
+    A :class:`ServerLost` is raised in its file's turn, and no file is sent after it."""
     work: queue.Queue[tuple[int, Any]] = queue.Queue()
     done: dict[int, Any] = {}
     ready = threading.Condition()
     stop = threading.Event()
+    lost = threading.Event()  # the server is gone: the answers under way are awaited, nothing more is sent
     for k, item in enumerate(planned):
         work.put((k, item))
 
     def worker() -> None:
-        while not stop.is_set():
+        while not stop.is_set() and not lost.is_set():
             try:
                 k, item = work.get_nowait()
             except queue.Empty:
@@ -409,18 +548,23 @@ def iter_remote(server: Server, planned: list[tuple[str | None, Any, list[tuple[
             try:
                 res = _one(server, item, skip_existing, stop)
             except BaseException as exc:  # noqa: BLE001 - handed to the caller, in its turn
+                if isinstance(exc, ServerLost):
+                    lost.set()
                 res = exc
             with ready:
                 done[k] = res
                 ready.notify_all()
 
-    for _ in range(max(1, min(workers, len(planned)))):
-        threading.Thread(target=worker, name="rvcfast-remote", daemon=True).start()
+    threads = [threading.Thread(target=worker, name="rvcfast-remote", daemon=True) for _ in range(max(1, min(workers, len(planned))))]
+    for thread in threads:
+        thread.start()
     try:
         for k in range(len(planned)):
             with ready:
                 while k not in done:
-                    ready.wait()
+                    if lost.is_set() and not any(t.is_alive() for t in threads):
+                        raise next(v for _, v in sorted(done.items()) if isinstance(v, ServerLost))
+                    ready.wait(0.5)
                 res = done.pop(k)
             if isinstance(res, BaseException):
                 raise res
