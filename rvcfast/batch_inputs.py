@@ -159,11 +159,14 @@ def expand_inputs(
     """
     jobs: list[Job] = []
     seen: set[Path] = set()
+    listed: set[int] = set()  # the jobs found in a folder (not named one by one)
 
-    def add_file(path: Path) -> None:
+    def add_file(path: Path, in_folder: bool) -> None:
         key = _resolved(path)
         if key not in seen:
             seen.add(key)
+            if in_folder:
+                listed.add(len(jobs))
             jobs.append(Job(len(jobs), str(path), path=path))
 
     for position, item in enumerate(_input_items(inputs)):
@@ -178,9 +181,10 @@ def expand_inputs(
             raise ParameterError(f"input {position}: {item} is {refusal}")
         p = Path(item)
         # a missing/unreadable path is kept: it fails with a clear per-file error
-        for f in _folder_files(p, options) if _is_dir(p) else [p]:
-            add_file(f)
-    jobs = _drop_recorded_outputs(jobs, options)
+        folder = _is_dir(p)
+        for f in _folder_files(p, options) if folder else [p]:
+            add_file(f, folder)
+    jobs = _drop_recorded_outputs(jobs, options, listed)
     _assign_outputs(jobs, options, {**_NAMING_DEFAULTS, **dict(naming or {})})
     return jobs
 
@@ -342,19 +346,26 @@ def _drop_previous_outputs(files: list[Path], options: BatchOptions) -> list[Pat
     return kept
 
 
-def _drop_recorded_outputs(jobs: list[Job], options: BatchOptions) -> list[Job]:
-    """In a resumed batch (``skip_existing``), leave out the files under the output folder that
-    record another of its inputs as their source: earlier runs' outputs, whatever their names
-    (an in-place ``recursive`` batch writes ``x.wav`` and ``x_1.wav`` for ``a/x.wav`` and
-    ``b/x.wav``; ``x_2.wav`` for ``x.wav`` beside ``x.flac``), which would otherwise be converted
-    themselves and take names from the inputs' own outputs. The jobs left are renumbered."""
-    if options.out_dir is None or not options.skip_existing:
+def _drop_recorded_outputs(jobs: list[Job], options: BatchOptions, listed: set[int] | None = None) -> list[Job]:
+    """Leave out the files under the output folder that record another of the batch's inputs as
+    their source: earlier runs' outputs, whatever their names (an in-place ``recursive`` batch
+    writes ``x.wav`` and ``x_1.wav`` for ``a/x.wav`` and ``b/x.wav``; ``x_2.wav`` for ``x.wav``
+    beside ``x.flac``), which would otherwise be converted themselves and take names from the
+    inputs' own outputs: resumed (``skip_existing``), or found in a folder (``listed``, the
+    numbers of those jobs; an in-place batch run again converted its earlier ``x_rvc.wav`` into
+    ``x_rvc_rvc.wav`` and wrote ``x``'s output as ``x_2.wav``). A file named as an input by
+    itself stays one unless the batch is resumed (it may be overwritten otherwise). The jobs
+    left are renumbered."""
+    if options.out_dir is None:
         return jobs
     from .writing import recorded_source, source_id
 
     top = _resolved(Path(options.out_dir))
     files = [j for j in jobs if j.path is not None]
-    inside = [j for j in files if _resolved(j.path).is_relative_to(top)]  # type: ignore[arg-type]
+    inside = [
+        j for j in files
+        if (options.skip_existing or j.number in (listed or ())) and _resolved(j.path).is_relative_to(top)  # type: ignore[arg-type]
+    ]
     if not inside:
         return jobs
     sources = {j.number: source_id(j.path) for j in files}  # type: ignore[arg-type]

@@ -123,6 +123,25 @@ def test_a_record_never_puts_an_output_on_an_input(tmp_path: Path) -> None:
     assert _plan([x, src / "x_rvc.wav"], src, skip_existing=False)[0] == (x, src / "x_2.wav")
 
 
+def test_an_in_place_folder_run_again_leaves_out_its_earlier_outputs(tmp_path: Path) -> None:
+    """Run again on its folder without --skip-existing, an in-place batch converted its earlier
+    ``x_rvc.wav`` (into ``x_rvc_rvc.wav``) and wrote ``x``'s output as ``x_2.wav``."""
+    src = tmp_path / "in"
+    x, y, other = src / "x.wav", src / "y.wav", tmp_path / "elsewhere" / "z.wav"
+    _audio(x, y, other)
+    _output_of(x, src / "x_rvc.wav")
+    _output_of(other, src / "z_rvc.wav")  # records a file outside the batch: an input like any other
+    assert _plan([src], src) == [(x, src / "x_rvc.wav"), (y, src / "y_rvc.wav"), (src / "z_rvc.wav", src / "z_rvc_rvc.wav")]
+    # an output folder elsewhere holding an earlier output, given as an input folder too
+    takes, out = tmp_path / "takes", tmp_path / "out"
+    a = takes / "a.wav"
+    _audio(a)
+    _output_of(a, out / "a.wav")
+    assert _plan([takes, out], out) == [(a, out / "a.wav")]
+    # named one by one, an earlier output stays an input (unless resumed): never dropped unasked
+    assert _plan([a, out / "a.wav"], out) == [(a, out / "a_rvc.wav"), (out / "a.wav", out / "a_2.wav")]
+
+
 def test_a_resumed_batch_skips_each_input_whose_own_output_exists(
     tiny_converter: rvcfast.Converter, tmp_path: Path
 ) -> None:

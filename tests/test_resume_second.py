@@ -112,14 +112,17 @@ def test_a_resumed_in_place_batch_with_a_stem_in_two_formats_skips_both(tmp_path
     assert _plan([folder], folder, skip_existing=True) == [(flac, folder / "x_rvc.wav"), (wav, folder / "x_2.wav")]
 
 
-def test_files_recording_other_inputs_stay_inputs_without_skip_existing(tmp_path: Path) -> None:
-    """Only a resumed batch leaves earlier outputs out (nothing is overwritten then); a fresh
-    one converts every file it is given, as before."""
+def test_files_recording_other_inputs_found_in_a_folder_are_left_out_without_skip_existing(tmp_path: Path) -> None:
+    """A batch run again without --skip-existing converted its earlier outputs found in its
+    folders too (in place: ``x_rvc.wav`` into ``x_rvc_rvc.wav``, ``x``'s output renamed
+    ``x_2.wav``). An earlier output records its input exactly, so it is left out, and its input's
+    output replaces it, as a rerun does; a file named one by one stays an input."""
     top = tmp_path / "corpus"
     a = top / "a" / "x.wav"
     _audio(a)
     _output_of(a, top / "x.wav")
-    assert [p for p, _ in _plan([top], top, recursive=True)] == [a, top / "x.wav"]
+    assert _plan([top], top, recursive=True) == [(a, top / "x.wav")]
+    assert [p for p, _ in _plan([a, top / "x.wav"], top)] == [a, top / "x.wav"]
 
 
 # ------------------------------------------------------------------ planning cost
