@@ -215,6 +215,19 @@ def test_options_the_server_decides_are_usage_errors(option, tmp_path, capsys) -
     assert option[0] in err and "with --server the server's own settings apply" in err
 
 
+def test_an_output_the_voice_cannot_be_written_as_is_a_usage_error_before_any_file_is_sent(server, tmp_path, monkeypatch, capsys) -> None:
+    """Opus at the voice's 40 kHz failed every file with the same 422; a local run refuses it at once (status 2)."""
+    monkeypatch.setenv("RVCFAST_API_KEY", API_KEY)
+    a, _ = _inputs(tmp_path / "in")
+    argv = ["convert", "alice", str(a), "-o", str(tmp_path / "out"), "--server", server.url, "--format", "ogg"]
+    assert main([*argv, "--subtype", "OPUS"]) == 2
+    err = capsys.readouterr().err
+    assert "subtype OPUS needs a sample_rate of 8000, 12000, 16000, 24000, 48000 Hz, got 40000 Hz" in err
+    assert "(voice 'alice' is 40000 Hz on the server)" in err and not (tmp_path / "out").exists()
+    assert main([*argv, "--subtype", "OPUS", "--sample-rate", "48000", "-q"]) == 0  # a rate Opus takes: converted
+    assert sf.info(str(tmp_path / "out" / "a.ogg")).samplerate == 48000
+
+
 @pytest.mark.parametrize("scale", [[], ["--ray", "local"]])
 def test_an_api_key_without_server_is_a_usage_error(scale, tmp_path, capsys) -> None:
     """A local (or Ray) run took --api-key and ignored it."""

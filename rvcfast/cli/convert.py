@@ -297,7 +297,16 @@ def _convert_remote(args: argparse.Namespace) -> int:
     """``--server URL``: the batch planned, named and reported here, converted by the server
     (MODEL and each ``--voice``: the server's voices, by id)."""
     from ..errors import RvcfastError
-    from .remote import Server, api_key, check_remote_args, iter_remote, plan_voices, request_fields, voice_id
+    from .remote import (
+        Server,
+        api_key,
+        check_outputs,
+        check_remote_args,
+        iter_remote,
+        plan_voices,
+        request_fields,
+        voice_id,
+    )
 
     check_remote_args(args)
     remote = object_storage_args(args)
@@ -322,6 +331,7 @@ def _convert_remote(args: argparse.Namespace) -> int:
     missing = [n for n in names if n not in served]
     if missing:
         raise RvcfastError(f"the server at {server.url} has no voice {missing[0]!r} (its voices: {', '.join(served) or 'none'})")
+    check_outputs(args, {n: served[n] for n in names}, pitches)
     fields = {n: [("voice", n), *request_fields(args, pitches.get(n))] for n in names}
     planned = [(v, job, fields[v or names[0]]) for v, job in plan_voices(args, listed, batch["name_template"], names, pitches)]
     # --on-error stop: one file at a time, so that nothing after the failed one is written

@@ -35,7 +35,8 @@ from ..errors import RvcfastError
 from ._common import BatchStopped, UsageError, params_from_args
 
 __all__ = [
-    "check_remote_args", "voice_id", "request_fields", "file_fields", "plan_voices", "Server", "ServerLost", "iter_remote",
+    "check_remote_args", "check_outputs", "voice_id", "request_fields", "file_fields", "plan_voices", "Server", "ServerLost",
+    "iter_remote",
 ]
 
 #: Options that are the server's to choose, refused with ``--server`` (flag, given?).
@@ -187,6 +188,31 @@ class _NotAudio(Exception):
     """A 200 answer that is not what was asked for: not the audio (a proxy's page, another format), no job."""
 
 
+def _rate(value: Any) -> int | None:
+    """A voice's sample rate as ``GET /v1/voices`` says it, or ``None``."""
+    return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else None
+
+
+def check_outputs(args: argparse.Namespace, rates: dict[str, int | None], pitches: dict[str, float]) -> None:
+    """A usage error, before any file is sent, when the output asked for cannot be written at a
+    voice's rate (``rates``: the server's voices used), as a local run refuses it: an Opus file
+    at 40 kHz would fail every file with the same 422. m4a needs PyAV to be checked here; without
+    it the server checks."""
+    from ..errors import BackendUnavailableError, ParameterError
+    from ..params import ConversionParams
+
+    for voice, rate in rates.items():
+        if rate is None:
+            continue
+        given = {**params_from_args(args), **({"pitch": pitches[voice]} if voice in pitches else {})}
+        try:
+            ConversionParams.build(None, **given).check_output(args.format, args.subtype, rate, args.bitrate)
+        except BackendUnavailableError:
+            continue
+        except ParameterError as exc:
+            raise UsageError(f"{exc} (voice {voice!r} is {rate} Hz on the server)") from None
+
+
 class ServerError(Exception):
     """An answer that is not the audio: its status and the server's message."""
 
@@ -217,11 +243,12 @@ class Server:
                 "(source_id): a later --skip-existing run matches these outputs to inputs by name alone"
             )
 
-    def voices(self) -> list[str]:
-        """The voice ids the server has (``GET /v1/voices``)."""
+    def voices(self) -> dict[str, int | None]:
+        """The voice ids the server has (``GET /v1/voices``), each with its sample rate (``None``
+        where the server does not say: a voice that failed to load)."""
         try:
             with self._request("/v1/voices", timeout=min(self.timeout, HELLO_TIMEOUT)) as answer:
-                return [str(v["id"]) for v in json.loads(answer.read())["voices"]]
+                return {str(v["id"]): _rate(v.get("sample_rate")) for v in json.loads(answer.read())["voices"]}
         except ServerError as exc:
             hint = {
                 401: " (give the key with --api-key or $RVCFAST_API_KEY)",
