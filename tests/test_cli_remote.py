@@ -497,6 +497,10 @@ class _Scripted(_Busy):
             self._send(401, b'{"error": "missing or wrong API key"}', "application/json")
         elif what == "json":
             self._send(200, b'{"ok": true}', "application/json")
+        elif what == "short":  # audio/wav, whole as sent, but its header promises more than it holds
+            buf = io.BytesIO()
+            sf.write(buf, np.zeros(4000, np.float32), 40000, format="WAV")
+            self._send(200, buf.getvalue()[:-2000], "audio/wav")
         elif what in ("job", "lost", "busy"):
             if self.path.startswith("/v1/convert"):
                 self.script.insert(0, what)
@@ -561,11 +565,12 @@ def test_a_server_that_stops_mid_run_ends_the_command_with_one_line(tmp_path, ca
 def test_an_answer_that_is_not_the_audio_asked_for_is_not_written(tmp_path, capsys) -> None:
     """A 200 answer that was not audio (a proxy's page) was written as the output; one at another rate than
     --sample-rate asked for too."""
-    assert _scripted(tmp_path, ["json", "rate", "ok"], "--sample-rate", "40000", files=3)[0] == 1
+    assert _scripted(tmp_path, ["json", "rate", "short", "ok"], "--sample-rate", "40000", files=4)[0] == 1
     err = capsys.readouterr().err
     assert f"{tmp_path / 'in' / 'f0.wav'}: the server's answer is application/json, not audio, where wav audio was asked for" in err
     assert f"{tmp_path / 'in' / 'f1.wav'}: the server's answer is at 16000 Hz, where --sample-rate asked for 40000 Hz" in err
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f2.wav"]  # no f0.wav, f1.wav, no temporary file
+    assert f"{tmp_path / 'in' / 'f2.wav'}: the server's answer does not read as wav audio to its end" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f3.wav"]  # no f0, f1, f2.wav, no temporary file
 
 
 def test_a_job_the_server_forgot_is_sent_again_once(tmp_path, capsys) -> None:

@@ -379,10 +379,22 @@ def _check_audio(answer: Any, fmt: str) -> None:
 
 
 def _check_rate(path: Path, fields: list[tuple[str, str]]) -> None:
-    """:class:`_NotAudio` when the audio at ``path`` is not at the rate ``--sample-rate`` asked for
-    (as the format writes it: mp3 and AAC at their nearest rate)."""
+    """:class:`_NotAudio` when the audio at ``path`` does not read to its end (wav, flac, ogg,
+    mp3: what a local run's output always does) or is not at the rate ``--sample-rate`` asked
+    for (as the format writes it: mp3 and AAC at their nearest rate)."""
+    import soundfile as sf
+
+    from ..sndfile import reads_to_its_end, sndfile_path
     from ..writing import written_rate
 
+    if _format(fields) != "m4a":  # (libsndfile cannot read an m4a; PyAV may be missing here)
+        try:
+            with sf.SoundFile(sndfile_path(path)) as f:
+                whole = reads_to_its_end(f)
+        except Exception:  # noqa: BLE001 - whatever libsndfile cannot open
+            whole = False
+        if not whole:
+            raise _NotAudio(f"the server's answer does not read as {_format(fields)} audio to its end")
     asked = next((int(float(v)) for k, v in fields if k == "output_sample_rate"), None)
     if asked is None:
         return
