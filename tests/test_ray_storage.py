@@ -486,6 +486,21 @@ class _Blind:
         return getattr(self.fs, name)
 
 
+def test_an_in_place_prefix_run_again_leaves_out_its_earlier_outputs(store: Store) -> None:
+    """Run again without skip_existing, an in-place job converted its earlier ``x_rvc.wav`` into
+    ``x_rvc_rvc.wav`` and named ``x``'s output ``x_2.wav`` (as the local planner did)."""
+    from rvcfast.integrations.ray import _storage
+
+    x = store.put("again/x.wav", _wav(0.4, 16000, 200))
+    store.put("again/x_rvc.wav", _storage.encode(tone(0.3, rate=40000), 40000, "wav", None, None, x, "x_rvc.wav"))
+    prefix = f"s3://{BUCKET}/again/"
+    listed, (outputs,) = _storage.plan_uri_outputs(prefix, prefix, [None], "{stem}", "wav", False, False, None)
+    assert listed == [x] and outputs == [f"{prefix}x_rvc.wav"], (listed, outputs)
+    # named one by one, the earlier output is an input all the same (never dropped unasked)
+    listed, _ = _storage.plan_uri_outputs([x, f"{prefix}x_rvc.wav"], prefix, [None], "{stem}", "wav", False, False, None)
+    assert listed == [x, f"{prefix}x_rvc.wav"]
+
+
 def test_a_temporary_key_left_by_a_killed_writer_is_never_an_input_nor_an_output(store: Store) -> None:
     """A writer killed between its upload and the move leaves a hidden .part object beside the
     earlier output: a later job (in place, resumed) neither lists it nor names an output after it."""

@@ -595,12 +595,14 @@ def list_inputs(inputs: Any, out_dir: str, fmt: str, skip_existing: bool, recurs
     audio objects sorted, a URI named twice once, a missing one kept (its row names the problem;
     typed as a folder, ``s3://bucket/in/``, with its trailing slash: the prefix holds no objects),
     leaving out earlier outputs (under an output prefix inside an input prefix; ``*_rvc`` of an
-    in-place job; objects in the output prefix recording another input, when resuming)."""
+    in-place job, when resuming; objects in the output prefix recording another input, when
+    resuming or found under a prefix: an in-place job run again converted its own outputs)."""
     from pyarrow.fs import FileType
 
     items = [inputs] if isinstance(inputs, str) else list(inputs)
     out = canonical(out_dir)
     listed: list[str] = []
+    found: set[str] = set()  # the objects found under a prefix (not named one by one)
     for item in items:
         kind, files = _listing(item, recursive, filesystem)
         if kind != FileType.Directory:  # an object, or a missing one (its row says so): a folder when typed as one
@@ -613,9 +615,10 @@ def list_inputs(inputs: Any, out_dir: str, fmt: str, skip_existing: bool, recurs
             stems = {PurePosixPath(f).stem for f in files}
             files = [f for f in files if not _earlier_rvc(f, out, fmt, stems)]
         listed.extend(files)
+        found.update(files)
     listed = list(dict.fromkeys(listed))
-    if skip_existing:
-        inside = [f for f in listed if _under(f, out)]
+    inside = [f for f in listed if (skip_existing or f in found) and _under(f, out)]
+    if inside:
         ids = {source_id(f) for f in listed}
         recorded = _recorded_all(inside, filesystem)
         listed = [f for f in listed if not (recorded.get(f) is not None and recorded[f] != source_id(f) and recorded[f] in ids)]
