@@ -92,7 +92,7 @@ LOWEST = {
     "uvicorn": "0.29.0",
     "python-multipart": "0.0.9",
     "websockets": "14.1",  # the serve extra takes 12; the tests' client needs 14.1 (test extra)
-    "ray[data]": "2.10.0",
+    "ray[data]": "2.22.0",  # 2.10-2.21: ray.data does not import with pyarrow >= 21 (pyproject.toml)
     "onnx": "1.16.0",
 }
 

@@ -23,6 +23,22 @@ def local_cluster(**options: Any) -> Iterator[None]:
         ray.shutdown()
 
 
+@contextmanager
+def actors_wait(seconds: float) -> Iterator[None]:
+    """At most ``seconds`` for an actor pool's first workers to start (``DataContext.wait_for_min_actors_s``:
+    a pool that cannot start fails, never hangs), restored afterwards. A Ray Data without the setting
+    (before 2.30) is left as it is: it waits with its own limit (none in 2.10, 10 minutes in 2.22)."""
+    ctx = ray.data.DataContext.get_current()
+    if not hasattr(ctx, "wait_for_min_actors_s"):
+        yield
+        return
+    before, ctx.wait_for_min_actors_s = ctx.wait_for_min_actors_s, seconds
+    try:
+        yield
+    finally:
+        ctx.wait_for_min_actors_s = before
+
+
 def record_map_batches(monkeypatch: Any) -> list[tuple[str, dict[str, Any]]]:
     """Record every ``Dataset.map_batches`` call as ``(stage name, keyword arguments)``; the calls still run."""
     calls: list[tuple[str, dict[str, Any]]] = []

@@ -30,7 +30,7 @@ from rvcfast.errors import (
 try:
     import ray
     import ray.data
-    from ray_helpers import record_map_batches
+    from ray_helpers import actors_wait, record_map_batches
 except ImportError:  # pragma: no cover - depends on the environment
     ray = None
 
@@ -221,11 +221,11 @@ class TestChecksOnACluster:
     @classmethod
     def cluster(cls):
         ray.init(address="local", num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1")
-        ctx = ray.data.DataContext.get_current()
-        before, ctx.wait_for_min_actors_s = ctx.wait_for_min_actors_s, 60  # a pool that cannot start fails, never hangs
-        yield
-        ctx.wait_for_min_actors_s = before
-        ray.shutdown()
+        try:
+            with actors_wait(60):  # a pool that cannot start fails, never hangs
+                yield
+        finally:
+            ray.shutdown()
 
     @pytest.fixture(scope="class")
     @classmethod
@@ -383,3 +383,30 @@ def test_a_manifest_gets_the_permissions_a_plain_write_gives(tmp_path):
     assert os.stat(p).st_mode & 0o777 == 0o644
     assert json.loads(p.read_text().splitlines()[0])["input"] == "a.wav"
     assert sorted(f.name for f in tmp_path.iterdir()) == ["rows.jsonl"]
+
+
+def test_a_ray_data_that_fails_to_import_beside_its_pyarrow_is_a_backend_error(tmp_path):
+    # Ray 2.10-2.21's ray.data calls pyarrow.PyExtensionType, which pyarrow 21 removed: importing
+    # the runner raised that AttributeError from deep inside Ray instead of saying what to install
+    import subprocess
+    import sys
+
+    fake = tmp_path / "ray"
+    (fake / "data").mkdir(parents=True)
+    (fake / "__init__.py").write_text("")
+    (fake / "data" / "__init__.py").write_text(
+        "raise AttributeError(\"module 'pyarrow' has no attribute 'PyExtensionType'\")\n"
+    )
+    code = (
+        "from rvcfast.errors import BackendUnavailableError\n"
+        "try:\n"
+        "    import rvcfast.integrations.ray\n"
+        "except BackendUnavailableError as exc:\n"
+        "    print('BackendUnavailableError:', exc)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stderr
+    said = proc.stdout
+    assert said.startswith("BackendUnavailableError: Ray Data does not import next to the installed pyarrow"), said
+    assert "PyExtensionType" in said and "Ray 2.22 or newer" in said and "pyarrow < 21" in said

@@ -18,12 +18,31 @@ from __future__ import annotations
 
 from ...errors import BackendUnavailableError
 
+
+def _versions() -> str:
+    """The installed releases of Ray and pyarrow, as an error names them (read without importing them)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = []
+    for name in ("ray", "pyarrow"):
+        try:
+            found.append(f"{name} {version(name)}")
+        except PackageNotFoundError:
+            found.append(f"no {name}")
+    return ", ".join(found)
+
+
 try:
     import ray  # noqa: F401
     import ray.data  # noqa: F401
 except ImportError as exc:  # pragma: no cover - depends on the environment
     raise BackendUnavailableError(
         f'rvcfast.integrations.ray needs Ray Data: pip install "rvcfast[ray]" (import failed: {exc})'
+    ) from exc
+except AttributeError as exc:  # a Ray Data older than its pyarrow: Ray < 2.22 calls pyarrow.PyExtensionType, gone in 21
+    raise BackendUnavailableError(
+        f"Ray Data does not import next to the installed pyarrow ({_versions()}: {exc}); rvcfast's Ray runner needs "
+        'Ray 2.22 or newer (pip install "rvcfast[ray]"), or pyarrow < 21 next to an older Ray'
     ) from exc
 
 from ._job import (  # noqa: E402

@@ -261,6 +261,10 @@ def _value_problem(value: Any, column: str) -> str | None:
         )
     if not value.strip():
         return f"{what} is empty" if column == "path" else "its output_path is empty"
+    if column == "output_path" and not os.path.isabs(value) and not _storage.is_uri(value):
+        # a worker would write it under its own working directory, on whichever node ran the row
+        # (Ray Data 2.40 and older hand a number in a column of text over as text: 5 -> "5")
+        return f"{what} is a relative path: give an absolute path or a URI (or null: out_dir/<stem>.<format>)"
     return None
 
 
