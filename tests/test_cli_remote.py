@@ -477,6 +477,11 @@ class _Scripted(_Busy):
                 self._send(503, b'{"error": "unavailable"}', "application/json", {"Retry-After": "0"})
             elif job == "lost":
                 self._send(404, b'{"error": "no job \'lost\': unknown, deleted, or expired and removed"}', "application/json")
+            elif job == "restart":  # the server restarts: two polls find no answer, then it has forgotten the job
+                if self.paths.count(self.path) <= 2:
+                    self.close_connection = True
+                    return
+                self._send(404, b'{"error": "no job \'restart\': unknown, deleted, or expired and removed"}', "application/json")
             elif self.path.endswith("/audio"):
                 self._wav(40000)
             else:
@@ -501,7 +506,7 @@ class _Scripted(_Busy):
             buf = io.BytesIO()
             sf.write(buf, np.zeros(4000, np.float32), 40000, format="WAV")
             self._send(200, buf.getvalue()[:-2000], "audio/wav")
-        elif what in ("job", "lost", "busy"):
+        elif what in ("job", "lost", "busy", "restart"):
             if self.path.startswith("/v1/convert"):
                 self.script.insert(0, what)
                 self._send(413, b'{"error": "a.wav: longer than 0.6 s: send it to POST /v1/jobs"}', "application/json")
@@ -586,6 +591,19 @@ def test_a_job_the_server_forgot_is_sent_again_once(tmp_path, capsys) -> None:
     assert [p.split("?")[0] for p in _Scripted.paths if p.startswith("/v1/jobs")] == [
         "/v1/jobs", "/v1/jobs/busy", "/v1/jobs/busy", "/v1/jobs/busy/audio", "/v1/jobs/busy/audio"
     ]
+
+
+def test_a_server_restarting_while_a_job_is_followed_is_waited_for_and_the_file_sent_again(tmp_path, monkeypatch) -> None:
+    """A job's status poll that reached no server (restarting) ended the whole command at once."""
+    from rvcfast.cli import remote
+
+    monkeypatch.setattr(remote, "RESTART_WAIT", 30.0)
+    assert _scripted(tmp_path, ["restart", "job"])[0] == 0
+    jobs = [p.split("?")[0] for p in _Scripted.paths if p.startswith("/v1/jobs")]
+    assert jobs == ["/v1/jobs", *["/v1/jobs/restart"] * 3, "/v1/jobs", "/v1/jobs/job", "/v1/jobs/job/audio"]
+    assert sf.info(str(tmp_path / "out" / "f0.wav")).frames == 4000
+    monkeypatch.setattr(remote, "RESTART_WAIT", 0.0)  # a server that does not come back in time: the batch stops
+    assert _scripted(tmp_path / "2", ["restart"])[0] == 1
 
 
 def test_https_to_a_plain_server_says_so(tmp_path, capsys) -> None:

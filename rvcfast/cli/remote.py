@@ -61,6 +61,8 @@ REQUEST_TIMEOUT = 3600.0
 CANCEL_TIMEOUT = 10.0
 #: Seconds the first question (``GET /v1/voices``) may take: an address that does not answer is not waited on for long.
 HELLO_TIMEOUT = 60.0
+#: Seconds a job followed waits for a server that stopped answering (restarting) before the command gives up.
+RESTART_WAIT = 60.0
 
 
 def check_remote_args(args: argparse.Namespace) -> None:
@@ -313,8 +315,11 @@ class Server:
     ) -> tuple[dict[str, str], list[str]] | None:
         """The job ``job`` followed until it is done, its audio written to ``target`` (see :meth:`convert_as_job`).
         A 502, 503 or 504 (a proxy's while the server restarts, a busy server) is asked again, not the job
-        sent again; a job the server does not know (404, 410: it restarted, or the job expired) is :class:`_JobLost`."""
+        sent again; a server that cannot be reached is asked again for up to :data:`RESTART_WAIT` seconds
+        (a restart: it then forgets the job); a job the server does not know (404, 410: it restarted, or
+        the job expired) is :class:`_JobLost`."""
         wait, busy = 0.2, 0
+        gone: float | None = None  # when the server stopped answering
         status: dict[str, Any] = {}
         while not stop.is_set():
             try:
@@ -323,13 +328,19 @@ class Server:
                 if status["state"] == "done":
                     headers = self._job("/audio", job, lambda answer: _write_answer(answer, target, stop, fields))
                     return None if headers is None else (headers, [str(w) for w in status.get("warnings") or []])
+            except ServerLost:
+                gone = time.monotonic() if gone is None else gone
+                if time.monotonic() - gone >= RESTART_WAIT:
+                    raise
+                stop.wait(1.0)
+                continue
             except ServerError as exc:
                 busy += 1
                 if exc.status not in (502, 503, 504) or busy >= BUSY_TRIES:
                     raise
                 stop.wait(min(exc.retry_after if exc.retry_after is not None else 1.0, BUSY_WAIT_MAX))
                 continue
-            busy = 0
+            busy, gone = 0, None
             if status["state"] not in ("queued", "running"):  # failed, cancelled
                 raise ServerError(422 if status.get("error") else 500, str(status.get("error") or f"the job was {status['state']}"))
             stop.wait(wait)  # a stopped command cancels the job at once
