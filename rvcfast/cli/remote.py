@@ -398,19 +398,22 @@ def _check_rate(path: Path, fields: list[tuple[str, str]]) -> None:
     from ..sndfile import reads_to_its_end, sndfile_path
     from ..writing import written_rate
 
-    if _format(fields) != "m4a":  # (libsndfile cannot read an m4a; PyAV may be missing here)
+    fmt = _format(fields)
+    if fmt == "m4a":  # (libsndfile cannot read an m4a; PyAV may be missing here)
+        got = _length(path)[1]
+    else:  # one open: whole, and its rate
         try:
             with sf.SoundFile(sndfile_path(path)) as f:
-                whole = reads_to_its_end(f)
+                whole, got = reads_to_its_end(f), int(f.samplerate)
         except Exception:  # noqa: BLE001 - whatever libsndfile cannot open
-            whole = False
+            whole, got = False, 0
         if not whole:
-            raise _NotAudio(f"the server's answer does not read as {_format(fields)} audio to its end")
+            raise _NotAudio(f"the server's answer does not read as {fmt} audio to its end")
     asked = next((int(float(v)) for k, v in fields if k == "output_sample_rate"), None)
     if asked is None:
         return
     subtype = next((v for k, v in fields if k == "subtype"), None)
-    want, got = written_rate(_format(fields), subtype, asked), _length(path)[1]
+    want = written_rate(fmt, subtype, asked)
     if got and got != want:  # (an answer no decoder here opens is not checked: an m4a without PyAV)
         raise _NotAudio(f"the server's answer is at {got} Hz, where --sample-rate asked for {want} Hz")
 
