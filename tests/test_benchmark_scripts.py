@@ -252,7 +252,7 @@ def test_bench_record_without_timing_returns_none():
 @pytest.mark.parametrize(
     "script",
     ["cpu_convert", "bf16_quality", "decoder_compile", "op_profile", "long_file", "ray_batch12", "serve_load", "big_index",
-     "per_file_commands"],
+     "per_file_commands", "f0_pool_start"],
 )
 def test_help(script):
     done = subprocess.run([sys.executable, str(BENCH / f"{script}.py"), "--help"], capture_output=True, text=True,
@@ -271,3 +271,19 @@ def test_big_index_runs_and_every_search_is_exact(tmp_path):
     rows = [line for line in done.stdout.splitlines() if line.startswith("| IVF") or line.startswith("| flat")]
     assert len(rows) == 2 and all(row.endswith("| 100/100 |") for row in rows), done.stdout
     assert "CPU: " in done.stdout and sorted(p.suffix for p in tmp_path.iterdir()).count(".index") == 2
+
+
+def test_f0_pool_start_smallest_run_and_refusals(tmp_path):
+    """One round of a one-worker dio pool under fork: a figure line per tree, ratios against the first."""
+    done = subprocess.run(
+        [sys.executable, str(BENCH / "f0_pool_start.py"), "--methods", "fork", "--backend", "dio", "--workers", "1",
+         "--rounds", "1", "--tree", "a=.", "--tree", "b=."],
+        capture_output=True, text=True, timeout=300, cwd=BENCH.parent,
+    )
+    assert done.returncode == 0, done.stderr
+    rows = [line.split() for line in done.stdout.splitlines() if line.startswith("fork")]
+    assert [row[1] for row in rows] == ["a", "b"] and rows[0][-2] == "1.00x", done.stdout
+    assert done.stdout.startswith("# ") and "usable CPUs" in done.stdout
+    bad = subprocess.run([sys.executable, str(BENCH / "f0_pool_start.py"), "--tree", f"x={tmp_path}"],
+                         capture_output=True, text=True, timeout=120)
+    assert bad.returncode != 0 and "rvcfast/__init__.py" in bad.stderr

@@ -118,6 +118,93 @@ def test_a_script_without_main_guard_gets_one_clear_error(tiny_models: TinyModel
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
+_TORCH_FREE = """
+import json, multiprocessing, sys
+import numpy as np
+
+if __name__ == "__main__":
+    multiprocessing.set_start_method(sys.argv[1])
+    from rvcfast.f0.hybrid import HybridExtractor
+    from rvcfast.f0.pm import PMExtractor
+    from rvcfast.f0.swift import SwiftF0Extractor
+    from rvcfast.f0.world import DioExtractor, HarvestExtractor
+    from rvcfast.f0_pool import F0Pool
+
+    t = np.arange(12000) / 16000
+    x = sum(0.3 / k * np.sin(2 * np.pi * 180 * k * t) for k in range(1, 6)).astype(np.float32)  # harvest needs harmonics
+    report = {}
+    for ext in (HarvestExtractor(filter_radius=3), DioExtractor(), PMExtractor(), SwiftF0Extractor(),
+                HybridExtractor([HarvestExtractor(), PMExtractor()])):
+        pool = F0Pool(ext, 1)
+        try:
+            track = pool.submit(x).result()
+            worker = pool._pool  # the probes run in the same (only) worker process
+            report[ext.name] = {
+                "same": bool(np.array_equal(track, ext.extract(x))),
+                "voiced": int((track > 0).sum()),
+                "torch": worker.submit(eval, "'torch' in __import__('sys').modules").result(),
+            }
+        finally:
+            pool.shutdown()
+    print("REPORT " + json.dumps(report))
+"""
+
+
+@pytest.mark.parametrize("method", ["spawn", "forkserver"])
+def test_cpu_f0_workers_do_not_import_torch(tmp_path: Path, method: str) -> None:
+    # A worker process started by "spawn" (Windows, macOS) or "forkserver" (Python 3.14's default
+    # on Linux) unpickles the tracker it runs: harvest, dio, pm and swift once imported torch
+    # there, 1-2 s and a few hundred MB per worker for every batch. Their tracks are the same.
+    proc = _run_script(tmp_path, "torch_free.py", _TORCH_FREE, method)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.split("REPORT ", 1)[1])
+    assert sorted(report) == ["dio", "harvest", "hybrid:harvest+pm", "pm", "swift"]
+    for name, seen in report.items():
+        assert seen["same"], name
+        assert seen["voiced"] > 40, name  # 0.75 s of a 180 Hz voice-like tone: tracked, not silence
+        assert seen["torch"] is False, name
+
+
+def test_a_pickled_tracker_gets_its_torch_device_back_where_torch_is_imported() -> None:
+    # In this process (torch imported) a copy or an unpickled tracker has torch's device and dtype
+    import copy
+    import pickle
+
+    import torch
+
+    from rvcfast.f0.world import HarvestExtractor
+
+    ext = HarvestExtractor(dtype="bfloat16")
+    for again in (pickle.loads(pickle.dumps(ext)), copy.copy(ext), copy.deepcopy(ext)):
+        assert again.device == torch.device("cpu") and isinstance(again.device, torch.device)
+        assert again.dtype is torch.bfloat16
+        assert again._pyworld is ext._pyworld and again.filter_radius == 3
+        assert "_torch_names" not in vars(again) and "_module_names" not in vars(again)
+
+
+def test_an_unpickled_tracker_imports_torch_only_at_the_first_use_of_its_device(tmp_path: Path) -> None:
+    # a plugin that declares cpu_bound and uses self.dtype in extract still gets torch's dtype
+    import pickle
+
+    from rvcfast.f0.world import HarvestExtractor
+
+    blob = tmp_path / "ext.pkl"
+    blob.write_bytes(pickle.dumps(HarvestExtractor(dtype="bfloat16")))
+    code = f"""
+    import pickle, sys
+    ext = pickle.loads(open({str(blob)!r}, "rb").read())
+    before = "torch" in sys.modules
+    again = pickle.loads(pickle.dumps(ext))  # not used yet: pickled on by name
+    print("SEEN", before, ext.filter_radius, repr(ext.dtype), repr(ext.device), "torch" in sys.modules,
+          repr(again.dtype), repr(again.device), vars(ext).get("_torch_names"))
+    """
+    proc = _run_script(tmp_path, "lazy.py", code)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split("SEEN ", 1)[1].split() == [
+        "False", "3", "torch.bfloat16", "device(type='cpu')", "True", "torch.bfloat16", "device(type='cpu')", "None"
+    ]
+
+
 # ------------------------------------------------------------------ Windows branches, faked
 
 

@@ -5,18 +5,20 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.util
+import sys
 import types
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..constants import F0_HOP, F0_MAX, F0_MIN, SR_16K
 from ..errors import AudioError, ParameterError, RvcfastError
-from ..runtime import resolve_dtype
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "BaseF0Extractor", "SAMPLE_RATE", "HOP_LENGTH", "F0_MIN", "F0_MAX", "as_audio16k", "package_dir",
@@ -75,7 +77,8 @@ def package_dir(name: str) -> Path | None:
 def as_audio16k(audio: Any) -> np.ndarray:
     """Validate one input of ``extract`` and return it as a 1-D float array (dtype kept if float;
     integer PCM scaled to ±1, as :mod:`rvcfast.audio` reads it)."""
-    if isinstance(audio, torch.Tensor):
+    torch = sys.modules.get("torch")  # a tensor comes from an imported torch: none to look for without it
+    if torch is not None and isinstance(audio, torch.Tensor):
         audio = audio.detach().cpu().numpy()
     arr = np.asarray(audio)
     if arr.ndim != 1:
@@ -96,6 +99,11 @@ class BaseF0Extractor(ABC):
 
     Subclasses implement :meth:`extract` and may override :meth:`extract_batch`
     with a genuinely batched version (same per-item results).
+
+    This module does not import torch (it is imported when an extractor is built): the worker
+    processes that run ``cpu_bound`` trackers under the "spawn" or "forkserver" start method
+    unpickle an extractor whose own module is torch-free (harvest, dio, pm, swift) without
+    that import's second or two and its memory.
     """
 
     name: str = "base"
@@ -104,7 +112,11 @@ class BaseF0Extractor(ABC):
     #: True for pure-CPU trackers with no batching (the batch engine runs them in worker processes).
     cpu_bound: bool = False
 
-    def __init__(self, device: str | torch.device = "cpu", dtype: torch.dtype | str = torch.float32) -> None:
+    def __init__(self, device: str | torch.device = "cpu", dtype: torch.dtype | str = "float32") -> None:
+        import torch
+
+        from ..runtime import resolve_dtype
+
         try:
             self.device = torch.device(device)
         except (RuntimeError, TypeError, ValueError) as exc:
@@ -124,20 +136,48 @@ class BaseF0Extractor(ABC):
 
     def __getstate__(self) -> dict[str, Any]:
         """The attributes, with any imported module (pyworld, parselmouth) by name: modules do
-        not pickle, and the batch sends ``cpu_bound`` extractors to its F0 worker processes."""
+        not pickle, and the batch sends ``cpu_bound`` extractors to its F0 worker processes.
+        ``device`` and ``dtype`` go by name too, so that unpickling needs no torch."""
         state = self.__dict__.copy()
         modules = {k: v.__name__ for k, v in state.items() if isinstance(v, types.ModuleType)}
         for k in modules:
             del state[k]
         state["_module_names"] = modules
+        torch = sys.modules.get("torch")
+        if torch is not None:
+            named = {k: state.pop(k) for k in ("device", "dtype") if isinstance(state.get(k), (torch.device, torch.dtype))}
+            if named:
+                names = {k: str(v).removeprefix("torch.") for k, v in named.items()}
+                state["_torch_names"] = {**state.get("_torch_names", {}), **names}
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        """The attributes again. ``device`` and ``dtype`` are torch's objects again at once when
+        torch is imported (a copy, a fork-started worker, a tracker whose module imports torch),
+        else at their first use (:meth:`__getattr__`): a torch-free tracker in a worker process
+        never imports torch."""
         state = dict(state)
         modules = state.pop("_module_names", {})
         self.__dict__.update(state)
         for k, name in modules.items():
             setattr(self, k, importlib.import_module(name))
+        if "torch" in sys.modules:
+            for k in list(state.get("_torch_names", {})):
+                getattr(self, k)
+
+    def __getattr__(self, name: str) -> Any:
+        """``device`` or ``dtype`` of an unpickled extractor, made from its name at first use."""
+        names = self.__dict__.get("_torch_names")
+        if names and name in names:
+            import torch
+
+            value = torch.device(names[name]) if name == "device" else getattr(torch, names[name])
+            setattr(self, name, value)
+            del names[name]
+            if not names:
+                del self.__dict__["_torch_names"]
+            return value
+        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, device={str(self.device)!r})"

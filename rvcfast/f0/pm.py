@@ -22,13 +22,16 @@ from __future__ import annotations
 
 import math
 from types import ModuleType
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
 
 from ..errors import BackendUnavailableError, ParameterError
 from .base import F0_MAX, F0_MIN, HOP_LENGTH, SAMPLE_RATE, BaseF0Extractor, as_audio16k
 from .world import check_f0_range, option_number
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["PMExtractor", "pad_like_rvc"]
 
@@ -80,7 +83,7 @@ class PMExtractor(BaseF0Extractor):
     def __init__(
         self,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = "float32",
         *,
         voicing_threshold: float = 0.6,
         f0_min: float = F0_MIN,

@@ -37,14 +37,16 @@ from __future__ import annotations
 import inspect
 from collections.abc import Sequence
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..errors import BackendUnavailableError, ParameterError
 from .base import F0_MAX, F0_MIN, HOP_LENGTH, SAMPLE_RATE, BaseF0Extractor, as_audio16k
 from .options import option_count, option_finite
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["SwiftF0Extractor", "to_frame_grid", "NATIVE_HOP"]
 
@@ -148,7 +150,7 @@ class SwiftF0Extractor(BaseF0Extractor):
     def __init__(
         self,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype | str = torch.float32,
+        dtype: torch.dtype | str = "float32",
         *,
         threshold: float = 0.5,
         fmin: float = F0_MIN,

@@ -22,13 +22,15 @@ from __future__ import annotations
 
 from abc import abstractmethod
 from types import ModuleType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
 from ..errors import BackendUnavailableError, ParameterError
 from .base import F0_MAX, F0_MIN, HOP_LENGTH, SAMPLE_RATE, BaseF0Extractor, as_audio16k
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["HarvestExtractor", "DioExtractor"]
 
@@ -91,7 +93,7 @@ class _WorldExtractor(BaseF0Extractor):
     def __init__(
         self,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = "float32",
         *,
         f0_min: float = F0_MIN,
         f0_max: float = F0_MAX,
@@ -143,7 +145,7 @@ class HarvestExtractor(_WorldExtractor):
     def __init__(
         self,
         device: str | torch.device = "cpu",
-        dtype: torch.dtype = torch.float32,
+        dtype: torch.dtype | str = "float32",
         *,
         filter_radius: int = 3,
         f0_min: float = F0_MIN,
