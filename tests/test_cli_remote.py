@@ -506,6 +506,9 @@ class _Scripted(_Busy):
             buf = io.BytesIO()
             sf.write(buf, np.zeros(4000, np.float32), 40000, format="WAV")
             self._send(200, buf.getvalue()[:-2000], "audio/wav")
+        elif what.startswith("m4a"):  # good; cut (its moov box left out); junk (not an MP4 file)
+            data = _M4A[0] if what == "m4a" else _M4A[0].replace(b"moov", b"free") if what == "m4a-cut" else b"\0\0\0\x08junk" * 9
+            self._send(200, data, "audio/mp4")
         elif what in ("job", "lost", "busy", "restart"):
             if self.path.startswith("/v1/convert"):
                 self.script.insert(0, what)
@@ -519,6 +522,9 @@ class _Scripted(_Busy):
         buf = io.BytesIO()
         sf.write(buf, np.zeros(4000, np.float32), rate, format="WAV")
         self._send(200, buf.getvalue(), "audio/wav")
+
+
+_M4A: list[bytes] = []  # an m4a answer, made by the test that needs it
 
 
 def _scripted(tmp_path: Path, script: list[str], *options: str, files: int = 1) -> tuple[int, str]:
@@ -576,6 +582,27 @@ def test_an_answer_that_is_not_the_audio_asked_for_is_not_written(tmp_path, caps
     assert f"{tmp_path / 'in' / 'f1.wav'}: the server's answer is at 16000 Hz, where --sample-rate asked for 40000 Hz" in err
     assert f"{tmp_path / 'in' / 'f2.wav'}: the server's answer does not read as wav audio to its end" in err
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f3.wav"]  # no f0, f1, f2.wav, no temporary file
+
+
+@pytest.mark.parametrize("with_av", [True, False])
+def test_an_m4a_answer_that_is_not_a_whole_mp4_file_is_not_written(tmp_path, capsys, monkeypatch, with_av) -> None:
+    """An m4a answer was written as it came: libsndfile cannot read it, and PyAV may be missing on the client."""
+    pytest.importorskip("av")
+    from rvcfast.cli import remote
+    from rvcfast.writing import m4a_rate, write_audio_atomic
+
+    sample = tmp_path / "sample.m4a"
+    write_audio_atomic(sample, np.zeros(8000, np.float32), m4a_rate(40000), format="m4a")
+    _M4A[:] = [sample.read_bytes()]
+    if not with_av:  # a client without PyAV checks the file's boxes only
+        monkeypatch.setattr(remote, "_have_av", lambda: False)
+        monkeypatch.setattr(remote, "_length", lambda path: (0.0, 0))
+    assert _scripted(tmp_path, ["m4a-cut", "m4a-junk", "m4a"], "--format", "m4a", files=3)[0] == 1
+    err = capsys.readouterr().err
+    for k in (0, 1):
+        assert f"{tmp_path / 'in' / f'f{k}.wav'}: the server's answer does not read as m4a audio to its end" in err
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["f2.m4a"]
+    assert (tmp_path / "out" / "f2.m4a").read_bytes() == _M4A[0]
 
 
 def test_a_job_the_server_forgot_is_sent_again_once(tmp_path, capsys) -> None:

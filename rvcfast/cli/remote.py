@@ -399,8 +399,10 @@ def _check_rate(path: Path, fields: list[tuple[str, str]]) -> None:
     from ..writing import written_rate
 
     fmt = _format(fields)
-    if fmt == "m4a":  # (libsndfile cannot read an m4a; PyAV may be missing here)
+    if fmt == "m4a":  # libsndfile cannot read an m4a, and PyAV may be missing here: its boxes, then PyAV if it is
         got = _length(path)[1]
+        if not _mp4_boxes_whole(path) or (not got and _have_av()):
+            raise _NotAudio("the server's answer does not read as m4a audio to its end")
     else:  # one open: whole, and its rate
         try:
             with sf.SoundFile(sndfile_path(path)) as f:
@@ -416,6 +418,43 @@ def _check_rate(path: Path, fields: list[tuple[str, str]]) -> None:
     want = written_rate(fmt, subtype, asked)
     if got and got != want:  # (an answer no decoder here opens is not checked: an m4a without PyAV)
         raise _NotAudio(f"the server's answer is at {got} Hz, where --sample-rate asked for {want} Hz")
+
+
+def _mp4_boxes_whole(path: Path) -> bool:
+    """Whether ``path`` is laid out as an MP4 file: top-level boxes whose sizes run exactly to its
+    end (one whose size is 0 runs to the end), ``ftyp`` first, with a ``moov`` and an ``mdat``
+    (what any m4a the server writes is). Read without a decoder: PyAV may be missing here."""
+    import struct
+
+    kinds: list[bytes] = []
+    with open(path, "rb") as f:
+        end = os.fstat(f.fileno()).st_size
+        at = 0
+        while at < end:
+            head = f.read(8)
+            if len(head) < 8:
+                return False
+            size, kind = struct.unpack(">I4s", head)
+            if size == 1:  # a 64-bit size follows
+                more = f.read(8)
+                if len(more) < 8:
+                    return False
+                size = struct.unpack(">Q", more)[0]
+            elif size == 0:  # the last box, to the end of the file
+                size = end - at
+            if size < 8 or at + size > end:
+                return False
+            kinds.append(kind)
+            at += size
+            f.seek(at)
+    return bool(kinds) and kinds[0] == b"ftyp" and b"moov" in kinds and b"mdat" in kinds
+
+
+def _have_av() -> bool:
+    """Whether PyAV can be imported here (found, not imported)."""
+    import importlib.util
+
+    return importlib.util.find_spec("av") is not None
 
 
 def _write_answer(answer: Any, target: Path, stop: threading.Event, fields: list[tuple[str, str]]) -> dict[str, str] | None:
