@@ -272,13 +272,13 @@ def test_resuming_reads_an_rvcfast_output_at_its_two_ends_not_whole(store: Store
 
 def test_a_key_with_a_hash_or_a_question_mark_is_an_input_like_any_other(store: Store) -> None:
     """"take #2.wav" in a listed prefix was refused as "options in a URI are not taken"."""
-    from rvcfast.integrations.ray import _storage
+    from rvcfast.integrations.ray import _storage, _storage_plan
 
     buf = io.BytesIO()
     sf.write(buf, tone(0.5), 16000, format="WAV")
     for name in ("take #2.wav", "why?.wav", "plain.wav"):
         store.put(f"odd/in/{name}", buf.getvalue())
-    listed = _storage.list_inputs(f"s3://{BUCKET}/odd/in/", f"s3://{BUCKET}/odd/out/", "wav", False, False, None)
+    listed = _storage_plan.list_inputs(f"s3://{BUCKET}/odd/in/", f"s3://{BUCKET}/odd/out/", "wav", False, False, None)
     assert sorted(u.rsplit("/", 1)[1] for u in listed) == ["plain.wav", "take #2.wav", "why?.wav"]
     for uri in listed:
         prep = _storage.prepare(uri, None, None)
@@ -321,11 +321,11 @@ def test_a_key_with_query_like_text_is_listed_and_read(store: Store) -> None:
     """One object named "take?v=2.wav" in a prefix failed the listing of the whole prefix with
     "options in a URI are not taken"; only pyarrow's own options after a key are refused."""
     from rvcfast.errors import ParameterError
-    from rvcfast.integrations.ray import _storage
+    from rvcfast.integrations.ray import _storage, _storage_plan
 
     for name in ("take?v=2.wav", "clip?id=7&x=1.wav", "plain.wav"):
         store.put(f"query/in/{name}", _wav(0.4, 16000, 200))
-    listed = _storage.list_inputs(f"s3://{BUCKET}/query/in/", f"s3://{BUCKET}/query/out/", "wav", False, False, None)
+    listed = _storage_plan.list_inputs(f"s3://{BUCKET}/query/in/", f"s3://{BUCKET}/query/out/", "wav", False, False, None)
     assert sorted(u.rsplit("/", 1)[1] for u in listed) == ["clip?id=7&x=1.wav", "plain.wav", "take?v=2.wav"]
     for uri in listed:
         assert _storage.prepare(uri, None, None).label == uri
@@ -337,7 +337,7 @@ def test_a_key_with_query_like_text_is_listed_and_read(store: Store) -> None:
 def test_a_resumed_in_place_job_reads_its_inputs_at_their_ends_not_whole(store: Store, monkeypatch: pytest.MonkeyPatch) -> None:
     """Naming a resumed in-place job (out_dir the input prefix) downloaded every input whole on
     the driver, twice, to find that it records no input: gigabytes before the first task."""
-    from rvcfast.integrations.ray import _storage
+    from rvcfast.integrations.ray import _storage, _storage_plan
 
     inputs = [store.put(f"inplace/{n}.wav", _wav(2.0, 44100, 200)) for n in "abc"]
     earlier = _storage.encode(tone(0.5, rate=40000), 40000, "wav", None, None, inputs[1], "b_rvc.wav")
@@ -348,7 +348,7 @@ def test_a_resumed_in_place_job_reads_its_inputs_at_their_ends_not_whole(store: 
 
     monkeypatch.setattr(_storage, "_spooled", whole)
     prefix = f"s3://{BUCKET}/inplace/"
-    listed, (outputs,) = _storage.plan_uri_outputs(prefix, prefix, [None], "{stem}", "wav", True, False, None)
+    listed, (outputs,) = _storage_plan.plan_uri_outputs(prefix, prefix, [None], "{stem}", "wav", True, False, None)
     assert listed == inputs
     assert outputs == [f"{prefix}{n}_rvc.wav" for n in "abc"]
 
@@ -358,12 +358,12 @@ def test_keys_pyarrow_cannot_read_as_written_are_error_rows_naming_them(store: S
     vanished beside that object, or became "object does not exist" naming a key that is not
     there; "in/../x.wav" read another object. Each is listed as written and refused by name."""
     from rvcfast.errors import RvcfastError
-    from rvcfast.integrations.ray import _storage
+    from rvcfast.integrations.ray import _storage, _storage_plan
 
     keys = ["slash/in//a.wav", "slash/in/./b.wav", "slash/in/../x.wav", "slash/in/a.wav", "slash/x.wav"]
     for key in keys:  # (pyarrow cannot write these keys either)
         store.boto.put_object(Bucket=BUCKET, Key=key, Body=_wav(0.4, 16000, 200))
-    listed = _storage.list_inputs(f"s3://{BUCKET}/slash/in/", f"s3://{BUCKET}/slash/out/", "wav", False, True, None)
+    listed = _storage_plan.list_inputs(f"s3://{BUCKET}/slash/in/", f"s3://{BUCKET}/slash/out/", "wav", False, True, None)
     assert sorted(listed) == sorted(f"s3://{BUCKET}/{k}" for k in keys[:4])
     for uri in listed:
         if uri.endswith("/in/a.wav"):
@@ -377,7 +377,7 @@ def test_keys_pyarrow_cannot_read_as_written_are_error_rows_naming_them(store: S
     store.put("slash/g/x.wav", _storage.encode(tone(0.3, rate=40000), 40000, "wav", None, None, a, "x.wav"))
     store.boto.put_object(Bucket=BUCKET, Key="slash/g//x.wav", Body=_wav(0.4, 16000, 200))
     prefix = f"s3://{BUCKET}/slash/g/"
-    assert _storage.list_inputs(prefix, prefix, "wav", True, True, None) == [f"{prefix}/x.wav", a]
+    assert _storage_plan.list_inputs(prefix, prefix, "wav", True, True, None) == [f"{prefix}/x.wav", a]
 
 
 def test_file_uris_are_refused_naming_their_local_path(store: Store, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -489,22 +489,22 @@ class _Blind:
 def test_an_in_place_prefix_run_again_leaves_out_its_earlier_outputs(store: Store) -> None:
     """Run again without skip_existing, an in-place job converted its earlier ``x_rvc.wav`` into
     ``x_rvc_rvc.wav`` and named ``x``'s output ``x_2.wav`` (as the local planner did)."""
-    from rvcfast.integrations.ray import _storage
+    from rvcfast.integrations.ray import _storage, _storage_plan
 
     x = store.put("again/x.wav", _wav(0.4, 16000, 200))
     store.put("again/x_rvc.wav", _storage.encode(tone(0.3, rate=40000), 40000, "wav", None, None, x, "x_rvc.wav"))
     prefix = f"s3://{BUCKET}/again/"
-    listed, (outputs,) = _storage.plan_uri_outputs(prefix, prefix, [None], "{stem}", "wav", False, False, None)
+    listed, (outputs,) = _storage_plan.plan_uri_outputs(prefix, prefix, [None], "{stem}", "wav", False, False, None)
     assert listed == [x] and outputs == [f"{prefix}x_rvc.wav"], (listed, outputs)
     # named one by one, the earlier output is an input all the same (never dropped unasked)
-    listed, _ = _storage.plan_uri_outputs([x, f"{prefix}x_rvc.wav"], prefix, [None], "{stem}", "wav", False, False, None)
+    listed, _ = _storage_plan.plan_uri_outputs([x, f"{prefix}x_rvc.wav"], prefix, [None], "{stem}", "wav", False, False, None)
     assert listed == [x, f"{prefix}x_rvc.wav"]
 
 
 def test_a_temporary_key_left_by_a_killed_writer_is_never_an_input_nor_an_output(store: Store) -> None:
     """A writer killed between its upload and the move leaves a hidden .part object beside the
     earlier output: a later job (in place, resumed) neither lists it nor names an output after it."""
-    from rvcfast.integrations.ray import _storage
+    from rvcfast.integrations.ray import _storage, _storage_plan
 
     a = store.put("killed/a.wav", _wav(0.4, 16000, 200))
     earlier = _storage.encode(tone(0.3, rate=40000), 40000, "wav", None, None, a, "a_rvc.wav")
@@ -515,9 +515,9 @@ def test_a_temporary_key_left_by_a_killed_writer_is_never_an_input_nor_an_output
     assert left.startswith("killed/.a_rvc.wav.") and left.endswith(".part"), left
     assert store.get("killed/a_rvc.wav") == earlier
     prefix = f"s3://{BUCKET}/killed/"
-    listed, (outputs,) = _storage.plan_uri_outputs(prefix, prefix, [None], "{stem}", "wav", True, True, None)
+    listed, (outputs,) = _storage_plan.plan_uri_outputs(prefix, prefix, [None], "{stem}", "wav", True, True, None)
     assert listed == [a] and outputs == [f"{prefix}a_rvc.wav"], (listed, outputs)
-    listed, (outputs,) = _storage.plan_uri_outputs(prefix, prefix, [None], "{stem}", "wav", False, True, None)
+    listed, (outputs,) = _storage_plan.plan_uri_outputs(prefix, prefix, [None], "{stem}", "wav", False, True, None)
     assert not [u for u in listed + outputs if ".part" in u], (listed, outputs)  # (a_rvc.wav is an input then, as locally)
     _storage.put(output, earlier, None)  # a rerun writes the output again, beside it
     assert store.get("killed/a_rvc.wav") == earlier
@@ -526,13 +526,13 @@ def test_a_temporary_key_left_by_a_killed_writer_is_never_an_input_nor_an_output
 def test_a_missing_prefix_typed_as_a_folder_is_a_row_saying_it_holds_no_objects(store: Store, no_cluster: None) -> None:
     """`s3://bucket/nosuch/` was one row "object does not exist": the user typed a folder."""
     from rvcfast.errors import AudioError
-    from rvcfast.integrations.ray import _storage
+    from rvcfast.integrations.ray import _storage, _storage_plan
     from rvcfast.integrations.ray._stages import JobSpec, decode_audio
     from rvcfast.params import ConversionParams
 
     store.put("folders/in/a.wav", _wav(0.3, 16000, 200))
     missing, out = f"s3://{BUCKET}/folders/nosuch/", f"s3://{BUCKET}/folders/out/"
-    listed, (outputs,) = _storage.plan_uri_outputs(
+    listed, (outputs,) = _storage_plan.plan_uri_outputs(
         [missing, f"s3://{BUCKET}/folders/in/"], out, [None], "{stem}", "wav", False, False, None
     )
     assert listed == [missing, f"s3://{BUCKET}/folders/in/a.wav"] and outputs == [f"{out}nosuch.wav", f"{out}a.wav"]
@@ -544,7 +544,7 @@ def test_a_missing_prefix_typed_as_a_folder_is_a_row_saying_it_holds_no_objects(
     assert rows[0]["error"].startswith(f"{missing}: no objects under this prefix (folder)"), rows[0]["error"]
     # without the slash: a missing object, as a missing local file is
     with pytest.raises(AudioError, match="object does not exist"):
-        _storage.prepare(_storage.list_inputs(missing.rstrip("/"), out, "wav", False, False, None)[0], None, None)
+        _storage.prepare(_storage_plan.list_inputs(missing.rstrip("/"), out, "wav", False, False, None)[0], None, None)
     # a dataset's row naming a prefix that holds objects, typed as a folder
     with pytest.raises(AudioError, match="a prefix \\(folder\\) holding objects, not an object"):
         _storage.prepare(f"s3://{BUCKET}/folders/in/", None, None)

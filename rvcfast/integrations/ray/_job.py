@@ -17,7 +17,7 @@ from ...atomic import atomic_write
 from ...errors import ParameterError, RvcfastError
 from ...params import ConversionParams
 from ...writing import SUPPORTED_WRITE_FORMATS, check_bitrate, remove_stale_parts
-from . import _rows, _storage
+from . import _rows, _storage, _storage_plan
 from ._stages import (
     CPU_WORKER_MEMORY,
     CRASH_ENV,
@@ -382,7 +382,7 @@ def plan_files(
     from ...batch import BatchOptions, expand_inputs
 
     if _storage.uses_storage(inputs, out_dir):
-        listed, (outputs,) = _storage.plan_uri_outputs(inputs, os.fspath(out_dir), [None], "{stem}", fmt, skip_existing, recursive, filesystem)
+        listed, (outputs,) = _storage_plan.plan_uri_outputs(inputs, os.fspath(out_dir), [None], "{stem}", fmt, skip_existing, recursive, filesystem)
         return [{"path": p, "output_path": o} for p, o in zip(listed, outputs)]
     items, out_dir = _absolute(inputs, out_dir)
     options = BatchOptions(out_dir=out_dir, format=fmt.lower(), skip_existing=skip_existing, recursive=recursive)
@@ -416,7 +416,7 @@ def plan_voice_files(
     fmt = str(options.get("format", "wav")).lower()
     if _storage.uses_storage(inputs, out_dir):
         args = (list(zip(names, pitches)), template, fmt, options.get("skip_existing", True), recursive, options.get("filesystem"))
-        return _storage.plan_voice_rows(inputs, os.fspath(out_dir), *args), names
+        return _storage_plan.plan_voice_rows(inputs, os.fspath(out_dir), *args), names
     items, out = _absolute(inputs, out_dir)
     return plan_voice_outputs(items, out, list(zip(names, pitches)), template, fmt, options.get("skip_existing", True), recursive), names
 

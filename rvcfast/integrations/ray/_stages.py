@@ -40,7 +40,7 @@ from ...writing import (
     source_id,
     write_audio_atomic,
 )
-from . import _storage
+from . import _storage, _storage_plan
 from ._schema import REPEAT_NOTE, ROW_SCHEMA, STAGES, VOICE_ROW_SCHEMA
 from ._weights import ModelFiles, local_files
 
@@ -141,7 +141,7 @@ def planned_output(path: str, spec: JobSpec, naming: dict[str, str] | None = Non
     from ...batch import BatchOptions, expand_inputs
 
     if _storage.is_uri(path) or _storage.is_uri(spec.out_dir):  # on object storage: the same template
-        return _storage.planned_output(path, spec, naming)
+        return _storage_plan.planned_output(path, spec, naming)
     options = BatchOptions(out_dir=spec.out_dir, format=spec.format, name_template=spec.name_template)
     jobs = expand_inputs([path], options, naming)
     if len(jobs) != 1 or jobs[0].path != Path(path) or jobs[0].out_path is None:
