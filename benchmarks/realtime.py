@@ -152,6 +152,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--rate", type=int, default=48000, help="the stream's sample rate (default 48000)")
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's)")
     ap.add_argument("--small", action="store_true", help="tiny models (a smoke test: the figures mean nothing)")
+    ap.add_argument("--dtype", default="float32", help="the models' precision: float32, bfloat16, float16 or auto (default float32)")
+    ap.add_argument("--f0-dtype", default=None, help="the F0 network's precision (default: the models', float32 on a CPU)")
     ap.add_argument("--json", type=Path, default=None, help="also write the results to this file")
     args = ap.parse_args(argv)
 
@@ -164,10 +166,13 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     paths = build_bench_models(MODELS, small=args.small, log=print)
     conv = rvcfast.Converter.from_pretrained(
-        paths["model"], encoder=paths["encoder"], f0_weights=paths["f0_weights"], device="cpu"
+        paths["model"], encoder=paths["encoder"], f0_weights=paths["f0_weights"], device="cpu", dtype=args.dtype,
+        f0_options={"dtype": args.f0_dtype} if args.f0_dtype else None,
     )
     machine = machine_line()
-    print(machine + (" | SMALL MODELS (smoke test)" if args.small else " | full-size v2 40 kHz voice, hubert_base, RMVPE"))
+    models = " | SMALL MODELS (smoke test)" if args.small else " | full-size v2 40 kHz voice, hubert_base, RMVPE"
+    f0_dtype = f", F0 network {args.f0_dtype}" if args.f0_dtype else ""
+    print(f"{machine}{models} | {str(conv.engine.dtype).removeprefix('torch.')}{f0_dtype}")
     results = []
     for block, context in args.settings:
         r = measure(conv, block, context, args.seconds, args.rate)
