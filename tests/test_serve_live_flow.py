@@ -142,3 +142,84 @@ def test_stereo_messages_are_mixed_down_and_answered_on_every_channel():
         _decode(b"\x00" * 12, Wire("f32le", 2), 10)
     with pytest.raises(ParameterError, match=r"holds 3 samples, more than"):
         _decode(frames.tobytes(), Wire("f32le", 2), 2)  # the limit counts frames
+
+
+def test_a_client_sending_in_real_time_to_a_slower_conversion_is_told_the_server_is_slow():
+    """A microphone stream to a server converting it slower than real time fell behind and was
+    closed with "the client sent N s of audio ahead ...: send each block after its answer",
+    blaming a client that had sent nothing early."""
+
+    async def run():
+        ws, inbox = FakeSocket(), _Inbox()
+        reader = asyncio.create_task(_read_messages(ws, inbox, Wire(), 10 * RATE, RATE, _cfg(ahead=0.5)))
+        for _ in range(3):  # conversions of 0.5 s of audio that took 1 s each (the first one is a warm-up)
+            inbox.record(0.5, 1.0)
+        for _ in range(20):  # 0.15 s of audio every 0.15 s, nothing answered: the backlog grows
+            ws.audio(0.15)
+            await asyncio.sleep(0.15)
+            if inbox.stopped:
+                break
+        await asyncio.wait_for(reader, 5)
+        return inbox
+
+    inbox = asyncio.run(run())
+    assert inbox.stopped and inbox.problem[0] == POLICY
+    said = inbox.problem[1]
+    assert said.startswith("the stream fell 0.60 s behind (the server's limit is 0.5 s)"), said
+    assert "slower than real time (2.00 s of conversion per second of audio)" in said and "block_seconds" in said
+    assert "ahead of the conversion" not in said
+
+
+def test_the_log_says_once_when_a_stream_converts_slower_than_real_time(caplog):
+    """The server's log now names a stream that cannot keep up, before it falls behind."""
+    import logging
+    import threading
+    import time as clock
+    from concurrent.futures import ThreadPoolExecutor
+
+    from rvcfast.serve.live import _serve_stream
+
+    class Stream(FakeSocket):
+        def __init__(self) -> None:
+            super().__init__()
+            self.sent: list[bytes] = []
+
+        async def send_json(self, body: dict) -> None:
+            pass
+
+        async def send_bytes(self, data: bytes) -> None:
+            self.sent.append(data)
+
+        async def close(self, code: int = 1000, reason: str = "") -> None:
+            pass
+
+    def slow_push(x: np.ndarray) -> np.ndarray:  # half real time
+        clock.sleep(2 * x.shape[0] / RATE)
+        return x
+
+    rt = SimpleNamespace(sample_rate=RATE, block_size=50, latency_seconds=0.05, latency_samples=50, push=slow_push,
+                         flush=lambda: np.zeros(50, np.float32))
+    done = threading.Event()
+    metrics = SimpleNamespace(inc=lambda *a, **k: None)
+    with ThreadPoolExecutor(1) as pool:
+        state = SimpleNamespace(cfg=_cfg(ahead=10.0), live_pool=pool, metrics=metrics)
+
+        async def run(ws: Stream) -> None:
+            serving = asyncio.create_task(_serve_stream(state, ws, rt, Wire()))
+            for _ in range(12):  # 0.1 s messages in real time: 1.2 s of audio
+                ws.audio(0.1)
+                await asyncio.sleep(0.1)
+            while len(ws.sent) < 12:
+                await asyncio.sleep(0.05)
+            ws.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
+            await asyncio.wait_for(serving, 10)
+            done.set()
+
+        ws = Stream()
+        with caplog.at_level(logging.WARNING, logger="rvcfast.serve"):
+            asyncio.run(run(ws))
+    warnings = [r.getMessage() for r in caplog.records if "slower than real time" in r.getMessage()]
+    assert done.is_set() and len(warnings) == 1, warnings
+    assert "block_seconds 0.05" in warnings[0] and "closed once 10 s behind" in warnings[0]
+    speed = float(warnings[0].split("(")[1].split(" s per second")[0])
+    assert speed > 1.5  # each message took twice its audio

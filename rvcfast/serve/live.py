@@ -52,7 +52,9 @@ from __future__ import annotations
 
 import asyncio
 import difflib
+import logging
 import math
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -71,6 +73,8 @@ from .voices import UnknownVoice
 if TYPE_CHECKING:
     from ..realtime import RealtimeConverter
     from .state import ServerState
+
+_log = logging.getLogger("rvcfast.serve")
 
 __all__ = ["add_live_routes", "LIVE_FIELDS", "ENCODINGS", "MAX_MESSAGE_SECONDS", "MAX_GEOMETRY_SECONDS", "LIVE_PROTOCOL"]
 
@@ -314,6 +318,37 @@ class _Inbox:
         self.waiting = 0
         self.problem: tuple[int, str] | None = None  # (close code, message); code 0: the client left
         self.stopped = False
+        self.messages = 0  # audio messages converted
+        self.converted = 0.0  # seconds of audio converted, and the seconds that took, after the first message
+        self.took = 0.0
+        self.first_at: float | None = None  # when the first audio message arrived
+        self.received = 0.0  # seconds of audio received
+
+    def arrived(self, seconds: float) -> None:
+        """An audio message of ``seconds`` arrived now."""
+        if self.first_at is None:
+            self.first_at = time.monotonic()
+        self.received += seconds
+
+    def sent_in_real_time(self) -> bool:
+        """Whether the client's audio arrives about as fast as it plays (at most 1.25 times): a
+        stream fed by a microphone, not a client sending ahead of its answers."""
+        if self.first_at is None:
+            return False
+        return self.received <= 1.25 * (time.monotonic() - self.first_at) + 0.5
+
+    def record(self, seconds: float, took: float) -> None:
+        """One audio message of ``seconds`` converted in ``took`` seconds (the first is left out of
+        :meth:`speed`: it builds oneDNN's kernels for the stream's shapes)."""
+        self.messages += 1
+        if self.messages > 1:
+            self.converted += seconds
+            self.took += took
+
+    def speed(self) -> float | None:
+        """Seconds of conversion per second of audio so far (above 1: slower than real time), or
+        ``None`` before a second's worth after the first message."""
+        return self.took / self.converted if self.converted >= 1.0 else None
 
     def stop(self, code: int = 0, message: str = "") -> None:
         if not self.stopped:
@@ -331,6 +366,15 @@ def _too_far_ahead(inbox: _Inbox, cost: int, max_ahead: int, rate: int, cfg: Any
     if not inbox.waiting:  # nothing in flight: one long message is not "ahead"
         return None
     if inbox.ahead + cost > max_ahead:
+        if inbox.sent_in_real_time():  # audio arriving as it plays, yet this far behind: the conversion is slower
+            speed = inbox.speed()
+            said = f" ({speed:.2f} s of conversion per second of audio)" if speed is not None and speed > 1.0 else ""
+            return (
+                f"the stream fell {(inbox.ahead + cost) / rate:.2f} s behind (the server's limit is "
+                f"{cfg.live_max_ahead_seconds:g} s): this server converts it slower than real time{said}. Open it "
+                "with a longer block_seconds or a shorter context_seconds, or use a faster server (on a CPU with "
+                "native bfloat16: serve --dtype auto)"
+            )
         return (
             f"the client sent {(inbox.ahead + cost) / rate:.2f} s of audio ahead of the conversion, more "
             f"than the server's {cfg.live_max_ahead_seconds:g} s: send each block after its answer, or keep fewer in flight"
@@ -373,6 +417,7 @@ async def _read_messages(
                 inbox.stop(POLICY, str(exc))
                 return
             cost = item[1].shape[0]
+            inbox.arrived(cost / rate)
         elif text is not None and text.strip().lower() == "flush":
             item, cost = ("flush", None), flush_samples
         else:
@@ -417,6 +462,7 @@ async def _serve_stream(state: ServerState, ws: WebSocket, rt: RealtimeConverter
         "channels": wire.channels, "request_id": request_id(),  # a browser cannot read the handshake's headers
     })
     inbox = _Inbox()
+    warned = False  # the log's warning that this stream converts slower than real time, once
     idle = state.cfg.live_idle_seconds
     reader = asyncio.create_task(_read_messages(
         ws, inbox, wire, int(MAX_MESSAGE_SECONDS * rt.sample_rate), rt.sample_rate, state.cfg, rt.latency_samples
@@ -429,10 +475,19 @@ async def _serve_stream(state: ServerState, ws: WebSocket, rt: RealtimeConverter
                     await _refuse(ws, *inbox.problem)
                 return
             if kind == "audio":
+                started = time.perf_counter()
                 y = await loop.run_in_executor(state.live_pool, call_contained, _push_while_connected, rt, x, inbox)
                 if y is None:  # the client left in the middle of the message
                     return
                 inbox.ahead -= x.shape[0]
+                inbox.record(x.shape[0] / rt.sample_rate, time.perf_counter() - started)
+                if not warned and (speed := inbox.speed()) is not None and speed > 1.0:
+                    warned = True
+                    _log.warning(
+                        "live stream: converted slower than real time (%.2f s per second of audio, block_seconds %g): "
+                        "a client sending in real time falls behind and is closed once %g s behind",
+                        speed, rt.block_size / rt.sample_rate, state.cfg.live_max_ahead_seconds,
+                    )
             else:
                 y = await loop.run_in_executor(state.live_pool, call_contained, rt.flush)
                 inbox.ahead -= rt.latency_samples
