@@ -152,7 +152,7 @@ def test_a_client_sending_in_real_time_to_a_slower_conversion_is_told_the_server
     async def run():
         ws, inbox = FakeSocket(), _Inbox()
         reader = asyncio.create_task(_read_messages(ws, inbox, Wire(), 10 * RATE, RATE, _cfg(ahead=0.5)))
-        for _ in range(3):  # conversions of 0.5 s of audio that took 1 s each (the first one is a warm-up)
+        for _ in range(2):  # conversions of 0.5 s of audio that took 1 s each
             inbox.record(0.5, 1.0)
         for _ in range(20):  # 0.15 s of audio every 0.15 s, nothing answered: the backlog grows
             ws.audio(0.15)
@@ -171,7 +171,8 @@ def test_a_client_sending_in_real_time_to_a_slower_conversion_is_told_the_server
 
 
 def test_the_log_says_once_when_a_stream_converts_slower_than_real_time(caplog):
-    """The server's log now names a stream that cannot keep up, before it falls behind."""
+    """The server's log now names a stream that cannot keep up, before it falls behind (its first
+    two blocks, oneDNN's warm-up, left out: here they take 40 times their length)."""
     import logging
     import threading
     import time as clock
@@ -193,8 +194,11 @@ def test_the_log_says_once_when_a_stream_converts_slower_than_real_time(caplog):
         async def close(self, code: int = 1000, reason: str = "") -> None:
             pass
 
-    def slow_push(x: np.ndarray) -> np.ndarray:  # half real time
-        clock.sleep(2 * x.shape[0] / RATE)
+    pushed = []
+
+    def slow_push(x: np.ndarray) -> np.ndarray:  # half real time, the first two blocks a slow warm-up
+        clock.sleep((40 if len(pushed) < 2 else 2) * x.shape[0] / RATE)
+        pushed.append(x.shape[0])
         return x
 
     rt = SimpleNamespace(sample_rate=RATE, block_size=50, latency_seconds=0.05, latency_samples=50, push=slow_push,
@@ -222,4 +226,4 @@ def test_the_log_says_once_when_a_stream_converts_slower_than_real_time(caplog):
     assert done.is_set() and len(warnings) == 1, warnings
     assert "block_seconds 0.05" in warnings[0] and "closed once 10 s behind" in warnings[0]
     speed = float(warnings[0].split("(")[1].split(" s per second")[0])
-    assert speed > 1.5  # each message took twice its audio
+    assert 1.5 < speed < 4  # each message took twice its audio, the warm-up left out

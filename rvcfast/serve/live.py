@@ -312,14 +312,15 @@ class _Inbox:
     not yet answered (a flush: the ``latency_samples`` it answers with), ``waiting`` the messages.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, warmup_seconds: float = 0.0) -> None:
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.ahead = 0
         self.waiting = 0
         self.problem: tuple[int, str] | None = None  # (close code, message); code 0: the client left
         self.stopped = False
-        self.messages = 0  # audio messages converted
-        self.converted = 0.0  # seconds of audio converted, and the seconds that took, after the first message
+        self.warmup = warmup_seconds  # the first audio, whose conversion builds oneDNN's kernels for the stream's shapes
+        self.pushed = 0.0  # seconds of audio converted
+        self.converted = 0.0  # of those, the seconds of the messages after the warm-up, and the seconds they took
         self.took = 0.0
         self.first_at: float | None = None  # when the first audio message arrived
         self.received = 0.0  # seconds of audio received
@@ -338,12 +339,12 @@ class _Inbox:
         return self.received <= 1.25 * (time.monotonic() - self.first_at) + 0.5
 
     def record(self, seconds: float, took: float) -> None:
-        """One audio message of ``seconds`` converted in ``took`` seconds (the first is left out of
-        :meth:`speed`: it builds oneDNN's kernels for the stream's shapes)."""
-        self.messages += 1
-        if self.messages > 1:
+        """One audio message of ``seconds`` converted in ``took`` seconds (left out of :meth:`speed`
+        when it began within the warm-up: a stream's first blocks build oneDNN's kernels for its shapes)."""
+        if self.pushed >= self.warmup:
             self.converted += seconds
             self.took += took
+        self.pushed += seconds
 
     def speed(self) -> float | None:
         """Seconds of conversion per second of audio so far (above 1: slower than real time), or
@@ -461,7 +462,7 @@ async def _serve_stream(state: ServerState, ws: WebSocket, rt: RealtimeConverter
         "latency_seconds": rt.latency_seconds, "latency_samples": rt.latency_samples, "encoding": wire.encoding,
         "channels": wire.channels, "request_id": request_id(),  # a browser cannot read the handshake's headers
     })
-    inbox = _Inbox()
+    inbox = _Inbox(warmup_seconds=2 * rt.block_size / rt.sample_rate)
     warned = False  # the log's warning that this stream converts slower than real time, once
     idle = state.cfg.live_idle_seconds
     reader = asyncio.create_task(_read_messages(
