@@ -172,7 +172,7 @@ def test_a_client_sending_in_real_time_to_a_slower_conversion_is_told_the_server
 
 def test_the_log_says_once_when_a_stream_converts_slower_than_real_time(caplog):
     """The server's log now names a stream that cannot keep up, before it falls behind (its first
-    two blocks, oneDNN's warm-up, left out: here they take 40 times their length)."""
+    two blocks, oneDNN's warm-up, left out: here they take 12 times their length)."""
     import logging
     import threading
     import time as clock
@@ -197,7 +197,7 @@ def test_the_log_says_once_when_a_stream_converts_slower_than_real_time(caplog):
     pushed = []
 
     def slow_push(x: np.ndarray) -> np.ndarray:  # half real time, the first two blocks a slow warm-up
-        clock.sleep((40 if len(pushed) < 2 else 2) * x.shape[0] / RATE)
+        clock.sleep((12 if len(pushed) < 2 else 2) * x.shape[0] / RATE)
         pushed.append(x.shape[0])
         return x
 
@@ -226,4 +226,4 @@ def test_the_log_says_once_when_a_stream_converts_slower_than_real_time(caplog):
     assert done.is_set() and len(warnings) == 1, warnings
     assert "block_seconds 0.05" in warnings[0] and "closed once 10 s behind" in warnings[0]
     speed = float(warnings[0].split("(")[1].split(" s per second")[0])
-    assert 1.5 < speed < 4  # each message took twice its audio, the warm-up left out
+    assert 1.5 < speed < 2.5  # each message took twice its audio (with the warm-up: ~2.9)
