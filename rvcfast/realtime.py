@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import math
 import numbers
+import time
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -55,10 +56,12 @@ from .params import ConversionParams
 from .pipeline import apply_protect, pitch_track, segment_features
 from .sola import Sola
 
-__all__ = ["RealtimeConverter", "SOLA_SEARCH_SECONDS", "MAX_SAMPLE_RATE", "unit_frames", "whole_file_settings"]
+__all__ = ["RealtimeConverter", "SOLA_SEARCH_SECONDS", "MAX_SAMPLE_RATE", "WARMUP_BLOCKS", "unit_frames", "whole_file_settings"]
 
 #: Default SOLA search range (RVC's realtime GUI: one 10 ms frame).
 SOLA_SEARCH_SECONDS = 0.01
+#: Blocks at the start of a stream left out of :attr:`RealtimeConverter.real_time_factor`.
+WARMUP_BLOCKS = 2
 #: Defaults of the block, the context and the crossfade (RVC's realtime GUI: 0.25 s, 1 s and 0.05 s);
 #: at a rate that is no multiple of 100 Hz, rounded down to whole spans of :func:`unit_frames`
 #: (22050 and 11025 Hz: block 0.24 s, crossfade 0.04 s).
@@ -316,6 +319,17 @@ class RealtimeConverter:
         return self.latency_samples / self.sample_rate
 
     @property
+    def real_time_factor(self) -> float | None:
+        """Seconds of conversion per second of audio over the blocks converted since the stream
+        began (:meth:`reset`), leaving out its first :data:`WARMUP_BLOCKS` (oneDNN builds its
+        kernels for the stream's shapes then): below 1 this machine keeps up with a live stream at
+        these settings, above it the stream falls behind. ``None`` until a block after those has
+        been converted."""
+        if self._timed_blocks == 0:
+            return None
+        return self._compute_seconds / (self._timed_blocks * self.block_size / self.sample_rate)
+
+    @property
     def last_sola_offset(self) -> int:
         """Samples the last block's content was moved earlier by SOLA (0..search)."""
         return self._sola.last_offset
@@ -329,6 +343,7 @@ class RealtimeConverter:
         self._raw = np.zeros(g.samples(g.block + g.in_context), dtype=np.float64)
         self._buf16 = np.zeros(max((g.frames + 1) * F0_HOP, g.f0_window), dtype=np.float64)
         self._blocks = 0  # blocks converted since the start
+        self._timed_blocks, self._compute_seconds = 0, 0.0  # after the warm-up (real_time_factor)
         self._f0_cache = np.zeros(g.frames, dtype=np.float64)
         self._out = np.zeros(0 if self.whole_blocks else self.block_size, dtype=np.float32)
         self._sola.reset()
@@ -358,7 +373,11 @@ class RealtimeConverter:
         try:
             while self._pending.shape[0] >= b:
                 block, self._pending = self._pending[:b], self._pending[b:]
+                started = time.perf_counter()
                 pieces.append(self._process(block))
+                if self._blocks > WARMUP_BLOCKS:
+                    self._timed_blocks += 1
+                    self._compute_seconds += time.perf_counter() - started
         except BaseException:
             self.reset()  # half a push converted: the stream restarts from silence
             raise

@@ -14,6 +14,7 @@ from helpers import (  # noqa: F401
     one_thread_fixture,
     tiny_converter_fixture,
     tiny_models_fixture,
+    tone,
 )
 
 import rvcfast
@@ -445,3 +446,38 @@ def test_a_voice_without_pitch_streams_too(tiny_models) -> None:
     rt = RealtimeConverter(conv, block_seconds=0.05, context_seconds=0.2, crossfade_seconds=0.02)
     x = (0.1 * np.random.default_rng(5).standard_normal(10000)).astype(np.float32)
     assert rt.push(x).shape == x.shape and rt.flush().shape == (rt.latency_samples,)
+
+
+def test_real_time_factor_is_the_compute_per_second_of_audio_after_the_warm_up(tiny_converter, monkeypatch) -> None:
+    """A live application can tell whether this machine keeps up at its settings (it had to run
+    the benchmark script to know). The clock is a stand-in: each block "takes" 0.05 s."""
+    import rvcfast.realtime as realtime
+
+    class Clock:
+        now = 0.0
+
+        def perf_counter(self) -> float:
+            self.now += 0.05  # two readings a block: 0.05 s between them
+            return self.now
+
+    monkeypatch.setattr(realtime, "time", Clock())
+    rt = RealtimeConverter(tiny_converter, sample_rate=16000, block_seconds=0.1, context_seconds=0.2)
+    x = tone(1.0, 16000, 180.0).astype(np.float32)
+    b = rt.block_size
+    rt.push(x[: realtime.WARMUP_BLOCKS * b])
+    assert rt.real_time_factor is None  # only the warm-up so far
+    rt.push(x[2 * b : 3 * b + b // 2])  # one timed block (and half of the next, pending)
+    assert rt.real_time_factor == pytest.approx(0.5)  # 0.05 s for 0.1 s of audio
+    rt.reset()
+    assert rt.real_time_factor is None
+    rt.push(x[: 6 * b])
+    assert rt.real_time_factor == pytest.approx(0.5)
+    rt.flush()  # a new stream: its warm-up is left out again
+    assert rt.real_time_factor is None
+
+
+def test_real_time_factor_on_the_real_clock(tiny_converter) -> None:
+    rt = RealtimeConverter(tiny_converter, sample_rate=16000, block_seconds=0.1, context_seconds=0.2)
+    rt.push(tone(0.5, 16000, 180.0).astype(np.float32))
+    factor = rt.real_time_factor
+    assert factor is not None and 0 < factor < 1000 and np.isfinite(factor)
