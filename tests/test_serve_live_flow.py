@@ -150,10 +150,11 @@ def test_a_client_sending_in_real_time_to_a_slower_conversion_is_told_the_server
     blaming a client that had sent nothing early."""
 
     async def run():
-        ws, inbox = FakeSocket(), _Inbox()
+        # a converter that takes 2 s per second of audio, and 1.5 s answered already
+        rt = SimpleNamespace(real_time_factor=2.0, block_size=100, sample_rate=RATE)
+        ws, inbox = FakeSocket(), _Inbox(rt)
+        inbox.answered = 1.5
         reader = asyncio.create_task(_read_messages(ws, inbox, Wire(), 10 * RATE, RATE, _cfg(ahead=0.5)))
-        for _ in range(2):  # conversions of 0.5 s of audio that took 1 s each
-            inbox.record(0.5, 1.0)
         for _ in range(20):  # 0.15 s of audio every 0.15 s, nothing answered: the backlog grows
             ws.audio(0.15)
             await asyncio.sleep(0.15)
@@ -171,11 +172,9 @@ def test_a_client_sending_in_real_time_to_a_slower_conversion_is_told_the_server
 
 
 def test_the_log_says_once_when_a_stream_converts_slower_than_real_time(caplog):
-    """The server's log now names a stream that cannot keep up, before it falls behind (its first
-    two blocks, oneDNN's warm-up, left out: here they take 12 times their length)."""
+    """The server's log now names a stream that cannot keep up, before it falls behind: once, and
+    only after a second of audio past the warm-up has been answered."""
     import logging
-    import threading
-    import time as clock
     from concurrent.futures import ThreadPoolExecutor
 
     from rvcfast.serve.live import _serve_stream
@@ -194,36 +193,33 @@ def test_the_log_says_once_when_a_stream_converts_slower_than_real_time(caplog):
         async def close(self, code: int = 1000, reason: str = "") -> None:
             pass
 
-    pushed = []
+    class Converter:  # 2 s of conversion per second of audio, as RealtimeConverter measures it
+        sample_rate, block_size, latency_seconds, latency_samples = RATE, 40, 0.04, 40
+        real_time_factor = 2.0
 
-    def slow_push(x: np.ndarray) -> np.ndarray:  # half real time, the first two blocks a slow warm-up
-        clock.sleep((12 if len(pushed) < 2 else 2) * x.shape[0] / RATE)
-        pushed.append(x.shape[0])
-        return x
+        def push(self, x: np.ndarray) -> np.ndarray:
+            return x
 
-    rt = SimpleNamespace(sample_rate=RATE, block_size=50, latency_seconds=0.05, latency_samples=50, push=slow_push,
-                         flush=lambda: np.zeros(50, np.float32))
-    done = threading.Event()
+    rt = Converter()
     metrics = SimpleNamespace(inc=lambda *a, **k: None)
     with ThreadPoolExecutor(1) as pool:
         state = SimpleNamespace(cfg=_cfg(ahead=10.0), live_pool=pool, metrics=metrics)
 
-        async def run(ws: Stream) -> None:
+        async def run(ws: Stream) -> list[int]:
             serving = asyncio.create_task(_serve_stream(state, ws, rt, Wire()))
-            for _ in range(12):  # 0.1 s messages in real time: 1.2 s of audio
+            said = []
+            for _ in range(16):  # 0.1 s messages: 1.6 s of audio
                 ws.audio(0.1)
-                await asyncio.sleep(0.1)
-            while len(ws.sent) < 12:
-                await asyncio.sleep(0.05)
+                while len(ws.sent) < len(said) + 1:
+                    await asyncio.sleep(0.01)
+                said.append(sum("slower than real time" in r.getMessage() for r in caplog.records))
             ws.incoming.put_nowait({"type": "websocket.disconnect", "code": 1000})
             await asyncio.wait_for(serving, 10)
-            done.set()
+            return said
 
-        ws = Stream()
         with caplog.at_level(logging.WARNING, logger="rvcfast.serve"):
-            asyncio.run(run(ws))
-    warnings = [r.getMessage() for r in caplog.records if "slower than real time" in r.getMessage()]
-    assert done.is_set() and len(warnings) == 1, warnings
-    assert "block_seconds 0.05" in warnings[0] and "closed once 10 s behind" in warnings[0]
-    speed = float(warnings[0].split("(")[1].split(" s per second")[0])
-    assert 1.5 < speed < 2.5  # each message took twice its audio (with the warm-up: ~2.9)
+            said = asyncio.run(run(Stream()))
+    # not before 1.08 s answered (1 s past the two 0.04 s warm-up blocks), then once
+    assert said == [0] * 10 + [1] * 6, said
+    [warning] = [r.getMessage() for r in caplog.records if "slower than real time" in r.getMessage()]
+    assert "(2.00 s per second of audio, block_seconds 0.04)" in warning and "closed once 10 s behind" in warning

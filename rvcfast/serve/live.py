@@ -312,18 +312,16 @@ class _Inbox:
     not yet answered (a flush: the ``latency_samples`` it answers with), ``waiting`` the messages.
     """
 
-    def __init__(self, warmup_seconds: float = 0.0) -> None:
+    def __init__(self, rt: Any = None) -> None:
+        self.rt = rt  # the stream's converter: how fast it converts (speed)
         self.queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
         self.ahead = 0
         self.waiting = 0
         self.problem: tuple[int, str] | None = None  # (close code, message); code 0: the client left
         self.stopped = False
-        self.warmup = warmup_seconds  # the first audio, whose conversion builds oneDNN's kernels for the stream's shapes
-        self.pushed = 0.0  # seconds of audio converted
-        self.converted = 0.0  # of those, the seconds of the messages after the warm-up, and the seconds they took
-        self.took = 0.0
         self.first_at: float | None = None  # when the first audio message arrived
         self.received = 0.0  # seconds of audio received
+        self.answered = 0.0  # seconds of audio converted and answered
 
     def arrived(self, seconds: float) -> None:
         """An audio message of ``seconds`` arrived now."""
@@ -338,18 +336,14 @@ class _Inbox:
             return False
         return self.received <= 1.25 * (time.monotonic() - self.first_at) + 0.5
 
-    def record(self, seconds: float, took: float) -> None:
-        """One audio message of ``seconds`` converted in ``took`` seconds (left out of :meth:`speed`
-        when it began within the warm-up: a stream's first blocks build oneDNN's kernels for its shapes)."""
-        if self.pushed >= self.warmup:
-            self.converted += seconds
-            self.took += took
-        self.pushed += seconds
-
     def speed(self) -> float | None:
-        """Seconds of conversion per second of audio so far (above 1: slower than real time), or
-        ``None`` before a second's worth after the first message."""
-        return self.took / self.converted if self.converted >= 1.0 else None
+        """Seconds of conversion per second of audio so far (above 1: slower than real time: the
+        converter's :attr:`~rvcfast.RealtimeConverter.real_time_factor`), ``None`` until a second of
+        audio after the stream's warm-up has been answered (one slow block says little)."""
+        if self.rt is None or self.answered < 1.0 + 2 * self.rt.block_size / self.rt.sample_rate:
+            return None
+        factor = self.rt.real_time_factor
+        return None if factor is None else float(factor)
 
     def stop(self, code: int = 0, message: str = "") -> None:
         if not self.stopped:
@@ -462,7 +456,7 @@ async def _serve_stream(state: ServerState, ws: WebSocket, rt: RealtimeConverter
         "latency_seconds": rt.latency_seconds, "latency_samples": rt.latency_samples, "encoding": wire.encoding,
         "channels": wire.channels, "request_id": request_id(),  # a browser cannot read the handshake's headers
     })
-    inbox = _Inbox(warmup_seconds=2 * rt.block_size / rt.sample_rate)
+    inbox = _Inbox(rt)
     warned = False  # the log's warning that this stream converts slower than real time, once
     idle = state.cfg.live_idle_seconds
     reader = asyncio.create_task(_read_messages(
@@ -476,12 +470,11 @@ async def _serve_stream(state: ServerState, ws: WebSocket, rt: RealtimeConverter
                     await _refuse(ws, *inbox.problem)
                 return
             if kind == "audio":
-                started = time.perf_counter()
                 y = await loop.run_in_executor(state.live_pool, call_contained, _push_while_connected, rt, x, inbox)
                 if y is None:  # the client left in the middle of the message
                     return
                 inbox.ahead -= x.shape[0]
-                inbox.record(x.shape[0] / rt.sample_rate, time.perf_counter() - started)
+                inbox.answered += x.shape[0] / rt.sample_rate
                 if not warned and (speed := inbox.speed()) is not None and speed > 1.0:
                     warned = True
                     _log.warning(
