@@ -169,6 +169,21 @@ def test_a_client_sending_in_real_time_to_a_slower_conversion_is_told_the_server
     assert said.startswith("the stream fell 0.60 s behind (the server's limit is 0.5 s)"), said
     assert "slower than real time (2.00 s of conversion per second of audio)" in said and "block_seconds" in said
     assert "ahead of the conversion" not in said
+    assert said.endswith("or use a faster server")  # no engine here: nothing to say about its precision
+
+
+def test_the_slow_stream_message_suggests_bfloat16_only_to_a_float32_cpu_server():
+    import torch
+
+    from rvcfast.serve.live import _faster_hint
+
+    def rt(device: str, dtype: torch.dtype) -> SimpleNamespace:
+        return SimpleNamespace(engine=SimpleNamespace(device=torch.device(device), dtype=dtype))
+
+    assert _faster_hint(rt("cpu", torch.float32)) == " (on a CPU with native bfloat16: serve --dtype auto)"
+    assert _faster_hint(rt("cpu", torch.bfloat16)) == ""  # the server runs bfloat16 already
+    assert _faster_hint(rt("cuda", torch.float32)) == ""
+    assert _faster_hint(None) == ""
 
 
 def test_the_log_says_once_when_a_stream_converts_slower_than_real_time(caplog):

@@ -356,6 +356,14 @@ class _Inbox:
         return await self.queue.get()
 
 
+def _faster_hint(rt: Any) -> str:
+    """How this server could convert faster: bfloat16, where it computes float32 on a CPU."""
+    engine = getattr(rt, "engine", None)
+    if engine is None or engine.device.type != "cpu" or str(engine.dtype) != "torch.float32":
+        return ""
+    return " (on a CPU with native bfloat16: serve --dtype auto)"
+
+
 def _too_far_ahead(inbox: _Inbox, cost: int, max_ahead: int, rate: int, cfg: Any) -> str | None:
     """Why a message that adds ``cost`` samples cannot be taken on top of those in flight, or ``None``."""
     if not inbox.waiting:  # nothing in flight: one long message is not "ahead"
@@ -367,8 +375,7 @@ def _too_far_ahead(inbox: _Inbox, cost: int, max_ahead: int, rate: int, cfg: Any
             return (
                 f"the stream fell {(inbox.ahead + cost) / rate:.2f} s behind (the server's limit is "
                 f"{cfg.live_max_ahead_seconds:g} s): this server converts it slower than real time{said}. Open it "
-                "with a longer block_seconds or a shorter context_seconds, or use a faster server (on a CPU with "
-                "native bfloat16: serve --dtype auto)"
+                f"with a longer block_seconds or a shorter context_seconds, or use a faster server{_faster_hint(inbox.rt)}"
             )
         return (
             f"the client sent {(inbox.ahead + cost) / rate:.2f} s of audio ahead of the conversion, more "
