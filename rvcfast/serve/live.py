@@ -340,7 +340,9 @@ class _Inbox:
         """Seconds of conversion per second of audio so far (above 1: slower than real time: the
         converter's :attr:`~rvcfast.RealtimeConverter.real_time_factor`), ``None`` until a second of
         audio after the stream's warm-up has been answered (one slow block says little)."""
-        if self.rt is None or self.answered < 1.0 + 2 * self.rt.block_size / self.rt.sample_rate:
+        from ..realtime import WARMUP_BLOCKS  # the blocks its real_time_factor leaves out
+
+        if self.rt is None or self.answered < 1.0 + WARMUP_BLOCKS * self.rt.block_size / self.rt.sample_rate:
             return None
         factor = self.rt.real_time_factor
         return None if factor is None else float(factor)
