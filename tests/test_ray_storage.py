@@ -473,6 +473,46 @@ def test_a_failed_overwrite_keeps_the_earlier_object_and_leaves_no_temporary_key
     assert store.get("over/out/a.wav") == new and store.keys("over/") == {"over/out/a.wav", "over/out/c.wav"}
 
 
+class _DeleteRefused:
+    """The store's filesystem through a credential that may not delete (S3 answers 403 to
+    DeleteObject): a ``move`` copies, then fails at its delete, as S3's and GCS's do; with
+    ``no_move``, the filesystem cannot move and put() copies and deletes itself."""
+
+    def __init__(self, fs: Any, no_move: bool = False) -> None:
+        self.fs, self.no_move = fs, no_move
+
+    def move(self, src: str, dest: str) -> None:
+        if self.no_move:
+            raise NotImplementedError("move")
+        self.fs.copy_file(src, dest)
+        self.delete_file(src)
+
+    def delete_file(self, path: str) -> None:
+        raise OSError("When deleting key: AWS Error ACCESS_DENIED during DeleteObject operation")
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.fs, name)
+
+
+@pytest.mark.parametrize("no_move", [False, True], ids=["move", "copy-and-delete"])
+def test_a_move_whose_delete_fails_after_the_copy_has_written_the_output(store: Store, no_move: bool) -> None:
+    """put() reported a written output as a failure: the delete of the temporary key failed after
+    its copy onto the output key, so the row was an error row though its output was in place."""
+    from rvcfast.integrations.ray import _storage
+
+    old, new = _wav(0.3, 16000, 200), _wav(0.5, 16000, 300)
+    uri = store.put(f"refused-{no_move}/out/a.wav", old)
+    _storage.put(uri, new, _DeleteRefused(store.fs, no_move=no_move))  # no error: the output is written
+    assert store.get(f"refused-{no_move}/out/a.wav") == new
+    left = store.keys(f"refused-{no_move}/") - {f"refused-{no_move}/out/a.wav"}
+    assert len(left) == 1 and next(iter(left)).endswith(".part"), left  # the hidden temporary key it could not delete
+    # a move that fails before its copy is still an error, the earlier object as it was
+    broken = _Flaky(store.fs, move_fails=OSError("no route to host"), keep_temporary=True)
+    with pytest.raises(OSError, match="no route"):
+        _storage.put(uri, _wav(0.4, 16000, 250), broken)
+    assert store.get(f"refused-{no_move}/out/a.wav") == new
+
+
 class _Blind:
     """The store's filesystem through a credential allowed PutObject only: looking at a key is refused."""
 

@@ -16,8 +16,10 @@ local paths:
   when complete. An existing key (a rerun's output, the manifest) is uploaded to a hidden
   temporary key beside it (``.<name>.<host>~<pid>~<random>.part``), then moved onto it, so
   that a failed upload leaves the earlier object as it was; the temporary key is removed on
-  any failure. A writer killed between the upload and the move leaves that ``.part`` object
-  (and the earlier output intact): no listing takes it for an input or an output.
+  any failure. A move that fails after its copy (S3, GCS: the delete refused) has written
+  the output, which is read back to tell. A writer killed between the upload and the move
+  leaves that ``.part`` object (and the earlier output intact): no listing takes it for an
+  input or an output.
 * **Reading**: an input is copied to a private temporary file with its extension and decoded
   from there, as the server decodes an upload, so every decoder behaves as on a local file;
   its errors name the URI. An existing output looked at to resume is read at its two ends
@@ -510,8 +512,10 @@ def put(uri: str, data: bytes, filesystem: Any) -> None:
     failed write's partial object is removed). An existing key (an earlier run's output, the
     manifest) is not touched until the new object is complete: it is uploaded to a temporary
     key beside it (:func:`_temporary_key`), then moved onto it; on any failure the temporary
-    key is removed and the earlier object stays as it was. A key that cannot be looked at (a
-    credential allowed to write only) is uploaded at once, as a new one.
+    key is removed and the earlier object stays as it was. A move that fails after its copy
+    (its delete refused) has written the output: the key is read back and, holding ``data``,
+    the write counts as done. A key that cannot be looked at (a credential allowed to write
+    only) is uploaded at once, as a new one.
     """
     from pyarrow.fs import FileType
 
@@ -527,10 +531,31 @@ def put(uri: str, data: bytes, filesystem: Any) -> None:
     _upload(fs, temporary, data)
     try:
         _move(fs, temporary, path)
-    except BaseException:
+    except BaseException as exc:
         with contextlib.suppress(Exception):  # best effort: a hidden .part object is all it can leave
             fs.delete_file(temporary)
+        if isinstance(exc, Exception) and _holds(fs, path, data):
+            return  # the move's copy was done, its delete failed: the output is in place
         raise
+
+
+def _holds(fs: Any, path: str, data: bytes) -> bool:
+    """Whether the object ``path`` is ``data``, byte for byte (``False`` where it cannot be read).
+
+    Asked only after a failed move: S3 and GCS move an object by a copy and a delete, and a
+    delete that fails after the copy leaves the new output in place (with its temporary key),
+    which is a written output, not an error row.
+    """
+    from pyarrow.fs import FileType
+
+    try:
+        info = fs.get_file_info(path)
+        if info.type != FileType.File or info.size != len(data):
+            return False
+        with fs.open_input_stream(path) as stream:
+            return bool(stream.read() == data)
+    except Exception:  # noqa: BLE001 - unknown: the move's own error is the one to report
+        return False
 
 
 def write_audio(row: dict[str, Any], audio: np.ndarray, rate: int, spec: Any) -> None:
