@@ -5,7 +5,8 @@ The models are built once per test session into a temporary folder:
 * a v2 40 kHz F0 voice model with tiny widths (real decoder geometry),
 * a one-layer Hugging Face ContentVec folder (``config.json`` + ``pytorch_model.bin``)
   with hidden size 768, as a v2 voice needs, but narrow convolutions,
-* the reduced RMVPE (``save_random_rmvpe(path, full_size=False)``),
+* the reduced RMVPE with a 32-unit BiGRU (``save_random_rmvpe(path, full_size=False, gru_hidden=32)``:
+  the real 256 units are a third of a tiny conversion's time),
 * a small 768-d IVF-Flat index (and a 256-d one, which does not fit a v2 model).
 
 Import the fixtures into a test module with
@@ -83,7 +84,7 @@ def build_tiny_models(root: Path) -> TinyModels:
         final_dim=256,
         seed=3,
     )
-    rmvpe = save_random_rmvpe(root / "rmvpe.pt", full_size=False, seed=4)
+    rmvpe = save_random_rmvpe(root / "rmvpe.pt", full_size=False, seed=4, gru_hidden=32)
     rng = np.random.default_rng(5)
     save_index(root / "added_768.index", rng.standard_normal((200, 768)).astype(np.float32), nlist=4, niter=3)
     save_index(root / "added_256.index", rng.standard_normal((100, 256)).astype(np.float32), nlist=2, niter=3)

@@ -39,7 +39,7 @@ def _one_thread():
 
 @pytest.fixture(scope="module")
 def models(tmp_path_factory) -> dict[str, Path]:
-    """A tiny v2 40 kHz voice (3 speakers), a tiny ContentVec (HF layout), reduced RMVPE, a small index."""
+    """A tiny v2 40 kHz voice (3 speakers), a tiny ContentVec (HF layout), reduced RMVPE (narrow BiGRU), a small index."""
     from rvcfast.index import save_index
     from rvcfast.testing import save_random_hubert, save_random_rmvpe, save_random_voice_model
 
@@ -52,7 +52,7 @@ def models(tmp_path_factory) -> dict[str, Path]:
         d / "contentvec", "hf", layers=1, hidden=768, heads=4, ffn=64,
         conv_layers=[(32, 10, 5)] + [(32, 3, 2)] * 4 + [(32, 2, 2)] * 2, conv_pos=15, conv_pos_groups=4,
     )
-    rmvpe = save_random_rmvpe(d / "rmvpe.pt", full_size=False)
+    rmvpe = save_random_rmvpe(d / "rmvpe.pt", full_size=False, gru_hidden=32)  # the real 256 units: a third of the time
     rng = np.random.default_rng(0)
     save_index(d / "voice.index", rng.standard_normal((400, 768)).astype(np.float32), nlist=8)
     return {"model": voice, "encoder": encoder, "f0_weights": rmvpe, "index": d / "voice.index"}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections import OrderedDict
 from pathlib import Path
@@ -273,6 +274,20 @@ def test_reduced_random_file_matches_golden_layout(tmp_path: Path, reduced_path:
     assert list(mine) == list(ref)
     assert all(mine[k].shape == ref[k].shape and mine[k].dtype == ref[k].dtype for k in ref)
     assert load_rmvpe(path).config == E2EConfig.reduced()
+
+
+def test_a_narrow_bigru_file_loads_with_its_width_and_tracks(tmp_path: Path) -> None:
+    """save_random_rmvpe(gru_hidden=32): the real format with a narrower BiGRU, read back at that width."""
+    path = save_random_rmvpe(tmp_path / "narrow.pt", full_size=False, seed=3, gru_hidden=32)
+    state = load_torch_file(path)
+    assert tuple(state["fc.0.gru.weight_hh_l0"].shape) == (96, 32)  # 3 gates x 32 units
+    assert tuple(state["fc.1.weight"].shape) == (360, 64)  # both directions into the 360 bins
+    m = load_rmvpe(path)
+    assert m.config == dataclasses.replace(E2EConfig.reduced(), gru_hidden=32)
+    f0 = m.infer(0.1 * np.random.default_rng(0).standard_normal(16000).astype(np.float32))
+    assert f0.shape == (101,) and np.isfinite(f0).all() and (f0 >= 0).all()
+    with pytest.raises(ValueError, match="gru_hidden must be a positive"):
+        save_random_rmvpe(tmp_path / "none.pt", full_size=False, gru_hidden=0)
 
 
 def test_bigru_threads_run_on_one_intra_op_thread_each(monkeypatch) -> None:

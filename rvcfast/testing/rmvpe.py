@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from collections import OrderedDict
@@ -15,7 +16,9 @@ from ..models.rmvpe import E2EConfig, e2e_state_shapes
 __all__ = ["save_random_rmvpe"]
 
 
-def save_random_rmvpe(path: str | os.PathLike[str], *, full_size: bool = True, seed: int = 0) -> Path:
+def save_random_rmvpe(
+    path: str | os.PathLike[str], *, full_size: bool = True, seed: int = 0, gru_hidden: int | None = None
+) -> Path:
     """Write random RMVPE weights in the exact format of the real ``rmvpe.pt``.
 
     The file is a plain ``torch.save``d ordered state dict with the real key
@@ -24,9 +27,15 @@ def save_random_rmvpe(path: str | os.PathLike[str], *, full_size: bool = True, s
     (741 entries, 90,423,165 parameters, ~181 MB); ``False`` the reduced
     architecture of the golden test model (~4 MB). Conv weights are scaled by
     fan-in so the activations stay finite; with random weights nearly every
-    frame comes out voiced. Returns the path.
+    frame comes out voiced. ``gru_hidden`` narrows (or widens) the BiGRU from the real 256
+    units: its step-by-step loop is most of a small model's time on a short input, and the
+    loader reads the width from the file, so a quick test can use e.g. 32. Returns the path.
     """
     cfg = E2EConfig.full_size() if full_size else E2EConfig.reduced()
+    if gru_hidden is not None:
+        if int(gru_hidden) < 1:
+            raise ValueError(f"gru_hidden must be a positive number of units, got {gru_hidden!r}")
+        cfg = dataclasses.replace(cfg, gru_hidden=int(gru_hidden))
     gen = torch.Generator().manual_seed(int(seed))
     out: OrderedDict[str, torch.Tensor] = OrderedDict()
     gru_bound = 1.0 / float(np.sqrt(cfg.gru_hidden))
