@@ -230,6 +230,7 @@ class Server:
         self.url, self.api_key, self.timeout = url.rstrip("/"), api_key, timeout
         self._jobs: set[str] = set()  # the jobs created and not yet fetched, failed or cancelled
         self._jobs_lock = threading.Lock()
+        self.parts = _Parts()  # the temporary files of the answers being written
         self.records = True  # whether it takes source_id (a server older than the field refuses it)
 
     def without_records(self) -> None:
@@ -291,7 +292,7 @@ class Server:
         """Send the file ``path``; its answer written to ``target`` (whole, or nothing); the answer's
         headers, or ``None`` when ``stop`` was set before the answer was written (nothing written)."""
         with self._upload("/v1/convert", path, fields) as answer:
-            return _write_answer(answer, target, stop, fields)
+            return _write_answer(answer, target, stop, fields, self.parts)
 
     def convert_as_job(self, path: Path, fields: list[tuple[str, str]], target: Path, stop: threading.Event) -> tuple[dict[str, str], list[str]] | None:
         """:meth:`convert` through ``POST /v1/jobs``, for an input longer than the server converts in one
@@ -324,9 +325,9 @@ class Server:
         while not stop.is_set():
             try:
                 if status.get("state") != "done":
-                    status = self._job("", job, lambda answer: dict(json.loads(answer.read())))
+                    status = self._job("", job, _job_status)
                 if status["state"] == "done":
-                    headers = self._job("/audio", job, lambda answer: _write_answer(answer, target, stop, fields))
+                    headers = self._job("/audio", job, lambda answer: _write_answer(answer, target, stop, fields, self.parts))
                     return None if headers is None else (headers, [str(w) for w in status.get("warnings") or []])
             except ServerLost:
                 gone = time.monotonic() if gone is None else gone
@@ -334,6 +335,9 @@ class Server:
                     raise
                 stop.wait(1.0)
                 continue
+            except _NotAudio:
+                self._delete(job)  # not followed any longer: not left running on the server
+                raise
             except ServerError as exc:
                 busy += 1
                 if exc.status not in (502, 503, 504) or busy >= BUSY_TRIES:
@@ -370,6 +374,54 @@ class Server:
     def _delete(self, job: str) -> None:
         with contextlib.suppress(Exception), self._request(f"/v1/jobs/{job}", method="DELETE", timeout=CANCEL_TIMEOUT):
             pass
+
+
+def _job_status(answer: Any) -> dict[str, Any]:
+    """The state of a job as ``GET /v1/jobs/{id}`` answers it; :class:`_NotAudio` for an answer
+    that is no job's state (a proxy's page answered 200)."""
+    try:
+        status = json.loads(answer.read())
+    except ValueError:
+        status = None
+    if not isinstance(status, dict) or not isinstance(status.get("state"), str):
+        ctype = answer.headers.get("Content-Type") or "no content type"
+        raise _NotAudio(f"the server's answer to {answer.geturl() or 'GET /v1/jobs/...'} is no job state ({ctype})")
+    return status
+
+
+class _Parts:
+    """The temporary files of the answers being written, removed at once by a command that stops
+    (:meth:`remove`): the threads that write them are daemons, ended with the process before
+    they could remove them themselves."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._paths: set[Path] = set()
+
+    @contextlib.contextmanager
+    def new(self, target: Path) -> Generator[Path, None, None]:
+        """A new temporary file for ``target``, named as a local run names its own (``.<name>.<host>~<pid>~...``:
+        a later run removes it if this process was killed), after removing such files left for ``target``."""
+        from ..atomic import new_temporary
+        from ..writing import remove_stale_parts, this_host
+
+        remove_stale_parts(target.parent, target.name)
+        tmp = new_temporary(target, f"{this_host()}~{os.getpid()}")
+        with self._lock:
+            self._paths.add(tmp)
+        try:
+            yield tmp
+        finally:
+            with self._lock:
+                self._paths.discard(tmp)
+
+    def remove(self) -> None:
+        """Delete every temporary file still being written (a thread writing one then fails quietly)."""
+        with self._lock:
+            paths, self._paths = sorted(self._paths), set()
+        for path in paths:
+            with contextlib.suppress(OSError):
+                path.unlink(missing_ok=True)
 
 
 def _format(fields: list[tuple[str, str]]) -> str:
@@ -435,14 +487,15 @@ def _mp4_boxes_whole(path: Path) -> bool:
             if len(head) < 8:
                 return False
             size, kind = struct.unpack(">I4s", head)
+            header = 8
             if size == 1:  # a 64-bit size follows
                 more = f.read(8)
                 if len(more) < 8:
                     return False
-                size = struct.unpack(">Q", more)[0]
+                size, header = struct.unpack(">Q", more)[0], 16
             elif size == 0:  # the last box, to the end of the file
                 size = end - at
-            if size < 8 or at + size > end:
+            if size < header or at + size > end:
                 return False
             kinds.append(kind)
             at += size
@@ -457,9 +510,12 @@ def _have_av() -> bool:
     return importlib.util.find_spec("av") is not None
 
 
-def _write_answer(answer: Any, target: Path, stop: threading.Event, fields: list[tuple[str, str]]) -> dict[str, str] | None:
+def _write_answer(
+    answer: Any, target: Path, stop: threading.Event, fields: list[tuple[str, str]], parts: _Parts
+) -> dict[str, str] | None:
     """The audio ``answer`` to the request of ``fields`` written to ``target`` whole, or nothing
-    (``None``: ``stop`` was set; :class:`_NotAudio`: not the audio asked for); its headers."""
+    (``None``: ``stop`` was set; :class:`_NotAudio`: not the audio asked for); its headers. The
+    temporary file it is written to first is one of ``parts``."""
     from ..atomic import atomic_write
 
     if stop.is_set():
@@ -468,7 +524,7 @@ def _write_answer(answer: Any, target: Path, stop: threading.Event, fields: list
     target.parent.mkdir(parents=True, exist_ok=True)
     promised = answer.headers.get("Content-Length")
     try:
-        with atomic_write(target) as tmp:
+        with parts.new(target) as part, atomic_write(target, part) as tmp:
             with open(tmp, "wb") as out:
                 while chunk := answer.read(1 << 20):
                     if stop.is_set():
@@ -496,7 +552,9 @@ def _server_error(exc: urllib.error.HTTPError) -> ServerError:
     retry = exc.headers.get("Retry-After") if exc.headers else None
     try:
         wait = float(retry) if retry is not None else None
-    except ValueError:
+    except ValueError:  # an HTTP date: the default wait
+        wait = None
+    if wait is not None and not 0 <= wait < float("inf"):  # "-1", "nan": time.sleep refused them (a traceback)
         wait = None
     return ServerError(exc.code, " ".join(message.split()), wait)
 
@@ -587,15 +645,31 @@ def _one(server: Server, work: Any, skip_existing: bool, stop: threading.Event) 
         return None  # stopped: not reported (its output was not written)
     lower = {k.lower(): v for k, v in headers.items()}
     # the server's stages (and its queue); its "total" is the request's, measured here with the upload
-    timings = {k: float(v) for k, v in json.loads(lower.get("x-rvcfast-timings", "{}")).items() if k != "total"}
+    timings = {k: v for k, v in _header(lower, "x-rvcfast-timings", dict).items() if k != "total"}
     timings["request"] = time.perf_counter() - t0
-    warnings = [str(w) for w in json.loads(lower.get("x-rvcfast-warnings", "[]"))] + job_warnings
+    warnings = [str(w) for w in _header(lower, "x-rvcfast-warnings", list)] + job_warnings
     seconds, rate = _length(target)
+    said_rate = _header(lower, "x-rvcfast-sample-rate", int) if not rate else 0
     return result(
-        rate or int(lower.get("x-rvcfast-sample-rate", 0) or 0), timings=timings, output_path=str(target),
+        rate or said_rate, timings=timings, output_path=str(target),
         input_seconds=_length(job.path)[0], warnings=[_named(w, job.path.name, source) for w in warnings],
         frames=round(seconds * rate),
     )
+
+
+def _header(headers: dict[str, str], name: str, kind: type) -> Any:
+    """The JSON value of the answer's header ``name`` (for the summary and report) when it is a
+    ``kind`` (a dict's numbers as floats), else an empty one: a header a proxy or another
+    server version changed does not fail a file whose audio was written."""
+    try:
+        value = json.loads(headers.get(name) or "null")
+    except ValueError:
+        value = None
+    if kind is dict and isinstance(value, dict):
+        return {str(k): float(v) for k, v in value.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+    if kind is int:
+        return value if isinstance(value, int) and not isinstance(value, bool) and value > 0 else 0
+    return value if isinstance(value, kind) else kind()
 
 
 def _length(path: Path) -> tuple[float, int]:
@@ -663,6 +737,7 @@ def iter_remote(server: Server, planned: list[tuple[str | None, Any, list[tuple[
             yield res
     finally:
         stop.set()
+        server.parts.remove()  # an answer still on its way: its thread may not get to remove it (a daemon)
         server.cancel_jobs()
 
 

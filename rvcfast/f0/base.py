@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import importlib
 import importlib.util
+import inspect
 import sys
 import types
 from abc import ABC, abstractmethod
@@ -94,6 +95,35 @@ def as_audio16k(audio: Any) -> np.ndarray:
     return arr
 
 
+class _TorchObject:
+    """The ``device`` or ``dtype`` attribute of an extractor (kept in its ``__dict__``): an extractor
+    unpickled where torch is not imported carries it by name, made torch's object at its first
+    read. A descriptor rather than ``__getattr__``, which would also answer for a property whose
+    getter raised AttributeError, naming the property instead of the attribute really missing."""
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def __get__(self, obj: Any, owner: type | None = None) -> Any:
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            pass
+        if self.name in (obj.__dict__.get("_torch_names") or {}):
+            return obj._restore_torch_name(self.name)
+        raise AttributeError(f"{type(obj).__name__!r} object has no attribute {self.name!r}", name=self.name, obj=obj)
+
+    def __set__(self, obj: Any, value: Any) -> None:
+        obj.__dict__[self.name] = value
+
+    def __delete__(self, obj: Any) -> None:
+        if self.name not in obj.__dict__:
+            raise AttributeError(self.name, name=self.name, obj=obj)
+        del obj.__dict__[self.name]
+
+
 class BaseF0Extractor(ABC):
     """Base class: 16 kHz input, 160-sample hop, device/dtype handling, batch by loop.
 
@@ -111,6 +141,9 @@ class BaseF0Extractor(ABC):
     hop_length: int = HOP_LENGTH
     #: True for pure-CPU trackers with no batching (the batch engine runs them in worker processes).
     cpu_bound: bool = False
+    #: torch's device and dtype (see :class:`_TorchObject`)
+    device: Any = _TorchObject()
+    dtype: Any = _TorchObject()
 
     def __init__(self, device: str | torch.device = "cpu", dtype: torch.dtype | str = "float32") -> None:
         import torch
@@ -137,47 +170,56 @@ class BaseF0Extractor(ABC):
     def __getstate__(self) -> dict[str, Any]:
         """The attributes, with any imported module (pyworld, parselmouth) by name: modules do
         not pickle, and the batch sends ``cpu_bound`` extractors to its F0 worker processes.
-        ``device`` and ``dtype`` go by name too, so that unpickling needs no torch."""
+        ``device`` and ``dtype`` go by name too, so that unpickling needs no torch (not where a
+        subclass declares its own ``device`` or ``dtype``: that would answer before the name is restored)."""
         state = self.__dict__.copy()
         modules = {k: v.__name__ for k, v in state.items() if isinstance(v, types.ModuleType)}
         for k in modules:
             del state[k]
         state["_module_names"] = modules
+        names = dict(state.pop("_torch_names", None) or {})  # a copy: never shared with the copy made from it
         torch = sys.modules.get("torch")
         if torch is not None:
-            named = {k: state.pop(k) for k in ("device", "dtype") if isinstance(state.get(k), (torch.device, torch.dtype))}
-            if named:
-                names = {k: str(v).removeprefix("torch.") for k, v in named.items()}
-                state["_torch_names"] = {**state.get("_torch_names", {}), **names}
+            for k, kind in (("device", torch.device), ("dtype", torch.dtype)):
+                if isinstance(state.get(k), kind) and isinstance(inspect.getattr_static(type(self), k, None), _TorchObject):
+                    names[k] = str(state.pop(k)).removeprefix("torch.")
+        if names:
+            state["_torch_names"] = names
         return state
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         """The attributes again. ``device`` and ``dtype`` are torch's objects again at once when
         torch is imported (a copy, a fork-started worker, a tracker whose module imports torch),
-        else at their first use (:meth:`__getattr__`): a torch-free tracker in a worker process
-        never imports torch."""
+        else at their first use: a torch-free tracker in a worker process never imports torch."""
         state = dict(state)
         modules = state.pop("_module_names", {})
+        names = dict(state.pop("_torch_names", None) or {})
         self.__dict__.update(state)
         for k, name in modules.items():
             setattr(self, k, importlib.import_module(name))
+        if names:
+            self.__dict__["_torch_names"] = names  # this object's own: restoring one never empties another's
         if "torch" in sys.modules:
-            for k in list(state.get("_torch_names", {})):
-                getattr(self, k)
+            for k in list(names):
+                self._restore_torch_name(k)
 
-    def __getattr__(self, name: str) -> Any:
-        """``device`` or ``dtype`` of an unpickled extractor, made from its name at first use."""
-        names = self.__dict__.get("_torch_names")
-        if names and name in names:
-            import torch
+    def _restore_torch_name(self, name: str) -> Any:
+        """Torch's ``device`` or ``dtype`` object for the name an unpickled extractor carries, set
+        as its attribute; the names left are a new dict (a thread, or a copy, may hold the old one)."""
+        import torch
 
-            value = torch.device(names[name]) if name == "device" else getattr(torch, names[name])
-            setattr(self, name, value)
-            del names[name]
-            if not names:
-                del self.__dict__["_torch_names"]
-            return value
-        raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        names = self.__dict__.get("_torch_names") or {}
+        if name not in names:  # restored meanwhile (another thread)
+            return self.__dict__[name]
+        text = names[name]
+        value = torch.device(text) if name == "device" else getattr(torch, text)
+        self.__dict__[name] = value
+        rest = {k: v for k, v in names.items() if k != name}
+        if rest:
+            self.__dict__["_torch_names"] = rest
+        else:
+            self.__dict__.pop("_torch_names", None)
+        return value
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, device={str(self.device)!r})"
