@@ -28,6 +28,7 @@ import numpy as np
 
 from .constants import MAX_SAMPLE_RATE, MIN_SAMPLE_RATE, SR_16K
 from .errors import AudioError, BackendUnavailableError, ParameterError
+from .errors import shown as _shown
 
 __all__ = [
     "EffectParameter",
@@ -218,20 +219,26 @@ def require_extra(feature: str) -> None:
 
 def _number(what: str, value: object) -> float:
     if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        raise ParameterError(f"{what} must be a number, got {value!r}")
-    number = float(value)
+        raise ParameterError(f"{what} must be a number, got {_shown(value)}")
+    try:
+        number = float(value)
+    except OverflowError:  # an integer beyond the float range: JSON's 1000...0 of 400 digits
+        raise ParameterError(f"{what} must be finite, got {_shown(value)}: beyond the float range") from None
     if not math.isfinite(number):
-        raise ParameterError(f"{what} must be finite, got {value!r}")
+        raise ParameterError(f"{what} must be finite, got {_shown(value)}")
     return number
 
 
 def _sample_rate(sample_rate: object, what: str, bounds: tuple[int, int]) -> int:
     if isinstance(sample_rate, bool) or not isinstance(sample_rate, numbers.Real):
-        raise ParameterError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+        raise ParameterError(f"sample_rate must be a positive integer (Hz), got {_shown(sample_rate)}")
     # float() is what numbers.Real promises (int() on a Real is not: it may need __trunc__)
-    number = float(sample_rate)
+    try:
+        number = float(sample_rate)
+    except OverflowError:  # an integer beyond the float range
+        raise ParameterError(f"sample_rate: {what} works at {bounds[0]}..{bounds[1]} Hz, got {_shown(sample_rate)}") from None
     if not math.isfinite(number) or not number.is_integer() or number <= 0:
-        raise ParameterError(f"sample_rate must be a positive integer (Hz), got {sample_rate!r}")
+        raise ParameterError(f"sample_rate must be a positive integer (Hz), got {_shown(sample_rate)}")
     rate = int(number)
     lo, hi = bounds
     if not lo <= rate <= hi:
@@ -279,9 +286,10 @@ def formant_shift(audio16k: np.ndarray, quefrency: float, timbre: float) -> np.n
         raise ParameterError(f"formant timbre must be at least {FORMANT_MIN_TIMBRE:g}, got {timbre!r}")
     signal = _mono(audio16k, "formant shifting").astype(np.float64, copy=False)
     if signal.shape[0] < _FORMANT_FRAME:
-        raise AudioError(
-            None, f"formant shifting needs at least {_FORMANT_FRAME} samples at 16 kHz, got {signal.shape[0]}"
-        )
+        raise AudioError(None, (
+            f"formant shifting needs at least {_FORMANT_FRAME} samples at 16 kHz ({_FORMANT_FRAME / 16:g} ms of audio), "
+            f"got {signal.shape[0]} ({signal.shape[0] / 16:g} ms): leave formant out for so short an input"
+        ))
     module = _import_extra("stftpitchshift", "formant", "formant shifting")
     shifter = module.StftPitchShift(_FORMANT_FRAME, _FORMANT_HOP, FORMANT_SAMPLE_RATE)
     # frames of digital silence divide 0 by 0 inside the shifter, which then zeroes what is not a
@@ -329,14 +337,14 @@ def _effect_values(effect: str, params: object) -> dict[str, float]:
         return {}
     if not isinstance(params, Mapping):
         raise ParameterError(
-            f"effect {effect!r}: parameters must be a mapping of parameter name -> number, got {params!r}"
+            f"effect {effect!r}: parameters must be a mapping of parameter name -> number, got {_shown(params)}"
         )
     known = {p.name: p for p in EFFECT_PARAMETERS[effect]}
     values: dict[str, float] = {}
     for name, value in params.items():
         if name not in known:
             raise ParameterError(
-                f"unknown parameter {name!r} for effect {effect!r}; valid parameters: {', '.join(known)}"
+                f"unknown parameter {_shown(name)} for effect {effect!r}; valid parameters: {', '.join(known)}"
             )
         values[name] = _number(f"effect {effect!r} parameter {name!r}", value)
     return values
@@ -354,11 +362,11 @@ def resolve_effects(effects: Mapping[str, Mapping[str, float] | None] | None) ->
     if effects is None:
         return {}
     if not isinstance(effects, Mapping):
-        raise ParameterError(f"effects must be a mapping of effect name -> parameters, got {effects!r}")
+        raise ParameterError(f"effects must be a mapping of effect name -> parameters, got {_shown(effects)}")
     given: dict[str, dict[str, float]] = {}
     for effect, params in effects.items():
         if effect not in EFFECT_PARAMETERS:
-            raise ParameterError(f"unknown effect {effect!r}; valid effects: {', '.join(EFFECT_ORDER)}")
+            raise ParameterError(f"unknown effect {_shown(effect)}; valid effects: {', '.join(EFFECT_ORDER)}")
         given[effect] = _effect_values(effect, params)
     return {
         effect: {p.name: given[effect].get(p.name, p.default) for p in EFFECT_PARAMETERS[effect]}
@@ -457,7 +465,7 @@ def _effects_flagged(kwargs: Mapping[str, Any]) -> list[str]:
     for effect in EFFECT_ORDER:
         flag = kwargs.get(effect, False)
         if isinstance(flag, str):
-            raise ParameterError(f"Applio flag {effect!r} must be True or False, got the string {flag!r}")
+            raise ParameterError(f"Applio flag {effect!r} must be True or False, got the string {_shown(flag)}")
         if flag:
             flagged.append(effect)
     return flagged
@@ -489,8 +497,10 @@ def effects_from_applio_kwargs(kwargs: Mapping[str, Any]) -> dict[str, dict[str,
     namespace that Applio does not know (a typo) raises :class:`ParameterError`.
     """
     if not isinstance(kwargs, Mapping):
-        raise ParameterError(f"expected a mapping of Applio keyword arguments, got {kwargs!r}")
+        raise ParameterError(f"expected a mapping of Applio keyword arguments, got {_shown(kwargs)}")
     _check_applio_names(kwargs)
+    if isinstance(kwargs.get("post_process"), (str, bytes)):  # "False" is truthy: every flagged effect would run
+        raise ParameterError(f"Applio flag 'post_process' must be True or False, got the string {_shown(kwargs['post_process'])}")
     if "post_process" in kwargs and not kwargs["post_process"]:
         return {}
     effects = {

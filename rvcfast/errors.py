@@ -139,6 +139,21 @@ class Cancelled(BaseException):
     """
 
 
+def shown(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` for an error message, cut after ``limit`` characters: an integer of
+    thousands of digits would fill the message, and past Python's int-to-text limit (4300
+    digits) its ``repr`` raises ValueError instead of naming the parameter: its size is named."""
+    try:
+        text = repr(value)
+    except ValueError:
+        import numbers
+
+        if isinstance(value, numbers.Integral):
+            return f"an integer of about {int(value).bit_length() * 0.30103:.0f} digits"  # log10(2)
+        raise
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def user_stacklevel() -> int:
     """The ``stacklevel`` that makes :func:`warnings.warn`, called by the function calling this
     one, point at the first line outside rvcfast: the user's line that led to the warning,

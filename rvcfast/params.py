@@ -17,13 +17,14 @@ import dataclasses
 import difflib
 import math
 import numbers
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from .errors import ParameterError
+from .errors import shown as _shown
 
 __all__ = ["ConversionParams", "ParamSpec", "param_specs", "coerce_param", "check_one_model_call"]
 
@@ -218,11 +219,14 @@ class ConversionParams:
         if self.output_sample_rate is not None:
             _check_int("output_sample_rate", self.output_sample_rate, None)
             if not 8000 <= int(self.output_sample_rate) <= 384000:
-                raise ParameterError(f"output_sample_rate must be within 8000..384000 Hz, got {self.output_sample_rate}")
+                raise ParameterError(f"output_sample_rate must be within 8000..384000 Hz, got {_shown(self.output_sample_rate)}")
         self._validate_applio_options()
+        if self.output_sample_rate is not None:
+            # also where no output format is checked (Converter.convert): before the work, not after it
+            self._check_clean_rate(int(self.output_sample_rate))
         if vocoder is not None and self.speaker >= vocoder.num_speakers:
             raise ParameterError(
-                f"speaker {self.speaker} is out of range: this model has {vocoder.num_speakers} speaker(s) "
+                f"speaker {_shown(self.speaker)} is out of range: this model has {vocoder.num_speakers} speaker(s) "
                 f"(0..{vocoder.num_speakers - 1})"
             )
         return self
@@ -249,16 +253,21 @@ class ConversionParams:
         fmt = str(format).strip().lower()
         rate = self.output_rate(model_rate)
         check_write_format(fmt, subtype, written_rate(fmt, subtype, rate), bitrate=bitrate)
-        if self.clean > 0:
-            from .effects import DENOISE_SAMPLE_RATES
-
-            lo, hi = DENOISE_SAMPLE_RATES
-            if not lo <= rate <= hi:
-                raise ParameterError(
-                    f"clean: noise reduction works at {lo}..{hi} Hz, but the output rate is {rate} Hz; choose an "
-                    "output rate within it (output_sample_rate=, --sample-rate, the server's sample_rate) or leave clean at 0"
-                )
+        self._check_clean_rate(rate)
         return self
+
+    def _check_clean_rate(self, rate: int) -> None:
+        """Noise reduction (``clean``) runs at the output ``rate`` only within noisereduce's rates."""
+        if not self.clean > 0:
+            return
+        from .effects import DENOISE_SAMPLE_RATES
+
+        lo, hi = DENOISE_SAMPLE_RATES
+        if not lo <= rate <= hi:
+            raise ParameterError(
+                f"clean: noise reduction works at {lo}..{hi} Hz, but the output rate is {rate} Hz; choose an "
+                "output rate within it (output_sample_rate=, --sample-rate, the server's sample_rate) or leave clean at 0"
+            )
 
     def _validate_applio_options(self) -> None:
         _check_range("autotune", self.autotune, 0, 1)
@@ -267,13 +276,13 @@ class ConversionParams:
         if not isinstance(self.channels, str) or self.channels not in CHANNEL_MODES:
             raise ParameterError(f"channels must be one of {', '.join(map(repr, CHANNEL_MODES))}, got {_given(self.channels)}")
         if self.proposed_pitch is not None and not _finite("proposed_pitch", self.proposed_pitch) > 0:
-            raise ParameterError(f"proposed_pitch must be a pitch in Hz above 0, got {self.proposed_pitch!r}")
+            raise ParameterError(f"proposed_pitch must be a pitch in Hz above 0, got {_shown(self.proposed_pitch)}")
         if self.formant is not None:
-            if isinstance(self.formant, (str, bytes)) or not hasattr(self.formant, "__len__") or len(self.formant) != 2:
-                raise ParameterError(f"formant must be a pair (quefrency, timbre), got {self.formant!r}")
+            if not _is_pair(self.formant):
+                raise ParameterError(f"formant must be a pair (quefrency, timbre), got {_given(self.formant)}")
             for name, value in zip(("quefrency", "timbre"), self.formant):
                 if not _finite(f"formant {name}", value) > 0:
-                    raise ParameterError(f"formant {name} must be above 0, got {value!r}")
+                    raise ParameterError(f"formant {name} must be above 0, got {_shown(value)}")
             from .effects import FORMANT_MIN_TIMBRE
 
             if self.formant[1] < FORMANT_MIN_TIMBRE:
@@ -288,13 +297,21 @@ class ConversionParams:
                 require_extra(feature)
 
 
+def _is_pair(value: Any) -> bool:
+    """Two items in order: a tuple, a list or a 1-D array of two (a set has no order, a mapping's
+    items would be its keys)."""
+    if isinstance(value, np.ndarray):
+        return value.shape == (2,)
+    return isinstance(value, Sequence) and not isinstance(value, (str, bytes, bytearray)) and len(value) == 2
+
+
 def _check_loudness(value: Any) -> None:
     from .loudness import LOUDNESS_RANGE, MATCH
 
     if value is None or (isinstance(value, str) and value == MATCH):
         return
     if isinstance(value, str):
-        raise ParameterError(f"loudness must be {MATCH!r}, a number of LUFS or None, got {value!r}")
+        raise ParameterError(f"loudness must be {MATCH!r}, a number of LUFS or None, got {_shown(value)}")
     lo, hi = LOUDNESS_RANGE
     _check_range("loudness", value, lo, hi, "LUFS")
 
@@ -346,7 +363,7 @@ def check_setting_names(overrides: Iterable[str], options: Iterable[str] = ()) -
 
 def _given(value: Any) -> str:
     """``value`` and its type, for error messages: ``'0.5' (str)``."""
-    return f"{value!r} ({type(value).__name__})"
+    return f"{_shown(value)} ({type(value).__name__})"
 
 
 def _finite(name: str, value: Any) -> float:
@@ -361,10 +378,12 @@ def _finite(name: str, value: Any) -> float:
         raise ParameterError(f"{name} must be a number, got {_given(value)}")
     try:
         v = float(value)
-    except (TypeError, ValueError, OverflowError):
+    except OverflowError:  # an integer beyond the float range (from JSON, or Python's 10**400)
+        raise ParameterError(f"{name} must be finite, got {_shown(value)}: beyond the float range") from None
+    except (TypeError, ValueError):
         raise ParameterError(f"{name} must be a number, got {_given(value)}") from None
     if not math.isfinite(v):
-        raise ParameterError(f"{name} must be finite, got {value!r}")
+        raise ParameterError(f"{name} must be finite, got {_shown(value)}")
     return v
 
 
@@ -372,14 +391,14 @@ def _check_range(name: str, value: Any, lo: float, hi: float, unit: str = "") ->
     v = _finite(name, value)
     if not lo <= v <= hi:
         suffix = f" {unit}" if unit else ""
-        raise ParameterError(f"{name} must be within {lo:g}..{hi:g}{suffix}, got {value!r}")
+        raise ParameterError(f"{name} must be within {lo:g}..{hi:g}{suffix}, got {_shown(value)}")
 
 
 def _check_int(name: str, value: Any, minimum: int | None) -> None:
     if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
         raise ParameterError(f"{name} must be an integer, got {_given(value)}")
     if minimum is not None and value < minimum:
-        raise ParameterError(f"{name} must be an integer >= {minimum}, got {value!r}")
+        raise ParameterError(f"{name} must be an integer >= {minimum}, got {_shown(value)}")
 
 
 # ---------------------------------------------------------------------- front-end support
@@ -446,6 +465,8 @@ def coerce_param(name: str, raw: Any) -> Any:
             return _loudness(text)
         if kind == "choice":
             return text.lower()  # validate() names the choices
+    except ParameterError as exc:  # readable, but not as one value (a key given twice in a JSON object)
+        raise ParameterError(f"{name}: {exc}") from None
     except ValueError:
         expected = {
             "bool": "true or false",
@@ -475,11 +496,22 @@ def _mapping(text: str) -> dict[str, Any] | None:
     if text.lower() in ("", "none", "null", "off"):
         return None
     try:
-        value = json.loads(text)
+        value = json.loads(text, object_pairs_hook=_unique_keys)
     except (json.JSONDecodeError, RecursionError):  # RecursionError: nested deeper than Python's limit
         raise ValueError(text) from None
     if not isinstance(value, dict):
         raise ValueError(text)
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object whose keys are all different: with ``{"reverb": {...}, "reverb": {...}}``
+    (or a parameter given twice) the decoder keeps the last and drops the rest unsaid."""
+    value: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in value:
+            raise ParameterError(f"{_shown(key)} is given more than once in the same JSON object; give it once")
+        value[key] = item
     return value
 
 

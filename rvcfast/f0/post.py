@@ -83,6 +83,8 @@ def _finite(name: str, value: float) -> float:
         raise ParameterError(f"{name} must be a number, got {value!r} ({type(value).__name__})")
     try:
         number = float(value)
+    except OverflowError:  # an integer beyond the float range
+        raise ParameterError(f"{name} must be finite, got an integer beyond the float range") from None
     except (TypeError, ValueError):
         raise ParameterError(f"{name} must be a number, got {value!r}") from None
     if not math.isfinite(number):
