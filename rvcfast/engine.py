@@ -49,6 +49,7 @@ from .engine_items import (
     describe,
     given_params,
     join_channels,
+    share_keys,
     too_short,
 )
 from .engine_progress import RunProgress, stream_f0
@@ -409,6 +410,7 @@ class Engine:
         timings: dict[str, float] | None = None,
         pauses: bool = False,
         on_progress: Callable[[int, float], None] | None = None,
+        key: int | None = None,
     ) -> Iterator[np.ndarray | None]:
         """One input's output piece by piece, in order, each as soon as its segment is synthesised.
 
@@ -431,11 +433,14 @@ class Engine:
         :meth:`run`'s, called before each piece is yielded (and after each F0 block of a long input).
 
         ``loudness`` needs the whole output: it is refused (:class:`ParameterError`) unless ``raw``;
-        so is an input prepared channel by channel (``channels="each"``), raw or not.
+        so is an input prepared channel by channel (``channels="each"``), raw or not: a caller
+        streaming its channels one by one gives each the key they share (``key``: the semitones of
+        :func:`~rvcfast.f0.post.proposed_pitch_offset_of_channels`, in place of the channel's own
+        proposed-pitch offset).
         """
         from .streaming import StreamFinisher
 
-        item = Item(prep, self.params(params))
+        item = Item(prep, self.params(params), key=key)
         check_formant(prep, item.params)
         check_channels(prep, item.params)
         if prep.more_channels:
@@ -527,16 +532,19 @@ class Engine:
                     tracks[i] = progress.track(i, getattr(self.f0_extractor, "name", "?"), lambda: check_cancel(cancel))
         backend = f" (backend {getattr(self.f0_extractor, 'name', type(self.f0_extractor).__name__)!r})"
         computed = set(todo)
+        checked: dict[int, np.ndarray] = {}
         for i, (item, raw) in enumerate(zip(items, tracks)):
             if isinstance(raw, BaseException):
                 self._fail(item, raw, "F0 extraction failed" + (backend if i in computed else ""), raise_errors)
                 continue
             try:
-                track = self._checked_track(raw, item)
+                checked[id(item)] = self._checked_track(raw, item)
             except RvcfastError as exc:
                 self._fail(item, exc, "F0 extraction failed", raise_errors)
-                continue
-            item.coarse, item.pitchf = pitch_track(track, item.prep.p_len, item.params)
+        share_keys(items, checked)
+        for item in items:
+            if id(item) in checked:
+                item.coarse, item.pitchf = pitch_track(checked[id(item)], item.prep.p_len, item.params, item.key)
 
     def _checked_track(self, raw: Any, item: Item) -> np.ndarray:
         """A raw F0 track (from the backend or the caller) as a 1-D float array, or an error naming

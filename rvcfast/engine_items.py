@@ -31,6 +31,7 @@ __all__ = [
     "describe",
     "given_params",
     "join_channels",
+    "share_keys",
     "too_short",
 ]
 
@@ -53,11 +54,30 @@ class Item:
     lengths: list[int] = field(default_factory=list)  # output samples each segment fills (from its offset)
     channels: list[Item] = field(default_factory=list)  # channels="each": the further channels' items
     owner: int = 0  # the input's position in run()'s list (a further channel: its input's)
+    key: int | None = None  # proposed_pitch's semitones, shared by the input's channels (channels="each")
     synthesized: int = 0  # output samples of its segments synthesised so far
 
 
 class Failure(RvcfastError):
     """An input's failure as reported in its Result (the message names the input)."""
+
+
+def share_keys(items: list[Item], tracks: Mapping[int, np.ndarray]) -> None:
+    """One proposed-pitch key per multi-channel input (``channels="each"``), set on its channels'
+    items: each channel worked out its own offset from its own median, so a stereo input could
+    come out with its channels a semitone apart. ``tracks``: the checked raw F0 track of each
+    item by ``id``; an input whose channels are not all there (one failed) is left alone."""
+    from .f0.post import proposed_pitch_offset_of_channels
+
+    for item in items:
+        q = item.params
+        if not item.channels or q.proposed_pitch is None or q.autotune > 0:
+            continue
+        group = [item, *item.channels]
+        if all(id(member) in tracks for member in group):
+            key = proposed_pitch_offset_of_channels([tracks[id(member)] for member in group], q.proposed_pitch)
+            for member in group:
+                member.key = key
 
 
 def join_channels(item: Item) -> None:

@@ -254,15 +254,17 @@ def segment_output_length(n_samples: int, span_frames: int, hop: int, trim: int,
 
 
 def pitch_track(
-    f0: np.ndarray, p_len: int, params: ConversionParams
+    f0: np.ndarray, p_len: int, params: ConversionParams, key: int | None = None
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Key shift + coarse pitch of a raw F0 track, fitted to ``p_len`` frames."""
+    """Key shift + coarse pitch of a raw F0 track, fitted to ``p_len`` frames. ``key``: the
+    proposed pitch's semitones when they were worked out for several tracks together (the
+    channels of one input), in place of this track's own."""
     return postprocess(
         f0,
         p_len,
-        semitones=params.pitch,
+        semitones=params.pitch + (key or 0),
         autotune=params.autotune,
-        proposed_pitch=params.proposed_pitch,
+        proposed_pitch=params.proposed_pitch if key is None else None,
         fill_unvoiced=params.fill_unvoiced,
     )
 

@@ -3,7 +3,8 @@
 * a DC offset is removed from each channel on its own (each is high-passed alone), so each
   channel's offset is reported (and refused with ``strict``), not the mix's;
 * decoding a long multi-channel file holds one ``[samples, channels]`` buffer, not three;
-* ``loudness`` works for any number of channels (BS.1770 layouts stop at 5).
+* ``loudness`` works for any number of channels (BS.1770 layouts stop at 5);
+* ``proposed_pitch`` gives an input's channels one key, worked out from all of them.
 """
 
 from __future__ import annotations
@@ -153,3 +154,32 @@ def test_a_failing_channel_fails_its_input_and_is_named(tiny_converter) -> None:
     [res] = engine.run([prep], q, f0=[(first, RuntimeError("tracker crashed"))])
     assert not res.ok and res.audio.size == 0
     assert res.error.startswith("song.wav: channel 2: F0 extraction failed") and "tracker crashed" in res.error, res.error
+
+
+def _straddling(engine, q, prep) -> tuple[tuple[np.ndarray, np.ndarray], float]:
+    """Two constant F0 tracks a semitone apart (one per channel) and a proposed_pitch target
+    whose own offsets round apart (0 and +1 semitone): channels converted with their own key
+    would come out a semitone apart."""
+    n = prep.padded.shape[0] // 160 + 1
+    low, high = np.full(n, 200.0), np.full(n, 200.0 * 2 ** (1 / 12))
+    return (high, low), float(np.sqrt(200.0 * 200.0 * 2 ** (1 / 12)) * 2 ** (0.5 / 12))
+
+
+def test_proposed_pitch_gives_every_channel_one_key(tiny_converter) -> None:
+    """Each channel worked out its own proposed-pitch offset from its own median: a stereo take
+    whose channels' pitch medians straddled a rounding point came out a semitone apart."""
+    from rvcfast.f0.post import proposed_pitch_offset, proposed_pitch_offset_of_channels
+
+    engine = tiny_converter.engine
+    q = engine.params(channels="each", noise=False)
+    prep = engine.prepare(tone(1.0, 16000, channels=2), 16000, params=q)
+    tracks, target = _straddling(engine, q, prep)
+    own = [proposed_pitch_offset(t, target) for t in tracks]
+    shared = proposed_pitch_offset_of_channels(tracks, target)
+    assert own == [0, 1] and shared in own, (own, shared)  # the construction: the channels' own keys differ
+    got = engine.run([prep], q.replace(proposed_pitch=target), f0=[tracks], raise_errors=True)[0].audio
+    keyed = engine.run([prep], q.replace(pitch=shared), f0=[tracks], raise_errors=True)[0].audio
+    np.testing.assert_array_equal(got, keyed)  # both channels in the one shared key
+    # one channel's own offset is what a mono input gets: one track gives proposed_pitch_offset's answer
+    assert proposed_pitch_offset_of_channels(tracks[:1], target) == own[0]
+    assert proposed_pitch_offset_of_channels([np.zeros(5), tracks[1]], target) == own[1]  # a silent channel has no say

@@ -569,3 +569,58 @@ def test_an_upload_cannot_replace_one_of_the_operators_voices(tiny_models, folde
     with in_process(app) as run:
         run(body)
     assert sorted(v.id for v in discover_voices([folders["voices"], uploads])) == ["alice", "bob", "carol", "mine", "zoe"]
+
+
+class _LevelTracker:
+    """A stand-in F0 backend: every frame voiced, a semitone higher on a loud channel (peak above
+    0.3) than on a quiet one, so the channels' proposed-pitch offsets can round apart."""
+
+    name = "level"
+    cpu_bound = False
+
+    def __init__(self) -> None:
+        self.tracks: list[np.ndarray] = []
+
+    def extract(self, audio16k: Any) -> np.ndarray:
+        audio = np.asarray(audio16k)
+        track = np.full(audio.shape[-1] // 160 + 1, 200.0 * (2 ** (1 / 12) if np.abs(audio).max() > 0.3 else 1.0))
+        self.tracks.append(track)
+        return track
+
+    def extract_batch(self, batch: Any) -> list[np.ndarray]:
+        return [self.extract(a) for a in batch]
+
+
+def test_a_job_gives_every_channel_one_proposed_key(tiny_models, folders, tmp_path, monkeypatch) -> None:
+    """A job converts channels="each" channel after channel, each streamed on its own: with
+    proposed_pitch each worked out its own key, so a job's stereo answer could have its channels
+    a semitone apart, unlike the same request to /v1/convert."""
+    from rvcfast.f0.post import proposed_pitch_offset
+
+    tracker = _LevelTracker()
+    monkeypatch.setattr(Engine, "f0_extractor_for", lambda self, params: tracker)
+    target = float(200.0 * 2 ** (1 / 24) * 2 ** (0.5 / 12))  # between the two channels' medians, past a rounding point
+    app = make_app(tiny_models, folders, tmp_path)
+    state = app.state.rvcfast
+    fields = {"voice": "carol", "channels": "each", "proposed_pitch": str(target), "noise": "false", "subtype": "FLOAT"}
+    data = wav_bytes(tone(1.0, 16000, channels=2) * [1.0, 0.5], 16000)
+
+    async def body(client):
+        r = await client.post("/v1/jobs", files={"file": ("take.wav", data, "audio/wav")}, data=fields)
+        assert r.status_code == 202, r.text
+        job_id = r.json()["id"]
+        await asyncio.wait([state.jobs.get(job_id).handle], timeout=DEADLINE)
+        answer = await client.get(f"/v1/jobs/{job_id}/audio")
+        assert answer.status_code == 200, answer.text
+        whole = await client.post("/v1/convert", files={"file": ("take.wav", data, "audio/wav")}, data=fields)
+        assert whole.status_code == 200, whole.text
+        return answer.content, whole.content
+
+    with in_process(app) as run:
+        job, whole = run(body)
+    own = {proposed_pitch_offset(t, target) for t in tracker.tracks}
+    assert own == {0, 1}, own  # the construction: each channel on its own would take another key
+    job_audio, whole_audio = (sf.read(io.BytesIO(b), dtype="float32")[0] for b in (job, whole))
+    assert job_audio.shape == whole_audio.shape and job_audio.ndim == 2
+    # the same samples but for float rounding (the answer batches the channels' segments, the job does not)
+    assert np.abs(job_audio - whole_audio).max() <= 1e-4 * np.abs(whole_audio).max(), np.abs(job_audio - whole_audio).max(axis=0)

@@ -14,6 +14,7 @@ bit for bit.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -28,6 +29,7 @@ __all__ = [
     "shift_f0",
     "autotune_f0",
     "proposed_pitch_offset",
+    "proposed_pitch_offset_of_channels",
     "adjust_f0",
     "coarse_pitch",
     "fit_length",
@@ -135,14 +137,27 @@ def proposed_pitch_offset(f0: np.ndarray, threshold: float) -> int:
     ``round(12 * log2(threshold / median))`` clamped to ±12. Fewer than two voiced
     frames (or a non-positive median) give 0.
     """
+    return proposed_pitch_offset_of_channels([f0], threshold)
+
+
+def proposed_pitch_offset_of_channels(tracks: Sequence[np.ndarray], threshold: float) -> int:
+    """:func:`proposed_pitch_offset` of an input's channels together (``channels="each"``): one
+    key for all of them, or a stereo input's channels would come out in different keys. Each
+    track's unvoiced frames are filled from its own voiced neighbours and the median is taken
+    over the frames of every track with at least two voiced frames; one track gives
+    :func:`proposed_pitch_offset`'s answer."""
     threshold = _finite("proposed_pitch threshold", threshold)
     if threshold <= 0:
         raise ParameterError(f"proposed_pitch threshold must be > 0 Hz, got {threshold!r}")
-    track = np.asarray(f0)
-    voiced = np.nonzero(track > 0)[0]
-    if voiced.size < 2:
+    filled = []
+    for f0 in tracks:
+        track = np.asarray(f0)
+        voiced = np.nonzero(track > 0)[0]
+        if voiced.size >= 2:
+            filled.append(np.interp(np.arange(track.shape[0]), voiced, track[voiced]))
+    if not filled:
         return 0
-    median = float(np.median(np.interp(np.arange(track.shape[0]), voiced, track[voiced])))
+    median = float(np.median(np.concatenate(filled)))
     if not median > 0:  # also catches NaN
         return 0
     raw = 12 * np.log2(threshold / median)

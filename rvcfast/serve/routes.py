@@ -24,7 +24,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -407,6 +407,26 @@ async def _to_the_end(state: ServerState, fn: Callable[..., T], *args: Any, **kw
         raise
 
 
+def _channel_tracks(engine: Engine, channels: list[PreparedAudio], params: ConversionParams) -> Iterator[list[np.ndarray] | None]:
+    """Every channel's raw F0 track, then the list of them: block by block where the backend
+    tracks in blocks, a ``None`` between blocks and channels (the other requests' turns)."""
+    from ..engine_progress import stream_f0
+
+    ext = engine.f0_extractor_for(params)
+    tracks: list[np.ndarray] = []
+    for k, channel in enumerate(channels):
+        if k:
+            yield None
+        track, _ = yield from stream_f0(ext, channel.padded, True, None)
+        if track is None:  # a backend without blocks: the whole track at once
+            whole = engine.extract_f0([channel], params)[0]
+            if isinstance(whole, BaseException):
+                raise whole
+            track = np.asarray(whole)
+        tracks.append(track)
+    yield tracks
+
+
 def _job_progress(job: Job, channel: int, channels: int) -> Callable[[int, float], None]:
     """``Engine.stream``'s ``on_progress`` for channel ``channel`` of ``channels``: sets ``job.progress``
     (0 to 0.95 over the conversion, F0 blocks of a long input included; finishing and writing the
@@ -437,12 +457,21 @@ async def _run_job(state: ServerState, job: Job, engine: Engine, params: Convers
         job.warnings = [w.replace(str(source), job.input_name) for w in prep.warnings]
         # channels="each": the channels one after the other, each segment by segment
         channels = [dataclasses.replace(c, more_channels=()) for c in (prep, *prep.more_channels)]
+        tracks: list[Any] = [None] * len(channels)
+        key = None
+        if len(channels) > 1 and params.proposed_pitch is not None and not params.autotune > 0 and engine.vocoder.has_f0:
+            # one proposed-pitch key for every channel (each worked out its own: channels a semitone apart)
+            async for step in state.steps(_channel_tracks(engine, channels, params)):
+                tracks = step if step is not None else tracks
+            from ..f0.post import proposed_pitch_offset_of_channels
+
+            key = proposed_pitch_offset_of_channels(tracks, params.proposed_pitch)
         with open(raw_path, "wb") as raw:
             for c, channel in enumerate(channels):
                 moved = _job_progress(job, c, len(channels))
-                async for piece in state.steps(
-                    engine.stream(channel, params, raw=True, timings=job.timings, pauses=True, on_progress=moved)
-                ):
+                async for piece in state.steps(engine.stream(
+                    channel, params, f0=tracks[c], key=key, raw=True, timings=job.timings, pauses=True, on_progress=moved
+                )):
                     raw.write(np.ascontiguousarray(piece, dtype=np.float32).tobytes())
         del channels
         t0 = time.perf_counter()
