@@ -177,6 +177,9 @@ def test_bench_random_model_options_with_a_model_are_a_usage_error(no_loading, t
         # before: --effects replaced every --effect given before it
         (["--effect", "reverb:room_size=0.3", "--effects", '{"gain": {"db": 3}}'], {"reverb": {"room_size": 0.3}, "gain": {"db": 3}}),
         (["--effects", '{"reverb": {"room_size": 0.3}}', "--effect", "reverb:wet_level=0.1"], {"reverb": {"room_size": 0.3, "wet_level": 0.1}}),
+        # before: a later {"reverb": null} (the effect at its defaults) dropped the room_size given before it
+        (["--effect", "reverb:room_size=0.3", "--effects", '{"reverb": null}'], {"reverb": {"room_size": 0.3}}),
+        (["--effects", '{"reverb": null}'], {"reverb": None}),
     ],
 )
 def test_effects_given_several_times_add_up(flags, expected):
@@ -191,6 +194,12 @@ def test_effects_given_several_times_add_up(flags, expected):
         (["--effect", "echo"], "rvcfast convert: error: --effect/--effects: unknown effect 'echo'; valid effects: "),
         # before: "not JSON (or a .json file): Expecting value: line 1 column 1 (char 0)"
         (["--effects", "nosuch.json"], "rvcfast convert: error: argument --effects: no such file: nosuch.json"),
+        # before: the first of a key given twice was dropped without a word
+        (["--effect", "reverb:room_size=0.1,room_size=0.9"], "rvcfast convert: error: argument --effect: 'room_size' is given twice"),
+        (["--effects", '{"reverb": {"room_size": 0.1}, "reverb": {"damping": 0.9}}'],
+         "rvcfast convert: error: argument --effects: 'reverb' is given more than once in the same JSON object"),
+        (["--effects", '{"reverb": {"room_size": 0.1, "room_size": 0.9}}'],
+         "rvcfast convert: error: argument --effects: 'room_size' is given more than once in the same JSON object"),
     ],
 )
 def test_effect_errors_name_the_flag(tiny_models, tmp_path, capsys, no_loading, flags, message):

@@ -290,6 +290,8 @@ class _EffectAction(argparse.Action):
         params: dict[str, float] = {}
         for item in filter(None, (x.strip() for x in rest.split(","))):
             key, sep, raw = item.partition("=")
+            if key.strip() in params:  # the last would win, the first dropped unsaid
+                raise argparse.ArgumentError(self, f"{key.strip()!r} is given twice in {values!r}; give it once")
             try:
                 params[key.strip()] = float(raw)
             except ValueError:
@@ -309,11 +311,15 @@ class _EffectsJsonAction(argparse.Action):
 def _merge_effects(namespace: Any, new: dict[str, Any]) -> None:
     """Add ``new`` effects to ``namespace.effects``: an effect given again keeps its earlier
     settings and takes the new ones (``--effect reverb:room_size=0.3 --effect reverb:damping=0.2``
-    is both), so nothing given on the command line is silently dropped."""
+    is both; an effect given with no settings, ``{"reverb": null}``, keeps the earlier ones), so
+    nothing given on the command line is silently dropped."""
     effects = {k: dict(v) if isinstance(v, dict) else v for k, v in (getattr(namespace, "effects", None) or {}).items()}
     for name, params in new.items():
         old = effects.get(name)
-        effects[name] = {**old, **params} if isinstance(old, dict) and isinstance(params, dict) else params
+        if isinstance(old, dict) and (isinstance(params, dict) or params is None):
+            effects[name] = {**old, **(params or {})}
+        else:
+            effects[name] = params
     namespace.effects = effects
 
 
@@ -323,11 +329,21 @@ def _json_object(text: str) -> dict[str, Any]:
         raise argparse.ArgumentTypeError(f"no such file: {text}")
     raw = p.read_text(encoding="utf-8") if p.suffix == ".json" and p.is_file() else text
     try:
-        value = json.loads(raw)
+        value = json.loads(raw, object_pairs_hook=_unique_keys)
     except json.JSONDecodeError as exc:
         raise argparse.ArgumentTypeError(f"not JSON (or a .json file): {exc}") from None
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError("expected a JSON object {effect: {parameter: value}}")
+    return value
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    """A JSON object's members, refused where a key is given twice (the last would win unsaid)."""
+    value: dict[str, Any] = {}
+    for key, item in pairs:
+        if key in value:
+            raise argparse.ArgumentTypeError(f"{key!r} is given more than once in the same JSON object; give it once")
+        value[key] = item
     return value
 
 
