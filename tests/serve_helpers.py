@@ -9,6 +9,7 @@ file, so a chatty server can never block on a full pipe.
 from __future__ import annotations
 
 import asyncio
+import http.server
 import io
 import os
 import re
@@ -199,3 +200,18 @@ def served(app: Any, **config: Any) -> Iterator[str]:
         server.should_exit = True
         thread.join(WAIT_DEADLINE)
         sock.close()
+
+
+class ScriptedHandler(http.server.BaseHTTPRequestHandler):
+    """A stand-in HTTP server's handler (a test scripts its answers in ``do_GET``/``do_POST``): ``_send``
+    answers with a status, a body of a content type and headers; nothing is logged."""
+
+    def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
+        self.send_response(status)
+        for k, v in {"Content-Type": ctype, "Content-Length": str(len(body)), **(headers or {})}.items():
+            self.send_header(k, v)
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        return None

@@ -24,7 +24,7 @@ from rvcfast.writing import recorded_source, source_id
 
 pytest.importorskip("fastapi")
 
-from serve_helpers import API_KEY, running_server, voice_folder  # noqa: E402
+from serve_helpers import API_KEY, ScriptedHandler, running_server, voice_folder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -294,7 +294,7 @@ def test_a_streamed_answer_cannot_carry_a_source_id() -> None:
     assert parse_fields([("voice", "alice"), ("source_id", "")]).source_id is None  # empty: not given, as f0 and bitrate
 
 
-class _Busy(http.server.BaseHTTPRequestHandler):
+class _Busy(ScriptedHandler):
     """A server busy for its first answer (503, Retry-After 0), then answering a WAV."""
 
     answers: list[int] = []
@@ -314,15 +314,6 @@ class _Busy(http.server.BaseHTTPRequestHandler):
         self._send(200, buf.getvalue(), "audio/wav", {"X-Rvcfast-Timings": '{"synth": 0.5, "total": 0.6}',
                                                       "X-Rvcfast-Warnings": '["a.wav: clipped"]'})
 
-    def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for k, v in {"Content-Type": ctype, "Content-Length": str(len(body)), **(headers or {})}.items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        return None
 
 
 def test_a_busy_server_is_asked_again_after_its_retry_after(tmp_path) -> None:

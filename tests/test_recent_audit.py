@@ -24,6 +24,7 @@ import pytest
 import soundfile as sf
 import torch
 from helpers import one_thread_fixture  # noqa: F401
+from serve_helpers import ScriptedHandler
 
 from rvcfast.cli import main
 from rvcfast.f0 import base
@@ -106,7 +107,7 @@ def test_an_attribute_error_inside_a_property_names_the_attribute_missing() -> N
 # ------------------------------------------------------------------ convert --server
 
 
-class _Answers(http.server.BaseHTTPRequestHandler):
+class _Answers(ScriptedHandler):
     """A server with one voice whose answers depend on the uploaded file's name: ``hold`` sends half
     of its WAV and waits for ``release``; ``page`` is converted as a job whose state is a proxy's
     HTML page; ``odd`` comes with summary headers that are not JSON; any other is a WAV."""
@@ -152,15 +153,6 @@ class _Answers(http.server.BaseHTTPRequestHandler):
         else:
             self._send(200, _wav(), "audio/wav")
 
-    def _send(self, status: int, body: bytes, ctype: str, headers: dict[str, str] | None = None) -> None:
-        self.send_response(status)
-        for k, v in {"Content-Type": ctype, "Content-Length": str(len(body)), **(headers or {})}.items():
-            self.send_header(k, v)
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: object) -> None:
-        return None
 
 
 def _wav() -> bytes:
