@@ -257,6 +257,10 @@ class _SharedEncoder:
         self.serial = serial
 
     def __getattr__(self, name: str) -> Any:  # hidden_size, num_layers, has_final_proj, source_path...
+        if name == "inner" or (name.startswith("__") and name.endswith("__")):
+            # not set yet (copy and pickle build the object without __init__, then ask for
+            # __setstate__): forwarding would ask for self.inner again, for ever
+            raise AttributeError(name)
         return getattr(self.inner, name)
 
     def encode(

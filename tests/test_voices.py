@@ -503,3 +503,24 @@ def test_without_shared_gives_the_engine_its_own_models_back(voices: Voices) -> 
     plain = rvcfast.voices.without_shared(engine)
     assert plain.encoder is voices.main.engine.encoder and plain.f0_extractor is voices.main.engine.f0_extractor
     assert rvcfast.voices.without_shared(voices.main.engine) is voices.main.engine
+
+
+class _Inner:
+    """A stand-in encoder (module level: it pickles)."""
+
+    hidden_size = 768
+
+
+def test_a_shared_encoder_copies_and_pickles() -> None:
+    """The wrapper forwarded every missing attribute to ``self.inner``: copy and pickle, which ask
+    for ``__setstate__`` before ``inner`` is set, recursed until RecursionError."""
+    import copy
+    import pickle
+
+    from rvcfast.voices import _SharedEncoder
+
+    wrapped = _SharedEncoder(_Inner(), None, serial=1)  # type: ignore[arg-type]
+    for again in (copy.copy(wrapped), pickle.loads(pickle.dumps(wrapped))):
+        assert again.hidden_size == 768 and again.serial == 1
+    with pytest.raises(AttributeError):
+        _SharedEncoder.__new__(_SharedEncoder).hidden_size  # noqa: B018 - no inner yet: an AttributeError, not a recursion
