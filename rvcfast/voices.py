@@ -465,9 +465,9 @@ def iter_voices(
         try:
             settings.append(Converter.from_engine(engine).make_params(params, **{**shared_settings, **extra}))
         except ParameterError as exc:
-            if not extra or len(named) == 1:
-                raise  # the settings every voice shares: not one voice's
-            raise ParameterError(f"voice {name!r}: {exc}") from None
+            if len(named) == 1 or not (extra or _fits_no_model(params, shared_settings)):
+                raise  # the settings every voice shares, wrong for any model: not one voice's
+            raise ParameterError(f"voice {name!r}: {exc}") from None  # e.g. a speaker this voice does not have
     if out_dir is not None:  # the format at each voice's output rate: before any voice writes
         for (name, engine), q in zip(named, settings):
             try:
@@ -483,6 +483,16 @@ def iter_voices(
     # the first voice's batch is made now: its options are checked when iter_voices is called
     first = runs[0][1].iter_batch(listed, out_dir, runs[0][2], name_template=name_template, **batch_kwargs)
     return _voice_after_voice(runs, first, listed, out_dir, name_template, batch_kwargs, progress)
+
+
+def _fits_no_model(params: Any, settings: dict[str, Any]) -> bool:
+    """Whether the shared settings pass every check that needs no model: one that fails for a
+    voice then fails for that voice's model (its speakers), and the error names the voice."""
+    try:
+        ConversionParams.build(params, **settings).validate()
+    except (ParameterError, TypeError, ValueError):
+        return False
+    return True
 
 
 def _voice_after_voice(

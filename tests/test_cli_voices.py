@@ -166,3 +166,21 @@ def test_each_voice_can_have_its_own_key(tiny_models, tmp_path):
         np.testing.assert_array_equal(sf.read(alone / "a.wav")[0], outputs[voice.stem])
     # carol is alice's model: only the key tells their outputs apart
     assert np.abs(outputs["alice"] - outputs["carol"]).max() > 0
+
+
+def test_a_speaker_one_voice_does_not_have_names_that_voice(tiny_models, tmp_path, capsys):
+    """``--speaker 2`` with a one-speaker ``--voice`` said "this model has 1 speaker(s)" without
+    saying which of the voices; nothing is converted."""
+    from helpers import TINY_VOICE
+
+    from rvcfast.testing import save_random_voice_model
+
+    alice, _, _ = _voices(tiny_models, tmp_path)
+    solo = save_random_voice_model(tmp_path / "voices" / "solo.pth", "v2", 40000, True, seed=9, **{**TINY_VOICE, "num_speakers": 1})
+    wav = write_tone(tmp_path / "in")
+    out = tmp_path / "out"
+    status = main(["convert", str(alice), str(wav), "-o", str(out), "--voice", str(solo), "--speaker", "2", *_weights(tiny_models)])
+    err = capsys.readouterr().err
+    assert status == 2 and "--speaker: speaker 2 is out of range: this model has 1 speaker(s)" in err, err
+    assert f"(voice 'solo', {solo})" in err, err
+    assert not out.exists() or not _files(out)

@@ -524,3 +524,17 @@ def test_a_shared_encoder_copies_and_pickles() -> None:
         assert again.hidden_size == 768 and again.serial == 1
     with pytest.raises(AttributeError):
         _SharedEncoder.__new__(_SharedEncoder).hidden_size  # noqa: B018 - no inner yet: an AttributeError, not a recursion
+
+
+def test_a_speaker_one_voice_does_not_have_names_that_voice(tiny_models, tmp_path) -> None:
+    """A shared ``speaker`` out of range for one voice only was refused as "this model has 1
+    speaker(s)", without saying which of the voices; settings wrong for any voice still name none."""
+    one = save_random_voice_model(tmp_path / "solo.pth", "v2", 40000, True, seed=9, **{**TINY_VOICE, "num_speakers": 1})
+    kw = dict(encoder=tiny_models.encoder, f0_weights=tiny_models.rmvpe, device="cpu")
+    voices = [rvcfast.Converter.from_pretrained(tiny_models.voice, **kw), rvcfast.Converter.from_pretrained(one, **kw)]
+    clip = [(tone(0.3, 16000), 16000)]
+    with pytest.raises(ParameterError, match=r"^voice 'solo': speaker 2 is out of range: this model has 1 speaker"):
+        rvcfast.convert_voices(voices, clip, tmp_path / "out", speaker=2)
+    with pytest.raises(ParameterError, match=r"^pitch must be within"):  # every voice's: no voice named
+        rvcfast.convert_voices(voices, clip, tmp_path / "out", pitch=99)
+    assert not (tmp_path / "out").exists()  # refused before any work

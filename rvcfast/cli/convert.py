@@ -280,7 +280,12 @@ def cmd_convert(args: argparse.Namespace) -> int:
             model, index=index, encoder=args.encoder, f0=args.f0, f0_weights=args.f0_weights, device=args.device,
             dtype=args.dtype, f0_options=parse_options(args.f0_option), allow_download=args.download,
         )
-        check_params(params_from_args(args), conv.engine.vocoder)  # a --speaker this voice lacks, with the flag
+        try:
+            check_params(params_from_args(args), conv.engine.vocoder)  # a --speaker this voice lacks, with the flag
+        except UsageError as exc:
+            if len(voices) == 1:
+                raise
+            raise UsageError(f"{exc} (voice {conv.engine.name!r}, {model})") from None
         convs.append(conv)
         if len(convs) == 1:
             threads = apply_threads(conv.engine.profile)  # this process is ours: use the tuned thread count
