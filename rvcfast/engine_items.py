@@ -31,6 +31,7 @@ __all__ = [
     "describe",
     "given_params",
     "join_channels",
+    "shared_key_target",
     "share_keys",
     "too_short",
 ]
@@ -62,6 +63,12 @@ class Failure(RvcfastError):
     """An input's failure as reported in its Result (the message names the input)."""
 
 
+def shared_key_target(params: ConversionParams) -> float | None:
+    """The ``proposed_pitch`` target an input's channels share one key for, or ``None``: not set,
+    or autotune on (which ignores it)."""
+    return None if params.autotune > 0 else params.proposed_pitch
+
+
 def share_keys(items: list[Item], tracks: Mapping[int, np.ndarray]) -> None:
     """One proposed-pitch key per multi-channel input (``channels="each"``), set on its channels'
     items: each channel worked out its own offset from its own median, so a stereo input could
@@ -70,12 +77,12 @@ def share_keys(items: list[Item], tracks: Mapping[int, np.ndarray]) -> None:
     from .f0.post import proposed_pitch_offset_of_channels
 
     for item in items:
-        q = item.params
-        if not item.channels or q.proposed_pitch is None or q.autotune > 0:
+        target = shared_key_target(item.params)
+        if not item.channels or target is None:
             continue
         group = [item, *item.channels]
         if all(id(member) in tracks for member in group):
-            key = proposed_pitch_offset_of_channels([tracks[id(member)] for member in group], q.proposed_pitch)
+            key = proposed_pitch_offset_of_channels([tracks[id(member)] for member in group], target)
             for member in group:
                 member.key = key
 

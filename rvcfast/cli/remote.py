@@ -401,11 +401,10 @@ class _Parts:
     @contextlib.contextmanager
     def new(self, target: Path) -> Generator[Path, None, None]:
         """A new temporary file for ``target``, named as a local run names its own (``.<name>.<host>~<pid>~...``:
-        a later run removes it if this process was killed), after removing such files left for ``target``."""
+        a later run removes it if this process was killed; :func:`iter_remote` does, before its first file)."""
         from ..atomic import new_temporary
-        from ..writing import remove_stale_parts, this_host
+        from ..writing import this_host
 
-        remove_stale_parts(target.parent, target.name)
         tmp = new_temporary(target, f"{this_host()}~{os.getpid()}")
         with self._lock:
             self._paths.add(tmp)
@@ -702,6 +701,11 @@ def iter_remote(server: Server, planned: list[tuple[str | None, Any, list[tuple[
     ready = threading.Condition()
     stop = threading.Event()
     lost = threading.Event()  # the server is gone: the answers under way are awaited, nothing more is sent
+    from ..writing import remove_stale_parts
+
+    # temporary files of a killed command, as a local batch removes them: once per output folder, not per write
+    for folder in dict.fromkeys(Path(job.out_path).parent for _, job, _ in planned):
+        remove_stale_parts(folder)
     for k, item in enumerate(planned):
         work.put((k, item))
 

@@ -459,13 +459,16 @@ async def _run_job(state: ServerState, job: Job, engine: Engine, params: Convers
         channels = [dataclasses.replace(c, more_channels=()) for c in (prep, *prep.more_channels)]
         tracks: list[Any] = [None] * len(channels)
         key = None
-        if len(channels) > 1 and params.proposed_pitch is not None and not params.autotune > 0 and engine.vocoder.has_f0:
+        from ..engine_items import shared_key_target
+
+        target = shared_key_target(params)
+        if len(channels) > 1 and target is not None and engine.vocoder.has_f0:
             # one proposed-pitch key for every channel (each worked out its own: channels a semitone apart)
             async for step in state.steps(_channel_tracks(engine, channels, params)):
                 tracks = step if step is not None else tracks
             from ..f0.post import proposed_pitch_offset_of_channels
 
-            key = proposed_pitch_offset_of_channels(tracks, params.proposed_pitch)
+            key = proposed_pitch_offset_of_channels(tracks, target)
         with open(raw_path, "wb") as raw:
             for c, channel in enumerate(channels):
                 moved = _job_progress(job, c, len(channels))
